@@ -1,0 +1,48 @@
+// pybind11 module genai_fast._C. Tensors cross as (data pointer, element count) pairs so the module
+// does not link against libtorch and works with any torch version; the Python launchers in
+// genai_fast/backends/cpp/ pass them and every size is validated here before memory is touched.
+#include <pybind11/pybind11.h>
+
+#include "group_norm.h"
+
+namespace py = pybind11;
+using namespace genai_fast;
+
+namespace {
+
+template <typename T>
+T* as_ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+void group_norm_forward_py(uintptr_t x, int64_t x_numel, uintptr_t out, int64_t out_numel, uintptr_t weight,
+                           uintptr_t bias, int dtype_code, int64_t N, int64_t C, int64_t S, int64_t G,
+                           bool channels_last, double eps, bool silu, int num_threads) {
+  GroupNormArgs args;
+  args.x = as_ptr<const void>(x);
+  args.out = as_ptr<void>(out);
+  args.weight = as_ptr<const float>(weight);
+  args.bias = as_ptr<const float>(bias);
+  args.dtype = dtype_from_code(dtype_code);
+  args.N = N, args.C = C, args.S = S, args.G = G;
+  args.x_numel = x_numel, args.out_numel = out_numel;
+  args.channels_last = channels_last;
+  args.eps = eps;
+  args.silu = silu;
+  args.num_threads = num_threads;
+  validate(args);  // with the GIL held, so a ValueError is raised before threads start
+  py::gil_scoped_release release;
+  group_norm_forward(args);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "genai_fast C++ CPU kernels (GIL released, std::thread parallel)";
+  m.attr("__version__") = "0.1.0";
+  m.def("group_norm_forward", &group_norm_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("out"),
+        py::arg("out_numel"), py::arg("weight"), py::arg("bias"), py::arg("dtype_code"), py::arg("N"),
+        py::arg("C"), py::arg("S"), py::arg("G"), py::arg("channels_last"), py::arg("eps"), py::arg("silu"),
+        py::arg("num_threads"),
+        "GroupNorm(+SiLU) over [N, C, S] data at raw addresses; weight/bias fp32 [C] or 0.");
+}

@@ -1,0 +1,20 @@
+#pragma once
+#include <cstdint>
+
+namespace genai_fast {
+
+// y[i] = act(x[i] * scale + shift), act = SiLU or identity; x and y may alias.
+// streaming: y is final output that will not be re-read soon, so non-temporal stores may be used.
+// prefetch: optional n floats to pull into L2 meanwhile (the next piece of work), so the memory reads
+// of the next piece overlap this piece's arithmetic and writes.
+void scale_shift(const float* x, float* y, int64_t n, float scale, float shift, bool silu, bool streaming,
+                 const float* prefetch = nullptr);
+
+// y[c] = act(x[c] * scale[c] + shift[c]) over one channels-last row of C values.
+void scale_shift_row(const float* x, float* y, int64_t C, const float* scale, const float* shift, bool silu,
+                     bool streaming);
+
+// Makes earlier non-temporal stores of this thread visible before it hands work back.
+void store_fence();
+
+}  // namespace genai_fast

@@ -1,0 +1,212 @@
+// GroupNorm (+ optional SiLU) on the CPU for [N, C, S] tensors in two layouts:
+//   channels-first (NCHW-contiguous): group (n, g) is one contiguous block of Cg * S elements;
+//   channels-last  (NHWC):            row s of sample n holds all C channels contiguously.
+// Statistics are fp32 two-pass within cache-sized pieces, merged in double (Chan's formula), so a
+// pass over memory is read once for statistics and once for the output where the piece fits in L2.
+// fp16/bf16 inputs are converted to a float scratch piece first, then the same float loops run.
+#include "group_norm.h"
+
+#include "common.h"
+#include "elementwise.h"
+
+namespace genai_fast {
+namespace {
+
+// Hot loops are compiled for AVX-512, AVX2 and the baseline; the loader picks one at run time, so
+// the wheel stays portable without giving up vector width.
+#define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+constexpr int kLanes = 16;  // independent accumulators: lets the compiler vectorise fp32 sums
+
+GF_CLONES double sum_floats(const float* x, int64_t n) {
+  float acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
+  double total = 0.0;
+  for (int j = 0; j < kLanes; ++j) total += acc[j];
+  for (; i < n; ++i) total += x[i];
+  return total;
+}
+
+GF_CLONES double sum_squared_deviation(const float* x, int64_t n, float mean) {
+  float acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const float d = x[i + j] - mean;
+      acc[j] += d * d;
+    }
+  double total = 0.0;
+  for (int j = 0; j < kLanes; ++j) total += acc[j];
+  for (; i < n; ++i) total += static_cast<double>(x[i] - mean) * (x[i] - mean);
+  return total;
+}
+
+GF_CLONES void add_row(const float* x, float* acc, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) acc[c] += x[c];
+}
+
+GF_CLONES void add_squared_deviation_row(const float* x, const float* mean, float* acc, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const float d = x[c] - mean[c];
+    acc[c] += d * d;
+  }
+}
+
+GF_CLONES void halves_to_floats(const uint16_t* src, float* dst, int64_t n, bool is_bf16) {
+  if (is_bf16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_float(src[i]);
+  }
+}
+
+GF_CLONES void floats_to_halves(const float* src, uint16_t* dst, int64_t n, bool is_bf16) {
+  if (is_bf16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_fp16(src[i]);
+  }
+}
+
+// A piece of the input [offset, offset + n) as floats: the tensor itself for fp32, else a converted copy.
+struct FloatPiece {
+  const GroupNormArgs& args;
+  std::vector<float> scratch;
+
+  const float* load(int64_t offset, int64_t n) {
+    if (args.dtype == DType::Float32) return static_cast<const float*>(args.x) + offset;
+    scratch.resize(n);
+    halves_to_floats(static_cast<const uint16_t*>(args.x) + offset, scratch.data(), n,
+                     args.dtype == DType::BFloat16);
+    return scratch.data();
+  }
+  // Where to write the output piece: the output itself for fp32, else the scratch (stored by `store`).
+  float* output(int64_t offset, int64_t n) {
+    if (args.dtype == DType::Float32) return static_cast<float*>(args.out) + offset;
+    scratch.resize(n);
+    return scratch.data();
+  }
+  void store(int64_t offset, int64_t n) {
+    if (args.dtype == DType::Float32) return;
+    floats_to_halves(scratch.data(), static_cast<uint16_t*>(args.out) + offset, n,
+                     args.dtype == DType::BFloat16);
+  }
+};
+
+float channel_weight(const GroupNormArgs& a, int64_t c) { return a.weight ? a.weight[c] : 1.0f; }
+float channel_bias(const GroupNormArgs& a, int64_t c) { return a.bias ? a.bias[c] : 0.0f; }
+
+// Channels-first: each task is one (n, g) block, normalised right after its statistics so the
+// second read comes from cache.
+void group_norm_channels_first(const GroupNormArgs& a) {
+  const int64_t Cg = a.C / a.G, block = Cg * a.S;
+  parallel_for(a.N * a.G, a.num_threads, [&](int64_t task) {
+    const int64_t n = task / a.G, g = task % a.G;
+    const int64_t offset = (n * a.C + g * Cg) * a.S;
+    FloatPiece piece{a, {}};
+    const float* x = piece.load(offset, block);
+    const float mean = static_cast<float>(sum_floats(x, block) / block);
+    const double var = sum_squared_deviation(x, block, mean) / block;
+    const float rstd = static_cast<float>(1.0 / std::sqrt(var + a.eps));
+    float* y = piece.output(offset, block);  // for fp16/bf16 this is x's scratch, overwritten in place
+    const bool fp32 = a.dtype == DType::Float32;  // fp32 writes the final output directly (streaming)
+    const bool has_next = task + 1 < a.N * a.G;   // the next block is usually this thread's next task
+    const float* next = fp32 && has_next ? static_cast<const float*>(a.x) + offset + block : nullptr;
+    for (int64_t cl = 0; cl < Cg; ++cl) {
+      const int64_t c = g * Cg + cl;
+      const float scale = rstd * channel_weight(a, c);
+      const float shift = channel_bias(a, c) - mean * scale;
+      scale_shift(x + cl * a.S, y + cl * a.S, a.S, scale, shift, a.silu, fp32, next ? next + cl * a.S : nullptr);
+    }
+    piece.store(offset, block);
+    store_fence();
+  });
+}
+
+// Channels-last: rows are split into chunks of about 64 KiB; pass 1 computes per-chunk per-channel
+// (mean, M2), merged per group in double; pass 2 applies per-channel scale and shift row by row.
+void group_norm_channels_last(const GroupNormArgs& a) {
+  const int64_t C = a.C, G = a.G, Cg = C / G, S = a.S;
+  const int64_t rows_per_chunk = std::max<int64_t>(1, 16384 / C);
+  const int64_t chunks = (S + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<float> chunk_mean(a.N * chunks * C), chunk_m2(a.N * chunks * C);
+
+  parallel_for(a.N * chunks, a.num_threads, [&](int64_t task) {
+    const int64_t n = task / chunks, k = task % chunks;
+    const int64_t r0 = k * rows_per_chunk, rows = std::min(rows_per_chunk, S - r0);
+    const int64_t offset = (n * S + r0) * C;
+    FloatPiece piece{a, {}};
+    const float* x = piece.load(offset, rows * C);
+    float* mean = &chunk_mean[task * C];
+    float* m2 = &chunk_m2[task * C];
+    for (int64_t r = 0; r < rows; ++r) add_row(x + r * C, mean, C);
+    for (int64_t c = 0; c < C; ++c) mean[c] /= static_cast<float>(rows);
+    for (int64_t r = 0; r < rows; ++r) add_squared_deviation_row(x + r * C, mean, m2, C);
+  });
+
+  std::vector<float> scale(a.N * C), shift(a.N * C);
+  parallel_for(a.N * G, a.num_threads, [&](int64_t task) {
+    const int64_t n = task / G, g = task % G;
+    auto chunk_rows = [&](int64_t k) { return std::min(rows_per_chunk, S - k * rows_per_chunk); };
+    double total = 0.0;
+    for (int64_t k = 0; k < chunks; ++k)
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) total += double(chunk_rows(k)) * chunk_mean[(n * chunks + k) * C + c];
+    const double mean = total / double(S * Cg);
+    double m2 = 0.0;
+    for (int64_t k = 0; k < chunks; ++k)
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+        const int64_t i = (n * chunks + k) * C + c;
+        const double d = chunk_mean[i] - mean;
+        m2 += chunk_m2[i] + double(chunk_rows(k)) * d * d;
+      }
+    const double rstd = 1.0 / std::sqrt(m2 / double(S * Cg) + a.eps);
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+      const double s = rstd * channel_weight(a, c);
+      scale[n * C + c] = static_cast<float>(s);
+      shift[n * C + c] = static_cast<float>(channel_bias(a, c) - mean * s);
+    }
+  });
+
+  parallel_for(a.N * chunks, a.num_threads, [&](int64_t task) {
+    const int64_t n = task / chunks, k = task % chunks;
+    const int64_t r0 = k * rows_per_chunk, rows = std::min(rows_per_chunk, S - r0);
+    const int64_t offset = (n * S + r0) * C;
+    FloatPiece piece{a, {}};
+    const float* x = piece.load(offset, rows * C);
+    float* y = piece.output(offset, rows * C);
+    for (int64_t r = 0; r < rows; ++r)
+      scale_shift_row(x + r * C, y + r * C, C, &scale[n * C], &shift[n * C], a.silu, false);
+    piece.store(offset, rows * C);
+  });
+}
+
+}  // namespace
+
+void validate(const GroupNormArgs& a) {
+  require(a.N >= 0, "N: expected >= 0, got " + std::to_string(a.N));
+  require(a.C >= 1, "C: expected >= 1, got " + std::to_string(a.C));
+  require(a.S >= 0, "S: expected >= 0, got " + std::to_string(a.S));
+  require(a.G >= 1 && a.C % a.G == 0,
+          "num_groups: expected a divisor of C=" + std::to_string(a.C) + ", got " + std::to_string(a.G));
+  const int64_t numel = a.N * a.C * a.S;
+  require(a.x_numel == numel, "x: expected N*C*S=" + std::to_string(numel) + " elements, got " + std::to_string(a.x_numel));
+  require(a.out_numel == numel,
+          "out: expected N*C*S=" + std::to_string(numel) + " elements, got " + std::to_string(a.out_numel));
+  require(numel == 0 || (a.x != nullptr && a.out != nullptr), "x/out: null data pointer");
+  require(std::isfinite(a.eps) && a.eps >= 0.0, "eps: expected a finite value >= 0");
+  require(a.num_threads >= 1, "num_threads: expected >= 1");
+}
+
+void group_norm_forward(const GroupNormArgs& args) {
+  validate(args);
+  if (args.N * args.C * args.S == 0) return;
+  if (args.channels_last) {
+    group_norm_channels_last(args);
+  } else {
+    group_norm_channels_first(args);
+  }
+}
+
+}  // namespace genai_fast

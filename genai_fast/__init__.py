@@ -1,0 +1,20 @@
+"""genai_fast: fast, reference-checked kernels for generative AI behind one PyTorch API.
+
+Every public op dispatches to the fastest backend that can run its inputs (Triton, CUDA, C++, and the
+PyTorch reference last); `backend=` forces one, GENAI_FAST_BACKEND=torch forces the reference.
+"""
+
+from genai_fast.backends.dispatch import BACKEND_NAMES, BackendNotSupportedError
+from genai_fast.info import info
+from genai_fast.ops import group_norm, group_norm_reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKEND_NAMES",
+    "BackendNotSupportedError",
+    "__version__",
+    "group_norm",
+    "group_norm_reference",
+    "info",
+]

@@ -1,0 +1,29 @@
+"""Launcher for the C++ GroupNorm(+SiLU) kernel (csrc/cpu/group_norm.cpp)."""
+
+from __future__ import annotations
+
+import torch
+
+from genai_fast.backends.cpp import address, dtype_code, extension
+from genai_fast.ops.layout import as_ncs
+
+
+def group_norm_fwd(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    activation: str,
+) -> torch.Tensor:
+    """GroupNorm over x [N, C, *] (CPU, fp32/fp16/bf16) on all of torch's intra-op threads."""
+    view = as_ncs(x)
+    out = torch.empty_like(view.tensor)
+    w = None if weight is None else weight.detach().to(torch.float32).contiguous()
+    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    extension().group_norm_forward(
+        address(view.tensor), view.tensor.numel(), address(out), out.numel(), address(w), address(b),
+        dtype_code(x.dtype), view.N, view.C, view.S, num_groups, view.channels_last, float(eps),
+        activation == "silu", torch.get_num_threads(),
+    )
+    return view.restore(out)

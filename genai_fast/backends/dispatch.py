@@ -1,0 +1,195 @@
+"""The dispatcher: every op has a priority list of backend implementations; the first that can run wins.
+
+Each implementation declares what it supports (`Capability`) and may add op-specific checks. Asking an
+implementation `not_supported_reasons(inputs)` returns a list of human-readable reasons (empty means it
+can run). The torch reference is registered last for every op and always runs, so automatic dispatch
+never fails. `backend="name"` (or the environment variable GENAI_FAST_BACKEND) forces one backend and
+raises with the reasons when it cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from genai_fast.backends import availability
+
+BACKEND_NAMES = ("triton", "cuda", "cpp", "torch")
+ENV_BACKEND = "GENAI_FAST_BACKEND"
+
+
+class BackendNotSupportedError(RuntimeError):
+    """A forced backend cannot run these inputs; the message lists every reason."""
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What a backend implementation of an op can run.
+
+    devices: device types ("cpu", "cuda"); dtypes: accepted input dtypes; layouts: memory layouts it
+    reads natively (others are made contiguous first, so this is informative); min_compute_capability:
+    lowest CUDA compute capability; features: op-specific abilities, named for `genai-fast info`.
+    """
+
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    layouts: tuple[str, ...] = ("contiguous",)
+    min_compute_capability: tuple[int, int] | None = None
+    features: tuple[str, ...] = ()
+
+    def reasons(self, device: torch.device, dtype: torch.dtype) -> list[str]:
+        reasons = []
+        if device.type not in self.devices:
+            reasons.append(f"device {device.type} is not supported (supports {', '.join(self.devices)})")
+        if dtype not in self.dtypes:
+            names = ", ".join(_dtype_name(d) for d in self.dtypes)
+            reasons.append(f"dtype {_dtype_name(dtype)} is not supported (supports {names})")
+        if device.type == "cuda" and self.min_compute_capability and torch.cuda.is_available():
+            cc = torch.cuda.get_device_capability(device)
+            if cc < self.min_compute_capability:
+                need = ".".join(map(str, self.min_compute_capability))
+                reasons.append(f"compute capability {cc[0]}.{cc[1]} is below the required {need}")
+        return reasons
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "devices": list(self.devices),
+            "dtypes": [_dtype_name(d) for d in self.dtypes],
+            "layouts": list(self.layouts),
+            "min_compute_capability": (
+                ".".join(map(str, self.min_compute_capability)) if self.min_compute_capability else None
+            ),
+            "features": list(self.features),
+        }
+
+
+@dataclass
+class Implementation:
+    """One backend's implementation of one op.
+
+    run: the launcher, called with the op's arguments. check: op-specific reasons beyond device and
+    dtype (shapes, head dims, argument values), given the same inputs dict.
+    """
+
+    op: str
+    backend: str
+    capability: Capability
+    run: Callable[..., Any]
+    check: Callable[[dict[str, Any]], list[str]] | None = None
+
+    def not_supported_reasons(self, inputs: dict[str, Any], *, forced: bool = False) -> list[str]:
+        """Why this implementation cannot run `inputs` (empty list: it can).
+
+        inputs holds at least "device" and "dtype"; ops add what their `check` reads.
+        """
+        reasons = availability.backend_unavailable_reasons(self.backend)
+        if reasons:
+            return reasons
+        device, dtype = inputs["device"], inputs["dtype"]
+        if self.backend == "triton" and device.type == "cpu":
+            reasons += _triton_cpu_reasons(forced)
+        reasons += self.capability.reasons(device, dtype)
+        if self.check is not None:
+            reasons += self.check(inputs)
+        return reasons
+
+
+def _triton_cpu_reasons(forced: bool) -> list[str]:
+    # The interpreter runs Triton kernels on CPU tensors, but it is for tests: only a forced backend
+    # uses it, so automatic dispatch on a CPU never picks a kernel that is 1000x slower than torch.
+    if not availability.triton_interpreter_enabled():
+        return ["CPU tensors need TRITON_INTERPRET=1 (set before triton is imported)"]
+    if not forced:
+        return ["the Triton interpreter is used only when backend='triton' is forced"]
+    return []
+
+
+@dataclass
+class Op:
+    """An op's registered implementations, in priority order, and the dispatcher over them."""
+
+    name: str
+    implementations: list[Implementation] = field(default_factory=list)
+    last_backend: str | None = None
+
+    def register(
+        self,
+        backend: str,
+        capability: Capability,
+        check: Callable[[dict[str, Any]], list[str]] | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register `fn` as this op's `backend` implementation (priority = order of calls)."""
+        if backend not in BACKEND_NAMES:
+            raise ValueError(f"backend: expected one of {BACKEND_NAMES}, got {backend!r}")
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.implementations.append(Implementation(self.name, backend, capability, fn, check))
+            return fn
+
+        return decorator
+
+    def get(self, backend: str) -> Implementation:
+        for impl in self.implementations:
+            if impl.backend == backend:
+                return impl
+        raise BackendNotSupportedError(f"{self.name}: no {backend!r} implementation is registered")
+
+    def plan(self, inputs: dict[str, Any]) -> list[tuple[str, list[str]]]:
+        """Each backend in priority order with the reasons it cannot run `inputs` (automatic mode)."""
+        return [(impl.backend, impl.not_supported_reasons(inputs)) for impl in self.implementations]
+
+    def select(self, inputs: dict[str, Any], backend: str | None = None) -> Implementation:
+        """The implementation that runs `inputs`: the forced one, else the first with no reasons."""
+        forced = resolve_backend_name(backend)
+        if forced is not None:
+            impl = self.get(forced)
+            reasons = impl.not_supported_reasons(inputs, forced=True)
+            if reasons:
+                raise BackendNotSupportedError(
+                    f"{self.name}: backend {forced!r} cannot run these inputs: " + "; ".join(reasons)
+                )
+            self.last_backend = impl.backend
+            return impl
+        for impl in self.implementations:
+            if not impl.not_supported_reasons(inputs):
+                self.last_backend = impl.backend
+                return impl
+        # The torch reference never declines supported inputs; reaching here is a registration bug.
+        raise BackendNotSupportedError(f"{self.name}: no backend can run these inputs: {self.plan(inputs)}")
+
+
+OPS: dict[str, Op] = {}
+
+
+def define_op(name: str) -> Op:
+    """Create (once) and return the dispatcher of op `name`."""
+    if name not in OPS:
+        OPS[name] = Op(name)
+    return OPS[name]
+
+
+def validate_backend_name(backend: str | None) -> None:
+    """Raise ValueError naming `backend` when it is not a known backend name or None."""
+    if backend is not None and backend not in BACKEND_NAMES:
+        raise ValueError(f"backend: expected one of {', '.join(BACKEND_NAMES)} or None, got {backend!r}")
+
+
+def resolve_backend_name(backend: str | None) -> str | None:
+    """The backend to force: the argument, else GENAI_FAST_BACKEND, else None (automatic)."""
+    validate_backend_name(backend)
+    if backend is not None:
+        return backend
+    env = os.environ.get(ENV_BACKEND, "").strip()
+    if not env:
+        return None
+    if env not in BACKEND_NAMES:
+        raise ValueError(f"{ENV_BACKEND}: expected one of {', '.join(BACKEND_NAMES)}, got {env!r}")
+    return env
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,266 @@
+"""GroupNorm with an optional fused SiLU: public function, custom op, reference and backends.
+
+Layers (DESIGN.md section 3): the kernels live in kernels/group_norm.py (Triton),
+csrc/cuda/group_norm.cu (CUDA) and csrc/cpu/group_norm.cpp (C++); their launchers in
+kernels/group_norm.py and genai_fast/backends/{cuda,cpp}/group_norm.py; this module holds the public
+function, validation, the `genai_fast::group_norm` custom op with its fake and autograd, the reference,
+and each backend's capability declaration in priority order.
+"""
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+
+ACTIVATIONS = (None, "silu")
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LAYOUTS = ("contiguous", "channels_last")
+
+GROUP_NORM = define_op("group_norm")
+
+
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    activation: Optional[str] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Group normalisation of x [N, C, *] over groups of C // num_groups channels, then `activation`.
+
+    Args:
+        x: [N, C, *] floating tensor (fp32, fp16, bf16; fp64 runs on the reference), contiguous or
+            channels_last (other strides are copied first). The output has x's shape, dtype and layout.
+        num_groups: G, a divisor of C.
+        weight, bias: optional [C] per-channel affine parameters (any floating dtype, x's device).
+        eps: added to the variance.
+        activation: None or "silu" (fused: no extra pass over memory).
+        backend: force "triton", "cuda", "cpp" or "torch"; None picks the fastest that can run.
+
+    Statistics (mean, variance by two passes or Chan's merge) are computed in fp32.
+
+    Equivalent PyTorch::
+
+        y = torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)
+        y = torch.nn.functional.silu(y) if activation == "silu" else y
+    """
+    _validate(x, num_groups, weight, bias, eps, activation, backend)
+    return torch.ops.genai_fast.group_norm(x, num_groups, weight, bias, float(eps), activation or "none",
+                                           backend or "")
+
+
+def group_norm_reference(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """Plain PyTorch GroupNorm(+SiLU): the CPU fallback and the test oracle (call it on float64 inputs).
+
+    Computes in float64 for float64 inputs and float32 otherwise; returns x's dtype and layout.
+    """
+    N, C = x.shape[0], x.shape[1]
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    groups = x.to(compute).reshape(N, num_groups, -1)
+    mean = groups.mean(dim=-1, keepdim=True)
+    var = (groups - mean).square().mean(dim=-1, keepdim=True)  # two-pass, never E[x^2] - E[x]^2
+    y = ((groups - mean) * torch.rsqrt(var + eps)).reshape(N, C, -1)
+    if weight is not None:
+        y = y * weight.to(compute).reshape(1, C, 1)
+    if bias is not None:
+        y = y + bias.to(compute).reshape(1, C, 1)
+    if activation == "silu":
+        y = F.silu(y)
+    out = torch.empty_like(x)
+    out.copy_(y.reshape(x.shape))
+    return out
+
+
+def group_norm_backward_reference(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    activation: Optional[str],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dx, dweight, dbias) of group_norm_reference; dweight/dbias [C] as if weight=1, bias=0
+    when those are None (the caller drops them)."""
+    N, C = x.shape[0], x.shape[1]
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    groups = x.to(compute).reshape(N, num_groups, -1)
+    mean = groups.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt((groups - mean).square().mean(dim=-1, keepdim=True) + eps)
+    xhat = ((groups - mean) * rstd).reshape(N, C, -1)
+    w = weight.to(compute).reshape(1, C, 1) if weight is not None else torch.ones((), dtype=compute)
+    g = grad.to(compute).reshape(N, C, -1)
+    if activation == "silu":
+        y = xhat * w + (bias.to(compute).reshape(1, C, 1) if bias is not None else 0.0)
+        s = torch.sigmoid(y)
+        g = g * s * (1 + y * (1 - s))
+    dbias = g.sum(dim=(0, 2))
+    dweight = (g * xhat).sum(dim=(0, 2))
+    gxhat = (g * w).reshape(N, num_groups, -1)
+    xhat = xhat.reshape(N, num_groups, -1)
+    dx = rstd * (gxhat - gxhat.mean(dim=-1, keepdim=True) - xhat * (gxhat * xhat).mean(dim=-1, keepdim=True))
+    dx_out = torch.empty_like(x)
+    dx_out.copy_(dx.reshape(x.shape))
+    param_dtype = weight.dtype if weight is not None else x.dtype
+    return dx_out, dweight.to(param_dtype), dbias.to(bias.dtype if bias is not None else param_dtype)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _validate(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activation: Any, backend: Any) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x: expected at least 2 dimensions [N, C, *], got shape {tuple(x.shape)}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
+        raise TypeError(f"num_groups: expected an int, got {type(num_groups).__name__}")
+    channels = x.shape[1]
+    if num_groups <= 0 or channels % num_groups != 0:
+        raise ValueError(f"num_groups: expected a positive divisor of the channel count C={channels}, "
+                         f"got {num_groups}")
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is None:
+            continue
+        if not isinstance(param, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(param).__name__}")
+        if not param.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {param.dtype}")
+        if tuple(param.shape) != (channels,):
+            raise ValueError(f"{name}: expected shape ({channels},) to match C, got {tuple(param.shape)}")
+        if param.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on x's device {x.device}, got {param.device}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    validate_backend_name(backend)
+
+
+# ---------------------------------------------------------------- custom op, fake, autograd
+
+
+def _dispatch_inputs(x: torch.Tensor) -> dict[str, Any]:
+    return {"device": x.device, "dtype": x.dtype, "x": x}
+
+
+@torch.library.custom_op("genai_fast::group_norm", mutates_args=())
+def _group_norm_op(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    activation: str,
+    backend: str,
+) -> torch.Tensor:
+    act = None if activation == "none" else activation
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    impl = GROUP_NORM.select(_dispatch_inputs(x), backend or None)
+    return impl.run(x, num_groups, weight, bias, eps, act)
+
+
+@_group_norm_op.register_fake
+def _group_norm_fake(x, num_groups, weight, bias, eps, activation, backend):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("genai_fast::group_norm_backward", mutates_args=())
+def _group_norm_backward_op(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    act = None if activation == "none" else activation
+    return group_norm_backward_reference(grad, x, num_groups, weight, bias, eps, act)
+
+
+@_group_norm_backward_op.register_fake
+def _group_norm_backward_fake(grad, x, num_groups, weight, bias, eps, activation):
+    param_dtype = weight.dtype if weight is not None else x.dtype
+    bias_dtype = bias.dtype if bias is not None else param_dtype
+    channels = x.shape[1]
+    return (torch.empty_like(x), x.new_empty((channels,), dtype=param_dtype),
+            x.new_empty((channels,), dtype=bias_dtype))
+
+
+def _setup_context(ctx, inputs, output):
+    x, num_groups, weight, bias, eps, activation, _backend = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.num_groups, ctx.eps, ctx.activation = num_groups, eps, activation
+
+
+def _backward(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    dx, dweight, dbias = torch.ops.genai_fast.group_norm_backward(
+        grad, x, ctx.num_groups, weight, bias, ctx.eps, ctx.activation)
+    return (dx, None, dweight if weight is not None else None, dbias if bias is not None else None,
+            None, None, None)
+
+
+_group_norm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- backends, in priority order
+
+
+@GROUP_NORM.register(
+    "triton",
+    Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, layouts=LAYOUTS,
+               features=("split reduction across programs", "fused silu")),
+)
+def _group_norm_triton(x, num_groups, weight, bias, eps, activation):
+    from genai_fast.kernels.group_norm import group_norm_fwd
+
+    return group_norm_fwd(x, num_groups, weight, bias, eps, activation)
+
+
+@GROUP_NORM.register(
+    "cuda",
+    Capability(devices=("cuda",), dtypes=KERNEL_DTYPES, layouts=LAYOUTS, min_compute_capability=(8, 0),
+               features=("split reduction across blocks", "fused silu", "NVRTC via CuPy")),
+)
+def _group_norm_cuda(x, num_groups, weight, bias, eps, activation):
+    from genai_fast.backends.cuda.group_norm import group_norm_fwd
+
+    return group_norm_fwd(x, num_groups, weight, bias, eps, activation)
+
+
+@GROUP_NORM.register(
+    "cpp",
+    Capability(devices=("cpu",), dtypes=KERNEL_DTYPES, layouts=LAYOUTS,
+               features=("threads, GIL released", "fused silu")),
+)
+def _group_norm_cpp(x, num_groups, weight, bias, eps, activation):
+    from genai_fast.backends.cpp.group_norm import group_norm_fwd
+
+    return group_norm_fwd(x, num_groups, weight, bias, eps, activation)
+
+
+@GROUP_NORM.register(
+    "torch",
+    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+)
+def _group_norm_torch(x, num_groups, weight, bias, eps, activation):
+    return group_norm_reference(x, num_groups, weight, bias, eps, activation)

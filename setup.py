@@ -1,0 +1,70 @@
+"""Build script: the pure-Python package, Triton kernels, CUDA sources and the C++ extension _C.
+
+`kernels/` is installed as `genai_fast.kernels` (the top-level name `kernels` belongs to another PyPI
+package), `bench/` as `genai_fast.bench` (the `genai-fast bench` command imports it) and
+`csrc/cuda/*.cu` as package data under `genai_fast._cuda_src` (compiled at run time by NVRTC).
+
+Flags are portable by default (the hot loops pick AVX2/AVX-512 at run time through target_clones);
+set GENAI_FAST_NATIVE=1 to add -march=native for a build that only runs on this CPU.
+"""
+
+import os
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+HERE = Path(__file__).parent
+CPU_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc" / "cpu").glob("*.cpp"))
+
+compile_args = ["-O3", "-fno-math-errno"]
+if os.environ.get("GENAI_FAST_NATIVE") == "1":
+    compile_args.append("-march=native")
+
+ext_modules = [
+    Pybind11Extension(
+        "genai_fast._C",
+        CPU_SOURCES,
+        cxx_std=17,
+        extra_compile_args=compile_args,
+        extra_link_args=["-pthread"],
+    )
+]
+
+PACKAGES = [
+    "genai_fast",
+    "genai_fast.ops",
+    "genai_fast.backends",
+    "genai_fast.backends.cpp",
+    "genai_fast.backends.cuda",
+    "genai_fast.kernels",
+    "genai_fast.bench",
+    "genai_fast._cuda_src",
+]
+
+setup(
+    name="genai_fast",
+    version="0.1.0",
+    description="Fast, reference-checked kernels for generative AI (attention, U-Net ops, word2vec)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir={
+        "genai_fast.kernels": "kernels",
+        "genai_fast.bench": "bench",
+        "genai_fast._cuda_src": "csrc/cuda",
+    },
+    package_data={"genai_fast._cuda_src": ["*.cu", "*.cuh"]},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+    install_requires=["torch>=2.4", "numpy", "tqdm"],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "cuda": ["cupy-cuda12x"],
+        "bench": ["matplotlib"],
+        "test": ["pytest", "ruff", "matplotlib", "triton>=3.0"],
+    },
+    entry_points={"console_scripts": ["genai-fast=genai_fast.cli:main"]},
+    zip_safe=False,
+)
