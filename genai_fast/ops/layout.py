@@ -37,7 +37,7 @@ class NCSView:
         if self.tensor is self.original:
             return out
         result = torch.empty_like(self.original)
-        result.copy_(out)
+        result.copy_(out)  # every element is overwritten: no poisoning needed
         return result
 
 

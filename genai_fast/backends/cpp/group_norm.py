@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from genai_fast.backends import memory
 from genai_fast.backends.cpp import address, dtype_code, extension
 from genai_fast.ops.layout import as_ncs
 
@@ -18,7 +19,7 @@ def group_norm_fwd(
 ) -> torch.Tensor:
     """GroupNorm over x [N, C, *] (CPU, fp32/fp16/bf16) on all of torch's intra-op threads."""
     view = as_ncs(x)
-    out = torch.empty_like(view.tensor)
+    out = memory.empty_like(view.tensor)
     w = None if weight is None else weight.detach().to(torch.float32).contiguous()
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     extension().group_norm_forward(

@@ -1,0 +1,47 @@
+"""Output and workspace allocation for the launchers, with NaN poisoning for tests.
+
+When poisoning is on (the `poison_outputs()` context, or GENAI_FAST_POISON=1), every buffer a launcher
+allocates is filled with NaN first, so an element a kernel forgot to write shows up as NaN instead of
+whatever the allocator's memory held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+_poison_depth = 0
+
+
+def poisoning() -> bool:
+    return _poison_depth > 0 or os.environ.get("GENAI_FAST_POISON") == "1"
+
+
+@contextlib.contextmanager
+def poison_outputs() -> Iterator[None]:
+    """Within this block, launcher allocations are NaN-filled (floating dtypes) before kernels run."""
+    global _poison_depth
+    _poison_depth += 1
+    try:
+        yield
+    finally:
+        _poison_depth -= 1
+
+
+def _poison(t: torch.Tensor) -> torch.Tensor:
+    if poisoning() and t.is_floating_point():
+        t.fill_(float("nan"))
+    return t
+
+
+def empty_like(t: torch.Tensor) -> torch.Tensor:
+    """torch.empty_like(t) (same layout), NaN-filled when poisoning."""
+    return _poison(torch.empty_like(t))
+
+
+def empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty(shape), NaN-filled when poisoning."""
+    return _poison(torch.empty(shape, dtype=dtype, device=device))
