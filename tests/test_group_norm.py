@@ -5,11 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import genai_fast
-from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.backends.dispatch import OPS
-from genai_fast.ops.group_norm import group_norm_reference
-from genai_fast.testing import assert_matches_oracle
+from tests.group_norm_cases import check_backend, make_input
 
 # (shape, groups): size 1, odd and prime sizes, 3-D, one group, one channel per group, SD-like.
 SHAPES = {
@@ -26,33 +24,6 @@ SHAPES = {
 TRITON_SHAPES = ["n1-c4-1x1", "odd-3x6x13x17-g3", "3d-2x32x7", "group-per-channel-2x8x9"]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def make_input(shape, layout, dtype, device="cpu"):
-    x = (torch.randn(shape, dtype=torch.float64) * 2.5 + 0.7).to(dtype).to(device)
-    if layout == "channels_last" and x.dim() >= 3:
-        perm = (0, *range(2, x.dim()), 1)
-        inverse = [perm.index(i) for i in range(x.dim())]
-        x = x.permute(*perm).contiguous().permute(*inverse)
-    elif layout == "strided":
-        x = torch.cat([x, x], dim=-1)[..., : shape[-1]]  # a view with gaps between rows
-    return x
-
-
-def check_backend(backend, shape, groups, layout, dtype, affine=True, activation="silu", device="cpu"):
-    x = make_input(shape, layout, dtype, device)
-    C = shape[1]
-    weight = torch.randn(C, device=device) if affine else None
-    bias = torch.randn(C, device=device) if affine else None
-    with memory.poison_outputs():
-        out = genai_fast.group_norm(x, groups, weight, bias, eps=1e-5, activation=activation, backend=backend)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    assert out.stride() == torch.empty_like(x).stride(), "output layout differs from empty_like(x)"
-    w64 = weight.double().cpu() if affine else None
-    b64 = bias.double().cpu() if affine else None
-    oracle = group_norm_reference(x.double().cpu(), groups, w64, b64, 1e-5, activation)
-    baseline = group_norm_reference(x, groups, weight, bias, 1e-5, activation)
-    assert_matches_oracle(out, oracle, baseline, what=f"group_norm[{backend}]")
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
@@ -158,13 +129,13 @@ def test_bad_input_names_the_argument(kwargs, error, name):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for a second device")
 def test_tensors_on_different_devices_raise():
-    with pytest.raises(ValueError, match="^weight:"):
+    with pytest.raises(ValueError, match=r"^weight:"):
         genai_fast.group_norm(torch.randn(2, 8, 3), 2, torch.ones(8, device="cuda"))
 
 
 def test_tensors_on_different_devices_raise_meta():
     # A meta-device weight stands in for "another device" on CPU-only machines.
-    with pytest.raises(ValueError, match="^weight:.*device"):
+    with pytest.raises(ValueError, match=r"^weight:.*device"):
         genai_fast.group_norm(torch.randn(2, 8, 3), 2, torch.ones(8, device="meta"))
 
 
@@ -190,7 +161,7 @@ def test_env_rejects_unknown_backend(monkeypatch):
 
 
 def test_forced_backend_that_cannot_run_lists_reasons():
-    with pytest.raises(genai_fast.BackendNotSupportedError, match="cuda.*(no CUDA GPU|device cpu)"):
+    with pytest.raises(genai_fast.BackendNotSupportedError, match=r"cuda.*(no CUDA GPU|device cpu)"):
         genai_fast.group_norm(torch.randn(2, 8, 4, 4), 2, backend="cuda")
 
 

@@ -95,12 +95,13 @@ GF_AVX512 void scale_shift_avx512(const float* x, float* y, int64_t n, float sca
 }
 
 GF_AVX512 void scale_shift_row_avx512(const float* x, float* y, int64_t C, const float* scale,
-                                      const float* shift, bool act) {
+                                      const float* shift, bool act, bool streaming) {
+  streaming = streaming && (reinterpret_cast<uintptr_t>(y) & 63) == 0;  // whole vectors stay aligned
   int64_t c = 0;
   for (; c + 16 <= C; c += 16) {
     __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c));
     if (act) v = silu16(v);
-    _mm512_storeu_ps(y + c, v);
+    store16(y + c, v, streaming);
   }
   if (c < C) {
     const __mmask16 m = static_cast<__mmask16>((1u << (C - c)) - 1);
@@ -130,10 +131,10 @@ void scale_shift(const float* x, float* y, int64_t n, float scale, float shift, 
 
 void scale_shift_row(const float* x, float* y, int64_t C, const float* scale, const float* shift, bool act,
                      bool streaming) {
-  (void)streaming;  // rows are short; whole-chunk streaming is decided by the caller's layout
 #ifdef GF_HAVE_X86
-  if (cpu_has_avx512()) return scale_shift_row_avx512(x, y, C, scale, shift, act);
+  if (cpu_has_avx512()) return scale_shift_row_avx512(x, y, C, scale, shift, act, streaming);
 #endif
+  (void)streaming;
   scale_shift_row_portable(x, y, C, scale, shift, act);
 }
 

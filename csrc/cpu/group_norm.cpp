@@ -176,9 +176,11 @@ void group_norm_channels_last(const GroupNormArgs& a) {
     FloatPiece piece{a, {}};
     const float* x = piece.load(offset, rows * C);
     float* y = piece.output(offset, rows * C);
+    const bool streaming = a.dtype == DType::Float32;  // fp32 writes the final output directly
     for (int64_t r = 0; r < rows; ++r)
-      scale_shift_row(x + r * C, y + r * C, C, &scale[n * C], &shift[n * C], a.silu, false);
+      scale_shift_row(x + r * C, y + r * C, C, &scale[n * C], &shift[n * C], a.silu, streaming);
     piece.store(offset, rows * C);
+    store_fence();
   });
 }
 

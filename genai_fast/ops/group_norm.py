@@ -8,7 +8,7 @@ and each backend's capability declaration in priority order.
 """
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +26,12 @@ GROUP_NORM = define_op("group_norm")
 def group_norm(
     x: torch.Tensor,
     num_groups: int,
-    weight: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
     eps: float = 1e-5,
     *,
-    activation: Optional[str] = None,
-    backend: Optional[str] = None,
+    activation: str | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Group normalisation of x [N, C, *] over groups of C // num_groups channels, then `activation`.
 
@@ -59,10 +59,10 @@ def group_norm(
 def group_norm_reference(
     x: torch.Tensor,
     num_groups: int,
-    weight: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
     eps: float = 1e-5,
-    activation: Optional[str] = None,
+    activation: str | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch GroupNorm(+SiLU): the CPU fallback and the test oracle (call it on float64 inputs).
 
@@ -89,10 +89,10 @@ def group_norm_backward_reference(
     grad: torch.Tensor,
     x: torch.Tensor,
     num_groups: int,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
     eps: float,
-    activation: Optional[str],
+    activation: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dx, dweight, dbias) of group_norm_reference; dweight/dbias [C] as if weight=1, bias=0
     when those are None (the caller drops them)."""
@@ -164,8 +164,8 @@ def _dispatch_inputs(x: torch.Tensor) -> dict[str, Any]:
 def _group_norm_op(
     x: torch.Tensor,
     num_groups: int,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
     eps: float,
     activation: str,
     backend: str,
@@ -187,8 +187,8 @@ def _group_norm_backward_op(
     grad: torch.Tensor,
     x: torch.Tensor,
     num_groups: int,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
     eps: float,
     activation: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

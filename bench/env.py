@@ -1,0 +1,86 @@
+"""The environment block of a benchmark JSON: versions, hardware, git revision, measured peaks."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from genai_fast.bench.timing import time_fn
+
+from genai_fast.backends import availability
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_sha() -> str | None:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True)
+        return out.stdout.strip().splitlines()[0] or None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def measure_peaks(device: torch.device, quick: bool) -> dict[str, float]:
+    """Measured ceilings: copy bandwidth (bytes read + written per second) and matmul rate.
+
+    GPU: a 1 GiB device-to-device copy and a bf16 8192^3 matmul. CPU: a 256 MiB copy and an fp32
+    2048^3 matmul (on torch's threads). Random data, never zeros.
+    """
+    if device.type == "cuda":
+        copy_bytes, matmul_n, matmul_dtype = 1 << 30, 8192, torch.bfloat16
+    else:
+        copy_bytes, matmul_n, matmul_dtype = (64 << 20) if quick else (256 << 20), 2048, torch.float32
+    src = torch.randn(copy_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    copy_ms = time_fn(lambda: dst.copy_(src), device, quick).median_ms
+    a = torch.randn(matmul_n, matmul_n, device=device).to(matmul_dtype)
+    b = torch.randn(matmul_n, matmul_n, device=device).to(matmul_dtype)
+    matmul_ms = time_fn(lambda: a @ b, device, quick).median_ms
+    return {
+        "copy_gbps": 2 * copy_bytes / copy_ms / 1e6,
+        "matmul_tflops": 2 * matmul_n**3 / matmul_ms / 1e9,
+        "matmul_dtype": str(matmul_dtype).removeprefix("torch."),
+    }
+
+
+def environment(device: torch.device, peaks: dict[str, Any]) -> dict[str, Any]:
+    versions = availability.versions()
+    return {
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "driver": _driver_version() if device.type == "cuda" else None,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "triton": versions["triton"],
+        "cupy": versions["cupy"],
+        "python": sys.version.split()[0],
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "git_sha": _git_sha(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "peaks": peaks,
+    }

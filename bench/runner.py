@@ -1,0 +1,141 @@
+"""The benchmark runner behind `genai-fast bench`: times every runnable backend of every registered op
+side by side with its references on the same inputs, and writes a table, JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+from genai_fast.bench.env import environment, measure_peaks
+from genai_fast.bench.registry import BenchEntry, Case, load_entries
+from genai_fast.bench.timing import Timing, rotating, time_fn
+from tqdm import tqdm
+
+from genai_fast.backends.dispatch import OPS, BackendNotSupportedError
+from genai_fast.io import atomic_write_text
+from genai_fast.testing import error_stats
+
+PRESETS = ("quick", "full")
+
+
+def select_entries(ops: list[str] | None) -> list[BenchEntry]:
+    registry = load_entries()
+    if not ops:
+        return list(registry.values())
+    unknown = [op for op in ops if op not in registry]
+    if unknown:
+        raise ValueError(f"--ops: unknown op(s) {', '.join(unknown)}; registered: {', '.join(registry)}")
+    return [registry[op] for op in ops]
+
+
+def _rotation_count(entry: BenchEntry, case: Case, device: torch.device) -> int:
+    """Input sets to cycle through: enough to overflow the GPU's L2 twice (at most 8); one on a CPU."""
+    if device.type != "cuda":
+        return 1
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
+    return max(1, min(8, math.ceil(2 * l2 / max(entry.bytes(case), 1.0))))
+
+
+def _backends_to_time(entry: BenchEntry, device: torch.device) -> list[str]:
+    names = [impl.backend for impl in OPS[entry.op].implementations if impl.backend != "torch"]
+    # The Triton interpreter (CPU) is a test tool, not something to time.
+    return [b for b in names if not (device.type == "cpu" and b == "triton")]
+
+
+def _row(entry: BenchEntry, case: Case, backend: str, reference: str, ours: Timing, ref: Timing,
+         max_err: float, ref_err: float, auto: str | None, peaks: dict[str, Any]) -> dict[str, Any]:
+    tflops = entry.flops(case) / ours.median_ms / 1e9
+    gbps = entry.bytes(case) / ours.median_ms / 1e6
+    ceiling = peaks["copy_gbps"] if entry.bound == "memory" else peaks["matmul_tflops"]
+    achieved = gbps if entry.bound == "memory" else tflops
+    return {
+        "op": entry.op,
+        "backend": backend,
+        "auto_selected": backend == auto,
+        "reference": reference,
+        "shape": case.label,
+        "dtype": str(case.dtype).removeprefix("torch."),
+        "median_ms": ours.median_ms,
+        "p20_ms": ours.p20_ms,
+        "p80_ms": ours.p80_ms,
+        "tflops": tflops,
+        "gbps": gbps,
+        "pct_of_peak": 100.0 * achieved / ceiling,
+        "bound": entry.bound,
+        "reference_ms": ref.median_ms,
+        "speedup_vs_reference": ref.median_ms / ours.median_ms,
+        "max_err": max_err,
+        "reference_max_err": ref_err,
+    }
+
+
+def bench_case(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
+               peaks: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows for one case, and the backends skipped with their reasons."""
+    inputs = [entry.make_inputs(case, device) for _ in range(_rotation_count(entry, case, device))]
+    oracle = entry.oracle(inputs[0])
+    refs = {}
+    for name, ref_fn in entry.references.items():
+        err = error_stats(ref_fn(inputs[0]), oracle).max_abs
+        calls = [lambda i=i, f=ref_fn: f(i) for i in inputs]
+        refs[name] = (time_fn(rotating(calls), device, quick), err)
+    entry.run(inputs[0], None)  # what automatic dispatch picks for this case
+    auto = OPS[entry.op].last_backend
+    rows, skipped = [], []
+    for backend in _backends_to_time(entry, device):
+        try:
+            out = entry.run(inputs[0], backend)
+        except BackendNotSupportedError as exc:
+            skipped.append({"op": entry.op, "shape": case.label, "backend": backend, "reason": str(exc)})
+            continue
+        err = error_stats(out, oracle).max_abs
+        calls = [lambda i=i, b=backend: entry.run(i, b) for i in inputs]
+        ours = time_fn(rotating(calls), device, quick)
+        for name, (ref_timing, ref_err) in refs.items():
+            rows.append(_row(entry, case, backend, name, ours, ref_timing, err, ref_err, auto, peaks))
+    return rows, skipped
+
+
+def run_benchmarks(device: torch.device, preset: str, ops: list[str] | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Run the preset on `device`; returns {"env", "preset", "rows", "skipped"} (DESIGN.md section 5)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
+    entries = select_entries(ops)
+    work = [(e, c) for e in entries for c in e.cases(preset, device.type)]
+    quick = preset == "quick"
+    peaks = measure_peaks(device, quick)
+    rows, skipped = [], []
+    for entry, case in tqdm(work, desc=f"bench {device.type} {preset}", unit="case", disable=not progress):
+        case_rows, case_skipped = bench_case(entry, case, device, quick, peaks)
+        rows += case_rows
+        skipped += case_skipped
+    return {"env": environment(device, peaks), "preset": preset, "rows": rows, "skipped": skipped}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A fixed-width table of the rows, and the peaks it measured."""
+    header = f"{'op':<12} {'shape':<32} {'dtype':<9} {'backend':<7} {'ms':>8} {'ref ms':>8} {'speedup':>8} " \
+             f"{'GB/s':>8} {'TFLOP/s':>8} {'%peak':>6} {'max err':>9}"
+    lines = [header, "-" * len(header)]
+    for r in result["rows"]:
+        mark = "*" if r["auto_selected"] else " "
+        lines.append(
+            f"{r['op']:<12} {r['shape']:<32} {r['dtype']:<9} {r['backend'] + mark:<7} {r['median_ms']:>8.3f} "
+            f"{r['reference_ms']:>8.3f} {r['speedup_vs_reference']:>7.2f}x {r['gbps']:>8.1f} "
+            f"{r['tflops']:>8.3f} {r['pct_of_peak']:>6.1f} {r['max_err']:>9.2e}"
+        )
+    peaks = result["env"]["peaks"]
+    references = sorted({r["reference"] for r in result["rows"]})
+    lines.append(f"* = chosen by automatic dispatch. Reference: {'; '.join(references) or '-'}. "
+                 f"Measured peaks: copy {peaks['copy_gbps']:.1f} GB/s, {peaks['matmul_dtype']} matmul "
+                 f"{peaks['matmul_tflops']:.2f} TFLOP/s.")
+    for s in result["skipped"]:
+        lines.append(f"skipped {s['op']} {s['backend']} at {s['shape']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str) -> None:
+    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,64 @@
+"""Timers: CUDA events through triton.testing.do_bench on a GPU, perf_counter medians on a CPU."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def time_cpu(fn: Callable[[], object], min_time_s: float = 0.3, min_reps: int = 10, warmup: int = 3) -> Timing:
+    """Median of repeated wall-clock timings after `warmup` calls, for at least min_time_s seconds."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < min_reps or time.perf_counter() - start < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        if len(samples) >= 10_000:
+            break
+    samples.sort()
+    return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8))
+
+
+def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> Timing:
+    """do_bench medians (CUDA events; it flushes L2 between repetitions)."""
+    from triton.testing import do_bench
+
+    median, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return Timing(float(median), float(p20), float(p80))
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, quick: bool) -> Timing:
+    if device.type == "cuda":
+        return time_cuda(fn)
+    return time_cpu(fn, min_time_s=0.2 if quick else 1.0)
+
+
+def rotating(calls: list[Callable[[], object]]) -> Callable[[], object]:
+    """One callable that cycles through several (each over its own inputs), so repeated runs do not
+    find their inputs already in cache."""
+    state = {"i": 0}
+
+    def call() -> object:
+        state["i"] = (state["i"] + 1) % len(calls)
+        return calls[state["i"]]()
+
+    return call

@@ -1,0 +1,143 @@
+"""The `genai-fast` command.
+
+    genai-fast info [--json]
+    genai-fast bench [--device cpu|cuda] [--quick|--full] [--ops OP ...] [--json PATH] [--plot PATH]
+
+A user's mistake (bad argument, missing file, a backend that cannot run) is reported as one line on
+stderr with exit status 2 and no traceback; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from genai_fast.backends.dispatch import BackendNotSupportedError
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
+               NotADirectoryError, BackendNotSupportedError, KeyError)
+
+
+class UsageError(Exception):
+    """A mistake in the command line; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + exits 2; keep that, one clean line
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="genai-fast", description="Fast, reference-checked kernels for generative AI.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    info = sub.add_parser("info", help="every op x backend: available here, or why not")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    bench = sub.add_parser("bench", help="time every backend against its references (the main job)")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                       help="default: cuda when a GPU is present, else cpu")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                      help="small shapes (the default on a CPU)")
+    size.add_argument("--full", dest="preset", action="store_const", const="full",
+                      help="all shapes (the default on a GPU)")
+    bench.add_argument("--ops", nargs="+", metavar="OP", help="only these ops (default: all registered)")
+    bench.add_argument("--json", metavar="PATH", help="write the results as JSON (atomically)")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG of the speedups")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from genai_fast.info import info
+
+    data = info()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v)
+    print(f"genai_fast: {versions}")
+    if data["forced_backend"]:
+        print(f"GENAI_FAST_BACKEND={data['forced_backend']} forces that backend everywhere")
+    print(f"{'op':<14} {'backend':<8} {'available':<10} {'devices':<10} {'dtypes':<34} why not")
+    for row in data["ops"]:
+        print(f"{row['op']:<14} {row['backend']:<8} {'yes' if row['available'] else 'no':<10} "
+              f"{','.join(row['devices']):<10} {','.join(row['dtypes']):<34} {'; '.join(row['reasons'])}")
+    return 0
+
+
+def _resolve_device(requested: str | None) -> Any:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _check_output_path(option: str, path: str | None) -> None:
+    if path is None:
+        return
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {parent} does not exist")
+    if Path(path).is_dir():
+        raise UsageError(f"{option} {path}: is a folder, expected a file path")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    device = _resolve_device(args.device)
+    preset = args.preset or ("full" if device.type == "cuda" else "quick")
+    _check_output_path("--json", args.json)
+    _check_output_path("--plot", args.plot)
+    from genai_fast.bench.runner import format_table, run_benchmarks, select_entries, write_json
+
+    select_entries(args.ops)  # reject unknown op names before measuring anything
+    result = run_benchmarks(device, preset, args.ops, progress=not args.no_progress)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        from genai_fast.bench.plot import plot_speedups
+
+        plot_speedups(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+COMMANDS = {"info": _cmd_info, "bench": _cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = _build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("genai-fast: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, *USER_ERRORS) as exc:
+        if debug:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"genai-fast: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"genai-fast: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""GroupNorm on a GPU: the Triton kernel (and every other GPU backend) at SD shapes, all dtypes."""
+
+import pytest
+import torch
+
+import genai_fast
+from genai_fast.backends import memory
+from genai_fast.backends.availability import backend_unavailable_reasons
+from tests.group_norm_cases import check_backend
+
+pytestmark = pytest.mark.gpu
+
+GPU_BACKENDS = ["triton", "cuda"]
+SHAPES = {
+    "sd-2x320x64x64": ((2, 320, 64, 64), 32),
+    "sd-1x1280x8x8": ((1, 1280, 8, 8), 32),
+    "odd-3x6x13x17-g3": ((3, 6, 13, 17), 3),
+    "3d-2x32x7": ((2, 32, 7), 8),
+    "n1-c4-1x1": ((1, 4, 1, 1), 2),
+    "large-s-1x64x300x301": ((1, 64, 300, 301), 32),
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _require(backend):
+    reasons = backend_unavailable_reasons(backend)
+    if reasons:
+        pytest.skip("; ".join(reasons))
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", SHAPES.keys())
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_backend_matches_reference(backend, case, layout, dtype):
+    _require(backend)
+    shape, groups = SHAPES[case]
+    check_backend(backend, shape, groups, layout, dtype, device="cuda")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_backend_is_deterministic(backend):
+    _require(backend)
+    x = torch.randn(2, 320, 32, 32, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+    with memory.poison_outputs():
+        first = genai_fast.group_norm(x, 32, activation="silu", backend=backend)
+        second = genai_fast.group_norm(x, 32, activation="silu", backend=backend)
+    assert torch.equal(first, second)
+
+
+def test_auto_dispatch_on_gpu_uses_a_kernel():
+    genai_fast.group_norm(torch.randn(2, 64, 8, 8, device="cuda"), 8)
+    assert genai_fast.backends.dispatch.OPS["group_norm"].last_backend in GPU_BACKENDS
