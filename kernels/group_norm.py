@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from genai_fast.backends import memory
+from genai_fast.backends.availability import multiprocessor_count
 from genai_fast.ops.layout import as_ncs
 
 
@@ -103,9 +104,12 @@ def _group_norm_finalize_kernel(
     for c0 in range(0, channels, BLOCK_CG):
         cs = c_first + c0 + tl.arange(0, BLOCK_CG)
         c_mask = (c0 + tl.arange(0, BLOCK_CG)) < channels
-        w = tl.load(weight_ptr + cs, mask=c_mask, other=1.0) if HAS_WEIGHT else tl.full([BLOCK_CG], 1.0, tl.float32)
-        b = tl.load(bias_ptr + cs, mask=c_mask, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_CG], tl.float32)
-        scale = rstd * w
+        scale = tl.full([BLOCK_CG], 1.0, tl.float32) * rstd
+        if HAS_WEIGHT:
+            scale = scale * tl.load(weight_ptr + cs, mask=c_mask, other=1.0)
+        b = tl.zeros([BLOCK_CG], tl.float32)
+        if HAS_BIAS:
+            b = tl.load(bias_ptr + cs, mask=c_mask, other=0.0)
         tl.store(scale_ptr + n * C + cs, scale, mask=c_mask)
         tl.store(shift_ptr + n * C + cs, b - mean * scale, mask=c_mask)
 
@@ -148,7 +152,7 @@ def _tiles(channels_last: bool, C: int, S: int) -> tuple[int, int]:
 def _num_programs_target(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the CPU interpreter: few programs keep tests fast
-    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4 * multiprocessor_count(device)
 
 
 def group_norm_fwd(
@@ -170,11 +174,11 @@ def group_norm_fwd(
     chunk_len = triton.cdiv(triton.cdiv(S, num_chunks), block_s) * block_s  # whole tiles per chunk
     num_chunks = triton.cdiv(S, chunk_len)
 
-    f32 = dict(device=x.device, dtype=torch.float32)
-    partial_mean = memory.empty((N, num_chunks, C), **f32)
-    partial_m2 = memory.empty((N, num_chunks, C), **f32)
-    scale = memory.empty((N, C), **f32)
-    shift = memory.empty((N, C), **f32)
+    # One workspace allocation: partial means, partial M2s, per-(n, c) scale and shift.
+    partials = N * num_chunks * C
+    workspace = memory.empty((2 * partials + 2 * N * C,), device=x.device, dtype=torch.float32)
+    partial_mean, partial_m2 = workspace[:partials], workspace[partials : 2 * partials]
+    scale, shift = workspace[2 * partials : 2 * partials + N * C], workspace[2 * partials + N * C :]
     w = weight.detach().to(torch.float32).contiguous() if weight is not None else scale  # dummy if absent
     b = bias.detach().to(torch.float32).contiguous() if bias is not None else scale
     out = memory.empty_like(t)

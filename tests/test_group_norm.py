@@ -242,3 +242,21 @@ def test_torch_compile_fullgraph(compiler):
     torch.testing.assert_close(compiled(x), expected)
     compiled(x).sum().backward()
     assert model.norm.weight.grad is not None
+
+
+def test_dispatch_modes_see_the_custom_op():
+    """Eager calls skip the custom op only when nothing could observe it: a TorchDispatchMode does."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder() as recorder:
+        genai_fast.group_norm(torch.randn(2, 8, 3, 3), 4, activation="silu")
+    assert any("genai_fast.group_norm" in op for op in recorder.ops), recorder.ops

@@ -81,3 +81,15 @@ def versions() -> dict[str, str | None]:
         "cpp_extension": getattr(cpp, "__version__", None),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+@functools.cache
+def compute_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) of a CUDA device, cached (the query costs microseconds on every dispatch)."""
+    return torch.cuda.get_device_capability(device)
+
+
+@functools.cache
+def multiprocessor_count(device: torch.device) -> int:
+    """Number of SMs of a CUDA device, cached."""
+    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -49,7 +49,7 @@ class Capability:
             names = ", ".join(_dtype_name(d) for d in self.dtypes)
             reasons.append(f"dtype {_dtype_name(dtype)} is not supported (supports {names})")
         if device.type == "cuda" and self.min_compute_capability and torch.cuda.is_available():
-            cc = torch.cuda.get_device_capability(device)
+            cc = availability.compute_capability(device)
             if cc < self.min_compute_capability:
                 need = ".".join(map(str, self.min_compute_capability))
                 reasons.append(f"compute capability {cc[0]}.{cc[1]} is below the required {need}")
@@ -115,6 +115,9 @@ class Op:
     name: str
     implementations: list[Implementation] = field(default_factory=list)
     last_backend: str | None = None
+    # Automatic choices keyed by (device, dtype) for ops whose backends check nothing else: dispatch
+    # runs on every call, and on a GPU its Python time is comparable to a small kernel's run time.
+    _auto_cache: dict[tuple[Any, ...], Implementation] = field(default_factory=dict, repr=False)
 
     def register(
         self,
@@ -128,6 +131,7 @@ class Op:
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.implementations.append(Implementation(self.name, backend, capability, fn, check))
+            self._auto_cache.clear()
             return fn
 
         return decorator
@@ -154,8 +158,16 @@ class Op:
                 )
             self.last_backend = impl.backend
             return impl
+        cacheable = all(impl.check is None for impl in self.implementations)
+        key = (inputs["device"], inputs["dtype"], availability.triton_interpreter_enabled())
+        if cacheable and key in self._auto_cache:
+            impl = self._auto_cache[key]
+            self.last_backend = impl.backend
+            return impl
         for impl in self.implementations:
             if not impl.not_supported_reasons(inputs):
+                if cacheable:
+                    self._auto_cache[key] = impl
                 self.last_backend = impl.backend
                 return impl
         # The torch reference never declines supported inputs; reaching here is a registration bug.

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.eager import can_bypass_custom_op
 
 ACTIVATIONS = (None, "silu")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -52,6 +53,8 @@ def group_norm(
         y = torch.nn.functional.silu(y) if activation == "silu" else y
     """
     _validate(x, num_groups, weight, bias, eps, activation, backend)
+    if can_bypass_custom_op(x, weight, bias):
+        return _run(x, num_groups, weight, bias, float(eps), activation, backend)
     return torch.ops.genai_fast.group_norm(x, num_groups, weight, bias, float(eps), activation or "none",
                                            backend or "")
 
@@ -157,6 +160,7 @@ def _validate(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activat
 
 
 def _dispatch_inputs(x: torch.Tensor) -> dict[str, Any]:
+    """What the backends' capability checks read."""
     return {"device": x.device, "dtype": x.dtype, "x": x}
 
 
@@ -170,11 +174,15 @@ def _group_norm_op(
     activation: str,
     backend: str,
 ) -> torch.Tensor:
-    act = None if activation == "none" else activation
+    return _run(x, num_groups, weight, bias, eps, None if activation == "none" else activation, backend or None)
+
+
+def _run(x, num_groups, weight, bias, eps, activation, backend):
+    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
     if x.numel() == 0:
         return torch.empty_like(x)
-    impl = GROUP_NORM.select(_dispatch_inputs(x), backend or None)
-    return impl.run(x, num_groups, weight, bias, eps, act)
+    impl = GROUP_NORM.select(_dispatch_inputs(x), backend)
+    return impl.run(x, num_groups, weight, bias, eps, activation)
 
 
 @_group_norm_op.register_fake

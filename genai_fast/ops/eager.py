@@ -1,0 +1,25 @@
+"""When a public op may skip its torch.library custom op and call the dispatcher directly.
+
+A Python custom op costs tens of microseconds per call (the dispatcher, autograd wrapping), which on a
+GPU is longer than a small kernel. In plain eager inference nothing needs that machinery, so ops call
+their implementation directly. The custom op still runs whenever something could observe it:
+torch.compile tracing, autograd (a tensor that requires grad), tensor subclasses (FakeTensor, ...),
+and TorchDispatchModes (profilers, FLOP counters).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def can_bypass_custom_op(*tensors: torch.Tensor | None) -> bool:
+    """True when calling the implementation directly is indistinguishable from the custom op."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) is not torch.Tensor or (grad and t.requires_grad):
+            return False
+    return True
