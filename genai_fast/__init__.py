@@ -6,7 +6,14 @@ PyTorch reference last); `backend=` forces one, GENAI_FAST_BACKEND=torch forces 
 
 from genai_fast.backends.dispatch import BACKEND_NAMES, BackendNotSupportedError
 from genai_fast.info import info
-from genai_fast.ops import group_norm, group_norm_reference
+from genai_fast.ops import (
+    attention_with_kvcache,
+    attention_with_kvcache_reference,
+    group_norm,
+    group_norm_reference,
+    scaled_dot_product_attention,
+    scaled_dot_product_attention_reference,
+)
 
 __version__ = "0.1.0"
 
@@ -14,7 +21,11 @@ __all__ = [
     "BACKEND_NAMES",
     "BackendNotSupportedError",
     "__version__",
+    "attention_with_kvcache",
+    "attention_with_kvcache_reference",
     "group_norm",
     "group_norm_reference",
     "info",
+    "scaled_dot_product_attention",
+    "scaled_dot_product_attention_reference",
 ]

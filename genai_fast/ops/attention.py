@@ -1,0 +1,596 @@
+"""Fused attention: scaled_dot_product_attention (prefill/training) and attention_with_kvcache (decode).
+
+Layers (DESIGN.md section 3): the Triton kernels and launchers live in kernels/attention.py; this module
+holds the public functions, validation, the custom ops `genai_fast::scaled_dot_product_attention` (with
+fake and autograd), `genai_fast::scaled_dot_product_attention_backward` and
+`genai_fast::attention_with_kvcache`, the references, and each backend's registration in priority order.
+
+Inside the custom ops every tensor is 4-D: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], and
+the mask (if any) a broadcast view [B, Hq, Sq, Sk] (stride 0 on broadcast dimensions, never copied).
+The public function reduces torch's general [..., H, S, D] broadcasting to that form with views, so
+autograd sums gradients over broadcast dimensions by itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.eager import can_bypass_custom_op
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_KERNEL_HEAD_DIM = 256
+
+ATTENTION = define_op("scaled_dot_product_attention")
+ATTENTION_BWD = define_op("scaled_dot_product_attention_backward")
+KVCACHE = define_op("attention_with_kvcache")
+
+
+class AttentionInputError(ValueError, RuntimeError):
+    """Bad shapes or values. Also a RuntimeError, the type torch's SDPA raises, so code that catches
+    torch's errors catches these."""
+
+
+class AttentionTypeError(TypeError, RuntimeError):
+    """Bad dtypes (a RuntimeError too, as torch raises)."""
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """softmax(query @ key^T * scale + mask) @ value, fused (the S x S matrix is never stored).
+
+    Args:
+        query: [..., Hq, Sq, D]; key: [..., Hkv, Sk, D]; value: [..., Hkv, Sk, Dv]. fp32, fp16, bf16
+            (fp64 runs on the reference); at least 2-D; leading dimensions broadcast as in torch.
+        attn_mask: None, or bool (True = attend) or additive float (float32 or query's dtype),
+            broadcastable to [..., Hq, Sq, Sk].
+        dropout_p: dropout on the attention weights; > 0 runs on the reference (the kernels have none).
+        is_causal: query i sees key j <= i (aligned top-left, as torch). Combined with attn_mask if both.
+        scale: defaults to 1 / sqrt(D).
+        enable_gqa: Hq a multiple of Hkv; query head h reads key/value head h // (Hq // Hkv).
+        backend: force "triton" or "torch"; None picks the fastest that can run.
+
+    Returns [..., Hq, Sq, Dv] in query's dtype. A row with every key masked is 0, as in torch 2.13.
+    Errors: the types torch raises (RuntimeError; here subclasses of ValueError/TypeError as well),
+    with messages that start with the argument's name.
+
+    Equivalent PyTorch::
+
+        torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p,
+                                                         is_causal, scale=scale, enable_gqa=enable_gqa)
+    """
+    _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+    sm_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    inputs = _dispatch_inputs(query, key, value, attn_mask, dropout_p)
+    if dropout_p > 0:
+        # Dropout is random: the forward and its backward must see the same mask, so it runs as plain
+        # differentiable PyTorch, after the dispatcher recorded (or, when forced, raised) the reason.
+        ATTENTION.select(inputs, backend)
+        return scaled_dot_product_attention_reference(query, key, value, attn_mask, dropout_p, is_causal,
+                                                      sm_scale, enable_gqa)
+    if can_bypass_custom_op(query, key, value, attn_mask):
+        impl = ATTENTION.select(inputs, backend)
+        if impl.backend == "torch":
+            # Plain eager on the fallback: torch's own SDPA (its fused CPU kernel), not the math reference.
+            return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=sm_scale,
+                                                  enable_gqa=enable_gqa)
+    q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa)
+    out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, bool(is_causal), sm_scale,
+                                                                  backend or "")
+    return out.reshape(out_shape)
+
+
+def attention_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Decode attention of a few new query tokens per sequence against a preallocated KV cache.
+
+    Args:
+        q: [B, Hq, Sq, D] new query tokens (fp32, fp16, bf16; fp64 on the reference).
+        k_cache, v_cache: [B, Hkv, S_max, D] and [B, Hkv, S_max, Dv], query's dtype; Hq % Hkv == 0.
+        cache_seqlens: int32 or int64 [B], valid cache length of each sequence before this call.
+        k, v: optional [B, Hkv, S_new, D] / [B, Hkv, S_new, Dv], written in place into the caches at
+            positions cache_seqlens[b] .. cache_seqlens[b] + S_new - 1 before attending.
+        scale: defaults to 1 / sqrt(D).
+        causal: aligned bottom-right: with L_b = cache_seqlens[b] + S_new, query i sees positions
+            <= L_b - Sq + i. Otherwise every query sees positions < L_b.
+        backend: force "triton" or "torch"; None picks the fastest that can run.
+
+    Returns [B, Hq, Sq, Dv]. cache_seqlens is not updated (the caller advances it). Validation reads
+    cache_seqlens on the host (one sync on a GPU) before anything touches the caches, except while a
+    CUDA graph is being captured.
+
+    Equivalent PyTorch::
+
+        for b in range(B):
+            L = cache_seqlens[b] + S_new
+            k_cache[b, :, L - S_new:L] = k[b]; v_cache[b, :, L - S_new:L] = v[b]
+            keys, values = k_cache[b, :, :L], v_cache[b, :, :L]
+            mask = causal bottom-right [Sq, L] if causal else None
+            out[b] = F.scaled_dot_product_attention(q[b], keys, values, mask, scale=scale, enable_gqa=True)
+    """
+    _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend)
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if can_bypass_custom_op(q, k_cache, v_cache, k, v):
+        return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale, bool(causal), backend)
+    return torch.ops.genai_fast.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale,
+                                                       bool(causal), backend or "")
+
+
+# ---------------------------------------------------------------- references
+
+
+def scaled_dot_product_attention_reference(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Plain PyTorch math SDPA: the fallback inside the custom op and the test oracle (call it on
+    float64 inputs). Computes in float64 for float64 inputs and float32 otherwise; returns query's dtype.
+
+    Rows with every key masked give 0 (and lse -inf) with finite gradients. return_lse: also return the
+    natural-log log-sum-exp of each row's scaled, masked scores [..., Hq, Sq] (fp32 or fp64).
+    """
+    compute = torch.float64 if query.dtype == torch.float64 else torch.float32
+    q, k, v = query.to(compute), key.to(compute), value.to(compute)
+    if enable_gqa and q.dim() >= 3:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * sm_scale
+    Sq, Sk = scores.shape[-2], scores.shape[-1]
+    if is_causal:
+        causal = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.to(compute)
+    # Safe softmax: a row with no visible key has max -inf; subtracting 0 instead keeps it (and its
+    # gradient) free of NaN, and dividing by 1 instead of 0 makes it 0.
+    row_max = scores.detach().amax(dim=-1, keepdim=True) if Sk else scores.new_zeros((*scores.shape[:-1], 1))
+    row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)
+    p = torch.exp(scores - row_max)
+    total = p.sum(dim=-1, keepdim=True)
+    p = p / torch.where(total == 0, torch.ones_like(total), total)
+    if dropout_p > 0:
+        p = torch.dropout(p, dropout_p, train=True)
+    out = (p @ v).to(query.dtype)
+    if not return_lse:
+        return out
+    return out, (torch.log(total) + row_max).squeeze(-1)
+
+
+def attention_with_kvcache_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    scale: float | None = None,
+    causal: bool = True,
+) -> torch.Tensor:
+    """attention_with_kvcache in plain PyTorch (writes k/v into the caches in place, as the op does)."""
+    lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return _kvcache_attend_reference(q, k_cache, v_cache, lengths, sm_scale, causal)
+
+
+def _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal):
+    Sq, s_max = q.shape[2], k_cache.shape[2]
+    pos = torch.arange(s_max, device=q.device)
+    lengths = lengths.to(device=q.device, dtype=torch.int64)
+    valid = pos[None, :] < lengths[:, None]  # [B, S_max]
+    mask = valid[:, None, None, :].expand(-1, 1, Sq, -1)
+    if causal:
+        last = lengths[:, None] - Sq + torch.arange(Sq, device=q.device)[None, :]  # [B, Sq]
+        mask = mask & (pos[None, None, :] <= last[:, :, None])[:, None]
+    # Positions past a sequence's length may hold anything (NaN in the tests): zero them, since
+    # 0 * NaN in P @ V would poison the row.
+    keep = valid[:, None, :, None]
+    keys = torch.where(keep, k_cache, torch.zeros((), dtype=k_cache.dtype, device=k_cache.device))
+    values = torch.where(keep, v_cache, torch.zeros((), dtype=v_cache.dtype, device=v_cache.device))
+    return scaled_dot_product_attention_reference(q, keys, values, mask, 0.0, False, scale, enable_gqa=True)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _require_tensor(name: str, t: Any) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
+def _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> None:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _require_tensor(name, t)
+        if t.dim() < 2:
+            raise AttentionInputError(f"{name}: expected at least 2 dimensions [..., S, D], got shape "
+                                      f"{tuple(t.shape)}")
+    if query.dtype not in SUPPORTED_DTYPES:
+        raise AttentionTypeError(f"query: expected dtype float32, float16, bfloat16 or float64, got {query.dtype}")
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype != query.dtype:
+            raise AttentionTypeError(f"{name}: expected query's dtype {query.dtype}, got {t.dtype}")
+        if t.device != query.device:
+            raise AttentionInputError(f"{name}: expected a tensor on query's device {query.device}, got {t.device}")
+    if key.shape[-1] != query.shape[-1]:
+        raise AttentionInputError(f"key: head dim {key.shape[-1]} must equal query's {query.shape[-1]}")
+    if value.shape[-2] != key.shape[-2]:
+        raise AttentionInputError(f"value: sequence length {value.shape[-2]} must equal key's {key.shape[-2]}")
+    _output_prefix(query, key, value, enable_gqa)  # raises on heads/batch that do not broadcast
+    if attn_mask is not None:
+        _validate_mask(attn_mask, query, key, value, enable_gqa)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:
+        raise AttentionInputError(f"dropout_p: expected a number in [0, 1], got {dropout_p!r}")
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal: expected a bool, got {type(is_causal).__name__}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise AttentionInputError(f"scale: expected None or a finite number, got {scale!r}")
+    if not isinstance(enable_gqa, bool):
+        raise TypeError(f"enable_gqa: expected a bool, got {type(enable_gqa).__name__}")
+    validate_backend_name(backend)
+
+
+def _validate_mask(attn_mask, query, key, value, enable_gqa) -> None:
+    _require_tensor("attn_mask", attn_mask)
+    if attn_mask.dtype != torch.bool and attn_mask.dtype not in (torch.float32, query.dtype):
+        raise AttentionTypeError(f"attn_mask: expected dtype bool, float32 or query's dtype {query.dtype}, "
+                                 f"got {attn_mask.dtype}")
+    if attn_mask.device != query.device:
+        raise AttentionInputError(f"attn_mask: expected a tensor on query's device {query.device}, "
+                                  f"got {attn_mask.device}")
+    weights = (*_output_prefix(query, key, value, enable_gqa), query.shape[-2], key.shape[-2])
+    if attn_mask.dim() < 2 or attn_mask.dim() > len(weights) or not _broadcasts_to(attn_mask.shape, weights):
+        raise AttentionInputError(f"attn_mask: shape {tuple(attn_mask.shape)} does not broadcast to the "
+                                  f"attention weights' shape {weights}")
+
+
+def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
+    try:
+        return tuple(torch.broadcast_shapes(shape, target)) == tuple(target)
+    except RuntimeError:
+        return False
+
+
+def _heads(t: torch.Tensor) -> int:
+    return t.shape[-3] if t.dim() >= 3 else 1
+
+
+def _output_prefix(query, key, value, enable_gqa) -> tuple[int, ...]:
+    """The output's leading dims (batch..., Hq); raises when heads or batch dims do not broadcast."""
+    hq, hk, hv = _heads(query), _heads(key), _heads(value)
+    if enable_gqa:
+        for name, h in (("key", hk), ("value", hv)):
+            if h == 0 or hq % h != 0:
+                raise AttentionInputError(f"{name}: with enable_gqa, its {h} heads must divide query's {hq}")
+        heads = (hq,)
+    else:
+        try:
+            heads = tuple(torch.broadcast_shapes((hq,), (hk,), (hv,)))
+        except RuntimeError:
+            raise AttentionInputError(f"key: {hk} heads (value: {hv}) do not match query's {hq}; "
+                                      f"pass enable_gqa=True for grouped-query attention") from None
+    try:
+        batch = tuple(torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3]))
+    except RuntimeError:
+        raise AttentionInputError(f"key: batch dims {tuple(key.shape[:-3])} (value: {tuple(value.shape[:-3])}) "
+                                  f"do not broadcast with query's {tuple(query.shape[:-3])}") from None
+    return (*batch, *heads)
+
+
+def _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend) -> None:
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens)):
+        _require_tensor(name, t)
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected 4 dimensions [B, H, S, D], got shape {tuple(t.shape)}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q: expected dtype float32, float16, bfloat16 or float64, got {q.dtype}")
+    B, Hq, _, D = q.shape
+    _, Hkv, s_max, _ = k_cache.shape
+    _check_like("k_cache", k_cache, q, (B, Hkv, s_max, D))
+    _check_like("v_cache", v_cache, q, (B, Hkv, s_max, v_cache.shape[3]))
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"k_cache: its {Hkv} heads must divide q's {Hq}")
+    if (k is None) != (v is None):
+        raise ValueError(f"{'k' if k is None else 'v'}: k and v must be given together")
+    s_new = 0
+    if k is not None:
+        _require_tensor("k", k)
+        _require_tensor("v", v)
+        s_new = k.shape[2] if k.dim() == 4 else -1
+        _check_like("k", k, q, (B, Hkv, s_new, D))
+        _check_like("v", v, q, (B, Hkv, s_new, v_cache.shape[3]))
+    _validate_seqlens(cache_seqlens, q, B, s_max, s_new)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise ValueError(f"scale: expected None or a finite number, got {scale!r}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    validate_backend_name(backend)
+
+
+def _check_like(name: str, t: torch.Tensor, q: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if t.dtype != q.dtype:
+        raise TypeError(f"{name}: expected q's dtype {q.dtype}, got {t.dtype}")
+    if t.device != q.device:
+        raise ValueError(f"{name}: expected a tensor on q's device {q.device}, got {t.device}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+
+
+def _validate_seqlens(cache_seqlens, q, B, s_max, s_new) -> None:
+    if cache_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cache_seqlens: expected dtype int32 or int64, got {cache_seqlens.dtype}")
+    if tuple(cache_seqlens.shape) != (B,):
+        raise ValueError(f"cache_seqlens: expected shape ({B},) (one length per sequence), "
+                         f"got {tuple(cache_seqlens.shape)}")
+    if cache_seqlens.device != q.device:
+        raise ValueError(f"cache_seqlens: expected a tensor on q's device {q.device}, got {cache_seqlens.device}")
+    if B == 0 or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    lo, hi = (int(x) for x in torch.aminmax(cache_seqlens))
+    if lo < 0 or hi + s_new > s_max:
+        raise ValueError(f"cache_seqlens: values must lie in [0, S_max - S_new] = [0, {s_max - s_new}] "
+                         f"(S_max={s_max}, S_new={s_new}), got min {lo}, max {hi}")
+
+
+# ---------------------------------------------------------------- canonical 4-D form
+
+
+def _canonical(query, key, value, attn_mask, enable_gqa):
+    """(q, k, v, mask, out_shape): 4-D views [B, H, S, D] (mask [B, Hq, Sq, Sk] broadcast view).
+
+    Broadcast batch/head dims become stride-0 views; flattening several batch dims copies only when
+    they cannot be viewed as one.
+    """
+    prefix = _output_prefix(query, key, value, enable_gqa)
+    batch, hq = prefix[:-1], prefix[-1]
+    Sq, Sk, D, Dv = query.shape[-2], key.shape[-2], query.shape[-1], value.shape[-1]
+    hk, hv = (_heads(key), _heads(value)) if enable_gqa else (hq, hq)
+    if enable_gqa and hk != hv:
+        # torch repeats key and value heads separately; the kernels share one group size.
+        heads = max(hk, hv)
+        key = key.repeat_interleave(heads // hk, dim=-3) if hk != heads else key
+        value = value.repeat_interleave(heads // hv, dim=-3) if hv != heads else value
+        hk = hv = heads
+    q = _flatten_batch(query, batch, hq, Sq, D)
+    k = _flatten_batch(key, batch, hk, Sk, D)
+    v = _flatten_batch(value, batch, hv, Sk, Dv)
+    mask = None
+    if attn_mask is not None:
+        mask = _flatten_batch(attn_mask, batch, hq, Sq, Sk)
+    return q, k, v, mask, (*batch, *((hq,) if query.dim() >= 3 or key.dim() >= 3 else ()), Sq, Dv)
+
+
+def _flatten_batch(t: torch.Tensor, batch: tuple[int, ...], heads: int, rows: int, cols: int) -> torch.Tensor:
+    t = t.expand(*batch, heads, rows, cols)
+    return t.reshape(-1, heads, rows, cols) if len(batch) != 1 else t
+
+
+def _dispatch_inputs(query, key, value, attn_mask, dropout_p) -> dict[str, Any]:
+    return {"device": query.device, "dtype": query.dtype, "head_dim": query.shape[-1],
+            "head_dim_v": value.shape[-1], "dropout_p": dropout_p,
+            "mask_grad": attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled()}
+
+
+# ---------------------------------------------------------------- custom ops, fake, autograd
+
+
+@torch.library.custom_op("genai_fast::scaled_dot_product_attention", mutates_args=())
+def _sdpa_op(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-D inputs -> (out [B, Hq, Sq, Dv], lse [B, Hq, Sq] fp32, natural log, -inf for empty rows)."""
+    if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
+        return _sdpa_torch(query, key, value, attn_mask, is_causal, scale)
+    inputs = _dispatch_inputs(query, key, value, None, 0.0)
+    return ATTENTION.select(inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale)
+
+
+@_sdpa_op.register_fake
+def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, backend):
+    B, H, Sq, _ = query.shape
+    out = query.new_empty((B, H, Sq, value.shape[-1]))
+    return out, query.new_empty((B, H, Sq), dtype=torch.float32)
+
+
+@torch.library.custom_op("genai_fast::scaled_dot_product_attention_backward", mutates_args=())
+def _sdpa_backward_op(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    is_causal: bool,
+    scale: float,
+    mask_grad: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dmask); dmask is [B, Hq, Sq, Sk] when mask_grad, else an empty tensor."""
+    inputs = {**_dispatch_inputs(query, key, value, None, 0.0), "mask_grad": mask_grad}
+    if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
+        impl = ATTENTION_BWD.get("torch")
+    else:
+        impl = ATTENTION_BWD.select(inputs, backend or None)
+    return impl.run(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad)
+
+
+@_sdpa_backward_op.register_fake
+def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, backend):
+    dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad and attn_mask is not None else query.new_empty((0,))
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), dmask
+
+
+def _setup_context(ctx, inputs, output):
+    query, key, value, attn_mask, is_causal, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, attn_mask, out, lse)
+    ctx.is_causal, ctx.scale, ctx.backend = is_causal, scale, backend
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    query, key, value, attn_mask, out, lse = ctx.saved_tensors
+    mask_grad = attn_mask is not None and ctx.needs_input_grad[3]
+    dq, dk, dv, dmask = torch.ops.genai_fast.scaled_dot_product_attention_backward(
+        grad_out, query, key, value, attn_mask, out, lse, ctx.is_causal, ctx.scale, mask_grad, ctx.backend)
+    return dq, dk, dv, dmask if mask_grad else None, None, None, None
+
+
+_sdpa_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("genai_fast::attention_with_kvcache", mutates_args=("k_cache", "v_cache"))
+def _kvcache_op(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+    backend: str,
+) -> torch.Tensor:
+    return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend or None)
+
+
+@_kvcache_op.register_fake
+def _kvcache_fake(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend):
+    return q.new_empty((*q.shape[:3], v_cache.shape[3]))
+
+
+def _append_to_cache(k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
+    """Write k/v at each sequence's end (in place); returns the new lengths as int32 [B]."""
+    if k is None or k.shape[2] == 0:
+        return cache_seqlens.to(torch.int32)
+    B, Hkv, s_new, _ = k.shape
+    positions = cache_seqlens.to(torch.int64)[:, None] + torch.arange(s_new, device=k.device)[None, :]
+    index = positions[:, None, :, None]
+    k_cache.scatter_(2, index.expand(B, Hkv, s_new, k.shape[3]), k)
+    v_cache.scatter_(2, index.expand(B, Hkv, s_new, v.shape[3]), v)
+    return (cache_seqlens + s_new).to(torch.int32)
+
+
+def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend):
+    lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
+    if q.numel() == 0:
+        return q.new_zeros((*q.shape[:3], v_cache.shape[3]))
+    inputs = {"device": q.device, "dtype": q.dtype, "head_dim": q.shape[3], "head_dim_v": v_cache.shape[3]}
+    return KVCACHE.select(inputs, backend).run(q, k_cache, v_cache, lengths, scale, causal)
+
+
+# ---------------------------------------------------------------- backends, in priority order
+
+
+def _triton_reasons(inputs: dict[str, Any]) -> list[str]:
+    reasons = []
+    if max(inputs["head_dim"], inputs["head_dim_v"]) > MAX_KERNEL_HEAD_DIM:
+        reasons.append(f"head dim {max(inputs['head_dim'], inputs['head_dim_v'])} is above "
+                       f"{MAX_KERNEL_HEAD_DIM}")
+    if inputs.get("dropout_p", 0.0) > 0:
+        reasons.append("dropout_p > 0 runs on the reference (the kernels have no dropout)")
+    if inputs.get("mask_grad"):
+        reasons.append("the gradient of an additive attn_mask is computed by the reference")
+    return reasons
+
+
+_TRITON = Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, min_compute_capability=(8, 0),
+                     layouts=("any strides",),
+                     features=(f"head dim <= {MAX_KERNEL_HEAD_DIM}", "GQA without copies", "bool/additive masks",
+                               "causal"))
+_TORCH = Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",))
+
+
+@ATTENTION.register("triton", _TRITON, check=_triton_reasons)
+def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
+    from genai_fast.kernels.attention import attention_fwd
+
+    return attention_fwd(query, key, value, attn_mask, is_causal, scale)
+
+
+@ATTENTION.register("torch", _TORCH, check=lambda inputs: [])
+def _sdpa_torch(query, key, value, attn_mask, is_causal, scale):
+    out, lse = scaled_dot_product_attention_reference(query, key, value, attn_mask, 0.0, is_causal, scale,
+                                                      enable_gqa=True, return_lse=True)
+    return out, lse.to(torch.float32)
+
+
+@ATTENTION_BWD.register("triton", _TRITON, check=_triton_reasons)
+def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad):
+    from genai_fast.kernels.attention import attention_bwd
+
+    dq, dk, dv = attention_bwd(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale)
+    return dq, dk, dv, query.new_empty((0,))
+
+
+@ATTENTION_BWD.register("torch", _TORCH, check=lambda inputs: [])
+def _sdpa_backward_torch(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad):
+    """The reference's autograd, recomputing the forward (out and lse are not needed)."""
+    with torch.enable_grad():
+        q, k, v = (t.detach().requires_grad_() for t in (query, key, value))
+        mask = attn_mask.detach().requires_grad_(mask_grad) if attn_mask is not None else None
+        ref = scaled_dot_product_attention_reference(q, k, v, mask, 0.0, is_causal, scale, enable_gqa=True)
+        wrt = (q, k, v, mask) if mask_grad else (q, k, v)
+        grads = torch.autograd.grad(ref, wrt, grad_out)
+    dmask = grads[3] if mask_grad else query.new_empty((0,))
+    return grads[0], grads[1], grads[2], dmask
+
+
+@KVCACHE.register("triton", _TRITON, check=_triton_reasons)
+def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal):
+    from genai_fast.kernels.attention import decode_fwd
+
+    return decode_fwd(q, k_cache, v_cache, lengths, causal, scale)
+
+
+@KVCACHE.register("torch", _TORCH, check=lambda inputs: [])
+def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal):
+    return _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal)

@@ -1,0 +1,529 @@
+"""Triton fused attention: FlashAttention-style forward and backward, and split-K decode over a KV cache.
+
+Layout: every tensor is read as [B, H, S, D] through runtime strides (broadcast dimensions of a mask
+have stride 0, so a [1, 1, Sq, Sk] or [B, 1, 1, Sk] mask is never expanded in memory). GQA: query head
+h reads key/value head h // GROUP, no copies.
+
+Forward (grid: query blocks x B*Hq): online softmax in the log2 domain (scores pre-multiplied by
+scale * log2(e) so exp2 is used), fp32 running max/sum/accumulator, never an Sq x Sk matrix. The key
+loop is split in two: blocks that need no masking (all columns valid, below the causal diagonal) and
+the rest (sequence end, causal diagonal), so the common case pays for no masks. It stores the
+natural-log log-sum-exp per row for the backward (-inf for a row that sees no key).
+
+Rows that see no key (all masked) produce 0, as torch's SDPA does in 2.13 for boolean and -inf masks.
+
+Backward: a preprocess kernel for delta = rowsum(dO * OUT); one kernel per key block (grid: key blocks x
+B*Hkv) that accumulates dK and dV over every query head of its GQA group and every query block, so no
+atomics are needed; one kernel per query block for dQ. Both recompute P from the saved log-sum-exp.
+
+Decode (flash-decoding): grid (splits, B*Hkv, row blocks). A program takes one slice of one sequence's
+cache and all GROUP x Sq query rows that read its KV head (each K/V block is loaded once for the whole
+group), writes a normalised partial output and its log-sum-exp; a combine kernel merges the splits.
+
+Head dims that are not powers of two (40, 80, 96) are padded to the next power of two with masked
+loads; the padding never reaches memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from genai_fast.backends import memory
+from genai_fast.backends.availability import multiprocessor_count
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    # fp32 inputs must not silently drop to TF32: the tolerance is fp32's, not TF32's.
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, Sk, qk_scale,
+            IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
+    """Scores of one [BLOCK_M, BLOCK_N] tile in log2 units, -inf where masked. MASKED: bounds/causal."""
+    if MASKED:
+        k = tl.load(k_ptrs, mask=n_valid[None, :] & d_valid[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs, mask=d_valid[:, None], other=0.0)
+    s = _dot(q, k, IEEE) * qk_scale
+    if MASK_KIND == 1:
+        keep = tl.load(mask_ptrs, mask=(offs_m < Sq)[:, None] & n_valid[None, :], other=0)
+        s = tl.where(keep != 0, s, float("-inf"))
+    elif MASK_KIND == 2:
+        bias = tl.load(mask_ptrs, mask=(offs_m < Sq)[:, None] & n_valid[None, :], other=0.0)
+        s = s + bias.to(tl.float32) * 1.4426950408889634
+    if MASKED:
+        valid = n_valid[None, :]
+        if IS_CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(valid, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, offs_m, offs_n, d_valid, dv_valid, Sq, Sk,
+              qk_scale, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
+              IEEE: tl.constexpr):
+    n_valid = offs_n < Sk
+    s = _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, Sk, qk_scale,
+                IS_CAUSAL, MASK_KIND, MASKED, IEEE)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # A row with nothing visible yet keeps max -inf; subtracting 0 instead avoids (-inf) - (-inf).
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=n_valid[:, None] & dv_valid[None, :], other=0.0)
+    else:
+        v = tl.load(v_ptrs, mask=dv_valid[None, :], other=0.0)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, M, OUT, LSE,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+    smb, smh, smm, smn, sob, soh, som, sod,
+    Hq, GROUP, Sq, Sk, D, DV, qk_scale,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    hk = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_valid = offs_d < D
+    dv_valid = offs_dv < DV
+    m_valid = offs_m < Sq
+
+    q_ptrs = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
+    q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    k_ptrs = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n[None, :] * skn + offs_d[:, None] * skd
+    v_ptrs = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd
+    mask_ptrs = M + b.to(tl.int64) * smb + h.to(tl.int64) * smh + offs_m[:, None] * smm + offs_n[None, :] * smn
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+
+    # Columns [0, n_full) need no bounds or causal masking; [n_full, hi) do.
+    hi = Sk
+    n_full = (Sk // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        hi = tl.minimum(Sk, (pid_m + 1) * BLOCK_M)
+        n_full = tl.minimum(n_full, ((pid_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_ptrs + start_n * skn, v_ptrs + start_n * svn,
+                                  mask_ptrs + start_n * smn, offs_m, start_n + offs_n, d_valid, dv_valid,
+                                  Sq, Sk, qk_scale, IS_CAUSAL, MASK_KIND, False, IEEE)
+    for start_n in range(n_full, hi, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_ptrs + start_n * skn, v_ptrs + start_n * svn,
+                                  mask_ptrs + start_n * smn, offs_m, start_n + offs_n, d_valid, dv_valid,
+                                  Sq, Sk, qk_scale, IS_CAUSAL, MASK_KIND, True, IEEE)
+
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    o_ptrs = OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_dv[None, :] * sod
+    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & dv_valid[None, :])
+    tl.store(LSE + bh.to(tl.int64) * Sq + offs_m, lse, mask=m_valid)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    OUT, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd, Hq, Sq, DV,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask = (offs_m < Sq)[:, None] & (offs_dv < DV)[None, :]
+    o = tl.load(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
+                mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+                 mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + bh.to(tl.int64) * Sq + offs_m, tl.sum(o * do, 1), mask=offs_m < Sq)
+
+
+@triton.jit
+def _load_row_stats(LSE, DELTA, row0, offs_m, Sq):
+    """lse in log2 units (+inf for rows out of range or with no visible key, so P = 0) and delta."""
+    m_valid = offs_m < Sq
+    lse = tl.load(LSE + row0 + offs_m, mask=m_valid, other=float("-inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + row0 + offs_m, mask=m_valid, other=0.0)
+    return lse2, delta
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, M, DO, LSE, DELTA, DK, DV_OUT,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+    smb, smh, smm, smn, sdb, sdh, sdm, sdd, sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
+    Hq, Hkv, GROUP, Sq, Sk, D, DV, qk_scale, sm_scale,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    n_valid = offs_n < Sk
+    d_valid = offs_d < D
+    dv_valid = offs_dv < DV
+
+    k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+    v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                mask=n_valid[:, None] & dv_valid[None, :], other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+
+    # Causal (top-left): query row i sees key j when j <= i, so rows before start_n see none of this block.
+    lo = 0
+    if IS_CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+        m_base = M + b.to(tl.int64) * smb + h.to(tl.int64) * smh
+        row0 = (b * Hq + h).to(tl.int64) * Sq
+        for start_m in range(lo, Sq, BLOCK_M):
+            offs_m = start_m + offs_m0
+            m_valid = offs_m < Sq
+            q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                        mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+                         mask=m_valid[:, None] & dv_valid[None, :], other=0.0)
+            lse2, delta = _load_row_stats(LSE, DELTA, row0, offs_m, Sq)
+            # Transposed tile: sT[n, m] = score of query m against key n.
+            sT = _dot(k, tl.trans(q), IEEE) * qk_scale
+            mask_ptrs = m_base + offs_m[None, :] * smm + offs_n[:, None] * smn
+            if MASK_KIND == 1:
+                keep = tl.load(mask_ptrs, mask=m_valid[None, :] & n_valid[:, None], other=0)
+                sT = tl.where(keep != 0, sT, float("-inf"))
+            elif MASK_KIND == 2:
+                bias = tl.load(mask_ptrs, mask=m_valid[None, :] & n_valid[:, None], other=0.0)
+                sT = sT + bias.to(tl.float32) * 1.4426950408889634
+            valid = n_valid[:, None]
+            if IS_CAUSAL:
+                valid = valid & (offs_n[:, None] <= offs_m[None, :])
+            sT = tl.where(valid, sT, float("-inf"))
+            pT = tl.math.exp2(sT - lse2[None, :])
+            dv += _dot(pT.to(do.dtype), do, IEEE)
+            dpT = _dot(v, tl.trans(do), IEEE)
+            dsT = pT * (dpT - delta[None, :])
+            dk += _dot(dsT.to(q.dtype), q, IEEE)
+
+    dk = dk * sm_scale
+    tl.store(DK + b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
+             dk.to(DK.dtype.element_ty), mask=n_valid[:, None] & d_valid[None, :])
+    tl.store(DV_OUT + b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None] * sdvn
+             + offs_dv[None, :] * sdvd, dv.to(DV_OUT.dtype.element_ty), mask=n_valid[:, None] & dv_valid[None, :])
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, M, DO, LSE, DELTA, DQ,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+    smb, smh, smm, smn, sdb, sdh, sdm, sdd, sdqb, sdqh, sdqm, sdqd,
+    Hq, GROUP, Sq, Sk, D, DV, qk_scale, sm_scale,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    hk = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    m_valid = offs_m < Sq
+    d_valid = offs_d < D
+    dv_valid = offs_dv < DV
+
+    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+                 mask=m_valid[:, None] & dv_valid[None, :], other=0.0)
+    lse2, delta = _load_row_stats(LSE, DELTA, bh.to(tl.int64) * Sq, offs_m, Sq)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    m_base = M + b.to(tl.int64) * smb + h.to(tl.int64) * smh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    hi = Sk
+    if IS_CAUSAL:
+        hi = tl.minimum(Sk, (pid_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        n_valid = offs_n < Sk
+        s = _scores(q, k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
+                    m_base + offs_m[:, None] * smm + offs_n[None, :] * smn, offs_m, offs_n, n_valid, d_valid,
+                    Sq, Sk, qk_scale, IS_CAUSAL, MASK_KIND, True, IEEE)
+        p = tl.math.exp2(s - lse2[:, None])
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                    mask=n_valid[:, None] & dv_valid[None, :], other=0.0)
+        dp = _dot(do, tl.trans(v), IEEE)
+        ds = p * (dp - delta[:, None])
+        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                    mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+        dq += _dot(ds.to(k.dtype), k, IEEE)
+
+    dq = dq * sm_scale
+    tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None] * sdqm + offs_d[None, :] * sdqd,
+             dq.to(DQ.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
+
+
+@triton.jit
+def _decode_split_kernel(
+    Q, K, V, LENS, PO, PLSE,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+    Hkv, GROUP, Sq, D, DV, R, num_splits, split_len, qk_scale,
+    IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    split = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    # Rows r = g * Sq + i: query token i of query head hk * GROUP + g.
+    offs_r = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    r_valid = offs_r < R
+    g = offs_r // Sq
+    i = offs_r % Sq
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_valid = offs_d < D
+    dv_valid = offs_dv < DV
+    length = tl.load(LENS + b)
+
+    h = hk * GROUP + g
+    q = tl.load(Q + b.to(tl.int64) * sqb + h[:, None].to(tl.int64) * sqh + i[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=r_valid[:, None] & d_valid[None, :], other=0.0)
+    # Causal aligned bottom-right: query i of Sq sees cache positions <= length - Sq + i.
+    last = tl.where(r_valid, length - 1, -1)
+    if IS_CAUSAL:
+        last = tl.where(r_valid, length - Sq + i, -1)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    start = split * split_len
+    end = tl.minimum(start + split_len, length)
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < end
+        k = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
+                    mask=n_valid[None, :] & d_valid[:, None], other=0.0)
+        s = _dot(q, k, IEEE) * qk_scale
+        s = tl.where(n_valid[None, :] & (offs_n[None, :] <= last[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                    mask=n_valid[:, None] & dv_valid[None, :], other=0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        m_i = m_new
+
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse2 = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+    row = (bhk.to(tl.int64) * num_splits + split) * R + offs_r
+    tl.store(PO + row[:, None] * DV + offs_dv[None, :], out, mask=r_valid[:, None] & dv_valid[None, :])
+    tl.store(PLSE + row, lse2, mask=r_valid)
+
+
+@triton.jit
+def _decode_combine_kernel(
+    PO, PLSE, OUT, sob, soh, som, sod, Hkv, GROUP, Sq, DV, R, num_splits,
+    BLOCK_R: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    bhk = tl.program_id(0)
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    r_valid = offs_r < R
+    mask = r_valid[:, None] & (offs_dv < DV)[None, :]
+    base = bhk.to(tl.int64) * num_splits * R
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    for s in range(0, num_splits):
+        m = tl.maximum(m, tl.load(PLSE + base + s * R + offs_r, mask=r_valid, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
+    for s in range(0, num_splits):
+        w = tl.math.exp2(tl.load(PLSE + base + s * R + offs_r, mask=r_valid, other=float("-inf")) - m_safe)
+        part = tl.load(PO + (base + s * R + offs_r)[:, None] * DV + offs_dv[None, :], mask=mask, other=0.0)
+        acc += w[:, None] * part
+        total += w
+    out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+    g = offs_r // Sq
+    i = offs_r % Sq
+    h = hk * GROUP + g
+    tl.store(OUT + b.to(tl.int64) * sob + h[:, None].to(tl.int64) * soh + i[:, None] * som + offs_dv[None, :] * sod,
+             out.to(OUT.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def _block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))  # tl.dot needs every dimension >= 16
+
+
+def _fwd_config(device: torch.device, Sq: int, Sk: int, block_d: int) -> dict[str, int]:
+    """Tile sizes and launch options. The interpreter runs numpy per tile, so it gets large tiles."""
+    if device.type != "cuda":
+        return {"BLOCK_M": min(128, max(16, triton.next_power_of_2(Sq))),
+                "BLOCK_N": min(128, max(16, triton.next_power_of_2(Sk)))}
+    block_m = 128 if block_d <= 128 else 64
+    block_n = 64 if block_d <= 64 else (64 if block_d <= 128 else 32)
+    block_m = min(block_m, max(16, triton.next_power_of_2(Sq)))
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 8 if block_d >= 128 else 4,
+            "num_stages": 3 if block_d <= 128 else 2}
+
+
+def _bwd_config(device: torch.device, Sq: int, Sk: int, block_d: int) -> dict[str, int]:
+    if device.type != "cuda":
+        return {"BLOCK_M": min(64, max(16, triton.next_power_of_2(Sq))),
+                "BLOCK_N": min(64, max(16, triton.next_power_of_2(Sk)))}
+    block = 64 if block_d <= 128 else 32
+    return {"BLOCK_M": block, "BLOCK_N": block, "num_warps": 4 if block_d <= 64 else 8, "num_stages": 2}
+
+
+def _mask_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], int]:
+    """(tensor the kernel reads, its 4 strides, MASK_KIND). Booleans are read as bytes."""
+    if mask is None:
+        return q, (0, 0, 0, 0), MASK_NONE
+    if mask.dtype == torch.bool:
+        return mask.view(torch.uint8), tuple(mask.stride()), MASK_BOOL
+    return mask, tuple(mask.stride()), MASK_ADD
+
+
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                  is_causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], mask None or [B, Hq, Sq, Sk] (any
+    strides, bool or additive) -> (out [B, Hq, Sq, Dv] in q's dtype, lse [B, Hq, Sq] fp32, natural log)."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
+    out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
+    lse = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
+    block_d, block_dv = _block_d(D), _block_d(DV)
+    cfg = _fwd_config(q.device, Sq, Sk, max(block_d, block_dv))
+    m, mstrides, kind = _mask_args(mask, q)
+    grid = (triton.cdiv(Sq, cfg["BLOCK_M"]), B * Hq)
+    _attn_fwd_kernel[grid](
+        q, k, v, m, out, lse, *q.stride(), *k.stride(), *v.stride(), *mstrides, *out.stride(),
+        Hq, Hq // Hkv, Sq, Sk, D, DV, scale * LOG2E,
+        IS_CAUSAL=is_causal, MASK_KIND=kind, IEEE=q.dtype == torch.float32,
+        BLOCK_D=block_d, BLOCK_DV=block_dv, **cfg,
+    )
+    return out, lse
+
+
+def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  mask: torch.Tensor | None, out: torch.Tensor, lse: torch.Tensor, is_causal: bool,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) with the shapes of q, k, v (contiguous), from the forward's out and lse."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
+    block_d, block_dv = _block_d(D), _block_d(DV)
+    delta = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
+    pre_m = min(64, max(16, triton.next_power_of_2(Sq)))
+    _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, pre_m), B * Hq)](
+        out, grad_out, delta, *out.stride(), *grad_out.stride(), Hq, Sq, DV, BLOCK_M=pre_m, BLOCK_DV=block_dv)
+    dq = memory.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = memory.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = memory.empty(v.shape, dtype=v.dtype, device=v.device)
+    cfg = _bwd_config(q.device, Sq, Sk, max(block_d, block_dv))
+    m, mstrides, kind = _mask_args(mask, q)
+    common = dict(IS_CAUSAL=is_causal, MASK_KIND=kind, IEEE=q.dtype == torch.float32, BLOCK_D=block_d,
+                  BLOCK_DV=block_dv, **cfg)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *mstrides, *grad_out.stride())
+    _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg["BLOCK_N"]), B * Hkv)](
+        q, k, v, m, grad_out, lse, delta, dk, dv, *strides, *dk.stride(), *dv.stride(),
+        Hq, Hkv, Hq // Hkv, Sq, Sk, D, DV, scale * LOG2E, scale, **common)
+    _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg["BLOCK_M"]), B * Hq)](
+        q, k, v, m, grad_out, lse, delta, dq, *strides, *dq.stride(),
+        Hq, Hq // Hkv, Sq, Sk, D, DV, scale * LOG2E, scale, **common)
+    return dq, dk, dv
+
+
+def _num_splits(device: torch.device, programs: int, s_max: int, block_n: int) -> int:
+    """Cache splits so that batch x KV heads x splits fills the GPU (a few splits on the interpreter)."""
+    blocks = triton.cdiv(s_max, block_n)
+    if device.type != "cuda":
+        return max(1, min(3, blocks))
+    target = 2 * multiprocessor_count(device)
+    return max(1, min(blocks, triton.cdiv(target, programs), 128))
+
+
+def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
+               causal: bool, scale: float) -> torch.Tensor:
+    """q [B, Hq, Sq, D] against the first lengths[b] positions of k_cache/v_cache [B, Hkv, S_max, D(v)]
+    (lengths: int32 [B], already including the newly written tokens) -> out [B, Hq, Sq, Dv]."""
+    B, Hq, Sq, D = q.shape
+    Hkv, s_max, DV = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
+    group = Hq // Hkv
+    rows = group * Sq
+    block_d, block_dv = _block_d(D), _block_d(DV)
+    block_m = min(64, max(16, triton.next_power_of_2(rows)))
+    if q.device.type == "cuda":
+        block_n = 64 if max(block_d, block_dv) <= 128 else 32
+        launch = {"num_warps": 4, "num_stages": 3}
+    else:
+        block_n, launch = min(128, max(16, triton.next_power_of_2(s_max))), {}
+    splits = _num_splits(q.device, B * Hkv, s_max, block_n)
+    split_len = triton.cdiv(triton.cdiv(s_max, splits), block_n) * block_n
+    splits = triton.cdiv(s_max, split_len)
+    workspace = memory.empty((B * Hkv * splits * rows * (DV + 1),), dtype=torch.float32, device=q.device)
+    partial_out = workspace[: B * Hkv * splits * rows * DV]
+    partial_lse = workspace[B * Hkv * splits * rows * DV :]
+    _decode_split_kernel[(splits, B * Hkv, triton.cdiv(rows, block_m))](
+        q, k_cache, v_cache, lengths, partial_out, partial_lse, *q.stride(), *k_cache.stride(),
+        *v_cache.stride(), Hkv, group, Sq, D, DV, rows, splits, split_len, scale * LOG2E,
+        IS_CAUSAL=causal, IEEE=q.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        BLOCK_DV=block_dv, **launch,
+    )
+    out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
+    block_r = min(64, max(1, triton.next_power_of_2(rows)))
+    _decode_combine_kernel[(B * Hkv, triton.cdiv(rows, block_r))](
+        partial_out, partial_lse, out, *out.stride(), Hkv, group, Sq, DV, rows, splits,
+        BLOCK_R=block_r, BLOCK_DV=block_dv,
+    )
+    return out
