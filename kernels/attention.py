@@ -12,7 +12,7 @@ natural-log log-sum-exp per row for the backward (-inf for a row that sees no ke
 
 Rows that see no key (all masked) produce 0, as torch's SDPA does in 2.13 for boolean and -inf masks.
 
-Backward: a preprocess kernel for delta = rowsum(dO * OUT); one kernel per key block (grid: key blocks x
+Backward: a preprocess kernel for delta = rowsum(dO * O); one kernel per key block (grid: key blocks x
 B*Hkv) that accumulates dK and dV over every query head of its GQA group and every query block, so no
 atomics are needed; one kernel per query block for dQ. Both recompute P from the saved log-sum-exp.
 

@@ -165,6 +165,17 @@ def scaled_dot_product_attention_reference(
     Rows with every key masked give 0 (and lse -inf) with finite gradients. return_lse: also return the
     natural-log log-sum-exp of each row's scaled, masked scores [..., Hq, Sq] (fp32 or fp64).
     """
+    p, total, row_max, v = _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+    if dropout_p > 0:
+        p = torch.dropout(p, dropout_p, train=True)
+    out = (p @ v).to(query.dtype)
+    if not return_lse:
+        return out
+    return out, (torch.log(total) + row_max).squeeze(-1)
+
+
+def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa):
+    """(P, row sums, row maxima, value with repeated heads), in float64 for float64 inputs else float32."""
     compute = torch.float64 if query.dtype == torch.float64 else torch.float32
     q, k, v = query.to(compute), key.to(compute), value.to(compute)
     if enable_gqa and q.dim() >= 3:
@@ -187,13 +198,40 @@ def scaled_dot_product_attention_reference(
     row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)
     p = torch.exp(scores - row_max)
     total = p.sum(dim=-1, keepdim=True)
-    p = p / torch.where(total == 0, torch.ones_like(total), total)
-    if dropout_p > 0:
-        p = torch.dropout(p, dropout_p, train=True)
-    out = (p @ v).to(query.dtype)
-    if not return_lse:
-        return out
-    return out, (torch.log(total) + row_max).squeeze(-1)
+    return p / torch.where(total == 0, torch.ones_like(total), total), total, row_max, v
+
+
+def scaled_dot_product_attention_backward_reference(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float,
+    mask_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients (dq, dk, dv, dmask or None) of the reference on 4-D GQA inputs, by the explicit formulas
+    (dS = P * (dP - rowsum(dO * O))); GQA gradients are summed over each group's query heads.
+
+    Written out rather than through autograd because it runs inside a custom op, where autograd is off.
+    """
+    p, _, _, v = _attention_probs(query, key, value, attn_mask, is_causal, scale, True)
+    compute = p.dtype
+    do, q = grad_out.to(compute), query.to(compute)
+    hq, hk = query.shape[1], key.shape[1]
+    k = key.to(compute).repeat_interleave(hq // hk, dim=1)
+    dv = p.transpose(-2, -1) @ do
+    dp = do @ v.transpose(-2, -1)
+    ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+    dq = (ds @ k) * scale
+    dk = (ds.transpose(-2, -1) @ q) * scale
+    if hq != hk:
+        dk = dk.unflatten(1, (hk, hq // hk)).sum(2)
+        dv = dv.unflatten(1, (hk, hq // hk)).sum(2)
+    dmask = ds.to(attn_mask.dtype) if mask_grad and attn_mask is not None else None
+    return (dq.to(query.dtype).contiguous(), dk.to(key.dtype).contiguous(), dv.to(value.dtype).contiguous(),
+            dmask.contiguous() if dmask is not None else None)
 
 
 def attention_with_kvcache_reference(
@@ -465,7 +503,8 @@ def _sdpa_backward_op(
 @_sdpa_backward_op.register_fake
 def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, backend):
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad and attn_mask is not None else query.new_empty((0,))
-    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), dmask
+    # Contiguous gradients whatever the inputs' strides: every backend allocates them that way.
+    return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape), dmask
 
 
 def _setup_context(ctx, inputs, output):
@@ -560,7 +599,7 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
 def _sdpa_torch(query, key, value, attn_mask, is_causal, scale):
     out, lse = scaled_dot_product_attention_reference(query, key, value, attn_mask, 0.0, is_causal, scale,
                                                       enable_gqa=True, return_lse=True)
-    return out, lse.to(torch.float32)
+    return out.contiguous(), lse.to(torch.float32).contiguous()
 
 
 @ATTENTION_BWD.register("triton", _TRITON, check=_triton_reasons)
@@ -573,15 +612,10 @@ def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_c
 
 @ATTENTION_BWD.register("torch", _TORCH, check=lambda inputs: [])
 def _sdpa_backward_torch(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad):
-    """The reference's autograd, recomputing the forward (out and lse are not needed)."""
-    with torch.enable_grad():
-        q, k, v = (t.detach().requires_grad_() for t in (query, key, value))
-        mask = attn_mask.detach().requires_grad_(mask_grad) if attn_mask is not None else None
-        ref = scaled_dot_product_attention_reference(q, k, v, mask, 0.0, is_causal, scale, enable_gqa=True)
-        wrt = (q, k, v, mask) if mask_grad else (q, k, v)
-        grads = torch.autograd.grad(ref, wrt, grad_out)
-    dmask = grads[3] if mask_grad else query.new_empty((0,))
-    return grads[0], grads[1], grads[2], dmask
+    """The reference's gradient formulas, recomputing P (out and lse are not needed)."""
+    dq, dk, dv, dmask = scaled_dot_product_attention_backward_reference(grad_out, query, key, value, attn_mask,
+                                                                        is_causal, scale, mask_grad)
+    return dq, dk, dv, dmask if dmask is not None else query.new_empty((0,))
 
 
 @KVCACHE.register("triton", _TRITON, check=_triton_reasons)

@@ -1,0 +1,375 @@
+"""Attention: Triton kernels (interpreter on CPU) and the torch backend against the float64 reference,
+torch-compatible semantics and errors, dispatch, autograd, custom ops and compile."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import genai_fast
+from genai_fast.backends.availability import backend_unavailable_reasons
+from genai_fast.backends.dispatch import OPS
+from tests.attention_cases import Case, check_kvcache, check_sdpa
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Curated shapes: sizes 1, 7, 77, 129 (odd, prime, one past a tile), non-power-of-two head dims,
+# GQA 9:3, every mask kind, causal with Sq != Sk both ways, fully masked rows (inside the masks).
+CASES = {
+    "s1-d64": Case(1, 2, 2, 1, 1, 64),
+    "s7-d40-causal": Case(2, 2, 2, 7, 7, 40, causal=True),
+    "s77-d80-bool": Case(1, 2, 2, 77, 77, 80, mask="bool"),
+    "s129-gqa9:3-causal": Case(1, 9, 3, 129, 129, 64, causal=True, grad=False),
+    "s129-gqa9:3-bwd": Case(1, 9, 3, 129, 33, 32),
+    "sq7-sk77-causal-additive-dv40": Case(1, 2, 1, 7, 77, 64, Dv=40, causal=True, mask="additive"),
+    "sq77-sk7-causal": Case(1, 2, 2, 77, 7, 40, causal=True),
+    "padding-mask-b2": Case(2, 2, 2, 7, 77, 64, mask="padding"),
+    "2d-additive-mask": Case(1, 2, 2, 33, 20, 80, mask="2d"),
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # bf16 only on a GPU (interpreter tl.dot bug)
+
+
+def _require(backend):
+    reasons = backend_unavailable_reasons(backend)
+    if reasons:
+        pytest.skip("; ".join(reasons))
+
+
+@pytest.mark.parametrize("case", CASES.keys())
+def test_triton_sdpa_fp32(case):
+    _require("triton")
+    check_sdpa("triton", CASES[case], torch.float32, DEVICE)
+
+
+@pytest.mark.parametrize("case", ["s7-d40-causal", "sq7-sk77-causal-additive-dv40", "padding-mask-b2"])
+def test_triton_sdpa_fp16(case):
+    _require("triton")
+    check_sdpa("triton", CASES[case], torch.float16, DEVICE)
+
+
+def test_triton_sdpa_s1000_causal():
+    _require("triton")
+    check_sdpa("triton", Case(1, 2, 2, 1000, 1000, 64, causal=True), torch.float32, DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", ["s7-d40-causal", "s77-d80-bool", "sq7-sk77-causal-additive-dv40"])
+def test_torch_backend_sdpa(case, dtype):
+    check_sdpa("torch", CASES[case], dtype)
+
+
+# ---------------------------------------------------------------- decode over a KV cache
+
+DECODE = {
+    # (B, Hq, Hkv, S_max, D, cache lengths, S_new, Sq, causal)
+    "b3-gqa9:3-snew1-ragged": (3, 9, 3, 70, 64, [0, 17, 69], 1, 1, True),
+    "b2-snew3-causal-d40": (2, 2, 2, 50, 40, [5, 47], 3, 3, True),
+    "no-new-tokens-noncausal-d80": (2, 4, 1, 33, 80, [1, 33], 0, 2, False),
+    "sq4-snew2-rows-see-nothing": (2, 2, 1, 40, 64, [0, 9], 2, 4, True),
+}
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("case", DECODE.keys())
+def test_kvcache(case, backend):
+    _require(backend)
+    B, Hq, Hkv, s_max, D, lengths, s_new, Sq, causal = DECODE[case]
+    check_kvcache(backend, B, Hq, Hkv, s_max, D, lengths, s_new, Sq, causal, torch.float32, DEVICE)
+
+
+def test_kvcache_fp16_triton():
+    _require("triton")
+    check_kvcache("triton", 2, 6, 2, 40, 64, [3, 30], 1, 1, True, torch.float16, DEVICE)
+
+
+def test_kvcache_matches_sdpa_per_sequence():
+    """The documented equivalence: per sequence, SDPA over the valid prefix with a bottom-right mask."""
+    B, Hq, Hkv, s_max, D, Sq = 2, 4, 2, 20, 16, 3
+    k_cache, v_cache = torch.randn(B, Hkv, s_max, D), torch.randn(B, Hkv, s_max, D)
+    q, k, v = torch.randn(B, Hq, Sq, D), torch.randn(B, Hkv, Sq, D), torch.randn(B, Hkv, Sq, D)
+    seqlens = torch.tensor([4, 11])
+    out = genai_fast.attention_with_kvcache(q, k_cache, v_cache, seqlens, k, v)
+    for b in range(B):
+        n = int(seqlens[b]) + Sq
+        mask = torch.ones(Sq, n, dtype=torch.bool).tril(diagonal=n - Sq)
+        want = F.scaled_dot_product_attention(q[b], k_cache[b, :, :n], v_cache[b, :, :n], mask, enable_gqa=True)
+        torch.testing.assert_close(out[b], want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- torch semantics
+
+
+SEMANTICS = {
+    "2d": ((5, 8), (6, 8), (6, 8), None, False),
+    "3d-heads": ((3, 5, 8), (3, 6, 8), (3, 6, 8), None, False),
+    "5d": ((2, 2, 3, 5, 8), (2, 2, 3, 6, 8), (2, 2, 3, 6, 8), (5, 6), False),
+    "kv-batch-broadcast": ((2, 3, 5, 8), (1, 3, 6, 8), (1, 3, 6, 8), None, False),
+    "kv-head-broadcast": ((2, 3, 5, 8), (2, 1, 6, 8), (2, 1, 6, 8), (2, 1, 1, 6), False),
+    "gqa-k2-v1": ((2, 4, 5, 8), (2, 2, 6, 8), (2, 1, 6, 8), (4, 5, 6), True),
+    "dv-differs": ((1, 2, 5, 8), (1, 2, 6, 8), (1, 2, 6, 3), (1, 2, 5, 6), False),
+}
+
+
+@pytest.mark.parametrize("backend", [None, "torch", "triton"])
+@pytest.mark.parametrize("case", SEMANTICS.keys())
+def test_shapes_and_broadcasting_match_torch(case, backend):
+    if backend:
+        _require(backend)
+    qs, ks, vs, ms, gqa = SEMANTICS[case]
+    q, k, v = torch.randn(qs), torch.randn(ks), torch.randn(vs)
+    mask = torch.rand(ms) > 0.3 if ms else None
+    want = F.scaled_dot_product_attention(q, k, v, mask, enable_gqa=gqa)
+    got = genai_fast.scaled_dot_product_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE),
+                                                  mask.to(DEVICE) if ms else None, enable_gqa=gqa, backend=backend)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive-neg-inf"])
+def test_fully_masked_rows_are_zero_like_torch(kind):
+    q, k, v = torch.randn(1, 1, 3, 8), torch.randn(1, 1, 5, 8), torch.randn(1, 1, 5, 8)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1] = False
+    if kind != "bool":
+        mask = torch.zeros(3, 5).masked_fill(~mask, float("-inf"))
+    want = F.scaled_dot_product_attention(q, k, v, mask)
+    assert torch.equal(want[0, 0, 1], torch.zeros(8)), "torch's behaviour changed: revisit this contract"
+    for backend in ("torch", "triton"):
+        if backend_unavailable_reasons(backend):
+            continue
+        got = genai_fast.scaled_dot_product_attention(q, k, v, mask, backend=backend)
+        assert torch.equal(got[0, 0, 1], torch.zeros(8)), backend
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_causal_and_mask_combine_like_torch():
+    q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    mask = torch.rand(6, 6) > 0.3
+    want = F.scaled_dot_product_attention(q, k, v, mask, is_causal=True)
+    for backend in ("torch", "triton"):
+        if not backend_unavailable_reasons(backend):
+            got = genai_fast.scaled_dot_product_attention(q, k, v, mask, is_causal=True, backend=backend)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_inputs_match_torch():
+    q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 0, 8)
+    torch.testing.assert_close(genai_fast.scaled_dot_product_attention(q, k, k),
+                               F.scaled_dot_product_attention(q, k, k))
+    assert genai_fast.scaled_dot_product_attention(q[:, :, :0], q, q).shape == (2, 3, 0, 8)
+
+
+# ---------------------------------------------------------------- bad input
+
+Q, K, V = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        (dict(key=torch.randn(2, 4, 6, 7)), RuntimeError, "key"),
+        (dict(key=torch.randn(2, 2, 6, 8), value=torch.randn(2, 2, 6, 8)), RuntimeError, "key"),
+        (dict(query=torch.randn(2, 3, 5, 8), key=torch.randn(2, 2, 6, 8), value=torch.randn(2, 2, 6, 8),
+              enable_gqa=True), RuntimeError, "key"),
+        (dict(value=torch.randn(2, 4, 5, 8)), RuntimeError, "value"),
+        (dict(key=torch.randn(3, 4, 6, 8)), RuntimeError, "key"),
+        (dict(key=K.double()), RuntimeError, "key"),
+        (dict(query=Q.long(), key=K.long(), value=V.long()), RuntimeError, "query"),
+        (dict(query=torch.randn(8)), RuntimeError, "query"),
+        (dict(query=[[1.0]]), TypeError, "query"),
+        (dict(attn_mask=torch.ones(5, 5, dtype=torch.bool)), RuntimeError, "attn_mask"),
+        (dict(attn_mask=torch.ones(1, 1, 1, 5, 6, dtype=torch.bool)), RuntimeError, "attn_mask"),
+        (dict(attn_mask=torch.ones(6, dtype=torch.bool)), RuntimeError, "attn_mask"),
+        (dict(attn_mask=torch.ones(5, 6, dtype=torch.int32)), RuntimeError, "attn_mask"),
+        (dict(attn_mask=torch.ones(5, 6, dtype=torch.float16)), RuntimeError, "attn_mask"),
+        (dict(attn_mask=torch.ones(5, 6, device="meta")), RuntimeError, "attn_mask"),
+        (dict(key=K.to("meta")), RuntimeError, "key"),
+        (dict(dropout_p=-0.1), ValueError, "dropout_p"),
+        (dict(dropout_p=1.5), ValueError, "dropout_p"),
+        (dict(scale=float("inf")), ValueError, "scale"),
+        (dict(is_causal=1), TypeError, "is_causal"),
+        (dict(backend="flash"), ValueError, "backend"),
+    ],
+    ids=lambda v: str(v) if isinstance(v, str) else None,
+)
+def test_bad_input_names_the_argument(kwargs, error, name):
+    """Same exception type as torch (RuntimeError for what torch rejects), message starts with the name."""
+    args = dict(query=Q, key=K, value=V)
+    args.update(kwargs)
+    with pytest.raises(error, match=rf"^{name}:"):
+        genai_fast.scaled_dot_product_attention(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        (dict(cache_seqlens=torch.tensor([3, 20], dtype=torch.int32)), ValueError, "cache_seqlens"),
+        (dict(cache_seqlens=torch.tensor([-1, 2], dtype=torch.int32)), ValueError, "cache_seqlens"),
+        (dict(cache_seqlens=torch.tensor([3], dtype=torch.int32)), ValueError, "cache_seqlens"),
+        (dict(cache_seqlens=torch.tensor([3.0, 2.0])), TypeError, "cache_seqlens"),
+        (dict(v=None), ValueError, "v"),
+        (dict(k=torch.randn(2, 2, 1, 8), v=torch.randn(2, 2, 2, 8)), ValueError, "v"),
+        (dict(k_cache=torch.randn(2, 3, 20, 8), v_cache=torch.randn(2, 3, 20, 8)), ValueError, "k_cache"),
+        (dict(v_cache=torch.randn(2, 2, 20, 8, dtype=torch.float64)), TypeError, "v_cache"),
+        (dict(q=torch.randn(2, 4, 8)), ValueError, "q"),
+        (dict(scale=float("nan")), ValueError, "scale"),
+    ],
+    ids=lambda v: str(v) if isinstance(v, str) else None,
+)
+def test_kvcache_bad_input_names_the_argument(kwargs, error, name):
+    args = dict(q=torch.randn(2, 4, 1, 8), k_cache=torch.randn(2, 2, 20, 8), v_cache=torch.randn(2, 2, 20, 8),
+                cache_seqlens=torch.tensor([3, 19], dtype=torch.int32),
+                k=torch.randn(2, 2, 1, 8), v=torch.randn(2, 2, 1, 8))
+    args.update(kwargs)
+    before = args["k_cache"].clone()
+    with pytest.raises(error, match=rf"^{name}:"):
+        genai_fast.attention_with_kvcache(**args)
+    assert torch.equal(args["k_cache"], before), "the cache was written before validation failed"
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def test_dropout_runs_on_reference_with_reason():
+    q = torch.randn(1, 2, 8, 16)
+    torch.manual_seed(0)
+    out = genai_fast.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+    assert OPS["scaled_dot_product_attention"].last_backend == "torch"
+    assert out.shape == q.shape
+    plan = dict(OPS["scaled_dot_product_attention"].plan(
+        {"device": q.device, "dtype": q.dtype, "head_dim": 16, "head_dim_v": 16, "dropout_p": 0.5}))
+    assert any("dropout_p" in r for r in plan["triton"]), plan
+    with pytest.raises(genai_fast.BackendNotSupportedError, match="dropout_p"):
+        genai_fast.scaled_dot_product_attention(q, q, q, dropout_p=0.5, backend="triton")
+
+
+def test_dropout_gradient_is_consistent_with_its_mask():
+    """dropout 1.0 zeroes everything, forward and backward (the same mask is used for both)."""
+    q = torch.randn(1, 2, 4, 8, requires_grad=True)
+    out = genai_fast.scaled_dot_product_attention(q, q, q, dropout_p=1.0)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_head_dim_above_256_falls_back_with_reason():
+    q = torch.randn(1, 1, 4, 264)
+    genai_fast.scaled_dot_product_attention(q, q, q)
+    assert OPS["scaled_dot_product_attention"].last_backend == "torch"
+    with pytest.raises(genai_fast.BackendNotSupportedError, match="head dim 264"):
+        genai_fast.scaled_dot_product_attention(q, q, q, backend="triton")
+
+
+def test_cpu_auto_dispatch_uses_torch_and_matches_torch_sdpa():
+    q, k, v = torch.randn(2, 4, 33, 64), torch.randn(2, 4, 40, 64), torch.randn(2, 4, 40, 64)
+    got = genai_fast.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert OPS["scaled_dot_product_attention"].last_backend == "torch"
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_float64_runs_on_reference():
+    q = torch.randn(1, 2, 5, 8, dtype=torch.float64)
+    genai_fast.scaled_dot_product_attention(q, q, q)
+    assert OPS["scaled_dot_product_attention"].last_backend == "torch"
+    with pytest.raises(genai_fast.BackendNotSupportedError, match="dtype float64"):
+        genai_fast.scaled_dot_product_attention(q, q, q, backend="triton")
+
+
+def test_info_lists_attention_backends():
+    rows = [r for r in genai_fast.info()["ops"] if r["op"] == "scaled_dot_product_attention"]
+    assert [r["backend"] for r in rows] == ["triton", "torch"]
+
+
+# ---------------------------------------------------------------- autograd, custom op, compile
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gradcheck_torch_backend(causal):
+    q = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 1, 6, 5, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 1, 6, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    fn = lambda q, k, v, m: genai_fast.scaled_dot_product_attention(q, k, v, m, is_causal=causal, enable_gqa=True)
+    assert torch.autograd.gradcheck(fn, (q, k, v, mask))
+
+
+def test_triton_backward_runs_the_triton_kernel():
+    _require("triton")
+    q = torch.randn(1, 2, 9, 16, device=DEVICE, requires_grad=True)
+    out = genai_fast.scaled_dot_product_attention(q, q, q, is_causal=True, backend="triton")
+    out.sum().backward()
+    assert OPS["scaled_dot_product_attention_backward"].last_backend == "triton"
+    q2 = q.detach().clone().requires_grad_()
+    F.scaled_dot_product_attention(q2, q2, q2, is_causal=True).sum().backward()
+    torch.testing.assert_close(q.grad, q2.grad, rtol=1e-4, atol=1e-5)
+
+
+def _opcheck_args(mask_kind):
+    q = torch.randn(1, 4, 7, 16, requires_grad=True)
+    k = torch.randn(1, 2, 9, 16, requires_grad=True)
+    v = torch.randn(1, 2, 9, 8, requires_grad=True)
+    mask = None
+    if mask_kind == "bool":
+        mask = (torch.rand(7, 9) > 0.3).expand(1, 4, 7, 9)
+    elif mask_kind == "additive":
+        mask = torch.randn(1, 1, 7, 9).expand(1, 4, 7, 9)
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("mask_kind", [None, "bool", "additive"])
+def test_opcheck(mask_kind):
+    q, k, v, mask = _opcheck_args(mask_kind)
+    torch.library.opcheck(torch.ops.genai_fast.scaled_dot_product_attention.default,
+                          (q, k, v, mask, mask_kind is None, 0.25, ""))
+
+
+def test_opcheck_kvcache():
+    k_cache, v_cache = torch.randn(2, 2, 12, 16), torch.randn(2, 2, 12, 16)
+    args = (torch.randn(2, 4, 1, 16), k_cache, v_cache, torch.tensor([3, 9], dtype=torch.int32),
+            torch.randn(2, 2, 1, 16), torch.randn(2, 2, 1, 16), 0.25, True, "")
+    torch.library.opcheck(torch.ops.genai_fast.attention_with_kvcache.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self, dim=32, heads=4, kv_heads=2):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.q = torch.nn.Linear(dim, dim)
+        self.kv = torch.nn.Linear(dim, 2 * kv_heads * self.head_dim)
+
+    def forward(self, x, mask):
+        B, S, _ = x.shape
+        q = self.q(x).view(B, S, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(x).view(B, S, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = genai_fast.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True)
+        return out.transpose(1, 2).reshape(B, S, -1)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(compiler):
+    torch._dynamo.reset()
+    model = _Attention()
+    x = torch.randn(2, 6, 32)
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    expected = model(x, mask)
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
+    torch.testing.assert_close(compiled(x, mask), expected, rtol=1e-5, atol=1e-5)
+    compiled(x, mask).sum().backward()
+    assert model.q.weight.grad is not None
+
+
+def test_dispatch_modes_see_the_custom_op():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    q = torch.randn(1, 2, 4, 8)
+    with Recorder() as recorder:
+        genai_fast.scaled_dot_product_attention(q, q, q)
+    assert any("genai_fast.scaled_dot_product_attention" in op for op in recorder.ops), recorder.ops
