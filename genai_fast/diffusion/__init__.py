@@ -1,0 +1,33 @@
+"""Diffusion sampling: samplers that match diffusers' schedulers, and sampling loops with CFG.
+
+    from genai_fast.diffusion import make_sampler, sample
+    sampler = make_sampler("dpm++", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    sampler.set_timesteps(25)
+    latents = torch.randn(1, 4, 64, 64, generator=g) * sampler.init_noise_sigma
+    latents = sample(unet, sampler, latents, cond, 25, guidance_scale=7.5, negative_encoder_hidden_states=uncond)
+"""
+
+from genai_fast.diffusion.samplers import (
+    SAMPLER_NAMES,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverPPSampler,
+    EulerSampler,
+    Sampler,
+    from_config,
+    make_sampler,
+)
+from genai_fast.diffusion.sampling import sample, sample_loop
+
+__all__ = [
+    "SAMPLER_NAMES",
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPMSolverPPSampler",
+    "EulerSampler",
+    "Sampler",
+    "from_config",
+    "make_sampler",
+    "sample",
+    "sample_loop",
+]

@@ -1,0 +1,850 @@
+"""Diffusion samplers (DDPM, DDIM, Euler, DPM-Solver++ 2M) that match diffusers' schedulers step for step.
+
+Design: `set_timesteps` does all the schedule arithmetic on the host once, in float32 with the same
+operations diffusers applies per step, and stores one row of coefficients per step. `step` then indexes
+its row (a view: no host sync) and runs a handful of elementwise ops on the latents. Which steps draw
+noise, and which DPM-Solver steps fall back to first order, is decided by the schedule alone, so no
+step ever branches on a tensor value.
+
+The samplers keep a step counter, as diffusers' schedulers do: call `scale_model_input` / `step` once per
+entry of `timesteps`, in order. The `t` argument is accepted for diffusers-style call sites but not
+inspected (reading a device tensor would synchronise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+Generator = torch.Generator | list[torch.Generator] | None
+
+# diffusers class names -> sampler names (from_config on a scheduler object or a saved config).
+CLASS_NAMES = {
+    "DDPMScheduler": "ddpm",
+    "DDIMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler",
+    "DPMSolverMultistepScheduler": "dpm++",
+}
+
+
+# ---------------------------------------------------------------- config options
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config key: its default and what it accepts.
+
+    kind: "int", "float", "bool", "choice", "betas" or "inert" (accepted, no effect on sampling).
+    choices: the values diffusers knows; implemented: the subset this package runs (others raise
+    NotImplementedError naming the key). minimum: lower bound for numbers (inclusive).
+    """
+
+    default: Any
+    kind: str
+    choices: tuple = ()
+    implemented: tuple | None = None
+    minimum: float | None = None
+    optional: bool = False
+
+
+def _common(spacing: str, schedules: tuple, predictions: tuple) -> dict[str, Option]:
+    return {
+        "num_train_timesteps": Option(1000, "int", minimum=1),
+        "beta_start": Option(0.0001, "float", minimum=0.0),
+        "beta_end": Option(0.02, "float", minimum=0.0),
+        "beta_schedule": Option("linear", "choice", ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid",
+                                                     "laplace"), implemented=schedules),
+        "trained_betas": Option(None, "betas"),
+        "prediction_type": Option("epsilon", "choice", ("epsilon", "v_prediction", "sample", "original_sample",
+                                                        "flow_prediction"), implemented=predictions),
+        "timestep_spacing": Option(spacing, "choice", ("linspace", "leading", "trailing")),
+        "steps_offset": Option(0, "int", minimum=0),
+        "rescale_betas_zero_snr": Option(False, "bool"),
+    }
+
+
+_THRESHOLDING = {
+    "thresholding": Option(False, "bool"),
+    "dynamic_thresholding_ratio": Option(0.995, "float", minimum=0.0),
+    "sample_max_value": Option(1.0, "float", minimum=0.0),
+}
+_CLIPPING = {"clip_sample": Option(True, "bool"), "clip_sample_range": Option(1.0, "float", minimum=0.0)}
+_BASIC_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_SIGMA_SPACINGS = {
+    "use_karras_sigmas": Option(False, "bool"),
+    "use_exponential_sigmas": Option(False, "bool"),
+    "use_beta_sigmas": Option(False, "choice", (False, True), implemented=(False,)),  # needs scipy
+    "final_sigmas_type": Option("zero", "choice", ("zero", "sigma_min")),
+}
+
+OPTIONS: dict[str, dict[str, Option]] = {
+    "ddpm": {
+        **_common("leading", ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"),
+                  ("epsilon", "v_prediction", "sample")),
+        **_CLIPPING,
+        **_THRESHOLDING,
+        "variance_type": Option("fixed_small", "choice", ("fixed_small", "fixed_small_log", "fixed_large",
+                                                          "fixed_large_log", "learned", "learned_range"),
+                                implemented=("fixed_small", "fixed_small_log", "fixed_large", "learned",
+                                             "learned_range")),
+    },
+    "ddim": {
+        **_common("leading", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")),
+        **_CLIPPING,
+        **_THRESHOLDING,
+        "set_alpha_to_one": Option(True, "bool"),
+        # Step arguments in diffusers (DDIMScheduler.step(eta=..., use_clipped_model_output=...)).
+        "eta": Option(0.0, "float", minimum=0.0),
+        "use_clipped_model_output": Option(False, "bool"),
+    },
+    "euler": {
+        **_common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample", "original_sample")),
+        **_SIGMA_SPACINGS,
+        "interpolation_type": Option("linear", "choice", ("linear", "log_linear")),
+        "sigma_min": Option(None, "float", minimum=0.0, optional=True),
+        "sigma_max": Option(None, "float", minimum=0.0, optional=True),
+        "timestep_type": Option("discrete", "choice", ("discrete", "continuous")),
+    },
+    "dpm++": {
+        **_common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")),
+        **_SIGMA_SPACINGS,
+        **_THRESHOLDING,
+        "solver_order": Option(2, "choice", (1, 2, 3), implemented=(1, 2)),
+        "algorithm_type": Option("dpmsolver++", "choice", ("dpmsolver++", "sde-dpmsolver++", "dpmsolver",
+                                                           "sde-dpmsolver", "deis"),
+                                 implemented=("dpmsolver++", "deis")),
+        "solver_type": Option("midpoint", "choice", ("midpoint", "heun", "logrho", "bh1", "bh2")),
+        "lower_order_final": Option(True, "bool"),
+        "euler_at_final": Option(False, "bool"),
+        "use_lu_lambdas": Option(False, "bool"),
+        "use_flow_sigmas": Option(False, "choice", (False, True), implemented=(False,)),
+        "lambda_min_clipped": Option(-math.inf, "float"),
+        "variance_type": Option(None, "choice", (None, "learned", "learned_range"), implemented=(None,)),
+        # Only read by use_flow_sigmas / set_timesteps(mu=...), neither of which is supported here.
+        "flow_shift": Option(1.0, "inert"),
+        "use_dynamic_shifting": Option(False, "inert"),
+        "time_shift_type": Option("exponential", "inert"),
+    },
+}
+SAMPLER_NAMES = tuple(OPTIONS)
+
+
+def _check_number(key: str, value: Any, opt: Option) -> Any:
+    if opt.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{key}: expected an int, got {type(value).__name__}")
+        value = int(value)
+    else:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"{key}: expected a number, got {type(value).__name__}")
+        value = float(value)
+        if math.isnan(value):
+            raise ValueError(f"{key}: expected a number, got nan")
+    if opt.minimum is not None and value < opt.minimum:
+        raise ValueError(f"{key}: expected a value >= {opt.minimum}, got {value}")
+    return value
+
+
+def _check_betas(key: str, value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        betas = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{key}: expected a sequence of numbers, got {type(value).__name__}") from err
+    if betas.ndim != 1 or betas.size == 0:
+        raise ValueError(f"{key}: expected a non-empty 1-D sequence, got shape {betas.shape}")
+    if not np.all((betas > 0) & (betas < 1)):
+        raise ValueError(f"{key}: every beta must lie in (0, 1)")
+    return np.asarray(value)
+
+
+def _check_option(name: str, key: str, value: Any, opt: Option) -> Any:
+    if opt.kind == "inert" or (opt.optional and value is None):
+        return value
+    if opt.kind == "betas":
+        return _check_betas(key, value)
+    if opt.kind == "bool":
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{key}: expected a bool, got {type(value).__name__}")
+        return bool(value)
+    if opt.kind in ("int", "float"):
+        return _check_number(key, value, opt)
+    if value not in opt.choices:
+        raise ValueError(f"{key}: expected one of {', '.join(map(repr, opt.choices))}, got {value!r}")
+    if opt.implemented is not None and value not in opt.implemented:
+        raise NotImplementedError(f"{key}={value!r} is not implemented for the {name!r} sampler "
+                                  f"(implemented: {', '.join(map(repr, opt.implemented))})")
+    return value
+
+
+def resolve_config(name: str, config: Mapping[str, Any], *, ignore_unknown: bool = False) -> dict[str, Any]:
+    """Validate `config` for sampler `name` and fill in diffusers' defaults; returns the full config."""
+    options = OPTIONS[name]
+    resolved = {key: opt.default for key, opt in options.items()}
+    for key, value in config.items():
+        if key not in options:
+            if ignore_unknown:
+                continue
+            raise TypeError(f"{key}: not a config key of the {name!r} sampler; known keys: {', '.join(options)}")
+        resolved[key] = _check_option(name, key, value, options[key])
+    _check_consistency(name, resolved)
+    return resolved
+
+
+def _check_consistency(name: str, cfg: dict[str, Any]) -> None:
+    betas = cfg["trained_betas"]
+    if betas is not None and len(betas) != cfg["num_train_timesteps"]:
+        raise ValueError(f"trained_betas: expected num_train_timesteps={cfg['num_train_timesteps']} values, "
+                         f"got {len(betas)}")
+    if sum(bool(cfg.get(k)) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_lu_lambdas")) > 1:
+        raise ValueError("use_karras_sigmas: at most one of use_karras_sigmas, use_exponential_sigmas and "
+                         "use_lu_lambdas may be set")
+
+
+# ---------------------------------------------------------------- noise schedule (host, float32)
+
+
+def _alpha_bar_betas(n: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999) -> torch.Tensor:
+    """Betas that make prod(1 - beta) follow alpha_bar(t) on t in [0, 1] (cosine/laplace schedules)."""
+    betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def _cosine_alpha_bar(t: float) -> float:
+    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def _laplace_alpha_bar(t: float) -> float:
+    log_snr = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+    snr = math.exp(log_snr)
+    return math.sqrt(snr / (1 + snr))
+
+
+def make_betas(cfg: Mapping[str, Any]) -> torch.Tensor:
+    """[num_train_timesteps] float32 betas for a resolved config (same values as diffusers)."""
+    n, start, end = cfg["num_train_timesteps"], cfg["beta_start"], cfg["beta_end"]
+    if cfg["trained_betas"] is not None:
+        betas = torch.tensor(cfg["trained_betas"], dtype=torch.float32)
+    elif cfg["beta_schedule"] == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float32)
+    elif cfg["beta_schedule"] == "scaled_linear":
+        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float32) ** 2
+    elif cfg["beta_schedule"] == "squaredcos_cap_v2":
+        betas = _alpha_bar_betas(n, _cosine_alpha_bar)
+    elif cfg["beta_schedule"] == "laplace":
+        betas = _alpha_bar_betas(n, _laplace_alpha_bar)
+    else:  # sigmoid
+        betas = torch.sigmoid(torch.linspace(-6, 6, n)) * (end - start) + start
+    return _zero_terminal_snr(betas) if cfg["rescale_betas_zero_snr"] else betas
+
+
+def _zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alpha_bar) so the last step is pure noise (arXiv 2305.08891, algorithm 1)."""
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    alpha_bar = root**2
+    alphas = torch.cat([alpha_bar[0:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas
+
+
+def make_alphas_cumprod(cfg: Mapping[str, Any], pin_last: bool) -> torch.Tensor:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s), float32. pin_last: the sigma-based samplers replace an
+    exactly-zero terminal alpha_bar with 2**-24 so that sigma stays finite (as diffusers does)."""
+    alphas_cumprod = torch.cumprod(1.0 - make_betas(cfg), dim=0)
+    if pin_last and cfg["rescale_betas_zero_snr"]:
+        alphas_cumprod[-1] = 2**-24
+    return alphas_cumprod
+
+
+def spaced_timesteps(cfg: Mapping[str, Any], num_steps: int, last: int | None = None, extra: int = 0,
+                     round_linspace: bool = True) -> np.ndarray:
+    """Descending training timesteps for `num_steps` inference steps under cfg["timestep_spacing"].
+
+    last: the largest usable timestep + 1 (DPM-Solver clips it by lambda); extra: 1 for DPM-Solver, which
+    spaces num_steps + 1 points and drops the final one; round_linspace: False keeps fractional linspace
+    timesteps (Euler). Returns float64 values (callers cast).
+    """
+    total = cfg["num_train_timesteps"]
+    last = total if last is None else last
+    spacing, n = cfg["timestep_spacing"], num_steps + extra
+    if spacing == "linspace":
+        steps = np.linspace(0, last - 1, n)
+        steps = (steps.round() if round_linspace else steps)[::-1]
+    elif spacing == "leading":
+        steps = (np.arange(0, n) * (last // n)).round()[::-1] + cfg["steps_offset"]
+    else:  # trailing
+        steps = np.round(np.arange(last, 0, -total / num_steps)) - 1
+        # For some step counts (61, 103, ... of 1000) float error in arange adds a final step at -1:
+        # diffusers keeps it and indexes alphas_cumprod[-1]; drop it.
+        steps = steps[steps >= 0]
+    steps = np.ascontiguousarray(steps[:num_steps])
+    if steps.size and steps.max() > total - 1:
+        raise ValueError(f"steps_offset: timestep {int(steps.max())} would exceed num_train_timesteps - 1 = "
+                         f"{total - 1} with {num_steps} steps and steps_offset={cfg['steps_offset']}")
+    return steps
+
+
+def sigma_to_t(sigma: float, log_sigmas: np.ndarray) -> float:
+    """Fractional training timestep whose sigma is `sigma` (linear interpolation in log sigma)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    below = np.cumsum(log_sigma - log_sigmas[:, None] >= 0, axis=0).argmax(axis=0)
+    low = below.clip(max=log_sigmas.shape[0] - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return ((1 - w) * low + w * (low + 1)).reshape(np.shape(sigma))
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (2022) noise levels: uniform in sigma**(1/rho) from sigma_max down to sigma_min."""
+    ramp = np.linspace(0, 1, num_steps)
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, num_steps: int) -> np.ndarray:
+    """Noise levels uniform in log sigma from sigma_max down to sigma_min."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_steps))
+
+
+def lu_sigmas(log_sigmas: np.ndarray, num_steps: int) -> np.ndarray:
+    """Lu et al.'s schedule: noise levels uniform in log sigma between the ends of `log_sigmas`."""
+    top, bottom = log_sigmas[0].item(), log_sigmas[-1].item()
+    return np.exp(top + np.linspace(0, 1, num_steps) * (bottom - top))
+
+
+def _final_sigma(cfg: Mapping[str, Any], alphas_cumprod: torch.Tensor) -> float:
+    if cfg["final_sigmas_type"] == "zero":
+        return 0.0
+    return float(((1 - alphas_cumprod[0]) / alphas_cumprod[0]) ** 0.5)
+
+
+# ---------------------------------------------------------------- shared step pieces
+
+
+def draw_noise(shape: torch.Size, like: torch.Tensor, generator: Generator, dtype: torch.dtype | None = None
+               ) -> torch.Tensor:
+    """Standard normal noise of `shape` on like.device, drawn exactly as diffusers' randn_tensor does:
+    a CPU generator draws on the CPU then copies; a list of generators draws one batch item each."""
+    dtype = like.dtype if dtype is None else dtype
+    device, draw_on = like.device, like.device
+    gens = generator if isinstance(generator, list) else [generator] if generator is not None else []
+    if gens and gens[0].device.type != device.type:
+        if gens[0].device.type != "cpu":
+            raise ValueError(f"generator: a {gens[0].device.type} generator cannot draw noise for {device} tensors")
+        draw_on = torch.device("cpu")
+    if len(gens) > 1:
+        parts = [torch.randn((1, *shape[1:]), generator=g, device=draw_on, dtype=dtype) for g in gens]
+        return torch.cat(parts, dim=0).to(device)
+    return torch.randn(shape, generator=gens[0] if gens else None, device=draw_on, dtype=dtype).to(device)
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding: per sample, clamp x0 to +-s and divide by s, where s is the `ratio`
+    quantile of |x0| clamped to [1, max_value]. x0: [B, ...]; returns x0's shape and dtype."""
+    flat = x0.reshape(x0.shape[0], -1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # quantile needs fp32, and CPU clamp has no half kernel
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+def _check_tensor(name: str, value: Any) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+
+
+# ---------------------------------------------------------------- sampler base
+
+
+@dataclass
+class Plan:
+    """Everything set_timesteps computes. timesteps: [N]; coef: [N, K] float32 rows of per-step
+    coefficients (column meaning is per sampler); sigmas: [N + 1] float32 CPU (sigma samplers) or None;
+    noise: per step, whether the step draws noise; order: per step, the solver order (DPM-Solver)."""
+
+    timesteps: torch.Tensor
+    coef: torch.Tensor
+    sigmas: torch.Tensor | None
+    noise: tuple[bool, ...]
+    order: tuple[int, ...]
+
+
+class Sampler:
+    """Base class: config handling, the step counter and the public sampling API."""
+
+    name = ""
+    sigma_based = False  # Euler and DPM-Solver zero-pin a rescaled terminal alpha_bar
+
+    def __init__(self, **config: Any) -> None:
+        self.config: Mapping[str, Any] = MappingProxyType(resolve_config(self.name, config))
+        self.num_train_timesteps: int = self.config["num_train_timesteps"]
+        self.alphas_cumprod = make_alphas_cumprod(self.config, pin_last=self.sigma_based)  # [T] float32, CPU
+        self._plan: Plan | None = None
+        self._index = 0
+
+    def __repr__(self) -> str:
+        defaults = OPTIONS[self.name]
+        changed = [f", {k}={v!r}" for k, v in self.config.items()
+                   if isinstance(v, np.ndarray) or v != defaults[k].default]
+        return f"make_sampler({self.name!r}{''.join(changed)})"
+
+    # -- schedule
+
+    def set_timesteps(self, num_steps: int, device: torch.device | str | None = None) -> None:
+        """Plan `num_steps` inference steps (1 <= num_steps <= num_train_timesteps) and reset the counter.
+
+        The timesteps and coefficient rows live on `device` (default CPU; CPU coefficients also work
+        with CUDA latents, as 0-d CPU tensors are passed to kernels by value)."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+            raise TypeError(f"num_steps: expected an int, got {type(num_steps).__name__}")
+        if not 1 <= num_steps <= self.num_train_timesteps:
+            raise ValueError(f"num_steps: expected 1 <= num_steps <= num_train_timesteps="
+                             f"{self.num_train_timesteps}, got {num_steps}")
+        plan = self._make_plan(int(num_steps))
+        plan.timesteps = plan.timesteps.to(device)
+        plan.coef = plan.coef.to(device)
+        self._plan, self._index = plan, 0
+        self._reset_history()
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        raise NotImplementedError
+
+    def _reset_history(self) -> None:
+        pass
+
+    def _require_plan(self) -> Plan:
+        if self._plan is None:
+            raise RuntimeError(f"{self.name}: call set_timesteps(num_steps) before sampling")
+        return self._plan
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """[num_steps] timesteps the model is evaluated at, in order (int64; float32 for Euler)."""
+        return self._require_plan().timesteps
+
+    @property
+    def num_steps(self) -> int:
+        return len(self._require_plan().noise)
+
+    @property
+    def step_index(self) -> int:
+        """How many steps have run since set_timesteps."""
+        return self._index
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """Scale of the initial noise: latents = randn(...) * init_noise_sigma (call set_timesteps first
+        where the schedule changes it, as diffusers pipelines do)."""
+        return 1.0
+
+    def scale_model_input(self, x: torch.Tensor, t: Any = None) -> torch.Tensor:
+        """The model input for the current step: x [B, C, ...] scaled as the sampler requires."""
+        return x
+
+    # -- stepping
+
+    def step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, generator: Generator = None
+             ) -> torch.Tensor:
+        """One denoising step: the model's output at the current timestep and the latents x [B, C, ...]
+        -> the latents for the next timestep, x's shape (model_output's dtype where diffusers casts).
+
+        generator: torch.Generator (or a list, one per batch item) for the stochastic samplers."""
+        plan = self._require_plan()
+        _check_tensor("model_output", model_output)
+        _check_tensor("x", x)
+        if self._index >= len(plan.noise):
+            raise RuntimeError(f"{self.name}: all {len(plan.noise)} steps have run; call set_timesteps again")
+        if plan.coef.device != x.device:  # a host-side attribute check, not a sync
+            plan.coef = plan.coef.to(x.device)
+        out = self._step(self._index, plan, model_output, x, generator)
+        self._index += 1
+        return out
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _x0_limit(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding, else clipping, of the predicted clean sample (where configured)."""
+        cfg = self.config
+        if cfg.get("thresholding"):
+            return dynamic_threshold(x0, cfg["dynamic_thresholding_ratio"], cfg["sample_max_value"])
+        if cfg.get("clip_sample"):
+            return x0.clamp(-cfg["clip_sample_range"], cfg["clip_sample_range"])
+        return x0
+
+
+def _check_model_output(model_output: torch.Tensor, x: torch.Tensor, channel_factor: int = 1) -> None:
+    """model_output must have x's shape, with channel_factor x the channels (2 for learned variance)."""
+    want = (x.shape[0], x.shape[1] * channel_factor, *x.shape[2:]) if x.dim() >= 2 else tuple(x.shape)
+    if tuple(model_output.shape) != want:
+        raise ValueError(f"model_output: expected shape {want} (from x's shape {tuple(x.shape)}), "
+                         f"got {tuple(model_output.shape)}")
+
+
+def _stack(rows: Sequence[Sequence[torch.Tensor | float]]) -> torch.Tensor:
+    """[N, K] float32 table from per-step rows of 0-d float32 tensors (values kept bit for bit)."""
+    return torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in row]) for row in rows])
+
+
+# ---------------------------------------------------------------- DDPM
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling of Ho et al. (2020), as diffusers' DDPMScheduler.
+
+    Columns of coef: sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t), x0 weight, x weight, noise std,
+    log variance (min, max) for "learned_range"."""
+
+    name = "ddpm"
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps = spaced_timesteps(self.config, num_steps).astype(np.int64)
+        prev = np.append(steps[1:], -1)
+        rows = [self._coefficients(int(t), int(p)) for t, p in zip(steps, prev, strict=True)]
+        # diffusers adds noise whenever t > 0 (also on a trailing schedule's last step, with std ~1e-10).
+        noise = tuple(bool(t > 0) for t in steps)
+        return Plan(torch.from_numpy(steps.copy()), _stack(rows), None, noise, ())
+
+    def _coefficients(self, t: int, prev: int) -> list[torch.Tensor]:
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[prev] if prev >= 0 else torch.tensor(1.0)
+        beta_prod, beta_prod_prev = 1 - a_t, 1 - a_prev
+        alpha_step = a_t / a_prev
+        beta_step = 1 - alpha_step
+        c_x0 = (a_prev**0.5 * beta_step) / beta_prod
+        c_x = alpha_step**0.5 * beta_prod_prev / beta_prod
+        variance = torch.clamp((1 - a_prev) / (1 - a_t) * beta_step, min=1e-20)
+        kind = self.config["variance_type"]
+        if kind == "fixed_small_log":
+            std = torch.exp(0.5 * torch.log(variance))
+        elif kind == "fixed_large":
+            std = beta_step**0.5
+        else:
+            std = variance**0.5
+        return [a_t**0.5, beta_prod**0.5, c_x0, c_x, std, torch.log(variance), torch.log(beta_step)]
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        kind = self.config["variance_type"]
+        learned = kind in ("learned", "learned_range")
+        _check_model_output(model_output, x, channel_factor=2 if learned else 1)
+        predicted_var = None
+        if learned:  # the model predicts [epsilon-or-x0-or-v, variance] along channels
+            model_output, predicted_var = torch.split(model_output, x.shape[1], dim=1)
+        sqrt_a, sqrt_b, c_x0, c_x, std, log_min, log_max = plan.coef[i].unbind()
+        x0 = _to_x0(self.config["prediction_type"], model_output, x, sqrt_a, sqrt_b)
+        x_prev = c_x0 * self._x0_limit(x0) + c_x * x
+        if not plan.noise[i]:
+            return x_prev
+        noise = draw_noise(model_output.shape, model_output, generator)
+        if predicted_var is None:
+            return x_prev + std * noise
+        if kind == "learned":
+            return x_prev + predicted_var**0.5 * noise
+        frac = (predicted_var + 1) / 2
+        return x_prev + torch.exp(0.5 * (frac * log_max + (1 - frac) * log_min)) * noise
+
+
+def _to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, sqrt_a: torch.Tensor, sqrt_b: torch.Tensor
+           ) -> torch.Tensor:
+    """Predicted clean sample from the model output (variance-preserving parametrisation)."""
+    if prediction == "epsilon":
+        return (x - sqrt_b * out) / sqrt_a
+    if prediction == "v_prediction":
+        return sqrt_a * x - sqrt_b * out
+    return out  # "sample"
+
+
+# ---------------------------------------------------------------- DDIM
+
+
+class DDIMSampler(Sampler):
+    """Denoising diffusion implicit models (Song et al. 2021), as diffusers' DDIMScheduler; eta > 0 adds
+    the stochastic part (eta = 1 is DDPM-like).
+
+    Columns of coef: sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t), sqrt(alpha_bar_prev), direction weight,
+    noise std."""
+
+    name = "ddim"
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps = spaced_timesteps(self.config, num_steps).astype(np.int64)
+        # diffusers steps to t - T // N, not to the next planned timestep (they differ for linspace).
+        stride = self.num_train_timesteps // num_steps
+        rows = [self._coefficients(int(t), int(t) - stride) for t in steps]
+        noise = (self.config["eta"] > 0,) * len(steps)
+        return Plan(torch.from_numpy(steps.copy()), _stack(rows), None, noise, ())
+
+    def _coefficients(self, t: int, prev: int) -> list[torch.Tensor]:
+        a_t = self.alphas_cumprod[t]
+        if prev >= 0:
+            a_prev = self.alphas_cumprod[prev]
+        else:
+            a_prev = torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        beta_prod, beta_prod_prev = 1 - a_t, 1 - a_prev
+        variance = (beta_prod_prev / beta_prod) * (1 - a_t / a_prev)
+        std = self.config["eta"] * variance**0.5
+        direction = (1 - a_prev - std**2) ** 0.5
+        return [a_t**0.5, beta_prod**0.5, a_prev**0.5, direction, std]
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        sqrt_a, sqrt_b, sqrt_a_prev, direction, std = plan.coef[i].unbind()
+        prediction = self.config["prediction_type"]
+        x0 = _to_x0(prediction, model_output, x, sqrt_a, sqrt_b)
+        if prediction == "epsilon":
+            eps = model_output
+        elif prediction == "v_prediction":
+            eps = sqrt_a * model_output + sqrt_b * x
+        else:
+            eps = (x - sqrt_a * x0) / sqrt_b
+        x0 = self._x0_limit(x0)
+        if self.config["use_clipped_model_output"]:
+            eps = (x - sqrt_a * x0) / sqrt_b
+        x_prev = sqrt_a_prev * x0 + direction * eps
+        if plan.noise[i]:
+            x_prev = x_prev + std * draw_noise(model_output.shape, model_output, generator)
+        return x_prev
+
+
+# ---------------------------------------------------------------- sigma-parametrised samplers
+
+
+class _SigmaSampler(Sampler):
+    """Shared schedule code for Euler and DPM-Solver++, which walk sigma = sqrt((1 - a) / a)."""
+
+    sigma_based = True
+
+    def _train_sigmas(self) -> np.ndarray:
+        """[T] float32 sigmas of the training timesteps, ascending with t."""
+        return (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+
+    def _respace(self, sigmas: np.ndarray, num_steps: int) -> np.ndarray | None:
+        """Karras / exponential noise levels between the ends of `sigmas` (descending), or None."""
+        lo = self.config.get("sigma_min")
+        hi = self.config.get("sigma_max")
+        lo = float(sigmas[-1]) if lo is None else lo
+        hi = float(sigmas[0]) if hi is None else hi
+        if self.config["use_karras_sigmas"]:
+            return karras_sigmas(lo, hi, num_steps)
+        if self.config["use_exponential_sigmas"]:
+            return exponential_sigmas(lo, hi, num_steps)
+        return None
+
+    def _finish_sigmas(self, sigmas: np.ndarray) -> torch.Tensor:
+        last = _final_sigma(self.config, self.alphas_cumprod)
+        return torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+
+
+class EulerSampler(_SigmaSampler):
+    """Euler's method on the probability-flow ODE in sigma (Karras et al. 2022), as diffusers'
+    EulerDiscreteScheduler (without churn).
+
+    Columns of coef: input scale sqrt(sigma^2 + 1), sigma, sigma_next - sigma, v-prediction weights."""
+
+    name = "euler"
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps = spaced_timesteps(self.config, num_steps, round_linspace=False).astype(np.float32)
+        train = self._train_sigmas()
+        log_train = np.log(train)
+        if self.config["interpolation_type"] == "linear":
+            sigmas = np.interp(steps, np.arange(0, len(train)), train)
+        else:  # log_linear: num_steps + 1 levels, as diffusers
+            sigmas = torch.linspace(np.log(train[-1]), np.log(train[0]), num_steps + 1).exp().numpy()
+        respaced = self._respace(sigmas, num_steps)
+        if respaced is not None:
+            sigmas = respaced
+            steps = np.array([sigma_to_t(s, log_train) for s in sigmas])
+        sigmas = self._finish_sigmas(sigmas)
+        timesteps = torch.from_numpy(steps.astype(np.float32))
+        if self.config["timestep_type"] == "continuous" and self.config["prediction_type"] == "v_prediction":
+            timesteps = torch.stack([0.25 * s.log() for s in sigmas[:-1]])
+        rows = [self._coefficients(sigmas[i], sigmas[i + 1]) for i in range(num_steps)]
+        return Plan(timesteps, _stack(rows), sigmas, (False,) * num_steps, ())
+
+    @staticmethod
+    def _coefficients(sigma: torch.Tensor, sigma_next: torch.Tensor) -> list[torch.Tensor]:
+        sigma_hat = sigma * (0.0 + 1)  # no churn: gamma = 0
+        return [(sigma**2 + 1) ** 0.5, sigma_hat, sigma_next - sigma_hat, -sigma / (sigma**2 + 1) ** 0.5,
+                sigma**2 + 1]
+
+    @property
+    def init_noise_sigma(self) -> float:
+        sigmas = self._plan.sigmas if self._plan is not None else torch.from_numpy(self._train_sigmas())
+        top = sigmas.max()
+        if self.config["timestep_spacing"] in ("linspace", "trailing"):
+            return float(top)
+        return float((top**2 + 1) ** 0.5)
+
+    def scale_model_input(self, x: torch.Tensor, t: Any = None) -> torch.Tensor:
+        plan = self._require_plan()
+        _check_tensor("x", x)
+        if self._index >= len(plan.noise):
+            raise RuntimeError(f"{self.name}: all {len(plan.noise)} steps have run; call set_timesteps again")
+        if plan.coef.device != x.device:
+            plan.coef = plan.coef.to(x.device)
+        return x / plan.coef[self._index, 0]
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        _, sigma_hat, dt, v_eps, v_x = plan.coef[i].unbind()
+        x = x.to(torch.float32)  # diffusers steps in fp32 and casts back to the model's dtype
+        prediction = self.config["prediction_type"]
+        if prediction == "epsilon":
+            x0 = x - sigma_hat * model_output
+        elif prediction == "v_prediction":
+            x0 = model_output * v_eps + x / v_x
+        else:
+            x0 = model_output
+        derivative = (x - x0) / sigma_hat
+        return (x + derivative * dt).to(model_output.dtype)
+
+
+class DPMSolverPPSampler(_SigmaSampler):
+    """DPM-Solver++ (Lu et al. 2022), multistep, order 2 (or 1), in data prediction, as diffusers'
+    DPMSolverMultistepScheduler with algorithm_type="dpmsolver++".
+
+    Columns of coef: alpha_s, sigma_s (to convert the model output into x0 at the current level),
+    sigma_t / sigma_s, alpha_t (exp(-h) - 1), second-order D1 weight, 1 / r0."""
+
+    name = "dpm++"
+
+    def _reset_history(self) -> None:
+        self._prev_x0: torch.Tensor | None = None
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps, sigmas = self._schedule(num_steps)
+        n = len(steps)
+        final_first_order = self.config["euler_at_final"] or self.config["final_sigmas_type"] == "zero" or (
+            self.config["lower_order_final"] and n < 15)
+        order = tuple(1 if self.config["solver_order"] == 1 or i == 0 or (i == n - 1 and final_first_order)
+                      else 2 for i in range(n))
+        rows = [self._coefficients(sigmas, i, order[i]) for i in range(n)]
+        return Plan(torch.from_numpy(steps).to(torch.int64), _stack(rows), sigmas, (False,) * n, order)
+
+    def _schedule(self, num_steps: int) -> tuple[np.ndarray, torch.Tensor]:
+        alpha, sigma = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)
+        lambdas = torch.log(alpha) - torch.log(sigma)
+        clipped = int(torch.searchsorted(torch.flip(lambdas, [0]), self.config["lambda_min_clipped"]))
+        steps = spaced_timesteps(self.config, num_steps, last=self.num_train_timesteps - clipped,
+                                 extra=1 if self.config["timestep_spacing"] != "trailing" else 0)
+        steps = steps.astype(np.int64)
+        train = self._train_sigmas()
+        log_train = np.log(train)
+        if self.config["use_lu_lambdas"]:
+            respaced = lu_sigmas(np.flip(log_train).copy(), num_steps)
+        else:
+            respaced = self._respace(np.flip(train).copy(), num_steps)
+        if respaced is None:
+            return steps, self._finish_sigmas(np.interp(steps, np.arange(0, len(train)), train))
+        steps = np.array([sigma_to_t(s, log_train) for s in respaced])
+        rounded = self.config["use_karras_sigmas"] or self.config["use_lu_lambdas"]
+        if rounded and self.config["beta_schedule"] != "squaredcos_cap_v2":
+            steps = steps.round()
+        return steps.astype(np.int64), self._finish_sigmas(respaced)
+
+    @staticmethod
+    def _alpha_sigma(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = 1 / ((s**2 + 1) ** 0.5)
+        return alpha, s * alpha
+
+    def _coefficients(self, sigmas: torch.Tensor, i: int, order: int) -> list[torch.Tensor]:
+        alpha_t, sigma_t = self._alpha_sigma(sigmas[i + 1])
+        alpha_s0, sigma_s0 = self._alpha_sigma(sigmas[i])
+        lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
+        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
+        h = lambda_t - lambda_s0
+        first = [alpha_s0, sigma_s0, sigma_t / sigma_s0, alpha_t * (torch.exp(-h) - 1.0)]
+        if order == 1:
+            return [*first, torch.tensor(0.0), torch.tensor(0.0)]
+        alpha_s1, sigma_s1 = self._alpha_sigma(sigmas[i - 1])
+        r0 = (lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))) / h
+        if self.config["solver_type"] == "heun":
+            d1 = -(alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0))  # sign folded: the update subtracts it
+        else:  # midpoint (diffusers maps logrho / bh1 / bh2 to midpoint)
+            d1 = 0.5 * (alpha_t * (torch.exp(-h) - 1.0))
+        return [*first, d1, 1.0 / r0]
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        alpha_s, sigma_s, c_x, c_d0, c_d1, inv_r0 = plan.coef[i].unbind()
+        x0 = self._x0_limit(_to_x0(self.config["prediction_type"], model_output, x, alpha_s, sigma_s))
+        prev_x0, self._prev_x0 = self._prev_x0, x0
+        x = x.to(torch.float32)  # diffusers updates in fp32 and casts back to the model's dtype
+        x_next = c_x * x - c_d0 * x0
+        if plan.order[i] == 2:  # D1 = (x0 - previous x0) / r0, the multistep correction
+            x_next = x_next - c_d1 * (inv_r0 * (x0 - prev_x0))
+        return x_next.to(model_output.dtype)
+
+
+# ---------------------------------------------------------------- construction
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "ddpm": DDPMSampler,
+    "ddim": DDIMSampler,
+    "euler": EulerSampler,
+    "dpm++": DPMSolverPPSampler,
+}
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    if name not in SAMPLERS:
+        raise ValueError(f"name: unknown sampler {name!r}; known samplers: {', '.join(map(repr, SAMPLERS))}")
+    return name
+
+
+def make_sampler(name: str, **config: Any) -> Sampler:
+    """A sampler by name ("ddpm", "ddim", "euler", "dpm++") with diffusers' scheduler config keys.
+
+    Defaults are those of the matching diffusers scheduler (DDPMScheduler, DDIMScheduler,
+    EulerDiscreteScheduler, DPMSolverMultistepScheduler with dpmsolver++ order 2). DDIM also takes
+    `eta` and `use_clipped_model_output` (step arguments in diffusers). Unknown keys raise TypeError,
+    bad values ValueError, known but unimplemented values NotImplementedError, each naming the key.
+    """
+    return SAMPLERS[_check_name(name)](**config)
+
+
+def from_config(config: Mapping[str, Any] | Any, name: str | None = None) -> Sampler:
+    """A sampler from a diffusers scheduler's `.config` (or the scheduler itself, or a saved
+    scheduler_config.json dict).
+
+    name: the sampler to build; None takes it from the scheduler's class (or `_class_name`). As with
+    diffusers' `from_config`, keys the target does not use (another scheduler's options, bookkeeping
+    such as `_diffusers_version`) are ignored, and so are keys listed in `_use_default_values` (they
+    held the source class's defaults, so the target's own defaults apply).
+    """
+    if not isinstance(config, Mapping):
+        if not isinstance(getattr(config, "config", None), Mapping):
+            raise TypeError(f"config: expected a mapping or a diffusers scheduler, got {type(config).__name__}")
+        if name is None:
+            name = CLASS_NAMES.get(type(config).__name__)
+        config = config.config
+    if name is None:
+        name = CLASS_NAMES.get(config.get("_class_name", ""))
+        if name is None:
+            raise ValueError(f"name: cannot tell the sampler from config (_class_name="
+                             f"{config.get('_class_name')!r}); pass one of {', '.join(map(repr, SAMPLERS))}")
+    name = _check_name(name)
+    # diffusers records which keys held their class's defaults; those do not carry over to another class
+    # (Stable Diffusion's PNDM config leaves timestep_spacing at PNDM's "leading": Euler keeps "linspace").
+    defaulted = set(config.get("_use_default_values", ()))
+    kept = {k: v for k, v in config.items() if k not in defaulted}
+    return SAMPLERS[name](**resolve_config(name, kept, ignore_unknown=True))

@@ -1,0 +1,181 @@
+"""Sampling loops: any model function (`sample_loop`), and a text-conditioned U-Net with classifier-free
+guidance (`sample`).
+
+Nothing inside the loops reads a tensor back to the host: timesteps are views into the sampler's
+planned tensor, and every branch depends on the schedule or the arguments only, so on a GPU the loop
+queues work without waiting (and each step can be captured as a CUDA graph).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from genai_fast.diffusion.samplers import Generator, Sampler
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sample_loop(
+    model_fn: ModelFn,
+    sampler: Sampler,
+    latents: torch.Tensor,
+    num_steps: int,
+    generator: Generator = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Run `num_steps` sampler steps from `latents` and return the final latents.
+
+    Args:
+        model_fn: model_fn(x, t) -> model output with x's shape; x [B, C, ...] is the scaled model input,
+            t a [B] tensor of the current timestep (a read-only broadcast view).
+        sampler: from make_sampler / from_config; set_timesteps(num_steps) is called here.
+        latents: [B, C, ...] initial noise already multiplied by sampler.init_noise_sigma.
+        num_steps: 1 <= num_steps <= the sampler's num_train_timesteps.
+        generator: torch.Generator (or one per batch item) for the stochastic samplers' noise.
+        progress: show a tqdm progress bar (rate and ETA).
+
+    Equivalent diffusers loop::
+
+        scheduler.set_timesteps(num_steps)
+        for t in scheduler.timesteps:
+            out = model_fn(scheduler.scale_model_input(latents, t), t.expand(len(latents)))
+            latents = scheduler.step(out, t, latents, generator=generator).prev_sample
+    """
+    if not callable(model_fn):
+        raise TypeError(f"model_fn: expected a callable, got {type(model_fn).__name__}")
+    _check_common(sampler, latents, generator, progress, min_dim=2)
+    sampler.set_timesteps(num_steps, device=latents.device)
+    x = latents
+    for i in tqdm(range(sampler.num_steps), disable=not progress, desc=f"sampling ({sampler.name})"):
+        t = sampler.timesteps[i]
+        out = model_fn(sampler.scale_model_input(x, t), t.expand(x.shape[0]))
+        x = sampler.step(out, t, x, generator=generator)
+    return x
+
+
+def sample(
+    unet: Callable[..., Any],
+    sampler: Sampler,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    num_steps: int,
+    guidance_scale: float = 1.0,
+    negative_encoder_hidden_states: torch.Tensor | None = None,
+    generator: Generator = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Text-conditioned sampling with classifier-free guidance; returns the final latents [B, C, H, W].
+
+    Args:
+        unet: called as diffusers' UNet2DConditionModel: unet(x, t, encoder_hidden_states=ctx).sample
+            (a module returning a plain tensor works too).
+        sampler: from make_sampler / from_config; set_timesteps(num_steps) is called here.
+        latents: [B, C, H, W] initial noise already multiplied by sampler.init_noise_sigma.
+        encoder_hidden_states: [B, L, D] conditional context (e.g. CLIP text embeddings).
+        num_steps: 1 <= num_steps <= the sampler's num_train_timesteps.
+        guidance_scale: g >= 0; the model output is uncond + g * (cond - uncond).
+        negative_encoder_hidden_states: [B, L, D] unconditional (or negative prompt) context. The
+            unconditional and conditional halves run as one batch of 2B. With g == 1 or no negative
+            context the guidance is the identity and a single conditional pass of batch B runs.
+        generator, progress: as in sample_loop.
+
+    Equivalent diffusers loop (per timestep t)::
+
+        out = unet(scheduler.scale_model_input(torch.cat([x, x]), t), t,
+                   encoder_hidden_states=torch.cat([negative, cond])).sample
+        uncond, cond = out.chunk(2)
+        x = scheduler.step(uncond + g * (cond - uncond), t, x, generator=generator).prev_sample
+    """
+    if not callable(unet):
+        raise TypeError(f"unet: expected a callable (UNet2DConditionModel), got {type(unet).__name__}")
+    _check_common(sampler, latents, generator, progress, min_dim=4)
+    _check_context(latents, encoder_hidden_states, negative_encoder_hidden_states)
+    guidance = _check_guidance(guidance_scale)
+    if negative_encoder_hidden_states is None and guidance != 1.0:
+        warnings.warn("guidance_scale: ignored without negative_encoder_hidden_states (one conditional pass runs)",
+                      stacklevel=2)
+    if negative_encoder_hidden_states is None or guidance == 1.0:
+        return sample_loop(_conditional(unet, encoder_hidden_states), sampler, latents, num_steps,
+                           generator=generator, progress=progress)
+    context = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])  # once, outside the loop
+    return sample_loop(_guided(unet, context, guidance), sampler, latents, num_steps, generator=generator,
+                       progress=progress)
+
+
+def _unet_output(result: Any) -> torch.Tensor:
+    return result.sample if hasattr(result, "sample") else result
+
+
+def _conditional(unet: Callable[..., Any], context: torch.Tensor) -> ModelFn:
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return _unet_output(unet(x, t, encoder_hidden_states=context))
+
+    return model_fn
+
+
+def _guided(unet: Callable[..., Any], context: torch.Tensor, guidance: float) -> ModelFn:
+    """x [B, ...] -> one U-Net call on [2B, ...] (uncond first) -> uncond + g * (cond - uncond)."""
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = _unet_output(unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=context))
+        uncond, cond = out.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    return model_fn
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_common(sampler: Any, latents: Any, generator: Any, progress: Any, min_dim: int) -> None:
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler: expected a genai_fast.diffusion Sampler (make_sampler), got "
+                        f"{type(sampler).__name__}")
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents: expected a torch.Tensor, got {type(latents).__name__}")
+    if not latents.is_floating_point():
+        raise TypeError(f"latents: expected a floating-point tensor, got {latents.dtype}")
+    if min_dim == 4 and latents.dim() != 4:
+        raise ValueError(f"latents: expected 4 dimensions [B, C, H, W], got shape {tuple(latents.shape)}")
+    if latents.dim() < min_dim or latents.shape[0] == 0:
+        raise ValueError(f"latents: expected [B, C, ...] with B >= 1, got shape {tuple(latents.shape)}")
+    gens = generator if isinstance(generator, list) else [generator] if generator is not None else []
+    if not all(isinstance(g, torch.Generator) for g in gens):
+        raise TypeError("generator: expected a torch.Generator, a list of them, or None")
+    if isinstance(generator, list) and len(generator) not in (1, latents.shape[0]):
+        raise ValueError(f"generator: a list must hold one generator per batch item ({latents.shape[0]}), "
+                         f"got {len(generator)}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
+
+
+def _check_context(latents: torch.Tensor, context: Any, negative: Any) -> None:
+    for name, value in (("encoder_hidden_states", context), ("negative_encoder_hidden_states", negative)):
+        if value is None and name.startswith("negative"):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+        if value.dim() != 3:
+            raise ValueError(f"{name}: expected 3 dimensions [B, L, D], got shape {tuple(value.shape)}")
+    if context.shape[0] != latents.shape[0]:
+        raise ValueError(f"latents: batch size {latents.shape[0]} does not match encoder_hidden_states' "
+                         f"batch size {context.shape[0]}")
+    if negative is not None and negative.shape != context.shape:
+        raise ValueError(f"negative_encoder_hidden_states: expected encoder_hidden_states' shape "
+                         f"{tuple(context.shape)}, got {tuple(negative.shape)}")
+
+
+def _check_guidance(guidance_scale: Any) -> float:
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise TypeError(f"guidance_scale: expected a number, got {type(guidance_scale).__name__}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale: expected a finite number >= 0, got {guidance_scale}")
+    return float(guidance_scale)

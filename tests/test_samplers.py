@@ -1,0 +1,478 @@
+"""Diffusion samplers against the installed diffusers' schedulers: timesteps, init_noise_sigma,
+scale_model_input and every step of whole loops; seeded noise; sample_loop and CFG sample() with a tiny
+UNet2DConditionModel; from_config; bad input; and (on a GPU) no host syncs inside the loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from genai_fast.diffusion import SAMPLER_NAMES, from_config, make_sampler, sample, sample_loop
+
+# diffusers' own Euler / DPM-Solver set_timesteps trip numpy 2's __array__(copy=) deprecation.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+# Parity tolerance: max |ours - diffusers| <= RTOL * max(1, max |diffusers|) (fp32, whole loops).
+RTOL = 1e-6
+SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+SCHEDULES = {"linear": {"beta_schedule": "linear"}, "sd-scaled-linear": SD_BETAS,
+             "cosine": {"beta_schedule": "squaredcos_cap_v2"}}
+# Step counts: a divisor of 1000, a prime, and more than DPM-Solver's lower_order_final limit of 15.
+STEPS = {"linspace": 10, "leading": 13, "trailing": 20}
+
+
+def _diffusers():
+    return pytest.importorskip("diffusers")
+
+
+def _scheduler(name, **config):
+    d = _diffusers()
+    cls = {"ddpm": d.DDPMScheduler, "ddim": d.DDIMScheduler, "euler": d.EulerDiscreteScheduler,
+           "dpm++": d.DPMSolverMultistepScheduler}[name]
+    return cls(**{k: v for k, v in config.items() if k not in ("eta", "use_clipped_model_output")})
+
+
+class FakeModel:
+    """A fixed random linear map of x plus a timestep-dependent bias: x [B, C, H, W], t [B] -> [B, k*C, H, W]."""
+
+    def __init__(self, channels=4, out_factor=1, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(channels * out_factor, channels, generator=g) * 0.4
+        self.bias = torch.randn(channels * out_factor, generator=g)
+        self.out_factor = out_factor
+
+    def __call__(self, x, t):
+        assert t.shape == (x.shape[0],)
+        y = torch.einsum("oc,bchw->bohw", self.weight, x)
+        y = y + torch.cos(t.float() / 300)[:, None, None, None] * self.bias[None, :, None, None]
+        if self.out_factor == 2:  # learned variance: keep the variance channels in (0, 1)
+            eps, var = y.chunk(2, dim=1)
+            y = torch.cat([eps, torch.sigmoid(var)], dim=1)
+        return y
+
+
+def _close(ours, ref, what):
+    scale = max(1.0, float(ref.abs().max()))
+    err = float((ours.double() - ref.double()).abs().max())
+    assert err <= RTOL * scale, f"{what}: max-abs {err:.3e} > {RTOL * scale:.3e}"
+
+
+def _run_lockstep(name, config, num_steps, model=None, seed=7, shape=(2, 4, 8, 8)):
+    """Run ours and diffusers side by side from the same noise and seed; compare every step."""
+    model = model or FakeModel()
+    ours, ref = make_sampler(name, **config), _scheduler(name, **config)
+    ours.set_timesteps(num_steps)
+    ref.set_timesteps(num_steps)
+    assert ours.timesteps.dtype == ref.timesteps.dtype
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
+    assert ours.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma), rel=1e-7)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * ours.init_noise_sigma
+    x_ref = x.clone()
+    gen, gen_ref = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
+    step_kw = {"eta": config.get("eta", 0.0), "use_clipped_model_output": config.get("use_clipped_model_output",
+                                                                                     False)} if name == "ddim" else {}
+    for i, t in enumerate(ref.timesteps):
+        scaled, scaled_ref = ours.scale_model_input(x, ours.timesteps[i]), ref.scale_model_input(x_ref, t)
+        _close(scaled, scaled_ref, f"scale_model_input at step {i}")
+        batch = t.expand(shape[0])
+        x = ours.step(model(scaled, batch), ours.timesteps[i], x, generator=gen)
+        x_ref = ref.step(model(scaled_ref, batch), t, x_ref, generator=gen_ref, **step_kw).prev_sample
+        assert x.dtype == x_ref.dtype
+        _close(x, x_ref, f"step {i} (t={float(t)})")
+    assert torch.isfinite(x).all()
+    return x
+
+
+# ---------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("schedule", ["linear", "sd-scaled-linear"])
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_parity_with_diffusers(name, prediction, spacing, schedule):
+    config = {**SCHEDULES[schedule], "prediction_type": prediction, "timestep_spacing": spacing}
+    if spacing == "leading":
+        config["steps_offset"] = 1  # as Stable Diffusion's configs
+    _run_lockstep(name, config, STEPS[spacing])
+
+
+OPTION_CASES = {
+    "ddpm-cosine": ("ddpm", {"beta_schedule": "squaredcos_cap_v2"}, 12),
+    "ddpm-sigmoid": ("ddpm", {"beta_schedule": "sigmoid"}, 12),
+    "ddpm-fixed-small-log": ("ddpm", {"variance_type": "fixed_small_log"}, 12),
+    "ddpm-fixed-large": ("ddpm", {"variance_type": "fixed_large", "clip_sample": False}, 12),
+    "ddpm-learned-range": ("ddpm", {"variance_type": "learned_range"}, 12),
+    "ddpm-learned": ("ddpm", {"variance_type": "learned"}, 12),
+    "ddpm-sample-pred": ("ddpm", {"prediction_type": "sample", "clip_sample_range": 2.0}, 12),
+    "ddpm-thresholding": ("ddpm", {"thresholding": True, "sample_max_value": 2.0}, 12),
+    "ddpm-zero-snr": ("ddpm", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                               "prediction_type": "v_prediction"}, 12),
+    "ddpm-trained-betas-T100": ("ddpm", {"num_train_timesteps": 100,
+                                         "trained_betas": np.linspace(1e-3, 0.05, 100).tolist()}, 100),
+    "ddim-eta1": ("ddim", {"eta": 1.0}, 12),
+    "ddim-eta-half-clipped-eps": ("ddim", {"eta": 0.5, "use_clipped_model_output": True}, 12),
+    "ddim-no-alpha-one-no-clip": ("ddim", {"set_alpha_to_one": False, "clip_sample": False}, 12),
+    "ddim-sample-pred": ("ddim", {"prediction_type": "sample"}, 12),
+    "ddim-thresholding": ("ddim", {"thresholding": True}, 12),
+    "ddim-zero-snr": ("ddim", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                               "prediction_type": "v_prediction", **SD_BETAS}, 12),
+    "ddim-cosine-50": ("ddim", {"beta_schedule": "squaredcos_cap_v2"}, 50),
+    "euler-karras": ("euler", {"use_karras_sigmas": True, **SD_BETAS}, 12),
+    "euler-karras-range": ("euler", {"use_karras_sigmas": True, "sigma_min": 0.1, "sigma_max": 10.0}, 12),
+    "euler-exponential": ("euler", {"use_exponential_sigmas": True}, 12),
+    "euler-final-sigma-min": ("euler", {"final_sigmas_type": "sigma_min"}, 12),
+    "euler-log-linear": ("euler", {"interpolation_type": "log_linear"}, 12),
+    "euler-continuous-v": ("euler", {"timestep_type": "continuous", "prediction_type": "v_prediction"}, 12),
+    "euler-zero-snr": ("euler", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, 12),
+    "euler-cosine-7": ("euler", {"beta_schedule": "squaredcos_cap_v2", "prediction_type": "sample"}, 7),
+    "dpm-karras": ("dpm++", {"use_karras_sigmas": True, **SD_BETAS}, 12),
+    "dpm-exponential": ("dpm++", {"use_exponential_sigmas": True}, 12),
+    "dpm-lu-lambdas": ("dpm++", {"use_lu_lambdas": True}, 12),
+    "dpm-final-sigma-min-20": ("dpm++", {"final_sigmas_type": "sigma_min"}, 20),
+    "dpm-euler-at-final": ("dpm++", {"final_sigmas_type": "sigma_min", "euler_at_final": True}, 20),
+    "dpm-no-lower-order-final": ("dpm++", {"final_sigmas_type": "sigma_min", "lower_order_final": False}, 12),
+    "dpm-order-1": ("dpm++", {"solver_order": 1}, 12),
+    "dpm-heun": ("dpm++", {"solver_type": "heun"}, 12),
+    "dpm-thresholding-sample": ("dpm++", {"thresholding": True, "prediction_type": "sample"}, 12),
+    "dpm-lambda-clipped-cosine": ("dpm++", {"lambda_min_clipped": -5.1, "beta_schedule": "squaredcos_cap_v2"}, 12),
+    "dpm-zero-snr": ("dpm++", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                               "prediction_type": "v_prediction"}, 12),
+    "dpm-50": ("dpm++", SD_BETAS, 50),
+}
+
+
+@pytest.mark.parametrize("case", OPTION_CASES.keys())
+def test_config_options_match_diffusers(case):
+    name, config, steps = OPTION_CASES[case]
+    factor = 2 if str(config.get("variance_type", "")).startswith("learned") else 1
+    _run_lockstep(name, config, steps, model=FakeModel(out_factor=factor))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 999, 1000])
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_timesteps_at_extreme_step_counts(name, steps):
+    for spacing in ("linspace", "leading", "trailing"):
+        ours, ref = make_sampler(name, timestep_spacing=spacing), _scheduler(name, timestep_spacing=spacing)
+        ours.set_timesteps(steps)
+        ref.set_timesteps(steps)
+        torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
+
+
+def test_trailing_drops_diffusers_stray_final_step():
+    """For 61 of 1000 steps, diffusers' trailing spacing yields 62 timesteps ending at -1; ours yields 61."""
+    ours, ref = make_sampler("ddim", timestep_spacing="trailing"), _scheduler("ddim", timestep_spacing="trailing")
+    ours.set_timesteps(61)
+    ref.set_timesteps(61)
+    assert len(ours.timesteps) == 61 and int(ours.timesteps.min()) >= 0
+    torch.testing.assert_close(ours.timesteps, ref.timesteps[:61], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- seeded noise
+
+
+@pytest.mark.parametrize("config", [("ddpm", {}), ("ddpm", {"timestep_spacing": "trailing"}),
+                                    ("ddim", {"eta": 1.0})], ids=["ddpm", "ddpm-trailing", "ddim-eta1"])
+def test_same_seed_same_samples_as_diffusers(config):
+    name, cfg = config
+    model = FakeModel()
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    first = sample_loop(model, make_sampler(name, **cfg), noise, 15, torch.Generator().manual_seed(5), progress=False)
+    again = sample_loop(model, make_sampler(name, **cfg), noise, 15, torch.Generator().manual_seed(5), progress=False)
+    other = sample_loop(model, make_sampler(name, **cfg), noise, 15, torch.Generator().manual_seed(6), progress=False)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+    ref = _scheduler(name, **cfg)
+    ref.set_timesteps(15)
+    x, gen = noise.clone(), torch.Generator().manual_seed(5)
+    for t in ref.timesteps:
+        out = model(ref.scale_model_input(x, t), t.expand(2))
+        x = ref.step(out, t, x, generator=gen, **({"eta": 1.0} if name == "ddim" else {})).prev_sample
+    _close(first, x, "final latents")
+
+
+def test_generator_list_draws_per_batch_item_like_diffusers():
+    model, noise = FakeModel(), torch.randn(3, 4, 8, 8)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    ours = sample_loop(model, make_sampler("ddpm"), noise, 8, gens, progress=False)
+    ref, x = _scheduler("ddpm"), noise.clone()
+    ref.set_timesteps(8)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    for t in ref.timesteps:
+        x = ref.step(model(x, t.expand(3)), t, x, generator=gens).prev_sample
+    _close(ours, x, "final latents")
+    # Item 0 alone with generator seed 1 follows the same noise as item 0 of the batch.
+    alone = sample_loop(model, make_sampler("ddpm"), noise[:1], 8, [torch.Generator().manual_seed(1)], progress=False)
+    _close(alone, ours[:1], "item 0")
+
+
+# ---------------------------------------------------------------- loops
+
+
+@pytest.mark.parametrize("name", ["euler", "dpm++"])
+def test_sample_loop_matches_diffusers_loop(name):
+    model, calls = FakeModel(), []
+
+    def model_fn(x, t):
+        calls.append((tuple(x.shape), t.shape, t.dtype))
+        return model(x, t)
+
+    sampler = make_sampler(name, **SD_BETAS)
+    sampler.set_timesteps(12)
+    noise = torch.randn(2, 4, 8, 8) * sampler.init_noise_sigma
+    ours = sample_loop(model_fn, sampler, noise, 12, progress=False)
+    ref = _scheduler(name, **SD_BETAS)
+    ref.set_timesteps(12)
+    x = noise.clone()
+    for t in ref.timesteps:
+        x = ref.step(model(ref.scale_model_input(x, t), t.expand(2)), t, x).prev_sample
+    _close(ours, x, "final latents")
+    assert len(calls) == 12 and calls[0] == ((2, 4, 8, 8), (2,), ref.timesteps.dtype)
+
+
+def test_sample_loop_progress_bar(capsys):
+    sample_loop(FakeModel(), make_sampler("ddim"), torch.randn(1, 4, 4, 4), 3, progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "it/s" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    d = _diffusers()
+    torch.manual_seed(0)
+    return d.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    ).eval()
+
+
+def _diffusers_cfg_loop(unet, scheduler, x, cond, negative, steps, guidance, generator=None, step_kw=None):
+    """What diffusers' StableDiffusionPipeline does per step, written out."""
+    scheduler.set_timesteps(steps)
+    context = torch.cat([negative, cond])
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(torch.cat([x] * 2), t)
+        uncond, text = unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
+        x = scheduler.step(uncond + guidance * (text - uncond), t, x, generator=generator, **(step_kw or {})
+                           ).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("name", ["euler", "ddim"])
+def test_sample_with_guidance_matches_diffusers(tiny_unet, name):
+    config = {**SD_BETAS, "eta": 1.0} if name == "ddim" else SD_BETAS
+    cond, negative = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    sampler = make_sampler(name, **config)
+    sampler.set_timesteps(6)
+    noise = torch.randn(2, 4, 8, 8) * sampler.init_noise_sigma
+    with torch.no_grad():
+        ours = sample(tiny_unet, sampler, noise, cond, 6, guidance_scale=7.5, negative_encoder_hidden_states=negative,
+                      generator=torch.Generator().manual_seed(3), progress=False)
+        ref = _diffusers_cfg_loop(tiny_unet, _scheduler(name, **config), noise.clone(), cond, negative, 6, 7.5,
+                                  torch.Generator().manual_seed(3), {"eta": 1.0} if name == "ddim" else None)
+    _close(ours, ref, "final latents")
+
+
+class _CountingUNet(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet, self.batches = unet, []
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.batches.append(x.shape[0])
+        return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
+
+
+def test_sample_without_guidance_is_one_conditional_pass(tiny_unet):
+    cond, negative, noise = torch.randn(2, 5, 32), torch.randn(2, 5, 32), torch.randn(2, 4, 8, 8)
+    counting = _CountingUNet(tiny_unet)
+    with torch.no_grad():
+        ours = sample(counting, make_sampler("dpm++"), noise, cond, 4, guidance_scale=1.0,
+                      negative_encoder_hidden_states=negative, progress=False)
+        ref = make_sampler("dpm++")
+        ref_x = sample_loop(lambda x, t: tiny_unet(x, t, encoder_hidden_states=cond).sample, ref, noise, 4,
+                            progress=False)
+        with pytest.warns(UserWarning, match="guidance_scale"):
+            sample(counting, make_sampler("dpm++"), noise, cond, 4, guidance_scale=5.0, progress=False)
+    assert counting.batches == [2] * 8
+    _close(ours, ref_x, "final latents")
+
+
+def test_sample_half_precision_keeps_dtype(tiny_unet):
+    unet = _CountingUNet(tiny_unet)
+    latents = torch.randn(1, 4, 8, 8, dtype=torch.bfloat16)
+    cond = torch.randn(1, 5, 32, dtype=torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sample(unet, make_sampler("euler"), latents, cond, 2, guidance_scale=3.0,
+                     negative_encoder_hidden_states=torch.zeros_like(cond), progress=False)
+    assert out.dtype == torch.bfloat16 and out.shape == latents.shape and torch.isfinite(out.float()).all()
+    assert unet.batches == [2, 2]
+
+
+# ---------------------------------------------------------------- from_config
+
+
+def test_from_config_of_a_diffusers_scheduler():
+    ref = _scheduler("ddim", prediction_type="v_prediction", timestep_spacing="trailing", **SD_BETAS)
+    saved = {**ref.config, "_class_name": "DDIMScheduler", "_diffusers_version": "0.42.1"}
+    for source in (ref, saved):
+        ours = from_config(source)
+        assert ours.name == "ddim"
+        assert ours.config["prediction_type"] == "v_prediction" and ours.config["beta_schedule"] == "scaled_linear"
+    ours = from_config(ref.config, name="ddim")
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
+
+
+def test_from_config_switches_scheduler_and_ignores_foreign_keys():
+    """Stable Diffusion ships a PNDM config; converting it keeps the betas and drops PNDM-only keys."""
+    d = _diffusers()
+    pndm = d.PNDMScheduler(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, **SD_BETAS)
+    ours, ref = from_config(pndm.config, name="euler"), d.EulerDiscreteScheduler.from_config(pndm.config)
+    ours.set_timesteps(9)
+    ref.set_timesteps(9)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
+    assert ours.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma), rel=1e-7)
+    with pytest.raises(ValueError, match=r"^name: cannot tell"):
+        from_config(pndm.config)
+    with pytest.raises(ValueError, match=r"^name: cannot tell"):
+        from_config(pndm)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("num_steps,error", [(0, ValueError), (-3, ValueError), (1001, ValueError),
+                                             (2.5, TypeError), (True, TypeError)])
+def test_bad_num_steps(num_steps, error):
+    with pytest.raises(error, match=r"^num_steps: "):
+        sample_loop(FakeModel(), make_sampler("ddim"), torch.randn(1, 4, 4, 4), num_steps, progress=False)
+    with pytest.raises(error, match=r"^num_steps: "):
+        make_sampler("euler").set_timesteps(num_steps)
+
+
+def test_unknown_sampler_name_lists_known_ones():
+    with pytest.raises(ValueError, match=r"^name: unknown sampler 'pndm'.*'ddpm', 'ddim', 'euler', 'dpm\+\+'"):
+        make_sampler("pndm")
+    with pytest.raises(TypeError, match=r"^name: "):
+        make_sampler(None)
+    with pytest.raises(ValueError, match=r"^name: unknown sampler"):
+        from_config({}, name="lms")
+
+
+@pytest.mark.parametrize("config,error,pattern", [
+    ({"beta_schedul": "linear"}, TypeError, "^beta_schedul: not a config key of the 'ddim' sampler"),
+    ({"beta_schedule": "quadratic"}, ValueError, "^beta_schedule: expected one of"),
+    ({"beta_schedule": "sigmoid"}, NotImplementedError, "^beta_schedule='sigmoid' is not implemented"),
+    ({"prediction_type": "noise"}, ValueError, "^prediction_type: expected one of"),
+    ({"timestep_spacing": "uniform"}, ValueError, "^timestep_spacing: expected one of"),
+    ({"num_train_timesteps": 0}, ValueError, "^num_train_timesteps: expected a value >= 1"),
+    ({"num_train_timesteps": 10.0}, TypeError, "^num_train_timesteps: expected an int"),
+    ({"eta": -0.1}, ValueError, "^eta: expected a value >= 0"),
+    ({"clip_sample": "yes"}, TypeError, "^clip_sample: expected a bool"),
+    ({"trained_betas": [0.1] * 10}, ValueError, "^trained_betas: expected num_train_timesteps=1000 values"),
+    ({"trained_betas": [1.5] * 1000}, ValueError, "^trained_betas: every beta"),
+])
+def test_bad_config_values(config, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make_sampler("ddim", **config)
+
+
+@pytest.mark.parametrize("name,config,key", [
+    ("ddpm", {"variance_type": "fixed_large_log"}, "variance_type"),
+    ("dpm++", {"solver_order": 3}, "solver_order"),
+    ("dpm++", {"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
+    ("dpm++", {"use_flow_sigmas": True}, "use_flow_sigmas"),
+    ("euler", {"use_beta_sigmas": True}, "use_beta_sigmas"),
+    ("euler", {"prediction_type": "flow_prediction"}, "prediction_type"),
+])
+def test_unimplemented_options_name_the_key(name, config, key):
+    with pytest.raises(NotImplementedError, match=rf"^{key}="):
+        make_sampler(name, **config)
+
+
+def test_conflicting_and_overflowing_schedules():
+    with pytest.raises(ValueError, match=r"^use_karras_sigmas: at most one"):
+        make_sampler("euler", use_karras_sigmas=True, use_exponential_sigmas=True)
+    with pytest.raises(ValueError, match=r"^steps_offset: "):
+        make_sampler("ddim", steps_offset=1).set_timesteps(1000)
+
+
+def test_bad_latents_and_context(tiny_unet):
+    cond = torch.randn(2, 5, 32)
+    cases = [
+        (torch.randn(2, 4, 8), cond, ValueError, "^latents: expected 4 dimensions"),
+        (torch.randn(2, 4, 8, 8, 1), cond, ValueError, "^latents: expected 4 dimensions"),
+        (torch.zeros(2, 4, 8, 8, dtype=torch.int64), cond, TypeError, "^latents: expected a floating-point"),
+        ("noise", cond, TypeError, "^latents: expected a torch.Tensor"),
+        (torch.randn(3, 4, 8, 8), cond, ValueError, "^latents: batch size 3 does not match"),
+        (torch.randn(2, 4, 8, 8), torch.randn(2, 32), ValueError, "^encoder_hidden_states: expected 3 dimensions"),
+    ]
+    for latents, context, error, pattern in cases:
+        with pytest.raises(error, match=pattern):
+            sample(tiny_unet, make_sampler("ddim"), latents, context, 4, progress=False)
+    with pytest.raises(ValueError, match=r"^negative_encoder_hidden_states: expected"):
+        sample(tiny_unet, make_sampler("ddim"), torch.randn(2, 4, 8, 8), cond, 4, 5.0, torch.randn(2, 6, 32),
+               progress=False)
+    with pytest.raises(ValueError, match=r"^latents: "):
+        sample_loop(FakeModel(), make_sampler("ddim"), torch.randn(4), 4, progress=False)
+
+
+@pytest.mark.parametrize("guidance,error", [(-1.0, ValueError), (float("nan"), ValueError), ("7", TypeError)])
+def test_bad_guidance_scale(tiny_unet, guidance, error):
+    with pytest.raises(error, match=r"^guidance_scale: "):
+        sample(tiny_unet, make_sampler("euler"), torch.randn(1, 4, 8, 8), torch.randn(1, 5, 32), 4, guidance,
+               torch.randn(1, 5, 32), progress=False)
+
+
+def test_bad_loop_arguments():
+    x = torch.randn(1, 4, 4, 4)
+    with pytest.raises(TypeError, match=r"^sampler: "):
+        sample_loop(FakeModel(), _scheduler("ddim"), x, 4, progress=False)
+    with pytest.raises(TypeError, match=r"^model_fn: "):
+        sample_loop(None, make_sampler("ddim"), x, 4, progress=False)
+    with pytest.raises(TypeError, match=r"^generator: "):
+        sample_loop(FakeModel(), make_sampler("ddpm"), x, 4, generator=5, progress=False)
+    with pytest.raises(ValueError, match=r"^generator: a list"):
+        sample_loop(FakeModel(), make_sampler("ddpm"), x, 4, generator=[torch.Generator()] * 2, progress=False)
+
+
+def test_step_misuse():
+    sampler, x = make_sampler("euler"), torch.randn(1, 4, 4, 4)
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        sampler.step(x, 0, x)
+    sampler.set_timesteps(1)
+    with pytest.raises(ValueError, match=r"^model_output: expected shape"):
+        sampler.step(torch.randn(1, 3, 4, 4), sampler.timesteps[0], x)
+    sampler.step(x, sampler.timesteps[0], x)
+    with pytest.raises(RuntimeError, match="all 1 steps have run"):
+        sampler.step(x, sampler.timesteps[0], x)
+    learned = make_sampler("ddpm", variance_type="learned_range")
+    learned.set_timesteps(2)
+    with pytest.raises(ValueError, match=r"^model_output: expected shape \(1, 8, 4, 4\)"):
+        learned.step(x, learned.timesteps[0], x)
+
+
+# ---------------------------------------------------------------- GPU: no host syncs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,config", [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"use_karras_sigmas": True}),
+                                         ("dpm++", {})], ids=["ddpm", "ddim-eta1", "euler-karras", "dpm++"])
+def test_gpu_loop_has_no_host_syncs(name, config):
+    """torch.cuda sync debug mode raises on any synchronising call inside the loop."""
+    model = FakeModel()
+    cpu_result = sample_loop(model, make_sampler(name, **config), torch.randn(2, 4, 16, 16) * 0 + 1, 10,
+                             generator=torch.Generator().manual_seed(0), progress=False)
+    model.weight, model.bias = model.weight.cuda(), model.bias.cuda()
+    sampler = make_sampler(name, **config)
+    gen = torch.Generator("cuda").manual_seed(0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = sample_loop(model, sampler, torch.ones(2, 4, 16, 16, device="cuda"), 10, generator=gen, progress=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.device.type == "cuda" and torch.isfinite(out).all()
+    if name in ("euler", "dpm++"):  # deterministic samplers: the GPU loop agrees with the CPU one
+        torch.testing.assert_close(out.cpu(), cpu_result, rtol=1e-4, atol=1e-4)
