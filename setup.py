@@ -40,6 +40,7 @@ PACKAGES = [
     "genai_fast.kernels",
     "genai_fast.bench",
     "genai_fast._cuda_src",
+    "genai_fast.diffusion",
 ]
 
 setup(
@@ -63,7 +64,7 @@ setup(
         "triton": ["triton>=3.0"],
         "cuda": ["cupy-cuda12x"],
         "bench": ["matplotlib"],
-        "test": ["pytest", "ruff", "matplotlib", "triton>=3.0"],
+        "test": ["pytest", "ruff", "matplotlib", "triton>=3.0", "diffusers", "transformers"],
     },
     entry_points={"console_scripts": ["genai-fast=genai_fast.cli:main"]},
     zip_safe=False,
