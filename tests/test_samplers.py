@@ -448,6 +448,14 @@ def test_step_misuse():
     sampler.step(x, sampler.timesteps[0], x)
     with pytest.raises(RuntimeError, match="all 1 steps have run"):
         sampler.step(x, sampler.timesteps[0], x)
+    ddim = make_sampler("ddim")
+    ddim.set_timesteps(4)
+    with pytest.raises(ValueError, match=r"^t: expected the current timestep 750 \(step 0 of 4"):
+        ddim.step(x, 0, x)  # an enumerate() index instead of the timestep
+    with pytest.raises(ValueError, match=r"^t: expected the current timestep 750"):
+        ddim.step(x, ddim.timesteps[1], x)
+    ddim.step(x, 750, x)
+    ddim.step(x, ddim.timesteps[1:2].expand(1), x)
     learned = make_sampler("ddpm", variance_type="learned_range")
     learned.set_timesteps(2)
     with pytest.raises(ValueError, match=r"^model_output: expected shape \(1, 8, 4, 4\)"):
@@ -461,16 +469,20 @@ def test_step_misuse():
 @pytest.mark.parametrize("name,config", [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"use_karras_sigmas": True}),
                                          ("dpm++", {})], ids=["ddpm", "ddim-eta1", "euler-karras", "dpm++"])
 def test_gpu_loop_has_no_host_syncs(name, config):
-    """torch.cuda sync debug mode raises on any synchronising call inside the loop."""
+    """CUDA sync debug mode raises on any synchronising call from the first model call to the end of
+    the loop (set_timesteps before it may copy the planned rows to the GPU)."""
     model = FakeModel()
-    cpu_result = sample_loop(model, make_sampler(name, **config), torch.randn(2, 4, 16, 16) * 0 + 1, 10,
+    cpu_result = sample_loop(model, make_sampler(name, **config), torch.ones(2, 4, 16, 16), 10,
                              generator=torch.Generator().manual_seed(0), progress=False)
     model.weight, model.bias = model.weight.cuda(), model.bias.cuda()
-    sampler = make_sampler(name, **config)
-    gen = torch.Generator("cuda").manual_seed(0)
-    torch.cuda.set_sync_debug_mode("error")
+
+    def model_fn(x, t):
+        torch.cuda.set_sync_debug_mode("error")
+        return model(x, t)
+
     try:
-        out = sample_loop(model, sampler, torch.ones(2, 4, 16, 16, device="cuda"), 10, generator=gen, progress=False)
+        out = sample_loop(model_fn, make_sampler(name, **config), torch.ones(2, 4, 16, 16, device="cuda"), 10,
+                          generator=torch.Generator("cuda").manual_seed(0), progress=True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.device.type == "cuda" and torch.isfinite(out).all()

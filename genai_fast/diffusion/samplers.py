@@ -7,8 +7,8 @@ noise, and which DPM-Solver steps fall back to first order, is decided by the sc
 step ever branches on a tensor value.
 
 The samplers keep a step counter, as diffusers' schedulers do: call `scale_model_input` / `step` once per
-entry of `timesteps`, in order. The `t` argument is accepted for diffusers-style call sites but not
-inspected (reading a device tensor would synchronise).
+entry of `timesteps`, in order. The `t` argument is checked against the counter's timestep when it is a
+Python number or a CPU tensor; a GPU tensor is not read back (that would synchronise).
 """
 
 from __future__ import annotations
@@ -371,13 +371,15 @@ def _check_tensor(name: str, value: Any) -> None:
 class Plan:
     """Everything set_timesteps computes. timesteps: [N]; coef: [N, K] float32 rows of per-step
     coefficients (column meaning is per sampler); sigmas: [N + 1] float32 CPU (sigma samplers) or None;
-    noise: per step, whether the step draws noise; order: per step, the solver order (DPM-Solver)."""
+    noise: per step, whether the step draws noise; order: per step, the solver order (DPM-Solver);
+    host_timesteps: the timesteps as Python floats (to check a `t` argument without a device read)."""
 
     timesteps: torch.Tensor
     coef: torch.Tensor
     sigmas: torch.Tensor | None
     noise: tuple[bool, ...]
     order: tuple[int, ...]
+    host_timesteps: tuple[float, ...] = ()
 
 
 class Sampler:
@@ -412,6 +414,7 @@ class Sampler:
             raise ValueError(f"num_steps: expected 1 <= num_steps <= num_train_timesteps="
                              f"{self.num_train_timesteps}, got {num_steps}")
         plan = self._make_plan(int(num_steps))
+        plan.host_timesteps = tuple(float(v) for v in plan.timesteps.double())
         plan.timesteps = plan.timesteps.to(device)
         plan.coef = plan.coef.to(device)
         self._plan, self._index = plan, 0
@@ -460,16 +463,37 @@ class Sampler:
         -> the latents for the next timestep, x's shape (model_output's dtype where diffusers casts).
 
         generator: torch.Generator (or a list, one per batch item) for the stochastic samplers."""
-        plan = self._require_plan()
         _check_tensor("model_output", model_output)
-        _check_tensor("x", x)
-        if self._index >= len(plan.noise):
-            raise RuntimeError(f"{self.name}: all {len(plan.noise)} steps have run; call set_timesteps again")
-        if plan.coef.device != x.device:  # a host-side attribute check, not a sync
-            plan.coef = plan.coef.to(x.device)
+        plan = self._current(x, t)
         out = self._step(self._index, plan, model_output, x, generator)
         self._index += 1
         return out
+
+    def _current(self, x: Any, t: Any) -> Plan:
+        """Checks before a step (all on host-side attributes: nothing waits for the device)."""
+        plan = self._require_plan()
+        _check_tensor("x", x)
+        if self._index >= len(plan.noise):
+            raise RuntimeError(f"{self.name}: all {len(plan.noise)} steps have run; call set_timesteps again")
+        if plan.coef.device.type != "cpu" and plan.coef.device != x.device:
+            plan.coef = plan.coef.to(x.device)  # CPU rows need no move: 0-d CPU tensors act as scalars
+        self._check_t(plan, t)
+        return plan
+
+    def _check_t(self, plan: Plan, t: Any) -> None:
+        """Catch a wrong timestep where that costs nothing: Python numbers and CPU tensors (a device
+        tensor is not read back, the step counter decides)."""
+        if isinstance(t, torch.Tensor):
+            if t.device.type != "cpu" or t.numel() == 0:
+                return
+            ok = bool((t.double() == plan.host_timesteps[self._index]).all())
+        elif isinstance(t, (int, float, np.number)) and not isinstance(t, bool):
+            ok = float(t) == plan.host_timesteps[self._index]
+        else:
+            return
+        if not ok:
+            raise ValueError(f"t: expected the current timestep {plan.host_timesteps[self._index]:g} (step "
+                             f"{self._index} of {len(plan.noise)}; steps run in `timesteps` order), got {t}")
 
     def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
               ) -> torch.Tensor:
@@ -691,13 +715,7 @@ class EulerSampler(_SigmaSampler):
         return float((top**2 + 1) ** 0.5)
 
     def scale_model_input(self, x: torch.Tensor, t: Any = None) -> torch.Tensor:
-        plan = self._require_plan()
-        _check_tensor("x", x)
-        if self._index >= len(plan.noise):
-            raise RuntimeError(f"{self.name}: all {len(plan.noise)} steps have run; call set_timesteps again")
-        if plan.coef.device != x.device:
-            plan.coef = plan.coef.to(x.device)
-        return x / plan.coef[self._index, 0]
+        return x / self._current(x, t).coef[self._index, 0]
 
     def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
               ) -> torch.Tensor:
