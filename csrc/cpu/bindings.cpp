@@ -8,6 +8,8 @@
 namespace py = pybind11;
 using namespace genai_fast;
 
+void register_word2vec(py::module_& m);  // word2vec_bindings.cpp
+
 namespace {
 
 template <typename T>
@@ -45,4 +47,5 @@ PYBIND11_MODULE(_C, m) {
         py::arg("C"), py::arg("S"), py::arg("G"), py::arg("channels_last"), py::arg("eps"), py::arg("silu"),
         py::arg("num_threads"),
         "GroupNorm(+SiLU) over [N, C, S] data at raw addresses; weight/bias fp32 [C] or 0.");
+  register_word2vec(m);
 }

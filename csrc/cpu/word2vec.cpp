@@ -1,0 +1,402 @@
+// Word2vec SGNS training (skip-gram, CBOW) on Hogwild std::threads. See word2vec.h for the contract.
+//
+// Per centre word the work is a handful of dot products and axpys over rows of `dim` floats; they are
+// written with independent accumulators so the compiler vectorises them, and the whole per-thread loop
+// is compiled for AVX-512, AVX2 and the baseline (target_clones), picked at run time.
+//
+// Randomness: each thread owns a splitmix64 stream seeded from (seed, thread index), so one thread and
+// one seed give bit-identical results on every run. Noise words are drawn with the alias method (two
+// table reads, no search), exactly from the distribution the Python side tabulated.
+#include "word2vec.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace genai_fast {
+namespace {
+
+#define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define GF_INLINE inline __attribute__((always_inline))
+
+constexpr int kLanes = 16;
+constexpr int64_t kMaxNegative = 1000;
+constexpr int64_t kMaxWindow = 100000;
+
+GF_INLINE float dot(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  for (int j = 0; i < n; ++i, ++j) acc[j] += a[i] * b[i];
+  float total = 0.0f;
+  for (int j = 0; j < kLanes; ++j) total += acc[j];
+  return total;
+}
+
+GF_INLINE void axpy(float g, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += g * x[i];
+}
+
+GF_INLINE void scale(float s, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] *= s;
+}
+
+GF_INLINE void zero(float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = 0.0f;
+}
+
+GF_INLINE void prefetch_row(const float* row, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(row + i, 1, 3);
+}
+
+GF_INLINE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+
+// -log sigmoid(x) for a positive pair (sign = +1) or -log sigmoid(-x) for a negative one (sign = -1).
+GF_INLINE double pair_loss(float x, float sign) { return std::log1p(static_cast<double>(fast_exp(-sign * x))); }
+
+struct Rng {
+  uint64_t state;
+  GF_INLINE uint64_t next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n) from the high 32 bits (multiply-shift, no division).
+  GF_INLINE uint64_t below(uint64_t n) { return ((next() >> 32) * n) >> 32; }
+  GF_INLINE float uniform() { return static_cast<float>(next() >> 40) * (1.0f / 16777216.0f); }
+};
+
+uint64_t mix_seed(uint64_t seed, uint64_t stream) {
+  Rng r{seed ^ (0xD1B54A32D192ED03ull * (stream + 1))};
+  r.next();
+  return r.next();
+}
+
+struct Sampler {
+  const float* prob;
+  const int32_t* alias;
+  uint64_t n;
+  GF_INLINE int32_t draw(Rng& rng) const {
+    const uint64_t r = rng.next();
+    const uint64_t idx = ((r & 0xffffffffull) * n) >> 32;
+    const float u = static_cast<float>(r >> 40) * (1.0f / 16777216.0f);
+    return u < prob[idx] ? static_cast<int32_t>(idx) : alias[idx];
+  }
+};
+
+// ---- the three per-centre updates (shared by word2vec_train and word2vec_step) ----
+
+// One (context, centre) pair with its own negatives, gensim order. targets[0] = centre (label 1),
+// targets[1..K] negatives (label 0; a negative equal to the centre is skipped).
+GF_INLINE double update_sg_pair(const W2VTables& t, int32_t context, const int32_t* targets, int64_t K1, float alpha,
+                                float* neu1e, bool compute_loss) {
+  const int64_t d = t.dim;
+  float* in = t.syn0 + context * d;
+  zero(neu1e, d);
+  double loss = 0.0;
+  for (int64_t k = 0; k < K1; ++k) {
+    if (k > 0 && targets[k] == targets[0]) continue;
+    float* out = t.syn1neg + static_cast<int64_t>(targets[k]) * d;
+    const float f = dot(in, out, d);
+    const float label = k == 0 ? 1.0f : 0.0f;
+    const float g = (label - sigmoid(f)) * alpha;
+    if (compute_loss) loss += pair_loss(f, k == 0 ? 1.0f : -1.0f);
+    axpy(g, out, neu1e, d);
+    axpy(g, in, out, d);
+  }
+  axpy(1.0f, neu1e, in, d);
+  return loss;
+}
+
+// All contexts of one centre against one shared set of targets (pWord2Vec): scores [C, K1] from the
+// current vectors, then input errors (g @ out), then output updates (g^T @ in), then inputs += errors.
+GF_INLINE double update_sg_shared(const W2VTables& t, const int32_t* contexts, int64_t C, const int32_t* targets,
+                                  int64_t K1, float alpha, float* neu1e, float* g, bool compute_loss) {
+  const int64_t d = t.dim;
+  double loss = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    const float* in = t.syn0 + static_cast<int64_t>(contexts[c]) * d;
+    for (int64_t k = 0; k < K1; ++k) {
+      if (k > 0 && targets[k] == targets[0]) {
+        g[c * K1 + k] = 0.0f;
+        continue;
+      }
+      const float f = dot(in, t.syn1neg + static_cast<int64_t>(targets[k]) * d, d);
+      const float label = k == 0 ? 1.0f : 0.0f;
+      g[c * K1 + k] = (label - sigmoid(f)) * alpha;
+      if (compute_loss) loss += pair_loss(f, k == 0 ? 1.0f : -1.0f);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    float* e = neu1e + c * d;
+    zero(e, d);
+    for (int64_t k = 0; k < K1; ++k) {
+      if (k > 0 && targets[k] == targets[0]) continue;
+      axpy(g[c * K1 + k], t.syn1neg + static_cast<int64_t>(targets[k]) * d, e, d);
+    }
+  }
+  for (int64_t k = 0; k < K1; ++k) {
+    if (k > 0 && targets[k] == targets[0]) continue;
+    float* out = t.syn1neg + static_cast<int64_t>(targets[k]) * d;
+    for (int64_t c = 0; c < C; ++c) axpy(g[c * K1 + k], t.syn0 + static_cast<int64_t>(contexts[c]) * d, out, d);
+  }
+  for (int64_t c = 0; c < C; ++c) axpy(1.0f, neu1e + c * d, t.syn0 + static_cast<int64_t>(contexts[c]) * d, d);
+  return loss;
+}
+
+// CBOW: h = sum (or mean) of the contexts predicts targets[0]; gensim's rule for the input error.
+GF_INLINE double update_cbow(const W2VTables& t, const int32_t* contexts, int64_t C, const int32_t* targets,
+                             int64_t K1, float alpha, bool cbow_mean, float* h, float* neu1e, bool compute_loss) {
+  const int64_t d = t.dim;
+  if (C == 0) return 0.0;
+  zero(h, d);
+  for (int64_t c = 0; c < C; ++c) axpy(1.0f, t.syn0 + static_cast<int64_t>(contexts[c]) * d, h, d);
+  const float inv_count = 1.0f / static_cast<float>(C);
+  if (cbow_mean) scale(inv_count, h, d);
+  zero(neu1e, d);
+  double loss = 0.0;
+  for (int64_t k = 0; k < K1; ++k) {
+    if (k > 0 && targets[k] == targets[0]) continue;
+    float* out = t.syn1neg + static_cast<int64_t>(targets[k]) * d;
+    const float f = dot(h, out, d);
+    const float label = k == 0 ? 1.0f : 0.0f;
+    const float g = (label - sigmoid(f)) * alpha;
+    if (compute_loss) loss += pair_loss(f, k == 0 ? 1.0f : -1.0f);
+    axpy(g, out, neu1e, d);
+    axpy(g, h, out, d);
+  }
+  if (!cbow_mean) scale(inv_count, neu1e, d);
+  for (int64_t c = 0; c < C; ++c) axpy(1.0f, neu1e, t.syn0 + static_cast<int64_t>(contexts[c]) * d, d);
+  return loss;
+}
+
+// ---- one thread's share of a chunk: tokens [begin, end) ----
+
+GF_CLONES W2VResult train_range(const W2VTrainArgs& a, int64_t begin, int64_t end, uint64_t stream) {
+  W2VResult result;
+  if (begin >= end) return result;
+  const W2VTables& t = a.tables;
+  const int64_t d = t.dim, window = a.window, K1 = a.negative + 1;
+  Rng rng{mix_seed(a.seed, stream)};
+  const Sampler sampler{a.alias_prob, a.alias_index, static_cast<uint64_t>(a.alias_numel)};
+  std::vector<int32_t> sentence, contexts(2 * window), targets(K1), next_negatives(K1);
+  for (int64_t k = 1; k < K1; ++k) next_negatives[k] = sampler.draw(rng);
+  std::vector<float> neu1e((2 * window + 1) * d), h(d), g(2 * window * K1);
+  const double span = static_cast<double>(end - begin);
+  const double alpha_step = (a.alpha_end - a.alpha_start) / span;
+
+  // First sentence that ends after `begin`.
+  int64_t s = std::upper_bound(a.offsets, a.offsets + a.num_offsets, begin) - a.offsets - 1;
+  double loss = 0.0;
+  for (; s + 1 < a.num_offsets && a.offsets[s] < end; ++s) {
+    const int64_t lo_tok = std::max(a.offsets[s], begin), hi_tok = std::min(a.offsets[s + 1], end);
+    if (hi_tok <= lo_tok) continue;
+    sentence.clear();
+    for (int64_t p = lo_tok; p < hi_tok; ++p) {
+      const int32_t w = a.tokens[p];
+      if (a.keep_prob != nullptr) {
+        const float keep = a.keep_prob[w];
+        if (keep < 1.0f && !(rng.uniform() < keep)) continue;
+      }
+      sentence.push_back(w);
+    }
+    result.raw_words += hi_tok - lo_tok;
+    const int64_t n = static_cast<int64_t>(sentence.size());
+    result.effective_words += n;
+    const double sentence_step = n > 0 ? static_cast<double>(hi_tok - lo_tok) / n : 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double position = static_cast<double>(lo_tok - begin) + sentence_step * i;
+      const float alpha = static_cast<float>(a.alpha_start + alpha_step * position);
+      const int64_t b = a.shrink_windows ? static_cast<int64_t>(rng.below(static_cast<uint64_t>(window))) : 0;
+      const int64_t j0 = std::max<int64_t>(0, i - window + b), j1 = std::min<int64_t>(n, i + window + 1 - b);
+      int64_t C = 0;
+      for (int64_t j = j0; j < j1; ++j)
+        if (j != i) contexts[C++] = sentence[j];
+      if (C == 0) continue;
+      targets[0] = sentence[i];
+      if (a.mode == W2VMode::SgPair) {
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t k = 1; k < K1; ++k) targets[k] = sampler.draw(rng);
+          loss += update_sg_pair(t, contexts[c], targets.data(), K1, alpha, neu1e.data(), a.compute_loss);
+        }
+      } else {
+        // Negatives are drawn one centre ahead and their rows prefetched, so the random reads of the
+        // output table overlap this centre's arithmetic.
+        for (int64_t k = 1; k < K1; ++k) targets[k] = next_negatives[k];
+        for (int64_t k = 1; k < K1; ++k) {
+          next_negatives[k] = sampler.draw(rng);
+          prefetch_row(t.syn1neg + static_cast<int64_t>(next_negatives[k]) * d, d);
+        }
+        if (i + 1 < n) prefetch_row(t.syn1neg + static_cast<int64_t>(sentence[i + 1]) * d, d);
+        if (i + window + 1 < n) prefetch_row(t.syn0 + static_cast<int64_t>(sentence[i + window + 1]) * d, d);
+        if (a.mode == W2VMode::SgShared) {
+          loss += update_sg_shared(t, contexts.data(), C, targets.data(), K1, alpha, neu1e.data(), g.data(),
+                                   a.compute_loss);
+        } else {
+          loss += update_cbow(t, contexts.data(), C, targets.data(), K1, alpha, a.cbow_mean, h.data(), neu1e.data(),
+                              a.compute_loss);
+        }
+      }
+    }
+  }
+  result.loss = loss;
+  return result;
+}
+
+GF_CLONES void step_rows(const W2VStepArgs& a) {
+  const W2VTables& t = a.tables;
+  const int64_t d = t.dim, C = a.num_contexts, K1 = a.negative + 1;
+  std::vector<int32_t> contexts(std::max<int64_t>(C, 1)), targets(K1);
+  std::vector<float> neu1e(std::max<int64_t>(C, 1) * d), h(d), g(std::max<int64_t>(C, 1) * K1);
+  const float alpha = static_cast<float>(a.alpha);
+  for (int64_t r = 0; r < a.batch; ++r) {
+    int64_t n = 0;
+    for (int64_t c = 0; c < C; ++c)
+      if (a.contexts[r * C + c] >= 0) contexts[n++] = a.contexts[r * C + c];
+    targets[0] = a.centers[r];
+    double loss = 0.0;
+    if (a.mode == W2VMode::SgPair) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int32_t context = a.contexts[r * C + c];
+        if (context < 0) continue;
+        for (int64_t k = 1; k < K1; ++k) targets[k] = a.negatives[(r * C + c) * a.negative + k - 1];
+        loss += update_sg_pair(t, context, targets.data(), K1, alpha, neu1e.data(), a.loss != nullptr);
+      }
+    } else {
+      for (int64_t k = 1; k < K1; ++k) targets[k] = a.negatives[r * a.negative + k - 1];
+      if (a.mode == W2VMode::SgShared) {
+        loss = update_sg_shared(t, contexts.data(), n, targets.data(), K1, alpha, neu1e.data(), g.data(),
+                                a.loss != nullptr);
+      } else {
+        loss = update_cbow(t, contexts.data(), n, targets.data(), K1, alpha, a.cbow_mean, h.data(), neu1e.data(),
+                           a.loss != nullptr);
+      }
+    }
+    if (a.loss != nullptr) a.loss[r] = loss;
+  }
+}
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+void validate_tables(const W2VTables& t) {
+  require(t.vocab >= 1, "vocab_size: expected >= 1, got " + str(t.vocab));
+  require(t.vocab <= std::numeric_limits<int32_t>::max(), "vocab_size: expected < 2^31, got " + str(t.vocab));
+  require(t.dim >= 1, "dim: expected >= 1, got " + str(t.dim));
+  require(t.syn0_numel == t.vocab * t.dim,
+          "syn0: expected vocab_size*dim=" + str(t.vocab * t.dim) + " elements, got " + str(t.syn0_numel));
+  require(t.syn1neg_numel == t.vocab * t.dim,
+          "syn1neg: expected vocab_size*dim=" + str(t.vocab * t.dim) + " elements, got " + str(t.syn1neg_numel));
+  require(t.syn0 != nullptr, "syn0: null data pointer");
+  require(t.syn1neg != nullptr, "syn1neg: null data pointer");
+}
+
+// First index i with ids[i] outside [lo, vocab), or -1. Vectorisable: no early exit in the hot loop.
+int64_t first_bad_id(const int32_t* ids, int64_t n, int32_t lo, int64_t vocab) {
+  constexpr int64_t kBlock = 4096;
+  const int32_t hi = static_cast<int32_t>(vocab);
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    int bad = 0;
+    for (int64_t i = b; i < e; ++i) bad |= (ids[i] < lo) | (ids[i] >= hi);
+    if (bad)
+      for (int64_t i = b; i < e; ++i)
+        if (ids[i] < lo || ids[i] >= hi) return i;
+  }
+  return -1;
+}
+
+void require_ids(const char* name, const int32_t* ids, int64_t n, int32_t lo, int64_t vocab) {
+  require(n == 0 || ids != nullptr, std::string(name) + ": null data pointer");
+  const int64_t bad = first_bad_id(ids, n, lo, vocab);
+  require(bad < 0, std::string(name) + ": id " + (bad < 0 ? std::string() : str(ids[bad])) + " at index " + str(bad) +
+                       " is outside [" + str(lo) + ", vocab_size=" + str(vocab) + ")");
+}
+
+}  // namespace
+
+void validate(const W2VTrainArgs& a) {
+  validate_tables(a.tables);
+  const int64_t V = a.tables.vocab;
+  require(a.num_tokens >= 0, "tokens: expected a non-negative length, got " + str(a.num_tokens));
+  require_ids("tokens", a.tokens, a.num_tokens, 0, V);
+  require(a.num_offsets >= 1 && a.offsets != nullptr, "offsets: expected at least one element (offsets[0] = 0)");
+  require(a.offsets[0] == 0, "offsets: expected offsets[0] = 0, got " + str(a.offsets[0]));
+  require(a.offsets[a.num_offsets - 1] == a.num_tokens,
+          "offsets: expected the last offset to equal the token count " + str(a.num_tokens) + ", got " +
+              str(a.offsets[a.num_offsets - 1]));
+  for (int64_t i = 1; i < a.num_offsets; ++i)
+    require(a.offsets[i] >= a.offsets[i - 1], "offsets: expected non-decreasing values, offsets[" + str(i) +
+                                                  "]=" + str(a.offsets[i]) + " < offsets[" + str(i - 1) +
+                                                  "]=" + str(a.offsets[i - 1]));
+  require(a.keep_numel == 0 || a.keep_numel == V,
+          "keep_prob: expected 0 or vocab_size=" + str(V) + " elements, got " + str(a.keep_numel));
+  require(a.keep_numel == 0 || a.keep_prob != nullptr, "keep_prob: null data pointer");
+  require(a.alias_numel == V, "alias_prob/alias_index: expected vocab_size=" + str(V) + " elements, got " +
+                                  str(a.alias_numel));
+  require(a.alias_prob != nullptr, "alias_prob: null data pointer");
+  require_ids("alias_index", a.alias_index, a.alias_numel, 0, V);
+  require(std::isfinite(a.alpha_start) && a.alpha_start >= 0, "alpha_start: expected a finite value >= 0");
+  require(std::isfinite(a.alpha_end) && a.alpha_end >= 0, "alpha_end: expected a finite value >= 0");
+  require(a.window >= 1 && a.window <= kMaxWindow, "window: expected 1.." + str(kMaxWindow) + ", got " + str(a.window));
+  require(a.negative >= 1 && a.negative <= kMaxNegative,
+          "negative: expected 1.." + str(kMaxNegative) + ", got " + str(a.negative));
+  require(a.num_threads >= 1, "num_threads: expected >= 1, got " + str(a.num_threads));
+  const int m = static_cast<int>(a.mode);
+  require(m >= 0 && m <= 2, "mode: expected 0 (sg pair), 1 (sg shared) or 2 (cbow), got " + str(m));
+}
+
+void validate(const W2VStepArgs& a) {
+  validate_tables(a.tables);
+  const int64_t V = a.tables.vocab;
+  require(a.batch >= 0, "batch: expected >= 0, got " + str(a.batch));
+  require(a.num_contexts >= 0, "num_contexts: expected >= 0, got " + str(a.num_contexts));
+  require(a.negative >= 0 && a.negative <= kMaxNegative,
+          "negative: expected 0.." + str(kMaxNegative) + ", got " + str(a.negative));
+  require(a.centers_numel == a.batch, "centers: expected batch=" + str(a.batch) + " elements, got " +
+                                          str(a.centers_numel));
+  require(a.contexts_numel == a.batch * a.num_contexts, "contexts: expected batch*num_contexts=" +
+                                                            str(a.batch * a.num_contexts) + " elements, got " +
+                                                            str(a.contexts_numel));
+  const int64_t neg = a.mode == W2VMode::SgPair ? a.batch * a.num_contexts * a.negative : a.batch * a.negative;
+  require(a.negatives_numel == neg,
+          "negatives: expected " + str(neg) + " elements, got " + str(a.negatives_numel));
+  require(a.loss == nullptr || a.loss_numel == a.batch,
+          "loss: expected batch=" + str(a.batch) + " elements, got " + str(a.loss_numel));
+  require_ids("centers", a.centers, a.centers_numel, 0, V);
+  require_ids("contexts", a.contexts, a.contexts_numel, -1, V);
+  require_ids("negatives", a.negatives, a.negatives_numel, 0, V);
+  require(std::isfinite(a.alpha), "alpha: expected a finite value");
+  const int m = static_cast<int>(a.mode);
+  require(m >= 0 && m <= 2, "mode: expected 0 (sg pair), 1 (sg shared) or 2 (cbow), got " + str(m));
+}
+
+W2VResult word2vec_train(const W2VTrainArgs& args) {
+  validate(args);
+  W2VResult total;
+  if (args.num_tokens == 0) return total;
+  // Below a few thousand tokens per thread, starting threads costs more than it saves.
+  const int64_t workers =
+      std::max<int64_t>(1, std::min<int64_t>(args.num_threads, args.num_tokens / 4096));
+  std::vector<W2VResult> parts(workers);
+  parallel_for(workers, static_cast<int>(workers), [&](int64_t w) {
+    const int64_t begin = args.num_tokens * w / workers, end = args.num_tokens * (w + 1) / workers;
+    parts[w] = train_range(args, begin, end, static_cast<uint64_t>(w));
+  });
+  for (const auto& p : parts) {
+    total.raw_words += p.raw_words;
+    total.effective_words += p.effective_words;
+    total.loss += p.loss;
+  }
+  return total;
+}
+
+void word2vec_step(const W2VStepArgs& args) {
+  validate(args);
+  if (args.batch == 0) return;
+  step_rows(args);
+}
+
+}  // namespace genai_fast

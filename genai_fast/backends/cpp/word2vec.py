@@ -1,0 +1,63 @@
+"""Launchers for the C++ word2vec kernels (csrc/cpu/word2vec.cpp): tensors cross as (address, count) pairs.
+
+The C++ side validates every size and id before touching memory; these launchers only make the
+buffers contiguous CPU arrays of the right dtype (int32 ids, int64 offsets, float32 tables).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genai_fast.backends.cpp import extension
+
+MODE_CODES = {"sg_pair": 0, "sg_shared": 1, "cbow": 2}
+
+
+def _ids(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(device="cpu", dtype=torch.int32).contiguous()
+
+
+def word2vec_step(syn0: torch.Tensor, syn1neg: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor,
+                  negatives: torch.Tensor, alpha: float, mode: str, cbow_mean: bool) -> torch.Tensor:
+    """Apply the updates of a batch in place (syn0, syn1neg: contiguous float32 [V, D]); returns loss [B] fp64."""
+    centers32, contexts32, negatives32 = _ids(centers), _ids(contexts), _ids(negatives)
+    batch = centers32.numel()
+    num_contexts = contexts32.shape[1] if contexts32.dim() == 2 else 0
+    negative = negatives32.shape[-1] if negatives32.dim() >= 2 else 0
+    loss = torch.zeros(batch, dtype=torch.float64)
+    extension().word2vec_step(
+        syn0.data_ptr(), syn0.numel(), syn1neg.data_ptr(), syn1neg.numel(), syn0.shape[0], syn0.shape[1],
+        centers32.data_ptr(), centers32.numel(), contexts32.data_ptr(), contexts32.numel(),
+        negatives32.data_ptr(), negatives32.numel(), batch, num_contexts, negative,
+        loss.data_ptr(), loss.numel(), float(alpha), MODE_CODES[mode], bool(cbow_mean),
+    )
+    return loss
+
+
+def word2vec_train(syn0: np.ndarray, syn1neg: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
+                   keep_prob: np.ndarray | None, alias_prob: np.ndarray, alias_index: np.ndarray,
+                   alpha_start: float, alpha_end: float, mode: str, window: int, negative: int, cbow_mean: bool,
+                   shrink_windows: bool, compute_loss: bool, seed: int, workers: int) -> tuple[int, int, float]:
+    """Train a chunk on `workers` Hogwild threads; numpy arrays (float32 tables, int32 ids, int64 offsets).
+
+    Returns (raw_words, effective_words, loss_sum).
+    """
+    def addr(a: np.ndarray) -> int:
+        return int(a.ctypes.data)
+
+    for name, arr, dtype in (("syn0", syn0, np.float32), ("syn1neg", syn1neg, np.float32),
+                             ("tokens", tokens, np.int32), ("offsets", offsets, np.int64),
+                             ("alias_prob", alias_prob, np.float32), ("alias_index", alias_index, np.int32)):
+        if arr.dtype != dtype or not arr.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous {np.dtype(dtype).name} array, got {arr.dtype}")
+    if not (syn0.flags.writeable and syn1neg.flags.writeable):
+        raise ValueError("syn0/syn1neg: expected writeable arrays")
+    keep_addr, keep_numel = (0, 0) if keep_prob is None else (addr(keep_prob), keep_prob.size)
+    raw, effective, loss = extension().word2vec_train(
+        addr(tokens), tokens.size, addr(offsets), offsets.size, addr(syn0), syn0.size, addr(syn1neg), syn1neg.size,
+        syn0.shape[0], syn0.shape[1], keep_addr, keep_numel, addr(alias_prob), addr(alias_index), alias_prob.size,
+        float(alpha_start), float(alpha_end), MODE_CODES[mode], int(window), int(negative), bool(cbow_mean),
+        bool(shrink_windows), bool(compute_loss), int(seed) & 0xFFFFFFFFFFFFFFFF, int(workers),
+    )
+    return int(raw), int(effective), float(loss)

@@ -1,0 +1,474 @@
+"""`Word2Vec`: gensim 4's Word2Vec API over genai_fast's negative-sampling kernels.
+
+Same parameter names and semantics as gensim 4 (vocabulary rules, subsampling formula,
+unigram^ns_exponent noise, linear learning-rate decay, shrinking windows, CBOW mean/sum rule), with
+these differences, each deliberate:
+
+- the training loss is a float64 sum per epoch, reset at each epoch (`epoch_losses`,
+  `get_latest_training_loss()` = the latest epoch's), instead of gensim's float32 running total;
+- lines of a corpus file are never cut at 10,000 tokens;
+- skip-gram shares one set of negatives across a window's contexts (pWord2Vec) unless
+  `shared_negatives=False`; the sigmoid is exact (gensim clips scores at +-6);
+- noise words are drawn with the alias method from the exact distribution;
+- hierarchical softmax (hs=1) is not implemented (NotImplementedError).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from genai_fast.word2vec.corpus import Chunk, Counts, Encoder, check_corpus_file, count_file, count_sentences
+from genai_fast.word2vec.keyedvectors import KeyedVectors
+
+CACHE_TOKEN_LIMIT = 256 << 20  # encoded corpora up to this many tokens are kept in memory across epochs
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(float(value))
+
+
+def _require_int(name: str, value: Any, minimum: int) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _require_number(name: str, value: Any, minimum: float, strict: bool = False) -> float:
+    if not _is_number(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} {minimum}, got {value}")
+    return float(value)
+
+
+def alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vose's alias table of a distribution proportional to `weights` [V]: (prob float32, alias int32)."""
+    n = len(weights)
+    scaled = np.asarray(weights, dtype=np.float64) * n / float(np.sum(weights))
+    prob = np.ones(n, dtype=np.float64)
+    alias = np.arange(n, dtype=np.int32)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s, big = small.pop(), large.pop()
+        prob[s], alias[s] = scaled[s], big
+        scaled[big] -= 1.0 - scaled[s]
+        (small if scaled[big] < 1.0 else large).append(big)
+    return prob.astype(np.float32), alias
+
+
+class Word2Vec:
+    """Word2vec (skip-gram or CBOW, negative sampling) with gensim 4's parameters.
+
+    Given `sentences` (a restartable iterable of lists of str) or `corpus_file` (LineSentence text),
+    the vocabulary is built and the model trained for `epochs` at once, as in gensim.
+    `model.wv` holds the word vectors [V, vector_size]; `model.syn1neg` the output vectors.
+
+    Extra parameters: device ("auto", "cpu"; "cuda" needs a GPU kernel not built yet),
+    shared_negatives (pWord2Vec batching for skip-gram, default True), progress (a tqdm bar).
+    """
+
+    def __init__(
+        self,
+        sentences: Iterable[Sequence[str]] | None = None,
+        corpus_file: str | os.PathLike | None = None,
+        vector_size: int = 100,
+        alpha: float = 0.025,
+        window: int = 5,
+        min_count: int = 5,
+        max_vocab_size: int | None = None,
+        sample: float = 1e-3,
+        seed: int = 1,
+        workers: int = 3,
+        min_alpha: float = 0.0001,
+        sg: int = 0,
+        hs: int = 0,
+        negative: int = 5,
+        ns_exponent: float = 0.75,
+        cbow_mean: int = 1,
+        epochs: int = 5,
+        sorted_vocab: int = 1,
+        compute_loss: bool = False,
+        callbacks: Sequence[Any] = (),
+        max_final_vocab: int | None = None,
+        shrink_windows: bool = True,
+        device: str = "auto",
+        shared_negatives: bool = True,
+        progress: bool = False,
+    ) -> None:
+        self.vector_size = _require_int("vector_size", vector_size, 1)
+        self.alpha = _require_number("alpha", alpha, 0.0, strict=True)
+        self.min_alpha = _require_number("min_alpha", min_alpha, 0.0)
+        self.window = _require_int("window", window, 1)
+        self.min_count = _require_int("min_count", min_count, 0)
+        self.max_vocab_size = None if max_vocab_size is None else _require_int("max_vocab_size", max_vocab_size, 1)
+        self.max_final_vocab = None if max_final_vocab is None else _require_int("max_final_vocab", max_final_vocab, 1)
+        self.sample = _require_number("sample", sample, 0.0)
+        self.seed = _require_int("seed", seed, 0)
+        self.workers = _require_int("workers", workers, 1)
+        if sg not in (0, 1):
+            raise ValueError(f"sg: expected 0 (CBOW) or 1 (skip-gram), got {sg!r}")
+        self.sg = int(sg)
+        if hs not in (0, 1):
+            raise ValueError(f"hs: expected 0 or 1, got {hs!r}")
+        if hs:
+            raise NotImplementedError("hs=1: hierarchical softmax is not implemented; use hs=0 with negative > 0")
+        self.hs = 0
+        self.negative = _require_int("negative", negative, 0)
+        if self.negative == 0:
+            raise ValueError("negative: must be > 0 (hs=0 needs negative sampling)")
+        self.ns_exponent = _require_number("ns_exponent", ns_exponent, -math.inf)
+        if cbow_mean not in (0, 1):
+            raise ValueError(f"cbow_mean: expected 0 (sum) or 1 (mean), got {cbow_mean!r}")
+        self.cbow_mean = int(cbow_mean)
+        self.epochs = _require_int("epochs", epochs, 1)
+        self.sorted_vocab = int(bool(sorted_vocab))
+        self.compute_loss = bool(compute_loss)
+        self.callbacks = tuple(callbacks)
+        self.shrink_windows = bool(shrink_windows)
+        self.shared_negatives = bool(shared_negatives)
+        self.progress = bool(progress)
+        self.device = self._resolve_device(device)
+        self.layer1_size = self.vector_size
+
+        self.wv = KeyedVectors(self.vector_size, 0)
+        self.syn1neg = np.zeros((0, self.vector_size), dtype=np.float32)
+        self.corpus_count = 0
+        self.corpus_total_words = 0
+        self.raw_vocab: dict[str, int] = {}
+        self.keep_prob: np.ndarray | None = None
+        self.noise_prob = np.zeros(0, np.float32)
+        self.noise_alias = np.zeros(0, np.int32)
+        self.epoch_losses: list[float] = []
+        self.running_training_loss = 0.0
+        self.train_count = 0
+        self.total_train_time = 0.0
+        self.interrupted = False
+        self.min_alpha_yet_reached = self.alpha
+
+        if sentences is not None and corpus_file is not None:
+            raise ValueError("sentences, corpus_file: give one of them, not both")
+        if sentences is not None or corpus_file is not None:
+            self.build_vocab(corpus_iterable=sentences, corpus_file=corpus_file)
+            self.train(corpus_iterable=sentences, corpus_file=corpus_file, total_examples=self.corpus_count,
+                       total_words=self.corpus_total_words, epochs=self.epochs, compute_loss=self.compute_loss,
+                       callbacks=self.callbacks)
+
+    # ------------------------------------------------------------ setup
+
+    @staticmethod
+    def _resolve_device(device: str) -> str:
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("device: 'cuda' was asked for but no CUDA GPU is available")
+            raise NotImplementedError("device='cuda': the GPU word2vec kernel is not implemented yet; use 'cpu'")
+        return "cpu"
+
+    @staticmethod
+    def _check_source(corpus_iterable: Any, corpus_file: Any) -> None:
+        if corpus_iterable is None and corpus_file is None:
+            raise ValueError("sentences/corpus_file: give a corpus (corpus_iterable/sentences or corpus_file)")
+        if corpus_iterable is not None and corpus_file is not None:
+            raise ValueError("sentences, corpus_file: give one of them, not both")
+        if corpus_iterable is not None:
+            if isinstance(corpus_iterable, (str, bytes, os.PathLike)):
+                raise TypeError("sentences: expected an iterable of lists of str tokens, got a "
+                                f"{type(corpus_iterable).__name__} (use corpus_file= for a path)")
+            if not hasattr(corpus_iterable, "__iter__"):
+                raise TypeError("sentences: expected an iterable of lists of str, got "
+                                f"{type(corpus_iterable).__name__}")
+            if iter(corpus_iterable) is corpus_iterable:
+                raise TypeError("sentences: a generator or iterator can be read only once; pass a restartable "
+                                "iterable (a list, or a class with __iter__)")
+
+    def build_vocab(self, corpus_iterable: Iterable[Sequence[str]] | None = None,
+                    corpus_file: str | os.PathLike | None = None, update: bool = False,
+                    progress_per: int = 10000, keep_raw_vocab: bool = False, **_: Any) -> None:
+        """Count the corpus and build the vocabulary, subsampling and noise tables, and fresh weights.
+
+        update=True adds new words (keeping trained vectors) and adds the new counts to known words.
+        """
+        self._check_source(corpus_iterable, corpus_file)
+        if corpus_file is not None:
+            raw = count_file(check_corpus_file(corpus_file), self.max_vocab_size)
+        else:
+            raw = count_sentences(corpus_iterable, self.max_vocab_size)
+        if raw.total_words == 0:
+            raise ValueError("sentences/corpus_file: the corpus is empty (no tokens)")
+        self.corpus_count = raw.num_sentences
+        self.corpus_total_words = raw.total_words
+        self._prepare_vocab(raw, update)
+        if keep_raw_vocab:
+            self.raw_vocab = dict(raw.counts)
+
+    def _effective_min_count(self, counts: dict[str, int]) -> int:
+        if self.max_final_vocab is None or self.max_final_vocab >= len(counts):
+            return self.min_count
+        ordered = sorted(counts.values(), reverse=True)
+        return max(self.min_count, ordered[self.max_final_vocab] + 1)
+
+    def _prepare_vocab(self, raw: Counts, update: bool) -> None:
+        min_count = self._effective_min_count(raw.counts)
+        retained = [(w, c) for w, c in raw.counts.items() if c >= min_count]
+        if update and len(self.wv):
+            old = self.wv
+            counts = old.expandos["count"].copy()
+            new_words, new_counts = [], []
+            for w, c in retained:
+                i = old.key_to_index.get(w)
+                if i is None:
+                    new_words.append(w)
+                    new_counts.append(c)
+                else:
+                    counts[i] += c
+            rng = np.random.default_rng([self.seed, len(old)])
+            fresh = ((rng.random((len(new_words), self.vector_size), dtype=np.float32) - 0.5) / self.vector_size)
+            old.add_vectors(new_words, fresh)
+            old.expandos["count"] = np.concatenate([counts, np.asarray(new_counts, dtype=np.int64)])
+            self.syn1neg = np.ascontiguousarray(np.vstack(
+                [self.syn1neg, np.zeros((len(new_words), self.vector_size), np.float32)]))
+        else:
+            if not retained:
+                top = max(raw.counts.items(), key=lambda kv: kv[1]) if raw.counts else ("", 0)
+                raise ValueError(f"min_count: no word occurs at least {min_count} times (the most frequent, "
+                                 f"{top[0]!r}, occurs {top[1]} times); lower min_count or give a larger corpus")
+            if self.sorted_vocab:
+                retained.sort(key=lambda wc: -wc[1])  # stable: ties keep first-seen order
+            kv = KeyedVectors(self.vector_size, 0)
+            kv.index_to_key = [w for w, _ in retained]
+            kv.key_to_index = {w: i for i, w in enumerate(kv.index_to_key)}
+            kv.expandos["count"] = np.array([c for _, c in retained], dtype=np.int64)
+            rng = np.random.default_rng(self.seed)
+            kv.vectors = (rng.random((len(retained), self.vector_size), dtype=np.float32) - 0.5) / self.vector_size
+            self.wv = kv
+            self.syn1neg = np.zeros((len(retained), self.vector_size), dtype=np.float32)
+        self._make_tables()
+
+    def _make_tables(self) -> None:
+        counts = self.wv.expandos["count"].astype(np.float64)
+        retain_total = float(counts.sum())
+        if not self.sample:
+            self.keep_prob = None
+        else:
+            threshold = self.sample * retain_total if self.sample < 1.0 else \
+                float(int(self.sample * (3 + math.sqrt(5)) / 2))
+            prob = (np.sqrt(counts / threshold) + 1.0) * (threshold / counts)
+            self.keep_prob = np.minimum(prob, 1.0).astype(np.float32)
+        self.noise_prob, self.noise_alias = alias_table(np.power(counts, self.ns_exponent))
+        self._encoder: Encoder | None = None
+
+    # ------------------------------------------------------------ training
+
+    def _alpha_at(self, progress: float, start: float, end: float) -> float:
+        return start - (start - end) * min(max(progress, 0.0), 1.0)
+
+    def train(
+        self,
+        corpus_iterable: Iterable[Sequence[str]] | None = None,
+        corpus_file: str | os.PathLike | None = None,
+        total_examples: int | None = None,
+        total_words: int | None = None,
+        epochs: int | None = None,
+        start_alpha: float | None = None,
+        end_alpha: float | None = None,
+        word_count: int = 0,
+        compute_loss: bool | None = None,
+        callbacks: Sequence[Any] = (),
+        progress: bool | None = None,
+        **_: Any,
+    ) -> tuple[int, int]:
+        """Train `epochs` passes over the corpus (callable again; gensim's rules for the arguments).
+
+        total_examples (sentences) or total_words (raw tokens) per epoch drives the learning-rate
+        schedule: linear from start_alpha (default alpha) to end_alpha (default min_alpha) over all
+        epochs. Returns (effective words trained, raw words read). Ctrl-C stops after the chunk in
+        flight: the model stays usable (vectors trained so far), `interrupted` is set, and the
+        KeyboardInterrupt propagates.
+        """
+        self._check_source(corpus_iterable, corpus_file)
+        if not len(self.wv):
+            raise RuntimeError("you must first build vocabulary before training the model (build_vocab)")
+        if epochs is None:
+            raise ValueError("epochs: an explicit epoch count is required (e.g. epochs=model.epochs)")
+        epochs = _require_int("epochs", epochs, 1)
+        if total_examples is None and total_words is None:
+            if corpus_file is not None:
+                total_words = self.corpus_total_words
+            else:
+                raise ValueError("total_examples/total_words: give one of them (e.g. "
+                                 "total_examples=model.corpus_count)")
+        start_alpha = self.alpha if start_alpha is None else _require_number("start_alpha", start_alpha, 0.0, True)
+        end_alpha = self.min_alpha if end_alpha is None else _require_number("end_alpha", end_alpha, 0.0)
+        compute_loss = self.compute_loss if compute_loss is None else bool(compute_loss)
+        self.compute_loss = compute_loss
+        callbacks = tuple(callbacks) or self.callbacks
+        progress = self.progress if progress is None else bool(progress)
+        by_words = total_words is not None
+        per_epoch = float(total_words if by_words else total_examples)
+        if per_epoch <= 0:
+            raise ValueError(f"{'total_words' if by_words else 'total_examples'}: expected > 0, got {per_epoch:g}")
+        from genai_fast.ops.word2vec_ops import word2vec_train_chunk
+
+        self._prepare_arrays()
+        path = check_corpus_file(corpus_file) if corpus_file is not None else None
+        encoder = self._get_encoder()
+        mode = "cbow" if not self.sg else ("sg_shared" if self.shared_negatives else "sg_pair")
+        self.train_count += 1
+        self.epoch_losses = []
+        self.interrupted = False
+        cache: list[Chunk] | None = []
+        cached_tokens = 0
+        trained = raw_total = 0
+        bar = self._progress_bar(epochs * per_epoch, by_words) if progress else None
+        started = time.perf_counter()
+        self._call(callbacks, "on_train_begin")
+        try:
+            for epoch in range(epochs):
+                self._call(callbacks, "on_epoch_begin")
+                epoch_loss, done = 0.0, 0.0
+                if epoch > 0 and cache is not None:
+                    source: Iterable[Chunk] = cache
+                else:
+                    source = encoder.encode_file(path) if path is not None else \
+                        encoder.encode_sentences(corpus_iterable)
+                for index, chunk in enumerate(source):
+                    if epoch == 0 and cache is not None:
+                        cached_tokens += chunk.ids.size
+                        if cached_tokens <= CACHE_TOKEN_LIMIT:
+                            cache.append(chunk)
+                        else:
+                            cache = None
+                    step = chunk.raw_words if by_words else chunk.sentences
+                    a0 = self._alpha_at((epoch + done / per_epoch) / epochs, start_alpha, end_alpha)
+                    done += step
+                    a1 = self._alpha_at((epoch + done / per_epoch) / epochs, start_alpha, end_alpha)
+                    seed = (self.seed * 1_000_003 + self.train_count * 7919 + epoch * 104_729 + index) & (2**63 - 1)
+                    if chunk.ids.size:
+                        _, effective, loss = word2vec_train_chunk(
+                            self.wv.vectors, self.syn1neg, chunk.ids, chunk.offsets, self.keep_prob,
+                            self.noise_prob, self.noise_alias, a0, a1, mode=mode, window=self.window,
+                            negative=self.negative, cbow_mean=bool(self.cbow_mean), shrink_windows=self.shrink_windows,
+                            compute_loss=compute_loss, seed=seed, workers=self.workers)
+                    else:
+                        effective, loss = 0, 0.0
+                    trained += effective
+                    raw_total += chunk.raw_words
+                    epoch_loss += loss
+                    self.min_alpha_yet_reached = a1
+                    self.running_training_loss = epoch_loss
+                    if bar is not None:
+                        bar.update(step)
+                        postfix = {"alpha": f"{a1:.5f}", "epoch": f"{epoch + 1}/{epochs}"}
+                        if compute_loss:
+                            postfix["loss"] = f"{epoch_loss:.4g}"
+                        bar.set_postfix(postfix, refresh=False)
+                self.epoch_losses.append(epoch_loss)
+                self._call(callbacks, "on_epoch_end")
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            self.total_train_time += time.perf_counter() - started
+            self.wv.fill_norms(force=True)
+        self._call(callbacks, "on_train_end")
+        return trained, raw_total
+
+    def _prepare_arrays(self) -> None:
+        vectors = self.wv.vectors
+        if vectors.dtype != np.float32 or not vectors.flags.c_contiguous or not vectors.flags.writeable:
+            self.wv.vectors = np.ascontiguousarray(vectors, dtype=np.float32).copy()
+        if self.syn1neg.shape != self.wv.vectors.shape:
+            raise ValueError(f"syn1neg: expected shape {self.wv.vectors.shape}, got {self.syn1neg.shape}")
+        if self.syn1neg.dtype != np.float32 or not self.syn1neg.flags.c_contiguous or \
+                not self.syn1neg.flags.writeable:
+            self.syn1neg = np.ascontiguousarray(self.syn1neg, dtype=np.float32).copy()
+
+    def _get_encoder(self) -> Encoder:
+        encoder = getattr(self, "_encoder", None)
+        if encoder is None or len(encoder.key_to_index) != len(self.wv):
+            encoder = Encoder(self.wv.index_to_key, self.wv.key_to_index)
+            self._encoder = encoder
+        return encoder
+
+    def _progress_bar(self, total: float, by_words: bool) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=int(total), unit="word" if by_words else "sentence", unit_scale=True,
+                    desc="word2vec", smoothing=0.1)
+
+    def _call(self, callbacks: Sequence[Any], name: str) -> None:
+        for cb in callbacks:
+            fn = getattr(cb, name, None)
+            if fn is not None:
+                fn(self)
+
+    def get_latest_training_loss(self) -> float:
+        """Loss of the latest epoch (float64 sum over pairs; 0 unless compute_loss)."""
+        return self.running_training_loss
+
+    def __str__(self) -> str:
+        return f"Word2Vec<vocab={len(self.wv)}, vector_size={self.vector_size}, alpha={self.alpha}>"
+
+    # ------------------------------------------------------------ save / load (npz + JSON, no pickle)
+
+    PARAMS = ("vector_size", "alpha", "min_alpha", "window", "min_count", "max_vocab_size", "max_final_vocab",
+              "sample", "seed", "workers", "sg", "hs", "negative", "ns_exponent", "cbow_mean", "epochs",
+              "sorted_vocab", "compute_loss", "shrink_windows", "shared_negatives")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the whole model (vectors, output weights, vocabulary, parameters) to one .npz, atomically."""
+        from genai_fast.word2vec.storage import save_arrays
+
+        meta = {
+            "kind": "Word2Vec",
+            "params": {k: getattr(self, k) for k in self.PARAMS},
+            "index_to_key": self.wv.index_to_key,
+            "corpus_count": self.corpus_count,
+            "corpus_total_words": self.corpus_total_words,
+            "epoch_losses": self.epoch_losses,
+            "train_count": self.train_count,
+        }
+        arrays = {"vectors": self.wv.vectors, "syn1neg": self.syn1neg,
+                  **{f"attr_{k}": v for k, v in self.wv.expandos.items()}}
+        save_arrays(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Word2Vec:
+        """Load a model written by `save` (continues training with `train`)."""
+        from genai_fast.word2vec.storage import load_arrays
+
+        arrays, meta = load_arrays(path, expect_kind="Word2Vec")
+        params = dict(meta["params"])
+        model = cls(**params)
+        model.wv._set_from(arrays, meta)
+        model.syn1neg = np.ascontiguousarray(arrays["syn1neg"], dtype=np.float32)
+        if model.syn1neg.shape != model.wv.vectors.shape:
+            raise ValueError(f"{path}: syn1neg shape {model.syn1neg.shape} does not match vectors "
+                             f"{model.wv.vectors.shape}")
+        model.corpus_count = int(meta["corpus_count"])
+        model.corpus_total_words = int(meta["corpus_total_words"])
+        model.epoch_losses = [float(x) for x in meta.get("epoch_losses", [])]
+        model.train_count = int(meta.get("train_count", 0))
+        if "count" not in model.wv.expandos:
+            raise ValueError(f"{path}: missing word counts")
+        model._make_tables()
+        return model

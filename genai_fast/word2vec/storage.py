@@ -1,0 +1,58 @@
+"""Safe model files: one .npz of plain numpy arrays plus a JSON metadata entry. Never pickle.
+
+Loading uses `allow_pickle=False`, so a file cannot run code; writes are atomic (a temporary file
+renamed over the target), so an interrupted save leaves the old file or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genai_fast.io import atomic_write
+
+FORMAT = "genai_fast.word2vec"
+VERSION = 1
+
+
+def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write `arrays` and the JSON-serialisable `meta` to `path` (.npz, uncompressed), atomically."""
+    header = {"format": FORMAT, "version": VERSION, **meta}
+    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray) or value.dtype == object:
+            raise TypeError(f"{name}: expected a numeric numpy array, got {type(value).__name__}")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, __meta__=blob, **arrays)
+
+    atomic_write(path, write)
+
+
+def load_arrays(path: str | os.PathLike, expect_kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by save_arrays; ValueError naming the file when it is not one or is damaged."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise ValueError(f"{p}: not a readable genai_fast model file (truncated or corrupted?): {exc}") from None
+    if "__meta__" not in arrays:
+        raise ValueError(f"{p}: not a genai_fast model file (no metadata entry)")
+    try:
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p}: corrupted metadata ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{p}: not a genai_fast word2vec file (format {meta.get('format')!r})")
+    if meta.get("kind") != expect_kind:
+        raise ValueError(f"{p}: holds a {meta.get('kind')}, expected a {expect_kind}")
+    return arrays, meta
