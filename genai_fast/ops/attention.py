@@ -627,4 +627,15 @@ def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal):
 
 @KVCACHE.register("torch", _TORCH, check=lambda inputs: [])
 def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal):
-    return _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal)
+    # Equal lengths (batch 1 decode, for one): torch's SDPA over the valid prefix, no copies of the cache.
+    # Ragged lengths: the reference (it zeroes positions past each length, whatever they hold).
+    if not bool((lengths == lengths[0]).all()):
+        return _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal)
+    Sq, length = q.shape[2], int(lengths[0])
+    if length == 0:
+        return q.new_zeros((*q.shape[:3], v_cache.shape[3]))
+    mask = None
+    if causal and Sq > 1:
+        mask = torch.ones(Sq, length, dtype=torch.bool, device=q.device).tril(diagonal=length - Sq)
+    return F.scaled_dot_product_attention(q, k_cache[:, :, :length], v_cache[:, :, :length], mask, scale=scale,
+                                          enable_gqa=True)

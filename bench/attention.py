@@ -1,0 +1,336 @@
+"""Benchmark entries: fused attention forward ("scaled_dot_product_attention"), backward
+("scaled_dot_product_attention_backward": the backward alone, on a recorded forward) and KV-cache decode
+("attention_with_kvcache") against each torch SDPA backend (flash, efficient, cuDNN, math) on the same inputs.
+
+Shapes (full, GPU) follow the FlashAttention benchmark: B * S = 16k tokens, H * D = 2048, S from 512 to
+16k, D 64 and 128, causal and not. FLOPs: 4 * B * H * Sq * Sk * D forward, halved when causal; the
+backward is 2.5x the forward. Decode is memory bound: bytes = K and V read once + Q and O.
+
+The oracle is the float64 reference, computed on the inputs' device in query blocks (an Sq x Sk
+float64 matrix for a whole head at S = 16k would not fit). The CPU numbers (op vs torch SDPA, where the
+op dispatches to torch's own SDPA) come from `python -m genai_fast.bench.attention`, since the runner
+times only non-reference backends and the Triton interpreter is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+from genai_fast.bench.registry import BenchEntry, Case, Inputs, register
+
+import genai_fast
+from genai_fast.ops.attention import _attention_probs
+
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+
+
+def _sdp_backend(name: str):
+    from torch.nn.attention import SDPBackend
+
+    return {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+
+
+def _sdpa_with(name: str, q, k, v, causal: bool, gqa: bool = False) -> torch.Tensor:
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel([_sdp_backend(name)]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+
+
+def _usable_sdpa_backends(backward: bool) -> list[str]:
+    """The SDPA backends that run a small bf16 causal problem here (fwd, and bwd when asked)."""
+    if not torch.cuda.is_available():
+        return ["auto"]
+    usable = []
+    for name in SDPA_BACKENDS:
+        try:
+            q = torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
+            out = _sdpa_with(name, q, q, q, True)
+            if backward:
+                out.sum().backward()
+            torch.cuda.synchronize()
+            usable.append(name)
+        except Exception:  # an SDPA backend that is unavailable here raises; it is left out
+            continue
+    return usable
+
+
+# ---------------------------------------------------------------- cases
+
+
+def _fwd_case(B: int, H: int, S: int, D: int, causal: bool, dtype: torch.dtype) -> Case:
+    tag = " causal" if causal else ""
+    return Case({"B": B, "H": H, "S": S, "D": D, "causal": causal}, dtype, f"B{B} H{H} S{S} D{D}{tag}")
+
+
+def _fa_cases(seqlens: list[int], dims: list[int], dtype: torch.dtype) -> list[Case]:
+    """FlashAttention benchmark shapes: 16k tokens per batch, 2048 model width."""
+    return [_fwd_case(max(1, 16384 // S), 2048 // D, S, D, causal, dtype)
+            for D in dims for S in seqlens for causal in (False, True)]
+
+
+def _decode_case(B: int, Hq: int, Hkv: int, L: int, D: int, dtype: torch.dtype) -> Case:
+    return Case({"B": B, "Hq": Hq, "Hkv": Hkv, "L": L, "D": D}, dtype, f"B{B} Hq{Hq} Hkv{Hkv} L{L} D{D}")
+
+
+FWD_PRESETS = {
+    "quick": {
+        "cpu": [_fwd_case(1, 8, 512, 64, c, torch.float32) for c in (False, True)],
+        "cuda": _fa_cases([1024, 4096], [128], torch.bfloat16),
+    },
+    "full": {
+        "cpu": [_fwd_case(1, 8, 512, 64, c, torch.float32) for c in (False, True)]
+        + [_fwd_case(4, 12, 128, 64, False, torch.float32)],
+        "cuda": _fa_cases([512, 1024, 2048, 4096, 8192, 16384], [128], torch.bfloat16)
+        + _fa_cases([1024, 4096], [64], torch.bfloat16),
+    },
+}
+BWD_PRESETS = {
+    "quick": {"cuda": _fa_cases([2048], [128], torch.bfloat16)},
+    "full": {"cuda": _fa_cases([1024, 4096, 16384], [128], torch.bfloat16)
+             + _fa_cases([4096], [64], torch.bfloat16)},
+}
+# Llama-3-8B-like heads (32 query, 8 KV, D 128) and SmolLM2-like (9:3, D 64) on CPU.
+DECODE_PRESETS = {
+    "quick": {
+        "cpu": [_decode_case(1, 9, 3, 1024, 64, torch.float32)],
+        "cuda": [_decode_case(8, 32, 8, 4096, 128, torch.bfloat16)],
+    },
+    "full": {
+        "cpu": [_decode_case(1, 9, 3, 1024, 64, torch.float32), _decode_case(4, 9, 3, 2048, 64, torch.float32)],
+        "cuda": [_decode_case(B, 32, 8, L, 128, torch.bfloat16) for B, L in
+                 ((1, 4096), (1, 16384), (16, 4096), (16, 16384), (64, 4096), (64, 16384))],
+    },
+}
+
+
+# ---------------------------------------------------------------- forward
+
+
+def make_fwd_inputs(case: Case, device: torch.device) -> Inputs:
+    p = case.params
+    shape = (p["B"], p["H"], p["S"], p["D"])
+    q, k, v = (torch.randn(shape, device=device).to(case.dtype) for _ in range(3))
+    return {"q": q, "k": k, "v": v, "causal": p["causal"]}
+
+
+def run_fwd(inputs: Inputs, backend: str | None) -> torch.Tensor:
+    return genai_fast.scaled_dot_product_attention(inputs["q"], inputs["k"], inputs["v"],
+                                                   is_causal=inputs["causal"], backend=backend)
+
+
+def _oracle_blocks(q, k, v, fn, block: int = 1024) -> torch.Tensor:
+    """fn(q rows, k, v, row offset, b, h) over query blocks per (batch, head), float64 on q's device."""
+    outs = []
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            rows = [fn(q[b, h, i:i + block].double(), k[b, h].double(), v[b, h].double(), i, b, h)
+                    for i in range(0, q.shape[2], block)]
+            outs.append(torch.cat(rows))
+    return torch.stack(outs).reshape(*q.shape[:2], q.shape[2], -1).cpu()
+
+
+def _causal_rows(Sk: int, offset: int, rows: int, device) -> torch.Tensor:
+    i = torch.arange(offset, offset + rows, device=device)[:, None]
+    return torch.arange(Sk, device=device)[None, :] <= i
+
+
+def fwd_oracle(inputs: Inputs) -> torch.Tensor:
+    causal = inputs["causal"]
+
+    def rows(qb, kh, vh, offset, b, h):
+        mask = _causal_rows(kh.shape[0], offset, qb.shape[0], qb.device) if causal else None
+        p, _, _, v = _attention_probs(qb, kh, vh, mask, False, None, False)
+        return p @ v
+
+    return _oracle_blocks(inputs["q"], inputs["k"], inputs["v"], rows)
+
+
+def _fwd_reference(name: str):
+    def ref(inputs: Inputs) -> torch.Tensor:
+        if name == "auto":
+            return F.scaled_dot_product_attention(inputs["q"], inputs["k"], inputs["v"], is_causal=inputs["causal"])
+        return _sdpa_with(name, inputs["q"], inputs["k"], inputs["v"], inputs["causal"])
+
+    return ref
+
+
+def fwd_flops(case: Case) -> float:
+    p = case.params
+    return 4.0 * p["B"] * p["H"] * p["S"] * p["S"] * p["D"] / (2 if p["causal"] else 1)
+
+
+def fwd_bytes(case: Case) -> float:
+    p = case.params
+    return 4.0 * p["B"] * p["H"] * p["S"] * p["D"] * torch.empty((), dtype=case.dtype).element_size()
+
+
+# ---------------------------------------------------------------- backward
+
+
+def make_bwd_inputs(case: Case, device: torch.device) -> Inputs:
+    inputs = make_fwd_inputs(case, device)
+    for name in ("q", "k", "v"):
+        inputs[name].requires_grad_()
+    inputs["grad"] = torch.randn_like(inputs["q"])
+    inputs["graphs"] = {}  # one forward graph per backend, built once: the timed call is the backward
+    return inputs
+
+
+def _backward_of(inputs: Inputs, key: str, forward) -> torch.Tensor:
+    graphs = inputs["graphs"]
+    if key not in graphs:
+        graphs[key] = forward()
+    dq, = torch.autograd.grad(graphs[key], inputs["q"], inputs["grad"], retain_graph=True)
+    return dq
+
+
+def run_bwd(inputs: Inputs, backend: str | None) -> torch.Tensor:
+    return _backward_of(inputs, f"genai_fast:{backend}", lambda: run_fwd(inputs, backend))
+
+
+def _bwd_reference(name: str):
+    def ref(inputs: Inputs) -> torch.Tensor:
+        return _backward_of(inputs, f"sdpa:{name}", lambda: _fwd_reference(name)(inputs))
+
+    return ref
+
+
+def bwd_oracle(inputs: Inputs) -> torch.Tensor:
+    """dq of the float64 reference, by query blocks: dQ rows need only their own rows of P and dP."""
+    causal, scale = inputs["causal"], 1.0 / math.sqrt(inputs["q"].shape[-1])
+    grad = inputs["grad"]
+
+    def rows(qb, kh, vh, offset, b, h):
+        mask = _causal_rows(kh.shape[0], offset, qb.shape[0], qb.device) if causal else None
+        p, _, _, v = _attention_probs(qb, kh, vh, mask, False, None, False)
+        do = grad[b, h, offset:offset + qb.shape[0]].double()
+        dp = do @ v.T
+        ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+        return ds @ kh * scale
+
+    q, k, v = (inputs[n].detach() for n in ("q", "k", "v"))
+    return _oracle_blocks(q, k, v, rows)
+
+
+def bwd_flops(case: Case) -> float:
+    return 2.5 * fwd_flops(case)
+
+
+# ---------------------------------------------------------------- decode
+
+
+def make_decode_inputs(case: Case, device: torch.device) -> Inputs:
+    p = case.params
+    B, Hq, Hkv, L, D = p["B"], p["Hq"], p["Hkv"], p["L"], p["D"]
+    k_cache = torch.randn(B, Hkv, L, D, device=device).to(case.dtype)
+    v_cache = torch.randn(B, Hkv, L, D, device=device).to(case.dtype)
+    q = torch.randn(B, Hq, 1, D, device=device).to(case.dtype)
+    # Every cache is full (uniform lengths), so SDPA over the cache is the same computation.
+    return {"q": q, "k_cache": k_cache, "v_cache": v_cache,
+            "seqlens": torch.full((B,), L, dtype=torch.int32, device=device)}
+
+
+def run_decode(inputs: Inputs, backend: str | None) -> torch.Tensor:
+    return genai_fast.attention_with_kvcache(inputs["q"], inputs["k_cache"], inputs["v_cache"], inputs["seqlens"],
+                                             backend=backend)
+
+
+def _decode_reference(name: str):
+    def ref(inputs: Inputs) -> torch.Tensor:
+        q, k, v = inputs["q"], inputs["k_cache"], inputs["v_cache"]
+        if name == "auto":
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return _sdpa_with(name, q, k, v, False, gqa=True)
+
+    return ref
+
+
+def decode_oracle(inputs: Inputs) -> torch.Tensor:
+    q, k, v = (inputs[n].double() for n in ("q", "k_cache", "v_cache"))
+    return genai_fast.scaled_dot_product_attention_reference(q, k, v, enable_gqa=True).cpu()
+
+
+def decode_bytes(case: Case) -> float:
+    p = case.params
+    element = torch.empty((), dtype=case.dtype).element_size()
+    return element * p["B"] * p["D"] * (2 * p["Hkv"] * p["L"] + 2 * p["Hq"])
+
+
+def decode_flops(case: Case) -> float:
+    p = case.params
+    return 4.0 * p["B"] * p["Hq"] * p["L"] * p["D"]
+
+
+# ---------------------------------------------------------------- registration
+
+
+def _references(make, backward: bool = False) -> dict:
+    names = _usable_sdpa_backends(backward)
+    if backward and "math" in names:
+        names.remove("math")  # the math backward stores several S x S matrices: 16k does not fit
+    return {f"torch SDPA ({name})": make(name) for name in names}
+
+
+def _register() -> None:
+    register(BenchEntry(
+        op="scaled_dot_product_attention", presets=FWD_PRESETS, make_inputs=make_fwd_inputs, run=run_fwd,
+        references=_references(_fwd_reference), oracle=fwd_oracle, flops=fwd_flops, bytes=fwd_bytes,
+        bound="compute",
+    ))
+    register(BenchEntry(
+        op="scaled_dot_product_attention_backward", presets=BWD_PRESETS, make_inputs=make_bwd_inputs, run=run_bwd,
+        references=_references(_bwd_reference, backward=True), oracle=bwd_oracle, flops=bwd_flops,
+        bytes=lambda case: 2 * fwd_bytes(case), bound="compute",
+    ))
+    decode_refs = {"torch SDPA (auto)": _decode_reference("auto")}
+    if torch.cuda.is_available():
+        decode_refs = {f"torch SDPA ({n})": _decode_reference(n) for n in _usable_sdpa_backends(False)
+                       if n != "math"}
+    register(BenchEntry(
+        op="attention_with_kvcache", presets=DECODE_PRESETS, make_inputs=make_decode_inputs, run=run_decode,
+        references=decode_refs, oracle=decode_oracle, flops=decode_flops, bytes=decode_bytes, bound="memory",
+    ))
+
+
+_register()
+
+
+# ---------------------------------------------------------------- CPU: op vs torch SDPA
+
+
+def cpu_report(preset: str = "quick") -> list[dict]:
+    """The op (automatic dispatch) vs torch SDPA on the CPU cases, timed alternately, same inputs."""
+    from genai_fast.bench.timing import time_cpu
+
+    rows = []
+    device = torch.device("cpu")
+    for make, run, ref, cases in (
+        (make_fwd_inputs, run_fwd, _fwd_reference("auto"), FWD_PRESETS[preset]["cpu"]),
+        (make_decode_inputs, run_decode, _decode_reference("auto"), DECODE_PRESETS[preset]["cpu"]),
+    ):
+        for case in cases:
+            inputs = make(case, device)
+            ours = time_cpu(lambda inputs=inputs, run=run: run(inputs, None), min_time_s=1.0)
+            theirs = time_cpu(lambda inputs=inputs, ref=ref: ref(inputs), min_time_s=1.0)
+            rows.append({"shape": case.label, "ours_ms": ours.median_ms, "torch_ms": theirs.median_ms,
+                         "overhead_us": 1e3 * (ours.median_ms - theirs.median_ms)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="attention on the CPU: genai_fast vs torch SDPA")
+    parser.add_argument("--preset", choices=("quick", "full"), default="quick")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'shape':<32} {'genai_fast ms':>14} {'torch SDPA ms':>14} {'difference us':>14}")
+    for row in cpu_report(args.preset):
+        print(f"{row['shape']:<32} {row['ours_ms']:>14.3f} {row['torch_ms']:>14.3f} {row['overhead_us']:>14.1f}")
+
+
+if __name__ == "__main__":
+    main()
