@@ -53,10 +53,10 @@ def _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, Sk, qk_s
             IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
     """Scores of one [BLOCK_M, BLOCK_N] tile in log2 units, -inf where masked. MASKED: bounds/causal."""
     if MASKED:
-        k = tl.load(k_ptrs, mask=n_valid[None, :] & d_valid[:, None], other=0.0)
+        k = tl.load(k_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
     else:
-        k = tl.load(k_ptrs, mask=d_valid[:, None], other=0.0)
-    s = _dot(q, k, IEEE) * qk_scale
+        k = tl.load(k_ptrs, mask=d_valid[None, :], other=0.0)
+    s = _dot(q, tl.trans(k), IEEE) * qk_scale
     if MASK_KIND == 1:
         keep = tl.load(mask_ptrs, mask=(offs_m < Sq)[:, None] & n_valid[None, :], other=0)
         s = tl.where(keep != 0, s, float("-inf"))
@@ -98,7 +98,7 @@ def _attn_fwd_kernel(
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
     smb, smh, smm, smn, sob, soh, som, sod,
     Hq, GROUP, Sq, Sk, D, DV, qk_scale,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -110,13 +110,17 @@ def _attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    d_valid = offs_d < D
-    dv_valid = offs_dv < DV
+    if EVEN_D:  # a constant-true mask: the compiler drops it and vectorises the loads fully
+        d_valid = tl.full([BLOCK_D], 1, tl.int1)
+        dv_valid = tl.full([BLOCK_DV], 1, tl.int1)
+    else:
+        d_valid = offs_d < D
+        dv_valid = offs_dv < DV
     m_valid = offs_m < Sq
 
     q_ptrs = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
     q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
-    k_ptrs = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n[None, :] * skn + offs_d[:, None] * skd
+    k_ptrs = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n[:, None] * skn + offs_d[None, :] * skd
     v_ptrs = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd
     mask_ptrs = M + b.to(tl.int64) * smb + h.to(tl.int64) * smh + offs_m[:, None] * smm + offs_n[None, :] * smn
 
@@ -287,7 +291,7 @@ def _attn_bwd_dq_kernel(
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_valid = offs_n < Sk
-        s = _scores(q, k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
+        s = _scores(q, k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
                     m_base + offs_m[:, None] * smm + offs_n[None, :] * smn, offs_m, offs_n, n_valid, d_valid,
                     Sq, Sk, qk_scale, IS_CAUSAL, MASK_KIND, True, IEEE)
         p = tl.math.exp2(s - lse2[:, None])
@@ -436,22 +440,24 @@ def _mask_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor
 
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                  is_causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  is_causal: bool, scale: float, config: dict[str, int] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], mask None or [B, Hq, Sq, Sk] (any
-    strides, bool or additive) -> (out [B, Hq, Sq, Dv] in q's dtype, lse [B, Hq, Sq] fp32, natural log)."""
+    strides, bool or additive) -> (out [B, Hq, Sq, Dv] in q's dtype, lse [B, Hq, Sq] fp32, natural log).
+    config: tile/launch options overriding the heuristic (for tuning scripts)."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
     out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
     lse = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
     block_d, block_dv = _block_d(D), _block_d(DV)
-    cfg = _fwd_config(q.device, Sq, Sk, max(block_d, block_dv))
+    cfg = config or _fwd_config(q.device, Sq, Sk, max(block_d, block_dv))
     m, mstrides, kind = _mask_args(mask, q)
     grid = (triton.cdiv(Sq, cfg["BLOCK_M"]), B * Hq)
     _attn_fwd_kernel[grid](
         q, k, v, m, out, lse, *q.stride(), *k.stride(), *v.stride(), *mstrides, *out.stride(),
         Hq, Hq // Hkv, Sq, Sk, D, DV, scale * LOG2E,
         IS_CAUSAL=is_causal, MASK_KIND=kind, IEEE=q.dtype == torch.float32,
-        BLOCK_D=block_d, BLOCK_DV=block_dv, **cfg,
+        EVEN_D=D == block_d and DV == block_dv, BLOCK_D=block_d, BLOCK_DV=block_dv, **cfg,
     )
     return out, lse
 

@@ -112,13 +112,15 @@ def check_sdpa(backend: str, case: Case, dtype: torch.dtype, device: str = "cpu"
     causal_only = case.causal and mask is None
     baseline = F.scaled_dot_product_attention(*base_leaves, _with_causal(mask, case), is_causal=causal_only,
                                               enable_gqa=gqa)
-    assert_matches_oracle(out, oracle, baseline, what=f"sdpa[{backend}] out")
+    # torch's SDPA may return NaN for fully masked rows on some backends/versions, where the contract
+    # (and the oracle) is 0: the baseline is the error budget, so its NaNs must not make it infinite.
+    assert_matches_oracle(out, oracle, baseline.nan_to_num(0.0), what=f"sdpa[{backend}] out")
     if not case.grad:
         return
     oracle_grads = _grads(oracle, leaves64, grad.double().cpu())
     base_grads = _grads(baseline, base_leaves, grad)
     for name, got, want, base in zip("qkv", ours, oracle_grads, base_grads, strict=True):
-        assert_matches_oracle(got, want, base, what=f"sdpa[{backend}] d{name}")
+        assert_matches_oracle(got, want, base.nan_to_num(0.0), what=f"sdpa[{backend}] d{name}")
 
 
 def make_cache(B: int, Hkv: int, s_max: int, D: int, lengths: list[int], dtype: torch.dtype, device: str):
