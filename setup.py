@@ -11,11 +11,14 @@ set GENAI_FAST_NATIVE=1 to add -march=native for a build that only runs on this 
 import os
 from pathlib import Path
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 HERE = Path(__file__).parent
 CPU_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc" / "cpu").glob("*.cpp"))
+
+# Compile the C++ sources in parallel (GENAI_FAST_BUILD_JOBS, default: all cores).
+ParallelCompile("GENAI_FAST_BUILD_JOBS").install()
 
 compile_args = ["-O3", "-fno-math-errno"]
 if os.environ.get("GENAI_FAST_NATIVE") == "1":
@@ -63,7 +66,8 @@ setup(
     install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "cuda": ["cupy-cuda12x"],
+        "cuda12": ["cupy-cuda12x"],
+        "cuda13": ["cupy-cuda13x"],
         "bench": ["matplotlib"],
         "test": ["pytest", "ruff", "matplotlib", "triton>=3.0", "diffusers", "transformers", "gensim==4.4.0", "scipy"],
     },
