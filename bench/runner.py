@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import torch
@@ -71,24 +72,41 @@ def _row(entry: BenchEntry, case: Case, backend: str, reference: str, ours: Timi
     }
 
 
-def bench_case(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
-               peaks: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows for one case, and the backends skipped with their reasons."""
-    inputs = [entry.make_inputs(case, device) for _ in range(_rotation_count(entry, case, device))]
-    oracle = entry.oracle(inputs[0])
+def _skip(entry: BenchEntry, case: Case, who: str, reason: str) -> dict[str, Any]:
+    return {"op": entry.op, "shape": case.label, "backend": who, "reason": reason}
+
+
+def _time_references(entry: BenchEntry, case: Case, inputs: list, oracle: torch.Tensor, device: torch.device,
+                     quick: bool, skipped: list) -> dict[str, tuple[Timing, float]]:
+    """Each reference's timing and error; one that fails (out of memory, unsupported) is skipped."""
     refs = {}
     for name, ref_fn in entry.references.items():
-        err = error_stats(ref_fn(inputs[0]), oracle).max_abs
-        calls = [lambda i=i, f=ref_fn: f(i) for i in inputs]
-        refs[name] = (time_fn(rotating(calls), device, quick), err)
+        try:
+            err = error_stats(ref_fn(inputs[0]), oracle).max_abs
+            calls = [lambda i=i, f=ref_fn: f(i) for i in inputs]
+            refs[name] = (time_fn(rotating(calls), device, quick), err)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            skipped.append(_skip(entry, case, f"reference {name}", f"{type(exc).__name__}: {exc}"[:300]))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return refs
+
+
+def bench_case(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
+               peaks: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows for one case, and what was skipped (a backend that cannot run, a reference that failed)."""
+    inputs = [entry.make_inputs(case, device) for _ in range(_rotation_count(entry, case, device))]
+    oracle = entry.oracle(inputs[0])
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    refs = _time_references(entry, case, inputs, oracle, device, quick, skipped)
     entry.run(inputs[0], None)  # what automatic dispatch picks for this case
     auto = OPS[entry.op].last_backend
-    rows, skipped = [], []
     for backend in _backends_to_time(entry, device):
         try:
             out = entry.run(inputs[0], backend)
         except BackendNotSupportedError as exc:
-            skipped.append({"op": entry.op, "shape": case.label, "backend": backend, "reason": str(exc)})
+            skipped.append(_skip(entry, case, backend, str(exc)))
             continue
         err = error_stats(out, oracle).max_abs
         calls = [lambda i=i, b=backend: entry.run(i, b) for i in inputs]
@@ -98,17 +116,30 @@ def bench_case(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
     return rows, skipped
 
 
+def _interleave(entries: list[BenchEntry], preset: str, device_type: str) -> list[tuple[BenchEntry, Case]]:
+    """Cases ordered round-robin across ops, so a time budget cuts every op's tail, not whole ops."""
+    per_entry = [[(e, c) for c in e.cases(preset, device_type)] for e in entries]
+    longest = max((len(cases) for cases in per_entry), default=0)
+    return [cases[i] for i in range(longest) for cases in per_entry if i < len(cases)]
+
+
 def run_benchmarks(device: torch.device, preset: str, ops: list[str] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """Run the preset on `device`; returns {"env", "preset", "rows", "skipped"} (DESIGN.md section 5)."""
+                   progress: bool = True, budget_s: float | None = None) -> dict[str, Any]:
+    """Run the preset on `device`; returns {"env", "preset", "rows", "skipped"} (DESIGN.md section 5).
+
+    budget_s: stop starting new cases after this many seconds (the rest are listed as skipped).
+    """
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
-    entries = select_entries(ops)
-    work = [(e, c) for e in entries for c in e.cases(preset, device.type)]
+    work = _interleave(select_entries(ops), preset, device.type)
     quick = preset == "quick"
+    start = time.perf_counter()
     peaks = measure_peaks(device, quick)
     rows, skipped = [], []
     for entry, case in tqdm(work, desc=f"bench {device.type} {preset}", unit="case", disable=not progress):
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            skipped.append(_skip(entry, case, "all", f"time budget of {budget_s:.0f} s spent"))
+            continue
         case_rows, case_skipped = bench_case(entry, case, device, quick, peaks)
         rows += case_rows
         skipped += case_skipped

@@ -52,6 +52,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ops", nargs="+", metavar="OP", help="only these ops (default: all registered)")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON (atomically)")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of the speedups")
+    bench.add_argument("--budget-s", type=float, metavar="SECONDS",
+                       help="stop starting new cases after this many seconds (the rest are listed as skipped)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -100,7 +102,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from genai_fast.bench.runner import format_table, run_benchmarks, select_entries, write_json
 
     select_entries(args.ops)  # reject unknown op names before measuring anything
-    result = run_benchmarks(device, preset, args.ops, progress=not args.no_progress)
+    if args.budget_s is not None and args.budget_s <= 0:
+        raise UsageError(f"--budget-s: expected a positive number of seconds, got {args.budget_s}")
+    result = run_benchmarks(device, preset, args.ops, progress=not args.no_progress, budget_s=args.budget_s)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
