@@ -748,6 +748,10 @@ class DPMSolverPPSampler(_SigmaSampler):
     def _make_plan(self, num_steps: int) -> Plan:
         steps, sigmas = self._schedule(num_steps)
         n = len(steps)
+        if bool((sigmas[1:n] == sigmas[: n - 1]).any()):  # the multistep update divides by the gap
+            raise ValueError(f"num_steps: {num_steps} steps repeat a noise level under timestep_spacing="
+                             f"{self.config['timestep_spacing']!r}, which DPM-Solver++ cannot step across "
+                             f"(diffusers returns NaN); use fewer steps")
         final_first_order = self.config["euler_at_final"] or self.config["final_sigmas_type"] == "zero" or (
             self.config["lower_order_final"] and n < 15)
         order = tuple(1 if self.config["solver_order"] == 1 or i == 0 or (i == n - 1 and final_first_order)
