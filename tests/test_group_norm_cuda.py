@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import genai_fast
-from genai_fast.backends import memory
 from genai_fast.backends.availability import cupy_module
 from genai_fast.backends.cuda.group_norm import THREADS, plan_group_norm
 from genai_fast.ops.group_norm import group_norm_reference
 from genai_fast.testing import error_stats
+from tests.group_norm_cases import EPS, check_output, make_input
 
 HAS_GPU = torch.cuda.is_available()
 CUPY_MISSING = cupy_module()[1] if HAS_GPU else ""
@@ -24,9 +24,6 @@ def needs_cuda_backend(test):
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Rounding floors of the tolerance rule, relative to max |oracle|.
-FLOORS = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
-EPS = 1e-5
 
 # (shape, groups, layout)
 CASES = {
@@ -44,43 +41,10 @@ CASES = {
 VARIANTS = {"plain": (False, None), "affine-silu": (True, "silu")}
 
 
-def make_input(shape, layout, dtype, misaligned=False):
-    x = torch.randn(shape, dtype=torch.float64) * 2.0 + 0.5
-    if misaligned:  # a view one element into its storage: not 16-byte aligned, so the scalar path runs
-        flat = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
-        flat[1:].copy_(x.reshape(-1))
-        return flat[1:].view(shape)
-    x = x.to(device="cuda", dtype=dtype)
-    if layout == "channels_last":
-        perm = (0, *range(2, x.dim()), 1)
-        inverse = [perm.index(i) for i in range(x.dim())]
-        x = x.permute(*perm).contiguous().permute(*inverse)
-    elif layout == "strided":
-        x = torch.cat([x, x], dim=-1)[..., : shape[-1]]
-    return x
-
 
 def check_cuda_backend(x, groups, affine, activation):
-    C = x.shape[1]
-    weight = torch.randn(C, device="cuda", dtype=x.dtype) if affine else None
-    bias = torch.randn(C, device="cuda", dtype=x.dtype) if affine else None
-    with memory.poison_outputs():  # NaN-filled output and workspace: unwritten elements show up
-        out = genai_fast.group_norm(x, groups, weight, bias, EPS, activation=activation, backend="cuda")
-    torch.cuda.synchronize()
-    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
-    assert out.stride() == torch.empty_like(x).stride(), "output layout differs from empty_like(x)"
+    out = check_output("cuda", x, groups, affine, activation)
     assert torch.isfinite(out).all(), "non-finite output (an element was not written?)"
-
-    w64 = None if weight is None else weight.double().cpu()
-    b64 = None if bias is None else bias.double().cpu()
-    oracle = group_norm_reference(x.double().cpu(), groups, w64, b64, EPS, activation)
-    torch_same_dtype = group_norm_reference(x, groups, weight, bias, EPS, activation)
-    got, base = error_stats(out, oracle), error_stats(torch_same_dtype, oracle)
-    allowed = 2.0 * base.max_abs + FLOORS[x.dtype] * float(oracle.abs().max())
-    assert not got.nan and got.max_abs <= allowed, (
-        f"group_norm[cuda] {x.dtype} shape {tuple(x.shape)} strides {x.stride()}: {got}; "
-        f"allowed max-abs {allowed:.3e} (torch in {x.dtype}: {base})"
-    )
     return out
 
 
@@ -91,14 +55,14 @@ def check_cuda_backend(x, groups, affine, activation):
 def test_cuda_group_norm_matches_oracle(case, dtype, variant):
     shape, groups, layout = CASES[case]
     affine, activation = VARIANTS[variant]
-    check_cuda_backend(make_input(shape, layout, dtype), groups, affine, activation)
+    check_cuda_backend(make_input(shape, layout, dtype, "cuda"), groups, affine, activation)
 
 
 @needs_cuda_backend
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("variant", ["affine", "silu"])
 def test_cuda_group_norm_affine_or_silu_alone(dtype, variant):
-    x = make_input((2, 64, 16, 16), "channels_last", dtype)
+    x = make_input((2, 64, 16, 16), "channels_last", dtype, "cuda")
     check_cuda_backend(x, 8, affine=variant == "affine", activation="silu" if variant == "silu" else None)
 
 
@@ -107,7 +71,7 @@ def test_cuda_group_norm_affine_or_silu_alone(dtype, variant):
 @pytest.mark.parametrize("layout", ["contiguous", "misaligned", "strided"])
 def test_cuda_group_norm_scalar_and_copied_paths(layout, dtype):
     shape = (2, 48, 24, 24)
-    x = make_input(shape, layout, dtype, misaligned=layout == "misaligned")
+    x = make_input(shape, layout, dtype, "cuda", misaligned=layout == "misaligned")
     if layout == "misaligned":
         assert x.data_ptr() % 16 != 0
     check_cuda_backend(x, 16, affine=True, activation="silu")
@@ -118,7 +82,7 @@ def test_cuda_group_norm_scalar_and_copied_paths(layout, dtype):
                          ids=["fp32", "fp16", "bf16", "fp64"])
 @pytest.mark.parametrize("strided", [False, True], ids=["dense", "strided"])
 def test_cuda_group_norm_parameter_dtypes(param_dtype, strided):
-    x = make_input((2, 64, 12, 12), "channels_last", torch.float32)
+    x = make_input((2, 64, 12, 12), "channels_last", torch.float32, "cuda")
     weight = torch.randn(128 if strided else 64, device="cuda", dtype=param_dtype)
     bias = torch.randn(128 if strided else 64, device="cuda", dtype=param_dtype)
     if strided:
@@ -133,7 +97,7 @@ def test_cuda_group_norm_parameter_dtypes(param_dtype, strided):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 def test_cuda_group_norm_is_deterministic(dtype, layout):
-    x = make_input((1, 320, 64, 64), layout, dtype)
+    x = make_input((1, 320, 64, 64), layout, dtype, "cuda")
     weight = torch.randn(320, device="cuda")
     bias = torch.randn(320, device="cuda")
     first = genai_fast.group_norm(x, 32, weight, bias, activation="silu", backend="cuda")
@@ -144,7 +108,7 @@ def test_cuda_group_norm_is_deterministic(dtype, layout):
 
 @needs_cuda_backend
 def test_cuda_group_norm_runs_on_the_current_stream():
-    x = make_input((2, 64, 32, 32), "channels_last", torch.float16)
+    x = make_input((2, 64, 32, 32), "channels_last", torch.float16, "cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
