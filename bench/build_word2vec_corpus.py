@@ -85,10 +85,17 @@ def texts(root: Path, package: str) -> Iterator[str]:
         yield text
 
 
-def paragraphs(text: str) -> Iterator[str]:
+def paragraphs(text: str, max_tokens: int = 1000) -> Iterator[str]:
+    """Paragraphs (blank-line separated) as token lines; a paragraph over max_tokens (a dictionary
+    database without blank lines, a table) is split into its lines instead."""
     for para in PARAGRAPH.split(text):
         tokens = TOKEN.findall(para.lower())
-        if len(tokens) >= 3:
+        if len(tokens) > max_tokens:
+            for line in para.splitlines():
+                line_tokens = TOKEN.findall(line.lower())
+                if len(line_tokens) >= 3:
+                    yield " ".join(line_tokens)
+        elif len(tokens) >= 3:
             yield " ".join(tokens)
 
 
