@@ -410,24 +410,36 @@ def _block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))  # tl.dot needs every dimension >= 16
 
 
-def _fwd_config(device: torch.device, Sq: int, Sk: int, block_d: int) -> dict[str, int]:
-    """Tile sizes and launch options. The interpreter runs numpy per tile, so it gets large tiles."""
+def _fwd_config(device: torch.device, Sq: int, Sk: int, block_d: int, causal: bool) -> dict[str, int]:
+    """Tile sizes and launch options. The interpreter runs numpy per tile, so it gets large tiles.
+
+    GPU choices come from a sweep on an H100 (bf16, 16k tokens, S 4096; TFLOP/s of the best vs the
+    runner-up): D 128 causal 64x64/4 warps (430 vs 409 for 128x64/8), D 128 full 128x128/8 (486 vs 474),
+    D 64 128x64/8 warps (379 causal, 425 full).
+    """
     if device.type != "cuda":
         return {"BLOCK_M": min(128, max(16, triton.next_power_of_2(Sq))),
                 "BLOCK_N": min(128, max(16, triton.next_power_of_2(Sk)))}
-    block_m = 128 if block_d <= 128 else 64
-    block_n = 64 if block_d <= 64 else (64 if block_d <= 128 else 32)
-    block_m = min(block_m, max(16, triton.next_power_of_2(Sq)))
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 8 if block_d >= 128 else 4,
-            "num_stages": 3 if block_d <= 128 else 2}
+    if block_d <= 64:
+        cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+    elif block_d <= 128:
+        cfg = ({"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3} if causal else
+               {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3})
+    else:  # D 256: q, k and v tiles must fit in shared memory
+        cfg = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
+    cfg["BLOCK_M"] = min(cfg["BLOCK_M"], max(16, triton.next_power_of_2(Sq)))
+    return cfg
 
 
 def _bwd_config(device: torch.device, Sq: int, Sk: int, block_d: int) -> dict[str, int]:
+    """H100 sweep (bf16, D 128, causal, S 4096): 64x64 tiles with 4 warps, 2 stages gave 312 TFLOP/s;
+    8 warps 154, 64x128 238, 128x64 184."""
     if device.type != "cuda":
         return {"BLOCK_M": min(64, max(16, triton.next_power_of_2(Sq))),
                 "BLOCK_N": min(64, max(16, triton.next_power_of_2(Sk)))}
-    block = 64 if block_d <= 128 else 32
-    return {"BLOCK_M": block, "BLOCK_N": block, "num_warps": 4 if block_d <= 64 else 8, "num_stages": 2}
+    if block_d <= 128:
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
 
 
 def _mask_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], int]:
@@ -450,7 +462,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
     lse = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
     block_d, block_dv = _block_d(D), _block_d(DV)
-    cfg = config or _fwd_config(q.device, Sq, Sk, max(block_d, block_dv))
+    cfg = config or _fwd_config(q.device, Sq, Sk, max(block_d, block_dv), is_causal)
     m, mstrides, kind = _mask_args(mask, q)
     grid = (triton.cdiv(Sq, cfg["BLOCK_M"]), B * Hq)
     _attn_fwd_kernel[grid](

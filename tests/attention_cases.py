@@ -104,11 +104,13 @@ def check_sdpa(backend: str, case: Case, dtype: torch.dtype, device: str = "cpu"
     assert genai_fast.backends.dispatch.OPS["scaled_dot_product_attention"].last_backend == backend
     assert out.shape == (case.B, case.Hq, case.Sq, case.dv) and out.dtype == dtype
 
-    # Oracle: the math reference in float64 on the CPU; budget: torch's own SDPA in `dtype`.
-    leaves64 = tuple(t.detach().double().cpu().requires_grad_(case.grad) for t in (q, k, v))
-    mask64 = None if mask is None else mask.cpu() if mask.dtype == torch.bool else mask.double().cpu()
+    # Oracle: the math reference in float64 (on the inputs' device: a GPU does it in a blink);
+    # budget: torch's own SDPA in `dtype`, on contiguous copies (its fused GPU kernels reject the
+    # unaligned rows of the guarded views).
+    leaves64 = tuple(t.detach().double().requires_grad_(case.grad) for t in (q, k, v))
+    mask64 = None if mask is None else mask if mask.dtype == torch.bool else mask.double()
     oracle = genai_fast.scaled_dot_product_attention_reference(*leaves64, mask64, 0.0, case.causal, None, gqa)
-    base_leaves = tuple(t.detach().requires_grad_(case.grad) for t in (q, k, v))
+    base_leaves = tuple(t.detach().contiguous().requires_grad_(case.grad) for t in (q, k, v))
     causal_only = case.causal and mask is None
     baseline = F.scaled_dot_product_attention(*base_leaves, _with_causal(mask, case), is_causal=causal_only,
                                               enable_gqa=gqa)
@@ -117,7 +119,7 @@ def check_sdpa(backend: str, case: Case, dtype: torch.dtype, device: str = "cpu"
     assert_matches_oracle(out, oracle, baseline.nan_to_num(0.0), what=f"sdpa[{backend}] out")
     if not case.grad:
         return
-    oracle_grads = _grads(oracle, leaves64, grad.double().cpu())
+    oracle_grads = _grads(oracle, leaves64, grad.double())
     base_grads = _grads(baseline, base_leaves, grad)
     for name, got, want, base in zip("qkv", ours, oracle_grads, base_grads, strict=True):
         assert_matches_oracle(got, want, base.nan_to_num(0.0), what=f"sdpa[{backend}] d{name}")
