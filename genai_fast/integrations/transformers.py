@@ -1,0 +1,87 @@
+"""genai_fast attention inside Hugging Face transformers models (transformers >= 4.48 attention interface).
+
+    from genai_fast.integrations.transformers import patch
+    model = patch(AutoModelForCausalLM.from_pretrained(...))   # every attention layer now runs genai_fast
+
+`register()` adds the name "genai_fast" to transformers' `AttentionInterface` and, with it, a mask
+function in `AttentionMaskInterface`: transformers builds no mask at all for an attention
+implementation it has no mask function for, which would silently drop causal and padding masks. The
+mask function is transformers' own SDPA one (boolean masks, or None when `is_causal` suffices), since
+`genai_fast.scaled_dot_product_attention` has SDPA's semantics; GQA runs without repeating K/V.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from genai_fast.ops.attention import scaled_dot_product_attention
+
+ATTENTION_NAME = "genai_fast"
+
+
+def genai_fast_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: query [B, Hq, Sq, D], key/value [B, Hkv, Sk, D], mask
+    None or [B or 1, 1, Sq, Sk] (bool, or additive float) -> (output [B, Sq, Hq, D], no weights)."""
+    if kwargs.get("softcap") is not None:
+        raise ValueError("softcap: genai_fast attention has no logit soft-capping; use attn_implementation='eager'")
+    q_length = query.shape[2]
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    # As transformers' SDPA path: causal only for a prefill with no explicit mask (a decode step's single
+    # query sees the whole cache; an explicit mask already encodes causality).
+    is_causal = bool(q_length > 1 and attention_mask is None and is_causal)
+    if is_causal and key.shape[2] > q_length:
+        # Prefill into an empty static cache: top-left causal never reads past q_length, so drop the rest.
+        key, value = key[:, :, :q_length], value[:, :, :q_length]
+    position_bias = kwargs.get("position_bias")
+    if position_bias is not None:
+        from transformers.integrations.sdpa_attention import create_position_bias_mask
+
+        attention_mask = create_position_bias_mask(position_bias, attention_mask, is_causal, query, key)
+        is_causal = False
+    out = scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                       is_causal=is_causal, scale=scaling,
+                                       enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Register "genai_fast" with transformers' attention and attention-mask interfaces (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, genai_fast_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def patch(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch every attention layer of a transformers model (and its sub-models) to genai_fast; returns it.
+
+    Raises ValueError naming `model` when the model does not use transformers' attention interface (its
+    attention implementation cannot be changed, so patching would silently do nothing).
+    """
+    register()
+    if not hasattr(model, "set_attn_implementation"):
+        raise ValueError(f"model: expected a transformers PreTrainedModel, got {type(model).__name__}")
+    if not model._can_set_attn_implementation():
+        raise ValueError(f"model: {type(model).__name__} does not use transformers' AttentionInterface, so its "
+                         "attention cannot be replaced")
+    model.set_attn_implementation(ATTENTION_NAME)
+    return model
+
+
+def unpatch(model: torch.nn.Module, attn_implementation: str = "sdpa") -> torch.nn.Module:
+    """Restore a standard attention implementation ("sdpa" by default); returns the model."""
+    model.set_attn_implementation(attn_implementation)
+    return model

