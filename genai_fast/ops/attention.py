@@ -14,12 +14,14 @@ autograd sums gradients over broadcast dimensions by itself.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.backends.availability import triton_interpreter_enabled
+from genai_fast.backends.dispatch import ENV_BACKEND, Capability, Implementation, Op, define_op, validate_backend_name
 from genai_fast.ops.eager import can_bypass_custom_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -77,22 +79,22 @@ def scaled_dot_product_attention(
         torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p,
                                                          is_causal, scale=scale, enable_gqa=enable_gqa)
     """
-    _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+    prefix = _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
     sm_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     inputs = _dispatch_inputs(query, key, value, attn_mask, dropout_p)
     if dropout_p > 0:
         # Dropout is random: the forward and its backward must see the same mask, so it runs as plain
         # differentiable PyTorch, after the dispatcher recorded (or, when forced, raised) the reason.
-        ATTENTION.select(inputs, backend)
+        _select(ATTENTION, inputs, backend)
         return scaled_dot_product_attention_reference(query, key, value, attn_mask, dropout_p, is_causal,
                                                       sm_scale, enable_gqa)
     if can_bypass_custom_op(query, key, value, attn_mask):
-        impl = ATTENTION.select(inputs, backend)
+        impl = _select(ATTENTION, inputs, backend)
         if impl.backend == "torch":
             # Plain eager on the fallback: torch's own SDPA (its fused CPU kernel), not the math reference.
             return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=sm_scale,
                                                   enable_gqa=enable_gqa)
-    q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa)
+    q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa, prefix)
     out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, bool(is_causal), sm_scale,
                                                                   backend or "")
     return out.reshape(out_shape)
@@ -136,10 +138,10 @@ def attention_with_kvcache(
             mask = causal bottom-right [Sq, L] if causal else None
             out[b] = F.scaled_dot_product_attention(q[b], keys, values, mask, scale=scale, enable_gqa=True)
     """
-    _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend)
+    uniform = _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend)
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if can_bypass_custom_op(q, k_cache, v_cache, k, v):
-        return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale, bool(causal), backend)
+        return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale, bool(causal), backend, uniform)
     return torch.ops.genai_fast.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale,
                                                        bool(causal), backend or "")
 
@@ -275,7 +277,8 @@ def _require_tensor(name: str, t: Any) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
 
 
-def _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> None:
+def _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> tuple[int, ...]:
+    """Raise on bad input; returns the output's leading dims (batch..., Hq)."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         _require_tensor(name, t)
         if t.dim() < 2:
@@ -292,9 +295,9 @@ def _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, en
         raise AttentionInputError(f"key: head dim {key.shape[-1]} must equal query's {query.shape[-1]}")
     if value.shape[-2] != key.shape[-2]:
         raise AttentionInputError(f"value: sequence length {value.shape[-2]} must equal key's {key.shape[-2]}")
-    _output_prefix(query, key, value, enable_gqa)  # raises on heads/batch that do not broadcast
+    prefix = _output_prefix(query, key, value, enable_gqa)  # raises on heads/batch that do not broadcast
     if attn_mask is not None:
-        _validate_mask(attn_mask, query, key, value, enable_gqa)
+        _validate_mask(attn_mask, query, key, prefix)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:
         raise AttentionInputError(f"dropout_p: expected a number in [0, 1], got {dropout_p!r}")
     if not isinstance(is_causal, bool):
@@ -305,9 +308,10 @@ def _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, en
     if not isinstance(enable_gqa, bool):
         raise TypeError(f"enable_gqa: expected a bool, got {type(enable_gqa).__name__}")
     validate_backend_name(backend)
+    return prefix
 
 
-def _validate_mask(attn_mask, query, key, value, enable_gqa) -> None:
+def _validate_mask(attn_mask, query, key, prefix) -> None:
     _require_tensor("attn_mask", attn_mask)
     if attn_mask.dtype != torch.bool and attn_mask.dtype not in (torch.float32, query.dtype):
         raise AttentionTypeError(f"attn_mask: expected dtype bool, float32 or query's dtype {query.dtype}, "
@@ -315,17 +319,26 @@ def _validate_mask(attn_mask, query, key, value, enable_gqa) -> None:
     if attn_mask.device != query.device:
         raise AttentionInputError(f"attn_mask: expected a tensor on query's device {query.device}, "
                                   f"got {attn_mask.device}")
-    weights = (*_output_prefix(query, key, value, enable_gqa), query.shape[-2], key.shape[-2])
-    if attn_mask.dim() < 2 or attn_mask.dim() > len(weights) or not _broadcasts_to(attn_mask.shape, weights):
+    weights = (*prefix, query.shape[-2], key.shape[-2])
+    if attn_mask.dim() < 2 or attn_mask.dim() > len(weights) or _broadcast(attn_mask.shape, weights) != weights:
         raise AttentionInputError(f"attn_mask: shape {tuple(attn_mask.shape)} does not broadcast to the "
                                   f"attention weights' shape {weights}")
 
 
-def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
-    try:
-        return tuple(torch.broadcast_shapes(shape, target)) == tuple(target)
-    except RuntimeError:
-        return False
+def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
+    """torch's broadcasting of shapes, or None when they do not broadcast. (torch.broadcast_shapes costs
+    ~7 us a call, which on a CPU is half of a small attention call.)"""
+    ndim = max(len(shape) for shape in shapes)
+    out = []
+    for i in range(-ndim, 0):
+        size = 1
+        for shape in shapes:
+            if len(shape) >= -i and shape[i] != 1:
+                if size != 1 and size != shape[i]:
+                    return None
+                size = shape[i]
+        out.append(size)
+    return tuple(out)
 
 
 def _heads(t: torch.Tensor) -> int:
@@ -334,6 +347,9 @@ def _heads(t: torch.Tensor) -> int:
 
 def _output_prefix(query, key, value, enable_gqa) -> tuple[int, ...]:
     """The output's leading dims (batch..., Hq); raises when heads or batch dims do not broadcast."""
+    qs, ks, vs = query.shape, key.shape, value.shape
+    if len(qs) == len(ks) == len(vs) == 4 and qs[0] == ks[0] == vs[0] and qs[1] == ks[1] == vs[1]:
+        return (qs[0], qs[1])  # the common case, without the general broadcasting below
     hq, hk, hv = _heads(query), _heads(key), _heads(value)
     if enable_gqa:
         for name, h in (("key", hk), ("value", hv)):
@@ -341,20 +357,19 @@ def _output_prefix(query, key, value, enable_gqa) -> tuple[int, ...]:
                 raise AttentionInputError(f"{name}: with enable_gqa, its {h} heads must divide query's {hq}")
         heads = (hq,)
     else:
-        try:
-            heads = tuple(torch.broadcast_shapes((hq,), (hk,), (hv,)))
-        except RuntimeError:
+        heads = _broadcast((hq,), (hk,), (hv,))
+        if heads is None:
             raise AttentionInputError(f"key: {hk} heads (value: {hv}) do not match query's {hq}; "
-                                      f"pass enable_gqa=True for grouped-query attention") from None
-    try:
-        batch = tuple(torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3]))
-    except RuntimeError:
+                                      f"pass enable_gqa=True for grouped-query attention")
+    batch = _broadcast(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    if batch is None:
         raise AttentionInputError(f"key: batch dims {tuple(key.shape[:-3])} (value: {tuple(value.shape[:-3])}) "
-                                  f"do not broadcast with query's {tuple(query.shape[:-3])}") from None
+                                  f"do not broadcast with query's {tuple(query.shape[:-3])}")
     return (*batch, *heads)
 
 
-def _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend) -> None:
+def _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend) -> int | None:
+    """Raise on bad input; returns the common length after the append when every sequence has it."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens)):
         _require_tensor(name, t)
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -377,13 +392,14 @@ def _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, b
         s_new = k.shape[2] if k.dim() == 4 else -1
         _check_like("k", k, q, (B, Hkv, s_new, D))
         _check_like("v", v, q, (B, Hkv, s_new, v_cache.shape[3]))
-    _validate_seqlens(cache_seqlens, q, B, s_max, s_new)
+    bounds = _validate_seqlens(cache_seqlens, q, B, s_max, s_new)
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not math.isfinite(scale)):
         raise ValueError(f"scale: expected None or a finite number, got {scale!r}")
     if not isinstance(causal, bool):
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
     validate_backend_name(backend)
+    return bounds[0] + s_new if bounds is not None and bounds[0] == bounds[1] else None
 
 
 def _check_like(name: str, t: torch.Tensor, q: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -395,7 +411,8 @@ def _check_like(name: str, t: torch.Tensor, q: torch.Tensor, shape: tuple[int, .
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
 
 
-def _validate_seqlens(cache_seqlens, q, B, s_max, s_new) -> None:
+def _validate_seqlens(cache_seqlens, q, B, s_max, s_new) -> tuple[int, int] | None:
+    """(min, max) of cache_seqlens, read on the host (None while a CUDA graph is captured)."""
     if cache_seqlens.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"cache_seqlens: expected dtype int32 or int64, got {cache_seqlens.dtype}")
     if tuple(cache_seqlens.shape) != (B,):
@@ -404,23 +421,23 @@ def _validate_seqlens(cache_seqlens, q, B, s_max, s_new) -> None:
     if cache_seqlens.device != q.device:
         raise ValueError(f"cache_seqlens: expected a tensor on q's device {q.device}, got {cache_seqlens.device}")
     if B == 0 or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return
+        return None
     lo, hi = (int(x) for x in torch.aminmax(cache_seqlens))
     if lo < 0 or hi + s_new > s_max:
         raise ValueError(f"cache_seqlens: values must lie in [0, S_max - S_new] = [0, {s_max - s_new}] "
                          f"(S_max={s_max}, S_new={s_new}), got min {lo}, max {hi}")
+    return lo, hi
 
 
 # ---------------------------------------------------------------- canonical 4-D form
 
 
-def _canonical(query, key, value, attn_mask, enable_gqa):
+def _canonical(query, key, value, attn_mask, enable_gqa, prefix):
     """(q, k, v, mask, out_shape): 4-D views [B, H, S, D] (mask [B, Hq, Sq, Sk] broadcast view).
 
     Broadcast batch/head dims become stride-0 views; flattening several batch dims copies only when
     they cannot be viewed as one.
     """
-    prefix = _output_prefix(query, key, value, enable_gqa)
     batch, hq = prefix[:-1], prefix[-1]
     Sq, Sk, D, Dv = query.shape[-2], key.shape[-2], query.shape[-1], value.shape[-1]
     hk, hv = (_heads(key), _heads(value)) if enable_gqa else (hq, hq)
@@ -442,6 +459,24 @@ def _canonical(query, key, value, attn_mask, enable_gqa):
 def _flatten_batch(t: torch.Tensor, batch: tuple[int, ...], heads: int, rows: int, cols: int) -> torch.Tensor:
     t = t.expand(*batch, heads, rows, cols)
     return t.reshape(-1, heads, rows, cols) if len(batch) != 1 else t
+
+
+_AUTO_CHOICES: dict[tuple[Any, ...], Implementation] = {}
+
+
+def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementation:
+    """op.select, with automatic choices cached on everything the attention checks read (the
+    dispatcher caches only ops without checks; on a CPU its walk is a third of a small call)."""
+    if backend is not None or os.environ.get(ENV_BACKEND):
+        return op.select(inputs, backend)
+    key = (op.name, len(op.implementations), inputs["device"], inputs["dtype"], inputs["head_dim"],
+           inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
+           triton_interpreter_enabled())
+    impl = _AUTO_CHOICES.get(key)
+    if impl is None:
+        impl = _AUTO_CHOICES[key] = op.select(inputs, None)
+    op.last_backend = impl.backend
+    return impl
 
 
 def _dispatch_inputs(query, key, value, attn_mask, dropout_p) -> dict[str, Any]:
@@ -467,7 +502,7 @@ def _sdpa_op(
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         return _sdpa_torch(query, key, value, attn_mask, is_causal, scale)
     inputs = _dispatch_inputs(query, key, value, None, 0.0)
-    return ATTENTION.select(inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale)
+    return _select(ATTENTION, inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale)
 
 
 @_sdpa_op.register_fake
@@ -496,7 +531,7 @@ def _sdpa_backward_op(
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         impl = ATTENTION_BWD.get("torch")
     else:
-        impl = ATTENTION_BWD.select(inputs, backend or None)
+        impl = _select(ATTENTION_BWD, inputs, backend or None)
     return impl.run(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad)
 
 
@@ -538,7 +573,7 @@ def _kvcache_op(
     causal: bool,
     backend: str,
 ) -> torch.Tensor:
-    return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend or None)
+    return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend or None, None)
 
 
 @_kvcache_op.register_fake
@@ -558,12 +593,13 @@ def _append_to_cache(k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
     return (cache_seqlens + s_new).to(torch.int32)
 
 
-def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend):
+def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, uniform):
+    """Append, then attend. uniform: the common length of every sequence when known on the host."""
     lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
     if q.numel() == 0:
         return q.new_zeros((*q.shape[:3], v_cache.shape[3]))
     inputs = {"device": q.device, "dtype": q.dtype, "head_dim": q.shape[3], "head_dim_v": v_cache.shape[3]}
-    return KVCACHE.select(inputs, backend).run(q, k_cache, v_cache, lengths, scale, causal)
+    return _select(KVCACHE, inputs, backend).run(q, k_cache, v_cache, lengths, scale, causal, uniform)
 
 
 # ---------------------------------------------------------------- backends, in priority order
@@ -619,19 +655,21 @@ def _sdpa_backward_torch(grad_out, query, key, value, attn_mask, out, lse, is_ca
 
 
 @KVCACHE.register("triton", _TRITON, check=_triton_reasons)
-def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal):
+def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform):
     from genai_fast.kernels.attention import decode_fwd
 
     return decode_fwd(q, k_cache, v_cache, lengths, causal, scale)
 
 
 @KVCACHE.register("torch", _TORCH, check=lambda inputs: [])
-def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal):
+def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal, uniform):
     # Equal lengths (batch 1 decode, for one): torch's SDPA over the valid prefix, no copies of the cache.
     # Ragged lengths: the reference (it zeroes positions past each length, whatever they hold).
-    if not bool((lengths == lengths[0]).all()):
+    if uniform is None and bool((lengths == lengths[0]).all()):
+        uniform = int(lengths[0])
+    if uniform is None:
         return _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal)
-    Sq, length = q.shape[2], int(lengths[0])
+    Sq, length = q.shape[2], uniform
     if length == 0:
         return q.new_zeros((*q.shape[:3], v_cache.shape[3]))
     mask = None
