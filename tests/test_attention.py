@@ -366,6 +366,26 @@ def _compile_and_check(compiler):
     assert model.q.weight.grad is not None
 
 
+def test_kvcache_compiles_fullgraph():
+    torch._dynamo.reset()
+
+    def step(q, k_cache, v_cache, seqlens, k, v):
+        return genai_fast.attention_with_kvcache(q, k_cache, v_cache, seqlens, k, v) * 2
+
+    k_cache, v_cache = torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
+    args = (torch.randn(2, 4, 1, 8), torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 8))
+    seqlens = torch.tensor([3, 9], dtype=torch.int32)
+    k2, v2 = k_cache.clone(), v_cache.clone()
+    expected = step(args[0], k2, v2, seqlens, args[1], args[2])
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(args[0], k_cache, v_cache, seqlens, *args[1:])
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(k_cache, k2) and torch.equal(v_cache, v2), "the compiled call must write the caches"
+    with pytest.raises(ValueError, match=r"^cache_seqlens:"):  # checked at run time inside the custom op
+        torch.compile(step, fullgraph=True, backend="aot_eager")(args[0], k_cache, v_cache,
+                                                                 torch.tensor([3, 16], dtype=torch.int32),
+                                                                 *args[1:])
+
+
 def test_dispatch_modes_see_the_custom_op():
     from torch.utils._python_dispatch import TorchDispatchMode
 

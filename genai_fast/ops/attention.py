@@ -420,7 +420,9 @@ def _validate_seqlens(cache_seqlens, q, B, s_max, s_new) -> tuple[int, int] | No
                          f"got {tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != q.device:
         raise ValueError(f"cache_seqlens: expected a tensor on q's device {q.device}, got {cache_seqlens.device}")
-    if B == 0 or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+    # Reading values needs the host: not while tracing (the custom op's body checks them at run time)
+    # nor while a CUDA graph is captured.
+    if B == 0 or torch.compiler.is_compiling() or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
         return None
     lo, hi = (int(x) for x in torch.aminmax(cache_seqlens))
     if lo < 0 or hi + s_new > s_max:
@@ -573,7 +575,10 @@ def _kvcache_op(
     causal: bool,
     backend: str,
 ) -> torch.Tensor:
-    return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend or None, None)
+    s_new = k.shape[2] if k is not None else 0
+    bounds = _validate_seqlens(cache_seqlens, q, q.shape[0], k_cache.shape[2], s_new)  # compiled callers
+    uniform = bounds[0] + s_new if bounds is not None and bounds[0] == bounds[1] else None
+    return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend or None, uniform)
 
 
 @_kvcache_op.register_fake
