@@ -14,7 +14,6 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-
 from genai_fast.kernels import attention as kernels
 
 FWD_CONFIGS = {
@@ -48,6 +47,10 @@ def _sdpa_line(q, k, v, causal: bool, flops: float) -> str:
     return ", ".join(parts)
 
 
+def _forward_call(q, k, v, causal: bool, config: dict[str, int]):
+    return lambda: kernels.attention_fwd(q, k, v, None, causal, q.shape[-1] ** -0.5, config)
+
+
 def sweep_forward(seqlen: int, dims: list[int]) -> None:
     for D in dims:
         B, H = max(1, 16384 // seqlen), 2048 // D
@@ -56,9 +59,9 @@ def sweep_forward(seqlen: int, dims: list[int]) -> None:
             flops = 4 * B * H * seqlen * seqlen * D / (2 if causal else 1)
             print(f"forward D{D} S{seqlen} causal={causal}: torch SDPA {_sdpa_line(q, k, v, causal, flops)}")
             for cfg in FWD_CONFIGS.get(D, FWD_CONFIGS[128]):
-                config = _config(*cfg)
+                run = _forward_call(q, k, v, causal, _config(*cfg))
                 try:
-                    ms = _ms(lambda c=config: kernels.attention_fwd(q, k, v, None, causal, D**-0.5, c))
+                    ms = _ms(run)
                     print(f"  {cfg}: {flops / ms / 1e9:.0f} TFLOP/s")
                 except Exception as exc:  # a config that does not fit (shared memory, registers)
                     print(f"  {cfg}: failed ({type(exc).__name__}: {str(exc)[:100]})")
