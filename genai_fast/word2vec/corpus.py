@@ -9,6 +9,7 @@ block (GIL released) when it is built, else the same tokenisation runs in Python
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -50,14 +51,32 @@ def check_corpus_file(corpus_file: Any) -> Path:
     return path
 
 
-def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """Blocks of the file that end at a newline (or at the end of file); a long line extends its block."""
+def region_bounds(path: Path, parts: int) -> list[tuple[int, int]]:
+    """Split the file into `parts` byte ranges that start after a newline (gensim's corpus_file workers)."""
+    size = path.stat().st_size
+    starts = [0]
+    with open(path, "rb") as f:
+        for k in range(1, parts):
+            f.seek(max(size * k // parts - 1, starts[-1]))
+            f.readline()  # move to the start of the next line
+            starts.append(min(f.tell(), size))
+    ends = [*starts[1:], size]
+    return [(a, b) for a, b in zip(starts, ends, strict=True) if b > a]
+
+
+def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Blocks of the file's bytes [start, end) that end at a newline (or at `end`); a long line extends
+    its block, so lines are never cut."""
     carry = b""
     with open(path, "rb") as f:
-        while True:
-            data = f.read(block_bytes)
+        f.seek(start)
+        remaining = (end - start) if end is not None else None
+        while remaining is None or remaining > 0:
+            data = f.read(block_bytes if remaining is None else min(block_bytes, remaining))
             if not data:
                 break
+            if remaining is not None:
+                remaining -= len(data)
             data = carry + data
             cut = data.rfind(b"\n")
             if cut < 0:
@@ -147,18 +166,27 @@ class Encoder:
         module, _ = cpp_module()
         self.native = module.Word2VecVocab([k.encode("utf-8") for k in index_to_key]) if module else None
 
-    def encode_file(self, path: Path) -> Iterator[Chunk]:
-        for block in iter_blocks(path):
+    def encode_file(self, path: Path, parts: int = 1) -> Iterator[Chunk]:
+        """Chunks of the file. With parts > 1 the file is read as `parts` regions in lockstep and each
+        chunk joins one block of every region, so the kernel's threads (which split a chunk evenly)
+        each stream their own region at the same time, as gensim's corpus_file workers do."""
+        regions = region_bounds(path, parts) if parts > 1 else [(0, None)]
+        streams = [self._encode_blocks(iter_blocks(path, start=a, end=b)) for a, b in regions]
+        if len(streams) == 1:
+            yield from streams[0]
+            return
+        for group in itertools.zip_longest(*streams):
+            yield join_chunks([c for c in group if c is not None])
+
+    def _encode_blocks(self, blocks: Iterable[bytes]) -> Iterator[Chunk]:
+        for block in blocks:
             if self.native is not None:
                 bound = (len(block) + 1) // 2
                 ids = np.empty(bound, dtype=np.int32)
                 offsets = np.empty(bound + 1, dtype=np.int64)
                 n_ids, n_off, raw, lines = self.native.encode(block, ids.ctypes.data, ids.size, offsets.ctypes.data,
                                                               offsets.size)
-                if n_ids:
-                    yield Chunk(ids[:n_ids].copy(), offsets[:n_off].copy(), raw, lines)
-                elif raw:
-                    yield Chunk(np.zeros(0, np.int32), np.zeros(1, np.int64), raw, lines)
+                yield Chunk(ids[:n_ids].copy(), offsets[:n_off].copy(), raw, lines)
             else:
                 lines = [[w.decode("utf-8", errors="replace") for w in line.split()] for line in block.split(b"\n")]
                 yield from self.encode_sentences([ln for ln in lines if ln], chunk_tokens=1 << 62)
@@ -190,3 +218,15 @@ class Encoder:
         ends = np.cumsum(kept_per_sentence[kept_per_sentence > 0])
         offsets = np.concatenate([[0], ends]).astype(np.int64)
         return Chunk(ids, offsets, len(flat), len(lengths))
+
+
+def join_chunks(chunks: list[Chunk]) -> Chunk:
+    """One chunk holding the given chunks one after the other."""
+    if len(chunks) == 1:
+        return chunks[0]
+    ids = np.concatenate([c.ids for c in chunks])
+    parts, base = [np.zeros(1, np.int64)], 0
+    for c in chunks:
+        parts.append(c.offsets[1:] + base)
+        base += c.ids.size
+    return Chunk(ids, np.concatenate(parts), sum(c.raw_words for c in chunks), sum(c.sentences for c in chunks))

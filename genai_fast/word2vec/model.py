@@ -54,6 +54,15 @@ def _require_number(name: str, value: Any, minimum: float, strict: bool = False)
     return float(value)
 
 
+def _initial_vectors(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
+    """gensim 4's initialisation: uniform in [-1/size, 1/size), float32 [count, size]."""
+    vectors = rng.random((count, size), dtype=np.float32)
+    vectors *= 2.0
+    vectors -= 1.0
+    vectors /= size
+    return vectors
+
+
 def alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vose's alias table of a distribution proportional to `weights` [V]: (prob float32, alias int32)."""
     n = len(weights)
@@ -239,7 +248,7 @@ class Word2Vec:
                 else:
                     counts[i] += c
             rng = np.random.default_rng([self.seed, len(old)])
-            fresh = ((rng.random((len(new_words), self.vector_size), dtype=np.float32) - 0.5) / self.vector_size)
+            fresh = _initial_vectors(rng, len(new_words), self.vector_size)
             old.add_vectors(new_words, fresh)
             old.expandos["count"] = np.concatenate([counts, np.asarray(new_counts, dtype=np.int64)])
             self.syn1neg = np.ascontiguousarray(np.vstack(
@@ -256,7 +265,7 @@ class Word2Vec:
             kv.key_to_index = {w: i for i, w in enumerate(kv.index_to_key)}
             kv.expandos["count"] = np.array([c for _, c in retained], dtype=np.int64)
             rng = np.random.default_rng(self.seed)
-            kv.vectors = (rng.random((len(retained), self.vector_size), dtype=np.float32) - 0.5) / self.vector_size
+            kv.vectors = _initial_vectors(rng, len(retained), self.vector_size)
             self.wv = kv
             self.syn1neg = np.zeros((len(retained), self.vector_size), dtype=np.float32)
         self._make_tables()
@@ -346,7 +355,7 @@ class Word2Vec:
                 if epoch > 0 and cache is not None:
                     source: Iterable[Chunk] = cache
                 else:
-                    source = encoder.encode_file(path) if path is not None else \
+                    source = encoder.encode_file(path, self.workers) if path is not None else \
                         encoder.encode_sentences(corpus_iterable)
                 for index, chunk in enumerate(source):
                     if epoch == 0 and cache is not None:
