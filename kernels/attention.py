@@ -37,6 +37,9 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
+# CUDA limits grid dimensions 1 and 2 to 65535; batch x heads runs there (dimension 0, up to 2^31 - 1,
+# holds the sequence blocks so that neighbouring programs share K/V in L2). Larger batches are split.
+MAX_GRID_Y = 65535
 
 
 @triton.jit
@@ -406,6 +409,12 @@ def _decode_combine_kernel(
 # ---------------------------------------------------------------- launchers
 
 
+def _batch_chunks(B: int, heads: int) -> list[slice]:
+    """Batch ranges whose batch x heads fits in one grid dimension."""
+    per = max(1, MAX_GRID_Y // max(heads, 1))
+    return [slice(i, min(i + per, B)) for i in range(0, B, per)]
+
+
 def _block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))  # tl.dot needs every dimension >= 16
 
@@ -459,6 +468,11 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     config: tile/launch options overriding the heuristic (for tuning scripts)."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
+    chunks = _batch_chunks(B, Hq)
+    if len(chunks) > 1:
+        parts = [attention_fwd(q[c], k[c], v[c], None if mask is None else mask[c], is_causal, scale, config)
+                 for c in chunks]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
     lse = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
     block_d, block_dv = _block_d(D), _block_d(DV)
@@ -480,6 +494,11 @@ def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     """Gradients (dq, dk, dv) with the shapes of q, k, v (contiguous), from the forward's out and lse."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
+    chunks = _batch_chunks(B, Hq)
+    if len(chunks) > 1:
+        parts = [attention_bwd(grad_out[c], q[c], k[c], v[c], None if mask is None else mask[c], out[c], lse[c],
+                               is_causal, scale) for c in chunks]
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
     block_d, block_dv = _block_d(D), _block_d(DV)
     delta = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
     pre_m = min(64, max(16, triton.next_power_of_2(Sq)))
@@ -517,6 +536,9 @@ def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, le
     (lengths: int32 [B], already including the newly written tokens) -> out [B, Hq, Sq, Dv]."""
     B, Hq, Sq, D = q.shape
     Hkv, s_max, DV = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
+    chunks = _batch_chunks(B, Hkv)
+    if len(chunks) > 1:
+        return torch.cat([decode_fwd(q[c], k_cache[c], v_cache[c], lengths[c], causal, scale) for c in chunks])
     group = Hq // Hkv
     rows = group * Sq
     block_d, block_dv = _block_d(D), _block_d(DV)

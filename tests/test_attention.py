@@ -57,6 +57,28 @@ def test_torch_backend_sdpa(case, dtype):
     check_sdpa("torch", CASES[case], dtype)
 
 
+def test_triton_splits_batches_beyond_the_grid_limit(monkeypatch):
+    """Batch x heads above CUDA's 65535 grid limit runs in batch chunks (limit lowered to exercise it)."""
+    _require("triton")
+    from genai_fast.kernels import attention as kernels
+
+    q = torch.randn(3, 2, 9, 16, device=DEVICE, requires_grad=True)
+    kv = torch.randn(3, 1, 12, 16, device=DEVICE, requires_grad=True)
+    run = lambda: genai_fast.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True,
+                                                          backend="triton")
+    grad = torch.randn(3, 2, 9, 16, device=DEVICE)
+    expected = torch.autograd.grad(run(), (q, kv), grad)
+    lens = torch.tensor([3, 12, 7], dtype=torch.int32, device=DEVICE)
+    decode = lambda: genai_fast.attention_with_kvcache(q[:, :, :1].detach(), kv.detach(), kv.detach(), lens,
+                                                       backend="triton")
+    expected_decode = decode()
+    monkeypatch.setattr(kernels, "MAX_GRID_Y", 2)
+    assert len(kernels._batch_chunks(3, 2)) == 3
+    for got, want in zip(torch.autograd.grad(run(), (q, kv), grad), expected, strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(decode(), expected_decode)
+
+
 # ---------------------------------------------------------------- decode over a KV cache
 
 DECODE = {
