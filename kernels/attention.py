@@ -419,7 +419,8 @@ def _block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))  # tl.dot needs every dimension >= 16
 
 
-def _fwd_config(device: torch.device, Sq: int, Sk: int, block_d: int, causal: bool) -> dict[str, int]:
+def _fwd_config(device: torch.device, Sq: int, Sk: int, block_d: int, causal: bool,
+                element_size: int = 2) -> dict[str, int]:
     """Tile sizes and launch options. The interpreter runs numpy per tile, so it gets large tiles.
 
     GPU choices come from a sweep on an H100 (bf16, 16k tokens, S 4096; TFLOP/s of the best vs the
@@ -436,6 +437,9 @@ def _fwd_config(device: torch.device, Sq: int, Sk: int, block_d: int, causal: bo
                {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3})
     else:  # D 256: q, k and v tiles must fit in shared memory
         cfg = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
+    if element_size > 2:
+        # fp32 tiles take twice the shared memory of the 16-bit ones the sweep measured.
+        cfg.update(BLOCK_N=min(cfg["BLOCK_N"], 64), num_stages=2)
     cfg["BLOCK_M"] = min(cfg["BLOCK_M"], max(16, triton.next_power_of_2(Sq)))
     return cfg
 
@@ -446,7 +450,7 @@ def _bwd_config(device: torch.device, Sq: int, Sk: int, block_d: int) -> dict[st
     if device.type != "cuda":
         return {"BLOCK_M": min(64, max(16, triton.next_power_of_2(Sq))),
                 "BLOCK_N": min(64, max(16, triton.next_power_of_2(Sk)))}
-    if block_d <= 128:
+    if block_d <= 128:  # fp32 at D 128 ran with these tiles on the H100 too
         return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
     return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
 
@@ -476,7 +480,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
     lse = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
     block_d, block_dv = _block_d(D), _block_d(DV)
-    cfg = config or _fwd_config(q.device, Sq, Sk, max(block_d, block_dv), is_causal)
+    cfg = config or _fwd_config(q.device, Sq, Sk, max(block_d, block_dv), is_causal, q.element_size())
     m, mstrides, kind = _mask_args(mask, q)
     grid = (triton.cdiv(Sq, cfg["BLOCK_M"]), B * Hq)
     _attn_fwd_kernel[grid](
