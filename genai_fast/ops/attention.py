@@ -88,15 +88,20 @@ def scaled_dot_product_attention(
         _select(ATTENTION, inputs, backend)
         return scaled_dot_product_attention_reference(query, key, value, attn_mask, dropout_p, is_causal,
                                                       sm_scale, enable_gqa)
-    if can_bypass_custom_op(query, key, value, attn_mask):
+    bypass = can_bypass_custom_op(query, key, value, attn_mask)
+    if bypass:
         impl = _select(ATTENTION, inputs, backend)
-        if impl.backend == "torch":
+        empty = query.numel() == 0 or key.numel() == 0 or value.numel() == 0
+        if impl.backend == "torch" or empty:
             # Plain eager on the fallback: torch's own SDPA (its fused CPU kernel), not the math reference.
             return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=sm_scale,
                                                   enable_gqa=enable_gqa)
     q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa, prefix)
-    out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, bool(is_causal), sm_scale,
-                                                                  backend or "")
+    if bypass:
+        out, _lse = impl.run(q, k, v, mask, bool(is_causal), sm_scale)
+    else:
+        out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, bool(is_causal), sm_scale,
+                                                                      backend or "")
     return out.reshape(out_shape)
 
 
