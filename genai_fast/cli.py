@@ -2,6 +2,7 @@
 
     genai-fast info [--json]
     genai-fast bench [--device cpu|cuda] [--quick|--full] [--ops OP ...] [--json PATH] [--plot PATH]
+    genai-fast word2vec {train,query,eval} ...   (genai_fast/word2vec/cli.py)
 
 A user's mistake (bad argument, missing file, a backend that cannot run) is reported as one line on
 stderr with exit status 2 and no traceback; `--debug` shows the traceback.
@@ -55,6 +56,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget-s", type=float, metavar="SECONDS",
                        help="stop starting new cases after this many seconds (the rest are listed as skipped)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from genai_fast.word2vec.cli import add_parser as add_word2vec_parser
+
+    add_word2vec_parser(sub)
     return parser
 
 
@@ -117,7 +122,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"info": _cmd_info, "bench": _cmd_bench}
+def _cmd_word2vec(args: argparse.Namespace) -> int:
+    from genai_fast.word2vec.cli import run
+
+    return run(args)
+
+
+COMMANDS = {"info": _cmd_info, "bench": _cmd_bench, "word2vec": _cmd_word2vec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
