@@ -424,3 +424,19 @@ def test_dispatch_modes_see_the_custom_op():
     with Recorder() as recorder:
         genai_fast.scaled_dot_product_attention(q, q, q)
     assert any("genai_fast.scaled_dot_product_attention" in op for op in recorder.ops), recorder.ops
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_within_shared_memory():
+    """Every kernel variant, with the launchers' GPU tile configs, compiles for sm_90 (no GPU needed)
+    and fits the H100's shared memory: what only a lent GPU would otherwise reveal."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run([sys.executable, "-m", "tests.attention_compile_check", "--dtypes", "bf16", "--archs",
+                             "90"], capture_output=True, text=True, timeout=900, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
