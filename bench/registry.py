@@ -55,6 +55,6 @@ def register(entry: BenchEntry) -> BenchEntry:
 
 def load_entries() -> dict[str, BenchEntry]:
     """Import every entry module (each registers itself) and return the registry."""
-    from genai_fast.bench import attention, group_norm  # noqa: F401
+    from genai_fast.bench import attention, group_norm, word2vec  # noqa: F401
 
     return REGISTRY

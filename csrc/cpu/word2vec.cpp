@@ -20,23 +20,42 @@ namespace {
 #define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define GF_INLINE inline __attribute__((always_inline))
 
-constexpr int kLanes = 16;
 constexpr int64_t kMaxNegative = 1000;
 constexpr int64_t kMaxWindow = 100000;
 
+// 16-float vectors (GCC vector extension): one zmm with AVX-512, two ymm with AVX2, four xmm otherwise.
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+GF_INLINE v16 load16(const float* p) {
+  v16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+GF_INLINE void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+GF_INLINE float hsum(v16 v) {
+  const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
 GF_INLINE float dot(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {0};
+  v16 acc = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  for (int j = 0; i < n; ++i, ++j) acc[j] += a[i] * b[i];
-  float total = 0.0f;
-  for (int j = 0; j < kLanes; ++j) total += acc[j];
+  for (; i + 16 <= n; i += 16) acc += load16(a + i) * load16(b + i);
+  float total = hsum(acc);
+  for (; i < n; ++i) total += a[i] * b[i];
   return total;
 }
 
 GF_INLINE void axpy(float g, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += g * x[i];
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) store16(y + i, load16(y + i) + g * load16(x + i));
+  for (; i < n; ++i) y[i] += g * x[i];
 }
 
 GF_INLINE void scale(float s, float* y, int64_t n) {
@@ -130,18 +149,36 @@ GF_INLINE double update_sg_shared(const W2VTables& t, const int32_t* contexts, i
       if (compute_loss) loss += pair_loss(f, k == 0 ? 1.0f : -1.0f);
     }
   }
-  for (int64_t c = 0; c < C; ++c) {
-    float* e = neu1e + c * d;
-    zero(e, d);
-    for (int64_t k = 0; k < K1; ++k) {
-      if (k > 0 && targets[k] == targets[0]) continue;
-      axpy(g[c * K1 + k], t.syn1neg + static_cast<int64_t>(targets[k]) * d, e, d);
+  // Input errors e_c = sum_k g[c][k] out_k (old outputs), 16 floats at a time held in a register.
+  int64_t i0 = 0;
+  for (; i0 + 16 <= d; i0 += 16)
+    for (int64_t c = 0; c < C; ++c) {
+      v16 e = {};
+      for (int64_t k = 0; k < K1; ++k)
+        e += g[c * K1 + k] * load16(t.syn1neg + static_cast<int64_t>(targets[k]) * d + i0);
+      store16(neu1e + c * d + i0, e);
     }
-  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = i0; i < d; ++i) {
+      float e = 0.0f;
+      for (int64_t k = 0; k < K1; ++k) e += g[c * K1 + k] * t.syn1neg[static_cast<int64_t>(targets[k]) * d + i];
+      neu1e[c * d + i] = e;
+    }
+  // Outputs out_k += sum_c g[c][k] in_c (old inputs); a skipped target has g = 0 and is left alone.
   for (int64_t k = 0; k < K1; ++k) {
     if (k > 0 && targets[k] == targets[0]) continue;
     float* out = t.syn1neg + static_cast<int64_t>(targets[k]) * d;
-    for (int64_t c = 0; c < C; ++c) axpy(g[c * K1 + k], t.syn0 + static_cast<int64_t>(contexts[c]) * d, out, d);
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+      v16 o = load16(out + i);
+      for (int64_t c = 0; c < C; ++c) o += g[c * K1 + k] * load16(t.syn0 + static_cast<int64_t>(contexts[c]) * d + i);
+      store16(out + i, o);
+    }
+    for (; i < d; ++i) {
+      float o = out[i];
+      for (int64_t c = 0; c < C; ++c) o += g[c * K1 + k] * t.syn0[static_cast<int64_t>(contexts[c]) * d + i];
+      out[i] = o;
+    }
   }
   for (int64_t c = 0; c < C; ++c) axpy(1.0f, neu1e + c * d, t.syn0 + static_cast<int64_t>(contexts[c]) * d, d);
   return loss;
