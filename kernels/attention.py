@@ -525,6 +525,14 @@ def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     return dq, dk, dv
 
 
+def _decode_config(device: torch.device, s_max: int, block_d: int, element_size: int) -> tuple[int, dict[str, int]]:
+    """(BLOCK_N, launch options) of the decode split kernel."""
+    if device.type != "cuda":
+        return min(128, max(16, triton.next_power_of_2(s_max))), {}
+    # fp32 K/V tiles with 3 stages overflow an A100's shared memory (tests/attention_compile_check.py).
+    return (64 if block_d <= 128 else 32), {"num_warps": 4, "num_stages": 3 if element_size <= 2 else 2}
+
+
 def _num_splits(device: torch.device, programs: int, s_max: int, block_n: int) -> int:
     """Cache splits so that batch x KV heads x splits fills the GPU (a few splits on the interpreter)."""
     blocks = triton.cdiv(s_max, block_n)
@@ -547,11 +555,7 @@ def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, le
     rows = group * Sq
     block_d, block_dv = _block_d(D), _block_d(DV)
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
-    if q.device.type == "cuda":
-        block_n = 64 if max(block_d, block_dv) <= 128 else 32
-        launch = {"num_warps": 4, "num_stages": 3}
-    else:
-        block_n, launch = min(128, max(16, triton.next_power_of_2(s_max))), {}
+    block_n, launch = _decode_config(q.device, s_max, max(block_d, block_dv), q.element_size())
     splits = _num_splits(q.device, B * Hkv, s_max, block_n)
     split_len = triton.cdiv(triton.cdiv(s_max, splits), block_n) * block_n
     splits = triton.cdiv(s_max, split_len)

@@ -58,9 +58,9 @@ def _variants(dtype: torch.dtype):
         const = dict(IS_CAUSAL=True, MASK_KIND=A.MASK_BOOL, IEEE=ieee, BLOCK_D=block_d, BLOCK_DV=block_d, **tiles)
         yield A._attn_bwd_dkdv_kernel, const, launch, f"bwd dkdv D{block_d}"
         yield A._attn_bwd_dq_kernel, const, launch, f"bwd dq D{block_d}"
-        block_n = 64 if block_d <= 128 else 32
+        block_n, launch = A._decode_config(cuda, 4096, block_d, size)
         const = dict(IS_CAUSAL=True, IEEE=ieee, BLOCK_M=64, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_d)
-        yield A._decode_split_kernel, const, {"num_warps": 4, "num_stages": 3}, f"decode D{block_d}"
+        yield A._decode_split_kernel, const, launch, f"decode D{block_d}"
     yield A._attn_bwd_preprocess_kernel, dict(BLOCK_M=64, BLOCK_DV=256), {}, "bwd preprocess"
     yield A._decode_combine_kernel, dict(BLOCK_R=64, BLOCK_DV=256), {}, "decode combine"
 
