@@ -52,7 +52,7 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, Sk, qk_scale,
+def _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, qk_scale,
             IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
     """Scores of one [BLOCK_M, BLOCK_N] tile in log2 units, -inf where masked. MASKED: bounds/causal."""
     if MASKED:
@@ -79,7 +79,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, offs_m, offs_n, d_val
               qk_scale, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
               IEEE: tl.constexpr):
     n_valid = offs_n < Sk
-    s = _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, Sk, qk_scale,
+    s = _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, qk_scale,
                 IS_CAUSAL, MASK_KIND, MASKED, IEEE)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # A row with nothing visible yet keeps max -inf; subtracting 0 instead avoids (-inf) - (-inf).
@@ -296,7 +296,7 @@ def _attn_bwd_dq_kernel(
         n_valid = offs_n < Sk
         s = _scores(q, k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
                     m_base + offs_m[:, None] * smm + offs_n[None, :] * smn, offs_m, offs_n, n_valid, d_valid,
-                    Sq, Sk, qk_scale, IS_CAUSAL, MASK_KIND, True, IEEE)
+                    Sq, qk_scale, IS_CAUSAL, MASK_KIND, True, IEEE)
         p = tl.math.exp2(s - lse2[:, None])
         v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
                     mask=n_valid[:, None] & dv_valid[None, :], other=0.0)
