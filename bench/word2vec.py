@@ -210,7 +210,10 @@ def environment() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="genai_fast word2vec vs gensim 4.4 on the same corpus file")
-    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--corpus", help="corpus file (LineSentence text)")
+    parser.add_argument("--from-json", nargs="+", metavar="JSON",
+                        help="no training: merge the rows of earlier --json files (e.g. a 1-thread and a "
+                             "2-thread run) into one summary, JSON and plot")
     parser.add_argument("--sg", type=int, nargs="+", default=[1, 0], help="1 skip-gram, 0 CBOW")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=5)
@@ -219,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the rows and summary as JSON")
     parser.add_argument("--plot", help="write a PNG of words/s vs threads")
     args = parser.parse_args(argv)
-    if not Path(args.corpus).is_file():
+    if args.from_json:
+        runs = [json.loads(Path(p).read_text()) for p in args.from_json]
+        rows = [r for run in runs for r in run["rows"]]
+        return _report(rows, {**runs[0], "merged_from": args.from_json}, args)
+    if not args.corpus or not Path(args.corpus).is_file():
         parser.error(f"--corpus {args.corpus}: no such file (build it with bench/build_word2vec_corpus.py)")
     params = {"vector_size": 100, "window": 5, "negative": 5, "sample": 1e-3, "min_count": 5}
     rows = []
@@ -236,13 +243,17 @@ def main(argv: list[str] | None = None) -> int:
                           + (f" [own eval: {100 * row['own_eval']['analogy']:.2f}%, "
                              f"{row['own_eval']['ws353']:.3f}, {row['own_eval']['simlex']:.3f}]"
                              if "own_eval" in row else ""), flush=True)
+    result = {"env": environment(), "params": params, "epochs": args.epochs, "corpus": args.corpus}
+    return _report(rows, result, args)
+
+
+def _report(rows: list[dict[str, Any]], result: dict[str, Any], args: argparse.Namespace) -> int:
     summary = summarize(rows)
     for s in summary:
         print(f"{'skip-gram' if s['sg'] else 'CBOW':<9} {s['threads']} threads: {s['speedup']:.2f}x gensim "
               f"({s['genai_fast_raw_words_per_s'] / 1e6:.3f}M vs {s['gensim_raw_words_per_s'] / 1e6:.3f}M words/s); "
               f"analogy {s['analogy_delta_points']:+.2f} points, WS353 {s['ws353_delta']:+.3f}")
-    result = {"env": environment(), "params": params, "epochs": args.epochs, "corpus": args.corpus, "rows": rows,
-              "summary": summary}
+    result = {**result, "rows": rows, "summary": summary}
     if args.json:
         from genai_fast.io import atomic_write_text
 
