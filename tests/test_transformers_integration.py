@@ -71,10 +71,9 @@ def test_tiny_models_match_sdpa(kind, backend, monkeypatch):
         got = _output(model, inputs)
     if backend:
         assert OPS["scaled_dot_product_attention"].last_backend == backend
+    # Outputs at padded positions mean nothing (and differ between torch versions when a padded query
+    # sees no key at all); compare the real tokens.
     valid = inputs["attention_mask"].bool()
-    if kind == "llama-gqa" or kind == "gpt2":
-        valid = torch.ones_like(valid)  # causal LMs: every position's logits are defined
-    # Padded positions of encoders may be garbage either way; compare the real tokens.
     torch.testing.assert_close(got[valid], expected[valid], rtol=1e-4, atol=1e-4)
 
 
