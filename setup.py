@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 CPU_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc" / "cpu").glob("*.cpp"))
@@ -34,18 +34,9 @@ ext_modules = [
     )
 ]
 
-PACKAGES = [
-    "genai_fast",
-    "genai_fast.ops",
-    "genai_fast.backends",
-    "genai_fast.backends.cpp",
-    "genai_fast.backends.cuda",
-    "genai_fast.word2vec",
-    "genai_fast.kernels",
-    "genai_fast.bench",
-    "genai_fast._cuda_src",
-    "genai_fast.diffusion",
-]
+# Every package under genai_fast/, plus the folders installed under it by package_dir below.
+PACKAGES = [*find_packages(include=["genai_fast", "genai_fast.*"]), "genai_fast.kernels", "genai_fast.bench",
+            "genai_fast._cuda_src"]
 
 setup(
     name="genai_fast",
