@@ -61,6 +61,19 @@ def _group_norm_stats_kernel(
 
 
 @triton.jit
+def _partials_tile(k0, c0, row0, c_first, C, S, chunk_len, num_chunks, channels,
+                   BLOCK_K: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """Chunks [k0, k0 + BLOCK_K) x group channels [c0, c0 + BLOCK_CG): element counts per chunk, flat
+    indices into the [N, num_chunks, C] partials, and the validity mask."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    cs = c0 + tl.arange(0, BLOCK_CG)
+    counts = tl.where(ks < num_chunks, tl.minimum(chunk_len, S - ks * chunk_len), 0).to(tl.float32)
+    mask = (ks < num_chunks)[:, None] & (cs < channels)[None, :]
+    idx = (row0 + ks[:, None]) * C + c_first + cs[None, :]
+    return counts, idx, mask
+
+
+@triton.jit
 def _group_norm_finalize_kernel(
     mean_ptr, m2_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr,
     C, S, G, chunk_len, num_chunks, eps,
@@ -77,24 +90,18 @@ def _group_norm_finalize_kernel(
     # Pass 1 over the partials: the group mean, each chunk weighted by its element count.
     weighted = tl.zeros([BLOCK_K, BLOCK_CG], dtype=tl.float32)
     for k0 in range(0, num_chunks, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        counts = tl.where(ks < num_chunks, tl.minimum(chunk_len, S - ks * chunk_len), 0).to(tl.float32)
         for c0 in range(0, channels, BLOCK_CG):
-            cs = c0 + tl.arange(0, BLOCK_CG)
-            mask = (ks < num_chunks)[:, None] & (cs < channels)[None, :]
-            idx = (row0 + ks[:, None]) * C + c_first + cs[None, :]
+            counts, idx, mask = _partials_tile(k0, c0, row0, c_first, C, S, chunk_len, num_chunks, channels,
+                                               BLOCK_K, BLOCK_CG)
             weighted += counts[:, None] * tl.load(mean_ptr + idx, mask=mask, other=0.0)
     mean = tl.sum(tl.sum(weighted, axis=1), axis=0) / group_count
 
     # Pass 2: M2 = sum(M2_i + n_i * (mean_i - mean)^2) (exact merge, no E[x^2] - E[x]^2).
     acc = tl.zeros([BLOCK_K, BLOCK_CG], dtype=tl.float32)
     for k0 in range(0, num_chunks, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        counts = tl.where(ks < num_chunks, tl.minimum(chunk_len, S - ks * chunk_len), 0).to(tl.float32)
         for c0 in range(0, channels, BLOCK_CG):
-            cs = c0 + tl.arange(0, BLOCK_CG)
-            mask = (ks < num_chunks)[:, None] & (cs < channels)[None, :]
-            idx = (row0 + ks[:, None]) * C + c_first + cs[None, :]
+            counts, idx, mask = _partials_tile(k0, c0, row0, c_first, C, S, chunk_len, num_chunks, channels,
+                                               BLOCK_K, BLOCK_CG)
             chunk_mean = tl.load(mean_ptr + idx, mask=mask, other=0.0)
             chunk_m2 = tl.load(m2_ptr + idx, mask=mask, other=0.0)
             delta = chunk_mean - mean

@@ -125,63 +125,85 @@ void group_norm_channels_first(const GroupNormArgs& a) {
   });
 }
 
-// Channels-last: rows are split into chunks of about 64 KiB; pass 1 computes per-chunk per-channel
-// (mean, M2), merged per group in double; pass 2 applies per-channel scale and shift row by row.
-void group_norm_channels_last(const GroupNormArgs& a) {
-  const int64_t C = a.C, G = a.G, Cg = C / G, S = a.S;
-  const int64_t rows_per_chunk = std::max<int64_t>(1, 16384 / C);
-  const int64_t chunks = (S + rows_per_chunk - 1) / rows_per_chunk;
-  std::vector<float> chunk_mean(a.N * chunks * C), chunk_m2(a.N * chunks * C);
+// Channels-last work is split into chunks of about 64 KiB of rows of one sample.
+struct RowChunks {
+  int64_t S, C, rows_per_chunk, per_sample;
 
-  parallel_for(a.N * chunks, a.num_threads, [&](int64_t task) {
-    const int64_t n = task / chunks, k = task % chunks;
-    const int64_t r0 = k * rows_per_chunk, rows = std::min(rows_per_chunk, S - r0);
-    const int64_t offset = (n * S + r0) * C;
+  RowChunks(int64_t S_, int64_t C_)
+      : S(S_), C(C_), rows_per_chunk(std::max<int64_t>(1, 16384 / C_)),
+        per_sample((S_ + rows_per_chunk - 1) / rows_per_chunk) {}
+  int64_t rows(int64_t k) const { return std::min(rows_per_chunk, S - k * rows_per_chunk); }
+  // First element of chunk `task` (= n * per_sample + k) in the [N, S, C] buffer.
+  int64_t offset(int64_t task) const {
+    return ((task / per_sample) * S + (task % per_sample) * rows_per_chunk) * C;
+  }
+};
+
+// Pass 1: per-chunk, per-channel mean and M2 (two-pass over the cached chunk).
+void chunk_channel_stats(const GroupNormArgs& a, const RowChunks& chunks, float* chunk_mean, float* chunk_m2) {
+  const int64_t C = a.C;
+  parallel_for(a.N * chunks.per_sample, a.num_threads, [&](int64_t task) {
+    const int64_t rows = chunks.rows(task % chunks.per_sample);
     FloatPiece piece{a, {}};
-    const float* x = piece.load(offset, rows * C);
-    float* mean = &chunk_mean[task * C];
-    float* m2 = &chunk_m2[task * C];
+    const float* x = piece.load(chunks.offset(task), rows * C);
+    float* mean = chunk_mean + task * C;
+    float* m2 = chunk_m2 + task * C;
     for (int64_t r = 0; r < rows; ++r) add_row(x + r * C, mean, C);
     for (int64_t c = 0; c < C; ++c) mean[c] /= static_cast<float>(rows);
     for (int64_t r = 0; r < rows; ++r) add_squared_deviation_row(x + r * C, mean, m2, C);
   });
+}
 
-  std::vector<float> scale(a.N * C), shift(a.N * C);
-  parallel_for(a.N * G, a.num_threads, [&](int64_t task) {
-    const int64_t n = task / G, g = task % G;
-    auto chunk_rows = [&](int64_t k) { return std::min(rows_per_chunk, S - k * rows_per_chunk); };
+// Merges a group's chunk x channel partials (Chan's formula, in double) into per-channel scale and shift.
+void group_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const float* chunk_mean,
+                       const float* chunk_m2, float* scale, float* shift) {
+  const int64_t C = a.C, Cg = C / a.G;
+  parallel_for(a.N * a.G, a.num_threads, [&](int64_t task) {
+    const int64_t n = task / a.G, c0 = (task % a.G) * Cg;
+    auto partial = [&](int64_t k, int64_t c) { return (n * chunks.per_sample + k) * C + c; };
     double total = 0.0;
-    for (int64_t k = 0; k < chunks; ++k)
-      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) total += double(chunk_rows(k)) * chunk_mean[(n * chunks + k) * C + c];
-    const double mean = total / double(S * Cg);
+    for (int64_t k = 0; k < chunks.per_sample; ++k)
+      for (int64_t c = c0; c < c0 + Cg; ++c) total += double(chunks.rows(k)) * chunk_mean[partial(k, c)];
+    const double mean = total / double(a.S * Cg);
     double m2 = 0.0;
-    for (int64_t k = 0; k < chunks; ++k)
-      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-        const int64_t i = (n * chunks + k) * C + c;
-        const double d = chunk_mean[i] - mean;
-        m2 += chunk_m2[i] + double(chunk_rows(k)) * d * d;
+    for (int64_t k = 0; k < chunks.per_sample; ++k)
+      for (int64_t c = c0; c < c0 + Cg; ++c) {
+        const double d = chunk_mean[partial(k, c)] - mean;
+        m2 += chunk_m2[partial(k, c)] + double(chunks.rows(k)) * d * d;
       }
-    const double rstd = 1.0 / std::sqrt(m2 / double(S * Cg) + a.eps);
-    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+    const double rstd = 1.0 / std::sqrt(m2 / double(a.S * Cg) + a.eps);
+    for (int64_t c = c0; c < c0 + Cg; ++c) {
       const double s = rstd * channel_weight(a, c);
       scale[n * C + c] = static_cast<float>(s);
       shift[n * C + c] = static_cast<float>(channel_bias(a, c) - mean * s);
     }
   });
+}
 
-  parallel_for(a.N * chunks, a.num_threads, [&](int64_t task) {
-    const int64_t n = task / chunks, k = task % chunks;
-    const int64_t r0 = k * rows_per_chunk, rows = std::min(rows_per_chunk, S - r0);
-    const int64_t offset = (n * S + r0) * C;
+// Pass 2: y = act(x * scale[c] + shift[c]) row by row.
+void apply_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const float* scale, const float* shift) {
+  const int64_t C = a.C;
+  const bool streaming = a.dtype == DType::Float32;  // fp32 writes the final output directly
+  parallel_for(a.N * chunks.per_sample, a.num_threads, [&](int64_t task) {
+    const int64_t n = task / chunks.per_sample, rows = chunks.rows(task % chunks.per_sample);
+    const int64_t offset = chunks.offset(task);
     FloatPiece piece{a, {}};
     const float* x = piece.load(offset, rows * C);
     float* y = piece.output(offset, rows * C);
-    const bool streaming = a.dtype == DType::Float32;  // fp32 writes the final output directly
     for (int64_t r = 0; r < rows; ++r)
-      scale_shift_row(x + r * C, y + r * C, C, &scale[n * C], &shift[n * C], a.silu, streaming);
+      scale_shift_row(x + r * C, y + r * C, C, scale + n * C, shift + n * C, a.silu, streaming);
     piece.store(offset, rows * C);
     store_fence();
   });
+}
+
+void group_norm_channels_last(const GroupNormArgs& a) {
+  const RowChunks chunks(a.S, a.C);
+  std::vector<float> chunk_mean(a.N * chunks.per_sample * a.C), chunk_m2(a.N * chunks.per_sample * a.C);
+  chunk_channel_stats(a, chunks, chunk_mean.data(), chunk_m2.data());
+  std::vector<float> scale(a.N * a.C), shift(a.N * a.C);
+  group_scale_shift(a, chunks, chunk_mean.data(), chunk_m2.data(), scale.data(), shift.data());
+  apply_scale_shift(a, chunks, scale.data(), shift.data());
 }
 
 }  // namespace
