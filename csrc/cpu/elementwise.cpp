@@ -27,12 +27,14 @@ GF_CLONES void scale_shift_portable(const float* x, float* y, int64_t n, float s
   }
 }
 
-GF_CLONES void scale_shift_row_portable(const float* x, float* y, int64_t C, const float* scale,
-                                        const float* shift, bool act) {
-  if (act) {
-    for (int64_t c = 0; c < C; ++c) y[c] = silu(x[c] * scale[c] + shift[c]);
-  } else {
-    for (int64_t c = 0; c < C; ++c) y[c] = x[c] * scale[c] + shift[c];
+GF_CLONES void scale_shift_rows_portable(const float* x, float* y, int64_t rows, int64_t C, const float* scale,
+                                         const float* shift, bool act) {
+  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
+    if (act) {
+      for (int64_t c = 0; c < C; ++c) y[c] = silu(x[c] * scale[c] + shift[c]);
+    } else {
+      for (int64_t c = 0; c < C; ++c) y[c] = x[c] * scale[c] + shift[c];
+    }
   }
 }
 
@@ -94,21 +96,24 @@ GF_AVX512 void scale_shift_avx512(const float* x, float* y, int64_t n, float sca
   }
 }
 
-GF_AVX512 void scale_shift_row_avx512(const float* x, float* y, int64_t C, const float* scale,
-                                      const float* shift, bool act, bool streaming) {
-  streaming = streaming && (reinterpret_cast<uintptr_t>(y) & 63) == 0;  // whole vectors stay aligned
-  int64_t c = 0;
-  for (; c + 16 <= C; c += 16) {
-    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c));
-    if (act) v = silu16(v);
-    store16(y + c, v, streaming);
-  }
-  if (c < C) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (C - c)) - 1);
-    __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + c), _mm512_maskz_loadu_ps(m, scale + c),
-                               _mm512_maskz_loadu_ps(m, shift + c));
-    if (act) v = silu16(v);
-    _mm512_mask_storeu_ps(y + c, m, v);
+GF_AVX512 void scale_shift_rows_avx512(const float* x, float* y, int64_t rows, int64_t C, const float* scale,
+                                       const float* shift, bool act, bool streaming) {
+  // Streaming stores need every row start 64-byte aligned: the output start and C a multiple of 16.
+  streaming = streaming && (reinterpret_cast<uintptr_t>(y) & 63) == 0 && C % 16 == 0;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (C % 16)) - 1);
+  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
+    int64_t c = 0;
+    for (; c + 16 <= C; c += 16) {
+      __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c));
+      if (act) v = silu16(v);
+      store16(y + c, v, streaming);
+    }
+    if (c < C) {
+      __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + c), _mm512_maskz_loadu_ps(tail, scale + c),
+                                 _mm512_maskz_loadu_ps(tail, shift + c));
+      if (act) v = silu16(v);
+      _mm512_mask_storeu_ps(y + c, tail, v);
+    }
   }
 }
 
@@ -129,13 +134,13 @@ void scale_shift(const float* x, float* y, int64_t n, float scale, float shift, 
   scale_shift_portable(x, y, n, scale, shift, act);
 }
 
-void scale_shift_row(const float* x, float* y, int64_t C, const float* scale, const float* shift, bool act,
-                     bool streaming) {
+void scale_shift_rows(const float* x, float* y, int64_t rows, int64_t C, const float* scale, const float* shift,
+                      bool act, bool streaming) {
 #ifdef GF_HAVE_X86
-  if (cpu_has_avx512()) return scale_shift_row_avx512(x, y, C, scale, shift, act, streaming);
+  if (cpu_has_avx512()) return scale_shift_rows_avx512(x, y, rows, C, scale, shift, act, streaming);
 #endif
   (void)streaming;
-  scale_shift_row_portable(x, y, C, scale, shift, act);
+  scale_shift_rows_portable(x, y, rows, C, scale, shift, act);
 }
 
 void store_fence() {

@@ -10,9 +10,9 @@ namespace genai_fast {
 void scale_shift(const float* x, float* y, int64_t n, float scale, float shift, bool silu, bool streaming,
                  const float* prefetch = nullptr);
 
-// y[c] = act(x[c] * scale[c] + shift[c]) over one channels-last row of C values.
-void scale_shift_row(const float* x, float* y, int64_t C, const float* scale, const float* shift, bool silu,
-                     bool streaming);
+// y[r, c] = act(x[r, c] * scale[c] + shift[c]) over `rows` channels-last rows of C values.
+void scale_shift_rows(const float* x, float* y, int64_t rows, int64_t C, const float* scale, const float* shift,
+                      bool silu, bool streaming);
 
 // Makes earlier non-temporal stores of this thread visible before it hands work back.
 void store_fence();

@@ -43,15 +43,17 @@ GF_CLONES double sum_squared_deviation(const float* x, int64_t n, float mean) {
   return total;
 }
 
-GF_CLONES void add_row(const float* x, float* acc, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) acc[c] += x[c];
-}
-
-GF_CLONES void add_squared_deviation_row(const float* x, const float* mean, float* acc, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) {
-    const float d = x[c] - mean[c];
-    acc[c] += d * d;
-  }
+// Per-channel mean and M2 of `rows` channels-last rows of C values (two passes over the cached rows).
+GF_CLONES void chunk_channel_moments(const float* x, int64_t rows, int64_t C, float* mean, float* m2) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < C; ++c) mean[c] += x[r * C + c];
+  const float inv_rows = 1.0f / static_cast<float>(rows);
+  for (int64_t c = 0; c < C; ++c) mean[c] *= inv_rows;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = x[r * C + c] - mean[c];
+      m2[c] += d * d;
+    }
 }
 
 GF_CLONES void halves_to_floats(const uint16_t* src, float* dst, int64_t n, bool is_bf16) {
@@ -146,11 +148,7 @@ void chunk_channel_stats(const GroupNormArgs& a, const RowChunks& chunks, float*
     const int64_t rows = chunks.rows(task % chunks.per_sample);
     FloatPiece piece{a, {}};
     const float* x = piece.load(chunks.offset(task), rows * C);
-    float* mean = chunk_mean + task * C;
-    float* m2 = chunk_m2 + task * C;
-    for (int64_t r = 0; r < rows; ++r) add_row(x + r * C, mean, C);
-    for (int64_t c = 0; c < C; ++c) mean[c] /= static_cast<float>(rows);
-    for (int64_t r = 0; r < rows; ++r) add_squared_deviation_row(x + r * C, mean, m2, C);
+    chunk_channel_moments(x, rows, C, chunk_mean + task * C, chunk_m2 + task * C);
   });
 }
 
@@ -190,8 +188,7 @@ void apply_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const fl
     FloatPiece piece{a, {}};
     const float* x = piece.load(offset, rows * C);
     float* y = piece.output(offset, rows * C);
-    for (int64_t r = 0; r < rows; ++r)
-      scale_shift_row(x + r * C, y + r * C, C, scale + n * C, shift + n * C, a.silu, streaming);
+    scale_shift_rows(x, y, rows, C, scale + n * C, shift + n * C, a.silu, streaming);
     piece.store(offset, rows * C);
     store_fence();
   });
