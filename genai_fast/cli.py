@@ -3,6 +3,7 @@
     genai-fast info [--json]
     genai-fast bench [--device cpu|cuda] [--quick|--full] [--ops OP ...] [--json PATH] [--plot PATH]
     genai-fast word2vec {train,query,eval} ...   (genai_fast/word2vec/cli.py)
+    genai-fast generate PROMPT [--model PATH] ...  (genai_fast/llm/cli.py)
 
 A user's mistake (bad argument, missing file, a backend that cannot run) is reported as one line on
 stderr with exit status 2 and no traceback; `--debug` shows the traceback.
@@ -60,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from genai_fast.word2vec.cli import add_parser as add_word2vec_parser
 
     add_word2vec_parser(sub)
+    from genai_fast.llm.cli import add_parser as add_generate_parser
+
+    add_generate_parser(sub)
     return parser
 
 
@@ -74,9 +78,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"genai_fast: {versions}")
     if data["forced_backend"]:
         print(f"GENAI_FAST_BACKEND={data['forced_backend']} forces that backend everywhere")
-    print(f"{'op':<14} {'backend':<8} {'available':<10} {'devices':<10} {'dtypes':<34} why not")
+    width = max([len("op"), *(len(row["op"]) for row in data["ops"])])
+    print(f"{'op':<{width}} {'backend':<8} {'available':<10} {'devices':<10} {'dtypes':<34} why not")
     for row in data["ops"]:
-        print(f"{row['op']:<14} {row['backend']:<8} {'yes' if row['available'] else 'no':<10} "
+        print(f"{row['op']:<{width}} {row['backend']:<8} {'yes' if row['available'] else 'no':<10} "
               f"{','.join(row['devices']):<10} {','.join(row['dtypes']):<34} {'; '.join(row['reasons'])}")
     return 0
 
@@ -128,7 +133,13 @@ def _cmd_word2vec(args: argparse.Namespace) -> int:
     return run(args)
 
 
-COMMANDS = {"info": _cmd_info, "bench": _cmd_bench, "word2vec": _cmd_word2vec}
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from genai_fast.llm.cli import run
+
+    return run(args)
+
+
+COMMANDS = {"info": _cmd_info, "bench": _cmd_bench, "word2vec": _cmd_word2vec, "generate": _cmd_generate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

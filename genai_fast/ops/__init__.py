@@ -7,12 +7,16 @@ from genai_fast.ops.attention import (
     scaled_dot_product_attention_reference,
 )
 from genai_fast.ops.group_norm import group_norm, group_norm_reference
+from genai_fast.ops.word2vec_ops import cbow_step, sgns_step, word2vec_step_reference
 
 __all__ = [
     "attention_with_kvcache",
     "attention_with_kvcache_reference",
+    "cbow_step",
     "group_norm",
     "group_norm_reference",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_reference",
+    "sgns_step",
+    "word2vec_step_reference",
 ]
