@@ -160,3 +160,28 @@ def test_smollm2_greedy_matches_hf_generate():
     raw = engine.encode("The capital of France is", chat=False)
     assert engine.generate(raw, 32).ids == _hf_greedy(hf, raw, 32)
     assert "London" in engine.generate("What is the capital of England?", 32).text
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--temperature", "-1"], "--temperature"),
+    (["--top-p", "2"], "--top-p"),
+    (["--model", "/nonexistent/model.gguf"], "does not exist"),
+])
+def test_cli_generate_user_errors(argv, message, capsys):
+    from genai_fast.cli import main
+
+    assert main(["generate", "hi", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cli_generate_unknown_architecture(tmp_path, capsys):
+    from genai_fast.cli import main
+
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2)).save_pretrained(tmp_path)
+    assert main(["generate", "hi", "--model", str(tmp_path)]) == 2
+    assert "supports llama" in capsys.readouterr().err

