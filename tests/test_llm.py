@@ -99,6 +99,7 @@ def test_top_k_one_is_greedy():
     ({"prompt_or_ids": list(range(1, 33))}, "prompt_or_ids"),
     ({"prompt_or_ids": []}, "prompt_or_ids"),
     ({"prompt_or_ids": "hello"}, "prompt_or_ids"),  # a string with no tokenizer
+    ({"prompt_or_ids": torch.ones(2, 3, dtype=torch.long)}, "prompt_or_ids"),  # batches come later
     ({"max_new_tokens": 40}, "max_new_tokens"),  # 4 prompt tokens + 40 > the 32-position cache
 ], ids=lambda v: repr(v)[:30])
 def test_bad_input_names_the_argument(kwargs, name):

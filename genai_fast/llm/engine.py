@@ -111,6 +111,8 @@ class Engine:
         """Prompt -> token ids. Rule: a string is wrapped in the tokenizer's chat template (one user turn plus
         the assistant generation prompt) when the tokenizer has one and `chat` is not False; `chat=False`
         tokenizes the string as is. Token ids are used as given."""
+        if isinstance(prompt, torch.Tensor) and prompt.dim() > 1 and prompt.shape[0] != 1:
+            raise ValueError(f"prompt_or_ids: one sequence only (batch 1), got a tensor of shape {tuple(prompt.shape)}")
         if not isinstance(prompt, str):
             ids = prompt.flatten().tolist() if isinstance(prompt, torch.Tensor) else [int(i) for i in prompt]
             if not ids:
