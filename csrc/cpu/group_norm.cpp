@@ -6,6 +6,8 @@
 // fp16/bf16 inputs are converted to a float scratch piece first, then the same float loops run.
 #include "group_norm.h"
 
+#include <memory>
+
 #include "common.h"
 #include "elementwise.h"
 
@@ -73,27 +75,37 @@ GF_CLONES void floats_to_halves(const float* src, uint16_t* dst, int64_t n, bool
 }
 
 // A piece of the input [offset, offset + n) as floats: the tensor itself for fp32, else a converted copy.
+// This thread's float scratch of at least n elements. Reused across the tasks a thread runs (a fresh
+// buffer per task meant an mmap, page faults and a zero fill for every piece), and never zero-filled.
+float* thread_scratch(int64_t n) {
+  thread_local std::unique_ptr<float[]> buffer;
+  thread_local int64_t capacity = 0;
+  if (capacity < n) {
+    buffer.reset(new float[n]);
+    capacity = n;
+  }
+  return buffer.get();
+}
+
 struct FloatPiece {
   const GroupNormArgs& args;
-  std::vector<float> scratch;
+  float* scratch = nullptr;
 
   const float* load(int64_t offset, int64_t n) {
     if (args.dtype == DType::Float32) return static_cast<const float*>(args.x) + offset;
-    scratch.resize(n);
-    halves_to_floats(static_cast<const uint16_t*>(args.x) + offset, scratch.data(), n,
-                     args.dtype == DType::BFloat16);
-    return scratch.data();
+    scratch = thread_scratch(n);
+    halves_to_floats(static_cast<const uint16_t*>(args.x) + offset, scratch, n, args.dtype == DType::BFloat16);
+    return scratch;
   }
   // Where to write the output piece: the output itself for fp32, else the scratch (stored by `store`).
   float* output(int64_t offset, int64_t n) {
     if (args.dtype == DType::Float32) return static_cast<float*>(args.out) + offset;
-    scratch.resize(n);
-    return scratch.data();
+    if (scratch == nullptr) scratch = thread_scratch(n);
+    return scratch;
   }
   void store(int64_t offset, int64_t n) {
     if (args.dtype == DType::Float32) return;
-    floats_to_halves(scratch.data(), static_cast<uint16_t*>(args.out) + offset, n,
-                     args.dtype == DType::BFloat16);
+    floats_to_halves(scratch, static_cast<uint16_t*>(args.out) + offset, n, args.dtype == DType::BFloat16);
   }
 };
 
@@ -107,7 +119,7 @@ void group_norm_channels_first(const GroupNormArgs& a) {
   parallel_for(a.N * a.G, a.num_threads, [&](int64_t task) {
     const int64_t n = task / a.G, g = task % a.G;
     const int64_t offset = (n * a.C + g * Cg) * a.S;
-    FloatPiece piece{a, {}};
+    FloatPiece piece{a};
     const float* x = piece.load(offset, block);
     const float mean = static_cast<float>(sum_floats(x, block) / block);
     const double var = sum_squared_deviation(x, block, mean) / block;
@@ -146,29 +158,42 @@ void chunk_channel_stats(const GroupNormArgs& a, const RowChunks& chunks, float*
   const int64_t C = a.C;
   parallel_for(a.N * chunks.per_sample, a.num_threads, [&](int64_t task) {
     const int64_t rows = chunks.rows(task % chunks.per_sample);
-    FloatPiece piece{a, {}};
+    FloatPiece piece{a};
     const float* x = piece.load(chunks.offset(task), rows * C);
     chunk_channel_moments(x, rows, C, chunk_mean + task * C, chunk_m2 + task * C);
   });
 }
 
 // Merges a group's chunk x channel partials (Chan's formula, in double) into per-channel scale and shift.
+// Sums run per channel across chunks (independent accumulators the compiler vectorises), not as one
+// serial chain, which was latency-bound.
 void group_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const float* chunk_mean,
                        const float* chunk_m2, float* scale, float* shift) {
   const int64_t C = a.C, Cg = C / a.G;
   parallel_for(a.N * a.G, a.num_threads, [&](int64_t task) {
     const int64_t n = task / a.G, c0 = (task % a.G) * Cg;
-    auto partial = [&](int64_t k, int64_t c) { return (n * chunks.per_sample + k) * C + c; };
+    const int64_t first = n * chunks.per_sample * C + c0;  // partial (n, chunk 0, c0)
+    std::vector<double> acc(Cg, 0.0);
+    for (int64_t k = 0; k < chunks.per_sample; ++k) {
+      const double rows = double(chunks.rows(k));
+      const float* mean_k = chunk_mean + first + k * C;
+      for (int64_t c = 0; c < Cg; ++c) acc[c] += rows * mean_k[c];
+    }
     double total = 0.0;
-    for (int64_t k = 0; k < chunks.per_sample; ++k)
-      for (int64_t c = c0; c < c0 + Cg; ++c) total += double(chunks.rows(k)) * chunk_mean[partial(k, c)];
+    for (int64_t c = 0; c < Cg; ++c) total += acc[c];
     const double mean = total / double(a.S * Cg);
-    double m2 = 0.0;
-    for (int64_t k = 0; k < chunks.per_sample; ++k)
-      for (int64_t c = c0; c < c0 + Cg; ++c) {
-        const double d = chunk_mean[partial(k, c)] - mean;
-        m2 += chunk_m2[partial(k, c)] + double(chunks.rows(k)) * d * d;
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t k = 0; k < chunks.per_sample; ++k) {
+      const double rows = double(chunks.rows(k));
+      const float* mean_k = chunk_mean + first + k * C;
+      const float* m2_k = chunk_m2 + first + k * C;
+      for (int64_t c = 0; c < Cg; ++c) {
+        const double d = mean_k[c] - mean;
+        acc[c] += m2_k[c] + rows * d * d;
       }
+    }
+    double m2 = 0.0;
+    for (int64_t c = 0; c < Cg; ++c) m2 += acc[c];
     const double rstd = 1.0 / std::sqrt(m2 / double(a.S * Cg) + a.eps);
     for (int64_t c = c0; c < c0 + Cg; ++c) {
       const double s = rstd * channel_weight(a, c);
@@ -185,7 +210,7 @@ void apply_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const fl
   parallel_for(a.N * chunks.per_sample, a.num_threads, [&](int64_t task) {
     const int64_t n = task / chunks.per_sample, rows = chunks.rows(task % chunks.per_sample);
     const int64_t offset = chunks.offset(task);
-    FloatPiece piece{a, {}};
+    FloatPiece piece{a};
     const float* x = piece.load(offset, rows * C);
     float* y = piece.output(offset, rows * C);
     scale_shift_rows(x, y, rows, C, scale + n * C, shift + n * C, a.silu, streaming);
