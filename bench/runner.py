@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from genai_fast.bench.env import environment, measure_peaks
 from genai_fast.bench.registry import BenchEntry, Case, load_entries
-from genai_fast.bench.timing import Timing, rotating, time_fn
+from genai_fast.bench.timing import Timing, rotating, time_together
 from tqdm import tqdm
 
 from genai_fast.backends.dispatch import OPS, BackendNotSupportedError
@@ -76,20 +77,29 @@ def _skip(entry: BenchEntry, case: Case, who: str, reason: str) -> dict[str, Any
     return {"op": entry.op, "shape": case.label, "backend": who, "reason": reason}
 
 
-def _time_references(entry: BenchEntry, case: Case, inputs: list, oracle: torch.Tensor, device: torch.device,
-                     quick: bool, skipped: list) -> dict[str, tuple[Timing, float]]:
-    """Each reference's timing and error; one that fails (out of memory, unsupported) is skipped."""
-    refs = {}
+def _checked_candidates(entry: BenchEntry, case: Case, inputs: list, oracle: torch.Tensor,
+                        device: torch.device, skipped: list) -> dict[tuple[str, str], tuple[Callable, float]]:
+    """Everything to time for this case, keyed ("reference"|"backend", name), each with its max-abs error
+    against the oracle. A reference that fails (out of memory, unsupported) or a backend that cannot
+    run these inputs is listed in `skipped` with the reason instead."""
+    candidates: dict[tuple[str, str], tuple[Callable, float]] = {}
     for name, ref_fn in entry.references.items():
         try:
             err = error_stats(ref_fn(inputs[0]), oracle).max_abs
-            calls = [lambda i=i, f=ref_fn: f(i) for i in inputs]
-            refs[name] = (time_fn(rotating(calls), device, quick), err)
         except (RuntimeError, ValueError, NotImplementedError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             skipped.append(_skip(entry, case, f"reference {name}", f"{type(exc).__name__}: {exc}"[:300]))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    return refs
+            continue
+        candidates["reference", name] = (rotating([lambda i=i, f=ref_fn: f(i) for i in inputs]), err)
+    for backend in _backends_to_time(entry, device):
+        try:
+            err = error_stats(entry.run(inputs[0], backend), oracle).max_abs
+        except BackendNotSupportedError as exc:
+            skipped.append(_skip(entry, case, backend, str(exc)))
+            continue
+        candidates["backend", backend] = (rotating([lambda i=i, b=backend: entry.run(i, b) for i in inputs]), err)
+    return candidates
 
 
 def bench_case(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
@@ -97,22 +107,17 @@ def bench_case(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
     """Rows for one case, and what was skipped (a backend that cannot run, a reference that failed)."""
     inputs = [entry.make_inputs(case, device) for _ in range(_rotation_count(entry, case, device))]
     oracle = entry.oracle(inputs[0])
-    rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    refs = _time_references(entry, case, inputs, oracle, device, quick, skipped)
+    candidates = _checked_candidates(entry, case, inputs, oracle, device, skipped)
     entry.run(inputs[0], None)  # what automatic dispatch picks for this case
     auto = OPS[entry.op].last_backend
-    for backend in _backends_to_time(entry, device):
-        try:
-            out = entry.run(inputs[0], backend)
-        except BackendNotSupportedError as exc:
-            skipped.append(_skip(entry, case, backend, str(exc)))
-            continue
-        err = error_stats(out, oracle).max_abs
-        calls = [lambda i=i, b=backend: entry.run(i, b) for i in inputs]
-        ours = time_fn(rotating(calls), device, quick)
-        for name, (ref_timing, ref_err) in refs.items():
-            rows.append(_row(entry, case, backend, name, ours, ref_timing, err, ref_err, auto, peaks))
+    timings = time_together({key: fn for key, (fn, _) in candidates.items()}, device, quick)
+    refs = [key for key in candidates if key[0] == "reference"]
+    backends = [key for key in candidates if key[0] == "backend"]
+    rows = [
+        _row(entry, case, b[1], r[1], timings[b], timings[r], candidates[b][1], candidates[r][1], auto, peaks)
+        for b in backends for r in refs
+    ]
     return rows, skipped
 
 

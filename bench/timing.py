@@ -22,20 +22,36 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+def _summary(samples: list[float]) -> Timing:
+    samples = sorted(samples)
+    return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8))
+
+
+def time_cpu_interleaved(fns: dict[str, Callable[[], object]], min_time_s: float = 0.3, min_reps: int = 10,
+                         warmup: int = 3) -> dict[str, Timing]:
+    """Wall-clock medians of several callables timed in turn (one call of each per round). Runs at least
+    min_reps rounds and about min_time_s seconds per callable. See time_together for why the
+    benchmark times candidates one at a time instead."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_reps or time.perf_counter() - start < min_time_s * len(fns):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+        if rounds >= 10_000:
+            break
+    return {name: _summary(values) for name, values in samples.items()}
+
+
 def time_cpu(fn: Callable[[], object], min_time_s: float = 0.3, min_reps: int = 10, warmup: int = 3) -> Timing:
     """Median of repeated wall-clock timings after `warmup` calls, for at least min_time_s seconds."""
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < min_reps or time.perf_counter() - start < min_time_s:
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-        if len(samples) >= 10_000:
-            break
-    samples.sort()
-    return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8))
+    return time_cpu_interleaved({"fn": fn}, min_time_s, min_reps, warmup)["fn"]
 
 
 def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> Timing:
@@ -47,9 +63,24 @@ def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 1
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, quick: bool) -> Timing:
+    return time_together({"fn": fn}, device, quick)["fn"]
+
+
+def time_together(fns: dict[str, Callable[[], object]], device: torch.device, quick: bool) -> dict[str, Timing]:
+    """Timings of candidates that are compared with each other, one candidate after the other.
+
+    Not interleaved call by call on a CPU: torch's OpenMP workers keep spinning for a while after each
+    torch op, so a C++ kernel called right after one competes with them for the cores (measured here:
+    both sides 30-80% slower when interleaved). Each candidate is timed in its own steady state.
+    """
     if device.type == "cuda":
-        return time_cuda(fn)
-    return time_cpu(fn, min_time_s=0.2 if quick else 1.0)
+        return {name: time_cuda(fn) for name, fn in fns.items()}
+    min_time_s = 0.5 if quick else 1.0
+    timings = {}
+    for name, fn in fns.items():
+        time.sleep(0.1)  # let the previous candidate's spinning OpenMP workers go to sleep first
+        timings[name] = time_cpu_interleaved({name: fn}, min_time_s)[name]
+    return timings
 
 
 def rotating(calls: list[Callable[[], object]]) -> Callable[[], object]:
