@@ -38,6 +38,22 @@ GF_CLONES void scale_shift_rows_portable(const float* x, float* y, int64_t rows,
   }
 }
 
+GF_CLONES void halves_to_floats_portable(const uint16_t* src, float* dst, int64_t n, bool is_bf16) {
+  if (is_bf16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_float(src[i]);
+  }
+}
+
+GF_CLONES void floats_to_halves_portable(const float* src, uint16_t* dst, int64_t n, bool is_bf16) {
+  if (is_bf16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_fp16(src[i]);
+  }
+}
+
 #ifdef GF_HAVE_X86
 #define GF_AVX512 __attribute__((target("avx512f")))
 
@@ -117,6 +133,23 @@ GF_AVX512 void scale_shift_rows_avx512(const float* x, float* y, int64_t rows, i
   }
 }
 
+// fp16 <-> fp32 with the AVX-512F conversion instructions (the compiler does not vectorise _Float16
+// conversions); bf16 vectorises in the portable loops.
+GF_AVX512 void fp16_to_floats_avx512(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  for (; i < n; ++i) dst[i] = fp16_to_float(src[i]);
+}
+
+GF_AVX512 void floats_to_fp16_avx512(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) dst[i] = float_to_fp16(src[i]);
+}
+
 bool cpu_has_avx512() {
   static const bool has = __builtin_cpu_supports("avx512f");
   return has;
@@ -141,6 +174,20 @@ void scale_shift_rows(const float* x, float* y, int64_t rows, int64_t C, const f
 #endif
   (void)streaming;
   scale_shift_rows_portable(x, y, rows, C, scale, shift, act);
+}
+
+void halves_to_floats(const uint16_t* src, float* dst, int64_t n, bool is_bf16) {
+#ifdef GF_HAVE_X86
+  if (!is_bf16 && cpu_has_avx512()) return fp16_to_floats_avx512(src, dst, n);
+#endif
+  halves_to_floats_portable(src, dst, n, is_bf16);
+}
+
+void floats_to_halves(const float* src, uint16_t* dst, int64_t n, bool is_bf16) {
+#ifdef GF_HAVE_X86
+  if (!is_bf16 && cpu_has_avx512()) return floats_to_fp16_avx512(src, dst, n);
+#endif
+  floats_to_halves_portable(src, dst, n, is_bf16);
 }
 
 void store_fence() {

@@ -58,23 +58,6 @@ GF_CLONES void chunk_channel_moments(const float* x, int64_t rows, int64_t C, fl
     }
 }
 
-GF_CLONES void halves_to_floats(const uint16_t* src, float* dst, int64_t n, bool is_bf16) {
-  if (is_bf16) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_float(src[i]);
-  }
-}
-
-GF_CLONES void floats_to_halves(const float* src, uint16_t* dst, int64_t n, bool is_bf16) {
-  if (is_bf16) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_fp16(src[i]);
-  }
-}
-
-// A piece of the input [offset, offset + n) as floats: the tensor itself for fp32, else a converted copy.
 // This thread's float scratch of at least n elements. Reused across the tasks a thread runs (a fresh
 // buffer per task meant an mmap, page faults and a zero fill for every piece), and never zero-filled.
 float* thread_scratch(int64_t n) {
