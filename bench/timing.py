@@ -27,31 +27,19 @@ def _summary(samples: list[float]) -> Timing:
     return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8))
 
 
-def time_cpu_interleaved(fns: dict[str, Callable[[], object]], min_time_s: float = 0.3, min_reps: int = 10,
-                         warmup: int = 3) -> dict[str, Timing]:
-    """Wall-clock medians of several callables timed in turn (one call of each per round). Runs at least
-    min_reps rounds and about min_time_s seconds per callable. See time_together for why the
-    benchmark times candidates one at a time instead."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < min_reps or time.perf_counter() - start < min_time_s * len(fns):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
-        if rounds >= 10_000:
-            break
-    return {name: _summary(values) for name, values in samples.items()}
-
-
 def time_cpu(fn: Callable[[], object], min_time_s: float = 0.3, min_reps: int = 10, warmup: int = 3) -> Timing:
     """Median of repeated wall-clock timings after `warmup` calls, for at least min_time_s seconds."""
-    return time_cpu_interleaved({"fn": fn}, min_time_s, min_reps, warmup)["fn"]
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < min_reps or time.perf_counter() - start < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        if len(samples) >= 10_000:
+            break
+    return _summary(samples)
 
 
 def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> Timing:
@@ -79,7 +67,7 @@ def time_together(fns: dict[str, Callable[[], object]], device: torch.device, qu
     timings = {}
     for name, fn in fns.items():
         time.sleep(0.1)  # let the previous candidate's spinning OpenMP workers go to sleep first
-        timings[name] = time_cpu_interleaved({name: fn}, min_time_s)[name]
+        timings[name] = time_cpu(fn, min_time_s)
     return timings
 
 
