@@ -1,0 +1,437 @@
+"""genai_fast kernels inside diffusers U-Nets (UNet2DConditionModel, UNet2DModel), patched in place.
+
+    from genai_fast.integrations.diffusers import patch, unpatch
+    report = patch(unet)      # same module, same parameters and state_dict keys; faster forward
+    print(report)             # what was fused, and what was left alone and why
+    unpatch(unet)             # back to diffusers' own forward, processors and memory format
+
+What patch() changes, each only where it can be shown to compute what diffusers computes:
+
+- ResnetBlock2D with SiLU: norm1+SiLU and norm2+SiLU run as one `genai_fast.group_norm(...,
+  activation="silu")` each; conv1 takes the time embedding as a per-sample bias ([N, C_out], added in
+  the conv epilogue); conv2 adds the shortcut and multiplies by 1 / output_scale_factor in its
+  epilogue (`genai_fast.conv2d`). "scale_shift" blocks fuse norm1+SiLU and conv2 only (the time scale
+  sits between norm2 and its SiLU). Blocks with another activation are left unfused.
+- Attention modules on diffusers' AttnProcessor2_0 / AttnProcessor: a processor that runs
+  `genai_fast.scaled_dot_product_attention` (other processors, e.g. added-KV ones, are left alone).
+- Every other nn.GroupNorm: `genai_fast.group_norm`; the U-Net's closing conv_norm_out + SiLU fused.
+- Transformer2DModel outputs: no `.contiguous()` copy back to NCHW; the residual is added in the
+  proj_out conv's epilogue.
+- 4-D parameters go channels_last, so every activation stays NHWC from conv_in to conv_out (the U-Net
+  output is channels_last too: same values, other strides).
+
+Module forwards are replaced per instance (an attribute shadowing the class method), never by new
+modules, so parameters, optimizers holding them, and checkpoints are unaffected, and training through
+the patched U-Net works (every op used has autograd).
+"""
+
+from __future__ import annotations
+
+import types
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import genai_fast
+
+STATE_ATTR = "_genai_fast_patch_state"
+
+
+# ---------------------------------------------------------------- report
+
+
+@dataclass
+class PatchReport:
+    """What patch() changed. Counts are of module instances; `left` maps a reason to how many modules
+    were left as diffusers wrote them for that reason."""
+
+    resnets_fused: int = 0
+    resnets_partly_fused: int = 0
+    attention_processors: int = 0
+    group_norms: int = 0
+    output_norm_silu_fused: bool = False
+    transformer_outputs: int = 0
+    channels_last_tensors: int = 0
+    left: Counter = field(default_factory=Counter)
+
+    @property
+    def patched(self) -> int:
+        return (self.resnets_fused + self.resnets_partly_fused + self.attention_processors + self.group_norms
+                + self.transformer_outputs + int(self.output_norm_silu_fused))
+
+    def __str__(self) -> str:
+        lines = [
+            f"genai_fast diffusers patch: {self.patched} modules patched",
+            f"  resnet blocks fully fused: {self.resnets_fused}, partly fused (scale_shift): "
+            f"{self.resnets_partly_fused}",
+            f"  attention processors: {self.attention_processors}",
+            f"  other GroupNorms: {self.group_norms}; output GroupNorm+SiLU fused: {self.output_norm_silu_fused}",
+            f"  Transformer2D outputs kept channels_last: {self.transformer_outputs}",
+            f"  tensors made channels_last: {self.channels_last_tensors}",
+        ]
+        lines += [f"  left unpatched ({count}): {reason}" for reason, count in sorted(self.left.items())]
+        return "\n".join(lines)
+
+
+@dataclass
+class _PatchState:
+    """What unpatch() needs: modules whose forward/method was shadowed, the original processors, the
+    names of tensors that were not channels_last before."""
+
+    report: PatchReport
+    shadowed: list[tuple[nn.Module, str]] = field(default_factory=list)
+    processors: list[tuple[nn.Module, Any]] = field(default_factory=list)
+    made_channels_last: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def patch(unet: nn.Module) -> PatchReport:
+    """Patch a diffusers UNet2DConditionModel or UNet2DModel in place; returns the PatchReport.
+
+    Patching twice returns the first report and changes nothing. Raises TypeError naming `unet` for
+    anything else.
+    """
+    _check_unet(unet)
+    state = getattr(unet, STATE_ATTR, None)
+    if state is not None:
+        return state.report
+    state = _PatchState(PatchReport())
+    _to_channels_last(unet, state)
+    fused_norms = _patch_resnets(unet, state)
+    fused_norms |= _patch_output_norm(unet, state)
+    _patch_attention(unet, state)
+    _patch_transformer_outputs(unet, state)
+    _patch_group_norms(unet, state, skip=fused_norms)
+    object.__setattr__(unet, STATE_ATTR, state)
+    return state.report
+
+
+def unpatch(unet: nn.Module) -> nn.Module:
+    """Undo patch(): class forwards, the original processor objects, and each tensor's memory format.
+
+    Parameter objects are kept (their values too, so training done while patched is kept). Raises
+    TypeError naming `unet` for a non-U-Net and ValueError when it is not patched.
+    """
+    _check_unet(unet)
+    state = getattr(unet, STATE_ATTR, None)
+    if state is None:
+        raise ValueError("unet: not patched by genai_fast (nothing to undo)")
+    for module, name in state.shadowed:
+        del module.__dict__[name]
+    for attn, processor in state.processors:
+        attn.set_processor(processor)
+    tensors = dict(unet.named_parameters())
+    tensors.update(unet.named_buffers())
+    for name in state.made_channels_last:
+        tensor = tensors[name]
+        tensor.data = tensor.data.contiguous()
+    object.__delattr__(unet, STATE_ATTR)
+    return unet
+
+
+def is_patched(unet: nn.Module) -> bool:
+    """True when patch() was applied to `unet` and not undone."""
+    return getattr(unet, STATE_ATTR, None) is not None
+
+
+def _check_unet(unet: Any) -> None:
+    from diffusers import UNet2DConditionModel, UNet2DModel
+
+    if not isinstance(unet, (UNet2DConditionModel, UNet2DModel)):
+        raise TypeError(f"unet: expected a diffusers UNet2DConditionModel or UNet2DModel, got "
+                        f"{type(unet).__name__}")
+
+
+def _shadow(module: nn.Module, name: str, fn: Any, state: _PatchState) -> None:
+    """Bind fn as module.<name> on this instance only (unpatch deletes it to reveal the class's)."""
+    module.__dict__[name] = types.MethodType(fn, module)
+    state.shadowed.append((module, name))
+
+
+def _has_own_forward(module: nn.Module) -> bool:
+    # Something (accelerate's offload hooks, another patch) already replaced this instance's forward.
+    return "forward" in module.__dict__
+
+
+# ---------------------------------------------------------------- channels_last
+
+
+def _to_channels_last(unet: nn.Module, state: _PatchState) -> None:
+    """Every 4-D parameter and buffer channels_last, in place (the Parameter objects stay the same)."""
+    named = list(unet.named_parameters()) + list(unet.named_buffers())
+    for name, tensor in named:
+        if tensor.dim() != 4 or tensor.is_contiguous(memory_format=torch.channels_last):
+            continue
+        tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+        state.made_channels_last.append(name)
+    state.report.channels_last_tensors = len(state.made_channels_last)
+
+
+# ---------------------------------------------------------------- fused ops on modules
+
+
+def _group_norm(norm: nn.GroupNorm, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+    return genai_fast.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps, activation=activation)
+
+
+_MODULE_BIAS = object()
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: Any = _MODULE_BIAS, residual: torch.Tensor | None = None,
+          output_scale: float = 1.0) -> torch.Tensor:
+    """conv(x) + bias (the module's, or per-sample [N, C_out]) + residual, times output_scale."""
+    bias = conv.bias if bias is _MODULE_BIAS else bias
+    conv2d = getattr(genai_fast, "conv2d", None)
+    if conv2d is not None:
+        return conv2d(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                      residual=residual, output_scale=output_scale)
+    # Until genai_fast.conv2d lands: the same epilogue, unfused.
+    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if bias is not None:
+        out = out + (bias[:, :, None, None] if bias.dim() == 2 else bias[None, :, None, None])
+    if residual is not None:
+        out = out + residual
+    return out * output_scale if output_scale != 1.0 else out
+
+
+def _plain_conv(conv: Any) -> bool:
+    """A conv that _conv computes exactly: nn.Conv2d itself, zero padding given as numbers."""
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and not _has_own_forward(conv))
+
+
+def _plain_group_norm(norm: Any) -> bool:
+    return type(norm) is nn.GroupNorm and not _has_own_forward(norm)
+
+
+# ---------------------------------------------------------------- ResnetBlock2D
+
+
+def _resnet_left_reason(block: nn.Module) -> str | None:
+    """Why a ResnetBlock2D cannot take the fused forward (None: it can)."""
+    if _has_own_forward(block):
+        return "ResnetBlock2D: forward already replaced on the instance"
+    if type(block.nonlinearity) is not nn.SiLU:
+        return f"ResnetBlock2D: activation {type(block.nonlinearity).__name__} (only SiLU is fused)"
+    if block.time_embedding_norm not in ("default", "scale_shift"):
+        return f"ResnetBlock2D: time_embedding_norm {block.time_embedding_norm!r}"
+    if not (_plain_group_norm(block.norm1) and _plain_group_norm(block.norm2)):
+        return "ResnetBlock2D: norm1/norm2 are not plain nn.GroupNorm"
+    if not (_plain_conv(block.conv1) and _plain_conv(block.conv2)):
+        return "ResnetBlock2D: conv1/conv2 are not plain nn.Conv2d (LoRA or other wrapper?)"
+    return None
+
+
+def _fused_resnet_forward(block: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
+                          *args: Any, **kwargs: Any) -> torch.Tensor:
+    """ResnetBlock2D.forward with norm+SiLU and the conv epilogues fused (same arguments, same result)."""
+    if block.time_emb_proj is None and temb is not None:
+        # diffusers then adds the raw embedding; nothing to fuse, so run its own code.
+        return type(block).forward(block, input_tensor, temb, *args, **kwargs)
+    x = input_tensor
+    h = _group_norm(block.norm1, x, "silu")
+    if block.upsample is not None:
+        if h.shape[0] >= 64:  # as diffusers: upsample_nearest_nhwc fails with large batches
+            x, h = x.contiguous(), h.contiguous()
+        x, h = block.upsample(x), block.upsample(h)
+    elif block.downsample is not None:
+        x, h = block.downsample(x), block.downsample(h)
+    emb = None
+    if block.time_emb_proj is not None and temb is not None:
+        emb = block.time_emb_proj(temb if block.skip_time_act else F.silu(temb))  # [N, C_out or 2 C_out]
+    if block.time_embedding_norm == "default":
+        bias = block.conv1.bias
+        if emb is not None:
+            bias = emb if bias is None else emb + bias  # per-sample conv1 bias [N, C_out]
+        h = _conv(block.conv1, h, bias)
+        h = _group_norm(block.norm2, h, "silu")
+    else:  # scale_shift: norm2's output is modulated before its SiLU
+        if emb is None:
+            raise ValueError(f" `temb` should not be None when `time_embedding_norm` is {block.time_embedding_norm}")
+        h = _conv(block.conv1, h)
+        scale, shift = emb[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(_group_norm(block.norm2, h) * (1 + scale) + shift)
+    h = block.dropout(h)
+    shortcut = block.conv_shortcut(x) if block.conv_shortcut is not None else x
+    return _conv(block.conv2, h, residual=shortcut, output_scale=1.0 / block.output_scale_factor)
+
+
+def _patch_resnets(unet: nn.Module, state: _PatchState) -> set[int]:
+    """Fused forwards on every eligible ResnetBlock2D; returns the ids of the GroupNorms they absorbed."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    absorbed: set[int] = set()
+    for module in unet.modules():
+        if type(module) is not ResnetBlock2D:
+            continue
+        reason = _resnet_left_reason(module)
+        if reason is not None:
+            state.report.left[reason] += 1
+            continue
+        _shadow(module, "forward", _fused_resnet_forward, state)
+        absorbed |= {id(module.norm1), id(module.norm2)}
+        if module.time_embedding_norm == "default":
+            state.report.resnets_fused += 1
+        else:
+            state.report.resnets_partly_fused += 1
+    return absorbed
+
+
+# ---------------------------------------------------------------- the U-Net's output GroupNorm + SiLU
+
+
+def _group_norm_silu_forward(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    return _group_norm(norm, x, "silu")
+
+
+def _identity_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _patch_output_norm(unet: nn.Module, state: _PatchState) -> set[int]:
+    """conv_norm_out computes GroupNorm+SiLU and conv_act passes through (both U-Nets call them in
+    that order, and nowhere else)."""
+    norm, act = getattr(unet, "conv_norm_out", None), getattr(unet, "conv_act", None)
+    if norm is None:
+        return set()
+    if not _plain_group_norm(norm) or type(act) is not nn.SiLU or _has_own_forward(act):
+        state.report.left["conv_norm_out + conv_act: not GroupNorm + SiLU"] += 1
+        return set()
+    _shadow(norm, "forward", _group_norm_silu_forward, state)
+    _shadow(act, "forward", _identity_forward, state)
+    state.report.output_norm_silu_fused = True
+    return {id(norm)}
+
+
+# ---------------------------------------------------------------- other GroupNorms
+
+
+def _group_norm_forward(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    return _group_norm(norm, x)
+
+
+def _patch_group_norms(unet: nn.Module, state: _PatchState, skip: set[int]) -> None:
+    for module in unet.modules():
+        if id(module) in skip or type(module) is not nn.GroupNorm:
+            continue
+        if _has_own_forward(module):
+            state.report.left["GroupNorm: forward already replaced on the instance"] += 1
+            continue
+        _shadow(module, "forward", _group_norm_forward, state)
+        state.report.group_norms += 1
+
+
+# ---------------------------------------------------------------- attention
+
+
+class GenaiFastAttnProcessor:
+    """diffusers' AttnProcessor2_0 computation with `genai_fast.scaled_dot_product_attention`.
+
+    use_module_scale: take the softmax scale from attn.scale (as diffusers' AttnProcessor does);
+    otherwise 1 / sqrt(head_dim) (as AttnProcessor2_0 does, whatever attn.scale says).
+    """
+
+    def __init__(self, use_module_scale: bool = False):
+        self.use_module_scale = use_module_scale
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """hidden_states [B, S, C] or [B, C, H, W]; encoder_hidden_states [B, L, D] or None (self
+        attention); attention_mask as diffusers prepares it. Returns hidden_states' shape."""
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channels, height, width = hidden_states.shape
+            # A view for channels_last input: [B, C, H*W] -> [B, H*W, C] with C innermost.
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch, source_length = context.shape[0], context.shape[1]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, source_length, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        scale = attn.scale if self.use_module_scale else None
+        out = genai_fast.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))  # linear projection, dropout
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channels, height, width)  # channels_last view
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def _patch_attention(unet: nn.Module, state: _PatchState) -> None:
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+    for module in unet.modules():
+        if not isinstance(module, Attention):
+            continue
+        processor = module.processor
+        if type(processor) not in (AttnProcessor2_0, AttnProcessor):
+            state.report.left[f"Attention with {type(processor).__name__}"] += 1
+            continue
+        state.processors.append((module, processor))
+        module.set_processor(GenaiFastAttnProcessor(use_module_scale=type(processor) is AttnProcessor))
+        state.report.attention_processors += 1
+
+
+# ---------------------------------------------------------------- Transformer2DModel output
+
+
+def _transformer_output(model: nn.Module, hidden_states: torch.Tensor, residual: torch.Tensor, batch_size: int,
+                        height: int, width: int, inner_dim: int) -> torch.Tensor:
+    """Transformer2DModel._get_output_for_continuous_inputs without the copy back to NCHW: [B, H*W, C]
+    viewed as channels_last [B, C, H, W]; with a conv proj_out, the residual joins its epilogue."""
+    if not model.use_linear_projection:
+        hidden_states = hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
+        return _conv(model.proj_out, hidden_states, residual=residual)
+    hidden_states = model.proj_out(hidden_states)
+    hidden_states = hidden_states.reshape(batch_size, height, width, -1).permute(0, 3, 1, 2)
+    return hidden_states + residual
+
+
+def _patch_transformer_outputs(unet: nn.Module, state: _PatchState) -> None:
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    name = "_get_output_for_continuous_inputs"
+    for module in unet.modules():
+        if type(module) is not Transformer2DModel or not module.is_input_continuous:
+            continue
+        if name in module.__dict__ or (not module.use_linear_projection and not _plain_conv(module.proj_out)):
+            state.report.left["Transformer2DModel: proj_out is not a plain conv"] += 1
+            continue
+        _shadow(module, name, _transformer_output, state)
+        state.report.transformer_outputs += 1
