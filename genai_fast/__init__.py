@@ -9,6 +9,8 @@ from genai_fast.info import info
 from genai_fast.ops import (
     attention_with_kvcache,
     attention_with_kvcache_reference,
+    conv2d,
+    conv2d_reference,
     group_norm,
     group_norm_reference,
     scaled_dot_product_attention,
@@ -23,6 +25,8 @@ __all__ = [
     "__version__",
     "attention_with_kvcache",
     "attention_with_kvcache_reference",
+    "conv2d",
+    "conv2d_reference",
     "group_norm",
     "group_norm_reference",
     "info",

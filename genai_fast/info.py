@@ -20,10 +20,11 @@ def info() -> dict[str, Any]:
     rows = []
     for op in OPS.values():
         for priority, impl in enumerate(op.implementations):
-            reasons = availability.backend_unavailable_reasons(impl.backend)
+            reasons = impl.unavailable_reasons()
             rows.append({
                 "op": op.name,
                 "backend": impl.backend,
+                "requires": impl.requires,
                 "priority": priority,
                 "available": not reasons,
                 "reasons": reasons,

@@ -5,6 +5,12 @@ implementation `not_supported_reasons(inputs)` returns a list of human-readable 
 can run). The torch reference is registered last for every op and always runs, so automatic dispatch
 never fails. `backend="name"` (or the environment variable GENAI_FAST_BACKEND) forces one backend and
 raises with the reasons when it cannot run.
+
+An op may also register implementations under names of their own that combine backends (conv2d's
+"torch+triton": torch's convolution, then a Triton epilogue kernel). Such an implementation declares the
+backend whose optional piece it `requires` (its availability and the Triton-on-CPU rule follow that
+backend); it is forced by its own name through that op's `backend=` argument. An op whose runnable
+implementations should be raced rather than taken in priority order sets `Op.choose`.
 """
 
 from __future__ import annotations
@@ -71,8 +77,10 @@ class Capability:
 class Implementation:
     """One backend's implementation of one op.
 
-    run: the launcher, called with the op's arguments. check: op-specific reasons beyond device and
-    dtype (shapes, head dims, argument values), given the same inputs dict.
+    backend: the implementation's name (one of BACKEND_NAMES, or an op-specific name such as
+    "torch+triton"); requires: the backend in BACKEND_NAMES whose optional piece it needs (its own name
+    when that is a backend). run: the launcher, called with the op's arguments. check: op-specific
+    reasons beyond device and dtype (shapes, head dims, argument values), given the same inputs dict.
     """
 
     op: str
@@ -80,17 +88,26 @@ class Implementation:
     capability: Capability
     run: Callable[..., Any]
     check: Callable[[dict[str, Any]], list[str]] | None = None
+    requires: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.requires:
+            self.requires = self.backend
+
+    def unavailable_reasons(self) -> list[str]:
+        """Why the optional piece this implementation needs is missing in this process (empty: present)."""
+        return availability.backend_unavailable_reasons(self.requires)
 
     def not_supported_reasons(self, inputs: dict[str, Any], *, forced: bool = False) -> list[str]:
         """Why this implementation cannot run `inputs` (empty list: it can).
 
         inputs holds at least "device" and "dtype"; ops add what their `check` reads.
         """
-        reasons = availability.backend_unavailable_reasons(self.backend)
+        reasons = self.unavailable_reasons()
         if reasons:
             return reasons
         device, dtype = inputs["device"], inputs["dtype"]
-        if self.backend == "triton" and device.type == "cpu":
+        if self.requires == "triton" and device.type == "cpu":
             reasons += _triton_cpu_reasons(forced)
         reasons += self.capability.reasons(device, dtype)
         if self.check is not None:
@@ -115,6 +132,9 @@ class Op:
     name: str
     implementations: list[Implementation] = field(default_factory=list)
     last_backend: str | None = None
+    # Optional: choose(inputs, runnable) -> the implementation to run, given every implementation that can
+    # run `inputs` (in priority order). None: the first one wins. Automatic mode only; forcing bypasses it.
+    choose: Callable[[dict[str, Any], list[Implementation]], Implementation] | None = None
     # Automatic choices keyed by (device, dtype) for ops whose backends check nothing else: dispatch
     # runs on every call, and on a GPU its Python time is comparable to a small kernel's run time.
     _auto_cache: dict[tuple[Any, ...], Implementation] = field(default_factory=dict, repr=False)
@@ -124,17 +144,30 @@ class Op:
         backend: str,
         capability: Capability,
         check: Callable[[dict[str, Any]], list[str]] | None = None,
+        *,
+        requires: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: register `fn` as this op's `backend` implementation (priority = order of calls)."""
-        if backend not in BACKEND_NAMES:
+        """Decorator: register `fn` as this op's `backend` implementation (priority = order of calls).
+
+        requires: for an implementation with a name of its own (not in BACKEND_NAMES), the backend whose
+        optional piece it needs.
+        """
+        if requires is None and backend not in BACKEND_NAMES:
             raise ValueError(f"backend: expected one of {BACKEND_NAMES}, got {backend!r}")
+        if requires is not None and (requires not in BACKEND_NAMES or backend in BACKEND_NAMES):
+            raise ValueError(f"requires: expected one of {BACKEND_NAMES} for an implementation named other "
+                             f"than a backend, got requires={requires!r} for {backend!r}")
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.implementations.append(Implementation(self.name, backend, capability, fn, check))
+            self.implementations.append(Implementation(self.name, backend, capability, fn, check, requires or ""))
             self._auto_cache.clear()
             return fn
 
         return decorator
+
+    def extra_names(self) -> tuple[str, ...]:
+        """Names of this op's implementations that are not backend names (forcible through `backend=`)."""
+        return tuple(impl.backend for impl in self.implementations if impl.backend not in BACKEND_NAMES)
 
     def get(self, backend: str) -> Implementation:
         for impl in self.implementations:
@@ -148,7 +181,7 @@ class Op:
 
     def select(self, inputs: dict[str, Any], backend: str | None = None) -> Implementation:
         """The implementation that runs `inputs`: the forced one, else the first with no reasons."""
-        forced = resolve_backend_name(backend)
+        forced = resolve_backend_name(backend, self.extra_names())
         if forced is not None:
             impl = self.get(forced)
             reasons = impl.not_supported_reasons(inputs, forced=True)
@@ -158,6 +191,12 @@ class Op:
                 )
             self.last_backend = impl.backend
             return impl
+        if self.choose is not None:
+            runnable = [impl for impl in self.implementations if not impl.not_supported_reasons(inputs)]
+            if runnable:
+                impl = self.choose(inputs, runnable)
+                self.last_backend = impl.backend
+                return impl
         cacheable = all(impl.check is None for impl in self.implementations)
         key = (inputs["device"], inputs["dtype"], availability.triton_interpreter_enabled())
         if cacheable and key in self._auto_cache:
@@ -184,15 +223,20 @@ def define_op(name: str) -> Op:
     return OPS[name]
 
 
-def validate_backend_name(backend: str | None) -> None:
-    """Raise ValueError naming `backend` when it is not a known backend name or None."""
-    if backend is not None and backend not in BACKEND_NAMES:
-        raise ValueError(f"backend: expected one of {', '.join(BACKEND_NAMES)} or None, got {backend!r}")
+def validate_backend_name(backend: str | None, extra_names: tuple[str, ...] = ()) -> None:
+    """Raise ValueError naming `backend` when it is not a known backend name (or one of the op's
+    `extra_names`) or None."""
+    if backend is not None and backend not in BACKEND_NAMES and backend not in extra_names:
+        names = ", ".join(BACKEND_NAMES + tuple(extra_names))
+        raise ValueError(f"backend: expected one of {names} or None, got {backend!r}")
 
 
-def resolve_backend_name(backend: str | None) -> str | None:
-    """The backend to force: the argument, else GENAI_FAST_BACKEND, else None (automatic)."""
-    validate_backend_name(backend)
+def resolve_backend_name(backend: str | None, extra_names: tuple[str, ...] = ()) -> str | None:
+    """The backend to force: the argument, else GENAI_FAST_BACKEND, else None (automatic).
+
+    extra_names: the op's own implementation names, accepted as the argument (the environment variable
+    names backends only, since it applies to every op)."""
+    validate_backend_name(backend, extra_names)
     if backend is not None:
         return backend
     env = os.environ.get(ENV_BACKEND, "").strip()

@@ -6,6 +6,7 @@ from genai_fast.ops.attention import (
     scaled_dot_product_attention,
     scaled_dot_product_attention_reference,
 )
+from genai_fast.ops.conv2d import conv2d, conv2d_reference
 from genai_fast.ops.group_norm import group_norm, group_norm_reference
 from genai_fast.ops.word2vec_ops import cbow_step, sgns_step, word2vec_step_reference
 
@@ -13,6 +14,8 @@ __all__ = [
     "attention_with_kvcache",
     "attention_with_kvcache_reference",
     "cbow_step",
+    "conv2d",
+    "conv2d_reference",
     "group_norm",
     "group_norm_reference",
     "scaled_dot_product_attention",
