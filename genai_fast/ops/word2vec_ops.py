@@ -17,6 +17,7 @@ Backends: `cpp` (float32 contiguous CPU tables), then `torch` (any float dtype a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -313,15 +314,17 @@ def _cbow_step_torch(syn0, syn1neg, centers, contexts, negatives, alpha, mode, c
 
 # ---------------------------------------------------------------- chunk training
 
+ArrayLike = np.ndarray | torch.Tensor
+
 
 def word2vec_train_chunk(
-    syn0: np.ndarray,
-    syn1neg: np.ndarray,
-    tokens: np.ndarray,
-    offsets: np.ndarray,
-    keep_prob: np.ndarray | None,
-    alias_prob: np.ndarray,
-    alias_index: np.ndarray,
+    syn0: ArrayLike,
+    syn1neg: ArrayLike,
+    tokens: ArrayLike,
+    offsets: ArrayLike,
+    keep_prob: ArrayLike | None,
+    alias_prob: ArrayLike,
+    alias_index: ArrayLike,
     alpha_start: float,
     alpha_end: float,
     *,
@@ -335,27 +338,242 @@ def word2vec_train_chunk(
     workers: int = 1,
     backend: str | None = None,
 ) -> tuple[int, int, float]:
-    """Train on a chunk of sentences, updating syn0 and syn1neg in place (Hogwild over `workers` threads).
+    """Train on a chunk of sentences, updating syn0 and syn1neg in place (Hogwild).
 
     Args:
-        syn0, syn1neg: [V, D] float32 C-contiguous numpy arrays.
-        tokens: [N] int32 vocabulary ids of the chunk's kept words, sentence after sentence.
+        syn0, syn1neg: [V, D] float32 C-contiguous tables: numpy arrays or CPU tensors (cpp, torch
+            backends), or CUDA tensors (triton, cuda backends; CPU tensors too for a forced triton under
+            TRITON_INTERPRET=1).
+        tokens: [N] int32 vocabulary ids of the chunk's words, sentence after sentence.
         offsets: [S + 1] int64 sentence starts in `tokens` (offsets[0] = 0, offsets[-1] = N).
         keep_prob: [V] float32 probability of keeping each word (gensim's subsampling), or None.
         alias_prob, alias_index: [V] float32 / int32 alias-method table of the noise distribution.
         alpha_start, alpha_end: learning rate at the chunk's first and last token (linear in between).
         mode: "sg_shared", "sg_pair" or "cbow"; window, negative: as in gensim.
-        seed: the chunk's random seed; workers=1 and a seed give bit-identical results.
+        seed: the chunk's random seed; on the CPU workers=1 and a seed give bit-identical results. On a
+            GPU a seed fixes every random draw, but concurrent float updates race (Hogwild), so results
+            agree statistically, not bit for bit. `workers` is the CPU thread count (ignored on a GPU).
 
     Returns: (raw words read, words kept by subsampling, loss sum in float64 (0 unless compute_loss)).
     """
     if mode not in ("sg_shared", "sg_pair", "cbow"):
         raise ValueError(f"mode: expected 'sg_shared', 'sg_pair' or 'cbow', got {mode!r}")
     validate_backend_name(backend)
-    inputs = {"device": torch.device("cpu"), "dtype": torch.float32}
+    for name, table in (("syn0", syn0), ("syn1neg", syn1neg)):
+        if not isinstance(table, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"{name}: expected a numpy array or torch.Tensor, got {type(table).__name__}")
+    if isinstance(syn0, torch.Tensor) != isinstance(syn1neg, torch.Tensor):
+        raise TypeError(f"syn1neg: expected the same kind as syn0 ({type(syn0).__name__}), got "
+                        f"{type(syn1neg).__name__}")
+    if isinstance(syn0, torch.Tensor) and (syn1neg.shape != syn0.shape or syn1neg.device != syn0.device
+                                           or syn1neg.dtype != syn0.dtype or syn0.dim() != 2):
+        raise ValueError(f"syn1neg: expected syn0's [V, D] shape {tuple(syn0.shape)}, dtype {syn0.dtype} and device "
+                         f"{syn0.device}, got {tuple(syn1neg.shape)}, {syn1neg.dtype}, {syn1neg.device}")
+    device = syn0.device if isinstance(syn0, torch.Tensor) else torch.device("cpu")
+    dtype = syn0.dtype if isinstance(syn0, torch.Tensor) else torch.float32
+    inputs = {"device": device, "dtype": dtype, "syn0": syn0, "syn1neg": syn1neg}
     impl = WORD2VEC_TRAIN.select(inputs, backend)
     return impl.run(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
                     mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers)
+
+
+# ---- GPU chunk plan: subsampling, compaction, learning rates and slices, as torch ops on the device
+
+
+@dataclass
+class ChunkPlan:
+    """A chunk ready for a GPU kernel (all tensors on the tables' device).
+
+    tokens [N_kept] int32 kept ids; alphas [N_kept] fp32 learning rate of each kept token (linear in its
+    raw position in the chunk); bounds [P, 4] int32: slice lo, slice hi, sentence lo, sentence hi
+    (indices into tokens); raw_words and effective_words: counts before and after subsampling.
+    """
+
+    tokens: torch.Tensor
+    alphas: torch.Tensor
+    bounds: torch.Tensor
+    raw_words: int
+    effective_words: int
+
+
+SLICE_PROGRAMS_PER_SM = 32  # slices aimed at per SM when the slice length is automatic
+MIN_SLICE_TOKENS = 16
+MAX_SLICE_TOKENS = 4096
+
+
+def subsample_mask(tokens: torch.Tensor, keep_prob: torch.Tensor | None, seed: int) -> torch.Tensor:
+    """Which tokens [N] subsampling keeps: u < keep_prob[token], u from torch's generator of the
+    tokens' device seeded with `seed` (so one seed gives the same mask on the same device)."""
+    if keep_prob is None:
+        return torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
+    gen = torch.Generator(device=tokens.device)
+    gen.manual_seed(int(seed) & (2**63 - 1))
+    u = torch.rand(tokens.shape, generator=gen, device=tokens.device)
+    return u < keep_prob[tokens.long()]
+
+
+def auto_slice_tokens(kept: int, device: torch.device) -> int:
+    """Slice length that gives each SM about SLICE_PROGRAMS_PER_SM programs (Hogwild parallelism)."""
+    if device.type != "cuda":
+        return MAX_SLICE_TOKENS
+    from genai_fast.backends.availability import multiprocessor_count
+
+    target = multiprocessor_count(device) * SLICE_PROGRAMS_PER_SM
+    return int(min(MAX_SLICE_TOKENS, max(MIN_SLICE_TOKENS, -(-kept // target))))
+
+
+def plan_chunk(tokens: torch.Tensor, offsets: torch.Tensor, keep_prob: torch.Tensor | None, alpha_start: float,
+               alpha_end: float, seed: int, slice_tokens: int | None = None) -> ChunkPlan:
+    """Subsample and cut a chunk into slices (tokens [N] int32, offsets [S + 1] int64, on one device).
+
+    Windows are formed over the kept tokens of a sentence, as in word2vec.c and gensim.
+    """
+    device = tokens.device
+    raw = tokens.numel()
+    keep = subsample_mask(tokens, keep_prob, seed)
+    kept_at = keep.nonzero().squeeze(1)
+    kept = int(kept_at.numel())
+    alphas = (alpha_start + (alpha_end - alpha_start) * (kept_at.to(torch.float64) / max(raw, 1))).float()
+    kept_before = torch.zeros(raw + 1, dtype=torch.int64, device=device)
+    torch.cumsum(keep, 0, out=kept_before[1:])
+    starts = kept_before[offsets]                       # [S + 1] sentence starts among kept tokens
+    lengths = starts[1:] - starts[:-1]
+    size = slice_tokens if slice_tokens is not None else auto_slice_tokens(kept, device)
+    if size < 1:
+        raise ValueError(f"slice_tokens: expected >= 1, got {size}")
+    per_sentence = (lengths + size - 1) // size
+    sentence = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), per_sentence)
+    first = torch.cumsum(per_sentence, 0) - per_sentence
+    within = torch.arange(sentence.numel(), device=device) - first[sentence]
+    sent_lo, sent_hi = starts[sentence], starts[sentence + 1]
+    lo = sent_lo + within * size
+    hi = torch.minimum(lo + size, sent_hi)
+    bounds = torch.stack([lo, hi, sent_lo, sent_hi], dim=1).to(torch.int32).contiguous()
+    return ChunkPlan(tokens[kept_at].contiguous(), alphas, bounds, raw, kept)
+
+
+def _as_device_tensor(name: str, value: ArrayLike, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a numpy array or torch.Tensor, got {type(value).__name__}")
+    if value.dim() != 1:
+        raise ValueError(f"{name}: expected one dimension, got shape {tuple(value.shape)}")
+    if value.is_floating_point() != dtype.is_floating_point:
+        raise TypeError(f"{name}: expected {'a floating' if dtype.is_floating_point else 'an integer'} array, "
+                        f"got {value.dtype}")
+    return value.to(device=device, dtype=dtype, non_blocking=True).contiguous()
+
+
+def _first_outside(name: str, ids: torch.Tensor, vocab: int) -> None:
+    if ids.numel():
+        low, high = torch.aminmax(ids)
+        if int(low) < 0 or int(high) >= vocab:
+            bad = ids[(ids < 0) | (ids >= vocab)][0]
+            raise ValueError(f"{name}: id {int(bad)} is outside [0, vocab_size={vocab})")
+
+
+def prepare_gpu_chunk(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: ArrayLike, offsets: ArrayLike,
+                      keep_prob: ArrayLike | None, alias_prob: ArrayLike, alias_index: ArrayLike,
+                      window: int, negative: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                           torch.Tensor, torch.Tensor]:
+    """Validate a chunk for a GPU kernel and move it to the tables' device (ids checked before any
+    kernel touches memory). Returns tokens int32, offsets int64, keep_prob, alias_prob, alias_index."""
+    vocab, _ = syn0.shape
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 1000:
+        raise ValueError(f"window: expected an int in 1..1000, got {window!r}")
+    if isinstance(negative, bool) or not isinstance(negative, int) or not 1 <= negative <= 1000:
+        raise ValueError(f"negative: expected an int in 1..1000, got {negative!r}")
+    device = syn0.device
+    tok = _as_device_tensor("tokens", tokens, torch.int32, device)
+    if tok.numel() >= 2**31:
+        raise ValueError(f"tokens: expected fewer than 2^31 tokens per chunk, got {tok.numel()}")
+    off = _as_device_tensor("offsets", offsets, torch.int64, device)
+    if off.numel() < 1 or int(off[0]) != 0 or int(off[-1]) != tok.numel():
+        raise ValueError(f"offsets: expected offsets[0] = 0 and offsets[-1] = {tok.numel()} (the token count), "
+                         f"got {off[:1].tolist()} ... {off[-1:].tolist()}")
+    if off.numel() > 1 and bool((off[1:] < off[:-1]).any()):
+        raise ValueError("offsets: expected non-decreasing values")
+    _first_outside("tokens", tok, vocab)
+    keep = None if keep_prob is None else _as_device_tensor("keep_prob", keep_prob, torch.float32, device)
+    prob = _as_device_tensor("alias_prob", alias_prob, torch.float32, device)
+    alias = _as_device_tensor("alias_index", alias_index, torch.int32, device)
+    for name, t in (("keep_prob", keep), ("alias_prob", prob), ("alias_index", alias)):
+        if t is not None and t.numel() != vocab:
+            raise ValueError(f"{name}: expected vocab_size={vocab} elements, got {t.numel()}")
+    _first_outside("alias_index", alias, vocab)
+    return tok, off, keep, prob, alias
+
+
+def _gpu_train_check(inputs: dict[str, Any]) -> list[str]:
+    reasons = []
+    syn0, syn1 = inputs["syn0"], inputs["syn1neg"]
+    for name, t in (("syn0", syn0), ("syn1neg", syn1)):
+        if not isinstance(t, torch.Tensor):
+            reasons.append(f"{name} is a {type(t).__name__}, not a torch.Tensor on the kernel's device")
+        elif t.dim() != 2 or not t.is_contiguous():
+            reasons.append(f"{name} is not a contiguous [V, D] tensor (the tables are updated in place)")
+    if not reasons and (syn1.shape != syn0.shape or syn1.device != syn0.device or syn1.dtype != syn0.dtype):
+        reasons.append(f"syn1neg {tuple(syn1.shape)} {syn1.dtype} {syn1.device} does not match syn0 "
+                       f"{tuple(syn0.shape)} {syn0.dtype} {syn0.device}")
+    return reasons
+
+
+def _train_chunk_gpu(launch: Any, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start,
+                     alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed,
+                     slice_tokens: int | None = None) -> tuple[int, int, float]:
+    tok, off, keep, prob, alias = prepare_gpu_chunk(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob,
+                                                    alias_index, window, negative)
+    seed = int(seed) & (2**63 - 1)
+    plan = plan_chunk(tok, off, keep, float(alpha_start), float(alpha_end), seed, slice_tokens)
+    loss = launch(syn0, syn1neg, plan.tokens, plan.alphas, plan.bounds, prob, alias, mode=mode, window=window,
+                  negative=negative, cbow_mean=cbow_mean, shrink_windows=shrink_windows,
+                  compute_loss=compute_loss, seed=seed)
+    return plan.raw_words, plan.effective_words, float(loss.sum()) if compute_loss else 0.0
+
+
+@WORD2VEC_TRAIN.register(
+    "triton",
+    Capability(devices=("cuda", "cpu"), dtypes=(torch.float32,),
+               features=("Hogwild over sentence slices", "pWord2Vec shared negatives (tl.dot)",
+                         "counter-based Philox draws", "alias-method noise sampling")),
+    check=_gpu_train_check,
+)
+def _train_chunk_triton(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
+                        mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):
+    from genai_fast.kernels.word2vec import word2vec_train_fwd
+
+    return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
+                            alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
+                            seed)
+
+
+@WORD2VEC_TRAIN.register(
+    "cuda",
+    Capability(devices=("cuda",), dtypes=(torch.float32,), min_compute_capability=(7, 0),
+               features=("Hogwild over sentence slices", "a warp per centre", "pWord2Vec shared negatives",
+                         "counter-based Philox draws (same stream as triton)", "NVRTC via CuPy")),
+    check=_gpu_train_check,
+)
+def _train_chunk_cuda(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
+                      mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):
+    from genai_fast.backends.cuda.word2vec import word2vec_train_fwd
+
+    return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
+                            alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
+                            seed)
+
+
+def _as_numpy_table(name: str, table: ArrayLike) -> np.ndarray:
+    if isinstance(table, torch.Tensor):
+        if table.device.type != "cpu":
+            raise ValueError(f"{name}: the CPU backends need CPU tables, got a tensor on {table.device}")
+        return table.detach().numpy()  # shares memory: in-place updates reach the tensor
+    return table
+
+
+def _as_numpy(value: ArrayLike | None) -> np.ndarray | None:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
 
 @WORD2VEC_TRAIN.register(
@@ -367,8 +585,10 @@ def _train_chunk_cpp(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alia
                      mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):
     from genai_fast.backends.cpp.word2vec import word2vec_train
 
-    return word2vec_train(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start,
-                          alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers)
+    return word2vec_train(_as_numpy_table("syn0", syn0), _as_numpy_table("syn1neg", syn1neg), _as_numpy(tokens),
+                          _as_numpy(offsets), _as_numpy(keep_prob), _as_numpy(alias_prob), _as_numpy(alias_index),
+                          alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
+                          seed, workers)
 
 
 @WORD2VEC_TRAIN.register(
@@ -377,6 +597,9 @@ def _train_chunk_cpp(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alia
 def _train_chunk_torch(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
                        mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):
     """The same algorithm in Python over the step reference: correct but slow (a fallback, not a path)."""
+    syn0, syn1neg = _as_numpy_table("syn0", syn0), _as_numpy_table("syn1neg", syn1neg)
+    tokens, offsets, keep_prob = _as_numpy(tokens), _as_numpy(offsets), _as_numpy(keep_prob)
+    alias_prob, alias_index = _as_numpy(alias_prob), _as_numpy(alias_index)
     vocab = syn0.shape[0]
     for name, ids in (("tokens", tokens), ("alias_index", alias_index)):
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
@@ -408,3 +631,43 @@ def _train_chunk_torch(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, al
                 s0, s1, torch.tensor([int(words[i])]), torch.tensor([ctx]), torch.from_numpy(negs), alpha, mode,
                 cbow_mean).sum())
     return raw, effective, (loss if compute_loss else 0.0)
+
+
+# ---- the GPU kernels' random stream, in numpy (the tests' oracle for the draws)
+
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32(seed: int, counters: np.ndarray, rounds: int = 10) -> tuple[np.ndarray, ...]:
+    """Philox 4x32 of 64-bit counters [n] (c0 = low, c1 = high 32 bits, c2 = c3 = 0) under key = seed:
+    the numbers Triton's `tl.randint4x(seed, counters)` and csrc/cuda/word2vec.cu produce (uint32 x 4)."""
+    counters = np.asarray(counters, dtype=np.uint64)
+    c0, c1 = counters & _MASK32, counters >> np.uint64(32)
+    c2 = c3 = np.zeros_like(c0)
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)
+    a, b = np.uint64(_PHILOX_ROUND_A), np.uint64(_PHILOX_ROUND_B)
+    for _ in range(rounds):
+        p0, p2 = a * c0, b * c2  # exact 64-bit products of 32-bit values
+        c0, c1, c2, c3 = (p2 >> np.uint64(32)) ^ c1 ^ k0, p2 & _MASK32, (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & _MASK32
+        k0, k1 = (k0 + np.uint64(_PHILOX_KEY_A)) & _MASK32, (k1 + np.uint64(_PHILOX_KEY_B)) & _MASK32
+    return c0, c1, c2, c3
+
+
+def word2vec_draws_reference(num_centres: int, alias_prob: np.ndarray, alias_index: np.ndarray, *, mode: str,
+                             window: int, negative: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The GPU kernels' draws for kept indices 0..num_centres-1 (see kernels/word2vec.py):
+    window shrink [N] int32 and noise words [N, sets, K] int32 (sets = 2*window for sg_pair, else 1)."""
+    sets = 2 * window if mode == "sg_pair" else 1
+    stride = 1 + sets * negative
+    base = np.arange(num_centres, dtype=np.uint64) * np.uint64(stride)
+    r0, _, _, _ = philox4x32(seed, base)
+    shrink = ((r0 * np.uint64(window)) >> np.uint64(32)).astype(np.int32)
+    slots = base[:, None] + np.uint64(1) + np.arange(sets * negative, dtype=np.uint64)[None, :]
+    r0, r1, _, _ = philox4x32(seed, slots.reshape(-1))
+    vocab = len(alias_prob)
+    idx = ((r0 * np.uint64(vocab)) >> np.uint64(32)).astype(np.int64)
+    u = (r1 >> np.uint64(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+    noise = np.where(u < alias_prob[idx], idx, alias_index[idx]).astype(np.int32)
+    return shrink, noise.reshape(num_centres, sets, negative)

@@ -1,0 +1,300 @@
+"""The GPU word2vec trainer's pieces on the CPU: the Triton kernel under TRITON_INTERPRET=1 (forced
+backend="triton"), the device-side chunk plan, the counter-based random stream, and input validation.
+
+The kernel's draws are a pure function of (seed, kept index, slot), reproduced here in numpy
+(`word2vec_draws_reference`), so a chunk run by the kernel can be replayed by a float64 reference
+with the same windows and negatives and compared element by element (tolerance rule of DESIGN.md).
+Under the interpreter the programs run one after another in slice order, so the replay is exact in
+order too. The interpreter is slow (tens of ms per centre): chunks here are a few dozen tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genai_fast.backends import memory
+from genai_fast.backends.availability import triton_interpreter_enabled, triton_module
+from genai_fast.backends.dispatch import BackendNotSupportedError
+from genai_fast.ops.word2vec_ops import (
+    ChunkPlan,
+    philox4x32,
+    plan_chunk,
+    word2vec_draws_reference,
+    word2vec_train_chunk,
+)
+from genai_fast.testing import assert_matches_oracle
+from genai_fast.word2vec.model import alias_table
+
+needs_triton = pytest.mark.skipif(
+    triton_module()[0] is None or not (torch.cuda.is_available() or triton_interpreter_enabled()),
+    reason="needs Triton with a GPU or TRITON_INTERPRET=1",
+)
+
+
+# ---------------------------------------------------------------- float64 replay of the kernel
+
+
+def _sg_update(syn0, syn1, ctx: list[int], centre: int, negs, alpha: float) -> float:
+    """All contexts against one target set, every score from the rows before the update."""
+    targets = torch.tensor([centre, *[int(n) for n in negs]])
+    valid = torch.ones(len(targets), dtype=syn0.dtype)
+    valid[1:] = (targets[1:] != centre).to(syn0.dtype)
+    labels = torch.zeros(len(targets), dtype=syn0.dtype)
+    labels[0] = 1.0
+    rows = torch.tensor(ctx)
+    inp, out = syn0[rows], syn1[targets]
+    f = inp @ out.T
+    g = (labels - torch.sigmoid(f)) * alpha * valid
+    syn1.index_add_(0, targets, g.T @ inp)
+    syn0.index_add_(0, rows, g @ out)
+    signed = torch.where(labels.bool(), -f, f)
+    return float((F.softplus(signed.double()) * valid.double()).sum())
+
+
+def _cbow_update(syn0, syn1, ctx: list[int], centre: int, negs, alpha: float, cbow_mean: bool) -> float:
+    targets = torch.tensor([centre, *[int(n) for n in negs]])
+    valid = torch.ones(len(targets), dtype=syn0.dtype)
+    valid[1:] = (targets[1:] != centre).to(syn0.dtype)
+    labels = torch.zeros(len(targets), dtype=syn0.dtype)
+    labels[0] = 1.0
+    rows = torch.tensor(ctx)
+    h = syn0[rows].sum(0) / (len(ctx) if cbow_mean else 1)
+    out = syn1[targets]
+    f = out @ h
+    g = (labels - torch.sigmoid(f)) * alpha * valid
+    err = (g @ out) / (1 if cbow_mean else len(ctx))
+    syn1.index_add_(0, targets, g[:, None] * h[None, :])
+    syn0.index_add_(0, rows, err.expand(len(ctx), -1).contiguous())
+    signed = torch.where(labels.bool(), -f, f)
+    return float((F.softplus(signed.double()) * valid.double()).sum())
+
+
+def replay_chunk(syn0, syn1, plan: ChunkPlan, shrink, noise, *, mode: str, window: int, cbow_mean: bool = True,
+                 shrink_windows: bool = True) -> float:
+    """The kernel's arithmetic, centre after centre in slice order, in syn0's dtype (in place)."""
+    tokens, alphas = plan.tokens.tolist(), plan.alphas.tolist()
+    loss = 0.0
+    for lo, hi, sent_lo, sent_hi in plan.bounds.tolist():
+        for i in range(lo, hi):
+            b = int(shrink[i]) if shrink_windows else 0
+            positions = [j for j in range(max(sent_lo, i - window + b), min(sent_hi, i + window + 1 - b)) if j != i]
+            if not positions:
+                continue
+            centre, alpha = tokens[i], alphas[i]
+            if mode == "sg_pair":
+                for j in positions:
+                    slot = j - (i - window) - (1 if j > i else 0)
+                    loss += _sg_update(syn0, syn1, [tokens[j]], centre, noise[i, slot], alpha)
+            elif mode == "sg_shared":
+                loss += _sg_update(syn0, syn1, [tokens[j] for j in positions], centre, noise[i, 0], alpha)
+            else:
+                loss += _cbow_update(syn0, syn1, [tokens[j] for j in positions], centre, noise[i, 0], alpha,
+                                     cbow_mean)
+    return loss
+
+
+def _noise_tables(vocab: int, unused: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Zipf-like noise over the first vocab - unused words; the last `unused` words are never drawn."""
+    weights = np.arange(vocab, 0, -1, dtype=np.float64) ** 0.75
+    if unused:
+        weights[-unused:] = 0.0
+    return alias_table(weights)
+
+
+def _chunk(vocab: int, lengths: list[int], seed: int = 0, unused: int = 0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab - unused, sum(lengths)).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return tokens, offsets
+
+
+def _tables(vocab: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(vocab, dim, generator=g) - 0.5) / 2, (torch.rand(vocab, dim, generator=g) - 0.5) / 2
+
+
+# ---------------------------------------------------------------- the random stream
+
+
+def test_numpy_philox_matches_the_published_test_vector():
+    # Random123's known-answer test for Philox4x32-10: counter 0, key 0.
+    out = philox4x32(0, np.array([0], dtype=np.uint64))
+    assert [int(x[0]) for x in out] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@needs_triton
+@pytest.mark.parametrize(("mode", "seed"), [("sg_shared", 1), ("sg_pair", 2**40 + 5)], ids=["shared-seed1",
+                                                                                        "pair-seed-2^40"])
+def test_triton_draws_match_the_numpy_stream(mode, seed):
+    from genai_fast.kernels.word2vec import word2vec_draws
+
+    prob, alias = _noise_tables(37)
+    shrink, noise = word2vec_draws(24, torch.from_numpy(prob), torch.from_numpy(alias), mode=mode, window=3,
+                                   negative=4, seed=seed)
+    ref_shrink, ref_noise = word2vec_draws_reference(24, prob, alias, mode=mode, window=3, negative=4, seed=seed)
+    assert np.array_equal(shrink.cpu().numpy(), ref_shrink)
+    assert np.array_equal(noise.cpu().numpy(), ref_noise)
+    assert 0 <= ref_shrink.min() and ref_shrink.max() < 3 and 0 <= ref_noise.min() and ref_noise.max() < 37
+
+
+def test_noise_draws_follow_the_alias_distribution():
+    weights = np.array([8.0, 4.0, 2.0, 1.0, 1.0, 0.0])
+    prob, alias = alias_table(weights)
+    _, noise = word2vec_draws_reference(4000, prob, alias, mode="sg_shared", window=5, negative=5, seed=9)
+    freq = np.bincount(noise.reshape(-1), minlength=6) / noise.size
+    assert np.abs(freq - weights / weights.sum()).max() < 0.01
+    assert freq[5] == 0.0
+
+
+# ---------------------------------------------------------------- the chunk plan (torch, any device)
+
+
+def test_plan_subsamples_compacts_and_slices_within_sentences():
+    vocab = 20
+    tokens, offsets = _chunk(vocab, [7, 0, 1, 40, 13])
+    keep = torch.full((vocab,), 0.6)
+    keep[3] = 1.0
+    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), keep, 0.05, 0.01, seed=4,
+                      slice_tokens=6)
+    assert plan.raw_words == 61 and plan.effective_words == plan.tokens.numel()
+    assert 0.4 * 61 < plan.effective_words < 0.85 * 61
+    assert (torch.from_numpy(tokens) == 3).sum() == (plan.tokens == 3).sum(), "keep_prob 1 keeps every token"
+    lo, hi, sent_lo, sent_hi = plan.bounds.long().unbind(1)
+    assert bool(((hi - lo) <= 6).all() and (hi > lo).all()), "slices are non-empty and at most slice_tokens"
+    assert bool(((sent_lo <= lo) & (hi <= sent_hi)).all()), "a slice stays inside its sentence"
+    covered = torch.cat([torch.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
+    assert torch.equal(covered, torch.arange(plan.effective_words)), "every kept token is a centre once"
+    assert bool((plan.alphas[1:] <= plan.alphas[:-1]).all()) and 0.01 <= float(plan.alphas.min())
+    again = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), keep, 0.05, 0.01, seed=4,
+                       slice_tokens=6)
+    assert torch.equal(again.tokens, plan.tokens) and torch.equal(again.bounds, plan.bounds)
+    full = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), None, 0.05, 0.05, seed=4)
+    assert full.effective_words == 61 and torch.equal(full.tokens, torch.from_numpy(tokens))
+    assert full.bounds.shape[0] == 4, "an empty sentence gets no slice"
+
+
+# ---------------------------------------------------------------- the Triton kernel vs the replay
+
+# (mode, cbow_mean, vocab, dim, sentence lengths, window, negative, slice_tokens)
+REPLAY_CASES = [
+    pytest.param("sg_shared", True, 23, 20, [15, 1, 0, 18], 2, 3, 5, id="sg-shared-d20-sliced"),
+    pytest.param("sg_pair", True, 17, 9, [9, 6], 2, 2, 4, id="sg-pair-d9"),
+    pytest.param("cbow", True, 23, 33, [11, 9], 3, 3, 64, id="cbow-mean-d33"),
+    pytest.param("cbow", False, 11, 16, [12, 2], 2, 4, 3, id="cbow-sum-d16-tiny-vocab"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "lengths", "window", "negative", "slice_tokens"),
+                         REPLAY_CASES)
+def test_triton_chunk_matches_float64_replay(mode, cbow_mean, vocab, dim, lengths, window, negative, slice_tokens):
+    from genai_fast.kernels.word2vec import word2vec_train_fwd
+
+    tokens, offsets = _chunk(vocab, lengths, seed=vocab)
+    prob, alias = _noise_tables(vocab)
+    keep = torch.full((vocab,), 0.8)
+    seed = 11
+    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), keep, 0.2, 0.05, seed, slice_tokens)
+    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
+                                             negative=negative, seed=seed)
+    syn0, syn1 = _tables(vocab, dim)
+    ref0, ref1 = syn0.double(), syn1.double()
+    ref_loss = replay_chunk(ref0, ref1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    base0, base1 = syn0.clone(), syn1.clone()  # the same replay in float32 sets the error budget
+    replay_chunk(base0, base1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    out0, out1 = syn0.clone(), syn1.clone()
+    with memory.poison_outputs():
+        loss = word2vec_train_fwd(out0, out1, plan.tokens, plan.alphas, plan.bounds, torch.from_numpy(prob),
+                                  torch.from_numpy(alias), mode=mode, window=window, negative=negative,
+                                  cbow_mean=cbow_mean, shrink_windows=True, compute_loss=True, seed=seed)
+    assert loss.dtype == torch.float64 and loss.shape == (plan.bounds.shape[0],)
+    assert bool(torch.isfinite(loss).all()), "every program writes its loss slot"
+    assert_matches_oracle(out0, ref0, base0, what=f"triton {mode} syn0")
+    assert_matches_oracle(out1, ref1, base1, what=f"triton {mode} syn1neg")
+    assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
+    assert not torch.equal(out0, syn0) and not torch.equal(out1, syn1)
+
+
+# ---------------------------------------------------------------- the public op, backend="triton"
+
+
+@needs_triton
+def test_triton_training_lowers_the_loss_and_leaves_unused_rows_alone():
+    vocab, dim, unused = 12, 16, 2
+    # Two "topics" that never share a sentence: words 0-4 and 5-9; words 10 and 11 never occur.
+    rng = np.random.default_rng(3)
+    sentences = [rng.permutation(5) + 5 * (s % 2) for s in range(8)]
+    tokens = np.concatenate(sentences).astype(np.int32)
+    offsets = np.arange(0, tokens.size + 1, 5, dtype=np.int64)
+    prob, alias = _noise_tables(vocab, unused)
+    syn0, syn1 = _tables(vocab, dim)
+    syn0 *= 0.2
+    syn1.zero_()
+    start0, start1 = syn0.clone(), syn1.clone()
+    losses = []
+    for epoch in range(3):
+        raw, effective, loss = word2vec_train_chunk(
+            syn0, syn1, tokens, offsets, None, prob, alias, 0.3, 0.3, mode="sg_shared", window=2, negative=3,
+            compute_loss=True, seed=epoch, backend="triton")
+        assert raw == effective == tokens.size
+        losses.append(loss)
+    assert losses[2] < losses[0], f"the loss must fall across epochs: {losses}"
+    assert torch.equal(syn0[-unused:], start0[-unused:]) and torch.equal(syn1[-unused:], start1[-unused:])
+    assert bool(torch.isfinite(syn0).all() and torch.isfinite(syn1).all())
+    unit = F.normalize(syn0[:10], dim=1)
+    sim = unit @ unit.T
+    same = torch.block_diag(torch.ones(5, 5), torch.ones(5, 5)).bool() & ~torch.eye(10, dtype=torch.bool)
+    assert float(sim[same].mean()) > float(sim[~same & ~torch.eye(10, dtype=torch.bool)].mean())
+
+
+def test_gpu_path_rejects_bad_input_before_any_kernel():
+    vocab, dim = 10, 8
+    tokens, offsets = _chunk(vocab, [6, 4])
+    prob, alias = _noise_tables(vocab)
+    syn0, syn1 = _tables(vocab, dim)
+    before0, before1 = syn0.clone(), syn1.clone()
+    kwargs = {"mode": "sg_shared", "window": 2, "negative": 2, "backend": "triton"}
+    if triton_module()[0] is None or not triton_interpreter_enabled():
+        pytest.skip("forcing the triton backend on CPU tensors needs TRITON_INTERPRET=1")
+    bad = tokens.copy()
+    bad[7] = vocab
+    with pytest.raises(ValueError, match=r"tokens: id 10 is outside \[0, vocab_size=10\)"):
+        word2vec_train_chunk(syn0, syn1, bad, offsets, None, prob, alias, 0.1, 0.1, **kwargs)
+    with pytest.raises(ValueError, match="offsets"):
+        word2vec_train_chunk(syn0, syn1, tokens, offsets + 1, None, prob, alias, 0.1, 0.1, **kwargs)
+    unsorted = np.array([0, 8, 5, 10], dtype=np.int64)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        word2vec_train_chunk(syn0, syn1, tokens, unsorted, None, prob, alias, 0.1, 0.1, **kwargs)
+    bad_alias = alias.copy()
+    bad_alias[2] = -3
+    with pytest.raises(ValueError, match=r"alias_index: id -3"):
+        word2vec_train_chunk(syn0, syn1, tokens, offsets, None, prob, bad_alias, 0.1, 0.1, **kwargs)
+    with pytest.raises(ValueError, match="keep_prob: expected vocab_size=10"):
+        word2vec_train_chunk(syn0, syn1, tokens, offsets, np.ones(9, np.float32), prob, alias, 0.1, 0.1, **kwargs)
+    with pytest.raises(TypeError, match="tokens"):
+        word2vec_train_chunk(syn0, syn1, tokens.astype(np.float32), offsets, None, prob, alias, 0.1, 0.1, **kwargs)
+    with pytest.raises(ValueError, match="window"):
+        word2vec_train_chunk(syn0, syn1, tokens, offsets, None, prob, alias, 0.1, 0.1, **{**kwargs, "window": 0})
+    with pytest.raises(ValueError, match="syn1neg"):
+        word2vec_train_chunk(syn0, syn1[:5], tokens, offsets, None, prob, alias, 0.1, 0.1, **kwargs)
+    with pytest.raises(BackendNotSupportedError, match=r"not a torch\.Tensor"):
+        word2vec_train_chunk(syn0.numpy(), syn1.numpy(), tokens, offsets, None, prob, alias, 0.1, 0.1, **kwargs)
+    with pytest.raises(BackendNotSupportedError, match="dtype float64"):
+        word2vec_train_chunk(syn0.double(), syn1.double(), tokens, offsets, None, prob, alias, 0.1, 0.1, **kwargs)
+    assert torch.equal(syn0, before0) and torch.equal(syn1, before1), "rejected calls must not touch the tables"
+
+
+def test_cpu_tensors_still_take_the_cpp_or_torch_path():
+    """Automatic dispatch on CPU tables never picks the interpreter; tensors and numpy arrays both work."""
+    vocab = 10
+    tokens, offsets = _chunk(vocab, [6, 4])
+    prob, alias = _noise_tables(vocab)
+    syn0, syn1 = _tables(vocab, 8)
+    raw, effective, _ = word2vec_train_chunk(syn0, syn1, tokens, offsets, None, prob, alias, 0.1, 0.1,
+                                             mode="sg_shared", window=2, negative=2)
+    from genai_fast.ops.word2vec_ops import WORD2VEC_TRAIN
+
+    assert WORD2VEC_TRAIN.last_backend in ("cpp", "torch") and raw == effective == 10
