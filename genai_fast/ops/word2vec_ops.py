@@ -371,7 +371,8 @@ def word2vec_train_chunk(
                          f"{syn0.device}, got {tuple(syn1neg.shape)}, {syn1neg.dtype}, {syn1neg.device}")
     device = syn0.device if isinstance(syn0, torch.Tensor) else torch.device("cpu")
     dtype = syn0.dtype if isinstance(syn0, torch.Tensor) else torch.float32
-    inputs = {"device": device, "dtype": dtype, "syn0": syn0, "syn1neg": syn1neg}
+    inputs = {"device": device, "dtype": dtype, "syn0": syn0, "syn1neg": syn1neg, "mode": mode, "window": window,
+              "negative": negative}
     impl = WORD2VEC_TRAIN.select(inputs, backend)
     return impl.run(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
                     mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers)
@@ -548,12 +549,22 @@ def _train_chunk_triton(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, a
                             seed)
 
 
+def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
+    reasons = _gpu_train_check(inputs)
+    syn0 = inputs["syn0"]
+    if not reasons and isinstance(inputs["window"], int) and isinstance(inputs["negative"], int):
+        from genai_fast.backends.cuda.word2vec import shared_memory_reasons
+
+        reasons += shared_memory_reasons(inputs["mode"], syn0.shape[1], inputs["window"], inputs["negative"])
+    return reasons
+
+
 @WORD2VEC_TRAIN.register(
     "cuda",
     Capability(devices=("cuda",), dtypes=(torch.float32,), min_compute_capability=(7, 0),
-               features=("Hogwild over sentence slices", "a warp per centre", "pWord2Vec shared negatives",
+               features=("Hogwild over sentence slices", "a warp per slice", "pWord2Vec shared negatives",
                          "counter-based Philox draws (same stream as triton)", "NVRTC via CuPy")),
-    check=_gpu_train_check,
+    check=_cuda_train_check,
 )
 def _train_chunk_cuda(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
                       mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):

@@ -1,0 +1,249 @@
+// word2vec SGNS training (skip-gram shared/pair, CBOW) on the GPU: Hogwild over sentence slices, one warp
+// per slice. The host plan (genai_fast/ops/word2vec_ops.py: plan_chunk) has already subsampled the chunk,
+// compacted the kept tokens, given each its learning rate, and cut sentences into slices:
+//   bounds[4 * s + 0 .. 3] = slice lo, slice hi, sentence lo, sentence hi (indices into tokens).
+//
+// A warp walks the centres of its slice in order. Per centre it stages the context rows and the
+// K + 1 target rows in its shared-memory area (coalesced row loads), computes the C x (K + 1) scores
+// one pair per lane, then the input errors and the output updates from the staged (old) rows, each lane
+// owning columns d = lane, lane + 32, ... and adding into global memory in program order, so a
+// repeated id accumulates exactly inside the warp; other warps race (Hogwild, as in word2vec.c).
+//
+// Randomness: Philox 4x32-10 on 64-bit counters, key = seed, the same stream as Triton's randint4x
+// (kernels/word2vec.py): centre i (kept index) uses counters i * draw_stride + slot; slot 0 gives the
+// window shrink, slot 1 + set * K + k the k-th noise word of a set (set = window slot for pairs, else 0).
+#include <cstdint>
+
+#define W2V_WARPS 4  // warps per block (the launcher's WARPS)
+
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+
+struct Philox {
+  uint32_t c0, c1, c2, c3;
+};
+
+__device__ __forceinline__ Philox philox4x32_10(uint64_t counter, uint64_t seed) {
+  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#pragma unroll
+  for (int r = 0; r < 10; ++r) {
+    const uint32_t a0 = c0, a2 = c2;
+    c0 = __umulhi(0xCD9E8D57u, a2) ^ c1 ^ k0;
+    c2 = __umulhi(0xD2511F53u, a0) ^ c3 ^ k1;
+    c1 = 0xCD9E8D57u * a2;
+    c3 = 0xD2511F53u * a0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return {c0, c1, c2, c3};
+}
+
+__device__ __forceinline__ int noise_word(uint64_t counter, uint64_t seed, const float* __restrict__ prob,
+                                          const int* __restrict__ alias, long long vocab) {
+  const Philox r = philox4x32_10(counter, seed);
+  const int idx = static_cast<int>((static_cast<uint64_t>(r.c0) * static_cast<uint64_t>(vocab)) >> 32);
+  const float u = static_cast<float>(r.c1 >> 8) * (1.0f / 16777216.0f);
+  return u < prob[idx] ? idx : alias[idx];
+}
+
+__device__ __forceinline__ int window_shrink(uint64_t counter, uint64_t seed, int window) {
+  const Philox r = philox4x32_10(counter, seed);
+  return static_cast<int>((static_cast<uint64_t>(r.c0) * static_cast<uint64_t>(window)) >> 32);
+}
+
+__device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// One warp's staging area: rows of the contexts and targets, the errors g, and the ids.
+struct WarpArea {
+  float* in;      // [max_ctx, D]
+  float* out;     // [K1, D]
+  float* g;       // [max_ctx, K1]
+  float* h;       // [D] (CBOW)
+  int* ctx;       // [max_ctx]
+  int* targets;   // [K1], -1 = skipped (a negative equal to the centre)
+};
+
+__device__ __forceinline__ void stage_rows(float* dst, const float* __restrict__ table, const int* ids, int n,
+                                           int D, int lane) {
+  for (int r = 0; r < n; ++r) {
+    const int id = ids[r];
+    const float* src = table + static_cast<long long>(id < 0 ? 0 : id) * D;
+    for (int d = lane; d < D; d += 32) dst[r * D + d] = id < 0 ? 0.0f : src[d];
+  }
+}
+
+// Skip-gram: C contexts against one target set. Returns this lane's share of the loss.
+__device__ double sg_update(float* syn0, float* syn1, const WarpArea& w, int C, int K1, int D, float alpha,
+                            bool compute_loss, int lane) {
+  stage_rows(w.in, syn0, w.ctx, C, D, lane);
+  stage_rows(w.out, syn1, w.targets, K1, D, lane);
+  __syncwarp();
+  double loss = 0.0;
+  for (int p = lane; p < C * K1; p += 32) {
+    const int c = p / K1, k = p - c * K1;
+    float g = 0.0f;
+    if (w.targets[k] >= 0) {
+      const float* a = w.in + c * D;
+      const float* b = w.out + k * D;
+      float f = 0.0f;
+      for (int d = 0; d < D; ++d) f = fmaf(a[d], b[d], f);
+      g = ((k == 0 ? 1.0f : 0.0f) - sigmoid(f)) * alpha;
+      if (compute_loss) loss += softplus(k == 0 ? -f : f);
+    }
+    w.g[p] = g;
+  }
+  __syncwarp();
+  for (int d = lane; d < D; d += 32) {
+    for (int c = 0; c < C; ++c) {  // input errors from the old outputs
+      float e = 0.0f;
+      for (int k = 0; k < K1; ++k) e = fmaf(w.g[c * K1 + k], w.out[k * D + d], e);
+      syn0[static_cast<long long>(w.ctx[c]) * D + d] += e;
+    }
+    for (int k = 0; k < K1; ++k) {  // output updates from the old inputs
+      if (w.targets[k] < 0) continue;
+      float o = 0.0f;
+      for (int c = 0; c < C; ++c) o = fmaf(w.g[c * K1 + k], w.in[c * D + d], o);
+      syn1[static_cast<long long>(w.targets[k]) * D + d] += o;
+    }
+  }
+  __syncwarp();
+  return loss;
+}
+
+// CBOW: h = sum (or mean) of the C context rows predicts the centre.
+__device__ double cbow_update(float* syn0, float* syn1, const WarpArea& w, int C, int K1, int D, float alpha,
+                              bool cbow_mean, bool compute_loss, int lane) {
+  const float inv_count = 1.0f / static_cast<float>(C);
+  for (int d = lane; d < D; d += 32) {
+    float h = 0.0f;
+    for (int c = 0; c < C; ++c) h += syn0[static_cast<long long>(w.ctx[c]) * D + d];
+    w.h[d] = cbow_mean ? h * inv_count : h;
+  }
+  stage_rows(w.out, syn1, w.targets, K1, D, lane);
+  __syncwarp();
+  double loss = 0.0;
+  if (lane < K1) {
+    float g = 0.0f;
+    if (w.targets[lane] >= 0) {
+      float f = 0.0f;
+      for (int d = 0; d < D; ++d) f = fmaf(w.h[d], w.out[lane * D + d], f);
+      g = ((lane == 0 ? 1.0f : 0.0f) - sigmoid(f)) * alpha;
+      if (compute_loss) loss += softplus(lane == 0 ? -f : f);
+    }
+    w.g[lane] = g;
+  }
+  __syncwarp();
+  for (int d = lane; d < D; d += 32) {
+    float e = 0.0f;
+    for (int k = 0; k < K1; ++k) e = fmaf(w.g[k], w.out[k * D + d], e);
+    if (!cbow_mean) e *= inv_count;
+    for (int k = 0; k < K1; ++k)
+      if (w.targets[k] >= 0) syn1[static_cast<long long>(w.targets[k]) * D + d] += w.g[k] * w.h[d];
+    for (int c = 0; c < C; ++c) syn0[static_cast<long long>(w.ctx[c]) * D + d] += e;
+  }
+  __syncwarp();
+  return loss;
+}
+
+// Lane k < K1 draws target k (k = 0: the centre) for noise set `set`; a negative equal to the centre is -1.
+__device__ __forceinline__ void draw_targets(const WarpArea& w, int centre, uint64_t base, int set, int negative,
+                                             uint64_t seed, const float* prob, const int* alias, long long vocab,
+                                             int lane) {
+  if (lane <= negative) {
+    int t = centre;
+    if (lane > 0) {
+      t = noise_word(base + 1 + static_cast<uint64_t>(set) * negative + (lane - 1), seed, prob, alias, vocab);
+      if (t == centre) t = -1;
+    }
+    w.targets[lane] = t;
+  }
+}
+
+}  // namespace
+
+// The per-warp shared-memory floats and ints the launcher reserves (keep in sync with WarpArea).
+extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
+    float* __restrict__ syn0, float* __restrict__ syn1, const int* __restrict__ tokens,
+    const float* __restrict__ alphas, const int* __restrict__ bounds, const float* __restrict__ prob,
+    const int* __restrict__ alias, double* __restrict__ loss_out, long long num_slices, long long vocab, int D,
+    long long seed_bits, int window, int negative, long long draw_stride, int mode, int cbow_mean, int shrink,
+    int compute_loss) {
+  extern __shared__ float smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const long long slice = static_cast<long long>(blockIdx.x) * W2V_WARPS + warp;
+  if (slice >= num_slices) return;
+  const uint64_t seed = static_cast<uint64_t>(seed_bits);
+  const int K1 = negative + 1;
+  const int max_ctx = mode == 0 ? 1 : 2 * window;  // rows staged at once (pairs: one context at a time)
+  const int floats = max_ctx * D + K1 * D + max_ctx * K1 + D;
+  const int per_warp = floats + max_ctx + K1;
+  WarpArea w;
+  w.in = smem + static_cast<long long>(warp) * per_warp;
+  w.out = w.in + max_ctx * D;
+  w.g = w.out + K1 * D;
+  w.h = w.g + max_ctx * K1;
+  w.ctx = reinterpret_cast<int*>(w.h + D);
+  w.targets = w.ctx + max_ctx;
+
+  const int lo = bounds[4 * slice], hi = bounds[4 * slice + 1];
+  const int sent_lo = bounds[4 * slice + 2], sent_hi = bounds[4 * slice + 3];
+  double loss = 0.0;
+  for (int i = lo; i < hi; ++i) {
+    const int centre = tokens[i];
+    const float alpha = alphas[i];
+    const uint64_t base = static_cast<uint64_t>(i) * static_cast<uint64_t>(draw_stride);
+    const int b = shrink ? window_shrink(base, seed, window) : 0;
+    const int j0 = max(sent_lo, i - window + b), j1 = min(sent_hi, i + window + 1 - b);
+    if (mode == 0) {
+      for (int t = 0; t < 2 * window; ++t) {
+        const int j = i - window + t + (t >= window ? 1 : 0);
+        if (j < j0 || j >= j1) continue;
+        if (lane == 0) w.ctx[0] = tokens[j];
+        draw_targets(w, centre, base, t, negative, seed, prob, alias, vocab, lane);
+        __syncwarp();
+        loss += sg_update(syn0, syn1, w, 1, K1, D, alpha, compute_loss != 0, lane);
+      }
+      continue;
+    }
+    // Contexts in window order, compacted with a ballot over the 2 * window slots.
+    int C = 0;
+    for (int t0 = 0; t0 < 2 * window; t0 += 32) {
+      const int t = t0 + lane;
+      const int j = i - window + t + (t >= window ? 1 : 0);
+      const bool valid = t < 2 * window && j >= j0 && j < j1;
+      const unsigned mask = __ballot_sync(kFull, valid);
+      if (valid) w.ctx[C + __popc(mask & ((1u << lane) - 1u))] = tokens[j];
+      C += __popc(mask);
+    }
+    draw_targets(w, centre, base, 0, negative, seed, prob, alias, vocab, lane);
+    __syncwarp();
+    if (C == 0) continue;
+    if (mode == 1) {
+      loss += sg_update(syn0, syn1, w, C, K1, D, alpha, compute_loss != 0, lane);
+    } else {
+      loss += cbow_update(syn0, syn1, w, C, K1, D, alpha, cbow_mean != 0, compute_loss != 0, lane);
+    }
+  }
+  for (int s = 16; s > 0; s >>= 1) loss += __shfl_xor_sync(kFull, loss, s);
+  if (lane == 0) loss_out[slice] = loss;
+}
+
+// The draws of centres 0..n-1 (tests): shrink [n] and noise [n, sets, negative], one thread per centre.
+extern "C" __global__ void word2vec_draws(int* __restrict__ shrink_out, int* __restrict__ noise_out,
+                                          const float* __restrict__ prob, const int* __restrict__ alias,
+                                          long long n, long long vocab, long long seed_bits, int window,
+                                          long long draw_stride, int sets, int negative) {
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const uint64_t seed = static_cast<uint64_t>(seed_bits);
+  const uint64_t base = static_cast<uint64_t>(i) * static_cast<uint64_t>(draw_stride);
+  shrink_out[i] = window_shrink(base, seed, window);
+  for (int s = 0; s < sets; ++s)
+    for (int k = 0; k < negative; ++k)
+      noise_out[(i * sets + s) * negative + k] =
+          noise_word(base + 1 + static_cast<uint64_t>(s) * negative + k, seed, prob, alias, vocab);
+}

@@ -1,0 +1,89 @@
+"""Launchers for the CUDA word2vec kernels (csrc/cuda/word2vec.cu), compiled by NVRTC via CuPy.
+
+`word2vec_train_fwd` takes the chunk plan of `genai_fast.ops.word2vec_ops.plan_chunk` (the same as the
+Triton launcher's) and runs one warp per slice, W2V_WARPS warps per block, each warp with its own
+shared-memory staging area (context rows, target rows, errors, ids). The caller has validated ids and
+sizes; this module checks only what the kernel itself needs (the staging area fits in shared memory).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genai_fast.backends import memory
+from genai_fast.backends.cuda import current_device, device_index, load_launcher, torch_stream_pointer
+
+SOURCE = "word2vec.cu"
+WARPS = 4  # warps per block (the .cu file's W2V_WARPS)
+MAX_SHARED_BYTES = 48 * 1024  # dynamic shared memory without opting in to more
+MODES = {"sg_pair": 0, "sg_shared": 1, "cbow": 2}
+# p pointer, q long long, i int (see genai_fast.backends.cuda.Launcher)
+TRAIN_SIGNATURE = "ppppppppqqiqiiqiiii"
+DRAWS_SIGNATURE = "ppppqqqiqii"
+
+
+def warp_area_bytes(mode: str, dim: int, window: int, negative: int) -> int:
+    """Shared memory one warp stages per centre (the .cu file's WarpArea)."""
+    max_ctx = 1 if mode == "sg_pair" else 2 * window
+    k1 = negative + 1
+    return 4 * (max_ctx * dim + k1 * dim + max_ctx * k1 + dim + max_ctx + k1)
+
+
+def shared_memory_reasons(mode: str, dim: int, window: int, negative: int) -> list[str]:
+    """Why the CUDA kernel cannot stage this configuration (empty: it can)."""
+    need = warp_area_bytes(mode, dim, window, negative)
+    if need > MAX_SHARED_BYTES:
+        return [f"one warp's staging area ({need} bytes for dim={dim}, window={window}, negative={negative}) "
+                f"exceeds {MAX_SHARED_BYTES} bytes of shared memory"]
+    return []
+
+
+def _draw_stride(mode: str, window: int, negative: int) -> int:
+    return 1 + (2 * window if mode == "sg_pair" else 1) * negative
+
+
+def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.Tensor, alphas: torch.Tensor,
+                       bounds: torch.Tensor, alias_prob: torch.Tensor, alias_index: torch.Tensor, *, mode: str,
+                       window: int, negative: int, cbow_mean: bool, shrink_windows: bool, compute_loss: bool,
+                       seed: int) -> torch.Tensor:
+    """One warp per slice; updates syn0/syn1neg [V, D] (CUDA, float32, contiguous) in place.
+
+    tokens [N] int32, alphas [N] fp32, bounds [P, 4] int32 as in plan_chunk. Returns loss per slice [P] fp64.
+    """
+    vocab, dim = syn0.shape
+    reasons = shared_memory_reasons(mode, dim, window, negative)
+    if reasons:
+        raise ValueError("dim/window/negative: " + reasons[0])
+    num_slices = bounds.shape[0]
+    loss = memory.empty((num_slices,), dtype=torch.float64, device=syn0.device)  # every warp writes its slot
+    if num_slices == 0:
+        return loss
+    index = device_index(syn0.device)
+    launcher = load_launcher(SOURCE, "word2vec_train", TRAIN_SIGNATURE, index)
+    blocks = -(-num_slices // WARPS)
+    shared = WARPS * warp_area_bytes(mode, dim, window, negative)
+    args = (syn0.data_ptr(), syn1neg.data_ptr(), tokens.data_ptr(), alphas.data_ptr(), bounds.data_ptr(),
+            alias_prob.data_ptr(), alias_index.data_ptr(), loss.data_ptr(), num_slices, vocab, dim,
+            int(seed) & (2**63 - 1), window, negative, _draw_stride(mode, window, negative), MODES[mode],
+            int(bool(cbow_mean)), int(bool(shrink_windows)), int(bool(compute_loss)))
+    with current_device(index):
+        launcher((blocks, 1, 1), (32 * WARPS, 1, 1), args, torch_stream_pointer(index), shared_mem=shared)
+    return loss
+
+
+def word2vec_draws(num_centres: int, alias_prob: torch.Tensor, alias_index: torch.Tensor, *, mode: str,
+                   window: int, negative: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's draws for kept indices 0..num_centres-1 (tests): shrink [N], noise [N, sets, K] int32."""
+    sets = 2 * window if mode == "sg_pair" else 1
+    device = alias_prob.device
+    shrink = torch.empty(num_centres, dtype=torch.int32, device=device)
+    noise = torch.empty(num_centres, sets, negative, dtype=torch.int32, device=device)
+    if num_centres:
+        index = device_index(device)
+        launcher = load_launcher(SOURCE, "word2vec_draws", DRAWS_SIGNATURE, index)
+        args = (shrink.data_ptr(), noise.data_ptr(), alias_prob.data_ptr(), alias_index.data_ptr(), num_centres,
+                alias_prob.numel(), int(seed) & (2**63 - 1), window, _draw_stride(mode, window, negative), sets,
+                negative)
+        with current_device(index):
+            launcher((-(-num_centres // 128), 1, 1), (128, 1, 1), args, torch_stream_pointer(index))
+    return shrink, noise
