@@ -11,6 +11,17 @@ these differences, each deliberate:
   `shared_negatives=False`; the sigmoid is exact (gensim clips scores at +-6);
 - noise words are drawn with the alias method from the exact distribution;
 - hierarchical softmax (hs=1) is not implemented (NotImplementedError).
+
+device="cuda" (and "auto" on a machine with a CUDA GPU and Triton or CuPy) trains on the GPU: the
+tables are copied to the GPU at the start of `train()` and back into `wv.vectors` / `syn1neg` at its
+end (also after an error or Ctrl-C), and chunks are merged to at least GPU_CHUNK_TOKENS tokens per
+kernel call. What each device promises:
+
+- cpu: `workers=1` and a seed give bit-identical vectors on every run (one random stream per thread);
+- cuda: a seed fixes every random draw (subsampling, window shrinks, negatives), but thousands of
+  sentence slices update the shared tables concurrently (Hogwild, like word2vec.c and gensim with
+  several workers), so vectors differ from run to run in their low bits and agree statistically
+  (same losses and evaluation scores within noise), whatever `workers` is.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +38,7 @@ from genai_fast.word2vec.corpus import Chunk, Counts, Encoder, check_corpus_file
 from genai_fast.word2vec.keyedvectors import KeyedVectors
 
 CACHE_TOKEN_LIMIT = 256 << 20  # encoded corpora up to this many tokens are kept in memory across epochs
+GPU_CHUNK_TOKENS = 4 << 20  # tokens per GPU kernel call: enough slices to fill a GPU, few host syncs
 
 
 def _is_int(value: Any) -> bool:
@@ -79,6 +91,30 @@ def alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return prob.astype(np.float32), alias
 
 
+def merge_chunks(chunks: Iterable[Chunk], min_tokens: int) -> Iterator[Chunk]:
+    """Concatenate consecutive chunks until each holds at least `min_tokens` tokens (the last may hold
+    fewer): a GPU call needs many sentences to fill the device and costs a few host syncs."""
+    pending: list[Chunk] = []
+    size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        size += chunk.ids.size
+        if size >= min_tokens:
+            yield _concat_chunks(pending)
+            pending, size = [], 0
+    if pending:
+        yield _concat_chunks(pending)
+
+
+def _concat_chunks(chunks: list[Chunk]) -> Chunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    starts = np.cumsum([0] + [c.ids.size for c in chunks[:-1]])
+    offsets = [chunks[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(chunks, starts, strict=True)]
+    return Chunk(np.concatenate([c.ids for c in chunks]), np.concatenate(offsets).astype(np.int64),
+                 sum(c.raw_words for c in chunks), sum(c.sentences for c in chunks))
+
+
 class Word2Vec:
     """Word2vec (skip-gram or CBOW, negative sampling) with gensim 4's parameters.
 
@@ -86,9 +122,13 @@ class Word2Vec:
     the vocabulary is built and the model trained for `epochs` at once, as in gensim.
     `model.wv` holds the word vectors [V, vector_size]; `model.syn1neg` the output vectors.
 
-    Extra parameters: device ("auto", "cpu"; "cuda" needs a GPU kernel not built yet),
+    Extra parameters: device ("auto": "cuda" when a CUDA GPU and a GPU backend are available, else
+    "cpu"; see the module docstring for what each promises),
     shared_negatives (pWord2Vec batching for skip-gram, default True), progress (a tqdm bar).
     """
+
+    # Where device="cuda" keeps the tables while training (the tests' interpreter run uses "cpu").
+    _gpu_table_device = "cuda"
 
     def __init__(
         self,
@@ -182,13 +222,22 @@ class Word2Vec:
     def _resolve_device(device: str) -> str:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda":
-            import torch
+        if device == "cpu":
+            return "cpu"
+        import torch
 
-            if not torch.cuda.is_available():
+        from genai_fast.backends.availability import backend_unavailable_reasons
+
+        if not torch.cuda.is_available():
+            if device == "cuda":
                 raise ValueError("device: 'cuda' was asked for but no CUDA GPU is available")
-            raise NotImplementedError("device='cuda': the GPU word2vec kernel is not implemented yet; use 'cpu'")
-        return "cpu"
+            return "cpu"
+        why = [r for b in ("triton", "cuda") for r in backend_unavailable_reasons(b)]
+        if len(why) == 2:  # neither GPU backend can run
+            if device == "cuda":
+                raise ValueError("device: 'cuda' needs Triton or CuPy: " + "; ".join(why))
+            return "cpu"
+        return "cuda"
 
     @staticmethod
     def _check_source(corpus_iterable: Any, corpus_file: Any) -> None:
@@ -336,6 +385,7 @@ class Word2Vec:
         from genai_fast.ops.word2vec_ops import word2vec_train_chunk
 
         self._prepare_arrays()
+        tables = self._device_tables()
         path = check_corpus_file(corpus_file) if corpus_file is not None else None
         encoder = self._get_encoder()
         mode = "cbow" if not self.sg else ("sg_shared" if self.shared_negatives else "sg_pair")
@@ -357,6 +407,8 @@ class Word2Vec:
                 else:
                     source = encoder.encode_file(path, self.workers) if path is not None else \
                         encoder.encode_sentences(corpus_iterable)
+                    if self.device == "cuda":
+                        source = merge_chunks(source, GPU_CHUNK_TOKENS)
                 for index, chunk in enumerate(source):
                     if epoch == 0 and cache is not None:
                         cached_tokens += chunk.ids.size
@@ -371,10 +423,10 @@ class Word2Vec:
                     seed = (self.seed * 1_000_003 + self.train_count * 7919 + epoch * 104_729 + index) & (2**63 - 1)
                     if chunk.ids.size:
                         _, effective, loss = word2vec_train_chunk(
-                            self.wv.vectors, self.syn1neg, chunk.ids, chunk.offsets, self.keep_prob,
-                            self.noise_prob, self.noise_alias, a0, a1, mode=mode, window=self.window,
-                            negative=self.negative, cbow_mean=bool(self.cbow_mean), shrink_windows=self.shrink_windows,
-                            compute_loss=compute_loss, seed=seed, workers=self.workers)
+                            tables[0], tables[1], chunk.ids, chunk.offsets, *tables[2:], a0, a1, mode=mode,
+                            window=self.window, negative=self.negative, cbow_mean=bool(self.cbow_mean),
+                            shrink_windows=self.shrink_windows, compute_loss=compute_loss, seed=seed,
+                            workers=self.workers)
                     else:
                         effective, loss = 0, 0.0
                     trained += effective
@@ -396,6 +448,8 @@ class Word2Vec:
         finally:
             if bar is not None:
                 bar.close()
+            if self.device == "cuda":
+                self._copy_back(tables)
             self.total_train_time += time.perf_counter() - started
             self.wv.fill_norms(force=True)
         self._call(callbacks, "on_train_end")
@@ -410,6 +464,21 @@ class Word2Vec:
         if self.syn1neg.dtype != np.float32 or not self.syn1neg.flags.c_contiguous or \
                 not self.syn1neg.flags.writeable:
             self.syn1neg = np.ascontiguousarray(self.syn1neg, dtype=np.float32).copy()
+
+    def _device_tables(self) -> tuple[Any, ...]:
+        """(syn0, syn1neg, keep_prob, noise_prob, noise_alias) where training reads them: the numpy
+        arrays on the CPU, copies on the GPU for device="cuda" (copied back by _copy_back)."""
+        arrays = (self.wv.vectors, self.syn1neg, self.keep_prob, self.noise_prob, self.noise_alias)
+        if self.device != "cuda":
+            return arrays
+        import torch
+
+        return tuple(None if a is None else torch.from_numpy(a).to(self._gpu_table_device, copy=True)
+                     for a in arrays)
+
+    def _copy_back(self, tables: tuple[Any, ...]) -> None:
+        self.wv.vectors = np.ascontiguousarray(tables[0].cpu().numpy())
+        self.syn1neg = np.ascontiguousarray(tables[1].cpu().numpy())
 
     def _get_encoder(self) -> Encoder:
         encoder = getattr(self, "_encoder", None)
