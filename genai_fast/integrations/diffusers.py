@@ -187,17 +187,8 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: Any = _MODULE_BIAS, residual: 
           output_scale: float = 1.0) -> torch.Tensor:
     """conv(x) + bias (the module's, or per-sample [N, C_out]) + residual, times output_scale."""
     bias = conv.bias if bias is _MODULE_BIAS else bias
-    conv2d = getattr(genai_fast, "conv2d", None)
-    if conv2d is not None:
-        return conv2d(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-                      residual=residual, output_scale=output_scale)
-    # Until genai_fast.conv2d lands: the same epilogue, unfused.
-    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-    if bias is not None:
-        out = out + (bias[:, :, None, None] if bias.dim() == 2 else bias[None, :, None, None])
-    if residual is not None:
-        out = out + residual
-    return out * output_scale if output_scale != 1.0 else out
+    return genai_fast.conv2d(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                             residual=residual, output_scale=output_scale)
 
 
 def _plain_conv(conv: Any) -> bool:

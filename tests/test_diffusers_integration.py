@@ -1,0 +1,275 @@
+"""genai_fast.integrations.diffusers: patched tiny diffusers U-Nets against the unpatched models.
+
+Outputs and gradients follow the tolerance rule of DESIGN.md: the oracle is the unpatched model in
+float64, and the patched fp32 model may be off by at most twice the unpatched fp32 model's error plus
+the fp32 rounding floor.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from genai_fast.diffusion import make_sampler, sample
+from genai_fast.integrations.diffusers import GenaiFastAttnProcessor, PatchReport, is_patched, patch, unpatch
+from genai_fast.testing import assert_matches_oracle
+
+diffusers = pytest.importorskip("diffusers")
+
+# Configs as diffusers' own tests build them (the Stable Diffusion pipeline tests' tiny U-Net, the
+# UNet2DModel model tests), plus variants that exercise what the patch must leave alone or half-fuse.
+COND_BASE = {
+    "block_out_channels": (32, 64), "layers_per_block": 2, "sample_size": 8, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "cross_attention_dim": 32, "norm_num_groups": 8,
+    "attention_head_dim": 8,
+}
+COND_CONFIGS = {
+    "sd-tiny": {},
+    "scale-shift": {"resnet_time_scale_shift": "scale_shift", "layers_per_block": 1},
+    "mish": {"act_fn": "mish", "layers_per_block": 1},
+    "linear-proj-upcast": {"use_linear_projection": True, "upcast_attention": True, "layers_per_block": 1},
+    "simple-cross-added-kv": {"down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+                              "up_block_types": ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+                              "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "layers_per_block": 1,
+                              "cross_attention_norm": "group_norm"},
+}
+UNET2D_CONFIGS = {
+    "unet2d-tiny": {"block_out_channels": (32, 64), "norm_num_groups": 8, "layers_per_block": 2,
+                    "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+                    "up_block_types": ("AttnUpBlock2D", "UpBlock2D"), "attention_head_dim": 8,
+                    "in_channels": 3, "out_channels": 3, "sample_size": 8},
+    "unet2d-scale-shift-fourier": {"block_out_channels": (32, 32), "norm_num_groups": 8, "layers_per_block": 1,
+                                   "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+                                   "up_block_types": ("AttnUpBlock2D", "UpBlock2D"), "attention_head_dim": 8,
+                                   "in_channels": 3, "out_channels": 3, "sample_size": 8,
+                                   "resnet_time_scale_shift": "scale_shift", "time_embedding_type": "fourier"},
+}
+
+
+def _cond_unet(variant: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(**{**COND_BASE, **COND_CONFIGS[variant]}).eval()
+    _randomize(unet)
+    # Not 1 and not a power of two, so conv2's epilogue scale is really exercised.
+    unet.down_blocks[0].resnets[0].output_scale_factor = 1.7
+    return unet
+
+
+def _unet2d(variant: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**UNET2D_CONFIGS[variant]).eval()
+    _randomize(unet)
+    return unet
+
+
+def _randomize(unet: torch.nn.Module) -> None:
+    """GroupNorm affine parameters and zero-initialised convs made random, so that no term is trivial."""
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.normal_(1.0, 0.3)
+                module.bias.normal_(0.0, 0.3)
+
+
+def _cond_inputs(batch: int = 2, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"sample": torch.randn(batch, 4, 8, 8, generator=g, dtype=dtype),
+            "timestep": torch.tensor([3, 700][:batch]),
+            "encoder_hidden_states": torch.randn(batch, 5, 32, generator=g, dtype=dtype)}
+
+
+def _unet2d_inputs(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return {"sample": torch.randn(2, 3, 8, 8, generator=g, dtype=dtype), "timestep": torch.tensor([3, 700])}
+
+
+def _model(kind: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    if kind in COND_CONFIGS:
+        return _cond_unet(kind), _cond_inputs()
+    return _unet2d(kind), _unet2d_inputs()
+
+
+def _double(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def _run(unet: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return unet(**inputs).sample
+
+
+ALL_KINDS = [*COND_CONFIGS, *UNET2D_CONFIGS]
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_patched_output_matches_unpatched(kind):
+    unet, inputs = _model(kind)
+    oracle_model = copy.deepcopy(unet).double()
+    with torch.no_grad():
+        oracle = _run(oracle_model, _double(inputs))
+        baseline = _run(unet, inputs)
+        report = patch(unet)
+        out = _run(unet, inputs)
+    assert isinstance(report, PatchReport) and report.patched > 0
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_matches_oracle(out, oracle, baseline, what=f"{kind} patched U-Net output")
+
+
+def test_report_counts_what_was_fused_and_left():
+    sd = patch(_cond_unet("sd-tiny"))
+    # 2 down x 2 + mid 2 + 2 up x 3 resnets; 2 down + 1 mid + 3 up transformers, 2 attentions each.
+    assert (sd.resnets_fused, sd.resnets_partly_fused, sd.attention_processors) == (12, 0, 12)
+    assert sd.transformer_outputs == 6 and sd.output_norm_silu_fused and not sd.left
+    assert "resnet blocks fully fused: 12" in str(sd)
+    # layers_per_block 1: 2 down + 2 mid + 2 up x 2 resnets.
+    shift = patch(_cond_unet("scale-shift"))
+    assert (shift.resnets_fused, shift.resnets_partly_fused) == (0, 8)
+    mish = patch(_cond_unet("mish"))
+    assert mish.resnets_fused == 0 and mish.left["ResnetBlock2D: activation Mish (only SiLU is fused)"] == 8
+    assert not mish.output_norm_silu_fused and mish.group_norms > 0  # GroupNorms still run genai_fast
+    added_kv = patch(_cond_unet("simple-cross-added-kv"))
+    assert sum(n for reason, n in added_kv.left.items() if "AttnAddedKVProcessor" in reason) > 0
+    assert added_kv.resnets_fused > 0  # the up/down-sampling resnets are fused
+
+
+def _processors(unet: torch.nn.Module) -> dict[str, object]:
+    return {name: m.processor for name, m in unet.named_modules() if hasattr(m, "set_processor")}
+
+
+def _layout_snapshot(unet: torch.nn.Module) -> dict[str, tuple]:
+    tensors = dict(unet.named_parameters())
+    tensors.update(unet.named_buffers())
+    return {name: (t.shape, t.stride(), t.data_ptr() != 0) for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("kind", ["sd-tiny", "unet2d-tiny"])
+def test_unpatch_restores_modules_processors_and_memory_format(kind):
+    unet, inputs = _model(kind)
+    layouts = _layout_snapshot(unet)
+    processors = _processors(unet)
+    params = {name: p for name, p in unet.named_parameters()}
+    keys = list(unet.state_dict())
+    with torch.no_grad():
+        before = _run(unet, inputs)
+        patch(unet)
+        assert is_patched(unet) and patch(unet) is patch(unet)  # patching twice changes nothing
+        assert all(isinstance(p, GenaiFastAttnProcessor) for p in _processors(unet).values())
+        assert list(unet.state_dict()) == keys  # checkpoints are interchangeable
+        unpatch(unet)
+        after = _run(unet, inputs)
+    assert not is_patched(unet)
+    assert _layout_snapshot(unet) == layouts
+    assert processors and all(_processors(unet)[name] is proc for name, proc in processors.items())
+    assert all(p is params[name] for name, p in unet.named_parameters())  # same Parameter objects
+    assert not any("forward" in m.__dict__ or "_get_output_for_continuous_inputs" in m.__dict__
+                   for m in unet.modules())
+    assert torch.equal(before, after)
+
+
+def _nhwc(t: object) -> bool:
+    return (isinstance(t, torch.Tensor) and t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
+
+
+class _CountLayoutCopies(TorchDispatchMode):
+    """Counts copies of channels_last [N, C, H, W] activations into another layout (`.contiguous()`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.clone.default, torch.ops.aten._to_copy.default) and _nhwc(args[0]):
+            self.copies += int(not _nhwc(out))
+        return out
+
+
+def test_patched_forward_has_no_layout_round_trips():
+    unet, inputs = _cond_unet("sd-tiny"), _cond_inputs()
+    with torch.no_grad():
+        with _CountLayoutCopies() as unpatched:
+            _run(unet, inputs)
+        patch(unet)
+        with _CountLayoutCopies() as patched:
+            _run(unet, inputs)
+    assert unpatched.copies > 0  # diffusers' Transformer2DModel copies back to NCHW
+    assert patched.copies == 0
+
+
+@pytest.mark.parametrize("kind", ["linear-proj-upcast", "scale-shift", "unet2d-scale-shift-fourier"])
+def test_gradients_match_unpatched(kind):
+    """d(loss)/d(encoder_hidden_states) (textual inversion) and d(loss)/d(parameters) (training)."""
+    unet, inputs = _model(kind)
+    unet.train()
+    weights = torch.randn(inputs["sample"].shape, generator=torch.Generator().manual_seed(3))
+
+    def grads(model, model_inputs):
+        model_inputs = {k: v.clone().requires_grad_(v.is_floating_point() and k != "sample")
+                        for k, v in model_inputs.items()}
+        model.zero_grad(set_to_none=True)
+        (_run(model, model_inputs) * weights.to(model_inputs["sample"].dtype)).sum().backward()
+        found = {f"param {name}": p.grad for name, p in model.named_parameters() if p.grad is not None}
+        if "encoder_hidden_states" in model_inputs:
+            found["encoder_hidden_states"] = model_inputs["encoder_hidden_states"].grad
+        return found
+
+    oracle = grads(copy.deepcopy(unet).double(), _double(inputs))
+    baseline = grads(unet, inputs)
+    patch(unet)
+    got = grads(unet, inputs)
+    assert set(got) == set(oracle) and len(got) > 10
+    if kind in COND_CONFIGS:
+        assert got["encoder_hidden_states"].abs().sum() > 0
+    for name in oracle:
+        assert_matches_oracle(got[name], oracle[name], baseline[name], what=f"{kind} gradient of {name}")
+
+
+def test_training_step_through_patched_unet_updates_parameters():
+    unet, inputs = _cond_unet("sd-tiny"), _cond_inputs()
+    unet.train()
+    patch(unet)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    target = torch.randn_like(inputs["sample"])
+    losses = []
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(_run(unet, inputs), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_cfg_sampling_runs_on_patched_unet_and_matches_unpatched():
+    unet, inputs = _cond_unet("sd-tiny"), _cond_inputs(batch=1)
+    cond, uncond = inputs["encoder_hidden_states"], torch.zeros_like(inputs["encoder_hidden_states"])
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+
+    def run(model):
+        sampler = make_sampler("ddim")
+        return sample(model, sampler, latents * sampler.init_noise_sigma, cond, 4, guidance_scale=3.0,
+                      negative_encoder_hidden_states=uncond, progress=False)
+
+    with torch.no_grad():
+        expected = run(unet)
+        patch(unet)
+        got = run(unet)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [torch.nn.Linear(2, 2), "unet", None], ids=["linear", "str", "none"])
+def test_patch_rejects_what_is_not_a_unet(bad):
+    with pytest.raises(TypeError, match="unet: expected a diffusers UNet2DConditionModel or UNet2DModel"):
+        patch(bad)
+    with pytest.raises(TypeError, match="unet:"):
+        unpatch(bad)
+
+
+def test_unpatch_of_an_unpatched_unet_says_so():
+    with pytest.raises(ValueError, match="unet: not patched"):
+        unpatch(_unet2d("unet2d-tiny"))
