@@ -190,9 +190,9 @@ def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], 
     if weight.shape[1] * groups != c_in or min(weight.shape) < 1:
         raise ValueError(f"weight: expected shape [C_out, C_in // groups = {c_in // groups}, kh, kw] for x with "
                          f"C_in={c_in} and groups={groups}, got {tuple(weight.shape)}")
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(f"stride, dilation: expected >= 1 and padding >= 0, got stride={stride}, "
-                         f"padding={padding}, dilation={dilation}")
+    for name, value, least in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if min(value) < least:
+            raise ValueError(f"{name}: expected values >= {least}, got {value}")
     shape = output_shape(x, weight, stride, padding, dilation)
     if min(shape[2:]) < 1:
         raise ValueError(f"x: spatial size {tuple(x.shape[2:])} is smaller than the dilated kernel "

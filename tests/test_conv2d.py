@@ -1,0 +1,370 @@
+"""conv2d with a fused epilogue: each implementation against the float64 reference (Triton in the
+interpreter), poisoning and guard regions, dispatch and the GPU race, bad input, autograd, custom op, compile."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import genai_fast
+from genai_fast.backends.availability import backend_unavailable_reasons
+from genai_fast.backends.dispatch import OPS
+from tests.conv2d_cases import LAYERS, check_backend, make_args, reference
+
+conv_module = importlib.import_module("genai_fast.ops.conv2d")  # the attribute genai_fast.ops.conv2d is the op
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# The interpreter is slow: the Triton implementations get curated (layer, epilogue, layout, dtype) cases
+# that together cover every layer and epilogue variant once, not their product.
+TRITON_CASES = [
+    ("1x1-2x20x5x7-to24", "all", "channels_last", "fp32"),
+    ("3x3-pad1-odd-2x12x9x11-to20", "resnet-conv2", "channels_last", "fp16"),
+    ("3x3-pad1-odd-2x12x9x11-to20", "sample-bias-silu-res", "contiguous", "fp32"),
+    ("3x3-stride2-pad1-1x6x13x9-to10", "bias-silu", "channels_last", "fp32"),
+    ("3x3-groups2-2x12x7x7-to8", "sample-bias", "channels_last", "fp16"),
+    ("3x1-dil2-asym-pad-1x5x11x6-to3", "plain", "strided", "fp32"),
+    ("3x3-nopad-c1-1x1x5x5-to1", "bias", "channels_last", "fp32"),
+    ("1x1-stride2-c40-1x40x4x4-to17", "all", "channels_last", "fp16"),
+    ("3x3-pad1-sd-like-1x64x8x8-to64", "all", "channels_last", "fp16"),
+]
+EPILOGUE_CASES = [  # torch+triton: the conv is torch's, so the cases exercise the epilogue kernel
+    ("3x3-pad1-odd-2x12x9x11-to20", "all", "channels_last", "fp32"),
+    ("3x3-pad1-odd-2x12x9x11-to20", "sample-bias-silu-res", "contiguous", "fp16"),
+    ("1x1-2x20x5x7-to24", "resnet-conv2", "channels_last", "fp16"),
+    ("3x3-nopad-c1-1x1x5x5-to1", "bias-silu", "strided", "fp32"),
+]
+
+
+def _case_id(case):
+    return "-".join(case)
+
+
+def _require(backend):
+    reasons = backend_unavailable_reasons(backend)
+    if reasons:
+        pytest.skip("; ".join(reasons))
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=_case_id)
+def test_triton_implicit_gemm_matches_reference(case):
+    _require("triton")
+    layer, epilogue, layout, dtype = case
+    check_backend("triton", make_args(LAYERS[layer], epilogue, DTYPES[dtype], layout, _device()))
+
+
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=_case_id)
+def test_torch_conv_plus_triton_epilogue_matches_reference(case):
+    _require("triton")
+    layer, epilogue, layout, dtype = case
+    check_backend("torch+triton", make_args(LAYERS[layer], epilogue, DTYPES[dtype], layout, _device()))
+
+
+def test_triton_reads_channels_last_weights():
+    _require("triton")
+    args = make_args(LAYERS["3x3-pad1-odd-2x12x9x11-to20"], "all", torch.float32, "contiguous", _device(),
+                     weight_layout="channels_last")
+    out = check_backend("triton", args)
+    assert out.is_contiguous(memory_format=torch.channels_last), "a channels_last weight makes the output NHWC"
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("epilogue", ["plain", "all", "sample-bias-silu-res", "resnet-conv2"])
+@pytest.mark.parametrize("layer", ["3x3-pad1-odd-2x12x9x11-to20", "3x3-groups2-2x12x7x7-to8",
+                                   "3x1-dil2-asym-pad-1x5x11x6-to3"])
+def test_torch_inplace_matches_reference(layer, epilogue, dtype):
+    check_backend("torch+inplace", make_args(LAYERS[layer], epilogue, dtype))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_torch_inplace_layouts(layout):
+    out = check_backend("torch+inplace", make_args(LAYERS["1x1-2x20x5x7-to24"], "all", torch.float32, layout))
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_reference_matches_conv2d_module():
+    """The epilogue-free op is nn.Conv2d; the reference's epilogue is torch's own ops in the documented order."""
+    module = torch.nn.Conv2d(6, 10, 3, stride=2, padding=1, groups=2)
+    x = torch.randn(2, 6, 9, 8)
+    torch.testing.assert_close(genai_fast.conv2d(x, module.weight, module.bias, 2, 1, 1, 2), module(x),
+                               rtol=1e-5, atol=1e-5)
+    residual = torch.randn(2, 10, 5, 4)
+    expected = (F.silu(module(x)) + residual) * 0.25
+    got = genai_fast.conv2d(x, module.weight, module.bias, 2, 1, 1, 2, activation="silu", residual=residual,
+                            output_scale=0.25)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch+triton"])
+def test_no_out_of_bounds_reads(backend):
+    """x, weight and residual sit between NaN-filled guard regions: a read outside them (the padding
+    border, the last tiles) would poison the output."""
+    _require("triton")
+
+    def guarded(shape, memory_format=torch.contiguous_format):
+        t = torch.empty(shape, memory_format=memory_format)
+        numel, pad = t.numel(), 512
+        storage = torch.full((numel + 2 * pad,), float("nan"))
+        storage[pad: pad + numel] = torch.randn(numel)
+        return storage[pad: pad + numel].as_strided(t.shape, t.stride())
+
+    cl = torch.channels_last
+    x, w, r = guarded((2, 5, 7, 9), cl), guarded((6, 5, 3, 3)), guarded((2, 6, 4, 5), cl)
+    out = genai_fast.conv2d(x, w, torch.randn(2, 6), 2, 1, activation="silu", residual=r, backend=backend)
+    assert torch.isfinite(out).all()
+
+
+def test_empty_batch():
+    out = genai_fast.conv2d(torch.empty(0, 4, 5, 5), torch.randn(6, 4, 3, 3), padding=1)
+    assert out.shape == (0, 6, 5, 5)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _good_args():
+    return dict(x=torch.randn(2, 8, 6, 6), weight=torch.randn(4, 4, 3, 3), bias=torch.randn(4), stride=1, padding=1,
+                dilation=1, groups=2, activation="silu", residual=torch.randn(2, 4, 6, 6), output_scale=1.0,
+                backend=None)
+
+
+@pytest.mark.parametrize(
+    "change, error, name",
+    [
+        (dict(x=torch.randn(8, 6, 6)), ValueError, "x"),
+        (dict(x=torch.ones(2, 8, 6, 6, dtype=torch.int64)), TypeError, "x"),
+        (dict(x=[[1.0]]), TypeError, "x"),
+        (dict(weight=torch.randn(4, 8, 3, 3)), ValueError, "weight"),  # C_in per group is 4 with groups=2
+        (dict(weight=torch.randn(4, 4, 3)), ValueError, "weight"),
+        (dict(weight=torch.randn(4, 4, 3, 3, dtype=torch.float64)), TypeError, "weight"),
+        (dict(groups=3), ValueError, "groups"),
+        (dict(groups=2.0), TypeError, "groups"),
+        (dict(bias=torch.randn(5)), ValueError, "bias"),
+        (dict(bias=torch.randn(3, 4)), ValueError, "bias"),
+        (dict(bias=torch.randn(4, dtype=torch.float16)), TypeError, "bias"),
+        (dict(residual=torch.randn(2, 4, 5, 5)), ValueError, "residual"),
+        (dict(residual=torch.randn(2, 4, 6, 6).half()), TypeError, "residual"),
+        (dict(activation="gelu"), ValueError, "activation"),
+        (dict(stride=(1, 2, 3)), TypeError, "stride"),
+        (dict(stride=0), ValueError, "stride"),
+        (dict(padding=-1), ValueError, "padding"),
+        (dict(dilation=(1, 0)), ValueError, "dilation"),
+        (dict(padding=1.5), TypeError, "padding"),
+        (dict(x=torch.randn(2, 8, 2, 2), padding=0, residual=None), ValueError, "x"),  # smaller than the kernel
+        (dict(output_scale=float("inf")), ValueError, "output_scale"),
+        (dict(backend="cudnn"), ValueError, "backend"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_bad_input_names_the_argument(change, error, name):
+    args = _good_args()
+    args.update(change)
+    with pytest.raises(error, match=rf"^{name}:"):
+        genai_fast.conv2d(**args)
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "residual"])
+def test_tensors_on_another_device_raise(name):
+    # A meta-device tensor stands in for "another device" on CPU-only machines.
+    args = _good_args()
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=rf"^{name}:.*device"):
+        genai_fast.conv2d(**args)
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def test_auto_dispatch_on_cpu_uses_the_inplace_fast_path():
+    genai_fast.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3), torch.randn(4), activation="silu")
+    assert OPS["conv2d"].last_backend == "torch+inplace"
+
+
+def test_env_forces_reference(monkeypatch):
+    monkeypatch.setenv("GENAI_FAST_BACKEND", "torch")
+    genai_fast.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3))
+    assert OPS["conv2d"].last_backend == "torch"
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch+inplace", "triton", "torch+triton"])
+def test_forcing_each_implementation_runs_it(backend):
+    _require("triton" if "triton" in backend else "torch")
+    args = make_args(LAYERS["3x3-nopad-c1-1x1x5x5-to1"], "plain", torch.float32, device=_device())
+    genai_fast.conv2d(**args, backend=backend)
+    assert OPS["conv2d"].last_backend == backend
+
+
+def test_forced_backend_without_implementation_lists_it():
+    with pytest.raises(genai_fast.BackendNotSupportedError, match="no 'cpp' implementation"):
+        genai_fast.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3), backend="cpp")
+
+
+def test_float64_declined_by_kernels_with_reason():
+    x, w = torch.randn(1, 4, 5, 5, dtype=torch.float64), torch.randn(4, 4, 3, 3, dtype=torch.float64)
+    genai_fast.conv2d(x, w)
+    assert OPS["conv2d"].last_backend == "torch+inplace"
+    if not backend_unavailable_reasons("triton"):
+        with pytest.raises(genai_fast.BackendNotSupportedError, match="dtype float64"):
+            genai_fast.conv2d(x, w, backend="triton")
+
+
+def test_info_lists_every_implementation():
+    rows = [r for r in genai_fast.info()["ops"] if r["op"] == "conv2d"]
+    assert [r["backend"] for r in rows] == ["triton", "torch+triton", "torch+inplace", "torch"]
+    assert [r["requires"] for r in rows] == ["triton", "triton", "torch", "torch"]
+    assert rows[-1]["available"] and rows[-2]["available"]
+    for row in rows:
+        assert row["available"] or row["reasons"], row
+
+
+def test_gpu_race_times_both_once_and_keeps_the_faster(monkeypatch):
+    """The choice between implicit GEMM and cuDNN + epilogue, with the timer replaced (no GPU needed):
+    the faster one wins, the timing happens once per shape key, and other keys are timed afresh."""
+    timed = []
+    speeds = {"triton": 2.0, "torch+triton": 1.0}
+
+    def fake_time(impl, args):
+        timed.append(impl.backend)
+        return speeds[impl.backend]
+
+    monkeypatch.setattr(conv_module, "_time_ms", fake_time)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(conv_module, "_CHOICES", {})
+    monkeypatch.setattr(conv_module, "_TIMINGS", {})
+    impls = {impl.backend: impl for impl in OPS["conv2d"].implementations}
+    runnable = [impls[name] for name in ("triton", "torch+triton", "torch+inplace", "torch")]
+    args = make_args(LAYERS["1x1-2x20x5x7-to24"], "all", torch.float32)
+    call = conv_module._dispatch_inputs(*[args[k] for k in ("x", "weight", "bias", "residual")], [1, 1], [0, 0],
+                                        [1, 1], 1, "silu", 0.7)
+    call["device"] = torch.device("cuda")
+    assert conv_module._choose(call, runnable).backend == "torch+triton"
+    assert conv_module._choose(call, runnable).backend == "torch+triton"
+    assert sorted(timed) == ["torch+triton", "triton"]
+    speeds["triton"] = 0.5
+    other = dict(call, args=(call["args"][0][:1], *call["args"][1:]))  # another batch size: a new key
+    assert conv_module._choose(other, runnable).backend == "triton"
+    assert len(timed) == 4
+    assert {row["chosen"] for row in conv_module.measured_choices()} == {"triton", "torch+triton"}
+    # Without both GPU implementations runnable (a CPU tensor), priority order decides and nothing is timed.
+    call["device"] = torch.device("cpu")
+    assert conv_module._choose(call, runnable[2:]).backend == "torch+inplace"
+    assert len(timed) == 4
+
+
+# ---------------------------------------------------------------- autograd, custom op, compile
+
+
+@pytest.mark.parametrize("epilogue", ["all", "sample-bias-silu-res", "resnet-conv2", "plain"])
+def test_gradients_match_reference_autograd(epilogue):
+    args = make_args(LAYERS["3x3-groups2-2x12x7x7-to8"], epilogue, torch.float64)
+    names = [k for k in ("x", "weight", "bias", "residual") if args[k] is not None]
+    for k in names:
+        args[k].requires_grad_()
+    out = genai_fast.conv2d(**args)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, [args[k] for k in names], grad)
+    theirs = torch.autograd.grad(reference(args, float64_cpu=False), [args[k] for k in names], grad)
+    for name, got, expected in zip(names, ours, theirs, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_gradcheck():
+    args = make_args(LAYERS["3x1-dil2-asym-pad-1x5x11x6-to3"], "sample-bias-silu-res", torch.float64)
+    tensors = [args.pop(k).requires_grad_() for k in ("x", "weight", "bias", "residual")]
+
+    def fn(x, weight, bias, residual):
+        return genai_fast.conv2d(x, weight, bias, residual=residual, **args)
+
+    assert torch.autograd.gradcheck(fn, tensors)
+
+
+def test_fp32_gradient_through_triton_forward():
+    _require("triton")
+    args = make_args(LAYERS["1x1-2x20x5x7-to24"], "all", torch.float32, device=_device())
+    for k in ("x", "weight", "bias", "residual"):
+        args[k].requires_grad_()
+    genai_fast.conv2d(**args, backend="triton").square().sum().backward()
+    ours = [args[k].grad for k in ("x", "weight", "bias", "residual")]
+    for k in ("x", "weight", "bias", "residual"):
+        args[k].grad = None
+    reference(args, float64_cpu=False).square().sum().backward()
+    for k, got in zip(("x", "weight", "bias", "residual"), ours, strict=True):
+        torch.testing.assert_close(got, args[k].grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("epilogue, layout", [("all", "channels_last"), ("sample-bias", "contiguous"),
+                                              ("plain", "channels_last")])
+def test_opcheck(epilogue, layout):
+    args = make_args(LAYERS["3x3-groups2-2x12x7x7-to8"], epilogue, torch.float32, layout)
+    for k in ("x", "weight", "bias", "residual"):
+        if args[k] is not None:
+            args[k].requires_grad_()
+    pair = [[v, v] if isinstance(v, int) else list(v) for v in (args["stride"], args["padding"], args["dilation"])]
+    torch.library.opcheck(torch.ops.genai_fast.conv2d.default,
+                          (args["x"], args["weight"], args["bias"], args["residual"], *pair, args["groups"],
+                           args["activation"] or "none", args["output_scale"], ""))
+
+
+class _ResnetTail(torch.nn.Module):
+    """conv1 + time embedding, then conv2 + shortcut / output_scale_factor, as in a ResnetBlock2D."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x, temb):
+        h = genai_fast.conv2d(x, self.conv1.weight, self.conv1.bias[None] + temb, padding=1, activation="silu")
+        return genai_fast.conv2d(h, self.conv2.weight, self.conv2.bias, padding=1, residual=x, output_scale=0.5)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(compiler):
+    torch._dynamo.reset()
+    model = _ResnetTail()
+    x, temb = torch.randn(2, 8, 6, 6), torch.randn(2, 8)
+    expected = model(x, temb)
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
+    torch.testing.assert_close(compiled(x, temb), expected)
+    if compiler == "aot_eager":  # the backward graph through the custom op's autograd
+        compiled(x, temb).sum().backward()
+        assert model.conv1.weight.grad is not None and model.conv2.bias.grad is not None
+
+
+def test_dispatch_modes_see_the_custom_op():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder() as recorder:
+        genai_fast.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3), activation="silu")
+    assert any("genai_fast.conv2d" in op for op in recorder.ops), recorder.ops
+
+
+def test_kernels_compile_for_sm90_without_a_gpu():
+    """The implicit-GEMM kernel (first GPU config, full epilogue) and the epilogue kernel compile for sm_90
+    in fp16: what only a lent GPU would otherwise reveal (the interpreter accepts more than the compiler).
+    `python -m tests.conv2d_compile_check` checks every config, dtype and sm_80 (minutes)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", "tests.conv2d_compile_check", "--dtypes", "fp16", "--archs", "90",
+               "--max-configs", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
