@@ -137,7 +137,8 @@ class Op:
     choose: Callable[[dict[str, Any], list[Implementation]], Implementation] | None = None
     # Automatic choices keyed by (device, dtype) for ops whose backends check nothing else: dispatch
     # runs on every call, and on a GPU its Python time is comparable to a small kernel's run time.
-    _auto_cache: dict[tuple[Any, ...], Implementation] = field(default_factory=dict, repr=False)
+    _auto_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+    _extra_names: tuple[str, ...] | None = field(default=None, repr=False)
 
     def register(
         self,
@@ -161,13 +162,27 @@ class Op:
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.implementations.append(Implementation(self.name, backend, capability, fn, check, requires or ""))
             self._auto_cache.clear()
+            self._extra_names = None
             return fn
 
         return decorator
 
     def extra_names(self) -> tuple[str, ...]:
         """Names of this op's implementations that are not backend names (forcible through `backend=`)."""
-        return tuple(impl.backend for impl in self.implementations if impl.backend not in BACKEND_NAMES)
+        if self._extra_names is None:
+            self._extra_names = tuple(impl.backend for impl in self.implementations
+                                      if impl.backend not in BACKEND_NAMES)
+        return self._extra_names
+
+    def _runnable(self, inputs: dict[str, Any], cacheable: bool) -> list[Implementation]:
+        """Every implementation that can run `inputs` in automatic mode, in priority order (for `choose`)."""
+        key = ("runnable", inputs["device"], inputs["dtype"], availability.triton_interpreter_enabled())
+        if cacheable and key in self._auto_cache:
+            return self._auto_cache[key]
+        runnable = [impl for impl in self.implementations if not impl.not_supported_reasons(inputs)]
+        if cacheable:
+            self._auto_cache[key] = runnable
+        return runnable
 
     def get(self, backend: str) -> Implementation:
         for impl in self.implementations:
@@ -191,13 +206,13 @@ class Op:
                 )
             self.last_backend = impl.backend
             return impl
+        cacheable = all(impl.check is None for impl in self.implementations)
         if self.choose is not None:
-            runnable = [impl for impl in self.implementations if not impl.not_supported_reasons(inputs)]
+            runnable = self._runnable(inputs, cacheable)
             if runnable:
                 impl = self.choose(inputs, runnable)
                 self.last_backend = impl.backend
                 return impl
-        cacheable = all(impl.check is None for impl in self.implementations)
         key = (inputs["device"], inputs["dtype"], availability.triton_interpreter_enabled())
         if cacheable and key in self._auto_cache:
             impl = self._auto_cache[key]

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from genai_fast.backends import memory
 from genai_fast.backends.dispatch import Capability, Implementation, define_op, validate_backend_name
 from genai_fast.ops.eager import can_bypass_custom_op
-from genai_fast.ops.layout import is_channels_last
 
 ACTIVATIONS = (None, "silu")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -126,19 +125,27 @@ def conv2d_reference(
 def output_shape(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int],
                  dilation: Sequence[int]) -> tuple[int, int, int, int]:
     """[N, C_out, H_out, W_out] of the convolution."""
-    sizes = [
-        (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-        for i in range(2)
-    ]
-    return (x.shape[0], weight.shape[0], sizes[0], sizes[1])
+    return _output_sizes(x.shape, weight.shape, stride, padding, dilation)
+
+
+def _output_sizes(x_shape, w_shape, stride, padding, dilation) -> tuple[int, int, int, int]:
+    h = (x_shape[2] + 2 * padding[0] - dilation[0] * (w_shape[2] - 1) - 1) // stride[0] + 1
+    w = (x_shape[3] + 2 * padding[1] - dilation[1] * (w_shape[3] - 1) - 1) // stride[1] + 1
+    return (x_shape[0], w_shape[0], h, w)
 
 
 def output_memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
     """channels_last when x or weight is stored channels_last (torch's rule for cuDNN and oneDNN convolutions;
     every implementation returns this layout, as the fake does)."""
-    if is_channels_last(x) or is_channels_last(weight):
+    if _stored_channels_last(x) or _stored_channels_last(weight):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _stored_channels_last(t: torch.Tensor) -> bool:
+    """True when 4-D t is dense channels_last and not also plain contiguous (ops.layout.is_channels_last,
+    without the permuted view: this runs on every call)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _bias_view(bias: torch.Tensor) -> torch.Tensor:
@@ -155,62 +162,78 @@ def _in_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Ten
 
 def _pair(name: str, value: Any) -> list[int]:
     """An int or a pair of ints as [h, w]; TypeError naming the argument otherwise."""
-    items = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if type(value) is int:  # the common case first: this runs on every call
+        return [value, value]
+    items = value
     if (not isinstance(items, (list, tuple)) or len(items) != 2
             or any(isinstance(v, bool) or not isinstance(v, int) for v in items)):
         raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
     return [int(items[0]), int(items[1])]
 
 
-def _check_tensor(name: str, t: Any, x: torch.Tensor) -> None:
+def _check_tensor(name: str, t: Any, dtype: torch.dtype, device: torch.device) -> torch.Size:
+    """t's shape, after checking that t is a tensor with x's dtype and device."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != x.dtype:
-        raise TypeError(f"{name}: expected x's dtype {x.dtype}, got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{name}: expected a tensor on x's device {x.device}, got {t.device}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected x's dtype {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name}: expected a tensor on x's device {device}, got {t.device}")
+    return t.shape
 
 
 def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], padding: list[int],
               dilation: list[int], groups: Any, activation: Any, output_scale: Any, backend: Any) -> None:
+    """Raise TypeError/ValueError naming the first bad argument. Attributes are read once: on a GPU this
+    check's Python time is comparable to a small convolution's."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"x: expected 4 dimensions [N, C_in, H, W], got shape {tuple(x.shape)}")
-    _check_tensor("weight", weight, x)
-    if weight.dim() != 4:
-        raise ValueError(f"weight: expected 4 dimensions [C_out, C_in // groups, kh, kw], got {tuple(weight.shape)}")
-    if isinstance(groups, bool) or not isinstance(groups, int):
+    dtype, device, x_shape = x.dtype, x.device, x.shape
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {dtype}")
+    if len(x_shape) != 4:
+        raise ValueError(f"x: expected 4 dimensions [N, C_in, H, W], got shape {tuple(x_shape)}")
+    w_shape = _check_tensor("weight", weight, dtype, device)
+    _validate_conv(x_shape, w_shape, stride, padding, dilation, groups)
+    out_shape = _output_sizes(x_shape, w_shape, stride, padding, dilation)
+    if out_shape[2] < 1 or out_shape[3] < 1:
+        raise ValueError(f"x: spatial size {tuple(x_shape[2:])} is smaller than the dilated kernel "
+                         f"{tuple(w_shape[2:])} with padding {padding}")
+    if bias is not None:
+        b_shape = _check_tensor("bias", bias, dtype, device)
+        if b_shape != (w_shape[0],) and b_shape != (x_shape[0], w_shape[0]):
+            raise ValueError(f"bias: expected shape ({w_shape[0]},) or ({x_shape[0]}, {w_shape[0]}) [N, C_out], "
+                             f"got {tuple(b_shape)}")
+    if residual is not None and _check_tensor("residual", residual, dtype, device) != out_shape:
+        raise ValueError(f"residual: expected the output's shape {out_shape}, got {tuple(residual.shape)}")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    if type(output_scale) is not float and (isinstance(output_scale, bool) or not isinstance(output_scale, int)):
+        raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
+    if not math.isfinite(output_scale):
+        raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
+    if backend is not None:
+        validate_backend_name(backend, CONV2D.extra_names())
+
+
+def _validate_conv(x_shape: torch.Size, w_shape: torch.Size, stride: list[int], padding: list[int],
+                   dilation: list[int], groups: Any) -> None:
+    if len(w_shape) != 4:
+        raise ValueError(f"weight: expected 4 dimensions [C_out, C_in // groups, kh, kw], got {tuple(w_shape)}")
+    if type(groups) is not int:
         raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
-    c_in, c_out = x.shape[1], weight.shape[0]
+    c_in, c_out = x_shape[1], w_shape[0]
     if groups < 1 or c_in % groups or c_out % groups:
         raise ValueError(f"groups: expected a positive divisor of C_in={c_in} and C_out={c_out}, got {groups}")
-    if weight.shape[1] * groups != c_in or min(weight.shape) < 1:
+    if w_shape[1] * groups != c_in or min(w_shape) < 1:
         raise ValueError(f"weight: expected shape [C_out, C_in // groups = {c_in // groups}, kh, kw] for x with "
-                         f"C_in={c_in} and groups={groups}, got {tuple(weight.shape)}")
-    for name, value, least in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
-        if min(value) < least:
-            raise ValueError(f"{name}: expected values >= {least}, got {value}")
-    shape = output_shape(x, weight, stride, padding, dilation)
-    if min(shape[2:]) < 1:
-        raise ValueError(f"x: spatial size {tuple(x.shape[2:])} is smaller than the dilated kernel "
-                         f"{tuple(weight.shape[2:])} with padding {padding}")
-    if bias is not None:
-        _check_tensor("bias", bias, x)
-        if tuple(bias.shape) not in ((c_out,), (x.shape[0], c_out)):
-            raise ValueError(f"bias: expected shape ({c_out},) or ({x.shape[0]}, {c_out}) [N, C_out], "
-                             f"got {tuple(bias.shape)}")
-    if residual is not None:
-        _check_tensor("residual", residual, x)
-        if tuple(residual.shape) != shape:
-            raise ValueError(f"residual: expected the output's shape {shape}, got {tuple(residual.shape)}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    if isinstance(output_scale, bool) or not isinstance(output_scale, (int, float)) or not math.isfinite(output_scale):
-        raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
-    validate_backend_name(backend, CONV2D.extra_names())
+                         f"C_in={c_in} and groups={groups}, got {tuple(w_shape)}")
+    if stride[0] < 1 or stride[1] < 1:
+        raise ValueError(f"stride: expected values >= 1, got {stride}")
+    if padding[0] < 0 or padding[1] < 0:
+        raise ValueError(f"padding: expected values >= 0, got {padding}")
+    if dilation[0] < 1 or dilation[1] < 1:
+        raise ValueError(f"dilation: expected values >= 1, got {dilation}")
 
 
 # ---------------------------------------------------------------- custom op, fake, autograd
