@@ -58,6 +58,7 @@ def register(entry: BenchEntry) -> BenchEntry:
 # is a one-line change).
 ENTRY_MODULES = (
     "attention",
+    "conv2d",
     "group_norm",
     "word2vec",
 )
