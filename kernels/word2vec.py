@@ -103,8 +103,9 @@ def _word2vec_train_kernel(
             row_mask_k = valid_k[:, None] & d_mask[None, :]
             in_ptrs = syn0_ptr + ctx.to(tl.int64)[:, None] * D + offs_d[None, :]
             out_ptrs = syn1_ptr + targets.to(tl.int64)[:, None] * D + offs_d[None, :]
-            inp = tl.load(in_ptrs, mask=row_mask_c, other=0.0)
-            out = tl.load(out_ptrs, mask=row_mask_k, other=0.0)
+            # Through L2 only (.cg): other SMs update these rows all the time; an L1 copy would go stale.
+            inp = tl.load(in_ptrs, mask=row_mask_c, other=0.0, cache_modifier=".cg")
+            out = tl.load(out_ptrs, mask=row_mask_k, other=0.0, cache_modifier=".cg")
             if MODE == 1:
                 loss += _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k,
                                        labels, alpha, offs_k, COMPUTE_LOSS)
@@ -173,8 +174,8 @@ def _pair_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, see
             row_mask_k = valid_k[:, None] & d_mask[None, :]
             in_ptrs = syn0_ptr + tl.cast(word, tl.int64) * D + offs_d
             out_ptrs = syn1_ptr + targets.to(tl.int64)[:, None] * D + offs_d[None, :]
-            inp = tl.load(in_ptrs, mask=d_mask, other=0.0)
-            out = tl.load(out_ptrs, mask=row_mask_k, other=0.0)
+            inp = tl.load(in_ptrs, mask=d_mask, other=0.0, cache_modifier=".cg")
+            out = tl.load(out_ptrs, mask=row_mask_k, other=0.0, cache_modifier=".cg")
             scores = tl.sum(out * inp[None, :], axis=1)
             g = tl.where(valid_k, (labels - tl.sigmoid(scores)) * alpha, 0.0)
             err = tl.sum(g[:, None] * out, axis=0)
@@ -237,7 +238,7 @@ def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.
         syn0, syn1neg, tokens, alphas, bounds, alias_prob, alias_index, loss,
         vocab, dim, seed, window, negative, draw_stride(mode, window, negative),
         MODE=MODES[mode], CBOW_MEAN=bool(cbow_mean), SHRINK=bool(shrink_windows), COMPUTE_LOSS=bool(compute_loss),
-        BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4 if dim > 64 else 2,
+        BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=2 if dim <= 64 else (4 if dim <= 256 else 8),
     )
     return loss
 

@@ -57,6 +57,10 @@ __device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.0f) + log
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// Table reads and read-modify-writes go through L2 only (ld.global.cg): other SMs update the rows all
+// the time, and a copy kept in this SM's L1 would keep serving stale values.
+__device__ __forceinline__ void add_to(float* p, float v) { __stcg(p, __ldcg(p) + v); }
+
 // One warp's staging area: rows of the contexts and targets, the errors g, and the ids.
 struct WarpArea {
   float* in;      // [max_ctx, D]
@@ -72,7 +76,7 @@ __device__ __forceinline__ void stage_rows(float* dst, const float* __restrict__
   for (int r = 0; r < n; ++r) {
     const int id = ids[r];
     const float* src = table + static_cast<long long>(id < 0 ? 0 : id) * D;
-    for (int d = lane; d < D; d += 32) dst[r * D + d] = id < 0 ? 0.0f : src[d];
+    for (int d = lane; d < D; d += 32) dst[r * D + d] = id < 0 ? 0.0f : __ldcg(src + d);
   }
 }
 
@@ -101,13 +105,13 @@ __device__ double sg_update(float* syn0, float* syn1, const WarpArea& w, int C, 
     for (int c = 0; c < C; ++c) {  // input errors from the old outputs
       float e = 0.0f;
       for (int k = 0; k < K1; ++k) e = fmaf(w.g[c * K1 + k], w.out[k * D + d], e);
-      syn0[static_cast<long long>(w.ctx[c]) * D + d] += e;
+      add_to(syn0 + static_cast<long long>(w.ctx[c]) * D + d, e);
     }
     for (int k = 0; k < K1; ++k) {  // output updates from the old inputs
       if (w.targets[k] < 0) continue;
       float o = 0.0f;
       for (int c = 0; c < C; ++c) o = fmaf(w.g[c * K1 + k], w.in[c * D + d], o);
-      syn1[static_cast<long long>(w.targets[k]) * D + d] += o;
+      add_to(syn1 + static_cast<long long>(w.targets[k]) * D + d, o);
     }
   }
   __syncwarp();
@@ -120,21 +124,21 @@ __device__ double cbow_update(float* syn0, float* syn1, const WarpArea& w, int C
   const float inv_count = 1.0f / static_cast<float>(C);
   for (int d = lane; d < D; d += 32) {
     float h = 0.0f;
-    for (int c = 0; c < C; ++c) h += syn0[static_cast<long long>(w.ctx[c]) * D + d];
+    for (int c = 0; c < C; ++c) h += __ldcg(syn0 + static_cast<long long>(w.ctx[c]) * D + d);
     w.h[d] = cbow_mean ? h * inv_count : h;
   }
   stage_rows(w.out, syn1, w.targets, K1, D, lane);
   __syncwarp();
   double loss = 0.0;
-  if (lane < K1) {
+  for (int k = lane; k < K1; k += 32) {
     float g = 0.0f;
-    if (w.targets[lane] >= 0) {
+    if (w.targets[k] >= 0) {
       float f = 0.0f;
-      for (int d = 0; d < D; ++d) f = fmaf(w.h[d], w.out[lane * D + d], f);
-      g = ((lane == 0 ? 1.0f : 0.0f) - sigmoid(f)) * alpha;
-      if (compute_loss) loss += softplus(lane == 0 ? -f : f);
+      for (int d = 0; d < D; ++d) f = fmaf(w.h[d], w.out[k * D + d], f);
+      g = ((k == 0 ? 1.0f : 0.0f) - sigmoid(f)) * alpha;
+      if (compute_loss) loss += softplus(k == 0 ? -f : f);
     }
-    w.g[lane] = g;
+    w.g[k] = g;
   }
   __syncwarp();
   for (int d = lane; d < D; d += 32) {
@@ -142,30 +146,31 @@ __device__ double cbow_update(float* syn0, float* syn1, const WarpArea& w, int C
     for (int k = 0; k < K1; ++k) e = fmaf(w.g[k], w.out[k * D + d], e);
     if (!cbow_mean) e *= inv_count;
     for (int k = 0; k < K1; ++k)
-      if (w.targets[k] >= 0) syn1[static_cast<long long>(w.targets[k]) * D + d] += w.g[k] * w.h[d];
-    for (int c = 0; c < C; ++c) syn0[static_cast<long long>(w.ctx[c]) * D + d] += e;
+      if (w.targets[k] >= 0) add_to(syn1 + static_cast<long long>(w.targets[k]) * D + d, w.g[k] * w.h[d]);
+    for (int c = 0; c < C; ++c) add_to(syn0 + static_cast<long long>(w.ctx[c]) * D + d, e);
   }
   __syncwarp();
   return loss;
 }
 
-// Lane k < K1 draws target k (k = 0: the centre) for noise set `set`; a negative equal to the centre is -1.
+// Lanes draw targets k = lane, lane + 32, ... <= negative (k = 0: the centre) for noise set `set`; a
+// negative equal to the centre becomes -1 (skipped).
 __device__ __forceinline__ void draw_targets(const WarpArea& w, int centre, uint64_t base, int set, int negative,
                                              uint64_t seed, const float* prob, const int* alias, long long vocab,
                                              int lane) {
-  if (lane <= negative) {
+  for (int k = lane; k <= negative; k += 32) {
     int t = centre;
-    if (lane > 0) {
-      t = noise_word(base + 1 + static_cast<uint64_t>(set) * negative + (lane - 1), seed, prob, alias, vocab);
+    if (k > 0) {
+      t = noise_word(base + 1 + static_cast<uint64_t>(set) * negative + (k - 1), seed, prob, alias, vocab);
       if (t == centre) t = -1;
     }
-    w.targets[lane] = t;
+    w.targets[k] = t;
   }
 }
 
 }  // namespace
 
-// The per-warp shared-memory floats and ints the launcher reserves (keep in sync with WarpArea).
+// Shared memory: W2V_WARPS staging areas of warp_area_bytes() each (genai_fast/backends/cuda/word2vec.py).
 extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
     float* __restrict__ syn0, float* __restrict__ syn1, const int* __restrict__ tokens,
     const float* __restrict__ alphas, const int* __restrict__ bounds, const float* __restrict__ prob,
