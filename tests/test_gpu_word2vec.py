@@ -151,6 +151,16 @@ def _train(corpus, device: str, sg: int):
                     workers=4, device=device, compute_loss=True)
 
 
+def test_auto_device_is_cuda_except_in_deterministic_mode():
+    from genai_fast.word2vec import Word2Vec
+
+    if all(backend_unavailable_reasons(b) for b in BACKENDS):
+        pytest.skip("neither GPU backend is available")
+    assert Word2Vec(workers=4).device == "cuda"
+    assert Word2Vec(workers=1).device == "cpu", "workers=1 + seed is the bit-identical CPU mode"
+    assert Word2Vec(workers=1, device="cuda").device == "cuda"
+
+
 @pytest.mark.parametrize("sg", [1, 0], ids=["skip-gram", "cbow"])
 def test_word2vec_cuda_reaches_the_cpu_quality(sg):
     if all(backend_unavailable_reasons(b) for b in BACKENDS):

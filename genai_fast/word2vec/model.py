@@ -12,7 +12,8 @@ these differences, each deliberate:
 - noise words are drawn with the alias method from the exact distribution;
 - hierarchical softmax (hs=1) is not implemented (NotImplementedError).
 
-device="cuda" (and "auto" on a machine with a CUDA GPU and Triton or CuPy) trains on the GPU: the
+device="cuda" (and "auto" with workers > 1 on a machine with a CUDA GPU and Triton or CuPy; "auto"
+with workers=1 keeps the CPU's deterministic mode) trains on the GPU: the
 tables are copied to the GPU at the start of `train()` and back into `wv.vectors` / `syn1neg` at its
 end (also after an error or Ctrl-C), and chunks are merged to at least GPU_CHUNK_TOKENS tokens per
 kernel call. What each device promises:
@@ -122,8 +123,8 @@ class Word2Vec:
     the vocabulary is built and the model trained for `epochs` at once, as in gensim.
     `model.wv` holds the word vectors [V, vector_size]; `model.syn1neg` the output vectors.
 
-    Extra parameters: device ("auto": "cuda" when a CUDA GPU and a GPU backend are available, else
-    "cpu"; see the module docstring for what each promises),
+    Extra parameters: device ("auto": "cuda" when a CUDA GPU and a GPU backend are available and
+    workers > 1, else "cpu"; see the module docstring for what each promises),
     shared_negatives (pWord2Vec batching for skip-gram, default True), progress (a tqdm bar).
     """
 
@@ -190,7 +191,7 @@ class Word2Vec:
         self.shrink_windows = bool(shrink_windows)
         self.shared_negatives = bool(shared_negatives)
         self.progress = bool(progress)
-        self.device = self._resolve_device(device)
+        self.device = self._resolve_device(device, self.workers)
         self.layer1_size = self.vector_size
 
         self.wv = KeyedVectors(self.vector_size, 0)
@@ -219,10 +220,10 @@ class Word2Vec:
     # ------------------------------------------------------------ setup
 
     @staticmethod
-    def _resolve_device(device: str) -> str:
+    def _resolve_device(device: str, workers: int) -> str:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-        if device == "cpu":
+        if device == "cpu" or (device == "auto" and workers == 1):  # workers=1: the deterministic CPU mode
             return "cpu"
         import torch
 
