@@ -398,7 +398,9 @@ class ChunkPlan:
 
 
 SLICE_PROGRAMS_PER_SM = 32  # slices aimed at per SM when the slice length is automatic
-MIN_SLICE_TOKENS = 16
+# A small chunk gets fewer, longer slices rather than thousands of programs racing on the same rows
+# (Hogwild staleness grows with the number of concurrent updates of a row).
+MIN_SLICE_TOKENS = 128
 MAX_SLICE_TOKENS = 4096
 
 
