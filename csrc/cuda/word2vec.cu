@@ -12,24 +12,26 @@
 // Randomness: Philox 4x32-10 on 64-bit counters, key = seed, the same stream as Triton's randint4x
 // (kernels/word2vec.py): centre i (kept index) uses counters i * draw_stride + slot; slot 0 gives the
 // window shrink, slot 1 + set * K + k the k-th noise word of a set (set = window slot for pairs, else 0).
-#include <cstdint>
-
+// Compiled at run time by NVRTC through CuPy (genai_fast/backends/cuda): no #include, own integer types.
 #define W2V_WARPS 4  // warps per block (the launcher's WARPS)
 
 namespace {
 
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
 constexpr unsigned kFull = 0xffffffffu;
 
 struct Philox {
-  uint32_t c0, c1, c2, c3;
+  u32 c0, c1, c2, c3;
 };
 
-__device__ __forceinline__ Philox philox4x32_10(uint64_t counter, uint64_t seed) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+__device__ __forceinline__ Philox philox4x32_10(u64 counter, u64 seed) {
+  u32 c0 = static_cast<u32>(counter), c1 = static_cast<u32>(counter >> 32), c2 = 0, c3 = 0;
+  u32 k0 = static_cast<u32>(seed), k1 = static_cast<u32>(seed >> 32);
 #pragma unroll
   for (int r = 0; r < 10; ++r) {
-    const uint32_t a0 = c0, a2 = c2;
+    const u32 a0 = c0, a2 = c2;
     c0 = __umulhi(0xCD9E8D57u, a2) ^ c1 ^ k0;
     c2 = __umulhi(0xD2511F53u, a0) ^ c3 ^ k1;
     c1 = 0xCD9E8D57u * a2;
@@ -40,17 +42,17 @@ __device__ __forceinline__ Philox philox4x32_10(uint64_t counter, uint64_t seed)
   return {c0, c1, c2, c3};
 }
 
-__device__ __forceinline__ int noise_word(uint64_t counter, uint64_t seed, const float* __restrict__ prob,
+__device__ __forceinline__ int noise_word(u64 counter, u64 seed, const float* __restrict__ prob,
                                           const int* __restrict__ alias, long long vocab) {
   const Philox r = philox4x32_10(counter, seed);
-  const int idx = static_cast<int>((static_cast<uint64_t>(r.c0) * static_cast<uint64_t>(vocab)) >> 32);
+  const int idx = static_cast<int>((static_cast<u64>(r.c0) * static_cast<u64>(vocab)) >> 32);
   const float u = static_cast<float>(r.c1 >> 8) * (1.0f / 16777216.0f);
   return u < prob[idx] ? idx : alias[idx];
 }
 
-__device__ __forceinline__ int window_shrink(uint64_t counter, uint64_t seed, int window) {
+__device__ __forceinline__ int window_shrink(u64 counter, u64 seed, int window) {
   const Philox r = philox4x32_10(counter, seed);
-  return static_cast<int>((static_cast<uint64_t>(r.c0) * static_cast<uint64_t>(window)) >> 32);
+  return static_cast<int>((static_cast<u64>(r.c0) * static_cast<u64>(window)) >> 32);
 }
 
 __device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
@@ -155,13 +157,13 @@ __device__ double cbow_update(float* syn0, float* syn1, const WarpArea& w, int C
 
 // Lanes draw targets k = lane, lane + 32, ... <= negative (k = 0: the centre) for noise set `set`; a
 // negative equal to the centre becomes -1 (skipped).
-__device__ __forceinline__ void draw_targets(const WarpArea& w, int centre, uint64_t base, int set, int negative,
-                                             uint64_t seed, const float* prob, const int* alias, long long vocab,
+__device__ __forceinline__ void draw_targets(const WarpArea& w, int centre, u64 base, int set, int negative,
+                                             u64 seed, const float* prob, const int* alias, long long vocab,
                                              int lane) {
   for (int k = lane; k <= negative; k += 32) {
     int t = centre;
     if (k > 0) {
-      t = noise_word(base + 1 + static_cast<uint64_t>(set) * negative + (k - 1), seed, prob, alias, vocab);
+      t = noise_word(base + 1 + static_cast<u64>(set) * negative + (k - 1), seed, prob, alias, vocab);
       if (t == centre) t = -1;
     }
     w.targets[k] = t;
@@ -181,7 +183,7 @@ extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const long long slice = static_cast<long long>(blockIdx.x) * W2V_WARPS + warp;
   if (slice >= num_slices) return;
-  const uint64_t seed = static_cast<uint64_t>(seed_bits);
+  const u64 seed = static_cast<u64>(seed_bits);
   const int K1 = negative + 1;
   const int max_ctx = mode == 0 ? 1 : 2 * window;  // rows staged at once (pairs: one context at a time)
   const int floats = max_ctx * D + K1 * D + max_ctx * K1 + D;
@@ -200,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
   for (int i = lo; i < hi; ++i) {
     const int centre = tokens[i];
     const float alpha = alphas[i];
-    const uint64_t base = static_cast<uint64_t>(i) * static_cast<uint64_t>(draw_stride);
+    const u64 base = static_cast<u64>(i) * static_cast<u64>(draw_stride);
     const int b = shrink ? window_shrink(base, seed, window) : 0;
     const int j0 = max(sent_lo, i - window + b), j1 = min(sent_hi, i + window + 1 - b);
     if (mode == 0) {
@@ -244,11 +246,11 @@ extern "C" __global__ void word2vec_draws(int* __restrict__ shrink_out, int* __r
                                           long long draw_stride, int sets, int negative) {
   const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  const uint64_t seed = static_cast<uint64_t>(seed_bits);
-  const uint64_t base = static_cast<uint64_t>(i) * static_cast<uint64_t>(draw_stride);
+  const u64 seed = static_cast<u64>(seed_bits);
+  const u64 base = static_cast<u64>(i) * static_cast<u64>(draw_stride);
   shrink_out[i] = window_shrink(base, seed, window);
   for (int s = 0; s < sets; ++s)
     for (int k = 0; k < negative; ++k)
       noise_out[(i * sets + s) * negative + k] =
-          noise_word(base + 1 + static_cast<uint64_t>(s) * negative + k, seed, prob, alias, vocab);
+          noise_word(base + 1 + static_cast<u64>(s) * negative + k, seed, prob, alias, vocab);
 }
