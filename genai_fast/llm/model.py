@@ -1,51 +1,82 @@
-"""A compact Llama-family decoder built from a Hugging Face model's weights.
+"""A compact decoder built from a Hugging Face model's weights.
 
-Weights are converted once at load time: q/k/v projections fused into one matrix per layer, gate/up into
-another, so a decode step runs two matmuls fewer per projection group. The KV cache is preallocated as
-[B, H_kv, S_max, D] per layer; prefill attends through `genai_fast.scaled_dot_product_attention` and each
-decode step through `genai_fast.attention_with_kvcache`, which appends the new K/V in place.
+Two families share one module:
+  * llama, mistral, qwen2: RMSNorm, rotary embeddings, GQA, SwiGLU MLP;
+  * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
+
+Weights are converted once at load time: q/k/v projections fused into one matrix per layer and gate/up into
+another (GPT-2's c_attn is fused already; its Conv1D weights, stored [in, out], are transposed to the
+[out, in] layout of F.linear). The KV cache is preallocated as [B, H_kv, S_max, D] per layer. Prefill attends
+through `genai_fast.scaled_dot_product_attention`; each decode step through `genai_fast.attention_with_kvcache`,
+which appends the new K/V in place at each sequence's own length (`cache_seqlens`).
+
+Batches of prompts with different lengths: prefill runs on prompts right-padded to the longest; causal
+attention keeps the padding out of every real position, and the padding's K/V land in cache slots that each
+sequence's first decode steps overwrite before anything reads them. Decode then runs with per-sequence
+lengths, so no step pays for padding.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from genai_fast.ops.attention import attention_with_kvcache, scaled_dot_product_attention
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
 
 
-@dataclass(frozen=True)
-class LlamaConfig:
-    """The few hyperparameters the compact module needs."""
+def _gelu_new(x: torch.Tensor) -> torch.Tensor:
+    # Written out as transformers' NewGELUActivation so GPT-2 logits match it bit for bit.
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu_new": _gelu_new,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The few hyperparameters the compact module needs. family: "llama" (the Llama family) or "gpt2"."""
+
+    family: str
     vocab_size: int
     hidden_size: int
     num_layers: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    rms_norm_eps: float
+    norm_eps: float
     max_position_embeddings: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
+    activation: str
 
 
-class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 and cast back before the weight, exactly as HF's LlamaRMSNorm."""
+class Norm(nn.Module):
+    """RMSNorm (no bias) as HF's LlamaRMSNorm: in fp32, cast back before the weight; or LayerNorm (bias)."""
 
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., hidden] -> [..., hidden]."""
+        if self.bias is not None:
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
         dtype = x.dtype
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -58,123 +89,222 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, S, D]; cos, sin: [S, D] -> [B, H, S, D] (HF's rotate-half convention)."""
+    """x: [B, H, S, D]; cos, sin: broadcastable to it ([S, D] or [B, 1, 1, D]) -> [B, H, S, D].
+
+    HF's rotate-half convention and operation order, so the result is bitwise HF's."""
     return x * cos + _rotate_half(x) * sin
 
 
-class Attention(nn.Module):
-    """GQA attention with a fused QKV projection and a static KV cache."""
+def _param(t: torch.Tensor | None) -> nn.Parameter | None:
+    # A copy: `.to(dtype)` of a same-dtype tensor would otherwise share storage with the HF model.
+    return None if t is None else nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format),
+                                               requires_grad=False)
 
-    def __init__(self, cfg: LlamaConfig, wqkv: torch.Tensor, bqkv: torch.Tensor | None, wo: torch.Tensor) -> None:
+
+class Layer(nn.Module):
+    """One pre-norm decoder layer: fused-QKV attention over its slice of the KV cache, then the MLP.
+
+    mlp_in is [2 * intermediate, hidden] (gate rows, then up rows) for SwiGLU, [intermediate, hidden] for GPT-2.
+    scale: the attention scale, None for 1/sqrt(head_dim)."""
+
+    def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
+                 wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor, b_in: torch.Tensor | None,
+                 mlp_out: torch.Tensor, b_out: torch.Tensor | None, scale: float | None) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.wqkv = nn.Parameter(wqkv, requires_grad=False)
-        self.bqkv = None if bqkv is None else nn.Parameter(bqkv, requires_grad=False)
-        self.wo = nn.Parameter(wo, requires_grad=False)
+        self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
+        self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
+        self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
+        self.swiglu = cfg.family == "llama"
+        self.act = ACTIVATIONS[cfg.activation]
+        self.nq, self.nkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: int,
-                seqlens: torch.Tensor) -> torch.Tensor:
-        """x: [B, S, hidden] at positions pos .. pos+S-1; cos/sin: [S, D] -> [B, S, hidden]."""
-        cfg, (B, S, _) = self.cfg, x.shape
-        qkv = nn.functional.linear(x, self.wqkv, self.bqkv)
-        nq, nkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        q = qkv[..., :nq].view(B, S, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-        k = qkv[..., nq:nq + nkv].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = qkv[..., nq + nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if pos == 0:
-            # Prefill: the cache is empty, so attend over the fresh K/V directly and store them for decode.
-            self.k_cache[:, :, :S] = k
-            self.v_cache[:, :, :S] = v
-            out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, enable_gqa=cfg.num_heads != cfg.num_kv_heads)
-        else:
-            out = attention_with_kvcache(q, self.k_cache, self.v_cache, seqlens, k.contiguous(), v.contiguous())
-        return nn.functional.linear(out.transpose(1, 2).reshape(B, S, nq), self.wo)
-
-
-class MLP(nn.Module):
-    """SwiGLU with gate and up fused into one [2 * intermediate, hidden] matrix."""
-
-    def __init__(self, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> None:
-        super().__init__()
-        self.w_gate_up = nn.Parameter(w_gate_up, requires_grad=False)
-        self.w_down = nn.Parameter(w_down, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, S, hidden] -> [B, S, hidden]."""
-        gate, up = nn.functional.linear(x, self.w_gate_up).chunk(2, dim=-1)
-        return nn.functional.linear(nn.functional.silu(gate) * up, self.w_down)
-
-
-class Block(nn.Module):
-    """Pre-norm decoder layer."""
-
-    def __init__(self, attn: Attention, mlp: MLP, norm1: RMSNorm, norm2: RMSNorm) -> None:
-        super().__init__()
-        self.attn, self.mlp, self.norm1, self.norm2 = attn, mlp, norm1, norm2
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: int,
-                seqlens: torch.Tensor) -> torch.Tensor:
-        """x: [B, S, hidden] -> [B, S, hidden]."""
-        x = x + self.attn(self.norm1(x), cos, sin, pos, seqlens)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, seqlens: torch.Tensor | None,
+                host_lengths: list[int] | None) -> torch.Tensor:
+        """x: [B, S, hidden] -> [B, S, hidden]. seqlens None: prefill from position 0; else decode (S == 1)."""
+        x = x + self.attention(self.norm1(x), rope, seqlens, host_lengths)
         return x + self.mlp(self.norm2(x))
 
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, S, hidden] -> [B, S, hidden]."""
+        h = F.linear(x, self.mlp_in, self.b_in)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return F.linear(h, self.mlp_out, self.b_out)
 
-class LlamaModel(nn.Module):
-    """The whole decoder: embeddings, blocks, final norm, LM head, rope tables and the static KV cache."""
+    def attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                  seqlens: torch.Tensor | None, host_lengths: list[int] | None) -> torch.Tensor:
+        """x: [B, S, hidden] -> [B, S, hidden]; writes this layer's K/V into the cache."""
+        cfg, (B, S, _) = self.cfg, x.shape
+        qkv = F.linear(x, self.wqkv, self.bqkv)
+        q = qkv[..., :self.nq].view(B, S, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+        k = qkv[..., self.nq:self.nq + self.nkv].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        k_cache, v_cache = self.k_cache[:B], self.v_cache[:B]
+        if seqlens is None:
+            # Prefill: the cache is empty, so attend over the fresh K/V directly and store them for decode.
+            k_cache[:, :, :S] = k
+            v_cache[:, :, :S] = v
+            out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, scale=self.scale,
+                                               enable_gqa=cfg.num_heads != cfg.num_kv_heads)
+        else:
+            out = _decode_attention(q, k_cache, v_cache, seqlens, k.contiguous(), v.contiguous(), self.scale,
+                                    host_lengths)
+        return F.linear(out.transpose(1, 2).reshape(B, S, self.nq), self.wo, self.bo)
 
-    def __init__(self, cfg: LlamaConfig, embed: torch.Tensor, blocks: list[Block], norm: RMSNorm,
-                 lm_head: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float) -> None:
+
+def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlens: torch.Tensor,
+                      k: torch.Tensor, v: torch.Tensor, scale: float | None,
+                      host_lengths: list[int] | None) -> torch.Tensor:
+    """attention_with_kvcache over the batch; q: [B, Hq, 1, D] -> [B, Hq, 1, D].
+
+    host_lengths (CPU only, the lengths seqlens holds): when they differ, one call per sequence. On a CPU the
+    op's torch backend serves equal lengths with torch's fused SDPA over the valid prefix but ragged ones with
+    its reference, which copies the whole cache and rounds differently; per-sequence calls keep a batch fast
+    and bitwise equal to one-by-one generation. On a GPU the Triton kernel takes ragged lengths in one call."""
+    if host_lengths is None or min(host_lengths) == max(host_lengths):
+        return attention_with_kvcache(q, k_cache, v_cache, seqlens, k, v, scale=scale)
+    return torch.cat([attention_with_kvcache(q[b:b + 1], k_cache[b:b + 1], v_cache[b:b + 1], seqlens[b:b + 1],
+                                             k[b:b + 1], v[b:b + 1], scale=scale) for b in range(q.shape[0])])
+
+
+class DecoderModel(nn.Module):
+    """The whole decoder: embeddings, layers, final norm, LM head, rope tables and the static KV cache."""
+
+    def __init__(self, cfg: ModelConfig, embed: torch.Tensor, pos_embed: torch.Tensor | None, layers: list[Layer],
+                 norm: Norm, lm_head: torch.Tensor | None, inv_freq: torch.Tensor | None,
+                 attention_scaling: float = 1.0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Parameter(embed, requires_grad=False)
-        self.blocks = nn.ModuleList(blocks)
+        self.embed = _param(embed)
+        self.pos_embed = _param(pos_embed)
+        self.layers = nn.ModuleList(layers)
         self.norm = norm
-        # Tied embeddings share storage with the LM head (no copy).
-        self.lm_head = self.embed if cfg.tie_word_embeddings else nn.Parameter(lm_head, requires_grad=False)
-        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
+        # Tied embeddings share storage with the LM head (lm_head None: no copy).
+        self.lm_head = self.embed if lm_head is None else _param(lm_head)
+        self.register_buffer("inv_freq", None if inv_freq is None else inv_freq.to(torch.float32), persistent=False)
         self.attention_scaling = attention_scaling
         self.cache_batch = 0
         self.cache_len = 0
+        self.cos_table: torch.Tensor | None = None
+        self.sin_table: torch.Tensor | None = None
+        self.cache_version = 0  # bumped on reallocation: CUDA graphs captured on the old cache are stale
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
 
     def allocate_cache(self, batch: int, max_len: int) -> None:
-        """(Re)allocate every layer's K/V cache as [batch, H_kv, max_len, D]; reuses it when big enough."""
-        if batch == self.cache_batch and max_len <= self.cache_len:
+        """Make every layer's K/V cache at least [batch, H_kv, max_len, D]; a big enough one is kept (a smaller
+        batch uses its first rows). Also builds the rope tables for positions 0 .. max_len-1."""
+        if batch <= self.cache_batch and max_len <= self.cache_len:
             return
-        cfg, dtype, device = self.cfg, self.embed.dtype, self.embed.device
+        batch, max_len = max(batch, self.cache_batch), max(max_len, self.cache_len)
+        cfg = self.cfg
         shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        for block in self.blocks:
-            block.attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-            block.attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        for layer in self.layers:
+            layer.k_cache = layer.v_cache = None  # free the old cache before allocating the new one
+            layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.cache_batch, self.cache_len = batch, max_len
+        self.cache_version += 1
+        if self.inv_freq is not None:
+            self.cos_table, self.sin_table = self._rope_tables(max_len)
 
-    def rope(self, pos: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [length, D] for positions pos .. pos+length-1, computed in fp32 as HF does."""
-        positions = torch.arange(pos, pos + length, device=self.inv_freq.device, dtype=torch.float32)
+    def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [length, D] for positions 0 .. length-1, computed in fp32 as HF does (each entry one
+        product, so a table equals HF's per-step values bitwise), then cast to the model's dtype."""
+        positions = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
         freqs = torch.outer(positions, self.inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        dtype = self.embed.dtype
-        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+        return ((emb.cos() * self.attention_scaling).to(self.dtype),
+                (emb.sin() * self.attention_scaling).to(self.dtype))
+
+    def _check_fits(self, batch: int, last_position: int) -> None:
+        if batch > self.cache_batch or last_position >= self.cache_len:
+            raise ValueError(f"KV cache overflow: position {last_position} for batch {batch} does not fit the "
+                             f"allocated cache of {self.cache_len} positions for batch {self.cache_batch}")
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, pos: int, last_only: bool = True) -> torch.Tensor:
-        """ids: [B, S] at positions pos .. pos+S-1 -> logits [B, V] (last position) or [B, S, V].
-
-        pos == 0 starts a new sequence (prefill); pos > 0 appends to the cache (decode)."""
+    def prefill(self, ids: torch.Tensor, last: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
+        """ids: [B, S] at positions 0 .. S-1 (right-padded) -> logits [B, V] at positions `last` ([B] long;
+        default S-1), or [B, S, V] with all_logits. Fills cache positions 0 .. S-1 of rows 0 .. B-1."""
         B, S = ids.shape
-        if B != self.cache_batch or pos + S > self.cache_len:
-            raise ValueError(f"KV cache overflow: positions {pos}..{pos + S - 1} for batch {B} do not fit the "
-                             f"allocated cache of {self.cache_len} positions for batch {self.cache_batch}")
-        cos, sin = self.rope(pos, S)
-        seqlens = torch.full((B,), pos, dtype=torch.int32, device=ids.device)
-        x = nn.functional.embedding(ids, self.embed)
-        for block in self.blocks:
-            x = block(x, cos, sin, pos, seqlens)
-        x = self.norm(x[:, -1:] if last_only else x)
-        logits = nn.functional.linear(x, self.lm_head)
-        return logits[:, -1] if last_only else logits
+        self._check_fits(B, S - 1)
+        x = F.embedding(ids, self.embed)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[:S]
+        rope = None if self.cos_table is None else (self.cos_table[:S], self.sin_table[:S])
+        for layer in self.layers:
+            x = layer(x, rope, None, None)
+        if all_logits:
+            return F.linear(self.norm(x), self.lm_head)
+        x = x[:, -1] if last is None else x[torch.arange(B, device=x.device), last]
+        return F.linear(self.norm(x), self.lm_head)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, seqlens: torch.Tensor, host_lengths: list[int] | None = None
+               ) -> torch.Tensor:
+        """tokens: [B, 1] at positions seqlens ([B] int32, each sequence's cache length) -> logits [B, V].
+
+        Appends each token's K/V at its sequence's position; the caller advances seqlens. host_lengths: the
+        values of seqlens when known on the host (CPU): checked against the cache, and used for ragged batches.
+        Runs no host synchronisation without host_lengths, so a CUDA graph can capture it."""
+        B = tokens.shape[0]
+        if host_lengths is not None:
+            self._check_fits(B, max(host_lengths))
+        x = F.embedding(tokens, self.embed)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.index_select(0, seqlens)[:, None]
+        rope = None
+        if self.cos_table is not None:
+            rope = (self.cos_table.index_select(0, seqlens)[:, None, None],
+                    self.sin_table.index_select(0, seqlens)[:, None, None])
+        for layer in self.layers:
+            x = layer(x, rope, seqlens, host_lengths)
+        return F.linear(self.norm(x[:, -1]), self.lm_head)
+
+    def forward(self, ids: torch.Tensor, pos: int = 0, last_only: bool = True) -> torch.Tensor:
+        """ids: [B, S] at positions pos .. pos+S-1 (the same for every row) -> logits [B, V] or [B, S, V].
+
+        pos == 0 starts new sequences (prefill); pos > 0 appends one token per row (decode)."""
+        if pos == 0:
+            return self.prefill(ids, all_logits=not last_only)
+        if ids.shape[1] != 1:
+            raise ValueError(f"ids: decode takes one token per sequence, got shape {tuple(ids.shape)}")
+        seqlens = torch.full((ids.shape[0],), pos, dtype=torch.int32, device=ids.device)
+        logits = self.decode(ids, seqlens, [pos] * ids.shape[0])
+        return logits if last_only else logits[:, None]
+
+    def step_bytes(self, batch: int) -> int:
+        """Bytes one decode step reads besides the KV cache: every weight matrix and vector once (a tied LM head
+        once), plus one embedding row (and one position row) per sequence."""
+        weights = sum(p.numel() * p.element_size() for p in self.parameters())  # parameters() dedups tied ones
+        embed_rows = (1 + (self.pos_embed is not None)) * batch * self.cfg.hidden_size * self.embed.element_size()
+        unused = self.embed.numel() * self.embed.element_size() if self.lm_head is not self.embed else 0
+        unused += self.pos_embed.numel() * self.pos_embed.element_size() if self.pos_embed is not None else 0
+        return weights - unused + embed_rows
+
+    def kv_bytes_per_position(self) -> int:
+        """Bytes of K and V over all layers for one cached position of one sequence."""
+        cfg = self.cfg
+        return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.embed.element_size()
+
+
+LlamaModel = DecoderModel  # the name of the Llama-only first version
+
+
+# ---------------------------------------------------------------- conversion from transformers
 
 
 def _check_architecture(config: object) -> None:
@@ -182,19 +312,35 @@ def _check_architecture(config: object) -> None:
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"unsupported architecture {model_type!r}: genai_fast.llm supports "
                          f"{', '.join(SUPPORTED_ARCHITECTURES)}")
-    if getattr(config, "hidden_act", "silu") != "silu":
+    if model_type == "gpt2":
+        act = getattr(config, "activation_function", "gelu_new")
+        if act not in ACTIVATIONS or act == "silu":
+            raise ValueError(f"unsupported GPT-2 activation {act!r}: genai_fast.llm supports "
+                             f"{', '.join(a for a in ACTIVATIONS if a != 'silu')}")
+        if getattr(config, "add_cross_attention", False):
+            raise ValueError("unsupported GPT-2 variant: add_cross_attention=True (decoder-only models only)")
+    elif getattr(config, "hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported activation {config.hidden_act!r}: genai_fast.llm supports silu (SwiGLU)")
 
 
-def _config_from_hf(config: object) -> LlamaConfig:
+def context_limit(config: object) -> int:
+    """The longest sequence the compact module reproduces exactly: the position limit, and for a Mistral/Qwen2
+    checkpoint with sliding-window attention the window (the static cache attends to every position)."""
+    limit = getattr(config, "max_position_embeddings", None) or config.n_positions
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and config.model_type in LLAMA_FAMILY:
+        limit = min(limit, int(window))
+    return int(limit)
+
+
+def _llama_config(config: object) -> ModelConfig:
     heads = config.num_attention_heads
-    return LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
-        num_heads=heads, num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-        rms_norm_eps=config.rms_norm_eps, max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        qkv_bias=config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False)))
+    return ModelConfig(
+        family="llama", vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_layers=config.num_hidden_layers, num_heads=heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, norm_eps=config.rms_norm_eps,
+        max_position_embeddings=context_limit(config), activation="silu")
 
 
 def _rope_from_hf(hf_model: nn.Module) -> tuple[torch.Tensor, float]:
@@ -205,29 +351,78 @@ def _rope_from_hf(hf_model: nn.Module) -> tuple[torch.Tensor, float]:
     return rotary.inv_freq.detach().clone(), float(getattr(rotary, "attention_scaling", 1.0))
 
 
-def _convert_layer(layer: nn.Module, cfg: LlamaConfig, dtype: torch.dtype) -> Block:
+def _llama_layer(layer: nn.Module, cfg: ModelConfig, dtype: torch.dtype) -> Layer:
     a, m = layer.self_attn, layer.mlp
     wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).to(dtype)
     bqkv = None
-    if cfg.qkv_bias and a.q_proj.bias is not None:
+    if a.q_proj.bias is not None:
         bqkv = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).to(dtype)
-    attn = Attention(cfg, wqkv.contiguous(), bqkv, a.o_proj.weight.detach().to(dtype).clone())
-    mlp = MLP(torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dtype).contiguous(),
-              m.down_proj.weight.detach().to(dtype).clone())
-    return Block(attn, mlp, RMSNorm(layer.input_layernorm.weight.to(dtype), cfg.rms_norm_eps),
-                 RMSNorm(layer.post_attention_layernorm.weight.to(dtype), cfg.rms_norm_eps))
+    bo = None if a.o_proj.bias is None else a.o_proj.bias.to(dtype)
+    w_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dtype)
+    if m.gate_proj.bias is not None:
+        raise ValueError("unsupported checkpoint: MLP biases (mlp_bias=True) in a Llama-family model")
+    return Layer(cfg, Norm(layer.input_layernorm.weight.to(dtype), None, cfg.norm_eps),
+                 Norm(layer.post_attention_layernorm.weight.to(dtype), None, cfg.norm_eps),
+                 wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None,
+                 m.down_proj.weight.to(dtype), None, None)
+
+
+def _from_llama(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
+    cfg = _llama_config(hf_model.config)
+    inv_freq, scaling = _rope_from_hf(hf_model)
+    layers = [_llama_layer(layer, cfg, dtype) for layer in hf_model.model.layers]
+    embed = hf_model.model.embed_tokens.weight
+    tied = hf_model.lm_head.weight.data_ptr() == embed.data_ptr()
+    return DecoderModel(cfg, embed.to(dtype), None, layers,
+                        Norm(hf_model.model.norm.weight.to(dtype), None, cfg.norm_eps),
+                        None if tied else hf_model.lm_head.weight.to(dtype), inv_freq, scaling)
+
+
+def _gpt2_config(config: object) -> ModelConfig:
+    heads = config.n_head
+    return ModelConfig(
+        family="gpt2", vocab_size=config.vocab_size, hidden_size=config.n_embd, num_layers=config.n_layer,
+        num_heads=heads, num_kv_heads=heads, head_dim=config.n_embd // heads, norm_eps=config.layer_norm_epsilon,
+        max_position_embeddings=config.n_positions, activation=getattr(config, "activation_function", "gelu_new"))
+
+
+def _gpt2_scale(config: object, index: int, head_dim: int) -> float | None:
+    """HF's GPT2Attention scaling; None when it is the default 1/sqrt(head_dim)."""
+    by_layer = bool(getattr(config, "scale_attn_by_inverse_layer_idx", False))
+    if getattr(config, "scale_attn_weights", True) and not by_layer:
+        return None
+    scale = head_dim ** -0.5 if getattr(config, "scale_attn_weights", True) else 1.0
+    return scale / float(index + 1) if by_layer else scale
+
+
+def _gpt2_layer(block: nn.Module, index: int, cfg: ModelConfig, config: object, dtype: torch.dtype) -> Layer:
+    def w(conv: nn.Module) -> torch.Tensor:  # Conv1D keeps [in, out]; F.linear wants [out, in]
+        return conv.weight.t().to(dtype)
+
+    a, m = block.attn, block.mlp
+    return Layer(cfg, Norm(block.ln_1.weight.to(dtype), block.ln_1.bias.to(dtype), cfg.norm_eps),
+                 Norm(block.ln_2.weight.to(dtype), block.ln_2.bias.to(dtype), cfg.norm_eps),
+                 w(a.c_attn), a.c_attn.bias.to(dtype), w(a.c_proj), a.c_proj.bias.to(dtype),
+                 w(m.c_fc), m.c_fc.bias.to(dtype), w(m.c_proj), m.c_proj.bias.to(dtype),
+                 _gpt2_scale(config, index, cfg.head_dim))
+
+
+def _from_gpt2(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
+    config, t = hf_model.config, hf_model.transformer
+    cfg = _gpt2_config(config)
+    layers = [_gpt2_layer(block, i, cfg, config, dtype) for i, block in enumerate(t.h)]
+    tied = hf_model.lm_head.weight.data_ptr() == t.wte.weight.data_ptr()
+    return DecoderModel(cfg, t.wte.weight.to(dtype), t.wpe.weight.to(dtype), layers,
+                        Norm(t.ln_f.weight.to(dtype), t.ln_f.bias.to(dtype), cfg.norm_eps),
+                        None if tied else hf_model.lm_head.weight.to(dtype), None)
 
 
 @torch.no_grad()
 def from_hf(hf_model: nn.Module, dtype: torch.dtype | None = None, device: torch.device | str | None = None
-            ) -> LlamaModel:
-    """Convert a loaded HF *ForCausalLM of a supported architecture into a LlamaModel (weights copied/fused)."""
+            ) -> DecoderModel:
+    """Convert a loaded HF *ForCausalLM of a supported architecture into a DecoderModel (weights copied/fused)."""
     _check_architecture(hf_model.config)
-    cfg = _config_from_hf(hf_model.config)
-    dtype = dtype or hf_model.model.embed_tokens.weight.dtype
-    inv_freq, scaling = _rope_from_hf(hf_model)
-    blocks = [_convert_layer(layer, cfg, dtype) for layer in hf_model.model.layers]
-    model = LlamaModel(cfg, hf_model.model.embed_tokens.weight.detach().to(dtype).clone(), blocks,
-                       RMSNorm(hf_model.model.norm.weight.to(dtype), cfg.rms_norm_eps),
-                       hf_model.lm_head.weight.detach().to(dtype).clone(), inv_freq, scaling)
+    dtype = dtype or hf_model.get_input_embeddings().weight.dtype
+    convert = _from_gpt2 if hf_model.config.model_type == "gpt2" else _from_llama
+    model = convert(hf_model, dtype)
     return model.to(device) if device is not None else model

@@ -1,0 +1,130 @@
+"""The pieces of the decode loop: on-device token choice, decode steppers (eager, CUDA graph) and incremental
+detokenisation for streaming."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from genai_fast.llm.model import DecoderModel
+
+
+class Sampler:
+    """logits [B, V] -> next tokens [B] (int64, on the logits' device), without a host synchronisation.
+
+    temperature 0 is greedy (argmax, as HF's do_sample=False); otherwise sample from softmax(logits / T)
+    restricted to the top_k largest and to the nucleus of mass top_p, with `generator` (reproducible)."""
+
+    def __init__(self, temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator | None) -> None:
+        self.temperature, self.top_k, self.top_p, self.generator = temperature, top_k, top_p, generator
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        scores = logits.float() / self.temperature
+        if self.top_k is not None and self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p is not None and self.top_p < 1:
+            sorted_scores, order = scores.sort(dim=-1, descending=True)
+            probs = sorted_scores.softmax(-1)
+            # Drop a token when the tokens before it already reach top_p (the top token always stays).
+            drop = (probs.cumsum(-1) - probs) >= self.top_p
+            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        return torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[:, 0]
+
+
+class EagerStepper:
+    """Decode state on the device (token [B, 1], seqlens [B] int32) and one eager model call per step.
+
+    On a CPU the lengths are mirrored on the host (free there): the model checks them against the cache and
+    runs ragged batches one sequence at a time in attention (see model._decode_attention)."""
+
+    def __init__(self, model: DecoderModel, batch: int) -> None:
+        self.model, self.batch = model, batch
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
+        self.seqlens = torch.zeros(batch, dtype=torch.int32, device=model.device)
+        self.host_lengths: list[int] | None = None
+
+    def start(self, first: torch.Tensor, lengths: Sequence[int]) -> None:
+        """first: [B] tokens chosen after prefill; lengths: the prompt lengths (the cache lengths)."""
+        self.token.copy_(first.view(-1, 1))
+        self.seqlens.copy_(torch.tensor(list(lengths), dtype=torch.int32))
+        self.host_lengths = list(lengths) if self.model.device.type == "cpu" else None
+
+    def step(self) -> torch.Tensor:
+        """Feed the current tokens; -> logits [B, V] for the next ones."""
+        return self.model.decode(self.token, self.seqlens, self.host_lengths)
+
+    def advance(self, nxt: torch.Tensor) -> None:
+        """nxt: [B] the tokens chosen from the last step's logits."""
+        self.token.copy_(nxt.view(-1, 1))
+        self.seqlens.add_(1)
+        if self.host_lengths is not None:
+            self.host_lengths = [n + 1 for n in self.host_lengths]
+
+
+class CudaGraphStepper(EagerStepper):
+    """The decode step captured once as a CUDA graph over static token/seqlens tensors and the model's cache.
+
+    Capture runs the step on the current (empty) cache contents at position 0 of every row: the warm-up writes
+    there, and the prefill that follows overwrites it. The graph stays valid while the cache it read is the
+    model's (model.cache_version)."""
+
+    def __init__(self, model: DecoderModel, batch: int) -> None:
+        super().__init__(model, batch)
+        self.cache_version = model.cache_version
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # compiles the Triton kernels and sets up cuBLAS outside the capture
+                model.decode(self.token, self.seqlens)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = model.decode(self.token, self.seqlens)
+
+    def step(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.logits
+
+
+class IncrementalText:
+    """Token ids in, printable text pieces out; the pieces join to tokenizer.decode(all ids).
+
+    Each push decodes a short window: the tokens already printed since the previous piece (context, so that
+    tokenizers which drop a leading space at the start of a decode print it) plus the new ones, and prints what
+    the new ones add. A piece that ends in U+FFFD (a multi-byte character split across tokens) waits for the
+    token that completes it."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.start = 0  # first id of the decode window
+        self.read = 0  # ids whose text is printed
+        self.printed = ""
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, ids: Sequence[int]) -> str:
+        """Add token ids; -> the text they complete ("" while it is not printable yet)."""
+        self.ids.extend(ids)
+        before = self._decode(self.ids[self.start:self.read])
+        now = self._decode(self.ids[self.start:])
+        if len(now) <= len(before) or now.endswith("\ufffd") or not now.startswith(before):
+            return ""
+        piece = now[len(before):]
+        self.start, self.read = self.read, len(self.ids)
+        self.printed += piece
+        return piece
+
+    def finish(self) -> str:
+        """The rest of the text (what was held back, e.g. a character the generation left incomplete)."""
+        full = self._decode(self.ids)
+        rest = full[len(self.printed):] if full.startswith(self.printed) else ""
+        self.printed += rest
+        return rest
