@@ -10,6 +10,13 @@ order too. The interpreter is slow (tens of ms per centre): chunks here are a fe
 
 from __future__ import annotations
 
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +24,7 @@ import torch.nn.functional as F
 
 from genai_fast.backends import memory
 from genai_fast.backends.availability import triton_interpreter_enabled, triton_module
+from genai_fast.backends.cpp.word2vec import MODE_CODES
 from genai_fast.backends.dispatch import BackendNotSupportedError
 from genai_fast.ops.word2vec_ops import (
     ChunkPlan,
@@ -174,10 +182,6 @@ print("compiled")
 def test_triton_trainer_compiles_for_sm90_without_a_gpu():
     """The interpreter does not type-check like the compiler does: compile every mode for an H100
     (Triton's own ptxas, no driver needed) in a process without TRITON_INTERPRET."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, env=env,
@@ -254,6 +258,101 @@ def test_triton_chunk_matches_float64_replay(mode, cbow_mean, vocab, dim, length
     assert_matches_oracle(out1, ref1, base1, what=f"triton {mode} syn1neg")
     assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
     assert not torch.equal(out0, syn0) and not torch.equal(out1, syn1)
+
+
+# ---------------------------------------------------------------- the CUDA kernel, emulated on the CPU
+
+EMULATOR = Path(__file__).resolve().parent / "cuda_emulator" / "warp_emulator.cpp"
+
+
+@pytest.fixture(scope="module")
+def cuda_emulator(tmp_path_factory):
+    """csrc/cuda/word2vec.cu built for the CPU with the warp emulator (32 threads per warp)."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ not on PATH")
+    lib_path = tmp_path_factory.mktemp("w2v_emulator") / "w2v_emulator.so"
+    cmd = [compiler, "-O1", "-std=c++20", "-shared", "-fPIC", "-pthread", "-o", str(lib_path), str(EMULATOR)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr[-3000:]}"
+    lib = ctypes.CDLL(str(lib_path))
+    p, q, i = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
+    lib.emulate_word2vec_train.argtypes = [p] * 8 + [q, q, i, q, i, i, q, i, i, i, i]
+    lib.emulate_word2vec_draws.argtypes = [p] * 4 + [q, q, q, i, q, i, i]
+    return lib
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    assert t.is_contiguous()
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _cuda_draw_stride(mode: str, window: int, negative: int) -> int:
+    return 1 + (2 * window if mode == "sg_pair" else 1) * negative
+
+
+@pytest.mark.parametrize(("mode", "window", "negative"), [("sg_shared", 3, 4), ("sg_pair", 3, 4), ("cbow", 17, 33)],
+                         ids=["shared", "pair", "cbow-w17-n33"])
+def test_cuda_draws_match_the_numpy_stream(cuda_emulator, mode, window, negative):
+    prob, alias = _noise_tables(37)
+    sets = 2 * window if mode == "sg_pair" else 1
+    shrink = torch.empty(40, dtype=torch.int32)
+    noise = torch.empty(40, sets, negative, dtype=torch.int32)
+    seed = 2**40 + 5
+    cuda_emulator.emulate_word2vec_draws(_ptr(shrink), _ptr(noise), _ptr(torch.from_numpy(prob)),
+                                         _ptr(torch.from_numpy(alias)), 40, 37, seed, window,
+                                         _cuda_draw_stride(mode, window, negative), sets, negative)
+    ref_shrink, ref_noise = word2vec_draws_reference(40, prob, alias, mode=mode, window=window, negative=negative,
+                                                     seed=seed)
+    assert np.array_equal(shrink.numpy(), ref_shrink) and np.array_equal(noise.numpy(), ref_noise)
+
+
+# (mode, cbow_mean, vocab, dim, sentence lengths, window, negative, slice_tokens, alpha): window 17 and
+# negative 33 take the loops over more than 32 window slots and targets.
+CUDA_REPLAY_CASES = [
+    pytest.param("sg_shared", True, 50, 100, [40, 1, 0, 30], 5, 5, 7, 0.2, id="sg-shared-d100-sliced"),
+    pytest.param("sg_pair", True, 17, 9, [9, 6], 2, 2, 4, 0.2, id="sg-pair-d9"),
+    pytest.param("cbow", True, 23, 33, [19, 6], 3, 3, 64, 0.2, id="cbow-mean-d33"),
+    pytest.param("cbow", False, 11, 16, [8, 2], 2, 4, 3, 0.2, id="cbow-sum-d16-tiny-vocab"),
+    pytest.param("sg_shared", True, 30, 40, [45], 17, 33, 100, 0.01, id="sg-shared-w17-n33"),
+]
+
+
+@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "lengths", "window", "negative", "slice_tokens",
+                          "alpha"), CUDA_REPLAY_CASES)
+def test_cuda_kernel_emulated_matches_float64_replay(cuda_emulator, mode, cbow_mean, vocab, dim, lengths, window,
+                                                     negative, slice_tokens, alpha):
+    tokens, offsets = _chunk(vocab, lengths, seed=vocab)
+    prob, alias = _noise_tables(vocab)
+    seed = 11
+    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.8), alpha,
+                      alpha / 4, seed, slice_tokens)
+    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
+                                             negative=negative, seed=seed)
+    syn0, syn1 = _tables(vocab, dim)
+    ref0, ref1 = syn0.double(), syn1.double()
+    ref_loss = replay_chunk(ref0, ref1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    base0, base1 = syn0.clone(), syn1.clone()
+    replay_chunk(base0, base1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    out0, out1 = syn0.clone(), syn1.clone()
+    num_slices = plan.bounds.shape[0]
+    loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
+    cuda_emulator.emulate_word2vec_train(
+        _ptr(out0), _ptr(out1), _ptr(plan.tokens), _ptr(plan.alphas), _ptr(plan.bounds),
+        _ptr(torch.from_numpy(prob)), _ptr(torch.from_numpy(alias)), _ptr(loss), num_slices, vocab, dim, seed,
+        window, negative, _cuda_draw_stride(mode, window, negative), MODE_CODES[mode], int(cbow_mean), 1, 1)
+    assert bool(torch.isfinite(loss).all()), "every warp writes its loss slot"
+    assert_matches_oracle(out0, ref0, base0, what=f"cuda {mode} syn0")
+    assert_matches_oracle(out1, ref1, base1, what=f"cuda {mode} syn1neg")
+    assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_cuda_launcher_constants_match_the_source():
+    from genai_fast.backends.cuda import word2vec as launcher
+
+    source = (Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "word2vec.cu").read_text()
+    assert f"#define W2V_WARPS {launcher.WARPS}" in source
+    assert launcher.MODES == MODE_CODES
 
 
 # ---------------------------------------------------------------- the public op, backend="triton"
