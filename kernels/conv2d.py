@@ -50,12 +50,18 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _epilogue(acc, n_idx, s_idx, co, mask, bias_ptr, res_ptr, output_scale,
-              sbn, sbc, srn, src, srs, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SILU: tl.constexpr):
-    """(act(acc + bias) + residual) * output_scale in fp32, for a tile of (sample, pixel, channel)."""
+def _epilogue(acc, n_idx, s_idx, co, c_mask, mask, bias_ptr, res_ptr, output_scale,
+              sbn, sbc, srn, src, srs, HAS_BIAS: tl.constexpr, PER_SAMPLE_BIAS: tl.constexpr,
+              HAS_RESIDUAL: tl.constexpr, SILU: tl.constexpr):
+    """(act(acc + bias) + residual) * output_scale in fp32, for a tile of rows (sample n_idx, pixel s_idx)
+    x channels co; c_mask: the valid channels, mask: the valid tile elements."""
     if HAS_BIAS:
-        b = tl.load(bias_ptr + n_idx[:, None].to(tl.int64) * sbn + co[None, :] * sbc, mask=mask, other=0.0)
-        acc = acc + b.to(tl.float32)
+        if PER_SAMPLE_BIAS:  # rows of a tile may belong to different samples: a gather through L1
+            b = tl.load(bias_ptr + n_idx[:, None].to(tl.int64) * sbn + co[None, :] * sbc, mask=mask, other=0.0)
+            acc = acc + b.to(tl.float32)
+        else:  # one vector of channels, broadcast over the rows
+            b = tl.load(bias_ptr + co * sbc, mask=c_mask, other=0.0)
+            acc = acc + b.to(tl.float32)[None, :]
     if SILU:
         acc = acc * tl.sigmoid(acc)
     if HAS_RESIDUAL:
@@ -66,6 +72,7 @@ def _epilogue(acc, n_idx, s_idx, co, mask, bias_ptr, res_ptr, output_scale,
 
 @triton.autotune(configs=_configs(), key=["M", "C_in_g", "C_out_g", "KH", "KW"],
                  prune_configs_by={"early_config_prune": _prune})
+@triton.heuristics({"EVEN_K": lambda args: args["C_in_g"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _conv2d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
@@ -77,7 +84,8 @@ def _conv2d_fwd_kernel(
     srn, src, srs,
     son, soc, sos,
     output_scale,
-    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SILU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PER_SAMPLE_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SILU: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped ordering of the (M, N) tiles: GROUP_M row tiles share their weight tiles in L2.
@@ -118,6 +126,8 @@ def _conv2d_fwd_kernel(
         inside = m_mask & (h >= 0) & (h < H) & (w >= 0) & (w < W)
         offs_k = c0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < C_in_g
+        if EVEN_K:  # channel blocks tile C_in exactly (SD layers): no channel mask to evaluate
+            k_mask = tl.full([BLOCK_K], 1, tl.int1)
         a_ptrs = (x_rows + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + offs_k[None, :].to(tl.int64) * sxc
         a = tl.load(a_ptrs, mask=inside[:, None] & k_mask[None, :], other=0.0)
         b_ptrs = (w_cols + r * swh + s * sww)[None, :] + offs_k[:, None].to(tl.int64) * swi
@@ -125,8 +135,8 @@ def _conv2d_fwd_kernel(
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
     mask = m_mask[:, None] & n_mask[None, :]
-    acc = _epilogue(acc, n_idx, s_idx, co, mask, bias_ptr, res_ptr, output_scale, sbn, sbc, srn, src, srs,
-                    HAS_BIAS, HAS_RESIDUAL, SILU)
+    acc = _epilogue(acc, n_idx, s_idx, co, n_mask, mask, bias_ptr, res_ptr, output_scale, sbn, sbc, srn, src, srs,
+                    HAS_BIAS, PER_SAMPLE_BIAS, HAS_RESIDUAL, SILU)
     out_offsets = n_idx[:, None].to(tl.int64) * son + co[None, :].to(tl.int64) * soc + s_idx[:, None].to(tl.int64) * sos
     tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -134,7 +144,7 @@ def _conv2d_fwd_kernel(
 @triton.jit
 def _conv2d_epilogue_kernel(
     y_ptr, bias_ptr, res_ptr, C, S, syn, syc, sys, sbn, sbc, srn, src, srs, output_scale,
-    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SILU: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PER_SAMPLE_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SILU: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     n = tl.program_id(1)
@@ -144,8 +154,8 @@ def _conv2d_epilogue_kernel(
     n_idx = tl.zeros([BLOCK_S], dtype=tl.int32) + n
     offsets = n.to(tl.int64) * syn + offs_c[None, :].to(tl.int64) * syc + offs_s[:, None].to(tl.int64) * sys
     y = tl.load(y_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    y = _epilogue(y, n_idx, offs_s, offs_c, mask, bias_ptr, res_ptr, output_scale, sbn, sbc, srn, src, srs,
-                  HAS_BIAS, HAS_RESIDUAL, SILU)
+    y = _epilogue(y, n_idx, offs_s, offs_c, offs_c < C, mask, bias_ptr, res_ptr, output_scale, sbn, sbc, srn, src, srs,
+                  HAS_BIAS, PER_SAMPLE_BIAS, HAS_RESIDUAL, SILU)
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -226,7 +236,8 @@ def conv2d_fwd(
         M, H, W, C_in_g, H_out, W_out, C_out_g, KH, KW,
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         *x.stride(), *weight.stride(), sbn, sbc, srn, src, srs, *out_strides, float(output_scale),
-        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, SILU=activation == "silu",
+        HAS_BIAS=bias is not None, PER_SAMPLE_BIAS=bias is not None and bias.dim() == 2,
+        HAS_RESIDUAL=residual is not None, SILU=activation == "silu",
         INPUT_PRECISION=_input_precision(x.dtype),
     )
     return out
@@ -261,7 +272,8 @@ def conv2d_epilogue_(
     grid = (triton.cdiv(S, block_s), N, triton.cdiv(C, block_c))  # pixels on the axis without a 65535 limit
     _conv2d_epilogue_kernel[grid](
         y, bias_t, res_t, C, S, *strides, sbn, sbc, srn, src, srs, float(output_scale),
-        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, SILU=activation == "silu",
+        HAS_BIAS=bias is not None, PER_SAMPLE_BIAS=bias is not None and bias.dim() == 2,
+        HAS_RESIDUAL=residual is not None, SILU=activation == "silu",
         BLOCK_S=block_s, BLOCK_C=block_c,
     )
     return y
