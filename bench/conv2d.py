@@ -48,9 +48,9 @@ PRESETS = {
                 _case((2, 640, 16, 16), 640, 3, "temb", torch.float32),
                 _case((2, 320, 32, 32), 640, 1, "bias", torch.float32),
                 _case((2, 320, 32, 32), 320, 3, "bias+silu+res", torch.bfloat16)],
-        "cuda": [_case(*c, torch.float16) for c in SD_CASES]
-        + [_case((2, 320, 64, 64), 320, 3, "bias+silu+res", torch.float16),
-           _case((2, 640, 32, 32), 640, 3, "bias+res", torch.bfloat16)],
+        # fp16 only, three epilogue variants: each (dtype, variant) compiles every autotuning config, and
+        # the GPU check's benchmark budget is shared by all ops.
+        "cuda": [_case(*c, torch.float16) for c in SD_CASES],
     },
 }
 
