@@ -295,11 +295,14 @@ def _backward(ctx, grad):
     if ctx.activation == "silu":
         # d silu(z) / dz = s * (1 + z * (1 - s)), s = sigmoid(z): the pre-activation z is recomputed
         # (one more convolution) rather than saved, so inference through the custom op stores nothing.
+        # The derivative is evaluated in fp32 for fp16/bf16 (as torch's own silu_backward does).
         z = F.conv2d(x, weight, None, stride, padding, dilation, groups)
         if bias is not None:
             z = z + _bias_view(bias)
+        compute = torch.float64 if z.dtype == torch.float64 else torch.float32
+        z = z.to(compute)
         s = torch.sigmoid(z)
-        g = g * s * (1 + z * (1 - s))
+        g = (g.to(compute) * s * (1 + z * (1 - s))).to(grad.dtype)
     d_bias = None
     if bias is not None and ctx.needs_input_grad[2]:
         d_bias = g.sum(dim=(0, 2, 3)) if bias.dim() == 1 else g.sum(dim=(2, 3))
@@ -321,7 +324,7 @@ _conv2d_op.register_autograd(_backward, setup_context=_setup_context)
     "triton",
     Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, layouts=LAYOUTS,
                features=("implicit GEMM, fp32 accumulation", "fused bias (per channel or per sample), silu, "
-                         "residual, scale", "autotuned tiles")),
+                         "residual, scale", "autotuned tiles", "CUDA: raced against torch+triton per shape")),
 )
 def _conv2d_triton(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale):
     from genai_fast.kernels.conv2d import conv2d_fwd
@@ -336,7 +339,8 @@ def _conv2d_triton(x, weight, bias, residual, stride, padding, dilation, groups,
 @CONV2D.register(
     "torch+triton",
     Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, layouts=LAYOUTS,
-               features=("torch conv (cuDNN on CUDA)", "one Triton epilogue pass in place")),
+               features=("torch conv (cuDNN on CUDA)", "one Triton epilogue pass in place",
+                         "CUDA: raced against triton per shape")),
     requires="triton",
 )
 def _conv2d_torch_triton(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale):
