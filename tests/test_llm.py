@@ -12,6 +12,15 @@ transformers = pytest.importorskip("transformers")
 from genai_fast.llm import SUPPORTED_ARCHITECTURES, load  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Two cores shared by parallel jobs: one thread avoids OpenMP waits on descheduled workers (HF runs alike).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny(kind: str = "llama", **extra):
     torch.manual_seed(0)
     common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

