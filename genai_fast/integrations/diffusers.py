@@ -176,8 +176,18 @@ def _to_channels_last(unet: nn.Module, state: _PatchState) -> None:
 # ---------------------------------------------------------------- fused ops on modules
 
 
+def _param(p: torch.Tensor | None) -> torch.Tensor | None:
+    """p itself while autograd records; its plain-Tensor `.data` in inference. genai_fast ops skip their
+    torch.library custom op (tens of microseconds per call) only for plain Tensors, and an
+    nn.Parameter is a subclass; without grad the two are indistinguishable."""
+    if p is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return p
+    return p.data
+
+
 def _group_norm(norm: nn.GroupNorm, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-    return genai_fast.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps, activation=activation)
+    return genai_fast.group_norm(x, norm.num_groups, _param(norm.weight), _param(norm.bias), norm.eps,
+                                 activation=activation)
 
 
 _MODULE_BIAS = object()
@@ -186,8 +196,8 @@ _MODULE_BIAS = object()
 def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: Any = _MODULE_BIAS, residual: torch.Tensor | None = None,
           output_scale: float = 1.0) -> torch.Tensor:
     """conv(x) + bias (the module's, or per-sample [N, C_out]) + residual, times output_scale."""
-    bias = conv.bias if bias is _MODULE_BIAS else bias
-    return genai_fast.conv2d(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+    bias = _param(conv.bias) if bias is _MODULE_BIAS else bias
+    return genai_fast.conv2d(x, _param(conv.weight), bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                              residual=residual, output_scale=output_scale)
 
 
@@ -384,6 +394,16 @@ class GenaiFastAttnProcessor:
         return out / attn.rescale_output_factor
 
 
+def _attention_forward(attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    """Attention.forward without its per-call inspect.signature of the processor (tens of microseconds)
+    when there are no extra keyword arguments to filter; diffusers' own forward otherwise."""
+    if kwargs:
+        return type(attn).forward(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+    return attn.processor(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                          attention_mask=attention_mask)
+
+
 def _patch_attention(unet: nn.Module, state: _PatchState) -> None:
     from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
@@ -396,6 +416,8 @@ def _patch_attention(unet: nn.Module, state: _PatchState) -> None:
             continue
         state.processors.append((module, processor))
         module.set_processor(GenaiFastAttnProcessor(use_module_scale=type(processor) is AttnProcessor))
+        if not _has_own_forward(module):
+            _shadow(module, "forward", _attention_forward, state)
         state.report.attention_processors += 1
 
 
