@@ -219,8 +219,8 @@ if BenchEntry is not None:
     register(BenchEntry(
         op="word2vec_train_chunk",
         presets={"quick": {"cuda": [_chunk_case(1 << 20, 100_000, 100, "sg_shared")]},
-                 "full": {"cuda": [_chunk_case(4 << 20, 100_000, 100, "sg_shared"),
-                                   _chunk_case(4 << 20, 100_000, 100, "cbow")]}},
+                 "full": {"cuda": [_chunk_case(2 << 20, 100_000, 100, "sg_shared"),
+                                   _chunk_case(2 << 20, 100_000, 100, "cbow")]}},
         make_inputs=_chunk_inputs,
         run=_train_chunk,
         references={f"genai_fast cpp trainer, {os.cpu_count()} CPU threads (same chunk)":
