@@ -11,7 +11,12 @@ Three ops through the dispatcher (DESIGN.md section 3):
 
 The step ops update `syn0` (input vectors, `wv.vectors`) and `syn1neg` (output vectors) in place and
 return the per-row loss (float64). Their references are the test oracle of the kernels' arithmetic.
-Backends: `cpp` (float32 contiguous CPU tables), then `torch` (any float dtype and device).
+Step backends: `cpp` (float32 contiguous CPU tables), then `torch` (any float dtype and device).
+
+`word2vec_train_chunk` backends: `triton` and `cuda` for float32 CUDA tables (`plan_chunk` subsamples
+and slices the chunk on the device, then kernels/word2vec.py or csrc/cuda/word2vec.cu train it,
+Hogwild over sentence slices, with the same counter-based Philox draws, `word2vec_draws_reference`),
+`cpp` (CPU, std::threads) and `torch` (CPU, slow fallback).
 """
 
 from __future__ import annotations
