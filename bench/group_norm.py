@@ -24,6 +24,8 @@ def _cases(shapes, dtypes, layouts) -> list[Case]:
 # Stable Diffusion 1.5 U-Net GroupNorm shapes (CFG batch 2, 64x64 latent) and batch 1.
 SD_SHAPES = [((2, 320, 64, 64), 32), ((2, 640, 32, 32), 32), ((2, 1280, 16, 16), 32), ((1, 320, 64, 64), 32),
              ((2, 1280, 8, 8), 32)]
+# The SD1.5 decoder's widest GroupNorm inputs (skip connections concatenated), NHWC fp16 only.
+SD_DECODER_SHAPES = [((2, 960, 64, 64), 32), ((2, 640, 64, 64), 32), ((2, 2560, 16, 16), 32)]
 
 PRESETS = {
     "quick": {
@@ -35,6 +37,7 @@ PRESETS = {
         "cpu": _cases(SD_SHAPES[:3], [torch.float32], ["contiguous", "channels_last"])
         + _cases(SD_SHAPES[:1], [torch.bfloat16, torch.float16], ["contiguous", "channels_last"]),
         "cuda": _cases(SD_SHAPES, [torch.float16], ["channels_last", "contiguous"])
+        + _cases(SD_DECODER_SHAPES, [torch.float16], ["channels_last"])
         + _cases(SD_SHAPES[:1], [torch.bfloat16, torch.float32], ["channels_last"]),
     },
 }
