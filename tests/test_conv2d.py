@@ -284,7 +284,7 @@ def test_gradcheck():
     def fn(x, weight, bias, residual):
         return genai_fast.conv2d(x, weight, bias, residual=residual, **args)
 
-    assert torch.autograd.gradcheck(fn, tensors)
+    assert torch.autograd.gradcheck(fn, tensors, fast_mode=True)
 
 
 def test_fp32_gradient_through_triton_forward():
@@ -301,17 +301,20 @@ def test_fp32_gradient_through_triton_forward():
         torch.testing.assert_close(got, args[k].grad, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("epilogue, layout", [("all", "channels_last"), ("sample-bias", "contiguous"),
-                                              ("plain", "channels_last")])
-def test_opcheck(epilogue, layout):
-    args = make_args(LAYERS["3x3-groups2-2x12x7x7-to8"], epilogue, torch.float32, layout)
+@pytest.mark.parametrize("epilogue, layout, backend", [("all", "channels_last", ""), ("sample-bias", "contiguous", ""),
+                                                       ("plain", "channels_last", ""),
+                                                       ("sample-bias-silu-res", "channels_last", "triton")])
+def test_opcheck(epilogue, layout, backend):
+    if backend:
+        _require(backend)
+    args = make_args(LAYERS["3x3-groups2-2x12x7x7-to8"], epilogue, torch.float32, layout, _device())
     for k in ("x", "weight", "bias", "residual"):
         if args[k] is not None:
             args[k].requires_grad_()
     pair = [[v, v] if isinstance(v, int) else list(v) for v in (args["stride"], args["padding"], args["dilation"])]
     torch.library.opcheck(torch.ops.genai_fast.conv2d.default,
                           (args["x"], args["weight"], args["bias"], args["residual"], *pair, args["groups"],
-                           args["activation"] or "none", args["output_scale"], ""))
+                           args["activation"] or "none", args["output_scale"], backend))
 
 
 class _ResnetTail(torch.nn.Module):
