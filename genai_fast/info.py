@@ -12,7 +12,7 @@ from genai_fast.backends.dispatch import ENV_BACKEND, OPS
 def info() -> dict[str, Any]:
     """Versions of the optional pieces and, for each op, its backends in priority order.
 
-    Returns {"versions": {...}, "forced_backend": str | None, "ops": [{"op", "backend", "priority",
+    Returns {"versions": {...}, "forced_backend": str | None, "ops": [{"op", "backend", "requires", "priority",
     "available", "reasons", "devices", "dtypes", "layouts", "min_compute_capability", "features"}]}.
     "available" means the backend's optional piece is present in this process; whether it runs a given
     input also depends on that input (device, dtype, ...), which the capability fields describe.

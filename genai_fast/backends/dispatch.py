@@ -195,7 +195,8 @@ class Op:
         return [(impl.backend, impl.not_supported_reasons(inputs)) for impl in self.implementations]
 
     def select(self, inputs: dict[str, Any], backend: str | None = None) -> Implementation:
-        """The implementation that runs `inputs`: the forced one, else the first with no reasons."""
+        """The implementation that runs `inputs`: the forced one, else `choose` over the runnable ones
+        when the op sets it, else the first with no reasons."""
         forced = resolve_backend_name(backend, self.extra_names())
         if forced is not None:
             impl = self.get(forced)
