@@ -2,11 +2,12 @@
 # The one prepared script for a lent GPU machine (DESIGN.md section 5). Run from the repository root:
 #   bash bench/gpu_check.sh            (writes under $OUT, or bench/out/ when OUT is unset)
 # It installs this checkout (no network there: --no-build-isolation --no-deps), runs the GPU tests,
-# runs the full benchmark suite, and writes gpu_check.log, pytest_gpu.txt and <gpu>-<yyyymmdd>.json
-# (+ .png) under $OUT. Each step has its own time limit so the whole script ends within 7 minutes
-# (a machine start has taken up to 7 minutes of the 15-minute device budget)
-# (GPU_TEST_TIMEOUT, BENCH_TIMEOUT and BENCH_BUDGET_S shorten it when device time is scarce; GPU_TESTS and
-# BENCH_OPS narrow it to some test files and ops).
+# runs the full benchmark suite and the word2vec GPU-vs-gensim benchmark, and writes gpu_check.log,
+# pytest_gpu.txt, <gpu>-<yyyymmdd>.json (+ .png) and word2vec-<gpu>-<yyyymmdd>.json under $OUT. Each step
+# has its own time limit so the whole script ends within 8 minutes (a machine start has taken up to 7
+# minutes of the 15-minute device budget; give the run tool timeout_s=500)
+# (GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S and W2V_TIMEOUT shorten it when device time is scarce;
+# GPU_TESTS and BENCH_OPS narrow it to some test files and ops; W2V_TIMEOUT=0 skips word2vec).
 # Commit the JSON as bench/results/<gpu>-<yyyymmdd>.json; the README quotes only such files.
 set -u
 cd "$(dirname "$0")/.."
@@ -36,5 +37,10 @@ name="$gpu-$(date -u +%Y%m%d)"
 timeout ${BENCH_TIMEOUT:-140} $PY -m genai_fast.cli bench --device cuda --full --no-progress \
     --budget-s ${BENCH_BUDGET_S:-100} ${BENCH_OPS:+--ops $BENCH_OPS} --json "$OUT/$name.json" --plot "$OUT/$name.png"
 echo "bench exit status: $?"
+
+step "word2vec: genai_fast on the GPU vs gensim on every core (synthetic Zipf corpus: speed only)"
+timeout ${W2V_TIMEOUT:-60} $PY bench/word2vec.py --device cuda --synthetic-zipf 4000000 --sg 1 --epochs 2 \
+    --json "$OUT/word2vec-$name.json"
+echo "word2vec exit status: $?"
 
 step "done in $(( $(date +%s) - start ))s; results: $OUT/$name.json"

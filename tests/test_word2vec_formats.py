@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from genai_fast.cli import main
 from genai_fast.word2vec import KeyedVectors, Word2Vec, Word2VecFormatError
@@ -125,6 +126,9 @@ def test_cli_train_query_eval(tmp_path, capsys):
     assert "missing.txt" in capsys.readouterr().err
     assert main(["word2vec", "train", str(corpus), "--out", str(out), "--window", "0"]) == 2
     assert "window" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["word2vec", "train", str(corpus), "--out", str(out), "--device", "cuda"]) == 2
+        assert "device" in capsys.readouterr().err
     assert main(["word2vec", "query", str(tmp_path), "a + b"]) == 2
     assert main(["word2vec", "eval", str(out), "--analogies", str(tmp_path / "nope.txt")]) == 2
 

@@ -39,6 +39,8 @@ def add_parser(sub: Any) -> None:
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
     train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where to train (auto: a CUDA GPU when present and --workers is not 1)")
     train.add_argument("--max-final-vocab", type=int, default=None)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--binary", action="store_true", help="also write vectors.bin (word2vec binary format)")
@@ -85,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
         sample=args.sample, alpha=args.alpha, min_alpha=args.min_alpha, epochs=args.epochs,
         workers=args.workers or os.cpu_count() or 1, seed=args.seed, sg=int(args.sg),
         max_final_vocab=args.max_final_vocab, compute_loss=True, progress=not args.no_progress,
+        device=args.device,
     )
     model.build_vocab(corpus_file=args.corpus)
     print(f"vocabulary: {len(model.wv):,} words from {model.corpus_total_words:,} tokens in "
