@@ -168,6 +168,10 @@ def test_unpatch_restores_modules_processors_and_memory_format(kind):
         assert is_patched(unet) and patch(unet) is patch(unet)  # patching twice changes nothing
         assert all(isinstance(p, GenaiFastAttnProcessor) for p in _processors(unet).values())
         assert list(unet.state_dict()) == keys  # checkpoints are interchangeable
+        twin = copy.deepcopy(unet)  # e.g. an EMA copy: patched too, bound to its own modules
+        assert is_patched(twin) and torch.equal(_run(twin, inputs), _run(unet, inputs))
+        unpatch(twin)
+        assert is_patched(unet)
         unpatch(unet)
         after = _run(unet, inputs)
     assert not is_patched(unet)
