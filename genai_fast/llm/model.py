@@ -83,16 +83,13 @@ class Norm(nn.Module):
         return self.weight * h.to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, S, D]; cos, sin_signed: broadcastable to it ([S, D] or [B, 1, 1, D]) -> [B, H, S, D].
 
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, S, D]; cos, sin: broadcastable to it ([S, D] or [B, 1, 1, D]) -> [B, H, S, D].
-
-    HF's rotate-half convention and operation order, so the result is bitwise HF's."""
-    return x * cos + _rotate_half(x) * sin
+    HF's rotate-half rope, x * cos + cat(-x2, x1) * sin, computed as x * cos + cat(x2, x1) * cat(-sin1, sin2):
+    (-a) * b == a * (-b) exactly, so the result is bitwise HF's with one flip instead of slice/neg/cat."""
+    swapped = x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2)
+    return x * cos + swapped * sin_signed
 
 
 def _param(t: torch.Tensor | None) -> nn.Parameter | None:
@@ -123,11 +120,32 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, seqlens: torch.Tensor | None,
                 host_lengths: list[int] | None) -> torch.Tensor:
         """x: [B, S, hidden] -> [B, S, hidden]. seqlens None: prefill from position 0; else decode (S == 1)."""
-        x = x + self.attention(self.norm1(x), rope, seqlens, host_lengths)
-        return x + self.mlp(self.norm2(x))
+        # .forward: the per-token path skips nn.Module.__call__'s hook handling (about 30 calls a token).
+        x = x + self.attention(self.norm1.forward(x), rope, seqlens, host_lengths)
+        return x + self.mlp(self.norm2.forward(x))
+
+    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, seqlens: torch.Tensor,
+             host_lengths: list[int] | None) -> torch.Tensor:
+        """Decode: x: [B, hidden], one token per sequence at positions seqlens -> [B, hidden]. The same
+        arithmetic as forward() with S == 1 (F.linear folds [B, 1, hidden] to these rows), fewer views."""
+        x = x + self.attention_step(self.norm1.forward(x), rope, seqlens, host_lengths)
+        return x + self.mlp(self.norm2.forward(x))
+
+    def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                       seqlens: torch.Tensor, host_lengths: list[int] | None) -> torch.Tensor:
+        """x: [B, hidden] -> [B, hidden]; appends each sequence's K/V at its length."""
+        cfg, B = self.cfg, x.shape[0]
+        qkv = F.linear(x, self.wqkv, self.bqkv)
+        qk = qkv[:, :self.nq + self.nkv].view(B, cfg.num_heads + cfg.num_kv_heads, 1, cfg.head_dim)
+        if rope is not None:
+            qk = apply_rope(qk, *rope)
+        v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
+        out = _decode_attention(qk[:, :cfg.num_heads], self.k_cache[:B], self.v_cache[:B], seqlens,
+                                qk[:, cfg.num_heads:], v, self.scale, host_lengths)
+        return F.linear(out.reshape(B, self.nq), self.wo, self.bo)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, S, hidden] -> [B, S, hidden]."""
+        """x: [..., hidden] -> [..., hidden]."""
         h = F.linear(x, self.mlp_in, self.b_in)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
@@ -141,11 +159,12 @@ class Layer(nn.Module):
         """x: [B, S, hidden] -> [B, S, hidden]; writes this layer's K/V into the cache."""
         cfg, (B, S, _) = self.cfg, x.shape
         qkv = F.linear(x, self.wqkv, self.bqkv)
-        q = qkv[..., :self.nq].view(B, S, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-        k = qkv[..., self.nq:self.nq + self.nkv].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        heads = cfg.num_heads + cfg.num_kv_heads
+        qk = qkv[..., :self.nq + self.nkv].view(B, S, heads, cfg.head_dim).transpose(1, 2)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
+        q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
+        v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         k_cache, v_cache = self.k_cache[:B], self.v_cache[:B]
         if seqlens is None:
             # Prefill: the cache is empty, so attend over the fresh K/V directly and store them for decode.
@@ -154,8 +173,7 @@ class Layer(nn.Module):
             out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, scale=self.scale,
                                                enable_gqa=cfg.num_heads != cfg.num_kv_heads)
         else:
-            out = _decode_attention(q, k_cache, v_cache, seqlens, k.contiguous(), v.contiguous(), self.scale,
-                                    host_lengths)
+            out = _decode_attention(q, k_cache, v_cache, seqlens, k, v, self.scale, host_lengths)
         return F.linear(out.transpose(1, 2).reshape(B, S, self.nq), self.wo, self.bo)
 
 
@@ -222,13 +240,16 @@ class DecoderModel(nn.Module):
             self.cos_table, self.sin_table = self._rope_tables(max_len)
 
     def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [length, D] for positions 0 .. length-1, computed in fp32 as HF does (each entry one
-        product, so a table equals HF's per-step values bitwise), then cast to the model's dtype."""
+        """cos, sin_signed: [length, D] for positions 0 .. length-1, computed in fp32 as HF does (each entry one
+        product, so a table equals HF's per-step values bitwise), then cast to the model's dtype. sin_signed
+        has its first half negated (see apply_rope). Built once: decode steps only look rows up."""
         positions = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
         freqs = torch.outer(positions, self.inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        return ((emb.cos() * self.attention_scaling).to(self.dtype),
-                (emb.sin() * self.attention_scaling).to(self.dtype))
+        cos = (emb.cos() * self.attention_scaling).to(self.dtype)
+        sin = (emb.sin() * self.attention_scaling).to(self.dtype)
+        half = sin.shape[-1] // 2
+        return cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
     def _check_fits(self, batch: int, last_position: int) -> None:
         if batch > self.cache_batch or last_position >= self.cache_len:
@@ -263,16 +284,16 @@ class DecoderModel(nn.Module):
         B = tokens.shape[0]
         if host_lengths is not None:
             self._check_fits(B, max(host_lengths))
-        x = F.embedding(tokens, self.embed)
+        x = F.embedding(tokens.view(B), self.embed)
         if self.pos_embed is not None:
-            x = x + self.pos_embed.index_select(0, seqlens)[:, None]
+            x = x + self.pos_embed.index_select(0, seqlens)
         rope = None
         if self.cos_table is not None:
             rope = (self.cos_table.index_select(0, seqlens)[:, None, None],
                     self.sin_table.index_select(0, seqlens)[:, None, None])
         for layer in self.layers:
-            x = layer(x, rope, seqlens, host_lengths)
-        return F.linear(self.norm(x[:, -1]), self.lm_head)
+            x = layer.step(x, rope, seqlens, host_lengths)
+        return F.linear(self.norm.forward(x), self.lm_head)
 
     def forward(self, ids: torch.Tensor, pos: int = 0, last_only: bool = True) -> torch.Tensor:
         """ids: [B, S] at positions pos .. pos+S-1 (the same for every row) -> logits [B, V] or [B, S, V].
