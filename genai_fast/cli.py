@@ -4,6 +4,7 @@
     genai-fast bench [--device cpu|cuda] [--quick|--full] [--ops OP ...] [--json PATH] [--plot PATH]
     genai-fast word2vec {train,query,eval} ...   (genai_fast/word2vec/cli.py)
     genai-fast generate PROMPT [--model PATH] ...  (genai_fast/llm/cli.py)
+    genai-fast diffusion {prepare,images,train,sample,invert,eval} ...  (genai_fast/diffusion/text2image/cli.py)
 
 A user's mistake (bad argument, missing file, a backend that cannot run) is reported as one line on
 stderr with exit status 2 and no traceback; `--debug` shows the traceback.
@@ -64,6 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from genai_fast.llm.cli import add_parser as add_generate_parser
 
     add_generate_parser(sub)
+    from genai_fast.diffusion.text2image.cli import add_parser as add_diffusion_parser
+
+    add_diffusion_parser(sub)
     return parser
 
 
@@ -139,7 +143,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return run(args)
 
 
-COMMANDS = {"info": _cmd_info, "bench": _cmd_bench, "word2vec": _cmd_word2vec, "generate": _cmd_generate}
+def _cmd_diffusion(args: argparse.Namespace) -> int:
+    from genai_fast.diffusion.text2image.cli import run
+
+    return run(args)
+
+
+COMMANDS = {"info": _cmd_info, "bench": _cmd_bench, "word2vec": _cmd_word2vec, "generate": _cmd_generate,
+            "diffusion": _cmd_diffusion}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,104 @@
+"""Textual inversion: learn one new token embedding from a few images, every other weight frozen.
+
+The gradient reaches the new embedding row through the U-Net's cross-attention (the genai_fast-patched
+U-Net, whose attention has a backward) and the text encoder; AdamW updates that row only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from genai_fast.diffusion.samplers import make_sampler
+from genai_fast.diffusion.text2image.data import TEMPLATES, load_image_folder, to_model_space
+from genai_fast.diffusion.text2image.model import TextToImage
+from genai_fast.diffusion.text2image.pipeline import check_steps, save_embedding
+from genai_fast.diffusion.text2image.tokenizer import check_new_token
+from genai_fast.diffusion.text2image.train import noisy
+
+MIN_IMAGES, MAX_IMAGES = 3, 10
+
+
+@dataclass
+class InvertOptions:
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 5e-3
+    init_word: str = "object"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps)
+        check_steps(self.batch_size, "--batch-size")
+        if not self.lr > 0:
+            raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
+
+
+def initial_vector(model: TextToImage, word: str) -> torch.Tensor:
+    """Mean embedding of the BPE tokens of `word` [width] (a sensible starting point)."""
+    ids = model.tokenizer.encode_text(word)
+    if not ids:
+        raise ValueError(f"--init-word: {word!r} has no tokens")
+    return model.text_encoder.token_embedding.weight.detach()[ids].mean(0)
+
+
+def invert(model: TextToImage, images: np.ndarray, token: str, options: InvertOptions | None = None
+           ) -> tuple[torch.Tensor, list[float]]:
+    """Learn `token` from uint8 images [N, H, W]; returns (embedding [width], loss per step).
+
+    The token is added to `model` (tokenizer and text encoder), so the model samples with it afterwards.
+    """
+    options = options or InvertOptions()
+    check_new_token(token)
+    if token.lower() in model.tokenizer.added_tokens:
+        raise ValueError(f"--token: {token!r} is already defined in this model")
+    if model.tokenizer.encode_text(token) == []:
+        raise ValueError(f"--token: {token!r} is empty")
+    cfg = model.config
+    device = next(model.unet.parameters()).device
+    for module in (model.unet, model.text_encoder):
+        module.requires_grad_(False)
+    model.add_token(token, initial_vector(model, options.init_word))
+    model.text_encoder.added_embeddings.requires_grad_(True)
+    row = model.text_encoder.added_embeddings.shape[0] - 1
+    optimizer = torch.optim.AdamW([model.text_encoder.added_embeddings], lr=options.lr, weight_decay=0.0)
+    x_all = to_model_space(images, cfg.sample_size)
+    ids_all = model.token_ids([t.format(token) for t in TEMPLATES]).to(device)
+    alphas_cumprod = make_sampler("ddpm", **cfg.schedule).alphas_cumprod
+    g = torch.Generator().manual_seed(options.seed)
+    losses = []
+    for _ in tqdm(range(options.steps), disable=not options.progress, desc=f"inverting {token}", unit="step"):
+        pick = torch.randint(len(x_all), (options.batch_size,), generator=g)
+        x0 = x_all[pick].to(device)
+        ids = ids_all[torch.randint(len(TEMPLATES), (options.batch_size,), generator=g)]
+        t = torch.randint(len(alphas_cumprod), (options.batch_size,), generator=g)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        pred = model.unet(noisy(x0, noise, t, alphas_cumprod), t.to(device),
+                          encoder_hidden_states=model.text_encoder(ids)).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = model.text_encoder.added_embeddings.grad
+        grad[:row].zero_()  # earlier added tokens (if any) stay as they are
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.text_encoder.added_embeddings.requires_grad_(False)
+    return model.text_encoder.added_embeddings.detach()[row].clone(), losses
+
+
+def invert_folder(model: TextToImage, folder: str | os.PathLike, token: str, out: str | os.PathLike,
+                  options: InvertOptions | None = None) -> list[float]:
+    """Read 3-10 images from `folder`, learn `token`, write its embedding to `out` (safetensors)."""
+    options = options or InvertOptions()
+    check_new_token(token)
+    size = model.config.image_size
+    images = load_image_folder(folder, size, size, MIN_IMAGES, MAX_IMAGES)
+    vector, losses = invert(model, images, token, options)
+    save_embedding(out, token, vector, {"init_word": options.init_word, "steps": str(options.steps),
+                                        "images": str(len(images)), "width": str(vector.numel())})
+    return losses

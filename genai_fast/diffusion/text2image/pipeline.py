@@ -1,0 +1,94 @@
+"""Prompts -> images with a trained model: the noise schedule from config.json, any genai_fast sampler,
+classifier-free guidance against the empty caption, seeded noise; and textual-inversion embedding files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from genai_fast.diffusion.samplers import SAMPLER_NAMES, Sampler, make_sampler
+from genai_fast.diffusion.sampling import sample
+from genai_fast.diffusion.text2image.data import from_model_space
+from genai_fast.diffusion.text2image.model import TextToImage, read_safetensors, save_safetensors
+from genai_fast.diffusion.text2image.tokenizer import check_new_token
+
+EMBEDDING_KIND = "genai_fast.textual_inversion"
+
+
+def make_model_sampler(model: TextToImage, name: str) -> Sampler:
+    """Sampler `name` over the model's training noise schedule."""
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"--sampler: unknown sampler {name!r}; expected one of {', '.join(SAMPLER_NAMES)}")
+    return make_sampler(name, **model.config.schedule)
+
+
+def check_steps(steps: int, option: str = "--steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"{option}: expected a positive integer, got {steps!r}")
+    return steps
+
+
+@torch.no_grad()
+def generate(model: TextToImage, prompts: Sequence[str], sampler: str = "dpm++", steps: int = 20,
+             guidance: float = 3.0, seed: int = 0, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """uint8 images [len(prompts), image_size, image_size]; the same seed gives the same images.
+
+    The initial noise for all prompts is drawn up front from one CPU generator seeded with `seed`, so an
+    image depends on its position and the seed, not on batch_size.
+    """
+    check_steps(steps)
+    if not prompts:
+        raise ValueError("prompts: expected at least one prompt")
+    cfg = model.config
+    device = next(model.unet.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(prompts), 1, cfg.sample_size, cfg.sample_size, generator=generator)
+    sampler_obj = make_model_sampler(model, sampler)
+    sampler_obj.set_timesteps(steps)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        cond = model.encode(chunk)
+        uncond = model.encode([""] * len(chunk))
+        latents = noise[start:start + len(chunk)].to(device) * sampler_obj.init_noise_sigma
+        x = sample(model.unet, sampler_obj, latents, cond, steps, guidance_scale=float(guidance),
+                   negative_encoder_hidden_states=uncond, generator=generator, progress=progress)
+        out.append(from_model_space(x.clamp(-1, 1), cfg.image_size, cfg.image_size))
+    return np.concatenate(out)
+
+
+def check_prompt_tokens(model: TextToImage, prompt: str) -> None:
+    """A "<placeholder>" in a prompt that no loaded embedding defines is an error, not silent BPE text."""
+    import re
+
+    for token in re.findall(r"<[^<>\s]+>", prompt):
+        if token.lower() not in model.tokenizer.added_tokens and token not in ("<|startoftext|>", "<|endoftext|>"):
+            known = ", ".join(model.tokenizer.added_tokens) or "none loaded (use --embeddings)"
+            raise ValueError(f"prompt: unknown token {token!r}; known placeholder tokens: {known}")
+
+
+# ---------------------------------------------------------------- embedding files
+
+
+def save_embedding(path: str | os.PathLike, token: str, vector: torch.Tensor, meta: dict[str, str]) -> None:
+    """One learned token: tensor "embedding" [width] and metadata naming the token."""
+    check_new_token(token)
+    save_safetensors(path, {"embedding": vector.detach().reshape(-1).float()},
+                     {"kind": EMBEDDING_KIND, "token": token, **meta})
+
+
+def load_embedding(model: TextToImage, path: str | os.PathLike) -> str:
+    """Add the token stored in `path` to the model; returns the token."""
+    tensors, meta = read_safetensors(path)
+    if meta.get("kind") != EMBEDDING_KIND or "embedding" not in tensors or "token" not in meta:
+        raise ValueError(f"--embeddings {path}: not a textual inversion file written by `genai-fast diffusion invert`")
+    vector = tensors["embedding"]
+    width = model.text_encoder.config.width
+    if vector.shape != (width,):
+        raise ValueError(f"--embeddings {path}: embedding has shape {tuple(vector.shape)}, this model's text "
+                         f"encoder needs ({width},)")
+    model.add_token(meta["token"], vector)
+    return meta["token"]
