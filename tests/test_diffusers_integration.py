@@ -287,3 +287,22 @@ def test_patch_rejects_what_is_not_a_unet(bad):
 def test_unpatch_of_an_unpatched_unet_says_so():
     with pytest.raises(ValueError, match="unet: not patched"):
         unpatch(_unet2d("unet2d-tiny"))
+
+
+def test_encoder_attention_mask_reaches_genai_fast_attention():
+    """diffusers turns encoder_attention_mask [B, L] into an additive bias per head; masked tokens must
+    not matter, and the patched output must still match."""
+    unet, inputs = _cond_unet("linear-proj-upcast"), _cond_inputs()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    masked = {**inputs, "encoder_attention_mask": mask}
+    scrambled = {**masked, "encoder_hidden_states": torch.where(mask[:, :, None], inputs["encoder_hidden_states"],
+                                                                 torch.randn_like(inputs["encoder_hidden_states"]))}
+    oracle_model = copy.deepcopy(unet).double()
+    with torch.no_grad():
+        oracle = _run(oracle_model, _double(masked))
+        baseline = _run(unet, masked)
+        patch(unet)
+        out = _run(unet, masked)
+        out_scrambled = _run(unet, scrambled)
+    assert_matches_oracle(out, oracle, baseline, what="patched U-Net with encoder_attention_mask")
+    torch.testing.assert_close(out_scrambled, out, rtol=1e-5, atol=1e-5)
