@@ -38,7 +38,9 @@ LAYERS = {
     "3x1-dil2-asym-pad-1x5x11x6-to3": Layer(1, 5, 11, 6, 3, (3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1)),
     "3x3-nopad-c1-1x1x5x5-to1": Layer(1, 1, 5, 5, 1, (3, 3)),
     "1x1-stride2-c40-1x40x4x4-to17": Layer(1, 40, 4, 4, 17, (1, 1), stride=2),
-    "3x3-pad1-sd-like-1x64x8x8-to64": Layer(1, 64, 8, 8, 64, (3, 3), padding=1),
+    "3x3-pad1-sd-like-2x64x8x8-to64": Layer(2, 64, 8, 8, 64, (3, 3), padding=1),
+    # More row tiles than the kernel's GROUP_M band (8) and two column tiles: the tile-order swizzle.
+    "1x1-many-tiles-1x8x24x24-to40": Layer(1, 8, 24, 24, 40, (1, 1)),
 }
 
 # Epilogue variants: bias "channel" [C_out] or "sample" [N, C_out] (a time embedding), SiLU, residual, scale.

@@ -30,7 +30,8 @@ TRITON_CASES = [
     ("3x1-dil2-asym-pad-1x5x11x6-to3", "plain", "strided", "fp32"),
     ("3x3-nopad-c1-1x1x5x5-to1", "bias", "channels_last", "fp32"),
     ("1x1-stride2-c40-1x40x4x4-to17", "all", "channels_last", "fp16"),
-    ("3x3-pad1-sd-like-1x64x8x8-to64", "all", "channels_last", "fp16"),
+    ("3x3-pad1-sd-like-2x64x8x8-to64", "all", "channels_last", "fp16"),
+    ("1x1-many-tiles-1x8x24x24-to40", "sample-bias-silu-res", "channels_last", "fp32"),
 ]
 EPILOGUE_CASES = [  # torch+triton: the conv is torch's, so the cases exercise the epilogue kernel
     ("3x3-pad1-odd-2x12x9x11-to20", "all", "channels_last", "fp32"),
