@@ -39,13 +39,13 @@ def add_parser(sub: Any) -> None:
 
     train = cmds.add_parser("train", help="train the text encoder and U-Net")
     train.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default) or digits")
-    train.add_argument("--steps", type=int, default=2000, help="total optimizer steps (default 2000)")
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--steps", type=int, default=800, help="total optimizer steps (default 800)")
+    train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--holdout", default=None,
                        help='class left out of training (default: "ankle boot", or "nine" for digits; "none" for none)')
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--sample-every", type=int, default=500, help="steps between sample grids (0: at the end)")
+    train.add_argument("--sample-every", type=int, default=200, help="steps between sample grids (0: at the end)")
     train.add_argument("--checkpoint-every", type=int, default=250)
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     train.add_argument("--no-patch", action="store_true", help="run diffusers' own U-Net forward (for comparison)")

@@ -45,8 +45,8 @@ from genai_fast.diffusion.text2image.pipeline import check_steps, generate
 
 @dataclass
 class TrainOptions:
-    steps: int = 2000
-    batch_size: int = 64
+    steps: int = 800
+    batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -55,7 +55,7 @@ class TrainOptions:
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_every: int = 250
-    sample_every: int = 500  # 0: only at the end
+    sample_every: int = 200  # 0: only at the end
     samples_per_class: int = 4
     device: str = "cpu"
     patch: bool = True

@@ -1,0 +1,320 @@
+"""Text-to-image end to end on CPU with a tiny model on scikit-learn's digits (no apt, no downloads):
+tokenizer ids, text encoder causality, data readers, training reduces the loss, resumable checkpoints,
+seeded sampling, textual inversion touching only the new embedding, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("sklearn")
+from PIL import Image
+
+from genai_fast.cli import main
+from genai_fast.diffusion.text2image import data
+from genai_fast.diffusion.text2image.invert import InvertOptions, invert, invert_folder
+from genai_fast.diffusion.text2image.model import (
+    ModelConfig,
+    load_model,
+    read_safetensors,
+    weights_of,
+)
+from genai_fast.diffusion.text2image.pipeline import (
+    check_prompt_tokens,
+    generate,
+    load_embedding,
+    save_embedding,
+)
+from genai_fast.diffusion.text2image.text_encoder import TextEncoder, TextEncoderConfig
+from genai_fast.diffusion.text2image.tokenizer import CLIPTokenizer, default_vocab_path
+from genai_fast.diffusion.text2image.train import Trainer, TrainOptions, noisy
+
+try:
+    default_vocab_path()
+    HAVE_VOCAB = True
+except FileNotFoundError:
+    HAVE_VOCAB = False
+needs_vocab = pytest.mark.skipif(not HAVE_VOCAB,
+                                 reason="CLIP vocabulary missing: pip install --no-deps open-clip-torch")
+
+TINY = dict(dataset="digits", image_size=8, sample_size=8, holdout="nine", block_out_channels=(8, 16, 16),
+            norm_num_groups=4, attention_head_dim=4,
+            text={"vocab_size": 49408, "max_length": 16, "width": 16, "layers": 1, "heads": 2})
+
+
+def tiny_options(**kw) -> TrainOptions:
+    base = dict(steps=4, batch_size=16, lr=3e-3, warmup=1, checkpoint_every=2, sample_every=0,
+                samples_per_class=1, progress=False)
+    return TrainOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for 4 steps (its folder)."""
+    folder = tmp_path_factory.mktemp("t2i") / "model"
+    Trainer(folder, ModelConfig(**TINY), tiny_options()).run()
+    return folder
+
+
+# ---------------------------------------------------------------- tokenizer and text encoder
+
+
+@needs_vocab
+def test_tokenizer_matches_clip_ids_and_round_trips():
+    tok = CLIPTokenizer(max_length=12)
+    # CLIP's published ids: <|startoftext|> a photo of a ... <|endoftext|>
+    ids = tok("a photo of a sneaker")[0]
+    assert ids[:5] == [49406, 320, 1125, 539, 320] and ids[6:] == [49407] * 6
+    assert tok.decode(ids) == "a photo of a sneaker"
+    assert tok.encode_text("  A   Photo ") == tok.encode_text("a photo")  # lower-cased, white space normalised
+    assert tok.decode(tok.encode_text("ankle-boots, 42!")) == "ankle - boots , 4 2 !"
+    new = tok.add_token("<my-thing>")
+    assert new == 49408 and tok.encode_text("a photo of <my-thing>") == [320, 1125, 539, 49408]
+
+
+@needs_vocab
+def test_tokenizer_bad_input(tmp_path):
+    tok = CLIPTokenizer(max_length=5)
+    with pytest.raises(ValueError, match=r"text: .* at most 3 fit"):
+        tok("a photo of a sneaker")
+    with pytest.raises(ValueError, match="token: expected a placeholder"):
+        tok.add_token("thing")
+    with pytest.raises(TypeError, match="text: expected a str"):
+        tok.encode_text(3)
+    with pytest.raises(FileNotFoundError, match="vocab_path"):
+        CLIPTokenizer(tmp_path / "missing.txt.gz")
+    with pytest.raises(ValueError, match="max_length"):
+        CLIPTokenizer(max_length=2)
+
+
+def test_text_encoder_is_causal_and_checks_ids():
+    torch.manual_seed(0)
+    enc = TextEncoder(TextEncoderConfig(vocab_size=50, max_length=6, width=16, layers=2, heads=2)).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    changed = ids.clone()
+    changed[:, 4] = (changed[:, 4] + 1) % 50
+    a, b = enc(ids), enc(changed)
+    assert a.shape == (2, 6, 16) and torch.isfinite(a).all()
+    torch.testing.assert_close(a[:, :4], b[:, :4], rtol=0, atol=1e-6)  # earlier positions cannot see later ones
+    assert (a[:, 4:] - b[:, 4:]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"ids: expected token ids in \[0, 50\)"):
+        enc(torch.tensor([[1, 50]]))
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_idx_reader_plain_and_gzip(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    raw = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in images.shape) + images.tobytes()
+    (tmp_path / "a-idx3-ubyte").write_bytes(raw)
+    with gzip.open(tmp_path / "b-idx3-ubyte.gz", "wb") as f:
+        f.write(raw)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "a-idx3-ubyte"), images)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "b-idx3-ubyte.gz"), images)
+    (tmp_path / "bad").write_bytes(raw[:-1])
+    with pytest.raises(ValueError, match="expected 24 bytes"):
+        data.read_idx(tmp_path / "bad")
+
+
+def test_model_space_round_trip_and_class_names():
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    x = data.to_model_space(images, 32)
+    assert x.shape == (3, 1, 32, 32) and x[:, :, :2].eq(-1).all() and x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(data.from_model_space(x, 28, 28), images)
+    assert data.class_index("fashion-mnist", "an ankle boot") == 9
+    assert data.caption("fashion-mnist", 7) == "a photo of a sneaker"
+    with pytest.raises(ValueError, match=r"unknown class 'sock'.*ankle boot"):
+        data.class_index("fashion-mnist", "sock")
+    with pytest.raises(ValueError, match="data: unknown dataset"):
+        data.load_images("cifar")
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_image_folder(tmp_path / "nope", 8, 8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="is empty"):
+        data.load_image_folder(empty, 8, 8)
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="not an image file"):
+        data.load_image_folder(text, 8, 8)
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(big / "0.png")
+    with pytest.raises(ValueError, match=r"12x10, the model's images are 8x8 \(resolution mismatch"):
+        data.load_image_folder(big, 8, 8)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(good / f"{i}.png")  # RGB becomes gray
+    assert data.load_image_folder(good, 8, 8).shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="holds 2 images, expected 3 to 10"):
+        data.load_image_folder(good, 8, 8, 3, 10)
+
+
+# ---------------------------------------------------------------- training and checkpoints
+
+
+def _fixed_batch_loss(trainer: Trainer) -> float:
+    """The loss on one fixed batch (same images, captions, timesteps and noise every call)."""
+    g = torch.Generator().manual_seed(123)
+    index = torch.randint(len(trainer.images), (64,), generator=g)
+    x0 = data.to_model_space(trainer.images[index], trainer.model.config.sample_size)
+    ids = trainer.captions.draw(trainer.labels[index], 0.0, g)
+    t = torch.randint(1000, (64,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        pred = trainer.model.unet(noisy(x0, noise, t, trainer.alphas_cumprod), t,
+                                  encoder_hidden_states=trainer.model.text_encoder(ids)).sample
+    return float(torch.nn.functional.mse_loss(pred, noise))
+
+
+@needs_vocab
+def test_training_steps_reduce_the_loss(tmp_path):
+    trainer = Trainer(tmp_path / "m", ModelConfig(**TINY), tiny_options(steps=12))
+    assert trainer.model.config.holdout_index == 9 and not (trainer.labels == 9).any()  # held out
+    before = _fixed_batch_loss(trainer)
+    losses = [trainer.train_step() for _ in range(12)]
+    after = _fixed_batch_loss(trainer)
+    assert all(np.isfinite(losses))
+    assert after < 0.8 * before, (before, after)
+
+
+@needs_vocab
+def test_checkpoint_round_trip_and_resume_is_exact(tmp_path, trained):
+    config = json.loads((trained / "config.json").read_text())
+    assert config["dataset"] == "digits" and config["holdout"] == "handwritten digit nine"
+    model = load_model(trained, patch=False)
+    weights, meta = read_safetensors(trained / "model.safetensors")
+    assert meta["step"] == "4"
+    for key, value in weights_of(model).items():
+        assert torch.equal(value, weights[key]), key
+    state, _ = read_safetensors(trained / "train_state.safetensors")
+    for key, value in weights.items():  # model.safetensors holds the EMA weights
+        assert torch.equal(value, state["ema." + key]), key
+
+    # 2 steps, stop, resume to 4 == 4 steps in one go (the fixture), bit for bit
+    Trainer(tmp_path / "r", ModelConfig(**TINY), tiny_options(steps=2)).run()
+    resumed = Trainer(tmp_path / "r", ModelConfig(), tiny_options(steps=4), resume=True)  # config from the folder
+    assert resumed.step == 2
+    resumed.run()
+    again, _ = read_safetensors(tmp_path / "r" / "train_state.safetensors")
+    for key, value in state.items():
+        assert torch.equal(value, again[key]), key
+    with pytest.raises(ValueError, match="already holds a model; pass --resume"):
+        Trainer(tmp_path / "r", ModelConfig(**TINY), tiny_options())
+
+
+# ---------------------------------------------------------------- sampling
+
+
+@needs_vocab
+def test_sampling_is_reproducible_with_a_seed(trained):
+    model = load_model(trained)
+    prompts = ["a photo of a handwritten digit three"] * 3
+    a = generate(model, prompts, "dpm++", 3, 3.0, seed=5, progress=False)
+    b = generate(model, prompts, "dpm++", 3, 3.0, seed=5, batch_size=2, progress=False)
+    c = generate(model, prompts, "dpm++", 3, 3.0, seed=6, progress=False)
+    assert a.shape == (3, 8, 8) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    d = generate(model, prompts[:1], "ddpm", 3, 1.0, seed=5, progress=False)  # stochastic sampler, seeded
+    np.testing.assert_array_equal(d, generate(model, prompts[:1], "ddpm", 3, 1.0, seed=5, progress=False))
+
+
+@needs_vocab
+def test_sampling_bad_input(trained):
+    model = load_model(trained)
+    with pytest.raises(ValueError, match="--steps: expected a positive integer, got 0"):
+        generate(model, ["a photo of a handwritten digit three"], steps=0)
+    with pytest.raises(ValueError, match="--sampler: unknown sampler 'plms'"):
+        generate(model, ["x"], sampler="plms")
+    with pytest.raises(ValueError, match="unknown token '<nope>'"):
+        check_prompt_tokens(model, "a photo of <nope>")
+
+
+# ---------------------------------------------------------------- textual inversion
+
+
+@needs_vocab
+def test_inversion_changes_only_the_new_embedding(trained, tmp_path):
+    model = load_model(trained)
+    before = {k: v.clone() for k, v in weights_of(model).items()}
+    images = data.load_images("digits", "test")
+    nines = images.images[images.labels == 9][:4]
+    start = model.text_encoder.token_embedding.weight[model.tokenizer.encode_text("object")].mean(0).clone()
+    vector, losses = invert(model, nines, "<nine>", InvertOptions(steps=3, batch_size=8, lr=1e-2, progress=False))
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    for key, value in weights_of(model).items():
+        assert torch.equal(value, before[key]), f"{key} changed"
+    assert (vector - start).abs().max() > 1e-3  # the new row moved
+    path = tmp_path / "nine.safetensors"
+    save_embedding(path, "<nine>", vector, {})
+    fresh = load_model(trained)
+    assert load_embedding(fresh, path) == "<nine>"
+    check_prompt_tokens(fresh, "a photo of <nine>")
+    out = generate(fresh, ["a photo of <nine>"], steps=2, progress=False)
+    assert out.shape == (1, 8, 8)
+
+
+@needs_vocab
+def test_inversion_bad_input(trained, tmp_path):
+    model = load_model(trained)
+    with pytest.raises(ValueError, match="--steps: expected a positive integer"):
+        InvertOptions(steps=0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(ValueError, match="resolution mismatch"):
+        invert_folder(model, folder, "<x>", tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="token: expected a placeholder"):
+        invert_folder(model, folder, "x", tmp_path / "x.safetensors")
+    wrong = tmp_path / "wide.safetensors"
+    save_embedding(wrong, "<wide>", torch.zeros(7), {})
+    with pytest.raises(ValueError, match=r"embedding has shape \(7,\), this model's text encoder needs \(16,\)"):
+        load_embedding(model, wrong)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@needs_vocab
+def test_cli_sample_writes_a_grid_and_a_folder(trained, tmp_path, capsys):
+    args = ["diffusion", "sample", str(trained), "a photo of a handwritten digit one", "--steps", "2", "--n", "4"]
+    assert main([*args, "--out", str(tmp_path / "grid.png")]) == 0
+    assert Image.open(tmp_path / "grid.png").size[0] > 16
+    assert main([*args, "--out", str(tmp_path / "each")]) == 0
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == ["000.png", "001.png", "002.png", "003.png"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["diffusion", "sample", "{m}", "a photo", "--steps", "0", "--out", "{t}/g.png"], "--steps: expected a positive"),
+    (["diffusion", "sample", "{t}/none", "a photo", "--out", "{t}/g.png"], "model folder .* does not exist"),
+    (["diffusion", "sample", "{m}", "a photo of <x>", "--out", "{t}/g.png"], "unknown token '<x>'"),
+    (["diffusion", "invert", "{m}", "{t}", "--token", "<x>", "--out", "{t}/e.safetensors"], "folder .* is empty"),
+    (["diffusion", "train", "--data", "digits", "--holdout", "ten", "--out", "{t}/m"], "unknown class 'ten'"),
+    (["diffusion", "train", "--data", "digits", "--steps", "-1", "--out", "{t}/m"], "--steps: expected a positive"),
+    (["diffusion", "eval", "{m}", "--runs", "dpm++", "--n", "1"], "--runs: expected SAMPLER:STEPS"),
+], ids=["steps-zero", "missing-model", "unknown-token", "empty-images", "unknown-class", "negative-steps",
+        "bad-runs"])
+@needs_vocab
+def test_cli_user_errors_are_one_line(trained, tmp_path, capsys, argv, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = [a.format(m=trained, t=empty) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("genai-fast: error:"), err
+    import re
+
+    assert re.search(message, err[0]), err[0]
