@@ -41,8 +41,8 @@ def _configs() -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles much wider than the layer: BLOCK_N above the group's output channels (rounded up to
-    16) only wastes work, and so does BLOCK_K above its input channels."""
+    """Drop tiles wider than the layer: BLOCK_N above the group's output channels (rounded up to a power
+    of two, at least 16) only computes masked columns, and so does BLOCK_K above its input channels."""
     cout = max(16, triton.next_power_of_2(named_args["C_out_g"]))
     cin = max(16, triton.next_power_of_2(named_args["C_in_g"]))
     kept = [c for c in configs if c.kwargs["BLOCK_N"] <= cout and c.kwargs["BLOCK_K"] <= cin]
