@@ -58,6 +58,20 @@ def test_rope_scaling_reaches_the_engine():
     torch.testing.assert_close(scaled, plain / 2)
 
 
+@pytest.mark.parametrize("shape", [(1, 576), (8, 576), (2, 37, 64), (1, 5, 960)], ids=str)
+def test_rms_norm_is_bitwise_hf(shape):
+    from genai_fast.llm.model import Norm
+
+    weight = torch.randn(shape[-1])
+    hf_norm = transformers.models.llama.modeling_llama.LlamaRMSNorm(shape[-1], eps=1e-5)
+    hf_norm.weight.data.copy_(weight)
+    ours = Norm(weight, None, 1e-5)
+    for scale in (1e-3, 1.0, 1e3):
+        x = torch.randn(shape) * scale
+        with torch.no_grad():
+            assert torch.equal(ours(x), hf_norm(x))
+
+
 def test_prefill_logits_match_hf():
     hf = _tiny()
     engine = load(hf)

@@ -77,6 +77,10 @@ class Norm(nn.Module):
         """x: [..., hidden] -> [..., hidden]."""
         if self.bias is not None:
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        if x.dtype == torch.float32:
+            # torch's fused kernel: one op instead of eight, and bitwise equal to HF's formula below in fp32
+            # (tests/test_llm.py::test_rms_norm_is_bitwise_hf).
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         dtype = x.dtype
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -117,31 +121,30 @@ class Layer(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, seqlens: torch.Tensor | None,
-                host_lengths: list[int] | None) -> torch.Tensor:
-        """x: [B, S, hidden] -> [B, S, hidden]. seqlens None: prefill from position 0; else decode (S == 1)."""
-        # .forward: the per-token path skips nn.Module.__call__'s hook handling (about 30 calls a token).
-        x = x + self.attention(self.norm1.forward(x), rope, seqlens, host_lengths)
-        return x + self.mlp(self.norm2.forward(x))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Prefill: x: [B, S, hidden] at positions 0 .. S-1 -> [B, S, hidden]."""
+        x = x + self.attention(self.norm1(x), rope)
+        return x + self.mlp(self.norm2(x))
 
-    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, seqlens: torch.Tensor,
-             host_lengths: list[int] | None) -> torch.Tensor:
-        """Decode: x: [B, hidden], one token per sequence at positions seqlens -> [B, hidden]. The same
+    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions
+             ) -> torch.Tensor:
+        """Decode: x: [B, hidden], one token per sequence at positions at.seqlens -> [B, hidden]. The same
         arithmetic as forward() with S == 1 (F.linear folds [B, 1, hidden] to these rows), fewer views."""
-        x = x + self.attention_step(self.norm1.forward(x), rope, seqlens, host_lengths)
+        # .forward: the per-token path skips nn.Module.__call__'s hook handling (about 60 calls a token).
+        x = x + self.attention_step(self.norm1.forward(x), rope, at)
         return x + self.mlp(self.norm2.forward(x))
 
-    def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                       seqlens: torch.Tensor, host_lengths: list[int] | None) -> torch.Tensor:
+    def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions
+                       ) -> torch.Tensor:
         """x: [B, hidden] -> [B, hidden]; appends each sequence's K/V at its length."""
         cfg, B = self.cfg, x.shape[0]
         qkv = F.linear(x, self.wqkv, self.bqkv)
         qk = qkv[:, :self.nq + self.nkv].view(B, cfg.num_heads + cfg.num_kv_heads, 1, cfg.head_dim)
         if rope is not None:
-            qk = apply_rope(qk, *rope)
+            qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
         v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
-        out = _decode_attention(qk[:, :cfg.num_heads], self.k_cache[:B], self.v_cache[:B], seqlens,
-                                qk[:, cfg.num_heads:], v, self.scale, host_lengths)
+        out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
+                                self.v_cache[:B], at, self.scale)
         return F.linear(out.reshape(B, self.nq), self.wo, self.bo)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,42 +157,54 @@ class Layer(nn.Module):
             h = self.act(h)
         return F.linear(h, self.mlp_out, self.b_out)
 
-    def attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                  seqlens: torch.Tensor | None, host_lengths: list[int] | None) -> torch.Tensor:
-        """x: [B, S, hidden] -> [B, S, hidden]; writes this layer's K/V into the cache."""
+    def attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Prefill: x: [B, S, hidden] -> [B, S, hidden]; stores K/V at cache positions 0 .. S-1."""
         cfg, (B, S, _) = self.cfg, x.shape
         qkv = F.linear(x, self.wqkv, self.bqkv)
         heads = cfg.num_heads + cfg.num_kv_heads
         qk = qkv[..., :self.nq + self.nkv].view(B, S, heads, cfg.head_dim).transpose(1, 2)
         if rope is not None:
-            qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
+            qk = apply_rope(qk, *rope)
         q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
         v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        k_cache, v_cache = self.k_cache[:B], self.v_cache[:B]
-        if seqlens is None:
-            # Prefill: the cache is empty, so attend over the fresh K/V directly and store them for decode.
-            k_cache[:, :, :S] = k
-            v_cache[:, :, :S] = v
-            out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, scale=self.scale,
-                                               enable_gqa=cfg.num_heads != cfg.num_kv_heads)
-        else:
-            out = _decode_attention(q, k_cache, v_cache, seqlens, k, v, self.scale, host_lengths)
+        # The cache is empty: attend over the fresh K/V directly and store them for decode.
+        self.k_cache[:B, :, :S] = k
+        self.v_cache[:B, :, :S] = v
+        out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, scale=self.scale,
+                                           enable_gqa=cfg.num_heads != cfg.num_kv_heads)
         return F.linear(out.transpose(1, 2).reshape(B, S, self.nq), self.wo, self.bo)
 
 
-def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlens: torch.Tensor,
-                      k: torch.Tensor, v: torch.Tensor, scale: float | None,
-                      host_lengths: list[int] | None) -> torch.Tensor:
-    """attention_with_kvcache over the batch; q: [B, Hq, 1, D] -> [B, Hq, 1, D].
+@dataclass
+class StepPositions:
+    """Where one decode step writes. seqlens: [B] int32 on the device, each cache length before the step.
+    host: the same values on the host when known (CPU), else None; after: seqlens + 1 (with host only)."""
 
-    host_lengths (CPU only, the lengths seqlens holds): when they differ, one call per sequence. On a CPU the
-    op's torch backend serves equal lengths with torch's fused SDPA over the valid prefix but ragged ones with
-    its reference, which copies the whole cache and rounds differently; per-sequence calls keep a batch fast
-    and bitwise equal to one-by-one generation. On a GPU the Triton kernel takes ragged lengths in one call."""
-    if host_lengths is None or min(host_lengths) == max(host_lengths):
-        return attention_with_kvcache(q, k_cache, v_cache, seqlens, k, v, scale=scale)
-    return torch.cat([attention_with_kvcache(q[b:b + 1], k_cache[b:b + 1], v_cache[b:b + 1], seqlens[b:b + 1],
-                                             k[b:b + 1], v[b:b + 1], scale=scale) for b in range(q.shape[0])])
+    seqlens: torch.Tensor
+    host: list[int] | None = None
+    after: torch.Tensor | None = None
+
+
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor, at: StepPositions, scale: float | None) -> torch.Tensor:
+    """attention_with_kvcache for one new token per sequence; q: [B, Hq, 1, D] -> [B, Hq, 1, D].
+
+    Without host positions (GPU, CUDA graphs): one call that appends k/v at seqlens and attends; the Triton
+    kernel takes ragged lengths. With host positions (CPU), two shortcuts that keep the arithmetic:
+      * k/v are written with plain slice copies and the op attends over `after` positions: its own append
+        (index tensors and a scatter per cache) costs more than the attention of one token;
+      * ragged lengths run one call per sequence: the op's torch backend serves equal lengths with torch's
+        fused SDPA over the valid prefix but ragged ones with its reference, which copies the whole cache and
+        rounds differently; per-sequence calls keep a batch fast and bitwise equal to one-by-one generation."""
+    if at.host is None:
+        return attention_with_kvcache(q, k_cache, v_cache, at.seqlens, k, v, scale=scale)
+    for b, n in enumerate(at.host):
+        k_cache[b, :, n] = k[b, :, 0]
+        v_cache[b, :, n] = v[b, :, 0]
+    if min(at.host) == max(at.host):
+        return attention_with_kvcache(q, k_cache, v_cache, at.after, scale=scale)
+    return torch.cat([attention_with_kvcache(q[b:b + 1], k_cache[b:b + 1], v_cache[b:b + 1], at.after[b:b + 1],
+                                             scale=scale) for b in range(q.shape[0])])
 
 
 class DecoderModel(nn.Module):
@@ -267,7 +282,7 @@ class DecoderModel(nn.Module):
             x = x + self.pos_embed[:S]
         rope = None if self.cos_table is None else (self.cos_table[:S], self.sin_table[:S])
         for layer in self.layers:
-            x = layer(x, rope, None, None)
+            x = layer(x, rope)
         if all_logits:
             return F.linear(self.norm(x), self.lm_head)
         x = x[:, -1] if last is None else x[torch.arange(B, device=x.device), last]
@@ -291,8 +306,11 @@ class DecoderModel(nn.Module):
         if self.cos_table is not None:
             rope = (self.cos_table.index_select(0, seqlens)[:, None, None],
                     self.sin_table.index_select(0, seqlens)[:, None, None])
+        at = StepPositions(seqlens)
+        if host_lengths is not None:
+            at = StepPositions(seqlens, host_lengths, seqlens + 1)
         for layer in self.layers:
-            x = layer.step(x, rope, seqlens, host_lengths)
+            x = layer.step(x, rope, at)
         return F.linear(self.norm.forward(x), self.lm_head)
 
     def forward(self, ids: torch.Tensor, pos: int = 0, last_only: bool = True) -> torch.Tensor:
