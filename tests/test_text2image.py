@@ -122,6 +122,28 @@ def test_idx_reader_plain_and_gzip(tmp_path):
         data.read_idx(tmp_path / "bad")
 
 
+def _idx(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape) + array.tobytes()
+
+
+def test_fashion_mnist_files_found_in_the_cache(tmp_path, monkeypatch):
+    """The reader finds the (gzipped) IDX files anywhere under the cache folder, as the package lays them out."""
+    monkeypatch.setenv("GENAI_FAST_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="genai-fast diffusion prepare"):
+        data.load_images("fashion-mnist", "test")
+    folder = tmp_path / "fashion-mnist" / "usr" / "share"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5), ("test", 3)):
+        images_name, labels_name = data.FASHION_FILES[split]
+        with gzip.open(folder / (images_name + ".gz"), "wb") as f:
+            f.write(_idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)))
+        (folder / labels_name).write_bytes(_idx(np.arange(n, dtype=np.uint8)))
+    assert data.fashion_mnist_available()
+    test = data.load_images("fashion-mnist", "test")
+    assert test.images.shape == (3, 28, 28) and test.labels.tolist() == [0, 1, 2]
+
+
 def test_model_space_round_trip_and_class_names():
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     x = data.to_model_space(images, 32)

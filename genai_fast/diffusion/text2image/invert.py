@@ -57,8 +57,6 @@ def invert(model: TextToImage, images: np.ndarray, token: str, options: InvertOp
     check_new_token(token)
     if token.lower() in model.tokenizer.added_tokens:
         raise ValueError(f"--token: {token!r} is already defined in this model")
-    if model.tokenizer.encode_text(token) == []:
-        raise ValueError(f"--token: {token!r} is empty")
     cfg = model.config
     device = next(model.unet.parameters()).device
     for module in (model.unet, model.text_encoder):

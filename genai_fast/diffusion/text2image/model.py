@@ -112,10 +112,11 @@ class TextToImage:
 
     @classmethod
     def new(cls, config: ModelConfig, seed: int = 0) -> TextToImage:
-        torch.manual_seed(seed)
         text_config = TextEncoderConfig(**config.text)
-        return cls(config, CLIPTokenizer(max_length=text_config.max_length), TextEncoder(text_config),
-                   build_unet(config))
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG left as it was
+            torch.manual_seed(seed)
+            return cls(config, CLIPTokenizer(max_length=text_config.max_length), TextEncoder(text_config),
+                       build_unet(config))
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
         """[B, L] int64 token ids."""
