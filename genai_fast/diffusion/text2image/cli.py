@@ -69,6 +69,7 @@ def add_parser(sub: Any) -> None:
     inv.add_argument("images", help="folder of 3-10 images at the model's resolution")
     inv.add_argument("--token", required=True, help='placeholder, e.g. "<my-thing>"')
     inv.add_argument("--steps", type=int, default=300)
+    inv.add_argument("--batch-size", type=int, default=16)
     inv.add_argument("--lr", type=float, default=5e-3)
     inv.add_argument("--init-word", default="object")
     inv.add_argument("--seed", type=int, default=0)
@@ -187,7 +188,8 @@ def _invert(args: argparse.Namespace) -> int:
     from genai_fast.diffusion.text2image.tokenizer import check_new_token
 
     check_new_token(args.token)
-    options = InvertOptions(steps=args.steps, lr=args.lr, init_word=args.init_word, seed=args.seed)
+    options = InvertOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, init_word=args.init_word,
+                            seed=args.seed)
     if not Path(args.images).is_dir():
         raise NotADirectoryError(f"images: {args.images} is not a folder")
     model = _load(args)

@@ -26,7 +26,7 @@ MIN_IMAGES, MAX_IMAGES = 3, 10
 @dataclass
 class InvertOptions:
     steps: int = 300
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 5e-3
     init_word: str = "object"
     seed: int = 0
