@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -83,9 +84,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if data["forced_backend"]:
         print(f"GENAI_FAST_BACKEND={data['forced_backend']} forces that backend everywhere")
     width = max([len("op"), *(len(row["op"]) for row in data["ops"])])
-    print(f"{'op':<{width}} {'backend':<8} {'available':<10} {'devices':<10} {'dtypes':<34} why not")
+    bwidth = max([len("backend"), *(len(row["backend"]) for row in data["ops"])])
+    print(f"{'op':<{width}} {'backend':<{bwidth}} {'available':<10} {'devices':<10} {'dtypes':<34} why not")
     for row in data["ops"]:
-        print(f"{row['op']:<{width}} {row['backend']:<8} {'yes' if row['available'] else 'no':<10} "
+        print(f"{row['op']:<{width}} {row['backend']:<{bwidth}} {'yes' if row['available'] else 'no':<10} "
               f"{','.join(row['devices']):<10} {','.join(row['dtypes']):<34} {'; '.join(row['reasons'])}")
     return 0
 
@@ -162,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genai-fast: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`genai-fast info | head`): stop quietly, as Unix tools do. Point stdout at
+        # devnull so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (UsageError, *USER_ERRORS) as exc:
         if debug:
             traceback.print_exc()
