@@ -53,7 +53,9 @@ def _load_hf(source: str | os.PathLike, dtype: torch.dtype | None) -> tuple[Any,
         raise ValueError(f"source: could not read the model config from {source}: {exc}") from exc
     _check_architecture(config)  # before reading (possibly gigabytes of) weights
     try:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+        # config=: reading a GGUF file's metadata again would cost as much as the first time.
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype or torch.float32,
+                                                               **kwargs)
     except Exception as exc:
         raise ValueError(f"source: could not load the model from {source}: {exc}") from exc
     try:
