@@ -171,6 +171,17 @@ def test_corrupted_checkpoint_is_named(tmp_path):
         load(tmp_path)
 
 
+def test_sliding_window_bounds_the_context():
+    # The static cache attends to every position: past Mistral's window the model would attend differently.
+    cfg = transformers.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                     sliding_window=16)
+    hf = transformers.MistralForCausalLM(cfg).eval()
+    assert load(hf).max_seq_len == 16
+    with pytest.raises(ValueError, match=r"max_seq_len: expected 1\.\.16"):
+        load(hf, max_seq_len=32)
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.gguf"):
         load(tmp_path / "nope.gguf")
