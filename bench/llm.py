@@ -24,6 +24,7 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from genai_fast.io import atomic_write_text
 from genai_fast.llm import load
@@ -95,7 +96,7 @@ def bench_batch(engine, hf, batch: int, n: int, reps: int) -> dict:
     ours()  # warm-up both
     _hf_seconds(hf, inputs, 4, pad)
     rows: dict[str, list[float]] = {k: [] for k in ("tps", "prefill", "gbs", "hf_tps", "hf_prefill")}
-    for _ in range(reps):
+    for _ in tqdm(range(reps), desc=f"batch {batch}", unit="rep", file=sys.stderr):
         stats = ours()
         rows["tps"].append(stats["tokens_per_s"])
         rows["prefill"].append(stats["prefill_ms"])
