@@ -200,6 +200,12 @@ def test_stream_pieces_join_to_the_text(byte_bpe):
         assert len(pieces) > 1
 
 
+def test_stream_checks_arguments_when_called(byte_bpe):
+    engine = load(_llama(vocab_size=len(byte_bpe)), tokenizer=byte_bpe, max_seq_len=32)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        engine.stream("café", 0)  # not only once iterated
+
+
 def test_stream_needs_a_tokenizer():
     with pytest.raises(ValueError, match="stream: needs a tokenizer"):
         load(_llama()).stream([1, 2], 4)

@@ -235,13 +235,18 @@ class Engine:
     def _run(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int | None,
              top_p: float | None, seed: int | None, stop: Any, sync_every: int
              ) -> Generator[list[list[int]], None, list[GenerationResult]]:
-        """Yields, after each read of the new tokens, what each sequence gained since the last one (cut at its
-        stop); returns the results. The device runs `sync_every` steps between two reads."""
+        """Validate now (not at the first step of the generator), then -> the decode loop (see _decode)."""
         for i, ids in enumerate(prompts):
             _validate(max_new_tokens, temperature, top_k, top_p, len(ids), self.max_seq_len,
                       "prompt_or_ids" if len(prompts) == 1 else f"prompt_or_ids[{i}]")
         stop_ids, stop_strings = _split_stop(stop)
         sample = Sampler(temperature, top_k, top_p, self._generator(temperature, seed))
+        return self._decode(prompts, max_new_tokens, sample, stop_ids, stop_strings, sync_every)
+
+    def _decode(self, prompts: list[list[int]], max_new_tokens: int, sample: Sampler, stop_ids: set[int],
+                stop_strings: list[str], sync_every: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
+        """Yields, after each read of the new tokens, what each sequence gained since the last one (cut at its
+        stop); returns the results. The device runs `sync_every` steps between two reads."""
         B, lengths = len(prompts), [len(p) for p in prompts]
         self.model.allocate_cache(B, self.max_seq_len)
         stepper = self._stepper(B)  # before the prefill: capturing a graph writes cache position 0
