@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import torch
 
+# nn.Parameter is a Tensor subclass without dispatch overrides (its __torch_function__ is disabled), so a
+# module's weights behave like plain tensors here.
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
 
 def can_bypass_custom_op(*tensors: torch.Tensor | None) -> bool:
     """True when calling the implementation directly is indistinguishable from the custom op."""
@@ -20,6 +24,6 @@ def can_bypass_custom_op(*tensors: torch.Tensor | None) -> bool:
     for t in tensors:
         if t is None:
             continue
-        if type(t) is not torch.Tensor or (grad and t.requires_grad):
+        if type(t) not in _PLAIN_TENSOR_TYPES or (grad and t.requires_grad):
             return False
     return True

@@ -18,6 +18,8 @@ def is_channels_last(x: torch.Tensor) -> bool:
     """True when x [N, C, *] stores channels innermost with no gaps (and is not plain contiguous)."""
     if x.dim() < 3 or x.is_contiguous():
         return False
+    if x.dim() == 4:  # torch's own check (one C++ call) for the common case
+        return x.is_contiguous(memory_format=torch.channels_last)
     return x.permute(0, *range(2, x.dim()), 1).is_contiguous()
 
 

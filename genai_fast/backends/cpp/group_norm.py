@@ -20,11 +20,17 @@ def group_norm_fwd(
     """GroupNorm over x [N, C, *] (CPU, fp32/fp16/bf16) on all of torch's intra-op threads."""
     view = as_ncs(x)
     out = memory.empty_like(view.tensor)
-    w = None if weight is None else weight.detach().to(torch.float32).contiguous()
-    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    w, b = _fp32_param(weight), _fp32_param(bias)
     extension().group_norm_forward(
         address(view.tensor), view.tensor.numel(), address(out), out.numel(), address(w), address(b),
         dtype_code(x.dtype), view.N, view.C, view.S, num_groups, view.channels_last, float(eps),
         activation == "silu", torch.get_num_threads(),
     )
     return view.restore(out)
+
+
+def _fp32_param(param: torch.Tensor | None) -> torch.Tensor | None:
+    """A [C] parameter as the dense fp32 vector the kernel reads (no copy when it already is one)."""
+    if param is None or (param.dtype == torch.float32 and param.is_contiguous()):
+        return param
+    return param.detach().to(torch.float32).contiguous()
