@@ -260,3 +260,15 @@ def test_dispatch_modes_see_the_custom_op():
     with Recorder() as recorder:
         genai_fast.group_norm(torch.randn(2, 8, 3, 3), 4, activation="silu")
     assert any("genai_fast.group_norm" in op for op in recorder.ops), recorder.ops
+
+
+def test_module_parameters_take_the_eager_path_only_without_grad():
+    """nn.Parameter weights are plain tensors to the eager shortcut; with grad on they need the custom op."""
+    from genai_fast.ops.eager import can_bypass_custom_op
+
+    x, weight = torch.randn(2, 8, 3, 3), torch.nn.Parameter(torch.randn(8))
+    assert not can_bypass_custom_op(x, weight)
+    with torch.no_grad():
+        assert can_bypass_custom_op(x, weight)
+    weight.requires_grad_(False)
+    assert can_bypass_custom_op(x, weight)
