@@ -124,6 +124,8 @@ def test_top_k_one_is_greedy():
     ({"prompt_or_ids": [[1, 2], []]}, r"prompt_or_ids\[1\]: empty"),  # a batch names the bad prompt
     ({"prompt_or_ids": [[1, 2], list(range(1, 33))]}, r"prompt_or_ids\[1\]: 32 tokens"),
     ({"max_new_tokens": 40}, "max_new_tokens"),  # 4 prompt tokens + 40 > the 32-position cache
+    ({"prompt_or_ids": [1, 128]}, r"prompt_or_ids: token id 128 is outside the vocabulary 0\.\.127"),
+    ({"prompt_or_ids": [[1], [-1]]}, r"prompt_or_ids\[1\]: token id -1"),
 ], ids=lambda v: repr(v)[:30])
 def test_bad_input_names_the_argument(kwargs, name):
     engine = load(_tiny(), max_seq_len=32)

@@ -236,9 +236,14 @@ class Engine:
              top_p: float | None, seed: int | None, stop: Any, sync_every: int
              ) -> Generator[list[list[int]], None, list[GenerationResult]]:
         """Validate now (not at the first step of the generator), then -> the decode loop (see _decode)."""
+        vocab = self.model.cfg.vocab_size
         for i, ids in enumerate(prompts):
-            _validate(max_new_tokens, temperature, top_k, top_p, len(ids), self.max_seq_len,
-                      "prompt_or_ids" if len(prompts) == 1 else f"prompt_or_ids[{i}]")
+            name = "prompt_or_ids" if len(prompts) == 1 else f"prompt_or_ids[{i}]"
+            _validate(max_new_tokens, temperature, top_k, top_p, len(ids), self.max_seq_len, name)
+            # Checked here: an embedding lookup out of range is an opaque error on a CPU, a device assert on a GPU.
+            if min(ids) < 0 or max(ids) >= vocab:
+                bad = next(t for t in ids if not 0 <= t < vocab)
+                raise ValueError(f"{name}: token id {bad} is outside the vocabulary 0..{vocab - 1}")
         stop_ids, stop_strings = _split_stop(stop)
         sample = Sampler(temperature, top_k, top_p, self._generator(temperature, seed))
         return self._decode(prompts, max_new_tokens, sample, stop_ids, stop_strings, sync_every)

@@ -226,7 +226,7 @@ class DecoderModel(nn.Module):
         self.cache_batch = 0
         self.cache_len = 0
         self.cos_table: torch.Tensor | None = None
-        self.sin_table: torch.Tensor | None = None
+        self.sin_signed_table: torch.Tensor | None = None
         self.cache_version = 0  # bumped on reallocation: CUDA graphs captured on the old cache are stale
 
     @property
@@ -252,7 +252,7 @@ class DecoderModel(nn.Module):
         self.cache_batch, self.cache_len = batch, max_len
         self.cache_version += 1
         if self.inv_freq is not None:
-            self.cos_table, self.sin_table = self._rope_tables(max_len)
+            self.cos_table, self.sin_signed_table = self._rope_tables(max_len)
 
     def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin_signed: [length, D] for positions 0 .. length-1, computed in fp32 as HF does (each entry one
@@ -280,7 +280,7 @@ class DecoderModel(nn.Module):
         x = F.embedding(ids, self.embed)
         if self.pos_embed is not None:
             x = x + self.pos_embed[:S]
-        rope = None if self.cos_table is None else (self.cos_table[:S], self.sin_table[:S])
+        rope = None if self.cos_table is None else (self.cos_table[:S], self.sin_signed_table[:S])
         for layer in self.layers:
             x = layer(x, rope)
         if all_logits:
@@ -305,7 +305,7 @@ class DecoderModel(nn.Module):
         rope = None
         if self.cos_table is not None:
             rope = (self.cos_table.index_select(0, seqlens)[:, None, None],
-                    self.sin_table.index_select(0, seqlens)[:, None, None])
+                    self.sin_signed_table.index_select(0, seqlens)[:, None, None])
         at = StepPositions(seqlens)
         if host_lengths is not None:
             at = StepPositions(seqlens, host_lengths, seqlens + 1)
