@@ -28,16 +28,25 @@ def _summary(samples: list[float]) -> Timing:
 
 
 def time_cpu(fn: Callable[[], object], min_time_s: float = 0.3, min_reps: int = 10, warmup: int = 3) -> Timing:
-    """Median of repeated wall-clock timings after `warmup` calls, for at least min_time_s seconds."""
+    """Median of repeated wall-clock timings after warm-up, for at least min_time_s seconds.
+
+    At least `min_reps` samples, except for slow calls (a whole sampling loop): once the samples have
+    taken 4 x min_time_s, 5 of them are enough. Warm-up likewise stops after min_time_s (at least 1 call).
+    """
+    start = time.perf_counter()
     for _ in range(warmup):
         fn()
+        if time.perf_counter() - start > min_time_s:
+            break
     samples: list[float] = []
     start = time.perf_counter()
-    while len(samples) < min_reps or time.perf_counter() - start < min_time_s:
+    while True:
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-        if len(samples) >= 10_000:
+        elapsed = time.perf_counter() - start
+        enough = len(samples) >= min_reps or (len(samples) >= 5 and elapsed > 4 * min_time_s)
+        if (enough and elapsed >= min_time_s) or len(samples) >= 10_000:
             break
     return _summary(samples)
 
