@@ -18,11 +18,19 @@ from genai_fast.diffusion.text2image.tokenizer import check_new_token
 EMBEDDING_KIND = "genai_fast.textual_inversion"
 
 
+# Pixel space: keep each step's x0 estimate inside the data range [-1, 1]. DDPM and DDIM clip by default
+# (clip_sample); DPM-Solver++ needs thresholding switched on (diffusers' advice for pixel-space models):
+# without it the x0 = (x - sigma * eps) / alpha of the first, noisiest steps amplifies the model's error
+# ~150x (alpha_999 = 0.0064 on the linear schedule) and many samples end as speckle or black.
+# (with sample_max_value 1 the dynamic threshold is a plain clip). Euler has no such option.
+PIXEL_SPACE_OPTIONS = {"dpm++": {"thresholding": True, "sample_max_value": 1.0}}
+
+
 def make_model_sampler(model: TextToImage, name: str) -> Sampler:
-    """Sampler `name` over the model's training noise schedule."""
+    """Sampler `name` over the model's training noise schedule, x0 limited to the pixel range where it can be."""
     if name not in SAMPLER_NAMES:
         raise ValueError(f"--sampler: unknown sampler {name!r}; expected one of {', '.join(SAMPLER_NAMES)}")
-    return make_sampler(name, **model.config.schedule)
+    return make_sampler(name, **model.config.schedule, **PIXEL_SPACE_OPTIONS.get(name, {}))
 
 
 def check_steps(steps: int, option: str = "--steps") -> int:
