@@ -28,6 +28,7 @@ from genai_fast.diffusion.text2image.pipeline import (
     check_prompt_tokens,
     generate,
     load_embedding,
+    make_model_sampler,
     save_embedding,
 )
 from genai_fast.diffusion.text2image.text_encoder import TextEncoder, TextEncoderConfig
@@ -258,6 +259,8 @@ def test_sampling_bad_input(trained):
     model = load_model(trained)
     with pytest.raises(ValueError, match="--steps: expected a positive integer, got 0"):
         generate(model, ["a photo of a handwritten digit three"], steps=0)
+    assert make_model_sampler(model, "dpm++").config["thresholding"]  # x0 clipped to the pixel range
+    assert make_model_sampler(model, "ddim").config["clip_sample"]
     with pytest.raises(ValueError, match="--sampler: unknown sampler 'plms'"):
         generate(model, ["x"], sampler="plms")
     with pytest.raises(ValueError, match="unknown token '<nope>'"):
