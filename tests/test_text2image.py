@@ -54,6 +54,16 @@ def tiny_options(**kw) -> TrainOptions:
     return TrainOptions(**{**base, **kw})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models here are far too small to gain from threads, and on a busy 2-core machine two
+    OpenMP threads per op wait on each other (this file ran 175 s with 2 threads, 11 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained for 4 steps (its folder)."""
