@@ -142,7 +142,8 @@ def _train(args: argparse.Namespace) -> int:
                            device=_device(args.device), patch=not args.no_patch)
     if args.sample_every < 0:
         raise ValueError(f"--sample-every: expected >= 0, got {args.sample_every}")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     result = train(args.out, config, options, resume=args.resume)
     last = result.losses[-1][1] if result.losses else float("nan")
     print(f"trained {result.step} steps in {result.seconds / 60:.1f} min (final loss {last:.4f}); model in {args.out}")
