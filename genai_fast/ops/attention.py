@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from genai_fast.backends.availability import triton_interpreter_enabled
 from genai_fast.backends.dispatch import ENV_BACKEND, Capability, Implementation, Op, define_op, validate_backend_name
-from genai_fast.ops.eager import can_bypass_custom_op
+from genai_fast.ops.eager import can_bypass_custom_op, is_plain_eager
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -89,11 +89,13 @@ def scaled_dot_product_attention(
         return scaled_dot_product_attention_reference(query, key, value, attn_mask, dropout_p, is_causal,
                                                       sm_scale, enable_gqa)
     bypass = can_bypass_custom_op(query, key, value, attn_mask)
-    if bypass:
+    if bypass or is_plain_eager(query, key, value, attn_mask):
         impl = _select(ATTENTION, inputs, backend)
         empty = query.numel() == 0 or key.numel() == 0 or value.numel() == 0
-        if impl.backend == "torch" or empty:
-            # Plain eager on the fallback: torch's own SDPA (its fused CPU kernel), not the math reference.
+        both = is_causal and attn_mask is not None  # torch's SDPA refuses the pair; the reference applies both
+        if (impl.backend == "torch" or empty) and not both:
+            # Plain eager on the fallback: torch's own SDPA (its fused CPU kernels, forward and backward,
+            # under autograd too), not the math reference.
             return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=sm_scale,
                                                   enable_gqa=enable_gqa)
     q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa, prefix)

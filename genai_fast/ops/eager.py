@@ -16,14 +16,18 @@ import torch
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def can_bypass_custom_op(*tensors: torch.Tensor | None) -> bool:
-    """True when calling the implementation directly is indistinguishable from the custom op."""
+def is_plain_eager(*tensors: torch.Tensor | None) -> bool:
+    """True outside torch.compile tracing and dispatch modes, with plain tensors only: nothing but autograd
+    could observe which PyTorch ops an op runs."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is None:
-            continue
-        if type(t) not in _PLAIN_TENSOR_TYPES or (grad and t.requires_grad):
-            return False
+    return all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in tensors)
+
+
+def can_bypass_custom_op(*tensors: torch.Tensor | None) -> bool:
+    """True when calling the implementation directly is indistinguishable from the custom op."""
+    if not is_plain_eager(*tensors):
+        return False
+    if torch.is_grad_enabled():
+        return not any(t is not None and t.requires_grad for t in tensors)
     return True
