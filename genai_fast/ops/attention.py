@@ -675,13 +675,21 @@ def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform):
 
 @KVCACHE.register("torch", _TORCH, check=lambda inputs: [])
 def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal, uniform):
-    # Equal lengths (batch 1 decode, for one): torch's SDPA over the valid prefix, no copies of the cache.
-    # Ragged lengths: the reference (it zeroes positions past each length, whatever they hold).
+    # torch's SDPA over each valid prefix: no copies of the cache, and positions past a length are never
+    # read. Equal lengths (batch 1 decode, for one) take one call; ragged ones one call per sequence.
     if uniform is None and bool((lengths == lengths[0]).all()):
         uniform = int(lengths[0])
-    if uniform is None:
-        return _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal)
-    Sq, length = q.shape[2], uniform
+    if uniform is not None:
+        return _sdpa_prefix(q, k_cache, v_cache, uniform, scale, causal)
+    out = q.new_empty((*q.shape[:3], v_cache.shape[3]))
+    for b, length in enumerate(lengths.tolist()):
+        out[b:b + 1] = _sdpa_prefix(q[b:b + 1], k_cache[b:b + 1], v_cache[b:b + 1], length, scale, causal)
+    return out
+
+
+def _sdpa_prefix(q, k_cache, v_cache, length, scale, causal):
+    """Attention of q [B, Hq, Sq, D] over the first `length` cache positions (causal: bottom-right)."""
+    Sq = q.shape[2]
     if length == 0:
         return q.new_zeros((*q.shape[:3], v_cache.shape[3]))
     mask = None
