@@ -28,8 +28,8 @@ timeout 150 $PY -m pip install -e . --no-build-isolation --no-deps -q 2>&1 | tai
 $PY -m genai_fast.cli info || { echo "genai_fast does not import"; exit 1; }
 
 step "GPU tests (pytest -m gpu)"
-timeout ${GPU_TEST_TIMEOUT:-120} $PY -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -rs --durations=15 ${GPU_TESTS:-tests} 2>&1 \
-    | tee "$OUT/pytest_gpu.txt" | tail -45
+timeout ${GPU_TEST_TIMEOUT:-120} $PY -m pytest -m gpu -v --tb=short -p no:cacheprovider --continue-on-collection-errors -rs --durations=15 ${GPU_TESTS:-tests} 2>&1 \
+    | tee "$OUT/pytest_gpu.txt" | grep -v " PASSED " | tail -60
 
 step "full benchmark"
 gpu=$($PY -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
