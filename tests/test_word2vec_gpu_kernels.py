@@ -104,6 +104,16 @@ def replay_chunk(syn0, syn1, plan: ChunkPlan, shrink, noise, *, mode: str, windo
     return loss
 
 
+def replay_oracle(syn0, syn1, plan: ChunkPlan, shrink, noise, *, mode: str, window: int, cbow_mean: bool = True):
+    """The float64 replay of a chunk from copies of (syn0, syn1) (the oracle), and the same replay in float32
+    (which sets the error budget of the tolerance rule): (ref0, ref1, ref_loss, base0, base1)."""
+    ref0, ref1 = syn0.double(), syn1.double()
+    ref_loss = replay_chunk(ref0, ref1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    base0, base1 = syn0.clone(), syn1.clone()
+    replay_chunk(base0, base1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    return ref0, ref1, ref_loss, base0, base1
+
+
 def _noise_tables(vocab: int, unused: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Zipf-like noise over the first vocab - unused words; the last `unused` words are never drawn."""
     weights = np.arange(vocab, 0, -1, dtype=np.float64) ** 0.75
@@ -243,10 +253,8 @@ def test_triton_chunk_matches_float64_replay(mode, cbow_mean, vocab, dim, length
     shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
                                              negative=negative, seed=seed)
     syn0, syn1 = _tables(vocab, dim)
-    ref0, ref1 = syn0.double(), syn1.double()
-    ref_loss = replay_chunk(ref0, ref1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
-    base0, base1 = syn0.clone(), syn1.clone()  # the same replay in float32 sets the error budget
-    replay_chunk(base0, base1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    ref0, ref1, ref_loss, base0, base1 = replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window,
+                                                       cbow_mean=cbow_mean)
     out0, out1 = syn0.clone(), syn1.clone()
     with memory.poison_outputs():
         loss = word2vec_train_fwd(out0, out1, plan.tokens, plan.alphas, plan.bounds, torch.from_numpy(prob),
@@ -330,10 +338,8 @@ def test_cuda_kernel_emulated_matches_float64_replay(cuda_emulator, mode, cbow_m
     shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
                                              negative=negative, seed=seed)
     syn0, syn1 = _tables(vocab, dim)
-    ref0, ref1 = syn0.double(), syn1.double()
-    ref_loss = replay_chunk(ref0, ref1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
-    base0, base1 = syn0.clone(), syn1.clone()
-    replay_chunk(base0, base1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    ref0, ref1, ref_loss, base0, base1 = replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window,
+                                                       cbow_mean=cbow_mean)
     out0, out1 = syn0.clone(), syn1.clone()
     num_slices = plan.bounds.shape[0]
     loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
