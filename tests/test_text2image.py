@@ -320,6 +320,77 @@ def test_inversion_bad_input(trained, tmp_path):
         load_embedding(model, wrong)
 
 
+# ---------------------------------------------------------------- evaluation
+
+
+def _real_images_for(prompts, shift: int = 0) -> np.ndarray:
+    """Real digits test images of each prompt's class (its label + shift, mod 10): a stand-in generator whose
+    right answer is known. "<nine>" prompts count as nines."""
+    test = data.load_images("digits", "test")
+    names = data.class_names("digits")
+    out = []
+    for i, prompt in enumerate(prompts):
+        label = 9 if "<nine>" in prompt else next(c for c, n in enumerate(names) if prompt.endswith(n))
+        pool = test.images[test.labels == (label + shift) % 10]
+        out.append(pool[i % len(pool)])
+    return np.stack(out)
+
+
+@needs_vocab
+@pytest.mark.parametrize("shift", [0, 3])
+def test_eval_scores_what_the_classifier_sees(trained, tmp_path, monkeypatch, shift):
+    """With real images of the prompted class in place of samples, eval reports about the classifier's own
+    accuracy; with images of another class, about zero: the bookkeeping from prompts to scores is right."""
+    import shutil
+
+    from genai_fast.diffusion.text2image import evaluate as ev
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    model = load_model(folder)
+    emb = tmp_path / "nine.safetensors"
+    save_embedding(emb, "<nine>", torch.zeros(16), {})
+    monkeypatch.setattr(ev, "generate", lambda model, prompts, *a, **k: _real_images_for(prompts, shift))
+    options = ev.EvalOptions(samples_per_class=6, runs=(("dpm++", 2), ("ddim", 3)), classifier_steps=300,
+                             progress=False)
+    results = ev.evaluate(model, folder, options, ((str(emb), "handwritten digit nine"),))
+    real = results["classifier_test_accuracy"]
+    assert real > 0.8  # digits are easy: the eval classifier must be a useful judge
+    assert [(r["sampler"], r["steps"]) for r in results["runs"]] == [("dpm++", 2), ("ddim", 3)]
+    token = results["tokens"][0]
+    if shift == 0:
+        assert all(r["accuracy"] >= real - 0.2 for r in results["runs"]), results
+        assert results["holdout"]["plain_prompt_accuracy"] >= 0.5 and token["accuracy"] >= 0.5
+    else:
+        assert all(r["accuracy"] <= 0.25 for r in results["runs"]), results
+        assert token["accuracy"] <= 0.35
+    assert set(results["runs"][0]["per_class"]) == set(data.class_names("digits"))
+    saved = json.loads((folder / "eval" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert {p.name for p in (folder / "eval").iterdir()} >= {"grid_dpm++_2.png", "grid_ddim_3.png", "token_nine.png"}
+    # the classifier is cached in the folder and reused as it is
+    _, accuracy = ev.load_or_train_classifier(folder, "digits", 8, progress=False, steps=1)
+    assert accuracy == pytest.approx(real, abs=1e-6)
+
+
+@needs_vocab
+def test_eval_runs_the_real_pipeline(trained, tmp_path):
+    import shutil
+
+    from genai_fast.diffusion.text2image.evaluate import EvalOptions, evaluate, format_results
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    options = EvalOptions(samples_per_class=2, runs=(("dpm++", 2),), classifier_steps=50, progress=False)
+    results = evaluate(load_model(folder), folder, options)
+    assert 0.0 <= results["runs"][0]["accuracy"] <= 1.0
+    assert "dpm++   2 steps" in format_results(results)
+    with pytest.raises(ValueError, match="--sampler: unknown sampler 'plms'"):
+        evaluate(load_model(folder), folder, EvalOptions(runs=(("plms", 2),), progress=False))
+    with pytest.raises(ValueError, match="classifier steps: expected a positive integer"):
+        EvalOptions(classifier_steps=0)
+
+
 # ---------------------------------------------------------------- CLI
 
 

@@ -74,9 +74,9 @@ def train_classifier(dataset: str, steps: int = 600, batch_size: int = 128, seed
     return model, accuracy
 
 
-def load_or_train_classifier(folder: str | os.PathLike, dataset: str, size: int, progress: bool = True
-                             ) -> tuple[Classifier, float]:
-    """The classifier cached in `folder` (trained and saved there the first time)."""
+def load_or_train_classifier(folder: str | os.PathLike, dataset: str, size: int, progress: bool = True,
+                             steps: int = 600) -> tuple[Classifier, float]:
+    """The classifier cached in `folder` (trained for `steps` and saved there the first time)."""
     path = Path(folder) / CLASSIFIER_FILE
     if path.is_file():
         tensors, meta = read_safetensors(path)
@@ -84,7 +84,7 @@ def load_or_train_classifier(folder: str | os.PathLike, dataset: str, size: int,
             model = Classifier(size, len(CLASS_PHRASES[dataset]))
             model.load_state_dict(tensors)
             return model, float(meta["test_accuracy"])
-    model, accuracy = train_classifier(dataset, progress=progress)
+    model, accuracy = train_classifier(dataset, steps=steps, progress=progress)
     save_safetensors(path, model.state_dict(), {"dataset": dataset, "test_accuracy": f"{accuracy:.6f}"})
     return model, accuracy
 
@@ -95,10 +95,12 @@ class EvalOptions:
     runs: tuple[tuple[str, int], ...] = DEFAULT_RUNS
     guidance: float = 3.0
     seed: int = 0
+    classifier_steps: int = 600
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_steps(self.samples_per_class, "--n")
+        check_steps(self.classifier_steps, "classifier steps")
         for _, steps in self.runs:
             check_steps(steps, "--runs steps")
 
@@ -125,7 +127,8 @@ def evaluate(model: TextToImage, folder: str | os.PathLike, options: EvalOptions
     for name, _ in options.runs:
         make_model_sampler(model, name)  # unknown sampler names fail before any work
     names = class_names(cfg.dataset)
-    classifier, real_accuracy = load_or_train_classifier(folder, cfg.dataset, cfg.image_size, options.progress)
+    classifier, real_accuracy = load_or_train_classifier(folder, cfg.dataset, cfg.image_size, options.progress,
+                                                          options.classifier_steps)
     trained = [c for c in range(len(names)) if c != cfg.holdout_index]
     n = options.samples_per_class
     out_dir = Path(folder) / "eval"
