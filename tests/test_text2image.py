@@ -352,6 +352,7 @@ def test_eval_scores_what_the_classifier_sees(trained, tmp_path, monkeypatch, sh
     save_embedding(emb, "<nine>", torch.zeros(16), {})
     monkeypatch.setattr(ev, "generate", lambda model, prompts, *a, **k: _real_images_for(prompts, shift))
     options = ev.EvalOptions(samples_per_class=6, runs=(("dpm++", 2), ("ddim", 3)), classifier_steps=300,
+                             token_samples=8,
                              progress=False)
     results = ev.evaluate(model, folder, options, ((str(emb), "handwritten digit nine"),))
     real = results["classifier_test_accuracy"]
@@ -364,6 +365,7 @@ def test_eval_scores_what_the_classifier_sees(trained, tmp_path, monkeypatch, sh
     else:
         assert all(r["accuracy"] <= 0.25 for r in results["runs"]), results
         assert token["accuracy"] <= 0.35
+    assert token["samples"] == 8
     assert set(results["runs"][0]["per_class"]) == set(data.class_names("digits"))
     saved = json.loads((folder / "eval" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))

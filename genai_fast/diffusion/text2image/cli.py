@@ -84,6 +84,7 @@ def add_parser(sub: Any) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--embeddings", action="append", default=[], help="textual inversion file (repeatable)")
     ev.add_argument("--token-class", default=None, help="class the tokens depict (default: the held-out class)")
+    ev.add_argument("--token-n", type=int, default=40, help="samples per learned token (default 40)")
     ev.add_argument("--device", default=None)
 
 
@@ -206,7 +207,7 @@ def _eval(args: argparse.Namespace) -> int:
     from genai_fast.diffusion.text2image.model import load_model
 
     options = EvalOptions(samples_per_class=args.n, runs=parse_runs(args.runs), guidance=args.guidance,
-                          seed=args.seed)
+                          seed=args.seed, token_samples=args.token_n)
     model = load_model(args.model, _device(args.device))
     target = args.token_class or model.config.holdout
     if args.embeddings and target is None:

@@ -96,10 +96,12 @@ class EvalOptions:
     guidance: float = 3.0
     seed: int = 0
     classifier_steps: int = 600
+    token_samples: int = 40  # one token's score rests on these; 10 would move it in steps of 10 points
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_steps(self.samples_per_class, "--n")
+        check_steps(self.token_samples, "--token-n")
         check_steps(self.classifier_steps, "classifier steps")
         for _, steps in self.runs:
             check_steps(steps, "--runs steps")
@@ -151,12 +153,12 @@ def evaluate(model: TextToImage, folder: str | os.PathLike, options: EvalOptions
     for path, class_name in embeddings:
         token = load_embedding(model, path)
         target = names.index(class_name)
-        images = generate(model, [f"a photo of {token}"] * n, "dpm++", 20, options.guidance, options.seed,
-                          progress=options.progress)
+        images = generate(model, [f"a photo of {token}"] * options.token_samples, "dpm++", 20, options.guidance,
+                          options.seed, progress=options.progress)
         predicted = _predict(classifier, images)
-        results["tokens"].append({"token": token, "file": str(path), "class": class_name,
+        results["tokens"].append({"token": token, "file": str(path), "class": class_name, "samples": len(images),
                                   "accuracy": float((predicted == target).mean()), "sampler": "dpm++", "steps": 20})
-        save_png(grid(images, rows=1), out_dir / f"token_{Path(path).stem}.png")
+        save_png(grid(images, rows=-(-len(images) // 10)), out_dir / f"token_{Path(path).stem}.png")
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     return results
 
