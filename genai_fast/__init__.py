@@ -13,6 +13,8 @@ from genai_fast.ops import (
     conv2d_reference,
     group_norm,
     group_norm_reference,
+    linear,
+    linear_reference,
     scaled_dot_product_attention,
     scaled_dot_product_attention_reference,
 )
@@ -30,6 +32,8 @@ __all__ = [
     "group_norm",
     "group_norm_reference",
     "info",
+    "linear",
+    "linear_reference",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_reference",
 ]

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "group_norm.h"
+#include "linear.h"
 
 namespace py = pybind11;
 using namespace genai_fast;
@@ -37,6 +38,24 @@ void group_norm_forward_py(uintptr_t x, int64_t x_numel, uintptr_t out, int64_t 
   group_norm_forward(args);
 }
 
+void skinny_linear_forward_py(uintptr_t x, int64_t x_numel, int64_t x_row_stride, uintptr_t weight,
+                              int64_t weight_numel, uintptr_t bias, int64_t bias_numel, uintptr_t out,
+                              int64_t out_numel, int64_t M, int64_t K, int64_t N, int num_threads) {
+  SkinnyLinearArgs args;
+  args.x = as_ptr<const float>(x);
+  args.weight = as_ptr<const float>(weight);
+  args.bias = as_ptr<const float>(bias);
+  args.out = as_ptr<float>(out);
+  args.M = M, args.K = K, args.N = N;
+  args.x_row_stride = x_row_stride;
+  args.x_numel = x_numel, args.weight_numel = weight_numel, args.bias_numel = bias_numel;
+  args.out_numel = out_numel;
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  skinny_linear_forward(args);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -47,5 +66,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("C"), py::arg("S"), py::arg("G"), py::arg("channels_last"), py::arg("eps"), py::arg("silu"),
         py::arg("num_threads"),
         "GroupNorm(+SiLU) over [N, C, S] data at raw addresses; weight/bias fp32 [C] or 0.");
+  m.def("skinny_linear_forward", &skinny_linear_forward_py, py::arg("x"), py::arg("x_numel"),
+        py::arg("x_row_stride"), py::arg("weight"), py::arg("weight_numel"), py::arg("bias"), py::arg("bias_numel"),
+        py::arg("out"), py::arg("out_numel"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("num_threads"),
+        "fp32 out[M, N] = x[M, K] weight[N, K]^T + bias[N] for M <= 16 rows; bias 0 for none.");
+  m.attr("SKINNY_MAX_ROWS") = kSkinnyMaxRows;
   register_word2vec(m);
 }

@@ -7,10 +7,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "thread_pool.h"
 
 namespace genai_fast {
 
@@ -25,21 +28,19 @@ inline void require(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
 }
 
-// Runs fn(task) for task in [0, num_tasks) on up to num_threads threads (the caller's thread is one).
-// Tasks are handed out in contiguous blocks so each thread streams through neighbouring memory.
+// Runs fn(task) for task in [0, num_tasks) on up to num_threads threads (the caller's and pooled ones,
+// see thread_pool.h). Tasks are grouped into contiguous blocks, a few per thread, so each thread streams
+// through neighbouring memory and a late thread's blocks are taken by the others.
 template <typename Fn>
 void parallel_for(int64_t num_tasks, int num_threads, Fn fn) {
   if (num_tasks <= 0) return;
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, num_tasks));
-  auto run_block = [&](int64_t w) {
-    const int64_t begin = num_tasks * w / workers, end = num_tasks * (w + 1) / workers;
+  const int64_t blocks = std::min<int64_t>(num_tasks, workers * 4);
+  const std::function<void(int64_t)> run_block = [&](int64_t b) {
+    const int64_t begin = num_tasks * b / blocks, end = num_tasks * (b + 1) / blocks;
     for (int64_t t = begin; t < end; ++t) fn(t);
   };
-  std::vector<std::thread> threads;
-  threads.reserve(workers - 1);
-  for (int64_t w = 1; w < workers; ++w) threads.emplace_back(run_block, w);
-  run_block(0);
-  for (auto& th : threads) th.join();
+  pool_run(blocks, static_cast<int>(workers), run_block);
 }
 
 // ---- element conversions (bit-exact round-to-nearest-even, like torch) ----

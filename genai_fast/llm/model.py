@@ -19,6 +19,7 @@ lengths, so no step pays for padding.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,12 +27,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genai_fast.backends.dispatch import ENV_BACKEND
 from genai_fast.ops.attention import attention_with_kvcache, scaled_dot_product_attention
+from genai_fast.ops.linear import resolve_linear
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
+LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # F.linear's signature
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -126,36 +130,37 @@ class Layer(nn.Module):
         x = x + self.attention(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
-    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions
-             ) -> torch.Tensor:
+    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
+             linear: LinearFn = F.linear) -> torch.Tensor:
         """Decode: x: [B, hidden], one token per sequence at positions at.seqlens -> [B, hidden]. The same
-        arithmetic as forward() with S == 1 (F.linear folds [B, 1, hidden] to these rows), fewer views."""
+        arithmetic as forward() with S == 1, fewer views; `linear` runs the projections (see
+        DecoderModel.decode_linear)."""
         # .forward: the per-token path skips nn.Module.__call__'s hook handling (about 60 calls a token).
-        x = x + self.attention_step(self.norm1.forward(x), rope, at)
-        return x + self.mlp(self.norm2.forward(x))
+        x = x + self.attention_step(self.norm1.forward(x), rope, at, linear)
+        return x + self.mlp(self.norm2.forward(x), linear)
 
-    def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions
-                       ) -> torch.Tensor:
+    def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
+                       linear: LinearFn = F.linear) -> torch.Tensor:
         """x: [B, hidden] -> [B, hidden]; appends each sequence's K/V at its length."""
         cfg, B = self.cfg, x.shape[0]
-        qkv = F.linear(x, self.wqkv, self.bqkv)
+        qkv = linear(x, self.wqkv, self.bqkv)
         qk = qkv[:, :self.nq + self.nkv].view(B, cfg.num_heads + cfg.num_kv_heads, 1, cfg.head_dim)
         if rope is not None:
             qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
         v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
         out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
                                 self.v_cache[:B], at, self.scale)
-        return F.linear(out.reshape(B, self.nq), self.wo, self.bo)
+        return linear(out.reshape(B, self.nq), self.wo, self.bo)
 
-    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+    def mlp(self, x: torch.Tensor, linear: LinearFn = F.linear) -> torch.Tensor:
         """x: [..., hidden] -> [..., hidden]."""
-        h = F.linear(x, self.mlp_in, self.b_in)
+        h = linear(x, self.mlp_in, self.b_in)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
         else:
             h = self.act(h)
-        return F.linear(h, self.mlp_out, self.b_out)
+        return linear(h, self.mlp_out, self.b_out)
 
     def attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """Prefill: x: [B, S, hidden] -> [B, S, hidden]; stores K/V at cache positions 0 .. S-1."""
@@ -228,6 +233,7 @@ class DecoderModel(nn.Module):
         self.cos_table: torch.Tensor | None = None
         self.sin_signed_table: torch.Tensor | None = None
         self.cache_version = 0  # bumped on reallocation: CUDA graphs captured on the old cache are stale
+        self._decode_linears: dict[tuple[int, str | None], LinearFn] = {}
 
     @property
     def device(self) -> torch.device:
@@ -309,9 +315,27 @@ class DecoderModel(nn.Module):
         at = StepPositions(seqlens)
         if host_lengths is not None:
             at = StepPositions(seqlens, host_lengths, seqlens + 1)
-        for layer in self.layers:
-            x = layer.step(x, rope, at)
-        return F.linear(self.norm.forward(x), self.lm_head)
+        linear = self.decode_linear(B)
+        threads = torch.get_num_threads()
+        solo = threads > 1 and getattr(linear, "own_threads", False)
+        if solo:
+            torch.set_num_threads(1)
+        try:
+            for layer in self.layers:
+                x = layer.step(x, rope, at, linear)
+            return linear(self.norm.forward(x), self.lm_head, None)
+        finally:
+            if solo:
+                torch.set_num_threads(threads)
+
+    def decode_linear(self, batch: int) -> LinearFn:
+        """What genai_fast.linear runs for a decode step's [batch, K] inputs (on a CPU with the C++ extension:
+        its one-pass kernel, which at 1-16 rows beats BLAS's GEMM), resolved once per batch size and backend
+        setting: the dispatcher's per-call checks would cost more than a small layer."""
+        key = (batch, os.environ.get(ENV_BACKEND), torch.get_num_threads())
+        if key not in self._decode_linears:
+            self._decode_linears[key] = resolve_linear(batch, self.lm_head)
+        return self._decode_linears[key]
 
     def forward(self, ids: torch.Tensor, pos: int = 0, last_only: bool = True) -> torch.Tensor:
         """ids: [B, S] at positions pos .. pos+S-1 (the same for every row) -> logits [B, V] or [B, S, V].

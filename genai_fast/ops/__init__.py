@@ -8,6 +8,7 @@ from genai_fast.ops.attention import (
 )
 from genai_fast.ops.conv2d import conv2d, conv2d_reference
 from genai_fast.ops.group_norm import group_norm, group_norm_reference
+from genai_fast.ops.linear import linear, linear_reference
 from genai_fast.ops.word2vec_ops import cbow_step, sgns_step, word2vec_step_reference
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "conv2d_reference",
     "group_norm",
     "group_norm_reference",
+    "linear",
+    "linear_reference",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_reference",
     "sgns_step",

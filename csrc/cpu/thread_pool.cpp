@@ -1,0 +1,131 @@
+// See thread_pool.h. Each region is a heap object shared with the pooled threads that join it; a thread
+// runs fn only for a task index it claimed below num_tasks, and the caller waits until every task is
+// done before returning, so fn (which may refer to the caller's stack) is never called after that.
+#include "thread_pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace genai_fast {
+namespace {
+
+// After a region a pooled thread polls for the next one: first with pause instructions, then yielding
+// the core (so torch's own threads can have it), then it sleeps until woken.
+constexpr int kPauseRounds = 200;
+constexpr int kYieldRounds = 10;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+struct Region {
+  const std::function<void(int64_t)>* fn;
+  int64_t num_tasks;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  // Claims and runs tasks until none are left.
+  void work() {
+    for (int64_t task = next.fetch_add(1); task < num_tasks; task = next.fetch_add(1)) {
+      (*fn)(task);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+struct Pool {
+  std::mutex region_mutex;  // one region at a time
+  std::mutex state_mutex;   // guards current; the sleepers wait on it
+  std::condition_variable wake;
+  std::shared_ptr<Region> current;
+  std::atomic<uint64_t> generation{0};
+  int threads = 0;
+
+  void grow(int pooled) {
+    for (; threads < pooled; ++threads) {
+      std::thread([this, seen = generation.load()] { loop(seen); }).detach();  // lives until the process ends
+    }
+  }
+
+  void loop(uint64_t seen) {
+    for (;;) {
+      uint64_t now = generation.load(std::memory_order_acquire);
+      for (int round = 0; now == seen && round < kPauseRounds + kYieldRounds; ++round) {
+        if (round < kPauseRounds) {
+          cpu_relax();
+        } else {
+          sched_yield();
+        }
+        now = generation.load(std::memory_order_acquire);
+      }
+      std::shared_ptr<Region> region;
+      {
+        std::unique_lock<std::mutex> lock(state_mutex);
+        if (now == seen) wake.wait(lock, [&] { return generation.load(std::memory_order_acquire) != seen; });
+        seen = generation.load(std::memory_order_acquire);
+        region = current;
+      }
+      if (region) region->work();
+    }
+  }
+
+  void run(int64_t num_tasks, int workers, const std::function<void(int64_t)>& fn) {
+    std::lock_guard<std::mutex> one_region(region_mutex);
+    grow(workers - 1);
+    auto region = std::make_shared<Region>();
+    region->fn = &fn;
+    region->num_tasks = num_tasks;
+    {
+      std::lock_guard<std::mutex> lock(state_mutex);
+      current = region;
+      generation.fetch_add(1, std::memory_order_acq_rel);
+    }
+    wake.notify_all();
+    region->work();
+    while (region->done.load(std::memory_order_acquire) != num_tasks) cpu_relax();
+    std::lock_guard<std::mutex> lock(state_mutex);
+    current.reset();  // late joiners find nothing to do
+  }
+};
+
+Pool* the_pool = nullptr;
+std::once_flag pool_once;
+thread_local bool inside_region = false;
+
+void reset_in_child() { the_pool = new Pool(); }  // the parent's threads do not exist here; leak their pool
+
+Pool& pool() {
+  std::call_once(pool_once, [] {
+    the_pool = new Pool();  // never destroyed: detached threads may still be sleeping in it at exit
+    pthread_atfork(nullptr, nullptr, reset_in_child);
+  });
+  return *the_pool;
+}
+
+}  // namespace
+
+void pool_run(int64_t num_tasks, int workers, const std::function<void(int64_t)>& fn) {
+  if (num_tasks <= 0) return;
+  if (workers <= 1 || num_tasks == 1 || inside_region) {
+    for (int64_t task = 0; task < num_tasks; ++task) fn(task);
+    return;
+  }
+  const std::function<void(int64_t)> marked = [&fn](int64_t task) {
+    inside_region = true;
+    fn(task);
+    inside_region = false;
+  };
+  pool().run(num_tasks, workers, marked);
+}
+
+}  // namespace genai_fast

@@ -1,0 +1,29 @@
+"""Launcher for the C++ decode linear kernel (csrc/cpu/linear.cpp).
+
+Called once per linear layer per generated token, so it stays a few microseconds: positional arguments
+to the extension, no reshape when x is already [M, K]."""
+
+from __future__ import annotations
+
+import torch
+
+from genai_fast.backends import memory
+from genai_fast.backends.cpp import extension
+
+
+def skinny_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      num_threads: int | None = None) -> torch.Tensor:
+    """x [*, K] with at most 16 rows in all (fp32, CPU), weight [N, K] contiguous, bias [N] or None
+    -> [*, N], on num_threads threads (default: torch's intra-op thread count)."""
+    K, N = x.shape[-1], weight.shape[0]
+    rows = x if x.dim() == 2 else x.reshape(-1, K)  # a view whenever the leading dimensions fold
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    M = rows.shape[0]
+    row_stride = rows.stride(0) if M > 1 else K
+    out = memory.empty((*x.shape[:-1], N), dtype=torch.float32, device=x.device)
+    extension().skinny_linear_forward(
+        rows.data_ptr(), (M - 1) * row_stride + K, row_stride, weight.data_ptr(), weight.numel(),
+        0 if bias is None else bias.data_ptr(), 0 if bias is None else bias.numel(), out.data_ptr(), out.numel(),
+        M, K, N, num_threads or torch.get_num_threads())
+    return out

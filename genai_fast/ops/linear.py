@@ -1,0 +1,186 @@
+"""Linear layer (y = x W^T + b) with a C++ kernel for decode-sized inputs on the CPU.
+
+At decode time a transformer's linear layers see a handful of rows, and a general GEMM spends its time
+packing the weights rather than streaming them (csrc/cpu/linear.cpp says more). This op keeps
+torch.nn.functional.linear's contract and routes inputs of at most 16 rows to that kernel; everything
+else runs F.linear (BLAS on the CPU, cuBLAS on a GPU), which is also the reference.
+
+Layers (DESIGN.md section 3): kernel csrc/cpu/linear.cpp, launcher genai_fast/backends/cpp/linear.py;
+this module holds the public function, validation, the `genai_fast::linear` custom op with its fake and
+autograd, the reference and the backends' capability declarations in priority order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.eager import can_bypass_custom_op
+
+MAX_KERNEL_ROWS = 16  # csrc/cpu/linear.h kSkinnyMaxRows
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+LINEAR = define_op("linear")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           backend: str | None = None) -> torch.Tensor:
+    """x [*, K] @ weight [N, K]^T + bias [N] -> [*, N], like torch.nn.functional.linear.
+
+    Args:
+        x: [*, K] floating tensor; weight: [N, K] and bias: [N] (or None) of x's dtype and device.
+        backend: force "cpp" or "torch"; None picks the C++ kernel for fp32 CPU inputs of at most 16 rows
+            (the product of x's leading dimensions) with a contiguous weight, else torch.
+
+    Equivalent PyTorch::
+
+        y = torch.nn.functional.linear(x, weight, bias)
+    """
+    _validate(x, weight, bias, backend)
+    if can_bypass_custom_op(x, weight, bias):
+        return _run(x, weight, bias, backend)
+    return torch.ops.genai_fast.linear(x, weight, bias, backend or "")
+
+
+def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain PyTorch: the fallback and, on float64 inputs, the test oracle."""
+    return F.linear(x, weight, bias)
+
+
+def resolve_linear(rows: int, weight: torch.Tensor, backend: str | None = None
+                   ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """The implementation genai_fast.linear picks for x of `rows` rows against contiguous weights of
+    `weight`'s dtype and device, as a plain function with F.linear's (x, weight, bias) signature.
+
+    For loops that call many linear layers per step (LLM decode: about 200 per token): the dispatcher's
+    checks would cost more than a small layer. The caller promises the inputs it passes are like the ones
+    described (rows, dtype, device, contiguous weights and biases); no validation happens per call."""
+    x = weight.new_empty((rows, weight.shape[-1]))
+    w = weight if weight.is_contiguous() else weight.contiguous()
+    inputs = {"device": weight.device, "dtype": weight.dtype, "x": x, "weight": w, "bias": None}
+    impl = LINEAR.select(inputs, backend)
+    if impl.backend != "cpp":
+        return impl.run
+    from genai_fast.backends.cpp.linear import skinny_linear_fwd
+
+    return _OwnThreads(skinny_linear_fwd, torch.get_num_threads())
+
+
+class _OwnThreads:
+    """The C++ kernel bound to a thread count fixed now: it runs on its own pool, so a caller may drop
+    torch's intra-op threads to 1 around it (see DecoderModel.decode) without slowing it."""
+
+    own_threads = True
+
+    def __init__(self, fn: Callable[..., torch.Tensor], num_threads: int) -> None:
+        self.fn, self.num_threads = fn, num_threads
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.fn(x, weight, bias, self.num_threads)
+
+
+def _validate(x: Any, weight: Any, bias: Any, backend: Any) -> None:
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError("x: expected at least 1 dimension [*, K], got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight: expected a 2-D [N, K] tensor, got shape {tuple(weight.shape)}")
+    if weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight: expected K={x.shape[-1]} columns to match x's last dimension, "
+                         f"got shape {tuple(weight.shape)}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias: expected shape ({weight.shape[0]},) to match weight's rows, "
+                             f"got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name}: expected x's dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on x's device {x.device}, got {t.device}")
+    validate_backend_name(backend)
+
+
+# ---------------------------------------------------------------- custom op, fake, autograd
+
+
+@torch.library.custom_op("genai_fast::linear", mutates_args=())
+def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
+    return _run(x, weight, bias, backend or None)
+
+
+def _run(x, weight, bias, backend):
+    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
+    inputs = {"device": x.device, "dtype": x.dtype, "x": x, "weight": weight, "bias": bias}
+    return LINEAR.select(inputs, backend).run(x, weight, bias)
+
+
+@_linear_op.register_fake
+def _linear_fake(x, weight, bias, backend):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, _backend = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    grad_x = grad @ weight
+    grad_w = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+    grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+    return grad_x, grad_w, grad_b, None
+
+
+_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- backends, in priority order
+
+
+def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
+    x, weight, bias = inputs["x"], inputs["weight"], inputs["bias"]
+    reasons = []
+    rows = x.numel() // max(x.shape[-1], 1)
+    if not 1 <= rows <= MAX_KERNEL_ROWS:
+        reasons.append(f"{rows} rows: the kernel takes 1 to {MAX_KERNEL_ROWS} (BLAS GEMM reuses weights beyond)")
+    if x.shape[-1] == 0:
+        reasons.append("K = 0")
+    if not weight.is_contiguous():
+        reasons.append("weight is not contiguous")
+    if bias is not None and not bias.is_contiguous():
+        reasons.append("bias is not contiguous")
+    return reasons
+
+
+@LINEAR.register(
+    "cpp",
+    Capability(devices=("cpu",), dtypes=(torch.float32,), features=("decode rows (<= 16)", "one pass over the weights",
+                                                                     "threads, GIL released")),
+    check=_cpp_reasons,
+)
+def _linear_cpp(x, weight, bias):
+    from genai_fast.backends.cpp.linear import skinny_linear_fwd
+
+    return skinny_linear_fwd(x, weight, bias)
+
+
+@LINEAR.register(
+    "torch",
+    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+)
+def _linear_torch(x, weight, bias):
+    return linear_reference(x, weight, bias)
