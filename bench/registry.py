@@ -60,6 +60,7 @@ ENTRY_MODULES = (
     "attention",
     "conv2d",
     "group_norm",
+    "linear",
     "unet",
     "word2vec",
 )
