@@ -9,34 +9,16 @@
 // contiguous ranges, so each streams its own part of the matrix. fp32 throughout; compiled for AVX-512,
 // AVX2 and the baseline (target_clones), picked at run time.
 #include "linear.h"
+#include "simd.h"
 
 #include <string>
 
 namespace genai_fast {
 namespace {
 
-#define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define GF_INLINE inline __attribute__((always_inline))
 #ifndef GF_PREFETCH_LOCALITY
 #define GF_PREFETCH_LOCALITY 3
 #endif
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-
-GF_INLINE v16 load16(const float* p) {
-  v16 v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-GF_INLINE float hsum(v16 v) {
-  const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
 
 // Output rows [n0, n0 + R) for input rows [m0, m0 + M): M and R are compile-time so the R x M
 // accumulators live in registers.

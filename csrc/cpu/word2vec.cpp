@@ -8,6 +8,7 @@
 // one seed give bit-identical results on every run. Noise words are drawn with the alias method (two
 // table reads, no search), exactly from the distribution the Python side tabulated.
 #include "word2vec.h"
+#include "simd.h"
 
 #include <cmath>
 #include <limits>
@@ -17,31 +18,8 @@
 namespace genai_fast {
 namespace {
 
-#define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define GF_INLINE inline __attribute__((always_inline))
-
 constexpr int64_t kMaxNegative = 1000;
 constexpr int64_t kMaxWindow = 100000;
-
-// 16-float vectors (GCC vector extension): one zmm with AVX-512, two ymm with AVX2, four xmm otherwise.
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-
-GF_INLINE v16 load16(const float* p) {
-  v16 v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-GF_INLINE void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
-
-GF_INLINE float hsum(v16 v) {
-  const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
 
 GF_INLINE float dot(const float* a, const float* b, int64_t n) {
   v16 acc = {};
