@@ -260,3 +260,31 @@ def test_decode_traffic_counts_a_tied_head_once():
     weights = sum(p.numel() for p in hf.parameters()) * 4  # HF lists the tied wte once too
     wpe = hf.transformer.wpe.weight.numel() * 4
     assert model.step_bytes(1) == weights - wpe + 2 * 64 * 4
+
+
+def test_two_thread_decode_on_the_cpp_linears_matches_hf_and_restores_threads():
+    """With several threads the decode step drops torch's to one around the C++ linears (their own pool)
+    and must give them back, even when a step raises; tokens still equal HF's."""
+    from genai_fast.backends.availability import backend_unavailable_reasons
+
+    if backend_unavailable_reasons("cpp"):
+        pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    hf = _llama()
+    engine = load(hf, max_seq_len=64)
+    engine.eos_ids = set()
+    torch.set_num_threads(2)
+    try:
+        assert getattr(engine.model.decode_linear(1), "own_threads", False)
+        ids = [5, 17, 42, 9]
+        assert engine.generate(ids, 12).ids == _hf_greedy(hf, ids, 12)
+        assert torch.get_num_threads() == 2
+        def fail(*args):
+            assert torch.get_num_threads() == 1  # inside the step
+            raise RuntimeError("step failed")
+
+        engine.model.layers[0].step = fail
+        with pytest.raises(RuntimeError, match="step failed"):
+            engine.model.decode(torch.tensor([[1]]), torch.tensor([3], dtype=torch.int32), [3])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
