@@ -5,8 +5,8 @@
 // doubles that traffic and leaves the FMA units idle (MKL/oneDNN reach a third of the memory bandwidth
 // at M = 8 on this kind of CPU). Here each weight row is streamed once, straight from memory, and meets
 // every input row while it is in registers: R weight rows x M input rows of 16-float accumulators, with
-// the M input rows (at most 16 x K floats) served from L1/L2. Threads split the output rows into
-// contiguous ranges, so each streams its own part of the matrix. fp32 throughout; compiled for AVX-512,
+// the M input rows (at most 16 x K floats) served from L1/L2. Threads take contiguous ranges of
+// output rows from a shared counter, so each streams its own part of the matrix. fp32 throughout; compiled for AVX-512,
 // AVX2 and the baseline (target_clones), picked at run time.
 #include "linear.h"
 #include "simd.h"
@@ -15,10 +15,6 @@
 
 namespace genai_fast {
 namespace {
-
-#ifndef GF_PREFETCH_LOCALITY
-#define GF_PREFETCH_LOCALITY 3
-#endif
 
 // Output rows [n0, n0 + R) for input rows [m0, m0 + M): M and R are compile-time so the R x M
 // accumulators live in registers.
@@ -36,7 +32,7 @@ GF_INLINE void block(const SkinnyLinearArgs& a, int64_t m0, int64_t n0) {
   for (int64_t k = 0; k < k16; k += 16) {
     v16 wv[R];
     for (int r = 0; r < R; ++r) {
-      __builtin_prefetch(w[r] + k + ahead, 0, GF_PREFETCH_LOCALITY);
+      __builtin_prefetch(w[r] + k + ahead, 0, 3);  // read, keep in all cache levels
       wv[r] = load16(w[r] + k);
     }
     for (int m = 0; m < M; ++m) {
