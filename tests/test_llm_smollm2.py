@@ -36,7 +36,7 @@ def smollm2():
     path = os.path.join(directory, next(f for f in os.listdir(directory) if f.endswith(".gguf")))
     hf, tokenizer = _load_hf(path, torch.float32)
     assert tokenizer is not None, "the GGUF file carries the tokenizer"
-    return hf.eval(), load(hf, tokenizer=tokenizer, max_seq_len=256)
+    return hf.eval(), load(hf, tokenizer=tokenizer, max_seq_len=256), path
 
 
 def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
@@ -48,7 +48,7 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
 
 @pytest.mark.slow
 def test_greedy_64_tokens_match_hf_generate(smollm2):
-    hf, engine = smollm2
+    hf, engine, _ = smollm2
     prompts = [engine.encode("What is the capital of England?"), engine.encode("Tell a story about a lighthouse."),
                engine.encode("The capital of France is", chat=False)]
     lengths = []
@@ -63,7 +63,7 @@ def test_greedy_64_tokens_match_hf_generate(smollm2):
 
 @pytest.mark.slow
 def test_batch_equals_one_by_one(smollm2):
-    _, engine = smollm2
+    _, engine, _ = smollm2
     prompts = ["Name a colour.", "What is 2 + 2? Answer briefly.", "Say hello in French, then in Spanish."]
     singles = [engine.generate(p, 12) for p in prompts]
     batch = engine.generate(prompts, 12)
@@ -74,8 +74,28 @@ def test_batch_equals_one_by_one(smollm2):
 
 @pytest.mark.slow
 def test_stream_joins_to_the_text(smollm2):
-    _, engine = smollm2
+    _, engine, _ = smollm2
     stream = engine.stream("Write the word café and a smiley emoji.", 16)
     pieces = list(stream)
     assert "".join(pieces) == stream.result.text and len(pieces) > 1
     assert stream.result.ids == engine.generate("Write the word café and a smiley emoji.", 16).ids
+
+
+@pytest.mark.slow
+def test_decode_on_the_files_blocks_gives_hf_tokens(smollm2):
+    """What load(path) does by default for this file: decode reads its Q4_1/Q8_0 blocks, not the fp32 weights
+    transformers expanded them to (genai_fast/llm/gguf_blocks.py)."""
+    from genai_fast.backends.availability import backend_unavailable_reasons
+    from genai_fast.llm.gguf_blocks import attach_gguf_blocks
+
+    if backend_unavailable_reasons("cpp"):
+        pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    hf, engine, path = smollm2
+    blocks = load(hf, tokenizer=engine.tokenizer, max_seq_len=256)
+    report = attach_gguf_blocks(blocks.model, path)
+    assert report.attached == {"Q4_1": 120, "Q8_0": 1} and not report.kept_fp32  # every linear, the LM head too
+    assert blocks.model.step_bytes(1) < engine.model.step_bytes(1) / 5
+    for ids in (blocks.encode("What is the capital of England?"), blocks.encode("Tell a story about a lighthouse.")):
+        assert blocks.generate(ids, 64).ids == _hf_greedy(hf, ids, 64), blocks.tokenizer.decode(ids)
+    prompts = ["Name a colour.", "What is 2 + 2? Answer briefly.", "Say hello in French, then in Spanish."]
+    assert [r.ids for r in blocks.generate(prompts, 12)] == [r.ids for r in engine.generate(prompts, 12)]

@@ -3,6 +3,7 @@
 // genai_fast/backends/cpp/ pass them and every size is validated here before memory is touched.
 #include <pybind11/pybind11.h>
 
+#include "gguf_linear.h"
 #include "group_norm.h"
 #include "linear.h"
 
@@ -56,6 +57,37 @@ void skinny_linear_forward_py(uintptr_t x, int64_t x_numel, int64_t x_row_stride
   skinny_linear_forward(args);
 }
 
+GgufLinearArgs gguf_args(uintptr_t blocks, int64_t blocks_bytes, int block_type, uintptr_t out, int64_t out_numel,
+                         int64_t N, int64_t K, int num_threads) {
+  GgufLinearArgs args;
+  args.blocks = as_ptr<const uint8_t>(blocks);
+  args.blocks_bytes = blocks_bytes;
+  args.kind = gguf_block_from_code(block_type);
+  args.out = as_ptr<float>(out);
+  args.out_numel = out_numel;
+  args.N = N, args.K = K;
+  args.num_threads = num_threads;
+  return args;
+}
+
+void gguf_linear_forward_py(uintptr_t x, int64_t x_numel, int64_t x_row_stride, uintptr_t blocks,
+                            int64_t blocks_bytes, int block_type, uintptr_t bias, int64_t bias_numel, uintptr_t out,
+                            int64_t out_numel, int64_t M, int64_t K, int64_t N, int num_threads) {
+  GgufLinearArgs args = gguf_args(blocks, blocks_bytes, block_type, out, out_numel, N, K, num_threads);
+  args.x = as_ptr<const float>(x);
+  args.x_numel = x_numel, args.x_row_stride = x_row_stride, args.M = M;
+  args.bias = as_ptr<const float>(bias);
+  args.bias_numel = bias_numel;
+  validate(args);
+  py::gil_scoped_release release;
+  gguf_linear_forward(args);
+}
+
+void gguf_dequantize_py(uintptr_t blocks, int64_t blocks_bytes, int block_type, uintptr_t out, int64_t out_numel,
+                        int64_t N, int64_t K, int num_threads) {
+  gguf_dequantize(gguf_args(blocks, blocks_bytes, block_type, out, out_numel, N, K, num_threads));  // validates
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -71,5 +103,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), py::arg("out_numel"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("num_threads"),
         "fp32 out[M, N] = x[M, K] weight[N, K]^T + bias[N] for M <= 16 rows; bias 0 for none.");
   m.attr("SKINNY_MAX_ROWS") = kSkinnyMaxRows;
+  m.def("gguf_linear_forward", &gguf_linear_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("x_row_stride"),
+        py::arg("blocks"), py::arg("blocks_bytes"), py::arg("block_type"), py::arg("bias"), py::arg("bias_numel"),
+        py::arg("out"), py::arg("out_numel"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("num_threads"),
+        "fp32 out[M, N] = x[M, K] W^T + bias[N] for M <= 16 rows, W [N, K] in GGUF blocks (block_type 0 Q4_0, "
+        "1 Q4_1, 2 Q8_0); bias 0 for none.");
+  m.def("gguf_dequantize", &gguf_dequantize_py, py::arg("blocks"), py::arg("blocks_bytes"), py::arg("block_type"),
+        py::arg("out"), py::arg("out_numel"), py::arg("N"), py::arg("K"), py::arg("num_threads"),
+        "The fp32 [N, K] weights that GGUF blocks hold, as the gguf_linear kernel expands them.");
+  m.attr("GGUF_MAX_ROWS") = kGgufMaxRows;
   register_word2vec(m);
 }

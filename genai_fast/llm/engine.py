@@ -66,7 +66,8 @@ def _load_hf(source: str | os.PathLike, dtype: torch.dtype | None) -> tuple[Any,
 
 
 def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-         tokenizer: Any = None, max_seq_len: int | None = None, cuda_graph: bool = True) -> Engine:
+         tokenizer: Any = None, max_seq_len: int | None = None, cuda_graph: bool = True,
+         gguf_blocks: bool | None = None) -> Engine:
     """Load a Llama-family (llama, mistral, qwen2) or GPT-2 model into the compact engine.
 
     source: a `.gguf` file (through transformers' `gguf_file=`), a local HF checkpoint directory, or an
@@ -74,6 +75,11 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
     tokenizer: overrides the one found next to the weights (needed for string prompts with an HF model).
     max_seq_len: the KV cache length S_max per sequence; defaults to min(context, 2048).
     cuda_graph: on a CUDA device, capture the decode step once per batch size and replay it.
+    gguf_blocks: for a `.gguf` source, let decode read the file's weight blocks (e.g. Q4_1) instead of the fp32
+        weights transformers expanded them to: the same fp32 weights bit for bit at a fraction of the memory
+        traffic (genai_fast/llm/gguf_blocks.py). None (default): when the model is fp32 on the CPU and the C++
+        kernel is available; True: required (ValueError saying why it cannot); False: fp32 weights.
+        `Engine.weight_format` says what decode reads.
     """
     if isinstance(source, torch.nn.Module):
         hf = source
@@ -87,7 +93,35 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
     max_seq_len = max_seq_len or min(limit, DEFAULT_MAX_SEQ_LEN)
     if not 0 < max_seq_len <= limit:
         raise ValueError(f"max_seq_len: expected 1..{limit} (the model's context), got {max_seq_len}")
-    return Engine(model, tokenizer, max_seq_len, _eos_ids(hf, tokenizer), cuda_graph=cuda_graph)
+    weight_format = _use_gguf_blocks(model, source, gguf_blocks)
+    engine = Engine(model, tokenizer, max_seq_len, _eos_ids(hf, tokenizer), cuda_graph=cuda_graph)
+    engine.weight_format = weight_format
+    return engine
+
+
+def _use_gguf_blocks(model: DecoderModel, source: Any, wanted: bool | None) -> str:
+    """Attach the GGUF file's blocks to `model` when asked (see load's gguf_blocks); -> Engine.weight_format."""
+    from genai_fast.llm.gguf_blocks import attach_gguf_blocks
+    from genai_fast.ops.gguf_linear import resolve_gguf_linear
+
+    fp32 = f"{model.dtype} weights".replace("torch.", "")
+    if wanted is False:
+        return fp32
+    why_not = None
+    if isinstance(source, torch.nn.Module) or Path(source).suffix != ".gguf":
+        why_not = "the source is not a .gguf file"
+    elif model.dtype != torch.float32 or model.device.type != "cpu":
+        why_not = f"the model is {model.dtype} on {model.device}; the blocks hold fp32 weights for the CPU kernel"
+    elif resolve_gguf_linear(1, model.device) is None:
+        why_not = "the C++ gguf_linear kernel is unavailable (see genai-fast info)"
+    if why_not is not None:
+        if wanted:
+            raise ValueError(f"gguf_blocks: cannot decode from GGUF blocks: {why_not}")
+        return fp32
+    report = attach_gguf_blocks(model, Path(source).expanduser())
+    if wanted and not report.attached:
+        raise ValueError(f"gguf_blocks: no weight matched the file's blocks: {'; '.join(report.kept_fp32[:3])}")
+    return report.summary()
 
 
 def _try_tokenizer(path: str) -> Any:
@@ -144,6 +178,7 @@ class Engine:
         self.cuda_graph = cuda_graph
         self.sync_every = GPU_SYNC_EVERY if self.device.type == "cuda" else 1
         self._graphs: dict[int, CudaGraphStepper] = {}
+        self.weight_format = f"{model.dtype} weights".replace("torch.", "")  # load() says more for GGUF blocks
 
     def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
         """Prompt -> token ids. Rule: a string is wrapped in the tokenizer's chat template (one user turn plus

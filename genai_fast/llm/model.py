@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from genai_fast.backends.dispatch import ENV_BACKEND
 from genai_fast.ops.attention import attention_with_kvcache, scaled_dot_product_attention
+from genai_fast.ops.gguf_linear import resolve_gguf_linear
 from genai_fast.ops.linear import resolve_linear
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
@@ -233,7 +234,9 @@ class DecoderModel(nn.Module):
         self.cos_table: torch.Tensor | None = None
         self.sin_signed_table: torch.Tensor | None = None
         self.cache_version = 0  # bumped on reallocation: CUDA graphs captured on the old cache are stale
-        self._decode_linears: dict[tuple[int, str | None], LinearFn] = {}
+        self._decode_linears: dict[tuple[int, str | None, int], LinearFn] = {}
+        # id(weight) -> GgufWeight (genai_fast.llm.gguf_blocks): weights whose GGUF blocks decode reads instead.
+        self.gguf_blocks: dict[int, object] = {}
 
     @property
     def device(self) -> torch.device:
@@ -334,10 +337,15 @@ class DecoderModel(nn.Module):
     def decode_linear(self, batch: int) -> LinearFn:
         """What genai_fast.linear runs for a decode step's [batch, K] inputs (on a CPU with the C++ extension:
         its one-pass kernel, which at 1-16 rows beats BLAS's GEMM), resolved once per batch size and backend
-        setting: the dispatcher's per-call checks would cost more than a small layer."""
+        setting: the dispatcher's per-call checks would cost more than a small layer. Weights with GGUF blocks
+        attached (see gguf_blocks.py) run genai_fast.gguf_linear's kernel on the blocks instead."""
         key = (batch, os.environ.get(ENV_BACKEND), torch.get_num_threads())
         if key not in self._decode_linears:
-            self._decode_linears[key] = resolve_linear(batch, self.lm_head)
+            linear = resolve_linear(batch, self.lm_head)
+            block_linear = resolve_gguf_linear(batch, self.device) if self.gguf_blocks else None
+            if block_linear is not None:
+                linear = _BlockDecodeLinear(linear, block_linear, self.gguf_blocks)
+            self._decode_linears[key] = linear
         return self._decode_linears[key]
 
     def forward(self, ids: torch.Tensor, pos: int = 0, last_only: bool = True) -> torch.Tensor:
@@ -354,11 +362,16 @@ class DecoderModel(nn.Module):
 
     def step_bytes(self, batch: int) -> int:
         """Bytes one decode step reads besides the KV cache: every weight matrix and vector once (a tied LM head
-        once), plus one embedding row (and one position row) per sequence."""
+        once; GGUF blocks instead of the fp32 weights they hold when decode reads them), plus one embedding row
+        (and one position row) per sequence."""
         weights = sum(p.numel() * p.element_size() for p in self.parameters())  # parameters() dedups tied ones
         embed_rows = (1 + (self.pos_embed is not None)) * batch * self.cfg.hidden_size * self.embed.element_size()
         unused = self.embed.numel() * self.embed.element_size() if self.lm_head is not self.embed else 0
         unused += self.pos_embed.numel() * self.pos_embed.element_size() if self.pos_embed is not None else 0
+        if isinstance(self.decode_linear(batch), _BlockDecodeLinear):
+            for p in {id(p): p for p in self.parameters()}.values():
+                if id(p) in self.gguf_blocks:
+                    unused += p.numel() * p.element_size() - self.gguf_blocks[id(p)].nbytes
         return weights - unused + embed_rows
 
     def kv_bytes_per_position(self) -> int:
@@ -368,6 +381,23 @@ class DecoderModel(nn.Module):
 
 
 LlamaModel = DecoderModel  # the name of the Llama-only first version
+
+
+class _BlockDecodeLinear:
+    """F.linear's (x, weight, bias) for a decode step over a model with GGUF blocks: a weight with blocks runs
+    gguf_linear's kernel on them, any other `fp32_linear`."""
+
+    def __init__(self, fp32_linear: LinearFn, block_linear: Callable[..., torch.Tensor],
+                 blocks: dict[int, object]) -> None:
+        self.fp32_linear, self.block_linear, self.blocks = fp32_linear, block_linear, blocks
+        # Both run on the C++ pool, so DecoderModel.decode may drop torch to one thread around the step.
+        self.own_threads = getattr(fp32_linear, "own_threads", False)
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        found = self.blocks.get(id(weight))
+        if found is None:
+            return self.fp32_linear(x, weight, bias)
+        return self.block_linear(x, found.blocks, found.block_type, bias)
 
 
 # ---------------------------------------------------------------- conversion from transformers
