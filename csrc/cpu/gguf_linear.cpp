@@ -33,6 +33,15 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
 namespace avx512 {
 GF_INLINE i32x16 widen_u8(u8x16 q) { return (i32x16)_mm512_cvtepu8_epi32((__m128i)q); }
 GF_INLINE i32x16 widen_i8(i8x16 q) { return (i32x16)_mm512_cvtepi8_epi32((__m128i)q); }
+// d and m are adjacent: broadcast the pair (a load, no shuffle), convert 16 halves d, m, d, m, ... at once,
+// then duplicate the even / odd lanes. Half the shuffle work of converting and broadcasting each alone.
+GF_INLINE void scale_and_min(const uint8_t* b, v16& d, v16& m) {
+  int32_t pair;
+  __builtin_memcpy(&pair, b, 4);
+  const __m512 dm = _mm512_cvtph_ps(_mm256_set1_epi32(pair));
+  d = (v16)_mm512_moveldup_ps(dm);
+  m = (v16)_mm512_movehdup_ps(dm);
+}
 #include "gguf_linear_kernel.h"
 }  // namespace avx512
 #pragma GCC pop_options
@@ -54,6 +63,12 @@ GF_INLINE i32x16 widen_i8(i8x16 q) {
   const __m128i v = (__m128i)q;
   return halves(_mm256_cvtepi8_epi32(v), _mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
 }
+GF_INLINE void scale_and_min(const uint8_t* b, v16& d, v16& m) {
+  _Float16 h[2];
+  __builtin_memcpy(h, b, 4);
+  d = v16{} + static_cast<float>(h[0]);
+  m = v16{} + static_cast<float>(h[1]);
+}
 #include "gguf_linear_kernel.h"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -61,6 +76,12 @@ GF_INLINE i32x16 widen_i8(i8x16 q) {
 namespace baseline {
 GF_INLINE i32x16 widen_u8(u8x16 q) { return __builtin_convertvector(q, i32x16); }
 GF_INLINE i32x16 widen_i8(i8x16 q) { return __builtin_convertvector(q, i32x16); }
+GF_INLINE void scale_and_min(const uint8_t* b, v16& d, v16& m) {
+  _Float16 h[2];
+  __builtin_memcpy(h, b, 4);
+  d = v16{} + static_cast<float>(h[0]);
+  m = v16{} + static_cast<float>(h[1]);
+}
 #include "gguf_linear_kernel.h"
 }  // namespace baseline
 

@@ -1,6 +1,7 @@
 // The gguf_linear kernel body, compiled once per instruction set: gguf_linear.cpp includes this file
-// inside a namespace (avx512, avx2, baseline) under a matching `#pragma GCC target`, after defining
-// widen_u8 / widen_i8 (16 bytes -> 16 int32 lanes) with that set's instructions. Not a standalone header.
+// inside a namespace (avx512, avx2, baseline) under a matching `#pragma GCC target`, after defining with
+// that set's instructions widen_u8 / widen_i8 (16 bytes -> 16 int32 lanes) and scale_and_min (a Q4_1
+// block's fp16 d and m -> two vectors of 16 copies). Not a standalone header.
 
 GF_INLINE v16 to_float(i32x16 q) { return __builtin_convertvector(q, v16); }
 
@@ -34,7 +35,8 @@ template <>
 struct Block<GgufBlock::Q4_1> {
   static constexpr int64_t kBytes = 20;
   static GF_INLINE void expand(const uint8_t* b, v16& lo, v16& hi) {
-    const float d = load_fp16(b), m = load_fp16(b + 2);
+    v16 d, m;
+    scale_and_min(b, d, m);
     u8x16 q;
     __builtin_memcpy(&q, b + 4, 16);
     const i32x16 q32 = widen_u8(q);
