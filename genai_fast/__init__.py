@@ -18,6 +18,8 @@ from genai_fast.ops import (
     group_norm_reference,
     linear,
     linear_reference,
+    rms_norm,
+    rms_norm_reference,
     scaled_dot_product_attention,
     scaled_dot_product_attention_reference,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "info",
     "linear",
     "linear_reference",
+    "rms_norm",
+    "rms_norm_reference",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_reference",
 ]

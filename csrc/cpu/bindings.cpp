@@ -6,6 +6,7 @@
 #include "gguf_linear.h"
 #include "group_norm.h"
 #include "linear.h"
+#include "rms_norm.h"
 
 namespace py = pybind11;
 using namespace genai_fast;
@@ -88,6 +89,22 @@ void gguf_dequantize_py(uintptr_t blocks, int64_t blocks_bytes, int block_type, 
   gguf_dequantize(gguf_args(blocks, blocks_bytes, block_type, out, out_numel, N, K, num_threads));  // validates
 }
 
+void rms_norm_forward_py(uintptr_t x, int64_t x_numel, int64_t x_row_stride, uintptr_t weight,
+                         int64_t weight_numel, uintptr_t out, int64_t out_numel, int64_t rows, int64_t D, double eps,
+                         int num_threads) {
+  RmsNormArgs args;
+  args.x = as_ptr<const float>(x);
+  args.weight = as_ptr<const float>(weight);
+  args.out = as_ptr<float>(out);
+  args.rows = rows, args.D = D, args.x_row_stride = x_row_stride;
+  args.x_numel = x_numel, args.weight_numel = weight_numel, args.out_numel = out_numel;
+  args.eps = eps;
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  rms_norm_forward(args);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -112,5 +129,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), py::arg("out_numel"), py::arg("N"), py::arg("K"), py::arg("num_threads"),
         "The fp32 [N, K] weights that GGUF blocks hold, as the gguf_linear kernel expands them.");
   m.attr("GGUF_MAX_ROWS") = kGgufMaxRows;
+  m.def("rms_norm_forward", &rms_norm_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("x_row_stride"),
+        py::arg("weight"), py::arg("weight_numel"), py::arg("out"), py::arg("out_numel"), py::arg("rows"),
+        py::arg("D"), py::arg("eps"), py::arg("num_threads"),
+        "fp32 out[rows, D] = weight * (x * rsqrt(mean(x^2) + eps)); weight 0 for none.");
   register_word2vec(m);
 }

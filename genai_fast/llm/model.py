@@ -31,12 +31,14 @@ from genai_fast.backends.dispatch import ENV_BACKEND
 from genai_fast.ops.attention import attention_with_kvcache, scaled_dot_product_attention
 from genai_fast.ops.gguf_linear import resolve_gguf_linear
 from genai_fast.ops.linear import resolve_linear
+from genai_fast.ops.rms_norm import resolve_rms_norm
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # F.linear's signature
+RmsNormFn = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]  # genai_fast.rms_norm's
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -91,6 +93,13 @@ class Norm(nn.Module):
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
 
+    def step(self, x: torch.Tensor, rms_norm: RmsNormFn | None) -> torch.Tensor:
+        """Decode: x [B, hidden] -> [B, hidden]; an RMSNorm on fp32 rows runs `rms_norm` when given (the C++
+        kernel: torch's composite costs tens of microseconds per call at these sizes), else forward()."""
+        if rms_norm is not None and self.bias is None and x.dtype == torch.float32:
+            return rms_norm(x, self.weight, self.eps)
+        return self.forward(x)
+
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """x: [B, H, S, D]; cos, sin_signed: broadcastable to it ([S, D] or [B, 1, 1, D]) -> [B, H, S, D].
@@ -132,13 +141,13 @@ class Layer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
-             linear: LinearFn = F.linear) -> torch.Tensor:
+             linear: LinearFn = F.linear, rms_norm: RmsNormFn | None = None) -> torch.Tensor:
         """Decode: x: [B, hidden], one token per sequence at positions at.seqlens -> [B, hidden]. The same
-        arithmetic as forward() with S == 1, fewer views; `linear` runs the projections (see
-        DecoderModel.decode_linear)."""
-        # .forward: the per-token path skips nn.Module.__call__'s hook handling (about 60 calls a token).
-        x = x + self.attention_step(self.norm1.forward(x), rope, at, linear)
-        return x + self.mlp(self.norm2.forward(x), linear)
+        arithmetic as forward() with S == 1, fewer views; `linear` runs the projections and `rms_norm` the
+        norms (see DecoderModel.decode_linear and decode_rms_norm)."""
+        # Norm.step, not __call__: the per-token path skips nn.Module's hook handling (about 60 calls a token).
+        x = x + self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear)
+        return x + self.mlp(self.norm2.step(x, rms_norm), linear)
 
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
                        linear: LinearFn = F.linear) -> torch.Tensor:
@@ -235,6 +244,7 @@ class DecoderModel(nn.Module):
         self.sin_signed_table: torch.Tensor | None = None
         self.cache_version = 0  # bumped on reallocation: CUDA graphs captured on the old cache are stale
         self._decode_linears: dict[tuple[int, str | None, int], LinearFn] = {}
+        self._decode_kernels: dict[tuple[str, str | None], RmsNormFn | None] = {}
         # id(weight) -> GgufWeight (genai_fast.llm.gguf_blocks): weights whose GGUF blocks decode reads instead.
         self.gguf_blocks: dict[int, object] = {}
 
@@ -326,10 +336,11 @@ class DecoderModel(nn.Module):
         solo = threads > 1 and getattr(linear, "own_threads", False)
         if solo:
             torch.set_num_threads(1)
+        rms_norm = self.decode_rms_norm()
         try:
             for layer in self.layers:
-                x = layer.step(x, rope, at, linear)
-            return linear(self.norm.forward(x), self.lm_head, None)
+                x = layer.step(x, rope, at, linear, rms_norm)
+            return linear(self.norm.step(x, rms_norm), self.lm_head, None)
         finally:
             if solo:
                 torch.set_num_threads(threads)
@@ -347,6 +358,14 @@ class DecoderModel(nn.Module):
                 linear = _BlockDecodeLinear(linear, block_linear, self.gguf_blocks)
             self._decode_linears[key] = linear
         return self._decode_linears[key]
+
+    def decode_rms_norm(self) -> RmsNormFn | None:
+        """genai_fast.rms_norm's C++ kernel for the decode step's norms (fp32 on a CPU with the extension), resolved
+        once per backend setting; None: the norms run their torch forward."""
+        key = ("rms_norm", os.environ.get(ENV_BACKEND))
+        if key not in self._decode_kernels:
+            self._decode_kernels[key] = resolve_rms_norm(self.device)
+        return self._decode_kernels[key]
 
     def forward(self, ids: torch.Tensor, pos: int = 0, last_only: bool = True) -> torch.Tensor:
         """ids: [B, S] at positions pos .. pos+S-1 (the same for every row) -> logits [B, V] or [B, S, V].

@@ -10,6 +10,7 @@ from genai_fast.ops.conv2d import conv2d, conv2d_reference
 from genai_fast.ops.gguf_linear import gguf_dequantize, gguf_linear, gguf_linear_reference
 from genai_fast.ops.group_norm import group_norm, group_norm_reference
 from genai_fast.ops.linear import linear, linear_reference
+from genai_fast.ops.rms_norm import rms_norm, rms_norm_reference
 from genai_fast.ops.word2vec_ops import cbow_step, sgns_step, word2vec_step_reference
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "group_norm_reference",
     "linear",
     "linear_reference",
+    "rms_norm",
+    "rms_norm_reference",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_reference",
     "sgns_step",

@@ -1,0 +1,166 @@
+"""RMSNorm over the last dimension, as Llama-family models apply it, with a C++ kernel for fp32 CPU inputs.
+
+out = weight * (x * rsqrt(mean(x^2, -1) + eps)), statistics in fp32 (HF's LlamaRMSNorm: the input is cast
+to fp32, normalised, cast back, then scaled). torch's own rms_norm is a composite of about eight ops on a
+CPU, which at decode sizes (a few rows of a few hundred values) costs tens of microseconds per call; the
+LLM engine runs this op in its decode step instead.
+
+Layers (DESIGN.md section 3): kernel csrc/cpu/rms_norm.cpp, launcher genai_fast/backends/cpp/rms_norm.py;
+this module holds the public function, validation, the `genai_fast::rms_norm` custom op with its fake and
+autograd, the reference and the backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.eager import can_bypass_custom_op
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+RMS_NORM = define_op("rms_norm")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, *,
+             backend: str | None = None) -> torch.Tensor:
+    """RMSNorm of x [*, D] over D, scaled by weight [D] -> [*, D] in x's dtype.
+
+    Args:
+        x: [*, D] floating tensor.
+        weight: [D] of x's dtype and device, or None (no scale).
+        eps: added to the mean square, >= 0.
+        backend: force "cpp" or "torch"; None picks the C++ kernel for fp32 CPU inputs, else torch.
+
+    Equivalent PyTorch (HF's LlamaRMSNorm)::
+
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        out = weight * h.to(x.dtype)
+    """
+    _validate(x, weight, eps, backend)
+    if can_bypass_custom_op(x, weight):
+        return _run(x, weight, eps, backend)
+    return torch.ops.genai_fast.rms_norm(x, weight, float(eps), backend or "")
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """Plain PyTorch (HF's formula; float64 stays float64): the fallback and, on float64 inputs, the oracle."""
+    h = x if x.dtype == torch.float64 else x.float()
+    h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return h if weight is None else weight * h
+
+
+def resolve_rms_norm(device: torch.device | str = "cpu", backend: str | None = None
+                     ) -> Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor] | None:
+    """The C++ kernel on one thread (decode rows are too few to share), with rms_norm's (x, weight, eps)
+    signature, when it serves fp32 inputs on `device`; None otherwise. For the LLM decode loop: no validation
+    per call; the caller passes fp32 x with unit stride in D and a contiguous weight."""
+    x = torch.empty((1, 8), device=device)
+    inputs = {"device": x.device, "dtype": x.dtype, "x": x, "weight": None}
+    if RMS_NORM.select(inputs, backend).backend != "cpp":
+        return None
+    from genai_fast.backends.cpp.rms_norm import rms_norm_fwd
+
+    def run(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+        return rms_norm_fwd(x, weight, eps, 1)
+
+    return run
+
+
+def _validate(x: Any, weight: Any, eps: Any, backend: Any) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected a tensor [*, D] with D >= 1, got shape {tuple(x.shape)}")
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight: expected a torch.Tensor or None, got {type(weight).__name__}")
+        if tuple(weight.shape) != (x.shape[-1],):
+            raise ValueError(f"weight: expected shape ({x.shape[-1]},) to match x's last dimension, "
+                             f"got {tuple(weight.shape)}")
+        if weight.dtype != x.dtype:
+            raise TypeError(f"weight: expected x's dtype {x.dtype}, got {weight.dtype}")
+        if weight.device != x.device:
+            raise ValueError(f"weight: expected a tensor on x's device {x.device}, got {weight.device}")
+    if not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    validate_backend_name(backend)
+
+
+# ---------------------------------------------------------------- custom op, fake, autograd
+
+
+@torch.library.custom_op("genai_fast::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor | None, eps: float, backend: str) -> torch.Tensor:
+    return _run(x, weight, eps, backend or None)
+
+
+def _run(x, weight, eps, backend):
+    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
+    inputs = {"device": x.device, "dtype": x.dtype, "x": x, "weight": weight}
+    return RMS_NORM.select(inputs, backend).run(x, weight, eps)
+
+
+@_rms_norm_op.register_fake
+def _rms_norm_fake(x, weight, eps, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, eps, _backend = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.eps = eps
+
+
+def _backward(ctx, grad):
+    # The reference's gradient, by autograd through it (a small op: clarity over a hand-written formula).
+    x, weight = ctx.saved_tensors
+    with torch.enable_grad():
+        xs = x.detach().requires_grad_(True)
+        ws = None if weight is None else weight.detach().requires_grad_(weight.requires_grad)
+        out = rms_norm_reference(xs, ws, ctx.eps)
+        wanted = [xs] + ([ws] if ws is not None and ws.requires_grad else [])
+        grads = torch.autograd.grad(out, wanted, grad)
+    grad_w = grads[1] if len(grads) > 1 else None
+    return grads[0], grad_w, None, None
+
+
+_rms_norm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- backends, in priority order
+
+
+def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
+    x, weight = inputs["x"], inputs["weight"]
+    reasons = []
+    if x.numel() == 0:
+        reasons.append("empty input")
+    if weight is not None and not weight.is_contiguous():
+        reasons.append("weight is not contiguous")
+    return reasons
+
+
+@RMS_NORM.register(
+    "cpp",
+    Capability(devices=("cpu",), dtypes=(torch.float32,), features=("one pass per row", "GIL released")),
+    check=_cpp_reasons,
+)
+def _rms_norm_cpp(x, weight, eps):
+    from genai_fast.backends.cpp.rms_norm import rms_norm_fwd
+
+    return rms_norm_fwd(x, weight, eps)
+
+
+@RMS_NORM.register(
+    "torch",
+    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+)
+def _rms_norm_torch(x, weight, eps):
+    return rms_norm_reference(x, weight, eps)
