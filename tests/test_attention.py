@@ -90,7 +90,7 @@ DECODE = {
 }
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "cpp", "torch"])
 @pytest.mark.parametrize("case", DECODE.keys())
 def test_kvcache(case, backend):
     _require(backend)
@@ -101,6 +101,36 @@ def test_kvcache(case, backend):
 def test_kvcache_fp16_triton():
     _require("triton")
     check_kvcache("triton", 2, 6, 2, 40, 64, [3, 30], 1, 1, True, torch.float16, DEVICE)
+
+
+def test_kvcache_cpp_reads_caches_in_place_and_checks_sizes():
+    """The C++ backend on a strided view of a bigger cache (read in place), and its entry point's checks."""
+    _require("cpp")
+    from genai_fast.backends.cpp import extension
+    from genai_fast.backends.cpp.attention import decode_attention_fwd
+
+    big = torch.randn(2, 3, 40, 2, 32)  # two caches interleaved: [..., 0, :] is k, [..., 1, :] is v
+    k_cache, v_cache = big[:, :, :, 0], big[:, :, :, 1]
+    q = torch.randn(2, 6, 1, 32)
+    out = decode_attention_fwd(q, k_cache, v_cache, [7, 40], 0.2, True)
+    want = genai_fast.attention_with_kvcache_reference(q.double(), k_cache.double(), v_cache.double(),
+                                                       torch.tensor([7, 40]), scale=0.2)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    ext, o = extension(), torch.empty(2, 6, 1, 32)
+    args = dict(q=q.data_ptr(), q_extent=q.numel(), q_strides=list(q.stride()[:3]), k_cache=k_cache.data_ptr(),
+                k_extent=big.numel(), k_strides=list(k_cache.stride()[:3]), v_cache=v_cache.data_ptr(),
+                v_extent=big.numel() - 32, v_strides=list(v_cache.stride()[:3]), lengths=[7, 40], out=o.data_ptr(),
+                out_numel=o.numel(), B=2, Hq=6, Hkv=3, Sq=1, S_max=40, D=32, Dv=32, scale=0.2, causal=True,
+                num_threads=1)
+    ext.decode_attention_forward(**args)
+    torch.testing.assert_close(o, out)
+    for key, value, message in [("lengths", [7, 41], "lengths: sequence 1 has 41 positions"),
+                                ("lengths", [7], "lengths: expected 2 values"),
+                                ("k_extent", big.numel() - 33, "k_cache: its shape and strides reach past"),
+                                ("q_extent", q.numel() - 1, "q: its shape and strides reach past"),
+                                ("Hkv", 4, "divisible by the cache's 4"), ("out_numel", 10, "out: expected 384")]:
+        with pytest.raises(ValueError, match=message):
+            ext.decode_attention_forward(**{**args, key: value})
 
 
 def test_kvcache_matches_sdpa_per_sequence():

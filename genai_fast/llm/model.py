@@ -205,21 +205,16 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
     """attention_with_kvcache for one new token per sequence; q: [B, Hq, 1, D] -> [B, Hq, 1, D].
 
     Without host positions (GPU, CUDA graphs): one call that appends k/v at seqlens and attends; the Triton
-    kernel takes ragged lengths. With host positions (CPU), two shortcuts that keep the arithmetic:
-      * k/v are written with plain slice copies and the op attends over `after` positions: its own append
-        (index tensors and a scatter per cache) costs more than the attention of one token;
-      * ragged lengths run one call per sequence: the op's torch backend serves equal lengths with torch's
-        fused SDPA over the valid prefix but ragged ones with its reference, which copies the whole cache and
-        rounds differently; per-sequence calls keep a batch fast and bitwise equal to one-by-one generation."""
+    kernel takes ragged lengths. With host positions (CPU), k/v are written with plain slice copies and the
+    op attends over `after` positions: its own append (index tensors and a scatter per cache) costs more than
+    the attention of one token. Either way each sequence's result is computed on its own (the C++ kernel by
+    rows, the torch backend per sequence), so a batch stays bitwise equal to one-by-one generation."""
     if at.host is None:
         return attention_with_kvcache(q, k_cache, v_cache, at.seqlens, k, v, scale=scale)
     for b, n in enumerate(at.host):
         k_cache[b, :, n] = k[b, :, 0]
         v_cache[b, :, n] = v[b, :, 0]
-    if min(at.host) == max(at.host):
-        return attention_with_kvcache(q, k_cache, v_cache, at.after, scale=scale)
-    return torch.cat([attention_with_kvcache(q[b:b + 1], k_cache[b:b + 1], v_cache[b:b + 1], at.after[b:b + 1],
-                                             scale=scale) for b in range(q.shape[0])])
+    return attention_with_kvcache(q, k_cache, v_cache, at.after, scale=scale)
 
 
 class DecoderModel(nn.Module):

@@ -673,6 +673,19 @@ def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform):
     return decode_fwd(q, k_cache, v_cache, lengths, causal, scale)
 
 
+@KVCACHE.register(
+    "cpp",
+    Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
+               features=("ragged lengths in one call", "GQA without copies", "causal (bottom-right)")),
+    check=lambda inputs: [],
+)
+def _kvcache_cpp(q, k_cache, v_cache, lengths, scale, causal, uniform):
+    from genai_fast.backends.cpp.attention import decode_attention_fwd
+
+    host = [uniform] * q.shape[0] if uniform is not None else lengths.tolist()
+    return decode_attention_fwd(q, k_cache, v_cache, host, scale, causal)
+
+
 @KVCACHE.register("torch", _TORCH, check=lambda inputs: [])
 def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal, uniform):
     # torch's SDPA over each valid prefix: no copies of the cache, and positions past a length are never

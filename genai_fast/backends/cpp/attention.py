@@ -1,0 +1,35 @@
+"""Launcher for the C++ decode attention kernel (csrc/cpu/decode_attention.cpp): attention_with_kvcache's
+cpp backend. Strides cross as arguments (a cache is read in place); the C++ side checks every row it will
+read against the extent of each tensor's storage from its address."""
+
+from __future__ import annotations
+
+import torch
+
+from genai_fast.backends import memory
+from genai_fast.backends.cpp import extension
+
+
+def _extent(t: torch.Tensor) -> int:
+    """Elements addressable from t.data_ptr() to the end of its storage."""
+    return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: list[int],
+                         scale: float, causal: bool, num_threads: int | None = None) -> torch.Tensor:
+    """q [B, Hq, Sq, D], caches [B, Hkv, S_max, D / Dv] (fp32, CPU), lengths: B valid cache lengths (new tokens
+    included) -> [B, Hq, Sq, Dv]; causal aligned bottom-right."""
+    q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
+    B, Hq, Sq, D = q.shape
+    Hkv, S_max, Dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
+    out = memory.empty((B, Hq, Sq, Dv), dtype=torch.float32, device=q.device)
+    extension().decode_attention_forward(
+        q.data_ptr(), _extent(q), list(q.stride()[:3]), k_cache.data_ptr(), _extent(k_cache),
+        list(k_cache.stride()[:3]), v_cache.data_ptr(), _extent(v_cache), list(v_cache.stride()[:3]),
+        [int(n) for n in lengths], out.data_ptr(), out.numel(), B, Hq, Hkv, Sq, S_max, D, Dv, float(scale),
+        bool(causal), num_threads or torch.get_num_threads())
+    return out
