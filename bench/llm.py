@@ -171,9 +171,11 @@ def main() -> int:
     if weights == "auto":
         weights = "both" if path.endswith(".gguf") and device.type == "cpu" and args.dtype == "float32" else "fp32"
     engines = _engines(hf, tokenizer, path, weights)
+    from genai_fast.bench.env import environment
+
     result = {"model": os.path.basename(path), "device": str(device), "dtype": args.dtype,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "transformers": transformers.__version__, "runs": []}
+              "transformers": transformers.__version__, "env": environment(device, {}), "runs": []}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
         result["measured_bandwidth_gb_per_s"] = measured_bandwidth_gb_s(device)
