@@ -133,6 +133,21 @@ def test_kvcache_cpp_reads_caches_in_place_and_checks_sizes():
             ext.decode_attention_forward(**{**args, key: value})
 
 
+def test_resolved_decode_attention_equals_the_op(monkeypatch):
+    """What the LLM decode step calls (the C++ kernel resolved once) computes what the op computes."""
+    _require("cpp")
+    from genai_fast.ops.attention import resolve_decode_attention
+
+    attend = resolve_decode_attention("cpu", torch.float32, 64, 64)
+    k_cache, v_cache = torch.randn(3, 2, 30, 64), torch.randn(3, 2, 30, 64)
+    q, lengths = torch.randn(3, 6, 1, 64), [1, 17, 30]
+    want = genai_fast.attention_with_kvcache(q, k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32))
+    assert torch.equal(attend(q, k_cache, v_cache, lengths, 64 ** -0.5), want)
+    assert resolve_decode_attention("cpu", torch.float64, 64, 64) is None  # the reference serves float64
+    monkeypatch.setenv("GENAI_FAST_BACKEND", "torch")
+    assert resolve_decode_attention("cpu", torch.float32, 64, 64) is None
+
+
 def test_kvcache_matches_sdpa_per_sequence():
     """The documented equivalence: per sequence, SDPA over the valid prefix with a bottom-right mask."""
     B, Hq, Hkv, s_max, D, Sq = 2, 4, 2, 20, 16, 3

@@ -85,6 +85,7 @@ def test_generation_on_blocks_gives_hf_tokens(tiny):
     attach_gguf_blocks(engine.model, path)
     assert engine.model.step_bytes(1) < before / 2  # 4-8.5 bits per weight instead of 32
     assert engine.model.decode_rms_norm() is not None  # the decode norms run genai_fast.rms_norm's kernel too
+    assert engine.model.decode_attend() is not None  # and attention the C++ decode kernel
     prompts = [[1, 5, 9, 33], [2, 70, 11, 4, 8, 21, 60]]
     singles = [engine.generate(ids, 20).ids for ids in prompts]
     assert singles == [_hf_greedy(hf, ids, 20) for ids in prompts]

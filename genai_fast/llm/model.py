@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genai_fast.backends.dispatch import ENV_BACKEND
-from genai_fast.ops.attention import attention_with_kvcache, scaled_dot_product_attention
+from genai_fast.ops.attention import attention_with_kvcache, resolve_decode_attention, scaled_dot_product_attention
 from genai_fast.ops.gguf_linear import resolve_gguf_linear
 from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
@@ -39,6 +39,8 @@ SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 _DYNAMIC_ROPE = ("dynamic", "longrope")
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # F.linear's signature
 RmsNormFn = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]  # genai_fast.rms_norm's
+# (q, k_cache, v_cache, host lengths, scale) -> out: see genai_fast.ops.attention.resolve_decode_attention.
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list, float], torch.Tensor]
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -193,11 +195,13 @@ class Layer(nn.Module):
 @dataclass
 class StepPositions:
     """Where one decode step writes. seqlens: [B] int32 on the device, each cache length before the step.
-    host: the same values on the host when known (CPU), else None; after: seqlens + 1 (with host only)."""
+    host: the same values on the host when known (CPU), else None; after: seqlens + 1 (with host only);
+    attend: the resolved C++ decode attention (see DecoderModel.decode_attend), or None."""
 
     seqlens: torch.Tensor
     host: list[int] | None = None
     after: torch.Tensor | None = None
+    attend: AttendFn | None = None  # with host: attention_with_kvcache's C++ kernel, resolved once
 
 
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -214,6 +218,9 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
     for b, n in enumerate(at.host):
         k_cache[b, :, n] = k[b, :, 0]
         v_cache[b, :, n] = v[b, :, 0]
+    if at.attend is not None:
+        return at.attend(q, k_cache, v_cache, [n + 1 for n in at.host],
+                         1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)  # the op's default
     return attention_with_kvcache(q, k_cache, v_cache, at.after, scale=scale)
 
 
@@ -239,7 +246,7 @@ class DecoderModel(nn.Module):
         self.sin_signed_table: torch.Tensor | None = None
         self.cache_version = 0  # bumped on reallocation: CUDA graphs captured on the old cache are stale
         self._decode_linears: dict[tuple[int, str | None, int], LinearFn] = {}
-        self._decode_kernels: dict[tuple[str, str | None], RmsNormFn | None] = {}
+        self._decode_kernels: dict[tuple, RmsNormFn | AttendFn | None] = {}
         # id(weight) -> GgufWeight (genai_fast.llm.gguf_blocks): weights whose GGUF blocks decode reads instead.
         self.gguf_blocks: dict[int, object] = {}
 
@@ -322,7 +329,7 @@ class DecoderModel(nn.Module):
                     self.sin_signed_table.index_select(0, seqlens)[:, None, None])
         at = StepPositions(seqlens)
         if host_lengths is not None:
-            at = StepPositions(seqlens, host_lengths, seqlens + 1)
+            at = StepPositions(seqlens, host_lengths, seqlens + 1, self.decode_attend())
         linear = self.decode_linear(B)
         # The C++ linears run on their own thread pool. With several threads, torch's OpenMP threads would
         # spin between its small ops here and take the cores from that pool (measured: 0.5x HF instead of
@@ -360,6 +367,15 @@ class DecoderModel(nn.Module):
         key = ("rms_norm", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
             self._decode_kernels[key] = resolve_rms_norm(self.device)
+        return self._decode_kernels[key]
+
+    def decode_attend(self) -> AttendFn | None:
+        """attention_with_kvcache's C++ kernel for CPU decode steps (lengths known on the host), resolved once per
+        backend setting and thread count; None: the step calls the op."""
+        key = ("attend", os.environ.get(ENV_BACKEND), torch.get_num_threads())
+        if key not in self._decode_kernels:
+            cfg = self.cfg
+            self._decode_kernels[key] = resolve_decode_attention(self.device, self.dtype, cfg.head_dim, cfg.head_dim)
         return self._decode_kernels[key]
 
     def forward(self, ids: torch.Tensor, pos: int = 0, last_only: bool = True) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -151,6 +152,30 @@ def attention_with_kvcache(
         return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale, bool(causal), backend, uniform)
     return torch.ops.genai_fast.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale,
                                                        bool(causal), backend or "")
+
+
+DecodeAttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]
+
+
+def resolve_decode_attention(device: torch.device | str, dtype: torch.dtype, head_dim: int, head_dim_v: int,
+                             backend: str | None = None) -> DecodeAttendFn | None:
+    """For decode loops that know every cache length on the host (CPU): attention_with_kvcache's C++ kernel
+    bound to torch's current thread count, as fn(q, k_cache, v_cache, lengths, scale) -> [B, Hq, Sq, Dv]
+    (causal, no append; lengths include the new tokens), or None when the op would not run the C++ backend
+    for these inputs. It skips the op's per-call validation (one host read of the lengths, the dispatcher);
+    the kernel itself still checks every length and extent before reading."""
+    inputs = {"device": torch.device(device), "dtype": dtype, "head_dim": head_dim, "head_dim_v": head_dim_v}
+    if KVCACHE.select(inputs, backend).backend != "cpp":
+        return None
+    from genai_fast.backends.cpp.attention import decode_attention_fwd
+
+    threads = torch.get_num_threads()
+
+    def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: list[int],
+               scale: float) -> torch.Tensor:
+        return decode_attention_fwd(q, k_cache, v_cache, lengths, scale, True, threads)
+
+    return attend
 
 
 # ---------------------------------------------------------------- references
