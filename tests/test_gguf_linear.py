@@ -266,3 +266,43 @@ def test_reader_rejects_truncated_and_foreign_files(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(ValueError, match="not a GGUF v2/v3 file"):
         read_block_tensors(tmp_path / "x.gguf")
+
+
+@needs_cpp
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_other_instruction_set_builds(isa):
+    """The AVX2 and baseline builds of the kernel (this machine runs the AVX-512 one), in a subprocess with
+    GENAI_FAST_CPU_ISA capping the choice: bitwise expansion and the oracle, for every block type."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np, torch, gguf, genai_fast
+from genai_fast.backends.cpp import extension
+from genai_fast.backends.cpp.gguf_linear import gguf_dequantize_cpp
+from genai_fast.ops.gguf_linear import BLOCK_FORMATS
+from genai_fast.testing import assert_matches_oracle
+from tests.test_gguf_linear import random_blocks
+import torch.nn.functional as F
+print(extension().gguf_linear_isa())
+for t in BLOCK_FORMATS:
+    blocks = random_blocks(37, 96, t)
+    want = gguf.quants.dequantize(blocks.numpy(), getattr(gguf.GGMLQuantizationType, t)).view(np.int32)
+    assert np.array_equal(gguf_dequantize_cpp(blocks, BLOCK_FORMATS[t].code, 96).numpy().view(np.int32), want), t
+    for M in (1, 5, 9):
+        x = torch.randn(M, 96)
+        w = torch.from_numpy(want.view(np.float32))
+        out = genai_fast.gguf_linear(x, blocks, t, backend="cpp")
+        assert_matches_oracle(out, F.linear(x.double(), w.double()), F.linear(x, w), what=t)
+print("ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "GENAI_FAST_CPU_ISA": isa, "PYTHONPATH": root}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ran, result = done.stdout.split()
+    if ran != isa and isa == "avx2":
+        pytest.skip("this CPU has no AVX2: the AVX2 build cannot run here")
+    assert ran == isa and result == "ok"

@@ -158,6 +158,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), py::arg("out_numel"), py::arg("N"), py::arg("K"), py::arg("num_threads"),
         "The fp32 [N, K] weights that GGUF blocks hold, as the gguf_linear kernel expands them.");
   m.attr("GGUF_MAX_ROWS") = kGgufMaxRows;
+  m.def("gguf_linear_isa", &gguf_linear_isa,
+        "The instruction set gguf_linear runs with (avx512, avx2, baseline); GENAI_FAST_CPU_ISA caps it.");
   m.def("decode_attention_forward", &decode_attention_forward_py, py::arg("q"), py::arg("q_extent"),
         py::arg("q_strides"), py::arg("k_cache"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v_cache"),
         py::arg("v_extent"), py::arg("v_strides"), py::arg("lengths"), py::arg("out"), py::arg("out_numel"),

@@ -15,6 +15,7 @@
 #include "gguf_linear.h"
 #include "simd.h"
 
+#include <cstdlib>
 #include <string>
 
 #include <immintrin.h>
@@ -89,16 +90,21 @@ namespace {
 
 enum class Isa { kAvx512, kAvx2, kBaseline };
 
+// The best instruction set this CPU has, capped by GENAI_FAST_CPU_ISA ("avx2" or "baseline") so that tests
+// can run the other builds on an AVX-512 machine.
 Isa detect_isa() {
   __builtin_cpu_init();
+  Isa best = Isa::kBaseline;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return Isa::kAvx512;
+    best = Isa::kAvx512;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    best = Isa::kAvx2;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    return Isa::kAvx2;
-  }
-  return Isa::kBaseline;
+  const char* cap = std::getenv("GENAI_FAST_CPU_ISA");
+  if (cap != nullptr && std::string(cap) == "baseline") return Isa::kBaseline;
+  if (cap != nullptr && std::string(cap) == "avx2" && best == Isa::kAvx512) return Isa::kAvx2;
+  return best;
 }
 
 const Isa kIsa = detect_isa();
@@ -156,6 +162,14 @@ void gguf_linear_forward(const GgufLinearArgs& a) {
   parallel_for((a.N + kRowsPerTask - 1) / kRowsPerTask, workers, [&](int64_t task) {
     range(a, task * kRowsPerTask, std::min(a.N, (task + 1) * kRowsPerTask));
   });
+}
+
+const char* gguf_linear_isa() {
+  switch (kIsa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
 }
 
 void gguf_dequantize(const GgufLinearArgs& a) {

@@ -48,4 +48,7 @@ void gguf_linear_forward(const GgufLinearArgs& args);
 // for tests that compare it bit for bit with the gguf package's.
 void gguf_dequantize(const GgufLinearArgs& args);
 
+// The instruction set the kernel runs with: "avx512", "avx2" or "baseline" (see GENAI_FAST_CPU_ISA).
+const char* gguf_linear_isa();
+
 }  // namespace genai_fast
