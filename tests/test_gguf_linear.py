@@ -91,6 +91,7 @@ def test_leading_dimensions_and_strides():
     _check(torch.randn(64), blocks, "Q4_1", b, "1-D x")
     _check(torch.randn(5, 100)[:, 10:74], blocks, "Q4_1", b, "rows 100 apart")
     _check(torch.randn(64, 5).t(), blocks, "Q4_1", b, "transposed x (copied to rows)")
+    _check(torch.randn(1, 64).expand(3, 64), blocks, "Q4_1", b, "expanded rows, stride 0 (copied)")
 
 
 @needs_cpp

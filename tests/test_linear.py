@@ -55,6 +55,7 @@ def test_leading_dimensions_and_strides():
     _check(torch.randn(40), w, b, "1-D x")
     _check(torch.randn(5, 64)[:, 10:50], w, b, "rows 64 apart")  # a slice of a wider buffer
     _check(torch.randn(40, 5).t(), w, b, "transposed x (copied to rows)")
+    _check(torch.randn(1, 40).expand(3, 40), w, b, "expanded rows, stride 0 (copied)")
 
 
 @needs_cpp

@@ -44,6 +44,7 @@ def test_leading_dimensions_strides_and_tiny_values():
     _check(torch.randn(40), w, 1e-6, "1-D x")
     _check(torch.randn(5, 64)[:, 10:50], w, 1e-6, "rows 64 apart")
     _check(torch.randn(40, 5).t(), w, 1e-6, "transposed x (copied to rows)")
+    _check(torch.randn(1, 40).expand(3, 40), w, 1e-6, "expanded rows, stride 0 (copied)")
     _check(torch.randn(4, 40) * 1e-4, w, 1e-6, "values where eps matters")
     out = _check(torch.zeros(2, 40), w, 1e-6, "zeros")
     assert torch.equal(out, torch.zeros(2, 40))

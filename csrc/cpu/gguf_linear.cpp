@@ -26,6 +26,17 @@ typedef uint8_t u8x16 __attribute__((vector_size(16)));
 typedef int8_t i8x16 __attribute__((vector_size(16)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 
+namespace portable {
+// A Q4_1 block's d and m, converted one by one and broadcast (F16C instructions where the caller's build
+// has them, a software conversion otherwise).
+GF_INLINE void scale_and_min(const uint8_t* b, v16& d, v16& m) {
+  _Float16 h[2];
+  __builtin_memcpy(h, b, 4);
+  d = v16{} + static_cast<float>(h[0]);
+  m = v16{} + static_cast<float>(h[1]);
+}
+}  // namespace portable
+
 // The kernel in three builds. The byte -> int32 widening is the one step written per instruction set:
 // GCC 12 compiles __builtin_convertvector from 16 bytes to 16 scalar inserts, which would make the
 // expansion, not the memory, the bottleneck.
@@ -64,12 +75,7 @@ GF_INLINE i32x16 widen_i8(i8x16 q) {
   const __m128i v = (__m128i)q;
   return halves(_mm256_cvtepi8_epi32(v), _mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
 }
-GF_INLINE void scale_and_min(const uint8_t* b, v16& d, v16& m) {
-  _Float16 h[2];
-  __builtin_memcpy(h, b, 4);
-  d = v16{} + static_cast<float>(h[0]);
-  m = v16{} + static_cast<float>(h[1]);
-}
+using portable::scale_and_min;
 #include "gguf_linear_kernel.h"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -77,12 +83,7 @@ GF_INLINE void scale_and_min(const uint8_t* b, v16& d, v16& m) {
 namespace baseline {
 GF_INLINE i32x16 widen_u8(u8x16 q) { return __builtin_convertvector(q, i32x16); }
 GF_INLINE i32x16 widen_i8(i8x16 q) { return __builtin_convertvector(q, i32x16); }
-GF_INLINE void scale_and_min(const uint8_t* b, v16& d, v16& m) {
-  _Float16 h[2];
-  __builtin_memcpy(h, b, 4);
-  d = v16{} + static_cast<float>(h[0]);
-  m = v16{} + static_cast<float>(h[1]);
-}
+using portable::scale_and_min;
 #include "gguf_linear_kernel.h"
 }  // namespace baseline
 

@@ -27,3 +27,15 @@ def dtype_code(dtype: torch.dtype) -> int:
 def address(tensor: torch.Tensor | None) -> int:
     """Data address of a CPU tensor, 0 for None (the C++ side reads 0 as 'absent')."""
     return 0 if tensor is None else tensor.data_ptr()
+
+
+def as_rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """x [*, K] -> (rows [M, K] with unit stride along K, M, the row stride to pass, K for a single row): a view
+    whenever the leading dimensions fold into rows at least K apart, else a copy (expanded rows, stride 0, are
+    copied too). The row kernels (linear, gguf_linear, rms_norm) take it."""
+    K = x.shape[-1]
+    rows = x if x.dim() == 2 else x.reshape(-1, K)
+    M = rows.shape[0]
+    if rows.stride(1) != 1 or (M > 1 and rows.stride(0) < K):
+        rows = rows.contiguous()
+    return rows, M, rows.stride(0) if M > 1 else K

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from genai_fast.backends import memory
-from genai_fast.backends.cpp import extension
+from genai_fast.backends.cpp import as_rows, extension
 
 
 def gguf_linear_fwd(x: torch.Tensor, blocks: torch.Tensor, block_code: int, bias: torch.Tensor | None,
@@ -17,11 +17,7 @@ def gguf_linear_fwd(x: torch.Tensor, blocks: torch.Tensor, block_code: int, bias
     block_code 0/1/2 for Q4_0/Q4_1/Q8_0, bias [N] or None -> [*, N], on num_threads threads (default:
     torch's intra-op thread count)."""
     K, N = x.shape[-1], blocks.shape[0]
-    rows = x if x.dim() == 2 else x.reshape(-1, K)  # a view whenever the leading dimensions fold
-    if rows.stride(1) != 1:
-        rows = rows.contiguous()
-    M = rows.shape[0]
-    row_stride = rows.stride(0) if M > 1 else K
+    rows, M, row_stride = as_rows(x)
     out = memory.empty((*x.shape[:-1], N), dtype=torch.float32, device=x.device)
     extension().gguf_linear_forward(
         rows.data_ptr(), (M - 1) * row_stride + K, row_stride, blocks.data_ptr(), blocks.numel(), block_code,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from genai_fast.backends import memory
-from genai_fast.backends.cpp import extension
+from genai_fast.backends.cpp import as_rows, extension
 
 
 def skinny_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -16,11 +16,7 @@ def skinny_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     """x [*, K] with at most 16 rows in all (fp32, CPU), weight [N, K] contiguous, bias [N] or None
     -> [*, N], on num_threads threads (default: torch's intra-op thread count)."""
     K, N = x.shape[-1], weight.shape[0]
-    rows = x if x.dim() == 2 else x.reshape(-1, K)  # a view whenever the leading dimensions fold
-    if rows.stride(1) != 1:
-        rows = rows.contiguous()
-    M = rows.shape[0]
-    row_stride = rows.stride(0) if M > 1 else K
+    rows, M, row_stride = as_rows(x)
     out = memory.empty((*x.shape[:-1], N), dtype=torch.float32, device=x.device)
     extension().skinny_linear_forward(
         rows.data_ptr(), (M - 1) * row_stride + K, row_stride, weight.data_ptr(), weight.numel(),

@@ -6,18 +6,14 @@ from __future__ import annotations
 import torch
 
 from genai_fast.backends import memory
-from genai_fast.backends.cpp import extension
+from genai_fast.backends.cpp import as_rows, extension
 
 
 def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float, num_threads: int | None = None
                  ) -> torch.Tensor:
     """x [*, D] fp32 CPU with unit stride in D, weight [D] contiguous or None -> [*, D] contiguous."""
     D = x.shape[-1]
-    rows = x if x.dim() == 2 else x.reshape(-1, D)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    R = rows.shape[0]
-    row_stride = rows.stride(0) if R > 1 else D
+    rows, R, row_stride = as_rows(x)
     out = memory.empty(tuple(x.shape), dtype=torch.float32, device=x.device)
     extension().rms_norm_forward(rows.data_ptr(), (R - 1) * row_stride + D, row_stride,
                                  0 if weight is None else weight.data_ptr(), 0 if weight is None else weight.numel(),
