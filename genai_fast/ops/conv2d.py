@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from genai_fast.backends import memory
 from genai_fast.backends.dispatch import Capability, Implementation, define_op, validate_backend_name
+from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
 
 ACTIVATIONS = (None, "silu")
@@ -171,17 +172,6 @@ def _pair(name: str, value: Any) -> list[int]:
     return [int(items[0]), int(items[1])]
 
 
-def _check_tensor(name: str, t: Any, dtype: torch.dtype, device: torch.device) -> torch.Size:
-    """t's shape, after checking that t is a tensor with x's dtype and device."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != dtype:
-        raise TypeError(f"{name}: expected x's dtype {dtype}, got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"{name}: expected a tensor on x's device {device}, got {t.device}")
-    return t.shape
-
-
 def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], padding: list[int],
               dilation: list[int], groups: Any, activation: Any, output_scale: Any, backend: Any) -> None:
     """Raise TypeError/ValueError naming the first bad argument. Attributes are read once: on a GPU this
@@ -193,18 +183,18 @@ def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], 
         raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {dtype}")
     if len(x_shape) != 4:
         raise ValueError(f"x: expected 4 dimensions [N, C_in, H, W], got shape {tuple(x_shape)}")
-    w_shape = _check_tensor("weight", weight, dtype, device)
+    w_shape = check_tensor_like_x("weight", weight, dtype, device)
     _validate_conv(x_shape, w_shape, stride, padding, dilation, groups)
     out_shape = _output_sizes(x_shape, w_shape, stride, padding, dilation)
     if out_shape[2] < 1 or out_shape[3] < 1:
         raise ValueError(f"x: spatial size {tuple(x_shape[2:])} is smaller than the dilated kernel "
                          f"{tuple(w_shape[2:])} with padding {padding}")
     if bias is not None:
-        b_shape = _check_tensor("bias", bias, dtype, device)
+        b_shape = check_tensor_like_x("bias", bias, dtype, device)
         if b_shape != (w_shape[0],) and b_shape != (x_shape[0], w_shape[0]):
             raise ValueError(f"bias: expected shape ({w_shape[0]},) or ({x_shape[0]}, {w_shape[0]}) [N, C_out], "
                              f"got {tuple(b_shape)}")
-    if residual is not None and _check_tensor("residual", residual, dtype, device) != out_shape:
+    if residual is not None and check_tensor_like_x("residual", residual, dtype, device) != out_shape:
         raise ValueError(f"residual: expected the output's shape {out_shape}, got {tuple(residual.shape)}")
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")

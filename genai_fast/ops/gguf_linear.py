@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
 
 BLOCK_WEIGHTS = 32  # weights per block in every format here
@@ -152,10 +153,7 @@ def _validate(x: Any, blocks: Any, block_type: Any, bias: Any, backend: Any) -> 
         if tuple(bias.shape) != (blocks.shape[0],):
             raise ValueError(f"bias: expected shape ({blocks.shape[0]},) to match the weight's rows, "
                              f"got {tuple(bias.shape)}")
-        if bias.dtype != x.dtype:
-            raise TypeError(f"bias: expected x's dtype {x.dtype}, got {bias.dtype}")
-        if bias.device != x.device:
-            raise ValueError(f"bias: expected a tensor on x's device {x.device}, got {bias.device}")
+        check_tensor_like_x("bias", bias, x.dtype, x.device)
     validate_backend_name(backend)
 
 

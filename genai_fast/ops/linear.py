@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
 
 MAX_KERNEL_ROWS = 16  # csrc/cpu/linear.h kSkinnyMaxRows
@@ -103,12 +104,8 @@ def _validate(x: Any, weight: Any, bias: Any, backend: Any) -> None:
             raise ValueError(f"bias: expected shape ({weight.shape[0]},) to match weight's rows, "
                              f"got {tuple(bias.shape)}")
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is None:
-            continue
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name}: expected x's dtype {x.dtype}, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: expected a tensor on x's device {x.device}, got {t.device}")
+        if t is not None:
+            check_tensor_like_x(name, t, x.dtype, x.device)
     validate_backend_name(backend)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -84,10 +85,7 @@ def _validate(x: Any, weight: Any, eps: Any, backend: Any) -> None:
         if tuple(weight.shape) != (x.shape[-1],):
             raise ValueError(f"weight: expected shape ({x.shape[-1]},) to match x's last dimension, "
                              f"got {tuple(weight.shape)}")
-        if weight.dtype != x.dtype:
-            raise TypeError(f"weight: expected x's dtype {x.dtype}, got {weight.dtype}")
-        if weight.device != x.device:
-            raise ValueError(f"weight: expected a tensor on x's device {x.device}, got {weight.device}")
+        check_tensor_like_x("weight", weight, x.dtype, x.device)
     if not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
     validate_backend_name(backend)
