@@ -393,6 +393,52 @@ def test_eval_runs_the_real_pipeline(trained, tmp_path):
         EvalOptions(classifier_steps=0)
 
 
+def _load_bench(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_vocab
+def test_inversion_ceiling_bench_fits_a_free_context(trained, tmp_path):
+    """bench/inversion_ceiling.py: the free context lowers the loss it optimises; the script runs end to end."""
+    import shutil
+
+    ceiling = _load_bench("inversion_ceiling")
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    model = load_model(folder)
+    images = data.load_images("digits", "test").images[:8]
+    start = model.encode(["a photo of"]).detach()
+
+    def loss_of(context: torch.Tensor) -> float:
+        g = torch.Generator().manual_seed(3)
+        x0 = data.to_model_space(images, 8).repeat(8, 1, 1, 1)
+        t = torch.randint(1000, (len(x0),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        alphas = make_model_sampler(model, "ddpm").alphas_cumprod
+        with torch.no_grad():
+            pred = model.unet(noisy(x0, noise, t, alphas), t, encoder_hidden_states=context.expand(len(x0), -1, -1))
+        return float(torch.nn.functional.mse_loss(pred.sample, noise))
+
+    fitted = ceiling.optimise_context(model, images, steps=30, lr=3e-2, batch_size=32)
+    assert fitted.shape == start.shape and loss_of(fitted) < loss_of(start)
+    for i, image in enumerate(images[:4]):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    out = tmp_path / "ceiling.json"
+    results = ceiling.main([str(folder), str(tmp_path), "--class", "three", "--steps", "2", "--samples", "3",
+                            "--guidance", "3", "--json", str(out)])
+    assert json.loads(out.read_text()) == results
+    for side in ("token", "free context"):
+        entry = results["sides"][side]["guidance 3"]
+        assert 0 <= entry["accuracy"] <= 1 and sum(entry["predicted"]) == 3
+
+
 # ---------------------------------------------------------------- CLI
 
 

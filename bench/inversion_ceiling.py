@@ -1,0 +1,123 @@
+"""Textual inversion diagnosis: how much of a held-out class can a frozen model draw from one learned token,
+and how much from text states optimised without the text encoder in the way?
+
+    python bench/inversion_ceiling.py MODEL_DIR IMAGES_DIR --class "ankle boot" [--steps 300]
+        [--context-steps N] [--context-start PROMPT] [--samples 40] [--guidance 3 5] [--json PATH]
+
+Both sides are scored by the model folder's eval classifier (`genai-fast diffusion eval` trains and caches
+it) on DPM-Solver++ 20-step samples from the same seeded noise:
+
+- token: `genai_fast.diffusion.text2image.invert` (one new embedding row, everything else frozen);
+- free context: the whole [max_length, width] cross-attention input, started from the text states of
+  --context-start and optimised directly with the same loss. Not textual inversion: a probe of what the
+  frozen U-Net draws under any text, which says whether the token or the U-Net is the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from genai_fast.diffusion.samplers import make_sampler
+from genai_fast.diffusion.sampling import sample
+from genai_fast.diffusion.text2image.data import (
+    class_index,
+    class_names,
+    from_model_space,
+    load_image_folder,
+    to_model_space,
+)
+from genai_fast.diffusion.text2image.evaluate import _predict, load_or_train_classifier
+from genai_fast.diffusion.text2image.invert import InvertOptions, invert
+from genai_fast.diffusion.text2image.model import TextToImage, load_model
+from genai_fast.diffusion.text2image.pipeline import make_model_sampler
+from genai_fast.diffusion.text2image.train import noisy
+from genai_fast.io import atomic_write_text
+
+
+def optimise_context(model: TextToImage, images: np.ndarray, steps: int, start: str = "a photo of", lr: float = 1e-2,
+                     batch_size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Text states [1, L, width] that minimise the denoising loss on `images`, U-Net frozen."""
+    model.unet.requires_grad_(False)
+    x_all = to_model_space(images, model.config.sample_size)
+    context = model.encode([start]).detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([context], lr=lr)
+    alphas_cumprod = make_sampler("ddpm", **model.config.schedule).alphas_cumprod
+    g = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(steps), desc="free context", unit="step"):
+        x0 = x_all[torch.randint(len(x_all), (batch_size,), generator=g)]
+        t = torch.randint(len(alphas_cumprod), (batch_size,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        pred = model.unet(noisy(x0, noise, t, alphas_cumprod), t,
+                          encoder_hidden_states=context.expand(batch_size, -1, -1)).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return context.detach()
+
+
+@torch.no_grad()
+def draw(model: TextToImage, context: torch.Tensor, n: int, guidance: float, seed: int = 0) -> np.ndarray:
+    """uint8 [n, H, W] from text states [1, L, width], guided against the empty caption (as `generate`)."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, 1, model.config.sample_size, model.config.sample_size, generator=generator)
+    sampler = make_model_sampler(model, "dpm++")
+    sampler.set_timesteps(20)
+    x = sample(model.unet, sampler, noise * sampler.init_noise_sigma, context.expand(n, -1, -1), 20,
+               guidance_scale=guidance, negative_encoder_hidden_states=model.encode([""] * n),
+               generator=generator, progress=False)
+    size = model.config.image_size
+    return from_model_space(x.clamp(-1, 1), size, size)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("images")
+    parser.add_argument("--class", dest="class_name", required=True)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--context-steps", type=int, default=None, help="free-context steps (default: --steps)")
+    parser.add_argument("--context-start", default="a photo of", help="prompt whose text states start the free context")
+    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0])
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    model = load_model(args.model)
+    target = class_index(model.config.dataset, args.class_name)
+    classifier, _ = load_or_train_classifier(args.model, model.config.dataset, model.config.image_size)
+    size = model.config.image_size
+    images = load_image_folder(args.images, size, size, 3, 10)
+    results: dict = {"model": args.model, "class": args.class_name, "images": len(images), "steps": args.steps,
+                     "context_steps": args.context_steps or args.steps, "context_start": args.context_start,
+                     "samples": args.samples, "sides": {}}
+    start = time.perf_counter()
+    invert(model, images, "<x>", InvertOptions(steps=args.steps))
+    token_context = model.encode(["a photo of <x>"])
+    token_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    free_context = optimise_context(model, images, args.context_steps or args.steps, args.context_start)
+    free_seconds = time.perf_counter() - start
+    classes = len(class_names(model.config.dataset))
+    for side, context, seconds in (("token", token_context, token_seconds),
+                                   ("free context", free_context, free_seconds)):
+        entry = {"seconds": round(seconds, 1)}
+        for guidance in args.guidance:
+            predicted = _predict(classifier, draw(model, context, args.samples, guidance))
+            entry[f"guidance {guidance:g}"] = {"accuracy": float((predicted == target).mean()),
+                                               "predicted": np.bincount(predicted, minlength=classes).tolist()}
+        results["sides"][side] = entry
+        print(side, json.dumps(entry))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
