@@ -6,7 +6,7 @@ reference reads 32 / 5 (Q4_1) or 32 / 8.5 (Q8_0) times more."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from genai_fast.bench.linear import flops, oracle, torch_linear  # the same matrix product, fp32 weights
 from genai_fast.bench.registry import BenchEntry, Case, Inputs, register
 
 import genai_fast
@@ -47,19 +47,6 @@ def make_inputs(case: Case, device: torch.device) -> Inputs:
 
 def run(inputs: Inputs, backend: str) -> torch.Tensor:
     return genai_fast.gguf_linear(inputs["x"], inputs["blocks"], inputs["block_type"], backend=backend)
-
-
-def torch_linear(inputs: Inputs) -> torch.Tensor:
-    return F.linear(inputs["x"], inputs["weight"])
-
-
-def oracle(inputs: Inputs) -> torch.Tensor:
-    return F.linear(inputs["x"].double().cpu(), inputs["weight"].double().cpu())
-
-
-def flops(case: Case) -> float:
-    p = case.params
-    return 2.0 * p["rows"] * p["k"] * p["n"]
 
 
 def bytes_moved(case: Case) -> float:
