@@ -2,7 +2,8 @@
 and how much from text states optimised without the text encoder in the way?
 
     python bench/inversion_ceiling.py MODEL_DIR IMAGES_DIR --class "ankle boot" [--steps 300]
-        [--context-steps N] [--context-start PROMPT] [--samples 40] [--guidance 3 5] [--json PATH]
+        [--context-steps N] [--context-start PROMPT] [--rows FIRST:LAST] [--samples 40] [--guidance 3 5]
+        [--json PATH]
 
 Both sides are scored by the model folder's eval classifier (`genai-fast diffusion eval` trains and caches
 it) on DPM-Solver++ 20-step samples from the same seeded noise:
@@ -10,7 +11,8 @@ it) on DPM-Solver++ 20-step samples from the same seeded noise:
 - token: `genai_fast.diffusion.text2image.invert` (one new embedding row, everything else frozen);
 - free context: the whole [max_length, width] cross-attention input, started from the text states of
   --context-start and optimised directly with the same loss. Not textual inversion: a probe of what the
-  frozen U-Net draws under any text, which says whether the token or the U-Net is the limit.
+  frozen U-Net draws under any text, which says whether the token or the U-Net is the limit. --rows frees
+  only rows FIRST..LAST (inclusive; the others keep --context-start's states), to see which rows matter.
 """
 
 from __future__ import annotations
@@ -42,11 +44,15 @@ from genai_fast.io import atomic_write_text
 
 
 def optimise_context(model: TextToImage, images: np.ndarray, steps: int, start: str = "a photo of", lr: float = 1e-2,
-                     batch_size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Text states [1, L, width] that minimise the denoising loss on `images`, U-Net frozen."""
+                     batch_size: int = 16, seed: int = 0, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Text states [1, L, width] that minimise the denoising loss on `images`, U-Net frozen; with
+    rows=(first, last) only those rows (inclusive) change, the rest stay at `start`'s states."""
     model.unet.requires_grad_(False)
     x_all = to_model_space(images, model.config.sample_size)
-    context = model.encode([start]).detach().clone().requires_grad_(True)
+    fixed = model.encode([start]).detach()
+    free_rows = torch.zeros(1, fixed.shape[1], 1)
+    free_rows[:, slice(rows[0], rows[1] + 1) if rows else slice(None)] = 1
+    context = fixed.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([context], lr=lr)
     alphas_cumprod = make_sampler("ddpm", **model.config.schedule).alphas_cumprod
     g = torch.Generator().manual_seed(seed)
@@ -54,13 +60,25 @@ def optimise_context(model: TextToImage, images: np.ndarray, steps: int, start: 
         x0 = x_all[torch.randint(len(x_all), (batch_size,), generator=g)]
         t = torch.randint(len(alphas_cumprod), (batch_size,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
+        mixed = fixed + free_rows * (context - fixed)
         pred = model.unet(noisy(x0, noise, t, alphas_cumprod), t,
-                          encoder_hidden_states=context.expand(batch_size, -1, -1)).sample
+                          encoder_hidden_states=mixed.expand(batch_size, -1, -1)).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return context.detach()
+    return (fixed + free_rows * (context - fixed)).detach()
+
+
+def row_range(text: str) -> tuple[int, int]:
+    """"4:15" -> (4, 15)."""
+    try:
+        first, last = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST:LAST (two row numbers), got {text!r}") from None
+    if not 0 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected 0 <= FIRST <= LAST, got {text!r}")
+    return first, last
 
 
 @torch.no_grad()
@@ -85,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--context-steps", type=int, default=None, help="free-context steps (default: --steps)")
     parser.add_argument("--context-start", default="a photo of", help="prompt whose text states start the free context")
+    parser.add_argument("--rows", type=row_range, default=None, help="free only rows FIRST:LAST (inclusive)")
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0])
     parser.add_argument("--json", default=None)
@@ -94,15 +113,18 @@ def main(argv: list[str] | None = None) -> dict:
     classifier, _ = load_or_train_classifier(args.model, model.config.dataset, model.config.image_size)
     size = model.config.image_size
     images = load_image_folder(args.images, size, size, 3, 10)
+    if args.rows and args.rows[1] >= model.config.text["max_length"]:
+        parser.error(f"--rows: the text states have rows 0..{model.config.text['max_length'] - 1}")
     results: dict = {"model": args.model, "class": args.class_name, "images": len(images), "steps": args.steps,
                      "context_steps": args.context_steps or args.steps, "context_start": args.context_start,
-                     "samples": args.samples, "sides": {}}
+                     "rows": list(args.rows) if args.rows else "all", "samples": args.samples, "sides": {}}
     start = time.perf_counter()
     invert(model, images, "<x>", InvertOptions(steps=args.steps))
     token_context = model.encode(["a photo of <x>"])
     token_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    free_context = optimise_context(model, images, args.context_steps or args.steps, args.context_start)
+    free_context = optimise_context(model, images, args.context_steps or args.steps, args.context_start,
+                                    rows=args.rows)
     free_seconds = time.perf_counter() - start
     classes = len(class_names(model.config.dataset))
     for side, context, seconds in (("token", token_context, token_seconds),

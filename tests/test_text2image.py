@@ -428,12 +428,19 @@ def test_inversion_ceiling_bench_fits_a_free_context(trained, tmp_path):
 
     fitted = ceiling.optimise_context(model, images, steps=30, lr=3e-2, batch_size=32)
     assert fitted.shape == start.shape and loss_of(fitted) < loss_of(start)
+    some_rows = ceiling.optimise_context(model, images, steps=30, lr=3e-2, batch_size=32, rows=(1, 2))
+    kept = [0, *range(3, start.shape[1])]
+    assert torch.equal(some_rows[:, kept], start[:, kept])
+    assert not torch.equal(some_rows[:, 1:3], start[:, 1:3]) and loss_of(some_rows) < loss_of(start)
     for i, image in enumerate(images[:4]):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     out = tmp_path / "ceiling.json"
     results = ceiling.main([str(folder), str(tmp_path), "--class", "three", "--steps", "2", "--samples", "3",
                             "--guidance", "3", "--json", str(out)])
     assert json.loads(out.read_text()) == results
+    for bad in ("5:2", "x", "0:99"):
+        with pytest.raises(SystemExit):
+            ceiling.main([str(folder), str(tmp_path), "--class", "three", "--rows", bad])
     for side in ("token", "free context"):
         entry = results["sides"][side]["guidance 3"]
         assert 0 <= entry["accuracy"] <= 1 and sum(entry["predicted"]) == 3
