@@ -109,12 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     model = load_model(args.model)
+    if args.rows and args.rows[1] >= model.config.text["max_length"]:
+        parser.error(f"--rows: the text states have rows 0..{model.config.text['max_length'] - 1}")
     target = class_index(model.config.dataset, args.class_name)
     classifier, _ = load_or_train_classifier(args.model, model.config.dataset, model.config.image_size)
     size = model.config.image_size
     images = load_image_folder(args.images, size, size, 3, 10)
-    if args.rows and args.rows[1] >= model.config.text["max_length"]:
-        parser.error(f"--rows: the text states have rows 0..{model.config.text['max_length'] - 1}")
     results: dict = {"model": args.model, "class": args.class_name, "images": len(images), "steps": args.steps,
                      "context_steps": args.context_steps or args.steps, "context_start": args.context_start,
                      "rows": list(args.rows) if args.rows else "all", "samples": args.samples, "sides": {}}
