@@ -53,6 +53,10 @@ def optimise_context(model: TextToImage, images: np.ndarray, steps: int, start: 
     free_rows = torch.zeros(1, fixed.shape[1], 1)
     free_rows[:, slice(rows[0], rows[1] + 1) if rows else slice(None)] = 1
     context = fixed.clone().requires_grad_(True)
+
+    def mixed() -> torch.Tensor:  # the free rows from `context`, the others from `fixed`
+        return fixed + free_rows * (context - fixed)
+
     optimizer = torch.optim.Adam([context], lr=lr)
     alphas_cumprod = make_sampler("ddpm", **model.config.schedule).alphas_cumprod
     g = torch.Generator().manual_seed(seed)
@@ -60,14 +64,13 @@ def optimise_context(model: TextToImage, images: np.ndarray, steps: int, start: 
         x0 = x_all[torch.randint(len(x_all), (batch_size,), generator=g)]
         t = torch.randint(len(alphas_cumprod), (batch_size,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
-        mixed = fixed + free_rows * (context - fixed)
         pred = model.unet(noisy(x0, noise, t, alphas_cumprod), t,
-                          encoder_hidden_states=mixed.expand(batch_size, -1, -1)).sample
+                          encoder_hidden_states=mixed().expand(batch_size, -1, -1)).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return (fixed + free_rows * (context - fixed)).detach()
+    return mixed().detach()
 
 
 def row_range(text: str) -> tuple[int, int]:
