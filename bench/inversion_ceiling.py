@@ -39,7 +39,7 @@ from genai_fast.diffusion.text2image.evaluate import _predict, load_or_train_cla
 from genai_fast.diffusion.text2image.invert import InvertOptions, invert
 from genai_fast.diffusion.text2image.model import TextToImage, load_model
 from genai_fast.diffusion.text2image.pipeline import make_model_sampler
-from genai_fast.diffusion.text2image.train import noisy
+from genai_fast.diffusion.text2image.train import denoising_loss
 from genai_fast.io import atomic_write_text
 
 
@@ -64,9 +64,7 @@ def optimise_context(model: TextToImage, images: np.ndarray, steps: int, start: 
         x0 = x_all[torch.randint(len(x_all), (batch_size,), generator=g)]
         t = torch.randint(len(alphas_cumprod), (batch_size,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
-        pred = model.unet(noisy(x0, noise, t, alphas_cumprod), t,
-                          encoder_hidden_states=mixed().expand(batch_size, -1, -1)).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        loss = denoising_loss(model.unet, x0, noise, t, alphas_cumprod, mixed().expand(batch_size, -1, -1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

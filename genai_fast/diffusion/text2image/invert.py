@@ -18,7 +18,7 @@ from genai_fast.diffusion.text2image.data import TEMPLATES, load_image_folder, t
 from genai_fast.diffusion.text2image.model import TextToImage
 from genai_fast.diffusion.text2image.pipeline import check_steps, save_embedding
 from genai_fast.diffusion.text2image.tokenizer import check_new_token
-from genai_fast.diffusion.text2image.train import noisy
+from genai_fast.diffusion.text2image.train import denoising_loss
 
 MIN_IMAGES, MAX_IMAGES = 3, 10
 
@@ -76,9 +76,7 @@ def invert(model: TextToImage, images: np.ndarray, token: str, options: InvertOp
         ids = ids_all[torch.randint(len(TEMPLATES), (options.batch_size,), generator=g)]
         t = torch.randint(len(alphas_cumprod), (options.batch_size,), generator=g)
         noise = torch.randn(x0.shape, generator=g).to(device)
-        pred = model.unet(noisy(x0, noise, t, alphas_cumprod), t.to(device),
-                          encoder_hidden_states=model.text_encoder(ids)).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        loss = denoising_loss(model.unet, x0, noise, t, alphas_cumprod, model.text_encoder(ids))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad = model.text_encoder.added_embeddings.grad

@@ -116,6 +116,14 @@ def noisy(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+def denoising_loss(unet: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                   alphas_cumprod: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """The epsilon objective: MSE between the U-Net's noise prediction on x_t and `noise`.
+    x0, noise [B, 1, S, S] on the U-Net's device; t [B]; context [B, L, width] text states."""
+    pred = unet(noisy(x0, noise, t, alphas_cumprod), t.to(x0.device), encoder_hidden_states=context).sample
+    return torch.nn.functional.mse_loss(pred.float(), noise)
+
+
 class Trainer:
     """One training run in `out_dir` (new or resumed)."""
 
@@ -166,9 +174,7 @@ class Trainer:
         noise = torch.randn(x0.shape, generator=g).to(device)
         for group in self.optimizer.param_groups:
             group["lr"] = opts.lr * _lr_factor(self.step, opts)
-        pred = self.model.unet(noisy(x0, noise, t, self.alphas_cumprod), t.to(device),
-                               encoder_hidden_states=self.model.text_encoder(ids)).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        loss = denoising_loss(self.model.unet, x0, noise, t, self.alphas_cumprod, self.model.text_encoder(ids))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in self.params], opts.grad_clip)
