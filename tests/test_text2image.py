@@ -86,6 +86,10 @@ def test_tokenizer_matches_clip_ids_and_round_trips():
     assert tok.decode(tok.encode_text("ankle-boots, 42!")) == "ankle - boots , 4 2 !"
     new = tok.add_token("<my-thing>")
     assert new == 49408 and tok.encode_text("a photo of <my-thing>") == [320, 1125, 539, 49408]
+    # a multi-vector token stands for consecutive ids and is written once when decoded
+    assert tok.add_token("<pair>", vectors=3) == 49409 and tok.vocab_size == 49412
+    assert tok.encode_text("<pair> of <my-thing>") == [49409, 49410, 49411, 539, 49408]
+    assert tok.decode(tok.encode_text("a <pair> of <my-thing>")) == "a <pair> of <my-thing>"
 
 
 @needs_vocab
@@ -95,6 +99,9 @@ def test_tokenizer_bad_input(tmp_path):
         tok("a photo of a sneaker")
     with pytest.raises(ValueError, match="token: expected a placeholder"):
         tok.add_token("thing")
+    for vectors in (0, 4, True):  # max_length 5 leaves 3 positions between start and end
+        with pytest.raises(ValueError, match=r"vectors: expected an int in \[1, 3\]"):
+            tok.add_token("<many>", vectors=vectors)
     with pytest.raises(TypeError, match="text: expected a str"):
         tok.encode_text(3)
     with pytest.raises(FileNotFoundError, match="vocab_path"):
@@ -302,6 +309,30 @@ def test_inversion_changes_only_the_new_embedding(trained, tmp_path):
 
 
 @needs_vocab
+def test_multi_vector_inversion_learns_its_rows_only(trained, tmp_path):
+    model = load_model(trained)
+    before = {k: v.clone() for k, v in weights_of(model).items()}
+    images = data.load_images("digits", "test")
+    sevens = images.images[images.labels == 7][:3]
+    options = InvertOptions(steps=3, batch_size=8, lr=1e-2, num_vectors=2, progress=False)
+    vectors, losses = invert(model, sevens, "<seven>", options)
+    width = model.text_encoder.config.width
+    assert vectors.shape == (2, width) and len(losses) == 3
+    start = model.text_encoder.token_embedding.weight[model.tokenizer.encode_text("object")].mean(0)
+    assert ((vectors - start).abs().amax(1) > 1e-3).all()  # both rows moved
+    assert not torch.equal(vectors[0], vectors[1])
+    for key, value in weights_of(model).items():
+        assert torch.equal(value, before[key]), f"{key} changed"
+    path = tmp_path / "seven.safetensors"
+    save_embedding(path, "<seven>", vectors, {})
+    fresh = load_model(trained)
+    assert load_embedding(fresh, path) == "<seven>"
+    assert torch.equal(fresh.text_encoder.added_embeddings, vectors)
+    assert len(fresh.tokenizer.encode_text("a photo of <seven>")) == 5
+    assert generate(fresh, ["a photo of <seven>"], steps=2, progress=False).shape == (1, 8, 8)
+
+
+@needs_vocab
 def test_inversion_bad_input(trained, tmp_path):
     model = load_model(trained)
     with pytest.raises(ValueError, match="--steps: expected a positive integer"):
@@ -314,6 +345,10 @@ def test_inversion_bad_input(trained, tmp_path):
         invert_folder(model, folder, "<x>", tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="token: expected a placeholder"):
         invert_folder(model, folder, "x", tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match=r"--num-vectors: expected at most \d+ .* got 99"):
+        invert(model, np.zeros((3, 8, 8), np.uint8), "<y>", InvertOptions(num_vectors=99, progress=False))
+    with pytest.raises(ValueError, match="--num-vectors: expected a positive integer"):
+        InvertOptions(num_vectors=0)
     wrong = tmp_path / "wide.safetensors"
     save_embedding(wrong, "<wide>", torch.zeros(7), {})
     with pytest.raises(ValueError, match=r"embedding has shape \(7,\), this model's text encoder needs \(16,\)"):
@@ -463,10 +498,12 @@ def test_cli_sample_writes_a_grid_and_a_folder(trained, tmp_path, capsys):
     (["diffusion", "sample", "{t}/none", "a photo", "--out", "{t}/g.png"], "model folder .* does not exist"),
     (["diffusion", "sample", "{m}", "a photo of <x>", "--out", "{t}/g.png"], "unknown token '<x>'"),
     (["diffusion", "invert", "{m}", "{t}", "--token", "<x>", "--out", "{t}/e.safetensors"], "folder .* is empty"),
+    (["diffusion", "invert", "{m}", "{t}", "--token", "<x>", "--num-vectors", "0", "--out", "{t}/e.safetensors"],
+     "--num-vectors: expected a positive integer"),
     (["diffusion", "train", "--data", "digits", "--holdout", "ten", "--out", "{t}/m"], "unknown class 'ten'"),
     (["diffusion", "train", "--data", "digits", "--steps", "-1", "--out", "{t}/m"], "--steps: expected a positive"),
     (["diffusion", "eval", "{m}", "--runs", "dpm++", "--n", "1"], "--runs: expected SAMPLER:STEPS"),
-], ids=["steps-zero", "missing-model", "unknown-token", "empty-images", "unknown-class", "negative-steps",
+], ids=["steps-zero", "missing-model", "unknown-token", "empty-images", "zero-vectors", "unknown-class", "negative-steps",
         "bad-runs"])
 @needs_vocab
 def test_cli_user_errors_are_one_line(trained, tmp_path, capsys, argv, message):

@@ -72,6 +72,8 @@ def add_parser(sub: Any) -> None:
     inv.add_argument("--batch-size", type=int, default=16)
     inv.add_argument("--lr", type=float, default=5e-3)
     inv.add_argument("--init-word", default="object")
+    inv.add_argument("--num-vectors", type=int, default=1,
+                     help="input positions the token stands for, each a learned vector (default 1)")
     inv.add_argument("--seed", type=int, default=0)
     inv.add_argument("--device", default=None)
     inv.add_argument("--out", required=True, help="EMB.safetensors")
@@ -191,7 +193,7 @@ def _invert(args: argparse.Namespace) -> int:
 
     check_new_token(args.token)
     options = InvertOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, init_word=args.init_word,
-                            seed=args.seed)
+                            num_vectors=args.num_vectors, seed=args.seed)
     if not Path(args.images).is_dir():
         raise NotADirectoryError(f"images: {args.images} is not a folder")
     model = _load(args)

@@ -1,7 +1,9 @@
 """Textual inversion: learn one new token embedding from a few images, every other weight frozen.
 
 The gradient reaches the new embedding row through the U-Net's cross-attention (the genai_fast-patched
-U-Net, whose attention has a backward) and the text encoder; AdamW updates that row only.
+U-Net, whose attention has a backward) and the text encoder; AdamW updates that row only. With
+num_vectors > 1 the token stands for that many consecutive input positions, each its own learned row
+(the multi-vector variant of diffusers' textual inversion script).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ class InvertOptions:
     batch_size: int = 16
     lr: float = 5e-3
     init_word: str = "object"
+    num_vectors: int = 1
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
         check_steps(self.batch_size, "--batch-size")
+        check_steps(self.num_vectors, "--num-vectors")
         if not self.lr > 0:
             raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
 
@@ -47,9 +51,16 @@ def initial_vector(model: TextToImage, word: str) -> torch.Tensor:
     return model.text_encoder.token_embedding.weight.detach()[ids].mean(0)
 
 
+def max_vectors(model: TextToImage) -> int:
+    """How many vectors a token can have so that every caption template still fits the text encoder."""
+    longest = max(len(model.tokenizer.encode_text(t.format(""))) for t in TEMPLATES)
+    return model.tokenizer.max_length - 2 - longest
+
+
 def invert(model: TextToImage, images: np.ndarray, token: str, options: InvertOptions | None = None
            ) -> tuple[torch.Tensor, list[float]]:
-    """Learn `token` from uint8 images [N, H, W]; returns (embedding [width], loss per step).
+    """Learn `token` from uint8 images [N, H, W]; returns (embedding [width], or [num_vectors, width] when
+    num_vectors > 1; loss per step).
 
     The token is added to `model` (tokenizer and text encoder), so the model samples with it afterwards.
     """
@@ -61,9 +72,13 @@ def invert(model: TextToImage, images: np.ndarray, token: str, options: InvertOp
     device = next(model.unet.parameters()).device
     for module in (model.unet, model.text_encoder):
         module.requires_grad_(False)
-    model.add_token(token, initial_vector(model, options.init_word))
+    room = max_vectors(model)
+    if options.num_vectors > room:
+        raise ValueError(f"--num-vectors: expected at most {room} (what the longest caption template leaves of "
+                         f"the text encoder's {cfg.text['max_length']} positions), got {options.num_vectors}")
+    model.add_token(token, initial_vector(model, options.init_word).expand(options.num_vectors, -1))
     model.text_encoder.added_embeddings.requires_grad_(True)
-    row = model.text_encoder.added_embeddings.shape[0] - 1
+    row = model.text_encoder.added_embeddings.shape[0] - options.num_vectors
     optimizer = torch.optim.AdamW([model.text_encoder.added_embeddings], lr=options.lr, weight_decay=0.0)
     x_all = to_model_space(images, cfg.sample_size)
     ids_all = model.token_ids([t.format(token) for t in TEMPLATES]).to(device)
@@ -84,7 +99,8 @@ def invert(model: TextToImage, images: np.ndarray, token: str, options: InvertOp
         optimizer.step()
         losses.append(float(loss.detach()))
     model.text_encoder.added_embeddings.requires_grad_(False)
-    return model.text_encoder.added_embeddings.detach()[row].clone(), losses
+    learned = model.text_encoder.added_embeddings.detach()[row:].clone()
+    return (learned[0] if options.num_vectors == 1 else learned), losses
 
 
 def invert_folder(model: TextToImage, folder: str | os.PathLike, token: str, out: str | os.PathLike,
@@ -96,5 +112,6 @@ def invert_folder(model: TextToImage, folder: str | os.PathLike, token: str, out
     images = load_image_folder(folder, size, size, MIN_IMAGES, MAX_IMAGES)
     vector, losses = invert(model, images, token, options)
     save_embedding(out, token, vector, {"init_word": options.init_word, "steps": str(options.steps),
-                                        "images": str(len(images)), "width": str(vector.numel())})
+                                        "images": str(len(images)), "width": str(vector.shape[-1]),
+                                        "num_vectors": str(options.num_vectors)})
     return losses

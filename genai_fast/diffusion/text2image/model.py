@@ -132,10 +132,15 @@ class TextToImage:
         self.unet.to(device)
         return self
 
-    def add_token(self, token: str, vector: torch.Tensor) -> int:
-        """Add a placeholder token with its embedding row [width]; returns its id."""
-        token_id = self.tokenizer.add_token(token)
-        self.text_encoder.add_embeddings(vector.reshape(1, -1))
+    def add_token(self, token: str, vectors: torch.Tensor) -> int:
+        """Add a placeholder token with its embedding row [width] (or rows [n, width]: the token then stands
+        for n consecutive input positions); returns its first id."""
+        width = self.text_encoder.config.width
+        if vectors.dim() not in (1, 2) or vectors.shape[-1] != width:
+            raise ValueError(f"vectors: expected [{width}] or [n, {width}], got {tuple(vectors.shape)}")
+        rows = vectors.reshape(-1, width)
+        token_id = self.tokenizer.add_token(token, len(rows))
+        self.text_encoder.add_embeddings(rows)
         return token_id
 
 

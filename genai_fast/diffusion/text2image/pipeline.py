@@ -82,10 +82,12 @@ def check_prompt_tokens(model: TextToImage, prompt: str) -> None:
 
 
 def save_embedding(path: str | os.PathLike, token: str, vector: torch.Tensor, meta: dict[str, str]) -> None:
-    """One learned token: tensor "embedding" [width] and metadata naming the token."""
+    """One learned token: tensor "embedding" [width] (or [n, width] for a multi-vector token) and metadata
+    naming the token."""
     check_new_token(token)
-    save_safetensors(path, {"embedding": vector.detach().reshape(-1).float()},
-                     {"kind": EMBEDDING_KIND, "token": token, **meta})
+    if vector.dim() not in (1, 2):
+        raise ValueError(f"vector: expected [width] or [n, width], got {tuple(vector.shape)}")
+    save_safetensors(path, {"embedding": vector.detach().float()}, {"kind": EMBEDDING_KIND, "token": token, **meta})
 
 
 def load_embedding(model: TextToImage, path: str | os.PathLike) -> str:
@@ -95,8 +97,8 @@ def load_embedding(model: TextToImage, path: str | os.PathLike) -> str:
         raise ValueError(f"--embeddings {path}: not a textual inversion file written by `genai-fast diffusion invert`")
     vector = tensors["embedding"]
     width = model.text_encoder.config.width
-    if vector.shape != (width,):
+    if vector.dim() not in (1, 2) or vector.shape[-1] != width or vector.numel() == 0:
         raise ValueError(f"--embeddings {path}: embedding has shape {tuple(vector.shape)}, this model's text "
-                         f"encoder needs ({width},)")
+                         f"encoder needs ({width},) or (n, {width})")
     model.add_token(meta["token"], vector)
     return meta["token"]

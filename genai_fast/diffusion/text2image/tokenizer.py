@@ -102,22 +102,29 @@ class CLIPTokenizer:
         self.max_length = max_length
         self.start_id, self.end_id = self.encoder[START], self.encoder[END]
         self.base_vocab_size = len(vocab)
-        self.added_tokens: list[str] = []
+        self.added_tokens: list[str] = []  # placeholder tokens, lower-cased, in the order added
+        # ids of each placeholder: one per learned vector, consecutive after the base vocabulary
+        self._added_ids: dict[str, range] = {}
         self._byte_char = chars
         self._char_byte = {c: b for b, c in enumerate(chars)}
         self._cache: dict[str, tuple[int, ...]] = {}
 
     @property
     def vocab_size(self) -> int:
-        return self.base_vocab_size + len(self.added_tokens)
+        return self.base_vocab_size + sum(len(ids) for ids in self._added_ids.values())
 
-    def add_token(self, token: str) -> int:
-        """Register a new whole-string token (e.g. "<my-thing>"); returns its id."""
+    def add_token(self, token: str, vectors: int = 1) -> int:
+        """Register a new whole-string token (e.g. "<my-thing>") that stands for `vectors` consecutive ids
+        (multi-vector textual inversion, as diffusers' num_vectors); returns its first id."""
         check_new_token(token)
+        if isinstance(vectors, bool) or not isinstance(vectors, int) or not 1 <= vectors <= self.max_length - 2:
+            raise ValueError(f"vectors: expected an int in [1, {self.max_length - 2}], got {vectors!r}")
         if token.lower() in self.added_tokens:
             raise ValueError(f"token: {token!r} is already added")
+        first = self.vocab_size
         self.added_tokens.append(token.lower())
-        return self.vocab_size - 1
+        self._added_ids[token.lower()] = range(first, first + vectors)
+        return first
 
     def _bpe(self, word: str) -> tuple[int, ...]:
         """One word (already byte-mapped) -> ids, merging the lowest-ranked adjacent pair first."""
@@ -162,7 +169,7 @@ class CLIPTokenizer:
         ids: list[int] = []
         for is_added, piece in self._split_added(_clean(text)):
             if is_added:
-                ids.append(self.base_vocab_size + self.added_tokens.index(piece))
+                ids.extend(self._added_ids[piece])
                 continue
             for word in self._pattern.findall(piece):
                 mapped = "".join(self._byte_char[b] for b in word.encode("utf-8"))
@@ -189,8 +196,10 @@ class CLIPTokenizer:
                 continue
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"ids: {i} is outside the vocabulary (size {self.vocab_size})")
-            pieces.append(self.decoder[i] if i < self.base_vocab_size else
-                          self.added_tokens[i - self.base_vocab_size] + "</w>")
+            if i < self.base_vocab_size:
+                pieces.append(self.decoder[i])
+            else:  # a placeholder is written once, at its first id
+                pieces += [t + "</w>" for t, ids in self._added_ids.items() if ids.start == i]
         raw = "".join(pieces)
         text = bytearray()
         for ch in raw.replace("</w>", " "):
