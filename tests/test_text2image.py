@@ -503,8 +503,8 @@ def test_cli_sample_writes_a_grid_and_a_folder(trained, tmp_path, capsys):
     (["diffusion", "train", "--data", "digits", "--holdout", "ten", "--out", "{t}/m"], "unknown class 'ten'"),
     (["diffusion", "train", "--data", "digits", "--steps", "-1", "--out", "{t}/m"], "--steps: expected a positive"),
     (["diffusion", "eval", "{m}", "--runs", "dpm++", "--n", "1"], "--runs: expected SAMPLER:STEPS"),
-], ids=["steps-zero", "missing-model", "unknown-token", "empty-images", "zero-vectors", "unknown-class", "negative-steps",
-        "bad-runs"])
+], ids=["steps-zero", "missing-model", "unknown-token", "empty-images", "zero-vectors", "unknown-class",
+        "negative-steps", "bad-runs"])
 @needs_vocab
 def test_cli_user_errors_are_one_line(trained, tmp_path, capsys, argv, message):
     empty = tmp_path / "empty"
