@@ -288,48 +288,32 @@ def test_sampling_bad_input(trained):
 
 
 @needs_vocab
-def test_inversion_changes_only_the_new_embedding(trained, tmp_path):
+@pytest.mark.parametrize("num_vectors", [1, 2])
+def test_inversion_changes_only_the_new_embedding(trained, tmp_path, num_vectors):
     model = load_model(trained)
     before = {k: v.clone() for k, v in weights_of(model).items()}
     images = data.load_images("digits", "test")
     nines = images.images[images.labels == 9][:4]
     start = model.text_encoder.token_embedding.weight[model.tokenizer.encode_text("object")].mean(0).clone()
-    vector, losses = invert(model, nines, "<nine>", InvertOptions(steps=3, batch_size=8, lr=1e-2, progress=False))
+    options = InvertOptions(steps=3, batch_size=8, lr=1e-2, num_vectors=num_vectors, progress=False)
+    vector, losses = invert(model, nines, "<nine>", options)
     assert len(losses) == 3 and all(np.isfinite(losses))
     for key, value in weights_of(model).items():
         assert torch.equal(value, before[key]), f"{key} changed"
-    assert (vector - start).abs().max() > 1e-3  # the new row moved
+    width = model.text_encoder.config.width
+    assert vector.shape == ((width,) if num_vectors == 1 else (num_vectors, width))
+    rows = vector.reshape(num_vectors, width)
+    assert ((rows - start).abs().amax(1) > 1e-3).all()  # every new row moved
+    assert num_vectors == 1 or not torch.equal(rows[0], rows[1])
     path = tmp_path / "nine.safetensors"
     save_embedding(path, "<nine>", vector, {})
     fresh = load_model(trained)
     assert load_embedding(fresh, path) == "<nine>"
+    assert torch.equal(fresh.text_encoder.added_embeddings, rows)
+    assert len(fresh.tokenizer.encode_text("a photo of <nine>")) == 3 + num_vectors
     check_prompt_tokens(fresh, "a photo of <nine>")
     out = generate(fresh, ["a photo of <nine>"], steps=2, progress=False)
     assert out.shape == (1, 8, 8)
-
-
-@needs_vocab
-def test_multi_vector_inversion_learns_its_rows_only(trained, tmp_path):
-    model = load_model(trained)
-    before = {k: v.clone() for k, v in weights_of(model).items()}
-    images = data.load_images("digits", "test")
-    sevens = images.images[images.labels == 7][:3]
-    options = InvertOptions(steps=3, batch_size=8, lr=1e-2, num_vectors=2, progress=False)
-    vectors, losses = invert(model, sevens, "<seven>", options)
-    width = model.text_encoder.config.width
-    assert vectors.shape == (2, width) and len(losses) == 3
-    start = model.text_encoder.token_embedding.weight[model.tokenizer.encode_text("object")].mean(0)
-    assert ((vectors - start).abs().amax(1) > 1e-3).all()  # both rows moved
-    assert not torch.equal(vectors[0], vectors[1])
-    for key, value in weights_of(model).items():
-        assert torch.equal(value, before[key]), f"{key} changed"
-    path = tmp_path / "seven.safetensors"
-    save_embedding(path, "<seven>", vectors, {})
-    fresh = load_model(trained)
-    assert load_embedding(fresh, path) == "<seven>"
-    assert torch.equal(fresh.text_encoder.added_embeddings, vectors)
-    assert len(fresh.tokenizer.encode_text("a photo of <seven>")) == 5
-    assert generate(fresh, ["a photo of <seven>"], steps=2, progress=False).shape == (1, 8, 8)
 
 
 @needs_vocab
