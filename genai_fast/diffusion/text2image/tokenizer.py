@@ -102,12 +102,17 @@ class CLIPTokenizer:
         self.max_length = max_length
         self.start_id, self.end_id = self.encoder[START], self.encoder[END]
         self.base_vocab_size = len(vocab)
-        self.added_tokens: list[str] = []  # placeholder tokens, lower-cased, in the order added
-        # ids of each placeholder: one per learned vector, consecutive after the base vocabulary
+        # placeholder token (lower-cased, in the order added) -> its ids: one per learned vector, consecutive
+        # after the base vocabulary
         self._added_ids: dict[str, range] = {}
         self._byte_char = chars
         self._char_byte = {c: b for b, c in enumerate(chars)}
         self._cache: dict[str, tuple[int, ...]] = {}
+
+    @property
+    def added_tokens(self) -> list[str]:
+        """The placeholder tokens, lower-cased, in the order added."""
+        return list(self._added_ids)
 
     @property
     def vocab_size(self) -> int:
@@ -119,10 +124,9 @@ class CLIPTokenizer:
         check_new_token(token)
         if isinstance(vectors, bool) or not isinstance(vectors, int) or not 1 <= vectors <= self.max_length - 2:
             raise ValueError(f"vectors: expected an int in [1, {self.max_length - 2}], got {vectors!r}")
-        if token.lower() in self.added_tokens:
+        if token.lower() in self._added_ids:
             raise ValueError(f"token: {token!r} is already added")
         first = self.vocab_size
-        self.added_tokens.append(token.lower())
         self._added_ids[token.lower()] = range(first, first + vectors)
         return first
 
