@@ -2,8 +2,8 @@
 and how much from text states optimised without the text encoder in the way?
 
     python bench/inversion_ceiling.py MODEL_DIR IMAGES_DIR --class "ankle boot" [--steps 300]
-        [--context-steps N] [--context-start PROMPT] [--rows FIRST:LAST] [--samples 40] [--guidance 3 5]
-        [--json PATH]
+        [--context-steps N] [--context-start PROMPT] [--rows FIRST:LAST] [--encoder-norm] [--samples 40]
+        [--guidance 3 5] [--json PATH]
 
 Both sides are scored by the model folder's eval classifier (`genai-fast diffusion eval` trains and caches
 it) on DPM-Solver++ 20-step samples from the same seeded noise:
@@ -12,7 +12,11 @@ it) on DPM-Solver++ 20-step samples from the same seeded noise:
 - free context: the whole [max_length, width] cross-attention input, started from the text states of
   --context-start and optimised directly with the same loss. Not textual inversion: a probe of what the
   frozen U-Net draws under any text, which says whether the token or the U-Net is the limit. --rows frees
-  only rows FIRST..LAST (inclusive; the others keep --context-start's states), to see which rows matter.
+  only rows FIRST..LAST (inclusive; the others keep --context-start's states), to see which rows matter;
+- free context at the encoder's norm: the same states with every row rescaled to the norm of the text
+  encoder's output rows. A final LayerNorm gives every encoder row (nearly) one norm, so a token can only
+  ever produce states of that norm; this side says how much of the free context's result survives that.
+  With --encoder-norm the free rows are held at that norm while they are optimised (directions only).
 """
 
 from __future__ import annotations
@@ -43,10 +47,17 @@ from genai_fast.diffusion.text2image.train import denoising_loss
 from genai_fast.io import atomic_write_text
 
 
+def at_row_norm(context: torch.Tensor, norm: float) -> torch.Tensor:
+    """`context` [..., L, width] with every row rescaled to Euclidean norm `norm` (directions kept)."""
+    return context * (norm / context.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 def optimise_context(model: TextToImage, images: np.ndarray, steps: int, start: str = "a photo of", lr: float = 1e-2,
-                     batch_size: int = 16, seed: int = 0, rows: tuple[int, int] | None = None) -> torch.Tensor:
+                     batch_size: int = 16, seed: int = 0, rows: tuple[int, int] | None = None,
+                     row_norm: float | None = None) -> torch.Tensor:
     """Text states [1, L, width] that minimise the denoising loss on `images`, U-Net frozen; with
-    rows=(first, last) only those rows (inclusive) change, the rest stay at `start`'s states."""
+    rows=(first, last) only those rows (inclusive) change, the rest stay at `start`'s states; with
+    row_norm the free rows are held at that Euclidean norm throughout (only their directions are learned)."""
     model.unet.requires_grad_(False)
     x_all = to_model_space(images, model.config.sample_size)
     fixed = model.encode([start]).detach()
@@ -55,7 +66,8 @@ def optimise_context(model: TextToImage, images: np.ndarray, steps: int, start: 
     context = fixed.clone().requires_grad_(True)
 
     def mixed() -> torch.Tensor:  # the free rows from `context`, the others from `fixed`
-        return fixed + free_rows * (context - fixed)
+        free = context if row_norm is None else at_row_norm(context, row_norm)
+        return fixed + free_rows * (free - fixed)
 
     optimizer = torch.optim.Adam([context], lr=lr)
     alphas_cumprod = make_sampler("ddpm", **model.config.schedule).alphas_cumprod
@@ -105,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--context-steps", type=int, default=None, help="free-context steps (default: --steps)")
     parser.add_argument("--context-start", default="a photo of", help="prompt whose text states start the free context")
     parser.add_argument("--rows", type=row_range, default=None, help="free only rows FIRST:LAST (inclusive)")
+    parser.add_argument("--encoder-norm", action="store_true",
+                        help="hold the free rows at the text encoder's row norm while optimising them")
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0])
     parser.add_argument("--json", default=None)
@@ -123,13 +137,19 @@ def main(argv: list[str] | None = None) -> dict:
     invert(model, images, "<x>", InvertOptions(steps=args.steps))
     token_context = model.encode(["a photo of <x>"])
     token_seconds = time.perf_counter() - start
+    encoder_norm = float(model.encode([args.context_start]).norm(dim=-1).mean())
+    results["encoder_row_norm"] = round(encoder_norm, 3)
+    results["encoder_norm_held"] = args.encoder_norm
     start = time.perf_counter()
     free_context = optimise_context(model, images, args.context_steps or args.steps, args.context_start,
-                                    rows=args.rows)
+                                    rows=args.rows, row_norm=encoder_norm if args.encoder_norm else None)
     free_seconds = time.perf_counter() - start
+    results["free_context_row_norms"] = [round(float(n), 2) for n in free_context[0].norm(dim=-1)]
     classes = len(class_names(model.config.dataset))
     for side, context, seconds in (("token", token_context, token_seconds),
-                                   ("free context", free_context, free_seconds)):
+                                   ("free context", free_context, free_seconds),
+                                   ("free context at the encoder's norm", at_row_norm(free_context, encoder_norm),
+                                    free_seconds)):
         entry = {"seconds": round(seconds, 1)}
         for guidance in args.guidance:
             predicted = _predict(classifier, draw(model, context, args.samples, guidance))

@@ -451,12 +451,19 @@ def test_inversion_ceiling_bench_fits_a_free_context(trained, tmp_path):
     kept = [0, *range(3, start.shape[1])]
     assert torch.equal(some_rows[:, kept], start[:, kept])
     assert not torch.equal(some_rows[:, 1:3], start[:, 1:3]) and loss_of(some_rows) < loss_of(start)
+    held = ceiling.optimise_context(model, images, steps=5, lr=3e-2, batch_size=8, rows=(1, 2), row_norm=1.5)
+    assert torch.allclose(held[0, 1:3].norm(dim=-1), torch.full((2,), 1.5))
+    assert torch.equal(held[:, kept], start[:, kept])
     for i, image in enumerate(images[:4]):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     out = tmp_path / "ceiling.json"
     results = ceiling.main([str(folder), str(tmp_path), "--class", "three", "--steps", "2", "--samples", "3",
-                            "--guidance", "3", "--json", str(out)])
+                            "--guidance", "3", "--encoder-norm", "--json", str(out)])
     assert json.loads(out.read_text()) == results
+    assert set(results["sides"]) == {"token", "free context", "free context at the encoder's norm"}
+    rescaled = ceiling.at_row_norm(fitted, 2.5)
+    assert torch.allclose(rescaled.norm(dim=-1), torch.full(rescaled.shape[:-1], 2.5))
+    assert torch.allclose(rescaled / rescaled.norm(dim=-1, keepdim=True), fitted / fitted.norm(dim=-1, keepdim=True))
     for bad in ("5:2", "x", "0:99"):
         with pytest.raises(SystemExit):
             ceiling.main([str(folder), str(tmp_path), "--class", "three", "--rows", bad])
