@@ -272,6 +272,24 @@ def test_sampling_is_reproducible_with_a_seed(trained):
 
 
 @needs_vocab
+def test_negative_prompt_is_what_guidance_steers_from(trained):
+    model = load_model(trained)
+    prompts = ["a photo of a handwritten digit three"] * 2
+    plain = generate(model, prompts, "ddim", 3, 3.0, seed=1, progress=False)
+    np.testing.assert_array_equal(plain, generate(model, prompts, "ddim", 3, 3.0, seed=1, progress=False,
+                                                  negative_prompt=""))
+    away = generate(model, prompts, "ddim", 3, 3.0, seed=1, progress=False,
+                    negative_prompt="a photo of a handwritten digit eight")
+    assert not np.array_equal(plain, away)
+    # guidance 1 is the conditional prediction alone: the negative prompt drops out
+    np.testing.assert_array_equal(
+        generate(model, prompts, "ddim", 3, 1.0, seed=1, progress=False),
+        generate(model, prompts, "ddim", 3, 1.0, seed=1, progress=False, negative_prompt="a photo of a dog"))
+    with pytest.raises(TypeError, match="negative_prompt: expected a string"):
+        generate(model, prompts, steps=2, negative_prompt=None, progress=False)
+
+
+@needs_vocab
 def test_sampling_bad_input(trained):
     model = load_model(trained)
     with pytest.raises(ValueError, match="--steps: expected a positive integer, got 0"):
@@ -385,6 +403,10 @@ def test_eval_scores_what_the_classifier_sees(trained, tmp_path, monkeypatch, sh
         assert all(r["accuracy"] <= 0.25 for r in results["runs"]), results
         assert token["accuracy"] <= 0.35
     assert token["samples"] == 8
+    shares = token["classified_as"]
+    assert sum(shares.values()) == pytest.approx(1.0) and list(shares.values()) == sorted(shares.values())[::-1]
+    assert shares.get("handwritten digit nine", 0.0) == pytest.approx(token["accuracy"])
+    assert "classified as: " in ev.format_results(results)
     assert set(results["runs"][0]["per_class"]) == set(data.class_names("digits"))
     saved = json.loads((folder / "eval" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
@@ -488,13 +510,14 @@ def test_cli_sample_writes_a_grid_and_a_folder(trained, tmp_path, capsys):
     (["diffusion", "sample", "{m}", "a photo", "--steps", "0", "--out", "{t}/g.png"], "--steps: expected a positive"),
     (["diffusion", "sample", "{t}/none", "a photo", "--out", "{t}/g.png"], "model folder .* does not exist"),
     (["diffusion", "sample", "{m}", "a photo of <x>", "--out", "{t}/g.png"], "unknown token '<x>'"),
+    (["diffusion", "sample", "{m}", "a photo", "--negative-prompt", "<y>", "--out", "{t}/g.png"], "unknown token '<y>'"),
     (["diffusion", "invert", "{m}", "{t}", "--token", "<x>", "--out", "{t}/e.safetensors"], "folder .* is empty"),
     (["diffusion", "invert", "{m}", "{t}", "--token", "<x>", "--num-vectors", "0", "--out", "{t}/e.safetensors"],
      "--num-vectors: expected a positive integer"),
     (["diffusion", "train", "--data", "digits", "--holdout", "ten", "--out", "{t}/m"], "unknown class 'ten'"),
     (["diffusion", "train", "--data", "digits", "--steps", "-1", "--out", "{t}/m"], "--steps: expected a positive"),
     (["diffusion", "eval", "{m}", "--runs", "dpm++", "--n", "1"], "--runs: expected SAMPLER:STEPS"),
-], ids=["steps-zero", "missing-model", "unknown-token", "empty-images", "zero-vectors", "unknown-class",
+], ids=["steps-zero", "missing-model", "unknown-token", "unknown-negative-token", "empty-images", "zero-vectors", "unknown-class",
         "negative-steps", "bad-runs"])
 @needs_vocab
 def test_cli_user_errors_are_one_line(trained, tmp_path, capsys, argv, message):

@@ -58,6 +58,7 @@ def add_parser(sub: Any) -> None:
     samp.add_argument("--sampler", default="dpm++", choices=SAMPLER_NAMES)
     samp.add_argument("--steps", type=int, default=20)
     samp.add_argument("--guidance", type=float, default=3.0)
+    samp.add_argument("--negative-prompt", default="", help="what guidance steers away from (default: empty)")
     samp.add_argument("--n", type=int, default=16)
     samp.add_argument("--seed", type=int, default=0)
     samp.add_argument("--embeddings", action="append", default=[], help="textual inversion file (repeatable)")
@@ -175,8 +176,10 @@ def _sample(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--out {out}: the folder {out.resolve().parent} does not exist")
     model = _load(args)
     check_prompt_tokens(model, args.prompt)
+    check_prompt_tokens(model, args.negative_prompt)
     start = time.perf_counter()
-    images = generate(model, [args.prompt] * args.n, args.sampler, args.steps, args.guidance, args.seed)
+    images = generate(model, [args.prompt] * args.n, args.sampler, args.steps, args.guidance, args.seed,
+                      negative_prompt=args.negative_prompt)
     if as_grid:
         save_png(grid(images, rows=max(1, int(args.n ** 0.5))), out)
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,10 +158,19 @@ def evaluate(model: TextToImage, folder: str | os.PathLike, options: EvalOptions
                           options.seed, progress=options.progress)
         predicted = _predict(classifier, images)
         results["tokens"].append({"token": token, "file": str(path), "class": class_name, "samples": len(images),
-                                  "accuracy": float((predicted == target).mean()), "sampler": "dpm++", "steps": 20})
+                                  "accuracy": float((predicted == target).mean()), "sampler": "dpm++", "steps": 20,
+                                  "classified_as": _shares(predicted, names)})
         save_png(grid(images, rows=-(-len(images) // 10)), out_dir / f"token_{Path(path).stem}.png")
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def _shares(predicted: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """{class name: share of the samples the classifier put there}, largest first, classes never chosen left out:
+    where a token's samples land when they miss (for an unseen class, usually its nearest trained one)."""
+    counts = np.bincount(predicted, minlength=len(names))
+    order = np.argsort(-counts, kind="stable")
+    return {names[c]: float(counts[c] / len(predicted)) for c in order if counts[c]}
 
 
 def format_results(results: dict) -> str:
@@ -171,5 +181,7 @@ def format_results(results: dict) -> str:
     if results["holdout"]:
         lines.append(f"  held-out '{results['holdout']['class']}' with its plain prompt (never trained): "
                      f"{results['holdout']['plain_prompt_accuracy']:.3f}")
-    lines += [f"  token {t['token']} -> '{t['class']}': {t['accuracy']:.3f}" for t in results["tokens"]]
+    for t in results["tokens"]:
+        landed = ", ".join(f"{name} {share:.3f}" for name, share in t["classified_as"].items())
+        lines.append(f"  token {t['token']} -> '{t['class']}': {t['accuracy']:.3f} (classified as: {landed})")
     return "\n".join(lines)

@@ -41,8 +41,12 @@ def check_steps(steps: int, option: str = "--steps") -> int:
 
 @torch.no_grad()
 def generate(model: TextToImage, prompts: Sequence[str], sampler: str = "dpm++", steps: int = 20,
-             guidance: float = 3.0, seed: int = 0, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+             guidance: float = 3.0, seed: int = 0, batch_size: int = 64, progress: bool = True,
+             negative_prompt: str = "") -> np.ndarray:
     """uint8 images [len(prompts), image_size, image_size]; the same seed gives the same images.
+
+    Classifier-free guidance steers away from `negative_prompt` (the empty caption by default, as in
+    training's dropped captions; diffusers' `negative_prompt`).
 
     The initial noise for all prompts is drawn up front from one CPU generator seeded with `seed`, so an
     image depends on its position and the seed, not on batch_size.
@@ -50,6 +54,8 @@ def generate(model: TextToImage, prompts: Sequence[str], sampler: str = "dpm++",
     check_steps(steps)
     if not prompts:
         raise ValueError("prompts: expected at least one prompt")
+    if not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt: expected a string, got {type(negative_prompt).__name__}")
     cfg = model.config
     device = next(model.unet.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -60,7 +66,7 @@ def generate(model: TextToImage, prompts: Sequence[str], sampler: str = "dpm++",
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         cond = model.encode(chunk)
-        uncond = model.encode([""] * len(chunk))
+        uncond = model.encode([negative_prompt] * len(chunk))
         latents = noise[start:start + len(chunk)].to(device) * sampler_obj.init_noise_sigma
         x = sample(model.unet, sampler_obj, latents, cond, steps, guidance_scale=float(guidance),
                    negative_encoder_hidden_states=uncond, generator=generator, progress=progress)
