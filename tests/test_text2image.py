@@ -20,7 +20,9 @@ from genai_fast.diffusion.text2image import data
 from genai_fast.diffusion.text2image.invert import InvertOptions, invert, invert_folder
 from genai_fast.diffusion.text2image.model import (
     ModelConfig,
+    TextToImage,
     load_model,
+    load_weights,
     read_safetensors,
     weights_of,
 )
@@ -122,6 +124,37 @@ def test_text_encoder_is_causal_and_checks_ids():
     assert (a[:, 4:] - b[:, 4:]).abs().max() > 1e-4
     with pytest.raises(ValueError, match=r"ids: expected token ids in \[0, 50\)"):
         enc(torch.tensor([[1, 50]]))
+
+
+def test_text_encoder_final_norm_option():
+    """final_norm=False (new models' default) leaves the residual stream as the output, so a token scaled up
+    gives larger rows; with CLIP's final LayerNorm every row keeps one norm. Configs from before the option
+    (no key) still mean the LayerNorm."""
+    small = dict(vocab_size=50, max_length=6, width=16, layers=1, heads=2)
+    assert TextEncoderConfig(**small).final_norm and ModelConfig().text["final_norm"] is False
+    assert isinstance(TextEncoder(TextEncoderConfig(**small)).final_norm, torch.nn.LayerNorm)
+    ids = torch.tensor([[1, 2, 50, 3]])
+    for final_norm in (True, False):
+        torch.manual_seed(0)
+        enc = TextEncoder(TextEncoderConfig(**small, final_norm=final_norm)).eval()
+        norms = []
+        for scale in (1.0, 1000.0):
+            enc.added_embeddings = torch.nn.Parameter(enc.token_embedding.weight[7:8].detach() * scale)
+            norms.append(enc(ids)[0, 2].norm().item())
+        if final_norm:
+            assert norms[1] == pytest.approx(norms[0], rel=0.05), norms
+        else:
+            assert norms[1] > 10 * norms[0], norms
+    with pytest.raises(ValueError, match="final_norm: expected true or false"):
+        TextEncoderConfig(**small, final_norm=0)
+
+
+@needs_vocab
+def test_weights_from_the_other_final_norm_setting_are_refused():
+    plain = TextToImage.new(ModelConfig(**TINY))
+    with pytest.raises(ValueError, match=r"text_encoder weights do not match config\.json"):
+        load_weights(TextToImage.new(ModelConfig(**{**TINY, "text": {**TINY["text"], "final_norm": False}})),
+                     weights_of(plain), "model.safetensors")
 
 
 # ---------------------------------------------------------------- data
@@ -510,15 +543,16 @@ def test_cli_sample_writes_a_grid_and_a_folder(trained, tmp_path, capsys):
     (["diffusion", "sample", "{m}", "a photo", "--steps", "0", "--out", "{t}/g.png"], "--steps: expected a positive"),
     (["diffusion", "sample", "{t}/none", "a photo", "--out", "{t}/g.png"], "model folder .* does not exist"),
     (["diffusion", "sample", "{m}", "a photo of <x>", "--out", "{t}/g.png"], "unknown token '<x>'"),
-    (["diffusion", "sample", "{m}", "a photo", "--negative-prompt", "<y>", "--out", "{t}/g.png"], "unknown token '<y>'"),
+    (["diffusion", "sample", "{m}", "a photo", "--negative-prompt", "<y>", "--out", "{t}/g.png"],
+     "unknown token '<y>'"),
     (["diffusion", "invert", "{m}", "{t}", "--token", "<x>", "--out", "{t}/e.safetensors"], "folder .* is empty"),
     (["diffusion", "invert", "{m}", "{t}", "--token", "<x>", "--num-vectors", "0", "--out", "{t}/e.safetensors"],
      "--num-vectors: expected a positive integer"),
     (["diffusion", "train", "--data", "digits", "--holdout", "ten", "--out", "{t}/m"], "unknown class 'ten'"),
     (["diffusion", "train", "--data", "digits", "--steps", "-1", "--out", "{t}/m"], "--steps: expected a positive"),
     (["diffusion", "eval", "{m}", "--runs", "dpm++", "--n", "1"], "--runs: expected SAMPLER:STEPS"),
-], ids=["steps-zero", "missing-model", "unknown-token", "unknown-negative-token", "empty-images", "zero-vectors", "unknown-class",
-        "negative-steps", "bad-runs"])
+], ids=["steps-zero", "missing-model", "unknown-token", "unknown-negative-token", "empty-images", "zero-vectors",
+        "unknown-class", "negative-steps", "bad-runs"])
 @needs_vocab
 def test_cli_user_errors_are_one_line(trained, tmp_path, capsys, argv, message):
     empty = tmp_path / "empty"

@@ -44,7 +44,7 @@ class ModelConfig:
     layers_per_block: int = 1
     attention_head_dim: int = 8
     norm_num_groups: int = 8
-    text: dict[str, int] = field(default_factory=lambda: TextEncoderConfig().to_dict())
+    text: dict[str, int | bool] = field(default_factory=lambda: TextEncoderConfig(final_norm=False).to_dict())
     # DDPM noise schedule the model is trained on; every sampler is built from these keys.
     schedule: dict[str, Any] = field(default_factory=lambda: {
         "num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02})

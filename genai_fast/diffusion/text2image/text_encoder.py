@@ -1,6 +1,10 @@
 """A small CLIP-style text encoder: token + position embeddings, pre-LayerNorm causal transformer blocks
-whose attention is genai_fast.scaled_dot_product_attention, and a final LayerNorm. The U-Net attends to
-every position's output (as Stable Diffusion does with CLIP's last hidden state).
+whose attention is genai_fast.scaled_dot_product_attention, and optionally CLIP's final LayerNorm. The
+U-Net attends to every position's output (as Stable Diffusion does with CLIP's last hidden state).
+
+New models leave the final LayerNorm out (`final_norm=False`): it gives every output row one norm, and a
+held-out class needs rows larger than that (README, "Text to image"). Without it the residual stream is the
+output, so a learned token's own rows can grow as far as the U-Net needs.
 
 Tokens added for textual inversion live in their own parameter `added_embeddings` [n_added, width], so
 training one new token can leave every other weight frozen.
@@ -24,16 +28,19 @@ class TextEncoderConfig:
     width: int = 128
     layers: int = 2
     heads: int = 4
+    final_norm: bool = True  # CLIP's; config files from before the option had it, so it stays the default here
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "max_length", "width", "layers", "heads"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"text encoder {key}: expected a positive int, got {value!r}")
+        if not isinstance(self.final_norm, bool):
+            raise ValueError(f"text encoder final_norm: expected true or false, got {self.final_norm!r}")
         if self.width % self.heads:
             raise ValueError(f"text encoder width {self.width} is not a multiple of heads {self.heads}")
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
 
@@ -66,7 +73,7 @@ class TextEncoder(nn.Module):
         self.added_embeddings = nn.Parameter(torch.zeros(0, config.width))
         self.position_embedding = nn.Parameter(torch.zeros(config.max_length, config.width))
         self.blocks = nn.ModuleList(_Block(config.width, config.heads) for _ in range(config.layers))
-        self.final_norm = nn.LayerNorm(config.width)
+        self.final_norm = nn.LayerNorm(config.width) if config.final_norm else nn.Identity()
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding, std=0.01)
 
