@@ -47,7 +47,7 @@ needs_vocab = pytest.mark.skipif(not HAVE_VOCAB,
 
 TINY = dict(dataset="digits", image_size=8, sample_size=8, holdout="nine", block_out_channels=(8, 16, 16),
             norm_num_groups=4, attention_head_dim=4,
-            text={"vocab_size": 49408, "max_length": 16, "width": 16, "layers": 1, "heads": 2})
+            text={"vocab_size": 49408, "max_length": 16, "width": 16, "layers": 1, "heads": 2, "final_norm": False})
 
 
 def tiny_options(**kw) -> TrainOptions:
@@ -151,10 +151,9 @@ def test_text_encoder_final_norm_option():
 
 @needs_vocab
 def test_weights_from_the_other_final_norm_setting_are_refused():
-    plain = TextToImage.new(ModelConfig(**TINY))
+    with_norm = TextToImage.new(ModelConfig(**{**TINY, "text": {**TINY["text"], "final_norm": True}}))
     with pytest.raises(ValueError, match=r"text_encoder weights do not match config\.json"):
-        load_weights(TextToImage.new(ModelConfig(**{**TINY, "text": {**TINY["text"], "final_norm": False}})),
-                     weights_of(plain), "model.safetensors")
+        load_weights(TextToImage.new(ModelConfig(**TINY)), weights_of(with_norm), "model.safetensors")
 
 
 # ---------------------------------------------------------------- data

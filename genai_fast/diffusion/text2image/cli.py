@@ -74,7 +74,8 @@ def add_parser(sub: Any) -> None:
     inv.add_argument("--lr", type=float, default=5e-3)
     inv.add_argument("--init-word", default="object")
     inv.add_argument("--num-vectors", type=int, default=1,
-                     help="input positions the token stands for, each a learned vector (default 1)")
+                     help="input positions the token stands for, each a learned vector (default 1; on the "
+                          "held-out class 10 with --lr 3e-2 --steps 900 is what reaches 50%%, README)")
     inv.add_argument("--seed", type=int, default=0)
     inv.add_argument("--device", default=None)
     inv.add_argument("--out", required=True, help="EMB.safetensors")
