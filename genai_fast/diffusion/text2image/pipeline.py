@@ -62,11 +62,12 @@ def generate(model: TextToImage, prompts: Sequence[str], sampler: str = "dpm++",
     noise = torch.randn(len(prompts), 1, cfg.sample_size, cfg.sample_size, generator=generator)
     sampler_obj = make_model_sampler(model, sampler)
     sampler_obj.set_timesteps(steps)
+    negative = model.encode([negative_prompt])  # [1, L, width], once for every chunk
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         cond = model.encode(chunk)
-        uncond = model.encode([negative_prompt] * len(chunk))
+        uncond = negative.expand(len(chunk), -1, -1)
         latents = noise[start:start + len(chunk)].to(device) * sampler_obj.init_noise_sigma
         x = sample(model.unet, sampler_obj, latents, cond, steps, guidance_scale=float(guidance),
                    negative_encoder_hidden_states=uncond, generator=generator, progress=progress)
