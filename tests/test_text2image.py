@@ -17,6 +17,14 @@ from PIL import Image
 
 from genai_fast.cli import main
 from genai_fast.diffusion.text2image import data
+from genai_fast.diffusion.text2image.captions import (
+    ATTRIBUTE_WORDS,
+    Captions,
+    attribute_words,
+    image_attributes,
+    measurements,
+    phrase_with,
+)
 from genai_fast.diffusion.text2image.invert import InvertOptions, invert, invert_folder
 from genai_fast.diffusion.text2image.model import (
     ModelConfig,
@@ -241,13 +249,77 @@ def _fixed_batch_loss(trainer: Trainer) -> float:
     g = torch.Generator().manual_seed(123)
     index = torch.randint(len(trainer.images), (64,), generator=g)
     x0 = data.to_model_space(trainer.images[index], trainer.model.config.sample_size)
-    ids = trainer.captions.draw(trainer.labels[index], 0.0, g)
+    ids = trainer.captions.draw(index, 0.0, g)
     t = torch.randint(1000, (64,), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     with torch.no_grad():
         pred = trainer.model.unet(noisy(x0, noise, t, trainer.alphas_cumprod), t,
                                   encoder_hidden_states=trainer.model.text_encoder(ids)).sample
     return float(torch.nn.functional.mse_loss(pred, noise))
+
+
+def _box(height: int, width: int, level: int, size: int = 16, holes: bool = False) -> np.ndarray:
+    """A size x size image with a height x width box of ink `level` (every other pixel blank with holes)."""
+    image = np.zeros((size, size), np.uint8)
+    image[1:1 + height, 2:2 + width] = level
+    if holes:
+        image[1:1 + height:2, 2:2 + width:2] = 0
+    return image
+
+
+def test_measurements_of_known_boxes():
+    images = np.stack([_box(10, 4, 200), _box(3, 12, 100, holes=True), np.zeros((16, 16), np.uint8)])
+    m = measurements(images)
+    np.testing.assert_allclose(m[0], [10, 4, 200, 1.0])
+    np.testing.assert_allclose(m[1][:3], [3, 12, 100])
+    assert m[1][3] == pytest.approx(1 - (2 * 6) / 36)  # rows 0 and 2 lose every other pixel
+    np.testing.assert_allclose(m[2], [0, 0, 0, 0])  # a blank image: no box, no ink, no error
+
+
+def test_attributes_compare_images_with_their_own_class():
+    # class 0: heights 2, 4, 6; class 1: heights 9, 11, 13 (all taller than class 0): each class gets its own
+    # short and tall image; widths, tones and fills are equal within a class, so those get no word
+    images = np.stack([_box(h, 5, 120) for h in (2, 4, 6, 9, 11, 13)])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    attrs = image_attributes(images, labels)
+    assert attrs.dtype == np.int8 and attrs.shape == (6, len(ATTRIBUTE_WORDS))
+    assert attrs[:, 0].tolist() == [-1, 0, 1, -1, 0, 1]
+    assert not attrs[:, 1:].any()
+    assert attribute_words([1, -1, 0, 1], [3, 2, 1, 0]) == ["solid", "narrow", "tall"]  # in the drawn order
+
+
+def test_phrase_with_puts_words_after_the_article():
+    assert phrase_with("a sneaker", []) == "a sneaker"
+    assert phrase_with("an ankle boot", ["tall", "dark"]) == "a tall dark ankle boot"
+    assert phrase_with("a pair of trousers", ["wide"]) == "a wide pair of trousers"
+
+
+@needs_vocab
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_captions_name_the_drawn_attributes(rate):
+    model = TextToImage.new(ModelConfig(**TINY))
+    images = np.stack([_box(h, w, 60 + 40 * (i % 5)) for i, (h, w) in enumerate(
+        [(h, w) for h in (3, 6, 9, 12) for w in (4, 8, 12)])])
+    labels = torch.tensor([0, 1] * 6)
+    attrs = image_attributes(images, labels.numpy())
+    captions = Captions(model, labels, attrs, rate)
+    g = torch.Generator().manual_seed(0)
+    index = torch.arange(12).repeat(8)
+    ids = captions.draw(index, 0.0, g)
+    plain = set(map(tuple, captions.class_ids.flatten(0, 1).tolist()))  # the attribute-free captions
+    named = 0
+    for row, i in zip(ids.tolist(), index.tolist(), strict=True):
+        text = model.tokenizer.decode(row)
+        words = [w for w in text.split() if any(w in pair for pair in ATTRIBUTE_WORDS)]
+        allowed = {ATTRIBUTE_WORDS[k][int(v > 0)] for k, v in enumerate(attrs[i]) if v}
+        assert set(words) <= allowed and len(words) == len(set(words)), (text, allowed)
+        if rate == 1.0:
+            assert set(words) == allowed, (text, allowed)
+        named += bool(words)
+        assert (tuple(row) in plain) == (not words)
+    assert (named == 0) == (rate == 0.0)
+    dropped = captions.draw(index, 1.0, g)
+    assert (dropped == captions.empty).all()
 
 
 @needs_vocab
@@ -550,8 +622,10 @@ def test_cli_sample_writes_a_grid_and_a_folder(trained, tmp_path, capsys):
     (["diffusion", "train", "--data", "digits", "--holdout", "ten", "--out", "{t}/m"], "unknown class 'ten'"),
     (["diffusion", "train", "--data", "digits", "--steps", "-1", "--out", "{t}/m"], "--steps: expected a positive"),
     (["diffusion", "eval", "{m}", "--runs", "dpm++", "--n", "1"], "--runs: expected SAMPLER:STEPS"),
+    (["diffusion", "train", "--data", "digits", "--attribute-rate", "1.5", "--out", "{t}/m"],
+     "--attribute-rate: expected 0 <= p <= 1"),
 ], ids=["steps-zero", "missing-model", "unknown-token", "unknown-negative-token", "empty-images", "zero-vectors",
-        "unknown-class", "negative-steps", "bad-runs"])
+        "unknown-class", "negative-steps", "bad-runs", "attribute-rate"])
 @needs_vocab
 def test_cli_user_errors_are_one_line(trained, tmp_path, capsys, argv, message):
     empty = tmp_path / "empty"

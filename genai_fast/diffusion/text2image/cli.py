@@ -44,6 +44,9 @@ def add_parser(sub: Any) -> None:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--holdout", default=None,
                        help='class left out of training (default: "ankle boot", or "nine" for digits; "none" for none)')
+    train.add_argument("--attribute-rate", type=float, default=0.5,
+                       help="chance that a caption names each of its image's attributes, e.g. 'a photo of a tall "
+                            "dark sneaker' (default 0.5; 0: class names only)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--sample-every", type=int, default=200, help="steps between sample grids (0: at the end)")
     train.add_argument("--checkpoint-every", type=int, default=250)
@@ -143,7 +146,8 @@ def _train(args: argparse.Namespace) -> int:
     holdout = None if holdout is not None and holdout.lower() == "none" else holdout
     config = ModelConfig(dataset=args.data, image_size=size, sample_size=8 if size == 8 else 32, holdout=holdout)
     options = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+                           attribute_rate=args.attribute_rate, sample_every=args.sample_every,
+                           checkpoint_every=args.checkpoint_every,
                            device=_device(args.device), patch=not args.no_patch)
     if args.sample_every < 0:
         raise ValueError(f"--sample-every: expected >= 0, got {args.sample_every}")

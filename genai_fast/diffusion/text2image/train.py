@@ -1,10 +1,10 @@
 """Training: epsilon-prediction DDPM objective on captioned images, through the genai_fast-patched U-Net.
 
 Each step draws a batch of training images (the held-out class excluded), a caption per image from the
-class templates (10% empty, for classifier-free guidance), a timestep and noise; the U-Net predicts the
-noise and both networks are updated by AdamW (linear warm-up, cosine decay). An EMA of the weights is
-what gets sampled. Checkpoints are atomic and resumable (same result as an uninterrupted run: the
-data order comes from one generator whose state is saved).
+class templates with some of the image's attribute words (captions.py; 10% empty, for classifier-free
+guidance), a timestep and noise; the U-Net predicts the noise and both networks are updated by AdamW
+(linear warm-up, cosine decay). An EMA of the weights is what gets sampled. Checkpoints are atomic and
+resumable (same result as an uninterrupted run: the data order comes from one generator whose state is saved).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from genai_fast.diffusion.samplers import make_sampler
+from genai_fast.diffusion.text2image.captions import Captions, image_attributes
 from genai_fast.diffusion.text2image.data import (
     CLASS_PHRASES,
-    TEMPLATES,
     grid,
     load_images,
     prompt_for,
@@ -51,6 +51,7 @@ class TrainOptions:
     warmup: int = 100
     weight_decay: float = 0.01
     caption_dropout: float = 0.1
+    attribute_rate: float = 0.5  # chance of each of an image's attribute words in its caption (captions.py)
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
@@ -67,6 +68,8 @@ class TrainOptions:
             check_steps(getattr(self, key), f"--{key.replace('_', '-')}")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout: expected 0 <= p < 1, got {self.caption_dropout}")
+        if not 0 <= self.attribute_rate <= 1:
+            raise ValueError(f"--attribute-rate: expected 0 <= p <= 1, got {self.attribute_rate}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: expected 0 <= decay < 1, got {self.ema_decay}")
         if not self.lr > 0:
@@ -78,23 +81,6 @@ class TrainResult:
     step: int
     seconds: float
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since the last entry)
-
-
-class _Captions:
-    """Pre-tokenized captions [classes, templates, L] and the empty caption [L]."""
-
-    def __init__(self, model: TextToImage) -> None:
-        dataset = model.config.dataset
-        n = len(CLASS_PHRASES[dataset])
-        prompts = [t.format(CLASS_PHRASES[dataset][c]) for c in range(n) for t in TEMPLATES]
-        self.ids = model.token_ids(prompts).view(n, len(TEMPLATES), -1)
-        self.empty = model.token_ids([""])[0]
-
-    def draw(self, labels: torch.Tensor, dropout: float, generator: torch.Generator) -> torch.Tensor:
-        template = torch.randint(len(TEMPLATES), labels.shape, generator=generator)
-        ids = self.ids[labels, template]
-        drop = torch.rand(labels.shape, generator=generator) < dropout
-        return torch.where(drop[:, None], self.empty, ids)
 
 
 def _trainable(model: TextToImage) -> list[tuple[str, torch.nn.Parameter]]:
@@ -148,7 +134,8 @@ class Trainer:
         keep = data.labels != config.holdout_index if config.holdout is not None else np.ones(len(data.labels), bool)
         self.images = torch.from_numpy(data.images[keep].copy())
         self.labels = torch.from_numpy(data.labels[keep].copy())
-        self.captions = _Captions(self.model)
+        attributes = image_attributes(self.images.numpy(), self.labels.numpy()) if options.attribute_rate else None
+        self.captions = Captions(self.model, self.labels, attributes, options.attribute_rate)
         self.alphas_cumprod = make_sampler("ddpm", **config.schedule).alphas_cumprod
         self.params = _trainable(self.model)
         self.optimizer = torch.optim.AdamW([p for _, p in self.params], lr=options.lr,
@@ -169,7 +156,7 @@ class Trainer:
         g = self.generator
         index = torch.randint(len(self.images), (opts.batch_size,), generator=g)
         x0 = to_model_space(self.images[index], self.model.config.sample_size).to(device)
-        ids = self.captions.draw(self.labels[index], opts.caption_dropout, g).to(device)
+        ids = self.captions.draw(index, opts.caption_dropout, g).to(device)
         t = torch.randint(len(self.alphas_cumprod), (opts.batch_size,), generator=g)
         noise = torch.randn(x0.shape, generator=g).to(device)
         for group in self.optimizer.param_groups:
