@@ -323,6 +323,17 @@ def test_captions_name_the_drawn_attributes(rate):
 
 
 @needs_vocab
+def test_captions_leave_out_words_that_do_not_fit():
+    model = TextToImage.new(ModelConfig(**TINY))  # 16 positions: start, 14 tokens, end
+    captions = Captions(model, torch.tensor([0]), None, 0.0)
+    words = [pair[1] for pair in ATTRIBUTE_WORDS] * 3  # 12 words: too many for any template
+    text = captions.text(7, 4, words)
+    assert len(model.tokenizer.encode_text(text)) <= 14 and len(text.split(" ")) < 4 + 1 + 12 + 3
+    assert text.startswith("a small photo of a tall wide") and text.endswith("handwritten digit seven")
+    assert captions.text(7, 4, ["tall"]) == "a small photo of a tall handwritten digit seven"
+
+
+@needs_vocab
 def test_training_steps_reduce_the_loss(tmp_path):
     trainer = Trainer(tmp_path / "m", ModelConfig(**TINY), tiny_options(steps=12))
     assert trainer.model.config.holdout_index == 9 and not (trainer.labels == 9).any()  # held out

@@ -3,7 +3,7 @@
 "a photo of a sneaker" is all the class name says. With `attribute_rate > 0` a caption also carries some of
 the image's attribute words ("a photo of a tall dark sneaker"): each attribute compares the image with the
 other training images of its own class (the lower or upper third, else no word), so the words vary within a
-class and the conditioning learns continuous directions (height, width, tone, fill) instead of ten points.
+class and the conditioning learns continuous directions (height, width, tone, fill) instead of nine points.
 That is what lets a single new token embedding reach a class the model never saw (README, "Text to image"):
 on the held-out ankle boot one learned vector went from 15% to 30% with these captions.
 """
@@ -85,7 +85,12 @@ class Captions:
         self.empty = model.token_ids([""])[0]
 
     def text(self, label: int, template: int, words: list[str]) -> str:
-        return TEMPLATES[template].format(phrase_with(self.phrases[label], words))
+        """The caption; trailing words are left out when it would not fit the text encoder."""
+        while True:
+            text = TEMPLATES[template].format(phrase_with(self.phrases[label], words))
+            if not words or len(self.model.tokenizer.encode_text(text)) + 2 <= self.model.tokenizer.max_length:
+                return text
+            words = words[:-1]
 
     def draw(self, index: torch.Tensor, dropout: float, generator: torch.Generator) -> torch.Tensor:
         """Token ids [B, L] for the training images `index` [B]."""
