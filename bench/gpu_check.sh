@@ -8,8 +8,9 @@
 # at the end (a machine start has taken up to 7 minutes of the 15-minute device budget; give the run tool
 # timeout_s=500, or 570 with the text2image data carried: what the script wrote under $OUT comes back
 # even when the limit cuts it short)
-# (GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S and W2V_TIMEOUT and T2I_TIMEOUT shorten it when device time is scarce;
-# GPU_TESTS and BENCH_OPS narrow it to some test files and ops; W2V_TIMEOUT=0 skips word2vec).
+# (GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT and T2I_TIMEOUT shorten it when device time
+# is scarce; GPU_TESTS and BENCH_OPS narrow it to some test files and ops; W2V_TIMEOUT=0 skips word2vec,
+# T2I_TIMEOUT=0 the text2image step).
 # Commit the JSON as bench/results/<gpu>-<yyyymmdd>.json; the README quotes only such files.
 set -u
 cd "$(dirname "$0")/.."
