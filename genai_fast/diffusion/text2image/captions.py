@@ -37,7 +37,7 @@ def measurements(images: np.ndarray) -> np.ndarray:
     count = ink.sum((1, 2))
     tone = (x * ink).sum((1, 2)) / np.maximum(count, 1)
     fill = count / np.maximum(height * width, 1)
-    return np.stack([height, width, tone, fill], 1)  # float64: tone and fill are
+    return np.stack([height, width, tone, fill], 1)  # float64 already: tone and fill are computed from x
 
 
 def image_attributes(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
