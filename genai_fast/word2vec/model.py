@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,49 @@ def _concat_chunks(chunks: list[Chunk]) -> Chunk:
     offsets = [chunks[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(chunks, starts, strict=True)]
     return Chunk(np.concatenate([c.ids for c in chunks]), np.concatenate(offsets).astype(np.int64),
                  sum(c.raw_words for c in chunks), sum(c.sentences for c in chunks))
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """train()'s learning rate: linear from start_alpha to end_alpha over all epochs, progress counted in
+    raw words (by_words) or sentences, per_epoch of them in each epoch."""
+
+    epochs: int
+    start_alpha: float
+    end_alpha: float
+    per_epoch: float
+    by_words: bool
+
+    def alpha(self, epoch: int, done: float) -> float:
+        """The rate after `done` words (or sentences) of epoch `epoch`."""
+        progress = min(max((epoch + done / self.per_epoch) / self.epochs, 0.0), 1.0)
+        return self.start_alpha - (self.start_alpha - self.end_alpha) * progress
+
+
+class _ChunkSource:
+    """The encoded corpus, epoch by epoch. The first epoch's chunks are kept (up to CACHE_TOKEN_LIMIT
+    tokens in all) so that later epochs skip reading and encoding the corpus again."""
+
+    def __init__(self, read: Callable[[], Iterable[Chunk]]) -> None:
+        self._read = read
+        self._kept: list[Chunk] | None = []  # None once the corpus proved too large to keep
+        self._kept_tokens = 0
+
+    def epoch(self, index: int) -> Iterator[Chunk]:
+        if index > 0 and self._kept is not None:
+            yield from self._kept
+            return
+        for chunk in self._read():
+            if index == 0 and self._kept is not None:
+                self._keep(chunk)
+            yield chunk
+
+    def _keep(self, chunk: Chunk) -> None:
+        self._kept_tokens += chunk.ids.size
+        if self._kept_tokens <= CACHE_TOKEN_LIMIT:
+            self._kept.append(chunk)
+        else:
+            self._kept = None
 
 
 class Word2Vec:
@@ -335,9 +379,6 @@ class Word2Vec:
 
     # ------------------------------------------------------------ training
 
-    def _alpha_at(self, progress: float, start: float, end: float) -> float:
-        return start - (start - end) * min(max(progress, 0.0), 1.0)
-
     def train(
         self,
         corpus_iterable: Iterable[Sequence[str]] | None = None,
@@ -364,84 +405,24 @@ class Word2Vec:
         self._check_source(corpus_iterable, corpus_file)
         if not len(self.wv):
             raise RuntimeError("you must first build vocabulary before training the model (build_vocab)")
-        if epochs is None:
-            raise ValueError("epochs: an explicit epoch count is required (e.g. epochs=model.epochs)")
-        epochs = _require_int("epochs", epochs, 1)
-        if total_examples is None and total_words is None:
-            if corpus_file is not None:
-                total_words = self.corpus_total_words
-            else:
-                raise ValueError("total_examples/total_words: give one of them (e.g. "
-                                 "total_examples=model.corpus_count)")
-        start_alpha = self.alpha if start_alpha is None else _require_number("start_alpha", start_alpha, 0.0, True)
-        end_alpha = self.min_alpha if end_alpha is None else _require_number("end_alpha", end_alpha, 0.0)
-        compute_loss = self.compute_loss if compute_loss is None else bool(compute_loss)
-        self.compute_loss = compute_loss
+        schedule = self._schedule(corpus_file, total_examples, total_words, epochs, start_alpha, end_alpha)
+        self.compute_loss = self.compute_loss if compute_loss is None else bool(compute_loss)
         callbacks = tuple(callbacks) or self.callbacks
         progress = self.progress if progress is None else bool(progress)
-        by_words = total_words is not None
-        per_epoch = float(total_words if by_words else total_examples)
-        if per_epoch <= 0:
-            raise ValueError(f"{'total_words' if by_words else 'total_examples'}: expected > 0, got {per_epoch:g}")
-        from genai_fast.ops.word2vec_ops import word2vec_train_chunk
-
+        chunks = self._chunk_source(corpus_iterable, corpus_file)
         self._prepare_arrays()
         tables = self._device_tables()
-        path = check_corpus_file(corpus_file) if corpus_file is not None else None
-        encoder = self._get_encoder()
-        mode = "cbow" if not self.sg else ("sg_shared" if self.shared_negatives else "sg_pair")
         self.train_count += 1
         self.epoch_losses = []
         self.interrupted = False
-        cache: list[Chunk] | None = []
-        cached_tokens = 0
-        trained = raw_total = 0
-        bar = self._progress_bar(epochs * per_epoch, by_words) if progress else None
+        totals = np.zeros(2, np.int64)  # effective words trained, raw words read
+        bar = self._progress_bar(schedule.epochs * schedule.per_epoch, schedule.by_words) if progress else None
         started = time.perf_counter()
         self._call(callbacks, "on_train_begin")
         try:
-            for epoch in range(epochs):
+            for epoch in range(schedule.epochs):
                 self._call(callbacks, "on_epoch_begin")
-                epoch_loss, done = 0.0, 0.0
-                if epoch > 0 and cache is not None:
-                    source: Iterable[Chunk] = cache
-                else:
-                    source = encoder.encode_file(path, self.workers) if path is not None else \
-                        encoder.encode_sentences(corpus_iterable)
-                    if self.device == "cuda":
-                        source = merge_chunks(source, GPU_CHUNK_TOKENS)
-                for index, chunk in enumerate(source):
-                    if epoch == 0 and cache is not None:
-                        cached_tokens += chunk.ids.size
-                        if cached_tokens <= CACHE_TOKEN_LIMIT:
-                            cache.append(chunk)
-                        else:
-                            cache = None
-                    step = chunk.raw_words if by_words else chunk.sentences
-                    a0 = self._alpha_at((epoch + done / per_epoch) / epochs, start_alpha, end_alpha)
-                    done += step
-                    a1 = self._alpha_at((epoch + done / per_epoch) / epochs, start_alpha, end_alpha)
-                    seed = (self.seed * 1_000_003 + self.train_count * 7919 + epoch * 104_729 + index) & (2**63 - 1)
-                    if chunk.ids.size:
-                        _, effective, loss = word2vec_train_chunk(
-                            tables[0], tables[1], chunk.ids, chunk.offsets, *tables[2:], a0, a1, mode=mode,
-                            window=self.window, negative=self.negative, cbow_mean=bool(self.cbow_mean),
-                            shrink_windows=self.shrink_windows, compute_loss=compute_loss, seed=seed,
-                            workers=self.workers)
-                    else:
-                        effective, loss = 0, 0.0
-                    trained += effective
-                    raw_total += chunk.raw_words
-                    epoch_loss += loss
-                    self.min_alpha_yet_reached = a1
-                    self.running_training_loss = epoch_loss
-                    if bar is not None:
-                        bar.update(step)
-                        postfix = {"alpha": f"{a1:.5f}", "epoch": f"{epoch + 1}/{epochs}"}
-                        if compute_loss:
-                            postfix["loss"] = f"{epoch_loss:.4g}"
-                        bar.set_postfix(postfix, refresh=False)
-                self.epoch_losses.append(epoch_loss)
+                totals += self._train_epoch(epoch, chunks.epoch(epoch), tables, schedule, bar)
                 self._call(callbacks, "on_epoch_end")
         except KeyboardInterrupt:
             self.interrupted = True
@@ -454,7 +435,77 @@ class Word2Vec:
             self.total_train_time += time.perf_counter() - started
             self.wv.fill_norms(force=True)
         self._call(callbacks, "on_train_end")
-        return trained, raw_total
+        return int(totals[0]), int(totals[1])
+
+    def _schedule(self, corpus_file: Any, total_examples: int | None, total_words: int | None, epochs: int | None,
+                  start_alpha: float | None, end_alpha: float | None) -> _Schedule:
+        """train()'s learning-rate arguments checked, with gensim's defaults filled in."""
+        if epochs is None:
+            raise ValueError("epochs: an explicit epoch count is required (e.g. epochs=model.epochs)")
+        if total_examples is None and total_words is None:
+            if corpus_file is None:
+                raise ValueError("total_examples/total_words: give one of them (e.g. "
+                                 "total_examples=model.corpus_count)")
+            total_words = self.corpus_total_words
+        by_words = total_words is not None
+        per_epoch = float(total_words if by_words else total_examples)
+        if per_epoch <= 0:
+            raise ValueError(f"{'total_words' if by_words else 'total_examples'}: expected > 0, got {per_epoch:g}")
+        return _Schedule(
+            epochs=_require_int("epochs", epochs, 1),
+            start_alpha=self.alpha if start_alpha is None else _require_number("start_alpha", start_alpha, 0.0, True),
+            end_alpha=self.min_alpha if end_alpha is None else _require_number("end_alpha", end_alpha, 0.0),
+            per_epoch=per_epoch, by_words=by_words)
+
+    def _chunk_source(self, corpus_iterable: Any, corpus_file: Any) -> _ChunkSource:
+        path = check_corpus_file(corpus_file) if corpus_file is not None else None
+        encoder = self._get_encoder()
+
+        def read() -> Iterable[Chunk]:
+            chunks = encoder.encode_file(path, self.workers) if path is not None else \
+                encoder.encode_sentences(corpus_iterable)
+            return merge_chunks(chunks, GPU_CHUNK_TOKENS) if self.device == "cuda" else chunks
+
+        return _ChunkSource(read)
+
+    def _train_epoch(self, epoch: int, chunks: Iterable[Chunk], tables: tuple[Any, ...], schedule: _Schedule,
+                     bar: Any) -> np.ndarray:
+        """One pass; appends the epoch's loss to epoch_losses. Returns [effective words, raw words]."""
+        epoch_loss, done = 0.0, 0.0  # float64 loss sum, reset each epoch
+        totals = np.zeros(2, np.int64)
+        for index, chunk in enumerate(chunks):
+            step = chunk.raw_words if schedule.by_words else chunk.sentences
+            a0 = schedule.alpha(epoch, done)
+            done += step
+            a1 = schedule.alpha(epoch, done)
+            seed = (self.seed * 1_000_003 + self.train_count * 7919 + epoch * 104_729 + index) & (2**63 - 1)
+            effective, loss = self._train_chunk(chunk, tables, a0, a1, seed)
+            totals += (effective, chunk.raw_words)
+            epoch_loss += loss
+            self.min_alpha_yet_reached = a1
+            self.running_training_loss = epoch_loss
+            if bar is not None:
+                bar.update(step)
+                postfix = {"alpha": f"{a1:.5f}", "epoch": f"{epoch + 1}/{schedule.epochs}"}
+                if self.compute_loss:
+                    postfix["loss"] = f"{epoch_loss:.4g}"
+                bar.set_postfix(postfix, refresh=False)
+        self.epoch_losses.append(epoch_loss)
+        return totals
+
+    def _train_chunk(self, chunk: Chunk, tables: tuple[Any, ...], alpha: float, next_alpha: float,
+                     seed: int) -> tuple[int, float]:
+        """The kernel over one chunk, alpha decaying linearly to next_alpha; (effective words, loss)."""
+        if not chunk.ids.size:
+            return 0, 0.0
+        from genai_fast.ops.word2vec_ops import word2vec_train_chunk
+
+        mode = "cbow" if not self.sg else ("sg_shared" if self.shared_negatives else "sg_pair")
+        _, effective, loss = word2vec_train_chunk(
+            tables[0], tables[1], chunk.ids, chunk.offsets, *tables[2:], alpha, next_alpha, mode=mode,
+            window=self.window, negative=self.negative, cbow_mean=bool(self.cbow_mean),
+            shrink_windows=self.shrink_windows, compute_loss=self.compute_loss, seed=seed, workers=self.workers)
+        return effective, loss
 
     def _prepare_arrays(self) -> None:
         vectors = self.wv.vectors
