@@ -442,6 +442,9 @@ class Word2Vec:
         """train()'s learning-rate arguments checked, with gensim's defaults filled in."""
         if epochs is None:
             raise ValueError("epochs: an explicit epoch count is required (e.g. epochs=model.epochs)")
+        epochs = _require_int("epochs", epochs, 1)
+        start_alpha = self.alpha if start_alpha is None else _require_number("start_alpha", start_alpha, 0.0, True)
+        end_alpha = self.min_alpha if end_alpha is None else _require_number("end_alpha", end_alpha, 0.0)
         if total_examples is None and total_words is None:
             if corpus_file is None:
                 raise ValueError("total_examples/total_words: give one of them (e.g. "
@@ -451,11 +454,7 @@ class Word2Vec:
         per_epoch = float(total_words if by_words else total_examples)
         if per_epoch <= 0:
             raise ValueError(f"{'total_words' if by_words else 'total_examples'}: expected > 0, got {per_epoch:g}")
-        return _Schedule(
-            epochs=_require_int("epochs", epochs, 1),
-            start_alpha=self.alpha if start_alpha is None else _require_number("start_alpha", start_alpha, 0.0, True),
-            end_alpha=self.min_alpha if end_alpha is None else _require_number("end_alpha", end_alpha, 0.0),
-            per_epoch=per_epoch, by_words=by_words)
+        return _Schedule(epochs, start_alpha, end_alpha, per_epoch, by_words)
 
     def _chunk_source(self, corpus_iterable: Any, corpus_file: Any) -> _ChunkSource:
         path = check_corpus_file(corpus_file) if corpus_file is not None else None
