@@ -87,6 +87,35 @@ def test_workers_1_and_a_seed_are_bit_identical(corpus, tmp_path):
     assert in_memory.wv.index_to_key == runs[0].wv.index_to_key
 
 
+def test_later_epochs_reuse_the_first_epochs_chunks(corpus, monkeypatch):
+    class CountedCorpus:
+        """A restartable corpus that counts the sentences read from it."""
+
+        def __init__(self, sentences):
+            self.sentences, self.read = sentences, 0
+
+        def __iter__(self):
+            for sentence in self.sentences:
+                self.read += 1
+                yield sentence
+
+    def trained(limit):
+        monkeypatch.setattr(model_module, "CACHE_TOKEN_LIMIT", limit)
+        source = CountedCorpus(corpus[:2000])
+        model = Word2Vec(source, vector_size=16, window=2, min_count=1, sg=1, workers=1, seed=5, epochs=3,
+                         compute_loss=True)
+        return model, source.read / len(source.sentences)  # passes over the corpus
+
+    import genai_fast.word2vec.model as model_module
+
+    kept, kept_passes = trained(model_module.CACHE_TOKEN_LIMIT)
+    reread, reread_passes = trained(10)  # far fewer tokens than the corpus: every epoch reads it again
+    assert kept_passes == 2  # build_vocab, then the first epoch; epochs 2 and 3 replay the kept chunks
+    assert reread_passes == 1 + 3
+    assert np.array_equal(kept.wv.vectors, reread.wv.vectors)
+    assert kept.epoch_losses == reread.epoch_losses
+
+
 def test_interrupt_leaves_a_usable_model(corpus):
     class StopAfterFirstEpoch:
         def on_epoch_end(self, model):
