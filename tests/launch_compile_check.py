@@ -1,0 +1,219 @@
+"""Run the Triton launchers on edge-case shapes, each kernel launch compiled for a GPU instead of run.
+
+    TRITON_INTERPRET=0 python -m tests.launch_compile_check [--arch 90] [--dtypes fp16 bf16 fp32] [--ops ...]
+
+Why: under the interpreter an int argument stays a Python int, but the compiling JIT turns every int
+argument equal to 1 into a constant and marks multiples of 16 as such. Shapes with a size or stride of 1
+(batch 1, one head, one query, a 1x1 image, one channel per group) therefore compile code that no CPU test
+runs, and a kernel that calls a tensor method on such a value fails only on a lent GPU. Here the launchers
+run on CPU tensors with the tile choices they make for a GPU; every launch becomes `triton.compile` for
+sm_<arch> with exactly the signature, constants and attributes the JIT derives from those arguments
+(autotuned kernels: every config that survives pruning). The arguments' values are never read, so
+nothing runs. Prints one JSON line per distinct compilation; exits 1 if any fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from unittest import mock
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+H100_SMS = 132
+
+
+class CompileLog:
+    """Compiles instead of launching; one record per distinct (kernel, specialisation)."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+        self.backend = make_backend(self.target)
+        self.seen: set[tuple] = set()
+        self.records: list[dict] = []
+        self.case = ""
+
+    def compile_launch(self, fn: JITFunction, args: tuple, kwargs: dict) -> None:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+        binder = create_function_from_signature(fn.signature, fn.params, self.backend)
+        bound, specialization, options = binder(*args, **kwargs)
+        options, signature, constants, attrs = fn._pack_args(self.backend, kwargs, bound, specialization, options)
+        key = (fn.fn.__name__, tuple(specialization), str(options))
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        record = {"kernel": fn.fn.__name__, "case": self.case, "arch": f"sm_{self.target.arch}",
+                  "constants": sorted(k if isinstance(k, str) else fn.arg_names[k[0]] for k in constants)}
+        start = time.perf_counter()
+        try:
+            compiled = triton.compile(ASTSource(fn, signature, constants, attrs), target=self.target,
+                                      options=options.__dict__)
+            record["shared"] = compiled.metadata.shared
+        except Exception as exc:  # every failing launch is reported, not just the first
+            record["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        self.records.append(record)
+        print(json.dumps(record), flush=True)
+
+
+@contextlib.contextmanager
+def compiling_instead_of_launching(arch: int = 90) -> Iterator[CompileLog]:
+    """Within: Triton launches compile for sm_<arch> and return None, and the launchers see a GPU."""
+    log = CompileLog(arch)
+
+    def jit_run(fn, *args, **kwargs):
+        log.compile_launch(fn, args, kwargs)
+
+    def autotuned_run(tuner, *args, **kwargs):
+        tuner.nargs = dict(zip(tuner.arg_names, args, strict=False))  # the rest come as keywords
+        for config in tuner.prune_configs(kwargs):
+            tuner.fn.run(*args, **kwargs, **config.all_kwargs())
+
+    from genai_fast.kernels import attention, group_norm
+
+    def as_gpu(config_fn: Callable) -> Callable:
+        return lambda device, *a, **k: config_fn(torch.device("cuda"), *a, **k)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(JITFunction, "run", jit_run))
+        stack.enter_context(mock.patch.object(Autotuner, "run", autotuned_run))
+        for module in (attention, group_norm):
+            stack.enter_context(mock.patch.object(module, "multiprocessor_count", lambda device: H100_SMS))
+        for name in ("_fwd_config", "_bwd_config", "_decode_config", "_num_splits"):
+            stack.enter_context(mock.patch.object(attention, name, as_gpu(getattr(attention, name))))
+        stack.enter_context(mock.patch.object(group_norm, "_num_programs_target", lambda device: 4 * H100_SMS))
+        yield log
+
+
+# ---------------------------------------------------------------- edge-case launches per op
+
+
+def _attention_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels import attention as A
+
+    shapes = [  # B, Hq, Hkv, Sq, Sk, D, causal, mask
+        (1, 1, 1, 1, 1, 40, False, None),
+        (1, 1, 1, 1, 77, 64, True, None),
+        (2, 9, 3, 7, 129, 80, False, "bool-broadcast"),
+        (1, 2, 1, 16, 16, 16, True, "additive"),
+        (1, 1, 1, 33, 1000, 256, False, None),
+    ]
+    for B, Hq, Hkv, Sq, Sk, D, causal, mask_kind in shapes:
+        q, k, v = torch.empty(B, Hq, Sq, D, dtype=dtype), torch.empty(B, Hkv, Sk, D, dtype=dtype), \
+            torch.empty(B, Hkv, Sk, D, dtype=dtype)
+        mask = None
+        if mask_kind == "bool-broadcast":
+            mask = torch.ones(1, 1, Sq, Sk, dtype=torch.bool).expand(B, Hq, Sq, Sk)
+        elif mask_kind == "additive":
+            mask = torch.zeros(Sq, Sk, dtype=dtype).expand(B, Hq, Sq, Sk)
+        label = f"B{B} H{Hq}:{Hkv} Sq{Sq} Sk{Sk} D{D} causal={causal} mask={mask_kind}"
+
+        def forward_and_backward(q=q, k=k, v=v, mask=mask, causal=causal):
+            out, lse = A.attention_fwd(q, k, v, mask, causal, 0.125)
+            A.attention_bwd(torch.empty_like(out), q, k, v, mask, out, lse, causal, 0.125)
+
+        yield f"attention {label}", forward_and_backward
+    for B, Hq, Hkv, Sq, s_max, D in [(1, 1, 1, 1, 1, 64), (3, 9, 3, 2, 100, 64), (1, 4, 1, 1, 4096, 128),
+                                     (2, 2, 2, 1, 33, 256)]:
+        q = torch.empty(B, Hq, Sq, D, dtype=dtype)
+        cache = torch.empty(B, Hkv, s_max, D, dtype=dtype)
+        lengths = torch.full((B,), s_max, dtype=torch.int32)
+        yield (f"decode B{B} H{Hq}:{Hkv} Sq{Sq} S_max{s_max} D{D}",
+               lambda q=q, cache=cache, lengths=lengths: A.decode_fwd(q, cache, cache, lengths, True, 0.125))
+
+
+def _group_norm_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.group_norm import group_norm_fwd
+
+    for shape, groups in [((1, 1, 1, 1), 1), ((1, 3, 5, 1), 3), ((2, 64, 8, 8), 32), ((1, 320, 64, 64), 32)]:
+        for channels_last in (False, True):
+            x = torch.empty(shape, dtype=dtype)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            for weight in (None, torch.ones(shape[1])):
+                yield (f"group_norm {shape} G{groups} channels_last={channels_last} weight={weight is not None}",
+                       lambda x=x, groups=groups, weight=weight: group_norm_fwd(x, groups, weight, weight, 1e-5,
+                                                                                 "silu"))
+
+
+def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.conv2d import conv2d_epilogue_, conv2d_fwd
+
+    layers = [  # N, C_in, H, W, C_out, k, stride, padding, groups
+        (1, 1, 1, 1, 1, 1, 1, 0, 1),
+        (1, 32, 8, 8, 32, 3, 1, 1, 1),
+        (2, 64, 9, 9, 32, 3, 2, 1, 1),
+        (1, 16, 5, 5, 16, 3, 1, 1, 16),
+    ]
+    for N, C_in, H, W, C_out, ksize, stride, padding, groups in layers:
+        x = torch.empty(N, C_in, H, W, dtype=dtype).to(memory_format=torch.channels_last)
+        weight = torch.empty(C_out, C_in // groups, ksize, ksize, dtype=dtype).to(memory_format=torch.channels_last)
+        H_out, W_out = (H + 2 * padding - ksize) // stride + 1, (W + 2 * padding - ksize) // stride + 1
+        out = torch.empty(N, C_out, H_out, W_out, dtype=dtype).to(memory_format=torch.channels_last)
+        bias, residual = torch.empty(C_out, dtype=dtype), torch.empty_like(out)
+        label = f"N{N} C{C_in}->{C_out} {H}x{W} k{ksize} s{stride} p{padding} g{groups}"
+        yield (f"conv2d {label}",
+               lambda x=x, weight=weight, bias=bias, residual=residual, out=out, stride=stride, padding=padding,
+               groups=groups: conv2d_fwd(x, weight, bias, residual, [stride] * 2, [padding] * 2, [1, 1], groups,
+                                         "silu", 1.0, out))
+        yield (f"conv2d epilogue {label}",
+               lambda bias=bias, residual=residual, out=out: conv2d_epilogue_(out, bias, residual, "silu", 0.5))
+
+
+def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.word2vec import word2vec_draws, word2vec_train_fwd
+
+    del dtype  # the embedding tables are always fp32 (repeated launches compile once)
+    for vocab, dim, window, negative in [(1, 1, 1, 1), (50, 100, 5, 5), (1000, 300, 10, 20)]:
+        syn0, syn1 = torch.empty(vocab, dim), torch.empty(vocab, dim)
+        tokens, alphas = torch.zeros(64, dtype=torch.int32), torch.empty(64)
+        bounds = torch.tensor([[0, 64, 0, 64]], dtype=torch.int32)
+        prob, alias = torch.ones(vocab), torch.zeros(vocab, dtype=torch.int32)
+        for mode in ("sg_shared", "sg_pair", "cbow"):
+            yield (f"word2vec {mode} V{vocab} D{dim} window{window} negative{negative}",
+                   lambda syn0=syn0, syn1=syn1, tokens=tokens, alphas=alphas, bounds=bounds, prob=prob, alias=alias,
+                   mode=mode, window=window, negative=negative: (
+                       word2vec_train_fwd(syn0, syn1, tokens, alphas, bounds, prob, alias, mode=mode, window=window,
+                                          negative=negative, cbow_mean=True, shrink_windows=True, compute_loss=True,
+                                          seed=1),
+                       word2vec_draws(3, prob, alias, mode=mode, window=window, negative=negative, seed=1)))
+
+
+OPS = {"attention": _attention_cases, "group_norm": _group_norm_cases, "conv2d": _conv2d_cases,
+       "word2vec": _word2vec_cases}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, choices=(80, 90))
+    parser.add_argument("--dtypes", nargs="+", default=["fp16", "fp32"], choices=sorted(DTYPES))
+    parser.add_argument("--ops", nargs="+", default=sorted(OPS), choices=sorted(OPS))
+    args = parser.parse_args()
+    failed = False
+    with compiling_instead_of_launching(args.arch) as log:
+        for op in args.ops:
+            for dtype in args.dtypes:
+                for label, launch in OPS[op](DTYPES[dtype]):
+                    log.case = f"{label} {dtype}"
+                    try:
+                        launch()
+                    except Exception as exc:  # a launcher that fails before any kernel compiles
+                        print(json.dumps({"case": log.case, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}))
+                        failed = True
+    failed |= any("error" in r for r in log.records)
+    print(json.dumps({"compiled": len(log.records), "failed": failed}))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
