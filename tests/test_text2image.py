@@ -523,6 +523,13 @@ def test_eval_scores_what_the_classifier_sees(trained, tmp_path, monkeypatch, sh
     assert shares.get("handwritten digit nine", 0.0) == pytest.approx(token["accuracy"])
     assert "classified as: " in ev.format_results(results)
     assert set(results["runs"][0]["per_class"]) == set(data.class_names("digits"))
+    # per-class accuracy on the real test images: weighted by class size it is the overall accuracy
+    per_class, labels = results["classifier_per_class"], data.load_images("digits", "test").labels
+    counts = np.bincount(labels, minlength=10)
+    assert sum(per_class[n] * counts[c] for c, n in enumerate(data.class_names("digits"))) / counts.sum() == \
+        pytest.approx(real, abs=1e-6)
+    assert token["real_images_accuracy"] == per_class["handwritten digit nine"]
+    assert "real test images of the class: " in ev.format_results(results)
     saved = json.loads((folder / "eval" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert {p.name for p in (folder / "eval").iterdir()} >= {"grid_dpm++_2.png", "grid_ddim_3.png", "token_nine.png"}
