@@ -238,7 +238,9 @@ def test_unknown_words_raise_key_error_naming_the_word(sg_model):
     ({"workers": 0}, ValueError, "workers"),
     ({"sg": 2}, ValueError, "sg"),
     ({"device": "tpu"}, ValueError, "device"),
-    ({"hs": 1}, NotImplementedError, "hs=1"),
+    ({"hs": 2}, ValueError, "hs"),
+    ({"hs": 1, "negative": -1}, ValueError, "negative"),
+    ({"hs": 1, "device": "cuda"}, NotImplementedError, "hs=1"),
 ])
 def test_bad_parameters_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):

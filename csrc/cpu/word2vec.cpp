@@ -30,6 +30,28 @@ GF_INLINE float dot(const float* a, const float* b, int64_t n) {
   return total;
 }
 
+// dot(a, b_j) for four rows b_0..b_3 at once (four independent chains); each result is bit-identical to dot().
+GF_INLINE void dot4(const float* a, const float* b0, const float* b1, const float* b2, const float* b3, int64_t n,
+                    float* out) {
+  v16 acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const v16 x = load16(a + i);
+    acc0 += x * load16(b0 + i);
+    acc1 += x * load16(b1 + i);
+    acc2 += x * load16(b2 + i);
+    acc3 += x * load16(b3 + i);
+  }
+  float t0 = hsum(acc0), t1 = hsum(acc1), t2 = hsum(acc2), t3 = hsum(acc3);
+  for (; i < n; ++i) {
+    t0 += a[i] * b0[i];
+    t1 += a[i] * b1[i];
+    t2 += a[i] * b2[i];
+    t3 += a[i] * b3[i];
+  }
+  out[0] = t0, out[1] = t1, out[2] = t2, out[3] = t3;
+}
+
 GF_INLINE void axpy(float g, const float* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) store16(y + i, load16(y + i) + g * load16(x + i));
@@ -108,23 +130,32 @@ GF_INLINE double update_sg_pair(const W2VTables& t, int32_t context, const int32
   return loss;
 }
 
-// All contexts of one centre against one shared set of targets (pWord2Vec): scores [C, K1] from the
-// current vectors, then input errors (g @ out), then output updates (g^T @ in), then inputs += errors.
-GF_INLINE double update_sg_shared(const W2VTables& t, const int32_t* contexts, int64_t C, const int32_t* targets,
-                                  int64_t K1, float alpha, float* neu1e, float* g, bool compute_loss) {
+// All contexts of one centre against one shared set of output rows of `table` (pWord2Vec): scores
+// [C, K] from the current vectors, then input errors (g @ out), then output updates (g^T @ in), then
+// inputs += errors. labels[k] is row k's target (1 or 0); a negative label leaves row k out. Negative
+// sampling's rows are the centre and its negatives; hierarchical softmax's the centre's Huffman path.
+GF_INLINE double update_shared(const W2VTables& t, float* table, const int32_t* contexts, int64_t C,
+                               const int32_t* rows, const float* labels, int64_t K, float alpha, float* neu1e,
+                               float* g, bool compute_loss) {
   const int64_t d = t.dim;
   double loss = 0.0;
   for (int64_t c = 0; c < C; ++c) {
     const float* in = t.syn0 + static_cast<int64_t>(contexts[c]) * d;
-    for (int64_t k = 0; k < K1; ++k) {
-      if (k > 0 && targets[k] == targets[0]) {
-        g[c * K1 + k] = 0.0f;
+    float* f = g + c * K;  // the scores, turned into gradients in place
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+      const float* out = table;
+      dot4(in, out + static_cast<int64_t>(rows[k]) * d, out + static_cast<int64_t>(rows[k + 1]) * d,
+           out + static_cast<int64_t>(rows[k + 2]) * d, out + static_cast<int64_t>(rows[k + 3]) * d, d, f + k);
+    }
+    for (; k < K; ++k) f[k] = dot(in, table + static_cast<int64_t>(rows[k]) * d, d);
+    for (k = 0; k < K; ++k) {
+      if (labels[k] < 0.0f) {
+        f[k] = 0.0f;
         continue;
       }
-      const float f = dot(in, t.syn1neg + static_cast<int64_t>(targets[k]) * d, d);
-      const float label = k == 0 ? 1.0f : 0.0f;
-      g[c * K1 + k] = (label - sigmoid(f)) * alpha;
-      if (compute_loss) loss += pair_loss(f, k == 0 ? 1.0f : -1.0f);
+      if (compute_loss) loss += pair_loss(f[k], labels[k] > 0.5f ? 1.0f : -1.0f);
+      f[k] = (labels[k] - sigmoid(f[k])) * alpha;
     }
   }
   // Input errors e_c = sum_k g[c][k] out_k (old outputs), 16 floats at a time held in a register.
@@ -132,29 +163,28 @@ GF_INLINE double update_sg_shared(const W2VTables& t, const int32_t* contexts, i
   for (; i0 + 16 <= d; i0 += 16)
     for (int64_t c = 0; c < C; ++c) {
       v16 e = {};
-      for (int64_t k = 0; k < K1; ++k)
-        e += g[c * K1 + k] * load16(t.syn1neg + static_cast<int64_t>(targets[k]) * d + i0);
+      for (int64_t k = 0; k < K; ++k) e += g[c * K + k] * load16(table + static_cast<int64_t>(rows[k]) * d + i0);
       store16(neu1e + c * d + i0, e);
     }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t i = i0; i < d; ++i) {
       float e = 0.0f;
-      for (int64_t k = 0; k < K1; ++k) e += g[c * K1 + k] * t.syn1neg[static_cast<int64_t>(targets[k]) * d + i];
+      for (int64_t k = 0; k < K; ++k) e += g[c * K + k] * table[static_cast<int64_t>(rows[k]) * d + i];
       neu1e[c * d + i] = e;
     }
-  // Outputs out_k += sum_c g[c][k] in_c (old inputs); a skipped target has g = 0 and is left alone.
-  for (int64_t k = 0; k < K1; ++k) {
-    if (k > 0 && targets[k] == targets[0]) continue;
-    float* out = t.syn1neg + static_cast<int64_t>(targets[k]) * d;
+  // Outputs out_k += sum_c g[c][k] in_c (old inputs); a row left out has g = 0 and is not written.
+  for (int64_t k = 0; k < K; ++k) {
+    if (labels[k] < 0.0f) continue;
+    float* out = table + static_cast<int64_t>(rows[k]) * d;
     int64_t i = 0;
     for (; i + 16 <= d; i += 16) {
       v16 o = load16(out + i);
-      for (int64_t c = 0; c < C; ++c) o += g[c * K1 + k] * load16(t.syn0 + static_cast<int64_t>(contexts[c]) * d + i);
+      for (int64_t c = 0; c < C; ++c) o += g[c * K + k] * load16(t.syn0 + static_cast<int64_t>(contexts[c]) * d + i);
       store16(out + i, o);
     }
     for (; i < d; ++i) {
       float o = out[i];
-      for (int64_t c = 0; c < C; ++c) o += g[c * K1 + k] * t.syn0[static_cast<int64_t>(contexts[c]) * d + i];
+      for (int64_t c = 0; c < C; ++c) o += g[c * K + k] * t.syn0[static_cast<int64_t>(contexts[c]) * d + i];
       out[i] = o;
     }
   }
@@ -162,15 +192,38 @@ GF_INLINE double update_sg_shared(const W2VTables& t, const int32_t* contexts, i
   return loss;
 }
 
-// CBOW: h = sum (or mean) of the contexts predicts targets[0]; gensim's rule for the input error.
+// Skip-gram with shared negatives: targets[0] = centre (label 1), targets[1..K1) negatives (label 0; one
+// equal to the centre is left out).
+GF_INLINE double update_sg_shared(const W2VTables& t, const int32_t* contexts, int64_t C, const int32_t* targets,
+                                  int64_t K1, float alpha, float* neu1e, float* g, float* labels, bool compute_loss) {
+  labels[0] = 1.0f;
+  for (int64_t k = 1; k < K1; ++k) labels[k] = targets[k] == targets[0] ? -1.0f : 0.0f;
+  return update_shared(t, t.syn1neg, contexts, C, targets, labels, K1, alpha, neu1e, g, compute_loss);
+}
+
+// CBOW input: h = sum (or mean) of the context vectors.
+GF_INLINE void cbow_input(const W2VTables& t, const int32_t* contexts, int64_t C, bool cbow_mean, float* h) {
+  const int64_t d = t.dim;
+  zero(h, d);
+  for (int64_t c = 0; c < C; ++c) axpy(1.0f, t.syn0 + static_cast<int64_t>(contexts[c]) * d, h, d);
+  if (cbow_mean) scale(1.0f / static_cast<float>(C), h, d);
+}
+
+// Adds the error of h to every context; gensim's rule: with a sum it is divided by the context count,
+// with a mean it is not.
+GF_INLINE void cbow_apply_error(const W2VTables& t, const int32_t* contexts, int64_t C, bool cbow_mean,
+                                float* neu1e) {
+  const int64_t d = t.dim;
+  if (!cbow_mean) scale(1.0f / static_cast<float>(C), neu1e, d);
+  for (int64_t c = 0; c < C; ++c) axpy(1.0f, neu1e, t.syn0 + static_cast<int64_t>(contexts[c]) * d, d);
+}
+
+// CBOW: h predicts targets[0] against the negatives.
 GF_INLINE double update_cbow(const W2VTables& t, const int32_t* contexts, int64_t C, const int32_t* targets,
                              int64_t K1, float alpha, bool cbow_mean, float* h, float* neu1e, bool compute_loss) {
   const int64_t d = t.dim;
   if (C == 0) return 0.0;
-  zero(h, d);
-  for (int64_t c = 0; c < C; ++c) axpy(1.0f, t.syn0 + static_cast<int64_t>(contexts[c]) * d, h, d);
-  const float inv_count = 1.0f / static_cast<float>(C);
-  if (cbow_mean) scale(inv_count, h, d);
+  cbow_input(t, contexts, C, cbow_mean, h);
   zero(neu1e, d);
   double loss = 0.0;
   for (int64_t k = 0; k < K1; ++k) {
@@ -183,8 +236,118 @@ GF_INLINE double update_cbow(const W2VTables& t, const int32_t* contexts, int64_
     axpy(g, out, neu1e, d);
     axpy(g, h, out, d);
   }
-  if (!cbow_mean) scale(inv_count, neu1e, d);
-  for (int64_t c = 0; c < C; ++c) axpy(1.0f, neu1e, t.syn0 + static_cast<int64_t>(contexts[c]) * d, d);
+  cbow_apply_error(t, contexts, C, cbow_mean, neu1e);
+  return loss;
+}
+
+// ---- hierarchical softmax
+
+// `in` predicts `word` by the binary choice at each inner node of its Huffman path (label 1 - code).
+// Adds the input error to neu1e and updates the nodes' vectors. A path never repeats a node and `in`
+// is fixed meanwhile, so all scores are taken first (independent dot products, `g` holds them), then
+// each node is read once for both its error term and its update: the same arithmetic as node by node.
+GF_INLINE double hs_path(const W2VTables& t, const float* in, int32_t word, float alpha, float* neu1e, float* g,
+                         bool compute_loss) {
+  const W2VTree& tree = t.hs;
+  const int64_t d = t.dim, n = tree.lengths[word];
+  const int32_t* points = tree.points + static_cast<int64_t>(word) * tree.depth;
+  const uint8_t* codes = tree.codes + static_cast<int64_t>(word) * tree.depth;
+  for (int64_t b = 0; b < n; ++b) g[b] = dot(in, tree.syn1 + static_cast<int64_t>(points[b]) * d, d);
+  double loss = 0.0;
+  for (int64_t b = 0; b < n; ++b) {
+    if (compute_loss) loss += pair_loss(g[b], codes[b] ? -1.0f : 1.0f);
+    g[b] = (1.0f - static_cast<float>(codes[b]) - sigmoid(g[b])) * alpha;
+  }
+  for (int64_t b = 0; b < n; ++b) {
+    float* node = tree.syn1 + static_cast<int64_t>(points[b]) * d;
+    const float gb = g[b];
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+      const v16 old = load16(node + i);
+      store16(neu1e + i, load16(neu1e + i) + gb * old);
+      store16(node + i, old + gb * load16(in + i));
+    }
+    for (; i < d; ++i) {
+      const float old = node[i];
+      neu1e[i] += gb * old;
+      node[i] = old + gb * in[i];
+    }
+  }
+  return loss;
+}
+
+// Skip-gram: one context word predicts the centre's path.
+GF_INLINE double update_sg_hs(const W2VTables& t, int32_t context, int32_t centre, float alpha, float* neu1e,
+                              float* g, bool compute_loss) {
+  float* in = t.syn0 + static_cast<int64_t>(context) * t.dim;
+  zero(neu1e, t.dim);
+  const double loss = hs_path(t, in, centre, alpha, neu1e, g, compute_loss);
+  axpy(1.0f, neu1e, in, t.dim);
+  return loss;
+}
+
+// Skip-gram, batched: all contexts predict the centre's path at once (update_shared over the path's
+// nodes), scores from the current vectors as with shared negatives.
+GF_INLINE double update_sg_hs_shared(const W2VTables& t, const int32_t* contexts, int64_t C, int32_t centre,
+                                     float alpha, float* neu1e, float* g, float* labels, bool compute_loss) {
+  const W2VTree& tree = t.hs;
+  const int64_t n = tree.lengths[centre];
+  const int32_t* points = tree.points + static_cast<int64_t>(centre) * tree.depth;
+  const uint8_t* codes = tree.codes + static_cast<int64_t>(centre) * tree.depth;
+  for (int64_t b = 0; b < n; ++b) labels[b] = 1.0f - static_cast<float>(codes[b]);
+  return update_shared(t, tree.syn1, contexts, C, points, labels, n, alpha, neu1e, g, compute_loss);
+}
+
+// CBOW: the (mean or sum of the) contexts predicts the centre's path.
+GF_INLINE double update_cbow_hs(const W2VTables& t, const int32_t* contexts, int64_t C, int32_t centre, float alpha,
+                                bool cbow_mean, float* h, float* neu1e, float* g, bool compute_loss) {
+  if (C == 0) return 0.0;
+  cbow_input(t, contexts, C, cbow_mean, h);
+  zero(neu1e, t.dim);
+  const double loss = hs_path(t, h, centre, alpha, neu1e, g, compute_loss);
+  cbow_apply_error(t, contexts, C, cbow_mean, neu1e);
+  return loss;
+}
+
+// ---- one centre: hierarchical softmax (when on), then negative sampling (when `ns`), as gensim orders them
+
+struct Scratch {
+  std::vector<float> neu1e, h, g, labels;
+  // max_targets: rows scored per context, the most of K1 (negative sampling) and the tree depth.
+  Scratch(int64_t max_contexts, int64_t max_targets, int64_t d)
+      : neu1e((max_contexts + 1) * d), h(d), g(std::max<int64_t>(max_contexts, 1) * max_targets),
+        labels(max_targets) {}
+};
+
+// targets[0] must hold the centre; SgShared and Cbow read the negatives already in targets[1..K1);
+// SgPair calls pair_negatives(c, targets) to fill them for context c.
+template <typename PairNegatives>
+GF_INLINE double train_centre(const W2VTables& t, W2VMode mode, const int32_t* contexts, int64_t C, int32_t* targets,
+                              int64_t K1, bool ns, float alpha, bool cbow_mean, Scratch& s, bool compute_loss,
+                              PairNegatives&& pair_negatives) {
+  const bool hs = t.hs.enabled();
+  double loss = 0.0;
+  if (mode == W2VMode::SgPair) {
+    for (int64_t c = 0; c < C; ++c) {
+      if (hs) loss += update_sg_hs(t, contexts[c], targets[0], alpha, s.neu1e.data(), s.g.data(), compute_loss);
+      if (!ns) continue;
+      pair_negatives(c, targets);
+      loss += update_sg_pair(t, contexts[c], targets, K1, alpha, s.neu1e.data(), compute_loss);
+    }
+  } else if (mode == W2VMode::SgShared) {
+    if (hs)
+      loss += update_sg_hs_shared(t, contexts, C, targets[0], alpha, s.neu1e.data(), s.g.data(), s.labels.data(),
+                                  compute_loss);
+    if (ns)
+      loss += update_sg_shared(t, contexts, C, targets, K1, alpha, s.neu1e.data(), s.g.data(), s.labels.data(),
+                               compute_loss);
+  } else {
+    if (hs)
+      loss += update_cbow_hs(t, contexts, C, targets[0], alpha, cbow_mean, s.h.data(), s.neu1e.data(), s.g.data(),
+                             compute_loss);
+    if (ns)
+      loss += update_cbow(t, contexts, C, targets, K1, alpha, cbow_mean, s.h.data(), s.neu1e.data(), compute_loss);
+  }
   return loss;
 }
 
@@ -195,11 +358,15 @@ GF_CLONES W2VResult train_range(const W2VTrainArgs& a, int64_t begin, int64_t en
   if (begin >= end) return result;
   const W2VTables& t = a.tables;
   const int64_t d = t.dim, window = a.window, K1 = a.negative + 1;
+  const bool ns = a.negative > 0;
   Rng rng{mix_seed(a.seed, stream)};
   const Sampler sampler{a.alias_prob, a.alias_index, static_cast<uint64_t>(a.alias_numel)};
   std::vector<int32_t> sentence, contexts(2 * window), targets(K1), next_negatives(K1);
   for (int64_t k = 1; k < K1; ++k) next_negatives[k] = sampler.draw(rng);
-  std::vector<float> neu1e((2 * window + 1) * d), h(d), g(2 * window * K1);
+  Scratch scratch(2 * window, std::max(K1, t.hs.depth), d);
+  const auto draw_pair_negatives = [&](int64_t, int32_t* out) {
+    for (int64_t k = 1; k < K1; ++k) out[k] = sampler.draw(rng);
+  };
   const double span = static_cast<double>(end - begin);
   const double alpha_step = (a.alpha_end - a.alpha_start) / span;
 
@@ -232,12 +399,7 @@ GF_CLONES W2VResult train_range(const W2VTrainArgs& a, int64_t begin, int64_t en
         if (j != i) contexts[C++] = sentence[j];
       if (C == 0) continue;
       targets[0] = sentence[i];
-      if (a.mode == W2VMode::SgPair) {
-        for (int64_t c = 0; c < C; ++c) {
-          for (int64_t k = 1; k < K1; ++k) targets[k] = sampler.draw(rng);
-          loss += update_sg_pair(t, contexts[c], targets.data(), K1, alpha, neu1e.data(), a.compute_loss);
-        }
-      } else {
+      if (ns && a.mode != W2VMode::SgPair) {
         // Negatives are drawn one centre ahead and their rows prefetched, so the random reads of the
         // output table overlap this centre's arithmetic.
         for (int64_t k = 1; k < K1; ++k) targets[k] = next_negatives[k];
@@ -246,15 +408,11 @@ GF_CLONES W2VResult train_range(const W2VTrainArgs& a, int64_t begin, int64_t en
           prefetch_row(t.syn1neg + static_cast<int64_t>(next_negatives[k]) * d, d);
         }
         if (i + 1 < n) prefetch_row(t.syn1neg + static_cast<int64_t>(sentence[i + 1]) * d, d);
-        if (i + window + 1 < n) prefetch_row(t.syn0 + static_cast<int64_t>(sentence[i + window + 1]) * d, d);
-        if (a.mode == W2VMode::SgShared) {
-          loss += update_sg_shared(t, contexts.data(), C, targets.data(), K1, alpha, neu1e.data(), g.data(),
-                                   a.compute_loss);
-        } else {
-          loss += update_cbow(t, contexts.data(), C, targets.data(), K1, alpha, a.cbow_mean, h.data(), neu1e.data(),
-                              a.compute_loss);
-        }
       }
+      if (a.mode != W2VMode::SgPair && i + window + 1 < n)
+        prefetch_row(t.syn0 + static_cast<int64_t>(sentence[i + window + 1]) * d, d);
+      loss += train_centre(t, a.mode, contexts.data(), C, targets.data(), K1, ns, alpha, a.cbow_mean, scratch,
+                           a.compute_loss, draw_pair_negatives);
     }
   }
   result.loss = loss;
@@ -264,48 +422,52 @@ GF_CLONES W2VResult train_range(const W2VTrainArgs& a, int64_t begin, int64_t en
 GF_CLONES void step_rows(const W2VStepArgs& a) {
   const W2VTables& t = a.tables;
   const int64_t d = t.dim, C = a.num_contexts, K1 = a.negative + 1;
-  std::vector<int32_t> contexts(std::max<int64_t>(C, 1)), targets(K1);
-  std::vector<float> neu1e(std::max<int64_t>(C, 1) * d), h(d), g(std::max<int64_t>(C, 1) * K1);
+  // Without a tree negative 0 still trains the positive pairs; with one it means hs alone.
+  const bool ns = !t.hs.enabled() || a.negative > 0;
+  std::vector<int32_t> contexts(std::max<int64_t>(C, 1)), columns(std::max<int64_t>(C, 1)), targets(K1);
+  Scratch scratch(C, std::max(K1, t.hs.depth), d);
   const float alpha = static_cast<float>(a.alpha);
   for (int64_t r = 0; r < a.batch; ++r) {
     int64_t n = 0;
     for (int64_t c = 0; c < C; ++c)
-      if (a.contexts[r * C + c] >= 0) contexts[n++] = a.contexts[r * C + c];
+      if (a.contexts[r * C + c] >= 0) {
+        columns[n] = static_cast<int32_t>(c);
+        contexts[n++] = a.contexts[r * C + c];
+      }
     targets[0] = a.centers[r];
-    double loss = 0.0;
-    if (a.mode == W2VMode::SgPair) {
-      for (int64_t c = 0; c < C; ++c) {
-        const int32_t context = a.contexts[r * C + c];
-        if (context < 0) continue;
-        for (int64_t k = 1; k < K1; ++k) targets[k] = a.negatives[(r * C + c) * a.negative + k - 1];
-        loss += update_sg_pair(t, context, targets.data(), K1, alpha, neu1e.data(), a.loss != nullptr);
-      }
-    } else {
+    if (a.mode != W2VMode::SgPair)
       for (int64_t k = 1; k < K1; ++k) targets[k] = a.negatives[r * a.negative + k - 1];
-      if (a.mode == W2VMode::SgShared) {
-        loss = update_sg_shared(t, contexts.data(), n, targets.data(), K1, alpha, neu1e.data(), g.data(),
-                                a.loss != nullptr);
-      } else {
-        loss = update_cbow(t, contexts.data(), n, targets.data(), K1, alpha, a.cbow_mean, h.data(), neu1e.data(),
-                           a.loss != nullptr);
-      }
-    }
+    const auto pair_negatives = [&](int64_t c, int32_t* out) {
+      const int32_t* row = a.negatives + (r * C + columns[c]) * a.negative;
+      for (int64_t k = 1; k < K1; ++k) out[k] = row[k - 1];
+    };
+    const double loss = n == 0 ? 0.0
+                               : train_centre(t, a.mode, contexts.data(), n, targets.data(), K1, ns, alpha,
+                                              a.cbow_mean, scratch, a.loss != nullptr, pair_negatives);
     if (a.loss != nullptr) a.loss[r] = loss;
   }
 }
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-void validate_tables(const W2VTables& t) {
+constexpr int64_t kMaxTreeDepth = 255;
+
+void validate_tree(const W2VTables& t);
+
+// syn1neg is needed unless hierarchical softmax does all the work (negative 0 with a tree).
+void validate_tables(const W2VTables& t, bool needs_syn1neg) {
   require(t.vocab >= 1, "vocab_size: expected >= 1, got " + str(t.vocab));
   require(t.vocab <= std::numeric_limits<int32_t>::max(), "vocab_size: expected < 2^31, got " + str(t.vocab));
   require(t.dim >= 1, "dim: expected >= 1, got " + str(t.dim));
   require(t.syn0_numel == t.vocab * t.dim,
           "syn0: expected vocab_size*dim=" + str(t.vocab * t.dim) + " elements, got " + str(t.syn0_numel));
-  require(t.syn1neg_numel == t.vocab * t.dim,
-          "syn1neg: expected vocab_size*dim=" + str(t.vocab * t.dim) + " elements, got " + str(t.syn1neg_numel));
   require(t.syn0 != nullptr, "syn0: null data pointer");
-  require(t.syn1neg != nullptr, "syn1neg: null data pointer");
+  if (needs_syn1neg || t.syn1neg != nullptr) {
+    require(t.syn1neg_numel == t.vocab * t.dim,
+            "syn1neg: expected vocab_size*dim=" + str(t.vocab * t.dim) + " elements, got " + str(t.syn1neg_numel));
+    require(t.syn1neg != nullptr, "syn1neg: null data pointer");
+  }
+  if (t.hs.enabled()) validate_tree(t);
 }
 
 // First index i with ids[i] outside [lo, vocab), or -1. Vectorisable: no early exit in the hot loop.
@@ -323,17 +485,38 @@ int64_t first_bad_id(const int32_t* ids, int64_t n, int32_t lo, int64_t vocab) {
   return -1;
 }
 
-void require_ids(const char* name, const int32_t* ids, int64_t n, int32_t lo, int64_t vocab) {
+void require_ids(const char* name, const int32_t* ids, int64_t n, int32_t lo, int64_t vocab,
+                 const char* bound = "vocab_size") {
   require(n == 0 || ids != nullptr, std::string(name) + ": null data pointer");
   const int64_t bad = first_bad_id(ids, n, lo, vocab);
   require(bad < 0, std::string(name) + ": id " + (bad < 0 ? std::string() : str(ids[bad])) + " at index " + str(bad) +
-                       " is outside [" + str(lo) + ", vocab_size=" + str(vocab) + ")");
+                       " is outside [" + str(lo) + ", " + bound + "=" + str(vocab) + ")");
+}
+
+void validate_tree(const W2VTables& t) {
+  const W2VTree& h = t.hs;
+  const int64_t V = t.vocab;
+  require(h.syn1_numel == V * t.dim,
+          "syn1: expected vocab_size*dim=" + str(V * t.dim) + " elements, got " + str(h.syn1_numel));
+  require(h.depth >= 0 && h.depth <= kMaxTreeDepth,
+          "tree depth: expected 0.." + str(kMaxTreeDepth) + ", got " + str(h.depth));
+  require(h.points_numel == V * h.depth && h.codes_numel == V * h.depth,
+          "tree points/codes: expected vocab_size*depth=" + str(V * h.depth) + " elements, got " +
+              str(h.points_numel) + " and " + str(h.codes_numel));
+  require(h.lengths_numel == V, "tree lengths: expected vocab_size=" + str(V) + " elements, got " +
+                                    str(h.lengths_numel));
+  require(h.lengths != nullptr && (h.depth == 0 || (h.points != nullptr && h.codes != nullptr)),
+          "tree: null data pointer");
+  require_ids("tree lengths", h.lengths, V, 0, h.depth + 1, "depth+1");
+  require_ids("tree points", h.points, h.points_numel, 0, std::max<int64_t>(V - 1, 1), "vocab_size-1");
+  for (int64_t i = 0; i < h.codes_numel; ++i)
+    require(h.codes[i] <= 1, "tree codes: expected 0 or 1, got " + str(h.codes[i]) + " at index " + str(i));
 }
 
 }  // namespace
 
 void validate(const W2VTrainArgs& a) {
-  validate_tables(a.tables);
+  validate_tables(a.tables, a.negative > 0);
   const int64_t V = a.tables.vocab;
   require(a.num_tokens >= 0, "tokens: expected a non-negative length, got " + str(a.num_tokens));
   require_ids("tokens", a.tokens, a.num_tokens, 0, V);
@@ -356,15 +539,17 @@ void validate(const W2VTrainArgs& a) {
   require(std::isfinite(a.alpha_start) && a.alpha_start >= 0, "alpha_start: expected a finite value >= 0");
   require(std::isfinite(a.alpha_end) && a.alpha_end >= 0, "alpha_end: expected a finite value >= 0");
   require(a.window >= 1 && a.window <= kMaxWindow, "window: expected 1.." + str(kMaxWindow) + ", got " + str(a.window));
-  require(a.negative >= 1 && a.negative <= kMaxNegative,
-          "negative: expected 1.." + str(kMaxNegative) + ", got " + str(a.negative));
+  require(a.negative >= 0 && a.negative <= kMaxNegative,
+          "negative: expected 0.." + str(kMaxNegative) + ", got " + str(a.negative));
+  require(a.negative >= 1 || a.tables.hs.enabled(),
+          "negative: expected >= 1 without hierarchical softmax (a tree), got 0");
   require(a.num_threads >= 1, "num_threads: expected >= 1, got " + str(a.num_threads));
   const int m = static_cast<int>(a.mode);
   require(m >= 0 && m <= 2, "mode: expected 0 (sg pair), 1 (sg shared) or 2 (cbow), got " + str(m));
 }
 
 void validate(const W2VStepArgs& a) {
-  validate_tables(a.tables);
+  validate_tables(a.tables, !a.tables.hs.enabled() || a.negative > 0);
   const int64_t V = a.tables.vocab;
   require(a.batch >= 0, "batch: expected >= 0, got " + str(a.batch));
   require(a.num_contexts >= 0, "num_contexts: expected >= 0, got " + str(a.num_contexts));

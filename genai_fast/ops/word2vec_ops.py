@@ -1,11 +1,14 @@
-"""Word2vec negative-sampling (SGNS) update steps: public functions, references and backends.
+"""Word2vec update steps (negative sampling and hierarchical softmax): public functions, references
+and backends.
 
-Three ops through the dispatcher (DESIGN.md section 3):
+Four ops through the dispatcher (DESIGN.md section 3):
 
 - `sgns_step`: skip-gram updates of a batch of centre words, each with its contexts and negatives;
   `shared_negatives=True` is the pWord2Vec form (the window's contexts share one set of negatives and
   the update is two small matrix products), False is gensim's pair-by-pair order.
 - `cbow_step`: CBOW updates (the mean or sum of the contexts predicts the centre).
+- `hs_step`: hierarchical-softmax updates (each centre is predicted by the binary choices along its
+  Huffman path, `HsTree`): skip-gram (each context predicts the centre) or CBOW.
 - `word2vec_train_chunk`: trains a whole chunk of sentences (what `genai_fast.word2vec.Word2Vec`
   calls): subsampling, shrinking windows, noise sampling and learning-rate decay inside the kernel.
 
@@ -16,14 +19,15 @@ Step backends: `cpp` (float32 contiguous CPU tables), then `torch` (any float dt
 `word2vec_train_chunk` backends: `triton` and `cuda` for float32 CUDA tables (`plan_chunk` subsamples
 and slices the chunk on the device, then kernels/word2vec.py or csrc/cuda/word2vec.cu train it,
 Hogwild over sentence slices, with the same counter-based Philox draws, `word2vec_draws_reference`),
-`cpp` (CPU, std::threads) and `torch` (CPU, slow fallback).
+`cpp` (CPU, std::threads) and `torch` (CPU, slow fallback). Hierarchical softmax (`hs=HsTree(...)`) runs
+on the CPU backends only.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +37,7 @@ from genai_fast.backends.dispatch import Capability, define_op, validate_backend
 
 SGNS_STEP = define_op("sgns_step")
 CBOW_STEP = define_op("cbow_step")
+HS_STEP = define_op("hs_step")
 WORD2VEC_TRAIN = define_op("word2vec_train_chunk")
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -117,6 +122,62 @@ def cbow_step(
         return torch.zeros(0, dtype=torch.float64, device=syn0.device)
     impl = CBOW_STEP.select(_step_inputs(syn0, syn1neg), backend)
     return impl.run(syn0, syn1neg, centers, contexts, negatives, float(alpha), "cbow", bool(cbow_mean))
+
+
+class HsTree(NamedTuple):
+    """Hierarchical softmax's tables (genai_fast.word2vec.huffman builds the tree).
+
+    syn1: [V, D] output vectors of the inner nodes (rows 0..V-2 used), updated in place.
+    points: [V, L] int32 inner-node ids on each word's path from the root, padded with 0.
+    codes: [V, L] uint8 branch taken at each of those nodes (0 or 1); the label there is 1 - code.
+    lengths: [V] int32 path length of each word (<= L).
+    numpy arrays or CPU tensors (`hs_step` takes tensors, `word2vec_train_chunk` either).
+    """
+
+    syn1: Any
+    points: Any
+    codes: Any
+    lengths: Any
+
+
+def hs_step(
+    syn0: torch.Tensor,
+    centers: torch.Tensor,
+    contexts: torch.Tensor,
+    tree: HsTree,
+    alpha: float,
+    *,
+    cbow: bool = False,
+    cbow_mean: bool = True,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Hierarchical-softmax updates of B centre words, applied in row order, in place.
+
+    Args:
+        syn0: [V, D] input vectors (updated in place).
+        centers: [B] integer ids of the words to predict.
+        contexts: [B, C] integer ids of each centre's context words; -1 pads short windows.
+        tree: HsTree of torch tensors; tree.syn1 [V, D] (same dtype and device as syn0) is updated in place.
+        alpha: learning rate.
+        cbow: False: skip-gram, each context in turn predicts the centre (gensim's pair order);
+            True: the mean (cbow_mean) or sum of the contexts predicts it (with a sum the input error
+            is divided by the context count, gensim's rule).
+        backend: force "cpp" or "torch".
+
+    Returns: [B] float64 loss per row: sum over the path nodes of -log sigmoid(+-score) (+ where the
+    code is 0).
+
+    Equivalent PyTorch for one skip-gram pair (input x = syn0[context], path nodes n_b with codes c_b)::
+
+        for b: f = x @ syn1[n_b];  g = (1 - c_b - sigmoid(f)) * alpha;  e += g * syn1[n_b];  syn1[n_b] += g * x
+        syn0[context] += e
+    """
+    _validate_hs_step(syn0, centers, contexts, tree, alpha, backend)
+    if centers.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64, device=syn0.device)
+    inputs = {"device": syn0.device, "dtype": syn0.dtype, "syn0": syn0, "syn1neg": tree.syn1}
+    impl = HS_STEP.select(inputs, backend)
+    return impl.run(syn0, centers, contexts, tree, float(alpha), bool(cbow), bool(cbow_mean))
 
 
 # ---------------------------------------------------------------- references
@@ -230,6 +291,62 @@ def _cbow_update(syn0: torch.Tensor, syn1neg: torch.Tensor, ctx: torch.Tensor, c
     return loss
 
 
+def hs_step_reference(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor, tree: HsTree,
+                      alpha: float, cbow: bool, cbow_mean: bool = True) -> torch.Tensor:
+    """Plain PyTorch hierarchical-softmax updates (in place, in syn0's dtype): the oracle and fallback.
+    Shapes as in `hs_step`. Returns loss [B] float64."""
+    losses = torch.zeros(centers.shape[0], dtype=torch.float64)
+    for r, center in enumerate(centers.tolist()):
+        row = contexts[r]
+        ctx = row[row >= 0].to(torch.long).to(syn0.device)
+        length = int(tree.lengths[center])
+        nodes = tree.points[center, :length].to(torch.long).to(syn0.device)
+        labels = 1.0 - tree.codes[center, :length].to(syn0.dtype).to(syn0.device)
+        if cbow:
+            losses[r] = _hs_cbow_update(syn0, tree.syn1, ctx, nodes, labels, alpha, cbow_mean)
+        else:
+            losses[r] = sum(_hs_path_update(syn0, tree.syn1, int(c), nodes, labels, alpha) for c in ctx.tolist())
+    return losses
+
+
+def _hs_path(x: torch.Tensor, syn1: torch.Tensor, nodes: torch.Tensor, labels: torch.Tensor,
+             alpha: float) -> tuple[torch.Tensor, float]:
+    """x predicts a path node by node (each node sees the vectors as the previous ones left them).
+    Updates syn1 and returns (the input error, the loss)."""
+    err = torch.zeros_like(x)
+    loss = 0.0
+    for node, label in zip(nodes.tolist(), labels.tolist(), strict=True):
+        out = syn1[node]
+        f = torch.dot(x, out)
+        g = (label - torch.sigmoid(f)) * alpha
+        loss += float(_softplus64(-f if label == 1.0 else f))
+        err += g * out
+        syn1[node] = out + g * x
+    return err, loss
+
+
+def _hs_path_update(syn0: torch.Tensor, syn1: torch.Tensor, word: int, nodes: torch.Tensor, labels: torch.Tensor,
+                    alpha: float) -> float:
+    err, loss = _hs_path(syn0[word].clone(), syn1, nodes, labels, alpha)
+    syn0[word] += err
+    return loss
+
+
+def _hs_cbow_update(syn0: torch.Tensor, syn1: torch.Tensor, ctx: torch.Tensor, nodes: torch.Tensor,
+                    labels: torch.Tensor, alpha: float, cbow_mean: bool) -> float:
+    count = ctx.numel()
+    if count == 0:
+        return 0.0
+    h = syn0[ctx].sum(0)
+    if cbow_mean:
+        h = h / count
+    err, loss = _hs_path(h, syn1, nodes, labels, alpha)
+    if not cbow_mean:
+        err = err / count
+    syn0.index_add_(0, ctx, err.expand(count, -1).contiguous())
+    return loss
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -265,6 +382,61 @@ def _validate_step(syn0: Any, syn1neg: Any, centers: Any, contexts: Any, negativ
         want = "[B, C, K]" if mode == "sg_pair" else "[B, K]"
         raise ValueError(f"negatives: expected {want} with leading dims {expect}, got {tuple(negatives.shape)}")
     for name, t, low in (("centers", centers, 0), ("contexts", contexts, -1), ("negatives", negatives, 0)):
+        if t.numel() and (int(t.min()) < low or int(t.max()) >= vocab):
+            bad = t[(t < low) | (t >= vocab)][0]
+            raise ValueError(f"{name}: id {int(bad)} is outside [{low}, vocab_size={vocab})")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
+    validate_backend_name(backend)
+
+
+def validate_tree(tree: Any, vocab: int, dim: int) -> None:
+    """Shapes, dtypes and ranges of an HsTree (numpy arrays or tensors) for a [vocab, dim] model."""
+    if not isinstance(tree, HsTree):
+        raise TypeError(f"hs: expected an HsTree(syn1, points, codes, lengths), got {type(tree).__name__}")
+    syn1, points, codes, lengths = (torch.as_tensor(t) if isinstance(t, np.ndarray) else t for t in tree)
+    for name, t in (("syn1", syn1), ("points", points), ("codes", codes), ("lengths", lengths)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"hs.{name}: expected a numpy array or torch.Tensor, got {type(t).__name__}")
+    if tuple(syn1.shape) != (vocab, dim) or not syn1.is_floating_point():
+        raise ValueError(f"hs.syn1: expected a floating [V={vocab}, D={dim}] table, got {tuple(syn1.shape)} "
+                         f"{syn1.dtype}")
+    for name, t in (("points", points), ("codes", codes), ("lengths", lengths)):
+        if not _is_int_tensor(t):
+            raise TypeError(f"hs.{name}: expected integers, got {t.dtype}")
+    if points.dim() != 2 or points.shape[0] != vocab or tuple(codes.shape) != tuple(points.shape):
+        raise ValueError(f"hs.points/hs.codes: expected two [V={vocab}, L] tables, got {tuple(points.shape)} and "
+                         f"{tuple(codes.shape)}")
+    if tuple(lengths.shape) != (vocab,):
+        raise ValueError(f"hs.lengths: expected [V={vocab}], got {tuple(lengths.shape)}")
+    depth = points.shape[1]
+    for name, t, low, high in (("lengths", lengths, 0, depth + 1), ("points", points, 0, max(vocab - 1, 1)),
+                               ("codes", codes, 0, 2)):
+        if t.numel() and (int(t.min()) < low or int(t.max()) >= high):
+            bad = t[(t < low) | (t >= high)][0]
+            raise ValueError(f"hs.{name}: value {int(bad)} is outside [{low}, {high})")
+
+
+def _validate_hs_step(syn0: Any, centers: Any, contexts: Any, tree: Any, alpha: Any, backend: Any) -> None:
+    if not isinstance(syn0, torch.Tensor) or syn0.dtype not in FLOAT_DTYPES or syn0.dim() != 2:
+        raise TypeError(f"syn0: expected a floating [V, D] torch.Tensor, got "
+                        f"{tuple(syn0.shape) if isinstance(syn0, torch.Tensor) else type(syn0).__name__}")
+    validate_tree(tree, syn0.shape[0], syn0.shape[1])
+    for name, t in tree._asdict().items():
+        if not isinstance(t, torch.Tensor) or t.device != syn0.device:
+            raise TypeError(f"tree.{name}: expected a torch.Tensor on syn0's device {syn0.device}")
+    if tree.syn1.dtype != syn0.dtype:
+        raise ValueError(f"tree.syn1: expected syn0's dtype {syn0.dtype}, got {tree.syn1.dtype}")
+    vocab = syn0.shape[0]
+    for name, t, dims in (("centers", centers, 1), ("contexts", contexts, 2)):
+        if not _is_int_tensor(t):
+            raise TypeError(f"{name}: expected an integer torch.Tensor, got "
+                            f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.dim() != dims:
+            raise ValueError(f"{name}: expected {dims} dimensions, got shape {tuple(t.shape)}")
+    if contexts.shape[0] != centers.shape[0]:
+        raise ValueError(f"contexts: expected [B={centers.shape[0]}, C], got {tuple(contexts.shape)}")
+    for name, t, low in (("centers", centers, 0), ("contexts", contexts, -1)):
         if t.numel() and (int(t.min()) < low or int(t.max()) >= vocab):
             bad = t[(t < low) | (t >= vocab)][0]
             raise ValueError(f"{name}: id {int(bad)} is outside [{low}, vocab_size={vocab})")
@@ -317,6 +489,18 @@ def _cbow_step_torch(syn0, syn1neg, centers, contexts, negatives, alpha, mode, c
     return word2vec_step_reference(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean)
 
 
+@HS_STEP.register("cpp", _CPP_STEP, check=_cpp_step_check)
+def _hs_step_cpp(syn0, centers, contexts, tree, alpha, cbow, cbow_mean):
+    from genai_fast.backends.cpp.word2vec import hs_step
+
+    return hs_step(syn0, centers, contexts, tree, alpha, cbow, cbow_mean)
+
+
+@HS_STEP.register("torch", _TORCH_STEP)
+def _hs_step_torch(syn0, centers, contexts, tree, alpha, cbow, cbow_mean):
+    return hs_step_reference(syn0, centers, contexts, tree, alpha, cbow, cbow_mean)
+
+
 # ---------------------------------------------------------------- chunk training
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -341,9 +525,10 @@ def word2vec_train_chunk(
     compute_loss: bool = False,
     seed: int = 1,
     workers: int = 1,
+    hs: HsTree | None = None,
     backend: str | None = None,
 ) -> tuple[int, int, float]:
-    """Train on a chunk of sentences, updating syn0 and syn1neg in place (Hogwild).
+    """Train on a chunk of sentences, updating syn0 and syn1neg (and hs.syn1) in place (Hogwild).
 
     Args:
         syn0, syn1neg: [V, D] float32 C-contiguous tables: numpy arrays or CPU tensors (cpp, torch
@@ -354,7 +539,10 @@ def word2vec_train_chunk(
         keep_prob: [V] float32 probability of keeping each word (gensim's subsampling), or None.
         alias_prob, alias_index: [V] float32 / int32 alias-method table of the noise distribution.
         alpha_start, alpha_end: learning rate at the chunk's first and last token (linear in between).
-        mode: "sg_shared", "sg_pair" or "cbow"; window, negative: as in gensim.
+        mode: "sg_shared", "sg_pair" or "cbow"; window, negative: as in gensim (negative 0 needs hs).
+        hs: hierarchical softmax's tree and syn1 (HsTree, numpy arrays or CPU tensors; CPU backends only):
+            each centre gets the hierarchical-softmax update first, then the negative-sampling one
+            (when negative > 0), as gensim does with hs=1 and negative > 0.
         seed: the chunk's random seed; on the CPU workers=1 and a seed give bit-identical results. On a
             GPU a seed fixes every random draw, but concurrent float updates race (Hogwild), so results
             agree statistically, not bit for bit. `workers` is the CPU thread count (ignored on a GPU).
@@ -374,13 +562,18 @@ def word2vec_train_chunk(
                                            or syn1neg.dtype != syn0.dtype or syn0.dim() != 2):
         raise ValueError(f"syn1neg: expected syn0's [V, D] shape {tuple(syn0.shape)}, dtype {syn0.dtype} and device "
                          f"{syn0.device}, got {tuple(syn1neg.shape)}, {syn1neg.dtype}, {syn1neg.device}")
+    if isinstance(negative, bool) or not isinstance(negative, (int, np.integer)) or negative < (0 if hs else 1):
+        raise ValueError(f"negative: expected an int >= {0 if hs else 1}"
+                         f"{'' if hs else ' (0 needs hierarchical softmax, hs=)'}, got {negative!r}")
+    if hs is not None:
+        validate_tree(hs, syn0.shape[0], syn0.shape[1] if syn0.ndim == 2 else -1)
     device = syn0.device if isinstance(syn0, torch.Tensor) else torch.device("cpu")
     dtype = syn0.dtype if isinstance(syn0, torch.Tensor) else torch.float32
     inputs = {"device": device, "dtype": dtype, "syn0": syn0, "syn1neg": syn1neg, "mode": mode, "window": window,
-              "negative": negative}
+              "negative": negative, "hs": hs is not None}
     impl = WORD2VEC_TRAIN.select(inputs, backend)
     return impl.run(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                    mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers)
+                    mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs)
 
 
 # ---- GPU chunk plan: subsampling, compaction, learning rates and slices, as torch ops on the device
@@ -514,7 +707,7 @@ def prepare_gpu_chunk(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: ArrayLi
 
 
 def _gpu_train_check(inputs: dict[str, Any]) -> list[str]:
-    reasons = []
+    reasons = ["hierarchical softmax (hs) has no GPU kernel; it trains on the CPU backends"] if inputs["hs"] else []
     syn0, syn1 = inputs["syn0"], inputs["syn1neg"]
     for name, t in (("syn0", syn0), ("syn1neg", syn1)):
         if not isinstance(t, torch.Tensor):
@@ -548,7 +741,7 @@ def _train_chunk_gpu(launch: Any, syn0, syn1neg, tokens, offsets, keep_prob, ali
     check=_gpu_train_check,
 )
 def _train_chunk_triton(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                        mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):
+                        mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
     from genai_fast.kernels.word2vec import word2vec_train_fwd
 
     return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
@@ -574,7 +767,7 @@ def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
     check=_cuda_train_check,
 )
 def _train_chunk_cuda(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                      mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):
+                      mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
     from genai_fast.backends.cuda.word2vec import word2vec_train_fwd
 
     return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
@@ -600,21 +793,21 @@ def _as_numpy(value: ArrayLike | None) -> np.ndarray | None:
                features=("Hogwild std::threads", "pWord2Vec shared negatives", "alias-method noise sampling")),
 )
 def _train_chunk_cpp(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                     mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):
+                     mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
     from genai_fast.backends.cpp.word2vec import word2vec_train
 
     return word2vec_train(_as_numpy_table("syn0", syn0), _as_numpy_table("syn1neg", syn1neg), _as_numpy(tokens),
                           _as_numpy(offsets), _as_numpy(keep_prob), _as_numpy(alias_prob), _as_numpy(alias_index),
                           alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
-                          seed, workers)
+                          seed, workers, hs)
 
 
 @WORD2VEC_TRAIN.register(
     "torch", Capability(devices=("cpu",), dtypes=(torch.float32,), features=("reference (one thread, slow)",))
 )
 def _train_chunk_torch(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                       mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers):
-    """The same algorithm in Python over the step reference: correct but slow (a fallback, not a path)."""
+                       mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
+    """The same algorithm in Python over the step references: correct but slow (a fallback, not a path)."""
     syn0, syn1neg = _as_numpy_table("syn0", syn0), _as_numpy_table("syn1neg", syn1neg)
     tokens, offsets, keep_prob = _as_numpy(tokens), _as_numpy(offsets), _as_numpy(keep_prob)
     alias_prob, alias_index = _as_numpy(alias_prob), _as_numpy(alias_index)
@@ -623,7 +816,8 @@ def _train_chunk_torch(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, al
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise ValueError(f"{name}: ids outside [0, vocab_size={vocab})")
     rng = np.random.default_rng(seed)
-    s0, s1 = torch.from_numpy(syn0), torch.from_numpy(syn1neg)
+    tables = (torch.from_numpy(syn0), torch.from_numpy(syn1neg),
+              None if hs is None else HsTree(*(torch.as_tensor(_as_numpy(t)) for t in hs)))
     total = max(1, len(tokens))
     raw = effective = 0
     loss = 0.0
@@ -645,10 +839,26 @@ def _train_chunk_torch(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, al
             u = rng.random(int(np.prod(shape)))
             idx = rng.integers(vocab, size=u.size)
             negs = np.where(u < alias_prob[idx], idx, alias_index[idx]).reshape(shape)
-            loss += float(word2vec_step_reference(
-                s0, s1, torch.tensor([int(words[i])]), torch.tensor([ctx]), torch.from_numpy(negs), alpha, mode,
-                cbow_mean).sum())
+            loss += _reference_centre(tables, int(words[i]), ctx, torch.from_numpy(negs), alpha, mode, cbow_mean)
     return raw, effective, (loss if compute_loss else 0.0)
+
+
+def _reference_centre(tables: tuple[torch.Tensor, torch.Tensor, HsTree | None], centre: int, ctx: list[int],
+                      negs: torch.Tensor, alpha: float, mode: str, cbow_mean: bool) -> float:
+    """One centre's updates in the C++ trainer's order: hierarchical softmax first, then negative sampling
+    (skip-gram pair by pair: each context's hs update, then its negatives)."""
+    syn0, syn1neg, tree = tables
+    centers = torch.tensor([centre])
+    pairs = [([c], negs[:, j:j + 1]) for j, c in enumerate(ctx)] if mode == "sg_pair" else [(ctx, negs)]
+    loss = 0.0
+    for words, row_negs in pairs:
+        contexts = torch.tensor([words])
+        if tree is not None:
+            loss += float(hs_step_reference(syn0, centers, contexts, tree, alpha, mode == "cbow", cbow_mean).sum())
+        if row_negs.shape[-1] > 0:
+            loss += float(word2vec_step_reference(syn0, syn1neg, centers, contexts, row_negs, alpha, mode,
+                                                  cbow_mean).sum())
+    return loss
 
 
 # ---- the GPU kernels' random stream, in numpy (the tests' oracle for the draws)

@@ -1,4 +1,4 @@
-"""`Word2Vec`: gensim 4's Word2Vec API over genai_fast's negative-sampling kernels.
+"""`Word2Vec`: gensim 4's Word2Vec API over genai_fast's negative-sampling and hierarchical-softmax kernels.
 
 Same parameter names and semantics as gensim 4 (vocabulary rules, subsampling formula,
 unigram^ns_exponent noise, linear learning-rate decay, shrinking windows, CBOW mean/sum rule), with
@@ -10,7 +10,9 @@ these differences, each deliberate:
 - skip-gram shares one set of negatives across a window's contexts (pWord2Vec) unless
   `shared_negatives=False`; the sigmoid is exact (gensim clips scores at +-6);
 - noise words are drawn with the alias method from the exact distribution;
-- hierarchical softmax (hs=1) is not implemented (NotImplementedError).
+- hierarchical softmax (hs=1, alone with negative=0 or beside negative sampling) trains on the CPU only:
+  device="auto" picks the CPU for it and device="cuda" raises NotImplementedError. Its Huffman tree is
+  gensim's (same codes and points), rebuilt from the word counts on load.
 
 device="cuda" (and "auto" with workers > 1 on a machine with a CUDA GPU and Triton or CuPy; "auto"
 with workers=1 keeps the CPU's deterministic mode) trains on the GPU: the
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from genai_fast.word2vec.corpus import Chunk, Counts, Encoder, check_corpus_file, count_file, count_sentences
+from genai_fast.word2vec.huffman import HuffmanTree, huffman_tree
 from genai_fast.word2vec.keyedvectors import KeyedVectors
 
 CACHE_TOKEN_LIMIT = 256 << 20  # encoded corpora up to this many tokens are kept in memory across epochs
@@ -165,7 +168,9 @@ class Word2Vec:
 
     Given `sentences` (a restartable iterable of lists of str) or `corpus_file` (LineSentence text),
     the vocabulary is built and the model trained for `epochs` at once, as in gensim.
-    `model.wv` holds the word vectors [V, vector_size]; `model.syn1neg` the output vectors.
+    `model.wv` holds the word vectors [V, vector_size]; `model.syn1neg` the negative-sampling output
+    vectors; with hs=1 `model.syn1` [V, vector_size] the Huffman tree's inner-node vectors (row n is
+    inner node n, V - 1 of them) and `model.huffman` the tree.
 
     Extra parameters: device ("auto": "cuda" when a CUDA GPU and a GPU backend are available and
     workers > 1, else "cpu"; see the module docstring for what each promises),
@@ -218,12 +223,11 @@ class Word2Vec:
         self.sg = int(sg)
         if hs not in (0, 1):
             raise ValueError(f"hs: expected 0 or 1, got {hs!r}")
-        if hs:
-            raise NotImplementedError("hs=1: hierarchical softmax is not implemented; use hs=0 with negative > 0")
-        self.hs = 0
+        self.hs = int(hs)
         self.negative = _require_int("negative", negative, 0)
-        if self.negative == 0:
-            raise ValueError("negative: must be > 0 (hs=0 needs negative sampling)")
+        if self.negative == 0 and not self.hs:
+            raise ValueError("negative: must be > 0 with hs=0 (one of negative sampling or hierarchical softmax "
+                             "is needed)")
         self.ns_exponent = _require_number("ns_exponent", ns_exponent, -math.inf)
         if cbow_mean not in (0, 1):
             raise ValueError(f"cbow_mean: expected 0 (sum) or 1 (mean), got {cbow_mean!r}")
@@ -235,11 +239,13 @@ class Word2Vec:
         self.shrink_windows = bool(shrink_windows)
         self.shared_negatives = bool(shared_negatives)
         self.progress = bool(progress)
-        self.device = self._resolve_device(device, self.workers)
+        self.device = self._resolve_device(device, self.workers, self.hs)
         self.layer1_size = self.vector_size
 
         self.wv = KeyedVectors(self.vector_size, 0)
         self.syn1neg = np.zeros((0, self.vector_size), dtype=np.float32)
+        self.syn1: np.ndarray | None = np.zeros((0, self.vector_size), dtype=np.float32) if self.hs else None
+        self.huffman: HuffmanTree | None = None
         self.corpus_count = 0
         self.corpus_total_words = 0
         self.raw_vocab: dict[str, int] = {}
@@ -264,10 +270,13 @@ class Word2Vec:
     # ------------------------------------------------------------ setup
 
     @staticmethod
-    def _resolve_device(device: str, workers: int) -> str:
+    def _resolve_device(device: str, workers: int, hs: int = 0) -> str:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-        if device == "cpu" or (device == "auto" and workers == 1):  # workers=1: the deterministic CPU mode
+        if hs and device == "cuda":
+            raise NotImplementedError("device: hs=1 (hierarchical softmax) has no GPU kernel; use device='cpu' "
+                                      "or 'auto', or hs=0 with negative sampling on the GPU")
+        if device == "cpu" or hs or (device == "auto" and workers == 1):  # workers=1: the deterministic CPU mode
             return "cpu"
         import torch
 
@@ -345,8 +354,10 @@ class Word2Vec:
             fresh = _initial_vectors(rng, len(new_words), self.vector_size)
             old.add_vectors(new_words, fresh)
             old.expandos["count"] = np.concatenate([counts, np.asarray(new_counts, dtype=np.int64)])
-            self.syn1neg = np.ascontiguousarray(np.vstack(
-                [self.syn1neg, np.zeros((len(new_words), self.vector_size), np.float32)]))
+            fresh_rows = np.zeros((len(new_words), self.vector_size), np.float32)
+            self.syn1neg = np.ascontiguousarray(np.vstack([self.syn1neg, fresh_rows]))
+            if self.hs:  # the tree is rebuilt for the new counts, as gensim does
+                self.syn1 = np.ascontiguousarray(np.vstack([self.syn1, fresh_rows]))
         else:
             if not retained:
                 top = max(raw.counts.items(), key=lambda kv: kv[1]) if raw.counts else ("", 0)
@@ -362,6 +373,8 @@ class Word2Vec:
             kv.vectors = _initial_vectors(rng, len(retained), self.vector_size)
             self.wv = kv
             self.syn1neg = np.zeros((len(retained), self.vector_size), dtype=np.float32)
+            if self.hs:
+                self.syn1 = np.zeros((len(retained), self.vector_size), dtype=np.float32)
         self._make_tables()
 
     def _make_tables(self) -> None:
@@ -375,6 +388,7 @@ class Word2Vec:
             prob = (np.sqrt(counts / threshold) + 1.0) * (threshold / counts)
             self.keep_prob = np.minimum(prob, 1.0).astype(np.float32)
         self.noise_prob, self.noise_alias = alias_table(np.power(counts, self.ns_exponent))
+        self.huffman = huffman_tree(self.wv.expandos["count"]) if self.hs else None
         self._encoder: Encoder | None = None
 
     # ------------------------------------------------------------ training
@@ -497,13 +511,17 @@ class Word2Vec:
         """The kernel over one chunk, alpha decaying linearly to next_alpha; (effective words, loss)."""
         if not chunk.ids.size:
             return 0, 0.0
-        from genai_fast.ops.word2vec_ops import word2vec_train_chunk
+
+        from genai_fast.ops.word2vec_ops import HsTree, word2vec_train_chunk
 
         mode = "cbow" if not self.sg else ("sg_shared" if self.shared_negatives else "sg_pair")
+        tree = None if not self.hs else HsTree(self.syn1, self.huffman.points, self.huffman.codes,
+                                               self.huffman.lengths)
         _, effective, loss = word2vec_train_chunk(
             tables[0], tables[1], chunk.ids, chunk.offsets, *tables[2:], alpha, next_alpha, mode=mode,
             window=self.window, negative=self.negative, cbow_mean=bool(self.cbow_mean),
-            shrink_windows=self.shrink_windows, compute_loss=self.compute_loss, seed=seed, workers=self.workers)
+            shrink_windows=self.shrink_windows, compute_loss=self.compute_loss, seed=seed, workers=self.workers,
+            hs=tree)
         return effective, loss
 
     def _prepare_arrays(self) -> None:
@@ -515,6 +533,12 @@ class Word2Vec:
         if self.syn1neg.dtype != np.float32 or not self.syn1neg.flags.c_contiguous or \
                 not self.syn1neg.flags.writeable:
             self.syn1neg = np.ascontiguousarray(self.syn1neg, dtype=np.float32).copy()
+        if self.hs:
+            if self.syn1 is None or self.syn1.shape != self.wv.vectors.shape:
+                shape = None if self.syn1 is None else self.syn1.shape
+                raise ValueError(f"syn1: expected shape {self.wv.vectors.shape} (hs=1), got {shape}")
+            if self.syn1.dtype != np.float32 or not self.syn1.flags.c_contiguous or not self.syn1.flags.writeable:
+                self.syn1 = np.ascontiguousarray(self.syn1, dtype=np.float32).copy()
 
     def _device_tables(self) -> tuple[Any, ...]:
         """(syn0, syn1neg, keep_prob, noise_prob, noise_alias) where training reads them: the numpy
@@ -577,6 +601,7 @@ class Word2Vec:
             "train_count": self.train_count,
         }
         arrays = {"vectors": self.wv.vectors, "syn1neg": self.syn1neg,
+                  **({"syn1": self.syn1} if self.hs else {}),
                   **{f"attr_{k}": v for k, v in self.wv.expandos.items()}}
         save_arrays(path, arrays, meta)
 
@@ -593,6 +618,11 @@ class Word2Vec:
         if model.syn1neg.shape != model.wv.vectors.shape:
             raise ValueError(f"{path}: syn1neg shape {model.syn1neg.shape} does not match vectors "
                              f"{model.wv.vectors.shape}")
+        if model.hs:
+            if "syn1" not in arrays or arrays["syn1"].shape != model.wv.vectors.shape:
+                shape = arrays["syn1"].shape if "syn1" in arrays else "missing"
+                raise ValueError(f"{path}: hs=1 needs syn1 of shape {model.wv.vectors.shape}, got {shape}")
+            model.syn1 = np.ascontiguousarray(arrays["syn1"], dtype=np.float32)
         model.corpus_count = int(meta["corpus_count"])
         model.corpus_total_words = int(meta["corpus_total_words"])
         model.epoch_losses = [float(x) for x in meta.get("epoch_losses", [])]

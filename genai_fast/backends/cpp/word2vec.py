@@ -6,6 +6,8 @@ buffers contiguous CPU arrays of the right dtype (int32 ids, int64 offsets, floa
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -14,32 +16,69 @@ from genai_fast.backends.cpp import extension
 MODE_CODES = {"sg_pair": 0, "sg_shared": 1, "cbow": 2}
 
 
+def _numpy(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU array or tensor (shares memory, so in-place updates reach it)."""
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _tree_args(tree: Any) -> tuple[dict[str, int], tuple[np.ndarray, ...]]:
+    """The _C keyword arguments of a hierarchical-softmax tree (ops.word2vec_ops.HsTree), or none for None,
+    and the arrays behind them, which the caller keeps alive until the call returns."""
+    if tree is None:
+        return {}, ()
+    syn1 = _numpy(tree.syn1)
+    if syn1.dtype != np.float32 or not syn1.flags.c_contiguous or not syn1.flags.writeable:
+        raise ValueError(f"hs.syn1: expected a writeable C-contiguous float32 table (updated in place), got "
+                         f"{syn1.dtype}")
+    points = np.ascontiguousarray(_numpy(tree.points), dtype=np.int32)
+    codes = np.ascontiguousarray(_numpy(tree.codes), dtype=np.uint8)
+    lengths = np.ascontiguousarray(_numpy(tree.lengths), dtype=np.int32)
+    kwargs = {"syn1": int(syn1.ctypes.data), "syn1_numel": syn1.size, "points": int(points.ctypes.data),
+              "points_numel": points.size, "codes": int(codes.ctypes.data), "codes_numel": codes.size,
+              "lengths": int(lengths.ctypes.data), "lengths_numel": lengths.size,
+              "depth": int(points.shape[1]) if points.ndim == 2 else -1}
+    return kwargs, (syn1, points, codes, lengths)
+
+
 def _ids(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(device="cpu", dtype=torch.int32).contiguous()
 
 
-def word2vec_step(syn0: torch.Tensor, syn1neg: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor,
-                  negatives: torch.Tensor, alpha: float, mode: str, cbow_mean: bool) -> torch.Tensor:
-    """Apply the updates of a batch in place (syn0, syn1neg: contiguous float32 [V, D]); returns loss [B] fp64."""
+def word2vec_step(syn0: torch.Tensor, syn1neg: torch.Tensor | None, centers: torch.Tensor, contexts: torch.Tensor,
+                  negatives: torch.Tensor, alpha: float, mode: str, cbow_mean: bool, tree: Any = None) -> torch.Tensor:
+    """Apply the updates of a batch in place (syn0, syn1neg: contiguous float32 [V, D]; syn1neg may be None
+    with a hierarchical-softmax tree and no negatives); returns loss [B] fp64."""
     centers32, contexts32, negatives32 = _ids(centers), _ids(contexts), _ids(negatives)
     batch = centers32.numel()
     num_contexts = contexts32.shape[1] if contexts32.dim() == 2 else 0
     negative = negatives32.shape[-1] if negatives32.dim() >= 2 else 0
     loss = torch.zeros(batch, dtype=torch.float64)
+    tree_kwargs, _keep_alive = _tree_args(tree)
+    syn1neg_addr, syn1neg_numel = (0, 0) if syn1neg is None else (syn1neg.data_ptr(), syn1neg.numel())
     extension().word2vec_step(
-        syn0.data_ptr(), syn0.numel(), syn1neg.data_ptr(), syn1neg.numel(), syn0.shape[0], syn0.shape[1],
+        syn0.data_ptr(), syn0.numel(), syn1neg_addr, syn1neg_numel, syn0.shape[0], syn0.shape[1],
         centers32.data_ptr(), centers32.numel(), contexts32.data_ptr(), contexts32.numel(),
         negatives32.data_ptr(), negatives32.numel(), batch, num_contexts, negative,
-        loss.data_ptr(), loss.numel(), float(alpha), MODE_CODES[mode], bool(cbow_mean),
+        loss.data_ptr(), loss.numel(), float(alpha), MODE_CODES[mode], bool(cbow_mean), **tree_kwargs,
     )
     return loss
+
+
+def hs_step(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor, tree: Any, alpha: float,
+            cbow: bool, cbow_mean: bool) -> torch.Tensor:
+    """Hierarchical-softmax updates of a batch in place (skip-gram pair by pair, or CBOW); loss [B] fp64."""
+    no_negatives = torch.zeros((centers.shape[0], 0) if cbow else (*contexts.shape, 0), dtype=torch.int32)
+    return word2vec_step(syn0, None, centers, contexts, no_negatives, alpha, "cbow" if cbow else "sg_pair",
+                         cbow_mean, tree)
 
 
 def word2vec_train(syn0: np.ndarray, syn1neg: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
                    keep_prob: np.ndarray | None, alias_prob: np.ndarray, alias_index: np.ndarray,
                    alpha_start: float, alpha_end: float, mode: str, window: int, negative: int, cbow_mean: bool,
-                   shrink_windows: bool, compute_loss: bool, seed: int, workers: int) -> tuple[int, int, float]:
+                   shrink_windows: bool, compute_loss: bool, seed: int, workers: int,
+                   tree: Any = None) -> tuple[int, int, float]:
     """Train a chunk on `workers` Hogwild threads; numpy arrays (float32 tables, int32 ids, int64 offsets).
+    tree: an ops.word2vec_ops.HsTree for hierarchical softmax, or None.
 
     Returns (raw_words, effective_words, loss_sum).
     """
@@ -54,10 +93,11 @@ def word2vec_train(syn0: np.ndarray, syn1neg: np.ndarray, tokens: np.ndarray, of
     if not (syn0.flags.writeable and syn1neg.flags.writeable):
         raise ValueError("syn0/syn1neg: expected writeable arrays")
     keep_addr, keep_numel = (0, 0) if keep_prob is None else (addr(keep_prob), keep_prob.size)
+    tree_kwargs, _keep_alive = _tree_args(tree)
     raw, effective, loss = extension().word2vec_train(
         addr(tokens), tokens.size, addr(offsets), offsets.size, addr(syn0), syn0.size, addr(syn1neg), syn1neg.size,
         syn0.shape[0], syn0.shape[1], keep_addr, keep_numel, addr(alias_prob), addr(alias_index), alias_prob.size,
         float(alpha_start), float(alpha_end), MODE_CODES[mode], int(window), int(negative), bool(cbow_mean),
-        bool(shrink_windows), bool(compute_loss), int(seed) & 0xFFFFFFFFFFFFFFFF, int(workers),
+        bool(shrink_windows), bool(compute_loss), int(seed) & 0xFFFFFFFFFFFFFFFF, int(workers), **tree_kwargs,
     )
     return int(raw), int(effective), float(loss)
