@@ -147,7 +147,7 @@ def hs_step(
     tree: HsTree,
     alpha: float,
     *,
-    cbow: bool = False,
+    mode: str = "sg_shared",
     cbow_mean: bool = True,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -159,9 +159,11 @@ def hs_step(
         contexts: [B, C] integer ids of each centre's context words; -1 pads short windows.
         tree: HsTree of torch tensors; tree.syn1 [V, D] (same dtype and device as syn0) is updated in place.
         alpha: learning rate.
-        cbow: False: skip-gram, each context in turn predicts the centre (gensim's pair order);
-            True: the mean (cbow_mean) or sum of the contexts predicts it (with a sum the input error
-            is divided by the context count, gensim's rule).
+        mode: "sg_shared": skip-gram with the row's contexts scored against the centre's path nodes at
+            once (all scores from the current vectors, then the updates: two small matrix products, as
+            `sgns_step` with shared negatives); "sg_pair": each context in turn walks the path (gensim's
+            order); "cbow": the mean (cbow_mean) or sum of the contexts predicts the centre (with a sum
+            the input error is divided by the context count, gensim's rule).
         backend: force "cpp" or "torch".
 
     Returns: [B] float64 loss per row: sum over the path nodes of -log sigmoid(+-score) (+ where the
@@ -172,12 +174,14 @@ def hs_step(
         for b: f = x @ syn1[n_b];  g = (1 - c_b - sigmoid(f)) * alpha;  e += g * syn1[n_b];  syn1[n_b] += g * x
         syn0[context] += e
     """
+    if mode not in ("sg_shared", "sg_pair", "cbow"):
+        raise ValueError(f"mode: expected 'sg_shared', 'sg_pair' or 'cbow', got {mode!r}")
     _validate_hs_step(syn0, centers, contexts, tree, alpha, backend)
     if centers.numel() == 0:
         return torch.zeros(0, dtype=torch.float64, device=syn0.device)
     inputs = {"device": syn0.device, "dtype": syn0.dtype, "syn0": syn0, "syn1neg": tree.syn1}
     impl = HS_STEP.select(inputs, backend)
-    return impl.run(syn0, centers, contexts, tree, float(alpha), bool(cbow), bool(cbow_mean))
+    return impl.run(syn0, centers, contexts, tree, float(alpha), mode, bool(cbow_mean))
 
 
 # ---------------------------------------------------------------- references
@@ -247,20 +251,27 @@ def _pair_update(syn0: torch.Tensor, syn1neg: torch.Tensor, word: int, center: i
 
 def _shared_update(syn0: torch.Tensor, syn1neg: torch.Tensor, ctx: torch.Tensor, center: int, negs: list[int],
                    alpha: float) -> float:
-    if ctx.numel() == 0:
-        return 0.0
     targets = torch.tensor([center, *negs], dtype=torch.long, device=syn0.device)
     valid = torch.ones(len(targets), dtype=syn0.dtype, device=syn0.device)
     valid[1:] = (targets[1:] != center).to(syn0.dtype)
     labels = torch.zeros(len(targets), dtype=syn0.dtype, device=syn0.device)
     labels[0] = 1.0
-    inp, out = syn0[ctx], syn1neg[targets]
-    f = inp @ out.T                                       # [C, K+1] scores from the current vectors
-    g = (labels - torch.sigmoid(f)) * alpha * valid       # [C, K+1]
+    return _shared_rows_update(syn0, syn1neg, ctx, targets, labels, valid, alpha)
+
+
+def _shared_rows_update(syn0: torch.Tensor, table: torch.Tensor, ctx: torch.Tensor, rows: torch.Tensor,
+                        labels: torch.Tensor, valid: torch.Tensor, alpha: float) -> float:
+    """All contexts against the same output rows (labels [K], valid [K] 0/1): scores from the current
+    vectors, then both updates (pWord2Vec's two small matrix products)."""
+    if ctx.numel() == 0:
+        return 0.0
+    inp, out = syn0[ctx], table[rows]
+    f = inp @ out.T                                       # [C, K] scores from the current vectors
+    g = (labels - torch.sigmoid(f)) * alpha * valid       # [C, K]
     signed = torch.where(labels.bool(), -f, f)
     loss = float((_softplus64(signed) * valid.to(torch.float64)).sum())
     syn0_err = g @ out                                    # [C, D]
-    syn1neg.index_add_(0, targets, g.T @ inp)
+    table.index_add_(0, rows, g.T @ inp)
     syn0.index_add_(0, ctx, syn0_err)
     return loss
 
@@ -292,7 +303,7 @@ def _cbow_update(syn0: torch.Tensor, syn1neg: torch.Tensor, ctx: torch.Tensor, c
 
 
 def hs_step_reference(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor, tree: HsTree,
-                      alpha: float, cbow: bool, cbow_mean: bool = True) -> torch.Tensor:
+                      alpha: float, mode: str, cbow_mean: bool = True) -> torch.Tensor:
     """Plain PyTorch hierarchical-softmax updates (in place, in syn0's dtype): the oracle and fallback.
     Shapes as in `hs_step`. Returns loss [B] float64."""
     losses = torch.zeros(centers.shape[0], dtype=torch.float64)
@@ -302,8 +313,10 @@ def hs_step_reference(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch
         length = int(tree.lengths[center])
         nodes = tree.points[center, :length].to(torch.long).to(syn0.device)
         labels = 1.0 - tree.codes[center, :length].to(syn0.dtype).to(syn0.device)
-        if cbow:
+        if mode == "cbow":
             losses[r] = _hs_cbow_update(syn0, tree.syn1, ctx, nodes, labels, alpha, cbow_mean)
+        elif mode == "sg_shared":
+            losses[r] = _shared_rows_update(syn0, tree.syn1, ctx, nodes, labels, torch.ones_like(labels), alpha)
         else:
             losses[r] = sum(_hs_path_update(syn0, tree.syn1, int(c), nodes, labels, alpha) for c in ctx.tolist())
     return losses
@@ -490,15 +503,15 @@ def _cbow_step_torch(syn0, syn1neg, centers, contexts, negatives, alpha, mode, c
 
 
 @HS_STEP.register("cpp", _CPP_STEP, check=_cpp_step_check)
-def _hs_step_cpp(syn0, centers, contexts, tree, alpha, cbow, cbow_mean):
+def _hs_step_cpp(syn0, centers, contexts, tree, alpha, mode, cbow_mean):
     from genai_fast.backends.cpp.word2vec import hs_step
 
-    return hs_step(syn0, centers, contexts, tree, alpha, cbow, cbow_mean)
+    return hs_step(syn0, centers, contexts, tree, alpha, mode, cbow_mean)
 
 
 @HS_STEP.register("torch", _TORCH_STEP)
-def _hs_step_torch(syn0, centers, contexts, tree, alpha, cbow, cbow_mean):
-    return hs_step_reference(syn0, centers, contexts, tree, alpha, cbow, cbow_mean)
+def _hs_step_torch(syn0, centers, contexts, tree, alpha, mode, cbow_mean):
+    return hs_step_reference(syn0, centers, contexts, tree, alpha, mode, cbow_mean)
 
 
 # ---------------------------------------------------------------- chunk training
@@ -854,7 +867,7 @@ def _reference_centre(tables: tuple[torch.Tensor, torch.Tensor, HsTree | None], 
     for words, row_negs in pairs:
         contexts = torch.tensor([words])
         if tree is not None:
-            loss += float(hs_step_reference(syn0, centers, contexts, tree, alpha, mode == "cbow", cbow_mean).sum())
+            loss += float(hs_step_reference(syn0, centers, contexts, tree, alpha, mode, cbow_mean).sum())
         if row_negs.shape[-1] > 0:
             loss += float(word2vec_step_reference(syn0, syn1neg, centers, contexts, row_negs, alpha, mode,
                                                   cbow_mean).sum())

@@ -65,11 +65,11 @@ def word2vec_step(syn0: torch.Tensor, syn1neg: torch.Tensor | None, centers: tor
 
 
 def hs_step(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor, tree: Any, alpha: float,
-            cbow: bool, cbow_mean: bool) -> torch.Tensor:
-    """Hierarchical-softmax updates of a batch in place (skip-gram pair by pair, or CBOW); loss [B] fp64."""
-    no_negatives = torch.zeros((centers.shape[0], 0) if cbow else (*contexts.shape, 0), dtype=torch.int32)
-    return word2vec_step(syn0, None, centers, contexts, no_negatives, alpha, "cbow" if cbow else "sg_pair",
-                         cbow_mean, tree)
+            mode: str, cbow_mean: bool) -> torch.Tensor:
+    """Hierarchical-softmax updates of a batch in place (mode as word2vec_step's); loss [B] fp64."""
+    no_negatives = torch.zeros((*contexts.shape, 0) if mode == "sg_pair" else (centers.shape[0], 0),
+                               dtype=torch.int32)
+    return word2vec_step(syn0, None, centers, contexts, no_negatives, alpha, mode, cbow_mean, tree)
 
 
 def word2vec_train(syn0: np.ndarray, syn1neg: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
