@@ -22,6 +22,8 @@
    and measures speed only (its words are not English: no analogy or similarity scores):
 
     python bench/word2vec.py --device cuda --synthetic-zipf 5000000 --sg 1 0 --epochs 3 --json /tmp/w2v_gpu.json
+
+   `--hs` compares hierarchical softmax instead (hs=1, negative=0 in both libraries; CPU only).
 """
 
 from __future__ import annotations
@@ -330,7 +332,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def plot(summary: list[dict[str, Any]], path: str) -> None:
+def plot(summary: list[dict[str, Any]], path: str, hs: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,7 +349,7 @@ def plot(summary: list[dict[str, Any]], path: str) -> None:
     ax.set_ylabel("raw words/s (millions)")
     ax.set_xticks(sorted({s["threads"] for s in summary}))
     ax.legend()
-    ax.set_title("word2vec training speed, same corpus and parameters")
+    ax.set_title("word2vec training speed, same corpus and parameters" + (" (hs=1)" if hs else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -405,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--libraries", nargs="+", default=["genai_fast", "gensim"])
+    parser.add_argument("--hs", action="store_true",
+                        help="hierarchical softmax instead of negative sampling (hs=1, negative=0) in both")
     parser.add_argument("--json", help="write the rows and summary as JSON")
     parser.add_argument("--plot", help="write a PNG of words/s vs threads")
     args = parser.parse_args(argv)
@@ -431,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gensim is not installed: timing genai_fast only", flush=True)
     thread_counts = [args.gensim_threads] if args.device == "cuda" else args.threads
     params = {"vector_size": 100, "window": 5, "negative": 5, "sample": 1e-3, "min_count": 5}
+    if args.hs:
+        params.update(hs=1, negative=0)
     rows = []
     for sg in args.sg:
         for threads in thread_counts:
@@ -462,7 +468,7 @@ def _report(rows: list[dict[str, Any]], result: dict[str, Any], args: argparse.N
 
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.plot and summary:
-        plot(summary, args.plot)
+        plot(summary, args.plot, hs=bool(result.get("params", {}).get("hs")))
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from genai_fast.backends.dispatch import BackendNotSupportedError
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
-               NotADirectoryError, BackendNotSupportedError, KeyError)
+               NotADirectoryError, BackendNotSupportedError, KeyError, NotImplementedError)
 
 
 class UsageError(Exception):

@@ -133,6 +133,24 @@ def test_cli_train_query_eval(tmp_path, capsys):
     assert main(["word2vec", "eval", str(out), "--analogies", str(tmp_path / "nope.txt")]) == 2
 
 
+def test_cli_trains_hierarchical_softmax(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(s) for s in planted_corpus(20000)) + "\n")
+    out = tmp_path / "hs"
+    assert main(["word2vec", "train", str(corpus), "--out", str(out), "--sg", "--hs", "--negative", "0",
+                 "--vector-size", "32", "--window", "3", "--min-count", "1", "--sample", "0", "--epochs", "8",
+                 "--workers", "2", "--no-progress"]) == 0
+    model = Word2Vec.load(out / "model.npz")
+    assert model.hs == 1 and model.negative == 0 and model.syn1.shape == model.wv.vectors.shape
+    capsys.readouterr()
+    assert main(["word2vec", "query", str(out), "city1 - country1 + country2", "--topn", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[-1] == "city2"
+    assert main(["word2vec", "train", str(corpus), "--out", str(out), "--negative", "0"]) == 2
+    assert "negative" in capsys.readouterr().err
+    assert main(["word2vec", "train", str(corpus), "--out", str(out), "--hs", "--device", "cuda"]) == 2
+    assert "hs=1" in capsys.readouterr().err
+
+
 def test_parse_expression():
     from genai_fast.word2vec.cli import parse_expression
 

@@ -31,7 +31,9 @@ def add_parser(sub: Any) -> None:
     train.add_argument("--sg", action="store_true", help="skip-gram (default: CBOW)")
     train.add_argument("--vector-size", type=int, default=100)
     train.add_argument("--window", type=int, default=5)
-    train.add_argument("--negative", type=int, default=5)
+    train.add_argument("--negative", type=int, default=5, help="noise words per positive pair (0 needs --hs)")
+    train.add_argument("--hs", action="store_true",
+                       help="hierarchical softmax (alone with --negative 0, else beside negative sampling; CPU only)")
     train.add_argument("--min-count", type=int, default=5)
     train.add_argument("--sample", type=float, default=1e-3)
     train.add_argument("--alpha", type=float, default=0.025)
@@ -84,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
     check_corpus_file(args.corpus)
     model = Word2Vec(
         vector_size=args.vector_size, window=args.window, negative=args.negative, min_count=args.min_count,
-        sample=args.sample, alpha=args.alpha, min_alpha=args.min_alpha, epochs=args.epochs,
+        sample=args.sample, alpha=args.alpha, min_alpha=args.min_alpha, epochs=args.epochs, hs=int(args.hs),
         workers=args.workers or os.cpu_count() or 1, seed=args.seed, sg=int(args.sg),
         max_final_vocab=args.max_final_vocab, compute_loss=True, progress=not args.no_progress,
         device=args.device,
