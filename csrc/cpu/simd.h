@@ -20,6 +20,15 @@ GF_INLINE v16 load16(const float* p) {
 
 GF_INLINE void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
+// 4-float steps for the elementwise tails of rows whose length is not a multiple of 16 (d = 100, 300).
+GF_INLINE v4 load4(const float* p) {
+  v4 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+GF_INLINE void store4(float* p, v4 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
 // Sum of the 16 lanes, in a fixed order (so results do not depend on the caller).
 GF_INLINE float hsum(v16 v) {
   const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +

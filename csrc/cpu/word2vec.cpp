@@ -55,6 +55,7 @@ GF_INLINE void dot4(const float* a, const float* b0, const float* b1, const floa
 GF_INLINE void axpy(float g, const float* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) store16(y + i, load16(y + i) + g * load16(x + i));
+  for (; i + 4 <= n; i += 4) store4(y + i, load4(y + i) + g * load4(x + i));
   for (; i < n; ++i) y[i] += g * x[i];
 }
 
@@ -130,6 +131,122 @@ GF_INLINE double update_sg_pair(const W2VTables& t, int32_t context, const int32
   return loss;
 }
 
+// Input errors e_c = sum_k g[c][k] out_k (old outputs) into neu1e [C, d], 16 floats at a time in
+// registers, four contexts at once: they share each output load, and four independent FMA chains hide
+// the FMA latency. Every e_c sums over k in the same order as one context alone would.
+GF_INLINE void shared_input_errors(const W2VTables& t, const float* table, int64_t C, const int32_t* rows, int64_t K,
+                                   const float* g, float* neu1e) {
+  const int64_t d = t.dim;
+  int64_t i0 = 0;
+  for (; i0 + 16 <= d; i0 += 16) {
+    int64_t c = 0;
+    for (; c + 4 <= C; c += 4) {
+      v16 e0 = {}, e1 = {}, e2 = {}, e3 = {};
+      for (int64_t k = 0; k < K; ++k) {
+        const v16 out = load16(table + static_cast<int64_t>(rows[k]) * d + i0);
+        e0 += g[c * K + k] * out;
+        e1 += g[(c + 1) * K + k] * out;
+        e2 += g[(c + 2) * K + k] * out;
+        e3 += g[(c + 3) * K + k] * out;
+      }
+      store16(neu1e + c * d + i0, e0);
+      store16(neu1e + (c + 1) * d + i0, e1);
+      store16(neu1e + (c + 2) * d + i0, e2);
+      store16(neu1e + (c + 3) * d + i0, e3);
+    }
+    for (; c < C; ++c) {
+      v16 e = {};
+      for (int64_t k = 0; k < K; ++k) e += g[c * K + k] * load16(table + static_cast<int64_t>(rows[k]) * d + i0);
+      store16(neu1e + c * d + i0, e);
+    }
+  }
+  for (; i0 + 4 <= d; i0 += 4)
+    for (int64_t c = 0; c < C; ++c) {
+      v4 e = {};
+      for (int64_t k = 0; k < K; ++k) e += g[c * K + k] * load4(table + static_cast<int64_t>(rows[k]) * d + i0);
+      store4(neu1e + c * d + i0, e);
+    }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = i0; i < d; ++i) {
+      float e = 0.0f;
+      for (int64_t k = 0; k < K; ++k) e += g[c * K + k] * table[static_cast<int64_t>(rows[k]) * d + i];
+      neu1e[c * d + i] = e;
+    }
+}
+
+// out_k += sum_c g[c][k] in_c for one output row (old inputs).
+GF_INLINE void shared_output_row(const W2VTables& t, float* out, const int32_t* contexts, int64_t C, const float* g,
+                                 int64_t K, int64_t k) {
+  const int64_t d = t.dim;
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    v16 o = load16(out + i);
+    for (int64_t c = 0; c < C; ++c) o += g[c * K + k] * load16(t.syn0 + static_cast<int64_t>(contexts[c]) * d + i);
+    store16(out + i, o);
+  }
+  for (; i + 4 <= d; i += 4) {
+    v4 o = load4(out + i);
+    for (int64_t c = 0; c < C; ++c) o += g[c * K + k] * load4(t.syn0 + static_cast<int64_t>(contexts[c]) * d + i);
+    store4(out + i, o);
+  }
+  for (; i < d; ++i) {
+    float o = out[i];
+    for (int64_t c = 0; c < C; ++c) o += g[c * K + k] * t.syn0[static_cast<int64_t>(contexts[c]) * d + i];
+    out[i] = o;
+  }
+}
+
+// Outputs out_k += sum_c g[c][k] in_c; a row left out (label < 0) is not written. Four rows at once
+// share each input load, when they are four distinct rows all updated (a repeated row must see the
+// previous update, so such a group goes row by row); each row sums over c in the same order either way.
+GF_INLINE void shared_output_updates(const W2VTables& t, float* table, const int32_t* contexts, int64_t C,
+                                     const int32_t* rows, const float* labels, int64_t K, const float* g) {
+  const int64_t d = t.dim;
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const int32_t* r = rows + k;
+    const bool distinct = r[0] != r[1] && r[0] != r[2] && r[0] != r[3] && r[1] != r[2] && r[1] != r[3] &&
+                          r[2] != r[3];
+    if (!distinct || labels[k] < 0.0f || labels[k + 1] < 0.0f || labels[k + 2] < 0.0f || labels[k + 3] < 0.0f) {
+      for (int64_t j = k; j < k + 4; ++j)
+        if (labels[j] >= 0.0f) shared_output_row(t, table + static_cast<int64_t>(rows[j]) * d, contexts, C, g, K, j);
+      continue;
+    }
+    float* o_ptr[4];
+    for (int j = 0; j < 4; ++j) o_ptr[j] = table + static_cast<int64_t>(r[j]) * d;
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+      v16 o0 = load16(o_ptr[0] + i), o1 = load16(o_ptr[1] + i), o2 = load16(o_ptr[2] + i), o3 = load16(o_ptr[3] + i);
+      for (int64_t c = 0; c < C; ++c) {
+        const v16 in = load16(t.syn0 + static_cast<int64_t>(contexts[c]) * d + i);
+        const float* gc = g + c * K + k;
+        o0 += gc[0] * in;
+        o1 += gc[1] * in;
+        o2 += gc[2] * in;
+        o3 += gc[3] * in;
+      }
+      store16(o_ptr[0] + i, o0);
+      store16(o_ptr[1] + i, o1);
+      store16(o_ptr[2] + i, o2);
+      store16(o_ptr[3] + i, o3);
+    }
+    for (; i + 4 <= d; i += 4)
+      for (int j = 0; j < 4; ++j) {
+        v4 o = load4(o_ptr[j] + i);
+        for (int64_t c = 0; c < C; ++c) o += g[c * K + k + j] * load4(t.syn0 + static_cast<int64_t>(contexts[c]) * d + i);
+        store4(o_ptr[j] + i, o);
+      }
+    for (; i < d; ++i)
+      for (int j = 0; j < 4; ++j) {
+        float o = o_ptr[j][i];
+        for (int64_t c = 0; c < C; ++c) o += g[c * K + k + j] * t.syn0[static_cast<int64_t>(contexts[c]) * d + i];
+        o_ptr[j][i] = o;
+      }
+  }
+  for (; k < K; ++k)
+    if (labels[k] >= 0.0f) shared_output_row(t, table + static_cast<int64_t>(rows[k]) * d, contexts, C, g, K, k);
+}
+
 // All contexts of one centre against one shared set of output rows of `table` (pWord2Vec): scores
 // [C, K] from the current vectors, then input errors (g @ out), then output updates (g^T @ in), then
 // inputs += errors. labels[k] is row k's target (1 or 0); a negative label leaves row k out. Negative
@@ -158,36 +275,8 @@ GF_INLINE double update_shared(const W2VTables& t, float* table, const int32_t* 
       f[k] = (labels[k] - sigmoid(f[k])) * alpha;
     }
   }
-  // Input errors e_c = sum_k g[c][k] out_k (old outputs), 16 floats at a time held in a register.
-  int64_t i0 = 0;
-  for (; i0 + 16 <= d; i0 += 16)
-    for (int64_t c = 0; c < C; ++c) {
-      v16 e = {};
-      for (int64_t k = 0; k < K; ++k) e += g[c * K + k] * load16(table + static_cast<int64_t>(rows[k]) * d + i0);
-      store16(neu1e + c * d + i0, e);
-    }
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t i = i0; i < d; ++i) {
-      float e = 0.0f;
-      for (int64_t k = 0; k < K; ++k) e += g[c * K + k] * table[static_cast<int64_t>(rows[k]) * d + i];
-      neu1e[c * d + i] = e;
-    }
-  // Outputs out_k += sum_c g[c][k] in_c (old inputs); a row left out has g = 0 and is not written.
-  for (int64_t k = 0; k < K; ++k) {
-    if (labels[k] < 0.0f) continue;
-    float* out = table + static_cast<int64_t>(rows[k]) * d;
-    int64_t i = 0;
-    for (; i + 16 <= d; i += 16) {
-      v16 o = load16(out + i);
-      for (int64_t c = 0; c < C; ++c) o += g[c * K + k] * load16(t.syn0 + static_cast<int64_t>(contexts[c]) * d + i);
-      store16(out + i, o);
-    }
-    for (; i < d; ++i) {
-      float o = out[i];
-      for (int64_t c = 0; c < C; ++c) o += g[c * K + k] * t.syn0[static_cast<int64_t>(contexts[c]) * d + i];
-      out[i] = o;
-    }
-  }
+  shared_input_errors(t, table, C, rows, K, g, neu1e);
+  shared_output_updates(t, table, contexts, C, rows, labels, K, g);
   for (int64_t c = 0; c < C; ++c) axpy(1.0f, neu1e + c * d, t.syn0 + static_cast<int64_t>(contexts[c]) * d, d);
   return loss;
 }
@@ -266,6 +355,11 @@ GF_INLINE double hs_path(const W2VTables& t, const float* in, int32_t word, floa
       const v16 old = load16(node + i);
       store16(neu1e + i, load16(neu1e + i) + gb * old);
       store16(node + i, old + gb * load16(in + i));
+    }
+    for (; i + 4 <= d; i += 4) {
+      const v4 old = load4(node + i);
+      store4(neu1e + i, load4(neu1e + i) + gb * old);
+      store4(node + i, old + gb * load4(in + i));
     }
     for (; i < d; ++i) {
       const float old = node[i];
@@ -509,8 +603,13 @@ void validate_tree(const W2VTables& t) {
           "tree: null data pointer");
   require_ids("tree lengths", h.lengths, V, 0, h.depth + 1, "depth+1");
   require_ids("tree points", h.points, h.points_numel, 0, std::max<int64_t>(V - 1, 1), "vocab_size-1");
-  for (int64_t i = 0; i < h.codes_numel; ++i)
-    require(h.codes[i] <= 1, "tree codes: expected 0 or 1, got " + str(h.codes[i]) + " at index " + str(i));
+  uint8_t any_bits = 0;  // OR of all codes (vectorises); only a bad table is searched for its first bad code
+  for (int64_t i = 0; i < h.codes_numel; ++i) any_bits |= h.codes[i];
+  if (any_bits > 1) {
+    int64_t bad = 0;
+    while (h.codes[bad] <= 1) ++bad;
+    require(false, "tree codes: expected 0 or 1, got " + str(h.codes[bad]) + " at index " + str(bad));
+  }
 }
 
 }  // namespace

@@ -364,7 +364,9 @@ class Word2Vec:
                 raise ValueError(f"min_count: no word occurs at least {min_count} times (the most frequent, "
                                  f"{top[0]!r}, occurs {top[1]} times); lower min_count or give a larger corpus")
             if self.sorted_vocab:
-                retained.sort(key=lambda wc: -wc[1])  # stable: ties keep first-seen order
+                # gensim's order: by count, ties with the word seen last first (so indices, and the
+                # Huffman tree built over them, are gensim's too)
+                retained = [wc for _, wc in sorted(enumerate(retained), key=lambda p: (-p[1][1], -p[0]))]
             kv = KeyedVectors(self.vector_size, 0)
             kv.index_to_key = [w for w, _ in retained]
             kv.key_to_index = {w: i for i, w in enumerate(kv.index_to_key)}
@@ -573,6 +575,21 @@ class Word2Vec:
             fn = getattr(cb, name, None)
             if fn is not None:
                 fn(self)
+
+    def score(self, sentences: Iterable[Sequence[str]], total_sentences: int = 1_000_000, chunksize: int = 100,
+              **_: Any) -> np.ndarray:
+        """Log probability of each sentence (the first `total_sentences`), float32 [n], as gensim's `score`:
+        hierarchical-softmax models only (hs=1); see genai_fast.word2vec.scoring."""
+        from genai_fast.word2vec.scoring import score_sentences
+
+        return score_sentences(self, sentences, total_sentences, chunksize)
+
+    def predict_output_word(self, context_words_list: Sequence[str], topn: int = 10) -> list[tuple[str, float]] | None:
+        """gensim's CBOW-style guess of the centre word: [(word, probability)] most probable first, or None
+        when no context word is known. Negative-sampling models only."""
+        from genai_fast.word2vec.scoring import predict_output_word
+
+        return predict_output_word(self, context_words_list, topn)
 
     def get_latest_training_loss(self) -> float:
         """Loss of the latest epoch (float64 sum over pairs; 0 unless compute_loss)."""
