@@ -1,4 +1,5 @@
-"""Triton word2vec training (SGNS skip-gram and CBOW): Hogwild over sentence slices, one program each.
+"""Triton word2vec training (skip-gram and CBOW; negative sampling, hierarchical softmax or both): Hogwild
+over sentence slices, one program each.
 
 The host side (`genai_fast.ops.word2vec_ops.plan_chunk`) subsamples the chunk on the device, compacts
 the kept tokens, gives each kept token its learning rate (linear in its raw position in the chunk)
@@ -14,6 +15,11 @@ Per centre, all in registers, then scattered with atomic adds (so duplicate ids 
 - CBOW: h = mean (or sum) of the context rows predicts the centre.
 Within one update the K+1 scores come from the rows as they were before it (the C++ kernel updates
 a repeated negative row between its two scores; the difference is one of ordering, not of result).
+
+Hierarchical softmax (HS) uses the same three updates with other output rows: the centre's Huffman path
+(its inner-node rows of the tree's syn1, labels 1 - code, at most BLOCK_L of them). With both HS and
+negatives, a centre's HS update (for every context) comes first, then its negative-sampling update from
+the input rows as HS left them (the C++ kernel interleaves them context by context in pair mode).
 
 Randomness is counter-based (Philox 4x32-10, Triton's `randint4x`): the draws of the centre at kept
 index i use counters i * draw_stride + slot, so they do not depend on which program runs it or when.
@@ -61,9 +67,11 @@ def _softplus(x):
 @triton.jit
 def _word2vec_train_kernel(
     syn0_ptr, syn1_ptr, tokens_ptr, alphas_ptr, bounds_ptr, prob_ptr, alias_ptr, loss_ptr,
+    tree_syn1_ptr, points_ptr, codes_ptr, lengths_ptr, depth,
     V, D, seed, window, negative, draw_stride,
     MODE: tl.constexpr, CBOW_MEAN: tl.constexpr, SHRINK: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    HS: tl.constexpr, NS: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid = tl.program_id(0)
     slice_lo = tl.load(bounds_ptr + pid * 4)
@@ -90,35 +98,105 @@ def _word2vec_train_kernel(
         # Window slot t covers position i - window + t, skipping the centre itself.
         pos_c = i - window + offs_c + (offs_c >= window).to(tl.int32)
         c_mask = (offs_c < 2 * window) & (pos_c >= j0) & (pos_c < j1)
-        if MODE == 0:
-            loss += _pair_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed, window,
-                                  negative, centre, alpha, base, i, j0, j1, offs_k, k_mask, labels, offs_d, d_mask,
-                                  COMPUTE_LOSS)
-        else:
-            ctx = tl.load(tokens_ptr + pos_c, mask=c_mask, other=0)
-            noise = _noise_words(seed, base + offs_k, prob_ptr, alias_ptr, V)
-            targets = tl.where(offs_k == 0, centre, noise)
-            valid_k = k_mask & ((offs_k == 0) | (targets != centre))
-            row_mask_c = c_mask[:, None] & d_mask[None, :]
-            row_mask_k = valid_k[:, None] & d_mask[None, :]
-            in_ptrs = syn0_ptr + ctx.to(tl.int64)[:, None] * D + offs_d[None, :]
-            out_ptrs = syn1_ptr + targets.to(tl.int64)[:, None] * D + offs_d[None, :]
-            # Through L2 only (.cg): other SMs update these rows all the time; an L1 copy would go stale.
-            inp = tl.load(in_ptrs, mask=row_mask_c, other=0.0, cache_modifier=".cg")
-            out = tl.load(out_ptrs, mask=row_mask_k, other=0.0, cache_modifier=".cg")
-            if MODE == 1:
-                loss += _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k,
-                                       labels, alpha, offs_k, COMPUTE_LOSS)
-            else:
-                loss += _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k,
-                                     labels, alpha, offs_k, CBOW_MEAN, COMPUTE_LOSS)
+        if HS:
+            loss += _hs_updates(syn0_ptr, tree_syn1_ptr, tokens_ptr, points_ptr, codes_ptr, lengths_ptr, depth, D,
+                                window, centre, alpha, i, j0, j1, pos_c, c_mask, offs_d, d_mask, MODE, CBOW_MEAN,
+                                COMPUTE_LOSS, BLOCK_L)
+            tl.debug_barrier()
+        if NS:
+            loss += _ns_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed, window, negative,
+                                centre, alpha, base, i, j0, j1, pos_c, c_mask, offs_k, k_mask, labels, offs_d, d_mask,
+                                MODE, CBOW_MEAN, COMPUTE_LOSS)
         # The next centre reads rows this one wrote: make this program's atomics visible to all its threads.
         tl.debug_barrier()
     tl.store(loss_ptr + pid + tl.arange(0, 1), loss)
 
 
 @triton.jit
-def _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels, alpha, offs_k,
+def _ns_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed, window, negative, centre, alpha, base,
+                i, j0, j1, pos_c, c_mask, offs_k, k_mask, labels, offs_d, d_mask, MODE: tl.constexpr,
+                CBOW_MEAN: tl.constexpr, COMPUTE_LOSS: tl.constexpr):
+    """Negative sampling for one centre: the centre and its noise words are the output rows."""
+    if MODE == 0:
+        loss = _pair_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed, window, negative,
+                             centre, alpha, base, i, j0, j1, offs_k, k_mask, labels, offs_d, d_mask, COMPUTE_LOSS)
+    else:
+        ctx = tl.load(tokens_ptr + pos_c, mask=c_mask, other=0)
+        noise = _noise_words(seed, base + offs_k, prob_ptr, alias_ptr, V)
+        targets = tl.where(offs_k == 0, centre, noise)
+        valid_k = k_mask & ((offs_k == 0) | (targets != centre))
+        row_mask_c = c_mask[:, None] & d_mask[None, :]
+        row_mask_k = valid_k[:, None] & d_mask[None, :]
+        in_ptrs = syn0_ptr + ctx.to(tl.int64)[:, None] * D + offs_d[None, :]
+        out_ptrs = syn1_ptr + targets.to(tl.int64)[:, None] * D + offs_d[None, :]
+        # Through L2 only (.cg): other SMs update these rows all the time; an L1 copy would go stale.
+        inp = tl.load(in_ptrs, mask=row_mask_c, other=0.0, cache_modifier=".cg")
+        out = tl.load(out_ptrs, mask=row_mask_k, other=0.0, cache_modifier=".cg")
+        if MODE == 1:
+            loss = _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels,
+                                  alpha, COMPUTE_LOSS)
+        else:
+            loss = _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels,
+                                alpha, CBOW_MEAN, COMPUTE_LOSS)
+    return loss
+
+
+@triton.jit
+def _hs_updates(syn0_ptr, syn1_ptr, tokens_ptr, points_ptr, codes_ptr, lengths_ptr, depth, D, window, centre, alpha,
+                i, j0, j1, pos_c, c_mask, offs_d, d_mask, MODE: tl.constexpr, CBOW_MEAN: tl.constexpr,
+                COMPUTE_LOSS: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Hierarchical softmax for one centre: its Huffman path's rows are the output rows, labels 1 - code."""
+    offs_l = tl.arange(0, BLOCK_L)
+    path_at = tl.cast(centre, tl.int64) * depth + offs_l
+    l_mask = offs_l < tl.load(lengths_ptr + centre)
+    nodes = tl.load(points_ptr + path_at, mask=l_mask, other=0)
+    labels = 1.0 - tl.load(codes_ptr + path_at, mask=l_mask, other=0).to(tl.float32)
+    node_ptrs = syn1_ptr + nodes.to(tl.int64)[:, None] * D + offs_d[None, :]
+    row_mask_l = l_mask[:, None] & d_mask[None, :]
+    loss = tl.zeros([1], dtype=tl.float64)
+    if MODE == 0:
+        loss += _pair_path_updates(syn0_ptr, tokens_ptr, node_ptrs, row_mask_l, l_mask, labels, alpha, D, window, i,
+                                   j0, j1, offs_d, d_mask, COMPUTE_LOSS)
+    else:
+        ctx = tl.load(tokens_ptr + pos_c, mask=c_mask, other=0)
+        in_ptrs = syn0_ptr + ctx.to(tl.int64)[:, None] * D + offs_d[None, :]
+        row_mask_c = c_mask[:, None] & d_mask[None, :]
+        inp = tl.load(in_ptrs, mask=row_mask_c, other=0.0, cache_modifier=".cg")
+        node = tl.load(node_ptrs, mask=row_mask_l, other=0.0, cache_modifier=".cg")
+        if MODE == 1:
+            loss += _shared_update(inp, node, in_ptrs, node_ptrs, row_mask_c, row_mask_l, c_mask, l_mask, labels,
+                                   alpha, COMPUTE_LOSS)
+        else:
+            loss += _cbow_update(inp, node, in_ptrs, node_ptrs, row_mask_c, row_mask_l, c_mask, l_mask, labels,
+                                 alpha, CBOW_MEAN, COMPUTE_LOSS)
+    return loss
+
+
+@triton.jit
+def _pair_path_updates(syn0_ptr, tokens_ptr, node_ptrs, row_mask_l, l_mask, labels, alpha, D, window, i, j0, j1,
+                       offs_d, d_mask, COMPUTE_LOSS: tl.constexpr):
+    """gensim's order: each context in turn walks the centre's path (the path rows reloaded each time)."""
+    loss = tl.zeros([1], dtype=tl.float64)
+    for t in range(0, 2 * window):
+        j = i - window + t + tl.cast(t >= window, tl.int32)
+        if (j >= j0) & (j < j1):
+            in_ptrs = syn0_ptr + tl.cast(tl.load(tokens_ptr + j), tl.int64) * D + offs_d
+            inp = tl.load(in_ptrs, mask=d_mask, other=0.0, cache_modifier=".cg")
+            node = tl.load(node_ptrs, mask=row_mask_l, other=0.0, cache_modifier=".cg")
+            scores = tl.sum(node * inp[None, :], axis=1)
+            g = tl.where(l_mask, (labels - tl.sigmoid(scores)) * alpha, 0.0)
+            err = tl.sum(g[:, None] * node, axis=0)
+            tl.atomic_add(node_ptrs, g[:, None] * inp[None, :], mask=row_mask_l, sem="relaxed")
+            tl.atomic_add(in_ptrs, err, mask=d_mask, sem="relaxed")
+            if COMPUTE_LOSS:
+                signed = tl.where(labels > 0.5, -scores, scores)
+                loss += tl.sum(tl.where(l_mask, _softplus(signed), 0.0), axis=0).to(tl.float64)
+            tl.debug_barrier()
+    return loss
+
+
+@triton.jit
+def _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels, alpha,
                    COMPUTE_LOSS: tl.constexpr):
     """pWord2Vec: all contexts [C, D] against one target set [K+1, D] as three small matrix products."""
     scores = tl.dot(inp, tl.trans(out), input_precision="ieee")            # [C, K+1]
@@ -130,13 +208,13 @@ def _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, 
     tl.atomic_add(in_ptrs, in_err, mask=row_mask_c, sem="relaxed")
     loss = tl.zeros([1], dtype=tl.float64)
     if COMPUTE_LOSS:
-        signed = tl.where(offs_k[None, :] == 0, -scores, scores)
+        signed = tl.where(labels[None, :] > 0.5, -scores, scores)
         loss += tl.sum(tl.sum(tl.where(pair_mask, _softplus(signed), 0.0), axis=1), axis=0).to(tl.float64)
     return loss
 
 
 @triton.jit
-def _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels, alpha, offs_k,
+def _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels, alpha,
                  CBOW_MEAN: tl.constexpr, COMPUTE_LOSS: tl.constexpr):
     """CBOW: h = sum (or mean) of the context rows; gensim's rule: a sum divides the input error by C."""
     count = tl.sum(c_mask.to(tl.float32), axis=0)
@@ -145,7 +223,7 @@ def _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, va
     if CBOW_MEAN:
         h = h * inv_count
     scores = tl.sum(out * h[None, :], axis=1)                             # [K+1]
-    live = valid_k & ((offs_k * 0 + count) > 0)  # a [K+1] block: the interpreter cannot AND a scalar
+    live = valid_k & ((scores * 0.0 + count) > 0)  # a [K+1] block: the interpreter cannot AND a scalar
     g = tl.where(live, (labels - tl.sigmoid(scores)) * alpha, 0.0)
     err = tl.sum(g[:, None] * out, axis=0)                                # [D]
     if not CBOW_MEAN:
@@ -154,7 +232,7 @@ def _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, va
     tl.atomic_add(in_ptrs, tl.zeros_like(inp) + err[None, :], mask=row_mask_c, sem="relaxed")
     loss = tl.zeros([1], dtype=tl.float64)
     if COMPUTE_LOSS:
-        signed = tl.where(offs_k == 0, -scores, scores)
+        signed = tl.where(labels > 0.5, -scores, scores)
         loss += tl.sum(tl.where(live, _softplus(signed), 0.0), axis=0).to(tl.float64)
     return loss
 
@@ -214,6 +292,11 @@ def block_sizes(dim: int, window: int, negative: int) -> tuple[int, int, int]:
     return max(16, _next_pow2(2 * window)), max(16, _next_pow2(negative + 1)), max(16, _next_pow2(dim))
 
 
+def path_block(depth: int) -> int:
+    """BLOCK_L: a power of two >= 16 covering the longest Huffman path."""
+    return max(16, _next_pow2(depth))
+
+
 def draw_stride(mode: str, window: int, negative: int) -> int:
     """Philox counters reserved per centre: the shrink draw, then one noise set (pairs: one per window slot)."""
     return 1 + (2 * window if mode == "sg_pair" else 1) * negative
@@ -222,11 +305,13 @@ def draw_stride(mode: str, window: int, negative: int) -> int:
 def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.Tensor, alphas: torch.Tensor,
                        bounds: torch.Tensor, alias_prob: torch.Tensor, alias_index: torch.Tensor, *, mode: str,
                        window: int, negative: int, cbow_mean: bool, shrink_windows: bool, compute_loss: bool,
-                       seed: int) -> torch.Tensor:
+                       seed: int, tree: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """Launch one program per slice; updates syn0/syn1neg [V, D] in place; returns loss per slice [P] fp64.
 
     tokens [N] int32 kept ids; alphas [N] fp32 per-token learning rate; bounds [P, 4] int32 (slice lo,
-    hi, sentence lo, hi, indices into tokens). The caller (word2vec_ops) has validated ids and sizes.
+    hi, sentence lo, hi, indices into tokens). tree: hierarchical softmax's (syn1 [V, D] fp32, updated in
+    place; points [V, L] int32; codes [V, L] uint8; lengths [V] int32) on the tables' device, or None;
+    negative 0 needs it. The caller (word2vec_ops) has validated ids and sizes.
     """
     num_slices = bounds.shape[0]
     loss = memory.empty((num_slices,), dtype=torch.float64, device=syn0.device)  # every program writes its slot
@@ -234,11 +319,17 @@ def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.
         return loss
     vocab, dim = syn0.shape
     block_c, block_k, block_d = block_sizes(dim, window, negative)
+    # Without a tree its pointers are never read (HS=False); syn0 stands in for them.
+    tree_syn1, points, codes, lengths = tree if tree is not None else (syn0, alphas, alphas, alphas)
+    depth = points.shape[1] if tree is not None else 0
     _word2vec_train_kernel[(num_slices,)](
         syn0, syn1neg, tokens, alphas, bounds, alias_prob, alias_index, loss,
+        tree_syn1, points, codes, lengths, depth,
         vocab, dim, seed, window, negative, draw_stride(mode, window, negative),
         MODE=MODES[mode], CBOW_MEAN=bool(cbow_mean), SHRINK=bool(shrink_windows), COMPUTE_LOSS=bool(compute_loss),
-        BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=2 if dim <= 64 else (4 if dim <= 256 else 8),
+        HS=tree is not None, NS=negative > 0,
+        BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_L=path_block(depth),
+        num_warps=2 if dim <= 64 else (4 if dim <= 256 else 8),
     )
     return loss
 

@@ -187,6 +187,16 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
                                           negative=negative, cbow_mean=True, shrink_windows=True, compute_loss=True,
                                           seed=1),
                        word2vec_draws(3, prob, alias, mode=mode, window=window, negative=negative, seed=1)))
+            # Hierarchical softmax, alone (negative 0) and beside negative sampling; depth 40 > BLOCK_L 32.
+            for hs_negative in (0, negative):
+                tree = (torch.empty(vocab, dim), torch.zeros(vocab, 40, dtype=torch.int32),
+                        torch.zeros(vocab, 40, dtype=torch.uint8), torch.zeros(vocab, dtype=torch.int32))
+                yield (f"word2vec hs {mode} V{vocab} D{dim} window{window} negative{hs_negative}",
+                       lambda syn0=syn0, syn1=syn1, tokens=tokens, alphas=alphas, bounds=bounds, prob=prob,
+                       alias=alias, mode=mode, window=window, negative=hs_negative, tree=tree:
+                       word2vec_train_fwd(syn0, syn1, tokens, alphas, bounds, prob, alias, mode=mode, window=window,
+                                          negative=negative, cbow_mean=True, shrink_windows=True, compute_loss=True,
+                                          seed=1, tree=tree))
 
 
 OPS = {"attention": _attention_cases, "group_norm": _group_norm_cases, "conv2d": _conv2d_cases,

@@ -147,8 +147,6 @@ def test_cli_trains_hierarchical_softmax(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[0].split()[-1] == "city2"
     assert main(["word2vec", "train", str(corpus), "--out", str(out), "--negative", "0"]) == 2
     assert "negative" in capsys.readouterr().err
-    assert main(["word2vec", "train", str(corpus), "--out", str(out), "--hs", "--device", "cuda"]) == 2
-    assert "hs=1" in capsys.readouterr().err
 
 
 def test_parse_expression():

@@ -175,15 +175,17 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from genai_fast.kernels import word2vec as w
 sig = {"syn0_ptr": "*fp32", "syn1_ptr": "*fp32", "tokens_ptr": "*i32", "alphas_ptr": "*fp32", "bounds_ptr": "*i32",
-       "prob_ptr": "*fp32", "alias_ptr": "*i32", "loss_ptr": "*fp64", "V": "i32", "D": "i32", "seed": "i64",
+       "prob_ptr": "*fp32", "alias_ptr": "*i32", "loss_ptr": "*fp64", "tree_syn1_ptr": "*fp32", "points_ptr": "*i32",
+       "codes_ptr": "*u8", "lengths_ptr": "*i32", "depth": "i32", "V": "i32", "D": "i32", "seed": "i64",
        "window": "i32", "negative": "i32", "draw_stride": "i32"}
 for mode in (0, 1, 2):
-    consts = {"MODE": mode, "CBOW_MEAN": mode == 2, "SHRINK": True, "COMPUTE_LOSS": True, "BLOCK_C": 16,
-              "BLOCK_K": 16, "BLOCK_D": 128}
-    src = ASTSource(fn=w._word2vec_train_kernel, signature={**sig, **{k: "constexpr" for k in consts}},
-                    constexprs=consts)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    assert kernel.asm["cubin"], mode
+    for hs, ns in ((False, True), (True, False), (True, True)):  # negative sampling, hierarchical softmax, both
+        consts = {"MODE": mode, "CBOW_MEAN": mode == 2, "SHRINK": True, "COMPUTE_LOSS": True, "HS": hs, "NS": ns,
+                  "BLOCK_C": 16, "BLOCK_K": 16, "BLOCK_D": 128, "BLOCK_L": 32}
+        src = ASTSource(fn=w._word2vec_train_kernel, signature={**sig, **{k: "constexpr" for k in consts}},
+                        constexprs=consts)
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        assert kernel.asm["cubin"], (mode, hs, ns)
 print("compiled")
 """
 

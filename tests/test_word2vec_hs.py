@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from genai_fast.backends.availability import cpp_module
-from genai_fast.backends.dispatch import BackendNotSupportedError
 from genai_fast.ops.word2vec_ops import (
     HsTree,
+    _cuda_train_check,
+    _gpu_train_check,
     _reference_centre,
     hs_step,
     hs_step_reference,
@@ -228,10 +229,11 @@ def test_train_chunk_checks_hs_and_negative():
     with pytest.raises(ValueError, match=r"hs\.codes: value 7"):
         word2vec_train_chunk(syn0, syn1neg, tokens, offsets, None, ap, ai, 0.05, 0.01, negative=0, **kwargs,
                              hs=HsTree(np.zeros_like(syn0), t.points, codes, t.lengths))
-    tree = HsTree(np.zeros_like(syn0), t.points, t.codes, t.lengths)
-    with pytest.raises(BackendNotSupportedError, match="hierarchical softmax"):
-        word2vec_train_chunk(torch.from_numpy(syn0), torch.from_numpy(syn1neg), tokens, offsets, None, ap, ai, 0.05,
-                             0.01, negative=0, hs=tree, backend="triton", **kwargs)
+    # The CUDA trainer has no hierarchical softmax: the dispatcher's check says so (Triton and C++ have it).
+    inputs = {"syn0": torch.from_numpy(syn0), "syn1neg": torch.from_numpy(syn1neg), "hs": True, "mode": "cbow",
+              "window": 3, "negative": 0}
+    assert any("hierarchical softmax" in r for r in _cuda_train_check(inputs))
+    assert not _gpu_train_check(inputs), "the Triton trainer takes hs"
 
 
 # ---------------------------------------------------------------- the chunk trainer

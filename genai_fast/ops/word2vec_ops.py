@@ -20,7 +20,7 @@ Step backends: `cpp` (float32 contiguous CPU tables), then `torch` (any float dt
 and slices the chunk on the device, then kernels/word2vec.py or csrc/cuda/word2vec.cu train it,
 Hogwild over sentence slices, with the same counter-based Philox draws, `word2vec_draws_reference`),
 `cpp` (CPU, std::threads) and `torch` (CPU, slow fallback). Hierarchical softmax (`hs=HsTree(...)`) runs
-on the CPU backends only.
+on all but the `cuda` backend.
 """
 
 from __future__ import annotations
@@ -553,9 +553,9 @@ def word2vec_train_chunk(
         alias_prob, alias_index: [V] float32 / int32 alias-method table of the noise distribution.
         alpha_start, alpha_end: learning rate at the chunk's first and last token (linear in between).
         mode: "sg_shared", "sg_pair" or "cbow"; window, negative: as in gensim (negative 0 needs hs).
-        hs: hierarchical softmax's tree and syn1 (HsTree, numpy arrays or CPU tensors; CPU backends only):
-            each centre gets the hierarchical-softmax update first, then the negative-sampling one
-            (when negative > 0), as gensim does with hs=1 and negative > 0.
+        hs: hierarchical softmax's tree and syn1 (HsTree; numpy arrays or tensors on the tables' device; not
+            on the `cuda` backend): each centre gets the hierarchical-softmax update first, then the
+            negative-sampling one (when negative > 0), as gensim does with hs=1 and negative > 0.
         seed: the chunk's random seed; on the CPU workers=1 and a seed give bit-identical results. On a
             GPU a seed fixes every random draw, but concurrent float updates race (Hogwild), so results
             agree statistically, not bit for bit. `workers` is the CPU thread count (ignored on a GPU).
@@ -689,15 +689,17 @@ def _first_outside(name: str, ids: torch.Tensor, vocab: int) -> None:
 
 def prepare_gpu_chunk(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: ArrayLike, offsets: ArrayLike,
                       keep_prob: ArrayLike | None, alias_prob: ArrayLike, alias_index: ArrayLike,
-                      window: int, negative: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
-                                                           torch.Tensor, torch.Tensor]:
+                      window: int, negative: int, hs: bool = False) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor | None, torch.Tensor,
+                                                                             torch.Tensor]:
     """Validate a chunk for a GPU kernel and move it to the tables' device (ids checked before any
     kernel touches memory). Returns tokens int32, offsets int64, keep_prob, alias_prob, alias_index."""
     vocab, _ = syn0.shape
     if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 1000:
         raise ValueError(f"window: expected an int in 1..1000, got {window!r}")
-    if isinstance(negative, bool) or not isinstance(negative, int) or not 1 <= negative <= 1000:
-        raise ValueError(f"negative: expected an int in 1..1000, got {negative!r}")
+    low = 0 if hs else 1  # negative 0: hierarchical softmax alone
+    if isinstance(negative, bool) or not isinstance(negative, int) or not low <= negative <= 1000:
+        raise ValueError(f"negative: expected an int in {low}..1000, got {negative!r}")
     device = syn0.device
     tok = _as_device_tensor("tokens", tokens, torch.int32, device)
     if tok.numel() >= 2**31:
@@ -720,7 +722,7 @@ def prepare_gpu_chunk(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: ArrayLi
 
 
 def _gpu_train_check(inputs: dict[str, Any]) -> list[str]:
-    reasons = ["hierarchical softmax (hs) has no GPU kernel; it trains on the CPU backends"] if inputs["hs"] else []
+    reasons = []
     syn0, syn1 = inputs["syn0"], inputs["syn1neg"]
     for name, t in (("syn0", syn0), ("syn1neg", syn1)):
         if not isinstance(t, torch.Tensor):
@@ -734,16 +736,31 @@ def _gpu_train_check(inputs: dict[str, Any]) -> list[str]:
 
 
 def _train_chunk_gpu(launch: Any, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start,
-                     alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed,
+                     alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, hs=None,
                      slice_tokens: int | None = None) -> tuple[int, int, float]:
     tok, off, keep, prob, alias = prepare_gpu_chunk(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob,
-                                                    alias_index, window, negative)
+                                                    alias_index, window, negative, hs is not None)
     seed = int(seed) & (2**63 - 1)
     plan = plan_chunk(tok, off, keep, float(alpha_start), float(alpha_end), seed, slice_tokens)
+    tree = {} if hs is None else {"tree": device_tree(hs, syn0)}
     loss = launch(syn0, syn1neg, plan.tokens, plan.alphas, plan.bounds, prob, alias, mode=mode, window=window,
                   negative=negative, cbow_mean=cbow_mean, shrink_windows=shrink_windows,
-                  compute_loss=compute_loss, seed=seed)
+                  compute_loss=compute_loss, seed=seed, **tree)
     return plan.raw_words, plan.effective_words, float(loss.sum()) if compute_loss else 0.0
+
+
+def device_tree(hs: HsTree, syn0: torch.Tensor) -> HsTree:
+    """The tree as contiguous tensors on syn0's device (syn1 must already be there: it is updated in place)."""
+    syn1 = torch.from_numpy(hs.syn1) if isinstance(hs.syn1, np.ndarray) else hs.syn1
+    if syn1.device != syn0.device or syn1.dtype != torch.float32 or not syn1.is_contiguous():
+        raise ValueError(f"hs.syn1: expected a contiguous float32 table on syn0's device {syn0.device} (it is "
+                         f"updated in place), got {syn1.dtype} on {syn1.device}")
+
+    def table(a: ArrayLike, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+        return t.to(device=syn0.device, dtype=dtype).contiguous()
+
+    return HsTree(syn1, table(hs.points, torch.int32), table(hs.codes, torch.uint8), table(hs.lengths, torch.int32))
 
 
 @WORD2VEC_TRAIN.register(
@@ -759,11 +776,13 @@ def _train_chunk_triton(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, a
 
     return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
                             alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
-                            seed)
+                            seed, hs)
 
 
 def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
     reasons = _gpu_train_check(inputs)
+    if inputs["hs"]:
+        reasons.append("hierarchical softmax (hs) is not in the CUDA trainer (the triton and CPU trainers have it)")
     syn0 = inputs["syn0"]
     if not reasons and isinstance(inputs["window"], int) and isinstance(inputs["negative"], int):
         from genai_fast.backends.cuda.word2vec import shared_memory_reasons

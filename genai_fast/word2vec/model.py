@@ -10,9 +10,9 @@ these differences, each deliberate:
 - skip-gram shares one set of negatives across a window's contexts (pWord2Vec) unless
   `shared_negatives=False`; the sigmoid is exact (gensim clips scores at +-6);
 - noise words are drawn with the alias method from the exact distribution;
-- hierarchical softmax (hs=1, alone with negative=0 or beside negative sampling) trains on the CPU only:
-  device="auto" picks the CPU for it and device="cuda" raises NotImplementedError. Its Huffman tree is
-  gensim's (same codes and points), rebuilt from the word counts on load.
+- hierarchical softmax (hs=1, alone with negative=0 or beside negative sampling) trains on the C++ and
+  Triton trainers (the CUDA one has none). Its Huffman tree is gensim's (same codes and points), rebuilt
+  from the word counts on load.
 
 device="cuda" (and "auto" with workers > 1 on a machine with a CUDA GPU and Triton or CuPy; "auto"
 with workers=1 keeps the CPU's deterministic mode) trains on the GPU: the
@@ -273,10 +273,7 @@ class Word2Vec:
     def _resolve_device(device: str, workers: int, hs: int = 0) -> str:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-        if hs and device == "cuda":
-            raise NotImplementedError("device: hs=1 (hierarchical softmax) has no GPU kernel; use device='cpu' "
-                                      "or 'auto', or hs=0 with negative sampling on the GPU")
-        if device == "cpu" or hs or (device == "auto" and workers == 1):  # workers=1: the deterministic CPU mode
+        if device == "cpu" or (device == "auto" and workers == 1):  # workers=1: the deterministic CPU mode
             return "cpu"
         import torch
 
@@ -290,6 +287,11 @@ class Word2Vec:
         if len(why) == 2:  # neither GPU backend can run
             if device == "cuda":
                 raise ValueError("device: 'cuda' needs Triton or CuPy: " + "; ".join(why))
+            return "cpu"
+        triton_missing = backend_unavailable_reasons("triton")
+        if hs and triton_missing:  # the CUDA trainer has no hierarchical softmax
+            if device == "cuda":
+                raise ValueError("device: hs=1 on the GPU needs Triton: " + "; ".join(triton_missing))
             return "cpu"
         return "cuda"
 
@@ -514,16 +516,14 @@ class Word2Vec:
         if not chunk.ids.size:
             return 0, 0.0
 
-        from genai_fast.ops.word2vec_ops import HsTree, word2vec_train_chunk
+        from genai_fast.ops.word2vec_ops import word2vec_train_chunk
 
         mode = "cbow" if not self.sg else ("sg_shared" if self.shared_negatives else "sg_pair")
-        tree = None if not self.hs else HsTree(self.syn1, self.huffman.points, self.huffman.codes,
-                                               self.huffman.lengths)
         _, effective, loss = word2vec_train_chunk(
-            tables[0], tables[1], chunk.ids, chunk.offsets, *tables[2:], alpha, next_alpha, mode=mode,
+            tables[0], tables[1], chunk.ids, chunk.offsets, *tables[2:5], alpha, next_alpha, mode=mode,
             window=self.window, negative=self.negative, cbow_mean=bool(self.cbow_mean),
             shrink_windows=self.shrink_windows, compute_loss=self.compute_loss, seed=seed, workers=self.workers,
-            hs=tree)
+            hs=tables[5])
         return effective, loss
 
     def _prepare_arrays(self) -> None:
@@ -543,19 +543,26 @@ class Word2Vec:
                 self.syn1 = np.ascontiguousarray(self.syn1, dtype=np.float32).copy()
 
     def _device_tables(self) -> tuple[Any, ...]:
-        """(syn0, syn1neg, keep_prob, noise_prob, noise_alias) where training reads them: the numpy
-        arrays on the CPU, copies on the GPU for device="cuda" (copied back by _copy_back)."""
+        """(syn0, syn1neg, keep_prob, noise_prob, noise_alias, hs tree or None) where training reads them:
+        the numpy arrays on the CPU, copies on the GPU for device="cuda" (copied back by _copy_back)."""
+        from genai_fast.ops.word2vec_ops import HsTree
+
         arrays = (self.wv.vectors, self.syn1neg, self.keep_prob, self.noise_prob, self.noise_alias)
+        tree = HsTree(self.syn1, self.huffman.points, self.huffman.codes, self.huffman.lengths) if self.hs else None
         if self.device != "cuda":
-            return arrays
+            return (*arrays, tree)
         import torch
 
-        return tuple(None if a is None else torch.from_numpy(a).to(self._gpu_table_device, copy=True)
-                     for a in arrays)
+        def to_gpu(a: np.ndarray | None) -> Any:
+            return None if a is None else torch.from_numpy(a).to(self._gpu_table_device, copy=True)
+
+        return (*(to_gpu(a) for a in arrays), None if tree is None else HsTree(*(to_gpu(a) for a in tree)))
 
     def _copy_back(self, tables: tuple[Any, ...]) -> None:
         self.wv.vectors = np.ascontiguousarray(tables[0].cpu().numpy())
         self.syn1neg = np.ascontiguousarray(tables[1].cpu().numpy())
+        if tables[5] is not None:
+            self.syn1 = np.ascontiguousarray(tables[5].syn1.cpu().numpy())
 
     def _get_encoder(self) -> Encoder:
         encoder = getattr(self, "_encoder", None)
