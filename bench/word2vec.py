@@ -1,7 +1,8 @@
 """word2vec benchmarks.
 
-1. Registry entry `sgns_step` (for `genai-fast bench`): the C++ skip-gram step (shared negatives) on a
-   fixed batch against the PyTorch reference; the oracle is the reference in float64.
+1. Registry entries `sgns_step` and `hs_step` (for `genai-fast bench`): the C++ skip-gram steps (shared
+   negatives; hierarchical softmax over a Zipf vocabulary's Huffman paths, the window's contexts batched)
+   on a fixed batch against the PyTorch reference; the oracle is the reference in float64.
 2. Registry entry `word2vec_train_chunk` (GPU presets only, `genai-fast bench --device cuda`): the GPU
    trainers (triton, cuda) on one SYNTHETIC Zipf chunk (skip-gram, d100, window 5, negative 5, sample
    1e-3, 100k vocabulary) against the C++ trainer on all CPU cores on CPU copies of the same tables.
@@ -50,7 +51,14 @@ try:  # as the installed package (genai-fast bench) or as a script from the chec
 except ImportError:  # pragma: no cover
     BenchEntry = None
 
-from genai_fast.ops.word2vec_ops import sgns_step, word2vec_step_reference, word2vec_train_chunk
+from genai_fast.ops.word2vec_ops import (
+    HsTree,
+    hs_step,
+    hs_step_reference,
+    sgns_step,
+    word2vec_step_reference,
+    word2vec_train_chunk,
+)
 
 # ---------------------------------------------------------------- registry entry: sgns_step
 
@@ -119,6 +127,96 @@ if BenchEntry is not None:
         oracle=_oracle,
         flops=_flops,
         bytes=_bytes,
+        bound="memory",
+    ))
+
+
+# ---------------------------------------------------------------- registry entry: hs_step
+
+
+def _hs_case(vocab: int, dim: int, batch: int, contexts: int) -> Any:
+    return Case({"vocab": vocab, "dim": dim, "batch": batch, "contexts": contexts}, torch.float32,
+                f"V{vocab} D{dim} B{batch} C{contexts} (Zipf tree)")
+
+
+@functools.lru_cache(maxsize=4)
+def _zipf_tree(vocab: int) -> Any:
+    """The Huffman tree of a Zipf vocabulary (count of rank r = 1e7 / r)."""
+    from genai_fast.word2vec.huffman import huffman_tree
+
+    return huffman_tree((1e7 / np.arange(1, vocab + 1)).astype(np.int64))
+
+
+def _mean_path(vocab: int) -> float:
+    """Mean path length of a Zipf-drawn centre (about 10 nodes for 20k words, 11 for 70k)."""
+    weights = 1.0 / np.arange(1, vocab + 1)
+    return float((weights * _zipf_tree(vocab).lengths).sum() / weights.sum())
+
+
+def _hs_inputs(case: Any, device: torch.device) -> dict[str, Any]:
+    p = case.params
+    g = torch.Generator().manual_seed(0)
+    ranks = torch.arange(1, p["vocab"] + 1, dtype=torch.float64)
+    tree = _zipf_tree(p["vocab"])
+    syn0 = (torch.rand(p["vocab"], p["dim"], generator=g) - 0.5) / p["dim"]
+    syn1 = torch.randn(p["vocab"], p["dim"], generator=g) * 0.1
+    # Centres drawn by frequency (Zipf), as a corpus presents them.
+    centers = torch.multinomial(1.0 / ranks, p["batch"], replacement=True, generator=g)
+    contexts = torch.randint(0, p["vocab"], (p["batch"], p["contexts"]), generator=g)
+    path_nodes = torch.from_numpy(tree.points[centers.numpy()]).long().flatten()
+    return {"syn0": syn0, "syn1": syn1, "centers": centers, "contexts": contexts,
+            "points": torch.from_numpy(tree.points), "codes": torch.from_numpy(tree.codes),
+            "lengths": torch.from_numpy(tree.lengths), "touched0": torch.unique(contexts.flatten()),
+            "touched1": torch.unique(path_nodes)}
+
+
+def _hs_restoring(inputs: dict[str, Any], fn: Any) -> torch.Tensor:
+    """Run fn(syn0, tree), then put the touched rows back, so every call sees the same inputs."""
+    r0, r1 = inputs["touched0"], inputs["touched1"]
+    saved0, saved1 = inputs["syn0"][r0].clone(), inputs["syn1"][r1].clone()
+    out = fn(inputs["syn0"], HsTree(inputs["syn1"], inputs["points"], inputs["codes"], inputs["lengths"]))
+    inputs["syn0"][r0] = saved0
+    inputs["syn1"][r1] = saved1
+    return out
+
+
+def _hs_run(inputs: dict[str, Any], backend: str | None) -> torch.Tensor:
+    return _hs_restoring(inputs, lambda s0, tree: hs_step(s0, inputs["centers"], inputs["contexts"], tree, 0.025,
+                                                          backend=backend))
+
+
+def _hs_torch_reference(inputs: dict[str, Any]) -> torch.Tensor:
+    return _hs_restoring(inputs, lambda s0, tree: hs_step_reference(s0, inputs["centers"], inputs["contexts"],
+                                                                    tree, 0.025, "sg_shared"))
+
+
+def _hs_oracle(inputs: dict[str, Any]) -> torch.Tensor:
+    tree = HsTree(inputs["syn1"].double(), inputs["points"], inputs["codes"], inputs["lengths"])
+    return hs_step_reference(inputs["syn0"].double(), inputs["centers"], inputs["contexts"], tree, 0.025,
+                             "sg_shared")
+
+
+def _hs_flops(case: Any) -> float:
+    p = case.params  # per (context, path node): dot + input error + node update = 6 D
+    return 6.0 * p["batch"] * p["contexts"] * _mean_path(p["vocab"]) * p["dim"]
+
+
+def _hs_bytes(case: Any) -> float:
+    p = case.params  # context rows and path rows read and written once
+    return 8.0 * p["batch"] * (p["contexts"] + _mean_path(p["vocab"])) * p["dim"]
+
+
+if BenchEntry is not None:
+    HS_ENTRY = register(BenchEntry(
+        op="hs_step",
+        presets={"quick": {"cpu": [_hs_case(20000, 100, 64, 10)]},
+                 "full": {"cpu": [_hs_case(70000, 100, 256, 10), _hs_case(70000, 300, 256, 10)]}},
+        make_inputs=_hs_inputs,
+        run=_hs_run,
+        references={"torch reference (float32, per row)": _hs_torch_reference},
+        oracle=_hs_oracle,
+        flops=_hs_flops,
+        bytes=_hs_bytes,
         bound="memory",
     ))
 
