@@ -230,21 +230,31 @@ def word2vec_step_reference(
     return losses
 
 
+def _negative_targets(center: int, negs: list[int]) -> tuple[list[int], list[float]]:
+    """Rows and labels of negative sampling: the centre (1), then the negatives (0) other than the centre."""
+    rows = [center, *(n for n in negs if n != center)]
+    return rows, [1.0] + [0.0] * (len(rows) - 1)
+
+
+def _sequential_rows(x: torch.Tensor, table: torch.Tensor, rows: list[int], labels: list[float],
+                     alpha: float) -> tuple[torch.Tensor, float]:
+    """x predicts table's rows one after another (each row sees the table as the previous ones left it):
+    the negative-sampling targets or a Huffman path. Updates the rows; returns (x's error, the loss)."""
+    err = torch.zeros_like(x)
+    loss = 0.0
+    for row, label in zip(rows, labels, strict=True):
+        out = table[row]
+        f = torch.dot(x, out)
+        g = (label - torch.sigmoid(f)) * alpha
+        loss += float(_softplus64(-f if label == 1.0 else f))
+        err += g * out
+        table[row] = out + g * x
+    return err, loss
+
+
 def _pair_update(syn0: torch.Tensor, syn1neg: torch.Tensor, word: int, center: int, negs: list[int],
                  alpha: float) -> float:
-    inp = syn0[word]
-    err = torch.zeros_like(inp)
-    loss = 0.0
-    for k, target in enumerate([center, *negs]):
-        if k > 0 and target == center:
-            continue
-        label = 1.0 if k == 0 else 0.0
-        out = syn1neg[target]
-        f = torch.dot(inp, out)
-        g = (label - torch.sigmoid(f)) * alpha
-        loss += float(_softplus64(-f if k == 0 else f))
-        err += g * out
-        syn1neg[target] = out + g * inp
+    err, loss = _sequential_rows(syn0[word], syn1neg, *_negative_targets(center, negs), alpha)
     syn0[word] = syn0[word] + err
     return loss
 
@@ -284,18 +294,7 @@ def _cbow_update(syn0: torch.Tensor, syn1neg: torch.Tensor, ctx: torch.Tensor, c
     h = syn0[ctx].sum(0)
     if cbow_mean:
         h = h / count
-    err = torch.zeros_like(h)
-    loss = 0.0
-    for k, target in enumerate([center, *negs]):
-        if k > 0 and target == center:
-            continue
-        label = 1.0 if k == 0 else 0.0
-        out = syn1neg[target]
-        f = torch.dot(h, out)
-        g = (label - torch.sigmoid(f)) * alpha
-        loss += float(_softplus64(-f if k == 0 else f))
-        err += g * out
-        syn1neg[target] = out + g * h
+    err, loss = _sequential_rows(h, syn1neg, *_negative_targets(center, negs), alpha)
     if not cbow_mean:
         err = err / count
     syn0.index_add_(0, ctx, err.expand(count, -1).contiguous())
@@ -322,25 +321,9 @@ def hs_step_reference(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch
     return losses
 
 
-def _hs_path(x: torch.Tensor, syn1: torch.Tensor, nodes: torch.Tensor, labels: torch.Tensor,
-             alpha: float) -> tuple[torch.Tensor, float]:
-    """x predicts a path node by node (each node sees the vectors as the previous ones left them).
-    Updates syn1 and returns (the input error, the loss)."""
-    err = torch.zeros_like(x)
-    loss = 0.0
-    for node, label in zip(nodes.tolist(), labels.tolist(), strict=True):
-        out = syn1[node]
-        f = torch.dot(x, out)
-        g = (label - torch.sigmoid(f)) * alpha
-        loss += float(_softplus64(-f if label == 1.0 else f))
-        err += g * out
-        syn1[node] = out + g * x
-    return err, loss
-
-
 def _hs_path_update(syn0: torch.Tensor, syn1: torch.Tensor, word: int, nodes: torch.Tensor, labels: torch.Tensor,
                     alpha: float) -> float:
-    err, loss = _hs_path(syn0[word].clone(), syn1, nodes, labels, alpha)
+    err, loss = _sequential_rows(syn0[word].clone(), syn1, nodes.tolist(), labels.tolist(), alpha)
     syn0[word] += err
     return loss
 
@@ -353,7 +336,7 @@ def _hs_cbow_update(syn0: torch.Tensor, syn1: torch.Tensor, ctx: torch.Tensor, n
     h = syn0[ctx].sum(0)
     if cbow_mean:
         h = h / count
-    err, loss = _hs_path(h, syn1, nodes, labels, alpha)
+    err, loss = _sequential_rows(h, syn1, nodes.tolist(), labels.tolist(), alpha)
     if not cbow_mean:
         err = err / count
     syn0.index_add_(0, ctx, err.expand(count, -1).contiguous())
