@@ -288,13 +288,20 @@ def _shared_rows_update(syn0: torch.Tensor, table: torch.Tensor, ctx: torch.Tens
 
 def _cbow_update(syn0: torch.Tensor, syn1neg: torch.Tensor, ctx: torch.Tensor, center: int, negs: list[int],
                  alpha: float, cbow_mean: bool) -> float:
+    return _cbow_rows_update(syn0, syn1neg, ctx, *_negative_targets(center, negs), alpha, cbow_mean)
+
+
+def _cbow_rows_update(syn0: torch.Tensor, table: torch.Tensor, ctx: torch.Tensor, rows: list[int],
+                      labels: list[float], alpha: float, cbow_mean: bool) -> float:
+    """CBOW: h = mean (or sum) of the contexts predicts table's rows in turn; gensim's rule: with a sum the
+    input error is divided by the context count."""
     count = ctx.numel()
     if count == 0:
         return 0.0
     h = syn0[ctx].sum(0)
     if cbow_mean:
         h = h / count
-    err, loss = _sequential_rows(h, syn1neg, *_negative_targets(center, negs), alpha)
+    err, loss = _sequential_rows(h, table, rows, labels, alpha)
     if not cbow_mean:
         err = err / count
     syn0.index_add_(0, ctx, err.expand(count, -1).contiguous())
@@ -313,7 +320,7 @@ def hs_step_reference(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch
         nodes = tree.points[center, :length].to(torch.long).to(syn0.device)
         labels = 1.0 - tree.codes[center, :length].to(syn0.dtype).to(syn0.device)
         if mode == "cbow":
-            losses[r] = _hs_cbow_update(syn0, tree.syn1, ctx, nodes, labels, alpha, cbow_mean)
+            losses[r] = _cbow_rows_update(syn0, tree.syn1, ctx, nodes.tolist(), labels.tolist(), alpha, cbow_mean)
         elif mode == "sg_shared":
             losses[r] = _shared_rows_update(syn0, tree.syn1, ctx, nodes, labels, torch.ones_like(labels), alpha)
         else:
@@ -325,21 +332,6 @@ def _hs_path_update(syn0: torch.Tensor, syn1: torch.Tensor, word: int, nodes: to
                     alpha: float) -> float:
     err, loss = _sequential_rows(syn0[word].clone(), syn1, nodes.tolist(), labels.tolist(), alpha)
     syn0[word] += err
-    return loss
-
-
-def _hs_cbow_update(syn0: torch.Tensor, syn1: torch.Tensor, ctx: torch.Tensor, nodes: torch.Tensor,
-                    labels: torch.Tensor, alpha: float, cbow_mean: bool) -> float:
-    count = ctx.numel()
-    if count == 0:
-        return 0.0
-    h = syn0[ctx].sum(0)
-    if cbow_mean:
-        h = h / count
-    err, loss = _sequential_rows(h, syn1, nodes.tolist(), labels.tolist(), alpha)
-    if not cbow_mean:
-        err = err / count
-    syn0.index_add_(0, ctx, err.expand(count, -1).contiguous())
     return loss
 
 
