@@ -133,6 +133,42 @@ def test_kvcache_cpp_reads_caches_in_place_and_checks_sizes():
             ext.decode_attention_forward(**{**args, key: value})
 
 
+@pytest.mark.parametrize("D, Sq, causal, lengths", [
+    (64, 1, True, [2900, 0, 1]),     # registers-held rows (D = 4 x 16); an empty and a one-token sequence
+    (48, 3, True, [1300, 700, 3000]),  # generic loops; causal rows end in different chunks
+    (80, 2, False, [2047, 1025, 9]),
+])
+def test_kvcache_cpp_split_positions_match_the_reference(D, Sq, causal, lengths):
+    """Long caches on several threads: positions are cut into chunks whose partial softmax sums are
+    combined; NaN beyond each length must never be read, and the result must not depend on the threads."""
+    _require("cpp")
+    from genai_fast.backends.cpp.attention import decode_attention_fwd
+    from tests.attention_cases import make_cache
+
+    B, Hq, Hkv = len(lengths), 6, 2
+    k_cache, v_cache = make_cache(B, Hkv, 3000, D, lengths, torch.float32, "cpu")
+    q = torch.randn(B, Hq, Sq, D)
+    want = genai_fast.attention_with_kvcache_reference(q.double(), k_cache.double(), v_cache.double(),
+                                                       torch.tensor(lengths), scale=D ** -0.5, causal=causal)
+    one_thread = decode_attention_fwd(q, k_cache, v_cache, lengths, D ** -0.5, causal, num_threads=1)
+    for threads in (1, 3, 8):
+        out = decode_attention_fwd(q, k_cache, v_cache, lengths, D ** -0.5, causal, num_threads=threads)
+        torch.testing.assert_close(out.double(), want, rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(out, one_thread, rtol=1e-5, atol=1e-6)
+    assert not out.isnan().any()
+
+
+def test_kvcache_cpp_nan_query_gives_nan_rows():
+    """A NaN in a query makes that row NaN, as in the reference (the vector exp would otherwise hide it)."""
+    _require("cpp")
+    from genai_fast.backends.cpp.attention import decode_attention_fwd
+
+    k_cache, v_cache, q = torch.randn(1, 1, 700, 64), torch.randn(1, 1, 700, 64), torch.randn(1, 2, 1, 64)
+    q[0, 1, 0, 5] = float("nan")
+    out = decode_attention_fwd(q, k_cache, v_cache, [700], 0.125, True, num_threads=4)
+    assert out[0, 1].isnan().all() and not out[0, 0].isnan().any()
+
+
 def test_resolved_decode_attention_equals_the_op(monkeypatch):
     """What the LLM decode step calls (the C++ kernel resolved once) computes what the op computes."""
     _require("cpp")

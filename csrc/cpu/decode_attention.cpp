@@ -3,13 +3,17 @@
 //
 // At decode time a query row meets at most a few thousand cached keys of a few dozen floats, so the work
 // per (sequence, head) is tiny and torch's SDPA call costs more in setup than in arithmetic; a ragged batch
-// also needs one torch call per sequence. Here one call covers the batch: every (sequence, query head,
-// query) row computes its scores over its visible positions (exact two-pass softmax in fp32: the maximum,
-// then exp and sum), then the weighted sum of values. Query heads of a GQA group read their shared K/V
-// head in place. Rows with no visible position give zeros, as the reference's safe softmax does.
+// also needs one torch call per sequence. Here one call covers the batch. The work is cut by K/V head:
+// the query heads of a GQA group (and all their new queries) are served together, so each cached row is
+// read once per group rather than once per query head. When there are fewer (sequence, K/V head) pairs
+// than threads can share, each sequence's positions are cut into chunks (split-K, as flash-decoding does
+// on a GPU) and the chunks' partial softmax sums are combined with their maxima. Within a chunk the
+// softmax is exact and two-pass in fp32: scores and their maximum, then exp, sum and the weighted sum of
+// values. Rows with no visible position give zeros, as the reference's safe softmax does.
 #include "decode_attention.h"
 #include "simd.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -31,25 +35,183 @@ GF_INLINE void axpy(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = n16; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// One query row: q [D] against positions [0, visible) of one K/V head -> out [Dv]. scores: scratch.
-GF_CLONES void attend_row(const DecodeAttentionArgs& a, const float* q, const float* k, const float* v,
-                          int64_t visible, float* out, std::vector<float>& scores) {
-  for (int64_t j = 0; j < a.Dv; ++j) out[j] = 0.0f;
-  if (visible <= 0) return;
-  scores.resize(static_cast<size_t>(visible));
-  float top = -INFINITY;
-  for (int64_t s = 0; s < visible; ++s) {
-    scores[s] = dot(q, k + s * a.k_strides[2], a.D) * a.scale;
-    top = std::max(top, scores[s]);
+// A piece of work: the query rows of one (sequence, K/V head) pair against cache positions [begin, end).
+struct Chunk {
+  int64_t b, kv, begin, end;
+};
+
+// What a chunk leaves for the combine step, per query row r of its group: the maximum score m[r], the sum
+// l[r] of exp(score - m[r]) and acc[r] = the same weights times the value rows (not yet divided by l).
+struct Partials {
+  std::vector<float> m, l, acc;
+};
+
+// The query rows served with K/V head `kv` of sequence b: row r = g * Sq + i is query i of head
+// kv * group + g.
+GF_INLINE const float* query_row(const DecodeAttentionArgs& a, int64_t b, int64_t kv, int64_t r) {
+  const int64_t group = a.Hq / a.Hkv, h = kv * group + r / a.Sq, i = r % a.Sq;
+  return a.q + b * a.q_strides[0] + h * a.q_strides[1] + i * a.q_strides[2];
+}
+
+// Positions [0, visible) of the cache that query i of sequence b sees (causal: aligned bottom-right).
+GF_INLINE int64_t visible_positions(const DecodeAttentionArgs& a, int64_t b, int64_t i) {
+  const int64_t length = a.lengths[b];
+  return a.causal ? std::max<int64_t>(0, std::min(length, length - a.Sq + i + 1)) : length;
+}
+
+// scores[j] = q . key_j for the n key rows from k (q already scaled). NB > 0: D = 16 NB, q held in
+// registers; NB = 0: any D.
+template <int NB>
+GF_INLINE void row_scores(const float* q, const float* k, int64_t stride, int64_t n, int64_t D, float* scores) {
+  if constexpr (NB == 0) {
+    for (int64_t j = 0; j < n; ++j) scores[j] = dot(q, k + j * stride, D);
+  } else {
+    v16 qv[NB];
+    for (int b = 0; b < NB; ++b) qv[b] = load16(q + 16 * b);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* key = k + j * stride;
+      v16 acc = qv[0] * load16(key);
+      for (int b = 1; b < NB; ++b) acc += qv[b] * load16(key + 16 * b);
+      scores[j] = hsum(acc);
+    }
   }
-  float total = 0.0f;
-  for (int64_t s = 0; s < visible; ++s) {
-    scores[s] = std::exp(scores[s] - top);
-    total += scores[s];
+}
+
+// out[Dv] = sum_j p[j] value_j over the n value rows from v. NB > 0: Dv = 16 NB, out held in registers.
+template <int NB>
+GF_INLINE void row_values(const float* p, const float* v, int64_t stride, int64_t n, int64_t Dv, float* out) {
+  if constexpr (NB == 0) {
+    std::fill(out, out + Dv, 0.0f);
+    for (int64_t j = 0; j < n; ++j) axpy(p[j], v + j * stride, out, Dv);
+  } else {
+    v16 acc[NB] = {};
+    for (int64_t j = 0; j < n; ++j) {
+      const float* value = v + j * stride;
+      for (int b = 0; b < NB; ++b) acc[b] += p[j] * load16(value + 16 * b);
+    }
+    for (int b = 0; b < NB; ++b) store16(out + 16 * b, acc[b]);
   }
-  for (int64_t s = 0; s < visible; ++s) axpy(scores[s], v + s * a.v_strides[2], out, a.Dv);
-  const float inv = 1.0f / total;
-  for (int64_t j = 0; j < a.Dv; ++j) out[j] *= inv;
+}
+
+// Turns the row's n scores into exp(score - max) in place; returns the max and the sum of the exps.
+// fast_exp does not carry NaN through, so a NaN or +inf score (whose reference row is NaN) gives a NaN
+// sum here, and the combine step then fills the row with NaN.
+GF_INLINE void exponentiate(float* row, int64_t n, float& top, float& total) {
+  const int64_t n16 = n / 16 * 16;
+  v16 vtop = {}, vraw = {};
+  vtop -= INFINITY;
+  for (int64_t j = 0; j < n16; j += 16) {
+    const v16 x = load16(row + j);
+    vtop = x > vtop ? x : vtop;
+    vraw += x;
+  }
+  top = -INFINITY;
+  float raw = hsum(vraw);
+  for (int i = 0; i < 16; ++i) top = std::max(top, vtop[i]);
+  for (int64_t j = n16; j < n; ++j) top = std::max(top, row[j]), raw += row[j];
+  v16 vsum = {};
+  for (int64_t j = 0; j < n16; j += 16) {
+    const v16 e = exp16(load16(row + j) - top);
+    store16(row + j, e);
+    vsum += e;
+  }
+  total = hsum(vsum);
+  for (int64_t j = n16; j < n; ++j) total += (row[j] = fast_exp(row[j] - top));
+  if (std::isnan(raw) || top == INFINITY) total = NAN;
+}
+
+// One chunk: for each of its R query rows (read from q, scaled), the scores against the row's visible
+// keys of the chunk, their softmax statistics and the weighted value sum, written to m, l, acc (R, R and
+// R x Dv floats). A row's keys and values are read from cache while the next row's are still there.
+template <int NBK, int NBV>
+GF_CLONES void attend_chunk(const DecodeAttentionArgs& a, const Chunk& c, float* m, float* l, float* acc) {
+  const int64_t R = a.Hq / a.Hkv * a.Sq;
+  thread_local std::vector<float> query, scores;
+  query.resize(static_cast<size_t>(a.D));
+  scores.resize(static_cast<size_t>(std::max<int64_t>(c.end - c.begin, 1)));
+  const float* k = a.k_cache + c.b * a.k_strides[0] + c.kv * a.k_strides[1] + c.begin * a.k_strides[2];
+  const float* v = a.v_cache + c.b * a.v_strides[0] + c.kv * a.v_strides[1] + c.begin * a.v_strides[2];
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t seen = std::min(visible_positions(a, c.b, r % a.Sq), c.end) - c.begin;
+    m[r] = -INFINITY, l[r] = 0.0f;
+    if (seen <= 0) {
+      std::fill(acc + r * a.Dv, acc + (r + 1) * a.Dv, 0.0f);
+      continue;
+    }
+    const float* q = query_row(a, c.b, c.kv, r);
+    for (int64_t d = 0; d < a.D; ++d) query[d] = q[d] * a.scale;
+    row_scores<NBK>(query.data(), k, a.k_strides[2], seen, a.D, scores.data());
+    exponentiate(scores.data(), seen, m[r], l[r]);
+    row_values<NBV>(scores.data(), v, a.v_strides[2], seen, a.Dv, acc + r * a.Dv);
+  }
+}
+
+using ChunkFn = void (*)(const DecodeAttentionArgs&, const Chunk&, float*, float*, float*);
+
+// The chunk routine for these head dims: registers-held rows for the common ones (multiples of 16 up to
+// 256 for D and Dv alike), the generic loops otherwise.
+ChunkFn chunk_routine(int64_t D, int64_t Dv) {
+  if (D != Dv || D % 16 != 0) return attend_chunk<0, 0>;
+  switch (D / 16) {
+    case 2: return attend_chunk<2, 2>;
+    case 4: return attend_chunk<4, 4>;
+    case 5: return attend_chunk<5, 5>;
+    case 6: return attend_chunk<6, 6>;
+    case 8: return attend_chunk<8, 8>;
+    case 16: return attend_chunk<16, 16>;
+    default: return attend_chunk<0, 0>;
+  }
+}
+
+// Positions per chunk: whole sequences when the (sequence, K/V head) pairs already give every worker
+// a few pieces, else short enough for about four pieces per worker, but never under 256 positions
+// (below that a chunk's fixed costs and the combine outweigh the parallelism).
+int64_t chunk_length(const DecodeAttentionArgs& a, int workers) {
+  const int64_t pairs = a.B * a.Hkv, longest = *std::max_element(a.lengths, a.lengths + a.B);
+  if (workers <= 1 || pairs >= 4 * workers) return std::max<int64_t>(longest, 1);
+  const int64_t splits = (4 * workers + pairs - 1) / pairs;
+  return std::max<int64_t>(256, (longest + splits - 1) / splits);
+}
+
+std::vector<Chunk> make_chunks(const DecodeAttentionArgs& a, int64_t length) {
+  std::vector<Chunk> chunks;
+  for (int64_t b = 0; b < a.B; ++b) {
+    for (int64_t kv = 0; kv < a.Hkv; ++kv) {
+      int64_t begin = 0;
+      do {  // at least one chunk, so rows of an empty sequence still get their zeros
+        const int64_t end = std::min(a.lengths[b], begin + length);
+        chunks.push_back({b, kv, begin, end});
+        begin = end;
+      } while (begin < a.lengths[b]);
+    }
+  }
+  return chunks;
+}
+
+// out rows of one (sequence, K/V head) pair from its chunks' partials [first, first + count).
+void combine(const DecodeAttentionArgs& a, const Partials& p, int64_t first, int64_t count, int64_t b,
+             int64_t kv) {
+  const int64_t R = a.Hq / a.Hkv * a.Sq;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t h = kv * (a.Hq / a.Hkv) + r / a.Sq, i = r % a.Sq;
+    float* out = a.out + ((b * a.Hq + h) * a.Sq + i) * a.Dv;
+    float top = -INFINITY, total = 0.0f;
+    bool poisoned = false;
+    for (int64_t c = first; c < first + count; ++c) {
+      top = std::max(top, p.m[c * R + r]);
+      poisoned |= std::isnan(p.l[c * R + r]);
+    }
+    std::fill(out, out + a.Dv, poisoned ? NAN : 0.0f);
+    if (poisoned || top == -INFINITY) continue;  // a NaN score: NaN; nothing visible: zeros
+    for (int64_t c = first; c < first + count; ++c) {
+      if (p.l[c * R + r] == 0.0f) continue;
+      const float weight = std::exp(p.m[c * R + r] - top);
+      total += weight * p.l[c * R + r];
+      axpy(weight, p.acc.data() + (c * R + r) * a.Dv, out, a.Dv);
+    }
+    const float inv = 1.0f / total;
+    for (int64_t j = 0; j < a.Dv; ++j) out[j] *= inv;
+  }
 }
 
 }  // namespace
@@ -85,20 +247,24 @@ void validate(const DecodeAttentionArgs& a) {
 }
 
 void decode_attention_forward(const DecodeAttentionArgs& a) {
-  const int64_t rows = a.B * a.Hq * a.Sq, group = a.Hq / a.Hkv;
+  const int64_t R = a.Hq / a.Hkv * a.Sq;
   int64_t work = 0;  // multiply-adds, to decide whether waking threads pays
   for (int64_t b = 0; b < a.B; ++b) work += a.lengths[b] * a.Hq * a.Sq * (a.D + a.Dv);
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 18)));
-  parallel_for(rows, workers, [&](int64_t row) {
-    thread_local std::vector<float> scores;
-    const int64_t i = row % a.Sq, h = row / a.Sq % a.Hq, b = row / (a.Sq * a.Hq);
-    const int64_t length = a.lengths[b];
-    const int64_t visible = a.causal ? std::min(length, length - a.Sq + i + 1) : length;
-    const float* q = a.q + b * a.q_strides[0] + h * a.q_strides[1] + i * a.q_strides[2];
-    const float* k = a.k_cache + b * a.k_strides[0] + (h / group) * a.k_strides[1];
-    const float* v = a.v_cache + b * a.v_strides[0] + (h / group) * a.v_strides[1];
-    attend_row(a, q, k, v, visible, a.out + row * a.Dv, scores);
+  const std::vector<Chunk> chunks = make_chunks(a, chunk_length(a, workers));
+  const int64_t count = static_cast<int64_t>(chunks.size());
+  Partials p;
+  p.m.resize(static_cast<size_t>(count * R)), p.l.resize(p.m.size()), p.acc.resize(p.m.size() * a.Dv);
+  const ChunkFn attend_chunk = chunk_routine(a.D, a.Dv);
+  parallel_for(count, workers, [&](int64_t c) {
+    attend_chunk(a, chunks[c], p.m.data() + c * R, p.l.data() + c * R, p.acc.data() + c * R * a.Dv);
   });
+  for (int64_t first = 0; first < count;) {  // chunks of one (sequence, K/V head) pair are neighbours
+    int64_t last = first + 1;
+    while (last < count && chunks[last].b == chunks[first].b && chunks[last].kv == chunks[first].kv) ++last;
+    combine(a, p, first, last - first, chunks[first].b, chunks[first].kv);
+    first = last;
+  }
 }
 
 }  // namespace genai_fast
