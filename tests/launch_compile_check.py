@@ -146,6 +146,18 @@ def _group_norm_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], ob
                                                                                  "silu"))
 
 
+def _geglu_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.geglu import geglu_fwd
+
+    # One row and H 1 (constants), SD1.5's widest feed-forward, and rows read in place at a padded stride.
+    for shape in [(1, 2), (2, 4096, 2560), (3, 90)]:
+        for approximate in ("none", "tanh"):
+            x = torch.empty(shape, dtype=dtype)
+            yield f"geglu {shape} {approximate}", lambda x=x, a=approximate: geglu_fwd(x, a)
+    x = torch.empty(5, 100, dtype=dtype)[:, :90]
+    yield "geglu (5, 90) at row stride 100", lambda: geglu_fwd(x, "none")
+
+
 def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     from genai_fast.kernels.conv2d import conv2d_epilogue_, conv2d_fwd
 
@@ -200,7 +212,7 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
 
 
 OPS = {"attention": _attention_cases, "group_norm": _group_norm_cases, "conv2d": _conv2d_cases,
-       "word2vec": _word2vec_cases}
+       "geglu": _geglu_cases, "word2vec": _word2vec_cases}
 
 
 def main() -> int:

@@ -133,6 +133,7 @@ def test_report_counts_what_was_fused_and_left():
     # 2 down x 2 + mid 2 + 2 up x 3 resnets; 2 down + 1 mid + 3 up transformers, 2 attentions each.
     assert (sd.resnets_fused, sd.resnets_partly_fused, sd.attention_processors) == (12, 0, 12)
     assert sd.transformer_outputs == 6 and sd.output_norm_silu_fused and not sd.left
+    assert sd.geglus == 6  # one feed-forward per transformer block
     assert "resnet blocks fully fused: 12" in str(sd)
     # layers_per_block 1: 2 down + 2 mid + 2 up x 2 resnets.
     shift = patch(_cond_unet("scale-shift"))
@@ -306,3 +307,25 @@ def test_encoder_attention_mask_reaches_genai_fast_attention():
         out_scrambled = _run(unet, scrambled)
     assert_matches_oracle(out, oracle, baseline, what="patched U-Net with encoder_attention_mask")
     torch.testing.assert_close(out_scrambled, out, rtol=1e-5, atol=1e-5)
+
+
+def test_patched_geglu_runs_genai_fast_and_defers_extra_arguments_to_diffusers():
+    """The feed-forward's GEGLU goes through genai_fast.geglu; a call with diffusers' deprecated extra
+    arguments takes diffusers' own forward (which warns about them) and gives the same values."""
+    from diffusers.models.activations import GEGLU
+
+    from genai_fast.backends.dispatch import OPS
+
+    unet = _cond_unet("sd-tiny")
+    patch(unet)
+    geglu = next(m for m in unet.modules() if isinstance(m, GEGLU))
+    x = torch.randn(2, 5, geglu.proj.in_features)
+    with torch.no_grad():
+        OPS["geglu"].last_backend = None
+        fused = geglu(x)
+        assert OPS["geglu"].last_backend is not None
+        with pytest.warns(FutureWarning):
+            deferred = geglu(x, 1.0)
+    torch.testing.assert_close(fused, deferred, rtol=2e-6, atol=2e-6)
+    unpatch(unet)
+    assert "forward" not in geglu.__dict__

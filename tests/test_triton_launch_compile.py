@@ -25,11 +25,11 @@ def test_launchers_compile_for_sm90_on_edge_case_shapes():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     kernels = {r["kernel"] for r in records if "kernel" in r}
-    # Every kernel of the four ops was reached (a launcher that silently stopped launching would pass).
+    # Every kernel of the five ops was reached (a launcher that silently stopped launching would pass).
     assert kernels >= {"_attn_fwd_kernel", "_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel",
                        "_attn_bwd_dq_kernel", "_decode_split_kernel", "_decode_combine_kernel",
                        "_group_norm_stats_kernel", "_group_norm_finalize_kernel", "_group_norm_apply_kernel",
-                       "_conv2d_fwd_kernel", "_conv2d_epilogue_kernel", "_word2vec_train_kernel",
+                       "_conv2d_fwd_kernel", "_conv2d_epilogue_kernel", "_geglu_fwd_kernel", "_word2vec_train_kernel",
                        "_word2vec_draws_kernel"}, kernels
     # The size-1 cases really compiled with those sizes as constants (what the interpreter never does).
     assert any("Sq" in r["constants"] for r in records if r.get("kernel") == "_attn_fwd_kernel"), records

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "decode_attention.h"
+#include "geglu.h"
 #include "gguf_linear.h"
 #include "group_norm.h"
 #include "linear.h"
@@ -107,6 +108,20 @@ void rms_norm_forward_py(uintptr_t x, int64_t x_numel, int64_t x_row_stride, uin
   rms_norm_forward(args);
 }
 
+void geglu_forward_py(uintptr_t x, int64_t x_numel, int64_t x_row_stride, uintptr_t out, int64_t out_numel,
+                      int64_t rows, int64_t H, bool tanh, int num_threads) {
+  GegluArgs args;
+  args.x = as_ptr<const float>(x);
+  args.out = as_ptr<float>(out);
+  args.rows = rows, args.H = H, args.x_row_stride = x_row_stride;
+  args.x_numel = x_numel, args.out_numel = out_numel;
+  args.tanh = tanh;
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  geglu_forward(args);
+}
+
 void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k_cache,
                                  int64_t k_extent, std::vector<int64_t> k_strides, uintptr_t v_cache, int64_t v_extent,
                                  std::vector<int64_t> v_strides, std::vector<int64_t> lengths, uintptr_t out,
@@ -170,5 +185,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weight"), py::arg("weight_numel"), py::arg("out"), py::arg("out_numel"), py::arg("rows"),
         py::arg("D"), py::arg("eps"), py::arg("num_threads"),
         "fp32 out[rows, D] = weight * (x * rsqrt(mean(x^2) + eps)); weight 0 for none.");
+  m.def("geglu_forward", &geglu_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("x_row_stride"), py::arg("out"),
+        py::arg("out_numel"), py::arg("rows"), py::arg("H"), py::arg("tanh"), py::arg("num_threads"),
+        "fp32 out[rows, H] = x[:, :H] * GELU(x[:, H:2H]) (exact, or the tanh approximation).");
   register_word2vec(m);
 }

@@ -92,6 +92,16 @@ struct FloatPiece {
   }
 };
 
+// Non-temporal stores save the read-for-ownership of a normal store, but leave the output in memory
+// rather than in cache. That pays for outputs too big to stay cached anyway (an SD-sized activation is
+// 10 MB and up); a small one is read back by the next layer right away, which must then fetch it from
+// memory. fp16/bf16 outputs are stored by the conversion, never streamed.
+constexpr int64_t kStreamingBytes = 8 << 20;
+
+bool stream_output(const GroupNormArgs& a) {
+  return a.dtype == DType::Float32 && a.N * a.C * a.S * static_cast<int64_t>(sizeof(float)) >= kStreamingBytes;
+}
+
 float channel_weight(const GroupNormArgs& a, int64_t c) { return a.weight ? a.weight[c] : 1.0f; }
 float channel_bias(const GroupNormArgs& a, int64_t c) { return a.bias ? a.bias[c] : 0.0f; }
 
@@ -108,14 +118,15 @@ void group_norm_channels_first(const GroupNormArgs& a) {
     const double var = sum_squared_deviation(x, block, mean) / block;
     const float rstd = static_cast<float>(1.0 / std::sqrt(var + a.eps));
     float* y = piece.output(offset, block);  // for fp16/bf16 this is x's scratch, overwritten in place
-    const bool fp32 = a.dtype == DType::Float32;  // fp32 writes the final output directly (streaming)
-    const bool has_next = task + 1 < a.N * a.G;   // the next block is usually this thread's next task
-    const float* next = fp32 && has_next ? static_cast<const float*>(a.x) + offset + block : nullptr;
+    const bool streaming = stream_output(a);     // fp32 writes the final output directly
+    const bool has_next = task + 1 < a.N * a.G;  // the next block is usually this thread's next task
+    const float* next = streaming && has_next ? static_cast<const float*>(a.x) + offset + block : nullptr;
     for (int64_t cl = 0; cl < Cg; ++cl) {
       const int64_t c = g * Cg + cl;
       const float scale = rstd * channel_weight(a, c);
       const float shift = channel_bias(a, c) - mean * scale;
-      scale_shift(x + cl * a.S, y + cl * a.S, a.S, scale, shift, a.silu, fp32, next ? next + cl * a.S : nullptr);
+      scale_shift(x + cl * a.S, y + cl * a.S, a.S, scale, shift, a.silu, streaming,
+                  next ? next + cl * a.S : nullptr);
     }
     piece.store(offset, block);
     store_fence();
@@ -189,7 +200,7 @@ void group_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const fl
 // Pass 2: y = act(x * scale[c] + shift[c]) row by row.
 void apply_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const float* scale, const float* shift) {
   const int64_t C = a.C;
-  const bool streaming = a.dtype == DType::Float32;  // fp32 writes the final output directly
+  const bool streaming = stream_output(a);
   parallel_for(a.N * chunks.per_sample, a.num_threads, [&](int64_t task) {
     const int64_t n = task / chunks.per_sample, rows = chunks.rows(task % chunks.per_sample);
     const int64_t offset = chunks.offset(task);

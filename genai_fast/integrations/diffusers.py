@@ -18,6 +18,8 @@ What patch() changes, each only where it can be shown to compute what diffusers 
 - Every other nn.GroupNorm: `genai_fast.group_norm`; the U-Net's closing conv_norm_out + SiLU fused.
 - Transformer2DModel outputs: no `.contiguous()` copy back to NCHW; the residual is added in the
   proj_out conv's epilogue.
+- GEGLU feed-forward activations (diffusers' GEGLU): the projection, then `genai_fast.geglu` (value *
+  GELU(gate) in one pass instead of GELU on a strided half and a product).
 - 4-D parameters go channels_last, so every activation stays NHWC from conv_in to conv_out (the U-Net
   output is channels_last too: same values, other strides).
 
@@ -56,13 +58,14 @@ class PatchReport:
     group_norms: int = 0
     output_norm_silu_fused: bool = False
     transformer_outputs: int = 0
+    geglus: int = 0
     channels_last_tensors: int = 0
     left: Counter = field(default_factory=Counter)
 
     @property
     def patched(self) -> int:
         return (self.resnets_fused + self.resnets_partly_fused + self.attention_processors + self.group_norms
-                + self.transformer_outputs + int(self.output_norm_silu_fused))
+                + self.transformer_outputs + self.geglus + int(self.output_norm_silu_fused))
 
     def __str__(self) -> str:
         lines = [
@@ -72,6 +75,7 @@ class PatchReport:
             f"  attention processors: {self.attention_processors}",
             f"  other GroupNorms: {self.group_norms}; output GroupNorm+SiLU fused: {self.output_norm_silu_fused}",
             f"  Transformer2D outputs kept channels_last: {self.transformer_outputs}",
+            f"  GEGLU feed-forward activations fused: {self.geglus}",
             f"  tensors made channels_last: {self.channels_last_tensors}",
         ]
         lines += [f"  left unpatched ({count}): {reason}" for reason, count in sorted(self.left.items())]
@@ -108,6 +112,7 @@ def patch(unet: nn.Module) -> PatchReport:
     fused_norms |= _patch_output_norm(unet, state)
     _patch_attention(unet, state)
     _patch_transformer_outputs(unet, state)
+    _patch_geglus(unet, state)
     _patch_group_norms(unet, state, skip=fused_norms)
     object.__setattr__(unet, STATE_ATTR, state)
     return state.report
@@ -451,3 +456,27 @@ def _patch_transformer_outputs(unet: nn.Module, state: _PatchState) -> None:
             continue
         _shadow(module, name, _transformer_output, state)
         state.report.transformer_outputs += 1
+
+
+# ---------------------------------------------------------------- GEGLU feed-forward
+
+
+def _geglu_forward(module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """GEGLU.forward: the projection, then value * GELU(gate) in one genai_fast.geglu pass. Extra arguments
+    (diffusers' deprecated `scale`) go to diffusers' own forward, which warns about them."""
+    if args or kwargs:
+        return type(module).forward(module, hidden_states, *args, **kwargs)
+    return genai_fast.geglu(module.proj(hidden_states))
+
+
+def _patch_geglus(unet: nn.Module, state: _PatchState) -> None:
+    from diffusers.models.activations import GEGLU
+
+    for module in unet.modules():
+        if not isinstance(module, GEGLU):
+            continue
+        if type(module) is not GEGLU or _has_own_forward(module):
+            state.report.left[f"{type(module).__name__}: a subclass or an instance with its own forward"] += 1
+            continue
+        _shadow(module, "forward", _geglu_forward, state)
+        state.report.geglus += 1

@@ -7,6 +7,7 @@ from genai_fast.ops.attention import (
     scaled_dot_product_attention_reference,
 )
 from genai_fast.ops.conv2d import conv2d, conv2d_reference
+from genai_fast.ops.geglu import geglu, geglu_reference
 from genai_fast.ops.gguf_linear import gguf_dequantize, gguf_linear, gguf_linear_reference
 from genai_fast.ops.group_norm import group_norm, group_norm_reference
 from genai_fast.ops.linear import linear, linear_reference
@@ -19,6 +20,8 @@ __all__ = [
     "cbow_step",
     "conv2d",
     "conv2d_reference",
+    "geglu",
+    "geglu_reference",
     "gguf_dequantize",
     "gguf_linear",
     "gguf_linear_reference",

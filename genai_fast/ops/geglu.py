@@ -1,0 +1,138 @@
+"""GEGLU, the gated GELU of diffusers' transformer feed-forward: value * GELU(gate) over the two halves of
+the projection's output, in one pass.
+
+diffusers' GEGLU runs `hidden, gate = proj(x).chunk(2, -1); hidden * F.gelu(gate)`: two passes over a
+strided half (and on a CPU, torch's GELU leaves its vectorised loop on the strided gate). The kernels
+here read both halves of a row once and write the product once.
+
+Layers (DESIGN.md section 3): kernels kernels/geglu.py (Triton) and csrc/cpu/geglu.cpp (C++), launchers
+next to them and in genai_fast/backends/cpp/geglu.py; this module holds the public function, validation,
+the `genai_fast::geglu` custom op with its fake and autograd, the reference and the backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.eager import can_bypass_custom_op
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+APPROXIMATIONS = ("none", "tanh")
+
+GEGLU = define_op("geglu")
+
+
+def geglu(x: torch.Tensor, approximate: str = "none", *, backend: str | None = None) -> torch.Tensor:
+    """x [*, 2H] -> [*, H]: the first half times GELU of the second, in x's dtype.
+
+    Args:
+        x: [*, 2H] floating tensor (the output of the GEGLU projection).
+        approximate: GELU's form, as in torch.nn.functional.gelu: "none" (erf) or "tanh".
+        backend: force "triton", "cpp" or "torch"; None picks the fastest that can run.
+
+    Equivalent PyTorch (diffusers' GEGLU after its projection)::
+
+        hidden, gate = x.chunk(2, dim=-1)
+        out = hidden * F.gelu(gate, approximate=approximate)
+    """
+    _validate(x, approximate, backend)
+    if can_bypass_custom_op(x):
+        return _run(x, approximate, backend)
+    return torch.ops.genai_fast.geglu(x, approximate, backend or "")
+
+
+def geglu_reference(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """Plain PyTorch, diffusers' formula: the CPU fallback and, on float64 inputs, the oracle."""
+    hidden, gate = x.chunk(2, dim=-1)
+    return hidden * F.gelu(gate, approximate=approximate)
+
+
+def _validate(x: Any, approximate: Any, backend: Any) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] == 0 or x.shape[-1] % 2:
+        raise ValueError(f"x: expected a tensor [*, 2H] with an even, non-zero last dimension, got shape "
+                         f"{tuple(x.shape)}")
+    if approximate not in APPROXIMATIONS:
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    validate_backend_name(backend)
+
+
+# ---------------------------------------------------------------- custom op, fake, autograd
+
+
+@torch.library.custom_op("genai_fast::geglu", mutates_args=())
+def _geglu_op(x: torch.Tensor, approximate: str, backend: str) -> torch.Tensor:
+    return _run(x, approximate, backend or None)
+
+
+def _run(x, approximate, backend):
+    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
+    if x.numel() == 0:
+        return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+    inputs = {"device": x.device, "dtype": x.dtype}
+    return GEGLU.select(inputs, backend).run(x, approximate)
+
+
+@_geglu_op.register_fake
+def _geglu_fake(x, approximate, backend):
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+def _setup_context(ctx, inputs, output):
+    x, approximate, _backend = inputs
+    ctx.save_for_backward(x)
+    ctx.approximate = approximate
+
+
+def _backward(ctx, grad):
+    # The reference's gradient, by autograd through it (an elementwise op: clarity over a hand-written
+    # formula).
+    (x,) = ctx.saved_tensors
+    with torch.enable_grad():
+        xs = x.detach().requires_grad_(True)
+        (grad_x,) = torch.autograd.grad(geglu_reference(xs, ctx.approximate), (xs,), grad)
+    return grad_x, None, None
+
+
+_geglu_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- backends, in priority order
+
+
+@GEGLU.register(
+    "triton",
+    Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, layouts=("rows with unit stride (else copied)",),
+               features=("one pass over both halves", "fp32 GELU")),
+)
+def _geglu_triton(x, approximate):
+    from genai_fast.kernels.geglu import geglu_fwd
+
+    return geglu_fwd(x, approximate)
+
+
+@GEGLU.register(
+    "cpp",
+    Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("rows with unit stride (else copied)",),
+               features=("one pass over both halves", "vector erf", "threads, GIL released")),
+)
+def _geglu_cpp(x, approximate):
+    from genai_fast.backends.cpp.geglu import geglu_fwd
+
+    return geglu_fwd(x, approximate)
+
+
+@GEGLU.register(
+    "torch",
+    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+)
+def _geglu_torch(x, approximate):
+    return geglu_reference(x, approximate)
