@@ -59,6 +59,7 @@ def register(entry: BenchEntry) -> BenchEntry:
 ENTRY_MODULES = (
     "attention",
     "conv2d",
+    "geglu",
     "gguf_linear",
     "group_norm",
     "linear",

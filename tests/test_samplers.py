@@ -247,6 +247,28 @@ def test_sample_loop_matches_diffusers_loop(name):
     assert len(calls) == 12 and calls[0] == ((2, 4, 8, 8), (2,), ref.timesteps.dtype)
 
 
+def test_sample_loop_grad_modes():
+    """Without grad the loop runs in inference mode and still returns an ordinary tensor (usable by later
+    autograd code) with the same values; with grad enabled gradients flow back to the latents."""
+    model = FakeModel()
+    noise = torch.randn(2, 4, 8, 8) * make_sampler("dpm++").init_noise_sigma
+    seen_inference = []
+
+    def model_fn(x, t):
+        seen_inference.append(x.is_inference())
+        return model(x, t)
+
+    with torch.no_grad():
+        quiet = sample_loop(model_fn, make_sampler("dpm++"), noise, 5, progress=False)
+    assert all(seen_inference[1:]) and not quiet.is_inference()  # step 1 may see the caller's own tensor
+    (quiet * torch.ones(1, requires_grad=True)).sum().backward()  # an inference tensor would raise here
+    leaf = noise.clone().requires_grad_(True)
+    recorded = sample_loop(model, make_sampler("dpm++"), leaf, 5, progress=False)
+    torch.testing.assert_close(recorded.detach(), quiet, rtol=0, atol=0)
+    recorded.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
 def test_sample_loop_progress_bar(capsys):
     sample_loop(FakeModel(), make_sampler("ddim"), torch.randn(1, 4, 4, 4), 3, progress=True)
     err = capsys.readouterr().err
