@@ -133,19 +133,23 @@ def test_kvcache_cpp_reads_caches_in_place_and_checks_sizes():
             ext.decode_attention_forward(**{**args, key: value})
 
 
-@pytest.mark.parametrize("D, Sq, causal, lengths", [
-    (64, 1, True, [2900, 0, 1]),     # registers-held rows (D = 4 x 16); an empty and a one-token sequence
-    (48, 3, True, [1300, 700, 3000]),  # generic loops; causal rows end in different chunks
-    (80, 2, False, [2047, 1025, 9]),
+@pytest.mark.parametrize("D, Hq, Hkv, Sq, causal, lengths", [
+    (64, 6, 2, 1, True, [2900, 0, 1]),     # rows in registers (D = 4 x 16), blocks of 3; an empty sequence
+    (48, 6, 2, 3, True, [1300, 700, 3000]),  # generic loops; causal rows end in different chunks
+    (80, 6, 2, 2, False, [2047, 1025, 9]),   # blocks of 2 rows
+    (32, 18, 2, 1, True, [1800, 40]),        # a block of 8 rows, then 1
+    (128, 5, 1, 1, True, [3000]),            # blocks of 2, 2, 1
+    (256, 4, 2, 2, True, [600, 2999]),       # one row at a time; causal rows of one block see different keys
 ])
-def test_kvcache_cpp_split_positions_match_the_reference(D, Sq, causal, lengths):
+def test_kvcache_cpp_split_positions_match_the_reference(D, Hq, Hkv, Sq, causal, lengths):
     """Long caches on several threads: positions are cut into chunks whose partial softmax sums are
-    combined; NaN beyond each length must never be read, and the result must not depend on the threads."""
+    combined, a GQA group's rows go in register blocks; NaN beyond each length must never be read, and the
+    result must not depend on the threads."""
     _require("cpp")
     from genai_fast.backends.cpp.attention import decode_attention_fwd
     from tests.attention_cases import make_cache
 
-    B, Hq, Hkv = len(lengths), 6, 2
+    B = len(lengths)
     k_cache, v_cache = make_cache(B, Hkv, 3000, D, lengths, torch.float32, "cpu")
     q = torch.randn(B, Hq, Sq, D)
     want = genai_fast.attention_with_kvcache_reference(q.double(), k_cache.double(), v_cache.double(),

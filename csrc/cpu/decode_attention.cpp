@@ -59,37 +59,54 @@ GF_INLINE int64_t visible_positions(const DecodeAttentionArgs& a, int64_t b, int
   return a.causal ? std::max<int64_t>(0, std::min(length, length - a.Sq + i + 1)) : length;
 }
 
-// scores[j] = q . key_j for the n key rows from k (q already scaled). NB > 0: D = 16 NB, q held in
-// registers; NB = 0: any D.
-template <int NB>
-GF_INLINE void row_scores(const float* q, const float* k, int64_t stride, int64_t n, int64_t D, float* scores) {
+// scores[i * n + j] = q_i . key_j for RB query rows q (already scaled, RB x D contiguous) and the n key rows
+// from k. NB > 0: D = 16 NB, the queries held in registers and each key row loaded once for all RB rows;
+// NB = 0: any D, one row (RB = 1).
+template <int NB, int RB>
+GF_INLINE void block_scores(const float* q, const float* k, int64_t stride, int64_t n, int64_t D, float* scores) {
   if constexpr (NB == 0) {
     for (int64_t j = 0; j < n; ++j) scores[j] = dot(q, k + j * stride, D);
   } else {
-    v16 qv[NB];
-    for (int b = 0; b < NB; ++b) qv[b] = load16(q + 16 * b);
-    for (int64_t j = 0; j < n; ++j) {
+    v16 qv[RB][NB];
+    for (int i = 0; i < RB; ++i)
+      for (int b = 0; b < NB; ++b) qv[i][b] = load16(q + i * D + 16 * b);
+    auto product = [&](int i, int64_t j) {  // its lane sum is q_i . key_j
       const float* key = k + j * stride;
-      v16 acc = qv[0] * load16(key);
-      for (int b = 1; b < NB; ++b) acc += qv[b] * load16(key + 16 * b);
-      scores[j] = hsum(acc);
+      v16 acc = qv[i][0] * load16(key);
+      for (int b = 1; b < NB; ++b) acc += qv[i][b] * load16(key + 16 * b);
+      return acc;
+    };
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {  // 16 keys (4 KB at D 64: they stay in L1 across the RB rows)
+      for (int i = 0; i < RB; ++i) {
+        v16 acc[16];
+        for (int t = 0; t < 16; ++t) acc[t] = product(i, j + t);
+        store16(scores + i * n + j, hsum16x16(acc));
+      }
     }
+    for (; j < n; ++j)
+      for (int i = 0; i < RB; ++i) scores[i * n + j] = hsum(product(i, j));
   }
 }
 
-// out[Dv] = sum_j p[j] value_j over the n value rows from v. NB > 0: Dv = 16 NB, out held in registers.
-template <int NB>
-GF_INLINE void row_values(const float* p, const float* v, int64_t stride, int64_t n, int64_t Dv, float* out) {
+// out[i] = sum_j p[i * n + j] value_j (Dv floats each) for RB rows of weights and the n value rows from v.
+// NB > 0: Dv = 16 NB, the RB outputs held in registers and each value row loaded once; NB = 0: any Dv,
+// one row.
+template <int NB, int RB>
+GF_INLINE void block_values(const float* p, const float* v, int64_t stride, int64_t n, int64_t Dv, float* out) {
   if constexpr (NB == 0) {
     std::fill(out, out + Dv, 0.0f);
     for (int64_t j = 0; j < n; ++j) axpy(p[j], v + j * stride, out, Dv);
   } else {
-    v16 acc[NB] = {};
+    v16 acc[RB][NB] = {};
     for (int64_t j = 0; j < n; ++j) {
-      const float* value = v + j * stride;
-      for (int b = 0; b < NB; ++b) acc[b] += p[j] * load16(value + 16 * b);
+      v16 value[NB];
+      for (int b = 0; b < NB; ++b) value[b] = load16(v + j * stride + 16 * b);
+      for (int i = 0; i < RB; ++i)
+        for (int b = 0; b < NB; ++b) acc[i][b] += p[i * n + j] * value[b];
     }
-    for (int b = 0; b < NB; ++b) store16(out + 16 * b, acc[b]);
+    for (int i = 0; i < RB; ++i)
+      for (int b = 0; b < NB; ++b) store16(out + i * Dv + 16 * b, acc[i][b]);
   }
 }
 
@@ -120,46 +137,71 @@ GF_INLINE void exponentiate(float* row, int64_t n, float& top, float& total) {
   if (std::isnan(raw) || top == INFINITY) total = NAN;
 }
 
-// One chunk: for each of its R query rows (read from q, scaled), the scores against the row's visible
-// keys of the chunk, their softmax statistics and the weighted value sum, written to m, l, acc (R, R and
-// R x Dv floats). A row's keys and values are read from cache while the next row's are still there.
-template <int NBK, int NBV>
-GF_CLONES void attend_chunk(const DecodeAttentionArgs& a, const Chunk& c, float* m, float* l, float* acc) {
-  const int64_t R = a.Hq / a.Hkv * a.Sq;
-  thread_local std::vector<float> query, scores;
-  query.resize(static_cast<size_t>(a.D));
-  scores.resize(static_cast<size_t>(std::max<int64_t>(c.end - c.begin, 1)));
+// Query rows [r0, r0 + RB) of a chunk: scores against the chunk's keys up to the furthest any of them
+// sees, then per row its softmax statistics over its own visible keys (weights past them zeroed), then
+// the weighted value sums; m, l, acc point at row r0's entries.
+template <int NB, int RB>
+GF_INLINE void attend_rows(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, float* m, float* l, float* acc) {
+  thread_local std::vector<float> queries, scores;
+  int64_t seen[RB], furthest = 0;
+  for (int i = 0; i < RB; ++i) {
+    seen[i] = std::max<int64_t>(0, std::min(visible_positions(a, c.b, (r0 + i) % a.Sq), c.end) - c.begin);
+    furthest = std::max(furthest, seen[i]);
+  }
+  if (furthest == 0) {  // nothing visible in this chunk for any of these rows
+    for (int i = 0; i < RB; ++i) m[i] = -INFINITY, l[i] = 0.0f;
+    std::fill(acc, acc + RB * a.Dv, 0.0f);
+    return;
+  }
+  queries.resize(static_cast<size_t>(RB * a.D));
+  scores.resize(static_cast<size_t>(RB * furthest));
+  for (int i = 0; i < RB; ++i) {
+    const float* q = query_row(a, c.b, c.kv, r0 + i);
+    for (int64_t d = 0; d < a.D; ++d) queries[i * a.D + d] = q[d] * a.scale;
+  }
+  // Keys and values up to `furthest` all lie below the chunk's end, inside the sequence's length.
   const float* k = a.k_cache + c.b * a.k_strides[0] + c.kv * a.k_strides[1] + c.begin * a.k_strides[2];
   const float* v = a.v_cache + c.b * a.v_strides[0] + c.kv * a.v_strides[1] + c.begin * a.v_strides[2];
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t seen = std::min(visible_positions(a, c.b, r % a.Sq), c.end) - c.begin;
-    m[r] = -INFINITY, l[r] = 0.0f;
-    if (seen <= 0) {
-      std::fill(acc + r * a.Dv, acc + (r + 1) * a.Dv, 0.0f);
-      continue;
-    }
-    const float* q = query_row(a, c.b, c.kv, r);
-    for (int64_t d = 0; d < a.D; ++d) query[d] = q[d] * a.scale;
-    row_scores<NBK>(query.data(), k, a.k_strides[2], seen, a.D, scores.data());
-    exponentiate(scores.data(), seen, m[r], l[r]);
-    row_values<NBV>(scores.data(), v, a.v_strides[2], seen, a.Dv, acc + r * a.Dv);
+  block_scores<NB, RB>(queries.data(), k, a.k_strides[2], furthest, a.D, scores.data());
+  for (int i = 0; i < RB; ++i) {
+    float* row = scores.data() + i * furthest;
+    m[i] = -INFINITY, l[i] = 0.0f;
+    if (seen[i] > 0) exponentiate(row, seen[i], m[i], l[i]);
+    std::fill(row + seen[i], row + furthest, 0.0f);
   }
+  block_values<NB, RB>(scores.data(), v, a.v_strides[2], furthest, a.Dv, acc);
+}
+
+// Rows [r, R) of a chunk in blocks of RB, then what is left in blocks of RB - 1, and so on down to one.
+template <int NB, int RB>
+GF_INLINE void attend_blocks(const DecodeAttentionArgs& a, const Chunk& c, int64_t r, int64_t R, float* m, float* l,
+                             float* acc) {
+  for (; r + RB <= R; r += RB) attend_rows<NB, RB>(a, c, r, m + r, l + r, acc + r * a.Dv);
+  if constexpr (RB > 1) attend_blocks<NB, RB - 1>(a, c, r, R, m, l, acc);
+}
+
+// One chunk: its R query rows in blocks of up to RB (each key and value row read once per block);
+// writes m, l, acc (R, R and R x Dv floats).
+template <int NB, int RB>
+GF_CLONES void attend_chunk(const DecodeAttentionArgs& a, const Chunk& c, float* m, float* l, float* acc) {
+  attend_blocks<NB, RB>(a, c, 0, a.Hq / a.Hkv * a.Sq, m, l, acc);
 }
 
 using ChunkFn = void (*)(const DecodeAttentionArgs&, const Chunk&, float*, float*, float*);
 
-// The chunk routine for these head dims: registers-held rows for the common ones (multiples of 16 up to
-// 256 for D and Dv alike), the generic loops otherwise.
+// The chunk routine for these head dims: for multiples of 16 up to 256 (D and Dv alike) rows held in
+// registers, as many per block as keep the block's accumulators within the 32 vector registers; the
+// generic loops, one row at a time, otherwise.
 ChunkFn chunk_routine(int64_t D, int64_t Dv) {
-  if (D != Dv || D % 16 != 0) return attend_chunk<0, 0>;
+  if (D != Dv || D % 16 != 0) return attend_chunk<0, 1>;
   switch (D / 16) {
-    case 2: return attend_chunk<2, 2>;
+    case 2: return attend_chunk<2, 8>;
     case 4: return attend_chunk<4, 4>;
-    case 5: return attend_chunk<5, 5>;
-    case 6: return attend_chunk<6, 6>;
-    case 8: return attend_chunk<8, 8>;
-    case 16: return attend_chunk<16, 16>;
-    default: return attend_chunk<0, 0>;
+    case 5: return attend_chunk<5, 2>;
+    case 6: return attend_chunk<6, 2>;
+    case 8: return attend_chunk<8, 2>;
+    case 16: return attend_chunk<16, 1>;
+    default: return attend_chunk<0, 1>;
   }
 }
 

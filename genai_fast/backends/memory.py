@@ -42,6 +42,12 @@ def empty_like(t: torch.Tensor) -> torch.Tensor:
     return _poison(torch.empty_like(t))
 
 
+def new_empty(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """t.new_empty(shape) (t's dtype and device), NaN-filled when poisoning; a microsecond cheaper than
+    empty() for the launchers of small decode-time calls."""
+    return _poison(t.new_empty(shape))
+
+
 def empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """torch.empty(shape), NaN-filled when poisoning."""
     return _poison(torch.empty(shape, dtype=dtype, device=device))

@@ -456,7 +456,8 @@ def _validate_seqlens(cache_seqlens, q, B, s_max, s_new) -> tuple[int, int] | No
     # nor while a CUDA graph is captured.
     if B == 0 or torch.compiler.is_compiling() or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
         return None
-    lo, hi = (int(x) for x in torch.aminmax(cache_seqlens))
+    values = cache_seqlens.tolist()  # one host read (a sync on a GPU); cheaper than aminmax for few values
+    lo, hi = min(values), max(values)
     if lo < 0 or hi + s_new > s_max:
         raise ValueError(f"cache_seqlens: values must lie in [0, S_max - S_new] = [0, {s_max - s_new}] "
                          f"(S_max={s_max}, S_new={s_new}), got min {lo}, max {hi}")
@@ -621,7 +622,7 @@ def _kvcache_fake(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backe
 def _append_to_cache(k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
     """Write k/v at each sequence's end (in place); returns the new lengths as int32 [B]."""
     if k is None or k.shape[2] == 0:
-        return cache_seqlens.to(torch.int32)
+        return cache_seqlens if cache_seqlens.dtype == torch.int32 else cache_seqlens.to(torch.int32)
     B, Hkv, s_new, _ = k.shape
     positions = cache_seqlens.to(torch.int64)[:, None] + torch.arange(s_new, device=k.device)[None, :]
     index = positions[:, None, :, None]

@@ -26,7 +26,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
     B, Hq, Sq, D = q.shape
     Hkv, S_max, Dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
-    out = memory.empty((B, Hq, Sq, Dv), dtype=torch.float32, device=q.device)
+    out = memory.new_empty(q, (B, Hq, Sq, Dv))
     extension().decode_attention_forward(
         q.data_ptr(), _extent(q), list(q.stride()[:3]), k_cache.data_ptr(), _extent(k_cache),
         list(k_cache.stride()[:3]), v_cache.data_ptr(), _extent(v_cache), list(v_cache.stride()[:3]),
