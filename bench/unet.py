@@ -6,16 +6,18 @@ quick (CPU): a tiny UNet2DConditionModel's (block_out_channels (32, 64), one res
     DPMSolverMultistepScheduler loop over the unpatched U-Net (same weights, noise and context). The
     oracle is that diffusers loop with the U-Net in float64.
 full (GPU): one step of an SD1.5-shaped UNet2DConditionModel (random weights, fp16, 64x64 latent, CFG
-    batch 2, 77x768 context): patched vs diffusers eager vs torch.compile(mode="max-autotune") of the
-    unpatched U-Net. Compiling takes minutes, so that reference runs only with GENAI_FAST_BENCH_COMPILE=1
+    batch 2, 77x768 context): patched, and patched replayed from a CUDA graph (what `sample(...,
+    cuda_graph=True)` runs), vs diffusers eager vs torch.compile(mode="max-autotune") of the unpatched
+    U-Net. Compiling takes minutes, so that reference runs only with GENAI_FAST_BENCH_COMPILE=1
     (otherwise the runner lists it as skipped, with this reason); its compile time is never timed. The
     oracle is the unpatched U-Net in float32 on the GPU (a float64 SD-sized U-Net on the CPU would take
     longer than the whole benchmark budget).
 
 The runner times an op's implementations; a U-Net is not an op of the package, so this module defines
-the dispatcher entry "unet" with one implementation, "patched" (the patched U-Net), so that rows read
-backend=patched. FLOPs are counted once per case with torch's FlopCounterMode; bytes are the U-Net's
-weights read once per call (a lower bound). Without diffusers installed the entry has no cases.
+the dispatcher entry "unet" with two implementations, "patched" (the patched U-Net) and "patched+graph"
+(CUDA only), so that rows read backend=patched or patched+graph. FLOPs are counted once per case with
+torch's FlopCounterMode; bytes are the U-Net's weights read once per call (a lower bound). Without
+diffusers installed the entry has no cases.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 from genai_fast.bench.registry import BenchEntry, Case, Inputs, register
 
-from genai_fast.backends.dispatch import Capability, define_op
+from genai_fast.backends.dispatch import BackendNotSupportedError, Capability, define_op
 
 HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 COMPILE_ENV = "GENAI_FAST_BENCH_COMPILE"
@@ -42,6 +44,17 @@ UNET = define_op("unet")
                requires="torch")
 def _run_patched(inputs: Inputs) -> torch.Tensor:
     return inputs["patched_call"]()
+
+
+@UNET.register("patched+graph", Capability(devices=("cuda",), dtypes=(torch.float32, torch.float16, torch.bfloat16),
+                                           layouts=("channels_last",),
+                                           features=("the patched U-Net replayed from a CUDA graph "
+                                                     "(genai_fast.diffusion.GraphedCall)",)),
+               requires="torch")
+def _run_graphed(inputs: Inputs) -> torch.Tensor:
+    if "graphed_call" not in inputs:
+        raise BackendNotSupportedError("unet: patched+graph is timed for the one-step GPU case only")
+    return inputs["graphed_call"]()
 
 
 # ---------------------------------------------------------------- cases
@@ -108,6 +121,11 @@ def make_inputs(case: Case, device: torch.device) -> Inputs:
               "cond": cond, "uncond": uncond, "timestep": torch.tensor([999] * p["batch"], device=device)}
     if p["steps"] == 1:
         inputs["patched_call"] = lambda: _unet_step(patched, inputs)
+        if device.type == "cuda":
+            from genai_fast.diffusion import GraphedCall
+
+            graphed = GraphedCall(lambda x, t: patched(x, t, encoder_hidden_states=inputs["cond"]).sample)
+            inputs["graphed_call"] = lambda: _graphed_step(graphed, inputs)
     else:
         inputs["patched_call"] = lambda: _genai_fast_loop(patched, inputs)
     _count_work(case, eager, inputs)
@@ -139,6 +157,11 @@ def _unet_step(unet: torch.nn.Module, inputs: Inputs, cfg_batch: bool = False) -
     if cfg_batch:
         x, t, ctx = torch.cat([x, x]), torch.cat([t, t]), torch.cat([inputs["uncond"], ctx])
     return unet(x, t, encoder_hidden_states=ctx).sample
+
+
+@torch.no_grad()
+def _graphed_step(graphed: Any, inputs: Inputs) -> torch.Tensor:
+    return graphed(inputs["latents"], inputs["timestep"])
 
 
 @torch.no_grad()

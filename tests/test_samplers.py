@@ -269,6 +269,19 @@ def test_sample_loop_grad_modes():
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
 
 
+def test_sample_cuda_graph_argument_checks(tiny_unet):
+    x = torch.randn(1, 4, 8, 8)
+    ctx = torch.randn(1, 5, 16)
+    with pytest.raises(TypeError, match=r"^cuda_graph: expected a bool"):
+        sample(tiny_unet, make_sampler("ddim"), x, ctx, 2, cuda_graph="yes")
+    with torch.no_grad(), pytest.raises(ValueError, match=r"^cuda_graph: CUDA graphs need latents on a CUDA"):
+        sample(tiny_unet, make_sampler("ddim"), x, ctx, 2, cuda_graph=True)
+    from genai_fast.diffusion import GraphedCall
+
+    with pytest.raises(ValueError, match="need every input on a CUDA device"):
+        GraphedCall(lambda a: a + 1)(x)
+
+
 def test_sample_loop_progress_bar(capsys):
     sample_loop(FakeModel(), make_sampler("ddim"), torch.randn(1, 4, 4, 4), 3, progress=True)
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@
     latents = sample(unet, sampler, latents, cond, 25, guidance_scale=7.5, negative_encoder_hidden_states=uncond)
 """
 
+from genai_fast.diffusion.cuda_graph import GraphedCall
 from genai_fast.diffusion.samplers import (
     SAMPLER_NAMES,
     DDIMSampler,
@@ -25,6 +26,7 @@ __all__ = [
     "DDPMSampler",
     "DPMSolverPPSampler",
     "EulerSampler",
+    "GraphedCall",
     "Sampler",
     "from_config",
     "make_sampler",

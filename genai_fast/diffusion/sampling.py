@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from genai_fast.diffusion.cuda_graph import GraphedCall
 from genai_fast.diffusion.samplers import Generator, Sampler
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -80,6 +81,7 @@ def sample(
     negative_encoder_hidden_states: torch.Tensor | None = None,
     generator: Generator = None,
     progress: bool = True,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Text-conditioned sampling with classifier-free guidance; returns the final latents [B, C, H, W].
 
@@ -95,6 +97,9 @@ def sample(
             unconditional and conditional halves run as one batch of 2B. With g == 1 or no negative
             context the guidance is the identity and a single conditional pass of batch B runs.
         generator, progress: as in sample_loop.
+        cuda_graph: capture the U-Net call as a CUDA graph at the first step and replay it at the others
+            (GraphedCall): one launch per step instead of one per kernel. Needs CUDA latents and no
+            gradient recording (torch.no_grad()); the unet and the contexts must not change during the loop.
 
     Equivalent diffusers loop (per timestep t)::
 
@@ -108,34 +113,36 @@ def sample(
     _check_common(sampler, latents, generator, progress, min_dim=4)
     _check_context(latents, encoder_hidden_states, negative_encoder_hidden_states)
     guidance = _check_guidance(guidance_scale)
+    _check_cuda_graph(cuda_graph, latents)
     if negative_encoder_hidden_states is None and guidance != 1.0:
         warnings.warn("guidance_scale: ignored without negative_encoder_hidden_states (one conditional pass runs)",
                       stacklevel=2)
     if negative_encoder_hidden_states is None or guidance == 1.0:
-        return sample_loop(_conditional(unet, encoder_hidden_states), sampler, latents, num_steps,
+        return sample_loop(_unet_call(unet, encoder_hidden_states, cuda_graph), sampler, latents, num_steps,
                            generator=generator, progress=progress)
     context = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])  # once, outside the loop
-    return sample_loop(_guided(unet, context, guidance), sampler, latents, num_steps, generator=generator,
-                       progress=progress)
+    return sample_loop(_guided(_unet_call(unet, context, cuda_graph), guidance), sampler, latents, num_steps,
+                       generator=generator, progress=progress)
 
 
 def _unet_output(result: Any) -> torch.Tensor:
     return result.sample if hasattr(result, "sample") else result
 
 
-def _conditional(unet: Callable[..., Any], context: torch.Tensor) -> ModelFn:
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _unet_call(unet: Callable[..., Any], context: torch.Tensor, cuda_graph: bool) -> ModelFn:
+    """(x, t) -> the U-Net's output tensor for this context; replayed from a CUDA graph if asked."""
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return _unet_output(unet(x, t, encoder_hidden_states=context))
 
-    return model_fn
+    return GraphedCall(call) if cuda_graph else call
 
 
-def _guided(unet: Callable[..., Any], context: torch.Tensor, guidance: float) -> ModelFn:
+def _guided(call: ModelFn, guidance: float) -> ModelFn:
     """x [B, ...] -> one U-Net call on [2B, ...] (uncond first) -> uncond + g * (cond - uncond)."""
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = _unet_output(unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=context))
-        uncond, cond = out.chunk(2)
+        uncond, cond = call(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
         return uncond + guidance * (cond - uncond)
 
     return model_fn
@@ -182,6 +189,17 @@ def _check_context(latents: torch.Tensor, context: Any, negative: Any) -> None:
     if negative is not None and negative.shape != context.shape:
         raise ValueError(f"negative_encoder_hidden_states: expected encoder_hidden_states' shape "
                          f"{tuple(context.shape)}, got {tuple(negative.shape)}")
+
+
+def _check_cuda_graph(cuda_graph: Any, latents: torch.Tensor) -> None:
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph: expected a bool, got {type(cuda_graph).__name__}")
+    if not cuda_graph:
+        return
+    if not latents.is_cuda:
+        raise ValueError(f"cuda_graph: CUDA graphs need latents on a CUDA device, got {latents.device}")
+    if torch.is_grad_enabled():
+        raise ValueError("cuda_graph: a replayed graph records no gradients; sample under torch.no_grad()")
 
 
 def _check_guidance(guidance_scale: Any) -> float:
