@@ -11,6 +11,9 @@
 # (GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT and T2I_TIMEOUT shorten it when device time
 # is scarce; GPU_TESTS and BENCH_OPS narrow it to some test files and ops; W2V_TIMEOUT=0 skips word2vec,
 # T2I_TIMEOUT=0 the text2image step).
+# The device image has no diffusers or CLIP vocabulary and no network: `bash bench/device_bundle.sh` here first
+# packs their wheels into .whl/ and Fashion-MNIST into .device/cache/; pass carry=[".whl", ".device"] to the run
+# tool, and this script installs the wheels under /tmp/site (PYTHONPATH) before anything else.
 # Commit the JSON as bench/results/<gpu>-<yyyymmdd>.json; the README quotes only such files.
 set -u
 cd "$(dirname "$0")/.."
@@ -25,6 +28,13 @@ step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    step "carried wheels (.whl/, from bench/device_bundle.sh)"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    $PY -c "import diffusers; print('diffusers', diffusers.__version__)" || echo "diffusers does not import"
+fi
 
 step "install (editable, builds genai_fast._C)"
 timeout 150 $PY -m pip install -e . --no-build-isolation --no-deps -q 2>&1 | tail -20
@@ -49,8 +59,8 @@ if [ "${W2V_TIMEOUT:-60}" != 0 ]; then
 fi
 
 # Issue 7 asks for the default text-to-image training time on a GPU. The device machine has no network, so the
-# Fashion-MNIST IDX files travel with the checkout: copy ~/.cache/genai_fast/fashion-mnist to
-# .device/cache/fashion-mnist here and pass carry=[".device/cache"] to the run tool. T2I_TIMEOUT=0 skips it.
+# Fashion-MNIST IDX files travel with the checkout in .device/cache/fashion-mnist (bench/device_bundle.sh puts
+# them there) and diffusers and open-clip-torch as carried wheels. T2I_TIMEOUT=0 skips it.
 if [ "${T2I_TIMEOUT:-90}" != 0 ] && [ -d .device/cache/fashion-mnist ]; then
     step "text2image: the default training command on the GPU (time only; the model stays on the machine)"
     GENAI_FAST_CACHE=$PWD/.device/cache timeout ${T2I_TIMEOUT:-90} $PY -m genai_fast.cli diffusion train \
