@@ -218,3 +218,30 @@ def test_cli_generate_unknown_architecture(tmp_path, capsys):
     transformers.GPTNeoXForCausalLM(_neox_config()).save_pretrained(tmp_path)
     assert main(["generate", "hi", "--model", str(tmp_path)]) == 2
     assert "supports llama" in capsys.readouterr().err
+
+
+def test_random_stand_in_model_for_the_gpu_benchmark(tmp_path):
+    """bench/random_llm.py (the GPU check's stand-in for SmolLM2): a checkpoint folder with SmolLM2's config
+    keys, a tokenizer over the same ids that encodes the benchmark prompts without unknown words, and the
+    engine generating from it exactly what HF generates."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "bench"
+    spec = importlib.util.spec_from_file_location("random_llm", root / "random_llm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    small = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 500}
+    folder = module.write_random_llm(tmp_path / "m", **small)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert hf.config.num_key_value_heads == 2 and hf.config.tie_word_embeddings
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert len(tokenizer) == 500
+    ids = tokenizer("What is the capital of England?")["input_ids"]
+    assert tokenizer.unk_token_id not in ids and len(ids) == 7
+    engine = load(hf, tokenizer=tokenizer)
+    engine.eos_ids = set()  # as the benchmark does: exactly the asked number of tokens
+    prompt = torch.tensor([ids])
+    want = hf.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)[0, len(ids):].tolist()
+    assert engine.generate(ids, 6).ids == want

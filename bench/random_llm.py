@@ -1,0 +1,77 @@
+"""Write a random-weight model with SmolLM2-135M-Instruct's architecture, for timing the LLM engine where the
+real model cannot go (a lent GPU machine: no network, and the 93 MB model package exceeds what a call carries).
+
+    python bench/random_llm.py --out /tmp/smollm2-random
+    python bench/llm.py --model /tmp/smollm2-random --device cuda --dtype bfloat16 --batch 1 8
+
+The folder holds config.json (LlamaConfig: hidden 576, 30 layers, 9 query and 3 K/V heads, MLP 1536,
+vocabulary 49,152, tied embeddings), model.safetensors (normal(0, 0.02) weights, seeded) and a word-level
+tokenizer over the same 49,152 ids (the prompts' words, then filler tokens): every shape, and therefore every
+byte read and every FLOP of a decode step, is the real model's; only the values, and so the text, differ.
+Decode speed does not depend on the values (no early stopping: the benchmark makes both sides produce exactly
+--new-tokens tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_position_embeddings": 8192,
+                "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True, "bos_token_id": 1,
+                "eos_token_id": 2, "pad_token_id": 2}
+SPECIAL = ["<unk>", "<s>", "</s>"]
+
+
+def word_level_tokenizer(vocab_size: int, words: list[str]):
+    """A fast tokenizer: the special tokens, then `words`, then filler tokens up to vocab_size ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL)}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    for i in range(len(vocab), vocab_size):
+        vocab[f"w{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+def write_random_llm(out: Path, seed: int = 0, **overrides: int) -> Path:
+    """Create `out` with a random SmolLM2-135M-shaped Llama checkpoint and tokenizer (config keys in
+    `overrides` replace SmolLM2's: the tests make a small one); returns out."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from llm import PROMPTS
+
+    words = sorted({w for p in PROMPTS for w in re.findall(r"\w+|[^\w\s]", p)})
+    torch.manual_seed(seed)
+    config = {**SMOLLM2_135M, **overrides}
+    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    word_level_tokenizer(config["vocab_size"], words).save_pretrained(out)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder to create (config, weights, tokenizer)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    path = write_random_llm(Path(args.out), args.seed)
+    print(f"wrote a random SmolLM2-135M-shaped model to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
