@@ -7,9 +7,12 @@
 #                                text-to-image), gguf, importlib_metadata; with --with-gensim also gensim and
 #                                smart_open (the word2vec benchmark's gensim side)
 #   .device/cache/fashion-mnist  the Fashion-MNIST IDX files (the text-to-image training step)
-# Run from the repository root on this machine (it has PyPI), then pass carry=[".whl", ".device"] to the run
-# tool. Everything carried travels with the working tree, 64 MiB in all: gensim (28 MB) and Fashion-MNIST
-# (30 MB) do not fit together, so --with-gensim leaves Fashion-MNIST out.
+#   .device/word2vec             the Debian word2vec corpus (xz, 21 MB; built by bench/build_word2vec_corpus.py
+#                                when $W2V_CORPUS, default /tmp/w2v_corpus.txt, is missing) and the analogy,
+#                                WS353 and SimLex files (the word2vec step's speed and quality on the GPU)
+# Run from the repository root on this machine (it has PyPI and gensim's test data), then pass
+# carry=[".whl", ".device"] to the run tool. Everything carried travels with the working tree, 64 MiB in all:
+# gensim (28 MB) and Fashion-MNIST (30 MB) do not fit together, so --with-gensim leaves Fashion-MNIST out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_gensim=0
@@ -32,6 +35,14 @@ if [ "$with_gensim" = 0 ]; then
     mkdir -p .device/cache/fashion-mnist
     cp "$src"/*-idx?-ubyte* .device/cache/fashion-mnist/
 fi
+
+rm -rf .device/word2vec
+mkdir -p .device/word2vec
+corpus=${W2V_CORPUS:-/tmp/w2v_corpus.txt}
+[ -f "$corpus" ] || $PY bench/build_word2vec_corpus.py --out "$corpus"
+xz -T0 -6 -c "$corpus" > .device/word2vec/corpus.txt.xz
+data=$($PY -c "import gensim, os; print(os.path.join(os.path.dirname(gensim.__file__), 'test', 'test_data'))")
+cp "$data"/questions-words.txt "$data"/wordsim353.tsv "$data"/simlex999.txt .device/word2vec/
 
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 carried=$(du -cb .whl .device 2>/dev/null | tail -1 | cut -f1)

@@ -335,7 +335,14 @@ if BenchEntry is not None:
 # ---------------------------------------------------------------- side-by-side training vs gensim
 
 
+EVAL_FILES = ("questions-words.txt", "wordsim353.tsv", "simlex999.txt")
+_eval_dir: Path | None = None  # --eval-dir: where the evaluation files are, when gensim is not installed
+
+
 def gensim_test_file(name: str) -> Path:
+    """An evaluation file: from --eval-dir when given, else from the installed gensim's test data."""
+    if _eval_dir is not None:
+        return _eval_dir / name
     import gensim
 
     return Path(gensim.__file__).parent / "test" / "test_data" / name
@@ -379,7 +386,9 @@ def train_one(library: str, corpus: str, params: dict[str, Any], threads: int, s
     row = {"library": library, "device": device if library == "genai_fast" else "cpu", "threads": threads,
            "seed": seed, "epochs": epochs, "seconds": seconds, "corpus_words": model.corpus_total_words,
            "vocab": len(model.wv), "raw_words_per_s": model.corpus_total_words * epochs / seconds}
-    if evaluate:
+    if evaluate and _gensim_version() is None:  # a machine without gensim (a lent GPU): our evaluator only
+        row.update(evaluate_ours(model.wv), evaluator="genai_fast")
+    elif evaluate:
         row.update(evaluate_with_gensim(list(model.wv.index_to_key), model.wv.vectors))
         if library == "genai_fast":
             row["own_eval"] = evaluate_ours(model.wv)
@@ -507,9 +516,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--libraries", nargs="+", default=["genai_fast", "gensim"])
     parser.add_argument("--hs", action="store_true",
                         help="hierarchical softmax instead of negative sampling (hs=1, negative=0) in both")
+    parser.add_argument("--eval-dir", type=Path,
+                        help=f"folder with {', '.join(EVAL_FILES)} (default: the installed gensim's test data; "
+                             f"without gensim, genai_fast's own evaluator scores them)")
     parser.add_argument("--json", help="write the rows and summary as JSON")
     parser.add_argument("--plot", help="write a PNG of words/s vs threads")
     args = parser.parse_args(argv)
+    global _eval_dir
+    _eval_dir = args.eval_dir
+    if _eval_dir is not None and not all((_eval_dir / name).is_file() for name in EVAL_FILES):
+        parser.error(f"--eval-dir {_eval_dir}: expected {', '.join(EVAL_FILES)} there")
     if args.from_json:
         runs = [json.loads(Path(p).read_text()) for p in args.from_json]
         rows = [r for run in runs for r in run["rows"]]
