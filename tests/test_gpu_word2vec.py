@@ -190,18 +190,23 @@ def test_word2vec_cuda_and_triton_backends_agree(monkeypatch):
     assert loss_t[-1] == pytest.approx(loss_c[-1], rel=0.05), results
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sg", [1, 0], ids=["skip-gram", "cbow"])
-def test_word2vec_hs_on_the_gpu_reaches_the_cpu_quality(sg):
-    """hs=1, negative=0 through the Triton trainer (the only GPU trainer with hierarchical softmax)."""
+def test_word2vec_hs_on_the_gpu_reaches_the_cpu_quality(sg, backend, monkeypatch):
+    """hs=1, negative=0 through each GPU trainer, against the C++ trainer."""
     from genai_fast.word2vec import Word2Vec
 
-    _require("triton")
+    _require(backend)
     corpus = _topic_corpus(seed=2)
     models = {}
     for device in ("cuda", "cpu"):
+        if device == "cuda":
+            monkeypatch.setenv("GENAI_FAST_BACKEND", backend)
+        else:
+            monkeypatch.delenv("GENAI_FAST_BACKEND", raising=False)
         models[device] = Word2Vec(corpus, vector_size=48, window=5, hs=1, negative=0, min_count=1, sg=sg, epochs=4,
                                   seed=1, workers=4, device=device, compute_loss=True)
-        assert WORD2VEC_TRAIN.last_backend == ("triton" if device == "cuda" else "cpp")
+        assert WORD2VEC_TRAIN.last_backend == (backend if device == "cuda" else "cpp")
     gpu_rate, cpu_rate = (_same_topic_neighbour_rate(models[d]) for d in ("cuda", "cpu"))
     assert gpu_rate >= 0.9 and gpu_rate >= cpu_rate - 0.05, (gpu_rate, cpu_rate)
     assert np.isfinite(models["cuda"].syn1).all() and models["cuda"].epoch_losses[-1] < models["cuda"].epoch_losses[0]

@@ -229,11 +229,13 @@ def test_train_chunk_checks_hs_and_negative():
     with pytest.raises(ValueError, match=r"hs\.codes: value 7"):
         word2vec_train_chunk(syn0, syn1neg, tokens, offsets, None, ap, ai, 0.05, 0.01, negative=0, **kwargs,
                              hs=HsTree(np.zeros_like(syn0), t.points, codes, t.lengths))
-    # The CUDA trainer has no hierarchical softmax: the dispatcher's check says so (Triton and C++ have it).
+    # Both GPU trainers take hs; the CUDA one stages a whole path per warp in shared memory, so a path
+    # too long for it at this width is refused with the reason (and the dispatcher moves on).
     inputs = {"syn0": torch.from_numpy(syn0), "syn1neg": torch.from_numpy(syn1neg), "hs": True, "mode": "cbow",
-              "window": 3, "negative": 0}
-    assert any("hierarchical softmax" in r for r in _cuda_train_check(inputs))
-    assert not _gpu_train_check(inputs), "the Triton trainer takes hs"
+              "window": 3, "negative": 0, "hs_depth": 20}
+    assert not _cuda_train_check(inputs) and not _gpu_train_check(inputs)
+    wide = {**inputs, "syn0": torch.zeros(30, 600), "syn1neg": torch.zeros(30, 600), "hs_depth": 40}
+    assert any("shared memory" in r for r in _cuda_train_check(wide))
 
 
 # ---------------------------------------------------------------- the chunk trainer

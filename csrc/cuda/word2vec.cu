@@ -1,5 +1,5 @@
-// word2vec SGNS training (skip-gram shared/pair, CBOW) on the GPU: Hogwild over sentence slices, one warp
-// per slice. The host plan (genai_fast/ops/word2vec_ops.py: plan_chunk) has already subsampled the chunk,
+// word2vec training (skip-gram shared/pair, CBOW; negative sampling and/or hierarchical softmax) on the GPU:
+// Hogwild over sentence slices, one warp per slice. The host plan (genai_fast/ops/word2vec_ops.py: plan_chunk) has already subsampled the chunk,
 // compacted the kept tokens, given each its learning rate, and cut sentences into slices:
 //   bounds[4 * s + 0 .. 3] = slice lo, slice hi, sentence lo, sentence hi (indices into tokens).
 //
@@ -8,6 +8,8 @@
 // one pair per lane, then the input errors and the output updates from the staged (old) rows, each lane
 // owning columns d = lane, lane + 32, ... and adding into global memory in program order, so a
 // repeated id accumulates exactly inside the warp; other warps race (Hogwild, as in word2vec.c).
+// Hierarchical softmax stages the centre's Huffman path instead (rows of the inner-node table, labels
+// 1 - code) and runs the same update before the negative-sampling one, as the Triton and C++ trainers do.
 //
 // Randomness: Philox 4x32-10 on 64-bit counters, key = seed, the same stream as Triton's randint4x
 // (kernels/word2vec.py): centre i (kept index) uses counters i * draw_stride + slot; slot 0 gives the
@@ -63,14 +65,16 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-
 // the time, and a copy kept in this SM's L1 would keep serving stale values.
 __device__ __forceinline__ void add_to(float* p, float v) { __stcg(p, __ldcg(p) + v); }
 
-// One warp's staging area: rows of the contexts and targets, the errors g, and the ids.
+// One warp's staging area: rows of the contexts and targets, the errors g, the targets' labels, and the
+// ids. T = max(negative + 1, the path depth with hierarchical softmax) target slots.
 struct WarpArea {
   float* in;      // [max_ctx, D]
-  float* out;     // [K1, D]
-  float* g;       // [max_ctx, K1]
+  float* out;     // [T, D]
+  float* g;       // [max_ctx, T]
   float* h;       // [D] (CBOW)
+  float* labels;  // [T] 1 for the centre (or a path node with code 0), else 0
   int* ctx;       // [max_ctx]
-  int* targets;   // [K1], -1 = skipped (a negative equal to the centre)
+  int* targets;   // [T], -1 = skipped (a negative equal to the centre)
 };
 
 __device__ __forceinline__ void stage_rows(float* dst, const float* __restrict__ table, const int* ids, int n,
@@ -82,7 +86,8 @@ __device__ __forceinline__ void stage_rows(float* dst, const float* __restrict__
   }
 }
 
-// Skip-gram: C contexts against one target set. Returns this lane's share of the loss.
+// Skip-gram: C contexts against one target set of K1 rows of syn1 (the noise table, or the inner-node table
+// for a Huffman path). Returns this lane's share of the loss.
 __device__ double sg_update(float* syn0, float* syn1, const WarpArea& w, int C, int K1, int D, float alpha,
                             bool compute_loss, int lane) {
   stage_rows(w.in, syn0, w.ctx, C, D, lane);
@@ -97,8 +102,8 @@ __device__ double sg_update(float* syn0, float* syn1, const WarpArea& w, int C, 
       const float* b = w.out + k * D;
       float f = 0.0f;
       for (int d = 0; d < D; ++d) f = fmaf(a[d], b[d], f);
-      g = ((k == 0 ? 1.0f : 0.0f) - sigmoid(f)) * alpha;
-      if (compute_loss) loss += softplus(k == 0 ? -f : f);
+      g = (w.labels[k] - sigmoid(f)) * alpha;
+      if (compute_loss) loss += softplus(w.labels[k] > 0.5f ? -f : f);
     }
     w.g[p] = g;
   }
@@ -120,7 +125,7 @@ __device__ double sg_update(float* syn0, float* syn1, const WarpArea& w, int C, 
   return loss;
 }
 
-// CBOW: h = sum (or mean) of the C context rows predicts the centre.
+// CBOW: h = sum (or mean) of the C context rows predicts the centre (against K1 rows of syn1, as above).
 __device__ double cbow_update(float* syn0, float* syn1, const WarpArea& w, int C, int K1, int D, float alpha,
                               bool cbow_mean, bool compute_loss, int lane) {
   const float inv_count = 1.0f / static_cast<float>(C);
@@ -137,8 +142,8 @@ __device__ double cbow_update(float* syn0, float* syn1, const WarpArea& w, int C
     if (w.targets[k] >= 0) {
       float f = 0.0f;
       for (int d = 0; d < D; ++d) f = fmaf(w.h[d], w.out[k * D + d], f);
-      g = ((k == 0 ? 1.0f : 0.0f) - sigmoid(f)) * alpha;
-      if (compute_loss) loss += softplus(k == 0 ? -f : f);
+      g = (w.labels[k] - sigmoid(f)) * alpha;
+      if (compute_loss) loss += softplus(w.labels[k] > 0.5f ? -f : f);
     }
     w.g[k] = g;
   }
@@ -167,7 +172,21 @@ __device__ __forceinline__ void draw_targets(const WarpArea& w, int centre, u64 
       if (t == centre) t = -1;
     }
     w.targets[k] = t;
+    w.labels[k] = k == 0 ? 1.0f : 0.0f;
   }
+}
+
+// Lanes stage the centre's Huffman path: targets = its inner nodes, labels = 1 - code. Returns its length.
+__device__ __forceinline__ int load_path(const WarpArea& w, int centre, const int* __restrict__ points,
+                                         const unsigned char* __restrict__ codes,
+                                         const int* __restrict__ path_lengths, int depth, int lane) {
+  const int length = path_lengths[centre];
+  const long long row = static_cast<long long>(centre) * depth;
+  for (int k = lane; k < length; k += 32) {
+    w.targets[k] = points[row + k];
+    w.labels[k] = 1.0f - static_cast<float>(codes[row + k]);
+  }
+  return length;
 }
 
 }  // namespace
@@ -176,24 +195,27 @@ __device__ __forceinline__ void draw_targets(const WarpArea& w, int centre, u64 
 extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
     float* __restrict__ syn0, float* __restrict__ syn1, const int* __restrict__ tokens,
     const float* __restrict__ alphas, const int* __restrict__ bounds, const float* __restrict__ prob,
-    const int* __restrict__ alias, double* __restrict__ loss_out, long long num_slices, long long vocab, int D,
-    long long seed_bits, int window, int negative, long long draw_stride, int mode, int cbow_mean, int shrink,
-    int compute_loss) {
+    const int* __restrict__ alias, double* __restrict__ loss_out, float* __restrict__ syn1hs,
+    const int* __restrict__ points, const unsigned char* __restrict__ codes, const int* __restrict__ path_lengths,
+    long long num_slices, long long vocab, int D, long long seed_bits, int window, int negative,
+    long long draw_stride, int mode, int cbow_mean, int shrink, int compute_loss, int depth, int hs) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const long long slice = static_cast<long long>(blockIdx.x) * W2V_WARPS + warp;
   if (slice >= num_slices) return;
   const u64 seed = static_cast<u64>(seed_bits);
   const int K1 = negative + 1;
+  const int T = hs && depth > K1 ? depth : K1;     // target slots: noise sets and Huffman paths
   const int max_ctx = mode == 0 ? 1 : 2 * window;  // rows staged at once (pairs: one context at a time)
-  const int floats = max_ctx * D + K1 * D + max_ctx * K1 + D;
-  const int per_warp = floats + max_ctx + K1;
+  const int floats = max_ctx * D + T * D + max_ctx * T + D + T;
+  const int per_warp = floats + max_ctx + T;
   WarpArea w;
   w.in = smem + static_cast<long long>(warp) * per_warp;
   w.out = w.in + max_ctx * D;
-  w.g = w.out + K1 * D;
-  w.h = w.g + max_ctx * K1;
-  w.ctx = reinterpret_cast<int*>(w.h + D);
+  w.g = w.out + T * D;
+  w.h = w.g + max_ctx * T;
+  w.labels = w.h + D;
+  w.ctx = reinterpret_cast<int*>(w.labels + T);
   w.targets = w.ctx + max_ctx;
 
   const int lo = bounds[4 * slice], hi = bounds[4 * slice + 1];
@@ -205,8 +227,16 @@ extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
     const u64 base = static_cast<u64>(i) * static_cast<u64>(draw_stride);
     const int b = shrink ? window_shrink(base, seed, window) : 0;
     const int j0 = max(sent_lo, i - window + b), j1 = min(sent_hi, i + window + 1 - b);
-    if (mode == 0) {
-      for (int t = 0; t < 2 * window; ++t) {
+    if (mode == 0) {  // gensim's order: every context along the path, then every context's noise set
+      const int length = hs ? load_path(w, centre, points, codes, path_lengths, depth, lane) : 0;
+      for (int t = 0; hs && t < 2 * window; ++t) {
+        const int j = i - window + t + (t >= window ? 1 : 0);
+        if (j < j0 || j >= j1) continue;
+        if (lane == 0) w.ctx[0] = tokens[j];
+        __syncwarp();
+        loss += sg_update(syn0, syn1hs, w, 1, length, D, alpha, compute_loss != 0, lane);
+      }
+      for (int t = 0; negative > 0 && t < 2 * window; ++t) {
         const int j = i - window + t + (t >= window ? 1 : 0);
         if (j < j0 || j >= j1) continue;
         if (lane == 0) w.ctx[0] = tokens[j];
@@ -226,9 +256,17 @@ extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
       if (valid) w.ctx[C + __popc(mask & ((1u << lane) - 1u))] = tokens[j];
       C += __popc(mask);
     }
-    draw_targets(w, centre, base, 0, negative, seed, prob, alias, vocab, lane);
     __syncwarp();
     if (C == 0) continue;
+    if (hs) {  // the centre's path first, then its noise set
+      const int length = load_path(w, centre, points, codes, path_lengths, depth, lane);
+      __syncwarp();
+      loss += mode == 1 ? sg_update(syn0, syn1hs, w, C, length, D, alpha, compute_loss != 0, lane)
+                        : cbow_update(syn0, syn1hs, w, C, length, D, alpha, cbow_mean != 0, compute_loss != 0, lane);
+    }
+    if (negative == 0) continue;
+    draw_targets(w, centre, base, 0, negative, seed, prob, alias, vocab, lane);
+    __syncwarp();
     if (mode == 1) {
       loss += sg_update(syn0, syn1, w, C, K1, D, alpha, compute_loss != 0, lane);
     } else {

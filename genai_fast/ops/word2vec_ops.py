@@ -558,7 +558,7 @@ def word2vec_train_chunk(
     device = syn0.device if isinstance(syn0, torch.Tensor) else torch.device("cpu")
     dtype = syn0.dtype if isinstance(syn0, torch.Tensor) else torch.float32
     inputs = {"device": device, "dtype": dtype, "syn0": syn0, "syn1neg": syn1neg, "mode": mode, "window": window,
-              "negative": negative, "hs": hs is not None}
+              "negative": negative, "hs": hs is not None, "hs_depth": 0 if hs is None else int(hs.points.shape[1])}
     impl = WORD2VEC_TRAIN.select(inputs, backend)
     return impl.run(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
                     mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs)
@@ -756,13 +756,12 @@ def _train_chunk_triton(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, a
 
 def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
     reasons = _gpu_train_check(inputs)
-    if inputs["hs"]:
-        reasons.append("hierarchical softmax (hs) is not in the CUDA trainer (the triton and CPU trainers have it)")
     syn0 = inputs["syn0"]
     if not reasons and isinstance(inputs["window"], int) and isinstance(inputs["negative"], int):
         from genai_fast.backends.cuda.word2vec import shared_memory_reasons
 
-        reasons += shared_memory_reasons(inputs["mode"], syn0.shape[1], inputs["window"], inputs["negative"])
+        reasons += shared_memory_reasons(inputs["mode"], syn0.shape[1], inputs["window"], inputs["negative"],
+                                         inputs.get("hs_depth", 0))
     return reasons
 
 
@@ -779,7 +778,7 @@ def _train_chunk_cuda(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, ali
 
     return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
                             alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
-                            seed)
+                            seed, hs)
 
 
 def _as_numpy_table(name: str, table: ArrayLike) -> np.ndarray:

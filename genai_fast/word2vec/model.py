@@ -288,11 +288,6 @@ class Word2Vec:
             if device == "cuda":
                 raise ValueError("device: 'cuda' needs Triton or CuPy: " + "; ".join(why))
             return "cpu"
-        triton_missing = backend_unavailable_reasons("triton")
-        if hs and triton_missing:  # the CUDA trainer has no hierarchical softmax
-            if device == "cuda":
-                raise ValueError("device: hs=1 on the GPU needs Triton: " + "; ".join(triton_missing))
-            return "cpu"
         return "cuda"
 
     @staticmethod

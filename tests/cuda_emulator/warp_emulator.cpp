@@ -61,9 +61,10 @@ inline double __shfl_xor_sync(unsigned, double value, int lane_mask) {
 
 extern "C" void emulate_word2vec_train(float* syn0, float* syn1, const int* tokens, const float* alphas,
                                        const int* bounds, const float* prob, const int* alias, double* loss,
-                                       long long num_slices, long long vocab, int dim, long long seed, int window,
-                                       int negative, long long draw_stride, int mode, int cbow_mean, int shrink,
-                                       int compute_loss) {
+                                       float* syn1hs, const int* points, const unsigned char* codes,
+                                       const int* path_lengths, long long num_slices, long long vocab, int dim,
+                                       long long seed, int window, int negative, long long draw_stride, int mode,
+                                       int cbow_mean, int shrink, int compute_loss, int depth, int hs) {
   const long long blocks = (num_slices + W2V_WARPS - 1) / W2V_WARPS;
   std::memset(smem, 0, sizeof(smem));
   for (long long b = 0; b < blocks; ++b) {
@@ -75,8 +76,9 @@ extern "C" void emulate_word2vec_train(float* syn0, float* syn1, const int* toke
       for (int lane = 0; lane < 32; ++lane)
         lanes.emplace_back([=] {
           threadIdx.x = static_cast<unsigned>(warp * 32 + lane);
-          word2vec_train(syn0, syn1, tokens, alphas, bounds, prob, alias, loss, num_slices, vocab, dim, seed, window,
-                         negative, draw_stride, mode, cbow_mean, shrink, compute_loss);
+          word2vec_train(syn0, syn1, tokens, alphas, bounds, prob, alias, loss, syn1hs, points, codes, path_lengths,
+                         num_slices, vocab, dim, seed, window, negative, draw_stride, mode, cbow_mean, shrink,
+                         compute_loss, depth, hs);
         });
       for (auto& t : lanes) t.join();
     }
