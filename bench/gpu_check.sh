@@ -41,7 +41,10 @@ timeout 150 $PY -m pip install -e . --no-build-isolation --no-deps -q 2>&1 | tai
 $PY -m genai_fast.cli info || { echo "genai_fast does not import"; exit 1; }
 
 step "GPU tests (pytest -m gpu)"
-timeout ${GPU_TEST_TIMEOUT:-120} $PY -m pytest -m gpu -v --tb=short -p no:cacheprovider --continue-on-collection-errors -rs --durations=15 ${GPU_TESTS:-tests} 2>&1 \
+# Compiling Triton kernels (CPU work) dominates these tests: four workers share the 16 cores (pytest-xdist is in
+# the device image; without it the tests run in one process).
+workers=$($PY -c "import xdist" 2>/dev/null && echo "-n ${GPU_TEST_WORKERS:-4}" || echo "")
+timeout ${GPU_TEST_TIMEOUT:-120} $PY -m pytest -m gpu $workers -v --tb=short -p no:cacheprovider --continue-on-collection-errors -rs --durations=15 ${GPU_TESTS:-tests} 2>&1 \
     | tee "$OUT/pytest_gpu.txt" | grep -v " PASSED " | tail -60
 
 step "full benchmark"
