@@ -4,8 +4,9 @@
 // At decode time a query row meets at most a few thousand cached keys of a few dozen floats, so the work
 // per (sequence, head) is tiny and torch's SDPA call costs more in setup than in arithmetic; a ragged batch
 // also needs one torch call per sequence. Here one call covers the batch. The work is cut by K/V head:
-// the query heads of a GQA group (and all their new queries) are served together, so each cached row is
-// read once per group rather than once per query head. When there are fewer (sequence, K/V head) pairs
+// the query heads of a GQA group (and all their new queries) are served together, in blocks of rows whose
+// accumulators fit in vector registers, so each cached row is read once per block rather than once per
+// query row. When there are fewer (sequence, K/V head) pairs
 // than threads can share, each sequence's positions are cut into chunks (split-K, as flash-decoding does
 // on a GPU) and the chunks' partial softmax sums are combined with their maxima. Within a chunk the
 // softmax is exact and two-pass in fp32: scores and their maximum, then exp, sum and the weighted sum of
