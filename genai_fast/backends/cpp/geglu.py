@@ -12,7 +12,7 @@ def geglu_fwd(x: torch.Tensor, approximate: str, num_threads: int | None = None)
     """x [*, 2H] fp32 CPU -> [*, H] contiguous: x[..., :H] * GELU(x[..., H:])."""
     H = x.shape[-1] // 2
     rows, R, row_stride = as_rows(x)
-    out = memory.empty((*x.shape[:-1], H), dtype=torch.float32, device=x.device)
+    out = memory.new_empty(x, (*x.shape[:-1], H))  # x is fp32 here
     extension().geglu_forward(rows.data_ptr(), (R - 1) * row_stride + 2 * H, row_stride, out.data_ptr(), out.numel(),
                               R, H, approximate == "tanh", num_threads or torch.get_num_threads())
     return out

@@ -18,7 +18,7 @@ def gguf_linear_fwd(x: torch.Tensor, blocks: torch.Tensor, block_code: int, bias
     torch's intra-op thread count)."""
     K, N = x.shape[-1], blocks.shape[0]
     rows, M, row_stride = as_rows(x)
-    out = memory.empty((*x.shape[:-1], N), dtype=torch.float32, device=x.device)
+    out = memory.new_empty(x, (*x.shape[:-1], N))  # x is fp32 here
     extension().gguf_linear_forward(
         rows.data_ptr(), (M - 1) * row_stride + K, row_stride, blocks.data_ptr(), blocks.numel(), block_code,
         0 if bias is None else bias.data_ptr(), 0 if bias is None else bias.numel(), out.data_ptr(), out.numel(),

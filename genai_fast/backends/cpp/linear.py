@@ -17,7 +17,7 @@ def skinny_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     -> [*, N], on num_threads threads (default: torch's intra-op thread count)."""
     K, N = x.shape[-1], weight.shape[0]
     rows, M, row_stride = as_rows(x)
-    out = memory.empty((*x.shape[:-1], N), dtype=torch.float32, device=x.device)
+    out = memory.new_empty(x, (*x.shape[:-1], N))  # x is fp32 here
     extension().skinny_linear_forward(
         rows.data_ptr(), (M - 1) * row_stride + K, row_stride, weight.data_ptr(), weight.numel(),
         0 if bias is None else bias.data_ptr(), 0 if bias is None else bias.numel(), out.data_ptr(), out.numel(),

@@ -14,7 +14,7 @@ def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float, num_t
     """x [*, D] fp32 CPU with unit stride in D, weight [D] contiguous or None -> [*, D] contiguous."""
     D = x.shape[-1]
     rows, R, row_stride = as_rows(x)
-    out = memory.empty(tuple(x.shape), dtype=torch.float32, device=x.device)
+    out = memory.new_empty(x, tuple(x.shape))  # x is fp32 here
     extension().rms_norm_forward(rows.data_ptr(), (R - 1) * row_stride + D, row_stride,
                                  0 if weight is None else weight.data_ptr(), 0 if weight is None else weight.numel(),
                                  out.data_ptr(), out.numel(), R, D, float(eps), num_threads or torch.get_num_threads())
