@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The one prepared script for a lent GPU machine (DESIGN.md section 5). Run from the repository root:
 #   bash bench/gpu_check.sh            (writes under $OUT, or bench/out/ when OUT is unset)
-# It installs this checkout (no network there: --no-build-isolation --no-deps), runs the GPU tests,
-# runs the full benchmark suite and the word2vec GPU-vs-gensim benchmark, and writes gpu_check.log,
-# pytest_gpu.txt, <gpu>-<yyyymmdd>.json (+ .png) and word2vec-<gpu>-<yyyymmdd>.json under $OUT. Each step
-# has its own time limit so the whole script ends within 9.5 minutes, 11 with the optional text2image step
-# at the end (a machine start has taken up to 7 minutes of the 15-minute device budget; give the run tool
-# timeout_s=500, or 570 with the text2image data carried: what the script wrote under $OUT comes back
-# even when the limit cuts it short)
+# It installs this checkout (no network there: --no-build-isolation --no-deps), runs the GPU tests, the
+# full benchmark suite, the word2vec and LLM benchmarks and the text-to-image training time, and writes
+# gpu_check.log, pytest_gpu.txt, <gpu>-<yyyymmdd>.json (+ .png), word2vec-<gpu>-<yyyymmdd>.json and
+# llm-<gpu>-<yyyymmdd>.json under $OUT. Each step has its own time limit (about 11 minutes in all at worst,
+# typically 8); the steps run in order of importance, so when the run tool's limit (timeout_s up to 590,
+# less when a slow machine start has eaten the 15-minute device budget) cuts the script short, what it
+# wrote under $OUT still comes back with the most important results in it.
 # (GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT, LLM_TIMEOUT and T2I_TIMEOUT shorten it when
 # device time is scarce; GPU_TESTS and BENCH_OPS narrow it to some test files and ops; W2V_TIMEOUT=0 skips
 # word2vec, LLM_TIMEOUT=0 the LLM step, T2I_TIMEOUT=0 the text2image step).
