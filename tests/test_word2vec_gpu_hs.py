@@ -4,6 +4,8 @@ negatives), and Word2Vec(hs=1)'s GPU code path. See test_word2vec_gpu_kernels.py
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 import pytest
 import torch
@@ -58,87 +60,92 @@ HS_CASES = [("sg_shared", True, 16, 0), ("sg_pair", True, 16, 0), ("cbow", True,
 HS_IDS = ["shared-hs", "pair-hs", "cbow-mean-hs-d33", "cbow-sum-hs", "shared-hs+neg-d33", "pair-hs+neg", "cbow-hs+neg"]
 
 
+class HsChunk(NamedTuple):
+    """One hs test case: the chunk plan and its draws, the tables (the tree's syn1 with a NaN row where no
+    inner node is), the tree, and the float64 replay (ref, ref_loss) with PyTorch's fp32 one (base)."""
+
+    plan: Any
+    prob: np.ndarray
+    alias: np.ndarray
+    tables: list[torch.Tensor]  # syn0, syn1neg, syn1
+    tree: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # points int32, codes uint8, lengths int32
+    ref: list[torch.Tensor]
+    ref_loss: float
+    base: list[torch.Tensor]
+
+
+VOCAB, WINDOW, SEED = 23, 3, 5
+
+
+def hs_chunk(mode: str, cbow_mean: bool, dim: int, negative: int) -> HsChunk:
+    tokens, offsets = _chunk(VOCAB, [9, 1, 14], seed=3, unused=1)  # the last word is never a centre
+    t = huffman_tree(np.bincount(tokens, minlength=VOCAB) + 1)
+    prob, alias = _noise_tables(VOCAB)
+    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((VOCAB,), 0.9), 0.2, 0.05,
+                      SEED, 5)
+    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=WINDOW,
+                                             negative=negative, seed=SEED)
+    syn0, syn1neg = _tables(VOCAB, dim)
+    syn1 = (torch.rand(VOCAB, dim, generator=torch.Generator().manual_seed(2)) - 0.5) / 2
+    syn1[VOCAB - 1] = float("nan")  # no inner node: a read of it would poison the results
+    tree = (torch.from_numpy(t.points).to(torch.int32).contiguous(),
+            torch.from_numpy(t.codes).to(torch.uint8).contiguous(),
+            torch.from_numpy(t.lengths).to(torch.int32).contiguous())
+
+    def replay(tables: list[torch.Tensor]) -> float:
+        return replay_hs_chunk(tables[0], tables[1], HsTree(tables[2], *tree), plan, shrink, noise, mode=mode,
+                               window=WINDOW, negative=negative, cbow_mean=cbow_mean)
+
+    ref = [syn0.double(), syn1neg.double(), syn1.double()]
+    ref_loss = replay(ref)
+    base = [syn0.clone(), syn1neg.clone(), syn1.clone()]
+    replay(base)
+    return HsChunk(plan, prob, alias, [syn0, syn1neg, syn1], tree, ref, ref_loss, base)
+
+
+def check_hs_chunk(case: HsChunk, out: list[torch.Tensor], loss: torch.Tensor, negative: int, what: str) -> None:
+    assert bool(torch.isfinite(loss).all()), "every program writes its loss slot"
+    assert bool(torch.isnan(out[2][VOCAB - 1]).all()), "the row of no inner node stays untouched"
+    inner = slice(0, VOCAB - 1)
+    assert_matches_oracle(out[0], case.ref[0], case.base[0], what=f"{what} syn0")
+    assert_matches_oracle(out[2][inner], case.ref[2][inner], case.base[2][inner], what=f"{what} syn1 (tree)")
+    assert_matches_oracle(out[1], case.ref[1], case.base[1], what=f"{what} syn1neg")
+    assert float(loss.sum()) == pytest.approx(case.ref_loss, rel=1e-5)
+    assert not torch.equal(out[2][inner], case.tables[2][inner])
+    assert torch.equal(out[1], case.tables[1]) == (negative == 0), "syn1neg trains only with negatives"
+
+
 @needs_triton
 @pytest.mark.parametrize(("mode", "cbow_mean", "dim", "negative"), HS_CASES, ids=HS_IDS)
 def test_triton_hs_chunk_matches_float64_replay(mode, cbow_mean, dim, negative):
     from genai_fast.kernels.word2vec import word2vec_train_fwd
 
-    vocab, window, seed = 23, 3, 5
-    tokens, offsets = _chunk(vocab, [9, 1, 14], seed=3, unused=1)  # the last word is never a centre
-    counts = np.bincount(tokens, minlength=vocab) + 1
-    t = huffman_tree(counts)
-    prob, alias = _noise_tables(vocab)
-    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.9), 0.2, 0.05,
-                      seed, 5)
-    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
-                                             negative=negative, seed=seed)
-    syn0, syn1neg = _tables(vocab, dim)
-    syn1 = (torch.rand(vocab, dim, generator=torch.Generator().manual_seed(2)) - 0.5) / 2
-    syn1[vocab - 1] = float("nan")  # no inner node: a read of it would poison the results
-    points, codes, lengths = (torch.from_numpy(a) for a in (t.points, t.codes, t.lengths))
-    ref = [syn0.double(), syn1neg.double(), syn1.double()]
-    ref_loss = replay_hs_chunk(ref[0], ref[1], HsTree(ref[2], points, codes, lengths), plan, shrink, noise,
-                               mode=mode, window=window, negative=negative, cbow_mean=cbow_mean)
-    base = [syn0.clone(), syn1neg.clone(), syn1.clone()]
-    replay_hs_chunk(base[0], base[1], HsTree(base[2], points, codes, lengths), plan, shrink, noise, mode=mode,
-                    window=window, negative=negative, cbow_mean=cbow_mean)
-    out = [syn0.clone(), syn1neg.clone(), syn1.clone()]
+    case = hs_chunk(mode, cbow_mean, dim, negative)
+    out = [t.clone() for t in case.tables]
+    plan = case.plan
     with memory.poison_outputs():
-        loss = word2vec_train_fwd(out[0], out[1], plan.tokens, plan.alphas, plan.bounds, torch.from_numpy(prob),
-                                  torch.from_numpy(alias), mode=mode, window=window, negative=negative,
-                                  cbow_mean=cbow_mean, shrink_windows=True, compute_loss=True, seed=seed,
-                                  tree=(out[2], points, codes, lengths))
-    assert bool(torch.isnan(out[2][vocab - 1]).all()), "the row of no inner node stays untouched"
-    inner = slice(0, vocab - 1)
-    assert_matches_oracle(out[0], ref[0], base[0], what=f"triton {mode} syn0")
-    assert_matches_oracle(out[2][inner], ref[2][inner], base[2][inner], what=f"triton {mode} syn1 (tree)")
-    assert_matches_oracle(out[1], ref[1], base[1], what=f"triton {mode} syn1neg")
-    assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
-    assert not torch.equal(out[2][inner], syn1[inner])
-    assert torch.equal(out[1], syn1neg) == (negative == 0), "syn1neg trains only with negatives"
+        loss = word2vec_train_fwd(out[0], out[1], plan.tokens, plan.alphas, plan.bounds, torch.from_numpy(case.prob),
+                                  torch.from_numpy(case.alias), mode=mode, window=WINDOW, negative=negative,
+                                  cbow_mean=cbow_mean, shrink_windows=True, compute_loss=True, seed=SEED,
+                                  tree=(out[2], *case.tree))
+    check_hs_chunk(case, out, loss, negative, f"triton {mode}")
 
 
 @pytest.mark.parametrize(("mode", "cbow_mean", "dim", "negative"), HS_CASES, ids=HS_IDS)
 def test_cuda_hs_chunk_emulated_matches_float64_replay(cuda_emulator, mode, cbow_mean, dim, negative):
     """csrc/cuda/word2vec.cu with a Huffman tree, run by the warp emulator: the path update, then the
-    negatives, per centre; the table row of no inner node is NaN and must stay untouched."""
-    import ctypes
-
-    vocab, window, seed = 23, 3, 5
-    tokens, offsets = _chunk(vocab, [9, 1, 14], seed=3, unused=1)
-    t = huffman_tree(np.bincount(tokens, minlength=vocab) + 1)
-    prob, alias = _noise_tables(vocab)
-    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.9), 0.2, 0.05,
-                      seed, 5)
-    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
-                                             negative=negative, seed=seed)
-    syn0, syn1neg = _tables(vocab, dim)
-    syn1 = (torch.rand(vocab, dim, generator=torch.Generator().manual_seed(2)) - 0.5) / 2
-    syn1[vocab - 1] = float("nan")
-    points, codes, lengths = (torch.from_numpy(np.ascontiguousarray(a)) for a in (t.points, t.codes, t.lengths))
-    ref = [syn0.double(), syn1neg.double(), syn1.double()]
-    ref_loss = replay_hs_chunk(ref[0], ref[1], HsTree(ref[2], points, codes, lengths), plan, shrink, noise,
-                               mode=mode, window=window, negative=negative, cbow_mean=cbow_mean)
-    base = [syn0.clone(), syn1neg.clone(), syn1.clone()]
-    replay_hs_chunk(base[0], base[1], HsTree(base[2], points, codes, lengths), plan, shrink, noise, mode=mode,
-                    window=window, negative=negative, cbow_mean=cbow_mean)
-    out = [syn0.clone(), syn1neg.clone(), syn1.clone()]
+    negatives, per centre."""
+    case = hs_chunk(mode, cbow_mean, dim, negative)
+    out = [t.clone() for t in case.tables]
+    plan, (points, codes, lengths) = case.plan, case.tree
     num_slices = plan.bounds.shape[0]
     loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
     cuda_emulator.emulate_word2vec_train(
         _ptr(out[0]), _ptr(out[1]), _ptr(plan.tokens), _ptr(plan.alphas), _ptr(plan.bounds),
-        _ptr(torch.from_numpy(prob)), _ptr(torch.from_numpy(alias)), _ptr(loss), _ptr(out[2]),
-        _ptr(points.to(torch.int32)), _ptr(codes.to(torch.uint8)), _ptr(lengths.to(torch.int32)), num_slices, vocab,
-        dim, seed, window, negative, _cuda_draw_stride(mode, window, negative), MODE_CODES[mode], int(cbow_mean), 1,
-        1, ctypes.c_int(points.shape[1]), 1)
-    assert bool(torch.isfinite(loss).all()), "every warp writes its loss slot"
-    assert bool(torch.isnan(out[2][vocab - 1]).all()), "the row of no inner node stays untouched"
-    inner = slice(0, vocab - 1)
-    assert_matches_oracle(out[0], ref[0], base[0], what=f"cuda {mode} syn0")
-    assert_matches_oracle(out[2][inner], ref[2][inner], base[2][inner], what=f"cuda {mode} syn1 (tree)")
-    assert_matches_oracle(out[1], ref[1], base[1], what=f"cuda {mode} syn1neg")
-    assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
-    assert torch.equal(out[1], syn1neg) == (negative == 0), "syn1neg trains only with negatives"
+        _ptr(torch.from_numpy(case.prob)), _ptr(torch.from_numpy(case.alias)), _ptr(loss), _ptr(out[2]), _ptr(points),
+        _ptr(codes), _ptr(lengths), num_slices, VOCAB, dim, SEED, WINDOW, negative,
+        _cuda_draw_stride(mode, WINDOW, negative), MODE_CODES[mode], int(cbow_mean), 1, 1, points.shape[1], 1)
+    check_hs_chunk(case, out, loss, negative, f"cuda {mode}")
 
 
 @needs_triton
