@@ -369,13 +369,8 @@ def _validate_step(syn0: Any, syn1neg: Any, centers: Any, contexts: Any, negativ
     if tuple(negatives.shape[:-1]) != expect:
         want = "[B, C, K]" if mode == "sg_pair" else "[B, K]"
         raise ValueError(f"negatives: expected {want} with leading dims {expect}, got {tuple(negatives.shape)}")
-    for name, t, low in (("centers", centers, 0), ("contexts", contexts, -1), ("negatives", negatives, 0)):
-        if t.numel() and (int(t.min()) < low or int(t.max()) >= vocab):
-            bad = t[(t < low) | (t >= vocab)][0]
-            raise ValueError(f"{name}: id {int(bad)} is outside [{low}, vocab_size={vocab})")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
-    validate_backend_name(backend)
+    _check_ids_alpha_backend(vocab, (("centers", centers, 0), ("contexts", contexts, -1),
+                                     ("negatives", negatives, 0)), alpha, backend)
 
 
 def validate_tree(tree: Any, vocab: int, dim: int) -> None:
@@ -424,7 +419,14 @@ def _validate_hs_step(syn0: Any, centers: Any, contexts: Any, tree: Any, alpha: 
             raise ValueError(f"{name}: expected {dims} dimensions, got shape {tuple(t.shape)}")
     if contexts.shape[0] != centers.shape[0]:
         raise ValueError(f"contexts: expected [B={centers.shape[0]}, C], got {tuple(contexts.shape)}")
-    for name, t, low in (("centers", centers, 0), ("contexts", contexts, -1)):
+    _check_ids_alpha_backend(vocab, (("centers", centers, 0), ("contexts", contexts, -1)), alpha, backend)
+
+
+def _check_ids_alpha_backend(vocab: int, ids: tuple[tuple[str, torch.Tensor, int], ...], alpha: Any,
+                             backend: Any) -> None:
+    """The checks every step op ends with: each (name, ids, lowest allowed id) within [low, vocab), a finite
+    alpha, a known backend name."""
+    for name, t, low in ids:
         if t.numel() and (int(t.min()) < low or int(t.max()) >= vocab):
             bad = t[(t < low) | (t >= vocab)][0]
             raise ValueError(f"{name}: id {int(bad)} is outside [{low}, vocab_size={vocab})")
