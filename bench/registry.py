@@ -62,6 +62,7 @@ ENTRY_MODULES = (
     "geglu",
     "gguf_linear",
     "group_norm",
+    "guided_update",
     "linear",
     "unet",
     "word2vec",

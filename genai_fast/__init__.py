@@ -7,6 +7,7 @@ PyTorch reference last); `backend=` forces one, GENAI_FAST_BACKEND=torch forces 
 from genai_fast.backends.dispatch import BACKEND_NAMES, BackendNotSupportedError
 from genai_fast.info import info
 from genai_fast.ops import (
+    UpdateCoefficients,
     attention_with_kvcache,
     attention_with_kvcache_reference,
     conv2d,
@@ -18,6 +19,8 @@ from genai_fast.ops import (
     gguf_linear_reference,
     group_norm,
     group_norm_reference,
+    guided_update,
+    guided_update_reference,
     linear,
     linear_reference,
     rms_norm,
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKEND_NAMES",
     "BackendNotSupportedError",
+    "UpdateCoefficients",
     "__version__",
     "attention_with_kvcache",
     "attention_with_kvcache_reference",
@@ -43,6 +47,8 @@ __all__ = [
     "gguf_linear_reference",
     "group_norm",
     "group_norm_reference",
+    "guided_update",
+    "guided_update_reference",
     "info",
     "linear",
     "linear_reference",

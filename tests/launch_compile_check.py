@@ -158,6 +158,25 @@ def _geglu_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]
     yield "geglu (5, 90) at row stride 100", lambda: geglu_fwd(x, "none")
 
 
+def _guided_update_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.guided_update import guided_update_fwd
+
+    # Every term on with the clamp (DDPM/DDIM-like), DPM-Solver++'s shape with an fp32 history, Euler's
+    # unguided two terms; one element and an SDXL batch.
+    for n in (1, 4 * 4 * 128 * 128):
+        x, out = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
+        model, other = torch.empty(2 * n, dtype=dtype), torch.empty(n, dtype=torch.float32)
+        yield (f"guided_update n{n} all terms",
+               lambda x=x, model=model, other=other, out=out: guided_update_fwd(
+                   x, model, other, other, out, out, True, 7.5, (1.5, -0.5, 0.9, 0.4, 0.2, -0.3, 0.05), 1.0))
+        yield (f"guided_update n{n} dpm++",
+               lambda x=x, model=model, other=other, out=out: guided_update_fwd(
+                   x, model, other, None, out, other, True, 7.5, (1.5, -0.5, 0.9, 0.4, 0.0, -0.3, 0.0), float("inf")))
+        yield (f"guided_update n{n} euler unguided",
+               lambda x=x, half=model[:n], out=out: guided_update_fwd(
+                   x, half, None, None, out, None, False, 1.0, (0.0, 0.0, 1.0, 0.0, -0.8, 0.0, 0.0), float("inf")))
+
+
 def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     from genai_fast.kernels.conv2d import conv2d_epilogue_, conv2d_fwd
 
@@ -212,7 +231,7 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
 
 
 OPS = {"attention": _attention_cases, "group_norm": _group_norm_cases, "conv2d": _conv2d_cases,
-       "geglu": _geglu_cases, "word2vec": _word2vec_cases}
+       "geglu": _geglu_cases, "guided_update": _guided_update_cases, "word2vec": _word2vec_cases}
 
 
 def main() -> int:

@@ -7,6 +7,7 @@
 #include "decode_attention.h"
 #include "geglu.h"
 #include "gguf_linear.h"
+#include "guided_update.h"
 #include "group_norm.h"
 #include "linear.h"
 #include "rms_norm.h"
@@ -122,6 +123,35 @@ void geglu_forward_py(uintptr_t x, int64_t x_numel, int64_t x_row_stride, uintpt
   geglu_forward(args);
 }
 
+void guided_update_forward_py(uintptr_t x, int64_t x_numel, uintptr_t model_output, int64_t model_numel,
+                              uintptr_t previous_x0, int64_t previous_numel, uintptr_t noise, int64_t noise_numel,
+                              uintptr_t out, int64_t out_numel, uintptr_t x0_out, int64_t x0_numel, int64_t n,
+                              bool guided, double guidance, std::vector<double> coefficients, double clip,
+                              int num_threads) {
+  if (coefficients.size() != 7) throw std::invalid_argument("coefficients: expected 7 values");
+  GuidedUpdateArgs args;
+  args.x = as_ptr<const float>(x);
+  args.model_output = as_ptr<const float>(model_output);
+  args.previous_x0 = as_ptr<const float>(previous_x0);
+  args.noise = as_ptr<const float>(noise);
+  args.out = as_ptr<float>(out);
+  args.x0_out = as_ptr<float>(x0_out);
+  args.n = n;
+  args.x_numel = x_numel, args.model_numel = model_numel, args.previous_numel = previous_numel;
+  args.noise_numel = noise_numel, args.out_numel = out_numel, args.x0_numel = x0_numel;
+  args.guided = guided;
+  args.guidance = static_cast<float>(guidance);
+  args.x0_from_x = static_cast<float>(coefficients[0]), args.x0_from_m = static_cast<float>(coefficients[1]);
+  args.c_x = static_cast<float>(coefficients[2]), args.c_x0 = static_cast<float>(coefficients[3]);
+  args.c_m = static_cast<float>(coefficients[4]), args.c_change = static_cast<float>(coefficients[5]);
+  args.c_noise = static_cast<float>(coefficients[6]);
+  args.clip = static_cast<float>(clip);
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  guided_update_forward(args);
+}
+
 void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k_cache,
                                  int64_t k_extent, std::vector<int64_t> k_strides, uintptr_t v_cache, int64_t v_extent,
                                  std::vector<int64_t> v_strides, std::vector<int64_t> lengths, uintptr_t out,
@@ -188,5 +218,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("geglu_forward", &geglu_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("x_row_stride"), py::arg("out"),
         py::arg("out_numel"), py::arg("rows"), py::arg("H"), py::arg("tanh"), py::arg("num_threads"),
         "fp32 out[rows, H] = x[:, :H] * GELU(x[:, H:2H]) (exact, or the tanh approximation).");
+  m.def("guided_update_forward", &guided_update_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("model_output"),
+        py::arg("model_numel"), py::arg("previous_x0"), py::arg("previous_numel"), py::arg("noise"),
+        py::arg("noise_numel"), py::arg("out"), py::arg("out_numel"), py::arg("x0_out"), py::arg("x0_numel"),
+        py::arg("n"), py::arg("guided"), py::arg("guidance"), py::arg("coefficients"), py::arg("clip"),
+        py::arg("num_threads"),
+        "fp32 sampler update with classifier-free guidance in one pass (genai_fast.guided_update).");
   register_word2vec(m);
 }

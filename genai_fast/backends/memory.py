@@ -48,6 +48,7 @@ def new_empty(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return _poison(t.new_empty(shape))
 
 
-def empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device,
+          memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """torch.empty(shape), NaN-filled when poisoning."""
-    return _poison(torch.empty(shape, dtype=dtype, device=device))
+    return _poison(torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format))

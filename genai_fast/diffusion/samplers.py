@@ -6,6 +6,10 @@ its row (a view: no host sync) and runs a handful of elementwise ops on the late
 noise, and which DPM-Solver steps fall back to first order, is decided by the schedule alone, so no
 step ever branches on a tensor value.
 
+Every update is affine in the model output, so with classifier-free guidance `guided_step` runs the
+guidance combination and the update as one pass (genai_fast.guided_update) from per-step coefficients
+derived from the same rows (`_fused`).
+
 The samplers keep a step counter, as diffusers' schedulers do: call `scale_model_input` / `step` once per
 entry of `timesteps`, in order. The `t` argument is checked against the counter's timestep when it is a
 Python number or a CPU tensor; a GPU tensor is not read back (that would synchronise).
@@ -21,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from genai_fast.ops.guided_update import UpdateCoefficients, guided_update
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -372,7 +378,8 @@ class Plan:
     """Everything set_timesteps computes. timesteps: [N]; coef: [N, K] float32 rows of per-step
     coefficients (column meaning is per sampler); sigmas: [N + 1] float32 CPU (sigma samplers) or None;
     noise: per step, whether the step draws noise; order: per step, the solver order (DPM-Solver);
-    host_timesteps: the timesteps as Python floats (to check a `t` argument without a device read)."""
+    host_timesteps: the timesteps as Python floats (to check a `t` argument without a device read);
+    host_coef: coef's rows as Python floats (the fused update's coefficients, without a device read)."""
 
     timesteps: torch.Tensor
     coef: torch.Tensor
@@ -380,6 +387,20 @@ class Plan:
     noise: tuple[bool, ...]
     order: tuple[int, ...]
     host_timesteps: tuple[float, ...] = ()
+    host_coef: tuple[tuple[float, ...], ...] = ()
+
+
+@dataclass
+class FusedUpdate:
+    """How a step runs as one genai_fast.guided_update pass: its coefficients, the x0 clamp (None: none),
+    whether the result takes the model output's dtype (as diffusers casts it) and, for a multistep
+    sampler, the previous x0 it reads and whether it keeps this step's x0."""
+
+    coefficients: UpdateCoefficients
+    clip: float | None = None
+    model_dtype: bool = False
+    previous_x0: torch.Tensor | None = None
+    keep_x0: bool = False
 
 
 class Sampler:
@@ -415,6 +436,7 @@ class Sampler:
                              f"{self.num_train_timesteps}, got {num_steps}")
         plan = self._make_plan(int(num_steps))
         plan.host_timesteps = tuple(float(v) for v in plan.timesteps.double())
+        plan.host_coef = tuple(tuple(row) for row in plan.coef.double().tolist())
         plan.timesteps = plan.timesteps.to(device)
         plan.coef = plan.coef.to(device)
         self._plan, self._index = plan, 0
@@ -469,6 +491,54 @@ class Sampler:
         self._index += 1
         return out
 
+    def guided_step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, guidance_scale: float,
+                    generator: Generator = None) -> torch.Tensor:
+        """step() on the classifier-free guidance combination uncond + g (cond - uncond) of a doubled-batch
+        model output [2B, ...] (the unconditional half first), x [B, ...] -> the next latents.
+
+        Where the sampler's update is affine in the model output (every configuration but dynamic
+        thresholding and DDPM's learned variance), the combination and the update run as one pass
+        (genai_fast.guided_update, fp32 arithmetic); otherwise as the combination, then step(). Noise
+        is drawn as step() draws it, so a generator gives the same sequence either way."""
+        _check_tensor("model_output", model_output)
+        guidance = check_guidance(guidance_scale)
+        plan = self._current(x, t)
+        if model_output.dim() != x.dim() or model_output.shape[0] != 2 * x.shape[0]:
+            raise ValueError(f"model_output: expected the doubled batch [2B, ...] = [{2 * x.shape[0]}, ...] for x "
+                             f"of shape {tuple(x.shape)} (unconditional half first), got {tuple(model_output.shape)}")
+        fused = self._fused(self._index, plan)
+        if fused is None:
+            uncond, cond = model_output.chunk(2)
+            return self.step(uncond + guidance * (cond - uncond), t, x, generator=generator)
+        noise = draw_noise(x.shape, model_output, generator) if plan.noise[self._index] else None
+        out, x0 = guided_update(x, model_output, fused.coefficients, guidance, fused.previous_x0, noise, fused.clip,
+                                return_x0=fused.keep_x0, out_dtype=model_output.dtype if fused.model_dtype else None)
+        if fused.keep_x0:
+            self._keep_x0(x0)
+        self._index += 1
+        return out
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        """Step i as one guided_update pass, or None where the update is not affine in the model output."""
+        return None
+
+    def _keep_x0(self, x0: torch.Tensor) -> None:
+        pass
+
+    def _x0_weights(self, sqrt_a: float, sqrt_b: float) -> tuple[float, float]:
+        """(x0_from_x, x0_from_m): _to_x0 of the configured prediction type as x0 = p x + q m."""
+        prediction = self.config["prediction_type"]
+        if prediction == "epsilon":
+            return 1.0 / sqrt_a, -sqrt_b / sqrt_a
+        if prediction == "v_prediction":
+            return sqrt_a, -sqrt_b
+        return 0.0, 1.0
+
+    def _clip(self) -> float | None:
+        """The x0 clamp bound where clipping is configured (thresholding is not affine: not fused)."""
+        cfg = self.config
+        return float(cfg["clip_sample_range"]) if cfg.get("clip_sample") else None
+
     def _current(self, x: Any, t: Any) -> Plan:
         """Checks before a step (all on host-side attributes: nothing waits for the device)."""
         plan = self._require_plan()
@@ -507,6 +577,15 @@ class Sampler:
         if cfg.get("clip_sample"):
             return x0.clamp(-cfg["clip_sample_range"], cfg["clip_sample_range"])
         return x0
+
+
+def check_guidance(guidance_scale: Any) -> float:
+    """guidance_scale as a float; TypeError / ValueError naming it unless it is a finite number >= 0."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise TypeError(f"guidance_scale: expected a number, got {type(guidance_scale).__name__}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale: expected a finite number >= 0, got {guidance_scale}")
+    return float(guidance_scale)
 
 
 def _check_model_output(model_output: torch.Tensor, x: torch.Tensor, channel_factor: int = 1) -> None:
@@ -580,6 +659,14 @@ class DDPMSampler(Sampler):
         frac = (predicted_var + 1) / 2
         return x_prev + torch.exp(0.5 * (frac * log_max + (1 - frac) * log_min)) * noise
 
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        if self.config["variance_type"] in ("learned", "learned_range") or self.config["thresholding"]:
+            return None
+        sqrt_a, sqrt_b, c_x0, c_x, std, _, _ = plan.host_coef[i]
+        coefficients = UpdateCoefficients(*self._x0_weights(sqrt_a, sqrt_b), x=c_x, x0=c_x0, m=0.0,
+                                          noise=std if plan.noise[i] else 0.0)
+        return FusedUpdate(coefficients, self._clip())
+
 
 def _to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, sqrt_a: torch.Tensor, sqrt_b: torch.Tensor
            ) -> torch.Tensor:
@@ -642,6 +729,24 @@ class DDIMSampler(Sampler):
         if plan.noise[i]:
             x_prev = x_prev + std * draw_noise(model_output.shape, model_output, generator)
         return x_prev
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        if self.config["thresholding"]:
+            return None
+        sqrt_a, sqrt_b, sqrt_a_prev, direction, std = plan.host_coef[i]
+        prediction = self.config["prediction_type"]
+        # x_prev = sqrt_a_prev x0 + direction eps, with eps written in x, m and the (clamped) x0:
+        if self.config["use_clipped_model_output"]:  # eps = (x - sqrt_a x0) / sqrt_b
+            c_x, c_x0, c_m = direction / sqrt_b, sqrt_a_prev - direction * sqrt_a / sqrt_b, 0.0
+        elif prediction == "epsilon":  # eps = m
+            c_x, c_x0, c_m = 0.0, sqrt_a_prev, direction
+        elif prediction == "v_prediction":  # eps = sqrt_a m + sqrt_b x
+            c_x, c_x0, c_m = direction * sqrt_b, sqrt_a_prev, direction * sqrt_a
+        else:  # "sample": eps = (x - sqrt_a m) / sqrt_b, from the unclamped x0 = m
+            c_x, c_x0, c_m = direction / sqrt_b, sqrt_a_prev, -direction * sqrt_a / sqrt_b
+        coefficients = UpdateCoefficients(*self._x0_weights(sqrt_a, sqrt_b), x=c_x, x0=c_x0, m=c_m,
+                                          noise=std if plan.noise[i] else 0.0)
+        return FusedUpdate(coefficients, self._clip())
 
 
 # ---------------------------------------------------------------- sigma-parametrised samplers
@@ -732,6 +837,16 @@ class EulerSampler(_SigmaSampler):
         derivative = (x - x0) / sigma_hat
         return (x + derivative * dt).to(model_output.dtype)
 
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        _, sigma_hat, dt, v_eps, v_x = plan.host_coef[i]
+        prediction = self.config["prediction_type"]
+        if prediction == "epsilon":  # the derivative (x - x0) / sigma is the model output itself
+            coefficients = UpdateCoefficients(0.0, 0.0, x=1.0, x0=0.0, m=dt)
+        else:  # x + (x - x0) dt / sigma, x0 = m v_eps + x / v_x (v) or m (sample)
+            weights = (1.0 / v_x, v_eps) if prediction == "v_prediction" else (0.0, 1.0)
+            coefficients = UpdateCoefficients(*weights, x=1.0 + dt / sigma_hat, x0=-dt / sigma_hat, m=0.0)
+        return FusedUpdate(coefficients, model_dtype=True)
+
 
 class DPMSolverPPSampler(_SigmaSampler):
     """DPM-Solver++ (Lu et al. 2022), multistep, order 2 (or 1), in data prediction, as diffusers'
@@ -813,6 +928,19 @@ class DPMSolverPPSampler(_SigmaSampler):
         if plan.order[i] == 2:  # D1 = (x0 - previous x0) / r0, the multistep correction
             x_next = x_next - c_d1 * (inv_r0 * (x0 - prev_x0))
         return x_next.to(model_output.dtype)
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        if self.config["thresholding"]:
+            return None
+        alpha_s, sigma_s, c_x, c_d0, c_d1, inv_r0 = plan.host_coef[i]
+        change = -c_d1 * inv_r0 if plan.order[i] == 2 else 0.0
+        coefficients = UpdateCoefficients(*self._x0_weights(alpha_s, sigma_s), x=c_x, x0=-c_d0, m=0.0,
+                                          x0_change=change)
+        return FusedUpdate(coefficients, self._clip(), model_dtype=True,
+                           previous_x0=self._prev_x0 if change else None, keep_x0=True)
+
+    def _keep_x0(self, x0: torch.Tensor) -> None:
+        self._prev_x0 = x0
 
 
 # ---------------------------------------------------------------- construction

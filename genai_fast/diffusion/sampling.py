@@ -8,7 +8,6 @@ queues work without waiting (and each step can be captured as a CUDA graph).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genai_fast.diffusion.cuda_graph import GraphedCall
-from genai_fast.diffusion.samplers import Generator, Sampler
+from genai_fast.diffusion.samplers import Generator, Sampler, check_guidance
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,23 +50,33 @@ def sample_loop(
     if not callable(model_fn):
         raise TypeError(f"model_fn: expected a callable, got {type(model_fn).__name__}")
     _check_common(sampler, latents, generator, progress, min_dim=2)
+
+    def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = model_fn(sampler.scale_model_input(x, t), t.expand(x.shape[0]))
+        return sampler.step(out, t, x, generator=generator)
+
+    return _loop(step, sampler, latents, num_steps, progress)
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _loop(step: StepFn, sampler: Sampler, latents: torch.Tensor, num_steps: int, progress: bool) -> torch.Tensor:
+    """x = step(x, t) for each planned timestep t, with a progress bar."""
     sampler.set_timesteps(num_steps, device=latents.device)
     if torch.is_grad_enabled():  # the caller records gradients through the loop: leave it to autograd
-        return _steps(model_fn, sampler, latents, generator, progress)
+        return _steps(step, sampler, latents, progress)
     # Nothing is recorded anyway, so inference mode also drops autograd's per-op bookkeeping (version
     # counters, views' metadata): a few percent of a small U-Net's step on a CPU. The clone, made
     # outside it, hands back an ordinary tensor that later autograd code may use.
     with torch.inference_mode():
-        x = _steps(model_fn, sampler, latents, generator, progress)
+        x = _steps(step, sampler, latents, progress)
     return x.clone()
 
 
-def _steps(model_fn: ModelFn, sampler: Sampler, x: torch.Tensor, generator: Generator, progress: bool
-           ) -> torch.Tensor:
+def _steps(step: StepFn, sampler: Sampler, x: torch.Tensor, progress: bool) -> torch.Tensor:
     for i in tqdm(range(sampler.num_steps), disable=not progress, desc=f"sampling ({sampler.name})"):
-        t = sampler.timesteps[i]
-        out = model_fn(sampler.scale_model_input(x, t), t.expand(x.shape[0]))
-        x = sampler.step(out, t, x, generator=generator)
+        x = step(x, sampler.timesteps[i])
     return x
 
 
@@ -92,7 +101,8 @@ def sample(
         latents: [B, C, H, W] initial noise already multiplied by sampler.init_noise_sigma.
         encoder_hidden_states: [B, L, D] conditional context (e.g. CLIP text embeddings).
         num_steps: 1 <= num_steps <= the sampler's num_train_timesteps.
-        guidance_scale: g >= 0; the model output is uncond + g * (cond - uncond).
+        guidance_scale: g >= 0; the model output is uncond + g * (cond - uncond), combined and stepped in
+            one pass (Sampler.guided_step).
         negative_encoder_hidden_states: [B, L, D] unconditional (or negative prompt) context. The
             unconditional and conditional halves run as one batch of 2B. With g == 1 or no negative
             context the guidance is the identity and a single conditional pass of batch B runs.
@@ -112,7 +122,7 @@ def sample(
         raise TypeError(f"unet: expected a callable (UNet2DConditionModel), got {type(unet).__name__}")
     _check_common(sampler, latents, generator, progress, min_dim=4)
     _check_context(latents, encoder_hidden_states, negative_encoder_hidden_states)
-    guidance = _check_guidance(guidance_scale)
+    guidance = check_guidance(guidance_scale)
     _check_cuda_graph(cuda_graph, latents)
     if negative_encoder_hidden_states is None and guidance != 1.0:
         warnings.warn("guidance_scale: ignored without negative_encoder_hidden_states (one conditional pass runs)",
@@ -121,8 +131,14 @@ def sample(
         return sample_loop(_unet_call(unet, encoder_hidden_states, cuda_graph), sampler, latents, num_steps,
                            generator=generator, progress=progress)
     context = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])  # once, outside the loop
-    return sample_loop(_guided(_unet_call(unet, context, cuda_graph), guidance), sampler, latents, num_steps,
-                       generator=generator, progress=progress)
+    call = _unet_call(unet, context, cuda_graph)
+
+    def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        model_input = sampler.scale_model_input(x, t)
+        out = call(torch.cat([model_input, model_input]), t.expand(2 * x.shape[0]))
+        return sampler.guided_step(out, t, x, guidance, generator=generator)
+
+    return _loop(step, sampler, latents, num_steps, progress)
 
 
 def _unet_output(result: Any) -> torch.Tensor:
@@ -136,16 +152,6 @@ def _unet_call(unet: Callable[..., Any], context: torch.Tensor, cuda_graph: bool
         return _unet_output(unet(x, t, encoder_hidden_states=context))
 
     return GraphedCall(call) if cuda_graph else call
-
-
-def _guided(call: ModelFn, guidance: float) -> ModelFn:
-    """x [B, ...] -> one U-Net call on [2B, ...] (uncond first) -> uncond + g * (cond - uncond)."""
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        uncond, cond = call(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
-        return uncond + guidance * (cond - uncond)
-
-    return model_fn
 
 
 # ---------------------------------------------------------------- validation
@@ -200,11 +206,3 @@ def _check_cuda_graph(cuda_graph: Any, latents: torch.Tensor) -> None:
         raise ValueError(f"cuda_graph: CUDA graphs need latents on a CUDA device, got {latents.device}")
     if torch.is_grad_enabled():
         raise ValueError("cuda_graph: a replayed graph records no gradients; sample under torch.no_grad()")
-
-
-def _check_guidance(guidance_scale: Any) -> float:
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-        raise TypeError(f"guidance_scale: expected a number, got {type(guidance_scale).__name__}")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale: expected a finite number >= 0, got {guidance_scale}")
-    return float(guidance_scale)

@@ -10,11 +10,13 @@ from genai_fast.ops.conv2d import conv2d, conv2d_reference
 from genai_fast.ops.geglu import geglu, geglu_reference
 from genai_fast.ops.gguf_linear import gguf_dequantize, gguf_linear, gguf_linear_reference
 from genai_fast.ops.group_norm import group_norm, group_norm_reference
+from genai_fast.ops.guided_update import UpdateCoefficients, guided_update, guided_update_reference
 from genai_fast.ops.linear import linear, linear_reference
 from genai_fast.ops.rms_norm import rms_norm, rms_norm_reference
 from genai_fast.ops.word2vec_ops import cbow_step, sgns_step, word2vec_step_reference
 
 __all__ = [
+    "UpdateCoefficients",
     "attention_with_kvcache",
     "attention_with_kvcache_reference",
     "cbow_step",
@@ -27,6 +29,8 @@ __all__ = [
     "gguf_linear_reference",
     "group_norm",
     "group_norm_reference",
+    "guided_update",
+    "guided_update_reference",
     "linear",
     "linear_reference",
     "rms_norm",
