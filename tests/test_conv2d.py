@@ -92,6 +92,17 @@ def test_torch_inplace_layouts(layout):
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("epilogue", ["plain", "all", "sample-bias-silu-res", "resnet-conv2"])
+@pytest.mark.parametrize("layer", ["1x1-2x20x5x7-to24", "1x1-many-tiles-1x8x24x24-to40"])
+def test_torch_inplace_pointwise_gemm_matches_reference(layer, epilogue, dtype):
+    """1x1 convs of channels_last CPU tensors run as one GEMM over the pixels: every epilogue, every dtype."""
+    args = make_args(LAYERS[layer], epilogue, dtype, "channels_last")
+    assert conv_module._is_pointwise_gemm(args["x"], args["weight"], [1, 1], [0, 0], [1, 1], 1)
+    out = check_backend("torch+inplace", args)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_reference_matches_conv2d_module():
     """The epilogue-free op is nn.Conv2d; the reference's epilogue is torch's own ops in the documented order."""
     module = torch.nn.Conv2d(6, 10, 3, stride=2, padding=1, groups=2)

@@ -129,11 +129,17 @@ def test_patched_output_matches_unpatched(kind):
 
 
 def test_report_counts_what_was_fused_and_left():
-    sd = patch(_cond_unet("sd-tiny"))
+    unet = _cond_unet("sd-tiny")
+    sd = patch(unet)
     # 2 down x 2 + mid 2 + 2 up x 3 resnets; 2 down + 1 mid + 3 up transformers, 2 attentions each.
     assert (sd.resnets_fused, sd.resnets_partly_fused, sd.attention_processors) == (12, 0, 12)
     assert sd.transformer_outputs == 6 and sd.output_norm_silu_fused and not sd.left
     assert sd.geglus == 6  # one feed-forward per transformer block
+    # Every other conv once: conv_in, conv_out, each transformer's proj_in, shortcuts, samplers' convs.
+    convs = sum(type(m) is torch.nn.Conv2d for m in unet.modules())
+    assert sd.convs == convs - 2 * sd.resnets_fused - sd.transformer_outputs and sd.convs >= 2 + 6
+    called_by_fused_forwards = sum(type(m) is torch.nn.Conv2d and "forward" not in m.__dict__ for m in unet.modules())
+    assert called_by_fused_forwards == 2 * sd.resnets_fused + sd.transformer_outputs
     assert "resnet blocks fully fused: 12" in str(sd)
     # layers_per_block 1: 2 down + 2 mid + 2 up x 2 resnets.
     shift = patch(_cond_unet("scale-shift"))

@@ -139,6 +139,8 @@ class Op:
     # runs on every call, and on a GPU its Python time is comparable to a small kernel's run time.
     _auto_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
     _extra_names: tuple[str, ...] | None = field(default=None, repr=False)
+    # Whether automatic choices may be cached by (device, dtype): no implementation checks anything else.
+    _cacheable: bool = field(default=True, repr=False)
 
     def register(
         self,
@@ -161,6 +163,7 @@ class Op:
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.implementations.append(Implementation(self.name, backend, capability, fn, check, requires or ""))
+            self._cacheable = self._cacheable and check is None
             self._auto_cache.clear()
             self._extra_names = None
             return fn
@@ -207,7 +210,7 @@ class Op:
                 )
             self.last_backend = impl.backend
             return impl
-        cacheable = all(impl.check is None for impl in self.implementations)
+        cacheable = self._cacheable
         if self.choose is not None:
             runnable = self._runnable(inputs, cacheable)
             if runnable:

@@ -16,6 +16,8 @@ What patch() changes, each only where it can be shown to compute what diffusers 
   `genai_fast.scaled_dot_product_attention` (other processors, e.g. added-KV ones, are left alone),
   called without Attention.forward's per-call signature inspection.
 - Every other nn.GroupNorm: `genai_fast.group_norm`; the U-Net's closing conv_norm_out + SiLU fused.
+- Every other plain nn.Conv2d (conv_in/out, shortcuts, down/upsampler convs, proj_in): `genai_fast.conv2d`
+  (on a CPU a 1x1 conv of NHWC activations is one GEMM there, a third of oneDNN's time at small sizes).
 - Transformer2DModel outputs: no `.contiguous()` copy back to NCHW; the residual is added in the
   proj_out conv's epilogue.
 - GEGLU feed-forward activations (diffusers' GEGLU): the projection, then `genai_fast.geglu` (value *
@@ -59,13 +61,14 @@ class PatchReport:
     output_norm_silu_fused: bool = False
     transformer_outputs: int = 0
     geglus: int = 0
+    convs: int = 0
     channels_last_tensors: int = 0
     left: Counter = field(default_factory=Counter)
 
     @property
     def patched(self) -> int:
         return (self.resnets_fused + self.resnets_partly_fused + self.attention_processors + self.group_norms
-                + self.transformer_outputs + self.geglus + int(self.output_norm_silu_fused))
+                + self.transformer_outputs + self.geglus + self.convs + int(self.output_norm_silu_fused))
 
     def __str__(self) -> str:
         lines = [
@@ -76,6 +79,7 @@ class PatchReport:
             f"  other GroupNorms: {self.group_norms}; output GroupNorm+SiLU fused: {self.output_norm_silu_fused}",
             f"  Transformer2D outputs kept channels_last: {self.transformer_outputs}",
             f"  GEGLU feed-forward activations fused: {self.geglus}",
+            f"  other convolutions on genai_fast.conv2d: {self.convs}",
             f"  tensors made channels_last: {self.channels_last_tensors}",
         ]
         lines += [f"  left unpatched ({count}): {reason}" for reason, count in sorted(self.left.items())]
@@ -91,6 +95,7 @@ class _PatchState:
     shadowed: list[tuple[nn.Module, str]] = field(default_factory=list)
     processors: list[tuple[nn.Module, Any]] = field(default_factory=list)
     made_channels_last: list[str] = field(default_factory=list)
+    fused_convs: set[int] = field(default_factory=set)  # ids of convs a patched forward calls through _conv
 
 
 # ---------------------------------------------------------------- public API
@@ -114,6 +119,7 @@ def patch(unet: nn.Module) -> PatchReport:
     _patch_transformer_outputs(unet, state)
     _patch_geglus(unet, state)
     _patch_group_norms(unet, state, skip=fused_norms)
+    _patch_convs(unet, state)
     object.__setattr__(unet, STATE_ATTR, state)
     return state.report
 
@@ -285,6 +291,7 @@ def _patch_resnets(unet: nn.Module, state: _PatchState) -> set[int]:
             continue
         _shadow(module, "forward", _fused_resnet_forward, state)
         absorbed |= {id(module.norm1), id(module.norm2)}
+        state.fused_convs |= {id(module.conv1), id(module.conv2)}
         if module.time_embedding_norm == "default":
             state.report.resnets_fused += 1
         else:
@@ -334,6 +341,26 @@ def _patch_group_norms(unet: nn.Module, state: _PatchState, skip: set[int]) -> N
             continue
         _shadow(module, "forward", _group_norm_forward, state)
         state.report.group_norms += 1
+
+
+# ---------------------------------------------------------------- other convolutions
+
+
+def _conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return _conv(conv, x)
+
+
+def _patch_convs(unet: nn.Module, state: _PatchState) -> None:
+    """Every plain nn.Conv2d whose forward still runs (the fused resnets' conv1/conv2 and the patched
+    Transformer2D proj_out convs are called through _conv already, and are not counted again)."""
+    for module in unet.modules():
+        if id(module) in state.fused_convs or type(module) is not nn.Conv2d:
+            continue
+        if not _plain_conv(module):
+            state.report.left["Conv2d: padding mode, string padding or its own forward"] += 1
+            continue
+        _shadow(module, "forward", _conv_forward, state)
+        state.report.convs += 1
 
 
 # ---------------------------------------------------------------- attention
@@ -456,6 +483,8 @@ def _patch_transformer_outputs(unet: nn.Module, state: _PatchState) -> None:
             continue
         _shadow(module, name, _transformer_output, state)
         state.report.transformer_outputs += 1
+        if not module.use_linear_projection:
+            state.fused_convs.add(id(module.proj_out))
 
 
 # ---------------------------------------------------------------- GEGLU feed-forward
