@@ -103,6 +103,17 @@ def test_torch_inplace_pointwise_gemm_matches_reference(layer, epilogue, dtype):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_pointwise_gemm_only_where_it_is_faster():
+    """Large 1x1 convs (SD's 1x320x64x64) stay on oneDNN, which is faster there; strided or padded ones too."""
+    x = torch.empty(1, 320, 64, 64).to(memory_format=torch.channels_last)
+    w = torch.empty(320, 320, 1, 1)
+    assert not conv_module._is_pointwise_gemm(x, w, [1, 1], [0, 0], [1, 1], 1)
+    small = torch.empty(2, 64, 8, 8).to(memory_format=torch.channels_last)
+    assert conv_module._is_pointwise_gemm(small, w[:64, :64], [1, 1], [0, 0], [1, 1], 1)
+    assert not conv_module._is_pointwise_gemm(small, w[:64, :64], [2, 2], [0, 0], [1, 1], 1)
+    assert not conv_module._is_pointwise_gemm(small.contiguous(), w[:64, :64], [1, 1], [0, 0], [1, 1], 1)
+
+
 def test_reference_matches_conv2d_module():
     """The epilogue-free op is nn.Conv2d; the reference's epilogue is torch's own ops in the documented order."""
     module = torch.nn.Conv2d(6, 10, 3, stride=2, padding=1, groups=2)

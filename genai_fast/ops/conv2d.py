@@ -369,11 +369,18 @@ def _conv2d_torch_inplace(x, weight, bias, residual, stride, padding, dilation, 
     return y
 
 
+# Up to this many multiply-adds a 1x1 conv runs faster as one GEMM than through oneDNN on a CPU (measured,
+# 2-core AVX-512 VM: 3.8x at 2x64x8x8, 1.8x at 2x256x8x8, 1.1x at 2x384x16x16->256; at SD's 1x320x64x64
+# oneDNN is 10% faster).
+POINTWISE_GEMM_MAX_MACS = 1 << 26
+
+
 def _is_pointwise_gemm(x, weight, stride, padding, dilation, groups) -> bool:
-    """A 1x1, stride-1, unpadded, ungrouped conv of a dense channels_last CPU x: one GEMM over the pixels.
-    (oneDNN spends ~30 us of setup on such a conv at a small U-Net's sizes, a GEMM ~10 us.)"""
+    """A small 1x1, stride-1, unpadded, ungrouped conv of a dense channels_last CPU x: one GEMM over the
+    pixels. (oneDNN spends ~30 us of setup on such a conv at a small U-Net's sizes, a GEMM ~10 us.)"""
     return (x.device.type == "cpu" and weight.shape[2] == 1 and weight.shape[3] == 1 and groups == 1
-            and stride == [1, 1] and padding == [0, 0] and x.is_contiguous(memory_format=torch.channels_last))
+            and stride == [1, 1] and padding == [0, 0] and x.is_contiguous(memory_format=torch.channels_last)
+            and x.numel() * weight.shape[0] <= POINTWISE_GEMM_MAX_MACS)
 
 
 def _pointwise_conv_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
