@@ -5,6 +5,9 @@ quick (CPU): a tiny UNet2DConditionModel's (block_out_channels (32, 64), one res
     guidance (batch 2): `genai_fast.diffusion.sample` over the patched U-Net against diffusers'
     DPMSolverMultistepScheduler loop over the unpatched U-Net (same weights, noise and context). The
     oracle is that diffusers loop with the U-Net in float64.
+full (CPU): also one step of a mid-size UNet2DConditionModel (SD's block layout at 128/256/256 channels,
+    fp32, 32x32 latent, CFG batch 2, 77x256 context), patched vs unpatched; the oracle is the U-Net in
+    float64.
 full (GPU): one step of an SD1.5-shaped UNet2DConditionModel (random weights, fp16, 64x64 latent, CFG
     batch 2, 77x768 context): patched, and patched replayed from a CUDA graph (what `sample(...,
     cuda_graph=True)` runs), vs diffusers eager vs torch.compile(mode="max-autotune") of the unpatched
@@ -64,6 +67,12 @@ TINY = {"block_out_channels": (32, 64), "layers_per_block": 1, "sample_size": 16
         "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "cross_attention_dim": 32, "norm_num_groups": 32,
         "attention_head_dim": 8}
 SD15 = {"sample_size": 64, "cross_attention_dim": 768}  # the rest are UNet2DConditionModel's defaults (SD1.x)
+# A mid-size U-Net for the CPU: SD's block layout at 128/256/256 channels, a 32x32 latent.
+MID = {"block_out_channels": (128, 256, 256), "layers_per_block": 1, "sample_size": 32, "in_channels": 4,
+       "out_channels": 4, "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+       "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": 256,
+       "norm_num_groups": 32, "attention_head_dim": 8}
+CONFIGS = {"tiny": TINY, "mid": MID, "sd15": SD15}
 
 
 def _loop_case(steps: int) -> Case:
@@ -76,9 +85,14 @@ def _step_case(dtype: torch.dtype) -> Case:
                 "sd1.5 64x64 b2 77x768 step")
 
 
+def _mid_step_case() -> Case:
+    return Case({"model": "mid", "steps": 1, "batch": 2, "latent": 32, "context": (77, 256)}, torch.float32,
+                "mid 128/256/256 32x32 b2 77x256 step")
+
+
 PRESETS = {
     "quick": {"cpu": [_loop_case(20)]},
-    "full": {"cpu": [_loop_case(20)], "cuda": [_step_case(torch.float16)]},
+    "full": {"cpu": [_loop_case(20), _mid_step_case()], "cuda": [_step_case(torch.float16)]},
 } if HAVE_DIFFUSERS else {}
 
 GUIDANCE = 3.0
@@ -93,7 +107,7 @@ def _build_unet(case: Case, device: torch.device) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    config = TINY if case.params["model"] == "tiny" else SD15
+    config = CONFIGS[case.params["model"]]
     with torch.device(device):
         unet = UNet2DConditionModel(**config)
     return unet.to(case.dtype).eval().requires_grad_(False)
@@ -214,7 +228,8 @@ def torch_compile_max_autotune(inputs: Inputs) -> torch.Tensor:
 
 def oracle(inputs: Inputs) -> torch.Tensor:
     if inputs["case"].params["steps"] == 1:
-        return _unet_step(copy.deepcopy(inputs["eager"]).float(), {**inputs, **_as(inputs, torch.float32)})
+        dtype = torch.float64 if inputs["device"].type == "cpu" else torch.float32
+        return _unet_step(copy.deepcopy(inputs["eager"]).to(dtype), {**inputs, **_as(inputs, dtype)})
     model = copy.deepcopy(inputs["eager"]).double()
     return _diffusers_loop(model, inputs, dtype=torch.float64)
 
