@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import genai_fast
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.backends.dispatch import OPS
-from tests.conv2d_cases import LAYERS, check_backend, make_args, reference
+from tests.conv2d_cases import LAYERS, Layer, check_backend, make_args, reference
 
 conv_module = importlib.import_module("genai_fast.ops.conv2d")  # the attribute genai_fast.ops.conv2d is the op
 
@@ -112,6 +112,129 @@ def test_pointwise_gemm_only_where_it_is_faster():
     assert conv_module._is_pointwise_gemm(small, w[:64, :64], [1, 1], [0, 0], [1, 1], 1)
     assert not conv_module._is_pointwise_gemm(small, w[:64, :64], [2, 2], [0, 0], [1, 1], 1)
     assert not conv_module._is_pointwise_gemm(small.contiguous(), w[:64, :64], [1, 1], [0, 0], [1, 1], 1)
+
+
+WINOGRAD_LAYERS = {  # odd H and W (dropped edge outputs), C not a multiple of 16, one pixel, SD-like
+    "odd-2x12x9x11-to20": Layer(2, 12, 9, 11, 20, (3, 3), padding=1),
+    "sd-like-2x64x8x8-to64": Layer(2, 64, 8, 8, 64, (3, 3), padding=1),
+    "one-pixel-1x3x1x1-to5": Layer(1, 3, 1, 1, 5, (3, 3), padding=1),
+    "wide-1x33x4x6-to17": Layer(1, 33, 4, 6, 17, (3, 3), padding=1),
+}
+
+
+@pytest.mark.parametrize("epilogue", ["plain", "all", "sample-bias-silu-res", "resnet-conv2", "bias-silu"])
+@pytest.mark.parametrize("layer", WINOGRAD_LAYERS.keys())
+def test_cpp_winograd_matches_reference(layer, epilogue):
+    _require("cpp")
+    out = check_backend("cpp", make_args(WINOGRAD_LAYERS[layer], epilogue, torch.float32))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+def test_cpp_winograd_weights_at_any_strides_and_nonchannels_last_residual(weight_layout):
+    _require("cpp")
+    args = make_args(WINOGRAD_LAYERS["odd-2x12x9x11-to20"], "all", torch.float32, weight_layout=weight_layout)
+    args["residual"] = args["residual"].contiguous()  # NCHW residual: converted by the launcher
+    check_backend("cpp", args)
+
+
+def test_cpp_winograd_gradients_match_reference():
+    _require("cpp")
+    args = make_args(WINOGRAD_LAYERS["wide-1x33x4x6-to17"], "sample-bias-silu-res", torch.float32)
+    leaves = {k: args[k].detach().requires_grad_() for k in ("x", "weight", "bias", "residual")}
+    genai_fast.conv2d(**{**args, **leaves}, backend="cpp").square().sum().backward()
+    got = {k: t.grad.clone() for k, t in leaves.items()}
+    for t in leaves.values():
+        t.grad = None
+    genai_fast.conv2d(**{**args, **leaves}, backend="torch").square().sum().backward()
+    for k, t in leaves.items():
+        torch.testing.assert_close(got[k], t.grad, rtol=1e-4, atol=1e-4, msg=k)
+
+
+def test_cpp_winograd_says_what_it_cannot_run():
+    _require("cpp")
+    for layer, layout, message in [("3x3-stride2-pad1-1x6x13x9-to10", "channels_last", "stride 1, padding 1"),
+                                   ("3x3-groups2-2x12x7x7-to8", "channels_last", "grouped"),
+                                   ("1x1-2x20x5x7-to24", "channels_last", "3x3 kernels"),
+                                   ("3x3-pad1-odd-2x12x9x11-to20", "contiguous", "dense channels_last")]:
+        args = make_args(LAYERS[layer], "plain", torch.float32, layout)
+        with pytest.raises(genai_fast.BackendNotSupportedError, match=message):
+            genai_fast.conv2d(**args, backend="cpp")
+    with pytest.raises(genai_fast.BackendNotSupportedError, match="dtype float16"):
+        genai_fast.conv2d(**make_args(WINOGRAD_LAYERS["odd-2x12x9x11-to20"], "plain", torch.float16), backend="cpp")
+
+
+def test_cpu_choice_takes_winograd_only_where_it_pays():
+    """Large 3x3 convs (SD1.5's) go to Winograd, small ones and few-tile ones to oneDNN (shapes only:
+    nothing is run)."""
+    impls = {impl.backend: impl for impl in OPS["conv2d"].implementations}
+    runnable = [impls[name] for name in ("cpp", "torch+inplace", "torch")]
+
+    def choice(N, C, H, W, C_out, layout=torch.channels_last):
+        x = torch.empty(N, C, H, W).to(memory_format=layout)
+        w = torch.empty(C_out, C, 3, 3)
+        call = conv_module._dispatch_inputs(x, w, None, None, [1, 1], [1, 1], [1, 1], 1, None, 1.0)
+        return conv_module._choose(call, runnable).backend
+
+    assert choice(1, 320, 64, 64, 320) == "cpp"
+    assert choice(2, 1280, 16, 16, 1280) == "cpp"
+    assert choice(2, 64, 16, 16, 64) == "torch+inplace"  # 2^24 multiply-adds
+    assert choice(2, 640, 8, 8, 640) == "torch+inplace"  # 32 tiles
+    assert choice(1, 320, 64, 64, 320, torch.contiguous_format) == "torch+inplace"
+
+
+def test_cpp_winograd_entry_points_validate_sizes():
+    _require("cpp")
+    from genai_fast.backends.cpp import extension
+
+    ext = extension()
+    x, V = torch.randn(1, 3, 3, 2), torch.empty(16, 4, 2)  # N1 H3 W3 C2: 2x2 tiles
+    ext.winograd_input_transform(x.data_ptr(), 18, V.data_ptr(), 128, 1, 3, 3, 2, 1)
+    for changed, message in [((17, 128), "x: expected N\\*H\\*W\\*C=18"), ((18, 127), "V: expected 16\\*P\\*C=128")]:
+        with pytest.raises(ValueError, match=message):
+            ext.winograd_input_transform(x.data_ptr(), changed[0], V.data_ptr(), changed[1], 1, 3, 3, 2, 1)
+    w, U = torch.randn(5, 2, 3, 3), torch.empty(16, 5, 2)
+    with pytest.raises(ValueError, match="weight: its strides reach element"):
+        ext.winograd_weight_transform(w.data_ptr(), 89, list(w.stride()), U.data_ptr(), 160, 2, 5, 1)
+    with pytest.raises(ValueError, match="U: expected 16\\*C\\*C_out=160"):
+        ext.winograd_weight_transform(w.data_ptr(), 90, list(w.stride()), U.data_ptr(), 150, 2, 5, 1)
+    M, out = torch.empty(16, 4, 5), torch.empty(1, 3, 3, 5)
+    ok = dict(M=M.data_ptr(), M_numel=320, bias=0, bias_numel=0, per_sample_bias=False, residual=0,
+              residual_numel=0, out=out.data_ptr(), out_numel=45, N=1, H=3, W=3, C_out=5, silu=False,
+              output_scale=1.0, num_threads=1)
+    ext.winograd_output_transform(**ok)
+    for key, value, message in [("M_numel", 319, "M: expected"), ("out_numel", 44, "out: expected"),
+                                ("N", 0, "expected N, H, W, C, C_out >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            ext.winograd_output_transform(**{**ok, key: value})
+    with pytest.raises(ValueError, match="bias: expected 5 elements"):
+        ext.winograd_output_transform(**{**ok, "bias": out.data_ptr(), "bias_numel": 4})
+
+
+def test_cpp_winograd_workspace_is_per_thread_and_releasable():
+    _require("cpp")
+    import threading
+
+    from genai_fast.backends.cpp import winograd
+
+    args = make_args(WINOGRAD_LAYERS["sd-like-2x64x8x8-to64"], "all", torch.float32)
+    results = {}
+
+    def run(name):
+        results[name] = genai_fast.conv2d(**args, backend="cpp")
+        results[name + " workspace"] = winograd._WORKSPACE.__dict__.get("M")
+
+    threads = [threading.Thread(target=run, args=(f"t{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.testing.assert_close(results["t0"], results["t1"], rtol=0, atol=0)
+    assert results["t0 workspace"] is not results["t1 workspace"]
+    genai_fast.conv2d(**args, backend="cpp")
+    assert "M" in winograd._WORKSPACE.__dict__
+    winograd.release_workspace()
+    assert "M" not in winograd._WORKSPACE.__dict__
 
 
 def test_reference_matches_conv2d_module():
@@ -227,8 +350,8 @@ def test_forcing_each_implementation_runs_it(backend):
 
 
 def test_forced_backend_without_implementation_lists_it():
-    with pytest.raises(genai_fast.BackendNotSupportedError, match="no 'cpp' implementation"):
-        genai_fast.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3), backend="cpp")
+    with pytest.raises(genai_fast.BackendNotSupportedError, match="no 'cuda' implementation"):
+        genai_fast.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3), backend="cuda")
 
 
 def test_float64_declined_by_kernels_with_reason():
@@ -242,8 +365,8 @@ def test_float64_declined_by_kernels_with_reason():
 
 def test_info_lists_every_implementation():
     rows = [r for r in genai_fast.info()["ops"] if r["op"] == "conv2d"]
-    assert [r["backend"] for r in rows] == ["triton", "torch+triton", "torch+inplace", "torch"]
-    assert [r["requires"] for r in rows] == ["triton", "triton", "torch", "torch"]
+    assert [r["backend"] for r in rows] == ["triton", "torch+triton", "cpp", "torch+inplace", "torch"]
+    assert [r["requires"] for r in rows] == ["triton", "triton", "cpp", "torch", "torch"]
     assert rows[-1]["available"] and rows[-2]["available"]
     for row in rows:
         assert row["available"] or row["reasons"], row

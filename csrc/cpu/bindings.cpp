@@ -11,6 +11,7 @@
 #include "group_norm.h"
 #include "linear.h"
 #include "rms_norm.h"
+#include "winograd.h"
 
 namespace py = pybind11;
 using namespace genai_fast;
@@ -152,6 +153,60 @@ void guided_update_forward_py(uintptr_t x, int64_t x_numel, uintptr_t model_outp
   guided_update_forward(args);
 }
 
+WinogradShape winograd_shape(int64_t N, int64_t H, int64_t W, int64_t C, int64_t C_out) {
+  WinogradShape shape;
+  shape.N = N, shape.H = H, shape.W = W, shape.C = C, shape.C_out = C_out;
+  return shape;
+}
+
+void winograd_input_py(uintptr_t x, int64_t x_numel, uintptr_t V, int64_t V_numel, int64_t N, int64_t H, int64_t W,
+                       int64_t C, int num_threads) {
+  WinogradInputArgs args;
+  args.shape = winograd_shape(N, H, W, C, 1);
+  args.x = as_ptr<const float>(x);
+  args.V = as_ptr<float>(V);
+  args.x_numel = x_numel, args.V_numel = V_numel;
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  winograd_input_transform(args);
+}
+
+void winograd_weight_py(uintptr_t weight, int64_t weight_extent, std::vector<int64_t> strides, uintptr_t U,
+                        int64_t U_numel, int64_t C, int64_t C_out, int num_threads) {
+  if (strides.size() != 4) throw std::invalid_argument("weight: expected 4 strides");
+  WinogradWeightArgs args;
+  args.shape = winograd_shape(1, 1, 1, C, C_out);
+  args.weight = as_ptr<const float>(weight);
+  args.weight_extent = weight_extent;
+  for (int k = 0; k < 4; ++k) args.strides[k] = strides[k];
+  args.U = as_ptr<float>(U);
+  args.U_numel = U_numel;
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  winograd_weight_transform(args);
+}
+
+void winograd_output_py(uintptr_t M, int64_t M_numel, uintptr_t bias, int64_t bias_numel, bool per_sample_bias,
+                        uintptr_t residual, int64_t residual_numel, uintptr_t out, int64_t out_numel, int64_t N,
+                        int64_t H, int64_t W, int64_t C_out, bool silu, double output_scale, int num_threads) {
+  WinogradOutputArgs args;
+  args.shape = winograd_shape(N, H, W, 1, C_out);
+  args.M = as_ptr<const float>(M);
+  args.bias = as_ptr<const float>(bias);
+  args.residual = as_ptr<const float>(residual);
+  args.out = as_ptr<float>(out);
+  args.M_numel = M_numel, args.bias_numel = bias_numel, args.residual_numel = residual_numel;
+  args.out_numel = out_numel;
+  args.per_sample_bias = per_sample_bias, args.silu = silu;
+  args.output_scale = static_cast<float>(output_scale);
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  winograd_output_transform(args);
+}
+
 void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k_cache,
                                  int64_t k_extent, std::vector<int64_t> k_strides, uintptr_t v_cache, int64_t v_extent,
                                  std::vector<int64_t> v_strides, std::vector<int64_t> lengths, uintptr_t out,
@@ -224,5 +279,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n"), py::arg("guided"), py::arg("guidance"), py::arg("coefficients"), py::arg("clip"),
         py::arg("num_threads"),
         "fp32 sampler update with classifier-free guidance in one pass (genai_fast.guided_update).");
+  m.def("winograd_input_transform", &winograd_input_py, py::arg("x"), py::arg("x_numel"), py::arg("V"),
+        py::arg("V_numel"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("num_threads"),
+        "fp32 x [N, H, W, C] (padding 1) -> V [16, P, C], Winograd F(2x2, 3x3) input tiles B^T d B.");
+  m.def("winograd_weight_transform", &winograd_weight_py, py::arg("weight"), py::arg("weight_extent"),
+        py::arg("strides"), py::arg("U"), py::arg("U_numel"), py::arg("C"), py::arg("C_out"), py::arg("num_threads"),
+        "fp32 weight [C_out, C, 3, 3] at any strides -> U [16, C_out, C], G g G^T.");
+  m.def("winograd_output_transform", &winograd_output_py, py::arg("M"), py::arg("M_numel"), py::arg("bias"),
+        py::arg("bias_numel"), py::arg("per_sample_bias"), py::arg("residual"), py::arg("residual_numel"),
+        py::arg("out"), py::arg("out_numel"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C_out"),
+        py::arg("silu"), py::arg("output_scale"), py::arg("num_threads"),
+        "fp32 M [16, P, C_out] -> out [N, H, W, C_out]: A^T m A, then (act(y + bias) + residual) * scale.");
   register_word2vec(m);
 }
