@@ -235,6 +235,12 @@ def test_cpp_winograd_workspace_is_per_thread_and_releasable():
     assert "M" in winograd._WORKSPACE.__dict__
     winograd.release_workspace()
     assert "M" not in winograd._WORKSPACE.__dict__
+    # Buffers first made under inference mode serve later calls outside it (and with autograd).
+    with torch.inference_mode():
+        genai_fast.conv2d(**args, backend="cpp")
+    x = args["x"].clone().requires_grad_()
+    genai_fast.conv2d(**{**args, "x": x}, backend="cpp").sum().backward()
+    assert x.grad is not None
 
 
 def test_reference_matches_conv2d_module():

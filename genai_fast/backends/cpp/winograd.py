@@ -27,7 +27,10 @@ def _scratch(name: str, shape: tuple[int, ...]) -> torch.Tensor:
         numel *= size
     buffer = getattr(_WORKSPACE, name, None)
     if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel)
+        # A normal tensor even when first made under torch.inference_mode(): an inference tensor could not be
+        # written (out=) by a later call outside it.
+        with torch.inference_mode(False):
+            buffer = torch.empty(numel)
         setattr(_WORKSPACE, name, buffer)
     return buffer[:numel].view(shape)
 
