@@ -4,7 +4,7 @@
 // it and g the 3x3 filter: 16 products per input/output channel pair instead of 36, so the GEMM work
 // is 2.25x smaller than a direct convolution's. The transforms are additions (and halvings in G), so
 // fp32 rounding grows little (the tests hold it to the float64 reference). The 16 GEMMs
-// M[k] = V[k] @ U[k] ([P, C] @ [C, C_out]) run in between as one torch.bmm; these three passes produce
+// M[k] = V[k] @ U[k]^T ([P, C] @ [C, C_out]) run in between as one torch.bmm; these three passes produce
 // V and U, and turn M into the output with the conv epilogue (bias, SiLU, residual, scale) applied while
 // each output element is in a register.
 //

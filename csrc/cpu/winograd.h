@@ -39,7 +39,7 @@ struct WinogradWeightArgs {
   int num_threads = 1;
 };
 
-// M [16, P, C_out] (the products V[k] @ U[k]) -> out [N, H, W, C_out] dense: A^T m A per tile, then the
+// M [16, P, C_out] (the products V[k] @ U[k]^T) -> out [N, H, W, C_out] dense: A^T m A per tile, then the
 // epilogue (act(y + bias) + residual) * output_scale. bias: null, [C_out], or [N, C_out] (per_sample);
 // residual: null or [N, H, W, C_out] dense.
 struct WinogradOutputArgs {
