@@ -6,9 +6,9 @@ its row (a view: no host sync) and runs a handful of elementwise ops on the late
 noise, and which DPM-Solver steps fall back to first order, is decided by the schedule alone, so no
 step ever branches on a tensor value.
 
-Every update is affine in the model output, so with classifier-free guidance `guided_step` runs the
-guidance combination and the update as one pass (genai_fast.guided_update) from per-step coefficients
-derived from the same rows (`_fused`).
+The updates are affine in the model output (all but dynamic thresholding and DDPM's learned variance), so
+with classifier-free guidance `guided_step` runs the guidance combination and the update as one pass
+(genai_fast.guided_update) from per-step coefficients derived from the same rows (`_fused`).
 
 The samplers keep a step counter, as diffusers' schedulers do: call `scale_model_input` / `step` once per
 entry of `timesteps`, in order. The `t` argument is checked against the counter's timestep when it is a

@@ -17,7 +17,8 @@ What patch() changes, each only where it can be shown to compute what diffusers 
   called without Attention.forward's per-call signature inspection.
 - Every other nn.GroupNorm: `genai_fast.group_norm`; the U-Net's closing conv_norm_out + SiLU fused.
 - Every other plain nn.Conv2d (conv_in/out, shortcuts, down/upsampler convs, proj_in): `genai_fast.conv2d`
-  (on a CPU a 1x1 conv of NHWC activations is one GEMM there, a third of oneDNN's time at small sizes).
+  (on a CPU a small 1x1 conv of NHWC activations is one GEMM there, a third of oneDNN's time, and every
+  large 3x3 conv, fused or not, runs Winograd's F(2x2, 3x3)).
 - Transformer2DModel outputs: no `.contiguous()` copy back to NCHW; the residual is added in the
   proj_out conv's epilogue.
 - GEGLU feed-forward activations (diffusers' GEGLU): the projection, then `genai_fast.geglu` (value *
