@@ -34,10 +34,8 @@ GF_CLONES void geglu_rows(const GegluArgs& a, int64_t begin, int64_t end) {
     float* out = a.out + r * H;
     for (int64_t j = 0; j < h16; j += 16) store16(out + j, load16(value + j) * gelu16(load16(gate + j), a.tanh));
     if (h16 < H) {  // the tail through one zero-padded vector, so every element takes the same arithmetic
-      float v[16] = {}, g[16] = {};
-      for (int64_t j = h16; j < H; ++j) v[j - h16] = value[j], g[j - h16] = gate[j];
-      const v16 y = load16(v) * gelu16(load16(g), a.tanh);
-      for (int64_t j = h16; j < H; ++j) out[j] = y[j - h16];
+      const int64_t tail = H - h16;
+      store_part(out + h16, load_part(value + h16, tail) * gelu16(load_part(gate + h16, tail), a.tanh), tail);
     }
   }
 }

@@ -17,19 +17,6 @@ struct Terms {
   bool x, x0, m, change, noise, clip, keep_x0;
 };
 
-// n <= 16 values from p into a zero-padded vector (the tail goes through the same arithmetic).
-GF_INLINE v16 load_part(const float* p, int64_t count) {
-  if (count == 16) return load16(p);
-  float buffer[16] = {};
-  for (int64_t j = 0; j < count; ++j) buffer[j] = p[j];
-  return load16(buffer);
-}
-
-GF_INLINE void store_part(float* p, v16 v, int64_t count) {
-  if (count == 16) return store16(p, v);
-  for (int64_t j = 0; j < count; ++j) p[j] = v[j];
-}
-
 GF_INLINE void update16(const GuidedUpdateArgs& a, const Terms& t, int64_t i, int64_t count) {
   const v16 x = load_part(a.x + i, count);
   v16 m = load_part(a.model_output + i, count);

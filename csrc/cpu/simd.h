@@ -3,6 +3,8 @@
 // with (AVX-512, AVX2 and the baseline, picked at run time).
 #pragma once
 
+#include <cstdint>
+
 #define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define GF_INLINE inline __attribute__((always_inline))
 
@@ -20,6 +22,20 @@ GF_INLINE v16 load16(const float* p) {
 }
 
 GF_INLINE void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// Up to 16 floats into a zero-padded vector, and back: the tail of a row goes through the same arithmetic
+// as its full vectors (so every element of a result is computed alike).
+GF_INLINE v16 load_part(const float* p, int64_t count) {
+  if (count == 16) return load16(p);
+  float buffer[16] = {};
+  for (int64_t j = 0; j < count; ++j) buffer[j] = p[j];
+  return load16(buffer);
+}
+
+GF_INLINE void store_part(float* p, v16 v, int64_t count) {
+  if (count == 16) return store16(p, v);
+  for (int64_t j = 0; j < count; ++j) p[j] = v[j];
+}
 
 // Lane j of the result is the sum of the 16 lanes of v[j]: 16 horizontal sums at once, by folding pairs of
 // vectors in halves (15 folds of two shuffles and an add, against about 7 instructions per hsum).

@@ -19,20 +19,6 @@
 namespace genai_fast {
 namespace {
 
-// Up to 16 values into a zero-padded vector, and back: the tail of a row of C goes through the same
-// arithmetic as its full vectors.
-GF_INLINE v16 load_part(const float* p, int64_t count) {
-  if (count == 16) return load16(p);
-  float buffer[16] = {};
-  for (int64_t j = 0; j < count; ++j) buffer[j] = p[j];
-  return load16(buffer);
-}
-
-GF_INLINE void store_part(float* p, v16 v, int64_t count) {
-  if (count == 16) return store16(p, v);
-  for (int64_t j = 0; j < count; ++j) p[j] = v[j];
-}
-
 // t = B^T d for one column of the window (d0..d3 top to bottom), or d B for one row (left to right).
 GF_INLINE void bt4(v16 d0, v16 d1, v16 d2, v16 d3, v16& t0, v16& t1, v16& t2, v16& t3) {
   t0 = d0 - d2;
