@@ -82,7 +82,8 @@ def conv2d(
         activation: None or "silu", applied after the bias and before the residual.
         residual: None or [N, C_out, H_out, W_out] in x's dtype, added after the activation.
         output_scale: the final multiplier (a ResnetBlock2D passes 1 / output_scale_factor).
-        backend: force "triton", "torch+triton", "torch+inplace" or "torch"; None picks the fastest.
+        backend: force "triton", "torch+triton", "cpp" (Winograd, CPU), "torch+inplace" or "torch"; None picks
+            the fastest.
 
     Returns:
         [N, C_out, H_out, W_out] in x's dtype, channels_last when x or weight is (as torch's conv).
