@@ -218,8 +218,8 @@ def _group_norm_backward_native(grad: torch.Tensor, x: torch.Tensor, num_groups:
     hxw = x.numel() // max(N * C, 1)
     ones = x.new_ones((C,)) if weight is None else None
     w = weight if weight is not None else ones
-    layout = _memory_format(x)
-    xc = x.contiguous(memory_format=layout)  # ATen's kernels read contiguous or channels_last only
+    layout = _native_memory_format(x)
+    xc = x.contiguous(memory_format=layout)
     y, mean, rstd = torch.native_group_norm(xc, w, bias, N, C, hxw, num_groups, eps)
     if activation == "silu":
         s = torch.sigmoid(y)
@@ -232,8 +232,11 @@ def _group_norm_backward_native(grad: torch.Tensor, x: torch.Tensor, num_groups:
     return dx, dweight, dbias
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+def _native_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout ATen's GroupNorm kernels accept for x: its CPU kernels read contiguous or channels_last, its
+    CUDA kernels contiguous only (they raise "Expected X.is_contiguous(memory_format)" on anything else)."""
+    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
 
