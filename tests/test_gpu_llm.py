@@ -30,11 +30,17 @@ def _tiny(kind: str):
 
 
 def _hf_greedy(hf, ids: list[int], n: int, exact: bool = True) -> list[int]:
-    """exact: exactly n tokens (EOS ignored, as the engine with eos_ids cleared)."""
+    """exact: exactly n tokens, EOS an ordinary token (as the engine with eos_ids cleared): the argmax of HF's
+    logits for each prefix. (generate(min_new_tokens=n) is no such oracle: it forbids EOS until the n-th
+    token, so where EOS is the argmax it picks the runner-up; this made the llama case fail on an H200.)
+    Otherwise HF generate's greedy search, stopping at EOS."""
     x = torch.tensor([ids], device="cuda")
     with torch.no_grad():
-        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n if exact else 0,
-                          do_sample=False, pad_token_id=0)
+        if exact:
+            for _ in range(n):
+                x = torch.cat([x, hf(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            return x[0, len(ids):].tolist()
+        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, pad_token_id=0)
     return out[0, len(ids):].tolist()
 
 
