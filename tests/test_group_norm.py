@@ -175,7 +175,7 @@ def test_cpu_float64_runs_on_reference_and_cpp_declines_it():
 
 def test_info_lists_every_backend():
     rows = [r for r in genai_fast.info()["ops"] if r["op"] == "group_norm"]
-    assert [r["backend"] for r in rows] == ["triton", "cuda", "cpp", "torch"]
+    assert [r["backend"] for r in rows] == ["cuda", "triton", "cpp", "torch"]
     torch_row = rows[-1]
     assert torch_row["available"] and not torch_row["reasons"]
     for row in rows:

@@ -269,6 +269,18 @@ _group_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ---------------------------------------------------------------- backends, in priority order
 
+# CUDA before Triton: on an H200 (fp16, 2x320x64x64) the CUDA kernel took 19-24 us (2.6-3.1x eager), the Triton
+# kernels 121-127 us (three launches, each mostly Triton's host overhead; bench/results/nvidia-h200-20261128.md).
+@GROUP_NORM.register(
+    "cuda",
+    Capability(devices=("cuda",), dtypes=KERNEL_DTYPES, layouts=LAYOUTS, min_compute_capability=(8, 0),
+               features=("split reduction across blocks", "fused silu", "NVRTC via CuPy")),
+)
+def _group_norm_cuda(x, num_groups, weight, bias, eps, activation):
+    from genai_fast.backends.cuda.group_norm import group_norm_fwd
+
+    return group_norm_fwd(x, num_groups, weight, bias, eps, activation)
+
 
 @GROUP_NORM.register(
     "triton",
@@ -277,17 +289,6 @@ _group_norm_op.register_autograd(_backward, setup_context=_setup_context)
 )
 def _group_norm_triton(x, num_groups, weight, bias, eps, activation):
     from genai_fast.kernels.group_norm import group_norm_fwd
-
-    return group_norm_fwd(x, num_groups, weight, bias, eps, activation)
-
-
-@GROUP_NORM.register(
-    "cuda",
-    Capability(devices=("cuda",), dtypes=KERNEL_DTYPES, layouts=LAYOUTS, min_compute_capability=(8, 0),
-               features=("split reduction across blocks", "fused silu", "NVRTC via CuPy")),
-)
-def _group_norm_cuda(x, num_groups, weight, bias, eps, activation):
-    from genai_fast.backends.cuda.group_norm import group_norm_fwd
 
     return group_norm_fwd(x, num_groups, weight, bias, eps, activation)
 

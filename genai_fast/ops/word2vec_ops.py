@@ -740,22 +740,6 @@ def device_tree(hs: HsTree, syn0: torch.Tensor) -> HsTree:
     return HsTree(syn1, table(hs.points, torch.int32), table(hs.codes, torch.uint8), table(hs.lengths, torch.int32))
 
 
-@WORD2VEC_TRAIN.register(
-    "triton",
-    Capability(devices=("cuda", "cpu"), dtypes=(torch.float32,),
-               features=("Hogwild over sentence slices", "pWord2Vec shared negatives (tl.dot)",
-                         "counter-based Philox draws", "alias-method noise sampling")),
-    check=_gpu_train_check,
-)
-def _train_chunk_triton(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                        mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
-    from genai_fast.kernels.word2vec import word2vec_train_fwd
-
-    return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
-                            alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
-                            seed, hs)
-
-
 def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
     reasons = _gpu_train_check(inputs)
     syn0 = inputs["syn0"]
@@ -767,6 +751,8 @@ def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
     return reasons
 
 
+# CUDA before Triton: on an H200 the CUDA trainer ran a 2.1M-token skip-gram chunk in 33 ms, Triton in 70 ms,
+# and trained the Debian corpus at 26.6M words/s against 12.6M (bench/results/nvidia-h200-20261128.md).
 @WORD2VEC_TRAIN.register(
     "cuda",
     Capability(devices=("cuda",), dtypes=(torch.float32,), min_compute_capability=(7, 0),
@@ -777,6 +763,22 @@ def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
 def _train_chunk_cuda(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
                       mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
     from genai_fast.backends.cuda.word2vec import word2vec_train_fwd
+
+    return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
+                            alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
+                            seed, hs)
+
+
+@WORD2VEC_TRAIN.register(
+    "triton",
+    Capability(devices=("cuda", "cpu"), dtypes=(torch.float32,),
+               features=("Hogwild over sentence slices", "pWord2Vec shared negatives (tl.dot)",
+                         "counter-based Philox draws", "alias-method noise sampling")),
+    check=_gpu_train_check,
+)
+def _train_chunk_triton(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
+                        mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
+    from genai_fast.kernels.word2vec import word2vec_train_fwd
 
     return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
                             alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
