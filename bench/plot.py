@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from genai_fast.io import atomic_write
@@ -19,9 +20,9 @@ def plot_speedups(result: dict[str, Any], path: str) -> None:
     rows = result["rows"]
     if not rows:
         raise ValueError("--plot: there are no benchmark rows to plot")
-    labels = [f"{r['op']} {r['shape']} {r['dtype']} [{r['backend']}]" for r in rows]
+    labels = _labels(rows)
     speedups = [r["speedup_vs_reference"] for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(12, 0.45 * len(rows) + 1.6))
     colors = ["tab:green" if s >= 1 else "tab:red" for s in speedups]
     ax.barh(range(len(rows)), speedups, color=colors)
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
@@ -38,3 +39,13 @@ def plot_speedups(result: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
+
+
+def _labels(rows: list[dict[str, Any]]) -> list[str]:
+    """op shape dtype [backend], plus "vs <reference>" where one measurement is compared with several."""
+    def key(r: dict[str, Any]) -> tuple[str, ...]:
+        return r["op"], r["shape"], r["dtype"], r["backend"]
+
+    counts = Counter(key(r) for r in rows)
+    return [f"{r['op']} {r['shape']} {r['dtype']} [{r['backend']}]"
+            + (f" vs {r['reference']}" if counts[key(r)] > 1 else "") for r in rows]
