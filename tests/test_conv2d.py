@@ -379,10 +379,11 @@ def test_info_lists_every_implementation():
 
 
 def test_gpu_race_times_both_once_and_keeps_the_faster(monkeypatch):
-    """The choice between implicit GEMM and cuDNN + epilogue, with the timer replaced (no GPU needed):
-    the faster one wins, the timing happens once per shape key, and other keys are timed afresh."""
+    """The choice between the two cuDNN paths, with the timer replaced (no GPU needed): the faster one wins,
+    the timing happens once per shape key, other keys are timed afresh, and the implicit GEMM is never raced
+    or chosen while something else can run."""
     timed = []
-    speeds = {"triton": 2.0, "torch+triton": 1.0}
+    speeds = {"torch+inplace": 2.0, "torch+triton": 1.0}
 
     def fake_time(impl, args):
         timed.append(impl.backend)
@@ -400,12 +401,14 @@ def test_gpu_race_times_both_once_and_keeps_the_faster(monkeypatch):
     call["device"] = torch.device("cuda")
     assert conv_module._choose(call, runnable).backend == "torch+triton"
     assert conv_module._choose(call, runnable).backend == "torch+triton"
-    assert sorted(timed) == ["torch+triton", "triton"]
-    speeds["triton"] = 0.5
+    assert sorted(timed) == ["torch+inplace", "torch+triton"]
+    speeds["torch+inplace"] = 0.5
     other = dict(call, args=(call["args"][0][:1], *call["args"][1:]))  # another batch size: a new key
-    assert conv_module._choose(other, runnable).backend == "triton"
+    assert conv_module._choose(other, runnable).backend == "torch+inplace"
     assert len(timed) == 4
-    assert {row["chosen"] for row in conv_module.measured_choices()} == {"triton", "torch+triton"}
+    assert {row["chosen"] for row in conv_module.measured_choices()} == {"torch+inplace", "torch+triton"}
+    # With one cuDNN path runnable, it runs untimed rather than the implicit GEMM listed before it.
+    assert conv_module._choose(call, [runnable[0], runnable[2], runnable[3]]).backend == "torch+inplace"
     # Without both GPU implementations runnable (a CPU tensor), priority order decides and nothing is timed.
     call["device"] = torch.device("cpu")
     assert conv_module._choose(call, runnable[2:]).backend == "torch+inplace"

@@ -46,7 +46,11 @@ ACTIVATIONS = (None, "silu")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("channels_last", "contiguous")
-RACED = ("triton", "torch+triton")  # the GPU implementations whose speed depends on the shape
+# The GPU implementations raced once per shape: the two cuDNN-based ones. The implicit-GEMM kernel ("triton")
+# is not raced: on an H200 it ran SD1.5's 320-channel 64x64 convs at 0.51-0.65x of cuDNN, and racing it costs an
+# autotuned compile (five tile configs) per shape on the first call, which kept the first text-to-image training
+# step from finishing in 50 s (bench/results/nvidia-h200-20261128.md). backend="triton" still forces it.
+RACED = ("torch+triton", "torch+inplace")
 
 CONV2D = define_op("conv2d")
 
@@ -327,7 +331,7 @@ _conv2d_op.register_autograd(_backward, setup_context=_setup_context)
     "triton",
     Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, layouts=LAYOUTS,
                features=("implicit GEMM, fp32 accumulation", "fused bias (per channel or per sample), silu, "
-                         "residual, scale", "autotuned tiles", "CUDA: raced against torch+triton per shape")),
+                         "residual, scale", "autotuned tiles", "CUDA: when forced (backend='triton')")),
 )
 def _conv2d_triton(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale):
     from genai_fast.kernels.conv2d import conv2d_fwd
@@ -343,7 +347,7 @@ def _conv2d_triton(x, weight, bias, residual, stride, padding, dilation, groups,
     "torch+triton",
     Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, layouts=LAYOUTS,
                features=("torch conv (cuDNN on CUDA)", "one Triton epilogue pass in place",
-                         "CUDA: raced against triton per shape")),
+                         "CUDA: raced against torch+inplace per shape")),
     requires="triton",
 )
 def _conv2d_torch_triton(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale):
@@ -406,7 +410,8 @@ def _conv2d_cpp(x, weight, bias, residual, stride, padding, dilation, groups, ac
     "torch+inplace",
     Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",),
                features=("torch conv with its [C_out] bias", "epilogue in place (add_, silu_, mul_)",
-                         "CPU: 1x1 convs of channels_last x as one GEMM")),
+                         "CPU: 1x1 convs of channels_last x as one GEMM",
+                         "CUDA: raced against torch+triton per shape")),
     requires="torch",
 )
 def _conv2d_torch_inplace(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale):
@@ -493,13 +498,13 @@ def _time_ms(impl: Implementation, args: tuple) -> float:
 def _choose(inputs: dict[str, Any], runnable: list[Implementation]) -> Implementation:
     """The dispatcher's choice among the runnable implementations.
 
-    When both the implicit GEMM ("triton") and cuDNN + epilogue ("torch+triton") can run (a CUDA
-    tensor), the first call at each shape key times both on the call's own inputs and remembers the
-    faster: users get the faster of the two at every shape, at the cost of a few extra runs once per
-    shape. While a CUDA graph is being captured nothing can be timed: an uncached shape then takes
-    cuDNN + epilogue (the safer default: cuDNN's kernels are tuned per architecture), without caching.
-    On a CPU, Winograd ("cpp") runs only where it pays (`_winograd_pays`). Otherwise the first runnable
-    implementation in priority order wins.
+    When both cuDNN-based implementations can run (a CUDA tensor; RACED), the first call at each shape key
+    times both on the call's own inputs and remembers the faster: cuDNN with a Triton epilogue pass
+    ("torch+triton") or with torch's in-place ops ("torch+inplace"; on an H200 the Triton launch cost more than
+    the passes it saved at some shapes). While a CUDA graph is being captured nothing can be timed: an uncached
+    shape then takes cuDNN + the Triton epilogue, without caching. On a CPU, Winograd ("cpp") runs only where
+    it pays (`_winograd_pays`). Otherwise the first runnable implementation that is not the implicit GEMM wins
+    (the implicit GEMM runs when forced or when nothing else can).
     """
     if inputs["device"].type != "cuda":
         if runnable[0].backend == "cpp" and not _winograd_pays(inputs["args"]):
@@ -507,7 +512,7 @@ def _choose(inputs: dict[str, Any], runnable: list[Implementation]) -> Implement
         return runnable[0]
     racers = [impl for impl in runnable if impl.backend in RACED]
     if len(racers) < 2:
-        return runnable[0]
+        return next((impl for impl in runnable if impl.backend != "triton"), runnable[0])
     by_name = {impl.backend: impl for impl in racers}
     key = _choice_key(inputs["args"])
     name = _CHOICES.get(key)
