@@ -341,6 +341,7 @@ def test_bad_input_names_the_argument(kwargs, error, name):
         (dict(cache_seqlens=torch.tensor([-1, 2], dtype=torch.int32)), ValueError, "cache_seqlens"),
         (dict(cache_seqlens=torch.tensor([3], dtype=torch.int32)), ValueError, "cache_seqlens"),
         (dict(cache_seqlens=torch.tensor([3.0, 2.0])), TypeError, "cache_seqlens"),
+        (dict(cache_seqlens=torch.tensor([3, 9], dtype=torch.int32, device="meta")), ValueError, "cache_seqlens"),
         (dict(v=None), ValueError, "v"),
         (dict(k=torch.randn(2, 2, 1, 8), v=torch.randn(2, 2, 2, 8)), ValueError, "v"),
         (dict(k_cache=torch.randn(2, 3, 20, 8), v_cache=torch.randn(2, 3, 20, 8)), ValueError, "k_cache"),

@@ -45,6 +45,34 @@ def test_gpu_triton_kvcache():
     check_kvcache("triton", 2, 9, 3, 600, 64, [5, 590], 4, 4, True, torch.bfloat16, "cuda")
 
 
+def test_gpu_kvcache_with_lengths_on_the_host():
+    """cache_seqlens on the CPU with CUDA caches: validated on the host without a sync (CUDA's sync debug mode
+    raises on one), the same result as lengths on the GPU, out-of-range lengths still rejected before the caches
+    are written, and refused while a CUDA graph is captured."""
+    _require()
+    q = torch.randn(3, 8, 1, 64, device="cuda", dtype=torch.bfloat16)
+    k_cache, v_cache = (torch.randn(3, 2, 300, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(3, 2, 1, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    host = torch.tensor([5, 299, 120], dtype=torch.int32)
+    caches = (k_cache.clone(), v_cache.clone())
+    expected = genai_fast.attention_with_kvcache(q, *caches, host.cuda(), k, v)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = genai_fast.attention_with_kvcache(q, k_cache, v_cache, host, k, v)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(k_cache, caches[0], rtol=0, atol=0)
+    before = k_cache.clone()
+    with pytest.raises(ValueError, match=r"^cache_seqlens:"):
+        genai_fast.attention_with_kvcache(q, k_cache, v_cache, torch.tensor([5, 300, 1], dtype=torch.int32), k, v)
+    assert torch.equal(k_cache, before)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match=r"^cache_seqlens: a CPU tensor"), torch.cuda.graph(graph):
+        genai_fast.attention_with_kvcache(q, k_cache, v_cache, host)
+
+
 def test_gpu_backward_is_deterministic():
     """dK/dV are accumulated inside one program per key block (no atomics): bitwise repeatable."""
     _require()
