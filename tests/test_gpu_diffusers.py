@@ -109,3 +109,41 @@ def test_sample_with_cuda_graph_matches_eager_sampling():
                                negative_encoder_hidden_states=uncond, progress=False, cuda_graph=graph))
     assert torch.isfinite(runs[1]).all()
     torch.testing.assert_close(runs[1], runs[0], rtol=2e-3, atol=2e-3)
+
+
+def test_sample_captures_by_default_and_falls_back_when_the_capture_is_refused(monkeypatch):
+    """cuda_graph="auto" (the default) replays a graph for CUDA latents under no_grad; a U-Net that reads a
+    value back to the host (which a capture cannot hold) gets a warning and the eager loop's result."""
+    import genai_fast.diffusion.sampling as sampling
+    from genai_fast.diffusion import GraphedCall, make_sampler, sample
+
+    made = []
+
+    class Recording(GraphedCall):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(sampling, "GraphedCall", Recording)
+    unet, _ = _models("cond")
+    unet = unet.to("cuda", torch.float16)
+    patch(unet)
+    g = torch.Generator().manual_seed(4)
+    latents = torch.randn(2, 4, 16, 16, generator=g).to("cuda", torch.float16)
+    cond, uncond = (torch.randn(2, 77, 64, generator=g).to("cuda", torch.float16) for _ in range(2))
+    kwargs = dict(guidance_scale=3.0, negative_encoder_hidden_states=uncond, progress=False)
+    with torch.no_grad():
+        eager = sample(unet, make_sampler("dpm++"), latents, cond, 8, cuda_graph=False, **kwargs)
+        auto = sample(unet, make_sampler("dpm++"), latents, cond, 8, **kwargs)
+    assert len(made) == 1 and made[0].failure is None and made[0].replays == 7
+    torch.testing.assert_close(auto, eager, rtol=2e-3, atol=2e-3)
+
+    def syncing_unet(x, t, encoder_hidden_states):
+        scale = 1.0 + 0.0 * float(x.float().abs().max())  # a host read: refused while capturing
+        return unet(x * scale, t, encoder_hidden_states=encoder_hidden_states)
+
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="capture was refused"):
+        fallback = sample(syncing_unet, make_sampler("dpm++"), latents, cond, 8, **kwargs)
+    assert made[-1].failure is not None and made[-1].replays == 0
+    torch.testing.assert_close(fallback, eager, rtol=2e-3, atol=2e-3)
+    torch.cuda.synchronize()  # the failed capture left the device usable

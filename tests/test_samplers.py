@@ -3,6 +3,7 @@ scale_model_input and every step of whole loops; seeded noise; sample_loop and C
 UNet2DConditionModel; from_config; bad input; and (on a GPU) no host syncs inside the loop."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -274,7 +275,7 @@ def test_sample_loop_grad_modes():
 def test_sample_cuda_graph_argument_checks(tiny_unet):
     x = torch.randn(1, 4, 8, 8)
     ctx = torch.randn(1, 5, 16)
-    with pytest.raises(TypeError, match=r"^cuda_graph: expected a bool"):
+    with pytest.raises(TypeError, match=r"^cuda_graph: expected True, False or 'auto'"):
         sample(tiny_unet, make_sampler("ddim"), x, ctx, 2, cuda_graph="yes")
     with torch.no_grad(), pytest.raises(ValueError, match=r"^cuda_graph: CUDA graphs need latents on a CUDA"):
         sample(tiny_unet, make_sampler("ddim"), x, ctx, 2, cuda_graph=True)
@@ -282,6 +283,43 @@ def test_sample_cuda_graph_argument_checks(tiny_unet):
 
     with pytest.raises(ValueError, match="need every input on a CUDA device"):
         GraphedCall(lambda a: a + 1)(x)
+
+
+def test_sample_cuda_graph_auto_runs_eagerly_on_a_cpu(tiny_unet, monkeypatch):
+    """The default ("auto") captures nothing for CPU latents: no GraphedCall, the eager loop's result."""
+    import genai_fast.diffusion.sampling as sampling
+
+    made = []
+    monkeypatch.setattr(sampling, "GraphedCall", lambda *a, **k: made.append(1))
+    x, ctx, neg = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 32), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        auto = sample(tiny_unet, make_sampler("dpm++"), x, ctx, 8, guidance_scale=2.0,
+                      negative_encoder_hidden_states=neg, progress=False)
+        eager = sample(tiny_unet, make_sampler("dpm++"), x, ctx, 8, guidance_scale=2.0,
+                       negative_encoder_hidden_states=neg, progress=False, cuda_graph=False)
+    assert not made
+    torch.testing.assert_close(auto, eager, rtol=0, atol=0)
+
+
+def test_graphed_call_with_fallback_warns_once_and_runs_eagerly():
+    from genai_fast.diffusion import GraphedCall
+
+    calls = []
+
+    def fn(a):
+        calls.append(1)
+        return a * 2
+
+    graphed = GraphedCall(fn, fallback=True)
+    x = torch.randn(3)
+    with pytest.warns(RuntimeWarning, match="capture was refused .*not a CUDA tensor.*running eagerly"):
+        first = graphed(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = graphed(x + 1)
+    torch.testing.assert_close(first, x * 2, rtol=0, atol=0)
+    torch.testing.assert_close(second, (x + 1) * 2, rtol=0, atol=0)
+    assert len(calls) == 2 and graphed.replays == 0 and "not a CUDA tensor" in graphed.failure
 
 
 def test_sample_loop_progress_bar(capsys):
