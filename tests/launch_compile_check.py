@@ -177,6 +177,20 @@ def _guided_update_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[],
                    x, half, None, None, out, None, False, 1.0, (0.0, 0.0, 1.0, 0.0, -0.8, 0.0, 0.0), float("inf")))
 
 
+def _rms_norm_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.rms_norm import MAX_D, rms_norm_fwd
+
+    # One value (D 1 and one row: constants), a decode batch at SmolLM2's width, odd D, Llama-8B's width,
+    # the widest row, and rows read in place at a padded stride.
+    for shape in [(1, 1), (1, 576), (8, 576), (3, 7), (2, 4096), (1, MAX_D)]:
+        for weight in (None, torch.empty(shape[-1], dtype=dtype)):
+            x = torch.empty(shape, dtype=dtype)
+            yield (f"rms_norm {shape} weight={weight is not None}",
+                   lambda x=x, weight=weight: rms_norm_fwd(x, weight, 1e-6))
+    x = torch.empty(5, 600, dtype=dtype)[:, :576]
+    yield "rms_norm (5, 576) at row stride 600", lambda: rms_norm_fwd(x, None, 1e-6)
+
+
 def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     from genai_fast.kernels.conv2d import conv2d_epilogue_, conv2d_fwd
 
@@ -231,7 +245,8 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
 
 
 OPS = {"attention": _attention_cases, "group_norm": _group_norm_cases, "conv2d": _conv2d_cases,
-       "geglu": _geglu_cases, "guided_update": _guided_update_cases, "word2vec": _word2vec_cases}
+       "geglu": _geglu_cases, "guided_update": _guided_update_cases, "rms_norm": _rms_norm_cases,
+       "word2vec": _word2vec_cases}
 
 
 def main() -> int:

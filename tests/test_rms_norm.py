@@ -61,6 +61,54 @@ def test_no_out_of_bounds_reads():
     assert torch.isfinite(out).all()
 
 
+needs_triton = pytest.mark.skipif(bool(backend_unavailable_reasons("triton")),
+                                  reason="; ".join(backend_unavailable_reasons("triton")) or "triton available")
+TRITON_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _check_triton(x, weight, eps, what):
+    with memory.poison_outputs():
+        out = genai_fast.rms_norm(x, weight, eps, backend="triton")
+    assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
+    oracle = genai_fast.rms_norm_reference(x.double(), None if weight is None else weight.double(), eps)
+    assert_matches_oracle(out, oracle, genai_fast.rms_norm_reference(x, weight, eps), what=what)
+    return out
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES.values(), ids=TRITON_DTYPES.keys())
+@pytest.mark.parametrize("case", ["1x576", "3x7", "1x1", "5x100"])
+def test_triton_matches_reference(case, dtype):
+    """The Triton kernel (under the interpreter here) against float64: with and without a weight, and its
+    rows read in place at a padded stride or copied from a transposed view; NaN rows stay in their row."""
+    R, D = SHAPES[case]
+    x = (torch.randn(R, D) * 3).to(dtype)
+    w = torch.randn(D).to(dtype)
+    _check_triton(x, w, 1e-5, f"rms_norm[triton] {case} {dtype}")
+    _check_triton(x, None, 1e-5, f"rms_norm[triton] {case} {dtype} no weight")
+    _check_triton((torch.randn(R, D + 9) * 3).to(dtype)[:, 4:4 + D], w, 1e-6, f"{case} rows {D + 9} apart")
+    _check_triton(torch.randn(D, R).to(dtype).t(), w, 1e-6, f"{case} transposed")
+    poisoned = x.clone()
+    poisoned[0, 0] = float("nan")
+    out = genai_fast.rms_norm(poisoned, w, 1e-5, backend="triton")
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
+
+
+@needs_triton
+def test_triton_keeps_hf_rounding_and_its_limits():
+    """fp16: the normalised row is rounded to fp16 before the weight scales it, as HF's LlamaRMSNorm does;
+    rows longer than the kernel's register tile fall back to torch under automatic dispatch."""
+    from genai_fast.kernels.rms_norm import MAX_D
+
+    x, w = torch.randn(4, 96).half(), torch.randn(96).half()
+    hf = w * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).half()
+    ours = genai_fast.rms_norm(x, w, 1e-5, backend="triton")
+    assert (ours.float() - hf.float()).abs().max() <= 2 * torch.finfo(torch.float16).eps * hf.float().abs().max()
+    with pytest.raises(BackendNotSupportedError, match=f"exceed the kernel's {MAX_D}"):
+        genai_fast.rms_norm(torch.randn(1, MAX_D + 1), backend="triton")
+    assert genai_fast.rms_norm(torch.randn(0, 8), backend="triton").shape == (0, 8)
+
+
 @needs_cpp
 def test_matches_hf_llama_rms_norm_and_rows_are_independent():
     transformers = pytest.importorskip("transformers")

@@ -96,9 +96,10 @@ class Norm(nn.Module):
         return self.weight * h.to(dtype)
 
     def step(self, x: torch.Tensor, rms_norm: RmsNormFn | None) -> torch.Tensor:
-        """Decode: x [B, hidden] -> [B, hidden]; an RMSNorm on fp32 rows runs `rms_norm` when given (the C++
-        kernel: torch's composite costs tens of microseconds per call at these sizes), else forward()."""
-        if rms_norm is not None and self.bias is None and x.dtype == torch.float32:
+        """Decode: x [B, hidden] -> [B, hidden]; an RMSNorm runs `rms_norm` when given (the kernel resolved for
+        the model's device and dtype: torch's composite costs tens of microseconds per call on a CPU at these
+        sizes, and eight kernels on a GPU), else forward()."""
+        if rms_norm is not None and self.bias is None:
             return rms_norm(x, self.weight, self.eps)
         return self.forward(x)
 
@@ -362,11 +363,11 @@ class DecoderModel(nn.Module):
         return self._decode_linears[key]
 
     def decode_rms_norm(self) -> RmsNormFn | None:
-        """genai_fast.rms_norm's C++ kernel for the decode step's norms (fp32 on a CPU with the extension), resolved
-        once per backend setting; None: the norms run their torch forward."""
+        """genai_fast.rms_norm's kernel for the decode step's norms (fp32 on a CPU with the extension: C++; on a
+        GPU: Triton), resolved once per backend setting; None: the norms run their torch forward."""
         key = ("rms_norm", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
-            self._decode_kernels[key] = resolve_rms_norm(self.device)
+            self._decode_kernels[key] = resolve_rms_norm(self.device, self.dtype)
         return self._decode_kernels[key]
 
     def decode_attend(self) -> AttendFn | None:

@@ -1,13 +1,14 @@
-"""RMSNorm over the last dimension, as Llama-family models apply it, with a C++ kernel for fp32 CPU inputs.
+"""RMSNorm over the last dimension, as Llama-family models apply it: a Triton kernel on a GPU, a C++ kernel for
+fp32 CPU inputs.
 
 out = weight * (x * rsqrt(mean(x^2, -1) + eps)), statistics in fp32 (HF's LlamaRMSNorm: the input is cast
 to fp32, normalised, cast back, then scaled). torch's own rms_norm is a composite of about eight ops on a
 CPU, which at decode sizes (a few rows of a few hundred values) costs tens of microseconds per call; the
 LLM engine runs this op in its decode step instead.
 
-Layers (DESIGN.md section 3): kernel csrc/cpu/rms_norm.cpp, launcher genai_fast/backends/cpp/rms_norm.py;
-this module holds the public function, validation, the `genai_fast::rms_norm` custom op with its fake and
-autograd, the reference and the backends.
+Layers (DESIGN.md section 3): kernels kernels/rms_norm.py (Triton, with its launcher) and csrc/cpu/rms_norm.cpp
+(launcher genai_fast/backends/cpp/rms_norm.py); this module holds the public function, validation, the
+`genai_fast::rms_norm` custom op with its fake and autograd, the reference and the backends.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
         x: [*, D] floating tensor.
         weight: [D] of x's dtype and device, or None (no scale).
         eps: added to the mean square, >= 0.
-        backend: force "cpp" or "torch"; None picks the C++ kernel for fp32 CPU inputs, else torch.
+        backend: force "triton", "cpp" or "torch"; None picks the Triton kernel for CUDA inputs (fp32, fp16,
+            bf16; rows of at most 16384), the C++ kernel for fp32 CPU inputs, else torch.
 
     Equivalent PyTorch (HF's LlamaRMSNorm)::
 
@@ -55,21 +57,25 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None = None, eps:
     return h if weight is None else weight * h
 
 
-def resolve_rms_norm(device: torch.device | str = "cpu", backend: str | None = None
+def resolve_rms_norm(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     backend: str | None = None
                      ) -> Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor] | None:
-    """The C++ kernel on one thread (decode rows are too few to share), with rms_norm's (x, weight, eps)
-    signature, when it serves fp32 inputs on `device`; None otherwise. For the LLM decode loop: no validation
-    per call; the caller passes fp32 x with unit stride in D and a contiguous weight."""
-    x = torch.empty((1, 8), device=device)
+    """The kernel rms_norm would run for `dtype` rows on `device`, with rms_norm's (x, weight, eps) signature
+    and no validation per call; None when that is torch's reference. For the LLM decode loop, which passes
+    x of `dtype` with unit stride in D and a contiguous weight: the C++ kernel on one thread (decode rows are
+    too few to share) on a CPU, the Triton kernel (one launch instead of torch's eight) on a GPU."""
+    x = torch.empty((1, 8), device=device, dtype=dtype)
     inputs = {"device": x.device, "dtype": x.dtype, "x": x, "weight": None}
-    if RMS_NORM.select(inputs, backend).backend != "cpp":
-        return None
-    from genai_fast.backends.cpp.rms_norm import rms_norm_fwd
+    chosen = RMS_NORM.select(inputs, backend).backend
+    if chosen == "cpp":
+        from genai_fast.backends.cpp.rms_norm import rms_norm_fwd as cpp_rms_norm
 
-    def run(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-        return rms_norm_fwd(x, weight, eps, 1)
+        return lambda x, weight, eps: cpp_rms_norm(x, weight, eps, 1)
+    if chosen == "triton" and x.device.type == "cuda":
+        from genai_fast.kernels.rms_norm import rms_norm_fwd as triton_rms_norm
 
-    return run
+        return triton_rms_norm
+    return None
 
 
 def _validate(x: Any, weight: Any, eps: Any, backend: Any) -> None:
@@ -133,6 +139,25 @@ _rms_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------- backends, in priority order
+
+
+def _triton_reasons(inputs: dict[str, Any]) -> list[str]:
+    from genai_fast.kernels.rms_norm import MAX_D
+
+    D = inputs["x"].shape[-1]
+    return [f"rows of {D} values exceed the kernel's {MAX_D}"] if D > MAX_D else []
+
+
+@RMS_NORM.register(
+    "triton",
+    Capability(devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16, torch.bfloat16),
+               layouts=("any",), features=("one launch", "row in registers", "HF's two roundings")),
+    check=_triton_reasons,
+)
+def _rms_norm_triton(x, weight, eps):
+    from genai_fast.kernels.rms_norm import rms_norm_fwd
+
+    return rms_norm_fwd(x, weight, eps)
 
 
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
