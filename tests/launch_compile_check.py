@@ -191,6 +191,22 @@ def _rms_norm_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
     yield "rms_norm (5, 576) at row stride 600", lambda: rms_norm_fwd(x, None, 1e-6)
 
 
+def _rope_append_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.rope_append import rope_append_fwd
+
+    # One sequence, one head of 2 values (constants); SmolLM2's heads; Llama-8B's at batch 8 in a batch-16
+    # cache; GPT-2's (no rotation).
+    for B, Hq, Hkv, D, rope in [(1, 1, 1, 2, True), (1, 9, 3, 64, True), (8, 32, 8, 128, True),
+                                (2, 12, 12, 64, False)]:
+        qkv = torch.empty(B, (Hq + 2 * Hkv) * D, dtype=dtype)
+        k_cache, v_cache = (torch.empty(max(B, 16), Hkv, 256, D, dtype=dtype) for _ in range(2))
+        table = torch.empty(256, D, dtype=dtype) if rope else None
+        seqlens = torch.zeros(B, dtype=torch.int32)
+        yield (f"rope_append B{B} Hq{Hq} Hkv{Hkv} D{D} rope={rope}",
+               lambda qkv=qkv, Hq=Hq, Hkv=Hkv, k=k_cache, v=v_cache, s=seqlens, t=table:
+               rope_append_fwd(qkv, Hq, Hkv, k, v, s, t, t))
+
+
 def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     from genai_fast.kernels.conv2d import conv2d_epilogue_, conv2d_fwd
 
@@ -246,7 +262,7 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
 
 OPS = {"attention": _attention_cases, "group_norm": _group_norm_cases, "conv2d": _conv2d_cases,
        "geglu": _geglu_cases, "guided_update": _guided_update_cases, "rms_norm": _rms_norm_cases,
-       "word2vec": _word2vec_cases}
+       "rope_append": _rope_append_cases, "word2vec": _word2vec_cases}
 
 
 def main() -> int:

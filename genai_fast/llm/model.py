@@ -41,6 +41,8 @@ LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.T
 RmsNormFn = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]  # genai_fast.rms_norm's
 # (q, k_cache, v_cache, host lengths, scale) -> out: see genai_fast.ops.attention.resolve_decode_attention.
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list, float], torch.Tensor]
+# kernels/rope_append.py's rope_append_fwd: (qkv, Hq, Hkv, k_cache, v_cache, seqlens, cos, sin) -> q
+AppendFn = Callable[..., torch.Tensor]
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +159,11 @@ class Layer(nn.Module):
         """x: [B, hidden] -> [B, hidden]; appends each sequence's K/V at its length."""
         cfg, B = self.cfg, x.shape[0]
         qkv = linear(x, self.wqkv, self.bqkv)
+        if at.append is not None:  # GPU: one kernel rotates q and k and appends k and v, then attend
+            q = at.append(qkv, cfg.num_heads, cfg.num_kv_heads, self.k_cache, self.v_cache, at.seqlens,
+                          *at.rope_tables)
+            out = attention_with_kvcache(q, self.k_cache[:B], self.v_cache[:B], at.after, scale=self.scale)
+            return linear(out.reshape(B, self.nq), self.wo, self.bo)
         qk = qkv[:, :self.nq + self.nkv].view(B, cfg.num_heads + cfg.num_kv_heads, 1, cfg.head_dim)
         if rope is not None:
             qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
@@ -196,13 +203,16 @@ class Layer(nn.Module):
 @dataclass
 class StepPositions:
     """Where one decode step writes. seqlens: [B] int32 on the device, each cache length before the step.
-    host: the same values on the host when known (CPU), else None; after: seqlens + 1 (with host only);
-    attend: the resolved C++ decode attention (see DecoderModel.decode_attend), or None."""
+    host: the same values on the host when known (CPU), else None; after: seqlens + 1 (with host or append);
+    attend: the resolved C++ decode attention (see DecoderModel.decode_attend), or None; append: the resolved
+    rope-and-append kernel (see DecoderModel.decode_append), or None."""
 
     seqlens: torch.Tensor
     host: list[int] | None = None
     after: torch.Tensor | None = None
     attend: AttendFn | None = None  # with host: attention_with_kvcache's C++ kernel, resolved once
+    append: AppendFn | None = None  # GPU: rotate q/k and append k/v in one kernel (then attend over `after`)
+    rope_tables: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # for `append`: cos, signed sin
 
 
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -223,6 +233,20 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
         return at.attend(q, k_cache, v_cache, [n + 1 for n in at.host],
                          1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)  # the op's default
     return attention_with_kvcache(q, k_cache, v_cache, at.after, scale=scale)
+
+
+def resolve_rope_append(device: torch.device, dtype: torch.dtype, head_dim: int) -> AppendFn | None:
+    """The fused rope-and-append launcher where it can run the decode step: CUDA, Triton available, fp32, fp16
+    or bf16, an even head_dim up to its limit, and the reference not forced."""
+    from genai_fast.backends.availability import backend_unavailable_reasons
+
+    if torch.device(device).type != "cuda" or os.environ.get(ENV_BACKEND, "").strip() == "torch":
+        return None
+    if backend_unavailable_reasons("triton") or dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    from genai_fast.kernels.rope_append import MAX_HEAD_DIM, rope_append_fwd
+
+    return rope_append_fwd if head_dim % 2 == 0 and head_dim <= MAX_HEAD_DIM else None
 
 
 class DecoderModel(nn.Module):
@@ -325,12 +349,17 @@ class DecoderModel(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed.index_select(0, seqlens)
         rope = None
-        if self.cos_table is not None:
-            rope = (self.cos_table.index_select(0, seqlens)[:, None, None],
-                    self.sin_signed_table.index_select(0, seqlens)[:, None, None])
-        at = StepPositions(seqlens)
-        if host_lengths is not None:
-            at = StepPositions(seqlens, host_lengths, seqlens + 1, self.decode_attend())
+        append = self.decode_append() if host_lengths is None else None
+        if append is not None:
+            at = StepPositions(seqlens, after=seqlens + 1, append=append,
+                               rope_tables=(self.cos_table, self.sin_signed_table))
+        else:
+            if self.cos_table is not None:
+                rope = (self.cos_table.index_select(0, seqlens)[:, None, None],
+                        self.sin_signed_table.index_select(0, seqlens)[:, None, None])
+            at = StepPositions(seqlens)
+            if host_lengths is not None:
+                at = StepPositions(seqlens, host_lengths, seqlens + 1, self.decode_attend())
         linear = self.decode_linear(B)
         # The C++ linears run on their own thread pool. With several threads, torch's OpenMP threads would
         # spin between its small ops here and take the cores from that pool (measured: 0.5x HF instead of
@@ -368,6 +397,15 @@ class DecoderModel(nn.Module):
         key = ("rms_norm", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
             self._decode_kernels[key] = resolve_rms_norm(self.device, self.dtype)
+        return self._decode_kernels[key]
+
+    def decode_append(self) -> AppendFn | None:
+        """On a GPU with Triton: kernels/rope_append.py's launcher, which rotates the new token's q and k and
+        appends its k and v in one kernel (about a dozen torch kernels otherwise, each a few microseconds of a
+        CUDA graph's step). None elsewhere, or with GENAI_FAST_BACKEND=torch. Resolved once per setting."""
+        key = ("append", os.environ.get(ENV_BACKEND))
+        if key not in self._decode_kernels:
+            self._decode_kernels[key] = resolve_rope_append(self.device, self.dtype, self.cfg.head_dim)
         return self._decode_kernels[key]
 
     def decode_attend(self) -> AttendFn | None:

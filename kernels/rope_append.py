@@ -1,0 +1,87 @@
+"""Triton kernel for the LLM decode step on a GPU: rotary embedding of the new token's q and k heads and the
+append of its k and v to the KV cache, in one launch.
+
+The step's fused QKV projection gives one row per sequence: [q heads | k heads | v heads], head_dim values
+each. torch needs a flip, two products and a sum for the rotation, then index arithmetic and two scatters
+for the append, with the position gathered from the rope tables first: about a dozen kernels per layer,
+each a few microseconds inside a CUDA graph. Here one program per (sequence, head) reads its head, rotates
+q and k heads by the sequence's position, and writes q to a [B, Hq, 1, D] output, k and v to the caches
+at that position.
+
+The rotation keeps torch's roundings (apply_rope in genai_fast/llm/model.py, itself bitwise HF's):
+x * cos and swapped(x) * sin are each rounded to the model's dtype, then their sum is. A position outside
+the cache writes nothing (the engine checks lengths on the host before decoding).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from genai_fast.backends import memory
+
+MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _rope_append_kernel(qkv_ptr, cos_ptr, sin_ptr, seqlens_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
+                        stride_qkv, skb, skh, skn, svb, svh, svn, s_max, HQ, HKV, D,
+                        HAS_ROPE: tl.constexpr, BLOCK_D: tl.constexpr):
+    b = tl.program_id(0)
+    head = tl.program_id(1)  # 0 .. HQ-1: q heads; HQ .. HQ+HKV-1: k heads; then v heads
+    pos = tl.load(seqlens_ptr + b)
+    offs = tl.arange(0, BLOCK_D)
+    d_valid = offs < D
+    row = qkv_ptr + b.to(tl.int64) * stride_qkv + head * D
+    x = tl.load(row + offs, mask=d_valid, other=0.0)
+    y = x
+    if HAS_ROPE:  # noqa: SIM102 (a compile-time branch around a run-time one)
+        if head < HQ + HKV:
+            half = D // 2
+            partner = tl.where(offs < half, offs + half, offs - half)  # rotate-half's source of each value
+            swapped = tl.load(row + partner, mask=d_valid, other=0.0)
+            cos = tl.load(cos_ptr + pos.to(tl.int64) * D + offs, mask=d_valid, other=0.0)
+            sin = tl.load(sin_ptr + pos.to(tl.int64) * D + offs, mask=d_valid, other=0.0)
+            a = (x.to(tl.float32) * cos.to(tl.float32)).to(x.dtype)
+            c = (swapped.to(tl.float32) * sin.to(tl.float32)).to(x.dtype)
+            y = (a.to(tl.float32) + c.to(tl.float32)).to(x.dtype)
+    # Writes into the cache only at a position inside it: no columns otherwise.
+    cache_cols = offs < tl.where((pos >= 0) & (pos < s_max), D, 0)
+    if head < HQ:
+        tl.store(q_ptr + (b.to(tl.int64) * HQ + head) * D + offs, y, mask=d_valid)
+    elif head < HQ + HKV:
+        dst = k_cache_ptr + b.to(tl.int64) * skb + (head - HQ) * skh + pos.to(tl.int64) * skn
+        tl.store(dst + offs, y, mask=cache_cols)
+    else:
+        dst = v_cache_ptr + b.to(tl.int64) * svb + (head - HQ - HKV) * svh + pos.to(tl.int64) * svn
+        tl.store(dst + offs, y, mask=cache_cols)
+
+
+def rope_append_fwd(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, seqlens: torch.Tensor, cos_table: torch.Tensor | None,
+                    sin_signed_table: torch.Tensor | None) -> torch.Tensor:
+    """qkv [B, (Hq + 2 Hkv) D] (unit stride in the row), caches [B', Hkv, S_max, D] with unit stride in D
+    (B <= B'), seqlens int32 [B] (each sequence's position), rope tables [max_len, D] contiguous or None
+    (no rotation, GPT-2) -> q [B, Hq, 1, D]; k and v written at cache position seqlens[b].
+
+    CUDA tensors, or CPU ones under TRITON_INTERPRET=1. The caller guarantees seqlens < S_max (the kernel
+    skips a write outside the cache rather than corrupt memory) and that the rope tables cover them."""
+    B = qkv.shape[0]
+    D = k_cache.shape[3]
+    heads = num_heads + 2 * num_kv_heads
+    if qkv.shape[1] != heads * D or qkv.stride(1) != 1:
+        raise ValueError(f"qkv: expected [B, {heads * D}] with unit stride, got {tuple(qkv.shape)} "
+                         f"strides {qkv.stride()}")
+    if D > MAX_HEAD_DIM or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
+        raise ValueError(f"k_cache/v_cache: expected head_dim <= {MAX_HEAD_DIM} with unit stride, got "
+                         f"{tuple(k_cache.shape)}, strides {k_cache.stride()} / {v_cache.stride()}")
+    q = memory.empty((B, num_heads, 1, D), dtype=qkv.dtype, device=qkv.device)
+    has_rope = cos_table is not None
+    cos = cos_table if has_rope else qkv
+    sin = sin_signed_table if has_rope else qkv
+    _rope_append_kernel[(B, heads)](
+        qkv, cos, sin, seqlens, q, k_cache, v_cache, qkv.stride(0), k_cache.stride(0), k_cache.stride(1),
+        k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), k_cache.shape[2],
+        num_heads, num_kv_heads, D, HAS_ROPE=has_rope, BLOCK_D=triton.next_power_of_2(D))
+    return q
