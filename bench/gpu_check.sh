@@ -2,15 +2,16 @@
 # The one prepared script for a lent GPU machine (DESIGN.md section 5). Run from the repository root:
 #   bash bench/gpu_check.sh            (writes under $OUT, or bench/out/ when OUT is unset)
 # It installs this checkout (no network there: --no-build-isolation --no-deps), runs the GPU tests, the
-# full benchmark suite, the text-to-image training time and the word2vec and LLM benchmarks, and writes
-# gpu_check.log, pytest_gpu.txt, <gpu>-<yyyymmdd>.json (+ .png), word2vec-<gpu>-<yyyymmdd>.json and
-# llm-<gpu>-<yyyymmdd>.json under $OUT. Each step has its own time limit (about 13 minutes in all at worst,
-# 9 expected from the H200 run of 2026-11-28); the steps run in order of importance, so when the run tool's limit (timeout_s up to 590,
-# less when a slow machine start has eaten the 15-minute device budget) cuts the script short, what it
+# full benchmark suite, the text-to-image training time, the word2vec and LLM benchmarks and a profile of the
+# LLM decode step, and writes gpu_check.log, pytest_gpu.txt, <gpu>-<yyyymmdd>.json (+ .png),
+# word2vec-<gpu>-<yyyymmdd>.json, llm-<gpu>-<yyyymmdd>.json and profile-<gpu>-<yyyymmdd>.txt under $OUT.
+# Each step has its own time limit (about 14 minutes in all at worst, 10 expected from the H200 run of
+# 2026-11-28). The steps run in order of importance, so when the run tool's limit cuts the script short
+# (timeout_s up to 590, less when a slow machine start has eaten the 15-minute device budget), what it
 # wrote under $OUT still comes back with the most important results in it.
-# (GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT, LLM_TIMEOUT and T2I_TIMEOUT shorten it when
-# device time is scarce; GPU_TESTS and BENCH_OPS narrow it to some test files and ops; W2V_TIMEOUT=0 skips
-# word2vec, LLM_TIMEOUT=0 the LLM step, T2I_TIMEOUT=0 the text2image step).
+# GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT, LLM_TIMEOUT, T2I_TIMEOUT and PROFILE_TIMEOUT
+# shorten it when device time is scarce (0 skips the word2vec, LLM, text2image or profile step); GPU_TESTS
+# and BENCH_OPS narrow it to some test files and ops.
 # The device image has no diffusers or CLIP vocabulary and no network: `bash bench/device_bundle.sh` here first
 # packs their wheels into .whl/ and Fashion-MNIST into .device/cache/; pass carry=[".whl", ".device"] to the run
 # tool, and this script installs the wheels under /tmp/site (PYTHONPATH) before anything else.
@@ -91,6 +92,13 @@ if [ "${LLM_TIMEOUT:-90}" != 0 ]; then
         --model /tmp/smollm2-random --device cuda --dtype bfloat16 --batch 1 8 --new-tokens 128 --reps 2 \
         --json '$OUT/llm-$name.json'" 2>&1 | tr '\r' '\n' | grep -v "it/s\|rep/s\|^ *$" | tail -8
     echo "llm exit status: ${PIPESTATUS[0]}"
+fi
+
+# Where the time goes in the LLM decode step (kernels per layer, the top kernels) and in the decode attention op
+# (host read of the lengths, launches, graph replay): bench/gpu_profile.py. PROFILE_TIMEOUT=0 skips it.
+if [ "${PROFILE_TIMEOUT:-60}" != 0 ]; then
+    step "profile: LLM decode step and decode attention"
+    timeout ${PROFILE_TIMEOUT:-60} $PY bench/gpu_profile.py 2>&1 | tee "$OUT/profile-$name.txt" | tail -30
 fi
 
 step "done in $(( $(date +%s) - start ))s; results: $OUT/$name.json"

@@ -1,0 +1,148 @@
+"""Where the GPU time goes, for the paths the benchmark table cannot explain: run on a lent GPU machine
+(bench/gpu_check.sh runs it last) and read the text it prints.
+
+    python bench/gpu_profile.py [--parts llm decode] [--llm-model /tmp/smollm2-random]
+
+- llm: one decode step of the LLM engine (batch 1; the model bench/random_llm.py writes, else a small
+  random Llama), profiled eagerly with torch.profiler. It prints how many kernels the step launches, how
+  many per layer, the top kernels by GPU time, and the step's time replayed from its CUDA graph.
+- decode: attention_with_kvcache at batch 1 and 16. It prints the op with lengths on the GPU (a host read,
+  which syncs) and on the CPU, the bare Triton launcher, the launcher replayed from a CUDA graph with its
+  GB/s, and torch SDPA flash over K/V repeated to the query heads.
+
+Numbers are medians of triton.testing.do_bench (CUDA events) after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+
+def _bench_us(fn) -> float:
+    import triton
+
+    return triton.testing.do_bench(fn, return_mode="median") * 1e3
+
+
+def _graph_us(fn) -> float:
+    """fn captured once as a CUDA graph (after a warm-up on a side stream), then its replays timed."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return _bench_us(graph.replay)
+
+
+def _llm_model(path: str | None):
+    from genai_fast.llm import load
+
+    if path and Path(path, "config.json").exists():
+        return load(path, dtype=torch.bfloat16, device="cuda"), Path(path).name
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=512)
+    hf = transformers.LlamaForCausalLM(cfg).eval().to("cuda", torch.bfloat16)
+    return load(hf, max_seq_len=512), "random Llama, SmolLM2-135M's layers, vocabulary 4096"
+
+
+def profile_llm_step(args: argparse.Namespace) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    engine, name = _llm_model(args.llm_model)
+    model = engine.model
+    model.allocate_cache(1, engine.max_seq_len)
+    model.prefill(torch.randint(0, 100, (1, 16), device="cuda"))
+    token = torch.randint(0, 100, (1, 1), device="cuda")
+    seqlens = torch.full((1,), 16, dtype=torch.int32, device="cuda")
+
+    def step() -> torch.Tensor:
+        return model.decode(token, seqlens)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    layers = len(model.layers)
+    print(f"LLM decode step ({name}, bf16, batch 1): {len(kernels)} kernels eagerly, "
+          f"{len(kernels) / layers:.1f} per layer over {layers} layers")
+    by_name = Counter()
+    time_by_name = Counter()
+    for e in kernels:
+        by_name[e.name[:70]] += 1
+        time_by_name[e.name[:70]] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+    for kernel, total in time_by_name.most_common(12):
+        print(f"  {total:9.1f} us  x{by_name[kernel]:<4d} {kernel}")
+    print(f"  step replayed from a CUDA graph: {_graph_us(step):.0f} us; eagerly: {_bench_us(step):.0f} us")
+
+
+def profile_decode_attention(args: argparse.Namespace) -> None:
+    del args  # no options
+    for B, L in ((1, 4096), (16, 4096)):
+        _profile_decode_case(B, L)
+
+
+def _profile_decode_case(B: int, L: int) -> None:
+    import torch.nn.functional as F
+    from genai_fast.kernels.attention import decode_fwd
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import genai_fast
+
+    q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, 8, L, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
+    host_lens = lens.cpu()
+    op_gpu = _bench_us(lambda: genai_fast.attention_with_kvcache(q, k, v, lens))
+    op_cpu = _bench_us(lambda: genai_fast.attention_with_kvcache(q, k, v, host_lens))
+    launcher = _bench_us(lambda: decode_fwd(q, k, v, lens, False, 128 ** -0.5))
+    graphed = _graph_us(lambda: decode_fwd(q, k, v, lens, False, 128 ** -0.5))
+    k_rep, v_rep = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        flash = _bench_us(lambda: F.scaled_dot_product_attention(q, k_rep, v_rep))
+    gbps = 2 * k.numel() * k.element_size() / (graphed * 1e-6) / 1e9
+    print(f"decode B{B} Hq32 Hkv8 L{L} D128 bf16: op (lengths on GPU) {op_gpu:.0f} us, op (lengths on CPU) "
+          f"{op_cpu:.0f} us, launcher {launcher:.0f} us, launcher in a graph {graphed:.0f} us ({gbps:.0f} GB/s), "
+          f"SDPA flash over repeated K/V {flash:.0f} us")
+
+
+PARTS = {"llm": profile_llm_step, "decode": profile_decode_attention}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=["llm", "decode"])
+    parser.add_argument("--llm-model", default="/tmp/smollm2-random",
+                        help="a folder from bench/random_llm.py (default: a small random Llama when missing)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_profile: needs a CUDA GPU", file=sys.stderr)
+        return 1
+    failed = False
+    for part in args.parts:
+        start = time.perf_counter()
+        try:
+            PARTS[part](args)
+        except Exception as exc:  # one part failing should not hide the others' numbers
+            print(f"{part}: failed: {type(exc).__name__}: {exc}")
+            failed = True
+        print(f"[{part}: {time.perf_counter() - start:.1f} s]", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
