@@ -207,6 +207,15 @@ def _rope_append_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], o
                rope_append_fwd(qkv, Hq, Hkv, k, v, s, t, t))
 
 
+def _swiglu_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.swiglu import swiglu_fwd
+
+    # One row of one pair (constants), SmolLM2's MLP at batch 1 and 8, Llama-8B's at batch 4.
+    for shape in [(1, 2), (1, 3072), (8, 3072), (4, 28672)]:
+        h = torch.empty(shape, dtype=dtype)
+        yield f"swiglu {shape}", lambda h=h: swiglu_fwd(h)
+
+
 def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     from genai_fast.kernels.conv2d import conv2d_epilogue_, conv2d_fwd
 
@@ -262,7 +271,7 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
 
 OPS = {"attention": _attention_cases, "group_norm": _group_norm_cases, "conv2d": _conv2d_cases,
        "geglu": _geglu_cases, "guided_update": _guided_update_cases, "rms_norm": _rms_norm_cases,
-       "rope_append": _rope_append_cases, "word2vec": _word2vec_cases}
+       "rope_append": _rope_append_cases, "swiglu": _swiglu_cases, "word2vec": _word2vec_cases}
 
 
 def main() -> int:

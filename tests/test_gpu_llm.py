@@ -114,9 +114,10 @@ def test_smollm2_on_cuda():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_decode_step_kernels_on_cuda(dtype):
     """On a GPU the decode step's RMSNorm is one Triton launch (torch's composite is eight), within two ulps
-    of the norm's own torch forward (HF's arithmetic), and the rope-and-append kernel is resolved (the greedy
-    tests above check the tokens it decodes)."""
+    of the norm's own torch forward (HF's arithmetic), and the rope-and-append and SwiGLU kernels are resolved
+    (the greedy tests above check the tokens they decode)."""
     from genai_fast.kernels.rope_append import rope_append_fwd
+    from genai_fast.kernels.swiglu import swiglu_fwd
 
     from genai_fast.ops.rms_norm import resolve_rms_norm
 
@@ -125,6 +126,7 @@ def test_decode_step_kernels_on_cuda(dtype):
     engine = load(_tiny("llama").to(dtype), max_seq_len=64)
     assert engine.model.decode_rms_norm() is run
     assert engine.model.decode_append() is rope_append_fwd
+    assert engine.model.decode_swiglu() is swiglu_fwd
     norm = engine.model.layers[0].norm1
     x = (torch.randn(3, norm.weight.shape[0], device="cuda") * 2).to(dtype)
     ours, theirs = norm.step(x, run).float(), norm.forward(x).float()

@@ -43,6 +43,7 @@ RmsNormFn = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list, float], torch.Tensor]
 # kernels/rope_append.py's rope_append_fwd: (qkv, Hq, Hkv, k_cache, v_cache, seqlens, cos, sin) -> q
 AppendFn = Callable[..., torch.Tensor]
+GluFn = Callable[[torch.Tensor], torch.Tensor]  # kernels/swiglu.py's swiglu_fwd: [R, 2H] -> silu(gate) * up
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -146,13 +147,14 @@ class Layer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
-             linear: LinearFn = F.linear, rms_norm: RmsNormFn | None = None) -> torch.Tensor:
+             linear: LinearFn = F.linear, rms_norm: RmsNormFn | None = None,
+             swiglu: GluFn | None = None) -> torch.Tensor:
         """Decode: x: [B, hidden], one token per sequence at positions at.seqlens -> [B, hidden]. The same
-        arithmetic as forward() with S == 1, fewer views; `linear` runs the projections and `rms_norm` the
-        norms (see DecoderModel.decode_linear and decode_rms_norm)."""
+        arithmetic as forward() with S == 1, fewer views; `linear` runs the projections, `rms_norm` the norms
+        and `swiglu` the MLP's silu(gate) * up (see DecoderModel.decode_linear, decode_rms_norm, decode_swiglu)."""
         # Norm.step, not __call__: the per-token path skips nn.Module's hook handling (about 60 calls a token).
         x = x + self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear)
-        return x + self.mlp(self.norm2.step(x, rms_norm), linear)
+        return x + self.mlp(self.norm2.step(x, rms_norm), linear, swiglu)
 
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
                        linear: LinearFn = F.linear) -> torch.Tensor:
@@ -172,10 +174,12 @@ class Layer(nn.Module):
                                 self.v_cache[:B], at, self.scale)
         return linear(out.reshape(B, self.nq), self.wo, self.bo)
 
-    def mlp(self, x: torch.Tensor, linear: LinearFn = F.linear) -> torch.Tensor:
-        """x: [..., hidden] -> [..., hidden]."""
+    def mlp(self, x: torch.Tensor, linear: LinearFn = F.linear, swiglu: GluFn | None = None) -> torch.Tensor:
+        """x: [..., hidden] -> [..., hidden]; swiglu: a kernel for silu(gate) * up on [rows, 2 * intermediate]."""
         h = linear(x, self.mlp_in, self.b_in)
-        if self.swiglu:
+        if swiglu is not None and self.swiglu and h.dim() == 2:
+            h = swiglu(h)
+        elif self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
         else:
@@ -238,15 +242,29 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
 def resolve_rope_append(device: torch.device, dtype: torch.dtype, head_dim: int) -> AppendFn | None:
     """The fused rope-and-append launcher where it can run the decode step: CUDA, Triton available, fp32, fp16
     or bf16, an even head_dim up to its limit, and the reference not forced."""
+    from genai_fast.kernels.rope_append import MAX_HEAD_DIM
+
+    if head_dim % 2 or head_dim > MAX_HEAD_DIM:
+        return None
+    return _resolve_gpu_kernel(device, dtype, "rope_append")
+
+
+def _resolve_gpu_kernel(device: torch.device, dtype: torch.dtype, name: str) -> Callable[..., torch.Tensor] | None:
+    """kernels/<name>.py's <name>_fwd for a decode step on a CUDA device with Triton, in fp32, fp16 or bf16,
+    unless GENAI_FAST_BACKEND=torch forces the reference; None otherwise."""
     from genai_fast.backends.availability import backend_unavailable_reasons
 
     if torch.device(device).type != "cuda" or os.environ.get(ENV_BACKEND, "").strip() == "torch":
         return None
     if backend_unavailable_reasons("triton") or dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return None
-    from genai_fast.kernels.rope_append import MAX_HEAD_DIM, rope_append_fwd
+    if name == "rope_append":
+        from genai_fast.kernels.rope_append import rope_append_fwd
 
-    return rope_append_fwd if head_dim % 2 == 0 and head_dim <= MAX_HEAD_DIM else None
+        return rope_append_fwd
+    from genai_fast.kernels.swiglu import swiglu_fwd
+
+    return swiglu_fwd
 
 
 class DecoderModel(nn.Module):
@@ -369,9 +387,10 @@ class DecoderModel(nn.Module):
         if solo:
             torch.set_num_threads(1)
         rms_norm = self.decode_rms_norm()
+        swiglu = self.decode_swiglu()
         try:
             for layer in self.layers:
-                x = layer.step(x, rope, at, linear, rms_norm)
+                x = layer.step(x, rope, at, linear, rms_norm, swiglu)
             return linear(self.norm.step(x, rms_norm), self.lm_head, None)
         finally:
             if solo:
@@ -406,6 +425,15 @@ class DecoderModel(nn.Module):
         key = ("append", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
             self._decode_kernels[key] = resolve_rope_append(self.device, self.dtype, self.cfg.head_dim)
+        return self._decode_kernels[key]
+
+    def decode_swiglu(self) -> GluFn | None:
+        """On a GPU with Triton, for silu MLPs: kernels/swiglu.py's launcher (one kernel for silu(gate) * up
+        instead of two, with torch's roundings). None elsewhere, or with GENAI_FAST_BACKEND=torch."""
+        key = ("swiglu", os.environ.get(ENV_BACKEND))
+        if key not in self._decode_kernels:
+            usable = self.cfg.family == "llama" and self.cfg.activation == "silu"
+            self._decode_kernels[key] = _resolve_gpu_kernel(self.device, self.dtype, "swiglu") if usable else None
         return self._decode_kernels[key]
 
     def decode_attend(self) -> AttendFn | None:

@@ -1,7 +1,11 @@
-"""The LLM decode step's fused rope-and-append kernel (kernels/rope_append.py) under the Triton interpreter:
-against the unfused step's own arithmetic (apply_rope, slice writes into the caches) in every kernel dtype,
-with and without rotation, GQA, a batch smaller than the caches, positions at both ends of the cache and one
-past it; then a whole decode step of tiny Llama, Qwen2 and GPT-2 models through it against the unfused step."""
+"""The LLM decode step's GPU kernels under the Triton interpreter.
+
+- Rope-and-append (kernels/rope_append.py) against the unfused step's own arithmetic (apply_rope, slice writes
+  into the caches) in every kernel dtype, with and without rotation, GQA, a batch smaller than the caches,
+  positions at both ends of the cache and one past it.
+- SwiGLU (kernels/swiglu.py) against torch's silu(gate) * up.
+- A whole decode step of tiny Llama, Qwen2 and GPT-2 models through both kernels against the unfused step.
+"""
 
 import pytest
 import torch
@@ -85,11 +89,34 @@ def _tiny(kind: str):
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", [(1, 2), (3, 3072), (2, 40)], ids=["one-value", "smollm2-mlp", "odd"])
+def test_swiglu_matches_torch(shape, dtype):
+    from genai_fast.kernels.swiglu import swiglu_fwd
+
+    h = (torch.randn(shape) * 4).to(dtype)
+    gate, up = h.chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    with memory.poison_outputs():
+        out = swiglu_fwd(h)
+    assert out.shape == expected.shape and out.dtype == dtype
+    # Two roundings as torch's (silu, then the product). bf16: the interpreter truncates instead of rounding,
+    # twice, against torch's two roundings to nearest: up to four bf16 ulps apart here.
+    tolerance = {torch.float16: 1e-3, torch.float32: 1e-6, torch.bfloat16: 2.0 ** -5}[dtype]
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+    wide = (torch.randn(shape[0], shape[1] + 6) * 4).to(dtype)
+    torch.testing.assert_close(swiglu_fwd(wide[:, 3:3 + shape[1]]), swiglu_fwd(wide[:, 3:3 + shape[1]].contiguous()),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^h: expected"):
+        swiglu_fwd(torch.randn(2, 3))
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
-def test_a_decode_step_through_the_kernel_matches_the_unfused_step(kind, monkeypatch):
-    """DecoderModel.decode without host lengths (the GPU graph path) with the kernel resolved, against the same
+def test_a_decode_step_through_the_kernels_matches_the_unfused_step(kind, monkeypatch):
+    """DecoderModel.decode without host lengths (the GPU graph path) with the kernels resolved, against the same
     step unfused: the same logits and caches after a ragged prefill."""
     from genai_fast.kernels.rope_append import rope_append_fwd
+    from genai_fast.kernels.swiglu import swiglu_fwd
 
     from genai_fast.llm import load
     from genai_fast.llm.model import DecoderModel
@@ -101,6 +128,8 @@ def test_a_decode_step_through_the_kernel_matches_the_unfused_step(kind, monkeyp
     runs = []
     for fused in (False, True):
         monkeypatch.setattr(DecoderModel, "decode_append", lambda self, f=fused: rope_append_fwd if f else None)
+        monkeypatch.setattr(DecoderModel, "decode_swiglu",
+                            lambda self, f=fused: swiglu_fwd if f and self.cfg.family == "llama" else None)
         model.allocate_cache(2, 16)
         model.prefill(ids, seqlens.long() - 1)
         logits = model.decode(tokens, seqlens)
