@@ -335,3 +335,53 @@ def test_patched_geglu_runs_genai_fast_and_defers_extra_arguments_to_diffusers()
     torch.testing.assert_close(fused, deferred, rtol=2e-6, atol=2e-6)
     unpatch(unet)
     assert "forward" not in geglu.__dict__
+
+
+# ---------------------------------------------------------------- cuda_graph=True (the eager paths on a CPU)
+
+
+def test_graphed_forward_runs_eagerly_off_the_gpu_and_unpatches():
+    """patch(unet, cuda_graph=True) on a CPU: every call takes the patched forward eagerly (no graph is made),
+    return_dict is honoured both ways, and unpatch brings back the class's forward."""
+    unet, inputs = _model(next(iter(COND_CONFIGS)))
+    plain = copy.deepcopy(unet)
+    patch(plain)
+    report = patch(unet, cuda_graph=True)
+    assert report.graphed_forward and "forward replayed from CUDA graphs: True" in str(report)
+    with torch.no_grad():
+        expected = plain(**inputs).sample
+        got = unet(**inputs)
+        as_tuple = unet(inputs["sample"], 3, inputs["encoder_hidden_states"], return_dict=False)
+        tuple_expected = plain(inputs["sample"], 3, inputs["encoder_hidden_states"], return_dict=False)
+    assert type(got).__name__ == "UNet2DConditionOutput"
+    torch.testing.assert_close(got.sample, expected, rtol=0, atol=0)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 1
+    torch.testing.assert_close(as_tuple[0], tuple_expected[0], rtol=0, atol=0)
+    assert unet._genai_fast_patch_state.graphed.graphs == {}
+    unpatch(unet)
+    assert "forward" not in unet.__dict__
+    with pytest.raises(TypeError, match=r"^cuda_graph: expected a bool"):
+        patch(unet, cuda_graph="yes")
+
+
+def test_graphed_forward_call_signatures():
+    """What keys a graph: tensor shapes and other arguments' values; a number timestep is an input (each step's
+    t must not make a new graph); dicts and tuples of tensors are inputs; rebuild puts new tensors in place."""
+    from genai_fast.integrations.diffusers_graph import _Unsupported, flatten_call
+
+    def call(t, extra=None, scale=1.0):
+        return {"sample": torch.randn(2, 4, 8, 8), "timestep": t, "added_cond_kwargs": extra,
+                "cross_attention_kwargs": {"scale": scale}}
+
+    key1, tensors1, rebuild = flatten_call(call(3, {"text_embeds": torch.randn(2, 6)}), torch.device("cpu"))
+    key2, tensors2, _ = flatten_call(call(900, {"text_embeds": torch.randn(2, 6)}), torch.device("cpu"))
+    assert key1 == key2 and len(tensors1) == 3 and tensors1[1].item() == 3 and tensors2[1].item() == 900
+    assert flatten_call(call(3, scale=0.5), torch.device("cpu"))[0] != flatten_call(call(3), torch.device("cpu"))[0]
+    assert flatten_call(call(3.0), torch.device("cpu"))[0] != key1  # a float t and an int t: other dtypes
+    fresh = tuple(torch.full_like(t, 7.0) for t in tensors1)
+    args = rebuild(fresh)
+    assert args["sample"] is fresh[0] and args["timestep"] is fresh[1]
+    assert args["added_cond_kwargs"]["text_embeds"] is fresh[2] and args["cross_attention_kwargs"] == {"scale": 1.0}
+    with pytest.raises(_Unsupported):
+        flatten_call({"sample": torch.randn(1), "timestep": 1, "cross_attention_kwargs": {"fn": print}},
+                     torch.device("cpu"))

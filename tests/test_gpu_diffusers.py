@@ -147,3 +147,35 @@ def test_sample_captures_by_default_and_falls_back_when_the_capture_is_refused(m
     assert made[-1].failure is not None and made[-1].replays == 0
     torch.testing.assert_close(fallback, eager, rtol=2e-3, atol=2e-3)
     torch.cuda.synchronize()  # the failed capture left the device usable
+
+
+def test_patched_unet_with_cuda_graph_replays_pipeline_calls():
+    """patch(unet, cuda_graph=True) on fp16 CUDA, called as a pipeline calls it (a CUDA 0-dim t per step,
+    return_dict=False; then a Python-int t with return_dict=True): the eager patched U-Net's outputs, one graph
+    per call signature, replayed at every later step."""
+    unet, _ = _models("cond")
+    unet = unet.to("cuda", torch.float16)
+    eager = copy.deepcopy(unet)
+    patch(eager)
+    report = patch(unet, cuda_graph=True)
+    assert report.graphed_forward
+    g = torch.Generator().manual_seed(5)
+    context = torch.randn(2, 77, 64, generator=g).to("cuda", torch.float16)
+    timesteps = torch.tensor([999, 800, 600, 400, 200, 1], device="cuda")
+    with torch.no_grad():
+        for t in timesteps:
+            x = torch.randn(2, 4, 16, 16, generator=g).to("cuda", torch.float16)
+            got = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+            want = eager(x, t, encoder_hidden_states=context, return_dict=False)[0]
+            torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+        graphs = unet._genai_fast_patch_state.graphed.graphs
+        assert len(graphs) == 1 and next(iter(graphs.values())).replays == len(timesteps) - 1
+        for t in (999, 10):
+            got = unet(x, t, encoder_hidden_states=context)
+            torch.testing.assert_close(got.sample, eager(x, t, encoder_hidden_states=context).sample,
+                                       rtol=2e-3, atol=2e-3)
+        assert len(graphs) == 2
+    x.requires_grad_(True)
+    out = unet(x, timesteps[0], encoder_hidden_states=context).sample  # gradients recorded: eager
+    out.float().sum().backward()
+    assert x.grad is not None and len(graphs) == 2

@@ -62,6 +62,7 @@ class PatchReport:
     output_norm_silu_fused: bool = False
     transformer_outputs: int = 0
     geglus: int = 0
+    graphed_forward: bool = False
     convs: int = 0
     channels_last_tensors: int = 0
     left: Counter = field(default_factory=Counter)
@@ -82,6 +83,7 @@ class PatchReport:
             f"  GEGLU feed-forward activations fused: {self.geglus}",
             f"  other convolutions on genai_fast.conv2d: {self.convs}",
             f"  tensors made channels_last: {self.channels_last_tensors}",
+            f"  forward replayed from CUDA graphs: {self.graphed_forward}",
         ]
         lines += [f"  left unpatched ({count}): {reason}" for reason, count in sorted(self.left.items())]
         return "\n".join(lines)
@@ -97,18 +99,26 @@ class _PatchState:
     processors: list[tuple[nn.Module, Any]] = field(default_factory=list)
     made_channels_last: list[str] = field(default_factory=list)
     fused_convs: set[int] = field(default_factory=set)  # ids of convs a patched forward calls through _conv
+    graphed: Any = None  # the GraphedForward of patch(cuda_graph=True): its graphs, one per call signature
 
 
 # ---------------------------------------------------------------- public API
 
 
-def patch(unet: nn.Module) -> PatchReport:
+def patch(unet: nn.Module, cuda_graph: bool = False) -> PatchReport:
     """Patch a diffusers UNet2DConditionModel or UNet2DModel in place; returns the PatchReport.
 
+    cuda_graph=True also replays the U-Net's forward from CUDA graphs, one per call signature, for calls on
+    CUDA tensors without gradient recording (genai_fast.integrations.diffusers_graph): what makes a pipeline's
+    U-Net steps fast on a GPU, where the eager step is bound by launching its kernels (an SD1.5 fp16 step on an
+    H200: 49.8 ms eagerly, 8.9 ms from a graph). Other calls run the patched forward eagerly.
+
     Patching twice returns the first report and changes nothing. Raises TypeError naming `unet` for
-    anything else.
+    anything else, or naming `cuda_graph` when it is not a bool.
     """
     _check_unet(unet)
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph: expected a bool, got {type(cuda_graph).__name__}")
     state = getattr(unet, STATE_ATTR, None)
     if state is not None:
         return state.report
@@ -121,6 +131,8 @@ def patch(unet: nn.Module) -> PatchReport:
     _patch_geglus(unet, state)
     _patch_group_norms(unet, state, skip=fused_norms)
     _patch_convs(unet, state)
+    if cuda_graph:
+        _patch_graphed_forward(unet, state)
     object.__setattr__(unet, STATE_ATTR, state)
     return state.report
 
@@ -170,6 +182,22 @@ def _shadow(module: nn.Module, name: str, fn: Any, state: _PatchState) -> None:
 def _has_own_forward(module: nn.Module) -> bool:
     # Something (accelerate's offload hooks, another patch) already replaced this instance's forward.
     return "forward" in module.__dict__
+
+
+def _patch_graphed_forward(unet: nn.Module, state: _PatchState) -> None:
+    from genai_fast.integrations.diffusers_graph import GraphedForward, graphable_forward_reason
+
+    if _has_own_forward(unet):
+        state.report.left["CUDA graphs: the U-Net's forward is already replaced (offload hooks?)"] += 1
+        return
+    forward = type(unet).forward.__get__(unet)
+    reason = graphable_forward_reason(forward)
+    if reason is not None:
+        state.report.left[f"CUDA graphs: {reason}"] += 1
+        return
+    graphed = state.graphed = GraphedForward(unet, forward)
+    _shadow(unet, "forward", lambda module, *args, **kwargs: graphed(*args, **kwargs), state)
+    state.report.graphed_forward = True
 
 
 # ---------------------------------------------------------------- channels_last
