@@ -94,6 +94,16 @@ if [ "${LLM_TIMEOUT:-90}" != 0 ]; then
     echo "llm exit status: ${PIPESTATUS[0]}"
 fi
 
+# Issue 5's bandwidth target (>= 60% of the measured copy bandwidth) needs a model whose decode step reads more
+# than SmolLM2-135M's 270 MB: Llama-3.2-1B's shapes, random bf16 weights (2.5 GB). Off unless LLM_1B_TIMEOUT is
+# set (about 90 s: writing the model, then batch 1 only).
+if [ "${LLM_1B_TIMEOUT:-0}" != 0 ]; then
+    step "LLM decode bandwidth: random Llama-3.2-1B-shaped model, bf16, batch 1, 64 new tokens"
+    timeout ${LLM_1B_TIMEOUT} bash -c "$PY bench/random_llm.py --shape llama-1b --dtype bfloat16 --out /tmp/llama1b-random \
+        && $PY bench/llm.py --model /tmp/llama1b-random --device cuda --dtype bfloat16 --batch 1 --new-tokens 64 \
+        --reps 2 --json '$OUT/llm-1b-$name.json'" 2>&1 | tr '\r' '\n' | grep -v "it/s\|rep/s\|^ *$" | tail -4
+fi
+
 # Where the time goes in the LLM decode step (kernels per layer, the top kernels) and in the decode attention op
 # (host read of the lengths, launches, graph replay): bench/gpu_profile.py. PROFILE_TIMEOUT=0 skips it.
 if [ "${PROFILE_TIMEOUT:-60}" != 0 ]; then

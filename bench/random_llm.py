@@ -10,6 +10,9 @@ tokenizer over the same 49,152 ids (the prompts' words, then filler tokens): eve
 byte read and every FLOP of a decode step, is the real model's; only the values, and so the text, differ.
 Decode speed does not depend on the values (no early stopping: the benchmark makes both sides produce exactly
 --new-tokens tokens).
+
+`--shape llama-1b --dtype bfloat16` writes Llama-3.2-1B's shapes instead (2.5 GB). Its decode step reads
+enough bytes for a bandwidth measurement; SmolLM2's small layers are bound by kernel latency.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layer
                 "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_position_embeddings": 8192,
                 "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True, "bos_token_id": 1,
                 "eos_token_id": 2, "pad_token_id": 2}
+# Llama-3.2-1B's shapes (1.24B parameters, 2.5 GB in bf16): a decode step that reads enough bytes to measure
+# bandwidth against issue 5's target, where SmolLM2-135M's 30 small layers are bound by kernel latency.
+LLAMA_1B = {**SMOLLM2_135M, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0}
+SHAPES = {"smollm2-135m": SMOLLM2_135M, "llama-1b": LLAMA_1B}
 SPECIAL = ["<unk>", "<s>", "</s>"]
 
 
@@ -45,9 +53,10 @@ def word_level_tokenizer(vocab_size: int, words: list[str]):
                                    pad_token="</s>")
 
 
-def write_random_llm(out: Path, seed: int = 0, **overrides: int) -> Path:
-    """Create `out` with a random SmolLM2-135M-shaped Llama checkpoint and tokenizer (config keys in
-    `overrides` replace SmolLM2's: the tests make a small one); returns out."""
+def write_random_llm(out: Path, seed: int = 0, shape: str = "smollm2-135m", dtype: torch.dtype = torch.float32,
+                     **overrides: int) -> Path:
+    """Create `out` with a random Llama checkpoint of `shape` (SHAPES) in `dtype`, and its tokenizer (config keys
+    in `overrides` replace the shape's: the tests make a small one); returns out."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,8 +64,8 @@ def write_random_llm(out: Path, seed: int = 0, **overrides: int) -> Path:
 
     words = sorted({w for p in PROMPTS for w in re.findall(r"\w+|[^\w\s]", p)})
     torch.manual_seed(seed)
-    config = {**SMOLLM2_135M, **overrides}
-    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    config = {**SHAPES[shape], **overrides}
+    model = LlamaForCausalLM(LlamaConfig(**config)).eval().to(dtype)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     word_level_tokenizer(config["vocab_size"], words).save_pretrained(out)
@@ -67,9 +76,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to create (config, weights, tokenizer)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="of the saved weights (bfloat16 halves the file of the 1B shape)")
     args = parser.parse_args()
-    path = write_random_llm(Path(args.out), args.seed)
-    print(f"wrote a random SmolLM2-135M-shaped model to {path}")
+    path = write_random_llm(Path(args.out), args.seed, args.shape, getattr(torch, args.dtype))
+    print(f"wrote a random {args.shape}-shaped model to {path}")
     return 0
 
 
