@@ -358,6 +358,11 @@ def test_graphed_forward_runs_eagerly_off_the_gpu_and_unpatches():
     assert isinstance(as_tuple, tuple) and len(as_tuple) == 1
     torch.testing.assert_close(as_tuple[0], tuple_expected[0], rtol=0, atol=0)
     assert unet._genai_fast_patch_state.graphed.graphs == {}
+    twin = copy.deepcopy(unet)  # e.g. an EMA copy: it must run its own weights
+    with torch.no_grad():
+        twin.conv_out.bias.add_(1.0)
+        torch.testing.assert_close(twin(**inputs).sample, expected + 1.0, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(unet(**inputs).sample, expected, rtol=0, atol=0)
     unpatch(unet)
     assert "forward" not in unet.__dict__
     with pytest.raises(TypeError, match=r"^cuda_graph: expected a bool"):

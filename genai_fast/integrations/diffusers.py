@@ -195,9 +195,14 @@ def _patch_graphed_forward(unet: nn.Module, state: _PatchState) -> None:
     if reason is not None:
         state.report.left[f"CUDA graphs: {reason}"] += 1
         return
-    graphed = state.graphed = GraphedForward(unet, forward)
-    _shadow(unet, "forward", lambda module, *args, **kwargs: graphed(*args, **kwargs), state)
+    state.graphed = GraphedForward(unet, forward)
+    _shadow(unet, "forward", _graphed_forward, state)
     state.report.graphed_forward = True
+
+
+def _graphed_forward(unet: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    # Found through the module, so a deep copy of the patched U-Net calls its own GraphedForward.
+    return getattr(unet, STATE_ATTR).graphed(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- channels_last

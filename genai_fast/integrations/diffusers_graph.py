@@ -20,6 +20,7 @@ A refused capture warns once for that signature and runs eagerly from then on (G
 
 from __future__ import annotations
 
+import copy
 import inspect
 import sys
 from collections.abc import Callable
@@ -45,6 +46,13 @@ class GraphedForward:
         module = sys.modules[type(unet).__module__]
         self.output_type = getattr(module, "UNet2DConditionOutput", None) or getattr(module, "UNet2DOutput", None)
         self.graphs: dict[tuple, GraphedCall] = {}
+
+    def __deepcopy__(self, memo: dict) -> GraphedForward:
+        """A copy bound to the copied U-Net (deepcopy rebinds the forward), with no graphs of its own yet."""
+        clone = GraphedForward.__new__(GraphedForward)
+        clone.forward = copy.deepcopy(self.forward, memo)
+        clone.signature, clone.output_type, clone.graphs = self.signature, self.output_type, {}
+        return clone
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         bound = self.signature.bind(*args, **kwargs)
