@@ -64,6 +64,7 @@ ENTRY_MODULES = (
     "group_norm",
     "guided_update",
     "linear",
+    "rms_norm",
     "unet",
     "word2vec",
 )
