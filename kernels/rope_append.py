@@ -76,8 +76,11 @@ def rope_append_fwd(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, k_cach
     if D > MAX_HEAD_DIM or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError(f"k_cache/v_cache: expected head_dim <= {MAX_HEAD_DIM} with unit stride, got "
                          f"{tuple(k_cache.shape)}, strides {k_cache.stride()} / {v_cache.stride()}")
-    q = memory.empty((B, num_heads, 1, D), dtype=qkv.dtype, device=qkv.device)
     has_rope = cos_table is not None
+    for name, table in (("cos_table", cos_table), ("sin_signed_table", sin_signed_table)):
+        if has_rope and (table is None or table.dim() != 2 or table.shape[1] != D or not table.is_contiguous()):
+            raise ValueError(f"{name}: expected a contiguous [max_len, {D}] table beside the other one")
+    q = memory.empty((B, num_heads, 1, D), dtype=qkv.dtype, device=qkv.device)
     cos = cos_table if has_rope else qkv
     sin = sin_signed_table if has_rope else qkv
     _rope_append_kernel[(B, heads)](
