@@ -72,7 +72,7 @@ class GraphedCall:
     def _give_up(self, why: str) -> bool:
         self.failure, self.graph, self.inputs, self.output = why, None, [], None
         warnings.warn(f"GraphedCall: the CUDA graph capture was refused ({why}); running eagerly instead",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)  # the caller of GraphedCall.__call__
         return False
 
     def _warm_up(self, args: tuple[torch.Tensor, ...]) -> None:
