@@ -4,7 +4,8 @@
   into the caches) in every kernel dtype, with and without rotation, GQA, a batch smaller than the caches,
   positions at both ends of the cache and one past it.
 - SwiGLU (kernels/swiglu.py) against torch's silu(gate) * up.
-- A whole decode step of tiny Llama, Qwen2 and GPT-2 models through both kernels against the unfused step.
+- Three greedy decode steps of tiny Llama, Qwen2 and GPT-2 models through these two and the Triton RMSNorm,
+  against the same steps unfused.
 """
 
 import pytest
@@ -112,9 +113,11 @@ def test_swiglu_matches_torch(shape, dtype):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
-def test_a_decode_step_through_the_kernels_matches_the_unfused_step(kind, monkeypatch):
-    """DecoderModel.decode without host lengths (the GPU graph path) with the kernels resolved, against the same
-    step unfused: the same logits and caches after a ragged prefill."""
+def test_decode_steps_through_the_kernels_match_the_unfused_steps(kind, monkeypatch):
+    """DecoderModel.decode without host lengths (the GPU graph path) with all three kernels resolved (RMSNorm,
+    rope-and-append, SwiGLU), against the same steps unfused: after a ragged prefill, three greedy steps give
+    the same logits, and the caches the same rows."""
+    from genai_fast.kernels.rms_norm import rms_norm_fwd
     from genai_fast.kernels.rope_append import rope_append_fwd
     from genai_fast.kernels.swiglu import swiglu_fwd
 
@@ -123,19 +126,24 @@ def test_a_decode_step_through_the_kernels_matches_the_unfused_step(kind, monkey
 
     model = load(_tiny(kind), max_seq_len=16).model
     ids = torch.randint(0, 64, (2, 5))
-    tokens = torch.randint(0, 64, (2, 1))
-    seqlens = torch.tensor([5, 3], dtype=torch.int32)
     runs = []
     for fused in (False, True):
         monkeypatch.setattr(DecoderModel, "decode_append", lambda self, f=fused: rope_append_fwd if f else None)
         monkeypatch.setattr(DecoderModel, "decode_swiglu",
                             lambda self, f=fused: swiglu_fwd if f and self.cfg.family == "llama" else None)
+        monkeypatch.setattr(DecoderModel, "decode_rms_norm", lambda self, f=fused: rms_norm_fwd if f else None)
         model.allocate_cache(2, 16)
-        model.prefill(ids, seqlens.long() - 1)
-        logits = model.decode(tokens, seqlens)
-        runs.append((logits, [layer.k_cache.clone() for layer in model.layers],
+        seqlens = torch.tensor([5, 3], dtype=torch.int32)
+        tokens = model.prefill(ids, seqlens.long() - 1).argmax(-1, keepdim=True)
+        steps = []
+        for _ in range(3):
+            logits = model.decode(tokens, seqlens)
+            steps.append(logits)
+            tokens, seqlens = logits.argmax(-1, keepdim=True), seqlens + 1
+        runs.append((steps, [layer.k_cache.clone() for layer in model.layers],
                      [layer.v_cache.clone() for layer in model.layers]))
     (plain, k_plain, v_plain), (fused, k_fused, v_fused) = runs
-    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    for got, want in zip(fused, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for a, b in zip(k_plain + v_plain, k_fused + v_fused, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
