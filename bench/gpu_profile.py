@@ -6,6 +6,8 @@
 - llm: one decode step of the LLM engine (batch 1; the model bench/random_llm.py writes, else a small
   random Llama), profiled eagerly with torch.profiler. It prints how many kernels the step launches, how
   many per layer, the top kernels by GPU time, and the step's time replayed from its CUDA graph.
+- word2vec: two skip-gram epochs on the GPU over the corpus gpu_check.sh unpacks (/tmp/w2v_corpus.txt). It
+  prints the kernels' share of the training's wall time: what is left is host work the GPU waits for.
 - decode: attention_with_kvcache at batch 1 and 16. It prints the op with lengths on the GPU (a host read,
   which syncs) and on the CPU, the bare Triton launcher, the launcher replayed from a CUDA graph with its
   GB/s, and torch SDPA flash over K/V repeated to the query heads.
@@ -20,8 +22,15 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
+
+
+def _device_us(event: Any) -> float:
+    """A profiler event's GPU time in microseconds (device_time_total; cuda_time_total on older torch)."""
+    total = getattr(event, "device_time_total", None)
+    return event.cuda_time_total if total is None else total
 
 
 def _bench_us(fn) -> float:
@@ -84,7 +93,7 @@ def profile_llm_step(args: argparse.Namespace) -> None:
     time_by_name = Counter()
     for e in kernels:
         by_name[e.name[:70]] += 1
-        time_by_name[e.name[:70]] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+        time_by_name[e.name[:70]] += _device_us(e)
     for kernel, total in time_by_name.most_common(12):
         print(f"  {total:9.1f} us  x{by_name[kernel]:<4d} {kernel}")
     print(f"  step replayed from a CUDA graph: {_graph_us(step):.0f} us; eagerly: {_bench_us(step):.0f} us")
@@ -120,14 +129,39 @@ def _profile_decode_case(B: int, L: int) -> None:
           f"SDPA flash over repeated K/V {flash:.0f} us")
 
 
-PARTS = {"llm": profile_llm_step, "decode": profile_decode_attention}
+def profile_word2vec(args: argparse.Namespace) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from genai_fast.word2vec import Word2Vec
+
+    if not Path(args.w2v_corpus).exists():
+        print(f"word2vec: no corpus at {args.w2v_corpus} (gpu_check.sh unpacks it), skipped")
+        return
+    model = Word2Vec(vector_size=100, window=5, negative=5, min_count=5, sg=1, workers=16, seed=1, device="cuda")
+    model.build_vocab(corpus_file=args.w2v_corpus)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        model.train(corpus_file=args.w2v_corpus, total_words=model.corpus_total_words, epochs=2)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(_device_us(e) for e in kernels) / 1e6
+    trainer = sum(_device_us(e) for e in kernels if "word2vec" in e.name or "train" in e.name) / 1e6
+    words = 2 * model.corpus_total_words
+    print(f"word2vec SG, 2 epochs, {words / 1e6:.1f}M words: wall {wall:.2f} s ({words / wall / 1e6:.1f}M words/s "
+          f"under the profiler); GPU kernels {busy:.2f} s ({busy / wall:.0%} of the wall), of which the trainer's "
+          f"{trainer:.2f} s; {len(kernels)} kernels")
+
+
+PARTS = {"llm": profile_llm_step, "word2vec": profile_word2vec, "decode": profile_decode_attention}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=["llm", "decode"])
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=["llm", "word2vec", "decode"])
     parser.add_argument("--llm-model", default="/tmp/smollm2-random",
                         help="a folder from bench/random_llm.py (default: a small random Llama when missing)")
+    parser.add_argument("--w2v-corpus", default="/tmp/w2v_corpus.txt")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_profile: needs a CUDA GPU", file=sys.stderr)
