@@ -87,6 +87,8 @@ class GraphedCall:
 
     def _capture(self, signature: list[tuple]) -> None:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # torch.cuda.graph leaves its capture stream current when ending the capture fails; the outer context
+        # puts the caller's stream back either way, so a refused capture leaves no trace for the eager calls.
+        with torch.cuda.stream(torch.cuda.current_stream()), torch.cuda.graph(graph):
             self.output = self.fn(*self.inputs)
         self.graph, self.signature = graph, signature
