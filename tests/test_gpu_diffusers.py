@@ -147,7 +147,8 @@ def test_sample_captures_by_default_and_falls_back_when_the_capture_is_refused(m
         fallback = sample(syncing_unet, make_sampler("dpm++"), latents, cond, 8, **kwargs)
     assert made[-1].failure is not None and made[-1].replays == 0
     torch.testing.assert_close(fallback, eager, rtol=2e-3, atol=2e-3)
-    torch.cuda.synchronize()  # the failed capture left the device usable
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # the failed capture's stream is gone
+    torch.cuda.synchronize()  # and the device is usable
 
 
 def test_patched_unet_with_cuda_graph_replays_pipeline_calls():
