@@ -20,7 +20,7 @@ Step backends: `cpp` (float32 contiguous CPU tables), then `torch` (any float dt
 and slices the chunk on the device, then kernels/word2vec.py or csrc/cuda/word2vec.cu train it,
 Hogwild over sentence slices, with the same counter-based Philox draws, `word2vec_draws_reference`),
 `cpp` (CPU, std::threads) and `torch` (CPU, slow fallback). Hierarchical softmax (`hs=HsTree(...)`) runs
-on all but the `cuda` backend.
+on every backend.
 """
 
 from __future__ import annotations
