@@ -91,17 +91,23 @@ def test_graphed_call_replays_clones_and_falls_back():
     assert graphed.replays == 2
 
 
+def _patched_fp16_sampling_inputs(seed: int):
+    """The patched fp16 conditional U-Net on CUDA, initial latents [2, 4, 16, 16] and cond/uncond contexts."""
+    unet, _ = _models("cond")
+    unet = unet.to("cuda", torch.float16)
+    patch(unet)
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(2, 4, 16, 16, generator=g).to("cuda", torch.float16)
+    cond, uncond = (torch.randn(2, 77, 64, generator=g).to("cuda", torch.float16) for _ in range(2))
+    return unet, latents, cond, uncond
+
+
 def test_sample_with_cuda_graph_matches_eager_sampling():
     """A patched fp16 U-Net, DPM-Solver++ (it keeps earlier outputs: the replay's output must be a copy)
     with guidance: the graph-replayed loop gives the eager loop's latents."""
     from genai_fast.diffusion import make_sampler, sample
 
-    unet, _ = _models("cond")
-    unet = unet.to("cuda", torch.float16)
-    patch(unet)
-    g = torch.Generator().manual_seed(3)
-    latents = torch.randn(2, 4, 16, 16, generator=g).to("cuda", torch.float16)
-    cond, uncond = (torch.randn(2, 77, 64, generator=g).to("cuda", torch.float16) for _ in range(2))
+    unet, latents, cond, uncond = _patched_fp16_sampling_inputs(seed=3)
     runs = []
     for graph in (False, True):
         with torch.no_grad():
@@ -125,12 +131,7 @@ def test_sample_captures_by_default_and_falls_back_when_the_capture_is_refused(m
             made.append(self)
 
     monkeypatch.setattr(sampling, "GraphedCall", Recording)
-    unet, _ = _models("cond")
-    unet = unet.to("cuda", torch.float16)
-    patch(unet)
-    g = torch.Generator().manual_seed(4)
-    latents = torch.randn(2, 4, 16, 16, generator=g).to("cuda", torch.float16)
-    cond, uncond = (torch.randn(2, 77, 64, generator=g).to("cuda", torch.float16) for _ in range(2))
+    unet, latents, cond, uncond = _patched_fp16_sampling_inputs(seed=4)
     kwargs = dict(guidance_scale=3.0, negative_encoder_hidden_states=uncond, progress=False)
     with torch.no_grad():
         eager = sample(unet, make_sampler("dpm++"), latents, cond, 8, cuda_graph=False, **kwargs)

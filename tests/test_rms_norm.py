@@ -19,10 +19,10 @@ SHAPES = {"1x576": (1, 576), "8x576": (8, 576), "3x7": (3, 7), "5x100": (5, 100)
           "300x960": (300, 960)}
 
 
-def _check(x, weight, eps, what):
+def _check(x, weight, eps, what, backend="cpp"):
     with memory.poison_outputs():
-        out = genai_fast.rms_norm(x, weight, eps, backend="cpp")
-    assert out.shape == x.shape and out.dtype == torch.float32 and out.is_contiguous()
+        out = genai_fast.rms_norm(x, weight, eps, backend=backend)
+    assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
     oracle = genai_fast.rms_norm_reference(x.double(), None if weight is None else weight.double(), eps)
     assert_matches_oracle(out, oracle, genai_fast.rms_norm_reference(x, weight, eps), what=what)
     return out
@@ -66,15 +66,6 @@ needs_triton = pytest.mark.skipif(bool(backend_unavailable_reasons("triton")),
 TRITON_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _check_triton(x, weight, eps, what):
-    with memory.poison_outputs():
-        out = genai_fast.rms_norm(x, weight, eps, backend="triton")
-    assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
-    oracle = genai_fast.rms_norm_reference(x.double(), None if weight is None else weight.double(), eps)
-    assert_matches_oracle(out, oracle, genai_fast.rms_norm_reference(x, weight, eps), what=what)
-    return out
-
-
 @needs_triton
 @pytest.mark.parametrize("dtype", TRITON_DTYPES.values(), ids=TRITON_DTYPES.keys())
 @pytest.mark.parametrize("case", ["1x576", "3x7", "1x1", "5x100"])
@@ -84,10 +75,10 @@ def test_triton_matches_reference(case, dtype):
     R, D = SHAPES[case]
     x = (torch.randn(R, D) * 3).to(dtype)
     w = torch.randn(D).to(dtype)
-    _check_triton(x, w, 1e-5, f"rms_norm[triton] {case} {dtype}")
-    _check_triton(x, None, 1e-5, f"rms_norm[triton] {case} {dtype} no weight")
-    _check_triton((torch.randn(R, D + 9) * 3).to(dtype)[:, 4:4 + D], w, 1e-6, f"{case} rows {D + 9} apart")
-    _check_triton(torch.randn(D, R).to(dtype).t(), w, 1e-6, f"{case} transposed")
+    _check(x, w, 1e-5, f"rms_norm[triton] {case} {dtype}", "triton")
+    _check(x, None, 1e-5, f"rms_norm[triton] {case} {dtype} no weight", "triton")
+    _check((torch.randn(R, D + 9) * 3).to(dtype)[:, 4:4 + D], w, 1e-6, f"{case} rows {D + 9} apart", "triton")
+    _check(torch.randn(D, R).to(dtype).t(), w, 1e-6, f"{case} transposed", "triton")
     poisoned = x.clone()
     poisoned[0, 0] = float("nan")
     out = genai_fast.rms_norm(poisoned, w, 1e-5, backend="triton")
