@@ -18,6 +18,7 @@ lengths, so no step pays for padding.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Callable
@@ -242,11 +243,12 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
 def resolve_rope_append(device: torch.device, dtype: torch.dtype, head_dim: int) -> AppendFn | None:
     """The fused rope-and-append launcher where it can run the decode step: CUDA, Triton available, fp32, fp16
     or bf16, an even head_dim up to its limit, and the reference not forced."""
+    launcher = _resolve_gpu_kernel(device, dtype, "rope_append")
+    if launcher is None:  # checked first: the kernel module imports Triton, which a CPU install may lack
+        return None
     from genai_fast.kernels.rope_append import MAX_HEAD_DIM
 
-    if head_dim % 2 or head_dim > MAX_HEAD_DIM:
-        return None
-    return _resolve_gpu_kernel(device, dtype, "rope_append")
+    return launcher if head_dim % 2 == 0 and head_dim <= MAX_HEAD_DIM else None
 
 
 def _resolve_gpu_kernel(device: torch.device, dtype: torch.dtype, name: str) -> Callable[..., torch.Tensor] | None:
@@ -258,13 +260,7 @@ def _resolve_gpu_kernel(device: torch.device, dtype: torch.dtype, name: str) -> 
         return None
     if backend_unavailable_reasons("triton") or dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return None
-    if name == "rope_append":
-        from genai_fast.kernels.rope_append import rope_append_fwd
-
-        return rope_append_fwd
-    from genai_fast.kernels.swiglu import swiglu_fwd
-
-    return swiglu_fwd
+    return getattr(importlib.import_module(f"genai_fast.kernels.{name}"), f"{name}_fwd")
 
 
 class DecoderModel(nn.Module):
