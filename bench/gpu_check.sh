@@ -44,10 +44,11 @@ $PY -m genai_fast.cli info || { echo "genai_fast does not import"; exit 1; }
 step "GPU tests (pytest -m gpu)"
 # Compiling Triton kernels (CPU work) dominates these tests: eight workers share the 16 cores (pytest-xdist is in
 # the device image; without it the tests run in one process). On the H200 (2026-11-28) four workers got through
-# 71 % of the suite in 120 s. pytest-timeout (also in the image) stops a hung test, so the cap keeps the summary.
+# 71 % of the suite in 120 s. pytest-timeout (also in the image) stops a hung test. The cap sends SIGINT, not
+# SIGTERM: pytest then prints the tracebacks of the failures so far (on 2026-11-28 a SIGTERM at 95 % lost them).
 workers=$($PY -c "import xdist" 2>/dev/null && echo "-n ${GPU_TEST_WORKERS:-8}" || echo "")
 per_test=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout=90" || echo "")
-timeout ${GPU_TEST_TIMEOUT:-180} $PY -m pytest -m gpu $workers $per_test -v --tb=short -p no:cacheprovider --continue-on-collection-errors -rs --durations=15 ${GPU_TESTS:-tests} 2>&1 \
+timeout -s INT -k 15 ${GPU_TEST_TIMEOUT:-180} $PY -m pytest -m gpu $workers $per_test -v --tb=short -p no:cacheprovider --continue-on-collection-errors -rs --durations=15 ${GPU_TESTS:-tests} 2>&1 \
     | tee "$OUT/pytest_gpu.txt" | grep -v " PASSED " | tail -60
 
 step "full benchmark"
