@@ -152,22 +152,25 @@ def run_benchmarks(device: torch.device, preset: str, ops: list[str] | None = No
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A fixed-width table of the rows, and the peaks it measured."""
-    header = f"{'op':<12} {'shape':<32} {'dtype':<9} {'backend':<7} {'ms':>8} {'ref ms':>8} {'speedup':>8} " \
-             f"{'GB/s':>8} {'TFLOP/s':>8} {'%peak':>6} {'max err':>9}"
-    lines = [header, "-" * len(header)]
-    for r in result["rows"]:
-        mark = "*" if r["auto_selected"] else " "
-        lines.append(
-            f"{r['op']:<12} {r['shape']:<32} {r['dtype']:<9} {r['backend'] + mark:<7} {r['median_ms']:>8.3f} "
-            f"{r['reference_ms']:>8.3f} {r['speedup_vs_reference']:>7.2f}x {r['gbps']:>8.1f} "
-            f"{r['tflops']:>8.3f} {r['pct_of_peak']:>6.1f} {r['max_err']:>9.2e}"
-        )
+    """A table of the rows (columns as wide as their longest entry; each row names the reference it is
+    compared with), and the peaks it measured."""
+    header = ("op", "shape", "dtype", "backend", "ms", "ref ms", "speedup", "GB/s", "TFLOP/s", "%peak", "max err",
+              "reference")
+    right = {"ms", "ref ms", "speedup", "GB/s", "TFLOP/s", "%peak", "max err"}
+    body = [(r["op"], r["shape"], r["dtype"], r["backend"] + ("*" if r["auto_selected"] else ""),
+             f"{r['median_ms']:.3f}", f"{r['reference_ms']:.3f}", f"{r['speedup_vs_reference']:.2f}x",
+             f"{r['gbps']:.1f}", f"{r['tflops']:.3f}", f"{r['pct_of_peak']:.1f}", f"{r['max_err']:.2e}",
+             r["reference"]) for r in result["rows"]]
+    widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = [c.rjust(w) if name in right else c.ljust(w) for c, w, name in zip(cells, widths, header, strict=True)]
+        return " ".join(padded).rstrip()
+
+    lines = [line(header), "-" * len(line(header))] + [line(row) for row in body]
     peaks = result["env"]["peaks"]
-    references = sorted({r["reference"] for r in result["rows"]})
-    lines.append(f"* = chosen by automatic dispatch. Reference: {'; '.join(references) or '-'}. "
-                 f"Measured peaks: copy {peaks['copy_gbps']:.1f} GB/s, {peaks['matmul_dtype']} matmul "
-                 f"{peaks['matmul_tflops']:.2f} TFLOP/s.")
+    lines.append(f"* = chosen by automatic dispatch. Measured peaks: copy {peaks['copy_gbps']:.1f} GB/s, "
+                 f"{peaks['matmul_dtype']} matmul {peaks['matmul_tflops']:.2f} TFLOP/s.")
     for s in result["skipped"]:
         lines.append(f"skipped {s['op']} {s['backend']} at {s['shape']}: {s['reason']}")
     return "\n".join(lines)

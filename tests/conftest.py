@@ -16,6 +16,12 @@ if not torch.cuda.is_available():
 
 HAS_GPU = torch.cuda.is_available()
 
+# Under pytest-xdist (bench/gpu_check.sh runs the GPU tests on 8 workers) each worker's torch would start one
+# CPU thread per core for the float64 oracles: 8x oversubscribed. Share the cores out instead.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 def pytest_collection_modifyitems(config, items):
     if HAS_GPU:

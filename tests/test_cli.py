@@ -49,6 +49,10 @@ def test_bench_quick_cpu_writes_json_and_plot(tmp_path):
     assert any(r["op"] == "group_norm" and r["backend"] == "cpp" for r in data["rows"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "speedup" in result.stdout
+    table = result.stdout.splitlines()
+    for row in data["rows"]:  # every printed row names the reference its speedup is against
+        assert any(line.startswith(row["op"]) and row["shape"] in line and line.rstrip().endswith(row["reference"])
+                   for line in table), row
 
 
 @pytest.mark.parametrize(
