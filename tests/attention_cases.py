@@ -36,10 +36,12 @@ class Case:
         return self.Dv or self.D
 
 
-def guarded(shape: tuple[int, ...], dtype: torch.dtype, device: str, scale: float = 1.0) -> torch.Tensor:
-    """randn of `shape` as a view into a NaN-filled buffer with 3 extra rows and 5 extra columns."""
+def guarded(shape: tuple[int, ...], dtype: torch.dtype, device: str, scale: float = 1.0,
+            extra_cols: int = 5) -> torch.Tensor:
+    """randn of `shape` as a view into a NaN-filled buffer with 3 extra rows and `extra_cols` extra columns
+    (5 by default: rows that are not 16-byte aligned; 8 fp16 columns keep them aligned, as TMA needs)."""
     *lead, rows, cols = shape
-    buf = torch.full((*lead, rows + 3, cols + 5), float("nan"), dtype=dtype, device=device)
+    buf = torch.full((*lead, rows + 3, cols + extra_cols), float("nan"), dtype=dtype, device=device)
     view = buf[..., :rows, :cols]
     view.copy_((torch.randn(shape, dtype=torch.float64) * scale).to(dtype))
     return view
@@ -71,9 +73,10 @@ def make_mask(case: Case, dtype: torch.dtype, device: str) -> torch.Tensor | Non
 
 
 def make_inputs(case: Case, dtype: torch.dtype, device: str):
-    q = guarded((case.B, case.Hq, case.Sq, case.D), dtype, device)
-    k = guarded((case.B, case.Hkv, case.Sk, case.D), dtype, device)
-    v = guarded((case.B, case.Hkv, case.Sk, case.dv), dtype, device)
+    pad = 16 // dtype.itemsize if case.extra.get("aligned") else 5
+    q = guarded((case.B, case.Hq, case.Sq, case.D), dtype, device, extra_cols=pad)
+    k = guarded((case.B, case.Hkv, case.Sk, case.D), dtype, device, extra_cols=pad)
+    v = guarded((case.B, case.Hkv, case.Sk, case.dv), dtype, device, extra_cols=pad)
     return q, k, v, make_mask(case, dtype, device)
 
 

@@ -79,7 +79,7 @@ def compiling_instead_of_launching(arch: int = 90) -> Iterator[CompileLog]:
         for config in tuner.prune_configs(kwargs):
             tuner.fn.run(*args, **kwargs, **config.all_kwargs())
 
-    from genai_fast.kernels import attention, group_norm
+    from genai_fast.kernels import attention, attention_tma, group_norm
 
     def as_gpu(config_fn: Callable) -> Callable:
         return lambda device, *a, **k: config_fn(torch.device("cuda"), *a, **k)
@@ -91,6 +91,7 @@ def compiling_instead_of_launching(arch: int = 90) -> Iterator[CompileLog]:
             stack.enter_context(mock.patch.object(module, "multiprocessor_count", lambda device: H100_SMS))
         for name in ("_fwd_config", "_bwd_config", "_decode_config", "_num_splits"):
             stack.enter_context(mock.patch.object(attention, name, as_gpu(getattr(attention, name))))
+        stack.enter_context(mock.patch.object(attention_tma, "_config", as_gpu(attention_tma._config)))
         stack.enter_context(mock.patch.object(group_norm, "_num_programs_target", lambda device: 4 * H100_SMS))
         yield log
 
@@ -130,6 +131,24 @@ def _attention_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obj
         lengths = torch.full((B,), s_max, dtype=torch.int32)
         yield (f"decode B{B} H{Hq}:{Hkv} Sq{Sq} S_max{s_max} D{D}",
                lambda q=q, cache=cache, lengths=lengths: A.decode_fwd(q, cache, cache, lengths, True, 0.125))
+
+
+def _attention_tma_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    """The Hopper TMA forward (fp16/bf16 only): one query row, one head, GQA, Sq != Sk, a [B, S, H, D] layout."""
+    from genai_fast.kernels import attention_tma as T
+
+    if dtype not in (torch.float16, torch.bfloat16):
+        return
+    for B, Hq, Hkv, Sq, Sk, D, causal, transposed in [(1, 1, 1, 1, 1, 64, True, False),
+                                                      (2, 8, 2, 77, 1000, 128, False, False),
+                                                      (1, 4, 4, 4096, 4096, 128, True, True)]:
+        def make(h, s, B=B, D=D, transposed=transposed):
+            return torch.empty(B, s, h, D, dtype=dtype).transpose(1, 2) if transposed else \
+                torch.empty(B, h, s, D, dtype=dtype)
+
+        q, k, v = make(Hq, Sq), make(Hkv, Sk), make(Hkv, Sk)
+        label = f"B{B} H{Hq}:{Hkv} Sq{Sq} Sk{Sk} D{D} causal={causal} layout={'BSHD' if transposed else 'BHSD'}"
+        yield f"attention_tma {label}", lambda q=q, k=k, v=v, causal=causal: T.attention_fwd_tma(q, k, v, causal, 0.1)
 
 
 def _group_norm_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
@@ -269,7 +288,8 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
                                           seed=1, tree=tree))
 
 
-OPS = {"attention": _attention_cases, "group_norm": _group_norm_cases, "conv2d": _conv2d_cases,
+OPS = {"attention": _attention_cases, "attention_tma": _attention_tma_cases, "group_norm": _group_norm_cases,
+       "conv2d": _conv2d_cases,
        "geglu": _geglu_cases, "guided_update": _guided_update_cases, "rms_norm": _rms_norm_cases,
        "rope_append": _rope_append_cases, "swiglu": _swiglu_cases, "word2vec": _word2vec_cases}
 

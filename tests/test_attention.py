@@ -410,7 +410,7 @@ def test_float64_runs_on_reference():
 
 def test_info_lists_attention_backends():
     rows = [r for r in genai_fast.info()["ops"] if r["op"] == "scaled_dot_product_attention"]
-    assert [r["backend"] for r in rows] == ["triton", "torch"]
+    assert [r["backend"] for r in rows] == ["triton", "torch", "triton+tma"]
 
 
 # ---------------------------------------------------------------- autograd, custom op, compile

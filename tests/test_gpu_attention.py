@@ -39,6 +39,23 @@ def test_gpu_triton_sdpa(case):
     check_sdpa("triton", *CASES[case], "cuda")
 
 
+TMA_CASES = {
+    "s1024-d128-causal-bf16": (Case(2, 4, 4, 1024, 1024, 128, causal=True, extra={"aligned": True}), torch.bfloat16),
+    "s1000-d128-full-bf16": (Case(1, 4, 4, 1000, 1000, 128, grad=False, extra={"aligned": True}), torch.bfloat16),
+    "sq77-sk1500-d64-gqa4:1-causal-fp16": (Case(1, 4, 1, 77, 1500, 64, causal=True, grad=False,
+                                                 extra={"aligned": True}), torch.float16),
+}
+
+
+@pytest.mark.parametrize("case", TMA_CASES.keys())
+def test_gpu_tma_sdpa(case):
+    """The experimental Hopper TMA forward (forced; its backward is the pointer kernels')."""
+    _require()
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA kernel needs compute capability 9.0 (Hopper) or newer")
+    check_sdpa("triton+tma", *TMA_CASES[case], "cuda")
+
+
 def test_gpu_triton_kvcache():
     _require()
     check_kvcache("triton", 4, 32, 8, 4096, 128, [0, 1, 1000, 4095], 1, 1, True, torch.bfloat16, "cuda")

@@ -345,7 +345,7 @@ def _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, en
         raise AttentionInputError(f"scale: expected None or a finite number, got {scale!r}")
     if not isinstance(enable_gqa, bool):
         raise TypeError(f"enable_gqa: expected a bool, got {type(enable_gqa).__name__}")
-    validate_backend_name(backend)
+    validate_backend_name(backend, ATTENTION.extra_names())
     return prefix
 
 
@@ -527,9 +527,11 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
 
 
 def _dispatch_inputs(query, key, value, attn_mask, dropout_p) -> dict[str, Any]:
+    # "tensors" and "has_mask" serve the forced-only "triton+tma" check; automatic choices never read them.
     return {"device": query.device, "dtype": query.dtype, "head_dim": query.shape[-1],
             "head_dim_v": value.shape[-1], "dropout_p": dropout_p,
-            "mask_grad": attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled()}
+            "mask_grad": attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled(),
+            "tensors": (query, key, value), "has_mask": attn_mask is not None}
 
 
 # ---------------------------------------------------------------- custom ops, fake, autograd
@@ -548,7 +550,7 @@ def _sdpa_op(
     """4-D inputs -> (out [B, Hq, Sq, Dv], lse [B, Hq, Sq] fp32, natural log, -inf for empty rows)."""
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         return _sdpa_torch(query, key, value, attn_mask, is_causal, scale)
-    inputs = _dispatch_inputs(query, key, value, None, 0.0)
+    inputs = {**_dispatch_inputs(query, key, value, None, 0.0), "has_mask": attn_mask is not None}
     return _select(ATTENTION, inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale)
 
 
@@ -593,7 +595,8 @@ def _setup_context(ctx, inputs, output):
     query, key, value, attn_mask, is_causal, scale, backend = inputs
     out, lse = output
     ctx.save_for_backward(query, key, value, attn_mask, out, lse)
-    ctx.is_causal, ctx.scale, ctx.backend = is_causal, scale, backend
+    # The TMA forward's gradients come from the pointer kernels (same out and lse).
+    ctx.is_causal, ctx.scale, ctx.backend = is_causal, scale, "triton" if backend == "triton+tma" else backend
     ctx.mark_non_differentiable(lse)
 
 
@@ -686,6 +689,29 @@ def _sdpa_torch(query, key, value, attn_mask, is_causal, scale):
     out, lse = scaled_dot_product_attention_reference(query, key, value, attn_mask, 0.0, is_causal, scale,
                                                       enable_gqa=True, return_lse=True)
     return out.contiguous(), lse.to(torch.float32).contiguous()
+
+
+def _tma_reasons(inputs: dict[str, Any]) -> list[str]:
+    reasons = _triton_reasons(inputs)
+    if "tensors" not in inputs:
+        return [*reasons, "the TMA kernel is checked against the tensors of a scaled_dot_product_attention call"]
+    from genai_fast.kernels.attention_tma import tma_reasons
+
+    return reasons + tma_reasons(*inputs["tensors"], inputs.get("has_mask", False))
+
+
+# Registered after the reference, so automatic dispatch never picks it: an experimental Hopper forward that
+# only `backend="triton+tma"` (and the benchmark, beside "triton") runs until a GPU run shows it faster.
+_TRITON_TMA = Capability(devices=("cuda", "cpu"), dtypes=(torch.float16, torch.bfloat16),
+                         min_compute_capability=(9, 0), layouts=("any strides, 16-byte aligned",),
+                         features=("TMA tensor descriptors", "head dim 64 or 128", "causal", "GQA", "no mask"))
+
+
+@ATTENTION.register("triton+tma", _TRITON_TMA, check=_tma_reasons, requires="triton")
+def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale):
+    from genai_fast.kernels.attention_tma import attention_fwd_tma
+
+    return attention_fwd_tma(query, key, value, is_causal, scale)
 
 
 @ATTENTION_BWD.register("triton", _TRITON, check=_triton_reasons)
