@@ -477,3 +477,35 @@ def test_word2vec_gpu_path_trains_through_the_triton_kernel(monkeypatch):
     assert isinstance(model.syn1neg, np.ndarray) and model.syn1neg.any()
     assert not np.array_equal(model.wv.vectors, start) and np.isfinite(model.wv.vectors).all()
     assert len(model.epoch_losses) == 2 and all(loss > 0 for loss in model.epoch_losses)
+
+
+def test_chunk_source_reads_once_and_keeps_the_device_copies(monkeypatch):
+    """Epoch 0 reads, encodes and moves each chunk to the device once; later epochs reuse those copies. A
+    corpus above the cache limit is read again each epoch (and moved again)."""
+    from genai_fast.word2vec import model as w2v_model
+    from genai_fast.word2vec.corpus import Chunk
+
+    chunks = [Chunk(np.arange(n, dtype=np.int32), np.array([0, n], np.int64), n, 1) for n in (3, 4)]
+    calls = {"read": 0, "moved": 0}
+
+    def read():
+        calls["read"] += 1
+        return iter(chunks)
+
+    def to_device(chunk):
+        calls["moved"] += 1
+        return Chunk(torch.from_numpy(chunk.ids), torch.from_numpy(chunk.offsets), chunk.raw_words, chunk.sentences)
+
+    source = w2v_model._ChunkSource(read, to_device)
+    first = list(source.epoch(0))
+    again = list(source.epoch(1))
+    assert calls == {"read": 1, "moved": 2}
+    assert [c is d for c, d in zip(first, again, strict=True)] == [True, True]
+    assert all(isinstance(c.ids, torch.Tensor) for c in again)
+
+    monkeypatch.setattr(w2v_model, "CACHE_TOKEN_LIMIT", 5)
+    calls.update(read=0, moved=0)
+    source = w2v_model._ChunkSource(read, to_device)
+    for epoch in range(2):
+        assert [len(c.ids) for c in source.epoch(epoch)] == [3, 4]
+    assert calls == {"read": 2, "moved": 4}

@@ -28,8 +28,9 @@ CHUNK_TOKENS = 1 << 20       # tokens per training call for `sentences`
 
 @dataclass
 class Chunk:
-    """A piece of corpus ready for the kernel: ids [N] int32, sentence offsets [S + 1] int64, and the
-    raw token count (in the vocabulary or not) and sentence count it came from."""
+    """A piece of corpus ready for the kernel: ids [N] int32, sentence offsets [S + 1] int64 (numpy arrays;
+    tensors on the GPU once Word2Vec(device="cuda") has moved them there), and the raw token count (in the
+    vocabulary or not) and sentence count it came from."""
 
     ids: np.ndarray
     offsets: np.ndarray

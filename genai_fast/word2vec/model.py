@@ -139,10 +139,14 @@ class _Schedule:
 
 class _ChunkSource:
     """The encoded corpus, epoch by epoch. The first epoch's chunks are kept (up to CACHE_TOKEN_LIMIT
-    tokens in all) so that later epochs skip reading and encoding the corpus again."""
+    tokens in all) so that later epochs skip reading and encoding the corpus again. With `to_device`
+    (device="cuda"), each chunk is moved to the GPU as it is read, and the GPU copies are what is kept:
+    later epochs then skip the host-to-device copies too."""
 
-    def __init__(self, read: Callable[[], Iterable[Chunk]]) -> None:
+    def __init__(self, read: Callable[[], Iterable[Chunk]], to_device: Callable[[Chunk], Chunk] | None = None
+                 ) -> None:
         self._read = read
+        self._to_device = to_device
         self._kept: list[Chunk] | None = []  # None once the corpus proved too large to keep
         self._kept_tokens = 0
 
@@ -151,12 +155,14 @@ class _ChunkSource:
             yield from self._kept
             return
         for chunk in self._read():
+            if self._to_device is not None:
+                chunk = self._to_device(chunk)
             if index == 0 and self._kept is not None:
                 self._keep(chunk)
             yield chunk
 
     def _keep(self, chunk: Chunk) -> None:
-        self._kept_tokens += chunk.ids.size
+        self._kept_tokens += len(chunk.ids)
         if self._kept_tokens <= CACHE_TOKEN_LIMIT:
             self._kept.append(chunk)
         else:
@@ -478,7 +484,16 @@ class Word2Vec:
                 encoder.encode_sentences(corpus_iterable)
             return merge_chunks(chunks, GPU_CHUNK_TOKENS) if self.device == "cuda" else chunks
 
-        return _ChunkSource(read)
+        return _ChunkSource(read, self._chunk_to_device if self.device == "cuda" else None)
+
+    def _chunk_to_device(self, chunk: Chunk) -> Chunk:
+        """The chunk with its ids and offsets on the tables' device (device="cuda")."""
+        import torch
+
+        def to_device(a: np.ndarray) -> Any:
+            return torch.from_numpy(a).to(self._gpu_table_device)
+
+        return Chunk(to_device(chunk.ids), to_device(chunk.offsets), chunk.raw_words, chunk.sentences)
 
     def _train_epoch(self, epoch: int, chunks: Iterable[Chunk], tables: tuple[Any, ...], schedule: _Schedule,
                      bar: Any) -> np.ndarray:
@@ -508,7 +523,7 @@ class Word2Vec:
     def _train_chunk(self, chunk: Chunk, tables: tuple[Any, ...], alpha: float, next_alpha: float,
                      seed: int) -> tuple[int, float]:
         """The kernel over one chunk, alpha decaying linearly to next_alpha; (effective words, loss)."""
-        if not chunk.ids.size:
+        if not len(chunk.ids):
             return 0, 0.0
 
         from genai_fast.ops.word2vec_ops import word2vec_train_chunk
