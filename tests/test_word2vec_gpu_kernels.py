@@ -509,3 +509,39 @@ def test_chunk_source_reads_once_and_keeps_the_device_copies(monkeypatch):
     for epoch in range(2):
         assert [len(c.ids) for c in source.epoch(epoch)] == [3, 4]
     assert calls == {"read": 2, "moved": 4}
+
+
+def test_prefetched_keeps_order_raises_producer_errors_and_stops_with_the_consumer():
+    import threading
+    import time
+
+    from genai_fast.word2vec.corpus import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("corpus_file: unreadable block")
+
+    got = []
+    with pytest.raises(OSError, match="unreadable block"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        for i in range(10**6):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    stream = prefetched(endless(), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops early (Ctrl-C, an error in the training loop)
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() == before, "the producer thread kept running"
+    assert len(produced) < 10, "the producer ran far ahead of a stopped consumer"

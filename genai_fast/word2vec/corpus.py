@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -231,3 +233,50 @@ def join_chunks(chunks: list[Chunk]) -> Chunk:
         parts.append(c.offsets[1:] + base)
         base += c.ids.size
     return Chunk(ids, np.concatenate(parts), sum(c.raw_words for c in chunks), sum(c.sentences for c in chunks))
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """`items` in order, produced by a background thread up to `depth` ahead of the consumer.
+
+    Word2Vec(device="cuda") reads and encodes its first epoch this way, so the corpus encoding (C++, the
+    GIL released) overlaps the GPU's training on the previous chunk. An exception in the producer is
+    raised here, in the consumer; a consumer that stops early (Ctrl-C, an error) stops the producer
+    at its next chunk.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            offer((_DONE, exc))
+
+    worker = threading.Thread(target=produce, name="genai_fast-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+

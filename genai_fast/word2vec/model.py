@@ -38,7 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from genai_fast.word2vec.corpus import Chunk, Counts, Encoder, check_corpus_file, count_file, count_sentences
+from genai_fast.word2vec.corpus import (
+    Chunk,
+    Counts,
+    Encoder,
+    check_corpus_file,
+    count_file,
+    count_sentences,
+    prefetched,
+)
 from genai_fast.word2vec.huffman import HuffmanTree, huffman_tree
 from genai_fast.word2vec.keyedvectors import KeyedVectors
 
@@ -154,7 +162,9 @@ class _ChunkSource:
         if index > 0 and self._kept is not None:
             yield from self._kept
             return
-        for chunk in self._read():
+        # On the GPU the next chunk is read and encoded while the previous one trains.
+        chunks = self._read() if self._to_device is None else prefetched(self._read())
+        for chunk in chunks:
             if self._to_device is not None:
                 chunk = self._to_device(chunk)
             if index == 0 and self._kept is not None:
