@@ -56,6 +56,10 @@ REPLAY = [
 ]
 
 
+# On the H200 (2026-11-28) two cases were reported failed after about 90 s, gpu_check.sh's per-test limit,
+# while eight workers compiled kernels on 16 cores. Each case compiles its own trainer variant (the first
+# compile of a machine for CUDA), so give them longer.
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize(("mode", "cbow_mean", "dim"), REPLAY)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gpu_single_program_matches_float64_replay(backend, mode, cbow_mean, dim):
