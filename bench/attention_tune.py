@@ -3,7 +3,8 @@
     python -m genai_fast.bench.attention_tune [--seqlen 4096] [--dims 128 64]
 
 Prints TFLOP/s of each forward config (BLOCK_M, BLOCK_N, warps, stages), causal and not, next to torch
-SDPA's flash and cuDNN backends, then the backward configs at D 128 causal. The heuristics in
+SDPA's flash and cuDNN backends (on Hopper and newer also the TMA forward's configs, kernels/attention_tma.py),
+then the backward configs at D 128 causal. The heuristics in
 kernels/attention.py (_fwd_config, _bwd_config) quote the H100 numbers this produced.
 """
 
@@ -19,6 +20,11 @@ from genai_fast.kernels import attention as kernels
 FWD_CONFIGS = {
     128: [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 64, 8, 4), (128, 128, 8, 2)],
     64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 32, 4, 4)],
+}
+# The TMA forward (kernels/attention_tma.py, Hopper): 128-row tiles for the two warpgroups, deeper pipelines.
+TMA_CONFIGS = {
+    128: [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 3)],
+    64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 4, 3), (64, 64, 4, 4)],
 }
 BWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3), (32, 128, 8, 2)]
 
@@ -51,20 +57,33 @@ def _forward_call(q, k, v, causal: bool, config: dict[str, int]):
     return lambda: kernels.attention_fwd(q, k, v, None, causal, q.shape[-1] ** -0.5, config)
 
 
-def sweep_forward(seqlen: int, dims: list[int]) -> None:
+def _tma_call(q, k, v, causal: bool, config: dict[str, int]):
+    from genai_fast.kernels.attention_tma import attention_fwd_tma
+
+    return lambda: attention_fwd_tma(q, k, v, causal, q.shape[-1] ** -0.5, config)
+
+
+def _sweep(label: str, configs: list[tuple[int, int, int, int]], make_call, q, k, v, causal: bool,
+           flops: float) -> None:
+    for cfg in configs:
+        run = make_call(q, k, v, causal, _config(*cfg))
+        try:
+            ms = _ms(run)
+            print(f"  {label} {cfg}: {flops / ms / 1e9:.0f} TFLOP/s")
+        except Exception as exc:  # a config that does not fit (shared memory, registers)
+            print(f"  {label} {cfg}: failed ({type(exc).__name__}: {str(exc)[:100]})")
+
+
+def sweep_forward(seqlen: int, dims: list[int], tma: bool) -> None:
     for D in dims:
         B, H = max(1, 16384 // seqlen), 2048 // D
         q, k, v = (torch.randn(B, H, seqlen, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         for causal in (True, False):
             flops = 4 * B * H * seqlen * seqlen * D / (2 if causal else 1)
             print(f"forward D{D} S{seqlen} causal={causal}: torch SDPA {_sdpa_line(q, k, v, causal, flops)}")
-            for cfg in FWD_CONFIGS.get(D, FWD_CONFIGS[128]):
-                run = _forward_call(q, k, v, causal, _config(*cfg))
-                try:
-                    ms = _ms(run)
-                    print(f"  {cfg}: {flops / ms / 1e9:.0f} TFLOP/s")
-                except Exception as exc:  # a config that does not fit (shared memory, registers)
-                    print(f"  {cfg}: failed ({type(exc).__name__}: {str(exc)[:100]})")
+            _sweep("pointers", FWD_CONFIGS.get(D, FWD_CONFIGS[128]), _forward_call, q, k, v, causal, flops)
+            if tma:
+                _sweep("tma", TMA_CONFIGS.get(D, TMA_CONFIGS[128]), _tma_call, q, k, v, causal, flops)
 
 
 def sweep_backward(seqlen: int) -> None:
@@ -86,11 +105,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 64])
+    parser.add_argument("--no-tma", action="store_true", help="skip the TMA forward's configs (Hopper+)")
+    parser.add_argument("--forward-only", action="store_true")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("attention_tune: needs a CUDA GPU")
-    sweep_forward(args.seqlen, args.dims)
-    sweep_backward(args.seqlen)
+    tma = not args.no_tma and torch.cuda.get_device_capability() >= (9, 0)
+    sweep_forward(args.seqlen, args.dims, tma)
+    if not args.forward_only:
+        sweep_backward(args.seqlen)
 
 
 if __name__ == "__main__":
