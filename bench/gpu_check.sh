@@ -12,7 +12,7 @@
 # BENCH_TIMEOUT=130 BENCH_BUDGET_S=95 W2V_TIMEOUT=75 LLM_TIMEOUT=70 PROFILE_TIMEOUT=45 T2I_TIMEOUT=120.
 # GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT, LLM_TIMEOUT, T2I_TIMEOUT and PROFILE_TIMEOUT
 # shorten it when device time is scarce (0 skips the word2vec, LLM, text2image or profile step); GPU_TESTS
-# and BENCH_OPS narrow it to some test files and ops.
+# and BENCH_OPS narrow it to some test files and ops. ATTN_TUNE_TIMEOUT and LLM_1B_TIMEOUT add optional steps.
 # The device image has no diffusers or CLIP vocabulary and no network: `bash bench/device_bundle.sh` here first
 # packs their wheels into .whl/ and Fashion-MNIST into .device/cache/; pass carry=[".whl", ".device"] to the run
 # tool, and this script installs the wheels under /tmp/site (PYTHONPATH) before anything else.
@@ -59,6 +59,13 @@ timeout ${BENCH_TIMEOUT:-140} $PY -m genai_fast.cli bench --device cuda --full -
     --budget-s ${BENCH_BUDGET_S:-100} ${BENCH_OPS:+--ops $BENCH_OPS} --json "$OUT/$name.json" --plot "$OUT/$name.png"
 echo "bench exit status: $?"
 
+# Issue 4's forward target (>= cuDNN): the tile sweep of the pointer and TMA forwards at S 4096, D 128, next to
+# SDPA's flash and cuDNN (bench/attention_tune.py; about 40 s). Off unless ATTN_TUNE_TIMEOUT is set.
+if [ "${ATTN_TUNE_TIMEOUT:-0}" != 0 ]; then
+    step "attention forward tile sweep (pointer and TMA kernels), S 4096, D 128"
+    timeout ${ATTN_TUNE_TIMEOUT} $PY -m genai_fast.bench.attention_tune --seqlen 4096 --dims 128 --forward-only \
+        2>&1 | tee "$OUT/attention-tune-$name.txt" | tail -20
+fi
 
 if [ "${W2V_TIMEOUT:-90}" != 0 ]; then
     if [ -f .device/word2vec/corpus.txt.xz ]; then  # carried by bench/device_bundle.sh
