@@ -208,6 +208,12 @@ def _rms_norm_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
                    lambda x=x, weight=weight: rms_norm_fwd(x, weight, 1e-6))
     x = torch.empty(5, 600, dtype=dtype)[:, :576]
     yield "rms_norm (5, 576) at row stride 600", lambda: rms_norm_fwd(x, None, 1e-6)
+    from genai_fast.kernels.rms_norm import add_rms_norm_fwd
+
+    for shape in [(1, 1), (1, 576), (8, 576), (3, 7), (2, 4096)]:
+        h, delta = torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype)
+        w = torch.empty(shape[-1], dtype=dtype)
+        yield f"add_rms_norm {shape}", lambda h=h, delta=delta, w=w: add_rms_norm_fwd(h, delta, w, 1e-6)
 
 
 def _rope_append_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:

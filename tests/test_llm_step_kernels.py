@@ -4,8 +4,10 @@
   into the caches) in every kernel dtype, with and without rotation, GQA, a batch smaller than the caches,
   positions at both ends of the cache and one past it.
 - SwiGLU (kernels/swiglu.py) against torch's silu(gate) * up.
-- Three greedy decode steps of tiny Llama, Qwen2 and GPT-2 models through these two and the Triton RMSNorm,
-  against the same steps unfused.
+- The residual add folded into RMSNorm (kernels/rms_norm.py's add_rms_norm_fwd) against torch's add, then the
+  norm's arithmetic.
+- Three greedy decode steps of tiny Llama, Qwen2 and GPT-2 models through these kernels (the Llama-family
+  steps with every residual add folded into a norm), against the same steps unfused.
 """
 
 import pytest
@@ -112,12 +114,35 @@ def test_swiglu_matches_torch(shape, dtype):
         swiglu_fwd(torch.randn(2, 3))
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", [(1, 576), (3, 40), (2, 1)], ids=["smollm2-hidden", "odd-batch", "one-value"])
+def test_add_rms_norm_matches_the_add_then_the_norm(shape, dtype):
+    from genai_fast.kernels.rms_norm import add_rms_norm_fwd
+
+    from genai_fast.llm.model import Norm
+
+    h, delta = (torch.randn(shape) * 3).to(dtype), torch.randn(shape).to(dtype)
+    norm = Norm(torch.randn(shape[1]).to(dtype), None, 1e-5)
+    want_sum = h + delta
+    want = norm(want_sum)
+    with memory.poison_outputs():
+        got_sum, got = add_rms_norm_fwd(h, delta, norm.weight, norm.eps)
+    # bf16: the interpreter truncates where the GPU rounds to nearest (a few bf16 ulps over the two roundings).
+    tolerance = {torch.float16: 2e-3, torch.float32: 1e-6, torch.bfloat16: 2.0 ** -5}[dtype]
+    torch.testing.assert_close(got_sum, want_sum, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(got, want, rtol=4 * tolerance, atol=4 * tolerance)
+    same, normed = add_rms_norm_fwd(h, None, norm.weight, norm.eps)
+    assert same is h and torch.allclose(normed.float(), norm(h).float(), rtol=4 * tolerance, atol=4 * tolerance)
+    with pytest.raises(ValueError, match=r"^delta: expected"):
+        add_rms_norm_fwd(h, torch.cat([delta, delta]), norm.weight, norm.eps)
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
 def test_decode_steps_through_the_kernels_match_the_unfused_steps(kind, monkeypatch):
     """DecoderModel.decode without host lengths (the GPU graph path) with all three kernels resolved (RMSNorm,
     rope-and-append, SwiGLU), against the same steps unfused: after a ragged prefill, three greedy steps give
     the same logits, and the caches the same rows."""
-    from genai_fast.kernels.rms_norm import rms_norm_fwd
+    from genai_fast.kernels.rms_norm import add_rms_norm_fwd, rms_norm_fwd
     from genai_fast.kernels.rope_append import rope_append_fwd
     from genai_fast.kernels.swiglu import swiglu_fwd
 
@@ -132,6 +157,8 @@ def test_decode_steps_through_the_kernels_match_the_unfused_steps(kind, monkeypa
         monkeypatch.setattr(DecoderModel, "decode_swiglu",
                             lambda self, f=fused: swiglu_fwd if f and self.cfg.family == "llama" else None)
         monkeypatch.setattr(DecoderModel, "decode_rms_norm", lambda self, f=fused: rms_norm_fwd if f else None)
+        monkeypatch.setattr(DecoderModel, "decode_add_rms_norm",
+                            lambda self, f=fused: add_rms_norm_fwd if f and self.cfg.family == "llama" else None)
         model.allocate_cache(2, 16)
         seqlens = torch.tensor([5, 3], dtype=torch.int32)
         tokens = model.prefill(ids, seqlens.long() - 1).argmax(-1, keepdim=True)

@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +41,8 @@ SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 _DYNAMIC_ROPE = ("dynamic", "longrope")
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # F.linear's signature
 RmsNormFn = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]  # genai_fast.rms_norm's
+# (h, delta or None, weight, eps) -> (h + delta, RMSNorm of it): kernels/rms_norm.py's add_rms_norm_fwd
+AddNormFn = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 # (q, k_cache, v_cache, host lengths, scale) -> out: see genai_fast.ops.attention.resolve_decode_attention.
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list, float], torch.Tensor]
 # kernels/rope_append.py's rope_append_fwd: (qkv, Hq, Hkv, k_cache, v_cache, seqlens, cos, sin) -> q
@@ -157,6 +160,17 @@ class Layer(nn.Module):
         x = x + self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear)
         return x + self.mlp(self.norm2.step(x, rms_norm), linear, swiglu)
 
+    def step_fused(self, h: torch.Tensor, pending: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                   at: StepPositions, linear: LinearFn, add_rms_norm: AddNormFn, swiglu: GluFn | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode with each residual add folded into the norm after it (RMSNorm layers on a GPU): h [B, hidden] is
+        the residual stream still missing `pending` (the previous layer's MLP output; None for the first layer).
+        Returns (h, this layer's MLP output), for the next layer or the final norm to add. Same arithmetic as
+        step()."""
+        h, x = add_rms_norm(h, pending, self.norm1.weight, self.norm1.eps)
+        h, x = add_rms_norm(h, self.attention_step(x, rope, at, linear), self.norm2.weight, self.norm2.eps)
+        return h, self.mlp(x, linear, swiglu)
+
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
                        linear: LinearFn = F.linear) -> torch.Tensor:
         """x: [B, hidden] -> [B, hidden]; appends each sequence's K/V at its length."""
@@ -251,16 +265,17 @@ def resolve_rope_append(device: torch.device, dtype: torch.dtype, head_dim: int)
     return launcher if head_dim % 2 == 0 and head_dim <= MAX_HEAD_DIM else None
 
 
-def _resolve_gpu_kernel(device: torch.device, dtype: torch.dtype, name: str) -> Callable[..., torch.Tensor] | None:
-    """kernels/<name>.py's <name>_fwd for a decode step on a CUDA device with Triton, in fp32, fp16 or bf16,
-    unless GENAI_FAST_BACKEND=torch forces the reference; None otherwise."""
+def _resolve_gpu_kernel(device: torch.device, dtype: torch.dtype, name: str, function: str | None = None
+                        ) -> Callable[..., Any] | None:
+    """kernels/<name>.py's `function` (default <name>_fwd) for a decode step on a CUDA device with Triton, in fp32,
+    fp16 or bf16, unless GENAI_FAST_BACKEND=torch forces the reference; None otherwise."""
     from genai_fast.backends.availability import backend_unavailable_reasons
 
     if torch.device(device).type != "cuda" or os.environ.get(ENV_BACKEND, "").strip() == "torch":
         return None
     if backend_unavailable_reasons("triton") or dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return None
-    return getattr(importlib.import_module(f"genai_fast.kernels.{name}"), f"{name}_fwd")
+    return getattr(importlib.import_module(f"genai_fast.kernels.{name}"), function or f"{name}_fwd")
 
 
 class DecoderModel(nn.Module):
@@ -384,7 +399,13 @@ class DecoderModel(nn.Module):
             torch.set_num_threads(1)
         rms_norm = self.decode_rms_norm()
         swiglu = self.decode_swiglu()
+        add_norm = self.decode_add_rms_norm()
         try:
+            if add_norm is not None:
+                pending = None
+                for layer in self.layers:
+                    x, pending = layer.step_fused(x, pending, rope, at, linear, add_norm, swiglu)
+                return linear(add_norm(x, pending, self.norm.weight, self.norm.eps)[1], self.lm_head, None)
             for layer in self.layers:
                 x = layer.step(x, rope, at, linear, rms_norm, swiglu)
             return linear(self.norm.step(x, rms_norm), self.lm_head, None)
@@ -412,6 +433,18 @@ class DecoderModel(nn.Module):
         key = ("rms_norm", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
             self._decode_kernels[key] = resolve_rms_norm(self.device, self.dtype)
+        return self._decode_kernels[key]
+
+    def decode_add_rms_norm(self) -> AddNormFn | None:
+        """On a GPU with Triton, for models whose norms are all RMSNorms: kernels/rms_norm.py's add_rms_norm_fwd,
+        which folds each residual add into the norm after it (two kernels fewer per layer, same roundings).
+        None elsewhere, or with GENAI_FAST_BACKEND=torch. Resolved once per setting."""
+        key = ("add_rms_norm", os.environ.get(ENV_BACKEND))
+        if key not in self._decode_kernels:
+            norms = [self.norm, *(n for layer in self.layers for n in (layer.norm1, layer.norm2))]
+            usable = all(n.bias is None for n in norms)
+            self._decode_kernels[key] = (_resolve_gpu_kernel(self.device, self.dtype, "rms_norm", "add_rms_norm_fwd")
+                                         if usable else None)
         return self._decode_kernels[key]
 
     def decode_append(self) -> AppendFn | None:
