@@ -545,3 +545,46 @@ def test_prefetched_keeps_order_raises_producer_errors_and_stops_with_the_consum
         time.sleep(0.02)
     assert threading.active_count() == before, "the producer thread kept running"
     assert len(produced) < 10, "the producer ran far ahead of a stopped consumer"
+
+
+def test_interrupt_on_the_gpu_path_stops_the_prefetch_thread_and_keeps_the_model(monkeypatch):
+    """Ctrl-C in the middle of a device="cuda" epoch (tables on the CPU, the Triton kernel in the
+    interpreter): the corpus-reading thread stops, the model is usable and marked interrupted."""
+    import threading
+    import time
+
+    from genai_fast.word2vec import Word2Vec
+    from genai_fast.word2vec import model as w2v_model
+
+    if torch.cuda.is_available():
+        pytest.skip("the device path runs on the GPU there (tests/test_gpu_word2vec.py)")
+    monkeypatch.setattr(Word2Vec, "_gpu_table_device", "cpu")
+    monkeypatch.setenv("GENAI_FAST_BACKEND", "triton")
+    monkeypatch.setattr(w2v_model, "GPU_CHUNK_TOKENS", 10)  # many small chunks: the reader is still running
+    sentences = [["a", "b", "c", "d", "e"], ["v", "w", "x", "y", "z"]] * 15
+    model = Word2Vec(vector_size=8, window=2, negative=2, min_count=1, sample=0, sg=1, seed=3, device="cpu")
+    model.build_vocab(sentences)
+    model.device = "cuda"
+    encoder = model._get_encoder()
+    encode = encoder.encode_sentences
+    monkeypatch.setattr(encoder, "encode_sentences", lambda items: encode(items, chunk_tokens=10))
+    calls = {"n": 0}
+    real = Word2Vec._train_chunk
+
+    def interrupting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            calls["reader"] = any(t.name == "genai_fast-prefetch" for t in threading.enumerate())
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Word2Vec, "_train_chunk", interrupting)
+    before = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        model.train(sentences, total_examples=model.corpus_count, epochs=2)
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert calls["n"] == 3 and calls["reader"], "the corpus was not being read ahead by the prefetch thread"
+    assert threading.active_count() == before, "the prefetch thread kept running after Ctrl-C"
+    assert model.interrupted and isinstance(model.wv.vectors, np.ndarray) and np.isfinite(model.wv.vectors).all()
