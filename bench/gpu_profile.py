@@ -11,6 +11,8 @@
 - decode: attention_with_kvcache at batch 1 and 16. It prints the op with lengths on the GPU (a host read,
   which syncs) and on the CPU, the bare Triton launcher, the launcher replayed from a CUDA graph with its
   GB/s, and torch SDPA flash over K/V repeated to the query heads.
+- group_norm: GroupNorm+SiLU through the CUDA backend at SD shapes: the call, each of its three kernels, the
+  call replayed from a CUDA graph with its GB/s, and torch's GroupNorm + SiLU.
 
 Numbers are medians of triton.testing.do_bench (CUDA events) after warm-up.
 """
@@ -153,12 +155,45 @@ def profile_word2vec(args: argparse.Namespace) -> None:
           f"{trainer:.2f} s; {len(kernels)} kernels")
 
 
-PARTS = {"llm": profile_llm_step, "word2vec": profile_word2vec, "decode": profile_decode_attention}
+GROUP_NORM_SHAPES = [(2, 320, 64, 64), (2, 960, 64, 64), (8, 320, 128, 128)]  # SD1.5's largest; wider; SDXL x4
+
+
+def profile_group_norm(args: argparse.Namespace) -> None:
+    """GroupNorm+SiLU (fp16, channels_last, 32 groups) through the CUDA backend: the call's time, each of its
+    kernels' GPU time (profiler), the call replayed from a CUDA graph, and its bandwidth against the minimal
+    traffic (read x once, write y once), next to torch's GroupNorm + SiLU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import genai_fast
+
+    for N, C, H, W in GROUP_NORM_SHAPES:
+        x = torch.randn(N, C, H, W, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+        weight, bias = (torch.randn(C, device="cuda", dtype=torch.float16) for _ in range(2))
+
+        def ours(x=x, weight=weight, bias=bias):
+            return genai_fast.group_norm(x, 32, weight, bias, activation="silu", backend="cuda")
+
+        def torch_ref(x=x, weight=weight, bias=bias):
+            return torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, weight, bias))
+
+        call, graphed, ref = _bench_us(ours), _graph_us(ours), _bench_us(torch_ref)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            ours()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        parts = ", ".join(f"{e.name.split('(')[0][:40]} {_device_us(e):.1f} us" for e in kernels)
+        gbps = 2 * x.numel() * x.element_size() / (graphed * 1e-6) / 1e9
+        print(f"group_norm {N}x{C}x{H}x{W} fp16 NHWC g32 silu: call {call:.1f} us, graphed {graphed:.1f} us "
+              f"({gbps:.0f} GB/s), torch {ref:.1f} us; kernels: {parts}")
+
+
+PARTS = {"llm": profile_llm_step, "word2vec": profile_word2vec, "decode": profile_decode_attention,
+         "group_norm": profile_group_norm}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=["llm", "word2vec", "decode"])
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     parser.add_argument("--llm-model", default="/tmp/smollm2-random",
                         help="a folder from bench/random_llm.py (default: a small random Llama when missing)")
     parser.add_argument("--w2v-corpus", default="/tmp/w2v_corpus.txt")
