@@ -81,18 +81,46 @@ def _fwd_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, offs_m, offs_n, d_val
     n_valid = offs_n < Sk
     s = _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, qk_scale,
                 IS_CAUSAL, MASK_KIND, MASKED, IEEE)
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    # A row with nothing visible yet keeps max -inf; subtracting 0 instead avoids (-inf) - (-inf).
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    p, alpha, l_i, m_new = online_softmax(s, m_i, l_i)
     if MASKED:
         v = tl.load(v_ptrs, mask=n_valid[:, None] & dv_valid[None, :], other=0.0)
     else:
         v = tl.load(v_ptrs, mask=dv_valid[None, :], other=0.0)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
     return acc, l_i, m_new
+
+
+@triton.jit
+def online_softmax(s, m_i, l_i):
+    """One key block's scores s [M, N] (log2 units) folded into the running max m_i and sum l_i [M]:
+    (p = exp2(s - new max), alpha = the old accumulator's rescale, new l_i, new max)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # A row with nothing visible yet keeps max -inf; subtracting 0 instead avoids (-inf) - (-inf).
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    return p, alpha, l_i * alpha + tl.sum(p, 1), m_new
+
+
+@triton.jit
+def key_ranges(pid_m, Sk, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(n_full, hi) for query block pid_m: key columns [0, n_full) need no bounds or causal masking,
+    [n_full, hi) do, and none past hi is visible."""
+    hi = Sk
+    n_full = (Sk // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        hi = tl.minimum(Sk, (pid_m + 1) * BLOCK_M)
+        n_full = tl.minimum(n_full, ((pid_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
+    return n_full, hi
+
+
+@triton.jit
+def finish_rows(acc, l_i, m_i):
+    """The normalised output rows and their natural-log log-sum-exp (0 and -inf for a row that saw no key)."""
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    return out, lse
 
 
 @triton.jit
@@ -131,12 +159,7 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
-    # Columns [0, n_full) need no bounds or causal masking; [n_full, hi) do.
-    hi = Sk
-    n_full = (Sk // BLOCK_N) * BLOCK_N
-    if IS_CAUSAL:
-        hi = tl.minimum(Sk, (pid_m + 1) * BLOCK_M)
-        n_full = tl.minimum(n_full, ((pid_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
+    n_full, hi = key_ranges(pid_m, Sk, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_ptrs + start_n * skn, v_ptrs + start_n * svn,
                                   mask_ptrs + start_n * smn, offs_m, start_n + offs_n, d_valid, dv_valid,
@@ -146,9 +169,7 @@ def _attn_fwd_kernel(
                                   mask_ptrs + start_n * smn, offs_m, start_n + offs_n, d_valid, dv_valid,
                                   Sq, Sk, qk_scale, IS_CAUSAL, MASK_KIND, True, IEEE)
 
-    seen = l_i > 0.0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    out, lse = finish_rows(acc, l_i, m_i)
     o_ptrs = OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_dv[None, :] * sod
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & dv_valid[None, :])
     tl.store(LSE + bh.to(tl.int64) * Sq + offs_m, lse, mask=m_valid)

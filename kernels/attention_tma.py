@@ -5,7 +5,8 @@ Why: on an H200 the pointer-based forward reached 400-465 TFLOP/s at S 4k-16k, 0
 (bench/results/nvidia-h200-20261128b.md). On Hopper, tiles copied by the Tensor Memory Accelerator
 (one instruction per tile, asynchronous, pipelined over `num_stages` buffers) leave the warps free for the
 two matrix products and the softmax. The arithmetic is the same online softmax as the pointer kernel's
-(log2 domain, fp32 statistics), so the outputs agree to rounding and the backward is shared.
+(log2 domain, fp32 statistics; the helpers are kernels/attention.py's), so the outputs agree to rounding and
+the backward is shared.
 
 Scope (the launcher's `tma_reasons` says why anything else is refused): no mask tensor (is_causal is
 fine), fp16/bf16, D == Dv in (64, 128), GQA, q/k/v of any strides whose last one is 1 and whose others
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from genai_fast.kernels.attention import finish_rows, key_ranges, online_softmax
 
 from genai_fast.backends import memory
 
@@ -38,11 +40,7 @@ def _tma_tile(acc, l_i, m_i, q, k_desc, v_desc, b, hk, start_n, offs_m, offs_n, 
         if IS_CAUSAL:
             valid = valid & (cols[None, :] <= offs_m[:, None])
         s = tl.where(valid, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
-    p = tl.math.exp2(s - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    p, alpha, l_i, m_new = online_softmax(s, m_i, l_i)
     v = v_desc.load([b, hk, start_n, 0]).reshape(BLOCK_N, D)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, l_i, m_new
@@ -66,12 +64,7 @@ def _attn_fwd_tma_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    # Columns [0, n_full) need no masking; [n_full, hi) do (as in kernels/attention.py).
-    hi = Sk
-    n_full = (Sk // BLOCK_N) * BLOCK_N
-    if IS_CAUSAL:
-        hi = tl.minimum(Sk, (pid_m + 1) * BLOCK_M)
-        n_full = tl.minimum(n_full, ((pid_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
+    n_full, hi = key_ranges(pid_m, Sk, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _tma_tile(acc, l_i, m_i, q, k_desc, v_desc, b, hk, start_n, offs_m, offs_n, Sk, qk_scale,
                                   IS_CAUSAL, False, BLOCK_N, D)
@@ -79,9 +72,7 @@ def _attn_fwd_tma_kernel(
         acc, l_i, m_i = _tma_tile(acc, l_i, m_i, q, k_desc, v_desc, b, hk, start_n, offs_m, offs_n, Sk, qk_scale,
                                   IS_CAUSAL, True, BLOCK_N, D)
 
-    seen = l_i > 0.0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    out, lse = finish_rows(acc, l_i, m_i)
     m_valid = offs_m < Sq
     o_ptrs = OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_d[None, :]
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None])
