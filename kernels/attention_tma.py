@@ -80,8 +80,11 @@ def _attn_fwd_tma_kernel(
 
 
 def _aligned(t: torch.Tensor) -> bool:
+    """TMA's rule: unit last stride, a 16-byte aligned base, other strides multiples of 16 bytes. A broadcast
+    (zero) stride is refused too, unless its dimension has one element."""
     size = t.element_size()
-    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:-1])
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(
+        (s * size) % 16 == 0 and (s > 0 or n == 1) for s, n in zip(t.stride()[:-1], t.shape[:-1], strict=True))
 
 
 def tma_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, has_mask: bool) -> list[str]:
@@ -94,7 +97,7 @@ def tma_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, has_mask: boo
         reasons.append(f"head dims q {q.shape[-1]}, v {v.shape[-1]} (the TMA kernel needs D == Dv in {TMA_HEAD_DIMS})")
     if not all(_aligned(t) for t in (q, k, v)):
         reasons.append("q, k and v need a last stride of 1 and other strides and base addresses that are "
-                       "multiples of 16 bytes (TMA)")
+                       "multiples of 16 bytes, none of them a broadcast (TMA)")
     return reasons
 
 

@@ -48,6 +48,16 @@ def test_tma_reads_a_bshd_layout_through_its_strides():
     assert float((out.double() - ref).abs().max()) < 2e-3
 
 
+def test_tma_with_broadcast_batch_dimensions_matches_torch():
+    _require_tma()
+    q = torch.randn(2, 3, 2, 20, 64, dtype=torch.float16, device=DEVICE)
+    k, v = (torch.randn(1, 3, 2, 20, 64, dtype=torch.float16, device=DEVICE) for _ in range(2))
+    out = genai_fast.scaled_dot_product_attention(q, k, v, backend="triton+tma")
+    ref = F.scaled_dot_product_attention(q.double(), k.double().expand(2, -1, -1, -1, -1),
+                                         v.double().expand(2, -1, -1, -1, -1))
+    assert out.shape == q.shape and float((out.double() - ref).abs().max()) < 2e-3
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     ("mask", "attn_mask tensor"),
     ("fp32", "dtype float32 is not supported"),

@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.availability import triton_interpreter_enabled
-from genai_fast.backends.dispatch import ENV_BACKEND, Capability, Implementation, Op, define_op, validate_backend_name
+from genai_fast.backends.dispatch import (
+    ENV_BACKEND,
+    BackendNotSupportedError,
+    Capability,
+    Implementation,
+    Op,
+    define_op,
+    validate_backend_name,
+)
 from genai_fast.ops.eager import can_bypass_custom_op, is_plain_eager
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -709,8 +717,14 @@ _TRITON_TMA = Capability(devices=("cuda", "cpu"), dtypes=(torch.float16, torch.b
 
 @ATTENTION.register("triton+tma", _TRITON_TMA, check=_tma_reasons, requires="triton")
 def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale):
-    from genai_fast.kernels.attention_tma import attention_fwd_tma
+    from genai_fast.kernels.attention_tma import attention_fwd_tma, tma_reasons
 
+    # The dispatcher checked the caller's tensors; these are their 4-D canonical views (broadcast batch
+    # dimensions can leave strides TMA refuses), so check again before any descriptor is made.
+    reasons = tma_reasons(query, key, value, attn_mask is not None)
+    if reasons:
+        raise BackendNotSupportedError("scaled_dot_product_attention: backend 'triton+tma' cannot run these "
+                                       "inputs: " + "; ".join(reasons))
     return attention_fwd_tma(query, key, value, is_causal, scale)
 
 
