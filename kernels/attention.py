@@ -103,6 +103,15 @@ def online_softmax(s, m_i, l_i):
 
 
 @triton.jit
+def query_head(Hq, GROUP):
+    """(bh, b, h, hk) of a program whose grid dimension 1 runs over batch x query heads: the sequence, the query
+    head and the K/V head it reads (GQA: query head h reads h // GROUP)."""
+    bh = tl.program_id(1)
+    h = bh % Hq
+    return bh, bh // Hq, h, h // GROUP
+
+
+@triton.jit
 def key_ranges(pid_m, Sk, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """(n_full, hi) for query block pid_m: key columns [0, n_full) need no bounds or causal masking,
     [n_full, hi) do, and none past hi is visible."""
@@ -133,10 +142,7 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    hk = h // GROUP
+    bh, b, h, hk = query_head(Hq, GROUP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -287,10 +293,7 @@ def _attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    hk = h // GROUP
+    bh, b, h, hk = query_head(Hq, GROUP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from genai_fast.kernels.attention import finish_rows, key_ranges, online_softmax
+from genai_fast.kernels.attention import finish_rows, key_ranges, online_softmax, query_head
 
 from genai_fast.backends import memory
 
@@ -52,10 +52,7 @@ def _attn_fwd_tma_kernel(
     IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    hk = h // GROUP
+    bh, b, h, hk = query_head(Hq, GROUP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
