@@ -12,7 +12,8 @@
 # BENCH_TIMEOUT=130 BENCH_BUDGET_S=95 W2V_TIMEOUT=75 LLM_TIMEOUT=70 PROFILE_TIMEOUT=45 T2I_TIMEOUT=120.
 # GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT, LLM_TIMEOUT, T2I_TIMEOUT and PROFILE_TIMEOUT
 # shorten it when device time is scarce (0 skips the word2vec, LLM, text2image or profile step); GPU_TESTS
-# and BENCH_OPS narrow it to some test files and ops. ATTN_TUNE_TIMEOUT and LLM_1B_TIMEOUT add optional steps.
+# and BENCH_OPS narrow it to some test files and ops. ATTN_TUNE_TIMEOUT, LLM_1B_TIMEOUT and UNET_COMPILE_TIMEOUT add
+# optional steps.
 # The device image has no diffusers or CLIP vocabulary and no network: `bash bench/device_bundle.sh` here first
 # packs their wheels into .whl/ and Fashion-MNIST into .device/cache/; pass carry=[".whl", ".device"] to the run
 # tool, and this script installs the wheels under /tmp/site (PYTHONPATH) before anything else.
@@ -108,6 +109,17 @@ if [ "${LLM_1B_TIMEOUT:-0}" != 0 ]; then
     timeout ${LLM_1B_TIMEOUT} bash -c "$PY bench/random_llm.py --shape llama-1b --dtype bfloat16 --out /tmp/llama1b-random \
         && $PY bench/llm.py --model /tmp/llama1b-random --device cuda --dtype bfloat16 --batch 1 --new-tokens 64 \
         --reps 2 --json '$OUT/llm-1b-$name.json'" 2>&1 | tr '\r' '\n' | grep -v "it/s\|rep/s\|^ *$" | tail -4
+fi
+
+# Issue 6's other U-Net reference: the SD1.5-shaped step under torch.compile(mode="max-autotune") next to the
+# patched U-Net and eager diffusers (bench/unet.py). Compiling and autotuning an SD-sized U-Net takes minutes, so
+# it is off unless UNET_COMPILE_TIMEOUT is set; give it most of a session's call (about 400 s) with the other
+# steps at 0. The compile time is not timed; its rows land in unet-compile-<gpu>-<date>.json.
+if [ "${UNET_COMPILE_TIMEOUT:-0}" != 0 ]; then
+    step "SD1.5 U-Net step: patched vs eager diffusers vs torch.compile max-autotune"
+    GENAI_FAST_BENCH_COMPILE=1 TORCHINDUCTOR_COMPILE_THREADS=$(nproc) timeout ${UNET_COMPILE_TIMEOUT} \
+        $PY -m genai_fast.cli bench --device cuda --full --ops unet --no-progress --json "$OUT/unet-compile-$name.json"
+    echo "unet compile exit status: $?"
 fi
 
 # Issue 7 asks for the default text-to-image training time on a GPU: on the H200 (2026-11-28, run 2) 600 of the
