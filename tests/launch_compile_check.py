@@ -79,7 +79,7 @@ def compiling_instead_of_launching(arch: int = 90) -> Iterator[CompileLog]:
         for config in tuner.prune_configs(kwargs):
             tuner.fn.run(*args, **kwargs, **config.all_kwargs())
 
-    from genai_fast.kernels import attention, attention_tma, group_norm
+    from genai_fast.kernels import attention, attention_tma, decode_gemv, group_norm
 
     def as_gpu(config_fn: Callable) -> Callable:
         return lambda device, *a, **k: config_fn(torch.device("cuda"), *a, **k)
@@ -87,11 +87,12 @@ def compiling_instead_of_launching(arch: int = 90) -> Iterator[CompileLog]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(JITFunction, "run", jit_run))
         stack.enter_context(mock.patch.object(Autotuner, "run", autotuned_run))
-        for module in (attention, group_norm):
+        for module in (attention, decode_gemv, group_norm):
             stack.enter_context(mock.patch.object(module, "multiprocessor_count", lambda device: H100_SMS))
         for name in ("_fwd_config", "_bwd_config", "_decode_config", "_num_splits"):
             stack.enter_context(mock.patch.object(attention, name, as_gpu(getattr(attention, name))))
         stack.enter_context(mock.patch.object(attention_tma, "_config", as_gpu(attention_tma._config)))
+        stack.enter_context(mock.patch.object(decode_gemv, "_tiles", as_gpu(decode_gemv._tiles)))
         stack.enter_context(mock.patch.object(group_norm, "_num_programs_target", lambda device: 4 * H100_SMS))
         yield log
 
@@ -241,6 +242,23 @@ def _swiglu_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object
         yield f"swiglu {shape}", lambda h=h: swiglu_fwd(h)
 
 
+def _decode_gemv_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.decode_gemv import norm_linear_fwd, swiglu_linear_fwd
+
+    # One value (constants); SmolLM2's QKV (with Qwen2's bias), gate/up and LM head; Llama-3.2-1B's; two rows.
+    for R, K, N in [(1, 1, 1), (1, 576, 960), (1, 576, 3072), (1, 576, 49152), (1, 2048, 16384), (2, 2048, 3072)]:
+        h, delta = torch.empty(R, K, dtype=dtype), torch.empty(R, K, dtype=dtype)
+        norm_weight, weight = torch.empty(K, dtype=dtype), torch.empty(N, K, dtype=dtype)
+        bias = torch.empty(N, dtype=dtype)
+        yield (f"norm_linear R{R} K{K} N{N}",
+               lambda h=h, d=delta, nw=norm_weight, w=weight, b=bias: (
+                   norm_linear_fwd(h, d, nw, 1e-5, w), norm_linear_fwd(h, None, nw, 1e-5, w, b)))
+    # One value; SmolLM2's down projection; Llama-3.2-1B's.
+    for R, K, N in [(1, 1, 1), (1, 1536, 576), (1, 8192, 2048)]:
+        gate_up, weight = torch.empty(R, 2 * K, dtype=dtype), torch.empty(N, K, dtype=dtype)
+        yield f"swiglu_linear R{R} K{K} N{N}", lambda g=gate_up, w=weight: swiglu_linear_fwd(g, w)
+
+
 def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     from genai_fast.kernels.conv2d import conv2d_epilogue_, conv2d_fwd
 
@@ -295,7 +313,7 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
 
 
 OPS = {"attention": _attention_cases, "attention_tma": _attention_tma_cases, "group_norm": _group_norm_cases,
-       "conv2d": _conv2d_cases,
+       "conv2d": _conv2d_cases, "decode_gemv": _decode_gemv_cases,
        "geglu": _geglu_cases, "guided_update": _guided_update_cases, "rms_norm": _rms_norm_cases,
        "rope_append": _rope_append_cases, "swiglu": _swiglu_cases, "word2vec": _word2vec_cases}
 

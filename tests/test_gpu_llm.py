@@ -131,3 +131,48 @@ def test_decode_step_kernels_on_cuda(dtype):
     x = (torch.randn(3, norm.weight.shape[0], device="cuda") * 2).to(dtype)
     ours, theirs = norm.step(x, run).float(), norm.forward(x).float()
     assert (ours - theirs).abs().max() <= 2 * torch.finfo(dtype).eps * theirs.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("K, N", [(576, 960), (576, 49152), (2048, 16384)], ids=["smollm2-qkv", "smollm2-lm-head",
+                                                                                   "llama1b-gate-up"])
+def test_decode_gemv_on_cuda_matches_float64(K, N, dtype):
+    """kernels/decode_gemv.py with the GPU's tiles at real models' shapes, against the float64 oracle under the
+    tolerance rule (the budget: HF's separate ops, cuBLAS for the projection), outputs poisoned first; and the
+    engine resolves them at batch 1 (the greedy tests above decode through them)."""
+    from genai_fast.kernels.decode_gemv import norm_linear_fwd, swiglu_linear_fwd
+
+    from genai_fast.backends import memory
+    from genai_fast.testing import assert_matches_oracle
+
+    engine = load(_tiny("llama").to(dtype), max_seq_len=64)
+    assert engine.model.decode_gemv(1) == (norm_linear_fwd, swiglu_linear_fwd)
+    assert engine.model.decode_gemv(2) is None
+    g = torch.Generator(device="cuda").manual_seed(K + N)
+    h, delta = (torch.randn(1, K, device="cuda", generator=g) * 2).to(dtype), torch.randn(1, K, device="cuda",
+                                                                                           generator=g).to(dtype)
+    norm_weight = (1 + 0.2 * torch.randn(K, device="cuda", generator=g)).to(dtype)
+    weight = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).to(dtype)
+
+    def reference(h, delta, norm_weight, weight):
+        total = h + delta
+        x = total.float() if total.dtype != torch.float64 else total
+        normed = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)).to(total.dtype)
+        return torch.nn.functional.linear(norm_weight * normed, weight)
+
+    with memory.poison_outputs():
+        total, y = norm_linear_fwd(h, delta, norm_weight, 1e-5, weight)
+    assert torch.equal(total, h + delta)
+    want = reference(*(t.double() for t in (h, delta, norm_weight, weight)))
+    assert_matches_oracle(y, want, reference(h, delta, norm_weight, weight), "norm_linear")
+    gate_up = (torch.randn(1, 2 * N, device="cuda", generator=g) * 3).to(dtype)
+    down = (torch.randn(K, N, device="cuda", generator=g) / N ** 0.5).to(dtype)
+
+    def swiglu_reference(gate_up, down):
+        gate, up = gate_up.chunk(2, dim=-1)
+        return torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, down)
+
+    with memory.poison_outputs():
+        y = swiglu_linear_fwd(gate_up, down)
+    assert_matches_oracle(y, swiglu_reference(gate_up.double(), down.double()), swiglu_reference(gate_up, down),
+                          "swiglu_linear")

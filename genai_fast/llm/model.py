@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -48,6 +48,15 @@ AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list, float], tor
 # kernels/rope_append.py's rope_append_fwd: (qkv, Hq, Hkv, k_cache, v_cache, seqlens, cos, sin) -> q
 AppendFn = Callable[..., torch.Tensor]
 GluFn = Callable[[torch.Tensor], torch.Tensor]  # kernels/swiglu.py's swiglu_fwd: [R, 2H] -> silu(gate) * up
+
+
+class DecodeGemv(NamedTuple):
+    """kernels/decode_gemv.py's batch-1 projections with the step's small ops folded in.
+    norm_linear(h, delta or None, norm_weight, eps, weight, bias) -> (h + delta, rms_norm(h + delta) @ weight^T + b);
+    swiglu_linear(gate_up, weight, bias) -> (silu(gate) * up) @ weight^T + b."""
+
+    norm_linear: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    swiglu_linear: Callable[..., torch.Tensor]
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -171,11 +180,26 @@ class Layer(nn.Module):
         h, x = add_rms_norm(h, self.attention_step(x, rope, at, linear), self.norm2.weight, self.norm2.eps)
         return h, self.mlp(x, linear, swiglu)
 
+    def step_gemv(self, h: torch.Tensor, pending: torch.Tensor | None, at: StepPositions, linear: LinearFn,
+                  gemv: DecodeGemv) -> tuple[torch.Tensor, torch.Tensor]:
+        """step_fused() with each RMSNorm folded into the projection after it and the SwiGLU into the down
+        projection (kernels/decode_gemv.py; GPU, batch 1, RMSNorm/SwiGLU layers): h [1, hidden] is the residual
+        stream still missing `pending`. Returns (h, this layer's MLP output). Same roundings as step()."""
+        h, qkv = gemv.norm_linear(h, pending, self.norm1.weight, self.norm1.eps, self.wqkv, self.bqkv)
+        h, gate_up = gemv.norm_linear(h, self.attend_qkv(qkv, None, at, linear), self.norm2.weight, self.norm2.eps,
+                                      self.mlp_in, self.b_in)
+        return h, gemv.swiglu_linear(gate_up, self.mlp_out, self.b_out)
+
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
                        linear: LinearFn = F.linear) -> torch.Tensor:
         """x: [B, hidden] -> [B, hidden]; appends each sequence's K/V at its length."""
-        cfg, B = self.cfg, x.shape[0]
-        qkv = linear(x, self.wqkv, self.bqkv)
+        return self.attend_qkv(linear(x, self.wqkv, self.bqkv), rope, at, linear)
+
+    def attend_qkv(self, qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
+                   linear: LinearFn = F.linear) -> torch.Tensor:
+        """qkv: the fused projection's [B, (Hq + 2 Hkv) D] -> [B, hidden]; appends each sequence's K/V at its
+        length, attends, projects."""
+        cfg, B = self.cfg, qkv.shape[0]
         if at.append is not None:  # GPU: one kernel rotates q and k and appends k and v, then attend
             q = at.append(qkv, cfg.num_heads, cfg.num_kv_heads, self.k_cache, self.v_cache, at.seqlens,
                           *at.rope_tables)
@@ -303,6 +327,7 @@ class DecoderModel(nn.Module):
         self._decode_kernels: dict[tuple, RmsNormFn | AttendFn | None] = {}
         # id(weight) -> GgufWeight (genai_fast.llm.gguf_blocks): weights whose GGUF blocks decode reads instead.
         self.gguf_blocks: dict[int, object] = {}
+        self.fused_projections = True  # decode_gemv's kernels where they apply (False: cuBLAS for every projection)
 
     @property
     def device(self) -> torch.device:
@@ -400,7 +425,13 @@ class DecoderModel(nn.Module):
         rms_norm = self.decode_rms_norm()
         swiglu = self.decode_swiglu()
         add_norm = self.decode_add_rms_norm()
+        gemv = self.decode_gemv(B) if add_norm is not None and rope is None else None
         try:
+            if gemv is not None:
+                pending = None
+                for layer in self.layers:
+                    x, pending = layer.step_gemv(x, pending, at, linear, gemv)
+                return gemv.norm_linear(x, pending, self.norm.weight, self.norm.eps, self.lm_head, None)[1]
             if add_norm is not None:
                 pending = None
                 for layer in self.layers:
@@ -446,6 +477,26 @@ class DecoderModel(nn.Module):
             self._decode_kernels[key] = (_resolve_gpu_kernel(self.device, self.dtype, "rms_norm", "add_rms_norm_fwd")
                                          if usable else None)
         return self._decode_kernels[key]
+
+    def decode_gemv(self, batch: int) -> DecodeGemv | None:
+        """On a GPU with Triton, at batch 1, for models whose norms are all RMSNorms and whose MLPs are SwiGLU:
+        kernels/decode_gemv.py's projections with the norms and the SwiGLU folded in (three kernels fewer per
+        layer). At larger batches each program would read its weight rows once per sequence, so cuBLAS's GEMM
+        keeps those. None also with GENAI_FAST_BACKEND=torch or `fused_projections` False (the benchmark's
+        comparison). Resolved once per setting."""
+        key = ("gemv", os.environ.get(ENV_BACKEND), self.fused_projections)
+        if key not in self._decode_kernels:
+            cfg = self.cfg
+            norms = [self.norm, *(n for layer in self.layers for n in (layer.norm1, layer.norm2))]
+            usable = (self.fused_projections and cfg.family == "llama" and cfg.activation == "silu"
+                      and all(n.bias is None for n in norms))
+            gemv = None
+            if usable and (norm_linear := _resolve_gpu_kernel(self.device, self.dtype, "decode_gemv",
+                                                              "norm_linear_fwd")) is not None:
+                gemv = DecodeGemv(norm_linear,
+                                  _resolve_gpu_kernel(self.device, self.dtype, "decode_gemv", "swiglu_linear_fwd"))
+            self._decode_kernels[key] = gemv
+        return self._decode_kernels[key] if batch == 1 else None
 
     def decode_append(self) -> AppendFn | None:
         """On a GPU with Triton: kernels/rope_append.py's launcher, which rotates the new token's q and k and
