@@ -13,6 +13,10 @@
   GB/s, and torch SDPA flash over K/V repeated to the query heads.
 - group_norm: GroupNorm+SiLU through the CUDA backend at SD shapes: the call, each of its three kernels, the
   call replayed from a CUDA graph with its GB/s, and torch's GroupNorm + SiLU.
+- unet: one step of the SD1.5-shaped U-Net of the benchmark (fp16, batch 2, 64x64; needs diffusers), patched and
+  as diffusers runs it: the GPU time by kind of kernel (convolution, matrix products, attention, norms, GEGLU,
+  the rest), the top kernels, and the patched step replayed from a CUDA graph. This is what says which kernels
+  stand between the patched step and torch.compile's.
 
 Numbers are medians of triton.testing.do_bench (CUDA events) after warm-up.
 """
@@ -187,8 +191,69 @@ def profile_group_norm(args: argparse.Namespace) -> None:
               f"({gbps:.0f} GB/s), torch {ref:.1f} us; kernels: {parts}")
 
 
+# Kernel families by name, first match wins (cuDNN, cuBLAS/CUTLASS and Triton kernel names as torch 2.11 shows them).
+KERNEL_KINDS = [
+    ("attention", ("attn", "attention", "flash", "fmha", "sdpa")),
+    ("group_norm", ("group_norm", "groupnorm", "welford")),
+    ("geglu", ("geglu",)),
+    ("convolution", ("conv", "implicit", "winograd", "fprop", "dgrad", "nhwc", "xmma_fprop")),
+    ("matmul", ("gemm", "cutlass", "cublas", "sm90_xmma", "matmul", "gemv")),
+    ("layout", ("transpose", "permute", "copy", "cat", "nchw")),
+]
+
+
+def kernel_kind(name: str) -> str:
+    """A kernel's family for the U-Net breakdown ("other" when no pattern of KERNEL_KINDS matches)."""
+    lowered = name.lower()
+    return next((kind for kind, patterns in KERNEL_KINDS if any(p in lowered for p in patterns)), "other")
+
+
+def kernel_breakdown(events: list[Any], top: int = 10) -> list[str]:
+    """Lines: the kernels' GPU time by family, then the `top` kernels by GPU time."""
+    total = sum(_device_us(e) for e in events) or 1.0
+    by_kind, by_name, count = Counter(), Counter(), Counter()
+    for e in events:
+        by_kind[kernel_kind(e.name)] += _device_us(e)
+        by_name[e.name[:80]] += _device_us(e)
+        count[e.name[:80]] += 1
+    lines = ["  by kind: " + ", ".join(f"{kind} {us / 1e3:.2f} ms ({us / total:.0%})"
+                                       for kind, us in by_kind.most_common())]
+    lines += [f"  {us:9.1f} us  x{count[name]:<4d} {name}" for name, us in by_name.most_common(top)]
+    return lines
+
+
+def profile_unet(args: argparse.Namespace) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import unet as unet_bench  # bench/unet.py: the benchmark's SD1.5-shaped case and its inputs
+
+    if not unet_bench.HAVE_DIFFUSERS:
+        print("unet: diffusers is not installed, skipped")
+        return
+    del args  # no options
+    inputs = unet_bench.make_inputs(unet_bench._step_case(torch.float16), torch.device("cuda"))
+    runs = {"patched": inputs["patched_call"],
+            "diffusers eager": lambda: unet_bench._unet_step(inputs["eager"], inputs)}
+    for name, call in runs.items():
+        for _ in range(3):
+            call()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            call()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(_device_us(e) for e in kernels) / 1e3
+        print(f"unet SD1.5 64x64 b2 fp16, {name}: {len(kernels)} kernels, {busy:.2f} ms of GPU time, "
+              f"{_bench_us(call) / 1e3:.2f} ms a call")
+        print("\n".join(kernel_breakdown(kernels)))
+    graphed = inputs["graphed_call"]
+    graphed()
+    print(f"unet patched, replayed from its CUDA graph: {_bench_us(graphed) / 1e3:.2f} ms a call")
+
+
 PARTS = {"llm": profile_llm_step, "word2vec": profile_word2vec, "decode": profile_decode_attention,
-         "group_norm": profile_group_norm}
+         "group_norm": profile_group_norm, "unet": profile_unet}
 
 
 def main() -> int:
