@@ -15,8 +15,9 @@
 //      double (two passes over the partials: mean, then M2 by Chan's formula) and writes per-(n, c)
 //      fp32 scale = rstd * w[c] and shift = b[c] - mean * scale (w, b: fp32, fp16 or bf16, or null
 //      for the identity).
-//   3. group_norm_apply_{cf,cl}_<dt>: grid-stride over the tensor, y = x * scale + shift, then SiLU
-//      if asked, stored in the input dtype.
+//   3. group_norm_apply_{cf,cl}_<dt>: grid-stride over the tensor from its end back to its start (so that on
+//      tensors larger than L2 the part the stats pass read last is read again from L2), y = x * scale +
+//      shift, then SiLU if asked, stored in the input dtype with evict-first hints.
 // Every reduction has a fixed order, so results are bit-for-bit reproducible run to run.
 //
 // `vec` != 0 selects 16-byte vector loads and stores (4 fp32 or 8 fp16/bf16 elements). The host
@@ -44,16 +45,31 @@ typedef long long i64;
 
 // ------------------------------------------------------------------ element types
 
+// Without __CUDA_ARCH__ (tests/cuda_emulator/block_emulator.cpp builds this file for the CPU) the conversions
+// are the same IEEE round-to-nearest-even ones in portable C++.
 __device__ __forceinline__ float gn_half_to_float(unsigned short h) {
+#if defined(__CUDA_ARCH__)
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
   return f;
+#else
+  _Float16 f;
+  __builtin_memcpy(&f, &h, 2);
+  return static_cast<float>(f);
+#endif
 }
 
 __device__ __forceinline__ unsigned short gn_float_to_half(float f) {
+#if defined(__CUDA_ARCH__)
   unsigned short h;
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
   return h;
+#else
+  const _Float16 v = static_cast<_Float16>(f);
+  unsigned short h;
+  __builtin_memcpy(&h, &v, 2);
+  return h;
+#endif
 }
 
 __device__ __forceinline__ float gn_bf16_to_float(unsigned short b) {
@@ -61,9 +77,38 @@ __device__ __forceinline__ float gn_bf16_to_float(unsigned short b) {
 }
 
 __device__ __forceinline__ unsigned short gn_float_to_bf16(float f) {
+#if defined(__CUDA_ARCH__)
   unsigned short b;
   asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f));
   return b;
+#else
+  unsigned int u;
+  __builtin_memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<unsigned short>((u >> 16) | 0x0040u);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+  return static_cast<unsigned short>(u >> 16);
+#endif
+}
+
+// 16-byte loads and stores marked evict-first (ld/st.global.cs): the apply pass reads x for the last time and
+// writes y, which nothing in this call reads again; the hint keeps L2 for the part of x still to be read.
+__device__ __forceinline__ uint4 gn_load_last_use(const void* p) {
+#if defined(__CUDA_ARCH__)
+  uint4 v;
+  asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+#else
+  return *static_cast<const uint4*>(p);
+#endif
+}
+
+__device__ __forceinline__ void gn_store_streaming(void* p, const uint4& v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+#else
+  *static_cast<uint4*>(p) = v;
+#endif
 }
 
 struct GnF32 {
@@ -121,6 +166,18 @@ struct GnVec {
     *reinterpret_cast<uint4*>(p) = pack.u;
   }
 
+  // The apply pass's accesses: x read for the last time, y streamed out (gn_load_last_use, gn_store_streaming).
+  static __device__ __forceinline__ void load_last_use(const T* __restrict__ p, float (&v)[VEC]) {
+    unpack(gn_load_last_use(p), v);
+  }
+
+  static __device__ __forceinline__ void store_streaming(T* __restrict__ p, const float (&v)[VEC]) {
+    Pack pack;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) pack.e[i] = Tr::from_float(v[i]);
+    gn_store_streaming(p, pack.u);
+  }
+
   // VEC consecutive fp32 parameters (VEC is 4 or 8 here; p 16-byte aligned).
   static __device__ __forceinline__ void load_params(const float* __restrict__ p, float (&v)[VEC]) {
 #pragma unroll
@@ -142,6 +199,8 @@ struct GnVec<Tr, 1> {
   static __device__ __forceinline__ void unpack(const Raw& raw, float (&v)[1]) { v[0] = Tr::to_float(raw); }
   static __device__ __forceinline__ void load(const T* __restrict__ p, float (&v)[1]) { v[0] = Tr::to_float(p[0]); }
   static __device__ __forceinline__ void store(T* __restrict__ p, const float (&v)[1]) { p[0] = Tr::from_float(v[0]); }
+  static __device__ __forceinline__ void load_last_use(const T* __restrict__ p, float (&v)[1]) { load(p, v); }
+  static __device__ __forceinline__ void store_streaming(T* __restrict__ p, const float (&v)[1]) { store(p, v); }
   static __device__ __forceinline__ void load_params(const float* __restrict__ p, float (&v)[1]) { v[0] = p[0]; }
 };
 
@@ -418,9 +477,17 @@ group_norm_finalize(const float* __restrict__ ws_mean, const float* __restrict__
 
 // ------------------------------------------------------------------ pass 3: apply
 
+// The apply pass walks the tensor backwards. The stats pass read it front to back, so on a tensor larger than
+// L2 its end is what L2 still holds when this pass starts; going back to front reads that part from L2 before
+// the writes of y evict it. Each thread visits its vectors last, last - step, ..., first (first = its global
+// index, step = the grid's thread count).
+__device__ __forceinline__ i64 gn_last_visit(i64 first, i64 num_vecs, i64 step) {
+  return first + (num_vecs - 1 - first) / step * step;
+}
+
 // Channels-first: vector i covers elements [i * VEC, i * VEC + VEC) of one row n * C + c (S % VEC == 0),
-// and scale/shift are indexed by that row. The row is tracked incrementally, so the loop divides
-// nothing.
+// and scale/shift are indexed by that row. The row is tracked incrementally (stepping back), so the loop
+// divides nothing.
 template <class Tr, int VEC>
 __device__ __forceinline__ void gn_apply_channels_first(const typename Tr::T* __restrict__ x,
                                                         typename Tr::T* __restrict__ y,
@@ -430,33 +497,34 @@ __device__ __forceinline__ void gn_apply_channels_first(const typename Tr::T* __
   const i64 num_vecs = total / VEC;
   const i64 row_vecs = S / VEC;
   const i64 step = static_cast<i64>(gridDim.x) * blockDim.x;
-  i64 i = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= num_vecs) return;
+  const i64 first = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (first >= num_vecs) return;
+  i64 i = gn_last_visit(first, num_vecs, step);
   i64 row = i / row_vecs;
   i64 off = i - row * row_vecs;
   const i64 step_rows = step / row_vecs;
   const i64 step_off = step - step_rows * row_vecs;
-  for (; i < num_vecs; i += step) {
+  for (; i >= first; i -= step) {
     const float a = scale[row], b = shift[row];
     float v[VEC];
-    GnVec<Tr, VEC>::load(x + i * VEC, v);
+    GnVec<Tr, VEC>::load_last_use(x + i * VEC, v);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const float z = fmaf(v[j], a, b);
       v[j] = silu ? gn_silu(z) : z;
     }
-    GnVec<Tr, VEC>::store(y + i * VEC, v);
-    off += step_off;
-    row += step_rows;
-    if (off >= row_vecs) {
-      off -= row_vecs;
-      ++row;
+    GnVec<Tr, VEC>::store_streaming(y + i * VEC, v);
+    off -= step_off;
+    row -= step_rows;
+    if (off < 0) {
+      off += row_vecs;
+      --row;
     }
   }
 }
 
 // Channels-last: vector i covers channels [cv * VEC, cv * VEC + VEC) of row (n, s) (C % VEC == 0);
-// (cv, s, n) are tracked incrementally.
+// (cv, s, n) are tracked incrementally (stepping back, with borrows).
 template <class Tr, int VEC>
 __device__ __forceinline__ void gn_apply_channels_last(const typename Tr::T* __restrict__ x,
                                                        typename Tr::T* __restrict__ y,
@@ -466,8 +534,9 @@ __device__ __forceinline__ void gn_apply_channels_last(const typename Tr::T* __r
   const i64 num_vecs = total / VEC;
   const i64 row_vecs = C / VEC;
   const i64 step = static_cast<i64>(gridDim.x) * blockDim.x;
-  i64 i = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= num_vecs) return;
+  const i64 first = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (first >= num_vecs) return;
+  i64 i = gn_last_visit(first, num_vecs, step);
   const i64 flat_row = i / row_vecs;
   i64 cv = i - flat_row * row_vecs;
   i64 n = flat_row / S;
@@ -476,30 +545,30 @@ __device__ __forceinline__ void gn_apply_channels_last(const typename Tr::T* __r
   const i64 step_cv = step - step_rows * row_vecs;
   const i64 step_n = step_rows / S;
   const i64 step_s = step_rows - step_n * S;
-  for (; i < num_vecs; i += step) {
+  for (; i >= first; i -= step) {
     float a[VEC], b[VEC], v[VEC];
     const i64 p = n * C + cv * VEC;
     GnVec<Tr, VEC>::load_params(scale + p, a);
     GnVec<Tr, VEC>::load_params(shift + p, b);
-    GnVec<Tr, VEC>::load(x + i * VEC, v);
+    GnVec<Tr, VEC>::load_last_use(x + i * VEC, v);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const float z = fmaf(v[j], a[j], b[j]);
       v[j] = silu ? gn_silu(z) : z;
     }
-    GnVec<Tr, VEC>::store(y + i * VEC, v);
-    cv += step_cv;
-    i64 carry = 0;
-    if (cv >= row_vecs) {
-      cv -= row_vecs;
-      carry = 1;
+    GnVec<Tr, VEC>::store_streaming(y + i * VEC, v);
+    cv -= step_cv;
+    i64 borrow = 0;
+    if (cv < 0) {
+      cv += row_vecs;
+      borrow = 1;
     }
-    s += step_s + carry;
-    if (s >= S) {
-      s -= S;
-      ++n;
+    s -= step_s + borrow;
+    if (s < 0) {
+      s += S;
+      --n;
     }
-    n += step_n;
+    n -= step_n;
   }
 }
 
