@@ -103,6 +103,17 @@ def online_softmax(s, m_i, l_i):
 
 
 @triton.jit
+def query_block(IS_CAUSAL: tl.constexpr):
+    """The program's query block (grid dimension 0). Causal rows see more keys the further down they are, and
+    the GPU starts a grid's programs in order: reversed, the heaviest blocks start first and the lightest fill
+    the last wave's tail."""
+    pid = tl.program_id(0)
+    if IS_CAUSAL:
+        pid = tl.num_programs(0) - 1 - pid
+    return pid
+
+
+@triton.jit
 def query_head(Hq, GROUP):
     """(bh, b, h, hk) of a program whose grid dimension 1 runs over batch x query heads: the sequence, the query
     head and the K/V head it reads (GQA: query head h reads h // GROUP)."""
@@ -141,7 +152,7 @@ def _attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    pid_m = query_block(IS_CAUSAL)
     bh, b, h, hk = query_head(Hq, GROUP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -292,7 +303,7 @@ def _attn_bwd_dq_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    pid_m = query_block(IS_CAUSAL)
     bh, b, h, hk = query_head(Hq, GROUP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from genai_fast.kernels.attention import finish_rows, key_ranges, online_softmax, query_head
+from genai_fast.kernels.attention import finish_rows, key_ranges, online_softmax, query_block, query_head
 
 from genai_fast.backends import memory
 
@@ -51,7 +51,7 @@ def _attn_fwd_tma_kernel(
     q_desc, k_desc, v_desc, OUT, LSE, sob, soh, som, Hq, GROUP, Sq, Sk, qk_scale,
     IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    pid_m = query_block(IS_CAUSAL)
     bh, b, h, hk = query_head(Hq, GROUP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)

@@ -58,7 +58,7 @@ def _norm_linear_kernel(h_ptr, d_ptr, nw_ptr, w_ptr, b_ptr, sum_ptr, y_ptr, N, K
         offs_k = k0 + offs_c
         k_valid = offs_k < K
         x = _residual(h_ptr, d_ptr, row, stride_h, stride_d, offs_k, k_valid, HAS_DELTA)
-        if HAS_DELTA:
+        if HAS_DELTA:  # noqa: SIM102 (a compile-time test, then a run-time one: Triton keeps them apart)
             if pid_n == 0:
                 tl.store(sum_ptr + row * K + offs_k, x, mask=k_valid)
         xf = x.to(tl.float32)
