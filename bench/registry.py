@@ -59,6 +59,7 @@ def register(entry: BenchEntry) -> BenchEntry:
 ENTRY_MODULES = (
     "attention",
     "conv2d",
+    "decode_gemv",
     "geglu",
     "gguf_linear",
     "group_norm",

@@ -107,14 +107,16 @@ def _swiglu_linear_kernel(g_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_g, stride_w, 
 
 
 def _tiles(device: torch.device, N: int, K: int) -> dict[str, int]:
-    """BLOCK_N, BLOCK_K and warps. On a GPU: about four programs per SM when N allows (a batch-1 product is
-    bound by how many weight bytes are in flight), at least 4 features a program so that each recomputed
-    prologue is shared, and about 8k weight values a chunk (64 a thread at 4 warps). The interpreter: small."""
+    """BLOCK_N, BLOCK_K and warps. On a GPU: about two programs per SM when N allows (a batch-1 product is
+    bound by how many weight bytes are in flight), and about 8k weight values a chunk (64 a thread at 4
+    warps). Each program re-reads its row's prologue (2K values from L2 against its BLOCK_N x K weights), so
+    it takes at least 8 features where N still gives every SM a program, else 4. The interpreter: small."""
     if device.type != "cuda":
         return {"BLOCK_N": min(16, triton.next_power_of_2(N)), "BLOCK_K": min(64, triton.next_power_of_2(K)),
                 "num_warps": 4}
-    per_program = N // (4 * multiprocessor_count(device))
-    block_n = min(64, max(4, 1 << max(per_program, 1).bit_length() - 1))
+    sms = multiprocessor_count(device)
+    least = 8 if N >= 8 * sms else 4
+    block_n = min(64, max(least, 1 << max(N // (2 * sms), 1).bit_length() - 1))
     block_k = min(max(64, 8192 // block_n), 1024, max(64, triton.next_power_of_2(K)))
     return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 4}
 
