@@ -44,6 +44,14 @@ def _residual(h_ptr, d_ptr, row, stride_h, stride_d, offs_k, k_valid, HAS_DELTA:
 
 
 @triton.jit
+def _store_row(y_ptr, b_ptr, row, N, offs_n, n_valid, acc, HAS_BIAS: tl.constexpr):
+    """The row's BLOCK_N products plus the bias (in fp32), rounded once to y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_valid, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * N + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_valid)
+
+
+@triton.jit
 def _norm_linear_kernel(h_ptr, d_ptr, nw_ptr, w_ptr, b_ptr, sum_ptr, y_ptr, N, K, stride_h, stride_d, stride_w, eps,
                         HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr):
@@ -64,8 +72,9 @@ def _norm_linear_kernel(h_ptr, d_ptr, nw_ptr, w_ptr, b_ptr, sum_ptr, y_ptr, N, K
         xf = x.to(tl.float32)
         squares += xf * xf
     rstd = 1.0 / tl.sqrt_rn(tl.sum(squares, axis=0) / K + eps)
-    # Pass 2: the normalised, scaled chunk (HF's two roundings) against BLOCK_N weight rows.
-    acc = tl.zeros([BLOCK_N], tl.float32)
+    # Pass 2: the normalised, scaled chunk (HF's two roundings) against BLOCK_N weight rows. The products
+    # accumulate per lane and are summed across the row once, after the loop (no shuffles per chunk).
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_w
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + offs_c
@@ -75,10 +84,8 @@ def _norm_linear_kernel(h_ptr, d_ptr, nw_ptr, w_ptr, b_ptr, sum_ptr, y_ptr, N, K
         scale = tl.load(nw_ptr + offs_k, mask=k_valid, other=0.0).to(tl.float32)
         xw = (scale * normed.to(tl.float32)).to(x.dtype).to(tl.float32)
         w = tl.load(w_rows + offs_k[None, :], mask=n_valid[:, None] & k_valid[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * xw[None, :], axis=1)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_valid, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * N + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_valid)
+        acc += w.to(tl.float32) * xw[None, :]
+    _store_row(y_ptr, b_ptr, row, N, offs_n, n_valid, tl.sum(acc, axis=1), HAS_BIAS)
 
 
 @triton.jit
@@ -89,7 +96,7 @@ def _swiglu_linear_kernel(g_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_g, stride_w, 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_valid = offs_n < N
     offs_c = tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)  # per-lane partial products, summed after the loop
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_w
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + offs_c
@@ -100,10 +107,8 @@ def _swiglu_linear_kernel(g_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_g, stride_w, 
         act = (g / (1.0 + tl.exp(-g))).to(gate.dtype)  # silu, rounded as torch's F.silu in gate's dtype
         a = (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype).to(tl.float32)
         w = tl.load(w_rows + offs_k[None, :], mask=n_valid[:, None] & k_valid[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * a[None, :], axis=1)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_valid, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * N + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_valid)
+        acc += w.to(tl.float32) * a[None, :]
+    _store_row(y_ptr, b_ptr, row, N, offs_n, n_valid, tl.sum(acc, axis=1), HAS_BIAS)
 
 
 def _tiles(device: torch.device, N: int, K: int) -> dict[str, int]:
