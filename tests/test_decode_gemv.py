@@ -204,3 +204,15 @@ def test_the_fused_projections_resolve_for_rmsnorm_swiglu_models_at_batch_1(kind
         assert model.decode_gemv(2) is None
         model.fused_projections = False
         assert model.decode_gemv(1) is None
+
+
+def test_no_rows_and_no_features():
+    """Zero rows give empty results without a launch; zero output features an empty [R, 0]."""
+    from genai_fast.kernels.decode_gemv import norm_linear_fwd, swiglu_linear_fwd
+
+    h, delta, norm_weight, weight, _ = _inputs(2, 8, 4, torch.float32, True, False, seed=3)
+    total, y = norm_linear_fwd(h[:0], delta[:0], norm_weight, EPS, weight)
+    assert total.shape == (0, 8) and y.shape == (0, 4)
+    total, y = norm_linear_fwd(h, None, norm_weight, EPS, weight[:0])
+    assert total is h and y.shape == (2, 0)
+    assert swiglu_linear_fwd(torch.randn(0, 16), weight).shape == (0, 4)
