@@ -9,13 +9,25 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from types import ModuleType
 
 import torch
 
+_INTERPRETER: bool | None = None  # TRITON_INTERPRET, kept once triton is imported
+
 
 def triton_interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """TRITON_INTERPRET=1. The variable has to be set before triton is imported (a kernel is made interpreted
+    or compiled when its module defines it), so once triton is in sys.modules the answer is read once and
+    kept: every dispatch asks, and an environment lookup costs about a microsecond."""
+    global _INTERPRETER
+    if _INTERPRETER is not None:
+        return _INTERPRETER
+    enabled = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if "triton" in sys.modules:
+        _INTERPRETER = enabled
+    return enabled
 
 
 @functools.cache

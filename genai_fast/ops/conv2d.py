@@ -382,11 +382,11 @@ def _winograd_reasons(x, weight, stride, padding, dilation, groups) -> list[str]
 def _winograd_pays(args: tuple) -> bool:
     """The automatic choice: Winograd where it runs and beats oneDNN (WINOGRAD_MIN_MACS, WINOGRAD_MIN_TILES)."""
     x, weight, _bias, _residual, stride, padding, dilation, groups = args[:8]
-    if _winograd_reasons(x, weight, stride, padding, dilation, groups):
-        return False
     N, C, H, W = x.shape
     tiles = N * ((H + 1) // 2) * ((W + 1) // 2)
-    return tiles >= WINOGRAD_MIN_TILES and 9 * N * H * W * C * weight.shape[0] >= WINOGRAD_MIN_MACS
+    if tiles < WINOGRAD_MIN_TILES or 9 * N * H * W * C * weight.shape[0] < WINOGRAD_MIN_MACS:
+        return False  # the size test first: it is the cheap one, and small convs (most calls) stop here
+    return not _winograd_reasons(x, weight, stride, padding, dilation, groups)
 
 
 @CONV2D.register(
