@@ -42,14 +42,15 @@ def _case(kind: str, K: int, N: int, model: str) -> Case:
 PRESETS = {
     "quick": {"cuda": [_case("norm_linear", 576, 3072, "smollm2 gate/up"), _case("swiglu_linear", 1536, 576,
                                                                                 "smollm2 down")]},
+    # The budget runs cases round-robin across ops and cuts each op's tail: the bandwidth-bound shapes first.
     "full": {"cuda": [
-        _case("norm_linear", 576, 960, "smollm2 qkv"),
+        _case("norm_linear", 2048, 16384, "llama1b gate/up"),
+        _case("norm_linear", 576, 49152, "smollm2 lm head"),
+        _case("swiglu_linear", 8192, 2048, "llama1b down"),
         _case("norm_linear", 576, 3072, "smollm2 gate/up"),
         _case("swiglu_linear", 1536, 576, "smollm2 down"),
-        _case("norm_linear", 576, 49152, "smollm2 lm head"),
+        _case("norm_linear", 576, 960, "smollm2 qkv"),
         _case("norm_linear", 2048, 3072, "llama1b qkv"),
-        _case("norm_linear", 2048, 16384, "llama1b gate/up"),
-        _case("swiglu_linear", 8192, 2048, "llama1b down"),
     ]},
 }
 
