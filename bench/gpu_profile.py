@@ -223,10 +223,8 @@ def kernel_breakdown(events: list[Any], top: int = 10) -> list[str]:
 
 
 def profile_unet(args: argparse.Namespace) -> None:
+    from genai_fast.bench import unet as unet_bench  # bench/unet.py: the benchmark's SD1.5-shaped case
     from torch.profiler import ProfilerActivity, profile
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import unet as unet_bench  # bench/unet.py: the benchmark's SD1.5-shaped case and its inputs
 
     if not unet_bench.HAVE_DIFFUSERS:
         print("unet: diffusers is not installed, skipped")
