@@ -39,6 +39,17 @@ def _device_us(event: Any) -> float:
     return event.cuda_time_total if total is None else total
 
 
+def _kernels_of(fn) -> list[Any]:
+    """The GPU kernels one call of fn launches (torch.profiler events, after the GPU went idle)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 def _bench_us(fn) -> float:
     import triton
 
@@ -73,8 +84,6 @@ def _llm_model(path: str | None):
 
 
 def profile_llm_step(args: argparse.Namespace) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
     engine, name = _llm_model(args.llm_model)
     model = engine.model
     model.allocate_cache(1, engine.max_seq_len)
@@ -87,11 +96,7 @@ def profile_llm_step(args: argparse.Namespace) -> None:
 
     for _ in range(3):
         step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = _kernels_of(step)
     layers = len(model.layers)
     print(f"LLM decode step ({name}, bf16, batch 1): {len(kernels)} kernels eagerly, "
           f"{len(kernels) / layers:.1f} per layer over {layers} layers")
@@ -166,7 +171,6 @@ def profile_group_norm(args: argparse.Namespace) -> None:
     """GroupNorm+SiLU (fp16, channels_last, 32 groups) through the CUDA backend: the call's time, each of its
     kernels' GPU time (profiler), the call replayed from a CUDA graph, and its bandwidth against the minimal
     traffic (read x once, write y once), next to torch's GroupNorm + SiLU."""
-    from torch.profiler import ProfilerActivity, profile
 
     import genai_fast
 
@@ -181,10 +185,7 @@ def profile_group_norm(args: argparse.Namespace) -> None:
             return torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, weight, bias))
 
         call, graphed, ref = _bench_us(ours), _graph_us(ours), _bench_us(torch_ref)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            ours()
-            torch.cuda.synchronize()
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernels = _kernels_of(ours)
         parts = ", ".join(f"{e.name.split('(')[0][:40]} {_device_us(e):.1f} us" for e in kernels)
         gbps = 2 * x.numel() * x.element_size() / (graphed * 1e-6) / 1e9
         print(f"group_norm {N}x{C}x{H}x{W} fp16 NHWC g32 silu: call {call:.1f} us, graphed {graphed:.1f} us "
@@ -224,7 +225,6 @@ def kernel_breakdown(events: list[Any], top: int = 10) -> list[str]:
 
 def profile_unet(args: argparse.Namespace) -> None:
     from genai_fast.bench import unet as unet_bench  # bench/unet.py: the benchmark's SD1.5-shaped case
-    from torch.profiler import ProfilerActivity, profile
 
     if not unet_bench.HAVE_DIFFUSERS:
         print("unet: diffusers is not installed, skipped")
@@ -236,11 +236,7 @@ def profile_unet(args: argparse.Namespace) -> None:
     for name, call in runs.items():
         for _ in range(3):
             call()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            call()
-            torch.cuda.synchronize()
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernels = _kernels_of(call)
         busy = sum(_device_us(e) for e in kernels) / 1e3
         print(f"unet SD1.5 64x64 b2 fp16, {name}: {len(kernels)} kernels, {busy:.2f} ms of GPU time, "
               f"{_bench_us(call) / 1e3:.2f} ms a call")

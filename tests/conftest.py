@@ -2,12 +2,11 @@
 
 import ctypes
 import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.emulators import build_emulator
 
 # Must be set before triton is imported anywhere: on a CPU machine Triton kernels then run in the
 # interpreter (forced with backend="triton"); on a GPU machine they compile for the GPU.
@@ -37,21 +36,11 @@ def _seed():
     torch.manual_seed(1234)
 
 
-EMULATOR = Path(__file__).resolve().parent / "cuda_emulator" / "warp_emulator.cpp"
-
-
 @pytest.fixture(scope="session")
 def cuda_emulator(tmp_path_factory):
     """csrc/cuda/word2vec.cu built for the CPU with the warp emulator (32 threads per warp): the CUDA
     trainer's tests (test_word2vec_gpu_kernels.py, test_word2vec_gpu_hs.py) run it on the CPU."""
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ not on PATH")
-    lib_path = tmp_path_factory.mktemp("w2v_emulator") / "w2v_emulator.so"
-    cmd = [compiler, "-O1", "-std=c++20", "-shared", "-fPIC", "-pthread", "-o", str(lib_path), str(EMULATOR)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr[-3000:]}"
-    lib = ctypes.CDLL(str(lib_path))
+    lib = build_emulator(tmp_path_factory, "warp_emulator.cpp")
     p, q, i = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
     lib.emulate_word2vec_train.argtypes = [p] * 12 + [q, q, i, q, i, i, q, i, i, i, i, i, i]
     lib.emulate_word2vec_draws.argtypes = [p] * 4 + [q, q, q, i, q, i, i]

@@ -10,9 +10,6 @@ channel and sample borrows) runs. The same kernels run on a GPU in tests/test_gr
 
 import ctypes
 import math
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,22 +18,15 @@ from genai_fast.backends.cuda.group_norm import THREADS, plan_group_norm
 from genai_fast.ops.group_norm import group_norm_reference
 from genai_fast.ops.layout import as_ncs
 from genai_fast.testing import assert_matches_oracle
+from tests.emulators import build_emulator
 from tests.group_norm_cases import EPS, make_input
 
-EMULATOR = Path(__file__).resolve().parent / "cuda_emulator" / "block_emulator.cpp"
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ not on PATH")
-    lib_path = tmp_path_factory.mktemp("gn_emulator") / "gn_emulator.so"
-    cmd = [compiler, "-O1", "-std=c++20", "-shared", "-fPIC", "-pthread", "-o", str(lib_path), str(EMULATOR)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr[-3000:]}"
-    lib = ctypes.CDLL(str(lib_path))
+    lib = build_emulator(tmp_path_factory, "block_emulator.cpp")
     p, q, i = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
     lib.emulate_group_norm.argtypes = [p, p, p, i, p, i, p] + [q] * 9 + [i, i, i, i, ctypes.c_double]
     return lib
