@@ -212,6 +212,29 @@ def test_queries_and_evaluations_match_gensim(sg_model, data_files):
     assert oov == pytest.approx(ref_oov)
 
 
+def test_distance_queries_match_gensim(sg_model):
+    """distances, closer_than, rank, most_similar_to_given, relative_cosine_similarity and cosine_similarities
+    give gensim's answers on the same vectors."""
+    wv, ref = sg_model.wv, _gensim_kv(sg_model.wv)
+    assert np.allclose(wv.distances("city1"), ref.distances("city1"), atol=1e-6)
+    others = ["city2", "country1", "nation"]
+    assert np.allclose(wv.distances("city1", others), ref.distances("city1", others), atol=1e-6)
+    vector = wv["country3"] * 2 - wv["city3"]
+    assert np.allclose(wv.distances(vector, others), ref.distances(vector, others), atol=1e-6)
+    assert wv.closer_than("city1", "country1") == ref.closer_than("city1", "country1")
+    assert [wv.rank("city1", w) for w in others] == [ref.rank("city1", w) for w in others]
+    assert wv.rank("city1", wv.most_similar("city1", topn=1)[0][0]) == 1
+    assert wv.most_similar_to_given("city4", others) == ref.most_similar_to_given("city4", others)
+    assert wv.relative_cosine_similarity("city1", "city2", topn=5) == pytest.approx(
+        float(ref.relative_cosine_similarity("city1", "city2", topn=5)), abs=1e-6)
+    assert np.allclose(wv.cosine_similarities(vector, wv.vectors[:7]), ref.cosine_similarities(vector, wv.vectors[:7]),
+                       atol=1e-6)
+    with pytest.raises(KeyError, match="atlantis"):
+        wv.distances("city1", ["city2", "atlantis"])
+    with pytest.raises(KeyError, match="atlantis"):
+        wv.rank("atlantis", "city1")
+
+
 def test_unknown_words_raise_key_error_naming_the_word(sg_model):
     with pytest.raises(KeyError, match="atlantis"):
         sg_model.wv.most_similar(positive=["city1", "atlantis"])

@@ -241,6 +241,43 @@ class KeyedVectors:
     def distance(self, w1: Key, w2: Key) -> float:
         return 1.0 - self.similarity(w1, w2)
 
+    @staticmethod
+    def cosine_similarities(vector_1: np.ndarray, vectors_all: np.ndarray) -> np.ndarray:
+        """Cosine similarity of vector_1 [D] with each row of vectors_all [N, D] -> [N] (as gensim: a zero
+        vector gives NaN, not an exception)."""
+        vector_1, vectors_all = np.asarray(vector_1), np.asarray(vectors_all)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (vectors_all @ vector_1) / (np.linalg.norm(vectors_all, axis=1) * np.linalg.norm(vector_1))
+
+    def distances(self, word_or_vector: Key | np.ndarray, other_words: Sequence[Key] = ()) -> np.ndarray:
+        """1 - cosine similarity from a key or a vector to each of other_words, or to every key (itself
+        included) when other_words is empty -> [N]. Unknown keys raise KeyError naming the key."""
+        source = self.get_vector(word_or_vector) if isinstance(word_or_vector, str) else word_or_vector
+        targets = self.vectors[[self.get_index(w) for w in other_words]] if len(other_words) else self.vectors
+        return 1 - self.cosine_similarities(source, targets)
+
+    def closer_than(self, key1: Key, key2: Key) -> list[str]:
+        """Every key (key1 itself aside) closer to key1 than key2 is, in index order."""
+        distance = self.distances(key1)
+        own, limit = self.get_index(key1), distance[self.get_index(key2)]
+        return [self.index_to_key[i] for i in np.flatnonzero(distance < limit) if i != own]
+
+    def rank(self, key1: Key, key2: Key) -> int:
+        """key2's rank among all keys by distance from key1 (1: the closest one)."""
+        return len(self.closer_than(key1, key2)) + 1
+
+    def most_similar_to_given(self, key1: Key, keys_list: Sequence[Key]) -> Key:
+        """The key of keys_list with the highest cosine similarity to key1 (the first one on a tie)."""
+        return keys_list[int(np.argmax([self.similarity(key1, key) for key in keys_list]))]
+
+    def relative_cosine_similarity(self, wa: Key, wb: Key, topn: int = 10) -> float:
+        """similarity(wa, wb) over the sum of wa's topn most-similar scores (Leeuwenberg et al. 2016: above
+        about 0.10 at topn 10, wa and wb are closer than an arbitrary pair)."""
+        neighbours = self.similar_by_word(wa, topn)
+        if not neighbours:
+            raise ValueError("topn: relative cosine similarity needs at least one similar word")
+        return self.similarity(wa, wb) / sum(score for _, score in neighbours)
+
     def doesnt_match(self, words: Sequence[Key]) -> str:
         """The word furthest from the mean of the others' unit vectors (unknown words are ignored, like gensim)."""
         known = [w for w in words if w in self.key_to_index]
