@@ -233,6 +233,30 @@ def test_distance_queries_match_gensim(sg_model):
         wv.distances("city1", ["city2", "atlantis"])
     with pytest.raises(KeyError, match="atlantis"):
         wv.rank("atlantis", "city1")
+    assert wv.similar_by_key("city1", topn=3) == wv.similar_by_word("city1", topn=3)
+
+
+def test_mean_vectors_match_gensim(sg_model):
+    """get_mean_vector with and without weights, pre/post normalisation, raw arrays and unknown keys."""
+    wv, ref = sg_model.wv, _gensim_kv(sg_model.wv)
+    keys = ["city1", "country2", "atlantis", "nation"]
+    cases = [dict(), dict(weights=[1.0, -0.5, 2.0, 0.25]), dict(pre_normalize=False), dict(post_normalize=True),
+             dict(weights=np.array([0.5, 0.5, 3.0, -1.0]), pre_normalize=False, post_normalize=True)]
+    for kwargs in cases:
+        assert np.allclose(wv.get_mean_vector(keys, **kwargs), ref.get_mean_vector(keys, **kwargs), atol=1e-6)
+    raw = [wv["city3"], "city2"]
+    assert np.allclose(wv.get_mean_vector(raw), ref.get_mean_vector(raw), atol=1e-6)
+    with pytest.raises(KeyError, match="atlantis"):
+        wv.get_mean_vector(keys, ignore_missing=False)
+    with pytest.raises(ValueError, match=r"^weights"):
+        wv.get_mean_vector(keys, weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"^keys"):
+        wv.get_mean_vector([])
+    copy = KeyedVectors(wv.vector_size)
+    copy.add_vectors(list(wv.index_to_key), wv.vectors.copy())
+    copy.unit_normalize_all()
+    assert np.allclose(np.linalg.norm(copy.vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(copy.vectors, wv.get_normed_vectors(), atol=1e-6)
 
 
 def test_unknown_words_raise_key_error_naming_the_word(sg_model):

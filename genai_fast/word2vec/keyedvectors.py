@@ -221,6 +221,46 @@ class KeyedVectors:
     def similar_by_word(self, word: Key, topn: int = 10, restrict_vocab: int | None = None) -> list[tuple[str, float]]:
         return self.most_similar(positive=[word], topn=topn, restrict_vocab=restrict_vocab)
 
+    similar_by_key = similar_by_word
+
+    def get_mean_vector(self, keys: Sequence[Key | np.ndarray], weights: Sequence[float] | np.ndarray | None = None,
+                        pre_normalize: bool = True, post_normalize: bool = False,
+                        ignore_missing: bool = True) -> np.ndarray:
+        """[D] weighted mean of the keys' vectors (unit vectors when pre_normalize; arrays in keys are used as
+        given), divided by the sum of |weight| of the items used, then scaled to unit length when post_normalize.
+        Unknown keys are skipped, or raise KeyError naming the key when ignore_missing is False."""
+        if not len(keys):
+            raise ValueError("keys: cannot compute a mean with no input")
+        weights = np.ones(len(keys), np.float32) if weights is None else np.asarray(weights, np.float32)
+        if weights.shape != (len(keys),):
+            raise ValueError(f"weights: expected one per key ({len(keys)}), got shape {weights.shape}")
+        table = self.get_normed_vectors() if pre_normalize else self.vectors
+        rows, used = [], []
+        for key, weight in zip(keys, weights, strict=True):
+            if isinstance(key, np.ndarray):
+                rows.append(key.astype(np.float32, copy=False))
+            elif key in self.key_to_index:
+                rows.append(table[self.key_to_index[key]])
+            elif ignore_missing:
+                continue
+            else:
+                raise KeyError(f"Key '{key}' not present in vocabulary")
+            used.append(weight)
+        mean = np.zeros(self.vector_size, np.float32)
+        if rows:
+            used_weights = np.asarray(used, np.float32)
+            mean = used_weights @ np.stack(rows) / np.abs(used_weights).sum()
+        if post_normalize:
+            norm = np.linalg.norm(mean)
+            mean = mean / norm if norm > 0 else mean
+        return mean.astype(np.float32)
+
+    def unit_normalize_all(self) -> None:
+        """Scale every vector to unit length, in place (zero vectors stay zero). Training cannot go on sensibly
+        after this."""
+        self.vectors = self.get_normed_vectors()
+        self._norms = None
+
     def similar_by_vector(self, vector: np.ndarray, topn: int = 10,
                           restrict_vocab: int | None = None) -> list[tuple[str, float]]:
         return self.most_similar(positive=[np.asarray(vector, dtype=np.float32)], topn=topn,
