@@ -162,6 +162,69 @@ def test_vocabulary_and_tables_match_gensim(corpus):
         assert np.all(np.diff(counts) <= 0), "most frequent first"
 
 
+def test_vocabulary_from_counts_matches_gensim(corpus):
+    """build_vocab_from_freq: gensim's vocabulary order (ties in the mapping's order), counts and subsampling
+    from a dict of counts; the model then trains on sentences; bad mappings name the problem."""
+    from collections import Counter
+
+    from gensim.models import Word2Vec as GensimWord2Vec
+
+    freq = dict(Counter(w for sentence in corpus[:3000] for w in sentence))
+    freq.update({"tie_b": 7, "tie_a": 7, "rare": 1})
+    for kwargs in ({"min_count": 2}, {"min_count": 1, "max_final_vocab": 25, "sample": 1e-2}):
+        ours = Word2Vec(vector_size=8, **kwargs)
+        ours.build_vocab_from_freq(freq, corpus_count=3000)
+        theirs = GensimWord2Vec(vector_size=8, **kwargs)
+        theirs.build_vocab_from_freq(freq, corpus_count=3000)
+        assert ours.wv.index_to_key == theirs.wv.index_to_key, kwargs
+        assert ours.corpus_count == theirs.corpus_count == 3000
+        for word in ours.wv.index_to_key:
+            assert ours.wv.get_vecattr(word, "count") == theirs.wv.get_vecattr(word, "count")
+            keep = theirs.wv.get_vecattr(word, "sample_int") / (2**32 - 1)
+            assert ours.keep_prob[ours.wv.key_to_index[word]] == pytest.approx(keep, rel=1e-6)
+    before = ours.wv.vectors.copy()
+    ours.train(corpus[:200], total_examples=200, epochs=1)
+    assert not np.allclose(ours.wv.vectors, before)
+    with pytest.raises(TypeError, match="word_freq"):
+        Word2Vec(vector_size=8).build_vocab_from_freq([("a", 1)])
+    with pytest.raises(ValueError, match="word_freq: the count of 'a'"):
+        Word2Vec(vector_size=8).build_vocab_from_freq({"a": -1})
+    with pytest.raises(ValueError, match="word_freq: no word"):
+        Word2Vec(vector_size=8).build_vocab_from_freq({"a": 0})
+
+
+def test_trim_rule_matches_gensim(corpus):
+    """A trim rule that keeps a rare word and discards a frequent one gives gensim's vocabulary, from sentences,
+    from counts and through the constructor; a non-callable rule, or one with max_vocab_size, is refused."""
+    from collections import Counter
+
+    from gensim.models import Word2Vec as GensimWord2Vec
+
+    from genai_fast.word2vec import RULE_DEFAULT, RULE_DISCARD, RULE_KEEP
+
+    sentences = [*corpus[:2000], ["rare"]]
+    frequent = max(set(corpus[0]), key=lambda w: sum(s.count(w) for s in corpus[:2000]))
+
+    def rule(word, count, min_count):
+        return RULE_KEEP if word == "rare" else RULE_DISCARD if word == frequent else RULE_DEFAULT
+
+    ours = Word2Vec(vector_size=8, min_count=3)
+    ours.build_vocab(sentences, trim_rule=rule)
+    theirs = GensimWord2Vec(vector_size=8, min_count=3)
+    theirs.build_vocab(sentences, trim_rule=rule)
+    assert ours.wv.index_to_key == theirs.wv.index_to_key
+    assert "rare" in ours.wv and frequent not in ours.wv
+    from_freq = Word2Vec(vector_size=8, min_count=3)
+    from_freq.build_vocab_from_freq(dict(Counter(w for s in sentences for w in s)), trim_rule=rule)
+    assert from_freq.wv.index_to_key == ours.wv.index_to_key
+    built = Word2Vec([*sentences[:300], ["rare"]], vector_size=8, min_count=3, epochs=1, trim_rule=rule)
+    assert "rare" in built.wv and frequent not in built.wv
+    with pytest.raises(TypeError, match="trim_rule"):
+        Word2Vec(vector_size=8).build_vocab(sentences, trim_rule=3)
+    with pytest.raises(NotImplementedError, match="trim_rule"):
+        Word2Vec(vector_size=8, max_vocab_size=100).build_vocab(sentences, trim_rule=rule)
+
+
 def test_max_vocab_size_prunes_like_gensim():
     from gensim.models import Word2Vec as GensimWord2Vec
 

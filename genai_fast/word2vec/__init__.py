@@ -7,6 +7,7 @@
 
 from genai_fast.word2vec.corpus import LineSentence
 from genai_fast.word2vec.keyedvectors import KeyedVectors, Word2VecFormatError
-from genai_fast.word2vec.model import Word2Vec
+from genai_fast.word2vec.model import RULE_DEFAULT, RULE_DISCARD, RULE_KEEP, Word2Vec
 
-__all__ = ["KeyedVectors", "LineSentence", "Word2Vec", "Word2VecFormatError"]
+__all__ = ["RULE_DEFAULT", "RULE_DISCARD", "RULE_KEEP", "KeyedVectors", "LineSentence", "Word2Vec",
+           "Word2VecFormatError"]

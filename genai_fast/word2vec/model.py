@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,21 @@ from genai_fast.word2vec.keyedvectors import KeyedVectors
 
 CACHE_TOKEN_LIMIT = 256 << 20  # encoded corpora up to this many tokens are kept in memory across epochs
 GPU_CHUNK_TOKENS = 4 << 20  # tokens per GPU kernel call: enough slices to fill a GPU, few host syncs
+
+
+# gensim's vocabulary trim rule: (word, count, min_count) -> RULE_DEFAULT, RULE_DISCARD or RULE_KEEP.
+TrimRule = Callable[[str, int, int], int]
+RULE_DEFAULT, RULE_DISCARD, RULE_KEEP = 0, 1, 2
+
+
+def _keep_word(word: str, count: int, min_count: int, trim_rule: TrimRule | None) -> bool:
+    """Whether the vocabulary keeps a word: the trim rule's verdict, else count >= min_count (gensim's)."""
+    verdict = RULE_DEFAULT if trim_rule is None else trim_rule(word, count, min_count)
+    if verdict == RULE_KEEP:
+        return True
+    if verdict == RULE_DISCARD:
+        return False
+    return count >= min_count
 
 
 def _is_int(value: Any) -> bool:
@@ -223,6 +238,7 @@ class Word2Vec:
         device: str = "auto",
         shared_negatives: bool = True,
         progress: bool = False,
+        trim_rule: TrimRule | None = None,
     ) -> None:
         self.vector_size = _require_int("vector_size", vector_size, 1)
         self.alpha = _require_number("alpha", alpha, 0.0, strict=True)
@@ -278,7 +294,7 @@ class Word2Vec:
         if sentences is not None and corpus_file is not None:
             raise ValueError("sentences, corpus_file: give one of them, not both")
         if sentences is not None or corpus_file is not None:
-            self.build_vocab(corpus_iterable=sentences, corpus_file=corpus_file)
+            self.build_vocab(corpus_iterable=sentences, corpus_file=corpus_file, trim_rule=trim_rule)
             self.train(corpus_iterable=sentences, corpus_file=corpus_file, total_examples=self.corpus_count,
                        total_words=self.corpus_total_words, epochs=self.epochs, compute_loss=self.compute_loss,
                        callbacks=self.callbacks)
@@ -325,12 +341,16 @@ class Word2Vec:
 
     def build_vocab(self, corpus_iterable: Iterable[Sequence[str]] | None = None,
                     corpus_file: str | os.PathLike | None = None, update: bool = False,
-                    progress_per: int = 10000, keep_raw_vocab: bool = False, **_: Any) -> None:
+                    progress_per: int = 10000, keep_raw_vocab: bool = False, trim_rule: TrimRule | None = None,
+                    **_: Any) -> None:
         """Count the corpus and build the vocabulary, subsampling and noise tables, and fresh weights.
 
         update=True adds new words (keeping trained vectors) and adds the new counts to known words.
+        trim_rule(word, count, min_count) -> RULE_KEEP (2), RULE_DISCARD (1) or RULE_DEFAULT (0), gensim's
+        rule for which words the vocabulary keeps (default: count >= min_count).
         """
         self._check_source(corpus_iterable, corpus_file)
+        self._check_trim_rule(trim_rule)
         if corpus_file is not None:
             raw = count_file(check_corpus_file(corpus_file), self.max_vocab_size)
         else:
@@ -339,9 +359,43 @@ class Word2Vec:
             raise ValueError("sentences/corpus_file: the corpus is empty (no tokens)")
         self.corpus_count = raw.num_sentences
         self.corpus_total_words = raw.total_words
-        self._prepare_vocab(raw, update)
+        self._prepare_vocab(raw, update, trim_rule)
         if keep_raw_vocab:
             self.raw_vocab = dict(raw.counts)
+
+    def build_vocab_from_freq(self, word_freq: Mapping[str, int], keep_raw_vocab: bool = False,
+                              corpus_count: int | None = None, trim_rule: TrimRule | None = None,
+                              update: bool = False, **_: Any) -> None:
+        """build_vocab from word counts instead of a corpus (gensim's): the same min_count, max_final_vocab,
+        subsampling and noise-table rules, the words in the mapping's order for ties. corpus_count sets the
+        sentence count that train(total_examples=model.corpus_count) would use; corpus_total_words becomes the
+        sum of the counts."""
+        self._check_trim_rule(trim_rule)
+        if not isinstance(word_freq, Mapping):
+            raise TypeError(f"word_freq: expected a mapping of words to counts, got {type(word_freq).__name__}")
+        for word, count in word_freq.items():
+            if not isinstance(word, str):
+                raise TypeError(f"word_freq: keys must be str words, got {type(word).__name__} {word!r}")
+            if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+                raise ValueError(f"word_freq: the count of {word!r} must be an int >= 0, got {count!r}")
+        counts = {word: int(count) for word, count in word_freq.items()}
+        raw = Counts(counts, sum(counts.values()), int(corpus_count or 0))
+        if raw.total_words == 0:
+            raise ValueError("word_freq: no word has a positive count")
+        self.corpus_count = raw.num_sentences
+        self.corpus_total_words = raw.total_words
+        self._prepare_vocab(raw, update, trim_rule)
+        if keep_raw_vocab:
+            self.raw_vocab = dict(counts)
+
+    def _check_trim_rule(self, trim_rule: Any) -> None:
+        if trim_rule is not None and not callable(trim_rule):
+            raise TypeError(f"trim_rule: expected a callable (word, count, min_count) -> int, got "
+                            f"{type(trim_rule).__name__}")
+        if trim_rule is not None and self.max_vocab_size is not None:
+            # gensim also applies the rule while pruning to max_vocab_size during the scan; the scan here
+            # (C++ for corpus files) does not call Python, so the combination is refused rather than differ.
+            raise NotImplementedError("trim_rule: not supported together with max_vocab_size")
 
     def _effective_min_count(self, counts: dict[str, int]) -> int:
         if self.max_final_vocab is None or self.max_final_vocab >= len(counts):
@@ -349,9 +403,9 @@ class Word2Vec:
         ordered = sorted(counts.values(), reverse=True)
         return max(self.min_count, ordered[self.max_final_vocab] + 1)
 
-    def _prepare_vocab(self, raw: Counts, update: bool) -> None:
+    def _prepare_vocab(self, raw: Counts, update: bool, trim_rule: TrimRule | None = None) -> None:
         min_count = self._effective_min_count(raw.counts)
-        retained = [(w, c) for w, c in raw.counts.items() if c >= min_count]
+        retained = [(w, c) for w, c in raw.counts.items() if _keep_word(w, c, min_count, trim_rule)]
         if update and len(self.wv):
             old = self.wv
             counts = old.expandos["count"].copy()
