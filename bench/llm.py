@@ -205,8 +205,8 @@ def main() -> int:
             if "measured_bandwidth_gb_per_s" in result:
                 line += f" ({ours['decode_gb_per_s'] / result['measured_bandwidth_gb_per_s']:.0%} of measured)"
             print(line + f" [{args.new_tokens} new tokens, {args.dtype}, {device}, {result['threads']} threads]")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        if args.json:  # after every batch size: a time limit that cuts the run keeps the batches done
+            atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 
