@@ -129,10 +129,14 @@ def _interleave(entries: list[BenchEntry], preset: str, device_type: str) -> lis
 
 
 def run_benchmarks(device: torch.device, preset: str, ops: list[str] | None = None,
-                   progress: bool = True, budget_s: float | None = None) -> dict[str, Any]:
-    """Run the preset on `device`; returns {"env", "preset", "rows", "skipped"} (DESIGN.md section 5).
+                   progress: bool = True, budget_s: float | None = None,
+                   checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the preset on `device`; returns {"env", "preset", "rows", "skipped", "complete"} (DESIGN.md
+    section 5).
 
     budget_s: stop starting new cases after this many seconds (the rest are listed as skipped).
+    checkpoint: called with the results so far (complete False) after every case, so that a run stopped from
+    outside (a device machine's time limit) keeps what it measured.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
@@ -141,6 +145,7 @@ def run_benchmarks(device: torch.device, preset: str, ops: list[str] | None = No
     start = time.perf_counter()
     peaks = measure_peaks(device, quick)
     rows, skipped = [], []
+    env: dict[str, Any] | None = None
     for entry, case in tqdm(work, desc=f"bench {device.type} {preset}", unit="case", disable=not progress):
         if budget_s is not None and time.perf_counter() - start > budget_s:
             skipped.append(_skip(entry, case, "all", f"time budget of {budget_s:.0f} s spent"))
@@ -148,7 +153,11 @@ def run_benchmarks(device: torch.device, preset: str, ops: list[str] | None = No
         case_rows, case_skipped = bench_case(entry, case, device, quick, peaks)
         rows += case_rows
         skipped += case_skipped
-    return {"env": environment(device, peaks), "preset": preset, "rows": rows, "skipped": skipped}
+        if checkpoint is not None:
+            env = env or environment(device, peaks)  # once: it runs git and reads the driver
+            checkpoint({"env": env, "preset": preset, "rows": rows, "skipped": skipped, "complete": False})
+    return {"env": environment(device, peaks), "preset": preset, "rows": rows, "skipped": skipped,
+            "complete": True}
 
 
 def format_table(result: dict[str, Any]) -> str:

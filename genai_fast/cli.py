@@ -120,7 +120,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     select_entries(args.ops)  # reject unknown op names before measuring anything
     if args.budget_s is not None and args.budget_s <= 0:
         raise UsageError(f"--budget-s: expected a positive number of seconds, got {args.budget_s}")
-    result = run_benchmarks(device, preset, args.ops, progress=not args.no_progress, budget_s=args.budget_s)
+    checkpoint = (lambda partial: write_json(partial, args.json)) if args.json else None
+    result = run_benchmarks(device, preset, args.ops, progress=not args.no_progress, budget_s=args.budget_s,
+                            checkpoint=checkpoint)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
