@@ -100,9 +100,9 @@ fi
 # depend on the values; bench/random_llm.py). LLM_TIMEOUT=0 skips it.
 if [ "${LLM_TIMEOUT:-90}" != 0 ]; then
     step "LLM decode: genai_fast vs HF generate, random SmolLM2-135M-shaped model, bf16, 128 new tokens"
-    timeout ${LLM_TIMEOUT:-90} bash -c "$PY bench/random_llm.py --out /tmp/smollm2-random && $PY bench/llm.py \
-        --model /tmp/smollm2-random --device cuda --dtype bfloat16 --batch 1 8 --new-tokens 128 --reps 2 \
-        --json '$OUT/llm-$name.json'" 2>&1 | tr '\r' '\n' | grep -v "it/s\|rep/s\|^ *$" | tail -8
+    timeout ${LLM_TIMEOUT:-90} $PY bench/llm.py --random-shape smollm2-135m --device cuda --dtype bfloat16 \
+        --batch 1 8 --new-tokens 128 --reps 2 --json "$OUT/llm-$name.json" 2>&1 | tr '\r' '\n' \
+        | grep -v "it/s\|rep/s\|^ *$" | tail -8
     echo "llm exit status: ${PIPESTATUS[0]}"
 fi
 
@@ -111,9 +111,9 @@ fi
 # set (about 90 s: writing the model, then batch 1 only).
 if [ "${LLM_1B_TIMEOUT:-0}" != 0 ]; then
     step "LLM decode bandwidth: random Llama-3.2-1B-shaped model, bf16, batch 1, 64 new tokens"
-    timeout ${LLM_1B_TIMEOUT} bash -c "$PY bench/random_llm.py --shape llama-1b --dtype bfloat16 --out /tmp/llama1b-random \
-        && $PY bench/llm.py --model /tmp/llama1b-random --device cuda --dtype bfloat16 --batch 1 --new-tokens 64 \
-        --reps 2 --json '$OUT/llm-1b-$name.json'" 2>&1 | tr '\r' '\n' | grep -v "it/s\|rep/s\|^ *$" | tail -4
+    timeout ${LLM_1B_TIMEOUT} $PY bench/llm.py --random-shape llama-1b --device cuda --dtype bfloat16 --batch 1 \
+        --new-tokens 64 --reps 2 --json "$OUT/llm-1b-$name.json" 2>&1 | tr '\r' '\n' \
+        | grep -v "it/s\|rep/s\|^ *$" | tail -4
 fi
 
 # Issue 6's other U-Net reference: the SD1.5-shaped step under torch.compile(mode="max-autotune") next to the

@@ -1,11 +1,12 @@
 """Where the GPU time goes, for the paths the benchmark table cannot explain: run on a lent GPU machine
 (bench/gpu_check.sh runs it last) and read the text it prints.
 
-    python bench/gpu_profile.py [--parts llm decode] [--llm-model /tmp/smollm2-random]
+    python bench/gpu_profile.py [--parts llm decode] [--llm-model FOLDER]
 
-- llm: one decode step of the LLM engine (batch 1; the model bench/random_llm.py writes, else a small
-  random Llama), profiled eagerly with torch.profiler. It prints how many kernels the step launches, how
-  many per layer, the top kernels by GPU time, and the step's time replayed from its CUDA graph.
+- llm: one decode step of the LLM engine (batch 1; a random model of SmolLM2-135M's shapes from
+  bench/random_llm.py, or --llm-model), profiled eagerly with torch.profiler. It prints how many kernels the
+  step launches, how many per layer, the top kernels by GPU time, and the step's time replayed from its CUDA
+  graph.
 - word2vec: two skip-gram epochs on the GPU over the corpus gpu_check.sh unpacks (/tmp/w2v_corpus.txt). It
   prints the kernels' share of the training's wall time: what is left is host work the GPU waits for.
 - decode: attention_with_kvcache at batch 1 and 16. It prints the op with lengths on the GPU (a host read,
@@ -70,17 +71,17 @@ def _graph_us(fn) -> float:
 
 
 def _llm_model(path: str | None):
+    """The engine on a checkpoint folder when one is given, else on bench/random_llm.py's random model of
+    SmolLM2-135M's exact shapes, made in memory on the GPU."""
     from genai_fast.llm import load
 
     if path and Path(path, "config.json").exists():
         return load(path, dtype=torch.bfloat16, device="cuda"), Path(path).name
-    import transformers
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from random_llm import build_random_llm
 
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=512)
-    hf = transformers.LlamaForCausalLM(cfg).eval().to("cuda", torch.bfloat16)
-    return load(hf, max_seq_len=512), "random Llama, SmolLM2-135M's layers, vocabulary 4096"
+    hf, tokenizer = build_random_llm("smollm2-135m", torch.bfloat16, "cuda")
+    return load(hf, tokenizer=tokenizer, max_seq_len=512), "random Llama of SmolLM2-135M's shapes"
 
 
 def profile_llm_step(args: argparse.Namespace) -> None:
@@ -253,8 +254,8 @@ PARTS = {"llm": profile_llm_step, "word2vec": profile_word2vec, "decode": profil
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
-    parser.add_argument("--llm-model", default="/tmp/smollm2-random",
-                        help="a folder from bench/random_llm.py (default: a small random Llama when missing)")
+    parser.add_argument("--llm-model", default=None,
+                        help="a checkpoint folder (default: a random model of SmolLM2-135M's shapes, in memory)")
     parser.add_argument("--w2v-corpus", default="/tmp/w2v_corpus.txt")
     args = parser.parse_args()
     if not torch.cuda.is_available():

@@ -1,6 +1,7 @@
 """LLM decode benchmark: genai_fast.llm vs HF transformers' generate, same model, device, dtype and threads.
 
-    python bench/llm.py [--model PATH] [--batch 1 8] [--new-tokens 128] [--reps 3] [--threads N]
+    python bench/llm.py [--model PATH | --random-shape smollm2-135m|llama-1b] [--batch 1 8] [--new-tokens 128]
+                        [--reps 3] [--threads N]
                         [--device cpu|cuda] [--dtype float32|float16|bfloat16]
                         [--weights auto|gguf-blocks|dense|both] [--projections fused|cublas|both] [--json PATH]
 
@@ -151,7 +152,11 @@ def _engines(hf, tokenizer, path: str, weights: str, projections: str = "fused")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None)
+    source.add_argument("--random-shape", choices=["smollm2-135m", "llama-1b"], default=None,
+                        help="a random-weight model of these shapes made in memory on --device "
+                             "(bench/random_llm.py), instead of a checkpoint")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=3)
@@ -174,11 +179,17 @@ def main() -> int:
     import transformers
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    path = args.model or default_model()
-    kwargs = {"gguf_file": os.path.basename(path)} if path.endswith(".gguf") else {}
-    folder = os.path.dirname(path) if path.endswith(".gguf") else path
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs).eval().to(device)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
+    if args.random_shape:
+        from random_llm import build_random_llm  # bench/random_llm.py, beside this script
+
+        path = f"random-{args.random_shape}"
+        hf, tokenizer = build_random_llm(args.random_shape, dtype, device)
+    else:
+        path = args.model or default_model()
+        kwargs = {"gguf_file": os.path.basename(path)} if path.endswith(".gguf") else {}
+        folder = os.path.dirname(path) if path.endswith(".gguf") else path
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs).eval().to(device)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
     weights = args.weights
     if weights == "auto":
         weights = "both" if path.endswith(".gguf") and device.type == "cpu" and args.dtype == "float32" else "dense"

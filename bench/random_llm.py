@@ -53,10 +53,11 @@ def word_level_tokenizer(vocab_size: int, words: list[str]):
                                    pad_token="</s>")
 
 
-def write_random_llm(out: Path, seed: int = 0, shape: str = "smollm2-135m", dtype: torch.dtype = torch.float32,
-                     **overrides: int) -> Path:
-    """Create `out` with a random Llama checkpoint of `shape` (SHAPES) in `dtype`, and its tokenizer (config keys
-    in `overrides` replace the shape's: the tests make a small one); returns out."""
+def build_random_llm(shape: str = "smollm2-135m", dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu", seed: int = 0, **overrides: int):
+    """(model, tokenizer): a random Llama of `shape` (SHAPES; config keys in `overrides` replace the shape's: the
+    tests make a small one) in `dtype`, its weights drawn on `device`, and the word-level tokenizer. In memory:
+    `bench/llm.py --random-shape` uses it on a GPU, where writing and reloading 2.5 GB would cost device time."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,11 +65,19 @@ def write_random_llm(out: Path, seed: int = 0, shape: str = "smollm2-135m", dtyp
 
     words = sorted({w for p in PROMPTS for w in re.findall(r"\w+|[^\w\s]", p)})
     torch.manual_seed(seed)
-    config = {**SHAPES[shape], **overrides}
-    model = LlamaForCausalLM(LlamaConfig(**config)).eval().to(dtype)
+    config = LlamaConfig(**{**SHAPES[shape], **overrides})
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    return model.eval().to(dtype), word_level_tokenizer(config.vocab_size, words)
+
+
+def write_random_llm(out: Path, seed: int = 0, shape: str = "smollm2-135m", dtype: torch.dtype = torch.float32,
+                     **overrides: int) -> Path:
+    """Create `out` with build_random_llm's checkpoint (config, safetensors weights) and tokenizer; returns out."""
+    model, tokenizer = build_random_llm(shape, dtype, "cpu", seed, **overrides)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    word_level_tokenizer(config["vocab_size"], words).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 

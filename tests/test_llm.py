@@ -245,3 +245,8 @@ def test_random_stand_in_model_for_the_gpu_benchmark(tmp_path):
     prompt = torch.tensor([ids])
     want = hf.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)[0, len(ids):].tolist()
     assert engine.generate(ids, 6).ids == want
+    # The in-memory twin (bench/llm.py --random-shape): the same seeded weights and tokenizer, no files.
+    model, tok = module.build_random_llm(dtype=torch.bfloat16, **small)
+    assert model.dtype == torch.bfloat16 and len(tok) == 500
+    assert tok("What is the capital of England?")["input_ids"] == ids
+    assert torch.equal(model.model.embed_tokens.weight.float(), hf.model.embed_tokens.weight.bfloat16().float())
