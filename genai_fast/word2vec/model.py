@@ -357,11 +357,7 @@ class Word2Vec:
             raw = count_sentences(corpus_iterable, self.max_vocab_size)
         if raw.total_words == 0:
             raise ValueError("sentences/corpus_file: the corpus is empty (no tokens)")
-        self.corpus_count = raw.num_sentences
-        self.corpus_total_words = raw.total_words
-        self._prepare_vocab(raw, update, trim_rule)
-        if keep_raw_vocab:
-            self.raw_vocab = dict(raw.counts)
+        self._build_from_counts(raw, update, trim_rule, keep_raw_vocab)
 
     def build_vocab_from_freq(self, word_freq: Mapping[str, int], keep_raw_vocab: bool = False,
                               corpus_count: int | None = None, trim_rule: TrimRule | None = None,
@@ -382,11 +378,15 @@ class Word2Vec:
         raw = Counts(counts, sum(counts.values()), int(corpus_count or 0))
         if raw.total_words == 0:
             raise ValueError("word_freq: no word has a positive count")
+        self._build_from_counts(raw, update, trim_rule, keep_raw_vocab)
+
+    def _build_from_counts(self, raw: Counts, update: bool, trim_rule: TrimRule | None, keep_raw_vocab: bool) -> None:
+        """The rest of build_vocab once the raw counts are known (from a corpus or given)."""
         self.corpus_count = raw.num_sentences
         self.corpus_total_words = raw.total_words
         self._prepare_vocab(raw, update, trim_rule)
         if keep_raw_vocab:
-            self.raw_vocab = dict(counts)
+            self.raw_vocab = dict(raw.counts)
 
     def _check_trim_rule(self, trim_rule: Any) -> None:
         if trim_rule is not None and not callable(trim_rule):
