@@ -120,7 +120,8 @@ def test_kvcache_cpp_reads_caches_in_place_and_checks_sizes():
     args = dict(q=q.data_ptr(), q_extent=q.numel(), q_strides=list(q.stride()[:3]), k_cache=k_cache.data_ptr(),
                 k_extent=big.numel(), k_strides=list(k_cache.stride()[:3]), v_cache=v_cache.data_ptr(),
                 v_extent=big.numel() - 32, v_strides=list(v_cache.stride()[:3]), lengths=[7, 40], out=o.data_ptr(),
-                out_numel=o.numel(), B=2, Hq=6, Hkv=3, Sq=1, S_max=40, D=32, Dv=32, scale=0.2, causal=True,
+                out_extent=o.numel(), out_strides=list(o.stride()[:3]), lse=0, lse_numel=0,
+                B=2, Hq=6, Hkv=3, Sq=1, S_max=40, D=32, Dv=32, scale=0.2, causal=True,
                 num_threads=1)
     ext.decode_attention_forward(**args)
     torch.testing.assert_close(o, out)
@@ -128,7 +129,9 @@ def test_kvcache_cpp_reads_caches_in_place_and_checks_sizes():
                                 ("lengths", [7], "lengths: expected 2 values"),
                                 ("k_extent", big.numel() - 33, "k_cache: its shape and strides reach past"),
                                 ("q_extent", q.numel() - 1, "q: its shape and strides reach past"),
-                                ("Hkv", 4, "divisible by the cache's 4"), ("out_numel", 10, "out: expected 384")]:
+                                ("Hkv", 4, "divisible by the cache's 4"),
+                                ("out_extent", o.numel() - 1, "out: its shape and strides reach past"),
+                                ("lse", o.data_ptr(), "lse: expected 12 elements, got 0")]:
         with pytest.raises(ValueError, match=message):
             ext.decode_attention_forward(**{**args, key: value})
 
@@ -140,6 +143,8 @@ def test_kvcache_cpp_reads_caches_in_place_and_checks_sizes():
     (32, 18, 2, 1, True, [1800, 40]),        # a block of 8 rows, then 1
     (128, 5, 1, 1, True, [3000]),            # blocks of 2, 2, 1
     (256, 4, 2, 2, True, [600, 2999]),       # one row at a time; causal rows of one block see different keys
+    (8, 4, 4, 64, False, [64, 7, 2999]),     # D under 16, many rows: keys and values transposed per chunk
+    (40, 2, 1, 5, True, [1300, 0, 9]),       # transposed, blocks of 8 then 2; causal; an empty sequence
 ])
 def test_kvcache_cpp_split_positions_match_the_reference(D, Hq, Hkv, Sq, causal, lengths):
     """Long caches on several threads: positions are cut into chunks whose partial softmax sums are
@@ -177,8 +182,8 @@ def test_kvcache_cpp_random_shapes_match_the_reference():
         return options[int(torch.randint(0, len(options), (1,), generator=rng))]
 
     for _ in range(12):
-        D, Hkv, group, Sq = pick([16, 24, 32, 40, 64, 80, 96, 128, 256]), pick([1, 2, 3]), pick(range(1, 10)), \
-            pick([1, 1, 2, 4])
+        D, Hkv, group, Sq = pick([4, 8, 12, 16, 24, 32, 40, 64, 80, 96, 128, 256]), pick([1, 2, 3]), \
+            pick(range(1, 10)), pick([1, 1, 2, 4, 33])
         B, s_max, causal = pick([1, 2, 3]), pick([1, 17, 300, 1500]), pick([True, False])
         lengths = [int(n) for n in torch.randint(0, s_max + 1, (B,), generator=rng)]
         k_cache, v_cache = make_cache(B, Hkv, s_max, D, lengths, torch.float32, "cpu")
@@ -190,6 +195,23 @@ def test_kvcache_cpp_random_shapes_match_the_reference():
         torch.testing.assert_close(out.double(), want, rtol=2e-5, atol=2e-5, msg=lambda m, case=case: f"{case}: {m}")
 
 
+def test_kvcache_cpp_value_dim_layout_and_lse():
+    """Dv != D through the transposed loops, the output written heads-inner ([B, Sq, Hq, Dv] memory), and each
+    row's log-sum-exp, against the float64 reference; an empty sequence gives zeros and lse -inf."""
+    _require("cpp")
+    from genai_fast.backends.cpp.attention import decode_attention_fwd
+
+    q, k, v = torch.randn(2, 6, 9, 12), torch.randn(2, 3, 40, 12), torch.randn(2, 3, 40, 20)
+    lengths = [40, 0]
+    out, lse = decode_attention_fwd(q, k, v, lengths, 0.3, False, 2, heads_inner=True, with_lse=True)
+    assert out.shape == (2, 6, 9, 20) and out.transpose(1, 2).is_contiguous()
+    want, want_lse = genai_fast.scaled_dot_product_attention_reference(
+        q[:1].double(), k[:1].double(), v[:1].double(), scale=0.3, enable_gqa=True, return_lse=True)
+    torch.testing.assert_close(out[:1].double(), want, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(lse[:1].double(), want_lse, rtol=2e-5, atol=2e-5)
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and torch.isneginf(lse[1]).all()
+
+
 def test_kvcache_cpp_nan_query_gives_nan_rows():
     """A NaN in a query makes that row NaN, as in the reference (the vector exp would otherwise hide it)."""
     _require("cpp")
@@ -199,6 +221,10 @@ def test_kvcache_cpp_nan_query_gives_nan_rows():
     q[0, 1, 0, 5] = float("nan")
     out = decode_attention_fwd(q, k_cache, v_cache, [700], 0.125, True, num_threads=4)
     assert out[0, 1].isnan().all() and not out[0, 0].isnan().any()
+    q = torch.randn(1, 1, 8, 8)  # the transposed loops (D under 16, several rows)
+    q[0, 0, 3, 2] = float("nan")
+    out = decode_attention_fwd(q, k_cache[..., :8], v_cache[..., :8], [700], 0.3, False, num_threads=2)
+    assert out[0, 0, 3].isnan().all() and not out[0, 0, [0, 1, 2, 4, 5, 6, 7]].isnan().any()
 
 
 def test_resolved_decode_attention_equals_the_op(monkeypatch):

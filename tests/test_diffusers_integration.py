@@ -135,6 +135,7 @@ def test_report_counts_what_was_fused_and_left():
     assert (sd.resnets_fused, sd.resnets_partly_fused, sd.attention_processors) == (12, 0, 12)
     assert sd.transformer_outputs == 6 and sd.output_norm_silu_fused and not sd.left
     assert sd.geglus == 6  # one feed-forward per transformer block
+    assert sd.transformer_blocks == 6 and "transformer blocks on a direct forward: 6" in str(sd)
     # Every other conv once: conv_in, conv_out, each transformer's proj_in, shortcuts, samplers' convs.
     convs = sum(type(m) is torch.nn.Conv2d for m in unet.modules())
     assert sd.convs == convs - 2 * sd.resnets_fused - sd.transformer_outputs and sd.convs >= 2 + 6
@@ -335,6 +336,74 @@ def test_patched_geglu_runs_genai_fast_and_defers_extra_arguments_to_diffusers()
     torch.testing.assert_close(fused, deferred, rtol=2e-6, atol=2e-6)
     unpatch(unet)
     assert "forward" not in geglu.__dict__
+
+
+def _block_and_inputs() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    from diffusers.models.attention import BasicTransformerBlock
+
+    unet = _cond_unet("sd-tiny")
+    patch(unet)
+    block = next(m for m in unet.modules() if type(m) is BasicTransformerBlock)
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 6, block.norm1.normalized_shape[0], generator=g)
+    context = torch.randn(2, 5, block.attn2.to_k.in_features, generator=g)
+    return block, hidden, context
+
+
+def test_direct_transformer_block_matches_diffusers_forward():
+    """The direct BasicTransformerBlock forward against diffusers' own forward of the same block (which runs
+    the genai_fast processor): the same ops in the same order, so the same values, under autograd too."""
+    block, hidden, context = _block_and_inputs()
+    assert "forward" in block.__dict__
+    diffusers_forward = type(block).forward
+    with torch.no_grad():
+        torch.testing.assert_close(block(hidden, encoder_hidden_states=context),
+                                   diffusers_forward(block, hidden, encoder_hidden_states=context),
+                                   rtol=1e-6, atol=1e-6)
+    ctx = context.clone().requires_grad_(True)
+    block(hidden, encoder_hidden_states=ctx).square().sum().backward()
+    direct_grad, ctx.grad = ctx.grad, None
+    diffusers_forward(block, hidden, encoder_hidden_states=ctx).square().sum().backward()
+    torch.testing.assert_close(direct_grad, ctx.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_direct_transformer_block_defers_to_diffusers(monkeypatch):
+    """Masks, extra attention arguments, feed-forward chunking, a processor swapped after patching and active
+    dropout in training each take diffusers' own forward; a plain call does not."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    block, hidden, context = _block_and_inputs()
+    calls = []
+    original = BasicTransformerBlock.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BasicTransformerBlock, "forward", counted)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        block(hidden, encoder_hidden_states=context)
+        assert not calls
+        block(hidden, encoder_hidden_states=context, encoder_attention_mask=mask)
+        block(hidden, encoder_hidden_states=context, cross_attention_kwargs={"unused": 1})
+        assert len(calls) == 2
+        block.set_chunk_feed_forward(2, 1)
+        block(hidden, encoder_hidden_states=context)
+        block.set_chunk_feed_forward(None, 0)
+        assert len(calls) == 3
+        processor = block.attn1.processor
+        block.attn1.set_processor(AttnProcessor2_0())
+        block(hidden, encoder_hidden_states=context)
+        block.attn1.set_processor(processor)
+        assert len(calls) == 4
+        block.train()
+        block(hidden, encoder_hidden_states=context)  # the tiny config's dropouts are 0: still direct
+        assert len(calls) == 4
+        block.attn1.to_out[1].p = 0.1
+        block(hidden, encoder_hidden_states=context)
+        assert len(calls) == 5
 
 
 # ---------------------------------------------------------------- cuda_graph=True (the eager paths on a CPU)

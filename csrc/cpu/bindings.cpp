@@ -210,21 +210,25 @@ void winograd_output_py(uintptr_t M, int64_t M_numel, uintptr_t bias, int64_t bi
 void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k_cache,
                                  int64_t k_extent, std::vector<int64_t> k_strides, uintptr_t v_cache, int64_t v_extent,
                                  std::vector<int64_t> v_strides, std::vector<int64_t> lengths, uintptr_t out,
-                                 int64_t out_numel, int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t S_max,
+                                 int64_t out_extent, std::vector<int64_t> out_strides, uintptr_t lse,
+                                 int64_t lse_numel, int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t S_max,
                                  int64_t D, int64_t Dv, double scale, bool causal, int num_threads) {
   DecodeAttentionArgs args;
   args.q = as_ptr<const float>(q);
   args.k_cache = as_ptr<const float>(k_cache);
   args.v_cache = as_ptr<const float>(v_cache);
   args.out = as_ptr<float>(out);
+  args.lse = lse == 0 ? nullptr : as_ptr<float>(lse);
   require(static_cast<int64_t>(lengths.size()) == B, "lengths: expected " + std::to_string(B) + " values");
-  require(q_strides.size() == 3 && k_strides.size() == 3 && v_strides.size() == 3,
+  require(q_strides.size() == 3 && k_strides.size() == 3 && v_strides.size() == 3 && out_strides.size() == 3,
           "strides: expected 3 per tensor (the last dimension is unit-stride)");
   args.lengths = lengths.data();
   for (int i = 0; i < 3; ++i) {
     args.q_strides[i] = q_strides[i], args.k_strides[i] = k_strides[i], args.v_strides[i] = v_strides[i];
+    args.out_strides[i] = out_strides[i];
   }
-  args.q_extent = q_extent, args.k_extent = k_extent, args.v_extent = v_extent, args.out_numel = out_numel;
+  args.q_extent = q_extent, args.k_extent = k_extent, args.v_extent = v_extent, args.out_extent = out_extent;
+  args.lse_numel = lse_numel;
   args.B = B, args.Hq = Hq, args.Hkv = Hkv, args.Sq = Sq, args.S_max = S_max, args.D = D, args.Dv = Dv;
   args.scale = static_cast<float>(scale);
   args.causal = causal;
@@ -262,10 +266,11 @@ PYBIND11_MODULE(_C, m) {
         "The instruction set gguf_linear runs with (avx512, avx2, baseline); GENAI_FAST_CPU_ISA caps it.");
   m.def("decode_attention_forward", &decode_attention_forward_py, py::arg("q"), py::arg("q_extent"),
         py::arg("q_strides"), py::arg("k_cache"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v_cache"),
-        py::arg("v_extent"), py::arg("v_strides"), py::arg("lengths"), py::arg("out"), py::arg("out_numel"),
-        py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Sq"), py::arg("S_max"), py::arg("D"), py::arg("Dv"),
+        py::arg("v_extent"), py::arg("v_strides"), py::arg("lengths"), py::arg("out"), py::arg("out_extent"),
+        py::arg("out_strides"), py::arg("lse"), py::arg("lse_numel"), py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Sq"), py::arg("S_max"), py::arg("D"), py::arg("Dv"),
         py::arg("scale"), py::arg("causal"), py::arg("num_threads"),
-        "fp32 decode attention of q [B, Hq, Sq, D] over the first lengths[b] positions of each cache.");
+        "fp32 decode attention of q [B, Hq, Sq, D] over the first lengths[b] positions of each cache (lse: 0 or "
+        "the address of B * Hq * Sq floats for each row's log-sum-exp).");
   m.def("rms_norm_forward", &rms_norm_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("x_row_stride"),
         py::arg("weight"), py::arg("weight_numel"), py::arg("out"), py::arg("out_numel"), py::arg("rows"),
         py::arg("D"), py::arg("eps"), py::arg("num_threads"),

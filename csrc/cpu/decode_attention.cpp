@@ -188,13 +188,92 @@ GF_CLONES void attend_chunk(const DecodeAttentionArgs& a, const Chunk& c, float*
   attend_blocks<NB, RB>(a, c, 0, a.Hq / a.Hkv * a.Sq, m, l, acc);
 }
 
+// Head dims the register blocks do not cover (under 16, or not a multiple of 16: 8, 40, 80, ...) when a
+// chunk serves several query rows: the chunk's keys and values are transposed once, into kt [D, ld] and
+// vt [Dv16, ld] (positions rounded up to 16 and heads up to 16, zero padded; ld = that count plus 16, so
+// that rows a multiple of 4 KB apart do not all fall in one L1 set), so that every product runs along 16
+// positions at a time whatever D is. For a single row the transposition would cost more than the
+// products it speeds up; such chunks take the generic loops.
+template <int RB>
+GF_INLINE void transposed_rows(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, const float* kt,
+                               const float* vt, int64_t ld, float* m, float* l, float* acc) {
+  thread_local std::vector<float> queries, scores;
+  int64_t seen[RB], furthest = 0;
+  for (int i = 0; i < RB; ++i) {
+    seen[i] = std::max<int64_t>(0, std::min(visible_positions(a, c.b, (r0 + i) % a.Sq), c.end) - c.begin);
+    furthest = std::max(furthest, seen[i]);
+  }
+  if (furthest == 0) {
+    for (int i = 0; i < RB; ++i) m[i] = -INFINITY, l[i] = 0.0f;
+    std::fill(acc, acc + RB * a.Dv, 0.0f);
+    return;
+  }
+  const int64_t width = (furthest + 15) / 16 * 16;  // the position blocks any of the rows sees
+  queries.resize(static_cast<size_t>(RB * a.D));
+  scores.resize(static_cast<size_t>(RB * width));
+  for (int i = 0; i < RB; ++i) {
+    const float* q = query_row(a, c.b, c.kv, r0 + i);
+    for (int64_t d = 0; d < a.D; ++d) queries[i * a.D + d] = q[d] * a.scale;
+  }
+  for (int64_t j = 0; j < width; j += 16) {
+    v16 s[RB] = {};
+    for (int64_t d = 0; d < a.D; ++d) {
+      const v16 key = load16(kt + d * ld + j);
+      for (int i = 0; i < RB; ++i) s[i] += queries[i * a.D + d] * key;
+    }
+    for (int i = 0; i < RB; ++i) store16(scores.data() + i * width + j, s[i]);
+  }
+  for (int i = 0; i < RB; ++i) {
+    float* row = scores.data() + i * width;
+    m[i] = -INFINITY, l[i] = 0.0f;
+    if (seen[i] > 0) exponentiate(row, seen[i], m[i], l[i]);
+    std::fill(row + seen[i], row + width, 0.0f);
+    for (int64_t e0 = 0; e0 < a.Dv; e0 += 16) {  // 16 output columns at a time, one lane sum each
+      v16 sums[16] = {};
+      for (int64_t j = 0; j < width; j += 16) {
+        const v16 weights = load16(row + j);
+        for (int t = 0; t < 16; ++t) sums[t] += weights * load16(vt + (e0 + t) * ld + j);
+      }
+      store_part(acc + i * a.Dv + e0, hsum16x16(sums), std::min<int64_t>(16, a.Dv - e0));
+    }
+  }
+}
+
+template <int RB>
+GF_INLINE void transposed_blocks(const DecodeAttentionArgs& a, const Chunk& c, int64_t r, int64_t R, const float* kt,
+                                 const float* vt, int64_t ld, float* m, float* l, float* acc) {
+  for (; r + RB <= R; r += RB) transposed_rows<RB>(a, c, r, kt, vt, ld, m + r, l + r, acc + r * a.Dv);
+  if constexpr (RB > 1) transposed_blocks<RB / 2>(a, c, r, R, kt, vt, ld, m, l, acc);
+}
+
+GF_CLONES void attend_chunk_transposed(const DecodeAttentionArgs& a, const Chunk& c, float* m, float* l, float* acc) {
+  thread_local std::vector<float> kt, vt;
+  const int64_t n = c.end - c.begin, ld = (n + 15) / 16 * 16 + 16, dv16 = (a.Dv + 15) / 16 * 16;
+  kt.assign(static_cast<size_t>(a.D * ld), 0.0f);
+  vt.assign(static_cast<size_t>(dv16 * ld), 0.0f);
+  // Rows [begin, end) lie inside the sequence's length (make_chunks), so nothing past it is read.
+  const float* k = a.k_cache + c.b * a.k_strides[0] + c.kv * a.k_strides[1] + c.begin * a.k_strides[2];
+  const float* v = a.v_cache + c.b * a.v_strides[0] + c.kv * a.v_strides[1] + c.begin * a.v_strides[2];
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t d = 0; d < a.D; ++d) kt[d * ld + j] = k[j * a.k_strides[2] + d];
+    for (int64_t e = 0; e < a.Dv; ++e) vt[e * ld + j] = v[j * a.v_strides[2] + e];
+  }
+  transposed_blocks<8>(a, c, 0, a.Hq / a.Hkv * a.Sq, kt.data(), vt.data(), ld, m, l, acc);
+}
+
 using ChunkFn = void (*)(const DecodeAttentionArgs&, const Chunk&, float*, float*, float*);
 
-// The chunk routine for these head dims: for multiples of 16 up to 256 (D and Dv alike) rows held in
-// registers, as many per block as keep the block's accumulators within the 32 vector registers; the
+// Rows per chunk from which transposing the chunk's keys and values pays: it costs about D + Dv scalar moves
+// per position, against a horizontal sum per position and row in the generic loops.
+constexpr int64_t kTransposeMinRows = 4;
+
+// The chunk routine for these head dims and R query rows per chunk: for multiples of 16 up to 256 (D and
+// Dv alike) rows held in registers, as many per block as keep the block's accumulators within the 32
+// vector registers; other head dims transposed when there are rows to share the transposition; the
 // generic loops, one row at a time, otherwise.
-ChunkFn chunk_routine(int64_t D, int64_t Dv) {
-  if (D != Dv || D % 16 != 0) return attend_chunk<0, 1>;
+ChunkFn chunk_routine(int64_t D, int64_t Dv, int64_t R) {
+  const ChunkFn other = R >= kTransposeMinRows ? attend_chunk_transposed : attend_chunk<0, 1>;
+  if (D != Dv || D % 16 != 0) return other;
   switch (D / 16) {
     case 2: return attend_chunk<2, 8>;
     case 4: return attend_chunk<4, 4>;
@@ -202,7 +281,7 @@ ChunkFn chunk_routine(int64_t D, int64_t Dv) {
     case 6: return attend_chunk<6, 2>;
     case 8: return attend_chunk<8, 2>;
     case 16: return attend_chunk<16, 1>;
-    default: return attend_chunk<0, 1>;
+    default: return other;
   }
 }
 
@@ -237,7 +316,8 @@ void combine(const DecodeAttentionArgs& a, const Partials& p, int64_t first, int
   const int64_t R = a.Hq / a.Hkv * a.Sq;
   for (int64_t r = 0; r < R; ++r) {
     const int64_t h = kv * (a.Hq / a.Hkv) + r / a.Sq, i = r % a.Sq;
-    float* out = a.out + ((b * a.Hq + h) * a.Sq + i) * a.Dv;
+    float* out = a.out + b * a.out_strides[0] + h * a.out_strides[1] + i * a.out_strides[2];
+    float* lse = a.lse != nullptr ? a.lse + (b * a.Hq + h) * a.Sq + i : nullptr;
     float top = -INFINITY, total = 0.0f;
     bool poisoned = false;
     for (int64_t c = first; c < first + count; ++c) {
@@ -245,6 +325,7 @@ void combine(const DecodeAttentionArgs& a, const Partials& p, int64_t first, int
       poisoned |= std::isnan(p.l[c * R + r]);
     }
     std::fill(out, out + a.Dv, poisoned ? NAN : 0.0f);
+    if (lse != nullptr) *lse = poisoned ? NAN : -INFINITY;
     if (poisoned || top == -INFINITY) continue;  // a NaN score: NaN; nothing visible: zeros
     for (int64_t c = first; c < first + count; ++c) {
       if (p.l[c * R + r] == 0.0f) continue;
@@ -254,6 +335,7 @@ void combine(const DecodeAttentionArgs& a, const Partials& p, int64_t first, int
     }
     const float inv = 1.0f / total;
     for (int64_t j = 0; j < a.Dv; ++j) out[j] *= inv;
+    if (lse != nullptr) *lse = top + std::log(total);
   }
 }
 
@@ -283,9 +365,11 @@ void validate(const DecodeAttentionArgs& a) {
           "k_cache: its shape and strides reach past its buffer");
   require(last(a.v_strides, a.B, a.Hkv, s_rows, a.Dv) <= a.v_extent,
           "v_cache: its shape and strides reach past its buffer");
-  require(a.out_numel == a.B * a.Hq * a.Sq * a.Dv,
-          "out: expected " + std::to_string(a.B * a.Hq * a.Sq * a.Dv) + " elements, got " +
-              std::to_string(a.out_numel));
+  for (int i = 0; i < 3; ++i) require(a.out_strides[i] >= 0, "out strides: expected >= 0");
+  require(last(a.out_strides, a.B, a.Hq, a.Sq, a.Dv) <= a.out_extent,
+          "out: its shape and strides reach past its buffer");
+  require(a.lse == nullptr || a.lse_numel == a.B * a.Hq * a.Sq,
+          "lse: expected " + std::to_string(a.B * a.Hq * a.Sq) + " elements, got " + std::to_string(a.lse_numel));
   require(a.num_threads >= 1, "num_threads: expected >= 1");
 }
 
@@ -298,7 +382,7 @@ void decode_attention_forward(const DecodeAttentionArgs& a) {
   const int64_t count = static_cast<int64_t>(chunks.size());
   Partials p;
   p.m.resize(static_cast<size_t>(count * R)), p.l.resize(p.m.size()), p.acc.resize(p.m.size() * a.Dv);
-  const ChunkFn attend_chunk = chunk_routine(a.D, a.Dv);
+  const ChunkFn attend_chunk = chunk_routine(a.D, a.Dv, R);
   parallel_for(count, workers, [&](int64_t c) {
     attend_chunk(a, chunks[c], p.m.data() + c * R, p.l.data() + c * R, p.acc.data() + c * R * a.Dv);
   });

@@ -13,12 +13,15 @@ struct DecodeAttentionArgs {
   const float* k_cache = nullptr;  // [B, Hkv, S_max, D]
   const float* v_cache = nullptr;  // [B, Hkv, S_max, Dv]
   const int64_t* lengths = nullptr;  // [B] valid cache positions of each sequence (new tokens included)
-  float* out = nullptr;            // [B, Hq, Sq, Dv] contiguous
+  float* out = nullptr;            // [B, Hq, Sq, Dv] at out_strides
+  float* lse = nullptr;            // optional [B, Hq, Sq] contiguous: each row's log-sum-exp of its scores
   int64_t B = 0, Hq = 0, Hkv = 0, Sq = 0, S_max = 0, D = 0, Dv = 0;
   int64_t q_strides[3] = {0, 0, 0};  // element strides of dims 0-2 (the last dimension is unit-stride)
   int64_t k_strides[3] = {0, 0, 0};
   int64_t v_strides[3] = {0, 0, 0};
-  int64_t q_extent = 0, k_extent = 0, v_extent = 0, out_numel = 0;  // elements reachable from each address
+  int64_t out_strides[3] = {0, 0, 0};
+  int64_t q_extent = 0, k_extent = 0, v_extent = 0, out_extent = 0;  // elements reachable from each address
+  int64_t lse_numel = 0;  // B * Hq * Sq when lse is given
   float scale = 1.0f;
   bool causal = true;  // bottom-right: query i sees positions <= length - Sq + i
   int num_threads = 1;

@@ -23,6 +23,9 @@ What patch() changes, each only where it can be shown to compute what diffusers 
   proj_out conv's epilogue.
 - GEGLU feed-forward activations (diffusers' GEGLU): the projection, then `genai_fast.geglu` (value *
   GELU(gate) in one pass instead of GELU on a strided half and a product).
+- BasicTransformerBlock with LayerNorms and plain attention: one direct forward (norms, projections,
+  attention, feed-forward, residuals) instead of a dozen module calls and diffusers' per-call branching;
+  calls with masks or extra keyword arguments go to diffusers' own forward.
 - 4-D parameters go channels_last, so every activation stays NHWC from conv_in to conv_out (the U-Net
   output is channels_last too: same values, other strides).
 
@@ -62,6 +65,7 @@ class PatchReport:
     output_norm_silu_fused: bool = False
     transformer_outputs: int = 0
     geglus: int = 0
+    transformer_blocks: int = 0
     graphed_forward: bool = False
     convs: int = 0
     channels_last_tensors: int = 0
@@ -70,7 +74,8 @@ class PatchReport:
     @property
     def patched(self) -> int:
         return (self.resnets_fused + self.resnets_partly_fused + self.attention_processors + self.group_norms
-                + self.transformer_outputs + self.geglus + self.convs + int(self.output_norm_silu_fused))
+                + self.transformer_outputs + self.geglus + self.transformer_blocks + self.convs
+                + int(self.output_norm_silu_fused))
 
     def __str__(self) -> str:
         lines = [
@@ -81,6 +86,7 @@ class PatchReport:
             f"  other GroupNorms: {self.group_norms}; output GroupNorm+SiLU fused: {self.output_norm_silu_fused}",
             f"  Transformer2D outputs kept channels_last: {self.transformer_outputs}",
             f"  GEGLU feed-forward activations fused: {self.geglus}",
+            f"  transformer blocks on a direct forward: {self.transformer_blocks}",
             f"  other convolutions on genai_fast.conv2d: {self.convs}",
             f"  tensors made channels_last: {self.channels_last_tensors}",
             f"  forward replayed from CUDA graphs: {self.graphed_forward}",
@@ -129,6 +135,7 @@ def patch(unet: nn.Module, cuda_graph: bool = False) -> PatchReport:
     _patch_attention(unet, state)
     _patch_transformer_outputs(unet, state)
     _patch_geglus(unet, state)
+    _patch_transformer_blocks(unet, state)
     _patch_group_norms(unet, state, skip=fused_norms)
     _patch_convs(unet, state)
     if cuda_graph:
@@ -543,3 +550,104 @@ def _patch_geglus(unet: nn.Module, state: _PatchState) -> None:
             continue
         _shadow(module, "forward", _geglu_forward, state)
         state.report.geglus += 1
+
+
+# ---------------------------------------------------------------- BasicTransformerBlock
+
+
+def _plain_attention(attn: nn.Module | None) -> bool:
+    """An Attention that the direct block forward computes exactly: linear projections, no norms inside,
+    no residual or rescale, on GenaiFastAttnProcessor (checked per call: a processor can be swapped later)."""
+    from diffusers.models.attention_processor import Attention
+
+    own_forward = getattr(attn, "__dict__", {}).get("forward")
+    ours = own_forward is None or getattr(own_forward, "__func__", None) is _attention_forward
+    return (type(attn) is Attention and ours and attn.spatial_norm is None
+            and attn.group_norm is None and attn.norm_q is None and attn.norm_k is None and not attn.norm_cross
+            and not attn.residual_connection and attn.rescale_output_factor == 1.0
+            and all(type(m) is nn.Linear for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0])))
+
+
+def _block_left_reason(block: nn.Module) -> str | None:
+    """Why a BasicTransformerBlock cannot take the direct forward (None: it can)."""
+    from diffusers.models.activations import GEGLU
+
+    if _has_own_forward(block) or block.norm_type != "layer_norm" or block.pos_embed is not None:
+        return "BasicTransformerBlock: not a LayerNorm block (ada norms, positional embedding or own forward)"
+    if block.only_cross_attention or block.attn2 is None:
+        return "BasicTransformerBlock: without both self- and cross-attention"
+    if not (_plain_attention(block.attn1) and _plain_attention(block.attn2)):
+        return "BasicTransformerBlock: attention with norms, residual or wrapped projections"
+    if not all(type(n) is nn.LayerNorm for n in (block.norm1, block.norm2, block.norm3)):
+        return "BasicTransformerBlock: norms are not nn.LayerNorm"
+    net = block.ff.net
+    if type(net[0]) is not GEGLU or type(net[0].proj) is not nn.Linear or type(net[2]) is not nn.Linear:
+        return "BasicTransformerBlock: feed-forward is not GEGLU then a linear layer"
+    return None
+
+
+def _block_dropout(block: nn.Module) -> bool:
+    return any(type(m) is nn.Dropout and m.p > 0 for m in block.modules())
+
+
+def _attend(attn: nn.Module, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """What GenaiFastAttnProcessor computes for a plain Attention (_plain_attention) without a mask:
+    x [B, S, C], context [B, L, D] (x itself for self-attention) -> [B, S, C_out]."""
+    batch, length = x.shape[0], x.shape[1]
+    query = F.linear(x, attn.to_q.weight, attn.to_q.bias)
+    key = F.linear(context, attn.to_k.weight, attn.to_k.bias)
+    value = F.linear(context, attn.to_v.weight, attn.to_v.bias)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    scale = attn.scale if attn.processor.use_module_scale else None
+    out = genai_fast.scaled_dot_product_attention(query, key, value, scale=scale)
+    out = out.transpose(1, 2).reshape(batch, length, attn.heads * head_dim)
+    return F.linear(out, attn.to_out[0].weight, attn.to_out[0].bias)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _direct_block_forward(block: nn.Module, hidden_states: torch.Tensor, attention_mask: Any = None,
+                          encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: Any = None,
+                          timestep: Any = None, cross_attention_kwargs: Any = None, class_labels: Any = None,
+                          added_cond_kwargs: Any = None) -> torch.Tensor:
+    """BasicTransformerBlock.forward for a LayerNorm block (_block_left_reason): hidden_states [B, S, C],
+    encoder_hidden_states [B, L, D]. The same ops in the same order as diffusers' forward (timestep,
+    class_labels and added_cond_kwargs are unused there too for LayerNorm blocks); masks, extra attention
+    keyword arguments, feed-forward chunking, active dropout in training or a swapped processor go to
+    diffusers' own forward."""
+    if (attention_mask is not None or encoder_attention_mask is not None or cross_attention_kwargs
+            or hidden_states.ndim != 3 or block._chunk_size is not None
+            or (block.training and _block_dropout(block))
+            or type(block.attn1.processor) is not GenaiFastAttnProcessor
+            or type(block.attn2.processor) is not GenaiFastAttnProcessor):
+        return type(block).forward(block, hidden_states, attention_mask, encoder_hidden_states,
+                                   encoder_attention_mask, timestep, cross_attention_kwargs, class_labels,
+                                   added_cond_kwargs)
+    normed = _layer_norm(block.norm1, hidden_states)
+    hidden_states = _attend(block.attn1, normed, normed) + hidden_states
+    normed = _layer_norm(block.norm2, hidden_states)
+    context = normed if encoder_hidden_states is None else encoder_hidden_states
+    hidden_states = _attend(block.attn2, normed, context) + hidden_states
+    normed = _layer_norm(block.norm3, hidden_states)
+    geglu, out = block.ff.net[0], block.ff.net[2]
+    gated = genai_fast.geglu(F.linear(normed, geglu.proj.weight, geglu.proj.bias))
+    return F.linear(gated, out.weight, out.bias) + hidden_states
+
+
+def _patch_transformer_blocks(unet: nn.Module, state: _PatchState) -> None:
+    from diffusers.models.attention import BasicTransformerBlock
+
+    for module in unet.modules():
+        if type(module) is not BasicTransformerBlock:
+            continue
+        reason = _block_left_reason(module)
+        if reason is not None:
+            state.report.left[reason] += 1
+            continue
+        _shadow(module, "forward", _direct_block_forward, state)
+        state.report.transformer_blocks += 1

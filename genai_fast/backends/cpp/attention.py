@@ -4,6 +4,8 @@ read against the extent of each tensor's storage from its address."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from genai_fast.backends import memory
@@ -20,16 +22,25 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: list[int],
-                         scale: float, causal: bool, num_threads: int | None = None) -> torch.Tensor:
+                         scale: float, causal: bool, num_threads: int | None = None, *,
+                         heads_inner: bool = False, with_lse: bool = False) -> Any:
     """q [B, Hq, Sq, D], caches [B, Hkv, S_max, D / Dv] (fp32, CPU), lengths: B valid cache lengths (new tokens
-    included) -> [B, Hq, Sq, Dv]; causal aligned bottom-right."""
+    included) -> out [B, Hq, Sq, Dv]; causal aligned bottom-right.
+
+    heads_inner: out is a [B, Sq, Hq, Dv] buffer seen as [B, Hq, Sq, Dv] (transpose(1, 2) then a reshape to
+    [B, Sq, Hq * Dv] is a view, as an attention layer's output projection wants it).
+    with_lse: return (out, lse [B, Hq, Sq] fp32, each row's natural-log log-sum-exp of its scaled scores,
+    -inf for a row that sees nothing)."""
     q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
     B, Hq, Sq, D = q.shape
     Hkv, S_max, Dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
-    out = memory.new_empty(q, (B, Hq, Sq, Dv))
+    out = memory.new_empty(q, (B, Sq, Hq, Dv) if heads_inner else (B, Hq, Sq, Dv))
+    out = out.transpose(1, 2) if heads_inner else out
+    lse = torch.empty((B, Hq, Sq), dtype=torch.float32) if with_lse else None
     extension().decode_attention_forward(
         q.data_ptr(), _extent(q), list(q.stride()[:3]), k_cache.data_ptr(), _extent(k_cache),
         list(k_cache.stride()[:3]), v_cache.data_ptr(), _extent(v_cache), list(v_cache.stride()[:3]),
-        [int(n) for n in lengths], out.data_ptr(), out.numel(), B, Hq, Hkv, Sq, S_max, D, Dv, float(scale),
-        bool(causal), num_threads or torch.get_num_threads())
-    return out
+        [int(n) for n in lengths], out.data_ptr(), _extent(out), list(out.stride()[:3]),
+        0 if lse is None else lse.data_ptr(), 0 if lse is None else lse.numel(), B, Hq, Hkv, Sq, S_max, D, Dv,
+        float(scale), bool(causal), num_threads or torch.get_num_threads())
+    return (out, lse) if with_lse else out
