@@ -21,8 +21,14 @@ CPU_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc" / "cpu").g
 ParallelCompile("GENAI_FAST_BUILD_JOBS").install()
 
 compile_args = ["-O3", "-fno-math-errno"]
+link_args = ["-pthread"]
 if os.environ.get("GENAI_FAST_NATIVE") == "1":
     compile_args.append("-march=native")
+# The kernels' threads come from OpenMP, so that they are torch's own worker threads (libgomp.so.1, shared
+# with the torch wheel's at run time); GENAI_FAST_OPENMP=0 builds the fallback std::thread pool instead.
+if os.environ.get("GENAI_FAST_OPENMP", "1") != "0":
+    compile_args.append("-fopenmp")
+    link_args.append("-fopenmp")
 
 ext_modules = [
     Pybind11Extension(
@@ -30,7 +36,7 @@ ext_modules = [
         CPU_SOURCES,
         cxx_std=17,
         extra_compile_args=compile_args,
-        extra_link_args=["-pthread"],
+        extra_link_args=link_args,
     )
 ]
 

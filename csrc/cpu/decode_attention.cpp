@@ -138,6 +138,32 @@ GF_INLINE void exponentiate(float* row, int64_t n, float& top, float& total) {
   if (std::isnan(raw) || top == INFINITY) total = NAN;
 }
 
+// exponentiate() for a row padded to `width` (a multiple of 16) whose first `seen` entries are scores: the
+// same exp arithmetic on whole vectors, the padding masked out of the maximum and sum and written as zeros.
+GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, float& top, float& total) {
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const int limit = static_cast<int>(seen);
+  v16 vtop = {}, vraw = {};
+  vtop -= INFINITY;
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i valid = lane + static_cast<int>(j) < limit;
+    const v16 x = valid ? load16(row + j) : -INFINITY;
+    vtop = x > vtop ? x : vtop;
+    vraw += valid ? x : 0.0f;
+  }
+  top = -INFINITY;
+  for (int i = 0; i < 16; ++i) top = std::max(top, vtop[i]);
+  v16 vsum = {};
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i valid = lane + static_cast<int>(j) < limit;
+    const v16 e = valid ? exp16(load16(row + j) - top) : 0.0f;
+    store16(row + j, e);
+    vsum += e;
+  }
+  total = hsum(vsum);
+  if (std::isnan(hsum(vraw)) || top == INFINITY) total = NAN;
+}
+
 // Query rows [r0, r0 + RB) of a chunk: scores against the chunk's keys up to the furthest any of them
 // sees, then per row its softmax statistics over its own visible keys (weights past them zeroed), then
 // the weighted value sums; m, l, acc point at row r0's entries.
@@ -226,8 +252,11 @@ GF_INLINE void transposed_rows(const DecodeAttentionArgs& a, const Chunk& c, int
   for (int i = 0; i < RB; ++i) {
     float* row = scores.data() + i * width;
     m[i] = -INFINITY, l[i] = 0.0f;
-    if (seen[i] > 0) exponentiate(row, seen[i], m[i], l[i]);
-    std::fill(row + seen[i], row + width, 0.0f);
+    if (seen[i] > 0) {
+      exponentiate_padded(row, seen[i], width, m[i], l[i]);
+    } else {
+      std::fill(row, row + width, 0.0f);
+    }
     for (int64_t e0 = 0; e0 < a.Dv; e0 += 16) {  // 16 output columns at a time, one lane sum each
       v16 sums[16] = {};
       for (int64_t j = 0; j < width; j += 16) {
@@ -380,9 +409,18 @@ void decode_attention_forward(const DecodeAttentionArgs& a) {
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 18)));
   const std::vector<Chunk> chunks = make_chunks(a, chunk_length(a, workers));
   const int64_t count = static_cast<int64_t>(chunks.size());
+  const ChunkFn attend_chunk = chunk_routine(a.D, a.Dv, R);
+  if (count == a.B * a.Hkv) {  // one chunk per (sequence, K/V head) pair: each finishes its own rows
+    parallel_for(count, workers, [&](int64_t c) {
+      thread_local Partials p;
+      p.m.resize(static_cast<size_t>(R)), p.l.resize(p.m.size()), p.acc.resize(p.m.size() * a.Dv);
+      attend_chunk(a, chunks[c], p.m.data(), p.l.data(), p.acc.data());
+      combine(a, p, 0, 1, chunks[c].b, chunks[c].kv);
+    });
+    return;
+  }
   Partials p;
   p.m.resize(static_cast<size_t>(count * R)), p.l.resize(p.m.size()), p.acc.resize(p.m.size() * a.Dv);
-  const ChunkFn attend_chunk = chunk_routine(a.D, a.Dv, R);
   parallel_for(count, workers, [&](int64_t c) {
     attend_chunk(a, chunks[c], p.m.data() + c * R, p.l.data() + c * R, p.acc.data() + c * R * a.Dv);
   });

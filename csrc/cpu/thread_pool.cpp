@@ -1,10 +1,19 @@
-// See thread_pool.h. Each region is a heap object shared with the pooled threads that join it; a thread
-// runs fn only for a task index it claimed below num_tasks, and the caller waits until every task is
-// done before returning, so fn (which may refer to the caller's stack) is never called after that.
+// See thread_pool.h. Built with OpenMP (the default, see setup.py), a region is an OpenMP parallel region:
+// the process then has one set of worker threads, torch's own (its CPU wheels link libgomp.so.1, and the
+// loader shares one copy with us). With a pool of our own, right after a torch op our threads waited for
+// the core a spinning torch worker held (and left spinning threads in torch's way): a Winograd conv between
+// torch ops took 2.3x as long as alone. libgomp does not survive fork() once its threads exist, so a forked
+// child (a DataLoader worker) and builds without OpenMP use the pool below: each region is a heap object
+// shared with the pooled threads that join it; a thread runs fn only for a task index it claimed below
+// num_tasks, and the caller waits until every task is done before returning, so fn (which may refer to the
+// caller's stack) is never called after that.
 #include "thread_pool.h"
 
 #include <pthread.h>
 #include <sched.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -112,14 +121,36 @@ Pool& pool() {
   return *the_pool;
 }
 
+#ifdef _OPENMP
+// Set in every process forked from this one (registered when the library loads, before any region).
+bool forked = false;
+[[maybe_unused]] const int fork_watch = pthread_atfork(nullptr, nullptr, [] { forked = true; });
+
+// Tasks claimed from a shared counter, as in the pool: a worker the OS has not scheduled delays nothing.
+void openmp_run(int64_t num_tasks, int workers, const std::function<void(int64_t)>& fn) {
+  std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(workers)
+  {
+    for (int64_t task = next.fetch_add(1); task < num_tasks; task = next.fetch_add(1)) fn(task);
+  }
+}
+#endif
+
 }  // namespace
 
 void pool_run(int64_t num_tasks, int workers, const std::function<void(int64_t)>& fn) {
   if (num_tasks <= 0) return;
-  if (workers <= 1 || num_tasks == 1 || inside_region) {
+  bool nested = inside_region;
+#ifdef _OPENMP
+  nested = nested || omp_in_parallel();
+#endif
+  if (workers <= 1 || num_tasks == 1 || nested) {
     for (int64_t task = 0; task < num_tasks; ++task) fn(task);
     return;
   }
+#ifdef _OPENMP
+  if (!forked) return openmp_run(num_tasks, workers, fn);
+#endif
   const std::function<void(int64_t)> marked = [&fn](int64_t task) {
     inside_region = true;
     fn(task);

@@ -1,5 +1,6 @@
-// A persistent thread pool for short parallel regions. A decode step runs ~200 linear layers of a few
-// hundred microseconds each; starting and joining std::threads for each would cost a tenth of that.
+// Short parallel regions for the CPU kernels: OpenMP regions on torch's own worker threads where the build
+// has OpenMP, else a persistent pool of our own (a decode step runs ~200 linear layers of a few hundred
+// microseconds each; starting and joining std::threads for each would cost a tenth of that).
 #pragma once
 
 #include <cstdint>
@@ -11,8 +12,8 @@ namespace genai_fast {
 // threads, and returns when all have returned. Tasks are claimed one at a time from a shared counter, so
 // a pooled thread that the OS has not scheduled (torch's OpenMP threads may hold the cores for a while
 // after their own regions) delays nothing: the threads that are running take its share. A task may run
-// on any thread; fn must not depend on which. One region runs at a time; a region started from inside
-// another runs serially; a forked child starts with a fresh pool.
+// on any thread; fn must not depend on which. A region started from inside another runs serially; a forked
+// child starts with a fresh pool of our own (libgomp's threads do not survive fork()).
 void pool_run(int64_t num_tasks, int workers, const std::function<void(int64_t)>& fn);
 
 }  // namespace genai_fast
