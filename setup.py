@@ -9,6 +9,8 @@ set GENAI_FAST_NATIVE=1 to add -march=native for a build that only runs on this 
 """
 
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
@@ -24,9 +26,27 @@ compile_args = ["-O3", "-fno-math-errno"]
 link_args = ["-pthread"]
 if os.environ.get("GENAI_FAST_NATIVE") == "1":
     compile_args.append("-march=native")
+
+
+def _compiler_has_openmp() -> bool:
+    """Whether the C++ compiler builds and links an OpenMP program (it needs libgomp's development files)."""
+    program = "#include <omp.h>\nint main() { return omp_in_parallel(); }\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "check.cpp"
+        source.write_text(program)
+        compiler = os.environ.get("CXX", "c++")
+        try:
+            done = subprocess.run([compiler, "-fopenmp", str(source), "-o", str(Path(tmp) / "check")],
+                                  capture_output=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
+
+
 # The kernels' threads come from OpenMP, so that they are torch's own worker threads (libgomp.so.1, shared
-# with the torch wheel's at run time); GENAI_FAST_OPENMP=0 builds the fallback std::thread pool instead.
-if os.environ.get("GENAI_FAST_OPENMP", "1") != "0":
+# with the torch wheel's at run time); GENAI_FAST_OPENMP=0, or a compiler without OpenMP, builds the
+# fallback std::thread pool instead.
+if os.environ.get("GENAI_FAST_OPENMP", "1") != "0" and _compiler_has_openmp():
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")
 

@@ -210,6 +210,22 @@ def test_pool_under_concurrent_callers_and_many_regions():
 
 
 @needs_cpp
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_cpp_kernels_share_torchs_openmp_runtime():
+    """The extension is built with OpenMP (setup.py, where the compiler has it) and the process holds one
+    libgomp: torch's, so the kernels' parallel regions run on torch's worker threads."""
+    from genai_fast.backends.cpp import extension
+    from genai_fast.backends.cpp.linear import skinny_linear_fwd
+
+    ext = extension()
+    assert ext.built_with_openmp, "the C++ extension was built without OpenMP (see setup.py)"
+    skinny_linear_fwd(torch.randn(4, 64), torch.randn(3000, 64), None, num_threads=2)
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) == 1, f"more than one OpenMP runtime is loaded: {sorted(runtimes)}"
+
+
+@needs_cpp
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_forked_child_gets_a_fresh_pool():
     """A child forked after the parent's pool started (DataLoader workers do this) must not wait for the

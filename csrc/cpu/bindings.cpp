@@ -241,8 +241,13 @@ void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int6
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "genai_fast C++ CPU kernels (GIL released, std::thread parallel)";
+  m.doc() = "genai_fast C++ CPU kernels (GIL released; parallel on torch's OpenMP threads)";
   m.attr("__version__") = "0.1.0";
+#ifdef _OPENMP
+  m.attr("built_with_openmp") = true;
+#else
+  m.attr("built_with_openmp") = false;
+#endif
   m.def("group_norm_forward", &group_norm_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("out"),
         py::arg("out_numel"), py::arg("weight"), py::arg("bias"), py::arg("dtype_code"), py::arg("N"),
         py::arg("C"), py::arg("S"), py::arg("G"), py::arg("channels_last"), py::arg("eps"), py::arg("silu"),
