@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -126,13 +127,27 @@ Pool& pool() {
 bool forked = false;
 [[maybe_unused]] const int fork_watch = pthread_atfork(nullptr, nullptr, [] { forked = true; });
 
-// Tasks claimed from a shared counter, as in the pool: a worker the OS has not scheduled delays nothing.
+// Tasks claimed from a shared counter, as in the pool: a worker the OS has not scheduled delays nothing. An
+// exception may not leave an OpenMP region (the runtime would terminate the process), so the first one a
+// task throws (std::bad_alloc, say) stops the claiming and is rethrown on the caller's thread afterwards.
 void openmp_run(int64_t num_tasks, int workers, const std::function<void(int64_t)>& fn) {
   std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
 #pragma omp parallel num_threads(workers)
   {
-    for (int64_t task = next.fetch_add(1); task < num_tasks; task = next.fetch_add(1)) fn(task);
+    try {
+      for (int64_t task = next.fetch_add(1); task < num_tasks && !failed.load(std::memory_order_relaxed);
+           task = next.fetch_add(1)) {
+        fn(task);
+      }
+    } catch (...) {
+#pragma omp critical(genai_fast_region_error)
+      if (!error) error = std::current_exception();
+      failed.store(true, std::memory_order_relaxed);
+    }
   }
+  if (error) std::rethrow_exception(error);
 }
 #endif
 

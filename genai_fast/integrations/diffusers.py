@@ -186,6 +186,22 @@ def _shadow(module: nn.Module, name: str, fn: Any, state: _PatchState) -> None:
     state.shadowed.append((module, name))
 
 
+def _shadow_eligible(unet: nn.Module, cls: type, left_reason: Any, forward: Any, state: _PatchState) -> list[nn.Module]:
+    """`forward` on every module of exactly type `cls` for which left_reason(module) is None; the others are
+    counted in the report under their reason. Returns the modules patched."""
+    patched = []
+    for module in unet.modules():
+        if type(module) is not cls:
+            continue
+        reason = left_reason(module)
+        if reason is not None:
+            state.report.left[reason] += 1
+            continue
+        _shadow(module, "forward", forward, state)
+        patched.append(module)
+    return patched
+
+
 def _has_own_forward(module: nn.Module) -> bool:
     # Something (accelerate's offload hooks, another patch) already replaced this instance's forward.
     return "forward" in module.__dict__
@@ -323,14 +339,7 @@ def _patch_resnets(unet: nn.Module, state: _PatchState) -> set[int]:
     from diffusers.models.resnet import ResnetBlock2D
 
     absorbed: set[int] = set()
-    for module in unet.modules():
-        if type(module) is not ResnetBlock2D:
-            continue
-        reason = _resnet_left_reason(module)
-        if reason is not None:
-            state.report.left[reason] += 1
-            continue
-        _shadow(module, "forward", _fused_resnet_forward, state)
+    for module in _shadow_eligible(unet, ResnetBlock2D, _resnet_left_reason, _fused_resnet_forward, state):
         absorbed |= {id(module.norm1), id(module.norm2)}
         state.fused_convs |= {id(module.conv1), id(module.conv2)}
         if module.time_embedding_norm == "default":
@@ -642,12 +651,5 @@ def _direct_block_forward(block: nn.Module, hidden_states: torch.Tensor, attenti
 def _patch_transformer_blocks(unet: nn.Module, state: _PatchState) -> None:
     from diffusers.models.attention import BasicTransformerBlock
 
-    for module in unet.modules():
-        if type(module) is not BasicTransformerBlock:
-            continue
-        reason = _block_left_reason(module)
-        if reason is not None:
-            state.report.left[reason] += 1
-            continue
-        _shadow(module, "forward", _direct_block_forward, state)
-        state.report.transformer_blocks += 1
+    blocks = _shadow_eligible(unet, BasicTransformerBlock, _block_left_reason, _direct_block_forward, state)
+    state.report.transformer_blocks += len(blocks)
