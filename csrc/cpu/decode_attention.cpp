@@ -138,6 +138,33 @@ GF_INLINE void exponentiate(float* row, int64_t n, float& top, float& total) {
   if (std::isnan(raw) || top == INFINITY) total = NAN;
 }
 
+// Positions of the chunk that each of query rows [r0, r0 + RB) sees (seen[i]), and the furthest of them.
+// When no row sees any, their statistics and sums are set to "nothing visible" (m -inf, l 0, acc 0).
+template <int RB>
+GF_INLINE int64_t visible_in_chunk(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, int64_t (&seen)[RB],
+                                   float* m, float* l, float* acc) {
+  int64_t furthest = 0;
+  for (int i = 0; i < RB; ++i) {
+    seen[i] = std::max<int64_t>(0, std::min(visible_positions(a, c.b, (r0 + i) % a.Sq), c.end) - c.begin);
+    furthest = std::max(furthest, seen[i]);
+  }
+  if (furthest == 0) {
+    for (int i = 0; i < RB; ++i) m[i] = -INFINITY, l[i] = 0.0f;
+    std::fill(acc, acc + RB * a.Dv, 0.0f);
+  }
+  return furthest;
+}
+
+// Query rows [r0, r0 + RB) times the scale, RB x D contiguous in `queries`.
+template <int RB>
+GF_INLINE void scaled_queries(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, std::vector<float>& queries) {
+  queries.resize(static_cast<size_t>(RB * a.D));
+  for (int i = 0; i < RB; ++i) {
+    const float* q = query_row(a, c.b, c.kv, r0 + i);
+    for (int64_t d = 0; d < a.D; ++d) queries[i * a.D + d] = q[d] * a.scale;
+  }
+}
+
 // exponentiate() for a row padded to `width` (a multiple of 16) whose first `seen` entries are scores: the
 // same exp arithmetic on whole vectors, the padding masked out of the maximum and sum and written as zeros.
 GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, float& top, float& total) {
@@ -170,22 +197,11 @@ GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, floa
 template <int NB, int RB>
 GF_INLINE void attend_rows(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, float* m, float* l, float* acc) {
   thread_local std::vector<float> queries, scores;
-  int64_t seen[RB], furthest = 0;
-  for (int i = 0; i < RB; ++i) {
-    seen[i] = std::max<int64_t>(0, std::min(visible_positions(a, c.b, (r0 + i) % a.Sq), c.end) - c.begin);
-    furthest = std::max(furthest, seen[i]);
-  }
-  if (furthest == 0) {  // nothing visible in this chunk for any of these rows
-    for (int i = 0; i < RB; ++i) m[i] = -INFINITY, l[i] = 0.0f;
-    std::fill(acc, acc + RB * a.Dv, 0.0f);
-    return;
-  }
-  queries.resize(static_cast<size_t>(RB * a.D));
+  int64_t seen[RB];
+  const int64_t furthest = visible_in_chunk<RB>(a, c, r0, seen, m, l, acc);
+  if (furthest == 0) return;
+  scaled_queries<RB>(a, c, r0, queries);
   scores.resize(static_cast<size_t>(RB * furthest));
-  for (int i = 0; i < RB; ++i) {
-    const float* q = query_row(a, c.b, c.kv, r0 + i);
-    for (int64_t d = 0; d < a.D; ++d) queries[i * a.D + d] = q[d] * a.scale;
-  }
   // Keys and values up to `furthest` all lie below the chunk's end, inside the sequence's length.
   const float* k = a.k_cache + c.b * a.k_strides[0] + c.kv * a.k_strides[1] + c.begin * a.k_strides[2];
   const float* v = a.v_cache + c.b * a.v_strides[0] + c.kv * a.v_strides[1] + c.begin * a.v_strides[2];
@@ -224,23 +240,12 @@ template <int RB>
 GF_INLINE void transposed_rows(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, const float* kt,
                                const float* vt, int64_t ld, float* m, float* l, float* acc) {
   thread_local std::vector<float> queries, scores;
-  int64_t seen[RB], furthest = 0;
-  for (int i = 0; i < RB; ++i) {
-    seen[i] = std::max<int64_t>(0, std::min(visible_positions(a, c.b, (r0 + i) % a.Sq), c.end) - c.begin);
-    furthest = std::max(furthest, seen[i]);
-  }
-  if (furthest == 0) {
-    for (int i = 0; i < RB; ++i) m[i] = -INFINITY, l[i] = 0.0f;
-    std::fill(acc, acc + RB * a.Dv, 0.0f);
-    return;
-  }
+  int64_t seen[RB];
+  const int64_t furthest = visible_in_chunk<RB>(a, c, r0, seen, m, l, acc);
+  if (furthest == 0) return;
   const int64_t width = (furthest + 15) / 16 * 16;  // the position blocks any of the rows sees
-  queries.resize(static_cast<size_t>(RB * a.D));
+  scaled_queries<RB>(a, c, r0, queries);
   scores.resize(static_cast<size_t>(RB * width));
-  for (int i = 0; i < RB; ++i) {
-    const float* q = query_row(a, c.b, c.kv, r0 + i);
-    for (int64_t d = 0; d < a.D; ++d) queries[i * a.D + d] = q[d] * a.scale;
-  }
   for (int64_t j = 0; j < width; j += 16) {
     v16 s[RB] = {};
     for (int64_t d = 0; d < a.D; ++d) {
