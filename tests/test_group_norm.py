@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import genai_fast
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.backends.dispatch import OPS
-from tests.group_norm_cases import check_backend, make_input
+from tests.group_norm_cases import check_backend, check_output, make_input
 
 # (shape, groups): size 1, odd and prime sizes, 3-D, one group, one channel per group, SD-like.
 SHAPES = {
@@ -70,6 +70,52 @@ def test_no_out_of_bounds_reads(backend):
     xc = storage[pad : pad + numel].view(2, 5, 7, 6).permute(0, 3, 1, 2)  # channels_last view
     out = genai_fast.group_norm(xc, 3, activation="silu", backend=backend)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpp_large_output_streams_past_the_cache(layout):
+    """Above 8 MB the fp32 output is written with non-temporal stores (aligned heads, prefetched next blocks)."""
+    if backend_unavailable_reasons("cpp"):
+        pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    check_backend("cpp", (1, 40, 241, 233), 8, layout, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpp_statistics_survive_a_large_mean(layout, dtype):
+    """Values of mean 300 and spread 0.5: per-chunk two-pass moments merged by Chan's formula keep the
+    variance, where a single pass of sums of squares in fp32 would cancel it away."""
+    if backend_unavailable_reasons("cpp"):
+        pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    x = make_input((2, 96, 37, 41), layout, torch.float64) * 0.2 + 300.0
+    check_output("cpp", x.to(dtype), 4)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_cpp_portable_loops(isa):
+    """The portable element loops (this machine runs the AVX-512 ones), in a subprocess with GENAI_FAST_CPU_ISA
+    capping the choice: fp16/bf16 converted through small buffers, row tails, every layout and dtype."""
+    import os
+    import subprocess
+    import sys
+
+    if backend_unavailable_reasons("cpp"):
+        pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    script = """
+import torch
+from tests.group_norm_cases import check_backend
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for layout in ("contiguous", "channels_last"):
+        for shape, groups in (((3, 6, 13, 17), 3), ((1, 1040, 9, 7), 8), ((2, 40, 61, 67), 4)):
+            check_backend("cpp", shape, groups, layout, dtype)
+print("ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "GENAI_FAST_CPU_ISA": isa, "PYTHONPATH": root}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ok"]
 
 
 def test_cpp_is_deterministic():

@@ -1,11 +1,16 @@
-// Element-wise epilogues (scale, shift, SiLU) shared by the CPU kernels.
+// Element-wise passes (sums, channel moments, scale + shift + SiLU) shared by the CPU normalisation kernels.
 //
 // Two implementations: AVX-512 intrinsics (picked at run time when the CPU has AVX-512F), and a
-// portable loop that the compiler vectorises for AVX2 or SSE. The AVX-512 SiLU avoids the divider
-// (rcp14 + one Newton step) and uses scalef for 2^n, about half the instructions of the portable
-// exp; its stores are non-temporal for large final outputs, which saves the read-for-ownership
-// traffic of a normal store (a third of the bytes moved by a normalise-and-write pass).
+// portable loop that the compiler vectorises for AVX2 or SSE. The AVX-512 loops widen fp16/bf16 in
+// registers as they load and round as they store, so a half-precision pass moves half the bytes of an fp32
+// one; the portable loops convert pieces of at most kPiece values through a stack buffer that stays in L1.
+// The AVX-512 SiLU avoids the divider (rcp14 + one Newton step) and uses scalef for 2^n, about half the
+// instructions of the portable exp; its stores are non-temporal for large fp32 final outputs, which saves
+// the read-for-ownership traffic of a normal store (a third of the bytes moved by a normalise-and-write
+// pass).
 #include "elementwise.h"
+
+#include <cstdlib>
 
 #include "common.h"
 
@@ -17,7 +22,49 @@
 namespace genai_fast {
 namespace {
 
-#define GF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+constexpr int kLanes = 16;       // independent accumulators: lets the compiler vectorise fp32 sums
+constexpr int64_t kPiece = 512;  // fp16/bf16 values converted at a time by the portable loops (2 KB of floats)
+
+// ---- portable fp32 loops ----
+
+GF_CLONES double sum_floats(const float* x, int64_t n) {
+  float acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
+  double total = 0.0;
+  for (int j = 0; j < kLanes; ++j) total += acc[j];
+  for (; i < n; ++i) total += x[i];
+  return total;
+}
+
+GF_CLONES double sum_squared_deviation_floats(const float* x, int64_t n, float mean) {
+  float acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const float d = x[i + j] - mean;
+      acc[j] += d * d;
+    }
+  double total = 0.0;
+  for (int j = 0; j < kLanes; ++j) total += acc[j];
+  for (; i < n; ++i) total += static_cast<double>(x[i] - mean) * (x[i] - mean);
+  return total;
+}
+
+GF_CLONES void add_into(float* __restrict acc, const float* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
+}
+
+GF_CLONES void add_squared_deviation_into(float* __restrict m2, const float* __restrict x,
+                                          const float* __restrict mean, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = x[i] - mean[i];
+    m2[i] += d * d;
+  }
+}
 
 GF_CLONES void scale_shift_portable(const float* x, float* y, int64_t n, float scale, float shift, bool act) {
   if (act) {
@@ -27,18 +74,16 @@ GF_CLONES void scale_shift_portable(const float* x, float* y, int64_t n, float s
   }
 }
 
-GF_CLONES void scale_shift_rows_portable(const float* x, float* y, int64_t rows, int64_t C, const float* scale,
-                                         const float* shift, bool act) {
-  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
-    if (act) {
-      for (int64_t c = 0; c < C; ++c) y[c] = silu(x[c] * scale[c] + shift[c]);
-    } else {
-      for (int64_t c = 0; c < C; ++c) y[c] = x[c] * scale[c] + shift[c];
-    }
+GF_CLONES void scale_shift_channels_portable(const float* x, float* y, int64_t n, const float* scale,
+                                             const float* shift, bool act) {
+  if (act) {
+    for (int64_t c = 0; c < n; ++c) y[c] = silu(x[c] * scale[c] + shift[c]);
+  } else {
+    for (int64_t c = 0; c < n; ++c) y[c] = x[c] * scale[c] + shift[c];
   }
 }
 
-GF_CLONES void halves_to_floats_portable(const uint16_t* src, float* dst, int64_t n, bool is_bf16) {
+GF_CLONES void halves_to_floats(const uint16_t* src, float* dst, int64_t n, bool is_bf16) {
   if (is_bf16) {
     for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
   } else {
@@ -46,11 +91,86 @@ GF_CLONES void halves_to_floats_portable(const uint16_t* src, float* dst, int64_
   }
 }
 
-GF_CLONES void floats_to_halves_portable(const float* src, uint16_t* dst, int64_t n, bool is_bf16) {
+GF_CLONES void floats_to_halves(const float* src, uint16_t* dst, int64_t n, bool is_bf16) {
   if (is_bf16) {
     for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
   } else {
     for (int64_t i = 0; i < n; ++i) dst[i] = float_to_fp16(src[i]);
+  }
+}
+
+// Calls f(values, count, first) over x[0:n] as floats: fp32 in one piece, fp16/bf16 converted kPiece at a time.
+template <class F>
+void for_float_pieces(const void* x, DType dtype, int64_t n, F&& f) {
+  if (dtype == DType::Float32) return f(static_cast<const float*>(x), n, int64_t{0});
+  float buffer[kPiece];
+  for (int64_t i = 0; i < n; i += kPiece) {
+    const int64_t count = std::min(kPiece, n - i);
+    halves_to_floats(static_cast<const uint16_t*>(x) + i, buffer, count, dtype == DType::BFloat16);
+    f(static_cast<const float*>(buffer), count, i);
+  }
+}
+
+// Writes `count` floats as y's dtype at element `first`.
+void store_floats(const float* values, void* y, DType dtype, int64_t first, int64_t count) {
+  if (dtype == DType::Float32) {
+    std::memcpy(static_cast<float*>(y) + first, values, count * sizeof(float));
+  } else {
+    floats_to_halves(values, static_cast<uint16_t*>(y) + first, count, dtype == DType::BFloat16);
+  }
+}
+
+// ---- portable typed passes ----
+
+double sum_values_portable(const void* x, DType dtype, int64_t n) {
+  double total = 0.0;
+  for_float_pieces(x, dtype, n, [&](const float* v, int64_t count, int64_t) { total += sum_floats(v, count); });
+  return total;
+}
+
+double sum_squared_deviation_portable(const void* x, DType dtype, int64_t n, float mean) {
+  double total = 0.0;
+  for_float_pieces(x, dtype, n, [&](const float* v, int64_t count, int64_t) {
+    total += sum_squared_deviation_floats(v, count, mean);
+  });
+  return total;
+}
+
+void channel_moments_portable(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2) {
+  for (int64_t r = 0; r < rows; ++r)
+    for_float_pieces(element_at(x, dtype, r * C), dtype, C,
+                     [&](const float* v, int64_t count, int64_t c0) { add_into(mean + c0, v, count); });
+  const float inv_rows = 1.0f / static_cast<float>(rows);
+  for (int64_t c = 0; c < C; ++c) mean[c] *= inv_rows;
+  for (int64_t r = 0; r < rows; ++r)
+    for_float_pieces(element_at(x, dtype, r * C), dtype, C, [&](const float* v, int64_t count, int64_t c0) {
+      add_squared_deviation_into(m2 + c0, v, mean + c0, count);
+    });
+}
+
+void scale_shift_typed_portable(const void* x, void* y, DType dtype, int64_t n, float scale, float shift, bool act) {
+  if (dtype == DType::Float32) {
+    return scale_shift_portable(static_cast<const float*>(x), static_cast<float*>(y), n, scale, shift, act);
+  }
+  float out[kPiece];
+  for_float_pieces(x, dtype, n, [&](const float* v, int64_t count, int64_t first) {
+    scale_shift_portable(v, out, count, scale, shift, act);
+    store_floats(out, y, dtype, first, count);
+  });
+}
+
+void scale_shift_rows_portable(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* scale,
+                               const float* shift, bool act) {
+  float out[kPiece];
+  for (int64_t r = 0; r < rows; ++r) {
+    void* row_out = element_at(y, dtype, r * C);
+    for_float_pieces(element_at(x, dtype, r * C), dtype, C, [&](const float* v, int64_t count, int64_t c0) {
+      if (dtype == DType::Float32) {  // one piece: write the output row directly
+        return scale_shift_channels_portable(v, static_cast<float*>(row_out), count, scale, shift, act);
+      }
+      scale_shift_channels_portable(v, out, count, scale + c0, shift + c0, act);
+      store_floats(out, row_out, dtype, c0, count);
+    });
   }
 }
 
@@ -78,116 +198,247 @@ GF_AVX512 inline __m512 silu16(__m512 y) {
   return _mm512_mul_ps(y, r);
 }
 
-GF_AVX512 inline void store16(float* y, __m512 v, bool streaming) {
-  if (streaming) {
-    _mm512_stream_ps(y, v);
+GF_AVX512 inline __m512 maybe_silu(__m512 v, bool act) { return act ? silu16(v) : v; }
+
+// 16 values of dtype T at element i of p, as floats.
+template <DType T>
+GF_AVX512 inline __m512 load16(const void* p, int64_t i) {
+  if constexpr (T == DType::Float32) {
+    return _mm512_loadu_ps(static_cast<const float*>(p) + i);
   } else {
-    _mm512_storeu_ps(y, v);
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i));
+    if constexpr (T == DType::Float16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16: the high half of fp32
   }
 }
 
-GF_AVX512 void scale_shift_avx512(const float* x, float* y, int64_t n, float scale, float shift, bool act,
-                                  bool streaming, const float* prefetch) {
-  const __m512 s = _mm512_set1_ps(scale), b = _mm512_set1_ps(shift);
+// The first `count` (< 16) values at element i, the other lanes zero.
+template <DType T>
+GF_AVX512 inline __m512 load_tail(const void* p, int64_t i, int64_t count) {
+  const __mmask16 m = static_cast<__mmask16>((1u << count) - 1);
+  if constexpr (T == DType::Float32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
+  uint16_t buffer[16] = {};
+  std::memcpy(buffer, static_cast<const uint16_t*>(p) + i, count * sizeof(uint16_t));
+  return load16<T>(buffer, 0);
+}
+
+// fp32 to bf16 bits, rounding to nearest even; a NaN stays a (quiet) NaN with its sign.
+GF_AVX512 inline __m256i floats_to_bf16_16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x00400000)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
+
+template <DType T>
+GF_AVX512 inline __m256i to_halves16(__m512 v) {
+  if constexpr (T == DType::Float16) return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return floats_to_bf16_16(v);
+}
+
+// Stores 16 floats as dtype T at element i of p; fp32 may stream (p + i 64-byte aligned).
+template <DType T>
+GF_AVX512 inline void store16(void* p, int64_t i, __m512 v, bool streaming) {
+  if constexpr (T == DType::Float32) {
+    float* y = static_cast<float*>(p) + i;
+    if (streaming) {
+      _mm512_stream_ps(y, v);
+    } else {
+      _mm512_storeu_ps(y, v);
+    }
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + i), to_halves16<T>(v));
+  }
+}
+
+template <DType T>
+GF_AVX512 inline void store_tail(void* p, int64_t i, __m512 v, int64_t count) {
+  const __mmask16 m = static_cast<__mmask16>((1u << count) - 1);
+  if constexpr (T == DType::Float32) return _mm512_mask_storeu_ps(static_cast<float*>(p) + i, m, v);
+  uint16_t buffer[16];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(buffer), to_halves16<T>(v));
+  std::memcpy(static_cast<uint16_t*>(p) + i, buffer, count * sizeof(uint16_t));
+}
+
+// The 16 lanes of acc totalled in double, in a fixed order.
+GF_AVX512 inline double lanes_total(__m512 acc) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, acc);
+  double total = 0.0;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
+template <DType T>
+GF_AVX512 double sum_avx512(const void* x, int64_t n) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   int64_t i = 0;
-  // Scalar head up to a 64-byte boundary of y, so the streaming stores are aligned.
-  const int64_t head = std::min<int64_t>(n, ((64 - (reinterpret_cast<uintptr_t>(y) & 63)) & 63) / 4);
-  const bool aligned_ok = (reinterpret_cast<uintptr_t>(y) & 3) == 0;
-  streaming = streaming && aligned_ok;
-  if (streaming) {
-    scale_shift_portable(x, y, head, scale, shift, act);
-    i = head;
-  }
-  for (; i + 16 <= n; i += 16) {
-    if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(prefetch + i), _MM_HINT_T1);
-    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), s, b);
-    if (act) v = silu16(v);
-    store16(y + i, v, streaming);
-  }
-  if (i < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), s, b);
-    if (act) v = silu16(v);
-    _mm512_mask_storeu_ps(y + i, m, v);
-  }
+  for (; i + 64 <= n; i += 64)  // four chains, so the adds' latency does not bind
+    for (int k = 0; k < 4; ++k) acc[k] = _mm512_add_ps(acc[k], load16<T>(x, i + 16 * k));
+  for (; i + 16 <= n; i += 16) acc[0] = _mm512_add_ps(acc[0], load16<T>(x, i));
+  if (i < n) acc[1] = _mm512_add_ps(acc[1], load_tail<T>(x, i, n - i));
+  return lanes_total(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
-GF_AVX512 void scale_shift_rows_avx512(const float* x, float* y, int64_t rows, int64_t C, const float* scale,
-                                       const float* shift, bool act, bool streaming) {
-  // Streaming stores need every row start 64-byte aligned: the output start and C a multiple of 16.
-  streaming = streaming && (reinterpret_cast<uintptr_t>(y) & 63) == 0 && C % 16 == 0;
-  const __mmask16 tail = static_cast<__mmask16>((1u << (C % 16)) - 1);
-  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
+template <DType T>
+GF_AVX512 double sum_squared_deviation_avx512(const void* x, int64_t n, float mean) {
+  const __m512 m = _mm512_set1_ps(mean);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64)
+    for (int k = 0; k < 4; ++k) {
+      const __m512 d = _mm512_sub_ps(load16<T>(x, i + 16 * k), m);
+      acc[k] = _mm512_fmadd_ps(d, d, acc[k]);
+    }
+  for (; i + 16 <= n; i += 16) {
+    const __m512 d = _mm512_sub_ps(load16<T>(x, i), m);
+    acc[0] = _mm512_fmadd_ps(d, d, acc[0]);
+  }
+  if (i < n) {  // lanes past the end are zeroed after the subtraction, not before
+    const __mmask16 valid = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 d = _mm512_maskz_sub_ps(valid, load_tail<T>(x, i, n - i), m);
+    acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
+  }
+  return lanes_total(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+// One pass of channel_moments over the rows: adds x (first pass) or (x - mean)^2 (second) into acc.
+template <DType T, bool kDeviation>
+GF_AVX512 void accumulate_channels(const void* x, int64_t rows, int64_t C, const float* mean, float* acc) {
+  const int64_t tail = C % 16;
+  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = r * C;
     int64_t c = 0;
     for (; c + 16 <= C; c += 16) {
-      __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c));
-      if (act) v = silu16(v);
-      store16(y + c, v, streaming);
+      __m512 v = load16<T>(x, row + c);
+      if constexpr (kDeviation) {
+        v = _mm512_sub_ps(v, _mm512_loadu_ps(mean + c));
+        v = _mm512_mul_ps(v, v);
+      }
+      _mm512_storeu_ps(acc + c, _mm512_add_ps(_mm512_loadu_ps(acc + c), v));
     }
-    if (c < C) {
-      __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + c), _mm512_maskz_loadu_ps(tail, scale + c),
-                                 _mm512_maskz_loadu_ps(tail, shift + c));
-      if (act) v = silu16(v);
-      _mm512_mask_storeu_ps(y + c, tail, v);
+    if (tail) {
+      __m512 v = load_tail<T>(x, row + c, tail);
+      if constexpr (kDeviation) {
+        v = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(tail_mask, mean + c));
+        v = _mm512_mul_ps(v, v);
+      }
+      _mm512_mask_storeu_ps(acc + c, tail_mask, _mm512_add_ps(_mm512_maskz_loadu_ps(tail_mask, acc + c), v));
     }
   }
 }
 
-// fp16 <-> fp32 with the AVX-512F conversion instructions (the compiler does not vectorise _Float16
-// conversions); bf16 vectorises in the portable loops.
-GF_AVX512 void fp16_to_floats_avx512(const uint16_t* src, float* dst, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
-  for (; i < n; ++i) dst[i] = fp16_to_float(src[i]);
+template <DType T>
+GF_AVX512 void channel_moments_avx512(const void* x, int64_t rows, int64_t C, float* mean, float* m2) {
+  accumulate_channels<T, false>(x, rows, C, nullptr, mean);
+  const float inv_rows = 1.0f / static_cast<float>(rows);
+  for (int64_t c = 0; c < C; ++c) mean[c] *= inv_rows;
+  accumulate_channels<T, true>(x, rows, C, mean, m2);
 }
 
-GF_AVX512 void floats_to_fp16_avx512(const float* src, uint16_t* dst, int64_t n) {
+template <DType T>
+GF_AVX512 void scale_shift_avx512(const void* x, void* y, int64_t n, float scale, float shift, bool act,
+                                  bool streaming, const void* prefetch) {
+  const __m512 s = _mm512_set1_ps(scale), b = _mm512_set1_ps(shift);
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  for (; i < n; ++i) dst[i] = float_to_fp16(src[i]);
+  if constexpr (T == DType::Float32) {
+    // Scalar head up to a 64-byte boundary of y, so the streaming stores are aligned.
+    const auto address = reinterpret_cast<uintptr_t>(y);
+    streaming = streaming && (address & 3) == 0;
+    if (streaming) {
+      i = std::min<int64_t>(n, ((64 - (address & 63)) & 63) / 4);
+      scale_shift_portable(static_cast<const float*>(x), static_cast<float*>(y), i, scale, shift, act);
+    }
+  } else {
+    streaming = false;
+  }
+  for (; i + 16 <= n; i += 16) {
+    if (prefetch) _mm_prefetch(static_cast<const char*>(element_at(prefetch, T, i)), _MM_HINT_T1);
+    store16<T>(y, i, maybe_silu(_mm512_fmadd_ps(load16<T>(x, i), s, b), act), streaming);
+  }
+  if (i < n) store_tail<T>(y, i, maybe_silu(_mm512_fmadd_ps(load_tail<T>(x, i, n - i), s, b), act), n - i);
 }
 
-bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
+template <DType T>
+GF_AVX512 void scale_shift_rows_avx512(const void* x, void* y, int64_t rows, int64_t C, const float* scale,
+                                       const float* shift, bool act, bool streaming) {
+  // Streaming stores need every row start 64-byte aligned: the output start and C a multiple of 16.
+  streaming = T == DType::Float32 && streaming && (reinterpret_cast<uintptr_t>(y) & 63) == 0 && C % 16 == 0;
+  const int64_t tail = C % 16;
+  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = r * C;
+    int64_t c = 0;
+    for (; c + 16 <= C; c += 16) {
+      const __m512 v = _mm512_fmadd_ps(load16<T>(x, row + c), _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c));
+      store16<T>(y, row + c, maybe_silu(v, act), streaming);
+    }
+    if (tail) {
+      const __m512 v = _mm512_fmadd_ps(load_tail<T>(x, row + c, tail), _mm512_maskz_loadu_ps(tail_mask, scale + c),
+                                       _mm512_maskz_loadu_ps(tail_mask, shift + c));
+      store_tail<T>(y, row + c, maybe_silu(v, act), tail);
+    }
+  }
 }
+
+// GENAI_FAST_CPU_ISA=avx2 or =baseline turns the AVX-512 loops off (as for the GGUF kernels), so that the
+// tests can run the portable ones on an AVX-512 machine.
+bool use_avx512() {
+  static const bool use = [] {
+    const char* cap = std::getenv("GENAI_FAST_CPU_ISA");
+    const bool capped = cap != nullptr && (std::string(cap) == "avx2" || std::string(cap) == "baseline");
+    return __builtin_cpu_supports("avx512f") && !capped;
+  }();
+  return use;
+}
+
+// Returns the AVX-512 instantiation of `fn` for dtype from the calling function where those loops run.
+#define GF_AVX512_DISPATCH(dtype, fn, ...)                                      \
+  do {                                                                          \
+    if (use_avx512()) {                                                         \
+      switch (dtype) {                                                          \
+        case DType::Float32: return fn<DType::Float32>(__VA_ARGS__);            \
+        case DType::Float16: return fn<DType::Float16>(__VA_ARGS__);            \
+        case DType::BFloat16: return fn<DType::BFloat16>(__VA_ARGS__);          \
+      }                                                                         \
+    }                                                                           \
+  } while (0)
+#else
+#define GF_AVX512_DISPATCH(dtype, fn, ...) (void)0
 #endif
 
 }  // namespace
 
-void scale_shift(const float* x, float* y, int64_t n, float scale, float shift, bool act, bool streaming,
-                 const float* prefetch) {
-#ifdef GF_HAVE_X86
-  if (cpu_has_avx512()) return scale_shift_avx512(x, y, n, scale, shift, act, streaming && n >= 1024, prefetch);
-#endif
+double sum_values(const void* x, DType dtype, int64_t n) {
+  GF_AVX512_DISPATCH(dtype, sum_avx512, x, n);
+  return sum_values_portable(x, dtype, n);
+}
+
+double sum_squared_deviation(const void* x, DType dtype, int64_t n, float mean) {
+  GF_AVX512_DISPATCH(dtype, sum_squared_deviation_avx512, x, n, mean);
+  return sum_squared_deviation_portable(x, dtype, n, mean);
+}
+
+void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2) {
+  GF_AVX512_DISPATCH(dtype, channel_moments_avx512, x, rows, C, mean, m2);
+  channel_moments_portable(x, dtype, rows, C, mean, m2);
+}
+
+void scale_shift(const void* x, void* y, DType dtype, int64_t n, float scale, float shift, bool act, bool streaming,
+                 const void* prefetch) {
+  GF_AVX512_DISPATCH(dtype, scale_shift_avx512, x, y, n, scale, shift, act, streaming && n >= 1024, prefetch);
   (void)streaming, (void)prefetch;
-  scale_shift_portable(x, y, n, scale, shift, act);
+  scale_shift_typed_portable(x, y, dtype, n, scale, shift, act);
 }
 
-void scale_shift_rows(const float* x, float* y, int64_t rows, int64_t C, const float* scale, const float* shift,
-                      bool act, bool streaming) {
-#ifdef GF_HAVE_X86
-  if (cpu_has_avx512()) return scale_shift_rows_avx512(x, y, rows, C, scale, shift, act, streaming);
-#endif
+void scale_shift_rows(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* scale,
+                      const float* shift, bool act, bool streaming) {
+  GF_AVX512_DISPATCH(dtype, scale_shift_rows_avx512, x, y, rows, C, scale, shift, act, streaming);
   (void)streaming;
-  scale_shift_rows_portable(x, y, rows, C, scale, shift, act);
-}
-
-void halves_to_floats(const uint16_t* src, float* dst, int64_t n, bool is_bf16) {
-#ifdef GF_HAVE_X86
-  if (!is_bf16 && cpu_has_avx512()) return fp16_to_floats_avx512(src, dst, n);
-#endif
-  halves_to_floats_portable(src, dst, n, is_bf16);
-}
-
-void floats_to_halves(const float* src, uint16_t* dst, int64_t n, bool is_bf16) {
-#ifdef GF_HAVE_X86
-  if (!is_bf16 && cpu_has_avx512()) return floats_to_fp16_avx512(src, dst, n);
-#endif
-  floats_to_halves_portable(src, dst, n, is_bf16);
+  scale_shift_rows_portable(x, y, dtype, rows, C, scale, shift, act);
 }
 
 void store_fence() {

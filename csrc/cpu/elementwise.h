@@ -1,22 +1,39 @@
 #pragma once
 #include <cstdint>
 
+#include "common.h"
+
 namespace genai_fast {
 
+// The element-wise passes of the normalisation kernels. x and y hold `dtype` values (fp32, or raw
+// fp16/bf16 bits); counts and offsets are in elements. fp16/bf16 values are widened to fp32 as they are
+// loaded and rounded to nearest even as they are stored, so no float copy of a tensor is ever made.
+
+inline int64_t dtype_bytes(DType dtype) { return dtype == DType::Float32 ? 4 : 2; }
+inline const void* element_at(const void* p, DType dtype, int64_t i) {
+  return static_cast<const char*>(p) + i * dtype_bytes(dtype);
+}
+inline void* element_at(void* p, DType dtype, int64_t i) { return static_cast<char*>(p) + i * dtype_bytes(dtype); }
+
+// Sum of x[0:n], and sum of (x[i] - mean)^2: fp32 lanes, totalled in double.
+double sum_values(const void* x, DType dtype, int64_t n);
+double sum_squared_deviation(const void* x, DType dtype, int64_t n, float mean);
+
+// Per-channel moments of `rows` channels-last rows of C values: adds each channel's sum into mean[c], divides
+// it by `rows`, then adds each channel's sum of squared deviations from that mean into m2[c]. mean and m2
+// come in zeroed.
+void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2);
+
 // y[i] = act(x[i] * scale + shift), act = SiLU or identity; x and y may alias.
-// streaming: y is final output that will not be re-read soon, so non-temporal stores may be used.
-// prefetch: optional n floats to pull into L2 meanwhile (the next piece of work), so the memory reads
-// of the next piece overlap this piece's arithmetic and writes.
-void scale_shift(const float* x, float* y, int64_t n, float scale, float shift, bool silu, bool streaming,
-                 const float* prefetch = nullptr);
+// streaming: y is final output that will not be re-read soon, so non-temporal stores may be used (fp32).
+// prefetch: optional n values of the same dtype to pull into L2 meanwhile (the next piece of work), so the
+// memory reads of the next piece overlap this piece's arithmetic and writes.
+void scale_shift(const void* x, void* y, DType dtype, int64_t n, float scale, float shift, bool silu, bool streaming,
+                 const void* prefetch = nullptr);
 
 // y[r, c] = act(x[r, c] * scale[c] + shift[c]) over `rows` channels-last rows of C values.
-void scale_shift_rows(const float* x, float* y, int64_t rows, int64_t C, const float* scale, const float* shift,
-                      bool silu, bool streaming);
-
-// fp16 or bf16 (as raw 16-bit values) to fp32 and back, rounding to nearest even like torch.
-void halves_to_floats(const uint16_t* src, float* dst, int64_t n, bool is_bf16);
-void floats_to_halves(const float* src, uint16_t* dst, int64_t n, bool is_bf16);
+void scale_shift_rows(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* scale,
+                      const float* shift, bool silu, bool streaming);
 
 // Makes earlier non-temporal stores of this thread visible before it hands work back.
 void store_fence();
