@@ -62,9 +62,19 @@ def _usable_sdpa_backends(backward: bool) -> list[str]:
 # ---------------------------------------------------------------- cases
 
 
-def _fwd_case(B: int, H: int, S: int, D: int, causal: bool, dtype: torch.dtype) -> Case:
+def _fwd_case(B: int, H: int, S: int, D: int, causal: bool, dtype: torch.dtype, Sk: int | None = None) -> Case:
+    """Sq = S query rows against Sk keys (default S)."""
     tag = " causal" if causal else ""
-    return Case({"B": B, "H": H, "S": S, "D": D, "causal": causal}, dtype, f"B{B} H{H} S{S} D{D}{tag}")
+    Sk = S if Sk is None else Sk
+    lengths = f"S{S}" if Sk == S else f"Sq{S} Sk{Sk}"
+    return Case({"B": B, "H": H, "S": S, "Sk": Sk, "D": D, "causal": causal}, dtype, f"B{B} H{H} {lengths} D{D}{tag}")
+
+
+# A small U-Net's attention on a CPU (diffusers' tiny test U-Net at 16x16, 8 heads of 8 channels): self-attention
+# over 64 positions and cross-attention to 7 text tokens; then SD-shaped cross-attention to 77 tokens.
+CPU_UNET_CASES = [_fwd_case(2, 8, 64, 8, False, torch.float32), _fwd_case(2, 8, 64, 8, False, torch.float32, Sk=7)]
+CPU_SD_CROSS_CASES = [_fwd_case(2, 8, 1024, 40, False, torch.float32, Sk=77),
+                      _fwd_case(2, 8, 4096, 40, False, torch.float32, Sk=77)]
 
 
 def _fa_cases(seqlens: list[int], dims: list[int], dtype: torch.dtype) -> list[Case]:
@@ -79,12 +89,12 @@ def _decode_case(B: int, Hq: int, Hkv: int, L: int, D: int, dtype: torch.dtype) 
 
 FWD_PRESETS = {
     "quick": {
-        "cpu": [_fwd_case(1, 8, 512, 64, c, torch.float32) for c in (False, True)],
+        "cpu": [_fwd_case(1, 8, 512, 64, c, torch.float32) for c in (False, True)] + CPU_UNET_CASES,
         "cuda": _fa_cases([1024, 4096], [128], torch.bfloat16),
     },
     "full": {
         "cpu": [_fwd_case(1, 8, 512, 64, c, torch.float32) for c in (False, True)]
-        + [_fwd_case(4, 12, 128, 64, False, torch.float32)],
+        + [_fwd_case(4, 12, 128, 64, False, torch.float32)] + CPU_UNET_CASES + CPU_SD_CROSS_CASES,
         # The target's lengths (4k-16k, DESIGN.md section 6) first: a time budget cuts the tail of each op's list.
         "cuda": _fa_cases([4096, 16384, 1024, 8192, 2048, 512], [128], torch.bfloat16)
         + _fa_cases([4096], [64], torch.bfloat16),
@@ -117,8 +127,9 @@ DECODE_PRESETS = {
 
 def make_fwd_inputs(case: Case, device: torch.device) -> Inputs:
     p = case.params
-    shape = (p["B"], p["H"], p["S"], p["D"])
-    q, k, v = (torch.randn(shape, device=device).to(case.dtype) for _ in range(3))
+    q = torch.randn((p["B"], p["H"], p["S"], p["D"]), device=device).to(case.dtype)
+    k, v = (torch.randn((p["B"], p["H"], p.get("Sk", p["S"]), p["D"]), device=device).to(case.dtype)
+            for _ in range(2))
     return {"q": q, "k": k, "v": v, "causal": p["causal"]}
 
 
@@ -165,12 +176,13 @@ def _fwd_reference(name: str):
 
 def fwd_flops(case: Case) -> float:
     p = case.params
-    return 4.0 * p["B"] * p["H"] * p["S"] * p["S"] * p["D"] / (2 if p["causal"] else 1)
+    return 4.0 * p["B"] * p["H"] * p["S"] * p.get("Sk", p["S"]) * p["D"] / (2 if p["causal"] else 1)
 
 
 def fwd_bytes(case: Case) -> float:
-    p = case.params
-    return 4.0 * p["B"] * p["H"] * p["S"] * p["D"] * torch.empty((), dtype=case.dtype).element_size()
+    p = case.params  # q and out, k and v, each read or written once
+    rows = 2 * p["S"] + 2 * p.get("Sk", p["S"])
+    return float(p["B"] * p["H"] * rows * p["D"] * torch.empty((), dtype=case.dtype).element_size())
 
 
 # ---------------------------------------------------------------- backward

@@ -57,6 +57,66 @@ def test_torch_backend_sdpa(case, dtype):
     check_sdpa("torch", CASES[case], dtype)
 
 
+# The cpp kernel (CPU, fp32, no mask): the curated cases without masks, and the shapes it is chosen for (a small
+# U-Net's self- and cross-attention with head dims of 4 to 8, Dv != D up to 256).
+CPP_CASES = {
+    **{name: CASES[name] for name in ("s1-d64", "s7-d40-causal", "s129-gqa9:3-causal", "s129-gqa9:3-bwd",
+                                      "sq77-sk7-causal")},
+    "s64-d8": Case(2, 8, 8, 64, 64, 8, grad=False),
+    "sq64-sk7-d8": Case(2, 8, 8, 64, 7, 8, grad=False),
+    "s256-d4-causal": Case(1, 3, 3, 256, 256, 4, causal=True, grad=False),
+    "sq5-sk300-d3-dv256": Case(1, 2, 1, 5, 300, 3, Dv=256, grad=False),
+    "sq33-sk1000-d16": Case(1, 2, 2, 33, 1000, 16, causal=True, grad=False),
+}
+
+
+@pytest.mark.parametrize("case", CPP_CASES.keys())
+def test_cpp_sdpa(case):
+    _require("cpp")
+    check_sdpa("cpp", CPP_CASES[case], torch.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpp_sdpa_nan_rows_and_threads(threads):
+    """A NaN in one query row makes that row NaN and no other, on any number of threads; +inf scores as torch."""
+    _require("cpp")
+    from genai_fast.backends.cpp.attention import attention_fwd
+
+    q, k, v = torch.randn(2, 3, 70, 24), torch.randn(2, 3, 50, 24), torch.randn(2, 3, 50, 40)
+    q[1, 2, 33, 5] = float("nan")
+    out, lse = attention_fwd(q, k, v, 0.2, causal=True, num_threads=threads)
+    bad = torch.zeros(2, 3, 70, dtype=torch.bool)
+    bad[1, 2, 33] = True
+    assert out.isnan().any(-1).equal(bad) and out.isnan().all(-1).equal(bad) and lse.isnan().equal(bad)
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True, scale=0.2)
+    torch.testing.assert_close(out[~bad], want[~bad].float(), rtol=1e-5, atol=1e-5)
+    scores = (q.double() @ k.double().transpose(-1, -2) * 0.2).masked_fill(
+        ~torch.ones(70, 50, dtype=torch.bool).tril(), float("-inf"))
+    torch.testing.assert_close(lse[~bad], torch.logsumexp(scores, -1)[~bad].float(), rtol=1e-5, atol=1e-5)
+
+
+def test_cpp_sdpa_checks_sizes_before_reading():
+    _require("cpp")
+    from genai_fast.backends.cpp import extension
+
+    q, k, v, out = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.empty(1, 2, 4, 8)
+    ext = extension()
+
+    def call(**changes):
+        args = dict(q=q.data_ptr(), q_extent=q.numel(), q_strides=list(q.stride()[:3]), k=k.data_ptr(),
+                    k_extent=k.numel(), k_strides=list(k.stride()[:3]), v=v.data_ptr(), v_extent=v.numel(),
+                    v_strides=list(v.stride()[:3]), out=out.data_ptr(), out_numel=out.numel(), lse=0, lse_numel=0,
+                    B=1, Hq=2, Hkv=2, Sq=4, Sk=6, D=8, Dv=8, scale=0.3, causal=False, num_threads=1)
+        ext.attention_forward(**{**args, **changes})
+
+    call()
+    for changes, name in [({"Sk": 7}, "k:"), ({"k_extent": k.numel() - 1}, "k:"), ({"Dv": 9}, "v:"),
+                          ({"q_strides": [64, 32, 9]}, "q:"), ({"out_numel": 63}, "out:"), ({"Hkv": 3}, "q:"),
+                          ({"Dv": 257}, "v:"), ({"scale": float("inf")}, "scale:"), ({"Sq": 0}, "q, k, v:")]:
+        with pytest.raises(ValueError, match=name):
+            call(**changes)
+
+
 def test_triton_splits_batches_beyond_the_grid_limit(monkeypatch):
     """Batch x heads above CUDA's 65535 grid limit runs in batch chunks (limit lowered to exercise it)."""
     _require("triton")
@@ -419,11 +479,30 @@ def test_head_dim_above_256_falls_back_with_reason():
         genai_fast.scaled_dot_product_attention(q, q, q, backend="triton")
 
 
-def test_cpu_auto_dispatch_uses_torch_and_matches_torch_sdpa():
-    q, k, v = torch.randn(2, 4, 33, 64), torch.randn(2, 4, 40, 64), torch.randn(2, 4, 40, 64)
-    got = genai_fast.scaled_dot_product_attention(q, k, v, is_causal=True)
+@pytest.mark.parametrize("Sq, Sk, D, causal", [(33, 40, 64, True), (500, 77, 40, False), (64, 64, 8, False),
+                                               (600, 600, 64, True)])
+def test_cpu_auto_dispatch_picks_cpp_and_matches_torch_sdpa(Sq, Sk, D, causal):
+    """Few keys, small head dims and causal masks up to about a thousand keys run on the cpp kernel."""
+    _require("cpp")
+    q, k, v = torch.randn(2, 4, Sq, D), torch.randn(2, 4, Sk, D), torch.randn(2, 4, Sk, D)
+    got = genai_fast.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+
+@pytest.mark.parametrize("why", ["mask", "grad", "long-keys", "fp16", "many-keys-no-causal"])
+def test_cpu_auto_dispatch_leaves_to_torch(why):
+    """A mask, inputs that require grad (torch's backward is fused), keys past the kernel's cache budget, half
+    precision, and over 96 keys of D 64 without a causal mask (BLAS blocks win) take torch's SDPA; the result
+    still equals torch's."""
+    Sk = {"long-keys": 1100, "many-keys-no-causal": 130}.get(why, 40)
+    dtype = torch.float16 if why == "fp16" else torch.float32
+    q, k, v = (torch.randn(1, 2, n, 64, dtype=dtype) for n in (9, Sk, Sk))
+    mask = torch.rand(1, 1, 9, Sk) > 0.3 if why == "mask" else None
+    q.requires_grad_(why == "grad")
+    got = genai_fast.scaled_dot_product_attention(q, k, v, mask)
     assert OPS["scaled_dot_product_attention"].last_backend == "torch"
-    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, mask))
 
 
 def test_float64_runs_on_reference():
@@ -436,7 +515,7 @@ def test_float64_runs_on_reference():
 
 def test_info_lists_attention_backends():
     rows = [r for r in genai_fast.info()["ops"] if r["op"] == "scaled_dot_product_attention"]
-    assert [r["backend"] for r in rows] == ["triton", "torch", "triton+tma"]
+    assert [r["backend"] for r in rows] == ["triton", "cpp", "torch", "triton+tma"]
 
 
 # ---------------------------------------------------------------- autograd, custom op, compile

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "attention.h"
 #include "decode_attention.h"
 #include "geglu.h"
 #include "gguf_linear.h"
@@ -207,6 +208,31 @@ void winograd_output_py(uintptr_t M, int64_t M_numel, uintptr_t bias, int64_t bi
   winograd_output_transform(args);
 }
 
+void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k, int64_t k_extent,
+                          std::vector<int64_t> k_strides, uintptr_t v, int64_t v_extent, std::vector<int64_t> v_strides,
+                          uintptr_t out, int64_t out_numel, uintptr_t lse, int64_t lse_numel, int64_t B, int64_t Hq,
+                          int64_t Hkv, int64_t Sq, int64_t Sk, int64_t D, int64_t Dv, double scale, bool causal,
+                          int num_threads) {
+  AttentionArgs args;
+  args.q = as_ptr<const float>(q);
+  args.k = as_ptr<const float>(k);
+  args.v = as_ptr<const float>(v);
+  args.out = as_ptr<float>(out);
+  args.lse = lse == 0 ? nullptr : as_ptr<float>(lse);
+  require(q_strides.size() == 3 && k_strides.size() == 3 && v_strides.size() == 3,
+          "strides: expected 3 per tensor (the last dimension is unit-stride)");
+  for (int i = 0; i < 3; ++i) args.q_strides[i] = q_strides[i], args.k_strides[i] = k_strides[i], args.v_strides[i] = v_strides[i];
+  args.q_extent = q_extent, args.k_extent = k_extent, args.v_extent = v_extent;
+  args.out_numel = out_numel, args.lse_numel = lse_numel;
+  args.B = B, args.Hq = Hq, args.Hkv = Hkv, args.Sq = Sq, args.Sk = Sk, args.D = D, args.Dv = Dv;
+  args.scale = static_cast<float>(scale);
+  args.causal = causal;
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  attention_forward(args);
+}
+
 void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k_cache,
                                  int64_t k_extent, std::vector<int64_t> k_strides, uintptr_t v_cache, int64_t v_extent,
                                  std::vector<int64_t> v_strides, std::vector<int64_t> lengths, uintptr_t out,
@@ -269,6 +295,13 @@ PYBIND11_MODULE(_C, m) {
   m.attr("GGUF_MAX_ROWS") = kGgufMaxRows;
   m.def("gguf_linear_isa", &gguf_linear_isa,
         "The instruction set gguf_linear runs with (avx512, avx2, baseline); GENAI_FAST_CPU_ISA caps it.");
+  m.def("attention_forward", &attention_forward_py, py::arg("q"), py::arg("q_extent"), py::arg("q_strides"),
+        py::arg("k"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v"), py::arg("v_extent"),
+        py::arg("v_strides"), py::arg("out"), py::arg("out_numel"), py::arg("lse"), py::arg("lse_numel"), py::arg("B"),
+        py::arg("Hq"), py::arg("Hkv"), py::arg("Sq"), py::arg("Sk"), py::arg("D"), py::arg("Dv"), py::arg("scale"),
+        py::arg("causal"), py::arg("num_threads"),
+        "fp32 softmax(q k^T * scale) v for q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (causal: "
+        "top-left) into a contiguous out [B, Hq, Sq, Dv] (lse: 0 or the address of B * Hq * Sq floats).");
   m.def("decode_attention_forward", &decode_attention_forward_py, py::arg("q"), py::arg("q_extent"),
         py::arg("q_strides"), py::arg("k_cache"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v_cache"),
         py::arg("v_extent"), py::arg("v_strides"), py::arg("lengths"), py::arg("out"), py::arg("out_extent"),

@@ -3,6 +3,7 @@
 // with (AVX-512, AVX2 and the baseline, picked at run time).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -75,6 +76,16 @@ GF_INLINE float hsum(v16 v) {
                __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// Largest of the 16 lanes. With NaN lanes the result is unspecified: callers that care check for NaN apart.
+GF_INLINE float hmax(v16 v) {
+  const v8 a0 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const v8 a1 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v8 a = a0 > a1 ? a0 : a1;
+  const v4 b0 = __builtin_shufflevector(a, a, 0, 1, 2, 3), b1 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const v4 b = b0 > b1 ? b0 : b1;
+  return std::max(std::max(b[0], b[1]), std::max(b[2], b[3]));
 }
 
 // exp of 16 floats, the same arithmetic as common.h's fast_exp (about 2 ulp; inputs clamped to [-87, 88]),

@@ -77,7 +77,8 @@ def scaled_dot_product_attention(
         is_causal: query i sees key j <= i (aligned top-left, as torch). Combined with attn_mask if both.
         scale: defaults to 1 / sqrt(D).
         enable_gqa: Hq a multiple of Hkv; query head h reads key/value head h // (Hq // Hkv).
-        backend: force "triton" or "torch"; None picks the fastest that can run.
+        backend: force "triton", "cpp" (CPU, fp32, no mask) or "torch"; None picks the fastest that can run
+            (on a CPU: "cpp" for short key sequences without a mask or gradients, else torch's own SDPA).
 
     Returns [..., Hq, Sq, Dv] in query's dtype. A row with every key masked is 0, as in torch 2.13.
     Errors: the types torch raises (RuntimeError; here subclasses of ValueError/TypeError as well),
@@ -90,7 +91,7 @@ def scaled_dot_product_attention(
     """
     prefix = _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
     sm_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    inputs = _dispatch_inputs(query, key, value, attn_mask, dropout_p)
+    inputs = _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal)
     if dropout_p > 0:
         # Dropout is random: the forward and its backward must see the same mask, so it runs as plain
         # differentiable PyTorch, after the dispatcher recorded (or, when forced, raised) the reason.
@@ -526,19 +527,24 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
         return op.select(inputs, backend)
     key = (op.name, len(op.implementations), inputs["device"], inputs["dtype"], inputs["head_dim"],
            inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
+           bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")),
+           "keys" in inputs and inputs["device"].type == "cpu" and _cpp_slower_reason(inputs) is None,
            triton_interpreter_enabled())
     impl = _AUTO_CHOICES.get(key)
     if impl is None:
-        impl = _AUTO_CHOICES[key] = op.select(inputs, None)
+        impl = _AUTO_CHOICES[key] = op.select({**inputs, "automatic": True}, None)
     op.last_backend = impl.backend
     return impl
 
 
-def _dispatch_inputs(query, key, value, attn_mask, dropout_p) -> dict[str, Any]:
+def _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal=False) -> dict[str, Any]:
     # "tensors" and "has_mask" serve the forced-only "triton+tma" check; automatic choices never read them.
+    grad_enabled = torch.is_grad_enabled()
     return {"device": query.device, "dtype": query.dtype, "head_dim": query.shape[-1],
             "head_dim_v": value.shape[-1], "dropout_p": dropout_p,
-            "mask_grad": attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled(),
+            "mask_grad": attn_mask is not None and attn_mask.requires_grad and grad_enabled,
+            "needs_grad": grad_enabled and (query.requires_grad or key.requires_grad or value.requires_grad),
+            "keys": key.shape[-2], "is_causal": bool(is_causal),
             "tensors": (query, key, value), "has_mask": attn_mask is not None}
 
 
@@ -558,7 +564,7 @@ def _sdpa_op(
     """4-D inputs -> (out [B, Hq, Sq, Dv], lse [B, Hq, Sq] fp32, natural log, -inf for empty rows)."""
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         return _sdpa_torch(query, key, value, attn_mask, is_causal, scale)
-    inputs = {**_dispatch_inputs(query, key, value, None, 0.0), "has_mask": attn_mask is not None}
+    inputs = {**_dispatch_inputs(query, key, value, None, 0.0, is_causal), "has_mask": attn_mask is not None}
     return _select(ATTENTION, inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale)
 
 
@@ -603,8 +609,10 @@ def _setup_context(ctx, inputs, output):
     query, key, value, attn_mask, is_causal, scale, backend = inputs
     out, lse = output
     ctx.save_for_backward(query, key, value, attn_mask, out, lse)
-    # The TMA forward's gradients come from the pointer kernels (same out and lse).
-    ctx.is_causal, ctx.scale, ctx.backend = is_causal, scale, "triton" if backend == "triton+tma" else backend
+    # The TMA forward's gradients come from the pointer kernels (same out and lse); the cpp forward has no
+    # backward kernel, so its gradients are the reference's.
+    ctx.is_causal, ctx.scale = is_causal, scale
+    ctx.backend = {"triton+tma": "triton", "cpp": "torch"}.get(backend, backend)
     ctx.mark_non_differentiable(lse)
 
 
@@ -690,6 +698,67 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
     from genai_fast.kernels.attention import attention_fwd
 
     return attention_fwd(query, key, value, attn_mask, is_causal, scale)
+
+
+# When the cpp kernel beats torch's CPU SDPA (fp32, 2-core AVX-512 VM, `genai-fast bench --device cpu --full
+# --ops scaled_dot_product_attention`): torch multiplies blocks with BLAS, which pays for head dims from 32 when
+# every query sees every key of a long sequence (the kernel: 0.76-0.86x from 128 keys); the kernel wins with few
+# keys (1.1-1.3x at 7 to 77 keys, any number of queries), small head dims (1.4-2x at D 4 and 8) and causal masks up
+# to about a thousand keys (1.2-1.6x: torch computes the masked blocks too). Past L2's share of a core for a
+# head's packed keys and values it stops paying either way.
+CPP_FEW_KEYS = 96
+CPP_SMALL_HEAD_DIM = 16
+CPP_MAX_PACKED_KV_BYTES = 256 * 1024
+CPP_MAX_PACKED_KV_BYTES_CAUSAL = 640 * 1024
+CPP_MAX_HEAD_DIM_V = 256
+
+
+def _packed_kv_bytes(keys: int, head_dim: int, head_dim_v: int) -> int:
+    """Bytes of one head's keys and values as the cpp kernel packs them (fp32, rows rounded up to 16)."""
+    return 4 * ((keys + 31) // 16 * 16 * head_dim + keys * ((head_dim_v + 15) // 16 * 16))
+
+
+def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
+    """Why torch's SDPA is expected to be faster than the cpp kernel for these shapes, or None."""
+    keys, causal = inputs["keys"], inputs.get("is_causal", False)
+    packed = _packed_kv_bytes(keys, inputs["head_dim"], inputs["head_dim_v"])
+    limit = CPP_MAX_PACKED_KV_BYTES_CAUSAL if causal else CPP_MAX_PACKED_KV_BYTES
+    if packed > limit:
+        return f"a head's keys and values take {packed} bytes packed, above {limit}"
+    if not causal and keys > CPP_FEW_KEYS and inputs["head_dim"] > CPP_SMALL_HEAD_DIM:
+        return (f"{keys} keys (above {CPP_FEW_KEYS}) of head dim {inputs['head_dim']} (above {CPP_SMALL_HEAD_DIM}) "
+                "without a causal mask")
+    return None
+
+
+def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
+    reasons = []
+    if inputs.get("has_mask"):
+        reasons.append("attn_mask: masks run on torch's SDPA (the cpp kernel takes causal only)")
+    if inputs.get("dropout_p", 0.0) > 0:
+        reasons.append("dropout_p > 0 runs on the reference (the kernels have no dropout)")
+    if inputs["head_dim_v"] > CPP_MAX_HEAD_DIM_V:
+        reasons.append(f"value head dim {inputs['head_dim_v']} is above {CPP_MAX_HEAD_DIM_V}")
+    if not inputs.get("automatic"):
+        return reasons
+    if inputs.get("needs_grad"):
+        reasons.append("inputs that require grad take torch's SDPA, whose backward is fused (automatic choice)")
+    slower = _cpp_slower_reason(inputs)
+    if slower is not None:
+        reasons.append(f"{slower}: torch's blocked SDPA is faster there (automatic choice)")
+    return reasons
+
+
+@ATTENTION.register(
+    "cpp",
+    Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
+               features=("short key sequences", "GQA without copies", "causal (top-left)", "no mask")),
+    check=_cpp_reasons,
+)
+def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale):
+    from genai_fast.backends.cpp.attention import attention_fwd
+
+    return attention_fwd(query, key, value, scale, is_causal)
 
 
 @ATTENTION.register("torch", _TORCH, check=lambda inputs: [])

@@ -44,3 +44,20 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         0 if lse is None else lse.data_ptr(), 0 if lse is None else lse.numel(), B, Hq, Hkv, Sq, S_max, D, Dv,
         float(scale), bool(causal), num_threads or torch.get_num_threads())
     return (out, lse) if with_lse else out
+
+
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+                  num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (fp32, CPU, any strides; Hq a multiple of Hkv)
+    -> (out [B, Hq, Sq, Dv] contiguous, lse [B, Hq, Sq] fp32: each row's natural-log log-sum-exp of its scaled
+    scores). causal: aligned top-left (query i sees keys j <= i), as torch's SDPA."""
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    out = memory.new_empty(q, (B, Hq, Sq, Dv))
+    lse = torch.empty((B, Hq, Sq), dtype=torch.float32)
+    extension().attention_forward(
+        q.data_ptr(), _extent(q), list(q.stride()[:3]), k.data_ptr(), _extent(k), list(k.stride()[:3]),
+        v.data_ptr(), _extent(v), list(v.stride()[:3]), out.data_ptr(), out.numel(), lse.data_ptr(), lse.numel(),
+        B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal), num_threads or torch.get_num_threads())
+    return out, lse

@@ -1,0 +1,224 @@
+// scaled_dot_product_attention's forward on the CPU for short key sequences, fp32.
+//
+// torch's CPU SDPA is built for long sequences: blocked GEMMs with a fixed cost per block, and a softmax
+// vectorised along rows that is slow when a row has a handful of keys. A U-Net's cross-attention (7 to 77
+// text tokens) and the self-attention of a small U-Net or text encoder (64 to 256 positions, head dims of 8
+// to 64) spend most of their time in those fixed costs. Here each task takes one (batch, query head) pair
+// and up to 32 of its query rows; it packs the keys those rows see, transposed (Kt [D, ld], so that scores
+// come 16 keys at a time from D multiply-adds), and the values zero-padded to whole vectors (Vp [n, Dv16]).
+// Then, for blocks of up to 4 rows (each packed vector loaded once per block): the scores, an exact two-pass
+// softmax in fp32 per row, and the weighted sums of value rows held in vector registers. A head's packed keys
+// and values must stay in L2 for this to pay: the Python dispatcher leaves longer key sequences to torch.
+// Rows with a NaN or +inf score give NaN, as torch's do.
+#include "attention.h"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "simd.h"
+
+namespace genai_fast {
+namespace {
+
+constexpr int64_t kRowsPerTask = 32;  // query rows that share one packing of K and V
+
+// Scratch of one task: the packed keys and values, one query row and its scores.
+struct Packed {
+  std::vector<float> kt, vp, query, scores;
+  int64_t ld = 0, n = 0, dv16 = 0;  // Kt row length (n rounded up to 16, plus 16), keys packed, Dv rounded up
+};
+
+GF_INLINE int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// Keys [0, n) of pair (b, kv): Kt [D, ld] and Vp [n, dv16], zero past n and past Dv.
+void pack(const AttentionArgs& a, int64_t b, int64_t kv, int64_t n, Packed& p) {
+  // ld is one vector longer than the keys need, so Kt rows a multiple of 4 KB apart (n = 1024) do not all
+  // fall in one L1 set.
+  p.n = n, p.ld = round16(n) + 16, p.dv16 = round16(a.Dv);
+  p.kt.assign(static_cast<size_t>(a.D * p.ld), 0.0f);
+  p.vp.assign(static_cast<size_t>(n * p.dv16), 0.0f);
+  const float* k = a.k + b * a.k_strides[0] + kv * a.k_strides[1];
+  const float* v = a.v + b * a.v_strides[0] + kv * a.v_strides[1];
+  for (int64_t j = 0; j < n; ++j) {
+    const float* key = k + j * a.k_strides[2];
+    for (int64_t d = 0; d < a.D; ++d) p.kt[d * p.ld + j] = key[d];
+    std::copy(v + j * a.v_strides[2], v + j * a.v_strides[2] + a.Dv, p.vp.begin() + j * p.dv16);
+  }
+}
+
+// scores[i * ld + j] = query_i . key_j for RB query rows (RB x D, scaled) and keys [0, width): each packed
+// key vector is loaded once for the RB rows, and RB x 4 independent multiply-add chains keep the FMA units
+// busy.
+template <int RB>
+GF_INLINE void block_scores(const float* queries, const Packed& p, int64_t D, int64_t width, float* scores) {
+  int64_t j = 0;
+  for (; j + 64 <= width; j += 64) {
+    v16 s[RB][4] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const float* kt = p.kt.data() + d * p.ld + j;
+      const v16 k0 = load16(kt), k1 = load16(kt + 16), k2 = load16(kt + 32), k3 = load16(kt + 48);
+      for (int i = 0; i < RB; ++i) {
+        const float qd = queries[i * D + d];
+        s[i][0] += qd * k0, s[i][1] += qd * k1, s[i][2] += qd * k2, s[i][3] += qd * k3;
+      }
+    }
+    for (int i = 0; i < RB; ++i)
+      for (int t = 0; t < 4; ++t) store16(scores + i * p.ld + j + 16 * t, s[i][t]);
+  }
+  for (; j < width; j += 16) {
+    v16 s[RB] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const v16 k = load16(p.kt.data() + d * p.ld + j);
+      for (int i = 0; i < RB; ++i) s[i] += queries[i * D + d] * k;
+    }
+    for (int i = 0; i < RB; ++i) store16(scores + i * p.ld + j, s[i]);
+  }
+}
+
+// Turns scores[0, seen) into exp(score - max) and zeroes the rest of [0, width); returns the max and the sum
+// of the exps (NaN when a score is NaN or +inf).
+GF_INLINE void softmax_weights(float* scores, int64_t seen, int64_t width, float& top, float& total) {
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const int limit = static_cast<int>(seen);
+  v16 vtop = {}, vraw = {};
+  vtop -= INFINITY;
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i valid = lane + static_cast<int>(j) < limit;
+    const v16 x = valid ? load16(scores + j) : -INFINITY;
+    vtop = x > vtop ? x : vtop;
+    vraw += valid ? x : 0.0f;
+  }
+  top = hmax(vtop);
+  v16 vsum = {};
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i valid = lane + static_cast<int>(j) < limit;
+    const v16 e = valid ? exp16(load16(scores + j) - top) : 0.0f;
+    store16(scores + j, e);
+    vsum += e;
+  }
+  total = hsum(vsum);
+  if (std::isnan(hsum(vraw)) || top == INFINITY) total = NAN;
+}
+
+// acc_i = sum_j w_i[j] Vp[j] over keys [0, n) for RB rows of weights (row i at w + i * ld): each value row is
+// loaded once for the RB rows, whose NB-vector output rows stay in registers.
+template <int NB, int RB>
+GF_INLINE void block_values(const float* w, const Packed& p, int64_t n, v16 (&acc)[RB][NB]) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = p.vp.data() + j * p.dv16;
+    v16 values[NB];
+    for (int t = 0; t < NB; ++t) values[t] = load16(row + 16 * t);
+    for (int i = 0; i < RB; ++i) {
+      const float weight = w[i * p.ld + j];
+      for (int t = 0; t < NB; ++t) acc[i][t] += weight * values[t];
+    }
+  }
+}
+
+// Query rows [r0, r0 + RB) of head h of sequence b, against keys packed in p.
+template <int NB, int RB>
+GF_INLINE void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t r0, Packed& p) {
+  int64_t seen[RB], furthest = 0;
+  for (int i = 0; i < RB; ++i) {
+    const float* q = a.q + b * a.q_strides[0] + h * a.q_strides[1] + (r0 + i) * a.q_strides[2];
+    for (int64_t d = 0; d < a.D; ++d) p.query[i * a.D + d] = q[d] * a.scale;
+    seen[i] = a.causal ? std::min(a.Sk, r0 + i + 1) : a.Sk;
+    furthest = std::max(furthest, seen[i]);
+  }
+  const int64_t width = round16(furthest);
+  block_scores<RB>(p.query.data(), p, a.D, width, p.scores.data());
+  float top[RB], total[RB];
+  for (int i = 0; i < RB; ++i) softmax_weights(p.scores.data() + i * p.ld, seen[i], width, top[i], total[i]);
+  v16 acc[RB][NB] = {};
+  block_values<NB, RB>(p.scores.data(), p, furthest, acc);
+  for (int i = 0; i < RB; ++i) {
+    const int64_t row = (b * a.Hq + h) * a.Sq + r0 + i;
+    float* out = a.out + row * a.Dv;
+    const bool poisoned = std::isnan(total[i]);  // a NaN or +inf score: the row is NaN, as torch's
+    for (int t = 0; t < NB; ++t) {
+      const v16 value = poisoned ? acc[i][t] * NAN : acc[i][t] * (1.0f / total[i]);
+      store_part(out + 16 * t, value, std::min<int64_t>(16, a.Dv - 16 * t));
+    }
+    if (a.lse != nullptr) a.lse[row] = poisoned ? NAN : top[i] + std::log(total[i]);
+  }
+}
+
+// Rows [r, r1) in blocks of RB, then what is left in blocks of RB / 2, and so on down to one.
+template <int NB, int RB>
+GF_INLINE void attend_blocks(const AttentionArgs& a, int64_t b, int64_t h, int64_t r, int64_t r1, Packed& p) {
+  for (; r + RB <= r1; r += RB) attend_block<NB, RB>(a, b, h, r, p);
+  if constexpr (RB > 1) attend_blocks<NB, RB / 2>(a, b, h, r, r1, p);
+}
+
+// Rows per block: as many as keep the block's output rows (RB x NB vectors) within about 24 of the 32
+// vector registers, at most 4 (the scores then hold 16).
+constexpr int rows_per_block(int NB) { return NB <= 6 ? 4 : (NB <= 12 ? 2 : 1); }
+
+// Query rows [r0, r1) of head h of sequence b, against keys packed in p; Dv rounds up to NB vectors.
+template <int NB>
+GF_CLONES void attend_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t r0, int64_t r1, Packed& p) {
+  constexpr int RB = rows_per_block(NB);
+  p.query.resize(static_cast<size_t>(RB * a.D));
+  p.scores.resize(static_cast<size_t>(RB * p.ld));
+  attend_blocks<NB, RB>(a, b, h, r0, r1, p);
+}
+
+using RowsFn = void (*)(const AttentionArgs&, int64_t, int64_t, int64_t, int64_t, Packed&);
+
+template <int NB>
+RowsFn rows_routine_at_least(int64_t nb) {
+  if constexpr (NB < kAttentionMaxDv / 16) {
+    if (nb > NB) return rows_routine_at_least<NB + 1>(nb);
+  }
+  return attend_rows<NB>;
+}
+
+// The row routine whose register row covers Dv (1 to 16 vectors).
+RowsFn rows_routine(int64_t Dv) { return rows_routine_at_least<1>(round16(Dv) / 16); }
+
+}  // namespace
+
+void validate(const AttentionArgs& a) {
+  require(a.q != nullptr && a.k != nullptr && a.v != nullptr && a.out != nullptr,
+          "q, k, v, out: expected non-null addresses");
+  require(a.B >= 1 && a.Hq >= 1 && a.Hkv >= 1 && a.Sq >= 1 && a.Sk >= 1 && a.D >= 1 && a.Dv >= 1,
+          "q, k, v: expected non-empty shapes");
+  require(a.Dv <= kAttentionMaxDv, "v: expected a head dim of at most " + std::to_string(kAttentionMaxDv) + ", got " +
+                                       std::to_string(a.Dv));
+  require(a.Hq % a.Hkv == 0, "q: expected a head count " + std::to_string(a.Hq) + " divisible by k's " +
+                                 std::to_string(a.Hkv));
+  for (int i = 0; i < 3; ++i) {
+    require(a.q_strides[i] >= 0 && a.k_strides[i] >= 0 && a.v_strides[i] >= 0, "strides: expected >= 0");
+  }
+  auto last = [](const int64_t* strides, int64_t n0, int64_t n1, int64_t n2, int64_t d) {
+    return (n0 - 1) * strides[0] + (n1 - 1) * strides[1] + (n2 - 1) * strides[2] + d;
+  };
+  require(last(a.q_strides, a.B, a.Hq, a.Sq, a.D) <= a.q_extent, "q: its shape and strides reach past its buffer");
+  require(last(a.k_strides, a.B, a.Hkv, a.Sk, a.D) <= a.k_extent, "k: its shape and strides reach past its buffer");
+  require(last(a.v_strides, a.B, a.Hkv, a.Sk, a.Dv) <= a.v_extent, "v: its shape and strides reach past its buffer");
+  require(a.out_numel == a.B * a.Hq * a.Sq * a.Dv,
+          "out: expected " + std::to_string(a.B * a.Hq * a.Sq * a.Dv) + " elements, got " + std::to_string(a.out_numel));
+  require(a.lse == nullptr || a.lse_numel == a.B * a.Hq * a.Sq,
+          "lse: expected " + std::to_string(a.B * a.Hq * a.Sq) + " elements, got " + std::to_string(a.lse_numel));
+  require(std::isfinite(a.scale), "scale: expected a finite value");
+  require(a.num_threads >= 1, "num_threads: expected >= 1");
+}
+
+void attention_forward(const AttentionArgs& a) {
+  const int64_t blocks = (a.Sq + kRowsPerTask - 1) / kRowsPerTask, tasks = a.B * a.Hq * blocks;
+  const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (a.D + a.Dv);  // multiply-adds (causal: about half)
+  // Waking a thread costs a few microseconds: below ~32K multiply-adds per thread one thread is faster.
+  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
+  const RowsFn attend = rows_routine(a.Dv);
+  parallel_for(tasks, workers, [&](int64_t task) {
+    thread_local Packed p;
+    const int64_t pair = task / blocks, b = pair / a.Hq, h = pair % a.Hq;
+    const int64_t r0 = (task % blocks) * kRowsPerTask, r1 = std::min(a.Sq, r0 + kRowsPerTask);
+    const int64_t n = a.causal ? std::min(a.Sk, r1) : a.Sk;  // the furthest key any row of the block sees
+    pack(a, b, h / (a.Hq / a.Hkv), n, p);
+    attend(a, b, h, r0, r1, p);
+  });
+}
+
+}  // namespace genai_fast

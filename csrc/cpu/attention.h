@@ -1,0 +1,35 @@
+// scaled_dot_product_attention's forward on the CPU for short key sequences, fp32: see attention.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace genai_fast {
+
+struct AttentionArgs {
+  const float* q = nullptr;  // [B, Hq, Sq, D]
+  const float* k = nullptr;  // [B, Hkv, Sk, D]
+  const float* v = nullptr;  // [B, Hkv, Sk, Dv]
+  float* out = nullptr;      // [B, Hq, Sq, Dv] contiguous
+  float* lse = nullptr;      // optional [B, Hq, Sq] contiguous: each row's natural-log log-sum-exp of its scores
+  int64_t B = 0, Hq = 0, Hkv = 0, Sq = 0, Sk = 0, D = 0, Dv = 0;
+  int64_t q_strides[3] = {0, 0, 0};  // element strides of dims 0-2 (the last dimension is unit-stride)
+  int64_t k_strides[3] = {0, 0, 0};
+  int64_t v_strides[3] = {0, 0, 0};
+  int64_t q_extent = 0, k_extent = 0, v_extent = 0;  // elements reachable from each address
+  int64_t out_numel = 0, lse_numel = 0;
+  float scale = 1.0f;
+  bool causal = false;  // top-left, as torch: query i sees keys j <= i
+  int num_threads = 1;
+};
+
+// The largest Dv the kernel serves (its output row is held in 16 vector registers).
+constexpr int64_t kAttentionMaxDv = 256;
+
+// Throws std::invalid_argument when a size, stride or extent is inconsistent (before memory is touched).
+void validate(const AttentionArgs& args);
+
+void attention_forward(const AttentionArgs& args);
+
+}  // namespace genai_fast
