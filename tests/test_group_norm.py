@@ -118,6 +118,21 @@ print("ok")
     assert done.stdout.split() == ["ok"]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpp_half_precision_equals_fp32_rounded_like_torch(layout, dtype):
+    """fp16/bf16 values are widened exactly and the fp32 arithmetic is the same, so the output must be the fp32
+    kernel's output on the widened input, rounded to nearest even as torch's .to(dtype) rounds: bit for bit."""
+    if backend_unavailable_reasons("cpp"):
+        pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    x = make_input((2, 64, 17, 19), layout, torch.float64) * 3
+    x = x.to(dtype)
+    weight, bias = torch.randn(64), torch.randn(64)
+    got = genai_fast.group_norm(x, 8, weight, bias, activation="silu", backend="cpp")
+    wide = genai_fast.group_norm(x.float(), 8, weight, bias, activation="silu", backend="cpp")
+    assert torch.equal(got, wide.to(dtype))
+
+
 def test_cpp_is_deterministic():
     if backend_unavailable_reasons("cpp"):
         pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
