@@ -57,16 +57,18 @@ def test_torch_backend_sdpa(case, dtype):
     check_sdpa("torch", CASES[case], dtype)
 
 
-# The cpp kernel (CPU, fp32, no mask): the curated cases without masks, and the shapes it is chosen for (a small
-# U-Net's self- and cross-attention with head dims of 4 to 8, Dv != D up to 256).
+# The cpp kernels (CPU, fp32, no mask), forward and backward: the curated cases without masks, and the shapes they
+# are chosen for (a small U-Net's self- and cross-attention with head dims of 4 to 8, Dv != D up to 256, causal
+# with Sq > Sk and Sq < Sk, GQA).
 CPP_CASES = {
     **{name: CASES[name] for name in ("s1-d64", "s7-d40-causal", "s129-gqa9:3-causal", "s129-gqa9:3-bwd",
                                       "sq77-sk7-causal")},
-    "s64-d8": Case(2, 8, 8, 64, 64, 8, grad=False),
-    "sq64-sk7-d8": Case(2, 8, 8, 64, 7, 8, grad=False),
-    "s256-d4-causal": Case(1, 3, 3, 256, 256, 4, causal=True, grad=False),
-    "sq5-sk300-d3-dv256": Case(1, 2, 1, 5, 300, 3, Dv=256, grad=False),
-    "sq33-sk1000-d16": Case(1, 2, 2, 33, 1000, 16, causal=True, grad=False),
+    "s64-d8": Case(2, 8, 8, 64, 64, 8),
+    "sq64-sk7-d8": Case(2, 8, 8, 64, 7, 8),
+    "s256-d4-causal": Case(1, 3, 3, 256, 256, 4, causal=True),
+    "sq5-sk300-d3-dv256": Case(1, 2, 1, 5, 300, 3, Dv=256),
+    "sq33-sk1000-d16-gqa": Case(1, 4, 2, 33, 1000, 16, causal=True),
+    "sq40-sk33-d20-causal": Case(1, 2, 2, 40, 33, 20, causal=True),
 }
 
 
@@ -113,6 +115,29 @@ def test_cpp_sdpa_checks_sizes_before_reading():
     for changes, name in [({"Sk": 7}, "k:"), ({"k_extent": k.numel() - 1}, "k:"), ({"Dv": 9}, "v:"),
                           ({"q_strides": [64, 32, 9]}, "q:"), ({"out_numel": 63}, "out:"), ({"Hkv": 3}, "q:"),
                           ({"Dv": 257}, "v:"), ({"scale": float("inf")}, "scale:"), ({"Sq": 0}, "q, k, v:")]:
+        with pytest.raises(ValueError, match=name):
+            call(**changes)
+
+
+def test_cpp_sdpa_backward_checks_sizes_before_reading():
+    _require("cpp")
+    from genai_fast.backends.cpp import extension
+
+    q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    out, go, lse = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    tensors = {"q": q, "k": k, "v": v, "out": out, "grad_out": go, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
+
+    def call(**changes):
+        sizes = {"B": 1, "Hq": 2, "Hkv": 2, "Sq": 4, "Sk": 6, "D": 8, "Dv": 8}
+        args = {**{n: t.data_ptr() for n, t in tensors.items()},
+                **{f"{n}_numel": t.numel() for n, t in tensors.items()}, **sizes,
+                "scale": 0.3, "causal": True, "num_threads": 1}
+        extension().attention_backward(**{**args, **changes})
+
+    call()
+    for changes, name in [({"dk_numel": 95}, "dk:"), ({"Sk": 7}, "k:"), ({"lse_numel": 9}, "lse:"),
+                          ({"Dv": 9}, "v:"), ({"Hkv": 3}, "q:"), ({"scale": float("nan")}, "scale:")]:
         with pytest.raises(ValueError, match=name):
             call(**changes)
 
@@ -488,6 +513,20 @@ def test_cpu_auto_dispatch_picks_cpp_and_matches_torch_sdpa(Sq, Sk, D, causal):
     got = genai_fast.scaled_dot_product_attention(q, k, v, is_causal=causal)
     assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+
+def test_cpu_auto_dispatch_trains_small_heads_on_cpp():
+    """With gradients, head dims up to 16 take the cpp forward and backward; the gradients equal torch's."""
+    _require("cpp")
+    q, k, v = (torch.randn(2, 4, n, 8, requires_grad=True) for n in (50, 60, 60))
+    out = genai_fast.scaled_dot_product_attention(q, k, v)
+    assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    assert OPS["scaled_dot_product_attention_backward"].last_backend == "cpp"
+    want = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("why", ["mask", "grad", "long-keys", "fp16", "many-keys-no-causal"])

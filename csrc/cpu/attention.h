@@ -32,4 +32,28 @@ void validate(const AttentionArgs& args);
 
 void attention_forward(const AttentionArgs& args);
 
+// The gradients of attention_forward from its inputs, output and lse (all contiguous): dq, dk, dv.
+struct AttentionBackwardArgs {
+  const float* q = nullptr;         // [B, Hq, Sq, D]
+  const float* k = nullptr;         // [B, Hkv, Sk, D]
+  const float* v = nullptr;         // [B, Hkv, Sk, Dv]
+  const float* out = nullptr;       // [B, Hq, Sq, Dv]
+  const float* grad_out = nullptr;  // [B, Hq, Sq, Dv]
+  const float* lse = nullptr;       // [B, Hq, Sq]
+  float* dq = nullptr;              // [B, Hq, Sq, D]
+  float* dk = nullptr;              // [B, Hkv, Sk, D]
+  float* dv = nullptr;              // [B, Hkv, Sk, Dv]
+  int64_t B = 0, Hq = 0, Hkv = 0, Sq = 0, Sk = 0, D = 0, Dv = 0;
+  // Element counts of the buffers in the order above, checked against the shapes.
+  int64_t q_numel = 0, k_numel = 0, v_numel = 0, out_numel = 0, grad_out_numel = 0, lse_numel = 0;
+  int64_t dq_numel = 0, dk_numel = 0, dv_numel = 0;
+  float scale = 1.0f;
+  bool causal = false;
+  int num_threads = 1;
+};
+
+void validate(const AttentionBackwardArgs& args);
+
+void attention_backward(const AttentionBackwardArgs& args);
+
 }  // namespace genai_fast

@@ -233,6 +233,28 @@ void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_
   attention_forward(args);
 }
 
+void attention_backward_py(uintptr_t q, int64_t q_numel, uintptr_t k, int64_t k_numel, uintptr_t v, int64_t v_numel,
+                           uintptr_t out, int64_t out_numel, uintptr_t grad_out, int64_t grad_out_numel, uintptr_t lse,
+                           int64_t lse_numel, uintptr_t dq, int64_t dq_numel, uintptr_t dk, int64_t dk_numel,
+                           uintptr_t dv, int64_t dv_numel, int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t Sk,
+                           int64_t D, int64_t Dv, double scale, bool causal, int num_threads) {
+  AttentionBackwardArgs args;
+  args.q = as_ptr<const float>(q), args.k = as_ptr<const float>(k), args.v = as_ptr<const float>(v);
+  args.out = as_ptr<const float>(out), args.grad_out = as_ptr<const float>(grad_out);
+  args.lse = as_ptr<const float>(lse);
+  args.dq = as_ptr<float>(dq), args.dk = as_ptr<float>(dk), args.dv = as_ptr<float>(dv);
+  args.q_numel = q_numel, args.k_numel = k_numel, args.v_numel = v_numel, args.out_numel = out_numel;
+  args.grad_out_numel = grad_out_numel, args.lse_numel = lse_numel;
+  args.dq_numel = dq_numel, args.dk_numel = dk_numel, args.dv_numel = dv_numel;
+  args.B = B, args.Hq = Hq, args.Hkv = Hkv, args.Sq = Sq, args.Sk = Sk, args.D = D, args.Dv = Dv;
+  args.scale = static_cast<float>(scale);
+  args.causal = causal;
+  args.num_threads = num_threads;
+  validate(args);
+  py::gil_scoped_release release;
+  attention_backward(args);
+}
+
 void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k_cache,
                                  int64_t k_extent, std::vector<int64_t> k_strides, uintptr_t v_cache, int64_t v_extent,
                                  std::vector<int64_t> v_strides, std::vector<int64_t> lengths, uintptr_t out,
@@ -302,6 +324,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("causal"), py::arg("num_threads"),
         "fp32 softmax(q k^T * scale) v for q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (causal: "
         "top-left) into a contiguous out [B, Hq, Sq, Dv] (lse: 0 or the address of B * Hq * Sq floats).");
+  m.def("attention_backward", &attention_backward_py, py::arg("q"), py::arg("q_numel"), py::arg("k"),
+        py::arg("k_numel"), py::arg("v"), py::arg("v_numel"), py::arg("out"), py::arg("out_numel"), py::arg("grad_out"),
+        py::arg("grad_out_numel"), py::arg("lse"), py::arg("lse_numel"), py::arg("dq"), py::arg("dq_numel"),
+        py::arg("dk"), py::arg("dk_numel"), py::arg("dv"), py::arg("dv_numel"), py::arg("B"), py::arg("Hq"),
+        py::arg("Hkv"), py::arg("Sq"), py::arg("Sk"), py::arg("D"), py::arg("Dv"), py::arg("scale"), py::arg("causal"),
+        py::arg("num_threads"),
+        "fp32 gradients dq, dk, dv of attention_forward from contiguous q, k, v, out, grad_out and lse.");
   m.def("decode_attention_forward", &decode_attention_forward_py, py::arg("q"), py::arg("q_extent"),
         py::arg("q_strides"), py::arg("k_cache"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v_cache"),
         py::arg("v_extent"), py::arg("v_strides"), py::arg("lengths"), py::arg("out"), py::arg("out_extent"),

@@ -527,7 +527,7 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
         return op.select(inputs, backend)
     key = (op.name, len(op.implementations), inputs["device"], inputs["dtype"], inputs["head_dim"],
            inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
-           bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")),
+           bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")), bool(inputs.get("backward")),
            "keys" in inputs and inputs["device"].type == "cpu" and _cpp_slower_reason(inputs) is None,
            triton_interpreter_enabled())
     impl = _AUTO_CHOICES.get(key)
@@ -590,7 +590,8 @@ def _sdpa_backward_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dmask); dmask is [B, Hq, Sq, Sk] when mask_grad, else an empty tensor."""
-    inputs = {**_dispatch_inputs(query, key, value, None, 0.0), "mask_grad": mask_grad}
+    inputs = {**_dispatch_inputs(query, key, value, None, 0.0, is_causal), "mask_grad": mask_grad,
+              "has_mask": attn_mask is not None, "backward": True}
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         impl = ATTENTION_BWD.get("torch")
     else:
@@ -609,10 +610,8 @@ def _setup_context(ctx, inputs, output):
     query, key, value, attn_mask, is_causal, scale, backend = inputs
     out, lse = output
     ctx.save_for_backward(query, key, value, attn_mask, out, lse)
-    # The TMA forward's gradients come from the pointer kernels (same out and lse); the cpp forward has no
-    # backward kernel, so its gradients are the reference's.
-    ctx.is_causal, ctx.scale = is_causal, scale
-    ctx.backend = {"triton+tma": "triton", "cpp": "torch"}.get(backend, backend)
+    # The TMA forward's gradients come from the pointer kernels (same out and lse).
+    ctx.is_causal, ctx.scale, ctx.backend = is_causal, scale, "triton" if backend == "triton+tma" else backend
     ctx.mark_non_differentiable(lse)
 
 
@@ -700,12 +699,13 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
     return attention_fwd(query, key, value, attn_mask, is_causal, scale)
 
 
-# When the cpp kernel beats torch's CPU SDPA (fp32, 2-core AVX-512 VM, `genai-fast bench --device cpu --full
-# --ops scaled_dot_product_attention`): torch multiplies blocks with BLAS, which pays for head dims from 32 when
-# every query sees every key of a long sequence (the kernel: 0.76-0.86x from 128 keys); the kernel wins with few
-# keys (1.1-1.3x at 7 to 77 keys, any number of queries), small head dims (1.4-2x at D 4 and 8) and causal masks up
-# to about a thousand keys (1.2-1.6x: torch computes the masked blocks too). Past L2's share of a core for a
-# head's packed keys and values it stops paying either way.
+# When the cpp kernels beat torch's CPU SDPA (fp32, 2-core AVX-512 VM, `genai-fast bench --device cpu --full
+# --ops scaled_dot_product_attention`). Forward: torch multiplies blocks with BLAS, which pays for head dims from
+# 32 when every query sees every key of a long sequence (the kernel: 0.76-0.86x from 128 keys); the kernel wins
+# with few keys (1.1-1.3x at 7 to 77 keys, any number of queries), small head dims (1.4-2x at D 4 and 8) and
+# causal masks up to about a thousand keys (1.2-1.6x: torch computes the masked blocks too). Forward and backward
+# together: 1.5-2.1x at head dims of 8 (a small U-Net's), 0.8-0.9x from 40, so gradients take the kernels only up
+# to head dim 16. Past L2's share of a core for a head's packed keys and values they stop paying either way.
 CPP_FEW_KEYS = 96
 CPP_SMALL_HEAD_DIM = 16
 CPP_MAX_PACKED_KV_BYTES = 256 * 1024
@@ -719,14 +719,16 @@ def _packed_kv_bytes(keys: int, head_dim: int, head_dim_v: int) -> int:
 
 
 def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
-    """Why torch's SDPA is expected to be faster than the cpp kernel for these shapes, or None."""
-    keys, causal = inputs["keys"], inputs.get("is_causal", False)
-    packed = _packed_kv_bytes(keys, inputs["head_dim"], inputs["head_dim_v"])
+    """Why torch's SDPA is expected to be faster than the cpp kernels for these shapes, or None."""
+    keys, causal, head_dim = inputs["keys"], inputs.get("is_causal", False), inputs["head_dim"]
+    packed = _packed_kv_bytes(keys, head_dim, inputs["head_dim_v"])
     limit = CPP_MAX_PACKED_KV_BYTES_CAUSAL if causal else CPP_MAX_PACKED_KV_BYTES
     if packed > limit:
         return f"a head's keys and values take {packed} bytes packed, above {limit}"
-    if not causal and keys > CPP_FEW_KEYS and inputs["head_dim"] > CPP_SMALL_HEAD_DIM:
-        return (f"{keys} keys (above {CPP_FEW_KEYS}) of head dim {inputs['head_dim']} (above {CPP_SMALL_HEAD_DIM}) "
+    if (inputs.get("needs_grad") or inputs.get("backward")) and head_dim > CPP_SMALL_HEAD_DIM:
+        return f"with gradients, head dim {head_dim} is above {CPP_SMALL_HEAD_DIM} (torch's backward is fused)"
+    if not causal and keys > CPP_FEW_KEYS and head_dim > CPP_SMALL_HEAD_DIM:
+        return (f"{keys} keys (above {CPP_FEW_KEYS}) of head dim {head_dim} (above {CPP_SMALL_HEAD_DIM}) "
                 "without a causal mask")
     return None
 
@@ -734,18 +736,15 @@ def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
     reasons = []
     if inputs.get("has_mask"):
-        reasons.append("attn_mask: masks run on torch's SDPA (the cpp kernel takes causal only)")
+        reasons.append("attn_mask: masks run on torch's SDPA (the cpp kernels take causal only)")
     if inputs.get("dropout_p", 0.0) > 0:
         reasons.append("dropout_p > 0 runs on the reference (the kernels have no dropout)")
     if inputs["head_dim_v"] > CPP_MAX_HEAD_DIM_V:
         reasons.append(f"value head dim {inputs['head_dim_v']} is above {CPP_MAX_HEAD_DIM_V}")
-    if not inputs.get("automatic"):
-        return reasons
-    if inputs.get("needs_grad"):
-        reasons.append("inputs that require grad take torch's SDPA, whose backward is fused (automatic choice)")
-    slower = _cpp_slower_reason(inputs)
-    if slower is not None:
-        reasons.append(f"{slower}: torch's blocked SDPA is faster there (automatic choice)")
+    if inputs.get("automatic"):
+        slower = _cpp_slower_reason(inputs)
+        if slower is not None:
+            reasons.append(f"{slower}: torch's SDPA is faster there (automatic choice)")
     return reasons
 
 
@@ -802,6 +801,19 @@ def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_c
     from genai_fast.kernels.attention import attention_bwd
 
     dq, dk, dv = attention_bwd(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale)
+    return dq, dk, dv, query.new_empty((0,))
+
+
+@ATTENTION_BWD.register(
+    "cpp",
+    Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
+               features=("short key sequences", "GQA without copies", "causal (top-left)", "no mask")),
+    check=_cpp_reasons,
+)
+def _sdpa_backward_cpp(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad):
+    from genai_fast.backends.cpp.attention import attention_bwd
+
+    dq, dk, dv = attention_bwd(grad_out, query, key, value, out, lse, scale, is_causal)
     return dq, dk, dv, query.new_empty((0,))
 
 

@@ -61,3 +61,20 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         v.data_ptr(), _extent(v), list(v.stride()[:3]), out.data_ptr(), out.numel(), lse.data_ptr(), lse.numel(),
         B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal), num_threads or torch.get_num_threads())
     return out, lse
+
+
+def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, scale: float, causal: bool,
+                  num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of `attention_fwd` (same shapes as q, k, v; contiguous) from its inputs, output
+    `out`, row log-sum-exps `lse` and the output's gradient `grad_out` (fp32, CPU)."""
+    q, k, v, out, grad_out, lse = (t.contiguous() for t in (q, k, v, out, grad_out, lse))
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    dq, dk, dv = (memory.new_empty(t, t.shape) for t in (q, k, v))
+    extension().attention_backward(
+        q.data_ptr(), q.numel(), k.data_ptr(), k.numel(), v.data_ptr(), v.numel(), out.data_ptr(), out.numel(),
+        grad_out.data_ptr(), grad_out.numel(), lse.data_ptr(), lse.numel(), dq.data_ptr(), dq.numel(),
+        dk.data_ptr(), dk.numel(), dv.data_ptr(), dv.numel(), B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal),
+        num_threads or torch.get_num_threads())
+    return dq, dk, dv
