@@ -1,4 +1,5 @@
-// scaled_dot_product_attention's forward on the CPU for short key sequences, fp32.
+// scaled_dot_product_attention's forward and backward on the CPU for short key sequences, fp32 (the backward's
+// scheme is described above its code, further down).
 //
 // torch's CPU SDPA is built for long sequences: blocked GEMMs with a fixed cost per block, and a softmax
 // vectorised along rows that is slow when a row has a handful of keys. A U-Net's cross-attention (7 to 77
@@ -23,7 +24,7 @@ namespace {
 
 constexpr int64_t kRowsPerTask = 32;  // query rows that share one packing of K and V
 
-// Scratch of one task: the packed keys and values, one query row and its scores.
+// Scratch of one task: the packed keys and values, and a block of scaled query rows with their scores.
 struct Packed {
   std::vector<float> kt, vp, query, scores;
   int64_t ld = 0, n = 0, dv16 = 0;  // Kt row length (n rounded up to 16, plus 16), keys packed, Dv rounded up

@@ -1,4 +1,5 @@
-// scaled_dot_product_attention's forward on the CPU for short key sequences, fp32: see attention.cpp.
+// scaled_dot_product_attention's forward and backward on the CPU for short key sequences, fp32: see
+// attention.cpp.
 #pragma once
 
 #include <cstdint>
