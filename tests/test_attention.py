@@ -97,6 +97,19 @@ def test_cpp_sdpa_nan_rows_and_threads(threads):
     torch.testing.assert_close(lse[~bad], torch.logsumexp(scores, -1)[~bad].float(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("what, match", [("mask", "attn_mask: masks run on torch"), ("dv", "value head dim 257"),
+                                          ("fp16", "float16"), ("dropout", "dropout_p")])
+def test_cpp_sdpa_forced_on_inputs_it_cannot_run_says_why(what, match):
+    _require("cpp")
+    dtype = torch.float16 if what == "fp16" else torch.float32
+    q, k = torch.randn(1, 2, 5, 8, dtype=dtype), torch.randn(1, 2, 6, 8, dtype=dtype)
+    v = torch.randn(1, 2, 6, 257 if what == "dv" else 8, dtype=dtype)
+    mask = torch.ones(5, 6, dtype=torch.bool) if what == "mask" else None
+    with pytest.raises(genai_fast.BackendNotSupportedError, match=match):
+        genai_fast.scaled_dot_product_attention(q, k, v, mask, dropout_p=0.5 if what == "dropout" else 0.0,
+                                                backend="cpp")
+
+
 def test_cpp_sdpa_checks_sizes_before_reading():
     _require("cpp")
     from genai_fast.backends.cpp import extension
