@@ -528,8 +528,7 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
     key = (op.name, len(op.implementations), inputs["device"], inputs["dtype"], inputs["head_dim"],
            inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
            bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")), bool(inputs.get("backward")),
-           "keys" in inputs and inputs["device"].type == "cpu" and _cpp_slower_reason(inputs) is None,
-           triton_interpreter_enabled())
+           _cpp_pays(inputs), triton_interpreter_enabled())
     impl = _AUTO_CHOICES.get(key)
     if impl is None:
         impl = _AUTO_CHOICES[key] = op.select({**inputs, "automatic": True}, None)
@@ -537,8 +536,14 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
     return impl
 
 
+def _cpp_pays(inputs: dict[str, Any]) -> bool:
+    """Whether the shapes favour the CPU attention kernels (the part of the cpp checks that reads sizes)."""
+    return "keys" in inputs and inputs["device"].type == "cpu" and _cpp_slower_reason(inputs) is None
+
+
 def _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal=False) -> dict[str, Any]:
-    # "tensors" and "has_mask" serve the forced-only "triton+tma" check; automatic choices never read them.
+    # "tensors" serves the forced-only "triton+tma" check; "keys", "is_causal", "needs_grad" and "has_mask" the
+    # cpp kernels' rules.
     grad_enabled = torch.is_grad_enabled()
     return {"device": query.device, "dtype": query.dtype, "head_dim": query.shape[-1],
             "head_dim_v": value.shape[-1], "dropout_p": dropout_p,
