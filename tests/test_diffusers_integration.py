@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from genai_fast.backends.dispatch import OPS
 from genai_fast.diffusion import make_sampler, sample
 from genai_fast.integrations.diffusers import GenaiFastAttnProcessor, PatchReport, is_patched, patch, unpatch
 from genai_fast.testing import assert_matches_oracle
@@ -126,6 +127,39 @@ def test_patched_output_matches_unpatched(kind):
     assert isinstance(report, PatchReport) and report.patched > 0
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert_matches_oracle(out, oracle, baseline, what=f"{kind} patched U-Net output")
+
+
+def _plans(unet: torch.nn.Module) -> int:
+    from genai_fast.integrations.diffusers import _PLANS
+
+    return sum(len(_PLANS.get(module, {})) for module in unet.modules())
+
+
+def test_inference_replays_each_signature_and_gives_the_same_output(monkeypatch):
+    """The first call of a signature records one plan per conv and GroupNorm; later calls replay them and give
+    the output of the full path bit for bit; a new signature, or a new GENAI_FAST_BACKEND, records new plans."""
+    unet, inputs = _model("sd-tiny")
+    patch(unet)
+    with torch.no_grad():
+        first = _run(unet, inputs)
+        recorded = _plans(unet)
+        assert recorded > 0
+        again = _run(unet, inputs)
+        assert _plans(unet) == recorded and torch.equal(again, first)
+        _run(unet, _cond_inputs(batch=1))  # another batch size: other shapes
+        assert _plans(unet) == 2 * recorded
+        monkeypatch.setenv("GENAI_FAST_BACKEND", "torch")
+        forced = _run(unet, inputs)
+        assert _plans(unet) == 3 * recorded
+        assert OPS["group_norm"].last_backend == "torch" and OPS["conv2d"].last_backend == "torch"
+        torch.testing.assert_close(forced, first, rtol=1e-4, atol=1e-4)
+
+
+def test_calls_that_record_gradients_are_never_replayed():
+    unet, inputs = _model("sd-tiny")
+    patch(unet)
+    _run(unet, inputs).sum().backward()
+    assert _plans(unet) == 0
 
 
 def test_report_counts_what_was_fused_and_left():
