@@ -36,6 +36,7 @@ the patched U-Net works (every op used has autograd).
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import weakref
@@ -49,6 +50,7 @@ from torch import nn
 
 import genai_fast
 from genai_fast.backends.dispatch import ENV_BACKEND, Implementation, Op
+from genai_fast.ops.attention import ATTENTION
 from genai_fast.ops.conv2d import CONV2D
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.group_norm import GROUP_NORM
@@ -260,11 +262,11 @@ def _param(p: torch.Tensor | None) -> torch.Tensor | None:
     return p.data
 
 
-# In inference a patched U-Net calls each conv and GroupNorm with the same arguments every step. The first call
+# In inference a patched U-Net calls each conv, GroupNorm and attention with the same arguments every step. The first call
 # of a signature goes through the public op, which checks every argument and picks the backend; later calls with
 # that signature (shapes, strides, dtypes, devices of every tensor, and the settings) run the implementation it
 # picked directly. On a CPU the checks cost about as much as a small U-Net's kernels: replaying made the tiny
-# U-Net's 20-step loop 5-7% faster (two interleaved timings, 2-core VM). Only plain-eager calls replay (no autograd
+# U-Net's 20-step loop 7% faster (interleaved timing, 2-core VM). Only plain-eager calls replay (no autograd
 # recording, torch.compile or dispatch mode: can_bypass_custom_op), and the GENAI_FAST_BACKEND setting is part of
 # the signature.
 _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Implementation]] = weakref.WeakKeyDictionary()
@@ -274,16 +276,16 @@ def _signature(*tensors: torch.Tensor | None) -> tuple:
     return tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.device) for t in tensors)
 
 
-def _replayed(module: nn.Module, op: Op, key: tuple, args: tuple, first_call: Any) -> torch.Tensor:
-    """The implementation `op` chose for this module and signature run on args, or first_call() the first time
-    (recording the implementation that ran)."""
+def _replayed(module: nn.Module, op: Op, key: tuple, replay: Any, first_call: Any) -> torch.Tensor:
+    """replay(implementation) with the implementation `op` chose for this module and signature, or first_call()
+    the first time (recording the implementation that ran)."""
     plans = _PLANS.get(module)
     if plans is None:
         plans = _PLANS[module] = {}
     key = (*key, os.environ.get(ENV_BACKEND))
     impl = plans.get(key)
     if impl is not None:
-        return impl.run(*args)
+        return replay(impl)
     out = first_call()
     plans[key] = op.get(op.last_backend)
     return out
@@ -298,7 +300,8 @@ def _group_norm(norm: nn.GroupNorm, x: torch.Tensor, activation: str | None = No
     if x.numel() == 0 or not can_bypass_custom_op(x, weight, bias):
         return call()
     key = ("group_norm", activation, norm.num_groups, norm.eps, *_signature(x, weight, bias))
-    return _replayed(norm, GROUP_NORM, key, (x, norm.num_groups, weight, bias, float(norm.eps), activation), call)
+    args = (x, norm.num_groups, weight, bias, float(norm.eps), activation)
+    return _replayed(norm, GROUP_NORM, key, lambda impl: impl.run(*args), call)
 
 
 _MODULE_BIAS = object()
@@ -320,7 +323,7 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: Any = _MODULE_BIAS, residual: 
     key = ("conv2d", *settings, *_signature(x, weight, bias, residual))
     args = (x, weight, bias, residual, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, None,
             float(output_scale))
-    return _replayed(conv, CONV2D, key, args, call)
+    return _replayed(conv, CONV2D, key, lambda impl: impl.run(*args), call)
 
 
 def _plain_conv(conv: Any) -> bool:
@@ -652,6 +655,26 @@ def _block_dropout(block: nn.Module) -> bool:
     return any(type(m) is nn.Dropout and m.p > 0 for m in block.modules())
 
 
+def _attention(attn: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scale: float | None) -> torch.Tensor:
+    """genai_fast.scaled_dot_product_attention of [B, H, S, D] query, key and value without a mask, its backend
+    choice replayed per signature in inference (as _conv's)."""
+
+    def call() -> torch.Tensor:
+        return genai_fast.scaled_dot_product_attention(query, key, value, scale=scale)
+
+    if query.numel() == 0 or key.numel() == 0 or not can_bypass_custom_op(query, key, value):
+        return call()
+    sm_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+
+    def replay(impl: Implementation) -> torch.Tensor:
+        if impl.backend == "torch":  # what the public op runs for its torch backend in eager mode
+            return F.scaled_dot_product_attention(query, key, value, scale=sm_scale)
+        return impl.run(query, key, value, None, False, sm_scale)[0]
+
+    return _replayed(attn, ATTENTION, ("attention", sm_scale, *_signature(query, key, value)), replay, call)
+
+
 def _attend(attn: nn.Module, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """What GenaiFastAttnProcessor computes for a plain Attention (_plain_attention) without a mask:
     x [B, S, C], context [B, L, D] (x itself for self-attention) -> [B, S, C_out]."""
@@ -664,7 +687,7 @@ def _attend(attn: nn.Module, x: torch.Tensor, context: torch.Tensor) -> torch.Te
     key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
     value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
     scale = attn.scale if attn.processor.use_module_scale else None
-    out = genai_fast.scaled_dot_product_attention(query, key, value, scale=scale)
+    out = _attention(attn, query, key, value, scale)
     out = out.transpose(1, 2).reshape(batch, length, attn.heads * head_dim)
     return F.linear(out, attn.to_out[0].weight, attn.to_out[0].bias)
 
