@@ -262,13 +262,13 @@ def _param(p: torch.Tensor | None) -> torch.Tensor | None:
     return p.data
 
 
-# In inference a patched U-Net calls each conv, GroupNorm and attention with the same arguments every step. The first call
-# of a signature goes through the public op, which checks every argument and picks the backend; later calls with
-# that signature (shapes, strides, dtypes, devices of every tensor, and the settings) run the implementation it
-# picked directly. On a CPU the checks cost about as much as a small U-Net's kernels: replaying made the tiny
-# U-Net's 20-step loop 7% faster (interleaved timing, 2-core VM). Only plain-eager calls replay (no autograd
-# recording, torch.compile or dispatch mode: can_bypass_custom_op), and the GENAI_FAST_BACKEND setting is part of
-# the signature.
+# In inference a patched U-Net calls each conv, GroupNorm and attention with the same arguments every step.
+# The first call of a signature goes through the public op, which checks every argument and picks the backend;
+# later calls with that signature (shapes, strides, dtypes, devices of every tensor, and the settings) run the
+# implementation it picked directly. On a CPU the checks cost about as much as a small U-Net's kernels:
+# replaying made the tiny U-Net's 20-step loop 7% faster (interleaved timing, 2-core VM). Only plain-eager calls
+# replay (no autograd recording, torch.compile or dispatch mode: can_bypass_custom_op), and the
+# GENAI_FAST_BACKEND setting is part of the signature.
 _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Implementation]] = weakref.WeakKeyDictionary()
 
 
