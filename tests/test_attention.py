@@ -110,6 +110,24 @@ def test_cpp_sdpa_forced_on_inputs_it_cannot_run_says_why(what, match):
                                                 backend="cpp")
 
 
+def test_cpp_sdpa_row_of_minus_inf_scores_is_zero_like_torch():
+    """A query of -inf against positive keys scores -inf everywhere: torch returns a zero row (the fully masked
+    rule); so does the kernel, and its gradients (NaN in dK from -inf * 0, as torch's) equal torch's."""
+    _require("cpp")
+    q, k, v = torch.randn(1, 2, 3, 4), torch.rand(1, 2, 5, 4) + 0.1, torch.randn(1, 2, 5, 4)
+    q[0, 1, 1] = -float("inf")
+    grad = torch.randn(1, 2, 3, 4)
+    results = []
+    for run in (lambda *t: genai_fast.scaled_dot_product_attention(*t, scale=0.5, backend="cpp"),
+                lambda *t: F.scaled_dot_product_attention(*t, scale=0.5)):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = run(*leaves)
+        results.append((out, *torch.autograd.grad(out, leaves, grad)))
+    assert torch.equal(results[0][0][0, 1, 1], torch.zeros(4))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 def test_cpp_sdpa_checks_sizes_before_reading():
     _require("cpp")
     from genai_fast.backends.cpp import extension

@@ -78,7 +78,7 @@ GF_INLINE void block_scores(const float* queries, const Packed& p, int64_t D, in
 }
 
 // Turns scores[0, seen) into exp(score - max) and zeroes the rest of [0, width); returns the max and the sum
-// of the exps (NaN when a score is NaN or +inf).
+// of the exps (NaN when a score is NaN or +inf; 0, with all weights 0, when every score is -inf).
 GF_INLINE void softmax_weights(float* scores, int64_t seen, int64_t width, float& top, float& total) {
   const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const int limit = static_cast<int>(seen);
@@ -91,6 +91,11 @@ GF_INLINE void softmax_weights(float* scores, int64_t seen, int64_t width, float
     vraw += valid ? x : 0.0f;
   }
   top = hmax(vtop);
+  if (top == -INFINITY && !std::isnan(hsum(vraw))) {  // every score -inf: no weight anywhere, as torch's zero row
+    for (int64_t j = 0; j < width; j += 16) store16(scores + j, v16{});
+    total = 0.0f;
+    return;
+  }
   v16 vsum = {};
   for (int64_t j = 0; j < width; j += 16) {
     const v16i valid = lane + static_cast<int>(j) < limit;
@@ -137,11 +142,12 @@ GF_INLINE void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_
     const int64_t row = (b * a.Hq + h) * a.Sq + r0 + i;
     float* out = a.out + row * a.Dv;
     const bool poisoned = std::isnan(total[i]);  // a NaN or +inf score: the row is NaN, as torch's
+    const bool empty = total[i] == 0.0f;         // every score -inf: the row is 0 (and lse -inf), as torch's
     for (int t = 0; t < NB; ++t) {
-      const v16 value = poisoned ? acc[i][t] * NAN : acc[i][t] * (1.0f / total[i]);
+      const v16 value = poisoned ? acc[i][t] * NAN : (empty ? v16{} : acc[i][t] * (1.0f / total[i]));
       store_part(out + 16 * t, value, std::min<int64_t>(16, a.Dv - 16 * t));
     }
-    if (a.lse != nullptr) a.lse[row] = poisoned ? NAN : top[i] + std::log(total[i]);
+    if (a.lse != nullptr) a.lse[row] = poisoned ? NAN : (empty ? -INFINITY : top[i] + std::log(total[i]));
   }
 }
 
@@ -281,6 +287,7 @@ GF_INLINE void backward_rows(const AttentionBackwardArgs& a, BackwardScratch& w,
     width = std::max(width, round16(seen));  // rows past their own keys carry zeros (p = ds = 0)
     std::fill(w.p.data() + r * w.ld, w.p.data() + (r + 1) * w.ld, 0.0f);
     std::fill(w.ds.data() + r * w.ld, w.ds.data() + (r + 1) * w.ld, 0.0f);
+    if (a.lse[row] == -INFINITY) continue;  // every score -inf: the forward's row was 0 and has no gradient
     row_probabilities(a, w, qs, g, a.lse[row], g_dot_o, seen, round16(seen), w.p.data() + r * w.ld,
                       w.ds.data() + r * w.ld);
   }
