@@ -128,6 +128,20 @@ def test_cpp_sdpa_row_of_minus_inf_scores_is_zero_like_torch():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+@pytest.mark.parametrize("D", [4, 20, 64])
+def test_kvcache_cpp_row_of_minus_inf_scores_is_zero_like_torch(D):
+    """The decode kernel's register-block, transposed and split-K paths give the zero row torch's SDPA gives
+    when every score is -inf (lse -inf), and leave the other rows alone."""
+    _require("cpp")
+    from genai_fast.backends.cpp.attention import decode_attention_fwd
+
+    q, k, v = torch.randn(1, 1, 6, D), torch.rand(1, 1, 700, D) + 0.1, torch.randn(1, 1, 700, D)
+    q[0, 0, 3] = -float("inf")
+    out, lse = decode_attention_fwd(q, k, v, [700], 0.5, False, num_threads=2, with_lse=True)
+    assert torch.equal(out[0, 0, 3], torch.zeros(D)) and lse[0, 0, 3] == -float("inf")
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.5), rtol=1e-5, atol=1e-5)
+
+
 def test_cpp_sdpa_checks_sizes_before_reading():
     _require("cpp")
     from genai_fast.backends.cpp import extension

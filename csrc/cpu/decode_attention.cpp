@@ -111,6 +111,13 @@ GF_INLINE void block_values(const float* p, const float* v, int64_t stride, int6
   }
 }
 
+// A row whose scores are all -inf has no weight anywhere: torch returns a zero row for it (its fully masked
+// rule), which the combine step makes from a zero sum (with the max left at -inf).
+GF_INLINE void every_score_minus_inf(float* row, int64_t n, float& total) {
+  std::fill(row, row + n, 0.0f);
+  total = 0.0f;
+}
+
 // Turns the row's n scores into exp(score - max) in place; returns the max and the sum of the exps.
 // fast_exp does not carry NaN through, so a NaN or +inf score (whose reference row is NaN) gives a NaN
 // sum here, and the combine step then fills the row with NaN.
@@ -127,6 +134,7 @@ GF_INLINE void exponentiate(float* row, int64_t n, float& top, float& total) {
   float raw = hsum(vraw);
   for (int i = 0; i < 16; ++i) top = std::max(top, vtop[i]);
   for (int64_t j = n16; j < n; ++j) top = std::max(top, row[j]), raw += row[j];
+  if (top == -INFINITY && !std::isnan(raw)) return every_score_minus_inf(row, n, total);
   v16 vsum = {};
   for (int64_t j = 0; j < n16; j += 16) {
     const v16 e = exp16(load16(row + j) - top);
@@ -180,6 +188,7 @@ GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, floa
   }
   top = -INFINITY;
   for (int i = 0; i < 16; ++i) top = std::max(top, vtop[i]);
+  if (top == -INFINITY && !std::isnan(hsum(vraw))) return every_score_minus_inf(row, width, total);
   v16 vsum = {};
   for (int64_t j = 0; j < width; j += 16) {
     const v16i valid = lane + static_cast<int>(j) < limit;
