@@ -142,6 +142,23 @@ def test_kvcache_cpp_row_of_minus_inf_scores_is_zero_like_torch(D):
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.5), rtol=1e-5, atol=1e-5)
 
 
+def test_cpp_sdpa_backward_spreads_nan():
+    """A NaN in query row 2 of head 1 (causal: it sees keys 0-2): its dQ row and head 1's dK and dV rows of keys
+    0-2 are NaN, never silently finite; head 0 equals the float64 reference."""
+    _require("cpp")
+    q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+    q[0, 1, 2, 3] = float("nan")
+    grad = torch.randn(1, 2, 6, 8)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = genai_fast.scaled_dot_product_attention(*leaves, is_causal=True, backend="cpp")
+    dq, dk, dv = torch.autograd.grad(out, leaves, grad)
+    assert dq[0, 1, 2].isnan().all() and dk[0, 1, :3].isnan().any(-1).all() and dv[0, 1, :3].isnan().all()
+    leaves64 = [t[:, :1].double().requires_grad_() for t in (q, k, v)]
+    ref = genai_fast.scaled_dot_product_attention_reference(*leaves64, is_causal=True)
+    for got, want in zip((dq, dk, dv), torch.autograd.grad(ref, leaves64, grad[:, :1].double()), strict=True):
+        torch.testing.assert_close(got[:, :1].double(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_cpp_sdpa_checks_sizes_before_reading():
     _require("cpp")
     from genai_fast.backends.cpp import extension

@@ -288,6 +288,11 @@ GF_INLINE void backward_rows(const AttentionBackwardArgs& a, BackwardScratch& w,
     std::fill(w.p.data() + r * w.ld, w.p.data() + (r + 1) * w.ld, 0.0f);
     std::fill(w.ds.data() + r * w.ld, w.ds.data() + (r + 1) * w.ld, 0.0f);
     if (a.lse[row] == -INFINITY) continue;  // every score -inf: the forward's row was 0 and has no gradient
+    if (std::isnan(a.lse[row])) {  // a NaN or +inf score: NaN weights on the keys the row sees, so NaN reaches
+      std::fill(w.p.data() + r * w.ld, w.p.data() + r * w.ld + seen, NAN);  // every gradient they touch
+      std::fill(w.ds.data() + r * w.ld, w.ds.data() + r * w.ld + seen, NAN);
+      continue;
+    }
     row_probabilities(a, w, qs, g, a.lse[row], g_dot_o, seen, round16(seen), w.p.data() + r * w.ld,
                       w.ds.data() + r * w.ld);
   }
