@@ -10,7 +10,8 @@
 // Then, for blocks of up to 4 rows (each packed vector loaded once per block): the scores, an exact two-pass
 // softmax in fp32 per row, and the weighted sums of value rows held in vector registers. A head's packed keys
 // and values must stay in L2 for this to pay: the Python dispatcher leaves longer key sequences to torch.
-// Rows with a NaN or +inf score give NaN, as torch's do.
+// Rows with a NaN or +inf score give NaN, as the math reference's do (torch's fused CPU kernel can keep such a
+// row finite); rows whose scores are all -inf give zeros, as torch's do.
 #include "attention.h"
 
 #include <algorithm>
@@ -141,7 +142,7 @@ GF_INLINE void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_
   for (int i = 0; i < RB; ++i) {
     const int64_t row = (b * a.Hq + h) * a.Sq + r0 + i;
     float* out = a.out + row * a.Dv;
-    const bool poisoned = std::isnan(total[i]);  // a NaN or +inf score: the row is NaN, as torch's
+    const bool poisoned = std::isnan(total[i]);  // a NaN or +inf score: the row is NaN, as the reference's
     const bool empty = total[i] == 0.0f;         // every score -inf: the row is 0 (and lse -inf), as torch's
     for (int t = 0; t < NB; ++t) {
       const v16 value = poisoned ? acc[i][t] * NAN : (empty ? v16{} : acc[i][t] * (1.0f / total[i]));
