@@ -78,36 +78,6 @@ GF_INLINE void block_scores(const float* queries, const Packed& p, int64_t D, in
   }
 }
 
-// Turns scores[0, seen) into exp(score - max) and zeroes the rest of [0, width); returns the max and the sum
-// of the exps (NaN when a score is NaN or +inf; 0, with all weights 0, when every score is -inf).
-GF_INLINE void softmax_weights(float* scores, int64_t seen, int64_t width, float& top, float& total) {
-  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const int limit = static_cast<int>(seen);
-  v16 vtop = {}, vraw = {};
-  vtop -= INFINITY;
-  for (int64_t j = 0; j < width; j += 16) {
-    const v16i valid = lane + static_cast<int>(j) < limit;
-    const v16 x = valid ? load16(scores + j) : -INFINITY;
-    vtop = x > vtop ? x : vtop;
-    vraw += valid ? x : 0.0f;
-  }
-  top = hmax(vtop);
-  if (top == -INFINITY && !std::isnan(hsum(vraw))) {  // every score -inf: no weight anywhere, as torch's zero row
-    for (int64_t j = 0; j < width; j += 16) store16(scores + j, v16{});
-    total = 0.0f;
-    return;
-  }
-  v16 vsum = {};
-  for (int64_t j = 0; j < width; j += 16) {
-    const v16i valid = lane + static_cast<int>(j) < limit;
-    const v16 e = valid ? exp16(load16(scores + j) - top) : 0.0f;
-    store16(scores + j, e);
-    vsum += e;
-  }
-  total = hsum(vsum);
-  if (std::isnan(hsum(vraw)) || top == INFINITY) total = NAN;
-}
-
 // acc_i = sum_j w_i[j] Vp[j] over keys [0, n) for RB rows of weights (row i at w + i * ld): each value row is
 // loaded once for the RB rows, whose NB-vector output rows stay in registers.
 template <int NB, int RB>
@@ -136,7 +106,7 @@ GF_INLINE void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_
   const int64_t width = round16(furthest);
   block_scores<RB>(p.query.data(), p, a.D, width, p.scores.data());
   float top[RB], total[RB];
-  for (int i = 0; i < RB; ++i) softmax_weights(p.scores.data() + i * p.ld, seen[i], width, top[i], total[i]);
+  for (int i = 0; i < RB; ++i) exponentiate_padded(p.scores.data() + i * p.ld, seen[i], width, top[i], total[i]);
   v16 acc[RB][NB] = {};
   block_values<NB, RB>(p.scores.data(), p, furthest, acc);
   for (int i = 0; i < RB; ++i) {

@@ -173,33 +173,6 @@ GF_INLINE void scaled_queries(const DecodeAttentionArgs& a, const Chunk& c, int6
   }
 }
 
-// exponentiate() for a row padded to `width` (a multiple of 16) whose first `seen` entries are scores: the
-// same exp arithmetic on whole vectors, the padding masked out of the maximum and sum and written as zeros.
-GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, float& top, float& total) {
-  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const int limit = static_cast<int>(seen);
-  v16 vtop = {}, vraw = {};
-  vtop -= INFINITY;
-  for (int64_t j = 0; j < width; j += 16) {
-    const v16i valid = lane + static_cast<int>(j) < limit;
-    const v16 x = valid ? load16(row + j) : -INFINITY;
-    vtop = x > vtop ? x : vtop;
-    vraw += valid ? x : 0.0f;
-  }
-  top = -INFINITY;
-  for (int i = 0; i < 16; ++i) top = std::max(top, vtop[i]);
-  if (top == -INFINITY && !std::isnan(hsum(vraw))) return every_score_minus_inf(row, width, total);
-  v16 vsum = {};
-  for (int64_t j = 0; j < width; j += 16) {
-    const v16i valid = lane + static_cast<int>(j) < limit;
-    const v16 e = valid ? exp16(load16(row + j) - top) : 0.0f;
-    store16(row + j, e);
-    vsum += e;
-  }
-  total = hsum(vsum);
-  if (std::isnan(hsum(vraw)) || top == INFINITY) total = NAN;
-}
-
 // Query rows [r0, r0 + RB) of a chunk: scores against the chunk's keys up to the furthest any of them
 // sees, then per row its softmax statistics over its own visible keys (weights past them zeroed), then
 // the weighted value sums; m, l, acc point at row r0's entries.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -104,6 +105,39 @@ GF_INLINE v16 exp16(v16 x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   return (v16)((v16i)p + (n_int << 23));
+}
+
+// Softmax weights of a row padded to `width` (a multiple of 16) whose first `seen` entries are scores: turns
+// them into exp(score - max) in place, with the padding masked out of the maximum and sum and written as zeros,
+// and returns the max and the sum of the exps. exp16 does not carry NaN through, so a NaN or +inf score (whose
+// reference row is NaN) gives a NaN sum; a row whose scores are all -inf gets zero weights and a zero sum (torch
+// returns a zero row for it, its fully-masked rule).
+GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, float& top, float& total) {
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const int limit = static_cast<int>(seen);
+  v16 vtop = {}, vraw = {};
+  vtop -= INFINITY;
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i valid = lane + static_cast<int>(j) < limit;
+    const v16 x = valid ? load16(row + j) : -INFINITY;
+    vtop = x > vtop ? x : vtop;
+    vraw += valid ? x : 0.0f;
+  }
+  top = hmax(vtop);
+  const bool poisoned = std::isnan(hsum(vraw)) || top == INFINITY;
+  if (top == -INFINITY && !poisoned) {
+    for (int64_t j = 0; j < width; j += 16) store16(row + j, v16{});
+    total = 0.0f;
+    return;
+  }
+  v16 vsum = {};
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i valid = lane + static_cast<int>(j) < limit;
+    const v16 e = valid ? exp16(load16(row + j) - top) : 0.0f;
+    store16(row + j, e);
+    vsum += e;
+  }
+  total = poisoned ? NAN : hsum(vsum);
 }
 
 // erf of 16 floats to about 1.2e-7 absolute (2 ulp near 1), without a division. |x| < 0.875: x P(x^2);
