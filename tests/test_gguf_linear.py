@@ -274,9 +274,7 @@ def test_reader_rejects_truncated_and_foreign_files(tmp_path):
 def test_other_instruction_set_builds(isa):
     """The AVX2 and baseline builds of the kernel (this machine runs the AVX-512 one), in a subprocess with
     GENAI_FAST_CPU_ISA capping the choice: bitwise expansion and the oracle, for every block type."""
-    import os
-    import subprocess
-    import sys
+    from tests.isa import run_with_isa
 
     script = """
 import numpy as np, torch, gguf, genai_fast
@@ -298,12 +296,7 @@ for t in BLOCK_FORMATS:
         assert_matches_oracle(out, F.linear(x.double(), w.double()), F.linear(x, w), what=t)
 print("ok")
 """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "GENAI_FAST_CPU_ISA": isa, "PYTHONPATH": root}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=root)
-    assert done.returncode == 0, done.stderr[-2000:]
-    ran, result = done.stdout.split()
+    ran, result = run_with_isa(script, isa)
     if ran != isa and isa == "avx2":
         pytest.skip("this CPU has no AVX2: the AVX2 build cannot run here")
     assert ran == isa and result == "ok"

@@ -95,9 +95,7 @@ def test_cpp_statistics_survive_a_large_mean(layout, dtype):
 def test_cpp_portable_loops(isa):
     """The portable element loops (this machine runs the AVX-512 ones), in a subprocess with GENAI_FAST_CPU_ISA
     capping the choice: fp16/bf16 converted through small buffers, row tails, every layout and dtype."""
-    import os
-    import subprocess
-    import sys
+    from tests.isa import run_with_isa
 
     if backend_unavailable_reasons("cpp"):
         pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
@@ -110,12 +108,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
             check_backend("cpp", shape, groups, layout, dtype)
 print("ok")
 """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "GENAI_FAST_CPU_ISA": isa, "PYTHONPATH": root}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=root)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["ok"]
+    assert run_with_isa(script, isa) == ["ok"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
