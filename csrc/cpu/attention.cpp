@@ -28,7 +28,7 @@ constexpr int64_t kRowsPerTask = 32;  // query rows that share one packing of K 
 // Scratch of one task: the packed keys and values, and a block of scaled query rows with their scores.
 struct Packed {
   std::vector<float> kt, vp, query, scores;
-  int64_t ld = 0, n = 0, dv16 = 0;  // Kt row length (n rounded up to 16, plus 16), keys packed, Dv rounded up
+  int64_t ld = 0, dv16 = 0;  // Kt row length (keys rounded up to 16, plus 16), Dv rounded up to 16
 };
 
 GF_INLINE int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
@@ -37,7 +37,7 @@ GF_INLINE int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 void pack(const AttentionArgs& a, int64_t b, int64_t kv, int64_t n, Packed& p) {
   // ld is one vector longer than the keys need, so Kt rows a multiple of 4 KB apart (n = 1024) do not all
   // fall in one L1 set.
-  p.n = n, p.ld = round16(n) + 16, p.dv16 = round16(a.Dv);
+  p.ld = round16(n) + 16, p.dv16 = round16(a.Dv);
   p.kt.assign(static_cast<size_t>(a.D * p.ld), 0.0f);
   p.vp.assign(static_cast<size_t>(n * p.dv16), 0.0f);
   const float* k = a.k + b * a.k_strides[0] + kv * a.k_strides[1];
