@@ -77,6 +77,11 @@ CPU_SD_CROSS_CASES = [_fwd_case(2, 8, 1024, 40, False, torch.float32, Sk=77),
                       _fwd_case(2, 8, 4096, 40, False, torch.float32, Sk=77)]
 
 
+# Small calls, where the op's own Python shows: a tiny one (torch's SDPA runs it, so the row is the dispatch
+# overhead) and a batch of one-query heads (cross-attention of a sampling step; the cpp backend's decode kernel).
+CPU_SMALL_CASES = [_fwd_case(1, 2, 4, 8, False, torch.float32), _fwd_case(32, 16, 1, 64, False, torch.float32, Sk=77)]
+
+
 def _fa_cases(seqlens: list[int], dims: list[int], dtype: torch.dtype) -> list[Case]:
     """FlashAttention benchmark shapes: 16k tokens per batch, 2048 model width (causal first: the target)."""
     return [_fwd_case(max(1, 16384 // S), 2048 // D, S, D, causal, dtype)
@@ -94,7 +99,8 @@ FWD_PRESETS = {
     },
     "full": {
         "cpu": [_fwd_case(1, 8, 512, 64, c, torch.float32) for c in (False, True)]
-        + [_fwd_case(4, 12, 128, 64, False, torch.float32)] + CPU_UNET_CASES + CPU_SD_CROSS_CASES,
+        + [_fwd_case(4, 12, 128, 64, False, torch.float32)] + CPU_UNET_CASES + CPU_SD_CROSS_CASES
+        + CPU_SMALL_CASES,
         # The target's lengths (4k-16k, DESIGN.md section 6) first: a time budget cuts the tail of each op's list.
         "cuda": _fa_cases([4096, 16384, 1024, 8192, 2048, 512], [128], torch.bfloat16)
         + _fa_cases([4096], [64], torch.bfloat16),

@@ -69,6 +69,10 @@ CPP_CASES = {
     "sq5-sk300-d3-dv256": Case(1, 2, 1, 5, 300, 3, Dv=256),
     "sq33-sk1000-d16-gqa": Case(1, 4, 2, 33, 1000, 16, causal=True),
     "sq40-sk33-d20-causal": Case(1, 2, 2, 40, 33, 20, causal=True),
+    # Few queries per head at a head dim the decode kernel holds in registers: the cpp backend runs them there.
+    "sq3-sk77-d64-gqa4:2": Case(2, 4, 2, 3, 77, 64),
+    "sq5-sk5-d32-causal": Case(1, 2, 2, 5, 5, 32, causal=True),
+    "sq1-sk300-d128": Case(3, 2, 1, 1, 300, 128),
 }
 
 
@@ -566,21 +570,35 @@ def test_head_dim_above_256_falls_back_with_reason():
         genai_fast.scaled_dot_product_attention(q, q, q, backend="triton")
 
 
-@pytest.mark.parametrize("Sq, Sk, D, causal", [(33, 40, 64, True), (500, 77, 40, False), (64, 64, 8, False),
-                                               (600, 600, 64, True)])
-def test_cpu_auto_dispatch_picks_cpp_and_matches_torch_sdpa(Sq, Sk, D, causal):
-    """Few keys, small head dims and causal masks up to about a thousand keys run on the cpp kernel."""
+@pytest.mark.parametrize("B, Sq, Sk, D, causal", [(2, 128, 130, 64, True), (2, 500, 77, 40, False),
+                                                  (8, 64, 64, 8, False), (2, 600, 600, 64, True),
+                                                  (64, 1, 77, 64, False), (32, 2, 300, 128, False)])
+def test_cpu_auto_dispatch_picks_cpp_and_matches_torch_sdpa(B, Sq, Sk, D, causal):
+    """Few keys, small head dims and causal masks up to about a thousand keys run on the cpp kernels, as do
+    batches of few-query heads of D 64 and 128 (on the decode kernel)."""
     _require("cpp")
-    q, k, v = torch.randn(2, 4, Sq, D), torch.randn(2, 4, Sk, D), torch.randn(2, 4, Sk, D)
+    q, k, v = torch.randn(B, 4, Sq, D), torch.randn(B, 4, Sk, D), torch.randn(B, 4, Sk, D)
     got = genai_fast.scaled_dot_product_attention(q, k, v, is_causal=causal)
     assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 4, 4, 8), (2, 8, 16, 16, 64), (2, 8, 8, 77, 40), (64, 4, 2, 77, 40)],
+                         ids=["tiny", "little-work", "few-rows", "few-rows-d40"])
+def test_cpu_auto_dispatch_leaves_small_work_and_few_rows_to_torch(shape):
+    """Under 1024 query rows and 16384 scores torch's fixed costs are lower; heads of under 16 queries take torch
+    unless the decode kernel holds their head dim (40 it does not)."""
+    B, H, Sq, Sk, D = shape
+    q, k, v = torch.randn(B, H, Sq, D), torch.randn(B, H, Sk, D), torch.randn(B, H, Sk, D)
+    got = genai_fast.scaled_dot_product_attention(q, k, v)
+    assert OPS["scaled_dot_product_attention"].last_backend == "torch"
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v))
+
+
 def test_cpu_auto_dispatch_trains_small_heads_on_cpp():
     """With gradients, head dims up to 16 take the cpp forward and backward; the gradients equal torch's."""
     _require("cpp")
-    q, k, v = (torch.randn(2, 4, n, 8, requires_grad=True) for n in (50, 60, 60))
+    q, k, v = (torch.randn(8, 4, n, 8, requires_grad=True) for n in (50, 60, 60))
     out = genai_fast.scaled_dot_product_attention(q, k, v)
     assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
     grad = torch.randn_like(out)
@@ -598,8 +616,9 @@ def test_cpu_auto_dispatch_leaves_to_torch(why):
     still equals torch's."""
     Sk = {"long-keys": 1100, "many-keys-no-causal": 130}.get(why, 40)
     dtype = torch.float16 if why == "fp16" else torch.float32
-    q, k, v = (torch.randn(1, 2, n, 64, dtype=dtype) for n in (9, Sk, Sk))
-    mask = torch.rand(1, 1, 9, Sk) > 0.3 if why == "mask" else None
+    # 32 x 2 heads x 20 queries: enough rows for the kernels, so each case's own property decides.
+    q, k, v = (torch.randn(32, 2, n, 64, dtype=dtype) for n in (20, Sk, Sk))
+    mask = torch.rand(32, 1, 20, Sk) > 0.3 if why == "mask" else None
     q.requires_grad_(why == "grad")
     got = genai_fast.scaled_dot_product_attention(q, k, v, mask)
     assert OPS["scaled_dot_product_attention"].last_backend == "torch"
@@ -741,9 +760,66 @@ def test_dispatch_modes_see_the_custom_op():
             return func(*args, **(kwargs or {}))
 
     q = torch.randn(1, 2, 4, 8)
+    genai_fast.scaled_dot_product_attention(q, q, q)  # a plan recorded outside the mode is not replayed inside
     with Recorder() as recorder:
         genai_fast.scaled_dot_product_attention(q, q, q)
     assert any("genai_fast.scaled_dot_product_attention" in op for op in recorder.ops), recorder.ops
+
+
+# ---------------------------------------------------------------- replayed call plans
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ({"dropout_p": False}, ValueError, "^dropout_p:"), ({"is_causal": 0}, TypeError, "^is_causal:"),
+    ({"scale": True}, ValueError, "^scale:"), ({"enable_gqa": 0}, TypeError, "^enable_gqa:"),
+    ({"scale": float("nan")}, ValueError, "^scale:"), ({"backend": "bogus"}, ValueError, "^backend:"),
+], ids=["dropout-bool", "causal-int", "scale-bool", "gqa-int", "scale-nan", "backend"])
+def test_replayed_plan_still_rejects_bad_arguments(bad, error, match):
+    """A call plan is keyed on the arguments' types as well as their values (False == 0.0 and True == 1), so a
+    signature that passed the checks never lets an argument the checks reject through."""
+    q = torch.randn(8, 4, 32, 8)
+    good = {"dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False, "backend": None}
+    good["scale"] = 1.0 if bad.get("scale") is True else None
+    for _ in range(2):
+        genai_fast.scaled_dot_product_attention(q, q, q, **good)
+    with pytest.raises(error, match=match):
+        genai_fast.scaled_dot_product_attention(q, q, q, **{**good, **bad})
+
+
+def test_replayed_plan_follows_the_backend_variable_and_gradients(monkeypatch):
+    """GENAI_FAST_BACKEND set after a plan was recorded takes effect, and inputs that require grad after a
+    plan recorded without get gradients (through the cpp backward at head dim 8)."""
+    _require("cpp")
+    q, k, v = (torch.randn(8, 4, 64, 8) for _ in range(3))
+    for _ in range(2):
+        genai_fast.scaled_dot_product_attention(q, k, v)
+        assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
+    monkeypatch.setenv("GENAI_FAST_BACKEND", "torch")
+    genai_fast.scaled_dot_product_attention(q, k, v)
+    assert OPS["scaled_dot_product_attention"].last_backend == "torch"
+    monkeypatch.delenv("GENAI_FAST_BACKEND")
+    leaves = tuple(t.clone().requires_grad_() for t in (q, k, v))
+    out = genai_fast.scaled_dot_product_attention(*leaves)
+    assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
+    got = torch.autograd.grad(out.square().sum(), leaves)
+    want = torch.autograd.grad(F.scaled_dot_product_attention(*leaves).square().sum(), leaves)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_replayed_plans_give_the_first_calls_results_and_stay_bounded(monkeypatch):
+    """Replayed calls return what the checked first call returned, bit for bit, on each route (torch's SDPA,
+    the cpp kernel, the decode kernel); the table of plans is cleared when full."""
+    from genai_fast.ops import attention
+
+    monkeypatch.setattr(attention, "MAX_CALL_PLANS", 3)
+    attention._PLANS.clear()
+    shapes = [(1, 2, 4, 4, 8), (8, 4, 64, 64, 8), (64, 4, 1, 77, 64), (2, 2, 3, 5, 16)]
+    for B, H, Sq, Sk, D in shapes:
+        q, k, v = torch.randn(B, H, Sq, D), torch.randn(B, H, Sk, D), torch.randn(B, H, Sk, D)
+        first = genai_fast.scaled_dot_product_attention(q, k, v)
+        assert torch.equal(genai_fast.scaled_dot_product_attention(q, k, v), first)
+        assert len(attention._PLANS) <= 3
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """Output and workspace allocation for the launchers, with NaN poisoning for tests.
 
-When poisoning is on (the `poison_outputs()` context, or GENAI_FAST_POISON=1), every buffer a launcher
-allocates is filled with NaN first, so an element a kernel forgot to write shows up as NaN instead of
-whatever the allocator's memory held.
+When poisoning is on (the `poison_outputs()` context, or GENAI_FAST_POISON=1 in the environment when
+genai_fast is imported), every buffer a launcher allocates is filled with NaN first, so an element a kernel
+forgot to write shows up as NaN instead of whatever the allocator's memory held.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from collections.abc import Iterator
 
 import torch
 
+# Read once: an environment lookup costs half a microsecond, and every launcher allocation asks.
+_POISON_FROM_ENV = os.environ.get("GENAI_FAST_POISON") == "1"
 _poison_depth = 0
 
 
 def poisoning() -> bool:
-    return _poison_depth > 0 or os.environ.get("GENAI_FAST_POISON") == "1"
+    return _poison_depth > 0 or _POISON_FROM_ENV
 
 
 @contextlib.contextmanager

@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.availability import triton_interpreter_enabled
+from genai_fast.backends.cpp import attention as cpp_attention
 from genai_fast.backends.dispatch import (
     ENV_BACKEND,
     BackendNotSupportedError,
@@ -89,32 +91,24 @@ def scaled_dot_product_attention(
         torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p,
                                                          is_causal, scale=scale, enable_gqa=enable_gqa)
     """
-    prefix = _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
-    sm_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    inputs = _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal)
-    if dropout_p > 0:
+    plan = _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+    if plan.route == "reference":
         # Dropout is random: the forward and its backward must see the same mask, so it runs as plain
         # differentiable PyTorch, after the dispatcher recorded (or, when forced, raised) the reason.
-        _select(ATTENTION, inputs, backend)
         return scaled_dot_product_attention_reference(query, key, value, attn_mask, dropout_p, is_causal,
-                                                      sm_scale, enable_gqa)
-    bypass = can_bypass_custom_op(query, key, value, attn_mask)
-    if bypass or is_plain_eager(query, key, value, attn_mask):
-        impl = _select(ATTENTION, inputs, backend)
-        empty = query.numel() == 0 or key.numel() == 0 or value.numel() == 0
-        both = is_causal and attn_mask is not None  # torch's SDPA refuses the pair; the reference applies both
-        if (impl.backend == "torch" or empty) and not both:
-            # Plain eager on the fallback: torch's own SDPA (its fused CPU kernels, forward and backward,
-            # under autograd too), not the math reference.
-            return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=sm_scale,
-                                                  enable_gqa=enable_gqa)
-    q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa, prefix)
-    if bypass:
-        out, _lse = impl.run(q, k, v, mask, bool(is_causal), sm_scale)
+                                                      plan.sm_scale, enable_gqa)
+    if plan.route == "torch":
+        # Plain eager on the fallback: torch's own SDPA (its fused CPU kernels, forward and backward, under
+        # autograd too), not the math reference.
+        return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=plan.sm_scale,
+                                              enable_gqa=enable_gqa)
+    q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa, plan.prefix)
+    if plan.route == "direct":
+        out, _lse = plan.impl.run(q, k, v, mask, is_causal, plan.sm_scale)
     else:
-        out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, bool(is_causal), sm_scale,
+        out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, is_causal, plan.sm_scale,
                                                                       backend or "")
-    return out.reshape(out_shape)
+    return out if out_shape is None else out.reshape(out_shape)
 
 
 def attention_with_kvcache(
@@ -489,7 +483,8 @@ def _validate_seqlens(cache_seqlens, q, B, s_max, s_new) -> tuple[int, int] | No
 
 
 def _canonical(query, key, value, attn_mask, enable_gqa, prefix):
-    """(q, k, v, mask, out_shape): 4-D views [B, H, S, D] (mask [B, Hq, Sq, Sk] broadcast view).
+    """(q, k, v, mask, out_shape): 4-D views [B, H, S, D] (mask [B, Hq, Sq, Sk] broadcast view) and the shape
+    the output takes, None when it is already the kernels' [B, Hq, Sq, Dv].
 
     Broadcast batch/head dims become stride-0 views; flattening several batch dims copies only when
     they cannot be viewed as one.
@@ -497,6 +492,9 @@ def _canonical(query, key, value, attn_mask, enable_gqa, prefix):
     batch, hq = prefix[:-1], prefix[-1]
     Sq, Sk, D, Dv = query.shape[-2], key.shape[-2], query.shape[-1], value.shape[-1]
     hk, hv = (_heads(key), _heads(value)) if enable_gqa else (hq, hq)
+    if (attn_mask is None and hk == hv and query.dim() == key.dim() == value.dim() == 4
+            and key.shape[:2] == value.shape[:2] == (*batch, hk)):
+        return query, key, value, None, None  # already canonical (the usual call): nothing to reshape
     if enable_gqa and hk != hv:
         # torch repeats key and value heads separately; the kernels share one group size.
         heads = max(hk, hv)
@@ -542,15 +540,91 @@ def _cpp_pays(inputs: dict[str, Any]) -> bool:
 
 
 def _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal=False) -> dict[str, Any]:
-    # "tensors" serves the forced-only "triton+tma" check; "keys", "is_causal", "needs_grad" and "has_mask" the
-    # cpp kernels' rules.
+    # "tensors" serves the forced-only "triton+tma" check; "keys", "queries", "rows" (query rows in all heads),
+    # "is_causal", "needs_grad" and "has_mask" the cpp kernels' rules.
     grad_enabled = torch.is_grad_enabled()
     return {"device": query.device, "dtype": query.dtype, "head_dim": query.shape[-1],
             "head_dim_v": value.shape[-1], "dropout_p": dropout_p,
             "mask_grad": attn_mask is not None and attn_mask.requires_grad and grad_enabled,
             "needs_grad": grad_enabled and (query.requires_grad or key.requires_grad or value.requires_grad),
-            "keys": key.shape[-2], "is_causal": bool(is_causal),
+            "keys": key.shape[-2], "queries": query.shape[-2], "rows": query.numel() // max(query.shape[-1], 1),
+            "is_causal": bool(is_causal),
             "tensors": (query, key, value), "has_mask": attn_mask is not None}
+
+
+# ---------------------------------------------------------------- call plans
+
+
+@dataclass(frozen=True)
+class _CallPlan:
+    """What the checks and the dispatcher decided for one call signature of scaled_dot_product_attention."""
+
+    prefix: tuple[int, ...]  # the output's leading dims (batch..., Hq)
+    sm_scale: float
+    impl: Implementation  # the dispatcher's choice (the reference's registration for dropout)
+    route: str  # "reference" (dropout), "torch" (torch's own SDPA), "direct" (impl.run) or "custom_op"
+
+
+# Plans by call signature. Checking a call and walking the dispatcher cost ~8 us of Python, as much as torch's
+# whole SDPA on small CPU shapes; a signature costs ~2 us. Bounded: cleared when full.
+_PLANS: dict[tuple[Any, ...], _CallPlan] = {}
+MAX_CALL_PLANS = 1024
+
+
+def _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> _CallPlan:
+    """The plan of this call: replayed when a call with the same signature passed the checks before, else
+    checked and decided now (raising on bad input)."""
+    signature = _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+    try:
+        plan = _PLANS.get(signature) if signature is not None else None
+    except TypeError:  # an unhashable argument, which the checks reject below
+        signature = plan = None
+    if plan is None:
+        plan = _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+        # The TMA kernel's check reads the tensors' addresses and strides, which no signature holds.
+        if signature is not None and backend != "triton+tma":
+            if len(_PLANS) >= MAX_CALL_PLANS:
+                _PLANS.clear()
+            _PLANS[signature] = plan
+    ATTENTION.last_backend = plan.impl.backend
+    return plan
+
+
+def _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> tuple | None:
+    """Everything the checks and the dispatcher read from a call, or None where the checked path must run
+    every time (torch.compile tracing, dispatch modes, arguments that are not tensors).
+
+    Scalars enter with their types: False == 0.0 and True == 1, but the checks accept only one of each pair.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return None
+    try:
+        tensors = (type(query), query.shape, query.dtype, query.device, query.requires_grad,
+                   type(key), key.shape, key.dtype, key.device, key.requires_grad,
+                   type(value), value.shape, value.dtype, value.device, value.requires_grad)
+        mask = None if attn_mask is None else (type(attn_mask), attn_mask.shape, attn_mask.dtype,
+                                               attn_mask.device, attn_mask.requires_grad)
+    except AttributeError:
+        return None
+    return (tensors, mask, type(dropout_p), dropout_p, type(is_causal), is_causal, type(scale), scale,
+            type(enable_gqa), enable_gqa, backend, torch.is_grad_enabled(), os.environ.get(ENV_BACKEND),
+            triton_interpreter_enabled())
+
+
+def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> _CallPlan:
+    """Check the call (raising on bad input) and decide how it runs."""
+    prefix = _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+    sm_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    impl = _select(ATTENTION, _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal), backend)
+    if dropout_p > 0:
+        return _CallPlan(prefix, sm_scale, impl, "reference")
+    bypass = can_bypass_custom_op(query, key, value, attn_mask)
+    if bypass or is_plain_eager(query, key, value, attn_mask):
+        empty = query.numel() == 0 or key.numel() == 0 or value.numel() == 0
+        both = is_causal and attn_mask is not None  # torch's SDPA refuses the pair; the reference applies both
+        if (impl.backend == "torch" or empty) and not both:
+            return _CallPlan(prefix, sm_scale, impl, "torch")
+    return _CallPlan(prefix, sm_scale, impl, "direct" if bypass else "custom_op")
 
 
 # ---------------------------------------------------------------- custom ops, fake, autograd
@@ -705,17 +779,29 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
 
 
 # When the cpp kernels beat torch's CPU SDPA (fp32, 2-core AVX-512 VM, `genai-fast bench --device cpu --full
-# --ops scaled_dot_product_attention`). Forward: torch multiplies blocks with BLAS, which pays for head dims from
-# 32 when every query sees every key of a long sequence (the kernel: 0.76-0.86x from 128 keys); the kernel wins
-# with few keys (1.1-1.3x at 7 to 77 keys, any number of queries), small head dims (1.4-2x at D 4 and 8) and
-# causal masks up to about a thousand keys (1.2-1.6x: torch computes the masked blocks too). Forward and backward
-# together: 1.5-2.1x at head dims of 8 (a small U-Net's), 0.8-0.9x from 40, so gradients take the kernels only up
-# to head dim 16. Past L2's share of a core for a head's packed keys and values they stop paying either way.
+# --ops scaled_dot_product_attention`, and a sweep of B*H 2-16, Sq 1-64, Sk 7-77, D 8-64 against torch's SDPA).
+# - Work: a call costs ~10 us of fixed Python and packing against torch's ~4 us, so calls under 1024 query rows
+#   and 16384 scores stay on torch (the sweep: 0.4-0.9x there, 1.0-1.8x above).
+# - Rows per head: the kernel packs each head's keys per 32-row task; under 16 queries per head that costs more
+#   than the rows save (0.5-0.85x at 1-4 queries of D 64). There the decode kernel (attention_with_kvcache's,
+#   which reads keys in place) runs instead where its register-held rows fit the head dim: 1.5-2.4x at D 64.
+# - Forward: torch multiplies blocks with BLAS, which pays for head dims from 32 when every query sees every key
+#   of a long sequence (the kernel: 0.76-0.86x from 128 keys); the kernel wins with few keys (1.1-1.3x at 7 to 77
+#   keys), small head dims (1.4-2x at D 4 and 8) and causal masks up to about a thousand keys (1.2-1.6x: torch
+#   computes the masked blocks too).
+# - Forward and backward together: 1.5-2.1x at head dims of 8 (a small U-Net's), 0.8-0.9x from 40, so gradients
+#   take the kernels only up to head dim 16.
+# - Past L2's share of a core for a head's packed keys and values they stop paying either way.
+CPP_MIN_ROWS = 1024
+CPP_MIN_SCORES = 16384
+CPP_MIN_QUERIES = 16
 CPP_FEW_KEYS = 96
 CPP_SMALL_HEAD_DIM = 16
 CPP_MAX_PACKED_KV_BYTES = 256 * 1024
 CPP_MAX_PACKED_KV_BYTES_CAUSAL = 640 * 1024
 CPP_MAX_HEAD_DIM_V = 256
+# Head dims the decode kernel holds in registers (csrc/cpu/decode_attention.cpp, chunk_routine).
+DECODE_KERNEL_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
 
 
 def _packed_kv_bytes(keys: int, head_dim: int, head_dim_v: int) -> int:
@@ -723,15 +809,31 @@ def _packed_kv_bytes(keys: int, head_dim: int, head_dim_v: int) -> int:
     return 4 * ((keys + 31) // 16 * 16 * head_dim + keys * ((head_dim_v + 15) // 16 * 16))
 
 
+def _few_rows_on_decode_kernel(queries: int, keys: int, head_dim: int, head_dim_v: int, causal: bool) -> bool:
+    """Whether the cpp backend runs these rows on the decode kernel: few queries per head, a head dim it holds
+    in registers, and no causal mask unless queries and keys align (the decode kernel's causal mask is aligned
+    bottom-right, SDPA's top-left)."""
+    return (queries < CPP_MIN_QUERIES and head_dim == head_dim_v and head_dim in DECODE_KERNEL_HEAD_DIMS
+            and (not causal or queries == keys))
+
+
 def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
     """Why torch's SDPA is expected to be faster than the cpp kernels for these shapes, or None."""
     keys, causal, head_dim = inputs["keys"], inputs.get("is_causal", False), inputs["head_dim"]
+    queries, rows = inputs["queries"], inputs["rows"]
+    if (inputs.get("needs_grad") or inputs.get("backward")) and head_dim > CPP_SMALL_HEAD_DIM:
+        return f"with gradients, head dim {head_dim} is above {CPP_SMALL_HEAD_DIM} (torch's backward is fused)"
+    if rows < CPP_MIN_ROWS and rows * keys < CPP_MIN_SCORES:
+        return (f"{rows} query rows against {keys} keys are too little work (under {CPP_MIN_ROWS} rows and "
+                f"{CPP_MIN_SCORES} scores torch's fixed costs are lower)")
+    if _few_rows_on_decode_kernel(queries, keys, head_dim, inputs["head_dim_v"], causal):
+        return None
+    if queries < CPP_MIN_QUERIES:
+        return f"{queries} queries per head (under {CPP_MIN_QUERIES}) do not repay packing the head's keys"
     packed = _packed_kv_bytes(keys, head_dim, inputs["head_dim_v"])
     limit = CPP_MAX_PACKED_KV_BYTES_CAUSAL if causal else CPP_MAX_PACKED_KV_BYTES
     if packed > limit:
         return f"a head's keys and values take {packed} bytes packed, above {limit}"
-    if (inputs.get("needs_grad") or inputs.get("backward")) and head_dim > CPP_SMALL_HEAD_DIM:
-        return f"with gradients, head dim {head_dim} is above {CPP_SMALL_HEAD_DIM} (torch's backward is fused)"
     if not causal and keys > CPP_FEW_KEYS and head_dim > CPP_SMALL_HEAD_DIM:
         return (f"{keys} keys (above {CPP_FEW_KEYS}) of head dim {head_dim} (above {CPP_SMALL_HEAD_DIM}) "
                 "without a causal mask")
@@ -760,9 +862,12 @@ def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
     check=_cpp_reasons,
 )
 def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale):
-    from genai_fast.backends.cpp.attention import attention_fwd
-
-    return attention_fwd(query, key, value, scale, is_causal)
+    Sq, Sk = query.shape[-2], key.shape[-2]
+    if _few_rows_on_decode_kernel(Sq, Sk, query.shape[-1], value.shape[-1], is_causal):
+        # Every query sees all Sk keys (or, causal with Sq == Sk, the same keys either alignment shows).
+        return cpp_attention.decode_attention_fwd(query, key, value, [Sk] * query.shape[0], scale, is_causal,
+                                                  with_lse=True)
+    return cpp_attention.attention_fwd(query, key, value, scale, is_causal)
 
 
 @ATTENTION.register("torch", _TORCH, check=lambda inputs: [])
