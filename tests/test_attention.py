@@ -609,11 +609,22 @@ def test_cpu_auto_dispatch_trains_small_heads_on_cpp():
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+def _fresh_dispatch_state(monkeypatch, time_both) -> None:
+    """Empty timing results, automatic choices and call plans (each holds timing outcomes), and a stand-in for
+    timing contested shapes."""
+    from genai_fast.ops import attention
+
+    for table in ("_RACES", "_AUTO_CHOICES", "_PLANS"):
+        monkeypatch.setattr(attention, table, {})
+    monkeypatch.setattr(attention, "_time_both", time_both)
+
+
 @pytest.mark.parametrize("why", ["mask", "grad", "long-keys", "fp16", "many-keys-no-causal"])
-def test_cpu_auto_dispatch_leaves_to_torch(why):
-    """A mask, inputs that require grad (torch's backward is fused), keys past the kernel's cache budget, half
-    precision, and over 96 keys of D 64 without a causal mask (BLAS blocks win) take torch's SDPA; the result
-    still equals torch's."""
+def test_cpu_auto_dispatch_leaves_to_torch(why, monkeypatch):
+    """A mask, inputs that require grad (torch's backward is fused), half precision, and (when timing finds torch
+    faster) keys past the kernel's cache budget or over 96 keys of D 64 without a causal mask take torch's SDPA;
+    the result still equals torch's."""
+    _fresh_dispatch_state(monkeypatch, lambda *sizes: {"torch": 1.0, "cpp": 2.0})
     Sk = {"long-keys": 1100, "many-keys-no-causal": 130}.get(why, 40)
     dtype = torch.float16 if why == "fp16" else torch.float32
     # 32 x 2 heads x 20 queries: enough rows for the kernels, so each case's own property decides.
@@ -623,6 +634,39 @@ def test_cpu_auto_dispatch_leaves_to_torch(why):
     got = genai_fast.scaled_dot_product_attention(q, k, v, mask)
     assert OPS["scaled_dot_product_attention"].last_backend == "torch"
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, mask))
+
+
+@pytest.mark.parametrize("timings, expected", [({"torch": 2.0, "cpp": 1.0}, "cpp"),
+                                               ({"torch": 1.0, "cpp": 0.97}, "torch"),
+                                               ({"torch": 1.0, "cpp": 3.0}, "torch")])
+def test_cpu_auto_dispatch_times_contested_shapes_once(timings, expected, monkeypatch):
+    """Where the kernel's speed depends on the host (here 200 keys of D 40 without a causal mask), the first call
+    at a shape times both and keeps the kernel only when it is clearly faster (under 95% of torch's time); later
+    calls at that shape reuse the result, and shapes too large to time stay on torch untimed."""
+    from genai_fast.ops import attention
+
+    _require("cpp")
+    calls = []
+    _fresh_dispatch_state(monkeypatch, lambda *sizes: calls.append(sizes) or timings)
+    q, k, v = torch.randn(2, 4, 64, 40), torch.randn(2, 4, 200, 40), torch.randn(2, 4, 200, 40)
+    for _ in range(3):
+        got = genai_fast.scaled_dot_product_attention(q, k, v)
+        assert OPS["scaled_dot_product_attention"].last_backend == expected
+    assert calls == [(8, 8, 64, 200, 40, 40, False)]
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v))
+    monkeypatch.setattr(attention, "CPP_RACE_MAX_FLOP", 1e6)
+    big = torch.randn(2, 4, 300, 40)
+    genai_fast.scaled_dot_product_attention(big, big, big)
+    assert OPS["scaled_dot_product_attention"].last_backend == "torch" and len(calls) == 1
+
+
+def test_contested_shapes_time_the_real_implementations():
+    """The timing itself runs both implementations at the given sizes (GQA included) and reports milliseconds."""
+    from genai_fast.ops.attention import _time_both
+
+    _require("cpp")
+    timings = _time_both(4, 2, 20, 130, 40, 40, False)
+    assert set(timings) == {"torch", "cpp"} and all(0 < t < 10_000 for t in timings.values())
 
 
 def test_float64_runs_on_reference():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -535,8 +536,13 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
 
 
 def _cpp_pays(inputs: dict[str, Any]) -> bool:
-    """Whether the shapes favour the CPU attention kernels (the part of the cpp checks that reads sizes)."""
-    return "keys" in inputs and inputs["device"].type == "cpu" and _cpp_slower_reason(inputs) is None
+    """Whether the shapes favour the CPU attention kernels (the part of the cpp checks that reads sizes), for
+    inputs the kernels can run (without a mask or dropout, fp32, on a CPU)."""
+    if "keys" not in inputs or not _on_cpu_in_fp32(inputs) or inputs.get("has_mask"):
+        return False
+    if inputs.get("dropout_p", 0.0) > 0 or inputs["head_dim_v"] > CPP_MAX_HEAD_DIM_V:
+        return False
+    return _cpp_slower_reason(inputs) is None
 
 
 def _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal=False) -> dict[str, Any]:
@@ -830,6 +836,20 @@ def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
         return None
     if queries < CPP_MIN_QUERIES:
         return f"{queries} queries per head (under {CPP_MIN_QUERIES}) do not repay packing the head's keys"
+    contested = _contested_reason(inputs)
+    if contested is None or inputs.get("needs_grad") or inputs.get("backward") or torch.compiler.is_compiling():
+        return contested
+    timings = _race(inputs)
+    if timings is None:
+        return f"{contested}; too large to time both on a first call"
+    if timings["cpp"] < CPP_RACE_MARGIN * timings["torch"]:
+        return None
+    return f"{contested}; timed at this shape: torch's SDPA {timings['torch']:.3g} ms, cpp {timings['cpp']:.3g} ms"
+
+
+def _contested_reason(inputs: dict[str, Any]) -> str | None:
+    """Where the kernel's speed against torch's SDPA depends on the host: why torch is likely faster, or None."""
+    keys, causal, head_dim = inputs["keys"], inputs.get("is_causal", False), inputs["head_dim"]
     packed = _packed_kv_bytes(keys, head_dim, inputs["head_dim_v"])
     limit = CPP_MAX_PACKED_KV_BYTES_CAUSAL if causal else CPP_MAX_PACKED_KV_BYTES
     if packed > limit:
@@ -840,6 +860,54 @@ def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
     return None
 
 
+# Contested shapes (long keys over wide heads, or past the packed-size budget) measured differently on two hosts of
+# this VM type: session 21's (0.76-0.86x torch's SDPA at D 40-64 from 128 keys) and session 22's (AMD family 26,
+# whose vector units are twice as wide: 1.13-1.30x at D 40 and 64 up to 2048 keys, 0.6-0.9x at D 128). So
+# automatic dispatch times both on the first call at each such shape (synthetic inputs of the call's sizes, one
+# warm-up and three alternating runs each) and keeps the kernel only when its median is under CPP_RACE_MARGIN of
+# torch's. Shapes above CPP_RACE_MAX_FLOP per call (about 0.1 s each on the VM) are not timed and stay on torch.
+CPP_RACE_MARGIN = 0.95
+CPP_RACE_REPEATS = 3
+CPP_RACE_MAX_FLOP = 2e10
+_RACES: dict[tuple[Any, ...], dict[str, float] | None] = {}
+
+
+def _race(inputs: dict[str, Any]) -> dict[str, float] | None:
+    """Median ms of torch's SDPA and of the cpp kernel at the inputs' sizes (cached per sizes and thread count),
+    or None when a call is too large to time."""
+    keys, queries, rows, causal = inputs["keys"], inputs["queries"], inputs["rows"], inputs.get("is_causal", False)
+    head_dim, head_dim_v = inputs["head_dim"], inputs["head_dim_v"]
+    heads_q = rows // max(queries, 1)
+    key_tensor = inputs["tensors"][1]
+    heads_kv = key_tensor.numel() // max(keys * head_dim, 1)
+    if heads_kv == 0 or heads_q % heads_kv:
+        heads_kv = heads_q
+    sizes = (heads_q, heads_kv, queries, keys, head_dim, head_dim_v, causal, torch.get_num_threads())
+    if sizes not in _RACES:
+        flop = 2.0 * rows * keys * (head_dim + head_dim_v)
+        _RACES[sizes] = None if flop > CPP_RACE_MAX_FLOP else _time_both(*sizes[:-1])
+    return _RACES[sizes]
+
+
+def _time_both(heads_q: int, heads_kv: int, queries: int, keys: int, head_dim: int, head_dim_v: int,
+               causal: bool) -> dict[str, float]:
+    q = torch.randn(1, heads_q, queries, head_dim)
+    k, v = torch.randn(1, heads_kv, keys, head_dim), torch.randn(1, heads_kv, keys, head_dim_v)
+    scale = head_dim ** -0.5
+    runs = {"torch": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                                            enable_gqa=heads_q != heads_kv),
+            "cpp": lambda: _sdpa_cpp(q, k, v, None, causal, scale)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run()  # warm-up: first-touch allocations, thread start
+    for _ in range(CPP_RACE_REPEATS):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
     reasons = []
     if inputs.get("has_mask"):
@@ -848,11 +916,15 @@ def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
         reasons.append("dropout_p > 0 runs on the reference (the kernels have no dropout)")
     if inputs["head_dim_v"] > CPP_MAX_HEAD_DIM_V:
         reasons.append(f"value head dim {inputs['head_dim_v']} is above {CPP_MAX_HEAD_DIM_V}")
-    if inputs.get("automatic"):
+    if inputs.get("automatic") and not reasons and _on_cpu_in_fp32(inputs):
         slower = _cpp_slower_reason(inputs)
         if slower is not None:
             reasons.append(f"{slower}: torch's SDPA is faster there (automatic choice)")
     return reasons
+
+
+def _on_cpu_in_fp32(inputs: dict[str, Any]) -> bool:
+    return inputs["device"].type == "cpu" and inputs["dtype"] == torch.float32
 
 
 @ATTENTION.register(
