@@ -510,9 +510,61 @@ def test_dispatch_modes_see_the_custom_op():
             self.ops.append(str(func))
             return func(*args, **(kwargs or {}))
 
+    x, weight = torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3)
+    genai_fast.conv2d(x, weight, activation="silu")  # a plan recorded outside the mode is not replayed inside
     with Recorder() as recorder:
-        genai_fast.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3), activation="silu")
+        genai_fast.conv2d(x, weight, activation="silu")
     assert any("genai_fast.conv2d" in op for op in recorder.ops), recorder.ops
+
+
+# ---------------------------------------------------------------- replayed call plans
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ({"groups": True}, TypeError, "^groups:"), ({"output_scale": True}, ValueError, "^output_scale:"),
+    ({"stride": (True, True)}, TypeError, "^stride:"), ({"activation": "gelu"}, ValueError, "^activation:"),
+    ({"output_scale": float("inf")}, ValueError, "^output_scale:"), ({"backend": "bogus"}, ValueError, "^backend:"),
+], ids=["groups-bool", "scale-bool", "stride-bools", "activation", "scale-inf", "backend"])
+def test_replayed_plan_still_rejects_bad_arguments(bad, error, match):
+    """A call plan is keyed on scalar types as well as values (True == 1), so a signature that passed the checks
+    never lets an argument the checks reject through."""
+    x, weight, bias = torch.randn(1, 4, 6, 6), torch.randn(4, 4, 3, 3), torch.randn(4)
+    good = {"stride": (1, 1), "groups": 1, "output_scale": 1.0, "activation": None, "backend": None}
+    for _ in range(2):
+        genai_fast.conv2d(x, weight, bias, **good)
+    with pytest.raises(error, match=match):
+        genai_fast.conv2d(x, weight, bias, **{**good, **bad})
+
+
+def test_replayed_plans_follow_layout_backend_variable_and_gradients(monkeypatch):
+    """Replayed calls equal the checked first call; a new layout (same shapes) is a new plan with its own output
+    layout; GENAI_FAST_BACKEND set later takes effect; inputs that require grad later get gradients."""
+    x, weight, bias = torch.randn(2, 8, 9, 9), torch.randn(8, 8, 3, 3), torch.randn(8)
+    first = genai_fast.conv2d(x, weight, bias, padding=1, activation="silu")
+    assert torch.equal(genai_fast.conv2d(x, weight, bias, padding=1, activation="silu"), first)
+    assert OPS["conv2d"].last_backend == "torch+inplace"
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out_cl = genai_fast.conv2d(x_cl, weight, bias, padding=1, activation="silu")
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_cl, first)
+    monkeypatch.setenv("GENAI_FAST_BACKEND", "torch")
+    genai_fast.conv2d(x, weight, bias, padding=1, activation="silu")
+    assert OPS["conv2d"].last_backend == "torch"
+    monkeypatch.delenv("GENAI_FAST_BACKEND")
+    leaves = (x.clone().requires_grad_(), weight.clone().requires_grad_())
+    got = torch.autograd.grad(genai_fast.conv2d(*leaves, bias, padding=1, activation="silu").sum(), leaves)
+    want = torch.autograd.grad(genai_fast.conv2d_reference(*leaves, bias, padding=1, activation="silu").sum(),
+                               leaves)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+def test_call_plans_stay_bounded(monkeypatch):
+    monkeypatch.setattr(conv_module, "MAX_CALL_PLANS", 2)
+    monkeypatch.setattr(conv_module, "_PLANS", {})
+    for n in range(1, 6):
+        genai_fast.conv2d(torch.randn(n, 2, 4, 4), torch.randn(2, 2, 1, 1))
+        assert len(conv_module._PLANS) <= 2
 
 
 def test_kernels_compile_for_sm90_without_a_gpu():

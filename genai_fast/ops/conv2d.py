@@ -25,14 +25,18 @@ call at each shape times both and caches the winner (see `_choose`).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from genai_fast.backends import memory
+from genai_fast.backends.availability import triton_interpreter_enabled
 from genai_fast.backends.dispatch import (
+    ENV_BACKEND,
     BackendNotSupportedError,
     Capability,
     Implementation,
@@ -103,13 +107,16 @@ def conv2d(
         y = (y + residual) * output_scale
     """
     stride2, padding2, dilation2 = _pair("stride", stride), _pair("padding", padding), _pair("dilation", dilation)
-    _validate(x, weight, bias, residual, stride2, padding2, dilation2, groups, activation, output_scale, backend)
+    plan = _call_plan(x, weight, bias, residual, stride2, padding2, dilation2, groups, activation, output_scale,
+                      backend)
+    if plan.impl is not None:
+        return plan.impl.run(x, weight, bias, residual, stride2, padding2, dilation2, groups, activation,
+                             plan.output_scale)
     act = activation or "none"
-    scale = float(output_scale)
-    if can_bypass_custom_op(x, weight, bias, residual):
-        return _run(x, weight, bias, residual, stride2, padding2, dilation2, groups, act, scale, backend)
-    return torch.ops.genai_fast.conv2d(x, weight, bias, residual, stride2, padding2, dilation2, groups, act, scale,
-                                       backend or "")
+    if plan.bypass:
+        return _run(x, weight, bias, residual, stride2, padding2, dilation2, groups, act, plan.output_scale, backend)
+    return torch.ops.genai_fast.conv2d(x, weight, bias, residual, stride2, padding2, dilation2, groups, act,
+                                       plan.output_scale, backend or "")
 
 
 def conv2d_reference(
@@ -241,6 +248,77 @@ def _validate_conv(x_shape: torch.Size, w_shape: torch.Size, stride: list[int], 
         raise ValueError(f"padding: expected values >= 0, got {padding}")
     if dilation[0] < 1 or dilation[1] < 1:
         raise ValueError(f"dilation: expected values >= 1, got {dilation}")
+
+
+# ---------------------------------------------------------------- call plans
+
+
+@dataclass(frozen=True)
+class _CallPlan:
+    """What the checks and the dispatcher decided for one call signature of conv2d."""
+
+    output_scale: float
+    bypass: bool  # plain eager without autograd recording: the custom op is skipped
+    impl: Implementation | None  # the implementation to run directly (None: an empty input, or the custom op)
+
+
+# Plans by call signature. Checking a call and walking the dispatcher cost ~12 us of Python on a CPU (a small
+# convolution takes tens of microseconds, a GPU launch a few); a signature costs ~2-3 us. Cleared when full.
+_PLANS: dict[tuple[Any, ...], _CallPlan] = {}
+MAX_CALL_PLANS = 1024
+
+
+def _call_plan(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale,
+               backend) -> _CallPlan:
+    """The plan of this call (stride, padding and dilation already checked pairs): replayed when a call with the
+    same signature passed the checks before, else checked and decided now (raising on bad input)."""
+    signature = _signature(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale,
+                           backend)
+    try:
+        plan = _PLANS.get(signature) if signature is not None else None
+    except TypeError:  # an unhashable argument, which the checks reject below
+        signature = plan = None
+    if plan is None:
+        _validate(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale, backend)
+        scale = float(output_scale)
+        bypass = can_bypass_custom_op(x, weight, bias, residual)
+        impl = None
+        if bypass and x.numel() > 0:
+            args = (x, weight, bias, residual, stride, padding, dilation, groups, activation, scale)
+            impl = CONV2D.select(_dispatch_inputs(*args), backend or None)
+        plan = _CallPlan(scale, bypass, impl)
+        if signature is not None:
+            if len(_PLANS) >= MAX_CALL_PLANS:
+                _PLANS.clear()
+            _PLANS[signature] = plan
+    elif plan.impl is not None:
+        CONV2D.last_backend = plan.impl.backend
+    return plan
+
+
+def _tensor_signature(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (type(t), t.shape, t.stride(), t.dtype, t.device, t.requires_grad)
+
+
+def _signature(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale,
+               backend) -> tuple | None:
+    """Everything the checks and the dispatcher read from a call (strides too: they pick layouts and GEMM paths),
+    or None where the checked path must run every time: torch.compile tracing, dispatch modes, CUDA graph
+    capture (the GPU's per-shape timing cannot run then), arguments that are not tensors.
+
+    Scalars enter with their types: True == 1, but the checks accept only ints for groups.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return None
+    try:
+        tensors = (_tensor_signature(x), _tensor_signature(weight), _tensor_signature(bias),
+                   _tensor_signature(residual))
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None
+    except (AttributeError, TypeError):
+        return None
+    return (tensors, *stride, *padding, *dilation, type(groups), groups, activation, type(output_scale),
+            output_scale, backend, torch.is_grad_enabled(), os.environ.get(ENV_BACKEND), triton_interpreter_enabled())
 
 
 # ---------------------------------------------------------------- custom op, fake, autograd
