@@ -583,6 +583,17 @@ def test_cpu_auto_dispatch_picks_cpp_and_matches_torch_sdpa(B, Sq, Sk, D, causal
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
 
 
+def test_cpu_auto_dispatch_runs_one_query_gqa_decode_on_cpp():
+    """One new query of SmolLM2's 9:3 heads over 1024 cached keys (an HF-patched decode step without a mask)
+    takes the decode kernel, which reads each K/V row once per GQA group; over 64 keys torch's call is cheaper."""
+    _require("cpp")
+    for keys, expected in ((1024, "cpp"), (64, "torch")):
+        q, k, v = torch.randn(1, 9, 1, 64), torch.randn(1, 3, keys, 64), torch.randn(1, 3, keys, 64)
+        got = genai_fast.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        assert OPS["scaled_dot_product_attention"].last_backend == expected
+        torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+
+
 @pytest.mark.parametrize("shape", [(1, 2, 4, 4, 8), (2, 8, 16, 16, 64), (2, 8, 8, 77, 40), (64, 4, 2, 77, 40)],
                          ids=["tiny", "little-work", "few-rows", "few-rows-d40"])
 def test_cpu_auto_dispatch_leaves_small_work_and_few_rows_to_torch(shape):

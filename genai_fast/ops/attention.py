@@ -791,6 +791,9 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
 # - Rows per head: the kernel packs each head's keys per 32-row task; under 16 queries per head that costs more
 #   than the rows save (0.5-0.85x at 1-4 queries of D 64). There the decode kernel (attention_with_kvcache's,
 #   which reads keys in place) runs instead where its register-held rows fit the head dim: 1.5-2.4x at D 64.
+#   Its fixed costs are lower, and it reads each K/V row once for a whole GQA group (torch repeats K/V): one
+#   query of SmolLM2's 9:3 heads at D 64 measured 0.95x torch over 256 keys, 2.8x over 1024; 32:8 heads at D 128
+#   1.5x over 128 keys; 12 plain heads 1.0x over 512. So from CPP_DECODE_MIN_SCORES scores.
 # - Forward: torch multiplies blocks with BLAS, which pays for head dims from 32 when every query sees every key
 #   of a long sequence (the kernel: 0.76-0.86x from 128 keys); the kernel wins with few keys (1.1-1.3x at 7 to 77
 #   keys), small head dims (1.4-2x at D 4 and 8) and causal masks up to about a thousand keys (1.2-1.6x: torch
@@ -801,6 +804,7 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
 CPP_MIN_ROWS = 1024
 CPP_MIN_SCORES = 16384
 CPP_MIN_QUERIES = 16
+CPP_DECODE_MIN_SCORES = 4096
 CPP_FEW_KEYS = 96
 CPP_SMALL_HEAD_DIM = 16
 CPP_MAX_PACKED_KV_BYTES = 256 * 1024
@@ -829,11 +833,14 @@ def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
     queries, rows = inputs["queries"], inputs["rows"]
     if (inputs.get("needs_grad") or inputs.get("backward")) and head_dim > CPP_SMALL_HEAD_DIM:
         return f"with gradients, head dim {head_dim} is above {CPP_SMALL_HEAD_DIM} (torch's backward is fused)"
+    if _few_rows_on_decode_kernel(queries, keys, head_dim, inputs["head_dim_v"], causal):
+        if rows * keys < CPP_DECODE_MIN_SCORES:
+            return (f"{rows} query rows against {keys} keys are too little work for the decode kernel (under "
+                    f"{CPP_DECODE_MIN_SCORES} scores torch's fixed costs are lower)")
+        return None
     if rows < CPP_MIN_ROWS and rows * keys < CPP_MIN_SCORES:
         return (f"{rows} query rows against {keys} keys are too little work (under {CPP_MIN_ROWS} rows and "
                 f"{CPP_MIN_SCORES} scores torch's fixed costs are lower)")
-    if _few_rows_on_decode_kernel(queries, keys, head_dim, inputs["head_dim_v"], causal):
-        return None
     if queries < CPP_MIN_QUERIES:
         return f"{queries} queries per head (under {CPP_MIN_QUERIES}) do not repay packing the head's keys"
     contested = _contested_reason(inputs)
