@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import genai_fast
+from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.backends.dispatch import OPS
 from tests.attention_cases import Case, check_kvcache, check_sdpa
@@ -581,6 +582,22 @@ def test_cpu_auto_dispatch_picks_cpp_and_matches_torch_sdpa(B, Sq, Sk, D, causal
     got = genai_fast.scaled_dot_product_attention(q, k, v, is_causal=causal)
     assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+
+def test_cpp_decode_route_reads_broadcast_keys_in_place():
+    """Few queries at D 64 run on the decode kernel, which reads K/V through their strides: a key batch of 1
+    broadcast over 4 query batches (stride 0), GQA 6:3, against the float64 reference; and 3-D inputs."""
+    _require("cpp")
+    q = torch.randn(4, 6, 2, 64, dtype=torch.float64)
+    k, v = torch.randn(1, 3, 50, 64, dtype=torch.float64), torch.randn(1, 3, 50, 64, dtype=torch.float64)
+    want = F.scaled_dot_product_attention(q, k.expand(4, -1, -1, -1), v.expand(4, -1, -1, -1), enable_gqa=True)
+    with memory.poison_outputs():
+        got = genai_fast.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True,
+                                                      backend="cpp")
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    q3, k3, v3 = torch.randn(5, 3, 64), torch.randn(5, 40, 64), torch.randn(5, 40, 64)
+    torch.testing.assert_close(genai_fast.scaled_dot_product_attention(q3, k3, v3, backend="cpp"),
+                               F.scaled_dot_product_attention(q3, k3, v3))
 
 
 def test_cpu_auto_dispatch_runs_one_query_gqa_decode_on_cpp():
