@@ -77,7 +77,7 @@ def _run(x, approximate, backend):
     """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
     if x.numel() == 0:
         return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
-    inputs = {"device": x.device, "dtype": x.dtype, "outputs": x.numel() // 2}
+    inputs = {"device": x.device, "dtype": x.dtype}
     return GEGLU.select(inputs, backend).run(x, approximate)
 
 
@@ -106,21 +106,6 @@ _geglu_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------- backends, in priority order
-
-# Below this many outputs the C++ kernel is no faster than torch's chunk + GELU + multiply (2-core VM, fp32: 13.7
-# against 14.5 us at 64K outputs, 52 against 51 us at 164K; 1.5-6x from 328K, where torch's intermediates cost
-# more), so the op's own dispatch would make it slower: automatic dispatch leaves such calls to torch.
-CPP_MIN_OUTPUTS = 1 << 18
-
-
-def _choose(inputs: dict[str, Any], runnable: list) -> Any:
-    """The first runnable implementation, except that small calls on a CPU take torch's instead of the C++ one."""
-    if runnable[0].backend == "cpp" and inputs["outputs"] < CPP_MIN_OUTPUTS:
-        return next(impl for impl in runnable if impl.backend == "torch")
-    return runnable[0]
-
-
-GEGLU.choose = _choose
 
 
 @GEGLU.register(
