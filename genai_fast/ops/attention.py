@@ -81,7 +81,8 @@ def scaled_dot_product_attention(
         scale: defaults to 1 / sqrt(D).
         enable_gqa: Hq a multiple of Hkv; query head h reads key/value head h // (Hq // Hkv).
         backend: force "triton", "cpp" (CPU, fp32, no mask) or "torch"; None picks the fastest that can run
-            (on a CPU: "cpp" for short key sequences without a mask or gradients, else torch's own SDPA).
+            (on a CPU: "cpp" without a mask where the measured rules, or for contested shapes a timing of
+            both on the first call, find it faster than torch's own SDPA; see the CPP_* constants).
 
     Returns [..., Hq, Sq, Dv] in query's dtype. A row with every key masked is 0, as in torch 2.13.
     Errors: the types torch raises (RuntimeError; here subclasses of ValueError/TypeError as well),
