@@ -641,9 +641,11 @@ def _fresh_dispatch_state(monkeypatch, time_both) -> None:
     """Empty timing results, automatic choices and call plans (each holds timing outcomes), and a stand-in for
     timing contested shapes."""
     from genai_fast.ops import attention
+    from genai_fast.ops.plans import PlanTable
 
-    for table in ("_RACES", "_AUTO_CHOICES", "_PLANS"):
-        monkeypatch.setattr(attention, table, {})
+    monkeypatch.setattr(attention, "_RACES", {})
+    monkeypatch.setattr(attention, "_AUTO_CHOICES", {})
+    monkeypatch.setattr(attention, "_PLANS", PlanTable())
     monkeypatch.setattr(attention, "_time_both", time_both)
 
 
@@ -883,9 +885,9 @@ def test_replayed_plans_give_the_first_calls_results_and_stay_bounded(monkeypatc
     """Replayed calls return what the checked first call returned, bit for bit, on each route (torch's SDPA,
     the cpp kernel, the decode kernel); the table of plans is cleared when full."""
     from genai_fast.ops import attention
+    from genai_fast.ops.plans import PlanTable
 
-    monkeypatch.setattr(attention, "MAX_CALL_PLANS", 3)
-    attention._PLANS.clear()
+    monkeypatch.setattr(attention, "_PLANS", PlanTable(max_plans=3))
     shapes = [(1, 2, 4, 4, 8), (8, 4, 64, 64, 8), (64, 4, 1, 77, 64), (2, 2, 3, 5, 16)]
     for B, H, Sq, Sk, D in shapes:
         q, k, v = torch.randn(B, H, Sq, D), torch.randn(B, H, Sk, D), torch.randn(B, H, Sk, D)

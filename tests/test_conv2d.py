@@ -560,8 +560,9 @@ def test_replayed_plans_follow_layout_backend_variable_and_gradients(monkeypatch
 
 
 def test_call_plans_stay_bounded(monkeypatch):
-    monkeypatch.setattr(conv_module, "MAX_CALL_PLANS", 2)
-    monkeypatch.setattr(conv_module, "_PLANS", {})
+    from genai_fast.ops.plans import PlanTable
+
+    monkeypatch.setattr(conv_module, "_PLANS", PlanTable(max_plans=2))
     for n in range(1, 6):
         genai_fast.conv2d(torch.randn(n, 2, 4, 4), torch.randn(2, 2, 1, 1))
         assert len(conv_module._PLANS) <= 2

@@ -35,6 +35,7 @@ from genai_fast.backends.dispatch import (
     validate_backend_name,
 )
 from genai_fast.ops.eager import can_bypass_custom_op, is_plain_eager
+from genai_fast.ops.plans import PlanTable, signatures_allowed, tensor_signature
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -572,27 +573,21 @@ class _CallPlan:
     route: str  # "reference" (dropout), "torch" (torch's own SDPA), "direct" (impl.run) or "custom_op"
 
 
-# Plans by call signature. Checking a call and walking the dispatcher cost ~8 us of Python, as much as torch's
-# whole SDPA on small CPU shapes; a signature costs ~2 us. Bounded: cleared when full.
-_PLANS: dict[tuple[Any, ...], _CallPlan] = {}
-MAX_CALL_PLANS = 1024
+# Checking a call and walking the dispatcher cost ~8 us of Python, as much as torch's whole SDPA on small CPU
+# shapes; a signature costs ~2 us (genai_fast/ops/plans.py).
+_PLANS = PlanTable()
 
 
 def _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> _CallPlan:
     """The plan of this call: replayed when a call with the same signature passed the checks before, else
     checked and decided now (raising on bad input)."""
     signature = _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
-    try:
-        plan = _PLANS.get(signature) if signature is not None else None
-    except TypeError:  # an unhashable argument, which the checks reject below
-        signature = plan = None
+    plan = _PLANS.get(signature)
     if plan is None:
         plan = _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
         # The TMA kernel's check reads the tensors' addresses and strides, which no signature holds.
-        if signature is not None and backend != "triton+tma":
-            if len(_PLANS) >= MAX_CALL_PLANS:
-                _PLANS.clear()
-            _PLANS[signature] = plan
+        if backend != "triton+tma":
+            _PLANS.put(signature, plan)
     ATTENTION.last_backend = plan.impl.backend
     return plan
 
@@ -603,17 +598,14 @@ def _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
 
     Scalars enter with their types: False == 0.0 and True == 1, but the checks accept only one of each pair.
     """
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+    if not signatures_allowed():
         return None
     try:
-        tensors = (type(query), query.shape, query.dtype, query.device, query.requires_grad,
-                   type(key), key.shape, key.dtype, key.device, key.requires_grad,
-                   type(value), value.shape, value.dtype, value.device, value.requires_grad)
-        mask = None if attn_mask is None else (type(attn_mask), attn_mask.shape, attn_mask.dtype,
-                                               attn_mask.device, attn_mask.requires_grad)
+        tensors = (tensor_signature(query), tensor_signature(key), tensor_signature(value),
+                   tensor_signature(attn_mask))
     except AttributeError:
         return None
-    return (tensors, mask, type(dropout_p), dropout_p, type(is_causal), is_causal, type(scale), scale,
+    return (tensors, type(dropout_p), dropout_p, type(is_causal), is_causal, type(scale), scale,
             type(enable_gqa), enable_gqa, backend, torch.is_grad_enabled(), os.environ.get(ENV_BACKEND),
             triton_interpreter_enabled())
 

@@ -45,6 +45,7 @@ from genai_fast.backends.dispatch import (
 )
 from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
+from genai_fast.ops.plans import PlanTable, signatures_allowed, tensor_signature
 
 ACTIVATIONS = (None, "silu")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -262,10 +263,9 @@ class _CallPlan:
     impl: Implementation | None  # the implementation to run directly (None: an empty input, or the custom op)
 
 
-# Plans by call signature. Checking a call and walking the dispatcher cost ~12 us of Python on a CPU (a small
-# convolution takes tens of microseconds, a GPU launch a few); a signature costs ~2-3 us. Cleared when full.
-_PLANS: dict[tuple[Any, ...], _CallPlan] = {}
-MAX_CALL_PLANS = 1024
+# Checking a call and walking the dispatcher cost ~12 us of Python on a CPU (a small convolution takes tens of
+# microseconds, a GPU launch a few); a signature costs ~2-3 us (genai_fast/ops/plans.py).
+_PLANS = PlanTable()
 
 
 def _call_plan(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale,
@@ -274,10 +274,7 @@ def _call_plan(x, weight, bias, residual, stride, padding, dilation, groups, act
     same signature passed the checks before, else checked and decided now (raising on bad input)."""
     signature = _signature(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale,
                            backend)
-    try:
-        plan = _PLANS.get(signature) if signature is not None else None
-    except TypeError:  # an unhashable argument, which the checks reject below
-        signature = plan = None
+    plan = _PLANS.get(signature)
     if plan is None:
         _validate(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale, backend)
         scale = float(output_scale)
@@ -287,17 +284,10 @@ def _call_plan(x, weight, bias, residual, stride, padding, dilation, groups, act
             args = (x, weight, bias, residual, stride, padding, dilation, groups, activation, scale)
             impl = CONV2D.select(_dispatch_inputs(*args), backend or None)
         plan = _CallPlan(scale, bypass, impl)
-        if signature is not None:
-            if len(_PLANS) >= MAX_CALL_PLANS:
-                _PLANS.clear()
-            _PLANS[signature] = plan
+        _PLANS.put(signature, plan)
     elif plan.impl is not None:
         CONV2D.last_backend = plan.impl.backend
     return plan
-
-
-def _tensor_signature(t: torch.Tensor | None) -> tuple | None:
-    return None if t is None else (type(t), t.shape, t.stride(), t.dtype, t.device, t.requires_grad)
 
 
 def _signature(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale,
@@ -308,11 +298,10 @@ def _signature(x, weight, bias, residual, stride, padding, dilation, groups, act
 
     Scalars enter with their types: True == 1, but the checks accept only ints for groups.
     """
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+    if not signatures_allowed():
         return None
     try:
-        tensors = (_tensor_signature(x), _tensor_signature(weight), _tensor_signature(bias),
-                   _tensor_signature(residual))
+        tensors = tuple(tensor_signature(t, strides=True) for t in (x, weight, bias, residual))
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             return None
     except (AttributeError, TypeError):
