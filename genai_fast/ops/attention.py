@@ -605,9 +605,10 @@ def _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
                    tensor_signature(attn_mask))
     except AttributeError:
         return None
+    # The thread count too: contested CPU shapes are timed per thread count.
     return (tensors, type(dropout_p), dropout_p, type(is_causal), is_causal, type(scale), scale,
             type(enable_gqa), enable_gqa, backend, torch.is_grad_enabled(), os.environ.get(ENV_BACKEND),
-            triton_interpreter_enabled())
+            triton_interpreter_enabled(), torch.get_num_threads())
 
 
 def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> _CallPlan:
