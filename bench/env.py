@@ -29,6 +29,11 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+def cpu_description() -> str:
+    """The CPU's model name with its family and model numbers (see _cpu_name)."""
+    return _cpu_name(_cpuinfo())
+
+
 def _cpu_name(info: dict[str, str]) -> str:
     """The model name with the family and model numbers: clouds name several generations "AMD EPYC", whose
     vector units differ (Zen 4 splits AVX-512 in two halves, Zen 5 does not), and the CPU kernels' speed
@@ -93,7 +98,7 @@ def environment(device: torch.device, peaks: dict[str, Any]) -> dict[str, Any]:
         "triton": versions["triton"],
         "cupy": versions["cupy"],
         "python": sys.version.split()[0],
-        "cpu": _cpu_name(_cpuinfo()),
+        "cpu": cpu_description(),
         "threads": torch.get_num_threads(),
         "device": str(device),
         "git_sha": _git_sha(),

@@ -47,9 +47,13 @@ import numpy as np
 import torch
 
 try:  # as the installed package (genai-fast bench) or as a script from the checkout
+    from genai_fast.bench.env import cpu_description
     from genai_fast.bench.registry import BenchEntry, Case, register
 except ImportError:  # pragma: no cover
     BenchEntry = None
+
+    def cpu_description() -> str:
+        return platform.processor() or platform.machine()
 
 from genai_fast.ops.word2vec_ops import (
     HsTree,
@@ -490,7 +494,7 @@ def environment() -> dict[str, Any]:
                              cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         sha = ""
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python":
+    return {"cpu": cpu_description(), "cores": os.cpu_count(), "python":
             platform.python_version(), "gensim": _gensim_version(), "torch": torch.__version__, "git": sha,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
