@@ -1,5 +1,6 @@
-"""Benchmark entry: the decode linear layer (a few rows against a large weight matrix) against
-torch.nn.functional.linear (BLAS). CPU only: on a GPU genai_fast.linear is cuBLAS itself."""
+"""Benchmark entry: the linear layer against torch.nn.functional.linear (BLAS): decode rows (a few rows against a
+large weight matrix) and GEMM-sized products (oneDNN or BLAS). CPU only: on a GPU genai_fast.linear is cuBLAS
+itself."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ def _case(rows: int, k: int, n: int, what: str) -> Case:
     return Case({"rows": rows, "k": k, "n": n}, torch.float32, f"{rows}x{k} @ {n}x{k}^T {what}")
 
 
-# SmolLM2-135M's decode shapes: the tied LM head and the fused gate/up projection, at batch 1 and 8.
+# SmolLM2-135M's decode shapes: the tied LM head and the fused gate/up projection, at batch 1 and 8. Then GEMM-sized
+# products, where automatic dispatch times oneDNN against BLAS: an 87-token prefill's gate/up projection and an
+# SD-sized attention projection (1024 positions, 320 -> 1280).
+GEMM_CASES = [_case(87, 576, 3072, "prefill gate/up"), _case(1024, 320, 1280, "SD projection")]
 PRESETS = {
     "quick": {"cpu": [_case(1, 576, 49152, "lm head"), _case(8, 576, 49152, "lm head"),
-                      _case(1, 576, 3072, "gate/up"), _case(8, 576, 3072, "gate/up")]},
+                      _case(1, 576, 3072, "gate/up"), _case(8, 576, 3072, "gate/up"), GEMM_CASES[0]]},
     "full": {"cpu": [_case(rows, 576, 49152, "lm head") for rows in (1, 2, 4, 8, 16)]
-             + [_case(rows, 576, 3072, "gate/up") for rows in (1, 8)]},
+             + [_case(rows, 576, 3072, "gate/up") for rows in (1, 8)] + GEMM_CASES},
 }
 
 

@@ -266,3 +266,61 @@ def test_forked_child_gets_a_fresh_pool():
     os.waitpid(pid, 0)
     got = torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy()).view(expected.shape)
     assert torch.equal(got, expected)
+
+
+# ---------------------------------------------------------------- oneDNN for larger products (CPU)
+
+
+@pytest.mark.parametrize("shape, bias, layout", [((17, 7, 5), False, "contiguous"), ((3, 40, 33), True, "contiguous"),
+                                                 ((2, 9, 70, 48), True, "transposed")],
+                         ids=["17x7x5", "3x40x33-bias", "2x9x70x48-strided"])
+def test_onednn_matches_reference(shape, bias, layout):
+    """The oneDNN path (rows as a 1x1 convolution's pixels) against the float64 reference: leading dims, K not a
+    multiple of 16, a bias, and rows that are not contiguous (copied first)."""
+    *lead, K, N = shape
+    x = torch.randn(*lead, K)
+    if layout == "transposed":
+        x = torch.randn(*lead[:-1], K, lead[-1]).transpose(-1, -2)
+    w, b = torch.randn(N, K), torch.randn(N) if bias else None
+    with memory.poison_outputs():
+        out = genai_fast.linear(x, w, b, backend="torch+onednn")
+    assert OPS["linear"].last_backend == "torch+onednn" and out.shape == (*lead, N) and out.is_contiguous()
+    oracle = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert_matches_oracle(out, oracle, F.linear(x, w, b), what=f"linear[torch+onednn] {shape}")
+
+
+def test_onednn_gradients_match_torch():
+    x, w, b = (torch.randn(20, 24, requires_grad=True), torch.randn(10, 24, requires_grad=True),
+               torch.randn(10, requires_grad=True))
+    got = torch.autograd.grad(genai_fast.linear(x, w, b, backend="torch+onednn").square().sum(), (x, w, b))
+    want = torch.autograd.grad(F.linear(x, w, b).square().sum(), (x, w, b))
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("timings, expected", [({"torch": 2.0, "torch+onednn": 1.0}, "torch+onednn"),
+                                               ({"torch": 1.0, "torch+onednn": 0.97}, "torch")])
+def test_onednn_taken_only_where_timing_finds_it_faster(timings, expected, monkeypatch):
+    """From ONEDNN_MIN_MACS multiply-adds the first call in each bucket of row counts (rounded up to a power of
+    two) times BLAS and oneDNN, and oneDNN runs only when clearly faster; smaller products are not timed."""
+    import importlib
+
+    linear_module = importlib.import_module("genai_fast.ops.linear")
+    calls = []
+    monkeypatch.setattr(linear_module, "_RACES", {})
+    monkeypatch.setattr(linear_module, "_time_both", lambda *sizes: calls.append(sizes) or timings)
+    w = torch.randn(512, 256)
+    for rows in (50, 64, 33):  # one bucket: 64 rows, each over 4M multiply-adds
+        x = torch.randn(rows, 256)
+        torch.testing.assert_close(genai_fast.linear(x, w), F.linear(x, w))
+        assert OPS["linear"].last_backend == expected
+    assert calls == [(64, 256, 512, False)]
+    genai_fast.linear(torch.randn(20, 256), torch.randn(64, 256))  # 327K multiply-adds: BLAS, untimed
+    assert OPS["linear"].last_backend == "torch" and len(calls) == 1
+
+
+def test_onednn_timing_runs_both():
+    import importlib
+
+    timings = importlib.import_module("genai_fast.ops.linear")._time_both(64, 96, 80, True)
+    assert set(timings) == {"torch", "torch+onednn"} and all(0 < t < 10_000 for t in timings.values())

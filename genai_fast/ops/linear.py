@@ -12,6 +12,7 @@ autograd, the reference and the backends' capability declarations in priority or
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +35,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     Args:
         x: [*, K] floating tensor; weight: [N, K] and bias: [N] (or None) of x's dtype and device.
-        backend: force "cpp" or "torch"; None picks the C++ kernel for fp32 CPU inputs of at most 16 rows
-            (the product of x's leading dimensions) with a contiguous weight, else torch.
+        backend: force "cpp", "torch+onednn" or "torch"; None picks the C++ kernel for fp32 CPU inputs of at most
+            16 rows (the product of x's leading dimensions) with a contiguous weight; for more rows on a CPU,
+            oneDNN where a first-call timing found it faster than BLAS (see ONEDNN_MIN_MACS); else torch.
 
     Equivalent PyTorch::
 
@@ -106,7 +108,7 @@ def _validate(x: Any, weight: Any, bias: Any, backend: Any) -> None:
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             check_tensor_like_x(name, t, x.dtype, x.device)
-    validate_backend_name(backend)
+    validate_backend_name(backend, LINEAR.extra_names())
 
 
 # ---------------------------------------------------------------- custom op, fake, autograd
@@ -175,9 +177,87 @@ def _linear_cpp(x, weight, bias):
     return skinny_linear_fwd(x, weight, bias)
 
 
+def _onednn_reasons(inputs: dict[str, Any]) -> list[str]:
+    x = inputs["x"]
+    if x.numel() == 0 or inputs["weight"].numel() == 0:
+        return ["an empty dimension"]
+    return []
+
+
+@LINEAR.register(
+    "torch+onednn",
+    Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any (rows made contiguous)",),
+               features=("oneDNN's convolution as a GEMM: the rows as a 1x1 conv's pixels",
+                         "chosen per shape by timing it against BLAS on the first call")),
+    check=_onednn_reasons,
+    requires="torch",
+)
+def _linear_onednn(x, weight, bias):
+    """x @ weight^T + bias through oneDNN: x's rows are the pixels of a channels_last 1x1 convolution (a view,
+    no copy), so oneDNN's GEMM kernels run them. On session 22's VM (AMD family 26) they ran 460-490 GFLOP/s
+    where torch's BLAS GEMM (MKL) ran 190-220 (2.2x at 1024x320 @ 1280x320^T), but lost at small products."""
+    K, N = x.shape[-1], weight.shape[0]
+    rows = x.reshape(-1, K)
+    if rows.stride(-1) != 1 or rows.stride(0) != K:
+        rows = rows.contiguous()
+    M = rows.shape[0]
+    pixels = rows.reshape(1, M, 1, K).permute(0, 3, 1, 2)  # [1, K, M, 1], channels_last
+    y = F.conv2d(pixels, weight.reshape(N, K, 1, 1), bias)
+    return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], N)
+
+
 @LINEAR.register(
     "torch",
     Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
 def _linear_torch(x, weight, bias):
     return linear_reference(x, weight, bias)
+
+
+# Which GEMM is faster on a CPU depends on the host: on session 22's VM oneDNN ran 1.5-2.2x MKL's from about 16M
+# multiply-adds (LLM prefill, SD-sized projections) and 0.6-0.9x below 4M; on session 21's host oneDNN's 1x1
+# convolutions lost to MKL's GEMM up to about 50M (conv2d's POINTWISE_GEMM_MAX_MACS). So from ONEDNN_MIN_MACS
+# automatic dispatch times both once per shape bucket (rows rounded up to a power of two, so prompts of new
+# lengths reuse a decision) on synthetic inputs, and keeps oneDNN only when its median is under
+# ONEDNN_RACE_MARGIN of BLAS's.
+ONEDNN_MIN_MACS = 1 << 22
+ONEDNN_RACE_MARGIN = 0.95
+ONEDNN_RACE_REPEATS = 3
+_RACES: dict[tuple[Any, ...], dict[str, float]] = {}
+
+
+def _choose(inputs: dict[str, Any], runnable: list) -> Any:
+    """The first runnable implementation, except that oneDNN runs only where timing found it faster."""
+    first = runnable[0]
+    if first.backend != "torch+onednn":
+        return first
+    fallback = next(impl for impl in runnable if impl.backend == "torch")
+    x, weight = inputs["x"], inputs["weight"]
+    K, N = x.shape[-1], weight.shape[0]
+    M = x.numel() // max(K, 1)
+    if M <= MAX_KERNEL_ROWS or M * K * N < ONEDNN_MIN_MACS or torch.compiler.is_compiling():
+        return fallback  # decode-sized rows (without the C++ kernel) and small products: BLAS, untimed
+    bucket = (1 << (M - 1).bit_length(), K, N, inputs["bias"] is not None, torch.get_num_threads())
+    if bucket not in _RACES:
+        _RACES[bucket] = _time_both(*bucket[:4])
+    timings = _RACES[bucket]
+    return first if timings["torch+onednn"] < ONEDNN_RACE_MARGIN * timings["torch"] else fallback
+
+
+def _time_both(M: int, K: int, N: int, has_bias: bool) -> dict[str, float]:
+    """Median ms of BLAS (F.linear) and oneDNN at [M, K] @ [N, K]^T on synthetic inputs."""
+    x, weight = torch.randn(M, K), torch.randn(N, K)
+    bias = torch.randn(N) if has_bias else None
+    runs = {"torch": lambda: F.linear(x, weight, bias), "torch+onednn": lambda: _linear_onednn(x, weight, bias)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run()  # warm-up: oneDNN creates its primitive on the first call
+    for _ in range(ONEDNN_RACE_REPEATS):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+LINEAR.choose = _choose
