@@ -54,6 +54,7 @@ from genai_fast.ops.attention import ATTENTION
 from genai_fast.ops.conv2d import CONV2D
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.group_norm import GROUP_NORM
+from genai_fast.ops.linear import LINEAR, ONEDNN_MIN_MACS
 
 STATE_ATTR = "_genai_fast_patch_state"
 
@@ -679,9 +680,9 @@ def _attend(attn: nn.Module, x: torch.Tensor, context: torch.Tensor) -> torch.Te
     """What GenaiFastAttnProcessor computes for a plain Attention (_plain_attention) without a mask:
     x [B, S, C], context [B, L, D] (x itself for self-attention) -> [B, S, C_out]."""
     batch, length = x.shape[0], x.shape[1]
-    query = F.linear(x, attn.to_q.weight, attn.to_q.bias)
-    key = F.linear(context, attn.to_k.weight, attn.to_k.bias)
-    value = F.linear(context, attn.to_v.weight, attn.to_v.bias)
+    query = _project(attn.to_q, x)
+    key = _project(attn.to_k, context)
+    value = _project(attn.to_v, context)
     head_dim = key.shape[-1] // attn.heads
     query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
     key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
@@ -689,7 +690,24 @@ def _attend(attn: nn.Module, x: torch.Tensor, context: torch.Tensor) -> torch.Te
     scale = attn.scale if attn.processor.use_module_scale else None
     out = _attention(attn, query, key, value, scale)
     out = out.transpose(1, 2).reshape(batch, length, attn.heads * head_dim)
-    return F.linear(out, attn.to_out[0].weight, attn.to_out[0].bias)
+    return _project(attn.to_out[0], out)
+
+
+def _project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x). On a CPU in plain-eager inference, products of at least ONEDNN_MIN_MACS multiply-adds go through
+    genai_fast.linear, which times oneDNN against BLAS per shape, and later calls replay its choice; smaller
+    ones (a small U-Net's) call F.linear directly, since the op's bookkeeping would cost more than it saves."""
+    weight, bias = layer.weight, layer.bias
+    if (x.device.type != "cpu" or x.numel() * weight.shape[0] < ONEDNN_MIN_MACS
+            or not can_bypass_custom_op(x, weight, bias)):
+        return F.linear(x, weight, bias)
+    weight, bias = _param(weight), _param(bias)
+
+    def call() -> torch.Tensor:
+        return genai_fast.linear(x, weight, bias)
+
+    return _replayed(layer, LINEAR, ("linear", *_signature(x, weight, bias)), lambda impl: impl.run(x, weight, bias),
+                     call)
 
 
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -720,8 +738,8 @@ def _direct_block_forward(block: nn.Module, hidden_states: torch.Tensor, attenti
     hidden_states = _attend(block.attn2, normed, context) + hidden_states
     normed = _layer_norm(block.norm3, hidden_states)
     geglu, out = block.ff.net[0], block.ff.net[2]
-    gated = genai_fast.geglu(F.linear(normed, geglu.proj.weight, geglu.proj.bias))
-    return F.linear(gated, out.weight, out.bias) + hidden_states
+    gated = genai_fast.geglu(_project(geglu.proj, normed))
+    return _project(out, gated) + hidden_states
 
 
 def _patch_transformer_blocks(unet: nn.Module, state: _PatchState) -> None:
