@@ -114,6 +114,30 @@ def test_pointwise_gemm_only_where_it_is_faster():
     assert not conv_module._is_pointwise_gemm(small.contiguous(), w[:64, :64], [1, 1], [0, 0], [1, 1], 1)
 
 
+@pytest.mark.parametrize("timings, gemm", [({"gemm": 1.0, "onednn": 2.0}, True),
+                                          ({"gemm": 0.97, "onednn": 1.0}, False)])
+def test_pointwise_gemm_timed_in_between(timings, gemm, monkeypatch):
+    """Between POINTWISE_ALWAYS_GEMM_MACS and POINTWISE_GEMM_MAX_MACS, where hosts disagree, the first fp32 conv in
+    each bucket of pixel counts times both ways and the GEMM is kept only when clearly faster; half precision keeps
+    the GEMM untimed."""
+    calls = []
+    monkeypatch.setattr(conv_module, "_POINTWISE_RACES", {})
+    monkeypatch.setattr(conv_module, "_time_pointwise", lambda *sizes: calls.append(sizes) or timings)
+    w = torch.randn(128, 128, 1, 1)
+    for n in (2, 1):  # 2048 and 1024 pixels: two buckets
+        x = torch.randn(n, 128, 32, 32).to(memory_format=torch.channels_last)
+        assert conv_module._is_pointwise_gemm(x, w, [1, 1], [0, 0], [1, 1], 1) == gemm
+        torch.testing.assert_close(genai_fast.conv2d(x, w), F.conv2d(x, w), rtol=1e-4, atol=1e-4)
+    assert calls == [(2048, 128, 128), (1024, 128, 128)]
+    half = torch.randn(2, 128, 32, 32, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    assert conv_module._is_pointwise_gemm(half, w.bfloat16(), [1, 1], [0, 0], [1, 1], 1) and len(calls) == 2
+
+
+def test_pointwise_timing_runs_both():
+    timings = conv_module._time_pointwise(256, 24, 40)
+    assert set(timings) == {"gemm", "onednn"} and all(0 < t < 10_000 for t in timings.values())
+
+
 WINOGRAD_LAYERS = {  # odd H and W (dropped edge outputs), C not a multiple of 16, one pixel, SD-like
     "odd-2x12x9x11-to20": Layer(2, 12, 9, 11, 20, (3, 3), padding=1),
     "sd-like-2x64x8x8-to64": Layer(2, 64, 8, 8, 64, (3, 3), padding=1),

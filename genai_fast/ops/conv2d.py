@@ -499,18 +499,57 @@ def _conv2d_torch_inplace(x, weight, bias, residual, stride, padding, dilation, 
     return y
 
 
-# Up to this many multiply-adds a 1x1 conv runs faster as one GEMM than through oneDNN on a CPU (measured,
-# 2-core AVX-512 VM: 3.8x at 2x64x8x8, 1.8x at 2x256x8x8, 1.1x at 2x384x16x16->256; at SD's 1x320x64x64
-# oneDNN is 10% faster).
+# 1x1 convs of channels_last CPU tensors as one GEMM over the pixels, or through oneDNN. Small ones always as a GEMM
+# (oneDNN spends ~15-30 us of setup on each: 2.1x at 2x64x8x8 on session 22's VM, 3.8x on session 21's), large ones
+# always on oneDNN (at SD's 1x320x64x64: 10% faster on session 21's VM, 2.3x on session 22's). In between the two
+# hosts disagree (session 21's: GEMM 1.1-1.8x up to 2x384x16x16->256; session 22's: oneDNN 1.25-1.9x from 8M
+# multiply-adds), so fp32 convs there are timed both ways once per shape bucket (pixels rounded up to a power of
+# two) on synthetic inputs, and the GEMM is kept only when its median is under POINTWISE_RACE_MARGIN of oneDNN's.
+POINTWISE_ALWAYS_GEMM_MACS = 1 << 22
 POINTWISE_GEMM_MAX_MACS = 1 << 26
+POINTWISE_RACE_MARGIN = 0.95
+POINTWISE_RACE_REPEATS = 3
+_POINTWISE_RACES: dict[tuple[Any, ...], dict[str, float]] = {}
 
 
 def _is_pointwise_gemm(x, weight, stride, padding, dilation, groups) -> bool:
-    """A small 1x1, stride-1, unpadded, ungrouped conv of a dense channels_last CPU x: one GEMM over the
-    pixels. (oneDNN spends ~30 us of setup on such a conv at a small U-Net's sizes, a GEMM ~10 us.)"""
-    return (x.device.type == "cpu" and weight.shape[2] == 1 and weight.shape[3] == 1 and groups == 1
-            and stride == [1, 1] and padding == [0, 0] and x.is_contiguous(memory_format=torch.channels_last)
-            and x.numel() * weight.shape[0] <= POINTWISE_GEMM_MAX_MACS)
+    """Whether a 1x1, stride-1, unpadded, ungrouped conv of a dense channels_last CPU x runs as one GEMM over the
+    pixels (see POINTWISE_ALWAYS_GEMM_MACS)."""
+    if not (x.device.type == "cpu" and weight.shape[2] == 1 and weight.shape[3] == 1 and groups == 1
+            and stride == [1, 1] and padding == [0, 0] and x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    macs = x.numel() * weight.shape[0]
+    if macs <= POINTWISE_ALWAYS_GEMM_MACS:
+        return True
+    if macs > POINTWISE_GEMM_MAX_MACS:
+        return False
+    if x.dtype != torch.float32 or torch.compiler.is_compiling():
+        return True  # untimed: the rule measured before timing was added
+    pixels = x.numel() // x.shape[1]
+    bucket = (1 << (pixels - 1).bit_length(), x.shape[1], weight.shape[0], torch.get_num_threads())
+    if bucket not in _POINTWISE_RACES:
+        _POINTWISE_RACES[bucket] = _time_pointwise(*bucket[:3])
+    timings = _POINTWISE_RACES[bucket]
+    return timings["gemm"] < POINTWISE_RACE_MARGIN * timings["onednn"]
+
+
+def _time_pointwise(pixels: int, c_in: int, c_out: int) -> dict[str, float]:
+    """Median ms of a 1x1 conv over `pixels` channels_last pixels as one GEMM and through oneDNN (synthetic
+    inputs, with a bias)."""
+    import time
+
+    x = torch.randn(1, c_in, pixels, 1).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(c_out, c_in, 1, 1), torch.randn(c_out)
+    runs = {"gemm": lambda: _pointwise_conv_as_gemm(x, weight, bias), "onednn": lambda: F.conv2d(x, weight, bias)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run()  # warm-up: oneDNN creates its primitive on the first call
+    for _ in range(POINTWISE_RACE_REPEATS):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def _pointwise_conv_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
