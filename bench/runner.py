@@ -178,8 +178,10 @@ def format_table(result: dict[str, Any]) -> str:
 
     lines = [line(header), "-" * len(line(header))] + [line(row) for row in body]
     peaks = result["env"]["peaks"]
-    lines.append(f"* = chosen by automatic dispatch. Measured peaks: copy {peaks['copy_gbps']:.1f} GB/s, "
-                 f"{peaks['matmul_dtype']} matmul {peaks['matmul_tflops']:.2f} TFLOP/s.")
+    matmul = f"{peaks['matmul_dtype']} matmul {peaks['matmul_tflops']:.2f} TFLOP/s"
+    if "matmul_tflops_blas" in peaks:
+        matmul += f" (BLAS {peaks['matmul_tflops_blas']:.2f}, oneDNN {peaks['matmul_tflops_onednn']:.2f})"
+    lines.append(f"* = chosen by automatic dispatch. Measured peaks: copy {peaks['copy_gbps']:.1f} GB/s, {matmul}.")
     for s in result["skipped"]:
         lines.append(f"skipped {s['op']} {s['backend']} at {s['shape']}: {s['reason']}")
     return "\n".join(lines)
