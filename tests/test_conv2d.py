@@ -188,9 +188,14 @@ def test_cpp_winograd_says_what_it_cannot_run():
         genai_fast.conv2d(**make_args(WINOGRAD_LAYERS["odd-2x12x9x11-to20"], "plain", torch.float16), backend="cpp")
 
 
-def test_cpu_choice_takes_winograd_only_where_it_pays():
-    """Large 3x3 convs (SD1.5's) go to Winograd, small ones and few-tile ones to oneDNN (shapes only:
-    nothing is run)."""
+def test_cpu_choice_takes_winograd_only_where_it_pays(monkeypatch):
+    """Large 3x3 convs (SD1.5's) go to Winograd when timing finds it faster, small ones and few-tile ones to
+    oneDNN untimed (the timer is replaced: nothing is run)."""
+    timed = []
+    monkeypatch.setattr(conv_module, "_CHOICES", {})
+    monkeypatch.setattr(conv_module, "_TIMINGS", {})
+    monkeypatch.setattr(conv_module, "_time_cpu_ms", lambda impls, args: timed.append(args[0].shape) or {
+        "cpp": 1.0, "torch+inplace": 2.0})
     impls = {impl.backend: impl for impl in OPS["conv2d"].implementations}
     runnable = [impls[name] for name in ("cpp", "torch+inplace", "torch")]
 
@@ -205,6 +210,20 @@ def test_cpu_choice_takes_winograd_only_where_it_pays():
     assert choice(2, 64, 16, 16, 64) == "torch+inplace"  # 2^24 multiply-adds
     assert choice(2, 640, 8, 8, 640) == "torch+inplace"  # 32 tiles
     assert choice(1, 320, 64, 64, 320, torch.contiguous_format) == "torch+inplace"
+    assert timed == [(1, 320, 64, 64), (2, 1280, 16, 16)]
+    assert choice(1, 320, 64, 64, 320) == "cpp" and len(timed) == 2  # timed once per shape key
+    monkeypatch.setattr(conv_module, "_time_cpu_ms", lambda impls, args: {"cpp": 0.97, "torch+inplace": 1.0})
+    assert choice(2, 320, 32, 32, 640) == "torch+inplace"  # not clearly faster: the direct convolution
+
+
+@pytest.mark.skipif(bool(backend_unavailable_reasons("cpp")), reason="; ".join(backend_unavailable_reasons("cpp"))
+                    or "cpp available")
+def test_cpu_winograd_timing_runs_both():
+    impls = {impl.backend: impl for impl in OPS["conv2d"].implementations}
+    args = (torch.randn(1, 16, 12, 12).to(memory_format=torch.channels_last), torch.randn(16, 16, 3, 3), None, None,
+            [1, 1], [1, 1], [1, 1], 1, None, 1.0)
+    timings = conv_module._time_cpu_ms((impls["cpp"], impls["torch+inplace"]), args)
+    assert set(timings) == {"cpp", "torch+inplace"} and all(0 < t < 10_000 for t in timings.values())
 
 
 def test_cpp_winograd_entry_points_validate_sizes():

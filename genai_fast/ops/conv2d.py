@@ -613,7 +613,8 @@ def _choose(inputs: dict[str, Any], runnable: list[Implementation]) -> Implement
     (the implicit GEMM runs when forced or when nothing else can).
     """
     if inputs["device"].type != "cuda":
-        if runnable[0].backend == "cpp" and not _winograd_pays(inputs["args"]):
+        if runnable[0].backend == "cpp" and not (_winograd_pays(inputs["args"])
+                                                 and _winograd_wins(runnable[0], runnable[1], inputs["args"])):
             return runnable[1]  # the reference always runs, so something follows
         return runnable[0]
     racers = [impl for impl in runnable if impl.backend in RACED]
@@ -633,9 +634,44 @@ def _choose(inputs: dict[str, Any], runnable: list[Implementation]) -> Implement
 
 _TIMINGS: dict[tuple[Any, ...], dict[str, float]] = {}
 
+# Winograd's 16 products run as one BLAS batched GEMM, so its speed follows the host's BLAS: on session 21's VM it
+# beat oneDNN's direct convolution by 1.21-1.26x at SD's sizes; on session 22's, whose BLAS runs at half oneDNN's
+# rate, it lost (0.74-0.76x). Where the size rule allows it, the first call at each shape key times both on the
+# call's own inputs (one warm-up, three alternating runs each), and Winograd is kept only when its median is under
+# WINOGRAD_RACE_MARGIN of the direct convolution's.
+WINOGRAD_RACE_MARGIN = 0.95
+WINOGRAD_RACE_REPEATS = 3
+
+
+def _winograd_wins(winograd: Implementation, direct: Implementation, args: tuple) -> bool:
+    key = (*_choice_key(args), torch.get_num_threads())
+    name = _CHOICES.get(key)
+    if name is None:
+        timings = _time_cpu_ms((winograd, direct), args)
+        faster = timings[winograd.backend] < WINOGRAD_RACE_MARGIN * timings[direct.backend]
+        name = _CHOICES[key] = winograd.backend if faster else direct.backend
+        _TIMINGS[key] = timings
+    return name == winograd.backend
+
+
+def _time_cpu_ms(impls: tuple[Implementation, ...], args: tuple) -> dict[str, float]:
+    """Median ms of each implementation on args (CPU), alternating, after one warm-up each."""
+    import time
+
+    for impl in impls:
+        impl.run(*args)
+    times: dict[str, list[float]] = {impl.backend: [] for impl in impls}
+    for _ in range(WINOGRAD_RACE_REPEATS):
+        for impl in impls:
+            start = time.perf_counter()
+            impl.run(*args)
+            times[impl.backend].append(1e3 * (time.perf_counter() - start))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
 
 def measured_choices() -> list[dict[str, Any]]:
-    """The GPU race results so far: for each shape key, each implementation's median ms and the winner."""
+    """The timing results so far (GPU: the two cuDNN paths; CPU: Winograd against the direct convolution): for
+    each shape key, each implementation's median ms and the winner."""
     return [{"key": repr(key), "ms": timings, "chosen": _CHOICES[key]} for key, timings in _TIMINGS.items()]
 
 
