@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from genai_fast.backends.dispatch import (
 )
 from genai_fast.ops.eager import can_bypass_custom_op, is_plain_eager
 from genai_fast.ops.plans import PlanTable, signatures_allowed, tensor_signature
+from genai_fast.ops.timing import median_ms
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -895,18 +895,9 @@ def _time_both(heads_q: int, heads_kv: int, queries: int, keys: int, head_dim: i
     q = torch.randn(1, heads_q, queries, head_dim)
     k, v = torch.randn(1, heads_kv, keys, head_dim), torch.randn(1, heads_kv, keys, head_dim_v)
     scale = head_dim ** -0.5
-    runs = {"torch": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
-                                                            enable_gqa=heads_q != heads_kv),
-            "cpp": lambda: _sdpa_cpp(q, k, v, None, causal, scale)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        run()  # warm-up: first-touch allocations, thread start
-    for _ in range(CPP_RACE_REPEATS):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median_ms({"torch": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                                                      enable_gqa=heads_q != heads_kv),
+                      "cpp": lambda: _sdpa_cpp(q, k, v, None, causal, scale)}, CPP_RACE_REPEATS)
 
 
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:

@@ -46,6 +46,7 @@ from genai_fast.backends.dispatch import (
 from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.plans import PlanTable, signatures_allowed, tensor_signature
+from genai_fast.ops.timing import median_ms
 
 ACTIVATIONS = (None, "silu")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -536,20 +537,10 @@ def _is_pointwise_gemm(x, weight, stride, padding, dilation, groups) -> bool:
 def _time_pointwise(pixels: int, c_in: int, c_out: int) -> dict[str, float]:
     """Median ms of a 1x1 conv over `pixels` channels_last pixels as one GEMM and through oneDNN (synthetic
     inputs, with a bias)."""
-    import time
-
     x = torch.randn(1, c_in, pixels, 1).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(c_out, c_in, 1, 1), torch.randn(c_out)
-    runs = {"gemm": lambda: _pointwise_conv_as_gemm(x, weight, bias), "onednn": lambda: F.conv2d(x, weight, bias)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        run()  # warm-up: oneDNN creates its primitive on the first call
-    for _ in range(POINTWISE_RACE_REPEATS):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median_ms({"gemm": lambda: _pointwise_conv_as_gemm(x, weight, bias),
+                      "onednn": lambda: F.conv2d(x, weight, bias)}, POINTWISE_RACE_REPEATS)
 
 
 def _pointwise_conv_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -656,17 +647,7 @@ def _winograd_wins(winograd: Implementation, direct: Implementation, args: tuple
 
 def _time_cpu_ms(impls: tuple[Implementation, ...], args: tuple) -> dict[str, float]:
     """Median ms of each implementation on args (CPU), alternating, after one warm-up each."""
-    import time
-
-    for impl in impls:
-        impl.run(*args)
-    times: dict[str, list[float]] = {impl.backend: [] for impl in impls}
-    for _ in range(WINOGRAD_RACE_REPEATS):
-        for impl in impls:
-            start = time.perf_counter()
-            impl.run(*args)
-            times[impl.backend].append(1e3 * (time.perf_counter() - start))
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median_ms({impl.backend: (lambda impl=impl: impl.run(*args)) for impl in impls}, WINOGRAD_RACE_REPEATS)
 
 
 def measured_choices() -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ autograd, the reference and the backends' capability declarations in priority or
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
 from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
+from genai_fast.ops.timing import median_ms
 
 MAX_KERNEL_ROWS = 16  # csrc/cpu/linear.h kSkinnyMaxRows
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -248,16 +248,8 @@ def _time_both(M: int, K: int, N: int, has_bias: bool) -> dict[str, float]:
     """Median ms of BLAS (F.linear) and oneDNN at [M, K] @ [N, K]^T on synthetic inputs."""
     x, weight = torch.randn(M, K), torch.randn(N, K)
     bias = torch.randn(N) if has_bias else None
-    runs = {"torch": lambda: F.linear(x, weight, bias), "torch+onednn": lambda: _linear_onednn(x, weight, bias)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        run()  # warm-up: oneDNN creates its primitive on the first call
-    for _ in range(ONEDNN_RACE_REPEATS):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median_ms({"torch": lambda: F.linear(x, weight, bias),
+                      "torch+onednn": lambda: _linear_onednn(x, weight, bias)}, ONEDNN_RACE_REPEATS)
 
 
 LINEAR.choose = _choose
