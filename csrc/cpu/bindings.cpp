@@ -208,6 +208,16 @@ void winograd_output_py(uintptr_t M, int64_t M_numel, uintptr_t bias, int64_t bi
   winograd_output_transform(args);
 }
 
+// The sizes and settings AttentionArgs and AttentionBackwardArgs share.
+template <class Args>
+void set_attention_sizes(Args& args, int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t Sk, int64_t D, int64_t Dv,
+                         double scale, bool causal, int num_threads) {
+  args.B = B, args.Hq = Hq, args.Hkv = Hkv, args.Sq = Sq, args.Sk = Sk, args.D = D, args.Dv = Dv;
+  args.scale = static_cast<float>(scale);
+  args.causal = causal;
+  args.num_threads = num_threads;
+}
+
 void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k, int64_t k_extent,
                           std::vector<int64_t> k_strides, uintptr_t v, int64_t v_extent, std::vector<int64_t> v_strides,
                           uintptr_t out, int64_t out_numel, uintptr_t lse, int64_t lse_numel, int64_t B, int64_t Hq,
@@ -224,10 +234,7 @@ void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_
   for (int i = 0; i < 3; ++i) args.q_strides[i] = q_strides[i], args.k_strides[i] = k_strides[i], args.v_strides[i] = v_strides[i];
   args.q_extent = q_extent, args.k_extent = k_extent, args.v_extent = v_extent;
   args.out_numel = out_numel, args.lse_numel = lse_numel;
-  args.B = B, args.Hq = Hq, args.Hkv = Hkv, args.Sq = Sq, args.Sk = Sk, args.D = D, args.Dv = Dv;
-  args.scale = static_cast<float>(scale);
-  args.causal = causal;
-  args.num_threads = num_threads;
+  set_attention_sizes(args, B, Hq, Hkv, Sq, Sk, D, Dv, scale, causal, num_threads);
   validate(args);
   py::gil_scoped_release release;
   attention_forward(args);
@@ -246,10 +253,7 @@ void attention_backward_py(uintptr_t q, int64_t q_numel, uintptr_t k, int64_t k_
   args.q_numel = q_numel, args.k_numel = k_numel, args.v_numel = v_numel, args.out_numel = out_numel;
   args.grad_out_numel = grad_out_numel, args.lse_numel = lse_numel;
   args.dq_numel = dq_numel, args.dk_numel = dk_numel, args.dv_numel = dv_numel;
-  args.B = B, args.Hq = Hq, args.Hkv = Hkv, args.Sq = Sq, args.Sk = Sk, args.D = D, args.Dv = Dv;
-  args.scale = static_cast<float>(scale);
-  args.causal = causal;
-  args.num_threads = num_threads;
+  set_attention_sizes(args, B, Hq, Hkv, Sq, Sk, D, Dv, scale, causal, num_threads);
   validate(args);
   py::gil_scoped_release release;
   attention_backward(args);
