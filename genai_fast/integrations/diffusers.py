@@ -55,6 +55,7 @@ from genai_fast.ops.conv2d import CONV2D
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.group_norm import GROUP_NORM
 from genai_fast.ops.linear import LINEAR, ONEDNN_MIN_MACS
+from genai_fast.ops.plans import tensor_signature
 
 STATE_ATTR = "_genai_fast_patch_state"
 
@@ -274,7 +275,7 @@ _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Implementation]] = weak
 
 
 def _signature(*tensors: torch.Tensor | None) -> tuple:
-    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+    return tuple(tensor_signature(t, strides=True) for t in tensors)
 
 
 def _replayed(module: nn.Module, op: Op, key: tuple, replay: Any, first_call: Any) -> torch.Tensor:

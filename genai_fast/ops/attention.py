@@ -538,13 +538,8 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
 
 
 def _cpp_pays(inputs: dict[str, Any]) -> bool:
-    """Whether the shapes favour the CPU attention kernels (the part of the cpp checks that reads sizes), for
-    inputs the kernels can run (without a mask or dropout, fp32, on a CPU)."""
-    if "keys" not in inputs or not _on_cpu_in_fp32(inputs) or inputs.get("has_mask"):
-        return False
-    if inputs.get("dropout_p", 0.0) > 0 or inputs["head_dim_v"] > CPP_MAX_HEAD_DIM_V:
-        return False
-    return _cpp_slower_reason(inputs) is None
+    """Whether the cpp kernels' checks, automatic rules included, accept these fp32 CPU inputs."""
+    return "keys" in inputs and _on_cpu_in_fp32(inputs) and not _cpp_reasons({**inputs, "automatic": True})
 
 
 def _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal=False) -> dict[str, Any]:
