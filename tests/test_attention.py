@@ -83,6 +83,70 @@ def test_cpp_sdpa(case):
     check_sdpa("cpp", CPP_CASES[case], torch.float32)
 
 
+# Both forward schemes of the cpp kernel on the same inputs (the automatic choice picks by size, so small shapes
+# would otherwise test only the short one): several key blocks of 256 (300, 600, 1000 keys), partial 64-key
+# panels, causal with Sq > Sk and Sq < Sk, GQA, and value dims of 1 to 16 vectors (one pass over the values, or
+# groups of 4 vectors and a remainder).
+SCHEME_CASES = {
+    "sq37-sk300-d40": Case(1, 2, 2, 37, 300, 40),
+    "s300-d40-dv24-gqa-causal": Case(2, 4, 2, 300, 300, 40, Dv=24, causal=True),
+    "s600-d64-causal": Case(1, 3, 3, 600, 600, 64, causal=True),
+    "sq5-sk900-d8-dv80": Case(1, 2, 1, 5, 900, 8, Dv=80),
+    "sq129-sk1000-d128-causal": Case(1, 1, 1, 129, 1000, 128, causal=True),
+    "sq1000-sk7-causal": Case(1, 2, 2, 1000, 7, 40, causal=True),
+    "sq70-sk70-d20-dv100": Case(1, 2, 2, 70, 70, 20, Dv=100),
+    "sq40-sk520-d3-dv256-gqa": Case(1, 4, 1, 40, 520, 3, Dv=256),
+}
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["short", "streamed"])
+@pytest.mark.parametrize("case", SCHEME_CASES.keys())
+def test_cpp_sdpa_forward_schemes(case, streamed):
+    """Each scheme's output and lse against the float64 reference (NaN-guarded inputs, poisoned outputs)."""
+    _require("cpp")
+    from genai_fast.backends.cpp.attention import attention_fwd
+    from genai_fast.testing import assert_matches_oracle
+    from tests.attention_cases import make_inputs
+
+    c = SCHEME_CASES[case]
+    q, k, v, _ = make_inputs(c, torch.float32, "cpu")
+    scale = 2.0 / c.D ** 0.5  # sharper rows than the default scale: the online softmax rescales more often
+    with memory.poison_outputs():
+        out, lse = attention_fwd(q, k, v, scale, c.causal, streamed=streamed)
+    group = c.Hq // c.Hkv
+    k64, v64 = (t.double().repeat_interleave(group, 1) for t in (k, v))
+    scores = q.double() @ k64.transpose(-1, -2) * scale
+    if c.causal:
+        scores = scores.masked_fill(~torch.ones(c.Sq, c.Sk, dtype=torch.bool).tril(), float("-inf"))
+    baseline = F.scaled_dot_product_attention(q, k, v, is_causal=c.causal, scale=scale, enable_gqa=group > 1)
+    assert_matches_oracle(out, scores.softmax(-1) @ v64, baseline, what=f"cpp {case} out")
+    torch.testing.assert_close(lse.double(), torch.logsumexp(scores, -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["short", "streamed"])
+def test_cpp_sdpa_schemes_poison_and_empty_rows(streamed):
+    """Over several key blocks: a NaN query row and a row with one +inf score are NaN (as the reference's), a
+    query of -inf whose scores are all -inf gives a zero row and lse -inf (as torch's), other rows are exact."""
+    _require("cpp")
+    from genai_fast.backends.cpp.attention import attention_fwd
+
+    q, k, v = torch.randn(1, 2, 80, 16), torch.rand(1, 2, 700, 16) + 0.1, torch.randn(1, 2, 700, 32)
+    q[0, 0, 3, 2] = float("nan")
+    q[0, 1, 10] = -float("inf")
+    k[0, 1, 650, 0] = float("inf")  # +inf scores for head 1's rows with a positive first channel
+    hot = q[0, 1, :, 0] > 0
+    out, lse = attention_fwd(q, k, v, 0.25, causal=False, streamed=streamed)
+    bad = torch.zeros(1, 2, 80, dtype=torch.bool)
+    bad[0, 0, 3] = True
+    bad[0, 1] = hot
+    assert out.isnan().all(-1).equal(bad) and lse.isnan().equal(bad)
+    assert torch.equal(out[0, 1, 10], torch.zeros(32)) and lse[0, 1, 10] == -float("inf")
+    good = ~bad
+    good[0, 1, 10] = False
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.25)
+    torch.testing.assert_close(out[good], want[good].float(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_cpp_sdpa_nan_rows_and_threads(threads):
     """A NaN in one query row makes that row NaN and no other, on any number of threads; +inf scores as torch."""
@@ -688,6 +752,23 @@ def test_cpu_auto_dispatch_times_contested_shapes_once(timings, expected, monkey
     big = torch.randn(2, 4, 300, 40)
     genai_fast.scaled_dot_product_attention(big, big, big)
     assert OPS["scaled_dot_product_attention"].last_backend == "torch" and len(calls) == 1
+
+
+def test_cpu_auto_dispatch_times_large_calls_on_fewer_heads(monkeypatch):
+    """A contested call above the timing budget is timed on as many of its GQA groups as fit (8:4 heads of 300
+    queries over 200 keys, a budget of three groups: 6:3 heads), and the choice applies to the whole call."""
+    from genai_fast.ops import attention
+
+    _require("cpp")
+    calls = []
+    _fresh_dispatch_state(monkeypatch, lambda *sizes: calls.append(sizes) or {"torch": 2.0, "cpp": 1.0})
+    group_flop = 2.0 * 2 * 300 * 200 * (40 + 40)
+    monkeypatch.setattr(attention, "CPP_RACE_MAX_FLOP", 3.5 * group_flop)
+    q, k, v = torch.randn(1, 8, 300, 40), torch.randn(1, 4, 200, 40), torch.randn(1, 4, 200, 40)
+    got = genai_fast.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
+    assert calls == [(6, 3, 300, 200, 40, 40, False)]
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
 
 
 def test_contested_shapes_time_the_real_implementations():

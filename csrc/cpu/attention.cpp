@@ -1,17 +1,20 @@
-// scaled_dot_product_attention's forward and backward on the CPU for short key sequences, fp32 (the backward's
-// scheme is described above its code, further down).
+// scaled_dot_product_attention's forward and backward on the CPU, fp32 (the backward's scheme is described
+// above its code, further down).
 //
-// torch's CPU SDPA is built for long sequences: blocked GEMMs with a fixed cost per block, and a softmax
-// vectorised along rows that is slow when a row has a handful of keys. A U-Net's cross-attention (7 to 77
-// text tokens) and the self-attention of a small U-Net or text encoder (64 to 256 positions, head dims of 8
-// to 64) spend most of their time in those fixed costs. Here each task takes one (batch, query head) pair
-// and up to 32 of its query rows; it packs the keys those rows see, transposed (Kt [D, ld], so that scores
-// come 16 keys at a time from D multiply-adds), and the values zero-padded to whole vectors (Vp [n, Dv16]).
-// Then, for blocks of up to 4 rows (each packed vector loaded once per block): the scores, an exact two-pass
-// softmax in fp32 per row, and the weighted sums of value rows held in vector registers. A head's packed keys
-// and values must stay in L2 for this to pay: the Python dispatcher leaves longer key sequences to torch.
+// torch's CPU SDPA multiplies blocks with BLAS: a fixed cost per block, a softmax vectorised along rows that is
+// slow when a row has a handful of keys, and on long sequences a pass through memory for every product. The
+// forward has two schemes, chosen by size (use_streamed):
+// - short: for calls with few query rows per head (a U-Net's cross-attention over 7 to 77 text tokens, a text
+//   encoder's). Each task takes one (batch, query head) pair and up to 32 of its query rows; it packs the keys
+//   those rows see, transposed (Kt [D, ld], so that scores come 16 keys at a time from D multiply-adds), and
+//   the values zero-padded to whole vectors (Vp [n, Dv16]). Then, for blocks of up to 4 rows (each packed
+//   vector loaded once per block): the scores, an exact two-pass softmax in fp32 per row, and the weighted sums
+//   of value rows held in vector registers.
+// - streamed: everything longer; keys packed once per call and visited in L2-sized blocks with an online
+//   softmax (described above its code).
 // Rows with a NaN or +inf score give NaN, as the math reference's do (torch's fused CPU kernel can keep such a
 // row finite); rows whose scores are all -inf give zeros, as torch's do.
+
 #include "attention.h"
 
 #include <algorithm>
@@ -154,6 +157,265 @@ RowsFn rows_routine_at_least(int64_t nb) {
 
 // The row routine whose register row covers Dv (1 to 16 vectors).
 RowsFn rows_routine(int64_t Dv) { return rows_routine_at_least<1>(round16(Dv) / 16); }
+
+// ---- forward over long key sequences
+//
+// The scheme above packs a head's keys and values again for every 32 rows, and past a few hundred keys they
+// outgrow L2 (at 4096 keys of head dim 40 it took 1.8x the time of what follows). Here each K/V head is packed
+// once per call: its keys transposed in panels of 64 (Kt panel [D, 64], contiguous, so that the scores' inner
+// loop streams one panel), its values as rows padded to whole vectors. Each task then takes up to 128 query
+// rows of one head through the keys a block of 256 at a time with FlashAttention's online softmax (running max,
+// sum and output rows in fp32, rescaled when the max grows): the block in use stays in L2 while the task's rows,
+// 4 at a time, pass over it.
+
+constexpr int64_t kPanel = 64;
+constexpr int64_t kKeyBlock = 256;  // a multiple of kPanel
+constexpr int64_t kStreamRows = 128;
+constexpr int kStreamRowBlock = 4;  // query rows per pass over a block's panels
+constexpr int64_t kStreamedFromRows = 64;
+constexpr int64_t kStreamedFromBytes = 256 * 1024;
+// Heads are packed and attended in groups whose packed size stays under this many floats (64 MB).
+constexpr int64_t kPackBudgetFloats = int64_t{16} << 20;
+
+// One packed K/V head: Kt panels (n_pad x D floats), then value rows (n_pad x dv16), zero past Sk and Dv.
+struct PanelLayout {
+  int64_t n_pad = 0, dv16 = 0;
+  int64_t floats(int64_t D) const { return n_pad * (D + dv16); }
+};
+
+void pack_panels(const AttentionArgs& a, int64_t b, int64_t kv, const PanelLayout& layout, float* dst) {
+  std::fill(dst, dst + layout.floats(a.D), 0.0f);
+  const float* k = a.k + b * a.k_strides[0] + kv * a.k_strides[1];
+  const float* v = a.v + b * a.v_strides[0] + kv * a.v_strides[1];
+  float* values = dst + layout.n_pad * a.D;
+  for (int64_t j = 0; j < a.Sk; ++j) {
+    const float* key = k + j * a.k_strides[2];
+    float* panel = dst + (j / kPanel) * a.D * kPanel + j % kPanel;
+    for (int64_t d = 0; d < a.D; ++d) panel[d * kPanel] = key[d];
+    std::copy(v + j * a.v_strides[2], v + j * a.v_strides[2] + a.Dv, values + j * layout.dv16);
+  }
+}
+
+// scores[i * kKeyBlock + j] = query_i . key_j for RB scaled query rows and keys [0, width) of the panels that
+// start at `panels` (width a multiple of 16): 64 keys at a time, RB x 4 independent multiply-add chains.
+template <int RB>
+GF_INLINE void panel_scores(const float* queries, const float* panels, int64_t D, int64_t width, float* scores) {
+  for (int64_t j = 0; j < width; j += kPanel) {
+    const float* panel = panels + j * D;
+    if (j + kPanel <= width) {
+      v16 s[RB][4] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        const float* kt = panel + d * kPanel;
+        const v16 k0 = load16(kt), k1 = load16(kt + 16), k2 = load16(kt + 32), k3 = load16(kt + 48);
+        for (int i = 0; i < RB; ++i) {
+          const float qd = queries[i * D + d];
+          s[i][0] += qd * k0, s[i][1] += qd * k1, s[i][2] += qd * k2, s[i][3] += qd * k3;
+        }
+      }
+      for (int i = 0; i < RB; ++i)
+        for (int t = 0; t < 4; ++t) store16(scores + i * kKeyBlock + j + 16 * t, s[i][t]);
+      continue;
+    }
+    for (int64_t c = 0; j + c < width; c += 16) {
+      v16 s[RB] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        const v16 k = load16(panel + d * kPanel + c);
+        for (int i = 0; i < RB; ++i) s[i] += queries[i * D + d] * k;
+      }
+      for (int i = 0; i < RB; ++i) store16(scores + i * kKeyBlock + j + c, s[i]);
+    }
+  }
+}
+
+// A row's running softmax: the largest score so far, the sum of exp(score - top), and whether a NaN or +inf
+// score made the row NaN (as the reference's).
+struct RowState {
+  float top = -INFINITY, total = 0.0f;
+  bool poisoned = false;
+};
+
+// Folds one key block into a row's running softmax. row[0, valid) holds the block's scores for the row, the
+// rest up to width is padding; both become weights exp(score - top) (zeros for padding). Returns the factor
+// by which the row's output sum so far must be rescaled.
+GF_INLINE float fold_block(float* row, int64_t valid, int64_t width, RowState& state) {
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const int limit = static_cast<int>(valid);
+  v16 vtop = {}, vraw = {};
+  vtop -= INFINITY;
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i in = lane + static_cast<int>(j) < limit;
+    const v16 x = in ? load16(row + j) : -INFINITY;
+    vtop = x > vtop ? x : vtop;
+    vraw += in ? x : 0.0f;
+  }
+  const float block_top = hmax(vtop);
+  if (valid > 0 && (std::isnan(hsum(vraw)) || block_top == INFINITY)) state.poisoned = true;
+  const float top = std::max(state.top, block_top);
+  if (valid == 0 || top == -INFINITY || state.poisoned) {  // nothing to add (or the row is NaN already)
+    for (int64_t j = 0; j < width; j += 16) store16(row + j, v16{});
+    return 1.0f;
+  }
+  const float rescale = std::exp(state.top - top);  // 0 while the row had seen only -inf scores
+  v16 vsum = {};
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i in = lane + static_cast<int>(j) < limit;
+    const v16 e = in ? exp16(load16(row + j) - top) : 0.0f;
+    store16(row + j, e);
+    vsum += e;
+  }
+  state.total = state.total * rescale + hsum(vsum);
+  state.top = top;
+  return rescale;
+}
+
+// Scratch of one streamed task: its scaled query rows, output sums, softmax states, and one block of scores.
+struct StreamScratch {
+  std::vector<float> query, acc, scores;
+  std::vector<RowState> rows;
+};
+
+// acc_i = acc_i * rescale_i + sum_j w_i[j] values_j over keys [0, n) for RB rows of weights (row i at
+// w + i * kKeyBlock), on output vectors [t0, t0 + G) of each row (sums at acc + i * dv16): each value vector is
+// loaded once for the RB rows, whose G vectors stay in registers.
+template <int G, int RB>
+GF_INLINE void stream_values(const float* w, const float (&rescale)[RB], const float* vp, int64_t dv16, int64_t n,
+                             int t0, float* acc) {
+  v16 sums[RB][G];
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < G; ++t) sums[i][t] = load16(acc + i * dv16 + 16 * (t0 + t)) * rescale[i];
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = vp + j * dv16 + 16 * t0;
+    v16 values[G];
+    for (int t = 0; t < G; ++t) values[t] = load16(row + 16 * t);
+    for (int i = 0; i < RB; ++i) {
+      const float weight = w[i * kKeyBlock + j];
+      for (int t = 0; t < G; ++t) sums[i][t] += weight * values[t];
+    }
+  }
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < G; ++t) store16(acc + i * dv16 + 16 * (t0 + t), sums[i][t]);
+}
+
+// Output vectors per pass over a block's values: RB x G sums in registers, within about 24 of the 32.
+constexpr int kValueGroup = 4;
+
+// Rows [i0, i0 + RB) of a task whose first row is query row r0, against keys [j0, j0 + block_n) (kt: their
+// panels, vp: their value rows); the rows' output sums cover NB vectors.
+template <int NB, int RB>
+GF_INLINE void stream_rows(const AttentionArgs& a, int64_t r0, int64_t i0, int64_t j0, int64_t block_n,
+                           const float* kt, const float* vp, int64_t dv16, StreamScratch& s) {
+  int64_t valid[RB], widest = 0;
+  for (int i = 0; i < RB; ++i) {
+    const int64_t seen = a.causal ? std::min(a.Sk, r0 + i0 + i + 1) : a.Sk;
+    valid[i] = std::clamp<int64_t>(seen - j0, 0, block_n);
+    widest = std::max(widest, valid[i]);
+  }
+  if (widest == 0) return;  // causal: the block lies past these rows
+  const int64_t width = round16(widest);
+  panel_scores<RB>(s.query.data() + i0 * a.D, kt, a.D, width, s.scores.data());
+  float rescale[RB];
+  for (int i = 0; i < RB; ++i) rescale[i] = fold_block(s.scores.data() + i * kKeyBlock, valid[i], width, s.rows[i0 + i]);
+  float* acc = s.acc.data() + i0 * dv16;
+  if constexpr (NB <= 6) {
+    stream_values<NB, RB>(s.scores.data(), rescale, vp, dv16, widest, 0, acc);
+  } else {
+    constexpr int full = NB / kValueGroup * kValueGroup;
+    for (int t0 = 0; t0 < full; t0 += kValueGroup)
+      stream_values<kValueGroup, RB>(s.scores.data(), rescale, vp, dv16, widest, t0, acc);
+    if constexpr (NB % kValueGroup != 0)
+      stream_values<NB % kValueGroup, RB>(s.scores.data(), rescale, vp, dv16, widest, full, acc);
+  }
+}
+
+// Rows [i, i1) in blocks of RB, then what is left in blocks of RB / 2, and so on down to one.
+template <int NB, int RB>
+GF_INLINE void stream_row_blocks(const AttentionArgs& a, int64_t r0, int64_t i, int64_t i1, int64_t j0,
+                                 int64_t block_n, const float* kt, const float* vp, int64_t dv16, StreamScratch& s) {
+  for (; i + RB <= i1; i += RB) stream_rows<NB, RB>(a, r0, i, j0, block_n, kt, vp, dv16, s);
+  if constexpr (RB > 1) stream_row_blocks<NB, RB / 2>(a, r0, i, i1, j0, block_n, kt, vp, dv16, s);
+}
+
+// Query rows [r0, r1) of head h of sequence b against the packed K/V head `head`.
+template <int NB>
+GF_CLONES void stream_task(const AttentionArgs& a, const float* head, const PanelLayout& layout, int64_t b,
+                           int64_t h, int64_t r0, int64_t r1, StreamScratch& s) {
+  constexpr int RB = kStreamRowBlock;
+  const int64_t rows = r1 - r0, dv16 = layout.dv16;
+  s.query.resize(static_cast<size_t>(rows * a.D));
+  s.acc.assign(static_cast<size_t>(rows * dv16), 0.0f);
+  s.scores.resize(static_cast<size_t>(RB * kKeyBlock));
+  s.rows.assign(static_cast<size_t>(rows), RowState{});
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* q = a.q + b * a.q_strides[0] + h * a.q_strides[1] + (r0 + i) * a.q_strides[2];
+    for (int64_t d = 0; d < a.D; ++d) s.query[i * a.D + d] = q[d] * a.scale;
+  }
+  const int64_t n = a.causal ? std::min(a.Sk, r1) : a.Sk;  // the furthest key any row of the task sees
+  const float* values = head + layout.n_pad * a.D;
+  for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
+    stream_row_blocks<NB, RB>(a, r0, 0, rows, j0, std::min(kKeyBlock, n - j0), head + j0 * a.D,
+                              values + j0 * dv16, dv16, s);
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const RowState& state = s.rows[i];
+    const int64_t row = (b * a.Hq + h) * a.Sq + r0 + i;
+    float* out = a.out + row * a.Dv;
+    const bool empty = state.total == 0.0f;  // every score -inf: the row is 0 (and lse -inf), as torch's
+    for (int64_t t = 0; t < NB; ++t) {
+      const v16 sum = load16(s.acc.data() + i * dv16 + 16 * t);
+      const v16 value = state.poisoned ? sum * NAN : (empty ? v16{} : sum * (1.0f / state.total));
+      store_part(out + 16 * t, value, std::min<int64_t>(16, a.Dv - 16 * t));
+    }
+    if (a.lse != nullptr) {
+      a.lse[row] = state.poisoned ? NAN : (empty ? -INFINITY : state.top + std::log(state.total));
+    }
+  }
+}
+
+using StreamFn = void (*)(const AttentionArgs&, const float*, const PanelLayout&, int64_t, int64_t, int64_t, int64_t,
+                          StreamScratch&);
+
+template <int NB>
+StreamFn stream_routine_at_least(int64_t nb) {
+  if constexpr (NB < kAttentionMaxDv / 16) {
+    if (nb > NB) return stream_routine_at_least<NB + 1>(nb);
+  }
+  return stream_task<NB>;
+}
+
+// Whether automatic choice streams. The streamed scheme measured 1.0-2.2x the short one from 64 query rows per
+// head (AVX-512 VM; its packing pass is a parallel region of its own, which is what it costs below), and pays at
+// any row count once a head's packed keys and values outgrow about a quarter of L2.
+bool use_streamed(const AttentionArgs& a) {
+  return a.Sq >= kStreamedFromRows || a.Sk * (a.D + round16(a.Dv)) * int64_t{sizeof(float)} > kStreamedFromBytes;
+}
+
+void attention_forward_streamed(const AttentionArgs& a, int workers) {
+  PanelLayout layout;
+  layout.n_pad = (a.Sk + kPanel - 1) / kPanel * kPanel;
+  layout.dv16 = round16(a.Dv);
+  const int64_t per_head = layout.floats(a.D), pairs = a.B * a.Hkv, group = a.Hq / a.Hkv;
+  const int64_t heads_at_once = std::clamp<int64_t>(kPackBudgetFloats / per_head, 1, pairs);
+  std::vector<float> packed(static_cast<size_t>(heads_at_once * per_head));
+  // Enough tasks per head for every worker to get several, but no fewer than 16 rows each.
+  const int64_t wanted = (4 * workers + heads_at_once * group - 1) / (heads_at_once * group);
+  const int64_t chunk = std::max<int64_t>(16, std::min(kStreamRows, round16((a.Sq + wanted - 1) / wanted)));
+  const int64_t chunks = (a.Sq + chunk - 1) / chunk;
+  const StreamFn attend = stream_routine_at_least<1>(layout.dv16 / 16);
+  for (int64_t first = 0; first < pairs; first += heads_at_once) {
+    const int64_t count = std::min(heads_at_once, pairs - first);
+    parallel_for(count, workers, [&](int64_t i) {
+      const int64_t pair = first + i;
+      pack_panels(a, pair / a.Hkv, pair % a.Hkv, layout, packed.data() + i * per_head);
+    });
+    parallel_for(count * group * chunks, workers, [&](int64_t task) {
+      thread_local StreamScratch scratch;
+      const int64_t head = task / chunks, i = head / group, pair = first + i;
+      const int64_t b = pair / a.Hkv, h = (pair % a.Hkv) * group + head % group;
+      const int64_t r0 = (task % chunks) * chunk, r1 = std::min(a.Sq, r0 + chunk);
+      attend(a, packed.data() + i * per_head, layout, b, h, r0, r1, scratch);
+    });
+  }
+}
 
 // ---- backward
 //
@@ -323,6 +585,7 @@ void validate(const AttentionArgs& a) {
           "lse: expected " + std::to_string(a.B * a.Hq * a.Sq) + " elements, got " + std::to_string(a.lse_numel));
   require(std::isfinite(a.scale), "scale: expected a finite value");
   require(a.num_threads >= 1, "num_threads: expected >= 1");
+  require(a.streamed >= -1 && a.streamed <= 1, "streamed: expected -1 (by size), 0 or 1");
 }
 
 void attention_forward(const AttentionArgs& a) {
@@ -330,6 +593,7 @@ void attention_forward(const AttentionArgs& a) {
   const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (a.D + a.Dv);  // multiply-adds (causal: about half)
   // Waking a thread costs a few microseconds: below ~32K multiply-adds per thread one thread is faster.
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
+  if (a.streamed == 1 || (a.streamed == -1 && use_streamed(a))) return attention_forward_streamed(a, workers);
   const RowsFn attend = rows_routine(a.Dv);
   parallel_for(tasks, workers, [&](int64_t task) {
     thread_local Packed p;

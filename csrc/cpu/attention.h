@@ -1,5 +1,4 @@
-// scaled_dot_product_attention's forward and backward on the CPU for short key sequences, fp32: see
-// attention.cpp.
+// scaled_dot_product_attention's forward and backward on the CPU, fp32: see attention.cpp.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +22,8 @@ struct AttentionArgs {
   float scale = 1.0f;
   bool causal = false;  // top-left, as torch: query i sees keys j <= i
   int num_threads = 1;
+  // Which forward scheme runs: -1 picks by size, 0 the short-sequence one, 1 the streamed (key-blocked) one.
+  int streamed = -1;
 };
 
 // The largest Dv the kernel serves (its output row is held in 16 vector registers).

@@ -222,8 +222,9 @@ void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_
                           std::vector<int64_t> k_strides, uintptr_t v, int64_t v_extent, std::vector<int64_t> v_strides,
                           uintptr_t out, int64_t out_numel, uintptr_t lse, int64_t lse_numel, int64_t B, int64_t Hq,
                           int64_t Hkv, int64_t Sq, int64_t Sk, int64_t D, int64_t Dv, double scale, bool causal,
-                          int num_threads) {
+                          int num_threads, int streamed) {
   AttentionArgs args;
+  args.streamed = streamed;
   args.q = as_ptr<const float>(q);
   args.k = as_ptr<const float>(k);
   args.v = as_ptr<const float>(v);
@@ -325,9 +326,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v"), py::arg("v_extent"),
         py::arg("v_strides"), py::arg("out"), py::arg("out_numel"), py::arg("lse"), py::arg("lse_numel"), py::arg("B"),
         py::arg("Hq"), py::arg("Hkv"), py::arg("Sq"), py::arg("Sk"), py::arg("D"), py::arg("Dv"), py::arg("scale"),
-        py::arg("causal"), py::arg("num_threads"),
+        py::arg("causal"), py::arg("num_threads"), py::arg("streamed") = -1,
         "fp32 softmax(q k^T * scale) v for q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (causal: "
-        "top-left) into a contiguous out [B, Hq, Sq, Dv] (lse: 0 or the address of B * Hq * Sq floats).");
+        "top-left) into a contiguous out [B, Hq, Sq, Dv] (lse: 0 or the address of B * Hq * Sq floats). "
+        "streamed: -1 picks the scheme by size, 0 the short-sequence one, 1 the key-blocked one.");
   m.def("attention_backward", &attention_backward_py, py::arg("q"), py::arg("q_numel"), py::arg("k"),
         py::arg("k_numel"), py::arg("v"), py::arg("v_numel"), py::arg("out"), py::arg("out_numel"), py::arg("grad_out"),
         py::arg("grad_out_numel"), py::arg("lse"), py::arg("lse_numel"), py::arg("dq"), py::arg("dq_numel"),

@@ -783,13 +783,14 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
 #   Its fixed costs are lower, and it reads each K/V row once for a whole GQA group (torch repeats K/V): one
 #   query of SmolLM2's 9:3 heads at D 64 measured 0.95x torch over 256 keys, 2.8x over 1024; 32:8 heads at D 128
 #   1.5x over 128 keys; 12 plain heads 1.0x over 512. So from CPP_DECODE_MIN_SCORES scores.
-# - Forward: torch multiplies blocks with BLAS, which pays for head dims from 32 when every query sees every key
-#   of a long sequence (the kernel: 0.76-0.86x from 128 keys); the kernel wins with few keys (1.1-1.3x at 7 to 77
-#   keys), small head dims (1.4-2x at D 4 and 8) and causal masks up to about a thousand keys (1.2-1.6x: torch
-#   computes the masked blocks too).
+# - Forward: torch multiplies blocks with BLAS. From 64 query rows per head the kernel streams the keys in
+#   L2-sized blocks (csrc/cpu/attention.cpp); on session 23's host (AMD family 26) that measured 1.5-2.2x torch
+#   at D 8-128 from 64 to 4096 keys, causal or not. On session 21's host the earlier, unblocked kernel lost to
+#   torch at D 40-64 from 128 keys (0.76-0.86x) while winning with few keys (1.1-1.3x at 7 to 77), small head
+#   dims (1.4-2x at D 4 and 8) and causal masks (1.2-1.6x: torch computes the masked blocks too). Where hosts
+#   may disagree (see _contested_reason) the first call at each shape times both.
 # - Forward and backward together: 1.5-2.1x at head dims of 8 (a small U-Net's), 0.8-0.9x from 40, so gradients
 #   take the kernels only up to head dim 16.
-# - Past L2's share of a core for a head's packed keys and values they stop paying either way.
 CPP_MIN_ROWS = 1024
 CPP_MIN_SCORES = 16384
 CPP_MIN_QUERIES = 16
@@ -837,7 +838,7 @@ def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
         return contested
     timings = _race(inputs)
     if timings is None:
-        return f"{contested}; too large to time both on a first call"
+        return f"{contested}; one group of heads is too large to time both on a first call"
     if timings["cpp"] < CPP_RACE_MARGIN * timings["torch"]:
         return None
     return f"{contested}; timed at this shape: torch's SDPA {timings['torch']:.3g} ms, cpp {timings['cpp']:.3g} ms"
@@ -858,10 +859,12 @@ def _contested_reason(inputs: dict[str, Any]) -> str | None:
 
 # Contested shapes (long keys over wide heads, or past the packed-size budget) measured differently on two hosts of
 # this VM type: session 21's (0.76-0.86x torch's SDPA at D 40-64 from 128 keys) and session 22's (AMD family 26,
-# whose vector units are twice as wide: 1.13-1.30x at D 40 and 64 up to 2048 keys, 0.6-0.9x at D 128). So
-# automatic dispatch times both on the first call at each such shape (synthetic inputs of the call's sizes, one
-# warm-up and three alternating runs each) and keeps the kernel only when its median is under CPP_RACE_MARGIN of
-# torch's. Shapes above CPP_RACE_MAX_FLOP per call (about 0.1 s each on the VM) are not timed and stay on torch.
+# whose vector units are twice as wide: 1.13-1.30x at D 40 and 64 up to 2048 keys, 0.6-0.9x at D 128; with the
+# streamed kernel of session 23, 1.5-2.2x at D 40-128). So automatic dispatch times both on the first call at
+# each such shape (synthetic inputs of the call's sizes, one warm-up and three alternating runs each) and keeps
+# the kernel only when its median is under CPP_RACE_MARGIN of torch's. A call above CPP_RACE_MAX_FLOP (about
+# 0.1 s on the VM) is timed on fewer of its heads (both sides' time grows with the heads); where one GQA group of
+# heads is above it, the call is not timed and stays on torch.
 CPP_RACE_MARGIN = 0.95
 CPP_RACE_REPEATS = 3
 CPP_RACE_MAX_FLOP = 2e10
@@ -880,9 +883,19 @@ def _race(inputs: dict[str, Any]) -> dict[str, float] | None:
         heads_kv = heads_q
     sizes = (heads_q, heads_kv, queries, keys, head_dim, head_dim_v, causal, torch.get_num_threads())
     if sizes not in _RACES:
-        flop = 2.0 * rows * keys * (head_dim + head_dim_v)
-        _RACES[sizes] = None if flop > CPP_RACE_MAX_FLOP else _time_both(*sizes[:-1])
+        proxy = _race_proxy(*sizes[:-1])
+        _RACES[sizes] = None if proxy is None else _time_both(*proxy)
     return _RACES[sizes]
+
+
+def _race_proxy(heads_q: int, heads_kv: int, queries: int, keys: int, head_dim: int, head_dim_v: int,
+                causal: bool) -> tuple[int, int, int, int, int, int, bool] | None:
+    """The sizes to time for a call of these sizes: as many of its GQA groups of heads as fit under
+    CPP_RACE_MAX_FLOP (all of them for most calls); None when one group is above it."""
+    group = heads_q // heads_kv
+    flop_per_group = 2.0 * group * queries * keys * (head_dim + head_dim_v)
+    groups = min(heads_kv, int(CPP_RACE_MAX_FLOP // flop_per_group))
+    return None if groups == 0 else (groups * group, groups, queries, keys, head_dim, head_dim_v, causal)
 
 
 def _time_both(heads_q: int, heads_kv: int, queries: int, keys: int, head_dim: int, head_dim_v: int,
@@ -917,7 +930,7 @@ def _on_cpu_in_fp32(inputs: dict[str, Any]) -> bool:
 @ATTENTION.register(
     "cpp",
     Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
-               features=("short key sequences", "GQA without copies", "causal (top-left)", "no mask")),
+               features=("key-blocked online softmax", "GQA without copies", "causal (top-left)", "no mask")),
     check=_cpp_reasons,
 )
 def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale):

@@ -47,10 +47,11 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
-                  num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  num_threads: int | None = None, streamed: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (fp32, CPU, any strides; Hq a multiple of Hkv)
     -> (out [B, Hq, Sq, Dv] contiguous, lse [B, Hq, Sq] fp32: each row's natural-log log-sum-exp of its scaled
-    scores). causal: aligned top-left (query i sees keys j <= i), as torch's SDPA."""
+    scores). causal: aligned top-left (query i sees keys j <= i), as torch's SDPA. streamed: run the key-blocked
+    (online softmax) scheme or the short-sequence one; None chooses by the size of a head's keys."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
@@ -59,7 +60,8 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     extension().attention_forward(
         q.data_ptr(), _extent(q), list(q.stride()[:3]), k.data_ptr(), _extent(k), list(k.stride()[:3]),
         v.data_ptr(), _extent(v), list(v.stride()[:3]), out.data_ptr(), out.numel(), lse.data_ptr(), lse.numel(),
-        B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal), num_threads or torch.get_num_threads())
+        B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal), num_threads or torch.get_num_threads(),
+        -1 if streamed is None else int(streamed))
     return out, lse
 
 
