@@ -76,6 +76,11 @@ CPU_UNET_CASES = [_fwd_case(2, 8, 64, 8, False, torch.float32), _fwd_case(2, 8, 
 CPU_SD_CROSS_CASES = [_fwd_case(2, 8, 1024, 40, False, torch.float32, Sk=77),
                       _fwd_case(2, 8, 4096, 40, False, torch.float32, Sk=77)]
 
+# SD1.5's self-attention at its two finest levels (64x64 and 32x32 latents, CFG batch 2), and a long causal prefill
+# over heads of 128: the calls the streamed cpp kernel is for.
+CPU_LONG_CASES = [_fwd_case(2, 8, 4096, 40, False, torch.float32), _fwd_case(2, 8, 1024, 80, False, torch.float32),
+                  _fwd_case(1, 16, 2048, 128, True, torch.float32)]
+
 
 # Small calls, where the op's own Python shows: a tiny one (torch's SDPA runs it, so the row is the dispatch
 # overhead) and a batch of one-query heads (cross-attention of a sampling step; the cpp backend's decode kernel).
@@ -100,7 +105,7 @@ FWD_PRESETS = {
     "full": {
         "cpu": [_fwd_case(1, 8, 512, 64, c, torch.float32) for c in (False, True)]
         + [_fwd_case(4, 12, 128, 64, False, torch.float32)] + CPU_UNET_CASES + CPU_SD_CROSS_CASES
-        + CPU_SMALL_CASES,
+        + CPU_LONG_CASES + CPU_SMALL_CASES,
         # The target's lengths (4k-16k, DESIGN.md section 6) first: a time budget cuts the tail of each op's list.
         "cuda": _fa_cases([4096, 16384, 1024, 8192, 2048, 512], [128], torch.bfloat16)
         + _fa_cases([4096], [64], torch.bfloat16),
