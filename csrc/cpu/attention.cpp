@@ -173,6 +173,7 @@ constexpr int64_t kKeyBlock = 256;  // a multiple of kPanel
 constexpr int64_t kStreamRows = 128;
 constexpr int kStreamRowBlock = 4;  // query rows per pass over a block's panels
 constexpr int64_t kStreamedFromRows = 64;
+constexpr int64_t kStreamedFromKeys = 32;
 constexpr int64_t kStreamedFromBytes = 256 * 1024;
 // Heads are packed and attended in groups whose packed size stays under this many floats (64 MB).
 constexpr int64_t kPackBudgetFloats = int64_t{16} << 20;
@@ -383,10 +384,11 @@ StreamFn stream_routine_at_least(int64_t nb) {
 }
 
 // Whether automatic choice streams. The streamed scheme measured 1.0-2.2x the short one from 64 query rows per
-// head (AVX-512 VM; its packing pass is a parallel region of its own, which is what it costs below), and pays at
-// any row count once a head's packed keys and values outgrow about a quarter of L2.
+// head and 32 keys (AVX-512 VM; below, its separate packing pass and part-filled panels cost 3-13% more), and
+// pays at any size once a head's packed keys and values outgrow about a quarter of L2.
 bool use_streamed(const AttentionArgs& a) {
-  return a.Sq >= kStreamedFromRows || a.Sk * (a.D + round16(a.Dv)) * int64_t{sizeof(float)} > kStreamedFromBytes;
+  return (a.Sq >= kStreamedFromRows && a.Sk >= kStreamedFromKeys) ||
+         a.Sk * (a.D + round16(a.Dv)) * int64_t{sizeof(float)} > kStreamedFromBytes;
 }
 
 void attention_forward_streamed(const AttentionArgs& a, int workers) {
