@@ -44,6 +44,7 @@ from genai_fast.backends.dispatch import (
     validate_backend_name,
 )
 from genai_fast.ops.checks import check_tensor_like_x
+from genai_fast.ops.conv2d_small import direct_conv
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.plans import PlanTable, signatures_allowed, tensor_signature
 from genai_fast.ops.timing import median_ms
@@ -479,6 +480,7 @@ def _conv2d_cpp(x, weight, bias, residual, stride, padding, dilation, groups, ac
     Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",),
                features=("torch conv with its [C_out] bias", "epilogue in place (add_, silu_, mul_)",
                          "CPU: 1x1 convs of channels_last x as one GEMM",
+                         "CPU: small wide images timed channels_last / NCHW / im2col (ops/conv2d_small.py)",
                          "CUDA: raced against torch+triton per shape")),
     requires="torch",
 )
@@ -487,7 +489,7 @@ def _conv2d_torch_inplace(x, weight, bias, residual, stride, padding, dilation, 
     if _is_pointwise_gemm(x, weight, stride, padding, dilation, groups):
         y = _pointwise_conv_as_gemm(x, weight, bias if per_channel else None)
     else:
-        y = F.conv2d(x, weight, bias if per_channel else None, stride, padding, dilation, groups)
+        y = direct_conv(x, weight, bias if per_channel else None, stride, padding, dilation, groups)
         y = _in_format(y, output_memory_format(x, weight))
     if bias is not None and not per_channel:
         y.add_(_bias_view(bias))
