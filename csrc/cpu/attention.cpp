@@ -18,6 +18,7 @@
 #include "attention.h"
 
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -397,7 +398,8 @@ void attention_forward_streamed(const AttentionArgs& a, int workers) {
   layout.dv16 = round16(a.Dv);
   const int64_t per_head = layout.floats(a.D), pairs = a.B * a.Hkv, group = a.Hq / a.Hkv;
   const int64_t heads_at_once = std::clamp<int64_t>(kPackBudgetFloats / per_head, 1, pairs);
-  std::vector<float> packed(static_cast<size_t>(heads_at_once * per_head));
+  // pack_panels writes every float of a head (zeros included), so the buffer starts uninitialised.
+  const std::unique_ptr<float[]> packed(new float[static_cast<size_t>(heads_at_once * per_head)]);
   // Enough tasks per head for every worker to get several, but no fewer than 16 rows each.
   const int64_t wanted = (4 * workers + heads_at_once * group - 1) / (heads_at_once * group);
   const int64_t chunk = std::max<int64_t>(16, std::min(kStreamRows, round16((a.Sq + wanted - 1) / wanted)));
@@ -407,14 +409,14 @@ void attention_forward_streamed(const AttentionArgs& a, int workers) {
     const int64_t count = std::min(heads_at_once, pairs - first);
     parallel_for(count, workers, [&](int64_t i) {
       const int64_t pair = first + i;
-      pack_panels(a, pair / a.Hkv, pair % a.Hkv, layout, packed.data() + i * per_head);
+      pack_panels(a, pair / a.Hkv, pair % a.Hkv, layout, packed.get() + i * per_head);
     });
     parallel_for(count * group * chunks, workers, [&](int64_t task) {
       thread_local StreamScratch scratch;
       const int64_t head = task / chunks, i = head / group, pair = first + i;
       const int64_t b = pair / a.Hkv, h = (pair % a.Hkv) * group + head % group;
       const int64_t r0 = (task % chunks) * chunk, r1 = std::min(a.Sq, r0 + chunk);
-      attend(a, packed.data() + i * per_head, layout, b, h, r0, r1, scratch);
+      attend(a, packed.get() + i * per_head, layout, b, h, r0, r1, scratch);
     });
   }
 }
