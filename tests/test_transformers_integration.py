@@ -155,3 +155,71 @@ def test_minilm_embeddings_match_with_padding():
         patch(model)
         got = embed()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- linear layers (CPU)
+
+
+def test_patch_swaps_plain_linears_and_unpatch_restores():
+    """patch() turns exactly the nn.Linear layers into PatchedLinear (same parameters and state dict; GPT-2's
+    Conv1D and nn.Linear subclasses keep their own forward); unpatch() restores them; linears=False skips them."""
+    from genai_fast.integrations.transformers import PatchedLinear, unpatch
+
+    class Custom(torch.nn.Linear):
+        pass
+
+    model = _tiny("llama-gqa")
+    model.model.layers[0].mlp.down_proj.__class__ = Custom
+    plain = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    patch(model)
+    patched = [name for name, m in model.named_modules() if type(m) is PatchedLinear]
+    assert patched == plain and len(plain) == 2 * 7 - 1 + 1  # 7 per layer, one custom, the output layer
+    assert type(model.model.layers[0].mlp.down_proj) is Custom
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], v) for k, v in after.items())
+    unpatch(model)
+    assert not any(isinstance(m, PatchedLinear) for m in model.modules())
+    assert [name for name, m in model.named_modules() if type(m) is torch.nn.Linear] == plain
+    gpt2 = patch(_tiny("gpt2"))
+    assert [name for name, m in gpt2.named_modules() if type(m) is PatchedLinear] == ["lm_head"]
+    bert = patch(_tiny("bert"), linears=False)
+    assert not any(isinstance(m, PatchedLinear) for m in bert.modules())
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the linear routing is for CPU tensors")
+def test_patched_linears_route_decode_rows_and_large_products(monkeypatch):
+    """Inference: up to 16 rows run the C++ kernel, products from ONEDNN_MIN_MACS run genai_fast.linear's timed
+    choice, small ones F.linear; results equal nn.Linear's. With gradients F.linear runs and gradients match."""
+    import importlib
+
+    from genai_fast.integrations.transformers import PatchedLinear
+
+    linear_module = importlib.import_module("genai_fast.ops.linear")
+    if backend_unavailable_reasons("cpp"):
+        pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 80)
+    reference = torch.nn.Linear(96, 80)
+    reference.load_state_dict(layer.state_dict())
+    layer.__class__ = PatchedLinear
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 1 << 18)
+    monkeypatch.setattr("genai_fast.integrations.transformers.ONEDNN_MIN_MACS", 1 << 18)
+    for rows, backends in ((3, {"cpp"}), (40, {"torch+onednn", "torch"})):
+        x = torch.randn(1, rows, 96)
+        OPS["linear"].last_backend = None
+        with torch.inference_mode():
+            got = layer(x)
+        assert OPS["linear"].last_backend in backends
+        torch.testing.assert_close(got, reference(x), rtol=1e-5, atol=1e-5)
+    OPS["linear"].last_backend = None
+    with torch.inference_mode():
+        layer(torch.randn(20, 8, 96)[:, :1])  # 20 rows of 96 x 80: under the threshold
+    assert OPS["linear"].last_backend is None
+    x = torch.randn(5, 96, requires_grad=True)
+    got = layer(x)
+    assert OPS["linear"].last_backend is None
+    grads = torch.autograd.grad(got.sum(), (x, layer.weight))
+    want = torch.autograd.grad(reference(x).sum(), (x, reference.weight))
+    for g, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(g, w)

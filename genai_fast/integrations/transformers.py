@@ -8,15 +8,28 @@ function in `AttentionMaskInterface`: transformers builds no mask at all for an 
 implementation it has no mask function for, which would silently drop causal and padding masks. The
 mask function is transformers' own SDPA one (boolean masks, or None when `is_causal` suffices), since
 `genai_fast.scaled_dot_product_attention` has SDPA's semantics; GQA runs without repeating K/V.
+
+On a CPU, `patch` also routes the model's `nn.Linear` layers through `genai_fast.linear` in inference (fp32): up to
+16 rows (decode steps) on the C++ kernel that streams the weights once, GEMM-sized products on oneDNN where a
+first-call timing finds it faster than BLAS. Measured on the 2-core VM (session 23): SmolLM2's 576 -> 49152 output
+layer at one row 2.8 ms against 6.9 ms, a 4-row 576 -> 1536 projection 49 us against 151 us, an 87-row one 465 us
+against 807 us. Layers that need gradients, run on a GPU, or are too small to repay the op's bookkeeping call
+F.linear as before; `patch(model, linears=False)` leaves them all alone.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from genai_fast.backends.dispatch import ENV_BACKEND
 from genai_fast.ops.attention import scaled_dot_product_attention
+from genai_fast.ops.eager import can_bypass_custom_op
+from genai_fast.ops.linear import LINEAR, MAX_KERNEL_ROWS, ONEDNN_MIN_MACS, linear
 
 ATTENTION_NAME = "genai_fast"
 
@@ -65,8 +78,9 @@ def register() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
-def patch(model: torch.nn.Module) -> torch.nn.Module:
-    """Switch every attention layer of a transformers model (and its sub-models) to genai_fast; returns it.
+def patch(model: torch.nn.Module, *, linears: bool = True) -> torch.nn.Module:
+    """Switch every attention layer of a transformers model (and its sub-models) to genai_fast and, with
+    `linears`, its plain `nn.Linear` layers to `genai_fast.linear` on a CPU (see the module docstring); returns it.
 
     Raises ValueError naming `model` when the model does not use transformers' attention interface (its
     attention implementation cannot be changed, so patching would silently do nothing).
@@ -78,10 +92,34 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
         raise ValueError(f"model: {type(model).__name__} does not use transformers' AttentionInterface, so its "
                          "attention cannot be replaced")
     model.set_attn_implementation(ATTENTION_NAME)
+    if linears:
+        for module in model.modules():
+            if type(module) is nn.Linear:  # exactly: subclasses (quantised, LoRA) keep their own forward
+                module.__class__ = PatchedLinear
     return model
 
 
 def unpatch(model: torch.nn.Module, attn_implementation: str = "sdpa") -> torch.nn.Module:
-    """Restore a standard attention implementation ("sdpa" by default); returns the model."""
+    """Restore a standard attention implementation ("sdpa" by default) and plain `nn.Linear` layers; returns the
+    model."""
     model.set_attn_implementation(attn_implementation)
+    for module in model.modules():
+        if type(module) is PatchedLinear:
+            module.__class__ = nn.Linear
     return model
+
+
+class PatchedLinear(nn.Linear):
+    """An `nn.Linear` (same parameters, state dict and repr) whose CPU inference products run genai_fast.linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if x.device.type != "cpu" or x.dim() == 0 or not can_bypass_custom_op(x, weight, bias):
+            return F.linear(x, weight, bias)
+        forced = os.environ.get(ENV_BACKEND)
+        if forced and all(impl.backend != forced for impl in LINEAR.implementations):
+            return F.linear(x, weight, bias)  # a backend forced for the attention (triton) that linear lacks
+        rows = x.numel() // max(x.shape[-1], 1)
+        if rows > MAX_KERNEL_ROWS and rows * x.shape[-1] * weight.shape[0] < ONEDNN_MIN_MACS:
+            return F.linear(x, weight, bias)  # BLAS either way: skip the op's checks
+        return linear(x, weight, bias)
