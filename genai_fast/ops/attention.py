@@ -783,8 +783,8 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
 #   Its fixed costs are lower, and it reads each K/V row once for a whole GQA group (torch repeats K/V): one
 #   query of SmolLM2's 9:3 heads at D 64 measured 0.95x torch over 256 keys, 2.8x over 1024; 32:8 heads at D 128
 #   1.5x over 128 keys; 12 plain heads 1.0x over 512. So from CPP_DECODE_MIN_SCORES scores.
-# - Forward: torch multiplies blocks with BLAS. From 64 query rows per head the kernel streams the keys in
-#   L2-sized blocks (csrc/cpu/attention.cpp); on session 23's host (AMD family 26) that measured 1.5-2.2x torch
+# - Forward: torch multiplies blocks with BLAS. From 64 query rows per head and 32 keys the kernel streams the
+#   keys in L2-sized blocks (csrc/cpu/attention.cpp); on session 23's host (AMD family 26) that measured 1.5-2.2x torch
 #   at D 8-128 from 64 to 4096 keys, causal or not. On session 21's host the earlier, unblocked kernel lost to
 #   torch at D 40-64 from 128 keys (0.76-0.86x) while winning with few keys (1.1-1.3x at 7 to 77), small head
 #   dims (1.4-2x at D 4 and 8) and causal masks (1.2-1.6x: torch computes the masked blocks too). Where hosts
@@ -861,7 +861,7 @@ def _contested_reason(inputs: dict[str, Any]) -> str | None:
 # this VM type: session 21's (0.76-0.86x torch's SDPA at D 40-64 from 128 keys) and session 22's (AMD family 26,
 # whose vector units are twice as wide: 1.13-1.30x at D 40 and 64 up to 2048 keys, 0.6-0.9x at D 128; with the
 # streamed kernel of session 23, 1.5-2.2x at D 40-128). So automatic dispatch times both on the first call at
-# each such shape (synthetic inputs of the call's sizes, one warm-up and three alternating runs each) and keeps
+# each such shape (synthetic inputs of the call's sizes, a 20 ms warm-up and three alternating runs each) and keeps
 # the kernel only when its median is under CPP_RACE_MARGIN of torch's. A call above CPP_RACE_MAX_FLOP (about
 # 0.1 s on the VM) is timed on fewer of its heads (both sides' time grows with the heads); where one GQA group of
 # heads is above it, the call is not timed and stays on torch.
