@@ -123,6 +123,59 @@ def test_cpp_sdpa_forward_schemes(case, streamed):
     torch.testing.assert_close(lse.double(), torch.logsumexp(scores, -1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", ["s77-d80-bool", "sq7-sk77-causal-additive-dv40", "padding-mask-b2",
+                                  "2d-additive-mask"])
+def test_cpp_sdpa_masks_in_inference(case):
+    """Boolean, additive, padding ([B, 1, 1, Sk]) and 2-D masks, fully masked rows included, on the cpp backend
+    (the streamed scheme) against the float64 reference; inference only (masked calls train on torch)."""
+    import dataclasses
+
+    _require("cpp")
+    check_sdpa("cpp", dataclasses.replace(CASES[case], grad=False), torch.float32)
+
+
+def test_cpu_auto_dispatch_runs_masked_inference_on_cpp():
+    """A padded batch (HF's [B, 1, 1, Sk] boolean mask) with enough rows takes the cpp kernel, equal to torch's
+    SDPA on the rows that see a key; a sequence that is all padding gives zero rows (the op's contract)."""
+    _require("cpp")
+    q, k, v = torch.randn(4, 6, 70, 32), torch.randn(4, 6, 70, 32), torch.randn(4, 6, 70, 32)
+    keep = torch.ones(4, 1, 1, 70, dtype=torch.bool)
+    keep[1, ..., 50:] = False
+    keep[3] = False
+    with torch.no_grad():
+        got = genai_fast.scaled_dot_product_attention(q, k, v, keep)
+    assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
+    torch.testing.assert_close(got[:3], F.scaled_dot_product_attention(q[:3], k[:3], v[:3], keep[:3]),
+                               rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[3], torch.zeros(6, 70, 32))
+
+
+def test_cpp_attention_mask_checked_before_reading():
+    """The C++ entry point refuses a mask whose strides reach past its buffer, both mask kinds at once, and a
+    mask for the short scheme."""
+    _require("cpp")
+    from genai_fast.backends.cpp import extension
+
+    q, k, v, out = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.empty(1, 2, 4, 8)
+    mask = torch.zeros(2, 4, 6)
+
+    def call(**changes):
+        args = dict(q=q.data_ptr(), q_extent=q.numel(), q_strides=list(q.stride()[:3]), k=k.data_ptr(),
+                    k_extent=k.numel(), k_strides=list(k.stride()[:3]), v=v.data_ptr(), v_extent=v.numel(),
+                    v_strides=list(v.stride()[:3]), out=out.data_ptr(), out_numel=out.numel(), lse=0, lse_numel=0,
+                    B=1, Hq=2, Hkv=2, Sq=4, Sk=6, D=8, Dv=8, scale=0.3, causal=False, num_threads=1,
+                    mask=mask.data_ptr(), mask_kind=1, mask_strides=[0, 24, 6, 1], mask_extent=mask.numel())
+        extension().attention_forward(**{**args, **changes})
+
+    call()
+    for changes, name in [({"mask_extent": 47}, "mask:"), ({"mask_strides": [0, 24, 7, 1]}, "mask:"),
+                          ({"mask_strides": [0, -1, 6, 1]}, "mask:"), ({"streamed": 0}, "mask:"),
+                          ({"mask_kind": 3}, "mask_kind:"), ({"mask_strides": [0, 24, 6]}, "mask_strides:"),
+                          ({"mask": 0}, "mask:")]:
+        with pytest.raises(ValueError, match=name):
+            call(**changes)
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["short", "streamed"])
 def test_cpp_sdpa_schemes_poison_and_empty_rows(streamed):
     """Over several key blocks: a NaN query row and a row with one +inf score are NaN (as the reference's), a
@@ -166,12 +219,12 @@ def test_cpp_sdpa_nan_rows_and_threads(threads):
     torch.testing.assert_close(lse[~bad], torch.logsumexp(scores, -1)[~bad].float(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("what, match", [("mask", "attn_mask: masks run on torch"), ("dv", "value head dim 257"),
+@pytest.mark.parametrize("what, match", [("mask", "attn_mask with gradients"), ("dv", "value head dim 257"),
                                           ("fp16", "float16"), ("dropout", "dropout_p")])
 def test_cpp_sdpa_forced_on_inputs_it_cannot_run_says_why(what, match):
     _require("cpp")
     dtype = torch.float16 if what == "fp16" else torch.float32
-    q, k = torch.randn(1, 2, 5, 8, dtype=dtype), torch.randn(1, 2, 6, 8, dtype=dtype)
+    q, k = torch.randn(1, 2, 5, 8, dtype=dtype, requires_grad=what == "mask"), torch.randn(1, 2, 6, 8, dtype=dtype)
     v = torch.randn(1, 2, 6, 257 if what == "dv" else 8, dtype=dtype)
     mask = torch.ones(5, 6, dtype=torch.bool) if what == "mask" else None
     with pytest.raises(genai_fast.BackendNotSupportedError, match=match):
@@ -713,18 +766,18 @@ def _fresh_dispatch_state(monkeypatch, time_both) -> None:
     monkeypatch.setattr(attention, "_time_both", time_both)
 
 
-@pytest.mark.parametrize("why", ["mask", "grad", "long-keys", "fp16", "many-keys-no-causal"])
+@pytest.mark.parametrize("why", ["mask-grad", "grad", "long-keys", "fp16", "many-keys-no-causal"])
 def test_cpu_auto_dispatch_leaves_to_torch(why, monkeypatch):
-    """A mask, inputs that require grad (torch's backward is fused), half precision, and (when timing finds torch
-    faster) keys past the kernel's cache budget or over 96 keys of D 64 without a causal mask take torch's SDPA;
-    the result still equals torch's."""
+    """Inputs that require grad (torch's backward is fused; with a mask as well), half precision, and (when timing
+    finds torch faster) keys past the kernel's cache budget or over 96 keys of D 64 without a causal mask take
+    torch's SDPA; the result still equals torch's."""
     _fresh_dispatch_state(monkeypatch, lambda *sizes: {"torch": 1.0, "cpp": 2.0})
     Sk = {"long-keys": 1100, "many-keys-no-causal": 130}.get(why, 40)
     dtype = torch.float16 if why == "fp16" else torch.float32
     # 32 x 2 heads x 20 queries: enough rows for the kernels, so each case's own property decides.
     q, k, v = (torch.randn(32, 2, n, 64, dtype=dtype) for n in (20, Sk, Sk))
-    mask = torch.rand(32, 1, 20, Sk) > 0.3 if why == "mask" else None
-    q.requires_grad_(why == "grad")
+    mask = torch.rand(32, 1, 20, Sk) > 0.3 if why == "mask-grad" else None
+    q.requires_grad_(why in ("grad", "mask-grad"))
     got = genai_fast.scaled_dot_product_attention(q, k, v, mask)
     assert OPS["scaled_dot_product_attention"].last_backend == "torch"
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, mask))

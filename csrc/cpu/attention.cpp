@@ -274,7 +274,38 @@ GF_INLINE float fold_block(float* row, int64_t valid, int64_t width, RowState& s
 struct StreamScratch {
   std::vector<float> query, acc, scores;
   std::vector<RowState> rows;
+  int64_t b = 0, h = 0;  // the task's sequence and query head
 };
+
+// Applies the mask to RB rows of scores (row i: query row r + i, keys [j0, j0 + valid[i])): adds the additive
+// values, or sets the removed scores to -inf. Unit key strides (the common case) go 16 keys at a time.
+template <int RB>
+GF_INLINE void mask_scores(const AttentionArgs& a, int64_t b, int64_t h, int64_t r, int64_t j0,
+                           const int64_t (&valid)[RB], float* scores) {
+  const int64_t* ms = a.mask_strides;
+  for (int i = 0; i < RB; ++i) {
+    const int64_t base = b * ms[0] + h * ms[1] + (r + i) * ms[2] + j0 * ms[3];
+    float* row = scores + i * kKeyBlock;
+    int64_t j = 0;
+    if (ms[3] == 1 && a.mask_add != nullptr) {
+      for (; j + 16 <= valid[i]; j += 16) store16(row + j, load16(row + j) + load16(a.mask_add + base + j));
+    } else if (ms[3] == 1) {
+      for (; j + 16 <= valid[i]; j += 16) {
+        v16i keep;
+        for (int t = 0; t < 16; ++t) keep[t] = a.mask_keep[base + j + t];
+        store16(row + j, keep != 0 ? load16(row + j) : -INFINITY);
+      }
+    }
+    for (; j < valid[i]; ++j) {
+      const int64_t at = base + j * ms[3];
+      if (a.mask_add != nullptr) {
+        row[j] += a.mask_add[at];
+      } else if (a.mask_keep[at] == 0) {
+        row[j] = -INFINITY;
+      }
+    }
+  }
+}
 
 // acc_i = acc_i * rescale_i + sum_j w_i[j] values_j over keys [0, n) for RB rows of weights (row i at
 // w + i * kKeyBlock), on output vectors [t0, t0 + G) of each row (sums at acc + i * dv16): each value vector is
@@ -315,6 +346,7 @@ GF_INLINE void stream_rows(const AttentionArgs& a, int64_t r0, int64_t i0, int64
   if (widest == 0) return;  // causal: the block lies past these rows
   const int64_t width = round16(widest);
   panel_scores<RB>(s.query.data() + i0 * a.D, kt, a.D, width, s.scores.data());
+  if (a.mask_add != nullptr || a.mask_keep != nullptr) mask_scores<RB>(a, s.b, s.h, r0 + i0, j0, valid, s.scores.data());
   float rescale[RB];
   for (int i = 0; i < RB; ++i) rescale[i] = fold_block(s.scores.data() + i * kKeyBlock, valid[i], width, s.rows[i0 + i]);
   float* acc = s.acc.data() + i0 * dv16;
@@ -347,6 +379,7 @@ GF_CLONES void stream_task(const AttentionArgs& a, const float* head, const Pane
   s.acc.assign(static_cast<size_t>(rows * dv16), 0.0f);
   s.scores.resize(static_cast<size_t>(RB * kKeyBlock));
   s.rows.assign(static_cast<size_t>(rows), RowState{});
+  s.b = b, s.h = h;
   for (int64_t i = 0; i < rows; ++i) {
     const float* q = a.q + b * a.q_strides[0] + h * a.q_strides[1] + (r0 + i) * a.q_strides[2];
     for (int64_t d = 0; d < a.D; ++d) s.query[i * a.D + d] = q[d] * a.scale;
@@ -590,6 +623,17 @@ void validate(const AttentionArgs& a) {
   require(std::isfinite(a.scale), "scale: expected a finite value");
   require(a.num_threads >= 1, "num_threads: expected >= 1");
   require(a.streamed >= -1 && a.streamed <= 1, "streamed: expected -1 (by size), 0 or 1");
+  if (a.mask_add != nullptr || a.mask_keep != nullptr) {
+    require(a.mask_add == nullptr || a.mask_keep == nullptr, "mask: expected additive values or booleans, not both");
+    require(a.streamed != 0, "mask: the short-sequence scheme takes no mask (streamed must be -1 or 1)");
+    int64_t last = 0;
+    const int64_t sizes[4] = {a.B, a.Hq, a.Sq, a.Sk};
+    for (int i = 0; i < 4; ++i) {
+      require(a.mask_strides[i] >= 0, "mask: expected strides >= 0");
+      last += (sizes[i] - 1) * a.mask_strides[i];
+    }
+    require(last < a.mask_extent, "mask: its shape [B, Hq, Sq, Sk] and strides reach past its buffer");
+  }
 }
 
 void attention_forward(const AttentionArgs& a) {
@@ -597,7 +641,8 @@ void attention_forward(const AttentionArgs& a) {
   const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (a.D + a.Dv);  // multiply-adds (causal: about half)
   // Waking a thread costs a few microseconds: below ~32K multiply-adds per thread one thread is faster.
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
-  if (a.streamed == 1 || (a.streamed == -1 && use_streamed(a))) return attention_forward_streamed(a, workers);
+  const bool masked = a.mask_add != nullptr || a.mask_keep != nullptr;
+  if (masked || a.streamed == 1 || (a.streamed == -1 && use_streamed(a))) return attention_forward_streamed(a, workers);
   const RowsFn attend = rows_routine(a.Dv);
   parallel_for(tasks, workers, [&](int64_t task) {
     thread_local Packed p;

@@ -24,6 +24,12 @@ struct AttentionArgs {
   int num_threads = 1;
   // Which forward scheme runs: -1 picks by size, 0 the short-sequence one, 1 the streamed (key-blocked) one.
   int streamed = -1;
+  // Optional mask over [B, Hq, Sq, Sk] at element strides (0 along broadcast dimensions): additive fp32 values
+  // (mask_add) or booleans as bytes (mask_keep; 0 removes the score). At most one; the streamed scheme reads it.
+  const float* mask_add = nullptr;
+  const uint8_t* mask_keep = nullptr;
+  int64_t mask_strides[4] = {0, 0, 0, 0};
+  int64_t mask_extent = 0;  // elements reachable from the mask's address
 };
 
 // The largest Dv the kernel serves (its output row is held in 16 vector registers).

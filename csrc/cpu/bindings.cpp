@@ -222,9 +222,22 @@ void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_
                           std::vector<int64_t> k_strides, uintptr_t v, int64_t v_extent, std::vector<int64_t> v_strides,
                           uintptr_t out, int64_t out_numel, uintptr_t lse, int64_t lse_numel, int64_t B, int64_t Hq,
                           int64_t Hkv, int64_t Sq, int64_t Sk, int64_t D, int64_t Dv, double scale, bool causal,
-                          int num_threads, int streamed) {
+                          int num_threads, int streamed, uintptr_t mask, int mask_kind,
+                          std::vector<int64_t> mask_strides, int64_t mask_extent) {
   AttentionArgs args;
   args.streamed = streamed;
+  require(mask_kind >= 0 && mask_kind <= 2, "mask_kind: expected 0 (none), 1 (additive fp32) or 2 (booleans)");
+  if (mask_kind != 0) {
+    require(mask != 0, "mask: expected a non-null address");
+    require(mask_strides.size() == 4, "mask_strides: expected 4 (over [B, Hq, Sq, Sk])");
+    for (int i = 0; i < 4; ++i) args.mask_strides[i] = mask_strides[i];
+    args.mask_extent = mask_extent;
+    if (mask_kind == 1) {
+      args.mask_add = as_ptr<const float>(mask);
+    } else {
+      args.mask_keep = as_ptr<const uint8_t>(mask);
+    }
+  }
   args.q = as_ptr<const float>(q);
   args.k = as_ptr<const float>(k);
   args.v = as_ptr<const float>(v);
@@ -326,10 +339,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v"), py::arg("v_extent"),
         py::arg("v_strides"), py::arg("out"), py::arg("out_numel"), py::arg("lse"), py::arg("lse_numel"), py::arg("B"),
         py::arg("Hq"), py::arg("Hkv"), py::arg("Sq"), py::arg("Sk"), py::arg("D"), py::arg("Dv"), py::arg("scale"),
-        py::arg("causal"), py::arg("num_threads"), py::arg("streamed") = -1,
+        py::arg("causal"), py::arg("num_threads"), py::arg("streamed") = -1, py::arg("mask") = 0,
+        py::arg("mask_kind") = 0, py::arg("mask_strides") = std::vector<int64_t>{}, py::arg("mask_extent") = 0,
         "fp32 softmax(q k^T * scale) v for q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (causal: "
         "top-left) into a contiguous out [B, Hq, Sq, Dv] (lse: 0 or the address of B * Hq * Sq floats). "
-        "streamed: -1 picks the scheme by size, 0 the short-sequence one, 1 the key-blocked one.");
+        "streamed: -1 picks the scheme by size, 0 the short-sequence one, 1 the key-blocked one. mask: the "
+        "address of an additive fp32 (mask_kind 1) or boolean-byte (2) mask over [B, Hq, Sq, Sk] at mask_strides "
+        "(the key-blocked scheme runs it).");
   m.def("attention_backward", &attention_backward_py, py::arg("q"), py::arg("q_numel"), py::arg("k"),
         py::arg("k_numel"), py::arg("v"), py::arg("v_numel"), py::arg("out"), py::arg("out_numel"), py::arg("grad_out"),
         py::arg("grad_out_numel"), py::arg("lse"), py::arg("lse_numel"), py::arg("dq"), py::arg("dq_numel"),

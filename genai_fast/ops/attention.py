@@ -823,7 +823,8 @@ def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
     queries, rows = inputs["queries"], inputs["rows"]
     if (inputs.get("needs_grad") or inputs.get("backward")) and head_dim > CPP_SMALL_HEAD_DIM:
         return f"with gradients, head dim {head_dim} is above {CPP_SMALL_HEAD_DIM} (torch's backward is fused)"
-    if _few_rows_on_decode_kernel(queries, keys, head_dim, inputs["head_dim_v"], causal):
+    if not inputs.get("has_mask") and _few_rows_on_decode_kernel(queries, keys, head_dim, inputs["head_dim_v"],
+                                                                  causal):
         if rows * keys < CPP_DECODE_MIN_SCORES:
             return (f"{rows} query rows against {keys} keys are too little work for the decode kernel (under "
                     f"{CPP_DECODE_MIN_SCORES} scores torch's fixed costs are lower)")
@@ -910,8 +911,8 @@ def _time_both(heads_q: int, heads_kv: int, queries: int, keys: int, head_dim: i
 
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
     reasons = []
-    if inputs.get("has_mask"):
-        reasons.append("attn_mask: masks run on torch's SDPA (the cpp kernels take causal only)")
+    if inputs.get("has_mask") and (inputs.get("needs_grad") or inputs.get("backward") or inputs.get("mask_grad")):
+        reasons.append("attn_mask with gradients: masked calls train on torch's SDPA (the cpp backward takes no mask)")
     if inputs.get("dropout_p", 0.0) > 0:
         reasons.append("dropout_p > 0 runs on the reference (the kernels have no dropout)")
     if inputs["head_dim_v"] > CPP_MAX_HEAD_DIM_V:
@@ -930,16 +931,17 @@ def _on_cpu_in_fp32(inputs: dict[str, Any]) -> bool:
 @ATTENTION.register(
     "cpp",
     Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
-               features=("key-blocked online softmax", "GQA without copies", "causal (top-left)", "no mask")),
+               features=("key-blocked online softmax", "GQA without copies", "causal (top-left)",
+                         "boolean and additive masks (inference)")),
     check=_cpp_reasons,
 )
 def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale):
     Sq, Sk = query.shape[-2], key.shape[-2]
-    if _few_rows_on_decode_kernel(Sq, Sk, query.shape[-1], value.shape[-1], is_causal):
+    if attn_mask is None and _few_rows_on_decode_kernel(Sq, Sk, query.shape[-1], value.shape[-1], is_causal):
         # Every query sees all Sk keys (or, causal with Sq == Sk, the same keys either alignment shows).
         return cpp_attention.decode_attention_fwd(query, key, value, [Sk] * query.shape[0], scale, is_causal,
                                                   with_lse=True)
-    return cpp_attention.attention_fwd(query, key, value, scale, is_causal)
+    return cpp_attention.attention_fwd(query, key, value, scale, is_causal, mask=attn_mask)
 
 
 @ATTENTION.register("torch", _TORCH, check=lambda inputs: [])

@@ -47,11 +47,15 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
-                  num_threads: int | None = None, streamed: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  num_threads: int | None = None, streamed: bool | None = None,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (fp32, CPU, any strides; Hq a multiple of Hkv)
     -> (out [B, Hq, Sq, Dv] contiguous, lse [B, Hq, Sq] fp32: each row's natural-log log-sum-exp of its scaled
     scores). causal: aligned top-left (query i sees keys j <= i), as torch's SDPA. streamed: run the key-blocked
-    (online softmax) scheme or the short-sequence one; None chooses by the size of a head's keys."""
+    (online softmax) scheme or the short-sequence one; None chooses by the size of a head's keys. mask: None, or
+    [B, Hq, Sq, Sk] (any strides, broadcast views included) of booleans (False removes a score) or fp32 values
+    added to the scaled scores; a masked call runs the key-blocked scheme. A row whose scores are all removed
+    gives zeros and lse -inf."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
@@ -61,8 +65,23 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         q.data_ptr(), _extent(q), list(q.stride()[:3]), k.data_ptr(), _extent(k), list(k.stride()[:3]),
         v.data_ptr(), _extent(v), list(v.stride()[:3]), out.data_ptr(), out.numel(), lse.data_ptr(), lse.numel(),
         B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal), num_threads or torch.get_num_threads(),
-        -1 if streamed is None else int(streamed))
+        -1 if streamed is None else int(streamed), *_mask_args(mask, (B, Hq, Sq, Sk)))
     return out, lse
+
+
+def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int]) -> tuple[int, int, list[int], int]:
+    """(address, kind: 0 none / 1 additive fp32 / 2 booleans, 4 strides, extent) for attention_forward."""
+    if mask is None:
+        return 0, 0, [], 0
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"mask: expected shape {list(shape)} (a broadcast view is fine), got {list(mask.shape)}")
+    if mask.dtype == torch.bool:
+        mask, kind = mask.view(torch.uint8), 2
+    elif mask.dtype == torch.float32:
+        kind = 1
+    else:
+        raise TypeError(f"mask: expected bool or float32, got {mask.dtype}")
+    return mask.data_ptr(), kind, list(mask.stride()), _extent(mask)
 
 
 def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
