@@ -10,8 +10,8 @@
 //   the values zero-padded to whole vectors (Vp [n, Dv16]). Then, for blocks of up to 4 rows (each packed
 //   vector loaded once per block): the scores, an exact two-pass softmax in fp32 per row, and the weighted sums
 //   of value rows held in vector registers.
-// - streamed: everything longer; keys packed once per call and visited in L2-sized blocks with an online
-//   softmax (described above its code).
+// - streamed: everything longer, and every call with a mask; keys packed once per call and visited in L2-sized
+//   blocks with an online softmax (described above its code).
 // Rows with a NaN or +inf score give NaN, as the math reference's do (torch's fused CPU kernel can keep such a
 // row finite); rows whose scores are all -inf give zeros, as torch's do.
 
