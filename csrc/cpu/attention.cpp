@@ -242,17 +242,9 @@ struct RowState {
 GF_INLINE float fold_block(float* row, int64_t valid, int64_t width, RowState& state) {
   const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const int limit = static_cast<int>(valid);
-  v16 vtop = {}, vraw = {};
-  vtop -= INFINITY;
-  for (int64_t j = 0; j < width; j += 16) {
-    const v16i in = lane + static_cast<int>(j) < limit;
-    const v16 x = in ? load16(row + j) : -INFINITY;
-    vtop = x > vtop ? x : vtop;
-    vraw += in ? x : 0.0f;
-  }
-  const float block_top = hmax(vtop);
-  if (valid > 0 && (std::isnan(hsum(vraw)) || block_top == INFINITY)) state.poisoned = true;
-  const float top = std::max(state.top, block_top);
+  const ScoreScan scan = scan_scores(row, valid, width);
+  state.poisoned = state.poisoned || scan.poisoned;
+  const float top = std::max(state.top, scan.top);
   if (valid == 0 || top == -INFINITY || state.poisoned) {  // nothing to add (or the row is NaN already)
     for (int64_t j = 0; j < width; j += 16) store16(row + j, v16{});
     return 1.0f;

@@ -107,12 +107,14 @@ GF_INLINE v16 exp16(v16 x) {
   return (v16)((v16i)p + (n_int << 23));
 }
 
-// Softmax weights of a row padded to `width` (a multiple of 16) whose first `seen` entries are scores: turns
-// them into exp(score - max) in place, with the padding masked out of the maximum and sum and written as zeros,
-// and returns the max and the sum of the exps. exp16 does not carry NaN through, so a NaN or +inf score (whose
-// reference row is NaN) gives a NaN sum; a row whose scores are all -inf gets zero weights and a zero sum (torch
-// returns a zero row for it, its fully-masked rule).
-GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, float& top, float& total) {
+// The largest of row[0, seen) (row padded to `width`, a multiple of 16; -inf when seen is 0), and whether one of
+// those scores is NaN or +inf (the reference's softmax row is then NaN). The padding is never read as a score.
+struct ScoreScan {
+  float top;
+  bool poisoned;
+};
+
+GF_INLINE ScoreScan scan_scores(const float* row, int64_t seen, int64_t width) {
   const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const int limit = static_cast<int>(seen);
   v16 vtop = {}, vraw = {};
@@ -123,8 +125,21 @@ GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, floa
     vtop = x > vtop ? x : vtop;
     vraw += valid ? x : 0.0f;
   }
-  top = hmax(vtop);
-  const bool poisoned = std::isnan(hsum(vraw)) || top == INFINITY;
+  const float top = hmax(vtop);
+  return {top, std::isnan(hsum(vraw)) || top == INFINITY};
+}
+
+// Softmax weights of a row padded to `width` (a multiple of 16) whose first `seen` entries are scores: turns
+// them into exp(score - max) in place, with the padding masked out of the maximum and sum and written as zeros,
+// and returns the max and the sum of the exps. exp16 does not carry NaN through, so a NaN or +inf score (whose
+// reference row is NaN) gives a NaN sum; a row whose scores are all -inf gets zero weights and a zero sum (torch
+// returns a zero row for it, its fully-masked rule).
+GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, float& top, float& total) {
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const int limit = static_cast<int>(seen);
+  const ScoreScan scan = scan_scores(row, seen, width);
+  top = scan.top;
+  const bool poisoned = scan.poisoned;
   if (top == -INFINITY && !poisoned) {
     for (int64_t j = 0; j < width; j += 16) store16(row + j, v16{});
     total = 0.0f;
