@@ -240,8 +240,6 @@ struct RowState {
 // rest up to width is padding; both become weights exp(score - top) (zeros for padding). Returns the factor
 // by which the row's output sum so far must be rescaled.
 GF_INLINE float fold_block(float* row, int64_t valid, int64_t width, RowState& state) {
-  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const int limit = static_cast<int>(valid);
   const ScoreScan scan = scan_scores(row, valid, width);
   state.poisoned = state.poisoned || scan.poisoned;
   const float top = std::max(state.top, scan.top);
@@ -250,14 +248,7 @@ GF_INLINE float fold_block(float* row, int64_t valid, int64_t width, RowState& s
     return 1.0f;
   }
   const float rescale = std::exp(state.top - top);  // 0 while the row had seen only -inf scores
-  v16 vsum = {};
-  for (int64_t j = 0; j < width; j += 16) {
-    const v16i in = lane + static_cast<int>(j) < limit;
-    const v16 e = in ? exp16(load16(row + j) - top) : 0.0f;
-    store16(row + j, e);
-    vsum += e;
-  }
-  state.total = state.total * rescale + hsum(vsum);
+  state.total = state.total * rescale + exponentiate_shifted(row, valid, width, top);
   state.top = top;
   return rescale;
 }

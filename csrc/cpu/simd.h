@@ -129,14 +129,27 @@ GF_INLINE ScoreScan scan_scores(const float* row, int64_t seen, int64_t width) {
   return {top, std::isnan(hsum(vraw)) || top == INFINITY};
 }
 
+// row[j] = exp(row[j] - top) for j < seen and 0 for the padding up to `width` (a multiple of 16); returns the
+// sum of the exps.
+GF_INLINE float exponentiate_shifted(float* row, int64_t seen, int64_t width, float top) {
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const int limit = static_cast<int>(seen);
+  v16 vsum = {};
+  for (int64_t j = 0; j < width; j += 16) {
+    const v16i valid = lane + static_cast<int>(j) < limit;
+    const v16 e = valid ? exp16(load16(row + j) - top) : 0.0f;
+    store16(row + j, e);
+    vsum += e;
+  }
+  return hsum(vsum);
+}
+
 // Softmax weights of a row padded to `width` (a multiple of 16) whose first `seen` entries are scores: turns
 // them into exp(score - max) in place, with the padding masked out of the maximum and sum and written as zeros,
 // and returns the max and the sum of the exps. exp16 does not carry NaN through, so a NaN or +inf score (whose
 // reference row is NaN) gives a NaN sum; a row whose scores are all -inf gets zero weights and a zero sum (torch
 // returns a zero row for it, its fully-masked rule).
 GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, float& top, float& total) {
-  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const int limit = static_cast<int>(seen);
   const ScoreScan scan = scan_scores(row, seen, width);
   top = scan.top;
   const bool poisoned = scan.poisoned;
@@ -145,14 +158,8 @@ GF_INLINE void exponentiate_padded(float* row, int64_t seen, int64_t width, floa
     total = 0.0f;
     return;
   }
-  v16 vsum = {};
-  for (int64_t j = 0; j < width; j += 16) {
-    const v16i valid = lane + static_cast<int>(j) < limit;
-    const v16 e = valid ? exp16(load16(row + j) - top) : 0.0f;
-    store16(row + j, e);
-    vsum += e;
-  }
-  total = poisoned ? NAN : hsum(vsum);
+  const float sum = exponentiate_shifted(row, seen, width, top);
+  total = poisoned ? NAN : sum;
 }
 
 // erf of 16 floats to about 1.2e-7 absolute (2 ulp near 1), without a division. |x| < 0.875: x P(x^2);
