@@ -112,13 +112,16 @@ FWD_PRESETS = {
     },
 }
 # CPU backward: the self-attention of the text-to-image U-Net's training step (batch 32, 16x16 positions, heads of
-# 8 channels) and a tiny U-Net's.
+# 8 channels) and a tiny U-Net's; then wider heads (a 512-token text model's, a 32x32 U-Net level's, a causal
+# 1024-token prefill at D 128).
 CPU_TRAINING_CASES = [_fwd_case(32, 8, 256, 8, False, torch.float32), _fwd_case(2, 8, 64, 8, False, torch.float32)]
+CPU_WIDE_TRAINING_CASES = [_fwd_case(1, 8, 512, 64, c, torch.float32) for c in (False, True)] + [
+    _fwd_case(2, 8, 1024, 40, False, torch.float32), _fwd_case(1, 16, 1024, 128, True, torch.float32)]
 BWD_PRESETS = {
     "quick": {"cuda": _fa_cases([2048], [128], torch.bfloat16), "cpu": CPU_TRAINING_CASES[1:]},
     "full": {"cuda": _fa_cases([4096, 16384, 1024], [128], torch.bfloat16)
              + _fa_cases([4096], [64], torch.bfloat16),
-             "cpu": CPU_TRAINING_CASES},
+             "cpu": CPU_TRAINING_CASES + CPU_WIDE_TRAINING_CASES},
 }
 # Llama-3-8B-like heads (32 query, 8 KV, D 128) and SmolLM2-like (9:3, D 64) on CPU.
 DECODE_PRESETS = {

@@ -125,13 +125,49 @@ def test_cpp_sdpa_forward_schemes(case, streamed):
 
 @pytest.mark.parametrize("case", ["s77-d80-bool", "sq7-sk77-causal-additive-dv40", "padding-mask-b2",
                                   "2d-additive-mask"])
-def test_cpp_sdpa_masks_in_inference(case):
+def test_cpp_sdpa_masks(case):
     """Boolean, additive, padding ([B, 1, 1, Sk]) and 2-D masks, fully masked rows included, on the cpp backend
-    (the streamed scheme) against the float64 reference; inference only (masked calls train on torch)."""
-    import dataclasses
-
+    (the streamed forward, the key-blocked backward) against the float64 reference, gradients included."""
     _require("cpp")
-    check_sdpa("cpp", dataclasses.replace(CASES[case], grad=False), torch.float32)
+    check_sdpa("cpp", CASES[case], torch.float32)
+
+
+# The key-blocked backward (64-key blocks, passes of 16 query rows in tiles of 4): several blocks and a partial
+# last one of 1 to 3 vectors, query rows that end mid-tile, causal with Sq > Sk and Sq < Sk (blocks no row
+# sees), GQA, head dims not a multiple of 16 (dQ's vector groups and remainder, up to 260), Dv != D, masks.
+BACKWARD_CASES = {
+    "sq130-sk130-d40-causal": Case(1, 2, 2, 130, 130, 40, causal=True),
+    "sq33-sk200-d20-dv100-gqa": Case(2, 4, 2, 33, 200, 20, Dv=100),
+    "sq150-sk70-d72-causal": Case(1, 2, 1, 150, 70, 72, causal=True),
+    "sq17-sk90-d260-dv3": Case(1, 1, 1, 17, 90, 260, Dv=3),
+    "sq66-sk129-d64-bool": Case(2, 3, 3, 66, 129, 64, mask="bool"),
+    "sq45-sk160-d24-padding-causal": Case(2, 2, 1, 45, 160, 24, causal=True, mask="padding"),
+    "sq80-sk48-d8-additive": Case(1, 2, 2, 80, 48, 8, mask="additive"),
+}
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES.keys())
+def test_cpp_sdpa_backward_blocks(case):
+    _require("cpp")
+    check_sdpa("cpp", BACKWARD_CASES[case], torch.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cpp_sdpa_backward_shares_key_blocks_between_threads(threads):
+    """With fewer (sequence, K/V head) pairs than threads each pair's key blocks are split into shares whose dQ
+    sums are added afterwards: the gradients equal the single-thread ones to rounding and the float64 reference."""
+    _require("cpp")
+    from genai_fast.backends.cpp.attention import attention_bwd, attention_fwd
+
+    q, k, v = torch.randn(1, 2, 300, 32), torch.randn(1, 1, 333, 32), torch.randn(1, 1, 333, 48)
+    grad = torch.randn(1, 2, 300, 48)
+    out, lse = attention_fwd(q, k, v, 0.2, True)
+    with memory.poison_outputs():
+        got = attention_bwd(grad, q, k, v, out, lse, 0.2, True, num_threads=threads)
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = genai_fast.scaled_dot_product_attention_reference(*leaves, is_causal=True, scale=0.2, enable_gqa=True)
+    for g, want in zip(got, torch.autograd.grad(ref, leaves, grad.double()), strict=True):
+        torch.testing.assert_close(g.double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_auto_dispatch_runs_masked_inference_on_cpp():
@@ -219,14 +255,14 @@ def test_cpp_sdpa_nan_rows_and_threads(threads):
     torch.testing.assert_close(lse[~bad], torch.logsumexp(scores, -1)[~bad].float(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("what, match", [("mask", "attn_mask with gradients"), ("dv", "value head dim 257"),
+@pytest.mark.parametrize("what, match", [("mask", "gradient of an additive attn_mask"), ("dv", "value head dim 257"),
                                           ("fp16", "float16"), ("dropout", "dropout_p")])
 def test_cpp_sdpa_forced_on_inputs_it_cannot_run_says_why(what, match):
     _require("cpp")
     dtype = torch.float16 if what == "fp16" else torch.float32
-    q, k = torch.randn(1, 2, 5, 8, dtype=dtype, requires_grad=what == "mask"), torch.randn(1, 2, 6, 8, dtype=dtype)
+    q, k = torch.randn(1, 2, 5, 8, dtype=dtype), torch.randn(1, 2, 6, 8, dtype=dtype)
     v = torch.randn(1, 2, 6, 257 if what == "dv" else 8, dtype=dtype)
-    mask = torch.ones(5, 6, dtype=torch.bool) if what == "mask" else None
+    mask = torch.zeros(5, 6, requires_grad=True) if what == "mask" else None
     with pytest.raises(genai_fast.BackendNotSupportedError, match=match):
         genai_fast.scaled_dot_product_attention(q, k, v, mask, dropout_p=0.5 if what == "dropout" else 0.0,
                                                 backend="cpp")
@@ -320,8 +356,13 @@ def test_cpp_sdpa_backward_checks_sizes_before_reading():
         extension().attention_backward(**{**args, **changes})
 
     call()
+    mask = torch.ones(4, 6, dtype=torch.uint8)
+    masked = {"mask": mask.data_ptr(), "mask_kind": 2, "mask_strides": [0, 0, 6, 1], "mask_extent": mask.numel()}
+    call(**masked)
     for changes, name in [({"dk_numel": 95}, "dk:"), ({"Sk": 7}, "k:"), ({"lse_numel": 9}, "lse:"),
-                          ({"Dv": 9}, "v:"), ({"Hkv": 3}, "q:"), ({"scale": float("nan")}, "scale:")]:
+                          ({"Dv": 9}, "v:"), ({"Hkv": 3}, "q:"), ({"scale": float("nan")}, "scale:"),
+                          ({**masked, "mask_extent": 23}, "mask:"), ({**masked, "mask_strides": [0, 0, 6]}, "mask"),
+                          ({**masked, "mask_kind": 3}, "mask_kind:")]:
         with pytest.raises(ValueError, match=name):
             call(**changes)
 
@@ -740,16 +781,21 @@ def test_cpu_auto_dispatch_leaves_small_work_and_few_rows_to_torch(shape):
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v))
 
 
-def test_cpu_auto_dispatch_trains_small_heads_on_cpp():
-    """With gradients, head dims up to 16 take the cpp forward and backward; the gradients equal torch's."""
+@pytest.mark.parametrize("D, masked", [(8, False), (64, False), (40, True)])
+def test_cpu_auto_dispatch_trains_on_cpp(D, masked, monkeypatch):
+    """With gradients, calls with enough work take the cpp forward and backward whatever the head dim, with a
+    boolean padding mask too, and shapes that are contested in inference (600 keys of D 64) are not timed; the
+    gradients equal torch's."""
     _require("cpp")
-    q, k, v = (torch.randn(8, 4, n, 8, requires_grad=True) for n in (50, 60, 60))
-    out = genai_fast.scaled_dot_product_attention(q, k, v)
+    _fresh_dispatch_state(monkeypatch, lambda *sizes: pytest.fail("a call with gradients was timed"))
+    q, k, v = (torch.randn(2, 4, n, D, requires_grad=True) for n in (500, 600, 600))
+    mask = (torch.arange(600) < torch.tensor([[450], [600]])).view(2, 1, 1, 600) if masked else None
+    out = genai_fast.scaled_dot_product_attention(q, k, v, mask)
     assert OPS["scaled_dot_product_attention"].last_backend == "cpp"
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), grad)
     assert OPS["scaled_dot_product_attention_backward"].last_backend == "cpp"
-    want = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), grad)
+    want = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, mask), (q, k, v), grad)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
@@ -766,18 +812,19 @@ def _fresh_dispatch_state(monkeypatch, time_both) -> None:
     monkeypatch.setattr(attention, "_time_both", time_both)
 
 
-@pytest.mark.parametrize("why", ["mask-grad", "grad", "long-keys", "fp16", "many-keys-no-causal"])
+@pytest.mark.parametrize("why", ["mask-grad", "few-queries-grad", "long-keys", "fp16", "many-keys-no-causal"])
 def test_cpu_auto_dispatch_leaves_to_torch(why, monkeypatch):
-    """Inputs that require grad (torch's backward is fused; with a mask as well), half precision, and (when timing
-    finds torch faster) keys past the kernel's cache budget or over 96 keys of D 64 without a causal mask take
-    torch's SDPA; the result still equals torch's."""
+    """An additive mask that requires grad, heads of under 16 queries with gradients (which in inference run the
+    decode kernel), half precision, and (when timing finds torch faster) keys past the kernel's cache budget or
+    over 96 keys of D 64 without a causal mask take torch's SDPA; the result still equals torch's."""
     _fresh_dispatch_state(monkeypatch, lambda *sizes: {"torch": 1.0, "cpp": 2.0})
     Sk = {"long-keys": 1100, "many-keys-no-causal": 130}.get(why, 40)
     dtype = torch.float16 if why == "fp16" else torch.float32
     # 32 x 2 heads x 20 queries: enough rows for the kernels, so each case's own property decides.
-    q, k, v = (torch.randn(32, 2, n, 64, dtype=dtype) for n in (20, Sk, Sk))
-    mask = torch.rand(32, 1, 20, Sk) > 0.3 if why == "mask-grad" else None
-    q.requires_grad_(why in ("grad", "mask-grad"))
+    Sq = 8 if why == "few-queries-grad" else 20
+    q, k, v = (torch.randn(32, 2, n, 64, dtype=dtype) for n in (Sq, Sk, Sk))
+    mask = torch.zeros(32, 1, Sq, Sk, requires_grad=True) if why == "mask-grad" else None
+    q.requires_grad_(why == "few-queries-grad")
     got = genai_fast.scaled_dot_product_attention(q, k, v, mask)
     assert OPS["scaled_dot_product_attention"].last_backend == "torch"
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, mask))

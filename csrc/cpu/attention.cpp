@@ -1,5 +1,4 @@
-// scaled_dot_product_attention's forward and backward on the CPU, fp32 (the backward's scheme is described
-// above its code, further down).
+// scaled_dot_product_attention's forward on the CPU, fp32 (the backward is in attention_backward.cpp).
 //
 // torch's CPU SDPA multiplies blocks with BLAS: a fixed cost per block, a softmax vectorised along rows that is
 // slow when a row has a handful of keys, and on long sequences a pass through memory for every product. The
@@ -22,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_mask.h"
 #include "simd.h"
 
 namespace genai_fast {
@@ -260,36 +260,6 @@ struct StreamScratch {
   int64_t b = 0, h = 0;  // the task's sequence and query head
 };
 
-// Applies the mask to RB rows of scores (row i: query row r + i, keys [j0, j0 + valid[i])): adds the additive
-// values, or sets the removed scores to -inf. Unit key strides (the common case) go 16 keys at a time.
-template <int RB>
-GF_INLINE void mask_scores(const AttentionArgs& a, int64_t b, int64_t h, int64_t r, int64_t j0,
-                           const int64_t (&valid)[RB], float* scores) {
-  const int64_t* ms = a.mask_strides;
-  for (int i = 0; i < RB; ++i) {
-    const int64_t base = b * ms[0] + h * ms[1] + (r + i) * ms[2] + j0 * ms[3];
-    float* row = scores + i * kKeyBlock;
-    int64_t j = 0;
-    if (ms[3] == 1 && a.mask_add != nullptr) {
-      for (; j + 16 <= valid[i]; j += 16) store16(row + j, load16(row + j) + load16(a.mask_add + base + j));
-    } else if (ms[3] == 1) {
-      for (; j + 16 <= valid[i]; j += 16) {
-        v16i keep;
-        for (int t = 0; t < 16; ++t) keep[t] = a.mask_keep[base + j + t];
-        store16(row + j, keep != 0 ? load16(row + j) : -INFINITY);
-      }
-    }
-    for (; j < valid[i]; ++j) {
-      const int64_t at = base + j * ms[3];
-      if (a.mask_add != nullptr) {
-        row[j] += a.mask_add[at];
-      } else if (a.mask_keep[at] == 0) {
-        row[j] = -INFINITY;
-      }
-    }
-  }
-}
-
 // acc_i = acc_i * rescale_i + sum_j w_i[j] values_j over keys [0, n) for RB rows of weights (row i at
 // w + i * kKeyBlock), on output vectors [t0, t0 + G) of each row (sums at acc + i * dv16): each value vector is
 // loaded once for the RB rows, whose G vectors stay in registers.
@@ -329,7 +299,9 @@ GF_INLINE void stream_rows(const AttentionArgs& a, int64_t r0, int64_t i0, int64
   if (widest == 0) return;  // causal: the block lies past these rows
   const int64_t width = round16(widest);
   panel_scores<RB>(s.query.data() + i0 * a.D, kt, a.D, width, s.scores.data());
-  if (a.mask_add != nullptr || a.mask_keep != nullptr) mask_scores<RB>(a, s.b, s.h, r0 + i0, j0, valid, s.scores.data());
+  if (a.mask.present()) {
+    for (int i = 0; i < RB; ++i) mask_row(a.mask, s.b, s.h, r0 + i0 + i, j0, valid[i], s.scores.data() + i * kKeyBlock);
+  }
   float rescale[RB];
   for (int i = 0; i < RB; ++i) rescale[i] = fold_block(s.scores.data() + i * kKeyBlock, valid[i], width, s.rows[i0 + i]);
   float* acc = s.acc.data() + i0 * dv16;
@@ -437,148 +409,6 @@ void attention_forward_streamed(const AttentionArgs& a, int workers) {
   }
 }
 
-// ---- backward
-//
-// One task per (sequence, K/V head): its keys and values are packed transposed (Kt [D, ld], Vt [Dv, ld]) and
-// its key gradients accumulate transposed too (dKt, dVt), so that every product runs along 16 keys at a time
-// whatever the head dims (a U-Net's heads of 8 channels would waste half of each vector along channels). Per
-// query row of the task's query heads, with P recomputed from the forward's lse:
-//   p_j = exp(s_j - lse), dp_j = dO . v_j, ds_j = p_j (dp_j - dO . O),
-//   dV^T[e] += dO[e] p,  dK^T[d] += scale q[d] ds,  dQ[d] = scale sum_j ds_j k_j[d].
-// The task owns its key gradients, so nothing is shared between threads.
-
-struct BackwardScratch {
-  std::vector<float> kt, vt, dkt, dvt, p, ds, query;
-  int64_t ld = 0;
-};
-
-void pack_transposed(const float* rows, int64_t n, int64_t width, int64_t ld, std::vector<float>& out) {
-  out.assign(static_cast<size_t>(width * ld), 0.0f);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t c = 0; c < width; ++c) out[c * ld + j] = rows[j * width + c];
-}
-
-void unpack_transposed(const std::vector<float>& in, int64_t n, int64_t rows, int64_t width, int64_t ld,
-                       float* out) {
-  for (int64_t j = 0; j < rows; ++j)
-    for (int64_t c = 0; c < width; ++c) out[j * width + c] = j < n ? in[c * ld + j] : 0.0f;
-}
-
-// p and ds for keys [0, width) of one query row (scaled query qs, grad_out row g, D_i = dot(g, out row)),
-// NV key vectors at a time: 2 NV independent multiply-add chains.
-template <int NV>
-GF_INLINE void probabilities_block(const AttentionBackwardArgs& a, const BackwardScratch& w, const float* qs,
-                                   const float* g, float lse, float g_dot_o, int64_t seen, int64_t j, float* p,
-                                   float* ds) {
-  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  v16 s[NV] = {}, dp[NV] = {};
-  for (int64_t d = 0; d < a.D; ++d)
-    for (int t = 0; t < NV; ++t) s[t] += qs[d] * load16(w.kt.data() + d * w.ld + j + 16 * t);
-  for (int64_t e = 0; e < a.Dv; ++e)
-    for (int t = 0; t < NV; ++t) dp[t] += g[e] * load16(w.vt.data() + e * w.ld + j + 16 * t);
-  for (int t = 0; t < NV; ++t) {
-    const v16i valid = lane + static_cast<int>(j + 16 * t) < static_cast<int>(seen);
-    const v16 prob = valid ? exp16(s[t] - lse) : 0.0f;
-    store16(p + j + 16 * t, prob);
-    store16(ds + j + 16 * t, prob * (dp[t] - g_dot_o));
-  }
-}
-
-GF_INLINE void row_probabilities(const AttentionBackwardArgs& a, const BackwardScratch& w, const float* qs,
-                                 const float* g, float lse, float g_dot_o, int64_t seen, int64_t width, float* p,
-                                 float* ds) {
-  int64_t j = 0;
-  for (; j + 64 <= width; j += 64) probabilities_block<4>(a, w, qs, g, lse, g_dot_o, seen, j, p, ds);
-  for (; j < width; j += 16) probabilities_block<1>(a, w, qs, g, lse, g_dot_o, seen, j, p, ds);
-}
-
-// dQ row = scale sum_j ds_j k_j, 16 head channels at a time (one lane sum each).
-GF_INLINE void row_query_gradient(const AttentionBackwardArgs& a, const BackwardScratch& w, const float* ds,
-                                  int64_t width, float* dq) {
-  for (int64_t d0 = 0; d0 < a.D; d0 += 16) {
-    const int64_t count = std::min<int64_t>(16, a.D - d0);
-    v16 sums[16] = {};
-    for (int64_t j = 0; j < width; j += 16) {
-      const v16 weights = load16(ds + j);
-      for (int64_t t = 0; t < count; ++t) sums[t] += weights * load16(w.kt.data() + (d0 + t) * w.ld + j);
-    }
-    store_part(dq + d0, hsum16x16(sums) * a.scale, count);
-  }
-}
-
-// acc[c] += sum_r coef_r[c] * rows_r over RB rows (coef_r and rows_r at strides): the transposed key gradients'
-// update from a block of query rows, each accumulator vector loaded and stored once per block.
-template <int RB>
-GF_INLINE void accumulate_transposed(float* acc, int64_t channels, int64_t ld, int64_t width, const float* coef,
-                                     int64_t coef_stride, const float* rows, int64_t row_stride) {
-  for (int64_t c = 0; c < channels; ++c) {
-    float* out = acc + c * ld;
-    v16 scale[RB];  // broadcast once per channel (stores to acc could alias coef, as far as the compiler knows)
-    for (int r = 0; r < RB; ++r) scale[r] = v16{} + coef[r * coef_stride + c];
-    for (int64_t j = 0; j < width; j += 16) {
-      v16 sum = load16(out + j);
-      for (int r = 0; r < RB; ++r) sum += scale[r] * load16(rows + r * row_stride + j);
-      store16(out + j, sum);
-    }
-  }
-}
-
-// Query rows [i0, i0 + RB) of head h of sequence b: their p and ds, the key gradients' update, and their dQ rows.
-template <int RB>
-GF_INLINE void backward_rows(const AttentionBackwardArgs& a, BackwardScratch& w, int64_t b, int64_t h, int64_t i0) {
-  int64_t width = 0;
-  for (int r = 0; r < RB; ++r) {
-    const int64_t row = (b * a.Hq + h) * a.Sq + i0 + r;
-    const float* q = a.q + row * a.D;
-    const float* g = a.grad_out + row * a.Dv;
-    const float* o = a.out + row * a.Dv;
-    float* qs = w.query.data() + r * a.D;
-    for (int64_t d = 0; d < a.D; ++d) qs[d] = q[d] * a.scale;
-    float g_dot_o = 0.0f;
-    for (int64_t e = 0; e < a.Dv; ++e) g_dot_o += g[e] * o[e];
-    const int64_t seen = a.causal ? std::min(a.Sk, i0 + r + 1) : a.Sk;
-    width = std::max(width, round16(seen));  // rows past their own keys carry zeros (p = ds = 0)
-    std::fill(w.p.data() + r * w.ld, w.p.data() + (r + 1) * w.ld, 0.0f);
-    std::fill(w.ds.data() + r * w.ld, w.ds.data() + (r + 1) * w.ld, 0.0f);
-    if (a.lse[row] == -INFINITY) continue;  // every score -inf: the forward's row was 0 and has no gradient
-    if (std::isnan(a.lse[row])) {  // a NaN or +inf score: NaN weights on the keys the row sees, so NaN reaches
-      std::fill(w.p.data() + r * w.ld, w.p.data() + r * w.ld + seen, NAN);  // every gradient they touch
-      std::fill(w.ds.data() + r * w.ld, w.ds.data() + r * w.ld + seen, NAN);
-      continue;
-    }
-    row_probabilities(a, w, qs, g, a.lse[row], g_dot_o, seen, round16(seen), w.p.data() + r * w.ld,
-                      w.ds.data() + r * w.ld);
-  }
-  const float* g0 = a.grad_out + ((b * a.Hq + h) * a.Sq + i0) * a.Dv;
-  accumulate_transposed<RB>(w.dvt.data(), a.Dv, w.ld, width, g0, a.Dv, w.p.data(), w.ld);
-  accumulate_transposed<RB>(w.dkt.data(), a.D, w.ld, width, w.query.data(), a.D, w.ds.data(), w.ld);
-  for (int r = 0; r < RB; ++r) {
-    const int64_t row = (b * a.Hq + h) * a.Sq + i0 + r;
-    row_query_gradient(a, w, w.ds.data() + r * w.ld, width, a.dq + row * a.D);
-  }
-}
-
-constexpr int kBackwardRows = 4;  // query rows per block of key-gradient updates
-
-GF_CLONES void backward_pair(const AttentionBackwardArgs& a, int64_t b, int64_t kv, BackwardScratch& w) {
-  const int64_t n = a.causal ? std::min(a.Sk, a.Sq) : a.Sk;  // keys any query row sees
-  w.ld = round16(n) + 16;
-  pack_transposed(a.k + (b * a.Hkv + kv) * a.Sk * a.D, n, a.D, w.ld, w.kt);
-  pack_transposed(a.v + (b * a.Hkv + kv) * a.Sk * a.Dv, n, a.Dv, w.ld, w.vt);
-  w.dkt.assign(w.kt.size(), 0.0f);
-  w.dvt.assign(w.vt.size(), 0.0f);
-  w.p.resize(static_cast<size_t>(kBackwardRows * w.ld)), w.ds.resize(w.p.size());
-  w.query.resize(static_cast<size_t>(kBackwardRows * a.D));
-  const int64_t group = a.Hq / a.Hkv;
-  for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
-    int64_t i = 0;
-    for (; i + kBackwardRows <= a.Sq; i += kBackwardRows) backward_rows<kBackwardRows>(a, w, b, h, i);
-    for (; i < a.Sq; ++i) backward_rows<1>(a, w, b, h, i);
-  }
-  unpack_transposed(w.dkt, n, a.Sk, a.D, w.ld, a.dk + (b * a.Hkv + kv) * a.Sk * a.D);
-  unpack_transposed(w.dvt, n, a.Sk, a.Dv, w.ld, a.dv + (b * a.Hkv + kv) * a.Sk * a.Dv);
-}
-
 }  // namespace
 
 void validate(const AttentionArgs& a) {
@@ -606,16 +436,9 @@ void validate(const AttentionArgs& a) {
   require(std::isfinite(a.scale), "scale: expected a finite value");
   require(a.num_threads >= 1, "num_threads: expected >= 1");
   require(a.streamed >= -1 && a.streamed <= 1, "streamed: expected -1 (by size), 0 or 1");
-  if (a.mask_add != nullptr || a.mask_keep != nullptr) {
-    require(a.mask_add == nullptr || a.mask_keep == nullptr, "mask: expected additive values or booleans, not both");
+  if (a.mask.present()) {
     require(a.streamed != 0, "mask: the short-sequence scheme takes no mask (streamed must be -1 or 1)");
-    int64_t last = 0;
-    const int64_t sizes[4] = {a.B, a.Hq, a.Sq, a.Sk};
-    for (int i = 0; i < 4; ++i) {
-      require(a.mask_strides[i] >= 0, "mask: expected strides >= 0");
-      last += (sizes[i] - 1) * a.mask_strides[i];
-    }
-    require(last < a.mask_extent, "mask: its shape [B, Hq, Sq, Sk] and strides reach past its buffer");
+    validate_mask(a.mask, a.B, a.Hq, a.Sq, a.Sk);
   }
 }
 
@@ -624,8 +447,7 @@ void attention_forward(const AttentionArgs& a) {
   const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (a.D + a.Dv);  // multiply-adds (causal: about half)
   // Waking a thread costs a few microseconds: below ~32K multiply-adds per thread one thread is faster.
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
-  const bool masked = a.mask_add != nullptr || a.mask_keep != nullptr;
-  if (masked || a.streamed == 1 || (a.streamed == -1 && use_streamed(a))) return attention_forward_streamed(a, workers);
+  if (a.mask.present() || a.streamed == 1 || (a.streamed == -1 && use_streamed(a))) return attention_forward_streamed(a, workers);
   const RowsFn attend = rows_routine(a.Dv);
   parallel_for(tasks, workers, [&](int64_t task) {
     thread_local Packed p;
@@ -634,44 +456,6 @@ void attention_forward(const AttentionArgs& a) {
     const int64_t n = a.causal ? std::min(a.Sk, r1) : a.Sk;  // the furthest key any row of the block sees
     pack(a, b, h / (a.Hq / a.Hkv), n, p);
     attend(a, b, h, r0, r1, p);
-  });
-}
-
-}  // namespace genai_fast
-
-namespace genai_fast {
-
-void validate(const AttentionBackwardArgs& a) {
-  require(a.q && a.k && a.v && a.out && a.grad_out && a.lse && a.dq && a.dk && a.dv,
-          "q, k, v, out, grad_out, lse, dq, dk, dv: expected non-null addresses");
-  require(a.B >= 1 && a.Hq >= 1 && a.Hkv >= 1 && a.Sq >= 1 && a.Sk >= 1 && a.D >= 1 && a.Dv >= 1,
-          "q, k, v: expected non-empty shapes");
-  require(a.Hq % a.Hkv == 0, "q: expected a head count " + std::to_string(a.Hq) + " divisible by k's " +
-                                 std::to_string(a.Hkv));
-  auto check = [](int64_t got, int64_t want, const char* name) {
-    require(got == want, std::string(name) + ": expected " + std::to_string(want) + " elements, got " +
-                             std::to_string(got));
-  };
-  const int64_t q_rows = a.B * a.Hq * a.Sq, kv_rows = a.B * a.Hkv * a.Sk;
-  check(a.q_numel, q_rows * a.D, "q");
-  check(a.k_numel, kv_rows * a.D, "k");
-  check(a.v_numel, kv_rows * a.Dv, "v");
-  check(a.out_numel, q_rows * a.Dv, "out");
-  check(a.grad_out_numel, q_rows * a.Dv, "grad_out");
-  check(a.lse_numel, q_rows, "lse");
-  check(a.dq_numel, q_rows * a.D, "dq");
-  check(a.dk_numel, kv_rows * a.D, "dk");
-  check(a.dv_numel, kv_rows * a.Dv, "dv");
-  require(std::isfinite(a.scale), "scale: expected a finite value");
-  require(a.num_threads >= 1, "num_threads: expected >= 1");
-}
-
-void attention_backward(const AttentionBackwardArgs& a) {
-  const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (3 * a.D + 2 * a.Dv);  // multiply-adds (causal: about half)
-  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
-  parallel_for(a.B * a.Hkv, workers, [&](int64_t task) {
-    thread_local BackwardScratch w;
-    backward_pair(a, task / a.Hkv, task % a.Hkv, w);
   });
 }
 

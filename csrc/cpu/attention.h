@@ -1,4 +1,4 @@
-// scaled_dot_product_attention's forward and backward on the CPU, fp32: see attention.cpp.
+// scaled_dot_product_attention's forward and backward on the CPU, fp32: see attention.cpp and attention_backward.cpp.
 #pragma once
 
 #include <cstdint>
@@ -6,6 +6,16 @@
 #include "common.h"
 
 namespace genai_fast {
+
+// Optional mask over [B, Hq, Sq, Sk] at element strides (0 along broadcast dimensions): additive fp32 values (add)
+// or booleans as bytes (keep; 0 removes the score). At most one of the two.
+struct AttentionMask {
+  const float* add = nullptr;
+  const uint8_t* keep = nullptr;
+  int64_t strides[4] = {0, 0, 0, 0};
+  int64_t extent = 0;  // elements reachable from the mask's address
+  bool present() const { return add != nullptr || keep != nullptr; }
+};
 
 struct AttentionArgs {
   const float* q = nullptr;  // [B, Hq, Sq, D]
@@ -24,12 +34,7 @@ struct AttentionArgs {
   int num_threads = 1;
   // Which forward scheme runs: -1 picks by size, 0 the short-sequence one, 1 the streamed (key-blocked) one.
   int streamed = -1;
-  // Optional mask over [B, Hq, Sq, Sk] at element strides (0 along broadcast dimensions): additive fp32 values
-  // (mask_add) or booleans as bytes (mask_keep; 0 removes the score). At most one; the streamed scheme reads it.
-  const float* mask_add = nullptr;
-  const uint8_t* mask_keep = nullptr;
-  int64_t mask_strides[4] = {0, 0, 0, 0};
-  int64_t mask_extent = 0;  // elements reachable from the mask's address
+  AttentionMask mask;  // the streamed scheme reads it
 };
 
 // The largest Dv the kernel serves (its output row is held in 16 vector registers).
@@ -58,6 +63,7 @@ struct AttentionBackwardArgs {
   float scale = 1.0f;
   bool causal = false;
   int num_threads = 1;
+  AttentionMask mask;  // the forward's mask (its own gradient is not computed)
 };
 
 void validate(const AttentionBackwardArgs& args);

@@ -218,6 +218,24 @@ void set_attention_sizes(Args& args, int64_t B, int64_t Hq, int64_t Hkv, int64_t
   args.num_threads = num_threads;
 }
 
+// The mask arguments of attention_forward and attention_backward: kind 0 none, 1 additive fp32, 2 booleans.
+AttentionMask attention_mask(uintptr_t mask, int mask_kind, const std::vector<int64_t>& mask_strides,
+                             int64_t mask_extent) {
+  AttentionMask m;
+  require(mask_kind >= 0 && mask_kind <= 2, "mask_kind: expected 0 (none), 1 (additive fp32) or 2 (booleans)");
+  if (mask_kind == 0) return m;
+  require(mask != 0, "mask: expected a non-null address");
+  require(mask_strides.size() == 4, "mask_strides: expected 4 (over [B, Hq, Sq, Sk])");
+  for (int i = 0; i < 4; ++i) m.strides[i] = mask_strides[i];
+  m.extent = mask_extent;
+  if (mask_kind == 1) {
+    m.add = as_ptr<const float>(mask);
+  } else {
+    m.keep = as_ptr<const uint8_t>(mask);
+  }
+  return m;
+}
+
 void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_strides, uintptr_t k, int64_t k_extent,
                           std::vector<int64_t> k_strides, uintptr_t v, int64_t v_extent, std::vector<int64_t> v_strides,
                           uintptr_t out, int64_t out_numel, uintptr_t lse, int64_t lse_numel, int64_t B, int64_t Hq,
@@ -226,18 +244,7 @@ void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_
                           std::vector<int64_t> mask_strides, int64_t mask_extent) {
   AttentionArgs args;
   args.streamed = streamed;
-  require(mask_kind >= 0 && mask_kind <= 2, "mask_kind: expected 0 (none), 1 (additive fp32) or 2 (booleans)");
-  if (mask_kind != 0) {
-    require(mask != 0, "mask: expected a non-null address");
-    require(mask_strides.size() == 4, "mask_strides: expected 4 (over [B, Hq, Sq, Sk])");
-    for (int i = 0; i < 4; ++i) args.mask_strides[i] = mask_strides[i];
-    args.mask_extent = mask_extent;
-    if (mask_kind == 1) {
-      args.mask_add = as_ptr<const float>(mask);
-    } else {
-      args.mask_keep = as_ptr<const uint8_t>(mask);
-    }
-  }
+  args.mask = attention_mask(mask, mask_kind, mask_strides, mask_extent);
   args.q = as_ptr<const float>(q);
   args.k = as_ptr<const float>(k);
   args.v = as_ptr<const float>(v);
@@ -258,8 +265,10 @@ void attention_backward_py(uintptr_t q, int64_t q_numel, uintptr_t k, int64_t k_
                            uintptr_t out, int64_t out_numel, uintptr_t grad_out, int64_t grad_out_numel, uintptr_t lse,
                            int64_t lse_numel, uintptr_t dq, int64_t dq_numel, uintptr_t dk, int64_t dk_numel,
                            uintptr_t dv, int64_t dv_numel, int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t Sk,
-                           int64_t D, int64_t Dv, double scale, bool causal, int num_threads) {
+                           int64_t D, int64_t Dv, double scale, bool causal, int num_threads, uintptr_t mask,
+                           int mask_kind, std::vector<int64_t> mask_strides, int64_t mask_extent) {
   AttentionBackwardArgs args;
+  args.mask = attention_mask(mask, mask_kind, mask_strides, mask_extent);
   args.q = as_ptr<const float>(q), args.k = as_ptr<const float>(k), args.v = as_ptr<const float>(v);
   args.out = as_ptr<const float>(out), args.grad_out = as_ptr<const float>(grad_out);
   args.lse = as_ptr<const float>(lse);
@@ -351,8 +360,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_out_numel"), py::arg("lse"), py::arg("lse_numel"), py::arg("dq"), py::arg("dq_numel"),
         py::arg("dk"), py::arg("dk_numel"), py::arg("dv"), py::arg("dv_numel"), py::arg("B"), py::arg("Hq"),
         py::arg("Hkv"), py::arg("Sq"), py::arg("Sk"), py::arg("D"), py::arg("Dv"), py::arg("scale"), py::arg("causal"),
-        py::arg("num_threads"),
-        "fp32 gradients dq, dk, dv of attention_forward from contiguous q, k, v, out, grad_out and lse.");
+        py::arg("num_threads"), py::arg("mask") = 0, py::arg("mask_kind") = 0,
+        py::arg("mask_strides") = std::vector<int64_t>{}, py::arg("mask_extent") = 0,
+        "fp32 gradients dq, dk, dv of attention_forward from contiguous q, k, v, out, grad_out and lse; mask: the "
+        "forward's, as attention_forward takes it (its own gradient is not computed).");
   m.def("decode_attention_forward", &decode_attention_forward_py, py::arg("q"), py::arg("q_extent"),
         py::arg("q_strides"), py::arg("k_cache"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v_cache"),
         py::arg("v_extent"), py::arg("v_strides"), py::arg("lengths"), py::arg("out"), py::arg("out_extent"),

@@ -81,9 +81,9 @@ def scaled_dot_product_attention(
         is_causal: query i sees key j <= i (aligned top-left, as torch). Combined with attn_mask if both.
         scale: defaults to 1 / sqrt(D).
         enable_gqa: Hq a multiple of Hkv; query head h reads key/value head h // (Hq // Hkv).
-        backend: force "triton", "cpp" (CPU, fp32, no mask) or "torch"; None picks the fastest that can run
-            (on a CPU: "cpp" without a mask where the measured rules, or for contested shapes a timing of
-            both on the first call, find it faster than torch's own SDPA; see the CPP_* constants).
+        backend: force "triton", "cpp" (CPU, fp32) or "torch"; None picks the fastest that can run (on a CPU:
+            "cpp" where the measured rules, or for contested shapes in inference a timing of both on the first
+            call, find it faster than torch's own SDPA; see the CPP_* constants).
 
     Returns [..., Hq, Sq, Dv] in query's dtype. A row with every key masked is 0, as in torch 2.13.
     Errors: the types torch raises (RuntimeError; here subclasses of ValueError/TypeError as well),
@@ -109,8 +109,10 @@ def scaled_dot_product_attention(
     if plan.route == "direct":
         out, _lse = plan.impl.run(q, k, v, mask, is_causal, plan.sm_scale)
     else:
+        # The plan's choice, not a new one inside the op: autograd is off in there, so it would take a training
+        # call for inference (whose rules differ on a CPU).
         out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, is_causal, plan.sm_scale,
-                                                                      backend or "")
+                                                                      backend or plan.impl.backend)
     return out if out_shape is None else out.reshape(out_shape)
 
 
@@ -789,8 +791,12 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
 #   torch at D 40-64 from 128 keys (0.76-0.86x) while winning with few keys (1.1-1.3x at 7 to 77), small head
 #   dims (1.4-2x at D 4 and 8) and causal masks (1.2-1.6x: torch computes the masked blocks too). Where hosts
 #   may disagree (see _contested_reason) the first call at each shape times both.
-# - Forward and backward together: 1.5-2.1x at head dims of 8 (a small U-Net's), 0.8-0.9x from 40, so gradients
-#   take the kernels only up to head dim 16.
+# - Forward and backward together (the backward key-blocked, csrc/cpu/attention_backward.cpp; session 24's sweep of
+#   B2 H8, D 8-128, 64-1024 tokens, causal or not, plus cross-attention to 7-77 keys, against torch's SDPA forward
+#   and backward): 1.1-3.3x, the least at D 16 without a causal mask (1.1-1.3x). So with gradients every call that
+#   passes the work and rows-per-head rules takes the kernels, contested shapes included (the backward, about
+#   three quarters of the time, is not what makes them contested), and so do masked calls unless the mask itself
+#   needs a gradient.
 CPP_MIN_ROWS = 1024
 CPP_MIN_SCORES = 16384
 CPP_MIN_QUERIES = 16
@@ -821,10 +827,9 @@ def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
     """Why torch's SDPA is expected to be faster than the cpp kernels for these shapes, or None."""
     keys, causal, head_dim = inputs["keys"], inputs.get("is_causal", False), inputs["head_dim"]
     queries, rows = inputs["queries"], inputs["rows"]
-    if (inputs.get("needs_grad") or inputs.get("backward")) and head_dim > CPP_SMALL_HEAD_DIM:
-        return f"with gradients, head dim {head_dim} is above {CPP_SMALL_HEAD_DIM} (torch's backward is fused)"
-    if not inputs.get("has_mask") and _few_rows_on_decode_kernel(queries, keys, head_dim, inputs["head_dim_v"],
-                                                                  causal):
+    training = inputs.get("needs_grad") or inputs.get("backward")
+    if not training and not inputs.get("has_mask") and _few_rows_on_decode_kernel(queries, keys, head_dim,
+                                                                                   inputs["head_dim_v"], causal):
         if rows * keys < CPP_DECODE_MIN_SCORES:
             return (f"{rows} query rows against {keys} keys are too little work for the decode kernel (under "
                     f"{CPP_DECODE_MIN_SCORES} scores torch's fixed costs are lower)")
@@ -834,8 +839,10 @@ def _cpp_slower_reason(inputs: dict[str, Any]) -> str | None:
                 f"{CPP_MIN_SCORES} scores torch's fixed costs are lower)")
     if queries < CPP_MIN_QUERIES:
         return f"{queries} queries per head (under {CPP_MIN_QUERIES}) do not repay packing the head's keys"
+    if training:
+        return None
     contested = _contested_reason(inputs)
-    if contested is None or inputs.get("needs_grad") or inputs.get("backward") or torch.compiler.is_compiling():
+    if contested is None or torch.compiler.is_compiling():
         return contested
     timings = _race(inputs)
     if timings is None:
@@ -911,8 +918,8 @@ def _time_both(heads_q: int, heads_kv: int, queries: int, keys: int, head_dim: i
 
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
     reasons = []
-    if inputs.get("has_mask") and (inputs.get("needs_grad") or inputs.get("backward") or inputs.get("mask_grad")):
-        reasons.append("attn_mask with gradients: masked calls train on torch's SDPA (the cpp backward takes no mask)")
+    if inputs.get("mask_grad"):
+        reasons.append("the gradient of an additive attn_mask is computed by torch (the cpp backward leaves it out)")
     if inputs.get("dropout_p", 0.0) > 0:
         reasons.append("dropout_p > 0 runs on the reference (the kernels have no dropout)")
     if inputs["head_dim_v"] > CPP_MAX_HEAD_DIM_V:
@@ -932,7 +939,7 @@ def _on_cpu_in_fp32(inputs: dict[str, Any]) -> bool:
     "cpp",
     Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
                features=("key-blocked online softmax", "GQA without copies", "causal (top-left)",
-                         "boolean and additive masks (inference)")),
+                         "boolean and additive masks")),
     check=_cpp_reasons,
 )
 def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale):
@@ -991,13 +998,14 @@ def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_c
 @ATTENTION_BWD.register(
     "cpp",
     Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
-               features=("short key sequences", "GQA without copies", "causal (top-left)", "no mask")),
+               features=("key-blocked", "GQA without copies", "causal (top-left)",
+                         "boolean and additive masks (not their gradient)")),
     check=_cpp_reasons,
 )
 def _sdpa_backward_cpp(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad):
     from genai_fast.backends.cpp.attention import attention_bwd
 
-    dq, dk, dv = attention_bwd(grad_out, query, key, value, out, lse, scale, is_causal)
+    dq, dk, dv = attention_bwd(grad_out, query, key, value, out, lse, scale, is_causal, mask=attn_mask)
     return dq, dk, dv, query.new_empty((0,))
 
 

@@ -70,7 +70,8 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 
 
 def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int]) -> tuple[int, int, list[int], int]:
-    """(address, kind: 0 none / 1 additive fp32 / 2 booleans, 4 strides, extent) for attention_forward."""
+    """(address, kind: 0 none / 1 additive fp32 / 2 booleans, 4 strides, extent) for attention_forward and
+    attention_backward."""
     if mask is None:
         return 0, 0, [], 0
     if tuple(mask.shape) != shape:
@@ -85,10 +86,11 @@ def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int]) -> t
 
 
 def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                  lse: torch.Tensor, scale: float, causal: bool,
-                  num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  lse: torch.Tensor, scale: float, causal: bool, num_threads: int | None = None,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of `attention_fwd` (same shapes as q, k, v; contiguous) from its inputs, output
-    `out`, row log-sum-exps `lse` and the output's gradient `grad_out` (fp32, CPU)."""
+    `out`, row log-sum-exps `lse` and the output's gradient `grad_out` (fp32, CPU). mask: the forward's, as
+    `attention_fwd` takes it (the mask's own gradient is not computed)."""
     q, k, v, out, grad_out, lse = (t.contiguous() for t in (q, k, v, out, grad_out, lse))
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
@@ -97,5 +99,5 @@ def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
         q.data_ptr(), q.numel(), k.data_ptr(), k.numel(), v.data_ptr(), v.numel(), out.data_ptr(), out.numel(),
         grad_out.data_ptr(), grad_out.numel(), lse.data_ptr(), lse.numel(), dq.data_ptr(), dq.numel(),
         dk.data_ptr(), dk.numel(), dv.data_ptr(), dv.numel(), B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal),
-        num_threads or torch.get_num_threads())
+        num_threads or torch.get_num_threads(), *_mask_args(mask, (B, Hq, Sq, Sk)))
     return dq, dk, dv

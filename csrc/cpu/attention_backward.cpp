@@ -1,0 +1,326 @@
+// scaled_dot_product_attention's backward on the CPU, fp32: dq, dk and dv from the forward's inputs, output and
+// row log-sum-exps (P is recomputed, never stored).
+//
+// FlashAttention-2's order. A task takes one (sequence, K/V head) pair, or a share of its key blocks when there
+// are fewer pairs than threads, and visits its keys 64 at a time. Each key block is packed three ways: keys
+// transposed (Kt [D, 64]) for the scores, keys as rows (Kr [64, D16]) for dQ, values transposed (Vt [Dv, 64])
+// for dP. Then every query row of the group's heads that sees the block passes over it, 16 rows at a time:
+//   S = scale Q Kt (+ mask), P = exp(S - lse), dP = dO Vt, dS = scale P (dP - rowsum(dO * O)),
+//   dV^T += dO^T P, dK^T += Q^T dS, dQ += dS Kr.
+// The block's dK^T and dV^T [channels, 64] stay in L1/L2 until the last row has passed, then are written out
+// once; dQ sums are the task's own (one scratch row per query row, written out at the end). Each product runs
+// as register tiles of 4 rows (or channels) x 64 keys, 16 independent multiply-add chains, each loaded vector
+// used four times: on one AVX-512 core that is about as fast as the forward's score loop.
+//
+// Rows the forward made NaN (a NaN or +inf score: lse NaN) give NaN weights on the keys they see, so NaN
+// reaches every gradient those keys touch; rows whose scores were all -inf (lse -inf) have zero weights, as
+// the forward's zero row has no gradient.
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+#include "attention_mask.h"
+#include "simd.h"
+
+namespace genai_fast {
+namespace {
+
+constexpr int64_t kKeys = 64;  // keys per block: four vectors
+constexpr int64_t kRows = 16;  // query rows per pass over a block (the depth of the dK and dV updates)
+constexpr int kTileRows = 4;   // rows (or channels) per register tile
+
+GF_INLINE int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// One thread's scratch: a packed key block and its gradient sums, one pass's P and dS rows, the task's dQ sums
+// and rowsum(dO * O) per query row, and zero-padded copies of query and grad_out rows past the last one.
+struct Scratch {
+  std::vector<float> kt, vt, kr, dkt, dvt, p, ds, dq, delta, tail_q, tail_g;
+  int64_t d16 = 0, rows_per_head = 0;  // dq row stride, and rows per head in dq (Sq plus a pass's overhang)
+};
+
+// What one task does: pair (b, kv), key blocks first, first + stride, ... (a round robin, so that causal shares
+// get as many late, short blocks as early, long ones); dq goes to dq_out (the gradient itself, or a partial
+// sum to be added to it).
+struct Share {
+  int64_t b = 0, kv = 0, first = 0, stride = 1;
+  float* dq_out = nullptr;
+};
+
+void pack_key_block(const AttentionBackwardArgs& a, const Share& task, int64_t j0, int64_t n, Scratch& w) {
+  std::fill(w.kt.begin(), w.kt.end(), 0.0f);
+  std::fill(w.vt.begin(), w.vt.end(), 0.0f);
+  std::fill(w.kr.begin(), w.kr.end(), 0.0f);
+  const float* keys = a.k + ((task.b * a.Hkv + task.kv) * a.Sk + j0) * a.D;
+  const float* values = a.v + ((task.b * a.Hkv + task.kv) * a.Sk + j0) * a.Dv;
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t d = 0; d < a.D; ++d) w.kt[d * kKeys + j] = keys[j * a.D + d];
+    std::copy(keys + j * a.D, keys + (j + 1) * a.D, w.kr.begin() + j * w.d16);
+    for (int64_t e = 0; e < a.Dv; ++e) w.vt[e * kKeys + j] = values[j * a.Dv + e];
+  }
+}
+
+// out[i * kKeys + 16 t + l] = sum_c rows[i * ld + c] * panel[c * kKeys + 16 t + l] for 4 rows and the
+// block's first NV vectors of keys, over `depth` channels.
+template <int NV>
+GF_INLINE void tile_product(const float* rows, int64_t ld, const float* panel, int64_t depth, float* out) {
+  v16 acc[kTileRows][NV] = {};
+  for (int64_t c = 0; c < depth; ++c) {
+    v16 col[NV];
+    for (int t = 0; t < NV; ++t) col[t] = load16(panel + c * kKeys + 16 * t);
+    for (int i = 0; i < kTileRows; ++i) {
+      const float x = rows[i * ld + c];
+      for (int t = 0; t < NV; ++t) acc[i][t] += x * col[t];
+    }
+  }
+  for (int i = 0; i < kTileRows; ++i)
+    for (int t = 0; t < NV; ++t) store16(out + i * kKeys + 16 * t, acc[i][t]);
+}
+
+// Rows [r, r + 4) of `src` (rows of `width` floats, `valid` of them real): the rows themselves, or a zero-padded
+// copy in `tail` when the tile runs past the last row (never reading past the buffer).
+GF_INLINE const float* tile_rows(const float* src, int64_t r, int64_t valid, int64_t width, std::vector<float>& tail) {
+  if (r + kTileRows <= valid) return src + r * width;
+  std::fill(tail.begin(), tail.end(), 0.0f);
+  std::copy(src + r * width, src + valid * width, tail.begin());
+  return tail.data();
+}
+
+// P and dS for one query row (global row index `row`, query row `i` of its head) from its scaled scores
+// (already in p) and dP (already in ds), against keys [j0, j0 + 16 NV) of which the first `seen` are visible.
+template <int NV>
+GF_INLINE void row_weights(const AttentionBackwardArgs& a, int64_t b, int64_t h, int64_t i, int64_t row, int64_t j0,
+                           int64_t seen, float delta, float* p, float* ds) {
+  const float lse = a.lse[row];
+  if (seen == 0 || lse == -INFINITY) {  // every score -inf: the forward's row was 0 and has no gradient
+    std::fill(p, p + 16 * NV, 0.0f);
+    std::fill(ds, ds + 16 * NV, 0.0f);
+    return;
+  }
+  if (a.mask.present()) mask_row(a.mask, b, h, i, j0, seen, p);
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const bool poisoned = std::isnan(lse);  // a NaN or +inf score: NaN weights (exp16 would not carry NaN)
+  for (int t = 0; t < NV; ++t) {
+    const v16 s = load16(p + 16 * t);
+    const v16i visible = lane + static_cast<int>(16 * t) < static_cast<int>(seen);
+    v16 weight = (visible & (s != -INFINITY)) ? exp16(s - lse) : 0.0f;
+    if (poisoned) weight = visible ? v16{} + NAN : weight;
+    store16(p + 16 * t, weight);
+    store16(ds + 16 * t, weight * (load16(ds + 16 * t) - delta) * a.scale);
+  }
+}
+
+// acc[(c0 + c) * kKeys + ...] += sum_r coef[r * ld + c0 + c] * w[r * kKeys + ...] for C channels and NV
+// vectors of keys over `rows` rows: a block's dV^T (coef dO, w P) or dK^T (coef Q, w dS) update.
+template <int C, int NV>
+GF_INLINE void channel_tile(float* acc, int64_t c0, const float* coef, int64_t ld, const float* w, int64_t rows) {
+  v16 sums[C][NV];
+  for (int c = 0; c < C; ++c)
+    for (int t = 0; t < NV; ++t) sums[c][t] = load16(acc + (c0 + c) * kKeys + 16 * t);
+  for (int64_t r = 0; r < rows; ++r) {
+    v16 wr[NV];
+    for (int t = 0; t < NV; ++t) wr[t] = load16(w + r * kKeys + 16 * t);
+    for (int c = 0; c < C; ++c) {
+      const float x = coef[r * ld + c0 + c];
+      for (int t = 0; t < NV; ++t) sums[c][t] += x * wr[t];
+    }
+  }
+  for (int c = 0; c < C; ++c)
+    for (int t = 0; t < NV; ++t) store16(acc + (c0 + c) * kKeys + 16 * t, sums[c][t]);
+}
+
+template <int NV>
+GF_INLINE void accumulate_channels(float* acc, int64_t channels, const float* coef, int64_t ld, const float* w,
+                                   int64_t rows) {
+  int64_t c = 0;
+  for (; c + kTileRows <= channels; c += kTileRows) channel_tile<kTileRows, NV>(acc, c, coef, ld, w, rows);
+  switch (channels - c) {
+    case 3: return channel_tile<3, NV>(acc, c, coef, ld, w, rows);
+    case 2: return channel_tile<2, NV>(acc, c, coef, ld, w, rows);
+    case 1: return channel_tile<1, NV>(acc, c, coef, ld, w, rows);
+    default: return;
+  }
+}
+
+// dq[i * d16 + 16 (t0 + t) ...] += sum_j ds[i * kKeys + j] kr[j * d16 + 16 (t0 + t) ...] for 4 rows, G vectors
+// of head channels, keys [0, n).
+template <int G>
+GF_INLINE void query_tile(float* dq, int64_t d16, int64_t t0, const float* ds, const float* kr, int64_t n) {
+  v16 sums[kTileRows][G];
+  for (int i = 0; i < kTileRows; ++i)
+    for (int t = 0; t < G; ++t) sums[i][t] = load16(dq + i * d16 + 16 * (t0 + t));
+  for (int64_t j = 0; j < n; ++j) {
+    v16 keys[G];
+    for (int t = 0; t < G; ++t) keys[t] = load16(kr + j * d16 + 16 * (t0 + t));
+    for (int i = 0; i < kTileRows; ++i) {
+      const float weight = ds[i * kKeys + j];
+      for (int t = 0; t < G; ++t) sums[i][t] += weight * keys[t];
+    }
+  }
+  for (int i = 0; i < kTileRows; ++i)
+    for (int t = 0; t < G; ++t) store16(dq + i * d16 + 16 * (t0 + t), sums[i][t]);
+}
+
+GF_INLINE void accumulate_queries(float* dq, int64_t d16, const float* ds, const float* kr, int64_t n) {
+  const int64_t vectors = d16 / 16;
+  int64_t t = 0;
+  for (; t + 4 <= vectors; t += 4) query_tile<4>(dq, d16, t, ds, kr, n);
+  switch (vectors - t) {
+    case 3: return query_tile<3>(dq, d16, t, ds, kr, n);
+    case 2: return query_tile<2>(dq, d16, t, ds, kr, n);
+    case 1: return query_tile<1>(dq, d16, t, ds, kr, n);
+    default: return;
+  }
+}
+
+// Query rows [r0, r0 + rows) of head h (the task's hh-th) against the packed block of keys [j0, j0 + n),
+// n <= 16 NV.
+template <int NV>
+GF_INLINE void pass_rows(const AttentionBackwardArgs& a, const Share& task, int64_t h, int64_t hh, int64_t r0,
+                         int64_t rows, int64_t j0, int64_t n, Scratch& w) {
+  const int64_t head_row = (task.b * a.Hq + h) * a.Sq;  // global index of the head's first query row
+  const float* q = a.q + head_row * a.D;
+  const float* g = a.grad_out + head_row * a.Dv;
+  for (int64_t i = 0; i < rows; i += kTileRows) {
+    float* p = w.p.data() + i * kKeys;
+    float* ds = w.ds.data() + i * kKeys;
+    tile_product<NV>(tile_rows(q, r0 + i, a.Sq, a.D, w.tail_q), a.D, w.kt.data(), a.D, p);
+    tile_product<NV>(tile_rows(g, r0 + i, a.Sq, a.Dv, w.tail_g), a.Dv, w.vt.data(), a.Dv, ds);
+    for (int r = 0; r < kTileRows; ++r) {
+      const int64_t row = r0 + i + r;
+      float* pr = p + r * kKeys;
+      float* dsr = ds + r * kKeys;
+      if (row >= r0 + rows) {  // past the pass's rows: zero weights (the dQ tile still reads them)
+        std::fill(pr, pr + 16 * NV, 0.0f);
+        std::fill(dsr, dsr + 16 * NV, 0.0f);
+        continue;
+      }
+      for (int t = 0; t < NV; ++t) store16(pr + 16 * t, load16(pr + 16 * t) * a.scale);
+      const int64_t seen = a.causal ? std::clamp<int64_t>(row - j0 + 1, 0, n) : n;
+      row_weights<NV>(a, task.b, h, row, head_row + row, j0, seen, w.delta[hh * a.Sq + row], pr, dsr);
+    }
+    accumulate_queries(w.dq.data() + (hh * w.rows_per_head + r0 + i) * w.d16, w.d16, ds, w.kr.data(), n);
+  }
+  accumulate_channels<NV>(w.dvt.data(), a.Dv, g + r0 * a.Dv, a.Dv, w.p.data(), rows);
+  accumulate_channels<NV>(w.dkt.data(), a.D, q + r0 * a.D, a.D, w.ds.data(), rows);
+}
+
+void write_key_gradients(const AttentionBackwardArgs& a, const Share& task, int64_t j0, int64_t n, const Scratch& w) {
+  float* dk = a.dk + ((task.b * a.Hkv + task.kv) * a.Sk + j0) * a.D;
+  float* dv = a.dv + ((task.b * a.Hkv + task.kv) * a.Sk + j0) * a.Dv;
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t d = 0; d < a.D; ++d) dk[j * a.D + d] = w.dkt[d * kKeys + j];
+    for (int64_t e = 0; e < a.Dv; ++e) dv[j * a.Dv + e] = w.dvt[e * kKeys + j];
+  }
+}
+
+GF_CLONES void backward_share(const AttentionBackwardArgs& a, const Share& task, Scratch& w) {
+  const int64_t group = a.Hq / a.Hkv, blocks = (a.Sk + kKeys - 1) / kKeys;
+  w.d16 = round16(a.D);
+  w.rows_per_head = a.Sq + kRows;
+  w.kt.resize(static_cast<size_t>(a.D * kKeys)), w.kr.resize(static_cast<size_t>(kKeys * w.d16));
+  w.vt.resize(static_cast<size_t>(a.Dv * kKeys));
+  w.dkt.resize(w.kt.size()), w.dvt.resize(w.vt.size());
+  w.p.resize(static_cast<size_t>(kRows * kKeys)), w.ds.resize(w.p.size());
+  w.tail_q.resize(static_cast<size_t>(kTileRows * a.D)), w.tail_g.resize(static_cast<size_t>(kTileRows * a.Dv));
+  w.dq.assign(static_cast<size_t>(group * w.rows_per_head * w.d16), 0.0f);
+  w.delta.resize(static_cast<size_t>(group * a.Sq));
+  for (int64_t hh = 0; hh < group; ++hh) {
+    const int64_t head_row = (task.b * a.Hq + task.kv * group + hh) * a.Sq;
+    for (int64_t i = 0; i < a.Sq; ++i) {
+      const float* g = a.grad_out + (head_row + i) * a.Dv;
+      const float* o = a.out + (head_row + i) * a.Dv;
+      float sum = 0.0f;
+      for (int64_t e = 0; e < a.Dv; ++e) sum += g[e] * o[e];
+      w.delta[hh * a.Sq + i] = sum;
+    }
+  }
+  for (int64_t block = task.first; block < blocks; block += task.stride) {
+    const int64_t j0 = block * kKeys, n = std::min(kKeys, a.Sk - j0);
+    pack_key_block(a, task, j0, n, w);
+    std::fill(w.dkt.begin(), w.dkt.end(), 0.0f);
+    std::fill(w.dvt.begin(), w.dvt.end(), 0.0f);
+    const int64_t first_row = a.causal ? j0 : 0;  // causal (top-left): row i sees keys j <= i
+    for (int64_t hh = 0; hh < group; ++hh) {
+      const int64_t h = task.kv * group + hh;
+      for (int64_t r0 = first_row; r0 < a.Sq; r0 += kRows) {
+        const int64_t rows = std::min(kRows, a.Sq - r0);
+        switch ((n + 15) / 16) {  // the block's key vectors: fewer than four only at the end of the keys
+          case 1: pass_rows<1>(a, task, h, hh, r0, rows, j0, n, w); break;
+          case 2: pass_rows<2>(a, task, h, hh, r0, rows, j0, n, w); break;
+          case 3: pass_rows<3>(a, task, h, hh, r0, rows, j0, n, w); break;
+          default: pass_rows<4>(a, task, h, hh, r0, rows, j0, n, w); break;
+        }
+      }
+    }
+    write_key_gradients(a, task, j0, n, w);
+  }
+  for (int64_t hh = 0; hh < group; ++hh) {
+    const int64_t head_row = (task.b * a.Hq + task.kv * group + hh) * a.Sq;
+    for (int64_t i = 0; i < a.Sq; ++i) {
+      const float* sums = w.dq.data() + (hh * w.rows_per_head + i) * w.d16;
+      std::copy(sums, sums + a.D, task.dq_out + (head_row + i) * a.D);
+    }
+  }
+}
+
+}  // namespace
+
+void validate(const AttentionBackwardArgs& a) {
+  require(a.q && a.k && a.v && a.out && a.grad_out && a.lse && a.dq && a.dk && a.dv,
+          "q, k, v, out, grad_out, lse, dq, dk, dv: expected non-null addresses");
+  require(a.B >= 1 && a.Hq >= 1 && a.Hkv >= 1 && a.Sq >= 1 && a.Sk >= 1 && a.D >= 1 && a.Dv >= 1,
+          "q, k, v: expected non-empty shapes");
+  require(a.Hq % a.Hkv == 0, "q: expected a head count " + std::to_string(a.Hq) + " divisible by k's " +
+                                 std::to_string(a.Hkv));
+  auto check = [](int64_t got, int64_t want, const char* name) {
+    require(got == want, std::string(name) + ": expected " + std::to_string(want) + " elements, got " +
+                             std::to_string(got));
+  };
+  const int64_t q_rows = a.B * a.Hq * a.Sq, kv_rows = a.B * a.Hkv * a.Sk;
+  check(a.q_numel, q_rows * a.D, "q");
+  check(a.k_numel, kv_rows * a.D, "k");
+  check(a.v_numel, kv_rows * a.Dv, "v");
+  check(a.out_numel, q_rows * a.Dv, "out");
+  check(a.grad_out_numel, q_rows * a.Dv, "grad_out");
+  check(a.lse_numel, q_rows, "lse");
+  check(a.dq_numel, q_rows * a.D, "dq");
+  check(a.dk_numel, kv_rows * a.D, "dk");
+  check(a.dv_numel, kv_rows * a.Dv, "dv");
+  require(std::isfinite(a.scale), "scale: expected a finite value");
+  require(a.num_threads >= 1, "num_threads: expected >= 1");
+  validate_mask(a.mask, a.B, a.Hq, a.Sq, a.Sk);
+}
+
+void attention_backward(const AttentionBackwardArgs& a) {
+  const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (3 * a.D + 2 * a.Dv);  // multiply-adds (causal: about half)
+  // Waking a thread costs a few microseconds: below ~32K multiply-adds per thread one thread is faster.
+  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
+  const int64_t pairs = a.B * a.Hkv, blocks = (a.Sk + kKeys - 1) / kKeys;
+  // Fewer pairs than threads: split each pair's key blocks into shares, whose dQ sums are added up after.
+  const int64_t shares = pairs >= workers ? 1 : std::min(blocks, (workers + pairs - 1) / pairs);
+  const int64_t dq_size = a.B * a.Hq * a.Sq * a.D;
+  std::unique_ptr<float[]> partial(shares > 1 ? new float[static_cast<size_t>((shares - 1) * dq_size)] : nullptr);
+  parallel_for(pairs * shares, workers, [&](int64_t index) {
+    thread_local Scratch w;
+    Share task;
+    task.b = index / shares / a.Hkv, task.kv = index / shares % a.Hkv;
+    task.first = index % shares, task.stride = shares;
+    task.dq_out = task.first == 0 ? a.dq : partial.get() + (task.first - 1) * dq_size;
+    backward_share(a, task, w);
+  });
+  if (shares == 1) return;
+  // Each share wrote only its pairs' rows of its buffer, and every share covers every pair's rows.
+  const int64_t rows = a.B * a.Hq * a.Sq, rows_per_task = 256;
+  parallel_for((rows + rows_per_task - 1) / rows_per_task, workers, [&](int64_t task) {
+    const int64_t begin = task * rows_per_task * a.D, end = std::min(rows, (task + 1) * rows_per_task) * a.D;
+    for (int64_t s = 1; s < shares; ++s) {
+      const float* part = partial.get() + (s - 1) * dq_size;
+      for (int64_t x = begin; x < end; ++x) a.dq[x] += part[x];
+    }
+  });
+}
+
+}  // namespace genai_fast

@@ -1,0 +1,52 @@
+// The attention mask as the CPU forward and backward read it (AttentionMask, attention.h): its checks, and its
+// application to one row of scores.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "attention.h"
+#include "simd.h"
+
+namespace genai_fast {
+
+// Throws std::invalid_argument when the mask's strides reach past its buffer for [B, Hq, Sq, Sk].
+inline void validate_mask(const AttentionMask& m, int64_t B, int64_t Hq, int64_t Sq, int64_t Sk) {
+  if (!m.present()) return;
+  require(m.add == nullptr || m.keep == nullptr, "mask: expected additive values or booleans, not both");
+  int64_t last = 0;
+  const int64_t sizes[4] = {B, Hq, Sq, Sk};
+  for (int i = 0; i < 4; ++i) {
+    require(m.strides[i] >= 0, "mask: expected strides >= 0");
+    last += (sizes[i] - 1) * m.strides[i];
+  }
+  require(last < m.extent, "mask: its shape [B, Hq, Sq, Sk] and strides reach past its buffer");
+}
+
+// Applies the mask to scores row[0, valid) of query row r of head h of sequence b, keys j0 onwards: adds the
+// additive values, or sets the removed scores to -inf. Unit key strides (the common case) go 16 keys at a time.
+GF_INLINE void mask_row(const AttentionMask& m, int64_t b, int64_t h, int64_t r, int64_t j0, int64_t valid,
+                        float* row) {
+  const int64_t* ms = m.strides;
+  const int64_t base = b * ms[0] + h * ms[1] + r * ms[2] + j0 * ms[3];
+  int64_t j = 0;
+  if (ms[3] == 1 && m.add != nullptr) {
+    for (; j + 16 <= valid; j += 16) store16(row + j, load16(row + j) + load16(m.add + base + j));
+  } else if (ms[3] == 1) {
+    for (; j + 16 <= valid; j += 16) {
+      v16i keep;
+      for (int t = 0; t < 16; ++t) keep[t] = m.keep[base + j + t];
+      store16(row + j, keep != 0 ? load16(row + j) : -INFINITY);
+    }
+  }
+  for (; j < valid; ++j) {
+    const int64_t at = base + j * ms[3];
+    if (m.add != nullptr) {
+      row[j] += m.add[at];
+    } else if (m.keep[at] == 0) {
+      row[j] = -INFINITY;
+    }
+  }
+}
+
+}  // namespace genai_fast
