@@ -216,6 +216,20 @@ void write_key_gradients(const AttentionBackwardArgs& a, const Share& task, int6
   }
 }
 
+// delta[hh * Sq + i] = rowsum(dO * O) of query row i of the task's hh-th head.
+void row_deltas(const AttentionBackwardArgs& a, const Share& task, std::vector<float>& delta) {
+  const int64_t group = a.Hq / a.Hkv;
+  delta.resize(static_cast<size_t>(group * a.Sq));
+  const int64_t first_row = (task.b * a.Hq + task.kv * group) * a.Sq;  // the group's heads are consecutive
+  for (int64_t i = 0; i < group * a.Sq; ++i) {
+    const float* g = a.grad_out + (first_row + i) * a.Dv;
+    const float* o = a.out + (first_row + i) * a.Dv;
+    float sum = 0.0f;
+    for (int64_t e = 0; e < a.Dv; ++e) sum += g[e] * o[e];
+    delta[i] = sum;
+  }
+}
+
 GF_CLONES void backward_share(const AttentionBackwardArgs& a, const Share& task, Scratch& w) {
   const int64_t group = a.Hq / a.Hkv, blocks = (a.Sk + kKeys - 1) / kKeys;
   w.d16 = round16(a.D);
@@ -226,17 +240,7 @@ GF_CLONES void backward_share(const AttentionBackwardArgs& a, const Share& task,
   w.p.resize(static_cast<size_t>(kRows * kKeys)), w.ds.resize(w.p.size());
   w.tail_q.resize(static_cast<size_t>(kTileRows * a.D)), w.tail_g.resize(static_cast<size_t>(kTileRows * a.Dv));
   w.dq.assign(static_cast<size_t>(group * w.rows_per_head * w.d16), 0.0f);
-  w.delta.resize(static_cast<size_t>(group * a.Sq));
-  for (int64_t hh = 0; hh < group; ++hh) {
-    const int64_t head_row = (task.b * a.Hq + task.kv * group + hh) * a.Sq;
-    for (int64_t i = 0; i < a.Sq; ++i) {
-      const float* g = a.grad_out + (head_row + i) * a.Dv;
-      const float* o = a.out + (head_row + i) * a.Dv;
-      float sum = 0.0f;
-      for (int64_t e = 0; e < a.Dv; ++e) sum += g[e] * o[e];
-      w.delta[hh * a.Sq + i] = sum;
-    }
-  }
+  row_deltas(a, task, w.delta);
   for (int64_t block = task.first; block < blocks; block += task.stride) {
     const int64_t j0 = block * kKeys, n = std::min(kKeys, a.Sk - j0);
     pack_key_block(a, task, j0, n, w);
