@@ -9,7 +9,8 @@ backward is 2.5x the forward. Decode is memory bound: bytes = K and V read once 
 The oracle is the float64 reference, computed on the inputs' device in query blocks (an Sq x Sk
 float64 matrix for a whole head at S = 16k would not fit). The CPU numbers (op vs torch SDPA, where the
 op dispatches to torch's own SDPA) come from `python -m genai_fast.bench.attention`, since the runner
-times only non-reference backends and the Triton interpreter is not timed.
+times only non-reference backends and the Triton interpreter is not timed; `--training` times forward and
+backward through autograd instead.
 """
 
 from __future__ import annotations
@@ -382,11 +383,55 @@ def cpu_report(preset: str = "quick") -> list[dict]:
     return rows
 
 
+# Training on the CPU (forward and backward through autograd): head dims 8-128 over 64-1024 tokens, causal or
+# not, B2 H8; quick keeps one length per head dim.
+TRAINING_CASES = {
+    "quick": [_fwd_case(2, 8, 256, D, c, torch.float32) for D in (8, 64) for c in (False, True)],
+    "full": [_fwd_case(2, 8, S, D, c, torch.float32) for D in (8, 16, 32, 40, 64, 128) for S in (64, 256, 1024)
+             for c in (False, True)] + [_fwd_case(2, 8, 256, 40, False, torch.float32, Sk=77)],
+}
+
+
+def cpu_training_report(preset: str = "quick") -> list[dict]:
+    """Forward and backward through autograd, the op (automatic dispatch) vs torch SDPA, timed alternately on the
+    same inputs and output gradient."""
+    from genai_fast.bench.timing import time_cpu
+
+    from genai_fast.backends.dispatch import OPS
+
+    rows = []
+    for case in TRAINING_CASES[preset]:
+        inputs = make_fwd_inputs(case, torch.device("cpu"))
+        leaves = [inputs[name].requires_grad_() for name in ("q", "k", "v")]
+        grad = torch.randn_like(inputs["q"])
+
+        def ours(inputs=inputs, leaves=leaves, grad=grad) -> None:
+            torch.autograd.grad(run_fwd(inputs, None), leaves, grad)
+
+        def theirs(leaves=leaves, grad=grad, causal=inputs["causal"]) -> None:
+            torch.autograd.grad(F.scaled_dot_product_attention(*leaves, is_causal=causal), leaves, grad)
+
+        best_ours, best_theirs = float("inf"), float("inf")
+        for _ in range(3):
+            best_ours = min(best_ours, time_cpu(ours, 0.3).median_ms)
+            best_theirs = min(best_theirs, time_cpu(theirs, 0.3).median_ms)
+        rows.append({"shape": case.label, "ours_ms": best_ours, "torch_ms": best_theirs,
+                     "backend": OPS["scaled_dot_product_attention_backward"].last_backend})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="attention on the CPU: genai_fast vs torch SDPA")
     parser.add_argument("--preset", choices=("quick", "full"), default="quick")
+    parser.add_argument("--training", action="store_true", help="forward and backward through autograd")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.training:
+        print(f"{'shape':<32} {'genai_fast ms':>14} {'torch SDPA ms':>14} {'speedup':>8} backward")
+        for row in cpu_training_report(args.preset):
+            print(f"{row['shape']:<32} {row['ours_ms']:>14.3f} {row['torch_ms']:>14.3f} "
+                  f"{row['torch_ms'] / row['ours_ms']:>7.2f}x {row['backend']}")
+        return
     print(f"{'shape':<32} {'genai_fast ms':>14} {'torch SDPA ms':>14} {'difference us':>14}")
     for row in cpu_report(args.preset):
         print(f"{row['shape']:<32} {row['ours_ms']:>14.3f} {row['torch_ms']:>14.3f} {row['overhead_us']:>14.1f}")
