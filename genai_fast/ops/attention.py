@@ -792,11 +792,12 @@ def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
 #   dims (1.4-2x at D 4 and 8) and causal masks (1.2-1.6x: torch computes the masked blocks too). Where hosts
 #   may disagree (see _contested_reason) the first call at each shape times both.
 # - Forward and backward together (the backward key-blocked, csrc/cpu/attention_backward.cpp; session 24's sweep of
-#   B2 H8, D 8-128, 64-1024 tokens, causal or not, plus cross-attention to 7-77 keys, against torch's SDPA forward
-#   and backward): 1.1-3.3x, the least at D 16 without a causal mask (1.1-1.3x). So with gradients every call that
-#   passes the work and rows-per-head rules takes the kernels, contested shapes included (the backward, about
-#   three quarters of the time, is not what makes them contested), and so do masked calls unless the mask itself
-#   needs a gradient.
+#   B2 H8, D 8-128, 64-1024 tokens, causal or not, against torch's SDPA forward and backward, `python -m
+#   genai_fast.bench.attention --training --preset full`): 1.1-3.3x from 256 tokens, the least at D 16 without a
+#   causal mask; at 64 tokens 1.3-1.7x from D 40 and 0.7-1.2x at D 8-32, where torch's own time varies as much
+#   between runs. So with gradients every call that passes the work and rows-per-head rules takes the kernels,
+#   contested shapes included (the backward, about three quarters of the time, is not what makes them
+#   contested), and so do masked calls unless the mask itself needs a gradient.
 CPP_MIN_ROWS = 1024
 CPP_MIN_SCORES = 16384
 CPP_MIN_QUERIES = 16
