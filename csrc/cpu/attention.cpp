@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "attention_mask.h"
+#include "attention_shared.h"
 #include "simd.h"
 
 namespace genai_fast {
@@ -35,7 +35,6 @@ struct Packed {
   int64_t ld = 0, dv16 = 0;  // Kt row length (keys rounded up to 16, plus 16), Dv rounded up to 16
 };
 
-GF_INLINE int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 // Keys [0, n) of pair (b, kv): Kt [D, ld] and Vp [n, dv16], zero past n and past Dv.
 void pack(const AttentionArgs& a, int64_t b, int64_t kv, int64_t n, Packed& p) {
@@ -169,7 +168,6 @@ RowsFn rows_routine(int64_t Dv) { return rows_routine_at_least<1>(round16(Dv) / 
 // sum and output rows in fp32, rescaled when the max grows): the block in use stays in L2 while the task's rows,
 // 4 at a time, pass over it.
 
-constexpr int64_t kPanel = 64;
 constexpr int64_t kKeyBlock = 256;  // a multiple of kPanel
 constexpr int64_t kStreamRows = 128;
 constexpr int kStreamRowBlock = 4;  // query rows per pass over a block's panels
@@ -199,32 +197,17 @@ void pack_panels(const AttentionArgs& a, int64_t b, int64_t kv, const PanelLayou
 }
 
 // scores[i * kKeyBlock + j] = query_i . key_j for RB scaled query rows and keys [0, width) of the panels that
-// start at `panels` (width a multiple of 16): 64 keys at a time, RB x 4 independent multiply-add chains.
+// start at `panels` (width a multiple of 16): a whole panel (64 keys) at a time, then 16 keys at a time.
 template <int RB>
 GF_INLINE void panel_scores(const float* queries, const float* panels, int64_t D, int64_t width, float* scores) {
   for (int64_t j = 0; j < width; j += kPanel) {
     const float* panel = panels + j * D;
     if (j + kPanel <= width) {
-      v16 s[RB][4] = {};
-      for (int64_t d = 0; d < D; ++d) {
-        const float* kt = panel + d * kPanel;
-        const v16 k0 = load16(kt), k1 = load16(kt + 16), k2 = load16(kt + 32), k3 = load16(kt + 48);
-        for (int i = 0; i < RB; ++i) {
-          const float qd = queries[i * D + d];
-          s[i][0] += qd * k0, s[i][1] += qd * k1, s[i][2] += qd * k2, s[i][3] += qd * k3;
-        }
-      }
-      for (int i = 0; i < RB; ++i)
-        for (int t = 0; t < 4; ++t) store16(scores + i * kKeyBlock + j + 16 * t, s[i][t]);
+      panel_product<RB, 4>(queries, D, panel, D, scores + j, kKeyBlock);
       continue;
     }
     for (int64_t c = 0; j + c < width; c += 16) {
-      v16 s[RB] = {};
-      for (int64_t d = 0; d < D; ++d) {
-        const v16 k = load16(panel + d * kPanel + c);
-        for (int i = 0; i < RB; ++i) s[i] += queries[i * D + d] * k;
-      }
-      for (int i = 0; i < RB; ++i) store16(scores + i * kKeyBlock + j + c, s[i]);
+      panel_product<RB, 1>(queries, D, panel + c, D, scores + j + c, kKeyBlock);
     }
   }
 }
@@ -447,7 +430,9 @@ void attention_forward(const AttentionArgs& a) {
   const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (a.D + a.Dv);  // multiply-adds (causal: about half)
   // Waking a thread costs a few microseconds: below ~32K multiply-adds per thread one thread is faster.
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
-  if (a.mask.present() || a.streamed == 1 || (a.streamed == -1 && use_streamed(a))) return attention_forward_streamed(a, workers);
+  if (a.mask.present() || a.streamed == 1 || (a.streamed == -1 && use_streamed(a))) {
+    return attention_forward_streamed(a, workers);
+  }
   const RowsFn attend = rows_routine(a.Dv);
   parallel_for(tasks, workers, [&](int64_t task) {
     thread_local Packed p;

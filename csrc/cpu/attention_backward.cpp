@@ -22,17 +22,15 @@
 #include <vector>
 
 #include "attention.h"
-#include "attention_mask.h"
+#include "attention_shared.h"
 #include "simd.h"
 
 namespace genai_fast {
 namespace {
 
-constexpr int64_t kKeys = 64;  // keys per block: four vectors
+constexpr int64_t kKeys = kPanel;  // keys per block: one panel of four vectors
 constexpr int64_t kRows = 16;  // query rows per pass over a block (the depth of the dK and dV updates)
 constexpr int kTileRows = 4;   // rows (or channels) per register tile
-
-GF_INLINE int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 // One thread's scratch: a packed key block and its gradient sums, one pass's P and dS rows, the task's dQ sums
 // and rowsum(dO * O) per query row, and zero-padded copies of query and grad_out rows past the last one.
@@ -60,23 +58,6 @@ void pack_key_block(const AttentionBackwardArgs& a, const Share& task, int64_t j
     std::copy(keys + j * a.D, keys + (j + 1) * a.D, w.kr.begin() + j * w.d16);
     for (int64_t e = 0; e < a.Dv; ++e) w.vt[e * kKeys + j] = values[j * a.Dv + e];
   }
-}
-
-// out[i * kKeys + 16 t + l] = sum_c rows[i * ld + c] * panel[c * kKeys + 16 t + l] for 4 rows and the
-// block's first NV vectors of keys, over `depth` channels.
-template <int NV>
-GF_INLINE void tile_product(const float* rows, int64_t ld, const float* panel, int64_t depth, float* out) {
-  v16 acc[kTileRows][NV] = {};
-  for (int64_t c = 0; c < depth; ++c) {
-    v16 col[NV];
-    for (int t = 0; t < NV; ++t) col[t] = load16(panel + c * kKeys + 16 * t);
-    for (int i = 0; i < kTileRows; ++i) {
-      const float x = rows[i * ld + c];
-      for (int t = 0; t < NV; ++t) acc[i][t] += x * col[t];
-    }
-  }
-  for (int i = 0; i < kTileRows; ++i)
-    for (int t = 0; t < NV; ++t) store16(out + i * kKeys + 16 * t, acc[i][t]);
 }
 
 // Rows [r, r + 4) of `src` (rows of `width` floats, `valid` of them real): the rows themselves, or a zero-padded
@@ -186,8 +167,8 @@ GF_INLINE void pass_rows(const AttentionBackwardArgs& a, const Share& task, int6
   for (int64_t i = 0; i < rows; i += kTileRows) {
     float* p = w.p.data() + i * kKeys;
     float* ds = w.ds.data() + i * kKeys;
-    tile_product<NV>(tile_rows(q, r0 + i, a.Sq, a.D, w.tail_q), a.D, w.kt.data(), a.D, p);
-    tile_product<NV>(tile_rows(g, r0 + i, a.Sq, a.Dv, w.tail_g), a.Dv, w.vt.data(), a.Dv, ds);
+    panel_product<kTileRows, NV>(tile_rows(q, r0 + i, a.Sq, a.D, w.tail_q), a.D, w.kt.data(), a.D, p, kKeys);
+    panel_product<kTileRows, NV>(tile_rows(g, r0 + i, a.Sq, a.Dv, w.tail_g), a.Dv, w.vt.data(), a.Dv, ds, kKeys);
     for (int r = 0; r < kTileRows; ++r) {
       const int64_t row = r0 + i + r;
       float* pr = p + r * kKeys;

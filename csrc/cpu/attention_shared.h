@@ -1,5 +1,6 @@
-// The attention mask as the CPU forward and backward read it (AttentionMask, attention.h): its checks, and its
-// application to one row of scores.
+// What the CPU attention forward (attention.cpp) and backward (attention_backward.cpp) share: the mask
+// (AttentionMask, attention.h), its checks and its application to a row of scores, and the product of a few
+// query rows with a panel of 64 keys stored transposed.
 #pragma once
 
 #include <cmath>
@@ -9,6 +10,29 @@
 #include "simd.h"
 
 namespace genai_fast {
+
+constexpr int64_t kPanel = 64;  // keys per panel: Kt [depth, 64], contiguous
+
+GF_INLINE int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// out[i * out_ld + 16 t + l] = sum_c rows[i * ld + c] * panel[c * kPanel + 16 t + l] for RB rows and NV vectors of
+// keys (a panel, or a part of one from its first key on), over `depth` channels: RB x NV independent
+// multiply-add chains, each loaded key vector used RB times.
+template <int RB, int NV>
+GF_INLINE void panel_product(const float* rows, int64_t ld, const float* panel, int64_t depth, float* out,
+                             int64_t out_ld) {
+  v16 acc[RB][NV] = {};
+  for (int64_t c = 0; c < depth; ++c) {
+    v16 keys[NV];
+    for (int t = 0; t < NV; ++t) keys[t] = load16(panel + c * kPanel + 16 * t);
+    for (int i = 0; i < RB; ++i) {
+      const float x = rows[i * ld + c];
+      for (int t = 0; t < NV; ++t) acc[i][t] += x * keys[t];
+    }
+  }
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < NV; ++t) store16(out + i * out_ld + 16 * t, acc[i][t]);
+}
 
 // Throws std::invalid_argument when the mask's strides reach past its buffer for [B, Hq, Sq, Sk].
 inline void validate_mask(const AttentionMask& m, int64_t B, int64_t Hq, int64_t Sq, int64_t Sk) {
