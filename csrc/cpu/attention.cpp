@@ -243,28 +243,6 @@ struct StreamScratch {
   int64_t b = 0, h = 0;  // the task's sequence and query head
 };
 
-// acc_i = acc_i * rescale_i + sum_j w_i[j] values_j over keys [0, n) for RB rows of weights (row i at
-// w + i * kKeyBlock), on output vectors [t0, t0 + G) of each row (sums at acc + i * dv16): each value vector is
-// loaded once for the RB rows, whose G vectors stay in registers.
-template <int G, int RB>
-GF_INLINE void stream_values(const float* w, const float (&rescale)[RB], const float* vp, int64_t dv16, int64_t n,
-                             int t0, float* acc) {
-  v16 sums[RB][G];
-  for (int i = 0; i < RB; ++i)
-    for (int t = 0; t < G; ++t) sums[i][t] = load16(acc + i * dv16 + 16 * (t0 + t)) * rescale[i];
-  for (int64_t j = 0; j < n; ++j) {
-    const float* row = vp + j * dv16 + 16 * t0;
-    v16 values[G];
-    for (int t = 0; t < G; ++t) values[t] = load16(row + 16 * t);
-    for (int i = 0; i < RB; ++i) {
-      const float weight = w[i * kKeyBlock + j];
-      for (int t = 0; t < G; ++t) sums[i][t] += weight * values[t];
-    }
-  }
-  for (int i = 0; i < RB; ++i)
-    for (int t = 0; t < G; ++t) store16(acc + i * dv16 + 16 * (t0 + t), sums[i][t]);
-}
-
 // Output vectors per pass over a block's values: RB x G sums in registers, within about 24 of the 32.
 constexpr int kValueGroup = 4;
 
@@ -289,13 +267,13 @@ GF_INLINE void stream_rows(const AttentionArgs& a, int64_t r0, int64_t i0, int64
   for (int i = 0; i < RB; ++i) rescale[i] = fold_block(s.scores.data() + i * kKeyBlock, valid[i], width, s.rows[i0 + i]);
   float* acc = s.acc.data() + i0 * dv16;
   if constexpr (NB <= 6) {
-    stream_values<NB, RB>(s.scores.data(), rescale, vp, dv16, widest, 0, acc);
+    weighted_rows<NB, RB>(s.scores.data(), kKeyBlock, rescale, vp, dv16, widest, 0, acc);
   } else {
     constexpr int full = NB / kValueGroup * kValueGroup;
     for (int t0 = 0; t0 < full; t0 += kValueGroup)
-      stream_values<kValueGroup, RB>(s.scores.data(), rescale, vp, dv16, widest, t0, acc);
+      weighted_rows<kValueGroup, RB>(s.scores.data(), kKeyBlock, rescale, vp, dv16, widest, t0, acc);
     if constexpr (NB % kValueGroup != 0)
-      stream_values<NB % kValueGroup, RB>(s.scores.data(), rescale, vp, dv16, widest, full, acc);
+      weighted_rows<NB % kValueGroup, RB>(s.scores.data(), kKeyBlock, rescale, vp, dv16, widest, full, acc);
   }
 }
 

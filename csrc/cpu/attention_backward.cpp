@@ -125,33 +125,16 @@ GF_INLINE void accumulate_channels(float* acc, int64_t channels, const float* co
   }
 }
 
-// dq[i * d16 + 16 (t0 + t) ...] += sum_j ds[i * kKeys + j] kr[j * d16 + 16 (t0 + t) ...] for 4 rows, G vectors
-// of head channels, keys [0, n).
-template <int G>
-GF_INLINE void query_tile(float* dq, int64_t d16, int64_t t0, const float* ds, const float* kr, int64_t n) {
-  v16 sums[kTileRows][G];
-  for (int i = 0; i < kTileRows; ++i)
-    for (int t = 0; t < G; ++t) sums[i][t] = load16(dq + i * d16 + 16 * (t0 + t));
-  for (int64_t j = 0; j < n; ++j) {
-    v16 keys[G];
-    for (int t = 0; t < G; ++t) keys[t] = load16(kr + j * d16 + 16 * (t0 + t));
-    for (int i = 0; i < kTileRows; ++i) {
-      const float weight = ds[i * kKeys + j];
-      for (int t = 0; t < G; ++t) sums[i][t] += weight * keys[t];
-    }
-  }
-  for (int i = 0; i < kTileRows; ++i)
-    for (int t = 0; t < G; ++t) store16(dq + i * d16 + 16 * (t0 + t), sums[i][t]);
-}
-
+// dq_i += sum_j ds[i * kKeys + j] kr_j for 4 rows over keys [0, n), 4 vectors of head channels at a time.
 GF_INLINE void accumulate_queries(float* dq, int64_t d16, const float* ds, const float* kr, int64_t n) {
+  constexpr float kOnes[kTileRows] = {1.0f, 1.0f, 1.0f, 1.0f};
   const int64_t vectors = d16 / 16;
   int64_t t = 0;
-  for (; t + 4 <= vectors; t += 4) query_tile<4>(dq, d16, t, ds, kr, n);
+  for (; t + 4 <= vectors; t += 4) weighted_rows<4, kTileRows>(ds, kKeys, kOnes, kr, d16, n, t, dq);
   switch (vectors - t) {
-    case 3: return query_tile<3>(dq, d16, t, ds, kr, n);
-    case 2: return query_tile<2>(dq, d16, t, ds, kr, n);
-    case 1: return query_tile<1>(dq, d16, t, ds, kr, n);
+    case 3: return weighted_rows<3, kTileRows>(ds, kKeys, kOnes, kr, d16, n, t, dq);
+    case 2: return weighted_rows<2, kTileRows>(ds, kKeys, kOnes, kr, d16, n, t, dq);
+    case 1: return weighted_rows<1, kTileRows>(ds, kKeys, kOnes, kr, d16, n, t, dq);
     default: return;
   }
 }

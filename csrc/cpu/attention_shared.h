@@ -34,6 +34,28 @@ GF_INLINE void panel_product(const float* rows, int64_t ld, const float* panel, 
     for (int t = 0; t < NV; ++t) store16(out + i * out_ld + 16 * t, acc[i][t]);
 }
 
+// acc_i = acc_i * rescale_i + sum_j w[i * w_ld + j] rows_j over rows [0, n) (each `ld` floats, padded to whole
+// vectors) for RB weight rows, on vectors [t0, t0 + G) of each (acc_i at acc + i * ld): each row vector is loaded
+// once for the RB weight rows, whose G vectors of sums stay in registers. The forward's value sums (weights P,
+// rows V, rescaled by the online softmax) and the backward's dQ (weights dS, rows K, rescale 1).
+template <int G, int RB>
+GF_INLINE void weighted_rows(const float* w, int64_t w_ld, const float (&rescale)[RB], const float* rows, int64_t ld,
+                             int64_t n, int64_t t0, float* acc) {
+  v16 sums[RB][G];
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < G; ++t) sums[i][t] = load16(acc + i * ld + 16 * (t0 + t)) * rescale[i];
+  for (int64_t j = 0; j < n; ++j) {
+    v16 row[G];
+    for (int t = 0; t < G; ++t) row[t] = load16(rows + j * ld + 16 * (t0 + t));
+    for (int i = 0; i < RB; ++i) {
+      const float weight = w[i * w_ld + j];
+      for (int t = 0; t < G; ++t) sums[i][t] += weight * row[t];
+    }
+  }
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < G; ++t) store16(acc + i * ld + 16 * (t0 + t), sums[i][t]);
+}
+
 // Throws std::invalid_argument when the mask's strides reach past its buffer for [B, Hq, Sq, Sk].
 inline void validate_mask(const AttentionMask& m, int64_t B, int64_t Hq, int64_t Sq, int64_t Sk) {
   if (!m.present()) return;
