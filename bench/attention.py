@@ -361,9 +361,19 @@ _register()
 # ---------------------------------------------------------------- CPU: op vs torch SDPA
 
 
+def _alternating_best(ours, theirs) -> tuple[float, float]:
+    """Best median ms of each of two calls over three alternating rounds (a shared CPU's load drifts)."""
+    from genai_fast.bench.timing import time_cpu
+
+    best_ours, best_theirs = float("inf"), float("inf")
+    for _ in range(3):
+        best_ours = min(best_ours, time_cpu(ours, 0.3).median_ms)
+        best_theirs = min(best_theirs, time_cpu(theirs, 0.3).median_ms)
+    return best_ours, best_theirs
+
+
 def cpu_report(preset: str = "quick") -> list[dict]:
     """The op (automatic dispatch) vs torch SDPA on the CPU cases, timed alternately, same inputs."""
-    from genai_fast.bench.timing import time_cpu
 
     rows = []
     device = torch.device("cpu")
@@ -373,11 +383,8 @@ def cpu_report(preset: str = "quick") -> list[dict]:
     ):
         for case in cases:
             inputs = make(case, device)
-            # Alternate the two, three rounds, best median of each: a shared CPU's load drifts.
-            ours, theirs = float("inf"), float("inf")
-            for _ in range(3):
-                ours = min(ours, time_cpu(lambda inputs=inputs, run=run: run(inputs, None), 0.3).median_ms)
-                theirs = min(theirs, time_cpu(lambda inputs=inputs, ref=ref: ref(inputs), 0.3).median_ms)
+            ours, theirs = _alternating_best(lambda inputs=inputs, run=run: run(inputs, None),
+                                             lambda inputs=inputs, ref=ref: ref(inputs))
             rows.append({"shape": case.label, "ours_ms": ours, "torch_ms": theirs,
                          "overhead_us": 1e3 * (ours - theirs)})
     return rows
@@ -395,7 +402,6 @@ TRAINING_CASES = {
 def cpu_training_report(preset: str = "quick") -> list[dict]:
     """Forward and backward through autograd, the op (automatic dispatch) vs torch SDPA, timed alternately on the
     same inputs and output gradient."""
-    from genai_fast.bench.timing import time_cpu
 
     from genai_fast.backends.dispatch import OPS
 
@@ -411,10 +417,7 @@ def cpu_training_report(preset: str = "quick") -> list[dict]:
         def theirs(leaves=leaves, grad=grad, causal=inputs["causal"]) -> None:
             torch.autograd.grad(F.scaled_dot_product_attention(*leaves, is_causal=causal), leaves, grad)
 
-        best_ours, best_theirs = float("inf"), float("inf")
-        for _ in range(3):
-            best_ours = min(best_ours, time_cpu(ours, 0.3).median_ms)
-            best_theirs = min(best_theirs, time_cpu(theirs, 0.3).median_ms)
+        best_ours, best_theirs = _alternating_best(ours, theirs)
         rows.append({"shape": case.label, "ours_ms": best_ours, "torch_ms": best_theirs,
                      "backend": OPS["scaled_dot_product_attention_backward"].last_backend})
     return rows
