@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -297,6 +298,15 @@ def test_reference_matches_conv2d_module():
     got = genai_fast.conv2d(x, module.weight, module.bias, 2, 1, 1, 2, activation="silu", residual=residual,
                             output_scale=0.25)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [np.float64(0.5), np.float32(0.5), np.int64(2)], ids=["f64", "f32", "i64"])
+def test_output_scale_takes_numpy_scalars(scale):
+    """diffusers' skip blocks set output_scale_factor = np.sqrt(2.0): a NumPy scale is a number like any other."""
+    x, weight, residual = torch.randn(1, 4, 6, 6), torch.randn(4, 4, 3, 3), torch.randn(1, 4, 6, 6)
+    expected = genai_fast.conv2d(x, weight, padding=1, residual=residual, output_scale=float(scale))
+    got = genai_fast.conv2d(x, weight, padding=1, residual=residual, output_scale=scale)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch+triton"])

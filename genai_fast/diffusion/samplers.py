@@ -507,7 +507,9 @@ class Sampler:
             raise ValueError(f"model_output: expected the doubled batch [2B, ...] = [{2 * x.shape[0]}, ...] for x "
                              f"of shape {tuple(x.shape)} (unconditional half first), got {tuple(model_output.shape)}")
         fused = self._fused(self._index, plan)
-        if fused is None:
+        if fused is None or not all(map(math.isfinite, fused.coefficients)):
+            # Also a degenerate step (an epsilon model at a zero-SNR timestep, see _x0_weights): step()
+            # reproduces diffusers there (x0 = +-inf, finite again once clipped), a fused pass cannot.
             uncond, cond = model_output.chunk(2)
             return self.step(uncond + guidance * (cond - uncond), t, x, generator=generator)
         noise = draw_noise(x.shape, model_output, generator) if plan.noise[self._index] else None
@@ -529,6 +531,8 @@ class Sampler:
         """(x0_from_x, x0_from_m): _to_x0 of the configured prediction type as x0 = p x + q m."""
         prediction = self.config["prediction_type"]
         if prediction == "epsilon":
+            if sqrt_a == 0.0:  # alpha_bar = 0 (rescale_betas_zero_snr): no finite weights
+                return math.nan, math.nan
             return 1.0 / sqrt_a, -sqrt_b / sqrt_a
         if prediction == "v_prediction":
             return sqrt_a, -sqrt_b
@@ -581,7 +585,8 @@ class Sampler:
 
 def check_guidance(guidance_scale: Any) -> float:
     """guidance_scale as a float; TypeError / ValueError naming it unless it is a finite number >= 0."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+    # np.integer / np.floating count too (a scale taken from np.linspace), as everywhere a config takes a number.
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"guidance_scale: expected a number, got {type(guidance_scale).__name__}")
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale: expected a finite number >= 0, got {guidance_scale}")
@@ -707,7 +712,10 @@ class DDIMSampler(Sampler):
         beta_prod, beta_prod_prev = 1 - a_t, 1 - a_prev
         variance = (beta_prod_prev / beta_prod) * (1 - a_t / a_prev)
         std = self.config["eta"] * variance**0.5
-        direction = (1 - a_prev - std**2) ** 0.5
+        # With eta = 1 where alpha_bar_t is 0 or nearly (zero terminal SNR, the cosine schedule's last
+        # timestep) std**2 equals 1 - a_prev up to rounding; diffusers' sqrt of the rounded, sometimes
+        # negative, difference turns the whole sample into NaN.
+        direction = torch.clamp(1 - a_prev - std**2, min=0.0) ** 0.5
         return [a_t**0.5, beta_prod**0.5, a_prev**0.5, direction, std]
 
     def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator

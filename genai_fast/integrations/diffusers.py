@@ -389,7 +389,8 @@ def _fused_resnet_forward(block: nn.Module, input_tensor: torch.Tensor, temb: to
     # diffusers makes x contiguous here in training (a DDP gradient-stride warning); channels_last is
     # the point of the patch, and the values are the same either way.
     shortcut = block.conv_shortcut(x) if block.conv_shortcut is not None else x
-    return _conv(block.conv2, h, residual=shortcut, output_scale=1.0 / block.output_scale_factor)
+    # float(): Skip*Block2D set np.sqrt(2.0), a NumPy scalar; a Python float keeps conv2d's call plans one per value.
+    return _conv(block.conv2, h, residual=shortcut, output_scale=1.0 / float(block.output_scale_factor))
 
 
 def _patch_resnets(unet: nn.Module, state: _PatchState) -> set[int]:

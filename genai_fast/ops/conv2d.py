@@ -25,6 +25,7 @@ call at each shape times both and caches the winner (see `_choose`).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -225,7 +226,8 @@ def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], 
         raise ValueError(f"residual: expected the output's shape {out_shape}, got {tuple(residual.shape)}")
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    if type(output_scale) is not float and (isinstance(output_scale, bool) or not isinstance(output_scale, int)):
+    # numbers.Real, not float: diffusers' skip blocks pass NumPy scalars (np.sqrt(2.0)).
+    if isinstance(output_scale, bool) or not isinstance(output_scale, numbers.Real):
         raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
     if not math.isfinite(output_scale):
         raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
