@@ -31,6 +31,7 @@ from genai_fast.backends.dispatch import (
     Implementation,
     Op,
     define_op,
+    resolve_backend_name,
     validate_backend_name,
 )
 from genai_fast.ops.eager import can_bypass_custom_op, is_plain_eager
@@ -110,9 +111,10 @@ def scaled_dot_product_attention(
         out, _lse = plan.impl.run(q, k, v, mask, is_causal, plan.sm_scale)
     else:
         # The plan's choice, not a new one inside the op: autograd is off in there, so it would take a training
-        # call for inference (whose rules differ on a CPU).
+        # call for inference (whose rules differ on a CPU). Only a call traced before any eager call made the
+        # choice leaves it to the op (see _select_while_tracing).
         out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, is_causal, plan.sm_scale,
-                                                                      backend or plan.impl.backend)
+                                                                      backend or _planned_backend(plan))
     return out if out_shape is None else out.reshape(out_shape)
 
 
@@ -161,7 +163,7 @@ def attention_with_kvcache(
         # Lengths kept on the host were validated without a sync. A non-blocking copy from pageable memory is
         # staged before it returns, so the caller may change cache_seqlens right after this call.
         cache_seqlens = cache_seqlens.to(q.device, non_blocking=True)
-    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    sm_scale = _default_scale(q.shape[-1]) if scale is None else float(scale)
     if can_bypass_custom_op(q, k_cache, v_cache, k, v):
         return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale, bool(causal), backend, uniform)
     return torch.ops.genai_fast.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale,
@@ -229,7 +231,7 @@ def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa)
     if enable_gqa and q.dim() >= 3:
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
         v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    sm_scale = _default_scale(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * sm_scale
     Sq, Sk = scores.shape[-2], scores.shape[-1]
     if is_causal:
@@ -294,7 +296,7 @@ def attention_with_kvcache_reference(
 ) -> torch.Tensor:
     """attention_with_kvcache in plain PyTorch (writes k/v into the caches in place, as the op does)."""
     lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
-    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    sm_scale = _default_scale(q.shape[-1]) if scale is None else scale
     return _kvcache_attend_reference(q, k_cache, v_cache, lengths, sm_scale, causal)
 
 
@@ -316,6 +318,12 @@ def _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal):
 
 
 # ---------------------------------------------------------------- validation
+
+
+def _default_scale(head_dim: int) -> float:
+    """1 / sqrt(head_dim). With head dim 0 every score is an empty sum, 0, whatever the scale: 1.0 keeps it
+    finite (as torch, which returns the mean of the values there) instead of dividing by zero."""
+    return 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
 
 
 def _require_tensor(name: str, t: Any) -> None:
@@ -501,8 +509,10 @@ def _canonical(query, key, value, attn_mask, enable_gqa, prefix):
             and key.shape[:2] == value.shape[:2] == (*batch, hk)):
         return query, key, value, None, None  # already canonical (the usual call): nothing to reshape
     if enable_gqa and hk != hv:
-        # torch repeats key and value heads separately; the kernels share one group size.
-        heads = max(hk, hv)
+        # torch repeats key and value heads separately; the kernels share one group size. Both counts divide
+        # hq, but neither need divide the other (2 key heads and 3 value heads for 6 query heads), so both are
+        # repeated to hq (a rare call).
+        heads = hq
         key = key.repeat_interleave(heads // hk, dim=-3) if hk != heads else key
         value = value.repeat_interleave(heads // hv, dim=-3) if hv != heads else value
         hk = hv = heads
@@ -528,15 +538,31 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
     dispatcher caches only ops without checks; on a CPU its walk is a third of a small call)."""
     if backend is not None or os.environ.get(ENV_BACKEND):
         return op.select(inputs, backend)
-    key = (op.name, len(op.implementations), inputs["device"], inputs["dtype"], inputs["head_dim"],
-           inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
-           bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")), bool(inputs.get("backward")),
-           _cpp_pays(inputs), triton_interpreter_enabled())
+    key = _auto_key(op, inputs)
     impl = _AUTO_CHOICES.get(key)
     if impl is None:
         impl = _AUTO_CHOICES[key] = op.select({**inputs, "automatic": True}, None)
     op.last_backend = impl.backend
     return impl
+
+
+def _auto_key(op: Op, inputs: dict[str, Any]) -> tuple[Any, ...]:
+    return (op.name, len(op.implementations), inputs["device"], inputs["dtype"], inputs["head_dim"],
+            inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
+            bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")), bool(inputs.get("backward")),
+            _cpp_pays(inputs), triton_interpreter_enabled())
+
+
+def _select_while_tracing(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementation | None:
+    """The automatic choice an eager call already made for inputs like these, else None: the custom op then
+    chooses (or checks the forced backend) when it runs.
+
+    torch.compile cannot trace the dispatcher's first look at a backend (it imports the backend's module), so
+    a compiled call whose choice is not cached yet must not make it while tracing (a first call under
+    torch.compile(fullgraph=True) would fail)."""
+    if backend is not None or os.environ.get(ENV_BACKEND):
+        return None
+    return _AUTO_CHOICES.get(_auto_key(op, inputs))
 
 
 def _cpp_pays(inputs: dict[str, Any]) -> bool:
@@ -566,7 +592,9 @@ class _CallPlan:
 
     prefix: tuple[int, ...]  # the output's leading dims (batch..., Hq)
     sm_scale: float
-    impl: Implementation  # the dispatcher's choice (the reference's registration for dropout)
+    # The dispatcher's choice (the reference's registration for dropout); None while torch.compile traces a call
+    # whose choice is left to the custom op at run time.
+    impl: Implementation | None
     route: str  # "reference" (dropout), "torch" (torch's own SDPA), "direct" (impl.run) or "custom_op"
 
 
@@ -585,7 +613,8 @@ def _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
         # The TMA kernel's check reads the tensors' addresses and strides, which no signature holds.
         if backend != "triton+tma":
             _PLANS.put(signature, plan)
-    ATTENTION.last_backend = plan.impl.backend
+    if plan.impl is not None:  # else the custom op records its choice when it runs
+        ATTENTION.last_backend = plan.impl.backend
     return plan
 
 
@@ -611,8 +640,14 @@ def _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
 def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> _CallPlan:
     """Check the call (raising on bad input) and decide how it runs."""
     prefix = _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
-    sm_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    impl = _select(ATTENTION, _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal), backend)
+    sm_scale = _default_scale(query.shape[-1]) if scale is None else float(scale)
+    inputs = _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal)
+    if torch.compiler.is_compiling():
+        if dropout_p > 0:
+            _refuse_dropout(backend)
+            return _CallPlan(prefix, sm_scale, None, "reference")
+        return _CallPlan(prefix, sm_scale, _select_while_tracing(ATTENTION, inputs, backend), "custom_op")
+    impl = _select(ATTENTION, inputs, backend)
     if dropout_p > 0:
         return _CallPlan(prefix, sm_scale, impl, "reference")
     bypass = can_bypass_custom_op(query, key, value, attn_mask)
@@ -622,6 +657,19 @@ def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, ena
         if (impl.backend == "torch" or empty) and not both:
             return _CallPlan(prefix, sm_scale, impl, "torch")
     return _CallPlan(prefix, sm_scale, impl, "direct" if bypass else "custom_op")
+
+
+def _planned_backend(plan: _CallPlan) -> str:
+    """The backend the custom op is told to run: the plan's choice, or "" for its own choice at run time."""
+    return plan.impl.backend if plan.impl is not None else ""
+
+
+def _refuse_dropout(backend: str | None) -> None:
+    """While tracing, the check the dispatcher makes of a forced backend for dropout: only the reference has it."""
+    forced = resolve_backend_name(backend, ATTENTION.extra_names())
+    if forced is not None and forced != "torch":
+        raise BackendNotSupportedError(f"scaled_dot_product_attention: backend {forced!r} cannot run these inputs: "
+                                       "dropout_p > 0 runs on the reference (the kernels have no dropout)")
 
 
 # ---------------------------------------------------------------- custom ops, fake, autograd
@@ -740,8 +788,12 @@ def _append_to_cache(k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
 def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, uniform):
     """Append, then attend. uniform: the common length of every sequence when known on the host."""
     lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
-    if q.numel() == 0:
+    if q.shape[0] * q.shape[1] * q.shape[2] * v_cache.shape[3] == 0:
         return q.new_zeros((*q.shape[:3], v_cache.shape[3]))
+    if q.shape[3] == 0:
+        # Head dim 0: every score is 0, so each row averages its visible values (torch's SDPA does); the
+        # kernels are not written for an empty head.
+        return KVCACHE.get("torch").run(q, k_cache, v_cache, lengths, scale, causal, uniform)
     inputs = {"device": q.device, "dtype": q.dtype, "head_dim": q.shape[3], "head_dim_v": v_cache.shape[3]}
     return _select(KVCACHE, inputs, backend).run(q, k_cache, v_cache, lengths, scale, causal, uniform)
 
