@@ -49,15 +49,21 @@ def genai_fast_attention_forward(
     None or [B or 1, 1, Sq, Sk] (bool, or additive float) -> (output [B, Sq, Hq, D], no weights)."""
     if kwargs.get("softcap") is not None:
         raise ValueError("softcap: genai_fast attention has no logit soft-capping; use attn_implementation='eager'")
+    if kwargs.get("s_aux") is not None:
+        # GPT-OSS's per-head attention sinks: attending without them would silently give other outputs.
+        raise ValueError("s_aux: genai_fast attention has no attention sinks; use attn_implementation='eager'")
     q_length = query.shape[2]
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     # As transformers' SDPA path: causal only for a prefill with no explicit mask (a decode step's single
     # query sees the whole cache; an explicit mask already encodes causality).
     is_causal = bool(q_length > 1 and attention_mask is None and is_causal)
-    if is_causal and key.shape[2] > q_length:
-        # Prefill into an empty static cache: top-left causal never reads past q_length, so drop the rest.
-        key, value = key[:, :, :q_length], value[:, :, :q_length]
     position_bias = kwargs.get("position_bias")
+    if is_causal and key.shape[2] > q_length:
+        # Prefill into an empty static cache: top-left causal never reads past q_length, so drop the rest (of
+        # the position bias too: its last dimension runs over the keys).
+        key, value = key[:, :, :q_length], value[:, :, :q_length]
+        if position_bias is not None:
+            position_bias = position_bias[..., :q_length]
     if position_bias is not None:
         from transformers.integrations.sdpa_attention import create_position_bias_mask
 

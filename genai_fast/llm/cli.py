@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens: expected a positive integer, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise ValueError(f"--temperature: expected >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k <= 0:
+        raise ValueError(f"--top-k: expected a positive integer, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
     path = args.model or default_model()

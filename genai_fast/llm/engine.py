@@ -3,6 +3,8 @@ prompt for a batch); `Engine.stream(...)` -> TextStream of text pieces."""
 
 from __future__ import annotations
 
+import numbers
+import operator
 import os
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -33,8 +35,9 @@ class GenerationResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _load_hf(source: str | os.PathLike, dtype: torch.dtype | None) -> tuple[Any, Any]:
-    """(hf_model, tokenizer or None) from a .gguf file or a checkpoint directory."""
+def _load_hf(source: str | os.PathLike, dtype: torch.dtype | str | None) -> tuple[Any, Any]:
+    """(hf_model, tokenizer or None) from a .gguf file or a checkpoint directory; dtype None reads fp32,
+    "auto" the checkpoint's dtype."""
     import transformers
 
     path = Path(source).expanduser()
@@ -71,7 +74,8 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
     """Load a Llama-family (llama, mistral, qwen2) or GPT-2 model into the compact engine.
 
     source: a `.gguf` file (through transformers' `gguf_file=`), a local HF checkpoint directory, or an
-    already-loaded HF `*ForCausalLM`. dtype: defaults to the loaded weights' dtype (fp32 for files).
+    already-loaded HF `*ForCausalLM`. dtype: a floating torch.dtype or its name, as from_pretrained takes it;
+    None: the loaded weights' dtype (fp32 for files); "auto": the checkpoint's own dtype.
     tokenizer: overrides the one found next to the weights (needed for string prompts with an HF model).
     max_seq_len: the KV cache length S_max per sequence; defaults to min(context, 2048).
     cuda_graph: on a CUDA device, capture the decode step once per batch size and replay it.
@@ -81,6 +85,7 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
         kernel is available; True: required (ValueError saying why it cannot); False: fp32 weights.
         `Engine.weight_format` says what decode reads.
     """
+    dtype = _resolve_dtype(dtype)
     if isinstance(source, torch.nn.Module):
         hf = source
         if tokenizer is None and getattr(hf, "name_or_path", None) and Path(hf.name_or_path).is_dir():
@@ -88,15 +93,27 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
     else:
         hf, found = _load_hf(source, dtype)
         tokenizer = tokenizer or found
-    model = from_hf(hf, dtype=dtype, device=device).eval()
+    model = from_hf(hf, dtype=None if dtype == "auto" else dtype, device=device).eval()
     limit = model.cfg.max_position_embeddings
-    max_seq_len = max_seq_len or min(limit, DEFAULT_MAX_SEQ_LEN)
-    if not 0 < max_seq_len <= limit:
-        raise ValueError(f"max_seq_len: expected 1..{limit} (the model's context), got {max_seq_len}")
+    max_seq_len = min(limit, DEFAULT_MAX_SEQ_LEN) if max_seq_len is None else max_seq_len
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or not 0 < max_seq_len <= limit:
+        raise ValueError(f"max_seq_len: expected 1..{limit} (the model's context), got {max_seq_len!r}")
     weight_format = _use_gguf_blocks(model, source, gguf_blocks)
     engine = Engine(model, tokenizer, max_seq_len, _eos_ids(hf, tokenizer), cuda_graph=cuda_graph)
     engine.weight_format = weight_format
     return engine
+
+
+def _resolve_dtype(dtype: Any) -> torch.dtype | str | None:
+    """load's dtype as from_pretrained takes it: a floating torch.dtype, its name ("bfloat16", "torch.float16"),
+    "auto" (the checkpoint's own dtype) or None."""
+    if dtype is None or dtype == "auto":
+        return dtype
+    found = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise ValueError(f"dtype: expected a floating torch.dtype (e.g. torch.bfloat16), its name or 'auto', "
+                         f"got {dtype!r}")
+    return found
 
 
 def _use_gguf_blocks(model: DecoderModel, source: Any, wanted: bool | None) -> str:
@@ -187,7 +204,7 @@ class Engine:
         if isinstance(prompt, torch.Tensor) and prompt.dim() > 1 and prompt.shape[0] != 1:
             raise ValueError(f"prompt_or_ids: one sequence expected here, got a tensor of shape {tuple(prompt.shape)}")
         if not isinstance(prompt, str):
-            ids = prompt.flatten().tolist() if isinstance(prompt, torch.Tensor) else [int(i) for i in prompt]
+            ids = _token_ids(prompt)
             if not ids:
                 raise ValueError("prompt_or_ids: empty")
             return ids
@@ -240,15 +257,20 @@ class Engine:
         across tokens waits for its last token). The GenerationResult is `.result` after the iteration."""
         if self.tokenizer is None:
             raise ValueError("stream: needs a tokenizer to produce text; load(tokenizer=...) or use generate()")
-        ids = self.encode(prompt_or_ids, chat)
-        chunks = self._run([ids], max_new_tokens, temperature, top_k, top_p, seed, stop, sync_every=1)
+        prompts, batched = self._as_batch(prompt_or_ids, chat)
+        if batched:
+            raise ValueError(f"prompt_or_ids: stream takes one prompt, got a batch of {len(prompts)}; "
+                             "use generate() for a batch")
+        chunks = self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, sync_every=1)
         return TextStream(chunks, self.tokenizer)
 
     def _as_batch(self, prompt_or_ids: Any, chat: bool | None) -> tuple[list[list[int]], bool]:
         if isinstance(prompt_or_ids, torch.Tensor) and prompt_or_ids.dim() == 2 and prompt_or_ids.shape[0] > 1:
             return [row.tolist() for row in prompt_or_ids], True
+        # A 0-d tensor is one token id (list(tensor) gives those), not a prompt.
         is_batch = (isinstance(prompt_or_ids, (list, tuple)) and len(prompt_or_ids) > 0
-                    and all(isinstance(p, (str, list, tuple, torch.Tensor)) for p in prompt_or_ids))
+                    and all(isinstance(p, (str, list, tuple)) or (isinstance(p, torch.Tensor) and p.dim() > 0)
+                            for p in prompt_or_ids))
         if not is_batch:
             return [self.encode(prompt_or_ids, chat)], False
         prompts = []
@@ -345,8 +367,10 @@ class Engine:
         if new[-1] in self.eos_ids or new[-1] in stop_ids:
             return True
         if stop_strings and self.tokenizer is not None:
-            # Decode only a short tail: a stop string can span a few tokens but not many.
-            tail = self.tokenizer.decode(new[-16:], skip_special_tokens=True)
+            # Decode only a tail: a stop string spans at most one token per UTF-8 byte, plus one token that may
+            # start mid-character and one of context (a decode may drop a leading space).
+            window = max(16, max(len(s.encode()) for s in stop_strings) + 2)
+            tail = self.tokenizer.decode(new[-window:], skip_special_tokens=True)
             return any(s in tail for s in stop_strings)
         return False
 
@@ -381,26 +405,60 @@ def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p:
               prompt_len: int, max_seq_len: int, prompt_name: str = "prompt_or_ids") -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature: expected >= 0, got {temperature!r}")
+    if not _is_number(temperature) or not temperature >= 0:
+        raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
         raise ValueError(f"top_k: expected a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p: expected a value in (0, 1], got {top_p!r}")
-    if prompt_len >= max_seq_len:
-        raise ValueError(f"{prompt_name}: {prompt_len} tokens do not fit the context of {max_seq_len} positions "
-                         "(at least one more is needed to generate)")
-    # The last new token is never fed back, so prompt + max_new_tokens - 1 cache positions are written.
+    if prompt_len > max_seq_len:
+        raise ValueError(f"{prompt_name}: {prompt_len} tokens do not fit the context of {max_seq_len} positions")
+    # The last new token is never fed back, so prompt + max_new_tokens - 1 cache positions are written: a prompt
+    # filling the context still gets its one next token, as with HF.
+    if prompt_len == max_seq_len and max_new_tokens > 1:
+        raise ValueError(f"{prompt_name}: {prompt_len} tokens fill the context of {max_seq_len} positions; only "
+                         f"max_new_tokens=1 fits, got {max_new_tokens}")
     if prompt_len + max_new_tokens - 1 > max_seq_len:
         raise ValueError(f"max_new_tokens: {prompt_len} prompt tokens + {max_new_tokens} new tokens exceed the "
                          f"KV cache of {max_seq_len} positions; lower it or load(max_seq_len=...)")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _token_ids(prompt: Any) -> list[int]:
+    """A prompt given as ids (a sequence of integers or an integer tensor) -> list of ints. Floats are refused,
+    not truncated: HF's embedding refuses them too."""
+    if isinstance(prompt, torch.Tensor):
+        if prompt.is_floating_point() or prompt.is_complex():
+            raise ValueError(f"prompt_or_ids: token ids must be integers, got a {prompt.dtype} tensor")
+        return prompt.flatten().tolist()
+    try:
+        items = list(prompt)
+    except TypeError:
+        raise ValueError(f"prompt_or_ids: expected a string, token ids or a tensor of token ids, got {prompt!r}"
+                         ) from None
+    ids = []
+    for item in items:
+        try:
+            ids.append(operator.index(item))  # ints, NumPy integers, 0-d integer tensors
+        except TypeError:
+            raise ValueError(f"prompt_or_ids: expected token ids (integers), got the element {item!r}") from None
+    return ids
+
+
 def _split_stop(stop: Sequence[str | int] | str | int | None) -> tuple[set[int], list[str]]:
     if stop is None:
         return set(), []
-    items = [stop] if isinstance(stop, (str, int)) else list(stop)
-    bad = [s for s in items if not isinstance(s, (str, int)) or s == ""]
-    if bad:
-        raise ValueError(f"stop: expected token ids or non-empty strings, got {bad[0]!r}")
-    return {s for s in items if isinstance(s, int)}, [s for s in items if isinstance(s, str)]
+    many = isinstance(stop, (list, tuple, set, frozenset)) or (isinstance(stop, torch.Tensor) and stop.dim() > 0)
+    ids, strings = set(), []
+    for item in list(stop) if many else [stop]:
+        if isinstance(item, str) and item:
+            strings.append(item)
+            continue
+        try:
+            ids.add(operator.index(item))  # ints, NumPy integers, 0-d integer tensors
+        except TypeError:
+            raise ValueError(f"stop: expected token ids or non-empty strings, got {item!r}") from None
+    return ids, strings

@@ -1,0 +1,211 @@
+"""genai_fast.llm and the transformers patch against HF transformers: the cases an audit (session 25) found
+wrong. Tiny random-weight models built in memory; HF's generate / sdpa attention are the reference."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from genai_fast.llm import load  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Two cores shared by parallel jobs: one thread avoids OpenMP waits on descheduled workers (HF runs alike).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _llama(vocab_size: int = 128, **extra):
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**sizes, **extra})).eval()
+
+
+def _gpt2(**extra):
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=96, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**sizes, **extra})).eval()
+
+
+def _hf_greedy(hf, ids: list[int], n: int, **kwargs) -> list[int]:
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=n, do_sample=False, **kwargs)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.fixture(scope="module")
+def ascii_bpe():
+    """A BPE tokenizer over ASCII letters trained here (no download): every token decodes to whole characters,
+    so stop strings compare cleanly with HF's."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    trainer = trainers.BpeTrainer(vocab_size=120, initial_alphabet=list(string.ascii_letters + string.digits + " .,!?"),
+                                  special_tokens=["<eos>", "<unk>"], show_progress=False)
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog, hello world! abc def"] * 8, trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
+
+
+# ---------------------------------------------------------------- generate
+
+
+def test_a_stop_string_longer_than_sixteen_tokens_stops_as_hf(ascii_bpe):
+    hf = _llama(vocab_size=len(ascii_bpe), max_position_embeddings=256)
+    hf.generation_config.eos_token_id = hf.config.eos_token_id = None
+    engine = load(hf, tokenizer=ascii_bpe)
+    engine.eos_ids = set()
+    ids = engine.encode("hello", chat=False)
+    free = engine.generate(ids, 60)
+    stop = ascii_bpe.decode(free.ids[4:28])  # 24 tokens: past the 16-token tail the check used to decode
+    assert len(ascii_bpe(stop)["input_ids"]) > 16
+    want = _hf_greedy(hf, ids, 60, stop_strings=[stop], tokenizer=ascii_bpe)
+    assert len(want) < 60  # HF does stop on it
+    got = engine.generate(ids, 60, stop=stop)
+    assert got.ids == want and got.text.endswith(stop)
+    stream = engine.stream(ids, 60, stop=stop)
+    assert "".join(stream) == got.text and stream.result.ids == want
+
+
+def test_a_prompt_that_fills_the_context_still_gets_one_token():
+    # HF scores the token after a full-context prompt; nothing is cached past the prompt for it.
+    hf = _gpt2(n_positions=16)
+    prompt = list(range(1, 17))
+    assert load(hf).generate(prompt, 1).ids == _hf_greedy(hf, prompt, 1)
+    with pytest.raises(ValueError, match=r"prompt_or_ids: 16 tokens fill the context of 16 positions"):
+        load(hf).generate(prompt, 2)
+
+
+def test_a_list_of_scalar_tensors_is_one_prompt():
+    # list(tensor) gives 0-d tensors: the ids of one prompt, not a batch of one-token prompts.
+    engine = load(_llama())
+    ids = torch.tensor([1, 5, 9, 33])
+    got = engine.generate(list(ids), 8)
+    assert not isinstance(got, list)
+    assert got.ids == engine.generate(ids.tolist(), 8).ids
+
+
+@pytest.mark.parametrize("prompt,message", [
+    ([1.7, 2.2], r"prompt_or_ids: expected token ids .* 1\.7"),
+    (torch.tensor([1.0, 2.0]), r"prompt_or_ids: token ids must be integers, got a torch\.float32 tensor"),
+    ([[[1, 2]]], r"prompt_or_ids\[0\]: expected token ids .* \[1, 2\]"),
+    (5, r"prompt_or_ids: expected a string, token ids"),
+], ids=["float-list", "float-tensor", "nested", "int"])
+def test_ids_that_are_not_integers_are_refused(prompt, message):
+    # HF's embedding refuses float ids; truncating them to ints would generate from another prompt.
+    with pytest.raises(ValueError, match=message):
+        load(_llama()).generate(prompt, 4)
+
+
+def test_stream_names_a_batch(ascii_bpe):
+    engine = load(_llama(vocab_size=len(ascii_bpe)), tokenizer=ascii_bpe)
+    with pytest.raises(ValueError, match=r"prompt_or_ids: stream takes one prompt, got a batch of 2"):
+        engine.stream(["hello", "abc"], 4)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"temperature": None}, "temperature: expected a number >= 0"),
+    ({"top_p": "0.5"}, r"top_p: expected a value in \(0, 1\]"),
+], ids=["temperature-None", "top_p-str"])
+def test_non_numeric_sampling_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load(_llama()).generate([1, 2], 4, **kwargs)
+
+
+def test_stop_accepts_integer_like_ids():
+    engine = load(_llama())
+    free = engine.generate([1, 2, 3], 10).ids
+    want = free[:free.index(free[3]) + 1]
+    assert engine.generate([1, 2, 3], 10, stop=torch.tensor(free[3])).ids == want
+    assert engine.generate([1, 2, 3], 10, stop=[torch.tensor(free[3])]).ids == want
+
+
+# ---------------------------------------------------------------- load
+
+
+def test_dtype_by_name_as_from_pretrained():
+    hf = _llama()
+    assert load(hf, dtype="bfloat16").model.dtype == torch.bfloat16
+    assert load(hf, dtype="torch.float16").model.dtype == torch.float16
+    assert load(hf.to(torch.bfloat16), dtype="auto").model.dtype == torch.bfloat16
+
+
+def test_dtype_auto_keeps_the_checkpoint_dtype(tmp_path):
+    hf = _llama().to(torch.bfloat16)
+    hf.save_pretrained(tmp_path)
+    engine = load(tmp_path, dtype="auto")
+    assert engine.model.dtype == torch.bfloat16
+    assert engine.generate([1, 5, 9], 12).ids == _hf_greedy(hf, [1, 5, 9], 12)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "nonsense", torch.int64, 3])
+def test_bad_dtype_is_named(dtype):
+    with pytest.raises(ValueError, match=r"dtype: expected a floating torch\.dtype"):
+        load(_llama(), dtype=dtype)
+
+
+@pytest.mark.parametrize("max_seq_len", [0, 2.5, -1])
+def test_bad_max_seq_len_is_named(max_seq_len):
+    with pytest.raises(ValueError, match=r"max_seq_len: expected 1\.\.96"):
+        load(_llama(), max_seq_len=max_seq_len)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_top_k_is_checked_before_loading(capsys):
+    from genai_fast.cli import main
+
+    assert main(["generate", "hi", "--model", "/nonexistent/model.gguf", "--top-k", "0"]) == 2
+    assert "--top-k: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- integrations.transformers
+
+
+def test_attention_sinks_are_refused_not_dropped():
+    # GPT-OSS passes its per-head sinks as s_aux; attending without them gives other logits.
+    from genai_fast.integrations.transformers import genai_fast_attention_forward
+
+    q, k, v = torch.randn(3, 1, 4, 5, 16).unbind(0)
+    with pytest.raises(ValueError, match="s_aux"):
+        genai_fast_attention_forward(torch.nn.Module(), q, k, v, None, s_aux=torch.zeros(4))
+
+
+def test_gpt_oss_patched_refuses_its_sinks():
+    from genai_fast.integrations.transformers import patch
+
+    torch.manual_seed(0)
+    cfg = transformers.GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
+                                    num_experts_per_tok=1, max_position_embeddings=32, sliding_window=8)
+    model = patch(transformers.GptOssForCausalLM(cfg).eval())
+    with torch.no_grad(), pytest.raises(ValueError, match="s_aux"):
+        model(torch.tensor([[1, 2, 3]]))
+
+
+def test_position_bias_prefill_into_a_static_cache_matches_sdpa():
+    # A causal prefill with no mask into a longer (static) cache: K/V are cut to the queries, and so must be
+    # the position bias, as transformers' sdpa function does.
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from genai_fast.integrations.transformers import genai_fast_attention_forward
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 5, 16)
+    k, v = torch.randn(2, 1, 4, 9, 16).unbind(0)
+    bias = torch.randn(1, 4, 5, 9)
+    module = torch.nn.Module()
+    want = sdpa_attention_forward(module, q, k, v, None, is_causal=True, position_bias=bias)[0]
+    got = genai_fast_attention_forward(module, q, k, v, None, is_causal=True, position_bias=bias)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
