@@ -427,6 +427,66 @@ def test_sample_half_precision_keeps_dtype(tiny_unet):
 # ---------------------------------------------------------------- from_config
 
 
+ADD_NOISE_CASES = [(name, config_name, config) for name in SAMPLER_NAMES for config_name, config in (
+    ("default", {}), ("sd-trailing", {**SD_BETAS, "timestep_spacing": "trailing"}),
+    ("karras", {"use_karras_sigmas": True}) if name in ("euler", "dpm++") else
+    ("zero-snr", {"rescale_betas_zero_snr": True}))]
+
+
+@pytest.mark.parametrize("name, config_name, config", ADD_NOISE_CASES, ids=[f"{n}-{c}" for n, c, _ in ADD_NOISE_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_add_noise_matches_diffusers(name, config_name, config, dtype):
+    """add_noise equals diffusers' bit for bit at planned timesteps (a planned timestep's sigma for Euler and
+    DPM-Solver++) and, for the samplers whose diffusers schedule allows it, before set_timesteps."""
+    ref, ours = _scheduler(name, **config), make_sampler(name, **config)
+    g = torch.Generator().manual_seed(0)
+    x, noise = torch.randn(3, 4, 5, 5, generator=g, dtype=dtype), torch.randn(3, 4, 5, 5, generator=g, dtype=dtype)
+    if name != "dpm++":  # diffusers' DPM-Solver pairs its initial timesteps with reversed sigmas
+        t = torch.tensor([999, 10, 500])
+        assert torch.equal(ours.add_noise(x, noise, t), ref.add_noise(x, noise, t))
+    ref.set_timesteps(13)
+    ours.set_timesteps(13)
+    t = ref.timesteps[[0, 4, -1]]
+    assert torch.equal(ours.add_noise(x, noise, t), ref.add_noise(x, noise, t))
+    one = ours.add_noise(x, noise, t[1])  # one timestep for the whole batch
+    assert torch.equal(one, ref.add_noise(x, noise, t[1].repeat(3)))
+
+
+def test_add_noise_is_the_training_forward_process():
+    """Before set_timesteps every sampler noises to the training timestep's level: DDPM's sqrt(a) x + sqrt(1-a) n,
+    Euler's x + sigma n and DPM-Solver++'s variance-preserving form of the same sigma, in float64."""
+    x, noise, t = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64), torch.tensor([3, 700])
+    a = make_sampler("ddpm").alphas_cumprod.double()[t][:, None]
+    sigma = ((1 - a) / a) ** 0.5
+    torch.testing.assert_close(make_sampler("ddpm").add_noise(x, noise, t), a**0.5 * x + (1 - a) ** 0.5 * noise)
+    torch.testing.assert_close(make_sampler("euler").add_noise(x, noise, t), x + sigma * noise)
+    torch.testing.assert_close(make_sampler("dpm++").add_noise(x, noise, t), a**0.5 * x + (1 - a) ** 0.5 * noise)
+
+
+@pytest.mark.parametrize("name, timesteps, error, pattern", [
+    ("ddpm", torch.tensor([1000, 0, 0]), ValueError, r"timesteps: expected values in \[0, 1000\)"),
+    ("ddim", torch.tensor([-1, 0, 0]), ValueError, "timesteps: expected values"),
+    ("ddpm", torch.tensor([1.5, 0, 0]), ValueError, "timesteps: expected integer"),
+    ("ddpm", torch.tensor([1, 2]), ValueError, "timesteps: expected one timestep or one per batch item"),
+    ("euler", torch.tensor([1000, 0, 0]), ValueError, "timesteps: expected values"),
+])
+def test_add_noise_bad_timesteps(name, timesteps, error, pattern):
+    x = torch.randn(3, 2)
+    with pytest.raises(error, match=pattern):
+        make_sampler(name).add_noise(x, torch.randn_like(x), timesteps)
+
+
+def test_add_noise_bad_tensors_and_unplanned_timestep():
+    sampler, x = make_sampler("dpm++"), torch.randn(3, 2)
+    with pytest.raises(ValueError, match="noise: expected original's shape"):
+        sampler.add_noise(x, torch.randn(3, 3), torch.tensor([1, 2, 3]))
+    with pytest.raises(TypeError, match="original: expected a floating-point tensor"):
+        sampler.add_noise(torch.ones(3, 2, dtype=torch.int64), x, torch.tensor([1, 2, 3]))
+    sampler.set_timesteps(10)
+    with pytest.raises(ValueError, match="timesteps: 1 is not one of the planned timesteps"):
+        sampler.add_noise(x, torch.randn_like(x), torch.tensor([1, 1, 1]))
+
+
 def test_from_config_of_a_diffusers_scheduler():
     ref = _scheduler("ddim", prediction_type="v_prediction", timestep_spacing="trailing", **SD_BETAS)
     saved = {**ref.config, "_class_name": "DDIMScheduler", "_diffusers_version": "0.42.1"}

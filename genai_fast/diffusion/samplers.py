@@ -477,6 +477,36 @@ class Sampler:
         """The model input for the current step: x [B, C, ...] scaled as the sampler requires."""
         return x
 
+    # -- the forward process
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """The forward process, as diffusers' add_noise: `original` [B, ...] noised to `timesteps` (one per batch
+        item, [B], or one for all) with `noise` of original's shape -> [B, ...] in original's dtype.
+
+        DDPM and DDIM: sqrt(a_t) original + sqrt(1 - a_t) noise, a_t = alpha_bar at the training timestep t
+        (integers in [0, num_train_timesteps)). For training, and for img2img's first latents."""
+        t = self._check_add_noise(original, noise, timesteps)
+        alpha_bar = self.alphas_cumprod.to(device=original.device, dtype=original.dtype)[t.to(original.device)]
+        return _per_item(alpha_bar**0.5, original) * original + _per_item((1 - alpha_bar) ** 0.5, original) * noise
+
+    def _check_add_noise(self, original: Any, noise: Any, timesteps: Any) -> torch.Tensor:
+        """timesteps as a 1-D CPU tensor after checking the three arguments (ValueError / TypeError naming one)."""
+        _check_tensor("original", original)
+        _check_tensor("noise", noise)
+        if noise.shape != original.shape:
+            raise ValueError(f"noise: expected original's shape {tuple(original.shape)}, got {tuple(noise.shape)}")
+        t = torch.as_tensor(timesteps).detach().cpu().reshape(-1)
+        if t.numel() not in (1, original.shape[0] if original.dim() else 1):
+            raise ValueError(f"timesteps: expected one timestep or one per batch item ({original.shape[0]}), got "
+                             f"{t.numel()}")
+        if not self.sigma_based or self._plan is None:
+            if t.is_floating_point() and not bool((t == t.round()).all()):
+                raise ValueError(f"timesteps: expected integer training timesteps, got {t.tolist()}")
+            t = t.long()
+            if bool(((t < 0) | (t >= self.num_train_timesteps)).any()):
+                raise ValueError(f"timesteps: expected values in [0, {self.num_train_timesteps}), got {t.tolist()}")
+        return t
+
     # -- stepping
 
     def step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, generator: Generator = None
@@ -581,6 +611,11 @@ class Sampler:
         if cfg.get("clip_sample"):
             return x0.clamp(-cfg["clip_sample_range"], cfg["clip_sample_range"])
         return x0
+
+
+def _per_item(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] or [1] per-item factors shaped to broadcast over like [B, ...]."""
+    return values.reshape(-1, *([1] * max(like.dim() - 1, 0)))
 
 
 def check_guidance(guidance_scale: Any) -> float:
@@ -769,6 +804,33 @@ class _SigmaSampler(Sampler):
         """[T] float32 sigmas of the training timesteps, ascending with t."""
         return (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
 
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """The forward process, as diffusers' add_noise, at the noise level sigma of each timestep: after
+        set_timesteps, the planned sigma of that timestep (which must be one of `timesteps`; a timestep planned
+        twice takes its second step, as diffusers); before it, sqrt((1 - a_t) / a_t) of the training timestep.
+        Euler: original + sigma noise; DPM-Solver++: (original + sigma noise) / sqrt(sigma^2 + 1)."""
+        t = self._check_add_noise(original, noise, timesteps)
+        sigma = self._sigmas_at(t).to(device=original.device, dtype=original.dtype)
+        return self._noised(original, noise, _per_item(sigma, original))
+
+    def _sigmas_at(self, t: torch.Tensor) -> torch.Tensor:
+        """float32 sigmas of timesteps t [B]: the plan's (diffusers' index_for_timestep rule) or the training ones.
+        Before set_timesteps diffusers' DPM-Solver pairs its descending timesteps with ascending sigmas; the
+        training sigma of t is used here for both samplers (Euler's diffusers value)."""
+        if self._plan is None:
+            return torch.from_numpy(self._train_sigmas())[t]
+        planned = self._plan.host_timesteps
+        picks = []
+        for value in t.double().tolist():
+            where = [i for i, step in enumerate(planned) if step == value]
+            if not where:
+                raise ValueError(f"timesteps: {value:g} is not one of the planned timesteps {list(planned)}")
+            picks.append(where[1] if len(where) > 1 else where[0])
+        return self._plan.sigmas[picks]
+
+    def _noised(self, original: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def _respace(self, sigmas: np.ndarray, num_steps: int) -> np.ndarray | None:
         """Karras / exponential noise levels between the ends of `sigmas` (descending), or None."""
         lo = self.config.get("sigma_min")
@@ -812,6 +874,9 @@ class EulerSampler(_SigmaSampler):
             timesteps = torch.stack([0.25 * s.log() for s in sigmas[:-1]])
         rows = [self._coefficients(sigmas[i], sigmas[i + 1]) for i in range(num_steps)]
         return Plan(timesteps, _stack(rows), sigmas, (False,) * num_steps, ())
+
+    def _noised(self, original: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return original + noise * sigma
 
     @staticmethod
     def _coefficients(sigma: torch.Tensor, sigma_next: torch.Tensor) -> list[torch.Tensor]:
@@ -867,6 +932,10 @@ class DPMSolverPPSampler(_SigmaSampler):
 
     def _reset_history(self) -> None:
         self._prev_x0: torch.Tensor | None = None
+
+    def _noised(self, original: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        alpha_t = 1 / (sigma**2 + 1) ** 0.5  # the variance-preserving pair (alpha_t, sigma_t) of this sigma
+        return alpha_t * original + (sigma * alpha_t) * noise
 
     def _make_plan(self, num_steps: int) -> Plan:
         steps, sigmas = self._schedule(num_steps)
