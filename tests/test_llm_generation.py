@@ -228,6 +228,19 @@ def test_cli_stream(byte_bpe, tmp_path, capsys):
     assert "tokens/s" in out.err
 
 
+def test_cli_max_seq_len_sizes_the_cache(byte_bpe, tmp_path, capsys):
+    from genai_fast.cli import main
+
+    _llama(vocab_size=len(byte_bpe)).save_pretrained(tmp_path)
+    byte_bpe.save_pretrained(tmp_path)
+    argv = ["generate", "café", "--model", str(tmp_path), "--max-new-tokens", "20", "--no-chat"]
+    assert main([*argv, "--max-seq-len", "0"]) == 2
+    assert "--max-seq-len: expected a positive integer, got 0" in capsys.readouterr().err
+    assert main([*argv, "--max-seq-len", "12"]) == 2  # the prompt's tokens + 20 new ones need more than 12
+    assert "exceed the KV cache of 12 positions" in capsys.readouterr().err
+    assert main([*argv, "--max-seq-len", "40"]) == 0
+
+
 # ---------------------------------------------------------------- stats
 
 

