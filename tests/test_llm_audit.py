@@ -57,6 +57,15 @@ def ascii_bpe():
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
 
 
+def test_swish_is_silu_as_in_transformers():
+    """transformers maps hidden_act "swish" to SiLU; the engine takes it and gives HF's greedy tokens."""
+    hf = _llama(hidden_act="swish")
+    engine = load(hf)
+    engine.eos_ids = set()
+    hf.generation_config.eos_token_id = None
+    assert engine.generate([5, 9, 2], 12).ids == _hf_greedy(hf, [5, 9, 2], 12)
+
+
 # ---------------------------------------------------------------- generate
 
 

@@ -604,7 +604,7 @@ def _check_architecture(config: object) -> None:
                              f"{', '.join(a for a in ACTIVATIONS if a != 'silu')}")
         if getattr(config, "add_cross_attention", False):
             raise ValueError("unsupported GPT-2 variant: add_cross_attention=True (decoder-only models only)")
-    elif getattr(config, "hidden_act", "silu") != "silu":
+    elif getattr(config, "hidden_act", "silu") not in ("silu", "swish"):  # transformers maps both to SiLU
         raise ValueError(f"unsupported activation {config.hidden_act!r}: genai_fast.llm supports silu (SwiGLU)")
 
 
