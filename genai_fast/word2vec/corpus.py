@@ -92,18 +92,63 @@ def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES, start: int = 0, end:
 
 
 class LineSentence:
-    """Iterate a LineSentence-format file as lists of str tokens (whole lines, never cut)."""
+    """Iterate a LineSentence-format file as lists of str tokens, gensim's class with its arguments.
 
-    def __init__(self, source: str | os.PathLike, limit: int | None = None) -> None:
-        self.source = check_corpus_file(source)
+    source: a path (.gz and .bz2 files are decompressed, as gensim does) or an open file object with seek().
+    max_sentence_length: cut a line into pieces of at most this many tokens, as gensim does (its default is
+    10000); None (the default here) keeps every line whole. limit: read only the first `limit` lines.
+    Blank lines give no sentence (as in gensim), so corpus_count counts the lines that hold words.
+    """
+
+    def __init__(self, source: str | os.PathLike | Any, max_sentence_length: int | None = None,
+                 limit: int | None = None) -> None:
+        self.source = source if _is_open_file(source) else check_corpus_file(source)
+        if max_sentence_length is not None and (isinstance(max_sentence_length, bool) or
+                                                not isinstance(max_sentence_length, int) or max_sentence_length < 1):
+            raise ValueError(f"max_sentence_length: expected an int >= 1 or None, got {max_sentence_length!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit: expected an int >= 0 or None, got {limit!r}")
+        self.max_sentence_length = max_sentence_length
         self.limit = limit
 
     def __iter__(self) -> Iterator[list[str]]:
-        with open(self.source, "rb") as f:
-            for i, line in enumerate(f):
-                if self.limit is not None and i >= self.limit:
-                    break
-                yield [w.decode("utf-8", errors="replace") for w in line.split()]
+        if _is_open_file(self.source):
+            self.source.seek(0)
+            yield from self._sentences(self.source)
+            return
+        with _open_corpus(self.source) as f:
+            yield from self._sentences(f)
+
+    def _sentences(self, lines: Iterable[bytes | str]) -> Iterator[list[str]]:
+        step = self.max_sentence_length
+        for line in itertools.islice(lines, self.limit):
+            # bytes split on ASCII whitespace, as corpus_file's reader does, so both give the same sentences
+            words = [w.decode("utf-8", errors="replace") for w in line.split()] if isinstance(line, bytes) \
+                else line.split()
+            if step is None:
+                if words:
+                    yield words
+                continue
+            for start in range(0, len(words), step):
+                yield words[start:start + step]
+
+
+def _is_open_file(source: Any) -> bool:
+    return hasattr(source, "seek") and hasattr(source, "read")
+
+
+def _open_corpus(path: Path) -> Any:
+    """The file for reading bytes, decompressed when its name ends in .gz or .bz2."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    return open(path, "rb")
 
 
 # ---------------------------------------------------------------- counting

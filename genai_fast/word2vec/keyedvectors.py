@@ -7,6 +7,8 @@ word or per question. Files are written atomically; a truncated or corrupted fil
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import itertools
 import os
 from collections.abc import Iterable, Sequence
@@ -26,11 +28,29 @@ class Word2VecFormatError(ValueError):
 
 
 def _as_list(value: Any) -> list:
+    """positive/negative as a list, as gensim reads them: one key (str or int index) or one [D] vector is a
+    list of one, a [n, D] array is n vectors, anything else is iterated."""
     if value is None:
         return []
-    if isinstance(value, (str, np.ndarray)):
+    if isinstance(value, (str, int, np.integer)) or (isinstance(value, np.ndarray) and value.ndim == 1):
         return [value]
     return list(value)
+
+
+def _open_file(name: str | os.PathLike, mode: str, data_path: str | os.PathLike | None = None, **text: Any) -> Any:
+    """Open `data_path` (default: `name`) for reading or writing, compressed with gzip or bz2 when `name` ends in
+    .gz or .bz2, as gensim's smart_open does (e.g. GoogleNews-vectors-negative300.bin.gz). `name` decides the
+    compression so that an atomic write's temporary file gets the target's."""
+    path = name if data_path is None else data_path
+    suffix = Path(name).suffix.lower()
+    opener = gzip.open if suffix == ".gz" else bz2.open if suffix == ".bz2" else open
+    return opener(path, mode, **text)
+
+
+def _is_count(topn: Any) -> bool:
+    """Whether topn asks for a list (an int, bools included, as gensim's Integral check) rather than the
+    whole similarity array (None)."""
+    return isinstance(topn, (int, np.integer))
 
 
 class KeyedVectors:
@@ -57,17 +77,18 @@ class KeyedVectors:
         return len(self.index_to_key)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.key_to_index
+        return self.has_index_for(key)
 
     def has_index_for(self, key: object) -> bool:
-        return key in self.key_to_index
+        """Whether get_index(key) finds a row: a known key, or an int index in range (gensim's rule)."""
+        return self.get_index(key, -1) >= 0
 
     def __repr__(self) -> str:
         return f"<KeyedVectors: {len(self)} keys x {self.vector_size} dims>"
 
     def get_index(self, key: Key | int, default: int | None = None) -> int:
         """Row of `key` (ints in range are returned as is); KeyError naming the key when absent."""
-        index = self.key_to_index.get(key) if isinstance(key, str) else None
+        index = self.key_to_index.get(key)  # unhashable keys raise TypeError, as in gensim
         if index is not None:
             return index
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= key < len(self.index_to_key):
@@ -92,9 +113,14 @@ class KeyedVectors:
 
     word_vec = get_vector
 
-    def add_vectors(self, keys: Sequence[Key], weights: np.ndarray) -> None:
-        """Append keys with their vectors [n, D] (keys already present are ignored)."""
+    def add_vectors(self, keys: Key | Sequence[Key], weights: np.ndarray, replace: bool = False) -> None:
+        """Append keys with their vectors [n, D] (or one key and its [D] vector). Keys already present keep their
+        vectors, or get the given ones with replace=True (gensim's rule)."""
+        keys = [keys] if isinstance(keys, str) else list(keys)
         weights = np.asarray(weights, dtype=self.vectors.dtype).reshape(len(keys), self.vector_size)
+        if replace:
+            known = [i for i, k in enumerate(keys) if k in self.key_to_index]
+            self.vectors[[self.key_to_index[keys[i]] for i in known]] = weights[known]
         new = [i for i, k in enumerate(keys) if k not in self.key_to_index]
         start = len(self.index_to_key)
         for offset, i in enumerate(new):
@@ -104,6 +130,24 @@ class KeyedVectors:
         for name, values in self.expandos.items():
             self.expandos[name] = np.concatenate([values[:start], np.zeros(len(new), dtype=values.dtype)])
         self._norms = None
+
+    def add_vector(self, key: Key, vector: np.ndarray) -> int:
+        """Append one key with its [D] vector (a known key keeps its vector); returns the key's row."""
+        self.add_vectors([key], np.asarray(vector).reshape(1, -1))
+        return self.key_to_index[key]
+
+    def vectors_for_all(self, keys: Iterable[Key], allow_inference: bool = True,
+                        copy_vecattrs: bool = False) -> KeyedVectors:
+        """A new KeyedVectors with the known keys among `keys` (first occurrence order, duplicates and unknown keys
+        dropped, as gensim). allow_inference only matters for models that make up vectors for unknown keys
+        (FastText); copy_vecattrs copies attributes such as counts."""
+        wanted = [k for k in dict.fromkeys(keys) if k in self.key_to_index]
+        rows = [self.key_to_index[k] for k in wanted]
+        kv = KeyedVectors(self.vector_size, 0, dtype=self.vectors.dtype)
+        kv.add_vectors(wanted, self.vectors[rows])
+        if copy_vecattrs:
+            kv.expandos = {name: values[rows].copy() for name, values in self.expandos.items()}
+        return kv
 
     def get_vecattr(self, key: Key, attr: str) -> Any:
         return self.expandos[attr][self.get_index(key)].item()
@@ -176,15 +220,18 @@ class KeyedVectors:
         pos_keys, pos_w = self._split_weighted(_as_list(positive), 1.0)
         neg_keys, neg_w = self._split_weighted(_as_list(negative), -1.0)
         keys, weights = pos_keys + neg_keys, pos_w + neg_w
-        if isinstance(topn, int) and not isinstance(topn, bool) and topn < 1:
+        if _is_count(topn) and topn < 1:
             return []
         normed = self.get_normed_vectors()
         mean = self._mean_vector(keys, weights, normed)
+        if indexer is not None and _is_count(topn):
+            return indexer.most_similar(mean, topn)  # an approximate index answers instead (gensim's hook)
         clip_end = restrict_vocab if restrict_vocab else (clip_end or len(self.index_to_key))
         sims = normed[clip_start:clip_end] @ mean
-        if not topn:
+        if topn is None:
             return sims
-        exclude = {self.get_index(k) for k in keys if isinstance(k, str) and k in self.key_to_index}
+        # inputs given as keys (str or int index) never answer; raw vectors exclude nothing
+        exclude = {self.get_index(k) for k in keys if not isinstance(k, np.ndarray)}
         count = min(len(sims), topn + len(exclude))
         best = np.argpartition(-sims, count - 1)[:count] if count < len(sims) else np.arange(len(sims))
         best = best[np.argsort(-sims[best], kind="stable")]
@@ -200,6 +247,11 @@ class KeyedVectors:
     ) -> list[tuple[str, float]] | np.ndarray:
         """3CosMul (Levy and Goldberg 2014): prod((1 + cos(pos)) / 2) / (prod((1 + cos(neg)) / 2) + 1e-6)."""
         positive, negative = _as_list(positive), _as_list(negative)
+        if _is_count(topn) and topn < 1:
+            return []
+        if not positive:
+            raise ValueError("positive: cannot compute similarity with no positive input (3CosMul needs at least "
+                             "one key or vector)")
         normed = self.get_normed_vectors()
         end = restrict_vocab or len(self.index_to_key)
         targets = normed[:end]
@@ -212,9 +264,9 @@ class KeyedVectors:
         pos_d = (1 + targets @ pos.T) / 2
         neg_d = (1 + targets @ neg.T) / 2
         sims = pos_d.prod(axis=1) / (neg_d.prod(axis=1) + 0.000001)
-        if not topn:
+        if topn is None:
             return sims
-        exclude = {self.get_index(k) for k in positive + negative if isinstance(k, str)}
+        exclude = {self.get_index(k) for k in positive + negative if not isinstance(k, np.ndarray)}
         order = np.argsort(-sims, kind="stable")[: topn + len(exclude)]
         return [(self.index_to_key[i], float(sims[i])) for i in order if i not in exclude][:topn]
 
@@ -255,6 +307,13 @@ class KeyedVectors:
             mean = mean / norm if norm > 0 else mean
         return mean.astype(np.float32)
 
+    def init_sims(self, replace: bool = False) -> None:
+        """gensim 3's call, kept by gensim 4: computes the norms; replace=True also scales every vector to unit
+        length in place (see unit_normalize_all)."""
+        self.fill_norms()
+        if replace:
+            self.unit_normalize_all()
+
     def unit_normalize_all(self) -> None:
         """Scale every vector to unit length, in place (zero vectors stay zero). Training cannot go on sensibly
         after this."""
@@ -271,12 +330,14 @@ class KeyedVectors:
         a, b = self.get_vector(w1, norm=True), self.get_vector(w2, norm=True)
         return float(np.dot(a, b))
 
-    def n_similarity(self, ws1: Sequence[Key], ws2: Sequence[Key]) -> float:
+    def n_similarity(self, ws1: Sequence[Key | np.ndarray], ws2: Sequence[Key | np.ndarray]) -> float:
+        """Cosine similarity of the means of the two sets' raw vectors (as gensim: the vectors are not scaled to
+        unit length before averaging). Unknown keys raise KeyError naming the key."""
         if not len(ws1) or not len(ws2):
             raise ZeroDivisionError("At least one of the passed list is empty.")
-        a = np.mean([self.get_vector(k, norm=True) for k in ws1], axis=0)
-        b = np.mean([self.get_vector(k, norm=True) for k in ws2], axis=0)
-        return float(np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b)))
+        a = self.get_mean_vector(ws1, pre_normalize=False, post_normalize=True, ignore_missing=False)
+        b = self.get_mean_vector(ws2, pre_normalize=False, post_normalize=True, ignore_missing=False)
+        return float(np.dot(a, b))
 
     def distance(self, w1: Key, w2: Key) -> float:
         return 1.0 - self.similarity(w1, w2)
@@ -301,6 +362,8 @@ class KeyedVectors:
         distance = self.distances(key1)
         own, limit = self.get_index(key1), distance[self.get_index(key2)]
         return [self.index_to_key[i] for i in np.flatnonzero(distance < limit) if i != own]
+
+    words_closer_than = closer_than
 
     def rank(self, key1: Key, key2: Key) -> int:
         """key2's rank among all keys by distance from key1 (1: the closest one)."""
@@ -354,7 +417,7 @@ class KeyedVectors:
             raise ValueError(f"similarity_function: only 'most_similar' is supported, got {similarity_function!r}")
         ok_vocab = self._ok_vocab(restrict_vocab, case_insensitive)
         sections: list[dict[str, Any]] = []
-        questions: list[tuple[int, tuple[str, str, str, str]]] = []  # (section index, words)
+        questions: list[tuple[int, tuple[str, str, str, str], bool]] = []  # (section index, words, all known)
         oov = quadruplets = 0
         path = Path(analogies)
         with open(path, "rb") as fin:
@@ -371,15 +434,14 @@ class KeyedVectors:
                 if case_insensitive:
                     words = [w.upper() for w in words]
                 quadruplets += 1
-                if any(w not in ok_vocab for w in words):
-                    oov += 1
-                    if dummy4unknown:
-                        sections[-1]["incorrect"].append(tuple(words))
-                    continue
-                questions.append((len(sections) - 1, tuple(words)))
-        results = self._answer_analogies([q for _, q in questions], ok_vocab, restrict_vocab, case_insensitive)
-        for (sec, words), ok in zip(questions, results, strict=True):
-            sections[sec]["correct" if ok else "incorrect"].append(words)
+                known = all(w in ok_vocab for w in words)
+                oov += not known
+                if known or dummy4unknown:  # dummy4unknown: an unknown word makes the question count as wrong
+                    questions.append((len(sections) - 1, tuple(words), known))
+        answers = iter(self._answer_analogies([q for _, q, known in questions if known], ok_vocab, restrict_vocab,
+                                              case_insensitive))
+        for sec, words, known in questions:  # file order within each section, as gensim lists them
+            sections[sec]["correct" if known and next(answers) else "incorrect"].append(words)
         total = {
             "section": "Total accuracy",
             "correct": list(itertools.chain.from_iterable(s["correct"] for s in sections)),
@@ -497,7 +559,7 @@ class KeyedVectors:
         vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
 
         def write(tmp: str) -> None:
-            with open(tmp, "wb") as out:
+            with _open_file(fname, "wb", tmp) as out:
                 if write_header:
                     out.write(f"{total_vec} {self.vector_size}\n".encode())
                 if binary:
@@ -515,7 +577,7 @@ class KeyedVectors:
         if fvocab is not None:
             counts = self.expandos.get("count")
             lines = "".join(f"{self.index_to_key[i]} {int(counts[i]) if counts is not None else 0}\n" for i in order)
-            atomic_write(fvocab, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
+            atomic_write(fvocab, lambda tmp: _write_text(fvocab, tmp, lines))
 
     @classmethod
     def load_word2vec_format(cls, fname: str | os.PathLike, fvocab: str | os.PathLike | None = None,
@@ -531,13 +593,13 @@ class KeyedVectors:
         counts = None
         if fvocab is not None:
             counts = {}
-            with open(fvocab, encoding=encoding, errors=unicode_errors) as fin:
+            with _open_file(fvocab, "rt", encoding=encoding, errors=unicode_errors) as fin:
                 for line_no, line in enumerate(fin, 1):
                     parts = line.split()
                     if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                         raise Word2VecFormatError(f"{fvocab}: line {line_no}: expected 'word count', got {line!r}")
                     counts[parts[0]] = int(parts[1])
-        with open(path, "rb") as fin:
+        with _open_file(path, "rb") as fin:
             if no_header:
                 if binary:
                     raise NotImplementedError("no_header: only available for text-format files")
@@ -585,8 +647,12 @@ class KeyedVectors:
                     {"kind": "KeyedVectors", "vector_size": self.vector_size, "index_to_key": self.index_to_key})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> KeyedVectors:
-        from genai_fast.word2vec.storage import load_arrays
+    def load(cls, path: str | os.PathLike, mmap: str | None = None) -> KeyedVectors:
+        """Load a file written by `save`. mmap (gensim's memory-mapping mode) is accepted for compatibility; the
+        arrays are read into memory (one .npz cannot be memory-mapped)."""
+        from genai_fast.word2vec.storage import check_mmap, load_arrays
+
+        check_mmap(mmap)
 
         arrays, meta = load_arrays(path, expect_kind="KeyedVectors")
         kv = cls(int(meta["vector_size"]), 0)
@@ -601,6 +667,11 @@ class KeyedVectors:
         if self.vectors.shape != (len(self.index_to_key), self.vector_size):
             raise ValueError(f"vectors: expected shape ({len(self.index_to_key)}, {self.vector_size}), "
                              f"got {self.vectors.shape}")
+
+
+def _write_text(name: str | os.PathLike, tmp: str, text: str) -> None:
+    with _open_file(name, "wt", tmp, encoding="utf-8") as out:
+        out.write(text)
 
 
 def _read_text(fin: Any, path: Path, vocab_size: int, vector_size: int, encoding: str, unicode_errors: str,

@@ -239,8 +239,13 @@ class Word2Vec:
         shared_negatives: bool = True,
         progress: bool = False,
         trim_rule: TrimRule | None = None,
+        batch_words: int = 10000,
+        null_word: int = 0,
+        hashfxn: Callable[[str], int] = hash,
+        comment: str | None = None,
     ) -> None:
         self.vector_size = _require_int("vector_size", vector_size, 1)
+        self._set_gensim_extras(batch_words, null_word, hashfxn, comment)
         self.alpha = _require_number("alpha", alpha, 0.0, strict=True)
         self.min_alpha = _require_number("min_alpha", min_alpha, 0.0)
         self.window = _require_int("window", window, 1)
@@ -294,12 +299,29 @@ class Word2Vec:
         if sentences is not None and corpus_file is not None:
             raise ValueError("sentences, corpus_file: give one of them, not both")
         if sentences is not None or corpus_file is not None:
+            self._check_source(sentences, corpus_file, passes=1 + self.epochs)  # before a generator is consumed
             self.build_vocab(corpus_iterable=sentences, corpus_file=corpus_file, trim_rule=trim_rule)
             self.train(corpus_iterable=sentences, corpus_file=corpus_file, total_examples=self.corpus_count,
                        total_words=self.corpus_total_words, epochs=self.epochs, compute_loss=self.compute_loss,
                        callbacks=self.callbacks)
 
     # ------------------------------------------------------------ setup
+
+    def _set_gensim_extras(self, batch_words: Any, null_word: Any, hashfxn: Any, comment: Any) -> None:
+        """gensim arguments that change nothing here, accepted so that gensim code runs unchanged:
+        batch_words (gensim's words per worker job; the kernels here take whole chunks), hashfxn (gensim seeds
+        each word's initial vector with it; here the initial vectors come from `seed`), comment (a note)."""
+        self.batch_words = _require_int("batch_words", batch_words, 1)
+        if null_word not in (0, False):
+            raise NotImplementedError(f"null_word: only 0 is supported (the padding word is used by Doc2Vec's "
+                                      f"concatenation mode, not by Word2Vec), got {null_word!r}")
+        self.null_word = 0
+        if not callable(hashfxn):
+            raise TypeError(f"hashfxn: expected a callable, got {type(hashfxn).__name__}")
+        self.hashfxn = hashfxn
+        if comment is not None and not isinstance(comment, str):
+            raise TypeError(f"comment: expected a str or None, got {type(comment).__name__}")
+        self.comment = comment
 
     @staticmethod
     def _resolve_device(device: str, workers: int, hs: int = 0) -> str:
@@ -323,7 +345,9 @@ class Word2Vec:
         return "cuda"
 
     @staticmethod
-    def _check_source(corpus_iterable: Any, corpus_file: Any) -> None:
+    def _check_source(corpus_iterable: Any, corpus_file: Any, passes: int = 2) -> None:
+        """The corpus arguments checked; a one-shot iterator (a generator) is refused when it would be read
+        `passes` > 1 times (gensim's rule: build_vocab reads once, train once per epoch)."""
         if corpus_iterable is None and corpus_file is None:
             raise ValueError("sentences/corpus_file: give a corpus (corpus_iterable/sentences or corpus_file)")
         if corpus_iterable is not None and corpus_file is not None:
@@ -335,9 +359,10 @@ class Word2Vec:
             if not hasattr(corpus_iterable, "__iter__"):
                 raise TypeError("sentences: expected an iterable of lists of str, got "
                                 f"{type(corpus_iterable).__name__}")
-            if iter(corpus_iterable) is corpus_iterable:
-                raise TypeError("sentences: a generator or iterator can be read only once; pass a restartable "
-                                "iterable (a list, or a class with __iter__)")
+            if passes > 1 and iter(corpus_iterable) is corpus_iterable:
+                raise TypeError(f"sentences: a generator or iterator can be read only once, and this call reads "
+                                f"the corpus {passes} times; pass a restartable iterable (a list, or a class with "
+                                f"__iter__)")
 
     def build_vocab(self, corpus_iterable: Iterable[Sequence[str]] | None = None,
                     corpus_file: str | os.PathLike | None = None, update: bool = False,
@@ -349,7 +374,8 @@ class Word2Vec:
         trim_rule(word, count, min_count) -> RULE_KEEP (2), RULE_DISCARD (1) or RULE_DEFAULT (0), gensim's
         rule for which words the vocabulary keeps (default: count >= min_count).
         """
-        self._check_source(corpus_iterable, corpus_file)
+        self._check_source(corpus_iterable, corpus_file, passes=1)
+        self._check_update(update)
         self._check_trim_rule(trim_rule)
         if corpus_file is not None:
             raw = count_file(check_corpus_file(corpus_file), self.max_vocab_size)
@@ -366,6 +392,7 @@ class Word2Vec:
         subsampling and noise-table rules, the words in the mapping's order for ties. corpus_count sets the
         sentence count that train(total_examples=model.corpus_count) would use; corpus_total_words becomes the
         sum of the counts."""
+        self._check_update(update)
         self._check_trim_rule(trim_rule)
         if not isinstance(word_freq, Mapping):
             raise TypeError(f"word_freq: expected a mapping of words to counts, got {type(word_freq).__name__}")
@@ -388,6 +415,11 @@ class Word2Vec:
         if keep_raw_vocab:
             self.raw_vocab = dict(raw.counts)
 
+    def _check_update(self, update: bool) -> None:
+        if update and not len(self.wv):
+            raise RuntimeError("update: cannot update a vocabulary that was never built; call build_vocab "
+                               "without update=True first (as gensim requires)")
+
     def _check_trim_rule(self, trim_rule: Any) -> None:
         if trim_rule is not None and not callable(trim_rule):
             raise TypeError(f"trim_rule: expected a callable (word, count, min_count) -> int, got "
@@ -406,7 +438,7 @@ class Word2Vec:
     def _prepare_vocab(self, raw: Counts, update: bool, trim_rule: TrimRule | None = None) -> None:
         min_count = self._effective_min_count(raw.counts)
         retained = [(w, c) for w, c in raw.counts.items() if _keep_word(w, c, min_count, trim_rule)]
-        if update and len(self.wv):
+        if update:
             old = self.wv
             counts = old.expandos["count"].copy()
             new_words, new_counts = [], []
@@ -485,7 +517,7 @@ class Word2Vec:
         flight: the model stays usable (vectors trained so far), `interrupted` is set, and the
         KeyboardInterrupt propagates.
         """
-        self._check_source(corpus_iterable, corpus_file)
+        self._check_source(corpus_iterable, corpus_file, passes=epochs if _is_int(epochs) else 1)
         if not len(self.wv):
             raise RuntimeError("you must first build vocabulary before training the model (build_vocab)")
         schedule = self._schedule(corpus_file, total_examples, total_words, epochs, start_alpha, end_alpha)
@@ -683,7 +715,7 @@ class Word2Vec:
 
     PARAMS = ("vector_size", "alpha", "min_alpha", "window", "min_count", "max_vocab_size", "max_final_vocab",
               "sample", "seed", "workers", "sg", "hs", "negative", "ns_exponent", "cbow_mean", "epochs",
-              "sorted_vocab", "compute_loss", "shrink_windows", "shared_negatives")
+              "sorted_vocab", "compute_loss", "shrink_windows", "shared_negatives", "batch_words", "comment")
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the whole model (vectors, output weights, vocabulary, parameters) to one .npz, atomically."""
@@ -704,9 +736,12 @@ class Word2Vec:
         save_arrays(path, arrays, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Word2Vec:
-        """Load a model written by `save` (continues training with `train`)."""
-        from genai_fast.word2vec.storage import load_arrays
+    def load(cls, path: str | os.PathLike, mmap: str | None = None) -> Word2Vec:
+        """Load a model written by `save` (continues training with `train`). mmap (gensim's memory-mapping mode)
+        is accepted for compatibility; the arrays are read into memory."""
+        from genai_fast.word2vec.storage import check_mmap, load_arrays
+
+        check_mmap(mmap)
 
         arrays, meta = load_arrays(path, expect_kind="Word2Vec")
         params = dict(meta["params"])

@@ -56,3 +56,12 @@ def load_arrays(path: str | os.PathLike, expect_kind: str) -> tuple[dict[str, np
     if meta.get("kind") != expect_kind:
         raise ValueError(f"{p}: holds a {meta.get('kind')}, expected a {expect_kind}")
     return arrays, meta
+
+
+MMAP_MODES = (None, "r", "r+", "w+", "c")
+
+
+def check_mmap(mmap: Any) -> None:
+    """gensim's load(mmap=...) values are accepted (the .npz is read into memory); anything else is an error."""
+    if mmap not in MMAP_MODES:
+        raise ValueError(f"mmap: expected one of {MMAP_MODES}, got {mmap!r}")
