@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -16,3 +17,20 @@ def check_tensor_like_x(name: str, t: Any, dtype: torch.dtype, device: torch.dev
     if t.device != device:
         raise ValueError(f"{name}: expected a tensor on x's device {device}, got {t.device}")
     return t.shape
+
+
+def is_real_number(value: Any) -> bool:
+    """True for a real scalar as torch's functional API takes one: a Python or NumPy int or float, not a bool
+    (NumPy's float32 is not a Python float, yet model configs and schedulers hand it over)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def reference_input(t: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """t as an input for differentiating an op's torch reference inside its backward.
+
+    Under backward(create_graph=True) the gradients must themselves be differentiable functions of the op's
+    inputs: a view of t keeps the path to t (a distinct node, so an input passed twice gets each use's own
+    gradient). Otherwise a detached leaf: the reference's graph stays local to this backward."""
+    if create_graph and t.requires_grad:
+        return t.view_as(t)
+    return t.detach().requires_grad_(t.is_floating_point())

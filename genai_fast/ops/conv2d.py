@@ -89,7 +89,8 @@ def conv2d(
             `module.to(memory_format=torch.channels_last)` makes them, load best).
         bias: None, [C_out] (the conv's bias), or [N, C_out] (a per-sample bias such as a U-Net's time
             embedding); x's dtype.
-        stride, padding, dilation: an int or a pair (h, w) of ints (>= 1, >= 0, >= 1).
+        stride, padding, dilation: an int or a pair (h, w) of ints (>= 1, >= 0, >= 1); padding may also be
+            "valid" (0) or "same" (stride 1; output H and W those of x), as in torch.nn.functional.conv2d.
         groups: a positive divisor of C_in and C_out.
         activation: None or "silu", applied after the bias and before the residual.
         residual: None or [N, C_out, H_out, W_out] in x's dtype, added after the activation.
@@ -110,7 +111,10 @@ def conv2d(
         y = torch.nn.functional.silu(y) if activation == "silu" else y
         y = (y + residual) * output_scale
     """
-    stride2, padding2, dilation2 = _pair("stride", stride), _pair("padding", padding), _pair("dilation", dilation)
+    stride2, dilation2 = _pair("stride", stride), _pair("dilation", dilation)
+    if isinstance(padding, str):
+        x, padding = _string_padding(x, weight, padding, stride2, dilation2)
+    padding2 = _pair("padding", padding)
     plan = _call_plan(x, weight, bias, residual, stride2, padding2, dilation2, groups, activation, output_scale,
                       backend)
     if plan.impl is not None:
@@ -188,16 +192,38 @@ def _in_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Ten
 
 
 def _pair(name: str, value: Any) -> list[int]:
-    """An int or a pair of ints as [h, w]; TypeError naming the argument otherwise."""
+    """An int, a pair of ints or a one-int sequence (as F.conv2d takes them; NumPy ints too) as [h, w];
+    TypeError naming the argument otherwise."""
     if type(value) is int:  # the common cases first: this runs on every call
         return [value, value]
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
         return list(value)  # an nn.Conv2d's own attributes
-    items = value
-    if (not isinstance(items, (list, tuple)) or len(items) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) for v in items)):
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) == 1:
+        items *= 2
+    if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in items):
         raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
     return [int(items[0]), int(items[1])]
+
+
+def _string_padding(x: Any, weight: Any, padding: str, stride: list[int], dilation: list[int]) -> tuple[Any, Any]:
+    """(x, padding) for F.conv2d's padding strings. "valid": no padding. "same" (stride 1 only): H_out = H and
+    W_out = W, a total of dil * (k - 1) per dimension; where that is odd torch puts the extra zero row/column
+    at the bottom/right, which x then gets here and the conv pads the rest evenly."""
+    if padding == "valid":
+        return x, 0
+    if padding != "same":
+        raise ValueError(f"padding: expected an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+    if stride != [1, 1]:
+        raise ValueError(f"padding: 'same' is not supported for strided convolutions (as in torch), got stride "
+                         f"{stride}")
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(weight, torch.Tensor) and weight.dim() == 4
+            and min(dilation) >= 1):
+        return x, 0  # _validate names the bad argument
+    totals = [dilation[0] * (weight.shape[2] - 1), dilation[1] * (weight.shape[3] - 1)]
+    if totals[0] % 2 or totals[1] % 2:
+        x = F.pad(x, (0, totals[1] % 2, 0, totals[0] % 2))
+    return x, [totals[0] // 2, totals[1] // 2]
 
 
 def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], padding: list[int],
@@ -213,6 +239,10 @@ def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], 
         raise ValueError(f"x: expected 4 dimensions [N, C_in, H, W], got shape {tuple(x_shape)}")
     w_shape = check_tensor_like_x("weight", weight, dtype, device)
     _validate_conv(x_shape, w_shape, stride, padding, dilation, groups)
+    if x_shape[0] and not (x_shape[2] and x_shape[3]):
+        # torch refuses these too; with padding the output is not empty, and it would be left unwritten
+        raise ValueError(f"x: expected non-zero H and W (an empty input is allowed only in a batch of 0), got "
+                         f"shape {tuple(x_shape)}")
     out_shape = _output_sizes(x_shape, w_shape, stride, padding, dilation)
     if out_shape[2] < 1 or out_shape[3] < 1:
         raise ValueError(f"x: spatial size {tuple(x_shape[2:])} is smaller than the dilated kernel "

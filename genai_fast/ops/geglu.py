@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.checks import reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -94,11 +95,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     # The reference's gradient, by autograd through it (an elementwise op: clarity over a hand-written
-    # formula).
+    # formula). Grad mode is on here only under backward(create_graph=True): then grad_x stays differentiable.
     (x,) = ctx.saved_tensors
+    create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
-        xs = x.detach().requires_grad_(True)
-        (grad_x,) = torch.autograd.grad(geglu_reference(xs, ctx.approximate), (xs,), grad)
+        xs = reference_input(x, create_graph)
+        (grad_x,) = torch.autograd.grad(geglu_reference(xs, ctx.approximate), (xs,), grad, create_graph=create_graph)
     return grad_x, None, None
 
 

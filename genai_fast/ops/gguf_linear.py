@@ -14,6 +14,7 @@ autograd (with respect to x and bias; the blocks are constants), the reference a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,20 +79,23 @@ def gguf_dequantize(blocks: torch.Tensor, block_type: str) -> torch.Tensor:
     nibble. Every product d * q is exact in fp32 (an 11-bit significand times a 4- or 8-bit integer), and
     Q4_1's + m rounds once, so these are bitwise the numbers numpy and the C++ kernel compute."""
     fmt = _format(block_type)
+    if not isinstance(blocks, torch.Tensor):
+        raise TypeError(f"blocks: expected a torch.Tensor, got {type(blocks).__name__}")
     if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] % fmt.block_bytes:
         raise ValueError(f"blocks: expected a 2-D uint8 tensor of whole {block_type} blocks "
                          f"({fmt.block_bytes} bytes each) per row, got {blocks.dtype} {tuple(blocks.shape)}")
-    N = blocks.shape[0]
-    b = blocks.reshape(N, -1, fmt.block_bytes)
+    N, n_blocks = blocks.shape[0], blocks.shape[1] // fmt.block_bytes
+    K = n_blocks * BLOCK_WEIGHTS  # sizes spelled out, not -1: a reshape cannot infer one when N is 0
+    b = blocks.reshape(N, n_blocks, fmt.block_bytes)
     d = b[..., 0:2].contiguous().view(torch.float16).float()  # [N, blocks, 1]
     quants = b[..., fmt.quants_at:]
     if block_type == "Q8_0":
-        return (quants.contiguous().view(torch.int8).float() * d).reshape(N, -1)
+        return (quants.contiguous().view(torch.int8).float() * d).reshape(N, K)
     q = torch.cat([quants & 15, quants >> 4], dim=-1).float()  # weights 0-15, then 16-31
     if block_type == "Q4_0":
-        return ((q - 8) * d).reshape(N, -1)
+        return ((q - 8) * d).reshape(N, K)
     m = b[..., 2:4].contiguous().view(torch.float16).float()
-    return (q * d + m).reshape(N, -1)
+    return (q * d + m).reshape(N, K)
 
 
 def gguf_linear_reference(x: torch.Tensor, blocks: torch.Tensor, block_type: str,
@@ -186,7 +190,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     (blocks,) = ctx.saved_tensors
     grad_x = grad @ gguf_dequantize(blocks, ctx.block_type).to(ctx.x_dtype)
-    grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+    grad_b = grad.reshape(math.prod(grad.shape[:-1]), grad.shape[-1]).sum(0) if ctx.has_bias else None  # N may be 0
     return grad_x, None, None, grad_b, None
 
 
@@ -199,10 +203,12 @@ _gguf_linear_op.register_autograd(_backward, setup_context=_setup_context)
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
     x, blocks, bias = inputs["x"], inputs["blocks"], inputs["bias"]
     reasons = []
-    rows = x.numel() // max(x.shape[-1], 1)
+    rows = math.prod(x.shape[:-1])  # not numel / K: K may be 0
     if not 1 <= rows <= MAX_KERNEL_ROWS:
         reasons.append(f"{rows} rows: the kernel takes 1 to {MAX_KERNEL_ROWS} (expanding W once and a GEMM "
                        "serve more)")
+    if x.shape[-1] == 0 or blocks.shape[0] == 0:
+        reasons.append("an empty weight (K = 0 or N = 0)")
     if not blocks.is_contiguous():
         reasons.append("blocks are not contiguous")
     if bias is not None and not bias.is_contiguous():

@@ -8,12 +8,14 @@ and each backend's capability declaration in priority order.
 """
 
 import math
+import numbers
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.checks import is_real_number
 from genai_fast.ops.eager import can_bypass_custom_op
 
 ACTIVATIONS = (None, "silu")
@@ -53,10 +55,10 @@ def group_norm(
         y = torch.nn.functional.silu(y) if activation == "silu" else y
     """
     _validate(x, num_groups, weight, bias, eps, activation, backend)
+    num_groups, eps = int(num_groups), float(eps)  # NumPy scalars pass the checks; the kernels take Python's
     if can_bypass_custom_op(x, weight, bias):
-        return _run(x, num_groups, weight, bias, float(eps), activation, backend)
-    return torch.ops.genai_fast.group_norm(x, num_groups, weight, bias, float(eps), activation or "none",
-                                           backend or "")
+        return _run(x, num_groups, weight, bias, eps, activation, backend)
+    return torch.ops.genai_fast.group_norm(x, num_groups, weight, bias, eps, activation or "none", backend or "")
 
 
 def group_norm_reference(
@@ -132,7 +134,7 @@ def _validate(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activat
         raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"x: expected at least 2 dimensions [N, C, *], got shape {tuple(x.shape)}")
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
         raise TypeError(f"num_groups: expected an int, got {type(num_groups).__name__}")
     channels = x.shape[1]
     if num_groups <= 0 or channels % num_groups != 0:
@@ -149,7 +151,7 @@ def _validate(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, activat
             raise ValueError(f"{name}: expected shape ({channels},) to match C, got {tuple(param.shape)}")
         if param.device != x.device:
             raise ValueError(f"{name}: expected a tensor on x's device {x.device}, got {param.device}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+    if not is_real_number(eps) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
@@ -258,8 +260,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, weight, bias = ctx.saved_tensors
-    dx, dweight, dbias = torch.ops.genai_fast.group_norm_backward(
-        grad, x, ctx.num_groups, weight, bias, ctx.eps, ctx.activation)
+    if torch.is_grad_enabled():
+        # backward(create_graph=True) (grad mode is on here only then): the reference's torch ops keep the
+        # gradients differentiable, where the backward custom op has no derivative of its own.
+        activation = None if ctx.activation == "none" else ctx.activation
+        dx, dweight, dbias = group_norm_backward_reference(grad, x, ctx.num_groups, weight, bias, ctx.eps,
+                                                           activation)
+    else:
+        dx, dweight, dbias = torch.ops.genai_fast.group_norm_backward(
+            grad, x, ctx.num_groups, weight, bias, ctx.eps, ctx.activation)
     return (dx, None, dweight if weight is not None else None, dbias if bias is not None else None,
             None, None, None)
 

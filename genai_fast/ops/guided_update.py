@@ -28,6 +28,7 @@ import torch
 
 from genai_fast.backends import memory
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.checks import is_real_number, reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -148,7 +149,7 @@ def _check_tensor(name: str, t: Any, device: torch.device, shape: tuple[int, ...
 
 
 def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_real_number(value) or not math.isfinite(value):
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
     return float(value)
 
@@ -177,7 +178,7 @@ def _validate(x, model_output, coefficients, guidance_scale, previous_x0, noise,
                              f"is non-zero ({coef})")
         if t is not None:
             _check_tensor(name, t, x.device, shape)
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0):
+    if clip is not None and (not is_real_number(clip) or not clip >= 0):
         raise ValueError(f"clip: expected a number >= 0 (or None for no clamp), got {clip!r}")
     if not isinstance(return_x0, bool):
         raise TypeError(f"return_x0: expected a bool, got {type(return_x0).__name__}")
@@ -246,11 +247,13 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_x0):
-    # Autograd through the reference (an elementwise op: clarity over hand-written formulas).
+    # Autograd through the reference (an elementwise op: clarity over hand-written formulas). Grad mode is on
+    # here only under backward(create_graph=True): then the gradients stay differentiable.
     saved = ctx.saved_tensors
     coefficients, guidance, clip, out_dtype = ctx.config
+    create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
-        leaves = [None if t is None else t.detach().requires_grad_(t.is_floating_point()) for t in saved]
+        leaves = [None if t is None else reference_input(t, create_graph) for t in saved]
         out, x0 = guided_update_reference(leaves[0], leaves[1], coefficients, guidance, leaves[2], leaves[3], clip,
                                           out_dtype)
         outputs, grads = [out], [grad_out]
@@ -258,7 +261,7 @@ def _backward(ctx, grad_out, grad_x0):
             outputs.append(x0)
             grads.append(grad_x0)
         wanted = [t for t in leaves if t is not None]
-        found = torch.autograd.grad(outputs, wanted, grads, allow_unused=True)
+        found = torch.autograd.grad(outputs, wanted, grads, allow_unused=True, create_graph=create_graph)
     by_leaf = iter(found)
     grads_in = [None if t is None else next(by_leaf) for t in leaves]
     return (*grads_in, None, None, None, None, None, None, None)

@@ -12,6 +12,7 @@ autograd, the reference and the backends' capability declarations in priority or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -138,9 +139,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, weight = ctx.saved_tensors
+    rows = math.prod(x.shape[:-1])  # spelled out: reshape(-1, 0) cannot infer it when N or K is 0
+    grad_rows = grad.reshape(rows, grad.shape[-1])
     grad_x = grad @ weight
-    grad_w = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-    grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+    grad_w = grad_rows.t() @ x.reshape(rows, x.shape[-1])
+    grad_b = grad_rows.sum(0) if ctx.has_bias else None
     return grad_x, grad_w, grad_b, None
 
 
@@ -153,11 +156,13 @@ _linear_op.register_autograd(_backward, setup_context=_setup_context)
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
     x, weight, bias = inputs["x"], inputs["weight"], inputs["bias"]
     reasons = []
-    rows = x.numel() // max(x.shape[-1], 1)
+    rows = math.prod(x.shape[:-1])  # not numel / K: K may be 0
     if not 1 <= rows <= MAX_KERNEL_ROWS:
         reasons.append(f"{rows} rows: the kernel takes 1 to {MAX_KERNEL_ROWS} (BLAS GEMM reuses weights beyond)")
     if x.shape[-1] == 0:
         reasons.append("K = 0")
+    if weight.shape[0] == 0:
+        reasons.append("N = 0 (no output features)")
     if not weight.is_contiguous():
         reasons.append("weight is not contiguous")
     if bias is not None and not bias.is_contiguous():

@@ -13,13 +13,14 @@ Layers (DESIGN.md section 3): kernels kernels/rms_norm.py (Triton, with its laun
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
-from genai_fast.ops.checks import check_tensor_like_x
+from genai_fast.ops.checks import check_tensor_like_x, reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -45,9 +46,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
         out = weight * h.to(x.dtype)
     """
     _validate(x, weight, eps, backend)
+    eps = float(eps)  # NumPy scalars pass the checks; the kernels take Python's
     if can_bypass_custom_op(x, weight):
         return _run(x, weight, eps, backend)
-    return torch.ops.genai_fast.rms_norm(x, weight, float(eps), backend or "")
+    return torch.ops.genai_fast.rms_norm(x, weight, eps, backend or "")
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
@@ -92,7 +94,7 @@ def _validate(x: Any, weight: Any, eps: Any, backend: Any) -> None:
             raise ValueError(f"weight: expected shape ({x.shape[-1]},) to match x's last dimension, "
                              f"got {tuple(weight.shape)}")
         check_tensor_like_x("weight", weight, x.dtype, x.device)
-    if not isinstance(eps, (int, float)) or not eps >= 0:
+    if not isinstance(eps, numbers.Real) or not eps >= 0:  # NumPy scalars too (and bools, as torch)
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
     validate_backend_name(backend)
 
@@ -124,13 +126,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     # The reference's gradient, by autograd through it (a small op: clarity over a hand-written formula).
+    # Grad mode is on here only under backward(create_graph=True): then the gradients stay differentiable.
     x, weight = ctx.saved_tensors
+    create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
-        xs = x.detach().requires_grad_(True)
-        ws = None if weight is None else weight.detach().requires_grad_(weight.requires_grad)
+        xs = reference_input(x, create_graph)
+        ws = reference_input(weight, create_graph) if weight is not None and weight.requires_grad else weight
         out = rms_norm_reference(xs, ws, ctx.eps)
         wanted = [xs] + ([ws] if ws is not None and ws.requires_grad else [])
-        grads = torch.autograd.grad(out, wanted, grad)
+        grads = torch.autograd.grad(out, wanted, grad, create_graph=create_graph)
     grad_w = grads[1] if len(grads) > 1 else None
     return grads[0], grad_w, None, None
 
