@@ -23,8 +23,9 @@ from typing import Any
 
 from genai_fast.backends.dispatch import BackendNotSupportedError
 
+# FloatingPointError: training that diverged (a loss of NaN), which the user fixes with a lower --lr
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
-               NotADirectoryError, BackendNotSupportedError, KeyError, NotImplementedError)
+               NotADirectoryError, BackendNotSupportedError, KeyError, NotImplementedError, FloatingPointError)
 
 
 class UsageError(Exception):
@@ -81,7 +82,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v)
     print(f"genai_fast: {versions}")
-    if data["forced_backend"]:
+    if data["forced_backend_error"]:
+        print(f"warning: {data['forced_backend_error']}: every op call will fail until it is fixed or unset")
+    elif data["forced_backend"]:
         print(f"GENAI_FAST_BACKEND={data['forced_backend']} forces that backend everywhere")
     width = max([len("op"), *(len(row["op"]) for row in data["ops"])])
     bwidth = max([len("backend"), *(len(row["backend"]) for row in data["ops"])])
@@ -118,7 +121,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from genai_fast.bench.runner import format_table, run_benchmarks, select_entries, write_json
 
     select_entries(args.ops)  # reject unknown op names before measuring anything
-    if args.budget_s is not None and args.budget_s <= 0:
+    if args.budget_s is not None and not args.budget_s > 0:  # NaN too: it would never stop anything
         raise UsageError(f"--budget-s: expected a positive number of seconds, got {args.budget_s}")
     checkpoint = (lambda partial: write_json(partial, args.json)) if args.json else None
     result = run_benchmarks(device, preset, args.ops, progress=not args.no_progress, budget_s=args.budget_s,
@@ -157,9 +160,16 @@ COMMANDS = {"info": _cmd_info, "bench": _cmd_bench, "word2vec": _cmd_word2vec, "
             "diffusion": _cmd_diffusion}
 
 
+def _take_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """--debug is accepted anywhere before a "--" (the error message tells users to add it, and they add it at
+    the end, after the subcommand's arguments): (argv without it, whether it was there)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return kept, len(kept) != len(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    argv, debug = _take_debug(list(sys.argv[1:] if argv is None else argv))
     try:
         args = _build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

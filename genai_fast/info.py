@@ -6,14 +6,15 @@ import os
 from typing import Any
 
 from genai_fast.backends import availability
-from genai_fast.backends.dispatch import ENV_BACKEND, OPS
+from genai_fast.backends.dispatch import ENV_BACKEND, OPS, resolve_backend_name
 
 
 def info() -> dict[str, Any]:
     """Versions of the optional pieces and, for each op, its backends in priority order.
 
-    Returns {"versions": {...}, "forced_backend": str | None, "ops": [{"op", "backend", "requires", "priority",
-    "available", "reasons", "devices", "dtypes", "layouts", "min_compute_capability", "features"}]}.
+    Returns {"versions": {...}, "forced_backend": str | None, "forced_backend_error": str | None,
+    "ops": [{"op", "backend", "requires", "priority", "available", "reasons", "devices", "dtypes", "layouts",
+    "min_compute_capability", "features"}]}; forced_backend_error says why the ops refuse GENAI_FAST_BACKEND.
     "available" means the backend's optional piece is present in this process; whether it runs a given
     input also depends on that input (device, dtype, ...), which the capability fields describe.
     """
@@ -30,9 +31,19 @@ def info() -> dict[str, Any]:
                 "reasons": reasons,
                 **impl.capability.describe(),
             })
+    forced, forced_error = _forced_backend()
     return {
         "versions": availability.versions(),
         "triton_interpret": availability.triton_interpreter_enabled(),
-        "forced_backend": os.environ.get(ENV_BACKEND) or None,
+        "forced_backend": forced,
+        "forced_backend_error": forced_error,
         "ops": rows,
     }
+
+
+def _forced_backend() -> tuple[str | None, str | None]:
+    """(GENAI_FAST_BACKEND as the ops read it, or None; why the ops will refuse it, or None)."""
+    try:
+        return resolve_backend_name(None), None
+    except ValueError as exc:  # an unknown name: every op call raises this
+        return os.environ.get(ENV_BACKEND, "").strip(), str(exc)

@@ -81,6 +81,8 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    if args.workers is not None and args.workers < 1:  # 0 would otherwise quietly mean "all cores"
+        raise ValueError(f"--workers: expected >= 1 (or leave it out for all cores), got {args.workers}")
     from genai_fast.word2vec.corpus import check_corpus_file
 
     check_corpus_file(args.corpus)
@@ -112,21 +114,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def parse_expression(expression: str) -> tuple[list[str], list[str]]:
-    """'paris - france + england' -> (["paris", "england"], ["france"]); ValueError when it has no word.
+    """'paris - france + england' -> (["paris", "england"], ["france"]); ValueError when it has no word, or an
+    operator without a word after it ("paris - - france", "paris +": a typo, not a query to guess at).
 
     A lone + or - (or one stuck to the front of a word) gives the sign of the next word; the default is +.
     """
     positive: list[str] = []
     negative: list[str] = []
-    sign = "+"
+    sign = None
     for token in re.findall(r"[+-]|[^\s+-][^\s+]*", expression):
         if token in ("+", "-"):
+            if sign is not None:
+                raise ValueError(f"expression: {sign!r} followed by {token!r} in {expression!r}; expected a word "
+                                 f"after each + or -")
             sign = token
             continue
-        (positive if sign == "+" else negative).append(token)
-        sign = "+"
+        (negative if sign == "-" else positive).append(token)
+        sign = None
     if not positive and not negative:
         raise ValueError(f"expression: no words in {expression!r}")
+    if sign is not None:
+        raise ValueError(f"expression: {expression!r} ends with {sign!r}; expected a word after it")
     return positive, negative
 
 
@@ -148,6 +156,8 @@ def _query(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from genai_fast.word2vec import Word2Vec
 
+    if args.restrict_vocab < 1:
+        raise ValueError(f"--restrict-vocab: expected >= 1, got {args.restrict_vocab}")
     model = Word2Vec.load(_model_path(args.model))
     files = {"analogies": args.analogies, "wordsim": args.wordsim, "simlex": args.simlex}
     defaults = {"analogies": "questions-words.txt", "wordsim": "wordsim353.tsv", "simlex": "simlex999.txt"}
@@ -162,10 +172,21 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"analogies   {100 * score:6.2f}%  ({len(total['correct'])}/{answered} answered; "
           f"{model.wv.analogy_oov_ratio:.1f}% of questions out of vocabulary)")
     for name in ("wordsim", "simlex"):
-        pearson, spearman, oov = model.wv.evaluate_word_pairs(files[name], restrict_vocab=args.restrict_vocab)
+        pearson, spearman, oov = _word_pairs(model.wv, name, files[name], args.restrict_vocab)
         print(f"{name:<10}  spearman {spearman[0]:.4f}  pearson {pearson[0]:.4f}  ({oov:.1f}% pairs out of "
               f"vocabulary)")
     return 0
+
+
+def _word_pairs(wv: Any, name: str, path: str, restrict_vocab: int) -> tuple[Any, Any, float]:
+    """evaluate_word_pairs on one file; its errors name the option and the file (with fewer than two pairs in
+    the vocabulary the correlation fails inside scipy with a message that names neither)."""
+    try:
+        return wv.evaluate_word_pairs(path, restrict_vocab=restrict_vocab)
+    except ValueError as exc:
+        if path in str(exc):
+            raise
+        raise ValueError(f"--{name} {path}: {exc} (too few of its word pairs in the model's vocabulary?)") from None
 
 
 def _gensim_test_data(name: str, option: str) -> Path:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 from genai_fast.diffusion.samplers import SAMPLER_NAMES
 
 DEFAULT_HOLDOUT = {"fashion-mnist": "ankle boot", "digits": "nine"}
+# `sample --out` names ending in these would otherwise become folders of PNGs
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def add_parser(sub: Any) -> None:
@@ -110,6 +113,32 @@ def _positive(value: int, option: str) -> None:
         raise ValueError(f"{option}: expected a positive integer, got {value}")
 
 
+def _guidance(value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"--guidance: expected a finite number >= 0, got {value}")
+
+
+# The checks below run before any model is loaded or trained, so a wrong --out fails at once rather than
+# after minutes of work (or as a raw OS error).
+
+def _folder_out(path: str, option: str = "--out") -> Path:
+    """An output folder (created later, with its parents): it must not be an existing file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{option} {out}: exists and is not a folder")
+    return out
+
+
+def _file_out(path: str, option: str = "--out") -> Path:
+    """An output file: its folder must exist and the path must not be a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"{option} {out}: is a folder, expected a file name")
+    if not out.resolve().parent.is_dir():
+        raise FileNotFoundError(f"{option} {out}: the folder {out.resolve().parent} does not exist")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     return {"prepare": _prepare, "images": _images, "train": _train, "sample": _sample, "invert": _invert,
             "eval": _eval}[args.diffusion_command](args)
@@ -126,10 +155,10 @@ def _images(args: argparse.Namespace) -> int:
     from genai_fast.diffusion.text2image.data import class_index, load_images, save_png
 
     _positive(args.n, "--n")
+    out = _folder_out(args.out)
     index = class_index(args.data, args.class_name)
     data = load_images(args.data, args.split)
     chosen = data.images[data.labels == index][: args.n]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(chosen):
         save_png(image, out / f"{i:03d}.png")
@@ -139,8 +168,9 @@ def _images(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from genai_fast.diffusion.text2image.model import ModelConfig
-    from genai_fast.diffusion.text2image.train import TrainOptions, train
+    from genai_fast.diffusion.text2image.train import TrainingInterrupted, TrainOptions, train
 
+    _folder_out(args.out)
     size = 8 if args.data == "digits" else 28
     holdout = args.holdout or DEFAULT_HOLDOUT[args.data] if args.data in DEFAULT_HOLDOUT else args.holdout
     holdout = None if holdout is not None and holdout.lower() == "none" else holdout
@@ -153,7 +183,12 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--sample-every: expected >= 0, got {args.sample_every}")
     if not args.resume:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-    result = train(args.out, config, options, resume=args.resume)
+    try:
+        result = train(args.out, config, options, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(f"genai-fast: {stop}; continue with: genai-fast diffusion train --out {args.out} --resume "
+              f"--steps {args.steps}", file=sys.stderr)
+        return 130
     last = result.losses[-1][1] if result.losses else float("nan")
     print(f"trained {result.step} steps in {result.seconds / 60:.1f} min (final loss {last:.4f}); model in {args.out}")
     return 0
@@ -175,10 +210,16 @@ def _sample(args: argparse.Namespace) -> int:
 
     _positive(args.steps, "--steps")
     _positive(args.n, "--n")
+    _guidance(args.guidance)
     out = Path(args.out)
     as_grid = out.suffix.lower() == ".png"
-    if as_grid and not out.resolve().parent.is_dir():
-        raise FileNotFoundError(f"--out {out}: the folder {out.resolve().parent} does not exist")
+    if out.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out}: grids are written as PNG; name it .png, or give a folder for one PNG "
+                         f"per image")
+    if as_grid:
+        _file_out(args.out)
+    else:
+        _folder_out(args.out)
     model = _load(args)
     check_prompt_tokens(model, args.prompt)
     check_prompt_tokens(model, args.negative_prompt)
@@ -204,6 +245,7 @@ def _invert(args: argparse.Namespace) -> int:
                             num_vectors=args.num_vectors, seed=args.seed)
     if not Path(args.images).is_dir():
         raise NotADirectoryError(f"images: {args.images} is not a folder")
+    _file_out(args.out)
     model = _load(args)
     losses = invert_folder(model, args.images, args.token, args.out, options)
     print(f"learned {args.token} in {len(losses)} steps (loss {sum(losses[:20]) / min(20, len(losses)):.4f} -> "
@@ -216,12 +258,14 @@ def _eval(args: argparse.Namespace) -> int:
     from genai_fast.diffusion.text2image.evaluate import EvalOptions, evaluate, format_results, parse_runs
     from genai_fast.diffusion.text2image.model import load_model
 
+    _guidance(args.guidance)
     options = EvalOptions(samples_per_class=args.n, runs=parse_runs(args.runs), guidance=args.guidance,
                           seed=args.seed, token_samples=args.token_n)
     model = load_model(args.model, _device(args.device))
     target = args.token_class or model.config.holdout
     if args.embeddings and target is None:
         raise ValueError("--token-class: the model has no held-out class; name the class the tokens depict")
+    _check_embeddings(args.embeddings, model.text_encoder.config.width)
     pairs = ()
     if args.embeddings:
         name = class_names(model.config.dataset)[class_index(model.config.dataset, target)]
@@ -230,3 +274,16 @@ def _eval(args: argparse.Namespace) -> int:
     print(format_results(results))
     print(f"grids and results.json in {Path(args.model) / 'eval'}", file=sys.stderr)
     return 0
+
+
+def _check_embeddings(paths: list[str], width: int) -> None:
+    """Every --embeddings file readable, fitting the model and naming its own token, before eval's long work
+    (evaluate loads them only after sampling every class)."""
+    from genai_fast.diffusion.text2image.pipeline import read_embedding
+
+    seen: dict[str, str] = {}
+    for path in paths:
+        token, _ = read_embedding(path, width)
+        if token.lower() in seen:
+            raise ValueError(f"--embeddings {path}: token {token!r} is also in {seen[token.lower()]}")
+        seen[token.lower()] = path

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,21 @@ def fashion_mnist_available(root: Path | None = None) -> bool:
     return root.is_dir() and all(_find_idx(root, s) for pair in FASHION_FILES.values() for s in pair)
 
 
+def _fashion_mnist_readable(root: Path) -> bool:
+    """Whether every IDX file in the cache reads in full (a damaged one is fetched again by prepare)."""
+    try:
+        for pair in FASHION_FILES.values():
+            for stem in pair:
+                read_idx(_find_idx(root, stem))
+    except ValueError:
+        return False
+    return True
+
+
 def prepare_fashion_mnist(root: Path | None = None) -> Path:
     """Fetch the Debian package's IDX files into `root` (default ~/.cache/genai_fast/fashion-mnist) once."""
     root = root or cache_dir()
-    if fashion_mnist_available(root):
+    if fashion_mnist_available(root) and _fashion_mnist_readable(root):
         return root
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -122,8 +134,12 @@ def prepare_fashion_mnist(root: Path | None = None) -> Path:
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """An IDX file (optionally gzipped): magic 0x0000 <dtype 0x08 = uint8> <ndim>, big-endian int32 sizes."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a truncated or damaged download
+        raise ValueError(f"{path}: damaged gzip file ({exc}); delete it and run `genai-fast diffusion prepare` "
+                         f"again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]

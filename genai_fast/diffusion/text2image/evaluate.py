@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from genai_fast.diffusion.samplers import SAMPLER_NAMES
 from genai_fast.diffusion.text2image.data import (
     CLASS_PHRASES,
     class_names,
@@ -115,6 +116,9 @@ def parse_runs(text: str) -> tuple[tuple[str, int], ...]:
         name, sep, steps = item.strip().rpartition(":")
         if not sep or not steps.isdigit():
             raise ValueError(f"--runs: expected SAMPLER:STEPS[,SAMPLER:STEPS...], got {item!r}")
+        if name not in SAMPLER_NAMES:
+            raise ValueError(f"--runs: unknown sampler {name!r} in {item!r}; expected one of "
+                             f"{', '.join(SAMPLER_NAMES)}")
         runs.append((name, check_steps(int(steps), "--runs steps")))
     return tuple(runs)
 

@@ -8,6 +8,7 @@ num_vectors > 1 the token stands for that many consecutive input positions, each
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ class InvertOptions:
         check_steps(self.steps)
         check_steps(self.batch_size, "--batch-size")
         check_steps(self.num_vectors, "--num-vectors")
-        if not self.lr > 0:
-            raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr: expected a positive finite learning rate, got {self.lr}")
 
 
 def initial_vector(model: TextToImage, word: str) -> torch.Tensor:
@@ -98,6 +99,9 @@ def invert(model: TextToImage, images: np.ndarray, token: str, options: InvertOp
         grad[:row].zero_()  # earlier added tokens (if any) stay as they are
         optimizer.step()
         losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):  # a NaN embedding would be saved and sample as noise
+            raise FloatingPointError(f"textual inversion diverged at step {len(losses)} (loss {losses[-1]}); "
+                                     f"lower --lr")
     model.text_encoder.added_embeddings.requires_grad_(False)
     learned = model.text_encoder.added_embeddings.detach()[row:].clone()
     return (learned[0] if options.num_vectors == 1 else learned), losses

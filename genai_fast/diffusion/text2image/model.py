@@ -72,6 +72,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"config.json: expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"config.json: format_version {version!r}, this genai_fast reads {FORMAT_VERSION}")
@@ -79,7 +81,41 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"config.json: unknown keys {unknown}")
-        return cls(**data)
+        for key, value in data.items():
+            _check_config_value(key, value)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:  # e.g. an unknown class name, text encoder sizes
+            raise ValueError(f"config.json: {exc}") from None
+
+
+# JSON shape of each config.json value: a hand-edited or foreign file fails here with the key's name rather
+# than deep inside diffusers ("'int' object is not iterable").
+_CONFIG_INTS = ("image_size", "sample_size", "layers_per_block", "attention_head_dim", "norm_num_groups")
+
+
+def _check_config_value(key: str, value: Any) -> None:
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if key in _CONFIG_INTS:
+        ok, expected = is_int(value) and value > 0, "a positive integer"
+    elif key == "dataset":
+        ok, expected = isinstance(value, str), "a string"
+    elif key == "holdout":
+        ok, expected = value is None or isinstance(value, str), "a class name or null"
+    elif key == "block_out_channels":
+        ok = isinstance(value, list) and bool(value) and all(is_int(x) and x > 0 for x in value)
+        expected = "a non-empty list of positive integers"
+    elif key in ("down_block_types", "up_block_types"):
+        ok = isinstance(value, list) and bool(value) and all(isinstance(x, str) for x in value)
+        expected = "a non-empty list of block names"
+    elif key in ("text", "schedule"):
+        ok, expected = isinstance(value, dict), "a JSON object"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"config.json: {key} should be {expected}, got {value!r}")
 
 
 def build_unet(config: ModelConfig) -> nn.Module:
@@ -204,9 +240,12 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
         raise FileNotFoundError(f"{path} does not exist: not a model folder written by `genai-fast diffusion train`")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: invalid JSON ({exc})") from None
-    return ModelConfig.from_dict(data)
+    try:
+        return ModelConfig.from_dict(data)
+    except ValueError as exc:  # name the file, not just "config.json"
+        raise ValueError(f"{path}: {str(exc).removeprefix('config.json: ')}") from None
 
 
 def write_config(folder: str | os.PathLike, config: ModelConfig) -> None:

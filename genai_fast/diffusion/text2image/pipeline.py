@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,15 +98,26 @@ def save_embedding(path: str | os.PathLike, token: str, vector: torch.Tensor, me
     save_safetensors(path, {"embedding": vector.detach().float()}, {"kind": EMBEDDING_KIND, "token": token, **meta})
 
 
-def load_embedding(model: TextToImage, path: str | os.PathLike) -> str:
-    """Add the token stored in `path` to the model; returns the token."""
+def read_embedding(path: str | os.PathLike, width: int) -> tuple[str, torch.Tensor]:
+    """(token, embedding [width] or [n, width]) from a file written by save_embedding, checked against a text
+    encoder of `width` (so a caller can reject a bad file before any sampling)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--embeddings {path}: no such file")
     tensors, meta = read_safetensors(path)
     if meta.get("kind") != EMBEDDING_KIND or "embedding" not in tensors or "token" not in meta:
         raise ValueError(f"--embeddings {path}: not a textual inversion file written by `genai-fast diffusion invert`")
     vector = tensors["embedding"]
-    width = model.text_encoder.config.width
     if vector.dim() not in (1, 2) or vector.shape[-1] != width or vector.numel() == 0:
         raise ValueError(f"--embeddings {path}: embedding has shape {tuple(vector.shape)}, this model's text "
                          f"encoder needs ({width},) or (n, {width})")
-    model.add_token(meta["token"], vector)
-    return meta["token"]
+    if not vector.is_floating_point() or not bool(torch.isfinite(vector).all()):
+        # a diverged inversion: its images would be noise cast to uint8, not an error
+        raise ValueError(f"--embeddings {path}: the embedding is not finite float values (a diverged inversion?)")
+    return meta["token"], vector
+
+
+def load_embedding(model: TextToImage, path: str | os.PathLike) -> str:
+    """Add the token stored in `path` to the model; returns the token."""
+    token, vector = read_embedding(path, model.text_encoder.config.width)
+    model.add_token(token, vector)
+    return token

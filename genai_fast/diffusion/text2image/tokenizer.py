@@ -217,3 +217,5 @@ def check_new_token(token: str) -> None:
         raise TypeError(f"token: expected a str like '<my-thing>', got {type(token).__name__}")
     if len(token) < 3 or not (token.startswith("<") and token.endswith(">")) or any(c.isspace() for c in token):
         raise ValueError(f"token: expected a placeholder like '<my-thing>' (angle brackets, no spaces), got {token!r}")
+    if token.lower() in (START, END):  # CLIP's own markers: an added token would shadow them in prompts
+        raise ValueError(f"token: {token!r} is one of CLIP's special tokens; choose another name")

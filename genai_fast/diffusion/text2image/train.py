@@ -9,9 +9,14 @@ resumable (same result as an uninterrupted run: the data order comes from one ge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,8 +77,40 @@ class TrainOptions:
             raise ValueError(f"--attribute-rate: expected 0 <= p <= 1, got {self.attribute_rate}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: expected 0 <= decay < 1, got {self.ema_decay}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr: expected a positive finite learning rate, got {self.lr}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at a step boundary, after a checkpoint of that step was saved."""
+
+    def __init__(self, step: int, folder: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {folder}")
+        self.step = step
+        self.folder = folder
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[dict[str, bool]]:
+    """While active, a first Ctrl-C (SIGINT) only sets state["requested"], so the loop can finish its step and
+    save it (a KeyboardInterrupt in the middle of a step leaves weights, optimizer, EMA and step count out of
+    step with each other); a second Ctrl-C raises at once."""
+    state = {"requested": False}
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield state  # signals cannot be caught here, or the caller chose to ignore Ctrl-C (nohup, `cmd &`)
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if state["requested"]:
+            raise KeyboardInterrupt
+        state["requested"] = True
+        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -183,9 +220,19 @@ class Trainer:
         total = opts.steps
         if self.step >= total:
             return TrainResult(self.step, self.seconds, self.losses)
-        running, count = 0.0, 0  # float64 running total of the loss
-        bar = tqdm(total=total, initial=self.step, disable=not opts.progress, desc="training", unit="step")
         start = time.perf_counter() - self.seconds
+        # the bar is closed before any error or interrupt message, so that message gets its own line
+        with tqdm(total=total, initial=self.step, disable=not opts.progress, desc="training", unit="step") as bar, \
+                _deferred_interrupt() as interrupt:
+            self._loop(bar, interrupt, start)
+        self.write_samples()
+        self.seconds = time.perf_counter() - start
+        self.save()
+        return TrainResult(self.step, self.seconds, self.losses)
+
+    def _loop(self, bar: tqdm, interrupt: dict[str, bool], start: float) -> None:
+        opts, total = self.options, self.options.steps
+        running, count = 0.0, 0  # float64 running total of the loss
         while self.step < total:
             loss = self.train_step()
             if not math.isfinite(loss):
@@ -197,16 +244,13 @@ class Trainer:
             if self.step % 50 == 0 or last:
                 self.losses.append((self.step, running / count))
                 running, count = 0.0, 0
-            if opts.sample_every and (self.step % opts.sample_every == 0) and not last:
+            if opts.sample_every and (self.step % opts.sample_every == 0) and not last and not interrupt["requested"]:
                 self.write_samples()
-            if self.step % opts.checkpoint_every == 0 or last:
+            if self.step % opts.checkpoint_every == 0 or last or interrupt["requested"]:
                 self.seconds = time.perf_counter() - start
                 self.save()
-        bar.close()
-        self.write_samples()
-        self.seconds = time.perf_counter() - start
-        self.save()
-        return TrainResult(self.step, self.seconds, self.losses)
+            if interrupt["requested"] and not last:
+                raise TrainingInterrupted(self.step, self.out)
 
     # -- samples and checkpoints
 
@@ -252,6 +296,10 @@ class Trainer:
 
     def _load_state(self) -> None:
         tensors, meta = read_safetensors(self.out / TRAIN_STATE_FILE)
+        absent = [key for key in ("rng",) if key not in tensors] + [key for key in ("step",) if key not in meta]
+        if absent:
+            raise ValueError(f"{self.out / TRAIN_STATE_FILE}: not a training state written by this genai_fast "
+                             f"(no {', '.join(absent)})")
         names = [k for k, _ in self.params]
         missing = [k for k in names if "raw." + k not in tensors or "ema." + k not in tensors]
         if missing:
