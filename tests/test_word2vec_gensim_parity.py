@@ -1,6 +1,6 @@
 """genai_fast.word2vec against gensim 4 on the calls a gensim user makes: int keys and [n, D] arrays in queries,
 n_similarity, indexers, topn edge cases, analogy sections' order, compressed word2vec files, one-shot corpora,
-gensim-only arguments, mmap loads, LineSentence and the smaller KeyedVectors calls (session 25 audit)."""
+gensim-only arguments, mmap loads, LineSentence and the smaller KeyedVectors calls."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Audit regressions for genai_fast.integrations.diffusers.patch: U-Net configs outside the Stable
+"""genai_fast.integrations.diffusers.patch on U-Net configs outside the Stable
 Diffusion family. Skip*Block2D (score-SDE / NCSN++ U-Nets) build their ResnetBlock2Ds with
 output_scale_factor=np.sqrt(2.0), a NumPy scalar, which the fused resnet forward used to hand on to
 genai_fast.conv2d as its epilogue scale, failing every forward."""

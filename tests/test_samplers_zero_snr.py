@@ -1,4 +1,4 @@
-"""Audit regressions for genai_fast.diffusion's samplers at zero terminal SNR (rescale_betas_zero_snr):
+"""genai_fast.diffusion's samplers at zero terminal SNR (rescale_betas_zero_snr):
 the guided (CFG) step where an epsilon model's x0 divides by sqrt(alpha_bar) = 0, and DDIM with eta = 1,
 whose first-step direction diffusers takes the square root of a rounded, sometimes negative, zero of."""
 

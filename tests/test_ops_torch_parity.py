@@ -1,4 +1,4 @@
-"""Audit of the public ops other than attention against torch, as a PyTorch user calls them: second derivatives,
+"""The public ops other than attention against torch, as a PyTorch user calls them: second derivatives,
 empty dimensions, F.conv2d's padding strings and scalar argument forms, NumPy scalars for the scalar arguments."""
 
 import numpy as np

@@ -1,5 +1,6 @@
-"""genai_fast.llm and the transformers patch against HF transformers: the cases an audit (session 25) found
-wrong. Tiny random-weight models built in memory; HF's generate / sdpa attention are the reference."""
+"""genai_fast.llm and the transformers patch against HF transformers: argument forms, stops, context
+limits and attention kwargs that used to go wrong. Tiny random-weight models built in memory; HF's generate
+and sdpa attention are the reference."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("t2i_audit") / "model"
+    folder = tmp_path_factory.mktemp("t2i_robust") / "model"
     Trainer(folder, ModelConfig(**TINY), tiny_options(steps=2)).run()
     return folder
 

@@ -1,5 +1,5 @@
-"""Parity of scaled_dot_product_attention and attention_with_kvcache with torch's SDPA on calls an audit found
-diverging: GQA with different key and value head counts, head dim 0, and a first call under torch.compile."""
+"""Parity of scaled_dot_product_attention and attention_with_kvcache with torch's SDPA on calls that used to
+diverge: GQA with different key and value head counts, head dim 0, and a first call under torch.compile."""
 
 from __future__ import annotations
 
