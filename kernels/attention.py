@@ -350,7 +350,7 @@ def _attn_bwd_dq_kernel(
 def _decode_split_kernel(
     Q, K, V, LENS, PO, PLSE,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    Hkv, GROUP, Sq, D, DV, R, num_splits, split_len, qk_scale,
+    Hkv, GROUP, Sq, D, DV, R, num_splits, split_len, s_max, qk_scale,
     IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -383,7 +383,8 @@ def _decode_split_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     start = split * split_len
-    end = tl.minimum(start + split_len, length)
+    # Never past the cache, whatever the length says: under CUDA graph capture no host checks the lengths.
+    end = tl.minimum(tl.minimum(start + split_len, length), s_max)
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_valid = offs_n < end
@@ -450,6 +451,50 @@ def _batch_chunks(B: int, heads: int) -> list[slice]:
     return [slice(i, min(i + per, B)) for i in range(0, B, per)]
 
 
+INT32_MAX = 2**31 - 1
+
+
+def _reach(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """The largest index-times-stride product of the last two dimensions (rows, columns)."""
+    return max((n - 1) * abs(st) for n, st in zip(shape[-2:], strides[-2:], strict=True))
+
+
+def offset_reasons(tensors: dict[str, tuple[tuple[int, ...], tuple[int, ...]] | torch.Tensor | None]) -> list[str]:
+    """Why the kernels cannot address these [B, H, S, D] tensors (empty: they can): name -> tensor, or (shape,
+    strides) of one the launcher will allocate. Batch and head offsets are 64-bit; a row or column index times
+    its stride inside one (batch, head) slice is a 32-bit product, which must stay below 2^31."""
+    reasons = []
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        shape, strides = (tuple(t.shape), t.stride()) if isinstance(t, torch.Tensor) else t
+        if _reach(shape, strides) > INT32_MAX:
+            reasons.append(f"{name}: shape {shape} with strides {strides} puts elements of one (batch, head) slice "
+                           "2^31 or more apart, past the Triton kernels' 32-bit offsets (use the torch backend)")
+    return reasons
+
+
+def _check_launch(heads: tuple[str, int],
+                  tensors: dict[str, tuple[tuple[int, ...], tuple[int, ...]] | torch.Tensor | None]) -> None:
+    """ValueError before a launch whose grid or offsets the kernels cannot handle. heads: (the tensor whose
+    heads share grid dimension 1 with the batch, their number); a batch is split, one sequence's heads not."""
+    name, count = heads
+    if count > MAX_GRID_Y:
+        raise ValueError(f"{name}: {count} heads exceed the {MAX_GRID_Y} programs of grid dimension 1")
+    reasons = offset_reasons(tensors)
+    if reasons:
+        raise ValueError("; ".join(reasons))
+
+
+def _dense(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(shape, strides) of a contiguous tensor the launcher allocates."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(shape), tuple(reversed(strides))
+
+
 def _block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))  # tl.dot needs every dimension >= 16
 
@@ -507,6 +552,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     config: tile/launch options overriding the heuristic (for tuning scripts)."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
+    _check_launch(("query", Hq), {"query": q, "key": k, "value": v, "attn_mask": mask, "out": _dense((B, Hq, Sq, DV))})
     chunks = _batch_chunks(B, Hq)
     if len(chunks) > 1:
         parts = [attention_fwd(q[c], k[c], v[c], None if mask is None else mask[c], is_causal, scale, config)
@@ -533,6 +579,9 @@ def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     """Gradients (dq, dk, dv) with the shapes of q, k, v (contiguous), from the forward's out and lse."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
+    _check_launch(("query", Hq), {"query": q, "key": k, "value": v, "attn_mask": mask, "out": out, "grad_out": grad_out,
+                       "grad_query": _dense(tuple(q.shape)), "grad_key": _dense(tuple(k.shape)),
+                       "grad_value": _dense(tuple(v.shape))})
     chunks = _batch_chunks(B, Hq)
     if len(chunks) > 1:
         parts = [attention_bwd(grad_out[c], q[c], k[c], v[c], None if mask is None else mask[c], out[c], lse[c],
@@ -577,12 +626,24 @@ def _num_splits(device: torch.device, programs: int, s_max: int, block_n: int) -
     return max(1, min(blocks, triton.cdiv(target, programs), 128))
 
 
+def _check_lengths(lengths: torch.Tensor, q: torch.Tensor) -> None:
+    """lengths as the split kernel reads it: one integer per sequence, on q's device (its values are clamped to
+    the cache in the kernel: reading them here would need a device sync, and none is allowed in a CUDA graph)."""
+    if lengths.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"lengths: expected dtype int32 or int64, got {lengths.dtype}")
+    if tuple(lengths.shape) != (q.shape[0],) or lengths.device != q.device:
+        raise ValueError(f"lengths: expected shape ({q.shape[0]},) on q's device {q.device}, got "
+                         f"{tuple(lengths.shape)} on {lengths.device}")
+
+
 def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
                causal: bool, scale: float) -> torch.Tensor:
     """q [B, Hq, Sq, D] against the first lengths[b] positions of k_cache/v_cache [B, Hkv, S_max, D(v)]
     (lengths: int32 [B], already including the newly written tokens) -> out [B, Hq, Sq, Dv]."""
     B, Hq, Sq, D = q.shape
     Hkv, s_max, DV = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
+    _check_lengths(lengths, q)
+    _check_launch(("k_cache", Hkv), {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": _dense((B, Hq, Sq, DV))})
     chunks = _batch_chunks(B, Hkv)
     if len(chunks) > 1:
         return torch.cat([decode_fwd(q[c], k_cache[c], v_cache[c], lengths[c], causal, scale) for c in chunks])
@@ -599,7 +660,7 @@ def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, le
     partial_lse = workspace[B * Hkv * splits * rows * DV :]
     _decode_split_kernel[(splits, B * Hkv, triton.cdiv(rows, block_m))](
         q, k_cache, v_cache, lengths, partial_out, partial_lse, *q.stride(), *k_cache.stride(),
-        *v_cache.stride(), Hkv, group, Sq, D, DV, rows, splits, split_len, scale * LOG2E,
+        *v_cache.stride(), Hkv, group, Sq, D, DV, rows, splits, split_len, s_max, scale * LOG2E,
         IS_CAUSAL=causal, IEEE=q.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_DV=block_dv, **launch,
     )

@@ -19,7 +19,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from genai_fast.kernels.attention import finish_rows, key_ranges, online_softmax, query_block, query_head
+from genai_fast.kernels.attention import (
+    finish_rows,
+    key_ranges,
+    offset_reasons,
+    online_softmax,
+    query_block,
+    query_head,
+)
 
 from genai_fast.backends import memory
 
@@ -118,6 +125,12 @@ def attention_fwd_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_caus
 
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
+    if Hq > MAX_GRID_Y:
+        raise ValueError(f"query: {Hq} heads exceed the {MAX_GRID_Y} programs of grid dimension 1")
+    # q, k and v are read through descriptors (64-bit strides); the output is stored through 32-bit row offsets.
+    reasons = offset_reasons({"out": (tuple(q.shape), (Hq * Sq * D, Sq * D, D, 1))})
+    if reasons:
+        raise ValueError(reasons[0])
     cfg = config or _config(q.device, Sq, Sk, D, is_causal)
     if B * Hq > MAX_GRID_Y:  # grid dimension 1 holds batch x heads; larger batches run in chunks
         return _chunked(q, k, v, is_causal, scale, cfg, max(1, MAX_GRID_Y // Hq))

@@ -24,6 +24,9 @@ import triton.language as tl
 
 from genai_fast.backends.availability import triton_interpreter_enabled
 
+MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1 (the groups here, the batch in the epilogue)
+INT32_MAX = 2**31 - 1
+
 
 def _configs() -> list[triton.Config]:
     """A small autotuning set on a GPU; one large tile under the interpreter (few programs run fastest)."""
@@ -227,6 +230,7 @@ def conv2d_fwd(
     res_t, srn, src, srs = _residual_args(residual, out)
     M = N * H_out * W_out
     C_out_g = C_out // groups
+    _check_conv_grid(M, groups)
 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C_out_g, meta["BLOCK_N"]), groups)
@@ -241,6 +245,16 @@ def conv2d_fwd(
         INPUT_PRECISION=_input_precision(x.dtype),
     )
     return out
+
+
+def _check_conv_grid(M: int, groups: int) -> None:
+    """The groups run on grid dimension 1 (at most 65535); output pixels are 32-bit tile offsets (a tile of up to
+    128 pixels past the last one must stay below 2^31)."""
+    if groups > MAX_GRID_Y:
+        raise ValueError(f"groups: the Triton convolution runs at most {MAX_GRID_Y} groups per launch, got {groups}")
+    if M + 128 > INT32_MAX:
+        raise ValueError(f"x: N * H_out * W_out = {M} output pixels exceed the Triton convolution's 32-bit pixel "
+                         "offsets")
 
 
 def _epilogue_tiles(channels_last: bool, C: int, S: int) -> tuple[int, int]:
@@ -265,6 +279,13 @@ def conv2d_epilogue_(
     strides = _ncs_strides(y)
     if strides is None:
         raise ValueError(f"y: expected H and W to merge into one strided axis, got strides {y.stride()}")
+    if N > MAX_GRID_Y:  # the batch is grid dimension 1: larger batches run in slices
+        for n0 in range(0, N, MAX_GRID_Y):
+            part = slice(n0, min(n0 + MAX_GRID_Y, N))
+            per_sample = bias is not None and bias.dim() == 2
+            conv2d_epilogue_(y[part], bias[part] if per_sample else bias,
+                             None if residual is None else residual[part], activation, output_scale)
+        return y
     S = H * W
     bias_t, sbn, sbc = _bias_args(bias, y)
     res_t, srn, src, srs = _residual_args(residual, y)

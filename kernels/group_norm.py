@@ -23,6 +23,8 @@ from genai_fast.backends import memory
 from genai_fast.backends.availability import multiprocessor_count
 from genai_fast.ops.layout import as_ncs
 
+MAX_GRID_Z = 65535  # CUDA's limit on grid dimension 2, which runs over the channel blocks
+
 
 @triton.jit
 def _group_norm_stats_kernel(
@@ -117,8 +119,8 @@ def _group_norm_finalize_kernel(
         b = tl.zeros([BLOCK_CG], tl.float32)
         if HAS_BIAS:
             b = tl.load(bias_ptr + cs, mask=c_mask, other=0.0)
-        tl.store(scale_ptr + n * C + cs, scale, mask=c_mask)
-        tl.store(shift_ptr + n * C + cs, b - mean * scale, mask=c_mask)
+        tl.store(scale_ptr + n.to(tl.int64) * C + cs, scale, mask=c_mask)
+        tl.store(shift_ptr + n.to(tl.int64) * C + cs, b - mean * scale, mask=c_mask)
 
 
 @triton.jit
@@ -131,8 +133,8 @@ def _group_norm_apply_kernel(
     chunk = tl.program_id(1)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    scale = tl.load(scale_ptr + n * C + offs_c, mask=c_mask, other=0.0)
-    shift = tl.load(shift_ptr + n * C + offs_c, mask=c_mask, other=0.0)
+    scale = tl.load(scale_ptr + n.to(tl.int64) * C + offs_c, mask=c_mask, other=0.0)
+    shift = tl.load(shift_ptr + n.to(tl.int64) * C + offs_c, mask=c_mask, other=0.0)
     s_begin = chunk * chunk_len
     s_end = tl.minimum(s_begin + chunk_len, S)
     offset_n = n.to(tl.int64) * stride_n
@@ -173,9 +175,17 @@ def group_norm_fwd(
     """Launch the three kernels on x [N, C, *] (CUDA, or CPU under TRITON_INTERPRET=1)."""
     view = as_ncs(x)
     t, N, C, S, G = view.tensor, view.N, view.C, view.S, num_groups
+    if G < 1 or C % G:
+        raise ValueError(f"num_groups: expected a positive divisor of C={C}, got {num_groups}")
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and tuple(param.shape) != (C,):
+            raise ValueError(f"{name}: expected shape ({C},), got {tuple(param.shape)}")
     stride_c, stride_s = (1, C) if view.channels_last else (S, 1)
     block_s, block_c = _tiles(view.channels_last, C, S)
     channel_blocks = triton.cdiv(C, block_c)
+    if channel_blocks > MAX_GRID_Z:
+        raise ValueError(f"x: C={C} channels need {channel_blocks} channel blocks, above grid dimension 2's "
+                         f"{MAX_GRID_Z}")
     max_chunks = triton.cdiv(S, block_s)
     num_chunks = max(1, min(max_chunks, triton.cdiv(_num_programs_target(x.device), N * channel_blocks)))
     chunk_len = triton.cdiv(triton.cdiv(S, num_chunks), block_s) * block_s  # whole tiles per chunk

@@ -54,6 +54,14 @@ def _guided_update_fwd_kernel(x_ptr, model_ptr, previous_ptr, noise_ptr, out_ptr
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def _check_sizes(n: int, guided: bool, tensors: dict[str, torch.Tensor | None]) -> None:
+    """Every tensor the kernel reads or writes holds the n elements it indexes (model_output 2n when guided)."""
+    for name, t in tensors.items():
+        want = 2 * n if guided and name == "model_output" else n
+        if t is not None and t.numel() != want:
+            raise ValueError(f"{name}: expected {want} elements (x has {n}), got {t.numel()}")
+
+
 def guided_update_fwd(x: torch.Tensor, model_output: torch.Tensor, previous_x0: torch.Tensor | None,
                       noise: torch.Tensor | None, out: torch.Tensor, x0_out: torch.Tensor | None, guided: bool,
                       guidance: float, coefficients: tuple[float, ...], clip: float) -> None:
@@ -61,6 +69,8 @@ def guided_update_fwd(x: torch.Tensor, model_output: torch.Tensor, previous_x0: 
     of n elements, model_output of 2n (guided) or n. CUDA, or CPU under TRITON_INTERPRET=1."""
     x0_from_x, x0_from_m, c_x, c_x0, c_m, c_change, c_noise = coefficients
     n = x.numel()
+    _check_sizes(n, guided, {"model_output": model_output, "previous_x0": previous_x0, "noise": noise, "out": out,
+                             "x0_out": x0_out})
     # An absent tensor is never read (its constexpr flag is off); any pointer of the right device serves.
     _guided_update_fwd_kernel[(triton.cdiv(n, BLOCK),)](
         x, model_output, x if previous_x0 is None else previous_x0, x if noise is None else noise, out,

@@ -39,6 +39,12 @@ def _rms_norm_fwd_kernel(x_ptr, w_ptr, out_ptr, rows, D, stride_x, eps, HAS_WEIG
     tl.store(out_ptr + offs_r[:, None].to(tl.int64) * D + offs_d[None, :], y, mask=mask)
 
 
+def _check_weight(weight: torch.Tensor | None, D: int) -> None:
+    """The kernels read D weights (a shape check only: no device sync on the decode step)."""
+    if weight is not None and tuple(weight.shape) != (D,):
+        raise ValueError(f"weight: expected shape ({D},), got {tuple(weight.shape)}")
+
+
 def _tiles(D: int) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_D, num_warps): rows of 2048+ values get their own program, shorter rows share one."""
     block_d = triton.next_power_of_2(D)
@@ -53,6 +59,7 @@ def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> to
     D = x.shape[-1]
     if D > MAX_D:
         raise ValueError(f"x: the Triton RMSNorm takes rows of at most {MAX_D} values, got {D}")
+    _check_weight(weight, D)
     rows = x.reshape(-1, D)
     if rows.stride(-1) != 1 or (rows.shape[0] > 1 and rows.stride(0) < D):
         rows = rows.contiguous()
@@ -100,6 +107,9 @@ def add_rms_norm_fwd(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.
     R, D = h.shape
     if D > MAX_D:
         raise ValueError(f"h: the Triton RMSNorm takes rows of at most {MAX_D} values, got {D}")
+    if weight is None:
+        raise ValueError(f"weight: expected a [{D}] tensor, got None")
+    _check_weight(weight, D)
     h, delta = (t if t.stride(-1) == 1 else t.contiguous() for t in (h, delta))
     total = memory.empty((R, D), dtype=h.dtype, device=h.device)
     out = memory.empty((R, D), dtype=h.dtype, device=h.device)

@@ -302,6 +302,33 @@ def draw_stride(mode: str, window: int, negative: int) -> int:
     return 1 + (2 * window if mode == "sg_pair" else 1) * negative
 
 
+def check_train_sizes(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.Tensor, alphas: torch.Tensor,
+                      bounds: torch.Tensor, alias_prob: torch.Tensor, alias_index: torch.Tensor,
+                      tree: tuple[torch.Tensor, ...] | None) -> None:
+    """The shapes, dtypes and layouts the kernels index (ValueError naming the argument). The values (ids
+    below vocab_size, bounds inside tokens, path lengths) are word2vec_ops' to check: reading them here would
+    cost a device sync per chunk."""
+    if syn0.dim() != 2 or not syn0.is_contiguous() or syn0.dtype != torch.float32:
+        raise ValueError(f"syn0: expected a contiguous float32 [V, D] table, got {tuple(syn0.shape)} {syn0.dtype}")
+    vocab, dim = syn0.shape
+    kept, slices = tokens.numel(), bounds.shape[0] if bounds.dim() else -1
+    expected = {"syn1neg": ((vocab, dim), (torch.float32,)), "tokens": ((kept,), (torch.int32,)),
+                "alphas": ((kept,), (torch.float32,)), "bounds": ((slices, 4), (torch.int32,)),
+                "alias_prob": ((vocab,), (torch.float32,)), "alias_index": ((vocab,), (torch.int32,))}
+    tensors = {"syn1neg": syn1neg, "tokens": tokens, "alphas": alphas, "bounds": bounds, "alias_prob": alias_prob,
+               "alias_index": alias_index}
+    if tree is not None:
+        depth = tree[1].shape[1] if tree[1].dim() == 2 else -1
+        expected.update({"tree.syn1": ((vocab, dim), (torch.float32,)), "tree.points": ((vocab, depth), (torch.int32,)),
+                         "tree.codes": ((vocab, depth), (torch.uint8,)), "tree.lengths": ((vocab,), (torch.int32,))})
+        tensors.update(zip(("tree.syn1", "tree.points", "tree.codes", "tree.lengths"), tree, strict=True))
+    for name, t in tensors.items():
+        shape, dtypes = expected[name]
+        if tuple(t.shape) != shape or t.dtype not in dtypes or not t.is_contiguous() or t.device != syn0.device:
+            raise ValueError(f"{name}: expected a contiguous {dtypes[0]} tensor of shape {shape} on syn0's device "
+                             f"{syn0.device}, got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
 def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.Tensor, alphas: torch.Tensor,
                        bounds: torch.Tensor, alias_prob: torch.Tensor, alias_index: torch.Tensor, *, mode: str,
                        window: int, negative: int, cbow_mean: bool, shrink_windows: bool, compute_loss: bool,
@@ -313,6 +340,7 @@ def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.
     place; points [V, L] int32; codes [V, L] uint8; lengths [V] int32) on the tables' device, or None;
     negative 0 needs it. The caller (word2vec_ops) has validated ids and sizes.
     """
+    check_train_sizes(syn0, syn1neg, tokens, alphas, bounds, alias_prob, alias_index, tree)
     num_slices = bounds.shape[0]
     loss = memory.empty((num_slices,), dtype=torch.float64, device=syn0.device)  # every program writes its slot
     if num_slices == 0:

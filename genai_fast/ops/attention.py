@@ -550,7 +550,7 @@ def _auto_key(op: Op, inputs: dict[str, Any]) -> tuple[Any, ...]:
     return (op.name, len(op.implementations), inputs["device"], inputs["dtype"], inputs["head_dim"],
             inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
             bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")), bool(inputs.get("backward")),
-            _cpp_pays(inputs), triton_interpreter_enabled())
+            _cpp_pays(inputs), triton_interpreter_enabled(), inputs.get("offsets_32bit", True))
 
 
 def _select_while_tracing(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementation | None:
@@ -580,7 +580,14 @@ def _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal=False) -
             "needs_grad": grad_enabled and (query.requires_grad or key.requires_grad or value.requires_grad),
             "keys": key.shape[-2], "queries": query.shape[-2], "rows": query.numel() // max(query.shape[-1], 1),
             "is_causal": bool(is_causal),
-            "tensors": (query, key, value), "has_mask": attn_mask is not None}
+            "tensors": (query, key, value), "has_mask": attn_mask is not None,
+            "offsets_32bit": all(_slice_reach(t) < 2**31 for t in (query, key, value, attn_mask) if t is not None)}
+
+
+def _slice_reach(t: torch.Tensor) -> int:
+    """How far apart (in elements) two entries of one [rows, columns] slice of t can lie: the Triton kernels
+    index inside a (batch, head) slice with 32-bit products (kernels/attention.py offset_reasons)."""
+    return max(((n - 1) * abs(st) for n, st in zip(t.shape[-2:], t.stride()[-2:], strict=True)), default=0)
 
 
 # ---------------------------------------------------------------- call plans
@@ -688,7 +695,7 @@ def _sdpa_op(
     """4-D inputs -> (out [B, Hq, Sq, Dv], lse [B, Hq, Sq] fp32, natural log, -inf for empty rows)."""
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         return _sdpa_torch(query, key, value, attn_mask, is_causal, scale)
-    inputs = {**_dispatch_inputs(query, key, value, None, 0.0, is_causal), "has_mask": attn_mask is not None}
+    inputs = _dispatch_inputs(query, key, value, attn_mask, 0.0, is_causal)  # autograd is off here: no mask_grad
     return _select(ATTENTION, inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale)
 
 
@@ -714,8 +721,8 @@ def _sdpa_backward_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dmask); dmask is [B, Hq, Sq, Sk] when mask_grad, else an empty tensor."""
-    inputs = {**_dispatch_inputs(query, key, value, None, 0.0, is_causal), "mask_grad": mask_grad,
-              "has_mask": attn_mask is not None, "backward": True}
+    inputs = {**_dispatch_inputs(query, key, value, attn_mask, 0.0, is_causal), "mask_grad": mask_grad,
+              "backward": True}
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         impl = ATTENTION_BWD.get("torch")
     else:
@@ -810,6 +817,9 @@ def _triton_reasons(inputs: dict[str, Any]) -> list[str]:
         reasons.append("dropout_p > 0 runs on the reference (the kernels have no dropout)")
     if inputs.get("mask_grad"):
         reasons.append("the gradient of an additive attn_mask is computed by the reference")
+    if not inputs.get("offsets_32bit", True):
+        reasons.append("a tensor's rows or columns lie 2^31 or more elements apart within one (batch, head) "
+                       "slice, past the kernels' 32-bit offsets")
     return reasons
 
 

@@ -70,9 +70,13 @@ def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.
     if num_slices == 0:
         return loss
     index = device_index(syn0.device)
+    shared = WARPS * warp_area_bytes(mode, dim, window, negative, depth)
+    limit = device_shared_limit(index)
+    if shared > limit:
+        raise ValueError(f"dim/window/negative: a block's staging areas ({shared} bytes) exceed this GPU's "
+                         f"{limit} bytes of shared memory per block")
     launcher = load_launcher(SOURCE, "word2vec_train", TRAIN_SIGNATURE, index)
     blocks = -(-num_slices // WARPS)
-    shared = WARPS * warp_area_bytes(mode, dim, window, negative, depth)
     tree_ptrs = (0, 0, 0, 0) if tree is None else tuple(t.data_ptr() for t in tree)
     args = (syn0.data_ptr(), syn1neg.data_ptr(), tokens.data_ptr(), alphas.data_ptr(), bounds.data_ptr(),
             alias_prob.data_ptr(), alias_index.data_ptr(), loss.data_ptr(), *tree_ptrs, num_slices, vocab, dim,
@@ -83,6 +87,13 @@ def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.
             _opt_in_shared_memory(launcher, shared)
         launcher((blocks, 1, 1), (32 * WARPS, 1, 1), args, torch_stream_pointer(index), shared_mem=shared)
     return loss
+
+
+def device_shared_limit(index: int) -> int:
+    """Dynamic shared memory a block of device `index` may opt in to: MAX_OPTIN_SHARED_BYTES, or less where the
+    GPU has less (sm_75: 64 KB; the capability check admits compute capability 7.0 and up)."""
+    props = torch.cuda.get_device_properties(index)
+    return min(MAX_OPTIN_SHARED_BYTES, int(getattr(props, "shared_memory_per_block_optin", MAX_OPTIN_SHARED_BYTES)))
 
 
 def _opt_in_shared_memory(launcher: Any, shared: int) -> None:
