@@ -587,7 +587,10 @@ def _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal=False) -
 def _slice_reach(t: torch.Tensor) -> int:
     """How far apart (in elements) two entries of one [rows, columns] slice of t can lie: the Triton kernels
     index inside a (batch, head) slice with 32-bit products (kernels/attention.py offset_reasons)."""
-    return max(((n - 1) * abs(st) for n, st in zip(t.shape[-2:], t.stride()[-2:], strict=True)), default=0)
+    reach = 0
+    for n, step in zip(t.shape[-2:], t.stride()[-2:], strict=True):  # a plain loop: torch.compile traces it
+        reach = max(reach, (n - 1) * abs(step))
+    return reach
 
 
 # ---------------------------------------------------------------- call plans
