@@ -15,7 +15,9 @@ implementations should be raced rather than taken in priority order sets `Op.cho
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,13 +127,50 @@ def _triton_cpu_reasons(forced: bool) -> list[str]:
     return []
 
 
+# Orders the backend records of every op and thread (itertools.count's next() is atomic under the GIL).
+_RECORD_ORDER = itertools.count()
+_THREAD_KIND = threading.local()
+
+
+def _on_foreign_thread() -> bool:
+    """Whether this thread was started outside Python's threading module (autograd's device threads, which run a
+    GPU backward while the thread that called backward() waits); found once per thread."""
+    try:
+        return _THREAD_KIND.foreign
+    except AttributeError:
+        _THREAD_KIND.foreign = isinstance(threading.current_thread(), threading._DummyThread)
+        return _THREAD_KIND.foreign
+
+
+class _BackendRecord:
+    """The backend an op's latest call ran, per thread: the patched diffusers U-Net reads it right after its own
+    call to decide what to replay, and a process-wide value let a call in another thread in between make it replay
+    an implementation chosen for other inputs (which then raised, or computed something else). A call made on a
+    foreign thread (a GPU backward) counts for every thread, as it runs for a caller that is waiting on it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._foreign: tuple[int, str | None] = (-1, None)
+
+    def get(self) -> str | None:
+        own = getattr(self._local, "entry", (-1, None))
+        return max(own, self._foreign, key=lambda entry: entry[0])[1]
+
+    def set(self, backend: str | None) -> None:
+        entry = (next(_RECORD_ORDER), backend)
+        self._local.entry = entry
+        if _on_foreign_thread():
+            self._foreign = entry
+
+
 @dataclass
 class Op:
-    """An op's registered implementations, in priority order, and the dispatcher over them."""
+    """An op's registered implementations, in priority order, and the dispatcher over them.
+
+    `last_backend` is the backend of the latest call made from the current thread (see _BackendRecord)."""
 
     name: str
     implementations: list[Implementation] = field(default_factory=list)
-    last_backend: str | None = None
     # Optional: choose(inputs, runnable) -> the implementation to run, given every implementation that can
     # run `inputs` (in priority order). None: the first one wins. Automatic mode only; forcing bypasses it.
     choose: Callable[[dict[str, Any], list[Implementation]], Implementation] | None = None
@@ -141,6 +180,15 @@ class Op:
     _extra_names: tuple[str, ...] | None = field(default=None, repr=False)
     # Whether automatic choices may be cached by (device, dtype): no implementation checks anything else.
     _cacheable: bool = field(default=True, repr=False)
+    _backend_record: _BackendRecord = field(default_factory=_BackendRecord, repr=False, compare=False)
+
+    @property
+    def last_backend(self) -> str | None:
+        return self._backend_record.get()
+
+    @last_backend.setter
+    def last_backend(self, backend: str | None) -> None:
+        self._backend_record.set(backend)
 
     def register(
         self,

@@ -3,9 +3,11 @@ prompt for a batch); `Engine.stream(...)` -> TextStream of text pieces."""
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import operator
 import os
+import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -185,6 +187,28 @@ class TextStream:
             yield rest
 
 
+class _OneGeneration:
+    """The engine's KV cache and CUDA graphs serve one generation at a time: a generation in another thread waits
+    for the running one, and one started in the thread that already runs one (while a stream is unfinished)
+    raises instead of overwriting its cache."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        if self._owner == threading.get_ident():
+            raise RuntimeError("this engine is already generating in this thread (an unfinished stream?): iterate "
+                               "it to the end or drop it first, or load a second engine")
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
+
+
 class Engine:
     """A loaded model, its tokenizer and a static KV cache of `max_seq_len` positions per sequence."""
 
@@ -195,6 +219,7 @@ class Engine:
         self.cuda_graph = cuda_graph
         self.sync_every = GPU_SYNC_EVERY if self.device.type == "cuda" else 1
         self._graphs: dict[int, CudaGraphStepper] = {}
+        self._in_use = _OneGeneration()
         self.weight_format = f"{model.dtype} weights".replace("torch.", "")  # load() says more for GGUF blocks
 
     def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
@@ -309,6 +334,12 @@ class Engine:
                 stop_strings: list[str], sync_every: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
         """Yields, after each read of the new tokens, what each sequence gained since the last one (cut at its
         stop); returns the results. The device runs `sync_every` steps between two reads."""
+        with self._in_use.hold():
+            return (yield from self._decode_held(prompts, max_new_tokens, sample, stop_ids, stop_strings, sync_every))
+
+    def _decode_held(self, prompts: list[list[int]], max_new_tokens: int, sample: Sampler, stop_ids: set[int],
+                     stop_strings: list[str], sync_every: int
+                     ) -> Generator[list[list[int]], None, list[GenerationResult]]:
         B, lengths = len(prompts), [len(p) for p in prompts]
         self.model.allocate_cache(B, self.max_seq_len)
         stepper = self._stepper(B)  # before the prefill: capturing a graph writes cache position 0
