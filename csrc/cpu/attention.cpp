@@ -384,16 +384,20 @@ void validate(const AttentionArgs& a) {
   for (int i = 0; i < 3; ++i) {
     require(a.q_strides[i] >= 0 && a.k_strides[i] >= 0 && a.v_strides[i] >= 0, "strides: expected >= 0");
   }
-  auto last = [](const int64_t* strides, int64_t n0, int64_t n1, int64_t n2, int64_t d) {
-    return (n0 - 1) * strides[0] + (n1 - 1) * strides[1] + (n2 - 1) * strides[2] + d;
+  auto last = [](const int64_t* strides, int64_t n0, int64_t n1, int64_t n2, int64_t d, const char* name) {
+    return checked_span({n0, n1, n2}, {strides[0], strides[1], strides[2]}, d, name);
   };
-  require(last(a.q_strides, a.B, a.Hq, a.Sq, a.D) <= a.q_extent, "q: its shape and strides reach past its buffer");
-  require(last(a.k_strides, a.B, a.Hkv, a.Sk, a.D) <= a.k_extent, "k: its shape and strides reach past its buffer");
-  require(last(a.v_strides, a.B, a.Hkv, a.Sk, a.Dv) <= a.v_extent, "v: its shape and strides reach past its buffer");
-  require(a.out_numel == a.B * a.Hq * a.Sq * a.Dv,
-          "out: expected " + std::to_string(a.B * a.Hq * a.Sq * a.Dv) + " elements, got " + std::to_string(a.out_numel));
-  require(a.lse == nullptr || a.lse_numel == a.B * a.Hq * a.Sq,
-          "lse: expected " + std::to_string(a.B * a.Hq * a.Sq) + " elements, got " + std::to_string(a.lse_numel));
+  require(last(a.q_strides, a.B, a.Hq, a.Sq, a.D, "q") <= a.q_extent,
+          "q: its shape and strides reach past its buffer");
+  require(last(a.k_strides, a.B, a.Hkv, a.Sk, a.D, "k") <= a.k_extent,
+          "k: its shape and strides reach past its buffer");
+  require(last(a.v_strides, a.B, a.Hkv, a.Sk, a.Dv, "v") <= a.v_extent,
+          "v: its shape and strides reach past its buffer");
+  const int64_t rows = checked_product({a.B, a.Hq, a.Sq}, "q"), out_numel = checked_mul(rows, a.Dv, "out");
+  require(a.out_numel == out_numel,
+          "out: expected " + std::to_string(out_numel) + " elements, got " + std::to_string(a.out_numel));
+  require(a.lse == nullptr || a.lse_numel == rows,
+          "lse: expected " + std::to_string(rows) + " elements, got " + std::to_string(a.lse_numel));
   require(std::isfinite(a.scale), "scale: expected a finite value");
   require(a.num_threads >= 1, "num_threads: expected >= 1");
   require(a.streamed >= -1 && a.streamed <= 1, "streamed: expected -1 (by size), 0 or 1");

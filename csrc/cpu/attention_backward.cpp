@@ -247,16 +247,18 @@ void validate(const AttentionBackwardArgs& a) {
     require(got == want, std::string(name) + ": expected " + std::to_string(want) + " elements, got " +
                              std::to_string(got));
   };
-  const int64_t q_rows = a.B * a.Hq * a.Sq, kv_rows = a.B * a.Hkv * a.Sk;
-  check(a.q_numel, q_rows * a.D, "q");
-  check(a.k_numel, kv_rows * a.D, "k");
-  check(a.v_numel, kv_rows * a.Dv, "v");
-  check(a.out_numel, q_rows * a.Dv, "out");
-  check(a.grad_out_numel, q_rows * a.Dv, "grad_out");
+  const int64_t q_rows = checked_product({a.B, a.Hq, a.Sq}, "q"), kv_rows = checked_product({a.B, a.Hkv, a.Sk}, "k");
+  const int64_t q_numel = checked_mul(q_rows, a.D, "q"), out_numel = checked_mul(q_rows, a.Dv, "out");
+  const int64_t k_numel = checked_mul(kv_rows, a.D, "k"), v_numel = checked_mul(kv_rows, a.Dv, "v");
+  check(a.q_numel, q_numel, "q");
+  check(a.k_numel, k_numel, "k");
+  check(a.v_numel, v_numel, "v");
+  check(a.out_numel, out_numel, "out");
+  check(a.grad_out_numel, out_numel, "grad_out");
   check(a.lse_numel, q_rows, "lse");
-  check(a.dq_numel, q_rows * a.D, "dq");
-  check(a.dk_numel, kv_rows * a.D, "dk");
-  check(a.dv_numel, kv_rows * a.Dv, "dv");
+  check(a.dq_numel, q_numel, "dq");
+  check(a.dk_numel, k_numel, "dk");
+  check(a.dv_numel, v_numel, "dv");
   require(std::isfinite(a.scale), "scale: expected a finite value");
   require(a.num_threads >= 1, "num_threads: expected >= 1");
   validate_mask(a.mask, a.B, a.Hq, a.Sq, a.Sk);

@@ -64,7 +64,7 @@ inline void validate_mask(const AttentionMask& m, int64_t B, int64_t Hq, int64_t
   const int64_t sizes[4] = {B, Hq, Sq, Sk};
   for (int i = 0; i < 4; ++i) {
     require(m.strides[i] >= 0, "mask: expected strides >= 0");
-    last += (sizes[i] - 1) * m.strides[i];
+    last = checked_add(last, checked_mul(sizes[i] - 1, m.strides[i], "mask"), "mask");
   }
   require(last < m.extent, "mask: its shape [B, Hq, Sq, Sk] and strides reach past its buffer");
 }

@@ -27,7 +27,8 @@ T* as_ptr(uintptr_t address) {
 }
 
 void group_norm_forward_py(uintptr_t x, int64_t x_numel, uintptr_t out, int64_t out_numel, uintptr_t weight,
-                           uintptr_t bias, int dtype_code, int64_t N, int64_t C, int64_t S, int64_t G,
+                           int64_t weight_numel, uintptr_t bias, int64_t bias_numel, int dtype_code, int64_t N,
+                           int64_t C, int64_t S, int64_t G,
                            bool channels_last, double eps, bool silu, int num_threads) {
   GroupNormArgs args;
   args.x = as_ptr<const void>(x);
@@ -37,6 +38,7 @@ void group_norm_forward_py(uintptr_t x, int64_t x_numel, uintptr_t out, int64_t 
   args.dtype = dtype_from_code(dtype_code);
   args.N = N, args.C = C, args.S = S, args.G = G;
   args.x_numel = x_numel, args.out_numel = out_numel;
+  args.weight_numel = weight_numel, args.bias_numel = bias_numel;
   args.channels_last = channels_last;
   args.eps = eps;
   args.silu = silu;
@@ -324,10 +326,12 @@ PYBIND11_MODULE(_C, m) {
   m.attr("built_with_openmp") = false;
 #endif
   m.def("group_norm_forward", &group_norm_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("out"),
-        py::arg("out_numel"), py::arg("weight"), py::arg("bias"), py::arg("dtype_code"), py::arg("N"),
+        py::arg("out_numel"), py::arg("weight"), py::arg("weight_numel"), py::arg("bias"), py::arg("bias_numel"),
+        py::arg("dtype_code"), py::arg("N"),
         py::arg("C"), py::arg("S"), py::arg("G"), py::arg("channels_last"), py::arg("eps"), py::arg("silu"),
         py::arg("num_threads"),
-        "GroupNorm(+SiLU) over [N, C, S] data at raw addresses; weight/bias fp32 [C] or 0.");
+        "GroupNorm(+SiLU) over [N, C, S] data at raw addresses; weight/bias fp32 [C] (their element counts "
+        "checked against C) or 0.");
   m.def("skinny_linear_forward", &skinny_linear_forward_py, py::arg("x"), py::arg("x_numel"),
         py::arg("x_row_stride"), py::arg("weight"), py::arg("weight_numel"), py::arg("bias"), py::arg("bias_numel"),
         py::arg("out"), py::arg("out_numel"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("num_threads"),

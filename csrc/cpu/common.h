@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -26,6 +27,42 @@ inline DType dtype_from_code(int code) {
 
 inline void require(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
+}
+
+// a * b and a + b over sizes, strides and element counts, throwing std::invalid_argument that names `what` when
+// the result leaves int64: sizes whose product wraps around could otherwise equal a small element count and pass
+// the extent checks, and the kernel would then index far past the buffer.
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t result;
+  if (__builtin_mul_overflow(a, b, &result)) {
+    throw std::invalid_argument(std::string(what) + ": sizes too large (an element count overflows int64)");
+  }
+  return result;
+}
+
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t result;
+  if (__builtin_add_overflow(a, b, &result)) {
+    throw std::invalid_argument(std::string(what) + ": sizes too large (an element count overflows int64)");
+  }
+  return result;
+}
+
+// The product of `sizes` (an element count), checked as above.
+inline int64_t checked_product(std::initializer_list<int64_t> sizes, const char* what) {
+  int64_t result = 1;
+  for (int64_t size : sizes) result = checked_mul(result, size, what);
+  return result;
+}
+
+// Elements a view spans from its first element to one past its last: rows of `row` unit-stride elements at
+// `strides` over `sizes` (each >= 1, strides >= 0), that is sum (size_i - 1) * stride_i + row, checked as above.
+inline int64_t checked_span(std::initializer_list<int64_t> sizes, std::initializer_list<int64_t> strides, int64_t row,
+                            const char* what) {
+  int64_t span = row;
+  const int64_t* stride = strides.begin();
+  for (int64_t size : sizes) span = checked_add(span, checked_mul(size - 1, *stride++, what), what);
+  return span;
 }
 
 // Runs fn(task) for task in [0, num_tasks) on up to num_threads threads (the caller's and pooled ones,

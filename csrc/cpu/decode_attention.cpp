@@ -369,23 +369,25 @@ void validate(const DecodeAttentionArgs& a) {
             "lengths: sequence " + std::to_string(b) + " has " + std::to_string(a.lengths[b]) +
                 " positions, expected 0 to S_max=" + std::to_string(a.S_max));
   }
-  auto last = [](const int64_t* strides, int64_t n0, int64_t n1, int64_t n2, int64_t d) {
-    return (n0 - 1) * strides[0] + (n1 - 1) * strides[1] + (n2 - 1) * strides[2] + d;
+  auto last = [](const int64_t* strides, int64_t n0, int64_t n1, int64_t n2, int64_t d, const char* name) {
+    return checked_span({n0, n1, n2}, {strides[0], strides[1], strides[2]}, d, name);
   };
   for (int i = 0; i < 3; ++i) {
     require(a.q_strides[i] >= 0 && a.k_strides[i] >= 0 && a.v_strides[i] >= 0, "strides: expected >= 0");
   }
-  require(last(a.q_strides, a.B, a.Hq, a.Sq, a.D) <= a.q_extent, "q: its shape and strides reach past its buffer");
+  require(last(a.q_strides, a.B, a.Hq, a.Sq, a.D, "q") <= a.q_extent,
+          "q: its shape and strides reach past its buffer");
   const int64_t s_rows = std::max<int64_t>(a.S_max, 1);
-  require(last(a.k_strides, a.B, a.Hkv, s_rows, a.D) <= a.k_extent,
+  require(last(a.k_strides, a.B, a.Hkv, s_rows, a.D, "k_cache") <= a.k_extent,
           "k_cache: its shape and strides reach past its buffer");
-  require(last(a.v_strides, a.B, a.Hkv, s_rows, a.Dv) <= a.v_extent,
+  require(last(a.v_strides, a.B, a.Hkv, s_rows, a.Dv, "v_cache") <= a.v_extent,
           "v_cache: its shape and strides reach past its buffer");
   for (int i = 0; i < 3; ++i) require(a.out_strides[i] >= 0, "out strides: expected >= 0");
-  require(last(a.out_strides, a.B, a.Hq, a.Sq, a.Dv) <= a.out_extent,
+  require(last(a.out_strides, a.B, a.Hq, a.Sq, a.Dv, "out") <= a.out_extent,
           "out: its shape and strides reach past its buffer");
-  require(a.lse == nullptr || a.lse_numel == a.B * a.Hq * a.Sq,
-          "lse: expected " + std::to_string(a.B * a.Hq * a.Sq) + " elements, got " + std::to_string(a.lse_numel));
+  const int64_t rows = checked_product({a.B, a.Hq, a.Sq}, "q");
+  require(a.lse == nullptr || a.lse_numel == rows,
+          "lse: expected " + std::to_string(rows) + " elements, got " + std::to_string(a.lse_numel));
   require(a.num_threads >= 1, "num_threads: expected >= 1");
 }
 

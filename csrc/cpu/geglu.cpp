@@ -45,12 +45,14 @@ GF_CLONES void geglu_rows(const GegluArgs& a, int64_t begin, int64_t end) {
 void validate(const GegluArgs& a) {
   require(a.x != nullptr && a.out != nullptr, "x, out: expected non-null addresses");
   require(a.rows >= 1 && a.H >= 1, "x: expected a non-empty [rows, 2H] tensor");
-  require(a.x_row_stride >= 2 * a.H, "x: row stride " + std::to_string(a.x_row_stride) + " is below 2H=" +
-                                         std::to_string(2 * a.H));
-  require(a.x_numel >= (a.rows - 1) * a.x_row_stride + 2 * a.H,
+  const int64_t row = checked_mul(2, a.H, "x");
+  require(a.x_row_stride >= row, "x: row stride " + std::to_string(a.x_row_stride) + " is below 2H=" +
+                                     std::to_string(row));
+  require(a.x_numel >= checked_span({a.rows}, {a.x_row_stride}, row, "x"),
           "x: buffer of " + std::to_string(a.x_numel) + " elements is smaller than [rows, 2H] at its row stride");
-  require(a.out_numel == a.rows * a.H,
-          "out: expected " + std::to_string(a.rows * a.H) + " elements, got " + std::to_string(a.out_numel));
+  const int64_t out_numel = checked_mul(a.rows, a.H, "out");
+  require(a.out_numel == out_numel,
+          "out: expected " + std::to_string(out_numel) + " elements, got " + std::to_string(a.out_numel));
   require(a.num_threads >= 1, "num_threads: expected >= 1");
 }
 

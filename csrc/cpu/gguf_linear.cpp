@@ -131,7 +131,7 @@ void validate_blocks(const GgufLinearArgs& a) {
   require(a.N >= 1 && a.K >= 1, "blocks: expected a non-empty [N, K] matrix");
   require(a.K % kGgufBlockWeights == 0,
           "blocks: expected K to be a multiple of 32 (whole blocks), got K=" + std::to_string(a.K));
-  const int64_t expected = a.N * (a.K / kGgufBlockWeights) * gguf_block_bytes(a.kind);
+  const int64_t expected = checked_product({a.N, a.K / kGgufBlockWeights, gguf_block_bytes(a.kind)}, "blocks");
   require(a.blocks_bytes == expected, "blocks: expected " + std::to_string(expected) + " bytes for [" +
                                           std::to_string(a.N) + ", " + std::to_string(a.K) + "], got " +
                                           std::to_string(a.blocks_bytes));
@@ -147,11 +147,12 @@ void validate(const GgufLinearArgs& a) {
           "x: expected 1 to " + std::to_string(kGgufMaxRows) + " rows, got " + std::to_string(a.M));
   require(a.x_row_stride >= a.K, "x: row stride " + std::to_string(a.x_row_stride) + " is below K=" +
                                      std::to_string(a.K));
-  require(a.x_numel >= (a.M - 1) * a.x_row_stride + a.K, "x: buffer of " + std::to_string(a.x_numel) +
-                                                             " elements is smaller than [M, K] at its row stride");
+  require(a.x_numel >= checked_span({a.M}, {a.x_row_stride}, a.K, "x"),
+          "x: buffer of " + std::to_string(a.x_numel) + " elements is smaller than [M, K] at its row stride");
   require(a.bias == nullptr || a.bias_numel == a.N, "bias: expected " + std::to_string(a.N) + " elements, got " +
                                                         std::to_string(a.bias_numel));
-  require(a.out_numel == a.M * a.N, "out: expected " + std::to_string(a.M * a.N) + " elements, got " +
+  const int64_t out_numel = checked_mul(a.M, a.N, "out");
+  require(a.out_numel == out_numel, "out: expected " + std::to_string(out_numel) + " elements, got " +
                                         std::to_string(a.out_numel));
 }
 
@@ -175,7 +176,8 @@ const char* gguf_linear_isa() {
 
 void gguf_dequantize(const GgufLinearArgs& a) {
   validate_blocks(a);
-  require(a.out_numel == a.N * a.K, "out: expected " + std::to_string(a.N * a.K) + " elements, got " +
+  const int64_t out_numel = checked_mul(a.N, a.K, "out");
+  require(a.out_numel == out_numel, "out: expected " + std::to_string(out_numel) + " elements, got " +
                                         std::to_string(a.out_numel));
   parallel_for(a.N, a.num_threads, [&](int64_t n) { expand_range(a, n, n + 1); });
 }

@@ -171,7 +171,11 @@ void validate(const GroupNormArgs& a) {
   require(a.S >= 0, "S: expected >= 0, got " + std::to_string(a.S));
   require(a.G >= 1 && a.C % a.G == 0,
           "num_groups: expected a divisor of C=" + std::to_string(a.C) + ", got " + std::to_string(a.G));
-  const int64_t numel = a.N * a.C * a.S;
+  const int64_t numel = checked_product({a.N, a.C, a.S}, "x");
+  require(a.weight == nullptr || a.weight_numel == a.C,
+          "weight: expected C=" + std::to_string(a.C) + " elements, got " + std::to_string(a.weight_numel));
+  require(a.bias == nullptr || a.bias_numel == a.C,
+          "bias: expected C=" + std::to_string(a.C) + " elements, got " + std::to_string(a.bias_numel));
   require(a.x_numel == numel, "x: expected N*C*S=" + std::to_string(numel) + " elements, got " + std::to_string(a.x_numel));
   require(a.out_numel == numel,
           "out: expected N*C*S=" + std::to_string(numel) + " elements, got " + std::to_string(a.out_numel));

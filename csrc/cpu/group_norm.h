@@ -15,6 +15,7 @@ struct GroupNormArgs {
   DType dtype = DType::Float32;
   int64_t N = 0, C = 0, S = 0, G = 1;
   int64_t x_numel = 0, out_numel = 0;  // element counts of the buffers, checked against N*C*S
+  int64_t weight_numel = 0, bias_numel = 0;  // checked against C when weight / bias is given
   bool channels_last = false;
   double eps = 1e-5;
   bool silu = false;

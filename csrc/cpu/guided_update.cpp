@@ -49,7 +49,7 @@ void validate(const GuidedUpdateArgs& a) {
   require(a.x != nullptr && a.model_output != nullptr && a.out != nullptr,
           "x, model_output, out: expected non-null addresses");
   require(a.x_numel == a.n, "x: expected " + std::to_string(a.n) + " elements, got " + std::to_string(a.x_numel));
-  const int64_t model_n = a.guided ? 2 * a.n : a.n;
+  const int64_t model_n = a.guided ? checked_mul(2, a.n, "model_output") : a.n;
   require(a.model_numel == model_n, "model_output: expected " + std::to_string(model_n) + " elements, got " +
                                         std::to_string(a.model_numel));
   require(a.out_numel == a.n, "out: expected " + std::to_string(a.n) + " elements, got " +

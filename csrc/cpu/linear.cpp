@@ -84,13 +84,15 @@ void validate(const SkinnyLinearArgs& a) {
   require(a.K >= 1 && a.N >= 1, "weight: expected a non-empty [N, K] matrix");
   require(a.x_row_stride >= a.K, "x: row stride " + std::to_string(a.x_row_stride) + " is below K=" +
                                      std::to_string(a.K));
-  require(a.x_numel >= (a.M - 1) * a.x_row_stride + a.K, "x: buffer of " + std::to_string(a.x_numel) +
-                                                             " elements is smaller than [M, K] at its row stride");
-  require(a.weight_numel == a.N * a.K, "weight: expected " + std::to_string(a.N * a.K) + " elements, got " +
-                                           std::to_string(a.weight_numel));
+  require(a.x_numel >= checked_span({a.M}, {a.x_row_stride}, a.K, "x"),
+          "x: buffer of " + std::to_string(a.x_numel) + " elements is smaller than [M, K] at its row stride");
+  const int64_t weight_numel = checked_mul(a.N, a.K, "weight");
+  require(a.weight_numel == weight_numel, "weight: expected " + std::to_string(weight_numel) + " elements, got " +
+                                              std::to_string(a.weight_numel));
   require(a.bias == nullptr || a.bias_numel == a.N, "bias: expected " + std::to_string(a.N) + " elements, got " +
                                                         std::to_string(a.bias_numel));
-  require(a.out_numel == a.M * a.N, "out: expected " + std::to_string(a.M * a.N) + " elements, got " +
+  const int64_t out_numel = checked_mul(a.M, a.N, "out");
+  require(a.out_numel == out_numel, "out: expected " + std::to_string(out_numel) + " elements, got " +
                                         std::to_string(a.out_numel));
   require(a.num_threads >= 1, "num_threads: expected >= 1");
 }

@@ -41,12 +41,13 @@ void validate(const RmsNormArgs& a) {
   require(a.rows >= 1 && a.D >= 1, "x: expected a non-empty [rows, D] tensor");
   require(a.x_row_stride >= a.D, "x: row stride " + std::to_string(a.x_row_stride) + " is below D=" +
                                      std::to_string(a.D));
-  require(a.x_numel >= (a.rows - 1) * a.x_row_stride + a.D,
+  require(a.x_numel >= checked_span({a.rows}, {a.x_row_stride}, a.D, "x"),
           "x: buffer of " + std::to_string(a.x_numel) + " elements is smaller than [rows, D] at its row stride");
   require(a.weight == nullptr || a.weight_numel == a.D,
           "weight: expected " + std::to_string(a.D) + " elements, got " + std::to_string(a.weight_numel));
-  require(a.out_numel == a.rows * a.D,
-          "out: expected " + std::to_string(a.rows * a.D) + " elements, got " + std::to_string(a.out_numel));
+  const int64_t out_numel = checked_mul(a.rows, a.D, "out");
+  require(a.out_numel == out_numel,
+          "out: expected " + std::to_string(out_numel) + " elements, got " + std::to_string(a.out_numel));
   require(a.eps >= 0, "eps: expected >= 0");
   require(a.num_threads >= 1, "num_threads: expected >= 1");
 }

@@ -153,8 +153,18 @@ void openmp_run(int64_t num_tasks, int workers, const std::function<void(int64_t
 
 }  // namespace
 
+// The most threads a region starts. A caller's num_threads is only checked to be >= 1, and libgomp asked for
+// tens of thousands of threads exits the process ("Thread creation failed") or crashes. Past a few per core,
+// threads only wait for cores, so the cap costs no speed; it limits the threads, not the tasks, so no result
+// changes (word2vec's per-task random streams included).
+int max_workers() {
+  static const int cap = static_cast<int>(std::max<unsigned>(64, 4 * std::thread::hardware_concurrency()));
+  return cap;
+}
+
 void pool_run(int64_t num_tasks, int workers, const std::function<void(int64_t)>& fn) {
   if (num_tasks <= 0) return;
+  workers = std::min(workers, max_workers());
   bool nested = inside_region;
 #ifdef _OPENMP
   nested = nested || omp_in_parallel();

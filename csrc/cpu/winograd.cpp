@@ -151,6 +151,10 @@ void validate_shape(const WinogradShape& s) {
   require(s.N >= 1 && s.H >= 1 && s.W >= 1 && s.C >= 1 && s.C_out >= 1,
           "winograd: expected N, H, W, C, C_out >= 1, got " + count(s.N) + ", " + count(s.H) + ", " + count(s.W) +
               ", " + count(s.C) + ", " + count(s.C_out));
+  // Every element count the checks below compare (N*H*W*C, 16*P*C, 16*C*C_out, ...) is at most this product,
+  // so once it fits in int64 none of them wraps around.
+  checked_product({16, s.N, checked_add(s.H, 1, "winograd"), checked_add(s.W, 1, "winograd"), s.C, s.C_out},
+                  "winograd: N, H, W, C, C_out");
 }
 
 // Work split: about 64 tiles per task keeps a task's V/M rows in cache and the tasks plentiful.
@@ -178,7 +182,8 @@ void validate(const WinogradWeightArgs& a) {
   const WinogradShape& s = a.shape;
   require(a.weight != nullptr && a.U != nullptr, "weight, U: expected non-null addresses");
   for (int64_t stride : a.strides) require(stride >= 0, "weight: expected non-negative strides");
-  const int64_t last = (s.C_out - 1) * a.strides[0] + (s.C - 1) * a.strides[1] + 2 * a.strides[2] + 2 * a.strides[3];
+  const int64_t last = checked_span({s.C_out, s.C, 3, 3}, {a.strides[0], a.strides[1], a.strides[2], a.strides[3]},
+                                    0, "weight");
   require(last < a.weight_extent, "weight: its strides reach element " + count(last) + " of a buffer of " +
                                       count(a.weight_extent));
   require(a.U_numel == 16 * s.C * s.C_out, "U: expected 16*C*C_out=" + count(16 * s.C * s.C_out) +

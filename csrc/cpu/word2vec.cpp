@@ -553,12 +553,12 @@ void validate_tables(const W2VTables& t, bool needs_syn1neg) {
   require(t.vocab >= 1, "vocab_size: expected >= 1, got " + str(t.vocab));
   require(t.vocab <= std::numeric_limits<int32_t>::max(), "vocab_size: expected < 2^31, got " + str(t.vocab));
   require(t.dim >= 1, "dim: expected >= 1, got " + str(t.dim));
-  require(t.syn0_numel == t.vocab * t.dim,
-          "syn0: expected vocab_size*dim=" + str(t.vocab * t.dim) + " elements, got " + str(t.syn0_numel));
+  const int64_t numel = checked_mul(t.vocab, t.dim, "syn0 (vocab_size*dim)");
+  require(t.syn0_numel == numel, "syn0: expected vocab_size*dim=" + str(numel) + " elements, got " + str(t.syn0_numel));
   require(t.syn0 != nullptr, "syn0: null data pointer");
   if (needs_syn1neg || t.syn1neg != nullptr) {
-    require(t.syn1neg_numel == t.vocab * t.dim,
-            "syn1neg: expected vocab_size*dim=" + str(t.vocab * t.dim) + " elements, got " + str(t.syn1neg_numel));
+    require(t.syn1neg_numel == numel,
+            "syn1neg: expected vocab_size*dim=" + str(numel) + " elements, got " + str(t.syn1neg_numel));
     require(t.syn1neg != nullptr, "syn1neg: null data pointer");
   }
   if (t.hs.enabled()) validate_tree(t);
@@ -590,7 +590,7 @@ void require_ids(const char* name, const int32_t* ids, int64_t n, int32_t lo, in
 void validate_tree(const W2VTables& t) {
   const W2VTree& h = t.hs;
   const int64_t V = t.vocab;
-  require(h.syn1_numel == V * t.dim,
+  require(h.syn1_numel == V * t.dim,  // validate_tables checked that V * dim fits
           "syn1: expected vocab_size*dim=" + str(V * t.dim) + " elements, got " + str(h.syn1_numel));
   require(h.depth >= 0 && h.depth <= kMaxTreeDepth,
           "tree depth: expected 0.." + str(kMaxTreeDepth) + ", got " + str(h.depth));
@@ -656,10 +656,10 @@ void validate(const W2VStepArgs& a) {
           "negative: expected 0.." + str(kMaxNegative) + ", got " + str(a.negative));
   require(a.centers_numel == a.batch, "centers: expected batch=" + str(a.batch) + " elements, got " +
                                           str(a.centers_numel));
-  require(a.contexts_numel == a.batch * a.num_contexts, "contexts: expected batch*num_contexts=" +
-                                                            str(a.batch * a.num_contexts) + " elements, got " +
-                                                            str(a.contexts_numel));
-  const int64_t neg = a.mode == W2VMode::SgPair ? a.batch * a.num_contexts * a.negative : a.batch * a.negative;
+  const int64_t contexts = checked_mul(a.batch, a.num_contexts, "contexts (batch*num_contexts)");
+  require(a.contexts_numel == contexts, "contexts: expected batch*num_contexts=" + str(contexts) +
+                                            " elements, got " + str(a.contexts_numel));
+  const int64_t neg = checked_mul(a.mode == W2VMode::SgPair ? contexts : a.batch, a.negative, "negatives");
   require(a.negatives_numel == neg,
           "negatives: expected " + str(neg) + " elements, got " + str(a.negatives_numel));
   require(a.loss == nullptr || a.loss_numel == a.batch,

@@ -19,9 +19,22 @@ def extension() -> ModuleType:
     return module
 
 
-def dtype_code(dtype: torch.dtype) -> int:
-    """The code the C++ side uses for `dtype` (fp32 0, fp16 1, bf16 2)."""
+def dtype_code(dtype: torch.dtype, name: str = "x") -> int:
+    """The code the C++ side uses for `dtype` (fp32 0, fp16 1, bf16 2); TypeError naming `name` for any other."""
+    if dtype not in _DTYPE_CODES:
+        raise TypeError(f"{name}: expected a float32, float16 or bfloat16 tensor, got {dtype}")
     return _DTYPE_CODES[dtype]
+
+
+def require_cpu(name: str, tensor: torch.Tensor, dtype: torch.dtype = torch.float32, contiguous: bool = False
+                ) -> None:
+    """Raise TypeError unless `tensor` is a CPU tensor of `dtype`, and ValueError when `contiguous` is asked
+    and it is not. The kernels get bare addresses and read them as `dtype` values in row-major order: another
+    dtype or layout reads the wrong numbers (and a narrower dtype reads past the buffer)."""
+    if tensor.dtype is not dtype or not tensor.is_cpu:
+        raise TypeError(f"{name}: expected a {dtype} CPU tensor, got {tensor.dtype} on {tensor.device}")
+    if contiguous and not tensor.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(tensor.stride())}")
 
 
 def address(tensor: torch.Tensor | None) -> int:

@@ -9,12 +9,28 @@ from typing import Any
 import torch
 
 from genai_fast.backends import memory
-from genai_fast.backends.cpp import extension
+from genai_fast.backends.cpp import extension, require_cpu
 
 
 def _extent(t: torch.Tensor) -> int:
     """Elements addressable from t.data_ptr() to the end of its storage."""
     return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, names: tuple[str, str, str]) -> None:
+    """fp32 CPU q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]: the kernels take B, Hq, Sq and D from q
+    and Hkv, Sk from k, so a k or v of other sizes would be read at the wrong places (or past its end)."""
+    for name, t in zip(names, (q, k, v), strict=True):
+        require_cpu(name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor, got shape {tuple(t.shape)}")
+    B, D = q.shape[0], q.shape[3]
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"{names[1]}: expected shape [{B}, Hkv, S, {D}] (q's batch and head dim), got "
+                         f"{tuple(k.shape)}")
+    if tuple(v.shape[:3]) != tuple(k.shape[:3]):
+        raise ValueError(f"{names[2]}: expected shape [{', '.join(map(str, k.shape[:3]))}, Dv] ({names[1]}'s first "
+                         f"three), got {tuple(v.shape)}")
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -31,6 +47,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     [B, Sq, Hq * Dv] is a view, as an attention layer's output projection wants it).
     with_lse: return (out, lse [B, Hq, Sq] fp32, each row's natural-log log-sum-exp of its scaled scores,
     -inf for a row that sees nothing)."""
+    _check_qkv(q, k_cache, v_cache, ("q", "k_cache", "v_cache"))
     q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
     B, Hq, Sq, D = q.shape
     Hkv, S_max, Dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
@@ -56,6 +73,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     [B, Hq, Sq, Sk] (any strides, broadcast views included) of booleans (False removes a score) or fp32 values
     added to the scaled scores; a masked call runs the key-blocked scheme. A row whose scores are all removed
     gives zeros and lse -inf."""
+    _check_qkv(q, k, v, ("q", "k", "v"))
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
@@ -74,6 +92,8 @@ def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int]) -> t
     attention_backward."""
     if mask is None:
         return 0, 0, [], 0
+    if not mask.is_cpu:
+        raise TypeError(f"mask: expected a CPU tensor, got one on {mask.device}")
     if tuple(mask.shape) != shape:
         raise ValueError(f"mask: expected shape {list(shape)} (a broadcast view is fine), got {list(mask.shape)}")
     if mask.dtype == torch.bool:
@@ -91,6 +111,9 @@ def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     """Gradients (dq, dk, dv) of `attention_fwd` (same shapes as q, k, v; contiguous) from its inputs, output
     `out`, row log-sum-exps `lse` and the output's gradient `grad_out` (fp32, CPU). mask: the forward's, as
     `attention_fwd` takes it (the mask's own gradient is not computed)."""
+    _check_qkv(q, k, v, ("q", "k", "v"))
+    for name, t in (("out", out), ("grad_out", grad_out), ("lse", lse)):
+        require_cpu(name, t)
     q, k, v, out, grad_out, lse = (t.contiguous() for t in (q, k, v, out, grad_out, lse))
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]

@@ -18,15 +18,22 @@ def group_norm_fwd(
     activation: str,
 ) -> torch.Tensor:
     """GroupNorm over x [N, C, *] (CPU, fp32/fp16/bf16) on all of torch's intra-op threads."""
+    if not x.is_cpu:
+        raise TypeError(f"x: expected a CPU tensor, got one on {x.device}")
+    code = dtype_code(x.dtype)
     view = as_ncs(x)
     out = memory.empty_like(view.tensor)
     w, b = _fp32_param(weight), _fp32_param(bias)
     extension().group_norm_forward(
-        address(view.tensor), view.tensor.numel(), address(out), out.numel(), address(w), address(b),
-        dtype_code(x.dtype), view.N, view.C, view.S, num_groups, view.channels_last, float(eps),
+        address(view.tensor), view.tensor.numel(), address(out), out.numel(), address(w), _numel(w), address(b),
+        _numel(b), code, view.N, view.C, view.S, num_groups, view.channels_last, float(eps),
         activation == "silu", torch.get_num_threads(),
     )
     return view.restore(out)
+
+
+def _numel(param: torch.Tensor | None) -> int:
+    return 0 if param is None else param.numel()
 
 
 def _fp32_param(param: torch.Tensor | None) -> torch.Tensor | None:

@@ -8,13 +8,17 @@ from __future__ import annotations
 import torch
 
 from genai_fast.backends import memory
-from genai_fast.backends.cpp import as_rows, extension
+from genai_fast.backends.cpp import as_rows, extension, require_cpu
 
 
 def skinny_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       num_threads: int | None = None) -> torch.Tensor:
     """x [*, K] with at most 16 rows in all (fp32, CPU), weight [N, K] contiguous, bias [N] or None
     -> [*, N], on num_threads threads (default: torch's intra-op thread count)."""
+    require_cpu("x", x)
+    require_cpu("weight", weight, contiguous=True)
+    if bias is not None:
+        require_cpu("bias", bias, contiguous=True)
     K, N = x.shape[-1], weight.shape[0]
     rows, M, row_stride = as_rows(x)
     out = memory.new_empty(x, (*x.shape[:-1], N))  # x is fp32 here

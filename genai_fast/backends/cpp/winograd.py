@@ -15,7 +15,7 @@ import threading
 import torch
 
 from genai_fast.backends import memory
-from genai_fast.backends.cpp import address, extension
+from genai_fast.backends.cpp import address, extension, require_cpu
 
 _WORKSPACE = threading.local()
 
@@ -46,6 +46,7 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      activation: str | None, output_scale: float) -> torch.Tensor:
     """x [N, C, H, W] fp32 CPU, dense channels_last; weight [C_out, C, 3, 3] fp32 (any strides); stride 1,
     padding 1 -> channels_last [N, C_out, H, W] = (act(conv + bias) + residual) * output_scale."""
+    _check_inputs(x, weight, bias, residual)
     ext, threads = extension(), torch.get_num_threads()
     N, C, H, W = x.shape
     C_out = weight.shape[0]
@@ -65,3 +66,27 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                                   0 if residual is None else residual.numel(), address(out), out.numel(), N, H, W,
                                   C_out, activation == "silu", float(output_scale), threads)
     return out
+
+
+def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  residual: torch.Tensor | None) -> None:
+    """What the transforms assume of their bare addresses (any other dtype, layout or shape would be read as
+    if it were this one): fp32 CPU tensors, x dense channels_last [N, C, H, W], weight [C_out, C, 3, 3],
+    bias contiguous [C_out] or [N, C_out], residual [N, C_out, H, W]."""
+    require_cpu("x", x)
+    require_cpu("weight", weight)
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"x: expected a dense channels_last [N, C, H, W] tensor, got shape {tuple(x.shape)} and "
+                         f"strides {tuple(x.stride())}")
+    N, C, H, W = x.shape
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (C, 3, 3):
+        raise ValueError(f"weight: expected shape [C_out, {C}, 3, 3], got {tuple(weight.shape)}")
+    C_out = weight.shape[0]
+    if bias is not None:
+        require_cpu("bias", bias, contiguous=True)
+        if tuple(bias.shape) not in ((C_out,), (N, C_out)):
+            raise ValueError(f"bias: expected shape [{C_out}] or [{N}, {C_out}], got {tuple(bias.shape)}")
+    if residual is not None:
+        require_cpu("residual", residual)
+        if tuple(residual.shape) != (N, C_out, H, W):
+            raise ValueError(f"residual: expected shape {[N, C_out, H, W]}, got {tuple(residual.shape)}")

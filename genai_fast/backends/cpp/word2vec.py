@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from genai_fast.backends.cpp import extension
+from genai_fast.backends.cpp import extension, require_cpu
+
+_INT32 = np.iinfo(np.int32)
 
 MODE_CODES = {"sg_pair": 0, "sg_shared": 1, "cbow": 2}
 
@@ -30,9 +32,9 @@ def _tree_args(tree: Any) -> tuple[dict[str, int], tuple[np.ndarray, ...]]:
     if syn1.dtype != np.float32 or not syn1.flags.c_contiguous or not syn1.flags.writeable:
         raise ValueError(f"hs.syn1: expected a writeable C-contiguous float32 table (updated in place), got "
                          f"{syn1.dtype}")
-    points = np.ascontiguousarray(_numpy(tree.points), dtype=np.int32)
+    points = _int32_array("hs.points", _numpy(tree.points))
     codes = np.ascontiguousarray(_numpy(tree.codes), dtype=np.uint8)
-    lengths = np.ascontiguousarray(_numpy(tree.lengths), dtype=np.int32)
+    lengths = _int32_array("hs.lengths", _numpy(tree.lengths))
     kwargs = {"syn1": int(syn1.ctypes.data), "syn1_numel": syn1.size, "points": int(points.ctypes.data),
               "points_numel": points.size, "codes": int(codes.ctypes.data), "codes_numel": codes.size,
               "lengths": int(lengths.ctypes.data), "lengths_numel": lengths.size,
@@ -40,15 +42,39 @@ def _tree_args(tree: Any) -> tuple[dict[str, int], tuple[np.ndarray, ...]]:
     return kwargs, (syn1, points, codes, lengths)
 
 
-def _ids(t: torch.Tensor) -> torch.Tensor:
+def _int32_array(name: str, a: np.ndarray) -> np.ndarray:
+    """a as a C-contiguous int32 array; ValueError when a value does not fit (a cast would wrap it around into
+    another, valid-looking id)."""
+    if a.dtype != np.int32 and a.size and (a.min() < _INT32.min or a.max() > _INT32.max):
+        raise ValueError(f"{name}: expected values that fit in int32, got {a.min()} .. {a.max()}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _ids(name: str, t: torch.Tensor) -> torch.Tensor:
+    """t as a contiguous int32 CPU tensor; ValueError when an id does not fit in int32 (see _int32_array)."""
+    if t.dtype != torch.int32 and t.numel() and (t.min() < _INT32.min or t.max() > _INT32.max):
+        raise ValueError(f"{name}: expected ids that fit in int32, got {int(t.min())} .. {int(t.max())}")
     return t.detach().to(device="cpu", dtype=torch.int32).contiguous()
+
+
+def _require_table(name: str, table: torch.Tensor) -> None:
+    """An embedding table the kernel updates in place: a contiguous float32 [V, D] CPU tensor."""
+    require_cpu(name, table, contiguous=True)
+    if table.dim() != 2:
+        raise ValueError(f"{name}: expected a [vocab, dim] table, got shape {tuple(table.shape)}")
 
 
 def word2vec_step(syn0: torch.Tensor, syn1neg: torch.Tensor | None, centers: torch.Tensor, contexts: torch.Tensor,
                   negatives: torch.Tensor, alpha: float, mode: str, cbow_mean: bool, tree: Any = None) -> torch.Tensor:
     """Apply the updates of a batch in place (syn0, syn1neg: contiguous float32 [V, D]; syn1neg may be None
     with a hierarchical-softmax tree and no negatives); returns loss [B] fp64."""
-    centers32, contexts32, negatives32 = _ids(centers), _ids(contexts), _ids(negatives)
+    _require_table("syn0", syn0)
+    if syn1neg is not None:
+        _require_table("syn1neg", syn1neg)
+        if syn1neg.shape != syn0.shape:
+            raise ValueError(f"syn1neg: expected syn0's shape {tuple(syn0.shape)}, got {tuple(syn1neg.shape)}")
+    centers32, contexts32 = _ids("centers", centers), _ids("contexts", contexts)
+    negatives32 = _ids("negatives", negatives)
     batch = centers32.numel()
     num_contexts = contexts32.shape[1] if contexts32.dim() == 2 else 0
     negative = negatives32.shape[-1] if negatives32.dim() >= 2 else 0
@@ -92,6 +118,8 @@ def word2vec_train(syn0: np.ndarray, syn1neg: np.ndarray, tokens: np.ndarray, of
             raise ValueError(f"{name}: expected a C-contiguous {np.dtype(dtype).name} array, got {arr.dtype}")
     if not (syn0.flags.writeable and syn1neg.flags.writeable):
         raise ValueError("syn0/syn1neg: expected writeable arrays")
+    if keep_prob is not None and (keep_prob.dtype != np.float32 or not keep_prob.flags.c_contiguous):
+        raise ValueError(f"keep_prob: expected a C-contiguous float32 array, got {keep_prob.dtype}")
     keep_addr, keep_numel = (0, 0) if keep_prob is None else (addr(keep_prob), keep_prob.size)
     tree_kwargs, _keep_alive = _tree_args(tree)
     raw, effective, loss = extension().word2vec_train(
