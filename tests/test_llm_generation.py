@@ -278,13 +278,17 @@ def test_decode_traffic_counts_a_tied_head_once():
     assert model.step_bytes(1) == weights - wpe + 2 * 64 * 4
 
 
-def test_two_thread_decode_on_the_cpp_linears_matches_hf_and_restores_threads():
-    """With several threads the decode step drops torch's to one around the C++ linears (their own pool)
-    and must give them back, even when a step raises; tokens still equal HF's."""
+@pytest.mark.parametrize("shared", [True, False], ids=["openmp-kernels", "own-pool-kernels"])
+def test_two_thread_decode_on_the_cpp_linears_matches_hf_and_restores_threads(shared, monkeypatch):
+    """With several threads and C++ linears on a pool of their own (an extension built without OpenMP), the
+    decode step drops torch's threads to one and must give them back, even when a step raises; on torch's own
+    OpenMP threads it leaves the process-wide setting alone. Tokens equal HF's either way."""
     from genai_fast.backends.availability import backend_unavailable_reasons
+    from genai_fast.llm import model as llm_model
 
     if backend_unavailable_reasons("cpp"):
         pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    monkeypatch.setattr(llm_model, "_kernels_share_torch_threads", lambda: shared)
     hf = _llama()
     engine = load(hf, max_seq_len=64)
     engine.eos_ids = set()
@@ -294,13 +298,16 @@ def test_two_thread_decode_on_the_cpp_linears_matches_hf_and_restores_threads():
         ids = [5, 17, 42, 9]
         assert engine.generate(ids, 12).ids == _hf_greedy(hf, ids, 12)
         assert torch.get_num_threads() == 2
+        inside = []
+
         def fail(*args):
-            assert torch.get_num_threads() == 1  # inside the step
+            inside.append(torch.get_num_threads())
             raise RuntimeError("step failed")
 
         engine.model.layers[0].step = fail
         with pytest.raises(RuntimeError, match="step failed"):
             engine.model.decode(torch.tensor([[1]]), torch.tensor([3], dtype=torch.int32), [3])
+        assert inside == [2 if shared else 1]
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)

@@ -426,12 +426,14 @@ class DecoderModel(nn.Module):
             if host_lengths is not None:
                 at = StepPositions(seqlens, host_lengths, seqlens + 1, self.decode_attend())
         linear = self.decode_linear(B)
-        # torch runs this step's other ops (all small) on one thread. When the C++ linears had a thread pool
-        # of their own, torch's OpenMP threads spinning between those ops took the cores from it (0.5x HF
-        # instead of 1.2x at two threads). The kernels now run on torch's OpenMP threads and a second thread
-        # for the small ops neither helps nor hurts (82.1 against 82.8 tokens/s, SmolLM2 batch 1, 2 threads).
+        # With a C++ pool of its own (an extension built without OpenMP), torch's OpenMP threads spinning between
+        # this step's small ops took the cores from it (0.5x HF instead of 1.2x at two threads): torch then runs
+        # them on one thread. The default build runs the kernels on torch's OpenMP threads, where that neither
+        # helps nor hurts (session 25, SmolLM2 batch 1, 2 threads: 130-151 tokens/s either way), and it is not
+        # done: set_num_threads is process-wide, and a server thread whose first torch call fell inside the step
+        # kept one thread for good.
         threads = torch.get_num_threads()
-        solo = threads > 1 and getattr(linear, "own_threads", False)
+        solo = threads > 1 and getattr(linear, "own_threads", False) and not _kernels_share_torch_threads()
         if solo:
             torch.set_num_threads(1)
         rms_norm = self.decode_rms_norm()
@@ -606,6 +608,14 @@ def _check_architecture(config: object) -> None:
             raise ValueError("unsupported GPT-2 variant: add_cross_attention=True (decoder-only models only)")
     elif getattr(config, "hidden_act", "silu") not in ("silu", "swish"):  # transformers maps both to SiLU
         raise ValueError(f"unsupported activation {config.hidden_act!r}: genai_fast.llm supports silu (SwiGLU)")
+
+
+def _kernels_share_torch_threads() -> bool:
+    """Whether the C++ kernels run on torch's OpenMP threads (the extension built with OpenMP)."""
+    try:
+        return bool(importlib.import_module("genai_fast._C").built_with_openmp)
+    except ImportError:
+        return False
 
 
 def context_limit(config: object) -> int:
