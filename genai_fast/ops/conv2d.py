@@ -687,7 +687,8 @@ def _time_cpu_ms(impls: tuple[Implementation, ...], args: tuple) -> dict[str, fl
 def measured_choices() -> list[dict[str, Any]]:
     """The timing results so far (GPU: the two cuDNN paths; CPU: Winograd against the direct convolution): for
     each shape key, each implementation's median ms and the winner."""
-    return [{"key": repr(key), "ms": timings, "chosen": _CHOICES[key]} for key, timings in _TIMINGS.items()]
+    # A snapshot: another thread's first call of a new shape may add a record meanwhile.
+    return [{"key": repr(key), "ms": timings, "chosen": _CHOICES[key]} for key, timings in list(_TIMINGS.items())]
 
 
 CONV2D.choose = _choose

@@ -67,7 +67,8 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stri
 
 def measured_routes() -> list[dict[str, Any]]:
     """The timings so far: for each shape key, each route's median ms and the one chosen."""
-    return [{"key": repr(key), **record} for key, record in _TIMINGS.items()]
+    # A snapshot: another thread's first call of a new shape may add a record meanwhile.
+    return [{"key": repr(key), **record} for key, record in list(_TIMINGS.items())]
 
 
 def _contested(x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int], dilation: list[int],
