@@ -43,11 +43,24 @@ struct Region {
   int64_t num_tasks;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mutex;
+  std::exception_ptr error;  // the first exception a task threw, rethrown on the caller's thread
 
-  // Claims and runs tasks until none are left.
+  // Claims and runs tasks until none are left. A task that throws (std::bad_alloc, say) must not end a pooled
+  // thread (the process would terminate) nor leave the caller waiting: every claimed task counts as done, and
+  // after a failure the rest are skipped.
   void work() {
     for (int64_t task = next.fetch_add(1); task < num_tasks; task = next.fetch_add(1)) {
-      (*fn)(task);
+      if (!failed.load(std::memory_order_relaxed)) {
+        try {
+          (*fn)(task);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) error = std::current_exception();
+          failed.store(true, std::memory_order_relaxed);
+        }
+      }
       done.fetch_add(1, std::memory_order_release);
     }
   }
@@ -103,8 +116,11 @@ struct Pool {
     wake.notify_all();
     region->work();
     while (region->done.load(std::memory_order_acquire) != num_tasks) cpu_relax();
-    std::lock_guard<std::mutex> lock(state_mutex);
-    current.reset();  // late joiners find nothing to do
+    {
+      std::lock_guard<std::mutex> lock(state_mutex);
+      current.reset();  // late joiners find nothing to do
+    }
+    if (region->error) std::rethrow_exception(region->error);  // every task has finished: fn is no longer used
   }
 };
 
@@ -177,9 +193,11 @@ void pool_run(int64_t num_tasks, int workers, const std::function<void(int64_t)>
   if (!forked) return openmp_run(num_tasks, workers, fn);
 #endif
   const std::function<void(int64_t)> marked = [&fn](int64_t task) {
-    inside_region = true;
+    struct Mark {  // reset even when fn throws: the thread's later regions must not run serially
+      Mark() { inside_region = true; }
+      ~Mark() { inside_region = false; }
+    } mark;
     fn(task);
-    inside_region = false;
   };
   pool().run(num_tasks, workers, marked);
 }
