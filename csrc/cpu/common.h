@@ -1,5 +1,5 @@
-// Shared helpers for the CPU kernels: a small parallel-for over std::thread, element conversions for
-// the dtypes the Python side passes (fp32, fp16, bf16), a vectorisable exp, and argument checks that
+// Shared helpers for the CPU kernels: a parallel-for (thread_pool.h: torch's OpenMP threads), element
+// conversions for the dtypes the Python side passes (fp32, fp16, bf16), a vectorisable exp, and argument checks that
 // throw std::invalid_argument (pybind11 turns it into ValueError) before any memory is touched.
 #pragma once
 

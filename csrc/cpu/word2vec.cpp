@@ -1,4 +1,4 @@
-// Word2vec SGNS training (skip-gram, CBOW) on Hogwild std::threads. See word2vec.h for the contract.
+// Word2vec SGNS training (skip-gram, CBOW) on Hogwild threads (thread_pool.h). See word2vec.h for the contract.
 //
 // Per centre word the work is a handful of dot products and axpys over rows of `dim` floats; they are
 // written with independent accumulators so the compiler vectorises them, and the whole per-thread loop

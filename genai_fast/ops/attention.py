@@ -143,7 +143,7 @@ def attention_with_kvcache(
         scale: defaults to 1 / sqrt(D).
         causal: aligned bottom-right: with L_b = cache_seqlens[b] + S_new, query i sees positions
             <= L_b - Sq + i. Otherwise every query sees positions < L_b.
-        backend: force "triton" or "torch"; None picks the fastest that can run.
+        backend: force "triton", "cpp" (CPU, fp32) or "torch"; None picks the fastest that can run.
 
     Returns [B, Hq, Sq, Dv]. cache_seqlens is not updated (the caller advances it). Validation reads
     cache_seqlens on the host before anything touches the caches (one sync when it is on a GPU), except

@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
     train.add_argument("--window", type=int, default=5)
     train.add_argument("--negative", type=int, default=5, help="noise words per positive pair (0 needs --hs)")
     train.add_argument("--hs", action="store_true",
-                       help="hierarchical softmax (alone with --negative 0, else beside negative sampling; CPU only)")
+                       help="hierarchical softmax (alone with --negative 0, else beside negative sampling)")
     train.add_argument("--min-count", type=int, default=5)
     train.add_argument("--sample", type=float, default=1e-3)
     train.add_argument("--alpha", type=float, default=0.025)
