@@ -105,14 +105,7 @@ def _run(unet: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor
 ALL_KINDS = [*COND_CONFIGS, *UNET2D_CONFIGS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These U-Nets are tiny: one thread does their ops as fast as two, and does not stall when the CI
-    machine's cores are busy (a two-thread OpenMP region waits for a descheduled worker)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)

@@ -20,12 +20,7 @@ SKIP_UNET = {"sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_c
              "up_block_types": ("AttnSkipUpBlock2D", "SkipUpBlock2D")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 def _skip_unet() -> torch.nn.Module:

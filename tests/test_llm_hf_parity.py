@@ -13,14 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import load  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Two cores shared by parallel jobs: one thread avoids OpenMP waits on descheduled workers (HF runs alike).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 def _llama(vocab_size: int = 128, **extra):

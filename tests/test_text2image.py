@@ -42,36 +42,11 @@ from genai_fast.diffusion.text2image.pipeline import (
     save_embedding,
 )
 from genai_fast.diffusion.text2image.text_encoder import TextEncoder, TextEncoderConfig
-from genai_fast.diffusion.text2image.tokenizer import CLIPTokenizer, default_vocab_path
-from genai_fast.diffusion.text2image.train import Trainer, TrainOptions, noisy
+from genai_fast.diffusion.text2image.tokenizer import CLIPTokenizer
+from genai_fast.diffusion.text2image.train import Trainer, noisy
+from tests.text2image_cases import TINY, needs_vocab, tiny_options
 
-try:
-    default_vocab_path()
-    HAVE_VOCAB = True
-except FileNotFoundError:
-    HAVE_VOCAB = False
-needs_vocab = pytest.mark.skipif(not HAVE_VOCAB,
-                                 reason="CLIP vocabulary missing: pip install --no-deps open-clip-torch")
-
-TINY = dict(dataset="digits", image_size=8, sample_size=8, holdout="nine", block_out_channels=(8, 16, 16),
-            norm_num_groups=4, attention_head_dim=4,
-            text={"vocab_size": 49408, "max_length": 16, "width": 16, "layers": 1, "heads": 2, "final_norm": False})
-
-
-def tiny_options(**kw) -> TrainOptions:
-    base = dict(steps=4, batch_size=16, lr=3e-3, warmup=1, checkpoint_every=2, sample_every=0,
-                samples_per_class=1, progress=False)
-    return TrainOptions(**{**base, **kw})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models here are far too small to gain from threads, and on a busy 2-core machine two
-    OpenMP threads per op wait on each other (this file ran 175 s with 2 threads, 11 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -25,34 +25,19 @@ from genai_fast.diffusion.text2image.evaluate import parse_runs
 from genai_fast.diffusion.text2image.invert import InvertOptions, invert
 from genai_fast.diffusion.text2image.model import ModelConfig, load_model, read_config
 from genai_fast.diffusion.text2image.pipeline import load_embedding, save_embedding
-from genai_fast.diffusion.text2image.tokenizer import check_new_token, default_vocab_path
+from genai_fast.diffusion.text2image.tokenizer import check_new_token
 from genai_fast.diffusion.text2image.train import Trainer, TrainingInterrupted, TrainOptions
-
-try:
-    default_vocab_path()
-    HAVE_VOCAB = True
-except FileNotFoundError:
-    HAVE_VOCAB = False
-needs_vocab = pytest.mark.skipif(not HAVE_VOCAB,
-                                 reason="CLIP vocabulary missing: pip install --no-deps open-clip-torch")
-
-TINY = dict(dataset="digits", image_size=8, sample_size=8, holdout="nine", block_out_channels=(8, 16, 16),
-            norm_num_groups=4, attention_head_dim=4,
-            text={"vocab_size": 49408, "max_length": 16, "width": 16, "layers": 1, "heads": 2, "final_norm": False})
+from tests import text2image_cases
+from tests.text2image_cases import TINY, needs_vocab
 
 
 def tiny_options(**kw) -> TrainOptions:
-    base = dict(steps=4, batch_size=16, lr=3e-3, warmup=1, checkpoint_every=100, sample_every=0,
-                samples_per_class=1, progress=False)
-    return TrainOptions(**{**base, **kw})
+    """The shared tiny options with no periodic checkpoint within a short run: a checkpoint here is one the
+    code under test wrote."""
+    return text2image_cases.tiny_options(**{"checkpoint_every": 100, **kw})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,7 @@ THREADS = 4
 ITERATIONS = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny calls: one intra-op thread each, so four callers do not wait on descheduled OpenMP workers of the
-    2-core CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 def _run_in_threads(work: Callable[[int], None], count: int = THREADS) -> None:
