@@ -32,6 +32,7 @@ import triton.language as tl
 
 from genai_fast.backends import memory
 from genai_fast.backends.availability import multiprocessor_count
+from genai_fast.ops.layout import slice_reach
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -454,11 +455,6 @@ def _batch_chunks(B: int, heads: int) -> list[slice]:
 INT32_MAX = 2**31 - 1
 
 
-def _reach(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
-    """The largest index-times-stride product of the last two dimensions (rows, columns)."""
-    return max((n - 1) * abs(st) for n, st in zip(shape[-2:], strides[-2:], strict=True))
-
-
 def offset_reasons(tensors: dict[str, tuple[tuple[int, ...], tuple[int, ...]] | torch.Tensor | None]) -> list[str]:
     """Why the kernels cannot address these [B, H, S, D] tensors (empty: they can): name -> tensor, or (shape,
     strides) of one the launcher will allocate. Batch and head offsets are 64-bit; a row or column index times
@@ -468,7 +464,7 @@ def offset_reasons(tensors: dict[str, tuple[tuple[int, ...], tuple[int, ...]] | 
         if t is None:
             continue
         shape, strides = (tuple(t.shape), t.stride()) if isinstance(t, torch.Tensor) else t
-        if _reach(shape, strides) > INT32_MAX:
+        if slice_reach(shape, strides) > INT32_MAX:
             reasons.append(f"{name}: shape {shape} with strides {strides} puts elements of one (batch, head) slice "
                            "2^31 or more apart, past the Triton kernels' 32-bit offsets (use the torch backend)")
     return reasons

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genai_fast.ops.checks import is_real_number
 from genai_fast.ops.guided_update import UpdateCoefficients, guided_update
 
 Generator = torch.Generator | list[torch.Generator] | None
@@ -620,8 +621,8 @@ def _per_item(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def check_guidance(guidance_scale: Any) -> float:
     """guidance_scale as a float; TypeError / ValueError naming it unless it is a finite number >= 0."""
-    # np.integer / np.floating count too (a scale taken from np.linspace), as everywhere a config takes a number.
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.integer, np.floating)):
+    # NumPy scalars count too (a scale taken from np.linspace), as everywhere a config takes a number.
+    if not is_real_number(guidance_scale):
         raise TypeError(f"guidance_scale: expected a number, got {type(guidance_scale).__name__}")
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale: expected a finite number >= 0, got {guidance_scale}")

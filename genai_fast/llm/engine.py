@@ -4,7 +4,6 @@ prompt for a batch); `Engine.stream(...)` -> TextStream of text pieces."""
 from __future__ import annotations
 
 import contextlib
-import numbers
 import operator
 import os
 import threading
@@ -18,6 +17,7 @@ import torch
 
 from genai_fast.llm.decode import CudaGraphStepper, EagerStepper, IncrementalText, Sampler
 from genai_fast.llm.model import DecoderModel, _check_architecture, from_hf
+from genai_fast.ops.checks import is_real_number
 
 DEFAULT_MAX_SEQ_LEN = 2048
 # How many decode steps a GPU runs between two reads of the new tokens (the EOS / stop checks): the steps after
@@ -436,11 +436,11 @@ def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p:
               prompt_len: int, max_seq_len: int, prompt_name: str = "prompt_or_ids") -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
-    if not _is_number(temperature) or not temperature >= 0:
+    if not is_real_number(temperature) or not temperature >= 0:
         raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
         raise ValueError(f"top_k: expected a positive integer or None, got {top_k!r}")
-    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_real_number(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p: expected a value in (0, 1], got {top_p!r}")
     if prompt_len > max_seq_len:
         raise ValueError(f"{prompt_name}: {prompt_len} tokens do not fit the context of {max_seq_len} positions")
@@ -452,10 +452,6 @@ def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p:
     if prompt_len + max_new_tokens - 1 > max_seq_len:
         raise ValueError(f"max_new_tokens: {prompt_len} prompt tokens + {max_new_tokens} new tokens exceed the "
                          f"KV cache of {max_seq_len} positions; lower it or load(max_seq_len=...)")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _token_ids(prompt: Any) -> list[int]:

@@ -35,6 +35,7 @@ from genai_fast.backends.dispatch import (
     validate_backend_name,
 )
 from genai_fast.ops.eager import can_bypass_custom_op, is_plain_eager
+from genai_fast.ops.layout import slice_reach
 from genai_fast.ops.plans import PlanTable, signatures_allowed, tensor_signature
 from genai_fast.ops.timing import median_ms
 
@@ -581,16 +582,9 @@ def _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal=False) -
             "keys": key.shape[-2], "queries": query.shape[-2], "rows": query.numel() // max(query.shape[-1], 1),
             "is_causal": bool(is_causal),
             "tensors": (query, key, value), "has_mask": attn_mask is not None,
-            "offsets_32bit": all(_slice_reach(t) < 2**31 for t in (query, key, value, attn_mask) if t is not None)}
-
-
-def _slice_reach(t: torch.Tensor) -> int:
-    """How far apart (in elements) two entries of one [rows, columns] slice of t can lie: the Triton kernels
-    index inside a (batch, head) slice with 32-bit products (kernels/attention.py offset_reasons)."""
-    reach = 0
-    for n, step in zip(t.shape[-2:], t.stride()[-2:], strict=True):  # a plain loop: torch.compile traces it
-        reach = max(reach, (n - 1) * abs(step))
-    return reach
+            # The Triton kernels' offsets inside one (batch, head) slice are 32-bit (kernels/attention.py).
+            "offsets_32bit": all(slice_reach(t.shape, t.stride()) < 2**31
+                                 for t in (query, key, value, attn_mask) if t is not None)}
 
 
 # ---------------------------------------------------------------- call plans

@@ -44,7 +44,7 @@ from genai_fast.backends.dispatch import (
     define_op,
     validate_backend_name,
 )
-from genai_fast.ops.checks import check_tensor_like_x
+from genai_fast.ops.checks import check_tensor_like_x, is_real_number
 from genai_fast.ops.conv2d_small import direct_conv
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.plans import PlanTable, signatures_allowed, tensor_signature
@@ -256,8 +256,8 @@ def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], 
         raise ValueError(f"residual: expected the output's shape {out_shape}, got {tuple(residual.shape)}")
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    # numbers.Real, not float: diffusers' skip blocks pass NumPy scalars (np.sqrt(2.0)).
-    if isinstance(output_scale, bool) or not isinstance(output_scale, numbers.Real):
+    # Any real number, not only float: diffusers' skip blocks pass NumPy scalars (np.sqrt(2.0)).
+    if not is_real_number(output_scale):
         raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
     if not math.isfinite(output_scale):
         raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")

@@ -9,9 +9,20 @@ every backend returns what `torch.empty_like(x)` would (the fake implementation'
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+
+def slice_reach(shape: Sequence[int], strides: Sequence[int]) -> int:
+    """How far apart, in elements, two entries of the last two dimensions (rows, columns) lie at most: the largest
+    index-times-stride product there. Kernels that index inside such a slice with 32-bit products need it below
+    2^31 (the Triton attention kernels)."""
+    reach = 0
+    for n, step in zip(shape[-2:], strides[-2:], strict=True):  # a plain loop: torch.compile traces it
+        reach = max(reach, (n - 1) * abs(step))
+    return reach
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
