@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from genai_fast.backends.availability import cpp_module
+from genai_fast.word2vec.storage import open_by_suffix
 
 BLOCK_BYTES = 2 << 20        # corpus_file read size
 CHUNK_TOKENS = 1 << 20       # tokens per training call for `sentences`
@@ -116,7 +117,7 @@ class LineSentence:
             self.source.seek(0)
             yield from self._sentences(self.source)
             return
-        with _open_corpus(self.source) as f:
+        with open_by_suffix(self.source, "rb") as f:  # .gz and .bz2 decompressed, as gensim's
             yield from self._sentences(f)
 
     def _sentences(self, lines: Iterable[bytes | str]) -> Iterator[list[str]]:
@@ -135,20 +136,6 @@ class LineSentence:
 
 def _is_open_file(source: Any) -> bool:
     return hasattr(source, "seek") and hasattr(source, "read")
-
-
-def _open_corpus(path: Path) -> Any:
-    """The file for reading bytes, decompressed when its name ends in .gz or .bz2."""
-    suffix = path.suffix.lower()
-    if suffix == ".gz":
-        import gzip
-
-        return gzip.open(path, "rb")
-    if suffix == ".bz2":
-        import bz2
-
-        return bz2.open(path, "rb")
-    return open(path, "rb")
 
 
 # ---------------------------------------------------------------- counting

@@ -7,8 +7,6 @@ word or per question. Files are written atomically; a truncated or corrupted fil
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import itertools
 import os
 from collections.abc import Iterable, Sequence
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from genai_fast.io import atomic_write
+from genai_fast.word2vec.storage import check_mmap, load_arrays, open_by_suffix, save_arrays
 
 Key = str
 PositiveOrNegative = Key | np.ndarray | tuple[Key | np.ndarray, float]
@@ -35,16 +34,6 @@ def _as_list(value: Any) -> list:
     if isinstance(value, (str, int, np.integer)) or (isinstance(value, np.ndarray) and value.ndim == 1):
         return [value]
     return list(value)
-
-
-def _open_file(name: str | os.PathLike, mode: str, data_path: str | os.PathLike | None = None, **text: Any) -> Any:
-    """Open `data_path` (default: `name`) for reading or writing, compressed with gzip or bz2 when `name` ends in
-    .gz or .bz2, as gensim's smart_open does (e.g. GoogleNews-vectors-negative300.bin.gz). `name` decides the
-    compression so that an atomic write's temporary file gets the target's."""
-    path = name if data_path is None else data_path
-    suffix = Path(name).suffix.lower()
-    opener = gzip.open if suffix == ".gz" else bz2.open if suffix == ".bz2" else open
-    return opener(path, mode, **text)
 
 
 def _is_count(topn: Any) -> bool:
@@ -559,7 +548,7 @@ class KeyedVectors:
         vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
 
         def write(tmp: str) -> None:
-            with _open_file(fname, "wb", tmp) as out:
+            with open_by_suffix(fname, "wb", tmp) as out:
                 if write_header:
                     out.write(f"{total_vec} {self.vector_size}\n".encode())
                 if binary:
@@ -593,13 +582,13 @@ class KeyedVectors:
         counts = None
         if fvocab is not None:
             counts = {}
-            with _open_file(fvocab, "rt", encoding=encoding, errors=unicode_errors) as fin:
+            with open_by_suffix(fvocab, "rt", encoding=encoding, errors=unicode_errors) as fin:
                 for line_no, line in enumerate(fin, 1):
                     parts = line.split()
                     if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                         raise Word2VecFormatError(f"{fvocab}: line {line_no}: expected 'word count', got {line!r}")
                     counts[parts[0]] = int(parts[1])
-        with _open_file(path, "rb") as fin:
+        with open_by_suffix(path, "rb") as fin:
             if no_header:
                 if binary:
                     raise NotImplementedError("no_header: only available for text-format files")
@@ -641,8 +630,6 @@ class KeyedVectors:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save to one .npz file (numpy arrays only, no pickle), atomically."""
-        from genai_fast.word2vec.storage import save_arrays
-
         save_arrays(path, {"vectors": self.vectors, **{f"attr_{k}": v for k, v in self.expandos.items()}},
                     {"kind": "KeyedVectors", "vector_size": self.vector_size, "index_to_key": self.index_to_key})
 
@@ -650,8 +637,6 @@ class KeyedVectors:
     def load(cls, path: str | os.PathLike, mmap: str | None = None) -> KeyedVectors:
         """Load a file written by `save`. mmap (gensim's memory-mapping mode) is accepted for compatibility; the
         arrays are read into memory (one .npz cannot be memory-mapped)."""
-        from genai_fast.word2vec.storage import check_mmap, load_arrays
-
         check_mmap(mmap)
 
         arrays, meta = load_arrays(path, expect_kind="KeyedVectors")
@@ -670,7 +655,7 @@ class KeyedVectors:
 
 
 def _write_text(name: str | os.PathLike, tmp: str, text: str) -> None:
-    with _open_file(name, "wt", tmp, encoding="utf-8") as out:
+    with open_by_suffix(name, "wt", tmp, encoding="utf-8") as out:
         out.write(text)
 
 

@@ -6,6 +6,8 @@ renamed over the target), so an interrupted save leaves the old file or none.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import os
 import zipfile
@@ -65,3 +67,14 @@ def check_mmap(mmap: Any) -> None:
     """gensim's load(mmap=...) values are accepted (the .npz is read into memory); anything else is an error."""
     if mmap not in MMAP_MODES:
         raise ValueError(f"mmap: expected one of {MMAP_MODES}, got {mmap!r}")
+
+
+def open_by_suffix(name: str | os.PathLike, mode: str, data_path: str | os.PathLike | None = None,
+                   **text: Any) -> Any:
+    """Open `data_path` (default: `name`) for reading or writing, compressed with gzip or bz2 when `name` ends in
+    .gz or .bz2, as gensim's smart_open does (e.g. GoogleNews-vectors-negative300.bin.gz). `name` decides the
+    compression so that an atomic write's temporary file gets the target's."""
+    path = name if data_path is None else data_path
+    suffix = Path(name).suffix.lower()
+    opener = gzip.open if suffix == ".gz" else bz2.open if suffix == ".bz2" else open
+    return opener(path, mode, **text)
