@@ -34,6 +34,7 @@ from genai_fast.backends.dispatch import (
     resolve_backend_name,
     validate_backend_name,
 )
+from genai_fast.ops.autocast import LOWER_PRECISION, autocast_active, autocast_dtype, autocast_off, cast_inputs
 from genai_fast.ops.eager import can_bypass_custom_op, is_plain_eager
 from genai_fast.ops.layout import slice_reach
 from genai_fast.ops.plans import PlanTable, signatures_allowed, tensor_signature
@@ -96,6 +97,13 @@ def scaled_dot_product_attention(
         torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p,
                                                          is_causal, scale=scale, enable_gqa=enable_gqa)
     """
+    if autocast_active(query):
+        # As torch's autocast treats its SDPA: query, key, value and a float mask in the lower precision.
+        dtype = autocast_dtype(LOWER_PRECISION, query.device.type)
+        query, key, value, attn_mask = cast_inputs(dtype, query, key, value, attn_mask)
+        with autocast_off(query):
+            return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                                enable_gqa, backend=backend)
     plan = _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
     if plan.route == "reference":
         # Dropout is random: the forward and its backward must see the same mask, so it runs as plain
@@ -159,6 +167,10 @@ def attention_with_kvcache(
             mask = causal bottom-right [Sq, L] if causal else None
             out[b] = F.scaled_dot_product_attention(q[b], keys, values, mask, scale=scale, enable_gqa=True)
     """
+    if autocast_active(q):
+        with autocast_off(q):  # the cache's dtype is the precision (ops/autocast.py)
+            return attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale=scale, causal=causal,
+                                          backend=backend)
     uniform = _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend)
     if cache_seqlens.device != q.device:
         # Lengths kept on the host were validated without a sync. A non-blocking copy from pageable memory is

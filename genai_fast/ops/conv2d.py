@@ -44,6 +44,7 @@ from genai_fast.backends.dispatch import (
     define_op,
     validate_backend_name,
 )
+from genai_fast.ops.autocast import LOWER_PRECISION, autocast_active, autocast_dtype, autocast_off, cast_inputs
 from genai_fast.ops.checks import check_tensor_like_x, is_real_number
 from genai_fast.ops.conv2d_small import direct_conv
 from genai_fast.ops.eager import can_bypass_custom_op
@@ -111,6 +112,9 @@ def conv2d(
         y = torch.nn.functional.silu(y) if activation == "silu" else y
         y = (y + residual) * output_scale
     """
+    if autocast_active(x):
+        return _conv2d_in_autocast(x, weight, bias, stride, padding, dilation, groups, activation, residual,
+                                   output_scale, backend)
     stride2, dilation2 = _pair("stride", stride), _pair("dilation", dilation)
     if isinstance(padding, str):
         x, padding = _string_padding(x, weight, padding, stride2, dilation2)
@@ -125,6 +129,24 @@ def conv2d(
         return _run(x, weight, bias, residual, stride2, padding2, dilation2, groups, act, plan.output_scale, backend)
     return torch.ops.genai_fast.conv2d(x, weight, bias, residual, stride2, padding2, dilation2, groups, act,
                                        plan.output_scale, backend or "")
+
+
+def _conv2d_in_autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair,
+                        padding: Pair | str, dilation: Pair, groups: int, activation: str | None,
+                        residual: torch.Tensor | None, output_scale: float, backend: str | None) -> torch.Tensor:
+    """conv2d inside an autocast region (ops/autocast.py): x, weight and bias cast as F.conv2d's are. A residual
+    of another dtype is added after the fused part, in the promoted dtype, as `conv(x) + residual` would be."""
+    x, weight, bias = cast_inputs(autocast_dtype(LOWER_PRECISION, x.device.type), x, weight, bias)
+    with autocast_off(x):
+        if not isinstance(residual, torch.Tensor) or residual.dtype == x.dtype:
+            return conv2d(x, weight, bias, stride, padding, dilation, groups, activation=activation,
+                          residual=residual, output_scale=output_scale, backend=backend)
+        _check_output_scale(output_scale)
+        y = conv2d(x, weight, bias, stride, padding, dilation, groups, activation=activation, backend=backend)
+        if residual.shape != y.shape or residual.device != y.device:
+            raise ValueError(f"residual: expected the output's shape {tuple(y.shape)} on {y.device}, got shape "
+                             f"{tuple(residual.shape)} on {residual.device}")
+        return (y + residual) * float(output_scale)
 
 
 def conv2d_reference(
@@ -256,13 +278,15 @@ def _validate(x: Any, weight: Any, bias: Any, residual: Any, stride: list[int], 
         raise ValueError(f"residual: expected the output's shape {out_shape}, got {tuple(residual.shape)}")
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    # Any real number, not only float: diffusers' skip blocks pass NumPy scalars (np.sqrt(2.0)).
-    if not is_real_number(output_scale):
-        raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
-    if not math.isfinite(output_scale):
-        raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
+    _check_output_scale(output_scale)
     if backend is not None:
         validate_backend_name(backend, CONV2D.extra_names())
+
+
+def _check_output_scale(output_scale: Any) -> None:
+    # Any real number, not only float: diffusers' skip blocks pass NumPy scalars (np.sqrt(2.0)).
+    if not is_real_number(output_scale) or not math.isfinite(output_scale):
+        raise ValueError(f"output_scale: expected a finite number, got {output_scale!r}")
 
 
 def _validate_conv(x_shape: torch.Size, w_shape: torch.Size, stride: list[int], padding: list[int],

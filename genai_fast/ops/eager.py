@@ -4,12 +4,14 @@ A Python custom op costs tens of microseconds per call (the dispatcher, autograd
 GPU is longer than a small kernel. In plain eager inference nothing needs that machinery, so ops call
 their implementation directly. The custom op still runs whenever something could observe it:
 torch.compile tracing, autograd (a tensor that requires grad), tensor subclasses (FakeTensor, ...),
-and TorchDispatchModes (profilers, FLOP counters).
+and TorchDispatchModes (profilers, FLOP counters). Inside an autocast region the public op must cast first.
 """
 
 from __future__ import annotations
 
 import torch
+
+from genai_fast.ops.autocast import autocast_active
 
 # nn.Parameter is a Tensor subclass without dispatch overrides (its __torch_function__ is disabled), so a
 # module's weights behave like plain tensors here.
@@ -28,6 +30,8 @@ def can_bypass_custom_op(*tensors: torch.Tensor | None) -> bool:
     """True when calling the implementation directly is indistinguishable from the custom op."""
     if not is_plain_eager(*tensors):
         return False
+    if any(autocast_active(t) for t in tensors):
+        return False  # the public op casts the inputs first (ops/autocast.py); replayed plans would not
     if torch.is_grad_enabled():
         return not any(t is not None and t.requires_grad for t in tensors)
     return True

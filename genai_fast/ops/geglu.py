@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
 
@@ -41,6 +42,9 @@ def geglu(x: torch.Tensor, approximate: str = "none", *, backend: str | None = N
         hidden, gate = x.chunk(2, dim=-1)
         out = hidden * F.gelu(gate, approximate=approximate)
     """
+    if autocast_active(x):
+        with autocast_off(x):  # computed in x's precision, as under autocast (ops/autocast.py)
+            return geglu(x, approximate, backend=backend)
     _validate(x, approximate, backend)
     if can_bypass_custom_op(x):
         return _run(x, approximate, backend)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
 
@@ -66,6 +67,10 @@ def gguf_linear(x: torch.Tensor, blocks: torch.Tensor, block_type: str, bias: to
 
         y = torch.nn.functional.linear(x, gguf_dequantize(blocks, block_type).to(x.dtype), bias)
     """
+    if autocast_active(x):
+        # The blocks fix the weights' precision; every backend computes in x's (ops/autocast.py).
+        with autocast_off(x):
+            return gguf_linear(x, blocks, block_type, bias, backend=backend)
     _validate(x, blocks, block_type, bias, backend)
     if can_bypass_custom_op(x, bias):
         return _run(x, blocks, block_type, bias, backend)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.autocast import FLOAT32_ON_CUDA, autocast_active, autocast_dtype, autocast_off, cast_inputs
 from genai_fast.ops.checks import is_real_number
 from genai_fast.ops.eager import can_bypass_custom_op
 
@@ -54,6 +55,10 @@ def group_norm(
         y = torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)
         y = torch.nn.functional.silu(y) if activation == "silu" else y
     """
+    if autocast_active(x):
+        x, weight, bias = cast_inputs(autocast_dtype(FLOAT32_ON_CUDA, x.device.type), x, weight, bias)
+        with autocast_off(x):
+            return group_norm(x, num_groups, weight, bias, eps, activation=activation, backend=backend)
     _validate(x, num_groups, weight, bias, eps, activation, backend)
     num_groups, eps = int(num_groups), float(eps)  # NumPy scalars pass the checks; the kernels take Python's
     if can_bypass_custom_op(x, weight, bias):

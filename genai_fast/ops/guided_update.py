@@ -28,6 +28,7 @@ import torch
 
 from genai_fast.backends import memory
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import is_real_number, reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
 
@@ -90,6 +91,10 @@ def guided_update(
         x0 = (x0_from_x * x + x0_from_m * m).clamp(-clip, clip)
         out = c.x * x + c.x0 * x0 + c.m * m + c.x0_change * (x0 - previous_x0) + c.noise * noise
     """
+    if autocast_active(x):
+        with autocast_off(x):  # elementwise, in fp32 or fp64 whatever autocast says (ops/autocast.py)
+            return guided_update(x, model_output, coefficients, guidance_scale, previous_x0, noise, clip,
+                                 return_x0=return_x0, out_dtype=out_dtype, backend=backend)
     coefs = _validate(x, model_output, coefficients, guidance_scale, previous_x0, noise, clip, return_x0,
                       out_dtype, backend)
     guided = guidance_scale is not None

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.autocast import LOWER_PRECISION, autocast_active, autocast_dtype, autocast_off, cast_inputs
 from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.timing import median_ms
@@ -44,6 +45,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
         y = torch.nn.functional.linear(x, weight, bias)
     """
+    if autocast_active(x):
+        x, weight, bias = cast_inputs(autocast_dtype(LOWER_PRECISION, x.device.type), x, weight, bias)
+        with autocast_off(x):
+            return linear(x, weight, bias, backend=backend)
     _validate(x, weight, bias, backend)
     if can_bypass_custom_op(x, weight, bias):
         return _run(x, weight, bias, backend)

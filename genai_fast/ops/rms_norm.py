@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import check_tensor_like_x, reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
 
@@ -45,6 +46,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
         out = weight * h.to(x.dtype)
     """
+    if autocast_active(x):
+        with autocast_off(x):  # HF's formula is the same under autocast (ops/autocast.py)
+            return rms_norm(x, weight, eps, backend=backend)
     _validate(x, weight, eps, backend)
     eps = float(eps)  # NumPy scalars pass the checks; the kernels take Python's
     if can_bypass_custom_op(x, weight):
