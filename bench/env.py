@@ -44,6 +44,25 @@ def _cpu_name(info: dict[str, str]) -> str:
     return name
 
 
+CPU0_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def last_level_cache_bytes(caches: Path = CPU0_CACHES, default: int = 32 << 20) -> int:
+    """The size of the CPU's highest cache level, as Linux reports it for CPU 0 (default where it does not)."""
+    best_level, size = 0, default
+    for index in sorted(caches.glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+        if level > best_level and number.isdigit():
+            best_level, size = level, int(number) * unit
+    return size
+
+
 def _git_sha() -> str | None:
     repo = Path(__file__).resolve().parent.parent
     try:
@@ -109,6 +128,7 @@ def environment(device: torch.device, peaks: dict[str, Any]) -> dict[str, Any]:
         "cupy": versions["cupy"],
         "python": sys.version.split()[0],
         "cpu": cpu_description(),
+        "cpu_last_level_cache_bytes": last_level_cache_bytes(),
         "threads": torch.get_num_threads(),
         "device": str(device),
         "git_sha": _git_sha(),
