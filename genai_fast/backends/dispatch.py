@@ -34,11 +34,14 @@ class BackendNotSupportedError(RuntimeError):
     """A forced backend cannot run these inputs; the message lists every reason."""
 
 
+ANY_DEVICE = ("any",)  # Capability.devices of a torch reference: whatever device type torch runs the ops on
+
+
 @dataclass(frozen=True)
 class Capability:
     """What a backend implementation of an op can run.
 
-    devices: device types ("cpu", "cuda"); dtypes: accepted input dtypes; layouts: memory layouts it
+    devices: device types ("cpu", "cuda"), or ANY_DEVICE; dtypes: accepted input dtypes; layouts: memory layouts it
     reads natively (others are made contiguous first, so this is informative); min_compute_capability:
     lowest CUDA compute capability; features: op-specific abilities, named for `genai-fast info`.
     """
@@ -51,7 +54,7 @@ class Capability:
 
     def reasons(self, device: torch.device, dtype: torch.dtype) -> list[str]:
         reasons = []
-        if device.type not in self.devices:
+        if device.type not in self.devices and self.devices != ANY_DEVICE:
             reasons.append(f"device {device.type} is not supported (supports {', '.join(self.devices)})")
         if dtype not in self.dtypes:
             names = ", ".join(_dtype_name(d) for d in self.dtypes)

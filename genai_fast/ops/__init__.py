@@ -1,5 +1,6 @@
 """Public ops: one module per op (public function, custom op, reference, backend registrations)."""
 
+from genai_fast.ops import flops as _flops  # noqa: F401  (registers FlopCounterMode formulas)
 from genai_fast.ops.attention import (
     attention_with_kvcache,
     attention_with_kvcache_reference,

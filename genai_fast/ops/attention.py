@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from genai_fast.backends.availability import triton_interpreter_enabled
 from genai_fast.backends.cpp import attention as cpp_attention
 from genai_fast.backends.dispatch import (
+    ANY_DEVICE,
     ENV_BACKEND,
     BackendNotSupportedError,
     Capability,
@@ -836,7 +837,7 @@ _TRITON = Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, min_compute_
                      layouts=("any strides",),
                      features=(f"head dim <= {MAX_KERNEL_HEAD_DIM}", "GQA without copies", "bool/additive masks",
                                "causal"))
-_TORCH = Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",))
+_TORCH = Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",))
 
 
 @ATTENTION.register("triton", _TRITON, check=_triton_reasons)

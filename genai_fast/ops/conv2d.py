@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from genai_fast.backends import memory
 from genai_fast.backends.availability import triton_interpreter_enabled
 from genai_fast.backends.dispatch import (
+    ANY_DEVICE,
     ENV_BACKEND,
     BackendNotSupportedError,
     Capability,
@@ -613,7 +614,7 @@ def _pointwise_conv_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 @CONV2D.register(
     "torch",
-    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+    Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
 def _conv2d_torch(x, weight, bias, residual, stride, padding, dilation, groups, activation, output_scale):
     return conv2d_reference(x, weight, bias, stride, padding, dilation, groups, activation, residual, output_scale)

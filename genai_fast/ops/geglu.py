@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, validate_backend_name
 from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
@@ -138,7 +138,7 @@ def _geglu_cpp(x, approximate):
 
 @GEGLU.register(
     "torch",
-    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+    Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
 def _geglu_torch(x, approximate):
     return geglu_reference(x, approximate)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, validate_backend_name
 from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
@@ -235,7 +235,7 @@ def _gguf_linear_cpp(x, blocks, block_type, bias):
 
 @GGUF_LINEAR.register(
     "torch",
-    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+    Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
 def _gguf_linear_torch(x, blocks, block_type, bias):
     return gguf_linear_reference(x, blocks, block_type, bias)

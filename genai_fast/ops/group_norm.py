@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, validate_backend_name
 from genai_fast.ops.autocast import FLOAT32_ON_CUDA, autocast_active, autocast_dtype, autocast_off, cast_inputs
 from genai_fast.ops.checks import is_real_number
 from genai_fast.ops.eager import can_bypass_custom_op
@@ -320,7 +320,7 @@ def _group_norm_cpp(x, num_groups, weight, bias, eps, activation):
 
 @GROUP_NORM.register(
     "torch",
-    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+    Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
 def _group_norm_torch(x, num_groups, weight, bias, eps, activation):
     return group_norm_reference(x, num_groups, weight, bias, eps, activation)

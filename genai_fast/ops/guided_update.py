@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 
 from genai_fast.backends import memory
-from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, validate_backend_name
 from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import is_real_number, reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
@@ -329,7 +329,7 @@ def _guided_update_cpp(*args):
 
 @GUIDED_UPDATE.register(
     "torch",
-    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+    Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
 def _guided_update_torch(x, model_output, previous_x0, noise, coefficients, guided, guidance, clip, return_x0,
                          out_dtype):

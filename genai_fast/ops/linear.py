@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, validate_backend_name
 from genai_fast.ops.autocast import LOWER_PRECISION, autocast_active, autocast_dtype, autocast_off, cast_inputs
 from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
@@ -218,7 +218,7 @@ def _linear_onednn(x, weight, bias):
 
 @LINEAR.register(
     "torch",
-    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+    Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
 def _linear_torch(x, weight, bias):
     return linear_reference(x, weight, bias)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, validate_backend_name
 from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import check_tensor_like_x, reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
@@ -191,7 +191,7 @@ def _rms_norm_cpp(x, weight, eps):
 
 @RMS_NORM.register(
     "torch",
-    Capability(devices=("cpu", "cuda"), dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
+    Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
 def _rms_norm_torch(x, weight, eps):
     return rms_norm_reference(x, weight, eps)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genai_fast.backends.dispatch import Capability, define_op, validate_backend_name
+from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, validate_backend_name
 
 SGNS_STEP = define_op("sgns_step")
 CBOW_STEP = define_op("cbow_step")
@@ -452,7 +452,7 @@ def _cpp_step_check(inputs: dict[str, Any]) -> list[str]:
 
 _CPP_STEP = Capability(devices=("cpu",), dtypes=(torch.float32,),
                        features=("vectorised dot/axpy (AVX-512/AVX2 clones)", "GIL released"))
-_TORCH_STEP = Capability(devices=("cpu", "cuda"), dtypes=FLOAT_DTYPES, layouts=("any",), features=("reference",))
+_TORCH_STEP = Capability(devices=ANY_DEVICE, dtypes=FLOAT_DTYPES, layouts=("any",), features=("reference",))
 
 
 @SGNS_STEP.register("cpp", _CPP_STEP, check=_cpp_step_check)
