@@ -185,14 +185,20 @@ def test_attention_sinks_are_refused_not_dropped():
         genai_fast_attention_forward(torch.nn.Module(), q, k, v, None, s_aux=torch.zeros(4))
 
 
-def test_gpt_oss_patched_refuses_its_sinks():
-    from genai_fast.integrations.transformers import patch
+def test_gpt_oss_is_refused_by_patch_and_its_sinks_at_call_time():
+    from genai_fast.integrations.transformers import ATTENTION_NAME, patch, register
 
     torch.manual_seed(0)
     cfg = transformers.GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
                                     num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
                                     num_experts_per_tok=1, max_position_embeddings=32, sliding_window=8)
-    model = patch(transformers.GptOssForCausalLM(cfg).eval())
+    model = transformers.GptOssForCausalLM(cfg).eval()
+    with pytest.raises(ValueError, match=r"GptOssForCausalLM.* cannot run on SDPA"):
+        patch(model)
+    # Chosen by name (from_pretrained(attn_implementation="genai_fast") does the same), the attention function
+    # still refuses the sinks rather than dropping them.
+    register()
+    model.set_attn_implementation(ATTENTION_NAME)
     with torch.no_grad(), pytest.raises(ValueError, match="s_aux"):
         model(torch.tensor([[1, 2, 3]]))
 

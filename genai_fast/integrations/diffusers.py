@@ -14,7 +14,8 @@ What patch() changes, each only where it can be shown to compute what diffusers 
   sits between norm2 and its SiLU). Blocks with another activation are left unfused.
 - Attention modules on diffusers' AttnProcessor2_0 / AttnProcessor: a processor that runs
   `genai_fast.scaled_dot_product_attention` (other processors, e.g. added-KV ones, are left alone),
-  called without Attention.forward's per-call signature inspection.
+  called without Attention.forward's per-call signature inspection. unet.set_default_attn_processor() still
+  works (diffusers' AttnProcessor then), and processors set after patch() are used and kept by unpatch().
 - Every other nn.GroupNorm: `genai_fast.group_norm`; the U-Net's closing conv_norm_out + SiLU fused.
 - Every other plain nn.Conv2d (conv_in/out, shortcuts, down/upsampler convs, proj_in): `genai_fast.conv2d`
   (on a CPU a small 1x1 conv of NHWC activations is one GEMM there, a third of oneDNN's time, and every
@@ -25,7 +26,8 @@ What patch() changes, each only where it can be shown to compute what diffusers 
   GELU(gate) in one pass instead of GELU on a strided half and a product).
 - BasicTransformerBlock with LayerNorms and plain attention: one direct forward (norms, projections,
   attention, feed-forward, residuals) instead of a dozen module calls and diffusers' per-call branching;
-  calls with masks or extra keyword arguments go to diffusers' own forward.
+  calls with masks, extra keyword arguments or a text batch other than the sample's go to diffusers' own
+  forward.
 - 4-D parameters go channels_last, so every activation stays NHWC from conv_in to conv_out (the U-Net
   output is channels_last too: same values, other strides).
 
@@ -143,6 +145,7 @@ def patch(unet: nn.Module, cuda_graph: bool = False) -> PatchReport:
     fused_norms = _patch_resnets(unet, state)
     fused_norms |= _patch_output_norm(unet, state)
     _patch_attention(unet, state)
+    _patch_default_processor_switch(unet, state)
     _patch_transformer_outputs(unet, state)
     _patch_geglus(unet, state)
     _patch_transformer_blocks(unet, state)
@@ -155,7 +158,8 @@ def patch(unet: nn.Module, cuda_graph: bool = False) -> PatchReport:
 
 
 def unpatch(unet: nn.Module) -> nn.Module:
-    """Undo patch(): class forwards, the original processor objects, and each tensor's memory format.
+    """Undo patch(): class forwards, the original processor objects (where patch()'s still run: one the user
+    set since is kept), and each tensor's memory format.
 
     Parameter objects are kept (their values too, so training done while patched is kept). Raises
     TypeError naming `unet` for a non-U-Net and ValueError when it is not patched.
@@ -166,8 +170,8 @@ def unpatch(unet: nn.Module) -> nn.Module:
         raise ValueError("unet: not patched by genai_fast (nothing to undo)")
     for module, name in state.shadowed:
         del module.__dict__[name]
-    for attn, processor in state.processors:
-        attn.set_processor(processor)
+    _restore_processors(state)
+    _restore_saved_processors(unet, state)
     tensors = dict(unet.named_parameters())
     tensors.update(unet.named_buffers())
     for name in state.made_channels_last:
@@ -565,6 +569,48 @@ def _patch_attention(unet: nn.Module, state: _PatchState) -> None:
         state.report.attention_processors += 1
 
 
+def _restore_processors(state: _PatchState) -> None:
+    """diffusers' processors back on the Attention modules where patch()'s still run; a processor the user set
+    since patching is theirs to keep."""
+    for attn, processor in state.processors:
+        if type(attn.processor) is GenaiFastAttnProcessor:
+            attn.set_processor(processor)
+
+
+def _restore_saved_processors(unet: nn.Module, state: _PatchState) -> None:
+    """The same in the copy that fuse_qkv_projections() keeps for unfuse_qkv_projections() to put back
+    (unet.original_attn_processors, keyed "<module name>.processor"), so that unfusing after unpatch() does
+    not bring patch()'s processors back."""
+    saved = getattr(unet, "original_attn_processors", None)
+    if not isinstance(saved, dict) or not state.processors:
+        return
+    names = {id(module): name for name, module in unet.named_modules()}
+    originals = {f"{names[id(attn)]}.processor": processor for attn, processor in state.processors
+                 if id(attn) in names}
+    for key, processor in saved.items():
+        if type(processor) is GenaiFastAttnProcessor and key in originals:
+            saved[key] = originals[key]
+
+
+def _set_default_attn_processor(unet: nn.Module) -> None:
+    """UNet2DConditionModel.set_default_attn_processor, which picks the default by the processors' classes and
+    raises ValueError for a class it does not know, such as GenaiFastAttnProcessor: it decides with diffusers'
+    processors back in place of patch()'s (what the unpatched U-Net would decide), and its choice then stands."""
+    current = unet.attn_processors
+    _restore_processors(getattr(unet, STATE_ATTR))
+    try:
+        type(unet).set_default_attn_processor(unet)
+    except Exception:
+        unet.set_attn_processor(current)
+        raise
+
+
+def _patch_default_processor_switch(unet: nn.Module, state: _PatchState) -> None:
+    if (state.processors and hasattr(type(unet), "set_default_attn_processor")
+            and "set_default_attn_processor" not in unet.__dict__):
+        _shadow(unet, "set_default_attn_processor", _set_default_attn_processor, state)
+
+
 # ---------------------------------------------------------------- Transformer2DModel output
 
 
@@ -723,10 +769,13 @@ def _direct_block_forward(block: nn.Module, hidden_states: torch.Tensor, attenti
     """BasicTransformerBlock.forward for a LayerNorm block (_block_left_reason): hidden_states [B, S, C],
     encoder_hidden_states [B, L, D]. The same ops in the same order as diffusers' forward (timestep,
     class_labels and added_cond_kwargs are unused there too for LayerNorm blocks); masks, extra attention
-    keyword arguments, feed-forward chunking, active dropout in training or a swapped processor go to
-    diffusers' own forward."""
+    keyword arguments, feed-forward chunking, active dropout in training, a swapped processor or a text batch
+    other than the sample's go to diffusers' own forward."""
     if (attention_mask is not None or encoder_attention_mask is not None or cross_attention_kwargs
             or hidden_states.ndim != 3 or block._chunk_size is not None
+            # A text batch that is not the sample's (CFG's doubled one): diffusers' attention raises on it, while
+            # _attend's views would fold it into the token axis and return a result.
+            or (encoder_hidden_states is not None and encoder_hidden_states.shape[0] != hidden_states.shape[0])
             or (block.training and _block_dropout(block))
             or type(block.attn1.processor) is not GenaiFastAttnProcessor
             or type(block.attn2.processor) is not GenaiFastAttnProcessor):

@@ -20,6 +20,7 @@ F.linear as before; `patch(model, linears=False)` leaves them all alone.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -47,11 +48,11 @@ def genai_fast_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: query [B, Hq, Sq, D], key/value [B, Hkv, Sk, D], mask
     None or [B or 1, 1, Sq, Sk] (bool, or additive float) -> (output [B, Sq, Hq, D], no weights)."""
-    if kwargs.get("softcap") is not None:
-        raise ValueError("softcap: genai_fast attention has no logit soft-capping; use attn_implementation='eager'")
-    if kwargs.get("s_aux") is not None:
-        # GPT-OSS's per-head attention sinks: attending without them would silently give other outputs.
-        raise ValueError("s_aux: genai_fast attention has no attention sinks; use attn_implementation='eager'")
+    _refuse_unsupported(kwargs)
+    if kwargs.get("output_attentions"):
+        # As transformers' SDPA function: no weights are returned, so say so rather than hand back an empty tuple.
+        warnings.warn("output_attentions: genai_fast attention returns no attention weights; use "
+                      "attn_implementation='eager' to get them", UserWarning, stacklevel=2)
     q_length = query.shape[2]
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     # As transformers' SDPA path: causal only for a prefill with no explicit mask (a decode step's single
@@ -75,6 +76,25 @@ def genai_fast_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
+# Arguments some models pass to the attention function that change what it computes; SDPA semantics cannot honour
+# them, and ignoring them would silently give other outputs.
+_UNSUPPORTED_ARGUMENTS = {
+    "softcap": ("logit soft-capping", "'eager'"),
+    "s_aux": ("attention sinks", "'eager'"),  # GPT-OSS, Granite-SWA, MiMo-V2: per-head sinks
+    "sinks": ("attention sinks", "'eager'"),  # Inkling2: per-token sinks
+    # DeepSeek-V3.2-style sparse attention: the model folds the indexer's top-k selection into the mask only for
+    # "eager" and "sdpa", and otherwise passes it here for a sparse kernel to apply.
+    "indices": ("sparse (top-k indexed) attention", "'sdpa' or 'eager'"),
+    "block_indices": ("block-sparse attention", "'sdpa' or 'eager'"),
+}
+
+
+def _refuse_unsupported(kwargs: dict[str, Any]) -> None:
+    for name, (feature, instead) in _UNSUPPORTED_ARGUMENTS.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{name}: genai_fast attention has no {feature}; use attn_implementation={instead}")
+
+
 def register() -> None:
     """Register "genai_fast" with transformers' attention and attention-mask interfaces (idempotent)."""
     from transformers import AttentionInterface
@@ -89,7 +109,8 @@ def patch(model: torch.nn.Module, *, linears: bool = True) -> torch.nn.Module:
     `linears`, its plain `nn.Linear` layers to `genai_fast.linear` on a CPU (see the module docstring); returns it.
 
     Raises ValueError naming `model` when the model does not use transformers' attention interface (its
-    attention implementation cannot be changed, so patching would silently do nothing).
+    attention implementation cannot be changed, so patching would silently do nothing), or when it or one of
+    its sub-models cannot run on SDPA (see _sdpa_refusers).
     """
     register()
     if not hasattr(model, "set_attn_implementation"):
@@ -97,6 +118,10 @@ def patch(model: torch.nn.Module, *, linears: bool = True) -> torch.nn.Module:
     if not model._can_set_attn_implementation():
         raise ValueError(f"model: {type(model).__name__} does not use transformers' AttentionInterface, so its "
                          "attention cannot be replaced")
+    refusers = _sdpa_refusers(model)
+    if refusers:
+        raise ValueError(f"model: {', '.join(refusers)} cannot run on SDPA (transformers refuses "
+                         "attn_implementation='sdpa' there), and genai_fast attention computes SDPA; keep 'eager'")
     model.set_attn_implementation(ATTENTION_NAME)
     if linears:
         for module in model.modules():
@@ -113,6 +138,17 @@ def unpatch(model: torch.nn.Module, attn_implementation: str = "sdpa") -> torch.
         if type(module) is PatchedLinear:
             module.__class__ = nn.Linear
     return model
+
+
+def _sdpa_refusers(model: torch.nn.Module) -> list[str]:
+    """Class names of the (sub-)models that declare `_supports_sdpa = False`: their attention needs what SDPA
+    lacks (GPT-OSS's sinks) or builds eager's float mask inline (Gemma 4's audio tower), so that switching them
+    to genai_fast would fail obscurely or compute something else."""
+    from transformers import PreTrainedModel
+
+    names = {type(m).__name__ for m in model.modules()
+             if isinstance(m, PreTrainedModel) and getattr(m, "_supports_sdpa", True) is False}
+    return sorted(names)
 
 
 class PatchedLinear(nn.Linear):
