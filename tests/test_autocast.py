@@ -311,3 +311,26 @@ def test_patched_unet_under_cuda_autocast_matches_unpatched():
             out = unet(**inputs).sample
     assert out.dtype == baseline.dtype
     assert_matches_oracle(out, oracle, baseline, what="patched U-Net under CUDA fp16 autocast")
+
+
+@pytest.mark.gpu
+def test_graphed_unet_runs_eagerly_under_cuda_autocast():
+    """A graph captured outside autocast must not replay inside a region (its work is fp32): patch(cuda_graph=True)
+    runs the autocast call eagerly, in the region's dtype, and keeps replaying its graph outside."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: CUDA graphs")
+    from genai_fast.integrations.diffusers import patch
+
+    unet, inputs = _tiny_unet().cuda(), {k: v.cuda() for k, v in _unet_inputs().items()}
+    eager = copy.deepcopy(unet)
+    patch(eager)
+    patch(unet, cuda_graph=True)
+    with torch.no_grad():
+        first = unet(**inputs).sample  # captured (fp32)
+        with torch.autocast("cuda", dtype=torch.float16):
+            mixed, expected = unet(**inputs).sample, eager(**inputs).sample
+        again = unet(**inputs).sample
+    assert first.dtype == again.dtype == torch.float32
+    assert mixed.dtype == expected.dtype == torch.float16
+    torch.testing.assert_close(mixed, expected, rtol=2e-3, atol=2e-3)  # both eager; timed choices may differ
+    torch.testing.assert_close(again, first, rtol=0, atol=0)

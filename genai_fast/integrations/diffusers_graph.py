@@ -11,6 +11,8 @@ dicts of tensors (SDXL's added_cond_kwargs) and tuples of tensors (ControlNet re
 
 The call runs eagerly (the patched forward, unchanged) instead:
 - while gradients are recorded;
+- inside a CUDA autocast region: a graph holds the dtypes of the region it was captured in, so one captured outside
+  would replay fp32 work inside (and autocast's cache of cast weights must not be captured);
 - when sample is not on a CUDA device;
 - when an argument is of a kind it does not know;
 - once MAX_GRAPHS signatures hold graphs.
@@ -60,7 +62,8 @@ class GraphedForward:
         arguments = dict(bound.arguments)
         return_dict = arguments.pop("return_dict", True)
         sample = arguments.get("sample")
-        if torch.is_grad_enabled() or not isinstance(sample, torch.Tensor) or not sample.is_cuda:
+        if (torch.is_grad_enabled() or not isinstance(sample, torch.Tensor) or not sample.is_cuda
+                or torch.is_autocast_enabled("cuda")):
             return self.forward(*args, **kwargs)
         try:
             key, tensors, rebuild = flatten_call(arguments, sample.device)
