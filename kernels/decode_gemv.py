@@ -134,6 +134,12 @@ def _check_weight(weight: torch.Tensor, bias: torch.Tensor | None, K: int, dtype
         raise ValueError(f"bias: expected [{weight.shape[0]}] {dtype}, got {tuple(bias.shape)} {bias.dtype}")
 
 
+def _bias_pointer(bias: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+    """What the kernels read as the bias: it at unit stride (the kernels index it by feature, so a strided view
+    is copied), or the weight as a placeholder pointer when there is none (HAS_BIAS=False never reads it)."""
+    return bias.contiguous() if bias is not None else weight
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -161,11 +167,12 @@ def norm_linear_fwd(h: torch.Tensor, delta: torch.Tensor | None, norm_weight: to
     if K == 0:
         raise ValueError("h: expected at least one feature to normalise, got K = 0")
     d = _rows(delta) if delta is not None else h
+    bias_t = _bias_pointer(bias, weight)
     cfg = _tiles(h.device, N, K)
     for r0 in range(0, R, MAX_GRID_Y):
         rows = min(MAX_GRID_Y, R - r0)
         _norm_linear_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), rows)](
-            h[r0:], d[r0:], norm_weight.contiguous(), weight, bias if bias is not None else weight, total[r0:],
+            h[r0:], d[r0:], norm_weight.contiguous(), weight, bias_t, total[r0:],
             y[r0:], N, K, h.stride(0), d.stride(0), weight.stride(0), float(eps),
             HAS_DELTA=delta is not None, HAS_BIAS=bias is not None, **cfg)
     return total, y
@@ -186,10 +193,11 @@ def swiglu_linear_fwd(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.T
         return y
     if K == 0:  # an empty product: the bias alone
         return y.copy_((bias if bias is not None else torch.zeros(N, dtype=y.dtype, device=y.device)).expand(R, N))
+    bias_t = _bias_pointer(bias, weight)
     cfg = _tiles(gate_up.device, N, K)
     for r0 in range(0, R, MAX_GRID_Y):
         rows = min(MAX_GRID_Y, R - r0)
         _swiglu_linear_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), rows)](
-            gate_up[r0:], weight, bias if bias is not None else weight, y[r0:], N, K, gate_up.stride(0),
+            gate_up[r0:], weight, bias_t, y[r0:], N, K, gate_up.stride(0),
             weight.stride(0), HAS_BIAS=bias is not None, **cfg)
     return y
