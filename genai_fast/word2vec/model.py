@@ -367,27 +367,30 @@ class Word2Vec:
     def build_vocab(self, corpus_iterable: Iterable[Sequence[str]] | None = None,
                     corpus_file: str | os.PathLike | None = None, update: bool = False,
                     progress_per: int = 10000, keep_raw_vocab: bool = False, trim_rule: TrimRule | None = None,
-                    **_: Any) -> None:
+                    min_count: int | None = None, sample: float | None = None, dry_run: bool = False) -> None:
         """Count the corpus and build the vocabulary, subsampling and noise tables, and fresh weights.
 
         update=True adds new words (keeping trained vectors) and adds the new counts to known words.
         trim_rule(word, count, min_count) -> RULE_KEEP (2), RULE_DISCARD (1) or RULE_DEFAULT (0), gensim's
-        rule for which words the vocabulary keeps (default: count >= min_count).
+        rule for which words the vocabulary keeps (default: count >= min_count). min_count and sample, when
+        given (and not 0), replace the model's for this vocabulary, as gensim's build_vocab(**kwargs) does
+        (kept on the model unless update=True).
         """
         self._check_source(corpus_iterable, corpus_file, passes=1)
         self._check_update(update)
         self._check_trim_rule(trim_rule)
+        settings = self._vocab_settings(min_count, sample, dry_run)
         if corpus_file is not None:
             raw = count_file(check_corpus_file(corpus_file), self.max_vocab_size)
         else:
             raw = count_sentences(corpus_iterable, self.max_vocab_size)
         if raw.total_words == 0:
             raise ValueError("sentences/corpus_file: the corpus is empty (no tokens)")
-        self._build_from_counts(raw, update, trim_rule, keep_raw_vocab)
+        self._build_from_counts(raw, update, trim_rule, keep_raw_vocab, settings)
 
     def build_vocab_from_freq(self, word_freq: Mapping[str, int], keep_raw_vocab: bool = False,
                               corpus_count: int | None = None, trim_rule: TrimRule | None = None,
-                              update: bool = False, **_: Any) -> None:
+                              update: bool = False) -> None:
         """build_vocab from word counts instead of a corpus (gensim's): the same min_count, max_final_vocab,
         subsampling and noise-table rules, the words in the mapping's order for ties. corpus_count sets the
         sentence count that train(total_examples=model.corpus_count) would use; corpus_total_words becomes the
@@ -407,13 +410,26 @@ class Word2Vec:
             raise ValueError("word_freq: no word has a positive count")
         self._build_from_counts(raw, update, trim_rule, keep_raw_vocab)
 
-    def _build_from_counts(self, raw: Counts, update: bool, trim_rule: TrimRule | None, keep_raw_vocab: bool) -> None:
-        """The rest of build_vocab once the raw counts are known (from a corpus or given)."""
+    def _build_from_counts(self, raw: Counts, update: bool, trim_rule: TrimRule | None, keep_raw_vocab: bool,
+                           settings: tuple[int, float] | None = None) -> None:
+        """The rest of build_vocab once the raw counts are known (from a corpus or given); settings: this call's
+        (min_count, sample), by default the model's."""
+        settings = settings or (self.min_count, self.sample)
         self.corpus_count = raw.num_sentences
         self.corpus_total_words = raw.total_words
-        self._prepare_vocab(raw, update, trim_rule)
+        min_count, sample = settings
+        self._prepare_vocab(raw, update, trim_rule, min_count, sample)
+        if not update:  # a new vocabulary keeps the settings it was built with; an update's apply to it only
+            self.min_count, self.sample = min_count, sample
         if keep_raw_vocab:
             self.raw_vocab = dict(raw.counts)
+
+    def _vocab_settings(self, min_count: int | None, sample: float | None, dry_run: bool) -> tuple[int, float]:
+        """(min_count, sample) for one build_vocab call: gensim's `value or the model's`."""
+        if dry_run:
+            raise NotImplementedError("dry_run: simulating a vocabulary is not supported; build it on a new model")
+        return (_require_int("min_count", min_count, 0) if min_count else self.min_count,
+                _require_number("sample", sample, 0.0) if sample else self.sample)
 
     def _check_update(self, update: bool) -> None:
         if update and not len(self.wv):
@@ -429,26 +445,23 @@ class Word2Vec:
             # (C++ for corpus files) does not call Python, so the combination is refused rather than differ.
             raise NotImplementedError("trim_rule: not supported together with max_vocab_size")
 
-    def _effective_min_count(self, counts: dict[str, int]) -> int:
+    def _effective_min_count(self, counts: dict[str, int], min_count: int) -> int:
         if self.max_final_vocab is None or self.max_final_vocab >= len(counts):
-            return self.min_count
+            return min_count
         ordered = sorted(counts.values(), reverse=True)
-        return max(self.min_count, ordered[self.max_final_vocab] + 1)
+        return max(min_count, ordered[self.max_final_vocab] + 1)
 
-    def _prepare_vocab(self, raw: Counts, update: bool, trim_rule: TrimRule | None = None) -> None:
-        min_count = self._effective_min_count(raw.counts)
+    def _prepare_vocab(self, raw: Counts, update: bool, trim_rule: TrimRule | None, min_count: int,
+                       sample: float) -> None:
+        min_count = self._effective_min_count(raw.counts, min_count)
         retained = [(w, c) for w, c in raw.counts.items() if _keep_word(w, c, min_count, trim_rule)]
         if update:
             old = self.wv
-            counts = old.expandos["count"].copy()
-            new_words, new_counts = [], []
-            for w, c in retained:
-                i = old.key_to_index.get(w)
-                if i is None:
-                    new_words.append(w)
-                    new_counts.append(c)
-                else:
-                    counts[i] += c
+            # gensim 4 adds the new count of every known word, even one under min_count in this corpus alone
+            added = np.array([raw.counts.get(w, 0) for w in old.index_to_key], dtype=np.int64)
+            counts = old.expandos["count"] + added
+            new_words = [w for w, _ in retained if w not in old.key_to_index]
+            new_counts = [c for w, c in retained if w not in old.key_to_index]
             rng = np.random.default_rng([self.seed, len(old)])
             fresh = _initial_vectors(rng, len(new_words), self.vector_size)
             old.add_vectors(new_words, fresh)
@@ -466,26 +479,30 @@ class Word2Vec:
                 # gensim's order: by count, ties with the word seen last first (so indices, and the
                 # Huffman tree built over them, are gensim's too)
                 retained = [wc for _, wc in sorted(enumerate(retained), key=lambda p: (-p[1][1], -p[0]))]
-            kv = KeyedVectors(self.vector_size, 0)
-            kv.index_to_key = [w for w, _ in retained]
-            kv.key_to_index = {w: i for i, w in enumerate(kv.index_to_key)}
-            kv.expandos["count"] = np.array([c for _, c in retained], dtype=np.int64)
-            rng = np.random.default_rng(self.seed)
-            kv.vectors = _initial_vectors(rng, len(retained), self.vector_size)
-            self.wv = kv
-            self.syn1neg = np.zeros((len(retained), self.vector_size), dtype=np.float32)
-            if self.hs:
-                self.syn1 = np.zeros((len(retained), self.vector_size), dtype=np.float32)
-        self._make_tables()
+            self._init_weights([w for w, _ in retained], np.array([c for _, c in retained], dtype=np.int64))
+        self._make_tables(sample)
 
-    def _make_tables(self) -> None:
+    def _init_weights(self, keys: list[str], counts: np.ndarray) -> None:
+        """A new vocabulary (keys, their counts) with fresh weights: gensim's initial vectors, zero output layers."""
+        kv = KeyedVectors(self.vector_size, 0)
+        kv.index_to_key = list(keys)
+        kv.key_to_index = {w: i for i, w in enumerate(kv.index_to_key)}
+        kv.expandos["count"] = counts
+        kv.vectors = _initial_vectors(np.random.default_rng(self.seed), len(keys), self.vector_size)
+        self.wv = kv
+        self.syn1neg = np.zeros((len(keys), self.vector_size), dtype=np.float32)
+        if self.hs:
+            self.syn1 = np.zeros((len(keys), self.vector_size), dtype=np.float32)
+
+    def _make_tables(self, sample: float | None = None) -> None:
+        """Subsampling (with `sample`, default the model's), noise and Huffman tables for the vocabulary's counts."""
+        sample = self.sample if sample is None else sample
         counts = self.wv.expandos["count"].astype(np.float64)
         retain_total = float(counts.sum())
-        if not self.sample:
+        if not sample:
             self.keep_prob = None
         else:
-            threshold = self.sample * retain_total if self.sample < 1.0 else \
-                float(int(self.sample * (3 + math.sqrt(5)) / 2))
+            threshold = sample * retain_total if sample < 1.0 else float(int(sample * (3 + math.sqrt(5)) / 2))
             prob = (np.sqrt(counts / threshold) + 1.0) * (threshold / counts)
             self.keep_prob = np.minimum(prob, 1.0).astype(np.float32)
         self.noise_prob, self.noise_alias = alias_table(np.power(counts, self.ns_exponent))
@@ -504,16 +521,20 @@ class Word2Vec:
         start_alpha: float | None = None,
         end_alpha: float | None = None,
         word_count: int = 0,
+        queue_factor: int = 2,
+        report_delay: float = 1.0,
         compute_loss: bool | None = None,
         callbacks: Sequence[Any] = (),
         progress: bool | None = None,
-        **_: Any,
     ) -> tuple[int, int]:
         """Train `epochs` passes over the corpus (callable again; gensim's rules for the arguments).
 
         total_examples (sentences) or total_words (raw tokens) per epoch drives the learning-rate
         schedule: linear from start_alpha (default alpha) to end_alpha (default min_alpha) over all
-        epochs. Returns (effective words trained, raw words read). Ctrl-C stops after the chunk in
+        epochs; `epochs` becomes model.epochs, as in gensim. Only the callbacks given here are called
+        (the constructor's serve the constructor's training, as in gensim). word_count, queue_factor and
+        report_delay (gensim's job-queue and logging settings) are accepted and change nothing here.
+        Returns (effective words trained, raw words read). Ctrl-C stops after the chunk in
         flight: the model stays usable (vectors trained so far), `interrupted` is set, and the
         KeyboardInterrupt propagates.
         """
@@ -522,13 +543,15 @@ class Word2Vec:
             raise RuntimeError("you must first build vocabulary before training the model (build_vocab)")
         schedule = self._schedule(corpus_file, total_examples, total_words, epochs, start_alpha, end_alpha)
         self.compute_loss = self.compute_loss if compute_loss is None else bool(compute_loss)
-        callbacks = tuple(callbacks) or self.callbacks
+        self.epochs = schedule.epochs
+        callbacks = tuple(callbacks)
         progress = self.progress if progress is None else bool(progress)
         chunks = self._chunk_source(corpus_iterable, corpus_file)
         self._prepare_arrays()
         tables = self._device_tables()
         self.train_count += 1
         self.epoch_losses = []
+        self.running_training_loss = 0.0  # what callbacks read before the first epoch's first chunk (gensim's)
         self.interrupted = False
         totals = np.zeros(2, np.int64)  # effective words trained, raw words read
         bar = self._progress_bar(schedule.epochs * schedule.per_epoch, schedule.by_words) if progress else None
@@ -704,6 +727,46 @@ class Word2Vec:
 
         return predict_output_word(self, context_words_list, topn)
 
+    def reset_from(self, other_model: Word2Vec) -> None:
+        """Take `other_model`'s vocabulary (words, counts) and corpus_count, with fresh weights of this model's
+        vector_size (gensim's, e.g. to train several models on one corpus without counting it again). The
+        vocabulary is copied, so either model may grow its own afterwards."""
+        if not isinstance(other_model, Word2Vec):
+            raise TypeError(f"other_model: expected a genai_fast Word2Vec, got {type(other_model).__name__}")
+        if not len(other_model.wv):
+            raise ValueError("other_model: has no vocabulary yet (call its build_vocab first)")
+        self._init_weights(other_model.wv.index_to_key, other_model.wv.expandos["count"].copy())
+        self.corpus_count = other_model.corpus_count
+        self._make_tables()
+
+    def estimate_memory(self, vocab_size: int | None = None, report: dict[str, int] | None = None) -> dict[str, int]:
+        """Bytes needed for `vocab_size` words (default the vocabulary's), by part, as gensim estimates them:
+        vocab (per-word bookkeeping, gensim's 500 bytes a word, 700 with hs), vectors, syn1 (hs), syn1neg
+        (negative sampling), total. Entries are added to `report` when given."""
+        vocab_size = vocab_size or len(self.wv)
+        report = {} if report is None else report
+        table_bytes = vocab_size * self.vector_size * np.dtype(np.float32).itemsize
+        report["vocab"] = vocab_size * (700 if self.hs else 500)
+        report["vectors"] = table_bytes
+        if self.hs:
+            report["syn1"] = table_bytes
+        if self.negative:
+            report["syn1neg"] = table_bytes
+        report["total"] = sum(v for k, v in report.items() if k != "total")
+        return report
+
+    @property
+    def cum_table(self) -> np.ndarray | None:
+        """gensim's negative-sampling table, uint32 [V]: entry i is round(2**31 - 1 times the share of
+        count**ns_exponent held by words 0..i); None without negative sampling or a vocabulary, as in gensim.
+        For inspection: training draws from the same distribution through an alias table (noise_prob,
+        noise_alias)."""
+        if not self.negative or not len(self.wv):
+            return None
+        powers = np.power(self.wv.expandos["count"].astype(np.float64), float(self.ns_exponent))
+        cumulative = np.cumsum(powers)  # sequential sums, as gensim's loop adds them
+        return np.rint(cumulative / cumulative[-1] * (2**31 - 1)).astype(np.uint32)
+
     def get_latest_training_loss(self) -> float:
         """Loss of the latest epoch (float64 sum over pairs; 0 unless compute_loss)."""
         return self.running_training_loss
@@ -744,23 +807,35 @@ class Word2Vec:
         check_mmap(mmap)
 
         arrays, meta = load_arrays(path, expect_kind="Word2Vec")
-        params = dict(meta["params"])
-        model = cls(**params)
+        try:
+            model = cls._from_saved(arrays, meta)
+        except (KeyError, TypeError, ValueError) as exc:  # a damaged or hand-edited file: name it
+            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{path}: not a valid Word2Vec file: {what}") from None
+        return model
+
+    @classmethod
+    def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Word2Vec:
+        """The model held by a saved file's arrays and metadata; KeyError, TypeError or ValueError when they do
+        not fit together."""
+        model = cls(**dict(meta["params"]))
         model.wv._set_from(arrays, meta)
         model.syn1neg = np.ascontiguousarray(arrays["syn1neg"], dtype=np.float32)
         if model.syn1neg.shape != model.wv.vectors.shape:
-            raise ValueError(f"{path}: syn1neg shape {model.syn1neg.shape} does not match vectors "
-                             f"{model.wv.vectors.shape}")
+            raise ValueError(f"syn1neg shape {model.syn1neg.shape} does not match vectors {model.wv.vectors.shape}")
         if model.hs:
             if "syn1" not in arrays or arrays["syn1"].shape != model.wv.vectors.shape:
                 shape = arrays["syn1"].shape if "syn1" in arrays else "missing"
-                raise ValueError(f"{path}: hs=1 needs syn1 of shape {model.wv.vectors.shape}, got {shape}")
+                raise ValueError(f"hs=1 needs syn1 of shape {model.wv.vectors.shape}, got {shape}")
             model.syn1 = np.ascontiguousarray(arrays["syn1"], dtype=np.float32)
         model.corpus_count = int(meta["corpus_count"])
         model.corpus_total_words = int(meta["corpus_total_words"])
         model.epoch_losses = [float(x) for x in meta.get("epoch_losses", [])]
         model.train_count = int(meta.get("train_count", 0))
-        if "count" not in model.wv.expandos:
-            raise ValueError(f"{path}: missing word counts")
+        counts = model.wv.expandos.get("count")
+        if counts is None or counts.shape != (len(model.wv),) or counts.dtype.kind not in "iu" or \
+                (counts.size and counts.min() < 0):
+            shape = None if counts is None else f"{counts.dtype} {counts.shape}"
+            raise ValueError(f"word counts: expected {len(model.wv)} ints >= 0, got {shape}")
         model._make_tables()
         return model

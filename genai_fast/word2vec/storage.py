@@ -42,10 +42,11 @@ def load_arrays(path: str | os.PathLike, expect_kind: str) -> tuple[dict[str, np
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file")
+    _check_not_foreign(p)
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{p}: not a readable genai_fast model file (truncated or corrupted?): {exc}") from None
     if "__meta__" not in arrays:
         raise ValueError(f"{p}: not a genai_fast model file (no metadata entry)")
@@ -58,6 +59,24 @@ def load_arrays(path: str | os.PathLike, expect_kind: str) -> tuple[dict[str, np
     if meta.get("kind") != expect_kind:
         raise ValueError(f"{p}: holds a {meta.get('kind')}, expected a {expect_kind}")
     return arrays, meta
+
+
+def _check_not_foreign(path: Path) -> None:
+    """ValueError naming what `path` is when its first bytes show a pickle (what gensim's save writes) or a
+    single .npy array (what gensim writes beside it), before numpy reports it in its own terms."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable genai_fast model file: {exc}") from None
+    if head[:1] == b"\x80":  # pickle protocols 2 to 5 start with PROTO (gensim writes protocol 4)
+        raise ValueError(f"{path}: is a Python pickle (gensim's save() writes one); pickles are never unpickled "
+                         "here, as loading one can run code. Convert it with gensim: "
+                         "model.wv.save_word2vec_format('vectors.bin', binary=True), then "
+                         "KeyedVectors.load_word2vec_format('vectors.bin', binary=True)")
+    if head == b"\x93NUMPY":
+        raise ValueError(f"{path}: is a single numpy array (.npy, such as gensim writes beside its pickle), "
+                         "not a genai_fast model file (.npz written by save)")
 
 
 MMAP_MODES = (None, "r", "r+", "w+", "c")
