@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
     if args.stream:
         stream = engine.stream(args.prompt, args.max_new_tokens, **kwargs)
         for piece in stream:
-            print(piece, end="", flush=True)
+            print(_printable(piece), end="", flush=True)
         print()
         out = stream.result
     else:
         out = engine.generate(args.prompt, args.max_new_tokens, **kwargs)
-        print(out.text)
+        print(_printable(out.text))
     s = out.stats
     print(f"[genai_fast] {s['new_tokens']} tokens, prefill {s['prefill_ms']:.0f} ms, "
           f"{s['tokens_per_s']:.1f} tokens/s, decode {s['decode_gb_per_s']:.1f} GB/s of weights + KV cache; "
@@ -82,6 +82,19 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_reference:
         _compare(path, engine, args, out)
     return 0
+
+
+def _printable(text: str) -> str:
+    """text as stdout's encoding can write it: a character it lacks (an emoji on an ASCII or cp1252 console,
+    PYTHONIOENCODING=ascii) becomes "?" instead of a UnicodeEncodeError after half the answer is printed."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return text.encode(encoding, errors="replace").decode(encoding)
+    except LookupError:  # an encoding name Python does not know: leave the text to the stream
+        pass
+    return text
 
 
 def _compare(path: str, engine: Any, args: argparse.Namespace, out: Any) -> None:
@@ -97,7 +110,7 @@ def _compare(path: str, engine: Any, args: argparse.Namespace, out: Any) -> None
         ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
                           do_sample=False)[0, ids.shape[1]:].tolist()
     seconds = time.perf_counter() - start
-    print(f"[reference] {engine.tokenizer.decode(ref, skip_special_tokens=True)}")
+    print(_printable(f"[reference] {engine.tokenizer.decode(ref, skip_special_tokens=True)}"))
     same = "identical" if ref == out.ids else "different"
     print(f"[reference] {len(ref)} tokens in {seconds:.2f} s ({len(ref) / seconds:.1f} tokens/s incl. prefill); "
           f"tokens {same}" + (" (genai_fast sampled)" if args.temperature > 0 else ""), file=sys.stderr)

@@ -98,7 +98,13 @@ class IncrementalText:
     Each push decodes a short window: the tokens already printed since the previous piece (context, so that
     tokenizers which drop a leading space at the start of a decode print it) plus the new ones, and prints what
     the new ones add. A piece that ends in U+FFFD (a multi-byte character split across tokens) waits for the
-    token that completes it."""
+    token that completes it.
+
+    Pieces are cut by length, never held for good: a byte-fallback decoder (Llama/Mistral SentencePiece) turns
+    a byte it printed as a character into U+FFFD when the bytes after it make an invalid sequence, so the text
+    of earlier tokens can change. The join then has that character where the full decode has U+FFFD (same
+    length, everything after it printed), rather than the stream stalling on a window that never agrees with
+    what it printed."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -115,7 +121,7 @@ class IncrementalText:
         self.ids.extend(ids)
         before = self._decode(self.ids[self.start:self.read])
         now = self._decode(self.ids[self.start:])
-        if len(now) <= len(before) or now.endswith("\ufffd") or not now.startswith(before):
+        if len(now) <= len(before) or now.endswith("\ufffd"):
             return ""
         piece = now[len(before):]
         self.start, self.read = self.read, len(self.ids)
@@ -124,7 +130,6 @@ class IncrementalText:
 
     def finish(self) -> str:
         """The rest of the text (what was held back, e.g. a character the generation left incomplete)."""
-        full = self._decode(self.ids)
-        rest = full[len(self.printed):] if full.startswith(self.printed) else ""
+        rest = self._decode(self.ids)[len(self.printed):]
         self.printed += rest
         return rest

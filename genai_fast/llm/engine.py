@@ -8,7 +8,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ Prompt = str | Sequence[int] | torch.Tensor
 
 @dataclass
 class GenerationResult:
-    """ids: the new token ids (EOS included when generation stopped on it); text: their decoding (None without
-    a tokenizer); stats (see Engine.generate)."""
+    """ids: the new token ids (EOS included when generation stopped on it); text: their decoding with
+    skip_special_tokens=True, as `tokenizer.decode(ids, skip_special_tokens=True)` (an EOS such as <|im_end|> is
+    in ids, not in text; None without a tokenizer); stats (see Engine.generate)."""
 
     ids: list[int]
     text: str | None
@@ -222,12 +223,17 @@ class Engine:
         self._in_use = _OneGeneration()
         self.weight_format = f"{model.dtype} weights".replace("torch.", "")  # load() says more for GGUF blocks
 
-    def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
+    def encode(self, prompt: Prompt | Sequence[Mapping[str, Any]], chat: bool | None = None) -> list[int]:
         """Prompt -> token ids. Rule: a string is wrapped in the tokenizer's chat template (one user turn plus
         the assistant generation prompt) when the tokenizer has one and `chat` is not False; `chat=False`
-        tokenizes the string as is. Token ids are used as given."""
+        tokenizes the string as is. A list of chat messages ({"role": ..., "content": ...} dicts: system, user,
+        assistant turns) always goes through the template, as HF's text-generation pipeline does: with the
+        generation prompt, or, when the last message is the assistant's, continuing that message. Token ids are
+        used as given."""
         if isinstance(prompt, torch.Tensor) and prompt.dim() > 1 and prompt.shape[0] != 1:
             raise ValueError(f"prompt_or_ids: one sequence expected here, got a tensor of shape {tuple(prompt.shape)}")
+        if _is_chat(prompt):
+            return self._encode_chat(list(prompt), chat)
         if not isinstance(prompt, str):
             ids = _token_ids(prompt)
             if not ids:
@@ -236,11 +242,27 @@ class Engine:
         if self.tokenizer is None:
             raise ValueError("prompt_or_ids: a string prompt needs a tokenizer; pass token ids or load(tokenizer=)")
         if chat is not False and getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True, tokenize=True, return_dict=False)
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
-        else:
-            ids = self.tokenizer(prompt)["input_ids"]
+            return self._encode_chat([{"role": "user", "content": prompt}], chat)
+        ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:
+            raise ValueError("prompt_or_ids: the prompt encodes to no tokens")
+        return list(ids)
+
+    def _encode_chat(self, messages: list[Mapping[str, Any]], chat: bool | None) -> list[int]:
+        if chat is False:
+            raise ValueError("prompt_or_ids: chat messages need the chat template; chat=False tokenizes strings only")
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("prompt_or_ids: chat messages need a tokenizer with a chat template; pass a string with "
+                             "chat=False or token ids")
+        for i, message in enumerate(messages):
+            if not isinstance(message.get("role"), str):
+                raise ValueError(f"prompt_or_ids: message {i} has no 'role' string: {dict(message)!r}")
+        # As HF's pipeline: a conversation ending on the assistant's turn is continued, not answered.
+        continue_last = messages[-1]["role"] == "assistant"
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=not continue_last,
+                                                 continue_final_message=continue_last, tokenize=True,
+                                                 return_dict=False)
+        ids = ids["input_ids"] if isinstance(ids, Mapping) else ids
         if not ids:
             raise ValueError("prompt_or_ids: the prompt encodes to no tokens")
         return list(ids)
@@ -251,15 +273,18 @@ class Engine:
                  ) -> GenerationResult | list[GenerationResult]:
         """Generate up to max_new_tokens tokens after a prompt, or after each prompt of a batch.
 
-        prompt_or_ids: a string, a list of token ids or a [S] / [1, S] tensor -> one GenerationResult; a list of
-        those (any lengths) or a [B, S] tensor with B > 1 -> a list of GenerationResults, one per prompt. A batch
+        prompt_or_ids: a string, a list of chat messages ({"role", "content"} dicts, see `encode`), a list of
+        token ids or a [S] / [1, S] tensor -> one GenerationResult; a list of those (any lengths) or a [B, S]
+        tensor with B > 1 -> a list of GenerationResults, one per prompt. A batch
         decodes every sequence at its own length; with greedy decoding each result equals that prompt's own
         generation.
 
         temperature 0 is greedy (argmax, as HF's do_sample=False); otherwise sample from softmax(logits / T)
         restricted by top_k and top_p (nucleus), with a torch.Generator seeded by `seed` (reproducible).
-        A sequence stops after an EOS token (kept in `.ids`) or after a `stop` token id / string (a stop
-        string is checked against the decoded text; the token completing it is kept).
+        A sequence stops after an EOS token (kept in `.ids`) or after a `stop` token id / string. A stop string
+        stops where HF's stop_strings do: on the token its text ends in (that token is kept: the text includes
+        the stop string, unless it is a special token's, and whatever else that token adds); its start may lie
+        in the prompt's text, and special tokens count as their text ("<|im_start|>").
 
         stats: prompt_tokens, new_tokens (this sequence); batch, prefill_ms (the whole batch, up to the first
         tokens), decode_ms, decode_steps, tokens_per_s (new tokens of all sequences after their first / decode
@@ -359,7 +384,8 @@ class Engine:
         read, step = 0, 1
         while True:
             if step - read >= sync_every or step == max_new_tokens:
-                yield self._accept(rows, done, tokens[:, read:step].tolist(), max_new_tokens, stop_ids, stop_strings)
+                new = tokens[:, read:step].tolist()
+                yield self._accept(prompts, rows, done, new, max_new_tokens, stop_ids, stop_strings)
                 read = step
                 if all(done):
                     break
@@ -381,28 +407,24 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _accept(self, rows: list[list[int]], done: list[bool], new: list[list[int]], max_new_tokens: int,
-                stop_ids: set[int], stop_strings: list[str]) -> list[list[int]]:
+    def _accept(self, prompts: list[list[int]], rows: list[list[int]], done: list[bool], new: list[list[int]],
+                max_new_tokens: int, stop_ids: set[int], stop_strings: list[str]) -> list[list[int]]:
         """Append each unfinished sequence's new tokens up to its stop; -> what each one gained."""
         gained: list[list[int]] = [[] for _ in rows]
         for b, row in enumerate(rows):
             for token in new[b] if not done[b] else ():
                 row.append(token)
                 gained[b].append(token)
-                if self._should_stop(row, stop_ids, stop_strings) or len(row) == max_new_tokens:
+                if self._should_stop(prompts[b], row, stop_ids, stop_strings) or len(row) == max_new_tokens:
                     done[b] = True
                     break
         return gained
 
-    def _should_stop(self, new: list[int], stop_ids: set[int], stop_strings: list[str]) -> bool:
+    def _should_stop(self, prompt: list[int], new: list[int], stop_ids: set[int], stop_strings: list[str]) -> bool:
         if new[-1] in self.eos_ids or new[-1] in stop_ids:
             return True
         if stop_strings and self.tokenizer is not None:
-            # Decode only a tail: a stop string spans at most one token per UTF-8 byte, plus one token that may
-            # start mid-character and one of context (a decode may drop a leading space).
-            window = max(16, max(len(s.encode()) for s in stop_strings) + 2)
-            tail = self.tokenizer.decode(new[-window:], skip_special_tokens=True)
-            return any(s in tail for s in stop_strings)
+            return _ends_on_stop_string(self.tokenizer, prompt, new, stop_strings)
         return False
 
     def _results(self, rows: list[list[int]], lengths: list[int], prefill_ms: float, decode_s: float,
@@ -454,6 +476,11 @@ def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p:
                          f"KV cache of {max_seq_len} positions; lower it or load(max_seq_len=...)")
 
 
+def _is_chat(prompt: Any) -> bool:
+    """A list of chat messages: a non-empty list or tuple of mappings (dicts with "role" and "content")."""
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(m, Mapping) for m in prompt)
+
+
 def _token_ids(prompt: Any) -> list[int]:
     """A prompt given as ids (a sequence of integers or an integer tensor) -> list of ints. Floats are refused,
     not truncated: HF's embedding refuses them too."""
@@ -473,6 +500,27 @@ def _token_ids(prompt: Any) -> list[int]:
         except TypeError:
             raise ValueError(f"prompt_or_ids: expected token ids (integers), got the element {item!r}") from None
     return ids
+
+
+def _ends_on_stop_string(tokenizer: Any, prompt: list[int], new: list[int], stop_strings: list[str]) -> bool:
+    """Whether a stop string ends within the newest token, as HF's StopStringCriteria decides: the text before
+    it may come from the prompt (a prompt ending in "\n" and a new "\n" make "\n\n"), and special tokens count
+    as their text ("<|im_start|>" stops on that token). Only a tail is decoded: a stop string spans at most one
+    token per UTF-8 byte, plus one token that may start mid-character and one of context (a decode may drop a
+    leading space)."""
+    window = max(16, max(len(s.encode()) for s in stop_strings) + 2)
+    tail = (prompt[-window:] + new[-window:])[-window:]
+    text = tokenizer.decode(tail, skip_special_tokens=False)
+    # Where the newest token's text starts: where the decode without it stops agreeing (a character completed by
+    # the newest token counts as its text).
+    before = tokenizer.decode(tail[:-1], skip_special_tokens=False)
+    start = _common_prefix_length(before, text)
+    return any(text.find(s, max(0, start - len(s) + 1)) >= 0 for s in stop_strings)
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    shorter = min(len(a), len(b))
+    return next((i for i in range(shorter) if a[i] != b[i]), shorter)
 
 
 def _split_stop(stop: Sequence[str | int] | str | int | None) -> tuple[set[int], list[str]]:
