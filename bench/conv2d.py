@@ -116,13 +116,16 @@ def flops(case: Case) -> float:
 
 
 def bytes_moved(case: Case) -> float:
-    """x and the weight read once, the output written once, the residual read once."""
+    """x, the weight and the bias (per channel, or per sample and channel: conv1's bias plus the time embedding)
+    read once, the output written once, the residual read once."""
     N, C, H_in, W_in = case.params["shape"]
     H, W = _output_hw(case)
     c_out, k = case.params["c_out"], case.params["kernel"]
     element = torch.empty((), dtype=case.dtype).element_size()
-    outputs = 2 if EPILOGUES[case.params["epilogue"]]["residual"] else 1
-    return element * (N * C * H_in * W_in + c_out * C * k * k + outputs * N * c_out * H * W)
+    spec = EPILOGUES[case.params["epilogue"]]
+    outputs = 2 if spec["residual"] else 1
+    bias = {"channel": c_out, "sample": N * c_out, None: 0}[spec["bias"]]
+    return element * (N * C * H_in * W_in + c_out * C * k * k + bias + outputs * N * c_out * H * W)
 
 
 ENTRY = register(BenchEntry(

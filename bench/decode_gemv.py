@@ -103,7 +103,9 @@ def flops(case: Case) -> float:
 def bytes_moved(case: Case) -> float:
     p = case.params
     inputs = 2 * p["K"] if p["kind"] == "swiglu_linear" else 3 * p["K"]  # gate+up, or h, delta, norm weight
-    return 2.0 * (p["K"] * p["N"] + inputs + p["N"])  # bf16
+    outputs = p["N"] if p["kind"] == "swiglu_linear" else p["K"] + p["N"]  # norm_linear also writes h + delta
+    element = torch.empty((), dtype=case.dtype).element_size()
+    return float(element * (p["K"] * p["N"] + inputs + outputs))
 
 
 ENTRY = register(BenchEntry(

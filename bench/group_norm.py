@@ -82,7 +82,8 @@ def flops(case: Case) -> float:
 
 def bytes_moved(case: Case) -> float:
     element = torch.empty((), dtype=case.dtype).element_size()
-    return 2.0 * math.prod(case.params["shape"]) * element  # read x once, write y once
+    channels = case.params["shape"][1]  # the weight and the bias, in x's dtype (make_inputs)
+    return (2.0 * math.prod(case.params["shape"]) + 2 * channels) * element  # read x once, write y once
 
 
 ENTRY = register(BenchEntry(

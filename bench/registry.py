@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 Inputs = dict[str, Any]
+BOUNDS = ("memory", "compute")  # the ceilings pct_of_peak is measured against: copy bandwidth, matmul rate
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class BenchEntry:
     make_inputs(case, device) -> inputs; run(inputs, backend) -> output through genai_fast;
     references: name -> callable(inputs) -> output (the things users compare against);
     oracle(inputs) -> float64 output on the CPU; flops(case) and bytes(case): work and the fewest bytes
-    moved; bound: "memory" or "compute", which ceiling pct_of_peak is measured against.
+    moved; bound: "memory" or "compute", which ceiling pct_of_peak is measured against, or a callable
+    case -> one of them for an entry whose cases fall on both sides (decode rows and GEMMs of one op).
     """
 
     op: str
@@ -40,10 +42,17 @@ class BenchEntry:
     oracle: Callable[[Inputs], torch.Tensor]
     flops: Callable[[Case], float]
     bytes: Callable[[Case], float]
-    bound: str = "memory"
+    bound: str | Callable[[Case], str] = "memory"
 
     def cases(self, preset: str, device_type: str) -> list[Case]:
         return self.presets.get(preset, {}).get(device_type, [])
+
+    def bound_of(self, case: Case) -> str:
+        """The ceiling this case is measured against: "memory" (copy bandwidth) or "compute" (matmul rate)."""
+        bound = self.bound(case) if callable(self.bound) else self.bound
+        if bound not in BOUNDS:
+            raise ValueError(f"{self.op}: bound: expected one of {BOUNDS}, got {bound!r} for {case.label}")
+        return bound
 
 
 REGISTRY: dict[str, BenchEntry] = {}

@@ -29,7 +29,7 @@ def select_entries(ops: list[str] | None) -> list[BenchEntry]:
     unknown = [op for op in ops if op not in registry]
     if unknown:
         raise ValueError(f"--ops: unknown op(s) {', '.join(unknown)}; registered: {', '.join(registry)}")
-    return [registry[op] for op in ops]
+    return [registry[op] for op in dict.fromkeys(ops)]  # an op named twice is measured once
 
 
 def _rotation_count(entry: BenchEntry, case: Case, device: torch.device) -> int:
@@ -54,8 +54,9 @@ def _row(entry: BenchEntry, case: Case, backend: str, reference: str, ours: Timi
          max_err: float, ref_err: float, auto: str | None, peaks: dict[str, Any]) -> dict[str, Any]:
     tflops = entry.flops(case) / ours.median_ms / 1e9
     gbps = entry.bytes(case) / ours.median_ms / 1e6
-    ceiling = peaks["copy_gbps"] if entry.bound == "memory" else peaks["matmul_tflops"]
-    achieved = gbps if entry.bound == "memory" else tflops
+    bound = entry.bound_of(case)
+    ceiling = peaks["copy_gbps"] if bound == "memory" else peaks["matmul_tflops"]
+    achieved = gbps if bound == "memory" else tflops
     return {
         "op": entry.op,
         "backend": backend,
@@ -69,7 +70,7 @@ def _row(entry: BenchEntry, case: Case, backend: str, reference: str, ours: Timi
         "tflops": tflops,
         "gbps": gbps,
         "pct_of_peak": 100.0 * achieved / ceiling,
-        "bound": entry.bound,
+        "bound": bound,
         "reference_ms": ref.median_ms,
         "speedup_vs_reference": ref.median_ms / ours.median_ms,
         "max_err": max_err,
@@ -109,7 +110,10 @@ def _checked_candidates(entry: BenchEntry, case: Case, inputs: list, oracle: tor
 def bench_case(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
                peaks: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows for one case, and what was skipped (a backend that cannot run, a reference that failed)."""
-    inputs = [entry.make_inputs(case, device) for _ in range(_rotation_count(entry, case, device))]
+    # The first set before the count: an entry may learn its bytes only from its inputs (the U-Net entry counts
+    # its weights when it builds them; asked before, it says 0 bytes, which would ask for 8 U-Nets).
+    inputs = [entry.make_inputs(case, device)]
+    inputs += [entry.make_inputs(case, device) for _ in range(_rotation_count(entry, case, device) - 1)]
     oracle = entry.oracle(inputs[0])
     skipped: list[dict[str, Any]] = []
     candidates = _checked_candidates(entry, case, inputs, oracle, device, skipped)
@@ -127,6 +131,19 @@ def bench_case(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
     return rows, skipped
 
 
+def _bench_case_or_skip(entry: BenchEntry, case: Case, device: torch.device, quick: bool,
+                        peaks: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """bench_case, or the case listed as skipped with the error when it fails (inputs or oracle out of memory, a
+    kernel that raises): one case must not cost a device run's remaining ops, whose results come only once."""
+    try:
+        return bench_case(entry, case, device, quick, peaks)
+    except Exception as exc:  # anything a case raises is reported with it, in the table and the JSON
+        reason = f"failed: {type(exc).__name__}: {exc}"[:300]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # after the except block: the traceback no longer holds the case's tensors
+    return [], [_skip(entry, case, "all", reason)]
+
+
 def _interleave(entries: list[BenchEntry], preset: str, device_type: str) -> list[tuple[BenchEntry, Case]]:
     """Cases ordered round-robin across ops, so a time budget cuts every op's tail, not whole ops."""
     per_entry = [[(e, c) for c in e.cases(preset, device_type)] for e in entries]
@@ -141,22 +158,30 @@ def run_benchmarks(device: torch.device, preset: str, ops: list[str] | None = No
     section 5).
 
     budget_s: stop starting new cases after this many seconds (the rest are listed as skipped).
-    checkpoint: called with the results so far (complete False) after every case, so that a run stopped from
-    outside (a device machine's time limit) keeps what it measured.
+    checkpoint: called with the results so far (complete False) before the first measurement (no rows yet) and after
+    every case, so that a run stopped from outside (a device machine's time limit) keeps what it measured.
+    A case that raises is listed in "skipped" with its error, and the run goes on.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
-    work = _interleave(select_entries(ops), preset, device.type)
+    entries = select_entries(ops)
+    work = _interleave(entries, preset, device.type)
     quick = preset == "quick"
     start = time.perf_counter()
+    # An op with nothing to run here (GPU-only entries on a CPU) says so, rather than leaving an unexplained gap.
+    no_cases = [{"op": e.op, "shape": "-", "backend": "all", "reason": f"no {preset} cases for {device.type}"}
+                for e in entries if not e.cases(preset, device.type)]
+    if checkpoint is not None:
+        # Written before anything is measured: a path that cannot be written fails now, not after the first case.
+        checkpoint({"env": environment(device, {}), "preset": preset, "rows": [], "skipped": [], "complete": False})
     peaks = measure_peaks(device, quick)
-    rows, skipped = [], []
+    rows, skipped = [], no_cases
     env: dict[str, Any] | None = None
     for entry, case in tqdm(work, desc=f"bench {device.type} {preset}", unit="case", disable=not progress):
         if budget_s is not None and time.perf_counter() - start > budget_s:
             skipped.append(_skip(entry, case, "all", f"time budget of {budget_s:.0f} s spent"))
             continue
-        case_rows, case_skipped = bench_case(entry, case, device, quick, peaks)
+        case_rows, case_skipped = _bench_case_or_skip(entry, case, device, quick, peaks)
         rows += case_rows
         skipped += case_skipped
         if checkpoint is not None:
@@ -194,4 +219,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def write_json(result: dict[str, Any], path: str) -> None:
-    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=False) + "\n")
+    try:
+        atomic_write_text(path, json.dumps(result, indent=2, sort_keys=False) + "\n")
+    except OSError as exc:  # it names the temporary file beside `path`; name the path asked for
+        message = f"cannot write the benchmark JSON to {path}: {exc.strerror or exc}"
+        # OSError(errno, message) is the errno's subclass (FileNotFoundError, PermissionError, ...), as exc was.
+        raise (OSError(exc.errno, message) if exc.errno is not None else OSError(message)) from exc
