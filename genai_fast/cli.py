@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,11 @@ def _check_output_path(option: str, path: str | None) -> None:
         raise UsageError(f"{option} {path}: the folder {parent} does not exist")
     if Path(path).is_dir():
         raise UsageError(f"{option} {path}: is a folder, expected a file path")
+    try:  # before any work: a benchmark's results must not be lost at the end for want of a writable folder
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".genai-fast-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

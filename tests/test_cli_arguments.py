@@ -148,3 +148,13 @@ def test_eval_pair_file_too_small_names_the_option_and_file(w2v_model, tmp_path,
     assert main(["word2vec", "eval", str(w2v_model), "--analogies", str(analogies), "--wordsim", str(good),
                  "--simlex", str(good)]) == 0
     assert "simlex" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_bench_output_in_an_unwritable_folder_is_refused_before_benchmarking(monkeypatch, capsys, option):
+    # /proc takes no new files, even for root (which ignores permission bits).
+    monkeypatch.setattr("genai_fast.bench.runner.run_benchmarks",
+                        lambda *a, **k: pytest.fail("benchmarked before checking the output path"))
+    assert main(["bench", "--device", "cpu", option, "/proc/genai-fast-out"]) == 2
+    err = capsys.readouterr().err
+    assert option in err and "cannot write in /proc" in err
