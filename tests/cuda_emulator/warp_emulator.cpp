@@ -26,6 +26,10 @@ double g_shuffle[32];
 #define __shared__
 
 float smem[1 << 16];  // the block's dynamic shared memory (`extern __shared__ float smem[]`)
+// Shared memory starts out as this pattern (a NaN as a float, an id far outside any table as an int) rather than
+// zeros, so a read of a slot the kernel never wrote shows up; the last slot still holding it after a launch tells
+// how much of smem the block used (tests compare that with the launcher's shared-memory size).
+constexpr unsigned kSharedPoison = 0x7fa5a5a5u;
 
 using std::max;
 using std::min;
@@ -66,7 +70,7 @@ extern "C" void emulate_word2vec_train(float* syn0, float* syn1, const int* toke
                                        long long seed, int window, int negative, long long draw_stride, int mode,
                                        int cbow_mean, int shrink, int compute_loss, int depth, int hs) {
   const long long blocks = (num_slices + W2V_WARPS - 1) / W2V_WARPS;
-  std::memset(smem, 0, sizeof(smem));
+  for (float& f : smem) std::memcpy(&f, &kSharedPoison, 4);
   for (long long b = 0; b < blocks; ++b) {
     blockIdx.x = static_cast<unsigned>(b);
     for (int warp = 0; warp < W2V_WARPS; ++warp) {
@@ -83,6 +87,16 @@ extern "C" void emulate_word2vec_train(float* syn0, float* syn1, const int* toke
       for (auto& t : lanes) t.join();
     }
   }
+}
+
+// Floats of smem the last emulate_word2vec_train touched: one past the highest slot no longer holding the poison.
+extern "C" long long emulate_word2vec_shared_floats_used() {
+  for (long long i = static_cast<long long>(sizeof(smem) / sizeof(float)); i > 0; --i) {
+    unsigned bits;
+    std::memcpy(&bits, &smem[i - 1], 4);
+    if (bits != kSharedPoison) return i;
+  }
+  return 0;
 }
 
 extern "C" void emulate_word2vec_draws(int* shrink_out, int* noise_out, const float* prob, const int* alias,
