@@ -325,6 +325,22 @@ def test_word2vec_cuda_refuses_more_shared_memory_than_the_gpu_has(monkeypatch):
                                          negative=5, cbow_mean=True, shrink_windows=True, compute_loss=False, seed=1)
 
 
+def test_word2vec_dispatch_sends_what_the_gpu_cannot_stage_to_triton(monkeypatch):
+    """The dispatcher's check uses the device's own shared-memory limit, so automatic dispatch passes a
+    configuration too big for a 64 KB GPU to the Triton trainer instead of choosing CUDA and failing."""
+    from genai_fast.backends.cuda import word2vec as cuda_word2vec
+    from genai_fast.ops import word2vec_ops
+
+    monkeypatch.setattr(word2vec_ops, "_gpu_train_check", lambda inputs: [])
+    inputs = {"syn0": torch.zeros(10, 300, device="meta"), "mode": "sg_shared", "window": 5, "negative": 5}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(cuda_word2vec, "device_shared_limit", lambda index: 64 * 1024)
+    (reason,) = word2vec_ops._cuda_train_check(inputs)
+    assert "exceed 65536 bytes of shared memory" in reason
+    monkeypatch.setattr(cuda_word2vec, "device_shared_limit", lambda index: cuda_word2vec.MAX_OPTIN_SHARED_BYTES)
+    assert word2vec_ops._cuda_train_check(inputs) == []
+
+
 # ---------------------------------------------------------------- on a GPU only
 
 

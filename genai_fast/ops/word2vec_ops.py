@@ -744,18 +744,21 @@ def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
     reasons = _gpu_train_check(inputs)
     syn0 = inputs["syn0"]
     if not reasons and isinstance(inputs["window"], int) and isinstance(inputs["negative"], int):
-        from genai_fast.backends.cuda.word2vec import shared_memory_reasons
+        from genai_fast.backends.cuda.word2vec import device_shared_limit, shared_memory_reasons
 
+        limit = device_shared_limit(syn0.device.index if syn0.device.index is not None
+                                    else torch.cuda.current_device())
         reasons += shared_memory_reasons(inputs["mode"], syn0.shape[1], inputs["window"], inputs["negative"],
-                                         inputs.get("hs_depth", 0))
+                                         inputs.get("hs_depth", 0), limit)
     return reasons
 
 
 # CUDA before Triton: on an H200 the CUDA trainer ran a 2.1M-token skip-gram chunk in 33 ms, Triton in 70 ms,
 # and trained the Debian corpus at 26.6M words/s against 12.6M (bench/results/nvidia-h200-20261128.md).
+# Compute capability 7.5 and up: CUDA 13's NVRTC no longer compiles for Volta (sm_70/72), whose GPUs get Triton.
 @WORD2VEC_TRAIN.register(
     "cuda",
-    Capability(devices=("cuda",), dtypes=(torch.float32,), min_compute_capability=(7, 0),
+    Capability(devices=("cuda",), dtypes=(torch.float32,), min_compute_capability=(7, 5),
                features=("Hogwild over sentence slices", "a warp per slice", "pWord2Vec shared negatives",
                          "counter-based Philox draws (same stream as triton)", "NVRTC via CuPy")),
     check=_cuda_train_check,

@@ -37,12 +37,15 @@ def warp_area_bytes(mode: str, dim: int, window: int, negative: int, depth: int 
     return 4 * (max_ctx * dim + slots * dim + max_ctx * slots + dim + slots + max_ctx + slots)
 
 
-def shared_memory_reasons(mode: str, dim: int, window: int, negative: int, depth: int = 0) -> list[str]:
-    """Why the CUDA kernel cannot stage this configuration (empty: it can)."""
+def shared_memory_reasons(mode: str, dim: int, window: int, negative: int, depth: int = 0,
+                          limit: int = MAX_OPTIN_SHARED_BYTES) -> list[str]:
+    """Why the CUDA kernel cannot stage this configuration in `limit` bytes of shared memory per block (empty: it
+    can). The dispatcher passes the device's own limit (device_shared_limit), so that a configuration too big for
+    the GPU at hand goes to the Triton trainer instead of failing in the launcher."""
     need = WARPS * warp_area_bytes(mode, dim, window, negative, depth)
-    if need > MAX_OPTIN_SHARED_BYTES:
+    if need > limit:
         return [f"a block's staging areas ({need} bytes for dim={dim}, window={window}, negative={negative}, "
-                f"path depth={depth}) exceed {MAX_OPTIN_SHARED_BYTES} bytes of shared memory"]
+                f"path depth={depth}) exceed {limit} bytes of shared memory"]
     return []
 
 
@@ -91,7 +94,7 @@ def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.
 
 def device_shared_limit(index: int) -> int:
     """Dynamic shared memory a block of device `index` may opt in to: MAX_OPTIN_SHARED_BYTES, or less where the
-    GPU has less (sm_75: 64 KB; the capability check admits compute capability 7.0 and up)."""
+    GPU has less (sm_75: 64 KB; the capability check admits compute capability 7.5 and up)."""
     props = torch.cuda.get_device_properties(index)
     return min(MAX_OPTIN_SHARED_BYTES, int(getattr(props, "shared_memory_per_block_optin", MAX_OPTIN_SHARED_BYTES)))
 
