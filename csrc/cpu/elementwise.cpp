@@ -40,17 +40,22 @@ GF_CLONES double sum_floats(const float* x, int64_t n) {
   return total;
 }
 
-GF_CLONES double sum_squared_deviation_floats(const float* x, int64_t n, float mean) {
-  float acc[kLanes] = {0};
+GF_CLONES double sum_squared_deviation_floats(const float* x, int64_t n, float mean, double* deviation) {
+  float acc[kLanes] = {0}, dev[kLanes] = {0};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
       const float d = x[i + j] - mean;
       acc[j] += d * d;
+      dev[j] += d;
     }
-  double total = 0.0;
-  for (int j = 0; j < kLanes; ++j) total += acc[j];
-  for (; i < n; ++i) total += static_cast<double>(x[i] - mean) * (x[i] - mean);
+  double total = 0.0, dev_total = 0.0;
+  for (int j = 0; j < kLanes; ++j) total += acc[j], dev_total += dev[j];
+  for (; i < n; ++i) {
+    total += static_cast<double>(x[i] - mean) * (x[i] - mean);
+    dev_total += x[i] - mean;
+  }
+  *deviation += dev_total;
   return total;
 }
 
@@ -58,11 +63,23 @@ GF_CLONES void add_into(float* __restrict acc, const float* __restrict x, int64_
   for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
 }
 
-GF_CLONES void add_squared_deviation_into(float* __restrict m2, const float* __restrict x,
-                                          const float* __restrict mean, int64_t n) {
+GF_CLONES void add_squared_deviation_into(float* __restrict m2, float* __restrict deviation,
+                                          const float* __restrict x, const float* __restrict mean, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float d = x[i] - mean[i];
     m2[i] += d * d;
+    deviation[i] += d;
+  }
+}
+
+// The corrected two-pass step of channel_moments: each channel's mean moved by its mean deviation, and m2 less
+// what that move accounts for (never below 0).
+void correct_channel_moments(int64_t rows, int64_t C, float* mean, float* m2, const float* deviation) {
+  const float inv_rows = 1.0f / static_cast<float>(rows);
+  for (int64_t c = 0; c < C; ++c) {
+    const float shift = deviation[c] * inv_rows;
+    mean[c] += shift;
+    m2[c] = std::max(0.0f, m2[c] - deviation[c] * shift);
   }
 }
 
@@ -128,15 +145,16 @@ double sum_values_portable(const void* x, DType dtype, int64_t n) {
   return total;
 }
 
-double sum_squared_deviation_portable(const void* x, DType dtype, int64_t n, float mean) {
+double sum_squared_deviation_portable(const void* x, DType dtype, int64_t n, float mean, double* deviation) {
   double total = 0.0;
   for_float_pieces(x, dtype, n, [&](const float* v, int64_t count, int64_t) {
-    total += sum_squared_deviation_floats(v, count, mean);
+    total += sum_squared_deviation_floats(v, count, mean, deviation);
   });
   return total;
 }
 
-void channel_moments_portable(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2) {
+void channel_moments_portable(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2,
+                              float* deviation) {
   for (int64_t r = 0; r < rows; ++r)
     for_float_pieces(element_at(x, dtype, r * C), dtype, C,
                      [&](const float* v, int64_t count, int64_t c0) { add_into(mean + c0, v, count); });
@@ -144,8 +162,9 @@ void channel_moments_portable(const void* x, DType dtype, int64_t rows, int64_t 
   for (int64_t c = 0; c < C; ++c) mean[c] *= inv_rows;
   for (int64_t r = 0; r < rows; ++r)
     for_float_pieces(element_at(x, dtype, r * C), dtype, C, [&](const float* v, int64_t count, int64_t c0) {
-      add_squared_deviation_into(m2 + c0, v, mean + c0, count);
+      add_squared_deviation_into(m2 + c0, deviation + c0, v, mean + c0, count);
     });
+  correct_channel_moments(rows, C, mean, m2, deviation);
 }
 
 void scale_shift_typed_portable(const void* x, void* y, DType dtype, int64_t n, float scale, float shift, bool act) {
@@ -283,30 +302,37 @@ GF_AVX512 double sum_avx512(const void* x, int64_t n) {
 }
 
 template <DType T>
-GF_AVX512 double sum_squared_deviation_avx512(const void* x, int64_t n, float mean) {
+GF_AVX512 double sum_squared_deviation_avx512(const void* x, int64_t n, float mean, double* deviation) {
   const __m512 m = _mm512_set1_ps(mean);
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 dev[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
     for (int k = 0; k < 4; ++k) {
       const __m512 d = _mm512_sub_ps(load16<T>(x, i + 16 * k), m);
       acc[k] = _mm512_fmadd_ps(d, d, acc[k]);
+      dev[k] = _mm512_add_ps(dev[k], d);
     }
   for (; i + 16 <= n; i += 16) {
     const __m512 d = _mm512_sub_ps(load16<T>(x, i), m);
     acc[0] = _mm512_fmadd_ps(d, d, acc[0]);
+    dev[0] = _mm512_add_ps(dev[0], d);
   }
   if (i < n) {  // lanes past the end are zeroed after the subtraction, not before
     const __mmask16 valid = static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m512 d = _mm512_maskz_sub_ps(valid, load_tail<T>(x, i, n - i), m);
     acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
+    dev[1] = _mm512_add_ps(dev[1], d);
   }
+  *deviation += lanes_total(_mm512_add_ps(_mm512_add_ps(dev[0], dev[1]), _mm512_add_ps(dev[2], dev[3])));
   return lanes_total(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
-// One pass of channel_moments over the rows: adds x (first pass) or (x - mean)^2 (second) into acc.
+// One pass of channel_moments over the rows: adds x (first pass) or (x - mean)^2 (second) into acc, and in the
+// second x - mean into dev.
 template <DType T, bool kDeviation>
-GF_AVX512 void accumulate_channels(const void* x, int64_t rows, int64_t C, const float* mean, float* acc) {
+GF_AVX512 void accumulate_channels(const void* x, int64_t rows, int64_t C, const float* mean, float* acc,
+                                   float* dev) {
   const int64_t tail = C % 16;
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
   for (int64_t r = 0; r < rows; ++r) {
@@ -316,6 +342,7 @@ GF_AVX512 void accumulate_channels(const void* x, int64_t rows, int64_t C, const
       __m512 v = load16<T>(x, row + c);
       if constexpr (kDeviation) {
         v = _mm512_sub_ps(v, _mm512_loadu_ps(mean + c));
+        _mm512_storeu_ps(dev + c, _mm512_add_ps(_mm512_loadu_ps(dev + c), v));
         v = _mm512_mul_ps(v, v);
       }
       _mm512_storeu_ps(acc + c, _mm512_add_ps(_mm512_loadu_ps(acc + c), v));
@@ -324,6 +351,7 @@ GF_AVX512 void accumulate_channels(const void* x, int64_t rows, int64_t C, const
       __m512 v = load_tail<T>(x, row + c, tail);
       if constexpr (kDeviation) {
         v = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(tail_mask, mean + c));
+        _mm512_mask_storeu_ps(dev + c, tail_mask, _mm512_add_ps(_mm512_maskz_loadu_ps(tail_mask, dev + c), v));
         v = _mm512_mul_ps(v, v);
       }
       _mm512_mask_storeu_ps(acc + c, tail_mask, _mm512_add_ps(_mm512_maskz_loadu_ps(tail_mask, acc + c), v));
@@ -332,11 +360,13 @@ GF_AVX512 void accumulate_channels(const void* x, int64_t rows, int64_t C, const
 }
 
 template <DType T>
-GF_AVX512 void channel_moments_avx512(const void* x, int64_t rows, int64_t C, float* mean, float* m2) {
-  accumulate_channels<T, false>(x, rows, C, nullptr, mean);
+GF_AVX512 void channel_moments_avx512(const void* x, int64_t rows, int64_t C, float* mean, float* m2,
+                                      float* deviation) {
+  accumulate_channels<T, false>(x, rows, C, nullptr, mean, nullptr);
   const float inv_rows = 1.0f / static_cast<float>(rows);
   for (int64_t c = 0; c < C; ++c) mean[c] *= inv_rows;
-  accumulate_channels<T, true>(x, rows, C, mean, m2);
+  accumulate_channels<T, true>(x, rows, C, mean, m2, deviation);
+  correct_channel_moments(rows, C, mean, m2, deviation);
 }
 
 template <DType T>
@@ -417,14 +447,14 @@ double sum_values(const void* x, DType dtype, int64_t n) {
   return sum_values_portable(x, dtype, n);
 }
 
-double sum_squared_deviation(const void* x, DType dtype, int64_t n, float mean) {
-  GF_AVX512_DISPATCH(dtype, sum_squared_deviation_avx512, x, n, mean);
-  return sum_squared_deviation_portable(x, dtype, n, mean);
+double sum_squared_deviation(const void* x, DType dtype, int64_t n, float mean, double* deviation) {
+  GF_AVX512_DISPATCH(dtype, sum_squared_deviation_avx512, x, n, mean, deviation);
+  return sum_squared_deviation_portable(x, dtype, n, mean, deviation);
 }
 
-void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2) {
-  GF_AVX512_DISPATCH(dtype, channel_moments_avx512, x, rows, C, mean, m2);
-  channel_moments_portable(x, dtype, rows, C, mean, m2);
+void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2, float* deviation) {
+  GF_AVX512_DISPATCH(dtype, channel_moments_avx512, x, rows, C, mean, m2, deviation);
+  channel_moments_portable(x, dtype, rows, C, mean, m2, deviation);
 }
 
 void scale_shift(const void* x, void* y, DType dtype, int64_t n, float scale, float shift, bool act, bool streaming,

@@ -15,14 +15,17 @@ inline const void* element_at(const void* p, DType dtype, int64_t i) {
 }
 inline void* element_at(void* p, DType dtype, int64_t i) { return static_cast<char*>(p) + i * dtype_bytes(dtype); }
 
-// Sum of x[0:n], and sum of (x[i] - mean)^2: fp32 lanes, totalled in double.
+// Sum of x[0:n], and sum of (x[i] - mean)^2 with the sum of x[i] - mean in *deviation: fp32 lanes, totalled in
+// double. The deviations of a mean taken from fp32 sums add up to n times its rounding error, which the caller
+// takes back out (the corrected two-pass algorithm): mean + deviation / n, m2 - deviation^2 / n.
 double sum_values(const void* x, DType dtype, int64_t n);
-double sum_squared_deviation(const void* x, DType dtype, int64_t n, float mean);
+double sum_squared_deviation(const void* x, DType dtype, int64_t n, float mean, double* deviation);
 
 // Per-channel moments of `rows` channels-last rows of C values: adds each channel's sum into mean[c], divides
-// it by `rows`, then adds each channel's sum of squared deviations from that mean into m2[c]. mean and m2
-// come in zeroed.
-void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2);
+// it by `rows`, then adds each channel's sum of squared deviations from that mean into m2[c] and of the
+// deviations themselves into deviation[c], and corrects mean and m2 by the latter (the corrected two-pass: a
+// channel of one repeated value gets that value and 0). mean, m2 and deviation come in zeroed.
+void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2, float* deviation);
 
 // y[i] = act(x[i] * scale + shift), act = SiLU or identity; x and y may alias.
 // streaming: y is final output that will not be re-read soon, so non-temporal stores may be used (fp32).

@@ -34,8 +34,13 @@ void group_norm_channels_first(const GroupNormArgs& a) {
     const int64_t n = task / a.G, g = task % a.G;
     const int64_t offset = (n * a.C + g * Cg) * a.S;
     const void* x = element_at(a.x, dt, offset);
-    const float mean = static_cast<float>(sum_values(x, dt, block) / block);
-    const double var = sum_squared_deviation(x, dt, block, mean) / block;
+    // Corrected two-pass: the deviations from the mean of the fp32 first pass add up to its rounding error
+    // (times block), which rsqrt(eps) would amplify where the variance is small against the mean.
+    const float first = static_cast<float>(sum_values(x, dt, block) / block);
+    double deviation = 0.0;
+    const double m2 = sum_squared_deviation(x, dt, block, first, &deviation);
+    const double mean = first + deviation / block;
+    const double var = std::max(0.0, (m2 - deviation * deviation / block) / block);
     const float rstd = static_cast<float>(1.0 / std::sqrt(var + a.eps));
     void* y = element_at(a.out, dt, offset);
     const bool streaming = stream_output(a);
@@ -44,7 +49,8 @@ void group_norm_channels_first(const GroupNormArgs& a) {
     for (int64_t cl = 0; cl < Cg; ++cl) {
       const int64_t c = g * Cg + cl;
       const float scale = rstd * channel_weight(a, c);
-      const float shift = channel_bias(a, c) - mean * scale;
+      // Rounded once, for the scale applied: x * scale + shift is then (x - mean) * scale + bias to a rounding.
+      const float shift = static_cast<float>(channel_bias(a, c) - mean * scale);
       scale_shift(element_at(x, dt, cl * a.S), element_at(y, dt, cl * a.S), dt, a.S, scale, shift, a.silu, streaming,
                   next ? element_at(next, dt, cl * a.S) : nullptr);
     }
@@ -102,10 +108,10 @@ void chunk_group_stats(const GroupNormArgs& a, const RowChunks& chunks, float* g
   const int64_t C = a.C, G = a.G, Cg = C / G;
   parallel_for(a.N * chunks.per_sample, a.num_threads, [&](int64_t task) {
     const int64_t rows = chunks.rows(task % chunks.per_sample);
-    float* mean = thread_scratch(2 * C);
+    float* mean = thread_scratch(3 * C);
     float* m2 = mean + C;
-    std::fill(mean, mean + 2 * C, 0.0f);
-    channel_moments(element_at(a.x, a.dtype, chunks.offset(task)), a.dtype, rows, C, mean, m2);
+    std::fill(mean, mean + 3 * C, 0.0f);
+    channel_moments(element_at(a.x, a.dtype, chunks.offset(task)), a.dtype, rows, C, mean, m2, m2 + C);
     for (int64_t g = 0; g < G; ++g) {
       const double group_mean_value = sum_in_double(mean + g * Cg, Cg) / double(Cg);
       const double between = squared_deviation_in_double(mean + g * Cg, Cg, group_mean_value);
@@ -133,8 +139,10 @@ void group_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const fl
       }
       const double rstd = 1.0 / std::sqrt(m2 / (count * Cg) + a.eps);
       for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-        const double s = rstd * channel_weight(a, c);
-        scale[n * C + c] = static_cast<float>(s);
+        // The shift for the fp32 scale applied, so that x * scale + shift is (x - mean) * scale + bias to a
+        // rounding (with the exact scale, x * (rounded - exact) would be left over: |mean| rstd ulps).
+        const float s = static_cast<float>(rstd * channel_weight(a, c));
+        scale[n * C + c] = s;
         shift[n * C + c] = static_cast<float>(channel_bias(a, c) - mean * s);
       }
     }
