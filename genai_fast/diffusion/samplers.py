@@ -11,8 +11,14 @@ with classifier-free guidance `guided_step` runs the guidance combination and th
 (genai_fast.guided_update) from per-step coefficients derived from the same rows (`_fused`).
 
 The samplers keep a step counter, as diffusers' schedulers do: call `scale_model_input` / `step` once per
-entry of `timesteps`, in order. The `t` argument is checked against the counter's timestep when it is a
-Python number or a CPU tensor; a GPU tensor is not read back (that would synchronise).
+entry of `timesteps`, in order (from `set_begin_index(i)` on, for img2img). The `t` argument is checked against
+the counter's timestep when it is a Python number or a CPU tensor; a GPU tensor is not read back (that would
+synchronise).
+
+A sampler also stands in for a diffusers scheduler in a diffusers pipeline (`pipe.scheduler = sampler`): it has
+the attributes and call conventions the pipelines use (`order`, `config` with attribute access, `len()`,
+`num_inference_steps`, `set_begin_index`, `step(..., return_dict=...)`, DDIM's `eta` and
+`use_clipped_model_output` step arguments); see Sampler.step.
 """
 
 from __future__ import annotations
@@ -20,8 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -217,6 +222,28 @@ def _check_consistency(name: str, cfg: dict[str, Any]) -> None:
                          "use_lu_lambdas may be set")
 
 
+class SamplerConfig(dict):
+    """A sampler's resolved config: a read-only dict whose keys also read as attributes
+    (`config.num_train_timesteps`), like diffusers' FrozenDict. Being a dict, diffusers'
+    `SomeScheduler.from_config(sampler.config)` takes it as it takes a scheduler's config."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"{key!r} is not a sampler config key") from None
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("config is read-only: build a new sampler (make_sampler / from_config) or call the "
+                        "sampler's register_to_config(**changes)")
+
+    __setitem__ = __delitem__ = __setattr__ = __delattr__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple:  # copy / pickle rebuild from a plain dict (item assignment is blocked)
+        return (SamplerConfig, (dict(self),))
+
+
 # ---------------------------------------------------------------- noise schedule (host, float32)
 
 
@@ -404,24 +431,109 @@ class FusedUpdate:
     keep_x0: bool = False
 
 
+class StepOutput(NamedTuple):
+    """step(..., return_dict=True): the next latents as `.prev_sample` (or `[0]`), as diffusers' SchedulerOutput."""
+
+    prev_sample: torch.Tensor
+
+
+class StepResult(torch.Tensor):
+    """step()'s default result: the next latents, a tensor that also answers `.prev_sample` (the same data as a
+    plain tensor), so that diffusers pipelines which read `scheduler.step(...).prev_sample` run unchanged while
+    `x = sampler.step(...)` keeps giving a tensor. Operations on it return plain tensors (its torch function
+    handling is disabled, as nn.Parameter's), and it pickles and deep-copies as a plain tensor."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def prev_sample(self) -> torch.Tensor:
+        return self.as_subclass(torch.Tensor)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # torch.load(weights_only=True) knows only plain tensors
+        return self.prev_sample.__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo: dict) -> torch.Tensor:
+        return self.prev_sample.__deepcopy__(memo)
+
+
+def _check_return_dict(return_dict: Any) -> None:
+    if return_dict is not None and not isinstance(return_dict, (bool, np.bool_)):
+        raise TypeError(f"return_dict: expected a bool or None, got {type(return_dict).__name__}")
+
+
+def _step_result(prev_sample: torch.Tensor, return_dict: bool | None) -> Any:
+    if return_dict is None:
+        return prev_sample.as_subclass(StepResult)
+    return StepOutput(prev_sample) if return_dict else (prev_sample,)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Config values equal (trained_betas arrays compare by identity: no elementwise truth value)."""
+    return a is b or (not isinstance(a, np.ndarray) and not isinstance(b, np.ndarray) and a == b)
+
+
 class Sampler:
-    """Base class: config handling, the step counter and the public sampling API."""
+    """Base class: config handling, the step counter and the public sampling API.
+
+    Also usable as a diffusers pipeline's scheduler (`pipe.scheduler = sampler`): `order`, `len()`,
+    `num_inference_steps`, `begin_index` / `set_begin_index`, `config` (attribute access, and a dict that
+    diffusers' `from_config` takes), `register_to_config`, and `step(..., return_dict=...)`."""
 
     name = ""
     sigma_based = False  # Euler and DPM-Solver zero-pin a rescaled terminal alpha_bar
+    order = 1  # model evaluations per step (diffusers pipelines read scheduler.order)
 
     def __init__(self, **config: Any) -> None:
-        self.config: Mapping[str, Any] = MappingProxyType(resolve_config(self.name, config))
+        self._configure(config)
+
+    def _configure(self, config: Mapping[str, Any]) -> None:
+        """Validate `config`, build the noise schedule, drop any plan (set_timesteps comes next).
+
+        The config records which keys held defaults under `_use_default_values`, as diffusers' configs do,
+        so that diffusers' `OtherScheduler.from_config(sampler.config)` (and ours) applies its own defaults
+        there, as it does for a diffusers scheduler's config."""
+        resolved = resolve_config(self.name, config)
+        defaulted = [key for key in resolved if key not in config]
+        self.config: SamplerConfig = SamplerConfig({**resolved, "_use_default_values": defaulted})
         self.num_train_timesteps: int = self.config["num_train_timesteps"]
         self.alphas_cumprod = make_alphas_cumprod(self.config, pin_last=self.sigma_based)  # [T] float32, CPU
         self._plan: Plan | None = None
         self._index = 0
+        self._begin: int | None = None
 
     def __repr__(self) -> str:
-        defaults = OPTIONS[self.name]
-        changed = [f", {k}={v!r}" for k, v in self.config.items()
-                   if isinstance(v, np.ndarray) or v != defaults[k].default]
+        changed = [f", {k}={self.config[k]!r}" for k, opt in OPTIONS[self.name].items()
+                   if not _same_value(self.config[k], opt.default)]
         return f"make_sampler({self.name!r}{''.join(changed)})"
+
+    def __len__(self) -> int:
+        """num_train_timesteps, as len() of a diffusers scheduler."""
+        return self.num_train_timesteps
+
+    # -- config changes (diffusers' ConfigMixin conventions)
+
+    def register_to_config(self, **changes: Any) -> None:
+        """Change config keys, as ConfigMixin.register_to_config: the sampler is rebuilt from the updated config
+        (checked as make_sampler's; unlike diffusers, the betas follow a changed beta key too), and
+        set_timesteps must be called again."""
+        self._reconfigure({**self.config, **changes}, changed=changes.keys())
+
+    @property
+    def _internal_dict(self) -> SamplerConfig:
+        """diffusers' name for the config. Stable Diffusion pipelines replace it while they are constructed, to
+        update an outdated config (steps_offset=1, clip_sample=False): that rebuilds the sampler as
+        register_to_config does, so the sampler runs with the updated values as a diffusers scheduler would."""
+        return self.config
+
+    @_internal_dict.setter
+    def _internal_dict(self, config: Mapping[str, Any]) -> None:
+        changed = [k for k, v in config.items() if k in self.config and not _same_value(v, self.config[k])]
+        self._reconfigure(config, changed=changed)
+
+    def _reconfigure(self, config: Mapping[str, Any], changed: Any) -> None:
+        """_configure from a full config: keys that held defaults and were not changed stay defaulted."""
+        defaulted = set(self.config["_use_default_values"]) - set(changed)
+        self._configure({k: v for k, v in config.items() if not k.startswith("_") and k not in defaulted})
 
     # -- schedule
 
@@ -440,7 +552,7 @@ class Sampler:
         plan.host_coef = tuple(tuple(row) for row in plan.coef.double().tolist())
         plan.timesteps = plan.timesteps.to(device)
         plan.coef = plan.coef.to(device)
-        self._plan, self._index = plan, 0
+        self._plan, self._index, self._begin = plan, 0, None
         self._reset_history()
 
     def _make_plan(self, num_steps: int) -> Plan:
@@ -464,9 +576,32 @@ class Sampler:
         return len(self._require_plan().noise)
 
     @property
+    def num_inference_steps(self) -> int | None:
+        """The number of planned steps; None before set_timesteps (diffusers' attribute)."""
+        return None if self._plan is None else len(self._plan.noise)
+
+    @property
     def step_index(self) -> int:
-        """How many steps have run since set_timesteps."""
+        """The index in `timesteps` of the next step (steps run since set_timesteps, plus the begin index)."""
         return self._index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The index set_begin_index started at since set_timesteps, else None (as diffusers)."""
+        return self._begin
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start stepping at `timesteps[begin_index]` instead of the first (img2img with strength < 1 skips the
+        first steps; diffusers pipelines call it after set_timesteps). As in diffusers, a multistep sampler's
+        first step from there is first order, and add_noise noises to the noise level of the current step."""
+        plan = self._require_plan()
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)):
+            raise TypeError(f"begin_index: expected an int, got {type(begin_index).__name__}")
+        if not 0 <= begin_index <= len(plan.noise):
+            raise ValueError(f"begin_index: expected 0 <= begin_index <= {len(plan.noise)} (the planned steps), "
+                             f"got {begin_index}")
+        self._index = self._begin = int(begin_index)
+        self._reset_history()
 
     @property
     def init_noise_sigma(self) -> float:
@@ -510,15 +645,23 @@ class Sampler:
 
     # -- stepping
 
-    def step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, generator: Generator = None
-             ) -> torch.Tensor:
+    def step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, generator: Generator = None, *,
+             return_dict: bool | None = None) -> Any:
         """One denoising step: the model's output at the current timestep and the latents x [B, C, ...]
         -> the latents for the next timestep, x's shape (model_output's dtype where diffusers casts).
 
-        generator: torch.Generator (or a list, one per batch item) for the stochastic samplers."""
+        generator: torch.Generator (or a list, one per batch item) for the stochastic samplers.
+        return_dict: as diffusers' scheduler.step's, for pipelines: True returns a StepOutput (`.prev_sample`),
+        False the tuple (prev_sample,). None, the default, returns the latents as a tensor (a StepResult, which
+        also answers `.prev_sample`, as pipelines that leave diffusers' default return_dict=True read it)."""
+        _check_return_dict(return_dict)
+        return _step_result(self._advance(model_output, t, x, generator), return_dict)
+
+    def _advance(self, model_output: Any, t: Any, x: Any, generator: Generator, **options: Any) -> torch.Tensor:
+        """Check the arguments, run step `step_index` (options: per-step arguments of a sampler's _step)."""
         _check_tensor("model_output", model_output)
         plan = self._current(x, t)
-        out = self._step(self._index, plan, model_output, x, generator)
+        out = self._step(self._index, plan, model_output, x, generator, **options)
         self._index += 1
         return out
 
@@ -542,7 +685,7 @@ class Sampler:
             # Also a degenerate step (an epsilon model at a zero-SNR timestep, see _x0_weights): step()
             # reproduces diffusers there (x0 = +-inf, finite again once clipped), a fused pass cannot.
             uncond, cond = model_output.chunk(2)
-            return self.step(uncond + guidance * (cond - uncond), t, x, generator=generator)
+            return self._advance(uncond + guidance * (cond - uncond), t, x, generator)
         noise = draw_noise(x.shape, model_output, generator) if plan.noise[self._index] else None
         out, x0 = guided_update(x, model_output, fused.coefficients, guidance, fused.previous_x0, noise, fused.clip,
                                 return_x0=fused.keep_x0, out_dtype=model_output.dtype if fused.model_dtype else None)
@@ -735,11 +878,11 @@ class DDIMSampler(Sampler):
         steps = spaced_timesteps(self.config, num_steps).astype(np.int64)
         # diffusers steps to t - T // N, not to the next planned timestep (they differ for linspace).
         stride = self.num_train_timesteps // num_steps
-        rows = [self._coefficients(int(t), int(t) - stride) for t in steps]
+        rows = [self._coefficients(int(t), int(t) - stride, self.config["eta"]) for t in steps]
         noise = (self.config["eta"] > 0,) * len(steps)
         return Plan(torch.from_numpy(steps.copy()), _stack(rows), None, noise, ())
 
-    def _coefficients(self, t: int, prev: int) -> list[torch.Tensor]:
+    def _coefficients(self, t: int, prev: int, eta: float) -> list[torch.Tensor]:
         a_t = self.alphas_cumprod[t]
         if prev >= 0:
             a_prev = self.alphas_cumprod[prev]
@@ -747,17 +890,38 @@ class DDIMSampler(Sampler):
             a_prev = torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
         beta_prod, beta_prod_prev = 1 - a_t, 1 - a_prev
         variance = (beta_prod_prev / beta_prod) * (1 - a_t / a_prev)
-        std = self.config["eta"] * variance**0.5
+        std = eta * variance**0.5
         # With eta = 1 where alpha_bar_t is 0 or nearly (zero terminal SNR, the cosine schedule's last
         # timestep) std**2 equals 1 - a_prev up to rounding; diffusers' sqrt of the rounded, sometimes
         # negative, difference turns the whole sample into NaN.
         direction = torch.clamp(1 - a_prev - std**2, min=0.0) ** 0.5
         return [a_t**0.5, beta_prod**0.5, a_prev**0.5, direction, std]
 
-    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
-              ) -> torch.Tensor:
+    def step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, generator: Generator = None, *,
+             eta: float | None = None, use_clipped_model_output: bool | None = None,
+             return_dict: bool | None = None) -> Any:
+        """Sampler.step, plus the step arguments of diffusers' DDIMScheduler.step, which DDIMPipeline and the
+        Stable Diffusion pipelines pass: `eta` and `use_clipped_model_output` replace the config's values for
+        this step (None keeps the config's). As with diffusers, a pipeline's own `eta` argument (default 0.0)
+        thus decides, whatever eta the sampler was made with."""
+        options = {}
+        if eta is not None:
+            options["eta"] = _check_option(self.name, "eta", eta, OPTIONS[self.name]["eta"])
+        if use_clipped_model_output is not None:
+            key = "use_clipped_model_output"
+            options["clipped"] = _check_option(self.name, key, use_clipped_model_output, OPTIONS[self.name][key])
+        _check_return_dict(return_dict)
+        return _step_result(self._advance(model_output, t, x, generator, **options), return_dict)
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator,
+              eta: float | None = None, clipped: bool | None = None) -> torch.Tensor:
         _check_model_output(model_output, x)
-        sqrt_a, sqrt_b, sqrt_a_prev, direction, std = plan.coef[i].unbind()
+        coef, noise = plan.coef[i], plan.noise[i]
+        if eta is not None and eta != self.config["eta"]:  # this step's row for another eta (host arithmetic)
+            t = int(plan.host_timesteps[i])
+            coef = _stack([self._coefficients(t, t - self.num_train_timesteps // len(plan.noise), eta)])[0]
+            noise = eta > 0
+        sqrt_a, sqrt_b, sqrt_a_prev, direction, std = coef.unbind()
         prediction = self.config["prediction_type"]
         x0 = _to_x0(prediction, model_output, x, sqrt_a, sqrt_b)
         if prediction == "epsilon":
@@ -767,10 +931,10 @@ class DDIMSampler(Sampler):
         else:
             eps = (x - sqrt_a * x0) / sqrt_b
         x0 = self._x0_limit(x0)
-        if self.config["use_clipped_model_output"]:
+        if self.config["use_clipped_model_output"] if clipped is None else clipped:
             eps = (x - sqrt_a * x0) / sqrt_b
         x_prev = sqrt_a_prev * x0 + direction * eps
-        if plan.noise[i]:
+        if noise:
             x_prev = x_prev + std * draw_noise(model_output.shape, model_output, generator)
         return x_prev
 
@@ -808,7 +972,8 @@ class _SigmaSampler(Sampler):
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """The forward process, as diffusers' add_noise, at the noise level sigma of each timestep: after
         set_timesteps, the planned sigma of that timestep (which must be one of `timesteps`; a timestep planned
-        twice takes its second step, as diffusers); before it, sqrt((1 - a_t) / a_t) of the training timestep.
+        twice takes its second step, as diffusers) or, after set_begin_index, of the current step; before it,
+        sqrt((1 - a_t) / a_t) of the training timestep.
         Euler: original + sigma noise; DPM-Solver++: (original + sigma noise) / sqrt(sigma^2 + 1)."""
         t = self._check_add_noise(original, noise, timesteps)
         sigma = self._sigmas_at(t).to(device=original.device, dtype=original.dtype)
@@ -817,7 +982,10 @@ class _SigmaSampler(Sampler):
     def _sigmas_at(self, t: torch.Tensor) -> torch.Tensor:
         """float32 sigmas of timesteps t [B]: the plan's (diffusers' index_for_timestep rule) or the training ones.
         Before set_timesteps diffusers' DPM-Solver pairs its descending timesteps with ascending sigmas; the
-        training sigma of t is used here for both samplers (Euler's diffusers value)."""
+        training sigma of t is used here for both samplers (Euler's diffusers value). After set_begin_index, every
+        item takes the sigma of the current step, whatever t holds (diffusers' rule, for img2img's first latents)."""
+        if self._plan is not None and self._begin is not None:
+            return self._plan.sigmas[[self._index] * t.numel()]
         if self._plan is None:
             return torch.from_numpy(self._train_sigmas())[t]
         planned = self._plan.host_timesteps
@@ -1000,10 +1168,11 @@ class DPMSolverPPSampler(_SigmaSampler):
         _check_model_output(model_output, x)
         alpha_s, sigma_s, c_x, c_d0, c_d1, inv_r0 = plan.coef[i].unbind()
         x0 = self._x0_limit(_to_x0(self.config["prediction_type"], model_output, x, alpha_s, sigma_s))
+        order = self._order(i, plan)
         prev_x0, self._prev_x0 = self._prev_x0, x0
         x = x.to(torch.float32)  # diffusers updates in fp32 and casts back to the model's dtype
         x_next = c_x * x - c_d0 * x0
-        if plan.order[i] == 2:  # D1 = (x0 - previous x0) / r0, the multistep correction
+        if order == 2:  # D1 = (x0 - previous x0) / r0, the multistep correction
             x_next = x_next - c_d1 * (inv_r0 * (x0 - prev_x0))
         return x_next.to(model_output.dtype)
 
@@ -1011,7 +1180,7 @@ class DPMSolverPPSampler(_SigmaSampler):
         if self.config["thresholding"]:
             return None
         alpha_s, sigma_s, c_x, c_d0, c_d1, inv_r0 = plan.host_coef[i]
-        change = -c_d1 * inv_r0 if plan.order[i] == 2 else 0.0
+        change = -c_d1 * inv_r0 if self._order(i, plan) == 2 else 0.0
         coefficients = UpdateCoefficients(*self._x0_weights(alpha_s, sigma_s), x=c_x, x0=-c_d0, m=0.0,
                                           x0_change=change)
         return FusedUpdate(coefficients, self._clip(), model_dtype=True,
@@ -1019,6 +1188,11 @@ class DPMSolverPPSampler(_SigmaSampler):
 
     def _keep_x0(self, x0: torch.Tensor) -> None:
         self._prev_x0 = x0
+
+    def _order(self, i: int, plan: Plan) -> int:
+        """The solver order of step i: the plan's, but first order without an earlier x0 (the first step from
+        a begin index; diffusers counts the steps it has taken since set_timesteps the same way)."""
+        return plan.order[i] if self._prev_x0 is not None else 1
 
 
 # ---------------------------------------------------------------- construction
@@ -1052,9 +1226,9 @@ def make_sampler(name: str, **config: Any) -> Sampler:
 
 def from_config(config: Mapping[str, Any] | Any, name: str | None = None) -> Sampler:
     """A sampler from a diffusers scheduler's `.config` (or the scheduler itself, or a saved
-    scheduler_config.json dict).
+    scheduler_config.json dict, or a sampler, or a sampler's config with `name`).
 
-    name: the sampler to build; None takes it from the scheduler's class (or `_class_name`). As with
+    name: the sampler to build; None takes it from the scheduler's class (or `_class_name`, or the sampler). As with
     diffusers' `from_config`, keys the target does not use (another scheduler's options, bookkeeping
     such as `_diffusers_version`) are ignored, and so are keys listed in `_use_default_values` (they
     held the source class's defaults, so the target's own defaults apply).
@@ -1063,7 +1237,7 @@ def from_config(config: Mapping[str, Any] | Any, name: str | None = None) -> Sam
         if not isinstance(getattr(config, "config", None), Mapping):
             raise TypeError(f"config: expected a mapping or a diffusers scheduler, got {type(config).__name__}")
         if name is None:
-            name = CLASS_NAMES.get(type(config).__name__)
+            name = config.name if isinstance(config, Sampler) else CLASS_NAMES.get(type(config).__name__)
         config = config.config
     if name is None:
         name = CLASS_NAMES.get(config.get("_class_name", ""))
@@ -1073,6 +1247,7 @@ def from_config(config: Mapping[str, Any] | Any, name: str | None = None) -> Sam
     name = _check_name(name)
     # diffusers records which keys held their class's defaults; those do not carry over to another class
     # (Stable Diffusion's PNDM config leaves timestep_spacing at PNDM's "leading": Euler keeps "linspace").
+    # Only the carried keys count as given: the new sampler's config lists the others as defaulted, as diffusers'.
     defaulted = set(config.get("_use_default_values", ()))
-    kept = {k: v for k, v in config.items() if k not in defaulted}
-    return SAMPLERS[name](**resolve_config(name, kept, ignore_unknown=True))
+    kept = {k: v for k, v in config.items() if k in OPTIONS[name] and k not in defaulted}
+    return SAMPLERS[name](**kept)

@@ -23,7 +23,15 @@ def is_plain_eager(*tensors: torch.Tensor | None) -> bool:
     could observe which PyTorch ops an op runs."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         return False
-    return all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in tensors)
+    return all(t is None or type(t) in _PLAIN_TENSOR_TYPES or _acts_plain(t) for t in tensors)
+
+
+def _acts_plain(t: object) -> bool:
+    """A tensor subclass that overrides neither torch function nor dispatch handling (as nn.Parameter, or the
+    samplers' StepResult): torch treats it exactly as a plain tensor."""
+    cls = type(t)
+    return (isinstance(t, torch.Tensor) and cls.__torch_function__ is torch._C._disabled_torch_function_impl
+            and cls.__torch_dispatch__ is torch.Tensor.__torch_dispatch__)
 
 
 def can_bypass_custom_op(*tensors: torch.Tensor | None) -> bool:
