@@ -235,8 +235,12 @@ def test_a_failing_case_is_skipped_with_its_error_and_the_run_goes_on(monkeypatc
 
 def test_json_path_is_tried_before_anything_is_measured(monkeypatch, capsys):
     monkeypatch.setattr(runner, "measure_peaks", lambda *a: pytest.fail("peaks measured before the JSON path failed"))
+    # The CLI refuses the folder first; the runner itself writes its first checkpoint before measuring.
     assert main(["bench", "--device", "cpu", "--ops", "rms_norm", "--no-progress", "--json", "/proc/out.json"]) == 2
-    assert "cannot write the benchmark JSON to /proc/out.json" in capsys.readouterr().err
+    assert "/proc/out.json: cannot write" in capsys.readouterr().err
+    with pytest.raises(OSError, match=r"cannot write the benchmark JSON to /proc/out\.json"):
+        runner.run_benchmarks(torch.device("cpu"), "quick", ["rms_norm"], progress=False,
+                              checkpoint=lambda partial: runner.write_json(partial, "/proc/out.json"))
 
 
 def test_write_json_names_the_path_it_could_not_write():

@@ -332,7 +332,9 @@ def test_word2vec_dispatch_sends_what_the_gpu_cannot_stage_to_triton(monkeypatch
     from genai_fast.ops import word2vec_ops
 
     monkeypatch.setattr(word2vec_ops, "_gpu_train_check", lambda inputs: [])
-    inputs = {"syn0": torch.zeros(10, 300, device="meta"), "mode": "sg_shared", "window": 5, "negative": 5}
+    # A stand-in for CUDA tables (the check reads their device and width only).
+    syn0 = types.SimpleNamespace(device=torch.device("cuda"), shape=(10, 300))
+    inputs = {"syn0": syn0, "mode": "sg_shared", "window": 5, "negative": 5}
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(cuda_word2vec, "device_shared_limit", lambda index: 64 * 1024)
     (reason,) = word2vec_ops._cuda_train_check(inputs)

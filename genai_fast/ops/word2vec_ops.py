@@ -744,10 +744,16 @@ def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
     reasons = _gpu_train_check(inputs)
     syn0 = inputs["syn0"]
     if not reasons and isinstance(inputs["window"], int) and isinstance(inputs["negative"], int):
-        from genai_fast.backends.cuda.word2vec import device_shared_limit, shared_memory_reasons
+        from genai_fast.backends.cuda.word2vec import (
+            MAX_OPTIN_SHARED_BYTES,
+            device_shared_limit,
+            shared_memory_reasons,
+        )
 
-        limit = device_shared_limit(syn0.device.index if syn0.device.index is not None
-                                    else torch.cuda.current_device())
+        limit = MAX_OPTIN_SHARED_BYTES  # the device's own where it has one (tables elsewhere are refused above)
+        if syn0.device.type == "cuda":
+            limit = device_shared_limit(syn0.device.index if syn0.device.index is not None
+                                        else torch.cuda.current_device())
         reasons += shared_memory_reasons(inputs["mode"], syn0.shape[1], inputs["window"], inputs["negative"],
                                          inputs.get("hs_depth", 0), limit)
     return reasons
