@@ -386,8 +386,8 @@ def test_gpu_group_norm_with_more_than_2_31_scale_entries():
 
     free, _ = torch.cuda.mem_get_info()
     N, C = 2**16 + 2, 2**15
-    if free < 48 * 2**30:
-        pytest.skip(f"needs about 48 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    if free < 64 * 2**30:  # x and out 8 GiB, the statistics' workspace (hi, lo, M2; center, scale, shift) 48
+        pytest.skip(f"needs about 64 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
     x = torch.randn(N, C, 1, dtype=torch.float16, device="cuda")
     out = group_norm_fwd(x, C // 2, None, None, 1e-5, None)
     tail = slice(N - 4, N)  # samples whose n * C is past 2^31

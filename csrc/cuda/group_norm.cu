@@ -13,8 +13,8 @@
 //      index (n * num_chunks + k) * C + c. Welford per thread, Chan's merge across threads.
 //   2. group_norm_finalize: grid N * G, 256 threads. Merges a group's num_chunks * C/G partials in
 //      double (two passes over the partials: mean, then M2 by Chan's formula) and writes per-(n, c)
-//      fp32 scale = rstd * w[c] and shift = b[c] - mean * scale (w, b: fp32, fp16 or bf16, or null
-//      for the identity).
+//      fp32 scale = rstd * w[c] and shift = b[c] - mean * scale, in double for the fp32 scale and rounded
+//      once (w, b: fp32, fp16 or bf16, or null for the identity).
 //   3. group_norm_apply_{cf,cl}_<dt>: grid-stride over the tensor from its end back to its start (so that on
 //      tensors larger than L2 the part the stats pass read last is read again from L2), y = x * scale +
 //      shift, then SiLU if asked, stored in the input dtype with evict-first hints.
@@ -468,10 +468,13 @@ group_norm_finalize(const float* __restrict__ ws_mean, const float* __restrict__
 
   for (i64 cl = threadIdx.x; cl < Cg; cl += blockDim.x) {
     const i64 c = g * Cg + cl;
-    const double s = rstd * gn_param(weight, weight_dtype, c, 1.0);
+    // The shift for the fp32 scale the apply pass uses, rounded once: x * s + shift is then (x - mean) * s + b
+    // to that rounding. With the double scale, x * (s - double_s) would be left over, |mean| * rstd ulps: for a
+    // group of one value far from 0 (rstd ~1 / sqrt(eps)) several times torch's own error.
+    const float s = static_cast<float>(rstd * gn_param(weight, weight_dtype, c, 1.0));
     const double b = gn_param(bias, bias_dtype, c, 0.0);
-    scale[n * C + c] = static_cast<float>(s);
-    shift[n * C + c] = static_cast<float>(b - mean * s);
+    scale[n * C + c] = s;
+    shift[n * C + c] = static_cast<float>(b - mean * static_cast<double>(s));
   }
 }
 
