@@ -198,14 +198,12 @@ def _check_option(name: str, key: str, value: Any, opt: Option) -> Any:
     return value
 
 
-def resolve_config(name: str, config: Mapping[str, Any], *, ignore_unknown: bool = False) -> dict[str, Any]:
+def resolve_config(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate `config` for sampler `name` and fill in diffusers' defaults; returns the full config."""
     options = OPTIONS[name]
     resolved = {key: opt.default for key, opt in options.items()}
     for key, value in config.items():
         if key not in options:
-            if ignore_unknown:
-                continue
             raise TypeError(f"{key}: not a config key of the {name!r} sampler; known keys: {', '.join(options)}")
         resolved[key] = _check_option(name, key, value, options[key])
     _check_consistency(name, resolved)

@@ -38,7 +38,8 @@ def can_bypass_custom_op(*tensors: torch.Tensor | None) -> bool:
     """True when calling the implementation directly is indistinguishable from the custom op."""
     if not is_plain_eager(*tensors):
         return False
-    if any(autocast_active(t) for t in tensors):
+    # The process-wide check first: outside autocast (the usual call) it spares the per-tensor walk.
+    if torch._C._is_any_autocast_enabled() and any(autocast_active(t) for t in tensors):
         return False  # the public op casts the inputs first (ops/autocast.py); replayed plans would not
     if torch.is_grad_enabled():
         return not any(t is not None and t.requires_grad for t in tensors)

@@ -21,7 +21,7 @@ import math
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import register_flop_formula
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 # The modules that define the custom ops (torch.ops.genai_fast.*) the formulas are registered for.
 from genai_fast.ops import attention, conv2d, gguf_linear, linear  # noqa: F401
@@ -43,12 +43,6 @@ def attention_backward_flops(query_shape: Shape, key_shape: Shape, value_shape: 
     return 2 * math.prod(lead) * heads * s_q * s_k * (3 * d + 2 * d_v)
 
 
-def conv2d_flops(weight_shape: Shape, out_shape: Shape) -> int:
-    c_out, c_in_per_group, kh, kw = weight_shape
-    n, _, h_out, w_out = out_shape
-    return 2 * n * h_out * w_out * c_out * c_in_per_group * kh * kw
-
-
 def linear_flops(x_shape: Shape, out_features: int) -> int:
     return 2 * math.prod(x_shape[:-1]) * out_features * x_shape[-1]
 
@@ -66,7 +60,7 @@ def _attention_backward(grad_out_shape, query_shape, key_shape, value_shape, *ar
 
 @register_flop_formula(torch.ops.genai_fast.conv2d)
 def _conv2d(x_shape, weight_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return conv2d_flops(weight_shape, out_shape)
+    return conv_flop_count(x_shape, weight_shape, out_shape)  # torch's own conv formula
 
 
 @register_flop_formula(torch.ops.genai_fast.linear)
