@@ -37,6 +37,24 @@ def test_gqa_with_key_and_value_head_counts_neither_dividing_the_other(backend, 
         torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("backend", [None, "cpp"])
+def test_query_batch_broadcast_against_the_keys(backend):
+    """A query of batch 1 against keys of batch 3 broadcasts as in torch (the 4-D fast path took only the keys'
+    batch, and the forced cpp kernel refused the query); FlopCounterMode counts all 3 batches, as torch does."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v = torch.randn(1, 2, 5, 8), torch.randn(3, 2, 7, 8), torch.randn(3, 2, 7, 8)
+    want, want_grads = _grads_of(F.scaled_dot_product_attention, q.double(), k.double(), v.double())
+    got, got_grads = _grads_of(lambda *t: genai_fast.scaled_dot_product_attention(*t, backend=backend), q, k, v)
+    assert got.shape == want.shape == (3, 2, 5, 8)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+    for name, g, w in zip("qkv", got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5, msg=name)
+    with FlopCounterMode(display=False) as counter:
+        genai_fast.scaled_dot_product_attention(q, k, v, backend=backend)
+    assert counter.get_total_flops() == 2 * 3 * 2 * 5 * 7 * (8 + 8)
+
+
 @pytest.mark.parametrize("backend", [None, "torch", "cpp"])
 def test_head_dim_zero_with_the_default_scale_averages_the_values_like_torch(backend):
     """Head dim 0: torch's SDPA gives each row the mean of its values (every score is 0), no error."""

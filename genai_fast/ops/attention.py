@@ -520,7 +520,7 @@ def _canonical(query, key, value, attn_mask, enable_gqa, prefix):
     Sq, Sk, D, Dv = query.shape[-2], key.shape[-2], query.shape[-1], value.shape[-1]
     hk, hv = (_heads(key), _heads(value)) if enable_gqa else (hq, hq)
     if (attn_mask is None and hk == hv and query.dim() == key.dim() == value.dim() == 4
-            and key.shape[:2] == value.shape[:2] == (*batch, hk)):
+            and query.shape[:2] == (*batch, hq) and key.shape[:2] == value.shape[:2] == (*batch, hk)):
         return query, key, value, None, None  # already canonical (the usual call): nothing to reshape
     if enable_gqa and hk != hv:
         # torch repeats key and value heads separately; the kernels share one group size. Both counts divide
