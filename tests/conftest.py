@@ -48,6 +48,16 @@ def _seed():
 
 
 @pytest.fixture(scope="session")
+def cuda_block_emulator(tmp_path_factory):
+    """csrc/cuda/group_norm.cu built for the CPU with the block emulator: the CUDA GroupNorm's tests
+    (test_group_norm_cuda_emulated.py, test_group_norm_constant_groups.py) run its three kernels on the CPU."""
+    lib = build_emulator(tmp_path_factory, "block_emulator.cpp")
+    p, q, i = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
+    lib.emulate_group_norm.argtypes = [p, p, p, i, p, i, p] + [q] * 9 + [i, i, i, i, ctypes.c_double]
+    return lib
+
+
+@pytest.fixture(scope="session")
 def cuda_emulator(tmp_path_factory):
     """csrc/cuda/word2vec.cu built for the CPU with the warp emulator (32 threads per warp): the CUDA
     trainer's tests (test_word2vec_gpu_kernels.py, test_word2vec_gpu_hs.py) run it on the CPU."""

@@ -17,7 +17,6 @@ applied: within the rule on the fixed seed, but on some seeds its shift's roundi
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 import pytest
@@ -28,7 +27,6 @@ import genai_fast
 from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.testing import assert_matches_oracle
-from tests.emulators import build_emulator
 from tests.test_group_norm_cuda_emulated import emulated_group_norm
 
 EPS = 1e-5
@@ -106,11 +104,8 @@ def test_triton_group_norm_constant_groups(case, layout, dtype_name, activation,
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    lib = build_emulator(tmp_path_factory, "block_emulator.cpp")
-    p, q, i = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
-    lib.emulate_group_norm.argtypes = [p, p, p, i, p, i, p] + [q] * 9 + [i, i, i, i, ctypes.c_double]
-    return lib
+def emulator(cuda_block_emulator):
+    return cuda_block_emulator
 
 
 @pytest.mark.parametrize("activation", [None, "silu"])

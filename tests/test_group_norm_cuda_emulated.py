@@ -18,18 +18,14 @@ from genai_fast.backends.cuda.group_norm import THREADS, plan_group_norm
 from genai_fast.ops.group_norm import group_norm_reference
 from genai_fast.ops.layout import as_ncs
 from genai_fast.testing import assert_matches_oracle
-from tests.emulators import build_emulator
 from tests.group_norm_cases import EPS, make_input
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    lib = build_emulator(tmp_path_factory, "block_emulator.cpp")
-    p, q, i = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
-    lib.emulate_group_norm.argtypes = [p, p, p, i, p, i, p] + [q] * 9 + [i, i, i, i, ctypes.c_double]
-    return lib
+def emulator(cuda_block_emulator):
+    return cuda_block_emulator
 
 
 def _ptr(t):

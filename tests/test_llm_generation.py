@@ -9,6 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import decode_traffic_bytes, load  # noqa: E402
 from genai_fast.llm.decode import IncrementalText  # noqa: E402
+from tests.llm_cases import byte_level_bpe  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
@@ -170,17 +171,7 @@ def test_incremental_text_flushes_an_unfinished_character():
 
 @pytest.fixture(scope="module")
 def byte_bpe():
-    """A byte-level BPE tokenizer trained here on a few accented words (no download)."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<eos>"], show_progress=False)
-    tok.train_from_iterator(["héllo wörld, the café ✓ 🙂 naïve façade"] * 8, trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    return byte_level_bpe()
 
 
 def test_stream_pieces_join_to_the_text(byte_bpe):

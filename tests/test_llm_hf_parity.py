@@ -12,6 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import load  # noqa: E402
+from tests.llm_cases import hf_greedy  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
@@ -27,13 +28,6 @@ def _gpt2(**extra):
     torch.manual_seed(0)
     sizes = dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=96, bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**sizes, **extra})).eval()
-
-
-def _hf_greedy(hf, ids: list[int], n: int, **kwargs) -> list[int]:
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          max_new_tokens=n, do_sample=False, **kwargs)
-    return out[0, len(ids):].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,7 @@ def test_swish_is_silu_as_in_transformers():
     engine = load(hf)
     engine.eos_ids = set()
     hf.generation_config.eos_token_id = None
-    assert engine.generate([5, 9, 2], 12).ids == _hf_greedy(hf, [5, 9, 2], 12)
+    assert engine.generate([5, 9, 2], 12).ids == hf_greedy(hf, [5, 9, 2], 12)
 
 
 # ---------------------------------------------------------------- generate
@@ -72,7 +66,7 @@ def test_a_stop_string_longer_than_sixteen_tokens_stops_as_hf(ascii_bpe):
     free = engine.generate(ids, 60)
     stop = ascii_bpe.decode(free.ids[4:28])  # 24 tokens: past the 16-token tail the check used to decode
     assert len(ascii_bpe(stop)["input_ids"]) > 16
-    want = _hf_greedy(hf, ids, 60, stop_strings=[stop], tokenizer=ascii_bpe)
+    want = hf_greedy(hf, ids, 60, stop_strings=[stop], tokenizer=ascii_bpe)
     assert len(want) < 60  # HF does stop on it
     got = engine.generate(ids, 60, stop=stop)
     assert got.ids == want and got.text.endswith(stop)
@@ -84,7 +78,7 @@ def test_a_prompt_that_fills_the_context_still_gets_one_token():
     # HF scores the token after a full-context prompt; nothing is cached past the prompt for it.
     hf = _gpt2(n_positions=16)
     prompt = list(range(1, 17))
-    assert load(hf).generate(prompt, 1).ids == _hf_greedy(hf, prompt, 1)
+    assert load(hf).generate(prompt, 1).ids == hf_greedy(hf, prompt, 1)
     with pytest.raises(ValueError, match=r"prompt_or_ids: 16 tokens fill the context of 16 positions"):
         load(hf).generate(prompt, 2)
 
@@ -148,7 +142,7 @@ def test_dtype_auto_keeps_the_checkpoint_dtype(tmp_path):
     hf.save_pretrained(tmp_path)
     engine = load(tmp_path, dtype="auto")
     assert engine.model.dtype == torch.bfloat16
-    assert engine.generate([1, 5, 9], 12).ids == _hf_greedy(hf, [1, 5, 9], 12)
+    assert engine.generate([1, 5, 9], 12).ids == hf_greedy(hf, [1, 5, 9], 12)
 
 
 @pytest.mark.parametrize("dtype", ["int8", "nonsense", torch.int64, 3])

