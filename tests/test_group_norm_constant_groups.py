@@ -1,6 +1,7 @@
-"""The GPU GroupNorm kernels on groups whose values are (nearly) one repeated value: the Triton kernel
-(kernels/group_norm.py, under the interpreter on a CPU machine) and the CUDA kernel (csrc/cuda/group_norm.cu, run on
-the CPU by tests/cuda_emulator/block_emulator.cpp with the launch plan of genai_fast/backends/cuda/group_norm.py).
+"""The GroupNorm kernels on groups whose values are (nearly) one repeated value: the Triton kernel
+(kernels/group_norm.py, under the interpreter on a CPU machine), the CUDA kernel (csrc/cuda/group_norm.cu, run on
+the CPU by tests/cuda_emulator/block_emulator.cpp with the launch plan of genai_fast/backends/cuda/group_norm.py)
+and the C++ kernel (csrc/cpu/group_norm.cpp: its AVX-512 loops in process, the portable ones in subprocesses).
 
 Such a group's variance is (almost) 0, so rstd is about 1 / sqrt(eps) (316 here) and any error in its mean, or in
 x * scale + shift where shift = bias - mean * scale does not match the scale applied, comes out 316 times larger,
@@ -10,7 +11,8 @@ kernel, whose case list this reuses, with nearly constant groups, one element pe
 
 torch computes x * scale + shift too, so its own error here is a rounding of the shift, up to half an ulp of
 |mean * scale|, smaller or larger by chance. The Triton kernel centres x on a mean carried finer than fp32 and is
-far inside the rule, on several seeds. The CUDA kernel's apply pass takes two values per channel (an interface
+far inside the rule, on several seeds; so is the C++ kernel, which centres x on its group's mean rounded to fp32
+(its statistics carry the mean in double). The CUDA kernel's apply pass takes two values per channel (an interface
 shared with the emulator), so it computes x * scale + shift like torch, with the shift rounded once for the scale
 applied: within the rule on the fixed seed, but on some seeds its shift's rounding exceeds twice torch's.
 """
@@ -32,6 +34,7 @@ from tests.test_group_norm_cuda_emulated import emulated_group_norm
 EPS = 1e-5
 VALUES = [0.1, 3.7, 100.3, -1000.1]  # test_cpp_hazards.py::test_group_norm_zero_variance_groups's values
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+CPP_DTYPES = {**DTYPES, "bf16": torch.bfloat16}
 
 
 def _group_of(value: float, noise: float, shape: tuple[int, ...] = (2, 16, 9, 11)) -> torch.Tensor:
@@ -61,9 +64,14 @@ CASES: dict[str, tuple[Callable[[], torch.Tensor], int]] = {
 }
 
 
+# C++ only (the interpreter would be slow on it): channels-last groups of 1920 rows are 4 row chunks, whose
+# statistics are merged across threads; 245K values run on two threads in either layout.
+CPP_CASES = {**CASES, "nearly-constant-minus-1000.1-row-chunks": (lambda: _group_of(-1000.1, 1e-3, (2, 64, 48, 40)), 4)}
+
+
 def _case(case: str, layout: str, dtype: torch.dtype):
     """(x, groups, weight, bias) of `case` in `layout` and `dtype`; weight and bias in x's dtype, as a model's are."""
-    make, groups = CASES[case]
+    make, groups = CPP_CASES[case]
     x = make().to(dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -118,3 +126,50 @@ def test_emulated_cuda_group_norm_constant_groups(emulator, case, layout, dtype,
     out, plan = emulated_group_norm(emulator, x, groups, weight.float(), bias.float(), activation, sm_count=2)
     _check(out, x, groups, weight, bias, activation,
            f"emulated cuda group_norm {case} {layout} (vec {plan.vec}, {plan.num_chunks} chunks)")
+
+
+# Each seed draws other weights and other noise in the nearly constant groups; seed 1235 is one where the shift
+# bias - mean * scale, rounded at |mean * scale|'s ulp, had 15 times torch's error.
+CPP_SEEDS = range(1234, 1239)
+
+
+def _run_cpp(case: str, layout: str, dtype_name: str, activation: str | None, seed: int) -> None:
+    torch.manual_seed(seed)
+    x, groups, weight, bias = _case(case, layout, CPP_DTYPES[dtype_name])
+    with memory.poison_outputs():
+        out = genai_fast.group_norm(x, groups, weight, bias, eps=EPS, activation=activation, backend="cpp")
+    _check(out, x, groups, weight, bias, activation, f"group_norm[cpp] {case} {layout} {activation} seed {seed}")
+
+
+requires_cpp = pytest.mark.skipif(bool(backend_unavailable_reasons("cpp")),
+                                  reason="; ".join(backend_unavailable_reasons("cpp")) or "cpp available")
+
+
+@requires_cpp
+@pytest.mark.parametrize("seed", CPP_SEEDS)
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("dtype_name", CPP_DTYPES.keys())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", CPP_CASES.keys())
+def test_cpp_group_norm_constant_groups(case, layout, dtype_name, activation, seed):
+    """The loops this machine picks (AVX-512 where it has it)."""
+    _run_cpp(case, layout, dtype_name, activation, seed)
+
+
+@requires_cpp
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_cpp_portable_loops_constant_groups(isa):
+    """The same runs through the portable loops, in a subprocess with GENAI_FAST_CPU_ISA capping the choice."""
+    from tests.isa import run_with_isa
+
+    script = """
+from tests.test_group_norm_constant_groups import CPP_CASES, CPP_DTYPES, CPP_SEEDS, _run_cpp
+for case in CPP_CASES:
+    for layout in ("contiguous", "channels_last"):
+        for dtype_name in CPP_DTYPES:
+            for activation in (None, "silu"):
+                for seed in CPP_SEEDS:
+                    _run_cpp(case, layout, dtype_name, activation, seed)
+print("ok")
+"""
+    assert run_with_isa(script, isa) == ["ok"]

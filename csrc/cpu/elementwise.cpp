@@ -1,4 +1,4 @@
-// Element-wise passes (sums, channel moments, scale + shift + SiLU) shared by the CPU normalisation kernels.
+// Element-wise passes (sums, channel moments, centre + scale + shift + SiLU) shared by the CPU normalisation kernels.
 //
 // Two implementations: AVX-512 intrinsics (picked at run time when the CPU has AVX-512F), and a
 // portable loop that the compiler vectorises for AVX2 or SSE. The AVX-512 loops widen fp16/bf16 in
@@ -83,20 +83,21 @@ void correct_channel_moments(int64_t rows, int64_t C, float* mean, float* m2, co
   }
 }
 
-GF_CLONES void scale_shift_portable(const float* x, float* y, int64_t n, float scale, float shift, bool act) {
+GF_CLONES void scale_shift_portable(const float* x, float* y, int64_t n, float center, float scale, float shift,
+                                    bool act) {
   if (act) {
-    for (int64_t i = 0; i < n; ++i) y[i] = silu(x[i] * scale + shift);
+    for (int64_t i = 0; i < n; ++i) y[i] = silu((x[i] - center) * scale + shift);
   } else {
-    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale + shift;
+    for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - center) * scale + shift;
   }
 }
 
-GF_CLONES void scale_shift_channels_portable(const float* x, float* y, int64_t n, const float* scale,
-                                             const float* shift, bool act) {
+GF_CLONES void scale_shift_channels_portable(const float* x, float* y, int64_t n, const float* center,
+                                             const float* scale, const float* shift, bool act) {
   if (act) {
-    for (int64_t c = 0; c < n; ++c) y[c] = silu(x[c] * scale[c] + shift[c]);
+    for (int64_t c = 0; c < n; ++c) y[c] = silu((x[c] - center[c]) * scale[c] + shift[c]);
   } else {
-    for (int64_t c = 0; c < n; ++c) y[c] = x[c] * scale[c] + shift[c];
+    for (int64_t c = 0; c < n; ++c) y[c] = (x[c] - center[c]) * scale[c] + shift[c];
   }
 }
 
@@ -167,27 +168,28 @@ void channel_moments_portable(const void* x, DType dtype, int64_t rows, int64_t 
   correct_channel_moments(rows, C, mean, m2, deviation);
 }
 
-void scale_shift_typed_portable(const void* x, void* y, DType dtype, int64_t n, float scale, float shift, bool act) {
+void scale_shift_typed_portable(const void* x, void* y, DType dtype, int64_t n, float center, float scale,
+                                float shift, bool act) {
   if (dtype == DType::Float32) {
-    return scale_shift_portable(static_cast<const float*>(x), static_cast<float*>(y), n, scale, shift, act);
+    return scale_shift_portable(static_cast<const float*>(x), static_cast<float*>(y), n, center, scale, shift, act);
   }
   float out[kPiece];
   for_float_pieces(x, dtype, n, [&](const float* v, int64_t count, int64_t first) {
-    scale_shift_portable(v, out, count, scale, shift, act);
+    scale_shift_portable(v, out, count, center, scale, shift, act);
     store_floats(out, y, dtype, first, count);
   });
 }
 
-void scale_shift_rows_portable(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* scale,
-                               const float* shift, bool act) {
+void scale_shift_rows_portable(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* center,
+                               const float* scale, const float* shift, bool act) {
   float out[kPiece];
   for (int64_t r = 0; r < rows; ++r) {
     void* row_out = element_at(y, dtype, r * C);
     for_float_pieces(element_at(x, dtype, r * C), dtype, C, [&](const float* v, int64_t count, int64_t c0) {
       if (dtype == DType::Float32) {  // one piece: write the output row directly
-        return scale_shift_channels_portable(v, static_cast<float*>(row_out), count, scale, shift, act);
+        return scale_shift_channels_portable(v, static_cast<float*>(row_out), count, center, scale, shift, act);
       }
-      scale_shift_channels_portable(v, out, count, scale + c0, shift + c0, act);
+      scale_shift_channels_portable(v, out, count, center + c0, scale + c0, shift + c0, act);
       store_floats(out, row_out, dtype, c0, count);
     });
   }
@@ -370,9 +372,9 @@ GF_AVX512 void channel_moments_avx512(const void* x, int64_t rows, int64_t C, fl
 }
 
 template <DType T>
-GF_AVX512 void scale_shift_avx512(const void* x, void* y, int64_t n, float scale, float shift, bool act,
-                                  bool streaming, const void* prefetch) {
-  const __m512 s = _mm512_set1_ps(scale), b = _mm512_set1_ps(shift);
+GF_AVX512 void scale_shift_avx512(const void* x, void* y, int64_t n, float center, float scale, float shift,
+                                  bool act, bool streaming, const void* prefetch) {
+  const __m512 m = _mm512_set1_ps(center), s = _mm512_set1_ps(scale), b = _mm512_set1_ps(shift);
   int64_t i = 0;
   if constexpr (T == DType::Float32) {
     // Scalar head up to a 64-byte boundary of y, so the streaming stores are aligned.
@@ -380,21 +382,24 @@ GF_AVX512 void scale_shift_avx512(const void* x, void* y, int64_t n, float scale
     streaming = streaming && (address & 3) == 0;
     if (streaming) {
       i = std::min<int64_t>(n, ((64 - (address & 63)) & 63) / 4);
-      scale_shift_portable(static_cast<const float*>(x), static_cast<float*>(y), i, scale, shift, act);
+      scale_shift_portable(static_cast<const float*>(x), static_cast<float*>(y), i, center, scale, shift, act);
     }
   } else {
     streaming = false;
   }
   for (; i + 16 <= n; i += 16) {
     if (prefetch) _mm_prefetch(static_cast<const char*>(element_at(prefetch, T, i)), _MM_HINT_T1);
-    store16<T>(y, i, maybe_silu(_mm512_fmadd_ps(load16<T>(x, i), s, b), act), streaming);
+    store16<T>(y, i, maybe_silu(_mm512_fmadd_ps(_mm512_sub_ps(load16<T>(x, i), m), s, b), act), streaming);
   }
-  if (i < n) store_tail<T>(y, i, maybe_silu(_mm512_fmadd_ps(load_tail<T>(x, i, n - i), s, b), act), n - i);
+  if (i < n) {
+    const __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(load_tail<T>(x, i, n - i), m), s, b);
+    store_tail<T>(y, i, maybe_silu(v, act), n - i);
+  }
 }
 
 template <DType T>
-GF_AVX512 void scale_shift_rows_avx512(const void* x, void* y, int64_t rows, int64_t C, const float* scale,
-                                       const float* shift, bool act, bool streaming) {
+GF_AVX512 void scale_shift_rows_avx512(const void* x, void* y, int64_t rows, int64_t C, const float* center,
+                                       const float* scale, const float* shift, bool act, bool streaming) {
   // Streaming stores need every row start 64-byte aligned: the output start and C a multiple of 16.
   streaming = T == DType::Float32 && streaming && (reinterpret_cast<uintptr_t>(y) & 63) == 0 && C % 16 == 0;
   const int64_t tail = C % 16;
@@ -403,11 +408,14 @@ GF_AVX512 void scale_shift_rows_avx512(const void* x, void* y, int64_t rows, int
     const int64_t row = r * C;
     int64_t c = 0;
     for (; c + 16 <= C; c += 16) {
-      const __m512 v = _mm512_fmadd_ps(load16<T>(x, row + c), _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c));
+      const __m512 centred = _mm512_sub_ps(load16<T>(x, row + c), _mm512_loadu_ps(center + c));
+      const __m512 v = _mm512_fmadd_ps(centred, _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c));
       store16<T>(y, row + c, maybe_silu(v, act), streaming);
     }
     if (tail) {
-      const __m512 v = _mm512_fmadd_ps(load_tail<T>(x, row + c, tail), _mm512_maskz_loadu_ps(tail_mask, scale + c),
+      const __m512 centred =
+          _mm512_sub_ps(load_tail<T>(x, row + c, tail), _mm512_maskz_loadu_ps(tail_mask, center + c));
+      const __m512 v = _mm512_fmadd_ps(centred, _mm512_maskz_loadu_ps(tail_mask, scale + c),
                                        _mm512_maskz_loadu_ps(tail_mask, shift + c));
       store_tail<T>(y, row + c, maybe_silu(v, act), tail);
     }
@@ -457,18 +465,18 @@ void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float*
   channel_moments_portable(x, dtype, rows, C, mean, m2, deviation);
 }
 
-void scale_shift(const void* x, void* y, DType dtype, int64_t n, float scale, float shift, bool act, bool streaming,
-                 const void* prefetch) {
-  GF_AVX512_DISPATCH(dtype, scale_shift_avx512, x, y, n, scale, shift, act, streaming && n >= 1024, prefetch);
+void scale_shift(const void* x, void* y, DType dtype, int64_t n, float center, float scale, float shift, bool act,
+                 bool streaming, const void* prefetch) {
+  GF_AVX512_DISPATCH(dtype, scale_shift_avx512, x, y, n, center, scale, shift, act, streaming && n >= 1024, prefetch);
   (void)streaming, (void)prefetch;
-  scale_shift_typed_portable(x, y, dtype, n, scale, shift, act);
+  scale_shift_typed_portable(x, y, dtype, n, center, scale, shift, act);
 }
 
-void scale_shift_rows(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* scale,
-                      const float* shift, bool act, bool streaming) {
-  GF_AVX512_DISPATCH(dtype, scale_shift_rows_avx512, x, y, rows, C, scale, shift, act, streaming);
+void scale_shift_rows(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* center,
+                      const float* scale, const float* shift, bool act, bool streaming) {
+  GF_AVX512_DISPATCH(dtype, scale_shift_rows_avx512, x, y, rows, C, center, scale, shift, act, streaming);
   (void)streaming;
-  scale_shift_rows_portable(x, y, dtype, rows, C, scale, shift, act);
+  scale_shift_rows_portable(x, y, dtype, rows, C, center, scale, shift, act);
 }
 
 void store_fence() {

@@ -27,16 +27,19 @@ double sum_squared_deviation(const void* x, DType dtype, int64_t n, float mean, 
 // channel of one repeated value gets that value and 0). mean, m2 and deviation come in zeroed.
 void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2, float* deviation);
 
-// y[i] = act(x[i] * scale + shift), act = SiLU or identity; x and y may alias.
+// y[i] = act((x[i] - center) * scale + shift), act = SiLU or identity; x and y may alias.
+// Centring first keeps a normalisation exact where x's spread is small against its mean: x - center is exact for
+// x near center (a mean), and shift stays near the bias; x * scale + (bias - mean * scale) would round the shift
+// at |mean * scale|'s ulp, which a scale of up to 1 / sqrt(eps) makes large.
 // streaming: y is final output that will not be re-read soon, so non-temporal stores may be used (fp32).
 // prefetch: optional n values of the same dtype to pull into L2 meanwhile (the next piece of work), so the
 // memory reads of the next piece overlap this piece's arithmetic and writes.
-void scale_shift(const void* x, void* y, DType dtype, int64_t n, float scale, float shift, bool silu, bool streaming,
-                 const void* prefetch = nullptr);
+void scale_shift(const void* x, void* y, DType dtype, int64_t n, float center, float scale, float shift, bool silu,
+                 bool streaming, const void* prefetch = nullptr);
 
-// y[r, c] = act(x[r, c] * scale[c] + shift[c]) over `rows` channels-last rows of C values.
-void scale_shift_rows(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* scale,
-                      const float* shift, bool silu, bool streaming);
+// y[r, c] = act((x[r, c] - center[c]) * scale[c] + shift[c]) over `rows` channels-last rows of C values.
+void scale_shift_rows(const void* x, void* y, DType dtype, int64_t rows, int64_t C, const float* center,
+                      const float* scale, const float* shift, bool silu, bool streaming);
 
 // Makes earlier non-temporal stores of this thread visible before it hands work back.
 void store_fence();

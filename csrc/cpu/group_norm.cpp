@@ -4,6 +4,7 @@
 // Statistics are fp32 two-pass within cache-sized pieces, merged in double (Chan's formula), so a
 // pass over memory is read once for statistics and once for the output where the piece fits in L2.
 // fp16/bf16 values are widened as they are loaded and rounded as they are stored (elementwise.h).
+// The output is act((x - center) * scale + shift), center the group's mean rounded to fp32 (centred_shift says why).
 #include "group_norm.h"
 
 #include "common.h"
@@ -24,6 +25,14 @@ bool stream_output(const GroupNormArgs& a) {
 
 float channel_weight(const GroupNormArgs& a, int64_t c) { return a.weight ? a.weight[c] : 1.0f; }
 float channel_bias(const GroupNormArgs& a, int64_t c) { return a.bias ? a.bias[c] : 0.0f; }
+
+// The shift of y = (x - center) * scale + shift, for center = mean rounded to fp32: bias less the part of the mean
+// that center leaves out (mean - center is exact in double). Kept near the bias, it rounds at the bias's ulp rather
+// than at |mean * scale|'s, which a scale of up to 1 / sqrt(eps) makes large where a group's values are close
+// together far from 0. For the fp32 scale applied, so that only roundings are left over.
+float centred_shift(float bias, double mean, float center, float scale) {
+  return static_cast<float>(bias - (mean - center) * scale);
+}
 
 // Channels-first: each task is one (n, g) block, normalised right after its statistics so the
 // second read comes from cache.
@@ -46,13 +55,13 @@ void group_norm_channels_first(const GroupNormArgs& a) {
     const bool streaming = stream_output(a);
     const bool has_next = task + 1 < a.N * a.G;  // the next block is usually this thread's next task
     const void* next = streaming && has_next ? element_at(x, dt, block) : nullptr;
+    const float center = static_cast<float>(mean);
     for (int64_t cl = 0; cl < Cg; ++cl) {
       const int64_t c = g * Cg + cl;
       const float scale = rstd * channel_weight(a, c);
-      // Rounded once, for the scale applied: x * scale + shift is then (x - mean) * scale + bias to a rounding.
-      const float shift = static_cast<float>(channel_bias(a, c) - mean * scale);
-      scale_shift(element_at(x, dt, cl * a.S), element_at(y, dt, cl * a.S), dt, a.S, scale, shift, a.silu, streaming,
-                  next ? element_at(next, dt, cl * a.S) : nullptr);
+      const float shift = centred_shift(channel_bias(a, c), mean, center, scale);
+      scale_shift(element_at(x, dt, cl * a.S), element_at(y, dt, cl * a.S), dt, a.S, center, scale, shift, a.silu,
+                  streaming, next ? element_at(next, dt, cl * a.S) : nullptr);
     }
     store_fence();
   });
@@ -121,10 +130,16 @@ void chunk_group_stats(const GroupNormArgs& a, const RowChunks& chunks, float* g
   });
 }
 
-// Merges each group's chunk partials (Chan's formula, in double) into per-channel scale and shift: G partials
-// per chunk, few enough to merge on the calling thread.
-void group_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const float* group_mean,
-                       const float* group_m2, float* scale, float* shift) {
+// Per-(n, c) center, scale and shift of the apply pass.
+struct ChannelAffine {
+  std::vector<float> center, scale, shift;  // [N, C]
+  explicit ChannelAffine(int64_t size) : center(size), scale(size), shift(size) {}
+};
+
+// Merges each group's chunk partials (Chan's formula, in double) into per-channel center, scale and shift: G
+// partials per chunk, few enough to merge on the calling thread.
+void group_affine(const GroupNormArgs& a, const RowChunks& chunks, const float* group_mean, const float* group_m2,
+                  ChannelAffine& affine) {
   const int64_t C = a.C, G = a.G, Cg = C / G;
   for (int64_t n = 0; n < a.N; ++n) {
     const int64_t first = n * chunks.per_sample * G;  // partial (n, chunk 0, group 0)
@@ -138,26 +153,27 @@ void group_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const fl
         m2 += group_m2[first + k * G + g] + double(chunks.rows(k)) * Cg * d * d;
       }
       const double rstd = 1.0 / std::sqrt(m2 / (count * Cg) + a.eps);
+      const float center = static_cast<float>(mean);
       for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-        // The shift for the fp32 scale applied, so that x * scale + shift is (x - mean) * scale + bias to a
-        // rounding (with the exact scale, x * (rounded - exact) would be left over: |mean| rstd ulps).
         const float s = static_cast<float>(rstd * channel_weight(a, c));
-        scale[n * C + c] = s;
-        shift[n * C + c] = static_cast<float>(channel_bias(a, c) - mean * s);
+        affine.center[n * C + c] = center;
+        affine.scale[n * C + c] = s;
+        affine.shift[n * C + c] = centred_shift(channel_bias(a, c), mean, center, s);
       }
     }
   }
 }
 
-// Pass 2: y = act(x * scale[c] + shift[c]) row by row.
-void apply_scale_shift(const GroupNormArgs& a, const RowChunks& chunks, const float* scale, const float* shift) {
+// Pass 2: y = act((x - center[c]) * scale[c] + shift[c]) row by row.
+void apply_affine(const GroupNormArgs& a, const RowChunks& chunks, const ChannelAffine& affine) {
   const int64_t C = a.C;
   const bool streaming = stream_output(a);
   parallel_for(a.N * chunks.per_sample, a.num_threads, [&](int64_t task) {
     const int64_t n = task / chunks.per_sample, rows = chunks.rows(task % chunks.per_sample);
     const int64_t offset = chunks.offset(task);
     scale_shift_rows(element_at(a.x, a.dtype, offset), element_at(a.out, a.dtype, offset), a.dtype, rows, C,
-                     scale + n * C, shift + n * C, a.silu, streaming);
+                     affine.center.data() + n * C, affine.scale.data() + n * C, affine.shift.data() + n * C, a.silu,
+                     streaming);
     store_fence();
   });
 }
@@ -166,9 +182,9 @@ void group_norm_channels_last(const GroupNormArgs& a) {
   const RowChunks chunks(a.S, a.C);
   std::vector<float> group_mean(a.N * chunks.per_sample * a.G), group_m2(a.N * chunks.per_sample * a.G);
   chunk_group_stats(a, chunks, group_mean.data(), group_m2.data());
-  std::vector<float> scale(a.N * a.C), shift(a.N * a.C);
-  group_scale_shift(a, chunks, group_mean.data(), group_m2.data(), scale.data(), shift.data());
-  apply_scale_shift(a, chunks, scale.data(), shift.data());
+  ChannelAffine affine(a.N * a.C);
+  group_affine(a, chunks, group_mean.data(), group_m2.data(), affine);
+  apply_affine(a, chunks, affine);
 }
 
 }  // namespace
