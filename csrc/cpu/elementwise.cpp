@@ -72,14 +72,15 @@ GF_CLONES void add_squared_deviation_into(float* __restrict m2, float* __restric
   }
 }
 
-// The corrected two-pass step of channel_moments: each channel's mean moved by its mean deviation, and m2 less
-// what that move accounts for (never below 0).
-void correct_channel_moments(int64_t rows, int64_t C, float* mean, float* m2, const float* deviation) {
+// The corrected two-pass step of channel_moments: each channel's deviation sum becomes its mean deviation (the
+// correction to its mean), and m2 loses what that correction accounts for (never below 0). The correction is left
+// apart from the fp32 mean: added into it, it would round away at the mean's ulp.
+void correct_channel_moments(int64_t rows, int64_t C, float* m2, float* deviation) {
   const float inv_rows = 1.0f / static_cast<float>(rows);
   for (int64_t c = 0; c < C; ++c) {
-    const float shift = deviation[c] * inv_rows;
-    mean[c] += shift;
-    m2[c] = std::max(0.0f, m2[c] - deviation[c] * shift);
+    const float correction = deviation[c] * inv_rows;
+    m2[c] = std::max(0.0f, m2[c] - deviation[c] * correction);
+    deviation[c] = correction;
   }
 }
 
@@ -165,7 +166,7 @@ void channel_moments_portable(const void* x, DType dtype, int64_t rows, int64_t 
     for_float_pieces(element_at(x, dtype, r * C), dtype, C, [&](const float* v, int64_t count, int64_t c0) {
       add_squared_deviation_into(m2 + c0, deviation + c0, v, mean + c0, count);
     });
-  correct_channel_moments(rows, C, mean, m2, deviation);
+  correct_channel_moments(rows, C, m2, deviation);
 }
 
 void scale_shift_typed_portable(const void* x, void* y, DType dtype, int64_t n, float center, float scale,
@@ -368,7 +369,7 @@ GF_AVX512 void channel_moments_avx512(const void* x, int64_t rows, int64_t C, fl
   const float inv_rows = 1.0f / static_cast<float>(rows);
   for (int64_t c = 0; c < C; ++c) mean[c] *= inv_rows;
   accumulate_channels<T, true>(x, rows, C, mean, m2, deviation);
-  correct_channel_moments(rows, C, mean, m2, deviation);
+  correct_channel_moments(rows, C, m2, deviation);
 }
 
 template <DType T>

@@ -23,8 +23,10 @@ double sum_squared_deviation(const void* x, DType dtype, int64_t n, float mean, 
 
 // Per-channel moments of `rows` channels-last rows of C values: adds each channel's sum into mean[c], divides
 // it by `rows`, then adds each channel's sum of squared deviations from that mean into m2[c] and of the
-// deviations themselves into deviation[c], and corrects mean and m2 by the latter (the corrected two-pass: a
-// channel of one repeated value gets that value and 0). mean, m2 and deviation come in zeroed.
+// deviations themselves into deviation[c], corrects m2 by the latter and leaves in deviation[c] the mean
+// deviation (the corrected two-pass: a channel of one repeated value gets that value and 0). The channel's mean
+// is mean[c] + deviation[c], to be added in double: in fp32 the correction would round at mean[c]'s ulp.
+// mean, m2 and deviation come in zeroed.
 void channel_moments(const void* x, DType dtype, int64_t rows, int64_t C, float* mean, float* m2, float* deviation);
 
 // y[i] = act((x[i] - center) * scale + shift), act = SiLU or identity; x and y may alias.

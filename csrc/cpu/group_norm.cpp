@@ -82,16 +82,18 @@ struct RowChunks {
   }
 };
 
-// This thread's float scratch of at least n elements, reused across the tasks a thread runs.
-float* thread_scratch(int64_t n) {
-  thread_local std::vector<float> buffer;
+// This thread's scratch of at least n elements of T, reused across the tasks a thread runs.
+template <class T>
+T* thread_scratch(int64_t n) {
+  thread_local std::vector<T> buffer;
   if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
   return buffer.data();
 }
 
-// Sums of n floats in double, over four chains: a single chain of dependent double adds took as long as
+// Sums of n values in double, over four chains: a single chain of dependent double adds took as long as
 // reading the chunk.
-double sum_in_double(const float* v, int64_t n) {
+template <class T>
+double sum_in_double(const T* v, int64_t n) {
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
   int64_t i = 0;
   for (; i + 4 <= n; i += 4)
@@ -100,7 +102,7 @@ double sum_in_double(const float* v, int64_t n) {
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-double squared_deviation_in_double(const float* v, int64_t n, double mean) {
+double squared_deviation_in_double(const double* v, int64_t n, double mean) {
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
   int64_t i = 0;
   for (; i + 4 <= n; i += 4)
@@ -112,20 +114,25 @@ double squared_deviation_in_double(const float* v, int64_t n, double mean) {
 // Pass 1: each chunk's per-group mean and M2. The chunk's per-channel moments (two passes over the cached
 // rows) are merged into its groups right away (Chan's formula; the channels have equal counts), so the
 // partials that cross threads are G per chunk rather than C: a cache line written by one core and read by
-// another costs more here than the arithmetic.
-void chunk_group_stats(const GroupNormArgs& a, const RowChunks& chunks, float* group_mean, float* group_m2) {
+// another costs more here than the arithmetic. Means are carried in double from the channel's fp32 mean plus its
+// correction on: an fp32 group mean is up to half an ulp off (3e-5 at 1000), which rstd ~ 1 / sqrt(eps) would
+// turn into 1e-2 at the output of a nearly constant group.
+void chunk_group_stats(const GroupNormArgs& a, const RowChunks& chunks, double* group_mean, double* group_m2) {
   const int64_t C = a.C, G = a.G, Cg = C / G;
   parallel_for(a.N * chunks.per_sample, a.num_threads, [&](int64_t task) {
     const int64_t rows = chunks.rows(task % chunks.per_sample);
-    float* mean = thread_scratch(3 * C);
+    float* mean = thread_scratch<float>(3 * C);
     float* m2 = mean + C;
+    float* correction = m2 + C;
     std::fill(mean, mean + 3 * C, 0.0f);
-    channel_moments(element_at(a.x, a.dtype, chunks.offset(task)), a.dtype, rows, C, mean, m2, m2 + C);
+    channel_moments(element_at(a.x, a.dtype, chunks.offset(task)), a.dtype, rows, C, mean, m2, correction);
+    double* channel_mean = thread_scratch<double>(C);
+    for (int64_t c = 0; c < C; ++c) channel_mean[c] = double(mean[c]) + correction[c];
     for (int64_t g = 0; g < G; ++g) {
-      const double group_mean_value = sum_in_double(mean + g * Cg, Cg) / double(Cg);
-      const double between = squared_deviation_in_double(mean + g * Cg, Cg, group_mean_value);
-      group_mean[task * G + g] = static_cast<float>(group_mean_value);
-      group_m2[task * G + g] = static_cast<float>(sum_in_double(m2 + g * Cg, Cg) + double(rows) * between);
+      const double group_mean_value = sum_in_double(channel_mean + g * Cg, Cg) / double(Cg);
+      const double between = squared_deviation_in_double(channel_mean + g * Cg, Cg, group_mean_value);
+      group_mean[task * G + g] = group_mean_value;
+      group_m2[task * G + g] = sum_in_double(m2 + g * Cg, Cg) + double(rows) * between;
     }
   });
 }
@@ -138,8 +145,8 @@ struct ChannelAffine {
 
 // Merges each group's chunk partials (Chan's formula, in double) into per-channel center, scale and shift: G
 // partials per chunk, few enough to merge on the calling thread.
-void group_affine(const GroupNormArgs& a, const RowChunks& chunks, const float* group_mean, const float* group_m2,
-                  ChannelAffine& affine) {
+void group_affine(const GroupNormArgs& a, const RowChunks& chunks, const double* group_mean,
+                  const double* group_m2, ChannelAffine& affine) {
   const int64_t C = a.C, G = a.G, Cg = C / G;
   for (int64_t n = 0; n < a.N; ++n) {
     const int64_t first = n * chunks.per_sample * G;  // partial (n, chunk 0, group 0)
@@ -180,7 +187,7 @@ void apply_affine(const GroupNormArgs& a, const RowChunks& chunks, const Channel
 
 void group_norm_channels_last(const GroupNormArgs& a) {
   const RowChunks chunks(a.S, a.C);
-  std::vector<float> group_mean(a.N * chunks.per_sample * a.G), group_m2(a.N * chunks.per_sample * a.G);
+  std::vector<double> group_mean(a.N * chunks.per_sample * a.G), group_m2(a.N * chunks.per_sample * a.G);
   chunk_group_stats(a, chunks, group_mean.data(), group_m2.data());
   ChannelAffine affine(a.N * a.C);
   group_affine(a, chunks, group_mean.data(), group_m2.data(), affine);
