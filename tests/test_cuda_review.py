@@ -30,7 +30,7 @@ from genai_fast.backends.availability import cupy_module
 from genai_fast.backends.cuda import group_norm as gn_launcher
 from genai_fast.backends.cuda import word2vec as w2v_launcher
 from genai_fast.ops.group_norm import group_norm_reference
-from genai_fast.ops.word2vec_ops import plan_chunk, word2vec_draws_reference
+from genai_fast.ops.word2vec_ops import plan_chunk
 from genai_fast.testing import assert_matches_oracle
 from tests.group_norm_cases import EPS, check_output, make_input
 from tests.test_group_norm_cuda_emulated import emulated_group_norm
@@ -38,7 +38,7 @@ from tests.test_group_norm_cuda_emulated import emulator as gn_emulator  # noqa:
 from tests.test_word2vec_gpu_hs import SEED as HS_SEED
 from tests.test_word2vec_gpu_hs import WINDOW as HS_WINDOW
 from tests.test_word2vec_gpu_hs import check_hs_chunk, hs_chunk
-from tests.test_word2vec_gpu_kernels import _chunk, _noise_tables, _tables, replay_oracle
+from tests.test_word2vec_gpu_kernels import _chunk, _noise_tables, _tables, replay_planned
 
 CUDA_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
 
@@ -161,11 +161,9 @@ def test_word2vec_launcher_runs_the_kernel_like_the_replay(w2v_emulated, mode, c
     plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.9), 0.2, 0.05,
                       seed, slice_tokens=5)
     assert plan.bounds.shape[0] >= w2v_launcher.WARPS  # every warp's staging area is used
-    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
-                                             negative=negative, seed=seed)
     syn0, syn1 = _tables(vocab, dim)
-    ref0, ref1, ref_loss, base0, base1 = replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window,
-                                                       cbow_mean=cbow_mean)
+    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
+                                                        negative=negative, seed=seed, cbow_mean=cbow_mean)
     out0, out1 = syn0.clone(), syn1.clone()
     loss = w2v_launcher.word2vec_train_fwd(
         out0, out1, plan.tokens, plan.alphas, plan.bounds, torch.from_numpy(prob), torch.from_numpy(alias),
@@ -256,10 +254,9 @@ def test_gpu_word2vec_opt_in_shared_memory(mode):
     plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.9), 0.05, 0.01,
                       seed, slice_tokens=10**6)
     assert plan.bounds.shape[0] == 1
-    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
-                                             negative=negative, seed=seed)
     syn0, syn1 = _tables(vocab, dim)
-    ref0, ref1, ref_loss, base0, base1 = replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window)
+    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
+                                                        negative=negative, seed=seed)
     bounds = torch.cat([torch.zeros(w2v_launcher.WARPS - 1, 4, dtype=torch.int32), plan.bounds]).contiguous()
     out0, out1 = syn0.cuda(), syn1.cuda()
     loss = w2v_launcher.word2vec_train_fwd(

@@ -12,7 +12,7 @@ from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.ops.word2vec_ops import WORD2VEC_TRAIN, plan_chunk, word2vec_draws_reference, word2vec_train_chunk
 from genai_fast.testing import assert_matches_oracle
-from tests.test_word2vec_gpu_kernels import _chunk, _noise_tables, _tables, replay_oracle
+from tests.test_word2vec_gpu_kernels import _chunk, _noise_tables, _tables, replay_planned
 
 pytestmark = pytest.mark.gpu
 
@@ -71,11 +71,9 @@ def test_gpu_single_program_matches_float64_replay(backend, mode, cbow_mean, dim
     # Subsample on the CPU (the replay's plan), then run the very same plan on the GPU in one program.
     plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), keep, 0.05, 0.01, seed,
                       slice_tokens=10**6)
-    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
-                                             negative=negative, seed=seed)
     syn0, syn1 = _tables(vocab, dim)
-    ref0, ref1, ref_loss, base0, base1 = replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window,
-                                                       cbow_mean=cbow_mean)
+    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
+                                                        negative=negative, seed=seed, cbow_mean=cbow_mean)
     out0, out1 = syn0.cuda(), syn1.cuda()
     with memory.poison_outputs():
         loss = _launcher(backend).word2vec_train_fwd(

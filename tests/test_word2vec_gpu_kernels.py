@@ -113,6 +113,14 @@ def replay_oracle(syn0, syn1, plan: ChunkPlan, shrink, noise, *, mode: str, wind
     return ref0, ref1, ref_loss, base0, base1
 
 
+def replay_planned(syn0, syn1, plan: ChunkPlan, prob, alias, *, mode: str, window: int, negative: int, seed: int,
+                   cbow_mean: bool = True):
+    """replay_oracle of a planned chunk with the draws its seed gives (the numpy stream every kernel reproduces)."""
+    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
+                                             negative=negative, seed=seed)
+    return replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+
+
 def _noise_tables(vocab: int, unused: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Zipf-like noise over the first vocab - unused words; the last `unused` words are never drawn."""
     weights = np.arange(vocab, 0, -1, dtype=np.float64) ** 0.75
@@ -251,11 +259,9 @@ def test_triton_chunk_matches_float64_replay(mode, cbow_mean, vocab, dim, length
     keep = torch.full((vocab,), 0.8)
     seed = 11
     plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), keep, 0.2, 0.05, seed, slice_tokens)
-    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
-                                             negative=negative, seed=seed)
     syn0, syn1 = _tables(vocab, dim)
-    ref0, ref1, ref_loss, base0, base1 = replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window,
-                                                       cbow_mean=cbow_mean)
+    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
+                                                        negative=negative, seed=seed, cbow_mean=cbow_mean)
     out0, out1 = syn0.clone(), syn1.clone()
     with memory.poison_outputs():
         loss = word2vec_train_fwd(out0, out1, plan.tokens, plan.alphas, plan.bounds, torch.from_numpy(prob),
@@ -316,11 +322,9 @@ def test_cuda_kernel_emulated_matches_float64_replay(cuda_emulator, mode, cbow_m
     seed = 11
     plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.8), alpha,
                       alpha / 4, seed, slice_tokens)
-    shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
-                                             negative=negative, seed=seed)
     syn0, syn1 = _tables(vocab, dim)
-    ref0, ref1, ref_loss, base0, base1 = replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window,
-                                                       cbow_mean=cbow_mean)
+    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
+                                                        negative=negative, seed=seed, cbow_mean=cbow_mean)
     out0, out1 = syn0.clone(), syn1.clone()
     num_slices = plan.bounds.shape[0]
     loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
