@@ -9,6 +9,7 @@ import genai_fast
 from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.backends.dispatch import OPS, BackendNotSupportedError
+from genai_fast.ops.plans import EagerPlans
 from genai_fast.testing import assert_matches_oracle
 
 needs_cpp = pytest.mark.skipif(bool(backend_unavailable_reasons("cpp")),
@@ -308,6 +309,7 @@ def test_onednn_taken_only_where_timing_finds_it_faster(timings, expected, monke
     linear_module = importlib.import_module("genai_fast.ops.linear")
     calls = []
     monkeypatch.setattr(linear_module, "_RACES", {})
+    monkeypatch.setattr(linear_module, "_PLANS", EagerPlans(OPS["linear"]))  # no choice replayed from elsewhere
     monkeypatch.setattr(linear_module, "_time_both", lambda *sizes: calls.append(sizes) or timings)
     w = torch.randn(512, 256)
     for rows in (50, 64, 33):  # one bucket: 64 rows, each over 4M multiply-adds

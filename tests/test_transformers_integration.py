@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 from genai_fast.backends.availability import backend_unavailable_reasons  # noqa: E402
 from genai_fast.backends.dispatch import OPS  # noqa: E402
 from genai_fast.integrations.transformers import ATTENTION_NAME, patch  # noqa: E402
+from genai_fast.ops.plans import EagerPlans  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -236,6 +237,7 @@ def test_patched_linears_route_decode_rows_and_large_products(monkeypatch):
     reference.load_state_dict(layer.state_dict())
     layer.__class__ = PatchedLinear
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 1 << 18)
+    monkeypatch.setattr(linear_module, "_PLANS", EagerPlans(OPS["linear"]))  # choices made under the new threshold
     monkeypatch.setattr("genai_fast.integrations.transformers.ONEDNN_MIN_MACS", 1 << 18)
     for rows, backends in ((3, {"cpp"}), (40, {"torch+onednn", "torch"})):
         x = torch.randn(1, rows, 96)

@@ -21,12 +21,14 @@ from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, vali
 from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
+from genai_fast.ops.plans import EagerPlans
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 APPROXIMATIONS = ("none", "tanh")
 
 GEGLU = define_op("geglu")
+_PLANS = EagerPlans(GEGLU)
 
 
 def geglu(x: torch.Tensor, approximate: str = "none", *, backend: str | None = None) -> torch.Tensor:
@@ -45,9 +47,13 @@ def geglu(x: torch.Tensor, approximate: str = "none", *, backend: str | None = N
     if autocast_active(x):
         with autocast_off(x):  # computed in x's precision, as under autocast (ops/autocast.py)
             return geglu(x, approximate, backend=backend)
+    signature = _PLANS.signature((x,), (approximate,), backend)
+    impl = _PLANS.replay(signature)
+    if impl is not None:  # this signature passed the checks before
+        return impl.run(x, approximate)
     _validate(x, approximate, backend)
     if can_bypass_custom_op(x):
-        return _run(x, approximate, backend)
+        return _run(x, approximate, backend, signature)
     return torch.ops.genai_fast.geglu(x, approximate, backend or "")
 
 
@@ -78,12 +84,13 @@ def _geglu_op(x: torch.Tensor, approximate: str, backend: str) -> torch.Tensor:
     return _run(x, approximate, backend or None)
 
 
-def _run(x, approximate, backend):
-    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
+def _run(x, approximate, backend, signature=None):
+    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode (which keeps the
+    choice for the call's signature)."""
     if x.numel() == 0:
         return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
     inputs = {"device": x.device, "dtype": x.dtype}
-    return GEGLU.select(inputs, backend).run(x, approximate)
+    return _PLANS.record(signature, GEGLU.select(inputs, backend)).run(x, approximate)
 
 
 @_geglu_op.register_fake

@@ -18,6 +18,7 @@ from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, vali
 from genai_fast.ops.autocast import FLOAT32_ON_CUDA, autocast_active, autocast_dtype, autocast_off, cast_inputs
 from genai_fast.ops.checks import is_real_number
 from genai_fast.ops.eager import can_bypass_custom_op
+from genai_fast.ops.plans import EagerPlans
 
 ACTIVATIONS = (None, "silu")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -25,6 +26,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("contiguous", "channels_last")
 
 GROUP_NORM = define_op("group_norm")
+_PLANS = EagerPlans(GROUP_NORM)
 
 
 def group_norm(
@@ -59,10 +61,14 @@ def group_norm(
         x, weight, bias = cast_inputs(autocast_dtype(FLOAT32_ON_CUDA, x.device.type), x, weight, bias)
         with autocast_off(x):
             return group_norm(x, num_groups, weight, bias, eps, activation=activation, backend=backend)
+    signature = _PLANS.signature((x, weight, bias), (num_groups, eps, activation), backend)
+    impl = _PLANS.replay(signature)
+    if impl is not None:  # this signature passed the checks before
+        return impl.run(x, int(num_groups), weight, bias, float(eps), activation)
     _validate(x, num_groups, weight, bias, eps, activation, backend)
     num_groups, eps = int(num_groups), float(eps)  # NumPy scalars pass the checks; the kernels take Python's
     if can_bypass_custom_op(x, weight, bias):
-        return _run(x, num_groups, weight, bias, eps, activation, backend)
+        return _run(x, num_groups, weight, bias, eps, activation, backend, signature)
     return torch.ops.genai_fast.group_norm(x, num_groups, weight, bias, eps, activation or "none", backend or "")
 
 
@@ -184,11 +190,12 @@ def _group_norm_op(
     return _run(x, num_groups, weight, bias, eps, None if activation == "none" else activation, backend or None)
 
 
-def _run(x, num_groups, weight, bias, eps, activation, backend):
-    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
+def _run(x, num_groups, weight, bias, eps, activation, backend, signature=None):
+    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode (which keeps the
+    choice for the call's signature)."""
     if x.numel() == 0:
         return torch.empty_like(x)
-    impl = GROUP_NORM.select(_dispatch_inputs(x), backend)
+    impl = _PLANS.record(signature, GROUP_NORM.select(_dispatch_inputs(x), backend))
     return impl.run(x, num_groups, weight, bias, eps, activation)
 
 

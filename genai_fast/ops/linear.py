@@ -23,12 +23,14 @@ from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, vali
 from genai_fast.ops.autocast import LOWER_PRECISION, autocast_active, autocast_dtype, autocast_off, cast_inputs
 from genai_fast.ops.checks import check_tensor_like_x
 from genai_fast.ops.eager import can_bypass_custom_op
+from genai_fast.ops.plans import EagerPlans
 from genai_fast.ops.timing import median_ms
 
 MAX_KERNEL_ROWS = 16  # csrc/cpu/linear.h kSkinnyMaxRows
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 LINEAR = define_op("linear")
+_PLANS = EagerPlans(LINEAR)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -49,9 +51,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         x, weight, bias = cast_inputs(autocast_dtype(LOWER_PRECISION, x.device.type), x, weight, bias)
         with autocast_off(x):
             return linear(x, weight, bias, backend=backend)
+    signature = _PLANS.signature((x, weight, bias), (), backend)
+    impl = _PLANS.replay(signature)
+    if impl is not None:  # this signature passed the checks before
+        return impl.run(x, weight, bias)
     _validate(x, weight, bias, backend)
     if can_bypass_custom_op(x, weight, bias):
-        return _run(x, weight, bias, backend)
+        return _run(x, weight, bias, backend, signature)
     return torch.ops.genai_fast.linear(x, weight, bias, backend or "")
 
 
@@ -125,10 +131,11 @@ def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return _run(x, weight, bias, backend or None)
 
 
-def _run(x, weight, bias, backend):
-    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
+def _run(x, weight, bias, backend, signature=None):
+    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode (which keeps the
+    choice for the call's signature)."""
     inputs = {"device": x.device, "dtype": x.dtype, "x": x, "weight": weight, "bias": bias}
-    return LINEAR.select(inputs, backend).run(x, weight, bias)
+    return _PLANS.record(signature, LINEAR.select(inputs, backend)).run(x, weight, bias)
 
 
 @_linear_op.register_fake

@@ -23,10 +23,12 @@ from genai_fast.backends.dispatch import ANY_DEVICE, Capability, define_op, vali
 from genai_fast.ops.autocast import autocast_active, autocast_off
 from genai_fast.ops.checks import check_tensor_like_x, reference_input
 from genai_fast.ops.eager import can_bypass_custom_op
+from genai_fast.ops.plans import EagerPlans
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 RMS_NORM = define_op("rms_norm")
+_PLANS = EagerPlans(RMS_NORM)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, *,
@@ -49,11 +51,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     if autocast_active(x):
         with autocast_off(x):  # HF's formula is the same under autocast (ops/autocast.py)
             return rms_norm(x, weight, eps, backend=backend)
+    signature = _PLANS.signature((x, weight), (eps,), backend)
+    impl = _PLANS.replay(signature)
+    if impl is not None:  # this signature passed the checks before
+        return impl.run(x, weight, float(eps))
     _validate(x, weight, eps, backend)
-    eps = float(eps)  # NumPy scalars pass the checks; the kernels take Python's
     if can_bypass_custom_op(x, weight):
-        return _run(x, weight, eps, backend)
-    return torch.ops.genai_fast.rms_norm(x, weight, eps, backend or "")
+        return _run(x, weight, float(eps), backend, signature)
+    return torch.ops.genai_fast.rms_norm(x, weight, float(eps), backend or "")
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
@@ -111,10 +116,11 @@ def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor | None, eps: float, backe
     return _run(x, weight, eps, backend or None)
 
 
-def _run(x, weight, eps, backend):
-    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
+def _run(x, weight, eps, backend, signature=None):
+    """Dispatch and launch: the body of the custom op, also called directly in plain eager mode (which keeps the
+    choice for the call's signature)."""
     inputs = {"device": x.device, "dtype": x.dtype, "x": x, "weight": weight}
-    return RMS_NORM.select(inputs, backend).run(x, weight, eps)
+    return _PLANS.record(signature, RMS_NORM.select(inputs, backend)).run(x, weight, eps)
 
 
 @_rms_norm_op.register_fake
