@@ -141,10 +141,17 @@ def _tiny(kind: str):
                   num_key_value_heads=2, max_position_embeddings=32)
     if kind == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
+    if kind == "qwen3":  # per-head q/k norms (weights moved off their initial ones), head_dim != hidden / heads
+        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=16)).eval()
+        with torch.no_grad():
+            for layer in hf.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+        return hf
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 def test_decode_steps_through_the_fused_projections_match_separate_ops(kind, monkeypatch):
     """DecoderModel.decode without host lengths (the GPU graph path) at batch 1: the norms and the SwiGLU folded
     into the projections (decode_gemv) against the same kernels run separately (add_rms_norm, F.linear,

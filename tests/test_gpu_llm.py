@@ -26,6 +26,13 @@ def _tiny(kind: str):
                   num_key_value_heads=2, max_position_embeddings=128)
     if kind == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval().cuda()
+    if kind == "qwen3":  # per-head q/k norms (weights moved off their initial ones), head_dim != hidden / heads
+        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=32)).eval().cuda()
+        with torch.no_grad():
+            for layer in hf.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+        return hf
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval().cuda()
 
 
@@ -45,7 +52,7 @@ def _hf_greedy(hf, ids: list[int], n: int, exact: bool = True) -> list[int]:
 
 
 @pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2"])
 def test_greedy_matches_hf_on_cuda(kind, graph):
     hf = _tiny(kind)
     engine = load(hf, max_seq_len=128, cuda_graph=graph)

@@ -21,7 +21,20 @@ def _tiny(kind: str = "llama", **extra):
     if kind == "qwen2":
         cfg = transformers.Qwen2Config(**common)
         return transformers.Qwen2ForCausalLM(cfg).eval()
+    if kind == "qwen3":
+        return _tiny_qwen3(common)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
+
+
+def _tiny_qwen3(common: dict):
+    """Qwen3: a head_dim (24) other than hidden / heads, and its per-head q/k norms with weights other than the
+    initial ones (so the test sees them)."""
+    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=24)).eval()
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    return hf
 
 
 def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
@@ -36,7 +49,8 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     ("llama", {"rope_theta": 500.0}),
     ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
     ("qwen2", {}),
-], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias"])
+    ("qwen3", {}),
+], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm"])
 def test_tiny_greedy_matches_hf(kind, extra):
     hf = _tiny(kind, **extra)
     engine = load(hf, max_seq_len=96)
@@ -141,9 +155,9 @@ def _neox_config():
 
 
 def test_unknown_architecture_lists_supported():
-    with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*llama, mistral, qwen2, gpt2"):
+    with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*llama, mistral, qwen2, qwen3, gpt2"):
         load(transformers.GPTNeoXForCausalLM(_neox_config()))
-    assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "gpt2"}
+    assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "gpt2"}
 
 
 def test_unsupported_activation_is_named():
@@ -182,8 +196,9 @@ def test_missing_file_is_named(tmp_path):
         load(tmp_path / "nope.gguf")
 
 
-def test_checkpoint_directory_roundtrip(tmp_path):
-    hf = _tiny()
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_checkpoint_directory_roundtrip(kind, tmp_path):
+    hf = _tiny(kind)
     hf.save_pretrained(tmp_path)
     assert load(tmp_path).generate([1, 5, 9], 12).ids == _hf_greedy(hf, [1, 5, 9], 12)
 

@@ -89,6 +89,13 @@ def _tiny(kind: str):
                   num_key_value_heads=2, max_position_embeddings=32)
     if kind == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
+    if kind == "qwen3":  # per-head q/k norms (weights moved off their initial ones), head_dim != hidden / heads
+        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=16)).eval()
+        with torch.no_grad():
+            for layer in hf.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+        return hf
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
@@ -137,7 +144,7 @@ def test_add_rms_norm_matches_the_add_then_the_norm(shape, dtype):
         add_rms_norm_fwd(h, torch.cat([delta, delta]), norm.weight, norm.eps)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2"])
 def test_decode_steps_through_the_kernels_match_the_unfused_steps(kind, monkeypatch):
     """DecoderModel.decode without host lengths (the GPU graph path) with all three kernels resolved (RMSNorm,
     rope-and-append, SwiGLU), against the same steps unfused: after a ragged prefill, three greedy steps give

@@ -1,7 +1,8 @@
 """A compact decoder built from a Hugging Face model's weights.
 
 Two families share one module:
-  * llama, mistral, qwen2: RMSNorm, rotary embeddings, GQA, SwiGLU MLP;
+  * llama, mistral, qwen2, qwen3: RMSNorm, rotary embeddings, GQA, SwiGLU MLP (qwen3: also an RMSNorm of each
+    query and key head before the rotation);
   * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
 
 Weights are converted once at load time: q/k/v projections fused into one matrix per layer and gate/up into
@@ -36,7 +37,7 @@ from genai_fast.ops.linear import linear as genai_fast_linear
 from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -140,13 +141,16 @@ class Layer(nn.Module):
     """One pre-norm decoder layer: fused-QKV attention over its slice of the KV cache, then the MLP.
 
     mlp_in is [2 * intermediate, hidden] (gate rows, then up rows) for SwiGLU, [intermediate, hidden] for GPT-2.
-    scale: the attention scale, None for 1/sqrt(head_dim)."""
+    scale: the attention scale, None for 1/sqrt(head_dim). q_norm, k_norm: Qwen3's RMSNorms over head_dim of each
+    query and key head, applied before the rotation (None: no such norms)."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor, b_in: torch.Tensor | None,
-                 mlp_out: torch.Tensor, b_out: torch.Tensor | None, scale: float | None) -> None:
+                 mlp_out: torch.Tensor, b_out: torch.Tensor | None, scale: float | None,
+                 q_norm: Norm | None = None, k_norm: Norm | None = None) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
+        self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
         self.swiglu = cfg.family == "llama"
@@ -202,6 +206,7 @@ class Layer(nn.Module):
         """qkv: the fused projection's [B, (Hq + 2 Hkv) D] -> [B, hidden]; appends each sequence's K/V at its
         length, attends, projects."""
         cfg, B = self.cfg, qkv.shape[0]
+        qkv = self.norm_heads(qkv)
         if at.append is not None:  # GPU: one kernel rotates q and k and appends k and v, then attend
             q = at.append(qkv, cfg.num_heads, cfg.num_kv_heads, self.k_cache, self.v_cache, at.seqlens,
                           *at.rope_tables)
@@ -214,6 +219,16 @@ class Layer(nn.Module):
         out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
                                 self.v_cache[:B], at, self.scale)
         return linear(out.reshape(B, self.nq), self.wo, self.bo)
+
+    def norm_heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The fused projection's [..., (Hq + 2 Hkv) D] with each query and key head RMS-normalised (Qwen3's q_norm
+        and k_norm, as HF applies them before the rotation); qkv itself when the model has no such norms."""
+        if self.q_norm is None or self.k_norm is None:
+            return qkv
+        D, qk = self.cfg.head_dim, self.nq + self.nkv
+        q = self.q_norm(qkv[..., :self.nq].unflatten(-1, (-1, D))).flatten(-2)
+        k = self.k_norm(qkv[..., self.nq:qk].unflatten(-1, (-1, D))).flatten(-2)
+        return torch.cat([q, k, qkv[..., qk:]], dim=-1)
 
     def mlp(self, x: torch.Tensor, linear: LinearFn = F.linear, swiglu: GluFn | None = None) -> torch.Tensor:
         """x: [..., hidden] -> [..., hidden]; swiglu: a kernel for silu(gate) * up on [rows, 2 * intermediate]."""
@@ -231,7 +246,7 @@ class Layer(nn.Module):
                   linear: LinearFn = F.linear) -> torch.Tensor:
         """Prefill: x: [B, S, hidden] -> [B, S, hidden]; stores K/V at cache positions 0 .. S-1."""
         cfg, (B, S, _) = self.cfg, x.shape
-        qkv = linear(x, self.wqkv, self.bqkv)
+        qkv = self.norm_heads(linear(x, self.wqkv, self.bqkv))
         heads = cfg.num_heads + cfg.num_kv_heads
         qk = qkv[..., :self.nq + self.nkv].view(B, S, heads, cfg.head_dim).transpose(1, 2)
         if rope is not None:
@@ -656,10 +671,18 @@ def _llama_layer(layer: nn.Module, cfg: ModelConfig, dtype: torch.dtype) -> Laye
     w_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dtype)
     if m.gate_proj.bias is not None:
         raise ValueError("unsupported checkpoint: MLP biases (mlp_bias=True) in a Llama-family model")
+    head_norms = [_head_norm(getattr(a, name, None), dtype) for name in ("q_norm", "k_norm")]  # Qwen3's
     return Layer(cfg, Norm(layer.input_layernorm.weight.to(dtype), None, cfg.norm_eps),
                  Norm(layer.post_attention_layernorm.weight.to(dtype), None, cfg.norm_eps),
                  wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None,
-                 m.down_proj.weight.to(dtype), None, None)
+                 m.down_proj.weight.to(dtype), None, None, *head_norms)
+
+
+def _head_norm(norm: nn.Module | None, dtype: torch.dtype) -> Norm | None:
+    """A per-head RMSNorm of HF's attention module (Qwen3's q_norm or k_norm), or None when it has none."""
+    if norm is None:
+        return None
+    return Norm(norm.weight.to(dtype), None, float(norm.variance_epsilon))
 
 
 def _from_llama(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
