@@ -87,7 +87,7 @@ setup(
         "cuda13": ["cupy-cuda13x"],
         "bench": ["matplotlib"],
         "test": ["pytest", "ruff", "pybind11>=2.12", "setuptools>=68", "wheel", "matplotlib", "triton>=3.0",
-                 "diffusers", "transformers", "gensim==4.4.0", "scipy", "scikit-learn"],
+                 "diffusers", "transformers", "peft", "gensim==4.4.0", "scipy", "scikit-learn"],
     },
     entry_points={"console_scripts": ["genai-fast=genai_fast.cli:main"]},
     zip_safe=False,

@@ -191,6 +191,96 @@ def test_set_attn_processor_after_patch_is_followed():
             torch.testing.assert_close(unet(**inputs).sample, expected, rtol=1e-5, atol=2e-5)
 
 
+# ---------------------------------------------------------------- modules replaced after patching (LoRA)
+
+
+class _Rescaled(torch.nn.Module):
+    """A module wrapped the way a LoRA layer wraps it: its output changes, while `weight` and `bias` still name the
+    wrapped module's (what a fused forward reading weights off the module would take)."""
+
+    def __init__(self, inner: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.inner.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.inner.bias
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.inner(x, *args, **kwargs) * self.factor
+
+
+def _rescale_parts(unet: torch.nn.Module) -> None:
+    """Wrap one part of each fused module kind: resnets' conv1, attentions' to_q, feed-forwards' output linear,
+    Transformer2D's conv proj_out."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    for module in list(unet.modules()):
+        if isinstance(module, ResnetBlock2D):
+            module.conv1 = _Rescaled(module.conv1, 1.5)
+        elif isinstance(module, BasicTransformerBlock):
+            module.attn1.to_q = _Rescaled(module.attn1.to_q, 1.5)
+            module.ff.net[2] = _Rescaled(module.ff.net[2], 0.5)
+        elif isinstance(module, Transformer2DModel):
+            module.proj_out = _Rescaled(module.proj_out, 2.0)
+
+
+def test_parts_wrapped_after_patching_run_as_wrapped():
+    """The fused resnet, transformer-block and Transformer2D-output forwards read conv and linear weights off the
+    modules: a part wrapped after patch() (as loading LoRA weights into a pipeline does) was computed from the
+    weights it wraps, silently dropping the wrapper. Such parts now run as the modules they are; unpatch() too."""
+    unet, inputs = _unet(), _inputs()
+    with torch.no_grad():
+        plain = unet(**inputs).sample
+    patched = _assert_patched_matches(unet, _rescale_parts, **inputs)
+    with torch.no_grad():
+        assert (patched(**inputs).sample - plain).abs().max() > 0.1  # the wrappers matter
+        want = unet(**inputs).sample
+        unpatch(patched)
+        torch.testing.assert_close(patched(**inputs).sample, want, rtol=1e-5, atol=2e-5)
+
+
+def test_parts_wrapped_before_patching_are_left_to_diffusers():
+    unet, inputs = _unet(), _inputs()
+    _rescale_parts(unet)
+    with torch.no_grad():
+        want = unet(**inputs).sample
+        report = patch(unet)
+        torch.testing.assert_close(unet(**inputs).sample, want, rtol=1e-5, atol=2e-5)
+    assert report.resnets_fused == 0 and report.transformer_blocks == 0 and report.transformer_outputs == 0
+
+
+def _add_lora(model: torch.nn.Module) -> None:
+    """A peft LoRA adapter on every conv and projection diffusers' LoRA loaders target, with random (non-zero)
+    up-projections, the same in every model; in the model's dtype."""
+    peft = pytest.importorskip("peft")
+    dtype = next(model.parameters()).dtype
+    torch.manual_seed(3)
+    model.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=[
+        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+        "conv_shortcut", "time_emb_proj", "conv_in", "conv_out"]))
+    model.to(dtype)
+
+
+def test_peft_lora_added_after_patching_matches_unpatched():
+    """What pipe.load_lora_weights() does to a patched U-Net: peft wraps the convs and projections. The patched
+    U-Net used to give the base model's output, every adapter silently dropped."""
+    unet, inputs = _unet(), _inputs()
+    with torch.no_grad():
+        plain = unet(**inputs).sample
+    patched = _assert_patched_matches(unet, _add_lora, **inputs)
+    with torch.no_grad():
+        assert (patched(**inputs).sample - plain).abs().max() > 0.1
+        patched.disable_adapters()
+        torch.testing.assert_close(patched(**inputs).sample, plain, rtol=1e-5, atol=2e-5)
+
+
 # ---------------------------------------------------------------- call arguments
 
 

@@ -109,13 +109,14 @@ class PatchReport:
 
 @dataclass
 class _PatchState:
-    """What unpatch() needs: modules whose forward/method was shadowed, the original processors, the
-    names of tensors that were not channels_last before."""
+    """What unpatch() needs: modules whose forward/method was shadowed, the original processors, the tensors
+    that were not channels_last before (as their owning module and key: names change when a module is wrapped
+    after patching, and a dtype move replaces buffer objects)."""
 
     report: PatchReport
     shadowed: list[tuple[nn.Module, str]] = field(default_factory=list)
     processors: list[tuple[nn.Module, Any]] = field(default_factory=list)
-    made_channels_last: list[str] = field(default_factory=list)
+    made_channels_last: list[tuple[nn.Module, str]] = field(default_factory=list)
     fused_convs: set[int] = field(default_factory=set)  # ids of convs a patched forward calls through _conv
     graphed: Any = None  # the GraphedForward of patch(cuda_graph=True): its graphs, one per call signature
 
@@ -172,11 +173,10 @@ def unpatch(unet: nn.Module) -> nn.Module:
         del module.__dict__[name]
     _restore_processors(state)
     _restore_saved_processors(unet, state)
-    tensors = dict(unet.named_parameters())
-    tensors.update(unet.named_buffers())
-    for name in state.made_channels_last:
-        tensor = tensors[name]
-        tensor.data = tensor.data.contiguous()
+    for module, key in state.made_channels_last:
+        tensor = module._parameters.get(key, module._buffers.get(key))
+        if tensor is not None:  # else removed since patching
+            tensor.data = tensor.data.contiguous()
     object.__delattr__(unet, STATE_ATTR)
     return unet
 
@@ -247,12 +247,12 @@ def _graphed_forward(unet: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 def _to_channels_last(unet: nn.Module, state: _PatchState) -> None:
     """Every 4-D parameter and buffer channels_last, in place (the Parameter objects stay the same)."""
-    named = list(unet.named_parameters()) + list(unet.named_buffers())
-    for name, tensor in named:
-        if tensor.dim() != 4 or tensor.is_contiguous(memory_format=torch.channels_last):
-            continue
-        tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-        state.made_channels_last.append(name)
+    for module in unet.modules():
+        for key, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is None or tensor.dim() != 4 or tensor.is_contiguous(memory_format=torch.channels_last):
+                continue  # a tied tensor is converted once, by its first module
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+            state.made_channels_last.append((module, key))
     state.report.channels_last_tensors = len(state.made_channels_last)
 
 
@@ -349,6 +349,13 @@ def _resnet_left_reason(block: nn.Module) -> str | None:
     """Why a ResnetBlock2D cannot take the fused forward (None: it can)."""
     if _has_own_forward(block):
         return "ResnetBlock2D: forward already replaced on the instance"
+    return _resnet_parts_reason(block)
+
+
+def _resnet_parts_reason(block: nn.Module) -> str | None:
+    """Why the fused forward cannot compute this ResnetBlock2D's parts (None: it can). Checked again on every call:
+    a part replaced since patching (peft wraps conv1 in a LoRA layer when a pipeline loads LoRA weights) must run
+    as the module it now is, never as the weights it wraps."""
     if type(block.nonlinearity) is not nn.SiLU:
         return f"ResnetBlock2D: activation {type(block.nonlinearity).__name__} (only SiLU is fused)"
     if block.time_embedding_norm not in ("default", "scale_shift"):
@@ -363,8 +370,9 @@ def _resnet_left_reason(block: nn.Module) -> str | None:
 def _fused_resnet_forward(block: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
                           *args: Any, **kwargs: Any) -> torch.Tensor:
     """ResnetBlock2D.forward with norm+SiLU and the conv epilogues fused (same arguments, same result)."""
-    if block.time_emb_proj is None and temb is not None:
-        # diffusers then adds the raw embedding; nothing to fuse, so run its own code.
+    if (block.time_emb_proj is None and temb is not None) or _resnet_parts_reason(block) is not None:
+        # diffusers then adds the raw embedding (nothing to fuse), or a part was replaced since patching (a LoRA
+        # layer): run its own code.
         return type(block).forward(block, input_tensor, temb, *args, **kwargs)
     x = input_tensor
     h = _group_norm(block.norm1, x, "silu")
@@ -618,6 +626,9 @@ def _transformer_output(model: nn.Module, hidden_states: torch.Tensor, residual:
                         height: int, width: int, inner_dim: int) -> torch.Tensor:
     """Transformer2DModel._get_output_for_continuous_inputs without the copy back to NCHW: [B, H*W, C]
     viewed as channels_last [B, C, H, W]; with a conv proj_out, the residual joins its epilogue."""
+    if not model.use_linear_projection and not _plain_conv(model.proj_out):  # replaced since patching (LoRA)
+        return type(model)._get_output_for_continuous_inputs(model, hidden_states, residual, batch_size, height,
+                                                             width, inner_dim)
     if not model.use_linear_projection:
         hidden_states = hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
         return _conv(model.proj_out, hidden_states, residual=residual)
@@ -684,9 +695,17 @@ def _plain_attention(attn: nn.Module | None) -> bool:
 
 def _block_left_reason(block: nn.Module) -> str | None:
     """Why a BasicTransformerBlock cannot take the direct forward (None: it can)."""
+    if _has_own_forward(block):
+        return "BasicTransformerBlock: not a LayerNorm block (ada norms, positional embedding or own forward)"
+    return _block_parts_reason(block)
+
+
+def _block_parts_reason(block: nn.Module) -> str | None:
+    """Why the direct forward cannot compute this BasicTransformerBlock's parts (None: it can); checked again on
+    every call, as _resnet_parts_reason."""
     from diffusers.models.activations import GEGLU
 
-    if _has_own_forward(block) or block.norm_type != "layer_norm" or block.pos_embed is not None:
+    if block.norm_type != "layer_norm" or block.pos_embed is not None:
         return "BasicTransformerBlock: not a LayerNorm block (ada norms, positional embedding or own forward)"
     if block.only_cross_attention or block.attn2 is None:
         return "BasicTransformerBlock: without both self- and cross-attention"
@@ -778,7 +797,8 @@ def _direct_block_forward(block: nn.Module, hidden_states: torch.Tensor, attenti
             or (encoder_hidden_states is not None and encoder_hidden_states.shape[0] != hidden_states.shape[0])
             or (block.training and _block_dropout(block))
             or type(block.attn1.processor) is not GenaiFastAttnProcessor
-            or type(block.attn2.processor) is not GenaiFastAttnProcessor):
+            or type(block.attn2.processor) is not GenaiFastAttnProcessor
+            or _block_parts_reason(block) is not None):  # a projection wrapped since patching (LoRA)
         return type(block).forward(block, hidden_states, attention_mask, encoder_hidden_states,
                                    encoder_attention_mask, timestep, cross_attention_kwargs, class_labels,
                                    added_cond_kwargs)
