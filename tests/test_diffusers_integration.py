@@ -486,3 +486,29 @@ def test_graphed_forward_call_signatures():
     with pytest.raises(_Unsupported):
         flatten_call({"sample": torch.randn(1), "timestep": 1, "cross_attention_kwargs": {"fn": print}},
                      torch.device("cpu"))
+
+
+def test_graphed_forward_drops_graphs_of_a_changed_model():
+    """A graph replays the modules and weight storage it captured: after peft wraps a projection (LoRA loaded into
+    the pipeline), a weight is replaced or the U-Net moves to another dtype, the graphs captured before are dropped
+    (replaying them would skip the adapter, or read freed storage). Calls alone, and changes elsewhere that register
+    nothing, keep them."""
+    unet, _inputs = _model(next(iter(COND_CONFIGS)))
+    patch(unet, cuda_graph=True)
+    graphed = unet._genai_fast_patch_state.graphed
+    for change in (lambda: None, lambda: unet.conv_out.bias.data.add_(1.0)):  # in place: same storage
+        graphed.graphs["captured"] = "graph"
+        change()
+        graphed.drop_stale_graphs()
+        assert graphed.graphs == {"captured": "graph"}
+    attn = next(m for m in unet.modules() if type(m).__name__ == "Attention")
+    for change in (lambda: setattr(attn, "to_q", torch.nn.Sequential(attn.to_q)),  # a module wrapped
+                   lambda: setattr(unet.conv_out, "bias", torch.nn.Parameter(unet.conv_out.bias + 1)),
+                   lambda: unet.to(torch.float64)):
+        graphed.graphs["captured"] = "graph"
+        change()
+        graphed.drop_stale_graphs()
+        assert graphed.graphs == {}
+        graphed.graphs["captured"] = "graph"
+        graphed.drop_stale_graphs()  # once only: nothing changed since
+        assert graphed.graphs == {"captured": "graph"}

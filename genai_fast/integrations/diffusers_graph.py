@@ -18,6 +18,13 @@ The call runs eagerly (the patched forward, unchanged) instead:
 - once MAX_GRAPHS signatures hold graphs.
 
 A refused capture warns once for that signature and runs eagerly from then on (GraphedCall's fallback).
+
+A graph replays the kernels it captured, on the weight storage it captured. The graphs are dropped (and captured
+again on the next calls) when a module, parameter or buffer has been registered anywhere since (peft wrapping the
+U-Net's projections when a pipeline loads LoRA weights, a weight replaced), or when the U-Net's weights moved
+(.to() another device or dtype). What such events do not show is not seen: a LoRA scale changed with
+set_adapters, adapters disabled, weights swapped in place with `.data =` (fuse_lora). After those, unpatch() and
+patch() again.
 """
 
 from __future__ import annotations
@@ -34,6 +41,24 @@ from genai_fast.diffusion.cuda_graph import GraphedCall
 
 MAX_GRAPHS = 4  # each graph keeps its own activation memory
 
+_registrations = 0  # modules, parameters and buffers registered in this process since the hooks were installed
+_registration_hooks: list[Any] = []
+
+
+def _count_registration(*_args: Any) -> None:
+    global _registrations
+    _registrations += 1
+
+
+def _watch_registrations() -> None:
+    """Count every module, parameter and buffer registration from now on (torch's global hooks, installed once)."""
+    if not _registration_hooks:
+        from torch.nn.modules import module
+
+        _registration_hooks.extend([module.register_module_module_registration_hook(_count_registration),
+                                    module.register_module_parameter_registration_hook(_count_registration),
+                                    module.register_module_buffer_registration_hook(_count_registration)])
+
 
 class _Unsupported(Exception):
     """An argument this wrapper does not replay (the call runs eagerly)."""
@@ -48,12 +73,28 @@ class GraphedForward:
         module = sys.modules[type(unet).__module__]
         self.output_type = getattr(module, "UNet2DConditionOutput", None) or getattr(module, "UNet2DOutput", None)
         self.graphs: dict[tuple, GraphedCall] = {}
+        _watch_registrations()
+        self.model_state: tuple | None = self._model_state()
+
+    def _model_state(self) -> tuple:
+        """What tells the graphs' model changed: the registrations counted so far, and where (and in what dtype) the
+        U-Net's first weight lives (a .to() moves them all)."""
+        first = next(self.forward.__self__.parameters(), None)
+        return _registrations, None if first is None else (first.data_ptr(), first.dtype, first.device)
+
+    def drop_stale_graphs(self) -> None:
+        """Drop the graphs when the model changed since they were captured (see the module docstring)."""
+        state = self._model_state()
+        if state != self.model_state:
+            self.graphs.clear()
+            self.model_state = state
 
     def __deepcopy__(self, memo: dict) -> GraphedForward:
         """A copy bound to the copied U-Net (deepcopy rebinds the forward), with no graphs of its own yet."""
         clone = GraphedForward.__new__(GraphedForward)
         clone.forward = copy.deepcopy(self.forward, memo)
         clone.signature, clone.output_type, clone.graphs = self.signature, self.output_type, {}
+        clone.model_state = None  # the copied U-Net is still being built: read on the first call
         return clone
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -69,12 +110,15 @@ class GraphedForward:
             key, tensors, rebuild = flatten_call(arguments, sample.device)
         except _Unsupported:
             return self.forward(*args, **kwargs)
+        self.drop_stale_graphs()
         call = self.graphs.get(key)
         if call is None:
             if len(self.graphs) >= MAX_GRAPHS:
                 return self.forward(*args, **kwargs)
             call = self.graphs[key] = GraphedCall(self._replayable(rebuild), fallback=True)
         out = call(*tensors)
+        # What the forward itself registered (lazily, while warming up for a capture) is in the graph it captured.
+        self.model_state = self._model_state()
         if not return_dict:
             return (out,)
         return self.output_type(sample=out) if self.output_type is not None else (out,)
