@@ -281,6 +281,19 @@ def test_peft_lora_added_after_patching_matches_unpatched():
         torch.testing.assert_close(patched(**inputs).sample, plain, rtol=1e-5, atol=2e-5)
 
 
+def _sequential_offload(model: torch.nn.Module) -> None:
+    """accelerate's sequential CPU offload (diffusers' enable_sequential_cpu_offload): the weights wait on the meta
+    device, and each module's hooked forward loads its own before running."""
+    accelerate = pytest.importorskip("accelerate")
+    accelerate.cpu_offload(model, execution_device=torch.device("cpu"))
+
+
+def test_sequential_offload_after_patching_matches_unpatched():
+    """The fused forwards read the weights of modules whose forward accelerate hooks to load them: after patch()
+    the U-Net raised ("Tensor on device meta"). Hooked parts now run through their hooks."""
+    _assert_patched_matches(_unet(), _sequential_offload, **_inputs())
+
+
 # ---------------------------------------------------------------- call arguments
 
 

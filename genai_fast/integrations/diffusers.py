@@ -342,6 +342,13 @@ def _plain_group_norm(norm: Any) -> bool:
     return type(norm) is nn.GroupNorm and not _has_own_forward(norm)
 
 
+def _plain(module: Any, cls: type) -> bool:
+    """module is exactly a `cls` running the class's forward: a fused forward may compute it from its weights. A
+    wrapper (peft's LoRA layers) or an instance forward (accelerate's offload hooks, which load the weights in it)
+    must be called instead."""
+    return type(module) is cls and not _has_own_forward(module)
+
+
 # ---------------------------------------------------------------- ResnetBlock2D
 
 
@@ -690,7 +697,7 @@ def _plain_attention(attn: nn.Module | None) -> bool:
     return (type(attn) is Attention and ours and attn.spatial_norm is None
             and attn.group_norm is None and attn.norm_q is None and attn.norm_k is None and not attn.norm_cross
             and not attn.residual_connection and attn.rescale_output_factor == 1.0
-            and all(type(m) is nn.Linear for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0])))
+            and all(_plain(m, nn.Linear) for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0])))
 
 
 def _block_left_reason(block: nn.Module) -> str | None:
@@ -711,10 +718,10 @@ def _block_parts_reason(block: nn.Module) -> str | None:
         return "BasicTransformerBlock: without both self- and cross-attention"
     if not (_plain_attention(block.attn1) and _plain_attention(block.attn2)):
         return "BasicTransformerBlock: attention with norms, residual or wrapped projections"
-    if not all(type(n) is nn.LayerNorm for n in (block.norm1, block.norm2, block.norm3)):
-        return "BasicTransformerBlock: norms are not nn.LayerNorm"
+    if not all(_plain(n, nn.LayerNorm) for n in (block.norm1, block.norm2, block.norm3)):
+        return "BasicTransformerBlock: norms are not plain nn.LayerNorm"
     net = block.ff.net
-    if type(net[0]) is not GEGLU or type(net[0].proj) is not nn.Linear or type(net[2]) is not nn.Linear:
+    if type(net[0]) is not GEGLU or not _plain(net[0].proj, nn.Linear) or not _plain(net[2], nn.Linear):
         return "BasicTransformerBlock: feed-forward is not GEGLU then a linear layer"
     return None
 
