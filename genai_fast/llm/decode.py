@@ -4,6 +4,7 @@ detokenisation for streaming."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,29 +12,66 @@ import torch
 from genai_fast.llm.model import DecoderModel
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """How generate() picks each token, with HF generate's meanings (validated by the engine)."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+
 class Sampler:
     """logits [B, V] -> next tokens [B] (int64, on the logits' device), without a host synchronisation.
 
-    temperature 0 is greedy (argmax, as HF's do_sample=False); otherwise sample from softmax(logits / T)
-    restricted to the top_k largest and to the nucleus of mass top_p, with `generator` (reproducible)."""
+    The order of HF generate's logits processors: the repetition penalty on every token the sequence holds (prompt
+    and generated: a positive logit divided by it, a negative one multiplied), then temperature 0 is greedy
+    (argmax, as do_sample=False); otherwise sample from softmax(logits / T) restricted to the top_k largest, to
+    the nucleus of mass top_p and to the tokens of probability at least min_p times the top one's, with
+    `generator` (reproducible). Call start() with the prompts first."""
 
-    def __init__(self, temperature: float, top_k: int | None, top_p: float | None,
-                 generator: torch.Generator | None) -> None:
-        self.temperature, self.top_k, self.top_p, self.generator = temperature, top_k, top_p, generator
+    def __init__(self, params: SamplingParams, generator: torch.Generator | None) -> None:
+        self.params, self.generator = params, generator
+        self.seen: torch.Tensor | None = None  # [B, V] bool: tokens each sequence holds (repetition penalty only)
+
+    def start(self, prompts: Sequence[Sequence[int]], vocab_size: int, device: torch.device) -> None:
+        """Record the prompts' tokens (for the repetition penalty)."""
+        if self.params.repetition_penalty is None or self.params.repetition_penalty == 1:
+            return
+        self.seen = torch.zeros(len(prompts), vocab_size, dtype=torch.bool)
+        for b, ids in enumerate(prompts):
+            self.seen[b, list(ids)] = True
+        self.seen = self.seen.to(device)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.temperature == 0:
-            return logits.argmax(-1)
-        scores = logits.float() / self.temperature
-        if self.top_k is not None and self.top_k < scores.shape[-1]:
-            kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]
+        p = self.params
+        scores = logits
+        if self.seen is not None:
+            scores = scores.float()
+            penalised = torch.where(scores < 0, scores * p.repetition_penalty, scores / p.repetition_penalty)
+            scores = torch.where(self.seen, penalised, scores)
+        token = scores.argmax(-1) if p.temperature == 0 else self._draw(scores)
+        if self.seen is not None:
+            self.seen.scatter_(1, token[:, None], True)
+        return token
+
+    def _draw(self, scores: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        scores = scores.float() / p.temperature
+        if p.top_k is not None and p.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, p.top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        if self.top_p is not None and self.top_p < 1:
+        if p.top_p is not None and p.top_p < 1:
             sorted_scores, order = scores.sort(dim=-1, descending=True)
             probs = sorted_scores.softmax(-1)
             # Drop a token when the tokens before it already reach top_p (the top token always stays).
-            drop = (probs.cumsum(-1) - probs) >= self.top_p
+            drop = (probs.cumsum(-1) - probs) >= p.top_p
             scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        if p.min_p is not None:
+            probs = scores.softmax(-1)  # the top token's probability is the maximum: it always stays
+            scores = scores.masked_fill(probs < p.min_p * probs.amax(-1, keepdim=True), float("-inf"))
         return torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[:, 0]
 
 

@@ -4,6 +4,7 @@ prompt for a batch); `Engine.stream(...)` -> TextStream of text pieces."""
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import os
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from genai_fast.llm.decode import CudaGraphStepper, EagerStepper, IncrementalText, Sampler
+from genai_fast.llm.decode import CudaGraphStepper, EagerStepper, IncrementalText, Sampler, SamplingParams
 from genai_fast.llm.model import DecoderModel, _check_architecture, from_hf
 from genai_fast.ops.checks import is_real_number
 
@@ -269,7 +270,8 @@ class Engine:
 
     def generate(self, prompt_or_ids: Prompt | Sequence[Prompt], max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None
+                 stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None, *,
+                 min_p: float | None = None, repetition_penalty: float | None = None
                  ) -> GenerationResult | list[GenerationResult]:
         """Generate up to max_new_tokens tokens after a prompt, or after each prompt of a batch.
 
@@ -280,7 +282,10 @@ class Engine:
         generation.
 
         temperature 0 is greedy (argmax, as HF's do_sample=False); otherwise sample from softmax(logits / T)
-        restricted by top_k and top_p (nucleus), with a torch.Generator seeded by `seed` (reproducible).
+        restricted by top_k, top_p (nucleus) and min_p (tokens at least min_p times as probable as the top one),
+        with a torch.Generator seeded by `seed` (reproducible). repetition_penalty (> 0; HF's, applied first,
+        greedy too): the logit of every token already in the sequence, prompt included, is divided by it when
+        positive and multiplied by it when negative.
         A sequence stops after an EOS token (kept in `.ids`) or after a `stop` token id / string. A stop string
         stops where HF's stop_strings do: on the token its text ends in (that token is kept: the text includes
         the stop string, unless it is a special token's, and whatever else that token adds); its start may lie
@@ -291,7 +296,8 @@ class Engine:
         time), decode_gb_per_s (see `decode_traffic_bytes`).
         """
         prompts, batched = self._as_batch(prompt_or_ids, chat)
-        chunks = self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, self.sync_every)
+        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+        chunks = self._run(prompts, max_new_tokens, params, seed, stop, self.sync_every)
         while True:
             try:
                 next(chunks)
@@ -302,7 +308,8 @@ class Engine:
 
     def stream(self, prompt_or_ids: Prompt, max_new_tokens: int, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-               stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None) -> TextStream:
+               stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None, *,
+               min_p: float | None = None, repetition_penalty: float | None = None) -> TextStream:
         """generate() for one prompt, as an iterable of text pieces (printable as they come: a character split
         across tokens waits for its last token). The GenerationResult is `.result` after the iteration."""
         if self.tokenizer is None:
@@ -311,7 +318,8 @@ class Engine:
         if batched:
             raise ValueError(f"prompt_or_ids: stream takes one prompt, got a batch of {len(prompts)}; "
                              "use generate() for a batch")
-        chunks = self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, sync_every=1)
+        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+        chunks = self._run(prompts, max_new_tokens, params, seed, stop, sync_every=1)
         return TextStream(chunks, self.tokenizer)
 
     def _as_batch(self, prompt_or_ids: Any, chat: bool | None) -> tuple[list[list[int]], bool]:
@@ -339,20 +347,19 @@ class Engine:
             graph = self._graphs[batch] = CudaGraphStepper(self.model, batch)
         return graph
 
-    def _run(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int | None,
-             top_p: float | None, seed: int | None, stop: Any, sync_every: int
-             ) -> Generator[list[list[int]], None, list[GenerationResult]]:
+    def _run(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams, seed: int | None, stop: Any,
+             sync_every: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
         """Validate now (not at the first step of the generator), then -> the decode loop (see _decode)."""
         vocab = self.model.cfg.vocab_size
         for i, ids in enumerate(prompts):
             name = "prompt_or_ids" if len(prompts) == 1 else f"prompt_or_ids[{i}]"
-            _validate(max_new_tokens, temperature, top_k, top_p, len(ids), self.max_seq_len, name)
+            _validate(max_new_tokens, params, len(ids), self.max_seq_len, name)
             # Checked here: an embedding lookup out of range is an opaque error on a CPU, a device assert on a GPU.
             if min(ids) < 0 or max(ids) >= vocab:
                 bad = next(t for t in ids if not 0 <= t < vocab)
                 raise ValueError(f"{name}: token id {bad} is outside the vocabulary 0..{vocab - 1}")
         stop_ids, stop_strings = _split_stop(stop)
-        sample = Sampler(temperature, top_k, top_p, self._generator(temperature, seed))
+        sample = Sampler(params, self._generator(params.temperature, seed))
         return self._decode(prompts, max_new_tokens, sample, stop_ids, stop_strings, sync_every)
 
     def _decode(self, prompts: list[list[int]], max_new_tokens: int, sample: Sampler, stop_ids: set[int],
@@ -372,6 +379,7 @@ class Engine:
         for b, ids in enumerate(prompts):
             padded[b, :len(ids)] = torch.tensor(ids)
         t0 = time.perf_counter()
+        sample.start(prompts, self.model.cfg.vocab_size, self.device)
         logits = self.model.prefill(padded.to(self.device), torch.tensor(lengths, device=self.device) - 1)
         tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
         tokens[:, 0] = sample(logits)
@@ -454,16 +462,11 @@ def decode_traffic_bytes(model: DecoderModel, lengths: Sequence[int], steps: int
     return steps * model.step_bytes(B) + kv * positions
 
 
-def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-              prompt_len: int, max_seq_len: int, prompt_name: str = "prompt_or_ids") -> None:
+def _validate(max_new_tokens: int, params: SamplingParams, prompt_len: int, max_seq_len: int,
+              prompt_name: str = "prompt_or_ids") -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
-    if not is_real_number(temperature) or not temperature >= 0:
-        raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
-        raise ValueError(f"top_k: expected a positive integer or None, got {top_k!r}")
-    if top_p is not None and (not is_real_number(top_p) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p: expected a value in (0, 1], got {top_p!r}")
+    _validate_sampling(params)
     if prompt_len > max_seq_len:
         raise ValueError(f"{prompt_name}: {prompt_len} tokens do not fit the context of {max_seq_len} positions")
     # The last new token is never fed back, so prompt + max_new_tokens - 1 cache positions are written: a prompt
@@ -474,6 +477,20 @@ def _validate(max_new_tokens: int, temperature: float, top_k: int | None, top_p:
     if prompt_len + max_new_tokens - 1 > max_seq_len:
         raise ValueError(f"max_new_tokens: {prompt_len} prompt tokens + {max_new_tokens} new tokens exceed the "
                          f"KV cache of {max_seq_len} positions; lower it or load(max_seq_len=...)")
+
+
+def _validate_sampling(p: SamplingParams) -> None:
+    if not is_real_number(p.temperature) or not p.temperature >= 0:
+        raise ValueError(f"temperature: expected a number >= 0, got {p.temperature!r}")
+    if p.top_k is not None and (isinstance(p.top_k, bool) or not isinstance(p.top_k, int) or p.top_k <= 0):
+        raise ValueError(f"top_k: expected a positive integer or None, got {p.top_k!r}")
+    if p.top_p is not None and (not is_real_number(p.top_p) or not 0 < p.top_p <= 1):
+        raise ValueError(f"top_p: expected a value in (0, 1], got {p.top_p!r}")
+    if p.min_p is not None and (not is_real_number(p.min_p) or not 0 <= p.min_p <= 1):
+        raise ValueError(f"min_p: expected a value in [0, 1] or None, got {p.min_p!r}")
+    if p.repetition_penalty is not None and (not is_real_number(p.repetition_penalty)
+                                             or not 0 < p.repetition_penalty < math.inf):
+        raise ValueError(f"repetition_penalty: expected a finite number > 0 or None, got {p.repetition_penalty!r}")
 
 
 def _is_chat(prompt: Any) -> bool:
