@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
 RTOL = 1e-6  # max |ours - diffusers| <= RTOL * max(1, max |diffusers|), as in test_samplers.py
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 DIFFUSERS_CLASSES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
-                     "dpm++": "DPMSolverMultistepScheduler"}
+                     "euler_a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler"}
 OUR_ONLY_KEYS = ("eta", "use_clipped_model_output")  # DDIM step arguments in diffusers, config keys here
 
 
@@ -132,6 +132,7 @@ SD_CASES = {
     "ddpm": ("ddpm", {**SD_BETAS, "steps_offset": 1, "clip_sample": False}),
     "euler": ("euler", SD_BETAS),
     "euler-karras-v": ("euler", {**SD_BETAS, "use_karras_sigmas": True, "prediction_type": "v_prediction"}),
+    "euler_a": ("euler_a", SD_BETAS),
     "dpm++": ("dpm++", SD_BETAS),
     "dpm++-trailing-sigma-min": ("dpm++", {**SD_BETAS, "timestep_spacing": "trailing",
                                            "final_sigmas_type": "sigma_min"}),
@@ -173,7 +174,7 @@ def test_stable_diffusion_constructed_with_an_outdated_config_updates_the_sample
     _close(got, expected)
 
 
-@pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "dpm++"])
+@pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "euler_a", "dpm++"])
 def test_img2img_with_a_sampler_gives_diffusers_latents(sd_components, prompt, case):
     """strength < 1: the pipeline noises the image with add_noise at timesteps[begin] after set_begin_index,
     then steps from there (DPM-Solver++'s first step from a begin index is first order)."""

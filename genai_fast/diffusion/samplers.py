@@ -41,6 +41,7 @@ CLASS_NAMES = {
     "DDPMScheduler": "ddpm",
     "DDIMScheduler": "ddim",
     "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler_a",
     "DPMSolverMultistepScheduler": "dpm++",
 }
 
@@ -123,6 +124,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "sigma_max": Option(None, "float", minimum=0.0, optional=True),
         "timestep_type": Option("discrete", "choice", ("discrete", "continuous")),
     },
+    "euler_a": _common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction")),
     "dpm++": {
         **_common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")),
         **_SIGMA_SPACINGS,
@@ -1088,6 +1090,52 @@ class EulerSampler(_SigmaSampler):
         return FusedUpdate(coefficients, model_dtype=True)
 
 
+class EulerAncestralSampler(EulerSampler):
+    """Euler's step down to sigma_down, then fresh noise of std sigma_up (sigma_down^2 + sigma_up^2 = sigma_next^2):
+    diffusers' EulerAncestralDiscreteScheduler (A1111's "Euler a"). Noise is drawn at every step, the last one
+    (sigma_up 0) included, as diffusers draws it.
+
+    Columns of coef: input scale sqrt(sigma^2 + 1), sigma, sigma_down - sigma, v-prediction weights, sigma_up."""
+
+    name = "euler_a"
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps = spaced_timesteps(self.config, num_steps, round_linspace=False).astype(np.float32)
+        train = self._train_sigmas()
+        sigmas = np.interp(steps, np.arange(0, len(train)), train)
+        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        rows = [self._coefficients(sigmas[i], sigmas[i + 1]) for i in range(num_steps)]
+        return Plan(torch.from_numpy(steps), _stack(rows), sigmas, (True,) * num_steps, ())
+
+    @staticmethod
+    def _coefficients(sigma: torch.Tensor, sigma_next: torch.Tensor) -> list[torch.Tensor]:
+        # diffusers' float32 arithmetic on the same float32 sigmas, so the rows are its values bit for bit.
+        sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        return [(sigma**2 + 1) ** 0.5, sigma, sigma_down - sigma, -sigma / (sigma**2 + 1) ** 0.5, sigma**2 + 1,
+                sigma_up]
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        _, sigma, dt, v_eps, v_x, sigma_up = plan.coef[i].unbind()
+        x = x.to(torch.float32)  # diffusers steps in fp32 and casts back to the model's dtype
+        epsilon = self.config["prediction_type"] == "epsilon"
+        x0 = x - sigma * model_output if epsilon else model_output * v_eps + x / v_x
+        x = x + (x - x0) / sigma * dt
+        noise = draw_noise(model_output.shape, model_output, generator)
+        return (x + noise * sigma_up).to(model_output.dtype)
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        _, sigma, dt, v_eps, v_x, sigma_up = plan.host_coef[i]
+        if self.config["prediction_type"] == "epsilon":  # (x - x0) / sigma is the model output
+            coefficients = UpdateCoefficients(0.0, 0.0, x=1.0, x0=0.0, m=dt, noise=sigma_up)
+        else:
+            coefficients = UpdateCoefficients(1.0 / v_x, v_eps, x=1.0 + dt / sigma, x0=-dt / sigma, m=0.0,
+                                              noise=sigma_up)
+        return FusedUpdate(coefficients, model_dtype=True)
+
+
 class DPMSolverPPSampler(_SigmaSampler):
     """DPM-Solver++ (Lu et al. 2022), multistep, order 2 (or 1), in data prediction, as diffusers'
     DPMSolverMultistepScheduler with algorithm_type="dpmsolver++".
@@ -1199,6 +1247,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "ddpm": DDPMSampler,
     "ddim": DDIMSampler,
     "euler": EulerSampler,
+    "euler_a": EulerAncestralSampler,
     "dpm++": DPMSolverPPSampler,
 }
 
@@ -1212,10 +1261,11 @@ def _check_name(name: Any) -> str:
 
 
 def make_sampler(name: str, **config: Any) -> Sampler:
-    """A sampler by name ("ddpm", "ddim", "euler", "dpm++") with diffusers' scheduler config keys.
+    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++") with diffusers' scheduler config keys.
 
     Defaults are those of the matching diffusers scheduler (DDPMScheduler, DDIMScheduler,
-    EulerDiscreteScheduler, DPMSolverMultistepScheduler with dpmsolver++ order 2). DDIM also takes
+    EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with dpmsolver++
+    order 2). DDIM also takes
     `eta` and `use_clipped_model_output` (step arguments in diffusers). Unknown keys raise TypeError,
     bad values ValueError, known but unimplemented values NotImplementedError, each naming the key.
     """
