@@ -134,6 +134,7 @@ SD_CASES = {
     "euler-karras-v": ("euler", {**SD_BETAS, "use_karras_sigmas": True, "prediction_type": "v_prediction"}),
     "euler_a": ("euler_a", SD_BETAS),
     "dpm++": ("dpm++", SD_BETAS),
+    "dpm++-sde-karras": ("dpm++", {**SD_BETAS, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
     "dpm++-trailing-sigma-min": ("dpm++", {**SD_BETAS, "timestep_spacing": "trailing",
                                            "final_sigmas_type": "sigma_min"}),
 }

@@ -144,6 +144,12 @@ OPTION_CASES = {
     "dpm-zero-snr": ("dpm++", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
                                "prediction_type": "v_prediction"}, 12),
     "dpm-50": ("dpm++", SD_BETAS, 50),
+    "dpm-sde": ("dpm++", {"algorithm_type": "sde-dpmsolver++"}, 12),
+    "dpm-sde-karras-v": ("dpm++", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True,
+                                   "prediction_type": "v_prediction", **SD_BETAS}, 20),
+    "dpm-sde-heun-sigma-min": ("dpm++", {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun",
+                                         "final_sigmas_type": "sigma_min"}, 20),
+    "dpm-sde-order-1": ("dpm++", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1}, 12),
 }
 
 
@@ -195,8 +201,9 @@ def test_trailing_drops_diffusers_stray_final_step():
 
 
 @pytest.mark.parametrize("config", [("ddpm", {}), ("ddpm", {"timestep_spacing": "trailing"}),
-                                    ("ddim", {"eta": 1.0}), ("euler_a", {})],
-                         ids=["ddpm", "ddpm-trailing", "ddim-eta1", "euler-a"])
+                                    ("ddim", {"eta": 1.0}), ("euler_a", {}),
+                                    ("dpm++", {"algorithm_type": "sde-dpmsolver++"})],
+                         ids=["ddpm", "ddpm-trailing", "ddim-eta1", "euler-a", "dpm-sde"])
 def test_same_seed_same_samples_as_diffusers(config):
     name, cfg = config
     model = FakeModel()
@@ -363,12 +370,14 @@ def _diffusers_cfg_loop(unet, scheduler, x, cond, negative, steps, guidance, gen
 GUIDED_RTOL = 2e-4
 
 
-@pytest.mark.parametrize("name", ["euler", "ddim", "dpm++", "ddim-eta1", "ddpm", "euler_a"])
+@pytest.mark.parametrize("name", ["euler", "ddim", "dpm++", "ddim-eta1", "ddpm", "euler_a", "dpm++-sde"])
 def test_sample_with_guidance_matches_diffusers(tiny_unet, name):
     from genai_fast.testing import assert_matches_oracle
 
-    sampler_name = name.removesuffix("-eta1")
+    sampler_name = name.removesuffix("-eta1").removesuffix("-sde")
     config = {**SD_BETAS, "eta": 1.0} if name == "ddim-eta1" else SD_BETAS
+    if name == "dpm++-sde":
+        config = {**SD_BETAS, "algorithm_type": "sde-dpmsolver++"}
     step_kw = {"eta": 1.0} if name == "ddim-eta1" else None
     cond, negative = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     sampler = make_sampler(sampler_name, **config)
@@ -383,7 +392,7 @@ def test_sample_with_guidance_matches_diffusers(tiny_unet, name):
         ours = sample(tiny_unet, sampler, noise, cond, 6, guidance_scale=7.5, negative_encoder_hidden_states=negative,
                       generator=torch.Generator().manual_seed(3), progress=False)
         ref = reference(tiny_unet, torch.float32)
-        if name in ("ddim-eta1", "ddpm", "euler_a"):  # noise drawn in float64 differs: no float64 oracle
+        if name in ("ddim-eta1", "ddpm", "euler_a", "dpm++-sde"):  # stochastic: no float64 oracle
             scale = max(1.0, float(ref.abs().max()))
             err = float((ours - ref).abs().max())
             assert err <= GUIDED_RTOL * scale, f"final latents: max-abs {err:.3e} > {GUIDED_RTOL * scale:.3e}"
@@ -562,7 +571,7 @@ def test_bad_config_values(config, error, pattern):
 @pytest.mark.parametrize("name,config,key", [
     ("ddpm", {"variance_type": "fixed_large_log"}, "variance_type"),
     ("dpm++", {"solver_order": 3}, "solver_order"),
-    ("dpm++", {"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
+    ("dpm++", {"algorithm_type": "sde-dpmsolver"}, "algorithm_type"),
     ("dpm++", {"use_flow_sigmas": True}, "use_flow_sigmas"),
     ("euler", {"use_beta_sigmas": True}, "use_beta_sigmas"),
     ("euler", {"prediction_type": "flow_prediction"}, "prediction_type"),
@@ -647,8 +656,9 @@ def test_step_misuse():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,config", [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"use_karras_sigmas": True}),
-                                         ("euler_a", {}), ("dpm++", {})],
-                         ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++"])
+                                         ("euler_a", {}), ("dpm++", {}),
+                                         ("dpm++", {"algorithm_type": "sde-dpmsolver++"})],
+                         ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde"])
 def test_gpu_loop_has_no_host_syncs(name, config):
     """CUDA sync debug mode raises on any synchronising call from the first model call to the end of
     the loop (set_timesteps before it may copy the planned rows to the GPU)."""

@@ -132,7 +132,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "solver_order": Option(2, "choice", (1, 2, 3), implemented=(1, 2)),
         "algorithm_type": Option("dpmsolver++", "choice", ("dpmsolver++", "sde-dpmsolver++", "dpmsolver",
                                                            "sde-dpmsolver", "deis"),
-                                 implemented=("dpmsolver++", "deis")),
+                                 implemented=("dpmsolver++", "sde-dpmsolver++", "deis")),
         "solver_type": Option("midpoint", "choice", ("midpoint", "heun", "logrho", "bh1", "bh2")),
         "lower_order_final": Option(True, "bool"),
         "euler_at_final": Option(False, "bool"),
@@ -686,7 +686,8 @@ class Sampler:
             # reproduces diffusers there (x0 = +-inf, finite again once clipped), a fused pass cannot.
             uncond, cond = model_output.chunk(2)
             return self._advance(uncond + guidance * (cond - uncond), t, x, generator)
-        noise = draw_noise(x.shape, model_output, generator) if plan.noise[self._index] else None
+        noise = (draw_noise(x.shape, model_output, generator, self._noise_dtype(model_output))
+                 if plan.noise[self._index] else None)
         out, x0 = guided_update(x, model_output, fused.coefficients, guidance, fused.previous_x0, noise, fused.clip,
                                 return_x0=fused.keep_x0, out_dtype=model_output.dtype if fused.model_dtype else None)
         if fused.keep_x0:
@@ -697,6 +698,10 @@ class Sampler:
     def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
         """Step i as one guided_update pass, or None where the update is not affine in the model output."""
         return None
+
+    def _noise_dtype(self, model_output: torch.Tensor) -> torch.dtype:
+        """The dtype diffusers draws a step's noise in (randn_tensor's dtype argument)."""
+        return model_output.dtype
 
     def _keep_x0(self, x0: torch.Tensor) -> None:
         pass
@@ -1138,10 +1143,11 @@ class EulerAncestralSampler(EulerSampler):
 
 class DPMSolverPPSampler(_SigmaSampler):
     """DPM-Solver++ (Lu et al. 2022), multistep, order 2 (or 1), in data prediction, as diffusers'
-    DPMSolverMultistepScheduler with algorithm_type="dpmsolver++".
+    DPMSolverMultistepScheduler with algorithm_type="dpmsolver++", or its stochastic form "sde-dpmsolver++"
+    (A1111's "DPM++ 2M SDE"), which draws float32 noise at every step as diffusers does.
 
-    Columns of coef: alpha_s, sigma_s (to convert the model output into x0 at the current level),
-    sigma_t / sigma_s, alpha_t (exp(-h) - 1), second-order D1 weight, 1 / r0."""
+    Columns of coef: alpha_s, sigma_s (to convert the model output into x0 at the current level), the weight of x,
+    minus the weight of x0, minus the second-order D1 weight, 1 / r0, the noise std (SDE; else 0)."""
 
     name = "dpm++"
 
@@ -1164,7 +1170,13 @@ class DPMSolverPPSampler(_SigmaSampler):
         order = tuple(1 if self.config["solver_order"] == 1 or i == 0 or (i == n - 1 and final_first_order)
                       else 2 for i in range(n))
         rows = [self._coefficients(sigmas, i, order[i]) for i in range(n)]
-        return Plan(torch.from_numpy(steps).to(torch.int64), _stack(rows), sigmas, (False,) * n, order)
+        return Plan(torch.from_numpy(steps).to(torch.int64), _stack(rows), sigmas, (self._sde(),) * n, order)
+
+    def _sde(self) -> bool:
+        return self.config["algorithm_type"] == "sde-dpmsolver++"
+
+    def _noise_dtype(self, model_output: torch.Tensor) -> torch.dtype:
+        return torch.float32  # diffusers draws the SDE's noise in float32 whatever the model's dtype
 
     def _schedule(self, num_steps: int) -> tuple[np.ndarray, torch.Tensor]:
         alpha, sigma = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)
@@ -1198,37 +1210,51 @@ class DPMSolverPPSampler(_SigmaSampler):
         lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
         lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
         h = lambda_t - lambda_s0
-        first = [alpha_s0, sigma_s0, sigma_t / sigma_s0, alpha_t * (torch.exp(-h) - 1.0)]
+        # diffusers' expressions, so that the rows are its float32 values bit for bit (signs folded: the update
+        # subtracts the x0 and D1 terms, and negating is exact).
+        if self._sde():
+            first = [alpha_s0, sigma_s0, sigma_t / sigma_s0 * torch.exp(-h), -(alpha_t * (1 - torch.exp(-2.0 * h)))]
+            std = sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h))
+        else:
+            first = [alpha_s0, sigma_s0, sigma_t / sigma_s0, alpha_t * (torch.exp(-h) - 1.0)]
+            std = torch.tensor(0.0)
         if order == 1:
-            return [*first, torch.tensor(0.0), torch.tensor(0.0)]
+            return [*first, torch.tensor(0.0), torch.tensor(0.0), std]
         alpha_s1, sigma_s1 = self._alpha_sigma(sigmas[i - 1])
         r0 = (lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))) / h
-        if self.config["solver_type"] == "heun":
-            d1 = -(alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0))  # sign folded: the update subtracts it
-        else:  # midpoint (diffusers maps logrho / bh1 / bh2 to midpoint)
+        heun = self.config["solver_type"] == "heun"  # else midpoint (diffusers maps logrho / bh1 / bh2 to it)
+        if self._sde():
+            d1 = (-(alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0)) if heun
+                  else -(0.5 * (alpha_t * (1 - torch.exp(-2.0 * h)))))
+        elif heun:
+            d1 = -(alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0))
+        else:
             d1 = 0.5 * (alpha_t * (torch.exp(-h) - 1.0))
-        return [*first, d1, 1.0 / r0]
+        return [*first, d1, 1.0 / r0, std]
 
     def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
               ) -> torch.Tensor:
         _check_model_output(model_output, x)
-        alpha_s, sigma_s, c_x, c_d0, c_d1, inv_r0 = plan.coef[i].unbind()
+        alpha_s, sigma_s, c_x, c_d0, c_d1, inv_r0, std = plan.coef[i].unbind()
         x0 = self._x0_limit(_to_x0(self.config["prediction_type"], model_output, x, alpha_s, sigma_s))
         order = self._order(i, plan)
         prev_x0, self._prev_x0 = self._prev_x0, x0
         x = x.to(torch.float32)  # diffusers updates in fp32 and casts back to the model's dtype
+        noise = draw_noise(model_output.shape, model_output, generator, torch.float32) if plan.noise[i] else None
         x_next = c_x * x - c_d0 * x0
         if order == 2:  # D1 = (x0 - previous x0) / r0, the multistep correction
             x_next = x_next - c_d1 * (inv_r0 * (x0 - prev_x0))
+        if noise is not None:
+            x_next = x_next + std * noise
         return x_next.to(model_output.dtype)
 
     def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
         if self.config["thresholding"]:
             return None
-        alpha_s, sigma_s, c_x, c_d0, c_d1, inv_r0 = plan.host_coef[i]
+        alpha_s, sigma_s, c_x, c_d0, c_d1, inv_r0, std = plan.host_coef[i]
         change = -c_d1 * inv_r0 if self._order(i, plan) == 2 else 0.0
         coefficients = UpdateCoefficients(*self._x0_weights(alpha_s, sigma_s), x=c_x, x0=-c_d0, m=0.0,
-                                          x0_change=change)
+                                          x0_change=change, noise=std)
         return FusedUpdate(coefficients, self._clip(), model_dtype=True,
                            previous_x0=self._prev_x0 if change else None, keep_x0=True)
 
