@@ -4,6 +4,7 @@ img2img pipelines built from tiny random components (fp32 CPU, one seed); the sc
 conventions those pipelines use; the config as diffusers' from_config reads it."""
 
 import copy
+import inspect
 import io
 import pickle
 
@@ -25,7 +26,8 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
 RTOL = 1e-6  # max |ours - diffusers| <= RTOL * max(1, max |diffusers|), as in test_samplers.py
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 DIFFUSERS_CLASSES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
-                     "euler_a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler"}
+                     "euler_a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler",
+                     "pndm": "PNDMScheduler"}
 OUR_ONLY_KEYS = ("eta", "use_clipped_model_output")  # DDIM step arguments in diffusers, config keys here
 
 
@@ -134,6 +136,7 @@ SD_CASES = {
     "euler-karras-v": ("euler", {**SD_BETAS, "use_karras_sigmas": True, "prediction_type": "v_prediction"}),
     "euler_a": ("euler_a", SD_BETAS),
     "dpm++": ("dpm++", SD_BETAS),
+    "pndm-sd15-default": ("pndm", {**SD_BETAS, "skip_prk_steps": True, "steps_offset": 1}),
     "dpm++-sde-karras": ("dpm++", {**SD_BETAS, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
     "dpm++-trailing-sigma-min": ("dpm++", {**SD_BETAS, "timestep_spacing": "trailing",
                                            "final_sigmas_type": "sigma_min"}),
@@ -175,7 +178,7 @@ def test_stable_diffusion_constructed_with_an_outdated_config_updates_the_sample
     _close(got, expected)
 
 
-@pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "euler_a", "dpm++"])
+@pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "euler_a", "dpm++", "pndm-sd15-default"])
 def test_img2img_with_a_sampler_gives_diffusers_latents(sd_components, prompt, case):
     """strength < 1: the pipeline noises the image with add_noise at timesteps[begin] after set_begin_index,
     then steps from there (DPM-Solver++'s first step from a begin index is first order)."""
@@ -215,11 +218,14 @@ def test_scheduler_attributes_match_diffusers(name):
 def test_step_return_conventions(name):
     """return_dict=False -> (prev_sample,), True -> .prev_sample / [0], default: a tensor with .prev_sample."""
     x, out = torch.randn(2, 4, 4, 4, generator=_seed(1)), torch.randn(2, 4, 4, 4, generator=_seed(2))
-    ref = _scheduler(name, **SD_BETAS)
-    ref.set_timesteps(3)
-    expected = [ref.step(out, t, x, generator=_seed(9), return_dict=False)[0] for t in ref.timesteps]
-    ours = make_sampler(name, **SD_BETAS)
-    ours.set_timesteps(3)
+    config = {**SD_BETAS, "skip_prk_steps": True} if name == "pndm" else SD_BETAS  # PNDM's Runge-Kutta: >= 4 steps
+    ref = _scheduler(name, **config)
+    ref.set_timesteps(2 if name == "pndm" else 3)  # PLMS: one model call more than steps
+    takes_generator = "generator" in inspect.signature(ref.step).parameters
+    expected = [ref.step(out, t, x, return_dict=False, **({"generator": _seed(9)} if takes_generator else {}))[0]
+                for t in ref.timesteps]
+    ours = make_sampler(name, **config)
+    ours.set_timesteps(2 if name == "pndm" else 3)
     t = ours.timesteps
     got = [ours.step(out, t[0], x, generator=_seed(9), return_dict=False),
            ours.step(out, t[1], x, generator=_seed(9), return_dict=True),

@@ -42,6 +42,7 @@ CLASS_NAMES = {
     "DDIMScheduler": "ddim",
     "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler_a",
+    "PNDMScheduler": "pndm",
     "DPMSolverMultistepScheduler": "dpm++",
 }
 
@@ -144,6 +145,12 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "flow_shift": Option(1.0, "inert"),
         "use_dynamic_shifting": Option(False, "inert"),
         "time_shift_type": Option("exponential", "inert"),
+    },
+    "pndm": {  # diffusers' PNDMScheduler takes no rescale_betas_zero_snr
+        **{k: v for k, v in _common("leading", _BASIC_SCHEDULES, ("epsilon", "v_prediction")).items()
+           if k != "rescale_betas_zero_snr"},
+        "skip_prk_steps": Option(False, "bool"),
+        "set_alpha_to_one": Option(False, "bool"),
     },
 }
 SAMPLER_NAMES = tuple(OPTIONS)
@@ -278,7 +285,7 @@ def make_betas(cfg: Mapping[str, Any]) -> torch.Tensor:
         betas = _alpha_bar_betas(n, _laplace_alpha_bar)
     else:  # sigmoid
         betas = torch.sigmoid(torch.linspace(-6, 6, n)) * (end - start) + start
-    return _zero_terminal_snr(betas) if cfg["rescale_betas_zero_snr"] else betas
+    return _zero_terminal_snr(betas) if cfg.get("rescale_betas_zero_snr", False) else betas
 
 
 def _zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
@@ -295,7 +302,7 @@ def make_alphas_cumprod(cfg: Mapping[str, Any], pin_last: bool) -> torch.Tensor:
     """alpha_bar_t = prod_{s<=t} (1 - beta_s), float32. pin_last: the sigma-based samplers replace an
     exactly-zero terminal alpha_bar with 2**-24 so that sigma stays finite (as diffusers does)."""
     alphas_cumprod = torch.cumprod(1.0 - make_betas(cfg), dim=0)
-    if pin_last and cfg["rescale_betas_zero_snr"]:
+    if pin_last and cfg.get("rescale_betas_zero_snr", False):
         alphas_cumprod[-1] = 2**-24
     return alphas_cumprod
 
@@ -1267,6 +1274,110 @@ class DPMSolverPPSampler(_SigmaSampler):
         return plan.order[i] if self._prev_x0 is not None else 1
 
 
+# ---------------------------------------------------------------- PNDM
+
+
+class PNDMSampler(Sampler):
+    """Pseudo numerical methods (Liu et al. 2022) as diffusers' PNDMScheduler, the default of Stable Diffusion 1.x
+    pipelines: three pseudo Runge-Kutta steps of four model calls each, then linear multistep (PLMS) with up to
+    four earlier outputs; or, with skip_prk_steps=True (Stable Diffusion's configs), PLMS from the start, which
+    repeats the second timestep (num_steps + 1 model calls). As diffusers, a step reads its timestep and the count
+    of calls since set_timesteps (or set_begin_index) to know which combination of model outputs to take; the
+    arithmetic runs in the model's dtype, op for op."""
+
+    name = "pndm"
+
+    def _reset_history(self) -> None:
+        self._calls = 0
+        self._outputs: list[torch.Tensor] = []  # diffusers' ets: earlier model outputs
+        self._start: torch.Tensor | None = None  # diffusers' cur_sample
+        self._rk_sum: Any = 0  # diffusers' cur_model_output: the Runge-Kutta weighted sum so far
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        ascending = spaced_timesteps(self.config, num_steps)[::-1].astype(np.int64)
+        self._inference_steps = num_steps
+        if self.config["skip_prk_steps"]:
+            self._rk_timesteps = np.array([], dtype=np.int64)
+            calls = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
+        else:
+            if num_steps < 4:
+                raise ValueError(f"num_steps: PNDM's Runge-Kutta start needs at least 4 steps, got {num_steps} "
+                                 f"(or set skip_prk_steps=True)")
+            half = self.num_train_timesteps // num_steps // 2
+            rk = ascending[-4:].repeat(2) + np.tile(np.array([0, half]), 4)
+            self._rk_timesteps = rk[:-1].repeat(2)[1:-1][::-1].copy()
+            calls = np.concatenate([self._rk_timesteps, ascending[:-3][::-1]])
+        n = len(calls)
+        return Plan(torch.from_numpy(calls.astype(np.int64).copy()), torch.zeros(n, 0), None, (False,) * n, ())
+
+    @property
+    def num_inference_steps(self) -> int | None:
+        """The num_steps given to set_timesteps (diffusers' value); `timesteps` holds more model calls."""
+        return None if self._plan is None else self._inference_steps
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        t = int(plan.host_timesteps[i])
+        if self._calls < len(self._rk_timesteps):
+            out = self._runge_kutta_step(t, model_output, x)
+        else:
+            out = self._multistep(t, model_output, x)
+        self._calls += 1
+        return out
+
+    def _runge_kutta_step(self, t: int, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        c = self._calls
+        prev = t - (0 if c % 2 else self.num_train_timesteps // self._inference_steps // 2)
+        t = int(self._rk_timesteps[c // 4 * 4])
+        if c % 4 == 0:
+            self._rk_sum = self._rk_sum + 1 / 6 * m
+            self._outputs.append(m)
+            self._start = x
+        elif c % 4 in (1, 2):
+            self._rk_sum = self._rk_sum + 1 / 3 * m
+        else:
+            m = self._rk_sum + 1 / 6 * m
+            self._rk_sum = 0
+        return self._transfer(self._start if self._start is not None else x, t, prev, m)
+
+    def _multistep(self, t: int, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        gap = self.num_train_timesteps // self._inference_steps
+        prev = t - gap
+        if self._calls != 1:
+            self._outputs = [*self._outputs[-3:], m]
+        else:  # the repeated timestep: redo the first step with the mean of the two outputs
+            prev, t = t, t + gap
+        e = self._outputs
+        if len(e) == 1 and self._calls == 0:
+            self._start = x
+        elif len(e) == 1 and self._calls == 1:
+            m = (m + e[-1]) / 2
+            x, self._start = self._start, None
+        elif len(e) == 2:
+            m = (3 * e[-1] - e[-2]) / 2
+        elif len(e) == 3:
+            m = (23 * e[-1] - 16 * e[-2] + 5 * e[-3]) / 12
+        else:
+            m = (1 / 24) * (55 * e[-1] - 59 * e[-2] + 37 * e[-3] - 9 * e[-4])
+        return self._transfer(x, t, prev, m)
+
+    def _transfer(self, x: torch.Tensor, t: int, prev: int, m: torch.Tensor) -> torch.Tensor:
+        """x at timestep t -> x at prev, the model output m being the combined epsilon (or v): formula (9) of the
+        paper in diffusers' operation order."""
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[prev] if prev >= 0 else self._final_alpha_cumprod()
+        b_t, b_prev = 1 - a_t, 1 - a_prev
+        if self.config["prediction_type"] == "v_prediction":
+            m = (a_t**0.5) * m + (b_t**0.5) * x
+        sample_coeff = (a_prev / a_t) ** 0.5
+        denom = a_t * b_prev ** (0.5) + (a_t * b_t * a_prev) ** (0.5)
+        return sample_coeff * x - (a_prev - a_t) * m / denom
+
+    def _final_alpha_cumprod(self) -> torch.Tensor:
+        return torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
+
+
 # ---------------------------------------------------------------- construction
 
 SAMPLERS: dict[str, type[Sampler]] = {
@@ -1275,6 +1386,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "euler": EulerSampler,
     "euler_a": EulerAncestralSampler,
     "dpm++": DPMSolverPPSampler,
+    "pndm": PNDMSampler,
 }
 
 
@@ -1287,11 +1399,11 @@ def _check_name(name: Any) -> str:
 
 
 def make_sampler(name: str, **config: Any) -> Sampler:
-    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++") with diffusers' scheduler config keys.
+    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++", "pndm") with diffusers' scheduler config keys.
 
     Defaults are those of the matching diffusers scheduler (DDPMScheduler, DDIMScheduler,
     EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with dpmsolver++
-    order 2). DDIM also takes
+    order 2, PNDMScheduler). DDIM also takes
     `eta` and `use_clipped_model_output` (step arguments in diffusers). Unknown keys raise TypeError,
     bad values ValueError, known but unimplemented values NotImplementedError, each naming the key.
     """
