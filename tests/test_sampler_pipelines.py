@@ -27,7 +27,7 @@ RTOL = 1e-6  # max |ours - diffusers| <= RTOL * max(1, max |diffusers|), as in t
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 DIFFUSERS_CLASSES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
                      "euler_a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler",
-                     "pndm": "PNDMScheduler"}
+                     "pndm": "PNDMScheduler", "unipc": "UniPCMultistepScheduler"}
 OUR_ONLY_KEYS = ("eta", "use_clipped_model_output")  # DDIM step arguments in diffusers, config keys here
 
 
@@ -137,6 +137,7 @@ SD_CASES = {
     "euler_a": ("euler_a", SD_BETAS),
     "dpm++": ("dpm++", SD_BETAS),
     "pndm-sd15-default": ("pndm", {**SD_BETAS, "skip_prk_steps": True, "steps_offset": 1}),
+    "unipc": ("unipc", SD_BETAS),
     "dpm++-sde-karras": ("dpm++", {**SD_BETAS, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
     "dpm++-trailing-sigma-min": ("dpm++", {**SD_BETAS, "timestep_spacing": "trailing",
                                            "final_sigmas_type": "sigma_min"}),
@@ -178,7 +179,7 @@ def test_stable_diffusion_constructed_with_an_outdated_config_updates_the_sample
     _close(got, expected)
 
 
-@pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "euler_a", "dpm++", "pndm-sd15-default"])
+@pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "euler_a", "dpm++", "pndm-sd15-default", "unipc"])
 def test_img2img_with_a_sampler_gives_diffusers_latents(sd_components, prompt, case):
     """strength < 1: the pipeline noises the image with add_noise at timesteps[begin] after set_begin_index,
     then steps from there (DPM-Solver++'s first step from a begin index is first order)."""

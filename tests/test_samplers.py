@@ -32,7 +32,7 @@ def _scheduler(name, **config):
     d = _diffusers()
     cls = {"ddpm": d.DDPMScheduler, "ddim": d.DDIMScheduler, "euler": d.EulerDiscreteScheduler,
            "euler_a": d.EulerAncestralDiscreteScheduler, "dpm++": d.DPMSolverMultistepScheduler,
-           "pndm": d.PNDMScheduler}[name]
+           "pndm": d.PNDMScheduler, "unipc": d.UniPCMultistepScheduler}[name]
     return cls(**{k: v for k, v in config.items() if k not in ("eta", "use_clipped_model_output")})
 
 
@@ -135,6 +135,17 @@ OPTION_CASES = {
     "euler-a-zero-snr": ("euler_a", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
                                      "prediction_type": "v_prediction"}, 12),
     "euler-a-cosine-7": ("euler_a", {"beta_schedule": "squaredcos_cap_v2"}, 7),
+    "unipc-karras": ("unipc", {"use_karras_sigmas": True, **SD_BETAS}, 12),
+    "unipc-exponential-v": ("unipc", {"use_exponential_sigmas": True, "prediction_type": "v_prediction"}, 12),
+    "unipc-order-1": ("unipc", {"solver_order": 1}, 12),
+    "unipc-order-3-bh1": ("unipc", {"solver_order": 3, "solver_type": "bh1", "final_sigmas_type": "sigma_min",
+                                    **SD_BETAS}, 20),
+    "unipc-no-corrector-at-0-2": ("unipc", {"disable_corrector": [0, 2]}, 12),
+    "unipc-no-lower-order-final": ("unipc", {"lower_order_final": False, "final_sigmas_type": "sigma_min"}, 8),
+    "unipc-sample-thresholding": ("unipc", {"prediction_type": "sample", "thresholding": True}, 12),
+    "unipc-zero-snr": ("unipc", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                                 "prediction_type": "v_prediction"}, 12),
+    "unipc-sd-50": ("unipc", SD_BETAS, 50),
     "pndm-plms-sd": ("pndm", {"skip_prk_steps": True, "steps_offset": 1, **SD_BETAS}, 50),
     "pndm-plms-1-step": ("pndm", {"skip_prk_steps": True}, 1),
     "pndm-plms-2-steps-v": ("pndm", {"skip_prk_steps": True, "prediction_type": "v_prediction"}, 2),
@@ -180,7 +191,7 @@ def test_timesteps_at_extreme_step_counts(name, steps):
             ours, ref = (make_sampler(name, timestep_spacing=spacing, skip_prk_steps=True),
                          _scheduler(name, timestep_spacing=spacing, skip_prk_steps=True))
         ref.set_timesteps(steps)
-        if name == "dpm++" and steps == 1000 and spacing != "trailing":
+        if name in ("dpm++", "unipc") and steps == 1000 and spacing != "trailing":
             # Repeated timesteps: diffusers' multistep update divides 0 by 0 there; ours refuses.
             with pytest.raises(ValueError, match=r"^num_steps: 1000 steps repeat a noise level"):
                 ours.set_timesteps(steps)
@@ -199,6 +210,22 @@ def test_dpm_karras_with_repeated_timesteps_runs():
     torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
     assert len(torch.unique(ours.timesteps)) < 12
     out = sample_loop(FakeModel(), ours, torch.randn(1, 4, 4, 4), 12, progress=False)
+    assert torch.isfinite(out).all()
+
+
+def test_unipc_bh1_last_step_to_zero_noise_is_finite():
+    """bh1's B(h) is -h, infinite on the last step to sigma 0: diffusers multiplies it by its zero first-order
+    correction (inf * 0) and returns NaN latents; ours leaves the absent term out and lands on the predicted x0."""
+    config = {"solver_type": "bh1", **SD_BETAS}
+    ours, ref = make_sampler("unipc", **config), _scheduler("unipc", **config)
+    ref.set_timesteps(6)
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    model = FakeModel()
+    for t in ref.timesteps:
+        x = ref.step(model(x, t.expand(1)), t, x).prev_sample
+    assert torch.isnan(x).all()
+    out = sample_loop(model, ours, torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)), 6,
+                      progress=False)
     assert torch.isfinite(out).all()
 
 
@@ -384,7 +411,8 @@ def _diffusers_cfg_loop(unet, scheduler, x, cond, negative, steps, guidance, gen
 GUIDED_RTOL = 2e-4
 
 
-@pytest.mark.parametrize("name", ["euler", "ddim", "dpm++", "ddim-eta1", "ddpm", "euler_a", "dpm++-sde", "pndm"])
+@pytest.mark.parametrize("name", ["euler", "ddim", "dpm++", "ddim-eta1", "ddpm", "euler_a", "dpm++-sde", "pndm",
+                                  "unipc"])
 def test_sample_with_guidance_matches_diffusers(tiny_unet, name):
     from genai_fast.testing import assert_matches_oracle
 
@@ -469,7 +497,7 @@ def test_add_noise_matches_diffusers(name, config_name, config, dtype):
     ref, ours = _scheduler(name, **config), make_sampler(name, **config)
     g = torch.Generator().manual_seed(0)
     x, noise = torch.randn(3, 4, 5, 5, generator=g, dtype=dtype), torch.randn(3, 4, 5, 5, generator=g, dtype=dtype)
-    if name != "dpm++":  # diffusers' DPM-Solver pairs its initial timesteps with reversed sigmas
+    if name not in ("dpm++", "unipc"):  # diffusers' DPM-Solver and UniPC pair initial timesteps with reversed sigmas
         t = torch.tensor([999, 10, 500])
         assert torch.equal(ours.add_noise(x, noise, t), ref.add_noise(x, noise, t))
     ref.set_timesteps(13)
@@ -557,7 +585,7 @@ def test_bad_num_steps(num_steps, error):
 
 
 def test_unknown_sampler_name_lists_known_ones():
-    known = r"'ddpm', 'ddim', 'euler', 'euler_a', 'dpm\+\+', 'pndm'"
+    known = r"'ddpm', 'ddim', 'euler', 'euler_a', 'dpm\+\+', 'pndm', 'unipc'"
     with pytest.raises(ValueError, match=r"^name: unknown sampler 'lms'.*" + known):
         make_sampler("lms")
     with pytest.raises(TypeError, match=r"^name: "):
@@ -673,8 +701,9 @@ def test_step_misuse():
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,config", [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"use_karras_sigmas": True}),
                                          ("euler_a", {}), ("dpm++", {}),
-                                         ("dpm++", {"algorithm_type": "sde-dpmsolver++"})],
-                         ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde"])
+                                         ("dpm++", {"algorithm_type": "sde-dpmsolver++"}),
+                                         ("unipc", {"solver_order": 3})],
+                         ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde", "unipc-3"])
 def test_gpu_loop_has_no_host_syncs(name, config):
     """CUDA sync debug mode raises on any synchronising call from the first model call to the end of
     the loop (set_timesteps before it may copy the planned rows to the GPU)."""

@@ -43,6 +43,7 @@ CLASS_NAMES = {
     "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler_a",
     "PNDMScheduler": "pndm",
+    "UniPCMultistepScheduler": "unipc",
     "DPMSolverMultistepScheduler": "dpm++",
 }
 
@@ -54,7 +55,8 @@ CLASS_NAMES = {
 class Option:
     """One config key: its default and what it accepts.
 
-    kind: "int", "float", "bool", "choice", "betas" or "inert" (accepted, no effect on sampling).
+    kind: "int", "float", "bool", "choice", "betas", "indices" (a list of step indices) or "inert" (accepted, no
+    effect on sampling).
     choices: the values diffusers knows; implemented: the subset this package runs (others raise
     NotImplementedError naming the key). minimum: lower bound for numbers (inclusive).
     """
@@ -152,6 +154,25 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "skip_prk_steps": Option(False, "bool"),
         "set_alpha_to_one": Option(False, "bool"),
     },
+    "unipc": {
+        **_common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")),
+        **_SIGMA_SPACINGS,
+        **_THRESHOLDING,
+        "sigma_min": Option(None, "float", minimum=0.0, optional=True),
+        "sigma_max": Option(None, "float", minimum=0.0, optional=True),
+        "solver_order": Option(2, "int", minimum=1),
+        "predict_x0": Option(True, "choice", (True, False), implemented=(True,)),
+        "solver_type": Option("bh2", "choice", ("bh1", "bh2")),
+        "lower_order_final": Option(True, "bool"),
+        "disable_corrector": Option([], "indices"),
+        "solver_p": Option(None, "choice", (None,)),  # another scheduler as the predictor: not supported
+        "use_flow_sigmas": Option(False, "choice", (False, True), implemented=(False,)),
+        # Only read by use_flow_sigmas / set_timesteps(mu=...), neither of which is supported here.
+        "flow_shift": Option(1.0, "inert"),
+        "use_dynamic_shifting": Option(False, "inert"),
+        "time_shift_type": Option("exponential", "inert"),
+        "shift_terminal": Option(None, "inert"),
+    },
 }
 SAMPLER_NAMES = tuple(OPTIONS)
 
@@ -193,6 +214,11 @@ def _check_option(name: str, key: str, value: Any, opt: Option) -> Any:
         return value
     if opt.kind == "betas":
         return _check_betas(key, value)
+    if opt.kind == "indices":
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise TypeError(f"{key}: expected a list of step indices (ints >= 0), got {value!r}")
+        return [int(v) for v in value]
     if opt.kind == "bool":
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{key}: expected a bool, got {type(value).__name__}")
@@ -1157,6 +1183,7 @@ class DPMSolverPPSampler(_SigmaSampler):
     minus the weight of x0, minus the second-order D1 weight, 1 / r0, the noise std (SDE; else 0)."""
 
     name = "dpm++"
+    _rounds_cosine_karras = False  # diffusers' DPM-Solver keeps fractional Karras timesteps on the cosine schedule
 
     def _reset_history(self) -> None:
         self._prev_x0: torch.Tensor | None = None
@@ -1188,21 +1215,21 @@ class DPMSolverPPSampler(_SigmaSampler):
     def _schedule(self, num_steps: int) -> tuple[np.ndarray, torch.Tensor]:
         alpha, sigma = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)
         lambdas = torch.log(alpha) - torch.log(sigma)
-        clipped = int(torch.searchsorted(torch.flip(lambdas, [0]), self.config["lambda_min_clipped"]))
+        clipped = int(torch.searchsorted(torch.flip(lambdas, [0]), self.config.get("lambda_min_clipped", -math.inf)))
         steps = spaced_timesteps(self.config, num_steps, last=self.num_train_timesteps - clipped,
                                  extra=1 if self.config["timestep_spacing"] != "trailing" else 0)
         steps = steps.astype(np.int64)
         train = self._train_sigmas()
         log_train = np.log(train)
-        if self.config["use_lu_lambdas"]:
+        if self.config.get("use_lu_lambdas"):
             respaced = lu_sigmas(np.flip(log_train).copy(), num_steps)
         else:
             respaced = self._respace(np.flip(train).copy(), num_steps)
         if respaced is None:
             return steps, self._finish_sigmas(np.interp(steps, np.arange(0, len(train)), train))
         steps = np.array([sigma_to_t(s, log_train) for s in respaced])
-        rounded = self.config["use_karras_sigmas"] or self.config["use_lu_lambdas"]
-        if rounded and self.config["beta_schedule"] != "squaredcos_cap_v2":
+        rounded = self.config["use_karras_sigmas"] or self.config.get("use_lu_lambdas")
+        if rounded and (self.config["beta_schedule"] != "squaredcos_cap_v2" or self._rounds_cosine_karras):
             steps = steps.round()
         return steps.astype(np.int64), self._finish_sigmas(respaced)
 
@@ -1272,6 +1299,128 @@ class DPMSolverPPSampler(_SigmaSampler):
         """The solver order of step i: the plan's, but first order without an earlier x0 (the first step from
         a begin index; diffusers counts the steps it has taken since set_timesteps the same way)."""
         return plan.order[i] if self._prev_x0 is not None else 1
+
+
+# ---------------------------------------------------------------- UniPC
+
+
+class UniPCSampler(DPMSolverPPSampler):
+    """UniPC (Zhao et al. 2023) as diffusers' UniPCMultistepScheduler in its default data-prediction form
+    (predict_x0=True): each step first corrects the latents it was given with the new model output (UniC; not
+    after the first step nor after the steps in disable_corrector), then predicts the next latents (UniP) from
+    up to solver_order earlier outputs, with the B(h) of solver_type bh1 or bh2. The schedule is DPM-Solver's.
+    The per-step coefficients (including the small linear solves of orders >= 2) are computed from the float32
+    sigmas with diffusers' own operations, so that a CPU loop is its loop bit for bit; the arithmetic on the
+    latents runs in the model's dtype, as diffusers'."""
+
+    name = "unipc"
+    _rounds_cosine_karras = True
+
+    def _reset_history(self) -> None:
+        self._outputs: list[torch.Tensor] = []  # converted model outputs (x0), the latest last
+        self._last_x: torch.Tensor | None = None
+        self._order_used = 0  # the order of the last prediction, which the next correction reuses
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps, sigmas = self._schedule(num_steps)
+        n = len(steps)
+        if bool((sigmas[1:n] == sigmas[: n - 1]).any()):
+            raise ValueError(f"num_steps: {num_steps} steps repeat a noise level under timestep_spacing="
+                             f"{self.config['timestep_spacing']!r}, which UniPC cannot step across "
+                             f"(diffusers returns NaN); use fewer steps")
+        alpha_sigma = [self._alpha_sigma(sigmas[i]) for i in range(n)]
+        coef = _stack([[alpha, sigma] for alpha, sigma in alpha_sigma])
+        return Plan(torch.from_numpy(steps).to(torch.int64), coef, sigmas, (False,) * n, ())
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        return None  # a correction and a prediction: not one affine pass
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        alpha, sigma = plan.coef[i].unbind()
+        x0 = self._x0_limit(_to_x0(self.config["prediction_type"], model_output, x, alpha, sigma))
+        if self._outputs and self._last_x is not None and (i - 1) not in self.config["disable_corrector"]:
+            x = self._correct(i, plan.sigmas, x0, x)
+        self._outputs = [*self._outputs, x0][-self.config["solver_order"]:]
+        order = self.config["solver_order"]
+        if self.config["lower_order_final"]:
+            order = min(order, len(plan.noise) - i)
+        order = min(order, len(self._outputs))  # warm-up: the outputs seen since set_timesteps or the begin index
+        self._order_used, self._last_x = order, x
+        return self._predict(i, plan.sigmas, x, order)
+
+    def _lambda(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        alpha, sigma = self._alpha_sigma(sigma)
+        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+
+    def _b_terms(self, h: torch.Tensor, order: int, rks: list[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(h_phi_1, B(h), R, b) of diffusers' UniP / UniC for the ratios rks (without the final 1)."""
+        rks_t = torch.stack([*rks, torch.ones(())])
+        hh = -h
+        h_phi_1 = torch.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1
+        factorial = 1
+        b_h = hh if self.config["solver_type"] == "bh1" else torch.expm1(hh)
+        rows, b = [], []
+        for k in range(1, order + 1):
+            rows.append(torch.pow(rks_t, k - 1))
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= k + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        return h_phi_1, b_h, torch.stack(rows), torch.stack(b)
+
+    def _differences(self, sigmas: torch.Tensor, at: int, lambda_s0: torch.Tensor, h: torch.Tensor, order: int,
+                     m0: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The ratios r_k and the divided differences (m_k - m0) / r_k of the order - 1 outputs before m0, whose
+        noise levels are sigmas[at - 1], sigmas[at - 2], ..."""
+        rks, d1s = [], []
+        for k in range(1, order):
+            lambda_k = self._lambda(sigmas[at - k])[2]
+            rk = (lambda_k - lambda_s0) / h
+            rks.append(rk)
+            d1s.append((self._outputs[-(k + 1)] - m0) / rk)
+        return rks, d1s
+
+    def _predict(self, i: int, sigmas: torch.Tensor, x: torch.Tensor, order: int) -> torch.Tensor:
+        """UniP: x at sigmas[i] -> x at sigmas[i + 1]."""
+        m0 = self._outputs[-1]
+        alpha_t, sigma_t, lambda_t = self._lambda(sigmas[i + 1])
+        _, sigma_s0, lambda_s0 = self._lambda(sigmas[i])
+        h = lambda_t - lambda_s0
+        rks, d1s = self._differences(sigmas, i, lambda_s0, h, order, m0)
+        h_phi_1, b_h, rows, b = self._b_terms(h, order, rks)
+        x_t = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
+        if d1s:
+            rhos = (torch.ones(1, dtype=x.dtype) * 0.5 if order == 2
+                    else torch.linalg.solve(rows[:-1, :-1], b[:-1]).to(x.dtype))
+            x_t = x_t - alpha_t * b_h * _weighted_sum(rhos, d1s)
+        return x_t.to(x.dtype)
+
+    def _correct(self, i: int, sigmas: torch.Tensor, model_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """UniC: the prediction x_t at sigmas[i], made from the latents at sigmas[i - 1] with order
+        self._order_used, corrected with the model output at sigmas[i]."""
+        order, x, m0 = self._order_used, self._last_x, self._outputs[-1]
+        alpha_t, sigma_t, lambda_t = self._lambda(sigmas[i])
+        _, sigma_s0, lambda_s0 = self._lambda(sigmas[i - 1])
+        h = lambda_t - lambda_s0
+        rks, d1s = self._differences(sigmas, i - 1, lambda_s0, h, order, m0)
+        h_phi_1, b_h, rows, b = self._b_terms(h, order, rks)
+        rhos = torch.ones(1, dtype=x.dtype) * 0.5 if order == 1 else torch.linalg.solve(rows, b).to(x.dtype)
+        corr = _weighted_sum(rhos[:-1], d1s) if d1s else 0
+        x_corrected = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
+        x_corrected = x_corrected - alpha_t * b_h * (corr + rhos[-1] * (model_t - m0))
+        return x_corrected.to(x.dtype)
+
+
+def _weighted_sum(weights: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
+    """sum_k weights[k] terms[k]: diffusers' einsum("k,bkc...->bc...") with the weights as 0-d CPU tensors, which
+    act as scalars on any device (no host-to-device copy); the same bits for one term, as at order 2."""
+    total = weights[0] * terms[0]
+    for w, term in zip(weights[1:], terms[1:], strict=True):
+        total = total + w * term
+    return total
 
 
 # ---------------------------------------------------------------- PNDM
@@ -1387,6 +1536,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "euler_a": EulerAncestralSampler,
     "dpm++": DPMSolverPPSampler,
     "pndm": PNDMSampler,
+    "unipc": UniPCSampler,
 }
 
 
@@ -1399,11 +1549,12 @@ def _check_name(name: Any) -> str:
 
 
 def make_sampler(name: str, **config: Any) -> Sampler:
-    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++", "pndm") with diffusers' scheduler config keys.
+    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++", "pndm", "unipc") with diffusers' scheduler
+    config keys.
 
     Defaults are those of the matching diffusers scheduler (DDPMScheduler, DDIMScheduler,
     EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with dpmsolver++
-    order 2, PNDMScheduler). DDIM also takes
+    order 2, PNDMScheduler, UniPCMultistepScheduler). DDIM also takes
     `eta` and `use_clipped_model_output` (step arguments in diffusers). Unknown keys raise TypeError,
     bad values ValueError, known but unimplemented values NotImplementedError, each naming the key.
     """
