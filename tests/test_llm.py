@@ -23,6 +23,9 @@ def _tiny(kind: str = "llama", **extra):
         return transformers.Qwen2ForCausalLM(cfg).eval()
     if kind == "qwen3":
         return _tiny_qwen3(common)
+    if kind == "phi3":  # q/k/v and gate/up fused in the checkpoint itself
+        cfg = transformers.Phi3Config(**common, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        return transformers.Phi3ForCausalLM(cfg).eval()
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
@@ -50,7 +53,8 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
     ("qwen2", {}),
     ("qwen3", {}),
-], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm"])
+    ("phi3", {}),
+], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm", "phi3-fused"])
 def test_tiny_greedy_matches_hf(kind, extra):
     hf = _tiny(kind, **extra)
     engine = load(hf, max_seq_len=96)
@@ -202,9 +206,18 @@ def _neox_config():
 
 
 def test_unknown_architecture_lists_supported():
-    with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*llama, mistral, qwen2, qwen3, gpt2"):
+    listed = r"llama, mistral, qwen2, qwen3, phi3, gpt2"
+    with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*" + listed):
         load(transformers.GPTNeoXForCausalLM(_neox_config()))
-    assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "gpt2"}
+    assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2"}
+
+
+def test_partial_rotary_is_refused_with_the_reason():
+    """Phi-4-mini style partial_rotary_factor < 1 rotates only part of each head: refused, not mis-rotated."""
+    hf = _tiny("phi3", rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})
+    assert hf.model.rotary_emb.inv_freq.numel() * 2 < 64 // 4
+    with pytest.raises(ValueError, match=r"rotary embeddings on 8 of the 16 dims of each head"):
+        load(hf)
 
 
 def test_unsupported_activation_is_named():
@@ -243,7 +256,7 @@ def test_missing_file_is_named(tmp_path):
         load(tmp_path / "nope.gguf")
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3"])
 def test_checkpoint_directory_roundtrip(kind, tmp_path):
     hf = _tiny(kind)
     hf.save_pretrained(tmp_path)

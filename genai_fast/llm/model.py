@@ -1,8 +1,8 @@
 """A compact decoder built from a Hugging Face model's weights.
 
 Two families share one module:
-  * llama, mistral, qwen2, qwen3: RMSNorm, rotary embeddings, GQA, SwiGLU MLP (qwen3: also an RMSNorm of each
-    query and key head before the rotation);
+  * llama, mistral, qwen2, qwen3, phi3: RMSNorm, rotary embeddings, GQA, SwiGLU MLP (qwen3: also an RMSNorm of
+    each query and key head before the rotation; phi3: its checkpoints hold q/k/v and gate/up fused already);
   * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
 
 Weights are converted once at load time: q/k/v projections fused into one matrix per layer and gate/up into
@@ -37,7 +37,7 @@ from genai_fast.ops.linear import linear as genai_fast_linear
 from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -653,24 +653,38 @@ def _llama_config(config: object) -> ModelConfig:
         max_position_embeddings=context_limit(config), activation="silu")
 
 
-def _rope_from_hf(hf_model: nn.Module) -> tuple[torch.Tensor, float]:
+def _rope_from_hf(hf_model: nn.Module, head_dim: int) -> tuple[torch.Tensor, float]:
     """Take the inverse frequencies HF itself computed (rope_theta and any static scaling already applied)."""
     rotary = hf_model.model.rotary_emb
     if getattr(rotary, "rope_type", "default") in _DYNAMIC_ROPE:
         raise ValueError(f"unsupported rope type {rotary.rope_type!r}: its frequencies change with the length")
+    if 2 * rotary.inv_freq.numel() != head_dim:
+        raise ValueError(f"unsupported checkpoint: rotary embeddings on {2 * rotary.inv_freq.numel()} of the "
+                         f"{head_dim} dims of each head (partial_rotary_factor < 1)")
     return rotary.inv_freq.detach().clone(), float(getattr(rotary, "attention_scaling", 1.0))
+
+
+def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(q/k/v weight, its bias or None, gate/up weight) of a layer, fused as the compact module keeps them (Phi-3's
+    checkpoints hold them fused already, in the same row order)."""
+    if hasattr(a, "qkv_proj"):
+        wqkv, bqkv = a.qkv_proj.weight, a.qkv_proj.bias
+    else:
+        wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        bqkv = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+    gate_up = m.gate_up_proj if hasattr(m, "gate_up_proj") else None
+    if (gate_up.bias if gate_up is not None else m.gate_proj.bias) is not None:
+        raise ValueError("unsupported checkpoint: MLP biases (mlp_bias=True) in a Llama-family model")
+    w_gate_up = gate_up.weight if gate_up is not None else torch.cat([m.gate_proj.weight, m.up_proj.weight])
+    return wqkv, bqkv, w_gate_up
 
 
 def _llama_layer(layer: nn.Module, cfg: ModelConfig, dtype: torch.dtype) -> Layer:
     a, m = layer.self_attn, layer.mlp
-    wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).to(dtype)
-    bqkv = None
-    if a.q_proj.bias is not None:
-        bqkv = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).to(dtype)
+    wqkv, bqkv, w_gate_up = _fused_projections(a, m)
+    wqkv, w_gate_up = wqkv.to(dtype), w_gate_up.to(dtype)
+    bqkv = None if bqkv is None else bqkv.to(dtype)
     bo = None if a.o_proj.bias is None else a.o_proj.bias.to(dtype)
-    w_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dtype)
-    if m.gate_proj.bias is not None:
-        raise ValueError("unsupported checkpoint: MLP biases (mlp_bias=True) in a Llama-family model")
     head_norms = [_head_norm(getattr(a, name, None), dtype) for name in ("q_norm", "k_norm")]  # Qwen3's
     return Layer(cfg, Norm(layer.input_layernorm.weight.to(dtype), None, cfg.norm_eps),
                  Norm(layer.post_attention_layernorm.weight.to(dtype), None, cfg.norm_eps),
@@ -687,7 +701,7 @@ def _head_norm(norm: nn.Module | None, dtype: torch.dtype) -> Norm | None:
 
 def _from_llama(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
     cfg = _llama_config(hf_model.config)
-    inv_freq, scaling = _rope_from_hf(hf_model)
+    inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
     layers = [_llama_layer(layer, cfg, dtype) for layer in hf_model.model.layers]
     embed = hf_model.model.embed_tokens.weight
     tied = hf_model.lm_head.weight.data_ptr() == embed.data_ptr()
