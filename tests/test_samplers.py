@@ -702,8 +702,8 @@ def test_step_misuse():
 @pytest.mark.parametrize("name,config", [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"use_karras_sigmas": True}),
                                          ("euler_a", {}), ("dpm++", {}),
                                          ("dpm++", {"algorithm_type": "sde-dpmsolver++"}),
-                                         ("unipc", {"solver_order": 3})],
-                         ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde", "unipc-3"])
+                                         ("unipc", {"solver_order": 3}), ("pndm", {})],
+                         ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde", "unipc-3", "pndm"])
 def test_gpu_loop_has_no_host_syncs(name, config):
     """CUDA sync debug mode raises on any synchronising call from the first model call to the end of
     the loop (set_timesteps before it may copy the planned rows to the GPU)."""
@@ -722,5 +722,5 @@ def test_gpu_loop_has_no_host_syncs(name, config):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.device.type == "cuda" and torch.isfinite(out).all()
-    if name in ("euler", "dpm++"):  # deterministic samplers: the GPU loop agrees with the CPU one
+    if name in ("euler", "dpm++", "unipc", "pndm"):  # deterministic samplers: the GPU loop agrees with the CPU one
         torch.testing.assert_close(out.cpu(), cpu_result, rtol=1e-4, atol=1e-4)
