@@ -27,7 +27,7 @@ RTOL = 1e-6  # max |ours - diffusers| <= RTOL * max(1, max |diffusers|), as in t
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 DIFFUSERS_CLASSES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
                      "euler_a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler",
-                     "pndm": "PNDMScheduler", "unipc": "UniPCMultistepScheduler"}
+                     "pndm": "PNDMScheduler", "unipc": "UniPCMultistepScheduler", "lcm": "LCMScheduler"}
 OUR_ONLY_KEYS = ("eta", "use_clipped_model_output")  # DDIM step arguments in diffusers, config keys here
 
 
@@ -138,6 +138,7 @@ SD_CASES = {
     "dpm++": ("dpm++", SD_BETAS),
     "pndm-sd15-default": ("pndm", {**SD_BETAS, "skip_prk_steps": True, "steps_offset": 1}),
     "unipc": ("unipc", SD_BETAS),
+    "lcm": ("lcm", SD_BETAS),
     "dpm++-sde-karras": ("dpm++", {**SD_BETAS, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
     "dpm++-trailing-sigma-min": ("dpm++", {**SD_BETAS, "timestep_spacing": "trailing",
                                            "final_sigmas_type": "sigma_min"}),
@@ -231,11 +232,27 @@ def test_step_return_conventions(name):
     got = [ours.step(out, t[0], x, generator=_seed(9), return_dict=False),
            ours.step(out, t[1], x, generator=_seed(9), return_dict=True),
            ours.step(out, t[2], x, generator=_seed(9))]
-    assert isinstance(got[0], tuple) and len(got[0]) == 1
+    # LCM also returns its clean estimate, as diffusers' LCMScheduler: (prev_sample, denoised) / .denoised.
+    assert isinstance(got[0], tuple) and len(got[0]) == (2 if name == "lcm" else 1)
     assert got[1][0] is got[1].prev_sample
     assert isinstance(got[2], torch.Tensor) and type(got[2].prev_sample) is torch.Tensor
     for ours_out, ref_out in zip((got[0][0], got[1].prev_sample, got[2]), expected, strict=True):
         _close(ours_out, ref_out)
+
+
+def test_lcm_step_returns_the_clean_estimate_as_diffusers():
+    """LatentConsistencyModelPipeline unpacks `latents, denoised = scheduler.step(..., return_dict=False)`."""
+    x, out = torch.randn(2, 4, 4, 4, generator=_seed(1)), torch.randn(2, 4, 4, 4, generator=_seed(2))
+    ref, ours = _scheduler("lcm"), make_sampler("lcm")
+    for s in (ref, ours):
+        s.set_timesteps(4)
+    for i, t in enumerate(ref.timesteps):
+        want = ref.step(out, t, x, generator=_seed(i), return_dict=True)
+        got_prev, got_denoised = ours.step(out, ours.timesteps[i], x, generator=_seed(i), return_dict=False)
+        _close(got_prev, want.prev_sample)
+        _close(got_denoised, want.denoised)
+    assert ours.denoised is got_denoised
+    torch.testing.assert_close(got_prev, got_denoised, rtol=0, atol=0)  # the last step adds no noise
 
 
 def test_default_step_result_is_an_ordinary_tensor_to_use_and_save():

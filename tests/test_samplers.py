@@ -32,7 +32,7 @@ def _scheduler(name, **config):
     d = _diffusers()
     cls = {"ddpm": d.DDPMScheduler, "ddim": d.DDIMScheduler, "euler": d.EulerDiscreteScheduler,
            "euler_a": d.EulerAncestralDiscreteScheduler, "dpm++": d.DPMSolverMultistepScheduler,
-           "pndm": d.PNDMScheduler, "unipc": d.UniPCMultistepScheduler}[name]
+           "pndm": d.PNDMScheduler, "unipc": d.UniPCMultistepScheduler, "lcm": d.LCMScheduler}[name]
     return cls(**{k: v for k, v in config.items() if k not in ("eta", "use_clipped_model_output")})
 
 
@@ -146,6 +146,11 @@ OPTION_CASES = {
     "unipc-zero-snr": ("unipc", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
                                  "prediction_type": "v_prediction"}, 12),
     "unipc-sd-50": ("unipc", SD_BETAS, 50),
+    "lcm-4-steps": ("lcm", {}, 4),
+    "lcm-1-step": ("lcm", {}, 1),
+    "lcm-v-clipped-original-20": ("lcm", {"prediction_type": "v_prediction", "clip_sample": True,
+                                          "original_inference_steps": 20}, 7),
+    "lcm-alpha-final-scaling-5": ("lcm", {"set_alpha_to_one": False, "timestep_scaling": 5.0}, 8),
     "pndm-plms-sd": ("pndm", {"skip_prk_steps": True, "steps_offset": 1, **SD_BETAS}, 50),
     "pndm-plms-1-step": ("pndm", {"skip_prk_steps": True}, 1),
     "pndm-plms-2-steps-v": ("pndm", {"skip_prk_steps": True, "prediction_type": "v_prediction"}, 2),
@@ -184,6 +189,12 @@ def test_config_options_match_diffusers(case):
 def test_timesteps_at_extreme_step_counts(name, steps):
     for spacing in ("linspace", "leading", "trailing"):
         ours, ref = make_sampler(name, timestep_spacing=spacing), _scheduler(name, timestep_spacing=spacing)
+        if name == "lcm" and steps > 50:  # picks from the 50-step distillation schedule: both refuse more
+            with pytest.raises(ValueError):
+                ref.set_timesteps(steps)
+            with pytest.raises(ValueError, match=r"^num_steps: expected at most original_inference_steps=50"):
+                ours.set_timesteps(steps)
+            continue
         if name == "pndm" and steps < 4:
             # diffusers' Runge-Kutta start fails on fewer than 4 steps (a numpy broadcast error); ours says why.
             with pytest.raises(ValueError, match=r"^num_steps: PNDM's Runge-Kutta start needs at least 4 steps"):
@@ -243,8 +254,8 @@ def test_trailing_drops_diffusers_stray_final_step():
 
 @pytest.mark.parametrize("config", [("ddpm", {}), ("ddpm", {"timestep_spacing": "trailing"}),
                                     ("ddim", {"eta": 1.0}), ("euler_a", {}),
-                                    ("dpm++", {"algorithm_type": "sde-dpmsolver++"})],
-                         ids=["ddpm", "ddpm-trailing", "ddim-eta1", "euler-a", "dpm-sde"])
+                                    ("dpm++", {"algorithm_type": "sde-dpmsolver++"}), ("lcm", {})],
+                         ids=["ddpm", "ddpm-trailing", "ddim-eta1", "euler-a", "dpm-sde", "lcm"])
 def test_same_seed_same_samples_as_diffusers(config):
     name, cfg = config
     model = FakeModel()
@@ -412,7 +423,7 @@ GUIDED_RTOL = 2e-4
 
 
 @pytest.mark.parametrize("name", ["euler", "ddim", "dpm++", "ddim-eta1", "ddpm", "euler_a", "dpm++-sde", "pndm",
-                                  "unipc"])
+                                  "unipc", "lcm"])
 def test_sample_with_guidance_matches_diffusers(tiny_unet, name):
     from genai_fast.testing import assert_matches_oracle
 
@@ -434,7 +445,7 @@ def test_sample_with_guidance_matches_diffusers(tiny_unet, name):
         ours = sample(tiny_unet, sampler, noise, cond, 6, guidance_scale=7.5, negative_encoder_hidden_states=negative,
                       generator=torch.Generator().manual_seed(3), progress=False)
         ref = reference(tiny_unet, torch.float32)
-        if name in ("ddim-eta1", "ddpm", "euler_a", "dpm++-sde"):  # stochastic: no float64 oracle
+        if name in ("ddim-eta1", "ddpm", "euler_a", "dpm++-sde", "lcm"):  # stochastic: no float64 oracle
             scale = max(1.0, float(ref.abs().max()))
             err = float((ours - ref).abs().max())
             assert err <= GUIDED_RTOL * scale, f"final latents: max-abs {err:.3e} > {GUIDED_RTOL * scale:.3e}"
@@ -585,7 +596,7 @@ def test_bad_num_steps(num_steps, error):
 
 
 def test_unknown_sampler_name_lists_known_ones():
-    known = r"'ddpm', 'ddim', 'euler', 'euler_a', 'dpm\+\+', 'pndm', 'unipc'"
+    known = r"'ddpm', 'ddim', 'euler', 'euler_a', 'dpm\+\+', 'pndm', 'unipc', 'lcm'"
     with pytest.raises(ValueError, match=r"^name: unknown sampler 'lms'.*" + known):
         make_sampler("lms")
     with pytest.raises(TypeError, match=r"^name: "):
@@ -702,8 +713,9 @@ def test_step_misuse():
 @pytest.mark.parametrize("name,config", [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"use_karras_sigmas": True}),
                                          ("euler_a", {}), ("dpm++", {}),
                                          ("dpm++", {"algorithm_type": "sde-dpmsolver++"}),
-                                         ("unipc", {"solver_order": 3}), ("pndm", {})],
-                         ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde", "unipc-3", "pndm"])
+                                         ("unipc", {"solver_order": 3}), ("pndm", {}), ("lcm", {})],
+                         ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde", "unipc-3", "pndm",
+                              "lcm"])
 def test_gpu_loop_has_no_host_syncs(name, config):
     """CUDA sync debug mode raises on any synchronising call from the first model call to the end of
     the loop (set_timesteps before it may copy the planned rows to the GPU)."""

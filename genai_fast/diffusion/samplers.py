@@ -44,6 +44,7 @@ CLASS_NAMES = {
     "EulerAncestralDiscreteScheduler": "euler_a",
     "PNDMScheduler": "pndm",
     "UniPCMultistepScheduler": "unipc",
+    "LCMScheduler": "lcm",
     "DPMSolverMultistepScheduler": "dpm++",
 }
 
@@ -172,6 +173,21 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "use_dynamic_shifting": Option(False, "inert"),
         "time_shift_type": Option("exponential", "inert"),
         "shift_terminal": Option(None, "inert"),
+    },
+    "lcm": {
+        **_common("leading", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")),
+        # LCMScheduler's own defaults (Stable Diffusion's betas); its set_timesteps reads neither
+        # timestep_spacing nor steps_offset.
+        "beta_start": Option(0.00085, "float", minimum=0.0),
+        "beta_end": Option(0.012, "float", minimum=0.0),
+        "beta_schedule": Option("scaled_linear", "choice", ("linear", "scaled_linear", "squaredcos_cap_v2",
+                                                            "sigmoid", "laplace"), implemented=_BASIC_SCHEDULES),
+        "clip_sample": Option(False, "bool"),
+        "clip_sample_range": Option(1.0, "float", minimum=0.0),
+        **_THRESHOLDING,
+        "set_alpha_to_one": Option(True, "bool"),
+        "original_inference_steps": Option(50, "int", minimum=1),
+        "timestep_scaling": Option(10.0, "float", minimum=0.0),
     },
 }
 SAMPLER_NAMES = tuple(OPTIONS)
@@ -1423,6 +1439,78 @@ def _weighted_sum(weights: torch.Tensor, terms: list[torch.Tensor]) -> torch.Ten
     return total
 
 
+# ---------------------------------------------------------------- LCM
+
+
+class LCMStepOutput(NamedTuple):
+    """The LCM sampler's step(..., return_dict=True), as diffusers' LCMSchedulerOutput."""
+
+    prev_sample: torch.Tensor
+    denoised: torch.Tensor
+
+
+class LCMSampler(Sampler):
+    """Latent consistency models' multistep sampling (Luo et al. 2023) as diffusers' LCMScheduler, for LCM and
+    LCM-LoRA models: each step maps the latents to the consistency model's clean estimate (`denoised`, from the
+    model's x0 with the boundary-condition scalings c_skip, c_out of the timestep), then noises it to the next
+    timestep with fresh noise (none after the last step, whose result is the estimate itself). The timesteps are
+    evenly spaced picks of the original_inference_steps-step distillation schedule."""
+
+    name = "lcm"
+
+    def _configure(self, config: Mapping[str, Any]) -> None:
+        super()._configure(config)
+        if self.config["original_inference_steps"] > self.num_train_timesteps:
+            raise ValueError(f"original_inference_steps: expected at most num_train_timesteps="
+                             f"{self.num_train_timesteps}, got {self.config['original_inference_steps']}")
+        self.denoised: torch.Tensor | None = None  # the last step's clean estimate (diffusers' `denoised`)
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        original = self.config["original_inference_steps"]
+        if num_steps > original:
+            raise ValueError(f"num_steps: expected at most original_inference_steps={original} (the steps are picked "
+                             f"from that schedule), got {num_steps}")
+        k = self.num_train_timesteps // original
+        origin = (np.arange(1, original + 1) * k - 1)[::-1]
+        picks = np.floor(np.linspace(0, len(origin), num=num_steps, endpoint=False)).astype(np.int64)
+        steps = torch.from_numpy(origin[picks].copy())
+        rows = [self._coefficients(steps, i) for i in range(num_steps)]
+        return Plan(steps, _stack(rows), None, (True,) * (num_steps - 1) + (False,), ())
+
+    def _coefficients(self, steps: torch.Tensor, i: int) -> list[torch.Tensor]:
+        """sqrt(a_t), sqrt(1 - a_t), c_skip, c_out, sqrt(a_prev), sqrt(1 - a_prev): diffusers' float32 values."""
+        t = steps[i]
+        prev = steps[i + 1] if i + 1 < len(steps) else t
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[prev] if prev >= 0 else (
+            torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0])
+        scaled = t * self.config["timestep_scaling"]
+        c_skip = 0.5**2 / (scaled**2 + 0.5**2)
+        c_out = scaled / (scaled**2 + 0.5**2) ** 0.5
+        return [a_t.sqrt(), (1 - a_t).sqrt(), c_skip, c_out, a_prev.sqrt(), (1 - a_prev).sqrt()]
+
+    def step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, generator: Generator = None, *,
+             return_dict: bool | None = None) -> Any:
+        """Sampler.step; with return_dict the clean estimate comes too, as diffusers' LCMScheduler returns it:
+        (prev_sample, denoised) for False, an LCMStepOutput for True. It is also `self.denoised`."""
+        _check_return_dict(return_dict)
+        out = self._advance(model_output, t, x, generator)
+        if return_dict is None:
+            return out.as_subclass(StepResult)
+        return LCMStepOutput(out, self.denoised) if return_dict else (out, self.denoised)
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        sqrt_a, sqrt_b, c_skip, c_out, sqrt_a_prev, sqrt_b_prev = plan.coef[i].unbind()
+        x0 = self._x0_limit(_to_x0(self.config["prediction_type"], model_output, x, sqrt_a, sqrt_b))
+        self.denoised = c_out * x0 + c_skip * x
+        if not plan.noise[i]:
+            return self.denoised
+        noise = draw_noise(model_output.shape, model_output, generator, self.denoised.dtype)
+        return sqrt_a_prev * self.denoised + sqrt_b_prev * noise
+
+
 # ---------------------------------------------------------------- PNDM
 
 
@@ -1537,6 +1625,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "dpm++": DPMSolverPPSampler,
     "pndm": PNDMSampler,
     "unipc": UniPCSampler,
+    "lcm": LCMSampler,
 }
 
 
@@ -1549,12 +1638,12 @@ def _check_name(name: Any) -> str:
 
 
 def make_sampler(name: str, **config: Any) -> Sampler:
-    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++", "pndm", "unipc") with diffusers' scheduler
-    config keys.
+    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++", "pndm", "unipc", "lcm") with diffusers'
+    scheduler config keys.
 
     Defaults are those of the matching diffusers scheduler (DDPMScheduler, DDIMScheduler,
     EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with dpmsolver++
-    order 2, PNDMScheduler, UniPCMultistepScheduler). DDIM also takes
+    order 2, PNDMScheduler, UniPCMultistepScheduler, LCMScheduler). DDIM also takes
     `eta` and `use_clipped_model_output` (step arguments in diffusers). Unknown keys raise TypeError,
     bad values ValueError, known but unimplemented values NotImplementedError, each naming the key.
     """
