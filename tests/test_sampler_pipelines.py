@@ -27,7 +27,8 @@ RTOL = 1e-6  # max |ours - diffusers| <= RTOL * max(1, max |diffusers|), as in t
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 DIFFUSERS_CLASSES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
                      "euler_a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler",
-                     "pndm": "PNDMScheduler", "unipc": "UniPCMultistepScheduler", "lcm": "LCMScheduler"}
+                     "pndm": "PNDMScheduler", "unipc": "UniPCMultistepScheduler", "lcm": "LCMScheduler",
+                     "heun": "HeunDiscreteScheduler"}
 OUR_ONLY_KEYS = ("eta", "use_clipped_model_output")  # DDIM step arguments in diffusers, config keys here
 
 
@@ -139,6 +140,7 @@ SD_CASES = {
     "pndm-sd15-default": ("pndm", {**SD_BETAS, "skip_prk_steps": True, "steps_offset": 1}),
     "unipc": ("unipc", SD_BETAS),
     "lcm": ("lcm", SD_BETAS),
+    "heun-karras": ("heun", {**SD_BETAS, "use_karras_sigmas": True}),
     "dpm++-sde-karras": ("dpm++", {**SD_BETAS, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
     "dpm++-trailing-sigma-min": ("dpm++", {**SD_BETAS, "timestep_spacing": "trailing",
                                            "final_sigmas_type": "sigma_min"}),
@@ -180,7 +182,8 @@ def test_stable_diffusion_constructed_with_an_outdated_config_updates_the_sample
     _close(got, expected)
 
 
-@pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "euler_a", "dpm++", "pndm-sd15-default", "unipc"])
+@pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "euler_a", "dpm++", "pndm-sd15-default", "unipc",
+                                  "heun-karras"])
 def test_img2img_with_a_sampler_gives_diffusers_latents(sd_components, prompt, case):
     """strength < 1: the pipeline noises the image with add_noise at timesteps[begin] after set_begin_index,
     then steps from there (DPM-Solver++'s first step from a begin index is first order)."""
@@ -200,7 +203,8 @@ def test_img2img_with_a_sampler_gives_diffusers_latents(sd_components, prompt, c
 @pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
 def test_scheduler_attributes_match_diffusers(name):
     ours, ref = make_sampler(name, **SD_BETAS), _scheduler(name, **SD_BETAS)
-    assert ours.num_inference_steps is None and ref.num_inference_steps is None
+    # diffusers' Heun plans num_train_timesteps steps in its constructor; the others (and ours) plan none.
+    assert ours.num_inference_steps is None and (ref.num_inference_steps is None or name == "heun")
     assert ours.order == ref.order and len(ours) == len(ref) == 1000
     assert ours.config.num_train_timesteps == ref.config.num_train_timesteps
     assert ours.config.beta_schedule == ref.config.beta_schedule == "scaled_linear"
@@ -222,12 +226,13 @@ def test_step_return_conventions(name):
     x, out = torch.randn(2, 4, 4, 4, generator=_seed(1)), torch.randn(2, 4, 4, 4, generator=_seed(2))
     config = {**SD_BETAS, "skip_prk_steps": True} if name == "pndm" else SD_BETAS  # PNDM's Runge-Kutta: >= 4 steps
     ref = _scheduler(name, **config)
-    ref.set_timesteps(2 if name == "pndm" else 3)  # PLMS: one model call more than steps
+    steps = 2 if name in ("pndm", "heun") else 3  # three model calls: PLMS makes one more, Heun 2 steps - 1
+    ref.set_timesteps(steps)
     takes_generator = "generator" in inspect.signature(ref.step).parameters
     expected = [ref.step(out, t, x, return_dict=False, **({"generator": _seed(9)} if takes_generator else {}))[0]
                 for t in ref.timesteps]
     ours = make_sampler(name, **config)
-    ours.set_timesteps(2 if name == "pndm" else 3)
+    ours.set_timesteps(steps)
     t = ours.timesteps
     got = [ours.step(out, t[0], x, generator=_seed(9), return_dict=False),
            ours.step(out, t[1], x, generator=_seed(9), return_dict=True),

@@ -45,6 +45,7 @@ CLASS_NAMES = {
     "PNDMScheduler": "pndm",
     "UniPCMultistepScheduler": "unipc",
     "LCMScheduler": "lcm",
+    "HeunDiscreteScheduler": "heun",
     "DPMSolverMultistepScheduler": "dpm++",
 }
 
@@ -188,6 +189,17 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "set_alpha_to_one": Option(True, "bool"),
         "original_inference_steps": Option(50, "int", minimum=1),
         "timestep_scaling": Option(10.0, "float", minimum=0.0),
+    },
+    "heun": {  # diffusers' HeunDiscreteScheduler takes no rescale_betas_zero_snr
+        **{k: v for k, v in _common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")).items()
+           if k != "rescale_betas_zero_snr"},
+        "beta_start": Option(0.00085, "float", minimum=0.0),  # HeunDiscreteScheduler's own defaults
+        "beta_end": Option(0.012, "float", minimum=0.0),
+        "use_karras_sigmas": Option(False, "bool"),
+        "use_exponential_sigmas": Option(False, "bool"),
+        "use_beta_sigmas": Option(False, "choice", (False, True), implemented=(False,)),  # needs scipy
+        "clip_sample": Option(False, "bool"),
+        "clip_sample_range": Option(1.0, "float", minimum=0.0),
     },
 }
 SAMPLER_NAMES = tuple(OPTIONS)
@@ -1439,6 +1451,73 @@ def _weighted_sum(weights: torch.Tensor, terms: list[torch.Tensor]) -> torch.Ten
     return total
 
 
+# ---------------------------------------------------------------- Heun
+
+
+class HeunSampler(EulerSampler):
+    """Heun's method (Karras et al. 2022, algorithm 1 without churn) as diffusers' HeunDiscreteScheduler: each
+    noise level but the last takes two model calls, an Euler step to the next level, then a correction with the
+    mean of the two derivatives; the last step is Euler's. `timesteps` lists every call (the inner levels twice),
+    `order` is 2 as diffusers pipelines read it, and the arithmetic runs in the model's dtype, as diffusers'.
+
+    Columns of coef: the input scale sqrt(sigma^2 + 1) of each call's level."""
+
+    name = "heun"
+    order = 2
+
+    def _reset_history(self) -> None:
+        # The Euler step awaiting its correction: its derivative, dt and starting latents.
+        self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        self._inference_steps = num_steps
+        steps = spaced_timesteps(self.config, num_steps, round_linspace=False).astype(np.float32)
+        train = self._train_sigmas()
+        sigmas = np.interp(steps, np.arange(0, len(train)), train)
+        respaced = self._respace(sigmas, num_steps)
+        if respaced is not None:
+            sigmas = respaced
+            steps = np.array([sigma_to_t(s, np.log(train)) for s in sigmas])
+        levels = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        sigmas = torch.cat([levels[:1], levels[1:-1].repeat_interleave(2), levels[-1:]])
+        timesteps = torch.from_numpy(steps)
+        timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)]).to(torch.float32)
+        n = len(timesteps)
+        coef = _stack([[(sigmas[i] ** 2 + 1) ** 0.5] for i in range(n)])
+        return Plan(timesteps, coef, sigmas, (False,) * n, ())
+
+    @property
+    def num_inference_steps(self) -> int | None:
+        """The num_steps given to set_timesteps (diffusers' value); `timesteps` holds 2 num_steps - 1 calls."""
+        return None if self._plan is None else self._inference_steps
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        return None  # the correction reads the first call's derivative: not one affine pass
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        first = self._first is None
+        sigma, sigma_next = (plan.sigmas[i], plan.sigmas[i + 1]) if first else (plan.sigmas[i - 1], plan.sigmas[i])
+        at = sigma if first else sigma_next  # the level this model output was computed at
+        prediction = self.config["prediction_type"]
+        if prediction == "epsilon":
+            x0 = x - at * model_output
+        elif prediction == "v_prediction":
+            x0 = model_output * (-at / (at**2 + 1) ** 0.5) + (x / (at**2 + 1))
+        else:
+            x0 = model_output
+        if self.config["clip_sample"]:
+            x0 = x0.clamp(-self.config["clip_sample_range"], self.config["clip_sample_range"])
+        if first:  # Euler to the next level; kept for the correction
+            derivative, dt = (x - x0) / sigma, sigma_next - sigma
+            self._first = (derivative, dt, x)
+            return x + derivative * dt
+        previous, dt, start = self._first  # the correction: from the same start with the mean derivative
+        self._first = None
+        return start + (previous + (x - x0) / sigma_next) / 2 * dt
+
+
 # ---------------------------------------------------------------- LCM
 
 
@@ -1626,6 +1705,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "pndm": PNDMSampler,
     "unipc": UniPCSampler,
     "lcm": LCMSampler,
+    "heun": HeunSampler,
 }
 
 
