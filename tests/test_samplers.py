@@ -630,6 +630,32 @@ def test_bad_config_values(config, error, pattern):
         make_sampler("ddim", **config)
 
 
+@pytest.mark.parametrize("name,config,error,pattern", [
+    ("unipc", {"disable_corrector": ["a"]}, TypeError, r"^disable_corrector: expected a list of step indices"),
+    ("unipc", {"disable_corrector": [-1]}, TypeError, r"^disable_corrector: expected a list of step indices"),
+    ("unipc", {"solver_order": 0}, ValueError, r"^solver_order: expected a value >= 1"),
+    ("unipc", {"solver_p": object()}, ValueError, r"^solver_p: expected one of None"),
+    ("lcm", {"original_inference_steps": 2000}, ValueError, r"^original_inference_steps: expected at most"),
+    ("lcm", {"timestep_scaling": -1.0}, ValueError, r"^timestep_scaling: expected a value >= 0"),
+    ("pndm", {"rescale_betas_zero_snr": True}, TypeError, r"^rescale_betas_zero_snr: not a config key"),
+    ("heun", {"final_sigmas_type": "zero"}, TypeError, r"^final_sigmas_type: not a config key"),
+])
+def test_bad_config_values_of_the_newer_samplers(name, config, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make_sampler(name, **config)
+
+
+@pytest.mark.parametrize("name,config,steps,pattern", [
+    ("pndm", {}, 3, r"^num_steps: PNDM's Runge-Kutta start needs at least 4 steps"),
+    ("lcm", {"original_inference_steps": 8}, 9, r"^num_steps: expected at most original_inference_steps=8"),
+])
+def test_bad_step_counts_of_the_newer_samplers(name, config, steps, pattern):
+    sampler = make_sampler(name, **config)
+    with pytest.raises(ValueError, match=pattern):
+        sampler.set_timesteps(steps)
+    sampler.set_timesteps(steps - 1 if name == "lcm" else steps + 1)  # the nearest good count plans
+
+
 @pytest.mark.parametrize("name,config,key", [
     ("ddpm", {"variance_type": "fixed_large_log"}, "variance_type"),
     ("dpm++", {"solver_order": 3}, "solver_order"),
@@ -637,6 +663,9 @@ def test_bad_config_values(config, error, pattern):
     ("dpm++", {"use_flow_sigmas": True}, "use_flow_sigmas"),
     ("euler", {"use_beta_sigmas": True}, "use_beta_sigmas"),
     ("euler", {"prediction_type": "flow_prediction"}, "prediction_type"),
+    ("unipc", {"predict_x0": False}, "predict_x0"),
+    ("unipc", {"use_flow_sigmas": True}, "use_flow_sigmas"),
+    ("euler_a", {"prediction_type": "sample"}, "prediction_type"),
 ])
 def test_unimplemented_options_name_the_key(name, config, key):
     with pytest.raises(NotImplementedError, match=rf"^{key}="):
