@@ -197,7 +197,7 @@ def test_timesteps_at_extreme_step_counts(name, steps):
         if name == "lcm" and steps > 50:  # picks from the 50-step distillation schedule: both refuse more
             with pytest.raises(ValueError):
                 ref.set_timesteps(steps)
-            with pytest.raises(ValueError, match=r"^num_steps: expected at most original_inference_steps=50"):
+            with pytest.raises(ValueError, match=r"^num_steps: expected at most original_inference_steps=50 x"):
                 ours.set_timesteps(steps)
             continue
         if name == "pndm" and steps < 4:
@@ -645,9 +645,27 @@ def test_bad_config_values_of_the_newer_samplers(name, config, error, pattern):
         make_sampler(name, **config)
 
 
+@pytest.mark.parametrize("kwargs", [{"original_inference_steps": 20}, {"strength": 0.5},
+                                    {"original_inference_steps": 30, "strength": 0.4}], ids=str)
+def test_lcm_set_timesteps_arguments_match_diffusers(kwargs):
+    """LatentConsistencyModelPipeline passes original_inference_steps; its img2img pipeline also strength."""
+    ours, ref = make_sampler("lcm"), _scheduler("lcm")
+    ours.set_timesteps(4, **kwargs)
+    ref.set_timesteps(4, **kwargs)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
+    x, out = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)
+    for i, t in enumerate(ref.timesteps):
+        want = ref.step(out, t, x, generator=torch.Generator().manual_seed(i)).prev_sample
+        _close(ours.step(out, ours.timesteps[i], x, generator=torch.Generator().manual_seed(i)), want, f"step {i}")
+    for bad in ({"original_inference_steps": 0}, {"original_inference_steps": 2.5}, {"strength": 0.0},
+                {"strength": 1.5}):
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))}: expected"):
+            ours.set_timesteps(4, **bad)
+
+
 @pytest.mark.parametrize("name,config,steps,pattern", [
     ("pndm", {}, 3, r"^num_steps: PNDM's Runge-Kutta start needs at least 4 steps"),
-    ("lcm", {"original_inference_steps": 8}, 9, r"^num_steps: expected at most original_inference_steps=8"),
+    ("lcm", {"original_inference_steps": 8}, 9, r"^num_steps: expected at most original_inference_steps=8 x"),
 ])
 def test_bad_step_counts_of_the_newer_samplers(name, config, steps, pattern):
     sampler = make_sampler(name, **config)

@@ -1544,13 +1544,29 @@ class LCMSampler(Sampler):
                              f"{self.num_train_timesteps}, got {self.config['original_inference_steps']}")
         self.denoised: torch.Tensor | None = None  # the last step's clean estimate (diffusers' `denoised`)
 
+    def set_timesteps(self, num_steps: int, device: torch.device | str | None = None,
+                      original_inference_steps: int | None = None, strength: float = 1.0) -> None:
+        """Sampler.set_timesteps, with LCMScheduler's extra arguments (LatentConsistencyModelPipeline passes them):
+        original_inference_steps overrides the config's for this plan; strength < 1 (img2img) picks the steps from
+        the first strength part of the distillation schedule, from its least noisy end."""
+        if original_inference_steps is not None and (
+                isinstance(original_inference_steps, bool) or not isinstance(original_inference_steps, int)
+                or not 1 <= original_inference_steps <= self.num_train_timesteps):
+            raise ValueError(f"original_inference_steps: expected an int in [1, {self.num_train_timesteps}], got "
+                             f"{original_inference_steps!r}")
+        if not is_real_number(strength) or not 0 < strength <= 1:
+            raise ValueError(f"strength: expected a number in (0, 1], got {strength!r}")
+        self._schedule_args = (original_inference_steps or self.config["original_inference_steps"], float(strength))
+        super().set_timesteps(num_steps, device)
+
     def _make_plan(self, num_steps: int) -> Plan:
-        original = self.config["original_inference_steps"]
-        if num_steps > original:
-            raise ValueError(f"num_steps: expected at most original_inference_steps={original} (the steps are picked "
-                             f"from that schedule), got {num_steps}")
+        original, strength = getattr(self, "_schedule_args", (self.config["original_inference_steps"], 1.0))
+        usable = int(original * strength)
+        if num_steps > min(original, usable):
+            raise ValueError(f"num_steps: expected at most original_inference_steps={original} x strength={strength} "
+                             f"= {usable} (the steps are picked from that schedule), got {num_steps}")
         k = self.num_train_timesteps // original
-        origin = (np.arange(1, original + 1) * k - 1)[::-1]
+        origin = (np.arange(1, usable + 1) * k - 1)[::-1]
         picks = np.floor(np.linspace(0, len(origin), num=num_steps, endpoint=False)).astype(np.int64)
         steps = torch.from_numpy(origin[picks].copy())
         rows = [self._coefficients(steps, i) for i in range(num_steps)]
