@@ -1,10 +1,13 @@
-"""Diffusion samplers (DDPM, DDIM, Euler, DPM-Solver++ 2M) that match diffusers' schedulers step for step.
+"""Diffusion samplers that match diffusers' schedulers step for step: DDPM, DDIM, Euler, Euler ancestral,
+DPM-Solver++ 2M (and its SDE form), PNDM, UniPC, LCM and Heun.
 
-Design: `set_timesteps` does all the schedule arithmetic on the host once, in float32 with the same
-operations diffusers applies per step, and stores one row of coefficients per step. `step` then indexes
-its row (a view: no host sync) and runs a handful of elementwise ops on the latents. Which steps draw
-noise, and which DPM-Solver steps fall back to first order, is decided by the schedule alone, so no
-step ever branches on a tensor value.
+Design: `set_timesteps` does the schedule arithmetic on the host once, in float32 with the same operations
+diffusers applies per step, and stores one row of coefficients per step. `step` then indexes its row (a view: no
+host sync) and runs a handful of elementwise ops on the latents. Which steps draw noise, and which DPM-Solver steps
+fall back to first order, is decided by the schedule alone, so no step ever branches on a tensor value. The
+multistep samplers whose coefficients depend on the calls made so far (PNDM, UniPC, Heun) compute them per step
+from the float32 schedule on the host: 0-d CPU tensors, which act as scalars on any device, so a GPU loop still
+never waits for the device.
 
 The updates are affine in the model output (all but dynamic thresholding and DDPM's learned variance), so
 with classifier-free guidance `guided_step` runs the guidance combination and the update as one pass
