@@ -16,6 +16,7 @@ pytest.importorskip("sklearn")
 from PIL import Image
 
 from genai_fast.cli import main
+from genai_fast.diffusion import SAMPLER_NAMES
 from genai_fast.diffusion.text2image import data
 from genai_fast.diffusion.text2image.captions import (
     ATTRIBUTE_WORDS,
@@ -385,7 +386,12 @@ def test_sampling_bad_input(trained):
     with pytest.raises(ValueError, match="--steps: expected a positive integer, got 0"):
         generate(model, ["a photo of a handwritten digit three"], steps=0)
     assert make_model_sampler(model, "dpm++").config["thresholding"]  # x0 clipped to the pixel range
+    assert make_model_sampler(model, "unipc").config["thresholding"]
     assert make_model_sampler(model, "ddim").config["clip_sample"]
+    assert make_model_sampler(model, "lcm").config["clip_sample"]
+    for name in SAMPLER_NAMES:  # every sampler runs on the model's schedule (parity is tests/test_samplers.py's)
+        images = generate(model, ["a photo of a sneaker"], name, 4, 2.0, progress=False)
+        assert images.shape[0] == 1 and images.dtype == np.uint8 and images.std() > 0
     with pytest.raises(ValueError, match="--sampler: unknown sampler 'plms'"):
         generate(model, ["x"], sampler="plms")
     with pytest.raises(ValueError, match="unknown token '<nope>'"):
