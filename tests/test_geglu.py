@@ -99,7 +99,21 @@ def test_matches_diffusers_geglu_and_torch_backend():
     assert diffusers is not None
 
 
-def test_dispatch():
+@pytest.fixture
+def fresh_choices(monkeypatch):
+    """No race result or replayed plan from earlier tests; returns the geglu module."""
+    import importlib
+
+    from genai_fast.ops.plans import EagerPlans
+
+    module = importlib.import_module("genai_fast.ops.geglu")
+    monkeypatch.setattr(module, "_RACES", {})
+    monkeypatch.setattr(module, "_PLANS", EagerPlans(OPS["geglu"]))
+    return module
+
+
+def test_dispatch(fresh_choices, monkeypatch):
+    monkeypatch.setattr(fresh_choices, "_time_both", lambda *bucket: {"cpp": 1.0, "torch": 2.0})
     x = torch.randn(2, 16)
     genai_fast.geglu(x)
     assert OPS["geglu"].last_backend == ("torch" if backend_unavailable_reasons("cpp") else "cpp")
@@ -108,6 +122,34 @@ def test_dispatch():
     genai_fast.geglu(x.bfloat16())
     assert OPS["geglu"].last_backend == "torch"  # no CPU kernel for half types: the reference
     assert genai_fast.geglu(torch.randn(0, 3, 8)).shape == (0, 3, 4)
+
+
+@pytest.mark.skipif(bool(backend_unavailable_reasons("cpp")), reason="needs the C++ extension")
+@pytest.mark.parametrize("timings, expected", [({"cpp": 1.0, "torch": 2.0}, "cpp"),
+                                               ({"cpp": 1.0, "torch": 0.95}, "cpp"),
+                                               ({"cpp": 1.0, "torch": 0.5}, "torch")])
+def test_cpu_choice_is_timed_once_per_bucket(timings, expected, fresh_choices, monkeypatch):
+    """On a CPU the C++ kernel runs unless torch's two ops were clearly faster (RACE_MARGIN) in a timing of both,
+    once per bucket of row counts (rounded up to a power of two), H, approximation and thread count."""
+    calls = []
+    monkeypatch.setattr(fresh_choices, "_time_both", lambda *bucket: calls.append(bucket) or timings)
+    for rows in (5, 8, 7):  # one bucket: 8 rows of H = 64
+        x = torch.randn(rows, 128)
+        torch.testing.assert_close(genai_fast.geglu(x), genai_fast.geglu_reference(x), rtol=2e-6, atol=2e-6)
+        assert OPS["geglu"].last_backend == expected
+    assert calls == [(8, 64, "none")]
+    genai_fast.geglu(torch.randn(8, 128), "tanh")  # another approximation: timed apart
+    assert calls[-1] == (8, 64, "tanh") and len(calls) == 2
+    genai_fast.geglu(torch.randn(8, 128), backend="cpp")  # forcing skips the race
+    assert OPS["geglu"].last_backend == "cpp" and len(calls) == 2
+
+
+@pytest.mark.skipif(bool(backend_unavailable_reasons("cpp")), reason="needs the C++ extension")
+def test_cpu_race_times_both():
+    import importlib
+
+    timings = importlib.import_module("genai_fast.ops.geglu")._time_both(4, 96, "none")
+    assert set(timings) == {"cpp", "torch"} and all(0 < t < 10_000 for t in timings.values())
 
 
 @pytest.mark.parametrize("args, error, message", [
