@@ -770,6 +770,13 @@ class Sampler:
     def _keep_x0(self, x0: torch.Tensor) -> None:
         pass
 
+    def _alpha_cumprod_before(self, prev: Any) -> torch.Tensor:
+        """alpha_bar at timestep `prev`; before the first training timestep (prev < 0), 1 with set_alpha_to_one,
+        else alpha_bar_0 (diffusers' final_alpha_cumprod of DDIM, PNDM and LCM)."""
+        if prev >= 0:
+            return self.alphas_cumprod[prev]
+        return torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
+
     def _x0_weights(self, sqrt_a: float, sqrt_b: float) -> tuple[float, float]:
         """(x0_from_x, x0_from_m): _to_x0 of the configured prediction type as x0 = p x + q m."""
         prediction = self.config["prediction_type"]
@@ -952,11 +959,7 @@ class DDIMSampler(Sampler):
         return Plan(torch.from_numpy(steps.copy()), _stack(rows), None, noise, ())
 
     def _coefficients(self, t: int, prev: int, eta: float) -> list[torch.Tensor]:
-        a_t = self.alphas_cumprod[t]
-        if prev >= 0:
-            a_prev = self.alphas_cumprod[prev]
-        else:
-            a_prev = torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        a_t, a_prev = self.alphas_cumprod[t], self._alpha_cumprod_before(prev)
         beta_prod, beta_prod_prev = 1 - a_t, 1 - a_prev
         variance = (beta_prod_prev / beta_prod) * (1 - a_t / a_prev)
         std = eta * variance**0.5
@@ -1579,9 +1582,7 @@ class LCMSampler(Sampler):
         """sqrt(a_t), sqrt(1 - a_t), c_skip, c_out, sqrt(a_prev), sqrt(1 - a_prev): diffusers' float32 values."""
         t = steps[i]
         prev = steps[i + 1] if i + 1 < len(steps) else t
-        a_t = self.alphas_cumprod[t]
-        a_prev = self.alphas_cumprod[prev] if prev >= 0 else (
-            torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0])
+        a_t, a_prev = self.alphas_cumprod[t], self._alpha_cumprod_before(prev)
         scaled = t * self.config["timestep_scaling"]
         c_skip = 0.5**2 / (scaled**2 + 0.5**2)
         c_out = scaled / (scaled**2 + 0.5**2) ** 0.5
@@ -1700,17 +1701,13 @@ class PNDMSampler(Sampler):
     def _transfer(self, x: torch.Tensor, t: int, prev: int, m: torch.Tensor) -> torch.Tensor:
         """x at timestep t -> x at prev, the model output m being the combined epsilon (or v): formula (9) of the
         paper in diffusers' operation order."""
-        a_t = self.alphas_cumprod[t]
-        a_prev = self.alphas_cumprod[prev] if prev >= 0 else self._final_alpha_cumprod()
+        a_t, a_prev = self.alphas_cumprod[t], self._alpha_cumprod_before(prev)
         b_t, b_prev = 1 - a_t, 1 - a_prev
         if self.config["prediction_type"] == "v_prediction":
             m = (a_t**0.5) * m + (b_t**0.5) * x
         sample_coeff = (a_prev / a_t) ** 0.5
         denom = a_t * b_prev ** (0.5) + (a_t * b_t * a_prev) ** (0.5)
         return sample_coeff * x - (a_prev - a_t) * m / denom
-
-    def _final_alpha_cumprod(self) -> torch.Tensor:
-        return torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
 
 
 # ---------------------------------------------------------------- construction
