@@ -1513,8 +1513,7 @@ class HeunSampler(EulerSampler):
             x0 = model_output * (-at / (at**2 + 1) ** 0.5) + (x / (at**2 + 1))
         else:
             x0 = model_output
-        if self.config["clip_sample"]:
-            x0 = x0.clamp(-self.config["clip_sample_range"], self.config["clip_sample_range"])
+        x0 = self._x0_limit(x0)  # clip_sample
         if first:  # Euler to the next level; kept for the correction
             derivative, dt = (x - x0) / sigma, sigma_next - sigma
             self._first = (derivative, dt, x)
