@@ -332,21 +332,20 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: Any = _MODULE_BIAS, residual: 
     return _replayed(conv, CONV2D, key, lambda impl: impl.run(*args), call)
 
 
-def _plain_conv(conv: Any) -> bool:
-    """A conv that _conv computes exactly: nn.Conv2d itself, zero padding given as numbers."""
-    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and not _has_own_forward(conv))
-
-
-def _plain_group_norm(norm: Any) -> bool:
-    return type(norm) is nn.GroupNorm and not _has_own_forward(norm)
-
-
 def _plain(module: Any, cls: type) -> bool:
     """module is exactly a `cls` running the class's forward: a fused forward may compute it from its weights. A
     wrapper (peft's LoRA layers) or an instance forward (accelerate's offload hooks, which load the weights in it)
     must be called instead."""
     return type(module) is cls and not _has_own_forward(module)
+
+
+def _plain_conv(conv: Any) -> bool:
+    """A conv that _conv computes exactly: nn.Conv2d itself, zero padding given as numbers."""
+    return _plain(conv, nn.Conv2d) and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+
+
+def _plain_group_norm(norm: Any) -> bool:
+    return _plain(norm, nn.GroupNorm)
 
 
 # ---------------------------------------------------------------- ResnetBlock2D
