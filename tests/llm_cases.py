@@ -18,6 +18,19 @@ def hf_greedy(hf, ids: list[int], n: int, **kwargs) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
+def tiny_qwen3(head_dim: int, **config):
+    """A random Qwen3ForCausalLM (eval mode) with `head_dim` (the tests pick one other than hidden / heads) and its
+    per-head q/k norm weights moved off their initial ones, so that a test sees whether they are applied."""
+    import transformers
+
+    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**config, head_dim=head_dim)).eval()
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    return hf
+
+
 def load_smollm2():
     """(HF model, engine with a 256-token cache, path of the .gguf) for the offline SmolLM2-135M-Instruct; skips
     the test when the package or the gguf reader is missing."""

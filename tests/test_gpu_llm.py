@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import load  # noqa: E402
 from genai_fast.llm.decode import CudaGraphStepper  # noqa: E402
+from tests.llm_cases import tiny_qwen3  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -26,13 +27,8 @@ def _tiny(kind: str):
                   num_key_value_heads=2, max_position_embeddings=128)
     if kind == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval().cuda()
-    if kind == "qwen3":  # per-head q/k norms (weights moved off their initial ones), head_dim != hidden / heads
-        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=32)).eval().cuda()
-        with torch.no_grad():
-            for layer in hf.model.layers:
-                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
-                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
-        return hf
+    if kind == "qwen3":
+        return tiny_qwen3(32, **common).cuda()
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval().cuda()
 
 

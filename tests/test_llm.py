@@ -10,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import SUPPORTED_ARCHITECTURES, load  # noqa: E402
+from tests.llm_cases import tiny_qwen3  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
@@ -22,22 +23,11 @@ def _tiny(kind: str = "llama", **extra):
         cfg = transformers.Qwen2Config(**common)
         return transformers.Qwen2ForCausalLM(cfg).eval()
     if kind == "qwen3":
-        return _tiny_qwen3(common)
+        return tiny_qwen3(24, **common)  # head_dim 24, not hidden / heads = 16
     if kind == "phi3":  # q/k/v and gate/up fused in the checkpoint itself
         cfg = transformers.Phi3Config(**common, pad_token_id=0, bos_token_id=1, eos_token_id=2)
         return transformers.Phi3ForCausalLM(cfg).eval()
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
-
-
-def _tiny_qwen3(common: dict):
-    """Qwen3: a head_dim (24) other than hidden / heads, and its per-head q/k norms with weights other than the
-    initial ones (so the test sees them)."""
-    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=24)).eval()
-    with torch.no_grad():
-        for layer in hf.model.layers:
-            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
-            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
-    return hf
 
 
 def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:

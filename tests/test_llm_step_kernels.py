@@ -16,6 +16,7 @@ import torch
 from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.llm.model import apply_rope
+from tests.llm_cases import tiny_qwen3
 
 pytestmark = pytest.mark.skipif(bool(backend_unavailable_reasons("triton")),
                                 reason="; ".join(backend_unavailable_reasons("triton")) or "triton available")
@@ -89,13 +90,8 @@ def _tiny(kind: str):
                   num_key_value_heads=2, max_position_embeddings=32)
     if kind == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
-    if kind == "qwen3":  # per-head q/k norms (weights moved off their initial ones), head_dim != hidden / heads
-        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=16)).eval()
-        with torch.no_grad():
-            for layer in hf.model.layers:
-                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
-                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
-        return hf
+    if kind == "qwen3":
+        return tiny_qwen3(16, **common)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
