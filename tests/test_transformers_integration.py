@@ -27,6 +27,14 @@ def _tiny(kind):
         cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
         return transformers.LlamaForCausalLM(cfg)
+    decoder = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=64)
+    if kind == "qwen3":  # per-head q/k norms inside the attention module, head_dim 24 (not 64 / 4)
+        return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**decoder, head_dim=24))
+    if kind == "phi3":  # fused qkv_proj and gate_up_proj modules
+        return transformers.Phi3ForCausalLM(transformers.Phi3Config(**decoder, pad_token_id=0, eos_token_id=2))
+    if kind == "gemma":  # scaled embeddings, (1 + w) norms, GeGLU-tanh MLP, head_dim 32
+        return transformers.GemmaForCausalLM(transformers.GemmaConfig(**decoder, head_dim=32))
     if kind == "gpt2":
         cfg = transformers.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64)
         return transformers.GPT2LMHeadModel(cfg)
@@ -42,7 +50,7 @@ def _tiny(kind):
 def _inputs(kind):
     ids = torch.randint(1, 100, (3, 11))
     mask = torch.ones(3, 11, dtype=torch.long)
-    if kind == "llama-gqa":
+    if kind in ("llama-gqa", "qwen3", "phi3", "gemma"):
         mask[1, :4] = 0  # left padding, as for generation
     else:
         mask[1, 7:] = 0  # right padding
@@ -56,7 +64,7 @@ def _output(model, inputs):
 
 
 @pytest.mark.parametrize("backend", [None, "triton"], ids=["auto", "triton"])
-@pytest.mark.parametrize("kind", ["llama-gqa", "gpt2", "bert", "clip-text"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "qwen3", "phi3", "gemma", "gpt2", "bert", "clip-text"])
 def test_tiny_models_match_sdpa(kind, backend, monkeypatch):
     if backend is not None and backend_unavailable_reasons(backend):
         pytest.skip("; ".join(backend_unavailable_reasons(backend)))
