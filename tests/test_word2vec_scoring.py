@@ -122,12 +122,17 @@ def test_predict_output_word_matches_gensim(corpus, cbow_mean):
     assert theirs.predict_output_word(["atlantis", "nowhere"]) is None
     probs = ours.predict_output_word(["town"], topn=len(ours.wv))
     assert math.isclose(sum(p for _, p in probs), 1.0, rel_tol=1e-6)
+    # gensim's edges: topn 0 (or less) gives no word, None every word.
+    for topn in (0, -3):
+        assert ours.predict_output_word(["town"], topn=topn) == theirs.predict_output_word(["town"], topn=topn) == []
+    every = ours.predict_output_word(["town"], topn=None)
+    assert len(every) == len(theirs.predict_output_word(["town"], topn=None)) == len(ours.wv)
 
 
 def test_predict_output_word_arguments(corpus):
     model = Word2Vec(corpus[:500], **PARAMS, sg=0)
     with pytest.raises(ValueError, match="topn"):
-        model.predict_output_word(["town"], topn=0)
+        model.predict_output_word(["town"], topn=2.5)
     with pytest.raises(TypeError, match="context_words_list"):
         model.predict_output_word("town")
     hs_only = Word2Vec(corpus[:500], **PARAMS, sg=0, hs=1, negative=0)

@@ -720,7 +720,8 @@ class Word2Vec:
 
         return score_sentences(self, sentences, total_sentences, chunksize)
 
-    def predict_output_word(self, context_words_list: Sequence[str], topn: int = 10) -> list[tuple[str, float]] | None:
+    def predict_output_word(self, context_words_list: Sequence[str], topn: int | None = 10
+                            ) -> list[tuple[str, float]] | None:
         """gensim's CBOW-style guess of the centre word: [(word, probability)] most probable first, or None
         when no context word is known. Negative-sampling models only."""
         from genai_fast.word2vec.scoring import predict_output_word

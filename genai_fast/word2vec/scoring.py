@@ -123,14 +123,15 @@ def _path_log_probability(model: Word2Vec, inputs: np.ndarray, words: np.ndarray
 
 
 def predict_output_word(model: Word2Vec, context_words_list: Sequence[str],
-                        topn: int = 10) -> list[tuple[str, float]] | None:
+                        topn: int | None = 10) -> list[tuple[str, float]] | None:
     """The topn most probable centre words given the context words: [(word, probability)], most probable
-    first; None (as gensim) when no context word is in the vocabulary."""
+    first; None (as gensim) when no context word is in the vocabulary. As gensim's: topn None gives every word,
+    topn <= 0 none."""
     if not model.negative or model.syn1neg.shape != model.wv.vectors.shape:
         raise RuntimeError("predict_output_word: needs a model trained with negative sampling (negative > 0), "
                            "as in gensim")
-    if isinstance(topn, bool) or not isinstance(topn, int) or topn < 1:
-        raise ValueError(f"topn: expected an int >= 1, got {topn!r}")
+    if topn is not None and (isinstance(topn, bool) or not isinstance(topn, int)):
+        raise ValueError(f"topn: expected an int or None, got {topn!r}")
     if isinstance(context_words_list, str):
         raise TypeError("context_words_list: expected a list of words, got a str")
     known = [model.wv.key_to_index[w] for w in context_words_list if w in model.wv.key_to_index]
@@ -142,5 +143,7 @@ def predict_output_word(model: Word2Vec, context_words_list: Sequence[str],
     logits = model.syn1neg.astype(np.float64) @ h
     prob = np.exp(logits - logits.max())
     prob /= prob.sum()
+    if topn is not None and topn <= 0:
+        return []
     top = np.argsort(-prob, kind="stable")[:topn]
     return [(model.wv.index_to_key[i], float(prob[i])) for i in top]
