@@ -480,6 +480,8 @@ class Plan:
     order: tuple[int, ...]
     host_timesteps: tuple[float, ...] = ()
     host_coef: tuple[tuple[float, ...], ...] = ()
+    # The num_steps set_timesteps was given, where it differs from the model calls in `noise` (PNDM, Heun).
+    inference_steps: int | None = None
 
 
 @dataclass
@@ -641,8 +643,11 @@ class Sampler:
 
     @property
     def num_inference_steps(self) -> int | None:
-        """The number of planned steps; None before set_timesteps (diffusers' attribute)."""
-        return None if self._plan is None else len(self._plan.noise)
+        """The num_steps given to set_timesteps (PNDM and Heun plan more model calls); None before it (diffusers'
+        attribute)."""
+        if self._plan is None:
+            return None
+        return self._plan.inference_steps or len(self._plan.noise)
 
     @property
     def step_index(self) -> int:
@@ -1476,7 +1481,6 @@ class HeunSampler(EulerSampler):
         self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _make_plan(self, num_steps: int) -> Plan:
-        self._inference_steps = num_steps
         steps = spaced_timesteps(self.config, num_steps, round_linspace=False).astype(np.float32)
         train = self._train_sigmas()
         sigmas = np.interp(steps, np.arange(0, len(train)), train)
@@ -1490,12 +1494,7 @@ class HeunSampler(EulerSampler):
         timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)]).to(torch.float32)
         n = len(timesteps)
         coef = _stack([[(sigmas[i] ** 2 + 1) ** 0.5] for i in range(n)])
-        return Plan(timesteps, coef, sigmas, (False,) * n, ())
-
-    @property
-    def num_inference_steps(self) -> int | None:
-        """The num_steps given to set_timesteps (diffusers' value); `timesteps` holds 2 num_steps - 1 calls."""
-        return None if self._plan is None else self._inference_steps
+        return Plan(timesteps, coef, sigmas, (False,) * n, (), inference_steps=num_steps)
 
     def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
         return None  # the correction reads the first call's derivative: not one affine pass
@@ -1548,6 +1547,8 @@ class LCMSampler(Sampler):
             raise ValueError(f"original_inference_steps: expected at most num_train_timesteps="
                              f"{self.num_train_timesteps}, got {self.config['original_inference_steps']}")
         self.denoised: torch.Tensor | None = None  # the last step's clean estimate (diffusers' `denoised`)
+        # set_timesteps' original_inference_steps and strength for the next plan
+        self._schedule_args = (self.config["original_inference_steps"], 1.0)
 
     def set_timesteps(self, num_steps: int, device: torch.device | str | None = None,
                       original_inference_steps: int | None = None, strength: float = 1.0) -> None:
@@ -1565,7 +1566,7 @@ class LCMSampler(Sampler):
         super().set_timesteps(num_steps, device)
 
     def _make_plan(self, num_steps: int) -> Plan:
-        original, strength = getattr(self, "_schedule_args", (self.config["original_inference_steps"], 1.0))
+        original, strength = self._schedule_args
         usable = int(original * strength)
         if num_steps > min(original, usable):
             raise ValueError(f"num_steps: expected at most original_inference_steps={original} x strength={strength} "
@@ -1630,7 +1631,6 @@ class PNDMSampler(Sampler):
 
     def _make_plan(self, num_steps: int) -> Plan:
         ascending = spaced_timesteps(self.config, num_steps)[::-1].astype(np.int64)
-        self._inference_steps = num_steps
         if self.config["skip_prk_steps"]:
             self._rk_timesteps = np.array([], dtype=np.int64)
             calls = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
@@ -1643,12 +1643,8 @@ class PNDMSampler(Sampler):
             self._rk_timesteps = rk[:-1].repeat(2)[1:-1][::-1].copy()
             calls = np.concatenate([self._rk_timesteps, ascending[:-3][::-1]])
         n = len(calls)
-        return Plan(torch.from_numpy(calls.astype(np.int64).copy()), torch.zeros(n, 0), None, (False,) * n, ())
-
-    @property
-    def num_inference_steps(self) -> int | None:
-        """The num_steps given to set_timesteps (diffusers' value); `timesteps` holds more model calls."""
-        return None if self._plan is None else self._inference_steps
+        return Plan(torch.from_numpy(calls.astype(np.int64).copy()), torch.zeros(n, 0), None, (False,) * n, (),
+                    inference_steps=num_steps)
 
     def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
               ) -> torch.Tensor:
@@ -1663,7 +1659,7 @@ class PNDMSampler(Sampler):
 
     def _runge_kutta_step(self, t: int, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         c = self._calls
-        prev = t - (0 if c % 2 else self.num_train_timesteps // self._inference_steps // 2)
+        prev = t - (0 if c % 2 else self.num_train_timesteps // self.num_inference_steps // 2)
         t = int(self._rk_timesteps[c // 4 * 4])
         if c % 4 == 0:
             self._rk_sum = self._rk_sum + 1 / 6 * m
@@ -1677,7 +1673,7 @@ class PNDMSampler(Sampler):
         return self._transfer(self._start if self._start is not None else x, t, prev, m)
 
     def _multistep(self, t: int, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        gap = self.num_train_timesteps // self._inference_steps
+        gap = self.num_train_timesteps // self.num_inference_steps
         prev = t - gap
         if self._calls != 1:
             self._outputs = [*self._outputs[-3:], m]
