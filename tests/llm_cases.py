@@ -31,6 +31,34 @@ def tiny_qwen3(head_dim: int, **config):
     return hf
 
 
+# The architectures whose layers differ from Llama's by a few numbers: NoPE layers, Gemma's norms, embedding scale
+# and GeGLU, Granite's multipliers.
+MULTIPLIER_KINDS = ("smollm3", "gemma", "granite")
+
+
+def tiny_variant(kind: str, **common):
+    """A random SmolLM3 (every second layer NoPE), Gemma (head_dim 32, GeGLU) or Granite (every multiplier away
+    from 1) model, eval mode, with its RMSNorm weights spread over [-0.5, 1.5] and common["initializer_range"]
+    defaulting to 0.2: at HF's 0.02 these tiny models repeat one token, which tests little."""
+    import transformers
+
+    common = {"initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **common}
+    if kind == "smollm3":
+        hf = transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(**common, no_rope_layer_interval=2))
+    elif kind == "gemma":
+        hf = transformers.GemmaForCausalLM(transformers.GemmaConfig(**common, head_dim=32))
+    elif kind == "granite":
+        hf = transformers.GraniteForCausalLM(transformers.GraniteConfig(
+            **common, embedding_multiplier=3.0, residual_multiplier=0.4, logits_scaling=2.5, attention_multiplier=0.3))
+    else:
+        raise ValueError(f"kind: expected one of {MULTIPLIER_KINDS}, got {kind!r}")
+    with torch.no_grad():
+        for module in hf.modules():
+            if "RMSNorm" in type(module).__name__:
+                module.weight.uniform_(-0.5, 1.5)
+    return hf.eval()
+
+
 def load_smollm2():
     """(HF model, engine with a 256-token cache, path of the .gguf) for the offline SmolLM2-135M-Instruct; skips
     the test when the package or the gguf reader is missing."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.testing import assert_matches_oracle
-from tests.llm_cases import tiny_qwen3
+from tests.llm_cases import MULTIPLIER_KINDS, tiny_qwen3, tiny_variant
 
 pytestmark = pytest.mark.skipif(bool(backend_unavailable_reasons("triton")),
                                 reason="; ".join(backend_unavailable_reasons("triton")) or "triton available")
@@ -144,10 +144,12 @@ def _tiny(kind: str):
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
     if kind == "qwen3":
         return tiny_qwen3(16, **common)
+    if kind in MULTIPLIER_KINDS:
+        return tiny_variant(kind, **common)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "smollm3", "granite"])
 def test_decode_steps_through_the_fused_projections_match_separate_ops(kind, monkeypatch):
     """DecoderModel.decode without host lengths (the GPU graph path) at batch 1: the norms and the SwiGLU folded
     into the projections (decode_gemv) against the same kernels run separately (add_rms_norm, F.linear,
@@ -186,10 +188,11 @@ def test_decode_steps_through_the_fused_projections_match_separate_ops(kind, mon
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind, expected", [("llama", True), ("qwen2", True), ("gpt2", False)])
+@pytest.mark.parametrize("kind, expected", [("llama", True), ("qwen2", True), ("granite", True), ("gpt2", False),
+                                            ("gemma", False)])
 def test_the_fused_projections_resolve_for_rmsnorm_swiglu_models_at_batch_1(kind, expected, monkeypatch):
-    """decode_gemv on a (pretended) GPU: Llama-family models at batch 1 only; GPT-2's LayerNorm/GELU never; off
-    with fused_projections False."""
+    """decode_gemv on a (pretended) GPU: Llama-family models with SwiGLU at batch 1 only; GPT-2's LayerNorm/GELU
+    and Gemma's GeGLU never; off with fused_projections False."""
     transformers = pytest.importorskip("transformers")
     from genai_fast.llm import load
     from genai_fast.llm import model as model_module
@@ -207,6 +210,19 @@ def test_the_fused_projections_resolve_for_rmsnorm_swiglu_models_at_batch_1(kind
         assert model.decode_gemv(2) is None
         model.fused_projections = False
         assert model.decode_gemv(1) is None
+
+
+def test_half_precision_gemma_norms_stay_off_the_fused_norm_kernels(monkeypatch):
+    """A bf16 Gemma's norms multiply by their weight in fp32 before rounding, which the fused add+RMSNorm kernel
+    does not: on a (pretended) GPU the step resolves neither it nor the projections; an fp32 Gemma takes it."""
+    from genai_fast.llm import load
+    from genai_fast.llm import model as model_module
+
+    monkeypatch.setattr(model_module, "_resolve_gpu_kernel",
+                        lambda device, dtype, name, function=None: (name, function))
+    assert load(_tiny("gemma"), max_seq_len=16).model.decode_add_rms_norm() is not None
+    half = load(_tiny("gemma").to(torch.bfloat16), max_seq_len=16).model
+    assert half.decode_add_rms_norm() is None and half.decode_gemv(1) is None and half.decode_swiglu() is None
 
 
 def test_no_rows_and_no_features():

@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import SUPPORTED_ARCHITECTURES, load  # noqa: E402
-from tests.llm_cases import tiny_qwen3  # noqa: E402
+from tests.llm_cases import MULTIPLIER_KINDS, tiny_qwen3, tiny_variant  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
@@ -27,6 +27,8 @@ def _tiny(kind: str = "llama", **extra):
     if kind == "phi3":  # q/k/v and gate/up fused in the checkpoint itself
         cfg = transformers.Phi3Config(**common, pad_token_id=0, bos_token_id=1, eos_token_id=2)
         return transformers.Phi3ForCausalLM(cfg).eval()
+    if kind in MULTIPLIER_KINDS:
+        return tiny_variant(kind, **common)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
@@ -44,7 +46,11 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     ("qwen2", {}),
     ("qwen3", {}),
     ("phi3", {}),
-], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm", "phi3-fused"])
+    ("smollm3", {}),
+    ("gemma", {}),
+    ("granite", {}),
+], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm", "phi3-fused",
+        "smollm3-nope-layers", "gemma", "granite-multipliers"])
 def test_tiny_greedy_matches_hf(kind, extra):
     hf = _tiny(kind, **extra)
     engine = load(hf, max_seq_len=96)
@@ -113,6 +119,77 @@ def test_rms_norm_is_bitwise_hf(shape):
         x = torch.randn(shape) * scale
         with torch.no_grad():
             assert torch.equal(ours(x), hf_norm(x))
+
+
+def _without_feature(model, kind: str) -> None:
+    """Turns off in a loaded model what its architecture adds to Llama's arithmetic (see test below)."""
+    import dataclasses
+
+    if kind == "smollm3":
+        for layer in model.layers:
+            layer.use_rope = True
+        return
+    changes = {"gemma": {"embed_scale": 1.0},
+               "granite": {"embed_scale": 1.0, "residual_scale": 1.0, "logits_divisor": 1.0}}[kind]
+    model.cfg = dataclasses.replace(model.cfg, **changes)
+    for layer in model.layers:
+        layer.cfg = model.cfg
+
+
+@pytest.mark.parametrize("kind", MULTIPLIER_KINDS)
+def test_architecture_features_match_hf_and_matter(kind):
+    """Prefill and decode logits of SmolLM3 (NoPE layers), Gemma ((1 + w) norms, scaled embeddings, GeGLU) and
+    Granite (four multipliers) equal HF's; without the feature they would be far off, so the greedy tests above
+    see it."""
+    hf = _tiny(kind)
+    engine = load(hf, max_seq_len=96)
+    ids = torch.tensor([[1, 5, 9, 33, 70, 4]])
+    with torch.no_grad():
+        want = hf(ids).logits[0]
+    engine.model.allocate_cache(1, 16)
+    got_prefill = engine.model(ids[:, :5])[0]
+    got_step = engine.model(ids[:, 5:], pos=5)[0]
+    torch.testing.assert_close(got_prefill, want[4], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_step, want[5], rtol=1e-5, atol=1e-5)
+    _without_feature(engine.model, kind)
+    assert (engine.model(ids[:, :5])[0] - want[4]).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_gemma_norm_is_bitwise_hf(dtype):
+    """Gemma's RMSNorm scales by (1 + w) in fp32 and casts once: bitwise in every dtype (fp32 through the Llama
+    norm with weight 1 + w, which the RMSNorm kernels take; half precision through Norm's weight_in_fp32)."""
+    from genai_fast.llm.model import _rms_norm
+
+    hf_norm = transformers.models.gemma.modeling_gemma.GemmaRMSNorm(40, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        hf_norm.weight.uniform_(-1, 1)
+    ours = _rms_norm(hf_norm, transformers.GemmaConfig(rms_norm_eps=1e-6), dtype)
+    assert ours.plain_rms == (dtype == torch.float32)
+    for scale in (1e-2, 1.0, 30.0):
+        x = (torch.randn(3, 40) * scale).to(dtype)
+        with torch.no_grad():
+            assert torch.equal(ours(x), hf_norm(x))
+            assert torch.equal(ours.step(x, None), hf_norm(x))
+
+
+def test_half_precision_gemma_keeps_its_norms_off_the_rms_kernels(monkeypatch):
+    """A bf16 Gemma's norms multiply in fp32: the decode step must not hand them to the RMSNorm kernels (which
+    round first, as Llama's norm does); its greedy tokens equal HF's bf16 ones."""
+    from genai_fast.llm.model import DecoderModel
+
+    hf = _tiny("gemma").to(torch.bfloat16)
+    engine = load(hf, max_seq_len=96)
+    assert not any(n.plain_rms for n in engine.model._norms())
+    calls = []
+
+    def kernel(x, weight, eps):
+        calls.append(x.shape)
+        return torch.nn.functional.rms_norm(x, weight.shape, weight, eps)
+
+    monkeypatch.setattr(DecoderModel, "decode_rms_norm", lambda self: kernel)
+    got = engine.generate([1, 5, 9, 33, 70], 12).ids
+    assert calls == [] and got == _hf_greedy(hf, [1, 5, 9, 33, 70], 12)
 
 
 def test_prefill_logits_match_hf():
@@ -196,10 +273,11 @@ def _neox_config():
 
 
 def test_unknown_architecture_lists_supported():
-    listed = r"llama, mistral, qwen2, qwen3, phi3, gpt2"
+    listed = r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, granite, gpt2"
     with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*" + listed):
         load(transformers.GPTNeoXForCausalLM(_neox_config()))
-    assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2"}
+    assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma",
+                                            "granite", "gpt2"}
 
 
 def test_partial_rotary_is_refused_with_the_reason():
@@ -246,7 +324,7 @@ def test_missing_file_is_named(tmp_path):
         load(tmp_path / "nope.gguf")
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3", *MULTIPLIER_KINDS])
 def test_checkpoint_directory_roundtrip(kind, tmp_path):
     hf = _tiny(kind)
     hf.save_pretrained(tmp_path)

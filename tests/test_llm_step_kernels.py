@@ -16,7 +16,7 @@ import torch
 from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.llm.model import apply_rope
-from tests.llm_cases import tiny_qwen3
+from tests.llm_cases import MULTIPLIER_KINDS, tiny_qwen3, tiny_variant
 
 pytestmark = pytest.mark.skipif(bool(backend_unavailable_reasons("triton")),
                                 reason="; ".join(backend_unavailable_reasons("triton")) or "triton available")
@@ -92,6 +92,8 @@ def _tiny(kind: str):
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
     if kind == "qwen3":
         return tiny_qwen3(16, **common)
+    if kind in MULTIPLIER_KINDS:
+        return tiny_variant(kind, **common)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
@@ -140,7 +142,7 @@ def test_add_rms_norm_matches_the_add_then_the_norm(shape, dtype):
         add_rms_norm_fwd(h, torch.cat([delta, delta]), norm.weight, norm.eps)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", *MULTIPLIER_KINDS])
 def test_decode_steps_through_the_kernels_match_the_unfused_steps(kind, monkeypatch):
     """DecoderModel.decode without host lengths (the GPU graph path) with all three kernels resolved (RMSNorm,
     rope-and-append, SwiGLU), against the same steps unfused: after a ragged prefill, three greedy steps give
@@ -158,7 +160,7 @@ def test_decode_steps_through_the_kernels_match_the_unfused_steps(kind, monkeypa
     for fused in (False, True):
         monkeypatch.setattr(DecoderModel, "decode_append", lambda self, f=fused: rope_append_fwd if f else None)
         monkeypatch.setattr(DecoderModel, "decode_swiglu",
-                            lambda self, f=fused: swiglu_fwd if f and self.cfg.family == "llama" else None)
+                            lambda self, f=fused: swiglu_fwd if f and self.cfg.activation == "silu" else None)
         monkeypatch.setattr(DecoderModel, "decode_rms_norm", lambda self, f=fused: rms_norm_fwd if f else None)
         monkeypatch.setattr(DecoderModel, "decode_add_rms_norm",
                             lambda self, f=fused: add_rms_norm_fwd if f and self.cfg.family == "llama" else None)

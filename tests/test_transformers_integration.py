@@ -35,6 +35,11 @@ def _tiny(kind):
         return transformers.Phi3ForCausalLM(transformers.Phi3Config(**decoder, pad_token_id=0, eos_token_id=2))
     if kind == "gemma":  # scaled embeddings, (1 + w) norms, GeGLU-tanh MLP, head_dim 32
         return transformers.GemmaForCausalLM(transformers.GemmaConfig(**decoder, head_dim=32))
+    if kind == "smollm3":  # NoPE layers (every second one here)
+        return transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(
+            **decoder, no_rope_layer_interval=2, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    if kind == "granite":  # attention_multiplier as the attention's scale
+        return transformers.GraniteForCausalLM(transformers.GraniteConfig(**decoder, attention_multiplier=0.3))
     if kind == "gpt2":
         cfg = transformers.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64)
         return transformers.GPT2LMHeadModel(cfg)
@@ -47,10 +52,13 @@ def _tiny(kind):
     return transformers.CLIPTextModel(cfg)
 
 
+DECODERS = ("llama-gqa", "qwen3", "phi3", "gemma", "smollm3", "granite")
+
+
 def _inputs(kind):
     ids = torch.randint(1, 100, (3, 11))
     mask = torch.ones(3, 11, dtype=torch.long)
-    if kind in ("llama-gqa", "qwen3", "phi3", "gemma"):
+    if kind in DECODERS:
         mask[1, :4] = 0  # left padding, as for generation
     else:
         mask[1, 7:] = 0  # right padding
@@ -64,7 +72,7 @@ def _output(model, inputs):
 
 
 @pytest.mark.parametrize("backend", [None, "triton"], ids=["auto", "triton"])
-@pytest.mark.parametrize("kind", ["llama-gqa", "qwen3", "phi3", "gemma", "gpt2", "bert", "clip-text"])
+@pytest.mark.parametrize("kind", [*DECODERS, "gpt2", "bert", "clip-text"])
 def test_tiny_models_match_sdpa(kind, backend, monkeypatch):
     if backend is not None and backend_unavailable_reasons(backend):
         pytest.skip("; ".join(backend_unavailable_reasons(backend)))

@@ -37,7 +37,7 @@ from genai_fast.ops.linear import linear as genai_fast_linear
 from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "granite")
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -77,7 +77,11 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The few hyperparameters the compact module needs. family: "llama" (the Llama family) or "gpt2"."""
+    """The few hyperparameters the compact module needs. family: "llama" (the Llama family: gated MLP, act(gate) *
+    up) or "gpt2". embed_scale multiplies the token embeddings (Gemma: sqrt(hidden) rounded to the model's dtype;
+    Granite: embedding_multiplier), residual_scale each layer's attention and MLP outputs before their residual
+    adds (Granite's residual_multiplier), and the logits are divided by logits_divisor (Granite's
+    logits_scaling): 1.0 leaves each out of the arithmetic."""
 
     family: str
     vocab_size: int
@@ -89,21 +93,40 @@ class ModelConfig:
     norm_eps: float
     max_position_embeddings: int
     activation: str
+    embed_scale: float = 1.0
+    residual_scale: float = 1.0
+    logits_divisor: float = 1.0
 
 
 class Norm(nn.Module):
-    """RMSNorm (no bias) as HF's LlamaRMSNorm: in fp32, cast back before the weight; or LayerNorm (bias)."""
+    """RMSNorm (no bias) as HF's LlamaRMSNorm: in fp32, cast back before the weight; or LayerNorm (bias).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> None:
+    weight_in_fp32: Gemma's order instead, the normalised fp32 row times an fp32 weight, then one cast (the
+    weight is kept in fp32; in an fp32 model the two orders are the same arithmetic, so this is only set for
+    half-precision Gemma models, whose norms then run this forward rather than the RMSNorm kernels)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+                 weight_in_fp32: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.eps = eps
+        self.weight_in_fp32 = weight_in_fp32
+        if weight_in_fp32 and (bias is not None or weight.dtype != torch.float32):
+            raise ValueError("weight: weight_in_fp32 takes an fp32 RMSNorm weight without bias")
+
+    @property
+    def plain_rms(self) -> bool:
+        """Whether the RMSNorm kernels (genai_fast.rms_norm, the decode step's fused norms) compute this norm."""
+        return self.bias is None and not self.weight_in_fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., hidden] -> [..., hidden]."""
         if self.bias is not None:
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        if self.weight_in_fp32:
+            h = x.to(torch.float32)
+            return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
         if x.dtype == torch.float32:
             # torch's fused kernel: one op instead of eight, and bitwise equal to HF's formula below in fp32
             # (tests/test_llm.py::test_rms_norm_is_bitwise_hf).
@@ -117,7 +140,7 @@ class Norm(nn.Module):
         """Decode: x [B, hidden] -> [B, hidden]; an RMSNorm runs `rms_norm` when given (the kernel resolved for
         the model's device and dtype: torch's composite costs tens of microseconds per call on a CPU at these
         sizes, and eight kernels on a GPU), else forward()."""
-        if rms_norm is not None and self.bias is None:
+        if rms_norm is not None and self.plain_rms:
             return rms_norm(x, self.weight, self.eps)
         return self.forward(x)
 
@@ -142,14 +165,16 @@ class Layer(nn.Module):
 
     mlp_in is [2 * intermediate, hidden] (gate rows, then up rows) for SwiGLU, [intermediate, hidden] for GPT-2.
     scale: the attention scale, None for 1/sqrt(head_dim). q_norm, k_norm: Qwen3's RMSNorms over head_dim of each
-    query and key head, applied before the rotation (None: no such norms)."""
+    query and key head, applied before the rotation (None: no such norms). use_rope False: a layer without rotary
+    embeddings in a rotary model (SmolLM3's NoPE layers)."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor, b_in: torch.Tensor | None,
                  mlp_out: torch.Tensor, b_out: torch.Tensor | None, scale: float | None,
-                 q_norm: Norm | None = None, k_norm: Norm | None = None) -> None:
+                 q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
+        self.use_rope = use_rope
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
@@ -162,8 +187,8 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 linear: LinearFn = F.linear) -> torch.Tensor:
         """Prefill: x: [B, S, hidden] at positions 0 .. S-1 -> [B, S, hidden]; `linear` runs the projections."""
-        x = x + self.attention(self.norm1(x), rope, linear)
-        return x + self.mlp(self.norm2(x), linear)
+        x = x + self.residual(self.attention(self.norm1(x), rope, linear))
+        return x + self.residual(self.mlp(self.norm2(x), linear))
 
     def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
              linear: LinearFn = F.linear, rms_norm: RmsNormFn | None = None,
@@ -172,8 +197,8 @@ class Layer(nn.Module):
         arithmetic as forward() with S == 1, fewer views; `linear` runs the projections, `rms_norm` the norms
         and `swiglu` the MLP's silu(gate) * up (see DecoderModel.decode_linear, decode_rms_norm, decode_swiglu)."""
         # Norm.step, not __call__: the per-token path skips nn.Module's hook handling (about 60 calls a token).
-        x = x + self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear)
-        return x + self.mlp(self.norm2.step(x, rms_norm), linear, swiglu)
+        x = x + self.residual(self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear))
+        return x + self.residual(self.mlp(self.norm2.step(x, rms_norm), linear, swiglu))
 
     def step_fused(self, h: torch.Tensor, pending: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None,
                    at: StepPositions, linear: LinearFn, add_rms_norm: AddNormFn, swiglu: GluFn | None = None
@@ -183,8 +208,9 @@ class Layer(nn.Module):
         Returns (h, this layer's MLP output), for the next layer or the final norm to add. Same arithmetic as
         step()."""
         h, x = add_rms_norm(h, pending, self.norm1.weight, self.norm1.eps)
-        h, x = add_rms_norm(h, self.attention_step(x, rope, at, linear), self.norm2.weight, self.norm2.eps)
-        return h, self.mlp(x, linear, swiglu)
+        h, x = add_rms_norm(h, self.residual(self.attention_step(x, rope, at, linear)), self.norm2.weight,
+                            self.norm2.eps)
+        return h, self.residual(self.mlp(x, linear, swiglu))
 
     def step_gemv(self, h: torch.Tensor, pending: torch.Tensor | None, at: StepPositions, linear: LinearFn,
                   gemv: DecodeGemv) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,9 +218,14 @@ class Layer(nn.Module):
         projection (kernels/decode_gemv.py; GPU, batch 1, RMSNorm/SwiGLU layers): h [1, hidden] is the residual
         stream still missing `pending`. Returns (h, this layer's MLP output). Same roundings as step()."""
         h, qkv = gemv.norm_linear(h, pending, self.norm1.weight, self.norm1.eps, self.wqkv, self.bqkv)
-        h, gate_up = gemv.norm_linear(h, self.attend_qkv(qkv, None, at, linear), self.norm2.weight, self.norm2.eps,
-                                      self.mlp_in, self.b_in)
-        return h, gemv.swiglu_linear(gate_up, self.mlp_out, self.b_out)
+        h, gate_up = gemv.norm_linear(h, self.residual(self.attend_qkv(qkv, None, at, linear)), self.norm2.weight,
+                                      self.norm2.eps, self.mlp_in, self.b_in)
+        return h, self.residual(gemv.swiglu_linear(gate_up, self.mlp_out, self.b_out))
+
+    def residual(self, out: torch.Tensor) -> torch.Tensor:
+        """A sublayer's output as its residual add takes it: times residual_scale (Granite), as HF multiplies."""
+        scale = self.cfg.residual_scale
+        return out if scale == 1.0 else out * scale
 
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
                        linear: LinearFn = F.linear) -> torch.Tensor:
@@ -208,12 +239,13 @@ class Layer(nn.Module):
         cfg, B = self.cfg, qkv.shape[0]
         qkv = self.norm_heads(qkv)
         if at.append is not None:  # GPU: one kernel rotates q and k and appends k and v, then attend
-            q = at.append(qkv, cfg.num_heads, cfg.num_kv_heads, self.k_cache, self.v_cache, at.seqlens,
-                          *at.rope_tables)
+            # A NoPE layer "rotates" by the identity tables (cos 1, sin 0): x * 1 + y * 0 is x exactly.
+            tables = at.rope_tables if self.use_rope else at.identity_tables
+            q = at.append(qkv, cfg.num_heads, cfg.num_kv_heads, self.k_cache, self.v_cache, at.seqlens, *tables)
             out = attention_with_kvcache(q, self.k_cache[:B], self.v_cache[:B], at.after, scale=self.scale)
             return linear(out.reshape(B, self.nq), self.wo, self.bo)
         qk = qkv[:, :self.nq + self.nkv].view(B, cfg.num_heads + cfg.num_kv_heads, 1, cfg.head_dim)
-        if rope is not None:
+        if rope is not None and self.use_rope:
             qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
         v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
         out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
@@ -249,7 +281,7 @@ class Layer(nn.Module):
         qkv = self.norm_heads(linear(x, self.wqkv, self.bqkv))
         heads = cfg.num_heads + cfg.num_kv_heads
         qk = qkv[..., :self.nq + self.nkv].view(B, S, heads, cfg.head_dim).transpose(1, 2)
-        if rope is not None:
+        if rope is not None and self.use_rope:
             qk = apply_rope(qk, *rope)
         q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
         v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
@@ -274,6 +306,7 @@ class StepPositions:
     attend: AttendFn | None = None  # with host: attention_with_kvcache's C++ kernel, resolved once
     append: AppendFn | None = None  # GPU: rotate q/k and append k/v in one kernel (then attend over `after`)
     rope_tables: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # for `append`: cos, signed sin
+    identity_tables: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # NoPE layers': 1, 0
 
 
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -340,6 +373,7 @@ class DecoderModel(nn.Module):
         self.cache_len = 0
         self.cos_table: torch.Tensor | None = None
         self.sin_signed_table: torch.Tensor | None = None
+        self.identity_tables: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # NoPE layers' (1, 0)
         self.cache_version = 0  # bumped on reallocation: CUDA graphs captured on the old cache are stale
         self._decode_linears: dict[tuple[int, str | None, int], LinearFn] = {}
         self._decode_kernels: dict[tuple, RmsNormFn | AttendFn | None] = {}
@@ -371,6 +405,8 @@ class DecoderModel(nn.Module):
         self.cache_version += 1
         if self.inv_freq is not None:
             self.cos_table, self.sin_signed_table = self._rope_tables(max_len)
+            if not all(layer.use_rope for layer in self.layers):
+                self.identity_tables = (torch.ones_like(self.cos_table), torch.zeros_like(self.sin_signed_table))
 
     def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin_signed: [length, D] for positions 0 .. length-1, computed in fp32 as HF does (each entry one
@@ -395,7 +431,7 @@ class DecoderModel(nn.Module):
         default S-1), or [B, S, V] with all_logits. Fills cache positions 0 .. S-1 of rows 0 .. B-1."""
         B, S = ids.shape
         self._check_fits(B, S - 1)
-        x = F.embedding(ids, self.embed)
+        x = self.embed_tokens(ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed[:S]
         rope = None if self.cos_table is None else (self.cos_table[:S], self.sin_signed_table[:S])
@@ -403,10 +439,19 @@ class DecoderModel(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, linear)
         if all_logits:
-            return linear(self.norm(x), self.lm_head, None)
+            return self.scale_logits(linear(self.norm(x), self.lm_head, None))
         x = x[:, -1] if last is None else x[torch.arange(B, device=x.device), last]
         # The last positions' logits are decode-sized: the decode step's linear (C++ kernel, GGUF blocks).
-        return self.decode_linear(B)(self.norm(x), self.lm_head, None)
+        return self.scale_logits(self.decode_linear(B)(self.norm(x), self.lm_head, None))
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: [...] -> [..., hidden]: the embedding rows, times embed_scale where the model has one."""
+        x = F.embedding(ids, self.embed)
+        return x if self.cfg.embed_scale == 1.0 else x * self.cfg.embed_scale
+
+    def scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The LM head's output divided by logits_divisor (Granite's logits_scaling) where the model has one."""
+        return logits if self.cfg.logits_divisor == 1.0 else logits / self.cfg.logits_divisor
 
     def prefill_linear(self) -> LinearFn:
         """genai_fast.linear on a CPU, where GEMM-sized prefill projections may run faster on oneDNN than on BLAS
@@ -425,14 +470,15 @@ class DecoderModel(nn.Module):
         B = tokens.shape[0]
         if host_lengths is not None:
             self._check_fits(B, max(host_lengths))
-        x = F.embedding(tokens.view(B), self.embed)
+        x = self.embed_tokens(tokens.view(B))
         if self.pos_embed is not None:
             x = x + self.pos_embed.index_select(0, seqlens)
         rope = None
         append = self.decode_append() if host_lengths is None else None
         if append is not None:
             at = StepPositions(seqlens, after=seqlens + 1, append=append,
-                               rope_tables=(self.cos_table, self.sin_signed_table))
+                               rope_tables=(self.cos_table, self.sin_signed_table),
+                               identity_tables=self.identity_tables)
         else:
             if self.cos_table is not None:
                 rope = (self.cos_table.index_select(0, seqlens)[:, None, None],
@@ -460,15 +506,17 @@ class DecoderModel(nn.Module):
                 pending = None
                 for layer in self.layers:
                     x, pending = layer.step_gemv(x, pending, at, linear, gemv)
-                return gemv.norm_linear(x, pending, self.norm.weight, self.norm.eps, self.lm_head, None)[1]
+                return self.scale_logits(gemv.norm_linear(x, pending, self.norm.weight, self.norm.eps, self.lm_head,
+                                                          None)[1])
             if add_norm is not None:
                 pending = None
                 for layer in self.layers:
                     x, pending = layer.step_fused(x, pending, rope, at, linear, add_norm, swiglu)
-                return linear(add_norm(x, pending, self.norm.weight, self.norm.eps)[1], self.lm_head, None)
+                return self.scale_logits(linear(add_norm(x, pending, self.norm.weight, self.norm.eps)[1],
+                                                self.lm_head, None))
             for layer in self.layers:
                 x = layer.step(x, rope, at, linear, rms_norm, swiglu)
-            return linear(self.norm.step(x, rms_norm), self.lm_head, None)
+            return self.scale_logits(linear(self.norm.step(x, rms_norm), self.lm_head, None))
         finally:
             if solo:
                 torch.set_num_threads(threads)
@@ -501,11 +549,14 @@ class DecoderModel(nn.Module):
         None elsewhere, or with GENAI_FAST_BACKEND=torch. Resolved once per setting."""
         key = ("add_rms_norm", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
-            norms = [self.norm, *(n for layer in self.layers for n in (layer.norm1, layer.norm2))]
-            usable = all(n.bias is None for n in norms)
+            usable = all(n.plain_rms for n in self._norms())
             self._decode_kernels[key] = (_resolve_gpu_kernel(self.device, self.dtype, "rms_norm", "add_rms_norm_fwd")
                                          if usable else None)
         return self._decode_kernels[key]
+
+    def _norms(self) -> list[Norm]:
+        """The residual stream's norms (the per-head ones are not fused into the step's adds or projections)."""
+        return [self.norm, *(n for layer in self.layers for n in (layer.norm1, layer.norm2))]
 
     def decode_gemv(self, batch: int) -> DecodeGemv | None:
         """On a GPU with Triton, at batch 1, for models whose norms are all RMSNorms and whose MLPs are SwiGLU:
@@ -516,9 +567,8 @@ class DecoderModel(nn.Module):
         key = ("gemv", os.environ.get(ENV_BACKEND), self.fused_projections)
         if key not in self._decode_kernels:
             cfg = self.cfg
-            norms = [self.norm, *(n for layer in self.layers for n in (layer.norm1, layer.norm2))]
             usable = (self.fused_projections and cfg.family == "llama" and cfg.activation == "silu"
-                      and all(n.bias is None for n in norms))
+                      and all(n.plain_rms for n in self._norms()))
             gemv = None
             if usable and (norm_linear := _resolve_gpu_kernel(self.device, self.dtype, "decode_gemv",
                                                               "norm_linear_fwd")) is not None:
@@ -621,8 +671,15 @@ def _check_architecture(config: object) -> None:
                              f"{', '.join(a for a in ACTIVATIONS if a != 'silu')}")
         if getattr(config, "add_cross_attention", False):
             raise ValueError("unsupported GPT-2 variant: add_cross_attention=True (decoder-only models only)")
-    elif getattr(config, "hidden_act", "silu") not in ("silu", "swish"):  # transformers maps both to SiLU
-        raise ValueError(f"unsupported activation {config.hidden_act!r}: genai_fast.llm supports silu (SwiGLU)")
+    elif _gated_activation(config) not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {config.hidden_act!r}: genai_fast.llm supports "
+                         f"{', '.join(ACTIVATIONS)} in gated MLPs (act(gate) * up)")
+
+
+def _gated_activation(config: object) -> str:
+    """The activation of a Llama-family MLP's gate (transformers maps "swish" to SiLU too)."""
+    act = getattr(config, "hidden_act", "silu")
+    return "silu" if act == "swish" else act
 
 
 def _kernels_share_torch_threads() -> bool:
@@ -643,14 +700,27 @@ def context_limit(config: object) -> int:
     return int(limit)
 
 
-def _llama_config(config: object) -> ModelConfig:
+def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
     heads = config.num_attention_heads
     return ModelConfig(
         family="llama", vocab_size=config.vocab_size, hidden_size=config.hidden_size,
         num_layers=config.num_hidden_layers, num_heads=heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, norm_eps=config.rms_norm_eps,
-        max_position_embeddings=context_limit(config), activation="silu")
+        max_position_embeddings=context_limit(config), activation=_gated_activation(config),
+        **_multipliers(config, dtype))
+
+
+def _multipliers(config: object, dtype: torch.dtype) -> dict[str, float]:
+    """embed_scale, residual_scale and logits_divisor of ModelConfig for a Llama-family config."""
+    if config.model_type == "gemma":
+        # HF multiplies by sqrt(hidden) held as a tensor of the model's dtype (55.5 rather than 55.43 in bf16).
+        return {"embed_scale": float(torch.tensor(config.hidden_size ** 0.5).to(dtype))}
+    if config.model_type == "granite":
+        return {"embed_scale": float(config.embedding_multiplier),
+                "residual_scale": float(config.residual_multiplier),
+                "logits_divisor": float(config.logits_scaling)}
+    return {}
 
 
 def _rope_from_hf(hf_model: nn.Module, head_dim: int) -> tuple[torch.Tensor, float]:
@@ -679,17 +749,30 @@ def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.
     return wqkv, bqkv, w_gate_up
 
 
-def _llama_layer(layer: nn.Module, cfg: ModelConfig, dtype: torch.dtype) -> Layer:
+def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object, dtype: torch.dtype) -> Layer:
     a, m = layer.self_attn, layer.mlp
     wqkv, bqkv, w_gate_up = _fused_projections(a, m)
     wqkv, w_gate_up = wqkv.to(dtype), w_gate_up.to(dtype)
     bqkv = None if bqkv is None else bqkv.to(dtype)
     bo = None if a.o_proj.bias is None else a.o_proj.bias.to(dtype)
     head_norms = [_head_norm(getattr(a, name, None), dtype) for name in ("q_norm", "k_norm")]  # Qwen3's
-    return Layer(cfg, Norm(layer.input_layernorm.weight.to(dtype), None, cfg.norm_eps),
-                 Norm(layer.post_attention_layernorm.weight.to(dtype), None, cfg.norm_eps),
+    # Granite's attention_multiplier replaces 1/sqrt(head_dim); SmolLM3's no_rope_layers holds 0 for NoPE layers.
+    scale = float(config.attention_multiplier) if config.model_type == "granite" else None
+    use_rope = bool(getattr(config, "no_rope_layers", None)[index]) if config.model_type == "smollm3" else True
+    return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
+                 _rms_norm(layer.post_attention_layernorm, config, dtype),
                  wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None,
-                 m.down_proj.weight.to(dtype), None, None, *head_norms)
+                 m.down_proj.weight.to(dtype), None, scale, *head_norms, use_rope=use_rope)
+
+
+def _rms_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
+    """A residual-stream RMSNorm of HF's model. Gemma's scales by (1 + weight) in fp32 before its one cast: in an
+    fp32 model that is the Llama norm with weight 1 + w, otherwise Norm's weight_in_fp32 order."""
+    eps = float(config.rms_norm_eps)
+    if config.model_type != "gemma":
+        return Norm(norm.weight.to(dtype), None, eps)
+    weight = 1.0 + norm.weight.to(dtype).float()
+    return Norm(weight, None, eps) if dtype == torch.float32 else Norm(weight, None, eps, weight_in_fp32=True)
 
 
 def _head_norm(norm: nn.Module | None, dtype: torch.dtype) -> Norm | None:
@@ -700,13 +783,13 @@ def _head_norm(norm: nn.Module | None, dtype: torch.dtype) -> Norm | None:
 
 
 def _from_llama(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
-    cfg = _llama_config(hf_model.config)
+    config = hf_model.config
+    cfg = _llama_config(config, dtype)
     inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
-    layers = [_llama_layer(layer, cfg, dtype) for layer in hf_model.model.layers]
+    layers = [_llama_layer(layer, i, cfg, config, dtype) for i, layer in enumerate(hf_model.model.layers)]
     embed = hf_model.model.embed_tokens.weight
     tied = hf_model.lm_head.weight.data_ptr() == embed.data_ptr()
-    return DecoderModel(cfg, embed.to(dtype), None, layers,
-                        Norm(hf_model.model.norm.weight.to(dtype), None, cfg.norm_eps),
+    return DecoderModel(cfg, embed.to(dtype), None, layers, _rms_norm(hf_model.model.norm, config, dtype),
                         None if tied else hf_model.lm_head.weight.to(dtype), inv_freq, scaling)
 
 
