@@ -308,15 +308,87 @@ def test_corrupted_checkpoint_is_named(tmp_path):
         load(tmp_path)
 
 
-def test_sliding_window_bounds_the_context():
-    # The static cache attends to every position: past Mistral's window the model would attend differently.
-    cfg = transformers.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                     sliding_window=16)
-    hf = transformers.MistralForCausalLM(cfg).eval()
-    assert load(hf).max_seq_len == 16
-    with pytest.raises(ValueError, match=r"max_seq_len: expected 1\.\.16"):
-        load(hf, max_seq_len=32)
+def _sliding(kind: str):
+    """Tiny Mistral (every layer slides over 8 positions) and Qwen2 (layer 1 over 6, layer 0 full) models."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=96, initializer_range=0.2)
+    if kind == "mistral":
+        return transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=8)).eval()
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        **common, use_sliding_window=True, sliding_window=6, max_window_layers=1)).eval()
+
+
+def _argmax_continuation(hf, ids: list[int], n: int) -> list[int]:
+    """The argmax of HF's full forward over each prefix (no cache: the sliding mask as HF defines it)."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            x = torch.cat([x, hf(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_sliding_window_layers_match_hf_past_the_window(kind):
+    """Sliding layers keep a ring of their window: greedy tokens far past the window equal HF's (from a short
+    prompt and from one longer than the window, whose prefill uses the band mask), the prefill logits of a
+    40-token prompt equal HF's, and attending to every position instead would be far off."""
+    hf = _sliding(kind)
+    engine = load(hf, max_seq_len=96)
+    engine.eos_ids = set()
+    windows = [layer.window for layer in engine.model.layers]
+    assert windows == ([8, 8] if kind == "mistral" else [None, 6]) and engine.max_seq_len == 96
+    for prompt in ([1, 5, 9, 33, 70], list(range(3, 23))):
+        assert engine.generate(prompt, 30).ids == _argmax_continuation(hf, prompt, 30)
+    assert [layer.k_cache.shape[2] for layer in engine.model.layers] == [w or 96 for w in windows]
+    ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits[0, -1]
+    torch.testing.assert_close(engine.model.prefill(ids)[0], want, rtol=1e-5, atol=1e-5)
+    for layer in engine.model.layers:
+        layer.window = None
+    engine.model.cache_batch = engine.model.cache_len = 0  # reallocate without rings
+    engine.model.allocate_cache(1, 96)
+    assert (engine.model.prefill(ids)[0] - want).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_sliding_window_ragged_batch_equals_one_by_one(kind):
+    """Right-padded prompts longer than the window: each row's ring keeps its own last positions (padding must
+    not displace them), so a batch decodes as each prompt alone."""
+    engine = load(_sliding(kind), max_seq_len=96)
+    engine.eos_ids = set()
+    prompts = [list(range(3, 23)), [1, 5, 9, 33, 70, 2, 8, 11, 4, 6, 60, 61, 62], [7]]
+    batch = engine.generate(prompts, 24)
+    assert [r.ids for r in batch] == [engine.generate(p, 24).ids for p in prompts]
+
+
+def test_sliding_window_device_steps_equal_host_steps():
+    """DecoderModel.decode without host lengths (the CUDA-graph path: ring slots and lengths computed on the
+    device) gives the host path's logits, past the window, for a ragged batch."""
+    model = load(_sliding("mistral"), max_seq_len=48).model
+    ids = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for host in (True, False):
+        model.allocate_cache(2, 48)
+        seqlens = torch.tensor([11, 9], dtype=torch.int32)
+        tokens = model.prefill(ids, seqlens.long() - 1).argmax(-1, keepdim=True)
+        logits = []
+        for _ in range(12):
+            step = model.decode(tokens, seqlens, seqlens.tolist() if host else None)
+            logits.append(step)
+            tokens, seqlens = step.argmax(-1, keepdim=True), seqlens + 1
+        runs.append(torch.stack(logits))
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_kv_bytes_read_counts_each_layers_window():
+    model = load(_sliding("qwen2"), max_seq_len=96).model
+    per_layer = model.kv_bytes_per_position() // 2
+    for length, steps in [(3, 1), (3, 10), (6, 4), (20, 7)]:
+        full = sum(length + j for j in range(1, steps + 1))
+        sliding = sum(min(length + j, 6) for j in range(1, steps + 1))
+        assert model.kv_bytes_read(length, steps) == per_layer * (full + sliding)
 
 
 def test_missing_file_is_named(tmp_path):

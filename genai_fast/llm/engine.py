@@ -456,11 +456,12 @@ def decode_traffic_bytes(model: DecoderModel, lengths: Sequence[int], steps: int
     Formula: per step, every weight once (model.step_bytes: all layers, final norm, LM head, the embedding rows
     looked up), plus for each sequence the K/V of every cached position it attends to (its length after the
     append) read and the new position's K/V written. At step j (1-based) sequence b attends to len_b + j
-    positions, so the K/V part is kv * (steps * sum(len_b) + B * steps * (steps + 1) / 2 + B * steps), with kv
-    = model.kv_bytes_per_position(). Activations are left out (kilobytes per step)."""
+    positions in a full layer (at most the window in a sliding one: model.kv_bytes_read), so without sliding
+    layers the K/V part is kv * (steps * sum(len_b) + B * steps * (steps + 1) / 2 + B * steps), with kv =
+    model.kv_bytes_per_position(). Activations are left out (kilobytes per step)."""
     B, kv = len(lengths), model.kv_bytes_per_position()
-    positions = steps * sum(lengths) + B * steps * (steps + 1) // 2 + B * steps
-    return steps * model.step_bytes(B) + kv * positions
+    read = sum(model.kv_bytes_read(n, steps) for n in lengths)
+    return steps * model.step_bytes(B) + read + kv * B * steps
 
 
 def _validate(max_new_tokens: int, params: SamplingParams, prompt_len: int, max_seq_len: int,

@@ -166,15 +166,18 @@ class Layer(nn.Module):
     mlp_in is [2 * intermediate, hidden] (gate rows, then up rows) for SwiGLU, [intermediate, hidden] for GPT-2.
     scale: the attention scale, None for 1/sqrt(head_dim). q_norm, k_norm: Qwen3's RMSNorms over head_dim of each
     query and key head, applied before the rotation (None: no such norms). use_rope False: a layer without rotary
-    embeddings in a rotary model (SmolLM3's NoPE layers)."""
+    embeddings in a rotary model (SmolLM3's NoPE layers). window: sliding-window attention over the last `window`
+    positions (the token's own included), as HF's sliding layers (Mistral, Qwen2, SmolLM3, Gemma 3); such a layer's
+    cache is a ring of min(window, max_len) slots, position p in slot p % size (None: full attention)."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor, b_in: torch.Tensor | None,
                  mlp_out: torch.Tensor, b_out: torch.Tensor | None, scale: float | None,
-                 q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True) -> None:
+                 q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True,
+                 window: int | None = None) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
-        self.use_rope = use_rope
+        self.use_rope, self.window = use_rope, window
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
@@ -185,9 +188,10 @@ class Layer(nn.Module):
         self.v_cache: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                linear: LinearFn = F.linear) -> torch.Tensor:
-        """Prefill: x: [B, S, hidden] at positions 0 .. S-1 -> [B, S, hidden]; `linear` runs the projections."""
-        x = x + self.residual(self.attention(self.norm1(x), rope, linear))
+                linear: LinearFn = F.linear, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Prefill: x: [B, S, hidden] at positions 0 .. S-1 -> [B, S, hidden]; `linear` runs the projections.
+        lengths: [B] each row's prompt length (right padding after it; None: all S)."""
+        x = x + self.residual(self.attention(self.norm1(x), rope, linear, lengths))
         return x + self.residual(self.mlp(self.norm2(x), linear))
 
     def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
@@ -249,7 +253,7 @@ class Layer(nn.Module):
             qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
         v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
         out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
-                                self.v_cache[:B], at, self.scale)
+                                self.v_cache[:B], at, self.scale, ring=self.window is not None)
         return linear(out.reshape(B, self.nq), self.wo, self.bo)
 
     def norm_heads(self, qkv: torch.Tensor) -> torch.Tensor:
@@ -275,8 +279,8 @@ class Layer(nn.Module):
         return linear(h, self.mlp_out, self.b_out)
 
     def attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                  linear: LinearFn = F.linear) -> torch.Tensor:
-        """Prefill: x: [B, S, hidden] -> [B, S, hidden]; stores K/V at cache positions 0 .. S-1."""
+                  linear: LinearFn = F.linear, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Prefill: x: [B, S, hidden] -> [B, S, hidden]; stores K/V of positions 0 .. S-1 (see store_prompt)."""
         cfg, (B, S, _) = self.cfg, x.shape
         qkv = self.norm_heads(linear(x, self.wqkv, self.bqkv))
         heads = cfg.num_heads + cfg.num_kv_heads
@@ -286,11 +290,30 @@ class Layer(nn.Module):
         q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
         v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         # The cache is empty: attend over the fresh K/V directly and store them for decode.
-        self.k_cache[:B, :, :S] = k
-        self.v_cache[:B, :, :S] = v
-        out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, scale=self.scale,
-                                           enable_gqa=cfg.num_heads != cfg.num_kv_heads)
+        self.store_prompt(k, v, lengths)
+        band = None
+        if self.window is not None and S > self.window:  # each query sees its last `window` positions
+            i = torch.arange(S, device=x.device)
+            band = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
+        out = scaled_dot_product_attention(q, k, v, attn_mask=band, is_causal=S > 1 and band is None,
+                                           scale=self.scale, enable_gqa=cfg.num_heads != cfg.num_kv_heads)
         return linear(out.transpose(1, 2).reshape(B, S, self.nq), self.wo, self.bo)
+
+    def store_prompt(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None) -> None:
+        """k, v: [B, Hkv, S, D] of positions 0 .. S-1 into cache rows 0 .. B-1. When they outrun a sliding
+        layer's ring, each slot takes its row's latest position before the row's length (lengths [B]; None: S),
+        so right padding never displaces a prompt position the row's next tokens still attend to."""
+        B, S, size = k.shape[0], k.shape[2], self.k_cache.shape[2]
+        if S <= size:
+            self.k_cache[:B, :, :S] = k
+            self.v_cache[:B, :, :S] = v
+            return
+        last = (torch.full((B,), S, device=k.device) if lengths is None else lengths.to(k.device)) - 1
+        slots = torch.arange(size, device=k.device)
+        positions = (last[:, None] - (last[:, None] - slots[None, :]) % size).clamp(min=0)  # [B, size]
+        index = positions[:, None, :, None].expand(B, k.shape[1], size, k.shape[3])
+        self.k_cache[:B] = k.gather(2, index)
+        self.v_cache[:B] = v.gather(2, index)
 
 
 @dataclass
@@ -310,22 +333,38 @@ class StepPositions:
 
 
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                      v_cache: torch.Tensor, at: StepPositions, scale: float | None) -> torch.Tensor:
+                      v_cache: torch.Tensor, at: StepPositions, scale: float | None, ring: bool = False
+                      ) -> torch.Tensor:
     """attention_with_kvcache for one new token per sequence; q: [B, Hq, 1, D] -> [B, Hq, 1, D].
+
+    ring: the caches are a sliding layer's ring (position p in slot p % size): the new k/v go to their slot and
+    the token attends to the min(p + 1, size) filled slots (attention does not depend on the order of its keys;
+    the rotation was applied before caching). A full layer's positions stay below its size, so this equals the
+    plain append there.
 
     Without host positions (GPU, CUDA graphs): one call that appends k/v at seqlens and attends; the Triton
     kernel takes ragged lengths. With host positions (CPU), k/v are written with plain slice copies and the
     op attends over `after` positions: its own append (index tensors and a scatter per cache) costs more than
     the attention of one token. Either way each sequence's result is computed on its own (the C++ kernel by
     rows, the torch backend per sequence), so a batch stays bitwise equal to one-by-one generation."""
-    if at.host is None:
+    size = k_cache.shape[2]
+    if at.host is None and not ring:
         return attention_with_kvcache(q, k_cache, v_cache, at.seqlens, k, v, scale=scale)
+    if at.host is None:  # device-side slots and lengths: no host sync, so a CUDA graph can capture it
+        rows, slots = torch.arange(q.shape[0], device=q.device), (at.seqlens % size).long()
+        k_cache[rows, :, slots] = k[:, :, 0]
+        v_cache[rows, :, slots] = v[:, :, 0]
+        return attention_with_kvcache(q, k_cache, v_cache, (at.seqlens + 1).clamp(max=size), scale=scale)
     for b, n in enumerate(at.host):
-        k_cache[b, :, n] = k[b, :, 0]
-        v_cache[b, :, n] = v[b, :, 0]
+        k_cache[b, :, n % size] = k[b, :, 0]
+        v_cache[b, :, n % size] = v[b, :, 0]
+    filled = [min(n + 1, size) for n in at.host]
     if at.attend is not None:
-        return at.attend(q, k_cache, v_cache, [n + 1 for n in at.host],
+        return at.attend(q, k_cache, v_cache, filled,
                          1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)  # the op's default
+    if ring:
+        return attention_with_kvcache(q, k_cache, v_cache, torch.tensor(filled, dtype=torch.int32,
+                                                                        device=q.device), scale=scale)
     return attention_with_kvcache(q, k_cache, v_cache, at.after, scale=scale)
 
 
@@ -396,8 +435,9 @@ class DecoderModel(nn.Module):
             return
         batch, max_len = max(batch, self.cache_batch), max(max_len, self.cache_len)
         cfg = self.cfg
-        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         for layer in self.layers:
+            # A sliding layer keeps a ring of its window's positions (Gemma 3: 512 of a 32k context).
+            shape = (batch, cfg.num_kv_heads, min(max_len, layer.window or max_len), cfg.head_dim)
             layer.k_cache = layer.v_cache = None  # free the old cache before allocating the new one
             layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -436,8 +476,9 @@ class DecoderModel(nn.Module):
             x = x + self.pos_embed[:S]
         rope = None if self.cos_table is None else (self.cos_table[:S], self.sin_signed_table[:S])
         linear = self.prefill_linear()
+        lengths = None if last is None else last + 1
         for layer in self.layers:
-            x = layer(x, rope, linear)
+            x = layer(x, rope, linear, lengths)
         if all_logits:
             return self.scale_logits(linear(self.norm(x), self.lm_head, None))
         x = x[:, -1] if last is None else x[torch.arange(B, device=x.device), last]
@@ -580,10 +621,14 @@ class DecoderModel(nn.Module):
     def decode_append(self) -> AppendFn | None:
         """On a GPU with Triton: kernels/rope_append.py's launcher, which rotates the new token's q and k and
         appends its k and v in one kernel (about a dozen torch kernels otherwise, each a few microseconds of a
-        CUDA graph's step). None elsewhere, or with GENAI_FAST_BACKEND=torch. Resolved once per setting."""
+        CUDA graph's step). None elsewhere, with GENAI_FAST_BACKEND=torch, or for a model with sliding layers.
+        Resolved once per setting."""
         key = ("append", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
-            self._decode_kernels[key] = resolve_rope_append(self.device, self.dtype, self.cfg.head_dim)
+            # The kernel appends at each sequence's position; a sliding layer's ring slot differs past its window.
+            sliding = any(layer.window is not None for layer in self.layers)
+            self._decode_kernels[key] = (None if sliding else
+                                         resolve_rope_append(self.device, self.dtype, self.cfg.head_dim))
         return self._decode_kernels[key]
 
     def decode_swiglu(self) -> GluFn | None:
@@ -634,6 +679,20 @@ class DecoderModel(nn.Module):
         """Bytes of K and V over all layers for one cached position of one sequence."""
         cfg = self.cfg
         return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.embed.element_size()
+
+    def kv_bytes_read(self, length: int, steps: int) -> int:
+        """Bytes of K and V that `steps` decode steps of one sequence read after a `length`-token prompt: at step j
+        (1-based) a full layer attends to length + j positions, a sliding layer to at most its window."""
+        per_layer = self.kv_bytes_per_position() // self.cfg.num_layers
+        total = 0
+        for layer in self.layers:
+            full = steps * length + steps * (steps + 1) // 2
+            if layer.window is None or length + steps <= layer.window:
+                total += per_layer * full
+                continue
+            below = max(0, min(steps, layer.window - length))  # steps whose length + j stays within the window
+            total += per_layer * (below * length + below * (below + 1) // 2 + (steps - below) * layer.window)
+        return total
 
 
 LlamaModel = DecoderModel  # the name of the Llama-only first version
@@ -691,13 +750,17 @@ def _kernels_share_torch_threads() -> bool:
 
 
 def context_limit(config: object) -> int:
-    """The longest sequence the compact module reproduces exactly: the position limit, and for a Mistral/Qwen2
-    checkpoint with sliding-window attention the window (the static cache attends to every position)."""
-    limit = getattr(config, "max_position_embeddings", None) or config.n_positions
-    window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) and config.model_type in LLAMA_FAMILY:
-        limit = min(limit, int(window))
-    return int(limit)
+    """The longest sequence the compact module runs: the position limit (sliding layers keep rings of their
+    window, so a window does not bound it)."""
+    return int(getattr(config, "max_position_embeddings", None) or config.n_positions)
+
+
+def _layer_window(attn: nn.Module, config: object) -> int | None:
+    """A Llama-family layer's sliding window: HF's attention modules hold theirs (Qwen2, SmolLM3, Gemma 3: None on
+    full layers); Mistral's reads the config's. None: full attention."""
+    window = getattr(attn, "sliding_window", None) if hasattr(attn, "sliding_window") else (
+        getattr(config, "sliding_window", None) if config.model_type == "mistral" else None)
+    return int(window) if window else None
 
 
 def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
@@ -762,7 +825,8 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
                  _rms_norm(layer.post_attention_layernorm, config, dtype),
                  wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None,
-                 m.down_proj.weight.to(dtype), None, scale, *head_norms, use_rope=use_rope)
+                 m.down_proj.weight.to(dtype), None, scale, *head_norms, use_rope=use_rope,
+                 window=_layer_window(a, config))
 
 
 def _rms_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
