@@ -31,15 +31,18 @@ def tiny_qwen3(head_dim: int, **config):
     return hf
 
 
-# The architectures whose layers differ from Llama's by a few numbers: NoPE layers, Gemma's norms, embedding scale
-# and GeGLU, Granite's multipliers.
-MULTIPLIER_KINDS = ("smollm3", "gemma", "granite")
+# The Llama variants the engine converts besides Llama, Qwen and Phi-3: NoPE layers, Gemma's norms, embedding scale
+# and GeGLU, Granite's multipliers, Gemma 3's sandwich norms, local rope and sliding layers.
+VARIANT_KINDS = ("smollm3", "gemma", "granite", "gemma3")
 
 
 def tiny_variant(kind: str, **common):
-    """A random SmolLM3 (every second layer NoPE), Gemma (head_dim 32, GeGLU) or Granite (every multiplier away
-    from 1) model, eval mode, with its RMSNorm weights spread over [-0.5, 1.5] and common["initializer_range"]
-    defaulting to 0.2: at HF's 0.02 these tiny models repeat one token, which tests little."""
+    """A random SmolLM3 (every second layer NoPE), Gemma (head_dim 32, GeGLU), Granite (every multiplier away
+    from 1) or Gemma 3 (three layers or more: sliding layers over 6 positions with local rope, every third one
+    full with linear-scaled rope; a final logit soft-cap) model, eval mode, with its RMSNorm weights spread over
+    [-0.5, 1.5] and common["initializer_range"] defaulting to 0.2: at HF's 0.02 these tiny models repeat one
+    token, which tests little."""
+
     import transformers
 
     common = {"initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **common}
@@ -50,8 +53,16 @@ def tiny_variant(kind: str, **common):
     elif kind == "granite":
         hf = transformers.GraniteForCausalLM(transformers.GraniteConfig(
             **common, embedding_multiplier=3.0, residual_multiplier=0.4, logits_scaling=2.5, attention_multiplier=0.3))
+    elif kind == "gemma3":
+        rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+        layers = common["num_hidden_layers"] = max(3, common.get("num_hidden_layers", 2))
+        types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(layers)]
+        hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            **common, head_dim=32, sliding_window=6, query_pre_attn_scalar=24, layer_types=types,
+            rope_parameters=rope, final_logit_softcapping=3.0))
     else:
-        raise ValueError(f"kind: expected one of {MULTIPLIER_KINDS}, got {kind!r}")
+        raise ValueError(f"kind: expected one of {VARIANT_KINDS}, got {kind!r}")
     with torch.no_grad():
         for module in hf.modules():
             if "RMSNorm" in type(module).__name__:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.testing import assert_matches_oracle
-from tests.llm_cases import MULTIPLIER_KINDS, tiny_qwen3, tiny_variant
+from tests.llm_cases import VARIANT_KINDS, tiny_qwen3, tiny_variant
 
 pytestmark = pytest.mark.skipif(bool(backend_unavailable_reasons("triton")),
                                 reason="; ".join(backend_unavailable_reasons("triton")) or "triton available")
@@ -144,7 +144,7 @@ def _tiny(kind: str):
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
     if kind == "qwen3":
         return tiny_qwen3(16, **common)
-    if kind in MULTIPLIER_KINDS:
+    if kind in VARIANT_KINDS:
         return tiny_variant(kind, **common)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import load  # noqa: E402
 from genai_fast.llm.decode import CudaGraphStepper  # noqa: E402
-from tests.llm_cases import MULTIPLIER_KINDS, tiny_qwen3, tiny_variant  # noqa: E402
+from tests.llm_cases import VARIANT_KINDS, tiny_qwen3, tiny_variant  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -29,7 +29,7 @@ def _tiny(kind: str):
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval().cuda()
     if kind == "qwen3":
         return tiny_qwen3(32, **common).cuda()
-    if kind in MULTIPLIER_KINDS:
+    if kind in VARIANT_KINDS:
         return tiny_variant(kind, **common).cuda()
     if kind == "mistral-sliding":  # rings of 8 positions, decoded far past them
         return transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=8)).eval().cuda()
@@ -52,7 +52,7 @@ def _hf_greedy(hf, ids: list[int], n: int, exact: bool = True) -> list[int]:
 
 
 @pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", *MULTIPLIER_KINDS, "mistral-sliding"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", *VARIANT_KINDS, "mistral-sliding"])
 def test_greedy_matches_hf_on_cuda(kind, graph):
     hf = _tiny(kind)
     engine = load(hf, max_seq_len=128, cuda_graph=graph)

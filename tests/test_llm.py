@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import SUPPORTED_ARCHITECTURES, load  # noqa: E402
-from tests.llm_cases import MULTIPLIER_KINDS, tiny_qwen3, tiny_variant  # noqa: E402
+from tests.llm_cases import VARIANT_KINDS, tiny_qwen3, tiny_variant  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
@@ -27,7 +27,7 @@ def _tiny(kind: str = "llama", **extra):
     if kind == "phi3":  # q/k/v and gate/up fused in the checkpoint itself
         cfg = transformers.Phi3Config(**common, pad_token_id=0, bos_token_id=1, eos_token_id=2)
         return transformers.Phi3ForCausalLM(cfg).eval()
-    if kind in MULTIPLIER_KINDS:
+    if kind in VARIANT_KINDS:
         return tiny_variant(kind, **common)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
@@ -49,8 +49,9 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     ("smollm3", {}),
     ("gemma", {}),
     ("granite", {}),
+    ("gemma3", {}),
 ], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm", "phi3-fused",
-        "smollm3-nope-layers", "gemma", "granite-multipliers"])
+        "smollm3-nope-layers", "gemma", "granite-multipliers", "gemma3-sliding-local-rope"])
 def test_tiny_greedy_matches_hf(kind, extra):
     hf = _tiny(kind, **extra)
     engine = load(hf, max_seq_len=96)
@@ -129,6 +130,10 @@ def _without_feature(model, kind: str) -> None:
         for layer in model.layers:
             layer.use_rope = True
         return
+    if kind == "gemma3":
+        for layer in model.layers:
+            layer.local_rope, layer.post_norm1 = False, None
+        return
     changes = {"gemma": {"embed_scale": 1.0},
                "granite": {"embed_scale": 1.0, "residual_scale": 1.0, "logits_divisor": 1.0}}[kind]
     model.cfg = dataclasses.replace(model.cfg, **changes)
@@ -136,11 +141,11 @@ def _without_feature(model, kind: str) -> None:
         layer.cfg = model.cfg
 
 
-@pytest.mark.parametrize("kind", MULTIPLIER_KINDS)
+@pytest.mark.parametrize("kind", VARIANT_KINDS)
 def test_architecture_features_match_hf_and_matter(kind):
-    """Prefill and decode logits of SmolLM3 (NoPE layers), Gemma ((1 + w) norms, scaled embeddings, GeGLU) and
-    Granite (four multipliers) equal HF's; without the feature they would be far off, so the greedy tests above
-    see it."""
+    """Prefill and decode logits of SmolLM3 (NoPE layers), Gemma ((1 + w) norms, scaled embeddings, GeGLU),
+    Granite (four multipliers) and Gemma 3 (local rope, norms after the sublayers) equal HF's; without the
+    feature they would be far off, so the greedy tests above see it."""
     hf = _tiny(kind)
     engine = load(hf, max_seq_len=96)
     ids = torch.tensor([[1, 5, 9, 33, 70, 4]])
@@ -273,11 +278,23 @@ def _neox_config():
 
 
 def test_unknown_architecture_lists_supported():
-    listed = r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, granite, gpt2"
+    listed = r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma3_text, granite, gpt2"
     with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*" + listed):
         load(transformers.GPTNeoXForCausalLM(_neox_config()))
     assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma",
-                                            "granite", "gpt2"}
+                                            "gemma3_text", "granite", "gpt2"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"attn_logit_softcapping": 50.0}, r"attn_logit_softcapping=50\.0 \(the attention kernels do not soft-cap"),
+    ({"use_bidirectional_attention": True}, r"use_bidirectional_attention=True"),
+], ids=["attention-softcap", "bidirectional"])
+def test_gemma3_variants_the_kernels_cannot_run_are_refused(extra, message):
+    hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra))
+    with pytest.raises(ValueError, match=r"unsupported gemma3_text variant: " + message):
+        load(hf)
 
 
 def test_partial_rotary_is_refused_with_the_reason():
@@ -396,7 +413,7 @@ def test_missing_file_is_named(tmp_path):
         load(tmp_path / "nope.gguf")
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3", *MULTIPLIER_KINDS])
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3", *VARIANT_KINDS])
 def test_checkpoint_directory_roundtrip(kind, tmp_path):
     hf = _tiny(kind)
     hf.save_pretrained(tmp_path)

@@ -6,8 +6,9 @@
 - SwiGLU (kernels/swiglu.py) against torch's silu(gate) * up.
 - The residual add folded into RMSNorm (kernels/rms_norm.py's add_rms_norm_fwd) against torch's add, then the
   norm's arithmetic.
-- Three greedy decode steps of tiny Llama, Qwen2 and GPT-2 models through these kernels (the Llama-family
-  steps with every residual add folded into a norm), against the same steps unfused.
+- Three greedy decode steps of tiny Llama, Qwen2/3, GPT-2, SmolLM3, Gemma, Granite and Gemma 3 models through
+  these kernels (the Llama-family steps with every residual add folded into a norm), against the same steps
+  unfused.
 """
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.llm.model import apply_rope
-from tests.llm_cases import MULTIPLIER_KINDS, tiny_qwen3, tiny_variant
+from tests.llm_cases import VARIANT_KINDS, tiny_qwen3, tiny_variant
 
 pytestmark = pytest.mark.skipif(bool(backend_unavailable_reasons("triton")),
                                 reason="; ".join(backend_unavailable_reasons("triton")) or "triton available")
@@ -92,7 +93,7 @@ def _tiny(kind: str):
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
     if kind == "qwen3":
         return tiny_qwen3(16, **common)
-    if kind in MULTIPLIER_KINDS:
+    if kind in VARIANT_KINDS:
         return tiny_variant(kind, **common)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
@@ -142,7 +143,7 @@ def test_add_rms_norm_matches_the_add_then_the_norm(shape, dtype):
         add_rms_norm_fwd(h, torch.cat([delta, delta]), norm.weight, norm.eps)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", *MULTIPLIER_KINDS])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", *VARIANT_KINDS])
 def test_decode_steps_through_the_kernels_match_the_unfused_steps(kind, monkeypatch):
     """DecoderModel.decode without host lengths (the GPU graph path) with all three kernels resolved (RMSNorm,
     rope-and-append, SwiGLU), against the same steps unfused: after a ragged prefill, three greedy steps give
@@ -152,13 +153,16 @@ def test_decode_steps_through_the_kernels_match_the_unfused_steps(kind, monkeypa
     from genai_fast.kernels.swiglu import swiglu_fwd
 
     from genai_fast.llm import load
+    from genai_fast.llm import model as model_module
     from genai_fast.llm.model import DecoderModel
 
     model = load(_tiny(kind), max_seq_len=16).model
     ids = torch.randint(0, 64, (2, 5))
     runs = []
     for fused in (False, True):
-        monkeypatch.setattr(DecoderModel, "decode_append", lambda self, f=fused: rope_append_fwd if f else None)
+        # Through decode_append's own rule (no rope-and-append for sliding layers), resolved afresh per run.
+        monkeypatch.setattr(model_module, "resolve_rope_append", lambda *args, f=fused: rope_append_fwd if f else None)
+        model._decode_kernels.clear()
         monkeypatch.setattr(DecoderModel, "decode_swiglu",
                             lambda self, f=fused: swiglu_fwd if f and self.cfg.activation == "silu" else None)
         monkeypatch.setattr(DecoderModel, "decode_rms_norm", lambda self, f=fused: rms_norm_fwd if f else None)

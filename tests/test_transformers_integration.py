@@ -38,6 +38,10 @@ def _tiny(kind):
     if kind == "smollm3":  # NoPE layers (every second one here)
         return transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(
             **decoder, no_rope_layer_interval=2, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    if kind == "gemma3":  # sliding layers over 4 positions (inputs are 11 long), q/k norms, local rope
+        return transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            **decoder, head_dim=32, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+            pad_token_id=0, bos_token_id=1, eos_token_id=2))
     if kind == "granite":  # attention_multiplier as the attention's scale
         return transformers.GraniteForCausalLM(transformers.GraniteConfig(**decoder, attention_multiplier=0.3))
     if kind == "gpt2":
@@ -52,7 +56,7 @@ def _tiny(kind):
     return transformers.CLIPTextModel(cfg)
 
 
-DECODERS = ("llama-gqa", "qwen3", "phi3", "gemma", "smollm3", "granite")
+DECODERS = ("llama-gqa", "qwen3", "phi3", "gemma", "smollm3", "granite", "gemma3")
 
 
 def _inputs(kind):

@@ -37,7 +37,8 @@ from genai_fast.ops.linear import linear as genai_fast_linear
 from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "granite")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma3_text", "granite")
+GEMMA_NORMS = ("gemma", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -81,7 +82,8 @@ class ModelConfig:
     up) or "gpt2". embed_scale multiplies the token embeddings (Gemma: sqrt(hidden) rounded to the model's dtype;
     Granite: embedding_multiplier), residual_scale each layer's attention and MLP outputs before their residual
     adds (Granite's residual_multiplier), and the logits are divided by logits_divisor (Granite's
-    logits_scaling): 1.0 leaves each out of the arithmetic."""
+    logits_scaling): 1.0 leaves each out of the arithmetic. logits_softcap: Gemma's final_logit_softcapping,
+    cap * tanh(logits / cap) (0: none)."""
 
     family: str
     vocab_size: int
@@ -96,6 +98,7 @@ class ModelConfig:
     embed_scale: float = 1.0
     residual_scale: float = 1.0
     logits_divisor: float = 1.0
+    logits_softcap: float = 0.0
 
 
 class Norm(nn.Module):
@@ -168,16 +171,20 @@ class Layer(nn.Module):
     query and key head, applied before the rotation (None: no such norms). use_rope False: a layer without rotary
     embeddings in a rotary model (SmolLM3's NoPE layers). window: sliding-window attention over the last `window`
     positions (the token's own included), as HF's sliding layers (Mistral, Qwen2, SmolLM3, Gemma 3); such a layer's
-    cache is a ring of min(window, max_len) slots, position p in slot p % size (None: full attention)."""
+    cache is a ring of min(window, max_len) slots, position p in slot p % size (None: full attention).
+    post_norm1, post_norm2: Gemma 3's norms of the attention and MLP outputs before their residual adds (None:
+    none). local_rope: the layer rotates with the model's local rope tables (Gemma 3's sliding layers)."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor, b_in: torch.Tensor | None,
                  mlp_out: torch.Tensor, b_out: torch.Tensor | None, scale: float | None,
                  q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True,
-                 window: int | None = None) -> None:
+                 window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
+                 local_rope: bool = False) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
-        self.use_rope, self.window = use_rope, window
+        self.use_rope, self.window, self.local_rope = use_rope, window, local_rope
+        self.post_norm1, self.post_norm2 = post_norm1, post_norm2
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
@@ -191,8 +198,8 @@ class Layer(nn.Module):
                 linear: LinearFn = F.linear, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Prefill: x: [B, S, hidden] at positions 0 .. S-1 -> [B, S, hidden]; `linear` runs the projections.
         lengths: [B] each row's prompt length (right padding after it; None: all S)."""
-        x = x + self.residual(self.attention(self.norm1(x), rope, linear, lengths))
-        return x + self.residual(self.mlp(self.norm2(x), linear))
+        x = x + self.residual(self.attention(self.norm1(x), rope, linear, lengths), self.post_norm1)
+        return x + self.residual(self.mlp(self.norm2(x), linear), self.post_norm2)
 
     def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
              linear: LinearFn = F.linear, rms_norm: RmsNormFn | None = None,
@@ -201,8 +208,9 @@ class Layer(nn.Module):
         arithmetic as forward() with S == 1, fewer views; `linear` runs the projections, `rms_norm` the norms
         and `swiglu` the MLP's silu(gate) * up (see DecoderModel.decode_linear, decode_rms_norm, decode_swiglu)."""
         # Norm.step, not __call__: the per-token path skips nn.Module's hook handling (about 60 calls a token).
-        x = x + self.residual(self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear))
-        return x + self.residual(self.mlp(self.norm2.step(x, rms_norm), linear, swiglu))
+        x = x + self.residual(self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear), self.post_norm1,
+                              rms_norm)
+        return x + self.residual(self.mlp(self.norm2.step(x, rms_norm), linear, swiglu), self.post_norm2, rms_norm)
 
     def step_fused(self, h: torch.Tensor, pending: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None,
                    at: StepPositions, linear: LinearFn, add_rms_norm: AddNormFn, swiglu: GluFn | None = None
@@ -212,9 +220,9 @@ class Layer(nn.Module):
         Returns (h, this layer's MLP output), for the next layer or the final norm to add. Same arithmetic as
         step()."""
         h, x = add_rms_norm(h, pending, self.norm1.weight, self.norm1.eps)
-        h, x = add_rms_norm(h, self.residual(self.attention_step(x, rope, at, linear)), self.norm2.weight,
-                            self.norm2.eps)
-        return h, self.residual(self.mlp(x, linear, swiglu))
+        h, x = add_rms_norm(h, self.residual(self.attention_step(x, rope, at, linear), self.post_norm1),
+                            self.norm2.weight, self.norm2.eps)
+        return h, self.residual(self.mlp(x, linear, swiglu), self.post_norm2)
 
     def step_gemv(self, h: torch.Tensor, pending: torch.Tensor | None, at: StepPositions, linear: LinearFn,
                   gemv: DecodeGemv) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,12 +230,16 @@ class Layer(nn.Module):
         projection (kernels/decode_gemv.py; GPU, batch 1, RMSNorm/SwiGLU layers): h [1, hidden] is the residual
         stream still missing `pending`. Returns (h, this layer's MLP output). Same roundings as step()."""
         h, qkv = gemv.norm_linear(h, pending, self.norm1.weight, self.norm1.eps, self.wqkv, self.bqkv)
-        h, gate_up = gemv.norm_linear(h, self.residual(self.attend_qkv(qkv, None, at, linear)), self.norm2.weight,
-                                      self.norm2.eps, self.mlp_in, self.b_in)
-        return h, self.residual(gemv.swiglu_linear(gate_up, self.mlp_out, self.b_out))
+        h, gate_up = gemv.norm_linear(h, self.residual(self.attend_qkv(qkv, None, at, linear), self.post_norm1),
+                                      self.norm2.weight, self.norm2.eps, self.mlp_in, self.b_in)
+        return h, self.residual(gemv.swiglu_linear(gate_up, self.mlp_out, self.b_out), self.post_norm2)
 
-    def residual(self, out: torch.Tensor) -> torch.Tensor:
-        """A sublayer's output as its residual add takes it: times residual_scale (Granite), as HF multiplies."""
+    def residual(self, out: torch.Tensor, post_norm: Norm | None, rms_norm: RmsNormFn | None = None
+                 ) -> torch.Tensor:
+        """A sublayer's output as its residual add takes it: through its post-norm (Gemma 3), times
+        residual_scale (Granite), as HF computes them."""
+        if post_norm is not None:
+            out = post_norm.step(out, rms_norm)
         scale = self.cfg.residual_scale
         return out if scale == 1.0 else out * scale
 
@@ -393,11 +405,14 @@ def _resolve_gpu_kernel(device: torch.device, dtype: torch.dtype, name: str, fun
 
 
 class DecoderModel(nn.Module):
-    """The whole decoder: embeddings, layers, final norm, LM head, rope tables and the static KV cache."""
+    """The whole decoder: embeddings, layers, final norm, LM head, rope tables and the static KV cache.
+
+    local_rope: (inverse frequencies, attention scaling) of the local rope tables that layers with local_rope
+    rotate with (Gemma 3's sliding layers), or None."""
 
     def __init__(self, cfg: ModelConfig, embed: torch.Tensor, pos_embed: torch.Tensor | None, layers: list[Layer],
                  norm: Norm, lm_head: torch.Tensor | None, inv_freq: torch.Tensor | None,
-                 attention_scaling: float = 1.0) -> None:
+                 attention_scaling: float = 1.0, local_rope: tuple[torch.Tensor, float] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed = _param(embed)
@@ -408,6 +423,10 @@ class DecoderModel(nn.Module):
         self.lm_head = self.embed if lm_head is None else _param(lm_head)
         self.register_buffer("inv_freq", None if inv_freq is None else inv_freq.to(torch.float32), persistent=False)
         self.attention_scaling = attention_scaling
+        self.register_buffer("local_inv_freq", None if local_rope is None else local_rope[0].to(torch.float32),
+                             persistent=False)
+        self.local_attention_scaling = 1.0 if local_rope is None else local_rope[1]
+        self.local_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self.cache_batch = 0
         self.cache_len = 0
         self.cos_table: torch.Tensor | None = None
@@ -444,19 +463,21 @@ class DecoderModel(nn.Module):
         self.cache_batch, self.cache_len = batch, max_len
         self.cache_version += 1
         if self.inv_freq is not None:
-            self.cos_table, self.sin_signed_table = self._rope_tables(max_len)
+            self.cos_table, self.sin_signed_table = self._rope_tables(max_len, self.inv_freq, self.attention_scaling)
+            if self.local_inv_freq is not None:
+                self.local_tables = self._rope_tables(max_len, self.local_inv_freq, self.local_attention_scaling)
             if not all(layer.use_rope for layer in self.layers):
                 self.identity_tables = (torch.ones_like(self.cos_table), torch.zeros_like(self.sin_signed_table))
 
-    def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope_tables(self, length: int, inv_freq: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin_signed: [length, D] for positions 0 .. length-1, computed in fp32 as HF does (each entry one
         product, so a table equals HF's per-step values bitwise), then cast to the model's dtype. sin_signed
         has its first half negated (see apply_rope). Built once: decode steps only look rows up."""
-        positions = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq)
+        positions = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.attention_scaling).to(self.dtype)
-        sin = (emb.sin() * self.attention_scaling).to(self.dtype)
+        cos = (emb.cos() * scaling).to(self.dtype)
+        sin = (emb.sin() * scaling).to(self.dtype)
         half = sin.shape[-1] // 2
         return cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
@@ -475,10 +496,11 @@ class DecoderModel(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed[:S]
         rope = None if self.cos_table is None else (self.cos_table[:S], self.sin_signed_table[:S])
+        local = None if self.local_tables is None else (self.local_tables[0][:S], self.local_tables[1][:S])
         linear = self.prefill_linear()
         lengths = None if last is None else last + 1
         for layer in self.layers:
-            x = layer(x, rope, linear, lengths)
+            x = layer(x, local if layer.local_rope else rope, linear, lengths)
         if all_logits:
             return self.scale_logits(linear(self.norm(x), self.lm_head, None))
         x = x[:, -1] if last is None else x[torch.arange(B, device=x.device), last]
@@ -491,8 +513,13 @@ class DecoderModel(nn.Module):
         return x if self.cfg.embed_scale == 1.0 else x * self.cfg.embed_scale
 
     def scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The LM head's output divided by logits_divisor (Granite's logits_scaling) where the model has one."""
-        return logits if self.cfg.logits_divisor == 1.0 else logits / self.cfg.logits_divisor
+        """The LM head's output divided by logits_divisor (Granite's logits_scaling) and soft-capped
+        (Gemma's final_logit_softcapping) where the model has them, in HF's order."""
+        if self.cfg.logits_divisor != 1.0:
+            logits = logits / self.cfg.logits_divisor
+        if self.cfg.logits_softcap:
+            logits = torch.tanh(logits / self.cfg.logits_softcap) * self.cfg.logits_softcap
+        return logits
 
     def prefill_linear(self) -> LinearFn:
         """genai_fast.linear on a CPU, where GEMM-sized prefill projections may run faster on oneDNN than on BLAS
@@ -514,7 +541,7 @@ class DecoderModel(nn.Module):
         x = self.embed_tokens(tokens.view(B))
         if self.pos_embed is not None:
             x = x + self.pos_embed.index_select(0, seqlens)
-        rope = None
+        rope = local = None
         append = self.decode_append() if host_lengths is None else None
         if append is not None:
             at = StepPositions(seqlens, after=seqlens + 1, append=append,
@@ -524,6 +551,8 @@ class DecoderModel(nn.Module):
             if self.cos_table is not None:
                 rope = (self.cos_table.index_select(0, seqlens)[:, None, None],
                         self.sin_signed_table.index_select(0, seqlens)[:, None, None])
+            if self.local_tables is not None:
+                local = tuple(table.index_select(0, seqlens)[:, None, None] for table in self.local_tables)
             at = StepPositions(seqlens)
             if host_lengths is not None:
                 at = StepPositions(seqlens, host_lengths, seqlens + 1, self.decode_attend())
@@ -552,11 +581,12 @@ class DecoderModel(nn.Module):
             if add_norm is not None:
                 pending = None
                 for layer in self.layers:
-                    x, pending = layer.step_fused(x, pending, rope, at, linear, add_norm, swiglu)
+                    x, pending = layer.step_fused(x, pending, local if layer.local_rope else rope, at, linear,
+                                                  add_norm, swiglu)
                 return self.scale_logits(linear(add_norm(x, pending, self.norm.weight, self.norm.eps)[1],
                                                 self.lm_head, None))
             for layer in self.layers:
-                x = layer.step(x, rope, at, linear, rms_norm, swiglu)
+                x = layer.step(x, local if layer.local_rope else rope, at, linear, rms_norm, swiglu)
             return self.scale_logits(linear(self.norm.step(x, rms_norm), self.lm_head, None))
         finally:
             if solo:
@@ -597,7 +627,8 @@ class DecoderModel(nn.Module):
 
     def _norms(self) -> list[Norm]:
         """The residual stream's norms (the per-head ones are not fused into the step's adds or projections)."""
-        return [self.norm, *(n for layer in self.layers for n in (layer.norm1, layer.norm2))]
+        return [self.norm, *(n for layer in self.layers
+                             for n in (layer.norm1, layer.norm2, layer.post_norm1, layer.post_norm2) if n is not None)]
 
     def decode_gemv(self, batch: int) -> DecodeGemv | None:
         """On a GPU with Triton, at batch 1, for models whose norms are all RMSNorms and whose MLPs are SwiGLU:
@@ -626,7 +657,7 @@ class DecoderModel(nn.Module):
         key = ("append", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
             # The kernel appends at each sequence's position; a sliding layer's ring slot differs past its window.
-            sliding = any(layer.window is not None for layer in self.layers)
+            sliding = any(layer.window is not None or layer.local_rope for layer in self.layers)
             self._decode_kernels[key] = (None if sliding else
                                          resolve_rope_append(self.device, self.dtype, self.cfg.head_dim))
         return self._decode_kernels[key]
@@ -731,13 +762,20 @@ def _check_architecture(config: object) -> None:
         if getattr(config, "add_cross_attention", False):
             raise ValueError("unsupported GPT-2 variant: add_cross_attention=True (decoder-only models only)")
     elif _gated_activation(config) not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation {config.hidden_act!r}: genai_fast.llm supports "
+        raise ValueError(f"unsupported activation {_gated_activation(config)!r}: genai_fast.llm supports "
                          f"{', '.join(ACTIVATIONS)} in gated MLPs (act(gate) * up)")
+    if getattr(config, "attn_logit_softcapping", None):
+        raise ValueError(f"unsupported {model_type} variant: attn_logit_softcapping="
+                         f"{config.attn_logit_softcapping} (the attention kernels do not soft-cap scores)")
+    if getattr(config, "use_bidirectional_attention", False):
+        raise ValueError(f"unsupported {model_type} variant: use_bidirectional_attention=True (an encoder, not a "
+                         "generator)")
 
 
 def _gated_activation(config: object) -> str:
-    """The activation of a Llama-family MLP's gate (transformers maps "swish" to SiLU too)."""
-    act = getattr(config, "hidden_act", "silu")
+    """The activation of a Llama-family MLP's gate (Gemma 3 names it hidden_activation; transformers maps
+    "swish" to SiLU too)."""
+    act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
     return "silu" if act == "swish" else act
 
 
@@ -776,9 +814,10 @@ def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
 
 def _multipliers(config: object, dtype: torch.dtype) -> dict[str, float]:
     """embed_scale, residual_scale and logits_divisor of ModelConfig for a Llama-family config."""
-    if config.model_type == "gemma":
+    if config.model_type in GEMMA_NORMS:
         # HF multiplies by sqrt(hidden) held as a tensor of the model's dtype (55.5 rather than 55.43 in bf16).
-        return {"embed_scale": float(torch.tensor(config.hidden_size ** 0.5).to(dtype))}
+        return {"embed_scale": float(torch.tensor(config.hidden_size ** 0.5).to(dtype)),
+                "logits_softcap": float(getattr(config, "final_logit_softcapping", None) or 0.0)}
     if config.model_type == "granite":
         return {"embed_scale": float(config.embedding_multiplier),
                 "residual_scale": float(config.residual_multiplier),
@@ -786,15 +825,21 @@ def _multipliers(config: object, dtype: torch.dtype) -> dict[str, float]:
     return {}
 
 
-def _rope_from_hf(hf_model: nn.Module, head_dim: int) -> tuple[torch.Tensor, float]:
-    """Take the inverse frequencies HF itself computed (rope_theta and any static scaling already applied)."""
+def _rope_from_hf(hf_model: nn.Module, head_dim: int, layer_type: str | None = None
+                  ) -> tuple[torch.Tensor, float]:
+    """Take the inverse frequencies HF itself computed (rope_theta and any static scaling already applied);
+    layer_type: the tables of that kind of layer, where HF keeps one per kind (Gemma 3)."""
     rotary = hf_model.model.rotary_emb
-    if getattr(rotary, "rope_type", "default") in _DYNAMIC_ROPE:
-        raise ValueError(f"unsupported rope type {rotary.rope_type!r}: its frequencies change with the length")
-    if 2 * rotary.inv_freq.numel() != head_dim:
-        raise ValueError(f"unsupported checkpoint: rotary embeddings on {2 * rotary.inv_freq.numel()} of the "
+    prefix = "" if layer_type is None else f"{layer_type}_"
+    rope_type = getattr(rotary, "rope_type", "default")
+    rope_type = rope_type.get(layer_type, "default") if isinstance(rope_type, dict) else rope_type
+    if rope_type in _DYNAMIC_ROPE:
+        raise ValueError(f"unsupported rope type {rope_type!r}: its frequencies change with the length")
+    inv_freq = getattr(rotary, f"{prefix}inv_freq")
+    if 2 * inv_freq.numel() != head_dim:
+        raise ValueError(f"unsupported checkpoint: rotary embeddings on {2 * inv_freq.numel()} of the "
                          f"{head_dim} dims of each head (partial_rotary_factor < 1)")
-    return rotary.inv_freq.detach().clone(), float(getattr(rotary, "attention_scaling", 1.0))
+    return inv_freq.detach().clone(), float(getattr(rotary, f"{prefix}attention_scaling", 1.0))
 
 
 def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -818,43 +863,59 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     wqkv, w_gate_up = wqkv.to(dtype), w_gate_up.to(dtype)
     bqkv = None if bqkv is None else bqkv.to(dtype)
     bo = None if a.o_proj.bias is None else a.o_proj.bias.to(dtype)
-    head_norms = [_head_norm(getattr(a, name, None), dtype) for name in ("q_norm", "k_norm")]  # Qwen3's
+    head_norms = [_head_norm(getattr(a, name, None), config, dtype) for name in ("q_norm", "k_norm")]
+    use_rope = bool(getattr(config, "no_rope_layers", None)[index]) if config.model_type == "smollm3" else True
+    window = _layer_window(a, config)
+    if config.model_type == "gemma3_text":  # norms around each sublayer; local rope on the sliding layers
+        return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
+                     _rms_norm(layer.pre_feedforward_layernorm, config, dtype),
+                     wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, m.down_proj.weight.to(dtype), None,
+                     float(config.query_pre_attn_scalar) ** -0.5, *head_norms, window=window,
+                     post_norm1=_rms_norm(layer.post_attention_layernorm, config, dtype),
+                     post_norm2=_rms_norm(layer.post_feedforward_layernorm, config, dtype),
+                     local_rope=config.layer_types[index] == "sliding_attention")
     # Granite's attention_multiplier replaces 1/sqrt(head_dim); SmolLM3's no_rope_layers holds 0 for NoPE layers.
     scale = float(config.attention_multiplier) if config.model_type == "granite" else None
-    use_rope = bool(getattr(config, "no_rope_layers", None)[index]) if config.model_type == "smollm3" else True
     return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
                  _rms_norm(layer.post_attention_layernorm, config, dtype),
                  wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None,
-                 m.down_proj.weight.to(dtype), None, scale, *head_norms, use_rope=use_rope,
-                 window=_layer_window(a, config))
+                 m.down_proj.weight.to(dtype), None, scale, *head_norms, use_rope=use_rope, window=window)
 
 
 def _rms_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
     """A residual-stream RMSNorm of HF's model. Gemma's scales by (1 + weight) in fp32 before its one cast: in an
     fp32 model that is the Llama norm with weight 1 + w, otherwise Norm's weight_in_fp32 order."""
     eps = float(config.rms_norm_eps)
-    if config.model_type != "gemma":
+    if config.model_type not in GEMMA_NORMS:
         return Norm(norm.weight.to(dtype), None, eps)
     weight = 1.0 + norm.weight.to(dtype).float()
     return Norm(weight, None, eps) if dtype == torch.float32 else Norm(weight, None, eps, weight_in_fp32=True)
 
 
-def _head_norm(norm: nn.Module | None, dtype: torch.dtype) -> Norm | None:
-    """A per-head RMSNorm of HF's attention module (Qwen3's q_norm or k_norm), or None when it has none."""
+def _head_norm(norm: nn.Module | None, config: object, dtype: torch.dtype) -> Norm | None:
+    """A per-head RMSNorm of HF's attention module (Qwen3's and Gemma 3's q_norm or k_norm), or None when it has
+    none."""
     if norm is None:
         return None
+    if config.model_type in GEMMA_NORMS:
+        return _rms_norm(norm, config, dtype)
     return Norm(norm.weight.to(dtype), None, float(norm.variance_epsilon))
 
 
 def _from_llama(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
     config = hf_model.config
     cfg = _llama_config(config, dtype)
-    inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
+    local = None
+    if config.model_type == "gemma3_text":  # one rope table per kind of layer
+        inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim, "full_attention")
+        local = _rope_from_hf(hf_model, cfg.head_dim, "sliding_attention")
+    else:
+        inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
     layers = [_llama_layer(layer, i, cfg, config, dtype) for i, layer in enumerate(hf_model.model.layers)]
     embed = hf_model.model.embed_tokens.weight
     tied = hf_model.lm_head.weight.data_ptr() == embed.data_ptr()
     return DecoderModel(cfg, embed.to(dtype), None, layers, _rms_norm(hf_model.model.norm, config, dtype),
-                        None if tied else hf_model.lm_head.weight.to(dtype), inv_freq, scaling)
+                        None if tied else hf_model.lm_head.weight.to(dtype), inv_freq, scaling, local)
 
 
 def _gpt2_config(config: object) -> ModelConfig:
