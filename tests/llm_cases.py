@@ -32,16 +32,18 @@ def tiny_qwen3(head_dim: int, **config):
 
 
 # The Llama variants the engine converts besides Llama, Qwen and Phi-3: NoPE layers, Gemma's norms, embedding scale
-# and GeGLU, Granite's multipliers, Gemma 3's sandwich norms, local rope and sliding layers.
-VARIANT_KINDS = ("smollm3", "gemma", "granite", "gemma3")
+# and GeGLU, Granite's multipliers, Gemma 2's soft-capped attention, Gemma 3's sandwich norms, local rope and sliding
+# layers.
+VARIANT_KINDS = ("smollm3", "gemma", "granite", "gemma2", "gemma3")
 
 
 def tiny_variant(kind: str, **common):
-    """A random SmolLM3 (every second layer NoPE), Gemma (head_dim 32, GeGLU), Granite (every multiplier away
-    from 1) or Gemma 3 (three layers or more: sliding layers over 6 positions with local rope, every third one
-    full with linear-scaled rope; a final logit soft-cap) model, eval mode, with its RMSNorm weights spread over
-    [-0.5, 1.5] and common["initializer_range"] defaulting to 0.2: at HF's 0.02 these tiny models repeat one
-    token, which tests little."""
+    """A random tiny model of one of VARIANT_KINDS, eval mode: SmolLM3 (every second layer NoPE), Gemma
+    (head_dim 32, GeGLU), Granite (every multiplier away from 1), Gemma 2 (sliding and full layers, attention
+    scores soft-capped at 2 so that the cap matters) or Gemma 3 (three layers or more: sliding layers over 6
+    positions with local rope, every third one full with linear-scaled rope; a final logit soft-cap). Its RMSNorm
+    weights are spread over [-0.5, 1.5] and common["initializer_range"] defaults to 0.2: at HF's 0.02 these tiny
+    models repeat one token, which tests little."""
 
     import transformers
 
@@ -53,6 +55,10 @@ def tiny_variant(kind: str, **common):
     elif kind == "granite":
         hf = transformers.GraniteForCausalLM(transformers.GraniteConfig(
             **common, embedding_multiplier=3.0, residual_multiplier=0.4, logits_scaling=2.5, attention_multiplier=0.3))
+    elif kind == "gemma2":
+        hf = transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+            **common, head_dim=32, sliding_window=6, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+            final_logit_softcapping=30.0))
     elif kind == "gemma3":
         rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}

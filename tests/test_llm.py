@@ -49,9 +49,11 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     ("smollm3", {}),
     ("gemma", {}),
     ("granite", {}),
+    ("gemma2", {}),
     ("gemma3", {}),
 ], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm", "phi3-fused",
-        "smollm3-nope-layers", "gemma", "granite-multipliers", "gemma3-sliding-local-rope"])
+        "smollm3-nope-layers", "gemma", "granite-multipliers", "gemma2-softcap",
+        "gemma3-sliding-local-rope"])
 def test_tiny_greedy_matches_hf(kind, extra):
     hf = _tiny(kind, **extra)
     engine = load(hf, max_seq_len=96)
@@ -134,6 +136,10 @@ def _without_feature(model, kind: str) -> None:
         for layer in model.layers:
             layer.local_rope, layer.post_norm1 = False, None
         return
+    if kind == "gemma2":
+        for layer in model.layers:
+            layer.softcap = 0.0
+        return
     changes = {"gemma": {"embed_scale": 1.0},
                "granite": {"embed_scale": 1.0, "residual_scale": 1.0, "logits_divisor": 1.0}}[kind]
     model.cfg = dataclasses.replace(model.cfg, **changes)
@@ -144,8 +150,8 @@ def _without_feature(model, kind: str) -> None:
 @pytest.mark.parametrize("kind", VARIANT_KINDS)
 def test_architecture_features_match_hf_and_matter(kind):
     """Prefill and decode logits of SmolLM3 (NoPE layers), Gemma ((1 + w) norms, scaled embeddings, GeGLU),
-    Granite (four multipliers) and Gemma 3 (local rope, norms after the sublayers) equal HF's; without the
-    feature they would be far off, so the greedy tests above see it."""
+    Granite (four multipliers), Gemma 2 (soft-capped attention scores) and Gemma 3 (local rope, norms after the
+    sublayers) equal HF's; without the feature they would be far off, so the greedy tests above see it."""
     hf = _tiny(kind)
     engine = load(hf, max_seq_len=96)
     ids = torch.tensor([[1, 5, 9, 33, 70, 4]])
@@ -278,23 +284,38 @@ def _neox_config():
 
 
 def test_unknown_architecture_lists_supported():
-    listed = r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma3_text, granite, gpt2"
+    listed = r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite, gpt2"
     with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*" + listed):
         load(transformers.GPTNeoXForCausalLM(_neox_config()))
     assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma",
-                                            "gemma3_text", "granite", "gpt2"}
+                                            "gemma2", "gemma3_text", "granite", "gpt2"}
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"attn_logit_softcapping": 50.0}, r"attn_logit_softcapping=50\.0 \(the attention kernels do not soft-cap"),
-    ({"use_bidirectional_attention": True}, r"use_bidirectional_attention=True"),
-], ids=["attention-softcap", "bidirectional"])
-def test_gemma3_variants_the_kernels_cannot_run_are_refused(extra, message):
+def test_bidirectional_gemma3_is_refused():
+    """EmbeddingGemma-style bidirectional attention is an encoder's, not a generator's."""
     hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra))
-    with pytest.raises(ValueError, match=r"unsupported gemma3_text variant: " + message):
+        num_key_value_heads=1, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        use_bidirectional_attention=True))
+    with pytest.raises(ValueError, match=r"unsupported gemma3_text variant: use_bidirectional_attention=True"):
         load(hf)
+
+
+def test_softcapped_attention_is_hf_eager_order():
+    """softcapped_attention against HF Gemma 2's eager attention on random GQA inputs with a causal mask."""
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    from genai_fast.llm.model import softcapped_attention
+
+    q, k, v = torch.randn(2, 6, 5, 16) * 3, torch.randn(2, 2, 5, 16) * 3, torch.randn(2, 2, 5, 16)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training, module.head_dim = 3, False, 16
+    additive = torch.zeros(5, 5).masked_fill(~causal, torch.finfo(torch.float32).min)
+    want, _ = eager_attention_forward(module, q, k, v, additive, scaling=0.3, softcap=2.0)
+    got = softcapped_attention(q, k, v, causal, 2.0, 0.3)
+    torch.testing.assert_close(got.transpose(1, 2), want, rtol=1e-6, atol=1e-6)
+    assert (softcapped_attention(q, k, v, causal, 50.0, 0.3) - got).abs().max() > 0.01
 
 
 def test_partial_rotary_is_refused_with_the_reason():

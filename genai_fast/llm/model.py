@@ -37,8 +37,9 @@ from genai_fast.ops.linear import linear as genai_fast_linear
 from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma3_text", "granite")
-GEMMA_NORMS = ("gemma", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text", "granite")
+GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
+SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -173,15 +174,18 @@ class Layer(nn.Module):
     positions (the token's own included), as HF's sliding layers (Mistral, Qwen2, SmolLM3, Gemma 3); such a layer's
     cache is a ring of min(window, max_len) slots, position p in slot p % size (None: full attention).
     post_norm1, post_norm2: Gemma 3's norms of the attention and MLP outputs before their residual adds (None:
-    none). local_rope: the layer rotates with the model's local rope tables (Gemma 3's sliding layers)."""
+    none). local_rope: the layer rotates with the model's local rope tables (Gemma 3's sliding layers).
+    softcap: Gemma 2's attn_logit_softcapping, cap * tanh(score / cap) before the mask and softmax, which the fused
+    attention kernels do not compute: such a layer attends with torch ops (softcapped_attention); 0: none."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor, b_in: torch.Tensor | None,
                  mlp_out: torch.Tensor, b_out: torch.Tensor | None, scale: float | None,
                  q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True,
                  window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
-                 local_rope: bool = False) -> None:
+                 local_rope: bool = False, softcap: float = 0.0) -> None:
         super().__init__()
+        self.softcap = softcap
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
         self.use_rope, self.window, self.local_rope = use_rope, window, local_rope
         self.post_norm1, self.post_norm2 = post_norm1, post_norm2
@@ -265,7 +269,7 @@ class Layer(nn.Module):
             qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
         v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
         out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
-                                self.v_cache[:B], at, self.scale, ring=self.window is not None)
+                                self.v_cache[:B], at, self.scale, ring=self.window is not None, softcap=self.softcap)
         return linear(out.reshape(B, self.nq), self.wo, self.bo)
 
     def norm_heads(self, qkv: torch.Tensor) -> torch.Tensor:
@@ -304,11 +308,16 @@ class Layer(nn.Module):
         # The cache is empty: attend over the fresh K/V directly and store them for decode.
         self.store_prompt(k, v, lengths)
         band = None
-        if self.window is not None and S > self.window:  # each query sees its last `window` positions
+        if (self.window is not None and S > self.window) or self.softcap:
             i = torch.arange(S, device=x.device)
-            band = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
-        out = scaled_dot_product_attention(q, k, v, attn_mask=band, is_causal=S > 1 and band is None,
-                                           scale=self.scale, enable_gqa=cfg.num_heads != cfg.num_kv_heads)
+            band = i[None, :] <= i[:, None]  # causal
+            if self.window is not None:  # each query sees its last `window` positions
+                band &= i[:, None] - i[None, :] < self.window
+        if self.softcap:
+            out = softcapped_attention(q, k, v, band, self.softcap, self.scale)
+        else:
+            out = scaled_dot_product_attention(q, k, v, attn_mask=band, is_causal=S > 1 and band is None,
+                                               scale=self.scale, enable_gqa=cfg.num_heads != cfg.num_kv_heads)
         return linear(out.transpose(1, 2).reshape(B, S, self.nq), self.wo, self.bo)
 
     def store_prompt(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None) -> None:
@@ -344,15 +353,29 @@ class StepPositions:
     identity_tables: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # NoPE layers': 1, 0
 
 
+def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, softcap: float,
+                         scale: float | None = None) -> torch.Tensor:
+    """Attention with Gemma 2's score soft-cap, in HF's eager order: q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D]
+    (Hq a multiple of Hkv), mask: boolean, True where a query sees a key, broadcastable to [B, Hq, Sq, Sk] ->
+    [B, Hq, Sq, D]. Scores q k^T * scale become softcap * tanh(score / softcap) before the mask; the softmax runs
+    in fp32. Every query must see at least one key."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    scores = torch.tanh(scores / softcap) * softcap
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1, dtype=torch.float32)
+    return torch.matmul(probs.to(q.dtype), v)
+
+
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                      v_cache: torch.Tensor, at: StepPositions, scale: float | None, ring: bool = False
-                      ) -> torch.Tensor:
+                      v_cache: torch.Tensor, at: StepPositions, scale: float | None, ring: bool = False,
+                      softcap: float = 0.0) -> torch.Tensor:
     """attention_with_kvcache for one new token per sequence; q: [B, Hq, 1, D] -> [B, Hq, 1, D].
 
     ring: the caches are a sliding layer's ring (position p in slot p % size): the new k/v go to their slot and
     the token attends to the min(p + 1, size) filled slots (attention does not depend on the order of its keys;
     the rotation was applied before caching). A full layer's positions stay below its size, so this equals the
-    plain append there.
+    plain append there. softcap: the token attends through softcapped_attention over its filled slots.
 
     Without host positions (GPU, CUDA graphs): one call that appends k/v at seqlens and attends; the Triton
     kernel takes ragged lengths. With host positions (CPU), k/v are written with plain slice copies and the
@@ -360,24 +383,26 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
     the attention of one token. Either way each sequence's result is computed on its own (the C++ kernel by
     rows, the torch backend per sequence), so a batch stays bitwise equal to one-by-one generation."""
     size = k_cache.shape[2]
-    if at.host is None and not ring:
+    if at.host is None and not ring and not softcap:
         return attention_with_kvcache(q, k_cache, v_cache, at.seqlens, k, v, scale=scale)
     if at.host is None:  # device-side slots and lengths: no host sync, so a CUDA graph can capture it
         rows, slots = torch.arange(q.shape[0], device=q.device), (at.seqlens % size).long()
         k_cache[rows, :, slots] = k[:, :, 0]
         v_cache[rows, :, slots] = v[:, :, 0]
-        return attention_with_kvcache(q, k_cache, v_cache, (at.seqlens + 1).clamp(max=size), scale=scale)
-    for b, n in enumerate(at.host):
-        k_cache[b, :, n % size] = k[b, :, 0]
-        v_cache[b, :, n % size] = v[b, :, 0]
-    filled = [min(n + 1, size) for n in at.host]
-    if at.attend is not None:
-        return at.attend(q, k_cache, v_cache, filled,
-                         1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)  # the op's default
-    if ring:
-        return attention_with_kvcache(q, k_cache, v_cache, torch.tensor(filled, dtype=torch.int32,
-                                                                        device=q.device), scale=scale)
-    return attention_with_kvcache(q, k_cache, v_cache, at.after, scale=scale)
+        filled = (at.seqlens + 1).clamp(max=size)
+    else:
+        for b, n in enumerate(at.host):
+            k_cache[b, :, n % size] = k[b, :, 0]
+            v_cache[b, :, n % size] = v[b, :, 0]
+        if at.attend is not None and not softcap:
+            return at.attend(q, k_cache, v_cache, [min(n + 1, size) for n in at.host],
+                             1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)  # the op's default
+        filled = (torch.tensor([min(n + 1, size) for n in at.host], dtype=torch.int32, device=q.device)
+                  if ring or softcap else at.after)
+    if softcap:
+        seen = torch.arange(size, device=q.device)[None, :] < filled[:, None]  # [B, size]
+        return softcapped_attention(q, k_cache, v_cache, seen[:, None, None, :], softcap, scale)
+    return attention_with_kvcache(q, k_cache, v_cache, filled, scale=scale)
 
 
 def resolve_rope_append(device: torch.device, dtype: torch.dtype, head_dim: int) -> AppendFn | None:
@@ -652,12 +677,13 @@ class DecoderModel(nn.Module):
     def decode_append(self) -> AppendFn | None:
         """On a GPU with Triton: kernels/rope_append.py's launcher, which rotates the new token's q and k and
         appends its k and v in one kernel (about a dozen torch kernels otherwise, each a few microseconds of a
-        CUDA graph's step). None elsewhere, with GENAI_FAST_BACKEND=torch, or for a model with sliding layers.
+        CUDA graph's step). None elsewhere, with GENAI_FAST_BACKEND=torch, or for a model with sliding, local-rope
+        or soft-capped layers.
         Resolved once per setting."""
         key = ("append", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
             # The kernel appends at each sequence's position; a sliding layer's ring slot differs past its window.
-            sliding = any(layer.window is not None or layer.local_rope for layer in self.layers)
+            sliding = any(layer.window is not None or layer.local_rope or layer.softcap for layer in self.layers)
             self._decode_kernels[key] = (None if sliding else
                                          resolve_rope_append(self.device, self.dtype, self.cfg.head_dim))
         return self._decode_kernels[key]
@@ -764,9 +790,6 @@ def _check_architecture(config: object) -> None:
     elif _gated_activation(config) not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {_gated_activation(config)!r}: genai_fast.llm supports "
                          f"{', '.join(ACTIVATIONS)} in gated MLPs (act(gate) * up)")
-    if getattr(config, "attn_logit_softcapping", None):
-        raise ValueError(f"unsupported {model_type} variant: attn_logit_softcapping="
-                         f"{config.attn_logit_softcapping} (the attention kernels do not soft-cap scores)")
     if getattr(config, "use_bidirectional_attention", False):
         raise ValueError(f"unsupported {model_type} variant: use_bidirectional_attention=True (an encoder, not a "
                          "generator)")
@@ -866,14 +889,16 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     head_norms = [_head_norm(getattr(a, name, None), config, dtype) for name in ("q_norm", "k_norm")]
     use_rope = bool(getattr(config, "no_rope_layers", None)[index]) if config.model_type == "smollm3" else True
     window = _layer_window(a, config)
-    if config.model_type == "gemma3_text":  # norms around each sublayer; local rope on the sliding layers
+    if config.model_type in SANDWICH_NORMS:  # Gemma 2 and 3: norms around each sublayer
         return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
                      _rms_norm(layer.pre_feedforward_layernorm, config, dtype),
                      wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, m.down_proj.weight.to(dtype), None,
                      float(config.query_pre_attn_scalar) ** -0.5, *head_norms, window=window,
                      post_norm1=_rms_norm(layer.post_attention_layernorm, config, dtype),
                      post_norm2=_rms_norm(layer.post_feedforward_layernorm, config, dtype),
-                     local_rope=config.layer_types[index] == "sliding_attention")
+                     local_rope=(config.model_type == "gemma3_text"  # Gemma 3's sliding layers: local rope
+                                 and config.layer_types[index] == "sliding_attention"),
+                     softcap=float(getattr(config, "attn_logit_softcapping", None) or 0.0))
     # Granite's attention_multiplier replaces 1/sqrt(head_dim); SmolLM3's no_rope_layers holds 0 for NoPE layers.
     scale = float(config.attention_multiplier) if config.model_type == "granite" else None
     return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
