@@ -20,6 +20,8 @@ transformers = pytest.importorskip("transformers")
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               # diffusers' own Euler / DPM-Solver set_timesteps trip numpy 2's __array__(copy=) deprecation.
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              # ... and its KDPM2 set_timesteps numpy's __array_wrap__ one (np.log of a torch tensor).
+              pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
               # The Stable Diffusion pipelines' notice on a steps_offset != 1 config (the schedulers' default).
               pytest.mark.filterwarnings("ignore:The configuration file of this scheduler:FutureWarning")]
 
@@ -28,8 +30,10 @@ SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end":
 DIFFUSERS_CLASSES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
                      "euler_a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler",
                      "pndm": "PNDMScheduler", "unipc": "UniPCMultistepScheduler", "lcm": "LCMScheduler",
-                     "heun": "HeunDiscreteScheduler"}
-OUR_ONLY_KEYS = ("eta", "use_clipped_model_output")  # DDIM step arguments in diffusers, config keys here
+                     "heun": "HeunDiscreteScheduler", "lms": "LMSDiscreteScheduler", "kdpm2": "KDPM2DiscreteScheduler",
+                     "kdpm2_a": "KDPM2AncestralDiscreteScheduler", "dpm++_single": "DPMSolverSinglestepScheduler"}
+# DDIM's and LMS's step arguments in diffusers, config keys here
+OUR_ONLY_KEYS = ("eta", "use_clipped_model_output", "order")
 
 
 def _scheduler(name, **config):
@@ -144,6 +148,15 @@ SD_CASES = {
     "dpm++-sde-karras": ("dpm++", {**SD_BETAS, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
     "dpm++-trailing-sigma-min": ("dpm++", {**SD_BETAS, "timestep_spacing": "trailing",
                                            "final_sigmas_type": "sigma_min"}),
+    "lms": ("lms", SD_BETAS),
+    "lms-karras-v": ("lms", {**SD_BETAS, "use_karras_sigmas": True, "prediction_type": "v_prediction"}),
+    "kdpm2": ("kdpm2", SD_BETAS),
+    "kdpm2-karras": ("kdpm2", {**SD_BETAS, "use_karras_sigmas": True}),
+    "kdpm2_a": ("kdpm2_a", SD_BETAS),
+    "dpm++_single": ("dpm++_single", SD_BETAS),
+    "dpm++_single-3-karras": ("dpm++_single", {**SD_BETAS, "solver_order": 3, "use_karras_sigmas": True}),
+    "dpm++_single-sde-heun": ("dpm++_single", {**SD_BETAS, "algorithm_type": "sde-dpmsolver++",
+                                               "solver_type": "heun"}),
 }
 
 
@@ -183,7 +196,7 @@ def test_stable_diffusion_constructed_with_an_outdated_config_updates_the_sample
 
 
 @pytest.mark.parametrize("case", ["ddim", "ddpm", "euler", "euler_a", "dpm++", "pndm-sd15-default", "unipc",
-                                  "heun-karras"])
+                                  "heun-karras", "lms", "kdpm2", "kdpm2_a", "dpm++_single-3-karras"])
 def test_img2img_with_a_sampler_gives_diffusers_latents(sd_components, prompt, case):
     """strength < 1: the pipeline noises the image with add_noise at timesteps[begin] after set_begin_index,
     then steps from there (DPM-Solver++'s first step from a begin index is first order)."""
@@ -203,8 +216,9 @@ def test_img2img_with_a_sampler_gives_diffusers_latents(sd_components, prompt, c
 @pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
 def test_scheduler_attributes_match_diffusers(name):
     ours, ref = make_sampler(name, **SD_BETAS), _scheduler(name, **SD_BETAS)
-    # diffusers' Heun plans num_train_timesteps steps in its constructor; the others (and ours) plan none.
-    assert ours.num_inference_steps is None and (ref.num_inference_steps is None or name == "heun")
+    # diffusers' Heun, LMS and KDPM2 plan num_train_timesteps steps in their constructors; the others (and ours) none.
+    assert ours.num_inference_steps is None
+    assert ref.num_inference_steps == (1000 if name in ("heun", "lms", "kdpm2", "kdpm2_a") else None)
     assert ours.order == ref.order and len(ours) == len(ref) == 1000
     assert ours.config.num_train_timesteps == ref.config.num_train_timesteps
     assert ours.config.beta_schedule == ref.config.beta_schedule == "scaled_linear"
@@ -221,12 +235,14 @@ def test_scheduler_attributes_match_diffusers(name):
 
 
 @pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
+@pytest.mark.filterwarnings("ignore:The `scale_model_input` function should be called:UserWarning")  # diffusers' LMS
 def test_step_return_conventions(name):
     """return_dict=False -> (prev_sample,), True -> .prev_sample / [0], default: a tensor with .prev_sample."""
     x, out = torch.randn(2, 4, 4, 4, generator=_seed(1)), torch.randn(2, 4, 4, 4, generator=_seed(2))
     config = {**SD_BETAS, "skip_prk_steps": True} if name == "pndm" else SD_BETAS  # PNDM's Runge-Kutta: >= 4 steps
     ref = _scheduler(name, **config)
-    steps = 2 if name in ("pndm", "heun") else 3  # three model calls: PLMS makes one more, Heun 2 steps - 1
+    # Three model calls: PLMS makes one more, Heun and KDPM2 2 steps - 1.
+    steps = 2 if name in ("pndm", "heun", "kdpm2", "kdpm2_a") else 3
     ref.set_timesteps(steps)
     takes_generator = "generator" in inspect.signature(ref.step).parameters
     expected = [ref.step(out, t, x, return_dict=False, **({"generator": _seed(9)} if takes_generator else {}))[0]

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from genai_fast.diffusion import SAMPLER_NAMES, from_config, make_sampler, sample, sample_loop
+from genai_fast.diffusion.samplers import OPTIONS
 
-# diffusers' own Euler / DPM-Solver set_timesteps trip numpy 2's __array__(copy=) deprecation.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+# diffusers' own Euler / DPM-Solver set_timesteps trip numpy 2's __array__(copy=) deprecation, and its KDPM2
+# set_timesteps numpy's __array_wrap__ one (np.log of a torch tensor).
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")]
 
 # Parity tolerance: max |ours - diffusers| <= RTOL * max(1, max |diffusers|) (fp32, whole loops).
 RTOL = 1e-6
@@ -22,10 +25,24 @@ SCHEDULES = {"linear": {"beta_schedule": "linear"}, "sd-scaled-linear": SD_BETAS
              "cosine": {"beta_schedule": "squaredcos_cap_v2"}}
 # Step counts: a divisor of 1000, a prime, and more than DPM-Solver's lower_order_final limit of 15.
 STEPS = {"linspace": 10, "leading": 13, "trailing": 20}
+# DPMSolverSinglestepScheduler has no timestep_spacing (it spaces as "linspace"): one spacing for it.
+SPACED = [(name, spacing) for name in SAMPLER_NAMES for spacing in STEPS
+          if spacing == "linspace" or "timestep_spacing" in OPTIONS[name]]
+
+
+def _spacing(name, spacing):
+    """The config keys of `spacing` that sampler `name` takes."""
+    if "timestep_spacing" not in OPTIONS[name]:
+        return {}
+    return {"timestep_spacing": spacing, **({"steps_offset": 1} if spacing == "leading" else {})}
 
 
 def _diffusers():
     return pytest.importorskip("diffusers")
+
+
+# Config keys here that are step arguments in diffusers (DDIMScheduler.step's, LMSDiscreteScheduler.step's order).
+STEP_ARGUMENTS = ("eta", "use_clipped_model_output", "order")
 
 
 def _scheduler(name, **config):
@@ -33,8 +50,9 @@ def _scheduler(name, **config):
     cls = {"ddpm": d.DDPMScheduler, "ddim": d.DDIMScheduler, "euler": d.EulerDiscreteScheduler,
            "euler_a": d.EulerAncestralDiscreteScheduler, "dpm++": d.DPMSolverMultistepScheduler,
            "pndm": d.PNDMScheduler, "unipc": d.UniPCMultistepScheduler, "lcm": d.LCMScheduler,
-           "heun": d.HeunDiscreteScheduler}[name]
-    return cls(**{k: v for k, v in config.items() if k not in ("eta", "use_clipped_model_output")})
+           "heun": d.HeunDiscreteScheduler, "lms": d.LMSDiscreteScheduler, "kdpm2": d.KDPM2DiscreteScheduler,
+           "kdpm2_a": d.KDPM2AncestralDiscreteScheduler, "dpm++_single": d.DPMSolverSinglestepScheduler}[name]
+    return cls(**{k: v for k, v in config.items() if k not in STEP_ARGUMENTS})
 
 
 class FakeModel:
@@ -76,6 +94,8 @@ def _run_lockstep(name, config, num_steps, model=None, seed=7, shape=(2, 4, 8, 8
     gen, gen_ref = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
     step_kw = {"eta": config.get("eta", 0.0), "use_clipped_model_output": config.get("use_clipped_model_output",
                                                                                      False)} if name == "ddim" else {}
+    if name == "lms":
+        step_kw["order"] = config.get("order", 4)
     if "generator" in inspect.signature(ref.step).parameters:  # PNDM's step draws nothing and takes none
         step_kw["generator"] = gen_ref
     for i, t in enumerate(ref.timesteps):
@@ -94,13 +114,11 @@ def _run_lockstep(name, config, num_steps, model=None, seed=7, shape=(2, 4, 8, 8
 
 
 @pytest.mark.parametrize("schedule", ["linear", "sd-scaled-linear"])
-@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("name", SAMPLER_NAMES)
-def test_parity_with_diffusers(name, prediction, spacing, schedule):
-    config = {**SCHEDULES[schedule], "prediction_type": prediction, "timestep_spacing": spacing}
-    if spacing == "leading":
-        config["steps_offset"] = 1  # as Stable Diffusion's configs
+@pytest.mark.parametrize("name, spacing", SPACED, ids=[f"{n}-{s}" for n, s in SPACED])
+def test_parity_with_diffusers(name, spacing, prediction, schedule):
+    # steps_offset=1 with "leading", as Stable Diffusion's configs
+    config = {**SCHEDULES[schedule], "prediction_type": prediction, **_spacing(name, spacing)}
     _run_lockstep(name, config, STEPS[spacing])
 
 
@@ -192,8 +210,9 @@ def test_config_options_match_diffusers(case):
 @pytest.mark.parametrize("steps", [1, 2, 999, 1000])
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
 def test_timesteps_at_extreme_step_counts(name, steps):
-    for spacing in ("linspace", "leading", "trailing"):
-        ours, ref = make_sampler(name, timestep_spacing=spacing), _scheduler(name, timestep_spacing=spacing)
+    for spacing in [s for n, s in SPACED if n == name]:
+        config = {"timestep_spacing": spacing} if "timestep_spacing" in OPTIONS[name] else {}
+        ours, ref = make_sampler(name, **config), _scheduler(name, **config)
         if name == "lcm" and steps > 50:  # picks from the 50-step distillation schedule: both refuse more
             with pytest.raises(ValueError):
                 ref.set_timesteps(steps)
@@ -207,7 +226,7 @@ def test_timesteps_at_extreme_step_counts(name, steps):
             ours, ref = (make_sampler(name, timestep_spacing=spacing, skip_prk_steps=True),
                          _scheduler(name, timestep_spacing=spacing, skip_prk_steps=True))
         ref.set_timesteps(steps)
-        if name in ("dpm++", "unipc") and steps == 1000 and spacing != "trailing":
+        if name in ("dpm++", "unipc", "dpm++_single") and steps == 1000 and spacing != "trailing":
             # Repeated timesteps: diffusers' multistep update divides 0 by 0 there; ours refuses.
             with pytest.raises(ValueError, match=r"^num_steps: 1000 steps repeat a noise level"):
                 ours.set_timesteps(steps)
@@ -259,8 +278,10 @@ def test_trailing_drops_diffusers_stray_final_step():
 
 @pytest.mark.parametrize("config", [("ddpm", {}), ("ddpm", {"timestep_spacing": "trailing"}),
                                     ("ddim", {"eta": 1.0}), ("euler_a", {}),
-                                    ("dpm++", {"algorithm_type": "sde-dpmsolver++"}), ("lcm", {})],
-                         ids=["ddpm", "ddpm-trailing", "ddim-eta1", "euler-a", "dpm-sde", "lcm"])
+                                    ("dpm++", {"algorithm_type": "sde-dpmsolver++"}), ("lcm", {}), ("kdpm2_a", {}),
+                                    ("dpm++_single", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3})],
+                         ids=["ddpm", "ddpm-trailing", "ddim-eta1", "euler-a", "dpm-sde", "lcm", "kdpm2-a",
+                              "dpm-single-sde-3"])
 def test_same_seed_same_samples_as_diffusers(config):
     name, cfg = config
     model = FakeModel()
@@ -428,7 +449,7 @@ GUIDED_RTOL = 2e-4
 
 
 @pytest.mark.parametrize("name", ["euler", "ddim", "dpm++", "ddim-eta1", "ddpm", "euler_a", "dpm++-sde", "pndm",
-                                  "unipc", "lcm", "heun"])
+                                  "unipc", "lcm", "heun", "lms", "kdpm2", "kdpm2_a", "dpm++_single"])
 def test_sample_with_guidance_matches_diffusers(tiny_unet, name):
     from genai_fast.testing import assert_matches_oracle
 
@@ -450,7 +471,7 @@ def test_sample_with_guidance_matches_diffusers(tiny_unet, name):
         ours = sample(tiny_unet, sampler, noise, cond, 6, guidance_scale=7.5, negative_encoder_hidden_states=negative,
                       generator=torch.Generator().manual_seed(3), progress=False)
         ref = reference(tiny_unet, torch.float32)
-        if name in ("ddim-eta1", "ddpm", "euler_a", "dpm++-sde", "lcm"):  # stochastic: no float64 oracle
+        if name in ("ddim-eta1", "ddpm", "euler_a", "dpm++-sde", "lcm", "kdpm2_a"):  # stochastic: no float64 oracle
             scale = max(1.0, float(ref.abs().max()))
             err = float((ours - ref).abs().max())
             assert err <= GUIDED_RTOL * scale, f"final latents: max-abs {err:.3e} > {GUIDED_RTOL * scale:.3e}"
@@ -499,8 +520,11 @@ def test_sample_half_precision_keeps_dtype(tiny_unet):
 
 
 ADD_NOISE_CASES = [(name, config_name, config) for name in SAMPLER_NAMES for config_name, config in (
-    ("default", {}), ("sd-trailing", {**SD_BETAS, "timestep_spacing": "trailing"}),
-    ("karras", {"use_karras_sigmas": True}) if name in ("euler", "dpm++", "heun") else
+    ("default", {}),
+    ("sd-trailing", {**SD_BETAS, "timestep_spacing": "trailing"}) if "timestep_spacing" in OPTIONS[name] else
+    ("sd", SD_BETAS),
+    ("karras", {"use_karras_sigmas": True}) if name in ("euler", "dpm++", "heun", "lms", "kdpm2", "kdpm2_a",
+                                                        "dpm++_single") else
     ("plms", {"skip_prk_steps": True}) if name == "pndm" else  # PNDM has no zero-SNR option
     ("zero-snr", {"rescale_betas_zero_snr": True}))]
 
@@ -513,9 +537,9 @@ def test_add_noise_matches_diffusers(name, config_name, config, dtype):
     ref, ours = _scheduler(name, **config), make_sampler(name, **config)
     g = torch.Generator().manual_seed(0)
     x, noise = torch.randn(3, 4, 5, 5, generator=g, dtype=dtype), torch.randn(3, 4, 5, 5, generator=g, dtype=dtype)
-    # diffusers' DPM-Solver and UniPC pair initial timesteps with reversed sigmas; Heun's Karras schedule, planned
-    # at construction, holds no integer timestep (its add_noise raises IndexError).
-    if name not in ("dpm++", "unipc") and not (name == "heun" and config.get("use_karras_sigmas")):
+    # diffusers' DPM-Solver and UniPC pair initial timesteps with reversed sigmas; a Karras schedule planned at
+    # construction (Heun, LMS, KDPM2) holds no integer timestep or repeats them.
+    if name not in ("dpm++", "unipc", "dpm++_single") and not config.get("use_karras_sigmas"):
         t = torch.tensor([999, 10, 500])
         assert torch.equal(ours.add_noise(x, noise, t), ref.add_noise(x, noise, t))
     ref.set_timesteps(13)
@@ -587,7 +611,7 @@ def test_from_config_switches_scheduler_and_ignores_foreign_keys():
     with pytest.raises(ValueError, match=r"^name: cannot tell"):
         from_config(pndm.config)  # a bare config does not say its class
     with pytest.raises(ValueError, match=r"^name: cannot tell"):
-        from_config(d.LMSDiscreteScheduler(**SD_BETAS))
+        from_config(d.DEISMultistepScheduler(**SD_BETAS))
 
 
 # ---------------------------------------------------------------- bad input
@@ -603,13 +627,14 @@ def test_bad_num_steps(num_steps, error):
 
 
 def test_unknown_sampler_name_lists_known_ones():
-    known = r"'ddpm', 'ddim', 'euler', 'euler_a', 'dpm\+\+', 'pndm', 'unipc', 'lcm', 'heun'"
-    with pytest.raises(ValueError, match=r"^name: unknown sampler 'lms'.*" + known):
-        make_sampler("lms")
+    known = (r"'ddpm', 'ddim', 'euler', 'euler_a', 'dpm\+\+', 'pndm', 'unipc', 'lcm', 'heun', 'lms', 'kdpm2', "
+             r"'kdpm2_a', 'dpm\+\+_single'")
+    with pytest.raises(ValueError, match=r"^name: unknown sampler 'deis'.*" + known):
+        make_sampler("deis")
     with pytest.raises(TypeError, match=r"^name: "):
         make_sampler(None)
     with pytest.raises(ValueError, match=r"^name: unknown sampler"):
-        from_config({}, name="lms")
+        from_config({}, name="deis")
 
 
 @pytest.mark.parametrize("config,error,pattern", [
@@ -767,9 +792,12 @@ def test_step_misuse():
 @pytest.mark.parametrize("name,config", [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"use_karras_sigmas": True}),
                                          ("euler_a", {}), ("dpm++", {}),
                                          ("dpm++", {"algorithm_type": "sde-dpmsolver++"}),
-                                         ("unipc", {"solver_order": 3}), ("pndm", {}), ("lcm", {}), ("heun", {})],
+                                         ("unipc", {"solver_order": 3}), ("pndm", {}), ("lcm", {}), ("heun", {}),
+                                         ("lms", {}), ("kdpm2", {"use_karras_sigmas": True}), ("kdpm2_a", {}),
+                                         ("dpm++_single", {"solver_order": 3}),
+                                         ("dpm++_single", {"algorithm_type": "sde-dpmsolver++"})],
                          ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde", "unipc-3", "pndm",
-                              "lcm", "heun"])
+                              "lcm", "heun", "lms", "kdpm2-karras", "kdpm2-a", "dpm-single-3", "dpm-single-sde"])
 def test_gpu_loop_has_no_host_syncs(name, config):
     """CUDA sync debug mode raises on any synchronising call from the first model call to the end of
     the loop (set_timesteps before it may copy the planned rows to the GPU)."""
@@ -788,5 +816,8 @@ def test_gpu_loop_has_no_host_syncs(name, config):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.device.type == "cuda" and torch.isfinite(out).all()
-    if name in ("euler", "dpm++", "unipc", "pndm", "heun"):  # deterministic: the GPU loop agrees with the CPU one
+    # Deterministic: the GPU loop agrees with the CPU one (the stochastic ones draw from a CUDA generator there).
+    stochastic = name in ("ddpm", "euler_a", "lcm", "kdpm2_a") or config.get("eta") or "sde" in config.get(
+        "algorithm_type", "")
+    if not stochastic:
         torch.testing.assert_close(out.cpu(), cpu_result, rtol=1e-4, atol=1e-4)

@@ -1,13 +1,14 @@
 """Diffusion samplers that match diffusers' schedulers step for step: DDPM, DDIM, Euler, Euler ancestral,
-DPM-Solver++ 2M (and its SDE form), PNDM, UniPC, LCM and Heun.
+DPM-Solver++ 2M (and its SDE form), PNDM, UniPC, LCM, Heun, LMS, KDPM2 ("DPM2"), KDPM2 ancestral ("DPM2 a") and
+DPM-Solver singlestep.
 
 Design: `set_timesteps` does the schedule arithmetic on the host once, in float32 with the same operations
 diffusers applies per step, and stores one row of coefficients per step. `step` then indexes its row (a view: no
 host sync) and runs a handful of elementwise ops on the latents. Which steps draw noise, and which DPM-Solver steps
 fall back to first order, is decided by the schedule alone, so no step ever branches on a tensor value. The
-multistep samplers whose coefficients depend on the calls made so far (PNDM, UniPC, Heun) compute them per step
-from the float32 schedule on the host: 0-d CPU tensors, which act as scalars on any device, so a GPU loop still
-never waits for the device.
+multistep samplers whose coefficients depend on the calls made so far (PNDM, UniPC, Heun, DPM-Solver singlestep)
+compute them per step from the float32 schedule on the host: 0-d CPU tensors, which act as scalars on any device, so
+a GPU loop still never waits for the device. (KDPM2 plans both rows a call can need, first or second of its level.)
 
 The updates are affine in the model output (all but dynamic thresholding and DDPM's learned variance), so
 with classifier-free guidance `guided_step` runs the guidance combination and the update as one pass
@@ -50,6 +51,10 @@ CLASS_NAMES = {
     "LCMScheduler": "lcm",
     "HeunDiscreteScheduler": "heun",
     "DPMSolverMultistepScheduler": "dpm++",
+    "LMSDiscreteScheduler": "lms",
+    "KDPM2DiscreteScheduler": "kdpm2",
+    "KDPM2AncestralDiscreteScheduler": "kdpm2_a",
+    "DPMSolverSinglestepScheduler": "dpm++_single",
 }
 
 
@@ -97,12 +102,33 @@ _THRESHOLDING = {
 }
 _CLIPPING = {"clip_sample": Option(True, "bool"), "clip_sample_range": Option(1.0, "float", minimum=0.0)}
 _BASIC_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-_SIGMA_SPACINGS = {
+_LEVEL_SPACINGS = {
     "use_karras_sigmas": Option(False, "bool"),
     "use_exponential_sigmas": Option(False, "bool"),
     "use_beta_sigmas": Option(False, "choice", (False, True), implemented=(False,)),  # needs scipy
-    "final_sigmas_type": Option("zero", "choice", ("zero", "sigma_min")),
 }
+_SIGMA_SPACINGS = {**_LEVEL_SPACINGS, "final_sigmas_type": Option("zero", "choice", ("zero", "sigma_min"))}
+# Only read by use_flow_sigmas / set_timesteps(mu=...), neither of which is supported here.
+_FLOW_SHIFT = {
+    "flow_shift": Option(1.0, "inert"),
+    "use_dynamic_shifting": Option(False, "inert"),
+    "time_shift_type": Option("exponential", "inert"),
+}
+
+
+def _without(options: dict[str, Option], *keys: str) -> dict[str, Option]:
+    return {k: v for k, v in options.items() if k not in keys}
+
+
+def _kdpm2_options() -> dict[str, Option]:
+    """KDPM2DiscreteScheduler's and KDPM2AncestralDiscreteScheduler's keys (their step refuses "sample")."""
+    return {
+        **_without(_common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction")), "rescale_betas_zero_snr"),
+        "beta_start": Option(0.00085, "float", minimum=0.0),  # the KDPM2 schedulers' own defaults
+        "beta_end": Option(0.012, "float", minimum=0.0),
+        **_LEVEL_SPACINGS,
+    }
+
 
 OPTIONS: dict[str, dict[str, Option]] = {
     "ddpm": {
@@ -148,10 +174,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "use_flow_sigmas": Option(False, "choice", (False, True), implemented=(False,)),
         "lambda_min_clipped": Option(-math.inf, "float"),
         "variance_type": Option(None, "choice", (None, "learned", "learned_range"), implemented=(None,)),
-        # Only read by use_flow_sigmas / set_timesteps(mu=...), neither of which is supported here.
-        "flow_shift": Option(1.0, "inert"),
-        "use_dynamic_shifting": Option(False, "inert"),
-        "time_shift_type": Option("exponential", "inert"),
+        **_FLOW_SHIFT,
     },
     "pndm": {  # diffusers' PNDMScheduler takes no rescale_betas_zero_snr
         **{k: v for k, v in _common("leading", _BASIC_SCHEDULES, ("epsilon", "v_prediction")).items()
@@ -172,10 +195,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "disable_corrector": Option([], "indices"),
         "solver_p": Option(None, "choice", (None,)),  # another scheduler as the predictor: not supported
         "use_flow_sigmas": Option(False, "choice", (False, True), implemented=(False,)),
-        # Only read by use_flow_sigmas / set_timesteps(mu=...), neither of which is supported here.
-        "flow_shift": Option(1.0, "inert"),
-        "use_dynamic_shifting": Option(False, "inert"),
-        "time_shift_type": Option("exponential", "inert"),
+        **_FLOW_SHIFT,
         "shift_terminal": Option(None, "inert"),
     },
     "lcm": {
@@ -194,15 +214,37 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "timestep_scaling": Option(10.0, "float", minimum=0.0),
     },
     "heun": {  # diffusers' HeunDiscreteScheduler takes no rescale_betas_zero_snr
-        **{k: v for k, v in _common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")).items()
-           if k != "rescale_betas_zero_snr"},
+        **_without(_common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")),
+                   "rescale_betas_zero_snr"),
         "beta_start": Option(0.00085, "float", minimum=0.0),  # HeunDiscreteScheduler's own defaults
         "beta_end": Option(0.012, "float", minimum=0.0),
-        "use_karras_sigmas": Option(False, "bool"),
-        "use_exponential_sigmas": Option(False, "bool"),
-        "use_beta_sigmas": Option(False, "choice", (False, True), implemented=(False,)),  # needs scipy
+        **_LEVEL_SPACINGS,
         "clip_sample": Option(False, "bool"),
         "clip_sample_range": Option(1.0, "float", minimum=0.0),
+    },
+    "lms": {  # diffusers' LMSDiscreteScheduler takes no rescale_betas_zero_snr
+        **_without(_common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")),
+                   "rescale_betas_zero_snr"),
+        **_LEVEL_SPACINGS,
+        # A step argument in diffusers (LMSDiscreteScheduler.step(order=4)): how many derivatives a step combines.
+        "order": Option(4, "int", minimum=1),
+    },
+    "kdpm2": _kdpm2_options(),
+    "kdpm2_a": _kdpm2_options(),
+    "dpm++_single": {  # DPMSolverSinglestepScheduler spaces its timesteps linearly: no timestep_spacing key
+        **_without(_common("linspace", _BASIC_SCHEDULES, ("epsilon", "v_prediction", "sample")),
+                   "timestep_spacing", "steps_offset", "rescale_betas_zero_snr"),
+        **_SIGMA_SPACINGS,
+        **_THRESHOLDING,
+        "solver_order": Option(2, "choice", (1, 2, 3)),
+        # diffusers runs "deis" as "dpmsolver++" (it rewrites the key), as its multistep scheduler does.
+        "algorithm_type": Option("dpmsolver++", "choice", ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "deis")),
+        "solver_type": Option("midpoint", "choice", ("midpoint", "heun", "logrho", "bh1", "bh2")),
+        "lower_order_final": Option(False, "bool"),
+        "use_flow_sigmas": Option(False, "choice", (False, True), implemented=(False,)),
+        "lambda_min_clipped": Option(-math.inf, "float"),
+        "variance_type": Option(None, "choice", (None, "learned", "learned_range"), implemented=(None,)),
+        **_FLOW_SHIFT,
     },
 }
 SAMPLER_NAMES = tuple(OPTIONS)
@@ -284,6 +326,19 @@ def _check_consistency(name: str, cfg: dict[str, Any]) -> None:
     if sum(bool(cfg.get(k)) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_lu_lambdas")) > 1:
         raise ValueError("use_karras_sigmas: at most one of use_karras_sigmas, use_exponential_sigmas and "
                          "use_lu_lambdas may be set")
+    if name == "dpm++_single":
+        _check_singlestep(cfg)
+
+
+def _check_singlestep(cfg: dict[str, Any]) -> None:
+    algorithm = cfg["algorithm_type"]
+    if algorithm in ("dpmsolver", "deis") and cfg["final_sigmas_type"] == "zero":
+        # As diffusers, which refuses the pair in its constructor (dpmsolver's last update would be 0 * inf).
+        raise ValueError(f"final_sigmas_type: 'zero' is not supported with algorithm_type={algorithm!r} of the "
+                         f"'dpm++_single' sampler; use 'sigma_min'")
+    if algorithm == "dpmsolver" and cfg["thresholding"]:
+        raise NotImplementedError("thresholding=True is not implemented for algorithm_type='dpmsolver' of the "
+                                  "'dpm++_single' sampler (diffusers' DPMSolverSinglestepScheduler fails on it)")
 
 
 class SamplerConfig(dict):
@@ -393,12 +448,14 @@ def spaced_timesteps(cfg: Mapping[str, Any], num_steps: int, last: int | None = 
 
 
 def sigma_to_t(sigma: float, log_sigmas: np.ndarray) -> float:
-    """Fractional training timestep whose sigma is `sigma` (linear interpolation in log sigma)."""
+    """Fractional training timestep whose sigma is `sigma` (linear interpolation in log sigma), in the precision of
+    the interpolation weight: float64 for a float64 sigma, float32 for a float32 sigma and float32 log_sigmas (as
+    diffusers' KDPM2 computes its interpolated timesteps, with float32 torch tensors)."""
     log_sigma = np.log(np.maximum(sigma, 1e-10))
     below = np.cumsum(log_sigma - log_sigmas[:, None] >= 0, axis=0).argmax(axis=0)
     low = below.clip(max=log_sigmas.shape[0] - 2)
     w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
-    return ((1 - w) * low + w * (low + 1)).reshape(np.shape(sigma))
+    return ((1 - w) * low.astype(w.dtype) + w * (low + 1).astype(w.dtype)).reshape(np.shape(sigma))
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
@@ -417,6 +474,27 @@ def lu_sigmas(log_sigmas: np.ndarray, num_steps: int) -> np.ndarray:
     """Lu et al.'s schedule: noise levels uniform in log sigma between the ends of `log_sigmas`."""
     top, bottom = log_sigmas[0].item(), log_sigmas[-1].item()
     return np.exp(top + np.linspace(0, 1, num_steps) * (bottom - top))
+
+
+def lms_coefficients(sigmas: Sequence[float] | torch.Tensor, i: int, order: int) -> np.ndarray:
+    """[order] float64 weights of the linear multistep step from sigmas[i] to sigmas[i + 1]; weight j multiplies the
+    derivative taken at sigmas[i - j] (0 <= j < order <= i + 1).
+
+    Weight j is the integral over [sigmas[i], sigmas[i + 1]] of the Lagrange basis polynomial that is 1 at sigmas[i - j]
+    and 0 at the other order - 1 levels. That polynomial has degree order - 1, so Gauss-Legendre quadrature with
+    ceil(order / 2) nodes integrates it exactly (diffusers calls scipy's adaptive quad for the same integral)."""
+    if not 1 <= order <= i + 1:
+        raise ValueError(f"order: expected 1 <= order <= i + 1 = {i + 1} (the levels so far), got {order}")
+    levels = np.array([float(sigmas[i - j]) for j in range(order)])
+    lo, hi = float(sigmas[i]), float(sigmas[i + 1])
+    nodes, node_weights = np.polynomial.legendre.leggauss((order + 1) // 2)
+    tau = (lo + hi) / 2 + (hi - lo) / 2 * nodes
+    out = np.empty(order)
+    for j in range(order):
+        others = np.delete(levels, j)
+        basis = np.prod((tau[:, None] - others) / (levels[j] - others), axis=1)
+        out[j] = (hi - lo) / 2 * float(node_weights @ basis)
+    return out
 
 
 def _final_sigma(cfg: Mapping[str, Any], alphas_cumprod: torch.Tensor) -> float:
@@ -1124,6 +1202,21 @@ class EulerSampler(_SigmaSampler):
     def _noised(self, original: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return original + noise * sigma
 
+    def _levels(self, num_steps: int, round_karras: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(timesteps, sigmas) of num_steps noise levels, as Heun, LMS and KDPM2 space them: the training sigmas
+        interpolated at the spaced timesteps (float32 timesteps), or Karras / exponential levels between their ends
+        with the matching fractional timesteps (float64; rounded for Karras with round_karras, as KDPM2's)."""
+        steps = spaced_timesteps(self.config, num_steps, round_linspace=False).astype(np.float32)
+        train = self._train_sigmas()
+        sigmas = np.interp(steps, np.arange(0, len(train)), train)
+        respaced = self._respace(sigmas, num_steps)
+        if respaced is None:
+            return steps, sigmas
+        steps = np.array([sigma_to_t(s, np.log(train)) for s in respaced])
+        if round_karras and self.config["use_karras_sigmas"]:
+            steps = steps.round()
+        return steps, respaced
+
     @staticmethod
     def _coefficients(sigma: torch.Tensor, sigma_next: torch.Tensor) -> list[torch.Tensor]:
         sigma_hat = sigma * (0.0 + 1)  # no churn: gamma = 0
@@ -1146,13 +1239,7 @@ class EulerSampler(_SigmaSampler):
         _check_model_output(model_output, x)
         _, sigma_hat, dt, v_eps, v_x = plan.coef[i].unbind()
         x = x.to(torch.float32)  # diffusers steps in fp32 and casts back to the model's dtype
-        prediction = self.config["prediction_type"]
-        if prediction == "epsilon":
-            x0 = x - sigma_hat * model_output
-        elif prediction == "v_prediction":
-            x0 = model_output * v_eps + x / v_x
-        else:
-            x0 = model_output
+        x0 = _sigma_x0(self.config["prediction_type"], model_output, x, sigma_hat, v_eps, v_x)
         derivative = (x - x0) / sigma_hat
         return (x + derivative * dt).to(model_output.dtype)
 
@@ -1165,6 +1252,23 @@ class EulerSampler(_SigmaSampler):
             weights = (1.0 / v_x, v_eps) if prediction == "v_prediction" else (0.0, 1.0)
             coefficients = UpdateCoefficients(*weights, x=1.0 + dt / sigma_hat, x0=-dt / sigma_hat, m=0.0)
         return FusedUpdate(coefficients, model_dtype=True)
+
+
+def _sigma_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, v_eps: torch.Tensor,
+              v_x: torch.Tensor) -> torch.Tensor:
+    """Predicted clean sample in the sigma parametrisation (x = x0 + sigma noise, the model sees x / sqrt(sigma^2 + 1)).
+    v_eps, v_x: -sigma / sqrt(sigma^2 + 1) and sigma^2 + 1, the v-prediction weights (diffusers' float32 values)."""
+    if prediction == "epsilon":
+        return x - sigma * out
+    if prediction == "v_prediction":
+        return out * v_eps + x / v_x
+    return out  # "sample"
+
+
+def _input_weights(sigma: torch.Tensor) -> list[torch.Tensor]:
+    """The columns a step at noise level sigma reads: the model-input scale sqrt(sigma^2 + 1), sigma, and the
+    v-prediction weights of _sigma_x0, as diffusers computes them (float32)."""
+    return [(sigma**2 + 1) ** 0.5, sigma, -sigma / (sigma**2 + 1) ** 0.5, sigma**2 + 1]
 
 
 class EulerAncestralSampler(EulerSampler):
@@ -1234,10 +1338,7 @@ class DPMSolverPPSampler(_SigmaSampler):
     def _make_plan(self, num_steps: int) -> Plan:
         steps, sigmas = self._schedule(num_steps)
         n = len(steps)
-        if bool((sigmas[1:n] == sigmas[: n - 1]).any()):  # the multistep update divides by the gap
-            raise ValueError(f"num_steps: {num_steps} steps repeat a noise level under timestep_spacing="
-                             f"{self.config['timestep_spacing']!r}, which DPM-Solver++ cannot step across "
-                             f"(diffusers returns NaN); use fewer steps")
+        _check_distinct_levels(sigmas, n, self.config, "DPM-Solver++")  # the multistep update divides by the gap
         final_first_order = self.config["euler_at_final"] or self.config["final_sigmas_type"] == "zero" or (
             self.config["lower_order_final"] and n < 15)
         order = tuple(1 if self.config["solver_order"] == 1 or i == 0 or (i == n - 1 and final_first_order)
@@ -1255,8 +1356,10 @@ class DPMSolverPPSampler(_SigmaSampler):
         alpha, sigma = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)
         lambdas = torch.log(alpha) - torch.log(sigma)
         clipped = int(torch.searchsorted(torch.flip(lambdas, [0]), self.config.get("lambda_min_clipped", -math.inf)))
-        steps = spaced_timesteps(self.config, num_steps, last=self.num_train_timesteps - clipped,
-                                 extra=1 if self.config["timestep_spacing"] != "trailing" else 0)
+        # DPMSolverSinglestepScheduler has no timestep_spacing key: it spaces as "linspace" does.
+        spacing = self.config.get("timestep_spacing", "linspace")
+        steps = spaced_timesteps({**self.config, "timestep_spacing": spacing}, num_steps,
+                                 last=self.num_train_timesteps - clipped, extra=1 if spacing != "trailing" else 0)
         steps = steps.astype(np.int64)
         train = self._train_sigmas()
         log_train = np.log(train)
@@ -1276,6 +1379,11 @@ class DPMSolverPPSampler(_SigmaSampler):
     def _alpha_sigma(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = 1 / ((s**2 + 1) ** 0.5)
         return alpha, s * alpha
+
+    def _lambda(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(alpha, sigma, log-SNR lambda) of the variance-preserving pair at noise level sigma."""
+        alpha, sigma = self._alpha_sigma(sigma)
+        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
     def _coefficients(self, sigmas: torch.Tensor, i: int, order: int) -> list[torch.Tensor]:
         alpha_t, sigma_t = self._alpha_sigma(sigmas[i + 1])
@@ -1340,6 +1448,14 @@ class DPMSolverPPSampler(_SigmaSampler):
         return plan.order[i] if self._prev_x0 is not None else 1
 
 
+def _check_distinct_levels(sigmas: torch.Tensor, n: int, cfg: Mapping[str, Any], solver: str) -> None:
+    """ValueError where two of the n planned noise levels are equal (too many steps for the spacing)."""
+    if bool((sigmas[1:n] == sigmas[: n - 1]).any()):
+        raise ValueError(f"num_steps: {n} steps repeat a noise level under timestep_spacing="
+                         f"{cfg.get('timestep_spacing', 'linspace')!r}, which {solver} cannot step across "
+                         f"(diffusers returns NaN); use fewer steps")
+
+
 # ---------------------------------------------------------------- UniPC
 
 
@@ -1363,10 +1479,7 @@ class UniPCSampler(DPMSolverPPSampler):
     def _make_plan(self, num_steps: int) -> Plan:
         steps, sigmas = self._schedule(num_steps)
         n = len(steps)
-        if bool((sigmas[1:n] == sigmas[: n - 1]).any()):
-            raise ValueError(f"num_steps: {num_steps} steps repeat a noise level under timestep_spacing="
-                             f"{self.config['timestep_spacing']!r}, which UniPC cannot step across "
-                             f"(diffusers returns NaN); use fewer steps")
+        _check_distinct_levels(sigmas, n, self.config, "UniPC")
         alpha_sigma = [self._alpha_sigma(sigmas[i]) for i in range(n)]
         coef = _stack([[alpha, sigma] for alpha, sigma in alpha_sigma])
         return Plan(torch.from_numpy(steps).to(torch.int64), coef, sigmas, (False,) * n, ())
@@ -1388,10 +1501,6 @@ class UniPCSampler(DPMSolverPPSampler):
         order = min(order, len(self._outputs))  # warm-up: the outputs seen since set_timesteps or the begin index
         self._order_used, self._last_x = order, x
         return self._predict(i, plan.sigmas, x, order)
-
-    def _lambda(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        alpha, sigma = self._alpha_sigma(sigma)
-        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
     def _b_terms(self, h: torch.Tensor, order: int, rks: list[torch.Tensor]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1481,13 +1590,7 @@ class HeunSampler(EulerSampler):
         self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _make_plan(self, num_steps: int) -> Plan:
-        steps = spaced_timesteps(self.config, num_steps, round_linspace=False).astype(np.float32)
-        train = self._train_sigmas()
-        sigmas = np.interp(steps, np.arange(0, len(train)), train)
-        respaced = self._respace(sigmas, num_steps)
-        if respaced is not None:
-            sigmas = respaced
-            steps = np.array([sigma_to_t(s, np.log(train)) for s in sigmas])
+        steps, sigmas = self._levels(num_steps)
         levels = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
         sigmas = torch.cat([levels[:1], levels[1:-1].repeat_interleave(2), levels[-1:]])
         timesteps = torch.from_numpy(steps)
@@ -1520,6 +1623,339 @@ class HeunSampler(EulerSampler):
         previous, dt, start = self._first  # the correction: from the same start with the mean derivative
         self._first = None
         return start + (previous + (x - x0) / sigma_next) / 2 * dt
+
+
+# ---------------------------------------------------------------- LMS
+
+
+class LMSSampler(EulerSampler):
+    """Linear multistep on the probability-flow ODE in sigma (Karras et al. 2022), as diffusers' LMSDiscreteScheduler:
+    each step combines the derivatives (x - x0) / sigma of up to `order` model calls (diffusers' step argument, 4 by
+    default; fewer on the first steps), each weighted by the integral of its Lagrange basis polynomial in sigma over
+    the step (lms_coefficients: exact quadrature here, no scipy). The arithmetic runs in the model's dtype, as
+    diffusers'. step(..., order=k) takes diffusers' step argument for one step.
+
+    Departure: diffusers evaluates the integrand with float32 sigma tensors, so its weights carry float32 rounding
+    (~1e-7 relative) that these exact ones do not: results agree to float32 precision (a few units in the last place
+    of fp16 / bf16 latents) rather than bit for bit.
+
+    Columns of coef: _input_weights of the step's sigma, then the weights of the configured order (zero padded)."""
+
+    name = "lms"
+
+    def _reset_history(self) -> None:
+        self._derivatives: list[torch.Tensor] = []  # the latest last
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps, sigmas = self._levels(num_steps)
+        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        rows = [[*_input_weights(sigmas[i]), *self._weights(sigmas, i, self.config["order"])]
+                for i in range(num_steps)]
+        timesteps = torch.from_numpy(steps.astype(np.float32))
+        return Plan(timesteps, _stack(rows), sigmas, (False,) * num_steps, ())
+
+    @staticmethod
+    def _weights(sigmas: torch.Tensor, i: int, order: int) -> list[float]:
+        """Step i's LMS weights for `order` (diffusers uses min(i + 1, order) of them), zero padded to `order`."""
+        used = lms_coefficients(sigmas.double(), i, min(i + 1, order)).tolist()
+        return used + [0.0] * (order - len(used))
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        return None  # earlier steps' derivatives: not one guided_update pass
+
+    def step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, generator: Generator = None, *,
+             order: int | None = None, return_dict: bool | None = None) -> Any:
+        """Sampler.step, plus diffusers' LMSDiscreteScheduler.step argument `order` (None: the config's): the number
+        of derivatives this step keeps and combines."""
+        options = {}
+        if order is not None:
+            options["order"] = _check_option(self.name, "order", order, OPTIONS[self.name]["order"])
+        _check_return_dict(return_dict)
+        return _step_result(self._advance(model_output, t, x, generator, **options), return_dict)
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator,
+              order: int | None = None) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        _, sigma, v_eps, v_x = plan.coef[i, :4].unbind()
+        x0 = _sigma_x0(self.config["prediction_type"], model_output, x, sigma, v_eps, v_x)
+        self._derivatives.append((x - x0) / sigma)
+        order = self.config["order"] if order is None else order
+        if len(self._derivatives) > order:  # one out per step, as diffusers (order may change between steps)
+            self._derivatives.pop(0)
+        if order == self.config["order"]:
+            weights = plan.coef[i, 4:4 + min(i + 1, order)]
+        else:  # another order for this step: its weights on the host (0-d CPU tensors work on any device)
+            weights = torch.tensor(self._weights(plan.sigmas, i, order)[:min(i + 1, order)], dtype=torch.float32)
+        # The latest derivative takes weight 0, the one before weight 1, ...; diffusers sums them in that order.
+        total = weights[0] * self._derivatives[-1]
+        for w, derivative in zip(weights[1:], reversed(self._derivatives[:-1]), strict=False):
+            total = total + w * derivative
+        return x + total
+
+
+# ---------------------------------------------------------------- KDPM2
+
+
+def _interleave(values: torch.Tensor) -> torch.Tensor:
+    """[N + 1] per-level values -> [2N + 2] per model call, diffusers' KDPM2 layout: the first, then each later one
+    twice, then the last again."""
+    return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])
+
+
+class KDPM2Sampler(EulerSampler):
+    """DPM-Solver-2 in sigma as Katherine Crowson's k-diffusion runs it (A1111's "DPM2"), as diffusers'
+    KDPM2DiscreteScheduler: from each noise level, an Euler step to the level midway in log sigma towards the next
+    one, then a second model call there whose derivative takes the whole step. The last level takes only the first
+    call, whose midpoint is sigma 0. `timesteps` lists every call (2 num_steps - 1, the midpoints' fractional
+    timesteps in between), `order` is 2 as diffusers pipelines read it, and the arithmetic runs in the model's dtype,
+    as diffusers'. As with diffusers, a Karras or exponential schedule gives float64 timesteps.
+
+    Columns of coef, per call: the first call's _input_weights and dt, then the second call's _input_weights, dt and
+    (ancestral) noise std; a call is the second when a first call awaits its completion, as diffusers decides (so
+    call 0's second row, which wraps around as diffusers' indexing does, is never read). The plan's sigmas are
+    diffusers' per-call table (_interleave), which add_noise reads."""
+
+    name = "kdpm2"
+    order = 2
+    _ancestral = False
+
+    def _reset_history(self) -> None:
+        self._start: torch.Tensor | None = None  # the latents the first call of a level started from
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps, sigmas = self._levels(num_steps, round_karras=True)
+        levels = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        tables = {"sigma": levels, **self._level_tables(levels)}
+        # diffusers finds the midpoints' timesteps with float32 tensors: a float32 sigma keeps sigma_to_t in float32.
+        log_train = np.log(self._train_sigmas())
+        mid_steps = np.array([sigma_to_t(s, log_train) for s in tables["mid"].numpy()])
+        steps = torch.from_numpy(steps)
+        timesteps = self._call_timesteps(steps, torch.from_numpy(mid_steps).to(steps.dtype))
+        per_call = {key: _interleave(values) for key, values in tables.items()}
+        n = len(timesteps)
+        rows = [self._first_call(per_call, k) + self._second_call(per_call, k) for k in range(n)]
+        noise = tuple(self._ancestral and k % 2 == 1 for k in range(n))
+        return Plan(timesteps, _stack(rows), per_call["sigma"], noise, (), inference_steps=num_steps)
+
+    @staticmethod
+    def _level_tables(levels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The midpoint sigma of each level [N + 1] (float32, diffusers' operations): sqrt(sigma * previous sigma)."""
+        return {"mid": levels.log().lerp(levels.roll(1).log(), 0.5).exp()}
+
+    @staticmethod
+    def _call_timesteps(steps: torch.Tensor, mid_steps: torch.Tensor) -> torch.Tensor:
+        """[2N - 1]: the first level's timestep, then each later level's midpoint and the level itself."""
+        return torch.cat([steps[:1], torch.stack((mid_steps[1:-1], steps[1:]), dim=-1).flatten()])
+
+    @staticmethod
+    def _first_call(per_call: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
+        """Call k as a first call: from its level to the midpoint towards the next one."""
+        sigma = per_call["sigma"][k]
+        return [*_input_weights(sigma), per_call["mid"][k + 1] - sigma]
+
+    @staticmethod
+    def _second_call(per_call: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
+        """Call k as a second call, at the midpoint: the whole step from the previous level."""
+        sigma, mid = per_call["sigma"], per_call["mid"][k]
+        return [*_input_weights(mid), sigma[k] - sigma[k - 1], torch.tensor(0.0)]
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        return None  # the second call restarts from the first call's latents: not one affine pass
+
+    def scale_model_input(self, x: torch.Tensor, t: Any = None) -> torch.Tensor:
+        return x / self._current(x, t).coef[self._index, 0 if self._start is None else 5]
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        first = self._start is None
+        _, sigma, v_eps, v_x, dt, *std = (plan.coef[i, :5] if first else plan.coef[i, 5:]).unbind()
+        x0 = _sigma_x0(self.config["prediction_type"], model_output, x, sigma, v_eps, v_x)
+        derivative = (x - x0) / sigma
+        if first:
+            self._start = x
+            return x + derivative * dt
+        start, self._start = self._start, None
+        out = start + derivative * dt
+        if self._ancestral:
+            out = out + draw_noise(model_output.shape, model_output, generator) * std[0]
+        return out
+
+
+class KDPM2AncestralSampler(KDPM2Sampler):
+    """KDPM2's two calls per level with ancestral noise (A1111's "DPM2 a"), as diffusers'
+    KDPM2AncestralDiscreteScheduler: the step from each level goes to sigma_down (sigma_down^2 + sigma_up^2 =
+    next sigma^2) through the midpoint towards it, and the second call adds fresh noise of std sigma_up, drawn from
+    the generator as diffusers draws it. The last level takes only its first call, an Euler step to sigma 0."""
+
+    name = "kdpm2_a"
+    _ancestral = True
+
+    @staticmethod
+    def _level_tables(levels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """sigma_up, sigma_down and the midpoint sqrt(sigma * sigma_down) of each level [N + 1] (float32, diffusers'
+        operations; the last two midpoints are 0).
+
+        Departure: where sigma is so large that sigma_up^2 rounds to the next sigma^2 or above (the first level of the
+        cosine schedule, sigma ~2e4), diffusers' sigma_down is 0 or the root of a negative number, its midpoint is NaN,
+        and so are that timestep and all the latents from there; here sigma_down takes its exact value next^2 / sigma
+        (sigma_down^2 = next^2 - sigma_up^2 = next^4 / sigma^2) there."""
+        following = levels.roll(-1)
+        following[-1] = 0.0
+        up = (following**2 * (levels**2 - following**2) / levels**2) ** 0.5
+        radicand = following**2 - up**2
+        down = torch.where(radicand > 0, radicand**0.5, following**2 / levels)
+        down[-1] = 0.0
+        mid = levels.log().lerp(down.log(), 0.5).exp()
+        mid[-2:] = 0.0
+        return {"mid": mid, "up": up, "down": down}
+
+    @staticmethod
+    def _call_timesteps(steps: torch.Tensor, mid_steps: torch.Tensor) -> torch.Tensor:
+        """[2N - 1]: the first level's timestep, then each level's midpoint and the next level."""
+        return torch.cat([steps[:1], torch.stack((mid_steps[:-2], steps[1:]), dim=-1).flatten()])
+
+    @staticmethod
+    def _first_call(per_call: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
+        sigma = per_call["sigma"][k]
+        return [*_input_weights(sigma), per_call["mid"][k] - sigma]
+
+    @staticmethod
+    def _second_call(per_call: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
+        sigma = per_call["sigma"][k - 1]
+        return [*_input_weights(per_call["mid"][k - 1]), per_call["down"][k - 1] - sigma, per_call["up"][k - 1]]
+
+
+# ---------------------------------------------------------------- DPM-Solver singlestep
+
+
+def singlestep_orders(num_steps: int, solver_order: int, lower_order_final: bool, final_zero: bool) -> list[int]:
+    """The solver order of each step of DPM-Solver singlestep, as diffusers' get_order_list: the cycle 1, 2, ...,
+    solver_order (a cycle's steps all update from the latents at its first step), with a first-order last step where
+    the last sigma is 0, or where the steps end with a full cycle and lower_order_final holds. As in diffusers,
+    lower_order_final counts as set when the step count is not a multiple of solver_order or the last sigma is 0."""
+    orders = [i % solver_order + 1 for i in range(num_steps)]
+    lower = lower_order_final or num_steps % solver_order != 0 or final_zero
+    if final_zero or (lower and num_steps % solver_order == 0):
+        orders[-1] = 1
+    return orders
+
+
+class DPMSolverSinglestepSampler(DPMSolverPPSampler):
+    """DPM-Solver (Lu et al. 2022) singlestep, as diffusers' DPMSolverSinglestepScheduler: the steps run in cycles
+    of solver_order (1-3, lower at the end, see singlestep_orders); step j of a cycle updates from the latents at
+    the cycle's start to the next level with an order-j formula on the model outputs seen in the cycle, so its
+    intermediate latents only feed the model. algorithm_type "dpmsolver++" (data prediction; "deis" runs as it, as
+    in diffusers), "dpmsolver" (noise prediction; needs final_sigmas_type="sigma_min", as in diffusers) or
+    "sde-dpmsolver++" (fresh noise at every step, drawn from the generator in the model's dtype, as diffusers
+    draws it); solver_type "midpoint" or "heun" ("logrho", "bh1", "bh2" run as midpoint, as in diffusers). The
+    timesteps are spaced as DPM-Solver++'s "linspace" (diffusers' singlestep scheduler has no timestep_spacing).
+    The update coefficients are computed per step from the float32 sigmas on the host with diffusers' operations,
+    and the arithmetic on the latents runs in the model's dtype, as diffusers'.
+
+    Departure: with lower_order_final=False and a step count that is not a multiple of solver_order, diffusers
+    rewrites its config to lower_order_final=True, which then also applies to later set_timesteps calls; here it
+    applies to that plan only and the config stays as given.
+
+    Columns of coef: alpha_s, sigma_s of each step's level (to convert the model output)."""
+
+    name = "dpm++_single"
+    _rounds_cosine_karras = True
+
+    def _reset_history(self) -> None:
+        self._outputs: list[torch.Tensor] = []  # converted model outputs of the cycle so far, the latest last
+        self._cycle_start: torch.Tensor | None = None  # the latents the cycle's updates start from
+
+    def _noise_dtype(self, model_output: torch.Tensor) -> torch.dtype:
+        return model_output.dtype
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        steps, sigmas = self._schedule(num_steps)
+        n = len(steps)
+        if self.config["solver_order"] > 1:  # a higher-order update divides by the gaps between levels
+            _check_distinct_levels(sigmas, n, self.config, "DPM-Solver")
+        cfg = self.config
+        orders = singlestep_orders(n, cfg["solver_order"], cfg["lower_order_final"], cfg["final_sigmas_type"] == "zero")
+        coef = _stack([list(self._alpha_sigma(sigmas[i])) for i in range(n)])
+        return Plan(torch.from_numpy(steps).to(torch.int64), coef, sigmas, (self._sde(),) * n, tuple(orders))
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        return None  # updates from the cycle's first latents: not one affine pass
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        alpha, sigma = plan.coef[i].unbind()
+        self._outputs = [*self._outputs, self._convert(model_output, x, alpha, sigma)][-self.config["solver_order"]:]
+        noise = draw_noise(model_output.shape, model_output, generator) if plan.noise[i] else None
+        # Lower where fewer outputs were seen (the first steps from a begin index), as diffusers.
+        order = min(plan.order[i], len(self._outputs))
+        if order == 1:
+            self._cycle_start = x
+        weight, weights, std, ratios = self._update_weights(plan.sigmas, i, order)
+        out = weight * self._cycle_start
+        for w, term in zip(weights, self._terms(order, ratios), strict=True):
+            out = out + w * term
+        return out if noise is None else out + std * noise
+
+    def _convert(self, model_output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+                 ) -> torch.Tensor:
+        """The model output as the algorithm's variable: x0 (dpmsolver++, thresholded where configured) or the
+        noise (dpmsolver)."""
+        prediction = self.config["prediction_type"]
+        if self.config["algorithm_type"] != "dpmsolver":
+            return self._x0_limit(_to_x0(prediction, model_output, x, alpha, sigma))
+        if prediction == "epsilon":
+            return model_output
+        if prediction == "v_prediction":
+            return alpha * model_output + sigma * x
+        return (x - alpha * model_output) / sigma
+
+    def _terms(self, order: int, ratios: list[torch.Tensor]) -> list[torch.Tensor]:
+        """D0 and the divided differences of the cycle's outputs m (diffusers' D0, D1 or D1_1, D2)."""
+        m = self._outputs
+        if order == 1:
+            return [m[-1]]
+        if order == 2:
+            return [m[-2], (1.0 / ratios[0]) * (m[-1] - m[-2])]
+        r0, r1 = ratios
+        d1_1 = (1.0 / r0) * (m[-1] - m[-3])
+        if self.config["solver_type"] != "heun":
+            return [m[-3], d1_1]
+        d1_0 = (1.0 / r1) * (m[-2] - m[-3])
+        return [m[-3], (r0 * d1_0 - r1 * d1_1) / (r0 - r1), 2.0 * (d1_1 - d1_0) / (r0 - r1)]
+
+    def _update_weights(self, sigmas: torch.Tensor, i: int, order: int
+                        ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        """(weight of the cycle's first latents, weights of _terms, noise std, ratios r_k) of an order-`order` update
+        to sigmas[i + 1] from sigmas[i - order + 1]: diffusers' float32 expressions, signs folded into the weights
+        (negating is exact)."""
+        alpha_t, sigma_t, lambda_t = self._lambda(sigmas[i + 1])
+        levels = [self._lambda(sigmas[i - j]) for j in range(order)]  # the current level first
+        alpha_b, sigma_b, lambda_b = levels[-1]
+        h = lambda_t - lambda_b
+        ratios = [(levels[j][2] - lambda_b) / h for j in range(order - 1)]
+        kind = self.config["algorithm_type"]
+        std = torch.tensor(0.0)
+        if kind == "dpmsolver":
+            e = torch.exp(h) - 1.0
+            weight, first, half = alpha_t / alpha_b, -(sigma_t * e), -(0.5 * (sigma_t * e))
+            slope, curve = -(sigma_t * (e / h - 1.0)), -(sigma_t * ((e - h) / h**2 - 0.5))
+        elif kind == "sde-dpmsolver++":
+            f = 1 - torch.exp(-2.0 * h)
+            weight, first, half = sigma_t / sigma_b * torch.exp(-h), alpha_t * f, 0.5 * (alpha_t * f)
+            slope, curve = alpha_t * (f / (-2.0 * h) + 1.0), alpha_t * ((f + (-2.0 * h)) / (-2.0 * h) ** 2 - 0.5)
+            std = sigma_t * torch.sqrt(f)
+        else:  # dpmsolver++ (and deis)
+            e = torch.exp(-h) - 1.0
+            weight, first, half = sigma_t / sigma_b, -(alpha_t * e), -(0.5 * (alpha_t * e))
+            slope, curve = alpha_t * (e / h + 1.0), -(alpha_t * ((e + h) / h**2 - 0.5))
+        if order == 1:
+            return weight, [first], std, ratios
+        heun = self.config["solver_type"] == "heun"
+        if order == 2:
+            return weight, [first, slope if heun else half], std, ratios
+        return weight, [first, slope, curve] if heun else [first, slope], std, ratios
 
 
 # ---------------------------------------------------------------- LCM
@@ -1717,6 +2153,10 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "unipc": UniPCSampler,
     "lcm": LCMSampler,
     "heun": HeunSampler,
+    "lms": LMSSampler,
+    "kdpm2": KDPM2Sampler,
+    "kdpm2_a": KDPM2AncestralSampler,
+    "dpm++_single": DPMSolverSinglestepSampler,
 }
 
 
@@ -1729,13 +2169,14 @@ def _check_name(name: Any) -> str:
 
 
 def make_sampler(name: str, **config: Any) -> Sampler:
-    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++", "pndm", "unipc", "lcm") with diffusers'
-    scheduler config keys.
+    """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++", "pndm", "unipc", "lcm", "heun", "lms",
+    "kdpm2", "kdpm2_a", "dpm++_single") with diffusers' scheduler config keys.
 
     Defaults are those of the matching diffusers scheduler (DDPMScheduler, DDIMScheduler,
     EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with dpmsolver++
-    order 2, PNDMScheduler, UniPCMultistepScheduler, LCMScheduler). DDIM also takes
-    `eta` and `use_clipped_model_output` (step arguments in diffusers). Unknown keys raise TypeError,
+    order 2, PNDMScheduler, UniPCMultistepScheduler, LCMScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler,
+    KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler, DPMSolverSinglestepScheduler). DDIM also takes
+    `eta` and `use_clipped_model_output`, LMS `order` (step arguments in diffusers). Unknown keys raise TypeError,
     bad values ValueError, known but unimplemented values NotImplementedError, each naming the key.
     """
     return SAMPLERS[_check_name(name)](**config)
