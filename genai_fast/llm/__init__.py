@@ -8,8 +8,8 @@
         print(piece, end="", flush=True)
 """
 
-from genai_fast.llm.engine import Engine, GenerationResult, TextStream, decode_traffic_bytes, load
+from genai_fast.llm.engine import Engine, GenerationResult, Loglikelihood, TextStream, decode_traffic_bytes, load
 from genai_fast.llm.model import SUPPORTED_ARCHITECTURES, DecoderModel, LlamaModel, from_hf
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "DecoderModel", "Engine", "GenerationResult", "LlamaModel", "TextStream",
-           "decode_traffic_bytes", "from_hf", "load"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "DecoderModel", "Engine", "GenerationResult", "LlamaModel", "Loglikelihood",
+           "TextStream", "decode_traffic_bytes", "from_hf", "load"]

@@ -30,11 +30,18 @@ class Sampler:
     and generated: a positive logit divided by it, a negative one multiplied), then temperature 0 is greedy
     (argmax, as do_sample=False); otherwise sample from softmax(logits / T) restricted to the top_k largest, to
     the nucleus of mass top_p and to the tokens of probability at least min_p times the top one's, with
-    `generator` (reproducible). Call start() with the prompts first."""
+    `generator` (reproducible). Call start() with the prompts first.
 
-    def __init__(self, params: SamplingParams, generator: torch.Generator | None) -> None:
+    keep_logprobs: also record, on the device, the model's log-probability of each chosen token: the log-softmax
+    of the raw logits (before the penalty, temperature and filters), as HF's compute_transition_scores over
+    output_logits and vLLM's default logprobs; read them with chosen_logprobs()."""
+
+    def __init__(self, params: SamplingParams, generator: torch.Generator | None, keep_logprobs: bool = False
+                 ) -> None:
         self.params, self.generator = params, generator
         self.seen: torch.Tensor | None = None  # [B, V] bool: tokens each sequence holds (repetition penalty only)
+        self.keep_logprobs = keep_logprobs
+        self._logprobs: list[torch.Tensor] = []  # one [B] fp32 tensor per call
 
     def start(self, prompts: Sequence[Sequence[int]], vocab_size: int, device: torch.device) -> None:
         """Record the prompts' tokens (for the repetition penalty)."""
@@ -55,7 +62,15 @@ class Sampler:
         token = scores.argmax(-1) if p.temperature == 0 else self._draw(scores)
         if self.seen is not None:
             self.seen.scatter_(1, token[:, None], True)
+        if self.keep_logprobs:
+            self._logprobs.append(torch.log_softmax(logits.float(), dim=-1).gather(1, token[:, None])[:, 0])
         return token
+
+    def chosen_logprobs(self) -> list[list[float]]:
+        """[B][calls]: the recorded log-probabilities of the chosen tokens, per sequence (one host read)."""
+        if not self._logprobs:
+            return []
+        return torch.stack(self._logprobs, dim=1).tolist()
 
     def _draw(self, scores: torch.Tensor) -> torch.Tensor:
         p = self.params

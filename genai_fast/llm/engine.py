@@ -24,6 +24,8 @@ DEFAULT_MAX_SEQ_LEN = 2048
 # How many decode steps a GPU runs between two reads of the new tokens (the EOS / stop checks): the steps after
 # a stop inside a chunk are wasted, each read is one host synchronisation.
 GPU_SYNC_EVERY = 16
+# Rows per prefill in Engine.loglikelihood: each returns [S, V] logits (SmolLM2, 512 tokens: 100 MB in fp32).
+SCORE_BATCH = 8
 
 Prompt = str | Sequence[int] | torch.Tensor
 
@@ -37,6 +39,19 @@ class GenerationResult:
     ids: list[int]
     text: str | None
     stats: dict[str, float] = field(default_factory=dict)
+    logprobs: list[float] | None = None  # with generate(logprobs=True): each new token's log-probability
+
+
+@dataclass
+class Loglikelihood:
+    """Engine.loglikelihood's answer for one (context, continuation): logprob, the sum of the continuation tokens'
+    log-probabilities given everything before them; greedy, whether greedy decoding from the context would
+    produce exactly the continuation; token_logprobs, one per continuation token; tokens, the continuation ids."""
+
+    logprob: float
+    greedy: bool
+    token_logprobs: list[float]
+    tokens: list[int]
 
 
 def _load_hf(source: str | os.PathLike, dtype: torch.dtype | str | None) -> tuple[Any, Any]:
@@ -272,7 +287,7 @@ class Engine:
     def generate(self, prompt_or_ids: Prompt | Sequence[Prompt], max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None, *,
-                 min_p: float | None = None, repetition_penalty: float | None = None
+                 min_p: float | None = None, repetition_penalty: float | None = None, logprobs: bool = False
                  ) -> GenerationResult | list[GenerationResult]:
         """Generate up to max_new_tokens tokens after a prompt, or after each prompt of a batch.
 
@@ -295,10 +310,15 @@ class Engine:
         stats: prompt_tokens, new_tokens (this sequence); batch, prefill_ms (the whole batch, up to the first
         tokens), decode_ms, decode_steps, tokens_per_s (new tokens of all sequences after their first / decode
         time), decode_gb_per_s (see `decode_traffic_bytes`).
+        logprobs: also return each new token's log-probability under the model (`.logprobs`: the log-softmax of
+        the raw logits at the chosen token, before the penalty, temperature and filters; recorded on the device,
+        read once at the end).
         """
         prompts, batched = self._as_batch(prompt_or_ids, chat)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        chunks = self._run(prompts, max_new_tokens, params, seed, stop, self.sync_every)
+        if not isinstance(logprobs, bool):
+            raise TypeError(f"logprobs: expected True or False, got {logprobs!r}")
+        chunks = self._run(prompts, max_new_tokens, params, seed, stop, self.sync_every, logprobs)
         while True:
             try:
                 next(chunks)
@@ -310,7 +330,8 @@ class Engine:
     def stream(self, prompt_or_ids: Prompt, max_new_tokens: int, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None, *,
-               min_p: float | None = None, repetition_penalty: float | None = None) -> TextStream:
+               min_p: float | None = None, repetition_penalty: float | None = None, logprobs: bool = False
+               ) -> TextStream:
         """generate() for one prompt, as an iterable of text pieces (printable as they come: a character split
         across tokens waits for its last token). The GenerationResult is `.result` after the iteration."""
         if self.tokenizer is None:
@@ -320,8 +341,87 @@ class Engine:
             raise ValueError(f"prompt_or_ids: stream takes one prompt, got a batch of {len(prompts)}; "
                              "use generate() for a batch")
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        chunks = self._run(prompts, max_new_tokens, params, seed, stop, sync_every=1)
+        if not isinstance(logprobs, bool):
+            raise TypeError(f"logprobs: expected True or False, got {logprobs!r}")
+        chunks = self._run(prompts, max_new_tokens, params, seed, stop, sync_every=1, logprobs=logprobs)
         return TextStream(chunks, self.tokenizer)
+
+    def loglikelihood(self, context: Prompt | Sequence[tuple[Prompt, Prompt]], continuation: Prompt | None = None
+                      ) -> Loglikelihood | list[Loglikelihood]:
+        """How likely the model finds `continuation` after `context` (lm-evaluation-harness's loglikelihood
+        request): one forward pass over context + continuation, no chat template. Pass a context and a
+        continuation (strings, token id lists or 1-D tensors) -> one Loglikelihood, or a list of (context,
+        continuation) pairs as `context` -> a list, scored in batches of right-padded rows.
+
+        Strings are split as the harness splits them: trailing whitespace of the context moves to the
+        continuation, context + continuation is encoded whole and the continuation is what follows the
+        context's own encoding. The context needs at least one token (the first continuation token is predicted
+        from it) and the continuation at least one; the pair must fit max_seq_len."""
+        pairs, batched = (list(context), True) if continuation is None else ([(context, continuation)], False)
+        if not pairs:
+            raise ValueError("context: expected (context, continuation) pairs, got an empty list")
+        encoded = [self._encode_pair(pair, i if batched else None) for i, pair in enumerate(pairs)]
+        results: list[Loglikelihood] = []
+        with self._in_use.hold():
+            for start in range(0, len(encoded), SCORE_BATCH):
+                results += self._score_rows(encoded[start:start + SCORE_BATCH])
+        return results if batched else results[0]
+
+    def _encode_pair(self, pair: Any, index: int | None) -> tuple[list[int], list[int]]:
+        """(context, continuation) -> their token ids, checked (see loglikelihood)."""
+        where = "" if index is None else f"[{index}]"
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"context{where}: expected a (context, continuation) pair, got {pair!r}")
+        context, continuation = pair
+        if isinstance(context, str) and isinstance(continuation, str):
+            spaces = len(context) - len(context.rstrip())
+            if spaces:
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
+            whole = self._encode_side(context + continuation, "continuation", where)
+            ctx = self._encode_side(context, "context", where) if context else []
+            ctx_ids, cont_ids = whole[:len(ctx)], whole[len(ctx):]
+        else:
+            ctx_ids = self._encode_side(context, "context", where)
+            cont_ids = self._encode_side(continuation, "continuation", where)
+        if not ctx_ids or not cont_ids:
+            name = "context" if not ctx_ids else "continuation"
+            raise ValueError(f"{name}{where}: expected at least one token, got none")
+        total, vocab = len(ctx_ids) + len(cont_ids), self.model.cfg.vocab_size
+        if total > self.max_seq_len:
+            raise ValueError(f"context{where}: context + continuation is {total} tokens, more than max_seq_len "
+                             f"{self.max_seq_len}")
+        bad = [t for t in ctx_ids + cont_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"context{where}: token id {bad[0]} is outside the vocabulary 0..{vocab - 1}")
+        return ctx_ids, cont_ids
+
+    def _encode_side(self, value: Any, name: str, where: str) -> list[int]:
+        """encode(value, chat=False) with an empty side as no tokens and errors named after the side."""
+        if (isinstance(value, torch.Tensor) and value.numel() == 0) or (isinstance(value, (str, list, tuple))
+                                                                        and not value):
+            return []
+        try:
+            return self.encode(value, chat=False)
+        except ValueError as exc:
+            raise ValueError(f"{name}{where}: {str(exc).removeprefix('prompt_or_ids: ')}") from exc
+
+    def _score_rows(self, rows: list[tuple[list[int], list[int]]]) -> list[Loglikelihood]:
+        """One right-padded prefill with every position's logits -> each row's Loglikelihood."""
+        seqs = [ctx + cont for ctx, cont in rows]
+        B, S = len(seqs), max(len(s) for s in seqs)
+        self.model.allocate_cache(B, self.max_seq_len)
+        padded = torch.zeros(B, S, dtype=torch.long)
+        for b, seq in enumerate(seqs):
+            padded[b, :len(seq)] = torch.tensor(seq)
+        logits = self.model.prefill(padded.to(self.device), all_logits=True)  # causal: padding changes no row
+        results = []
+        for b, (ctx, cont) in enumerate(rows):
+            predicting = logits[b, len(ctx) - 1:len(ctx) + len(cont) - 1].float()  # the logits before each token
+            target = torch.tensor(cont, device=predicting.device)
+            chosen = torch.log_softmax(predicting, dim=-1).gather(1, target[:, None])[:, 0].tolist()
+            greedy = bool((predicting.argmax(-1) == target).all())
+            results.append(Loglikelihood(math.fsum(chosen), greedy, chosen, list(cont)))
+        return results
 
     def _as_batch(self, prompt_or_ids: Any, chat: bool | None) -> tuple[list[list[int]], bool]:
         if isinstance(prompt_or_ids, torch.Tensor) and prompt_or_ids.dim() == 2 and prompt_or_ids.shape[0] > 1:
@@ -349,7 +449,7 @@ class Engine:
         return graph
 
     def _run(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams, seed: int | None, stop: Any,
-             sync_every: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
+             sync_every: int, logprobs: bool = False) -> Generator[list[list[int]], None, list[GenerationResult]]:
         """Validate now (not at the first step of the generator), then -> the decode loop (see _decode)."""
         vocab = self.model.cfg.vocab_size
         for i, ids in enumerate(prompts):
@@ -360,7 +460,7 @@ class Engine:
                 bad = next(t for t in ids if not 0 <= t < vocab)
                 raise ValueError(f"{name}: token id {bad} is outside the vocabulary 0..{vocab - 1}")
         stop_ids, stop_strings = _split_stop(stop)
-        sample = Sampler(params, self._generator(params.temperature, seed))
+        sample = Sampler(params, self._generator(params.temperature, seed), keep_logprobs=logprobs)
         return self._decode(prompts, max_new_tokens, sample, stop_ids, stop_strings, sync_every)
 
     def _decode(self, prompts: list[list[int]], max_new_tokens: int, sample: Sampler, stop_ids: set[int],
@@ -403,7 +503,11 @@ class Engine:
             step += 1
         self._sync()
         decode_s = time.perf_counter() - t1
-        return self._results(rows, lengths, prefill_ms, decode_s, step - 1)
+        results = self._results(rows, lengths, prefill_ms, decode_s, step - 1)
+        if sample.keep_logprobs:
+            for result, chosen in zip(results, sample.chosen_logprobs(), strict=True):
+                result.logprobs = chosen[:len(result.ids)]
+        return results
 
     def _generator(self, temperature: float, seed: int | None) -> torch.Generator | None:
         if temperature == 0:
