@@ -387,6 +387,7 @@ def test_sampling_bad_input(trained):
         generate(model, ["a photo of a handwritten digit three"], steps=0)
     assert make_model_sampler(model, "dpm++").config["thresholding"]  # x0 clipped to the pixel range
     assert make_model_sampler(model, "unipc").config["thresholding"]
+    assert make_model_sampler(model, "dpm++_single").config["thresholding"]
     assert make_model_sampler(model, "ddim").config["clip_sample"]
     assert make_model_sampler(model, "lcm").config["clip_sample"]
     for name in SAMPLER_NAMES:  # every sampler runs on the model's schedule (parity is tests/test_samplers.py's)

@@ -23,9 +23,11 @@ EMBEDDING_KIND = "genai_fast.textual_inversion"
 # (clip_sample); DPM-Solver++ needs thresholding switched on (diffusers' advice for pixel-space models):
 # without it the x0 = (x - sigma * eps) / alpha of the first, noisiest steps amplifies the model's error
 # ~150x (alpha_999 = 0.0064 on the linear schedule) and many samples end as speckle or black.
-# (with sample_max_value 1 the dynamic threshold is a plain clip). UniPC, also in data prediction, likewise;
-# LCM clips its x0 when asked. Euler, Euler ancestral, Heun and PNDM have no such option.
+# (with sample_max_value 1 the dynamic threshold is a plain clip). UniPC and DPM-Solver singlestep, also in data
+# prediction, likewise; LCM clips its x0 when asked. Euler, Euler ancestral, Heun, PNDM, LMS and KDPM2 have no
+# such option.
 PIXEL_SPACE_OPTIONS = {"dpm++": {"thresholding": True, "sample_max_value": 1.0},
+                       "dpm++_single": {"thresholding": True, "sample_max_value": 1.0},
                        "unipc": {"thresholding": True, "sample_max_value": 1.0},
                        "lcm": {"clip_sample": True}}
 
