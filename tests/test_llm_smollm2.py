@@ -73,3 +73,16 @@ def test_decode_on_the_files_blocks_gives_hf_tokens(smollm2):
         assert blocks.generate(ids, 64).ids == hf_greedy(hf, ids, 64), blocks.tokenizer.decode(ids)
     prompts = ["Name a colour.", "What is 2 + 2? Answer briefly.", "Say hello in French, then in Spanish."]
     assert [r.ids for r in blocks.generate(prompts, 12)] == [r.ids for r in engine.generate(prompts, 12)]
+
+
+@pytest.mark.slow
+def test_prompt_lookup_gives_hf_tokens_with_fewer_passes(smollm2):
+    """Speculative greedy decoding with prompt-lookup drafts on a copying task: HF's greedy tokens, in fewer
+    forward passes than tokens (drafts kept), and the same answer from the GGUF blocks' decode."""
+    hf, engine, path = smollm2
+    code = "def area(w, h):\n    result = w * h\n    return result\n"
+    ids = engine.encode(f"Rename w to width in this Python code and print all of it:\n```python\n{code}```")
+    fast = engine.generate(ids, 48, prompt_lookup=8)
+    assert fast.ids == hf_greedy(hf, ids, 48)
+    assert fast.stats["accepted_tokens"] > 5 and fast.stats["decode_steps"] < len(fast.ids) - 5
+    assert load(path, max_seq_len=256).generate(ids, 48, prompt_lookup=8).ids == fast.ids

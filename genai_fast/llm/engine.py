@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from genai_fast.llm import speculate
 from genai_fast.llm.decode import CudaGraphStepper, EagerStepper, IncrementalText, Sampler, SamplingParams
 from genai_fast.llm.model import DecoderModel, _check_architecture, from_hf
 from genai_fast.ops.checks import is_real_number
@@ -287,8 +288,8 @@ class Engine:
     def generate(self, prompt_or_ids: Prompt | Sequence[Prompt], max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None, *,
-                 min_p: float | None = None, repetition_penalty: float | None = None, logprobs: bool = False
-                 ) -> GenerationResult | list[GenerationResult]:
+                 min_p: float | None = None, repetition_penalty: float | None = None, logprobs: bool = False,
+                 prompt_lookup: int = 0) -> GenerationResult | list[GenerationResult]:
         """Generate up to max_new_tokens tokens after a prompt, or after each prompt of a batch.
 
         prompt_or_ids: a string, a list of chat messages ({"role", "content"} dicts, see `encode`), a list of
@@ -313,25 +314,41 @@ class Engine:
         logprobs: also return each new token's log-probability under the model (`.logprobs`: the log-softmax of
         the raw logits at the chosen token, before the penalty, temperature and filters; recorded on the device,
         read once at the end).
+
+        prompt_lookup: speculative greedy decoding with drafts of up to this many tokens taken from the text
+        itself (see genai_fast.llm.speculate; HF's prompt_lookup_num_tokens): the same greedy tokens, fewer
+        forward passes when the output repeats its context. Greedy only (temperature 0, no repetition penalty),
+        models without sliding layers; a batch runs its prompts one after another. stats gain draft_tokens and
+        accepted_tokens; decode_steps counts the verification passes.
         """
         prompts, batched = self._as_batch(prompt_or_ids, chat)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         if not isinstance(logprobs, bool):
             raise TypeError(f"logprobs: expected True or False, got {logprobs!r}")
-        chunks = self._run(prompts, max_new_tokens, params, seed, stop, self.sync_every, logprobs)
-        while True:
-            try:
-                next(chunks)
-            except StopIteration as done:
-                results = done.value
-                break
+        if prompt_lookup:
+            self._check_prompt_lookup(prompt_lookup, params)
+            chunks = [self._run(prompts[i:i + 1], max_new_tokens, params, seed, stop, 1, logprobs, prompt_lookup)
+                      for i in range(len(prompts))]
+        else:
+            chunks = [self._run(prompts, max_new_tokens, params, seed, stop, self.sync_every, logprobs)]
+        results = [result for run in chunks for result in _drain(run)]
         return results if batched else results[0]
+
+    def _check_prompt_lookup(self, prompt_lookup: Any, params: SamplingParams) -> None:
+        if isinstance(prompt_lookup, bool) or not isinstance(prompt_lookup, int) or prompt_lookup < 0:
+            raise ValueError(f"prompt_lookup: expected a number of draft tokens >= 0, got {prompt_lookup!r}")
+        if params.temperature != 0 or params.repetition_penalty not in (None, 1):
+            raise ValueError("prompt_lookup: needs greedy decoding (temperature 0, no repetition_penalty): the "
+                             "drafts are checked against the greedy choice")
+        if any(layer.window is not None for layer in self.model.layers):
+            raise ValueError("prompt_lookup: this model has sliding-window layers, whose ring caches cannot take "
+                             "back rejected draft tokens")
 
     def stream(self, prompt_or_ids: Prompt, max_new_tokens: int, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None, *,
-               min_p: float | None = None, repetition_penalty: float | None = None, logprobs: bool = False
-               ) -> TextStream:
+               min_p: float | None = None, repetition_penalty: float | None = None, logprobs: bool = False,
+               prompt_lookup: int = 0) -> TextStream:
         """generate() for one prompt, as an iterable of text pieces (printable as they come: a character split
         across tokens waits for its last token). The GenerationResult is `.result` after the iteration."""
         if self.tokenizer is None:
@@ -343,7 +360,10 @@ class Engine:
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         if not isinstance(logprobs, bool):
             raise TypeError(f"logprobs: expected True or False, got {logprobs!r}")
-        chunks = self._run(prompts, max_new_tokens, params, seed, stop, sync_every=1, logprobs=logprobs)
+        if prompt_lookup:
+            self._check_prompt_lookup(prompt_lookup, params)
+        chunks = self._run(prompts, max_new_tokens, params, seed, stop, sync_every=1, logprobs=logprobs,
+                           prompt_lookup=prompt_lookup)
         return TextStream(chunks, self.tokenizer)
 
     def loglikelihood(self, context: Prompt | Sequence[tuple[Prompt, Prompt]], continuation: Prompt | None = None
@@ -449,7 +469,8 @@ class Engine:
         return graph
 
     def _run(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams, seed: int | None, stop: Any,
-             sync_every: int, logprobs: bool = False) -> Generator[list[list[int]], None, list[GenerationResult]]:
+             sync_every: int, logprobs: bool = False, prompt_lookup: int = 0
+             ) -> Generator[list[list[int]], None, list[GenerationResult]]:
         """Validate now (not at the first step of the generator), then -> the decode loop (see _decode)."""
         vocab = self.model.cfg.vocab_size
         for i, ids in enumerate(prompts):
@@ -460,8 +481,52 @@ class Engine:
                 bad = next(t for t in ids if not 0 <= t < vocab)
                 raise ValueError(f"{name}: token id {bad} is outside the vocabulary 0..{vocab - 1}")
         stop_ids, stop_strings = _split_stop(stop)
+        if prompt_lookup:
+            return self._decode_lookup(prompts[0], max_new_tokens, stop_ids, stop_strings, logprobs, prompt_lookup)
         sample = Sampler(params, self._generator(params.temperature, seed), keep_logprobs=logprobs)
         return self._decode(prompts, max_new_tokens, sample, stop_ids, stop_strings, sync_every)
+
+    def _decode_lookup(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int], stop_strings: list[str],
+                       logprobs: bool, draft_size: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
+        """Speculative greedy decoding of one prompt with prompt-lookup drafts (see generate's prompt_lookup):
+        each pass feeds the last new token and a draft through DecoderModel.extend, keeps the draft tokens the
+        model agrees with and its next choice. Yields what the sequence gained per pass, as _decode does."""
+        with self._in_use.hold():
+            model, rows, done = self.model, [[]], [False]
+            model.allocate_cache(1, self.max_seq_len)
+            t0 = time.perf_counter()
+            logits = model.prefill(torch.tensor([prompt], device=self.device))
+            gained = [int(logits.argmax(-1))]
+            scores = [_chosen_logprob(logits[0], gained[0])] if logprobs else []
+            prefill_ms, t1 = (time.perf_counter() - t0) * 1e3, time.perf_counter()
+            cached, passes, drafted, accepted, kept_scores = len(prompt), 0, 0, 0, []
+            size = draft_size  # adapted per pass: see speculate.next_draft_size
+            while True:
+                before = len(rows[0])
+                yield self._accept([prompt], rows, done, [gained], max_new_tokens, stop_ids, stop_strings)
+                kept_scores += scores[:len(rows[0]) - before]
+                if done[0]:
+                    break
+                room = min(size, max_new_tokens - len(rows[0]) - 1, self.max_seq_len - cached - 1)
+                draft = speculate.find_draft(prompt + rows[0], room) if room > 0 else []
+                fed = torch.tensor([[rows[0][-1], *draft]], device=self.device)
+                if draft:
+                    logits = model.extend(fed, cached)
+                else:  # nothing to check: the plain decode step, whose kernels are resolved for one token
+                    position = torch.tensor([cached], dtype=torch.int32, device=self.device)
+                    logits = model.decode(fed, position, [cached] if self.device.type == "cpu" else None)
+                gained = speculate.accept(draft, logits.argmax(-1).tolist())
+                if logprobs:
+                    scores = [_chosen_logprob(row, token) for row, token in zip(logits, gained, strict=False)]
+                cached += len(gained)  # the fed last token and each kept draft token are now cached
+                size = speculate.next_draft_size(size, len(draft), len(gained) - 1, draft_size)
+                passes, drafted, accepted = passes + 1, drafted + len(draft), accepted + len(gained) - 1
+            self._sync()
+            result = self._results(rows, [len(prompt)], prefill_ms, time.perf_counter() - t1, passes)[0]
+        result.stats.update(draft_tokens=drafted, accepted_tokens=accepted, decode_gb_per_s=float("nan"))
+        if logprobs:
+            result.logprobs = kept_scores
+        return [result]
 
     def _decode(self, prompts: list[list[int]], max_new_tokens: int, sample: Sampler, stop_ids: set[int],
                 stop_strings: list[str], sync_every: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
@@ -552,6 +617,20 @@ class Engine:
             text = self.tokenizer.decode(row, skip_special_tokens=True) if self.tokenizer is not None else None
             results.append(GenerationResult(row, text, {"prompt_tokens": length, "new_tokens": len(row), **shared}))
         return results
+
+
+def _chosen_logprob(logits: torch.Tensor, token: Any) -> float:
+    """logits [V] -> the log-probability of `token` under them (fp32 log-softmax, as Sampler records it)."""
+    return float(torch.log_softmax(logits.float(), dim=-1)[int(token)])
+
+
+def _drain(chunks: Generator[list[list[int]], None, list[GenerationResult]]) -> list[GenerationResult]:
+    """Run a decode loop (see Engine._decode) to its end -> its results."""
+    while True:
+        try:
+            next(chunks)
+        except StopIteration as done:
+            return done.value
 
 
 def decode_traffic_bytes(model: DecoderModel, lengths: Sequence[int], steps: int) -> int:

@@ -41,6 +41,8 @@ LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma"
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
+# extend() runs the decode step's linear (weights streamed once, GGUF blocks) up to this many rows.
+MAX_DECODE_ROWS = 16
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
 _DYNAMIC_ROPE = ("dynamic", "longrope")
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # F.linear's signature
@@ -246,6 +248,46 @@ class Layer(nn.Module):
             out = post_norm.step(out, rms_norm)
         scale = self.cfg.residual_scale
         return out if scale == 1.0 else out * scale
+
+    def extend(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, start: int,
+               linear: LinearFn = F.linear, rms_norm: RmsNormFn | None = None, attend: AttendFn | None = None
+               ) -> torch.Tensor:
+        """Several new tokens of one sequence after `start` cached positions: x [S, hidden] at positions
+        start .. start+S-1 -> [S, hidden] (2-D, as the decode step's linear takes rows); their K/V are written at
+        those positions (full layers only).
+        rope: tables of rows start .. start+S-1 ([S, D] each). Same arithmetic as forward() over the whole
+        sequence, with the attention over the cache (aligned bottom-right, as the prompt's own causal mask).
+        linear, rms_norm, attend: the decode step's resolved kernels (see DecoderModel.extend)."""
+        h = self.extend_attention(self.norm1.step(x, rms_norm), rope, start, linear, attend)
+        x = x + self.residual(h, self.post_norm1, rms_norm)
+        return x + self.residual(self.mlp(self.norm2.step(x, rms_norm), linear), self.post_norm2, rms_norm)
+
+    def extend_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, start: int,
+                         linear: LinearFn = F.linear, attend: AttendFn | None = None) -> torch.Tensor:
+        """extend()'s attention: x [S, hidden] -> [S, hidden]."""
+        cfg, S = self.cfg, x.shape[0]
+        qkv = self.norm_heads(linear(x, self.wqkv, self.bqkv))
+        qk = qkv[:, :self.nq + self.nkv].view(S, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim).transpose(0, 1)[None]
+        if rope is not None and self.use_rope:
+            qk = apply_rope(qk, *rope)
+        q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
+        v = qkv[:, self.nq + self.nkv:].view(S, cfg.num_kv_heads, cfg.head_dim).transpose(0, 1)[None]
+        if self.softcap:
+            self.k_cache[:1, :, start:start + S] = k
+            self.v_cache[:1, :, start:start + S] = v
+            i = torch.arange(start + S, device=x.device)
+            mask = i[None, :] <= i[start:, None]  # bottom-right causal
+            out = softcapped_attention(q, self.k_cache[:1, :, :start + S], self.v_cache[:1, :, :start + S], mask,
+                                       self.softcap, self.scale)
+        elif attend is not None:  # CPU: slice copies, then the C++ kernel without the op's per-call checks
+            self.k_cache[:1, :, start:start + S] = k
+            self.v_cache[:1, :, start:start + S] = v
+            out = attend(q, self.k_cache[:1], self.v_cache[:1], [start + S],
+                         1.0 / math.sqrt(cfg.head_dim) if self.scale is None else self.scale)
+        else:
+            seen = torch.tensor([start], dtype=torch.int32)
+            out = attention_with_kvcache(q, self.k_cache[:1], self.v_cache[:1], seen, k, v, scale=self.scale)
+        return linear(out[0].transpose(0, 1).reshape(S, self.nq), self.wo, self.bo)
 
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
                        linear: LinearFn = F.linear) -> torch.Tensor:
@@ -545,6 +587,30 @@ class DecoderModel(nn.Module):
         if self.cfg.logits_softcap:
             logits = torch.tanh(logits / self.cfg.logits_softcap) * self.cfg.logits_softcap
         return logits
+
+    @torch.inference_mode()
+    def extend(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """ids: [1, S] new tokens of cache row 0 at positions start .. start+S-1 (positions 0 .. start-1 already
+        cached) -> logits [S, V], each the next-token logits after that position. For reusing a cached prefix and
+        verifying speculated tokens; models with sliding layers keep rings, which cannot take a run of positions
+        back, and are refused."""
+        if any(layer.window is not None for layer in self.layers):
+            raise ValueError("extend: this model has sliding-window layers (ring caches); prefill instead")
+        S = ids.shape[1]
+        if ids.dim() != 2 or ids.shape[0] != 1 or S == 0:
+            raise ValueError(f"ids: expected shape [1, S] with S >= 1, got {tuple(ids.shape)}")
+        self._check_fits(1, start + S - 1)
+        x = self.embed_tokens(ids[0])
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[start:start + S]
+        rope = None if self.cos_table is None else (self.cos_table[start:start + S],
+                                                    self.sin_signed_table[start:start + S])
+        local = None if self.local_tables is None else tuple(t[start:start + S] for t in self.local_tables)
+        linear = self.decode_linear(S) if S <= MAX_DECODE_ROWS else self.prefill_linear()
+        rms_norm, attend = self.decode_rms_norm(), self.decode_attend()
+        for layer in self.layers:
+            x = layer.extend(x, local if layer.local_rope else rope, start, linear, rms_norm, attend)
+        return self.scale_logits(linear(self.norm.step(x, rms_norm), self.lm_head, None))
 
     def prefill_linear(self) -> LinearFn:
         """genai_fast.linear on a CPU, where GEMM-sized prefill projections may run faster on oneDNN than on BLAS

@@ -1,0 +1,160 @@
+"""genai_fast.llm speculative greedy decoding: DecoderModel.extend against HF's logits, prompt-lookup drafts,
+and generate(prompt_lookup=k) giving plain greedy decoding's tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from genai_fast.llm import load  # noqa: E402
+from genai_fast.llm.speculate import accept, find_draft, next_draft_size  # noqa: E402
+from tests.llm_cases import byte_level_bpe, tiny_qwen3, tiny_variant  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
+
+COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=96)
+
+
+def _tiny(kind: str = "llama", **extra):
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
+                                                                    n_positions=96)).eval()
+    if kind == "qwen3":
+        return tiny_qwen3(24, **COMMON)
+    if kind in ("gemma2", "granite", "gemma", "smollm3"):
+        return tiny_variant(kind, **COMMON)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**COMMON, **extra})).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen3", "gemma", "granite", "smollm3"])
+def test_extend_in_chunks_matches_hf_logits(kind):
+    """Prefill 10 tokens, then extend by 7 and by 13 (past the decode linear's 16 rows with 17 more): every
+    position's logits equal HF's full forward."""
+    hf = _tiny(kind)
+    model = load(hf, max_seq_len=96).model
+    ids = torch.randint(0, 128, (1, 47), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits[0]
+    model.allocate_cache(1, 96)
+    model.prefill(ids[:, :10])
+    got = torch.cat([model.extend(ids[:, 10:17], 10), model.extend(ids[:, 17:30], 17), model.extend(ids[:, 30:], 30)])
+    torch.testing.assert_close(got, want[10:], rtol=1e-4, atol=1e-4)
+
+
+def test_extend_on_soft_capped_layers_matches_hf():
+    """Gemma 2 without sliding layers (windows wider than the cache): the soft-capped attention over the cache."""
+    torch.manual_seed(0)
+    hf = tiny_variant("gemma2", **COMMON)
+    hf.config.sliding_window = 1000
+    for layer in hf.model.layers:
+        layer.self_attn.sliding_window = None
+    model = load(hf, max_seq_len=96).model
+    assert all(layer.softcap and layer.window is None for layer in model.layers)
+    ids = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = hf(ids).logits[0]
+    model.allocate_cache(1, 96)
+    model.prefill(ids[:, :8])
+    torch.testing.assert_close(model.extend(ids[:, 8:], 8), want[8:], rtol=1e-4, atol=1e-4)
+
+
+def test_extend_refuses_what_it_cannot_do():
+    model = load(_tiny(), max_seq_len=32).model
+    model.allocate_cache(1, 32)
+    with pytest.raises(ValueError, match=r"^ids: expected shape \[1, S\]"):
+        model.extend(torch.zeros(2, 3, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match=r"KV cache overflow"):
+        model.extend(torch.zeros(1, 5, dtype=torch.long), 30)
+    cfg = transformers.MistralConfig(**{**COMMON, "num_hidden_layers": 1}, sliding_window=8)
+    sliding = load(transformers.MistralForCausalLM(cfg).eval(), max_seq_len=32).model
+    sliding.allocate_cache(1, 32)
+    with pytest.raises(ValueError, match=r"^extend: this model has sliding-window layers"):
+        sliding.extend(torch.zeros(1, 2, dtype=torch.long), 0)
+
+
+def test_find_draft_takes_what_followed_the_latest_earlier_tail():
+    tokens = [5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 6, 7]
+    assert find_draft(tokens, 3) == [2, 3, 6]  # tail [6, 7]: latest earlier match at 6
+    assert find_draft(tokens, 1) == [2]
+    assert find_draft([1, 2, 3], 4) == []  # no earlier occurrence of any tail
+    assert find_draft([4, 1, 2, 9, 1, 2, 3, 1, 2], 2, max_ngram=2) == [3, 1]
+    assert find_draft([7], 4) == []
+
+
+def test_accept_keeps_the_agreeing_prefix_and_the_next_choice():
+    assert accept([4, 5, 6], [4, 5, 6, 7]) == [4, 5, 6, 7]  # all kept, plus the choice after the draft
+    assert accept([4, 5, 6], [4, 9, 6, 7]) == [4, 9]  # second draft token rejected: the model's choice instead
+    assert accept([4, 5], [8, 5, 1]) == [8]
+    assert accept([], [3]) == [3]
+
+
+def test_next_draft_size_grows_on_success_and_shrinks_on_rejection():
+    assert next_draft_size(4, 4, 4, 10) == 6
+    assert next_draft_size(9, 9, 9, 10) == 10
+    assert next_draft_size(6, 6, 2, 10) == 3
+    assert next_draft_size(6, 6, 0, 10) == 1
+    assert next_draft_size(6, 0, 0, 10) == 6  # no draft: no evidence
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen3", "granite"])
+def test_prompt_lookup_gives_greedy_tokens(kind):
+    """The same tokens as plain greedy decoding (and HF's), with drafts actually kept: the prompts repeat
+    themselves and these tiny models fall into loops."""
+    hf = _tiny(kind)
+    engine = load(hf, max_seq_len=96)
+    engine.eos_ids = set()
+    kept = 0
+    for prompt in ([1, 5, 9, 33, 70, 1, 5, 9, 33, 70, 1, 5], [7, 8, 7, 8, 7]):
+        plain = engine.generate(prompt, 40)
+        fast = engine.generate(prompt, 40, prompt_lookup=6)
+        assert fast.ids == plain.ids
+        assert fast.stats["decode_steps"] + fast.stats["accepted_tokens"] == 39  # one pass per token otherwise
+        kept += fast.stats["accepted_tokens"]
+    assert kept > 0
+
+
+def test_prompt_lookup_batches_stops_logprobs_and_streams():
+    engine = load(_tiny(), max_seq_len=96)
+    engine.eos_ids = set()
+    prompts = [[1, 5, 9, 1, 5, 9, 1], [7, 8, 7, 8]]
+    plain = engine.generate(prompts, 30, logprobs=True)
+    fast = engine.generate(prompts, 30, logprobs=True, prompt_lookup=5)
+    for a, b in zip(plain, fast, strict=True):
+        assert a.ids == b.ids
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+    stop = plain[0].ids[12]
+    stopped = engine.generate(prompts[0], 30, stop=[stop], prompt_lookup=5)
+    assert stopped.ids == plain[0].ids[:plain[0].ids.index(stop) + 1]
+    assert engine.generate(prompts[0], 3, prompt_lookup=5).ids == plain[0].ids[:3]  # max_new_tokens cuts a draft
+
+
+def test_prompt_lookup_stream_joins_to_the_plain_text():
+    tokenizer = byte_level_bpe()
+    engine = load(_tiny("llama", vocab_size=len(tokenizer)), tokenizer=tokenizer, max_seq_len=96)
+    engine.eos_ids = set()
+    stream = engine.stream("héllo wörld héllo wörld", 24, chat=False, prompt_lookup=4)
+    assert "".join(stream) == engine.generate("héllo wörld héllo wörld", 24, chat=False).text
+    assert stream.result.ids == engine.generate("héllo wörld héllo wörld", 24, chat=False).ids
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": 0.7}, r"^prompt_lookup: needs greedy decoding"),
+    ({"repetition_penalty": 1.2}, r"^prompt_lookup: needs greedy decoding"),
+    ({"prompt_lookup": -1}, r"^prompt_lookup: expected a number of draft tokens >= 0"),
+    ({"prompt_lookup": 2.5}, r"^prompt_lookup: expected a number of draft tokens >= 0"),
+], ids=["sampled", "penalty", "negative", "float"])
+def test_prompt_lookup_bad_arguments(kwargs, message):
+    engine = load(_tiny(), max_seq_len=32)
+    with pytest.raises(ValueError, match=message):
+        engine.generate([1, 2, 3], 4, **{"prompt_lookup": 4, **kwargs})
+
+
+def test_prompt_lookup_refuses_sliding_models():
+    cfg = transformers.MistralConfig(**{**COMMON, "num_hidden_layers": 1}, sliding_window=8)
+    engine = load(transformers.MistralForCausalLM(cfg).eval(), max_seq_len=32)
+    with pytest.raises(ValueError, match=r"^prompt_lookup: this model has sliding-window layers"):
+        engine.generate([1, 2, 3], 4, prompt_lookup=4)
