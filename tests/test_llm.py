@@ -450,6 +450,8 @@ def test_checkpoint_directory_roundtrip(kind, tmp_path):
     (["--top-p", "2"], "--top-p"),
     (["--min-p", "2"], "--min-p"),
     (["--repetition-penalty", "0"], "--repetition-penalty"),
+    (["--prompt-lookup", "-2"], "--prompt-lookup"),
+    (["--prompt-lookup", "4", "--temperature", "0.5"], "--prompt-lookup"),
     (["--model", "/nonexistent/model.gguf"], "does not exist"),
 ])
 def test_cli_generate_user_errors(argv, message, capsys):

