@@ -1,5 +1,6 @@
-"""genai_fast.llm speculative greedy decoding: DecoderModel.extend against HF's logits, prompt-lookup drafts,
-and generate(prompt_lookup=k) giving plain greedy decoding's tokens."""
+"""genai_fast.llm speculative greedy decoding and prefix reuse: DecoderModel.extend against HF's logits,
+prompt-lookup drafts, generate(prompt_lookup=k) giving plain greedy decoding's tokens, and load(reuse_prefix=True)
+prefilling only what the cache does not hold."""
 
 from __future__ import annotations
 
@@ -158,3 +159,54 @@ def test_prompt_lookup_refuses_sliding_models():
     engine = load(transformers.MistralForCausalLM(cfg).eval(), max_seq_len=32)
     with pytest.raises(ValueError, match=r"^prompt_lookup: this model has sliding-window layers"):
         engine.generate([1, 2, 3], 4, prompt_lookup=4)
+
+
+# ---------------------------------------------------------------- prefix reuse (load(reuse_prefix=True))
+
+
+def test_a_later_turn_reuses_the_cached_prefix_and_gives_the_same_tokens():
+    """A chat's next turn (the previous prompt, its answer and more) prefills only the new tokens; tokens and
+    logprobs equal a fresh engine's."""
+    hf = _tiny()
+    engine, fresh = load(hf, max_seq_len=96, reuse_prefix=True), load(hf, max_seq_len=96)
+    engine.eos_ids = fresh.eos_ids = set()
+    first = engine.generate([1, 5, 9, 33, 70], 12)
+    assert first.stats["reused_tokens"] == 0
+    turn = [1, 5, 9, 33, 70, *first.ids, 44, 45, 46]
+    second = engine.generate(turn, 16, logprobs=True)
+    want = fresh.generate(turn, 16, logprobs=True)
+    assert second.stats["reused_tokens"] == 5 + 12 - 1  # all fed tokens: the last new one never was
+    assert second.ids == want.ids and second.logprobs == pytest.approx(want.logprobs, abs=1e-4)
+    again = engine.generate(turn, 16, prompt_lookup=4)  # the same prompt: all but its last token reused
+    assert again.stats["reused_tokens"] == len(turn) - 1 and again.ids == want.ids
+
+
+def test_prefix_reuse_stops_where_the_cache_row_was_rewritten():
+    hf = _tiny()
+    engine = load(hf, max_seq_len=96, reuse_prefix=True)
+    prompt = [1, 5, 9, 33, 70, 2, 3]
+    engine.generate(prompt, 4)
+    assert engine.generate([*prompt, 4], 4).stats["reused_tokens"] == 7
+    engine.generate([prompt, [8, 9]], 4)  # a batch rewrites row 0
+    assert engine.generate([*prompt, 4], 4).stats["reused_tokens"] == 0
+    engine.loglikelihood(prompt, [4])  # so does scoring
+    assert engine.generate([*prompt, 4], 4).stats["reused_tokens"] == 0
+    assert engine.generate([60, 61, 62], 4).stats["reused_tokens"] == 0  # nothing in common
+    engine.model.allocate_cache(3, 96)  # a new (larger) cache allocation holds nothing
+    assert engine.generate([60, 61, 62, 63], 4).stats["reused_tokens"] == 0
+    plain = load(hf, max_seq_len=96)
+    plain.generate(prompt, 4)
+    assert plain.generate([*prompt, 4], 4).stats["reused_tokens"] == 0  # off by default
+    with pytest.raises(TypeError, match=r"^reuse_prefix: expected True or False"):
+        load(hf, reuse_prefix="yes")
+
+
+def test_sliding_models_never_reuse_a_prefix():
+    cfg = transformers.MistralConfig(**{**COMMON, "num_hidden_layers": 1}, sliding_window=8)
+    hf = transformers.MistralForCausalLM(cfg).eval()
+    engine, fresh = load(hf, max_seq_len=64, reuse_prefix=True), load(hf, max_seq_len=64)
+    engine.eos_ids = fresh.eos_ids = set()
+    first = engine.generate([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 6)
+    turn = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, *first.ids, 11]
+    second = engine.generate(turn, 6)
+    assert second.stats["reused_tokens"] == 0 and second.ids == fresh.generate(turn, 6).ids

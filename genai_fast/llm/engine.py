@@ -90,7 +90,7 @@ def _load_hf(source: str | os.PathLike, dtype: torch.dtype | str | None) -> tupl
 
 def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
          tokenizer: Any = None, max_seq_len: int | None = None, cuda_graph: bool = True,
-         gguf_blocks: bool | None = None) -> Engine:
+         gguf_blocks: bool | None = None, reuse_prefix: bool = False) -> Engine:
     """Load a Llama-family (llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite) or
     GPT-2 model into the compact engine.
 
@@ -105,7 +105,14 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
         traffic (genai_fast/llm/gguf_blocks.py). None (default): when the model is fp32 on the CPU and the C++
         kernel is available; True: required (ValueError saying why it cannot); False: fp32 weights.
         `Engine.weight_format` says what decode reads.
+    reuse_prefix: a single prompt that starts with the tokens the cache already holds from the previous
+        single-prompt call (a chat's earlier turns, an answer continued) prefills only the rest, through
+        DecoderModel.extend (stats["reused_tokens"]). Off by default: the reused positions' attention ran in
+        the earlier call's kernels, so logits may differ from a fresh prefill in the last bits (and a greedy
+        near-tie could then flip). Models with sliding layers never reuse (their rings hold the last window).
     """
+    if not isinstance(reuse_prefix, bool):
+        raise TypeError(f"reuse_prefix: expected True or False, got {reuse_prefix!r}")
     dtype = _resolve_dtype(dtype)
     if isinstance(source, torch.nn.Module):
         hf = source
@@ -122,6 +129,7 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
     weight_format = _use_gguf_blocks(model, source, gguf_blocks)
     engine = Engine(model, tokenizer, max_seq_len, _eos_ids(hf, tokenizer), cuda_graph=cuda_graph)
     engine.weight_format = weight_format
+    engine.reuse_prefix = reuse_prefix
     return engine
 
 
@@ -240,6 +248,10 @@ class Engine:
         self._graphs: dict[int, CudaGraphStepper] = {}
         self._in_use = _OneGeneration()
         self.weight_format = f"{model.dtype} weights".replace("torch.", "")  # load() says more for GGUF blocks
+        self.reuse_prefix = False  # see load()
+        # The tokens whose K/V cache row 0 holds at positions 0 .. len - 1 (after a single-prompt generation),
+        # with the cache allocation they live in; None when unknown.
+        self._cached_row: tuple[list[int], int] | None = None
 
     def encode(self, prompt: Prompt | Sequence[Mapping[str, Any]], chat: bool | None = None) -> list[int]:
         """Prompt -> token ids. Rule: a string is wrapped in the tokenizer's chat template (one user turn plus
@@ -427,6 +439,7 @@ class Engine:
 
     def _score_rows(self, rows: list[tuple[list[int], list[int]]]) -> list[Loglikelihood]:
         """One right-padded prefill with every position's logits -> each row's Loglikelihood."""
+        self._cached_row = None  # the prefill below rewrites row 0
         seqs = [ctx + cont for ctx, cont in rows]
         B, S = len(seqs), max(len(s) for s in seqs)
         self.model.allocate_cache(B, self.max_seq_len)
@@ -465,8 +478,43 @@ class Engine:
             return EagerStepper(self.model, batch)
         graph = self._graphs.get(batch)
         if graph is None or graph.cache_version != self.model.cache_version:
+            self._cached_row = None  # the capture writes position 0 of every row
             graph = self._graphs[batch] = CudaGraphStepper(self.model, batch)
         return graph
+
+    def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, int]:
+        """Logits [B, V] after each prompt, with the prompts' K/V in the cache; and how many leading tokens were
+        reused from the cache instead of computed (see load's reuse_prefix)."""
+        reused = self._reusable(prompts[0]) if len(prompts) == 1 else 0
+        self._cached_row = None  # row 0 is being rewritten; the caller records it again when it is whole
+        if reused:
+            suffix = torch.tensor([prompts[0][reused:]], device=self.device)
+            return self.model.extend(suffix, reused)[-1:], reused
+        lengths = [len(p) for p in prompts]
+        padded = torch.zeros(len(prompts), max(lengths), dtype=torch.long)
+        for b, ids in enumerate(prompts):
+            padded[b, :len(ids)] = torch.tensor(ids)
+        return self.model.prefill(padded.to(self.device), torch.tensor(lengths, device=self.device) - 1), 0
+
+    def _reusable(self, prompt: list[int]) -> int:
+        """How many leading tokens of `prompt` cache row 0 holds (at most all but the last, whose logits are
+        needed), when reuse_prefix is on and the row's record is current."""
+        if not self.reuse_prefix or self._cached_row is None:
+            return 0
+        tokens, version = self._cached_row
+        if version != self.model.cache_version or any(layer.window is not None for layer in self.model.layers):
+            return 0
+        common = 0
+        for a, b in zip(tokens, prompt, strict=False):
+            if a != b:
+                break
+            common += 1
+        return min(common, len(prompt) - 1)
+
+    def _remember_row(self, prompts: list[list[int]], rows: list[list[int]]) -> None:
+        """After a single-prompt generation: the cache's row 0 holds every token fed (all but the last new one)."""
+        if len(prompts) == 1 and rows[0]:
+            self._cached_row = (prompts[0] + rows[0][:-1], self.model.cache_version)
 
     def _run(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams, seed: int | None, stop: Any,
              sync_every: int, logprobs: bool = False, prompt_lookup: int = 0
@@ -495,7 +543,7 @@ class Engine:
             model, rows, done = self.model, [[]], [False]
             model.allocate_cache(1, self.max_seq_len)
             t0 = time.perf_counter()
-            logits = model.prefill(torch.tensor([prompt], device=self.device))
+            logits, reused = self._prefill([prompt])
             gained = [int(logits.argmax(-1))]
             scores = [_chosen_logprob(logits[0], gained[0])] if logprobs else []
             prefill_ms, t1 = (time.perf_counter() - t0) * 1e3, time.perf_counter()
@@ -522,8 +570,10 @@ class Engine:
                 size = speculate.next_draft_size(size, len(draft), len(gained) - 1, draft_size)
                 passes, drafted, accepted = passes + 1, drafted + len(draft), accepted + len(gained) - 1
             self._sync()
+            self._remember_row([prompt], rows)
             result = self._results(rows, [len(prompt)], prefill_ms, time.perf_counter() - t1, passes)[0]
-        result.stats.update(draft_tokens=drafted, accepted_tokens=accepted, decode_gb_per_s=float("nan"))
+        result.stats.update(draft_tokens=drafted, accepted_tokens=accepted, decode_gb_per_s=float("nan"),
+                            reused_tokens=reused)
         if logprobs:
             result.logprobs = kept_scores
         return [result]
@@ -541,12 +591,9 @@ class Engine:
         B, lengths = len(prompts), [len(p) for p in prompts]
         self.model.allocate_cache(B, self.max_seq_len)
         stepper = self._stepper(B)  # before the prefill: capturing a graph writes cache position 0
-        padded = torch.zeros(B, max(lengths), dtype=torch.long)
-        for b, ids in enumerate(prompts):
-            padded[b, :len(ids)] = torch.tensor(ids)
         t0 = time.perf_counter()
         sample.start(prompts, self.model.cfg.vocab_size, self.device)
-        logits = self.model.prefill(padded.to(self.device), torch.tensor(lengths, device=self.device) - 1)
+        logits, reused = self._prefill(prompts)
         tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
         tokens[:, 0] = sample(logits)
         stepper.start(tokens[:, 0], lengths)
@@ -568,7 +615,10 @@ class Engine:
             step += 1
         self._sync()
         decode_s = time.perf_counter() - t1
+        self._remember_row(prompts, rows)
         results = self._results(rows, lengths, prefill_ms, decode_s, step - 1)
+        for result in results:
+            result.stats["reused_tokens"] = reused
         if sample.keep_logprobs:
             for result, chosen in zip(results, sample.chosen_logprobs(), strict=True):
                 result.logprobs = chosen[:len(result.ids)]
