@@ -63,6 +63,27 @@ def test_greedy_matches_hf_on_cuda(kind, graph):
     assert (len(engine._graphs) == 1) == graph  # one capture, replayed for both prompts
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma2"])
+def test_prompt_lookup_and_prefix_reuse_on_cuda(kind):
+    """DecoderModel.extend on the GPU (cuBLAS projections, the Triton RMSNorm, the decode op over several
+    queries; Gemma 2's soft-capped attention): speculative greedy decoding and a reused prefix give HF's greedy
+    tokens, after a CUDA-graph decode has run on the same cache."""
+    hf = _tiny(kind)
+    if kind == "gemma2":  # windows wider than the cache (HF's mask) and no rings (ours): reuse refuses rings
+        hf.config.sliding_window = 1000
+        for layer in hf.model.layers:
+            layer.self_attn.sliding_window = None
+    engine = load(hf, max_seq_len=128, reuse_prefix=True)
+    engine.eos_ids = set()
+    prompt = [1, 5, 9, 33, 70, 1, 5, 9, 33, 70, 1]
+    first = engine.generate(prompt, 24)
+    assert first.ids == _hf_greedy(hf, prompt, 24)
+    turn = [*prompt, *first.ids, 7, 8]
+    fast = engine.generate(turn, 24, prompt_lookup=6)
+    assert fast.stats["reused_tokens"] == len(prompt) + 23
+    assert fast.ids == _hf_greedy(hf, turn, 24)
+
+
 def test_graph_is_captured_once_per_batch_size():
     engine = load(_tiny("llama"), max_seq_len=64)
     engine.generate([1, 2, 3], 8)
