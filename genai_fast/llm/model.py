@@ -175,8 +175,8 @@ class Layer(nn.Module):
     embeddings in a rotary model (SmolLM3's NoPE layers). window: sliding-window attention over the last `window`
     positions (the token's own included), as HF's sliding layers (Mistral, Qwen2, SmolLM3, Gemma 3); such a layer's
     cache is a ring of min(window, max_len) slots, position p in slot p % size (None: full attention).
-    post_norm1, post_norm2: Gemma 3's norms of the attention and MLP outputs before their residual adds (None:
-    none). local_rope: the layer rotates with the model's local rope tables (Gemma 3's sliding layers).
+    post_norm1, post_norm2: Gemma 2's and 3's norms of the attention and MLP outputs before their residual adds
+    (None: none). local_rope: the layer rotates with the model's local rope tables (Gemma 3's sliding layers).
     softcap: Gemma 2's attn_logit_softcapping, cap * tanh(score / cap) before the mask and softmax, which the fused
     attention kernels do not compute: such a layer attends with torch ops (softcapped_attention); 0: none."""
 
@@ -187,9 +187,8 @@ class Layer(nn.Module):
                  window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
                  local_rope: bool = False, softcap: float = 0.0) -> None:
         super().__init__()
-        self.softcap = softcap
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
-        self.use_rope, self.window, self.local_rope = use_rope, window, local_rope
+        self.use_rope, self.window, self.local_rope, self.softcap = use_rope, window, local_rope, softcap
         self.post_norm1, self.post_norm2 = post_norm1, post_norm2
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
@@ -242,7 +241,7 @@ class Layer(nn.Module):
 
     def residual(self, out: torch.Tensor, post_norm: Norm | None, rms_norm: RmsNormFn | None = None
                  ) -> torch.Tensor:
-        """A sublayer's output as its residual add takes it: through its post-norm (Gemma 3), times
+        """A sublayer's output as its residual add takes it: through its post-norm (Gemma 2 and 3), times
         residual_scale (Granite), as HF computes them."""
         if post_norm is not None:
             out = post_norm.step(out, rms_norm)
@@ -744,11 +743,11 @@ class DecoderModel(nn.Module):
         """On a GPU with Triton: kernels/rope_append.py's launcher, which rotates the new token's q and k and
         appends its k and v in one kernel (about a dozen torch kernels otherwise, each a few microseconds of a
         CUDA graph's step). None elsewhere, with GENAI_FAST_BACKEND=torch, or for a model with sliding, local-rope
-        or soft-capped layers.
-        Resolved once per setting."""
+        or soft-capped layers. Resolved once per setting."""
         key = ("append", os.environ.get(ENV_BACKEND))
         if key not in self._decode_kernels:
-            # The kernel appends at each sequence's position; a sliding layer's ring slot differs past its window.
+            # The kernel appends at each sequence's position with the global tables, and the op it feeds does not
+            # cap scores: ring slots, local tables and soft-capped scores take the unfused step.
             sliding = any(layer.window is not None or layer.local_rope or layer.softcap for layer in self.layers)
             self._decode_kernels[key] = (None if sliding else
                                          resolve_rope_append(self.device, self.dtype, self.cfg.head_dim))
@@ -902,7 +901,7 @@ def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
 
 
 def _multipliers(config: object, dtype: torch.dtype) -> dict[str, float]:
-    """embed_scale, residual_scale and logits_divisor of ModelConfig for a Llama-family config."""
+    """embed_scale, residual_scale, logits_divisor and logits_softcap of ModelConfig for a Llama-family config."""
     if config.model_type in GEMMA_NORMS:
         # HF multiplies by sqrt(hidden) held as a tensor of the model's dtype (55.5 rather than 55.43 in bf16).
         return {"embed_scale": float(torch.tensor(config.hidden_size ** 0.5).to(dtype)),
