@@ -21,6 +21,10 @@ Hierarchical softmax (HS) uses the same three updates with other output rows: th
 negatives, a centre's HS update (for every context) comes first, then its negative-sampling update from
 the input rows as HS left them (the C++ kernel interleaves them context by context in pair mode).
 
+Lock factors (gensim's vectors_lockf, LOCKF=True): every update of input row w is scaled by lockf[w % L]
+before its atomic add, and a row whose factor is 0 is not written at all; output rows are never scaled.
+Without them (LOCKF=False, the default) the scaling is compiled away.
+
 Randomness is counter-based (Philox 4x32-10, Triton's `randint4x`): the draws of the centre at kept
 index i use counters i * draw_stride + slot, so they do not depend on which program runs it or when.
 slot 0: the window shrink b = (r0 * window) >> 32; slot 1 + s * K + k: the k-th negative of context
@@ -65,12 +69,35 @@ def _softplus(x):
 
 
 @triton.jit
+def _locked_rows(err, row_mask, ids, id_mask, lockf_ptr, lockf_len, LOCKF: tl.constexpr):
+    """Input errors err [C, D] of syn0's rows `ids` [C] scaled by their lock factors (gensim's
+    vectors_lockf[id % L]), and row_mask [C, D] without the rows whose factor is 0 (frozen rows are not
+    written). Both as they are when LOCKF is off."""
+    if LOCKF:
+        factors = tl.load(lockf_ptr + ids % lockf_len, mask=id_mask, other=0.0)
+        err = err * factors[:, None]
+        row_mask = row_mask & (factors != 0.0)[:, None]
+    return err, row_mask
+
+
+@triton.jit
+def _locked_row(err, d_mask, word, lockf_ptr, lockf_len, LOCKF: tl.constexpr):
+    """_locked_rows for one input row `word`: err [D] scaled by its factor, d_mask [D] cleared when it is 0."""
+    if LOCKF:
+        factor = tl.load(lockf_ptr + word % lockf_len)
+        err = err * factor
+        nonzero = (tl.zeros_like(err) + factor) != 0.0  # a [D] block: the interpreter cannot AND a scalar
+        d_mask = d_mask & nonzero
+    return err, d_mask
+
+
+@triton.jit
 def _word2vec_train_kernel(
     syn0_ptr, syn1_ptr, tokens_ptr, alphas_ptr, bounds_ptr, prob_ptr, alias_ptr, loss_ptr,
-    tree_syn1_ptr, points_ptr, codes_ptr, lengths_ptr, depth,
+    tree_syn1_ptr, points_ptr, codes_ptr, lengths_ptr, depth, lockf_ptr, lockf_len,
     V, D, seed, window, negative, draw_stride,
     MODE: tl.constexpr, CBOW_MEAN: tl.constexpr, SHRINK: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
-    HS: tl.constexpr, NS: tl.constexpr,
+    HS: tl.constexpr, NS: tl.constexpr, LOCKF: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -99,27 +126,28 @@ def _word2vec_train_kernel(
         pos_c = i - window + offs_c + (offs_c >= window).to(tl.int32)
         c_mask = (offs_c < 2 * window) & (pos_c >= j0) & (pos_c < j1)
         if HS:
-            loss += _hs_updates(syn0_ptr, tree_syn1_ptr, tokens_ptr, points_ptr, codes_ptr, lengths_ptr, depth, D,
-                                window, centre, alpha, i, j0, j1, pos_c, c_mask, offs_d, d_mask, MODE, CBOW_MEAN,
-                                COMPUTE_LOSS, BLOCK_L)
+            loss += _hs_updates(syn0_ptr, tree_syn1_ptr, tokens_ptr, points_ptr, codes_ptr, lengths_ptr, depth,
+                                lockf_ptr, lockf_len, D, window, centre, alpha, i, j0, j1, pos_c, c_mask, offs_d,
+                                d_mask, MODE, CBOW_MEAN, COMPUTE_LOSS, LOCKF, BLOCK_L)
             tl.debug_barrier()
         if NS:
-            loss += _ns_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed, window, negative,
-                                centre, alpha, base, i, j0, j1, pos_c, c_mask, offs_k, k_mask, labels, offs_d, d_mask,
-                                MODE, CBOW_MEAN, COMPUTE_LOSS)
+            loss += _ns_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, lockf_ptr, lockf_len, V, D, seed,
+                                window, negative, centre, alpha, base, i, j0, j1, pos_c, c_mask, offs_k, k_mask,
+                                labels, offs_d, d_mask, MODE, CBOW_MEAN, COMPUTE_LOSS, LOCKF)
         # The next centre reads rows this one wrote: make this program's atomics visible to all its threads.
         tl.debug_barrier()
     tl.store(loss_ptr + pid + tl.arange(0, 1), loss)
 
 
 @triton.jit
-def _ns_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed, window, negative, centre, alpha, base,
-                i, j0, j1, pos_c, c_mask, offs_k, k_mask, labels, offs_d, d_mask, MODE: tl.constexpr,
-                CBOW_MEAN: tl.constexpr, COMPUTE_LOSS: tl.constexpr):
+def _ns_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, lockf_ptr, lockf_len, V, D, seed, window,
+                negative, centre, alpha, base, i, j0, j1, pos_c, c_mask, offs_k, k_mask, labels, offs_d, d_mask,
+                MODE: tl.constexpr, CBOW_MEAN: tl.constexpr, COMPUTE_LOSS: tl.constexpr, LOCKF: tl.constexpr):
     """Negative sampling for one centre: the centre and its noise words are the output rows."""
     if MODE == 0:
-        loss = _pair_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed, window, negative,
-                             centre, alpha, base, i, j0, j1, offs_k, k_mask, labels, offs_d, d_mask, COMPUTE_LOSS)
+        loss = _pair_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, lockf_ptr, lockf_len, V, D, seed,
+                             window, negative, centre, alpha, base, i, j0, j1, offs_k, k_mask, labels, offs_d, d_mask,
+                             COMPUTE_LOSS, LOCKF)
     else:
         ctx = tl.load(tokens_ptr + pos_c, mask=c_mask, other=0)
         noise = _noise_words(seed, base + offs_k, prob_ptr, alias_ptr, V)
@@ -133,18 +161,18 @@ def _ns_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed,
         inp = tl.load(in_ptrs, mask=row_mask_c, other=0.0, cache_modifier=".cg")
         out = tl.load(out_ptrs, mask=row_mask_k, other=0.0, cache_modifier=".cg")
         if MODE == 1:
-            loss = _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels,
-                                  alpha, COMPUTE_LOSS)
+            loss = _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, ctx, c_mask, valid_k, labels,
+                                  alpha, lockf_ptr, lockf_len, COMPUTE_LOSS, LOCKF)
         else:
-            loss = _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels,
-                                alpha, CBOW_MEAN, COMPUTE_LOSS)
+            loss = _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, ctx, c_mask, valid_k, labels,
+                                alpha, lockf_ptr, lockf_len, CBOW_MEAN, COMPUTE_LOSS, LOCKF)
     return loss
 
 
 @triton.jit
-def _hs_updates(syn0_ptr, syn1_ptr, tokens_ptr, points_ptr, codes_ptr, lengths_ptr, depth, D, window, centre, alpha,
-                i, j0, j1, pos_c, c_mask, offs_d, d_mask, MODE: tl.constexpr, CBOW_MEAN: tl.constexpr,
-                COMPUTE_LOSS: tl.constexpr, BLOCK_L: tl.constexpr):
+def _hs_updates(syn0_ptr, syn1_ptr, tokens_ptr, points_ptr, codes_ptr, lengths_ptr, depth, lockf_ptr, lockf_len, D,
+                window, centre, alpha, i, j0, j1, pos_c, c_mask, offs_d, d_mask, MODE: tl.constexpr,
+                CBOW_MEAN: tl.constexpr, COMPUTE_LOSS: tl.constexpr, LOCKF: tl.constexpr, BLOCK_L: tl.constexpr):
     """Hierarchical softmax for one centre: its Huffman path's rows are the output rows, labels 1 - code."""
     offs_l = tl.arange(0, BLOCK_L)
     path_at = tl.cast(centre, tl.int64) * depth + offs_l
@@ -155,8 +183,8 @@ def _hs_updates(syn0_ptr, syn1_ptr, tokens_ptr, points_ptr, codes_ptr, lengths_p
     row_mask_l = l_mask[:, None] & d_mask[None, :]
     loss = tl.zeros([1], dtype=tl.float64)
     if MODE == 0:
-        loss += _pair_path_updates(syn0_ptr, tokens_ptr, node_ptrs, row_mask_l, l_mask, labels, alpha, D, window, i,
-                                   j0, j1, offs_d, d_mask, COMPUTE_LOSS)
+        loss += _pair_path_updates(syn0_ptr, tokens_ptr, lockf_ptr, lockf_len, node_ptrs, row_mask_l, l_mask, labels,
+                                   alpha, D, window, i, j0, j1, offs_d, d_mask, COMPUTE_LOSS, LOCKF)
     else:
         ctx = tl.load(tokens_ptr + pos_c, mask=c_mask, other=0)
         in_ptrs = syn0_ptr + ctx.to(tl.int64)[:, None] * D + offs_d[None, :]
@@ -164,30 +192,32 @@ def _hs_updates(syn0_ptr, syn1_ptr, tokens_ptr, points_ptr, codes_ptr, lengths_p
         inp = tl.load(in_ptrs, mask=row_mask_c, other=0.0, cache_modifier=".cg")
         node = tl.load(node_ptrs, mask=row_mask_l, other=0.0, cache_modifier=".cg")
         if MODE == 1:
-            loss += _shared_update(inp, node, in_ptrs, node_ptrs, row_mask_c, row_mask_l, c_mask, l_mask, labels,
-                                   alpha, COMPUTE_LOSS)
+            loss += _shared_update(inp, node, in_ptrs, node_ptrs, row_mask_c, row_mask_l, ctx, c_mask, l_mask, labels,
+                                   alpha, lockf_ptr, lockf_len, COMPUTE_LOSS, LOCKF)
         else:
-            loss += _cbow_update(inp, node, in_ptrs, node_ptrs, row_mask_c, row_mask_l, c_mask, l_mask, labels,
-                                 alpha, CBOW_MEAN, COMPUTE_LOSS)
+            loss += _cbow_update(inp, node, in_ptrs, node_ptrs, row_mask_c, row_mask_l, ctx, c_mask, l_mask, labels,
+                                 alpha, lockf_ptr, lockf_len, CBOW_MEAN, COMPUTE_LOSS, LOCKF)
     return loss
 
 
 @triton.jit
-def _pair_path_updates(syn0_ptr, tokens_ptr, node_ptrs, row_mask_l, l_mask, labels, alpha, D, window, i, j0, j1,
-                       offs_d, d_mask, COMPUTE_LOSS: tl.constexpr):
+def _pair_path_updates(syn0_ptr, tokens_ptr, lockf_ptr, lockf_len, node_ptrs, row_mask_l, l_mask, labels, alpha, D,
+                       window, i, j0, j1, offs_d, d_mask, COMPUTE_LOSS: tl.constexpr, LOCKF: tl.constexpr):
     """gensim's order: each context in turn walks the centre's path (the path rows reloaded each time)."""
     loss = tl.zeros([1], dtype=tl.float64)
     for t in range(0, 2 * window):
         j = i - window + t + tl.cast(t >= window, tl.int32)
         if (j >= j0) & (j < j1):
-            in_ptrs = syn0_ptr + tl.cast(tl.load(tokens_ptr + j), tl.int64) * D + offs_d
+            word = tl.load(tokens_ptr + j)
+            in_ptrs = syn0_ptr + tl.cast(word, tl.int64) * D + offs_d
             inp = tl.load(in_ptrs, mask=d_mask, other=0.0, cache_modifier=".cg")
             node = tl.load(node_ptrs, mask=row_mask_l, other=0.0, cache_modifier=".cg")
             scores = tl.sum(node * inp[None, :], axis=1)
             g = tl.where(l_mask, (labels - tl.sigmoid(scores)) * alpha, 0.0)
             err = tl.sum(g[:, None] * node, axis=0)
             tl.atomic_add(node_ptrs, g[:, None] * inp[None, :], mask=row_mask_l, sem="relaxed")
-            tl.atomic_add(in_ptrs, err, mask=d_mask, sem="relaxed")
+            err, in_mask = _locked_row(err, d_mask, word, lockf_ptr, lockf_len, LOCKF)
+            tl.atomic_add(in_ptrs, err, mask=in_mask, sem="relaxed")
             if COMPUTE_LOSS:
                 signed = tl.where(labels > 0.5, -scores, scores)
                 loss += tl.sum(tl.where(l_mask, _softplus(signed), 0.0), axis=0).to(tl.float64)
@@ -196,8 +226,8 @@ def _pair_path_updates(syn0_ptr, tokens_ptr, node_ptrs, row_mask_l, l_mask, labe
 
 
 @triton.jit
-def _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels, alpha,
-                   COMPUTE_LOSS: tl.constexpr):
+def _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, ctx, c_mask, valid_k, labels, alpha, lockf_ptr,
+                   lockf_len, COMPUTE_LOSS: tl.constexpr, LOCKF: tl.constexpr):
     """pWord2Vec: all contexts [C, D] against one target set [K+1, D] as three small matrix products."""
     scores = tl.dot(inp, tl.trans(out), input_precision="ieee")            # [C, K+1]
     pair_mask = c_mask[:, None] & valid_k[None, :]
@@ -205,6 +235,7 @@ def _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, 
     in_err = tl.dot(g, out, input_precision="ieee")                       # [C, D], old outputs
     out_err = tl.dot(tl.trans(g), inp, input_precision="ieee")            # [K+1, D], old inputs
     tl.atomic_add(out_ptrs, out_err, mask=row_mask_k, sem="relaxed")
+    in_err, row_mask_c = _locked_rows(in_err, row_mask_c, ctx, c_mask, lockf_ptr, lockf_len, LOCKF)
     tl.atomic_add(in_ptrs, in_err, mask=row_mask_c, sem="relaxed")
     loss = tl.zeros([1], dtype=tl.float64)
     if COMPUTE_LOSS:
@@ -214,8 +245,8 @@ def _shared_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, 
 
 
 @triton.jit
-def _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, valid_k, labels, alpha,
-                 CBOW_MEAN: tl.constexpr, COMPUTE_LOSS: tl.constexpr):
+def _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, ctx, c_mask, valid_k, labels, alpha, lockf_ptr,
+                 lockf_len, CBOW_MEAN: tl.constexpr, COMPUTE_LOSS: tl.constexpr, LOCKF: tl.constexpr):
     """CBOW: h = sum (or mean) of the context rows; gensim's rule: a sum divides the input error by C."""
     count = tl.sum(c_mask.to(tl.float32), axis=0)
     inv_count = 1.0 / tl.maximum(count, 1.0)
@@ -229,7 +260,9 @@ def _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, va
     if not CBOW_MEAN:
         err = err * inv_count
     tl.atomic_add(out_ptrs, g[:, None] * h[None, :], mask=row_mask_k, sem="relaxed")
-    tl.atomic_add(in_ptrs, tl.zeros_like(inp) + err[None, :], mask=row_mask_c, sem="relaxed")
+    in_err, row_mask_c = _locked_rows(tl.zeros_like(inp) + err[None, :], row_mask_c, ctx, c_mask, lockf_ptr, lockf_len,
+                                      LOCKF)
+    tl.atomic_add(in_ptrs, in_err, mask=row_mask_c, sem="relaxed")
     loss = tl.zeros([1], dtype=tl.float64)
     if COMPUTE_LOSS:
         signed = tl.where(labels > 0.5, -scores, scores)
@@ -238,8 +271,9 @@ def _cbow_update(inp, out, in_ptrs, out_ptrs, row_mask_c, row_mask_k, c_mask, va
 
 
 @triton.jit
-def _pair_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, seed, window, negative, centre, alpha,
-                  base, i, j0, j1, offs_k, k_mask, labels, offs_d, d_mask, COMPUTE_LOSS: tl.constexpr):
+def _pair_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, lockf_ptr, lockf_len, V, D, seed, window,
+                  negative, centre, alpha, base, i, j0, j1, offs_k, k_mask, labels, offs_d, d_mask,
+                  COMPUTE_LOSS: tl.constexpr, LOCKF: tl.constexpr):
     """gensim's order: each context in turn with its own negatives (slot set t = the window slot)."""
     loss = tl.zeros([1], dtype=tl.float64)
     for t in range(0, 2 * window):
@@ -258,7 +292,8 @@ def _pair_updates(syn0_ptr, syn1_ptr, tokens_ptr, prob_ptr, alias_ptr, V, D, see
             g = tl.where(valid_k, (labels - tl.sigmoid(scores)) * alpha, 0.0)
             err = tl.sum(g[:, None] * out, axis=0)
             tl.atomic_add(out_ptrs, g[:, None] * inp[None, :], mask=row_mask_k, sem="relaxed")
-            tl.atomic_add(in_ptrs, err, mask=d_mask, sem="relaxed")
+            err, in_mask = _locked_row(err, d_mask, word, lockf_ptr, lockf_len, LOCKF)
+            tl.atomic_add(in_ptrs, err, mask=in_mask, sem="relaxed")
             if COMPUTE_LOSS:
                 signed = tl.where(offs_k == 0, -scores, scores)
                 loss += tl.sum(tl.where(valid_k, _softplus(signed), 0.0), axis=0).to(tl.float64)
@@ -304,10 +339,14 @@ def draw_stride(mode: str, window: int, negative: int) -> int:
 
 def check_train_sizes(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.Tensor, alphas: torch.Tensor,
                       bounds: torch.Tensor, alias_prob: torch.Tensor, alias_index: torch.Tensor,
-                      tree: tuple[torch.Tensor, ...] | None) -> None:
-    """The shapes, dtypes and layouts the kernels index (ValueError naming the argument). The values (ids
-    below vocab_size, bounds inside tokens, path lengths) are word2vec_ops' to check: reading them here would
-    cost a device sync per chunk."""
+                      tree: tuple[torch.Tensor, ...] | None, lockf: torch.Tensor | None = None) -> None:
+    """The shapes, dtypes and layouts the kernels index (ValueError naming the argument; TypeError for lockf's
+    dtype). The values (ids below vocab_size, bounds inside tokens, path lengths) are word2vec_ops' to check:
+    reading them here would cost a device sync per chunk."""
+    if lockf is not None:
+        from genai_fast.ops.word2vec_ops import validate_lockf
+
+        validate_lockf(lockf, syn0.device)
     if syn0.dim() != 2 or not syn0.is_contiguous() or syn0.dtype != torch.float32:
         raise ValueError(f"syn0: expected a contiguous float32 [V, D] table, got {tuple(syn0.shape)} {syn0.dtype}")
     vocab, dim = syn0.shape
@@ -332,15 +371,18 @@ def check_train_sizes(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.T
 def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.Tensor, alphas: torch.Tensor,
                        bounds: torch.Tensor, alias_prob: torch.Tensor, alias_index: torch.Tensor, *, mode: str,
                        window: int, negative: int, cbow_mean: bool, shrink_windows: bool, compute_loss: bool,
-                       seed: int, tree: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+                       seed: int, tree: tuple[torch.Tensor, ...] | None = None,
+                       lockf: torch.Tensor | None = None) -> torch.Tensor:
     """Launch one program per slice; updates syn0/syn1neg [V, D] in place; returns loss per slice [P] fp64.
 
     tokens [N] int32 kept ids; alphas [N] fp32 per-token learning rate; bounds [P, 4] int32 (slice lo,
     hi, sentence lo, hi, indices into tokens). tree: hierarchical softmax's (syn1 [V, D] fp32, updated in
     place; points [V, L] int32; codes [V, L] uint8; lengths [V] int32) on the tables' device, or None;
-    negative 0 needs it. The caller (word2vec_ops) has validated ids and sizes.
+    negative 0 needs it. lockf: [L] float32 lock factors on the tables' device (gensim's vectors_lockf; syn0 row
+    w's updates scaled by lockf[w % L]), or None (all 1: the kernel compiled without the scaling). The caller
+    (word2vec_ops) has validated ids and sizes.
     """
-    check_train_sizes(syn0, syn1neg, tokens, alphas, bounds, alias_prob, alias_index, tree)
+    check_train_sizes(syn0, syn1neg, tokens, alphas, bounds, alias_prob, alias_index, tree, lockf)
     num_slices = bounds.shape[0]
     loss = memory.empty((num_slices,), dtype=torch.float64, device=syn0.device)  # every program writes its slot
     if num_slices == 0:
@@ -350,12 +392,15 @@ def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.
     # Without a tree its pointers are never read (HS=False); syn0 stands in for them.
     tree_syn1, points, codes, lengths = tree if tree is not None else (syn0, alphas, alphas, alphas)
     depth = points.shape[1] if tree is not None else 0
+    # Without factors their pointer is never read (LOCKF=False): alphas stands in for it, with a fixed length so
+    # that the default path compiles once (Triton specialises integer arguments on their value modulo 16).
+    lockf_table, lockf_len = (lockf, lockf.numel()) if lockf is not None else (alphas, 1)
     _word2vec_train_kernel[(num_slices,)](
         syn0, syn1neg, tokens, alphas, bounds, alias_prob, alias_index, loss,
-        tree_syn1, points, codes, lengths, depth,
+        tree_syn1, points, codes, lengths, depth, lockf_table, lockf_len,
         vocab, dim, seed, window, negative, draw_stride(mode, window, negative),
         MODE=MODES[mode], CBOW_MEAN=bool(cbow_mean), SHRINK=bool(shrink_windows), COMPUTE_LOSS=bool(compute_loss),
-        HS=tree is not None, NS=negative > 0,
+        HS=tree is not None, NS=negative > 0, LOCKF=lockf is not None,
         BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_L=path_block(depth),
         num_warps=2 if dim <= 64 else (4 if dim <= 256 else 8),
     )

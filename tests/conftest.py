@@ -63,6 +63,6 @@ def cuda_emulator(tmp_path_factory):
     trainer's tests (test_word2vec_gpu_kernels.py, test_word2vec_gpu_hs.py) run it on the CPU."""
     lib = build_emulator(tmp_path_factory, "warp_emulator.cpp")
     p, q, i = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
-    lib.emulate_word2vec_train.argtypes = [p] * 12 + [q, q, i, q, i, i, q, i, i, i, i, i, i]
+    lib.emulate_word2vec_train.argtypes = [p] * 12 + [q, q, i, q, i, i, q, i, i, i, i, i, i, p, q]
     lib.emulate_word2vec_draws.argtypes = [p] * 4 + [q, q, q, i, q, i, i]
     return lib

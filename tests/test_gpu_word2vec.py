@@ -12,7 +12,14 @@ from genai_fast.backends import memory
 from genai_fast.backends.availability import backend_unavailable_reasons
 from genai_fast.ops.word2vec_ops import WORD2VEC_TRAIN, plan_chunk, word2vec_draws_reference, word2vec_train_chunk
 from genai_fast.testing import assert_matches_oracle
-from tests.test_word2vec_gpu_kernels import _chunk, _noise_tables, _tables, replay_planned
+from tests.test_word2vec_gpu_kernels import (
+    _chunk,
+    _noise_tables,
+    _tables,
+    check_lock_factors_kept,
+    lock_factors,
+    replay_planned,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -83,6 +90,38 @@ def test_gpu_single_program_matches_float64_replay(backend, mode, cbow_mean, dim
     assert_matches_oracle(out0, ref0, base0, what=f"{backend} {mode} syn0")
     assert_matches_oracle(out1, ref1, base1, what=f"{backend} {mode} syn1neg")
     assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-4)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("mode", "cbow_mean", "dim"), REPLAY)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_single_program_with_lock_factors_matches_float64_replay(backend, mode, cbow_mean, dim):
+    """gensim's lock factors on the device: each input row's updates scaled by its factor, frozen rows untouched."""
+    _require(backend)
+    vocab, window, negative, seed = 60, 5, 5, 21
+    tokens, offsets = _chunk(vocab, [150], seed=1)
+    prob, alias = _noise_tables(vocab)
+    lockf = lock_factors(vocab)
+    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.9), 0.05, 0.01, seed,
+                      slice_tokens=10**6)
+    syn0, syn1 = _tables(vocab, dim)
+    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
+                                                        negative=negative, seed=seed, cbow_mean=cbow_mean,
+                                                        lockf=lockf)
+    out0, out1 = syn0.cuda(), syn1.cuda()
+    loss = _launcher(backend).word2vec_train_fwd(
+        out0, out1, plan.tokens.cuda(), plan.alphas.cuda(), plan.bounds.cuda(), torch.from_numpy(prob).cuda(),
+        torch.from_numpy(alias).cuda(), mode=mode, window=window, negative=negative, cbow_mean=cbow_mean,
+        shrink_windows=True, compute_loss=True, seed=seed, lockf=lockf.cuda())
+    assert_matches_oracle(out0, ref0, base0, what=f"{backend} {mode} syn0 (lock factors)")
+    assert_matches_oracle(out1, ref1, base1, what=f"{backend} {mode} syn1neg (lock factors)")
+    assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-4)
+    check_lock_factors_kept(out0.cpu(), syn0, lockf)
+    with pytest.raises(ValueError, match="lockf: expected lock factors on the tables' device"):
+        _launcher(backend).word2vec_train_fwd(
+            out0, out1, plan.tokens.cuda(), plan.alphas.cuda(), plan.bounds.cuda(), torch.from_numpy(prob).cuda(),
+            torch.from_numpy(alias).cuda(), mode=mode, window=window, negative=negative, cbow_mean=cbow_mean,
+            shrink_windows=True, compute_loss=False, seed=seed, lockf=lockf)
 
 
 @pytest.mark.parametrize("mode", ["sg_shared", "sg_pair", "cbow"])
@@ -190,6 +229,29 @@ def test_word2vec_cuda_and_triton_backends_agree(monkeypatch):
     (rate_t, loss_t), (rate_c, loss_c) = results["triton"], results["cuda"]
     assert abs(rate_t - rate_c) <= 0.05 and min(rate_t, rate_c) >= 0.9, results
     assert loss_t[-1] == pytest.approx(loss_c[-1], rel=0.05), results
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("sg", "hs", "negative"), [(1, 0, 5), (0, 0, 5), (0, 1, 3)],
+                         ids=["skip-gram", "cbow", "cbow-hs+negatives"])
+def test_word2vec_on_the_gpu_keeps_frozen_words(sg, hs, negative, backend, monkeypatch):
+    """Word2Vec(device="cuda") with one lock factor per word (0, 1, 0.5 in turn): the factors go to the device
+    with the tables, and the frozen words come back bit for bit while the others train."""
+    from genai_fast.word2vec import Word2Vec
+
+    _require(backend)
+    monkeypatch.setenv("GENAI_FAST_BACKEND", backend)
+    corpus = _topic_corpus(sentences=4000, seed=3)
+    model = Word2Vec(vector_size=48, window=5, hs=hs, negative=negative, min_count=1, sg=sg, epochs=2, seed=1,
+                     workers=4, device="cuda")
+    model.build_vocab(corpus)
+    factors = np.resize(np.array([0.0, 1.0, 0.5], np.float32), len(model.wv))
+    model.wv.vectors_lockf = factors
+    start = model.wv.vectors.copy()
+    model.train(corpus, total_examples=model.corpus_count, epochs=model.epochs)
+    assert WORD2VEC_TRAIN.last_backend == backend
+    moved = (model.wv.vectors != start).any(axis=1)
+    assert not moved[factors == 0].any() and moved[factors != 0].all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

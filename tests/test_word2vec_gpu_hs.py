@@ -4,6 +4,7 @@ negatives), and Word2Vec(hs=1)'s GPU code path. See test_word2vec_gpu_kernels.py
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,14 +24,17 @@ from tests.test_word2vec_gpu_kernels import (
     _ptr,
     _sg_update,
     _tables,
+    check_lock_factors_kept,
+    lock_factors,
     needs_triton,
 )
 
 
 def replay_hs_chunk(syn0, syn1neg, tree: HsTree, plan, shrink, noise, *, mode: str, window: int, negative: int,
-                    cbow_mean: bool) -> float:
+                    cbow_mean: bool, lockf=None) -> float:
     """The kernel's order, centre after centre in slice order: the hierarchical-softmax update of every
-    context (hs_step_reference), then, with negatives, the negative-sampling update."""
+    context (hs_step_reference), then, with negatives, the negative-sampling update; lockf: [L] lock factors
+    of the input rows, or None."""
     tokens, alphas = plan.tokens.tolist(), plan.alphas.tolist()
     loss = 0.0
     for lo, hi, sent_lo, sent_hi in plan.bounds.tolist():
@@ -41,17 +45,17 @@ def replay_hs_chunk(syn0, syn1neg, tree: HsTree, plan, shrink, noise, *, mode: s
                 continue
             centre, alpha, ctx = tokens[i], alphas[i], [tokens[j] for j in positions]
             loss += float(hs_step_reference(syn0, torch.tensor([centre]), torch.tensor([ctx]), tree, alpha, mode,
-                                            cbow_mean).sum())
+                                            cbow_mean, lockf).sum())
             if not negative:
                 continue
             if mode == "sg_pair":
                 for j in positions:
                     slot = j - (i - window) - (1 if j > i else 0)
-                    loss += _sg_update(syn0, syn1neg, [tokens[j]], centre, noise[i, slot], alpha)
+                    loss += _sg_update(syn0, syn1neg, [tokens[j]], centre, noise[i, slot], alpha, lockf)
             elif mode == "sg_shared":
-                loss += _sg_update(syn0, syn1neg, ctx, centre, noise[i, 0], alpha)
+                loss += _sg_update(syn0, syn1neg, ctx, centre, noise[i, 0], alpha, lockf)
             else:
-                loss += _cbow_update(syn0, syn1neg, ctx, centre, noise[i, 0], alpha, cbow_mean)
+                loss += _cbow_update(syn0, syn1neg, ctx, centre, noise[i, 0], alpha, cbow_mean, lockf)
     return loss
 
 
@@ -69,6 +73,7 @@ class HsChunk(NamedTuple):
     alias: np.ndarray
     tables: list[torch.Tensor]  # syn0, syn1neg, syn1
     tree: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # points int32, codes uint8, lengths int32
+    lockf: torch.Tensor | None
     ref: list[torch.Tensor]
     ref_loss: float
     base: list[torch.Tensor]
@@ -77,7 +82,7 @@ class HsChunk(NamedTuple):
 VOCAB, WINDOW, SEED = 23, 3, 5
 
 
-def hs_chunk(mode: str, cbow_mean: bool, dim: int, negative: int) -> HsChunk:
+def hs_chunk(mode: str, cbow_mean: bool, dim: int, negative: int, lockf: torch.Tensor | None = None) -> HsChunk:
     tokens, offsets = _chunk(VOCAB, [9, 1, 14], seed=3, unused=1)  # the last word is never a centre
     t = huffman_tree(np.bincount(tokens, minlength=VOCAB) + 1)
     prob, alias = _noise_tables(VOCAB)
@@ -94,13 +99,13 @@ def hs_chunk(mode: str, cbow_mean: bool, dim: int, negative: int) -> HsChunk:
 
     def replay(tables: list[torch.Tensor]) -> float:
         return replay_hs_chunk(tables[0], tables[1], HsTree(tables[2], *tree), plan, shrink, noise, mode=mode,
-                               window=WINDOW, negative=negative, cbow_mean=cbow_mean)
+                               window=WINDOW, negative=negative, cbow_mean=cbow_mean, lockf=lockf)
 
     ref = [syn0.double(), syn1neg.double(), syn1.double()]
     ref_loss = replay(ref)
     base = [syn0.clone(), syn1neg.clone(), syn1.clone()]
     replay(base)
-    return HsChunk(plan, prob, alias, [syn0, syn1neg, syn1], tree, ref, ref_loss, base)
+    return HsChunk(plan, prob, alias, [syn0, syn1neg, syn1], tree, lockf, ref, ref_loss, base)
 
 
 def check_hs_chunk(case: HsChunk, out: list[torch.Tensor], loss: torch.Tensor, negative: int, what: str) -> None:
@@ -113,22 +118,57 @@ def check_hs_chunk(case: HsChunk, out: list[torch.Tensor], loss: torch.Tensor, n
     assert float(loss.sum()) == pytest.approx(case.ref_loss, rel=1e-5)
     assert not torch.equal(out[2][inner], case.tables[2][inner])
     assert torch.equal(out[1], case.tables[1]) == (negative == 0), "syn1neg trains only with negatives"
+    if case.lockf is not None:
+        check_lock_factors_kept(out[0], case.tables[0], case.lockf)
 
 
-@needs_triton
-@pytest.mark.parametrize(("mode", "cbow_mean", "dim", "negative"), HS_CASES, ids=HS_IDS)
-def test_triton_hs_chunk_matches_float64_replay(mode, cbow_mean, dim, negative):
+# With lock factors (one per word, cycling 0, 1, 0.5): hs alone and hs beside negatives, each kind of update.
+LOCKF_CASES = [HS_CASES[i] for i in (0, 1, 3, 5, 6)]
+LOCKF_IDS = [HS_IDS[i] + "-lockf" for i in (0, 1, 3, 5, 6)]
+
+
+def run_triton_hs(case: HsChunk, mode: str, cbow_mean: bool, negative: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     from genai_fast.kernels.word2vec import word2vec_train_fwd
 
-    case = hs_chunk(mode, cbow_mean, dim, negative)
     out = [t.clone() for t in case.tables]
     plan = case.plan
     with memory.poison_outputs():
         loss = word2vec_train_fwd(out[0], out[1], plan.tokens, plan.alphas, plan.bounds, torch.from_numpy(case.prob),
                                   torch.from_numpy(case.alias), mode=mode, window=WINDOW, negative=negative,
                                   cbow_mean=cbow_mean, shrink_windows=True, compute_loss=True, seed=SEED,
-                                  tree=(out[2], *case.tree))
+                                  tree=(out[2], *case.tree), lockf=case.lockf)
+    return out, loss
+
+
+@needs_triton
+@pytest.mark.parametrize(("mode", "cbow_mean", "dim", "negative"), HS_CASES, ids=HS_IDS)
+def test_triton_hs_chunk_matches_float64_replay(mode, cbow_mean, dim, negative):
+    case = hs_chunk(mode, cbow_mean, dim, negative)
+    out, loss = run_triton_hs(case, mode, cbow_mean, negative)
     check_hs_chunk(case, out, loss, negative, f"triton {mode}")
+
+
+@needs_triton
+@pytest.mark.parametrize(("mode", "cbow_mean", "dim", "negative"), LOCKF_CASES, ids=LOCKF_IDS)
+def test_triton_hs_chunk_with_lock_factors_matches_float64_replay(mode, cbow_mean, dim, negative):
+    case = hs_chunk(mode, cbow_mean, dim, negative, lock_factors(VOCAB))
+    out, loss = run_triton_hs(case, mode, cbow_mean, negative)
+    check_hs_chunk(case, out, loss, negative, f"triton {mode} (lock factors)")
+
+
+def run_cuda_hs(lib: Any, case: HsChunk, mode: str, cbow_mean: bool, negative: int
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    out = [t.clone() for t in case.tables]
+    plan, (points, codes, lengths) = case.plan, case.tree
+    num_slices = plan.bounds.shape[0]
+    loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
+    lockf = (ctypes.c_void_p(0), 0) if case.lockf is None else (_ptr(case.lockf), case.lockf.numel())
+    lib.emulate_word2vec_train(
+        _ptr(out[0]), _ptr(out[1]), _ptr(plan.tokens), _ptr(plan.alphas), _ptr(plan.bounds),
+        _ptr(torch.from_numpy(case.prob)), _ptr(torch.from_numpy(case.alias)), _ptr(loss), _ptr(out[2]), _ptr(points),
+        _ptr(codes), _ptr(lengths), num_slices, VOCAB, out[0].shape[1], SEED, WINDOW, negative,
+        _cuda_draw_stride(mode, WINDOW, negative), MODE_CODES[mode], int(cbow_mean), 1, 1, points.shape[1], 1, *lockf)
+    return out, loss
 
 
 @pytest.mark.parametrize(("mode", "cbow_mean", "dim", "negative"), HS_CASES, ids=HS_IDS)
@@ -136,16 +176,16 @@ def test_cuda_hs_chunk_emulated_matches_float64_replay(cuda_emulator, mode, cbow
     """csrc/cuda/word2vec.cu with a Huffman tree, run by the warp emulator: the path update, then the
     negatives, per centre."""
     case = hs_chunk(mode, cbow_mean, dim, negative)
-    out = [t.clone() for t in case.tables]
-    plan, (points, codes, lengths) = case.plan, case.tree
-    num_slices = plan.bounds.shape[0]
-    loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
-    cuda_emulator.emulate_word2vec_train(
-        _ptr(out[0]), _ptr(out[1]), _ptr(plan.tokens), _ptr(plan.alphas), _ptr(plan.bounds),
-        _ptr(torch.from_numpy(case.prob)), _ptr(torch.from_numpy(case.alias)), _ptr(loss), _ptr(out[2]), _ptr(points),
-        _ptr(codes), _ptr(lengths), num_slices, VOCAB, dim, SEED, WINDOW, negative,
-        _cuda_draw_stride(mode, WINDOW, negative), MODE_CODES[mode], int(cbow_mean), 1, 1, points.shape[1], 1)
+    out, loss = run_cuda_hs(cuda_emulator, case, mode, cbow_mean, negative)
     check_hs_chunk(case, out, loss, negative, f"cuda {mode}")
+
+
+@pytest.mark.parametrize(("mode", "cbow_mean", "dim", "negative"), LOCKF_CASES, ids=LOCKF_IDS)
+def test_cuda_hs_chunk_emulated_with_lock_factors_matches_float64_replay(cuda_emulator, mode, cbow_mean, dim,
+                                                                         negative):
+    case = hs_chunk(mode, cbow_mean, dim, negative, lock_factors(VOCAB))
+    out, loss = run_cuda_hs(cuda_emulator, case, mode, cbow_mean, negative)
+    check_hs_chunk(case, out, loss, negative, f"cuda {mode} (lock factors)")
 
 
 @needs_triton

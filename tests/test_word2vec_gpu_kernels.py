@@ -44,7 +44,14 @@ needs_triton = pytest.mark.skipif(
 # ---------------------------------------------------------------- float64 replay of the kernel
 
 
-def _sg_update(syn0, syn1, ctx: list[int], centre: int, negs, alpha: float) -> float:
+def _lock(err, rows, lockf):
+    """err [n, D] of input rows `rows` [n] scaled by their lock factors lockf[row % L] (None: err itself)."""
+    if lockf is None:
+        return err
+    return err * lockf.to(err.dtype)[rows % lockf.numel()][:, None]
+
+
+def _sg_update(syn0, syn1, ctx: list[int], centre: int, negs, alpha: float, lockf=None) -> float:
     """All contexts against one target set, every score from the rows before the update."""
     targets = torch.tensor([centre, *[int(n) for n in negs]])
     valid = torch.ones(len(targets), dtype=syn0.dtype)
@@ -56,12 +63,12 @@ def _sg_update(syn0, syn1, ctx: list[int], centre: int, negs, alpha: float) -> f
     f = inp @ out.T
     g = (labels - torch.sigmoid(f)) * alpha * valid
     syn1.index_add_(0, targets, g.T @ inp)
-    syn0.index_add_(0, rows, g @ out)
+    syn0.index_add_(0, rows, _lock(g @ out, rows, lockf))
     signed = torch.where(labels.bool(), -f, f)
     return float((F.softplus(signed.double()) * valid.double()).sum())
 
 
-def _cbow_update(syn0, syn1, ctx: list[int], centre: int, negs, alpha: float, cbow_mean: bool) -> float:
+def _cbow_update(syn0, syn1, ctx: list[int], centre: int, negs, alpha: float, cbow_mean: bool, lockf=None) -> float:
     targets = torch.tensor([centre, *[int(n) for n in negs]])
     valid = torch.ones(len(targets), dtype=syn0.dtype)
     valid[1:] = (targets[1:] != centre).to(syn0.dtype)
@@ -74,14 +81,15 @@ def _cbow_update(syn0, syn1, ctx: list[int], centre: int, negs, alpha: float, cb
     g = (labels - torch.sigmoid(f)) * alpha * valid
     err = (g @ out) / (1 if cbow_mean else len(ctx))
     syn1.index_add_(0, targets, g[:, None] * h[None, :])
-    syn0.index_add_(0, rows, err.expand(len(ctx), -1).contiguous())
+    syn0.index_add_(0, rows, _lock(err.expand(len(ctx), -1), rows, lockf).contiguous())
     signed = torch.where(labels.bool(), -f, f)
     return float((F.softplus(signed.double()) * valid.double()).sum())
 
 
 def replay_chunk(syn0, syn1, plan: ChunkPlan, shrink, noise, *, mode: str, window: int, cbow_mean: bool = True,
-                 shrink_windows: bool = True) -> float:
-    """The kernel's arithmetic, centre after centre in slice order, in syn0's dtype (in place)."""
+                 shrink_windows: bool = True, lockf=None) -> float:
+    """The kernel's arithmetic, centre after centre in slice order, in syn0's dtype (in place); lockf: [L] lock
+    factors scaling each input row's updates, or None."""
     tokens, alphas = plan.tokens.tolist(), plan.alphas.tolist()
     loss = 0.0
     for lo, hi, sent_lo, sent_hi in plan.bounds.tolist():
@@ -94,31 +102,45 @@ def replay_chunk(syn0, syn1, plan: ChunkPlan, shrink, noise, *, mode: str, windo
             if mode == "sg_pair":
                 for j in positions:
                     slot = j - (i - window) - (1 if j > i else 0)
-                    loss += _sg_update(syn0, syn1, [tokens[j]], centre, noise[i, slot], alpha)
+                    loss += _sg_update(syn0, syn1, [tokens[j]], centre, noise[i, slot], alpha, lockf)
             elif mode == "sg_shared":
-                loss += _sg_update(syn0, syn1, [tokens[j] for j in positions], centre, noise[i, 0], alpha)
+                loss += _sg_update(syn0, syn1, [tokens[j] for j in positions], centre, noise[i, 0], alpha, lockf)
             else:
                 loss += _cbow_update(syn0, syn1, [tokens[j] for j in positions], centre, noise[i, 0], alpha,
-                                     cbow_mean)
+                                     cbow_mean, lockf)
     return loss
 
 
-def replay_oracle(syn0, syn1, plan: ChunkPlan, shrink, noise, *, mode: str, window: int, cbow_mean: bool = True):
+def replay_oracle(syn0, syn1, plan: ChunkPlan, shrink, noise, *, mode: str, window: int, cbow_mean: bool = True,
+                  lockf=None):
     """The float64 replay of a chunk from copies of (syn0, syn1) (the oracle), and the same replay in float32
     (which sets the error budget of the tolerance rule): (ref0, ref1, ref_loss, base0, base1)."""
     ref0, ref1 = syn0.double(), syn1.double()
-    ref_loss = replay_chunk(ref0, ref1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    ref_loss = replay_chunk(ref0, ref1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean,
+                            lockf=lockf)
     base0, base1 = syn0.clone(), syn1.clone()
-    replay_chunk(base0, base1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    replay_chunk(base0, base1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean, lockf=lockf)
     return ref0, ref1, ref_loss, base0, base1
 
 
 def replay_planned(syn0, syn1, plan: ChunkPlan, prob, alias, *, mode: str, window: int, negative: int, seed: int,
-                   cbow_mean: bool = True):
+                   cbow_mean: bool = True, lockf=None):
     """replay_oracle of a planned chunk with the draws its seed gives (the numpy stream every kernel reproduces)."""
     shrink, noise = word2vec_draws_reference(plan.effective_words, prob, alias, mode=mode, window=window,
                                              negative=negative, seed=seed)
-    return replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean)
+    return replay_oracle(syn0, syn1, plan, shrink, noise, mode=mode, window=window, cbow_mean=cbow_mean, lockf=lockf)
+
+
+def lock_factors(vocab: int) -> torch.Tensor:
+    """Per-word lock factors cycling 0, 1, 0.5 (frozen, trained, damped), float32 [V]."""
+    return torch.tensor([0.0, 1.0, 0.5] * vocab)[:vocab].contiguous()
+
+
+def check_lock_factors_kept(out0: torch.Tensor, syn0: torch.Tensor, lockf: torch.Tensor) -> None:
+    """Rows whose factor is 0 are bit for bit as before; the others moved."""
+    frozen = lockf[torch.arange(syn0.shape[0]) % lockf.numel()] == 0
+    assert torch.equal(out0[frozen], syn0[frozen]), "a lock factor 0 must leave the row bit for bit"
+    assert not torch.equal(out0[~frozen], syn0[~frozen])
 
 
 def _noise_tables(vocab: int, unused: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -183,12 +205,12 @@ from triton.compiler import ASTSource
 from genai_fast.kernels import word2vec as w
 sig = {"syn0_ptr": "*fp32", "syn1_ptr": "*fp32", "tokens_ptr": "*i32", "alphas_ptr": "*fp32", "bounds_ptr": "*i32",
        "prob_ptr": "*fp32", "alias_ptr": "*i32", "loss_ptr": "*fp64", "tree_syn1_ptr": "*fp32", "points_ptr": "*i32",
-       "codes_ptr": "*u8", "lengths_ptr": "*i32", "depth": "i32", "V": "i32", "D": "i32", "seed": "i64",
-       "window": "i32", "negative": "i32", "draw_stride": "i32"}
+       "codes_ptr": "*u8", "lengths_ptr": "*i32", "depth": "i32", "lockf_ptr": "*fp32", "lockf_len": "i32",
+       "V": "i32", "D": "i32", "seed": "i64", "window": "i32", "negative": "i32", "draw_stride": "i32"}
 for mode in (0, 1, 2):
     for hs, ns in ((False, True), (True, False), (True, True)):  # negative sampling, hierarchical softmax, both
         consts = {"MODE": mode, "CBOW_MEAN": mode == 2, "SHRINK": True, "COMPUTE_LOSS": True, "HS": hs, "NS": ns,
-                  "BLOCK_C": 16, "BLOCK_K": 16, "BLOCK_D": 128, "BLOCK_L": 32}
+                  "LOCKF": hs == ns, "BLOCK_C": 16, "BLOCK_K": 16, "BLOCK_D": 128, "BLOCK_L": 32}
         src = ASTSource(fn=w._word2vec_train_kernel, signature={**sig, **{k: "constexpr" for k in consts}},
                         constexprs=consts)
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -275,6 +297,33 @@ def test_triton_chunk_matches_float64_replay(mode, cbow_mean, vocab, dim, length
     assert not torch.equal(out0, syn0) and not torch.equal(out1, syn1)
 
 
+@needs_triton
+@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "lengths", "window", "negative", "slice_tokens"),
+                         [REPLAY_CASES[0], REPLAY_CASES[1], REPLAY_CASES[3]])
+def test_triton_chunk_with_lock_factors_matches_float64_replay(mode, cbow_mean, vocab, dim, lengths, window, negative,
+                                                               slice_tokens):
+    """LOCKF=True: each input row's updates scaled by its lock factor (0: the row is never written)."""
+    from genai_fast.kernels.word2vec import word2vec_train_fwd
+
+    tokens, offsets = _chunk(vocab, lengths, seed=vocab)
+    prob, alias = _noise_tables(vocab)
+    seed, lockf = 11, lock_factors(vocab)
+    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.8), 0.2, 0.05, seed,
+                      slice_tokens)
+    syn0, syn1 = _tables(vocab, dim)
+    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
+                                                        negative=negative, seed=seed, cbow_mean=cbow_mean,
+                                                        lockf=lockf)
+    out0, out1 = syn0.clone(), syn1.clone()
+    loss = word2vec_train_fwd(out0, out1, plan.tokens, plan.alphas, plan.bounds, torch.from_numpy(prob),
+                              torch.from_numpy(alias), mode=mode, window=window, negative=negative,
+                              cbow_mean=cbow_mean, shrink_windows=True, compute_loss=True, seed=seed, lockf=lockf)
+    assert_matches_oracle(out0, ref0, base0, what=f"triton {mode} syn0 (lock factors)")
+    assert_matches_oracle(out1, ref1, base1, what=f"triton {mode} syn1neg (lock factors)")
+    assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
+    check_lock_factors_kept(out0, syn0, lockf)
+
+
 # ---------------------------------------------------------------- the CUDA kernel, emulated on the CPU
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
@@ -333,11 +382,71 @@ def test_cuda_kernel_emulated_matches_float64_replay(cuda_emulator, mode, cbow_m
         _ptr(out0), _ptr(out1), _ptr(plan.tokens), _ptr(plan.alphas), _ptr(plan.bounds),
         _ptr(torch.from_numpy(prob)), _ptr(torch.from_numpy(alias)), _ptr(loss), null, null, null, null, num_slices,
         vocab, dim, seed, window, negative, _cuda_draw_stride(mode, window, negative), MODE_CODES[mode],
-        int(cbow_mean), 1, 1, 0, 0)
+        int(cbow_mean), 1, 1, 0, 0, null, 0)
     assert bool(torch.isfinite(loss).all()), "every warp writes its loss slot"
     assert_matches_oracle(out0, ref0, base0, what=f"cuda {mode} syn0")
     assert_matches_oracle(out1, ref1, base1, what=f"cuda {mode} syn1neg")
     assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "lengths", "window", "negative", "slice_tokens",
+                          "alpha"), [CUDA_REPLAY_CASES[i] for i in (0, 1, 3)])
+@pytest.mark.parametrize("cyclic", [False, True], ids=["per-word", "cyclic-3"])
+def test_cuda_kernel_emulated_with_lock_factors_matches_float64_replay(cuda_emulator, cyclic, mode, cbow_mean, vocab,
+                                                                       dim, lengths, window, negative, slice_tokens,
+                                                                       alpha):
+    """A non-null lockf: each input row's updates scaled by lockf[id % L] (0: never written)."""
+    tokens, offsets = _chunk(vocab, lengths, seed=vocab)
+    prob, alias = _noise_tables(vocab)
+    seed = 11
+    lockf = torch.tensor([0.5, 0.0, 1.0]) if cyclic else lock_factors(vocab)
+    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.8), alpha,
+                      alpha / 4, seed, slice_tokens)
+    syn0, syn1 = _tables(vocab, dim)
+    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
+                                                        negative=negative, seed=seed, cbow_mean=cbow_mean,
+                                                        lockf=lockf)
+    out0, out1 = syn0.clone(), syn1.clone()
+    num_slices = plan.bounds.shape[0]
+    loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
+    null = ctypes.c_void_p(0)
+    cuda_emulator.emulate_word2vec_train(
+        _ptr(out0), _ptr(out1), _ptr(plan.tokens), _ptr(plan.alphas), _ptr(plan.bounds),
+        _ptr(torch.from_numpy(prob)), _ptr(torch.from_numpy(alias)), _ptr(loss), null, null, null, null, num_slices,
+        vocab, dim, seed, window, negative, _cuda_draw_stride(mode, window, negative), MODE_CODES[mode],
+        int(cbow_mean), 1, 1, 0, 0, _ptr(lockf), lockf.numel())
+    assert_matches_oracle(out0, ref0, base0, what=f"cuda {mode} syn0 (lock factors)")
+    assert_matches_oracle(out1, ref1, base1, what=f"cuda {mode} syn1neg (lock factors)")
+    assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
+    check_lock_factors_kept(out0, syn0, lockf)
+
+
+def test_gpu_launchers_reject_bad_lock_factors_before_any_launch():
+    """Both GPU launchers check lockf (dtype, shape, layout, device) before touching the GPU or the tables (so
+    this runs without one: the checks come before any CuPy or Triton call)."""
+    from genai_fast.backends.cuda import word2vec as cuda_launcher
+
+    vocab = 10
+    syn0, syn1 = _tables(vocab, 8)
+    plan = plan_chunk(torch.from_numpy(_chunk(vocab, [6, 4])[0]), torch.tensor([0, 6, 10]), None, 0.1, 0.1, 1)
+    prob, alias = (torch.from_numpy(a) for a in _noise_tables(vocab))
+    before0 = syn0.clone()
+    bad = [(torch.ones(vocab, dtype=torch.float64), TypeError, "lockf: expected float32"),
+           (torch.ones(vocab, 2), ValueError, "lockf: expected a 1-D array"),
+           (torch.ones(0), ValueError, "lockf: expected a 1-D array of at least one"),
+           (torch.ones(2 * vocab)[::2], ValueError, "lockf: expected a contiguous array"),
+           (torch.ones(vocab, device="meta"), ValueError, "lockf: expected lock factors on the tables' device")]
+    for lockf, error, match in bad:
+        with pytest.raises(error, match=match):
+            cuda_launcher.word2vec_train_fwd(syn0, syn1, plan.tokens, plan.alphas, plan.bounds, prob, alias,
+                                             mode="sg_shared", window=2, negative=2, cbow_mean=True,
+                                             shrink_windows=True, compute_loss=False, seed=1, lockf=lockf)
+        if triton_module()[0] is not None:
+            from genai_fast.kernels.word2vec import check_train_sizes
+
+            with pytest.raises(error, match=match):
+                check_train_sizes(syn0, syn1, plan.tokens, plan.alphas, plan.bounds, prob, alias, None, lockf)
+    assert torch.equal(syn0, before0)
 
 
 def test_cuda_launcher_constants_match_the_source():

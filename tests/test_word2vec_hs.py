@@ -134,6 +134,31 @@ def test_hs_step_matches_float64_reference(backend, mode, cbow_mean, vocab, dim,
     assert not torch.equal(out0, syn0) and not torch.equal(out1[: vocab - 1], syn1[: vocab - 1])
 
 
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp), "torch"])
+@pytest.mark.parametrize("cyclic", [False, True], ids=["per-word", "cyclic-3"])
+@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "batch", "contexts"), HS_CASES[:6])
+def test_hs_step_with_lock_factors_matches_float64_reference(backend, cyclic, mode, cbow_mean, vocab, dim, batch,
+                                                             contexts):
+    """gensim's vectors_lockf in hierarchical softmax: each context row's update scaled by lockf[w % L], the
+    inner-node rows (syn1) never."""
+    syn0, syn1, centers, ctx = _hs_batch(vocab, dim, batch, contexts)
+    tree = _tree_tensors(vocab, syn1)
+    lockf = torch.tensor([0.5, 0.0, 1.0]) if cyclic else torch.tensor([0.0, 1.0, 0.5] * vocab)[:vocab].contiguous()
+    ref0, ref1 = syn0.double(), syn1.double()
+    ref_loss = hs_step_reference(ref0, centers, ctx, tree._replace(syn1=ref1), 0.05, mode, cbow_mean, lockf)
+    base0, base1 = syn0.clone(), syn1.clone()
+    hs_step_reference(base0, centers, ctx, tree._replace(syn1=base1), 0.05, mode, cbow_mean, lockf)
+    out0, out1 = syn0.clone(), syn1.clone()
+    loss = hs_step(out0, centers, ctx, tree._replace(syn1=out1), 0.05, mode=mode, cbow_mean=cbow_mean, lockf=lockf,
+                   backend=backend)
+    assert_matches_oracle(out0, ref0, base0, what=f"{backend} syn0 (lock factors)")
+    assert_matches_oracle(out1, ref1, base1, what=f"{backend} syn1 (lock factors)")
+    assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    frozen = lockf[torch.arange(vocab) % lockf.numel()] == 0
+    assert torch.equal(out0[frozen], syn0[frozen]) and not torch.equal(out0[~frozen], syn0[~frozen])
+    assert not torch.equal(out1, syn1)
+
+
 @needs_cpp
 def test_one_word_vocabulary_has_no_path_and_changes_nothing():
     syn0, syn1 = torch.randn(1, 8), torch.randn(1, 8)

@@ -1,5 +1,6 @@
-"""SGNS kernels: each backend's arithmetic against the float64 reference on fixed batches, and the C++
-kernels' validation (bad ids, sizes) before any memory is touched."""
+"""SGNS kernels: each backend's arithmetic against the float64 reference on fixed batches (with and without
+gensim's lock factors), and the C++ kernels' validation (bad ids, sizes, lock factors) before any memory is
+touched."""
 
 from __future__ import annotations
 
@@ -44,10 +45,24 @@ def _batch(mode: str, vocab: int, dim: int, batch: int, contexts: int, negative:
     return syn0, syn1, centers, ctx, negs
 
 
-def _run(backend: str | None, mode: str, cbow_mean: bool, syn0, syn1, centers, ctx, negs, alpha=0.05):
+def _run(backend: str | None, mode: str, cbow_mean: bool, syn0, syn1, centers, ctx, negs, alpha=0.05, lockf=None):
     if mode == "cbow":
-        return cbow_step(syn0, syn1, centers, ctx, negs, alpha, cbow_mean=cbow_mean, backend=backend)
-    return sgns_step(syn0, syn1, centers, ctx, negs, alpha, shared_negatives=mode == "sg_shared", backend=backend)
+        return cbow_step(syn0, syn1, centers, ctx, negs, alpha, cbow_mean=cbow_mean, lockf=lockf, backend=backend)
+    return sgns_step(syn0, syn1, centers, ctx, negs, alpha, shared_negatives=mode == "sg_shared", lockf=lockf,
+                     backend=backend)
+
+
+def lock_factors(kind: str, vocab: int) -> torch.Tensor:
+    """gensim-style lock factors: "per-word" (one per word, cycling 0, 1, 0.5: frozen, trained, damped) or
+    "cyclic" (three factors read as lockf[w % 3], gensim's rule for a short array)."""
+    if kind == "cyclic":
+        return torch.tensor([1.0, 0.0, 0.25])
+    return torch.tensor([0.0, 1.0, 0.5] * vocab)[:vocab].contiguous()
+
+
+def frozen_rows(lockf: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[V] bool: the rows whose lock factor is 0."""
+    return lockf[torch.arange(vocab) % lockf.numel()] == 0
 
 
 @pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp), "torch"])
@@ -65,6 +80,43 @@ def test_step_matches_float64_reference(backend, mode, cbow_mean, vocab, dim, ba
     assert loss.dtype == torch.float64 and loss.shape == (batch,)
     assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-5), (loss, ref_loss, base_loss)
     assert not torch.equal(out0, syn0), "the step must update syn0"
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp), "torch"])
+@pytest.mark.parametrize("kind", ["per-word", "cyclic"])
+@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "batch", "contexts", "negative"), CASES[:6])
+def test_step_with_lock_factors_matches_float64_reference(backend, kind, mode, cbow_mean, vocab, dim, batch, contexts,
+                                                          negative):
+    """Each input row's update scaled by its lock factor (0 freezes it bit for bit); outputs unscaled."""
+    syn0, syn1, centers, ctx, negs = _batch(mode, vocab, dim, batch, contexts, negative)
+    lockf = lock_factors(kind, vocab)
+    ref0, ref1 = syn0.double(), syn1.double()
+    ref_loss = word2vec_step_reference(ref0, ref1, centers, ctx, negs, 0.05, mode, cbow_mean, lockf)
+    base0, base1 = syn0.clone(), syn1.clone()
+    word2vec_step_reference(base0, base1, centers, ctx, negs, 0.05, mode, cbow_mean, lockf)
+    out0, out1 = syn0.clone(), syn1.clone()
+    loss = _run(backend, mode, cbow_mean, out0, out1, centers, ctx, negs, lockf=lockf)
+    assert_matches_oracle(out0, ref0, base0, what=f"{backend} {kind} syn0")
+    assert_matches_oracle(out1, ref1, base1, what=f"{backend} {kind} syn1neg")
+    assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    frozen = frozen_rows(lockf, vocab)
+    assert torch.equal(out0[frozen], syn0[frozen]), "a lock factor 0 must leave the row bit for bit"
+    assert not torch.equal(out0[~frozen], syn0[~frozen]) and not torch.equal(out1, syn1)
+    unlocked0, unlocked1 = syn0.clone(), syn1.clone()  # the same batch without factors lands elsewhere
+    _run(backend, mode, cbow_mean, unlocked0, unlocked1, centers, ctx, negs)
+    assert not torch.equal(unlocked0, out0)
+
+
+@needs_cpp
+@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "batch", "contexts", "negative"), CASES)
+def test_step_with_all_ones_is_bit_identical_to_no_lock_factors(mode, cbow_mean, vocab, dim, batch, contexts,
+                                                                negative):
+    syn0, syn1, centers, ctx, negs = _batch(mode, vocab, dim, batch, contexts, negative)
+    plain0, plain1 = syn0.clone(), syn1.clone()
+    plain_loss = _run("cpp", mode, cbow_mean, plain0, plain1, centers, ctx, negs)
+    ones0, ones1 = syn0.clone(), syn1.clone()
+    ones_loss = _run("cpp", mode, cbow_mean, ones0, ones1, centers, ctx, negs, lockf=torch.ones(vocab))
+    assert torch.equal(ones0, plain0) and torch.equal(ones1, plain1) and torch.equal(ones_loss, plain_loss)
 
 
 @needs_cpp
@@ -94,6 +146,59 @@ def test_step_validation_names_the_argument():
         sgns_step(syn0, syn1, centers, ctx, negs, float("nan"))
     with pytest.raises(BackendNotSupportedError, match="cpp"):
         sgns_step(syn0.double(), syn1.double(), centers, ctx, negs, 0.1, backend="cpp")
+
+
+@pytest.mark.parametrize(("lockf", "error", "match"), [
+    (torch.ones(10, dtype=torch.float64), TypeError, "lockf: expected float32"),
+    (np.ones(10, np.float16), TypeError, "lockf: expected float32"),
+    ([1.0] * 10, TypeError, "lockf: expected a float32 numpy array or torch.Tensor"),
+    (torch.ones(2, 5), ValueError, r"lockf: expected a 1-D array .* shape \(2, 5\)"),
+    (torch.ones(0), ValueError, r"lockf: expected a 1-D array of at least one lock factor"),
+    (torch.ones(20)[::2], ValueError, "lockf: expected a contiguous array"),
+    (torch.ones(10, device="meta"), ValueError, "lockf: expected lock factors on the tables' device cpu, got meta"),
+], ids=["float64", "float16", "list", "2d", "empty", "strided", "other-device"])
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp), "torch"])
+def test_step_rejects_bad_lock_factors_before_touching_memory(backend, lockf, error, match):
+    syn0, syn1, centers, ctx, negs = _batch("sg_shared", 10, 4, 3, 2, 2)
+    before0, before1 = syn0.clone(), syn1.clone()
+    with pytest.raises(error, match=match):
+        sgns_step(syn0, syn1, centers, ctx, negs, 0.1, lockf=lockf, backend=backend)
+    with pytest.raises(error, match=match):
+        cbow_step(syn0, syn1, centers, ctx, negs, 0.1, lockf=lockf, backend=backend)
+    assert torch.equal(syn0, before0) and torch.equal(syn1, before1)
+
+
+@needs_cpp
+def test_cpp_launchers_and_entry_points_reject_bad_lock_factors():
+    """The launcher (backends/cpp/word2vec.py) checks what the op checks; the _C entry point itself refuses a
+    lock-factor table with no element or no data, before any thread starts."""
+    from genai_fast.backends.cpp.word2vec import word2vec_step as cpp_step
+    from genai_fast.backends.cpp.word2vec import word2vec_train as cpp_train
+
+    syn0, syn1, centers, ctx, negs = _batch("cbow", 10, 4, 3, 2, 2)
+    before = syn0.clone()
+    with pytest.raises(TypeError, match="lockf: expected float32"):
+        cpp_step(syn0, syn1, centers, ctx, negs, 0.1, "cbow", True, lockf=torch.ones(10, dtype=torch.float64))
+    n0, n1, ap, ai = _tables(10, 4)
+    tokens, offsets = _chunk(10, 5000)
+    args = (n0, n1, tokens, offsets, None, ap, ai, 0.05, 0.01, "sg_shared", 3, 2, True, True, False, 1, 1)
+    with pytest.raises(ValueError, match="lockf: expected a contiguous array"):
+        cpp_train(*args, lockf=np.ones(20, np.float32)[::2])
+    C = cpp_module()[0]
+
+    def raw_train(lockf: int, lockf_numel: int) -> None:
+        C.word2vec_train(tokens.ctypes.data, tokens.size, offsets.ctypes.data, offsets.size, n0.ctypes.data, n0.size,
+                         n1.ctypes.data, n1.size, 10, 4, 0, 0, ap.ctypes.data, ai.ctypes.data, 10, 0.05, 0.01, 1, 3, 2,
+                         True, True, False, 1, 1, lockf=lockf, lockf_numel=lockf_numel)
+
+    factors = np.zeros(10, np.float32)
+    with pytest.raises(ValueError, match="lockf: expected at least one lock factor, got 0"):
+        raw_train(factors.ctypes.data, 0)
+    with pytest.raises(ValueError, match="lockf: null data pointer"):
+        raw_train(0, 10)
+    assert torch.equal(syn0, before) and not n1.any(), "rejected calls must not touch the tables"
+    raw_train(factors.ctypes.data, factors.size)  # all frozen: the inputs stay, the outputs learn
+    assert np.array_equal(n0, _tables(10, 4)[0]) and n1.any()
 
 
 # ---------------------------------------------------------------- the chunk trainer (C++)
@@ -167,6 +272,41 @@ def test_train_chunk_rejects_bad_input_before_touching_memory():
     with pytest.raises(ValueError, match="tokens"):
         word2vec_train_chunk(syn0, syn1, tokens.astype(np.int64), offsets, None, ap, ai, 0.05, 0.01, **kwargs)
     assert np.array_equal(syn0, before) and not syn1.any(), "rejected calls must not touch the tables"
+
+
+@needs_cpp
+@pytest.mark.parametrize("hs", [False, True], ids=["ns", "hs+ns"])
+@pytest.mark.parametrize("mode", ["sg_shared", "sg_pair", "cbow"])
+def test_train_chunk_lock_factors_ones_zeros_and_mix(mode, hs):
+    """One worker and a seed: factors all 1 give the same bits as none; all 0 leave syn0 bit for bit while the
+    output tables learn; a mix freezes exactly the rows whose factor is 0."""
+    from genai_fast.ops.word2vec_ops import HsTree
+    from genai_fast.word2vec.huffman import huffman_tree
+
+    vocab = 30
+    tokens, offsets = _chunk(vocab, 3000)
+
+    def train(lockf):
+        syn0, syn1, ap, ai = _tables(vocab)
+        tree = None
+        if hs:
+            t = huffman_tree(np.bincount(tokens, minlength=vocab) + 1)
+            tree = HsTree(np.zeros_like(syn0), t.points, t.codes, t.lengths)
+        word2vec_train_chunk(syn0, syn1, tokens, offsets, np.full(vocab, 0.8, np.float32), ap, ai, 0.05, 0.01,
+                             mode=mode, window=3, negative=3, seed=7, workers=1, hs=tree, lockf=lockf)
+        return syn0, syn1, None if tree is None else tree.syn1
+
+    start = _tables(vocab)[0]
+    plain = train(None)
+    ones = train(np.ones(vocab, np.float32))
+    assert all(np.array_equal(a, b) for a, b in zip(plain[:2], ones[:2], strict=True))
+    assert not hs or np.array_equal(plain[2], ones[2])
+    frozen = train(np.zeros(1, np.float32))
+    assert np.array_equal(frozen[0], start) and frozen[1].any() and (not hs or frozen[2].any())
+    mix = lock_factors("per-word", vocab).numpy()
+    mixed = train(mix)
+    assert np.array_equal(mixed[0][mix == 0], start[mix == 0])
+    assert (mixed[0][mix != 0] != start[mix != 0]).any(axis=1).all(), "every trained row must move"
 
 
 def test_train_chunk_torch_fallback_learns():

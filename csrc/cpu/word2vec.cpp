@@ -109,6 +109,19 @@ struct Sampler {
 
 // ---- the three per-centre updates (shared by word2vec_train and word2vec_step) ----
 
+// syn0's row w += its lock factor (gensim's vectors_lockf[w % len]) x err. Without factors this is the
+// plain add (the default path does no extra work); a factor 0 leaves the row bit for bit as it was.
+GF_INLINE void add_input_error(const W2VTables& t, int32_t w, const float* err) {
+  float* row = t.syn0 + static_cast<int64_t>(w) * t.dim;
+  if (t.lockf == nullptr) {
+    axpy(1.0f, err, row, t.dim);
+    return;
+  }
+  const int64_t n = t.lockf_numel;
+  const float factor = t.lockf[w < n ? w : w % n];  // skip the division when the table covers every word
+  if (factor != 0.0f) axpy(factor, err, row, t.dim);
+}
+
 // One (context, centre) pair with its own negatives, gensim order. targets[0] = centre (label 1),
 // targets[1..K] negatives (label 0; a negative equal to the centre is skipped).
 GF_INLINE double update_sg_pair(const W2VTables& t, int32_t context, const int32_t* targets, int64_t K1, float alpha,
@@ -127,7 +140,7 @@ GF_INLINE double update_sg_pair(const W2VTables& t, int32_t context, const int32
     axpy(g, out, neu1e, d);
     axpy(g, in, out, d);
   }
-  axpy(1.0f, neu1e, in, d);
+  add_input_error(t, context, neu1e);
   return loss;
 }
 
@@ -277,7 +290,7 @@ GF_INLINE double update_shared(const W2VTables& t, float* table, const int32_t* 
   }
   shared_input_errors(t, table, C, rows, K, g, neu1e);
   shared_output_updates(t, table, contexts, C, rows, labels, K, g);
-  for (int64_t c = 0; c < C; ++c) axpy(1.0f, neu1e + c * d, t.syn0 + static_cast<int64_t>(contexts[c]) * d, d);
+  for (int64_t c = 0; c < C; ++c) add_input_error(t, contexts[c], neu1e + c * d);
   return loss;
 }
 
@@ -304,7 +317,7 @@ GF_INLINE void cbow_apply_error(const W2VTables& t, const int32_t* contexts, int
                                 float* neu1e) {
   const int64_t d = t.dim;
   if (!cbow_mean) scale(1.0f / static_cast<float>(C), neu1e, d);
-  for (int64_t c = 0; c < C; ++c) axpy(1.0f, neu1e, t.syn0 + static_cast<int64_t>(contexts[c]) * d, d);
+  for (int64_t c = 0; c < C; ++c) add_input_error(t, contexts[c], neu1e);
 }
 
 // CBOW: h predicts targets[0] against the negatives.
@@ -376,7 +389,7 @@ GF_INLINE double update_sg_hs(const W2VTables& t, int32_t context, int32_t centr
   float* in = t.syn0 + static_cast<int64_t>(context) * t.dim;
   zero(neu1e, t.dim);
   const double loss = hs_path(t, in, centre, alpha, neu1e, g, compute_loss);
-  axpy(1.0f, neu1e, in, t.dim);
+  add_input_error(t, context, neu1e);
   return loss;
 }
 
@@ -562,6 +575,10 @@ void validate_tables(const W2VTables& t, bool needs_syn1neg) {
     require(t.syn1neg != nullptr, "syn1neg: null data pointer");
   }
   if (t.hs.enabled()) validate_tree(t);
+  if (t.lockf != nullptr || t.lockf_numel != 0) {
+    require(t.lockf_numel >= 1, "lockf: expected at least one lock factor, got " + str(t.lockf_numel));
+    require(t.lockf != nullptr, "lockf: null data pointer");
+  }
 }
 
 // First index i with ids[i] outside [lo, vocab), or -1. Vectorisable: no early exit in the hot loop.

@@ -44,6 +44,11 @@ struct W2VTables {
   int64_t syn0_numel = 0, syn1neg_numel = 0;
   int64_t vocab = 0, dim = 0;
   W2VTree hs;
+  // gensim's lock factors (wv.vectors_lockf): every update of input row w is scaled by
+  // lockf[w % lockf_numel] (0 freezes the row, 1 trains it normally); output rows are never scaled.
+  // Null (the default: every factor 1) adds the updates unscaled, with no extra work.
+  const float* lockf = nullptr;
+  int64_t lockf_numel = 0;
 };
 
 struct W2VTrainArgs {

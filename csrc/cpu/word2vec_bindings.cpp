@@ -34,6 +34,12 @@ W2VTables tables(uintptr_t syn0, int64_t syn0_numel, uintptr_t syn1neg, int64_t 
   return t;
 }
 
+// gensim's lock factors; lockf = 0 with no elements means none (every factor 1). validate() checks the rest.
+void set_lock_factors(W2VTables& t, uintptr_t lockf, int64_t lockf_numel) {
+  t.lockf = ptr<const float>(lockf);
+  t.lockf_numel = lockf_numel;
+}
+
 // The hierarchical-softmax tree; syn1 = 0 means no tree (hs off).
 W2VTree tree(uintptr_t syn1, int64_t syn1_numel, uintptr_t points, int64_t points_numel, uintptr_t codes,
              int64_t codes_numel, uintptr_t lengths, int64_t lengths_numel, int64_t depth) {
@@ -57,10 +63,12 @@ py::tuple train_py(uintptr_t tokens, int64_t num_tokens, uintptr_t offsets, int6
                    int64_t alias_numel, double alpha_start, double alpha_end, int mode, int64_t window,
                    int64_t negative, bool cbow_mean, bool shrink_windows, bool compute_loss, uint64_t seed,
                    int num_threads, uintptr_t syn1, int64_t syn1_numel, uintptr_t points, int64_t points_numel,
-                   uintptr_t codes, int64_t codes_numel, uintptr_t lengths, int64_t lengths_numel, int64_t depth) {
+                   uintptr_t codes, int64_t codes_numel, uintptr_t lengths, int64_t lengths_numel, int64_t depth,
+                   uintptr_t lockf, int64_t lockf_numel) {
   W2VTrainArgs a;
   a.tables = tables(syn0, syn0_numel, syn1neg, syn1neg_numel, vocab_size, dim);
   a.tables.hs = tree(syn1, syn1_numel, points, points_numel, codes, codes_numel, lengths, lengths_numel, depth);
+  set_lock_factors(a.tables, lockf, lockf_numel);
   a.tokens = ptr<const int32_t>(tokens);
   a.num_tokens = num_tokens;
   a.offsets = ptr<const int64_t>(offsets);
@@ -95,10 +103,11 @@ void step_py(uintptr_t syn0, int64_t syn0_numel, uintptr_t syn1neg, int64_t syn1
              uintptr_t negatives, int64_t negatives_numel, int64_t batch, int64_t num_contexts, int64_t negative,
              uintptr_t loss, int64_t loss_numel, double alpha, int mode, bool cbow_mean, uintptr_t syn1,
              int64_t syn1_numel, uintptr_t points, int64_t points_numel, uintptr_t codes, int64_t codes_numel,
-             uintptr_t lengths, int64_t lengths_numel, int64_t depth) {
+             uintptr_t lengths, int64_t lengths_numel, int64_t depth, uintptr_t lockf, int64_t lockf_numel) {
   W2VStepArgs a;
   a.tables = tables(syn0, syn0_numel, syn1neg, syn1neg_numel, vocab_size, dim);
   a.tables.hs = tree(syn1, syn1_numel, points, points_numel, codes, codes_numel, lengths, lengths_numel, depth);
+  set_lock_factors(a.tables, lockf, lockf_numel);
   a.centers = ptr<const int32_t>(centers);
   a.contexts = ptr<const int32_t>(contexts);
   a.negatives = ptr<const int32_t>(negatives);
@@ -143,18 +152,20 @@ void register_word2vec(py::module_& m) {
         py::arg("mode"), py::arg("window"), py::arg("negative"), py::arg("cbow_mean"), py::arg("shrink_windows"),
         py::arg("compute_loss"), py::arg("seed"), py::arg("num_threads"), py::arg("syn1") = 0, py::arg("syn1_numel") = 0, py::arg("points") = 0,
         py::arg("points_numel") = 0, py::arg("codes") = 0, py::arg("codes_numel") = 0, py::arg("lengths") = 0,
-        py::arg("lengths_numel") = 0, py::arg("depth") = 0,
+        py::arg("lengths_numel") = 0, py::arg("depth") = 0, py::arg("lockf") = 0, py::arg("lockf_numel") = 0,
         "Train word2vec (mode 0 sg pair, 1 sg shared negatives, 2 cbow; negative sampling, and hierarchical "
         "softmax when syn1 and the Huffman tree are given) over int32 token ids with int64 sentence offsets on "
-        "Hogwild threads; returns (raw_words, effective_words, loss_sum).");
+        "Hogwild threads; input-vector updates scaled by float32 lock factors lockf[id % lockf_numel] when "
+        "given; returns (raw_words, effective_words, loss_sum).");
   m.def("word2vec_step", &step_py, py::arg("syn0"), py::arg("syn0_numel"), py::arg("syn1neg"),
         py::arg("syn1neg_numel"), py::arg("vocab_size"), py::arg("dim"), py::arg("centers"), py::arg("centers_numel"),
         py::arg("contexts"), py::arg("contexts_numel"), py::arg("negatives"), py::arg("negatives_numel"),
         py::arg("batch"), py::arg("num_contexts"), py::arg("negative"), py::arg("loss"), py::arg("loss_numel"),
         py::arg("alpha"), py::arg("mode"), py::arg("cbow_mean"), py::arg("syn1") = 0, py::arg("syn1_numel") = 0, py::arg("points") = 0,
         py::arg("points_numel") = 0, py::arg("codes") = 0, py::arg("codes_numel") = 0, py::arg("lengths") = 0,
-        py::arg("lengths_numel") = 0, py::arg("depth") = 0,
-        "Apply the word2vec updates of an explicit batch, row by row, on one thread (int32 ids, -1 pads contexts).");
+        py::arg("lengths_numel") = 0, py::arg("depth") = 0, py::arg("lockf") = 0, py::arg("lockf_numel") = 0,
+        "Apply the word2vec updates of an explicit batch, row by row, on one thread (int32 ids, -1 pads contexts; "
+        "float32 lock factors as in word2vec_train).");
 
   py::class_<W2VCounter>(m, "Word2VecCounter", "Word counts of LineSentence text (ASCII whitespace, lines)")
       .def(py::init<int64_t>(), py::arg("max_vocab_size") = 0)

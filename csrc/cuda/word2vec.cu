@@ -11,6 +11,10 @@
 // Hierarchical softmax stages the centre's Huffman path instead (rows of the inner-node table, labels
 // 1 - code) and runs the same update before the negative-sampling one, as the Triton and C++ trainers do.
 //
+// Lock factors (gensim's vectors_lockf): with lockf non-null, every update of input row w is scaled by
+// lockf[w % lockf_len] and a row whose factor is 0 is not written; output rows are never scaled. A null
+// lockf (the default) takes the unscaled adds, one warp-uniform branch per context row.
+//
 // Randomness: Philox 4x32-10 on 64-bit counters, key = seed, the same stream as Triton's randint4x
 // (kernels/word2vec.py): centre i (kept index) uses counters i * draw_stride + slot; slot 0 gives the
 // window shrink, slot 1 + set * K + k the k-th noise word of a set (set = window slot for pairs, else 0).
@@ -65,6 +69,18 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-
 // the time, and a copy kept in this SM's L1 would keep serving stale values.
 __device__ __forceinline__ void add_to(float* p, float v) { __stcg(p, __ldcg(p) + v); }
 
+// syn0's element p (of input row w) += e scaled by the row's lock factor lockf[w % lockf_len]; without factors
+// (lockf null) the plain add; a factor 0 leaves the element unwritten. lockf is read-only: a plain load.
+__device__ __forceinline__ void add_input(float* p, float e, const float* __restrict__ lockf, long long lockf_len,
+                                          int w) {
+  if (lockf == nullptr) {
+    add_to(p, e);
+    return;
+  }
+  const float factor = lockf[w % lockf_len];
+  if (factor != 0.0f) add_to(p, e * factor);
+}
+
 // One warp's staging area: rows of the contexts and targets, the errors g, the targets' labels, and the
 // ids. T = max(negative + 1, the path depth with hierarchical softmax) target slots.
 struct WarpArea {
@@ -89,7 +105,7 @@ __device__ __forceinline__ void stage_rows(float* dst, const float* __restrict__
 // Skip-gram: C contexts against one target set of K1 rows of syn1 (the noise table, or the inner-node table
 // for a Huffman path). Returns this lane's share of the loss.
 __device__ double sg_update(float* syn0, float* syn1, const WarpArea& w, int C, int K1, int D, float alpha,
-                            bool compute_loss, int lane) {
+                            bool compute_loss, const float* __restrict__ lockf, long long lockf_len, int lane) {
   stage_rows(w.in, syn0, w.ctx, C, D, lane);
   stage_rows(w.out, syn1, w.targets, K1, D, lane);
   __syncwarp();
@@ -112,7 +128,7 @@ __device__ double sg_update(float* syn0, float* syn1, const WarpArea& w, int C, 
     for (int c = 0; c < C; ++c) {  // input errors from the old outputs
       float e = 0.0f;
       for (int k = 0; k < K1; ++k) e = fmaf(w.g[c * K1 + k], w.out[k * D + d], e);
-      add_to(syn0 + static_cast<long long>(w.ctx[c]) * D + d, e);
+      add_input(syn0 + static_cast<long long>(w.ctx[c]) * D + d, e, lockf, lockf_len, w.ctx[c]);
     }
     for (int k = 0; k < K1; ++k) {  // output updates from the old inputs
       if (w.targets[k] < 0) continue;
@@ -127,7 +143,8 @@ __device__ double sg_update(float* syn0, float* syn1, const WarpArea& w, int C, 
 
 // CBOW: h = sum (or mean) of the C context rows predicts the centre (against K1 rows of syn1, as above).
 __device__ double cbow_update(float* syn0, float* syn1, const WarpArea& w, int C, int K1, int D, float alpha,
-                              bool cbow_mean, bool compute_loss, int lane) {
+                              bool cbow_mean, bool compute_loss, const float* __restrict__ lockf, long long lockf_len,
+                              int lane) {
   const float inv_count = 1.0f / static_cast<float>(C);
   for (int d = lane; d < D; d += 32) {
     float h = 0.0f;
@@ -154,7 +171,8 @@ __device__ double cbow_update(float* syn0, float* syn1, const WarpArea& w, int C
     if (!cbow_mean) e *= inv_count;
     for (int k = 0; k < K1; ++k)
       if (w.targets[k] >= 0) add_to(syn1 + static_cast<long long>(w.targets[k]) * D + d, w.g[k] * w.h[d]);
-    for (int c = 0; c < C; ++c) add_to(syn0 + static_cast<long long>(w.ctx[c]) * D + d, e);
+    for (int c = 0; c < C; ++c)
+      add_input(syn0 + static_cast<long long>(w.ctx[c]) * D + d, e, lockf, lockf_len, w.ctx[c]);
   }
   __syncwarp();
   return loss;
@@ -198,7 +216,8 @@ extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
     const int* __restrict__ alias, double* __restrict__ loss_out, float* __restrict__ syn1hs,
     const int* __restrict__ points, const unsigned char* __restrict__ codes, const int* __restrict__ path_lengths,
     long long num_slices, long long vocab, int D, long long seed_bits, int window, int negative,
-    long long draw_stride, int mode, int cbow_mean, int shrink, int compute_loss, int depth, int hs) {
+    long long draw_stride, int mode, int cbow_mean, int shrink, int compute_loss, int depth, int hs,
+    const float* __restrict__ lockf, long long lockf_len) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const long long slice = static_cast<long long>(blockIdx.x) * W2V_WARPS + warp;
@@ -234,7 +253,7 @@ extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
         if (j < j0 || j >= j1) continue;
         if (lane == 0) w.ctx[0] = tokens[j];
         __syncwarp();
-        loss += sg_update(syn0, syn1hs, w, 1, length, D, alpha, compute_loss != 0, lane);
+        loss += sg_update(syn0, syn1hs, w, 1, length, D, alpha, compute_loss != 0, lockf, lockf_len, lane);
       }
       for (int t = 0; negative > 0 && t < 2 * window; ++t) {
         const int j = i - window + t + (t >= window ? 1 : 0);
@@ -242,7 +261,7 @@ extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
         if (lane == 0) w.ctx[0] = tokens[j];
         draw_targets(w, centre, base, t, negative, seed, prob, alias, vocab, lane);
         __syncwarp();
-        loss += sg_update(syn0, syn1, w, 1, K1, D, alpha, compute_loss != 0, lane);
+        loss += sg_update(syn0, syn1, w, 1, K1, D, alpha, compute_loss != 0, lockf, lockf_len, lane);
       }
       continue;
     }
@@ -261,16 +280,18 @@ extern "C" __global__ void __launch_bounds__(32 * W2V_WARPS) word2vec_train(
     if (hs) {  // the centre's path first, then its noise set
       const int length = load_path(w, centre, points, codes, path_lengths, depth, lane);
       __syncwarp();
-      loss += mode == 1 ? sg_update(syn0, syn1hs, w, C, length, D, alpha, compute_loss != 0, lane)
-                        : cbow_update(syn0, syn1hs, w, C, length, D, alpha, cbow_mean != 0, compute_loss != 0, lane);
+      loss += mode == 1 ? sg_update(syn0, syn1hs, w, C, length, D, alpha, compute_loss != 0, lockf, lockf_len, lane)
+                        : cbow_update(syn0, syn1hs, w, C, length, D, alpha, cbow_mean != 0, compute_loss != 0, lockf,
+                                      lockf_len, lane);
     }
     if (negative == 0) continue;
     draw_targets(w, centre, base, 0, negative, seed, prob, alias, vocab, lane);
     __syncwarp();
     if (mode == 1) {
-      loss += sg_update(syn0, syn1, w, C, K1, D, alpha, compute_loss != 0, lane);
+      loss += sg_update(syn0, syn1, w, C, K1, D, alpha, compute_loss != 0, lockf, lockf_len, lane);
     } else {
-      loss += cbow_update(syn0, syn1, w, C, K1, D, alpha, cbow_mean != 0, compute_loss != 0, lane);
+      loss += cbow_update(syn0, syn1, w, C, K1, D, alpha, cbow_mean != 0, compute_loss != 0, lockf, lockf_len,
+                          lane);
     }
   }
   for (int s = 16; s > 0; s >>= 1) loss += __shfl_xor_sync(kFull, loss, s);

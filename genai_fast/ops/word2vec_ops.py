@@ -14,6 +14,9 @@ Four ops through the dispatcher (DESIGN.md section 3):
 
 The step ops update `syn0` (input vectors, `wv.vectors`) and `syn1neg` (output vectors) in place and
 return the per-row loss (float64). Their references are the test oracle of the kernels' arithmetic.
+Every op takes gensim's lock factors (`lockf`, `wv.vectors_lockf`): each update of input row w is scaled
+by lockf[w % len(lockf)] (0 freezes the row, 1 trains it); output rows are never scaled. None, the
+default, means every factor 1 and costs the kernels nothing.
 Step backends: `cpp` (float32 contiguous CPU tables), then `torch` (any float dtype and device).
 
 `word2vec_train_chunk` backends: `triton` and `cuda` for float32 CUDA tables (`plan_chunk` subsamples
@@ -41,6 +44,7 @@ HS_STEP = define_op("hs_step")
 WORD2VEC_TRAIN = define_op("word2vec_train_chunk")
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+ArrayLike = np.ndarray | torch.Tensor
 
 
 # ---------------------------------------------------------------- public step ops
@@ -55,6 +59,7 @@ def sgns_step(
     alpha: float,
     *,
     shared_negatives: bool = True,
+    lockf: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Skip-gram negative-sampling updates of B centre words, applied in row order, in place.
@@ -70,6 +75,8 @@ def sgns_step(
         alpha: learning rate.
         shared_negatives: pWord2Vec batching (all scores from the current vectors, then the updates)
             versus gensim's sequential pair-by-pair order.
+        lockf: [L] float32 lock factors on syn0's device (L >= 1): syn0 row w's update is scaled by
+            lockf[w % L]; None: all 1.
         backend: force "cpp" or "torch"; None picks the fastest that can run.
 
     Returns: [B] float64 loss per row: sum of -log sigmoid(score) over positive pairs and
@@ -82,10 +89,11 @@ def sgns_step(
     """
     mode = "sg_shared" if shared_negatives else "sg_pair"
     _validate_step(syn0, syn1neg, centers, contexts, negatives, alpha, mode, backend)
+    _validate_optional_lockf(lockf, syn0.device)
     if centers.numel() == 0:
         return torch.zeros(0, dtype=torch.float64, device=syn0.device)
     impl = SGNS_STEP.select(_step_inputs(syn0, syn1neg), backend)
-    return impl.run(syn0, syn1neg, centers, contexts, negatives, float(alpha), mode, True)
+    return impl.run(syn0, syn1neg, centers, contexts, negatives, float(alpha), mode, True, lockf)
 
 
 def cbow_step(
@@ -97,6 +105,7 @@ def cbow_step(
     alpha: float,
     *,
     cbow_mean: bool = True,
+    lockf: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """CBOW negative-sampling updates of B centre words, applied in row order, in place.
@@ -107,6 +116,7 @@ def cbow_step(
         alpha: learning rate.
         cbow_mean: h = mean of the context vectors (True) or their sum (False). gensim's rule: with a
             sum the input error is divided by the context count, with a mean it is not.
+        lockf: [L] float32 lock factors (see `sgns_step`): each context row's update is scaled by its own.
         backend: force "cpp" or "torch".
 
     Returns: [B] float64 loss per row (rows without contexts: 0, no update).
@@ -118,10 +128,11 @@ def cbow_step(
         syn0[ctx] += e
     """
     _validate_step(syn0, syn1neg, centers, contexts, negatives, alpha, "cbow", backend)
+    _validate_optional_lockf(lockf, syn0.device)
     if centers.numel() == 0:
         return torch.zeros(0, dtype=torch.float64, device=syn0.device)
     impl = CBOW_STEP.select(_step_inputs(syn0, syn1neg), backend)
-    return impl.run(syn0, syn1neg, centers, contexts, negatives, float(alpha), "cbow", bool(cbow_mean))
+    return impl.run(syn0, syn1neg, centers, contexts, negatives, float(alpha), "cbow", bool(cbow_mean), lockf)
 
 
 class HsTree(NamedTuple):
@@ -149,6 +160,7 @@ def hs_step(
     *,
     mode: str = "sg_shared",
     cbow_mean: bool = True,
+    lockf: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Hierarchical-softmax updates of B centre words, applied in row order, in place.
@@ -164,6 +176,7 @@ def hs_step(
             `sgns_step` with shared negatives); "sg_pair": each context in turn walks the path (gensim's
             order); "cbow": the mean (cbow_mean) or sum of the contexts predicts the centre (with a sum
             the input error is divided by the context count, gensim's rule).
+        lockf: [L] float32 lock factors (see `sgns_step`).
         backend: force "cpp" or "torch".
 
     Returns: [B] float64 loss per row: sum over the path nodes of -log sigmoid(+-score) (+ where the
@@ -177,11 +190,12 @@ def hs_step(
     if mode not in ("sg_shared", "sg_pair", "cbow"):
         raise ValueError(f"mode: expected 'sg_shared', 'sg_pair' or 'cbow', got {mode!r}")
     _validate_hs_step(syn0, centers, contexts, tree, alpha, backend)
+    _validate_optional_lockf(lockf, syn0.device)
     if centers.numel() == 0:
         return torch.zeros(0, dtype=torch.float64, device=syn0.device)
     inputs = {"device": syn0.device, "dtype": syn0.dtype, "syn0": syn0, "syn1neg": tree.syn1}
     impl = HS_STEP.select(inputs, backend)
-    return impl.run(syn0, centers, contexts, tree, float(alpha), mode, bool(cbow_mean))
+    return impl.run(syn0, centers, contexts, tree, float(alpha), mode, bool(cbow_mean), lockf)
 
 
 # ---------------------------------------------------------------- references
@@ -200,10 +214,12 @@ def word2vec_step_reference(
     alpha: float,
     mode: str,
     cbow_mean: bool = True,
+    lockf: ArrayLike | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch updates of a batch (in place, computed in syn0's dtype): the oracle and fallback.
 
-    mode: "sg_shared", "sg_pair" or "cbow"; shapes as in `sgns_step` / `cbow_step`. Returns loss [B] fp64.
+    mode: "sg_shared", "sg_pair" or "cbow"; shapes as in `sgns_step` / `cbow_step`; lockf: [L] lock
+    factors or None (all 1). Returns loss [B] fp64.
     """
     batch = centers.shape[0]
     losses = torch.zeros(batch, dtype=torch.float64)
@@ -219,14 +235,14 @@ def word2vec_step_reference(
                 if word < 0:
                     continue
                 negs = [int(n) for n in negatives[r, c]]
-                loss += _pair_update(syn0, syn1neg, word, center, negs, alpha)
+                loss += _pair_update(syn0, syn1neg, word, center, negs, alpha, lockf)
             losses[r] = loss
             continue
         negs = [int(n) for n in negatives[r]]
         if mode == "sg_shared":
-            losses[r] = _shared_update(syn0, syn1neg, ctx, center, negs, alpha)
+            losses[r] = _shared_update(syn0, syn1neg, ctx, center, negs, alpha, lockf)
         else:
-            losses[r] = _cbow_update(syn0, syn1neg, ctx, center, negs, alpha, cbow_mean)
+            losses[r] = _cbow_update(syn0, syn1neg, ctx, center, negs, alpha, cbow_mean, lockf)
     return losses
 
 
@@ -252,25 +268,36 @@ def _sequential_rows(x: torch.Tensor, table: torch.Tensor, rows: list[int], labe
     return err, loss
 
 
+def _locked(err: torch.Tensor, rows: torch.Tensor | list[int], lockf: ArrayLike | None) -> torch.Tensor:
+    """Input errors err [n, D] of syn0's rows `rows` [n] scaled by their lock factors lockf[row % L] (gensim's
+    vectors_lockf); err itself without factors."""
+    if lockf is None:
+        return err
+    factors = torch.as_tensor(lockf).to(device=err.device, dtype=err.dtype)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=err.device)
+    return err * factors[rows % factors.numel()][:, None]
+
+
 def _pair_update(syn0: torch.Tensor, syn1neg: torch.Tensor, word: int, center: int, negs: list[int],
-                 alpha: float) -> float:
+                 alpha: float, lockf: ArrayLike | None = None) -> float:
     err, loss = _sequential_rows(syn0[word], syn1neg, *_negative_targets(center, negs), alpha)
-    syn0[word] = syn0[word] + err
+    syn0[word] = syn0[word] + _locked(err[None], [word], lockf)[0]
     return loss
 
 
 def _shared_update(syn0: torch.Tensor, syn1neg: torch.Tensor, ctx: torch.Tensor, center: int, negs: list[int],
-                   alpha: float) -> float:
+                   alpha: float, lockf: ArrayLike | None = None) -> float:
     targets = torch.tensor([center, *negs], dtype=torch.long, device=syn0.device)
     valid = torch.ones(len(targets), dtype=syn0.dtype, device=syn0.device)
     valid[1:] = (targets[1:] != center).to(syn0.dtype)
     labels = torch.zeros(len(targets), dtype=syn0.dtype, device=syn0.device)
     labels[0] = 1.0
-    return _shared_rows_update(syn0, syn1neg, ctx, targets, labels, valid, alpha)
+    return _shared_rows_update(syn0, syn1neg, ctx, targets, labels, valid, alpha, lockf)
 
 
 def _shared_rows_update(syn0: torch.Tensor, table: torch.Tensor, ctx: torch.Tensor, rows: torch.Tensor,
-                        labels: torch.Tensor, valid: torch.Tensor, alpha: float) -> float:
+                        labels: torch.Tensor, valid: torch.Tensor, alpha: float,
+                        lockf: ArrayLike | None = None) -> float:
     """All contexts against the same output rows (labels [K], valid [K] 0/1): scores from the current
     vectors, then both updates (pWord2Vec's two small matrix products)."""
     if ctx.numel() == 0:
@@ -282,17 +309,17 @@ def _shared_rows_update(syn0: torch.Tensor, table: torch.Tensor, ctx: torch.Tens
     loss = float((_softplus64(signed) * valid.to(torch.float64)).sum())
     syn0_err = g @ out                                    # [C, D]
     table.index_add_(0, rows, g.T @ inp)
-    syn0.index_add_(0, ctx, syn0_err)
+    syn0.index_add_(0, ctx, _locked(syn0_err, ctx, lockf))
     return loss
 
 
 def _cbow_update(syn0: torch.Tensor, syn1neg: torch.Tensor, ctx: torch.Tensor, center: int, negs: list[int],
-                 alpha: float, cbow_mean: bool) -> float:
-    return _cbow_rows_update(syn0, syn1neg, ctx, *_negative_targets(center, negs), alpha, cbow_mean)
+                 alpha: float, cbow_mean: bool, lockf: ArrayLike | None = None) -> float:
+    return _cbow_rows_update(syn0, syn1neg, ctx, *_negative_targets(center, negs), alpha, cbow_mean, lockf)
 
 
 def _cbow_rows_update(syn0: torch.Tensor, table: torch.Tensor, ctx: torch.Tensor, rows: list[int],
-                      labels: list[float], alpha: float, cbow_mean: bool) -> float:
+                      labels: list[float], alpha: float, cbow_mean: bool, lockf: ArrayLike | None = None) -> float:
     """CBOW: h = mean (or sum) of the contexts predicts table's rows in turn; gensim's rule: with a sum the
     input error is divided by the context count."""
     count = ctx.numel()
@@ -304,14 +331,15 @@ def _cbow_rows_update(syn0: torch.Tensor, table: torch.Tensor, ctx: torch.Tensor
     err, loss = _sequential_rows(h, table, rows, labels, alpha)
     if not cbow_mean:
         err = err / count
-    syn0.index_add_(0, ctx, err.expand(count, -1).contiguous())
+    syn0.index_add_(0, ctx, _locked(err.expand(count, -1), ctx, lockf).contiguous())
     return loss
 
 
 def hs_step_reference(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor, tree: HsTree,
-                      alpha: float, mode: str, cbow_mean: bool = True) -> torch.Tensor:
+                      alpha: float, mode: str, cbow_mean: bool = True, lockf: ArrayLike | None = None
+                      ) -> torch.Tensor:
     """Plain PyTorch hierarchical-softmax updates (in place, in syn0's dtype): the oracle and fallback.
-    Shapes as in `hs_step`. Returns loss [B] float64."""
+    Shapes as in `hs_step`; lockf: [L] lock factors or None (all 1). Returns loss [B] float64."""
     losses = torch.zeros(centers.shape[0], dtype=torch.float64)
     for r, center in enumerate(centers.tolist()):
         row = contexts[r]
@@ -320,18 +348,21 @@ def hs_step_reference(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch
         nodes = tree.points[center, :length].to(torch.long).to(syn0.device)
         labels = 1.0 - tree.codes[center, :length].to(syn0.dtype).to(syn0.device)
         if mode == "cbow":
-            losses[r] = _cbow_rows_update(syn0, tree.syn1, ctx, nodes.tolist(), labels.tolist(), alpha, cbow_mean)
+            losses[r] = _cbow_rows_update(syn0, tree.syn1, ctx, nodes.tolist(), labels.tolist(), alpha, cbow_mean,
+                                          lockf)
         elif mode == "sg_shared":
-            losses[r] = _shared_rows_update(syn0, tree.syn1, ctx, nodes, labels, torch.ones_like(labels), alpha)
+            losses[r] = _shared_rows_update(syn0, tree.syn1, ctx, nodes, labels, torch.ones_like(labels), alpha,
+                                            lockf)
         else:
-            losses[r] = sum(_hs_path_update(syn0, tree.syn1, int(c), nodes, labels, alpha) for c in ctx.tolist())
+            losses[r] = sum(_hs_path_update(syn0, tree.syn1, int(c), nodes, labels, alpha, lockf)
+                            for c in ctx.tolist())
     return losses
 
 
 def _hs_path_update(syn0: torch.Tensor, syn1: torch.Tensor, word: int, nodes: torch.Tensor, labels: torch.Tensor,
-                    alpha: float) -> float:
+                    alpha: float, lockf: ArrayLike | None = None) -> float:
     err, loss = _sequential_rows(syn0[word].clone(), syn1, nodes.tolist(), labels.tolist(), alpha)
-    syn0[word] += err
+    syn0[word] += _locked(err[None], [word], lockf)[0]
     return loss
 
 
@@ -435,6 +466,31 @@ def _check_ids_alpha_backend(vocab: int, ids: tuple[tuple[str, torch.Tensor, int
     validate_backend_name(backend)
 
 
+def validate_lockf(lockf: Any, device: torch.device) -> None:
+    """gensim's lock factors checked before any kernel reads them: a 1-D contiguous float32 numpy array (a CPU
+    array) or torch.Tensor of at least one factor, on the tables' `device`. TypeError or ValueError naming lockf."""
+    if isinstance(lockf, np.ndarray):
+        is_float32, where, contiguous = lockf.dtype == np.float32, torch.device("cpu"), lockf.flags.c_contiguous
+    elif isinstance(lockf, torch.Tensor):
+        is_float32, where, contiguous = lockf.dtype == torch.float32, lockf.device, lockf.is_contiguous()
+    else:
+        raise TypeError(f"lockf: expected a float32 numpy array or torch.Tensor of lock factors, got "
+                        f"{type(lockf).__name__}")
+    if not is_float32:
+        raise TypeError(f"lockf: expected float32 lock factors (gensim's REAL), got {lockf.dtype}")
+    if lockf.ndim != 1 or lockf.shape[0] < 1:
+        raise ValueError(f"lockf: expected a 1-D array of at least one lock factor, got shape {tuple(lockf.shape)}")
+    if not contiguous:
+        raise ValueError("lockf: expected a contiguous array (the kernels index it directly), got a strided view")
+    if where != device:
+        raise ValueError(f"lockf: expected lock factors on the tables' device {device}, got {where}")
+
+
+def _validate_optional_lockf(lockf: Any, device: torch.device) -> None:
+    if lockf is not None:
+        validate_lockf(lockf, device)
+
+
 def _step_inputs(syn0: torch.Tensor, syn1neg: torch.Tensor) -> dict[str, Any]:
     return {"device": syn0.device, "dtype": syn0.dtype, "syn0": syn0, "syn1neg": syn1neg}
 
@@ -456,44 +512,42 @@ _TORCH_STEP = Capability(devices=ANY_DEVICE, dtypes=FLOAT_DTYPES, layouts=("any"
 
 
 @SGNS_STEP.register("cpp", _CPP_STEP, check=_cpp_step_check)
-def _sgns_step_cpp(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean):
+def _sgns_step_cpp(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean, lockf):
     from genai_fast.backends.cpp.word2vec import word2vec_step
 
-    return word2vec_step(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean)
+    return word2vec_step(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean, lockf=lockf)
 
 
 @SGNS_STEP.register("torch", _TORCH_STEP)
-def _sgns_step_torch(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean):
-    return word2vec_step_reference(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean)
+def _sgns_step_torch(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean, lockf):
+    return word2vec_step_reference(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean, lockf)
 
 
 @CBOW_STEP.register("cpp", _CPP_STEP, check=_cpp_step_check)
-def _cbow_step_cpp(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean):
+def _cbow_step_cpp(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean, lockf):
     from genai_fast.backends.cpp.word2vec import word2vec_step
 
-    return word2vec_step(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean)
+    return word2vec_step(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean, lockf=lockf)
 
 
 @CBOW_STEP.register("torch", _TORCH_STEP)
-def _cbow_step_torch(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean):
-    return word2vec_step_reference(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean)
+def _cbow_step_torch(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean, lockf):
+    return word2vec_step_reference(syn0, syn1neg, centers, contexts, negatives, alpha, mode, cbow_mean, lockf)
 
 
 @HS_STEP.register("cpp", _CPP_STEP, check=_cpp_step_check)
-def _hs_step_cpp(syn0, centers, contexts, tree, alpha, mode, cbow_mean):
+def _hs_step_cpp(syn0, centers, contexts, tree, alpha, mode, cbow_mean, lockf):
     from genai_fast.backends.cpp.word2vec import hs_step
 
-    return hs_step(syn0, centers, contexts, tree, alpha, mode, cbow_mean)
+    return hs_step(syn0, centers, contexts, tree, alpha, mode, cbow_mean, lockf)
 
 
 @HS_STEP.register("torch", _TORCH_STEP)
-def _hs_step_torch(syn0, centers, contexts, tree, alpha, mode, cbow_mean):
-    return hs_step_reference(syn0, centers, contexts, tree, alpha, mode, cbow_mean)
+def _hs_step_torch(syn0, centers, contexts, tree, alpha, mode, cbow_mean, lockf):
+    return hs_step_reference(syn0, centers, contexts, tree, alpha, mode, cbow_mean, lockf)
 
 
 # ---------------------------------------------------------------- chunk training
-
-ArrayLike = np.ndarray | torch.Tensor
 
 
 def word2vec_train_chunk(
@@ -516,6 +570,7 @@ def word2vec_train_chunk(
     seed: int = 1,
     workers: int = 1,
     hs: HsTree | None = None,
+    lockf: ArrayLike | None = None,
     backend: str | None = None,
 ) -> tuple[int, int, float]:
     """Train on a chunk of sentences, updating syn0 and syn1neg (and hs.syn1) in place (Hogwild).
@@ -533,6 +588,9 @@ def word2vec_train_chunk(
         hs: hierarchical softmax's tree and syn1 (HsTree; numpy arrays or tensors on the tables' device; not
             on the `cuda` backend): each centre gets the hierarchical-softmax update first, then the
             negative-sampling one (when negative > 0), as gensim does with hs=1 and negative > 0.
+        lockf: gensim's lock factors (wv.vectors_lockf), [L] float32 (L >= 1) on the tables' device (a numpy
+            array counts as the CPU): every update of syn0's row w is scaled by lockf[w % L] (0 freezes it);
+            syn1neg and hs.syn1 are not affected. None (the default): all 1, at no cost.
         seed: the chunk's random seed; on the CPU workers=1 and a seed give bit-identical results. On a
             GPU a seed fixes every random draw, but concurrent float updates race (Hogwild), so results
             agree statistically, not bit for bit. `workers` is the CPU thread count (ignored on a GPU).
@@ -558,12 +616,13 @@ def word2vec_train_chunk(
     if hs is not None:
         validate_tree(hs, syn0.shape[0], syn0.shape[1] if syn0.ndim == 2 else -1)
     device = syn0.device if isinstance(syn0, torch.Tensor) else torch.device("cpu")
+    _validate_optional_lockf(lockf, device)
     dtype = syn0.dtype if isinstance(syn0, torch.Tensor) else torch.float32
     inputs = {"device": device, "dtype": dtype, "syn0": syn0, "syn1neg": syn1neg, "mode": mode, "window": window,
               "negative": negative, "hs": hs is not None, "hs_depth": 0 if hs is None else int(hs.points.shape[1])}
     impl = WORD2VEC_TRAIN.select(inputs, backend)
     return impl.run(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                    mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs)
+                    mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs, lockf)
 
 
 # ---- GPU chunk plan: subsampling, compaction, learning rates and slices, as torch ops on the device
@@ -714,15 +773,17 @@ def _gpu_train_check(inputs: dict[str, Any]) -> list[str]:
 
 def _train_chunk_gpu(launch: Any, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start,
                      alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, hs=None,
-                     slice_tokens: int | None = None) -> tuple[int, int, float]:
+                     lockf=None, slice_tokens: int | None = None) -> tuple[int, int, float]:
     tok, off, keep, prob, alias = prepare_gpu_chunk(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob,
                                                     alias_index, window, negative, hs is not None)
     seed = int(seed) & (2**63 - 1)
     plan = plan_chunk(tok, off, keep, float(alpha_start), float(alpha_end), seed, slice_tokens)
     tree = {} if hs is None else {"tree": device_tree(hs, syn0)}
+    if isinstance(lockf, np.ndarray):  # validated: on the CPU, so the tables are too (the interpreter's case)
+        lockf = torch.from_numpy(lockf)
     loss = launch(syn0, syn1neg, plan.tokens, plan.alphas, plan.bounds, prob, alias, mode=mode, window=window,
                   negative=negative, cbow_mean=cbow_mean, shrink_windows=shrink_windows,
-                  compute_loss=compute_loss, seed=seed, **tree)
+                  compute_loss=compute_loss, seed=seed, lockf=lockf, **tree)
     return plan.raw_words, plan.effective_words, float(loss.sum()) if compute_loss else 0.0
 
 
@@ -770,12 +831,12 @@ def _cuda_train_check(inputs: dict[str, Any]) -> list[str]:
     check=_cuda_train_check,
 )
 def _train_chunk_cuda(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                      mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
+                      mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs, lockf):
     from genai_fast.backends.cuda.word2vec import word2vec_train_fwd
 
     return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
                             alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
-                            seed, hs)
+                            seed, hs, lockf)
 
 
 @WORD2VEC_TRAIN.register(
@@ -786,12 +847,12 @@ def _train_chunk_cuda(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, ali
     check=_gpu_train_check,
 )
 def _train_chunk_triton(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                        mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
+                        mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs, lockf):
     from genai_fast.kernels.word2vec import word2vec_train_fwd
 
     return _train_chunk_gpu(word2vec_train_fwd, syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index,
                             alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
-                            seed, hs)
+                            seed, hs, lockf)
 
 
 def _as_numpy_table(name: str, table: ArrayLike) -> np.ndarray:
@@ -812,20 +873,20 @@ def _as_numpy(value: ArrayLike | None) -> np.ndarray | None:
                features=("Hogwild std::threads", "pWord2Vec shared negatives", "alias-method noise sampling")),
 )
 def _train_chunk_cpp(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                     mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
+                     mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs, lockf):
     from genai_fast.backends.cpp.word2vec import word2vec_train
 
     return word2vec_train(_as_numpy_table("syn0", syn0), _as_numpy_table("syn1neg", syn1neg), _as_numpy(tokens),
                           _as_numpy(offsets), _as_numpy(keep_prob), _as_numpy(alias_prob), _as_numpy(alias_index),
                           alpha_start, alpha_end, mode, window, negative, cbow_mean, shrink_windows, compute_loss,
-                          seed, workers, hs)
+                          seed, workers, hs, _as_numpy(lockf))
 
 
 @WORD2VEC_TRAIN.register(
     "torch", Capability(devices=("cpu",), dtypes=(torch.float32,), features=("reference (one thread, slow)",))
 )
 def _train_chunk_torch(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, alias_index, alpha_start, alpha_end,
-                       mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs):
+                       mode, window, negative, cbow_mean, shrink_windows, compute_loss, seed, workers, hs, lockf):
     """The same algorithm in Python over the step references: correct but slow (a fallback, not a path)."""
     syn0, syn1neg = _as_numpy_table("syn0", syn0), _as_numpy_table("syn1neg", syn1neg)
     tokens, offsets, keep_prob = _as_numpy(tokens), _as_numpy(offsets), _as_numpy(keep_prob)
@@ -858,12 +919,14 @@ def _train_chunk_torch(syn0, syn1neg, tokens, offsets, keep_prob, alias_prob, al
             u = rng.random(int(np.prod(shape)))
             idx = rng.integers(vocab, size=u.size)
             negs = np.where(u < alias_prob[idx], idx, alias_index[idx]).reshape(shape)
-            loss += _reference_centre(tables, int(words[i]), ctx, torch.from_numpy(negs), alpha, mode, cbow_mean)
+            loss += _reference_centre(tables, int(words[i]), ctx, torch.from_numpy(negs), alpha, mode, cbow_mean,
+                                      lockf)
     return raw, effective, (loss if compute_loss else 0.0)
 
 
 def _reference_centre(tables: tuple[torch.Tensor, torch.Tensor, HsTree | None], centre: int, ctx: list[int],
-                      negs: torch.Tensor, alpha: float, mode: str, cbow_mean: bool) -> float:
+                      negs: torch.Tensor, alpha: float, mode: str, cbow_mean: bool,
+                      lockf: ArrayLike | None = None) -> float:
     """One centre's updates in the C++ trainer's order: hierarchical softmax first, then negative sampling
     (skip-gram pair by pair: each context's hs update, then its negatives)."""
     syn0, syn1neg, tree = tables
@@ -873,10 +936,10 @@ def _reference_centre(tables: tuple[torch.Tensor, torch.Tensor, HsTree | None], 
     for words, row_negs in pairs:
         contexts = torch.tensor([words])
         if tree is not None:
-            loss += float(hs_step_reference(syn0, centers, contexts, tree, alpha, mode, cbow_mean).sum())
+            loss += float(hs_step_reference(syn0, centers, contexts, tree, alpha, mode, cbow_mean, lockf).sum())
         if row_negs.shape[-1] > 0:
             loss += float(word2vec_step_reference(syn0, syn1neg, centers, contexts, row_negs, alpha, mode,
-                                                  cbow_mean).sum())
+                                                  cbow_mean, lockf).sum())
     return loss
 
 

@@ -3,6 +3,10 @@
 Queries are batched matrix products over unit-normalised vectors (float32), not a Python loop per
 word or per question. Files are written atomically; a truncated or corrupted file raises
 `Word2VecFormatError` (a ValueError) naming the file and the line or byte offset.
+
+`vectors_lockf` holds gensim's lock factors: training scales every update of word i's vector by
+vectors_lockf[i % len(vectors_lockf)] (0.0 freezes it, 1.0 trains it; default np.ones(1)).
+`intersect_word2vec_format` takes pretrained vectors for known words and sets their factors.
 """
 
 from __future__ import annotations
@@ -24,6 +28,31 @@ PositiveOrNegative = Key | np.ndarray | tuple[Key | np.ndarray, float]
 
 class Word2VecFormatError(ValueError):
     """A word2vec-format file is truncated or corrupted; the message names the file and where."""
+
+
+def default_lock_factors() -> np.ndarray:
+    """gensim's default vectors_lockf: one factor 1.0 (every word trains normally)."""
+    return np.ones(1, dtype=np.float32)
+
+
+def is_default_lock_factors(lockf: np.ndarray) -> bool:
+    """Whether `lockf` is the default (one factor 1.0), which model files do not store."""
+    return lockf.shape == (1,) and float(lockf[0]) == 1.0
+
+
+def check_lock_factors(lockf: Any, name: str = "vectors_lockf") -> np.ndarray:
+    """Lock factors as the trainers take them: a 1-D C-contiguous float32 array of at least one finite factor.
+    Real numbers of another dtype are converted (gensim's factors are float32); anything else raises TypeError
+    or ValueError naming `name`."""
+    array = np.asarray(lockf)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected real lock factors (a float32 array), got dtype {array.dtype}")
+    if array.ndim != 1 or array.size < 1:
+        raise ValueError(f"{name}: expected a 1-D array of at least one lock factor, got shape {array.shape}")
+    factors = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(factors).all():
+        raise ValueError(f"{name}: expected finite lock factors, got {factors[~np.isfinite(factors)][0]}")
+    return factors
 
 
 def _as_list(value: Any) -> list:
@@ -57,6 +86,7 @@ class KeyedVectors:
         self.index_to_key: list[str] = []
         self.key_to_index: dict[str, int] = {}
         self.expandos: dict[str, np.ndarray] = {}
+        self.vectors_lockf = default_lock_factors()  # gensim's lock factors (see the module docstring)
         self._norms: np.ndarray | None = None
         self._norm_source: tuple[int, tuple[int, ...]] | None = None
 
@@ -588,30 +618,8 @@ class KeyedVectors:
                     if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                         raise Word2VecFormatError(f"{fvocab}: line {line_no}: expected 'word count', got {line!r}")
                     counts[parts[0]] = int(parts[1])
-        with open_by_suffix(path, "rb") as fin:
-            if no_header:
-                if binary:
-                    raise NotImplementedError("no_header: only available for text-format files")
-                first = fin.readline()
-                vector_size = len(first.rstrip().split(b" ")) - 1
-                vocab_size = 1 + sum(1 for _ in fin)
-                fin.seek(0)
-            else:
-                header = fin.readline()
-                try:
-                    vocab_size, vector_size = (int(x) for x in header.decode(encoding).split())
-                except (ValueError, UnicodeDecodeError):
-                    raise Word2VecFormatError(
-                        f"{path}: line 1: expected a header 'vocab_size vector_size', got {header[:80]!r}") from None
-                if vocab_size < 0 or vector_size <= 0:
-                    raise Word2VecFormatError(f"{path}: line 1: invalid sizes {vocab_size} x {vector_size}")
-            if limit:
-                vocab_size = min(vocab_size, limit)
-            kv = cls(vector_size, 0)
-            if binary:
-                keys, vecs = _read_binary(fin, path, vocab_size, vector_size, encoding, unicode_errors)
-            else:
-                keys, vecs = _read_text(fin, path, vocab_size, vector_size, encoding, unicode_errors, no_header)
+        keys, vecs, vocab_size = _read_vectors(path, binary, encoding, unicode_errors, limit, no_header)
+        kv = cls(vecs.shape[1], 0)
         seen: dict[str, int] = {}
         for i, k in enumerate(keys):
             seen.setdefault(k, i)
@@ -626,12 +634,50 @@ class KeyedVectors:
             kv.expandos["count"] = np.array([counts.get(k, 0) for k in kv.index_to_key], dtype=np.int64)
         return kv
 
+    def intersect_word2vec_format(self, fname: str | os.PathLike, lockf: float = 0.0, binary: bool = False,
+                                  encoding: str = "utf8", unicode_errors: str = "strict") -> int:
+        """Take the vectors of a word2vec.c-format file (text or binary) for the words already in the vocabulary,
+        as gensim does: no word is added, words absent from the file keep their vectors, and each word taken gets
+        the lock factor `lockf` (0.0, the default, freezes it in later training; 1.0 lets it train).
+
+        The file's vector size must equal vector_size (ValueError naming both); a truncated or corrupted file
+        raises Word2VecFormatError before any vector changes. A word listed twice takes its last vector (gensim's
+        order). Departure from gensim 4, which raises IndexError there: lock factors shorter than the vocabulary
+        are first spread over it (word i keeps its factor vectors_lockf[i % len], so the default becomes
+        len(self) ones). Returns the number of vocabulary words that took a vector from the file.
+        """
+        if isinstance(lockf, bool) or not isinstance(lockf, (int, float, np.integer, np.floating)) or \
+                not np.isfinite(lockf):
+            raise ValueError(f"lockf: expected a finite number, got {lockf!r}")
+        keys, vecs, _ = _read_vectors(Path(fname), binary, encoding, unicode_errors)
+        if vecs.shape[1] != self.vector_size:
+            raise ValueError(f"{fname}: holds vectors of size {vecs.shape[1]}, but these vectors have size "
+                             f"{self.vector_size}; the sizes must match to merge them")
+        taken = {self.key_to_index[k]: i for i, k in enumerate(keys) if k in self.key_to_index}  # last one wins
+        rows = np.array(list(taken.keys()), dtype=np.int64)
+        sources = np.array(list(taken.values()), dtype=np.int64)
+        self.vectors[rows] = vecs[sources]
+        self._norms = None  # the cached norms no longer describe these rows
+        factors = check_lock_factors(self.vectors_lockf)
+        if len(factors) < len(self):
+            factors = np.resize(factors, len(self))  # cyclic, as the trainers read them: factors[i % len]
+        factors[rows] = np.float32(lockf)
+        self.vectors_lockf = factors
+        return len(rows)
+
     # ------------------------------------------------------------ safe native save/load
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save to one .npz file (numpy arrays only, no pickle), atomically."""
-        save_arrays(path, {"vectors": self.vectors, **{f"attr_{k}": v for k, v in self.expandos.items()}},
+        """Save to one .npz file (numpy arrays only, no pickle), atomically; lock factors other than the default
+        are kept."""
+        save_arrays(path, {"vectors": self.vectors, **self._extra_arrays()},
                     {"kind": "KeyedVectors", "vector_size": self.vector_size, "index_to_key": self.index_to_key})
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        """What a model file holds besides the vectors: the attributes (counts) and non-default lock factors."""
+        lockf = check_lock_factors(self.vectors_lockf)
+        return {**{f"attr_{k}": v for k, v in self.expandos.items()},
+                **({} if is_default_lock_factors(lockf) else {"vectors_lockf": lockf})}
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: str | None = None) -> KeyedVectors:
@@ -649,6 +695,9 @@ class KeyedVectors:
         self.key_to_index = {k: i for i, k in enumerate(self.index_to_key)}
         self.vectors = np.ascontiguousarray(arrays["vectors"])
         self.expandos = {k[len("attr_"):]: v for k, v in arrays.items() if k.startswith("attr_")}
+        # files written before lock factors were saved have none: the default
+        self.vectors_lockf = check_lock_factors(arrays["vectors_lockf"]) if "vectors_lockf" in arrays else \
+            default_lock_factors()
         if self.vectors.shape != (len(self.index_to_key), self.vector_size):
             raise ValueError(f"vectors: expected shape ({len(self.index_to_key)}, {self.vector_size}), "
                              f"got {self.vectors.shape}")
@@ -657,6 +706,36 @@ class KeyedVectors:
 def _write_text(name: str | os.PathLike, tmp: str, text: str) -> None:
     with open_by_suffix(name, "wt", tmp, encoding="utf-8") as out:
         out.write(text)
+
+
+def _read_vectors(path: Path, binary: bool, encoding: str, unicode_errors: str, limit: int | None = None,
+                  no_header: bool = False) -> tuple[list[str], np.ndarray, int]:
+    """The keys and float32 vectors [n, D] of a word2vec.c-format file, in file order (duplicates kept), and the
+    vocabulary size its header announces. Word2VecFormatError naming the file and where when it is corrupted."""
+    with open_by_suffix(path, "rb") as fin:
+        if no_header:
+            if binary:
+                raise NotImplementedError("no_header: only available for text-format files")
+            first = fin.readline()
+            vector_size = len(first.rstrip().split(b" ")) - 1
+            vocab_size = 1 + sum(1 for _ in fin)
+            fin.seek(0)
+        else:
+            header = fin.readline()
+            try:
+                vocab_size, vector_size = (int(x) for x in header.decode(encoding).split())
+            except (ValueError, UnicodeDecodeError):
+                raise Word2VecFormatError(
+                    f"{path}: line 1: expected a header 'vocab_size vector_size', got {header[:80]!r}") from None
+            if vocab_size < 0 or vector_size <= 0:
+                raise Word2VecFormatError(f"{path}: line 1: invalid sizes {vocab_size} x {vector_size}")
+        if limit:
+            vocab_size = min(vocab_size, limit)
+        if binary:
+            keys, vecs = _read_binary(fin, path, vocab_size, vector_size, encoding, unicode_errors)
+        else:
+            keys, vecs = _read_text(fin, path, vocab_size, vector_size, encoding, unicode_errors, no_header)
+    return keys, vecs, vocab_size
 
 
 def _read_text(fin: Any, path: Path, vocab_size: int, vector_size: int, encoding: str, unicode_errors: str,

@@ -14,6 +14,13 @@ these differences, each deliberate:
   Triton trainers (the CUDA one has none). Its Huffman tree is gensim's (same codes and points), rebuilt
   from the word counts on load.
 
+Lock factors (`model.wv.vectors_lockf`, gensim's): each update of word i's input vector is scaled by
+vectors_lockf[i % len(vectors_lockf)] on every trainer (0.0 freezes the word, e.g. pretrained vectors
+merged with `wv.intersect_word2vec_format`); syn1neg and syn1 are not affected. They are read at the start
+of each `train()`; the default, np.ones(1) (or any all-ones array), costs nothing. Departure from gensim:
+when `build_vocab(update=True)` adds words and there is one factor per old word, the new words get 1.0
+(gensim would give them the factor of word i % len, an unrelated old word).
+
 device="cuda" (and "auto" with workers > 1 on a machine with a CUDA GPU and Triton or CuPy; "auto"
 with workers=1 keeps the CPU's deterministic mode) trains on the GPU: the
 tables are copied to the GPU at the start of `train()` and back into `wv.vectors` / `syn1neg` at its
@@ -48,7 +55,7 @@ from genai_fast.word2vec.corpus import (
     prefetched,
 )
 from genai_fast.word2vec.huffman import HuffmanTree, huffman_tree
-from genai_fast.word2vec.keyedvectors import KeyedVectors
+from genai_fast.word2vec.keyedvectors import KeyedVectors, check_lock_factors
 
 CACHE_TOKEN_LIMIT = 256 << 20  # encoded corpora up to this many tokens are kept in memory across epochs
 GPU_CHUNK_TOKENS = 4 << 20  # tokens per GPU kernel call: enough slices to fill a GPU, few host syncs
@@ -464,8 +471,10 @@ class Word2Vec:
             new_counts = [c for w, c in retained if w not in old.key_to_index]
             rng = np.random.default_rng([self.seed, len(old)])
             fresh = _initial_vectors(rng, len(new_words), self.vector_size)
+            old_size = len(old)
             old.add_vectors(new_words, fresh)
             old.expandos["count"] = np.concatenate([counts, np.asarray(new_counts, dtype=np.int64)])
+            old.vectors_lockf = self._grown_lock_factors(old.vectors_lockf, old_size, len(old))
             fresh_rows = np.zeros((len(new_words), self.vector_size), np.float32)
             self.syn1neg = np.ascontiguousarray(np.vstack([self.syn1neg, fresh_rows]))
             if self.hs:  # the tree is rebuilt for the new counts, as gensim does
@@ -482,9 +491,19 @@ class Word2Vec:
             self._init_weights([w for w, _ in retained], np.array([c for _, c in retained], dtype=np.int64))
         self._make_tables(sample)
 
+    @staticmethod
+    def _grown_lock_factors(lockf: np.ndarray, old_size: int, new_size: int) -> np.ndarray:
+        """Lock factors after the vocabulary grew from old_size to new_size words: one factor per old word (more
+        than one) gets 1.0 for each new word; shorter (cyclic) factors stay as they are."""
+        if len(lockf) != old_size or old_size <= 1 or new_size <= old_size:
+            return lockf
+        return np.concatenate([np.asarray(lockf, np.float32), np.ones(new_size - old_size, np.float32)])
+
     def _init_weights(self, keys: list[str], counts: np.ndarray) -> None:
-        """A new vocabulary (keys, their counts) with fresh weights: gensim's initial vectors, zero output layers."""
+        """A new vocabulary (keys, their counts) with fresh weights: gensim's initial vectors, zero output layers.
+        The lock factors are kept (gensim keeps them across build_vocab)."""
         kv = KeyedVectors(self.vector_size, 0)
+        kv.vectors_lockf = getattr(self.wv, "vectors_lockf", kv.vectors_lockf)
         kv.index_to_key = list(keys)
         kv.key_to_index = {w: i for i, w in enumerate(kv.index_to_key)}
         kv.expandos["count"] = counts
@@ -652,7 +671,7 @@ class Word2Vec:
             tables[0], tables[1], chunk.ids, chunk.offsets, *tables[2:5], alpha, next_alpha, mode=mode,
             window=self.window, negative=self.negative, cbow_mean=bool(self.cbow_mean),
             shrink_windows=self.shrink_windows, compute_loss=self.compute_loss, seed=seed, workers=self.workers,
-            hs=tables[5])
+            hs=tables[5], lockf=tables[6])
         return effective, loss
 
     def _prepare_arrays(self) -> None:
@@ -672,20 +691,29 @@ class Word2Vec:
                 self.syn1 = np.ascontiguousarray(self.syn1, dtype=np.float32).copy()
 
     def _device_tables(self) -> tuple[Any, ...]:
-        """(syn0, syn1neg, keep_prob, noise_prob, noise_alias, hs tree or None) where training reads them:
-        the numpy arrays on the CPU, copies on the GPU for device="cuda" (copied back by _copy_back)."""
+        """(syn0, syn1neg, keep_prob, noise_prob, noise_alias, hs tree or None, lock factors or None) where
+        training reads them: the numpy arrays on the CPU, copies on the GPU for device="cuda" (copied back by
+        _copy_back)."""
         from genai_fast.ops.word2vec_ops import HsTree
 
         arrays = (self.wv.vectors, self.syn1neg, self.keep_prob, self.noise_prob, self.noise_alias)
         tree = HsTree(self.syn1, self.huffman.points, self.huffman.codes, self.huffman.lengths) if self.hs else None
+        lockf = self._lock_factors()
         if self.device != "cuda":
-            return (*arrays, tree)
+            return (*arrays, tree, lockf)
         import torch
 
         def to_gpu(a: np.ndarray | None) -> Any:
             return None if a is None else torch.from_numpy(a).to(self._gpu_table_device, copy=True)
 
-        return (*(to_gpu(a) for a in arrays), None if tree is None else HsTree(*(to_gpu(a) for a in tree)))
+        return (*(to_gpu(a) for a in arrays), None if tree is None else HsTree(*(to_gpu(a) for a in tree)),
+                to_gpu(lockf))
+
+    def _lock_factors(self) -> np.ndarray | None:
+        """wv.vectors_lockf checked and as float32 [L], or None when every factor is 1: the kernels' unscaled
+        path, bit-identical and as fast as training without lock factors."""
+        lockf = check_lock_factors(getattr(self.wv, "vectors_lockf", np.ones(1, np.float32)), "wv.vectors_lockf")
+        return None if bool(np.all(lockf == 1.0)) else lockf
 
     def _copy_back(self, tables: tuple[Any, ...]) -> None:
         self.wv.vectors = np.ascontiguousarray(tables[0].cpu().numpy())
@@ -782,7 +810,8 @@ class Word2Vec:
               "sorted_vocab", "compute_loss", "shrink_windows", "shared_negatives", "batch_words", "comment")
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save the whole model (vectors, output weights, vocabulary, parameters) to one .npz, atomically."""
+        """Save the whole model (vectors, output weights, vocabulary, parameters, non-default lock factors) to one
+        .npz, atomically."""
         from genai_fast.word2vec.storage import save_arrays
 
         meta = {
@@ -796,7 +825,7 @@ class Word2Vec:
         }
         arrays = {"vectors": self.wv.vectors, "syn1neg": self.syn1neg,
                   **({"syn1": self.syn1} if self.hs else {}),
-                  **{f"attr_{k}": v for k, v in self.wv.expandos.items()}}
+                  **self.wv._extra_arrays()}
         save_arrays(path, arrays, meta)
 
     @classmethod

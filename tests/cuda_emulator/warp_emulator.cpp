@@ -68,7 +68,8 @@ extern "C" void emulate_word2vec_train(float* syn0, float* syn1, const int* toke
                                        float* syn1hs, const int* points, const unsigned char* codes,
                                        const int* path_lengths, long long num_slices, long long vocab, int dim,
                                        long long seed, int window, int negative, long long draw_stride, int mode,
-                                       int cbow_mean, int shrink, int compute_loss, int depth, int hs) {
+                                       int cbow_mean, int shrink, int compute_loss, int depth, int hs,
+                                       const float* lockf, long long lockf_len) {
   const long long blocks = (num_slices + W2V_WARPS - 1) / W2V_WARPS;
   for (float& f : smem) std::memcpy(&f, &kSharedPoison, 4);
   for (long long b = 0; b < blocks; ++b) {
@@ -82,7 +83,7 @@ extern "C" void emulate_word2vec_train(float* syn0, float* syn1, const int* toke
           threadIdx.x = static_cast<unsigned>(warp * 32 + lane);
           word2vec_train(syn0, syn1, tokens, alphas, bounds, prob, alias, loss, syn1hs, points, codes, path_lengths,
                          num_slices, vocab, dim, seed, window, negative, draw_stride, mode, cbow_mean, shrink,
-                         compute_loss, depth, hs);
+                         compute_loss, depth, hs, lockf, lockf_len);
         });
       for (auto& t : lanes) t.join();
     }

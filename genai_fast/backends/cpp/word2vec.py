@@ -42,6 +42,19 @@ def _tree_args(tree: Any) -> tuple[dict[str, int], tuple[np.ndarray, ...]]:
     return kwargs, (syn1, points, codes, lengths)
 
 
+def _lockf_args(lockf: np.ndarray | torch.Tensor | None) -> tuple[dict[str, int], np.ndarray | None]:
+    """The _C keyword arguments of gensim's lock factors ([L] float32, L >= 1, contiguous, on the CPU; checked
+    here, before the kernel reads them), none for None (every factor 1: the kernel's unscaled path), and the
+    array behind them, which the caller keeps alive until the call returns."""
+    if lockf is None:
+        return {}, None
+    from genai_fast.ops.word2vec_ops import validate_lockf
+
+    validate_lockf(lockf, torch.device("cpu"))
+    factors = _numpy(lockf)
+    return {"lockf": int(factors.ctypes.data), "lockf_numel": factors.size}, factors
+
+
 def _int32_array(name: str, a: np.ndarray) -> np.ndarray:
     """a as a C-contiguous int32 array; ValueError when a value does not fit (a cast would wrap it around into
     another, valid-looking id)."""
@@ -65,9 +78,11 @@ def _require_table(name: str, table: torch.Tensor) -> None:
 
 
 def word2vec_step(syn0: torch.Tensor, syn1neg: torch.Tensor | None, centers: torch.Tensor, contexts: torch.Tensor,
-                  negatives: torch.Tensor, alpha: float, mode: str, cbow_mean: bool, tree: Any = None) -> torch.Tensor:
+                  negatives: torch.Tensor, alpha: float, mode: str, cbow_mean: bool, tree: Any = None,
+                  lockf: torch.Tensor | None = None) -> torch.Tensor:
     """Apply the updates of a batch in place (syn0, syn1neg: contiguous float32 [V, D]; syn1neg may be None
-    with a hierarchical-softmax tree and no negatives); returns loss [B] fp64."""
+    with a hierarchical-softmax tree and no negatives; lockf: [L] float32 lock factors or None); returns loss
+    [B] fp64."""
     _require_table("syn0", syn0)
     if syn1neg is not None:
         _require_table("syn1neg", syn1neg)
@@ -80,31 +95,34 @@ def word2vec_step(syn0: torch.Tensor, syn1neg: torch.Tensor | None, centers: tor
     negative = negatives32.shape[-1] if negatives32.dim() >= 2 else 0
     loss = torch.zeros(batch, dtype=torch.float64)
     tree_kwargs, _keep_alive = _tree_args(tree)
+    lockf_kwargs, _keep_factors = _lockf_args(lockf)
     syn1neg_addr, syn1neg_numel = (0, 0) if syn1neg is None else (syn1neg.data_ptr(), syn1neg.numel())
     extension().word2vec_step(
         syn0.data_ptr(), syn0.numel(), syn1neg_addr, syn1neg_numel, syn0.shape[0], syn0.shape[1],
         centers32.data_ptr(), centers32.numel(), contexts32.data_ptr(), contexts32.numel(),
         negatives32.data_ptr(), negatives32.numel(), batch, num_contexts, negative,
         loss.data_ptr(), loss.numel(), float(alpha), MODE_CODES[mode], bool(cbow_mean), **tree_kwargs,
+        **lockf_kwargs,
     )
     return loss
 
 
 def hs_step(syn0: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor, tree: Any, alpha: float,
-            mode: str, cbow_mean: bool) -> torch.Tensor:
-    """Hierarchical-softmax updates of a batch in place (mode as word2vec_step's); loss [B] fp64."""
+            mode: str, cbow_mean: bool, lockf: torch.Tensor | None = None) -> torch.Tensor:
+    """Hierarchical-softmax updates of a batch in place (mode and lockf as word2vec_step's); loss [B] fp64."""
     no_negatives = torch.zeros((*contexts.shape, 0) if mode == "sg_pair" else (centers.shape[0], 0),
                                dtype=torch.int32)
-    return word2vec_step(syn0, None, centers, contexts, no_negatives, alpha, mode, cbow_mean, tree)
+    return word2vec_step(syn0, None, centers, contexts, no_negatives, alpha, mode, cbow_mean, tree, lockf)
 
 
 def word2vec_train(syn0: np.ndarray, syn1neg: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
                    keep_prob: np.ndarray | None, alias_prob: np.ndarray, alias_index: np.ndarray,
                    alpha_start: float, alpha_end: float, mode: str, window: int, negative: int, cbow_mean: bool,
                    shrink_windows: bool, compute_loss: bool, seed: int, workers: int,
-                   tree: Any = None) -> tuple[int, int, float]:
+                   tree: Any = None, lockf: np.ndarray | None = None) -> tuple[int, int, float]:
     """Train a chunk on `workers` Hogwild threads; numpy arrays (float32 tables, int32 ids, int64 offsets).
-    tree: an ops.word2vec_ops.HsTree for hierarchical softmax, or None.
+    tree: an ops.word2vec_ops.HsTree for hierarchical softmax, or None; lockf: [L] float32 lock factors
+    (gensim's vectors_lockf), or None for all 1.
 
     Returns (raw_words, effective_words, loss_sum).
     """
@@ -122,10 +140,12 @@ def word2vec_train(syn0: np.ndarray, syn1neg: np.ndarray, tokens: np.ndarray, of
         raise ValueError(f"keep_prob: expected a C-contiguous float32 array, got {keep_prob.dtype}")
     keep_addr, keep_numel = (0, 0) if keep_prob is None else (addr(keep_prob), keep_prob.size)
     tree_kwargs, _keep_alive = _tree_args(tree)
+    lockf_kwargs, _keep_factors = _lockf_args(lockf)
     raw, effective, loss = extension().word2vec_train(
         addr(tokens), tokens.size, addr(offsets), offsets.size, addr(syn0), syn0.size, addr(syn1neg), syn1neg.size,
         syn0.shape[0], syn0.shape[1], keep_addr, keep_numel, addr(alias_prob), addr(alias_index), alias_prob.size,
         float(alpha_start), float(alpha_end), MODE_CODES[mode], int(window), int(negative), bool(cbow_mean),
         bool(shrink_windows), bool(compute_loss), int(seed) & 0xFFFFFFFFFFFFFFFF, int(workers), **tree_kwargs,
+        **lockf_kwargs,
     )
     return int(raw), int(effective), float(loss)

@@ -25,7 +25,7 @@ MAX_OPTIN_SHARED_BYTES = 96 * 1024  # what a kernel may opt in to on sm_80+ (A10
 CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 MODES = {"sg_pair": 0, "sg_shared": 1, "cbow": 2}
 # p pointer, q long long, i int (see genai_fast.backends.cuda.Launcher)
-TRAIN_SIGNATURE = "ppppppppppppqqiqiiqiiiiii"
+TRAIN_SIGNATURE = "ppppppppppppqqiqiiqiiiiiipq"
 DRAWS_SIGNATURE = "ppppqqqiqii"
 
 
@@ -56,13 +56,19 @@ def _draw_stride(mode: str, window: int, negative: int) -> int:
 def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.Tensor, alphas: torch.Tensor,
                        bounds: torch.Tensor, alias_prob: torch.Tensor, alias_index: torch.Tensor, *, mode: str,
                        window: int, negative: int, cbow_mean: bool, shrink_windows: bool, compute_loss: bool,
-                       seed: int, tree: Any = None) -> torch.Tensor:
+                       seed: int, tree: Any = None, lockf: torch.Tensor | None = None) -> torch.Tensor:
     """One warp per slice; updates syn0/syn1neg [V, D] (CUDA, float32, contiguous) in place.
 
     tokens [N] int32, alphas [N] fp32, bounds [P, 4] int32 as in plan_chunk. tree: None, or hierarchical
     softmax's (syn1 [V, D] fp32 updated in place, points [V, L] int32, codes [V, L] uint8, lengths [V] int32),
-    contiguous on syn0's device (device_tree). Returns loss per slice [P] fp64.
+    contiguous on syn0's device (device_tree). lockf: [L] float32 lock factors on syn0's device (gensim's
+    vectors_lockf: syn0 row w's updates scaled by lockf[w % L]), or None (all 1: a null pointer, the unscaled
+    adds). Returns loss per slice [P] fp64.
     """
+    if lockf is not None:
+        from genai_fast.ops.word2vec_ops import validate_lockf
+
+        validate_lockf(lockf, syn0.device)
     vocab, dim = syn0.shape
     depth = 0 if tree is None else int(tree[1].shape[1])
     reasons = shared_memory_reasons(mode, dim, window, negative, depth)
@@ -84,7 +90,8 @@ def word2vec_train_fwd(syn0: torch.Tensor, syn1neg: torch.Tensor, tokens: torch.
     args = (syn0.data_ptr(), syn1neg.data_ptr(), tokens.data_ptr(), alphas.data_ptr(), bounds.data_ptr(),
             alias_prob.data_ptr(), alias_index.data_ptr(), loss.data_ptr(), *tree_ptrs, num_slices, vocab, dim,
             int(seed) & (2**63 - 1), window, negative, _draw_stride(mode, window, negative), MODES[mode],
-            int(bool(cbow_mean)), int(bool(shrink_windows)), int(bool(compute_loss)), depth, int(tree is not None))
+            int(bool(cbow_mean)), int(bool(shrink_windows)), int(bool(compute_loss)), depth, int(tree is not None),
+            *((0, 0) if lockf is None else (lockf.data_ptr(), lockf.numel())))
     with current_device(index):
         if shared > MAX_SHARED_BYTES:
             _opt_in_shared_memory(launcher, shared)
