@@ -4,6 +4,7 @@
     genai-fast bench [--device cpu|cuda] [--quick|--full] [--ops OP ...] [--json PATH] [--plot PATH]
     genai-fast word2vec {train,query,eval} ...   (genai_fast/word2vec/cli.py)
     genai-fast generate PROMPT [--model PATH] ...  (genai_fast/llm/cli.py)
+    genai-fast chat [--model PATH] [--system TEXT] ...  (genai_fast/llm/chat.py)
     genai-fast diffusion {prepare,images,train,sample,invert,eval} ...  (genai_fast/diffusion/text2image/cli.py)
 
 A user's mistake (bad argument, missing file, a backend that cannot run) is reported as one line on
@@ -68,6 +69,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from genai_fast.llm.cli import add_parser as add_generate_parser
 
     add_generate_parser(sub)
+    from genai_fast.llm.chat import add_parser as add_chat_parser
+
+    add_chat_parser(sub)
     from genai_fast.diffusion.text2image.cli import add_parser as add_diffusion_parser
 
     add_diffusion_parser(sub)
@@ -156,6 +160,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from genai_fast.llm.chat import run
+
+    return run(args)
+
+
 def _cmd_diffusion(args: argparse.Namespace) -> int:
     from genai_fast.diffusion.text2image.cli import run
 
@@ -163,7 +173,7 @@ def _cmd_diffusion(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"info": _cmd_info, "bench": _cmd_bench, "word2vec": _cmd_word2vec, "generate": _cmd_generate,
-            "diffusion": _cmd_diffusion}
+            "chat": _cmd_chat, "diffusion": _cmd_diffusion}
 
 
 def _take_debug(argv: list[str]) -> tuple[list[str], bool]:
