@@ -82,6 +82,8 @@ def test_prompt_lookup_and_prefix_reuse_on_cuda(kind):
     fast = engine.generate(turn, 24, prompt_lookup=6)
     assert fast.stats["reused_tokens"] == len(prompt) + 23
     assert fast.ids == _hf_greedy(hf, turn, 24)
+    drafted = engine.generate(turn, 24, draft_model=load(hf, max_seq_len=128), num_draft_tokens=4)
+    assert drafted.ids == fast.ids and drafted.stats["accepted_tokens"] > 0
 
 
 def test_graph_is_captured_once_per_batch_size():

@@ -86,3 +86,14 @@ def test_prompt_lookup_gives_hf_tokens_with_fewer_passes(smollm2):
     assert fast.ids == hf_greedy(hf, ids, 48)
     assert fast.stats["accepted_tokens"] > 5 and fast.stats["decode_steps"] < len(fast.ids) - 5
     assert load(path, max_seq_len=256).generate(ids, 48, prompt_lookup=8).ids == fast.ids
+
+
+@pytest.mark.slow
+def test_draft_model_gives_hf_tokens(smollm2):
+    """A draft engine (here the same model decoding from the file's blocks: it agrees almost always) gives HF's
+    greedy tokens in fewer passes than tokens."""
+    hf, engine, path = smollm2
+    ids = engine.encode("What is the capital of England?")
+    fast = engine.generate(ids, 32, draft_model=load(path, max_seq_len=256), num_draft_tokens=6)
+    assert fast.ids == hf_greedy(hf, ids, 32)
+    assert fast.stats["decode_steps"] < len(fast.ids) / 2

