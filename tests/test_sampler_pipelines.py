@@ -1,6 +1,7 @@
 """genai_fast samplers as the scheduler of diffusers pipelines (`pipe.scheduler = sampler`): the same images as the
-diffusers scheduler of the same config in DDPMPipeline, DDIMPipeline and Stable Diffusion's text-to-image and
-img2img pipelines built from tiny random components (fp32 CPU, one seed); the scheduler attributes and call
+diffusers scheduler of the same config in DDPMPipeline, DDIMPipeline, Stable Diffusion's text-to-image and
+img2img pipelines and (flow matching) SD3's text-to-image and img2img and Flux's pipelines, built from tiny random
+components without text encoders (fp32 CPU, one seed); the scheduler attributes and call
 conventions those pipelines use; the config as diffusers' from_config reads it."""
 
 import copy
@@ -208,6 +209,103 @@ def test_img2img_with_a_sampler_gives_diffusers_latents(sd_components, prompt, c
     got, expected = _both(pipe, make_sampler(name, **config), ref, image=image, strength=0.6,
                           num_inference_steps=6, guidance_scale=4.0, output_type="latent", **prompt)
     _close(got, expected)
+
+
+# ---------------------------------------------------------------- flow matching: SD3 and Flux
+
+
+FLOW_CLASSES = {"flow_euler": "FlowMatchEulerDiscreteScheduler", "flow_heun": "FlowMatchHeunDiscreteScheduler"}
+FLUX_CONFIG = {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
+               "base_image_seq_len": 256, "max_image_seq_len": 4096}
+
+
+def _flow_vae(latent_channels):
+    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32,),
+                                   latent_channels=latent_channels, down_block_types=("DownEncoderBlock2D",),
+                                   up_block_types=("UpDecoderBlock2D",), norm_num_groups=8, sample_size=8,
+                                   shift_factor=0.0609, scaling_factor=1.5035).eval()
+
+
+@pytest.fixture(scope="module")
+def sd3_components():
+    """A tiny SD3 (8x8 latents) without text encoders: the prompts come as embeddings."""
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4).eval()
+    none = dict.fromkeys(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+                          "tokenizer_3"))
+    return {"transformer": transformer, "vae": _flow_vae(4), **none}
+
+
+@pytest.fixture(scope="module")
+def sd3_prompt():
+    g = _seed(3)
+    return {"prompt_embeds": torch.randn(1, 6, 32, generator=g),
+            "pooled_prompt_embeds": torch.randn(1, 64, generator=g),
+            "negative_prompt_embeds": torch.randn(1, 6, 32, generator=g),
+            "negative_pooled_prompt_embeds": torch.randn(1, 64, generator=g)}
+
+
+def _both_seeded(pipe, ours, ref, **call):
+    """_both, with the global RNG seeded too: SD3's pipelines pass no generator to step (stochastic_sampling)."""
+    results = []
+    for scheduler in (ref, ours):
+        pipe.scheduler = scheduler
+        torch.manual_seed(11)
+        results.append(pipe(generator=_seed(), **call).images)
+    return results[1], results[0]
+
+
+SD3_CASES = {
+    "flow_euler-shift3": ("flow_euler", {"shift": 3.0}),
+    "flow_euler-karras": ("flow_euler", {"shift": 3.0, "use_karras_sigmas": True}),
+    "flow_euler-dynamic": ("flow_euler", FLUX_CONFIG),  # the pipeline derives mu from the image size
+    "flow_euler-stochastic": ("flow_euler", {"shift": 3.0, "stochastic_sampling": True}),
+    "flow_heun-shift3": ("flow_heun", {"shift": 3.0}),
+}
+
+
+@pytest.mark.parametrize("case", list(SD3_CASES))
+def test_sd3_pipeline_with_a_flow_sampler_gives_diffusers_latents(sd3_components, sd3_prompt, case):
+    """StableDiffusion3Pipeline, CFG on, from_config(pipe.scheduler): bit for bit the diffusers scheduler's latents."""
+    name, config = SD3_CASES[case]
+    ref = getattr(diffusers, FLOW_CLASSES[name])(**config)
+    pipe = diffusers.StableDiffusion3Pipeline(**sd3_components, scheduler=ref)
+    pipe.set_progress_bar_config(disable=True)
+    got, expected = _both_seeded(pipe, from_config(ref), ref, num_inference_steps=5, guidance_scale=5.0, height=8,
+                                 width=8, output_type="latent", **sd3_prompt)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", list(FLOW_CLASSES))
+def test_sd3_img2img_with_a_flow_sampler_gives_diffusers_latents(sd3_components, sd3_prompt, name):
+    """strength < 1: set_begin_index, then scale_noise of the encoded image at the first kept timestep."""
+    ref = getattr(diffusers, FLOW_CLASSES[name])(shift=3.0)
+    pipe = diffusers.StableDiffusion3Img2ImgPipeline(**sd3_components, scheduler=ref)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 8, 8, generator=_seed(5))
+    got, expected = _both_seeded(pipe, make_sampler(name, shift=3.0), ref, image=image, strength=0.6,
+                                 num_inference_steps=6, guidance_scale=4.0, output_type="latent", **sd3_prompt)
+    assert torch.equal(got, expected)
+
+
+def test_flux_pipeline_with_flow_euler_gives_diffusers_latents():
+    """FluxPipeline: dynamic shifting with the pipeline's mu and its custom sigmas linspace(1, 1/N, N)."""
+    torch.manual_seed(0)
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]).eval()
+    ref = diffusers.FlowMatchEulerDiscreteScheduler(**FLUX_CONFIG)
+    pipe = diffusers.FluxPipeline(transformer=transformer, scheduler=ref, vae=_flow_vae(1), text_encoder=None,
+                                  tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    pipe.set_progress_bar_config(disable=True)
+    g = _seed(3)
+    call = {"prompt_embeds": torch.randn(1, 6, 32, generator=g),
+            "pooled_prompt_embeds": torch.randn(1, 32, generator=g),
+            "num_inference_steps": 4, "height": 16, "width": 16, "max_sequence_length": 6, "output_type": "latent"}
+    got, expected = _both(pipe, from_config(ref.config, name="flow_euler"), ref, **call)
+    assert torch.equal(got, expected)
 
 
 # ---------------------------------------------------------------- the scheduler interface, piece by piece

@@ -795,9 +795,12 @@ def test_step_misuse():
                                          ("unipc", {"solver_order": 3}), ("pndm", {}), ("lcm", {}), ("heun", {}),
                                          ("lms", {}), ("kdpm2", {"use_karras_sigmas": True}), ("kdpm2_a", {}),
                                          ("dpm++_single", {"solver_order": 3}),
-                                         ("dpm++_single", {"algorithm_type": "sde-dpmsolver++"})],
+                                         ("dpm++_single", {"algorithm_type": "sde-dpmsolver++"}),
+                                         ("flow_euler", {"shift": 3.0, "shift_terminal": 0.05}),
+                                         ("flow_euler", {"stochastic_sampling": True}), ("flow_heun", {"shift": 3.0})],
                          ids=["ddpm", "ddim-eta1", "euler-karras", "euler-a", "dpm++", "dpm-sde", "unipc-3", "pndm",
-                              "lcm", "heun", "lms", "kdpm2-karras", "kdpm2-a", "dpm-single-3", "dpm-single-sde"])
+                              "lcm", "heun", "lms", "kdpm2-karras", "kdpm2-a", "dpm-single-3", "dpm-single-sde",
+                              "flow-euler", "flow-euler-stochastic", "flow-heun"])
 def test_gpu_loop_has_no_host_syncs(name, config):
     """CUDA sync debug mode raises on any synchronising call from the first model call to the end of
     the loop (set_timesteps before it may copy the planned rows to the GPU)."""
@@ -818,6 +821,6 @@ def test_gpu_loop_has_no_host_syncs(name, config):
     assert out.device.type == "cuda" and torch.isfinite(out).all()
     # Deterministic: the GPU loop agrees with the CPU one (the stochastic ones draw from a CUDA generator there).
     stochastic = name in ("ddpm", "euler_a", "lcm", "kdpm2_a") or config.get("eta") or "sde" in config.get(
-        "algorithm_type", "")
+        "algorithm_type", "") or config.get("stochastic_sampling")
     if not stochastic:
         torch.testing.assert_close(out.cpu(), cpu_result, rtol=1e-4, atol=1e-4)

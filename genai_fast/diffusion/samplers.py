@@ -1,6 +1,7 @@
 """Diffusion samplers that match diffusers' schedulers step for step: DDPM, DDIM, Euler, Euler ancestral,
 DPM-Solver++ 2M (and its SDE form), PNDM, UniPC, LCM, Heun, LMS, KDPM2 ("DPM2"), KDPM2 ancestral ("DPM2 a") and
-DPM-Solver singlestep.
+DPM-Solver singlestep; and the flow-matching Euler and Heun of SD3, Flux and their kin (FLOW_SAMPLER_NAMES: no betas,
+sigma from 1 to 0, a velocity-predicting model).
 
 Design: `set_timesteps` does the schedule arithmetic on the host once, in float32 with the same operations
 diffusers applies per step, and stores one row of coefficients per step. `step` then indexes its row (a view: no
@@ -55,6 +56,8 @@ CLASS_NAMES = {
     "KDPM2DiscreteScheduler": "kdpm2",
     "KDPM2AncestralDiscreteScheduler": "kdpm2_a",
     "DPMSolverSinglestepScheduler": "dpm++_single",
+    "FlowMatchEulerDiscreteScheduler": "flow_euler",
+    "FlowMatchHeunDiscreteScheduler": "flow_heun",
 }
 
 
@@ -246,8 +249,30 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "variance_type": Option(None, "choice", (None, "learned", "learned_range"), implemented=(None,)),
         **_FLOW_SHIFT,
     },
+    # The flow-matching samplers: no betas, sigma runs from 1 to 0 and the model predicts the velocity.
+    "flow_euler": {
+        "num_train_timesteps": Option(1000, "int", minimum=1),
+        "shift": Option(1.0, "float", minimum=0.0),
+        "use_dynamic_shifting": Option(False, "bool"),
+        # Read by the pipelines (the mu they pass to set_timesteps), not by the scheduler.
+        "base_shift": Option(0.5, "float", optional=True),
+        "max_shift": Option(1.15, "float", optional=True),
+        "base_image_seq_len": Option(256, "int", minimum=1),
+        "max_image_seq_len": Option(4096, "int", minimum=1),
+        "invert_sigmas": Option(False, "bool"),
+        "shift_terminal": Option(None, "float", minimum=0.0, optional=True),
+        **_LEVEL_SPACINGS,
+        "time_shift_type": Option("exponential", "choice", ("exponential", "linear")),
+        "stochastic_sampling": Option(False, "bool"),
+    },
+    "flow_heun": {
+        "num_train_timesteps": Option(1000, "int", minimum=1),
+        "shift": Option(1.0, "float", minimum=0.0),
+    },
 }
-SAMPLER_NAMES = tuple(OPTIONS)
+FLOW_SAMPLER_NAMES = ("flow_euler", "flow_heun")
+# The samplers over a beta schedule (noise, v or x0 prediction); the flow-matching ones are FLOW_SAMPLER_NAMES.
+SAMPLER_NAMES = tuple(name for name in OPTIONS if name not in FLOW_SAMPLER_NAMES)
 
 
 def _check_number(key: str, value: Any, opt: Option) -> Any:
@@ -319,7 +344,9 @@ def resolve_config(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_consistency(name: str, cfg: dict[str, Any]) -> None:
-    betas = cfg["trained_betas"]
+    if name in FLOW_SAMPLER_NAMES:
+        _check_flow(cfg)
+    betas = cfg.get("trained_betas")
     if betas is not None and len(betas) != cfg["num_train_timesteps"]:
         raise ValueError(f"trained_betas: expected num_train_timesteps={cfg['num_train_timesteps']} values, "
                          f"got {len(betas)}")
@@ -328,6 +355,14 @@ def _check_consistency(name: str, cfg: dict[str, Any]) -> None:
                          "use_lu_lambdas may be set")
     if name == "dpm++_single":
         _check_singlestep(cfg)
+
+
+def _check_flow(cfg: dict[str, Any]) -> None:
+    if cfg["shift"] <= 0:  # sigma' = shift sigma / (1 + (shift - 1) sigma): all zero for shift 0
+        raise ValueError(f"shift: expected a value > 0, got {cfg['shift']}")
+    terminal = cfg.get("shift_terminal")
+    if terminal is not None and terminal >= 1:  # the stretch divides by 1 - shift_terminal
+        raise ValueError(f"shift_terminal: expected a value in [0, 1), got {terminal}")
 
 
 def _check_singlestep(cfg: dict[str, Any]) -> None:
@@ -640,10 +675,14 @@ class Sampler:
         defaulted = [key for key in resolved if key not in config]
         self.config: SamplerConfig = SamplerConfig({**resolved, "_use_default_values": defaulted})
         self.num_train_timesteps: int = self.config["num_train_timesteps"]
-        self.alphas_cumprod = make_alphas_cumprod(self.config, pin_last=self.sigma_based)  # [T] float32, CPU
+        self._init_schedule()
         self._plan: Plan | None = None
         self._index = 0
         self._begin: int | None = None
+
+    def _init_schedule(self) -> None:
+        """The training noise schedule of the config (the flow-matching samplers have their own)."""
+        self.alphas_cumprod = make_alphas_cumprod(self.config, pin_last=self.sigma_based)  # [T] float32, CPU
 
     def __repr__(self) -> str:
         changed = [f", {k}={self.config[k]!r}" for k, opt in OPTIONS[self.name].items()
@@ -686,12 +725,22 @@ class Sampler:
 
         The timesteps and coefficient rows live on `device` (default CPU; CPU coefficients also work
         with CUDA latents, as 0-d CPU tensors are passed to kernels by value)."""
+        self._install(self._make_plan(self._check_num_steps(num_steps)), device)
+
+    def _check_num_steps(self, num_steps: Any, name: str = "num_steps", bounded: bool = True) -> int:
+        """num_steps as an int; at most num_train_timesteps where bounded (the flow samplers' continuous
+        schedules are not)."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-            raise TypeError(f"num_steps: expected an int, got {type(num_steps).__name__}")
-        if not 1 <= num_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_steps: expected 1 <= num_steps <= num_train_timesteps="
+            raise TypeError(f"{name}: expected an int, got {type(num_steps).__name__}")
+        if not bounded and num_steps < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {num_steps}")
+        if bounded and not 1 <= num_steps <= self.num_train_timesteps:
+            raise ValueError(f"{name}: expected 1 <= {name} <= num_train_timesteps="
                              f"{self.num_train_timesteps}, got {num_steps}")
-        plan = self._make_plan(int(num_steps))
+        return int(num_steps)
+
+    def _install(self, plan: Plan, device: torch.device | str | None) -> None:
+        """Make `plan` current (its tables on `device`) and reset the step counter."""
         plan.host_timesteps = tuple(float(v) for v in plan.timesteps.double())
         plan.host_coef = tuple(tuple(row) for row in plan.coef.double().tolist())
         plan.timesteps = plan.timesteps.to(device)
@@ -774,14 +823,7 @@ class Sampler:
 
     def _check_add_noise(self, original: Any, noise: Any, timesteps: Any) -> torch.Tensor:
         """timesteps as a 1-D CPU tensor after checking the three arguments (ValueError / TypeError naming one)."""
-        _check_tensor("original", original)
-        _check_tensor("noise", noise)
-        if noise.shape != original.shape:
-            raise ValueError(f"noise: expected original's shape {tuple(original.shape)}, got {tuple(noise.shape)}")
-        t = torch.as_tensor(timesteps).detach().cpu().reshape(-1)
-        if t.numel() not in (1, original.shape[0] if original.dim() else 1):
-            raise ValueError(f"timesteps: expected one timestep or one per batch item ({original.shape[0]}), got "
-                             f"{t.numel()}")
+        t = _check_noise_args(original, noise, timesteps)
         if not self.sigma_based or self._plan is None:
             if t.is_floating_point() and not bool((t == t.round()).all()):
                 raise ValueError(f"timesteps: expected integer training timesteps, got {t.tolist()}")
@@ -914,6 +956,35 @@ class Sampler:
         if cfg.get("clip_sample"):
             return x0.clamp(-cfg["clip_sample_range"], cfg["clip_sample_range"])
         return x0
+
+
+def _check_noise_args(original: Any, noise: Any, timesteps: Any, names: tuple[str, str] = ("original", "timesteps")
+                      ) -> torch.Tensor:
+    """The timesteps of add_noise / scale_noise as a 1-D CPU tensor, after checking the three arguments
+    (ValueError / TypeError naming one; names: how the sample and the timesteps are called)."""
+    sample, steps = names
+    _check_tensor(sample, original)
+    _check_tensor("noise", noise)
+    if noise.shape != original.shape:
+        raise ValueError(f"noise: expected {sample}'s shape {tuple(original.shape)}, got {tuple(noise.shape)}")
+    t = torch.as_tensor(timesteps).detach().cpu().reshape(-1)
+    if t.numel() not in (1, original.shape[0] if original.dim() else 1):
+        raise ValueError(f"{steps}: expected one timestep or one per batch item ({original.shape[0]}), got "
+                         f"{t.numel()}")
+    return t
+
+
+def timestep_indices(planned: Sequence[float], t: torch.Tensor) -> list[int]:
+    """Where each timestep of t [B] sits in `planned`, by diffusers' index_for_timestep rule: a timestep planned
+    twice (Heun's inner levels) takes its second place. ValueError for a timestep not planned."""
+    picks = []
+    for value in t.double().tolist():
+        where = [i for i, step in enumerate(planned) if step == value]
+        if not where:
+            shown = list(planned) if len(planned) <= 50 else f"[{planned[0]:g}, ..., {planned[-1]:g}] ({len(planned)})"
+            raise ValueError(f"timesteps: {value:g} is not one of the planned timesteps {shown}")
+        picks.append(where[1] if len(where) > 1 else where[0])
+    return picks
 
 
 def _per_item(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -1143,14 +1214,7 @@ class _SigmaSampler(Sampler):
             return self._plan.sigmas[[self._index] * t.numel()]
         if self._plan is None:
             return torch.from_numpy(self._train_sigmas())[t]
-        planned = self._plan.host_timesteps
-        picks = []
-        for value in t.double().tolist():
-            where = [i for i, step in enumerate(planned) if step == value]
-            if not where:
-                raise ValueError(f"timesteps: {value:g} is not one of the planned timesteps {list(planned)}")
-            picks.append(where[1] if len(where) > 1 else where[0])
-        return self._plan.sigmas[picks]
+        return self._plan.sigmas[timestep_indices(self._plan.host_timesteps, t)]
 
     def _noised(self, original: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -2141,6 +2205,321 @@ class PNDMSampler(Sampler):
         return sample_coeff * x - (a_prev - a_t) * m / denom
 
 
+# ---------------------------------------------------------------- flow matching
+
+
+def flow_shift(sigmas: Any, shift: float) -> Any:
+    """SD3's shift of flow-matching noise levels towards noise: shift sigma / (1 + (shift - 1) sigma), elementwise in
+    sigmas' own dtype (a float32 tensor or a NumPy array, as diffusers applies it to either)."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def flow_time_shift(sigmas: np.ndarray, mu: float, kind: str) -> np.ndarray:
+    """The resolution-dependent shift of Flux and SD3.5 (use_dynamic_shifting): e^mu / (e^mu + 1/sigma - 1)
+    ("exponential") or mu / (mu + 1/sigma - 1) ("linear"), in sigmas' dtype (a sigma of 0 stays 0)."""
+    with np.errstate(divide="ignore"):  # 1 / 0 = inf, and the level is 0 again, as in diffusers
+        odds = 1 / sigmas - 1
+    scale = math.exp(mu) if kind == "exponential" else mu
+    return scale / (scale + odds)
+
+
+def stretch_to_terminal(sigmas: np.ndarray, terminal: float) -> np.ndarray:
+    """Stretch 1 - sigma so that the last level is `terminal` (LTX-Video's shift_terminal); sigmas [N], N >= 1."""
+    one_minus = 1 - sigmas
+    if one_minus[-1] == 0:  # diffusers divides by it: every level turns NaN
+        raise ValueError(f"shift_terminal: the last planned sigma is 1 (num_inference_steps={len(sigmas)}), which "
+                         f"cannot be stretched to {terminal}; plan more steps")
+    scale = one_minus[-1] / (1 - terminal)
+    return 1 - (one_minus / scale)
+
+
+def _check_levels(name: str, values: Any) -> np.ndarray:
+    """A custom sigmas / timesteps list as diffusers reads it (np.array(values).astype(np.float32)), after checking
+    it is a non-empty 1-D sequence of finite numbers."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        checked = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: expected a sequence of numbers, got {type(values).__name__}") from err
+    if checked.ndim != 1 or checked.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 1-D sequence, got shape {checked.shape}")
+    if not np.isfinite(checked).all():
+        raise ValueError(f"{name}: expected finite values, got {values!r}")
+    return np.array(values).astype(np.float32)
+
+
+def _check_step_timestep(t: Any) -> None:
+    """diffusers' flow schedulers refuse integer timesteps (an enumerate() index passed by mistake)."""
+    integral = isinstance(t, (int, np.integer)) or (isinstance(t, torch.Tensor) and not t.is_floating_point())
+    if integral and not isinstance(t, (bool, np.bool_)):
+        raise ValueError(f"t: an integer timestep ({t!r}) is not accepted by the flow-matching samplers (an index from "
+                         f"enumerate()?); pass one of `timesteps`, float32 values")
+
+
+class _FlowSampler(Sampler):
+    """Shared code of the flow-matching (rectified flow) samplers of SD3, Flux, AuraFlow, Sana, Lumina...: the latents
+    are x = (1 - sigma) x0 + sigma noise with sigma from 1 (pure noise) down to 0, and the model predicts the velocity
+    v = noise - x0 = dx/dsigma. There are no betas: the training levels are sigma = t / num_train_timesteps for
+    t = num_train_timesteps ... 1, shifted (flow_shift), and the timesteps the model sees are sigma
+    num_train_timesteps (float32). init_noise_sigma is 1 and scale_model_input the identity."""
+
+    def _init_schedule(self) -> None:
+        """The training levels [T] (float32, descending), as diffusers' flow schedulers build them."""
+        total = self.num_train_timesteps
+        levels = torch.from_numpy(np.linspace(1, total, total, dtype=np.float32)[::-1].copy()) / total
+        if not self.config.get("use_dynamic_shifting"):  # the dynamic shift needs mu: set_timesteps applies it
+            levels = flow_shift(levels, self.config["shift"])
+        self._train_sigmas = levels
+        self._train_timesteps = tuple(float(v) for v in (levels * total).double())
+        self._shift = self.config["shift"]
+
+    @property
+    def shift(self) -> float:
+        """The shift set_timesteps applies (the config's, or set_shift's)."""
+        return self._shift
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The planned noise levels [num_calls + 1] (the last 0, or 1 with invert_sigmas), float32 CPU; before
+        set_timesteps, the training levels [num_train_timesteps] (as diffusers' attribute)."""
+        return self._plan.sigmas if self._plan is not None else self._train_sigmas
+
+    def _linspace_levels(self, num_steps: int) -> np.ndarray:
+        """[num_steps] float64 levels evenly spaced between the ends of the training levels (diffusers' default)."""
+        total = self.num_train_timesteps
+        top, bottom = self._train_sigmas[0].item() * total, self._train_sigmas[-1].item() * total
+        return np.linspace(top, bottom, num_steps) / total
+
+    # -- the forward process
+
+    def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> torch.Tensor:
+        """The flow forward process, as diffusers' scale_noise (img2img's first latents): sample [B, ...] noised to the
+        level sigma of `timestep` (one, or one per batch item) with noise of sample's shape:
+        sigma noise + (1 - sigma) sample -> [B, ...] in sample's dtype.
+
+        sigma: of the planned timestep equal to `timestep` (the second of two equal ones, as diffusers); after
+        set_begin_index, of the current step whatever `timestep` holds; before set_timesteps, of the training
+        timestep equal to it."""
+        t = _check_noise_args(sample, noise, timestep, names=("sample", "timestep"))
+        sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)  # diffusers mixes in sample's dtype
+        sigma = _per_item(sigmas[self._noise_indices(t)], sample)
+        return sigma * noise + (1.0 - sigma) * sample
+
+    def _noise_indices(self, t: torch.Tensor) -> list[int]:
+        if self._plan is None:
+            return timestep_indices(self._train_timesteps, t)
+        if self._begin is not None:
+            return [self._index] * t.numel()
+        return timestep_indices(self._plan.host_timesteps, t)
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """scale_noise(original, timesteps, noise), in add_noise's argument order (diffusers' flow schedulers have
+        only scale_noise)."""
+        return self.scale_noise(original, timesteps, noise)
+
+    # -- stepping
+
+    def step(self, model_output: torch.Tensor, t: Any, x: torch.Tensor, generator: Generator = None, *,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+             per_token_timesteps: torch.Tensor | None = None, return_dict: bool | None = None) -> Any:
+        """Sampler.step with the velocity `model_output` [B, ...] at the current timestep; the arithmetic runs in
+        float32 and the result takes model_output's dtype, as diffusers'. t must not be an integer (as diffusers).
+
+        diffusers' step arguments: s_churn, s_tmin, s_tmax, s_noise (FlowMatchEulerDiscreteScheduler ignores them;
+        its Heun counterpart's churn, s_churn > 0, is not implemented) and per_token_timesteps (not implemented)."""
+        _check_step_timestep(t)
+        if per_token_timesteps is not None:
+            raise NotImplementedError(f"per_token_timesteps is not implemented for the {self.name!r} sampler")
+        self._check_churn(s_churn)
+        _check_return_dict(return_dict)
+        return _step_result(self._advance(model_output, t, x, generator), return_dict)
+
+    def _check_churn(self, s_churn: Any) -> None:
+        pass
+
+
+class FlowEulerSampler(_FlowSampler):
+    """Euler's method on the flow ODE, as diffusers' FlowMatchEulerDiscreteScheduler (SD3, Flux, AuraFlow, Sana...):
+    x + (sigma_next - sigma) v. With stochastic_sampling, each step instead predicts x0 = x - sigma v and noises it
+    afresh to the next level: (1 - sigma_next) x0 + sigma_next noise (float32 noise at every step, as diffusers draws
+    it). Both are affine in the model output, so guided_step fuses them.
+
+    set_timesteps takes diffusers' arguments: a step count, or custom `sigmas` and/or `timesteps`, and `mu` for
+    use_dynamic_shifting. The levels are shifted (shift, or the dynamic shift of mu and time_shift_type), stretched to
+    shift_terminal, respaced (Karras / exponential), then inverted (invert_sigmas), with diffusers' arithmetic: float64
+    for its linspace levels, float32 for custom ones, the result float32.
+
+    Columns of coef: sigma, sigma_next, sigma_next - sigma, 1 - sigma_next."""
+
+    name = "flow_euler"
+
+    def set_shift(self, shift: float) -> None:
+        """The shift of later set_timesteps calls (not the config's), as diffusers' set_shift."""
+        if not is_real_number(shift) or not math.isfinite(shift) or shift <= 0:
+            raise ValueError(f"shift: expected a finite number > 0, got {shift!r}")
+        self._shift = shift
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: torch.device | str | None = None,
+                      sigmas: Sequence[float] | None = None, mu: float | None = None,
+                      timesteps: Sequence[float] | None = None) -> None:
+        """Plan num_inference_steps steps (any count >= 1), or the custom levels `sigmas` [N] (before shifting, as
+        diffusers' pipelines pass them; Flux's default is linspace(1, 1/N, N)) and/or model `timesteps` [N] (kept as
+        given; without sigmas, their levels are timesteps / num_train_timesteps, shifted). mu: the dynamic shift's
+        parameter, required with use_dynamic_shifting (ignored without, as diffusers). Resets the step counter."""
+        n, custom_sigmas, custom_timesteps = self._check_schedule(num_inference_steps, sigmas, timesteps)
+        if self.config["use_dynamic_shifting"]:
+            if mu is None:
+                raise ValueError("mu: required with use_dynamic_shifting=True (pipelines derive it from the image "
+                                 "size: calculate_shift)")
+            if not is_real_number(mu) or not math.isfinite(mu):
+                raise ValueError(f"mu: expected a finite number, got {mu!r}")
+        levels = self._levels(n, custom_sigmas, mu, custom_timesteps)
+        self._install(self._plan_levels(torch.from_numpy(levels).to(torch.float32), custom_timesteps), device)
+
+    def _check_schedule(self, num_steps: Any, sigmas: Any, timesteps: Any
+                        ) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """(step count, custom sigmas, custom timesteps) after diffusers' checks of set_timesteps' arguments."""
+        sigmas = None if sigmas is None else _check_levels("sigmas", sigmas)
+        timesteps = None if timesteps is None else _check_levels("timesteps", timesteps)
+        given = [len(v) for v in (sigmas, timesteps) if v is not None]
+        if len(given) == 2 and given[0] != given[1]:
+            raise ValueError(f"sigmas: expected timesteps' length {given[1]}, got {given[0]}")
+        if num_steps is None:
+            if not given:
+                raise ValueError("num_inference_steps: pass a step count, sigmas or timesteps")
+            return given[0], sigmas, timesteps
+        num_steps = self._check_num_steps(num_steps, "num_inference_steps", bounded=False)
+        if given and given[0] != num_steps:
+            raise ValueError(f"num_inference_steps: expected the length of sigmas / timesteps ({given[0]}), got "
+                             f"{num_steps}")
+        return num_steps, sigmas, timesteps
+
+    def _levels(self, n: int, sigmas: np.ndarray | None, mu: float | None, timesteps: np.ndarray | None
+                ) -> np.ndarray:
+        """The [n] planned levels before inversion: diffusers' operations in diffusers' order and dtypes."""
+        cfg = self.config
+        if sigmas is None:
+            sigmas = self._linspace_levels(n) if timesteps is None else timesteps / self.num_train_timesteps
+        if cfg["use_dynamic_shifting"]:
+            sigmas = flow_time_shift(sigmas, mu, cfg["time_shift_type"])
+        else:
+            sigmas = flow_shift(sigmas, self._shift)
+        if cfg["shift_terminal"]:
+            sigmas = stretch_to_terminal(sigmas, cfg["shift_terminal"])
+        if cfg["use_karras_sigmas"]:
+            return karras_sigmas(sigmas[-1].item(), sigmas[0].item(), n)
+        if cfg["use_exponential_sigmas"]:
+            return exponential_sigmas(sigmas[-1].item(), sigmas[0].item(), n)
+        return sigmas
+
+    def _plan_levels(self, sigmas: torch.Tensor, custom_timesteps: np.ndarray | None) -> Plan:
+        total, n = self.num_train_timesteps, len(sigmas)
+        if self.config["invert_sigmas"]:  # the timesteps follow the inverted levels, custom or not (as diffusers)
+            sigmas = 1.0 - sigmas
+            timesteps, last = sigmas * total, torch.ones(1)
+        else:
+            timesteps = sigmas * total if custom_timesteps is None else torch.from_numpy(custom_timesteps)
+            last = torch.zeros(1)
+        sigmas = torch.cat([sigmas, last])
+        rows = [[sigmas[i], sigmas[i + 1], sigmas[i + 1] - sigmas[i], 1.0 - sigmas[i + 1]] for i in range(n)]
+        return Plan(timesteps, _stack(rows), sigmas, (self.config["stochastic_sampling"],) * n, ())
+
+    def _noise_dtype(self, model_output: torch.Tensor) -> torch.dtype:
+        return torch.float32  # diffusers draws in the latents' dtype, which its step has made float32
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        sigma, sigma_next, dt, keep = plan.coef[i].unbind()
+        x = x.to(torch.float32)
+        if not plan.noise[i]:
+            return (x + dt * model_output).to(model_output.dtype)
+        x0 = x - sigma * model_output
+        noise = draw_noise(x.shape, x, generator, torch.float32)
+        return (keep * x0 + sigma_next * noise).to(model_output.dtype)
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        sigma, sigma_next, dt, keep = plan.host_coef[i]
+        if plan.noise[i]:  # x0 = x - sigma v, renoised to sigma_next
+            coefficients = UpdateCoefficients(1.0, -sigma, x=0.0, x0=keep, m=0.0, noise=sigma_next)
+        else:
+            coefficients = UpdateCoefficients(0.0, 0.0, x=1.0, x0=0.0, m=dt)
+        return FusedUpdate(coefficients, model_dtype=True)
+
+
+class FlowHeunSampler(_FlowSampler):
+    """Heun's method on the flow ODE, as diffusers' FlowMatchHeunDiscreteScheduler: each level but the last takes two
+    model calls, an Euler step to the next level, then a correction from the same start with the mean of the two
+    velocities; the last is Euler's. `timesteps` lists every call (the inner levels twice) and `order` is 2, as
+    diffusers pipelines read it. The levels are the shifted linspace ones (diffusers' scheduler takes no other
+    options); the arithmetic runs in float32 and the result takes the model output's dtype, as diffusers'.
+
+    The plan's sigmas are diffusers' per-call table (the inner levels twice, then 0)."""
+
+    name = "flow_heun"
+    order = 2
+
+    def _reset_history(self) -> None:
+        # The Euler step awaiting its correction: its velocity, dt and starting latents (float32).
+        self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """Plan num_inference_steps levels (any count >= 1; 2 num_inference_steps - 1 model calls) and reset the
+        counter."""
+        self._install(self._make_plan(self._check_num_steps(num_inference_steps, "num_inference_steps", False)),
+                      device)
+
+    def _make_plan(self, num_steps: int) -> Plan:
+        levels = torch.from_numpy(flow_shift(self._linspace_levels(num_steps), self.config["shift"]))
+        levels = levels.to(torch.float32)
+        timesteps = levels * self.num_train_timesteps
+        timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
+        sigmas = torch.cat([levels[:1], levels[1:].repeat_interleave(2), torch.zeros(1)])  # inner levels twice
+        n = len(timesteps)
+        return Plan(timesteps, torch.zeros(n, 0), sigmas, (False,) * n, (), inference_steps=num_steps)
+
+    def _check_churn(self, s_churn: Any) -> None:
+        if s_churn != 0:
+            raise NotImplementedError(f"s_churn={s_churn!r} is not implemented for the 'flow_heun' sampler (only 0, "
+                                      f"diffusers' default)")
+
+    def _fused(self, i: int, plan: Plan) -> FusedUpdate | None:
+        return None  # the correction reads the first call's velocity: not one affine pass
+
+    def _step(self, i: int, plan: Plan, model_output: torch.Tensor, x: torch.Tensor, generator: Generator
+              ) -> torch.Tensor:
+        _check_model_output(model_output, x)
+        x = x.to(torch.float32)
+        if self._first is None:  # Euler to the next level (no churn: sigma_hat = sigma); kept for the correction
+            sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
+            velocity = (x - (x - model_output * sigma)) / sigma  # diffusers' (x - x0) / sigma, rounding included
+            dt = sigma_next - sigma
+            self._first = (velocity, dt, x)
+            return (x + velocity * dt).to(model_output.dtype)
+        sigma = plan.sigmas[i]  # the level this call was made at: the first call's target
+        previous, dt, start = self._first
+        self._first = None
+        velocity = 0.5 * (previous + (x - (x - model_output * sigma)) / sigma)
+        return (start + velocity * dt).to(model_output.dtype)
+
+    def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> torch.Tensor:
+        """As diffusers' FlowMatchHeunDiscreteScheduler.scale_noise: sigma noise + (1 - sigma) sample at one level
+        for the whole batch (timestep: one value, or the same value per item), sigma a float32 scalar. Where no step
+        has run since set_timesteps and no begin index is set, the timestep's place in `timesteps` also becomes the
+        next step, as diffusers' step index does."""
+        t = _check_noise_args(sample, noise, timestep, names=("sample", "timestep"))
+        if not bool((t == t[0]).all()):
+            raise ValueError(f"timestep: the 'flow_heun' sampler noises a batch to one level, got {t.tolist()}")
+        if self._plan is None:
+            sigma = self._train_sigmas[timestep_indices(self._train_timesteps, t[:1])[0]]
+        else:
+            if self._begin is None and self._index == 0:
+                self._index = timestep_indices(self._plan.host_timesteps, t[:1])[0]
+            sigma = self._plan.sigmas[self._index]
+        return sigma * noise + (1.0 - sigma) * sample
+
+
 # ---------------------------------------------------------------- construction
 
 SAMPLERS: dict[str, type[Sampler]] = {
@@ -2157,6 +2536,8 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "kdpm2": KDPM2Sampler,
     "kdpm2_a": KDPM2AncestralSampler,
     "dpm++_single": DPMSolverSinglestepSampler,
+    "flow_euler": FlowEulerSampler,
+    "flow_heun": FlowHeunSampler,
 }
 
 
@@ -2170,12 +2551,14 @@ def _check_name(name: Any) -> str:
 
 def make_sampler(name: str, **config: Any) -> Sampler:
     """A sampler by name ("ddpm", "ddim", "euler", "euler_a", "dpm++", "pndm", "unipc", "lcm", "heun", "lms",
-    "kdpm2", "kdpm2_a", "dpm++_single") with diffusers' scheduler config keys.
+    "kdpm2", "kdpm2_a", "dpm++_single", and the flow-matching "flow_euler", "flow_heun") with diffusers' scheduler
+    config keys.
 
     Defaults are those of the matching diffusers scheduler (DDPMScheduler, DDIMScheduler,
     EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with dpmsolver++
     order 2, PNDMScheduler, UniPCMultistepScheduler, LCMScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler,
-    KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler, DPMSolverSinglestepScheduler). DDIM also takes
+    KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler, DPMSolverSinglestepScheduler,
+    FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler). DDIM also takes
     `eta` and `use_clipped_model_output`, LMS `order` (step arguments in diffusers). Unknown keys raise TypeError,
     bad values ValueError, known but unimplemented values NotImplementedError, each naming the key.
     """
