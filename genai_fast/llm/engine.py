@@ -111,8 +111,7 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
         the earlier call's kernels, so logits may differ from a fresh prefill in the last bits (and a greedy
         near-tie could then flip). Models with sliding layers never reuse (their rings hold the last window).
     """
-    if not isinstance(reuse_prefix, bool):
-        raise TypeError(f"reuse_prefix: expected True or False, got {reuse_prefix!r}")
+    _check_flag("reuse_prefix", reuse_prefix)
     dtype = _resolve_dtype(dtype)
     if isinstance(source, torch.nn.Module):
         hf = source
@@ -339,8 +338,7 @@ class Engine:
         """
         prompts, batched = self._as_batch(prompt_or_ids, chat)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        if not isinstance(logprobs, bool):
-            raise TypeError(f"logprobs: expected True or False, got {logprobs!r}")
+        _check_flag("logprobs", logprobs)
         drafting = self._drafting(params, prompt_lookup, draft_model, num_draft_tokens)
         if drafting is not None:
             chunks = [self._run(prompts[i:i + 1], max_new_tokens, params, seed, stop, 1, logprobs, drafting)
@@ -401,8 +399,7 @@ class Engine:
             raise ValueError(f"prompt_or_ids: stream takes one prompt, got a batch of {len(prompts)}; "
                              "use generate() for a batch")
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        if not isinstance(logprobs, bool):
-            raise TypeError(f"logprobs: expected True or False, got {logprobs!r}")
+        _check_flag("logprobs", logprobs)
         drafting = self._drafting(params, prompt_lookup, draft_model, num_draft_tokens)
         chunks = self._run(prompts, max_new_tokens, params, seed, stop, sync_every=1, logprobs=logprobs,
                            drafting=drafting)
@@ -470,13 +467,9 @@ class Engine:
     def _score_rows(self, rows: list[tuple[list[int], list[int]]]) -> list[Loglikelihood]:
         """One right-padded prefill with every position's logits -> each row's Loglikelihood."""
         self._cached_row = None  # the prefill below rewrites row 0
-        seqs = [ctx + cont for ctx, cont in rows]
-        B, S = len(seqs), max(len(s) for s in seqs)
-        self.model.allocate_cache(B, self.max_seq_len)
-        padded = torch.zeros(B, S, dtype=torch.long)
-        for b, seq in enumerate(seqs):
-            padded[b, :len(seq)] = torch.tensor(seq)
-        logits = self.model.prefill(padded.to(self.device), all_logits=True)  # causal: padding changes no row
+        self.model.allocate_cache(len(rows), self.max_seq_len)
+        padded = _right_padded([ctx + cont for ctx, cont in rows], self.device)
+        logits = self.model.prefill(padded, all_logits=True)  # causal: padding changes no row
         results = []
         for b, (ctx, cont) in enumerate(rows):
             predicting = logits[b, len(ctx) - 1:len(ctx) + len(cont) - 1].float()  # the logits before each token
@@ -520,11 +513,8 @@ class Engine:
         if reused:
             suffix = torch.tensor([prompts[0][reused:]], device=self.device)
             return self.model.extend(suffix, reused)[-1:], reused
-        lengths = [len(p) for p in prompts]
-        padded = torch.zeros(len(prompts), max(lengths), dtype=torch.long)
-        for b, ids in enumerate(prompts):
-            padded[b, :len(ids)] = torch.tensor(ids)
-        return self.model.prefill(padded.to(self.device), torch.tensor(lengths, device=self.device) - 1), 0
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        return self.model.prefill(_right_padded(prompts, self.device), lengths - 1), 0
 
     def _reusable(self, prompt: list[int]) -> int:
         """How many leading tokens of `prompt` cache row 0 holds (at most all but the last, whose logits are
@@ -721,6 +711,19 @@ class Engine:
             text = self.tokenizer.decode(row, skip_special_tokens=True) if self.tokenizer is not None else None
             results.append(GenerationResult(row, text, {"prompt_tokens": length, "new_tokens": len(row), **shared}))
         return results
+
+
+def _right_padded(seqs: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Token id lists -> [B, longest] int64 on `device`, each row padded on the right with 0."""
+    padded = torch.zeros(len(seqs), max(len(seq) for seq in seqs), dtype=torch.long)
+    for b, seq in enumerate(seqs):
+        padded[b, :len(seq)] = torch.tensor(seq)
+    return padded.to(device)
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
 
 
 def _check_count(name: str, value: Any) -> None:
