@@ -68,7 +68,7 @@ def test_a_conversation_that_outgrows_the_cache_drops_its_oldest_exchange(chat_m
 @pytest.mark.parametrize("argv, message", [
     (["--max-new-tokens", "0"], "--max-new-tokens"),
     (["--temperature", "-1"], "--temperature"),
-    (["--prompt-lookup", "3", "--temperature", "0.7"], "--prompt-lookup"),
+    (["--prompt-lookup", "-3"], "--prompt-lookup"),
     (["--max-seq-len", "0"], "--max-seq-len"),
 ])
 def test_bad_arguments_are_named(chat_model, argv, message, monkeypatch, capsys):

@@ -143,11 +143,10 @@ def test_prompt_lookup_stream_joins_to_the_plain_text():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"temperature": 0.7}, r"^prompt_lookup: needs greedy decoding"),
-    ({"repetition_penalty": 1.2}, r"^prompt_lookup: needs greedy decoding"),
+    ({"repetition_penalty": 1.2}, r"^prompt_lookup: does not take a repetition_penalty"),
     ({"prompt_lookup": -1}, r"^prompt_lookup: expected a number of draft tokens >= 0"),
     ({"prompt_lookup": 2.5}, r"^prompt_lookup: expected a number of draft tokens >= 0"),
-], ids=["sampled", "penalty", "negative", "float"])
+], ids=["penalty", "negative", "float"])
 def test_prompt_lookup_bad_arguments(kwargs, message):
     engine = load(_tiny(), max_seq_len=32)
     with pytest.raises(ValueError, match=message):
@@ -243,7 +242,7 @@ def test_draft_model_arguments_are_checked():
         (dict(draft_model="small"), TypeError, r"^draft_model: expected a genai_fast.llm Engine"),
         (dict(draft_model=target), ValueError, r"^draft_model: expected another engine"),
         (dict(draft_model=small, prompt_lookup=3), ValueError, r"^draft_model: pass either"),
-        (dict(draft_model=small, temperature=0.8), ValueError, r"^draft_model: needs greedy decoding"),
+        (dict(draft_model=small, repetition_penalty=1.1), ValueError, r"^draft_model: does not take a repetition"),
         (dict(draft_model=small, num_draft_tokens=0), ValueError, r"^num_draft_tokens: expected at least 1"),
         (dict(draft_model=small, num_draft_tokens=-2), ValueError, r"^num_draft_tokens: expected a number"),
     ]
@@ -256,3 +255,59 @@ def test_draft_model_arguments_are_checked():
     short = load(_tiny(), max_seq_len=16)
     with pytest.raises(ValueError, match=r"^draft_model: its cache of 16 positions is too short"):
         target.generate([1, 2, 3], 20, draft_model=short)
+
+
+# ---------------------------------------------------------------- speculative sampling (temperature > 0)
+
+
+@pytest.mark.parametrize("with_proposal", [False, True], ids=["certain-draft", "draft-distribution"])
+def test_accept_sampled_keeps_the_target_distribution(with_proposal):
+    """Over many draws, the first token follows target[0] (the draft token drawn from the proposal, or a fixed
+    one proposed with certainty), and the second follows target[1] whenever the draft token was kept (the
+    standard speculative sampling guarantee)."""
+    from genai_fast.llm.speculate import accept_sampled
+
+    target = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.1, 0.4, 0.4]])
+    proposal = torch.tensor([[0.1, 0.8, 0.1, 0.0]]) if with_proposal else None
+    generator = torch.Generator().manual_seed(0)
+    firsts, seconds = torch.zeros(4), torch.zeros(4)
+    for _ in range(8000):
+        token = 1 if proposal is None else int(torch.multinomial(proposal[0], 1, generator=generator))
+        out = accept_sampled(target, [token], proposal, generator)
+        firsts[out[0]] += 1
+        if len(out) == 2:
+            seconds[out[1]] += 1
+    torch.testing.assert_close(firsts / firsts.sum(), target[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(seconds / seconds.sum(), target[1], atol=0.03, rtol=0)
+
+
+def test_accept_sampled_pads_a_smaller_draft_vocabulary():
+    from genai_fast.llm.speculate import accept_sampled
+
+    target = torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    out = accept_sampled(target, [1], torch.tensor([[0.0, 1.0, 0.0]]), torch.Generator().manual_seed(0))
+    assert out == [3]  # the draft token has target probability 0: rejected, the rest of target drawn
+
+
+def test_speculative_sampling_follows_plain_sampling():
+    """Top-3 sampling at temperature 1 with prompt-lookup drafts and with a draft model: the first two new
+    tokens' joint distribution over many seeded runs matches plain sampling's; one seed gives one result; top_k=1
+    collapses to greedy decoding's tokens."""
+    engine = load(_tiny(), max_seq_len=32)
+    engine.eos_ids = set()
+    draft = load(_tiny("gpt2"), max_seq_len=32)
+    prompt = [1, 2, 3, 1, 2, 3, 1, 2]
+    kinds = {"plain": {}, "lookup": {"prompt_lookup": 4}, "draft": {"draft_model": draft, "num_draft_tokens": 3}}
+    counts = {}
+    for name, kwargs in kinds.items():
+        pairs = [tuple(engine.generate(prompt, 3, temperature=1.0, top_k=3, seed=s, **kwargs).ids[:2])
+                 for s in range(1500)]
+        counts[name] = {pair: pairs.count(pair) / len(pairs) for pair in set(pairs)}
+        again = engine.generate(prompt, 6, temperature=1.0, top_k=3, seed=7, **kwargs).ids
+        assert again == engine.generate(prompt, 6, temperature=1.0, top_k=3, seed=7, **kwargs).ids
+        assert engine.generate(prompt, 8, temperature=0.9, top_k=1, seed=1, **kwargs).ids == \
+            engine.generate(prompt, 8).ids
+    for name in ("lookup", "draft"):
+        support = set(counts[name]) | set(counts["plain"])
+        distance = sum(abs(counts[name].get(k, 0) - counts["plain"].get(k, 0)) for k in support) / 2
+        assert distance < 0.1, (name, distance)  # 1500 runs: noise ~0.04; keeping every draft token gives 0.88

@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
     chat.add_argument("--max-seq-len", type=int, default=None,
                       help="KV cache positions: the longest conversation kept (default: the context, at most 2048)")
     chat.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
-                      help="greedy only: speculative decoding with drafts of up to N tokens from the conversation")
+                      help="speculative decoding with drafts of up to N tokens from the conversation")
 
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         raise ValueError(f"--max-new-tokens: expected a positive integer, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise ValueError(f"--temperature: expected >= 0, got {args.temperature}")
-    if args.prompt_lookup < 0 or (args.prompt_lookup and args.temperature > 0):
-        raise ValueError("--prompt-lookup: expected a number of draft tokens >= 0, with --temperature 0")
+    if args.prompt_lookup < 0:
+        raise ValueError(f"--prompt-lookup: expected a number of draft tokens >= 0, got {args.prompt_lookup}")
     if args.max_seq_len is not None and args.max_seq_len <= 0:
         raise ValueError(f"--max-seq-len: expected a positive integer, got {args.max_seq_len}")
     engine = load(args.model or default_model(), max_seq_len=args.max_seq_len, reuse_prefix=True)

@@ -34,11 +34,12 @@ def add_parser(sub: Any) -> None:
     gen.add_argument("--max-seq-len", type=int, default=None,
                      help="KV cache positions per sequence (default: the model's context, at most 2048)")
     gen.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
-                     help="greedy only: speculative decoding with drafts of up to N tokens found in the text itself "
-                          "(the same tokens, fewer passes when the answer copies the prompt)")
+                     help="speculative decoding with drafts of up to N tokens found in the text itself (greedy: the "
+                          "same tokens; sampled: the same distribution; fewer passes when the answer copies the "
+                          "prompt)")
     gen.add_argument("--draft-model", metavar="PATH",
-                     help="greedy only: speculative decoding with drafts from this smaller model of the same "
-                          "tokenizer (a .gguf file or a checkpoint folder)")
+                     help="speculative decoding with drafts from this smaller model of the same tokenizer (a .gguf "
+                          "file or a checkpoint folder)")
     gen.add_argument("--num-draft-tokens", type=int, default=5, metavar="N",
                      help="with --draft-model: the longest draft (default 5; adapted per pass)")
     gen.add_argument("--no-chat", action="store_true", help="tokenize the prompt as is, without the chat template")
@@ -78,12 +79,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repetition-penalty: expected a finite number > 0, got {args.repetition_penalty}")
     if args.max_seq_len is not None and args.max_seq_len <= 0:
         raise ValueError(f"--max-seq-len: expected a positive integer, got {args.max_seq_len}")
-    if args.prompt_lookup < 0 or (args.prompt_lookup and (args.temperature > 0 or args.repetition_penalty)):
-        raise ValueError("--prompt-lookup: expected a number of draft tokens >= 0, with greedy decoding "
-                         "(--temperature 0, no --repetition-penalty)")
-    if args.draft_model and (args.prompt_lookup or args.temperature > 0 or args.repetition_penalty):
-        raise ValueError("--draft-model: needs greedy decoding (--temperature 0, no --repetition-penalty) and no "
-                         "--prompt-lookup")
+    if args.prompt_lookup < 0 or (args.prompt_lookup and args.repetition_penalty):
+        raise ValueError("--prompt-lookup: expected a number of draft tokens >= 0, without --repetition-penalty")
+    if args.draft_model and (args.prompt_lookup or args.repetition_penalty):
+        raise ValueError("--draft-model: takes neither --prompt-lookup nor --repetition-penalty")
     if args.num_draft_tokens <= 0:
         raise ValueError(f"--num-draft-tokens: expected a positive integer, got {args.num_draft_tokens}")
     path = args.model or default_model()

@@ -73,6 +73,11 @@ class Sampler:
         return torch.stack(self._logprobs, dim=1).tolist()
 
     def _draw(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.multinomial(self.probabilities(scores), 1, generator=self.generator)[:, 0]
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores [R, V] (logits, after any penalty) -> the distribution the tokens are drawn from [R, V] fp32:
+        softmax(scores / T) restricted by top_k, top_p and min_p, renormalised (temperature > 0)."""
         p = self.params
         scores = scores.float() / p.temperature
         if p.top_k is not None and p.top_k < scores.shape[-1]:
@@ -87,7 +92,7 @@ class Sampler:
         if p.min_p is not None:
             probs = scores.softmax(-1)  # the top token's probability is the maximum: it always stays
             scores = scores.masked_fill(probs < p.min_p * probs.amax(-1, keepdim=True), float("-inf"))
-        return torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[:, 0]
+        return scores.softmax(-1)
 
 
 class EagerStepper:

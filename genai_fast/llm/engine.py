@@ -327,14 +327,16 @@ class Engine:
         the raw logits at the chosen token, before the penalty, temperature and filters; recorded on the device,
         read once at the end).
 
-        prompt_lookup: speculative greedy decoding with drafts of up to this many tokens taken from the text
-        itself (see genai_fast.llm.speculate; HF's prompt_lookup_num_tokens): the same greedy tokens, fewer
-        forward passes when the output repeats its context. Greedy only (temperature 0, no repetition penalty),
-        models without sliding layers; a batch runs its prompts one after another. stats gain draft_tokens and
+        prompt_lookup: speculative decoding with drafts of up to this many tokens taken from the text itself
+        (see genai_fast.llm.speculate; HF's prompt_lookup_num_tokens): fewer forward passes when the output
+        repeats its context. Greedy: the same tokens as plain decoding; sampled (temperature > 0): speculative
+        sampling, which draws from the same distribution (not the same draws for a seed). No repetition penalty,
+        no sliding layers; a batch runs its prompts one after another. stats gain draft_tokens and
         accepted_tokens; decode_steps counts the verification passes.
-        draft_model: speculative greedy decoding with drafts of up to num_draft_tokens tokens (adapted per pass)
-        from this smaller engine's greedy decoding (HF's assistant_model): same tokenizer, same device, a
-        vocabulary no larger, no sliding layers; its cache is used and overwritten. Same rules as prompt_lookup.
+        draft_model: speculative decoding with drafts of up to num_draft_tokens tokens (adapted per pass) from
+        this smaller engine (HF's assistant_model), greedy or sampled with the same settings: same tokenizer,
+        same device, a vocabulary no larger, no sliding layers; its cache is used and overwritten. Same rules as
+        prompt_lookup.
         """
         prompts, batched = self._as_batch(prompt_or_ids, chat)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
@@ -358,9 +360,9 @@ class Engine:
         name = "prompt_lookup" if draft_model is None else "draft_model"
         if draft_model is not None and prompt_lookup:
             raise ValueError("draft_model: pass either a draft model or prompt_lookup, not both")
-        if params.temperature != 0 or params.repetition_penalty not in (None, 1):
-            raise ValueError(f"{name}: needs greedy decoding (temperature 0, no repetition_penalty): the drafts are "
-                             "checked against the greedy choice")
+        if params.repetition_penalty not in (None, 1):
+            raise ValueError(f"{name}: does not take a repetition_penalty (each draft token would change the "
+                             "penalties of the ones after it)")
         if draft_model is not None:
             self._check_draft_model(draft_model)
         for engine, who in ((self, "this model"), (draft_model, "the draft model")):
@@ -555,33 +557,37 @@ class Engine:
                 raise ValueError(f"draft_model: its cache of {draft.max_seq_len} positions is too short for "
                                  f"{len(prompts[0])} prompt tokens + {max_new_tokens} new + {size} drafted; "
                                  "load it with a larger max_seq_len")
-            return self._decode_speculative(prompts[0], max_new_tokens, stop_ids, stop_strings, logprobs, draft, size)
-        sample = Sampler(params, self._generator(params.temperature, seed), keep_logprobs=logprobs)
+        sample = Sampler(params, self._generator(params.temperature, seed), keep_logprobs=logprobs and not drafting)
+        if drafting is not None:
+            return self._decode_speculative(prompts[0], max_new_tokens, stop_ids, stop_strings, logprobs, sample,
+                                            draft, size)
         return self._decode(prompts, max_new_tokens, sample, stop_ids, stop_strings, sync_every)
 
     def _decode_speculative(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int],
-                            stop_strings: list[str], logprobs: bool, draft: Engine | None, draft_size: int
-                            ) -> Generator[list[list[int]], None, list[GenerationResult]]:
-        """Speculative greedy decoding of one prompt (see generate's prompt_lookup and draft_model): each pass
-        feeds the last new token and a draft through DecoderModel.extend, keeps the draft tokens the model agrees
-        with and its next choice. Yields what the sequence gained per pass, as _decode does."""
+                            stop_strings: list[str], logprobs: bool, sample: Sampler, draft: Engine | None,
+                            draft_size: int) -> Generator[list[list[int]], None, list[GenerationResult]]:
+        """Speculative decoding of one prompt (see generate's prompt_lookup and draft_model): each pass feeds the
+        last new token and a draft through DecoderModel.extend, keeps the draft tokens the model agrees with
+        (greedy) or accepts (speculative sampling) and one more token of its own. Yields what the sequence
+        gained per pass, as _decode does."""
         with self._in_use.hold(), (draft._in_use.hold() if draft is not None else contextlib.nullcontext()):
             if draft is not None:
                 draft.model.allocate_cache(1, draft.max_seq_len)
                 draft._cached_row = None  # its row 0 now holds this sequence
-            drafter = speculate.LookupDrafter() if draft is None else speculate.ModelDrafter(draft.model)
-            return (yield from self._speculate(prompt, max_new_tokens, stop_ids, stop_strings, logprobs, drafter,
-                                               draft_size))
+            sampled = sample if sample.params.temperature > 0 else None
+            drafter = speculate.LookupDrafter() if draft is None else speculate.ModelDrafter(draft.model, sampled)
+            return (yield from self._speculate(prompt, max_new_tokens, stop_ids, stop_strings, logprobs, sample,
+                                               drafter, draft_size))
 
     def _speculate(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int], stop_strings: list[str],
-                   logprobs: bool, drafter: Any, draft_size: int
+                   logprobs: bool, sample: Sampler, drafter: Any, draft_size: int
                    ) -> Generator[list[list[int]], None, list[GenerationResult]]:
         """_decode_speculative's loop, with the engines held."""
         rows, done, counts = [[]], [False], {"passes": 0, "drafted": 0, "accepted": 0}
         self.model.allocate_cache(1, self.max_seq_len)
         t0 = time.perf_counter()
         logits, reused = self._prefill([prompt])
-        gained = [int(logits.argmax(-1))]
+        gained = [int(sample(logits)[0])]
         scores = [_chosen_logprob(logits[0], gained[0])] if logprobs else []
         prefill_ms, t1 = (time.perf_counter() - t0) * 1e3, time.perf_counter()
         cached, size, kept_scores = len(prompt), draft_size, []
@@ -592,9 +598,12 @@ class Engine:
             if done[0]:
                 break
             room = min(size, max_new_tokens - len(rows[0]) - 1, self.max_seq_len - cached - 1)
-            draft = drafter.propose(prompt + rows[0], room) if room > 0 else []
+            draft, proposal = drafter.propose(prompt + rows[0], room) if room > 0 else ([], None)
             logits = self._verify(rows[0][-1], draft, cached)
-            gained = speculate.accept(draft, logits.argmax(-1).tolist())
+            if sample.params.temperature == 0:
+                gained = speculate.accept(draft, logits.argmax(-1).tolist())
+            else:
+                gained = speculate.accept_sampled(sample.probabilities(logits), draft, proposal, sample.generator)
             drafter.kept(len(prompt) + len(rows[0]), len(gained) - 1)
             if logprobs:
                 scores = [_chosen_logprob(row, token) for row, token in zip(logits, gained, strict=False)]
