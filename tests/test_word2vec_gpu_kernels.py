@@ -362,10 +362,10 @@ CUDA_REPLAY_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "lengths", "window", "negative", "slice_tokens",
-                          "alpha"), CUDA_REPLAY_CASES)
-def test_cuda_kernel_emulated_matches_float64_replay(cuda_emulator, mode, cbow_mean, vocab, dim, lengths, window,
-                                                     negative, slice_tokens, alpha):
+def _emulate_against_replay(cuda_emulator, mode, cbow_mean, vocab, dim, lengths, window, negative, slice_tokens,
+                            alpha, lockf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA kernel on the warp emulator against the float64 replay of the same plan (lockf: lock factors for
+    both; None: the kernel's null pointer, the unscaled path). -> (syn0 before, syn0 after)."""
     tokens, offsets = _chunk(vocab, lengths, seed=vocab)
     prob, alias = _noise_tables(vocab)
     seed = 11
@@ -373,20 +373,32 @@ def test_cuda_kernel_emulated_matches_float64_replay(cuda_emulator, mode, cbow_m
                       alpha / 4, seed, slice_tokens)
     syn0, syn1 = _tables(vocab, dim)
     ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
-                                                        negative=negative, seed=seed, cbow_mean=cbow_mean)
+                                                        negative=negative, seed=seed, cbow_mean=cbow_mean,
+                                                        **({} if lockf is None else {"lockf": lockf}))
     out0, out1 = syn0.clone(), syn1.clone()
     num_slices = plan.bounds.shape[0]
     loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
     null = ctypes.c_void_p(0)
+    factors = (null, 0) if lockf is None else (_ptr(lockf), lockf.numel())
     cuda_emulator.emulate_word2vec_train(
         _ptr(out0), _ptr(out1), _ptr(plan.tokens), _ptr(plan.alphas), _ptr(plan.bounds),
         _ptr(torch.from_numpy(prob)), _ptr(torch.from_numpy(alias)), _ptr(loss), null, null, null, null, num_slices,
         vocab, dim, seed, window, negative, _cuda_draw_stride(mode, window, negative), MODE_CODES[mode],
-        int(cbow_mean), 1, 1, 0, 0, null, 0)
+        int(cbow_mean), 1, 1, 0, 0, *factors)
     assert bool(torch.isfinite(loss).all()), "every warp writes its loss slot"
-    assert_matches_oracle(out0, ref0, base0, what=f"cuda {mode} syn0")
-    assert_matches_oracle(out1, ref1, base1, what=f"cuda {mode} syn1neg")
+    tag = "" if lockf is None else " (lock factors)"
+    assert_matches_oracle(out0, ref0, base0, what=f"cuda {mode} syn0{tag}")
+    assert_matches_oracle(out1, ref1, base1, what=f"cuda {mode} syn1neg{tag}")
     assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
+    return syn0, out0
+
+
+@pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "lengths", "window", "negative", "slice_tokens",
+                          "alpha"), CUDA_REPLAY_CASES)
+def test_cuda_kernel_emulated_matches_float64_replay(cuda_emulator, mode, cbow_mean, vocab, dim, lengths, window,
+                                                     negative, slice_tokens, alpha):
+    _emulate_against_replay(cuda_emulator, mode, cbow_mean, vocab, dim, lengths, window, negative, slice_tokens,
+                            alpha)
 
 
 @pytest.mark.parametrize(("mode", "cbow_mean", "vocab", "dim", "lengths", "window", "negative", "slice_tokens",
@@ -396,28 +408,9 @@ def test_cuda_kernel_emulated_with_lock_factors_matches_float64_replay(cuda_emul
                                                                        dim, lengths, window, negative, slice_tokens,
                                                                        alpha):
     """A non-null lockf: each input row's updates scaled by lockf[id % L] (0: never written)."""
-    tokens, offsets = _chunk(vocab, lengths, seed=vocab)
-    prob, alias = _noise_tables(vocab)
-    seed = 11
     lockf = torch.tensor([0.5, 0.0, 1.0]) if cyclic else lock_factors(vocab)
-    plan = plan_chunk(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.full((vocab,), 0.8), alpha,
-                      alpha / 4, seed, slice_tokens)
-    syn0, syn1 = _tables(vocab, dim)
-    ref0, ref1, ref_loss, base0, base1 = replay_planned(syn0, syn1, plan, prob, alias, mode=mode, window=window,
-                                                        negative=negative, seed=seed, cbow_mean=cbow_mean,
-                                                        lockf=lockf)
-    out0, out1 = syn0.clone(), syn1.clone()
-    num_slices = plan.bounds.shape[0]
-    loss = torch.full((num_slices,), float("nan"), dtype=torch.float64)
-    null = ctypes.c_void_p(0)
-    cuda_emulator.emulate_word2vec_train(
-        _ptr(out0), _ptr(out1), _ptr(plan.tokens), _ptr(plan.alphas), _ptr(plan.bounds),
-        _ptr(torch.from_numpy(prob)), _ptr(torch.from_numpy(alias)), _ptr(loss), null, null, null, null, num_slices,
-        vocab, dim, seed, window, negative, _cuda_draw_stride(mode, window, negative), MODE_CODES[mode],
-        int(cbow_mean), 1, 1, 0, 0, _ptr(lockf), lockf.numel())
-    assert_matches_oracle(out0, ref0, base0, what=f"cuda {mode} syn0 (lock factors)")
-    assert_matches_oracle(out1, ref1, base1, what=f"cuda {mode} syn1neg (lock factors)")
-    assert float(loss.sum()) == pytest.approx(ref_loss, rel=1e-5)
+    syn0, out0 = _emulate_against_replay(cuda_emulator, mode, cbow_mean, vocab, dim, lengths, window, negative,
+                                         slice_tokens, alpha, lockf)
     check_lock_factors_kept(out0, syn0, lockf)
 
 
