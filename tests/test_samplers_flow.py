@@ -273,6 +273,23 @@ def test_sample_loop_matches_diffusers_loop(name):
     _equal(got, x, "final latents")
 
 
+def test_sample_loop_passes_mu_to_a_dynamically_shifted_plan():
+    """Flux-style dynamic shifting through sample_loop(mu=...): diffusers' loop after set_timesteps(n, mu=mu); a mu
+    for a sampler that takes none is refused by its set_timesteps."""
+    model, steps, mu = FakeModel(), 6, 1.15
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    config = dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    got = sample_loop(model, make_sampler("flow_euler", **config), latents, steps, progress=False, mu=mu)
+    ref = _scheduler("flow_euler", **config)
+    ref.set_timesteps(steps, mu=mu)
+    x = latents
+    for t in ref.timesteps:
+        x = ref.step(model(x, t.expand(2)), t, x).prev_sample
+    _equal(got, x, "final latents")
+    with pytest.raises(TypeError, match="mu"):
+        sample_loop(model, make_sampler("euler"), latents, steps, progress=False, mu=mu)
+
+
 # ---------------------------------------------------------------- scheduler interface
 
 

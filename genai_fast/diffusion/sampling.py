@@ -28,6 +28,8 @@ def sample_loop(
     num_steps: int,
     generator: Generator = None,
     progress: bool = True,
+    *,
+    mu: float | None = None,
 ) -> torch.Tensor:
     """Run `num_steps` sampler steps from `latents` and return the final latents.
 
@@ -39,10 +41,12 @@ def sample_loop(
         num_steps: 1 <= num_steps <= the sampler's num_train_timesteps.
         generator: torch.Generator (or one per batch item) for the stochastic samplers' noise.
         progress: show a tqdm progress bar (rate and ETA).
+        mu: a flow sampler's dynamic shift (use_dynamic_shifting), passed to set_timesteps as Flux and SD3
+            pipelines compute it from the image size; None for every other sampler.
 
     Equivalent diffusers loop::
 
-        scheduler.set_timesteps(num_steps)
+        scheduler.set_timesteps(num_steps)  # (num_steps, mu=mu) with a mu
         for t in scheduler.timesteps:
             out = model_fn(scheduler.scale_model_input(latents, t), t.expand(len(latents)))
             latents = scheduler.step(out, t, latents, generator=generator).prev_sample
@@ -55,15 +59,16 @@ def sample_loop(
         out = model_fn(sampler.scale_model_input(x, t), t.expand(x.shape[0]))
         return sampler.step(out, t, x, generator=generator)
 
-    return _loop(step, sampler, latents, num_steps, progress)
+    return _loop(step, sampler, latents, num_steps, progress, {} if mu is None else {"mu": mu})
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _loop(step: StepFn, sampler: Sampler, latents: torch.Tensor, num_steps: int, progress: bool) -> torch.Tensor:
-    """x = step(x, t) for each planned timestep t, with a progress bar."""
-    sampler.set_timesteps(num_steps, device=latents.device)
+def _loop(step: StepFn, sampler: Sampler, latents: torch.Tensor, num_steps: int, progress: bool,
+          plan_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+    """x = step(x, t) for each planned timestep t, with a progress bar; plan_kwargs go to set_timesteps."""
+    sampler.set_timesteps(num_steps, device=latents.device, **(plan_kwargs or {}))
     if torch.is_grad_enabled():  # the caller records gradients through the loop: leave it to autograd
         return _steps(step, sampler, latents, progress)
     # Nothing is recorded anyway, so inference mode also drops autograd's per-op bookkeeping (version
