@@ -291,17 +291,23 @@ def _check_number(key: str, value: Any, opt: Option) -> Any:
     return value
 
 
-def _check_betas(key: str, value: Any) -> np.ndarray | None:
-    if value is None:
-        return None
+def _float_sequence(key: str, value: Any) -> np.ndarray:
+    """A non-empty 1-D sequence of numbers (list, array or tensor) as float64, or a clear error naming `key`."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     try:
-        betas = np.asarray(value, dtype=np.float64)
+        array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{key}: expected a sequence of numbers, got {type(value).__name__}") from err
-    if betas.ndim != 1 or betas.size == 0:
-        raise ValueError(f"{key}: expected a non-empty 1-D sequence, got shape {betas.shape}")
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{key}: expected a non-empty 1-D sequence, got shape {array.shape}")
+    return array
+
+
+def _check_betas(key: str, value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    betas = _float_sequence(key, value)
     if not np.all((betas > 0) & (betas < 1)):
         raise ValueError(f"{key}: every beta must lie in (0, 1)")
     return np.asarray(value)
@@ -2238,12 +2244,7 @@ def _check_levels(name: str, values: Any) -> np.ndarray:
     it is a non-empty 1-D sequence of finite numbers."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
-    try:
-        checked = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name}: expected a sequence of numbers, got {type(values).__name__}") from err
-    if checked.ndim != 1 or checked.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 1-D sequence, got shape {checked.shape}")
+    checked = _float_sequence(name, values)
     if not np.isfinite(checked).all():
         raise ValueError(f"{name}: expected finite values, got {values!r}")
     return np.array(values).astype(np.float32)
