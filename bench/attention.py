@@ -178,7 +178,7 @@ def fwd_oracle(inputs: Inputs) -> torch.Tensor:
 
     def rows(qb, kh, vh, offset, b, h):
         mask = _causal_rows(kh.shape[0], offset, qb.shape[0], qb.device) if causal else None
-        p, _, _, v = _attention_probs(qb, kh, vh, mask, False, None, False)
+        p, _, _, v, _ = _attention_probs(qb, kh, vh, mask, False, None, False)
         return p @ v
 
     return _oracle_blocks(inputs["q"], inputs["k"], inputs["v"], rows)
@@ -242,7 +242,7 @@ def bwd_oracle(inputs: Inputs) -> torch.Tensor:
 
     def rows(qb, kh, vh, offset, b, h):
         mask = _causal_rows(kh.shape[0], offset, qb.shape[0], qb.device) if causal else None
-        p, _, _, v = _attention_probs(qb, kh, vh, mask, False, None, False)
+        p, _, _, v, _ = _attention_probs(qb, kh, vh, mask, False, None, False)
         do = grad[b, h, offset:offset + qb.shape[0]].double()
         dp = do @ v.T
         ds = p * (dp - (dp * p).sum(-1, keepdim=True))
@@ -423,12 +423,67 @@ def cpu_training_report(preset: str = "quick") -> list[dict]:
     return rows
 
 
+# Sliding-window and soft-capped causal prefill (Mistral-/Gemma-2-like heads at D 64 on a CPU, D 128 bf16 on a
+# GPU): (S, window, softcap).
+WINDOW_CASES = {"cpu": [(2048, 256, 0.0), (4096, 512, 0.0), (4096, 4096, 50.0), (4096, 512, 50.0)],
+                "cuda": [(8192, 1024, 0.0), (16384, 4096, 0.0), (8192, 8192, 50.0), (16384, 4096, 50.0)]}
+
+
+def _eager_capped(q, k, v, band, softcap, scale):
+    """What a torch user runs for a soft cap: transformers' eager attention (scores, tanh, mask, fp32 softmax)."""
+    s = (q @ k.transpose(-1, -2)) * scale
+    s = torch.tanh(s / softcap) * softcap
+    p = torch.softmax(s.masked_fill(~band, float("-inf")), dim=-1, dtype=torch.float32).to(q.dtype)
+    return p @ v
+
+
+def window_report(device: str = "cpu", heads: int = 8) -> list[dict]:
+    """Causal prefill with a sliding window and/or soft cap, the op (automatic dispatch) against what torch offers:
+    SDPA with the window as a boolean band mask (no cap), transformers' eager computation (a cap), and the op's
+    own full causal attention without either (what the window saves). Medians of alternating runs, same inputs."""
+    return [_window_row(device, heads, *case) for case in WINDOW_CASES[device]]
+
+
+def _window_row(device: str, heads: int, S: int, window: int, softcap: float) -> dict:
+    from genai_fast.bench.timing import time_together
+
+    from genai_fast.backends.dispatch import OPS
+
+    dtype, D = (torch.bfloat16, 128) if device == "cuda" else (torch.float32, 64)
+    q, k, v = (torch.randn(1, heads, S, D, device=device).to(dtype) for _ in range(3))
+    i = torch.arange(S, device=device)
+    band = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+    win = window if window < S else None
+    calls = {
+        "genai_fast": lambda: genai_fast.scaled_dot_product_attention(q, k, v, is_causal=True, softcap=softcap,
+                                                                      window=win),
+        "genai_fast causal, no window or cap": lambda: genai_fast.scaled_dot_product_attention(q, k, v,
+                                                                                               is_causal=True),
+    }
+    if softcap:
+        calls["eager torch (HF)"] = lambda: _eager_capped(q, k, v, band, softcap, D ** -0.5)
+    else:
+        calls["torch SDPA, band mask"] = lambda: F.scaled_dot_product_attention(q, k, v, band)
+    calls["genai_fast"]()
+    backend = OPS["scaled_dot_product_attention"].last_backend
+    timings = time_together(calls, torch.device(device), quick=False)
+    return {"S": S, "window": window, "softcap": softcap, "backend": backend,
+            **{f"{name} ms": t.median_ms for name, t in timings.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="attention on the CPU: genai_fast vs torch SDPA")
     parser.add_argument("--preset", choices=("quick", "full"), default="quick")
     parser.add_argument("--training", action="store_true", help="forward and backward through autograd")
+    parser.add_argument("--window", action="store_true",
+                        help="sliding-window / soft-capped causal prefill against torch's ways to compute them")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="for --window")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.window:
+        for row in window_report(args.device):
+            print(row)
+        return
     if args.training:
         print(f"{'shape':<32} {'genai_fast ms':>14} {'torch SDPA ms':>14} {'speedup':>8} backward")
         for row in cpu_training_report(args.preset):

@@ -13,8 +13,8 @@
 # BENCH_TIMEOUT=130 BENCH_BUDGET_S=95 W2V_TIMEOUT=75 LLM_TIMEOUT=70 PROFILE_TIMEOUT=45 T2I_TIMEOUT=120.
 # GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT, LLM_TIMEOUT, T2I_TIMEOUT and PROFILE_TIMEOUT
 # shorten it when device time is scarce (0 skips a step: the tests, the benchmark, word2vec, ...); GPU_TESTS
-# and BENCH_OPS narrow it to some test files and ops. ATTN_TUNE_TIMEOUT, LLM_1B_TIMEOUT and UNET_COMPILE_TIMEOUT add
-# optional steps.
+# and BENCH_OPS narrow it to some test files and ops. ATTN_TUNE_TIMEOUT, WINDOW_TIMEOUT, LLM_1B_TIMEOUT and
+# UNET_COMPILE_TIMEOUT add optional steps.
 # The device image has no diffusers or CLIP vocabulary and no network: `bash bench/device_bundle.sh` here first
 # packs their wheels into .whl/ and Fashion-MNIST into .device/cache/; pass carry=[".whl", ".device"] to the run
 # tool, and this script installs the wheels under /tmp/site (PYTHONPATH) before anything else.
@@ -87,6 +87,16 @@ if [ "$t" != 0 ]; then
     step "attention forward tile sweep (pointer and TMA kernels), S 4096, D 128"
     timeout $t $PY -m genai_fast.bench.attention_tune --seqlen 4096 --dims 128 --forward-only \
         2>&1 | tee "$OUT/attention-tune-$name.txt" | tail -20
+fi
+
+# Sliding-window and soft-capped causal prefill (bf16, D 128, 8 heads, 8k-16k tokens): the kernels' window and cap
+# against torch SDPA with a band mask and transformers' eager computation (bench/attention.py --window; about 30 s).
+# Off unless WINDOW_TIMEOUT is set.
+t=$(limit ${WINDOW_TIMEOUT:-0})
+if [ "$t" != 0 ]; then
+    step "sliding-window / soft-capped prefill vs torch's ways to compute them"
+    timeout $t $PY -m genai_fast.bench.attention --window --device cuda 2>&1 | tee "$OUT/attention-window-$name.txt" \
+        | tail -6
 fi
 
 t=$(limit ${W2V_TIMEOUT:-90})

@@ -53,14 +53,51 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, qk_scale,
-            IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
-    """Scores of one [BLOCK_M, BLOCK_N] tile in log2 units, -inf where masked. MASKED: bounds/causal."""
+def tanh(x):
+    """tanh in fp32 from exp2 (libdevice's tanh does not run in the interpreter): an odd series near 0, where
+    (1 - e) / (1 + e) would lose the relative precision of small scores, the exponential form elsewhere."""
+    ax = tl.abs(x)
+    e = tl.math.exp2(ax * -2.8853900817779268)  # exp(-2|x|)
+    x2 = x * x
+    series = ax * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.13333333333333333 + x2 * -0.05396825396825397)))
+    t = tl.where(ax < 0.125, series, (1.0 - e) / (1.0 + e))
+    return tl.where(x < 0.0, -t, t)
+
+
+@triton.jit
+def capped(raw, qk_scale, cap_in, cap_out, SOFTCAP: tl.constexpr):
+    """(scores in log2 units, t) of raw dot products q.k: raw * scale * log2(e), or with a soft cap c
+    c * tanh(raw * scale / c) * log2(e), where t = tanh(raw * scale / c) (cap_in = scale / c, cap_out = c log2 e)
+    is what the backward's chain rule needs (1 - t^2); without a cap t is the scores themselves, unused."""
+    if SOFTCAP:
+        t = tanh(raw * cap_in)
+        return t * cap_out, t
+    else:
+        s = raw * qk_scale
+        return s, s
+
+
+@triton.jit
+def window_start(pid_m, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(lo, full_lo) of query block pid_m under a causal window (row i sees keys i - window < j <= i): no row
+    sees a key before lo, and every row sees every key from full_lo up to its causal edge. BLOCK_N multiples."""
+    m0 = pid_m * BLOCK_M
+    lo = (tl.maximum(m0 - window + 1, 0) // BLOCK_N) * BLOCK_N
+    full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - window, 0), BLOCK_N) * BLOCK_N
+    return lo, full_lo
+
+
+@triton.jit
+def _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, qk_scale, cap_in, cap_out, window,
+            IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr,
+            SOFTCAP: tl.constexpr, WINDOWED: tl.constexpr):
+    """(scores of one [BLOCK_M, BLOCK_N] tile in log2 units, -inf where masked; t of `capped`).
+    MASKED: bounds, causal and window."""
     if MASKED:
         k = tl.load(k_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
     else:
         k = tl.load(k_ptrs, mask=d_valid[None, :], other=0.0)
-    s = _dot(q, tl.trans(k), IEEE) * qk_scale
+    s, t = capped(_dot(q, tl.trans(k), IEEE), qk_scale, cap_in, cap_out, SOFTCAP)
     if MASK_KIND == 1:
         keep = tl.load(mask_ptrs, mask=(offs_m < Sq)[:, None] & n_valid[None, :], other=0)
         s = tl.where(keep != 0, s, float("-inf"))
@@ -71,17 +108,19 @@ def _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, qk_scale
         valid = n_valid[None, :]
         if IS_CAUSAL:
             valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        if WINDOWED:
+            valid = valid & (offs_m[:, None] - offs_n[None, :] < window)
         s = tl.where(valid, s, float("-inf"))
-    return s
+    return s, t
 
 
 @triton.jit
 def _fwd_tile(acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, offs_m, offs_n, d_valid, dv_valid, Sq, Sk,
-              qk_scale, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
-              IEEE: tl.constexpr):
+              qk_scale, cap_in, cap_out, window, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+              MASKED: tl.constexpr, IEEE: tl.constexpr, SOFTCAP: tl.constexpr, WINDOWED: tl.constexpr):
     n_valid = offs_n < Sk
-    s = _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, qk_scale,
-                IS_CAUSAL, MASK_KIND, MASKED, IEEE)
+    s, _t = _scores(q, k_ptrs, mask_ptrs, offs_m, offs_n, n_valid, d_valid, Sq, qk_scale, cap_in, cap_out, window,
+                    IS_CAUSAL, MASK_KIND, MASKED, IEEE, SOFTCAP, WINDOWED)
     p, alpha, l_i, m_new = online_softmax(s, m_i, l_i)
     if MASKED:
         v = tl.load(v_ptrs, mask=n_valid[:, None] & dv_valid[None, :], other=0.0)
@@ -149,8 +188,9 @@ def _attn_fwd_kernel(
     Q, K, V, M, OUT, LSE,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
     smb, smh, smm, smn, sob, soh, som, sod,
-    Hq, GROUP, Sq, Sk, D, DV, qk_scale,
+    Hq, GROUP, Sq, Sk, D, DV, qk_scale, cap_in, cap_out, window,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOWED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = query_block(IS_CAUSAL)
@@ -177,15 +217,27 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
+    # Key blocks [lo, full_lo) cross the window's lower edge, [full_lo, n_full) need no masking, [.., hi) reach
+    # the causal diagonal or the sequence end; without a window lo = full_lo = 0.
     n_full, hi = key_ranges(pid_m, Sk, IS_CAUSAL, BLOCK_M, BLOCK_N)
-    for start_n in range(0, n_full, BLOCK_N):
+    lo, full_lo = 0, 0
+    if WINDOWED:
+        lo, full_lo = window_start(pid_m, window, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, tl.minimum(full_lo, hi), BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_ptrs + start_n * skn, v_ptrs + start_n * svn,
                                   mask_ptrs + start_n * smn, offs_m, start_n + offs_n, d_valid, dv_valid,
-                                  Sq, Sk, qk_scale, IS_CAUSAL, MASK_KIND, False, IEEE)
-    for start_n in range(n_full, hi, BLOCK_N):
+                                  Sq, Sk, qk_scale, cap_in, cap_out, window, IS_CAUSAL, MASK_KIND, True, IEEE,
+                                  SOFTCAP, WINDOWED)
+    for start_n in range(full_lo, n_full, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_ptrs + start_n * skn, v_ptrs + start_n * svn,
                                   mask_ptrs + start_n * smn, offs_m, start_n + offs_n, d_valid, dv_valid,
-                                  Sq, Sk, qk_scale, IS_CAUSAL, MASK_KIND, True, IEEE)
+                                  Sq, Sk, qk_scale, cap_in, cap_out, window, IS_CAUSAL, MASK_KIND, False, IEEE,
+                                  SOFTCAP, WINDOWED)
+    for start_n in range(tl.maximum(n_full, full_lo), hi, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_ptrs + start_n * skn, v_ptrs + start_n * svn,
+                                  mask_ptrs + start_n * smn, offs_m, start_n + offs_n, d_valid, dv_valid,
+                                  Sq, Sk, qk_scale, cap_in, cap_out, window, IS_CAUSAL, MASK_KIND, True, IEEE,
+                                  SOFTCAP, WINDOWED)
 
     out, lse = finish_rows(acc, l_i, m_i)
     o_ptrs = OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_dv[None, :] * sod
@@ -227,8 +279,9 @@ def _attn_bwd_dkdv_kernel(
     Q, K, V, M, DO, LSE, DELTA, DK, DV_OUT,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
     smb, smh, smm, smn, sdb, sdh, sdm, sdd, sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-    Hq, Hkv, GROUP, Sq, Sk, D, DV, qk_scale, sm_scale,
+    Hq, Hkv, GROUP, Sq, Sk, D, DV, qk_scale, sm_scale, cap_in, cap_out, window,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOWED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -252,16 +305,20 @@ def _attn_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
 
     # Causal (top-left): query row i sees key j when j <= i, so rows before start_n see none of this block.
+    # With a window, rows from start_n + BLOCK_N - 1 + window on see none of it either.
     lo = 0
     if IS_CAUSAL:
         lo = (start_n // BLOCK_M) * BLOCK_M
+    hi_m = Sq
+    if WINDOWED:
+        hi_m = tl.minimum(Sq, start_n + BLOCK_N - 1 + window)
     for g in range(0, GROUP):
         h = hk * GROUP + g
         q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         m_base = M + b.to(tl.int64) * smb + h.to(tl.int64) * smh
         row0 = (b * Hq + h).to(tl.int64) * Sq
-        for start_m in range(lo, Sq, BLOCK_M):
+        for start_m in range(lo, hi_m, BLOCK_M):
             offs_m = start_m + offs_m0
             m_valid = offs_m < Sq
             q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
@@ -270,7 +327,7 @@ def _attn_bwd_dkdv_kernel(
                          mask=m_valid[:, None] & dv_valid[None, :], other=0.0)
             lse2, delta = _load_row_stats(LSE, DELTA, row0, offs_m, Sq)
             # Transposed tile: sT[n, m] = score of query m against key n.
-            sT = _dot(k, tl.trans(q), IEEE) * qk_scale
+            sT, tT = capped(_dot(k, tl.trans(q), IEEE), qk_scale, cap_in, cap_out, SOFTCAP)
             mask_ptrs = m_base + offs_m[None, :] * smm + offs_n[:, None] * smn
             if MASK_KIND == 1:
                 keep = tl.load(mask_ptrs, mask=m_valid[None, :] & n_valid[:, None], other=0)
@@ -281,11 +338,15 @@ def _attn_bwd_dkdv_kernel(
             valid = n_valid[:, None]
             if IS_CAUSAL:
                 valid = valid & (offs_n[:, None] <= offs_m[None, :])
+            if WINDOWED:
+                valid = valid & (offs_m[None, :] - offs_n[:, None] < window)
             sT = tl.where(valid, sT, float("-inf"))
             pT = tl.math.exp2(sT - lse2[None, :])
             dv += _dot(pT.to(do.dtype), do, IEEE)
             dpT = _dot(v, tl.trans(do), IEEE)
             dsT = pT * (dpT - delta[None, :])
+            if SOFTCAP:  # d(c tanh(x / c)) / dx = 1 - tanh^2
+                dsT = dsT * (1.0 - tT * tT)
             dk += _dot(dsT.to(q.dtype), q, IEEE)
 
     dk = dk * sm_scale
@@ -300,8 +361,9 @@ def _attn_bwd_dq_kernel(
     Q, K, V, M, DO, LSE, DELTA, DQ,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
     smb, smh, smm, smn, sdb, sdh, sdm, sdd, sdqb, sdqh, sdqm, sdqd,
-    Hq, GROUP, Sq, Sk, D, DV, qk_scale, sm_scale,
+    Hq, GROUP, Sq, Sk, D, DV, qk_scale, sm_scale, cap_in, cap_out, window,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOWED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = query_block(IS_CAUSAL)
@@ -324,20 +386,24 @@ def _attn_bwd_dq_kernel(
     m_base = M + b.to(tl.int64) * smb + h.to(tl.int64) * smh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    hi = Sk
+    lo, hi = 0, Sk
     if IS_CAUSAL:
         hi = tl.minimum(Sk, (pid_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
+    if WINDOWED:
+        lo, _full_lo = window_start(pid_m, window, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_valid = offs_n < Sk
-        s = _scores(q, k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    m_base + offs_m[:, None] * smm + offs_n[None, :] * smn, offs_m, offs_n, n_valid, d_valid,
-                    Sq, qk_scale, IS_CAUSAL, MASK_KIND, True, IEEE)
+        s, t = _scores(q, k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                       m_base + offs_m[:, None] * smm + offs_n[None, :] * smn, offs_m, offs_n, n_valid, d_valid,
+                       Sq, qk_scale, cap_in, cap_out, window, IS_CAUSAL, MASK_KIND, True, IEEE, SOFTCAP, WINDOWED)
         p = tl.math.exp2(s - lse2[:, None])
         v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
                     mask=n_valid[:, None] & dv_valid[None, :], other=0.0)
         dp = _dot(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
         k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
                     mask=n_valid[:, None] & d_valid[None, :], other=0.0)
         dq += _dot(ds.to(k.dtype), k, IEEE)
@@ -351,8 +417,8 @@ def _attn_bwd_dq_kernel(
 def _decode_split_kernel(
     Q, K, V, LENS, PO, PLSE,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    Hkv, GROUP, Sq, D, DV, R, num_splits, split_len, s_max, qk_scale,
-    IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    Hkv, GROUP, Sq, D, DV, R, num_splits, split_len, s_max, qk_scale, cap_in, cap_out, window,
+    IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr, SOFTCAP: tl.constexpr, WINDOWED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     split = tl.program_id(0)
@@ -386,13 +452,18 @@ def _decode_split_kernel(
     start = split * split_len
     # Never past the cache, whatever the length says: under CUDA graph capture no host checks the lengths.
     end = tl.minimum(tl.minimum(start + split_len, length), s_max)
+    if WINDOWED:  # no query's window starts before the first query's: nothing earlier is read
+        start = tl.maximum(start, length - Sq - window + 1)
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_valid = offs_n < end
         k = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
                     mask=n_valid[None, :] & d_valid[:, None], other=0.0)
-        s = _dot(q, k, IEEE) * qk_scale
-        s = tl.where(n_valid[None, :] & (offs_n[None, :] <= last[:, None]), s, float("-inf"))
+        s, _t = capped(_dot(q, k, IEEE), qk_scale, cap_in, cap_out, SOFTCAP)
+        visible = n_valid[None, :] & (offs_n[None, :] <= last[:, None])
+        if WINDOWED:
+            visible = visible & (last[:, None] - offs_n[None, :] < window)
+        s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(s - m_safe[:, None])
@@ -531,6 +602,14 @@ def _bwd_config(device: torch.device, Sq: int, Sk: int, block_d: int) -> dict[st
     return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
 
 
+def _cap_args(scale: float, softcap: float, window: int) -> dict[str, object]:
+    """The kernels' soft-cap and window arguments: (qk_scale, cap_in, cap_out, window) and their constexpr flags.
+    softcap c > 0: scores c * tanh(scale * q.k / c); window w > 0: row i sees keys i - w < j <= i (causal)."""
+    cap_in, cap_out = (scale / softcap, softcap * LOG2E) if softcap > 0 else (0.0, 0.0)
+    return {"args": (scale * LOG2E, cap_in, cap_out, int(window)),
+            "flags": {"SOFTCAP": softcap > 0, "WINDOWED": window > 0}}
+
+
 def _mask_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], int]:
     """(tensor the kernel reads, its 4 strides, MASK_KIND). Booleans are read as bytes."""
     if mask is None:
@@ -541,18 +620,20 @@ def _mask_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor
 
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                  is_causal: bool, scale: float, config: dict[str, int] | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  is_causal: bool, scale: float, config: dict[str, int] | None = None, softcap: float = 0.0,
+                  window: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], mask None or [B, Hq, Sq, Sk] (any
     strides, bool or additive) -> (out [B, Hq, Sq, Dv] in q's dtype, lse [B, Hq, Sq] fp32, natural log).
-    config: tile/launch options overriding the heuristic (for tuning scripts)."""
+    config: tile/launch options overriding the heuristic (for tuning scripts). softcap > 0: scores capped as
+    softcap * tanh(score / softcap) before the mask; window > 0 (causal only): row i sees keys i - window < j <= i,
+    and key blocks outside every row's window are skipped."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
     _check_launch(("query", Hq), {"query": q, "key": k, "value": v, "attn_mask": mask, "out": _dense((B, Hq, Sq, DV))})
     chunks = _batch_chunks(B, Hq)
     if len(chunks) > 1:
-        parts = [attention_fwd(q[c], k[c], v[c], None if mask is None else mask[c], is_causal, scale, config)
-                 for c in chunks]
+        parts = [attention_fwd(q[c], k[c], v[c], None if mask is None else mask[c], is_causal, scale, config,
+                               softcap, window) for c in chunks]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
     lse = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
@@ -560,9 +641,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     cfg = config or _fwd_config(q.device, Sq, Sk, max(block_d, block_dv), is_causal, q.element_size())
     m, mstrides, kind = _mask_args(mask, q)
     grid = (triton.cdiv(Sq, cfg["BLOCK_M"]), B * Hq)
+    cap = _cap_args(scale, softcap, window)
     _attn_fwd_kernel[grid](
         q, k, v, m, out, lse, *q.stride(), *k.stride(), *v.stride(), *mstrides, *out.stride(),
-        Hq, Hq // Hkv, Sq, Sk, D, DV, scale * LOG2E,
+        Hq, Hq // Hkv, Sq, Sk, D, DV, *cap["args"], **cap["flags"],
         IS_CAUSAL=is_causal, MASK_KIND=kind, IEEE=q.dtype == torch.float32,
         EVEN_D=D == block_d and DV == block_dv, BLOCK_D=block_d, BLOCK_DV=block_dv, **cfg,
     )
@@ -571,8 +653,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
 
 def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   mask: torch.Tensor | None, out: torch.Tensor, lse: torch.Tensor, is_causal: bool,
-                  scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq, dk, dv) with the shapes of q, k, v (contiguous), from the forward's out and lse."""
+                  scale: float, softcap: float = 0.0, window: int = 0,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) with the shapes of q, k, v (contiguous), from the forward's out and lse (softcap
+    and window: the forward's)."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
     _check_launch(("query", Hq), {"query": q, "key": k, "value": v, "attn_mask": mask, "out": out, "grad_out": grad_out,
@@ -581,7 +665,7 @@ def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     chunks = _batch_chunks(B, Hq)
     if len(chunks) > 1:
         parts = [attention_bwd(grad_out[c], q[c], k[c], v[c], None if mask is None else mask[c], out[c], lse[c],
-                               is_causal, scale) for c in chunks]
+                               is_causal, scale, softcap, window) for c in chunks]
         return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
     block_d, block_dv = _block_d(D), _block_d(DV)
     delta = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
@@ -593,15 +677,17 @@ def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     dv = memory.empty(v.shape, dtype=v.dtype, device=v.device)
     cfg = _bwd_config(q.device, Sq, Sk, max(block_d, block_dv))
     m, mstrides, kind = _mask_args(mask, q)
+    cap = _cap_args(scale, softcap, window)
+    qk_scale, cap_in, cap_out, window = cap["args"]
     common = dict(IS_CAUSAL=is_causal, MASK_KIND=kind, IEEE=q.dtype == torch.float32, BLOCK_D=block_d,
-                  BLOCK_DV=block_dv, **cfg)
+                  BLOCK_DV=block_dv, **cap["flags"], **cfg)
     strides = (*q.stride(), *k.stride(), *v.stride(), *mstrides, *grad_out.stride())
     _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg["BLOCK_N"]), B * Hkv)](
         q, k, v, m, grad_out, lse, delta, dk, dv, *strides, *dk.stride(), *dv.stride(),
-        Hq, Hkv, Hq // Hkv, Sq, Sk, D, DV, scale * LOG2E, scale, **common)
+        Hq, Hkv, Hq // Hkv, Sq, Sk, D, DV, qk_scale, scale, cap_in, cap_out, window, **common)
     _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg["BLOCK_M"]), B * Hq)](
         q, k, v, m, grad_out, lse, delta, dq, *strides, *dq.stride(),
-        Hq, Hq // Hkv, Sq, Sk, D, DV, scale * LOG2E, scale, **common)
+        Hq, Hq // Hkv, Sq, Sk, D, DV, qk_scale, scale, cap_in, cap_out, window, **common)
     return dq, dk, dv
 
 
@@ -633,16 +719,18 @@ def _check_lengths(lengths: torch.Tensor, q: torch.Tensor) -> None:
 
 
 def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
-               causal: bool, scale: float) -> torch.Tensor:
+               causal: bool, scale: float, softcap: float = 0.0, window: int = 0) -> torch.Tensor:
     """q [B, Hq, Sq, D] against the first lengths[b] positions of k_cache/v_cache [B, Hkv, S_max, D(v)]
-    (lengths: int32 [B], already including the newly written tokens) -> out [B, Hq, Sq, Dv]."""
+    (lengths: int32 [B], already including the newly written tokens) -> out [B, Hq, Sq, Dv]. softcap and window
+    (causal only: query i at position p = length - Sq + i sees p - window < j <= p) as attention_fwd's."""
     B, Hq, Sq, D = q.shape
     Hkv, s_max, DV = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
     _check_lengths(lengths, q)
     _check_launch(("k_cache", Hkv), {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": _dense((B, Hq, Sq, DV))})
     chunks = _batch_chunks(B, Hkv)
     if len(chunks) > 1:
-        return torch.cat([decode_fwd(q[c], k_cache[c], v_cache[c], lengths[c], causal, scale) for c in chunks])
+        return torch.cat([decode_fwd(q[c], k_cache[c], v_cache[c], lengths[c], causal, scale, softcap, window)
+                          for c in chunks])
     group = Hq // Hkv
     rows = group * Sq
     block_d, block_dv = _block_d(D), _block_d(DV)
@@ -654,9 +742,10 @@ def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, le
     workspace = memory.empty((B * Hkv * splits * rows * (DV + 1),), dtype=torch.float32, device=q.device)
     partial_out = workspace[: B * Hkv * splits * rows * DV]
     partial_lse = workspace[B * Hkv * splits * rows * DV :]
+    cap = _cap_args(scale, softcap, window)
     _decode_split_kernel[(splits, B * Hkv, triton.cdiv(rows, block_m))](
         q, k_cache, v_cache, lengths, partial_out, partial_lse, *q.stride(), *k_cache.stride(),
-        *v_cache.stride(), Hkv, group, Sq, D, DV, rows, splits, split_len, s_max, scale * LOG2E,
+        *v_cache.stride(), Hkv, group, Sq, D, DV, rows, splits, split_len, s_max, *cap["args"], **cap["flags"],
         IS_CAUSAL=causal, IEEE=q.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_DV=block_dv, **launch,
     )

@@ -23,7 +23,7 @@ from triton.compiler import ASTSource
 SHARED_LIMIT = {80: 166912, 90: 232448}  # bytes of shared memory per block (A100, H100)
 POINTERS = {"M": "*u8", "LSE": "*fp32", "DELTA": "*fp32", "PO": "*fp32", "PLSE": "*fp32", "LENS": "*i32"}
 TENSORS = ("Q", "K", "V", "OUT", "DO", "DK", "DV_OUT", "DQ")
-FLOATS = ("qk_scale", "sm_scale")
+FLOATS = ("qk_scale", "sm_scale", "cap_in", "cap_out")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -44,23 +44,29 @@ def _variants(dtype: torch.dtype):
     cuda = torch.device("cuda")
     ieee = dtype == torch.float32
     size = torch.empty((), dtype=dtype).element_size()
+    plain, capped = dict(SOFTCAP=False, WINDOWED=False), dict(SOFTCAP=True, WINDOWED=True)
     for block_d in (64, 128, 256):
-        for causal, kind in ((True, A.MASK_NONE), (False, A.MASK_NONE), (False, A.MASK_BOOL), (True, A.MASK_ADD)):
+        for causal, kind, cap in ((True, A.MASK_NONE, plain), (False, A.MASK_NONE, plain),
+                                  (False, A.MASK_BOOL, plain), (True, A.MASK_ADD, plain), (True, A.MASK_NONE, capped)):
             cfg = A._fwd_config(cuda, 4096, 4096, block_d, causal, size)
             tiles = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
             launch = {k: v for k, v in cfg.items() if not k.startswith("BLOCK")}
             const = dict(IS_CAUSAL=causal, MASK_KIND=kind, IEEE=ieee, EVEN_D=True, BLOCK_D=block_d,
-                         BLOCK_DV=block_d, **tiles)
-            yield A._attn_fwd_kernel, const, launch, f"fwd D{block_d} causal={causal} mask={kind}"
+                         BLOCK_DV=block_d, **cap, **tiles)
+            yield A._attn_fwd_kernel, const, launch, f"fwd D{block_d} causal={causal} mask={kind} {cap}"
         cfg = A._bwd_config(cuda, 4096, 4096, block_d)
         tiles = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
         launch = {k: v for k, v in cfg.items() if not k.startswith("BLOCK")}
-        const = dict(IS_CAUSAL=True, MASK_KIND=A.MASK_BOOL, IEEE=ieee, BLOCK_D=block_d, BLOCK_DV=block_d, **tiles)
-        yield A._attn_bwd_dkdv_kernel, const, launch, f"bwd dkdv D{block_d}"
-        yield A._attn_bwd_dq_kernel, const, launch, f"bwd dq D{block_d}"
+        for cap in (plain, capped):
+            const = dict(IS_CAUSAL=True, MASK_KIND=A.MASK_BOOL, IEEE=ieee, BLOCK_D=block_d, BLOCK_DV=block_d,
+                         **cap, **tiles)
+            yield A._attn_bwd_dkdv_kernel, const, launch, f"bwd dkdv D{block_d} {cap}"
+            yield A._attn_bwd_dq_kernel, const, launch, f"bwd dq D{block_d} {cap}"
         block_n, launch = A._decode_config(cuda, 4096, block_d, size)
-        const = dict(IS_CAUSAL=True, IEEE=ieee, BLOCK_M=64, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_d)
-        yield A._decode_split_kernel, const, launch, f"decode D{block_d}"
+        for cap in (plain, capped):
+            const = dict(IS_CAUSAL=True, IEEE=ieee, BLOCK_M=64, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_d,
+                         **cap)
+            yield A._decode_split_kernel, const, launch, f"decode D{block_d} {cap}"
     yield A._attn_bwd_preprocess_kernel, dict(BLOCK_M=64, BLOCK_DV=256), {}, "bwd preprocess"
     yield A._decode_combine_kernel, dict(BLOCK_R=64, BLOCK_DV=256), {}, "decode combine"
 

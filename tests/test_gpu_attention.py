@@ -107,3 +107,28 @@ def test_gpu_auto_dispatch_uses_triton():
     q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.float16)
     genai_fast.scaled_dot_product_attention(q, q, q)
     assert OPS["scaled_dot_product_attention"].last_backend == "triton"
+
+
+SOFTCAP_WINDOW_CASES = {
+    "s2048-d128-gqa8:2-cap30-window512-bf16": Case(1, 8, 2, 2048, 2048, 128, causal=True,
+                                                   extra={"softcap": 30.0, "window": 512}),
+    "s1000-d64-bool-window129-bf16": Case(2, 4, 4, 1000, 1000, 64, causal=True, mask="bool", extra={"window": 129}),
+    "sq77-sk1500-d80-additive-cap5-bf16": Case(1, 4, 1, 77, 1500, 80, mask="additive", extra={"softcap": 5.0}),
+}
+
+
+@pytest.mark.parametrize("case", SOFTCAP_WINDOW_CASES.keys())
+def test_gpu_triton_softcap_window(case):
+    """Soft cap and sliding window in the compiled kernels (bf16), forward and backward, against float64."""
+    from tests.test_attention_softcap_window import check_case
+
+    _require()
+    check_case("triton", SOFTCAP_WINDOW_CASES[case], torch.bfloat16)
+
+
+def test_gpu_triton_kvcache_softcap_window():
+    _require()
+    from tests.test_attention_softcap_window import test_kvcache_softcap_window
+
+    for Sq, softcap, window in ((1, 4.0, None), (4, 2.0, 30)):
+        test_kvcache_softcap_window("triton", Sq, softcap, window)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import genai_fast
+
 transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import SUPPORTED_ARCHITECTURES, load  # noqa: E402
@@ -301,21 +303,28 @@ def test_bidirectional_gemma3_is_refused():
         load(hf)
 
 
-def test_softcapped_attention_is_hf_eager_order():
-    """softcapped_attention against HF Gemma 2's eager attention on random GQA inputs with a causal mask."""
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+def test_softcapped_attention_is_hf_eager_order(backend):
+    """The fused attention's softcap (what the engine's Gemma 2 layers run) against HF Gemma 2's eager attention
+    on random GQA inputs with a causal mask."""
     from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
 
-    from genai_fast.llm.model import softcapped_attention
+    from genai_fast.backends.availability import backend_unavailable_reasons
 
+    if backend_unavailable_reasons(backend):
+        pytest.skip("; ".join(backend_unavailable_reasons(backend)))
     q, k, v = torch.randn(2, 6, 5, 16) * 3, torch.randn(2, 2, 5, 16) * 3, torch.randn(2, 2, 5, 16)
     causal = torch.ones(5, 5, dtype=torch.bool).tril()
     module = torch.nn.Module()
     module.num_key_value_groups, module.training, module.head_dim = 3, False, 16
     additive = torch.zeros(5, 5).masked_fill(~causal, torch.finfo(torch.float32).min)
     want, _ = eager_attention_forward(module, q, k, v, additive, scaling=0.3, softcap=2.0)
-    got = softcapped_attention(q, k, v, causal, 2.0, 0.3)
-    torch.testing.assert_close(got.transpose(1, 2), want, rtol=1e-6, atol=1e-6)
-    assert (softcapped_attention(q, k, v, causal, 50.0, 0.3) - got).abs().max() > 0.01
+    got = genai_fast.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=True, softcap=2.0,
+                                                  backend=backend)
+    torch.testing.assert_close(got.transpose(1, 2), want, rtol=2e-6, atol=2e-6)
+    uncapped = genai_fast.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=True,
+                                                       softcap=50.0, backend=backend)
+    assert (uncapped - got).abs().max() > 0.01
 
 
 def test_partial_rotary_is_refused_with_the_reason():

@@ -73,8 +73,40 @@ def test_extend_refuses_what_it_cannot_do():
     cfg = transformers.MistralConfig(**{**COMMON, "num_hidden_layers": 1}, sliding_window=8)
     sliding = load(transformers.MistralForCausalLM(cfg).eval(), max_seq_len=32).model
     sliding.allocate_cache(1, 32)
-    with pytest.raises(ValueError, match=r"^extend: this model has sliding-window layers"):
+    with pytest.raises(ValueError, match=r"^extend: this model's sliding-window layers keep ring caches.*"
+                                         r"sliding_window_cache='full'"):
         sliding.extend(torch.zeros(1, 2, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match=r"^sliding_window_cache: expected one of \('ring', 'full'\)"):
+        load(transformers.MistralForCausalLM(cfg).eval(), sliding_window_cache="window")
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma2", "gemma3"])
+def test_extend_on_sliding_layers_with_full_caches_matches_hf(kind):
+    """sliding_window_cache="full": sliding layers cache every position and the kernels' window bounds their
+    attention, so extend runs past the window (6 or 8 positions here) with HF's logits at every position."""
+    torch.manual_seed(0)
+    if kind == "mistral":
+        hf = transformers.MistralForCausalLM(transformers.MistralConfig(**COMMON, sliding_window=8)).eval()
+    else:
+        hf = tiny_variant(kind, **COMMON)
+    model = load(hf, max_seq_len=96, sliding_window_cache="full").model
+    ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits[0]
+    model.allocate_cache(1, 96)
+    assert not any(layer.ring for layer in model.layers) and any(layer.window for layer in model.layers)
+    model.prefill(ids[:, :10])
+    got = torch.cat([model.extend(ids[:, 10:13], 10), model.extend(ids[:, 13:30], 13), model.extend(ids[:, 30:], 30)])
+    torch.testing.assert_close(got, want[10:], rtol=1e-4, atol=1e-4)
+
+
+def test_a_window_as_long_as_the_cache_needs_no_ring():
+    """Mistral's window of 8 over a cache of 8 positions: nothing wraps, so extend runs with the default rings."""
+    cfg = transformers.MistralConfig(**{**COMMON, "num_hidden_layers": 1}, sliding_window=8)
+    engine = load(transformers.MistralForCausalLM(cfg).eval(), max_seq_len=8)
+    assert not engine.model.uses_rings(8)
+    engine.eos_ids = set()
+    assert engine.generate([1, 2, 1, 2], 4, prompt_lookup=2).ids == engine.generate([1, 2, 1, 2], 4).ids
 
 
 def test_find_draft_takes_what_followed_the_latest_earlier_tail():
@@ -156,8 +188,35 @@ def test_prompt_lookup_bad_arguments(kwargs, message):
 def test_prompt_lookup_refuses_sliding_models():
     cfg = transformers.MistralConfig(**{**COMMON, "num_hidden_layers": 1}, sliding_window=8)
     engine = load(transformers.MistralForCausalLM(cfg).eval(), max_seq_len=32)
-    with pytest.raises(ValueError, match=r"^prompt_lookup: this model has sliding-window layers"):
+    with pytest.raises(ValueError, match=r"^prompt_lookup: this model has sliding-window layers.*"
+                                         r"sliding_window_cache='full'"):
         engine.generate([1, 2, 3], 4, prompt_lookup=4)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma2"])
+def test_sliding_models_with_full_caches_speculate_and_reuse(kind):
+    """With sliding_window_cache="full" a sliding model drafts from its prompt and reuses a chat's prefix, with the
+    tokens of plain greedy decoding over rings (and HF's)."""
+    torch.manual_seed(0)
+    if kind == "mistral":
+        hf = transformers.MistralForCausalLM(transformers.MistralConfig(**COMMON, sliding_window=8)).eval()
+    else:
+        hf = tiny_variant(kind, **COMMON)
+    rings = load(hf, max_seq_len=96)
+    full = load(hf, max_seq_len=96, sliding_window_cache="full", reuse_prefix=True)
+    rings.eos_ids = full.eos_ids = set()
+    prompt = [1, 5, 9, 33, 70, 1, 5, 9, 33, 70, 1, 5]
+    want = rings.generate(prompt, 40)
+    with torch.no_grad():
+        hf_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0, len(prompt):].tolist()
+    assert want.ids == hf_ids
+    assert full.generate(prompt, 40).ids == want.ids
+    fast = full.generate(prompt, 40, prompt_lookup=6)
+    assert fast.ids == want.ids and fast.stats["accepted_tokens"] > 0
+    turn = [*prompt, *want.ids[:20], 44, 45]
+    again = full.generate(turn, 12)
+    assert again.stats["reused_tokens"] > 0 and again.ids == rings.generate(turn, 12).ids
 
 
 # ---------------------------------------------------------------- prefix reuse (load(reuse_prefix=True))

@@ -190,3 +190,36 @@ def test_sub_model_that_cannot_run_on_sdpa_is_refused_by_patch():
     with pytest.raises(ValueError, match=r"^model: Gemma4AudioModel cannot run on SDPA"):
         patch(model)
     assert model.config._attn_implementation != "genai_fast"
+
+
+# ---------------------------------------------------------------- soft-capped attention (Gemma 2)
+
+
+def test_gemma2_soft_capped_attention_runs_fused_and_matches_eager():
+    """Gemma 2 refuses SDPA only because SDPA cannot soft-cap scores; genai_fast attention does, so patch takes it:
+    logits equal eager's over a padded batch past the sliding window, and greedy generation gives eager's tokens.
+    With the cap ignored the logits would move (the tiny model caps its scores at 2)."""
+    from tests.llm_cases import tiny_variant
+
+    torch.manual_seed(0)
+    model = tiny_variant("gemma2", vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    ids = torch.randint(3, 128, (2, 14), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        want = model(input_ids=ids, attention_mask=mask).logits
+        want_tokens = model.generate(ids[:1], max_new_tokens=12, do_sample=False)
+        patch(model)
+        got = model(input_ids=ids, attention_mask=mask).logits
+        got_tokens = model.generate(ids[:1], max_new_tokens=12, do_sample=False)
+    assert model.config._attn_implementation == "genai_fast"
+    valid = mask.bool()
+    torch.testing.assert_close(got[valid], want[valid], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got_tokens, want_tokens)
+    for layer in model.model.layers:
+        layer.self_attn.attn_logit_softcapping = None  # the uncapped model is another model
+    with torch.no_grad():
+        uncapped = model(input_ids=ids, attention_mask=mask).logits
+    assert (uncapped[valid] - want[valid]).abs().max() > 0.05

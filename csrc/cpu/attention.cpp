@@ -13,6 +13,12 @@
 //   blocks with an online softmax (described above its code).
 // Rows with a NaN or +inf score give NaN, as the math reference's do (torch's fused CPU kernel can keep such a
 // row finite); rows whose scores are all -inf give zeros, as torch's do.
+//
+// Both schemes take logit soft-capping (softcap: scores capped before the mask and the softmax) and a causal
+// sliding window (window: query i sees keys i - window < j <= i). Under a window, keys below every row's window
+// are never touched: the short scheme packs only the keys its rows' windows cover, the streamed one starts each
+// task at the first key block its first row sees, and both compute a block of rows' scores from the lowest key
+// any of them sees (to a whole vector); keys of that span below a row's own window are removed as by a mask.
 
 #include "attention.h"
 
@@ -33,18 +39,19 @@ constexpr int64_t kRowsPerTask = 32;  // query rows that share one packing of K 
 struct Packed {
   std::vector<float> kt, vp, query, scores;
   int64_t ld = 0, dv16 = 0;  // Kt row length (keys rounded up to 16, plus 16), Dv rounded up to 16
+  int64_t first = 0, n = 0;  // the packed keys: first, first + 1, ..., first + n - 1
 };
 
-
-// Keys [0, n) of pair (b, kv): Kt [D, ld] and Vp [n, dv16], zero past n and past Dv.
-void pack(const AttentionArgs& a, int64_t b, int64_t kv, int64_t n, Packed& p) {
+// Keys [first, end) of pair (b, kv): Kt [D, ld] and Vp [n, dv16], zero past n = end - first and past Dv.
+void pack(const AttentionArgs& a, int64_t b, int64_t kv, int64_t first, int64_t end, Packed& p) {
+  const int64_t n = end - first;
   // ld is one vector longer than the keys need, so Kt rows a multiple of 4 KB apart (n = 1024) do not all
   // fall in one L1 set.
-  p.ld = round16(n) + 16, p.dv16 = round16(a.Dv);
+  p.ld = round16(n) + 16, p.dv16 = round16(a.Dv), p.first = first, p.n = n;
   p.kt.assign(static_cast<size_t>(a.D * p.ld), 0.0f);
   p.vp.assign(static_cast<size_t>(n * p.dv16), 0.0f);
-  const float* k = a.k + b * a.k_strides[0] + kv * a.k_strides[1];
-  const float* v = a.v + b * a.v_strides[0] + kv * a.v_strides[1];
+  const float* k = a.k + b * a.k_strides[0] + kv * a.k_strides[1] + first * a.k_strides[2];
+  const float* v = a.v + b * a.v_strides[0] + kv * a.v_strides[1] + first * a.v_strides[2];
   for (int64_t j = 0; j < n; ++j) {
     const float* key = k + j * a.k_strides[2];
     for (int64_t d = 0; d < a.D; ++d) p.kt[d * p.ld + j] = key[d];
@@ -52,12 +59,13 @@ void pack(const AttentionArgs& a, int64_t b, int64_t kv, int64_t n, Packed& p) {
   }
 }
 
-// scores[i * ld + j] = query_i . key_j for RB query rows (RB x D, scaled) and keys [0, width): each packed
-// key vector is loaded once for the RB rows, and RB x 4 independent multiply-add chains keep the FMA units
-// busy.
+// scores[i * ld + j] = query_i . key_j for RB query rows (RB x D, scaled) and packed keys [from, width) (both
+// multiples of 16): each packed key vector is loaded once for the RB rows, and RB x 4 independent multiply-add
+// chains keep the FMA units busy.
 template <int RB>
-GF_INLINE void block_scores(const float* queries, const Packed& p, int64_t D, int64_t width, float* scores) {
-  int64_t j = 0;
+GF_INLINE void block_scores(const float* queries, const Packed& p, int64_t D, int64_t from, int64_t width,
+                            float* scores) {
+  int64_t j = from;
   for (; j + 64 <= width; j += 64) {
     v16 s[RB][4] = {};
     for (int64_t d = 0; d < D; ++d) {
@@ -81,11 +89,11 @@ GF_INLINE void block_scores(const float* queries, const Packed& p, int64_t D, in
   }
 }
 
-// acc_i = sum_j w_i[j] Vp[j] over keys [0, n) for RB rows of weights (row i at w + i * ld): each value row is
-// loaded once for the RB rows, whose NB-vector output rows stay in registers.
+// acc_i = sum_j w_i[j] Vp[j] over packed keys [from, n) for RB rows of weights (row i at w + i * ld): each
+// value row is loaded once for the RB rows, whose NB-vector output rows stay in registers.
 template <int NB, int RB>
-GF_INLINE void block_values(const float* w, const Packed& p, int64_t n, v16 (&acc)[RB][NB]) {
-  for (int64_t j = 0; j < n; ++j) {
+GF_INLINE void block_values(const float* w, const Packed& p, int64_t from, int64_t n, v16 (&acc)[RB][NB]) {
+  for (int64_t j = from; j < n; ++j) {
     const float* row = p.vp.data() + j * p.dv16;
     v16 values[NB];
     for (int t = 0; t < NB; ++t) values[t] = load16(row + 16 * t);
@@ -99,19 +107,24 @@ GF_INLINE void block_values(const float* w, const Packed& p, int64_t n, v16 (&ac
 // Query rows [r0, r0 + RB) of head h of sequence b, against keys packed in p.
 template <int NB, int RB>
 GF_INLINE void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t r0, Packed& p) {
-  int64_t seen[RB], furthest = 0;
   for (int i = 0; i < RB; ++i) {
     const float* q = a.q + b * a.q_strides[0] + h * a.q_strides[1] + (r0 + i) * a.q_strides[2];
     for (int64_t d = 0; d < a.D; ++d) p.query[i * a.D + d] = q[d] * a.scale;
-    seen[i] = a.causal ? std::min(a.Sk, r0 + i + 1) : a.Sk;
-    furthest = std::max(furthest, seen[i]);
   }
-  const int64_t width = round16(furthest);
-  block_scores<RB>(p.query.data(), p, a.D, width, p.scores.data());
+  const RowBands<RB> band = row_bands<RB>(a, r0, p.first, p.n);
+  const int64_t from = band.from, width = round16(band.widest);
+  block_scores<RB>(p.query.data(), p, a.D, from, width, p.scores.data());
   float top[RB], total[RB];
-  for (int i = 0; i < RB; ++i) exponentiate_padded(p.scores.data() + i * p.ld, seen[i], width, top[i], total[i]);
+  for (int i = 0; i < RB; ++i) {
+    float* row = p.scores.data() + i * p.ld;
+    if (a.softcap > 0.0f) softcap_scores(row + from, width - from, a.softcap);
+    const bool below = band.lo[i] > from;  // keys of the span below the row's window
+    if (below) std::fill(row + from, row + band.lo[i], -INFINITY);
+    exponentiate_padded(row + from, band.hi[i] - from, width - from, top[i], total[i]);
+    if (below) std::fill(row + from, row + band.lo[i], 0.0f);  // no weight (exp16 floors at e^-87)
+  }
   v16 acc[RB][NB] = {};
-  block_values<NB, RB>(p.scores.data(), p, furthest, acc);
+  block_values<NB, RB>(p.scores.data(), p, from, band.widest, acc);
   for (int i = 0; i < RB; ++i) {
     const int64_t row = (b * a.Hq + h) * a.Sq + r0 + i;
     float* out = a.out + row * a.Dv;
@@ -196,20 +209,19 @@ void pack_panels(const AttentionArgs& a, int64_t b, int64_t kv, const PanelLayou
   }
 }
 
-// scores[i * kKeyBlock + j] = query_i . key_j for RB scaled query rows and keys [0, width) of the panels that
-// start at `panels` (width a multiple of 16): a whole panel (64 keys) at a time, then 16 keys at a time.
+// scores[i * kKeyBlock + j] = query_i . key_j for RB scaled query rows and keys [from, width) of the panels that
+// start at `panels` (from and width multiples of 16): 16 keys at a time up to a panel boundary, whole panels
+// (64 keys) at a time, then 16 keys at a time.
 template <int RB>
-GF_INLINE void panel_scores(const float* queries, const float* panels, int64_t D, int64_t width, float* scores) {
-  for (int64_t j = 0; j < width; j += kPanel) {
-    const float* panel = panels + j * D;
-    if (j + kPanel <= width) {
-      panel_product<RB, 4>(queries, D, panel, D, scores + j, kKeyBlock);
-      continue;
-    }
-    for (int64_t c = 0; j + c < width; c += 16) {
-      panel_product<RB, 1>(queries, D, panel + c, D, scores + j + c, kKeyBlock);
-    }
-  }
+GF_INLINE void panel_scores(const float* queries, const float* panels, int64_t D, int64_t from, int64_t width,
+                            float* scores) {
+  auto sixteen = [&](int64_t j) {  // key j's vector: panel j / 64, keys from j % 64
+    panel_product<RB, 1>(queries, D, panels + (j - j % kPanel) * D + j % kPanel, D, scores + j, kKeyBlock);
+  };
+  int64_t j = from;
+  for (; j < width && j % kPanel != 0; j += 16) sixteen(j);
+  for (; j + kPanel <= width; j += kPanel) panel_product<RB, 4>(queries, D, panels + j * D, D, scores + j, kKeyBlock);
+  for (; j < width; j += 16) sixteen(j);
 }
 
 // A row's running softmax: the largest score so far, the sum of exp(score - top), and whether a NaN or +inf
@@ -251,29 +263,35 @@ constexpr int kValueGroup = 4;
 template <int NB, int RB>
 GF_INLINE void stream_rows(const AttentionArgs& a, int64_t r0, int64_t i0, int64_t j0, int64_t block_n,
                            const float* kt, const float* vp, int64_t dv16, StreamScratch& s) {
-  int64_t valid[RB], widest = 0;
-  for (int i = 0; i < RB; ++i) {
-    const int64_t seen = a.causal ? std::min(a.Sk, r0 + i0 + i + 1) : a.Sk;
-    valid[i] = std::clamp<int64_t>(seen - j0, 0, block_n);
-    widest = std::max(widest, valid[i]);
-  }
-  if (widest == 0) return;  // causal: the block lies past these rows
-  const int64_t width = round16(widest);
-  panel_scores<RB>(s.query.data() + i0 * a.D, kt, a.D, width, s.scores.data());
-  if (a.mask.present()) {
-    for (int i = 0; i < RB; ++i) mask_row(a.mask, s.b, s.h, r0 + i0 + i, j0, valid[i], s.scores.data() + i * kKeyBlock);
-  }
+  const RowBands<RB> band = row_bands<RB>(a, r0 + i0, j0, block_n);
+  if (!band.any) return;  // causal: the block lies past these rows (or, under a window, before them)
+  const int64_t from = band.from, width = round16(band.widest);
+  panel_scores<RB>(s.query.data() + i0 * a.D, kt, a.D, from, width, s.scores.data());
   float rescale[RB];
-  for (int i = 0; i < RB; ++i) rescale[i] = fold_block(s.scores.data() + i * kKeyBlock, valid[i], width, s.rows[i0 + i]);
+  for (int i = 0; i < RB; ++i) {
+    float* row = s.scores.data() + i * kKeyBlock;
+    if (a.softcap > 0.0f) softcap_scores(row + from, width - from, a.softcap);
+    if (a.mask.present()) {
+      mask_row(a.mask, s.b, s.h, r0 + i0 + i, j0 + band.lo[i], band.hi[i] - band.lo[i], row + band.lo[i]);
+    }
+    const bool below = band.lo[i] > from;  // keys of the span below the row's window
+    if (below) std::fill(row + from, row + band.lo[i], -INFINITY);
+    rescale[i] = fold_block(row + from, band.hi[i] - from, width - from, s.rows[i0 + i]);
+    if (below) std::fill(row + from, row + band.lo[i], 0.0f);  // no weight (exp16 floors at e^-87)
+  }
+  // The rows' weights and the value rows from key `from` on.
+  const float* w = s.scores.data() + from;
+  const int64_t n = band.widest - from;
+  vp += from * dv16;
   float* acc = s.acc.data() + i0 * dv16;
   if constexpr (NB <= 6) {
-    weighted_rows<NB, RB>(s.scores.data(), kKeyBlock, rescale, vp, dv16, widest, 0, acc);
+    weighted_rows<NB, RB>(w, kKeyBlock, rescale, vp, dv16, n, 0, acc);
   } else {
     constexpr int full = NB / kValueGroup * kValueGroup;
     for (int t0 = 0; t0 < full; t0 += kValueGroup)
-      weighted_rows<kValueGroup, RB>(s.scores.data(), kKeyBlock, rescale, vp, dv16, widest, t0, acc);
+      weighted_rows<kValueGroup, RB>(w, kKeyBlock, rescale, vp, dv16, n, t0, acc);
     if constexpr (NB % kValueGroup != 0)
-      weighted_rows<NB % kValueGroup, RB>(s.scores.data(), kKeyBlock, rescale, vp, dv16, widest, full, acc);
+      weighted_rows<NB % kValueGroup, RB>(w, kKeyBlock, rescale, vp, dv16, n, full, acc);
   }
 }
 
@@ -302,7 +320,9 @@ GF_CLONES void stream_task(const AttentionArgs& a, const float* head, const Pane
   }
   const int64_t n = a.causal ? std::min(a.Sk, r1) : a.Sk;  // the furthest key any row of the task sees
   const float* values = head + layout.n_pad * a.D;
-  for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
+  // Under a window the blocks start at the panel of the first row's first key: those below are never read.
+  const int64_t start = window_start(r0, a.window) / kPanel * kPanel;
+  for (int64_t j0 = start; j0 < n; j0 += kKeyBlock) {
     stream_row_blocks<NB, RB>(a, r0, 0, rows, j0, std::min(kKeyBlock, n - j0), head + j0 * a.D,
                               values + j0 * dv16, dv16, s);
   }
@@ -401,6 +421,7 @@ void validate(const AttentionArgs& a) {
   require(std::isfinite(a.scale), "scale: expected a finite value");
   require(a.num_threads >= 1, "num_threads: expected >= 1");
   require(a.streamed >= -1 && a.streamed <= 1, "streamed: expected -1 (by size), 0 or 1");
+  validate_softcap_window(a.softcap, a.window, a.causal);
   if (a.mask.present()) {
     require(a.streamed != 0, "mask: the short-sequence scheme takes no mask (streamed must be -1 or 1)");
     validate_mask(a.mask, a.B, a.Hq, a.Sq, a.Sk);
@@ -409,7 +430,8 @@ void validate(const AttentionArgs& a) {
 
 void attention_forward(const AttentionArgs& a) {
   const int64_t blocks = (a.Sq + kRowsPerTask - 1) / kRowsPerTask, tasks = a.B * a.Hq * blocks;
-  const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (a.D + a.Dv);  // multiply-adds (causal: about half)
+  const int64_t keys = a.window > 0 ? std::min(a.Sk, a.window) : a.Sk;  // the most keys a row sees
+  const int64_t work = a.B * a.Hq * a.Sq * keys * (a.D + a.Dv);  // multiply-adds (causal: about half)
   // Waking a thread costs a few microseconds: below ~32K multiply-adds per thread one thread is faster.
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
   if (a.mask.present() || a.streamed == 1 || (a.streamed == -1 && use_streamed(a))) {
@@ -421,7 +443,8 @@ void attention_forward(const AttentionArgs& a) {
     const int64_t pair = task / blocks, b = pair / a.Hq, h = pair % a.Hq;
     const int64_t r0 = (task % blocks) * kRowsPerTask, r1 = std::min(a.Sq, r0 + kRowsPerTask);
     const int64_t n = a.causal ? std::min(a.Sk, r1) : a.Sk;  // the furthest key any row of the block sees
-    pack(a, b, h / (a.Hq / a.Hkv), n, p);
+    // Under a window only the keys from the first row's window on.
+    pack(a, b, h / (a.Hq / a.Hkv), std::min(n, window_start(r0, a.window)), n, p);
     attend(a, b, h, r0, r1, p);
   });
 }

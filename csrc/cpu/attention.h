@@ -35,6 +35,11 @@ struct AttentionArgs {
   // Which forward scheme runs: -1 picks by size, 0 the short-sequence one, 1 the streamed (key-blocked) one.
   int streamed = -1;
   AttentionMask mask;  // the streamed scheme reads it
+  // Logit soft-capping (FlashAttention's softcap): each scaled score s becomes softcap * tanh(s / softcap) before
+  // the mask and the softmax; 0 for none.
+  float softcap = 0.0f;
+  // Causal sliding window: query i sees keys j with i - window < j <= i; 0 for none (causal only).
+  int64_t window = 0;
 };
 
 // The largest Dv the kernel serves (its output row is held in 16 vector registers).
@@ -64,6 +69,8 @@ struct AttentionBackwardArgs {
   bool causal = false;
   int num_threads = 1;
   AttentionMask mask;  // the forward's mask (its own gradient is not computed)
+  float softcap = 0.0f;  // the forward's (AttentionArgs)
+  int64_t window = 0;    // the forward's (AttentionArgs)
 };
 
 void validate(const AttentionBackwardArgs& args);

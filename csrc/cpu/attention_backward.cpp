@@ -15,6 +15,10 @@
 // Rows the forward made NaN (a NaN or +inf score: lse NaN) give NaN weights on the keys they see, so NaN
 // reaches every gradient those keys touch; rows whose scores were all -inf (lse -inf) have zero weights, as
 // the forward's zero row has no gradient.
+//
+// Soft-capping (softcap c) recomputes the capped scores c tanh(S / c), as the forward's lse saw them, and takes
+// dS through the cap: dS = scale P (dP - delta) (1 - tanh^2). A sliding window (window) passes over a key block
+// only the query rows whose windows reach it, so a long sequence costs O(Sq * (window + 64)).
 
 #include <algorithm>
 #include <memory>
@@ -69,27 +73,33 @@ GF_INLINE const float* tile_rows(const float* src, int64_t r, int64_t valid, int
   return tail.data();
 }
 
-// P and dS for one query row (global row index `row`, query row `i` of its head) from its scaled scores
-// (already in p) and dP (already in ds), against keys [j0, j0 + 16 NV) of which the first `seen` are visible.
-template <int NV>
+// P and dS for one query row (global row index `row`, query row `i` of its head) from its scaled (and capped)
+// scores (already in p) and dP (already in ds), against keys [j0, j0 + 16 NV) of which [lo, hi) are visible;
+// slope: d capped / d score per key under softcap, else null. Without kExtras (no softcap, no window) lo is 0
+// and slope null, and the loop is the one plain attention had.
+template <int NV, bool kExtras>
 GF_INLINE void row_weights(const AttentionBackwardArgs& a, int64_t b, int64_t h, int64_t i, int64_t row, int64_t j0,
-                           int64_t seen, float delta, float* p, float* ds) {
+                           int64_t lo, int64_t hi, const float* slope, float delta, float* p, float* ds) {
   const float lse = a.lse[row];
-  if (seen == 0 || lse == -INFINITY) {  // every score -inf: the forward's row was 0 and has no gradient
+  if (lo >= hi || lse == -INFINITY) {  // every score -inf: the forward's row was 0 and has no gradient
     std::fill(p, p + 16 * NV, 0.0f);
     std::fill(ds, ds + 16 * NV, 0.0f);
     return;
   }
-  if (a.mask.present()) mask_row(a.mask, b, h, i, j0, seen, p);
+  if (a.mask.present()) mask_row(a.mask, b, h, i, j0 + lo, hi - lo, p + lo);
   const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const bool poisoned = std::isnan(lse);  // a NaN or +inf score: NaN weights (exp16 would not carry NaN)
   for (int t = 0; t < NV; ++t) {
     const v16 s = load16(p + 16 * t);
-    const v16i visible = lane + static_cast<int>(16 * t) < static_cast<int>(seen);
+    const v16i key = lane + static_cast<int>(16 * t);
+    const v16i visible = kExtras ? (key >= static_cast<int>(lo)) & (key < static_cast<int>(hi))
+                                 : key < static_cast<int>(hi);
     v16 weight = (visible & (s != -INFINITY)) ? exp16(s - lse) : 0.0f;
     if (poisoned) weight = visible ? v16{} + NAN : weight;
     store16(p + 16 * t, weight);
-    store16(ds + 16 * t, weight * (load16(ds + 16 * t) - delta) * a.scale);
+    v16 grad = weight * (load16(ds + 16 * t) - delta) * a.scale;
+    if (kExtras && slope != nullptr) grad *= load16(slope + 16 * t);  // through the cap
+    store16(ds + 16 * t, grad);
   }
 }
 
@@ -140,8 +150,8 @@ GF_INLINE void accumulate_queries(float* dq, int64_t d16, const float* ds, const
 }
 
 // Query rows [r0, r0 + rows) of head h (the task's hh-th) against the packed block of keys [j0, j0 + n),
-// n <= 16 NV.
-template <int NV>
+// n <= 16 NV; kExtras: softcap or window in use (row_weights).
+template <int NV, bool kExtras>
 GF_INLINE void pass_rows(const AttentionBackwardArgs& a, const Share& task, int64_t h, int64_t hh, int64_t r0,
                          int64_t rows, int64_t j0, int64_t n, Scratch& w) {
   const int64_t head_row = (task.b * a.Hq + h) * a.Sq;  // global index of the head's first query row
@@ -162,8 +172,13 @@ GF_INLINE void pass_rows(const AttentionBackwardArgs& a, const Share& task, int6
         continue;
       }
       for (int t = 0; t < NV; ++t) store16(pr + 16 * t, load16(pr + 16 * t) * a.scale);
-      const int64_t seen = a.causal ? std::clamp<int64_t>(row - j0 + 1, 0, n) : n;
-      row_weights<NV>(a, task.b, h, row, head_row + row, j0, seen, w.delta[hh * a.Sq + row], pr, dsr);
+      float slope[16 * NV];
+      const bool capped = kExtras && a.softcap > 0.0f;
+      if (capped) softcap_scores_and_slopes(pr, slope, 16 * NV, a.softcap);
+      const int64_t hi = a.causal ? std::clamp<int64_t>(row - j0 + 1, 0, n) : n;
+      const int64_t lo = kExtras ? std::clamp<int64_t>(window_start(row, a.window) - j0, 0, hi) : 0;
+      row_weights<NV, kExtras>(a, task.b, h, row, head_row + row, j0, lo, hi, capped ? slope : nullptr,
+                               w.delta[hh * a.Sq + row], pr, dsr);
     }
     accumulate_queries(w.dq.data() + (hh * w.rows_per_head + r0 + i) * w.d16, w.d16, ds, w.kr.data(), n);
   }
@@ -194,6 +209,9 @@ void row_deltas(const AttentionBackwardArgs& a, const Share& task, std::vector<f
   }
 }
 
+// One task's share of the gradients; kExtras: softcap or window in use (compiled apart, so that plain attention
+// runs the loops it had without them).
+template <bool kExtras>
 GF_CLONES void backward_share(const AttentionBackwardArgs& a, const Share& task, Scratch& w) {
   const int64_t group = a.Hq / a.Hkv, blocks = (a.Sk + kKeys - 1) / kKeys;
   w.d16 = round16(a.D);
@@ -211,15 +229,17 @@ GF_CLONES void backward_share(const AttentionBackwardArgs& a, const Share& task,
     std::fill(w.dkt.begin(), w.dkt.end(), 0.0f);
     std::fill(w.dvt.begin(), w.dvt.end(), 0.0f);
     const int64_t first_row = a.causal ? j0 : 0;  // causal (top-left): row i sees keys j <= i
+    // Under a window rows past j0 + n - 1 + window - 1 see none of the block.
+    const int64_t end_row = a.window > 0 && a.window < a.Sq ? std::min(a.Sq, j0 + n - 1 + a.window) : a.Sq;
     for (int64_t hh = 0; hh < group; ++hh) {
       const int64_t h = task.kv * group + hh;
-      for (int64_t r0 = first_row; r0 < a.Sq; r0 += kRows) {
-        const int64_t rows = std::min(kRows, a.Sq - r0);
+      for (int64_t r0 = first_row; r0 < end_row; r0 += kRows) {
+        const int64_t rows = std::min(kRows, end_row - r0);
         switch ((n + 15) / 16) {  // the block's key vectors: fewer than four only at the end of the keys
-          case 1: pass_rows<1>(a, task, h, hh, r0, rows, j0, n, w); break;
-          case 2: pass_rows<2>(a, task, h, hh, r0, rows, j0, n, w); break;
-          case 3: pass_rows<3>(a, task, h, hh, r0, rows, j0, n, w); break;
-          default: pass_rows<4>(a, task, h, hh, r0, rows, j0, n, w); break;
+          case 1: pass_rows<1, kExtras>(a, task, h, hh, r0, rows, j0, n, w); break;
+          case 2: pass_rows<2, kExtras>(a, task, h, hh, r0, rows, j0, n, w); break;
+          case 3: pass_rows<3, kExtras>(a, task, h, hh, r0, rows, j0, n, w); break;
+          default: pass_rows<4, kExtras>(a, task, h, hh, r0, rows, j0, n, w); break;
         }
       }
     }
@@ -261,11 +281,13 @@ void validate(const AttentionBackwardArgs& a) {
   check(a.dv_numel, v_numel, "dv");
   require(std::isfinite(a.scale), "scale: expected a finite value");
   require(a.num_threads >= 1, "num_threads: expected >= 1");
+  validate_softcap_window(a.softcap, a.window, a.causal);
   validate_mask(a.mask, a.B, a.Hq, a.Sq, a.Sk);
 }
 
 void attention_backward(const AttentionBackwardArgs& a) {
-  const int64_t work = a.B * a.Hq * a.Sq * a.Sk * (3 * a.D + 2 * a.Dv);  // multiply-adds (causal: about half)
+  const int64_t keys = a.window > 0 ? std::min(a.Sk, a.window) : a.Sk;  // the most keys a row sees
+  const int64_t work = a.B * a.Hq * a.Sq * keys * (3 * a.D + 2 * a.Dv);  // multiply-adds (causal: about half)
   // Waking a thread costs a few microseconds: below ~32K multiply-adds per thread one thread is faster.
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 15)));
   const int64_t pairs = a.B * a.Hkv, blocks = (a.Sk + kKeys - 1) / kKeys;
@@ -279,7 +301,11 @@ void attention_backward(const AttentionBackwardArgs& a) {
     task.b = index / shares / a.Hkv, task.kv = index / shares % a.Hkv;
     task.first = index % shares, task.stride = shares;
     task.dq_out = task.first == 0 ? a.dq : partial.get() + (task.first - 1) * dq_size;
-    backward_share(a, task, w);
+    if (a.softcap > 0.0f || a.window > 0) {
+      backward_share<true>(a, task, w);
+    } else {
+      backward_share<false>(a, task, w);
+    }
   });
   if (shares == 1) return;
   // Each share wrote only its pairs' rows of its buffer, and every share covers every pair's rows.

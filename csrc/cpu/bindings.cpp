@@ -220,6 +220,13 @@ void set_attention_sizes(Args& args, int64_t B, int64_t Hq, int64_t Hkv, int64_t
   args.num_threads = num_threads;
 }
 
+// softcap and window of the three attention entry points (validate() checks them).
+template <class Args>
+void set_softcap_window(Args& args, double softcap, int64_t window) {
+  args.softcap = static_cast<float>(softcap);
+  args.window = window;
+}
+
 // The mask arguments of attention_forward and attention_backward: kind 0 none, 1 additive fp32, 2 booleans.
 AttentionMask attention_mask(uintptr_t mask, int mask_kind, const std::vector<int64_t>& mask_strides,
                              int64_t mask_extent) {
@@ -243,7 +250,7 @@ void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_
                           uintptr_t out, int64_t out_numel, uintptr_t lse, int64_t lse_numel, int64_t B, int64_t Hq,
                           int64_t Hkv, int64_t Sq, int64_t Sk, int64_t D, int64_t Dv, double scale, bool causal,
                           int num_threads, int streamed, uintptr_t mask, int mask_kind,
-                          std::vector<int64_t> mask_strides, int64_t mask_extent) {
+                          std::vector<int64_t> mask_strides, int64_t mask_extent, double softcap, int64_t window) {
   AttentionArgs args;
   args.streamed = streamed;
   args.mask = attention_mask(mask, mask_kind, mask_strides, mask_extent);
@@ -258,6 +265,7 @@ void attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int64_t> q_
   args.q_extent = q_extent, args.k_extent = k_extent, args.v_extent = v_extent;
   args.out_numel = out_numel, args.lse_numel = lse_numel;
   set_attention_sizes(args, B, Hq, Hkv, Sq, Sk, D, Dv, scale, causal, num_threads);
+  set_softcap_window(args, softcap, window);
   validate(args);
   py::gil_scoped_release release;
   attention_forward(args);
@@ -268,7 +276,8 @@ void attention_backward_py(uintptr_t q, int64_t q_numel, uintptr_t k, int64_t k_
                            int64_t lse_numel, uintptr_t dq, int64_t dq_numel, uintptr_t dk, int64_t dk_numel,
                            uintptr_t dv, int64_t dv_numel, int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t Sk,
                            int64_t D, int64_t Dv, double scale, bool causal, int num_threads, uintptr_t mask,
-                           int mask_kind, std::vector<int64_t> mask_strides, int64_t mask_extent) {
+                           int mask_kind, std::vector<int64_t> mask_strides, int64_t mask_extent, double softcap,
+                           int64_t window) {
   AttentionBackwardArgs args;
   args.mask = attention_mask(mask, mask_kind, mask_strides, mask_extent);
   args.q = as_ptr<const float>(q), args.k = as_ptr<const float>(k), args.v = as_ptr<const float>(v);
@@ -279,6 +288,7 @@ void attention_backward_py(uintptr_t q, int64_t q_numel, uintptr_t k, int64_t k_
   args.grad_out_numel = grad_out_numel, args.lse_numel = lse_numel;
   args.dq_numel = dq_numel, args.dk_numel = dk_numel, args.dv_numel = dv_numel;
   set_attention_sizes(args, B, Hq, Hkv, Sq, Sk, D, Dv, scale, causal, num_threads);
+  set_softcap_window(args, softcap, window);
   validate(args);
   py::gil_scoped_release release;
   attention_backward(args);
@@ -289,7 +299,8 @@ void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int6
                                  std::vector<int64_t> v_strides, std::vector<int64_t> lengths, uintptr_t out,
                                  int64_t out_extent, std::vector<int64_t> out_strides, uintptr_t lse,
                                  int64_t lse_numel, int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t S_max,
-                                 int64_t D, int64_t Dv, double scale, bool causal, int num_threads) {
+                                 int64_t D, int64_t Dv, double scale, bool causal, int num_threads, double softcap,
+                                 int64_t window) {
   DecodeAttentionArgs args;
   args.q = as_ptr<const float>(q);
   args.k_cache = as_ptr<const float>(k_cache);
@@ -310,6 +321,7 @@ void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int6
   args.scale = static_cast<float>(scale);
   args.causal = causal;
   args.num_threads = num_threads;
+  set_softcap_window(args, softcap, window);
   validate(args);
   py::gil_scoped_release release;
   decode_attention_forward(args);
@@ -354,27 +366,32 @@ PYBIND11_MODULE(_C, m) {
         py::arg("Hq"), py::arg("Hkv"), py::arg("Sq"), py::arg("Sk"), py::arg("D"), py::arg("Dv"), py::arg("scale"),
         py::arg("causal"), py::arg("num_threads"), py::arg("streamed") = -1, py::arg("mask") = 0,
         py::arg("mask_kind") = 0, py::arg("mask_strides") = std::vector<int64_t>{}, py::arg("mask_extent") = 0,
+        py::arg("softcap") = 0.0, py::arg("window") = 0,
         "fp32 softmax(q k^T * scale) v for q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (causal: "
         "top-left) into a contiguous out [B, Hq, Sq, Dv] (lse: 0 or the address of B * Hq * Sq floats). "
         "streamed: -1 picks the scheme by size, 0 the short-sequence one, 1 the key-blocked one. mask: the "
         "address of an additive fp32 (mask_kind 1) or boolean-byte (2) mask over [B, Hq, Sq, Sk] at mask_strides "
-        "(the key-blocked scheme runs it).");
+        "(the key-blocked scheme runs it). softcap > 0: scores become softcap * tanh(score / softcap) before the "
+        "mask; window > 0 (causal only): query i sees keys i - window < j <= i.");
   m.def("attention_backward", &attention_backward_py, py::arg("q"), py::arg("q_numel"), py::arg("k"),
         py::arg("k_numel"), py::arg("v"), py::arg("v_numel"), py::arg("out"), py::arg("out_numel"), py::arg("grad_out"),
         py::arg("grad_out_numel"), py::arg("lse"), py::arg("lse_numel"), py::arg("dq"), py::arg("dq_numel"),
         py::arg("dk"), py::arg("dk_numel"), py::arg("dv"), py::arg("dv_numel"), py::arg("B"), py::arg("Hq"),
         py::arg("Hkv"), py::arg("Sq"), py::arg("Sk"), py::arg("D"), py::arg("Dv"), py::arg("scale"), py::arg("causal"),
         py::arg("num_threads"), py::arg("mask") = 0, py::arg("mask_kind") = 0,
-        py::arg("mask_strides") = std::vector<int64_t>{}, py::arg("mask_extent") = 0,
-        "fp32 gradients dq, dk, dv of attention_forward from contiguous q, k, v, out, grad_out and lse; mask: the "
-        "forward's, as attention_forward takes it (its own gradient is not computed).");
+        py::arg("mask_strides") = std::vector<int64_t>{}, py::arg("mask_extent") = 0, py::arg("softcap") = 0.0,
+        py::arg("window") = 0,
+        "fp32 gradients dq, dk, dv of attention_forward from contiguous q, k, v, out, grad_out and lse; mask, "
+        "softcap, window: the forward's, as attention_forward takes them (the mask's own gradient is not computed).");
   m.def("decode_attention_forward", &decode_attention_forward_py, py::arg("q"), py::arg("q_extent"),
         py::arg("q_strides"), py::arg("k_cache"), py::arg("k_extent"), py::arg("k_strides"), py::arg("v_cache"),
         py::arg("v_extent"), py::arg("v_strides"), py::arg("lengths"), py::arg("out"), py::arg("out_extent"),
         py::arg("out_strides"), py::arg("lse"), py::arg("lse_numel"), py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Sq"), py::arg("S_max"), py::arg("D"), py::arg("Dv"),
-        py::arg("scale"), py::arg("causal"), py::arg("num_threads"),
+        py::arg("scale"), py::arg("causal"), py::arg("num_threads"), py::arg("softcap") = 0.0, py::arg("window") = 0,
         "fp32 decode attention of q [B, Hq, Sq, D] over the first lengths[b] positions of each cache (lse: 0 or "
-        "the address of B * Hq * Sq floats for each row's log-sum-exp).");
+        "the address of B * Hq * Sq floats for each row's log-sum-exp). softcap > 0: scores become softcap * "
+        "tanh(score / softcap); window > 0 (causal only): query i (at position lengths[b] - Sq + i) sees the "
+        "positions p with 0 <= position - p < window.");
   m.def("rms_norm_forward", &rms_norm_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("x_row_stride"),
         py::arg("weight"), py::arg("weight_numel"), py::arg("out"), py::arg("out_numel"), py::arg("rows"),
         py::arg("D"), py::arg("eps"), py::arg("num_threads"),

@@ -11,7 +11,12 @@
 // on a GPU) and the chunks' partial softmax sums are combined with their maxima. Within a chunk the
 // softmax is exact and two-pass in fp32: scores and their maximum, then exp, sum and the weighted sum of
 // values. Rows with no visible position give zeros, as the reference's safe softmax does.
+//
+// Soft-capping (softcap) caps each chunk's scores before its softmax. A sliding window (window) starts each
+// sequence's chunks at the first position its first query sees, and each block of rows reads the chunk from the
+// lowest position any of them sees: positions below every window are never read.
 #include "decode_attention.h"
+#include "attention_shared.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -58,6 +63,11 @@ GF_INLINE const float* query_row(const DecodeAttentionArgs& a, int64_t b, int64_
 GF_INLINE int64_t visible_positions(const DecodeAttentionArgs& a, int64_t b, int64_t i) {
   const int64_t length = a.lengths[b];
   return a.causal ? std::max<int64_t>(0, std::min(length, length - a.Sq + i + 1)) : length;
+}
+
+// The first position query i of sequence b sees: 0, or under a window the first within `window` of its own.
+GF_INLINE int64_t first_position(const DecodeAttentionArgs& a, int64_t b, int64_t i) {
+  return window_start(a.lengths[b] - a.Sq + i, a.window);
 }
 
 // scores[i * n + j] = q_i . key_j for RB query rows q (already scaled, RB x D contiguous) and the n key rows
@@ -146,21 +156,39 @@ GF_INLINE void exponentiate(float* row, int64_t n, float& top, float& total) {
   if (std::isnan(raw) || top == INFINITY) total = NAN;
 }
 
-// Positions of the chunk that each of query rows [r0, r0 + RB) sees (seen[i]), and the furthest of them.
-// When no row sees any, their statistics and sums are set to "nothing visible" (m -inf, l 0, acc 0).
+// The positions of a chunk that each of query rows [r0, r0 + RB) sees: [first[i], seen[i]) counted from the
+// chunk's position `skip` (the lowest any of them sees: under a window the positions below are not read), and
+// the furthest seen. A row that sees none gets an empty [0, 0).
 template <int RB>
-GF_INLINE int64_t visible_in_chunk(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, int64_t (&seen)[RB],
-                                   float* m, float* l, float* acc) {
-  int64_t furthest = 0;
+struct Visible {
+  int64_t first[RB], seen[RB], skip = 0, furthest = 0;
+};
+
+// When no row sees any position, their statistics and sums are set to "nothing visible" (m -inf, l 0, acc 0)
+// and furthest is 0.
+template <int RB>
+GF_INLINE Visible<RB> visible_in_chunk(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, float* m, float* l,
+                                       float* acc) {
+  Visible<RB> s;
+  int64_t lowest = c.end - c.begin;
   for (int i = 0; i < RB; ++i) {
-    seen[i] = std::max<int64_t>(0, std::min(visible_positions(a, c.b, (r0 + i) % a.Sq), c.end) - c.begin);
-    furthest = std::max(furthest, seen[i]);
+    const int64_t query = (r0 + i) % a.Sq;
+    s.first[i] = std::max(first_position(a, c.b, query), c.begin) - c.begin;
+    s.seen[i] = std::min(visible_positions(a, c.b, query), c.end) - c.begin;
+    if (s.first[i] < s.seen[i]) lowest = std::min(lowest, s.first[i]), s.furthest = std::max(s.furthest, s.seen[i]);
   }
-  if (furthest == 0) {
+  if (s.furthest == 0) {
     for (int i = 0; i < RB; ++i) m[i] = -INFINITY, l[i] = 0.0f;
     std::fill(acc, acc + RB * a.Dv, 0.0f);
+    return s;
   }
-  return furthest;
+  s.skip = lowest, s.furthest -= lowest;
+  for (int i = 0; i < RB; ++i) {
+    const bool sees = s.first[i] < s.seen[i];
+    s.first[i] = sees ? s.first[i] - lowest : 0;
+    s.seen[i] = sees ? s.seen[i] - lowest : 0;
+  }
+  return s;
 }
 
 // Query rows [r0, r0 + RB) times the scale, RB x D contiguous in `queries`.
@@ -173,26 +201,29 @@ GF_INLINE void scaled_queries(const DecodeAttentionArgs& a, const Chunk& c, int6
   }
 }
 
-// Query rows [r0, r0 + RB) of a chunk: scores against the chunk's keys up to the furthest any of them
-// sees, then per row its softmax statistics over its own visible keys (weights past them zeroed), then
-// the weighted value sums; m, l, acc point at row r0's entries.
+// Query rows [r0, r0 + RB) of a chunk: scores against the chunk's keys over the span any of them sees
+// (softcapped), then per row its softmax statistics over its own visible keys (weights outside them zeroed),
+// then the weighted value sums; m, l, acc point at row r0's entries.
 template <int NB, int RB>
 GF_INLINE void attend_rows(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, float* m, float* l, float* acc) {
   thread_local std::vector<float> queries, scores;
-  int64_t seen[RB];
-  const int64_t furthest = visible_in_chunk<RB>(a, c, r0, seen, m, l, acc);
+  const Visible<RB> s = visible_in_chunk<RB>(a, c, r0, m, l, acc);
+  const int64_t furthest = s.furthest;
   if (furthest == 0) return;
   scaled_queries<RB>(a, c, r0, queries);
   scores.resize(static_cast<size_t>(RB * furthest));
-  // Keys and values up to `furthest` all lie below the chunk's end, inside the sequence's length.
-  const float* k = a.k_cache + c.b * a.k_strides[0] + c.kv * a.k_strides[1] + c.begin * a.k_strides[2];
-  const float* v = a.v_cache + c.b * a.v_strides[0] + c.kv * a.v_strides[1] + c.begin * a.v_strides[2];
+  // Keys and values of the span all lie below the chunk's end, inside the sequence's length.
+  const int64_t start = c.begin + s.skip;
+  const float* k = a.k_cache + c.b * a.k_strides[0] + c.kv * a.k_strides[1] + start * a.k_strides[2];
+  const float* v = a.v_cache + c.b * a.v_strides[0] + c.kv * a.v_strides[1] + start * a.v_strides[2];
   block_scores<NB, RB>(queries.data(), k, a.k_strides[2], furthest, a.D, scores.data());
+  if (a.softcap > 0.0f) softcap_scores(scores.data(), RB * furthest, a.softcap);
   for (int i = 0; i < RB; ++i) {
     float* row = scores.data() + i * furthest;
     m[i] = -INFINITY, l[i] = 0.0f;
-    if (seen[i] > 0) exponentiate(row, seen[i], m[i], l[i]);
-    std::fill(row + seen[i], row + furthest, 0.0f);
+    if (s.seen[i] > 0) exponentiate(row + s.first[i], s.seen[i] - s.first[i], m[i], l[i]);
+    std::fill(row, row + s.first[i], 0.0f);
+    std::fill(row + s.seen[i], row + furthest, 0.0f);
   }
   block_values<NB, RB>(scores.data(), v, a.v_strides[2], furthest, a.Dv, acc);
 }
@@ -222,25 +253,29 @@ template <int RB>
 GF_INLINE void transposed_rows(const DecodeAttentionArgs& a, const Chunk& c, int64_t r0, const float* kt,
                                const float* vt, int64_t ld, float* m, float* l, float* acc) {
   thread_local std::vector<float> queries, scores;
-  int64_t seen[RB];
-  const int64_t furthest = visible_in_chunk<RB>(a, c, r0, seen, m, l, acc);
-  if (furthest == 0) return;
-  const int64_t width = (furthest + 15) / 16 * 16;  // the position blocks any of the rows sees
+  const Visible<RB> s = visible_in_chunk<RB>(a, c, r0, m, l, acc);
+  if (s.furthest == 0) return;
+  const int64_t width = (s.furthest + 15) / 16 * 16;  // the position blocks any of the rows sees
+  // From the span's first position: [skip, skip + width) stays inside kt's and vt's (zero-padded) rows.
+  kt += s.skip, vt += s.skip;
   scaled_queries<RB>(a, c, r0, queries);
   scores.resize(static_cast<size_t>(RB * width));
   for (int64_t j = 0; j < width; j += 16) {
-    v16 s[RB] = {};
+    v16 sums[RB] = {};
     for (int64_t d = 0; d < a.D; ++d) {
       const v16 key = load16(kt + d * ld + j);
-      for (int i = 0; i < RB; ++i) s[i] += queries[i * a.D + d] * key;
+      for (int i = 0; i < RB; ++i) sums[i] += queries[i * a.D + d] * key;
     }
-    for (int i = 0; i < RB; ++i) store16(scores.data() + i * width + j, s[i]);
+    for (int i = 0; i < RB; ++i) store16(scores.data() + i * width + j, sums[i]);
   }
+  if (a.softcap > 0.0f) softcap_scores(scores.data(), RB * width, a.softcap);
   for (int i = 0; i < RB; ++i) {
     float* row = scores.data() + i * width;
     m[i] = -INFINITY, l[i] = 0.0f;
-    if (seen[i] > 0) {
-      exponentiate_padded(row, seen[i], width, m[i], l[i]);
+    if (s.seen[i] > 0) {
+      std::fill(row, row + s.first[i], -INFINITY);  // below the row's window
+      exponentiate_padded(row, s.seen[i], width, m[i], l[i]);
+      std::fill(row, row + s.first[i], 0.0f);  // no weight at all (exp16 floors -inf at e^-87)
     } else {
       std::fill(row, row + width, 0.0f);
     }
@@ -305,7 +340,9 @@ ChunkFn chunk_routine(int64_t D, int64_t Dv, int64_t R) {
 // a few pieces, else short enough for about four pieces per worker, but never under 256 positions
 // (below that a chunk's fixed costs and the combine outweigh the parallelism).
 int64_t chunk_length(const DecodeAttentionArgs& a, int workers) {
-  const int64_t pairs = a.B * a.Hkv, longest = *std::max_element(a.lengths, a.lengths + a.B);
+  const int64_t pairs = a.B * a.Hkv;
+  int64_t longest = 0;  // the most positions a sequence's queries see together
+  for (int64_t b = 0; b < a.B; ++b) longest = std::max(longest, a.lengths[b] - first_position(a, b, 0));
   if (workers <= 1 || pairs >= 4 * workers) return std::max<int64_t>(longest, 1);
   const int64_t splits = (4 * workers + pairs - 1) / pairs;
   return std::max<int64_t>(256, (longest + splits - 1) / splits);
@@ -315,7 +352,7 @@ std::vector<Chunk> make_chunks(const DecodeAttentionArgs& a, int64_t length) {
   std::vector<Chunk> chunks;
   for (int64_t b = 0; b < a.B; ++b) {
     for (int64_t kv = 0; kv < a.Hkv; ++kv) {
-      int64_t begin = 0;
+      int64_t begin = first_position(a, b, 0);  // positions below every query's window are never read
       do {  // at least one chunk, so rows of an empty sequence still get their zeros
         const int64_t end = std::min(a.lengths[b], begin + length);
         chunks.push_back({b, kv, begin, end});
@@ -389,12 +426,13 @@ void validate(const DecodeAttentionArgs& a) {
   require(a.lse == nullptr || a.lse_numel == rows,
           "lse: expected " + std::to_string(rows) + " elements, got " + std::to_string(a.lse_numel));
   require(a.num_threads >= 1, "num_threads: expected >= 1");
+  validate_softcap_window(a.softcap, a.window, a.causal);
 }
 
 void decode_attention_forward(const DecodeAttentionArgs& a) {
   const int64_t R = a.Hq / a.Hkv * a.Sq;
   int64_t work = 0;  // multiply-adds, to decide whether waking threads pays
-  for (int64_t b = 0; b < a.B; ++b) work += a.lengths[b] * a.Hq * a.Sq * (a.D + a.Dv);
+  for (int64_t b = 0; b < a.B; ++b) work += (a.lengths[b] - first_position(a, b, 0)) * a.Hq * a.Sq * (a.D + a.Dv);
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work >> 18)));
   const std::vector<Chunk> chunks = make_chunks(a, chunk_length(a, workers));
   const int64_t count = static_cast<int64_t>(chunks.size());

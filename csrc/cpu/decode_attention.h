@@ -25,6 +25,8 @@ struct DecodeAttentionArgs {
   float scale = 1.0f;
   bool causal = true;  // bottom-right: query i sees positions <= length - Sq + i
   int num_threads = 1;
+  float softcap = 0.0f;  // scores become softcap * tanh(score / softcap) before the softmax; 0 for none
+  int64_t window = 0;    // causal sliding window: query i sees positions p with length - Sq + i - p < window
 };
 
 // Throws std::invalid_argument when a size, length or extent is inconsistent (before memory is touched).

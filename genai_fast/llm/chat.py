@@ -3,9 +3,9 @@
 
 Each line read from stdin is a user turn; the answer streams to stdout as it is decoded. The whole conversation
 goes through the model's chat template every turn, and the engine reuses the cached tokens of the previous turns
-(load(reuse_prefix=True)), so a turn prefills only what it adds. `/clear` starts a new conversation, `/exit` (or
-end of input) ends. When the conversation no longer fits the cache, its oldest turns are dropped (the system
-message stays) and a note says so on stderr.
+(load(reuse_prefix=True), sliding-window layers caching every position), so a turn prefills only what it adds.
+`/clear` starts a new conversation, `/exit` (or end of input) ends. When the conversation no longer fits the
+cache, its oldest turns are dropped (the system message stays) and a note says so on stderr.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         raise ValueError(f"--prompt-lookup: expected a number of draft tokens >= 0, got {args.prompt_lookup}")
     if args.max_seq_len is not None and args.max_seq_len <= 0:
         raise ValueError(f"--max-seq-len: expected a positive integer, got {args.max_seq_len}")
-    engine = load(args.model or default_model(), max_seq_len=args.max_seq_len, reuse_prefix=True)
+    # Full caches for sliding-window layers: a ring cannot hold the earlier turns that reuse needs.
+    engine = load(args.model or default_model(), max_seq_len=args.max_seq_len, reuse_prefix=True,
+                  sliding_window_cache="full")
     if engine.tokenizer is None or not getattr(engine.tokenizer, "chat_template", None):
         raise ValueError("--model: chat needs a tokenizer with a chat template (an instruct model); use "
                          "`genai-fast generate --no-chat` for plain text")

@@ -86,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
     if args.num_draft_tokens <= 0:
         raise ValueError(f"--num-draft-tokens: expected a positive integer, got {args.num_draft_tokens}")
     path = args.model or default_model()
-    engine = load(path, max_seq_len=args.max_seq_len)
+    # Speculation verifies drafts over the cache, which a sliding layer's ring cannot take back: full caches then.
+    cache = "full" if args.prompt_lookup or args.draft_model else "ring"
+    engine = load(path, max_seq_len=args.max_seq_len, sliding_window_cache=cache)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                   chat=False if args.no_chat else None, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                   prompt_lookup=args.prompt_lookup)
     if args.draft_model:
-        kwargs.update(draft_model=load(args.draft_model, max_seq_len=engine.max_seq_len),
+        kwargs.update(draft_model=load(args.draft_model, max_seq_len=engine.max_seq_len, sliding_window_cache=cache),
                       num_draft_tokens=args.num_draft_tokens)
     if args.stream:
         stream = engine.stream(args.prompt, args.max_new_tokens, **kwargs)

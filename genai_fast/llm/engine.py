@@ -88,9 +88,12 @@ def _load_hf(source: str | os.PathLike, dtype: torch.dtype | str | None) -> tupl
     return hf, tokenizer
 
 
+SLIDING_WINDOW_CACHES = ("ring", "full")
+
+
 def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
          tokenizer: Any = None, max_seq_len: int | None = None, cuda_graph: bool = True,
-         gguf_blocks: bool | None = None, reuse_prefix: bool = False) -> Engine:
+         gguf_blocks: bool | None = None, reuse_prefix: bool = False, sliding_window_cache: str = "ring") -> Engine:
     """Load a Llama-family (llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite) or
     GPT-2 model into the compact engine.
 
@@ -109,9 +112,17 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
         single-prompt call (a chat's earlier turns, an answer continued) prefills only the rest, through
         DecoderModel.extend (stats["reused_tokens"]). Off by default: the reused positions' attention ran in
         the earlier call's kernels, so logits may differ from a fresh prefill in the last bits (and a greedy
-        near-tie could then flip). Models with sliding layers never reuse (their rings hold the last window).
+        near-tie could then flip). Models whose sliding layers keep rings never reuse (a ring holds only the last
+        window).
+    sliding_window_cache: "ring" (default): a sliding-window layer (Mistral, Gemma 2 and 3, SmolLM3, some of
+        Qwen2's) caches only its window, position p in slot p % window, so its memory stays bounded however long
+        the context; "full": it caches every position like a full layer, and the attention kernels' `window`
+        bounds what it reads. Speculative decoding and prefix reuse need "full" for models whose window is shorter
+        than max_seq_len (a ring cannot take rejected positions back). The tokens are the same either way.
     """
     _check_flag("reuse_prefix", reuse_prefix)
+    if sliding_window_cache not in SLIDING_WINDOW_CACHES:
+        raise ValueError(f"sliding_window_cache: expected one of {SLIDING_WINDOW_CACHES}, got {sliding_window_cache!r}")
     dtype = _resolve_dtype(dtype)
     if isinstance(source, torch.nn.Module):
         hf = source
@@ -121,6 +132,7 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
         hf, found = _load_hf(source, dtype)
         tokenizer = tokenizer or found
     model = from_hf(hf, dtype=None if dtype == "auto" else dtype, device=device).eval()
+    model.ring_caches = sliding_window_cache == "ring"
     limit = model.cfg.max_position_embeddings
     max_seq_len = min(limit, DEFAULT_MAX_SEQ_LEN) if max_seq_len is None else max_seq_len
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or not 0 < max_seq_len <= limit:
@@ -366,9 +378,9 @@ class Engine:
         if draft_model is not None:
             self._check_draft_model(draft_model)
         for engine, who in ((self, "this model"), (draft_model, "the draft model")):
-            if engine is not None and any(layer.window is not None for layer in engine.model.layers):
+            if engine is not None and engine.model.uses_rings(engine.max_seq_len):
                 raise ValueError(f"{name}: {who} has sliding-window layers, whose ring caches cannot take back "
-                                 "rejected draft tokens")
+                                 "rejected draft tokens; load it with sliding_window_cache='full'")
         if draft_model is None:
             return None, prompt_lookup
         _check_count("num_draft_tokens", num_draft_tokens)
@@ -524,7 +536,7 @@ class Engine:
         if not self.reuse_prefix or self._cached_row is None:
             return 0
         tokens, version = self._cached_row
-        if version != self.model.cache_version or any(layer.window is not None for layer in self.model.layers):
+        if version != self.model.cache_version or any(layer.ring for layer in self.model.layers):
             return 0
         common = 0
         for a, b in zip(tokens, prompt, strict=False):

@@ -49,8 +49,7 @@ LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.T
 RmsNormFn = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]  # genai_fast.rms_norm's
 # (h, delta or None, weight, eps) -> (h + delta, RMSNorm of it): kernels/rms_norm.py's add_rms_norm_fwd
 AddNormFn = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
-# (q, k_cache, v_cache, host lengths, scale) -> out: see genai_fast.ops.attention.resolve_decode_attention.
-AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list, float], torch.Tensor]
+AttendFn = Callable[..., torch.Tensor]  # (q, k_cache, v_cache, lengths: list, scale, softcap=0.0, window=0) -> out
 # kernels/rope_append.py's rope_append_fwd: (qkv, Hq, Hkv, k_cache, v_cache, seqlens, cos, sin) -> q
 AppendFn = Callable[..., torch.Tensor]
 GluFn = Callable[[torch.Tensor], torch.Tensor]  # kernels/swiglu.py's swiglu_fwd: [R, 2H] -> silu(gate) * up
@@ -173,12 +172,14 @@ class Layer(nn.Module):
     scale: the attention scale, None for 1/sqrt(head_dim). q_norm, k_norm: Qwen3's RMSNorms over head_dim of each
     query and key head, applied before the rotation (None: no such norms). use_rope False: a layer without rotary
     embeddings in a rotary model (SmolLM3's NoPE layers). window: sliding-window attention over the last `window`
-    positions (the token's own included), as HF's sliding layers (Mistral, Qwen2, SmolLM3, Gemma 3); such a layer's
-    cache is a ring of min(window, max_len) slots, position p in slot p % size (None: full attention).
+    positions (the token's own included), as HF's sliding layers (Mistral, Qwen2, SmolLM3, Gemma 3), None: full
+    attention. Such a layer's cache is a ring of `window` slots (position p in slot p % window; `ring` True) when
+    the window is shorter than the cache and the model keeps rings (DecoderModel.ring_caches), else a plain cache
+    whose attention the kernels' `window` bounds.
     post_norm1, post_norm2: Gemma 2's and 3's norms of the attention and MLP outputs before their residual adds
     (None: none). local_rope: the layer rotates with the model's local rope tables (Gemma 3's sliding layers).
-    softcap: Gemma 2's attn_logit_softcapping, cap * tanh(score / cap) before the mask and softmax, which the fused
-    attention kernels do not compute: such a layer attends with torch ops (softcapped_attention); 0: none."""
+    softcap: Gemma 2's attn_logit_softcapping, cap * tanh(score / cap) before the mask and softmax, computed inside
+    the fused attention kernels (their `softcap`); 0: none."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor, b_in: torch.Tensor | None,
@@ -189,6 +190,7 @@ class Layer(nn.Module):
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
         self.use_rope, self.window, self.local_rope, self.softcap = use_rope, window, local_rope, softcap
+        self.ring = False  # set by DecoderModel.allocate_cache
         self.post_norm1, self.post_norm2 = post_norm1, post_norm2
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
@@ -271,21 +273,16 @@ class Layer(nn.Module):
             qk = apply_rope(qk, *rope)
         q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
         v = qkv[:, self.nq + self.nkv:].view(S, cfg.num_kv_heads, cfg.head_dim).transpose(0, 1)[None]
-        if self.softcap:
-            self.k_cache[:1, :, start:start + S] = k
-            self.v_cache[:1, :, start:start + S] = v
-            i = torch.arange(start + S, device=x.device)
-            mask = i[None, :] <= i[start:, None]  # bottom-right causal
-            out = softcapped_attention(q, self.k_cache[:1, :, :start + S], self.v_cache[:1, :, :start + S], mask,
-                                       self.softcap, self.scale)
-        elif attend is not None:  # CPU: slice copies, then the C++ kernel without the op's per-call checks
+        if attend is not None:  # CPU: slice copies, then the C++ kernel without the op's per-call checks
             self.k_cache[:1, :, start:start + S] = k
             self.v_cache[:1, :, start:start + S] = v
             out = attend(q, self.k_cache[:1], self.v_cache[:1], [start + S],
-                         1.0 / math.sqrt(cfg.head_dim) if self.scale is None else self.scale)
+                         1.0 / math.sqrt(cfg.head_dim) if self.scale is None else self.scale, self.softcap,
+                         self.window or 0)
         else:
             seen = torch.tensor([start], dtype=torch.int32)
-            out = attention_with_kvcache(q, self.k_cache[:1], self.v_cache[:1], seen, k, v, scale=self.scale)
+            out = attention_with_kvcache(q, self.k_cache[:1], self.v_cache[:1], seen, k, v, scale=self.scale,
+                                         softcap=self.softcap, window=self.window)
         return linear(out[0].transpose(0, 1).reshape(S, self.nq), self.wo, self.bo)
 
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
@@ -303,14 +300,16 @@ class Layer(nn.Module):
             # A NoPE layer "rotates" by the identity tables (cos 1, sin 0): x * 1 + y * 0 is x exactly.
             tables = at.rope_tables if self.use_rope else at.identity_tables
             q = at.append(qkv, cfg.num_heads, cfg.num_kv_heads, self.k_cache, self.v_cache, at.seqlens, *tables)
-            out = attention_with_kvcache(q, self.k_cache[:B], self.v_cache[:B], at.after, scale=self.scale)
+            out = attention_with_kvcache(q, self.k_cache[:B], self.v_cache[:B], at.after, scale=self.scale,
+                                         softcap=self.softcap, window=self.window)
             return linear(out.reshape(B, self.nq), self.wo, self.bo)
         qk = qkv[:, :self.nq + self.nkv].view(B, cfg.num_heads + cfg.num_kv_heads, 1, cfg.head_dim)
         if rope is not None and self.use_rope:
             qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
         v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
         out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
-                                self.v_cache[:B], at, self.scale, ring=self.window is not None, softcap=self.softcap)
+                                self.v_cache[:B], at, self.scale, ring=self.ring, softcap=self.softcap,
+                                window=None if self.ring else self.window)
         return linear(out.reshape(B, self.nq), self.wo, self.bo)
 
     def norm_heads(self, qkv: torch.Tensor) -> torch.Tensor:
@@ -348,17 +347,11 @@ class Layer(nn.Module):
         v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         # The cache is empty: attend over the fresh K/V directly and store them for decode.
         self.store_prompt(k, v, lengths)
-        band = None
-        if (self.window is not None and S > self.window) or self.softcap:
-            i = torch.arange(S, device=x.device)
-            band = i[None, :] <= i[:, None]  # causal
-            if self.window is not None:  # each query sees its last `window` positions
-                band &= i[:, None] - i[None, :] < self.window
-        if self.softcap:
-            out = softcapped_attention(q, k, v, band, self.softcap, self.scale)
-        else:
-            out = scaled_dot_product_attention(q, k, v, attn_mask=band, is_causal=S > 1 and band is None,
-                                               scale=self.scale, enable_gqa=cfg.num_heads != cfg.num_kv_heads)
+        # A sliding layer's queries see their last `window` positions: the kernels skip the key blocks before.
+        window = self.window if self.window is not None and S > self.window else None
+        out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, scale=self.scale,
+                                           enable_gqa=cfg.num_heads != cfg.num_kv_heads, softcap=self.softcap,
+                                           window=window)
         return linear(out.transpose(1, 2).reshape(B, S, self.nq), self.wo, self.bo)
 
     def store_prompt(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None) -> None:
@@ -394,29 +387,16 @@ class StepPositions:
     identity_tables: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # NoPE layers': 1, 0
 
 
-def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, softcap: float,
-                         scale: float | None = None) -> torch.Tensor:
-    """Attention with Gemma 2's score soft-cap, in HF's eager order: q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D]
-    (Hq a multiple of Hkv), mask: boolean, True where a query sees a key, broadcastable to [B, Hq, Sq, Sk] ->
-    [B, Hq, Sq, D]. Scores q k^T * scale become softcap * tanh(score / softcap) before the mask; the softmax runs
-    in fp32. Every query must see at least one key."""
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q, k.transpose(2, 3)) * (q.shape[-1] ** -0.5 if scale is None else scale)
-    scores = torch.tanh(scores / softcap) * softcap
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1, dtype=torch.float32)
-    return torch.matmul(probs.to(q.dtype), v)
-
-
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                       v_cache: torch.Tensor, at: StepPositions, scale: float | None, ring: bool = False,
-                      softcap: float = 0.0) -> torch.Tensor:
+                      softcap: float = 0.0, window: int | None = None) -> torch.Tensor:
     """attention_with_kvcache for one new token per sequence; q: [B, Hq, 1, D] -> [B, Hq, 1, D].
 
     ring: the caches are a sliding layer's ring (position p in slot p % size): the new k/v go to their slot and
     the token attends to the min(p + 1, size) filled slots (attention does not depend on the order of its keys;
     the rotation was applied before caching). A full layer's positions stay below its size, so this equals the
-    plain append there. softcap: the token attends through softcapped_attention over its filled slots.
+    plain append there. softcap: the scores' soft cap (Gemma 2); window: a sliding layer's window over a plain
+    cache (a ring holds only the window anyway); both computed by the kernels.
 
     Without host positions (GPU, CUDA graphs): one call that appends k/v at seqlens and attends; the Triton
     kernel takes ragged lengths. With host positions (CPU), k/v are written with plain slice copies and the
@@ -424,8 +404,9 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
     the attention of one token. Either way each sequence's result is computed on its own (the C++ kernel by
     rows, the torch backend per sequence), so a batch stays bitwise equal to one-by-one generation."""
     size = k_cache.shape[2]
-    if at.host is None and not ring and not softcap:
-        return attention_with_kvcache(q, k_cache, v_cache, at.seqlens, k, v, scale=scale)
+    if at.host is None and not ring:
+        return attention_with_kvcache(q, k_cache, v_cache, at.seqlens, k, v, scale=scale, softcap=softcap,
+                                      window=window)
     if at.host is None:  # device-side slots and lengths: no host sync, so a CUDA graph can capture it
         rows, slots = torch.arange(q.shape[0], device=q.device), (at.seqlens % size).long()
         k_cache[rows, :, slots] = k[:, :, 0]
@@ -435,15 +416,13 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
         for b, n in enumerate(at.host):
             k_cache[b, :, n % size] = k[b, :, 0]
             v_cache[b, :, n % size] = v[b, :, 0]
-        if at.attend is not None and not softcap:
+        if at.attend is not None:
             return at.attend(q, k_cache, v_cache, [min(n + 1, size) for n in at.host],
-                             1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)  # the op's default
+                             1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, softcap,  # the op's default
+                             window or 0)
         filled = (torch.tensor([min(n + 1, size) for n in at.host], dtype=torch.int32, device=q.device)
-                  if ring or softcap else at.after)
-    if softcap:
-        seen = torch.arange(size, device=q.device)[None, :] < filled[:, None]  # [B, size]
-        return softcapped_attention(q, k_cache, v_cache, seen[:, None, None, :], softcap, scale)
-    return attention_with_kvcache(q, k_cache, v_cache, filled, scale=scale)
+                  if ring else at.after)
+    return attention_with_kvcache(q, k_cache, v_cache, filled, scale=scale, softcap=softcap, window=window)
 
 
 def resolve_rope_append(device: torch.device, dtype: torch.dtype, head_dim: int) -> AppendFn | None:
@@ -474,7 +453,9 @@ class DecoderModel(nn.Module):
     """The whole decoder: embeddings, layers, final norm, LM head, rope tables and the static KV cache.
 
     local_rope: (inverse frequencies, attention scaling) of the local rope tables that layers with local_rope
-    rotate with (Gemma 3's sliding layers), or None."""
+    rotate with (Gemma 3's sliding layers), or None. ring_caches: sliding layers keep rings of their window
+    (memory bounded by the window: Gemma 3's 512 of a 32k context) rather than caches of the whole length, which
+    `extend` (speculative decoding, prefix reuse) needs: a ring cannot take a run of positions back."""
 
     def __init__(self, cfg: ModelConfig, embed: torch.Tensor, pos_embed: torch.Tensor | None, layers: list[Layer],
                  norm: Norm, lm_head: torch.Tensor | None, inv_freq: torch.Tensor | None,
@@ -504,6 +485,7 @@ class DecoderModel(nn.Module):
         # id(weight) -> GgufWeight (genai_fast.llm.gguf_blocks): weights whose GGUF blocks decode reads instead.
         self.gguf_blocks: dict[int, object] = {}
         self.fused_projections = True  # decode_gemv's kernels where they apply (False: cuBLAS for every projection)
+        self.ring_caches = True
 
     @property
     def device(self) -> torch.device:
@@ -521,8 +503,11 @@ class DecoderModel(nn.Module):
         batch, max_len = max(batch, self.cache_batch), max(max_len, self.cache_len)
         cfg = self.cfg
         for layer in self.layers:
-            # A sliding layer keeps a ring of its window's positions (Gemma 3: 512 of a 32k context).
-            shape = (batch, cfg.num_kv_heads, min(max_len, layer.window or max_len), cfg.head_dim)
+            # A sliding layer keeps a ring of its window's positions (Gemma 3: 512 of a 32k context) unless asked not
+            # to; a window as long as the cache needs no ring.
+            size = min(max_len, layer.window) if layer.window and self.ring_caches else max_len
+            layer.ring = size < max_len
+            shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
             layer.k_cache = layer.v_cache = None  # free the old cache before allocating the new one
             layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -591,10 +576,11 @@ class DecoderModel(nn.Module):
     def extend(self, ids: torch.Tensor, start: int) -> torch.Tensor:
         """ids: [1, S] new tokens of cache row 0 at positions start .. start+S-1 (positions 0 .. start-1 already
         cached) -> logits [S, V], each the next-token logits after that position. For reusing a cached prefix and
-        verifying speculated tokens; models with sliding layers keep rings, which cannot take a run of positions
-        back, and are refused."""
-        if any(layer.window is not None for layer in self.layers):
-            raise ValueError("extend: this model has sliding-window layers (ring caches); prefill instead")
+        verifying speculated tokens; a model whose sliding layers keep rings (ring_caches) is refused: a ring cannot
+        take a run of positions back."""
+        if any(layer.ring for layer in self.layers):
+            raise ValueError("extend: this model's sliding-window layers keep ring caches, which cannot take "
+                             "positions back; load it with sliding_window_cache='full', or prefill instead")
         S = ids.shape[1]
         if ids.dim() != 2 or ids.shape[0] != 1 or S == 0:
             raise ValueError(f"ids: expected shape [1, S] with S >= 1, got {tuple(ids.shape)}")
@@ -610,6 +596,10 @@ class DecoderModel(nn.Module):
         for layer in self.layers:
             x = layer.extend(x, local if layer.local_rope else rope, start, linear, rms_norm, attend)
         return self.scale_logits(linear(self.norm.step(x, rms_norm), self.lm_head, None))
+
+    def uses_rings(self, max_len: int) -> bool:
+        """Whether a cache of max_len positions makes some sliding layer's cache a ring (see ring_caches)."""
+        return self.ring_caches and any(layer.window is not None and layer.window < max_len for layer in self.layers)
 
     def prefill_linear(self) -> LinearFn:
         """genai_fast.linear on a CPU, where GEMM-sized prefill projections may run faster on oneDNN than on BLAS
@@ -742,13 +732,13 @@ class DecoderModel(nn.Module):
     def decode_append(self) -> AppendFn | None:
         """On a GPU with Triton: kernels/rope_append.py's launcher, which rotates the new token's q and k and
         appends its k and v in one kernel (about a dozen torch kernels otherwise, each a few microseconds of a
-        CUDA graph's step). None elsewhere, with GENAI_FAST_BACKEND=torch, or for a model with sliding, local-rope
-        or soft-capped layers. Resolved once per setting."""
-        key = ("append", os.environ.get(ENV_BACKEND))
+        CUDA graph's step). None elsewhere, with GENAI_FAST_BACKEND=torch, or for a model with sliding or local-rope
+        layers. Resolved once per setting."""
+        key = ("append", os.environ.get(ENV_BACKEND), self.cache_version)  # a grown cache may have made rings
         if key not in self._decode_kernels:
-            # The kernel appends at each sequence's position with the global tables, and the op it feeds does not
-            # cap scores: ring slots, local tables and soft-capped scores take the unfused step.
-            sliding = any(layer.window is not None or layer.local_rope or layer.softcap for layer in self.layers)
+            # The kernel appends at each sequence's position with the global tables: ring slots and local tables
+            # take the unfused step.
+            sliding = any(layer.ring or layer.local_rope for layer in self.layers)
             self._decode_kernels[key] = (None if sliding else
                                          resolve_rope_append(self.device, self.dtype, self.cfg.head_dim))
         return self._decode_kernels[key]

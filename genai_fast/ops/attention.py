@@ -73,6 +73,8 @@ def scaled_dot_product_attention(
     enable_gqa: bool = False,
     *,
     backend: str | None = None,
+    softcap: float = 0.0,
+    window: int | None = None,
 ) -> torch.Tensor:
     """softmax(query @ key^T * scale + mask) @ value, fused (the S x S matrix is never stored).
 
@@ -88,6 +90,11 @@ def scaled_dot_product_attention(
         backend: force "triton", "cpp" (CPU, fp32) or "torch"; None picks the fastest that can run (on a CPU:
             "cpp" where the measured rules, or for contested shapes in inference a timing of both on the first
             call, find it faster than torch's own SDPA; see the CPP_* constants).
+        softcap: beyond torch's signature (FlashAttention's `softcap`, Gemma 2's attn_logit_softcapping): with
+            c > 0 each scaled score s becomes c * tanh(s / c) before the mask is applied. 0: none.
+        window: beyond torch's signature, with is_causal only: a sliding window, query i sees keys
+            i - window < j <= i (Mistral's and Gemma's sliding layers, HF's sliding_window); the kernels skip key
+            blocks outside it. None: the whole causal prefix.
 
     Returns [..., Hq, Sq, Dv] in query's dtype. A row with every key masked is 0, as in torch 2.13.
     Errors: the types torch raises (RuntimeError; here subclasses of ValueError/TypeError as well),
@@ -104,13 +111,16 @@ def scaled_dot_product_attention(
         query, key, value, attn_mask = cast_inputs(dtype, query, key, value, attn_mask)
         with autocast_off(query):
             return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                                enable_gqa, backend=backend)
-    plan = _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+                                                enable_gqa, backend=backend, softcap=softcap, window=window)
+    plan = _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend, softcap,
+                      window)
+    softcap, window = float(softcap), int(window or 0)
     if plan.route == "reference":
         # Dropout is random: the forward and its backward must see the same mask, so it runs as plain
-        # differentiable PyTorch, after the dispatcher recorded (or, when forced, raised) the reason.
+        # differentiable PyTorch, after the dispatcher recorded (or, when forced, raised) the reason. So does a
+        # soft cap or window on the fallback, which torch's SDPA cannot compute.
         return scaled_dot_product_attention_reference(query, key, value, attn_mask, dropout_p, is_causal,
-                                                      plan.sm_scale, enable_gqa)
+                                                      plan.sm_scale, enable_gqa, softcap=softcap, window=window)
     if plan.route == "torch":
         # Plain eager on the fallback: torch's own SDPA (its fused CPU kernels, forward and backward, under
         # autograd too), not the math reference.
@@ -118,13 +128,14 @@ def scaled_dot_product_attention(
                                               enable_gqa=enable_gqa)
     q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa, plan.prefix)
     if plan.route == "direct":
-        out, _lse = plan.impl.run(q, k, v, mask, is_causal, plan.sm_scale)
+        out, _lse = plan.impl.run(q, k, v, mask, is_causal, plan.sm_scale, softcap, window)
     else:
         # The plan's choice, not a new one inside the op: autograd is off in there, so it would take a training
         # call for inference (whose rules differ on a CPU). Only a call traced before any eager call made the
         # choice leaves it to the op (see _select_while_tracing).
         out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, is_causal, plan.sm_scale,
-                                                                      backend or _planned_backend(plan))
+                                                                      backend or _planned_backend(plan), softcap,
+                                                                      window)
     return out if out_shape is None else out.reshape(out_shape)
 
 
@@ -139,6 +150,8 @@ def attention_with_kvcache(
     scale: float | None = None,
     causal: bool = True,
     backend: str | None = None,
+    softcap: float = 0.0,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Decode attention of a few new query tokens per sequence against a preallocated KV cache.
 
@@ -154,6 +167,9 @@ def attention_with_kvcache(
         causal: aligned bottom-right: with L_b = cache_seqlens[b] + S_new, query i sees positions
             <= L_b - Sq + i. Otherwise every query sees positions < L_b.
         backend: force "triton", "cpp" (CPU, fp32) or "torch"; None picks the fastest that can run.
+        softcap: scores s become softcap * tanh(s / softcap) (0: none), as scaled_dot_product_attention's.
+        window: with causal only, a sliding window: query i (at position p = L_b - Sq + i) sees positions
+            p - window < j <= p; positions before the first query's window are not read. None: all of them.
 
     Returns [B, Hq, Sq, Dv]. cache_seqlens is not updated (the caller advances it). Validation reads
     cache_seqlens on the host before anything touches the caches (one sync when it is on a GPU), except
@@ -171,20 +187,24 @@ def attention_with_kvcache(
     if autocast_active(q):
         with autocast_off(q):  # the cache's dtype is the precision (ops/autocast.py)
             return attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale=scale, causal=causal,
-                                          backend=backend)
+                                          backend=backend, softcap=softcap, window=window)
     uniform = _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend)
+    _validate_cap_window(softcap, window, causal, "causal")
+    softcap, window = float(softcap), int(window or 0)
     if cache_seqlens.device != q.device:
         # Lengths kept on the host were validated without a sync. A non-blocking copy from pageable memory is
         # staged before it returns, so the caller may change cache_seqlens right after this call.
         cache_seqlens = cache_seqlens.to(q.device, non_blocking=True)
     sm_scale = _default_scale(q.shape[-1]) if scale is None else float(scale)
     if can_bypass_custom_op(q, k_cache, v_cache, k, v):
-        return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale, bool(causal), backend, uniform)
+        return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale, bool(causal), backend, uniform,
+                            softcap, window)
     return torch.ops.genai_fast.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale,
-                                                       bool(causal), backend or "")
+                                                       bool(causal), backend or "", softcap, window)
 
 
-DecodeAttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]
+# (q, k_cache, v_cache, lengths: list[int], scale, softcap=0.0, window=0) -> out
+DecodeAttendFn = Callable[..., torch.Tensor]
 
 
 def resolve_decode_attention(device: torch.device | str, dtype: torch.dtype, head_dim: int, head_dim_v: int,
@@ -193,7 +213,8 @@ def resolve_decode_attention(device: torch.device | str, dtype: torch.dtype, hea
     bound to torch's current thread count, as fn(q, k_cache, v_cache, lengths, scale) -> [B, Hq, Sq, Dv]
     (causal, no append; lengths include the new tokens), or None when the op would not run the C++ backend
     for these inputs. It skips the op's per-call validation (one host read of the lengths, the dispatcher);
-    the kernel itself still checks every length and extent before reading."""
+    the kernel itself still checks every length and extent before reading. softcap, window (0: none): as the
+    op's."""
     inputs = {"device": torch.device(device), "dtype": dtype, "head_dim": head_dim, "head_dim_v": head_dim_v}
     if KVCACHE.select(inputs, backend).backend != "cpp":
         return None
@@ -202,8 +223,9 @@ def resolve_decode_attention(device: torch.device | str, dtype: torch.dtype, hea
     threads = torch.get_num_threads()
 
     def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: list[int],
-               scale: float) -> torch.Tensor:
-        return decode_attention_fwd(q, k_cache, v_cache, lengths, scale, True, threads)
+               scale: float, softcap: float = 0.0, window: int = 0) -> torch.Tensor:
+        return decode_attention_fwd(q, k_cache, v_cache, lengths, scale, True, threads, softcap=softcap,
+                                    window=window)
 
     return attend
 
@@ -222,14 +244,18 @@ def scaled_dot_product_attention_reference(
     enable_gqa: bool = False,
     *,
     return_lse: bool = False,
+    softcap: float = 0.0,
+    window: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Plain PyTorch math SDPA: the fallback inside the custom op and the test oracle (call it on
     float64 inputs). Computes in float64 for float64 inputs and float32 otherwise; returns query's dtype.
 
     Rows with every key masked give 0 (and lse -inf) with finite gradients. return_lse: also return the
-    natural-log log-sum-exp of each row's scaled, masked scores [..., Hq, Sq] (fp32 or fp64).
+    natural-log log-sum-exp of each row's scaled, masked scores [..., Hq, Sq] (fp32 or fp64). softcap and
+    window: as scaled_dot_product_attention's.
     """
-    p, total, row_max, v = _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+    p, total, row_max, v, _ = _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa,
+                                               softcap, window)
     if dropout_p > 0:
         p = torch.dropout(p, dropout_p, train=True)
     out = (p @ v).to(query.dtype)
@@ -238,8 +264,9 @@ def scaled_dot_product_attention_reference(
     return out, (torch.log(total) + row_max).squeeze(-1)
 
 
-def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa):
-    """(P, row sums, row maxima, value with repeated heads), in float64 for float64 inputs else float32."""
+def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa, softcap=0.0, window=None):
+    """(P, row sums, row maxima, value with repeated heads, tanh(scores / softcap) or None), in float64 for
+    float64 inputs else float32."""
     compute = torch.float64 if query.dtype == torch.float64 else torch.float32
     q, k, v = query.to(compute), key.to(compute), value.to(compute)
     if enable_gqa and q.dim() >= 3:
@@ -247,9 +274,15 @@ def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa)
         v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
     sm_scale = _default_scale(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * sm_scale
+    tanh = None
+    if softcap:
+        tanh = torch.tanh(scores / softcap)
+        scores = tanh * softcap
     Sq, Sk = scores.shape[-2], scores.shape[-1]
     if is_causal:
         causal = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).tril()
+        if window:  # and i - j < window
+            causal = causal.triu(diagonal=1 - window)
         scores = scores.masked_fill(~causal, float("-inf"))
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
@@ -262,7 +295,7 @@ def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa)
     row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)
     p = torch.exp(scores - row_max)
     total = p.sum(dim=-1, keepdim=True)
-    return p / torch.where(total == 0, torch.ones_like(total), total), total, row_max, v
+    return p / torch.where(total == 0, torch.ones_like(total), total), total, row_max, v, tanh
 
 
 def scaled_dot_product_attention_backward_reference(
@@ -274,13 +307,16 @@ def scaled_dot_product_attention_backward_reference(
     is_causal: bool,
     scale: float,
     mask_grad: bool = False,
+    softcap: float = 0.0,
+    window: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients (dq, dk, dv, dmask or None) of the reference on 4-D GQA inputs, by the explicit formulas
-    (dS = P * (dP - rowsum(dO * O))); GQA gradients are summed over each group's query heads.
+    (dS = P * (dP - rowsum(dO * O)), times 1 - tanh^2 under a soft cap for dq and dk); GQA gradients are summed
+    over each group's query heads.
 
     Written out rather than through autograd because it runs inside a custom op, where autograd is off.
     """
-    p, _, _, v = _attention_probs(query, key, value, attn_mask, is_causal, scale, True)
+    p, _, _, v, tanh = _attention_probs(query, key, value, attn_mask, is_causal, scale, True, softcap, window)
     compute = p.dtype
     do, q = grad_out.to(compute), query.to(compute)
     hq, hk = query.shape[1], key.shape[1]
@@ -288,12 +324,14 @@ def scaled_dot_product_attention_backward_reference(
     dv = p.transpose(-2, -1) @ do
     dp = do @ v.transpose(-2, -1)
     ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+    dmask = ds.to(attn_mask.dtype) if mask_grad and attn_mask is not None else None  # the mask follows the cap
+    if tanh is not None:
+        ds = ds * (1 - tanh * tanh)
     dq = (ds @ k) * scale
     dk = (ds.transpose(-2, -1) @ q) * scale
     if hq != hk:
         dk = dk.unflatten(1, (hk, hq // hk)).sum(2)
         dv = dv.unflatten(1, (hk, hq // hk)).sum(2)
-    dmask = ds.to(attn_mask.dtype) if mask_grad and attn_mask is not None else None
     return (dq.to(query.dtype).contiguous(), dk.to(key.dtype).contiguous(), dv.to(value.dtype).contiguous(),
             dmask.contiguous() if dmask is not None else None)
 
@@ -307,14 +345,16 @@ def attention_with_kvcache_reference(
     v: torch.Tensor | None = None,
     scale: float | None = None,
     causal: bool = True,
+    softcap: float = 0.0,
+    window: int | None = None,
 ) -> torch.Tensor:
     """attention_with_kvcache in plain PyTorch (writes k/v into the caches in place, as the op does)."""
     lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
     sm_scale = _default_scale(q.shape[-1]) if scale is None else scale
-    return _kvcache_attend_reference(q, k_cache, v_cache, lengths, sm_scale, causal)
+    return _kvcache_attend_reference(q, k_cache, v_cache, lengths, sm_scale, causal, softcap, window)
 
 
-def _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal):
+def _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal, softcap=0.0, window=None):
     Sq, s_max = q.shape[2], k_cache.shape[2]
     pos = torch.arange(s_max, device=q.device)
     lengths = lengths.to(device=q.device, dtype=torch.int64)
@@ -323,12 +363,15 @@ def _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal):
     if causal:
         last = lengths[:, None] - Sq + torch.arange(Sq, device=q.device)[None, :]  # [B, Sq]
         mask = mask & (pos[None, None, :] <= last[:, :, None])[:, None]
+        if window:
+            mask = mask & (last[:, :, None] - pos[None, None, :] < window)[:, None]
     # Positions past a sequence's length may hold anything (NaN in the tests): zero them, since
     # 0 * NaN in P @ V would poison the row.
     keep = valid[:, None, :, None]
     keys = torch.where(keep, k_cache, torch.zeros((), dtype=k_cache.dtype, device=k_cache.device))
     values = torch.where(keep, v_cache, torch.zeros((), dtype=v_cache.dtype, device=v_cache.device))
-    return scaled_dot_product_attention_reference(q, keys, values, mask, 0.0, False, scale, enable_gqa=True)
+    return scaled_dot_product_attention_reference(q, keys, values, mask, 0.0, False, scale, enable_gqa=True,
+                                                  softcap=softcap)
 
 
 # ---------------------------------------------------------------- validation
@@ -377,6 +420,20 @@ def _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, en
         raise TypeError(f"enable_gqa: expected a bool, got {type(enable_gqa).__name__}")
     validate_backend_name(backend, ATTENTION.extra_names())
     return prefix
+
+
+def _validate_cap_window(softcap, window, causal, causal_name) -> None:
+    """softcap: a finite number >= 0; window: None or an int >= 1, only with a causal mask (a window is a band
+    below the causal diagonal)."""
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) or softcap < 0:
+        raise AttentionInputError(f"softcap: expected a finite number >= 0 (0: no cap), got {softcap!r}")
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise AttentionInputError(f"window: expected None or an int >= 1, got {window!r}")
+    if not causal:
+        raise AttentionInputError(f"window: a sliding window needs {causal_name}=True (query i sees keys "
+                                  "i - window < j <= i)")
 
 
 def _validate_mask(attn_mask, query, key, prefix) -> None:
@@ -561,7 +618,8 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
 
 
 def _auto_key(op: Op, inputs: dict[str, Any]) -> tuple[Any, ...]:
-    return (op.name, len(op.implementations), inputs["device"], inputs["dtype"], inputs["head_dim"],
+    return (op.name, len(op.implementations), bool(inputs.get("softcap") or inputs.get("window")),
+            inputs["device"], inputs["dtype"], inputs["head_dim"],
             inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
             bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")), bool(inputs.get("backward")),
             _cpp_pays(inputs), triton_interpreter_enabled(), inputs.get("offsets_32bit", True))
@@ -620,13 +678,17 @@ class _CallPlan:
 _PLANS = PlanTable()
 
 
-def _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> _CallPlan:
+def _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend, softcap=0.0,
+               window=None) -> _CallPlan:
     """The plan of this call: replayed when a call with the same signature passed the checks before, else
     checked and decided now (raising on bad input)."""
     signature = _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+    if signature is not None:
+        signature = (*signature, type(softcap), softcap, type(window), window)
     plan = _PLANS.get(signature)
     if plan is None:
-        plan = _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+        plan = _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend,
+                             softcap, window)
         # The TMA kernel's check reads the tensors' addresses and strides, which no signature holds.
         if backend != "triton+tma":
             _PLANS.put(signature, plan)
@@ -654,11 +716,14 @@ def _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
             triton_interpreter_enabled(), torch.get_num_threads())
 
 
-def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend) -> _CallPlan:
+def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend, softcap=0.0,
+                  window=None) -> _CallPlan:
     """Check the call (raising on bad input) and decide how it runs."""
     prefix = _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+    _validate_cap_window(softcap, window, is_causal, "is_causal")
     sm_scale = _default_scale(query.shape[-1]) if scale is None else float(scale)
-    inputs = _dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal)
+    inputs = {**_dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal), "softcap": float(softcap),
+              "window": int(window or 0)}
     if torch.compiler.is_compiling():
         if dropout_p > 0:
             _refuse_dropout(backend)
@@ -671,6 +736,8 @@ def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, ena
     if bypass or is_plain_eager(query, key, value, attn_mask):
         empty = query.numel() == 0 or key.numel() == 0 or value.numel() == 0
         both = is_causal and attn_mask is not None  # torch's SDPA refuses the pair; the reference applies both
+        if (impl.backend == "torch" or empty) and (softcap or window):
+            return _CallPlan(prefix, sm_scale, impl, "reference")  # beyond torch's SDPA
         if (impl.backend == "torch" or empty) and not both:
             return _CallPlan(prefix, sm_scale, impl, "torch")
     return _CallPlan(prefix, sm_scale, impl, "direct" if bypass else "custom_op")
@@ -701,16 +768,20 @@ def _sdpa_op(
     is_causal: bool,
     scale: float,
     backend: str,
+    softcap: float = 0.0,
+    window: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """4-D inputs -> (out [B, Hq, Sq, Dv], lse [B, Hq, Sq] fp32, natural log, -inf for empty rows)."""
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
-        return _sdpa_torch(query, key, value, attn_mask, is_causal, scale)
-    inputs = _dispatch_inputs(query, key, value, attn_mask, 0.0, is_causal)  # autograd is off here: no mask_grad
-    return _select(ATTENTION, inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale)
+        return _sdpa_torch(query, key, value, attn_mask, is_causal, scale, softcap, window)
+    inputs = {**_dispatch_inputs(query, key, value, attn_mask, 0.0, is_causal),  # autograd is off: no mask_grad
+              "softcap": softcap, "window": window}
+    return _select(ATTENTION, inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale, softcap,
+                                                          window)
 
 
 @_sdpa_op.register_fake
-def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, backend):
+def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, backend, softcap=0.0, window=0):
     B, H, Sq, _ = query.shape
     out = query.new_empty((B, H, Sq, value.shape[-1]))
     return out, query.new_empty((B, H, Sq), dtype=torch.float32)
@@ -729,30 +800,34 @@ def _sdpa_backward_op(
     scale: float,
     mask_grad: bool,
     backend: str,
+    softcap: float = 0.0,
+    window: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dmask); dmask is [B, Hq, Sq, Sk] when mask_grad, else an empty tensor."""
     inputs = {**_dispatch_inputs(query, key, value, attn_mask, 0.0, is_causal), "mask_grad": mask_grad,
-              "backward": True}
+              "backward": True, "softcap": softcap, "window": window}
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         impl = ATTENTION_BWD.get("torch")
     else:
         impl = _select(ATTENTION_BWD, inputs, backend or None)
-    return impl.run(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad)
+    return impl.run(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap, window)
 
 
 @_sdpa_backward_op.register_fake
-def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, backend):
+def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, backend,
+                        softcap=0.0, window=0):
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad and attn_mask is not None else query.new_empty((0,))
     # Contiguous gradients whatever the inputs' strides: every backend allocates them that way.
     return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape), dmask
 
 
 def _setup_context(ctx, inputs, output):
-    query, key, value, attn_mask, is_causal, scale, backend = inputs
+    query, key, value, attn_mask, is_causal, scale, backend, softcap, window = inputs
     out, lse = output
     ctx.save_for_backward(query, key, value, attn_mask, out, lse)
     # The TMA forward's gradients come from the pointer kernels (same out and lse).
     ctx.is_causal, ctx.scale, ctx.backend = is_causal, scale, "triton" if backend == "triton+tma" else backend
+    ctx.softcap, ctx.window = softcap, window
     ctx.mark_non_differentiable(lse)
 
 
@@ -760,8 +835,9 @@ def _backward(ctx, grad_out, _grad_lse):
     query, key, value, attn_mask, out, lse = ctx.saved_tensors
     mask_grad = attn_mask is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dmask = torch.ops.genai_fast.scaled_dot_product_attention_backward(
-        grad_out, query, key, value, attn_mask, out, lse, ctx.is_causal, ctx.scale, mask_grad, ctx.backend)
-    return dq, dk, dv, dmask if mask_grad else None, None, None, None
+        grad_out, query, key, value, attn_mask, out, lse, ctx.is_causal, ctx.scale, mask_grad, ctx.backend,
+        ctx.softcap, ctx.window)
+    return dq, dk, dv, dmask if mask_grad else None, None, None, None, None, None
 
 
 _sdpa_op.register_autograd(_backward, setup_context=_setup_context)
@@ -778,15 +854,18 @@ def _kvcache_op(
     scale: float,
     causal: bool,
     backend: str,
+    softcap: float = 0.0,
+    window: int = 0,
 ) -> torch.Tensor:
     s_new = k.shape[2] if k is not None else 0
     bounds = _validate_seqlens(cache_seqlens, q, q.shape[0], k_cache.shape[2], s_new)  # compiled callers
     uniform = bounds[0] + s_new if bounds is not None and bounds[0] == bounds[1] else None
-    return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend or None, uniform)
+    return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend or None, uniform, softcap,
+                        window)
 
 
 @_kvcache_op.register_fake
-def _kvcache_fake(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend):
+def _kvcache_fake(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, softcap=0.0, window=0):
     return q.new_empty((*q.shape[:3], v_cache.shape[3]))
 
 
@@ -802,7 +881,7 @@ def _append_to_cache(k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
     return (cache_seqlens + s_new).to(torch.int32)
 
 
-def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, uniform):
+def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, uniform, softcap=0.0, window=0):
     """Append, then attend. uniform: the common length of every sequence when known on the host."""
     lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
     if q.shape[0] * q.shape[1] * q.shape[2] * v_cache.shape[3] == 0:
@@ -810,9 +889,11 @@ def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backen
     if q.shape[3] == 0:
         # Head dim 0: every score is 0, so each row averages its visible values (torch's SDPA does); the
         # kernels are not written for an empty head.
-        return KVCACHE.get("torch").run(q, k_cache, v_cache, lengths, scale, causal, uniform)
-    inputs = {"device": q.device, "dtype": q.dtype, "head_dim": q.shape[3], "head_dim_v": v_cache.shape[3]}
-    return _select(KVCACHE, inputs, backend).run(q, k_cache, v_cache, lengths, scale, causal, uniform)
+        return KVCACHE.get("torch").run(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap, window)
+    inputs = {"device": q.device, "dtype": q.dtype, "head_dim": q.shape[3], "head_dim_v": v_cache.shape[3],
+              "softcap": softcap, "window": window}
+    return _select(KVCACHE, inputs, backend).run(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap,
+                                                 window)
 
 
 # ---------------------------------------------------------------- backends, in priority order
@@ -841,10 +922,10 @@ _TORCH = Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",
 
 
 @ATTENTION.register("triton", _TRITON, check=_triton_reasons)
-def _sdpa_triton(query, key, value, attn_mask, is_causal, scale):
+def _sdpa_triton(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
     from genai_fast.kernels.attention import attention_fwd
 
-    return attention_fwd(query, key, value, attn_mask, is_causal, scale)
+    return attention_fwd(query, key, value, attn_mask, is_causal, scale, softcap=softcap, window=window)
 
 
 # When the cpp kernels beat torch's CPU SDPA (fp32, 2-core AVX-512 VM, `genai-fast bench --device cpu --full
@@ -1015,19 +1096,21 @@ def _on_cpu_in_fp32(inputs: dict[str, Any]) -> bool:
                          "boolean and additive masks")),
     check=_cpp_reasons,
 )
-def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale):
+def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
     Sq, Sk = query.shape[-2], key.shape[-2]
     if attn_mask is None and _few_rows_on_decode_kernel(Sq, Sk, query.shape[-1], value.shape[-1], is_causal):
-        # Every query sees all Sk keys (or, causal with Sq == Sk, the same keys either alignment shows).
+        # Every query sees all Sk keys (or, causal with Sq == Sk, the same keys and window either alignment shows).
         return cpp_attention.decode_attention_fwd(query, key, value, [Sk] * query.shape[0], scale, is_causal,
-                                                  with_lse=True)
-    return cpp_attention.attention_fwd(query, key, value, scale, is_causal, mask=attn_mask)
+                                                  with_lse=True, softcap=softcap, window=window)
+    return cpp_attention.attention_fwd(query, key, value, scale, is_causal, mask=attn_mask, softcap=softcap,
+                                       window=window)
 
 
 @ATTENTION.register("torch", _TORCH, check=lambda inputs: [])
-def _sdpa_torch(query, key, value, attn_mask, is_causal, scale):
+def _sdpa_torch(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
     out, lse = scaled_dot_product_attention_reference(query, key, value, attn_mask, 0.0, is_causal, scale,
-                                                      enable_gqa=True, return_lse=True)
+                                                      enable_gqa=True, return_lse=True, softcap=softcap,
+                                                      window=window)
     return out.contiguous(), lse.to(torch.float32).contiguous()
 
 
@@ -1037,7 +1120,12 @@ def _tma_reasons(inputs: dict[str, Any]) -> list[str]:
         return [*reasons, "the TMA kernel is checked against the tensors of a scaled_dot_product_attention call"]
     from genai_fast.kernels.attention_tma import tma_reasons
 
-    return reasons + tma_reasons(*inputs["tensors"], inputs.get("has_mask", False))
+    return reasons + tma_reasons(*inputs["tensors"], inputs.get("has_mask", False)) + _cap_window_reasons(inputs)
+
+
+def _cap_window_reasons(inputs: dict[str, Any]) -> list[str]:
+    """The TMA kernel computes neither a soft cap nor a sliding window."""
+    return [f"{name} is not computed by the TMA kernel" for name in ("softcap", "window") if inputs.get(name)]
 
 
 # Registered after the reference, so automatic dispatch never picks it: an experimental Hopper forward that
@@ -1048,12 +1136,13 @@ _TRITON_TMA = Capability(devices=("cuda", "cpu"), dtypes=(torch.float16, torch.b
 
 
 @ATTENTION.register("triton+tma", _TRITON_TMA, check=_tma_reasons, requires="triton")
-def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale):
+def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
     from genai_fast.kernels.attention_tma import attention_fwd_tma, tma_reasons
 
     # The dispatcher checked the caller's tensors; these are their 4-D canonical views (broadcast batch
     # dimensions can leave strides TMA refuses), so check again before any descriptor is made.
-    reasons = tma_reasons(query, key, value, attn_mask is not None)
+    reasons = tma_reasons(query, key, value, attn_mask is not None) + _cap_window_reasons(
+        {"softcap": softcap, "window": window})
     if reasons:
         raise BackendNotSupportedError("scaled_dot_product_attention: backend 'triton+tma' cannot run these "
                                        "inputs: " + "; ".join(reasons))
@@ -1061,10 +1150,11 @@ def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale):
 
 
 @ATTENTION_BWD.register("triton", _TRITON, check=_triton_reasons)
-def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad):
+def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap=0.0,
+                          window=0):
     from genai_fast.kernels.attention import attention_bwd
 
-    dq, dk, dv = attention_bwd(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale)
+    dq, dk, dv = attention_bwd(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, softcap, window)
     return dq, dk, dv, query.new_empty((0,))
 
 
@@ -1075,26 +1165,29 @@ def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_c
                          "boolean and additive masks (not their gradient)")),
     check=_cpp_reasons,
 )
-def _sdpa_backward_cpp(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad):
+def _sdpa_backward_cpp(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap=0.0,
+                       window=0):
     from genai_fast.backends.cpp.attention import attention_bwd
 
-    dq, dk, dv = attention_bwd(grad_out, query, key, value, out, lse, scale, is_causal, mask=attn_mask)
+    dq, dk, dv = attention_bwd(grad_out, query, key, value, out, lse, scale, is_causal, mask=attn_mask,
+                               softcap=softcap, window=window)
     return dq, dk, dv, query.new_empty((0,))
 
 
 @ATTENTION_BWD.register("torch", _TORCH, check=lambda inputs: [])
-def _sdpa_backward_torch(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad):
+def _sdpa_backward_torch(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap=0.0,
+                         window=0):
     """The reference's gradient formulas, recomputing P (out and lse are not needed)."""
     dq, dk, dv, dmask = scaled_dot_product_attention_backward_reference(grad_out, query, key, value, attn_mask,
-                                                                        is_causal, scale, mask_grad)
+                                                                        is_causal, scale, mask_grad, softcap, window)
     return dq, dk, dv, dmask if dmask is not None else query.new_empty((0,))
 
 
 @KVCACHE.register("triton", _TRITON, check=_triton_reasons)
-def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform):
+def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0):
     from genai_fast.kernels.attention import decode_fwd
 
-    return decode_fwd(q, k_cache, v_cache, lengths, causal, scale)
+    return decode_fwd(q, k_cache, v_cache, lengths, causal, scale, softcap, window)
 
 
 @KVCACHE.register(
@@ -1103,17 +1196,20 @@ def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform):
                features=("ragged lengths in one call", "GQA without copies", "causal (bottom-right)")),
     check=lambda inputs: [],
 )
-def _kvcache_cpp(q, k_cache, v_cache, lengths, scale, causal, uniform):
+def _kvcache_cpp(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0):
     from genai_fast.backends.cpp.attention import decode_attention_fwd
 
     host = [uniform] * q.shape[0] if uniform is not None else lengths.tolist()
-    return decode_attention_fwd(q, k_cache, v_cache, host, scale, causal)
+    return decode_attention_fwd(q, k_cache, v_cache, host, scale, causal, softcap=softcap, window=window)
 
 
 @KVCACHE.register("torch", _TORCH, check=lambda inputs: [])
-def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal, uniform):
+def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0):
     # torch's SDPA over each valid prefix: no copies of the cache, and positions past a length are never
-    # read. Equal lengths (batch 1 decode, for one) take one call; ragged ones one call per sequence.
+    # read. Equal lengths (batch 1 decode, for one) take one call; ragged ones one call per sequence. A soft cap
+    # or window, which torch's SDPA lacks, runs the reference.
+    if softcap or window:
+        return _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal, softcap, window)
     if uniform is None and bool((lengths == lengths[0]).all()):
         uniform = int(lengths[0])
     if uniform is not None:

@@ -39,14 +39,18 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 
 def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: list[int],
                          scale: float, causal: bool, num_threads: int | None = None, *,
-                         heads_inner: bool = False, with_lse: bool = False) -> Any:
+                         heads_inner: bool = False, with_lse: bool = False, softcap: float = 0.0,
+                         window: int = 0) -> Any:
     """q [B, Hq, Sq, D], caches [B, Hkv, S_max, D / Dv] (fp32, CPU), lengths: B valid cache lengths (new tokens
     included) -> out [B, Hq, Sq, Dv]; causal aligned bottom-right.
 
     heads_inner: out is a [B, Sq, Hq, Dv] buffer seen as [B, Hq, Sq, Dv] (transpose(1, 2) then a reshape to
     [B, Sq, Hq * Dv] is a view, as an attention layer's output projection wants it).
-    with_lse: return (out, lse [B, Hq, Sq] fp32, each row's natural-log log-sum-exp of its scaled scores,
-    -inf for a row that sees nothing)."""
+    with_lse: return (out, lse [B, Hq, Sq] fp32, each row's natural-log log-sum-exp of its scaled (capped) scores,
+    -inf for a row that sees nothing).
+    softcap > 0: each scaled score s becomes softcap * tanh(s / softcap) (0: none).
+    window > 0 (causal only): query i, at position p = lengths[b] - Sq + i, sees positions p - window < j <= p
+    (0: none); positions below every query's window are not read."""
     _check_qkv(q, k_cache, v_cache, ("q", "k_cache", "v_cache"))
     q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
     B, Hq, Sq, D = q.shape
@@ -59,20 +63,26 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         list(k_cache.stride()[:3]), v_cache.data_ptr(), _extent(v_cache), list(v_cache.stride()[:3]),
         [int(n) for n in lengths], out.data_ptr(), _extent(out), list(out.stride()[:3]),
         0 if lse is None else lse.data_ptr(), 0 if lse is None else lse.numel(), B, Hq, Hkv, Sq, S_max, D, Dv,
-        float(scale), bool(causal), num_threads or torch.get_num_threads())
+        float(scale), bool(causal), num_threads or torch.get_num_threads(), float(softcap), int(window))
     return (out, lse) if with_lse else out
 
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                   num_threads: int | None = None, streamed: bool | None = None,
-                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  mask: torch.Tensor | None = None, softcap: float = 0.0,
+                  window: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (fp32, CPU, any strides; Hq a multiple of Hkv)
     -> (out [B, Hq, Sq, Dv] contiguous, lse [B, Hq, Sq] fp32: each row's natural-log log-sum-exp of its scaled
     scores). causal: aligned top-left (query i sees keys j <= i), as torch's SDPA. streamed: run the key-blocked
     (online softmax) scheme or the short-sequence one; None chooses by the size of a head's keys. mask: None, or
     [B, Hq, Sq, Sk] (any strides, broadcast views included) of booleans (False removes a score) or fp32 values
     added to the scaled scores; a masked call runs the key-blocked scheme. A row whose scores are all removed
-    gives zeros and lse -inf."""
+    gives zeros and lse -inf.
+
+    softcap > 0 (FlashAttention's softcap): each scaled score s becomes softcap * tanh(s / softcap), before the
+    mask; lse is then over the capped scores. window > 0 (causal only): query i sees keys i - window < j <= i;
+    keys outside every row's window are skipped, so a long sequence costs O(Sq * window). Both schemes take
+    both; 0 means none."""
     _check_qkv(q, k, v, ("q", "k", "v"))
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, Hq, Sq, D = q.shape
@@ -83,7 +93,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         q.data_ptr(), _extent(q), list(q.stride()[:3]), k.data_ptr(), _extent(k), list(k.stride()[:3]),
         v.data_ptr(), _extent(v), list(v.stride()[:3]), out.data_ptr(), out.numel(), lse.data_ptr(), lse.numel(),
         B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal), num_threads or torch.get_num_threads(),
-        -1 if streamed is None else int(streamed), *_mask_args(mask, (B, Hq, Sq, Sk)))
+        -1 if streamed is None else int(streamed), *_mask_args(mask, (B, Hq, Sq, Sk)), float(softcap), int(window))
     return out, lse
 
 
@@ -107,10 +117,12 @@ def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int]) -> t
 
 def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, scale: float, causal: bool, num_threads: int | None = None,
-                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  mask: torch.Tensor | None = None, softcap: float = 0.0,
+                  window: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of `attention_fwd` (same shapes as q, k, v; contiguous) from its inputs, output
-    `out`, row log-sum-exps `lse` and the output's gradient `grad_out` (fp32, CPU). mask: the forward's, as
-    `attention_fwd` takes it (the mask's own gradient is not computed)."""
+    `out`, row log-sum-exps `lse` and the output's gradient `grad_out` (fp32, CPU). mask, softcap, window: the
+    forward's, as `attention_fwd` takes them (the mask's own gradient is not computed; the capped scores are
+    recomputed, and the gradient flows through the cap)."""
     _check_qkv(q, k, v, ("q", "k", "v"))
     for name, t in (("out", out), ("grad_out", grad_out), ("lse", lse)):
         require_cpu(name, t)
@@ -122,5 +134,5 @@ def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
         q.data_ptr(), q.numel(), k.data_ptr(), k.numel(), v.data_ptr(), v.numel(), out.data_ptr(), out.numel(),
         grad_out.data_ptr(), grad_out.numel(), lse.data_ptr(), lse.numel(), dq.data_ptr(), dq.numel(),
         dk.data_ptr(), dk.numel(), dv.data_ptr(), dv.numel(), B, Hq, Hkv, Sq, Sk, D, Dv, float(scale), bool(causal),
-        num_threads or torch.get_num_threads(), *_mask_args(mask, (B, Hq, Sq, Sk)))
+        num_threads or torch.get_num_threads(), *_mask_args(mask, (B, Hq, Sq, Sk)), float(softcap), int(window))
     return dq, dk, dv
