@@ -227,8 +227,11 @@ def test_cli_prompt_lookup_prints_the_greedy_text_and_its_passes(byte_bpe, tmp_p
     assert main([*argv, "--draft-model", str(tmp_path), "--num-draft-tokens", "3", "--stream"]) == 0
     out = capsys.readouterr()
     assert out.out == expected + "\n" and "draft tokens kept" in out.err
-    assert main([*argv, "--draft-model", str(tmp_path), "--repetition-penalty", "1.5"]) == 2
-    assert "--draft-model: takes neither" in capsys.readouterr().err
+    assert main([*argv, "--draft-model", str(tmp_path), "--prompt-lookup", "2"]) == 2
+    assert "--draft-model: does not go with --prompt-lookup" in capsys.readouterr().err
+    penalised = load(tmp_path).generate("café café café", 20, chat=False, repetition_penalty=1.5).text
+    assert main([*argv, "--prompt-lookup", "4", "--repetition-penalty", "1.5"]) == 0
+    assert capsys.readouterr().out == penalised + "\n"
 
 
 def test_cli_max_seq_len_sizes_the_cache(byte_bpe, tmp_path, capsys):

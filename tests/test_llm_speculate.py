@@ -175,10 +175,9 @@ def test_prompt_lookup_stream_joins_to_the_plain_text():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"repetition_penalty": 1.2}, r"^prompt_lookup: does not take a repetition_penalty"),
     ({"prompt_lookup": -1}, r"^prompt_lookup: expected a number of draft tokens >= 0"),
     ({"prompt_lookup": 2.5}, r"^prompt_lookup: expected a number of draft tokens >= 0"),
-], ids=["penalty", "negative", "float"])
+], ids=["negative", "float"])
 def test_prompt_lookup_bad_arguments(kwargs, message):
     engine = load(_tiny(), max_seq_len=32)
     with pytest.raises(ValueError, match=message):
@@ -301,7 +300,6 @@ def test_draft_model_arguments_are_checked():
         (dict(draft_model="small"), TypeError, r"^draft_model: expected a genai_fast.llm Engine"),
         (dict(draft_model=target), ValueError, r"^draft_model: expected another engine"),
         (dict(draft_model=small, prompt_lookup=3), ValueError, r"^draft_model: pass either"),
-        (dict(draft_model=small, repetition_penalty=1.1), ValueError, r"^draft_model: does not take a repetition"),
         (dict(draft_model=small, num_draft_tokens=0), ValueError, r"^num_draft_tokens: expected at least 1"),
         (dict(draft_model=small, num_draft_tokens=-2), ValueError, r"^num_draft_tokens: expected a number"),
     ]
@@ -370,3 +368,53 @@ def test_speculative_sampling_follows_plain_sampling():
         support = set(counts[name]) | set(counts["plain"])
         distance = sum(abs(counts[name].get(k, 0) - counts["plain"].get(k, 0)) for k in support) / 2
         assert distance < 0.1, (name, distance)  # 1500 runs: noise ~0.04; keeping every draft token gives 0.88
+
+
+# ---------------------------------------------------------------- repetition penalty
+
+
+def test_speculation_with_a_repetition_penalty_gives_its_greedy_tokens():
+    """Each checked position is penalised over the tokens before it, drafts included: prompt-lookup and draft-model
+    decoding give plain greedy decoding's tokens under the penalty (which changes them here)."""
+    engine = load(_tiny(), max_seq_len=96)
+    draft = load(_tiny("gpt2"), max_seq_len=96)
+    engine.eos_ids = set()
+    prompt = [1, 5, 9, 33, 70, 1, 5, 9, 33, 70, 1, 5]
+    for penalty in (1.3, 0.7):  # below 1 favours repeats: drafts get kept
+        plain = engine.generate(prompt, 30, repetition_penalty=penalty)
+        assert plain.ids != engine.generate(prompt, 30).ids
+        lookup = engine.generate(prompt, 30, repetition_penalty=penalty, prompt_lookup=5)
+        assert lookup.ids == plain.ids
+        drafted = engine.generate(prompt, 30, repetition_penalty=penalty, draft_model=draft, num_draft_tokens=4)
+        assert drafted.ids == plain.ids
+    assert lookup.stats["accepted_tokens"] > 0
+
+
+def test_speculative_sampling_applies_the_penalty_at_each_position():
+    """Sampled speculation draws from the penalised distributions: with top_k=1 it collapses to greedy decoding
+    under the penalty, drafts kept (a penalty below 1 favours the prompt's repeats)."""
+    engine = load(_tiny(), max_seq_len=96)
+    draft = load(_tiny("gpt2"), max_seq_len=96)
+    engine.eos_ids = set()
+    prompt = [1, 5, 9, 33, 70, 1, 5, 9, 33, 70, 1, 5]
+    want = engine.generate(prompt, 30, repetition_penalty=0.7).ids
+    kept = []
+    for kwargs in ({"prompt_lookup": 5}, {"draft_model": draft, "num_draft_tokens": 4}):
+        got = engine.generate(prompt, 30, temperature=0.8, top_k=1, seed=3, repetition_penalty=0.7, **kwargs)
+        assert got.ids == want, kwargs
+        kept.append(got.stats["accepted_tokens"])
+    assert kept[0] > 0  # prompt-lookup drafts were kept (the random draft model's rarely are)
+
+
+def test_penalise_drafted_counts_the_draft_tokens_before_each_position():
+    from genai_fast.llm.decode import Sampler, SamplingParams
+
+    sampler = Sampler(SamplingParams(repetition_penalty=2.0), None)
+    logits = torch.randn(4, 12, generator=torch.Generator().manual_seed(0))
+    got = sampler.penalise_drafted(logits, [1, 2], [5, 7, 5])
+    for row, seen in enumerate(({1, 2}, {1, 2, 5}, {1, 2, 5, 7}, {1, 2, 5, 7})):
+        want = logits[row].clone()
+        for t in seen:
+            want[t] = want[t] * 2.0 if want[t] < 0 else want[t] / 2.0
+        torch.testing.assert_close(got[row], want)
+    assert Sampler(SamplingParams(), None).penalise_drafted(logits, [1], [2]) is logits

@@ -79,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repetition-penalty: expected a finite number > 0, got {args.repetition_penalty}")
     if args.max_seq_len is not None and args.max_seq_len <= 0:
         raise ValueError(f"--max-seq-len: expected a positive integer, got {args.max_seq_len}")
-    if args.prompt_lookup < 0 or (args.prompt_lookup and args.repetition_penalty):
-        raise ValueError("--prompt-lookup: expected a number of draft tokens >= 0, without --repetition-penalty")
-    if args.draft_model and (args.prompt_lookup or args.repetition_penalty):
-        raise ValueError("--draft-model: takes neither --prompt-lookup nor --repetition-penalty")
+    if args.prompt_lookup < 0:
+        raise ValueError(f"--prompt-lookup: expected a number of draft tokens >= 0, got {args.prompt_lookup}")
+    if args.draft_model and args.prompt_lookup:
+        raise ValueError("--draft-model: does not go with --prompt-lookup (one source of drafts)")
     if args.num_draft_tokens <= 0:
         raise ValueError(f"--num-draft-tokens: expected a positive integer, got {args.num_draft_tokens}")
     path = args.model or default_model()

@@ -66,6 +66,22 @@ class Sampler:
             self._logprobs.append(torch.log_softmax(logits.float(), dim=-1).gather(1, token[:, None])[:, 0])
         return token
 
+    def penalise_drafted(self, logits: torch.Tensor, held: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
+        """Speculative verification's logits [1 + len(draft), V] (after the sequence `held`, then after each draft
+        token) with the repetition penalty each position would get in plain decoding: over `held` and the draft
+        tokens before it (as HF's assisted generation runs its processors on each candidate position); the logits
+        themselves without a penalty."""
+        p = self.params
+        if p.repetition_penalty is None or p.repetition_penalty == 1:
+            return logits
+        seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        seen[:, torch.tensor(list(held), dtype=torch.long, device=logits.device)] = True
+        for j, token in enumerate(draft):  # row j + 1 follows draft[j]
+            seen[j + 1:, token] = True
+        scores = logits.float()
+        penalised = torch.where(scores < 0, scores * p.repetition_penalty, scores / p.repetition_penalty)
+        return torch.where(seen, penalised, scores)
+
     def chosen_logprobs(self) -> list[list[float]]:
         """[B][calls]: the recorded log-probabilities of the chosen tokens, per sequence (one host read)."""
         if not self._logprobs:

@@ -342,9 +342,10 @@ class Engine:
         prompt_lookup: speculative decoding with drafts of up to this many tokens taken from the text itself
         (see genai_fast.llm.speculate; HF's prompt_lookup_num_tokens): fewer forward passes when the output
         repeats its context. Greedy: the same tokens as plain decoding; sampled (temperature > 0): speculative
-        sampling, which draws from the same distribution (not the same draws for a seed). No repetition penalty,
-        no sliding layers; a batch runs its prompts one after another. stats gain draft_tokens and
-        accepted_tokens; decode_steps counts the verification passes.
+        sampling, which draws from the same distribution (not the same draws for a seed). A repetition penalty
+        applies at each checked position over the tokens before it, drafts included. Sliding layers need full
+        caches (load(sliding_window_cache="full")); a batch runs its prompts one after another. stats gain
+        draft_tokens and accepted_tokens; decode_steps counts the verification passes.
         draft_model: speculative decoding with drafts of up to num_draft_tokens tokens (adapted per pass) from
         this smaller engine (HF's assistant_model), greedy or sampled with the same settings: same tokenizer,
         same device, a vocabulary no larger, no sliding layers; its cache is used and overwritten. Same rules as
@@ -372,9 +373,6 @@ class Engine:
         name = "prompt_lookup" if draft_model is None else "draft_model"
         if draft_model is not None and prompt_lookup:
             raise ValueError("draft_model: pass either a draft model or prompt_lookup, not both")
-        if params.repetition_penalty not in (None, 1):
-            raise ValueError(f"{name}: does not take a repetition_penalty (each draft token would change the "
-                             "penalties of the ones after it)")
         if draft_model is not None:
             self._check_draft_model(draft_model)
         for engine, who in ((self, "this model"), (draft_model, "the draft model")):
@@ -598,6 +596,7 @@ class Engine:
         rows, done, counts = [[]], [False], {"passes": 0, "drafted": 0, "accepted": 0}
         self.model.allocate_cache(1, self.max_seq_len)
         t0 = time.perf_counter()
+        sample.start([prompt], self.model.cfg.vocab_size, self.device)  # the first token's repetition penalty
         logits, reused = self._prefill([prompt])
         gained = [int(sample(logits)[0])]
         scores = [_chosen_logprob(logits[0], gained[0])] if logprobs else []
@@ -612,10 +611,11 @@ class Engine:
             room = min(size, max_new_tokens - len(rows[0]) - 1, self.max_seq_len - cached - 1)
             draft, proposal = drafter.propose(prompt + rows[0], room) if room > 0 else ([], None)
             logits = self._verify(rows[0][-1], draft, cached)
+            chosen = sample.penalise_drafted(logits, prompt + rows[0], draft)
             if sample.params.temperature == 0:
-                gained = speculate.accept(draft, logits.argmax(-1).tolist())
+                gained = speculate.accept(draft, chosen.argmax(-1).tolist())
             else:
-                gained = speculate.accept_sampled(sample.probabilities(logits), draft, proposal, sample.generator)
+                gained = speculate.accept_sampled(sample.probabilities(chosen), draft, proposal, sample.generator)
             drafter.kept(len(prompt) + len(rows[0]), len(gained) - 1)
             if logprobs:
                 scores = [_chosen_logprob(row, token) for row, token in zip(logits, gained, strict=False)]

@@ -917,7 +917,7 @@ def _triton_reasons(inputs: dict[str, Any]) -> list[str]:
 _TRITON = Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, min_compute_capability=(8, 0),
                      layouts=("any strides",),
                      features=(f"head dim <= {MAX_KERNEL_HEAD_DIM}", "GQA without copies", "bool/additive masks",
-                               "causal"))
+                               "causal", "soft cap", "sliding window (blocks skipped)"))
 _TORCH = Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",))
 
 
@@ -1093,7 +1093,7 @@ def _on_cpu_in_fp32(inputs: dict[str, Any]) -> bool:
     "cpp",
     Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
                features=("key-blocked online softmax", "GQA without copies", "causal (top-left)",
-                         "boolean and additive masks")),
+                         "boolean and additive masks", "soft cap", "sliding window (blocks skipped)")),
     check=_cpp_reasons,
 )
 def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
@@ -1162,7 +1162,7 @@ def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_c
     "cpp",
     Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
                features=("key-blocked", "GQA without copies", "causal (top-left)",
-                         "boolean and additive masks (not their gradient)")),
+                         "boolean and additive masks (not their gradient)", "soft cap", "sliding window")),
     check=_cpp_reasons,
 )
 def _sdpa_backward_cpp(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap=0.0,
@@ -1193,7 +1193,8 @@ def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform, softca
 @KVCACHE.register(
     "cpp",
     Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
-               features=("ragged lengths in one call", "GQA without copies", "causal (bottom-right)")),
+               features=("ragged lengths in one call", "GQA without copies", "causal (bottom-right)", "soft cap",
+                         "sliding window")),
     check=lambda inputs: [],
 )
 def _kvcache_cpp(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0):
