@@ -223,3 +223,29 @@ def test_gemma2_soft_capped_attention_runs_fused_and_matches_eager():
     with torch.no_grad():
         uncapped = model(input_ids=ids, attention_mask=mask).logits
     assert (uncapped[valid] - want[valid]).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("family", ["vaultgemma", "t5gemma"])
+def test_other_soft_capped_families_patch_and_match_eager(family):
+    """VaultGemma and T5Gemma (its bidirectional, padded encoder too) refuse SDPA only for the soft cap as well."""
+    torch.manual_seed(0)
+    size = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, attn_logit_softcapping=2.0, sliding_window=6)
+    ids = torch.randint(3, 128, (2, 14), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    if family == "vaultgemma":
+        model = transformers.VaultGemmaForCausalLM(transformers.VaultGemmaConfig(**size, max_position_embeddings=64))
+        inputs = {"input_ids": ids}
+    else:
+        model = transformers.T5GemmaForConditionalGeneration(transformers.T5GemmaConfig(
+            encoder=size, decoder=size, vocab_size=128))
+        inputs = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": ids[:, :9]}
+    model.eval()
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        want = model(**inputs).logits
+        patch(model)
+        got = model(**inputs).logits
+    assert model.config._attn_implementation == "genai_fast"
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
