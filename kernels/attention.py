@@ -185,12 +185,12 @@ def finish_rows(acc, l_i, m_i):
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, M, OUT, LSE,
+    Q, K, V, M, OUT, LSE, SINKS,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
     smb, smh, smm, smn, sob, soh, som, sod,
     Hq, GROUP, Sq, Sk, D, DV, qk_scale, cap_in, cap_out, window,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
-    SOFTCAP: tl.constexpr, WINDOWED: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOWED: tl.constexpr, HAS_SINKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = query_block(IS_CAUSAL)
@@ -215,6 +215,9 @@ def _attn_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_SINKS:  # the head's sink logit starts every row's softmax: a key of value zero (nothing to accumulate)
+        m_i = tl.zeros([BLOCK_M], tl.float32) + tl.load(SINKS + h).to(tl.float32) * 1.4426950408889634
+        l_i = l_i + 1.0
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
     # Key blocks [lo, full_lo) cross the window's lower edge, [full_lo, n_full) need no masking, [.., hi) reach
@@ -621,19 +624,20 @@ def _mask_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                   is_causal: bool, scale: float, config: dict[str, int] | None = None, softcap: float = 0.0,
-                  window: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  window: int = 0, sinks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], mask None or [B, Hq, Sq, Sk] (any
     strides, bool or additive) -> (out [B, Hq, Sq, Dv] in q's dtype, lse [B, Hq, Sq] fp32, natural log).
     config: tile/launch options overriding the heuristic (for tuning scripts). softcap > 0: scores capped as
     softcap * tanh(score / softcap) before the mask; window > 0 (causal only): row i sees keys i - window < j <= i,
-    and key blocks outside every row's window are skipped."""
+    and key blocks outside every row's window are skipped. sinks: None or [Hq], each head's sink logit in every
+    row's softmax (the lse includes it)."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
     _check_launch(("query", Hq), {"query": q, "key": k, "value": v, "attn_mask": mask, "out": _dense((B, Hq, Sq, DV))})
     chunks = _batch_chunks(B, Hq)
     if len(chunks) > 1:
         parts = [attention_fwd(q[c], k[c], v[c], None if mask is None else mask[c], is_causal, scale, config,
-                               softcap, window) for c in chunks]
+                               softcap, window, sinks) for c in chunks]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
     lse = memory.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
@@ -642,9 +646,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     m, mstrides, kind = _mask_args(mask, q)
     grid = (triton.cdiv(Sq, cfg["BLOCK_M"]), B * Hq)
     cap = _cap_args(scale, softcap, window)
+    sink_logits = lse if sinks is None else sinks.to(torch.float32).contiguous()  # lse: an unread placeholder
     _attn_fwd_kernel[grid](
-        q, k, v, m, out, lse, *q.stride(), *k.stride(), *v.stride(), *mstrides, *out.stride(),
-        Hq, Hq // Hkv, Sq, Sk, D, DV, *cap["args"], **cap["flags"],
+        q, k, v, m, out, lse, sink_logits, *q.stride(), *k.stride(), *v.stride(), *mstrides, *out.stride(),
+        Hq, Hq // Hkv, Sq, Sk, D, DV, *cap["args"], **cap["flags"], HAS_SINKS=sinks is not None,
         IS_CAUSAL=is_causal, MASK_KIND=kind, IEEE=q.dtype == torch.float32,
         EVEN_D=D == block_d and DV == block_dv, BLOCK_D=block_d, BLOCK_DV=block_dv, **cfg,
     )

@@ -21,7 +21,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 SHARED_LIMIT = {80: 166912, 90: 232448}  # bytes of shared memory per block (A100, H100)
-POINTERS = {"M": "*u8", "LSE": "*fp32", "DELTA": "*fp32", "PO": "*fp32", "PLSE": "*fp32", "LENS": "*i32"}
+POINTERS = {"M": "*u8", "LSE": "*fp32", "SINKS": "*fp32",
+            "DELTA": "*fp32", "PO": "*fp32", "PLSE": "*fp32", "LENS": "*i32"}
 TENSORS = ("Q", "K", "V", "OUT", "DO", "DK", "DV_OUT", "DQ")
 FLOATS = ("qk_scale", "sm_scale", "cap_in", "cap_out")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -45,9 +46,11 @@ def _variants(dtype: torch.dtype):
     ieee = dtype == torch.float32
     size = torch.empty((), dtype=dtype).element_size()
     plain, capped = dict(SOFTCAP=False, WINDOWED=False), dict(SOFTCAP=True, WINDOWED=True)
+    fwd_plain, fwd_capped = dict(plain, HAS_SINKS=False), dict(capped, HAS_SINKS=True)
     for block_d in (64, 128, 256):
-        for causal, kind, cap in ((True, A.MASK_NONE, plain), (False, A.MASK_NONE, plain),
-                                  (False, A.MASK_BOOL, plain), (True, A.MASK_ADD, plain), (True, A.MASK_NONE, capped)):
+        for causal, kind, cap in ((True, A.MASK_NONE, fwd_plain), (False, A.MASK_NONE, fwd_plain),
+                                  (False, A.MASK_BOOL, fwd_plain), (True, A.MASK_ADD, fwd_plain),
+                                  (True, A.MASK_NONE, fwd_capped)):
             cfg = A._fwd_config(cuda, 4096, 4096, block_d, causal, size)
             tiles = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
             launch = {k: v for k, v in cfg.items() if not k.startswith("BLOCK")}

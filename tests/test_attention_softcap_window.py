@@ -1,6 +1,7 @@
-"""Soft-capped and sliding-window attention (FlashAttention's `softcap` and a causal `window`) through
-scaled_dot_product_attention and attention_with_kvcache: every backend against the float64 reference, block
-skipping on small tiles, the equivalences that define them, bad input, custom ops and compile."""
+"""Soft-capped and sliding-window attention (FlashAttention's `softcap` and a causal `window`) and attention sinks
+(GPT-OSS's per-head `s_aux`) through scaled_dot_product_attention and attention_with_kvcache: every backend against
+the float64 reference, block skipping on small tiles, the equivalences that define them, bad input, custom ops and
+compile."""
 
 import math
 
@@ -29,6 +30,9 @@ CASES = {
     # a kernel can show (eager torch happens to cancel exactly): forward only.
     "window-1-s33-d80": Case(1, 2, 2, 33, 33, 80, causal=True, grad=False, extra={"window": 1}),
     "window-beyond-s77": Case(1, 3, 1, 77, 77, 32, causal=True, extra={"window": 1000, "softcap": 1.5}),
+    # Sinks: with GQA, a window, a boolean mask whose fully masked rows then give 0 (all weight on the sink).
+    "sinks-s77-gqa-window": Case(1, 4, 2, 77, 77, 40, causal=True, extra={"sinks": True, "window": 9}),
+    "sinks-cap-s33-bool": Case(2, 2, 2, 33, 33, 64, mask="bool", extra={"sinks": True, "softcap": 3.0}),
 }
 BACKENDS = ("triton", "cpp", "torch")
 
@@ -39,9 +43,10 @@ def _require(backend: str) -> None:
         pytest.skip("; ".join(reasons))
 
 
-def _eager(q, k, v, mask, causal, scale, softcap, window):
+def _eager(q, k, v, mask, causal, scale, softcap, window, sinks=None):
     """The computation as transformers' eager attention writes it, in the inputs' dtype (the error budget):
-    scores, cap, masks, softmax in fp32 cast back, then the values."""
+    scores, cap, masks, (sinks as one more column, dropped after the softmax), softmax in fp32 cast back, then
+    the values."""
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     s = (q @ k.transpose(-1, -2)) * scale
@@ -55,40 +60,46 @@ def _eager(q, k, v, mask, causal, scale, softcap, window):
     elif mask is not None:
         s = s + mask.to(s.dtype)
     s = s.masked_fill(~keep, -math.inf)
+    if sinks is not None:
+        s = torch.cat([s, sinks.to(s.dtype).view(1, -1, 1, 1).expand(*s.shape[:-1], 1)], dim=-1)
     p = torch.softmax(s.float(), -1).nan_to_num(0.0).to(q.dtype)
-    return p @ v
+    return (p if sinks is None else p[..., :-1]) @ v
 
 
 def check_case(backend: str, case: Case, dtype: torch.dtype) -> None:
     """Forward and gradients of `backend` against the float64 reference, eager torch in `dtype` as the budget."""
     grad = case.grad
     softcap, window = case.extra.get("softcap", 0.0), case.extra.get("window")
+    sinks = (torch.randn(case.Hq, dtype=torch.float64) * 2).float().to(DEVICE) if case.extra.get("sinks") else None
     q, k, v = (guarded(shape, dtype, DEVICE) for shape in ((case.B, case.Hq, case.Sq, case.D),
                                                               (case.B, case.Hkv, case.Sk, case.D),
                                                               (case.B, case.Hkv, case.Sk, case.dv)))
     mask = make_mask(case, dtype, DEVICE)
     gqa = case.Hq != case.Hkv
     scale = 0.7 / math.sqrt(case.D) * 4  # large scores, so that the cap bends them
-    leaves = tuple(t.detach().requires_grad_(grad) for t in (q, k, v))
+    tensors = (q, k, v) if sinks is None else (q, k, v, sinks)
+    leaves = tuple(t.detach().requires_grad_(grad) for t in tensors)
     with memory.poison_outputs():
-        out = genai_fast.scaled_dot_product_attention(*leaves, mask, is_causal=case.causal, scale=scale,
+        out = genai_fast.scaled_dot_product_attention(*leaves[:3], mask, is_causal=case.causal, scale=scale,
                                                       enable_gqa=gqa, backend=backend, softcap=softcap,
-                                                      window=window)
+                                                      window=window, sinks=leaves[3] if len(leaves) > 3 else None)
         g = torch.randn_like(out)
         ours = torch.autograd.grad(out, leaves, g) if grad else ()
     assert OPS["scaled_dot_product_attention"].last_backend == backend
-    leaves64 = tuple(t.detach().double().requires_grad_(grad) for t in (q, k, v))
+    leaves64 = tuple(t.detach().double().requires_grad_(grad) for t in tensors)
     mask64 = None if mask is None or mask.dtype == torch.bool else mask.double()
     oracle = genai_fast.scaled_dot_product_attention_reference(
-        *leaves64, mask if mask64 is None else mask64, 0.0, case.causal, scale, gqa, softcap=softcap, window=window)
-    base_leaves = tuple(t.detach().contiguous().requires_grad_(grad) for t in (q, k, v))
-    baseline = _eager(*base_leaves, mask, case.causal, scale, softcap, window)
+        *leaves64[:3], mask if mask64 is None else mask64, 0.0, case.causal, scale, gqa, softcap=softcap,
+        window=window, sinks=leaves64[3] if len(leaves64) > 3 else None)
+    base_leaves = tuple(t.detach().contiguous().requires_grad_(grad) for t in tensors)
+    baseline = _eager(*base_leaves[:3], mask, case.causal, scale, softcap, window,
+                      base_leaves[3] if len(base_leaves) > 3 else None)
     assert_matches_oracle(out, oracle, baseline, what=f"sdpa[{backend}] softcap={softcap} window={window}")
     if not grad:
         return
     oracle_grads = torch.autograd.grad(oracle, leaves64, g.double())
     base_grads = torch.autograd.grad(baseline, base_leaves, g)
-    for name, got, want, base in zip("qkv", ours, oracle_grads, base_grads, strict=True):
+    for name, got, want, base in zip(("q", "k", "v", "sinks"), ours, oracle_grads, base_grads, strict=False):
         assert_matches_oracle(got, want, base, what=f"sdpa[{backend}] d{name}")
 
 
@@ -96,7 +107,30 @@ def check_case(backend: str, case: Case, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("case", CASES.keys())
 def test_sdpa_softcap_window_fp32(case, backend):
     _require(backend)
+    if backend == "cpp" and CASES[case].extra.get("sinks"):
+        pytest.skip("the cpp kernels have no sinks (test_cpp_refuses_sinks_with_the_reason)")
     check_case(backend, CASES[case], torch.float32)
+
+
+def test_cpp_refuses_sinks_with_the_reason():
+    _require("cpp")
+    q = torch.randn(1, 2, 40, 16)
+    with pytest.raises(genai_fast.BackendNotSupportedError, match="sinks run on the reference"):
+        genai_fast.scaled_dot_product_attention(q, q, q, sinks=torch.zeros(2), backend="cpp")
+    out = genai_fast.scaled_dot_product_attention(q, q, q, sinks=torch.zeros(2))  # automatic: elsewhere
+    assert OPS["scaled_dot_product_attention"].last_backend != "cpp" and out.shape == q.shape
+
+
+def test_fully_masked_rows_with_sinks_are_zero_and_their_lse_is_the_sink():
+    q = torch.randn(1, 2, 6, 8)
+    keep = torch.ones(6, 6, dtype=torch.bool)
+    keep[2] = False
+    sinks = torch.tensor([0.5, -1.0])
+    out, lse = genai_fast.scaled_dot_product_attention_reference(q, q, q, keep, sinks=sinks, return_lse=True)
+    assert torch.equal(out[:, :, 2], torch.zeros(1, 2, 8))
+    torch.testing.assert_close(lse[0, :, 2], sinks)
+    plain = genai_fast.scaled_dot_product_attention_reference(q, q, q, keep)
+    assert (out - plain).abs().max() > 1e-3  # elsewhere the sink takes some of each row's weight
 
 
 @pytest.mark.parametrize("case", ["cap-s77-d40-gqa", "cap-window-s129-bool"])
@@ -181,6 +215,9 @@ def test_kvcache_softcap_window(backend, Sq, softcap, window):
 
 
 BAD = [
+    ({"sinks": torch.zeros(3)}, "sinks"),
+    ({"sinks": torch.zeros(2, dtype=torch.long)}, "sinks"),
+    ({"sinks": [0.0, 0.0]}, "sinks"),
     ({"softcap": -1.0}, "softcap"),
     ({"softcap": float("nan")}, "softcap"),
     ({"softcap": True}, "softcap"),
@@ -194,7 +231,7 @@ BAD = [
 @pytest.mark.parametrize("kwargs,name", BAD)
 def test_bad_softcap_or_window_names_the_argument(kwargs, name):
     q = torch.randn(1, 2, 5, 8)
-    with pytest.raises(ValueError, match=f"^{name}: "):
+    with pytest.raises((ValueError, TypeError), match=f"^{name}: "):
         genai_fast.scaled_dot_product_attention(q, q, q, **kwargs)
 
 
@@ -212,6 +249,8 @@ def test_opcheck_with_softcap_and_window():
     q, k, v = (torch.randn(1, 2, 9, 16, requires_grad=True) for _ in range(3))
     torch.library.opcheck(torch.ops.genai_fast.scaled_dot_product_attention.default,
                           (q, k, v, None, True, 0.25, "torch", 2.0, 4))
+    torch.library.opcheck(torch.ops.genai_fast.scaled_dot_product_attention.default,
+                          (q, k, v, None, True, 0.25, "torch", 0.0, 0, torch.randn(2, requires_grad=True)))
     cache = torch.randn(1, 2, 12, 16)
     torch.library.opcheck(torch.ops.genai_fast.attention_with_kvcache.default,
                           (q[:, :, :2].detach(), cache, cache.clone(), torch.tensor([5], dtype=torch.int32), None,

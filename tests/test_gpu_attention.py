@@ -114,12 +114,14 @@ SOFTCAP_WINDOW_CASES = {
                                                    extra={"softcap": 30.0, "window": 512}),
     "s1000-d64-bool-window129-bf16": Case(2, 4, 4, 1000, 1000, 64, causal=True, mask="bool", extra={"window": 129}),
     "sq77-sk1500-d80-additive-cap5-bf16": Case(1, 4, 1, 77, 1500, 80, mask="additive", extra={"softcap": 5.0}),
+    "s1024-d64-gqa8:1-sinks-window128-bf16": Case(2, 8, 1, 1024, 1024, 64, causal=True,
+                                                  extra={"sinks": True, "window": 128}),
 }
 
 
 @pytest.mark.parametrize("case", SOFTCAP_WINDOW_CASES.keys())
 def test_gpu_triton_softcap_window(case):
-    """Soft cap and sliding window in the compiled kernels (bf16), forward and backward, against float64."""
+    """Soft cap, sliding window and sinks in the compiled kernels (bf16), forward and backward, against float64."""
     from tests.test_attention_softcap_window import check_case
 
     _require()

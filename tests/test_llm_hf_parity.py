@@ -170,31 +170,59 @@ def test_cli_top_k_is_checked_before_loading(capsys):
 # ---------------------------------------------------------------- integrations.transformers
 
 
-def test_attention_sinks_are_refused_not_dropped():
-    # GPT-OSS passes its per-head sinks as s_aux; attending without them gives other logits.
-    from genai_fast.integrations.transformers import genai_fast_attention_forward
-
-    q, k, v = torch.randn(3, 1, 4, 5, 16).unbind(0)
-    with pytest.raises(ValueError, match="s_aux"):
-        genai_fast_attention_forward(torch.nn.Module(), q, k, v, None, s_aux=torch.zeros(4))
-
-
-def test_gpt_oss_is_refused_by_patch_and_its_sinks_at_call_time():
-    from genai_fast.integrations.transformers import ATTENTION_NAME, patch, register
-
+def _tiny_sink_model(family: str):
     torch.manual_seed(0)
-    cfg = transformers.GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
-                                    num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
-                                    num_experts_per_tok=1, max_position_embeddings=32, sliding_window=8)
-    model = transformers.GptOssForCausalLM(cfg).eval()
-    with pytest.raises(ValueError, match=r"GptOssForCausalLM.* cannot run on SDPA"):
-        patch(model)
-    # Chosen by name (from_pretrained(attn_implementation="genai_fast") does the same), the attention function
-    # still refuses the sinks rather than dropping them.
-    register()
-    model.set_attn_implementation(ATTENTION_NAME)
-    with torch.no_grad(), pytest.raises(ValueError, match="s_aux"):
-        model(torch.tensor([[1, 2, 3]]))
+    if family == "gpt_oss":
+        cfg = transformers.GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
+                                        num_experts_per_tok=1, max_position_embeddings=32, sliding_window=4)
+        model = transformers.GptOssForCausalLM(cfg)
+    else:
+        cfg = transformers.GraniteSWAConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                            sliding_window=4)
+        model = transformers.GraniteSWAForCausalLM(cfg)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(getattr(module, "sinks", None), torch.nn.Parameter):
+                module.sinks.normal_(0.0, 2.0)  # sinks that matter (Granite-SWA initialises them at zero)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "granite_swa"])
+def test_attention_sinks_run_in_the_kernels_and_match_eager(family):
+    """GPT-OSS and Granite-SWA pass per-head sinks as s_aux (transformers keeps them off SDPA for it): patched,
+    their logits over a padded batch past the sliding window equal eager's, greedy generation gives eager's tokens,
+    and the sinks get eager's gradients. Without the sinks the logits would move."""
+    from genai_fast.integrations.transformers import patch
+
+    model = _tiny_sink_model(family)
+    ids = torch.randint(3, 64, (2, 11), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    sinks = [m.sinks for m in model.modules() if isinstance(getattr(m, "sinks", None), torch.nn.Parameter)]
+
+    def run():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        grads = torch.autograd.grad(logits[mask.bool()].square().sum(), sinks)
+        with torch.no_grad():
+            tokens = model.generate(ids[:1], max_new_tokens=8, do_sample=False)
+        return logits.detach(), grads, tokens
+
+    model.set_attn_implementation("eager")
+    want, want_grads, want_tokens = run()
+    patch(model)
+    assert model.config._attn_implementation == "genai_fast"
+    got, got_grads, got_tokens = run()
+    valid = mask.bool()
+    torch.testing.assert_close(got[valid], want[valid], rtol=1e-4, atol=1e-4)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got_tokens, want_tokens)
+    with torch.no_grad():
+        for parameter in sinks:
+            parameter.fill_(-float("inf"))  # no sinks: another model
+        assert (model(input_ids=ids, attention_mask=mask).logits[valid] - want[valid]).abs().max() > 0.01
 
 
 def test_position_bias_prefill_into_a_static_cache_matches_sdpa():

@@ -8,8 +8,8 @@ function in `AttentionMaskInterface`: transformers builds no mask at all for an 
 implementation it has no mask function for, which would silently drop causal and padding masks. The
 mask function is transformers' own SDPA one (boolean masks, or None when `is_causal` suffices), since
 `genai_fast.scaled_dot_product_attention` has SDPA's semantics; GQA runs without repeating K/V. Beyond SDPA, the
-attention scores' soft cap (`softcap`: Gemma 2, VaultGemma, T5Gemma, which transformers keeps off SDPA for it)
-runs inside the fused kernels too.
+attention scores' soft cap (`softcap`: Gemma 2, VaultGemma, T5Gemma) and per-head attention sinks (`s_aux`:
+GPT-OSS, Granite-SWA), which transformers keeps those models off SDPA for, run in the fused kernels too.
 
 On a CPU, `patch` also routes the model's `nn.Linear` layers through `genai_fast.linear` in inference (fp32): up to
 16 rows (decode steps) on the C++ kernel that streams the weights once, GEMM-sized products on oneDNN where a
@@ -75,14 +75,13 @@ def genai_fast_attention_forward(
     out = scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                        is_causal=is_causal, scale=scaling,
                                        enable_gqa=query.shape[1] != key.shape[1],
-                                       softcap=float(kwargs.get("softcap") or 0.0))
+                                       softcap=float(kwargs.get("softcap") or 0.0), sinks=kwargs.get("s_aux"))
     return out.transpose(1, 2).contiguous(), None
 
 
 # Arguments some models pass to the attention function that change what it computes; SDPA semantics cannot honour
 # them, and ignoring them would silently give other outputs.
 _UNSUPPORTED_ARGUMENTS = {
-    "s_aux": ("attention sinks", "'eager'"),  # GPT-OSS, Granite-SWA, MiMo-V2: per-head sinks
     "sinks": ("attention sinks", "'eager'"),  # Inkling2: per-token sinks
     # DeepSeek-V3.2-style sparse attention: the model folds the indexer's top-k selection into the mask only for
     # "eager" and "sdpa", and otherwise passes it here for a sparse kernel to apply.
@@ -142,21 +141,24 @@ def unpatch(model: torch.nn.Module, attn_implementation: str = "sdpa") -> torch.
     return model
 
 
-# Model families whose only reason to declare `_supports_sdpa = False` is the attention scores' soft cap, which
-# genai_fast attention computes (the "sdpa does not support softcapping" note in their modeling files).
-SOFTCAP_ONLY_REFUSERS = ("Gemma2PreTrainedModel", "VaultGemmaPreTrainedModel", "T5GemmaPreTrainedModel")
+# Model families whose only reason to declare `_supports_sdpa = False` is what genai_fast attention adds to SDPA:
+# the attention scores' soft cap ("sdpa does not support softcapping" in their modeling files) or per-head sinks
+# passed as `s_aux` (an extra softmax-denominator logit: GPT-OSS's, and Granite-SWA's as a scaling by
+# sigmoid(lse - sink), the same thing).
+SDPA_PLUS_REFUSERS = ("Gemma2PreTrainedModel", "VaultGemmaPreTrainedModel", "T5GemmaPreTrainedModel",
+                      "GptOssPreTrainedModel", "GraniteSWAPreTrainedModel")
 
 
 def _sdpa_refusers(model: torch.nn.Module) -> list[str]:
     """Class names of the (sub-)models that declare `_supports_sdpa = False`: their attention needs what SDPA
     lacks (GPT-OSS's sinks) or builds eager's float mask inline (Gemma 4's audio tower), so that switching them
-    to genai_fast would fail obscurely or compute something else. Those that refuse SDPA only for the soft cap
-    (SOFTCAP_ONLY_REFUSERS) are not listed."""
+    to genai_fast would fail obscurely or compute something else. Those that refuse SDPA only for a soft cap or
+    sinks (SDPA_PLUS_REFUSERS) are not listed."""
     from transformers import PreTrainedModel
 
     names = {type(m).__name__ for m in model.modules()
              if isinstance(m, PreTrainedModel) and getattr(m, "_supports_sdpa", True) is False
-             and not any(base.__name__ in SOFTCAP_ONLY_REFUSERS for base in type(m).__mro__)}
+             and not any(base.__name__ in SDPA_PLUS_REFUSERS for base in type(m).__mro__)}
     return sorted(names)
 
 

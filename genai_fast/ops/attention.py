@@ -75,6 +75,7 @@ def scaled_dot_product_attention(
     backend: str | None = None,
     softcap: float = 0.0,
     window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(query @ key^T * scale + mask) @ value, fused (the S x S matrix is never stored).
 
@@ -95,6 +96,9 @@ def scaled_dot_product_attention(
         window: beyond torch's signature, with is_causal only: a sliding window, query i sees keys
             i - window < j <= i (Mistral's and Gemma's sliding layers, HF's sliding_window); the kernels skip key
             blocks outside it. None: the whole causal prefix.
+        sinks: beyond torch's signature, attention sinks (GPT-OSS's `s_aux`): a float tensor [Hq] on query's
+            device, one logit per query head that joins every row's softmax as an extra key whose value is zero
+            (not capped, not masked), so a row's weights may sum to less than 1. Differentiable. None: no sinks.
 
     Returns [..., Hq, Sq, Dv] in query's dtype. A row with every key masked is 0, as in torch 2.13.
     Errors: the types torch raises (RuntimeError; here subclasses of ValueError/TypeError as well),
@@ -111,16 +115,18 @@ def scaled_dot_product_attention(
         query, key, value, attn_mask = cast_inputs(dtype, query, key, value, attn_mask)
         with autocast_off(query):
             return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                                enable_gqa, backend=backend, softcap=softcap, window=window)
+                                                enable_gqa, backend=backend, softcap=softcap, window=window,
+                                                sinks=sinks)
     plan = _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend, softcap,
-                      window)
+                      window, sinks)
     softcap, window = float(softcap), int(window or 0)
     if plan.route == "reference":
         # Dropout is random: the forward and its backward must see the same mask, so it runs as plain
         # differentiable PyTorch, after the dispatcher recorded (or, when forced, raised) the reason. So does a
         # soft cap or window on the fallback, which torch's SDPA cannot compute.
         return scaled_dot_product_attention_reference(query, key, value, attn_mask, dropout_p, is_causal,
-                                                      plan.sm_scale, enable_gqa, softcap=softcap, window=window)
+                                                      plan.sm_scale, enable_gqa, softcap=softcap, window=window,
+                                                      sinks=sinks)
     if plan.route == "torch":
         # Plain eager on the fallback: torch's own SDPA (its fused CPU kernels, forward and backward, under
         # autograd too), not the math reference.
@@ -128,14 +134,14 @@ def scaled_dot_product_attention(
                                               enable_gqa=enable_gqa)
     q, k, v, mask, out_shape = _canonical(query, key, value, attn_mask, enable_gqa, plan.prefix)
     if plan.route == "direct":
-        out, _lse = plan.impl.run(q, k, v, mask, is_causal, plan.sm_scale, softcap, window)
+        out, _lse = plan.impl.run(q, k, v, mask, is_causal, plan.sm_scale, softcap, window, sinks)
     else:
         # The plan's choice, not a new one inside the op: autograd is off in there, so it would take a training
         # call for inference (whose rules differ on a CPU). Only a call traced before any eager call made the
         # choice leaves it to the op (see _select_while_tracing).
         out, _lse = torch.ops.genai_fast.scaled_dot_product_attention(q, k, v, mask, is_causal, plan.sm_scale,
                                                                       backend or _planned_backend(plan), softcap,
-                                                                      window)
+                                                                      window, sinks)
     return out if out_shape is None else out.reshape(out_shape)
 
 
@@ -246,16 +252,17 @@ def scaled_dot_product_attention_reference(
     return_lse: bool = False,
     softcap: float = 0.0,
     window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Plain PyTorch math SDPA: the fallback inside the custom op and the test oracle (call it on
     float64 inputs). Computes in float64 for float64 inputs and float32 otherwise; returns query's dtype.
 
     Rows with every key masked give 0 (and lse -inf) with finite gradients. return_lse: also return the
-    natural-log log-sum-exp of each row's scaled, masked scores [..., Hq, Sq] (fp32 or fp64). softcap and
-    window: as scaled_dot_product_attention's.
+    natural-log log-sum-exp of each row's scaled, masked scores [..., Hq, Sq] (fp32 or fp64; with sinks, the sink
+    included). softcap, window and sinks: as scaled_dot_product_attention's.
     """
     p, total, row_max, v, _ = _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa,
-                                               softcap, window)
+                                               softcap, window, sinks)
     if dropout_p > 0:
         p = torch.dropout(p, dropout_p, train=True)
     out = (p @ v).to(query.dtype)
@@ -264,7 +271,8 @@ def scaled_dot_product_attention_reference(
     return out, (torch.log(total) + row_max).squeeze(-1)
 
 
-def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa, softcap=0.0, window=None):
+def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa, softcap=0.0, window=None,
+                     sinks=None):
     """(P, row sums, row maxima, value with repeated heads, tanh(scores / softcap) or None), in float64 for
     float64 inputs else float32."""
     compute = torch.float64 if query.dtype == torch.float64 else torch.float32
@@ -292,9 +300,15 @@ def _attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa,
     # Safe softmax: a row with no visible key has max -inf; subtracting 0 instead keeps it (and its
     # gradient) free of NaN, and dividing by 1 instead of 0 makes it 0.
     row_max = scores.detach().amax(dim=-1, keepdim=True) if Sk else scores.new_zeros((*scores.shape[:-1], 1))
+    sink = None
+    if sinks is not None:  # one more logit per row (its value is zero): in the maximum and the sum only
+        sink = sinks.to(compute).view(-1, 1, 1).expand(*scores.shape[:-1], 1)
+        row_max = torch.maximum(row_max, sink.detach())
     row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)
     p = torch.exp(scores - row_max)
     total = p.sum(dim=-1, keepdim=True)
+    if sink is not None:
+        total = total + torch.exp(sink - row_max)
     return p / torch.where(total == 0, torch.ones_like(total), total), total, row_max, v, tanh
 
 
@@ -309,14 +323,17 @@ def scaled_dot_product_attention_backward_reference(
     mask_grad: bool = False,
     softcap: float = 0.0,
     window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients (dq, dk, dv, dmask or None) of the reference on 4-D GQA inputs, by the explicit formulas
     (dS = P * (dP - rowsum(dO * O)), times 1 - tanh^2 under a soft cap for dq and dk); GQA gradients are summed
-    over each group's query heads.
+    over each group's query heads. With sinks, P is normalised over them too (their own gradient comes from the
+    lse: see _sinks_grad).
 
     Written out rather than through autograd because it runs inside a custom op, where autograd is off.
     """
-    p, _, _, v, tanh = _attention_probs(query, key, value, attn_mask, is_causal, scale, True, softcap, window)
+    p, _, _, v, tanh = _attention_probs(query, key, value, attn_mask, is_causal, scale, True, softcap, window,
+                                        sinks)
     compute = p.dtype
     do, q = grad_out.to(compute), query.to(compute)
     hq, hk = query.shape[1], key.shape[1]
@@ -434,6 +451,20 @@ def _validate_cap_window(softcap, window, causal, causal_name) -> None:
     if not causal:
         raise AttentionInputError(f"window: a sliding window needs {causal_name}=True (query i sees keys "
                                   "i - window < j <= i)")
+
+
+def _validate_sinks(sinks, query, heads: int) -> None:
+    """sinks: None, or a float tensor [heads] on query's device."""
+    if sinks is None:
+        return
+    _require_tensor("sinks", sinks)
+    if not sinks.is_floating_point():
+        raise AttentionTypeError(f"sinks: expected a floating-point tensor, got {sinks.dtype}")
+    if tuple(sinks.shape) != (heads,):
+        raise AttentionInputError(f"sinks: expected shape ({heads},) (one logit per query head), got "
+                                  f"{tuple(sinks.shape)}")
+    if sinks.device != query.device:
+        raise AttentionInputError(f"sinks: expected a tensor on query's device {query.device}, got {sinks.device}")
 
 
 def _validate_mask(attn_mask, query, key, prefix) -> None:
@@ -619,6 +650,7 @@ def _select(op: Op, inputs: dict[str, Any], backend: str | None) -> Implementati
 
 def _auto_key(op: Op, inputs: dict[str, Any]) -> tuple[Any, ...]:
     return (op.name, len(op.implementations), bool(inputs.get("softcap") or inputs.get("window")),
+            bool(inputs.get("sinks")),
             inputs["device"], inputs["dtype"], inputs["head_dim"],
             inputs["head_dim_v"], inputs.get("dropout_p", 0.0) > 0, bool(inputs.get("mask_grad")),
             bool(inputs.get("has_mask")), bool(inputs.get("needs_grad")), bool(inputs.get("backward")),
@@ -679,16 +711,19 @@ _PLANS = PlanTable()
 
 
 def _call_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend, softcap=0.0,
-               window=None) -> _CallPlan:
+               window=None, sinks=None) -> _CallPlan:
     """The plan of this call: replayed when a call with the same signature passed the checks before, else
     checked and decided now (raising on bad input)."""
     signature = _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
     if signature is not None:
-        signature = (*signature, type(softcap), softcap, type(window), window)
+        try:
+            signature = (*signature, type(softcap), softcap, type(window), window, tensor_signature(sinks))
+        except AttributeError:  # sinks that are not a tensor: the checks raise
+            signature = None
     plan = _PLANS.get(signature)
     if plan is None:
         plan = _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend,
-                             softcap, window)
+                             softcap, window, sinks)
         # The TMA kernel's check reads the tensors' addresses and strides, which no signature holds.
         if backend != "triton+tma":
             _PLANS.put(signature, plan)
@@ -717,13 +752,14 @@ def _signature(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
 
 
 def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend, softcap=0.0,
-                  window=None) -> _CallPlan:
+                  window=None, sinks=None) -> _CallPlan:
     """Check the call (raising on bad input) and decide how it runs."""
     prefix = _validate_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
     _validate_cap_window(softcap, window, is_causal, "is_causal")
+    _validate_sinks(sinks, query, prefix[-1])
     sm_scale = _default_scale(query.shape[-1]) if scale is None else float(scale)
     inputs = {**_dispatch_inputs(query, key, value, attn_mask, dropout_p, is_causal), "softcap": float(softcap),
-              "window": int(window or 0)}
+              "window": int(window or 0), "sinks": sinks is not None}
     if torch.compiler.is_compiling():
         if dropout_p > 0:
             _refuse_dropout(backend)
@@ -736,7 +772,7 @@ def _checked_plan(query, key, value, attn_mask, dropout_p, is_causal, scale, ena
     if bypass or is_plain_eager(query, key, value, attn_mask):
         empty = query.numel() == 0 or key.numel() == 0 or value.numel() == 0
         both = is_causal and attn_mask is not None  # torch's SDPA refuses the pair; the reference applies both
-        if (impl.backend == "torch" or empty) and (softcap or window):
+        if (impl.backend == "torch" or empty) and (softcap or window or sinks is not None):
             return _CallPlan(prefix, sm_scale, impl, "reference")  # beyond torch's SDPA
         if (impl.backend == "torch" or empty) and not both:
             return _CallPlan(prefix, sm_scale, impl, "torch")
@@ -770,18 +806,19 @@ def _sdpa_op(
     backend: str,
     softcap: float = 0.0,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """4-D inputs -> (out [B, Hq, Sq, Dv], lse [B, Hq, Sq] fp32, natural log, -inf for empty rows)."""
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
-        return _sdpa_torch(query, key, value, attn_mask, is_causal, scale, softcap, window)
+        return _sdpa_torch(query, key, value, attn_mask, is_causal, scale, softcap, window, sinks)
     inputs = {**_dispatch_inputs(query, key, value, attn_mask, 0.0, is_causal),  # autograd is off: no mask_grad
-              "softcap": softcap, "window": window}
+              "softcap": softcap, "window": window, "sinks": sinks is not None}
     return _select(ATTENTION, inputs, backend or None).run(query, key, value, attn_mask, is_causal, scale, softcap,
-                                                          window)
+                                                          window, sinks)
 
 
 @_sdpa_op.register_fake
-def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, backend, softcap=0.0, window=0):
+def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, backend, softcap=0.0, window=0, sinks=None):
     B, H, Sq, _ = query.shape
     out = query.new_empty((B, H, Sq, value.shape[-1]))
     return out, query.new_empty((B, H, Sq), dtype=torch.float32)
@@ -802,29 +839,32 @@ def _sdpa_backward_op(
     backend: str,
     softcap: float = 0.0,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv, dmask); dmask is [B, Hq, Sq, Sk] when mask_grad, else an empty tensor."""
+    """(dq, dk, dv, dmask); dmask is [B, Hq, Sq, Sk] when mask_grad, else an empty tensor. (The sinks' gradient
+    comes from the lse: _sinks_grad.)"""
     inputs = {**_dispatch_inputs(query, key, value, attn_mask, 0.0, is_causal), "mask_grad": mask_grad,
-              "backward": True, "softcap": softcap, "window": window}
+              "backward": True, "softcap": softcap, "window": window, "sinks": sinks is not None}
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
         impl = ATTENTION_BWD.get("torch")
     else:
         impl = _select(ATTENTION_BWD, inputs, backend or None)
-    return impl.run(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap, window)
+    return impl.run(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap, window,
+                    sinks)
 
 
 @_sdpa_backward_op.register_fake
 def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, backend,
-                        softcap=0.0, window=0):
+                        softcap=0.0, window=0, sinks=None):
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad and attn_mask is not None else query.new_empty((0,))
     # Contiguous gradients whatever the inputs' strides: every backend allocates them that way.
     return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape), dmask
 
 
 def _setup_context(ctx, inputs, output):
-    query, key, value, attn_mask, is_causal, scale, backend, softcap, window = inputs
+    query, key, value, attn_mask, is_causal, scale, backend, softcap, window, sinks = inputs
     out, lse = output
-    ctx.save_for_backward(query, key, value, attn_mask, out, lse)
+    ctx.save_for_backward(query, key, value, attn_mask, out, lse, sinks)
     # The TMA forward's gradients come from the pointer kernels (same out and lse).
     ctx.is_causal, ctx.scale, ctx.backend = is_causal, scale, "triton" if backend == "triton+tma" else backend
     ctx.softcap, ctx.window = softcap, window
@@ -832,12 +872,22 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    query, key, value, attn_mask, out, lse = ctx.saved_tensors
+    query, key, value, attn_mask, out, lse, sinks = ctx.saved_tensors
     mask_grad = attn_mask is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dmask = torch.ops.genai_fast.scaled_dot_product_attention_backward(
         grad_out, query, key, value, attn_mask, out, lse, ctx.is_causal, ctx.scale, mask_grad, ctx.backend,
-        ctx.softcap, ctx.window)
-    return dq, dk, dv, dmask if mask_grad else None, None, None, None, None, None
+        ctx.softcap, ctx.window, sinks)
+    dsinks = _sinks_grad(sinks, out, grad_out, lse) if sinks is not None and ctx.needs_input_grad[9] else None
+    return dq, dk, dv, dmask if mask_grad else None, None, None, None, None, None, dsinks
+
+
+def _sinks_grad(sinks: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """d loss / d sinks [H] from the forward's out, lse [B, H, Sq] (sinks included) and grad_out: a sink is a key
+    whose value is zero, so its score's gradient is P_sink (0 - delta) with delta = rowsum(dO * O), summed over
+    the head's rows."""
+    delta = (out.float() * grad_out.float()).sum(-1)
+    p_sink = torch.exp(sinks.float()[None, :, None] - lse.float())
+    return -(p_sink * delta).sum(dim=(0, 2)).to(sinks.dtype)
 
 
 _sdpa_op.register_autograd(_backward, setup_context=_setup_context)
@@ -922,10 +972,11 @@ _TORCH = Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",
 
 
 @ATTENTION.register("triton", _TRITON, check=_triton_reasons)
-def _sdpa_triton(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
+def _sdpa_triton(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0, sinks=None):
     from genai_fast.kernels.attention import attention_fwd
 
-    return attention_fwd(query, key, value, attn_mask, is_causal, scale, softcap=softcap, window=window)
+    return attention_fwd(query, key, value, attn_mask, is_causal, scale, softcap=softcap, window=window,
+                         sinks=sinks)
 
 
 # When the cpp kernels beat torch's CPU SDPA (fp32, 2-core AVX-512 VM, `genai-fast bench --device cpu --full
@@ -1072,6 +1123,8 @@ def _time_both(heads_q: int, heads_kv: int, queries: int, keys: int, head_dim: i
 
 def _cpp_reasons(inputs: dict[str, Any]) -> list[str]:
     reasons = []
+    if inputs.get("sinks"):
+        reasons.append("attention sinks run on the reference (the cpp kernels have none)")
     if inputs.get("mask_grad"):
         reasons.append("the gradient of an additive attn_mask is computed by torch (the cpp backward leaves it out)")
     if inputs.get("dropout_p", 0.0) > 0:
@@ -1096,7 +1149,7 @@ def _on_cpu_in_fp32(inputs: dict[str, Any]) -> bool:
                          "boolean and additive masks", "soft cap", "sliding window (blocks skipped)")),
     check=_cpp_reasons,
 )
-def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
+def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0, sinks=None):
     Sq, Sk = query.shape[-2], key.shape[-2]
     if attn_mask is None and _few_rows_on_decode_kernel(Sq, Sk, query.shape[-1], value.shape[-1], is_causal):
         # Every query sees all Sk keys (or, causal with Sq == Sk, the same keys and window either alignment shows).
@@ -1107,10 +1160,10 @@ def _sdpa_cpp(query, key, value, attn_mask, is_causal, scale, softcap=0.0, windo
 
 
 @ATTENTION.register("torch", _TORCH, check=lambda inputs: [])
-def _sdpa_torch(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
+def _sdpa_torch(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0, sinks=None):
     out, lse = scaled_dot_product_attention_reference(query, key, value, attn_mask, 0.0, is_causal, scale,
                                                       enable_gqa=True, return_lse=True, softcap=softcap,
-                                                      window=window)
+                                                      window=window, sinks=sinks)
     return out.contiguous(), lse.to(torch.float32).contiguous()
 
 
@@ -1124,8 +1177,8 @@ def _tma_reasons(inputs: dict[str, Any]) -> list[str]:
 
 
 def _cap_window_reasons(inputs: dict[str, Any]) -> list[str]:
-    """The TMA kernel computes neither a soft cap nor a sliding window."""
-    return [f"{name} is not computed by the TMA kernel" for name in ("softcap", "window") if inputs.get(name)]
+    """The TMA kernel computes no soft cap, sliding window or sinks."""
+    return [f"{name} is not computed by the TMA kernel" for name in ("softcap", "window", "sinks") if inputs.get(name)]
 
 
 # Registered after the reference, so automatic dispatch never picks it: an experimental Hopper forward that
@@ -1136,13 +1189,13 @@ _TRITON_TMA = Capability(devices=("cuda", "cpu"), dtypes=(torch.float16, torch.b
 
 
 @ATTENTION.register("triton+tma", _TRITON_TMA, check=_tma_reasons, requires="triton")
-def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0):
+def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale, softcap=0.0, window=0, sinks=None):
     from genai_fast.kernels.attention_tma import attention_fwd_tma, tma_reasons
 
     # The dispatcher checked the caller's tensors; these are their 4-D canonical views (broadcast batch
     # dimensions can leave strides TMA refuses), so check again before any descriptor is made.
     reasons = tma_reasons(query, key, value, attn_mask is not None) + _cap_window_reasons(
-        {"softcap": softcap, "window": window})
+        {"softcap": softcap, "window": window, "sinks": sinks is not None})
     if reasons:
         raise BackendNotSupportedError("scaled_dot_product_attention: backend 'triton+tma' cannot run these "
                                        "inputs: " + "; ".join(reasons))
@@ -1151,7 +1204,8 @@ def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale, softcap=0.0
 
 @ATTENTION_BWD.register("triton", _TRITON, check=_triton_reasons)
 def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap=0.0,
-                          window=0):
+                          window=0, sinks=None):
+    # Sinks enter through the lse: P = exp(score - lse) is already normalised over them.
     from genai_fast.kernels.attention import attention_bwd
 
     dq, dk, dv = attention_bwd(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, softcap, window)
@@ -1166,7 +1220,7 @@ def _sdpa_backward_triton(grad_out, query, key, value, attn_mask, out, lse, is_c
     check=_cpp_reasons,
 )
 def _sdpa_backward_cpp(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap=0.0,
-                       window=0):
+                       window=0, sinks=None):
     from genai_fast.backends.cpp.attention import attention_bwd
 
     dq, dk, dv = attention_bwd(grad_out, query, key, value, out, lse, scale, is_causal, mask=attn_mask,
@@ -1176,10 +1230,11 @@ def _sdpa_backward_cpp(grad_out, query, key, value, attn_mask, out, lse, is_caus
 
 @ATTENTION_BWD.register("torch", _TORCH, check=lambda inputs: [])
 def _sdpa_backward_torch(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale, mask_grad, softcap=0.0,
-                         window=0):
+                         window=0, sinks=None):
     """The reference's gradient formulas, recomputing P (out and lse are not needed)."""
     dq, dk, dv, dmask = scaled_dot_product_attention_backward_reference(grad_out, query, key, value, attn_mask,
-                                                                        is_causal, scale, mask_grad, softcap, window)
+                                                                        is_causal, scale, mask_grad, softcap, window,
+                                                                        sinks)
     return dq, dk, dv, dmask if dmask is not None else query.new_empty((0,))
 
 
