@@ -1173,10 +1173,10 @@ def _tma_reasons(inputs: dict[str, Any]) -> list[str]:
         return [*reasons, "the TMA kernel is checked against the tensors of a scaled_dot_product_attention call"]
     from genai_fast.kernels.attention_tma import tma_reasons
 
-    return reasons + tma_reasons(*inputs["tensors"], inputs.get("has_mask", False)) + _cap_window_reasons(inputs)
+    return reasons + tma_reasons(*inputs["tensors"], inputs.get("has_mask", False)) + _beyond_tma_reasons(inputs)
 
 
-def _cap_window_reasons(inputs: dict[str, Any]) -> list[str]:
+def _beyond_tma_reasons(inputs: dict[str, Any]) -> list[str]:
     """The TMA kernel computes no soft cap, sliding window or sinks."""
     return [f"{name} is not computed by the TMA kernel" for name in ("softcap", "window", "sinks") if inputs.get(name)]
 
@@ -1194,7 +1194,7 @@ def _sdpa_triton_tma(query, key, value, attn_mask, is_causal, scale, softcap=0.0
 
     # The dispatcher checked the caller's tensors; these are their 4-D canonical views (broadcast batch
     # dimensions can leave strides TMA refuses), so check again before any descriptor is made.
-    reasons = tma_reasons(query, key, value, attn_mask is not None) + _cap_window_reasons(
+    reasons = tma_reasons(query, key, value, attn_mask is not None) + _beyond_tma_reasons(
         {"softcap": softcap, "window": window, "sinks": sinks is not None})
     if reasons:
         raise BackendNotSupportedError("scaled_dot_product_attention: backend 'triton+tma' cannot run these "
