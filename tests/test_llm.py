@@ -460,7 +460,7 @@ def test_checkpoint_directory_roundtrip(kind, tmp_path):
     (["--min-p", "2"], "--min-p"),
     (["--repetition-penalty", "0"], "--repetition-penalty"),
     (["--prompt-lookup", "-2"], "--prompt-lookup"),
-    (["--prompt-lookup", "4", "--repetition-penalty", "1.2"], "--prompt-lookup"),
+    (["--prompt-lookup", "4", "--draft-model", "/nonexistent/draft"], "--draft-model"),
     (["--model", "/nonexistent/model.gguf"], "does not exist"),
 ])
 def test_cli_generate_user_errors(argv, message, capsys):
