@@ -103,9 +103,10 @@ class _BlockSource:
 
 
 def linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The compact model's linear weight matrices by name: per layer qkv, output, MLP in and out; the LM head."""
+    """The compact model's linear weight matrices by name: per layer qkv, output, MLP in and out (a MoE layer's
+    experts are not matrices F.linear takes); the LM head."""
     weights = {f"layers.{i}.{name}": getattr(layer, name) for i, layer in enumerate(model.layers)
-               for name in ("wqkv", "wo", "mlp_in", "mlp_out")}
+               for name in ("wqkv", "wo", "mlp_in", "mlp_out") if getattr(layer, name) is not None}
     return {**weights, "lm_head": model.lm_head}
 
 

@@ -4,6 +4,7 @@ Two families share one module:
   * llama, mistral, qwen2, qwen3, phi3: RMSNorm, rotary embeddings, GQA, SwiGLU MLP (qwen3: also an RMSNorm of
     each query and key head before the rotation; phi3: its checkpoints hold q/k/v and gate/up fused already);
   * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
+Mixtral, Qwen2-MoE and Qwen3-MoE are Llama-family layers whose MLP is a routed mixture of experts (moe.py).
 
 Weights are converted once at load time: q/k/v projections fused into one matrix per layer and gate/up into
 another (GPT-2's c_attn is fused already; its Conv1D weights, stored [in, out], are transposed to the
@@ -31,13 +32,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from genai_fast.backends.dispatch import ENV_BACKEND
+from genai_fast.llm.moe import MOE_ARCHITECTURES, SparseMoe, from_hf_block, is_moe_block
 from genai_fast.ops.attention import attention_with_kvcache, resolve_decode_attention, scaled_dot_product_attention
 from genai_fast.ops.gguf_linear import resolve_gguf_linear
 from genai_fast.ops.linear import linear as genai_fast_linear
 from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text", "granite")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text", "granite",
+                *MOE_ARCHITECTURES)
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
@@ -179,14 +182,15 @@ class Layer(nn.Module):
     post_norm1, post_norm2: Gemma 2's and 3's norms of the attention and MLP outputs before their residual adds
     (None: none). local_rope: the layer rotates with the model's local rope tables (Gemma 3's sliding layers).
     softcap: Gemma 2's attn_logit_softcapping, cap * tanh(score / cap) before the mask and softmax, computed inside
-    the fused attention kernels (their `softcap`); 0: none."""
+    the fused attention kernels (their `softcap`); 0: none. moe: a routed mixture of experts in place of the dense
+    MLP (mlp_in and mlp_out None; Mixtral, Qwen2-MoE, Qwen3-MoE)."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
-                 wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor, b_in: torch.Tensor | None,
-                 mlp_out: torch.Tensor, b_out: torch.Tensor | None, scale: float | None,
+                 wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor | None, b_in: torch.Tensor | None,
+                 mlp_out: torch.Tensor | None, b_out: torch.Tensor | None, scale: float | None,
                  q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True,
                  window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
-                 local_rope: bool = False, softcap: float = 0.0) -> None:
+                 local_rope: bool = False, softcap: float = 0.0, moe: SparseMoe | None = None) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
         self.use_rope, self.window, self.local_rope, self.softcap = use_rope, window, local_rope, softcap
@@ -195,6 +199,9 @@ class Layer(nn.Module):
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
+        self.moe = moe
+        if (moe is None) == (mlp_in is None or mlp_out is None):
+            raise ValueError("mlp_in, mlp_out: expected both with no moe, or neither with one")
         self.swiglu = cfg.family == "llama"
         self.act = ACTIVATIONS[cfg.activation]
         self.nq, self.nkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
@@ -324,6 +331,8 @@ class Layer(nn.Module):
 
     def mlp(self, x: torch.Tensor, linear: LinearFn = F.linear, swiglu: GluFn | None = None) -> torch.Tensor:
         """x: [..., hidden] -> [..., hidden]; swiglu: a kernel for silu(gate) * up on [rows, 2 * intermediate]."""
+        if self.moe is not None:
+            return self.moe(x, linear)
         h = linear(x, self.mlp_in, self.b_in)
         if swiglu is not None and self.swiglu and h.dim() == 2:
             h = swiglu(h)
@@ -711,7 +720,7 @@ class DecoderModel(nn.Module):
                              for n in (layer.norm1, layer.norm2, layer.post_norm1, layer.post_norm2) if n is not None)]
 
     def decode_gemv(self, batch: int) -> DecodeGemv | None:
-        """On a GPU with Triton, at batch 1, for models whose norms are all RMSNorms and whose MLPs are SwiGLU:
+        """On a GPU with Triton, at batch 1, for models whose norms are all RMSNorms and whose MLPs are dense SwiGLU:
         kernels/decode_gemv.py's projections with the norms and the SwiGLU folded in (three kernels fewer per
         layer). At larger batches each program would read its weight rows once per sequence, so cuBLAS's GEMM
         keeps those. None also with GENAI_FAST_BACKEND=torch or `fused_projections` False (the benchmark's
@@ -720,7 +729,7 @@ class DecoderModel(nn.Module):
         if key not in self._decode_kernels:
             cfg = self.cfg
             usable = (self.fused_projections and cfg.family == "llama" and cfg.activation == "silu"
-                      and all(n.plain_rms for n in self._norms()))
+                      and all(n.plain_rms for n in self._norms()) and not any(layer.moe for layer in self.layers))
             gemv = None
             if usable and (norm_linear := _resolve_gpu_kernel(self.device, self.dtype, "decode_gemv",
                                                               "norm_linear_fwd")) is not None:
@@ -776,11 +785,13 @@ class DecoderModel(nn.Module):
     def step_bytes(self, batch: int) -> int:
         """Bytes one decode step reads besides the KV cache: every weight matrix and vector once (a tied LM head
         once; GGUF blocks instead of the fp32 weights they hold when decode reads them), plus one embedding row
-        (and one position row) per sequence."""
+        (and one position row) per sequence. A MoE layer's experts count only as many as the batch's tokens can
+        choose (exact at batch 1: its k experts; an upper bound above, where tokens may share experts)."""
         weights = sum(p.numel() * p.element_size() for p in self.parameters())  # parameters() dedups tied ones
         embed_rows = (1 + (self.pos_embed is not None)) * batch * self.cfg.hidden_size * self.embed.element_size()
         unused = self.embed.numel() * self.embed.element_size() if self.lm_head is not self.embed else 0
         unused += self.pos_embed.numel() * self.pos_embed.element_size() if self.pos_embed is not None else 0
+        unused += sum(layer.moe.unread_bytes(batch) for layer in self.layers if layer.moe is not None)
         if isinstance(self.decode_linear(batch), _BlockDecodeLinear):
             for p in {id(p): p for p in self.parameters()}.values():
                 if id(p) in self.gguf_blocks:
@@ -873,9 +884,9 @@ def context_limit(config: object) -> int:
 
 def _layer_window(attn: nn.Module, config: object) -> int | None:
     """A Llama-family layer's sliding window: HF's attention modules hold theirs (Qwen2, SmolLM3, Gemma 3: None on
-    full layers); Mistral's reads the config's. None: full attention."""
+    full layers); Mistral's and Mixtral's read the config's. None: full attention."""
     window = getattr(attn, "sliding_window", None) if hasattr(attn, "sliding_window") else (
-        getattr(config, "sliding_window", None) if config.model_type == "mistral" else None)
+        getattr(config, "sliding_window", None) if config.model_type in ("mistral", "mixtral") else None)
     return int(window) if window else None
 
 
@@ -920,14 +931,16 @@ def _rope_from_hf(hf_model: nn.Module, head_dim: int, layer_type: str | None = N
     return inv_freq.detach().clone(), float(getattr(rotary, f"{prefix}attention_scaling", 1.0))
 
 
-def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(q/k/v weight, its bias or None, gate/up weight) of a layer, fused as the compact module keeps them (Phi-3's
-    checkpoints hold them fused already, in the same row order)."""
+    checkpoints hold them fused already, in the same row order); the gate/up weight is None for a MoE block."""
     if hasattr(a, "qkv_proj"):
         wqkv, bqkv = a.qkv_proj.weight, a.qkv_proj.bias
     else:
         wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
         bqkv = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+    if is_moe_block(m):
+        return wqkv, bqkv, None
     gate_up = m.gate_up_proj if hasattr(m, "gate_up_proj") else None
     if (gate_up.bias if gate_up is not None else m.gate_proj.bias) is not None:
         raise ValueError("unsupported checkpoint: MLP biases (mlp_bias=True) in a Llama-family model")
@@ -938,7 +951,9 @@ def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.
 def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object, dtype: torch.dtype) -> Layer:
     a, m = layer.self_attn, layer.mlp
     wqkv, bqkv, w_gate_up = _fused_projections(a, m)
-    wqkv, w_gate_up = wqkv.to(dtype), w_gate_up.to(dtype)
+    moe = from_hf_block(m, config, _gated_activation(config), dtype) if w_gate_up is None else None
+    wqkv = wqkv.to(dtype)
+    w_gate_up, w_down = (None, None) if moe is not None else (w_gate_up.to(dtype), m.down_proj.weight.to(dtype))
     bqkv = None if bqkv is None else bqkv.to(dtype)
     bo = None if a.o_proj.bias is None else a.o_proj.bias.to(dtype)
     head_norms = [_head_norm(getattr(a, name, None), config, dtype) for name in ("q_norm", "k_norm")]
@@ -947,7 +962,7 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     if config.model_type in SANDWICH_NORMS:  # Gemma 2 and 3: norms around each sublayer
         return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
                      _rms_norm(layer.pre_feedforward_layernorm, config, dtype),
-                     wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, m.down_proj.weight.to(dtype), None,
+                     wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None,
                      float(config.query_pre_attn_scalar) ** -0.5, *head_norms, window=window,
                      post_norm1=_rms_norm(layer.post_attention_layernorm, config, dtype),
                      post_norm2=_rms_norm(layer.post_feedforward_layernorm, config, dtype),
@@ -958,8 +973,8 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     scale = float(config.attention_multiplier) if config.model_type == "granite" else None
     return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
                  _rms_norm(layer.post_attention_layernorm, config, dtype),
-                 wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None,
-                 m.down_proj.weight.to(dtype), None, scale, *head_norms, use_rope=use_rope, window=window)
+                 wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None, scale, *head_norms,
+                 use_rope=use_rope, window=window, moe=moe)
 
 
 def _rms_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:

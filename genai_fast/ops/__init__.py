@@ -13,6 +13,7 @@ from genai_fast.ops.gguf_linear import gguf_dequantize, gguf_linear, gguf_linear
 from genai_fast.ops.group_norm import group_norm, group_norm_reference
 from genai_fast.ops.guided_update import UpdateCoefficients, guided_update, guided_update_reference
 from genai_fast.ops.linear import linear, linear_reference
+from genai_fast.ops.moe import moe_experts, moe_experts_reference
 from genai_fast.ops.rms_norm import rms_norm, rms_norm_reference
 from genai_fast.ops.word2vec_ops import cbow_step, sgns_step, word2vec_step_reference
 
@@ -34,6 +35,8 @@ __all__ = [
     "guided_update_reference",
     "linear",
     "linear_reference",
+    "moe_experts",
+    "moe_experts_reference",
     "rms_norm",
     "rms_norm_reference",
     "scaled_dot_product_attention",

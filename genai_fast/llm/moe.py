@@ -1,0 +1,133 @@
+"""Sparse mixture-of-experts MLPs for the compact decoder: Mixtral, Qwen2-MoE and Qwen3-MoE.
+
+A MoE layer replaces the dense MLP: a router (a linear layer over the hidden state, a softmax and a top-k) sends
+each token to k of E experts, each a gated MLP, and the layer's output is the routing-weighted sum of those k
+experts' outputs (Qwen2-MoE adds a shared expert gated by a sigmoid). The architectures differ only in the
+router's details, which `SparseMoe` takes as flags read from the config:
+
+  * Mixtral: softmax in fp32, top-k, always renormalised, the weights kept in fp32 (the products with the
+    experts' outputs promote to fp32, then round);
+  * Qwen2-MoE and Qwen3-MoE: renormalised when norm_topk_prob, the weights rounded to the model's dtype;
+    Qwen2-MoE's shared expert; some layers dense (mlp_only_layers, decoder_sparse_step).
+
+The experts run through genai_fast.ops.moe: on a CPU (and for GPU prefill) its grouped loop, each expert's rows
+in one pair of products on the step's linear (the C++ kernel at decode sizes); on a GPU at decode sizes the Triton
+kernels, which read the expert ids on the device, so the step needs no host synchronisation and a CUDA graph
+captures it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from genai_fast.backends.dispatch import ENV_BACKEND
+from genai_fast.ops.moe import ACTIVATIONS, MAX_KERNEL_PAIRS, grouped_experts, resolve_moe_experts
+
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
+LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+# The model's activation names (genai_fast.llm.model.ACTIVATIONS) as genai_fast.ops.moe names them.
+_OP_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+def _param(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
+    # A contiguous copy: `.to(dtype)` of a same-dtype tensor would share storage with the HF model.
+    return nn.Parameter(t.detach().to(dtype).clone(memory_format=torch.contiguous_format), requires_grad=False)
+
+
+class SparseMoe(nn.Module):
+    """A routed MoE MLP. router [E, H]; gate_up [E, 2I, H] (gate rows, then up rows); down [E, H, I]; top_k experts
+    per token; renormalise: divide the k probabilities by their sum; fp32_weights: keep the routing weights in
+    fp32 (Mixtral) rather than the model's dtype; activation: the gate's ("silu", "gelu", "gelu_pytorch_tanh",
+    "gelu_new"). shared: Qwen2-MoE's shared expert (gate_up [2Is, H], down [H, Is], gate [1, H]) or None."""
+
+    def __init__(self, router: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, top_k: int,
+                 renormalise: bool, fp32_weights: bool, activation: str,
+                 shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        dtype = gate_up.dtype
+        if activation not in _OP_ACTIVATIONS:
+            raise ValueError(f"unsupported MoE activation {activation!r}: supported are "
+                             f"{', '.join(_OP_ACTIVATIONS)}")
+        if not 1 <= top_k <= router.shape[0]:
+            raise ValueError(f"unsupported MoE config: num_experts_per_tok={top_k} with {router.shape[0]} experts")
+        self.router = _param(router, dtype)
+        self.gate_up, self.down = _param(gate_up, dtype), _param(down, dtype)
+        self.top_k, self.renormalise, self.fp32_weights = top_k, renormalise, fp32_weights
+        self.activation = _OP_ACTIVATIONS[activation]
+        self.act = ACTIVATIONS[self.activation]
+        self.shared_gate_up = self.shared_down = self.shared_gate = None
+        if shared is not None:
+            self.shared_gate_up, self.shared_down, self.shared_gate = (_param(t, dtype) for t in shared)
+        self._kernels: dict[tuple, Callable[..., torch.Tensor] | None] = {}
+
+    @property
+    def num_experts(self) -> int:
+        return self.gate_up.shape[0]
+
+    def forward(self, x: torch.Tensor, linear: LinearFn = F.linear) -> torch.Tensor:
+        """x [..., H] -> [..., H]. `linear` runs the expert and shared-expert projections (the router's stays on
+        F.linear: a near-tie between two experts' probabilities must break as transformers' does)."""
+        rows = x.reshape(-1, x.shape[-1])
+        ids, weights = self.route(rows)
+        kernel = self._decode_kernel(rows) if x.dim() == 2 else None
+        if kernel is not None:  # GPU decode: ids stay on the device
+            out = kernel(rows, self.gate_up, self.down, ids, weights, self.activation)
+        else:
+            out = grouped_experts(rows, self.gate_up, self.down, ids, weights, self.act, linear)
+        if self.shared_gate_up is not None:
+            gate, up = linear(rows, self.shared_gate_up, None).chunk(2, dim=-1)
+            shared = linear(self.act(gate) * up, self.shared_down, None)
+            out = out + torch.sigmoid(linear(rows, self.shared_gate, None)) * shared
+        return out.reshape(x.shape)
+
+    def route(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rows [R, H] -> (expert ids [R, k], their weights [R, k]), as the architecture's router computes them."""
+        logits = F.linear(rows, self.router)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        weights, ids = torch.topk(probs, self.top_k, dim=-1)
+        if self.renormalise:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return ids, weights if self.fp32_weights else weights.to(logits.dtype)
+
+    def _decode_kernel(self, rows: torch.Tensor) -> Callable[..., torch.Tensor] | None:
+        """The Triton experts for a decode-sized call on a GPU (see genai_fast.ops.moe.resolve_moe_experts)."""
+        if rows.device.type != "cuda" or rows.shape[0] * self.top_k > MAX_KERNEL_PAIRS:
+            return None
+        key = (rows.device, rows.dtype, os.environ.get(ENV_BACKEND, "").strip())
+        if key not in self._kernels:
+            self._kernels[key] = None if key[2] == "torch" else resolve_moe_experts(rows.device, rows.dtype)
+        return self._kernels[key]
+
+    def unread_bytes(self, batch: int) -> int:
+        """Bytes of expert weights a decode step of `batch` tokens certainly does not read: the experts beyond the
+        batch * k that its tokens can choose (at batch 1 exact; larger batches may share experts)."""
+        idle = max(0, self.num_experts - batch * self.top_k)
+        per_expert = (self.gate_up[0].numel() + self.down[0].numel()) * self.gate_up.element_size()
+        return idle * per_expert
+
+
+def is_moe_block(mlp: nn.Module) -> bool:
+    """Whether an HF layer's MLP is a routed MoE block (transformers' *SparseMoeBlock: a router and experts)."""
+    return hasattr(mlp, "experts") and hasattr(mlp, "gate")
+
+
+def from_hf_block(block: nn.Module, config: object, activation: str, dtype: torch.dtype) -> SparseMoe:
+    """A SparseMoe from transformers' Mixtral, Qwen2-MoE or Qwen3-MoE sparse block."""
+    experts, router = block.experts, block.gate
+    if not hasattr(experts, "gate_up_proj") or not hasattr(experts, "down_proj"):
+        raise ValueError(f"unsupported MoE block {type(block).__name__}: expected experts with stacked gate_up_proj "
+                         "and down_proj weights (transformers >= 5)")
+    mixtral = config.model_type == "mixtral"
+    shared = None
+    if getattr(block, "shared_expert", None) is not None:
+        s = block.shared_expert
+        shared = (torch.cat([s.gate_proj.weight, s.up_proj.weight]), s.down_proj.weight,
+                  block.shared_expert_gate.weight)
+    return SparseMoe(router.weight, experts.gate_up_proj, experts.down_proj, int(config.num_experts_per_tok),
+                     renormalise=mixtral or bool(getattr(config, "norm_topk_prob", False)), fp32_weights=mixtral,
+                     activation=activation, shared=shared)
