@@ -79,7 +79,7 @@ def compiling_instead_of_launching(arch: int = 90) -> Iterator[CompileLog]:
         for config in tuner.prune_configs(kwargs):
             tuner.fn.run(*args, **kwargs, **config.all_kwargs())
 
-    from genai_fast.kernels import attention, attention_tma, decode_gemv, group_norm
+    from genai_fast.kernels import attention, attention_tma, decode_gemv, group_norm, moe
 
     def as_gpu(config_fn: Callable) -> Callable:
         return lambda device, *a, **k: config_fn(torch.device("cuda"), *a, **k)
@@ -87,12 +87,13 @@ def compiling_instead_of_launching(arch: int = 90) -> Iterator[CompileLog]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(JITFunction, "run", jit_run))
         stack.enter_context(mock.patch.object(Autotuner, "run", autotuned_run))
-        for module in (attention, decode_gemv, group_norm):
+        for module in (attention, decode_gemv, group_norm, moe):
             stack.enter_context(mock.patch.object(module, "multiprocessor_count", lambda device: H100_SMS))
         for name in ("_fwd_config", "_bwd_config", "_decode_config", "_num_splits"):
             stack.enter_context(mock.patch.object(attention, name, as_gpu(getattr(attention, name))))
         stack.enter_context(mock.patch.object(attention_tma, "_config", as_gpu(attention_tma._config)))
         stack.enter_context(mock.patch.object(decode_gemv, "_tiles", as_gpu(decode_gemv._tiles)))
+        stack.enter_context(mock.patch.object(moe, "_tiles", as_gpu(moe._tiles)))
         stack.enter_context(mock.patch.object(group_norm, "_num_programs_target", lambda device: 4 * H100_SMS))
         yield log
 
@@ -259,6 +260,19 @@ def _decode_gemv_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], o
         yield f"swiglu_linear R{R} K{K} N{N}", lambda g=gate_up, w=weight: swiglu_linear_fwd(g, w)
 
 
+def _moe_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    from genai_fast.kernels.moe import moe_experts_fwd
+
+    # One value, one expert (constants); Qwen3-MoE-30B's experts (H 2048, I 768, k 8) at batch 1; Mixtral-like
+    # (H 4096, I 14336, k 2) at batch 4; every activation.
+    for R, H, inter, E, k, act in [(1, 1, 1, 1, 1, "silu"), (1, 2048, 768, 8, 8, "silu"),
+                                   (4, 4096, 14336, 4, 2, "gelu"), (2, 96, 40, 3, 2, "gelu_tanh")]:
+        x, ids, weights = torch.empty(R, H, dtype=dtype), torch.zeros(R, k, dtype=torch.long), torch.empty(R, k)
+        gate_up, down = torch.empty(E, 2 * inter, H, dtype=dtype), torch.empty(E, H, inter, dtype=dtype)
+        yield (f"moe R{R} H{H} I{inter} E{E} k{k} {act}",
+               lambda x=x, g=gate_up, d=down, i=ids, w=weights, a=act: moe_experts_fwd(x, g, d, i, w, a))
+
+
 def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     from genai_fast.kernels.conv2d import conv2d_epilogue_, conv2d_fwd
 
@@ -314,7 +328,7 @@ def _word2vec_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obje
 
 OPS = {"attention": _attention_cases, "attention_tma": _attention_tma_cases, "group_norm": _group_norm_cases,
        "conv2d": _conv2d_cases, "decode_gemv": _decode_gemv_cases,
-       "geglu": _geglu_cases, "guided_update": _guided_update_cases, "rms_norm": _rms_norm_cases,
+       "geglu": _geglu_cases, "guided_update": _guided_update_cases, "moe": _moe_cases, "rms_norm": _rms_norm_cases,
        "rope_append": _rope_append_cases, "swiglu": _swiglu_cases, "word2vec": _word2vec_cases}
 
 

@@ -76,6 +76,36 @@ def tiny_variant(kind: str, **common):
     return hf.eval()
 
 
+MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe")
+
+
+def tiny_moe(kind: str, **common):
+    """A random tiny mixture-of-experts model, eval mode: Mixtral (6 experts, 2 per token, renormalised, fp32
+    routing weights), Qwen2-MoE (6 experts, 2 per token, not renormalised, a sigmoid-gated shared expert, qkv
+    biases) or Qwen3-MoE (8 experts, 3 per token, renormalised, per-head q/k norms, its second layer dense through
+    mlp_only_layers). common["initializer_range"] defaults to 0.2 (at 0.02 tiny models repeat one token)."""
+    import transformers
+
+    common = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 96,
+              "initializer_range": 0.2, **common}
+    torch.manual_seed(0)
+    if kind == "mixtral":
+        hf = transformers.MixtralForCausalLM(transformers.MixtralConfig(**common, num_local_experts=6,
+                                                                        num_experts_per_tok=2))
+    elif kind == "qwen2_moe":
+        hf = transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
+            **common, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=40,
+            shared_expert_intermediate_size=72, norm_topk_prob=False))
+    elif kind == "qwen3_moe":
+        hf = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+            **common, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=40, norm_topk_prob=True,
+            head_dim=24, mlp_only_layers=[1]))
+    else:
+        raise ValueError(f"kind: expected one of {MOE_KINDS}, got {kind!r}")
+    return hf.eval()
+
+
 def load_smollm2():
     """(HF model, engine with a 256-token cache, path of the .gguf) for the offline SmolLM2-135M-Instruct; skips
     the test when the package or the gguf reader is missing."""

@@ -30,7 +30,7 @@ def test_launchers_compile_for_sm90_on_edge_case_shapes():
                        "_attn_bwd_dq_kernel", "_decode_split_kernel", "_decode_combine_kernel",
                        "_group_norm_stats_kernel", "_group_norm_finalize_kernel", "_group_norm_apply_kernel",
                        "_conv2d_fwd_kernel", "_conv2d_epilogue_kernel", "_geglu_fwd_kernel", "_word2vec_train_kernel",
-                       "_word2vec_draws_kernel"}, kernels
+                       "_word2vec_draws_kernel", "_moe_gate_up_kernel", "_moe_down_kernel"}, kernels
     # The size-1 cases really compiled with those sizes as constants (what the interpreter never does).
     assert any("Sq" in r["constants"] for r in records if r.get("kernel") == "_attn_fwd_kernel"), records
     assert any("S" in r["constants"] for r in records if r.get("kernel") == "_group_norm_stats_kernel"), records

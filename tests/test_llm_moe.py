@@ -1,0 +1,160 @@
+"""genai_fast.llm on mixture-of-experts models (Mixtral, Qwen2-MoE, Qwen3-MoE): greedy tokens and logits equal to
+transformers', the router's details each doing something, batches equal to one-by-one generation, extend and
+speculative decoding, checkpoint directories, bandwidth accounting and bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from genai_fast.llm import load  # noqa: E402
+from genai_fast.llm.moe import SparseMoe  # noqa: E402
+from tests.llm_cases import MOE_KINDS, hf_greedy, tiny_moe  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
+PROMPTS = ([1, 5, 9, 33, 70], [7])
+
+
+@pytest.mark.parametrize("kind", MOE_KINDS)
+def test_greedy_tokens_equal_hf(kind):
+    hf = tiny_moe(kind)
+    engine = load(hf, max_seq_len=96)
+    assert any(layer.moe is not None for layer in engine.model.layers)
+    for prompt in PROMPTS:
+        want = hf_greedy(hf, prompt, 40)
+        assert len(set(want)) > 5  # a model that repeats one token would test little
+        assert engine.generate(prompt, 40).ids == want
+
+
+@pytest.mark.parametrize("kind", MOE_KINDS)
+def test_padded_batch_logits_equal_hf(kind):
+    """Every position's logits of a right-padded batch of two prompts against HF's per-prompt forward."""
+    hf = tiny_moe(kind)
+    model = load(hf, max_seq_len=96).model
+    ids = torch.randint(3, 128, (2, 23), generator=torch.Generator().manual_seed(1))
+    lengths = [23, 14]
+    model.allocate_cache(2, 96)
+    got = model.prefill(ids, torch.tensor(lengths) - 1, all_logits=True)
+    for row, n in enumerate(lengths):
+        with torch.no_grad():
+            want = hf(ids[row:row + 1, :n]).logits[0]
+        torch.testing.assert_close(got[row, :n], want, rtol=1e-4, atol=1e-4)
+
+
+def _ablations(kind: str):
+    """What each architecture's router adds to the plain one, switched off one at a time."""
+    if kind == "mixtral":
+        return {"renormalise": {"renormalise": False}, "top-1": {"top_k": 1}}
+    if kind == "qwen2_moe":
+        return {"renormalise": {"renormalise": True}, "shared expert": {"shared_gate_up": None}}
+    return {"renormalise": {"renormalise": False}, "top-1": {"top_k": 1}}
+
+
+@pytest.mark.parametrize("kind", MOE_KINDS)
+def test_each_router_detail_changes_the_logits(kind):
+    """Guards the parity tests: with any one of the router's details changed, the logits leave HF's."""
+    hf = tiny_moe(kind)
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 11]])
+    with torch.no_grad():
+        want = hf(ids).logits
+    for name, change in _ablations(kind).items():
+        engine = load(hf, max_seq_len=96)
+        for layer in engine.model.layers:
+            if layer.moe is not None:
+                for attr, value in change.items():
+                    setattr(layer.moe, attr, value)
+        engine.model.allocate_cache(1, 96)
+        got = engine.model(ids, last_only=False)
+        assert (got - want).abs().max() > 1e-3, name
+
+
+def test_dense_layers_of_a_moe_model_stay_dense():
+    """Qwen3-MoE's mlp_only_layers: layer 1 is a dense SwiGLU MLP."""
+    model = load(tiny_moe("qwen3_moe"), max_seq_len=96).model
+    assert model.layers[0].moe is not None and model.layers[0].mlp_in is None
+    assert model.layers[1].moe is None and model.layers[1].mlp_in is not None
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe"])
+def test_batch_equals_one_by_one(kind):
+    engine = load(tiny_moe(kind), max_seq_len=96)
+    prompts = [[1, 5, 9, 33, 70], [7], [4, 4, 90, 12, 3, 3, 8, 100, 41]]
+    batch = engine.generate(prompts, 24)
+    assert [r.ids for r in batch] == [engine.generate(p, 24).ids for p in prompts]
+
+
+@pytest.mark.parametrize("kind", MOE_KINDS)
+def test_extend_and_prompt_lookup_give_hf_tokens(kind):
+    """extend() over several tokens (the routed experts of each row) equals HF's logits, and speculative decoding
+    with prompt-lookup drafts gives plain greedy decoding's tokens."""
+    hf = tiny_moe(kind)
+    engine = load(hf, max_seq_len=96)
+    ids = torch.randint(3, 128, (1, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = hf(ids).logits[0]
+    model = engine.model
+    model.allocate_cache(1, 96)
+    model.prefill(ids[:, :9])
+    got = torch.cat([model.extend(ids[:, 9:14], 9), model.extend(ids[:, 14:], 14)])
+    torch.testing.assert_close(got, want[9:], rtol=1e-4, atol=1e-4)
+    engine.eos_ids = set()
+    prompt = [1, 5, 9, 33, 70, 1, 5, 9, 33, 70, 1, 5]
+    assert engine.generate(prompt, 32, prompt_lookup=6).ids == engine.generate(prompt, 32).ids
+
+
+def test_checkpoint_directory_roundtrip(tmp_path):
+    hf = tiny_moe("qwen2_moe")
+    hf.save_pretrained(tmp_path)
+    assert load(tmp_path).generate([1, 5, 9], 12).ids == hf_greedy(hf, [1, 5, 9], 12)
+
+
+def test_sampling_with_a_seed_is_reproducible():
+    engine = load(tiny_moe("mixtral"), max_seq_len=96)
+    first = engine.generate([1, 2, 3], 24, temperature=1.2, top_k=20, seed=5).ids
+    assert first == engine.generate([1, 2, 3], 24, temperature=1.2, top_k=20, seed=5).ids
+
+
+def test_half_precision_logits_follow_hf():
+    """bf16 on a CPU: the engine's logits against HF's in bf16, within bf16's rounding of a two-layer model."""
+    hf = tiny_moe("mixtral").to(torch.bfloat16)
+    model = load(hf, max_seq_len=96).model
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 11]])
+    with torch.no_grad():
+        want = hf(ids).logits.float()
+    model.allocate_cache(1, 96)
+    got = model(ids, last_only=False).float()
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()
+
+
+def test_step_bytes_count_only_the_chosen_experts():
+    """At batch 1 a step reads k of E experts: the bytes of the others are not counted; at a batch that can choose
+    them all, every expert is."""
+    model = load(tiny_moe("mixtral"), max_seq_len=96).model
+    moe = model.layers[0].moe
+    per_expert = (moe.gate_up[0].numel() + moe.down[0].numel()) * 4
+    idle = (moe.num_experts - moe.top_k) * per_expert * len(model.layers)
+    assert model.step_bytes(3) - model.step_bytes(1) == idle + 2 * 64 * 4  # and two more embedding rows
+
+
+def test_bad_moe_configs_are_refused():
+    gate_up, down, router = torch.zeros(4, 8, 6), torch.zeros(4, 6, 4), torch.zeros(4, 6)
+    with pytest.raises(ValueError, match="num_experts_per_tok=5 with 4 experts"):
+        SparseMoe(router, gate_up, down, 5, True, False, "silu")
+    with pytest.raises(ValueError, match="unsupported MoE activation 'tanh'"):
+        SparseMoe(router, gate_up, down, 2, True, False, "tanh")
+
+
+def test_the_router_breaks_near_ties_as_transformers():
+    """The router's projection runs on F.linear, as transformers' does, whatever linear the step's experts use."""
+    moe = load(tiny_moe("mixtral"), max_seq_len=96).model.layers[0].moe
+    rows = torch.randn(5, 64)
+    calls = []
+
+    def counting_linear(x, w, b):
+        calls.append(tuple(w.shape))
+        return torch.nn.functional.linear(x, w, b)
+
+    moe(rows, counting_linear)
+    assert tuple(moe.router.shape) not in calls and calls  # the experts ran on it, the router did not
