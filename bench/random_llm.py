@@ -32,7 +32,13 @@ SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layer
 # bandwidth against issue 5's target, where SmolLM2-135M's 30 small layers are bound by kernel latency.
 LLAMA_1B = {**SMOLLM2_135M, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
             "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0}
-SHAPES = {"smollm2-135m": SMOLLM2_135M, "llama-1b": LLAMA_1B}
+# A small Qwen3-MoE (32 experts of which 4 per token, 12 layers; 0.4B parameters, 0.1B of them active per token):
+# the engine's routed experts against transformers' loop, at a size a CPU decodes in seconds.
+QWEN3_MOE_SMALL = {**SMOLLM2_135M, "architecture": "qwen3_moe", "hidden_size": 768, "num_hidden_layers": 12,
+                   "num_attention_heads": 12, "num_key_value_heads": 4, "num_experts": 32, "num_experts_per_tok": 4,
+                   "moe_intermediate_size": 384, "intermediate_size": 1536, "norm_topk_prob": True}
+SHAPES = {"smollm2-135m": SMOLLM2_135M, "llama-1b": LLAMA_1B, "qwen3-moe-small": QWEN3_MOE_SMALL}
+ARCHITECTURES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM")}
 SPECIAL = ["<unk>", "<s>", "</s>"]
 
 
@@ -55,19 +61,22 @@ def word_level_tokenizer(vocab_size: int, words: list[str]):
 
 def build_random_llm(shape: str = "smollm2-135m", dtype: torch.dtype = torch.float32,
                      device: torch.device | str = "cpu", seed: int = 0, **overrides: int):
-    """(model, tokenizer): a random Llama of `shape` (SHAPES; config keys in `overrides` replace the shape's: the
-    tests make a small one) in `dtype`, its weights drawn on `device`, and the word-level tokenizer. In memory:
-    `bench/llm.py --random-shape` uses it on a GPU, where writing and reloading 2.5 GB would cost device time."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """(model, tokenizer): a random model of `shape` (SHAPES: a Llama unless its "architecture" says otherwise;
+    config keys in `overrides` replace the shape's: the tests make a small one) in `dtype`, its weights drawn on
+    `device`, and the word-level tokenizer. In memory: `bench/llm.py --random-shape` uses it on a GPU, where
+    writing and reloading 2.5 GB would cost device time."""
+    import transformers
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from llm import PROMPTS
 
     words = sorted({w for p in PROMPTS for w in re.findall(r"\w+|[^\w\s]", p)})
     torch.manual_seed(seed)
-    config = LlamaConfig(**{**SHAPES[shape], **overrides})
+    settings = {**SHAPES[shape], **overrides}
+    config_name, model_name = ARCHITECTURES[settings.pop("architecture", "llama")]
+    config = getattr(transformers, config_name)(**settings)
     with torch.device(device):
-        model = LlamaForCausalLM(config)
+        model = getattr(transformers, model_name)(config)
     return model.eval().to(dtype), word_level_tokenizer(config.vocab_size, words)
 
 

@@ -74,6 +74,7 @@ ENTRY_MODULES = (
     "group_norm",
     "guided_update",
     "linear",
+    "moe",
     "rms_norm",
     "unet",
     "word2vec",

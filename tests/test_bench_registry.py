@@ -76,6 +76,23 @@ def test_decode_gemv_bytes_include_the_residual_sum_it_writes():
     assert entry.flops(swiglu) == 2 * 1536 * 576
 
 
+def test_moe_bytes_are_the_chosen_experts_and_its_references_agree():
+    from genai_fast.bench import moe as moe_bench
+
+    entry = REGISTRY["moe_experts"]
+    case = _case(entry.op, "qwen3-30b-a3b 1x2048 E128 k8 I768", "quick", "cuda")
+    assert entry.bytes(case) == 2 * (8 * 3 * 2048 * 768 + 2 * 2048)  # k experts' gate, up, down; token; output
+    assert entry.flops(case) == 2 * 8 * 3 * 2048 * 768
+    # Both references compute the op on a small input (the bench checks every backend against the oracle).
+    g = torch.Generator().manual_seed(0)
+    weights, ids = torch.randn(1, 6, generator=g).softmax(-1).topk(2, dim=-1)
+    inputs = {"x": torch.randn(1, 16, generator=g), "gate_up": torch.randn(6, 24, 16, generator=g) / 4,
+              "down": torch.randn(6, 16, 12, generator=g) / 4, "ids": ids, "weights": weights}
+    want = entry.oracle(inputs)
+    for reference in (moe_bench.transformers_loop, moe_bench.gathered_bmm, lambda i: entry.run(i, "torch")):
+        torch.testing.assert_close(reference(inputs).double(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_elementwise_entries_bytes_are_one_read_and_one_write():
     rms = REGISTRY["rms_norm"]
     assert rms.bytes(_case("rms_norm", "4096x4096", "full", "cuda")) == 2 * (2 * 4096 * 4096 + 4096)
