@@ -112,7 +112,10 @@ def test_repeated_experts_add_up():
                                    want, rtol=1e-5, atol=1e-6)
 
 
-def test_matches_transformers_mixtral_experts():
+@pytest.mark.parametrize("rows", [1, 7], ids=["one-token", "seven-tokens"])
+def test_matches_transformers_mixtral_experts(rows):
+    """Bitwise: the reference runs transformers' products on the same rows in the same order (one token: its own
+    path without the grouping's index tensors)."""
     transformers = pytest.importorskip("transformers")
     from transformers.models.mixtral.modeling_mixtral import MixtralExperts
 
@@ -120,7 +123,7 @@ def test_matches_transformers_mixtral_experts():
     module = MixtralExperts(config)
     torch.nn.init.normal_(module.gate_up_proj, std=0.2)
     torch.nn.init.normal_(module.down_proj, std=0.2)
-    x, _, _, ids, weights = _inputs(7, 32, 24, 4, 2)
+    x, _, _, ids, weights = _inputs(rows, 32, 24, 4, 2)
     with torch.no_grad():
         want = module(x, ids, weights)
         got = genai_fast.moe_experts(x, module.gate_up_proj, module.down_proj, ids, weights, backend="torch")

@@ -79,6 +79,9 @@ def grouped_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, 
     transformers'). Reads the expert counts on the host."""
     H, top_k = x.shape[-1], topk_ids.shape[-1]
     rows = x.reshape(-1, H)
+    if rows.shape[0] == 1:
+        out = _one_token(rows, gate_up, down, topk_ids.reshape(-1), topk_weights.reshape(-1), act, linear)
+        return out.view(x.shape)
     out = torch.zeros_like(rows)
     flat_ids = topk_ids.reshape(-1)
     flat_weights = topk_weights.reshape(-1)
@@ -99,6 +102,18 @@ def grouped_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, 
         y = linear(act(gate) * up, down[expert], None) * flat_weights[pairs, None]
         out.index_add_(0, tokens, y.to(out.dtype))
     return out.reshape(x.shape)
+
+
+def _one_token(row: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, ids: torch.Tensor,
+               weights: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor], linear: LinearFn) -> torch.Tensor:
+    """grouped_experts for one token (an LLM's batch-1 decode step): its experts in ascending id, each output added
+    as the loop's index_add would add it (the first to zeros: itself), without the grouping's index tensors."""
+    out = None
+    for expert, choice in sorted((e, j) for j, e in enumerate(ids.tolist())):
+        gate, up = linear(row, gate_up[expert], None).chunk(2, dim=-1)
+        y = (linear(act(gate) * up, down[expert], None) * weights[choice:choice + 1]).to(row.dtype)
+        out = y if out is None else out + y
+    return out if out is not None else torch.zeros_like(row)
 
 
 def _validate(x: Any, gate_up: Any, down: Any, topk_ids: Any, topk_weights: Any, activation: Any,
