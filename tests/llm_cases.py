@@ -76,14 +76,16 @@ def tiny_variant(kind: str, **common):
     return hf.eval()
 
 
-MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe")
+MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared")
 
 
 def tiny_moe(kind: str, **common):
     """A random tiny mixture-of-experts model, eval mode: Mixtral (6 experts, 2 per token, renormalised, fp32
     routing weights), Qwen2-MoE (6 experts, 2 per token, not renormalised, a sigmoid-gated shared expert, qkv
-    biases) or Qwen3-MoE (8 experts, 3 per token, renormalised, per-head q/k norms, its second layer dense through
-    mlp_only_layers). common["initializer_range"] defaults to 0.2 (at 0.02 tiny models repeat one token)."""
+    biases), Qwen3-MoE (8 experts, 3 per token, renormalised, per-head q/k norms, its second layer dense through
+    mlp_only_layers), OLMoE (8 experts, 2 per token, q/k norms over all heads, q/k/v clipped at 1.5), Granite-MoE
+    (softmax over the top 2 of 5 logits, every multiplier away from 1) or Granite-MoE-Shared (the same with an
+    ungated shared MLP). common["initializer_range"] defaults to 0.2 (at 0.02 tiny models repeat one token)."""
     import transformers
 
     common = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -101,6 +103,21 @@ def tiny_moe(kind: str, **common):
         hf = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
             **common, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=40, norm_topk_prob=True,
             head_dim=24, mlp_only_layers=[1]))
+    elif kind == "olmoe":
+        hf = transformers.OlmoeForCausalLM(transformers.OlmoeConfig(
+            **common, num_experts=8, num_experts_per_tok=2, clip_qkv=1.5))
+        with torch.no_grad():
+            for layer in hf.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    elif kind in ("granitemoe", "granitemoeshared"):
+        multipliers = dict(embedding_multiplier=3.0, residual_multiplier=0.4, logits_scaling=2.5,
+                           attention_multiplier=0.3, num_local_experts=5, num_experts_per_tok=2)
+        if kind == "granitemoe":
+            hf = transformers.GraniteMoeForCausalLM(transformers.GraniteMoeConfig(**common, **multipliers))
+        else:
+            hf = transformers.GraniteMoeSharedForCausalLM(transformers.GraniteMoeSharedConfig(
+                **common, **multipliers, shared_intermediate_size=48))
     else:
         raise ValueError(f"kind: expected one of {MOE_KINDS}, got {kind!r}")
     return hf.eval()

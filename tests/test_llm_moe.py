@@ -48,7 +48,14 @@ def _ablations(kind: str):
     if kind == "mixtral":
         return {"renormalise": {"renormalise": False}, "top-1": {"top_k": 1}}
     if kind == "qwen2_moe":
-        return {"renormalise": {"renormalise": True}, "shared expert": {"shared_gate_up": None}}
+        return {"renormalise": {"renormalise": True}, "shared expert": {"shared_gate_up": None},
+                "shared expert's gate": {"shared_gate": None}}
+    if kind == "olmoe":
+        return {"renormalise": {"renormalise": True}}
+    if kind == "granitemoe":
+        return {"softmax after top-k": {"softmax_after_topk": False}}
+    if kind == "granitemoeshared":
+        return {"shared MLP": {"shared_gate_up": None}}
     return {"renormalise": {"renormalise": False}, "top-1": {"top_k": 1}}
 
 
@@ -68,6 +75,21 @@ def test_each_router_detail_changes_the_logits(kind):
         engine.model.allocate_cache(1, 96)
         got = engine.model(ids, last_only=False)
         assert (got - want).abs().max() > 1e-3, name
+
+
+def test_olmoe_norms_span_all_heads_and_clip():
+    """OLMoE's q/k norms over all heads and its clip_qkv each change the logits (the parity tests guard both)."""
+    hf = tiny_moe("olmoe")
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 11]])
+    with torch.no_grad():
+        want = hf(ids).logits
+    for change in ({"clip_qkv": None}, {"q_norm": None}):
+        engine = load(hf, max_seq_len=96)
+        for layer in engine.model.layers:
+            for attr, value in change.items():
+                setattr(layer, attr, value)
+        engine.model.allocate_cache(1, 96)
+        assert (engine.model(ids, last_only=False) - want).abs().max() > 1e-3, change
 
 
 def test_dense_layers_of_a_moe_model_stay_dense():

@@ -17,6 +17,14 @@ first-call timing finds it faster than BLAS. Measured on the 2-core VM (session 
 layer at one row 2.8 ms against 6.9 ms, a 4-row 576 -> 1536 projection 49 us against 151 us, an 87-row one 465 us
 against 807 us. Layers that need gradients, run on a GPU, or are too small to repay the op's bookkeeping call
 F.linear as before; `patch(model, linears=False)` leaves them all alone.
+
+Mixture-of-experts models (Mixtral, Qwen2/3-MoE, OLMoE, Granite-MoE, ...: transformers' experts modules with the
+`ExpertsInterface`) also get "genai_fast" as their experts implementation: on a GPU, calls of up to
+MAX_KERNEL_EXPERT_PAIRS token-expert pairs (decode steps) run genai_fast.moe_experts' Triton kernels, which read
+only the chosen experts' weights and no host value; on a CPU the experts run grouped as transformers' eager loop
+does, their products on the same linear as the patched layers (the C++ kernel at decode sizes). Anything else
+(training, biases, interleaved or transposed weights, other activations, expert parallelism, long prompts on a GPU)
+runs the implementation the model had before.
 """
 
 from __future__ import annotations
@@ -33,8 +41,17 @@ from genai_fast.backends.dispatch import ENV_BACKEND
 from genai_fast.ops.attention import scaled_dot_product_attention
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.linear import LINEAR, MAX_KERNEL_ROWS, ONEDNN_MIN_MACS, linear
+from genai_fast.ops.moe import ACTIVATIONS as MOE_ACTIVATIONS
+from genai_fast.ops.moe import grouped_experts, resolve_moe_experts
 
 ATTENTION_NAME = "genai_fast"
+EXPERTS_NAME = "genai_fast"
+# A GPU call with more token-expert pairs (a prompt) keeps the model's implementation: the kernels read each pair's
+# expert weights once, where grouped products read each expert's once.
+MAX_KERNEL_EXPERT_PAIRS = 256
+# transformers' hidden_act names -> genai_fast.moe_experts' activation names
+_EXPERT_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                       "gelu_new": "gelu_tanh"}
 
 
 def genai_fast_attention_forward(
@@ -103,6 +120,11 @@ def register() -> None:
 
     AttentionInterface.register(ATTENTION_NAME, genai_fast_attention_forward)
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    try:
+        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    except ImportError:  # a transformers without the experts interface: MoE layers stay as they are
+        return
+    ALL_EXPERTS_FUNCTIONS.register(EXPERTS_NAME, genai_fast_experts_forward)
 
 
 def patch(model: torch.nn.Module, *, linears: bool = True) -> torch.nn.Module:
@@ -124,6 +146,7 @@ def patch(model: torch.nn.Module, *, linears: bool = True) -> torch.nn.Module:
         raise ValueError(f"model: {', '.join(refusers)} cannot run on SDPA (transformers refuses "
                          "attn_implementation='sdpa' there), and genai_fast attention computes SDPA; keep 'eager'")
     model.set_attn_implementation(ATTENTION_NAME)
+    _patch_experts(model)
     if linears:
         for module in model.modules():
             if type(module) is nn.Linear:  # exactly: subclasses (quantised, LoRA) keep their own forward
@@ -135,6 +158,10 @@ def unpatch(model: torch.nn.Module, attn_implementation: str = "sdpa") -> torch.
     """Restore a standard attention implementation ("sdpa" by default) and plain `nn.Linear` layers; returns the
     model."""
     model.set_attn_implementation(attn_implementation)
+    previous = getattr(model, "_genai_fast_previous_experts", None)
+    if previous is not None:
+        model.set_experts_implementation(previous)
+        del model._genai_fast_previous_experts
     for module in model.modules():
         if type(module) is PatchedLinear:
             module.__class__ = nn.Linear
@@ -166,13 +193,69 @@ class PatchedLinear(nn.Linear):
     """An `nn.Linear` (same parameters, state dict and repr) whose CPU inference products run genai_fast.linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
-        if x.device.type != "cpu" or x.dim() == 0 or not can_bypass_custom_op(x, weight, bias):
-            return F.linear(x, weight, bias)
-        forced = os.environ.get(ENV_BACKEND)
-        if forced and all(impl.backend != forced for impl in LINEAR.implementations):
-            return F.linear(x, weight, bias)  # a backend forced for the attention (triton) that linear lacks
-        rows = x.numel() // max(x.shape[-1], 1)
-        if rows > MAX_KERNEL_ROWS and rows * x.shape[-1] * weight.shape[0] < ONEDNN_MIN_MACS:
-            return F.linear(x, weight, bias)  # BLAS either way: skip the op's checks
-        return linear(x, weight, bias)
+        return inference_linear(x, self.weight, self.bias)
+
+
+def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear, run by genai_fast.linear where that pays: CPU inference, decode-sized or GEMM-sized products."""
+    if x.device.type != "cpu" or x.dim() == 0 or not can_bypass_custom_op(x, weight, bias):
+        return F.linear(x, weight, bias)
+    forced = os.environ.get(ENV_BACKEND)
+    if forced and all(impl.backend != forced for impl in LINEAR.implementations):
+        return F.linear(x, weight, bias)  # a backend forced for the attention (triton) that linear lacks
+    rows = x.numel() // max(x.shape[-1], 1)
+    if rows > MAX_KERNEL_ROWS and rows * x.shape[-1] * weight.shape[0] < ONEDNN_MIN_MACS:
+        return F.linear(x, weight, bias)  # BLAS either way: skip the op's checks
+    return linear(x, weight, bias)
+
+
+# ---------------------------------------------------------------- mixture-of-experts layers
+
+
+def _patch_experts(model: torch.nn.Module) -> None:
+    """Make "genai_fast" the experts implementation of a model whose experts modules take one (remembering the
+    one it had, for unpatch and for the calls genai_fast_experts_forward hands back)."""
+    if not hasattr(model, "set_experts_implementation") or not _has_interface_experts(model):
+        return
+    previous = model.config._experts_implementation
+    if previous == EXPERTS_NAME:
+        return
+    model.set_experts_implementation(EXPERTS_NAME)
+    model._genai_fast_previous_experts = previous
+    for module in model.modules():
+        if hasattr(module, "_is_expert_parallel"):
+            module._genai_fast_fallback = previous
+
+
+def _has_interface_experts(model: torch.nn.Module) -> bool:
+    """Whether some module is an experts module of transformers' ExpertsInterface (decorated with
+    use_experts_implementation, which gives it `_is_expert_parallel`)."""
+    return any(hasattr(m, "_is_expert_parallel") and hasattr(m, "gate_up_proj") for m in model.modules())
+
+
+def genai_fast_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                               top_k_weights: torch.Tensor) -> torch.Tensor:
+    """transformers' experts forward (hidden_states [T, H], top_k_index [T, k], top_k_weights [T, k] -> [T, H])
+    on genai_fast where it applies (see the module docstring), else on the model's previous implementation."""
+    activation = _EXPERT_ACTIVATIONS.get(getattr(self.config, "hidden_act", None))
+    plain = (activation is not None and self.has_gate and self.is_concatenated and not self.is_transposed
+             and not self.has_bias and not getattr(self, "has_post_expert_norm", False)
+             and not self._is_expert_parallel and hasattr(self, "down_proj")
+             and can_bypass_custom_op(hidden_states, self.gate_up_proj, self.down_proj, top_k_weights))
+    if plain and hidden_states.device.type == "cpu":
+        return grouped_experts(hidden_states, self.gate_up_proj, self.down_proj, top_k_index, top_k_weights,
+                               MOE_ACTIVATIONS[activation], inference_linear)
+    if plain and hidden_states.is_cuda and top_k_index.numel() <= MAX_KERNEL_EXPERT_PAIRS:
+        kernel = resolve_moe_experts(hidden_states.device, hidden_states.dtype)
+        if kernel is not None and os.environ.get(ENV_BACKEND, "").strip() != "torch":
+            return kernel(hidden_states, self.gate_up_proj, self.down_proj, top_k_index, top_k_weights, activation)
+    return _fallback_experts(self)(self, hidden_states, top_k_index, top_k_weights)
+
+
+def _fallback_experts(module: nn.Module) -> Any:
+    """The experts forward the model had before patching (eager: the class's own)."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    eager = type(module).forward.__wrapped__  # the undecorated forward (functools.wraps keeps it)
+    previous = getattr(module, "_genai_fast_fallback", "eager")
+    return eager if previous in ("eager", EXPERTS_NAME) else ALL_EXPERTS_FUNCTIONS.get(previous, eager)

@@ -4,7 +4,8 @@ Two families share one module:
   * llama, mistral, qwen2, qwen3, phi3: RMSNorm, rotary embeddings, GQA, SwiGLU MLP (qwen3: also an RMSNorm of
     each query and key head before the rotation; phi3: its checkpoints hold q/k/v and gate/up fused already);
   * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
-Mixtral, Qwen2-MoE and Qwen3-MoE are Llama-family layers whose MLP is a routed mixture of experts (moe.py).
+Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and Granite-MoE are Llama-family layers whose MLP is a routed mixture of
+experts (moe.py).
 
 Weights are converted once at load time: q/k/v projections fused into one matrix per layer and gate/up into
 another (GPT-2's c_attn is fused already; its Conv1D weights, stored [in, out], are transposed to the
@@ -43,6 +44,7 @@ LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma"
                 *MOE_ARCHITECTURES)
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
+GRANITE_MULTIPLIERS = ("granite", "granitemoe", "granitemoeshared")  # embedding, residual, attention, logits
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
 # extend() runs the decode step's linear (weights streamed once, GGUF blocks) up to this many rows.
 MAX_DECODE_ROWS = 16
@@ -183,14 +185,16 @@ class Layer(nn.Module):
     (None: none). local_rope: the layer rotates with the model's local rope tables (Gemma 3's sliding layers).
     softcap: Gemma 2's attn_logit_softcapping, cap * tanh(score / cap) before the mask and softmax, computed inside
     the fused attention kernels (their `softcap`); 0: none. moe: a routed mixture of experts in place of the dense
-    MLP (mlp_in and mlp_out None; Mixtral, Qwen2-MoE, Qwen3-MoE)."""
+    MLP (mlp_in and mlp_out None; Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE). clip_qkv: OLMoE's clamp of
+    the projected (and normalised) queries, keys and values to [-clip_qkv, clip_qkv]; None: none."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor | None, b_in: torch.Tensor | None,
                  mlp_out: torch.Tensor | None, b_out: torch.Tensor | None, scale: float | None,
                  q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True,
                  window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
-                 local_rope: bool = False, softcap: float = 0.0, moe: SparseMoe | None = None) -> None:
+                 local_rope: bool = False, softcap: float = 0.0, moe: SparseMoe | None = None,
+                 clip_qkv: float | None = None) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
         self.use_rope, self.window, self.local_rope, self.softcap = use_rope, window, local_rope, softcap
@@ -199,7 +203,7 @@ class Layer(nn.Module):
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
-        self.moe = moe
+        self.moe, self.clip_qkv = moe, clip_qkv
         if (moe is None) == (mlp_in is None or mlp_out is None):
             raise ValueError("mlp_in, mlp_out: expected both with no moe, or neither with one")
         self.swiglu = cfg.family == "llama"
@@ -321,13 +325,18 @@ class Layer(nn.Module):
 
     def norm_heads(self, qkv: torch.Tensor) -> torch.Tensor:
         """The fused projection's [..., (Hq + 2 Hkv) D] with each query and key head RMS-normalised (Qwen3's q_norm
-        and k_norm, as HF applies them before the rotation); qkv itself when the model has no such norms."""
-        if self.q_norm is None or self.k_norm is None:
-            return qkv
-        D, qk = self.cfg.head_dim, self.nq + self.nkv
-        q = self.q_norm(qkv[..., :self.nq].unflatten(-1, (-1, D))).flatten(-2)
-        k = self.k_norm(qkv[..., self.nq:qk].unflatten(-1, (-1, D))).flatten(-2)
-        return torch.cat([q, k, qkv[..., qk:]], dim=-1)
+        and k_norm, as HF applies them before the rotation; OLMoE's norms span all heads), then clamped to
+        [-clip_qkv, clip_qkv] where the model clips (OLMoE's clip_qkv); qkv itself when it does neither."""
+        if self.q_norm is not None and self.k_norm is not None:
+            D, qk = self.cfg.head_dim, self.nq + self.nkv
+            q, k = qkv[..., :self.nq], qkv[..., self.nq:qk]
+            if self.q_norm.weight.numel() == D:  # one norm per head (Qwen3, Gemma 3)
+                q = self.q_norm(q.unflatten(-1, (-1, D))).flatten(-2)
+                k = self.k_norm(k.unflatten(-1, (-1, D))).flatten(-2)
+            else:  # over all heads at once (OLMoE)
+                q, k = self.q_norm(q), self.k_norm(k)
+            qkv = torch.cat([q, k, qkv[..., qk:]], dim=-1)
+        return qkv if self.clip_qkv is None else qkv.clamp(-self.clip_qkv, self.clip_qkv)
 
     def mlp(self, x: torch.Tensor, linear: LinearFn = F.linear, swiglu: GluFn | None = None) -> torch.Tensor:
         """x: [..., hidden] -> [..., hidden]; swiglu: a kernel for silu(gate) * up on [rows, 2 * intermediate]."""
@@ -907,7 +916,7 @@ def _multipliers(config: object, dtype: torch.dtype) -> dict[str, float]:
         # HF multiplies by sqrt(hidden) held as a tensor of the model's dtype (55.5 rather than 55.43 in bf16).
         return {"embed_scale": float(torch.tensor(config.hidden_size ** 0.5).to(dtype)),
                 "logits_softcap": float(getattr(config, "final_logit_softcapping", None) or 0.0)}
-    if config.model_type == "granite":
+    if config.model_type in GRANITE_MULTIPLIERS:
         return {"embed_scale": float(config.embedding_multiplier),
                 "residual_scale": float(config.residual_multiplier),
                 "logits_divisor": float(config.logits_scaling)}
@@ -949,9 +958,11 @@ def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.
 
 
 def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object, dtype: torch.dtype) -> Layer:
-    a, m = layer.self_attn, layer.mlp
+    a = layer.self_attn
+    m = layer.block_sparse_moe if hasattr(layer, "block_sparse_moe") else layer.mlp  # Granite-MoE's name
     wqkv, bqkv, w_gate_up = _fused_projections(a, m)
-    moe = from_hf_block(m, config, _gated_activation(config), dtype) if w_gate_up is None else None
+    moe = (from_hf_block(m, config, _gated_activation(config), dtype, getattr(layer, "shared_mlp", None))
+           if w_gate_up is None else None)
     wqkv = wqkv.to(dtype)
     w_gate_up, w_down = (None, None) if moe is not None else (w_gate_up.to(dtype), m.down_proj.weight.to(dtype))
     bqkv = None if bqkv is None else bqkv.to(dtype)
@@ -970,11 +981,11 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
                                  and config.layer_types[index] == "sliding_attention"),
                      softcap=float(getattr(config, "attn_logit_softcapping", None) or 0.0))
     # Granite's attention_multiplier replaces 1/sqrt(head_dim); SmolLM3's no_rope_layers holds 0 for NoPE layers.
-    scale = float(config.attention_multiplier) if config.model_type == "granite" else None
+    scale = float(config.attention_multiplier) if config.model_type in GRANITE_MULTIPLIERS else None
     return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
                  _rms_norm(layer.post_attention_layernorm, config, dtype),
                  wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None, scale, *head_norms,
-                 use_rope=use_rope, window=window, moe=moe)
+                 use_rope=use_rope, window=window, moe=moe, clip_qkv=getattr(config, "clip_qkv", None))
 
 
 def _rms_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:

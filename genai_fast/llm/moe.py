@@ -1,4 +1,4 @@
-"""Sparse mixture-of-experts MLPs for the compact decoder: Mixtral, Qwen2-MoE and Qwen3-MoE.
+"""Sparse mixture-of-experts MLPs for the compact decoder: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and Granite-MoE.
 
 A MoE layer replaces the dense MLP: a router (a linear layer over the hidden state, a softmax and a top-k) sends
 each token to k of E experts, each a gated MLP, and the layer's output is the routing-weighted sum of those k
@@ -7,8 +7,10 @@ router's details, which `SparseMoe` takes as flags read from the config:
 
   * Mixtral: softmax in fp32, top-k, always renormalised, the weights kept in fp32 (the products with the
     experts' outputs promote to fp32, then round);
-  * Qwen2-MoE and Qwen3-MoE: renormalised when norm_topk_prob, the weights rounded to the model's dtype;
-    Qwen2-MoE's shared expert; some layers dense (mlp_only_layers, decoder_sparse_step).
+  * Qwen2-MoE, Qwen3-MoE and OLMoE: renormalised when norm_topk_prob, the weights rounded to the model's dtype;
+    Qwen2-MoE's shared expert; some layers dense (mlp_only_layers, decoder_sparse_step);
+  * Granite-MoE: the top-k of the fp32 logits first, then a softmax over those k, rounded to the model's dtype;
+    Granite-MoE-Shared's shared MLP added ungated.
 
 The experts run through genai_fast.ops.moe: on a CPU (and for GPU prefill) its grouped loop, each expert's rows
 in one pair of products on the step's linear (the C++ kernel at decode sizes); on a GPU at decode sizes the Triton
@@ -28,7 +30,7 @@ from torch.nn import functional as F
 from genai_fast.backends.dispatch import ENV_BACKEND
 from genai_fast.ops.moe import ACTIVATIONS, MAX_KERNEL_PAIRS, grouped_experts, resolve_moe_experts
 
-MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared")
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 # The model's activation names (genai_fast.llm.model.ACTIVATIONS) as genai_fast.ops.moe names them.
 _OP_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
@@ -43,11 +45,15 @@ class SparseMoe(nn.Module):
     """A routed MoE MLP. router [E, H]; gate_up [E, 2I, H] (gate rows, then up rows); down [E, H, I]; top_k experts
     per token; renormalise: divide the k probabilities by their sum; fp32_weights: keep the routing weights in
     fp32 (Mixtral) rather than the model's dtype; activation: the gate's ("silu", "gelu", "gelu_pytorch_tanh",
-    "gelu_new"). shared: Qwen2-MoE's shared expert (gate_up [2Is, H], down [H, Is], gate [1, H]) or None."""
+    "gelu_new"). shared: a shared expert every token goes through, (gate_up [2Is, H], down [H, Is], gate [1, H] or
+    None): Qwen2-MoE's, scaled by sigmoid(x @ gate^T), or Granite-MoE-Shared's, ungated; None: none.
+    softmax_after_topk: Granite-MoE's router, the softmax over the k largest logits (renormalise, fp32_weights
+    unused)."""
 
     def __init__(self, router: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, top_k: int,
                  renormalise: bool, fp32_weights: bool, activation: str,
-                 shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+                 shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+                 softmax_after_topk: bool = False) -> None:
         super().__init__()
         dtype = gate_up.dtype
         if activation not in _OP_ACTIVATIONS:
@@ -58,11 +64,13 @@ class SparseMoe(nn.Module):
         self.router = _param(router, dtype)
         self.gate_up, self.down = _param(gate_up, dtype), _param(down, dtype)
         self.top_k, self.renormalise, self.fp32_weights = top_k, renormalise, fp32_weights
+        self.softmax_after_topk = softmax_after_topk
         self.activation = _OP_ACTIVATIONS[activation]
         self.act = ACTIVATIONS[self.activation]
         self.shared_gate_up = self.shared_down = self.shared_gate = None
         if shared is not None:
-            self.shared_gate_up, self.shared_down, self.shared_gate = (_param(t, dtype) for t in shared)
+            self.shared_gate_up, self.shared_down = _param(shared[0], dtype), _param(shared[1], dtype)
+            self.shared_gate = None if shared[2] is None else _param(shared[2], dtype)
         self._kernels: dict[tuple, Callable[..., torch.Tensor] | None] = {}
 
     @property
@@ -82,12 +90,17 @@ class SparseMoe(nn.Module):
         if self.shared_gate_up is not None:
             gate, up = linear(rows, self.shared_gate_up, None).chunk(2, dim=-1)
             shared = linear(self.act(gate) * up, self.shared_down, None)
-            out = out + torch.sigmoid(linear(rows, self.shared_gate, None)) * shared
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(linear(rows, self.shared_gate, None)) * shared
+            out = out + shared
         return out.reshape(x.shape)
 
     def route(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """rows [R, H] -> (expert ids [R, k], their weights [R, k]), as the architecture's router computes them."""
         logits = F.linear(rows, self.router)
+        if self.softmax_after_topk:
+            top, ids = logits.float().topk(self.top_k, dim=-1)
+            return ids, torch.softmax(top, dim=-1).to(rows.dtype)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         weights, ids = torch.topk(probs, self.top_k, dim=-1)
         if self.renormalise:
@@ -112,13 +125,17 @@ class SparseMoe(nn.Module):
 
 
 def is_moe_block(mlp: nn.Module) -> bool:
-    """Whether an HF layer's MLP is a routed MoE block (transformers' *SparseMoeBlock: a router and experts)."""
-    return hasattr(mlp, "experts") and hasattr(mlp, "gate")
+    """Whether an HF layer's MLP is a routed MoE block (transformers' *SparseMoeBlock, GraniteMoeMoE: a router and
+    experts)."""
+    return hasattr(mlp, "experts") and (hasattr(mlp, "gate") or hasattr(mlp, "router"))
 
 
-def from_hf_block(block: nn.Module, config: object, activation: str, dtype: torch.dtype) -> SparseMoe:
-    """A SparseMoe from transformers' Mixtral, Qwen2-MoE or Qwen3-MoE sparse block."""
-    experts, router = block.experts, block.gate
+def from_hf_block(block: nn.Module, config: object, activation: str, dtype: torch.dtype,
+                  shared_mlp: nn.Module | None = None) -> SparseMoe:
+    """A SparseMoe from transformers' Mixtral, Qwen2-MoE, Qwen3-MoE or OLMoE sparse block or Granite-MoE's block
+    (shared_mlp: Granite-MoE-Shared's layer's shared MLP, or None)."""
+    experts = block.experts
+    router = block.gate if hasattr(block, "gate") else block.router
     if not hasattr(experts, "gate_up_proj") or not hasattr(experts, "down_proj"):
         raise ValueError(f"unsupported MoE block {type(block).__name__}: expected experts with stacked gate_up_proj "
                          "and down_proj weights (transformers >= 5)")
@@ -128,6 +145,9 @@ def from_hf_block(block: nn.Module, config: object, activation: str, dtype: torc
         s = block.shared_expert
         shared = (torch.cat([s.gate_proj.weight, s.up_proj.weight]), s.down_proj.weight,
                   block.shared_expert_gate.weight)
+    elif shared_mlp is not None:
+        shared = (shared_mlp.input_linear.weight, shared_mlp.output_linear.weight, None)
     return SparseMoe(router.weight, experts.gate_up_proj, experts.down_proj, int(config.num_experts_per_tok),
                      renormalise=mixtral or bool(getattr(config, "norm_topk_prob", False)), fp32_weights=mixtral,
-                     activation=activation, shared=shared)
+                     activation=activation, shared=shared,
+                     softmax_after_topk=config.model_type in ("granitemoe", "granitemoeshared"))
