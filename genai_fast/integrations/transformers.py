@@ -24,7 +24,7 @@ MAX_KERNEL_EXPERT_PAIRS token-expert pairs (decode steps) run genai_fast.moe_exp
 only the chosen experts' weights and no host value; on a CPU the experts run grouped as transformers' eager loop
 does, their products on the same linear as the patched layers (the C++ kernel at decode sizes). Anything else
 (training, biases, interleaved or transposed weights, other activations, expert parallelism, long prompts on a GPU)
-runs the implementation the model had before.
+runs the implementation the model had before. `patch(model, experts=False)` leaves them alone.
 """
 
 from __future__ import annotations
@@ -127,9 +127,10 @@ def register() -> None:
     ALL_EXPERTS_FUNCTIONS.register(EXPERTS_NAME, genai_fast_experts_forward)
 
 
-def patch(model: torch.nn.Module, *, linears: bool = True) -> torch.nn.Module:
+def patch(model: torch.nn.Module, *, linears: bool = True, experts: bool = True) -> torch.nn.Module:
     """Switch every attention layer of a transformers model (and its sub-models) to genai_fast and, with
-    `linears`, its plain `nn.Linear` layers to `genai_fast.linear` on a CPU (see the module docstring); returns it.
+    `linears`, its plain `nn.Linear` layers to `genai_fast.linear` on a CPU, with `experts` its mixture-of-experts
+    layers to genai_fast's experts implementation (see the module docstring); returns it.
 
     Raises ValueError naming `model` when the model does not use transformers' attention interface (its
     attention implementation cannot be changed, so patching would silently do nothing), or when it or one of
@@ -146,7 +147,8 @@ def patch(model: torch.nn.Module, *, linears: bool = True) -> torch.nn.Module:
         raise ValueError(f"model: {', '.join(refusers)} cannot run on SDPA (transformers refuses "
                          "attn_implementation='sdpa' there), and genai_fast attention computes SDPA; keep 'eager'")
     model.set_attn_implementation(ATTENTION_NAME)
-    _patch_experts(model)
+    if experts:
+        _patch_experts(model)
     if linears:
         for module in model.modules():
             if type(module) is nn.Linear:  # exactly: subclasses (quantised, LoRA) keep their own forward
