@@ -88,3 +88,13 @@ def test_a_model_without_experts_is_left_alone():
     integration.patch(hf)
     assert not hasattr(hf, "_genai_fast_previous_experts")
     integration.unpatch(hf)
+
+
+def test_experts_false_leaves_the_experts_alone(expert_calls):
+    hf = tiny_moe("qwen3_moe")
+    before = hf.config._experts_implementation
+    integration.patch(hf, experts=False)
+    assert hf.config._experts_implementation == before and not hasattr(hf, "_genai_fast_previous_experts")
+    with torch.no_grad():
+        hf(IDS, attention_mask=MASK)
+    assert expert_calls == []
