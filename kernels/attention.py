@@ -487,8 +487,8 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_combine_kernel(
-    PO, PLSE, OUT, sob, soh, som, sod, Hkv, GROUP, Sq, DV, R, num_splits,
-    BLOCK_R: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PO, PLSE, OUT, SINKS, sob, soh, som, sod, Hkv, GROUP, Sq, DV, R, num_splits,
+    HAS_SINKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     bhk = tl.program_id(0)
     b = bhk // Hkv
@@ -501,6 +501,11 @@ def _decode_combine_kernel(
     m = tl.full([BLOCK_R], float("-inf"), tl.float32)
     for s in range(0, num_splits):
         m = tl.maximum(m, tl.load(PLSE + base + s * R + offs_r, mask=r_valid, other=float("-inf")))
+    g = offs_r // Sq
+    h = hk * GROUP + g
+    if HAS_SINKS:  # the head's sink logit, in the split kernel's log2 units: one more term of the denominator
+        sink = tl.load(SINKS + h, mask=r_valid, other=0.0).to(tl.float32) * 1.4426950408889634
+        m = tl.maximum(m, sink)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     total = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
@@ -509,10 +514,10 @@ def _decode_combine_kernel(
         part = tl.load(PO + (base + s * R + offs_r)[:, None] * DV + offs_dv[None, :], mask=mask, other=0.0)
         acc += w[:, None] * part
         total += w
+    if HAS_SINKS:
+        total += tl.math.exp2(sink - m_safe)
     out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
-    g = offs_r // Sq
     i = offs_r % Sq
-    h = hk * GROUP + g
     tl.store(OUT + b.to(tl.int64) * sob + h[:, None].to(tl.int64) * soh + i[:, None] * som + offs_dv[None, :] * sod,
              out.to(OUT.dtype.element_ty), mask=mask)
 
@@ -724,17 +729,19 @@ def _check_lengths(lengths: torch.Tensor, q: torch.Tensor) -> None:
 
 
 def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
-               causal: bool, scale: float, softcap: float = 0.0, window: int = 0) -> torch.Tensor:
+               causal: bool, scale: float, softcap: float = 0.0, window: int = 0,
+               sinks: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, Sq, D] against the first lengths[b] positions of k_cache/v_cache [B, Hkv, S_max, D(v)]
     (lengths: int32 [B], already including the newly written tokens) -> out [B, Hq, Sq, Dv]. softcap and window
-    (causal only: query i at position p = length - Sq + i sees p - window < j <= p) as attention_fwd's."""
+    (causal only: query i at position p = length - Sq + i sees p - window < j <= p) as attention_fwd's. sinks:
+    [Hq] logits, one more term of each row's softmax denominator (added where the splits are combined)."""
     B, Hq, Sq, D = q.shape
     Hkv, s_max, DV = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
     _check_lengths(lengths, q)
     _check_launch(("k_cache", Hkv), {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": _dense((B, Hq, Sq, DV))})
     chunks = _batch_chunks(B, Hkv)
     if len(chunks) > 1:
-        return torch.cat([decode_fwd(q[c], k_cache[c], v_cache[c], lengths[c], causal, scale, softcap, window)
+        return torch.cat([decode_fwd(q[c], k_cache[c], v_cache[c], lengths[c], causal, scale, softcap, window, sinks)
                           for c in chunks])
     group = Hq // Hkv
     rows = group * Sq
@@ -757,7 +764,7 @@ def decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, le
     out = memory.empty((B, Hq, Sq, DV), dtype=q.dtype, device=q.device)
     block_r = min(64, max(1, triton.next_power_of_2(rows)))
     _decode_combine_kernel[(B * Hkv, triton.cdiv(rows, block_r))](
-        partial_out, partial_lse, out, *out.stride(), Hkv, group, Sq, DV, rows, splits,
-        BLOCK_R=block_r, BLOCK_DV=block_dv,
+        partial_out, partial_lse, out, partial_lse if sinks is None else sinks.contiguous(), *out.stride(), Hkv, group,
+        Sq, DV, rows, splits, HAS_SINKS=sinks is not None, BLOCK_R=block_r, BLOCK_DV=block_dv,
     )
     return out

@@ -85,7 +85,10 @@ def tiny_moe(kind: str, **common):
     biases), Qwen3-MoE (8 experts, 3 per token, renormalised, per-head q/k norms, its second layer dense through
     mlp_only_layers), OLMoE (8 experts, 2 per token, q/k norms over all heads, q/k/v clipped at 1.5), Granite-MoE
     (softmax over the top 2 of 5 logits, every multiplier away from 1) or Granite-MoE-Shared (the same with an
-    ungated shared MLP). common["initializer_range"] defaults to 0.2 (at 0.02 tiny models repeat one token)."""
+    ungated shared MLP), or "gpt_oss" (not in MOE_KINDS: its experts are not transformers' plain ones): 4 experts,
+    2 per token, biases everywhere, the clamped GLU, sliding and full layers alternating (window 6), per-head sinks
+    drawn from N(0, 2) and the MoE biases from N(0, 0.5) so that they matter. common["initializer_range"] defaults
+    to 0.2 (at 0.02 tiny models repeat one token)."""
     import transformers
 
     common = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -118,8 +121,21 @@ def tiny_moe(kind: str, **common):
         else:
             hf = transformers.GraniteMoeSharedForCausalLM(transformers.GraniteMoeSharedConfig(
                 **common, **multipliers, shared_intermediate_size=48))
+    elif kind == "gpt_oss":
+        hf = transformers.GptOssForCausalLM(transformers.GptOssConfig(
+            **{**common, "intermediate_size": 48}, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+            sliding_window=6, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                             "truncate": False, "rope_theta": 150000.0,  # YaRN from 3 positions to the 96
+                             "original_max_position_embeddings": common["max_position_embeddings"] // 32}))
+        with torch.no_grad():
+            for layer in hf.model.layers:  # transformers starts sinks and biases at zero: make them matter
+                layer.self_attn.sinks.normal_(0.0, 2.0)
+                for bias in (layer.mlp.router.bias, layer.mlp.experts.gate_up_proj_bias,
+                             layer.mlp.experts.down_proj_bias):
+                    bias.normal_(0.0, 0.5)
     else:
-        raise ValueError(f"kind: expected one of {MOE_KINDS}, got {kind!r}")
+        raise ValueError(f"kind: expected one of {(*MOE_KINDS, 'gpt_oss')}, got {kind!r}")
     return hf.eval()
 
 

@@ -182,8 +182,10 @@ def test_window_is_a_band_mask_and_defaults_change_nothing(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("Sq,softcap,window", [(1, 4.0, None), (4, 0.0, 9), (3, 2.0, 30), (1, 0.0, 1)])
-def test_kvcache_softcap_window(backend, Sq, softcap, window):
+@pytest.mark.parametrize("Sq,softcap,window,with_sinks", [(1, 4.0, None, False), (4, 0.0, 9, False),
+                                                          (3, 2.0, 30, True), (1, 0.0, 1, False),
+                                                          (2, 0.0, None, True), (1, 0.0, 5, True)])
+def test_kvcache_softcap_window(backend, Sq, softcap, window, with_sinks):
     _require(backend)
     torch.manual_seed(2)
     B, Hq, Hkv, s_max, D = 3, 4, 2, 160, 64
@@ -192,15 +194,19 @@ def test_kvcache_softcap_window(backend, Sq, softcap, window):
     q = torch.randn(B, Hq, Sq, D, device=DEVICE)
     k, v = (torch.randn(B, Hkv, Sq, D, device=DEVICE) for _ in range(2))
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    sinks = (torch.randn(Hq) * 2 + 3).to(DEVICE) if with_sinks else None  # large enough to take weight
     k64, v64 = k_cache.double().cpu(), v_cache.double().cpu()
     kb, vb = k_cache.clone(), v_cache.clone()
     with memory.poison_outputs():
         out = genai_fast.attention_with_kvcache(q, k_cache, v_cache, seqlens, k, v, backend=backend,
-                                                softcap=softcap, window=window)
+                                                softcap=softcap, window=window, sinks=sinks)
     assert OPS["attention_with_kvcache"].last_backend == backend
+    sinks64 = None if sinks is None else sinks.double().cpu()
     oracle = genai_fast.attention_with_kvcache_reference(q.double().cpu(), k64, v64, seqlens.cpu(), k.double().cpu(),
-                                                         v.double().cpu(), softcap=softcap, window=window)
-    baseline = genai_fast.attention_with_kvcache_reference(q, kb, vb, seqlens, k, v, softcap=softcap, window=window)
+                                                         v.double().cpu(), softcap=softcap, window=window,
+                                                         sinks=sinks64)
+    baseline = genai_fast.attention_with_kvcache_reference(q, kb, vb, seqlens, k, v, softcap=softcap, window=window,
+                                                           sinks=sinks)
     assert_matches_oracle(out, oracle, baseline, what=f"attention_with_kvcache[{backend}]")
     # The oracle itself: each sequence's queries over its own prefix, with the cap and the band written out.
     for b, length in enumerate(lengths):
@@ -210,8 +216,13 @@ def test_kvcache_softcap_window(backend, Sq, softcap, window):
         band = (pos <= last) & (last - pos < (window or L))
         want = genai_fast.scaled_dot_product_attention_reference(
             q[b:b + 1].double().cpu(), k64[b:b + 1, :, :L], v64[b:b + 1, :, :L], band, enable_gqa=True,
-            softcap=softcap)
+            softcap=softcap, sinks=sinks64)
         torch.testing.assert_close(oracle[b:b + 1], want)
+    if with_sinks:  # the sinks take weight: without them the output moves
+        plain = genai_fast.attention_with_kvcache_reference(q.double().cpu(), k64, v64, seqlens.cpu(),
+                                                            k.double().cpu(), v.double().cpu(), softcap=softcap,
+                                                            window=window)
+        assert (plain - oracle).abs().max() > 1e-2
 
 
 BAD = [
@@ -236,11 +247,13 @@ def test_bad_softcap_or_window_names_the_argument(kwargs, name):
 
 
 @pytest.mark.parametrize("kwargs,name", [({"softcap": -2.0}, "softcap"), ({"window": 0}, "window"),
-                                         ({"window": 3, "causal": False}, "window")])
+                                         ({"window": 3, "causal": False}, "window"),
+                                         ({"sinks": torch.zeros(3)}, "sinks"),
+                                         ({"sinks": torch.zeros(2, dtype=torch.long)}, "sinks")])
 def test_kvcache_bad_softcap_or_window_names_the_argument(kwargs, name):
     q = torch.randn(1, 2, 1, 8)
     cache = torch.zeros(1, 2, 10, 8)
-    with pytest.raises(ValueError, match=f"^{name}: "):
+    with pytest.raises((ValueError, TypeError), match=f"^{name}: "):
         genai_fast.attention_with_kvcache(q, cache, cache.clone(), torch.tensor([3]), **kwargs)
 
 
@@ -255,6 +268,9 @@ def test_opcheck_with_softcap_and_window():
     torch.library.opcheck(torch.ops.genai_fast.attention_with_kvcache.default,
                           (q[:, :, :2].detach(), cache, cache.clone(), torch.tensor([5], dtype=torch.int32), None,
                            None, 0.25, True, "torch", 3.0, 2))
+    torch.library.opcheck(torch.ops.genai_fast.attention_with_kvcache.default,
+                          (q[:, :, :2].detach(), cache, cache.clone(), torch.tensor([5], dtype=torch.int32), None,
+                           None, 0.25, True, "torch", 0.0, 0, torch.randn(2)))
 
 
 def test_compiles_fullgraph_with_softcap_and_window():

@@ -258,6 +258,41 @@ def test_decode_window_over_split_chunks(D):
     check_lse(lse, want_lse, "decode split chunks")
 
 
+@pytest.mark.parametrize("lengths, Sq, window, threads", [([1, 37, 130], 1, 0, 1), ([1000, 700], 4, 300, 4),
+                                                       ([0, 5], 2, 0, 1), ([9, 3], 3, 2, 2)],
+                         ids=["ragged", "split-chunks-window", "empty-sequence", "window-before-start"])
+def test_decode_sinks_match_reference(lengths, Sq, window, threads):
+    """GPT-OSS's sinks in the C++ decode: one more logit per row, added where the chunks are combined (one chunk or
+    several); a row that sees no key gives zeros and the sink as its lse."""
+    import genai_fast
+
+    q, k_cache, v_cache = decode_case(lengths, Sq, 64, 0.0, window, seed=5, Hq=4, Hkv=2)
+    sinks = torch.randn(4) * 2 + 2
+    scale = 0.2
+    with memory.poison_outputs():
+        out, lse = decode_attention_fwd(q, k_cache, v_cache, lengths, scale, True, threads, with_lse=True,
+                                        window=window, sinks=sinks)
+    seqlens = torch.tensor(lengths)
+    kwargs = {"scale": scale, "window": window or None}
+    want = genai_fast.attention_with_kvcache_reference(q.double(), k_cache.double(), v_cache.double(), seqlens,
+                                                       sinks=sinks.double(), **kwargs)
+    baseline = genai_fast.attention_with_kvcache_reference(q, k_cache, v_cache, seqlens, sinks=sinks, **kwargs)
+    assert_matches_oracle(out, want, baseline, what=f"decode sinks {lengths}")
+    plain = decode_attention_fwd(q, k_cache, v_cache, lengths, scale, True, threads, window=window)
+    assert (plain - out).abs().max() > 1e-2  # the sinks took weight
+    # The lse includes the sink: log(exp(sink) + sum over the visible keys of exp(score)).
+    _, plain_lse = decode_attention_fwd(q, k_cache, v_cache, lengths, scale, True, threads, with_lse=True,
+                                        window=window)
+    torch.testing.assert_close(lse, torch.logaddexp(plain_lse, sinks.view(1, 4, 1).expand_as(plain_lse)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_decode_sinks_of_the_wrong_size_are_refused():
+    q, k_cache, v_cache = decode_case([4], 1, 16, 0.0, 0, Hq=4, Hkv=2)
+    with pytest.raises(ValueError, match="sinks: expected 4 elements"):
+        decode_attention_fwd(q, k_cache, v_cache, [4], 0.25, True, 1, sinks=torch.zeros(3))
+
+
 def test_decode_cache_below_the_window_is_not_read():
     """NaN in the cache below every query's window (and past the length) leaves the output finite."""
     lengths, Sq, window = [200], 2, 10

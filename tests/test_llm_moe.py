@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/c
 PROMPTS = ([1, 5, 9, 33, 70], [7])
 
 
-@pytest.mark.parametrize("kind", MOE_KINDS)
+@pytest.mark.parametrize("kind", [*MOE_KINDS, "gpt_oss"])
 def test_greedy_tokens_equal_hf(kind):
     hf = tiny_moe(kind)
     engine = load(hf, max_seq_len=96)
@@ -28,7 +28,7 @@ def test_greedy_tokens_equal_hf(kind):
         assert engine.generate(prompt, 40).ids == want
 
 
-@pytest.mark.parametrize("kind", MOE_KINDS)
+@pytest.mark.parametrize("kind", [*MOE_KINDS, "gpt_oss"])
 def test_padded_batch_logits_equal_hf(kind):
     """Every position's logits of a right-padded batch of two prompts against HF's per-prompt forward."""
     hf = tiny_moe(kind)
@@ -56,10 +56,14 @@ def _ablations(kind: str):
         return {"softmax after top-k": {"softmax_after_topk": False}}
     if kind == "granitemoeshared":
         return {"shared MLP": {"shared_gate_up": None}}
+    if kind == "gpt_oss":
+        return {"router bias": {"router_bias": None}, "experts' biases": {"gate_up_bias": None, "down_bias": None},
+                "plain SwiGLU": {"clamped_glu": None, "glu": lambda h: torch.nn.functional.silu(h.chunk(2, -1)[0])
+                                 * h.chunk(2, -1)[1]}}
     return {"renormalise": {"renormalise": False}, "top-1": {"top_k": 1}}
 
 
-@pytest.mark.parametrize("kind", MOE_KINDS)
+@pytest.mark.parametrize("kind", [*MOE_KINDS, "gpt_oss"])
 def test_each_router_detail_changes_the_logits(kind):
     """Guards the parity tests: with any one of the router's details changed, the logits leave HF's."""
     hf = tiny_moe(kind)
@@ -75,6 +79,30 @@ def test_each_router_detail_changes_the_logits(kind):
         engine.model.allocate_cache(1, 96)
         got = engine.model(ids, last_only=False)
         assert (got - want).abs().max() > 1e-3, name
+
+
+def test_gpt_oss_sinks_and_sliding_layers():
+    """GPT-OSS: the sinks change the logits (the parity tests guard them), its sliding layers keep rings past the
+    window by default, and every step of a decode past the window gives HF's logits."""
+    hf = tiny_moe("gpt_oss")
+    engine = load(hf, max_seq_len=96)
+    model = engine.model
+    assert [layer.window for layer in model.layers] == [6, None]
+    assert all(layer.sinks is not None for layer in model.layers)
+    ids = torch.randint(3, 128, (1, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = hf(ids).logits[0]
+    model.allocate_cache(1, 96)
+    assert model.layers[0].ring and not model.layers[1].ring
+    got = [model.prefill(ids[:, :8])[0]]
+    for position in range(8, 19):
+        got.append(model.decode(ids[:, position:position + 1], torch.tensor([position], dtype=torch.int32),
+                                [position])[0])
+    torch.testing.assert_close(torch.stack(got), want[7:19], rtol=1e-4, atol=1e-4)
+    for layer in model.layers:
+        layer.sinks = None
+    model.allocate_cache(1, 96)
+    assert (model(ids, last_only=False)[0] - want).abs().max() > 1e-3
 
 
 def test_olmoe_norms_span_all_heads_and_clip():
@@ -107,12 +135,12 @@ def test_batch_equals_one_by_one(kind):
     assert [r.ids for r in batch] == [engine.generate(p, 24).ids for p in prompts]
 
 
-@pytest.mark.parametrize("kind", MOE_KINDS)
+@pytest.mark.parametrize("kind", [*MOE_KINDS, "gpt_oss"])
 def test_extend_and_prompt_lookup_give_hf_tokens(kind):
     """extend() over several tokens (the routed experts of each row) equals HF's logits, and speculative decoding
-    with prompt-lookup drafts gives plain greedy decoding's tokens."""
+    with prompt-lookup drafts gives plain greedy decoding's tokens (GPT-OSS: sliding layers with full caches)."""
     hf = tiny_moe(kind)
-    engine = load(hf, max_seq_len=96)
+    engine = load(hf, max_seq_len=96, sliding_window_cache="full")
     ids = torch.randint(3, 128, (1, 30), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want = hf(ids).logits[0]

@@ -300,13 +300,15 @@ void decode_attention_forward_py(uintptr_t q, int64_t q_extent, std::vector<int6
                                  int64_t out_extent, std::vector<int64_t> out_strides, uintptr_t lse,
                                  int64_t lse_numel, int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t S_max,
                                  int64_t D, int64_t Dv, double scale, bool causal, int num_threads, double softcap,
-                                 int64_t window) {
+                                 int64_t window, uintptr_t sinks, int64_t sinks_numel) {
   DecodeAttentionArgs args;
   args.q = as_ptr<const float>(q);
   args.k_cache = as_ptr<const float>(k_cache);
   args.v_cache = as_ptr<const float>(v_cache);
   args.out = as_ptr<float>(out);
   args.lse = lse == 0 ? nullptr : as_ptr<float>(lse);
+  args.sinks = sinks == 0 ? nullptr : as_ptr<const float>(sinks);
+  args.sinks_numel = sinks_numel;
   require(static_cast<int64_t>(lengths.size()) == B, "lengths: expected " + std::to_string(B) + " values");
   require(q_strides.size() == 3 && k_strides.size() == 3 && v_strides.size() == 3 && out_strides.size() == 3,
           "strides: expected 3 per tensor (the last dimension is unit-stride)");
@@ -388,10 +390,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("v_extent"), py::arg("v_strides"), py::arg("lengths"), py::arg("out"), py::arg("out_extent"),
         py::arg("out_strides"), py::arg("lse"), py::arg("lse_numel"), py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Sq"), py::arg("S_max"), py::arg("D"), py::arg("Dv"),
         py::arg("scale"), py::arg("causal"), py::arg("num_threads"), py::arg("softcap") = 0.0, py::arg("window") = 0,
+        py::arg("sinks") = 0, py::arg("sinks_numel") = 0,
         "fp32 decode attention of q [B, Hq, Sq, D] over the first lengths[b] positions of each cache (lse: 0 or "
         "the address of B * Hq * Sq floats for each row's log-sum-exp). softcap > 0: scores become softcap * "
         "tanh(score / softcap); window > 0 (causal only): query i (at position lengths[b] - Sq + i) sees the "
-        "positions p with 0 <= position - p < window.");
+        "positions p with 0 <= position - p < window. sinks: 0 or the address of Hq floats (sinks_numel), one "
+        "more logit in each row's softmax.");
   m.def("rms_norm_forward", &rms_norm_forward_py, py::arg("x"), py::arg("x_numel"), py::arg("x_row_stride"),
         py::arg("weight"), py::arg("weight_numel"), py::arg("out"), py::arg("out_numel"), py::arg("rows"),
         py::arg("D"), py::arg("eps"), py::arg("num_threads"),

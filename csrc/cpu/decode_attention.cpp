@@ -371,8 +371,10 @@ void combine(const DecodeAttentionArgs& a, const Partials& p, int64_t first, int
     const int64_t h = kv * (a.Hq / a.Hkv) + r / a.Sq, i = r % a.Sq;
     float* out = a.out + b * a.out_strides[0] + h * a.out_strides[1] + i * a.out_strides[2];
     float* lse = a.lse != nullptr ? a.lse + (b * a.Hq + h) * a.Sq + i : nullptr;
-    float top = -INFINITY, total = 0.0f;
-    bool poisoned = false;
+    // A sink is one more logit in the softmax, of a key whose value is zero: in the maximum and the sum only.
+    const float sink = a.sinks != nullptr ? a.sinks[h] : -INFINITY;
+    float top = sink, total = 0.0f;
+    bool poisoned = std::isnan(sink);
     for (int64_t c = first; c < first + count; ++c) {
       top = std::max(top, p.m[c * R + r]);
       poisoned |= std::isnan(p.l[c * R + r]);
@@ -380,6 +382,7 @@ void combine(const DecodeAttentionArgs& a, const Partials& p, int64_t first, int
     std::fill(out, out + a.Dv, poisoned ? NAN : 0.0f);
     if (lse != nullptr) *lse = poisoned ? NAN : -INFINITY;
     if (poisoned || top == -INFINITY) continue;  // a NaN score: NaN; nothing visible: zeros
+    if (a.sinks != nullptr) total = std::exp(sink - top);
     for (int64_t c = first; c < first + count; ++c) {
       if (p.l[c * R + r] == 0.0f) continue;
       const float weight = std::exp(p.m[c * R + r] - top);
@@ -426,6 +429,9 @@ void validate(const DecodeAttentionArgs& a) {
   require(a.lse == nullptr || a.lse_numel == rows,
           "lse: expected " + std::to_string(rows) + " elements, got " + std::to_string(a.lse_numel));
   require(a.num_threads >= 1, "num_threads: expected >= 1");
+  require(a.sinks == nullptr || a.sinks_numel == a.Hq,
+          "sinks: expected " + std::to_string(a.Hq) + " elements (one per query head), got " +
+              std::to_string(a.sinks_numel));
   validate_softcap_window(a.softcap, a.window, a.causal);
 }
 

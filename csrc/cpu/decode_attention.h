@@ -27,6 +27,8 @@ struct DecodeAttentionArgs {
   int num_threads = 1;
   float softcap = 0.0f;  // scores become softcap * tanh(score / softcap) before the softmax; 0 for none
   int64_t window = 0;    // causal sliding window: query i sees positions p with length - Sq + i - p < window
+  const float* sinks = nullptr;  // optional [Hq] contiguous: one more logit in each row's softmax (GPT-OSS's s_aux)
+  int64_t sinks_numel = 0;       // Hq when sinks is given
 };
 
 // Throws std::invalid_argument when a size, length or extent is inconsistent (before memory is touched).

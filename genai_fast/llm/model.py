@@ -4,8 +4,8 @@ Two families share one module:
   * llama, mistral, qwen2, qwen3, phi3: RMSNorm, rotary embeddings, GQA, SwiGLU MLP (qwen3: also an RMSNorm of
     each query and key head before the rotation; phi3: its checkpoints hold q/k/v and gate/up fused already);
   * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
-Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and Granite-MoE are Llama-family layers whose MLP is a routed mixture of
-experts (moe.py).
+Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE and GPT-OSS are Llama-family layers whose MLP is a routed
+mixture of experts (moe.py); GPT-OSS's attention also has per-head sinks, computed inside the attention kernels.
 
 Weights are converted once at load time: q/k/v projections fused into one matrix per layer and gate/up into
 another (GPT-2's c_attn is fused already; its Conv1D weights, stored [in, out], are transposed to the
@@ -186,7 +186,8 @@ class Layer(nn.Module):
     softcap: Gemma 2's attn_logit_softcapping, cap * tanh(score / cap) before the mask and softmax, computed inside
     the fused attention kernels (their `softcap`); 0: none. moe: a routed mixture of experts in place of the dense
     MLP (mlp_in and mlp_out None; Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE). clip_qkv: OLMoE's clamp of
-    the projected (and normalised) queries, keys and values to [-clip_qkv, clip_qkv]; None: none."""
+    the projected (and normalised) queries, keys and values to [-clip_qkv, clip_qkv]; None: none. sinks: GPT-OSS's
+    per-head attention sinks [Hq] (one more logit in each row's softmax, inside the attention kernels); None: none."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor | None, b_in: torch.Tensor | None,
@@ -194,7 +195,7 @@ class Layer(nn.Module):
                  q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True,
                  window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
                  local_rope: bool = False, softcap: float = 0.0, moe: SparseMoe | None = None,
-                 clip_qkv: float | None = None) -> None:
+                 clip_qkv: float | None = None, sinks: torch.Tensor | None = None) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
         self.use_rope, self.window, self.local_rope, self.softcap = use_rope, window, local_rope, softcap
@@ -204,6 +205,7 @@ class Layer(nn.Module):
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
         self.moe, self.clip_qkv = moe, clip_qkv
+        self.sinks = _param(sinks)
         if (moe is None) == (mlp_in is None or mlp_out is None):
             raise ValueError("mlp_in, mlp_out: expected both with no moe, or neither with one")
         self.swiglu = cfg.family == "llama"
@@ -289,11 +291,11 @@ class Layer(nn.Module):
             self.v_cache[:1, :, start:start + S] = v
             out = attend(q, self.k_cache[:1], self.v_cache[:1], [start + S],
                          1.0 / math.sqrt(cfg.head_dim) if self.scale is None else self.scale, self.softcap,
-                         self.window or 0)
+                         self.window or 0, self.sinks)
         else:
             seen = torch.tensor([start], dtype=torch.int32)
             out = attention_with_kvcache(q, self.k_cache[:1], self.v_cache[:1], seen, k, v, scale=self.scale,
-                                         softcap=self.softcap, window=self.window)
+                                         softcap=self.softcap, window=self.window, sinks=self.sinks)
         return linear(out[0].transpose(0, 1).reshape(S, self.nq), self.wo, self.bo)
 
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
@@ -312,7 +314,7 @@ class Layer(nn.Module):
             tables = at.rope_tables if self.use_rope else at.identity_tables
             q = at.append(qkv, cfg.num_heads, cfg.num_kv_heads, self.k_cache, self.v_cache, at.seqlens, *tables)
             out = attention_with_kvcache(q, self.k_cache[:B], self.v_cache[:B], at.after, scale=self.scale,
-                                         softcap=self.softcap, window=self.window)
+                                         softcap=self.softcap, window=self.window, sinks=self.sinks)
             return linear(out.reshape(B, self.nq), self.wo, self.bo)
         qk = qkv[:, :self.nq + self.nkv].view(B, cfg.num_heads + cfg.num_kv_heads, 1, cfg.head_dim)
         if rope is not None and self.use_rope:
@@ -320,7 +322,7 @@ class Layer(nn.Module):
         v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
         out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
                                 self.v_cache[:B], at, self.scale, ring=self.ring, softcap=self.softcap,
-                                window=None if self.ring else self.window)
+                                window=None if self.ring else self.window, sinks=self.sinks)
         return linear(out.reshape(B, self.nq), self.wo, self.bo)
 
     def norm_heads(self, qkv: torch.Tensor) -> torch.Tensor:
@@ -369,7 +371,7 @@ class Layer(nn.Module):
         window = self.window if self.window is not None and S > self.window else None
         out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, scale=self.scale,
                                            enable_gqa=cfg.num_heads != cfg.num_kv_heads, softcap=self.softcap,
-                                           window=window)
+                                           window=window, sinks=self.sinks)
         return linear(out.transpose(1, 2).reshape(B, S, self.nq), self.wo, self.bo)
 
     def store_prompt(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None) -> None:
@@ -407,14 +409,16 @@ class StepPositions:
 
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                       v_cache: torch.Tensor, at: StepPositions, scale: float | None, ring: bool = False,
-                      softcap: float = 0.0, window: int | None = None) -> torch.Tensor:
+                      softcap: float = 0.0, window: int | None = None, sinks: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """attention_with_kvcache for one new token per sequence; q: [B, Hq, 1, D] -> [B, Hq, 1, D].
 
     ring: the caches are a sliding layer's ring (position p in slot p % size): the new k/v go to their slot and
     the token attends to the min(p + 1, size) filled slots (attention does not depend on the order of its keys;
     the rotation was applied before caching). A full layer's positions stay below its size, so this equals the
     plain append there. softcap: the scores' soft cap (Gemma 2); window: a sliding layer's window over a plain
-    cache (a ring holds only the window anyway); both computed by the kernels.
+    cache (a ring holds only the window anyway); sinks: the heads' sink logits (GPT-OSS); all computed by the
+    kernels.
 
     Without host positions (GPU, CUDA graphs): one call that appends k/v at seqlens and attends; the Triton
     kernel takes ragged lengths. With host positions (CPU), k/v are written with plain slice copies and the
@@ -424,7 +428,7 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
     size = k_cache.shape[2]
     if at.host is None and not ring:
         return attention_with_kvcache(q, k_cache, v_cache, at.seqlens, k, v, scale=scale, softcap=softcap,
-                                      window=window)
+                                      window=window, sinks=sinks)
     if at.host is None:  # device-side slots and lengths: no host sync, so a CUDA graph can capture it
         rows, slots = torch.arange(q.shape[0], device=q.device), (at.seqlens % size).long()
         k_cache[rows, :, slots] = k[:, :, 0]
@@ -437,10 +441,11 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
         if at.attend is not None:
             return at.attend(q, k_cache, v_cache, [min(n + 1, size) for n in at.host],
                              1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, softcap,  # the op's default
-                             window or 0)
+                             window or 0, sinks)
         filled = (torch.tensor([min(n + 1, size) for n in at.host], dtype=torch.int32, device=q.device)
                   if ring else at.after)
-    return attention_with_kvcache(q, k_cache, v_cache, filled, scale=scale, softcap=softcap, window=window)
+    return attention_with_kvcache(q, k_cache, v_cache, filled, scale=scale, softcap=softcap, window=window,
+                                  sinks=sinks)
 
 
 def resolve_rope_append(device: torch.device, dtype: torch.dtype, head_dim: int) -> AppendFn | None:
@@ -985,13 +990,18 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
                  _rms_norm(layer.post_attention_layernorm, config, dtype),
                  wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None, scale, *head_norms,
-                 use_rope=use_rope, window=window, moe=moe, clip_qkv=getattr(config, "clip_qkv", None))
+                 use_rope=use_rope, window=window, moe=moe, clip_qkv=getattr(config, "clip_qkv", None),
+                 sinks=None if getattr(a, "sinks", None) is None else a.sinks.to(dtype))
 
 
 def _rms_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
     """A residual-stream RMSNorm of HF's model. Gemma's scales by (1 + weight) in fp32 before its one cast: in an
-    fp32 model that is the Llama norm with weight 1 + w, otherwise Norm's weight_in_fp32 order."""
+    fp32 model that is the Llama norm with weight 1 + w, otherwise Norm's weight_in_fp32 order. GPT-OSS's multiplies
+    by its weight in fp32 before the cast too."""
     eps = float(config.rms_norm_eps)
+    if config.model_type == "gpt_oss":  # (weight * normalised fp32 row), then one cast
+        weight = norm.weight.to(dtype).float()
+        return Norm(weight, None, eps) if dtype == torch.float32 else Norm(weight, None, eps, weight_in_fp32=True)
     if config.model_type not in GEMMA_NORMS:
         return Norm(norm.weight.to(dtype), None, eps)
     weight = 1.0 + norm.weight.to(dtype).float()

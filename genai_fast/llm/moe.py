@@ -1,4 +1,5 @@
-"""Sparse mixture-of-experts MLPs for the compact decoder: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and Granite-MoE.
+"""Sparse mixture-of-experts MLPs for the compact decoder: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE and
+GPT-OSS.
 
 A MoE layer replaces the dense MLP: a router (a linear layer over the hidden state, a softmax and a top-k) sends
 each token to k of E experts, each a gated MLP, and the layer's output is the routing-weighted sum of those k
@@ -10,7 +11,10 @@ router's details, which `SparseMoe` takes as flags read from the config:
   * Qwen2-MoE, Qwen3-MoE and OLMoE: renormalised when norm_topk_prob, the weights rounded to the model's dtype;
     Qwen2-MoE's shared expert; some layers dense (mlp_only_layers, decoder_sparse_step);
   * Granite-MoE: the top-k of the fp32 logits first, then a softmax over those k, rounded to the model's dtype;
-    Granite-MoE-Shared's shared MLP added ungated.
+    Granite-MoE-Shared's shared MLP added ungated;
+  * GPT-OSS: a router with a bias, the softmax over the top-k logits; experts with biases whose gate and up
+    columns interleave in a transposed layout (converted at load time to the stacked [E, 2I, H] one) and a clamped
+    GLU, (clamp(up) + 1) * g * sigmoid(alpha * g) with g = clamp(gate, max=limit).
 
 The experts run through genai_fast.ops.moe: on a CPU (and for GPU prefill) its grouped loop, each expert's rows
 in one pair of products on the step's linear (the C++ kernel at decode sizes); on a GPU at decode sizes the Triton
@@ -28,9 +32,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from genai_fast.backends.dispatch import ENV_BACKEND
-from genai_fast.ops.moe import ACTIVATIONS, MAX_KERNEL_PAIRS, grouped_experts, resolve_moe_experts
+from genai_fast.ops.moe import (
+    ACTIVATIONS,
+    MAX_KERNEL_PAIRS,
+    gated,
+    gathered_experts,
+    grouped_experts,
+    resolve_moe_experts,
+)
 
-MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared")
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "gpt_oss")
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 # The model's activation names (genai_fast.llm.model.ACTIVATIONS) as genai_fast.ops.moe names them.
 _OP_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
@@ -47,13 +58,17 @@ class SparseMoe(nn.Module):
     fp32 (Mixtral) rather than the model's dtype; activation: the gate's ("silu", "gelu", "gelu_pytorch_tanh",
     "gelu_new"). shared: a shared expert every token goes through, (gate_up [2Is, H], down [H, Is], gate [1, H] or
     None): Qwen2-MoE's, scaled by sigmoid(x @ gate^T), or Granite-MoE-Shared's, ungated; None: none.
-    softmax_after_topk: Granite-MoE's router, the softmax over the k largest logits (renormalise, fp32_weights
-    unused)."""
+    softmax_after_topk: Granite-MoE's and GPT-OSS's router, the softmax over the k largest logits (renormalise,
+    fp32_weights unused). router_bias [E]: the router's bias (GPT-OSS), or None. biases: the experts' (gate_up bias
+    [E, 2I], down bias [E, H]) or None. clamped_glu: GPT-OSS's (alpha, limit), its GLU in place of act(gate) * up;
+    None: the activation's gated MLP."""
 
     def __init__(self, router: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, top_k: int,
                  renormalise: bool, fp32_weights: bool, activation: str,
                  shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
-                 softmax_after_topk: bool = False) -> None:
+                 softmax_after_topk: bool = False, router_bias: torch.Tensor | None = None,
+                 biases: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 clamped_glu: tuple[float, float] | None = None) -> None:
         super().__init__()
         dtype = gate_up.dtype
         if activation not in _OP_ACTIVATIONS:
@@ -65,13 +80,24 @@ class SparseMoe(nn.Module):
         self.gate_up, self.down = _param(gate_up, dtype), _param(down, dtype)
         self.top_k, self.renormalise, self.fp32_weights = top_k, renormalise, fp32_weights
         self.softmax_after_topk = softmax_after_topk
+        self.router_bias = None if router_bias is None else _param(router_bias, dtype)
+        # Attributes, not a tuple, so that they are registered parameters (moved by .to(device)).
+        self.gate_up_bias = self.down_bias = None
+        if biases is not None:
+            self.gate_up_bias, self.down_bias = _param(biases[0], dtype), _param(biases[1], dtype)
+        self.clamped_glu = clamped_glu
         self.activation = _OP_ACTIVATIONS[activation]
         self.act = ACTIVATIONS[self.activation]
+        self.glu = gated(self.act) if clamped_glu is None else self._clamped_glu
         self.shared_gate_up = self.shared_down = self.shared_gate = None
         if shared is not None:
             self.shared_gate_up, self.shared_down = _param(shared[0], dtype), _param(shared[1], dtype)
             self.shared_gate = None if shared[2] is None else _param(shared[2], dtype)
         self._kernels: dict[tuple, Callable[..., torch.Tensor] | None] = {}
+
+    @property
+    def biases(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.gate_up_bias is None else (self.gate_up_bias, self.down_bias)
 
     @property
     def num_experts(self) -> int:
@@ -85,8 +111,11 @@ class SparseMoe(nn.Module):
         kernel = self._decode_kernel(rows) if x.dim() == 2 else None
         if kernel is not None:  # GPU decode: ids stay on the device
             out = kernel(rows, self.gate_up, self.down, ids, weights, self.activation)
+        elif x.dim() == 2 and rows.is_cuda:  # GPU decode without the kernels: no host read either
+            out = gathered_experts(rows, self.gate_up, self.down, ids, weights, self.glu, self.biases)
         else:
-            out = grouped_experts(rows, self.gate_up, self.down, ids, weights, self.act, linear)
+            out = grouped_experts(rows, self.gate_up, self.down, ids, weights, self.act, linear, self.biases,
+                                  self.glu)
         if self.shared_gate_up is not None:
             gate, up = linear(rows, self.shared_gate_up, None).chunk(2, dim=-1)
             shared = linear(self.act(gate) * up, self.shared_down, None)
@@ -97,7 +126,7 @@ class SparseMoe(nn.Module):
 
     def route(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """rows [R, H] -> (expert ids [R, k], their weights [R, k]), as the architecture's router computes them."""
-        logits = F.linear(rows, self.router)
+        logits = F.linear(rows, self.router, self.router_bias)
         if self.softmax_after_topk:
             top, ids = logits.float().topk(self.top_k, dim=-1)
             return ids, torch.softmax(top, dim=-1).to(rows.dtype)
@@ -107,9 +136,18 @@ class SparseMoe(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return ids, weights if self.fp32_weights else weights.to(logits.dtype)
 
+    def _clamped_glu(self, h: torch.Tensor) -> torch.Tensor:
+        """GPT-OSS's GLU of the gate/up product [n, 2I] (gate columns, then up columns) -> [n, I]."""
+        alpha, limit = self.clamped_glu
+        gate, up = h.chunk(2, dim=-1)
+        gate = gate.clamp(max=limit)
+        return (up.clamp(-limit, limit) + 1) * (gate * torch.sigmoid(gate * alpha))
+
     def _decode_kernel(self, rows: torch.Tensor) -> Callable[..., torch.Tensor] | None:
-        """The Triton experts for a decode-sized call on a GPU (see genai_fast.ops.moe.resolve_moe_experts)."""
-        if rows.device.type != "cuda" or rows.shape[0] * self.top_k > MAX_KERNEL_PAIRS:
+        """The Triton experts for a decode-sized call on a GPU (see genai_fast.ops.moe.resolve_moe_experts); None
+        for experts they do not compute (biases, GPT-OSS's GLU)."""
+        if (rows.device.type != "cuda" or rows.shape[0] * self.top_k > MAX_KERNEL_PAIRS or self.biases is not None
+                or self.clamped_glu is not None):
             return None
         key = (rows.device, rows.dtype, os.environ.get(ENV_BACKEND, "").strip())
         if key not in self._kernels:
@@ -136,6 +174,8 @@ def from_hf_block(block: nn.Module, config: object, activation: str, dtype: torc
     (shared_mlp: Granite-MoE-Shared's layer's shared MLP, or None)."""
     experts = block.experts
     router = block.gate if hasattr(block, "gate") else block.router
+    if hasattr(experts, "gate_up_proj_bias"):
+        return _from_gpt_oss(router, experts, int(config.num_experts_per_tok))
     if not hasattr(experts, "gate_up_proj") or not hasattr(experts, "down_proj"):
         raise ValueError(f"unsupported MoE block {type(block).__name__}: expected experts with stacked gate_up_proj "
                          "and down_proj weights (transformers >= 5)")
@@ -151,3 +191,17 @@ def from_hf_block(block: nn.Module, config: object, activation: str, dtype: torc
                      renormalise=mixtral or bool(getattr(config, "norm_topk_prob", False)), fp32_weights=mixtral,
                      activation=activation, shared=shared,
                      softmax_after_topk=config.model_type in ("granitemoe", "granitemoeshared"))
+
+
+def _from_gpt_oss(router: nn.Module, experts: nn.Module, top_k: int) -> SparseMoe:
+    """GPT-OSS's experts in the stacked layout: gate_up_proj [E, H, 2I] with gate and up columns interleaved (gate
+    0, up 0, gate 1, ...) becomes [E, 2I, H] (the gate rows, then the up rows), down_proj [E, I, H] becomes
+    [E, H, I]; the biases follow."""
+    w, b = experts.gate_up_proj.detach(), experts.gate_up_proj_bias.detach()
+    gate_up = torch.cat([w[:, :, 0::2], w[:, :, 1::2]], dim=2).transpose(1, 2)
+    gate_up_bias = torch.cat([b[:, 0::2], b[:, 1::2]], dim=1)
+    down = experts.down_proj.detach().transpose(1, 2)
+    return SparseMoe(router.weight, gate_up, down, top_k, renormalise=False, fp32_weights=False, activation="silu",
+                     softmax_after_topk=True, router_bias=router.bias,
+                     biases=(gate_up_bias, experts.down_proj_bias.detach()),
+                     clamped_glu=(float(experts.alpha), float(experts.limit)))

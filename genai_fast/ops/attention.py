@@ -158,6 +158,7 @@ def attention_with_kvcache(
     backend: str | None = None,
     softcap: float = 0.0,
     window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode attention of a few new query tokens per sequence against a preallocated KV cache.
 
@@ -176,6 +177,8 @@ def attention_with_kvcache(
         softcap: scores s become softcap * tanh(s / softcap) (0: none), as scaled_dot_product_attention's.
         window: with causal only, a sliding window: query i (at position p = L_b - Sq + i) sees positions
             p - window < j <= p; positions before the first query's window are not read. None: all of them.
+        sinks: attention sinks (GPT-OSS's `s_aux`), a float tensor [Hq]: as scaled_dot_product_attention's, one
+            more logit in every row's softmax. None: none.
 
     Returns [B, Hq, Sq, Dv]. cache_seqlens is not updated (the caller advances it). Validation reads
     cache_seqlens on the host before anything touches the caches (one sync when it is on a GPU), except
@@ -193,23 +196,24 @@ def attention_with_kvcache(
     if autocast_active(q):
         with autocast_off(q):  # the cache's dtype is the precision (ops/autocast.py)
             return attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale=scale, causal=causal,
-                                          backend=backend, softcap=softcap, window=window)
+                                          backend=backend, softcap=softcap, window=window, sinks=sinks)
     uniform = _validate_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend)
     _validate_cap_window(softcap, window, causal, "causal")
+    _validate_sinks(sinks, q, q.shape[1])
     softcap, window = float(softcap), int(window or 0)
     if cache_seqlens.device != q.device:
         # Lengths kept on the host were validated without a sync. A non-blocking copy from pageable memory is
         # staged before it returns, so the caller may change cache_seqlens right after this call.
         cache_seqlens = cache_seqlens.to(q.device, non_blocking=True)
     sm_scale = _default_scale(q.shape[-1]) if scale is None else float(scale)
-    if can_bypass_custom_op(q, k_cache, v_cache, k, v):
+    if can_bypass_custom_op(q, k_cache, v_cache, k, v, sinks):
         return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale, bool(causal), backend, uniform,
-                            softcap, window)
+                            softcap, window, sinks)
     return torch.ops.genai_fast.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, sm_scale,
-                                                       bool(causal), backend or "", softcap, window)
+                                                       bool(causal), backend or "", softcap, window, sinks)
 
 
-# (q, k_cache, v_cache, lengths: list[int], scale, softcap=0.0, window=0) -> out
+# (q, k_cache, v_cache, lengths: list[int], scale, softcap=0.0, window=0, sinks=None) -> out
 DecodeAttendFn = Callable[..., torch.Tensor]
 
 
@@ -219,8 +223,8 @@ def resolve_decode_attention(device: torch.device | str, dtype: torch.dtype, hea
     bound to torch's current thread count, as fn(q, k_cache, v_cache, lengths, scale) -> [B, Hq, Sq, Dv]
     (causal, no append; lengths include the new tokens), or None when the op would not run the C++ backend
     for these inputs. It skips the op's per-call validation (one host read of the lengths, the dispatcher);
-    the kernel itself still checks every length and extent before reading. softcap, window (0: none): as the
-    op's."""
+    the kernel itself still checks every length and extent before reading. softcap, window (0: none), sinks
+    (None: none): as the op's."""
     inputs = {"device": torch.device(device), "dtype": dtype, "head_dim": head_dim, "head_dim_v": head_dim_v}
     if KVCACHE.select(inputs, backend).backend != "cpp":
         return None
@@ -229,9 +233,10 @@ def resolve_decode_attention(device: torch.device | str, dtype: torch.dtype, hea
     threads = torch.get_num_threads()
 
     def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: list[int],
-               scale: float, softcap: float = 0.0, window: int = 0) -> torch.Tensor:
+               scale: float, softcap: float = 0.0, window: int = 0, sinks: torch.Tensor | None = None
+               ) -> torch.Tensor:
         return decode_attention_fwd(q, k_cache, v_cache, lengths, scale, True, threads, softcap=softcap,
-                                    window=window)
+                                    window=window, sinks=sinks)
 
     return attend
 
@@ -364,14 +369,15 @@ def attention_with_kvcache_reference(
     causal: bool = True,
     softcap: float = 0.0,
     window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """attention_with_kvcache in plain PyTorch (writes k/v into the caches in place, as the op does)."""
     lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
     sm_scale = _default_scale(q.shape[-1]) if scale is None else scale
-    return _kvcache_attend_reference(q, k_cache, v_cache, lengths, sm_scale, causal, softcap, window)
+    return _kvcache_attend_reference(q, k_cache, v_cache, lengths, sm_scale, causal, softcap, window, sinks)
 
 
-def _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal, softcap=0.0, window=None):
+def _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal, softcap=0.0, window=None, sinks=None):
     Sq, s_max = q.shape[2], k_cache.shape[2]
     pos = torch.arange(s_max, device=q.device)
     lengths = lengths.to(device=q.device, dtype=torch.int64)
@@ -388,7 +394,7 @@ def _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal, softc
     keys = torch.where(keep, k_cache, torch.zeros((), dtype=k_cache.dtype, device=k_cache.device))
     values = torch.where(keep, v_cache, torch.zeros((), dtype=v_cache.dtype, device=v_cache.device))
     return scaled_dot_product_attention_reference(q, keys, values, mask, 0.0, False, scale, enable_gqa=True,
-                                                  softcap=softcap)
+                                                  softcap=softcap, sinks=sinks)
 
 
 # ---------------------------------------------------------------- validation
@@ -906,16 +912,18 @@ def _kvcache_op(
     backend: str,
     softcap: float = 0.0,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     s_new = k.shape[2] if k is not None else 0
     bounds = _validate_seqlens(cache_seqlens, q, q.shape[0], k_cache.shape[2], s_new)  # compiled callers
     uniform = bounds[0] + s_new if bounds is not None and bounds[0] == bounds[1] else None
     return _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend or None, uniform, softcap,
-                        window)
+                        window, sinks)
 
 
 @_kvcache_op.register_fake
-def _kvcache_fake(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, softcap=0.0, window=0):
+def _kvcache_fake(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, softcap=0.0, window=0,
+                  sinks=None):
     return q.new_empty((*q.shape[:3], v_cache.shape[3]))
 
 
@@ -931,7 +939,8 @@ def _append_to_cache(k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
     return (cache_seqlens + s_new).to(torch.int32)
 
 
-def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, uniform, softcap=0.0, window=0):
+def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backend, uniform, softcap=0.0, window=0,
+                 sinks=None):
     """Append, then attend. uniform: the common length of every sequence when known on the host."""
     lengths = _append_to_cache(k_cache, v_cache, cache_seqlens, k, v)
     if q.shape[0] * q.shape[1] * q.shape[2] * v_cache.shape[3] == 0:
@@ -939,11 +948,12 @@ def _kvcache_run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, backen
     if q.shape[3] == 0:
         # Head dim 0: every score is 0, so each row averages its visible values (torch's SDPA does); the
         # kernels are not written for an empty head.
-        return KVCACHE.get("torch").run(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap, window)
+        return KVCACHE.get("torch").run(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap, window,
+                                        sinks)
     inputs = {"device": q.device, "dtype": q.dtype, "head_dim": q.shape[3], "head_dim_v": v_cache.shape[3],
-              "softcap": softcap, "window": window}
+              "softcap": softcap, "window": window, "sinks": sinks is not None}
     return _select(KVCACHE, inputs, backend).run(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap,
-                                                 window)
+                                                 window, sinks)
 
 
 # ---------------------------------------------------------------- backends, in priority order
@@ -1239,33 +1249,33 @@ def _sdpa_backward_torch(grad_out, query, key, value, attn_mask, out, lse, is_ca
 
 
 @KVCACHE.register("triton", _TRITON, check=_triton_reasons)
-def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0):
+def _kvcache_triton(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0, sinks=None):
     from genai_fast.kernels.attention import decode_fwd
 
-    return decode_fwd(q, k_cache, v_cache, lengths, causal, scale, softcap, window)
+    return decode_fwd(q, k_cache, v_cache, lengths, causal, scale, softcap, window, sinks)
 
 
 @KVCACHE.register(
     "cpp",
     Capability(devices=("cpu",), dtypes=(torch.float32,), layouts=("any strides",),
                features=("ragged lengths in one call", "GQA without copies", "causal (bottom-right)", "soft cap",
-                         "sliding window")),
+                         "sliding window", "sinks")),
     check=lambda inputs: [],
 )
-def _kvcache_cpp(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0):
+def _kvcache_cpp(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0, sinks=None):
     from genai_fast.backends.cpp.attention import decode_attention_fwd
 
     host = [uniform] * q.shape[0] if uniform is not None else lengths.tolist()
-    return decode_attention_fwd(q, k_cache, v_cache, host, scale, causal, softcap=softcap, window=window)
+    return decode_attention_fwd(q, k_cache, v_cache, host, scale, causal, softcap=softcap, window=window, sinks=sinks)
 
 
 @KVCACHE.register("torch", _TORCH, check=lambda inputs: [])
-def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0):
+def _kvcache_torch(q, k_cache, v_cache, lengths, scale, causal, uniform, softcap=0.0, window=0, sinks=None):
     # torch's SDPA over each valid prefix: no copies of the cache, and positions past a length are never
-    # read. Equal lengths (batch 1 decode, for one) take one call; ragged ones one call per sequence. A soft cap
-    # or window, which torch's SDPA lacks, runs the reference.
-    if softcap or window:
-        return _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal, softcap, window)
+    # read. Equal lengths (batch 1 decode, for one) take one call; ragged ones one call per sequence. A soft cap,
+    # window or sinks, which torch's SDPA lacks, run the reference.
+    if softcap or window or sinks is not None:
+        return _kvcache_attend_reference(q, k_cache, v_cache, lengths, scale, causal, softcap, window, sinks)
     if uniform is None and bool((lengths == lengths[0]).all()):
         uniform = int(lengths[0])
     if uniform is not None:

@@ -70,17 +70,39 @@ def moe_experts_reference(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Te
     return grouped_experts(x, gate_up, down, topk_ids, topk_weights, ACTIVATIONS[activation])
 
 
+Activation = Callable[[torch.Tensor], torch.Tensor]
+Biases = tuple[torch.Tensor, torch.Tensor]  # (gate_up bias [E, 2I], down bias [E, H])
+
+
+def gated(act: Activation) -> Activation:
+    """The gated MLP's middle: the gate/up product [..., 2I] -> act(gate) * up [..., I]."""
+    def glu(h: torch.Tensor) -> torch.Tensor:
+        gate, up = h.chunk(2, dim=-1)
+        return act(gate) * up
+
+    return glu
+
+
+def _expert_mlp(rows: torch.Tensor, expert: int, gate_up: torch.Tensor, down: torch.Tensor, glu: Activation,
+                linear: LinearFn, biases: Biases | None) -> torch.Tensor:
+    """One expert over its rows [n, H] -> [n, H]: glu(rows @ gate_up[e]^T + b) @ down[e]^T + b."""
+    b_in, b_out = (None, None) if biases is None else (biases[0][expert], biases[1][expert])
+    return linear(glu(linear(rows, gate_up[expert], b_in)), down[expert], b_out)
+
+
 def grouped_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_ids: torch.Tensor,
-                    topk_weights: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor],
-                    linear: LinearFn = F.linear) -> torch.Tensor:
+                    topk_weights: torch.Tensor, act: Activation, linear: LinearFn = F.linear,
+                    biases: Biases | None = None, glu: Activation | None = None) -> torch.Tensor:
     """The reference's loop with its projections on `linear` (the LLM engine passes its decode-step kernel):
     token-choice pairs grouped by expert, each expert's rows through one pair of products, its outputs scaled by
     their weights and added to their tokens in expert order (so each token's sum runs in ascending expert id, as
-    transformers'). Reads the expert counts on the host."""
+    transformers'). Reads the expert counts on the host. biases: the experts' projection biases (GPT-OSS); glu:
+    the gate/up product [n, 2I] -> [n, I] in place of act(gate) * up (GPT-OSS's clamped GLU)."""
     H, top_k = x.shape[-1], topk_ids.shape[-1]
     rows = x.reshape(-1, H)
+    glu = glu or gated(act)
     if rows.shape[0] == 1:
-        out = _one_token(rows, gate_up, down, topk_ids.reshape(-1), topk_weights.reshape(-1), act, linear)
+        out = _one_token(rows, gate_up, down, topk_ids.reshape(-1), topk_weights.reshape(-1), glu, linear, biases)
         return out.view(x.shape)
     out = torch.zeros_like(rows)
     flat_ids = topk_ids.reshape(-1)
@@ -98,20 +120,37 @@ def grouped_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, 
         pairs = order[start:start + count]
         start += count
         tokens = pairs // top_k
-        gate, up = linear(rows[tokens], gate_up[expert], None).chunk(2, dim=-1)
-        y = linear(act(gate) * up, down[expert], None) * flat_weights[pairs, None]
+        y = _expert_mlp(rows[tokens], expert, gate_up, down, glu, linear, biases) * flat_weights[pairs, None]
         out.index_add_(0, tokens, y.to(out.dtype))
     return out.reshape(x.shape)
 
 
+def gathered_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_ids: torch.Tensor,
+                     topk_weights: torch.Tensor, glu: Activation, biases: Biases | None = None) -> torch.Tensor:
+    """x [R, H] -> [R, H] without reading a host value (a CUDA graph can capture it): every token-choice pair's
+    expert weights gathered by id ([R k, 2I, H] and [R k, H, I] copies), batched products, the k outputs of each
+    token weighted and summed (in choice order, not expert order: within the tolerance rule of the reference). For
+    decode steps where the Triton kernels do not apply (GPT-OSS's experts, no Triton, the reference forced)."""
+    top_k = topk_ids.shape[-1]
+    flat = topk_ids.reshape(-1)
+    rows = x.repeat_interleave(top_k, dim=0)[:, :, None]  # [R k, H, 1]
+    h = torch.bmm(gate_up[flat], rows)[..., 0]
+    if biases is not None:
+        h = h + biases[0][flat]
+    y = torch.bmm(down[flat], glu(h)[:, :, None])[..., 0]
+    if biases is not None:
+        y = y + biases[1][flat]
+    y = (y * topk_weights.reshape(-1, 1)).to(x.dtype)
+    return y.view(x.shape[0], top_k, -1).sum(dim=1)
+
+
 def _one_token(row: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, ids: torch.Tensor,
-               weights: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor], linear: LinearFn) -> torch.Tensor:
+               weights: torch.Tensor, glu: Activation, linear: LinearFn, biases: Biases | None) -> torch.Tensor:
     """grouped_experts for one token (an LLM's batch-1 decode step): its experts in ascending id, each output added
     as the loop's index_add would add it (the first to zeros: itself), without the grouping's index tensors."""
     out = None
     for expert, choice in sorted((e, j) for j, e in enumerate(ids.tolist())):
-        gate, up = linear(row, gate_up[expert], None).chunk(2, dim=-1)
-        y = (linear(act(gate) * up, down[expert], None) * weights[choice:choice + 1]).to(row.dtype)
+        y = (_expert_mlp(row, expert, gate_up, down, glu, linear, biases) * weights[choice:choice + 1]).to(row.dtype)
         out = y if out is None else out + y
     return out if out is not None else torch.zeros_like(row)
 

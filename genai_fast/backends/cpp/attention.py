@@ -40,7 +40,7 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: list[int],
                          scale: float, causal: bool, num_threads: int | None = None, *,
                          heads_inner: bool = False, with_lse: bool = False, softcap: float = 0.0,
-                         window: int = 0) -> Any:
+                         window: int = 0, sinks: torch.Tensor | None = None) -> Any:
     """q [B, Hq, Sq, D], caches [B, Hkv, S_max, D / Dv] (fp32, CPU), lengths: B valid cache lengths (new tokens
     included) -> out [B, Hq, Sq, Dv]; causal aligned bottom-right.
 
@@ -50,7 +50,9 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     -inf for a row that sees nothing).
     softcap > 0: each scaled score s becomes softcap * tanh(s / softcap) (0: none).
     window > 0 (causal only): query i, at position p = lengths[b] - Sq + i, sees positions p - window < j <= p
-    (0: none); positions below every query's window are not read."""
+    (0: none); positions below every query's window are not read.
+    sinks: None, or [Hq] logits (any float dtype; GPT-OSS's s_aux), one more term of each row's softmax (the lse
+    includes it)."""
     _check_qkv(q, k_cache, v_cache, ("q", "k_cache", "v_cache"))
     q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
     B, Hq, Sq, D = q.shape
@@ -58,12 +60,17 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     out = memory.new_empty(q, (B, Sq, Hq, Dv) if heads_inner else (B, Hq, Sq, Dv))
     out = out.transpose(1, 2) if heads_inner else out
     lse = torch.empty((B, Hq, Sq), dtype=torch.float32) if with_lse else None
+    if sinks is not None:
+        if sinks.device.type != "cpu" or sinks.dim() != 1:
+            raise ValueError(f"sinks: expected a 1-D CPU tensor [Hq], got {tuple(sinks.shape)} on {sinks.device}")
+        sinks = sinks.detach().to(torch.float32).contiguous()
     extension().decode_attention_forward(
         q.data_ptr(), _extent(q), list(q.stride()[:3]), k_cache.data_ptr(), _extent(k_cache),
         list(k_cache.stride()[:3]), v_cache.data_ptr(), _extent(v_cache), list(v_cache.stride()[:3]),
         [int(n) for n in lengths], out.data_ptr(), _extent(out), list(out.stride()[:3]),
         0 if lse is None else lse.data_ptr(), 0 if lse is None else lse.numel(), B, Hq, Hkv, Sq, S_max, D, Dv,
-        float(scale), bool(causal), num_threads or torch.get_num_threads(), float(softcap), int(window))
+        float(scale), bool(causal), num_threads or torch.get_num_threads(), float(softcap), int(window),
+        0 if sinks is None else sinks.data_ptr(), 0 if sinks is None else sinks.numel())
     return (out, lse) if with_lse else out
 
 
