@@ -287,12 +287,12 @@ def _neox_config():
 
 def test_unknown_architecture_lists_supported():
     listed = (r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite, mixtral, "
-              r"qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared, gpt2")
+              r"qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared, gpt_oss, gpt2")
     with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*" + listed):
         load(transformers.GPTNeoXForCausalLM(_neox_config()))
     assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma",
                                             "gemma2", "gemma3_text", "granite", "mixtral", "qwen2_moe", "qwen3_moe",
-                                            "olmoe", "granitemoe", "granitemoeshared", "gpt2"}
+                                            "olmoe", "granitemoe", "granitemoeshared", "gpt_oss", "gpt2"}
 
 
 def test_bidirectional_gemma3_is_refused():

@@ -209,3 +209,23 @@ def test_opcheck_and_compile():
     router = torch.randn(4, 16)
     compiled = torch.compile(layer, fullgraph=True, dynamic=False)
     torch.testing.assert_close(compiled(*args[:3], router), layer(*args[:3], router))
+
+
+def test_gathered_experts_equal_the_grouped_loop_with_biases_and_a_custom_glu():
+    """The device-side path (no host read: the GPU decode step where the kernels do not apply) against the
+    reference's grouped loop, with GPT-OSS-style biases and a clamped GLU and with the plain SwiGLU."""
+    from genai_fast.ops.moe import gated, gathered_experts, grouped_experts
+
+    x, gate_up, down, ids, weights = (t.double() if t.is_floating_point() else t for t in _inputs(5, 24, 16, 6, 3))
+    biases = (torch.randn(6, 32, dtype=torch.float64), torch.randn(6, 24, dtype=torch.float64))
+
+    def clamped(h):
+        gate, up = h.chunk(2, dim=-1)
+        gate = gate.clamp(max=0.5)
+        return (up.clamp(-0.5, 0.5) + 1) * gate * torch.sigmoid(1.702 * gate)
+
+    for glu, b in ((gated(F.silu), None), (clamped, biases)):
+        want = grouped_experts(x, gate_up, down, ids, weights, F.silu, biases=b, glu=glu)
+        torch.testing.assert_close(gathered_experts(x, gate_up, down, ids, weights, glu, b), want)
+    assert not torch.allclose(grouped_experts(x, gate_up, down, ids, weights, F.silu, biases=biases, glu=clamped),
+                              grouped_experts(x, gate_up, down, ids, weights, F.silu))
