@@ -271,6 +271,11 @@ def _moe_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]
         gate_up, down = torch.empty(E, 2 * inter, H, dtype=dtype), torch.empty(E, H, inter, dtype=dtype)
         yield (f"moe R{R} H{H} I{inter} E{E} k{k} {act}",
                lambda x=x, g=gate_up, d=down, i=ids, w=weights, a=act: moe_experts_fwd(x, g, d, i, w, a))
+    # GPT-OSS-20B's experts (H 2880, I 2880, k 4) with their biases and clamped GLU.
+    x, ids, weights = torch.empty(1, 2880, dtype=dtype), torch.zeros(1, 4, dtype=torch.long), torch.empty(1, 4)
+    gate_up, down = torch.empty(4, 5760, 2880, dtype=dtype), torch.empty(4, 2880, 2880, dtype=dtype)
+    biases = torch.empty(4, 5760, dtype=dtype), torch.empty(4, 2880, dtype=dtype)
+    yield "moe gpt-oss-20b biases", lambda: moe_experts_fwd(x, gate_up, down, ids, weights, "gpt_oss", *biases)
 
 
 def _conv2d_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:

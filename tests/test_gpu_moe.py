@@ -39,6 +39,22 @@ def test_triton_experts_match_float64(shape, dtype):
     assert_matches_oracle(out.cpu(), oracle, baseline.cpu(), what=f"moe_experts[triton] {shape}")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_triton_gpt_oss_experts_match_float64(dtype):
+    """GPT-OSS-20B's expert shapes (H 2880, I 2880, 32 experts, 4 per token) with biases and the clamped GLU."""
+    x, gate_up, down, ids, weights = _inputs(1, 2880, 2880, 32, 4, dtype)
+    g = torch.Generator().manual_seed(1)
+    biases = (torch.randn(32, 5760, generator=g).to(dtype), torch.randn(32, 2880, generator=g).to(dtype))
+    cuda = [t.cuda() for t in (x, gate_up, down, ids, weights)]
+    with memory.poison_outputs():
+        out = genai_fast.moe_experts(*cuda, "gpt_oss", gate_up_bias=biases[0].cuda(), down_bias=biases[1].cuda(),
+                                     backend="triton")
+    oracle = genai_fast.moe_experts_reference(x.double(), gate_up.double(), down.double(), ids, weights.double(),
+                                              "gpt_oss", biases[0].double(), biases[1].double())
+    baseline = genai_fast.moe_experts_reference(*cuda, "gpt_oss", biases[0].cuda(), biases[1].cuda())
+    assert_matches_oracle(out.cpu(), oracle, baseline.cpu(), what="moe_experts[triton] gpt-oss")
+
+
 def test_resolved_experts_replay_in_a_cuda_graph():
     """Routing and experts captured once; replays with new tokens route them afresh (no host read of the ids)."""
     from genai_fast.ops.moe import resolve_moe_experts

@@ -48,17 +48,27 @@ def _dense(x, gate_up, down, ids, weights, act):
     return out
 
 
-def _check(backend, args, act, what, device="cpu"):
+def _check(backend, args, act, what, device="cpu", biases=None, limit=7.0):
     x, gate_up, down, ids, weights = args
     moved = [t.to(device) for t in args]
+    extras = {} if biases is None else {"gate_up_bias": biases[0], "down_bias": biases[1]}
     with memory.poison_outputs():
-        out = genai_fast.moe_experts(*moved, act, backend=backend)
+        out = genai_fast.moe_experts(*moved, act, backend=backend, limit=limit,
+                                     **{k: v.to(device) for k, v in extras.items()})
     assert OPS["moe_experts"].last_backend == backend
     assert out.shape == x.shape and out.dtype == x.dtype
-    oracle = genai_fast.moe_experts_reference(x.double(), gate_up.double(), down.double(), ids, weights.double(), act)
-    baseline = genai_fast.moe_experts_reference(x, gate_up, down, ids, weights, act)
+    b64 = (None, None) if biases is None else (biases[0].double(), biases[1].double())
+    oracle = genai_fast.moe_experts_reference(x.double(), gate_up.double(), down.double(), ids, weights.double(), act,
+                                              *b64, limit=limit)
+    baseline = genai_fast.moe_experts_reference(x, gate_up, down, ids, weights, act, *(biases or (None, None)),
+                                                limit=limit)
     assert_matches_oracle(out.cpu(), oracle, baseline, what=what)
     return out
+
+
+def _biases(E, H, inter, dtype=torch.float32):
+    g = torch.Generator().manual_seed(9)
+    return (torch.randn(E, 2 * inter, generator=g) * 0.5).to(dtype), (torch.randn(E, H, generator=g) * 0.5).to(dtype)
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -74,6 +84,42 @@ def test_triton_matches_reference(case):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for act in ACTS:
         _check("triton", _inputs(*SHAPES[case]), act, f"moe_experts[triton] {case} {act}", device)
+
+
+@pytest.mark.parametrize("case", ["decode-1x48-i40-e8k2", "prime-3x53-i37-e5k2", "single-1x1-i1-e1k1"])
+def test_triton_gpt_oss_experts_with_biases(case):
+    """GPT-OSS's experts: biases on both projections and the clamped GLU (limit 0.8, so that the clamps bite on
+    these values), and biases with a plain SwiGLU."""
+    _require("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, H, inter, E, k = SHAPES[case]
+    args = _inputs(rows, H, inter, E, k)
+    biases = _biases(E, H, inter)
+    _check("triton", args, "gpt_oss", f"moe_experts[triton] {case} gpt_oss", device, biases, limit=0.8)
+    _check("triton", args, "silu", f"moe_experts[triton] {case} silu + biases", device, biases)
+
+
+def test_gpt_oss_glu_is_transformers_formula():
+    """The "gpt_oss" activation against transformers' GptOssExperts on its own layout (interleaved, transposed)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
+
+    config = transformers.GptOssConfig(hidden_size=16, intermediate_size=12, num_local_experts=3, swiglu_limit=0.9)
+    module = GptOssExperts(config)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.5)
+    x, _, _, ids, weights = _inputs(4, 16, 12, 3, 2)
+    w, b = module.gate_up_proj.detach(), module.gate_up_proj_bias.detach()
+    gate_up = torch.cat([w[:, :, 0::2], w[:, :, 1::2]], dim=2).transpose(1, 2).contiguous()
+    gate_up_bias = torch.cat([b[:, 0::2], b[:, 1::2]], dim=1)
+    down = module.down_proj.detach().transpose(1, 2).contiguous()
+    with torch.no_grad():
+        want = module(x, ids, weights)
+        got = genai_fast.moe_experts(x, gate_up, down, ids, weights, "gpt_oss", gate_up_bias=gate_up_bias,
+                                     down_bias=module.down_proj_bias.detach(), alpha=config.swiglu_alpha,
+                                     limit=config.swiglu_limit)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_triton_half_precision_and_fp32_weights():
@@ -170,6 +216,20 @@ def _bad_cases():
     ]
 
 
+@pytest.mark.parametrize("kwargs,name", [
+    ({"gate_up_bias": torch.zeros(2, 8)}, "gate_up_bias"),
+    ({"gate_up_bias": torch.zeros(2, 7), "down_bias": torch.zeros(2, 8)}, "gate_up_bias"),
+    ({"gate_up_bias": torch.zeros(2, 8), "down_bias": torch.zeros(2, 8, dtype=torch.float64)}, "down_bias"),
+    ({"limit": 0.0}, "limit"),
+    ({"alpha": "1.7"}, "alpha"),
+    ({"limit": float("nan")}, "limit"),
+], ids=["one-bias", "gate-up-shape", "down-dtype", "limit-zero", "alpha-str", "limit-nan"])
+def test_bad_biases_and_constants_name_the_argument(kwargs, name):
+    args = _inputs(3, 8, 4, 2, 1)
+    with pytest.raises((ValueError, TypeError), match=f"^{name}:"):
+        genai_fast.moe_experts(*args, "gpt_oss", **kwargs)
+
+
 @pytest.mark.parametrize("name,args,error", _bad_cases(), ids=[f"{c[0]}-{i}" for i, c in enumerate(_bad_cases())])
 def test_bad_input_names_the_argument(name, args, error):
     with pytest.raises(error, match=f"^{name}:"):
@@ -192,6 +252,13 @@ def test_gradients_match_the_reference():
         return torch.ops.genai_fast.moe_experts(x, gate_up, down, ids, weights, "silu", "")
 
     assert torch.autograd.gradcheck(op, leaves)
+    biases = [t.double().requires_grad_() for t in _biases(3, 6, 4)]
+
+    def op_with_biases(x, gate_up, down, weights, gate_up_bias, down_bias):
+        return torch.ops.genai_fast.moe_experts(x, gate_up, down, ids, weights, "gpt_oss", "", gate_up_bias,
+                                                down_bias, 1.702, 0.7)
+
+    assert torch.autograd.gradcheck(op_with_biases, [*leaves, *biases])
     # And the public function takes the custom op (and its autograd) when an input requires grad.
     out = genai_fast.moe_experts(leaves[0], *leaves[1:3], ids, leaves[3])
     out.sum().backward()
@@ -201,6 +268,7 @@ def test_gradients_match_the_reference():
 def test_opcheck_and_compile():
     args = _inputs(3, 16, 8, 4, 2)
     torch.library.opcheck(torch.ops.genai_fast.moe_experts, (*args, "silu", ""))
+    torch.library.opcheck(torch.ops.genai_fast.moe_experts, (*args, "gpt_oss", "", *_biases(4, 16, 8), 1.702, 7.0))
 
     def layer(x, gate_up, down, router):
         weights, ids = F.linear(x, router).softmax(-1).topk(2, dim=-1)

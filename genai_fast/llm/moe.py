@@ -35,8 +35,8 @@ from genai_fast.backends.dispatch import ENV_BACKEND
 from genai_fast.ops.moe import (
     ACTIVATIONS,
     MAX_KERNEL_PAIRS,
-    gated,
     gathered_experts,
+    glu_for,
     grouped_experts,
     resolve_moe_experts,
 )
@@ -86,9 +86,9 @@ class SparseMoe(nn.Module):
         if biases is not None:
             self.gate_up_bias, self.down_bias = _param(biases[0], dtype), _param(biases[1], dtype)
         self.clamped_glu = clamped_glu
-        self.activation = _OP_ACTIVATIONS[activation]
-        self.act = ACTIVATIONS[self.activation]
-        self.glu = gated(self.act) if clamped_glu is None else self._clamped_glu
+        self.act = ACTIVATIONS[_OP_ACTIVATIONS[activation]]
+        self.activation = _OP_ACTIVATIONS[activation] if clamped_glu is None else "gpt_oss"  # the op's name
+        self.glu = glu_for(self.activation, *(clamped_glu or ()))
         self.shared_gate_up = self.shared_down = self.shared_gate = None
         if shared is not None:
             self.shared_gate_up, self.shared_down = _param(shared[0], dtype), _param(shared[1], dtype)
@@ -110,8 +110,9 @@ class SparseMoe(nn.Module):
         ids, weights = self.route(rows)
         kernel = self._decode_kernel(rows) if x.dim() == 2 else None
         if kernel is not None:  # GPU decode: ids stay on the device
-            out = kernel(rows, self.gate_up, self.down, ids, weights, self.activation)
-        elif x.dim() == 2 and rows.is_cuda:  # GPU decode without the kernels: no host read either
+            out = kernel(rows, self.gate_up, self.down, ids, weights, self.activation, self.gate_up_bias,
+                         self.down_bias, *(self.clamped_glu or ()))
+        elif x.dim() == 2 and rows.is_cuda:  # GPU decode without Triton (or forced off): no host read either
             out = gathered_experts(rows, self.gate_up, self.down, ids, weights, self.glu, self.biases)
         else:
             out = grouped_experts(rows, self.gate_up, self.down, ids, weights, self.act, linear, self.biases,
@@ -136,18 +137,9 @@ class SparseMoe(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return ids, weights if self.fp32_weights else weights.to(logits.dtype)
 
-    def _clamped_glu(self, h: torch.Tensor) -> torch.Tensor:
-        """GPT-OSS's GLU of the gate/up product [n, 2I] (gate columns, then up columns) -> [n, I]."""
-        alpha, limit = self.clamped_glu
-        gate, up = h.chunk(2, dim=-1)
-        gate = gate.clamp(max=limit)
-        return (up.clamp(-limit, limit) + 1) * (gate * torch.sigmoid(gate * alpha))
-
     def _decode_kernel(self, rows: torch.Tensor) -> Callable[..., torch.Tensor] | None:
-        """The Triton experts for a decode-sized call on a GPU (see genai_fast.ops.moe.resolve_moe_experts); None
-        for experts they do not compute (biases, GPT-OSS's GLU)."""
-        if (rows.device.type != "cuda" or rows.shape[0] * self.top_k > MAX_KERNEL_PAIRS or self.biases is not None
-                or self.clamped_glu is not None):
+        """The Triton experts for a decode-sized call on a GPU (see genai_fast.ops.moe.resolve_moe_experts)."""
+        if rows.device.type != "cuda" or rows.shape[0] * self.top_k > MAX_KERNEL_PAIRS:
             return None
         key = (rows.device, rows.dtype, os.environ.get(ENV_BACKEND, "").strip())
         if key not in self._kernels:

@@ -1,5 +1,6 @@
 """Mixture-of-experts MLP: each token's output is the weighted sum of the gated MLPs of the k experts its router
-chose, as in Mixtral, Qwen2-MoE and Qwen3-MoE (transformers' `*Experts` modules).
+chose, as in Mixtral, Qwen2-MoE, Qwen3-MoE (transformers' `*Experts` modules) and GPT-OSS (biases and its clamped
+GLU).
 
 The router (a linear layer, a softmax and a top-k) stays with the model: architectures differ there (renormalised
 or not, a shared expert beside the routed ones). This op takes its result, the expert ids and their weights, and
@@ -30,6 +31,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
+GLU_NAMES = (*ACTIVATIONS, "gpt_oss")  # "gpt_oss": GPT-OSS's clamped GLU instead of act(gate) * up
 MAX_KERNEL_PAIRS = 65535  # the Triton launch's grid dimension 1: tokens x k of one call
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # F.linear's signature
 
@@ -37,7 +39,9 @@ MOE_EXPERTS = define_op("moe_experts")
 
 
 def moe_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_ids: torch.Tensor,
-                topk_weights: torch.Tensor, activation: str = "silu", *, backend: str | None = None) -> torch.Tensor:
+                topk_weights: torch.Tensor, activation: str = "silu", *, gate_up_bias: torch.Tensor | None = None,
+                down_bias: torch.Tensor | None = None, alpha: float = 1.702, limit: float = 7.0,
+                backend: str | None = None) -> torch.Tensor:
     """x [*, H] -> [*, H]: sum over j of topk_weights[..., j] * expert_{topk_ids[..., j]}(x).
 
     Args:
@@ -48,7 +52,12 @@ def moe_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk
             top-k makes them; repeats are allowed and add up).
         topk_weights: [*, k] floating tensor: their weights (any float dtype; the product is computed in the
             promoted dtype, then rounded to x's, as transformers does).
-        activation: the gate's activation: "silu" (SwiGLU), "gelu" (erf) or "gelu_tanh".
+        activation: the gate's activation: "silu" (SwiGLU), "gelu" (erf) or "gelu_tanh"; or "gpt_oss", GPT-OSS's
+            clamped GLU in place of act(gate) * up: (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g) with
+            g = clamp(gate, max=limit).
+        gate_up_bias, down_bias: [E, 2I] and [E, H] in x's dtype, the experts' projection biases (GPT-OSS), both or
+            neither.
+        alpha, limit: the "gpt_oss" activation's constants (GPT-OSS's swiglu_alpha and swiglu_limit).
         backend: force "triton" or "torch"; None picks the fastest that can run.
 
     Equivalent PyTorch (transformers' MixtralExperts.forward)::
@@ -59,15 +68,36 @@ def moe_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk
             out[t] += (F.linear(act(gate) * up, down[e]) * topk_weights[t, j]).to(x.dtype)
     """
     _validate(x, gate_up, down, topk_ids, topk_weights, activation, backend)
-    if can_bypass_custom_op(x, gate_up, down, topk_weights):
-        return _run(x, gate_up, down, topk_ids, topk_weights, activation, backend)
-    return torch.ops.genai_fast.moe_experts(x, gate_up, down, topk_ids, topk_weights, activation, backend or "")
+    _validate_extras(x, gate_up, gate_up_bias, down_bias, alpha, limit)
+    alpha, limit = float(alpha), float(limit)
+    if can_bypass_custom_op(x, gate_up, down, topk_weights, gate_up_bias, down_bias):
+        return _run(x, gate_up, down, topk_ids, topk_weights, activation, backend, gate_up_bias, down_bias, alpha,
+                    limit)
+    return torch.ops.genai_fast.moe_experts(x, gate_up, down, topk_ids, topk_weights, activation, backend or "",
+                                            gate_up_bias, down_bias, alpha, limit)
 
 
 def moe_experts_reference(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_ids: torch.Tensor,
-                          topk_weights: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+                          topk_weights: torch.Tensor, activation: str = "silu",
+                          gate_up_bias: torch.Tensor | None = None, down_bias: torch.Tensor | None = None,
+                          alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
     """Plain PyTorch, transformers' order of operations: the CPU fallback and, on float64 inputs, the oracle."""
-    return grouped_experts(x, gate_up, down, topk_ids, topk_weights, ACTIVATIONS[activation])
+    biases = None if gate_up_bias is None else (gate_up_bias, down_bias)
+    return grouped_experts(x, gate_up, down, topk_ids, topk_weights, ACTIVATIONS.get(activation, F.silu),
+                           biases=biases, glu=glu_for(activation, alpha, limit))
+
+
+def glu_for(activation: str, alpha: float = 1.702, limit: float = 7.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The middle of the experts' MLP for an activation name: the gate/up product [..., 2I] -> [..., I]."""
+    if activation != "gpt_oss":
+        return gated(ACTIVATIONS[activation])
+
+    def clamped_glu(h: torch.Tensor) -> torch.Tensor:
+        gate, up = h.chunk(2, dim=-1)
+        gate = gate.clamp(max=limit)
+        return (up.clamp(-limit, limit) + 1) * (gate * torch.sigmoid(gate * alpha))
+
+    return clamped_glu
 
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
@@ -176,9 +206,29 @@ def _validate(x: Any, gate_up: Any, down: Any, topk_ids: Any, topk_weights: Any,
             raise ValueError(f"{name}: expected x's dtype {x.dtype} and device {x.device}, got {t.dtype} on "
                              f"{t.device}")
     _validate_routing(x, topk_ids, topk_weights, E)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
+    if activation not in GLU_NAMES:
+        raise ValueError(f"activation: expected one of {', '.join(map(repr, GLU_NAMES))}, got {activation!r}")
     validate_backend_name(backend)
+
+
+def _validate_extras(x: torch.Tensor, gate_up: torch.Tensor, gate_up_bias: Any, down_bias: Any, alpha: Any,
+                     limit: Any) -> None:
+    if (gate_up_bias is None) != (down_bias is None):
+        raise ValueError("gate_up_bias: expected both biases or neither (gate_up_bias with down_bias)")
+    E, two_inter, H = gate_up.shape
+    for name, t, shape in (("gate_up_bias", gate_up_bias, (E, two_inter)), ("down_bias", down_bias, (E, H))):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape or t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"{name}: expected [{', '.join(map(str, shape))}] in x's dtype {x.dtype} on {x.device}, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    for name, value in (("alpha", alpha), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+    if limit <= 0:
+        raise ValueError(f"limit: expected > 0, got {limit!r}")
 
 
 def _validate_routing(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: int) -> None:
@@ -209,43 +259,50 @@ def _check_expert_ids(topk_ids: torch.Tensor, experts: int) -> None:
 
 @torch.library.custom_op("genai_fast::moe_experts", mutates_args=())
 def _moe_experts_op(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_ids: torch.Tensor,
-                    topk_weights: torch.Tensor, activation: str, backend: str) -> torch.Tensor:
-    return _run(x, gate_up, down, topk_ids, topk_weights, activation, backend or None)
+                    topk_weights: torch.Tensor, activation: str, backend: str, gate_up_bias: torch.Tensor | None = None,
+                    down_bias: torch.Tensor | None = None, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    return _run(x, gate_up, down, topk_ids, topk_weights, activation, backend or None, gate_up_bias, down_bias, alpha,
+                limit)
 
 
-def _run(x, gate_up, down, topk_ids, topk_weights, activation, backend):
+def _run(x, gate_up, down, topk_ids, topk_weights, activation, backend, gate_up_bias=None, down_bias=None,
+         alpha=1.702, limit=7.0):
     """Dispatch and launch: the body of the custom op, also called directly in plain eager mode."""
     if x.numel() == 0:
         return x.new_empty(x.shape)
     _check_expert_ids(topk_ids, gate_up.shape[0])
     inputs = {"device": x.device, "dtype": x.dtype, "x": x, "topk_ids": topk_ids}
     impl = MOE_EXPERTS.select(inputs, backend)
-    return impl.run(x, gate_up, down, topk_ids, topk_weights, activation)
+    return impl.run(x, gate_up, down, topk_ids, topk_weights, activation, gate_up_bias, down_bias, alpha, limit)
 
 
 @_moe_experts_op.register_fake
-def _moe_experts_fake(x, gate_up, down, topk_ids, topk_weights, activation, backend):
+def _moe_experts_fake(x, gate_up, down, topk_ids, topk_weights, activation, backend, gate_up_bias=None,
+                      down_bias=None, alpha=1.702, limit=7.0):
     return x.new_empty(x.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    x, gate_up, down, topk_ids, topk_weights, activation, _backend = inputs
-    ctx.save_for_backward(x, gate_up, down, topk_ids, topk_weights)
-    ctx.activation = activation
+    x, gate_up, down, topk_ids, topk_weights, activation, _backend, gate_up_bias, down_bias, alpha, limit = inputs
+    ctx.save_for_backward(x, gate_up, down, topk_ids, topk_weights, gate_up_bias, down_bias)
+    ctx.activation, ctx.alpha, ctx.limit = activation, alpha, limit
 
 
 def _backward(ctx, grad):
     # The reference's gradients by autograd through it: training a MoE layer is not this op's purpose (the kernels
     # are for inference), but gradients must be right wherever the op sits in a graph.
-    x, gate_up, down, topk_ids, topk_weights = ctx.saved_tensors
+    x, gate_up, down, topk_ids, topk_weights, gate_up_bias, down_bias = ctx.saved_tensors
     create_graph = torch.is_grad_enabled()
+    tensors = [x, gate_up, down, topk_weights] + ([] if gate_up_bias is None else [gate_up_bias, down_bias])
     with torch.enable_grad():
-        leaves = [reference_input(t, create_graph) for t in (x, gate_up, down, topk_weights)]
-        out = moe_experts_reference(leaves[0], leaves[1], leaves[2], topk_ids, leaves[3], ctx.activation)
+        leaves = [reference_input(t, create_graph) for t in tensors]
+        biases = leaves[4:] or [None, None]
+        out = moe_experts_reference(leaves[0], leaves[1], leaves[2], topk_ids, leaves[3], ctx.activation, *biases,
+                                    ctx.alpha, ctx.limit)
         grads = torch.autograd.grad(out, leaves, grad, create_graph=create_graph, allow_unused=True)
-    gx, g_gate_up, g_down, g_weights = (torch.zeros_like(t) if g is None else g
-                                        for g, t in zip(grads, leaves, strict=True))
-    return gx, g_gate_up, g_down, None, g_weights, None, None
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves, strict=True)]
+    g_biases = grads[4:] or [None, None]
+    return grads[0], grads[1], grads[2], None, grads[3], None, None, g_biases[0], g_biases[1], None, None
 
 
 _moe_experts_op.register_autograd(_backward, setup_context=_setup_context)
@@ -266,16 +323,18 @@ def _triton_check(inputs: dict[str, Any]) -> list[str]:
     "triton",
     Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, layouts=("weights with unit stride along H and I",),
                features=("expert ids read on the device (no host sync; CUDA-graph safe)",
-                         "only the chosen experts' weights read", "weighted sum of the k experts in one kernel")),
+                         "only the chosen experts' weights read", "weighted sum of the k experts in one kernel",
+                         "expert biases and GPT-OSS's clamped GLU")),
     _triton_check,
 )
-def _moe_experts_triton(x, gate_up, down, topk_ids, topk_weights, activation):
+def _moe_experts_triton(x, gate_up, down, topk_ids, topk_weights, activation, gate_up_bias=None, down_bias=None,
+                        alpha=1.702, limit=7.0):
     from genai_fast.kernels.moe import moe_experts_fwd
 
     H, top_k = x.shape[-1], topk_ids.shape[-1]
     rows = x.reshape(-1, H)
     out = moe_experts_fwd(rows, _unit_stride(gate_up), _unit_stride(down), topk_ids.reshape(-1, top_k),
-                          topk_weights.reshape(-1, top_k), activation)
+                          topk_weights.reshape(-1, top_k), activation, gate_up_bias, down_bias, alpha, limit)
     return out.reshape(x.shape)
 
 
@@ -287,14 +346,17 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     "torch",
     Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",)),
 )
-def _moe_experts_torch(x, gate_up, down, topk_ids, topk_weights, activation):
-    return moe_experts_reference(x, gate_up, down, topk_ids, topk_weights, activation)
+def _moe_experts_torch(x, gate_up, down, topk_ids, topk_weights, activation, gate_up_bias=None, down_bias=None,
+                       alpha=1.702, limit=7.0):
+    return moe_experts_reference(x, gate_up, down, topk_ids, topk_weights, activation, gate_up_bias, down_bias, alpha,
+                                 limit)
 
 
 def resolve_moe_experts(device: torch.device, dtype: torch.dtype) -> Callable[..., torch.Tensor] | None:
     """The Triton experts for an LLM decode step on a CUDA device (rows x k <= MAX_KERNEL_PAIRS, ids from the
-    model's own top-k): (x [R, H], gate_up, down, ids [R, k], weights [R, k], activation) -> [R, H], without
-    the op's checks (its ids check reads the device); None where the kernel cannot run."""
+    model's own top-k): (x [R, H], gate_up, down, ids [R, k], weights [R, k], activation, gate_up_bias=None,
+    down_bias=None, alpha=1.702, limit=7.0) -> [R, H], without the op's checks (its ids check reads the device);
+    None where the kernel cannot run."""
     x = torch.empty((1, 1), dtype=dtype, device="meta")
     inputs = {"device": torch.device(device), "dtype": dtype, "x": x, "topk_ids": torch.empty((1, 1))}
     impl = next(i for i in MOE_EXPERTS.implementations if i.backend == "triton")
