@@ -87,10 +87,16 @@ def test_moe_bytes_are_the_chosen_experts_and_its_references_agree():
     g = torch.Generator().manual_seed(0)
     weights, ids = torch.randn(1, 6, generator=g).softmax(-1).topk(2, dim=-1)
     inputs = {"x": torch.randn(1, 16, generator=g), "gate_up": torch.randn(6, 24, 16, generator=g) / 4,
-              "down": torch.randn(6, 16, 12, generator=g) / 4, "ids": ids, "weights": weights}
-    want = entry.oracle(inputs)
-    for reference in (moe_bench.transformers_loop, moe_bench.gathered_bmm, lambda i: entry.run(i, "torch")):
-        torch.testing.assert_close(reference(inputs).double(), want, rtol=1e-5, atol=1e-6)
+              "down": torch.randn(6, 16, 12, generator=g) / 4, "ids": ids, "weights": weights, "activation": "silu",
+              "biases": (None, None)}
+    gpt_oss = {**inputs, "activation": "gpt_oss", "biases": (torch.randn(6, 24, generator=g),
+                                                             torch.randn(6, 16, generator=g))}
+    for case_inputs in (inputs, gpt_oss):
+        want = entry.oracle(case_inputs)
+        for reference in (moe_bench.transformers_loop, moe_bench.gathered_bmm, lambda i: entry.run(i, "torch")):
+            torch.testing.assert_close(reference(case_inputs).double(), want, rtol=1e-5, atol=1e-6)
+    oss = _case(entry.op, "gpt-oss-20b 1x2880 E32 k4 I2880", "full", "cuda")
+    assert entry.bytes(oss) == 2 * (4 * 3 * 2880 * 2880 + 4 * (2 * 2880 + 2880) + 2 * 2880)
 
 
 def test_elementwise_entries_bytes_are_one_read_and_one_write():
