@@ -37,8 +37,18 @@ LLAMA_1B = {**SMOLLM2_135M, "hidden_size": 2048, "intermediate_size": 8192, "num
 QWEN3_MOE_SMALL = {**SMOLLM2_135M, "architecture": "qwen3_moe", "hidden_size": 768, "num_hidden_layers": 12,
                    "num_attention_heads": 12, "num_key_value_heads": 4, "num_experts": 32, "num_experts_per_tok": 4,
                    "moe_intermediate_size": 384, "intermediate_size": 1536, "norm_topk_prob": True}
-SHAPES = {"smollm2-135m": SMOLLM2_135M, "llama-1b": LLAMA_1B, "qwen3-moe-small": QWEN3_MOE_SMALL}
-ARCHITECTURES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM")}
+# A small GPT-OSS (the same sizes; attention sinks, sliding layers of 128 positions every other layer, experts with
+# biases and the clamped GLU, YaRN rope): the engine against transformers' eager GPT-OSS.
+GPT_OSS_SMALL = {**QWEN3_MOE_SMALL, "architecture": "gpt_oss", "intermediate_size": 384, "num_local_experts": 32,
+                 "sliding_window": 128, "rope_parameters": {
+                     "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                     "rope_theta": 150000.0, "original_max_position_embeddings": 256}}
+for _key in ("num_experts", "moe_intermediate_size", "norm_topk_prob", "rope_theta"):
+    GPT_OSS_SMALL.pop(_key, None)
+SHAPES = {"smollm2-135m": SMOLLM2_135M, "llama-1b": LLAMA_1B, "qwen3-moe-small": QWEN3_MOE_SMALL,
+          "gpt-oss-small": GPT_OSS_SMALL}
+ARCHITECTURES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+                 "gpt_oss": ("GptOssConfig", "GptOssForCausalLM")}
 SPECIAL = ["<unk>", "<s>", "</s>"]
 
 

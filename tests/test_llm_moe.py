@@ -210,9 +210,10 @@ def test_the_router_breaks_near_ties_as_transformers():
     assert tuple(moe.router.shape) not in calls and calls  # the experts ran on it, the router did not
 
 
-def test_random_moe_stand_in_for_the_benchmark():
-    """bench/random_llm.py's qwen3-moe-small shape (bench/llm.py --random-shape qwen3-moe-small), made small: a
-    Qwen3-MoE whose tokens the engine reproduces."""
+@pytest.mark.parametrize("shape,model_type", [("qwen3-moe-small", "qwen3_moe"), ("gpt-oss-small", "gpt_oss")])
+def test_random_moe_stand_in_for_the_benchmark(shape, model_type):
+    """bench/random_llm.py's MoE shapes (bench/llm.py --random-shape ...), made small: models whose tokens the engine
+    reproduces."""
     import importlib.util
     from pathlib import Path
 
@@ -221,9 +222,11 @@ def test_random_moe_stand_in_for_the_benchmark():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "head_dim": 16, "vocab_size": 500, "num_experts": 6, "moe_intermediate_size": 32, "initializer_range": 0.2}
-    hf, tokenizer = module.build_random_llm("qwen3-moe-small", **small)
-    assert hf.config.model_type == "qwen3_moe" and hf.config.num_experts_per_tok == 4
+             "head_dim": 16, "vocab_size": 500, "initializer_range": 0.2}
+    small.update({"num_experts": 6, "moe_intermediate_size": 32} if model_type == "qwen3_moe" else
+                 {"num_local_experts": 6, "intermediate_size": 32, "sliding_window": 4})
+    hf, tokenizer = module.build_random_llm(shape, **small)
+    assert hf.config.model_type == model_type and hf.config.num_experts_per_tok == 4
     engine = load(hf, tokenizer=tokenizer)
     ids = tokenizer("What is the capital of England?")["input_ids"]
     assert engine.generate(ids, 8).ids == hf_greedy(hf, ids, 8)
