@@ -71,7 +71,8 @@ def _variants(dtype: torch.dtype):
                          **cap)
             yield A._decode_split_kernel, const, launch, f"decode D{block_d} {cap}"
     yield A._attn_bwd_preprocess_kernel, dict(BLOCK_M=64, BLOCK_DV=256), {}, "bwd preprocess"
-    yield A._decode_combine_kernel, dict(BLOCK_R=64, BLOCK_DV=256), {}, "decode combine"
+    for sinks in (False, True):
+        yield A._decode_combine_kernel, dict(BLOCK_R=64, BLOCK_DV=256, HAS_SINKS=sinks), {}, f"decode combine {sinks=}"
 
 
 def main() -> int:

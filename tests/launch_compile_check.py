@@ -133,6 +133,10 @@ def _attention_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], obj
         lengths = torch.full((B,), s_max, dtype=torch.int32)
         yield (f"decode B{B} H{Hq}:{Hkv} Sq{Sq} S_max{s_max} D{D}",
                lambda q=q, cache=cache, lengths=lengths: A.decode_fwd(q, cache, cache, lengths, True, 0.125))
+        sinks = torch.empty(Hq, dtype=dtype)  # GPT-OSS's, with its sliding window
+        yield (f"decode B{B} H{Hq}:{Hkv} Sq{Sq} S_max{s_max} D{D} sinks window",
+               lambda q=q, cache=cache, lengths=lengths, sinks=sinks: A.decode_fwd(q, cache, cache, lengths, True,
+                                                                                   0.125, 0.0, 128, sinks))
 
 
 def _attention_tma_cases(dtype: torch.dtype) -> Iterator[tuple[str, Callable[[], object]]]:

@@ -977,7 +977,7 @@ def _triton_reasons(inputs: dict[str, Any]) -> list[str]:
 _TRITON = Capability(devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, min_compute_capability=(8, 0),
                      layouts=("any strides",),
                      features=(f"head dim <= {MAX_KERNEL_HEAD_DIM}", "GQA without copies", "bool/additive masks",
-                               "causal", "soft cap", "sliding window (blocks skipped)"))
+                               "causal", "soft cap", "sliding window (blocks skipped)", "sinks"))
 _TORCH = Capability(devices=ANY_DEVICE, dtypes=SUPPORTED_DTYPES, layouts=("any",), features=("reference",))
 
 
