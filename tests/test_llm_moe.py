@@ -230,3 +230,37 @@ def test_random_moe_stand_in_for_the_benchmark(shape, model_type):
     engine = load(hf, tokenizer=tokenizer)
     ids = tokenizer("What is the capital of England?")["input_ids"]
     assert engine.generate(ids, 8).ids == hf_greedy(hf, ids, 8)
+
+
+@pytest.mark.parametrize("path", ["triton-kernels", "gathered"])
+@pytest.mark.parametrize("kind", ["mixtral", "gpt_oss"])
+def test_gpu_decode_paths_give_hf_tokens(kind, path, monkeypatch):
+    """The decode step's two GPU paths, run on the CPU: the Triton experts under the interpreter (biases, the clamped
+    GLU and its constants passed through) and the gathered experts (the device-side fallback), each in every decode
+    step, with HF's greedy tokens."""
+    from genai_fast.backends.availability import backend_unavailable_reasons
+
+    if path == "triton-kernels":
+        reasons = backend_unavailable_reasons("triton")
+        if reasons:
+            pytest.skip("; ".join(reasons))
+        from genai_fast.kernels.moe import moe_experts_fwd
+
+        calls = []
+
+        def kernel(*args):
+            calls.append(args[0].shape[0])
+            return moe_experts_fwd(*args)
+
+        monkeypatch.setattr(SparseMoe, "_decode_kernel", lambda self, rows: kernel)
+    else:
+        calls = []
+        import genai_fast.llm.moe as moe_module
+
+        gathered = moe_module.gathered_experts
+        monkeypatch.setattr(moe_module, "gathered_experts", lambda *a: calls.append(a[0].shape[0]) or gathered(*a))
+        monkeypatch.setattr(SparseMoe, "_device_side", staticmethod(lambda rows: True))
+    hf = tiny_moe(kind)
+    engine = load(hf, max_seq_len=96)
+    assert engine.generate([1, 5, 9, 33, 70], 12).ids == hf_greedy(hf, [1, 5, 9, 33, 70], 12)
+    assert calls.count(1) >= 11 * sum(layer.moe is not None for layer in engine.model.layers)

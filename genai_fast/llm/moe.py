@@ -112,7 +112,7 @@ class SparseMoe(nn.Module):
         if kernel is not None:  # GPU decode: ids stay on the device
             out = kernel(rows, self.gate_up, self.down, ids, weights, self.activation, self.gate_up_bias,
                          self.down_bias, *(self.clamped_glu or ()))
-        elif x.dim() == 2 and rows.is_cuda:  # GPU decode without Triton (or forced off): no host read either
+        elif x.dim() == 2 and self._device_side(rows):  # GPU decode without Triton (or forced off)
             out = gathered_experts(rows, self.gate_up, self.down, ids, weights, self.glu, self.biases)
         else:
             out = grouped_experts(rows, self.gate_up, self.down, ids, weights, self.act, linear, self.biases,
@@ -136,6 +136,11 @@ class SparseMoe(nn.Module):
         if self.renormalise:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return ids, weights if self.fp32_weights else weights.to(logits.dtype)
+
+    @staticmethod
+    def _device_side(rows: torch.Tensor) -> bool:
+        """Whether a decode step over these rows must not read a host value (on a GPU: a CUDA graph captures it)."""
+        return rows.is_cuda
 
     def _decode_kernel(self, rows: torch.Tensor) -> Callable[..., torch.Tensor] | None:
         """The Triton experts for a decode-sized call on a GPU (see genai_fast.ops.moe.resolve_moe_experts)."""
