@@ -13,8 +13,8 @@
 # BENCH_TIMEOUT=130 BENCH_BUDGET_S=95 W2V_TIMEOUT=75 LLM_TIMEOUT=70 PROFILE_TIMEOUT=45 T2I_TIMEOUT=120.
 # GPU_TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_BUDGET_S, W2V_TIMEOUT, LLM_TIMEOUT, T2I_TIMEOUT and PROFILE_TIMEOUT
 # shorten it when device time is scarce (0 skips a step: the tests, the benchmark, word2vec, ...); GPU_TESTS
-# and BENCH_OPS narrow it to some test files and ops. ATTN_TUNE_TIMEOUT, WINDOW_TIMEOUT, LLM_1B_TIMEOUT and
-# UNET_COMPILE_TIMEOUT add optional steps.
+# and BENCH_OPS narrow it to some test files and ops. ATTN_TUNE_TIMEOUT, WINDOW_TIMEOUT, LLM_1B_TIMEOUT,
+# MOE_LLM_TIMEOUT and UNET_COMPILE_TIMEOUT add optional steps.
 # The device image has no diffusers or CLIP vocabulary and no network: `bash bench/device_bundle.sh` here first
 # packs their wheels into .whl/ and Fashion-MNIST into .device/cache/; pass carry=[".whl", ".device"] to the run
 # tool, and this script installs the wheels under /tmp/site (PYTHONPATH) before anything else.
@@ -144,6 +144,18 @@ if [ "$t" != 0 ]; then
     timeout $t $PY bench/llm.py --random-shape llama-1b --device cuda --dtype bfloat16 --batch 1 \
         --new-tokens 64 --reps 2 --json "$OUT/llm-1b-$name.json" 2>&1 | tr '\r' '\n' \
         | grep -v "it/s\|rep/s\|^ *$" | tail -4
+fi
+
+# Mixture-of-experts decode: random Qwen3-MoE and GPT-OSS models (bench/random_llm.py's small shapes, bf16) against
+# HF generate, the Triton experts inside the CUDA graph. Off unless MOE_LLM_TIMEOUT is set (about 60 s).
+t=$(limit ${MOE_LLM_TIMEOUT:-0})
+if [ "$t" != 0 ]; then
+    for shape in qwen3-moe-small gpt-oss-small; do
+        step "LLM decode, mixture of experts: random $shape, bf16, batch 1 and 8, 64 new tokens"
+        timeout $(( t / 2 )) $PY bench/llm.py --random-shape $shape --device cuda --dtype bfloat16 --batch 1 8 \
+            --new-tokens 64 --reps 2 --json "$OUT/llm-$shape-$name.json" 2>&1 | tr '\r' '\n' \
+            | grep -v "it/s\|rep/s\|^ *$" | tail -4
+    done
 fi
 
 # Issue 6's other U-Net reference: the SD1.5-shaped step under torch.compile(mode="max-autotune") next to the
