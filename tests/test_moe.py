@@ -293,7 +293,7 @@ def test_gathered_experts_equal_the_grouped_loop_with_biases_and_a_custom_glu():
         return (up.clamp(-0.5, 0.5) + 1) * gate * torch.sigmoid(1.702 * gate)
 
     for glu, b in ((gated(F.silu), None), (clamped, biases)):
-        want = grouped_experts(x, gate_up, down, ids, weights, F.silu, biases=b, glu=glu)
+        want = grouped_experts(x, gate_up, down, ids, weights, glu, biases=b)
         torch.testing.assert_close(gathered_experts(x, gate_up, down, ids, weights, glu, b), want)
-    assert not torch.allclose(grouped_experts(x, gate_up, down, ids, weights, F.silu, biases=biases, glu=clamped),
-                              grouped_experts(x, gate_up, down, ids, weights, F.silu))
+    assert not torch.allclose(grouped_experts(x, gate_up, down, ids, weights, clamped, biases=biases),
+                              grouped_experts(x, gate_up, down, ids, weights, gated(F.silu)))

@@ -41,8 +41,7 @@ from genai_fast.backends.dispatch import ENV_BACKEND
 from genai_fast.ops.attention import scaled_dot_product_attention
 from genai_fast.ops.eager import can_bypass_custom_op
 from genai_fast.ops.linear import LINEAR, MAX_KERNEL_ROWS, ONEDNN_MIN_MACS, linear
-from genai_fast.ops.moe import ACTIVATIONS as MOE_ACTIVATIONS
-from genai_fast.ops.moe import grouped_experts, resolve_moe_experts
+from genai_fast.ops.moe import glu_for, grouped_experts, resolve_moe_experts
 
 ATTENTION_NAME = "genai_fast"
 EXPERTS_NAME = "genai_fast"
@@ -246,7 +245,7 @@ def genai_fast_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top
              and can_bypass_custom_op(hidden_states, self.gate_up_proj, self.down_proj, top_k_weights))
     if plain and hidden_states.device.type == "cpu":
         return grouped_experts(hidden_states, self.gate_up_proj, self.down_proj, top_k_index, top_k_weights,
-                               MOE_ACTIVATIONS[activation], inference_linear)
+                               glu_for(activation), inference_linear)
     if plain and hidden_states.is_cuda and top_k_index.numel() <= MAX_KERNEL_EXPERT_PAIRS:
         kernel = resolve_moe_experts(hidden_states.device, hidden_states.dtype)
         if kernel is not None and os.environ.get(ENV_BACKEND, "").strip() != "torch":

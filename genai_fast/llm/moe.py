@@ -115,8 +115,7 @@ class SparseMoe(nn.Module):
         elif x.dim() == 2 and self._device_side(rows):  # GPU decode without Triton (or forced off)
             out = gathered_experts(rows, self.gate_up, self.down, ids, weights, self.glu, self.biases)
         else:
-            out = grouped_experts(rows, self.gate_up, self.down, ids, weights, self.act, linear, self.biases,
-                                  self.glu)
+            out = grouped_experts(rows, self.gate_up, self.down, ids, weights, self.glu, linear, self.biases)
         if self.shared_gate_up is not None:
             gate, up = linear(rows, self.shared_gate_up, None).chunk(2, dim=-1)
             shared = linear(self.act(gate) * up, self.shared_down, None)

@@ -83,8 +83,8 @@ def moe_experts_reference(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Te
                           alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
     """Plain PyTorch, transformers' order of operations: the CPU fallback and, on float64 inputs, the oracle."""
     biases = None if gate_up_bias is None else (gate_up_bias, down_bias)
-    return grouped_experts(x, gate_up, down, topk_ids, topk_weights, ACTIVATIONS.get(activation, F.silu),
-                           biases=biases, glu=glu_for(activation, alpha, limit))
+    return grouped_experts(x, gate_up, down, topk_ids, topk_weights, glu_for(activation, alpha, limit),
+                           biases=biases)
 
 
 def glu_for(activation: str, alpha: float = 1.702, limit: float = 7.0) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -121,16 +121,15 @@ def _expert_mlp(rows: torch.Tensor, expert: int, gate_up: torch.Tensor, down: to
 
 
 def grouped_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_ids: torch.Tensor,
-                    topk_weights: torch.Tensor, act: Activation, linear: LinearFn = F.linear,
-                    biases: Biases | None = None, glu: Activation | None = None) -> torch.Tensor:
+                    topk_weights: torch.Tensor, glu: Activation, linear: LinearFn = F.linear,
+                    biases: Biases | None = None) -> torch.Tensor:
     """The reference's loop with its projections on `linear` (the LLM engine passes its decode-step kernel):
     token-choice pairs grouped by expert, each expert's rows through one pair of products, its outputs scaled by
     their weights and added to their tokens in expert order (so each token's sum runs in ascending expert id, as
-    transformers'). Reads the expert counts on the host. biases: the experts' projection biases (GPT-OSS); glu:
-    the gate/up product [n, 2I] -> [n, I] in place of act(gate) * up (GPT-OSS's clamped GLU)."""
+    transformers'). Reads the expert counts on the host. glu: the gate/up product [n, 2I] -> [n, I] (glu_for's);
+    biases: the experts' projection biases (GPT-OSS), or None."""
     H, top_k = x.shape[-1], topk_ids.shape[-1]
     rows = x.reshape(-1, H)
-    glu = glu or gated(act)
     if rows.shape[0] == 1:
         out = _one_token(rows, gate_up, down, topk_ids.reshape(-1), topk_weights.reshape(-1), glu, linear, biases)
         return out.view(x.shape)
