@@ -31,6 +31,9 @@ def _tiny(kind: str = "llama", **extra):
         return transformers.Phi3ForCausalLM(cfg).eval()
     if kind in VARIANT_KINDS:
         return tiny_variant(kind, **common)
+    if kind == "stablelm":  # LayerNorms, rotary embeddings on a quarter of each head, qkv biases
+        cfg = transformers.StableLmConfig(**common, use_qkv_bias=True, initializer_range=0.2)
+        return transformers.StableLmForCausalLM(cfg).eval()
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
 
 
@@ -53,9 +56,10 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     ("granite", {}),
     ("gemma2", {}),
     ("gemma3", {}),
+    ("stablelm", {}),
 ], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm", "phi3-fused",
         "smollm3-nope-layers", "gemma", "granite-multipliers", "gemma2-softcap",
-        "gemma3-sliding-local-rope"])
+        "gemma3-sliding-local-rope", "stablelm-layernorm-partial-rotary"])
 def test_tiny_greedy_matches_hf(kind, extra):
     hf = _tiny(kind, **extra)
     engine = load(hf, max_seq_len=96)
@@ -286,13 +290,24 @@ def _neox_config():
 
 
 def test_unknown_architecture_lists_supported():
-    listed = (r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite, mixtral, "
+    listed = (r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite, stablelm, mixtral, "
               r"qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared, gpt_oss, gpt2")
     with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*" + listed):
         load(transformers.GPTNeoXForCausalLM(_neox_config()))
     assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma",
-                                            "gemma2", "gemma3_text", "granite", "mixtral", "qwen2_moe", "qwen3_moe",
+                                            "gemma2", "gemma3_text", "granite", "stablelm", "mixtral", "qwen2_moe",
+                                            "qwen3_moe",
                                             "olmoe", "granitemoe", "granitemoeshared", "gpt_oss", "gpt2"}
+
+
+@pytest.mark.parametrize("flag", ["use_parallel_residual", "qk_layernorm"])
+def test_stablelm_variants_outside_the_layout_are_refused(flag):
+    hf = transformers.StableLmForCausalLM(transformers.StableLmConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        **{flag: True}))
+    with pytest.raises(ValueError, match="unsupported stablelm variant: use_parallel_residual=True or "
+                                         "qk_layernorm=True"):
+        load(hf)
 
 
 def test_bidirectional_gemma3_is_refused():
@@ -329,12 +344,25 @@ def test_softcapped_attention_is_hf_eager_order(backend):
     assert (uncapped - got).abs().max() > 0.01
 
 
-def test_partial_rotary_is_refused_with_the_reason():
-    """Phi-4-mini style partial_rotary_factor < 1 rotates only part of each head: refused, not mis-rotated."""
-    hf = _tiny("phi3", rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})
-    assert hf.model.rotary_emb.inv_freq.numel() * 2 < 64 // 4
-    with pytest.raises(ValueError, match=r"rotary embeddings on 8 of the 16 dims of each head"):
-        load(hf)
+@pytest.mark.parametrize("factor", [0.5, 0.75])
+def test_partial_rotary_matches_hf(factor):
+    """Phi-4-mini style partial_rotary_factor < 1: the first dims of each head rotate, the rest pass (greedy tokens
+    and every position's logits as HF's); rotating whole heads instead moves the logits."""
+    hf = _tiny("phi3", rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                        "partial_rotary_factor": factor})
+    assert hf.model.rotary_emb.inv_freq.numel() * 2 == int(16 * factor) < 16
+    engine = load(hf, max_seq_len=96)
+    assert engine.generate([1, 5, 9, 33, 70], 24).ids == _hf_greedy(hf, [1, 5, 9, 33, 70], 24)
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 11, 40]])
+    with torch.no_grad():
+        want = hf(ids).logits
+    model = engine.model
+    model.allocate_cache(1, 96)
+    torch.testing.assert_close(model(ids, last_only=False), want, rtol=1e-4, atol=1e-4)
+    model.inv_freq = torch.cat([model.inv_freq, model.inv_freq[-1:].expand(8 - model.inv_freq.numel())])
+    model.cache_len = 0  # rebuild the tables, now over whole heads
+    model.allocate_cache(1, 96)
+    assert (model(ids, last_only=False) - want).abs().max() > 1e-3
 
 
 def test_unsupported_activation_is_named():

@@ -4,6 +4,7 @@ Two families share one module:
   * llama, mistral, qwen2, qwen3, phi3: RMSNorm, rotary embeddings, GQA, SwiGLU MLP (qwen3: also an RMSNorm of
     each query and key head before the rotation; phi3: its checkpoints hold q/k/v and gate/up fused already);
   * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
+StableLM is a Llama-family model with LayerNorms and rotary embeddings on part of each head.
 Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE and GPT-OSS are Llama-family layers whose MLP is a routed
 mixture of experts (moe.py); GPT-OSS's attention also has per-head sinks, computed inside the attention kernels.
 
@@ -41,7 +42,7 @@ from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text", "granite",
-                *MOE_ARCHITECTURES)
+                "stablelm", *MOE_ARCHITECTURES)
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
 GRANITE_MULTIPLIERS = ("granite", "granitemoe", "granitemoeshared")  # embedding, residual, attention, logits
@@ -156,10 +157,15 @@ class Norm(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, S, D]; cos, sin_signed: broadcastable to it ([S, D] or [B, 1, 1, D]) -> [B, H, S, D].
+    """x: [B, H, S, D]; cos, sin_signed: broadcastable to it ([S, R] or [B, 1, 1, R], R <= D) -> [B, H, S, D].
 
     HF's rotate-half rope, x * cos + cat(-x2, x1) * sin, computed as x * cos + cat(x2, x1) * cat(-sin1, sin2):
-    (-a) * b == a * (-b) exactly, so the result is bitwise HF's with one flip instead of slice/neg/cat."""
+    (-a) * b == a * (-b) exactly, so the result is bitwise HF's with one flip instead of slice/neg/cat. Tables
+    narrower than the head (partial rotary: Phi-4-mini, StableLM) rotate its first R dims and pass the rest, as
+    HF does."""
+    rotated = cos.shape[-1]
+    if rotated < x.shape[-1]:
+        return torch.cat([apply_rope(x[..., :rotated], cos, sin_signed), x[..., rotated:]], dim=-1)
     swapped = x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2)
     return x * cos + swapped * sin_signed
 
@@ -756,13 +762,14 @@ class DecoderModel(nn.Module):
         """On a GPU with Triton: kernels/rope_append.py's launcher, which rotates the new token's q and k and
         appends its k and v in one kernel (about a dozen torch kernels otherwise, each a few microseconds of a
         CUDA graph's step). None elsewhere, with GENAI_FAST_BACKEND=torch, or for a model with sliding or local-rope
-        layers. Resolved once per setting."""
+        layers or partial rotary embeddings (the kernel rotates whole heads). Resolved once per setting."""
         key = ("append", os.environ.get(ENV_BACKEND), self.cache_version)  # a grown cache may have made rings
         if key not in self._decode_kernels:
             # The kernel appends at each sequence's position with the global tables: ring slots and local tables
             # take the unfused step.
             sliding = any(layer.ring or layer.local_rope for layer in self.layers)
-            self._decode_kernels[key] = (None if sliding else
+            partial = self.inv_freq is not None and 2 * self.inv_freq.numel() < self.cfg.head_dim
+            self._decode_kernels[key] = (None if sliding or partial else
                                          resolve_rope_append(self.device, self.dtype, self.cfg.head_dim))
         return self._decode_kernels[key]
 
@@ -870,6 +877,10 @@ def _check_architecture(config: object) -> None:
     elif _gated_activation(config) not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {_gated_activation(config)!r}: genai_fast.llm supports "
                          f"{', '.join(ACTIVATIONS)} in gated MLPs (act(gate) * up)")
+    if model_type == "stablelm" and (getattr(config, "use_parallel_residual", False)
+                                     or getattr(config, "qk_layernorm", False)):
+        raise ValueError("unsupported stablelm variant: use_parallel_residual=True or qk_layernorm=True (StableLM 2's "
+                         "1.6B and 3B layout is supported)")
     if getattr(config, "use_bidirectional_attention", False):
         raise ValueError(f"unsupported {model_type} variant: use_bidirectional_attention=True (an encoder, not a "
                          "generator)")
@@ -910,7 +921,8 @@ def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
         family="llama", vocab_size=config.vocab_size, hidden_size=config.hidden_size,
         num_layers=config.num_hidden_layers, num_heads=heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, norm_eps=config.rms_norm_eps,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        norm_eps=getattr(config, "rms_norm_eps", None) or config.layer_norm_eps,
         max_position_embeddings=context_limit(config), activation=_gated_activation(config),
         **_multipliers(config, dtype))
 
@@ -930,8 +942,9 @@ def _multipliers(config: object, dtype: torch.dtype) -> dict[str, float]:
 
 def _rope_from_hf(hf_model: nn.Module, head_dim: int, layer_type: str | None = None
                   ) -> tuple[torch.Tensor, float]:
-    """Take the inverse frequencies HF itself computed (rope_theta and any static scaling already applied);
-    layer_type: the tables of that kind of layer, where HF keeps one per kind (Gemma 3)."""
+    """Take the inverse frequencies HF itself computed (rope_theta and any static scaling already applied; fewer
+    than head_dim / 2 under a partial_rotary_factor); layer_type: the tables of that kind of layer, where HF keeps
+    one per kind (Gemma 3)."""
     rotary = hf_model.model.rotary_emb
     prefix = "" if layer_type is None else f"{layer_type}_"
     rope_type = getattr(rotary, "rope_type", "default")
@@ -939,9 +952,9 @@ def _rope_from_hf(hf_model: nn.Module, head_dim: int, layer_type: str | None = N
     if rope_type in _DYNAMIC_ROPE:
         raise ValueError(f"unsupported rope type {rope_type!r}: its frequencies change with the length")
     inv_freq = getattr(rotary, f"{prefix}inv_freq")
-    if 2 * inv_freq.numel() != head_dim:
-        raise ValueError(f"unsupported checkpoint: rotary embeddings on {2 * inv_freq.numel()} of the "
-                         f"{head_dim} dims of each head (partial_rotary_factor < 1)")
+    if 2 * inv_freq.numel() > head_dim:
+        raise ValueError(f"unsupported checkpoint: rotary embeddings on {2 * inv_freq.numel()} dims of heads of "
+                         f"{head_dim}")
     return inv_freq.detach().clone(), float(getattr(rotary, f"{prefix}attention_scaling", 1.0))
 
 
@@ -995,9 +1008,12 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
 
 
 def _rms_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
-    """A residual-stream RMSNorm of HF's model. Gemma's scales by (1 + weight) in fp32 before its one cast: in an
-    fp32 model that is the Llama norm with weight 1 + w, otherwise Norm's weight_in_fp32 order. GPT-OSS's multiplies
-    by its weight in fp32 before the cast too."""
+    """A residual-stream norm of HF's model: an RMSNorm, or a LayerNorm (StableLM). Gemma's RMSNorm scales by
+    (1 + weight) in fp32 before its one cast: in an fp32 model that is the Llama norm with weight 1 + w, otherwise
+    Norm's weight_in_fp32 order. GPT-OSS's multiplies by its weight in fp32 before the cast too."""
+    if isinstance(norm, nn.LayerNorm):
+        bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
+        return Norm(norm.weight.to(dtype), bias.to(dtype), float(norm.eps))
     eps = float(config.rms_norm_eps)
     if config.model_type == "gpt_oss":  # (weight * normalised fp32 row), then one cast
         weight = norm.weight.to(dtype).float()
