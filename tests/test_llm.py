@@ -31,6 +31,10 @@ def _tiny(kind: str = "llama", **extra):
         return transformers.Phi3ForCausalLM(cfg).eval()
     if kind in VARIANT_KINDS:
         return tiny_variant(kind, **common)
+    if kind.startswith("gpt_neox"):  # Pythia: LayerNorms, quarter-head rotary, GELU MLP, parallel residuals or not
+        cfg = transformers.GPTNeoXConfig(**{k: v for k, v in common.items() if k != "num_key_value_heads"},
+                                         initializer_range=0.2, use_parallel_residual=kind == "gpt_neox")
+        return transformers.GPTNeoXForCausalLM(cfg).eval()
     if kind == "stablelm":  # LayerNorms, rotary embeddings on a quarter of each head, qkv biases
         cfg = transformers.StableLmConfig(**common, use_qkv_bias=True, initializer_range=0.2)
         return transformers.StableLmForCausalLM(cfg).eval()
@@ -57,9 +61,12 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     ("gemma2", {}),
     ("gemma3", {}),
     ("stablelm", {}),
+    ("gpt_neox", {}),
+    ("gpt_neox-sequential", {}),
 ], ids=["llama", "llama-theta500", "llama-linear-rope", "qwen2-qkv-bias", "qwen3-qk-norm", "phi3-fused",
         "smollm3-nope-layers", "gemma", "granite-multipliers", "gemma2-softcap",
-        "gemma3-sliding-local-rope", "stablelm-layernorm-partial-rotary"])
+        "gemma3-sliding-local-rope", "stablelm-layernorm-partial-rotary", "gpt-neox-parallel-residual",
+        "gpt-neox-sequential"])
 def test_tiny_greedy_matches_hf(kind, extra):
     hf = _tiny(kind, **extra)
     engine = load(hf, max_seq_len=96)
@@ -284,24 +291,26 @@ def test_fills_the_cache_exactly_then_refuses_more():
         engine.model(torch.tensor([[1]]), 32)
 
 
-def _neox_config():
-    return transformers.GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                      intermediate_size=64, vocab_size=64)
+def _unsupported_config():
+    """Phi-2's (model type "phi"): parallel attention and MLP from one LayerNorm, not converted."""
+    return transformers.PhiConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                  vocab_size=64)
 
 
 def test_unknown_architecture_lists_supported():
     listed = (r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite, stablelm, mixtral, "
-              r"qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared, gpt_oss, gpt2")
-    with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'.*" + listed):
-        load(transformers.GPTNeoXForCausalLM(_neox_config()))
+              r"qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared, gpt_oss, gpt2, gpt_neox")
+    with pytest.raises(ValueError, match=r"unsupported architecture 'phi'.*" + listed):
+        load(transformers.PhiForCausalLM(_unsupported_config()))
     assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma",
                                             "gemma2", "gemma3_text", "granite", "stablelm", "mixtral", "qwen2_moe",
-                                            "qwen3_moe",
-                                            "olmoe", "granitemoe", "granitemoeshared", "gpt_oss", "gpt2"}
+                                            "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "gpt_oss", "gpt2",
+                                            "gpt_neox"}
 
 
 @pytest.mark.parametrize("flag", ["use_parallel_residual", "qk_layernorm"])
 def test_stablelm_variants_outside_the_layout_are_refused(flag):
+    """Refused with the reason rather than converted wrongly."""
     hf = transformers.StableLmForCausalLM(transformers.StableLmConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         **{flag: True}))
@@ -473,7 +482,7 @@ def test_missing_file_is_named(tmp_path):
         load(tmp_path / "nope.gguf")
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3", *VARIANT_KINDS])
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3", *VARIANT_KINDS, "stablelm", "gpt_neox"])
 def test_checkpoint_directory_roundtrip(kind, tmp_path):
     hf = _tiny(kind)
     hf.save_pretrained(tmp_path)
@@ -504,7 +513,7 @@ def test_cli_generate_user_errors(argv, message, capsys):
 def test_cli_generate_unknown_architecture(tmp_path, capsys):
     from genai_fast.cli import main
 
-    transformers.GPTNeoXForCausalLM(_neox_config()).save_pretrained(tmp_path)
+    transformers.PhiForCausalLM(_unsupported_config()).save_pretrained(tmp_path)
     assert main(["generate", "hi", "--model", str(tmp_path)]) == 2
     assert "supports llama" in capsys.readouterr().err
 

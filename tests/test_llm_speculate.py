@@ -28,10 +28,13 @@ def _tiny(kind: str = "llama", **extra):
         return tiny_qwen3(24, **COMMON)
     if kind in ("gemma2", "granite", "gemma", "smollm3"):
         return tiny_variant(kind, **COMMON)
+    if kind == "gpt_neox":  # parallel residuals, quarter-head rotary
+        cfg = {k: v for k, v in COMMON.items() if k != "num_key_value_heads"}
+        return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**cfg, initializer_range=0.2)).eval()
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**COMMON, **extra})).eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen3", "gemma", "granite", "smollm3"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen3", "gemma", "granite", "smollm3", "gpt_neox"])
 def test_extend_in_chunks_matches_hf_logits(kind):
     """Prefill 10 tokens, then extend by 7 and by 13 (past the decode linear's 16 rows with 17 more): every
     position's logits equal HF's full forward."""

@@ -4,7 +4,9 @@ Two families share one module:
   * llama, mistral, qwen2, qwen3, phi3: RMSNorm, rotary embeddings, GQA, SwiGLU MLP (qwen3: also an RMSNorm of
     each query and key head before the rotation; phi3: its checkpoints hold q/k/v and gate/up fused already);
   * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
-StableLM is a Llama-family model with LayerNorms and rotary embeddings on part of each head.
+StableLM is a Llama-family model with LayerNorms and rotary embeddings on part of each head. gpt_neox (Pythia):
+LayerNorms, rotary embeddings on a quarter of each head, GPT-2's GELU MLP with biases and, in most checkpoints,
+parallel residuals (attention and MLP both read the layer's input).
 Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE and GPT-OSS are Llama-family layers whose MLP is a routed
 mixture of experts (moe.py); GPT-OSS's attention also has per-head sinks, computed inside the attention kernels.
 
@@ -46,7 +48,7 @@ LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma"
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
 GRANITE_MULTIPLIERS = ("granite", "granitemoe", "granitemoeshared")  # embedding, residual, attention, logits
-SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2")
+SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2", "gpt_neox")
 # extend() runs the decode step's linear (weights streamed once, GGUF blocks) up to this many rows.
 MAX_DECODE_ROWS = 16
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
@@ -86,12 +88,12 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The few hyperparameters the compact module needs. family: "llama" (the Llama family: gated MLP, act(gate) *
-    up) or "gpt2". embed_scale multiplies the token embeddings (Gemma: sqrt(hidden) rounded to the model's dtype;
-    Granite: embedding_multiplier), residual_scale each layer's attention and MLP outputs before their residual
-    adds (Granite's residual_multiplier), and the logits are divided by logits_divisor (Granite's
-    logits_scaling): 1.0 leaves each out of the arithmetic. logits_softcap: Gemma's final_logit_softcapping,
-    cap * tanh(logits / cap) (0: none)."""
+    """The few hyperparameters the compact module needs. family: "llama" (the Llama family: gated MLP, act(gate) * up),
+    "gpt2" or "gpt_neox" (a plain act(x W1) W2 MLP, as GPT-2's, with rotary embeddings). embed_scale multiplies the
+    token embeddings (Gemma: sqrt(hidden) rounded to the model's dtype; Granite: embedding_multiplier),
+    residual_scale each layer's attention and MLP outputs before their residual adds (Granite's
+    residual_multiplier), and the logits are divided by logits_divisor (Granite's logits_scaling): 1.0 leaves each
+    out of the arithmetic. logits_softcap: Gemma's final_logit_softcapping, cap * tanh(logits / cap) (0: none)."""
 
     family: str
     vocab_size: int
@@ -193,7 +195,9 @@ class Layer(nn.Module):
     the fused attention kernels (their `softcap`); 0: none. moe: a routed mixture of experts in place of the dense
     MLP (mlp_in and mlp_out None; Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE). clip_qkv: OLMoE's clamp of
     the projected (and normalised) queries, keys and values to [-clip_qkv, clip_qkv]; None: none. sinks: GPT-OSS's
-    per-head attention sinks [Hq] (one more logit in each row's softmax, inside the attention kernels); None: none."""
+    per-head attention sinks [Hq] (one more logit in each row's softmax, inside the attention kernels); None: none.
+    parallel: GPT-NeoX's parallel residual, x + (mlp(norm2(x)) + attn(norm1(x))), both sublayers reading the
+    layer's input (LayerNorm models only: the fused decode paths, for RMSNorm models, never see it)."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor | None, b_in: torch.Tensor | None,
@@ -201,7 +205,7 @@ class Layer(nn.Module):
                  q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True,
                  window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
                  local_rope: bool = False, softcap: float = 0.0, moe: SparseMoe | None = None,
-                 clip_qkv: float | None = None, sinks: torch.Tensor | None = None) -> None:
+                 clip_qkv: float | None = None, sinks: torch.Tensor | None = None, parallel: bool = False) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
         self.use_rope, self.window, self.local_rope, self.softcap = use_rope, window, local_rope, softcap
@@ -210,7 +214,7 @@ class Layer(nn.Module):
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
-        self.moe, self.clip_qkv = moe, clip_qkv
+        self.moe, self.clip_qkv, self.parallel = moe, clip_qkv, parallel
         self.sinks = _param(sinks)
         if (moe is None) == (mlp_in is None or mlp_out is None):
             raise ValueError("mlp_in, mlp_out: expected both with no moe, or neither with one")
@@ -224,6 +228,9 @@ class Layer(nn.Module):
                 linear: LinearFn = F.linear, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Prefill: x: [B, S, hidden] at positions 0 .. S-1 -> [B, S, hidden]; `linear` runs the projections.
         lengths: [B] each row's prompt length (right padding after it; None: all S)."""
+        if self.parallel:  # HF's order of the sums: (mlp + attention) + x
+            attended = self.attention(self.norm1(x), rope, linear, lengths)
+            return (self.mlp(self.norm2(x), linear) + attended) + x
         x = x + self.residual(self.attention(self.norm1(x), rope, linear, lengths), self.post_norm1)
         return x + self.residual(self.mlp(self.norm2(x), linear), self.post_norm2)
 
@@ -234,6 +241,9 @@ class Layer(nn.Module):
         arithmetic as forward() with S == 1, fewer views; `linear` runs the projections, `rms_norm` the norms
         and `swiglu` the MLP's silu(gate) * up (see DecoderModel.decode_linear, decode_rms_norm, decode_swiglu)."""
         # Norm.step, not __call__: the per-token path skips nn.Module's hook handling (about 60 calls a token).
+        if self.parallel:
+            attended = self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear)
+            return (self.mlp(self.norm2.step(x, rms_norm), linear, swiglu) + attended) + x
         x = x + self.residual(self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear), self.post_norm1,
                               rms_norm)
         return x + self.residual(self.mlp(self.norm2.step(x, rms_norm), linear, swiglu), self.post_norm2, rms_norm)
@@ -279,6 +289,8 @@ class Layer(nn.Module):
         sequence, with the attention over the cache (aligned bottom-right, as the prompt's own causal mask).
         linear, rms_norm, attend: the decode step's resolved kernels (see DecoderModel.extend)."""
         h = self.extend_attention(self.norm1.step(x, rms_norm), rope, start, linear, attend)
+        if self.parallel:
+            return (self.mlp(self.norm2.step(x, rms_norm), linear) + h) + x
         x = x + self.residual(h, self.post_norm1, rms_norm)
         return x + self.residual(self.mlp(self.norm2.step(x, rms_norm), linear), self.post_norm2, rms_norm)
 
@@ -874,6 +886,10 @@ def _check_architecture(config: object) -> None:
                              f"{', '.join(a for a in ACTIVATIONS if a != 'silu')}")
         if getattr(config, "add_cross_attention", False):
             raise ValueError("unsupported GPT-2 variant: add_cross_attention=True (decoder-only models only)")
+    elif model_type == "gpt_neox":
+        if config.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unsupported GPT-NeoX activation {config.hidden_act!r}: genai_fast.llm supports "
+                             f"{', '.join(ACTIVATIONS)}")
     elif _gated_activation(config) not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {_gated_activation(config)!r}: genai_fast.llm supports "
                          f"{', '.join(ACTIVATIONS)} in gated MLPs (act(gate) * up)")
@@ -945,7 +961,7 @@ def _rope_from_hf(hf_model: nn.Module, head_dim: int, layer_type: str | None = N
     """Take the inverse frequencies HF itself computed (rope_theta and any static scaling already applied; fewer
     than head_dim / 2 under a partial_rotary_factor); layer_type: the tables of that kind of layer, where HF keeps
     one per kind (Gemma 3)."""
-    rotary = hf_model.model.rotary_emb
+    rotary = hf_model.base_model.rotary_emb
     prefix = "" if layer_type is None else f"{layer_type}_"
     rope_type = getattr(rotary, "rope_type", "default")
     rope_type = rope_type.get(layer_type, "default") if isinstance(rope_type, dict) else rope_type
@@ -1089,12 +1105,48 @@ def _from_gpt2(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
                         None if tied else hf_model.lm_head.weight.to(dtype), None)
 
 
+def _neox_layer(block: nn.Module, cfg: ModelConfig, config: object, dtype: torch.dtype) -> Layer:
+    """A GPT-NeoX layer. Its query_key_value rows hold each head's q, k and v in turn ([H, 3, D, hidden]): regrouped
+    to the compact module's [3, H, D, hidden] (all queries, then all keys, then all values)."""
+    a, m = block.attention, block.mlp
+    heads, D = cfg.num_heads, cfg.head_dim
+
+    def regroup(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(heads, 3, D, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+    def norm(ln: nn.Module) -> Norm:
+        return Norm(ln.weight.to(dtype), ln.bias.to(dtype), float(ln.eps))
+
+    qkv = a.query_key_value
+    return Layer(cfg, norm(block.input_layernorm), norm(block.post_attention_layernorm),
+                 regroup(qkv.weight).to(dtype), None if qkv.bias is None else regroup(qkv.bias).to(dtype),
+                 a.dense.weight.to(dtype), None if a.dense.bias is None else a.dense.bias.to(dtype),
+                 m.dense_h_to_4h.weight.to(dtype), m.dense_h_to_4h.bias.to(dtype), m.dense_4h_to_h.weight.to(dtype),
+                 m.dense_4h_to_h.bias.to(dtype), None, parallel=bool(config.use_parallel_residual))
+
+
+def _from_neox(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
+    config, base = hf_model.config, hf_model.gpt_neox
+    heads = config.num_attention_heads
+    cfg = ModelConfig(family="gpt_neox", vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                      num_layers=config.num_hidden_layers, num_heads=heads, num_kv_heads=heads,
+                      head_dim=config.hidden_size // heads, norm_eps=config.layer_norm_eps,
+                      max_position_embeddings=context_limit(config), activation=config.hidden_act)
+    inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
+    layers = [_neox_layer(block, cfg, config, dtype) for block in base.layers]
+    final = base.final_layer_norm
+    tied = hf_model.lm_head.weight.data_ptr() == base.embed_in.weight.data_ptr()
+    return DecoderModel(cfg, base.embed_in.weight.to(dtype), None, layers,
+                        Norm(final.weight.to(dtype), final.bias.to(dtype), float(final.eps)),
+                        None if tied else hf_model.lm_head.weight.to(dtype), inv_freq, scaling)
+
+
 @torch.no_grad()
 def from_hf(hf_model: nn.Module, dtype: torch.dtype | None = None, device: torch.device | str | None = None
             ) -> DecoderModel:
     """Convert a loaded HF *ForCausalLM of a supported architecture into a DecoderModel (weights copied/fused)."""
     _check_architecture(hf_model.config)
     dtype = dtype or hf_model.get_input_embeddings().weight.dtype
-    convert = _from_gpt2 if hf_model.config.model_type == "gpt2" else _from_llama
+    convert = {"gpt2": _from_gpt2, "gpt_neox": _from_neox}.get(hf_model.config.model_type, _from_llama)
     model = convert(hf_model, dtype)
     return model.to(device) if device is not None else model
