@@ -31,6 +31,9 @@ def _tiny(kind: str):
         return tiny_qwen3(32, **common).cuda()
     if kind in VARIANT_KINDS:
         return tiny_variant(kind, **common).cuda()
+    if kind == "gpt_neox":  # parallel residuals, quarter-head rotary, GELU MLP
+        cfg = {k: v for k, v in common.items() if k != "num_key_value_heads"}
+        return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**cfg)).eval().cuda()
     if kind == "stablelm":  # LayerNorms, rotary embeddings on a quarter of each head (no rope-append kernel)
         return transformers.StableLmForCausalLM(transformers.StableLmConfig(**common, use_qkv_bias=True)).eval().cuda()
     if kind == "mistral-sliding":  # rings of 8 positions, decoded far past them
@@ -54,7 +57,8 @@ def _hf_greedy(hf, ids: list[int], n: int, exact: bool = True) -> list[int]:
 
 
 @pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", *VARIANT_KINDS, "mistral-sliding", "stablelm"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", *VARIANT_KINDS, "mistral-sliding", "stablelm",
+                                  "gpt_neox"])
 def test_greedy_matches_hf_on_cuda(kind, graph):
     hf = _tiny(kind)
     engine = load(hf, max_seq_len=128, cuda_graph=graph)
