@@ -183,12 +183,12 @@ def test_architecture_features_match_hf_and_matter(kind):
 def test_gemma_norm_is_bitwise_hf(dtype):
     """Gemma's RMSNorm scales by (1 + w) in fp32 and casts once: bitwise in every dtype (fp32 through the Llama
     norm with weight 1 + w, which the RMSNorm kernels take; half precision through Norm's weight_in_fp32)."""
-    from genai_fast.llm.model import _rms_norm
+    from genai_fast.llm.model import _residual_norm
 
     hf_norm = transformers.models.gemma.modeling_gemma.GemmaRMSNorm(40, eps=1e-6).to(dtype)
     with torch.no_grad():
         hf_norm.weight.uniform_(-1, 1)
-    ours = _rms_norm(hf_norm, transformers.GemmaConfig(rms_norm_eps=1e-6), dtype)
+    ours = _residual_norm(hf_norm, transformers.GemmaConfig(rms_norm_eps=1e-6), dtype)
     assert ours.plain_rms == (dtype == torch.float32)
     for scale in (1e-2, 1.0, 30.0):
         x = (torch.randn(3, 40) * scale).to(dtype)

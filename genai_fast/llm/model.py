@@ -1005,25 +1005,25 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     use_rope = bool(getattr(config, "no_rope_layers", None)[index]) if config.model_type == "smollm3" else True
     window = _layer_window(a, config)
     if config.model_type in SANDWICH_NORMS:  # Gemma 2 and 3: norms around each sublayer
-        return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
-                     _rms_norm(layer.pre_feedforward_layernorm, config, dtype),
+        return Layer(cfg, _residual_norm(layer.input_layernorm, config, dtype),
+                     _residual_norm(layer.pre_feedforward_layernorm, config, dtype),
                      wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None,
                      float(config.query_pre_attn_scalar) ** -0.5, *head_norms, window=window,
-                     post_norm1=_rms_norm(layer.post_attention_layernorm, config, dtype),
-                     post_norm2=_rms_norm(layer.post_feedforward_layernorm, config, dtype),
+                     post_norm1=_residual_norm(layer.post_attention_layernorm, config, dtype),
+                     post_norm2=_residual_norm(layer.post_feedforward_layernorm, config, dtype),
                      local_rope=(config.model_type == "gemma3_text"  # Gemma 3's sliding layers: local rope
                                  and config.layer_types[index] == "sliding_attention"),
                      softcap=float(getattr(config, "attn_logit_softcapping", None) or 0.0))
     # Granite's attention_multiplier replaces 1/sqrt(head_dim); SmolLM3's no_rope_layers holds 0 for NoPE layers.
     scale = float(config.attention_multiplier) if config.model_type in GRANITE_MULTIPLIERS else None
-    return Layer(cfg, _rms_norm(layer.input_layernorm, config, dtype),
-                 _rms_norm(layer.post_attention_layernorm, config, dtype),
+    return Layer(cfg, _residual_norm(layer.input_layernorm, config, dtype),
+                 _residual_norm(layer.post_attention_layernorm, config, dtype),
                  wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None, scale, *head_norms,
                  use_rope=use_rope, window=window, moe=moe, clip_qkv=getattr(config, "clip_qkv", None),
                  sinks=None if getattr(a, "sinks", None) is None else a.sinks.to(dtype))
 
 
-def _rms_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
+def _residual_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
     """A residual-stream norm of HF's model: an RMSNorm, or a LayerNorm (StableLM). Gemma's RMSNorm scales by
     (1 + weight) in fp32 before its one cast: in an fp32 model that is the Llama norm with weight 1 + w, otherwise
     Norm's weight_in_fp32 order. GPT-OSS's multiplies by its weight in fp32 before the cast too."""
@@ -1046,7 +1046,7 @@ def _head_norm(norm: nn.Module | None, config: object, dtype: torch.dtype) -> No
     if norm is None:
         return None
     if config.model_type in GEMMA_NORMS:
-        return _rms_norm(norm, config, dtype)
+        return _residual_norm(norm, config, dtype)
     return Norm(norm.weight.to(dtype), None, float(norm.variance_epsilon))
 
 
@@ -1062,7 +1062,7 @@ def _from_llama(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
     layers = [_llama_layer(layer, i, cfg, config, dtype) for i, layer in enumerate(hf_model.model.layers)]
     embed = hf_model.model.embed_tokens.weight
     tied = hf_model.lm_head.weight.data_ptr() == embed.data_ptr()
-    return DecoderModel(cfg, embed.to(dtype), None, layers, _rms_norm(hf_model.model.norm, config, dtype),
+    return DecoderModel(cfg, embed.to(dtype), None, layers, _residual_norm(hf_model.model.norm, config, dtype),
                         None if tied else hf_model.lm_head.weight.to(dtype), inv_freq, scaling, local)
 
 
@@ -1114,11 +1114,9 @@ def _neox_layer(block: nn.Module, cfg: ModelConfig, config: object, dtype: torch
     def regroup(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(heads, 3, D, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
 
-    def norm(ln: nn.Module) -> Norm:
-        return Norm(ln.weight.to(dtype), ln.bias.to(dtype), float(ln.eps))
-
     qkv = a.query_key_value
-    return Layer(cfg, norm(block.input_layernorm), norm(block.post_attention_layernorm),
+    return Layer(cfg, _residual_norm(block.input_layernorm, config, dtype),
+                 _residual_norm(block.post_attention_layernorm, config, dtype),
                  regroup(qkv.weight).to(dtype), None if qkv.bias is None else regroup(qkv.bias).to(dtype),
                  a.dense.weight.to(dtype), None if a.dense.bias is None else a.dense.bias.to(dtype),
                  m.dense_h_to_4h.weight.to(dtype), m.dense_h_to_4h.bias.to(dtype), m.dense_4h_to_h.weight.to(dtype),
@@ -1134,10 +1132,9 @@ def _from_neox(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
                       max_position_embeddings=context_limit(config), activation=config.hidden_act)
     inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
     layers = [_neox_layer(block, cfg, config, dtype) for block in base.layers]
-    final = base.final_layer_norm
     tied = hf_model.lm_head.weight.data_ptr() == base.embed_in.weight.data_ptr()
     return DecoderModel(cfg, base.embed_in.weight.to(dtype), None, layers,
-                        Norm(final.weight.to(dtype), final.bias.to(dtype), float(final.eps)),
+                        _residual_norm(base.final_layer_norm, config, dtype),
                         None if tied else hf_model.lm_head.weight.to(dtype), inv_freq, scaling)
 
 
