@@ -169,3 +169,52 @@ def byte_level_bpe():
                                   special_tokens=["<eos>"], show_progress=False)
     tok.train_from_iterator(["héllo wörld, the café ✓ 🙂 naïve façade"] * 8, trainer)
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+# Architectures converted with the pieces above recombined: Phi's one-norm parallel layers and LM head bias (with
+# and without its q/k LayerNorms), StarCoder2's LayerNorms, biases and sliding window, OLMo 2's norms after the
+# sublayers only, OLMo 3's sliding layers with rope tables of their own, Cohere's interleaved rotary pairs, per-head
+# q/k LayerNorms and logit scale, Command R7B's sliding rotary layers and NoPE full layers, parallel StableLM with
+# per-head q/k LayerNorms.
+ARCH_KINDS = ("phi", "phi-qk-layernorm", "starcoder2", "olmo2", "olmo3", "cohere", "cohere2", "stablelm-parallel")
+
+
+def tiny_arch(kind: str, **common):
+    """A random tiny model of one of ARCH_KINDS, eval mode, three layers (OLMo 3 and Command R7B: sliding layers over
+    6 positions and a full one), its norm weights spread over [0.5, 1.5] and all biases over [-0.1, 0.1] so that a test
+    sees whether they are applied. common["initializer_range"] defaults to 0.2 (at 0.02 tiny models repeat one
+    token)."""
+    import transformers as t
+
+    common = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 96,
+              "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **common}
+    mixed = ["sliding_attention", "full_attention", "sliding_attention"]  # HF's default: every 4th layer full
+    torch.manual_seed(0)
+    build = {
+        "phi": lambda: t.PhiForCausalLM(t.PhiConfig(**common)),
+        # (at 0.2 this one repeats a token or two)
+        "phi-qk-layernorm": lambda: t.PhiForCausalLM(t.PhiConfig(**{**common, "initializer_range": 0.1},
+                                                                 qk_layernorm=True)),
+        "starcoder2": lambda: t.Starcoder2ForCausalLM(t.Starcoder2Config(**common, sliding_window=6)),
+        "olmo2": lambda: t.Olmo2ForCausalLM(t.Olmo2Config(**common)),
+        "olmo3": lambda: t.Olmo3ForCausalLM(t.Olmo3Config(
+            **common, sliding_window=6, layer_types=mixed, rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 5e5},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+        "cohere": lambda: t.CohereForCausalLM(t.CohereConfig(**common, use_qk_norm=True, logit_scale=0.5)),
+        "cohere2": lambda: t.Cohere2ForCausalLM(t.Cohere2Config(**common, sliding_window=6, logit_scale=0.5,
+                                                                      layer_types=mixed)),
+        "stablelm-parallel": lambda: t.StableLmForCausalLM(t.StableLmConfig(
+            **common, use_parallel_residual=True, qk_layernorm=True)),
+    }
+    if kind not in build:
+        raise ValueError(f"kind: expected one of {ARCH_KINDS}, got {kind!r}")
+    hf = build[kind]()
+    with torch.no_grad():
+        for module in hf.modules():
+            if "Norm" in type(module).__name__ and getattr(module, "weight", None) is not None:
+                module.weight.uniform_(0.5, 1.5)
+            if getattr(module, "bias", None) is not None:  # transformers starts linear biases at zero
+                module.bias.uniform_(-0.1, 0.1)
+    return hf.eval()

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import load  # noqa: E402
 from genai_fast.llm.decode import CudaGraphStepper  # noqa: E402
-from tests.llm_cases import VARIANT_KINDS, tiny_qwen3, tiny_variant  # noqa: E402
+from tests.llm_cases import ARCH_KINDS, VARIANT_KINDS, tiny_arch, tiny_qwen3, tiny_variant  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -31,6 +31,8 @@ def _tiny(kind: str):
         return tiny_qwen3(32, **common).cuda()
     if kind in VARIANT_KINDS:
         return tiny_variant(kind, **common).cuda()
+    if kind in ARCH_KINDS:  # Phi, StarCoder2, OLMo 2/3, Cohere, Command R7B, parallel StableLM
+        return tiny_arch(kind, max_position_embeddings=128).cuda()
     if kind == "gpt_neox":  # parallel residuals, quarter-head rotary, GELU MLP
         cfg = {k: v for k, v in common.items() if k != "num_key_value_heads"}
         return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**cfg)).eval().cuda()
@@ -58,7 +60,7 @@ def _hf_greedy(hf, ids: list[int], n: int, exact: bool = True) -> list[int]:
 
 @pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", *VARIANT_KINDS, "mistral-sliding", "stablelm",
-                                  "gpt_neox"])
+                                  "gpt_neox", *ARCH_KINDS])
 def test_greedy_matches_hf_on_cuda(kind, graph):
     hf = _tiny(kind)
     engine = load(hf, max_seq_len=128, cuda_graph=graph)

@@ -291,32 +291,22 @@ def test_fills_the_cache_exactly_then_refuses_more():
         engine.model(torch.tensor([[1]]), 32)
 
 
-def _unsupported_config():
-    """Phi-2's (model type "phi"): parallel attention and MLP from one LayerNorm, not converted."""
-    return transformers.PhiConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                                  vocab_size=64)
+def _unsupported_model():
+    """BLOOM's (model type "bloom"): ALiBi position biases, which the engine does not implement."""
+    return transformers.BloomForCausalLM(transformers.BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=64))
 
 
 def test_unknown_architecture_lists_supported():
-    listed = (r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite, stablelm, mixtral, "
-              r"qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared, gpt_oss, gpt2, gpt_neox")
-    with pytest.raises(ValueError, match=r"unsupported architecture 'phi'.*" + listed):
-        load(transformers.PhiForCausalLM(_unsupported_config()))
+    listed = (r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite, stablelm, olmo2, "
+              r"olmo3, cohere, cohere2, mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared, gpt_oss, "
+              r"gpt2, gpt_neox, phi, starcoder2")
+    with pytest.raises(ValueError, match=r"unsupported architecture 'bloom'.*" + listed):
+        load(_unsupported_model())
     assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma",
-                                            "gemma2", "gemma3_text", "granite", "stablelm", "mixtral", "qwen2_moe",
-                                            "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "gpt_oss", "gpt2",
-                                            "gpt_neox"}
-
-
-@pytest.mark.parametrize("flag", ["use_parallel_residual", "qk_layernorm"])
-def test_stablelm_variants_outside_the_layout_are_refused(flag):
-    """Refused with the reason rather than converted wrongly."""
-    hf = transformers.StableLmForCausalLM(transformers.StableLmConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        **{flag: True}))
-    with pytest.raises(ValueError, match="unsupported stablelm variant: use_parallel_residual=True or "
-                                         "qk_layernorm=True"):
-        load(hf)
+                                            "gemma2", "gemma3_text", "granite", "stablelm", "olmo2", "olmo3",
+                                            "cohere", "cohere2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
+                                            "granitemoe", "granitemoeshared", "gpt_oss", "gpt2", "gpt_neox", "phi",
+                                            "starcoder2"}
 
 
 def test_bidirectional_gemma3_is_refused():
@@ -513,7 +503,7 @@ def test_cli_generate_user_errors(argv, message, capsys):
 def test_cli_generate_unknown_architecture(tmp_path, capsys):
     from genai_fast.cli import main
 
-    transformers.PhiForCausalLM(_unsupported_config()).save_pretrained(tmp_path)
+    _unsupported_model().save_pretrained(tmp_path)
     assert main(["generate", "hi", "--model", str(tmp_path)]) == 2
     assert "supports llama" in capsys.readouterr().err
 

@@ -95,8 +95,9 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
          tokenizer: Any = None, max_seq_len: int | None = None, cuda_graph: bool = True,
          gguf_blocks: bool | None = None, reuse_prefix: bool = False, sliding_window_cache: str = "ring") -> Engine:
     """Load a Llama-family (llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite,
-    stablelm; with mixture-of-experts MLPs: mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared,
-    gpt_oss), GPT-2 or GPT-NeoX model into the compact engine.
+    stablelm, olmo2, olmo3, cohere, cohere2; with mixture-of-experts MLPs: mixtral, qwen2_moe, qwen3_moe, olmoe,
+    granitemoe, granitemoeshared, gpt_oss), GPT-2, GPT-NeoX, Phi (1, 1.5, 2) or StarCoder2 model into the compact
+    engine.
 
     source: a `.gguf` file (through transformers' `gguf_file=`), a local HF checkpoint directory, or an
     already-loaded HF `*ForCausalLM`. dtype: a floating torch.dtype or its name, as from_pretrained takes it;

@@ -6,7 +6,10 @@ Two families share one module:
   * gpt2: LayerNorm, learned positions, a GELU MLP, biases everywhere, tied LM head.
 StableLM is a Llama-family model with LayerNorms and rotary embeddings on part of each head. gpt_neox (Pythia):
 LayerNorms, rotary embeddings on a quarter of each head, GPT-2's GELU MLP with biases and, in most checkpoints,
-parallel residuals (attention and MLP both read the layer's input).
+parallel residuals (attention and MLP both read the layer's input). Phi (1, 1.5, 2) is the same with one LayerNorm
+feeding both sublayers and a biased LM head; StarCoder2 a Mistral with LayerNorms, biases and a GELU MLP. OLMo 2 and 3
+normalise each sublayer's output instead of its input; Cohere's models (Command R, R7B) rotate interleaved pairs,
+which the conversion regroups into the halves the rope here rotates.
 Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE and GPT-OSS are Llama-family layers whose MLP is a routed
 mixture of experts (moe.py); GPT-OSS's attention also has per-head sinks, computed inside the attention kernels.
 
@@ -44,11 +47,15 @@ from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text", "granite",
-                "stablelm", *MOE_ARCHITECTURES)
+                "stablelm", "olmo2", "olmo3", "cohere", "cohere2", *MOE_ARCHITECTURES)
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
+POST_NORMS_ONLY = ("olmo2", "olmo3")  # a norm after each sublayer, none before
+FP32_WEIGHT_NORMS = ("gpt_oss", "olmo2", "olmo3")  # RMSNorms multiplying by their weight in fp32, then one cast
+COHERE = ("cohere", "cohere2")  # interleaved rotary pairs, parallel residual, mean-subtracting norms, logit scale
+LOCAL_ROPE = ("gemma3_text", "olmo3")  # rope tables of their own on the sliding layers
 GRANITE_MULTIPLIERS = ("granite", "granitemoe", "granitemoeshared")  # embedding, residual, attention, logits
-SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2", "gpt_neox")
+SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2", "gpt_neox", "phi", "starcoder2")
 # extend() runs the decode step's linear (weights streamed once, GGUF blocks) up to this many rows.
 MAX_DECODE_ROWS = 16
 # Rope variants whose frequencies depend on the sequence length at run time; a static table cannot match them.
@@ -93,7 +100,8 @@ class ModelConfig:
     token embeddings (Gemma: sqrt(hidden) rounded to the model's dtype; Granite: embedding_multiplier),
     residual_scale each layer's attention and MLP outputs before their residual adds (Granite's
     residual_multiplier), and the logits are divided by logits_divisor (Granite's logits_scaling): 1.0 leaves each
-    out of the arithmetic. logits_softcap: Gemma's final_logit_softcapping, cap * tanh(logits / cap) (0: none)."""
+    out of the arithmetic. logits_softcap: Gemma's final_logit_softcapping, cap * tanh(logits / cap) (0: none).
+    logits_multiplier: Cohere's logit_scale, multiplying the LM head's output (1.0: none)."""
 
     family: str
     vocab_size: int
@@ -109,6 +117,7 @@ class ModelConfig:
     residual_scale: float = 1.0
     logits_divisor: float = 1.0
     logits_softcap: float = 0.0
+    logits_multiplier: float = 1.0
 
 
 class Norm(nn.Module):
@@ -116,7 +125,10 @@ class Norm(nn.Module):
 
     weight_in_fp32: Gemma's order instead, the normalised fp32 row times an fp32 weight, then one cast (the
     weight is kept in fp32; in an fp32 model the two orders are the same arithmetic, so this is only set for
-    half-precision Gemma models, whose norms then run this forward rather than the RMSNorm kernels)."""
+    half-precision Gemma models, whose norms then run this forward rather than the RMSNorm kernels).
+
+    A LayerNorm weight of shape [H, D] normalises each head of x [..., H * D] over its D values with that head's
+    own weight (and bias), in fp32 with one cast at the end (StableLM's and Cohere's per-head q/k norms)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
                  weight_in_fp32: bool = False) -> None:
@@ -131,10 +143,14 @@ class Norm(nn.Module):
     @property
     def plain_rms(self) -> bool:
         """Whether the RMSNorm kernels (genai_fast.rms_norm, the decode step's fused norms) compute this norm."""
-        return self.bias is None and not self.weight_in_fp32
+        return self.bias is None and not self.weight_in_fp32 and self.weight.dim() == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., hidden] -> [..., hidden]."""
+        if self.weight.dim() == 2:
+            h = F.layer_norm(x.unflatten(-1, self.weight.shape).float(), self.weight.shape[-1:], eps=self.eps)
+            h = h * self.weight.float() + (0.0 if self.bias is None else self.bias.float())
+            return h.flatten(-2).to(x.dtype)
         if self.bias is not None:
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
         if self.weight_in_fp32:
@@ -156,6 +172,19 @@ class Norm(nn.Module):
         if rms_norm is not None and self.plain_rms:
             return rms_norm(x, self.weight, self.eps)
         return self.forward(x)
+
+
+class NoNorm(nn.Module):
+    """The identity where a layer has no norm before a sublayer (OLMo 2 and 3 normalise sublayer outputs instead).
+    Not an RMSNorm, so the decode step's fused-norm paths, which assume one, stay off for such a model."""
+
+    plain_rms = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def step(self, x: torch.Tensor, rms_norm: RmsNormFn | None) -> torch.Tensor:
+        return x
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
@@ -196,8 +225,10 @@ class Layer(nn.Module):
     MLP (mlp_in and mlp_out None; Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE). clip_qkv: OLMoE's clamp of
     the projected (and normalised) queries, keys and values to [-clip_qkv, clip_qkv]; None: none. sinks: GPT-OSS's
     per-head attention sinks [Hq] (one more logit in each row's softmax, inside the attention kernels); None: none.
-    parallel: GPT-NeoX's parallel residual, x + (mlp(norm2(x)) + attn(norm1(x))), both sublayers reading the
-    layer's input (LayerNorm models only: the fused decode paths, for RMSNorm models, never see it)."""
+    parallel: a parallel residual, both sublayers reading the layer's input: GPT-NeoX's and Phi's
+    (mlp(norm2(x)) + attn(norm1(x))) + x, or with residual_first Cohere's and StableLM's (x + attn) + mlp, HF's
+    orders of the sums (LayerNorm models only: the fused decode paths, for RMSNorm models, never see it). When norm2
+    is norm1 (Phi, Cohere, StableLM: one norm feeds both), it runs once."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor | None, b_in: torch.Tensor | None,
@@ -205,7 +236,8 @@ class Layer(nn.Module):
                  q_norm: Norm | None = None, k_norm: Norm | None = None, use_rope: bool = True,
                  window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
                  local_rope: bool = False, softcap: float = 0.0, moe: SparseMoe | None = None,
-                 clip_qkv: float | None = None, sinks: torch.Tensor | None = None, parallel: bool = False) -> None:
+                 clip_qkv: float | None = None, sinks: torch.Tensor | None = None, parallel: bool = False,
+                 residual_first: bool = False) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
         self.use_rope, self.window, self.local_rope, self.softcap = use_rope, window, local_rope, softcap
@@ -214,7 +246,7 @@ class Layer(nn.Module):
         self.q_norm, self.k_norm = q_norm, k_norm
         self.wqkv, self.bqkv, self.wo, self.bo = _param(wqkv), _param(bqkv), _param(wo), _param(bo)
         self.mlp_in, self.b_in, self.mlp_out, self.b_out = _param(mlp_in), _param(b_in), _param(mlp_out), _param(b_out)
-        self.moe, self.clip_qkv, self.parallel = moe, clip_qkv, parallel
+        self.moe, self.clip_qkv, self.parallel, self.residual_first = moe, clip_qkv, parallel, residual_first
         self.sinks = _param(sinks)
         if (moe is None) == (mlp_in is None or mlp_out is None):
             raise ValueError("mlp_in, mlp_out: expected both with no moe, or neither with one")
@@ -228,9 +260,10 @@ class Layer(nn.Module):
                 linear: LinearFn = F.linear, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Prefill: x: [B, S, hidden] at positions 0 .. S-1 -> [B, S, hidden]; `linear` runs the projections.
         lengths: [B] each row's prompt length (right padding after it; None: all S)."""
-        if self.parallel:  # HF's order of the sums: (mlp + attention) + x
-            attended = self.attention(self.norm1(x), rope, linear, lengths)
-            return (self.mlp(self.norm2(x), linear) + attended) + x
+        if self.parallel:
+            h = self.norm1(x)
+            attended = self.attention(h, rope, linear, lengths)
+            return self.parallel_sum(x, attended, self.mlp(h if self.norm2 is self.norm1 else self.norm2(x), linear))
         x = x + self.residual(self.attention(self.norm1(x), rope, linear, lengths), self.post_norm1)
         return x + self.residual(self.mlp(self.norm2(x), linear), self.post_norm2)
 
@@ -242,8 +275,10 @@ class Layer(nn.Module):
         and `swiglu` the MLP's silu(gate) * up (see DecoderModel.decode_linear, decode_rms_norm, decode_swiglu)."""
         # Norm.step, not __call__: the per-token path skips nn.Module's hook handling (about 60 calls a token).
         if self.parallel:
-            attended = self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear)
-            return (self.mlp(self.norm2.step(x, rms_norm), linear, swiglu) + attended) + x
+            h = self.norm1.step(x, rms_norm)
+            attended = self.attention_step(h, rope, at, linear)
+            h = h if self.norm2 is self.norm1 else self.norm2.step(x, rms_norm)
+            return self.parallel_sum(x, attended, self.mlp(h, linear, swiglu))
         x = x + self.residual(self.attention_step(self.norm1.step(x, rms_norm), rope, at, linear), self.post_norm1,
                               rms_norm)
         return x + self.residual(self.mlp(self.norm2.step(x, rms_norm), linear, swiglu), self.post_norm2, rms_norm)
@@ -270,6 +305,10 @@ class Layer(nn.Module):
                                       self.norm2.weight, self.norm2.eps, self.mlp_in, self.b_in)
         return h, self.residual(gemv.swiglu_linear(gate_up, self.mlp_out, self.b_out), self.post_norm2)
 
+    def parallel_sum(self, x: torch.Tensor, attended: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
+        """A parallel layer's output in HF's order of the sums (floating-point addition is not associative)."""
+        return (x + attended) + mlp_out if self.residual_first else (mlp_out + attended) + x
+
     def residual(self, out: torch.Tensor, post_norm: Norm | None, rms_norm: RmsNormFn | None = None
                  ) -> torch.Tensor:
         """A sublayer's output as its residual add takes it: through its post-norm (Gemma 2 and 3), times
@@ -288,9 +327,11 @@ class Layer(nn.Module):
         rope: tables of rows start .. start+S-1 ([S, D] each). Same arithmetic as forward() over the whole
         sequence, with the attention over the cache (aligned bottom-right, as the prompt's own causal mask).
         linear, rms_norm, attend: the decode step's resolved kernels (see DecoderModel.extend)."""
-        h = self.extend_attention(self.norm1.step(x, rms_norm), rope, start, linear, attend)
+        normed = self.norm1.step(x, rms_norm)
+        h = self.extend_attention(normed, rope, start, linear, attend)
         if self.parallel:
-            return (self.mlp(self.norm2.step(x, rms_norm), linear) + h) + x
+            normed = normed if self.norm2 is self.norm1 else self.norm2.step(x, rms_norm)
+            return self.parallel_sum(x, h, self.mlp(normed, linear))
         x = x + self.residual(h, self.post_norm1, rms_norm)
         return x + self.residual(self.mlp(self.norm2.step(x, rms_norm), linear), self.post_norm2, rms_norm)
 
@@ -496,11 +537,13 @@ class DecoderModel(nn.Module):
     local_rope: (inverse frequencies, attention scaling) of the local rope tables that layers with local_rope
     rotate with (Gemma 3's sliding layers), or None. ring_caches: sliding layers keep rings of their window
     (memory bounded by the window: Gemma 3's 512 of a 32k context) rather than caches of the whole length, which
-    `extend` (speculative decoding, prefix reuse) needs: a ring cannot take a run of positions back."""
+    `extend` (speculative decoding, prefix reuse) needs: a ring cannot take a run of positions back.
+    lm_head_bias: the LM head's bias [V] (Phi), or None."""
 
     def __init__(self, cfg: ModelConfig, embed: torch.Tensor, pos_embed: torch.Tensor | None, layers: list[Layer],
                  norm: Norm, lm_head: torch.Tensor | None, inv_freq: torch.Tensor | None,
-                 attention_scaling: float = 1.0, local_rope: tuple[torch.Tensor, float] | None = None) -> None:
+                 attention_scaling: float = 1.0, local_rope: tuple[torch.Tensor, float] | None = None,
+                 lm_head_bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed = _param(embed)
@@ -509,6 +552,7 @@ class DecoderModel(nn.Module):
         self.norm = norm
         # Tied embeddings share storage with the LM head (lm_head None: no copy).
         self.lm_head = self.embed if lm_head is None else _param(lm_head)
+        self.lm_head_bias = _param(lm_head_bias)  # Phi's LM head has a bias
         self.register_buffer("inv_freq", None if inv_freq is None else inv_freq.to(torch.float32), persistent=False)
         self.attention_scaling = attention_scaling
         self.register_buffer("local_inv_freq", None if local_rope is None else local_rope[0].to(torch.float32),
@@ -594,10 +638,10 @@ class DecoderModel(nn.Module):
         for layer in self.layers:
             x = layer(x, local if layer.local_rope else rope, linear, lengths)
         if all_logits:
-            return self.scale_logits(linear(self.norm(x), self.lm_head, None))
+            return self.scale_logits(linear(self.norm(x), self.lm_head, self.lm_head_bias))
         x = x[:, -1] if last is None else x[torch.arange(B, device=x.device), last]
         # The last positions' logits are decode-sized: the decode step's linear (C++ kernel, GGUF blocks).
-        return self.scale_logits(self.decode_linear(B)(self.norm(x), self.lm_head, None))
+        return self.scale_logits(self.decode_linear(B)(self.norm(x), self.lm_head, self.lm_head_bias))
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: [...] -> [..., hidden]: the embedding rows, times embed_scale where the model has one."""
@@ -605,10 +649,13 @@ class DecoderModel(nn.Module):
         return x if self.cfg.embed_scale == 1.0 else x * self.cfg.embed_scale
 
     def scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The LM head's output divided by logits_divisor (Granite's logits_scaling) and soft-capped
+        """The LM head's output divided by logits_divisor (Granite's logits_scaling), times logits_multiplier
+        (Cohere's logit_scale) and soft-capped
         (Gemma's final_logit_softcapping) where the model has them, in HF's order."""
         if self.cfg.logits_divisor != 1.0:
             logits = logits / self.cfg.logits_divisor
+        if self.cfg.logits_multiplier != 1.0:
+            logits = logits * self.cfg.logits_multiplier
         if self.cfg.logits_softcap:
             logits = torch.tanh(logits / self.cfg.logits_softcap) * self.cfg.logits_softcap
         return logits
@@ -636,7 +683,7 @@ class DecoderModel(nn.Module):
         rms_norm, attend = self.decode_rms_norm(), self.decode_attend()
         for layer in self.layers:
             x = layer.extend(x, local if layer.local_rope else rope, start, linear, rms_norm, attend)
-        return self.scale_logits(linear(self.norm.step(x, rms_norm), self.lm_head, None))
+        return self.scale_logits(linear(self.norm.step(x, rms_norm), self.lm_head, self.lm_head_bias))
 
     def uses_rings(self, max_len: int) -> bool:
         """Whether a cache of max_len positions makes some sliding layer's cache a ring (see ring_caches)."""
@@ -698,17 +745,17 @@ class DecoderModel(nn.Module):
                 for layer in self.layers:
                     x, pending = layer.step_gemv(x, pending, at, linear, gemv)
                 return self.scale_logits(gemv.norm_linear(x, pending, self.norm.weight, self.norm.eps, self.lm_head,
-                                                          None)[1])
+                                                          self.lm_head_bias)[1])
             if add_norm is not None:
                 pending = None
                 for layer in self.layers:
                     x, pending = layer.step_fused(x, pending, local if layer.local_rope else rope, at, linear,
                                                   add_norm, swiglu)
                 return self.scale_logits(linear(add_norm(x, pending, self.norm.weight, self.norm.eps)[1],
-                                                self.lm_head, None))
+                                                self.lm_head, self.lm_head_bias))
             for layer in self.layers:
                 x = layer.step(x, local if layer.local_rope else rope, at, linear, rms_norm, swiglu)
-            return self.scale_logits(linear(self.norm.step(x, rms_norm), self.lm_head, None))
+            return self.scale_logits(linear(self.norm.step(x, rms_norm), self.lm_head, self.lm_head_bias))
         finally:
             if solo:
                 torch.set_num_threads(threads)
@@ -886,17 +933,13 @@ def _check_architecture(config: object) -> None:
                              f"{', '.join(a for a in ACTIVATIONS if a != 'silu')}")
         if getattr(config, "add_cross_attention", False):
             raise ValueError("unsupported GPT-2 variant: add_cross_attention=True (decoder-only models only)")
-    elif model_type == "gpt_neox":
+    elif model_type in ("gpt_neox", "phi", "starcoder2"):
         if config.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"unsupported GPT-NeoX activation {config.hidden_act!r}: genai_fast.llm supports "
+            raise ValueError(f"unsupported {model_type} activation {config.hidden_act!r}: genai_fast.llm supports "
                              f"{', '.join(ACTIVATIONS)}")
     elif _gated_activation(config) not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {_gated_activation(config)!r}: genai_fast.llm supports "
                          f"{', '.join(ACTIVATIONS)} in gated MLPs (act(gate) * up)")
-    if model_type == "stablelm" and (getattr(config, "use_parallel_residual", False)
-                                     or getattr(config, "qk_layernorm", False)):
-        raise ValueError("unsupported stablelm variant: use_parallel_residual=True or qk_layernorm=True (StableLM 2's "
-                         "1.6B and 3B layout is supported)")
     if getattr(config, "use_bidirectional_attention", False):
         raise ValueError(f"unsupported {model_type} variant: use_bidirectional_attention=True (an encoder, not a "
                          "generator)")
@@ -925,9 +968,9 @@ def context_limit(config: object) -> int:
 
 def _layer_window(attn: nn.Module, config: object) -> int | None:
     """A Llama-family layer's sliding window: HF's attention modules hold theirs (Qwen2, SmolLM3, Gemma 3: None on
-    full layers); Mistral's and Mixtral's read the config's. None: full attention."""
+    full layers); Mistral's, Mixtral's and StarCoder2's read the config's. None: full attention."""
     window = getattr(attn, "sliding_window", None) if hasattr(attn, "sliding_window") else (
-        getattr(config, "sliding_window", None) if config.model_type in ("mistral", "mixtral") else None)
+        getattr(config, "sliding_window", None) if config.model_type in ("mistral", "mixtral", "starcoder2") else None)
     return int(window) if window else None
 
 
@@ -944,7 +987,8 @@ def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
 
 
 def _multipliers(config: object, dtype: torch.dtype) -> dict[str, float]:
-    """embed_scale, residual_scale, logits_divisor and logits_softcap of ModelConfig for a Llama-family config."""
+    """embed_scale, residual_scale, logits_divisor, logits_softcap and logits_multiplier of ModelConfig for a
+    Llama-family config."""
     if config.model_type in GEMMA_NORMS:
         # HF multiplies by sqrt(hidden) held as a tensor of the model's dtype (55.5 rather than 55.43 in bf16).
         return {"embed_scale": float(torch.tensor(config.hidden_size ** 0.5).to(dtype)),
@@ -953,6 +997,8 @@ def _multipliers(config: object, dtype: torch.dtype) -> dict[str, float]:
         return {"embed_scale": float(config.embedding_multiplier),
                 "residual_scale": float(config.residual_multiplier),
                 "logits_divisor": float(config.logits_scaling)}
+    if config.model_type in COHERE:
+        return {"logits_multiplier": float(config.logit_scale)}
     return {}
 
 
@@ -1001,9 +1047,18 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     w_gate_up, w_down = (None, None) if moe is not None else (w_gate_up.to(dtype), m.down_proj.weight.to(dtype))
     bqkv = None if bqkv is None else bqkv.to(dtype)
     bo = None if a.o_proj.bias is None else a.o_proj.bias.to(dtype)
-    head_norms = [_head_norm(getattr(a, name, None), config, dtype) for name in ("q_norm", "k_norm")]
-    use_rope = bool(getattr(config, "no_rope_layers", None)[index]) if config.model_type == "smollm3" else True
+    head_norms = [_head_norm(getattr(a, name, None), config, dtype)
+                  for name in (("q_layernorm", "k_layernorm") if hasattr(a, "q_layernorm") else ("q_norm", "k_norm"))]
+    use_rope = _layer_uses_rope(config, index)
     window = _layer_window(a, config)
+    local_rope = _has_local_rope(config) and config.layer_types[index] == "sliding_attention"
+    if config.model_type in COHERE:
+        wqkv, bqkv, head_norms = _halves_from_pairs(wqkv, bqkv, head_norms, cfg)
+    if config.model_type in POST_NORMS_ONLY:  # OLMo 2 and 3: norms of the sublayer outputs only
+        return Layer(cfg, NoNorm(), NoNorm(), wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None,
+                     None, *head_norms, window=window, local_rope=local_rope,
+                     post_norm1=_residual_norm(layer.post_attention_layernorm, config, dtype),
+                     post_norm2=_residual_norm(layer.post_feedforward_layernorm, config, dtype))
     if config.model_type in SANDWICH_NORMS:  # Gemma 2 and 3: norms around each sublayer
         return Layer(cfg, _residual_norm(layer.input_layernorm, config, dtype),
                      _residual_norm(layer.pre_feedforward_layernorm, config, dtype),
@@ -1011,27 +1066,64 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
                      float(config.query_pre_attn_scalar) ** -0.5, *head_norms, window=window,
                      post_norm1=_residual_norm(layer.post_attention_layernorm, config, dtype),
                      post_norm2=_residual_norm(layer.post_feedforward_layernorm, config, dtype),
-                     local_rope=(config.model_type == "gemma3_text"  # Gemma 3's sliding layers: local rope
-                                 and config.layer_types[index] == "sliding_attention"),
+                     local_rope=local_rope,
                      softcap=float(getattr(config, "attn_logit_softcapping", None) or 0.0))
-    # Granite's attention_multiplier replaces 1/sqrt(head_dim); SmolLM3's no_rope_layers holds 0 for NoPE layers.
+    # Granite's attention_multiplier replaces 1/sqrt(head_dim).
     scale = float(config.attention_multiplier) if config.model_type in GRANITE_MULTIPLIERS else None
-    return Layer(cfg, _residual_norm(layer.input_layernorm, config, dtype),
-                 _residual_norm(layer.post_attention_layernorm, config, dtype),
+    # Cohere's and parallel StableLM's layers feed both sublayers from input_layernorm (no second norm).
+    norm1 = _residual_norm(layer.input_layernorm, config, dtype)
+    second = getattr(layer, "post_attention_layernorm", None)
+    parallel = second is None
+    return Layer(cfg, norm1, norm1 if parallel else _residual_norm(second, config, dtype),
                  wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None, scale, *head_norms,
                  use_rope=use_rope, window=window, moe=moe, clip_qkv=getattr(config, "clip_qkv", None),
-                 sinks=None if getattr(a, "sinks", None) is None else a.sinks.to(dtype))
+                 sinks=None if getattr(a, "sinks", None) is None else a.sinks.to(dtype), parallel=parallel,
+                 residual_first=parallel)
+
+
+def _has_local_rope(config: object) -> bool:
+    """Whether the model's sliding layers rotate with rope tables of their own (Gemma 3, OLMo 3), the full layers with
+    the global ones: both kinds of layer must be there (HF builds a table per kind present)."""
+    return config.model_type in LOCAL_ROPE and {"sliding_attention", "full_attention"} <= set(config.layer_types)
+
+
+def _layer_uses_rope(config: object, index: int) -> bool:
+    """Whether a Llama-family layer rotates its queries and keys: SmolLM3's no_rope_layers holds 0 for its NoPE
+    layers; Command R7B (cohere2) rotates only on its sliding layers."""
+    if config.model_type == "smollm3":
+        return bool(config.no_rope_layers[index])
+    if config.model_type == "cohere2":
+        return config.layer_types[index] == "sliding_attention"
+    return True
+
+
+def _halves_from_pairs(wqkv: torch.Tensor, bqkv: torch.Tensor | None, head_norms: list[Norm | None],
+                       cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor | None, list[Norm | None]]:
+    """Cohere rotates interleaved pairs (dims 2i, 2i + 1 of a head by frequency i); the compact module's rope rotates
+    halves (i, i + D/2). Reordering each query and key head's dims evens first, odds after (in the projection rows,
+    and in the per-head norm weights, which see each dim with its own weight) turns one into the other: every
+    rotated pair gets the same products and sums, and q.k is a sum over the same pairs. V is untouched."""
+    D = cfg.head_dim
+    order = torch.cat([torch.arange(0, D, 2), torch.arange(1, D, 2)])
+    qk_rows = (cfg.num_heads + cfg.num_kv_heads) * D
+    rows = torch.cat([(torch.arange(qk_rows).view(-1, D)[:, order]).flatten(), torch.arange(qk_rows, wqkv.shape[0])])
+    norms = [None if n is None else Norm(n.weight[..., order], None if n.bias is None else n.bias[..., order], n.eps)
+             for n in head_norms]
+    return wqkv[rows], None if bqkv is None else bqkv[rows], norms
 
 
 def _residual_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
-    """A residual-stream norm of HF's model: an RMSNorm, or a LayerNorm (StableLM). Gemma's RMSNorm scales by
-    (1 + weight) in fp32 before its one cast: in an fp32 model that is the Llama norm with weight 1 + w, otherwise
-    Norm's weight_in_fp32 order. GPT-OSS's multiplies by its weight in fp32 before the cast too."""
+    """A residual-stream norm of HF's model: an RMSNorm, or a LayerNorm (StableLM, Cohere's without bias). Gemma's
+    RMSNorm scales by (1 + weight) in fp32 before its one cast: in an fp32 model that is the Llama norm with weight
+    1 + w, otherwise Norm's weight_in_fp32 order. GPT-OSS's and OLMo's multiply by their weight in fp32 before the
+    cast too."""
     if isinstance(norm, nn.LayerNorm):
         bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
         return Norm(norm.weight.to(dtype), bias.to(dtype), float(norm.eps))
+    if config.model_type in COHERE:  # a LayerNorm without bias, computed in fp32 (F.layer_norm's accumulation)
+        return Norm(norm.weight.to(dtype), torch.zeros_like(norm.weight, dtype=dtype), float(norm.variance_epsilon))
     eps = float(config.rms_norm_eps)
-    if config.model_type == "gpt_oss":  # (weight * normalised fp32 row), then one cast
+    if config.model_type in FP32_WEIGHT_NORMS:  # (weight * normalised fp32 row), then one cast
         weight = norm.weight.to(dtype).float()
         return Norm(weight, None, eps) if dtype == torch.float32 else Norm(weight, None, eps, weight_in_fp32=True)
     if config.model_type not in GEMMA_NORMS:
@@ -1041,11 +1133,18 @@ def _residual_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
 
 
 def _head_norm(norm: nn.Module | None, config: object, dtype: torch.dtype) -> Norm | None:
-    """A per-head RMSNorm of HF's attention module (Qwen3's and Gemma 3's q_norm or k_norm), or None when it has
-    none."""
+    """A q or k norm of HF's attention module, or None when it has none: an RMSNorm of each head (Qwen3, Gemma 3) or
+    of all heads at once (OLMoE, OLMo 2 and 3), or LayerNorms with a weight per head (StableLM's qk_layernorm,
+    a list of them; Cohere's use_qk_norm, one [H, D] weight)."""
     if norm is None:
         return None
-    if config.model_type in GEMMA_NORMS:
+    if hasattr(norm, "norms"):  # StableLmLayerNormPerHead
+        weight = torch.stack([n.weight for n in norm.norms]).to(dtype)
+        bias = None if norm.norms[0].bias is None else torch.stack([n.bias for n in norm.norms]).to(dtype)
+        return Norm(weight, bias, float(norm.norms[0].eps))
+    if config.model_type in COHERE:
+        return Norm(norm.weight.to(dtype), None, float(norm.variance_epsilon))
+    if config.model_type in GEMMA_NORMS or config.model_type in FP32_WEIGHT_NORMS:
         return _residual_norm(norm, config, dtype)
     return Norm(norm.weight.to(dtype), None, float(norm.variance_epsilon))
 
@@ -1054,9 +1153,11 @@ def _from_llama(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
     config = hf_model.config
     cfg = _llama_config(config, dtype)
     local = None
-    if config.model_type == "gemma3_text":  # one rope table per kind of layer
+    if _has_local_rope(config):  # one rope table per kind of layer
         inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim, "full_attention")
         local = _rope_from_hf(hf_model, cfg.head_dim, "sliding_attention")
+    elif config.model_type in LOCAL_ROPE:  # one kind of layer only: HF keeps that kind's table
+        inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim, config.layer_types[0])
     else:
         inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
     layers = [_llama_layer(layer, i, cfg, config, dtype) for i, layer in enumerate(hf_model.model.layers)]
@@ -1138,12 +1239,75 @@ def _from_neox(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
                         None if tied else hf_model.lm_head.weight.to(dtype), inv_freq, scaling)
 
 
+def _plain_mlp_config(config: object, family: str) -> ModelConfig:
+    """ModelConfig of a rotary model with an act(x W1) W2 MLP (Phi, StarCoder2)."""
+    heads = config.num_attention_heads
+    return ModelConfig(family=family, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                       num_layers=config.num_hidden_layers, num_heads=heads,
+                       num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                       head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+                       norm_eps=getattr(config, "layer_norm_eps", None) or config.norm_epsilon,
+                       max_position_embeddings=context_limit(config), activation=config.hidden_act)
+
+
+def _qkv(a: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fused q/k/v weight of separate q_proj, k_proj and v_proj, and their fused bias (None without)."""
+    weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).to(dtype)
+    bias = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).to(dtype)
+    return weight, bias
+
+
+def _maybe(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _phi_layer(layer: nn.Module, cfg: ModelConfig, config: object, dtype: torch.dtype) -> Layer:
+    """A Phi (1, 1.5, 2) layer: one LayerNorm feeding attention and MLP in parallel, biases everywhere, rotary
+    embeddings on the first partial_rotary_factor of each head, optional LayerNorms of each q and k head."""
+    a, m = layer.self_attn, layer.mlp
+    norm = _residual_norm(layer.input_layernorm, config, dtype)
+    head_norms = [None, None]
+    if a.qk_layernorm:  # one LayerNorm over head_dim shared by all heads
+        head_norms = [Norm(n.weight.to(dtype), n.bias.to(dtype), float(n.eps)) for n in (a.q_layernorm, a.k_layernorm)]
+    return Layer(cfg, norm, norm, *_qkv(a, dtype), a.dense.weight.to(dtype), _maybe(a.dense.bias, dtype),
+                 m.fc1.weight.to(dtype), _maybe(m.fc1.bias, dtype), m.fc2.weight.to(dtype), _maybe(m.fc2.bias, dtype),
+                 None, *head_norms, parallel=True)
+
+
+def _starcoder2_layer(layer: nn.Module, cfg: ModelConfig, config: object, dtype: torch.dtype) -> Layer:
+    """A StarCoder2 layer: Mistral's attention (sliding window from the config) with biases, LayerNorms, and a
+    c_fc / c_proj MLP with biases."""
+    a, m = layer.self_attn, layer.mlp
+    return Layer(cfg, _residual_norm(layer.input_layernorm, config, dtype),
+                 _residual_norm(layer.post_attention_layernorm, config, dtype), *_qkv(a, dtype),
+                 a.o_proj.weight.to(dtype), _maybe(a.o_proj.bias, dtype), m.c_fc.weight.to(dtype),
+                 _maybe(m.c_fc.bias, dtype), m.c_proj.weight.to(dtype), _maybe(m.c_proj.bias, dtype), None,
+                 window=_layer_window(a, config))
+
+
+def _from_rotary_plain(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
+    """Phi and StarCoder2: rotary models with LayerNorms and plain MLPs under transformers' model.layers layout."""
+    config, base = hf_model.config, hf_model.model
+    phi = config.model_type == "phi"
+    cfg = _plain_mlp_config(config, config.model_type)
+    inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
+    convert = _phi_layer if phi else _starcoder2_layer
+    layers = [convert(layer, cfg, config, dtype) for layer in base.layers]
+    embed, head = base.embed_tokens.weight, hf_model.lm_head
+    tied = head.weight.data_ptr() == embed.data_ptr()
+    return DecoderModel(cfg, embed.to(dtype), None, layers,
+                        _residual_norm(base.final_layernorm if phi else base.norm, config, dtype),
+                        None if tied else head.weight.to(dtype), inv_freq, scaling,
+                        lm_head_bias=_maybe(head.bias, dtype))
+
+
 @torch.no_grad()
 def from_hf(hf_model: nn.Module, dtype: torch.dtype | None = None, device: torch.device | str | None = None
             ) -> DecoderModel:
     """Convert a loaded HF *ForCausalLM of a supported architecture into a DecoderModel (weights copied/fused)."""
     _check_architecture(hf_model.config)
     dtype = dtype or hf_model.get_input_embeddings().weight.dtype
-    convert = {"gpt2": _from_gpt2, "gpt_neox": _from_neox}.get(hf_model.config.model_type, _from_llama)
+    convert = {"gpt2": _from_gpt2, "gpt_neox": _from_neox, "phi": _from_rotary_plain,
+               "starcoder2": _from_rotary_plain}.get(hf_model.config.model_type, _from_llama)
     model = convert(hf_model, dtype)
     return model.to(device) if device is not None else model
