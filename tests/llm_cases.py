@@ -76,7 +76,7 @@ def tiny_variant(kind: str, **common):
     return hf.eval()
 
 
-MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared")
+MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "glm4_moe")
 
 
 def tiny_moe(kind: str, **common):
@@ -87,8 +87,11 @@ def tiny_moe(kind: str, **common):
     (softmax over the top 2 of 5 logits, every multiplier away from 1) or Granite-MoE-Shared (the same with an
     ungated shared MLP), or "gpt_oss" (not in MOE_KINDS: its experts are not transformers' plain ones): 4 experts,
     2 per token, biases everywhere, the clamped GLU, sliding and full layers alternating (window 6), per-head sinks
-    drawn from N(0, 2) and the MoE biases from N(0, 0.5) so that they matter. common["initializer_range"] defaults
-    to 0.2 (at 0.02 tiny models repeat one token)."""
+    drawn from N(0, 2) and the MoE biases from N(0, 0.5) so that they matter; GLM-4.5 (DeepSeek-V3's router: 8 experts
+    in 4 groups, the best 2 groups open, 2 experts per token by sigmoid scores with a correction bias drawn from
+    N(0, 0.5), renormalised, scaled by 2.5; a shared expert; its first layer dense; per-head q/k norms, qkv biases,
+    rotary embeddings on half of each head). common["initializer_range"] defaults to 0.2 (at 0.02 tiny models
+    repeat one token)."""
     import transformers
 
     common = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -134,6 +137,18 @@ def tiny_moe(kind: str, **common):
                 for bias in (layer.mlp.router.bias, layer.mlp.experts.gate_up_proj_bias,
                              layer.mlp.experts.down_proj_bias):
                     bias.normal_(0.0, 0.5)
+    elif kind == "glm4_moe":
+        hf = transformers.Glm4MoeForCausalLM(transformers.Glm4MoeConfig(
+            **{**common, "num_hidden_layers": 3}, head_dim=16, moe_intermediate_size=40, num_local_experts=8,
+            num_experts_per_tok=2, n_group=4, topk_group=2, routed_scaling_factor=2.5, n_shared_experts=1,
+            first_k_dense_replace=1, norm_topk_prob=True, use_qk_norm=True, attention_bias=True,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2))
+        with torch.no_grad():
+            for layer in hf.model.layers[1:]:
+                layer.mlp.gate.e_score_correction_bias.normal_(0.0, 0.5)
+            for layer in hf.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
     else:
         raise ValueError(f"kind: expected one of {(*MOE_KINDS, 'gpt_oss')}, got {kind!r}")
     return hf.eval()

@@ -299,14 +299,14 @@ def _unsupported_model():
 def test_unknown_architecture_lists_supported():
     listed = (r"llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite, stablelm, olmo2, "
               r"olmo3, cohere, cohere2, mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, granitemoeshared, gpt_oss, "
-              r"gpt2, gpt_neox, phi, starcoder2")
+              r"glm4_moe, gpt2, gpt_neox, phi, starcoder2")
     with pytest.raises(ValueError, match=r"unsupported architecture 'bloom'.*" + listed):
         load(_unsupported_model())
     assert set(SUPPORTED_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma",
                                             "gemma2", "gemma3_text", "granite", "stablelm", "olmo2", "olmo3",
                                             "cohere", "cohere2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
-                                            "granitemoe", "granitemoeshared", "gpt_oss", "gpt2", "gpt_neox", "phi",
-                                            "starcoder2"}
+                                            "granitemoe", "granitemoeshared", "gpt_oss", "glm4_moe", "gpt2",
+                                            "gpt_neox", "phi", "starcoder2"}
 
 
 def test_bidirectional_gemma3_is_refused():

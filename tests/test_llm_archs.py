@@ -86,7 +86,10 @@ def _moved(kind: str, monkeypatch, name: str, replacement) -> float:
 
 def test_cohere_needs_its_pairs_regrouped(monkeypatch):
     """Rotating Cohere's interleaved pairs as halves, without reordering the q/k rows, is a different model."""
-    assert _moved("cohere", monkeypatch, "_halves_from_pairs", lambda wqkv, bqkv, norms, cfg: (wqkv, bqkv, norms)) > 0.05
+    def unchanged(wqkv, bqkv, norms, cfg):
+        return wqkv, bqkv, norms
+
+    assert _moved("cohere", monkeypatch, "_halves_from_pairs", unchanged) > 0.05
 
 
 def test_command_r7b_full_layers_do_not_rotate(monkeypatch):

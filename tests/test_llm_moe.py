@@ -1,8 +1,11 @@
-"""genai_fast.llm on mixture-of-experts models (Mixtral, Qwen2-MoE, Qwen3-MoE): greedy tokens and logits equal to
-transformers', the router's details each doing something, batches equal to one-by-one generation, extend and
-speculative decoding, checkpoint directories, bandwidth accounting and bad configs."""
+"""genai_fast.llm on mixture-of-experts models (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE, GPT-OSS,
+GLM-4.5): greedy tokens and logits equal to transformers', the router's details each doing something, batches equal
+to one-by-one generation, extend and speculative decoding, checkpoint directories, bandwidth accounting and bad
+configs."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from genai_fast.llm import load  # noqa: E402
-from genai_fast.llm.moe import SparseMoe  # noqa: E402
+from genai_fast.llm.moe import DeepSeekRouting, SparseMoe  # noqa: E402
 from tests.llm_cases import MOE_KINDS, hf_greedy, tiny_moe  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
@@ -56,6 +59,14 @@ def _ablations(kind: str):
         return {"softmax after top-k": {"softmax_after_topk": False}}
     if kind == "granitemoeshared":
         return {"shared MLP": {"shared_gate_up": None}}
+    if kind == "glm4_moe":
+        routing = DeepSeekRouting(sigmoid=True, n_group=4, topk_group=2, group_limited=True, renormalise=True,
+                                  scale=2.5)
+        return {"correction bias": {"correction_bias": None}, "shared expert": {"shared_gate_up": None},
+                "routed scale": {"deepseek": dataclasses.replace(routing, scale=1.0)},
+                "groups": {"deepseek": dataclasses.replace(routing, n_group=1, topk_group=1)},
+                "renormalise": {"deepseek": dataclasses.replace(routing, renormalise=False)},
+                "softmax scores": {"deepseek": dataclasses.replace(routing, sigmoid=False, group_limited=False)}}
     if kind == "gpt_oss":
         return {"router bias": {"router_bias": None}, "experts' biases": {"gate_up_bias": None, "down_bias": None},
                 "plain SwiGLU": {"clamped_glu": None, "glu": lambda h: torch.nn.functional.silu(h.chunk(2, -1)[0])

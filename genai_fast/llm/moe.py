@@ -1,5 +1,5 @@
-"""Sparse mixture-of-experts MLPs for the compact decoder: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE and
-GPT-OSS.
+"""Sparse mixture-of-experts MLPs for the compact decoder: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE,
+GPT-OSS, GLM-4.5 and DeepSeek-V2/V3.
 
 A MoE layer replaces the dense MLP: a router (a linear layer over the hidden state, a softmax and a top-k) sends
 each token to k of E experts, each a gated MLP, and the layer's output is the routing-weighted sum of those k
@@ -14,7 +14,10 @@ router's details, which `SparseMoe` takes as flags read from the config:
     Granite-MoE-Shared's shared MLP added ungated;
   * GPT-OSS: a router with a bias, the softmax over the top-k logits; experts with biases whose gate and up
     columns interleave in a transposed layout (converted at load time to the stacked [E, 2I, H] one) and a clamped
-    GLU, (clamp(up) + 1) * g * sigmoid(alpha * g) with g = clamp(gate, max=limit).
+    GLU, (clamp(up) + 1) * g * sigmoid(alpha * g) with g = clamp(gate, max=limit);
+  * DeepSeek-V2, DeepSeek-V3, GLM-4.5 (and the checkpoints that reuse their code, as Kimi K2): `DeepSeekRouting`,
+    scores from fp32 logits (a softmax, or sigmoids with a correction bias that steers the choice only), experts
+    chosen within the best groups, fp32 weights times routed_scaling_factor; shared experts added ungated.
 
 The experts run through genai_fast.ops.moe: on a CPU (and for GPU prefill) its grouped loop, each expert's rows
 in one pair of products on the step's linear (the C++ kernel at decode sizes); on a GPU at decode sizes the Triton
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,10 +45,58 @@ from genai_fast.ops.moe import (
     resolve_moe_experts,
 )
 
-MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "gpt_oss")
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "gpt_oss",
+                     "glm4_moe")
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 # The model's activation names (genai_fast.llm.model.ACTIVATIONS) as genai_fast.ops.moe names them.
 _OP_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+@dataclass(frozen=True)
+class DeepSeekRouting:
+    """DeepSeek's router (V2, V3; GLM-4.5 copies V3's), on fp32 logits of an fp32 router weight.
+
+    sigmoid: V3's scores, sigmoid(logits), whose choice adds the correction bias (the weights do not); else V2's
+    softmax. Experts are chosen only inside the topk_group best of n_group equal groups: a group scores its best
+    expert (V2, group_limited; without it V2 chooses over all) or the sum of its two best (V3, always). The weights
+    are the chosen experts' scores, divided by their sum plus 1e-20 when renormalise (V3's norm_topk_prob), times
+    scale (routed_scaling_factor), kept in fp32."""
+
+    sigmoid: bool
+    n_group: int
+    topk_group: int
+    group_limited: bool
+    renormalise: bool
+    scale: float
+
+    def route(self, logits: torch.Tensor, top_k: int, correction_bias: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 logits [R, E] -> (expert ids [R, k], fp32 weights [R, k]), in HF's arithmetic."""
+        if self.sigmoid:
+            scores = logits.sigmoid()
+            choice = scores if correction_bias is None else scores + correction_bias
+            best_two = self._groups(choice).topk(2, dim=-1)[0].sum(dim=-1)
+            choice = choice.masked_fill(~self._group_mask(best_two, choice.shape[-1]), float("-inf"))
+            ids = torch.topk(choice, k=top_k, dim=-1, sorted=False)[1]
+            weights = scores.gather(1, ids)
+            if self.renormalise:
+                weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        else:
+            scores = logits.softmax(dim=-1, dtype=torch.float32)
+            if self.group_limited:
+                best = self._groups(scores).max(dim=-1).values
+                scores = scores.masked_fill(~self._group_mask(best, scores.shape[-1]), 0.0)
+            weights, ids = torch.topk(scores, k=top_k, dim=-1, sorted=False)
+        return ids, weights * self.scale
+
+    def _groups(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.view(-1, self.n_group, scores.shape[-1] // self.n_group)
+
+    def _group_mask(self, group_scores: torch.Tensor, num_experts: int) -> torch.Tensor:
+        """[R, E] True for the experts of each row's topk_group best groups."""
+        chosen = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+        mask = torch.zeros_like(group_scores).scatter_(1, chosen, 1)
+        return mask.unsqueeze(-1).expand(-1, self.n_group, num_experts // self.n_group).reshape(-1, num_experts).bool()
 
 
 def _param(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
@@ -61,14 +113,17 @@ class SparseMoe(nn.Module):
     softmax_after_topk: Granite-MoE's and GPT-OSS's router, the softmax over the k largest logits (renormalise,
     fp32_weights unused). router_bias [E]: the router's bias (GPT-OSS), or None. biases: the experts' (gate_up bias
     [E, 2I], down bias [E, H]) or None. clamped_glu: GPT-OSS's (alpha, limit), its GLU in place of act(gate) * up;
-    None: the activation's gated MLP."""
+    None: the activation's gated MLP. deepseek: DeepSeek's router (the router weight kept in fp32; renormalise,
+    fp32_weights and softmax_after_topk unused) with its correction_bias [E] (V3's e_score_correction_bias) or
+    None."""
 
     def __init__(self, router: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, top_k: int,
                  renormalise: bool, fp32_weights: bool, activation: str,
                  shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
                  softmax_after_topk: bool = False, router_bias: torch.Tensor | None = None,
                  biases: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 clamped_glu: tuple[float, float] | None = None) -> None:
+                 clamped_glu: tuple[float, float] | None = None, deepseek: DeepSeekRouting | None = None,
+                 correction_bias: torch.Tensor | None = None) -> None:
         super().__init__()
         dtype = gate_up.dtype
         if activation not in _OP_ACTIVATIONS:
@@ -76,7 +131,11 @@ class SparseMoe(nn.Module):
                              f"{', '.join(_OP_ACTIVATIONS)}")
         if not 1 <= top_k <= router.shape[0]:
             raise ValueError(f"unsupported MoE config: num_experts_per_tok={top_k} with {router.shape[0]} experts")
-        self.router = _param(router, dtype)
+        self.router = _param(router, torch.float32 if deepseek is not None else dtype)
+        self.deepseek = deepseek
+        self.correction_bias = None if correction_bias is None else _param(correction_bias, torch.float32)
+        if deepseek is not None and router.shape[0] % deepseek.n_group:
+            raise ValueError(f"unsupported MoE config: {router.shape[0]} experts in n_group={deepseek.n_group} groups")
         self.gate_up, self.down = _param(gate_up, dtype), _param(down, dtype)
         self.top_k, self.renormalise, self.fp32_weights = top_k, renormalise, fp32_weights
         self.softmax_after_topk = softmax_after_topk
@@ -126,6 +185,8 @@ class SparseMoe(nn.Module):
 
     def route(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """rows [R, H] -> (expert ids [R, k], their weights [R, k]), as the architecture's router computes them."""
+        if self.deepseek is not None:
+            return self.deepseek.route(F.linear(rows.float(), self.router), self.top_k, self.correction_bias)
         logits = F.linear(rows, self.router, self.router_bias)
         if self.softmax_after_topk:
             top, ids = logits.float().topk(self.top_k, dim=-1)
@@ -181,12 +242,34 @@ def from_hf_block(block: nn.Module, config: object, activation: str, dtype: torc
         s = block.shared_expert
         shared = (torch.cat([s.gate_proj.weight, s.up_proj.weight]), s.down_proj.weight,
                   block.shared_expert_gate.weight)
+    elif getattr(block, "shared_experts", None) is not None:  # DeepSeek, GLM-4.5: added ungated
+        s = block.shared_experts
+        shared = (torch.cat([s.gate_proj.weight, s.up_proj.weight]), s.down_proj.weight, None)
     elif shared_mlp is not None:
         shared = (shared_mlp.input_linear.weight, shared_mlp.output_linear.weight, None)
+    deepseek = _deepseek_routing(router, config)
     return SparseMoe(router.weight, experts.gate_up_proj, experts.down_proj, int(config.num_experts_per_tok),
-                     renormalise=mixtral or bool(getattr(config, "norm_topk_prob", False)), fp32_weights=mixtral,
-                     activation=activation, shared=shared,
-                     softmax_after_topk=config.model_type in ("granitemoe", "granitemoeshared"))
+                     renormalise=mixtral or bool(getattr(config, "norm_topk_prob", False)),
+                     fp32_weights=mixtral or deepseek is not None, activation=activation, shared=shared,
+                     softmax_after_topk=config.model_type in ("granitemoe", "granitemoeshared"), deepseek=deepseek,
+                     correction_bias=getattr(router, "e_score_correction_bias", None))
+
+
+def _deepseek_routing(router: nn.Module, config: object) -> DeepSeekRouting | None:
+    """The DeepSeekRouting of a DeepSeek-V2 router (a topk_method), a V3 or GLM-4.5 one (an e_score_correction_bias),
+    or None for the other routers."""
+    if hasattr(router, "e_score_correction_bias"):
+        return DeepSeekRouting(sigmoid=True, n_group=int(config.n_group), topk_group=int(config.topk_group),
+                               group_limited=True, renormalise=bool(config.norm_topk_prob),
+                               scale=float(config.routed_scaling_factor))
+    if hasattr(router, "topk_method"):
+        if router.topk_method not in ("greedy", "group_limited_greedy"):
+            raise ValueError(f"unsupported DeepSeek-V2 topk_method {router.topk_method!r}: supported are greedy, "
+                             "group_limited_greedy")
+        return DeepSeekRouting(sigmoid=False, n_group=int(config.n_group or 1), topk_group=int(config.topk_group or 1),
+                               group_limited=router.topk_method == "group_limited_greedy", renormalise=False,
+                               scale=float(config.routed_scaling_factor))
+    return None
 
 
 def _from_gpt_oss(router: nn.Module, experts: nn.Module, top_k: int) -> SparseMoe:
