@@ -76,7 +76,8 @@ def tiny_variant(kind: str, **common):
     return hf.eval()
 
 
-MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "glm4_moe")
+MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "glm4_moe", "deepseek_v2",
+             "deepseek_v3", "glm4_moe_lite")
 
 
 def tiny_moe(kind: str, **common):
@@ -90,8 +91,12 @@ def tiny_moe(kind: str, **common):
     drawn from N(0, 2) and the MoE biases from N(0, 0.5) so that they matter; GLM-4.5 (DeepSeek-V3's router: 8 experts
     in 4 groups, the best 2 groups open, 2 experts per token by sigmoid scores with a correction bias drawn from
     N(0, 0.5), renormalised, scaled by 2.5; a shared expert; its first layer dense; per-head q/k norms, qkv biases,
-    rotary embeddings on half of each head). common["initializer_range"] defaults to 0.2 (at 0.02 tiny models
-    repeat one token)."""
+    rotary embeddings on half of each head); DeepSeek-V2 (multi-head latent attention with uncompressed queries,
+    softmax routing limited to the best of 4 groups, scaled by 1.5: a group scores its best expert, so with 2 of
+    4 groups open the 2 best experts would always be inside them), DeepSeek-V3 (compressed queries, interleaved
+    rotary pairs, YaRN with its attention mscale, V3's router as GLM-4.5's) and GLM-4.7-Flash (glm4_moe_lite: V3's
+    attention and router, value heads larger than the nope part of the keys): three layers, the first dense.
+    common["initializer_range"] defaults to 0.2 (at 0.02 tiny models repeat one token)."""
     import transformers
 
     common = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -149,6 +154,8 @@ def tiny_moe(kind: str, **common):
             for layer in hf.model.layers:
                 layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
                 layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    elif kind in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite"):
+        hf = _tiny_deepseek(kind, common)
     else:
         raise ValueError(f"kind: expected one of {(*MOE_KINDS, 'gpt_oss')}, got {kind!r}")
     return hf.eval()
@@ -190,8 +197,11 @@ def byte_level_bpe():
 # and without its q/k LayerNorms), StarCoder2's LayerNorms, biases and sliding window, OLMo 2's norms after the
 # sublayers only, OLMo 3's sliding layers with rope tables of their own, Cohere's interleaved rotary pairs, per-head
 # q/k LayerNorms and logit scale, Command R7B's sliding rotary layers and NoPE full layers, parallel StableLM with
-# per-head q/k LayerNorms.
-ARCH_KINDS = ("phi", "phi-qk-layernorm", "starcoder2", "olmo2", "olmo3", "cohere", "cohere2", "stablelm-parallel")
+# per-head q/k LayerNorms; Ministral's sliding layers, Seed-OSS's q/k/v and output biases, Helium's interleaved rotary
+# pairs and fp32-weight norms, ERNIE 4.5's interleaved pairs with MLP biases, GLM-4's interleaved pairs over half of
+# each head (GLM-4-0414 with norms after each sublayer too).
+ARCH_KINDS = ("phi", "phi-qk-layernorm", "starcoder2", "olmo2", "olmo3", "cohere", "cohere2", "stablelm-parallel",
+              "ministral", "seed_oss", "helium", "ernie4_5", "glm", "glm4")
 
 
 def tiny_arch(kind: str, **common):
@@ -222,6 +232,14 @@ def tiny_arch(kind: str, **common):
                                                                       layer_types=mixed)),
         "stablelm-parallel": lambda: t.StableLmForCausalLM(t.StableLmConfig(
             **common, use_parallel_residual=True, qk_layernorm=True)),
+        "ministral": lambda: t.MinistralForCausalLM(t.MinistralConfig(**common, head_dim=16, sliding_window=6,
+                                                                      layer_types=mixed)),
+        "seed_oss": lambda: t.SeedOssForCausalLM(t.SeedOssConfig(  # (at 0.2 it repeats two tokens)
+            **{**common, "initializer_range": 0.1}, head_dim=16, attention_bias=True, attention_out_bias=True)),
+        "helium": lambda: t.HeliumForCausalLM(t.HeliumConfig(**common, head_dim=16)),
+        "ernie4_5": lambda: t.Ernie4_5ForCausalLM(t.Ernie4_5Config(**common, head_dim=16, use_bias=True)),
+        "glm": lambda: t.GlmForCausalLM(t.GlmConfig(**common, head_dim=16)),
+        "glm4": lambda: t.Glm4ForCausalLM(t.Glm4Config(**common, head_dim=16)),
     }
     if kind not in build:
         raise ValueError(f"kind: expected one of {ARCH_KINDS}, got {kind!r}")
@@ -233,3 +251,34 @@ def tiny_arch(kind: str, **common):
             if getattr(module, "bias", None) is not None:  # transformers starts linear biases at zero
                 module.bias.uniform_(-0.1, 0.1)
     return hf.eval()
+
+
+def _tiny_deepseek(kind: str, common: dict):
+    """tiny_moe's DeepSeek-V2, DeepSeek-V3 and GLM-4.7-Flash (see there), RMSNorm weights spread over [0.5, 1.5]."""
+    import transformers as t
+
+    common = {**common, "num_hidden_layers": 3, "num_key_value_heads": common["num_attention_heads"],
+              "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    mla = {"kv_lora_rank": 24, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 12,
+           "moe_intermediate_size": 40, "n_shared_experts": 1, "n_routed_experts": 8, "num_experts_per_tok": 2}
+    if kind == "deepseek_v2":
+        hf = t.DeepseekV2ForCausalLM(t.DeepseekV2Config(
+            **common, **mla, first_k_dense_replace=1, q_lora_rank=None, topk_method="group_limited_greedy",
+            n_group=4, topk_group=1, routed_scaling_factor=1.5))
+    elif kind == "deepseek_v3":
+        yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4, "original_max_position_embeddings": 24,
+                "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
+        hf = t.DeepseekV3ForCausalLM(t.DeepseekV3Config(
+            **common, **mla, first_k_dense_replace=1, q_lora_rank=20, n_group=4, topk_group=2,
+            routed_scaling_factor=2.5, rope_parameters=yarn))
+    else:
+        hf = t.Glm4MoeLiteForCausalLM(t.Glm4MoeLiteConfig(
+            **common, **{**mla, "v_head_dim": 20}, q_lora_rank=20, n_group=2, topk_group=1,
+            mlp_layer_types=["dense", "sparse", "sparse"]))
+    with torch.no_grad():
+        for module in hf.modules():
+            if "RMSNorm" in type(module).__name__:
+                module.weight.uniform_(0.5, 1.5)
+            if hasattr(module, "e_score_correction_bias"):
+                module.e_score_correction_bias.normal_(0.0, 0.5)
+    return hf

@@ -84,7 +84,8 @@ def test_resolved_experts_replay_in_a_cuda_graph():
 
 
 @pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
-@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "gpt_oss"])
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "gpt_oss", "glm4_moe",
+                                  "deepseek_v3"])
 def test_moe_greedy_matches_hf_on_cuda(kind, graph):
     """fp32 on the GPU: the engine (Triton experts at decode, grouped experts at prefill) against HF's argmax."""
     from genai_fast.llm import load

@@ -1,6 +1,6 @@
-"""genai_fast.llm on Phi, StarCoder2, OLMo 2 and 3, Cohere, Command R7B and parallel StableLM: transformers' models
-as the oracle (greedy tokens, logits, bf16 rounding), batches, speculation, checkpoints, and ablations showing that
-each conversion detail matters."""
+"""genai_fast.llm on Phi, StarCoder2, OLMo 2 and 3, Cohere, Command R7B, parallel StableLM, Ministral, Seed-OSS,
+Helium, ERNIE 4.5 and GLM-4: transformers' models as the oracle (greedy tokens, logits, bf16 rounding), batches,
+speculation, checkpoints, and ablations showing that each conversion detail matters."""
 
 from __future__ import annotations
 
@@ -84,12 +84,14 @@ def _moved(kind: str, monkeypatch, name: str, replacement) -> float:
     return (_prefill_logits(load(hf, max_seq_len=96)) - _hf_logits(hf)).abs().max().item()
 
 
-def test_cohere_needs_its_pairs_regrouped(monkeypatch):
-    """Rotating Cohere's interleaved pairs as halves, without reordering the q/k rows, is a different model."""
-    def unchanged(wqkv, bqkv, norms, cfg):
+@pytest.mark.parametrize("kind", ["cohere", "helium", "glm"])
+def test_interleaved_pairs_need_their_rows_regrouped(kind, monkeypatch):
+    """Rotating interleaved pairs (Cohere, Helium; GLM over half of each head) as halves, without reordering the q/k
+    rows, is a different model."""
+    def unchanged(wqkv, bqkv, norms, cfg, rotary_dims):
         return wqkv, bqkv, norms
 
-    assert _moved("cohere", monkeypatch, "_halves_from_pairs", unchanged) > 0.05
+    assert _moved(kind, monkeypatch, "_halves_from_pairs", unchanged) > 0.05
 
 
 def test_command_r7b_full_layers_do_not_rotate(monkeypatch):

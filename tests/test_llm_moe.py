@@ -59,9 +59,17 @@ def _ablations(kind: str):
         return {"softmax after top-k": {"softmax_after_topk": False}}
     if kind == "granitemoeshared":
         return {"shared MLP": {"shared_gate_up": None}}
-    if kind == "glm4_moe":
+    if kind == "deepseek_v2":
+        routing = DeepSeekRouting(sigmoid=False, n_group=4, topk_group=1, group_limited=True, renormalise=False,
+                                  scale=1.5)
+        return {"routed scale": {"deepseek": dataclasses.replace(routing, scale=1.0)},
+                "groups": {"deepseek": dataclasses.replace(routing, group_limited=False)},
+                "shared expert": {"shared_gate_up": None}}
+    if kind in ("glm4_moe", "deepseek_v3", "glm4_moe_lite"):
         routing = DeepSeekRouting(sigmoid=True, n_group=4, topk_group=2, group_limited=True, renormalise=True,
                                   scale=2.5)
+        if kind == "glm4_moe_lite":  # its config's defaults: renormalised, scaled by 1.8, 1 of 2 groups
+            routing = dataclasses.replace(routing, n_group=2, topk_group=1, scale=1.8)
         return {"correction bias": {"correction_bias": None}, "shared expert": {"shared_gate_up": None},
                 "routed scale": {"deepseek": dataclasses.replace(routing, scale=1.0)},
                 "groups": {"deepseek": dataclasses.replace(routing, n_group=1, topk_group=1)},

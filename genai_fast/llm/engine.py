@@ -96,8 +96,8 @@ def load(source: Any, dtype: torch.dtype | None = None, device: torch.device | s
          gguf_blocks: bool | None = None, reuse_prefix: bool = False, sliding_window_cache: str = "ring") -> Engine:
     """Load a Llama-family (llama, mistral, qwen2, qwen3, phi3, smollm3, gemma, gemma2, gemma3_text, granite,
     stablelm, olmo2, olmo3, cohere, cohere2; with mixture-of-experts MLPs: mixtral, qwen2_moe, qwen3_moe, olmoe,
-    granitemoe, granitemoeshared, gpt_oss), GPT-2, GPT-NeoX, Phi (1, 1.5, 2) or StarCoder2 model into the compact
-    engine.
+    granitemoe, granitemoeshared, gpt_oss, glm4_moe; with DeepSeek's latent attention too: deepseek_v2, deepseek_v3,
+    glm4_moe_lite), GPT-2, GPT-NeoX, Phi (1, 1.5, 2) or StarCoder2 model into the compact engine.
 
     source: a `.gguf` file (through transformers' `gguf_file=`), a local HF checkpoint directory, or an
     already-loaded HF `*ForCausalLM`. dtype: a floating torch.dtype or its name, as from_pretrained takes it;

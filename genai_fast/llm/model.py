@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genai_fast.backends.dispatch import ENV_BACKEND
+from genai_fast.llm.mla import MlaProjection, is_mla
 from genai_fast.llm.moe import MOE_ARCHITECTURES, SparseMoe, from_hf_block, is_moe_block
 from genai_fast.ops.attention import attention_with_kvcache, resolve_decode_attention, scaled_dot_product_attention
 from genai_fast.ops.gguf_linear import resolve_gguf_linear
@@ -47,12 +48,14 @@ from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text", "granite",
-                "stablelm", "olmo2", "olmo3", "cohere", "cohere2", *MOE_ARCHITECTURES)
+                "stablelm", "olmo2", "olmo3", "cohere", "cohere2", "ministral", "seed_oss", "helium", "ernie4_5", "glm",
+                "glm4", *MOE_ARCHITECTURES)
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
 POST_NORMS_ONLY = ("olmo2", "olmo3")  # a norm after each sublayer, none before
-FP32_WEIGHT_NORMS = ("gpt_oss", "olmo2", "olmo3")  # RMSNorms multiplying by their weight in fp32, then one cast
-COHERE = ("cohere", "cohere2")  # interleaved rotary pairs, parallel residual, mean-subtracting norms, logit scale
+FP32_WEIGHT_NORMS = ("gpt_oss", "olmo2", "olmo3", "helium")  # RMSNorms multiplying by their weight in fp32, then cast
+COHERE = ("cohere", "cohere2")  # parallel residual, mean-subtracting norms, logit scale
+INTERLEAVED_ROPE = (*COHERE, "glm", "glm4", "helium", "ernie4_5")  # rotary pairs (2i, 2i + 1), not (i, i + R/2)
 LOCAL_ROPE = ("gemma3_text", "olmo3")  # rope tables of their own on the sliding layers
 GRANITE_MULTIPLIERS = ("granite", "granitemoe", "granitemoeshared")  # embedding, residual, attention, logits
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2", "gpt_neox", "phi", "starcoder2")
@@ -101,7 +104,8 @@ class ModelConfig:
     residual_scale each layer's attention and MLP outputs before their residual adds (Granite's
     residual_multiplier), and the logits are divided by logits_divisor (Granite's logits_scaling): 1.0 leaves each
     out of the arithmetic. logits_softcap: Gemma's final_logit_softcapping, cap * tanh(logits / cap) (0: none).
-    logits_multiplier: Cohere's logit_scale, multiplying the LM head's output (1.0: none)."""
+    logits_multiplier: Cohere's logit_scale, multiplying the LM head's output (1.0: none). v_head_dim: the value
+    heads' size where it is not head_dim (0: head_dim)."""
 
     family: str
     vocab_size: int
@@ -118,6 +122,13 @@ class ModelConfig:
     logits_divisor: float = 1.0
     logits_softcap: float = 0.0
     logits_multiplier: float = 1.0
+    v_head_dim: int = 0
+
+    @property
+    def value_dim(self) -> int:
+        """Each value head's size: head_dim, or v_head_dim where it differs (DeepSeek's MLA: keys of 192, values of
+        128)."""
+        return self.v_head_dim or self.head_dim
 
 
 class Norm(nn.Module):
@@ -228,7 +239,8 @@ class Layer(nn.Module):
     parallel: a parallel residual, both sublayers reading the layer's input: GPT-NeoX's and Phi's
     (mlp(norm2(x)) + attn(norm1(x))) + x, or with residual_first Cohere's and StableLM's (x + attn) + mlp, HF's
     orders of the sums (LayerNorm models only: the fused decode paths, for RMSNorm models, never see it). When norm2
-    is norm1 (Phi, Cohere, StableLM: one norm feeds both), it runs once."""
+    is norm1 (Phi, Cohere, StableLM: one norm feeds both), it runs once. mla: DeepSeek's multi-head latent
+    attention projections (MlaProjection) in place of wqkv/bqkv (None), giving the same fused q/k/v layout."""
 
     def __init__(self, cfg: ModelConfig, norm1: Norm, norm2: Norm, wqkv: torch.Tensor, bqkv: torch.Tensor | None,
                  wo: torch.Tensor, bo: torch.Tensor | None, mlp_in: torch.Tensor | None, b_in: torch.Tensor | None,
@@ -237,7 +249,7 @@ class Layer(nn.Module):
                  window: int | None = None, post_norm1: Norm | None = None, post_norm2: Norm | None = None,
                  local_rope: bool = False, softcap: float = 0.0, moe: SparseMoe | None = None,
                  clip_qkv: float | None = None, sinks: torch.Tensor | None = None, parallel: bool = False,
-                 residual_first: bool = False) -> None:
+                 residual_first: bool = False, mla: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg, self.norm1, self.norm2, self.scale = cfg, norm1, norm2, scale
         self.use_rope, self.window, self.local_rope, self.softcap = use_rope, window, local_rope, softcap
@@ -253,6 +265,10 @@ class Layer(nn.Module):
         self.swiglu = cfg.family == "llama"
         self.act = ACTIVATIONS[cfg.activation]
         self.nq, self.nkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.n_out = cfg.num_heads * cfg.value_dim  # the attention output's width, o_proj's input
+        self.mla = mla
+        if (mla is None) == (wqkv is None):
+            raise ValueError("wqkv: expected a fused q/k/v weight without mla, or none with it")
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
@@ -339,12 +355,12 @@ class Layer(nn.Module):
                          linear: LinearFn = F.linear, attend: AttendFn | None = None) -> torch.Tensor:
         """extend()'s attention: x [S, hidden] -> [S, hidden]."""
         cfg, S = self.cfg, x.shape[0]
-        qkv = self.norm_heads(linear(x, self.wqkv, self.bqkv))
+        qkv = self.norm_heads(self.project(x, linear))
         qk = qkv[:, :self.nq + self.nkv].view(S, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim).transpose(0, 1)[None]
         if rope is not None and self.use_rope:
             qk = apply_rope(qk, *rope)
         q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
-        v = qkv[:, self.nq + self.nkv:].view(S, cfg.num_kv_heads, cfg.head_dim).transpose(0, 1)[None]
+        v = qkv[:, self.nq + self.nkv:].view(S, cfg.num_kv_heads, cfg.value_dim).transpose(0, 1)[None]
         if attend is not None:  # CPU: slice copies, then the C++ kernel without the op's per-call checks
             self.k_cache[:1, :, start:start + S] = k
             self.v_cache[:1, :, start:start + S] = v
@@ -355,12 +371,17 @@ class Layer(nn.Module):
             seen = torch.tensor([start], dtype=torch.int32)
             out = attention_with_kvcache(q, self.k_cache[:1], self.v_cache[:1], seen, k, v, scale=self.scale,
                                          softcap=self.softcap, window=self.window, sinks=self.sinks)
-        return linear(out[0].transpose(0, 1).reshape(S, self.nq), self.wo, self.bo)
+        return linear(out[0].transpose(0, 1).reshape(S, self.n_out), self.wo, self.bo)
 
     def attention_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
                        linear: LinearFn = F.linear) -> torch.Tensor:
         """x: [B, hidden] -> [B, hidden]; appends each sequence's K/V at its length."""
-        return self.attend_qkv(linear(x, self.wqkv, self.bqkv), rope, at, linear)
+        return self.attend_qkv(self.project(x, linear), rope, at, linear)
+
+    def project(self, x: torch.Tensor, linear: LinearFn) -> torch.Tensor:
+        """x [..., hidden] -> the fused projection [..., (Hq + Hkv) D + Hkv Dv]: queries, keys, values (before the
+        q/k norms and the rotation)."""
+        return linear(x, self.wqkv, self.bqkv) if self.mla is None else self.mla(x, linear)
 
     def attend_qkv(self, qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, at: StepPositions,
                    linear: LinearFn = F.linear) -> torch.Tensor:
@@ -374,15 +395,15 @@ class Layer(nn.Module):
             q = at.append(qkv, cfg.num_heads, cfg.num_kv_heads, self.k_cache, self.v_cache, at.seqlens, *tables)
             out = attention_with_kvcache(q, self.k_cache[:B], self.v_cache[:B], at.after, scale=self.scale,
                                          softcap=self.softcap, window=self.window, sinks=self.sinks)
-            return linear(out.reshape(B, self.nq), self.wo, self.bo)
+            return linear(out.reshape(B, self.n_out), self.wo, self.bo)
         qk = qkv[:, :self.nq + self.nkv].view(B, cfg.num_heads + cfg.num_kv_heads, 1, cfg.head_dim)
         if rope is not None and self.use_rope:
             qk = apply_rope(qk, *rope)  # q and k heads in one pass (elementwise, so equal to two)
-        v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.head_dim)
+        v = qkv[:, self.nq + self.nkv:].view(B, cfg.num_kv_heads, 1, cfg.value_dim)
         out = _decode_attention(qk[:, :cfg.num_heads], qk[:, cfg.num_heads:], v, self.k_cache[:B],
                                 self.v_cache[:B], at, self.scale, ring=self.ring, softcap=self.softcap,
                                 window=None if self.ring else self.window, sinks=self.sinks)
-        return linear(out.reshape(B, self.nq), self.wo, self.bo)
+        return linear(out.reshape(B, self.n_out), self.wo, self.bo)
 
     def norm_heads(self, qkv: torch.Tensor) -> torch.Tensor:
         """The fused projection's [..., (Hq + 2 Hkv) D] with each query and key head RMS-normalised (Qwen3's q_norm
@@ -417,13 +438,13 @@ class Layer(nn.Module):
                   linear: LinearFn = F.linear, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Prefill: x: [B, S, hidden] -> [B, S, hidden]; stores K/V of positions 0 .. S-1 (see store_prompt)."""
         cfg, (B, S, _) = self.cfg, x.shape
-        qkv = self.norm_heads(linear(x, self.wqkv, self.bqkv))
+        qkv = self.norm_heads(self.project(x, linear))
         heads = cfg.num_heads + cfg.num_kv_heads
         qk = qkv[..., :self.nq + self.nkv].view(B, S, heads, cfg.head_dim).transpose(1, 2)
         if rope is not None and self.use_rope:
             qk = apply_rope(qk, *rope)
         q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
-        v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = qkv[..., self.nq + self.nkv:].view(B, S, cfg.num_kv_heads, cfg.value_dim).transpose(1, 2)
         # The cache is empty: attend over the fresh K/V directly and store them for decode.
         self.store_prompt(k, v, lengths)
         # A sliding layer's queries see their last `window` positions: the kernels skip the key blocks before.
@@ -431,7 +452,7 @@ class Layer(nn.Module):
         out = scaled_dot_product_attention(q, k, v, is_causal=S > 1, scale=self.scale,
                                            enable_gqa=cfg.num_heads != cfg.num_kv_heads, softcap=self.softcap,
                                            window=window, sinks=self.sinks)
-        return linear(out.transpose(1, 2).reshape(B, S, self.nq), self.wo, self.bo)
+        return linear(out.transpose(1, 2).reshape(B, S, self.n_out), self.wo, self.bo)
 
     def store_prompt(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None) -> None:
         """k, v: [B, Hkv, S, D] of positions 0 .. S-1 into cache rows 0 .. B-1. When they outrun a sliding
@@ -445,9 +466,9 @@ class Layer(nn.Module):
         last = (torch.full((B,), S, device=k.device) if lengths is None else lengths.to(k.device)) - 1
         slots = torch.arange(size, device=k.device)
         positions = (last[:, None] - (last[:, None] - slots[None, :]) % size).clamp(min=0)  # [B, size]
-        index = positions[:, None, :, None].expand(B, k.shape[1], size, k.shape[3])
-        self.k_cache[:B] = k.gather(2, index)
-        self.v_cache[:B] = v.gather(2, index)
+        index = positions[:, None, :, None]
+        self.k_cache[:B] = k.gather(2, index.expand(B, k.shape[1], size, k.shape[3]))
+        self.v_cache[:B] = v.gather(2, index.expand(B, v.shape[1], size, v.shape[3]))
 
 
 @dataclass
@@ -595,7 +616,7 @@ class DecoderModel(nn.Module):
             shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
             layer.k_cache = layer.v_cache = None  # free the old cache before allocating the new one
             layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            layer.v_cache = torch.zeros((*shape[:3], cfg.value_dim), dtype=self.dtype, device=self.device)
         self.cache_batch, self.cache_len = batch, max_len
         self.cache_version += 1
         if self.inv_freq is not None:
@@ -808,7 +829,8 @@ class DecoderModel(nn.Module):
         if key not in self._decode_kernels:
             cfg = self.cfg
             usable = (self.fused_projections and cfg.family == "llama" and cfg.activation == "silu"
-                      and all(n.plain_rms for n in self._norms()) and not any(layer.moe for layer in self.layers))
+                      and all(n.plain_rms for n in self._norms())
+                      and not any(layer.moe or layer.mla for layer in self.layers))
             gemv = None
             if usable and (norm_linear := _resolve_gpu_kernel(self.device, self.dtype, "decode_gemv",
                                                               "norm_linear_fwd")) is not None:
@@ -847,7 +869,8 @@ class DecoderModel(nn.Module):
         key = ("attend", os.environ.get(ENV_BACKEND), torch.get_num_threads())
         if key not in self._decode_kernels:
             cfg = self.cfg
-            self._decode_kernels[key] = resolve_decode_attention(self.device, self.dtype, cfg.head_dim, cfg.head_dim)
+            self._decode_kernels[key] = resolve_decode_attention(self.device, self.dtype, cfg.head_dim,
+                                                                 cfg.value_dim)
         return self._decode_kernels[key]
 
     def forward(self, ids: torch.Tensor, pos: int = 0, last_only: bool = True) -> torch.Tensor:
@@ -881,7 +904,7 @@ class DecoderModel(nn.Module):
     def kv_bytes_per_position(self) -> int:
         """Bytes of K and V over all layers for one cached position of one sequence."""
         cfg = self.cfg
-        return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.embed.element_size()
+        return cfg.num_layers * cfg.num_kv_heads * (cfg.head_dim + cfg.value_dim) * self.embed.element_size()
 
     def kv_bytes_read(self, length: int, steps: int) -> int:
         """Bytes of K and V that `steps` decode steps of one sequence read after a `length`-token prompt: at step j
@@ -976,11 +999,14 @@ def _layer_window(attn: nn.Module, config: object) -> int | None:
 
 def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
     heads = config.num_attention_heads
+    dims = {"num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads}
+    if getattr(config, "kv_lora_rank", None):  # MLA: every head's keys [rope | nope] and values cached expanded
+        dims = {"num_kv_heads": heads, "head_dim": config.qk_nope_head_dim + config.qk_rope_head_dim,
+                "v_head_dim": config.v_head_dim}
     return ModelConfig(
         family="llama", vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        num_layers=config.num_hidden_layers, num_heads=heads,
-        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        num_layers=config.num_hidden_layers, num_heads=heads, **dims,
         norm_eps=getattr(config, "rms_norm_eps", None) or config.layer_norm_eps,
         max_position_embeddings=context_limit(config), activation=_gated_activation(config),
         **_multipliers(config, dtype))
@@ -1020,10 +1046,14 @@ def _rope_from_hf(hf_model: nn.Module, head_dim: int, layer_type: str | None = N
     return inv_freq.detach().clone(), float(getattr(rotary, f"{prefix}attention_scaling", 1.0))
 
 
-def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                           torch.Tensor | None]:
     """(q/k/v weight, its bias or None, gate/up weight) of a layer, fused as the compact module keeps them (Phi-3's
-    checkpoints hold them fused already, in the same row order); the gate/up weight is None for a MoE block."""
-    if hasattr(a, "qkv_proj"):
+    checkpoints hold them fused already, in the same row order); the gate/up weight is None for a MoE block, the
+    q/k/v ones for MLA attention (MlaProjection's)."""
+    if is_mla(a):
+        wqkv = bqkv = None
+    elif hasattr(a, "qkv_proj"):
         wqkv, bqkv = a.qkv_proj.weight, a.qkv_proj.bias
     else:
         wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
@@ -1031,20 +1061,31 @@ def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor, torch.
     if is_moe_block(m):
         return wqkv, bqkv, None
     gate_up = m.gate_up_proj if hasattr(m, "gate_up_proj") else None
-    if (gate_up.bias if gate_up is not None else m.gate_proj.bias) is not None:
-        raise ValueError("unsupported checkpoint: MLP biases (mlp_bias=True) in a Llama-family model")
     w_gate_up = gate_up.weight if gate_up is not None else torch.cat([m.gate_proj.weight, m.up_proj.weight])
     return wqkv, bqkv, w_gate_up
 
 
-def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object, dtype: torch.dtype) -> Layer:
+def _mlp_biases(m: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(gate/up bias, down bias) of a dense gated MLP (mlp_bias=True, ERNIE's use_bias), or (None, None)."""
+    if getattr(m, "gate_up_proj", None) is not None:
+        b_in = m.gate_up_proj.bias
+    else:
+        b_in = None if m.gate_proj.bias is None else torch.cat([m.gate_proj.bias, m.up_proj.bias])
+    b_out = m.down_proj.bias
+    return None if b_in is None else b_in.to(dtype), None if b_out is None else b_out.to(dtype)
+
+
+def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object, dtype: torch.dtype,
+                 rotary_dims: int) -> Layer:
+    """One Llama-family layer; rotary_dims: how many of each head's dims the model's rope rotates."""
     a = layer.self_attn
     m = layer.block_sparse_moe if hasattr(layer, "block_sparse_moe") else layer.mlp  # Granite-MoE's name
     wqkv, bqkv, w_gate_up = _fused_projections(a, m)
     moe = (from_hf_block(m, config, _gated_activation(config), dtype, getattr(layer, "shared_mlp", None))
            if w_gate_up is None else None)
-    wqkv = wqkv.to(dtype)
+    wqkv = None if wqkv is None else wqkv.to(dtype)
     w_gate_up, w_down = (None, None) if moe is not None else (w_gate_up.to(dtype), m.down_proj.weight.to(dtype))
+    b_in, b_out = (None, None) if moe is not None else _mlp_biases(m, dtype)
     bqkv = None if bqkv is None else bqkv.to(dtype)
     bo = None if a.o_proj.bias is None else a.o_proj.bias.to(dtype)
     head_norms = [_head_norm(getattr(a, name, None), config, dtype)
@@ -1052,33 +1093,45 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     use_rope = _layer_uses_rope(config, index)
     window = _layer_window(a, config)
     local_rope = _has_local_rope(config) and config.layer_types[index] == "sliding_attention"
-    if config.model_type in COHERE:
-        wqkv, bqkv, head_norms = _halves_from_pairs(wqkv, bqkv, head_norms, cfg)
+    if config.model_type in INTERLEAVED_ROPE:
+        wqkv, bqkv, head_norms = _halves_from_pairs(wqkv, bqkv, head_norms, cfg, rotary_dims)
     if config.model_type in POST_NORMS_ONLY:  # OLMo 2 and 3: norms of the sublayer outputs only
-        return Layer(cfg, NoNorm(), NoNorm(), wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None,
+        return Layer(cfg, NoNorm(), NoNorm(), wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, b_in, w_down, b_out,
                      None, *head_norms, window=window, local_rope=local_rope,
                      post_norm1=_residual_norm(layer.post_attention_layernorm, config, dtype),
                      post_norm2=_residual_norm(layer.post_feedforward_layernorm, config, dtype))
+    if config.model_type == "glm4":  # GLM-4-0414: norms around each sublayer, named its own way
+        return Layer(cfg, _residual_norm(layer.input_layernorm, config, dtype),
+                     _residual_norm(layer.post_attention_layernorm, config, dtype), wqkv, bqkv,
+                     a.o_proj.weight.to(dtype), bo, w_gate_up, b_in, w_down, b_out, None, *head_norms, window=window,
+                     post_norm1=_residual_norm(layer.post_self_attn_layernorm, config, dtype),
+                     post_norm2=_residual_norm(layer.post_mlp_layernorm, config, dtype))
     if config.model_type in SANDWICH_NORMS:  # Gemma 2 and 3: norms around each sublayer
         return Layer(cfg, _residual_norm(layer.input_layernorm, config, dtype),
                      _residual_norm(layer.pre_feedforward_layernorm, config, dtype),
-                     wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None,
+                     wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, b_in, w_down, b_out,
                      float(config.query_pre_attn_scalar) ** -0.5, *head_norms, window=window,
                      post_norm1=_residual_norm(layer.post_attention_layernorm, config, dtype),
                      post_norm2=_residual_norm(layer.post_feedforward_layernorm, config, dtype),
                      local_rope=local_rope,
                      softcap=float(getattr(config, "attn_logit_softcapping", None) or 0.0))
-    # Granite's attention_multiplier replaces 1/sqrt(head_dim).
+    # Granite's attention_multiplier replaces 1/sqrt(head_dim); MLA's scale is 1/sqrt(its key size) times YaRN's
+    # mscale squared, as HF's attention module holds it.
     scale = float(config.attention_multiplier) if config.model_type in GRANITE_MULTIPLIERS else None
+    mla = None
+    if is_mla(a):
+        mla = MlaProjection.from_hf(a, config, dtype, lambda norm: _residual_norm(norm, config, dtype),
+                                    interleaved=config.model_type == "deepseek_v2" or bool(config.rope_interleave))
+        scale = float(a.scaling)
     # Cohere's and parallel StableLM's layers feed both sublayers from input_layernorm (no second norm).
     norm1 = _residual_norm(layer.input_layernorm, config, dtype)
     second = getattr(layer, "post_attention_layernorm", None)
     parallel = second is None
     return Layer(cfg, norm1, norm1 if parallel else _residual_norm(second, config, dtype),
-                 wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, None, w_down, None, scale, *head_norms,
+                 wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, b_in, w_down, b_out, scale, *head_norms,
                  use_rope=use_rope, window=window, moe=moe, clip_qkv=getattr(config, "clip_qkv", None),
                  sinks=None if getattr(a, "sinks", None) is None else a.sinks.to(dtype), parallel=parallel,
-                 residual_first=parallel)
+                 residual_first=parallel, mla=mla)
 
 
 def _has_local_rope(config: object) -> bool:
@@ -1098,13 +1151,15 @@ def _layer_uses_rope(config: object, index: int) -> bool:
 
 
 def _halves_from_pairs(wqkv: torch.Tensor, bqkv: torch.Tensor | None, head_norms: list[Norm | None],
-                       cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor | None, list[Norm | None]]:
-    """Cohere rotates interleaved pairs (dims 2i, 2i + 1 of a head by frequency i); the compact module's rope rotates
-    halves (i, i + D/2). Reordering each query and key head's dims evens first, odds after (in the projection rows,
-    and in the per-head norm weights, which see each dim with its own weight) turns one into the other: every
-    rotated pair gets the same products and sums, and q.k is a sum over the same pairs. V is untouched."""
-    D = cfg.head_dim
-    order = torch.cat([torch.arange(0, D, 2), torch.arange(1, D, 2)])
+                       cfg: ModelConfig, rotary_dims: int
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, list[Norm | None]]:
+    """Cohere, GLM, Helium and ERNIE rotate interleaved pairs (dims 2i, 2i + 1 of a head by frequency i, over its
+    first rotary_dims); the compact module's rope rotates halves (i, i + R/2). Reordering those dims of each query and
+    key head evens first, odds after (in the projection rows, and in the per-head norm weights, which see each dim
+    with its own weight) turns one into the other: every rotated pair gets the same products and sums, and q.k is a
+    sum over the same pairs. The unrotated dims and V are untouched."""
+    D, R = cfg.head_dim, rotary_dims
+    order = torch.cat([torch.arange(0, R, 2), torch.arange(1, R, 2), torch.arange(R, D)])
     qk_rows = (cfg.num_heads + cfg.num_kv_heads) * D
     rows = torch.cat([(torch.arange(qk_rows).view(-1, D)[:, order]).flatten(), torch.arange(qk_rows, wqkv.shape[0])])
     norms = [None if n is None else Norm(n.weight[..., order], None if n.bias is None else n.bias[..., order], n.eps)
@@ -1160,7 +1215,8 @@ def _from_llama(hf_model: nn.Module, dtype: torch.dtype) -> DecoderModel:
         inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim, config.layer_types[0])
     else:
         inv_freq, scaling = _rope_from_hf(hf_model, cfg.head_dim)
-    layers = [_llama_layer(layer, i, cfg, config, dtype) for i, layer in enumerate(hf_model.model.layers)]
+    layers = [_llama_layer(layer, i, cfg, config, dtype, 2 * inv_freq.numel())
+              for i, layer in enumerate(hf_model.model.layers)]
     embed = hf_model.model.embed_tokens.weight
     tied = hf_model.lm_head.weight.data_ptr() == embed.data_ptr()
     return DecoderModel(cfg, embed.to(dtype), None, layers, _residual_norm(hf_model.model.norm, config, dtype),
