@@ -76,27 +76,28 @@ def tiny_variant(kind: str, **common):
     return hf.eval()
 
 
-MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "glm4_moe", "deepseek_v2",
-             "deepseek_v3", "glm4_moe_lite")
+MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "glm4_moe", "dots1",
+             "deepseek_v2", "deepseek_v3", "glm4_moe_lite")
 
 
 def tiny_moe(kind: str, **common):
-    """A random tiny mixture-of-experts model, eval mode: Mixtral (6 experts, 2 per token, renormalised, fp32
-    routing weights), Qwen2-MoE (6 experts, 2 per token, not renormalised, a sigmoid-gated shared expert, qkv
-    biases), Qwen3-MoE (8 experts, 3 per token, renormalised, per-head q/k norms, its second layer dense through
+    """A random tiny mixture-of-experts model, eval mode: Mixtral (6 experts, 2 per token, renormalised, fp32 routing
+    weights), Qwen2-MoE (6 experts, 2 per token, not renormalised, a sigmoid-gated shared expert, qkv biases),
+    Qwen3-MoE (8 experts, 3 per token, renormalised, per-head q/k norms, its second layer dense through
     mlp_only_layers), OLMoE (8 experts, 2 per token, q/k norms over all heads, q/k/v clipped at 1.5), Granite-MoE
-    (softmax over the top 2 of 5 logits, every multiplier away from 1) or Granite-MoE-Shared (the same with an
-    ungated shared MLP), or "gpt_oss" (not in MOE_KINDS: its experts are not transformers' plain ones): 4 experts,
-    2 per token, biases everywhere, the clamped GLU, sliding and full layers alternating (window 6), per-head sinks
-    drawn from N(0, 2) and the MoE biases from N(0, 0.5) so that they matter; GLM-4.5 (DeepSeek-V3's router: 8 experts
-    in 4 groups, the best 2 groups open, 2 experts per token by sigmoid scores with a correction bias drawn from
-    N(0, 0.5), renormalised, scaled by 2.5; a shared expert; its first layer dense; per-head q/k norms, qkv biases,
-    rotary embeddings on half of each head); DeepSeek-V2 (multi-head latent attention with uncompressed queries,
-    softmax routing limited to the best of 4 groups, scaled by 1.5: a group scores its best expert, so with 2 of
-    4 groups open the 2 best experts would always be inside them), DeepSeek-V3 (compressed queries, interleaved
-    rotary pairs, YaRN with its attention mscale, V3's router as GLM-4.5's) and GLM-4.7-Flash (glm4_moe_lite: V3's
-    attention and router, value heads larger than the nope part of the keys): three layers, the first dense.
-    common["initializer_range"] defaults to 0.2 (at 0.02 tiny models repeat one token)."""
+    (softmax over the top 2 of 5 logits, every multiplier away from 1) or Granite-MoE-Shared (the same with an ungated
+    shared MLP), or "gpt_oss" (not in MOE_KINDS: its experts are not transformers' plain ones): 4 experts, 2 per token,
+    biases everywhere, the clamped GLU, sliding and full layers alternating (window 6), per-head sinks drawn from
+    N(0, 2) and the MoE biases from N(0, 0.5) so that they matter; GLM-4.5 (DeepSeek-V3's router: 8 experts in 4
+    groups, the best 2 groups open, 2 experts per token by sigmoid scores with a correction bias drawn from N(0, 0.5),
+    renormalised, scaled by 2.5; a shared expert; its first layer dense; per-head q/k norms, qkv biases, rotary
+    embeddings on half of each head); dots.llm1 (dots1: the same router under Qwen3's attention); DeepSeek-V2
+    (multi-head latent attention with uncompressed queries, softmax routing limited to the best of 4 groups, scaled by
+    1.5: a group scores its best expert, so with 2 of 4 groups open the 2 best experts would always be inside them),
+    DeepSeek-V3 (compressed queries, interleaved rotary pairs, YaRN with its attention mscale, V3's router as
+    GLM-4.5's) and GLM-4.7-Flash (glm4_moe_lite: V3's attention and router, value heads larger than the nope part of
+    the keys): three layers, the first dense. common["initializer_range"] defaults to 0.2 (at 0.02 tiny models repeat
+    one token)."""
     import transformers
 
     common = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -154,6 +155,14 @@ def tiny_moe(kind: str, **common):
             for layer in hf.model.layers:
                 layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
                 layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    elif kind == "dots1":  # dots.llm1: Qwen3's attention, DeepSeek-V3's router
+        hf = transformers.Dots1ForCausalLM(transformers.Dots1Config(
+            **{**common, "num_hidden_layers": 3}, head_dim=16, moe_intermediate_size=40, n_routed_experts=8,
+            num_experts_per_tok=2, n_group=4, topk_group=2, routed_scaling_factor=2.5, n_shared_experts=1,
+            first_k_dense_replace=1, norm_topk_prob=True, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+        with torch.no_grad():
+            for layer in hf.model.layers[1:]:
+                layer.mlp.gate.e_score_correction_bias.normal_(0.0, 0.5)
     elif kind in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite"):
         hf = _tiny_deepseek(kind, common)
     else:
@@ -193,15 +202,16 @@ def byte_level_bpe():
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
 
-# Architectures converted with the pieces above recombined: Phi's one-norm parallel layers and LM head bias (with
-# and without its q/k LayerNorms), StarCoder2's LayerNorms, biases and sliding window, OLMo 2's norms after the
-# sublayers only, OLMo 3's sliding layers with rope tables of their own, Cohere's interleaved rotary pairs, per-head
-# q/k LayerNorms and logit scale, Command R7B's sliding rotary layers and NoPE full layers, parallel StableLM with
-# per-head q/k LayerNorms; Ministral's sliding layers, Seed-OSS's q/k/v and output biases, Helium's interleaved rotary
-# pairs and fp32-weight norms, ERNIE 4.5's interleaved pairs with MLP biases, GLM-4's interleaved pairs over half of
-# each head (GLM-4-0414 with norms after each sublayer too).
-ARCH_KINDS = ("phi", "phi-qk-layernorm", "starcoder2", "olmo2", "olmo3", "cohere", "cohere2", "stablelm-parallel",
-              "ministral", "seed_oss", "helium", "ernie4_5", "glm", "glm4")
+# Architectures converted with the pieces above recombined: Phi's one-norm parallel layers and LM head bias (with and
+# without its q/k LayerNorms), StarCoder2's LayerNorms, biases and sliding window, OLMo 2's norms after the sublayers
+# only, OLMo 3's sliding layers with rope tables of their own, EXAONE 4's post-norms with unrotated full layers,
+# Cohere's interleaved rotary pairs, per-head q/k LayerNorms and logit scale, Command R7B's sliding rotary layers and
+# NoPE full layers, parallel StableLM with per-head q/k LayerNorms; Ministral's sliding layers, Seed-OSS's q/k/v and
+# output biases, Helium's interleaved rotary pairs and fp32-weight norms, ERNIE 4.5's interleaved pairs with MLP biases,
+# GLM-4's interleaved pairs over half of each head (GLM-4-0414 with norms after each sublayer too), Arcee's ungated
+# ReLU^2 MLP.
+ARCH_KINDS = ("phi", "phi-qk-layernorm", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere", "cohere2",
+              "stablelm-parallel", "ministral", "seed_oss", "helium", "ernie4_5", "glm", "glm4", "arcee")
 
 
 def tiny_arch(kind: str, **common):
@@ -227,6 +237,8 @@ def tiny_arch(kind: str, **common):
             **common, sliding_window=6, layer_types=mixed, rope_parameters={
                 "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 5e5},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+        "exaone4": lambda: t.Exaone4ForCausalLM(t.Exaone4Config(**common, head_dim=16, sliding_window=6,
+                                                                layer_types=mixed)),
         "cohere": lambda: t.CohereForCausalLM(t.CohereConfig(**common, use_qk_norm=True, logit_scale=0.5)),
         "cohere2": lambda: t.Cohere2ForCausalLM(t.Cohere2Config(**common, sliding_window=6, logit_scale=0.5,
                                                                       layer_types=mixed)),
@@ -240,6 +252,7 @@ def tiny_arch(kind: str, **common):
         "ernie4_5": lambda: t.Ernie4_5ForCausalLM(t.Ernie4_5Config(**common, head_dim=16, use_bias=True)),
         "glm": lambda: t.GlmForCausalLM(t.GlmConfig(**common, head_dim=16)),
         "glm4": lambda: t.Glm4ForCausalLM(t.Glm4Config(**common, head_dim=16)),
+        "arcee": lambda: t.ArceeForCausalLM(t.ArceeConfig(**common)),
     }
     if kind not in build:
         raise ValueError(f"kind: expected one of {ARCH_KINDS}, got {kind!r}")

@@ -65,7 +65,7 @@ def _ablations(kind: str):
         return {"routed scale": {"deepseek": dataclasses.replace(routing, scale=1.0)},
                 "groups": {"deepseek": dataclasses.replace(routing, group_limited=False)},
                 "shared expert": {"shared_gate_up": None}}
-    if kind in ("glm4_moe", "deepseek_v3", "glm4_moe_lite"):
+    if kind in ("glm4_moe", "dots1", "deepseek_v3", "glm4_moe_lite"):
         routing = DeepSeekRouting(sigmoid=True, n_group=4, topk_group=2, group_limited=True, renormalise=True,
                                   scale=2.5)
         if kind == "glm4_moe_lite":  # its config's defaults: renormalised, scaled by 1.8, 1 of 2 groups

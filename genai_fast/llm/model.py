@@ -48,16 +48,17 @@ from genai_fast.ops.linear import resolve_linear
 from genai_fast.ops.rms_norm import resolve_rms_norm
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text", "granite",
-                "stablelm", "olmo2", "olmo3", "cohere", "cohere2", "ministral", "seed_oss", "helium", "ernie4_5", "glm",
-                "glm4", *MOE_ARCHITECTURES)
+                "stablelm", "olmo2", "olmo3", "exaone4", "cohere", "cohere2", "ministral", "seed_oss", "helium",
+                "ernie4_5", "glm", "glm4", "arcee", *MOE_ARCHITECTURES)
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
-POST_NORMS_ONLY = ("olmo2", "olmo3")  # a norm after each sublayer, none before
+POST_NORMS_ONLY = ("olmo2", "olmo3", "exaone4")  # a norm after each sublayer, none before
 FP32_WEIGHT_NORMS = ("gpt_oss", "olmo2", "olmo3", "helium")  # RMSNorms multiplying by their weight in fp32, then cast
 COHERE = ("cohere", "cohere2")  # parallel residual, mean-subtracting norms, logit scale
 INTERLEAVED_ROPE = (*COHERE, "glm", "glm4", "helium", "ernie4_5")  # rotary pairs (2i, 2i + 1), not (i, i + R/2)
 LOCAL_ROPE = ("gemma3_text", "olmo3")  # rope tables of their own on the sliding layers
 GRANITE_MULTIPLIERS = ("granite", "granitemoe", "granitemoeshared")  # embedding, residual, attention, logits
+PLAIN_MLPS = ("arcee",)  # Llama layers whose MLP is act(x W_up) W_down, no gate
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2", "gpt_neox", "phi", "starcoder2")
 # extend() runs the decode step's linear (weights streamed once, GGUF blocks) up to this many rows.
 MAX_DECODE_ROWS = 16
@@ -93,6 +94,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),  # transformers' ReLUSquaredActivation (Arcee, Nemotron)
 }
 
 
@@ -992,12 +994,15 @@ def context_limit(config: object) -> int:
 def _layer_window(attn: nn.Module, config: object) -> int | None:
     """A Llama-family layer's sliding window: HF's attention modules hold theirs (Qwen2, SmolLM3, Gemma 3: None on
     full layers); Mistral's, Mixtral's and StarCoder2's read the config's. None: full attention."""
+    if config.model_type == "exaone4":  # every layer holds the config's window; only the sliding ones use it
+        return int(config.sliding_window) if attn.is_sliding else None
     window = getattr(attn, "sliding_window", None) if hasattr(attn, "sliding_window") else (
         getattr(config, "sliding_window", None) if config.model_type in ("mistral", "mixtral", "starcoder2") else None)
     return int(window) if window else None
 
 
 def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
+    """A Llama-family model's ModelConfig; family "llama" (gated MLPs) or "plain" (Arcee's act(x W_up) W_down)."""
     heads = config.num_attention_heads
     dims = {"num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
             "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads}
@@ -1005,8 +1010,8 @@ def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
         dims = {"num_kv_heads": heads, "head_dim": config.qk_nope_head_dim + config.qk_rope_head_dim,
                 "v_head_dim": config.v_head_dim}
     return ModelConfig(
-        family="llama", vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        num_layers=config.num_hidden_layers, num_heads=heads, **dims,
+        family="plain" if config.model_type in PLAIN_MLPS else "llama", vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size, num_layers=config.num_hidden_layers, num_heads=heads, **dims,
         norm_eps=getattr(config, "rms_norm_eps", None) or config.layer_norm_eps,
         max_position_embeddings=context_limit(config), activation=_gated_activation(config),
         **_multipliers(config, dtype))
@@ -1060,6 +1065,8 @@ def _fused_projections(a: nn.Module, m: nn.Module) -> tuple[torch.Tensor | None,
         bqkv = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
     if is_moe_block(m):
         return wqkv, bqkv, None
+    if not hasattr(m, "gate_proj") and not hasattr(m, "gate_up_proj"):  # Arcee: no gate
+        return wqkv, bqkv, m.up_proj.weight
     gate_up = m.gate_up_proj if hasattr(m, "gate_up_proj") else None
     w_gate_up = gate_up.weight if gate_up is not None else torch.cat([m.gate_proj.weight, m.up_proj.weight])
     return wqkv, bqkv, w_gate_up
@@ -1069,6 +1076,8 @@ def _mlp_biases(m: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor | None, 
     """(gate/up bias, down bias) of a dense gated MLP (mlp_bias=True, ERNIE's use_bias), or (None, None)."""
     if getattr(m, "gate_up_proj", None) is not None:
         b_in = m.gate_up_proj.bias
+    elif not hasattr(m, "gate_proj"):  # Arcee
+        b_in = m.up_proj.bias
     else:
         b_in = None if m.gate_proj.bias is None else torch.cat([m.gate_proj.bias, m.up_proj.bias])
     b_out = m.down_proj.bias
@@ -1095,9 +1104,9 @@ def _llama_layer(layer: nn.Module, index: int, cfg: ModelConfig, config: object,
     local_rope = _has_local_rope(config) and config.layer_types[index] == "sliding_attention"
     if config.model_type in INTERLEAVED_ROPE:
         wqkv, bqkv, head_norms = _halves_from_pairs(wqkv, bqkv, head_norms, cfg, rotary_dims)
-    if config.model_type in POST_NORMS_ONLY:  # OLMo 2 and 3: norms of the sublayer outputs only
+    if config.model_type in POST_NORMS_ONLY:  # OLMo 2 and 3, EXAONE 4: norms of the sublayer outputs only
         return Layer(cfg, NoNorm(), NoNorm(), wqkv, bqkv, a.o_proj.weight.to(dtype), bo, w_gate_up, b_in, w_down, b_out,
-                     None, *head_norms, window=window, local_rope=local_rope,
+                     None, *head_norms, use_rope=use_rope, window=window, local_rope=local_rope,
                      post_norm1=_residual_norm(layer.post_attention_layernorm, config, dtype),
                      post_norm2=_residual_norm(layer.post_feedforward_layernorm, config, dtype))
     if config.model_type == "glm4":  # GLM-4-0414: norms around each sublayer, named its own way
@@ -1142,10 +1151,10 @@ def _has_local_rope(config: object) -> bool:
 
 def _layer_uses_rope(config: object, index: int) -> bool:
     """Whether a Llama-family layer rotates its queries and keys: SmolLM3's no_rope_layers holds 0 for its NoPE
-    layers; Command R7B (cohere2) rotates only on its sliding layers."""
+    layers; Command R7B (cohere2) and EXAONE 4 (where it has sliding layers) rotate only on their sliding layers."""
     if config.model_type == "smollm3":
         return bool(config.no_rope_layers[index])
-    if config.model_type == "cohere2":
+    if config.model_type == "cohere2" or (config.model_type == "exaone4" and config.sliding_window):
         return config.layer_types[index] == "sliding_attention"
     return True
 

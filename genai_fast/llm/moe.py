@@ -46,7 +46,7 @@ from genai_fast.ops.moe import (
 )
 
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "gpt_oss",
-                     "glm4_moe", "deepseek_v2", "deepseek_v3", "glm4_moe_lite")
+                     "glm4_moe", "dots1", "deepseek_v2", "deepseek_v3", "glm4_moe_lite")
 LinearFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 # The model's activation names (genai_fast.llm.model.ACTIVATIONS) as genai_fast.ops.moe names them.
 _OP_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
