@@ -209,9 +209,9 @@ def byte_level_bpe():
 # NoPE full layers, parallel StableLM with per-head q/k LayerNorms; Ministral's sliding layers, Seed-OSS's q/k/v and
 # output biases, Helium's interleaved rotary pairs and fp32-weight norms, ERNIE 4.5's interleaved pairs with MLP biases,
 # GLM-4's interleaved pairs over half of each head (GLM-4-0414 with norms after each sublayer too), Arcee's ungated
-# ReLU^2 MLP.
+# ReLU^2 MLP, Nemotron's too with (1 + w) LayerNorms and rotary embeddings on half of each head.
 ARCH_KINDS = ("phi", "phi-qk-layernorm", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere", "cohere2",
-              "stablelm-parallel", "ministral", "seed_oss", "helium", "ernie4_5", "glm", "glm4", "arcee")
+              "stablelm-parallel", "ministral", "seed_oss", "helium", "ernie4_5", "glm", "glm4", "arcee", "nemotron")
 
 
 def tiny_arch(kind: str, **common):
@@ -253,6 +253,7 @@ def tiny_arch(kind: str, **common):
         "glm": lambda: t.GlmForCausalLM(t.GlmConfig(**common, head_dim=16)),
         "glm4": lambda: t.Glm4ForCausalLM(t.Glm4Config(**common, head_dim=16)),
         "arcee": lambda: t.ArceeForCausalLM(t.ArceeConfig(**common)),
+        "nemotron": lambda: t.NemotronForCausalLM(t.NemotronConfig(**common)),
     }
     if kind not in build:
         raise ValueError(f"kind: expected one of {ARCH_KINDS}, got {kind!r}")

@@ -126,6 +126,29 @@ def test_cpp_half_precision_equals_fp32_rounded_like_torch(layout, dtype):
     assert torch.equal(got, wide.to(dtype))
 
 
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_cpp_portable_half_precision_equals_fp32_rounded(isa):
+    """The bitwise rule above on the portable loops (what a CPU without AVX-512 runs): the fp32 sums must take the
+    same pieces as the converted fp16/bf16 ones, or a group's mean rounds differently (seen on such a host)."""
+    from tests.isa import run_with_isa
+
+    if backend_unavailable_reasons("cpp"):
+        pytest.skip("; ".join(backend_unavailable_reasons("cpp")))
+    script = """
+import torch, genai_fast
+from tests.group_norm_cases import make_input
+torch.manual_seed(0)
+for dtype in (torch.float16, torch.bfloat16):
+    for layout in ("contiguous", "channels_last"):
+        x = (make_input((2, 64, 17, 19), layout, torch.float64) * 3).to(dtype)
+        weight, bias = torch.randn(64), torch.randn(64)
+        got = genai_fast.group_norm(x, 8, weight, bias, activation="silu", backend="cpp")
+        wide = genai_fast.group_norm(x.float(), 8, weight, bias, activation="silu", backend="cpp")
+        print(torch.equal(got, wide.to(dtype)))
+"""
+    assert run_with_isa(script, isa) == ["True"] * 4
+
+
 def test_cpp_is_deterministic():
     if backend_unavailable_reasons("cpp"):
         pytest.skip("; ".join(backend_unavailable_reasons("cpp")))

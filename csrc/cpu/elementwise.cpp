@@ -118,10 +118,15 @@ GF_CLONES void floats_to_halves(const float* src, uint16_t* dst, int64_t n, bool
   }
 }
 
-// Calls f(values, count, first) over x[0:n] as floats: fp32 in one piece, fp16/bf16 converted kPiece at a time.
+// Calls f(values, count, first) over x[0:n] as floats, kPiece at a time: fp32 in place, fp16/bf16 converted.
 template <class F>
 void for_float_pieces(const void* x, DType dtype, int64_t n, F&& f) {
-  if (dtype == DType::Float32) return f(static_cast<const float*>(x), n, int64_t{0});
+  if (dtype == DType::Float32) {
+    // The same pieces as the converted types': a sum then rounds the same way whatever the input's dtype, so an
+    // fp16/bf16 input gives bit for bit the fp32 result on its widened values (without AVX-512 too).
+    for (int64_t i = 0; i < n; i += kPiece) f(static_cast<const float*>(x) + i, std::min(kPiece, n - i), i);
+    return;
+  }
   float buffer[kPiece];
   for (int64_t i = 0; i < n; i += kPiece) {
     const int64_t count = std::min(kPiece, n - i);
@@ -187,8 +192,9 @@ void scale_shift_rows_portable(const void* x, void* y, DType dtype, int64_t rows
   for (int64_t r = 0; r < rows; ++r) {
     void* row_out = element_at(y, dtype, r * C);
     for_float_pieces(element_at(x, dtype, r * C), dtype, C, [&](const float* v, int64_t count, int64_t c0) {
-      if (dtype == DType::Float32) {  // one piece: write the output row directly
-        return scale_shift_channels_portable(v, static_cast<float*>(row_out), count, center, scale, shift, act);
+      if (dtype == DType::Float32) {  // write the output row directly
+        return scale_shift_channels_portable(v, static_cast<float*>(row_out) + c0, count, center + c0, scale + c0,
+                                             shift + c0, act);
       }
       scale_shift_channels_portable(v, out, count, center + c0, scale + c0, shift + c0, act);
       store_floats(out, row_out, dtype, c0, count);

@@ -49,7 +49,7 @@ from genai_fast.ops.rms_norm import resolve_rms_norm
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text", "granite",
                 "stablelm", "olmo2", "olmo3", "exaone4", "cohere", "cohere2", "ministral", "seed_oss", "helium",
-                "ernie4_5", "glm", "glm4", "arcee", *MOE_ARCHITECTURES)
+                "ernie4_5", "glm", "glm4", "arcee", "nemotron", *MOE_ARCHITECTURES)
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")  # RMSNorms scaling by (1 + w) in fp32
 SANDWICH_NORMS = ("gemma2", "gemma3_text")  # a norm before and after each sublayer
 POST_NORMS_ONLY = ("olmo2", "olmo3", "exaone4")  # a norm after each sublayer, none before
@@ -58,7 +58,7 @@ COHERE = ("cohere", "cohere2")  # parallel residual, mean-subtracting norms, log
 INTERLEAVED_ROPE = (*COHERE, "glm", "glm4", "helium", "ernie4_5")  # rotary pairs (2i, 2i + 1), not (i, i + R/2)
 LOCAL_ROPE = ("gemma3_text", "olmo3")  # rope tables of their own on the sliding layers
 GRANITE_MULTIPLIERS = ("granite", "granitemoe", "granitemoeshared")  # embedding, residual, attention, logits
-PLAIN_MLPS = ("arcee",)  # Llama layers whose MLP is act(x W_up) W_down, no gate
+PLAIN_MLPS = ("arcee", "nemotron")  # Llama layers whose MLP is act(x W_up) W_down, no gate
 SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "gpt2", "gpt_neox", "phi", "starcoder2")
 # extend() runs the decode step's linear (weights streamed once, GGUF blocks) up to this many rows.
 MAX_DECODE_ROWS = 16
@@ -1012,7 +1012,7 @@ def _llama_config(config: object, dtype: torch.dtype) -> ModelConfig:
     return ModelConfig(
         family="plain" if config.model_type in PLAIN_MLPS else "llama", vocab_size=config.vocab_size,
         hidden_size=config.hidden_size, num_layers=config.num_hidden_layers, num_heads=heads, **dims,
-        norm_eps=getattr(config, "rms_norm_eps", None) or config.layer_norm_eps,
+        norm_eps=getattr(config, "rms_norm_eps", None) or getattr(config, "layer_norm_eps", None) or config.norm_eps,
         max_position_embeddings=context_limit(config), activation=_gated_activation(config),
         **_multipliers(config, dtype))
 
@@ -1183,7 +1183,9 @@ def _residual_norm(norm: nn.Module, config: object, dtype: torch.dtype) -> Norm:
     cast too."""
     if isinstance(norm, nn.LayerNorm):
         bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
-        return Norm(norm.weight.to(dtype), bias.to(dtype), float(norm.eps))
+        # Nemotron's LayerNorm1P scales by 1 + weight, the sum taken in the weight's own dtype
+        weight = norm.weight + 1.0 if config.model_type == "nemotron" else norm.weight
+        return Norm(weight.to(dtype), bias.to(dtype), float(norm.eps))
     if config.model_type in COHERE:  # a LayerNorm without bias, computed in fp32 (F.layer_norm's accumulation)
         return Norm(norm.weight.to(dtype), torch.zeros_like(norm.weight, dtype=dtype), float(norm.variance_epsilon))
     eps = float(config.rms_norm_eps)
