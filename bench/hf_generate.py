@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--random-shape", default=None,
-                        choices=["smollm2-135m", "llama-1b", "qwen3-moe-small", "gpt-oss-small"],
+                        choices=["smollm2-135m", "llama-1b", "qwen3-moe-small", "gpt-oss-small",
+                                 "deepseek-v3-small"],
                         help="a random model of bench/random_llm.py's shapes instead of SmolLM2")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

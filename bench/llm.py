@@ -1,6 +1,7 @@
 """LLM decode benchmark: genai_fast.llm vs HF transformers' generate, same model, device, dtype and threads.
 
-    python bench/llm.py [--model PATH | --random-shape smollm2-135m|llama-1b|qwen3-moe-small|gpt-oss-small]
+    python bench/llm.py [--model PATH | --random-shape SHAPE]  (bench/random_llm.py's SHAPES: smollm2-135m, llama-1b,
+                        qwen3-moe-small, gpt-oss-small, deepseek-v3-small)
                         [--batch 1 8] [--new-tokens 128] [--reps 3] [--threads N]
                         [--device cpu|cuda] [--dtype float32|float16|bfloat16]
                         [--weights auto|gguf-blocks|dense|both] [--projections fused|cublas|both] [--json PATH]
@@ -155,7 +156,8 @@ def main() -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", default=None)
     source.add_argument("--random-shape", default=None,
-                        choices=["smollm2-135m", "llama-1b", "qwen3-moe-small", "gpt-oss-small"],
+                        choices=["smollm2-135m", "llama-1b", "qwen3-moe-small", "gpt-oss-small",
+                                 "deepseek-v3-small"],
                         help="a random-weight model of these shapes made in memory on --device "
                              "(bench/random_llm.py), instead of a checkpoint")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])

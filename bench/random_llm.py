@@ -45,10 +45,19 @@ GPT_OSS_SMALL = {**QWEN3_MOE_SMALL, "architecture": "gpt_oss", "intermediate_siz
                      "rope_theta": 150000.0, "original_max_position_embeddings": 256}}
 for _key in ("num_experts", "moe_intermediate_size", "norm_topk_prob", "rope_theta"):
     GPT_OSS_SMALL.pop(_key, None)
+# A small DeepSeek-V3 (the same width and depth; multi-head latent attention with compressed queries, keys of 96 dims
+# (64 + 32 rotary) and values of 64, the sigmoid router over 4 groups of 8 experts, 4 per token, a shared expert,
+# the first layer dense): the engine's expanded-cache MLA against transformers' eager DeepSeek-V3.
+DEEPSEEK_V3_SMALL = {**{k: v for k, v in QWEN3_MOE_SMALL.items() if k not in ("num_experts", "head_dim")},
+                     "architecture": "deepseek_v3", "num_key_value_heads": 12, "kv_lora_rank": 256,
+                     "q_lora_rank": 384, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64,
+                     "n_routed_experts": 32, "n_shared_experts": 1, "n_group": 4, "topk_group": 2,
+                     "routed_scaling_factor": 2.5, "first_k_dense_replace": 1}
 SHAPES = {"smollm2-135m": SMOLLM2_135M, "llama-1b": LLAMA_1B, "qwen3-moe-small": QWEN3_MOE_SMALL,
-          "gpt-oss-small": GPT_OSS_SMALL}
+          "gpt-oss-small": GPT_OSS_SMALL, "deepseek-v3-small": DEEPSEEK_V3_SMALL}
 ARCHITECTURES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
-                 "gpt_oss": ("GptOssConfig", "GptOssForCausalLM")}
+                 "gpt_oss": ("GptOssConfig", "GptOssForCausalLM"),
+                 "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM")}
 SPECIAL = ["<unk>", "<s>", "</s>"]
 
 

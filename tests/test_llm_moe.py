@@ -229,7 +229,8 @@ def test_the_router_breaks_near_ties_as_transformers():
     assert tuple(moe.router.shape) not in calls and calls  # the experts ran on it, the router did not
 
 
-@pytest.mark.parametrize("shape,model_type", [("qwen3-moe-small", "qwen3_moe"), ("gpt-oss-small", "gpt_oss")])
+@pytest.mark.parametrize("shape,model_type", [("qwen3-moe-small", "qwen3_moe"), ("gpt-oss-small", "gpt_oss"),
+                                              ("deepseek-v3-small", "deepseek_v3")])
 def test_random_moe_stand_in_for_the_benchmark(shape, model_type):
     """bench/random_llm.py's MoE shapes (bench/llm.py --random-shape ...), made small: models whose tokens the engine
     reproduces."""
@@ -242,8 +243,11 @@ def test_random_moe_stand_in_for_the_benchmark(shape, model_type):
     spec.loader.exec_module(module)
     small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
              "head_dim": 16, "vocab_size": 500, "initializer_range": 0.2}
-    small.update({"num_experts": 6, "moe_intermediate_size": 32} if model_type == "qwen3_moe" else
-                 {"num_local_experts": 6, "intermediate_size": 32, "sliding_window": 4})
+    small.update({"qwen3_moe": {"num_experts": 6, "moe_intermediate_size": 32},
+                  "gpt_oss": {"num_local_experts": 6, "intermediate_size": 32, "sliding_window": 4},
+                  "deepseek_v3": {"num_key_value_heads": 4, "n_routed_experts": 8, "moe_intermediate_size": 32,
+                                  "kv_lora_rank": 16, "q_lora_rank": 24, "qk_nope_head_dim": 8,
+                                  "qk_rope_head_dim": 8, "v_head_dim": 8}}[model_type])
     hf, tokenizer = module.build_random_llm(shape, **small)
     assert hf.config.model_type == model_type and hf.config.num_experts_per_tok == 4
     engine = load(hf, tokenizer=tokenizer)
