@@ -247,7 +247,7 @@ def test_random_moe_stand_in_for_the_benchmark(shape, model_type):
                   "gpt_oss": {"num_local_experts": 6, "intermediate_size": 32, "sliding_window": 4},
                   "deepseek_v3": {"num_key_value_heads": 4, "n_routed_experts": 8, "moe_intermediate_size": 32,
                                   "kv_lora_rank": 16, "q_lora_rank": 24, "qk_nope_head_dim": 8,
-                                  "qk_rope_head_dim": 8, "v_head_dim": 8}}[model_type])
+                                  "qk_rope_head_dim": 8, "v_head_dim": 8, "head_dim": 8}}[model_type])  # V3's rope
     hf, tokenizer = module.build_random_llm(shape, **small)
     assert hf.config.model_type == model_type and hf.config.num_experts_per_tok == 4
     engine = load(hf, tokenizer=tokenizer)
