@@ -91,6 +91,28 @@ def test_cpp_is_deterministic_and_thread_count_free():
 
 
 @needs_cpp
+def test_rows_do_not_depend_on_the_blocks(tmp_path):
+    """Each output row is the same sum whatever the row count (so a batch equals one-by-one decoding) and whatever
+    the register blocking: AVX-512's wide blocks and the narrow ones of AVX2 hosts (GENAI_FAST_CPU_ISA=avx2 forces
+    them) give the same bits."""
+    from tests.isa import run_with_isa
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(16, 331), torch.randn(67, 331), torch.randn(67)
+    outputs = [genai_fast.linear(x[:m], w, b, backend="cpp") for m in range(1, 17)]
+    for m, out in enumerate(outputs, start=1):
+        assert torch.equal(out, outputs[-1][:m]), m
+    torch.save({"x": x, "w": w, "b": b, "out": outputs[-1]}, tmp_path / "case.pt")
+    script = f"""
+import torch, genai_fast
+case = torch.load({str(tmp_path / "case.pt")!r})
+print(all(torch.equal(genai_fast.linear(case["x"][:m], case["w"], case["b"], backend="cpp"), case["out"][:m])
+          for m in range(1, 17)))
+"""
+    assert run_with_isa(script, "avx2") == ["True"]
+
+
+@needs_cpp
 def test_dispatch_by_rows_dtype_and_layout():
     w = torch.randn(8, 16)
     genai_fast.linear(torch.randn(16, 16), w)

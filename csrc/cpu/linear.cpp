@@ -8,9 +8,15 @@
 // the M input rows (at most 16 x K floats) served from L1/L2. Threads take contiguous ranges of
 // output rows from a shared counter, so each streams its own part of the matrix. fp32 throughout; compiled for AVX-512,
 // AVX2 and the baseline (target_clones), picked at run time.
+//
+// The blocks depend on the register file. With AVX-512 a 16-float accumulator is one of 32 registers. Without it,
+// GCC keeps 64-byte vectors in memory between iterations (an AVX2-only host ran 8 rows at 4x the time of one and
+// 2-3x BLAS's), so those blocks hold each accumulator as two 8-float halves, in at most 4 input rows per pass: the
+// same lanes summed in the same order, so every output element is the same bits either way.
 #include "linear.h"
 #include "simd.h"
 
+#include <cstdlib>
 #include <string>
 
 namespace genai_fast {
@@ -50,29 +56,105 @@ GF_INLINE void block(const SkinnyLinearArgs& a, int64_t m0, int64_t n0) {
   }
 }
 
+GF_INLINE v8 load8(const float* p) {
+  v8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// block() with each 16-lane accumulator as two native 8-lane halves (lo: lanes 0-7, hi: 8-15), for AVX2; the
+// final sum folds them as hsum folds a 16-lane vector.
+template <int M, int R>
+GF_INLINE void block_halves(const SkinnyLinearArgs& a, int64_t m0, int64_t n0) {
+  v8 lo[R][M] = {}, hi[R][M] = {};
+  const int64_t K = a.K, k16 = K / 16 * 16;
+  const float* w[R];
+  for (int r = 0; r < R; ++r) w[r] = a.weight + (n0 + r) * K;
+  const float* x[M];
+  for (int m = 0; m < M; ++m) x[m] = a.x + (m0 + m) * a.x_row_stride;
+  const int64_t ahead = (n0 + 2 * R <= a.N ? R : 0) * K;
+  for (int64_t k = 0; k < k16; k += 16) {
+    v8 wl[R], wh[R];
+    for (int r = 0; r < R; ++r) {
+      __builtin_prefetch(w[r] + k + ahead, 0, 3);
+      wl[r] = load8(w[r] + k);
+      wh[r] = load8(w[r] + k + 8);
+    }
+    for (int m = 0; m < M; ++m) {
+      const v8 xl = load8(x[m] + k), xh = load8(x[m] + k + 8);
+      for (int r = 0; r < R; ++r) {
+        lo[r][m] += wl[r] * xl;
+        hi[r][m] += wh[r] * xh;
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float b = a.bias != nullptr ? a.bias[n0 + r] : 0.0f;
+    for (int m = 0; m < M; ++m) {
+      const v8 folded = lo[r][m] + hi[r][m];
+      const v4 half = __builtin_shufflevector(folded, folded, 0, 1, 2, 3) +
+                      __builtin_shufflevector(folded, folded, 4, 5, 6, 7);
+      float total = (half[0] + half[2]) + (half[1] + half[3]);
+      for (int64_t k = k16; k < K; ++k) total += w[r][k] * x[m][k];
+      a.out[(m0 + m) * a.N + n0 + r] = total + b;
+    }
+  }
+}
+
 // All output rows in [n_begin, n_end) for M input rows starting at m0: blocks of R rows, then single rows.
-template <int M>
+template <int M, int R>
 GF_INLINE void rows(const SkinnyLinearArgs& a, int64_t m0, int64_t n_begin, int64_t n_end) {
-  constexpr int R = M <= 4 ? 4 : 3;  // R * M <= 24 accumulators (of 32 AVX-512 registers)
   int64_t n = n_begin;
   for (; n + R <= n_end; n += R) block<M, R>(a, m0, n);
   for (; n < n_end; ++n) block<M, 1>(a, m0, n);
 }
 
-GF_CLONES void range(const SkinnyLinearArgs& a, int64_t n_begin, int64_t n_end) {
-  // Up to 8 input rows per pass over the weights (16 rows: two passes, still far fewer bytes than a GEMM).
+template <int M, int R>
+GF_INLINE void rows_halves(const SkinnyLinearArgs& a, int64_t m0, int64_t n_begin, int64_t n_end) {
+  int64_t n = n_begin;
+  for (; n + R <= n_end; n += R) block_halves<M, R>(a, m0, n);
+  for (; n < n_end; ++n) block_halves<M, 1>(a, m0, n);
+}
+
+// AVX-512: R * M <= 24 accumulators of 32 registers; up to 8 input rows per pass over the weights (16 rows: two
+// passes, still far fewer bytes than a GEMM).
+GF_CLONES void range_wide(const SkinnyLinearArgs& a, int64_t n_begin, int64_t n_end) {
   for (int64_t m0 = 0; m0 < a.M; m0 += 8) {
     switch (std::min<int64_t>(8, a.M - m0)) {
-      case 1: rows<1>(a, m0, n_begin, n_end); break;
-      case 2: rows<2>(a, m0, n_begin, n_end); break;
-      case 3: rows<3>(a, m0, n_begin, n_end); break;
-      case 4: rows<4>(a, m0, n_begin, n_end); break;
-      case 5: rows<5>(a, m0, n_begin, n_end); break;
-      case 6: rows<6>(a, m0, n_begin, n_end); break;
-      case 7: rows<7>(a, m0, n_begin, n_end); break;
-      default: rows<8>(a, m0, n_begin, n_end); break;
+      case 1: rows<1, 4>(a, m0, n_begin, n_end); break;
+      case 2: rows<2, 4>(a, m0, n_begin, n_end); break;
+      case 3: rows<3, 4>(a, m0, n_begin, n_end); break;
+      case 4: rows<4, 4>(a, m0, n_begin, n_end); break;
+      case 5: rows<5, 3>(a, m0, n_begin, n_end); break;
+      case 6: rows<6, 3>(a, m0, n_begin, n_end); break;
+      case 7: rows<7, 3>(a, m0, n_begin, n_end); break;
+      default: rows<8, 3>(a, m0, n_begin, n_end); break;
     }
   }
+}
+
+// AVX2 (16 registers of 8 floats): 2 R M accumulator halves + 2 R weight halves + 2 input halves <= 16, so up to
+// 4 input rows per pass.
+GF_CLONES void range_narrow(const SkinnyLinearArgs& a, int64_t n_begin, int64_t n_end) {
+  for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
+    switch (std::min<int64_t>(4, a.M - m0)) {
+      case 1: rows_halves<1, 3>(a, m0, n_begin, n_end); break;
+      case 2: rows_halves<2, 2>(a, m0, n_begin, n_end); break;
+      case 3: rows_halves<3, 1>(a, m0, n_begin, n_end); break;
+      default: rows_halves<4, 1>(a, m0, n_begin, n_end); break;
+    }
+  }
+}
+
+// Whether the wide blocks fit the registers: AVX-512, unless GENAI_FAST_CPU_ISA=avx2 or =baseline asks for the
+// narrow ones (the tests run both on an AVX-512 machine).
+bool wide_registers() {
+  static const bool wide = [] {
+    const char* cap = std::getenv("GENAI_FAST_CPU_ISA");
+    const bool capped = cap != nullptr && (std::string(cap) == "avx2" || std::string(cap) == "baseline");
+    return __builtin_cpu_supports("avx512f") && !capped;
+  }();
+  return wide;
 }
 
 }  // namespace
@@ -101,9 +183,11 @@ void skinny_linear_forward(const SkinnyLinearArgs& a) {
   // Threads only where each gets enough of the matrix to amortise waking it (about 256 KB).
   const int64_t bytes = a.N * a.K * 4;
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, bytes >> 18)));
-  constexpr int64_t kRowsPerTask = 48;  // whole blocks of 3 and of 4 rows
+  constexpr int64_t kRowsPerTask = 48;  // whole blocks of 1 to 4 rows
+  const bool wide = wide_registers();
   parallel_for((a.N + kRowsPerTask - 1) / kRowsPerTask, workers, [&](int64_t task) {
-    range(a, task * kRowsPerTask, std::min(a.N, (task + 1) * kRowsPerTask));
+    const int64_t begin = task * kRowsPerTask, end = std::min(a.N, (task + 1) * kRowsPerTask);
+    wide ? range_wide(a, begin, end) : range_narrow(a, begin, end);
   });
 }
 
