@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include "common.h"
+#include "simd.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -21,8 +22,6 @@
 
 namespace genai_fast {
 namespace {
-
-#define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 constexpr int kLanes = 16;       // independent accumulators: lets the compiler vectorise fp32 sums
 constexpr int64_t kPiece = 512;  // fp16/bf16 values converted at a time by the portable loops (2 KB of floats)
@@ -431,14 +430,7 @@ GF_AVX512 void scale_shift_rows_avx512(const void* x, void* y, int64_t rows, int
 
 // GENAI_FAST_CPU_ISA=avx2 or =baseline turns the AVX-512 loops off (as for the GGUF kernels), so that the
 // tests can run the portable ones on an AVX-512 machine.
-bool use_avx512() {
-  static const bool use = [] {
-    const char* cap = std::getenv("GENAI_FAST_CPU_ISA");
-    const bool capped = cap != nullptr && (std::string(cap) == "avx2" || std::string(cap) == "baseline");
-    return __builtin_cpu_supports("avx512f") && !capped;
-  }();
-  return use;
-}
+bool use_avx512() { return avx512_allowed(); }
 
 // Returns the AVX-512 instantiation of `fn` for dtype from the calling function where those loops run.
 #define GF_AVX512_DISPATCH(dtype, fn, ...)                                      \

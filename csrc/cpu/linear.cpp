@@ -16,44 +16,56 @@
 #include "linear.h"
 #include "simd.h"
 
-#include <cstdlib>
 #include <string>
 
 namespace genai_fast {
 namespace {
 
+// One block's weight rows [n0, n0 + R) and input rows [m0, m0 + M), and the store of its outputs.
+template <int M, int R>
+struct BlockRows {
+  const SkinnyLinearArgs& a;
+  int64_t m0, n0, k16;
+  const float* w[R];
+  const float* x[M];
+  // The next block's rows start right after this block's (the matrix is contiguous): fetching them now
+  // overlaps the memory traffic with this block's FMAs, which the hardware prefetcher alone does not.
+  int64_t ahead;
+
+  GF_INLINE BlockRows(const SkinnyLinearArgs& args, int64_t first_row, int64_t first_out)
+      : a(args), m0(first_row), n0(first_out), k16(args.K / 16 * 16) {
+    for (int r = 0; r < R; ++r) w[r] = a.weight + (n0 + r) * a.K;
+    for (int m = 0; m < M; ++m) x[m] = a.x + (m0 + m) * a.x_row_stride;
+    ahead = (n0 + 2 * R <= a.N ? R : 0) * a.K;
+  }
+
+  // out[m0 + m, n0 + r]: the sum of the vector part, then the scalar tail past k16, then the bias.
+  GF_INLINE void store(int m, int r, float vector_sum) const {
+    float total = vector_sum;
+    for (int64_t k = k16; k < a.K; ++k) total += w[r][k] * x[m][k];
+    a.out[(m0 + m) * a.N + n0 + r] = total + (a.bias != nullptr ? a.bias[n0 + r] : 0.0f);
+  }
+};
+
 // Output rows [n0, n0 + R) for input rows [m0, m0 + M): M and R are compile-time so the R x M
 // accumulators live in registers.
 template <int M, int R>
 GF_INLINE void block(const SkinnyLinearArgs& a, int64_t m0, int64_t n0) {
+  const BlockRows<M, R> b(a, m0, n0);
   v16 acc[R][M] = {};
-  const int64_t K = a.K, k16 = K / 16 * 16;
-  const float* w[R];
-  for (int r = 0; r < R; ++r) w[r] = a.weight + (n0 + r) * K;
-  const float* x[M];
-  for (int m = 0; m < M; ++m) x[m] = a.x + (m0 + m) * a.x_row_stride;
-  // The next block's rows start right after this block's (the matrix is contiguous): fetching them now
-  // overlaps the memory traffic with this block's FMAs, which the hardware prefetcher alone does not.
-  const int64_t ahead = (n0 + 2 * R <= a.N ? R : 0) * K;
-  for (int64_t k = 0; k < k16; k += 16) {
+  for (int64_t k = 0; k < b.k16; k += 16) {
     v16 wv[R];
     for (int r = 0; r < R; ++r) {
-      __builtin_prefetch(w[r] + k + ahead, 0, 3);  // read, keep in all cache levels
-      wv[r] = load16(w[r] + k);
+      __builtin_prefetch(b.w[r] + k + b.ahead, 0, 3);  // read, keep in all cache levels
+      wv[r] = load16(b.w[r] + k);
     }
     for (int m = 0; m < M; ++m) {
-      const v16 xv = load16(x[m] + k);
+      const v16 xv = load16(b.x[m] + k);
       for (int r = 0; r < R; ++r) acc[r][m] += wv[r] * xv;
     }
   }
-  for (int r = 0; r < R; ++r) {
-    const float b = a.bias != nullptr ? a.bias[n0 + r] : 0.0f;
-    for (int m = 0; m < M; ++m) {
-      float total = hsum(acc[r][m]);
-      for (int64_t k = k16; k < K; ++k) total += w[r][k] * x[m][k];
-      a.out[(m0 + m) * a.N + n0 + r] = total + b;
-    }
-  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) b.store(m, r, hsum(acc[r][m]));
 }
 
 GF_INLINE v8 load8(const float* p) {
@@ -66,39 +78,30 @@ GF_INLINE v8 load8(const float* p) {
 // final sum folds them as hsum folds a 16-lane vector.
 template <int M, int R>
 GF_INLINE void block_halves(const SkinnyLinearArgs& a, int64_t m0, int64_t n0) {
+  const BlockRows<M, R> b(a, m0, n0);
   v8 lo[R][M] = {}, hi[R][M] = {};
-  const int64_t K = a.K, k16 = K / 16 * 16;
-  const float* w[R];
-  for (int r = 0; r < R; ++r) w[r] = a.weight + (n0 + r) * K;
-  const float* x[M];
-  for (int m = 0; m < M; ++m) x[m] = a.x + (m0 + m) * a.x_row_stride;
-  const int64_t ahead = (n0 + 2 * R <= a.N ? R : 0) * K;
-  for (int64_t k = 0; k < k16; k += 16) {
+  for (int64_t k = 0; k < b.k16; k += 16) {
     v8 wl[R], wh[R];
     for (int r = 0; r < R; ++r) {
-      __builtin_prefetch(w[r] + k + ahead, 0, 3);
-      wl[r] = load8(w[r] + k);
-      wh[r] = load8(w[r] + k + 8);
+      __builtin_prefetch(b.w[r] + k + b.ahead, 0, 3);
+      wl[r] = load8(b.w[r] + k);
+      wh[r] = load8(b.w[r] + k + 8);
     }
     for (int m = 0; m < M; ++m) {
-      const v8 xl = load8(x[m] + k), xh = load8(x[m] + k + 8);
+      const v8 xl = load8(b.x[m] + k), xh = load8(b.x[m] + k + 8);
       for (int r = 0; r < R; ++r) {
         lo[r][m] += wl[r] * xl;
         hi[r][m] += wh[r] * xh;
       }
     }
   }
-  for (int r = 0; r < R; ++r) {
-    const float b = a.bias != nullptr ? a.bias[n0 + r] : 0.0f;
+  for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) {
       const v8 folded = lo[r][m] + hi[r][m];
       const v4 half = __builtin_shufflevector(folded, folded, 0, 1, 2, 3) +
                       __builtin_shufflevector(folded, folded, 4, 5, 6, 7);
-      float total = (half[0] + half[2]) + (half[1] + half[3]);
-      for (int64_t k = k16; k < K; ++k) total += w[r][k] * x[m][k];
-      a.out[(m0 + m) * a.N + n0 + r] = total + b;
+      b.store(m, r, (half[0] + half[2]) + (half[1] + half[3]));
     }
-  }
 }
 
 // All output rows in [n_begin, n_end) for M input rows starting at m0: blocks of R rows, then single rows.
@@ -146,16 +149,6 @@ GF_CLONES void range_narrow(const SkinnyLinearArgs& a, int64_t n_begin, int64_t 
   }
 }
 
-// Whether the wide blocks fit the registers: AVX-512, unless GENAI_FAST_CPU_ISA=avx2 or =baseline asks for the
-// narrow ones (the tests run both on an AVX-512 machine).
-bool wide_registers() {
-  static const bool wide = [] {
-    const char* cap = std::getenv("GENAI_FAST_CPU_ISA");
-    const bool capped = cap != nullptr && (std::string(cap) == "avx2" || std::string(cap) == "baseline");
-    return __builtin_cpu_supports("avx512f") && !capped;
-  }();
-  return wide;
-}
 
 }  // namespace
 
@@ -184,7 +177,7 @@ void skinny_linear_forward(const SkinnyLinearArgs& a) {
   const int64_t bytes = a.N * a.K * 4;
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, bytes >> 18)));
   constexpr int64_t kRowsPerTask = 48;  // whole blocks of 1 to 4 rows
-  const bool wide = wide_registers();
+  const bool wide = avx512_allowed();  // the wide blocks fit AVX-512's registers
   parallel_for((a.N + kRowsPerTask - 1) / kRowsPerTask, workers, [&](int64_t task) {
     const int64_t begin = task * kRowsPerTask, end = std::min(a.N, (task + 1) * kRowsPerTask);
     wide ? range_wide(a, begin, end) : range_narrow(a, begin, end);

@@ -6,11 +6,24 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #define GF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define GF_INLINE inline __attribute__((always_inline))
 
 namespace genai_fast {
+
+// Whether the AVX-512 code paths may run: the CPU has AVX-512F and GENAI_FAST_CPU_ISA does not cap the choice at
+// "avx2" or "baseline" (so that the tests can run the other paths on an AVX-512 machine).
+inline bool avx512_allowed() {
+  static const bool allowed = [] {
+    const char* cap = std::getenv("GENAI_FAST_CPU_ISA");
+    const bool capped = cap != nullptr && (std::string(cap) == "avx2" || std::string(cap) == "baseline");
+    return __builtin_cpu_supports("avx512f") && !capped;
+  }();
+  return allowed;
+}
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
